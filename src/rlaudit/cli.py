@@ -1,0 +1,278 @@
+"""The `rlaudit` command line: a thin layer over `rlaudit.audit`, `rlaudit.store` and the detectors.
+
+Every command turns options into the same objects the Python API takes, calls one function, and prints.
+User mistakes (`RlauditError`) print one clear message and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .audit import AuditResult, audit_store, ingest_sources, write_outputs
+from .conditions import ConditionRule
+from .detectors import AuditConfig
+from .errors import RlauditError
+from .findings import Finding
+from .readers import READERS
+from .readers.base import ReadOptions
+from .store import IngestReport, Store
+from .text import ThinkTags
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Audit RL runs of language models: CoT grading, reward-driven tics, emerging behaviours.")
+console = Console(stderr=True)
+out = Console()
+
+SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan", "info": "dim"}
+
+# ---------------------------------------------------------------- shared options
+StoreOpt = Annotated[Path, typer.Option("--store", help="Store directory.", envvar="RLAUDIT_STORE")]
+RunOpt = Annotated[Optional[list[str]], typer.Option("--run", help="Run name for each SOURCE, in order "
+                                                     "(default: the source directory's base name).")]
+FormatOpt = Annotated[Optional[str], typer.Option("--format", help="Log layout; detected when omitted. "
+                                                  "See `rlaudit formats`.")]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Any bad record is an error (default: quarantine it).")]
+TagsOpt = Annotated[Optional[str], typer.Option("--think-tags", help="Reasoning tags as OPEN,CLOSE "
+                                                "(default '<think>,</think>').")]
+GraderOpt = Annotated[Optional[list[str]], typer.Option("--grader-input", help="GRADER=COLUMN: COLUMN holds "
+                                                        "the text reward signal GRADER saw. Repeatable.")]
+ColumnsOpt = Annotated[Optional[list[str]], typer.Option("--columns", help="CANONICAL=FIELD mappings for "
+                                                         "generic tables, comma-separated or repeated.")]
+ColumnsFileOpt = Annotated[Optional[Path], typer.Option("--columns-file", help="JSON or TOML file with a "
+                                                        "{canonical: field} mapping (optionally under [columns]).")]
+ConditionOpt = Annotated[Optional[list[str]], typer.Option("--condition", help="NAME=REGEX: rollouts whose "
+                                                           "prompt matches REGEX get condition NAME. Repeatable.")]
+GroupSizeOpt = Annotated[Optional[int], typer.Option("--group-size", help="Generations per prompt (TRL "
+                                                     "num_generations), to split repeated prompts into groups.")]
+
+
+def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for item in items or []:
+        for part in item.split(",") if what == "--columns" else [item]:
+            key, sep, value = part.partition("=")
+            if not sep or not key.strip() or not value.strip():
+                raise RlauditError(f"{what} expects KEY=VALUE, got {part!r}")
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _columns_file(path: Path | None) -> dict[str, str]:
+    if path is None:
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RlauditError(f"--columns-file {path}: {exc.strerror}") from None
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = json.loads(text)
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise RlauditError(f"--columns-file {path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from None
+    data = data.get("columns", data) if isinstance(data, dict) else data
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise RlauditError(f"--columns-file {path}: expected a mapping of canonical column -> source field")
+    return data
+
+
+def read_options(strict: bool, think_tags: str | None, grader_input: list[str] | None,
+                 columns: list[str] | None, columns_file: Path | None, group_size: int | None) -> ReadOptions:
+    from .schema import COLUMNS
+
+    mapping = {**_columns_file(columns_file), **_pairs(columns, "--columns")}
+    unknown = sorted(set(mapping) - set(COLUMNS))
+    if unknown:
+        raise RlauditError(f"--columns: unknown canonical column(s) {unknown}; known: {', '.join(COLUMNS)}")
+    if group_size is not None and group_size < 1:
+        raise RlauditError("--group-size must be a positive integer")
+    return ReadOptions(think_tags=ThinkTags.parse(think_tags), grader_inputs=_pairs(grader_input, "--grader-input"),
+                       columns=mapping, group_size=group_size, strict=strict)
+
+
+def _ingest_with_progress(store: Store, sources: list[Path], runs: list[str] | None, fmt: str | None,
+                          options: ReadOptions, conditions: list[ConditionRule]) -> list[IngestReport]:
+    with Progress(TextColumn("ingest {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[rows]:,} rows"), TimeElapsedColumn(), console=console,
+                  transient=True, disable=not console.is_terminal) as progress:
+        tasks: dict[str, int] = {}
+
+        def update(run: str, done: int, total: int, rows: int) -> None:
+            if run not in tasks:
+                tasks[run] = progress.add_task(run, total=total, rows=0)
+            progress.update(tasks[run], completed=done, total=total, rows=rows)
+
+        reports = ingest_sources(store, sources, runs, fmt, options, conditions, progress=update)
+    for r in reports:
+        _print_ingest(r)
+    return reports
+
+
+def _print_ingest(r: IngestReport) -> None:
+    console.print(f"[bold]{r.run}[/] ({r.format}): {r.rows_added:,} rows from {r.files_read} file(s), "
+                  f"{r.files_skipped} unchanged, {r.seconds:.1f}s")
+    if r.bad_records:
+        console.print(f"[yellow]warning:[/] {r.bad_records} bad record(s) quarantined in {r.quarantine}")
+        for ex in r.bad_examples:
+            console.print(f"  {ex}", markup=False)
+
+
+def print_findings(findings: list[Finding], limit: int = 30) -> None:
+    if not findings:
+        console.print("[green]No findings.[/]")
+        return
+    table = Table(title=f"{len(findings)} finding(s)", show_lines=False)
+    for col in ("severity", "kind", "run", "finding"):
+        table.add_column(col, overflow="fold")
+    for f in findings[:limit]:
+        table.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]", f.kind, f.run, f.title)
+    console.print(table)
+    if len(findings) > limit:
+        console.print(f"... and {len(findings) - limit} more (see --json)")
+
+
+# ---------------------------------------------------------------- commands
+@app.command()
+def audit(
+    sources: Annotated[list[Path], typer.Argument(help="Run directories (or files) to audit.")],
+    store: StoreOpt = Path(".rlaudit"),
+    run: RunOpt = None,
+    format: FormatOpt = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write findings JSON here.")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write the HTML report here.")] = None,
+    strict: StrictOpt = False,
+    think_tags: TagsOpt = None,
+    grader_input: GraderOpt = None,
+    columns: ColumnsOpt = None,
+    columns_file: ColumnsFileOpt = None,
+    condition: ConditionOpt = None,
+    group_size: GroupSizeOpt = None,
+    detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Run only these detectors.")] = None,
+    max_step: Annotated[Optional[int], typer.Option("--max-step", help="Audit only steps <= this.")] = None,
+) -> None:
+    """Ingest each SOURCE into the store, run every detector, write findings and a report."""
+    options = read_options(strict, think_tags, grader_input, columns, columns_file, group_size)
+    rules = [ConditionRule.parse(c) for c in condition or []]
+    st = Store(store)
+    ingests = _ingest_with_progress(st, sources, run, format, options, rules)
+    config = AuditConfig(max_step=max_step, detectors=detector)
+    with console.status("running detectors", spinner="dots"):
+        result = audit_store(st, [r.run for r in ingests], config)
+    result.ingests = ingests
+    write_outputs(st, result, json_out, report)
+    print_findings(result.findings)
+    for path, what in ((json_out, "findings"), (report, "report")):
+        if path:
+            console.print(f"{what}: {path}")
+
+
+@app.command()
+def ingest(
+    sources: Annotated[list[Path], typer.Argument(help="Run directories (or files) to ingest.")],
+    store: StoreOpt = Path(".rlaudit"),
+    run: RunOpt = None,
+    format: FormatOpt = None,
+    strict: StrictOpt = False,
+    think_tags: TagsOpt = None,
+    grader_input: GraderOpt = None,
+    columns: ColumnsOpt = None,
+    columns_file: ColumnsFileOpt = None,
+    condition: ConditionOpt = None,
+    group_size: GroupSizeOpt = None,
+) -> None:
+    """Ingest SOURCES into the store without auditing (idempotent and incremental)."""
+    options = read_options(strict, think_tags, grader_input, columns, columns_file, group_size)
+    rules = [ConditionRule.parse(c) for c in condition or []]
+    _ingest_with_progress(Store(store), sources, run, format, options, rules)
+
+
+@app.command("runs")
+def runs_cmd(
+    store: StoreOpt = Path(".rlaudit"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """What the store holds: rows, steps, conditions, reward signals and graders per run."""
+    st = Store(store)
+    summaries = [st.summary(r) for r in st.runs()]
+    if as_json:
+        out.print_json(json.dumps([s.to_json() for s in summaries]))
+        return
+    if not summaries:
+        console.print(f"store {store} holds no runs; add some with `rlaudit ingest DIR` or `rlaudit audit DIR`")
+        return
+    table = Table(title=f"store {store}")
+    for col in ("run", "format", "rows", "steps", "conditions", "signals", "graders"):
+        table.add_column(col, overflow="fold")
+    for s in summaries:
+        steps = f"{s.steps[0]}..{s.steps[1]}" if s.steps else "-"
+        table.add_row(s.run, s.format, f"{s.rows:,}", steps, ", ".join(s.conditions), ", ".join(s.signals),
+                      ", ".join(s.graders))
+    out.print(table)
+
+
+@app.command()
+def findings(
+    path: Annotated[Path, typer.Argument(help="A findings JSON file written by --json.")],
+    kind: Annotated[Optional[str], typer.Option(help="Only this finding kind.")] = None,
+    severity: Annotated[Optional[str], typer.Option(help="Only this severity and above.")] = None,
+) -> None:
+    """Show the findings of a findings JSON file as a table."""
+    from .findings import SEVERITY_RANK
+
+    try:
+        result = AuditResult.read_json(path)
+    except (OSError, KeyError, json.JSONDecodeError) as exc:
+        raise RlauditError(f"{path}: not a findings JSON file ({exc})") from None
+    fs = [f for f in result.findings if (kind is None or f.kind == kind)
+          and (severity is None or SEVERITY_RANK[f.severity] >= SEVERITY_RANK.get(severity, 0))]
+    print_findings(fs, limit=10_000)
+
+
+@app.command()
+def formats() -> None:
+    """The log layouts rlaudit reads."""
+    for r in READERS:
+        out.print(f"[bold]{r.name}[/]  {r.description}")
+
+
+@app.command()
+def schema() -> None:
+    """The canonical rollout table (Markdown)."""
+    from .schema import schema_markdown
+
+    out.print(schema_markdown(), markup=False)
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one message and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except RlauditError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""Detectors: small modules with one job each, all called the same way.
+
+A detector is a class with a `name`, the finding `kinds` it emits, the detectors it `requires` (whose findings
+it reads, e.g. attribution traces the behaviours that emerging-behaviour discovery found) and
+`detect(ctx) -> list[Finding]`. `DetectContext` gives it the store, the run, the audit config and the findings
+of the detectors that ran before it. `run_detectors` runs every registered detector in dependency order and
+isolates failures: a detector that crashes yields an `audit_error` finding instead of killing the audit.
+"""
+
+from __future__ import annotations
+
+import traceback
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import duckdb
+
+from ..findings import Finding
+
+if TYPE_CHECKING:
+    from ..store import Store
+
+
+@dataclass
+class AuditConfig:
+    """Knobs shared by all detectors, plus per-detector options (`options[detector_name][key]`).
+
+    `max_step` restricts every detector to steps <= max_step: how the benchmark measures detection latency and
+    how live monitoring audits a run that is still growing.
+    """
+
+    max_step: int | None = None
+    split: str | None = "train"
+    detectors: list[str] | None = None  # None: all registered
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seed: int = 0
+
+    def option(self, detector: str, key: str, default: Any) -> Any:
+        return self.options.get(detector, {}).get(key, default)
+
+
+@dataclass
+class DetectContext:
+    store: Store
+    run: str
+    config: AuditConfig
+    findings: list[Finding] = field(default_factory=list)  # from detectors that ran earlier, this run
+    cache: dict[str, Any] = field(default_factory=dict)  # shared per-run scratch space
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection whose view `rollouts` holds this run's rows within the audit's step/split scope
+        (the unfiltered rows stay available as `all_rollouts`)."""
+        con = self.store.connect([self.run])
+        con.execute("ALTER VIEW rollouts RENAME TO all_rollouts")
+        where = ["TRUE"]
+        if self.config.max_step is not None:
+            where.append(f"step <= {int(self.config.max_step)}")
+        if self.config.split:
+            where.append(f"split = '{self.config.split}'")
+        con.execute(f"CREATE VIEW rollouts AS SELECT * FROM all_rollouts WHERE {' AND '.join(where)}")
+        con.execute(
+            "CREATE OR REPLACE VIEW rewards_long AS SELECT run, rollout_id, step, group_id, condition, task, "
+            "unnest(map_keys(rewards)) AS signal, unnest(map_values(rewards)) AS value FROM rollouts")
+        return con
+
+    def option(self, detector: str, key: str, default: Any) -> Any:
+        return self.config.option(detector, key, default)
+
+    def of_kind(self, kind: str) -> list[Finding]:
+        return [f for f in self.findings if f.kind == kind]
+
+
+class Detector(ABC):
+    name: ClassVar[str]
+    kinds: ClassVar[tuple[str, ...]]
+    description: ClassVar[str]
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def detect(self, ctx: DetectContext) -> list[Finding]:
+        """Findings for `ctx.run`."""
+
+
+DETECTORS: list[type[Detector]] = []
+
+
+def register(cls: type[Detector]) -> type[Detector]:
+    if any(d.name == cls.name for d in DETECTORS):
+        raise ValueError(f"detector {cls.name!r} registered twice")
+    DETECTORS.append(cls)
+    return cls
+
+
+def ordered(names: list[str] | None = None) -> list[type[Detector]]:
+    """Registered detectors (or the named ones plus what they require) in dependency order."""
+    by_name = {d.name: d for d in DETECTORS}
+    wanted = list(by_name) if names is None else names
+    unknown = [n for n in wanted if n not in by_name]
+    if unknown:
+        from ..errors import RlauditError
+
+        raise RlauditError(f"unknown detector(s) {unknown}; known: {sorted(by_name)}")
+    out: list[type[Detector]] = []
+
+    def visit(name: str, stack: tuple[str, ...] = ()) -> None:
+        if name in stack:
+            raise ValueError(f"detector dependency cycle: {' -> '.join(stack + (name,))}")
+        cls = by_name[name]
+        if cls in out:
+            return
+        for dep in cls.requires:
+            visit(dep, stack + (name,))
+        out.append(cls)
+
+    for n in wanted:
+        visit(n)
+    return out
+
+
+def run_detectors(store: Store, run: str, config: AuditConfig | None = None) -> list[Finding]:
+    """Run the configured detectors on one run; a crashing detector becomes an `audit_error` finding."""
+    config = config or AuditConfig()
+    ctx = DetectContext(store=store, run=run, config=config)
+    for cls in ordered(config.detectors):
+        try:
+            found = cls().detect(ctx)
+        except Exception as exc:  # noqa: BLE001 - one broken detector must not hide the others' findings
+            found = [Finding(
+                kind="audit_error", run=run, severity="low", title=f"detector {cls.name} failed: {exc}",
+                explanation="The detector raised an exception; its checks did not run on this run.",
+                fields={"detector": cls.name, "traceback": traceback.format_exc(limit=8)})]
+        ctx.findings.extend(found)
+    return ctx.findings
+
+
+# Registration order is irrelevant (dependencies decide), but every detector module must be imported here,
+# one import line per module.
+
+__all__ = ["AuditConfig", "DetectContext", "Detector", "DETECTORS", "register", "ordered", "run_detectors"]

@@ -1,0 +1,190 @@
+"""The reader contract, and the shared last mile that turns a reader's raw columns into canonical rows.
+
+A reader knows one trainer's layout. It lists the files of a run (`files`), each an ingest unit the store can
+skip when unchanged, and turns one file into *raw* Arrow tables (`read`). A raw table holds whichever of
+`RAW_COLUMNS` the format provides plus `line` (1-based line or row number in the file). `finalize` then does what
+is common to all formats, vectorised: rollout ids, the reasoning/answer split, condition labels, type casts.
+
+Bad records never abort a read silently and never vanish: the reader reports them to `ReadContext.bad`, which
+quarantines them with file and line (or raises `BadInputError` under `--strict`).
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..conditions import ConditionLabeler
+from ..errors import BadInputError
+from ..schema import ROLLOUT_SCHEMA
+from ..text import ThinkTags, split_reasoning
+
+#: Columns a reader may put in a raw table (besides `line`). Missing ones are filled by `finalize`.
+RAW_COLUMNS = {
+    "step": pa.int64(),
+    "split": pa.string(),
+    "group_id": pa.string(),
+    "sample_index": pa.int32(),
+    "system_prompt": pa.string(),
+    "task": pa.string(),
+    "prompt": pa.string(),
+    "completion": pa.string(),
+    "reasoning": pa.string(),  # only for formats that log reasoning separately (prime-rl reasoning_content)
+    "answer": pa.string(),  # likewise
+    "rewards": pa.map_(pa.string(), pa.float64()),
+    "reward": pa.float64(),
+    "advantage": pa.float64(),
+    "grader_inputs": pa.map_(pa.string(), pa.string()),
+    "metadata": pa.string(),
+}
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One ingest unit of a run: a file, keyed in the store by its path relative to the source root."""
+
+    path: Path
+    relpath: str
+    split: str = "train"
+    step: int | None = None  # from the file name, when the layout encodes it
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    file: str
+    line: int | None
+    reason: str
+    raw: str = ""
+
+    @property
+    def location(self) -> str:
+        return f"{self.file}:{self.line}" if self.line is not None else self.file
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "reason": self.reason, "raw": self.raw[:2000]}
+
+
+@dataclass
+class ReadOptions:
+    """User options that change how logs are read. Part of a run's identity in the store."""
+
+    think_tags: ThinkTags = field(default_factory=ThinkTags)
+    grader_inputs: dict[str, str] = field(default_factory=dict)  # grader -> column holding its input
+    columns: dict[str, str] = field(default_factory=dict)  # canonical column -> source field (generic JSONL)
+    group_size: int | None = None  # TRL num_generations, when known
+    strict: bool = False
+
+
+@dataclass
+class ReadContext:
+    """What a reader needs while reading one run: options, the condition labeler, the bad-record sink."""
+
+    run: str
+    options: ReadOptions = field(default_factory=ReadOptions)
+    labeler: ConditionLabeler = field(default_factory=ConditionLabeler)
+    on_bad: Callable[[BadRecord], None] | None = None
+    bad_count: int = 0
+
+    def bad(self, file: SourceFile | str, line: int | None, reason: str, raw: str = "") -> None:
+        """Report a bad record: quarantined by default, an error under --strict."""
+        name = file.relpath if isinstance(file, SourceFile) else file
+        record = BadRecord(name, line, reason, raw)
+        if self.options.strict:
+            raise BadInputError(f"{record.location}: {reason}")
+        self.bad_count += 1
+        if self.on_bad is not None:
+            self.on_bad(record)
+
+
+class Reader(ABC):
+    """One trainer log layout."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    @classmethod
+    @abstractmethod
+    def detect(cls, source: Path) -> bool:
+        """True when `source` (a directory or file) looks like this layout."""
+
+    @abstractmethod
+    def files(self, source: Path) -> list[SourceFile]:
+        """The ingest units of the run, in step order."""
+
+    @abstractmethod
+    def read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
+        """Raw tables (see module doc) for one file. Bad records go to `ctx.bad`."""
+
+
+def finalize(raw: pa.Table, file: SourceFile, ctx: ReadContext) -> pa.Table:
+    """Turn a reader's raw table into canonical rows (vectorised; no per-row Python)."""
+    n = raw.num_rows
+    cols: dict[str, pa.Array] = {}
+
+    def col(name: str) -> pa.Array | None:
+        if name not in raw.column_names:
+            return None
+        c = raw.column(name)
+        return c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+
+    def const(value: Any, typ: pa.DataType) -> pa.Array:
+        return pa.array([value] * n, typ) if value is not None else pa.nulls(n, typ)
+
+    lines = col("line")
+    if lines is None:
+        lines = pa.array(range(1, n + 1), pa.int64())
+    cols["run"] = const(ctx.run, pa.string())
+    cols["rollout_id"] = pc.binary_join_element_wise(
+        const(file.relpath, pa.string()), lines.cast(pa.string()), ":")
+    step = col("step")
+    if step is None:
+        if file.step is None:
+            raise BadInputError(f"{file.relpath}: no step column and no step in the file name")
+        step = const(file.step, pa.int64())
+    elif file.step is not None:
+        step = pc.fill_null(step.cast(pa.int64()), file.step)
+    cols["step"] = step.cast(pa.int64())
+    cols["split"] = pc.fill_null(col("split") or const(None, pa.string()), file.split)
+    cols["group_id"] = col("group_id") if col("group_id") is not None else const(None, pa.string())
+    cols["sample_index"] = col("sample_index") if col("sample_index") is not None else const(None, pa.int32())
+    prompt = pc.fill_null(col("prompt") if col("prompt") is not None else const("", pa.string()), "")
+    condition, system_prompt = ctx.labeler.assign(prompt, col("system_prompt"))
+    cols["condition"] = condition
+    cols["system_prompt"] = system_prompt
+    cols["task"] = col("task") if col("task") is not None else const(None, pa.string())
+    cols["prompt"] = prompt
+    completion = pc.fill_null(col("completion") if col("completion") is not None else const("", pa.string()), "")
+    reasoning, answer = split_reasoning(completion, ctx.options.think_tags)
+    given_reasoning, given_answer = col("reasoning"), col("answer")
+    if given_reasoning is not None:  # formats that log reasoning separately win over the tag split
+        reasoning = pc.coalesce(given_reasoning, reasoning)
+    if given_answer is not None:
+        answer = pc.coalesce(given_answer, answer)
+    cols["completion"] = completion
+    cols["reasoning"] = reasoning
+    cols["answer"] = answer
+    cols["rewards"] = col("rewards") if col("rewards") is not None else pa.array([[]] * n, RAW_COLUMNS["rewards"])
+    cols["reward"] = col("reward") if col("reward") is not None else const(None, pa.float64())
+    cols["advantage"] = col("advantage") if col("advantage") is not None else const(None, pa.float64())
+    gi = col("grader_inputs")
+    cols["grader_inputs"] = gi if gi is not None else pa.array([[]] * n, RAW_COLUMNS["grader_inputs"])
+    cols["metadata"] = col("metadata") if col("metadata") is not None else const(None, pa.string())
+    arrays = [cols[f.name].cast(f.type) for f in ROLLOUT_SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=ROLLOUT_SCHEMA)
+
+
+def metadata_json(rows: list[dict[str, Any]]) -> pa.Array:
+    """JSON-encode leftover per-row fields (None for rows with nothing left over)."""
+    return pa.array([json.dumps(r, default=str, ensure_ascii=False) if r else None for r in rows], pa.string())
+
+
+def map_array(rows: list[dict[str, Any]], value_type: pa.DataType) -> pa.Array:
+    """Build a map<string, value_type> array from a list of dicts."""
+    return pa.array([list(r.items()) for r in rows], pa.map_(pa.string(), value_type))

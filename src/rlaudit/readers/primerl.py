@@ -1,0 +1,1 @@
+"""prime-rl traces (being written)."""

@@ -1,0 +1,1 @@
+"""TRL GRPOTrainer `completions/completions_*.parquet` (placeholder: being written)."""

@@ -1,0 +1,1 @@
+"""verl rollout dumps (being written)."""
