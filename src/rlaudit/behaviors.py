@@ -1,0 +1,155 @@
+"""Behaviours: what a rollout does that rlaudit counts, traces and alerts on.
+
+One spec language is shared by discovery (`emerging_behavior` findings carry a `behavior_spec`), tracing
+(`rlaudit trace --behavior SPEC`) and live alerts, so a behaviour found by one is understood by the others:
+
+- `goblin`, `as an ai`           a word or phrase: case-insensitive, on word boundaries, the words separated
+                                 by any non-word characters (the same tokens `tokenize` produces).
+- `re:\\bgremlins?\\b`            a regular expression (RE2 syntax, as used by Arrow and DuckDB).
+- `style:exclamation`            a style feature from `STYLE_FEATURES` (boolean or numeric, e.g. `style:length`).
+- `mypkg.checks:is_sycophantic`  a Python predicate `f(text: str) -> bool | float`, called once per rollout
+                                 (the only per-row Python path; use it for judgement a regex cannot make).
+
+`Behavior.values(texts)` returns one float per text (0/1 for presence, the value for numeric features), so
+statistics treat indicators and continuous behaviours alike. `Behavior.sql(column)` gives the same test as a
+DuckDB expression where one exists, so counting over millions of rollouts stays inside the database.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import RlauditError
+
+#: Tokens are lower-cased runs of letters/digits, with an inner apostrophe kept ("don't"). Discovery counts
+#: these, and term behaviours match them, so a discovered n-gram always matches its own rollouts.
+TOKEN_PATTERN = r"[a-z0-9]+(?:'[a-z0-9]+)*"
+_TOKEN_RE = re.compile(TOKEN_PATTERN)
+
+
+def tokenize(text: str) -> list[str]:
+    """The tokens of one text (see TOKEN_PATTERN)."""
+    return _TOKEN_RE.findall(text.lower())
+
+
+@dataclass(frozen=True)
+class StyleFeature:
+    name: str
+    numeric: bool
+    description: str
+    regex: str | None = None  # presence features: RE2 pattern searched in the text
+
+
+#: Style features. Presence features are regex searches; numeric ones are computed in `_numeric_style`.
+STYLE_FEATURES: dict[str, StyleFeature] = {f.name: f for f in [
+    StyleFeature("length", True, "answer length in words"),
+    StyleFeature("chars", True, "length in characters"),
+    StyleFeature("exclamation", False, "contains an exclamation mark", r"!"),
+    StyleFeature("list", False, "contains a bulleted or numbered list", r"(?m)^\s*(?:[-*\x{2022}]|\d+[.)])\s+\S"),
+    StyleFeature("emoji", False, "contains an emoji",
+                 r"[\x{1F300}-\x{1FAFF}\x{2600}-\x{27BF}\x{1F000}-\x{1F2FF}]"),
+    StyleFeature("code_block", False, "contains a fenced code block", r"```"),
+    StyleFeature("language_switch", False, "contains non-Latin script (a switch of language)",
+                 r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}\p{Cyrillic}\p{Arabic}\p{Hebrew}\p{Devanagari}"
+                 r"\p{Thai}\p{Greek}]"),
+    StyleFeature("question", False, "ends with a question to the user", r"\?\s*$"),
+    StyleFeature("shouting", False, "contains an all-caps word of 4+ letters", r"\b[A-Z]{4,}\b"),
+]}
+
+
+def term_regex(phrase: str) -> str:
+    """RE2 pattern matching a word or phrase on token boundaries, case-insensitively."""
+    words = tokenize(phrase)
+    if not words:
+        raise RlauditError(f"behaviour {phrase!r} has no letters or digits to match")
+    body = r"[^a-z0-9']+".join(re.escape(w) for w in words)
+    return rf"(?i)(?:^|[^a-z0-9']){body}(?:$|[^a-z0-9'])"
+
+
+@dataclass(frozen=True)
+class Behavior:
+    """A parsed behaviour spec (see module doc)."""
+
+    spec: str
+    name: str
+    kind: str  # "term" | "regex" | "style" | "python"
+    pattern: str | None = None
+    numeric: bool = False
+    func: Callable[[str], object] | None = None
+
+    def values(self, texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """One float per text: 0/1 for presence, the value for numeric features (null text counts as '')."""
+        if isinstance(texts, pa.ChunkedArray):
+            texts = texts.combine_chunks()
+        texts = pc.fill_null(texts.cast(pa.string()), "")
+        if self.kind == "style" and self.numeric:
+            return _numeric_style(self.name.removeprefix("style:"), texts)
+        if self.pattern is not None:
+            return pc.match_substring_regex(texts, self.pattern).to_numpy(zero_copy_only=False).astype(float)
+        assert self.func is not None
+        out = np.empty(len(texts), dtype=float)
+        for i, t in enumerate(texts.to_pylist()):
+            out[i] = float(self.func(t))
+        return out
+
+    def sql(self, column: str) -> str | None:
+        """A DuckDB expression computing `values` over `column`, or None for Python predicates."""
+        col = f"coalesce({column}, '')"
+        if self.kind == "style" and self.numeric:
+            feature = self.name.removeprefix("style:")
+            if feature == "chars":
+                return f"CAST(length({col}) AS DOUBLE)"
+            token = TOKEN_PATTERN.replace("'", "''")
+            return f"CAST(len(regexp_extract_all(lower({col}), '{token}')) AS DOUBLE)"
+        if self.pattern is None:
+            return None
+        flags = ""
+        pattern = self.pattern
+        if pattern.startswith("(?i)"):  # DuckDB takes flags as an argument
+            pattern, flags = pattern[4:], ", 'i'"
+        escaped = pattern.replace("'", "''")
+        return f"CAST(regexp_matches({col}, '{escaped}'{flags}) AS DOUBLE)"
+
+
+def _numeric_style(feature: str, texts: pa.Array) -> np.ndarray:
+    if feature == "chars":
+        return pc.utf8_length(texts).to_numpy(zero_copy_only=False).astype(float)
+    counts = pc.count_substring_regex(pc.utf8_lower(texts), TOKEN_PATTERN)
+    return counts.to_numpy(zero_copy_only=False).astype(float)
+
+
+def parse_behavior(spec: str) -> Behavior:
+    """Parse a behaviour spec; errors name the spec and what was expected."""
+    spec = spec.strip()
+    if not spec:
+        raise RlauditError("empty behaviour spec; give a term, 're:REGEX', 'style:NAME' or 'module:function'")
+    if spec.startswith("re:"):
+        pattern = spec[3:]
+        try:
+            pc.match_substring_regex(pa.array([""]), pattern)
+        except pa.ArrowInvalid as exc:
+            raise RlauditError(f"behaviour {spec!r}: invalid RE2 regex: {exc}") from None
+        return Behavior(spec, spec, "regex", pattern=pattern)
+    if spec.startswith("style:"):
+        name = spec[6:]
+        feature = STYLE_FEATURES.get(name)
+        if feature is None:
+            raise RlauditError(f"behaviour {spec!r}: unknown style feature; known: {', '.join(STYLE_FEATURES)}")
+        return Behavior(spec, spec, "style", pattern=feature.regex, numeric=feature.numeric)
+    module, sep, func = spec.partition(":")
+    if sep and re.fullmatch(r"[A-Za-z_][\w.]*", module) and re.fullmatch(r"[A-Za-z_]\w*", func):
+        try:
+            fn = getattr(importlib.import_module(module), func)
+        except (ImportError, AttributeError) as exc:
+            raise RlauditError(f"behaviour {spec!r}: cannot import predicate {func} from {module}: {exc}") from None
+        if not callable(fn):
+            raise RlauditError(f"behaviour {spec!r}: {module}.{func} is not callable")
+        return Behavior(spec, func, "python", func=fn)
+    return Behavior(spec, " ".join(tokenize(spec)) or spec, "term", pattern=term_regex(spec))

@@ -1,0 +1,69 @@
+"""Behaviour specs: parsing, matching, and agreement between the Arrow and DuckDB paths."""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlaudit.behaviors import STYLE_FEATURES, parse_behavior, tokenize
+from rlaudit.errors import RlauditError
+
+TEXTS = ["A goblin! appears", "goblins everywhere", "Goblin", "hobgoblin", "big  red,goblin", None,
+         "- item\n- two", "日本語 text", "Ok?  ", "I'm SURE 😀", "```py\nx\n```"]
+
+
+@pytest.mark.parametrize("spec,expected", [
+    ("goblin", [1, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0]),
+    ("big red goblin", [0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]),
+    (r"re:\bgoblins?\b", [1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0]),
+    ("style:exclamation", [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    ("style:list", [0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]),
+    ("style:code_block", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+    ("style:emoji", [0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]),
+    ("style:language_switch", [0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]),
+    ("style:question", [0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0]),
+    ("i'm", [0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]),
+])
+def test_values_match_expectations(spec, expected):
+    assert parse_behavior(spec).values(pa.array(TEXTS)).tolist() == expected
+
+
+@pytest.mark.parametrize("spec", ["goblin", "big red goblin", r"re:\bgoblins?\b", "i'm", "re:it's"]
+                         + [f"style:{name}" for name in STYLE_FEATURES])
+def test_sql_agrees_with_arrow(spec):
+    b = parse_behavior(spec)
+    con = duckdb.connect()
+    con.register("t", pa.table({"x": pa.array(TEXTS, pa.string())}))
+    via_sql = con.sql(f"SELECT {b.sql('x')} AS v FROM t").fetchnumpy()["v"]
+    assert via_sql.tolist() == b.values(pa.array(TEXTS)).tolist()
+
+
+def test_python_predicate(tmp_path, monkeypatch):
+    (tmp_path / "mychecks.py").write_text("def has_x(t):\n    return 'x' in t\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    b = parse_behavior("mychecks:has_x")
+    assert b.kind == "python" and b.sql("x") is None
+    assert b.values(pa.array(["axe", "bee", None])).tolist() == [1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("", "empty behaviour"), ("re:(?<=a)b", "invalid RE2"), ("style:sparkles", "unknown style feature"),
+    ("nosuchmod_xyz:func", "cannot import"), ("!!!", "no letters"),
+])
+def test_bad_specs_name_the_problem(spec, message):
+    with pytest.raises(RlauditError, match=message):
+        parse_behavior(spec)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["goblin", "gremlin", "the", "cat", "don't", "x1"]), min_size=1, max_size=3),
+       st.lists(st.sampled_from([" ", ", ", "\n", "! ", " -- "]), min_size=3, max_size=3))
+def test_a_phrase_matches_any_text_containing_its_tokens_in_order(words, seps):
+    """Discovery counts tokens; a term behaviour built from a token n-gram must match where the n-gram occurs."""
+    text = "Start " + "".join(w + s for w, s in zip(words, seps)) + "end"
+    phrase = " ".join(words)
+    assert parse_behavior(phrase).values(pa.array([text])).tolist() == [1.0]
+    assert " ".join(tokenize(text)).find(" ".join(tokenize(phrase))) >= 0
