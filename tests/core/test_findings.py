@@ -1,0 +1,48 @@
+"""Findings: validation, ranking and a JSON form that survives a round trip."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from rlaudit.findings import Evidence, Finding, jsonable, rank
+
+
+def make(sev="medium", score=1.0, title="t", **fields):
+    return Finding(kind="k", run="r", severity=sev, title=title, score=score, fields=fields)
+
+
+def test_severity_is_validated():
+    with pytest.raises(ValueError, match="severity"):
+        make(sev="critical")
+
+
+def test_fields_may_not_shadow_core_keys():
+    with pytest.raises(ValueError, match="core keys"):
+        make(title="x", severity_override=1, run="clash")
+
+
+def test_rank_orders_by_severity_then_score():
+    fs = [make("low", 9, "a"), make("high", 1, "b"), make("medium", 5, "c"), make("high", 3, "d")]
+    assert [f.title for f in rank(fs)] == ["d", "b", "c", "a"]
+
+
+def test_json_round_trip_flattens_kind_specific_fields():
+    f = Finding(kind="cot_grading", run="r1", severity="high", title="grader saw CoT", explanation="why",
+                score=0.5, fields={"grader": "judge", "exposure_rate": np.float64(0.02), "series": np.arange(3)},
+                evidence=[Evidence("a.jsonl:3", step=4, condition="nerdy", text="snip", note="n",
+                                   data={"span": (1, 5)})])
+    obj = json.loads(json.dumps(f.to_json()))
+    assert obj["grader"] == "judge" and obj["exposure_rate"] == 0.02 and obj["series"] == [0, 1, 2]
+    assert obj["evidence"][0] == {"rollout_id": "a.jsonl:3", "step": 4, "condition": "nerdy", "text": "snip",
+                                  "note": "n", "span": [1, 5]}
+    back = Finding.from_json(obj)
+    assert back.fields["exposure_rate"] == 0.02 and back.evidence[0].data == {"span": [1, 5]}
+    assert back.to_json() == obj
+
+
+def test_jsonable_turns_non_finite_into_null():
+    assert jsonable({"a": math.nan, "b": [math.inf, 1.0], "c": np.int64(3)}) == {"a": None, "b": [None, 1.0], "c": 3}
