@@ -251,7 +251,7 @@ def schema() -> None:
     """The canonical rollout table (Markdown)."""
     from .schema import schema_markdown
 
-    out.print(schema_markdown(), markup=False)
+    typer.echo(schema_markdown())
 
 
 def main() -> None:
