@@ -1,31 +1,303 @@
-"""Robust JSONL reading shared by the JSON-lines readers.
+"""Fast, robust JSONL reading shared by the JSON-lines readers.
 
-`iter_json_records` yields (line_number, object) for every well-formed JSON object line and reports every bad
-line (torn write, invalid JSON, not an object) to the context with its file and line. Blank lines are skipped.
+`read_json_chunks` cuts a file into chunks of a few MB at line boundaries and parses each chunk with Arrow's
+multi-threaded JSON reader (the fast path). A chunk the fast path cannot take whole (a torn or invalid line, a
+line that is not an object, blank lines, invalid UTF-8, a field whose type changes between lines, or a field
+whose type the reader did not expect) is re-read line by line with `json` (the slow path): every bad line is
+reported to the context with its exact file and line, and the good lines are kept. Either way a chunk comes back
+as an Arrow table plus the 1-based line number of each row, so memory is bounded by the chunk size.
+
+`iter_json_records` is the plain line-by-line iterator, for formats too nested for a columnar parse.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.json as pj
 
 from .base import ReadContext, SourceFile
 
+CHUNK_BYTES = 16 << 20
+
+#: Field metadata marking a string column that holds JSON text (mixed-type values the slow path encoded), so
+#: that metadata JSON embeds the value rather than a string of it.
+JSON_FIELD = {b"rlaudit": b"json"}
+
+#: What a reader expects of a field: "number" (int/float/bool/numeric string), "text" (string or message list),
+#: "int" (a step), "string" (a plain string id). Fields not listed may hold anything.
+FieldKinds = dict[str, str]
+
+
+@dataclass
+class JsonChunk:
+    table: pa.Table
+    lines: pa.Array  # int64, 1-based line of each row
+    fast: bool  # parsed by the fast path
+
+
+def read_json_chunks(file: SourceFile, ctx: ReadContext, kinds: FieldKinds | None = None,
+                     chunk_bytes: int = CHUNK_BYTES) -> Iterator[JsonChunk]:
+    """Parsed chunks of a JSONL file; bad lines go to `ctx.bad`. See the module doc."""
+    kinds = kinds or {}
+    for first_line, data in _chunks(file.path, chunk_bytes):
+        table = _fast_parse(data, kinds)
+        if table is not None:
+            lines = pa.array(np.arange(first_line, first_line + table.num_rows, dtype=np.int64))
+            yield JsonChunk(table, lines, True)
+        else:
+            chunk = _slow_parse(data, first_line, file, ctx, kinds)
+            if chunk is not None:
+                yield chunk
+
+
+def _chunks(path: Any, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """(first line number, bytes) pieces of a file, each ending at a newline (except a torn last line)."""
+    line = 1
+    rest = b""
+    with open(path, "rb") as fh:
+        while True:
+            block = fh.read(chunk_bytes)
+            if not block:
+                break
+            data = rest + block
+            cut = data.rfind(b"\n")
+            if cut < 0:  # one line longer than a chunk: keep reading
+                rest = data
+                continue
+            piece, rest = data[:cut + 1], data[cut + 1:]
+            yield line, piece
+            line += piece.count(b"\n")
+    if rest:
+        yield line, rest
+
+
+def _fast_parse(data: bytes, kinds: FieldKinds) -> pa.Table | None:
+    """Arrow's JSON reader on a whole chunk, or None when the chunk needs the line-by-line path."""
+    n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    if b"\n\n" in data or b"\n\r\n" in data or data.startswith(b"\n"):  # blank lines would shift line numbers
+        return None
+    try:
+        table = pj.read_json(io.BytesIO(data), read_options=pj.ReadOptions(block_size=max(1 << 20, len(data) // 4)),
+                             parse_options=pj.ParseOptions(newlines_in_values=False))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
+    if table.num_rows != n_lines:  # e.g. a whitespace-only line, or two objects on one line
+        return None
+    for name, kind in kinds.items():
+        if name in table.column_names and not _fits(table.schema.field(name).type, kind):
+            return None
+    return table
+
+
+def _fits(typ: pa.DataType, kind: str) -> bool:
+    if pa.types.is_null(typ):
+        return True
+    if kind == "number":
+        return pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_boolean(typ)
+    if kind == "int":
+        return pa.types.is_integer(typ)
+    if kind == "string":
+        return pa.types.is_string(typ) or pa.types.is_large_string(typ)
+    if kind == "text":
+        return pa.types.is_string(typ) or pa.types.is_large_string(typ) or (
+            pa.types.is_list(typ) and pa.types.is_struct(typ.value_type)
+            and typ.value_type.get_field_index("content") >= 0
+            and pa.types.is_string(typ.value_type.field("content").type))
+    return True
+
+
+def _slow_parse(data: bytes, first_line: int, file: SourceFile, ctx: ReadContext,
+                kinds: FieldKinds) -> JsonChunk | None:
+    """Line-by-line parse of one chunk: bad lines are reported, good ones become a table."""
+    records: list[dict[str, Any]] = []
+    lines: list[int] = []
+    for offset, raw in enumerate(data.split(b"\n")):
+        lineno = first_line + offset
+        if not raw.strip():
+            continue
+        obj = parse_line(raw, file, lineno, ctx)
+        if obj is None:
+            continue
+        problem = _kind_problem(obj, kinds)
+        if problem:
+            ctx.bad(file, lineno, problem, _shown(raw))
+            continue
+        records.append(obj)
+        lines.append(lineno)
+    if not records:
+        return None
+    return JsonChunk(records_to_table(records, kinds), pa.array(lines, pa.int64()), False)
+
+
+def parse_line(raw: bytes, file: SourceFile, lineno: int, ctx: ReadContext) -> dict[str, Any] | None:
+    """One JSON object from one line, or None after reporting why not."""
+    try:
+        obj = json.loads(raw)
+    except UnicodeDecodeError as exc:
+        ctx.bad(file, lineno, f"invalid UTF-8 ({exc.reason} at byte {exc.start})", _shown(raw))
+        return None
+    except json.JSONDecodeError as exc:
+        what = "torn line (JSON ends early)" if exc.pos >= len(raw.rstrip()) - 1 else "invalid JSON"
+        ctx.bad(file, lineno, f"{what}: {exc.msg} at column {exc.colno}", _shown(raw))
+        return None
+    except RecursionError:
+        ctx.bad(file, lineno, "invalid JSON: nested too deeply", _shown(raw))
+        return None
+    if not isinstance(obj, dict):
+        ctx.bad(file, lineno, f"expected a JSON object, got {type(obj).__name__}", _shown(raw))
+        return None
+    return obj
+
+
+def _shown(raw: bytes) -> str:
+    return raw[:2000].decode("utf-8", "replace")
+
+
+def _kind_problem(obj: dict[str, Any], kinds: FieldKinds) -> str | None:
+    for name, kind in kinds.items():
+        v = obj.get(name)
+        if v is None:
+            continue
+        if kind == "number" and not _number_like(v):
+            return f"field {name!r}: expected a number, got {_short(v)}"
+        if kind == "int" and not _int_like(v):
+            return f"field {name!r}: expected an integer step, got {_short(v)}"
+        if kind == "string" and not isinstance(v, (str, int)):
+            return f"field {name!r}: expected a string, got {_short(v)}"
+        if kind == "text" and not (isinstance(v, str) or _message_list(v)):
+            return f"field {name!r}: expected text or a list of chat messages, got {_short(v)}"
+    return None
+
+
+def _number_like(v: Any) -> bool:
+    if isinstance(v, (int, float)):
+        return True
+    if isinstance(v, str):
+        try:
+            float(v)
+            return True
+        except ValueError:
+            return False
+    return False
+
+
+def _int_like(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, int):
+        return True
+    if isinstance(v, float):
+        return v.is_integer()
+    if isinstance(v, str):
+        try:
+            return float(v).is_integer()
+        except ValueError:
+            return False
+    return False
+
+
+def _message_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(m, dict) and "content" in m for m in v)
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, (dict, list)):
+        return "an object" if isinstance(v, dict) else "a list"
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def records_to_table(records: list[dict[str, Any]], kinds: FieldKinds) -> pa.Table:
+    """A table from already-validated records, one column per key, with types that cannot conflict.
+
+    Expected fields take their kind's type (numbers as float64, steps as int64, text rendered from message
+    lists); other fields keep a uniform type when all rows agree (number, string, bool) and are otherwise
+    JSON-encoded strings, so mixed-type extra fields never break a batch.
+    """
+    from .base import render_message_list
+
+    names: dict[str, None] = {}
+    for rec in records:
+        for k in rec:
+            names.setdefault(k, None)
+    columns: dict[str, pa.Array] = {}
+    json_cols: set[str] = set()
+    for name in names:
+        values = [rec.get(name) for rec in records]
+        kind = kinds.get(name)
+        if kind == "number":
+            columns[name] = pa.array([None if v is None else float(v) for v in values], pa.float64())
+        elif kind == "int":
+            columns[name] = pa.array([None if v is None else int(float(v)) for v in values], pa.int64())
+        elif kind == "string":
+            columns[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
+        elif kind == "text":
+            columns[name] = pa.array([v if v is None or isinstance(v, str) else render_message_list(v)
+                                      for v in values], pa.string())
+        else:
+            columns[name], as_json = _uniform(values)
+            if as_json:
+                json_cols.add(name)
+    fields = [pa.field(name, arr.type, metadata=JSON_FIELD if name in json_cols else None)
+              for name, arr in columns.items()]
+    return pa.Table.from_arrays(list(columns.values()), schema=pa.schema(fields))
+
+
+def _uniform(values: list[Any]) -> tuple[pa.Array, bool]:
+    """(array, holds JSON text) for the values of one extra field."""
+    present = [v for v in values if v is not None]
+    if all(isinstance(v, bool) for v in present):
+        return pa.array(values, pa.bool_()), False
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return pa.array([None if v is None else float(v) for v in values], pa.float64()), False
+    if all(isinstance(v, str) for v in present):
+        return pa.array(values, pa.string()), False
+    try:
+        return pa.array(values), False
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        return pa.array([None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values],
+                        pa.string()), True
+
 
 def iter_json_records(file: SourceFile, ctx: ReadContext) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every good line; bad lines are reported. Blank lines are skipped."""
     with open(file.path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
-            try:
-                obj = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                ctx.bad(file, lineno, f"invalid JSON ({exc.__class__.__name__}: {exc})",
-                        raw.decode("utf-8", "replace"))
-                continue
-            if not isinstance(obj, dict):
-                ctx.bad(file, lineno, f"expected a JSON object, got {type(obj).__name__}",
-                        raw.decode("utf-8", "replace"))
-                continue
-            yield lineno, obj
+            obj = parse_line(raw.rstrip(b"\r\n"), file, lineno, ctx)
+            if obj is not None:
+                yield lineno, obj
+
+
+def first_record_keys(path: Any, limit: int = 1 << 22) -> set[str]:
+    """Top-level keys of the first non-blank line of a JSONL file (for layout detection).
+
+    When the first line is longer than `limit` it cannot be parsed whole; its keys are then guessed from the
+    `"key":` patterns of its head, which is enough to recognise a layout.
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(limit)
+    except OSError:
+        return set()
+    head = head.lstrip()
+    line, newline, _ = head.partition(b"\n")
+    if not line.strip():
+        return set()
+    try:
+        obj = json.loads(line)
+        return set(obj) if isinstance(obj, dict) else set()
+    except (ValueError, RecursionError):
+        if newline:  # a complete but invalid first line
+            return set()
+        return {m.decode("utf-8", "replace") for m in re.findall(rb'"([A-Za-z_][A-Za-z0-9_]*)"\s*:', line)}
+
