@@ -2,7 +2,8 @@
 
 A reader knows one trainer's layout. It lists the files of a run (`files`), each an ingest unit the store can
 skip when unchanged, and turns one file into *raw* Arrow tables (`read`). A raw table holds whichever of
-`RAW_COLUMNS` the format provides plus `line` (1-based line or row number in the file). `finalize` then does what
+`RAW_COLUMNS` the format provides plus `line` (1-based line or row number in the file) and, when one line holds
+several rollouts, `sub` (their index on the line; null otherwise). `finalize` then does what
 is common to all formats, vectorised: rollout ids, the reasoning/answer split, condition labels, type casts.
 
 Bad records never abort a read silently and never vanish: the reader reports them to `ReadContext.bad`, which
@@ -142,8 +143,11 @@ def finalize(raw: pa.Table, file: SourceFile, ctx: ReadContext) -> pa.Table:
     if lines is None:
         lines = pa.array(range(1, n + 1), pa.int64())
     cols["run"] = const(ctx.run, pa.string())
-    cols["rollout_id"] = pc.binary_join_element_wise(
-        const(file.relpath, pa.string()), lines.cast(pa.string()), ":")
+    rollout_id = pc.binary_join_element_wise(const(file.relpath, pa.string()), lines.cast(pa.string()), ":")
+    sub = col("sub")  # several rollouts on one line (an episode with several traces): "<file>:<line>.<sub>"
+    if sub is not None:
+        rollout_id = pc.coalesce(pc.binary_join_element_wise(rollout_id, sub.cast(pa.string()), "."), rollout_id)
+    cols["rollout_id"] = rollout_id
     step = col("step")
     if step is None:
         if file.step is None:
