@@ -1,0 +1,317 @@
+"""CoT-grading scan: did a grader's logged input contain the policy's reasoning?
+
+For every rollout and every grader in its `grader_inputs` map, the reasoning's word shingles (k consecutive
+normalised tokens, see `rlaudit.shingles`) are looked up in the grader input's shingles. Only *reasoning-only*
+shingles count as exposure evidence:
+
+- shingles that also occur in the rollout's answer or prompt are dropped: the grader legitimately sees those,
+  and reasoning that restates the answer or quotes the question must not look like exposure;
+- shingles that occur in the grader inputs of *every* rollout of the prompt group (size >= 2) are group
+  context: a reference solution or rubric the grader would have seen whatever this rollout wrote, which a
+  rollout may happen to echo. They are dropped, with one exception that keeps listwise graders (one input
+  holding every completion of the group) visible: when at least two rollouts of a group would be exposed through
+  group-invariant text found only in their own reasoning, that text counts for them.
+
+Decision rule for one (rollout, grader) pair, with defaults in `ScanParams`:
+
+    exposed  <=>  (matched >= min_matched  and  matched / reasoning_only >= min_containment)
+                  or  longest run of consecutive matched shingles >= min_span
+
+With k=5, min_matched=8 means at least 12 reasoning-only words were seen, and min_containment=0.5 that the grader
+saw at least half of the reasoning; min_span=16 consecutive shingles is a verbatim passage of 20+ words, which
+catches a grader that saw only the tail of a long reasoning. Chance overlap of 12-20 word passages between texts
+not copied from each other is the null that copy detection by shingling relies on: independently written text
+shares isolated 5-word phrases (excluded above when they come from the prompt, answer or group context), not
+runs of them. Reasoning shorter than k words cannot be scanned; such pairs are counted as not exposed.
+
+The per-pair results are a derived table cached per run version (computed once for all steps, so latency
+measurements at growing `max_step` are cheap); aggregation is DuckDB SQL over that table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..cot_stats import wilson_interval
+from ..findings import Evidence, Finding
+from ..shingles import Vocabulary, count_lookup, longest_runs, matching_spans, member, normalized_tokens, scoped
+
+RESULT_SCHEMA = pa.schema([
+    ("rollout_id", pa.string()), ("step", pa.int64()), ("split", pa.string()), ("condition", pa.string()),
+    ("task", pa.string()), ("grader", pa.string()), ("reasoning_only", pa.int64()), ("matched", pa.int64()),
+    ("containment", pa.float64()), ("longest_span", pa.int64()), ("exposed", pa.bool_()),
+])
+_COLUMNS = ["rollout_id", "step", "split", "condition", "task", "group_id", "prompt", "answer", "reasoning",
+            "grader_inputs"]
+
+
+@dataclass(frozen=True)
+class ScanParams:
+    """Thresholds of the per-rollout decision (see module doc). Set through
+    `AuditConfig.options["cot_grading"]` with the same names."""
+
+    k: int = 5
+    min_matched: int = 8
+    min_containment: float = 0.5
+    min_span: int = 16
+    group_context: bool = True
+    batch_rows: int = 16_384
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> ScanParams:
+        from ..errors import RlauditError
+
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in options.items() if k in known}
+        p = cls(**values)
+        if p.k < 2 or p.min_matched < 1 or p.min_span < 1 or not 0 < p.min_containment <= 1:
+            raise RlauditError(f"cot_grading options: need k>=2, min_matched>=1, min_span>=1, "
+                               f"0<min_containment<=1; got {asdict(p)}")
+        return p
+
+    def cache_key(self) -> str:
+        d = asdict(self)
+        d.pop("batch_rows")
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+    def decide(self, matched: np.ndarray, reasoning_only: np.ndarray, longest: np.ndarray) -> np.ndarray:
+        containment = np.divide(matched, reasoning_only, out=np.zeros(len(matched)), where=reasoning_only > 0)
+        return ((matched >= self.min_matched) & (containment >= self.min_containment)) | (longest >= self.min_span)
+
+
+# ---------------------------------------------------------------- the per-batch kernel
+def scan_batch(batch: pa.RecordBatch | pa.Table, params: ScanParams) -> pa.Table:
+    """One result row per (rollout, grader) pair of the batch (see RESULT_SCHEMA)."""
+    if isinstance(batch, pa.RecordBatch):
+        batch = pa.Table.from_batches([batch])
+    batch = batch.combine_chunks()
+    n = batch.num_rows
+    gi = batch.column("grader_inputs").chunk(0)
+    offsets = np.asarray(gi.offsets.to_numpy(zero_copy_only=False), np.int64)
+    offsets = offsets - offsets[0]
+    parent = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
+    grader_names = gi.keys.cast(pa.string())
+    grader_texts = gi.items.cast(pa.string())
+    if len(parent) == 0:
+        return RESULT_SCHEMA.empty_table()
+
+    prompts = pc.dictionary_encode(pc.fill_null(batch.column("prompt").chunk(0), ""))
+    prompt_of_row = prompts.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    vocab = Vocabulary([normalized_tokens(batch.column("reasoning")), normalized_tokens(batch.column("answer")),
+                        normalized_tokens(prompts.dictionary), normalized_tokens(grader_texts)])
+    k = params.k
+    R, A, P, G = (vocab.shingles(i, k) for i in range(4))
+
+    r_row = scoped(R.keys, R.row)
+    excluded = member(r_row, scoped(A.keys, A.row))
+    excluded |= member(scoped(R.keys, prompt_of_row[R.row]), scoped(P.keys, P.row))
+    group_of_row = _group_index(batch.column("group_id").chunk(0), n)
+    r_group = scoped(R.keys, group_of_row[R.row])
+    reasoning_in_group = count_lookup(r_group, _unique_rescoped(R.keys, R.row, group_of_row, r_row))
+
+    names = grader_names.to_numpy(zero_copy_only=False).astype(object)
+    out = []
+    for grader in sorted(set(names.tolist())):  # few graders: the loop is over graders, not rollouts
+        entries = np.flatnonzero(names == grader)
+        rows = parent[entries]
+        g_mask = np.isin(G.row, entries)
+        g_keys, g_parent = G.keys[g_mask], parent[G.row[g_mask]]
+        g_row = scoped(g_keys, g_parent)
+        seen = member(r_row, g_row)
+        counted = ~excluded
+        reasoning_only, matched, longest = _tally(counted, seen, R.row, n)
+        exposed = params.decide(matched, reasoning_only, longest)
+        if params.group_context:
+            size = np.bincount(group_of_row[rows], minlength=group_of_row.max() + 1)
+            seen_in_group = count_lookup(r_group, _unique_rescoped(g_keys, g_parent, group_of_row, g_row))
+            invariant = (size[group_of_row[R.row]] >= 2) & (seen_in_group >= size[group_of_row[R.row]])
+            strict = _tally(counted & ~invariant, seen, R.row, n)
+            exposed_strict = params.decide(*strict)
+            # Exposure that rests on group-invariant text counts only when it looks listwise: at least two
+            # rollouts of the group are exposed through invariant text found in their own reasoning alone.
+            loose = _tally(counted & ~(invariant & (reasoning_in_group >= 2)), seen, R.row, n)
+            via_invariant = params.decide(*loose) & ~exposed_strict
+            listwise = np.bincount(group_of_row[via_invariant], minlength=len(size)) >= 2
+            use_loose = via_invariant & listwise[group_of_row]
+            exposed = exposed_strict | use_loose
+            reasoning_only, matched, longest = (np.where(use_loose, lo, st) for lo, st in zip(loose, strict))
+        containment = np.divide(matched, reasoning_only, out=np.zeros(n), where=reasoning_only > 0)
+        take = pa.array(rows)
+        out.append(pa.table({
+            "rollout_id": batch.column("rollout_id").take(take), "step": batch.column("step").take(take),
+            "split": batch.column("split").take(take), "condition": batch.column("condition").take(take),
+            "task": batch.column("task").take(take), "grader": pa.array([grader] * len(rows), pa.string()),
+            "reasoning_only": reasoning_only[rows], "matched": matched[rows], "containment": containment[rows],
+            "longest_span": longest[rows], "exposed": exposed[rows],
+        }, schema=RESULT_SCHEMA))
+    return pa.concat_tables(out)
+
+
+def _tally(counted: np.ndarray, seen: np.ndarray, row: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
+    """Per row: counted reasoning shingles, how many of them the grader saw, longest run of seen ones."""
+    return (np.bincount(row[counted], minlength=n), np.bincount(row[counted & seen], minlength=n),
+            longest_runs(seen[counted], row[counted], n))
+
+
+def _group_index(group_id: pa.Array, n: int) -> np.ndarray:
+    """Dense group index per row; rows without a group each form their own group."""
+    enc = pc.dictionary_encode(group_id)
+    idx = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.where(idx >= 0, idx, len(enc.dictionary) + np.arange(n, dtype=np.int64))
+
+
+def _unique_rescoped(keys: np.ndarray, rows: np.ndarray, group_of_row: np.ndarray,
+                     row_scoped: np.ndarray) -> np.ndarray:
+    """Group-scoped keys of the distinct (row, shingle) pairs: counting them per group counts rows, not
+    repetitions within one text."""
+    _, first = np.unique(row_scoped, return_index=True)
+    return scoped(keys[first], group_of_row[rows[first]])
+
+
+# ---------------------------------------------------------------- the run-level scan
+def scan_run(con: duckdb.DuckDBPyConnection, params: ScanParams, source: str = "all_rollouts",
+             extra_inputs: str | None = None) -> pa.Table:
+    """Scan every rollout of `source` (a view or table of `con`) that has grader inputs, in Arrow batches.
+
+    `extra_inputs`: a parquet path of captured grader inputs (rollout_id, grader, input) merged into the map.
+    """
+    return pa.concat_tables([RESULT_SCHEMA.empty_table(), *(
+        scan_batch(b, params) for b in iter_batches(con, params.batch_rows, source, extra_inputs))])
+
+
+def iter_batches(con: duckdb.DuckDBPyConnection, rows: int, source: str = "all_rollouts",
+                 extra_inputs: str | None = None) -> Iterator[pa.RecordBatch]:
+    cols = ", ".join(f"r.{c}" for c in _COLUMNS if c != "grader_inputs")
+    if extra_inputs:
+        path = extra_inputs.replace("'", "''")
+        sql = (f"SELECT {cols}, CASE WHEN c.cap IS NULL THEN r.grader_inputs "
+               f"ELSE map_concat(r.grader_inputs, c.cap) END AS grader_inputs FROM {source} r LEFT JOIN "
+               f"(SELECT rollout_id, map(list(grader), list(input)) AS cap FROM read_parquet('{path}') "
+               f"GROUP BY rollout_id) c ON r.rollout_id = c.rollout_id "
+               f"WHERE cardinality(r.grader_inputs) > 0 OR c.cap IS NOT NULL")
+    else:
+        sql = f"SELECT {cols}, r.grader_inputs FROM {source} r WHERE cardinality(r.grader_inputs) > 0"
+    reader = con.sql(sql).to_arrow_reader(rows)
+    for batch in reader:
+        if batch.num_rows:
+            yield batch
+
+
+# ---------------------------------------------------------------- findings
+def findings_from_results(con: duckdb.DuckDBPyConnection, results: pa.Table, run: str, params: ScanParams,
+                          where: str, options: dict[str, Any], evidence_source: str = "rollouts",
+                          extra_inputs: str | None = None) -> list[Finding]:
+    """One finding per grader with at least `min_exposed` exposed rollouts (default 1)."""
+    con.register("_cot_scan", results)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW cot_scan AS SELECT * FROM _cot_scan WHERE {where}")
+    min_exposed = int(options.get("min_exposed", 1))
+    severity = options.get("severity", "high")
+    totals = con.execute(
+        "SELECT grader, count(*) AS n, sum(exposed::INT) AS exposed, min(CASE WHEN exposed THEN step END) AS first, "
+        "count(*) FILTER (WHERE reasoning_only > 0) AS scannable FROM cot_scan GROUP BY grader ORDER BY grader"
+    ).fetchall()
+    found = []
+    for grader, n, exposed, first_step, scannable in totals:
+        exposed = int(exposed or 0)
+        if exposed < min_exposed:
+            continue
+        lo, hi = wilson_interval(exposed, n)
+        rate = exposed / n
+        f = Finding(
+            kind="cot_grading", run=run, severity=severity,
+            title=f"Grader '{grader}' saw the policy's reasoning in {exposed:,} of {n:,} rollouts ({rate:.2%})",
+            explanation=(
+                f"The logged input of grader '{grader}' contains the rollout's chain-of-thought (text found only in "
+                f"the reasoning, not in the prompt or answer) in {exposed:,} rollouts, first at step {first_step}. "
+                "A grader that reads the reasoning rewards what it says, which teaches the policy to shape or hide "
+                "its reasoning. Each evidence item marks the matching span in the grader input."),
+            score=rate,
+            fields={
+                "grader": grader, "method": "scan", "exposure_rate": rate, "exposure_rate_ci": [lo, hi],
+                "exposed_samples": exposed, "samples": n, "scannable_samples": int(scannable),
+                "first_step": int(first_step),
+                "series": _series(con, grader), "by_condition": _breakdown(con, grader, "condition"),
+                "by_task": _breakdown(con, grader, "task"),
+                "thresholds": {"k": params.k, "min_matched": params.min_matched,
+                               "min_containment": params.min_containment, "min_span": params.min_span},
+            },
+            evidence=_evidence(con, grader, params, int(options.get("max_evidence", 5)), evidence_source,
+                               extra_inputs),
+        )
+        found.append(f)
+    return found
+
+
+def _series(con: duckdb.DuckDBPyConnection, grader: str) -> dict[str, list[Any]]:
+    rows = con.execute("SELECT step, count(*), sum(exposed::INT) FROM cot_scan WHERE grader = ? GROUP BY step "
+                       "ORDER BY step", [grader]).fetchall()
+    return {"steps": [r[0] for r in rows], "samples": [r[1] for r in rows], "exposed": [int(r[2]) for r in rows],
+            "exposure_rate": [r[2] / r[1] for r in rows]}
+
+
+def _breakdown(con: duckdb.DuckDBPyConnection, grader: str, column: str) -> dict[str, dict[str, Any]]:
+    rows = con.execute(f"SELECT coalesce({column}, 'unknown'), count(*), sum(exposed::INT), "
+                       f"min(CASE WHEN exposed THEN step END) FROM cot_scan WHERE grader = ? GROUP BY 1 ORDER BY 1",
+                       [grader]).fetchall()
+    out = {}
+    for key, n, exposed, first in rows:
+        lo, hi = wilson_interval(int(exposed), n)
+        out[key] = {"samples": n, "exposed_samples": int(exposed), "exposure_rate": exposed / n,
+                    "exposure_rate_ci": [lo, hi], "first_step": first}
+    return out
+
+
+def _evidence(con: duckdb.DuckDBPyConnection, grader: str, params: ScanParams, limit: int, source: str,
+              extra_inputs: str | None) -> list[Evidence]:
+    """The first exposures in time, then the most complete ones, each with the matching spans of the input."""
+    ids = con.execute(
+        "(SELECT rollout_id FROM cot_scan WHERE grader = ? AND exposed ORDER BY step, rollout_id LIMIT ?) UNION "
+        "(SELECT rollout_id FROM cot_scan WHERE grader = ? AND exposed ORDER BY containment DESC, rollout_id "
+        "LIMIT ?)", [grader, max(1, limit // 2 + limit % 2), grader, limit // 2]).fetchall()
+    ids = [i[0] for i in ids]
+    if not ids:
+        return []
+    con.register("_cot_ids", pa.table({"rollout_id": ids}))
+    input_expr = "r.grader_inputs[?]"
+    join = ""
+    if extra_inputs:
+        path = extra_inputs.replace("'", "''")
+        input_expr = "coalesce(r.grader_inputs[?], c.input)"
+        join = (f"LEFT JOIN (SELECT rollout_id, input FROM read_parquet('{path}') WHERE grader = $g) c "
+                "ON c.rollout_id = r.rollout_id")
+    sql = (f"SELECT r.rollout_id, r.step, r.condition, r.prompt, r.answer, r.reasoning, {input_expr} AS seen, "
+           f"s.containment, s.matched, s.reasoning_only, s.longest_span FROM {source} r "
+           f"JOIN _cot_ids USING (rollout_id) JOIN cot_scan s ON s.rollout_id = r.rollout_id AND s.grader = ? "
+           f"{join} ORDER BY r.step, r.rollout_id")
+    if extra_inputs:
+        sql = sql.replace("[?]", "[$g]").replace("s.grader = ?", "s.grader = $g")
+        rows = con.execute(sql, {"g": grader}).fetchall()
+    else:
+        rows = con.execute(sql, [grader, grader]).fetchall()
+    out = []
+    for rid, step, cond, prompt, answer, reasoning, seen, containment, matched, only, longest in rows:
+        seen = seen or ""
+        spans = matching_spans(reasoning or "", seen, [prompt or "", answer or ""], params.k)
+        start, end = spans[0] if spans else (0, 0)
+        lo = max(0, start - 80)
+        hi = min(len(seen), max(end, start) + 80)
+        match = "exact" if reasoning and reasoning.strip() and reasoning.strip() in seen else "fuzzy"
+        out.append(Evidence(
+            rollout_id=rid, step=step, condition=cond, text=seen[lo:hi],
+            note=(f"{matched} of {only} reasoning-only {params.k}-word shingles ({containment:.0%}) are in the "
+                  f"input of '{grader}'; longest verbatim run {longest + params.k - 1 if longest else 0} words "
+                  f"({match} match)"),
+            data={"grader": grader, "span": [start, end], "spans": [list(s) for s in spans[:20]],
+                  "text_offset": lo, "containment": containment, "match": match,
+                  "grader_input_chars": len(seen)},
+        ))
+    return out

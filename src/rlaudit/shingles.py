@@ -1,0 +1,203 @@
+"""Word shingles: the fuzzy text-containment primitive of the CoT-grading scan.
+
+Text is normalised to lowercase letter/digit tokens (markdown, punctuation, whitespace and line breaks vanish),
+and every run of `k` consecutive tokens (a *shingle*) is hashed to a 64-bit integer. "Is this reasoning inside
+that grader input?" then becomes "what share of the reasoning's shingles are among the grader input's
+shingles?", which survives reformatting, re-wrapping, markdown changes and truncation (a grader that saw only
+the tail of the reasoning still shares the tail's shingles).
+
+Everything here works on whole Arrow columns: tokenisation is Arrow compute, token ids come from one
+dictionary per batch (so ids, and therefore hashes, are consistent across all columns of the batch), and
+shingle hashes are numpy arithmetic over the flat token-id array. There is no Python loop over rows; the
+scalar helpers at the end (`token_spans`, `shingle_set`) exist only to cut evidence spans for a handful of rows.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+_NON_WORD = r"[^\p{L}\p{N}]+"  # RE2 (Arrow) spelling
+_WORD_PY = re.compile(r"[^\W_]+")  # the same token definition for Python's re
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """A fast 64-bit finaliser: spreads structured inputs (small ids, sums) over the whole 64-bit range."""
+    x = x.astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        x += _MIX
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
+
+
+def scoped(keys: np.ndarray, scope: np.ndarray) -> np.ndarray:
+    """Hash shingles together with a scope id (row, group), so one sorted array can answer per-row
+    membership questions for a whole batch at once."""
+    with np.errstate(over="ignore"):
+        return splitmix64(keys ^ splitmix64(scope.astype(np.uint64)))
+
+
+def normalized_tokens(texts: pa.Array | pa.ChunkedArray) -> pa.ListArray:
+    """Lowercase letter/digit tokens of each text (null or empty text: no tokens)."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    lowered = pc.utf8_lower(texts.cast(pa.string()))
+    spaced = pc.utf8_trim_whitespace(pc.replace_substring_regex(lowered, _NON_WORD, " "))
+    spaced = pc.if_else(pc.equal(spaced, ""), pa.scalar(None, pa.string()), spaced)
+    tokens = pc.utf8_split_whitespace(spaced)
+    return pc.fill_null(tokens, pa.scalar([], pa.list_(pa.string())))
+
+
+@dataclass
+class Shingles:
+    """The k-shingles of n texts: hash `keys`, owning text `row` and `position` (index of the shingle's first
+    token in its text), all in text-then-position order. `n_tokens[i]` is the token count of text i."""
+
+    keys: np.ndarray  # uint64
+    row: np.ndarray  # int64
+    position: np.ndarray  # int64
+    n_tokens: np.ndarray  # int64, per text
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Shingles per text."""
+        return np.bincount(self.row, minlength=len(self.n_tokens))
+
+
+class Vocabulary:
+    """Token ids shared by every column of one batch: tokens of all columns are dictionary-encoded together."""
+
+    def __init__(self, columns: list[pa.ListArray]):
+        flats = [c.flatten() for c in columns]
+        encoded = pc.dictionary_encode(pa.chunked_array(flats, pa.string())).combine_chunks()
+        ids = encoded.indices.to_numpy(zero_copy_only=False).astype(np.uint64)
+        self.words: pa.Array = encoded.dictionary  # token id -> token
+        self._ids: list[np.ndarray] = []
+        start = 0
+        for f in flats:
+            self._ids.append(ids[start:start + len(f)])
+            start += len(f)
+        self._offsets = [np.asarray(c.offsets.to_numpy(zero_copy_only=False), dtype=np.int64) - c.offsets[0].as_py()
+                         for c in columns]
+
+    def ids(self, column: int) -> np.ndarray:
+        """Flat token ids of one column (uint64)."""
+        return self._ids[column]
+
+    def offsets(self, column: int) -> np.ndarray:
+        """Per-text offsets into `ids(column)` (length n_texts + 1)."""
+        return self._offsets[column]
+
+    def shingles(self, column: int, k: int) -> Shingles:
+        """The k-shingles of every text in column `column`."""
+        return shingles_from_ids(self._ids[column], self._offsets[column], k)
+
+
+def shingles_from_ids(ids: np.ndarray, offsets: np.ndarray, k: int) -> Shingles:
+    """Hash every window of k consecutive token ids that lies inside one text.
+
+    The window hash is a polynomial in the token ids with fixed odd 64-bit multipliers (wrapping arithmetic),
+    finalised by splitmix64. Windows that straddle two texts are dropped.
+    """
+    n_texts = len(offsets) - 1
+    n_tokens = np.diff(offsets)
+    total = len(ids)
+    if total < k:
+        empty = np.empty(0, np.int64)
+        return Shingles(np.empty(0, np.uint64), empty, empty, n_tokens)
+    m = total - k + 1
+    acc = np.zeros(m, np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(k):  # k is small (5-10): a loop over window offsets, not over rows
+            mult = splitmix64(np.array([j + 1], np.uint64))[0] | np.uint64(1)
+            acc = acc * mult + ids[j:j + m] + np.uint64(1)
+    keys = splitmix64(acc)
+    counts = np.maximum(n_tokens - k + 1, 0)
+    row = np.repeat(np.arange(n_texts, dtype=np.int64), counts)
+    starts = np.repeat(offsets[:-1], counts)
+    within = np.arange(len(row), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    position = starts + within
+    return Shingles(keys[position], row, within, n_tokens)
+
+
+def member(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Boolean mask: which query keys occur in reference (sort once, binary search; no Python loop)."""
+    if len(reference) == 0 or len(query) == 0:
+        return np.zeros(len(query), bool)
+    ref = np.sort(reference)
+    idx = np.searchsorted(ref, query)
+    idx[idx == len(ref)] = len(ref) - 1
+    return ref[idx] == query
+
+
+def count_lookup(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """For each query key, how many times it occurs in reference."""
+    if len(reference) == 0 or len(query) == 0:
+        return np.zeros(len(query), np.int64)
+    uniq, counts = np.unique(reference, return_counts=True)
+    idx = np.searchsorted(uniq, query)
+    idx[idx == len(uniq)] = len(uniq) - 1
+    return np.where(uniq[idx] == query, counts[idx], 0)
+
+
+def longest_runs(flag: np.ndarray, row: np.ndarray, n_rows: int) -> np.ndarray:
+    """Per row, the longest run of consecutive True values in `flag` (elements ordered by row, then position)."""
+    out = np.zeros(n_rows, np.int64)
+    if len(flag) == 0:
+        return out
+    new_row = np.ones(len(row), bool)
+    new_row[1:] = row[1:] != row[:-1]
+    run_id = np.cumsum(~flag | new_row)
+    lengths = np.bincount(run_id[flag], minlength=run_id[-1] + 1)
+    run_row = np.zeros(len(lengths), np.int64)
+    run_row[run_id[flag]] = row[flag]
+    nz = np.flatnonzero(lengths)
+    np.maximum.at(out, run_row[nz], lengths[nz])
+    return out
+
+
+# ---------------------------------------------------------------- scalar helpers, for evidence only
+def token_spans(text: str) -> list[tuple[str, int, int]]:
+    """(token, start, end) of each normalised token of one text, with character offsets into the original."""
+    return [(m.group().lower(), m.start(), m.end()) for m in _WORD_PY.finditer(text)]
+
+
+def shingle_tuples(tokens: list[str], k: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i:i + k]) for i in range(len(tokens) - k + 1)]
+
+
+def matching_spans(reasoning: str, seen: str, excluded: list[str], k: int) -> list[tuple[int, int]]:
+    """Character spans of `seen` covered by shingles of `reasoning` that occur in no `excluded` text.
+
+    Overlapping/adjacent matched shingles are merged into one span; spans are sorted by length, longest first.
+    """
+    reasoning_only = set(shingle_tuples([t for t, _, _ in token_spans(reasoning)], k))
+    for text in excluded:
+        reasoning_only -= set(shingle_tuples([t for t, _, _ in token_spans(text)], k))
+    spans = token_spans(seen)
+    toks = [t for t, _, _ in spans]
+    covered = np.zeros(len(toks), bool)
+    for i, sh in enumerate(shingle_tuples(toks, k)):
+        if sh in reasoning_only:
+            covered[i:i + k] = True
+    out: list[tuple[int, int]] = []
+    i = 0
+    while i < len(toks):
+        if covered[i]:
+            j = i
+            while j + 1 < len(toks) and covered[j + 1]:
+                j += 1
+            out.append((spans[i][1], spans[j][2]))
+            i = j + 1
+        else:
+            i += 1
+    return sorted(out, key=lambda s: s[0] - s[1])

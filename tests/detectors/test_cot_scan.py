@@ -1,0 +1,164 @@
+"""The CoT-grading scan on synthetic runs whose exposure is known rollout by rollout."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from cot_synth import make_run, paragraph, sentence
+
+from rlaudit.audit import audit_store
+from rlaudit.detectors import AuditConfig
+from rlaudit.detectors.cot_scan import ScanParams, scan_batch
+from rlaudit.errors import RlauditError
+from rlaudit.schema import ROLLOUT_SCHEMA
+
+
+def scan_findings(store, table, **options):
+    store.append(table.column("run")[0].as_py(), table, "part-1")
+    config = AuditConfig(options={"cot_grading": {"screen": False, **options}})
+    result = audit_store(store, [table.column("run")[0].as_py()], config)
+    errors = result.of_kind("audit_error")
+    assert not errors, errors[0].fields["traceback"]
+    return [f for f in result.of_kind("cot_grading") if f["method"] == "scan"]
+
+
+def exposed_ids(table):
+    return {r["rollout_id"] for r in scan_batch(table, ScanParams()).to_pylist() if r["exposed"]}
+
+
+@pytest.mark.parametrize("mode", ["full", "markdown", "tail"])
+def test_each_exposure_mode_is_found_exactly(mode):
+    def exposure(step, task, rng):
+        return mode if rng.random() < 0.25 else None
+
+    table, truth = make_run(exposure=exposure, seed=3)
+    assert truth
+    assert exposed_ids(table) == set(truth)
+
+
+def test_clean_run_has_no_scan_findings(store):
+    # reasoning and answers share vocabulary and a verbatim sentence; graders see prompt + answer + reference,
+    # and half the rollouts echo the reference in their reasoning
+    table, truth = make_run(run="clean", steps=30, groups=8, seed=11)
+    assert not truth
+    assert scan_findings(store, table) == []
+
+
+def test_rare_fallback_exposure_rate_first_step_and_ci(store):
+    def exposure(step, task, rng):  # a fallback path that shows the full completion in ~1.5% of calls
+        return "full" if rng.random() < 0.015 else None
+
+    table, truth = make_run(run="fallback", steps=40, groups=10, seed=5, exposure=exposure)
+    (f,) = scan_findings(store, table)
+    n = table.num_rows
+    assert f["exposed_samples"] == len(truth) and f["samples"] == n
+    assert f["exposure_rate"] == pytest.approx(len(truth) / n)
+    lo, hi = f["exposure_rate_ci"]
+    assert lo < len(truth) / n < hi
+    steps = table.to_pandas().set_index("rollout_id").loc[sorted(truth), "step"]
+    assert f["first_step"] == steps.min()
+    assert f.severity == "high" and f["grader"] == "judge"
+    assert sum(f["series"]["exposed"]) == len(truth)
+
+
+def test_mid_run_onset_in_one_task_is_localised(store):
+    def exposure(step, task, rng):
+        return "full" if task == "math" and step >= 12 else None
+
+    table, truth = make_run(run="onset", steps=20, seed=2, exposure=exposure)
+    (f,) = scan_findings(store, table)
+    assert f["first_step"] == 12
+    assert f["by_task"]["chat"]["exposed_samples"] == 0
+    assert f["by_task"]["math"]["first_step"] == 12
+    series = dict(zip(f["series"]["steps"], f["series"]["exposed"]))
+    assert all(series[s] == 0 for s in range(12)) and all(series[s] > 0 for s in range(12, 20))
+
+
+def test_evidence_marks_the_span_of_reasoning_in_the_grader_input(store):
+    table, truth = make_run(run="ev", seed=4, exposure=lambda s, t, r: "markdown" if r.random() < 0.2 else None)
+    (f,) = scan_findings(store, table)
+    rows = {r["rollout_id"]: r for r in table.to_pylist()}
+    assert f.evidence
+    for ev in f.evidence:
+        assert ev.rollout_id in truth
+        seen = dict(rows[ev.rollout_id]["grader_inputs"])["judge"]
+        start, end = ev.data["span"]
+        words = seen[start:end].lower().replace("*", " ").split()
+        reasoning = rows[ev.rollout_id]["reasoning"].lower()
+        assert len(words) >= 10 and " ".join(words[:4]).strip(".") in reasoning.replace(".", "")
+        assert ev.data["text_offset"] <= start
+
+
+def test_max_step_scopes_the_scan(store):
+    table, truth = make_run(run="late", steps=10, seed=8,
+                            exposure=lambda s, t, r: "full" if s >= 7 and r.random() < 0.5 else None)
+    store.append("late", table, "p")
+    early = audit_store(store, ["late"], AuditConfig(max_step=6, options={"cot_grading": {"screen": False}}))
+    assert early.of_kind("cot_grading") == []
+    full = audit_store(store, ["late"], AuditConfig(options={"cot_grading": {"screen": False}}))
+    assert full.of_kind("cot_grading")[0]["first_step"] == 7
+
+
+def test_min_exposed_and_severity_options(store):
+    table, truth = make_run(run="opt", seed=9, exposure=lambda s, t, r: "full" if r.random() < 0.05 else None)
+    assert 0 < len(truth) < 50
+    assert scan_findings(store, table, min_exposed=50) == []
+    (f,) = audit_store(store, ["opt"], AuditConfig(options={"cot_grading": {
+        "screen": False, "severity": "medium"}})).of_kind("cot_grading")
+    assert f.severity == "medium"
+    with pytest.raises(RlauditError, match="min_containment"):
+        ScanParams.from_options({"min_containment": 0})
+
+
+def _row(rid, group, prompt, reasoning, answer, seen, step=0):
+    return {"run": "r", "rollout_id": rid, "step": step, "split": "train", "group_id": group, "sample_index": 0,
+            "condition": "none", "system_prompt": None, "task": None, "prompt": prompt,
+            "completion": f"<think>{reasoning}</think>{answer}", "reasoning": reasoning, "answer": answer,
+            "rewards": [("judge", 1.0)], "reward": 1.0, "advantage": None, "grader_inputs": [("judge", seen)],
+            "metadata": None}
+
+
+def test_reasoning_that_restates_answer_or_quotes_prompt_is_not_exposure():
+    rng = np.random.default_rng(0)
+    prompt, answer = paragraph(rng, 4), paragraph(rng, 4)
+    reasoning = f"{prompt} {answer}"  # nothing reasoning-only except the seams
+    seen = f"Question: {prompt}\nResponse: {answer}"
+    table = pa.Table.from_pylist([_row("a", "g", prompt, reasoning, answer, seen)], schema=ROLLOUT_SCHEMA)
+    assert exposed_ids(table) == set()
+
+
+def test_listwise_grader_that_sees_every_completion_of_the_group_is_found():
+    rng = np.random.default_rng(1)
+    prompt = paragraph(rng, 2)
+    members = [(paragraph(rng, 5), sentence(rng, 8)) for _ in range(4)]
+    seen = "Rank these responses:\n" + "\n---\n".join(f"<think>{r}</think>{a}" for r, a in members)
+    rows = [_row(f"r{i}", "g", prompt, r, a, seen) for i, (r, a) in enumerate(members)]
+    assert exposed_ids(pa.Table.from_pylist(rows, schema=ROLLOUT_SCHEMA)) == {"r0", "r1", "r2", "r3"}
+
+
+def test_one_rollout_echoing_a_group_reference_is_not_exposure():
+    rng = np.random.default_rng(2)
+    prompt, reference = paragraph(rng, 2), paragraph(rng, 3)
+    rows = []
+    for i in range(4):
+        reasoning = paragraph(rng, 4) + (" " + reference if i == 0 else "")
+        answer = sentence(rng, 8)
+        rows.append(_row(f"r{i}", "g", prompt, reasoning, answer, f"Q: {prompt}\nA: {answer}\nRef: {reference}"))
+    assert exposed_ids(pa.Table.from_pylist(rows, schema=ROLLOUT_SCHEMA)) == set()
+
+
+def test_run_without_grader_inputs_gives_no_findings(store):
+    table, _ = make_run(run="nogi", seed=1)
+    table = table.set_column(table.schema.get_field_index("grader_inputs"), "grader_inputs",
+                             pa.array([[]] * table.num_rows, ROLLOUT_SCHEMA.field("grader_inputs").type))
+    assert scan_findings(store, table) == []
+
+
+def test_findings_json_round_trip(store):
+    table, _ = make_run(run="js", seed=6, exposure=lambda s, t, r: "full" if r.random() < 0.1 else None)
+    (f,) = scan_findings(store, table)
+    obj = json.loads(json.dumps(f.to_json()))
+    assert obj["kind"] == "cot_grading" and obj["method"] == "scan" and obj["evidence"][0]["span"]

@@ -1,0 +1,61 @@
+"""Unit tests of the shingle primitives behind the CoT-grading scan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlaudit.shingles import (Vocabulary, longest_runs, matching_spans, member, normalized_tokens, scoped,
+                              token_spans)
+
+
+def test_normalisation_ignores_case_punctuation_markdown_and_whitespace():
+    toks = normalized_tokens(pa.array(["  **Hello**,\n\tWORLD!  2+2=4 ", None, "", "_x_ Ünï"])).to_pylist()
+    assert toks == [["hello", "world", "2", "2", "4"], [], [], ["x", "ünï"]]
+
+
+def _keys(texts: list[str], k: int) -> list[set[int]]:
+    vocab = Vocabulary([normalized_tokens(pa.array(texts))])
+    sh = vocab.shingles(0, k)
+    return [set(sh.keys[sh.row == i].tolist()) for i in range(len(texts))]
+
+
+def test_shingles_match_across_formatting_and_never_straddle_texts():
+    a, b, c = _keys(["one two three four five six", "ONE  two\nthree - four **five** six", "five six seven"], 3)
+    assert a == b and len(a) == 4
+    assert not a & c  # "five six seven" shares no 3-shingle; "four five six"+"five.." across rows never formed
+
+
+def test_member_and_scoped_keys_are_per_row():
+    keys = np.array([1, 2, 3], np.uint64)
+    ref = scoped(np.array([1, 2], np.uint64), np.array([0, 1]))
+    assert member(scoped(keys, np.array([0, 0, 0])), ref).tolist() == [True, False, False]
+
+
+def test_longest_runs_per_row():
+    flag = np.array([1, 1, 0, 1, 1, 1, 1, 0, 1], bool)
+    row = np.array([0, 0, 0, 0, 0, 1, 1, 1, 2])
+    assert longest_runs(flag, row, 4).tolist() == [2, 2, 1, 0]
+
+
+def test_matching_spans_are_offsets_into_the_seen_text():
+    reasoning = "The hidden plan is to flatter the grader with many kind words today"
+    seen = "Grade this:\n* THE hidden plan IS to flatter the grader, with many kind words"
+    spans = matching_spans(reasoning, seen, excluded=[], k=4)
+    start, end = spans[0]
+    assert seen[start:end].lower().startswith("the hidden plan")
+    assert seen[start:end].endswith("words")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"]),
+                min_size=6, max_size=40),
+       st.lists(st.sampled_from([" ", "\n", "  ", " * ", ", ", " **", "** ", "\t# "]), min_size=1, max_size=5))
+def test_reformatting_never_changes_the_shingles(words, separators):
+    plain = " ".join(words)
+    reformatted = "".join((w.upper() if i % 3 == 0 else w) + separators[i % len(separators)]
+                          for i, w in enumerate(words))
+    assert _keys([plain], 3)[0] == _keys([reformatted], 3)[0]
+    assert [t for t, _, _ in token_spans(reformatted)] == words
