@@ -1,34 +1,47 @@
 """rlaudit's own canonical JSONL/Parquet, and any JSONL/Parquet table given a column mapping.
 
-Canonical records use the column names of `rlaudit.schema` (`step`, `prompt`, `completion`, `rewards` as an
-object of signal -> number, `grader_inputs` as an object of grader -> text, ...). Other tables are read with a
-mapping `canonical=source` (`--columns step=global_step,completion=response`); numeric fields that are not mapped
-become reward signals, like TRL's reward columns.
+Canonical records use the column names of `rlaudit.schema`: `step`, `prompt`, `completion` (required), and
+optionally `split`, `group_id`, `sample_index`, `task`, `system_prompt`, `reasoning`, `answer`, `reward`,
+`advantage`, `rewards` (an object / struct / map of signal -> number; null means the signal did not apply and
+becomes NaN), `grader_inputs` (object / struct / map of grader -> text), `metadata`.
+
+Other tables are read with a mapping canonical=source (`--columns step=global_step,completion=response` or
+`--columns-file`); a mapped field that a file lacks is an error. As in the TRL reader, unmapped numeric fields
+are reward signals, text fields `<grader>_input` are grader inputs, and every other field is metadata.
+`prompt` and `completion` may be chat message lists ({role, content}); prompts are rendered 'role: content' per
+line so the system prompt is found, and an assistant `reasoning_content` becomes the reasoning.
+
+Both file kinds are read columnar: Parquet in record batches, JSONL through `jsonl.read_json_chunks`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..errors import RlauditError
 from . import register
-from .base import RAW_COLUMNS, ReadContext, Reader, SourceFile, map_array, metadata_json
-from .jsonl import iter_json_records
+from .base import (ReadContext, Reader, SourceFile, Validator, _combine, _is_message_list, classify_extras,
+                   completion_columns, map_from_columns, metadata_from_columns)
+from .jsonl import read_json_chunks
 
-_BATCH = 8192
-_SCALAR = {"step", "split", "group_id", "sample_index", "system_prompt", "task", "prompt", "completion",
-           "reasoning", "answer", "reward", "advantage"}
+BATCH_ROWS = 32_768
 _SKIP_DIRS = {".rlaudit", ".git", "__pycache__"}
+_TEXT = ("split", "group_id", "system_prompt", "task", "reasoning", "answer")
+_KINDS = {"step": "int", "prompt": "text", "completion": "text", "reward": "number", "advantage": "number",
+          "sample_index": "int", "rewards": "number_map", "grader_inputs": "text_map"}
+_IGNORED = {"run", "rollout_id", "condition"}  # recomputed on ingest
+_KNOWN = set(_KINDS) | set(_TEXT) | {"metadata"} | _IGNORED
 
 
 def _table_files(source: Path) -> list[Path]:
     if source.is_file():
-        return [source]
+        return [source] if source.suffix in (".jsonl", ".parquet") else []
     return sorted(p for p in source.rglob("*") if p.suffix in (".jsonl", ".parquet") and p.is_file()
                   and not _SKIP_DIRS & set(p.relative_to(source).parts) and not p.name.startswith("."))
 
@@ -47,120 +60,187 @@ class CanonicalReader(Reader):
         return [SourceFile(p, str(p.relative_to(root))) for p in _table_files(source)]
 
     def read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
-        records = self._records(file, ctx)
-        batch: list[tuple[int, dict[str, Any]]] = []
-        for item in records:
-            batch.append(item)
-            if len(batch) >= _BATCH:
-                yield self._to_raw(batch, file, ctx)
-                batch = []
-        if batch:
-            yield self._to_raw(batch, file, ctx)
-
-    def _records(self, file: SourceFile, ctx: ReadContext) -> Iterator[tuple[int, dict[str, Any]]]:
-        if file.path.suffix == ".parquet":
-            pf = pq.ParquetFile(file.path)
-            row = 0
-            for rb in pf.iter_batches(batch_size=_BATCH):
-                for rec in rb.to_pylist():
-                    row += 1
-                    yield row, rec
-        else:
-            yield from iter_json_records(file, ctx)
-
-    def _to_raw(self, batch: list[tuple[int, dict[str, Any]]], file: SourceFile, ctx: ReadContext) -> pa.Table:
         mapping = ctx.options.columns  # canonical -> source
-        reverse = {v: k for k, v in mapping.items()}
-        cols: dict[str, list[Any]] = {k: [] for k in _SCALAR}
-        rewards, graders, metas, lines = [], [], [], []
-        for lineno, rec in batch:
-            row = {reverse.get(k, k): v for k, v in rec.items()}
-            problem = _check(row)
-            if problem:
-                ctx.bad(file, lineno, problem, str(rec)[:2000])
-                continue
-            lines.append(lineno)
-            for k in _SCALAR:
-                cols[k].append(row.pop(k, None))
-            r = row.pop("rewards", None) or {}
-            g = row.pop("grader_inputs", None) or {}
-            if isinstance(r, list):  # Parquet maps come back as [(k, v), ...]
-                r = dict(r)
-            if isinstance(g, list):
-                g = dict(g)
-            meta = row.pop("metadata", None)
-            meta = dict(meta) if isinstance(meta, dict) else {}
-            for k in list(row):  # unmapped numeric fields are reward signals; the rest is metadata
-                v = row.pop(k)
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    r[k] = v
-                else:
-                    meta[k] = v
-            rewards.append({str(k): _num(v) for k, v in r.items()})
-            graders.append({str(k): str(v) for k, v in g.items() if v is not None})
-            metas.append(meta)
-        arrays = {k: pa.array(_clean(k, v), RAW_COLUMNS[k]) for k, v in cols.items()}
-        arrays["rewards"] = map_array(rewards, pa.float64())
-        arrays["grader_inputs"] = map_array(graders, pa.string())
-        arrays["metadata"] = metadata_json(metas)
-        arrays["line"] = pa.array(lines, pa.int64())
-        return pa.table(arrays)
+        checked = False
+        for table, lines in self._tables(file, ctx):
+            if not checked:
+                _check_mapping(mapping, table.column_names, file)
+                checked = True
+            raw = self._raw(_rename(table, mapping), lines, file, ctx)
+            if raw is not None:
+                yield raw
+
+    def _tables(self, file: SourceFile, ctx: ReadContext) -> Iterator[tuple[pa.Table, pa.Array]]:
+        if file.path.suffix == ".parquet":
+            try:
+                pf = pq.ParquetFile(file.path)
+                row = 0
+                for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+                    lines = pa.array(np.arange(row + 1, row + 1 + batch.num_rows, dtype=np.int64))
+                    row += batch.num_rows
+                    yield pa.Table.from_batches([batch]), lines
+            except (pa.ArrowInvalid, OSError) as exc:
+                ctx.bad(file, None, f"not a readable Parquet file ({exc})")
+            return
+        mapping = ctx.options.columns
+        kinds = {mapping.get(k, k): kind for k, kind in _KINDS.items()}
+        for chunk in read_json_chunks(file, ctx, kinds):
+            yield chunk.table, chunk.lines
+
+    def _raw(self, table: pa.Table, lines: pa.Array, file: SourceFile, ctx: ReadContext) -> pa.Table | None:
+        col = (lambda name: _combine(table.column(name)) if name in table.column_names else None)
+        v = Validator(table, lines, file, ctx)
+        raw: dict[str, pa.Array] = {}
+        step = v.step("step", col("step"))
+        v.require("step", step)
+        raw["step"] = step if step is not None else pa.nulls(table.num_rows, pa.int64())
+        raw["prompt"] = v.text("prompt", col("prompt"), required=True)
+        completion = col("completion")
+        if completion is not None and _is_message_list(completion.type):
+            v.require("completion", completion)
+            raw.update(completion_columns(completion, ctx.options.think_tags))
+        else:
+            raw["completion"] = v.text("completion", completion, required=True)
+        for name in ("reward", "advantage"):
+            values = v.number(name, col(name))
+            if values is not None:
+                raw[name] = values
+        index = v.step("sample_index", col("sample_index"))
+        if index is not None:
+            raw["sample_index"] = index.cast(pa.int32())
+        for name in _TEXT:
+            values = col(name)
+            if values is not None:
+                raw.setdefault(name, v.text(name, values))
+        rewards = _map_column(v, "rewards", col("rewards"), pa.float64())
+        graders = _map_column(v, "grader_inputs", col("grader_inputs"), pa.string())
+        extras = classify_extras(table, _KNOWN, ctx.options, bool_is_signal=False)
+        _, lines, keep = v.done()
+        if not len(lines):
+            return None
+        n = len(lines)
+        raw = {k: a.filter(keep) for k, a in raw.items()}
+        raw["rewards"] = _merge_maps(rewards.filter(keep) if rewards is not None else None,
+                                     {k: a.filter(keep) for k, a in extras.rewards.items()}, pa.float64(), False, n)
+        raw["grader_inputs"] = _merge_maps(graders.filter(keep) if graders is not None else None,
+                                           {k: a.filter(keep) for k, a in extras.grader_inputs.items()},
+                                           pa.string(), True, n)
+        raw["metadata"] = _metadata(col("metadata"), extras.metadata, keep)
+        raw["line"] = lines
+        return pa.table(raw)
 
 
-def _check(row: dict[str, Any]) -> str | None:
-    """Why a record cannot be a rollout, or None."""
-    for name in ("prompt", "completion"):
-        if name not in row:
-            return f"missing required field {name!r}"
-    if "step" not in row:
-        return "missing required field 'step' (map it with --columns step=FIELD)"
-    try:
-        if row["step"] is None or int(row["step"]) != float(row["step"]):
-            raise ValueError
-    except (TypeError, ValueError):
-        return f"field 'step': expected an integer, got {row['step']!r}"
-    for name in ("reward", "advantage"):
-        v = row.get(name)
-        if v is not None and not _is_number(v):
-            return f"field {name!r}: expected a number, got {v!r}"
-    r = row.get("rewards")
-    if r is not None and not isinstance(r, (dict, list)):
-        return f"field 'rewards': expected an object of signal -> number, got {type(r).__name__}"
-    if isinstance(r, dict):
-        for k, v in r.items():
-            if v is not None and not _is_number(v):
-                return f"field 'rewards.{k}': expected a number, got {v!r}"
+def _rename(table: pa.Table, mapping: dict[str, str]) -> pa.Table:
+    """Source field names -> canonical names (a mapped canonical name already in the table is dropped)."""
+    if not mapping:
+        return table
+    reverse = {source: canonical for canonical, source in mapping.items()}
+    shadowed = {c for c in mapping if c in table.column_names and c not in reverse}
+    if shadowed:
+        table = table.drop_columns(sorted(shadowed))
+    return table.rename_columns([reverse.get(n, n) for n in table.column_names])
+
+
+def _check_mapping(mapping: dict[str, str], names: list[str], file: SourceFile) -> None:
+    absent = {c: s for c, s in mapping.items() if s not in names}
+    if absent:
+        pairs = ", ".join(f"{c}={s}" for c, s in absent.items())
+        raise RlauditError(f"{file.relpath}: --columns {pairs}: field(s) {sorted(absent.values())} not found; the "
+                           f"file has {', '.join(names)}")
+
+
+def _map_column(v: Validator, name: str, values: pa.Array | None, value_type: pa.DataType) -> pa.Array | None:
+    """A map<string, value_type> column from a map, a struct, or (JSON slow path) an already-built map."""
+    if values is None:
+        return None
+    typ = values.type
+    if pa.types.is_null(typ):
+        return None
+    target = pa.map_(pa.string(), value_type)
+    if pa.types.is_map(typ):
+        try:
+            return values.cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            v.flag(pc.is_valid(values), f"field {name!r}: expected an object of name -> "
+                                        f"{'number' if value_type == pa.float64() else 'text'}")
+            return None
+    if pa.types.is_struct(typ):
+        fields = {typ.field(i).name: values.field(i) for i in range(typ.num_fields)}
+        ok = all(pa.types.is_integer(a.type) or pa.types.is_floating(a.type) or pa.types.is_null(a.type)
+                 or pa.types.is_boolean(a.type) for a in fields.values()) if value_type == pa.float64() else all(
+            pa.types.is_string(a.type) or pa.types.is_large_string(a.type) or pa.types.is_null(a.type)
+            for a in fields.values())
+        if ok:
+            struct_valid = values.is_valid()
+            fields = {k: pc.if_else(struct_valid, a.cast(value_type), pa.scalar(None, value_type))
+                      for k, a in fields.items()}
+            return map_from_columns(fields, value_type, drop_null=value_type != pa.float64(), n=len(values))
+    v.flag(pc.is_valid(values), f"field {name!r}: expected an object of name -> "
+                                f"{'number' if value_type == pa.float64() else 'text'}, got {typ}")
     return None
 
 
-def _is_number(v: Any) -> bool:
-    if isinstance(v, bool):
-        return False
-    if isinstance(v, (int, float)):
-        return True
+def _merge_maps(given: pa.Array | None, extra: dict[str, pa.Array], value_type: pa.DataType, drop_null: bool,
+                n: int) -> pa.Array:
+    extra_map = map_from_columns(extra, value_type, drop_null=drop_null, n=n) if extra else None
+    if given is None:
+        return extra_map if extra_map is not None else map_from_columns({}, value_type, drop_null, n)
+    given = pc.if_else(given.is_valid(), given, pa.scalar([], given.type)) if given.null_count else given
+    if extra_map is None:
+        return given
+    keys = pa.ListArray.from_arrays(_offsets(given), given.keys)
+    values = pa.ListArray.from_arrays(_offsets(given), given.items)
+    extra_keys = pa.ListArray.from_arrays(_offsets(extra_map), extra_map.keys)
+    extra_values = pa.ListArray.from_arrays(_offsets(extra_map), extra_map.items)
+    all_keys = pc.list_flatten(_concat_lists(keys, extra_keys))
+    all_values = pc.list_flatten(_concat_lists(values, extra_values))
+    counts = pc.add(pc.list_value_length(keys), pc.list_value_length(extra_keys)).to_numpy()
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+    return pa.MapArray.from_arrays(offsets, all_keys, all_values).cast(pa.map_(pa.string(), value_type))
+
+
+def _offsets(arr: pa.Array) -> pa.Array:
+    return pc.subtract(arr.offsets, arr.offsets[0])
+
+
+def _concat_lists(a: pa.ListArray, b: pa.ListArray) -> pa.ListArray:
+    """Row-wise concatenation of two list arrays of equal length."""
+    la, lb = pc.list_value_length(a).to_numpy(), pc.list_value_length(b).to_numpy()
+    n = len(la)
+    fa, fb = a.flatten(), b.flatten()
+    sa = np.concatenate([[0], np.cumsum(la)])
+    sb = np.concatenate([[0], np.cumsum(lb)])
+    order = np.empty(int(la.sum() + lb.sum()), dtype=np.int64)
+    out_offsets = np.concatenate([[0], np.cumsum(la + lb)])
+    # vectorised interleave: for each row, its a-items then its b-items, as indices into concat(fa, fb)
+    row_of_a = np.repeat(np.arange(n), la)
+    row_of_b = np.repeat(np.arange(n), lb)
+    dest_a = out_offsets[row_of_a] + (np.arange(len(row_of_a)) - sa[row_of_a])
+    dest_b = out_offsets[row_of_b] + la[row_of_b] + (np.arange(len(row_of_b)) - sb[row_of_b])
+    order[dest_a] = np.arange(len(row_of_a))
+    order[dest_b] = len(fa) + np.arange(len(row_of_b))
+    flat = pc.take(pa.concat_arrays([fa, fb]), pa.array(order))
+    return pa.ListArray.from_arrays(pa.array(out_offsets.astype(np.int32)), flat)
+
+
+def _metadata(given: pa.Array | None, extra: pa.Table, keep: pa.Array) -> pa.Array:
+    """The record's own `metadata` (an object or JSON text) with the leftover fields merged in at top level."""
+    extra_json = metadata_from_columns(extra.filter(keep))
+    if given is None or pa.types.is_null(given.type):
+        return extra_json
+    given = given.filter(keep)
+    import duckdb
+
+    con = duckdb.connect()
     try:
-        float(v)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
-def _num(v: Any) -> float:
-    return math.nan if v is None else float(v)
-
-
-def _clean(name: str, values: list[Any]) -> list[Any]:
-    typ = RAW_COLUMNS[name]
-    if pa.types.is_integer(typ):
-        return [None if v is None else int(v) for v in values]
-    if pa.types.is_floating(typ):
-        return [None if v is None else float(v) for v in values]
-    return [None if v is None else _text(v) for v in values]
-
-
-def _text(v: Any) -> str:
-    if isinstance(v, str):
-        return v
-    if isinstance(v, list) and all(isinstance(m, dict) and "content" in m for m in v):  # a message list
-        return "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in v)
-    return str(v)
+        con.register("meta_given", pa.table({"g": given, "e": extra_json}))
+        if pa.types.is_string(given.type) or pa.types.is_large_string(given.type):
+            # JSON object text merges; any other text is kept as {"metadata": text}
+            g = "CASE WHEN json_valid(g) AND json_type(g::JSON) = 'OBJECT' THEN g::JSON ELSE to_json({'metadata': g}) END"
+        else:
+            g = "CASE WHEN g IS NOT NULL THEN to_json(g) END"
+        out = con.sql(f"SELECT CASE WHEN g IS NULL THEN e WHEN e IS NULL THEN ({g})::VARCHAR "
+                      f"ELSE json_merge_patch(({g}), e::JSON)::VARCHAR END AS m FROM meta_given").to_arrow_table()
+    finally:
+        con.close()
+    return _combine(out.column(0)).cast(pa.string())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -111,6 +112,10 @@ def _fits(typ: pa.DataType, kind: str) -> bool:
             pa.types.is_list(typ) and pa.types.is_struct(typ.value_type)
             and typ.value_type.get_field_index("content") >= 0
             and pa.types.is_string(typ.value_type.field("content").type))
+    if kind in ("number_map", "text_map"):
+        want = (lambda t: pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_null(t)) \
+            if kind == "number_map" else (lambda t: pa.types.is_string(t) or pa.types.is_null(t))
+        return pa.types.is_struct(typ) and all(want(typ.field(i).type) for i in range(typ.num_fields))
     return True
 
 
@@ -174,6 +179,17 @@ def _kind_problem(obj: dict[str, Any], kinds: FieldKinds) -> str | None:
             return f"field {name!r}: expected a string, got {_short(v)}"
         if kind == "text" and not (isinstance(v, str) or _message_list(v)):
             return f"field {name!r}: expected text or a list of chat messages, got {_short(v)}"
+        if kind in ("number_map", "text_map"):
+            if not isinstance(v, dict):
+                return f"field {name!r}: expected an object of name -> " \
+                       f"{'number' if kind == 'number_map' else 'text'}, got {_short(v)}"
+            for key, item in v.items():
+                if item is None:
+                    continue
+                if kind == "number_map" and not (isinstance(item, (int, float)) and not isinstance(item, bool)):
+                    return f"field '{name}.{key}': expected a number, got {_short(item)}"
+                if kind == "text_map" and not isinstance(item, str):
+                    return f"field '{name}.{key}': expected text, got {_short(item)}"
     return None
 
 
@@ -239,6 +255,13 @@ def records_to_table(records: list[dict[str, Any]], kinds: FieldKinds) -> pa.Tab
             columns[name] = pa.array([None if v is None else int(float(v)) for v in values], pa.int64())
         elif kind == "string":
             columns[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
+        elif kind == "number_map":
+            columns[name] = pa.array([None if v is None else [(str(k), math.nan if x is None else float(x))
+                                                              for k, x in v.items()] for v in values],
+                                     pa.map_(pa.string(), pa.float64()))
+        elif kind == "text_map":
+            columns[name] = pa.array([None if v is None else [(str(k), x) for k, x in v.items() if x is not None]
+                                      for v in values], pa.map_(pa.string(), pa.string()))
         elif kind == "text":
             columns[name] = pa.array([v if v is None or isinstance(v, str) else render_message_list(v)
                                       for v in values], pa.string())
