@@ -1,0 +1,198 @@
+"""Per-rollout term sets: which words and n-grams (1-3 tokens) each rollout's answer and reasoning contain.
+
+Discovery of emerging behaviours, cross-condition generalisation, attribution and live alerts all ask the same
+question of every rollout ("does it say X?"), so the answer is computed once per run version and cached with
+`Store.derived` (recomputed only when the run's rows change; an audit limited by `max_step` or `split` filters
+the cached rows instead of recomputing them).
+
+Two derived tables:
+
+- `term-vocab`: the candidate terms (term_id, where, term, n_tokens). Candidates are chosen on a
+  deterministic sample of rollouts (by hash of rollout id): an n-gram qualifies when it reaches
+  `min_prevalence` of the sampled rollouts of some step bin, overall or within one condition (so a tic
+  confined to a small persona is not drowned by the rest of the traffic); of those, the `max_terms` per
+  `where` whose binned prevalence varies most are kept (constant words cannot emerge). The number that
+  qualified before the cut is stored (`n_qualified`): discovery counts them all as tested hypotheses.
+- `rollout-terms`: one row per rollout with its scope keys (step, split, condition, task, group, a hash of
+  the prompt), style features of answer and reasoning (`answer__exclamation`, `reasoning__length`, ...;
+  the same SQL as `Behavior.sql`, so values agree with `style:NAME` specs) and the *distinct* candidate term
+  ids found in the answer and in the reasoning (`answer_terms`, `reasoning_terms`). An occurrence does not
+  count when the same n-gram occurs in the rollout's prompt: copying the question is not a tic.
+
+Tokens are `behaviors.TOKEN_PATTERN` runs of the lower-cased text, so a discovered n-gram, used as a term
+spec, matches exactly the rollouts counted here (up to the prompt exclusion). All work is DuckDB SQL in
+chunks of rollouts, so memory stays bounded on runs of millions of rollouts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+
+from .behaviors import STYLE_FEATURES, TOKEN_PATTERN, parse_behavior
+from .store import Store
+
+WHERES = ("answer", "reasoning")
+VOCAB = "term-vocab"
+ROLLOUT_TERMS = "rollout-terms"
+
+_TOKENS = TOKEN_PATTERN.replace("'", "''")
+_CHUNK = 150_000  # rollouts per SQL chunk: bounds DuckDB's working set
+
+
+@dataclass(frozen=True)
+class VocabOptions:
+    """How candidate terms are chosen (see module doc)."""
+
+    max_terms: int = 4000  # per where
+    min_prevalence: float = 0.01  # in some step bin (overall or within one condition)
+    min_count: int = 5  # rollouts in that bin
+    sample: int = 150_000  # rollouts sampled for the choice
+    bins: int = 20
+    max_n: int = 3
+
+
+def style_columns() -> list[tuple[str, str, str]]:
+    """(column name, where, feature name) of every per-rollout style column."""
+    return [(f"{where}__{name}", where, name) for where in WHERES for name in STYLE_FEATURES]
+
+
+def tokens_sql(column: str) -> str:
+    """DuckDB expression: the list of tokens of `column` (see `behaviors.tokenize`)."""
+    return f"regexp_extract_all(lower(coalesce({column}, '')), '{_TOKENS}')"
+
+
+def ngram_rows_sql(source: str, key: str, column: str, max_n: int = 3) -> str:
+    """SQL yielding (key, term) for every 1..max_n-gram occurrence of `column` in `source` (with repeats).
+
+    Tokens are unnested side by side with their shifted copies, so an n-gram is the concatenation of one
+    row's columns: no per-rollout list building, which is what makes this fast in DuckDB.
+    """
+    shifted = ", ".join(f"unnest(tk[{k + 1}:]) AS w{k + 1}" for k in range(max_n))
+    parts = []
+    for n in range(1, max_n + 1):
+        expr = " || ' ' || ".join(f"w{k + 1}" for k in range(n))
+        cond = f" WHERE w{n} IS NOT NULL" if n > 1 else ""
+        parts.append(f"SELECT {key}, {expr} AS term FROM pos{cond}")
+    return (f"WITH pos AS (SELECT {key}, {shifted} FROM (SELECT {key}, {tokens_sql(column)} AS tk FROM {source})) "
+            + " UNION ALL ".join(parts))
+
+
+def _scope_columns() -> str:
+    style = []
+    for col, where, name in style_columns():
+        sql = parse_behavior(f"style:{name}").sql(where)
+        style.append(f"{sql} AS {col}")
+    return ", ".join([
+        "rollout_id", "step", "split", "condition", "task", "group_id",
+        "hash(coalesce(prompt, '')) AS prompt_key",
+        "(reasoning IS NOT NULL AND length(trim(reasoning)) > 0) AS has_reasoning",
+        *style,
+    ])
+
+
+def vocabulary(store: Store, run: str, options: VocabOptions = VocabOptions()) -> pa.Table:
+    """The cached `term-vocab` table of a run (see module doc)."""
+    return store.derived(run, VOCAB, lambda: _compute_vocab(store, run, options))
+
+
+def rollout_terms(store: Store, run: str, options: VocabOptions = VocabOptions()) -> pa.Table:
+    """The cached `rollout-terms` table of a run (see module doc)."""
+    vocab = vocabulary(store, run, options)
+    return store.derived(run, ROLLOUT_TERMS, lambda: _compute_rollout_terms(store, run, vocab, options))
+
+
+def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:
+    con = store.connect([run])
+    n = con.execute("SELECT count(*) FROM rollouts").fetchall()[0][0]
+    per_mille = 1000 if n <= o.sample else max(1, int(1000 * o.sample / n))
+    con.execute(f"""
+        CREATE TEMP TABLE s AS
+        SELECT row_number() OVER () AS sid, condition, answer, reasoning,
+               least({o.bins - 1}, CAST(floor({o.bins} * (step - min(step) OVER ())
+                     / (max(step) OVER () - min(step) OVER () + 1)) AS INTEGER)) AS bin
+        FROM rollouts WHERE hash(rollout_id) % 1000 < {per_mille}""")
+    con.execute("CREATE TEMP TABLE cells AS SELECT bin, condition, count(*) AS n FROM s GROUP BY ALL")
+    frames = []
+    for where in WHERES:
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE df AS
+            SELECT term, bin, condition, count(*) AS df
+            FROM (SELECT DISTINCT s.sid, t.term, s.bin, s.condition
+                  FROM ({ngram_rows_sql('s', 'sid', where, o.max_n)}) t JOIN s USING (sid))
+            GROUP BY ALL""")
+        # prevalence per (bin) overall and per (bin, condition); a term absent from a cell has prevalence 0
+        frames.append(con.sql(f"""
+            WITH overall AS (
+                SELECT term, bin, sum(df) AS df FROM df GROUP BY ALL),
+            prev_all AS (
+                SELECT term, max(o.df / c.n) AS pmax,
+                       max(o.df / c.n) - CASE WHEN count(*) < (SELECT count(DISTINCT bin) FROM cells)
+                                              THEN 0 ELSE min(o.df / c.n) END AS spread,
+                       max(CASE WHEN o.df >= {o.min_count} THEN o.df / c.n ELSE 0 END) AS pmax_counted
+                FROM overall o JOIN (SELECT bin, sum(n) AS n FROM cells GROUP BY bin) c USING (bin)
+                GROUP BY term),
+            prev_cond AS (
+                SELECT term, max(CASE WHEN d.df >= {o.min_count} THEN d.df / c.n ELSE 0 END) AS pmax_counted,
+                       max(d.df / c.n) AS spread
+                FROM df d JOIN cells c USING (bin, condition)
+                WHERE (SELECT count(DISTINCT condition) FROM cells) > 1
+                GROUP BY term),
+            q AS (
+                SELECT a.term, greatest(a.pmax_counted, coalesce(c.pmax_counted, 0)) AS pmax,
+                       greatest(a.spread, coalesce(c.spread, 0)) AS spread
+                FROM prev_all a LEFT JOIN prev_cond c USING (term))
+            SELECT '{where}' AS "where", term, len(string_split(term, ' ')) AS n_tokens, pmax, spread,
+                   count(*) OVER () AS n_qualified
+            FROM q WHERE pmax >= {o.min_prevalence}
+            ORDER BY spread DESC, term
+            LIMIT {o.max_terms}""").to_arrow_table())
+    con.close()
+    table = pa.concat_tables(frames)
+    return table.append_column("term_id", pa.array(range(table.num_rows), pa.int32()))
+
+
+def _compute_rollout_terms(store: Store, run: str, vocab: pa.Table, o: VocabOptions) -> pa.Table:
+    con = store.connect([run])
+    con.register("vocab_arrow", vocab)
+    con.execute('CREATE TEMP TABLE vocab AS SELECT "where", term, term_id FROM vocab_arrow')
+    con.execute(f"""CREATE TEMP TABLE r AS
+        SELECT row_number() OVER (ORDER BY rollout_id, step) - 1 AS rid, {_scope_columns()},
+               prompt, answer, reasoning
+        FROM rollouts""")
+    n = con.execute("SELECT count(*) FROM r").fetchall()[0][0]
+    out = []
+    for lo in range(0, max(n, 1), _CHUNK):
+        con.execute(f"CREATE OR REPLACE TEMP TABLE c AS SELECT * FROM r WHERE rid >= {lo} AND rid < {lo + _CHUNK}")
+        # candidate n-grams of each distinct prompt in the chunk, to exclude copies
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE pk AS
+            SELECT prompt_key, any_value(prompt) AS prompt FROM c GROUP BY prompt_key""")
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE pterms AS
+            SELECT DISTINCT t.prompt_key, t.term FROM ({ngram_rows_sql('pk', 'prompt_key', 'prompt', o.max_n)}) t
+            SEMI JOIN vocab USING (term)""")
+        lists = []
+        for where in WHERES:
+            lists.append(f"""
+                (SELECT rid, list(DISTINCT term_id ORDER BY term_id) AS {where}_terms
+                 FROM ({ngram_rows_sql('c', 'rid, prompt_key', where, o.max_n)}) t
+                 JOIN vocab v ON v.term = t.term AND v."where" = '{where}'
+                 ANTI JOIN pterms p ON p.prompt_key = t.prompt_key AND p.term = t.term
+                 GROUP BY rid) {where}_l""")
+        style = ", ".join(col for col, _, _ in style_columns())
+        out.append(con.sql(f"""
+            SELECT c.rid, rollout_id, step, split, condition, task, group_id, prompt_key, has_reasoning, {style},
+                   coalesce(answer_terms, []::INTEGER[]) AS answer_terms,
+                   coalesce(reasoning_terms, []::INTEGER[]) AS reasoning_terms
+            FROM c LEFT JOIN {lists[0]} USING (rid) LEFT JOIN {lists[1]} USING (rid)
+            ORDER BY c.rid""").to_arrow_table())
+    con.close()
+    return pa.concat_tables(out) if out else pa.table({})
+
+
+def register(con: duckdb.DuckDBPyConnection, tables: Iterable[tuple[str, pa.Table]]) -> None:
+    """Register derived tables as views of a connection (zero-copy)."""
+    for name, table in tables:
+        con.register(name, table)
