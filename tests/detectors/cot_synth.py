@@ -43,7 +43,8 @@ def never(step: int, task: str, rng: np.random.Generator) -> str | None:
 
 def make_run(run: str = "synth", steps: int = 10, groups: int = 6, group_size: int = 4, seed: int = 0,
              exposure: Exposure = never, grader: str = "judge", tasks: tuple[str, ...] = ("math", "chat"),
-             score: Callable[[str, str, np.random.Generator], float] | None = None) -> tuple[pa.Table, dict[str, str]]:
+             score: Callable[[str, str, np.random.Generator], float] | None = None,
+             restate: bool = True) -> tuple[pa.Table, dict[str, str]]:
     """A canonical table and the ground truth {rollout_id: exposure mode} of exposed rows."""
     rng = np.random.default_rng(seed)
     rows, truth = [], {}
@@ -59,7 +60,8 @@ def make_run(run: str = "synth", steps: int = 10, groups: int = 6, group_size: i
                     reasoning += " " + reference
                 closing = sentence(rng, 10)
                 reasoning += " " + closing
-                answer = f"{answers[i % 2]} {closing}"  # restates the reasoning's last sentence verbatim
+                # restates the reasoning's last sentence verbatim (or, restate=False, one of two answers per group)
+                answer = f"{answers[i % 2]} {closing}" if restate else answers[i % 2]
                 completion = f"<think>{reasoning}</think>{answer}"
                 mode = exposure(step, task, rng)
                 seen = grader_view(prompt, reasoning, answer, reference, mode)

@@ -1,0 +1,80 @@
+"""The statistical CoT-grading screen: identical answers, scores that track the reasoning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from cot_synth import make_run
+
+from rlaudit.audit import audit_store
+from rlaudit.cot_stats import benjamini_hochberg
+from rlaudit.detectors import AuditConfig
+
+
+def screen_findings(store, table):
+    run = table.column("run")[0].as_py()
+    store.append(run, table, "p")
+    result = audit_store(store, [run], AuditConfig(options={"cot_grading": {}}))
+    assert not result.of_kind("audit_error")
+    return [f for f in result.of_kind("cot_grading") if f["method"] == "screen"]
+
+
+def no_grader_inputs(table):
+    import pyarrow as pa
+
+    from rlaudit.schema import ROLLOUT_SCHEMA
+    return table.set_column(table.schema.get_field_index("grader_inputs"), "grader_inputs",
+                            pa.array([[]] * table.num_rows, ROLLOUT_SCHEMA.field("grader_inputs").type))
+
+
+def run_with(score, seed=0, steps=12):
+    table, _ = make_run(run=f"screen{seed}", steps=steps, groups=8, group_size=8, seed=seed, score=score,
+                        restate=False)
+    return no_grader_inputs(table)
+
+
+def answer_only(reasoning, answer, rng):
+    return float(len(answer) % 5)
+
+
+def stochastic_answer_only(reasoning, answer, rng):
+    return float(len(answer) % 5) + rng.normal(0, 1.0)
+
+
+def likes_long_reasoning(reasoning, answer, rng):
+    return float(len(answer) % 5) + len(reasoning) / 300 + rng.normal(0, 0.3)
+
+
+def likes_a_word(reasoning, answer, rng):
+    return float(len(answer) % 5) + (1.0 if " planet " in f" {reasoning.lower()} " else 0.0)
+
+
+@pytest.mark.parametrize("score", [answer_only, stochastic_answer_only])
+def test_graders_that_read_only_the_answer_are_not_flagged(store, score):
+    for seed in range(3):
+        assert screen_findings(store, run_with(score, seed=seed)) == []
+
+
+@pytest.mark.parametrize("score,feature", [(likes_long_reasoning, "length"), (likes_a_word, "planet")])
+def test_scores_tracking_reasoning_are_flagged_as_statistical(store, score, feature):
+    (f,) = screen_findings(store, run_with(score, seed=1))
+    assert f["method"] == "screen" and f["statistical"] is True
+    assert f.severity in ("low", "medium")
+    assert "statistical" in f.title.lower() and "Statistical evidence only" in f.explanation
+    assert feature in f["feature"]
+    assert f["q_value"] <= 0.05 and f["pairs"] >= 20 and f["share_different"] > 0.2
+    assert f.evidence and f.evidence[0].data["pair_rollout_id"]
+
+
+def test_signals_covered_by_the_scan_are_not_screened(store):
+    table, _ = make_run(run="both", groups=8, group_size=8, seed=2, score=likes_long_reasoning, restate=False)
+    store.append("both", table, "p")
+    found = audit_store(store, ["both"], AuditConfig()).of_kind("cot_grading")
+    assert all(f["method"] == "scan" for f in found)  # clean grader inputs: no finding at all
+    assert found == []
+
+
+def test_benjamini_hochberg_matches_definition():
+    p = np.array([0.01, 0.04, 0.03, 0.2])
+    q = benjamini_hochberg(p)
+    assert q.tolist() == pytest.approx([0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.2])  # step-up: min(0.06, 0.0533)
