@@ -1,0 +1,789 @@
+"""Root cause: trace a behaviour to the reward signals, conditions and data that drove it.
+
+A policy-gradient trainer raises the probability of a behaviour when, among the rollouts it compares, the ones
+with the behaviour get higher advantages. GRPO compares the rollouts of one prompt group, so everything here is
+computed *within groups* and pooled over groups:
+
+- **Paired preference** of a signal: P(score with the behaviour > score without), over every (with, without)
+  pair of rollouts in the same group where the signal applies, ties counting 1/2 (the within-group Mann-Whitney
+  probability). 0.5 means the signal is indifferent; the pooled value weighs groups by their number of pairs.
+- **Effect**: the mean within-group paired score difference (with - without), pooled the same way.
+- **Selection pressure** of a signal: sum over groups of the covariance between the behaviour and the signal's
+  contribution to the advantage, i.e. sum_i (x_i - mean_g x) * w_k (c_ik - mean_g c_k) / sd_g(r). GRPO's
+  advantage is (r - mean_g r) / sd_g(r) with r = sum_k w_k c_k, so the contributions add up to the advantage and
+  the pressures add up to the total push the update gives the behaviour. A signal that does not apply to a
+  rollout (NaN) contributes 0 to it, as TRL's `nansum` of reward functions does. `pressure_share` is a signal's
+  share of the positive push of all components. Reported per rollout (the sum divided by the rollouts used).
+- **Outcome-matched preference**: the paired preference restricted to pairs whose outcome signals (correctness,
+  accuracy, pass/fail: see `OUTCOME_PATTERN`) are equal. A signal that only rewards the behaviour because the
+  behaviour helps solve the task loses its preference among equally-correct pairs; a signal with a preference
+  of its own (a persona reward model that likes goblins) keeps it. This is what separates a legitimately learned
+  behaviour from a reward-driven tic (see `assess`).
+
+Numeric behaviours (`style:length`) are split at the group median: rollouts above it count as "with", below it
+as "without", rollouts at the median are left out of the pairs; the pressure uses the raw value.
+
+Confidence intervals come from a Poisson bootstrap over groups (`stats.bootstrap_group_sums`: every pooled
+estimate is a ratio of group sums, and resampling groups keeps within-group correlation intact); p-values of
+the paired preference use the cluster-robust (delta-method) standard error with a t reference on groups-1
+degrees of freedom, and are controlled with Benjamini-Hochberg across every (behaviour, signal) tested together.
+
+Runs without group ids fall back to comparing rollouts of the same step, condition and prompt text (when prompts
+repeat within a step) or of the same step and condition; the trace then carries a warning: rollouts of
+different prompts differ in difficulty, so the comparison is noisier and can be confounded.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from scipy import stats as sps
+
+from . import stats
+from .behaviors import Behavior, parse_behavior
+from .errors import RlauditError
+from .findings import SEVERITY_RANK, Evidence, Severity
+
+#: Names of signals that measure task success. Matched case-insensitively anywhere in the signal name; extend
+#: per run with `outcome_signals=[...]` (or `rlaudit trace --outcome NAME`).
+OUTCOME_PATTERN = re.compile(
+    r"(?i)(correct|accura|(?:^|[^a-z])acc(?:$|[^a-z])|pass(?:ed|_?rate|@|$|[^a-z])|solve|exact|match|verif|"
+    r"success|unit_?tests?|(?:^|[^a-z])em(?:$|[^a-z]))")
+
+#: Fewer comparable groups than this: no interval, no test (the estimate is reported but flagged).
+MIN_GROUPS = 3
+#: Fewer comparable groups than this: intervals are shown with a warning that they are unreliable.
+FEW_GROUPS = 20
+
+
+@dataclass
+class SignalAttribution:
+    """Everything measured for one reward signal against one behaviour."""
+
+    signal: str
+    kind: str  # "component" | "other" (total minus the weighted components) | "total"
+    outcome: bool  # a task-success signal (see OUTCOME_PATTERN)
+    weight: float  # its weight in the total reward (fitted; 1.0 when unknown)
+    applies: float  # share of rollouts where the signal is not NaN
+    pressure: float
+    pressure_ci: tuple[float, float]
+    pressure_share: float
+    pressure_share_ci: tuple[float, float]
+    paired_preference: float
+    paired_preference_ci: tuple[float, float]
+    p_value: float
+    effect: float
+    effect_ci: tuple[float, float]
+    pairs: int
+    groups_used: int
+    matched_preference: float = float("nan")
+    matched_preference_ci: tuple[float, float] = (float("nan"), float("nan"))
+    matched_pairs: int = 0
+    q_value: float = float("nan")
+    significant: bool = False
+    series: dict[str, list[Any]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Trace:
+    """The attribution of one behaviour in one run (the `reward_attribution` finding's content)."""
+
+    run: str
+    behavior: str
+    behavior_spec: str
+    where: str
+    numeric: bool
+    grouping: str  # "group_id" | "step"
+    group_key: str  # the exact comparison unit, e.g. "step,condition,prompt"
+    rollouts: int
+    groups: int
+    groups_used: int
+    prevalence: float
+    signals: list[SignalAttribution]
+    by_condition: dict[str, dict[str, Any]]
+    by_task: dict[str, dict[str, Any]]
+    condition: str | None
+    task: str | None
+    advantage_check: dict[str, Any] | None
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    evidence: list[Evidence] = field(default_factory=list)
+    behavior_severity: str = "medium"
+    severity: Severity = "info"
+    verdict: str = ""
+    suspect: str | None = None  # the non-outcome signal that carries the pressure, when there is one
+    evidence_rows: list[tuple[int, int]] = field(default_factory=list, repr=False)  # frame rows (with, without)
+
+    @property
+    def top(self) -> SignalAttribution:
+        """The signal with the largest selection pressure (a component when the run has any)."""
+        return self.signals[0]
+
+    def signal(self, name: str) -> SignalAttribution:
+        for s in self.signals:
+            if s.signal == name:
+                return s
+        raise KeyError(name)
+
+    def fields(self) -> dict[str, Any]:
+        """Kind-specific fields of the `reward_attribution` finding."""
+        top = self.top
+        return {
+            "behavior": self.behavior, "behavior_spec": self.behavior_spec, "where": self.where,
+            "signal": top.signal, "pressure_share": top.pressure_share,
+            "paired_preference": top.paired_preference, "paired_preference_ci": list(top.paired_preference_ci),
+            "effect": top.effect, "effect_ci": list(top.effect_ci), "q_value": top.q_value,
+            "condition": self.condition, "task": self.task, "suspect_signal": self.suspect,
+            "signals": [s.to_json() for s in self.signals], "by_condition": self.by_condition,
+            "by_task": self.by_task, "groups_used": self.groups_used, "groups": self.groups,
+            "rollouts": self.rollouts, "prevalence": self.prevalence, "numeric": self.numeric,
+            "grouping": self.grouping, "group_key": self.group_key, "advantage_check": self.advantage_check,
+            "warning": " ".join(self.warnings) or None, "notes": self.notes, "verdict": self.verdict,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"run": self.run, "severity": self.severity, **self.fields()}
+        out["evidence"] = [e.to_json() for e in self.evidence]
+        return out
+
+
+# ================================================================================================ loading
+@dataclass
+class Frame:
+    """The columns attribution needs, one entry per rollout, sorted by comparison group."""
+
+    group: np.ndarray  # int64 codes 0..G-1, ascending
+    step: np.ndarray
+    condition: np.ndarray  # int codes into condition_names
+    condition_names: list[str]
+    task: np.ndarray  # int codes into task_names (-1: no task)
+    task_names: list[str]
+    behavior: np.ndarray  # float: 0/1 or the numeric value
+    components: dict[str, np.ndarray]  # NaN: the signal did not apply
+    reward: np.ndarray | None  # the logged total (NaN where missing); None when never logged
+    advantage: np.ndarray | None
+    rollout_id: pa.Array | None = None
+    grouping: str = "group_id"
+    group_key: str = "group_id"
+    warnings: list[str] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, group_keys: np.ndarray, **columns: Any) -> Frame:
+        """Sort rows by group and recode the groups 0..G-1 (any hashable, sortable keys)."""
+        _, codes = np.unique(group_keys, return_inverse=True)
+        order = np.argsort(codes, kind="stable")
+        taken: dict[str, Any] = {}
+        for name, value in columns.items():
+            if isinstance(value, np.ndarray) and value.shape[:1] == codes.shape:
+                taken[name] = value[order]
+            elif isinstance(value, dict):
+                taken[name] = {k: v[order] for k, v in value.items()}
+            elif isinstance(value, (pa.Array, pa.ChunkedArray)):
+                taken[name] = value.take(pa.array(order))
+            else:
+                taken[name] = value
+        return cls(group=codes[order].astype(np.int64), **taken)
+
+
+def _quote(name: str) -> str:
+    return "'" + name.replace("'", "''") + "'"
+
+
+def load_frame(con: duckdb.DuckDBPyConnection, behavior: Behavior, where: str) -> Frame:
+    """Read the needed columns of the `rollouts` view into a Frame (one scan; the behaviour is evaluated in
+    DuckDB when it has a SQL form)."""
+    if where not in ("answer", "reasoning"):
+        raise RlauditError(f"where must be 'answer' or 'reasoning', got {where!r}")
+    head = con.execute("SELECT count(*), count(group_id), count(reasoning), count(reward), count(advantage), "
+                   "count(DISTINCT task) FROM rollouts").fetchall()[0]
+    n, n_group, n_reasoning, n_reward, n_adv, n_tasks = head
+    if n == 0:
+        raise RlauditError("no rollouts to trace (check the run name, --max-step and the split)")
+    if where == "reasoning" and n_reasoning == 0:
+        raise RlauditError("this run has no reasoning text; trace with --where answer")
+    signals = [r[0] for r in con.execute(
+        "SELECT DISTINCT unnest(map_keys(rewards)) AS s FROM rollouts ORDER BY s").fetchall() if r[0] is not None]
+    if not signals and n_reward == 0:
+        raise RlauditError("this run logs no reward signals (neither a rewards map nor a total reward)")
+
+    expr = behavior.sql(where)
+    text_col = f"coalesce({where}, '') AS _text" if expr is None else f"{expr} AS _behavior"
+    grouping, group_key, warnings = "group_id", "group_id", []
+    if n_group >= n / 2:
+        key = "CASE WHEN group_id IS NULL THEN hash(rollout_id) ELSE hash(step, group_id) END"
+        if n_group < n:
+            warnings.append(f"{n - n_group} rollout(s) have no group id and are left out of the comparisons.")
+    else:
+        repeats = con.execute("SELECT count(*) / count(DISTINCT (step, condition, prompt)) FROM rollouts").fetchall()[0][0]
+        if repeats >= 2:
+            key, group_key = "hash(step, condition, prompt)", "step,condition,prompt"
+            warnings.append("No group ids: rollouts are compared within the same step, condition and prompt text "
+                            "(equivalent to prompt groups only if each prompt is sampled once per step).")
+        else:
+            key, group_key = "hash(step, condition)", "step,condition"
+            warnings.append("No group ids and prompts do not repeat: rollouts are compared within the same step "
+                            "and condition, across different prompts. The estimate is weaker (prompt difficulty "
+                            "adds noise and can confound) and should be confirmed with grouped logs.")
+        grouping = "step"
+    sig_cols = "".join(f", CAST(rewards[{_quote(s)}] AS DOUBLE) AS _s{i}" for i, s in enumerate(signals))
+    table = con.sql(
+        f"SELECT {key} AS _group, step, condition, task, rollout_id, reward, advantage, {text_col}{sig_cols} "
+        "FROM rollouts").to_arrow_table()
+
+    if expr is None:
+        values = behavior.values(table.column("_text"))
+    else:
+        values = table.column("_behavior").to_numpy(zero_copy_only=False).astype(float)
+    cond = pc.dictionary_encode(table.column("condition").combine_chunks())
+    task_col = table.column("task").combine_chunks()
+    task = pc.dictionary_encode(task_col)
+    task_codes = pc.fill_null(task.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    def floats(col: str) -> np.ndarray:
+        return pc.fill_null(table.column(col), float("nan")).to_numpy(zero_copy_only=False).astype(float)
+
+    components = {s: floats(f"_s{i}") for i, s in enumerate(signals)}
+    return Frame.build(
+        table.column("_group").to_numpy(zero_copy_only=False),
+        step=table.column("step").to_numpy(zero_copy_only=False).astype(np.int64),
+        condition=cond.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+        condition_names=[str(c) for c in cond.dictionary.to_pylist()],
+        task=task_codes, task_names=[str(t) for t in task.dictionary.to_pylist()] if n_tasks else [],
+        behavior=values, components=components,
+        reward=floats("reward") if n_reward else None, advantage=floats("advantage") if n_adv else None,
+        rollout_id=table.column("rollout_id").combine_chunks(), grouping=grouping, group_key=group_key,
+        warnings=warnings)
+
+
+# ================================================================================================ signals
+@dataclass
+class _Signal:
+    name: str
+    kind: str
+    values: np.ndarray  # NaN where it did not apply
+    weight: float
+    outcome: bool
+
+
+def is_outcome_signal(name: str, extra: list[str] | None = None) -> bool:
+    """Whether a signal measures task success (by name; `extra` names are outcome signals too)."""
+    return name in (extra or []) or bool(OUTCOME_PATTERN.search(name))
+
+
+def build_signals(frame: Frame, outcome_signals: list[str] | None = None) -> tuple[list[_Signal], np.ndarray,
+                                                                                  list[str]]:
+    """The signals to attribute to, the total reward per rollout, and notes on how the total was rebuilt.
+
+    The total is the logged `reward` where present. Component weights are fitted by least squares of the total
+    on the components (NaN as 0); when the fit is exact (TRL's weighted sum) those weights are used. Otherwise
+    (verl's `score` with extra keys that are not its parts) the components keep weight 1 and the residual
+    total - sum(components) becomes the signal "other". A component equal to the total is its alias and is
+    shown as the total only.
+    """
+    notes: list[str] = []
+    comps = {k: v for k, v in frame.components.items() if np.isfinite(v).any()}
+    reward = frame.reward
+    if reward is not None and not np.isfinite(reward).any():
+        reward = None
+    if reward is not None:
+        for name, v in list(comps.items()):
+            both = np.isfinite(v) & np.isfinite(reward)
+            if both.all() and np.allclose(v, reward, rtol=1e-9, atol=1e-12):
+                notes.append(f"signal {name!r} equals the total reward; it is reported as the total.")
+                del comps[name]
+    names = sorted(comps)
+    matrix = np.column_stack([np.nan_to_num(comps[k], nan=0.0) for k in names]) if names else np.zeros((0, 0))
+    weights = np.ones(len(names))
+    total_name = "reward" if "reward" not in comps else "reward_total"
+    other_name = "other" if "other" not in comps else "other_residual"
+    other: np.ndarray | None = None
+    if reward is None:
+        total = matrix.sum(axis=1)
+        notes.append("no total reward logged: the total is the sum of the components.")
+    else:
+        total = reward.copy()
+        known = np.isfinite(reward)
+        if names:
+            fit, *_ = np.linalg.lstsq(matrix[known], reward[known], rcond=None)
+            resid = reward[known] - matrix[known] @ fit
+            scale = max(1.0, float(np.sqrt(np.mean(reward[known] ** 2))))
+            if np.sqrt(np.mean(resid**2)) <= 1e-6 * scale:
+                weights = np.where(np.abs(fit - np.round(fit)) < 1e-9, np.round(fit), fit)
+                if not np.allclose(weights, 1.0):
+                    notes.append("component weights fitted from the total: " + ", ".join(
+                        f"{n}={w:.4g}" for n, w in zip(names, weights)) + ".")
+            else:
+                other = np.where(known, reward - matrix.sum(axis=1), 0.0)
+                notes.append(f"the components do not add up to the total; {other_name!r} = total - sum(components) "
+                             "is attributed as a signal of its own.")
+        if not known.all():
+            total[~known] = matrix[~known] @ weights if names else np.nan
+            notes.append(f"{int((~known).sum())} rollout(s) without a total reward: rebuilt from the components.")
+    out = [_Signal(n, "component", comps[n], float(w), is_outcome_signal(n, outcome_signals))
+           for n, w in zip(names, weights)]
+    if other is not None:
+        out.append(_Signal(other_name, "other", other, 1.0, False))
+    out.append(_Signal(total_name, "total", total, 1.0, False))
+    return out, total, notes
+
+
+# ================================================================================================ computation
+@dataclass
+class _Groups:
+    """Group-level layout of a sorted Frame."""
+
+    codes: np.ndarray
+    starts: np.ndarray
+    sizes: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.starts.size)
+
+    @classmethod
+    def of(cls, codes: np.ndarray) -> _Groups:
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]]) if codes.size else np.zeros(0, np.int64)
+        sizes = np.diff(np.r_[starts, codes.size])
+        return cls(codes, starts, sizes)
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        return np.bincount(self.codes, weights=values, minlength=self.n)
+
+    def mean(self, values: np.ndarray) -> np.ndarray:
+        return self.sum(values) / self.sizes
+
+
+def behavior_labels(groups: _Groups, x: np.ndarray, numeric: bool) -> np.ndarray:
+    """1 = with the behaviour, 0 = without, NaN = not compared. Numeric behaviours: above / below the group
+    median (rows at the median are not compared)."""
+    if not numeric:
+        return (x > 0).astype(float)
+    order = np.lexsort((x, groups.codes))
+    xs = x[order]
+    lo = xs[groups.starts + (groups.sizes - 1) // 2]
+    hi = xs[groups.starts + groups.sizes // 2]
+    median = ((lo + hi) / 2.0)[groups.codes]
+    return np.where(x > median, 1.0, np.where(x < median, 0.0, np.nan))
+
+
+def _refine(codes: np.ndarray, keys: list[np.ndarray]) -> np.ndarray:
+    """Sub-group codes: rows of one group with equal `keys` (outcome values; NaN is a value of its own)."""
+    cols = [np.where(np.isnan(k), np.inf, k) for k in keys]
+    order = np.lexsort(tuple(reversed([codes, *cols])))
+    change = np.zeros(codes.size, dtype=bool)
+    change[0] = True
+    for c in [codes, *cols]:
+        s = c[order]
+        change[1:] |= s[1:] != s[:-1]
+    out = np.empty(codes.size, dtype=np.int64)
+    out[order] = np.cumsum(change) - 1
+    return out
+
+
+def _pair_stats(groups: _Groups, values: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    u, n1, n0 = stats.grouped_mann_whitney(groups.codes, values, labels, groups.n)
+    ok = np.isfinite(values) & np.isfinite(labels)
+    s1 = groups.sum(np.where(ok & (labels == 1), values, 0.0))
+    s0 = groups.sum(np.where(ok & (labels == 0), values, 0.0))
+    return {"u": u, "pairs": n1 * n0, "diff": n0 * s1 - n1 * s0}
+
+
+def _matched_stats(groups: _Groups, values: np.ndarray, labels: np.ndarray,
+                   sub: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """U and pairs among outcome-matched pairs, summed back to the original groups."""
+    n_sub = int(sub.max()) + 1 if sub.size else 0
+    u, n1, n0 = stats.grouped_mann_whitney(sub, values, labels, n_sub)
+    parent = np.zeros(n_sub, dtype=np.int64)
+    parent[sub] = groups.codes
+    return (np.bincount(parent, weights=u, minlength=groups.n),
+            np.bincount(parent, weights=n1 * n0, minlength=groups.n))
+
+
+def _ratio(num: np.ndarray | float, den: np.ndarray | float) -> Any:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.asarray(den) > 0, np.asarray(num) / np.where(np.asarray(den) > 0, den, 1), np.nan)
+
+
+def _ci(lo: float, hi: float) -> tuple[float, float]:
+    return (float(lo), float(hi))
+
+
+def _preference_p(u: np.ndarray, pairs: np.ndarray) -> float:
+    """Two-sided p-value of 'paired preference = 0.5' from the cluster-robust SE (t on groups-1 df); when the
+    SE is 0 (every group agrees completely) a sign test over the groups."""
+    used = pairs > 0
+    g = int(used.sum())
+    if g < MIN_GROUPS:
+        return 1.0
+    p_hat = u[used].sum() / pairs[used].sum()
+    se = stats.ratio_of_sums_se(u[used], pairs[used])
+    if not np.isfinite(se) or se == 0:
+        return 1.0 if p_hat == 0.5 else min(1.0, 2.0 * 0.5**g)
+    return float(2.0 * sps.t.sf(abs(p_hat - 0.5) / se, df=g - 1))
+
+
+def attribute(frame: Frame, behavior: Behavior, *, where: str = "answer", run: str = "",
+              outcome_signals: list[str] | None = None, advantage_scale: str = "group", n_boot: int = 1000,
+              seed: int = 0, level: float = 0.95) -> Trace:
+    """Attribute the behaviour values in `frame` to its reward signals (see the module doc)."""
+    if advantage_scale not in ("group", "none"):
+        raise RlauditError(f"advantage_scale must be 'group' (GRPO) or 'none' (Dr. GRPO), got {advantage_scale!r}")
+    x = np.nan_to_num(frame.behavior.astype(float), nan=0.0)
+    numeric = behavior.numeric or not np.isin(np.unique(x), (0.0, 1.0)).all()
+    groups = _Groups.of(frame.group)
+    labels = behavior_labels(groups, x, numeric)
+    signals, total, notes = build_signals(frame, outcome_signals)
+    warnings = list(frame.warnings)
+    has_total = np.isfinite(total)
+    if not has_total.all():
+        warnings.append(f"{int((~has_total).sum())} rollout(s) have no reward at all and add no pressure.")
+
+    # Advantage decomposition: contribution of signal k = w_k (c_k - mean_g c_k) / sd_g(total).
+    r = np.where(has_total, total, 0.0)
+    in_adv = has_total.astype(float)
+    n_adv = groups.sum(in_adv)
+    r_mean = _ratio(groups.sum(r), n_adv)
+    r_c = np.where(has_total, r - np.nan_to_num(r_mean)[groups.codes], 0.0)
+    sd = np.sqrt(_ratio(groups.sum(r_c**2), n_adv - 1))
+    tiny = 1e-9 * max(1.0, float(np.nanmax(np.abs(r))) if r.size else 1.0)
+    usable = np.isfinite(sd) & (sd > tiny) & (n_adv >= 2)
+    inv_scale = np.where(usable, 1.0 / np.where(usable, sd, 1.0), 0.0) if advantage_scale == "group" else \
+        np.where(np.isfinite(sd) & (sd > tiny), 1.0, 0.0)
+    x_mean = _ratio(groups.sum(x * in_adv), n_adv)
+    x_c = np.where(has_total, x - np.nan_to_num(x_mean)[groups.codes], 0.0)
+    degenerate = int(((n_adv >= 2) & ~usable).sum())
+    if degenerate:
+        notes.append(f"{degenerate} group(s) where every rollout got the same total reward give no advantage "
+                     "(no pressure) and only ties to the paired preference.")
+
+    outcome = [s for s in signals if s.outcome]
+    sub = _refine(groups.codes, [s.values for s in outcome]) if outcome else None
+    per_group: dict[str, dict[str, np.ndarray]] = {}
+    for s in signals:
+        d = _pair_stats(groups, s.values, labels)
+        c = np.where(has_total, np.nan_to_num(s.values, nan=0.0), 0.0)
+        d["pressure"] = s.weight * groups.sum(x_c * c) * inv_scale
+        if sub is not None and not s.outcome and s.kind != "total":
+            d["mu"], d["mpairs"] = _matched_stats(groups, s.values, labels, sub)
+        else:
+            d["mu"] = d["mpairs"] = np.zeros(groups.n)
+        per_group[s.name] = d
+    n_used = groups.sum(in_adv)
+
+    # One bootstrap for everything: columns [u, pairs, diff, pressure, mu, mpairs] per signal, then n.
+    keys = ("u", "pairs", "diff", "pressure", "mu", "mpairs")
+    matrix = np.column_stack([per_group[s.name][k] for s in signals for k in keys] + [n_used])
+    reps = stats.bootstrap_group_sums(matrix, n_boot=n_boot, seed=seed).reshape(n_boot, -1)
+    sums = matrix.sum(axis=0)
+    n_total = sums[-1]
+    k = len(keys)
+    rep = {s.name: {key: reps[:, i * k + j] for j, key in enumerate(keys)} for i, s in enumerate(signals)}
+    point = {s.name: {key: sums[i * k + j] for j, key in enumerate(keys)} for i, s in enumerate(signals)}
+    parts = [s.name for s in signals if s.kind != "total"] or [signals[-1].name]
+    pos_rep = np.column_stack([np.maximum(rep[n]["pressure"], 0) for n in parts])
+    pos_point = np.array([max(point[n]["pressure"], 0.0) for n in parts])
+    share_rep = _ratio(pos_rep, pos_rep.sum(axis=1, keepdims=True))
+    share_point = _ratio(pos_point, pos_point.sum())
+
+    steps, step_codes = np.unique(frame.step[groups.starts], return_inverse=True)
+    results: list[SignalAttribution] = []
+    for s in signals:
+        d, pr, pt = per_group[s.name], rep[s.name], point[s.name]
+        used = int((d["pairs"] > 0).sum())
+        enough = used >= MIN_GROUPS
+        pref_ci = percentile(_ratio(pr["u"], pr["pairs"]), level) if enough else (math.nan, math.nan)
+        eff_ci = percentile(_ratio(pr["diff"], pr["pairs"]), level) if enough else (math.nan, math.nan)
+        m_used = int((d["mpairs"] > 0).sum())
+        m_ci = percentile(_ratio(pr["mu"], pr["mpairs"]), level) if m_used >= MIN_GROUPS else (math.nan, math.nan)
+        if s.name in parts:
+            j = parts.index(s.name)
+            share, share_ci = float(share_point[j]), percentile(share_rep[:, j], level)
+        else:
+            share, share_ci = math.nan, (math.nan, math.nan)
+        by_step = {key: np.bincount(step_codes, weights=d[key], minlength=steps.size)
+                   for key in ("u", "pairs", "diff", "pressure")}
+        results.append(SignalAttribution(
+            signal=s.name, kind=s.kind, outcome=s.outcome, weight=s.weight,
+            applies=float(np.isfinite(s.values).mean()) if s.values.size else 0.0,
+            pressure=float(pt["pressure"] / n_total) if n_total else math.nan,
+            pressure_ci=percentile(_ratio(pr["pressure"], reps[:, -1]), level),
+            pressure_share=share, pressure_share_ci=share_ci,
+            paired_preference=float(_ratio(pt["u"], pt["pairs"])), paired_preference_ci=pref_ci,
+            p_value=_preference_p(d["u"], d["pairs"]),
+            effect=float(_ratio(pt["diff"], pt["pairs"])), effect_ci=eff_ci,
+            pairs=int(pt["pairs"]), groups_used=used,
+            matched_preference=float(_ratio(pt["mu"], pt["mpairs"])), matched_preference_ci=m_ci,
+            matched_pairs=int(pt["mpairs"]),
+            series={"steps": steps.tolist(),
+                    "paired_preference": _ratio(by_step["u"], by_step["pairs"]).tolist(),
+                    "effect": _ratio(by_step["diff"], by_step["pairs"]).tolist(),
+                    "pressure": by_step["pressure"].tolist()}))
+    total_sig = results[-1]
+    ordered = sorted(results[:-1], key=lambda a: -a.pressure if np.isfinite(a.pressure) else math.inf)
+    ordered.append(total_sig)
+    top = ordered[0]
+
+    by_condition = _breakdown(frame.condition, frame.condition_names, groups, x, labels, per_group, signals,
+                              top.signal, n_total)
+    by_task = (_breakdown(frame.task, frame.task_names, groups, x, labels, per_group, signals, top.signal, n_total)
+               if len(frame.task_names) > 1 else {})
+    groups_used = top.groups_used
+    if groups_used < MIN_GROUPS:
+        warnings.append(f"Only {groups_used} group(s) contain rollouts both with and without the behaviour: no "
+                        "confidence intervals or tests.")
+    elif groups_used < FEW_GROUPS:
+        warnings.append(f"Only {groups_used} groups contain rollouts both with and without the behaviour: the "
+                        "intervals are rough.")
+    trace = Trace(
+        run=run, behavior=behavior.name, behavior_spec=behavior.spec, where=where, numeric=bool(numeric),
+        grouping=frame.grouping, group_key=frame.group_key, rollouts=int(x.size), groups=groups.n,
+        groups_used=groups_used, prevalence=float(np.mean(x)) if x.size else math.nan, signals=ordered,
+        by_condition=by_condition, by_task=by_task, condition=_argmax_pressure(by_condition),
+        task=_argmax_pressure(by_task), advantage_check=_advantage_check(frame, groups, x_c, r_c, inv_scale,
+                                                                          per_group[total_sig.signal]["pressure"]),
+        warnings=warnings, notes=notes)
+    check = trace.advantage_check
+    if check and check.get("correlation") is not None and check["correlation"] < 0.9:
+        trace.warnings.append(
+            f"The logged advantage correlates only {check['correlation']:.2f} with the GRPO advantage rebuilt from "
+            "the rewards (different normalisation, KL in the reward, or a different estimator): pressures are "
+            "computed from the rebuilt advantage.")
+    trace.evidence_rows = _evidence_rows(frame, groups, labels, per_group, top, by_condition)
+    assess([trace])
+    return trace
+
+
+def percentile(samples: np.ndarray, level: float) -> tuple[float, float]:
+    lo, hi = stats.percentile_interval(np.asarray(samples, dtype=float).reshape(-1, 1), level)
+    return _ci(lo[0], hi[0])
+
+
+def _breakdown(codes: np.ndarray, names: list[str], groups: _Groups, x: np.ndarray, labels: np.ndarray,
+               per_group: dict[str, dict[str, np.ndarray]], signals: list[_Signal], top: str,
+               n_total: float) -> dict[str, dict[str, Any]]:
+    """Per condition (or task): its rollouts, prevalence, and each signal's pressure and paired preference.
+    `pressure_share` is the condition's share of the top signal's positive pressure: who pays for the tic."""
+    if not names:
+        return {}
+    gcode = codes[groups.starts]
+    n_codes = len(names)
+    valid = gcode >= 0
+    rows = np.bincount(codes[codes >= 0], minlength=n_codes)
+    prevalence = _ratio(np.bincount(codes[codes >= 0], weights=x[codes >= 0], minlength=n_codes), rows)
+    top_pressure = np.bincount(gcode[valid], weights=per_group[top]["pressure"][valid], minlength=n_codes)
+    positive = np.maximum(top_pressure, 0).sum()
+    out: dict[str, dict[str, Any]] = {}
+    for c, name in enumerate(names):
+        in_c = valid & (gcode == c)
+        entry: dict[str, Any] = {
+            "rollouts": int(rows[c]), "groups": int(in_c.sum()), "prevalence": float(prevalence[c]),
+            "pressure_share": float(max(top_pressure[c], 0) / positive) if positive > 0 else math.nan,
+            "pressure": {}, "paired_preference": {}, "paired_preference_ci": {}, "effect": {}}
+        for s in signals:
+            d = per_group[s.name]
+            u, pairs = d["u"][in_c], d["pairs"][in_c]
+            entry["pressure"][s.name] = float(d["pressure"][in_c].sum() / n_total) if n_total else math.nan
+            p = float(_ratio(u.sum(), pairs.sum()))
+            entry["paired_preference"][s.name] = p
+            se = stats.ratio_of_sums_se(u, pairs)
+            z = sps.norm.ppf(0.975)
+            entry["paired_preference_ci"][s.name] = ([p - z * se, p + z * se] if np.isfinite(se)
+                                                     and (pairs > 0).sum() >= MIN_GROUPS else [math.nan, math.nan])
+            entry["effect"][s.name] = float(_ratio(d["diff"][in_c].sum(), pairs.sum()))
+        out[name] = entry
+    return out
+
+
+def _argmax_pressure(breakdown: dict[str, dict[str, Any]]) -> str | None:
+    best = [(v["pressure_share"], k) for k, v in breakdown.items() if np.isfinite(v["pressure_share"])]
+    return max(best)[1] if best else None
+
+
+def _advantage_check(frame: Frame, groups: _Groups, x_c: np.ndarray, r_c: np.ndarray, inv_scale: np.ndarray,
+                     total_pressure: np.ndarray) -> dict[str, Any] | None:
+    """Compare the rebuilt GRPO advantage with the logged one: correlation over rollouts, and the total push
+    computed from each (sum of x_c * advantage). Agreement means the decomposition describes what the trainer
+    did; disagreement is reported as a warning (the signal ranking is still computed from the rewards)."""
+    if frame.advantage is None:
+        return None
+    adv = frame.advantage
+    ok = np.isfinite(adv)
+    if ok.sum() < 3:
+        return None
+    rebuilt = r_c * inv_scale[groups.codes]
+    a, b = adv[ok], rebuilt[ok]
+    corr = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else None
+    return {"rollouts": int(ok.sum()), "correlation": corr,
+            "pressure_logged": float(np.sum(x_c[ok] * a) / ok.sum()),
+            "pressure_rebuilt": float(np.sum(x_c[ok] * b) / ok.sum())}
+
+
+def _evidence_rows(frame: Frame, groups: _Groups, labels: np.ndarray, per_group: dict[str, dict[str, np.ndarray]],
+                   top: SignalAttribution, by_condition: dict[str, dict[str, Any]],
+                   n_pairs: int = 3) -> list[tuple[int, int]]:
+    """Up to `n_pairs` (with, without) row pairs from distinct groups of the condition supplying most pressure,
+    latest steps first, in groups where the top signal favours the behaviour (the best-scored rollout with the
+    behaviour next to the worst-scored one without)."""
+    values = next((v for k, v in frame.components.items() if k == top.signal), None)
+    if values is None:
+        values = _signal_values(frame, top.signal)
+    d = per_group[top.signal]
+    direction = 1.0 if (top.paired_preference or 0.5) >= 0.5 else -1.0
+    candidates = (d["pairs"] > 0) & (direction * d["diff"] > 0)
+    cond = max(by_condition, key=lambda c: by_condition[c]["pressure_share"]
+               if np.isfinite(by_condition[c]["pressure_share"]) else -1) if by_condition else None
+    if cond is not None:
+        code = frame.condition_names.index(cond)
+        in_cond = candidates & (frame.condition[groups.starts] == code)
+        if in_cond.any():
+            candidates = in_cond
+    chosen = np.flatnonzero(candidates)
+    chosen = chosen[np.argsort(-frame.step[groups.starts[chosen]], kind="stable")][:n_pairs]
+    out = []
+    for g in chosen:
+        lo, hi = groups.starts[g], groups.starts[g] + groups.sizes[g]
+        v, lab = values[lo:hi], labels[lo:hi]
+        with_ = np.flatnonzero((lab == 1) & np.isfinite(v))
+        without = np.flatnonzero((lab == 0) & np.isfinite(v))
+        if with_.size and without.size:
+            out.append((int(lo + with_[np.argmax(direction * v[with_])]),
+                        int(lo + without[np.argmin(direction * v[without])])))
+    return out
+
+
+def _signal_values(frame: Frame, name: str) -> np.ndarray:
+    signals, _, _ = build_signals(frame)
+    return next(s.values for s in signals if s.name == name)
+
+
+# ================================================================================================ verdicts
+def assess(traces: list[Trace], alpha: float = 0.05) -> None:
+    """Benjamini-Hochberg over every (behaviour, signal) paired-preference test, then a severity per trace.
+
+    Severity (the *suspect* is the non-outcome signal with the largest positive pressure whose paired
+    preference is BH-significant in the direction of its pressure and, when the run has outcome signals,
+    still significant among outcome-matched pairs):
+    - high: a suspect carries >= 50% of the positive pressure and the behaviour itself is medium/high;
+    - medium: a suspect exists but carries less than half of the push (or the behaviour is low), or a
+      significant non-outcome driver could not be separated from task success (too few matched pairs);
+    - low: the push comes from outcome signals, or from signals whose preference disappears among equally
+      correct rollouts (matched interval contains 0.5 and lies below the unmatched estimate): the behaviour is
+      learned because it helps solve the task, as intended;
+    - info: no signal pushes the behaviour up with a significant paired preference.
+    """
+    tests = [(t, s) for t in traces for s in t.signals]
+    q = stats.benjamini_hochberg(np.array([s.p_value for _, s in tests], dtype=float)) if tests else []
+    for (_, s), qv in zip(tests, q):
+        s.q_value = float(qv)
+        s.significant = bool(qv <= alpha)
+    for t in traces:
+        t.severity, t.verdict, t.suspect = _severity(t)
+
+
+def _severity(t: Trace) -> tuple[Severity, str, str | None]:
+    parts = [s for s in t.signals if s.kind != "total"] or t.signals
+    has_outcome = any(s.outcome for s in parts)
+    drivers = [s for s in parts if s.pressure > 0 and s.significant
+               and (s.paired_preference - 0.5) > 0]
+    if not drivers:
+        return "info", "no reward signal pushes the behaviour up with a significant paired preference", None
+    suspects, unclear = [], []
+    for s in drivers:
+        if s.outcome:
+            continue
+        lo, hi = s.matched_preference_ci
+        if not has_outcome or (np.isfinite(lo) and lo > 0.5):
+            suspects.append(s)
+        elif not (np.isfinite(hi) and hi < s.paired_preference and lo <= 0.5):
+            unclear.append(s)
+    big = SEVERITY_RANK.get(t.behavior_severity, 2) >= SEVERITY_RANK["medium"]
+    if suspects:
+        s = max(suspects, key=lambda a: a.pressure)
+        if s.pressure_share >= 0.5 and big:
+            return "high", f"{s.signal} rewards the behaviour for its own sake and carries most of the push", s.signal
+        return "medium", f"{s.signal} rewards the behaviour for its own sake ({s.pressure_share:.0%} of the push)", \
+            s.signal
+    if unclear:
+        s = max(unclear, key=lambda a: a.pressure)
+        return "medium", (f"{s.signal} rewards the behaviour, but too few equally-correct pairs exist to tell "
+                          "whether it rewards more than task success"), s.signal
+    names = ", ".join(s.signal for s in drivers)
+    return "low", f"the push comes through task success ({names}): the behaviour is learned as intended", None
+
+
+# ================================================================================================ entry point
+def trace(store: Any, run: str, behavior: str | Behavior, where: str = "answer", *, max_step: int | None = None,
+          split: str | None = "train", outcome_signals: list[str] | None = None, advantage_scale: str = "group",
+          n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, behavior_severity: str = "medium",
+          con: duckdb.DuckDBPyConnection | None = None) -> Trace:
+    """Trace `behavior` (a spec for `parse_behavior`, or a Behavior) in `run` to its reward signals.
+
+    `con` may be a connection whose `rollouts` view is already scoped (a detector's `ctx.connect()`); otherwise
+    the run is read from `store`, restricted to `split` and steps <= `max_step`. The returned Trace is assessed
+    on its own (BH over its signals); the detector re-assesses all behaviours of a run together.
+    """
+    from .detectors import AuditConfig, DetectContext
+
+    beh = behavior if isinstance(behavior, Behavior) else parse_behavior(behavior)
+    own = con is None
+    if con is None:
+        store.manifest(run)  # clear error for an unknown run
+        con = DetectContext(store=store, run=run, config=AuditConfig(max_step=max_step, split=split)).connect()
+    try:
+        frame = load_frame(con, beh, where)
+        result = attribute(frame, beh, where=where, run=run, outcome_signals=outcome_signals,
+                           advantage_scale=advantage_scale, n_boot=n_boot, seed=seed)
+        result.behavior_severity = behavior_severity
+        assess([result], alpha)
+        result.evidence = _evidence(con, frame, result, where)
+    finally:
+        if own:
+            con.close()
+    return result
+
+
+def _evidence(con: duckdb.DuckDBPyConnection, frame: Frame, t: Trace, where: str,
+              max_chars: int = 600) -> list[Evidence]:
+    rows = t.evidence_rows
+    if not rows or frame.rollout_id is None:
+        return []
+    flat = [i for pair in rows for i in pair]
+    ids = frame.rollout_id.take(pa.array(flat)).to_pylist()
+    con.register("_evidence_ids", pa.table({"rollout_id": ids}))
+    texts = {r[0]: r[1:] for r in con.execute(
+        f"SELECT rollout_id, step, condition, {where}, group_id FROM rollouts "
+        "WHERE rollout_id IN (SELECT rollout_id FROM _evidence_ids)").fetchall()}
+    con.unregister("_evidence_ids")
+    signals, _, _ = build_signals(frame)
+    out = []
+    for pair, (i, j) in enumerate(rows):
+        for row, has in ((i, True), (j, False)):
+            rid = ids[flat.index(row)]
+            step, cond, text, gid = texts.get(rid, (None, None, "", None))
+            scores = {s.name: _num(s.values[row]) for s in signals}
+            out.append(Evidence(
+                rollout_id=rid, step=step, condition=cond, text=(text or "")[:max_chars],
+                note=f"pair {pair + 1}: {'with' if has else 'without'} the behaviour "
+                     f"({t.top.signal} = {_fmt(scores.get(t.top.signal))})",
+                data={"pair": pair + 1, "has_behavior": has, "group_id": gid,
+                      "behavior_value": _num(frame.behavior[row]), "scores": scores}))
+    return out
+
+
+def _num(v: float) -> float | None:
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3g}"
