@@ -150,3 +150,170 @@ def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
     out[order] = adjusted
     q[ok] = out
     return q
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Trends over training steps, stratified prevalence ratios, onsets and lagged correlation (written for
+# emerging-behaviour discovery and cross-condition generalisation, rlaudit.detectors.emerging/generalization).
+
+def mann_kendall(y: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Mann-Kendall trend test of each row of a (rows x T) array: (S statistic, two-sided p-value).
+
+    S counts increasing minus decreasing pairs in time order; its variance carries the usual tie correction and
+    the z statistic a continuity correction. NaN entries (e.g. steps without rollouts) are skipped. Rows with
+    fewer than 3 values get p = 1. Non-parametric, so per-step prevalences, means or lengths all work.
+    """
+    from scipy.stats import norm
+
+    y = np.atleast_2d(np.asarray(y, dtype=np.float64))
+    rows, t = y.shape
+    s = np.zeros(rows)
+    if t >= 2:
+        i, j = np.triu_indices(t, 1)
+        for lo in range(0, rows, chunk):
+            block = y[lo:lo + chunk]
+            with np.errstate(invalid="ignore"):
+                s[lo:lo + chunk] = np.nansum(np.sign(block[:, j] - block[:, i]), axis=1)
+    valid = ~np.isnan(y)
+    n = valid.sum(axis=1).astype(np.float64)
+    ties = np.zeros(rows)
+    for r in range(rows):  # one np.unique per row (rows are candidate behaviours, not rollouts)
+        _, counts = np.unique(y[r][valid[r]], return_counts=True)
+        ties[r] = np.sum(counts * (counts - 1.0) * (2.0 * counts + 5.0))
+    var = (n * (n - 1) * (2 * n + 5) - ties) / 18.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(var > 0, (s - np.sign(s)) / np.sqrt(var), 0.0)
+    p = np.where(n >= 3, 2 * norm.sf(np.abs(z)), 1.0)
+    return s, p
+
+
+def stratified_ratio(sx: np.ndarray, sxx: np.ndarray, sxn: np.ndarray, n: np.ndarray, snn: np.ndarray,
+                     g: np.ndarray, presence: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Late-vs-early ratio of a per-rollout value (presence 0/1, or a numeric feature), stratified and
+    cluster-robust: (ratio, standard error of its log), one per candidate.
+
+    Inputs are sufficient sums over clusters (prompt groups / recurring prompts) within each window and stratum
+    (task x condition): for each candidate k, window w (0 = early, 1 = late) and stratum s,
+    `sx[k,w,s]` = sum of values, `sxx` = sum over clusters of (cluster value sum)^2, `sxn` = sum over clusters of
+    (cluster value sum x cluster size); per window and stratum `n` = rollouts, `snn` = sum of squared cluster
+    sizes, `g` = clusters. Shapes (K, 2, S) and (2, S).
+
+    The estimate is the Mantel-Haenszel ratio sum_s w_s m1_s / sum_s w_s m0_s with w_s = n0 n1 / (n0 + n1), so a
+    shift of the mix of tasks or conditions between windows does not count as a rise (strata seen in one window
+    only carry no weight). Half a rollout's worth of value is added to each window (continuity correction: a
+    term absent early still gets a finite ratio). The variance of the log ratio is the cluster sandwich
+    (linearisation of a ratio of cluster sums, with G/(G-1) small-sample factor), so rollouts of one prompt
+    are not counted as independent evidence; for presence it is floored at the binomial variance of the crude
+    counts, so that a window without any occurrence cannot claim zero variance.
+    """
+    sx, sxx, sxn = (np.asarray(a, dtype=np.float64) for a in (sx, sxx, sxn))
+    n, snn, g = (np.asarray(a, dtype=np.float64) for a in (n, snn, g))
+    both = (n[0] > 0) & (n[1] > 0)
+    w = np.where(both, n[0] * n[1] / np.where(both, n[0] + n[1], 1.0), 0.0)
+    safe_n = np.where(n > 0, n, 1.0)
+    m = sx / safe_n
+    a = (w * m[:, 1]).sum(-1)
+    c = (w * m[:, 0]).sum(-1)
+    wsum = w.sum()
+    if wsum == 0:
+        nan = np.full(sx.shape[0], np.nan)
+        return nan, nan
+    a_cc = a + 0.5 * wsum / n[1][both].sum()
+    c_cc = c + 0.5 * wsum / n[0][both].sum()
+    resid_ss = np.maximum(sxx - 2 * m * sxn + m**2 * snn, 0.0)
+    small = np.where(g > 1, g / np.maximum(g - 1, 1.0), 1.0)
+    coef = (w / safe_n) ** 2 * small * both
+    var_a = (coef[1] * resid_ss[:, 1]).sum(-1)
+    var_c = (coef[0] * resid_ss[:, 0]).sum(-1)
+    var_log = var_a / a_cc**2 + var_c / c_cc**2
+    if presence:
+        x1, x0 = (sx[:, 1] * both).sum(-1), (sx[:, 0] * both).sum(-1)
+        n1, n0 = n[1][both].sum(), n[0][both].sum()
+        floor = 1 / (x1 + 0.5) - 1 / (n1 + 0.5) + 1 / (x0 + 0.5) - 1 / (n0 + 0.5)
+        var_log = np.maximum(var_log, floor)
+    return a_cc / c_cc, np.sqrt(var_log)
+
+
+def moving_sum(x: np.ndarray, half_width: int) -> np.ndarray:
+    """Centred moving sum along the last axis (window 2h+1, truncated at the ends)."""
+    x = np.asarray(x, dtype=np.float64)
+    if half_width <= 0:
+        return x.copy()
+    c = np.cumsum(np.pad(x, [(0, 0)] * (x.ndim - 1) + [(1, 0)]), axis=-1)
+    t = x.shape[-1]
+    hi = np.minimum(np.arange(t) + half_width + 1, t)
+    lo = np.maximum(np.arange(t) - half_width, 0)
+    return c[..., hi] - c[..., lo]
+
+
+def onset_index(x: np.ndarray, q: np.ndarray, n: np.ndarray, baseline: np.ndarray, direction: int,
+                half_width: int = 1, z: float = 3.09, design_effect: float = 1.0,
+                presence: bool = True) -> int | None:
+    """Index of the first step whose smoothed mean departs significantly from the early baseline and stays so.
+
+    Per step: `x` = sum of values, `q` = sum of squared values (= x for presence), `n` = rollouts. The smoothed
+    mean (centred window of 2h+1 steps) is compared with the pooled mean of the `baseline` steps by a one-sided z
+    test (default z = 3.09, p = 0.001, with variances inflated by `design_effect` for within-group correlation;
+    presence counts get half a rollout of continuity correction so that a lone occurrence is not a rise).
+    Onset is the first non-baseline step from which the departure holds for h+1 consecutive steps (or to the
+    end of the series); None when it never does.
+    """
+    xs, qs, ns = moving_sum(x, half_width), moving_sum(q, half_width), moving_sum(n, half_width)
+    x0, q0, n0 = x[baseline].sum(), q[baseline].sum(), n[baseline].sum()
+    if n0 == 0:
+        return None
+    if presence:
+        mean, mean0 = (xs + 0.5) / (ns + 1.0), (x0 + 0.5) / (n0 + 1.0)
+        var, var0 = mean * (1 - mean) / (ns + 1.0), mean0 * (1 - mean0) / (n0 + 1.0)
+    else:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean, mean0 = xs / ns, x0 / n0
+            var, var0 = np.maximum(qs / ns - mean**2, 0) / ns, max(q0 / n0 - mean0**2, 0) / n0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        score = direction * (mean - mean0) / np.sqrt(design_effect * (var + var0))
+    sig = np.nan_to_num(score, nan=0.0) >= z
+    sig &= ~np.asarray(baseline, dtype=bool)
+    t = len(sig)
+    for i in np.flatnonzero(sig):
+        if sig[i:min(t, i + half_width + 1)].all():
+            return int(i)
+    return None
+
+
+def zscore(x: np.ndarray) -> np.ndarray:
+    """(x - mean) / sd, ignoring NaN; a constant series becomes zeros."""
+    x = np.asarray(x, dtype=np.float64)
+    sd = np.nanstd(x)
+    return np.zeros_like(x) if not sd > 0 else (x - np.nanmean(x)) / sd
+
+
+def lagged_correlation(source: np.ndarray, target: np.ndarray, max_lag: int) -> tuple[float, int]:
+    """Best Pearson correlation of two equally spaced series over lags -max_lag..max_lag: (corr, lag).
+
+    A positive lag means `target` follows `source` (target[t + lag] tracks source[t]). Pairs with a NaN are
+    skipped; lags leaving fewer than 3 pairs are not considered. Returns (nan, 0) when no lag qualifies.
+    """
+    a, b = np.asarray(source, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    best, best_lag = -np.inf, 0
+    for lag in range(-max_lag, max_lag + 1):
+        x, y = (a[:len(a) - lag], b[lag:]) if lag >= 0 else (a[-lag:], b[:len(b) + lag])
+        ok = ~(np.isnan(x) | np.isnan(y))
+        if ok.sum() < 3 or np.std(x[ok]) == 0 or np.std(y[ok]) == 0:
+            continue
+        r = float(np.corrcoef(x[ok], y[ok])[0, 1])
+        if r > best + 1e-12 or (abs(r - best) <= 1e-12 and abs(lag) < abs(best_lag)):
+            best, best_lag = r, lag
+    return (float("nan"), 0) if best == -np.inf else (best, best_lag)
+
+
+def wilson_interval(x: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval for binomial proportions x/n (elementwise); n = 0 gives (0, 1)."""
+    from scipy.stats import norm
+
+    x, n = np.asarray(x, dtype=np.float64), np.asarray(n, dtype=np.float64)
+    zz = norm.ppf(0.5 + level / 2) ** 2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = np.where(n > 0, x / n, 0.0)
+        centre = (p + zz / (2 * n)) / (1 + zz / n)
+        half = np.sqrt(zz) * np.sqrt(p * (1 - p) / n + zz / (4 * n**2)) / (1 + zz / n)
+    return np.where(n > 0, centre - half, 0.0), np.where(n > 0, centre + half, 1.0)
