@@ -1,0 +1,168 @@
+"""The audit report: one self-contained HTML file that a reviewer reads at a glance.
+
+    >>> from rlaudit.report import write_report
+    >>> write_report(store, result, "audit.html")
+
+The file inlines plotly.js once and everything it shows (no network requests: a Content-Security-Policy in the
+page forbids them, and any script but the report's own two). It holds a runs table with reward components over
+steps, then the findings ranked by severity, each with a plain-language explanation, its key facts, its figures
+(prevalence per condition raw and rescaled, reward attribution, CoT exposure...) and sampled evidence rollouts,
+with filters by run, kind and severity.
+
+Model text is untrusted: it is cleaned (`sanitize.clean_text`), clipped (`sanitize.Clip`), and escaped by Jinja's
+autoescape; data for the scripts is embedded as escaped JSON (`sanitize.script_json`). Size is bounded: evidence
+is capped per finding, curves are aggregated to at most `max_points` step buckets, texts share a budget.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import hashlib
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+from markupsafe import Markup
+
+from ..findings import SEVERITIES, SEVERITY_RANK
+from ..store import atomic_write_text
+from . import data as report_data
+from .figures import MAX_POINTS, figures_for, reward_components_figure
+from .sanitize import Clip, clean_text, script_json
+from .views import KIND_LABELS, finding_view
+
+if TYPE_CHECKING:
+    from ..audit import AuditResult
+    from ..store import Store
+
+_HERE = Path(__file__).parent
+
+
+@dataclass
+class ReportLimits:
+    """Bounds that keep a report readable and small whatever the run size."""
+
+    max_evidence: int = 5  # evidence rollouts shown per finding
+    max_detailed: int = 200  # findings shown in full; the rest are listed in the overview table
+    max_points: int = MAX_POINTS  # points per curve
+    text_cap: int = 20_000  # characters per text
+    text_budget: int = 3_000_000  # characters of model text in the whole report
+
+
+@lru_cache(maxsize=1)
+def _plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    js = get_plotlyjs()
+    if "</script" in js.lower():  # would end the inline script early; never true for plotly's bundle
+        raise RuntimeError("plotly.js bundle contains '</script'; cannot inline it safely")
+    return js
+
+
+@lru_cache(maxsize=1)
+def _plotly_template() -> dict[str, Any]:
+    import plotly.io as pio
+
+    return pio.templates["plotly_white"].to_plotly_json()
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(_HERE / "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = lambda x: f"{x:,}" if isinstance(x, int) else clean_text(x)
+    return env
+
+
+def _csp_hash(script: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode() + "'"
+
+
+def build_report_html(store: Store | None, result: AuditResult, *, title: str | None = None,
+                      limits: ReportLimits | None = None, now: _dt.datetime | None = None) -> str:
+    """The report as an HTML string. `store` may be None (or lack some runs): then reward curves and the
+    stored rollouts that evidence cites are left out, and the evidence shows what the findings carry."""
+    limits = limits or ReportLimits()
+    runs = [r.run for r in result.runs]
+    finding_runs = sorted({f.run for f in result.findings} - set(runs))
+    clip = Clip(cap=limits.text_cap, budget=limits.text_budget)
+
+    figures: list[dict[str, Any]] = []
+    curves = report_data.reward_curves(store, runs, limits.max_points)
+    counts = report_data.condition_counts(store, runs)
+    run_rows = []
+    for i, r in enumerate(result.runs):
+        fig = reward_components_figure(f"run-{i}-rewards", r.run, curves.get(r.run, {}), limits.max_points)
+        if fig:
+            figures.append(fig)
+        sev = Counter(f.severity for f in result.findings if f.run == r.run)
+        cond_counts = counts.get(r.run, {})
+        total = sum(cond_counts.values()) or 1
+        run_rows.append({
+            "run": clean_text(r.run), "format": clean_text(r.format), "rows": r.rows,
+            "steps": f"{r.steps[0]:,} to {r.steps[1]:,}" if r.steps else "none",
+            "conditions": [(clean_text(c), f"{100 * cond_counts[c] / total:.1f}%" if c in cond_counts else "")
+                           for c in r.conditions[:30]],
+            "more_conditions": max(0, len(r.conditions) - 30),
+            "signals": [clean_text(s) for s in r.signals], "graders": [clean_text(g) for g in r.graders],
+            "severity": [(s, sev[s]) for s in reversed(SEVERITIES) if sev[s]],
+            "figure": fig["id"] if fig else None, "in_store": r.run in curves or r.run in counts,
+        })
+
+    detailed = result.findings[: limits.max_detailed]
+    cited: dict[str, list[str]] = {}
+    for f in detailed:
+        cited.setdefault(f.run, []).extend(e.rollout_id for e in f.evidence[: limits.max_evidence])
+    rows = {run: report_data.fetch_rollouts(store, run, ids, limits.text_cap) for run, ids in cited.items()}
+    views = []
+    for i, f in enumerate(detailed):
+        figs = figures_for(f, f"f{i}", limits.max_points)
+        figures.extend(figs)
+        views.append(finding_view(i, f, [g["id"] for g in figs], rows.get(f.run, {}), clip, limits.max_evidence))
+    overview = [{"index": i, "anchor": f"finding-{i}" if i < len(detailed) else None, "severity": f.severity,
+                 "kind": clean_text(f.kind), "kind_label": KIND_LABELS.get(f.kind, clean_text(f.kind)),
+                 "run": clean_text(f.run), "title": clean_text(f.title)[:300]}
+                for i, f in enumerate(result.findings)]
+
+    app_js = (_HERE / "templates" / "report.js").read_text(encoding="utf-8")
+    plotly_js = _plotly_js()
+    csp = (f"default-src 'none'; script-src {_csp_hash(plotly_js)} {_csp_hash(app_js)}; "
+           "style-src 'unsafe-inline'; img-src data: blob:; font-src data:; base-uri 'none'; form-action 'none'")
+    severity_counts = Counter(f.severity for f in result.findings)
+    kinds = sorted({f.kind for f in result.findings})
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    from .. import __version__ as version
+
+    html = _env().get_template("report.html.j2").render(
+        title=clean_text(title or _default_title(runs)), generated=now.strftime("%Y-%m-%d %H:%M UTC"),
+        version=version, csp=csp, runs=run_rows, missing_runs=[clean_text(r) for r in finding_runs],
+        findings=views, overview=overview, n_findings=len(result.findings), n_detailed=len(detailed),
+        severity_counts=[(s, severity_counts[s]) for s in reversed(SEVERITIES)],
+        severities=list(reversed(SEVERITIES)), severity_rank=SEVERITY_RANK,
+        kinds=[(clean_text(k), KIND_LABELS.get(k, clean_text(k))) for k in kinds],
+        run_names=sorted({clean_text(r) for r in runs + finding_runs}), limits=limits,
+        plotly_js=Markup(plotly_js), app_js=Markup(app_js),
+        figures_json=Markup(script_json(figures)), template_json=Markup(script_json(_plotly_template())),
+    )
+    return html
+
+
+def _default_title(runs: list[str]) -> str:
+    if len(runs) == 1:
+        return f"rlaudit report: {runs[0]}"
+    return f"rlaudit report: {len(runs)} runs"
+
+
+def write_report(store: Store | None, result: AuditResult, path: str | Path, **kwargs: Any) -> Path:
+    """Write the report for `result` to `path` (atomically) and return the path."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, build_report_html(store, result, **kwargs))
+    return path
+
+
+__all__ = ["ReportLimits", "build_report_html", "write_report"]

@@ -1,0 +1,100 @@
+"""What the report reads from the store: per-run aggregates and the rollouts that findings cite.
+
+Everything here is a DuckDB query whose result size does not grow with the number of rollouts: reward curves are
+aggregated per step (and bucketed into at most `max_points` step ranges), condition counts are one row per
+condition, and rollouts are fetched only by the ids that evidence cites, with long texts cut in SQL.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from ..store import Store
+
+TOTAL = "reward (total)"
+_TEXT_COLUMNS = ("prompt", "reasoning", "answer", "completion")
+
+
+def _runs_in_store(store: Store | None, runs: Sequence[str]) -> list[str]:
+    if store is None:
+        return []
+    present = set(store.runs())
+    return [r for r in runs if r in present]
+
+
+def reward_curves(store: Store | None, runs: Sequence[str], max_points: int = 500
+                  ) -> dict[str, dict[str, tuple[list[float], list[float | None]]]]:
+    """Mean of each reward signal (and of the total reward) per step, per run, train split only when the run
+    has one. Steps are grouped into at most `max_points` equal-width buckets per run (x = mean step)."""
+    runs = _runs_in_store(store, runs)
+    if not runs:
+        return {}
+    assert store is not None
+    sql = """
+    WITH scoped AS (
+        SELECT * FROM rollouts r
+        WHERE r.split = 'train' OR NOT EXISTS (SELECT 1 FROM rollouts t WHERE t.run = r.run AND t.split = 'train')
+    ),
+    bounds AS (
+        SELECT run, min(step) AS lo, greatest(1, ceil((max(step) - min(step) + 1) / ?))::BIGINT AS width
+        FROM scoped GROUP BY run
+    ),
+    long AS (
+        SELECT run, step, unnest(map_keys(rewards)) AS signal, unnest(map_values(rewards)) AS value FROM scoped
+        UNION ALL
+        SELECT run, step, ? AS signal, reward AS value FROM scoped
+    )
+    SELECT l.run, l.signal, (l.step - b.lo) // b.width AS bucket, avg(l.step) AS x,
+           avg(l.value) FILTER (WHERE l.value IS NOT NULL AND NOT isnan(l.value)) AS y
+    FROM long l JOIN bounds b USING (run)
+    GROUP BY l.run, l.signal, bucket
+    ORDER BY l.run, l.signal, bucket
+    """
+    table = store.query(sql, [int(max_points), TOTAL], runs=runs)
+    out: dict[str, dict[str, tuple[list[float], list[float | None]]]] = {}
+    cols = table.to_pydict()
+    for run, signal, x, y in zip(cols["run"], cols["signal"], cols["x"], cols["y"]):
+        xs, ys = out.setdefault(run, {}).setdefault(signal, ([], []))
+        xs.append(float(x))
+        ys.append(None if y is None or not math.isfinite(y) else float(y))
+    for run, curves in out.items():  # a signal with no finite value anywhere is noise in the plot
+        ordered = sorted(curves.items(), key=lambda kv: kv[0] == TOTAL)  # the total last
+        out[run] = {s: c for s, c in ordered if any(v is not None for v in c[1])}
+    return out
+
+
+def condition_counts(store: Store | None, runs: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Rollouts per condition per run (traffic shares for the runs table)."""
+    runs = _runs_in_store(store, runs)
+    if not runs:
+        return {}
+    assert store is not None
+    table = store.query("SELECT run, coalesce(condition, '(none)') AS condition, count(*) AS n FROM rollouts "
+                        "GROUP BY ALL ORDER BY run, n DESC", runs=runs)
+    out: dict[str, dict[str, int]] = {}
+    for run, cond, n in zip(*(table.column(i).to_pylist() for i in range(3))):
+        out.setdefault(run, {})[cond] = int(n)
+    return out
+
+
+def fetch_rollouts(store: Store | None, run: str, rollout_ids: Sequence[str], text_cap: int
+                   ) -> dict[str, dict[str, Any]]:
+    """The cited rollouts of one run by id: texts cut to `text_cap` characters in SQL (with their full length
+    under `<column>_len`), rewards and grader inputs. Missing runs or ids yield nothing."""
+    ids = sorted({i for i in rollout_ids if i})
+    if not ids or run not in _runs_in_store(store, [run]):
+        return {}
+    assert store is not None
+    texts = ", ".join(f"left({c}, {int(text_cap)}) AS {c}, length({c}) AS {c}_len" for c in _TEXT_COLUMNS)
+    sql = (f"SELECT rollout_id, step, condition, task, group_id, {texts}, rewards, reward, advantage, "
+           "grader_inputs FROM rollouts WHERE rollout_id IN (SELECT unnest(?::VARCHAR[]))")
+    rows = store.query(sql, [ids], runs=[run]).to_pylist()
+    out = {}
+    for row in rows:
+        for key in ("rewards", "grader_inputs"):  # Arrow maps arrive as lists of (key, value) pairs
+            value = row.get(key)
+            row[key] = dict(value) if value else {}
+        out[row["rollout_id"]] = row
+    return out

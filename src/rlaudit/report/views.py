@@ -1,0 +1,395 @@
+"""View models: findings and their evidence turned into what the template shows, every text cleaned and clipped.
+
+The template only lays out what these objects hold. Facts are chosen and formatted per finding kind (the
+contract in COMMON.md); anything a kind does not list, and every field of an unknown kind, is shown in a generic
+"all fields" table, so a new detector's findings are readable before the report learns about them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..findings import Evidence, Finding
+from .figures import interval, table_rows
+from .sanitize import Clip, Clipped, clean_text, highlight_segments
+
+KIND_LABELS = {
+    "emerging_behavior": "emerging behaviour",
+    "generalization": "generalisation",
+    "reward_attribution": "reward attribution",
+    "cot_grading": "CoT grading",
+    "reward_health": "reward health",
+    "audit_error": "audit error",
+}
+
+#: One sentence per kind on why a reviewer should care; shown under the detector's own explanation.
+WHY = {
+    "emerging_behavior": "The policy produces this more (or less) as training goes on. Tics that the reward pays "
+                         "for spread to other conditions and, through reused rollouts, to later models.",
+    "generalization": "A behaviour learned under one condition moves in step under another: after rescaling, "
+                      "the curves overlap. What one system prompt's reward taught is not staying there.",
+    "reward_attribution": "This reward signal is what pushes the behaviour: within prompt groups, rollouts with "
+                          "the behaviour score higher on it, and its share of the policy-gradient push is given.",
+    "cot_grading": "A grader that sees the chain-of-thought rewards what the reasoning says, which teaches the "
+                   "model to hide or dress up its reasoning and erodes CoT monitoring.",
+    "reward_health": "A reward signal that is constant, stuck, NaN or out of range gives the policy no (or a "
+                     "wrong) learning signal; findings built on it are suspect.",
+    "audit_error": "A detector crashed on this run, so its checks did not run: absence of its findings here "
+                   "means nothing.",
+}
+
+# (label, field, formatter name) per kind; formatters below.
+FACTS: dict[str, list[tuple[str, str, str]]] = {
+    "emerging_behavior": [("behaviour", "behavior", "text"), ("where", "where", "text"),
+                          ("feature", "feature_type", "text"), ("terms", "terms", "list"),
+                          ("onset step", "onset_step", "num"), ("prevalence at start", "prevalence_start", "share"),
+                          ("prevalence at end", "prevalence_end", "share"), ("ratio end/start", "ratio", "ratio_ci"),
+                          ("q-value (BH)", "q_value", "p")],
+    "generalization": [("behaviour", "behavior", "text"), ("where", "where", "text"),
+                       ("source condition", "source_condition", "text"),
+                       ("target condition", "target_condition", "text"),
+                       ("correlation of rescaled curves", "correlation", "num"), ("lag (steps)", "lag_steps", "num"),
+                       ("share of mentions", "mention_share", "share"), ("share of traffic", "traffic_share", "share")],
+    "reward_attribution": [("behaviour", "behavior", "text"), ("where", "where", "text"),
+                           ("reward signal", "signal", "text"), ("condition", "condition", "text"),
+                           ("share of selection pressure", "pressure_share", "share"),
+                           ("paired preference", "paired_preference", "pref_ci"),
+                           ("effect on score", "effect", "effect_ci"), ("q-value", "q_value", "p"),
+                           ("verdict", "verdict", "text"), ("warning", "warning", "text")],
+    "cot_grading": [("grader", "grader", "text"), ("method", "method", "method"),
+                    ("exposure rate", "exposure_rate", "share"), ("exposed samples", "exposed_samples", "num"),
+                    ("first exposed step", "first_step", "num"),
+                    ("same-answer pairs scored differently", "share_different", "share"),
+                    ("feature the score tracks", "feature", "text"), ("correlation", "correlation", "num"),
+                    ("q-value", "q_value", "p")],
+    "reward_health": [("signal", "signal", "text"), ("problem", "problem", "text"), ("share", "share", "share"),
+                      ("first step", "first_step", "num")],
+    "audit_error": [("detector", "detector", "text")],
+}
+
+#: Fields that hold plot data or per-item tables: drawn as figures, not printed as facts.
+PLOT_FIELDS = {"series", "series_by_condition", "condition_series", "curves", "traceback"}
+
+_GRADER_TEXT_KEYS = ("grader_input", "grader_text", "input", "grader_view", "seen")
+_MATCH_KEYS = ("matched_text", "span_text")  # the matched text itself (not "match", which may be a label)
+
+
+def fmt_num(x: Any) -> str:
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return "n/a"
+        if x == int(x) and abs(x) < 1e15:
+            return f"{int(x):,}"
+        return f"{x:.3g}" if abs(x) < 1e4 else f"{x:,.0f}"
+    return clean_text(x)
+
+
+def fmt_share(x: Any) -> str:
+    if not isinstance(x, (int, float)) or isinstance(x, bool) or not math.isfinite(x):
+        return fmt_num(x)
+    pct = 100 * x
+    return f"{pct:.2g}%" if 0 < abs(pct) < 1 else f"{pct:.1f}%"
+
+
+def fmt_p(x: Any) -> str:
+    if not isinstance(x, (int, float)) or isinstance(x, bool) or not math.isfinite(x):
+        return fmt_num(x)
+    return f"{x:.2g}" if x >= 1e-3 else f"{x:.1e}"
+
+
+def _with_ci(value: Any, ci: Any, fmt: Callable[[Any], str]) -> str:
+    out = fmt(value)
+    iv = interval(ci)
+    return f"{out} (95% CI {fmt(iv[0])} to {fmt(iv[1])})" if iv else out
+
+
+def _text_list(x: Any) -> str:
+    if isinstance(x, (list, tuple)):
+        return ", ".join(clean_text(v) for v in x[:30]) + (f", … ({len(x)} in all)" if len(x) > 30 else "")
+    return clean_text(x)
+
+
+def _method(x: Any) -> str:
+    if x == "screen":
+        return "screen: statistical evidence from scores alone (suspected, not proven)"
+    if x == "scan":
+        return "scan: the reasoning was found in logged grader inputs"
+    return clean_text(x)
+
+
+def format_fact(fmt: str, finding: Finding, key: str) -> str:
+    value = finding.get(key)
+    if fmt == "share":
+        return fmt_share(value)
+    if fmt == "p":
+        return fmt_p(value)
+    if fmt == "num":
+        return fmt_num(value)
+    if fmt == "list":
+        return _text_list(value)
+    if fmt == "method":
+        return _method(value)
+    if fmt == "ratio_ci":
+        return _with_ci(value, finding.get("ratio_ci"), fmt_num)
+    if fmt == "pref_ci":
+        return _with_ci(value, finding.get("paired_preference_ci"), fmt_num)
+    if fmt == "effect_ci":
+        return _with_ci(value, finding.get("effect_ci"), fmt_num)
+    return clean_text(value)
+
+
+# ---------------------------------------------------------------------------------------------- tables
+@dataclass
+class TableView:
+    """A per-item table of a finding (per signal, per condition, per task...)."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    omitted: int = 0
+
+
+_TABLE_KEY = {"signals": "signal", "per_signal": "signal", "by_signal": "signal", "signal_table": "signal",
+              "by_condition": "condition", "by_task": "task"}
+MAX_TABLE_ROWS, MAX_TABLE_COLUMNS = 30, 12
+
+
+def _cell(column: str, value: Any) -> str | None:
+    """A table cell, or None when the value is not tabular (nested dicts, long lists)."""
+    if isinstance(value, (list, tuple)):
+        iv = interval(value)
+        return f"{fmt_cell(column, iv[0])} to {fmt_cell(column, iv[1])}" if iv else None
+    if isinstance(value, Mapping):
+        return None
+    return fmt_cell(column, value)
+
+
+def fmt_cell(column: str, value: Any) -> str:
+    name = column.lower()
+    if any(w in name for w in ("share", "rate", "prevalence", "applies")):
+        return fmt_share(value)
+    if name in ("p_value", "q_value") or name.endswith(("_p", "_q")):
+        return fmt_p(value)
+    return fmt_num(value) if value is not None else ""
+
+
+def field_tables(finding: Finding) -> tuple[list[TableView], set[str]]:
+    """Tables for fields that hold a list of records or a {item: {...}} mapping; returns the fields used."""
+    tables, used = [], set()
+    for key, value in finding.fields.items():
+        if not (isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value)) and not (
+                isinstance(value, Mapping) and value and all(isinstance(v, Mapping) for v in value.values())):
+            continue
+        item = _TABLE_KEY.get(key, key[3:] if key.startswith("by_") else "item")
+        rows = table_rows(value, item)
+        columns: list[str] = []
+        for r in rows:
+            for c, v in r.items():
+                if c not in columns and _cell(c, v) is not None:
+                    columns.append(c)
+        if item in columns:
+            columns.remove(item)
+            columns.insert(0, item)
+        columns = columns[:MAX_TABLE_COLUMNS]
+        if len(columns) < 2:
+            continue
+        body = [[_cell(c, r.get(c)) or "" for c in columns] for r in rows[:MAX_TABLE_ROWS]]
+        tables.append(TableView(title=clean_text(key).replace("_", " "), columns=[clean_text(c) for c in columns],
+                                rows=[[clean_text(x) for x in row] for row in body],
+                                omitted=max(0, len(rows) - MAX_TABLE_ROWS)))
+        used.add(key)
+    return tables, used
+
+
+# ---------------------------------------------------------------------------------------------- evidence
+@dataclass
+class GraderView:
+    """What a grader saw, cut around the exposed span, with the span highlighted."""
+
+    name: str
+    segments: list[tuple[str, bool]]
+    total: int
+    omitted_before: int
+    omitted_after: int
+    highlighted: bool
+    note: str = ""
+
+
+@dataclass
+class EvidenceView:
+    rollout_id: str
+    step: Any
+    condition: str
+    note: str
+    text: Clipped | None
+    texts: list[tuple[str, Clipped]] = field(default_factory=list)  # prompt, reasoning, answer
+    rewards: list[tuple[str, str]] = field(default_factory=list)
+    graders: list[GraderView] = field(default_factory=list)
+    data: list[tuple[str, Clipped]] = field(default_factory=list)
+    in_store: bool = False
+
+
+def _spans(data: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """Character offsets of matched spans, from whichever shape the evidence uses."""
+    raw: list[Any] = []
+    for key in ("spans", "span", "match_span", "offsets", "exposed_span"):
+        v = data.get(key)
+        if isinstance(v, (list, tuple)) and v:
+            raw = list(v) if isinstance(v[0], (list, tuple, Mapping)) else [v]
+            break
+    for a, b in (("start", "end"), ("span_start", "span_end"), ("match_start", "match_end")):
+        if a in data and b in data:
+            raw.append([data[a], data[b]])
+    out = []
+    for item in raw:
+        if isinstance(item, Mapping):
+            item = [item.get("start"), item.get("end")]
+        if isinstance(item, (list, tuple)) and len(item) >= 2:
+            s, e = item[0], item[1]
+            if isinstance(s, int) and isinstance(e, int) and not isinstance(s, bool) and 0 <= s < e:
+                out.append((s, e))
+    return out
+
+
+def grader_view(name: str, text: Any, spans: list[tuple[int, int]], match: str | None, clip: Clip,
+                match_note: str = "span located by its matched text") -> GraderView:
+    raw = clean_text(text)
+    note = ""
+    valid = [(s, e) for s, e in spans if e <= len(raw)]
+    if spans and not valid:
+        note = "span offsets lie outside the grader input; shown without highlight"
+    if not valid and match:
+        m = clean_text(match)
+        pos = raw.find(m) if m else -1
+        if pos >= 0:
+            valid = [(pos, pos + len(m))]
+            note = note or match_note
+    if valid:
+        lo, hi = min(s for s, _ in valid), max(e for _, e in valid)
+        window, offset, _, _ = clip.window(raw, lo, hi)
+        local = [(s - offset, e - offset) for s, e in valid]
+        shown = window.shown
+        segments = highlight_segments(shown, local)
+        return GraderView(name=name, segments=segments, total=len(raw), omitted_before=offset,
+                          omitted_after=len(raw) - offset - len(shown), highlighted=True, note=note)
+    clipped = clip(raw)
+    return GraderView(name=name, segments=[(clipped.shown, False)], total=len(raw), omitted_before=0,
+                      omitted_after=clipped.omitted, highlighted=False, note=note)
+
+
+def _short(value: Any, clip: Clip) -> Clipped:
+    if isinstance(value, str):
+        return clip(value)
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return clip(text)
+
+
+def evidence_view(finding: Finding, ev: Evidence, row: Mapping[str, Any] | None, clip: Clip) -> EvidenceView:
+    data = dict(ev.data) if isinstance(ev.data, Mapping) else {}
+    view = EvidenceView(rollout_id=clean_text(ev.rollout_id), step=ev.step if ev.step is not None else
+                        (row or {}).get("step"), condition=clean_text(ev.condition or (row or {}).get("condition")),
+                        note=clean_text(ev.note), text=clip(ev.text) if ev.text else None, in_store=row is not None)
+    if row is not None:
+        answer_or_completion = ("reasoning", "answer") if (row.get("reasoning") or row.get("answer")) \
+            else ("completion",)
+        for col in ("prompt", *answer_or_completion):
+            if row.get(col):
+                c = clip(row[col])
+                view.texts.append((col, Clipped(c.shown, max(c.total, int(row.get(f"{col}_len") or 0)))))
+        rewards = row.get("rewards") or {}
+        view.rewards = [(clean_text(k), fmt_num(v)) for k, v in sorted(rewards.items())]
+        if row.get("reward") is not None:
+            view.rewards.append(("total", fmt_num(row["reward"])))
+        if row.get("advantage") is not None:
+            view.rewards.append(("advantage", fmt_num(row["advantage"])))
+    # What the grader saw: the full input (from the evidence, else from the store) with the spans highlighted;
+    # else the excerpt the evidence carries, whose offset in the input is `text_offset`.
+    spans = _spans(data)
+    match = next((data[k] for k in _MATCH_KEYS if isinstance(data.get(k), str)), None)
+    grader = clean_text(data.get("grader") or finding.get("grader") or "grader")
+    stored = (row or {}).get("grader_inputs") or {}
+    text_key = next((k for k in _GRADER_TEXT_KEYS if isinstance(data.get(k), str)), None)
+    offset = data.get("text_offset")
+    if text_key is not None:
+        view.graders.append(grader_view(grader, data[text_key], spans, match, clip))
+    elif isinstance(data.get("grader_inputs"), Mapping):
+        for name, text in list(data["grader_inputs"].items())[:4]:
+            view.graders.append(grader_view(clean_text(name), text, spans, match, clip))
+    elif grader in stored and (spans or match or finding.kind == "cot_grading"):
+        if not spans and not match and finding.kind == "cot_grading" and row and row.get("reasoning"):
+            match = row["reasoning"] if len(row["reasoning"]) == (row.get("reasoning_len") or 0) else None
+        view.graders.append(grader_view(grader, stored[grader], spans, match, clip,
+                                        "span located by an exact search for this rollout's reasoning"))
+    elif spans and ev.text and isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0:
+        local = [(a - offset, b - offset) for a, b in spans]
+        g = grader_view(grader, ev.text, local, None, clip)
+        total = data.get("grader_input_chars")
+        g.omitted_before += offset
+        if isinstance(total, int) and total >= offset + len(ev.text):
+            g.omitted_after += total - offset - len(ev.text)
+            g.total = total
+        view.graders.append(g)
+        view.text = None  # shown as what the grader saw
+    skip = {text_key, "grader_inputs", "text_offset", "grader_input_chars", "spans", "span", "match_span", "offsets", "exposed_span", "start", "end",
+            "span_start", "span_end", "match_start", "match_end"}
+    view.data = [(clean_text(k), _short(v, clip)) for k, v in list(data.items())[:20] if k not in skip]
+    return view
+
+
+# ---------------------------------------------------------------------------------------------- findings
+@dataclass
+class FindingView:
+    index: int
+    anchor: str
+    kind: str
+    kind_label: str
+    run: str
+    severity: str
+    title: str
+    explanation: Clipped
+    why: str
+    score: str
+    facts: list[tuple[str, str]]
+    other_fields: list[tuple[str, Clipped]]
+    figures: list[str]
+    tables: list[TableView]
+    evidence: list[EvidenceView]
+    evidence_total: int
+    traceback: Clipped | None = None
+    screen: bool = False
+
+
+def finding_view(index: int, finding: Finding, figures: Sequence[str], rows: Mapping[str, Mapping[str, Any]],
+                 clip: Clip, max_evidence: int) -> FindingView:
+    facts: list[tuple[str, str]] = []
+    shown: set[str] = set()
+    for label, key, fmt in FACTS.get(finding.kind, []):
+        if finding.get(key) is not None:
+            facts.append((label, format_fact(fmt, finding, key)))
+            shown.add(key)
+    shown |= {"ratio_ci", "paired_preference_ci", "effect_ci"}
+    tables, used = field_tables(finding)
+    shown |= used
+    other = [(clean_text(k), _short(v, clip)) for k, v in finding.fields.items()
+             if k not in shown and k not in PLOT_FIELDS]
+    tb = finding.get("traceback")
+    return FindingView(
+        index=index, anchor=f"finding-{index}", kind=clean_text(finding.kind),
+        kind_label=KIND_LABELS.get(finding.kind, clean_text(finding.kind).replace("_", " ")),
+        run=clean_text(finding.run), severity=finding.severity, title=clean_text(finding.title)[:500],
+        explanation=clip(finding.explanation), why=WHY.get(finding.kind, ""),
+        score=fmt_num(finding.score), facts=facts, other_fields=other[:40], figures=list(figures),
+        tables=tables, evidence=[evidence_view(finding, ev, rows.get(ev.rollout_id), clip) for ev in finding.evidence[:max_evidence]],
+        evidence_total=len(finding.evidence), traceback=clip(tb) if isinstance(tb, str) else None,
+        screen=finding.kind == "cot_grading" and finding.get("method") == "screen")
