@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import duckdb
@@ -176,6 +176,7 @@ class Frame:
     grouping: str = "group_id"
     group_key: str = "group_id"
     warnings: list[str] = field(default_factory=list)
+    order: np.ndarray | None = None  # row i of the frame is row order[i] of the table it was built from
 
     @classmethod
     def build(cls, group_keys: np.ndarray, **columns: Any) -> Frame:
@@ -192,7 +193,7 @@ class Frame:
                 taken[name] = value.take(pa.array(order))
             else:
                 taken[name] = value
-        return cls(group=codes[order].astype(np.int64), **taken)
+        return cls(group=codes[order].astype(np.int64), order=order, **taken)
 
 
 def _quote(name: str) -> str:
@@ -200,69 +201,82 @@ def _quote(name: str) -> str:
 
 
 def load_frame(con: duckdb.DuckDBPyConnection, behavior: Behavior, where: str) -> Frame:
-    """Read the needed columns of the `rollouts` view into a Frame (one scan; the behaviour is evaluated in
-    DuckDB when it has a SQL form)."""
-    if where not in ("answer", "reasoning"):
-        raise RlauditError(f"where must be 'answer' or 'reasoning', got {where!r}")
-    head = con.execute("SELECT count(*), count(group_id), count(reasoning), count(reward), count(advantage), "
-                   "count(DISTINCT task) FROM rollouts").fetchall()[0]
-    n, n_group, n_reasoning, n_reward, n_adv, n_tasks = head
+    """Read the needed columns of the `rollouts` view into a Frame (see `load_frames`)."""
+    return load_frames(con, [(behavior, where)])[0]
+
+
+def load_frames(con: duckdb.DuckDBPyConnection, items: list[tuple[Behavior, str]]) -> list[Frame]:
+    """One Frame per (behaviour, where), from a single scan of the `rollouts` view: behaviours with a SQL form
+    are evaluated inside DuckDB, Python predicates on the fetched text; the frames share every other column."""
+    for _, where in items:
+        if where not in ("answer", "reasoning"):
+            raise RlauditError(f"where must be 'answer' or 'reasoning', got {where!r}")
+    n, n_group, n_reasoning, n_reward, n_adv, n_tasks = con.execute(
+        "SELECT count(*), count(group_id), count(reasoning), count(reward), count(advantage), "
+        "count(DISTINCT task) FROM rollouts").fetchall()[0]
     if n == 0:
         raise RlauditError("no rollouts to trace (check the run name, --max-step and the split)")
-    if where == "reasoning" and n_reasoning == 0:
+    if n_reasoning == 0 and any(where == "reasoning" for _, where in items):
         raise RlauditError("this run has no reasoning text; trace with --where answer")
     signals = [r[0] for r in con.execute(
         "SELECT DISTINCT unnest(map_keys(rewards)) AS s FROM rollouts ORDER BY s").fetchall() if r[0] is not None]
     if not signals and n_reward == 0:
         raise RlauditError("this run logs no reward signals (neither a rewards map nor a total reward)")
 
-    expr = behavior.sql(where)
-    text_col = f"coalesce({where}, '') AS _text" if expr is None else f"{expr} AS _behavior"
-    grouping, group_key, warnings = "group_id", "group_id", []
-    if n_group >= n / 2:
-        key = "CASE WHEN group_id IS NULL THEN hash(rollout_id) ELSE hash(step, group_id) END"
-        if n_group < n:
-            warnings.append(f"{n - n_group} rollout(s) have no group id and are left out of the comparisons.")
-    else:
-        repeats = con.execute("SELECT count(*) / count(DISTINCT (step, condition, prompt)) FROM rollouts").fetchall()[0][0]
-        if repeats >= 2:
-            key, group_key = "hash(step, condition, prompt)", "step,condition,prompt"
-            warnings.append("No group ids: rollouts are compared within the same step, condition and prompt text "
-                            "(equivalent to prompt groups only if each prompt is sampled once per step).")
-        else:
-            key, group_key = "hash(step, condition)", "step,condition"
-            warnings.append("No group ids and prompts do not repeat: rollouts are compared within the same step "
-                            "and condition, across different prompts. The estimate is weaker (prompt difficulty "
-                            "adds noise and can confound) and should be confirmed with grouped logs.")
-        grouping = "step"
+    key, grouping, group_key, warnings = _group_key(con, n, n_group)
+    exprs = [beh.sql(where) for beh, where in items]
+    texts = sorted({where for (_, where), e in zip(items, exprs) if e is None})
+    beh_cols = "".join(f", {e} AS _b{i}" for i, e in enumerate(exprs) if e is not None)
+    text_cols = "".join(f", coalesce({w}, '') AS _text_{w}" for w in texts)
     sig_cols = "".join(f", CAST(rewards[{_quote(s)}] AS DOUBLE) AS _s{i}" for i, s in enumerate(signals))
     table = con.sql(
-        f"SELECT {key} AS _group, step, condition, task, rollout_id, reward, advantage, {text_col}{sig_cols} "
-        "FROM rollouts").to_arrow_table()
+        f"SELECT {key} AS _group, step, condition, task, rollout_id, reward, advantage"
+        f"{beh_cols}{text_cols}{sig_cols} FROM rollouts").to_arrow_table()
 
-    if expr is None:
-        values = behavior.values(table.column("_text"))
-    else:
-        values = table.column("_behavior").to_numpy(zero_copy_only=False).astype(float)
     cond = pc.dictionary_encode(table.column("condition").combine_chunks())
-    task_col = table.column("task").combine_chunks()
-    task = pc.dictionary_encode(task_col)
-    task_codes = pc.fill_null(task.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    task = pc.dictionary_encode(table.column("task").combine_chunks())
 
     def floats(col: str) -> np.ndarray:
         return pc.fill_null(table.column(col), float("nan")).to_numpy(zero_copy_only=False).astype(float)
 
-    components = {s: floats(f"_s{i}") for i, s in enumerate(signals)}
-    return Frame.build(
+    base = Frame.build(
         table.column("_group").to_numpy(zero_copy_only=False),
         step=table.column("step").to_numpy(zero_copy_only=False).astype(np.int64),
         condition=cond.indices.to_numpy(zero_copy_only=False).astype(np.int64),
         condition_names=[str(c) for c in cond.dictionary.to_pylist()],
-        task=task_codes, task_names=[str(t) for t in task.dictionary.to_pylist()] if n_tasks else [],
-        behavior=values, components=components,
+        task=pc.fill_null(task.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64),
+        task_names=[str(t) for t in task.dictionary.to_pylist()] if n_tasks else [],
+        behavior=np.zeros(n), components={s: floats(f"_s{i}") for i, s in enumerate(signals)},
         reward=floats("reward") if n_reward else None, advantage=floats("advantage") if n_adv else None,
         rollout_id=table.column("rollout_id").combine_chunks(), grouping=grouping, group_key=group_key,
         warnings=warnings)
+    frames = []
+    for i, ((beh, where), expr) in enumerate(zip(items, exprs)):
+        values = (floats(f"_b{i}") if expr is not None else beh.values(table.column(f"_text_{where}")))
+        frames.append(replace(base, behavior=values[base.order], warnings=list(warnings)))
+    return frames
+
+
+def _group_key(con: duckdb.DuckDBPyConnection, n: int, n_group: int) -> tuple[str, str, str, list[str]]:
+    """SQL for the comparison unit, the grouping label, the key's description, and warnings.
+
+    Group ids when most rollouts have one (combined with the step, in case a trainer reuses ids across steps);
+    otherwise step x condition x prompt text when prompts repeat within a step, else step x condition."""
+    if n_group >= n / 2:
+        warnings = [] if n_group == n else [
+            f"{n - n_group} rollout(s) have no group id and are left out of the comparisons."]
+        return ("CASE WHEN group_id IS NULL THEN hash(rollout_id) ELSE hash(step, group_id) END", "group_id",
+                "group_id", warnings)
+    repeats = con.execute(
+        "SELECT count(*) / count(DISTINCT (step, condition, prompt)) FROM rollouts").fetchall()[0][0]
+    if repeats >= 2:
+        return ("hash(step, condition, prompt)", "step", "step,condition,prompt",
+                ["No group ids: rollouts are compared within the same step, condition and prompt text (the same "
+                 "as prompt groups when each prompt is sampled once per step)."])
+    return ("hash(step, condition)", "step", "step,condition",
+            ["No group ids and prompts do not repeat: rollouts are compared within the same step and condition, "
+             "across different prompts. The estimate is weaker (prompt difficulty adds noise and can confound) "
+             "and should be confirmed with grouped logs."])
 
 
 # ================================================================================================ signals
@@ -745,15 +759,17 @@ def trace(store: Any, run: str, behavior: str | Behavior, where: str = "answer",
                            advantage_scale=advantage_scale, n_boot=n_boot, seed=seed)
         result.behavior_severity = behavior_severity
         assess([result], alpha)
-        result.evidence = _evidence(con, frame, result, where)
+        result.evidence = evidence_for(con, frame, result)
     finally:
         if own:
             con.close()
     return result
 
 
-def _evidence(con: duckdb.DuckDBPyConnection, frame: Frame, t: Trace, where: str,
-              max_chars: int = 600) -> list[Evidence]:
+def evidence_for(con: duckdb.DuckDBPyConnection, frame: Frame, t: Trace, max_chars: int = 600) -> list[Evidence]:
+    """Evidence pairs of a trace: for each chosen group, the rollout with the behaviour and the one without,
+    their text (the part the behaviour was measured on) and every signal's score."""
+    where = t.where
     rows = t.evidence_rows
     if not rows or frame.rollout_id is None:
         return []

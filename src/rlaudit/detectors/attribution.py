@@ -1,0 +1,130 @@
+"""Detector `attribution`: trace every medium/high emerging behaviour to the reward signals that drove it.
+
+For each `emerging_behavior` finding of severity medium or high (per distinct behaviour spec and text part) it
+runs `rlaudit.attribution` and emits one `reward_attribution` finding. All behaviours of a run are assessed
+together: Benjamini-Hochberg runs over every (behaviour, signal) paired-preference test, and the severity rule
+is the one documented in `rlaudit.attribution.assess`.
+
+Options (`AuditConfig.options["attribution"]`): `alpha` (FDR level, 0.05), `n_boot` (bootstrap replicates,
+1000), `outcome_signals` (extra task-success signal names), `advantage_scale` ("group" for GRPO, "none" for
+Dr. GRPO), `min_severity` of the behaviours to trace ("medium"), `max_behaviors` (50, most severe first).
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..attribution import Trace, assess, attribute, evidence_for, load_frames
+from ..behaviors import parse_behavior
+from ..errors import RlauditError
+from ..findings import SEVERITY_RANK, Finding, rank
+from . import DetectContext, Detector, register
+
+
+@register
+class AttributionDetector(Detector):
+    name = "attribution"
+    kinds = ("reward_attribution",)
+    description = "Traces emerging behaviours to the reward signals, conditions and tasks that pushed them up."
+    requires = ("emerging",)
+
+    def detect(self, ctx: DetectContext) -> list[Finding]:
+        opt = lambda key, default: ctx.option(self.name, key, default)  # noqa: E731
+        floor = SEVERITY_RANK[opt("min_severity", "medium")]
+        wanted: dict[tuple[str, str], Finding] = {}
+        for f in rank(ctx.of_kind("emerging_behavior")):
+            key = (str(f.get("behavior_spec") or f.get("behavior")), str(f.get("where") or "answer"))
+            if SEVERITY_RANK[f.severity] >= floor and key not in wanted:
+                wanted[key] = f
+        wanted = dict(list(wanted.items())[: int(opt("max_behaviors", 50))])
+        if not wanted:
+            return []
+        findings: list[Finding] = []
+        items, sources = [], []
+        for (spec, where), source in wanted.items():
+            try:
+                items.append((parse_behavior(spec), where))
+                sources.append(source)
+            except RlauditError as exc:
+                findings.append(_untraceable(ctx.run, spec, where, str(exc)))
+        if not items:
+            return findings
+        with ctx.connect() as con:
+            try:
+                frames = load_frames(con, items)
+            except RlauditError as exc:
+                return findings + [_untraceable(ctx.run, spec, where, str(exc)) for spec, where in wanted]
+            traces: list[Trace] = []
+            for (behavior, where), frame, source in zip(items, frames, sources):
+                t = attribute(frame, behavior, where=where, run=ctx.run,
+                              outcome_signals=list(opt("outcome_signals", [])),
+                              advantage_scale=opt("advantage_scale", "group"),
+                              n_boot=int(opt("n_boot", 1000)), seed=ctx.config.seed)
+                t.behavior_severity = source.severity
+                traces.append(t)
+            assess(traces, float(opt("alpha", 0.05)))
+            for t, frame in zip(traces, frames):
+                t.evidence = evidence_for(con, frame, t)
+        return findings + [to_finding(t) for t in traces]
+
+
+def to_finding(t: Trace) -> Finding:
+    """The `reward_attribution` finding of a trace: fields from `Trace.fields()`, evidence pairs, a title that
+    names the behaviour, the top signal and the condition that pays for it."""
+    top = t.top
+    where = f" ({t.where})" if t.where != "answer" else ""
+    if t.severity == "info":
+        title = f"'{t.behavior}'{where}: no reward signal significantly pushes it up"
+    else:
+        cond = f", mostly in condition '{t.condition}'" if t.condition else ""
+        title = (f"'{t.behavior}'{where} is pushed up by {top.signal} "
+                 f"({_pct(top.pressure_share)} of the push{cond})")
+    return Finding(kind="reward_attribution", run=t.run, severity=t.severity, title=title,
+                   explanation=explain(t), score=_score(t), fields=t.fields(), evidence=t.evidence)
+
+
+def explain(t: Trace) -> str:
+    """A reviewer's paragraph: what was compared, the numbers with intervals, the verdict, the caveats."""
+    top = t.top
+    lo, hi = top.paired_preference_ci
+    elo, ehi = top.effect_ci
+    unit = ("rollouts above the group median vs below it" if t.numeric
+            else f"rollouts with '{t.behavior}' vs without it")
+    parts = [
+        f"Within {t.groups_used} comparable groups ({t.group_key}), {top.signal} scored {unit} higher in "
+        f"{_pct(top.paired_preference)} of pairs (95% CI {_pct(lo)}-{_pct(hi)}, q={_num(top.q_value)}), "
+        f"by {_num(top.effect)} on average (CI {_num(elo)} to {_num(ehi)}), and supplied "
+        f"{_pct(top.pressure_share)} of the positive advantage push toward the behaviour."]
+    if t.condition:
+        share = t.by_condition.get(t.condition, {}).get("pressure_share")
+        parts.append(f"Condition '{t.condition}' supplied {_pct(share)} of that signal's push.")
+    if not top.outcome and math.isfinite(top.matched_preference):
+        mlo, mhi = top.matched_preference_ci
+        parts.append(f"Among pairs with equal outcome signals its preference is {_pct(top.matched_preference)} "
+                     f"(CI {_pct(mlo)}-{_pct(mhi)}).")
+    parts.append(f"Verdict: {t.verdict}.")
+    parts.extend(t.warnings)
+    return " ".join(parts)
+
+
+def _untraceable(run: str, spec: str, where: str, reason: str) -> Finding:
+    return Finding(kind="reward_attribution", run=run, severity="info",
+                   title=f"'{spec}' could not be traced: {reason}",
+                   explanation="The attribution detector could not evaluate this behaviour on this run.",
+                   fields={"behavior": spec, "behavior_spec": spec, "where": where, "signal": None,
+                           "warning": reason})
+
+
+def _score(t: Trace) -> float:
+    top = t.top
+    share = top.pressure_share if math.isfinite(top.pressure_share) else 0.0
+    pref = top.paired_preference if math.isfinite(top.paired_preference) else 0.5
+    return float(share * abs(2 * pref - 1))
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.0f}%"
+
+
+def _num(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x:.3g}"
