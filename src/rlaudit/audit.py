@@ -81,14 +81,19 @@ def ingest_sources(
 
 
 def audit_store(store: Store, runs: Sequence[str] | None = None, config: AuditConfig | None = None,
-                on_run: Callable[[str], None] | None = None) -> AuditResult:
-    """Run every detector on the given runs of a store (default: all runs)."""
+                on_run: Callable[[str], None] | None = None,
+                progress: Callable[[str, str, int, int], None] | None = None) -> AuditResult:
+    """Run every detector on the given runs of a store (default: all runs).
+
+    `progress(run, detector, done, total)` reports each detector as it starts (see `run_detectors`).
+    """
     runs = list(runs) if runs is not None else store.runs()
     findings: list[Finding] = []
     for run in runs:
         if on_run:
             on_run(run)
-        findings.extend(run_detectors(store, run, config))
+        cb = (lambda name, done, total, _r=run: progress(_r, name, done, total)) if progress else None
+        findings.extend(run_detectors(store, run, config, progress=cb))
     return AuditResult(runs=[store.summary(r) for r in runs], findings=rank(findings))
 
 

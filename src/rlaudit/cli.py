@@ -119,6 +119,21 @@ def _ingest_with_progress(store: Store, sources: list[Path], runs: list[str] | N
     return reports
 
 
+def _audit_with_progress(store: Store, runs: list[str], config: AuditConfig) -> AuditResult:
+    """`audit_store` with one progress bar per run, advancing detector by detector."""
+    with Progress(TextColumn("scan {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[detector]}"), TimeElapsedColumn(), console=console,
+                  transient=True, disable=not console.is_terminal) as progress:
+        tasks: dict[str, int] = {}
+
+        def update(run: str, detector: str, done: int, total: int) -> None:
+            if run not in tasks:
+                tasks[run] = progress.add_task(run, total=total, detector="")
+            progress.update(tasks[run], completed=done, total=total, detector=detector)
+
+        return audit_store(store, runs, config, progress=update)
+
+
 def _print_ingest(r: IngestReport) -> None:
     console.print(f"[bold]{r.run}[/] ({r.format}): {r.rows_added:,} rows from {r.files_read} file(s), "
                   f"{r.files_skipped} unchanged, {r.seconds:.1f}s")
@@ -167,10 +182,10 @@ def audit(
     st = Store(store)
     ingests = _ingest_with_progress(st, sources, run, format, options, rules)
     config = AuditConfig(max_step=max_step, detectors=detector)
-    with console.status("running detectors", spinner="dots"):
-        result = audit_store(st, [r.run for r in ingests], config)
+    result = _audit_with_progress(st, [r.run for r in ingests], config)
     result.ingests = ingests
-    write_outputs(st, result, json_out, report)
+    with console.status("writing outputs", spinner="dots"):
+        write_outputs(st, result, json_out, report)
     print_findings(result.findings)
     for path, what in ((json_out, "findings"), (report, "report")):
         if path:
@@ -237,6 +252,52 @@ def findings(
     fs = [f for f in result.findings if (kind is None or f.kind == kind)
           and (severity is None or SEVERITY_RANK[f.severity] >= SEVERITY_RANK.get(severity, 0))]
     print_findings(fs, limit=10_000)
+
+
+@app.command("report")
+def report_cmd(
+    out_path: Annotated[Path, typer.Option("--out", help="HTML file to write.")],
+    store: StoreOpt = Path(".rlaudit"),
+    json_in: Annotated[Optional[Path], typer.Option("--json", help="Findings JSON (from `--json`) to report "
+                                                    "instead of re-running the audit.")] = None,
+    run: Annotated[Optional[list[str]], typer.Option("--run", help="Only these runs (default: all).")] = None,
+    title: Annotated[Optional[str], typer.Option("--title", help="Report title.")] = None,
+    max_evidence: Annotated[int, typer.Option("--max-evidence", help="Evidence rollouts shown per finding.")] = 5,
+    max_step: Annotated[Optional[int], typer.Option("--max-step", help="Audit only steps <= this.")] = None,
+) -> None:
+    """Write the HTML report for the runs of a store (auditing them now), or for a findings JSON file."""
+    from .report import ReportLimits, write_report
+
+    if max_evidence < 0:
+        raise RlauditError("--max-evidence must be >= 0")
+    st = Store(store)
+    if json_in is not None:
+        try:
+            result = AuditResult.read_json(json_in)
+        except (OSError, KeyError, TypeError, ValueError) as exc:
+            raise RlauditError(f"{json_in}: not a findings JSON file written by --json ({exc})") from None
+        if run:
+            result.runs = [r for r in result.runs if r.run in run]
+            result.findings = [f for f in result.findings if f.run in run]
+        if not st.runs():
+            console.print(f"[yellow]note:[/] store {store} holds no runs: the report shows the findings JSON only "
+                          "(no reward curves, evidence without the stored rollouts)")
+    else:
+        known = st.runs()
+        if not known:
+            raise RlauditError(f"store {store} holds no runs; ingest some with `rlaudit ingest DIR`, or pass "
+                               "--json FINDINGS to report a findings file")
+        missing = sorted(set(run or []) - set(known))
+        if missing:
+            raise RlauditError(f"no run(s) {missing} in store {store} (runs: {', '.join(known)})")
+        result = _audit_with_progress(st, list(run) if run else known, AuditConfig(max_step=max_step))
+    try:
+        with console.status("writing report", spinner="dots"):
+            path = write_report(st, result, out_path, title=title, limits=ReportLimits(max_evidence=max_evidence))
+    except OSError as exc:
+        raise RlauditError(f"--out {out_path}: cannot write the report ({exc.strerror or exc})") from None
+    print_findings(result.findings)
+    console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 @app.command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import traceback
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -118,11 +119,19 @@ def ordered(names: list[str] | None = None) -> list[type[Detector]]:
     return out
 
 
-def run_detectors(store: Store, run: str, config: AuditConfig | None = None) -> list[Finding]:
-    """Run the configured detectors on one run; a crashing detector becomes an `audit_error` finding."""
+def run_detectors(store: Store, run: str, config: AuditConfig | None = None,
+                  progress: Callable[[str, int, int], None] | None = None) -> list[Finding]:
+    """Run the configured detectors on one run; a crashing detector becomes an `audit_error` finding.
+
+    `progress(detector, done, total)` is called before each detector starts (done = detectors finished so far)
+    and once at the end with detector "" and done == total, for progress bars in front ends.
+    """
     config = config or AuditConfig()
     ctx = DetectContext(store=store, run=run, config=config)
-    for cls in ordered(config.detectors):
+    classes = ordered(config.detectors)
+    for i, cls in enumerate(classes):
+        if progress:
+            progress(cls.name, i, len(classes))
         try:
             found = cls().detect(ctx)
         except Exception as exc:  # noqa: BLE001 - one broken detector must not hide the others' findings
@@ -131,6 +140,8 @@ def run_detectors(store: Store, run: str, config: AuditConfig | None = None) -> 
                 explanation="The detector raised an exception; its checks did not run on this run.",
                 fields={"detector": cls.name, "traceback": traceback.format_exc(limit=8)})]
         ctx.findings.extend(found)
+    if progress:
+        progress("", len(classes), len(classes))
     return ctx.findings
 
 
