@@ -315,6 +315,98 @@ def schema() -> None:
     typer.echo(schema_markdown())
 
 
+# ---------------------------------------------------------------- trace (reward attribution)
+@app.command("trace")
+def trace_cmd(
+    source: Annotated[str, typer.Argument(help="A run directory/file to ingest, or the name of a stored run.")],
+    behavior: Annotated[str, typer.Option("--behavior", "-b", help="Behaviour spec: a term ('goblin'), "
+                                          "'re:REGEX', 'style:NAME' or 'module:function'.")],
+    where: Annotated[str, typer.Option("--where", help="Text the behaviour is measured on: answer or "
+                                       "reasoning.")] = "answer",
+    store: StoreOpt = Path(".rlaudit"),
+    run: Annotated[Optional[str], typer.Option("--run", help="Run name when SOURCE is ingested.")] = None,
+    format: FormatOpt = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the trace as JSON here.")] = None,
+    max_step: Annotated[Optional[int], typer.Option("--max-step", help="Use only steps <= this.")] = None,
+    outcome: Annotated[Optional[list[str]], typer.Option("--outcome", help="Signal that measures task success "
+                                                         "(in addition to names like accuracy/correct). "
+                                                         "Repeatable.")] = None,
+    no_scale: Annotated[bool, typer.Option("--no-std-scale", help="Advantages are not divided by the group "
+                                           "std (Dr. GRPO).")] = False,
+    boot: Annotated[int, typer.Option("--boot", help="Bootstrap replicates.")] = 1000,
+) -> None:
+    """Trace a behaviour to the reward signals, conditions and tasks that pushed it up during training."""
+    from .attribution import trace as trace_behavior
+    from .findings import jsonable
+
+    if where not in ("answer", "reasoning"):
+        raise RlauditError(f"--where must be 'answer' or 'reasoning', got {where!r}")
+    st = Store(store)
+    path = Path(source)
+    if path.exists():
+        name = _ingest_with_progress(st, [path], [run] if run else None, format, ReadOptions(), [])[0].run
+    elif st.has_run(source):
+        name = source
+    else:
+        raise RlauditError(f"{source}: neither a file/directory nor a run in store {store} "
+                           f"(runs: {', '.join(st.runs()) or 'none'})")
+    with console.status("tracing", spinner="dots"):
+        t = trace_behavior(st, name, behavior, where, max_step=max_step, outcome_signals=outcome or [],
+                           advantage_scale="none" if no_scale else "group", n_boot=boot)
+    _print_trace(t)
+    if json_out:
+        from .store import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps(jsonable(t.to_json()), indent=2, ensure_ascii=False))
+        console.print(f"trace: {json_out}")
+
+
+def _print_trace(t) -> None:  # noqa: ANN001 - rlaudit.attribution.Trace, imported lazily
+    def pct(x: float) -> str:
+        return "-" if x is None or x != x else f"{100 * x:.0f}%"
+
+    def num(x: float) -> str:
+        return "-" if x is None or x != x else f"{x:+.3g}"
+
+    def ci(pair: tuple[float, float], fmt) -> str:  # noqa: ANN001
+        return "" if any(v is None or v != v for v in pair) else f" [{fmt(pair[0])}, {fmt(pair[1])}]"
+
+    out.print(f"[bold]{t.behavior}[/] ({t.where}) in run [bold]{t.run}[/]: {t.rollouts:,} rollouts, "
+              f"prevalence {pct(t.prevalence)}, {t.groups_used:,} of {t.groups:,} groups comparable "
+              f"(compared within {t.group_key})", highlight=False)
+    table = Table(title="reward signals, by selection pressure")
+    for col in ("signal", "pressure share", "paired preference", "q", "effect (with - without)",
+                "equally-correct pairs", "applies"):
+        table.add_column(col, overflow="fold")
+    for s in t.signals:
+        label = s.signal + (" (outcome)" if s.outcome else "") + (" (total)" if s.kind == "total" else "")
+        style = "bold" if s.significant and s.kind != "total" else ""
+        table.add_row(f"[{style}]{label}[/]" if style else label,
+                      pct(s.pressure_share) + ci(s.pressure_share_ci, pct),
+                      pct(s.paired_preference) + ci(s.paired_preference_ci, pct),
+                      "-" if s.q_value != s.q_value else f"{s.q_value:.2g}",
+                      num(s.effect) + ci(s.effect_ci, num),
+                      pct(s.matched_preference) + ci(s.matched_preference_ci, pct), pct(s.applies))
+    out.print(table)
+    top = t.top.signal
+    for title, rows in (("condition", t.by_condition), ("task", t.by_task)):
+        if len(rows) < 2 and title == "task":
+            continue
+        table = Table(title=f"by {title}: who pays for it ({top})")
+        for col in (title, "rollouts", "prevalence", f"share of {top}'s push", f"{top} paired preference"):
+            table.add_column(col, overflow="fold")
+        for name, row in sorted(rows.items(), key=lambda kv: -(kv[1]["pressure_share"] if kv[1]["pressure_share"]
+                                                              == kv[1]["pressure_share"] else -1)):
+            table.add_row(name, f"{row['rollouts']:,}", pct(row["prevalence"]), pct(row["pressure_share"]),
+                          pct(row["paired_preference"][top]) + ci(tuple(row["paired_preference_ci"][top]), pct))
+        out.print(table)
+    out.print(f"[{SEVERITY_STYLE[t.severity]}]{t.severity}[/]: {t.verdict}", highlight=False)
+    for w in t.warnings:
+        out.print(f"[yellow]warning:[/] {w}", highlight=False)
+    for e in t.evidence[:4]:
+        out.print(f"  {e.note} [dim]{e.rollout_id}[/]: {e.text[:160]!r}", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point: user errors become one message and exit code 2."""
     try:
