@@ -407,6 +407,52 @@ def _print_trace(t) -> None:  # noqa: ANN001 - rlaudit.attribution.Trace, import
         out.print(f"  {e.note} [dim]{e.rollout_id}[/]: {e.text[:160]!r}", highlight=False)
 
 
+@app.command("probe-grader")
+def probe_grader_cmd(
+    grader: Annotated[str, typer.Argument(help="The grader as MODULE:FUNCTION (module importable from the current "
+                                          "directory, or path/to/file.py:function).")],
+    source: Annotated[str, typer.Argument(help="A run directory (ingested into the store first) or a run name "
+                                          "in --store.")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the probe result JSON here.")] = None,
+    signature: Annotated[str, typer.Option("--signature", help="trl: f(prompts, completions, **kw); verl: "
+                                           "compute_score(data_source, solution_str, ground_truth, extra_info); "
+                                           "auto: guess from the parameter names.")] = "auto",
+    samples: Annotated[int, typer.Option("--samples", help="Rollouts (with reasoning) to probe.")] = 200,
+    repeats: Annotated[int, typer.Option("--repeats", help="Scorings of each original, to measure the "
+                                         "grader's own noise (>= 3).")] = 3,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling and counterfactual seed.")] = 0,
+    think_tags: TagsOpt = None,
+    store: StoreOpt = Path(".rlaudit"),
+) -> None:
+    """Call a grader on stored rollouts with the reasoning removed, swapped and edited: does its score move?"""
+    from .probe import ProbeConfig, probe_grader
+
+    if samples < 2:
+        raise RlauditError("--samples must be at least 2")
+    config = ProbeConfig(signature=signature, samples=samples, repeats=repeats, seed=seed,
+                         tags=ThinkTags.parse(think_tags))
+    with console.status("probing grader", spinner="dots"):
+        result = probe_grader(grader, source, Store(store), config, json_out)
+    verdict = "[bold red]CoT-sensitive[/]" if result["cot_sensitive"] else "[green]not CoT-sensitive[/]"
+    lo, hi = result["fraction_moved_ci"]
+    console.print(f"{grader} on {result['run']} ({result['samples']} rollouts): {verdict} (p={result['p_value']:.2g}); "
+                  f"moved beyond noise: {result['fraction_moved']:.1%} [{lo:.1%}, {hi:.1%}], "
+                  f"noise {'none (deterministic)' if result['noise']['deterministic'] else 'measured'}")
+    table = Table(show_lines=False)
+    for col in ("variant", "moved", "mean |delta|", "p"):
+        table.add_column(col)
+    for name, v in result["variants"].items():
+        table.add_row(name, f"{v['moved_beyond_noise']}/{v['n']}", f"{v['mean_abs_delta']:.3g}", f"{v['p_value']:.2g}")
+    console.print(table)
+    if result["static_check"]["warning"]:
+        console.print(f"[yellow]warning:[/] {result['static_check']['warning']}", highlight=False)
+    if result["errors"]:
+        console.print(f"[yellow]warning:[/] the grader failed on {result['errors']} call(s): {result['first_error']}",
+                      highlight=False)
+    if json_out:
+        console.print(f"probe result: {json_out}")
+
+
 def main() -> None:
     """Console-script entry point: user errors become one message and exit code 2."""
     try:
