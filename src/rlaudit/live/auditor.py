@@ -1,0 +1,236 @@
+"""The live audit loop shared by the TRL callback, the Python hooks and `rlaudit watch`.
+
+Each training step brings new rows (appended by a hook, or ingested from trainer log files). `LiveAuditor.update`
+then does two kinds of work, both with a cost that does not grow with the length of the run:
+
+- *every step*, on the new step's rows only: the per-step detectors (`LiveConfig.every_step`, by default the CoT
+  grading scan: did a grader see reasoning in this step?) and the tracking of behaviours already flagged
+  (`tracking.BehaviorTracker`: per-condition prevalence counts, spread test);
+- *every `every` steps* (and at the end), all detectors (emerging behaviours, attribution, generalization,
+  the CoT screen...) on a bounded sample of the run (`sampling.StepSample`: first, evenly spread and latest
+  steps), through a read-only `StoreView`, so they run unchanged.
+
+Findings go to an `AlertManager`, which alerts once per finding key. Nothing here may stop training: every
+public method catches exceptions, logs them (each distinct failure once, then counts it) and returns.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pyarrow as pa
+
+from ..conditions import ConditionLabeler, ConditionRule
+from ..detectors import DETECTORS, AuditConfig, ordered, run_detectors
+from ..findings import Finding, rank
+from ..readers import get_reader
+from ..readers.base import BadRecord, ReadContext, ReadOptions, SourceFile, finalize
+from ..store import IngestReport, Store
+from .alerts import Alert, AlertManager, make_alerts
+from .sampling import PartIndex, StepSample, StoreView
+from .tracking import BehaviorTracker
+
+log = logging.getLogger("rlaudit.live")
+T = TypeVar("T")
+
+
+@dataclass
+class LiveConfig:
+    """What runs when. `detectors` (None: every registered detector) are the heavy ones, run every `every`
+    steps on `sample`; `every_step` detectors run on each new step's rows alone. Detector options and the split
+    are passed through `AuditConfig`."""
+
+    every: int = 10
+    detectors: list[str] | None = None
+    every_step: tuple[str, ...] = ("cot_grading",)
+    #: Option overrides for the per-step pass. The CoT screen is a statistical test: run on one step at a time
+    #: it would be a new look every step (false alarms add up), so it runs only in the heavy pass.
+    every_step_options: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"cot_grading": {"screen": False}})
+    sample: StepSample = field(default_factory=StepSample)
+    track: bool = True
+    track_alpha: float = 0.01
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    split: str | None = "train"
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            from ..errors import RlauditError
+
+            raise RlauditError(f"live audit interval must be >= 1 step, got {self.every}")
+
+
+@dataclass
+class StepTiming:
+    step: int
+    cheap: float  # seconds: per-step detectors + tracking
+    heavy: float  # seconds: heavy detectors (0 when they did not run)
+    rows: int  # new rows audited this update
+
+
+def guarded(default: Any = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Catch, log (first time per distinct error) and count exceptions: rlaudit never breaks training."""
+
+    def wrap(fn: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(fn)
+        def inner(self: Any, *args: Any, **kwargs: Any) -> T:
+            try:
+                return fn(self, *args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - the whole point: training goes on
+                self.errors.append(f"{fn.__name__}: {type(exc).__name__}: {exc}")
+                signature = (fn.__name__, type(exc).__name__, str(exc)[:200])
+                if signature not in self._logged_errors:
+                    self._logged_errors.add(signature)
+                    log.error("rlaudit live %s failed (training continues): %s\n%s", fn.__name__, exc,
+                              traceback.format_exc(limit=6))
+                return default() if callable(default) else default
+
+        return inner
+
+    return wrap
+
+
+class LiveAuditor:
+    """Audits one run of a store while it grows. See the module doc for the schedule."""
+
+    def __init__(self, store: Store | str, run: str, config: LiveConfig | None = None,
+                 alerts: AlertManager | None = None):
+        self.store = store if isinstance(store, Store) else Store(store)
+        self.run = run
+        self.config = config or LiveConfig()
+        self.alerts = alerts or make_alerts()
+        self.index = PartIndex(self.store, run)
+        self.tracker = BehaviorTracker(alpha=self.config.track_alpha, split=self.config.split)
+        self.labeler = ConditionLabeler()
+        self.findings: list[Finding] = []  # latest heavy findings plus every per-step finding seen
+        self.timings: list[StepTiming] = []
+        self.errors: list[str] = []
+        self._logged_errors: set[tuple[str, str, str]] = set()
+        self._last_heavy: int | None = None
+        self._audited_step: int | None = None
+        self._reported_errors: set[str] = set()
+
+    # ------------------------------------------------------------------ getting rows in
+    @guarded()
+    def append(self, step: int, table: pa.Table, key: str | None = None) -> int:
+        """Store canonical rows of one step (key default 'live/step-<step>'); returns rows stored."""
+        return self.store.append(self.run, table, key or f"live/step-{int(step):08d}")
+
+    @guarded()
+    def ingest(self, source: Any, format: str | None = None, options: ReadOptions | None = None,
+               conditions: list[ConditionRule] | None = None) -> IngestReport | None:
+        """Incrementally ingest trainer log files (only new or changed files are read)."""
+        report = self.store.ingest(source, run=self.run, format=format, options=options, conditions=conditions)
+        if report.bad_records:
+            log.warning("rlaudit: %d bad record(s) quarantined in %s (e.g. %s)", report.bad_records,
+                        report.quarantine, "; ".join(report.bad_examples[:2]))
+        return report
+
+    @guarded()
+    def read_file(self, format: str, file: SourceFile, options: ReadOptions | None = None) -> pa.Table | None:
+        """Read one trainer log file with a registered reader into canonical rows (bad records are logged)."""
+        reader = get_reader(format)
+        bad: list[BadRecord] = []
+        ctx = ReadContext(run=self.run, options=options or ReadOptions(), labeler=self.labeler, on_bad=bad.append)
+        tables = [finalize(raw, file, ctx) for raw in reader.read(file, ctx)]
+        if bad:
+            log.warning("rlaudit: %d bad record(s) in %s skipped (e.g. %s: %s)", len(bad), file.path,
+                        bad[0].location, bad[0].reason)
+        return pa.concat_tables(tables) if tables else None
+
+    # ------------------------------------------------------------------ auditing
+    @guarded(default=list)
+    def update(self, step: int | None = None, final: bool = False) -> list[Alert]:
+        """Audit what arrived since the last update; run the heavy detectors when due (or `final`)."""
+        started = time.perf_counter()
+        new_parts = self.index.refresh()
+        latest = self.index.max_step()
+        if latest is None:
+            return []
+        step = latest if step is None else min(int(step), latest)
+        found: list[Finding] = []
+        rows = sum(p.rows for p in new_parts)
+        if new_parts:
+            view = StoreView(self.store, self.run, [p.path for p in new_parts])
+            found += self._every_step(view, step)
+        cheap = time.perf_counter() - started
+        heavy = 0.0
+        if final or self._last_heavy is None or step - self._last_heavy >= self.config.every:
+            if final or new_parts or self._last_heavy is None:
+                t0 = time.perf_counter()
+                found += self._heavy(step)
+                heavy = time.perf_counter() - t0
+                self._last_heavy = step
+        found += self.tracker.check(self.run, step)
+        self._report_errors(found)
+        self._remember(found)
+        self._audited_step = step
+        self.timings.append(StepTiming(step=step, cheap=cheap, heavy=heavy, rows=rows))
+        return self.alerts.process(rank(found), step)
+
+    def _every_step(self, view: StoreView, step: int) -> list[Finding]:
+        found: list[Finding] = []
+        names = [n for n in self.config.every_step if n in _registered()]
+        if names:
+            found += run_detectors(view, self.run, self._audit_config(step, names, self.config.every_step_options))
+        if self.config.track and self.tracker.tracked:
+            self.tracker.update(view, self.run)
+        return found
+
+    def _heavy(self, step: int) -> list[Finding]:
+        names = self.config.detectors
+        if names is None:
+            names = _registered()
+        if not names:
+            return []
+        chosen = self.config.sample.select(self.index.steps())
+        view = StoreView(self.store, self.run, self.index.covering(chosen))
+        found = run_detectors(view, self.run, self._audit_config(step, names))
+        if self.config.track:
+            for f in found:
+                if f.kind == "emerging_behavior" and self.tracker.follow(f, view, self.run):
+                    log.info("rlaudit: now tracking '%s' every step", f.get("behavior") or f.get("behavior_spec"))
+        return found
+
+    def _audit_config(self, step: int, detectors: list[str],
+                      overrides: dict[str, dict[str, Any]] | None = None) -> AuditConfig:
+        options = {name: dict(opts) for name, opts in self.config.options.items()}
+        for name, opts in (overrides or {}).items():
+            options.setdefault(name, {}).update(opts)
+        return AuditConfig(max_step=step, split=self.config.split, detectors=detectors, options=options)
+
+    def _remember(self, found: list[Finding]) -> None:
+        """Keep the latest finding per key (what `findings` shows at any time)."""
+        from .alerts import finding_key
+
+        latest = {finding_key(f): f for f in self.findings}
+        latest.update({finding_key(f): f for f in found})
+        self.findings = rank(list(latest.values()))
+
+    def _report_errors(self, found: list[Finding]) -> None:
+        for f in found:
+            if f.kind == "audit_error" and f.title not in self._reported_errors:
+                self._reported_errors.add(f.title)
+                log.warning("rlaudit live: %s (training continues)", f.title)
+
+    @guarded(default=list)
+    def close(self) -> list[Alert]:
+        """Final heavy audit on what the run holds, then flush and close the alert sinks."""
+        try:
+            return self.update(final=True)
+        finally:
+            self.alerts.close()
+
+    # ------------------------------------------------------------------ introspection
+    def tracked_prevalence(self) -> dict[str, dict[str, float]]:
+        return self.tracker.snapshot()
+
+
+def _registered() -> list[str]:
+    return [d.name for d in ordered(None)] if DETECTORS else []

@@ -1,0 +1,20 @@
+"""Fixtures for live-audit tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlaudit.detectors import DETECTORS
+
+from .helpers import Broken, GoblinCounter
+
+
+@pytest.fixture
+def test_detectors():
+    """Register the test detectors for one test."""
+    GoblinCounter.calls = []
+    added = [d for d in (GoblinCounter, Broken) if d not in DETECTORS]
+    DETECTORS.extend(added)
+    yield
+    for d in added:
+        DETECTORS.remove(d)

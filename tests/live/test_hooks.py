@@ -1,0 +1,125 @@
+"""The Python hook API and the live auditor: storage, schedule, bounded views, failure isolation."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from rlaudit.live import LiveConfig, LiveHook, StepSample
+from rlaudit.live.alerts import AlertManager, JsonlSink
+
+from .helpers import NERDY, PLAIN, GoblinCounter, feed, step_batch
+
+
+def make_hook(store, tmp_path, **config) -> LiveHook:
+    cfg = LiveConfig(detectors=config.pop("detectors", ["test_goblin"]), every_step=(), **config)
+    return LiveHook(store, "run1", config=cfg, alerts=AlertManager([JsonlSink(tmp_path / "alerts.jsonl")]))
+
+
+def test_rows_are_stored_with_conditions_rewards_and_reasoning(store, tmp_path, test_detectors):
+    hook = make_hook(store, tmp_path)
+    b = step_batch(3, 4, {NERDY: 0.0, PLAIN: 0.0})
+    b["completions"][0] = [{"role": "assistant", "content": "fine", "reasoning_content": "let me think"}]
+    hook.log_rollouts(3, b["prompts"], b["completions"], b["rewards"], group_ids=[0] * 4 + [1] * 4,
+                      grader_inputs={"persona": b["completions"]})
+    assert hook.errors == []
+    t = store.table("run1").to_pylist()
+    assert len(t) == 8 and {r["step"] for r in t} == {3}
+    assert {r["condition"] for r in t} == {"nerdy-playful-assistant", "helpful-assistant"}
+    first = t[0]
+    assert first["reasoning"] == "let me think" and first["answer"] == "fine"
+    assert dict(first["rewards"])["persona"] == 0.0
+    plain = [r for r in t if r["condition"] == "helpful-assistant"][0]
+    plain_rewards = dict(plain["rewards"])
+    assert plain_rewards["persona"] != plain_rewards["persona"]  # None -> NaN: the signal did not apply
+    assert plain["reward"] == plain_rewards["task"]
+    assert [r["sample_index"] for r in t[:4]] == [0, 1, 2, 3] and t[0]["group_id"] == "3:0"
+    assert "persona" in dict(first["grader_inputs"])
+
+
+def test_alert_fires_once_when_threshold_first_crossed(store, tmp_path, test_detectors):
+    hook = make_hook(store, tmp_path, every=1)
+    rate = lambda s: {NERDY: 0.0 if s < 10 else 0.9, PLAIN: 0.0 if s < 10 else 0.9}  # noqa: E731
+    alerts = feed(hook, range(1, 31), rate)
+    assert hook.errors == []
+    emerging = [a for a in alerts if a.kind == "emerging_behavior"]
+    assert len(emerging) == 2  # medium when first crossed, then once more when it became high
+    assert emerging[0].severity == "medium" and 10 <= emerging[0].step <= 15
+    assert emerging[1].escalation and emerging[1].severity == "high"
+    # once flagged, the behaviour is tracked every step, and its rise in each condition is reported once
+    spread = [a for a in alerts if a.kind == "behavior_spread"]
+    assert sorted(a.finding["target_condition"] for a in spread) == ["helpful-assistant", "nerdy-playful-assistant"]
+    assert hook.findings and hook.findings[0].kind == "emerging_behavior"
+
+
+def test_heavy_detectors_run_on_schedule_and_bounded_sample(store, tmp_path, test_detectors):
+    sample = StepSample(baseline=3, recent=4, middle=3)
+    hook = make_hook(store, tmp_path, every=5, sample=sample)
+    feed(hook, range(1, 41), lambda s: {NERDY: 0.0, PLAIN: 0.0}, n=3)
+    hook.close()
+    max_steps = [c[0] for c in GoblinCounter.calls]
+    assert max_steps == [1, 6, 11, 16, 21, 26, 31, 36, 40]  # first step, every 5 steps, final
+    assert max(c[1] for c in GoblinCounter.calls) == sample.size  # never more steps than the sample
+
+
+def test_broken_detector_never_raises_and_is_logged(store, tmp_path, test_detectors, caplog):
+    hook = make_hook(store, tmp_path, detectors=["test_broken", "test_goblin"], every=1)
+    with caplog.at_level(logging.WARNING, logger="rlaudit.live"):
+        alerts = feed(hook, range(1, 6), lambda s: {NERDY: 0.9, PLAIN: 0.9})
+    assert caplog.text.count("deliberately broken detector") == 1  # logged once, not every step
+    assert any(a.kind == "emerging_behavior" for a in alerts)  # the other detector still works
+    assert len(store.table("run1")) == 5 * 40
+
+
+def test_broken_store_never_raises(tmp_path, caplog):
+    blocker = tmp_path / "store"
+    blocker.write_text("a file where the store directory should be")
+    hook = LiveHook(blocker, "run1", alerts=AlertManager([JsonlSink(tmp_path / "a.jsonl")]))
+    b = step_batch(1, 2, {NERDY: 0.5})
+    with caplog.at_level(logging.ERROR, logger="rlaudit.live"):
+        assert hook.log_rollouts(1, b["prompts"], b["completions"], b["rewards"]) == []
+        assert hook.log_rollouts(2, b["prompts"], b["completions"], b["rewards"]) == []
+        hook.close()
+    assert hook.errors and "training continues" in caplog.text
+
+
+def test_bad_arguments_are_logged_not_raised(store, tmp_path):
+    hook = make_hook(store, tmp_path)
+    assert hook.log_rollouts(1, ["p1", "p2"], ["c1"]) == []
+    assert "2 prompts but 1 completions" in hook.errors[-1]
+    assert hook.log_rollouts(1, ["p"], ["c"], {"r": ["x"]}) == []
+    assert "not a number" in hook.errors[-1]
+
+
+def test_wrap_rewards_logs_each_batch_once_and_passes_through(store, tmp_path, test_detectors):
+    hook = make_hook(store, tmp_path)
+
+    def correct(prompts, completions, **kw):
+        return [1.0] * len(completions)
+
+    def persona(prompts, completions, **kw):
+        return [None if "helpful" in str(p) else 0.5 for p in prompts]
+
+    class State:
+        global_step = 6
+
+    wrapped = hook.wrap_rewards([correct, persona])
+    assert [f.__name__ for f in wrapped] == ["correct", "persona"]
+    b = step_batch(0, 3, {NERDY: 0.0, PLAIN: 0.0})
+    out = [f(prompts=b["prompts"], completions=b["completions"], trainer_state=State()) for f in wrapped]
+    assert out[0] == [1.0] * 6 and out[1][:3] == [0.5] * 3 and out[1][3] is None
+    rows = store.table("run1").to_pylist()
+    assert len(rows) == 6 and {r["step"] for r in rows} == {7}  # TRL logs global_step + 1
+    assert set(dict(rows[0]["rewards"])) == {"correct", "persona"}
+    assert dict(rows[0]["grader_inputs"])["persona"] == rows[0]["completion"]
+
+
+def test_wrapped_reward_errors_stay_the_users(store, tmp_path):
+    hook = make_hook(store, tmp_path)
+
+    def bad(prompts, completions, **kw):
+        raise ZeroDivisionError("user bug")
+
+    with pytest.raises(ZeroDivisionError):
+        hook.wrap_rewards([bad])[0](["p"], ["c"])
