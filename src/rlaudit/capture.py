@@ -245,7 +245,7 @@ def merge_captured(store: Any, run: str, path: str | Path) -> dict[str, int]:
     captured = read_captured(path)
     con = store.connect([run])
     con.register("captured", captured)
-    merged = con.execute("""
+    merged = con.sql("""
         WITH keys AS (
             SELECT rollout_id, step, md5(completion) AS k FROM rollouts
             UNION SELECT rollout_id, step, md5(regexp_replace(completion, '^assistant: ', '')) FROM rollouts
@@ -260,11 +260,11 @@ def merge_captured(store: Any, run: str, path: str | Path) -> dict[str, int]:
     if out.is_file():
         con.register("new_rows", table)
         con.register("old_rows", pq.read_table(out))
-        table = con.execute("SELECT * FROM new_rows UNION ALL SELECT o.* FROM old_rows o WHERE NOT EXISTS "
+        table = con.sql("SELECT * FROM new_rows UNION ALL SELECT o.* FROM old_rows o WHERE NOT EXISTS "
                             "(SELECT 1 FROM new_rows n WHERE n.rollout_id = o.rollout_id AND n.grader = o.grader)"
                             ).to_arrow_table()
     con.register("all_rows", table)
-    table = con.execute("SELECT rollout_id, grader, any_value(input) AS input FROM all_rows "
+    table = con.sql("SELECT rollout_id, grader, any_value(input) AS input FROM all_rows "
                         "GROUP BY rollout_id, grader ORDER BY rollout_id, grader").to_arrow_table()
     con.close()
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
