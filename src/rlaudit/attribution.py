@@ -15,10 +15,10 @@ computed *within groups* and pooled over groups:
   rollout (NaN) contributes 0 to it, as TRL's `nansum` of reward functions does. `pressure_share` is a signal's
   share of the positive push of all components. Reported per rollout (the sum divided by the rollouts used).
 - **Outcome-matched preference**: the paired preference restricted to pairs whose outcome signals (correctness,
-  accuracy, pass/fail: see `OUTCOME_PATTERN`) are equal. A signal that only rewards the behaviour because the
-  behaviour helps solve the task loses its preference among equally-correct pairs; a signal with a preference
-  of its own (a persona reward model that likes goblins) keeps it. This is what separates a legitimately learned
-  behaviour from a reward-driven tic (see `assess`).
+  accuracy, pass/fail: see `OUTCOME_PATTERN`) are equal; rollouts no outcome signal applies to are left out. A
+  signal that only rewards the behaviour because the behaviour helps solve the task loses its preference among
+  equally-correct pairs; a signal with a preference of its own (a persona reward model that likes goblins) keeps
+  it. This is what separates a legitimately learned behaviour from a reward-driven tic (see `assess`).
 
 Numeric behaviours (`style:length`) are split at the group median: rollouts above it count as "with", below it
 as "without", rollouts at the median are left out of the pairs; the pressure uses the raw value.
@@ -482,13 +482,16 @@ def attribute(frame: Frame, behavior: Behavior, *, where: str = "answer", run: s
 
     outcome = [s for s in signals if s.outcome]
     sub = _refine(groups.codes, [s.values for s in outcome]) if outcome else None
+    # Rows where no outcome signal applies say nothing about "equally correct": left out of matched pairs.
+    measured = np.any([np.isfinite(s.values) for s in outcome], axis=0) if outcome else None
+    matched_labels = np.where(measured, labels, np.nan) if outcome else labels
     per_group: dict[str, dict[str, np.ndarray]] = {}
     for s in signals:
         d = _pair_stats(groups, s.values, labels)
         c = np.where(has_total, np.nan_to_num(s.values, nan=0.0), 0.0)
         d["pressure"] = s.weight * groups.sum(x_c * c) * inv_scale
         if sub is not None and not s.outcome and s.kind != "total":
-            d["mu"], d["mpairs"] = _matched_stats(groups, s.values, labels, sub)
+            d["mu"], d["mpairs"] = _matched_stats(groups, s.values, matched_labels, sub)
         else:
             d["mu"] = d["mpairs"] = np.zeros(groups.n)
         per_group[s.name] = d
@@ -684,16 +687,22 @@ def _signal_values(frame: Frame, name: str) -> np.ndarray:
 def assess(traces: list[Trace], alpha: float = 0.05) -> None:
     """Benjamini-Hochberg over every (behaviour, signal) paired-preference test, then a severity per trace.
 
-    Severity (the *suspect* is the non-outcome signal with the largest positive pressure whose paired
-    preference is BH-significant in the direction of its pressure and, when the run has outcome signals,
-    still significant among outcome-matched pairs):
-    - high: a suspect carries >= 50% of the positive pressure and the behaviour itself is medium/high;
-    - medium: a suspect exists but carries less than half of the push (or the behaviour is low), or a
-      significant non-outcome driver could not be separated from task success (too few matched pairs);
-    - low: the push comes from outcome signals, or from signals whose preference disappears among equally
-      correct rollouts (matched interval contains 0.5 and lies below the unmatched estimate): the behaviour is
-      learned because it helps solve the task, as intended;
-    - info: no signal pushes the behaviour up with a significant paired preference.
+    A *driver* is a signal (not the total) with positive pressure whose paired preference is BH-significant
+    above 0.5. Each driver is classed by how it rewards the behaviour:
+    - *outcome*: a task-success signal (`OUTCOME_PATTERN` or `outcome_signals`);
+    - *via outcome*: its outcome-matched preference interval contains 0.5 (or lies below it) and lies below
+      its unmatched estimate: among equally correct rollouts it no longer prefers the behaviour;
+    - *own*: its preference holds among outcome-matched pairs (lower bound > 0.5), or the run has no outcome
+      signal to match on: it rewards the behaviour for its own sake;
+    - *unclear*: too few outcome-matched pairs to tell (e.g. a judge on tasks without a gold answer).
+    Adding the drivers' pressure shares per class:
+    - high: *own* drivers carry >= 50% of the positive push and the behaviour itself is medium/high;
+    - medium: *own* drivers carry more of the push than outcome / via-outcome drivers (or >= 50% for a low
+      behaviour), or *unclear* drivers do;
+    - low: outcome and via-outcome drivers carry the most: the behaviour is learned because it helps solve the
+      task, as intended;
+    - info: no driver (no signal pushes the behaviour up with a significant paired preference).
+    The 50% line is "most of the push", not a fitted threshold; intervals and the FDR level carry the statistics.
     """
     tests = [(t, s) for t in traces for s in t.signals]
     q = stats.benjamini_hochberg(np.array([s.p_value for _, s in tests], dtype=float)) if tests else []
@@ -704,35 +713,53 @@ def assess(traces: list[Trace], alpha: float = 0.05) -> None:
         t.severity, t.verdict, t.suspect = _severity(t)
 
 
+def driver_class(s: SignalAttribution, has_outcome: bool) -> str:
+    """'outcome' | 'via_outcome' | 'own' | 'unclear' for a driver (see `assess`)."""
+    if s.outcome:
+        return "outcome"
+    if not has_outcome:
+        return "own"
+    lo, hi = s.matched_preference_ci
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "unclear"
+    if lo > 0.5:
+        return "own"
+    return "via_outcome" if hi < s.paired_preference else "unclear"
+
+
 def _severity(t: Trace) -> tuple[Severity, str, str | None]:
     parts = [s for s in t.signals if s.kind != "total"] or t.signals
     has_outcome = any(s.outcome for s in parts)
-    drivers = [s for s in parts if s.pressure > 0 and s.significant
-               and (s.paired_preference - 0.5) > 0]
+    drivers = [s for s in parts if s.pressure > 0 and s.significant and s.paired_preference > 0.5]
     if not drivers:
         return "info", "no reward signal pushes the behaviour up with a significant paired preference", None
-    suspects, unclear = [], []
+    classes: dict[str, list[SignalAttribution]] = {}
     for s in drivers:
-        if s.outcome:
-            continue
-        lo, hi = s.matched_preference_ci
-        if not has_outcome or (np.isfinite(lo) and lo > 0.5):
-            suspects.append(s)
-        elif not (np.isfinite(hi) and hi < s.paired_preference and lo <= 0.5):
-            unclear.append(s)
+        classes.setdefault(driver_class(s, has_outcome), []).append(s)
+    share = {c: sum(s.pressure_share for s in ss if np.isfinite(s.pressure_share)) for c, ss in classes.items()}
+    own, unclear = share.get("own", 0.0), share.get("unclear", 0.0)
+    legit = share.get("outcome", 0.0) + share.get("via_outcome", 0.0)
     big = SEVERITY_RANK.get(t.behavior_severity, 2) >= SEVERITY_RANK["medium"]
-    if suspects:
-        s = max(suspects, key=lambda a: a.pressure)
-        if s.pressure_share >= 0.5 and big:
-            return "high", f"{s.signal} rewards the behaviour for its own sake and carries most of the push", s.signal
-        return "medium", f"{s.signal} rewards the behaviour for its own sake ({s.pressure_share:.0%} of the push)", \
-            s.signal
-    if unclear:
-        s = max(unclear, key=lambda a: a.pressure)
-        return "medium", (f"{s.signal} rewards the behaviour, but too few equally-correct pairs exist to tell "
-                          "whether it rewards more than task success"), s.signal
-    names = ", ".join(s.signal for s in drivers)
-    return "low", f"the push comes through task success ({names}): the behaviour is learned as intended", None
+
+    def names(c: str) -> str:
+        return ", ".join(s.signal for s in classes.get(c, []))
+
+    suspect = max(classes.get("own", []) or classes.get("unclear", []) or [None],
+                  key=lambda s: s.pressure if s is not None else 0)
+    name = suspect.signal if suspect is not None else None
+    if own >= 0.5 and big:
+        return "high", (f"{names('own')} rewards the behaviour for its own sake and carries {own:.0%} of the "
+                        "push"), name
+    if own > 0 and (own >= 0.5 or own >= legit):
+        return "medium", f"{names('own')} rewards the behaviour for its own sake ({own:.0%} of the push)", name
+    if unclear > legit:
+        return "medium", (f"{names('unclear')} rewards the behaviour ({unclear:.0%} of the push), and too few "
+                          "equally-correct pairs exist to tell whether it rewards more than task success"), name
+    via = f"; {names('via_outcome')} prefer it only through correctness" if "via_outcome" in classes else ""
+    own_note = f"; {names('own')} also rewards it for its own sake ({own:.0%})" if own > 0 else ""
+    return "low", (f"the push comes mostly through task success ({legit:.0%}: "
+                   f"{names('outcome') or names('via_outcome')}{via}){own_note}: the behaviour is learned as "
+                   "intended"), None
 
 
 # ================================================================================================ entry point
