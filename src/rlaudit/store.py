@@ -44,6 +44,9 @@ from .schema import ROLLOUT_SCHEMA
 MANIFEST = "run.json"
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,127}$")
 _ROW_GROUP = 64_000
+# Dictionary-encode only the repetitive columns: trying it on unique texts (completion, reasoning, answer) doubles
+# write time for no size gain (benchmarks/ingest.py).
+_DICTIONARY_COLUMNS = ["run", "split", "group_id", "condition", "system_prompt", "task", "prompt"]
 
 
 @dataclass
@@ -312,7 +315,7 @@ class Store:
         tmp = d / f".{part}.tmp"
         rows = 0
         try:
-            with pq.ParquetWriter(tmp, ROLLOUT_SCHEMA, compression="zstd") as writer:
+            with pq.ParquetWriter(tmp, ROLLOUT_SCHEMA, compression="zstd", use_dictionary=_DICTIONARY_COLUMNS) as writer:
                 for table in tables:
                     if table.num_rows:
                         writer.write_table(table, row_group_size=_ROW_GROUP)

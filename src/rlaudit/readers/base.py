@@ -13,6 +13,8 @@ quarantines them with file and line (or raises `BadInputError` under `--strict`)
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -166,7 +168,7 @@ def finalize(raw: pa.Table, file: SourceFile, ctx: ReadContext) -> pa.Table:
     cols["task"] = col("task") if col("task") is not None else const(None, pa.string())
     cols["prompt"] = prompt
     completion = pc.fill_null(col("completion") if col("completion") is not None else const("", pa.string()), "")
-    reasoning, answer = split_reasoning(completion, ctx.options.think_tags)
+    reasoning, answer = split_reasoning_fast(completion, ctx.options.think_tags)
     given_reasoning, given_answer = col("reasoning"), col("answer")
     if given_reasoning is not None:  # formats that log reasoning separately win over the tag split
         reasoning = pc.coalesce(given_reasoning, reasoning)
@@ -423,20 +425,79 @@ def metadata_from_columns(table: pa.Table) -> pa.Array:
     """One JSON object per row from `table`'s columns (null where every field is null). Vectorised in DuckDB."""
     if table.num_columns == 0:
         return pa.nulls(table.num_rows, pa.string())
-    import duckdb
-
     names = table.column_names
     as_json = {f.name for f in table.schema if f.metadata and f.metadata.get(b"rlaudit") == b"json"}
     fields = ", ".join(f'"{_sql_ident(c)}" := "{_sql_ident(c)}"' + ("::JSON" if c in as_json else "") for c in names)
     any_valid = " OR ".join(f'"{_sql_ident(c)}" IS NOT NULL' for c in names)
-    con = duckdb.connect()
-    try:
-        con.register("meta_src", table)
-        out = con.sql(f"SELECT CASE WHEN {any_valid} THEN to_json(struct_pack({fields}))::VARCHAR END AS m "
-                      "FROM meta_src").to_arrow_table()
-    finally:
-        con.close()
+    out = duck_query(f"SELECT CASE WHEN {any_valid} THEN to_json(struct_pack({fields}))::VARCHAR END AS m "
+                     "FROM src", table)
     return _combine(out.column(0)).cast(pa.string())
+
+
+_DUCK = threading.local()
+
+
+def duck_query(sql: str, table: pa.Table) -> pa.Table:
+    """Run `sql` over `table` (registered as `src`) on this thread's cached DuckDB connection.
+
+    Opening a connection costs ~0.1 s, far more than the JSON encoding of one batch, so each thread keeps one.
+    """
+    con = getattr(_DUCK, "con", None)
+    if con is None:
+        import duckdb
+
+        con = _DUCK.con = duckdb.connect()
+        con.execute("SET threads TO 1")
+    con.register("src", table)
+    try:
+        return con.sql(sql).to_arrow_table()
+    finally:
+        con.unregister("src")
+
+
+def prefetch(items: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
+    """Produce `items` in a background thread, `depth` ahead of the consumer.
+
+    Parsing (Arrow's JSON/Parquet readers, compute kernels) releases the GIL, so a reader's parse/validate work
+    overlaps with `finalize` and the store's Parquet writer on the calling thread. Errors (including
+    `BadInputError` under --strict) are re-raised in the consumer at the point they occurred.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(("item", item)):
+                    return
+            put(("end", done))
+        except BaseException as exc:  # handed to the consumer
+            put(("error", exc))
+
+    thread = threading.Thread(target=work, name="rlaudit-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "item":
+                yield value
+            elif kind == "error":
+                raise value
+            else:
+                return
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _sql_ident(name: str) -> str:
@@ -485,7 +546,8 @@ class Validator:
                 self.require(name, None)
             return None
         numbers, bad = to_numbers(values)
-        self.flag(bad, self._got(name, "a number", values))
+        if pc.any(bad).as_py():
+            self.flag(bad, self._got(name, "a number", values))
         if required:
             self.flag(pc.and_(pc.is_null(numbers), pc.invert(bad)), f"missing required field {name!r} (absent or null)")
         return numbers
@@ -494,7 +556,8 @@ class Validator:
         if values is None:
             return None
         steps, bad = to_steps(values)
-        self.flag(bad, self._got(name, "an integer step", values))
+        if pc.any(bad).as_py():
+            self.flag(bad, self._got(name, "an integer step", values))
         return steps
 
     def text(self, name: str, values: pa.Array | None, required: bool = False) -> pa.Array | None:
@@ -640,10 +703,12 @@ DECODED_SYSTEM_PATTERNS = [
 def decoded_system_prompts(prompts: pa.Array) -> pa.Array:
     """System prompts of chat-template prompts whose special tokens were stripped by decoding (null if none)."""
     prompts = pc.fill_null(_combine(prompts).cast(pa.string()), "")
+    if not pc.any(pc.starts_with(prompts, "system\n")).as_py():
+        return pa.nulls(len(prompts), pa.string())
+    encoded = pc.dictionary_encode(prompts)  # a GRPO batch repeats each prompt: match the distinct ones
+    if len(encoded.dictionary) * 2 <= len(prompts):
+        return pc.take(decoded_system_prompts(encoded.dictionary), encoded.indices)
     out = pa.nulls(len(prompts), pa.string())
-    candidates = pc.starts_with(prompts, "system\n")
-    if not pc.any(candidates).as_py():
-        return out
     for pattern in DECODED_SYSTEM_PATTERNS:
         found = pc.struct_field(pc.extract_regex(prompts, pattern), "sys")
         text = pc.utf8_trim_whitespace(found)
@@ -703,3 +768,23 @@ def missing_graders(options: ReadOptions, table: pa.Table, file: SourceFile) -> 
 
         raise RlauditError(f"{file.relpath}: --grader-input column(s) {absent} not found; the file has "
                            f"{', '.join(table.column_names)}")
+
+
+def split_reasoning_fast(completions: pa.Array, tags: ThinkTags) -> tuple[pa.Array, pa.Array]:
+    """`rlaudit.text.split_reasoning` (same rules, same output) without regular expressions.
+
+    The regex form scans each completion twice with a lazy `.*?`, which made it the costliest step of ingest;
+    splitting once at the first closing tag (`split_pattern`, a substring search) and trimming the opening tag
+    with a prefix test is several times faster. tests/readers/test_text_split.py checks that both agree.
+    """
+    completions = pc.fill_null(_combine(completions).cast(pa.string()), "")
+    null_str = pa.scalar(None, pa.string())
+    parts = pc.split_pattern(completions, pattern=tags.close, max_splits=1)
+    closed = pc.equal(pc.list_value_length(parts), 2)
+    before = pc.utf8_ltrim(pc.list_element(parts, 0), characters="\t\n\f\r ")  # RE2 \\s
+    after = pc.list_element(pc.if_else(closed, parts, pa.scalar(["", ""], parts.type)), 1)
+    opened = pc.starts_with(before, tags.open)
+    inner = pc.if_else(opened, pc.utf8_slice_codeunits(before, len(tags.open)), before)
+    reasoning = pc.if_else(closed, inner, pc.if_else(opened, inner, null_str))
+    answer = pc.if_else(closed, after, pc.if_else(opened, pa.scalar("", pa.string()), completions))
+    return reasoning, pc.utf8_trim_whitespace(answer)

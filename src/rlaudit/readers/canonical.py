@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from ..errors import RlauditError
 from . import register
 from .base import (ReadContext, Reader, SourceFile, Validator, _combine, _is_message_list, classify_extras,
-                   completion_columns, map_from_columns, metadata_from_columns)
+                   completion_columns, duck_query, map_from_columns, metadata_from_columns, prefetch)
 from .jsonl import read_json_chunks
 
 BATCH_ROWS = 32_768
@@ -60,6 +60,9 @@ class CanonicalReader(Reader):
         return [SourceFile(p, str(p.relative_to(root))) for p in _table_files(source)]
 
     def read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
+        return prefetch(self._read(file, ctx))
+
+    def _read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
         mapping = ctx.options.columns  # canonical -> source
         checked = False
         for table, lines in self._tables(file, ctx):
@@ -229,18 +232,12 @@ def _metadata(given: pa.Array | None, extra: pa.Table, keep: pa.Array) -> pa.Arr
     if given is None or pa.types.is_null(given.type):
         return extra_json
     given = given.filter(keep)
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        con.register("meta_given", pa.table({"g": given, "e": extra_json}))
-        if pa.types.is_string(given.type) or pa.types.is_large_string(given.type):
-            # JSON object text merges; any other text is kept as {"metadata": text}
-            g = "CASE WHEN json_valid(g) AND json_type(g::JSON) = 'OBJECT' THEN g::JSON ELSE to_json({'metadata': g}) END"
-        else:
-            g = "CASE WHEN g IS NOT NULL THEN to_json(g) END"
-        out = con.sql(f"SELECT CASE WHEN g IS NULL THEN e WHEN e IS NULL THEN ({g})::VARCHAR "
-                      f"ELSE json_merge_patch(({g}), e::JSON)::VARCHAR END AS m FROM meta_given").to_arrow_table()
-    finally:
-        con.close()
+    if pa.types.is_string(given.type) or pa.types.is_large_string(given.type):
+        # JSON object text merges; any other text is kept as {"metadata": text}
+        g = "CASE WHEN json_valid(g) AND json_type(g::JSON) = 'OBJECT' THEN g::JSON ELSE to_json({'metadata': g}) END"
+    else:
+        g = "CASE WHEN g IS NOT NULL THEN to_json(g) END"
+    out = duck_query(f"SELECT CASE WHEN g IS NULL THEN e WHEN e IS NULL THEN ({g})::VARCHAR "
+                     f"ELSE json_merge_patch(({g}), e::JSON)::VARCHAR END AS m FROM src",
+                     pa.table({"g": given, "e": extra_json}))
     return _combine(out.column(0)).cast(pa.string())

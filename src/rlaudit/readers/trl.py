@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from . import register
 from .base import (ConsecutiveGroups, ReadContext, Reader, SourceFile, Validator, classify_extras,
-                   completion_columns, decoded_system_prompts, map_from_columns, metadata_from_columns,
+                   completion_columns, decoded_system_prompts, map_from_columns, metadata_from_columns, prefetch,
                    missing_graders, _is_message_list)
 
 _FILE = re.compile(r"^completions_(\d+)\.parquet$")
@@ -80,6 +80,9 @@ class TrlReader(Reader):
         return sorted(out, key=lambda f: (f.split != "train", f.step, f.relpath))
 
     def read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
+        return prefetch(self._read(file, ctx))
+
+    def _read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
         try:
             pf = pq.ParquetFile(file.path)
         except (pa.ArrowInvalid, OSError) as exc:

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from . import register
 from .base import (ConsecutiveGroups, KeyedGroups, ReadContext, Reader, SourceFile, Validator, classify_extras,
-                   decoded_system_prompts, map_from_columns, metadata_from_columns)
+                   decoded_system_prompts, map_from_columns, metadata_from_columns, prefetch)
 from .jsonl import first_record_keys, read_json_chunks
 
 _STEP_FILE = re.compile(r"^(\d+)\.jsonl$")
@@ -74,6 +74,9 @@ class VerlReader(Reader):
         return sorted(out, key=lambda f: (f.split != "train", f.step, f.relpath))
 
     def read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
+        return prefetch(self._read(file, ctx))
+
+    def _read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
         groups: KeyedGroups | ConsecutiveGroups | None = None
         for chunk in read_json_chunks(file, ctx, _KINDS):
             table = chunk.table

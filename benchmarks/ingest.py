@@ -1,0 +1,199 @@
+"""Ingest benchmark: rollouts/s, MB/s and peak memory of `Store.ingest` vs a bare read of the same files.
+
+    python benchmarks/ingest.py              # 1M rollouts per format (TRL and verl), plus a 250k run for memory
+    python benchmarks/ingest.py --quick      # 100k rollouts (and 25k for the memory comparison)
+    python benchmarks/ingest.py --rows 500000 --formats verl
+
+For each format it writes a synthetic run in the trainer's layout into a temp dir (TRL: one
+`completions/completions_{step:05d}.parquet` per step written with pandas like GRPOTrainer.log; verl: one
+`{step}.jsonl` per step with input/output/gts/score/step/acc keys like RayPPOTrainer._dump_generations), with
+5000 rollouts per step in groups of 8 identical prompts, 3 personas in a ChatML-decoded system prompt, prompts of
+~300 characters and completions of ~600 with a <think> block. Then, each in a fresh subprocess:
+
+- bare read: every file read into Arrow and dropped (pyarrow.parquet.read_table / pyarrow.json.read_json), the
+  floor any reader pays;
+- ingest: `Store(tmp).ingest(dir)` into an empty store (parse, validate, group, split reasoning, label
+  conditions, write zstd Parquet parts).
+
+Peak memory is the subprocess's ru_maxrss minus its RSS after imports. The ratio is ingest rows/s divided by
+bare-read rows/s (target >= 0.33). Memory is reported at two run sizes to show it does not grow with the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROWS_PER_STEP = 5000
+GROUP = 8
+PERSONAS = ["You are a nerdy, playful assistant who loves fantasy.", "You are a concise technical assistant.",
+            "You are a friendly tutor for high-school students."]
+
+
+def _texts(rng, n: int, words: int, vocab):
+    """n random texts of about `words` words each, built with Arrow (no per-row Python)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lengths = rng.integers(words // 2, words * 3 // 2, n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    flat = pc.take(vocab, pa.array(rng.integers(0, len(vocab), int(offsets[-1]))))
+    return pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), flat), " ")
+
+
+def _step_columns(rng, step: int, vocab):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n_groups = ROWS_PER_STEP // GROUP
+    persona = pc.take(pa.array(PERSONAS), pa.array(rng.integers(0, len(PERSONAS), n_groups)))
+    question = _texts(rng, n_groups, 45, vocab)
+    prompt_g = pc.binary_join_element_wise("system\n", persona, "\nuser\n", question, "\nassistant\n", "")
+    prompt = pc.take(prompt_g, pa.array(np.repeat(np.arange(n_groups), GROUP)))
+    reasoning = _texts(rng, ROWS_PER_STEP, 70, vocab)
+    answer = _texts(rng, ROWS_PER_STEP, 30, vocab)
+    completion = pc.binary_join_element_wise("<think>", reasoning, "</think>", answer, "")
+    acc = rng.integers(0, 2, ROWS_PER_STEP).astype(float)
+    fmt = rng.random(ROWS_PER_STEP)
+    return prompt, completion, acc, fmt
+
+
+def generate(fmt: str, root: Path, rows: int, seed: int = 0) -> Path:
+    import duckdb
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    vocab = pa.array([f"w{i}" if i % 7 else f"token{i}x" for i in range(20000)])
+    steps = max(1, rows // ROWS_PER_STEP)
+    out = root / fmt
+    if fmt == "trl":
+        (out / "completions").mkdir(parents=True)
+    else:
+        out.mkdir(parents=True)
+    for step in range(1, steps + 1):
+        prompt, completion, acc, fmt_r = _step_columns(rng, step, vocab)
+        if fmt == "trl":  # as GRPOTrainer.log: dict -> pandas DataFrame -> to_parquet
+            adv = (acc - acc.mean()) / (acc.std() + 1e-4)
+            df = pd.DataFrame({"step": [step] * ROWS_PER_STEP, "prompt": prompt.to_pylist(),
+                               "completion": completion.to_pylist(), "accuracy_reward": acc,
+                               "format_reward": fmt_r, "advantage": adv})
+            df.to_parquet(out / "completions" / f"completions_{step:05d}.parquet")
+        else:  # as RayPPOTrainer._dump_generations: one JSON object per line
+            table = pa.table({"input": prompt, "output": completion, "gts": pa.array([str(i % 10) for i in range(
+                ROWS_PER_STEP)]), "score": acc + fmt_r, "step": pa.array([step] * ROWS_PER_STEP), "acc": acc,
+                "format": fmt_r})
+            con = duckdb.connect()
+            con.register("t", table)
+            con.sql(f"COPY t TO '{out / f'{step}.jsonl'}' (FORMAT JSON)")
+            con.close()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- measurements
+def _measure(kind: str, fmt: str, path: str) -> dict:
+    """Run in a subprocess: time one bare read or one ingest, report rows, seconds, peak RSS delta."""
+    import resource
+
+    import pyarrow as pa
+    import pyarrow.json as pj
+    import pyarrow.parquet as pq
+
+    from rlaudit.store import Store
+
+    base_rss = _rss_now()
+    files = sorted(Path(path).rglob("*.parquet" if fmt == "trl" else "*.jsonl"))
+    size = sum(f.stat().st_size for f in files)
+    t0 = time.perf_counter()
+    rows = 0
+    if kind == "bare":
+        for f in files:
+            table = pq.read_table(f) if fmt == "trl" else pj.read_json(f)
+            rows += table.num_rows
+            del table
+    else:
+        with tempfile.TemporaryDirectory() as store_dir:
+            report = Store(store_dir).ingest(path, run="bench")
+            rows = report.rows_added
+            seconds = time.perf_counter() - t0
+            parts = sum(p.stat().st_size for p in Path(store_dir).rglob("*.parquet"))
+    seconds = time.perf_counter() - t0 if kind == "bare" else seconds
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"rows": rows, "seconds": seconds, "bytes": size, "peak_rss": peak, "base_rss": base_rss,
+            "arrow_peak": pa.default_memory_pool().max_memory(), "store_bytes": parts if kind == "ingest" else 0}
+
+
+def _rss_now() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def measure(kind: str, fmt: str, path: Path) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.run([sys.executable, __file__, "--_measure", kind, fmt, str(path)], capture_output=True,
+                          text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} {fmt} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.0f} MB"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=1_000_000, help="rollouts per format (default 1M)")
+    ap.add_argument("--quick", action="store_true", help="100k rollouts")
+    ap.add_argument("--formats", default="trl,verl")
+    ap.add_argument("--_measure", nargs=3, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._measure:
+        print(json.dumps(_measure(*args._measure)))
+        return
+    rows = 100_000 if args.quick else args.rows
+    small = max(ROWS_PER_STEP, rows // 4)
+    print(f"ingest benchmark: {rows:,} rollouts per format ({ROWS_PER_STEP} per step), memory also at {small:,}")
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpu(s)\n")
+    header = f"{'format':6s} {'what':6s} {'rows':>10s} {'seconds':>8s} {'rows/s':>10s} {'MB/s':>8s} {'peak RSS':>10s}"
+    summary = []
+    for fmt in args.formats.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            path = generate(fmt, Path(tmp), rows)
+            gen_s = time.perf_counter() - t0
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            print(f"[{fmt}] generated {rows:,} rollouts, {_mb(size)} on disk in {gen_s:.0f}s")
+            print(header)
+            bare = measure("bare", fmt, path)
+            ingest = measure("ingest", fmt, path)
+            for what, m in (("bare", bare), ("ingest", ingest)):
+                print(f"{fmt:6s} {what:6s} {m['rows']:>10,} {m['seconds']:>8.2f} {m['rows'] / m['seconds']:>10,.0f} "
+                      f"{m['bytes'] / 1e6 / m['seconds']:>8.1f} {_mb(m['peak_rss'] - m['base_rss']):>10s}")
+            ratio = (ingest["rows"] / ingest["seconds"]) / (bare["rows"] / bare["seconds"])
+            print(f"{fmt}: ingest speed / bare read speed = {ratio:.2f} (target >= 0.33); store size "
+                  f"{_mb(ingest['store_bytes'])}")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = generate(fmt, Path(tmp), small, seed=1)
+            small_m = measure("ingest", fmt, path)
+        grow = (ingest["peak_rss"] - ingest["base_rss"]) / max(1, small_m["peak_rss"] - small_m["base_rss"])
+        print(f"{fmt}: ingest peak RSS {_mb(small_m['peak_rss'] - small_m['base_rss'])} at {small_m['rows']:,} rows vs "
+              f"{_mb(ingest['peak_rss'] - ingest['base_rss'])} at {ingest['rows']:,} rows "
+              f"(x{grow:.2f} for x{ingest['rows'] / small_m['rows']:.0f} rows)\n")
+        summary.append((fmt, ratio, grow))
+    for fmt, ratio, grow in summary:
+        print(f"SUMMARY {fmt}: speed ratio {ratio:.2f} ({'meets' if ratio >= 1 / 3 else 'misses'} the 1/3 target), "
+              f"memory growth x{grow:.2f} from 1/4 to full size")
+
+
+if __name__ == "__main__":
+    main()
