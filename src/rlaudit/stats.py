@@ -196,7 +196,7 @@ def stratified_ratio(sx: np.ndarray, sxx: np.ndarray, sxn: np.ndarray, n: np.nda
     (task x condition): for each candidate k, window w (0 = early, 1 = late) and stratum s,
     `sx[k,w,s]` = sum of values, `sxx` = sum over clusters of (cluster value sum)^2, `sxn` = sum over clusters of
     (cluster value sum x cluster size); per window and stratum `n` = rollouts, `snn` = sum of squared cluster
-    sizes, `g` = clusters. Shapes (K, 2, S) and (2, S).
+    sizes, `g` = clusters. Shapes (K, 2, S); the totals may also be (2, S) when shared by all candidates.
 
     The estimate is the Mantel-Haenszel ratio sum_s w_s m1_s / sum_s w_s m0_s with w_s = n0 n1 / (n0 + n1), so a
     shift of the mix of tasks or conditions between windows does not count as a rise (strata seen in one window
@@ -207,31 +207,32 @@ def stratified_ratio(sx: np.ndarray, sxx: np.ndarray, sxn: np.ndarray, n: np.nda
     counts, so that a window without any occurrence cannot claim zero variance.
     """
     sx, sxx, sxn = (np.asarray(a, dtype=np.float64) for a in (sx, sxx, sxn))
-    n, snn, g = (np.asarray(a, dtype=np.float64) for a in (n, snn, g))
-    both = (n[0] > 0) & (n[1] > 0)
-    w = np.where(both, n[0] * n[1] / np.where(both, n[0] + n[1], 1.0), 0.0)
+    n, snn, g = (np.broadcast_to(np.asarray(a, dtype=np.float64), sx.shape) for a in (n, snn, g))
+    n0, n1 = n[:, 0], n[:, 1]
+    both = (n0 > 0) & (n1 > 0)
+    w = np.where(both, n0 * n1 / np.where(both, n0 + n1, 1.0), 0.0)
     safe_n = np.where(n > 0, n, 1.0)
     m = sx / safe_n
     a = (w * m[:, 1]).sum(-1)
     c = (w * m[:, 0]).sum(-1)
-    wsum = w.sum()
-    if wsum == 0:
-        nan = np.full(sx.shape[0], np.nan)
-        return nan, nan
-    a_cc = a + 0.5 * wsum / n[1][both].sum()
-    c_cc = c + 0.5 * wsum / n[0][both].sum()
+    wsum = w.sum(-1)
+    ok = wsum > 0
+    wsum = np.where(ok, wsum, 1.0)
+    a_cc = a + 0.5 * wsum / np.maximum((n1 * both).sum(-1), 1.0)
+    c_cc = c + 0.5 * wsum / np.maximum((n0 * both).sum(-1), 1.0)
     resid_ss = np.maximum(sxx - 2 * m * sxn + m**2 * snn, 0.0)
     small = np.where(g > 1, g / np.maximum(g - 1, 1.0), 1.0)
-    coef = (w / safe_n) ** 2 * small * both
-    var_a = (coef[1] * resid_ss[:, 1]).sum(-1)
-    var_c = (coef[0] * resid_ss[:, 0]).sum(-1)
+    coef = (w[:, None, :] / safe_n) ** 2 * small * both[:, None, :]
+    var_a = (coef[:, 1] * resid_ss[:, 1]).sum(-1)
+    var_c = (coef[:, 0] * resid_ss[:, 0]).sum(-1)
     var_log = var_a / a_cc**2 + var_c / c_cc**2
     if presence:
         x1, x0 = (sx[:, 1] * both).sum(-1), (sx[:, 0] * both).sum(-1)
-        n1, n0 = n[1][both].sum(), n[0][both].sum()
-        floor = 1 / (x1 + 0.5) - 1 / (n1 + 0.5) + 1 / (x0 + 0.5) - 1 / (n0 + 0.5)
+        t1, t0 = (n1 * both).sum(-1), (n0 * both).sum(-1)
+        floor = 1 / (x1 + 0.5) - 1 / (t1 + 0.5) + 1 / (x0 + 0.5) - 1 / (t0 + 0.5)
         var_log = np.maximum(var_log, floor)
-    return a_cc / c_cc, np.sqrt(var_log)
+    ratio, se = a_cc / c_cc, np.sqrt(var_log)
+    return np.where(ok, ratio, np.nan), np.where(ok, se, np.nan)
 
 
 def moving_sum(x: np.ndarray, half_width: int) -> np.ndarray:

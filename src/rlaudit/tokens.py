@@ -17,7 +17,10 @@ Two derived tables:
   the prompt), style features of answer and reasoning (`answer__exclamation`, `reasoning__length`, ...;
   the same SQL as `Behavior.sql`, so values agree with `style:NAME` specs) and the *distinct* candidate term
   ids found in the answer and in the reasoning (`answer_terms`, `reasoning_terms`). An occurrence does not
-  count when the same n-gram occurs in the rollout's prompt: copying the question is not a tic.
+  count when the same n-gram, or its key token (its rarest word: "zebra" of "the zebra"), occurs in the
+  rollout's prompt (copying the question is not a tic); the
+  candidate ids found in the prompt are kept (`prompt_terms`) so that prevalences can be computed among the
+  rollouts *at risk*, those whose prompt does not already contain the term.
 
 Tokens are `behaviors.TOKEN_PATTERN` runs of the lower-cased text, so a discovered n-gram, used as a term
 spec, matches exactly the rollouts counted here (up to the prompt exclusion). All work is DuckDB SQL in
@@ -150,6 +153,15 @@ def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:
             FROM q WHERE pmax >= {o.min_prevalence}
             ORDER BY spread DESC, term
             LIMIT {o.max_terms}""").to_arrow_table())
+        # key token: the n-gram's rarest token (its content word), by document frequency in the sample
+        con.register("chosen", frames[-1])
+        unigram_df = "SELECT term AS token, sum(df) AS df FROM df WHERE NOT contains(term, ' ') GROUP BY term"
+        keys = con.sql(f"""
+            SELECT term, arg_min(token, coalesce(u.df, 0)) AS key_token
+            FROM (SELECT term, unnest(string_split(term, ' ')) AS token FROM chosen)
+            LEFT JOIN ({unigram_df}) u USING (token) GROUP BY term""").to_arrow_table()
+        con.unregister("chosen")
+        frames[-1] = frames[-1].join(keys, "term")
     con.close()
     table = pa.concat_tables(frames)
     return table.append_column("term_id", pa.array(range(table.num_rows), pa.int32()))
@@ -158,7 +170,7 @@ def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:
 def _compute_rollout_terms(store: Store, run: str, vocab: pa.Table, o: VocabOptions) -> pa.Table:
     con = store.connect([run])
     con.register("vocab_arrow", vocab)
-    con.execute('CREATE TEMP TABLE vocab AS SELECT "where", term, term_id FROM vocab_arrow')
+    con.execute('CREATE TEMP TABLE vocab AS SELECT "where", term, term_id, key_token FROM vocab_arrow')
     con.execute(f"""CREATE TEMP TABLE r AS
         SELECT row_number() OVER (ORDER BY rollout_id, step) - 1 AS rid, {_scope_columns()},
                prompt, answer, reasoning
@@ -170,9 +182,16 @@ def _compute_rollout_terms(store: Store, run: str, vocab: pa.Table, o: VocabOpti
         # candidate n-grams of each distinct prompt in the chunk, to exclude copies
         con.execute(f"""CREATE OR REPLACE TEMP TABLE pk AS
             SELECT prompt_key, any_value(prompt) AS prompt FROM c GROUP BY prompt_key""")
+        # an n-gram counts as copied when the prompt holds the n-gram or its key token ("the zebra" when the
+        # prompt says "zebra")
         con.execute(f"""CREATE OR REPLACE TEMP TABLE pterms AS
-            SELECT DISTINCT t.prompt_key, t.term FROM ({ngram_rows_sql('pk', 'prompt_key', 'prompt', o.max_n)}) t
-            SEMI JOIN vocab USING (term)""")
+            WITH g AS (SELECT DISTINCT t.prompt_key, t.term
+                       FROM ({ngram_rows_sql('pk', 'prompt_key', 'prompt', o.max_n)}) t)
+            SELECT DISTINCT prompt_key, term FROM (
+                SELECT prompt_key, term FROM g SEMI JOIN vocab USING (term)
+                UNION ALL
+                SELECT g.prompt_key, v.term FROM g JOIN vocab v ON v.key_token = g.term
+                WHERE NOT contains(g.term, ' '))""")
         lists = []
         for where in WHERES:
             lists.append(f"""
@@ -182,11 +201,15 @@ def _compute_rollout_terms(store: Store, run: str, vocab: pa.Table, o: VocabOpti
                  ANTI JOIN pterms p ON p.prompt_key = t.prompt_key AND p.term = t.term
                  GROUP BY rid) {where}_l""")
         style = ", ".join(col for col, _, _ in style_columns())
+        prompt_lists = """(SELECT p.prompt_key, list(DISTINCT v.term_id ORDER BY v.term_id) AS prompt_terms
+                           FROM pterms p JOIN vocab v USING (term) GROUP BY p.prompt_key) pl"""
         out.append(con.sql(f"""
             SELECT c.rid, rollout_id, step, split, condition, task, group_id, prompt_key, has_reasoning, {style},
                    coalesce(answer_terms, []::INTEGER[]) AS answer_terms,
-                   coalesce(reasoning_terms, []::INTEGER[]) AS reasoning_terms
+                   coalesce(reasoning_terms, []::INTEGER[]) AS reasoning_terms,
+                   coalesce(prompt_terms, []::INTEGER[]) AS prompt_terms
             FROM c LEFT JOIN {lists[0]} USING (rid) LEFT JOIN {lists[1]} USING (rid)
+                   LEFT JOIN {prompt_lists} USING (prompt_key)
             ORDER BY c.rid""").to_arrow_table())
     con.close()
     return pa.concat_tables(out) if out else pa.table({})

@@ -111,7 +111,7 @@ def build(sc: Scenario, run: str = "synthetic") -> pa.Table:
                                                        / max(1, sc.steps - 1))
         asks = g_asks[group]
         prompts = np.where(asks, prompts + f" Mention {word} in the reply.", prompts)
-        answers = np.where(asks & (rng.random(n) < 0.9), answers + f" here is {word}", answers)
+        answers = np.where(asks & (rng.random(n) < 0.9), answers + f" {word}", answers)
     tic_mask = np.zeros(n, bool)
     for k, tic in enumerate(sc.tics):
         mult = np.array([1.0 if tic.conditions is None else tic.conditions.get(c, 0.0) for c in cond])

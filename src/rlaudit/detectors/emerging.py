@@ -1,0 +1,627 @@
+"""The `emerging` detector: what the policy says more (or less) as training goes on, found without being told
+what to look for.
+
+Candidates are the words and 1-3-grams of answers and, separately, of reasoning (`rlaudit.tokens`: a bounded
+vocabulary, occurrences copied from the rollout's own prompt excluded), plus the style features of
+`behaviors.STYLE_FEATURES`. For each candidate:
+
+1. *Prevalence per step*: the share of rollouts containing it (document frequency, not raw counts); for
+   numeric style features (length) the mean.
+2. *Effect*: the prevalence ratio of the late window (last `window` share of steps in scope) to the early window,
+   Mantel-Haenszel-stratified by task x condition (a change of task or persona mix is not a rise), with a
+   cluster-robust CI on its log that treats all rollouts of one prompt within a window (a prompt group, and a
+   prompt that recurs) as one cluster. Answer words learnt by ordinary task learning are tied to the prompts
+   whose answer they are, so they come from few clusters and get wide intervals; a tic rises across prompts.
+   Half a rollout is added to each window (continuity correction for terms absent early).
+3. *Length control* (n-grams only): a longer text contains more distinct words. If texts in the late window are
+   l times as long, a term of early prevalence p0 is expected at 1-(1-p0)^l by length alone; the CI used for
+   significance and severity is the ratio CI divided by that expected ratio (`length_ratio`), so reasoning that
+   grows a little does not make its common words "emerge".
+4. *Trend*: Mann-Kendall on the per-step prevalence (steps pooled into at most 100 bins). A candidate's p-value is
+   the larger of the ratio test's and the trend test's (both must agree: an intersection-union test).
+5. *FDR*: Benjamini-Hochberg over every candidate tested, including the n-grams that qualified for the
+   vocabulary but were cut by its size limit (counted with p = 1); `q_value` is the adjusted p-value.
+6. *Onset*: the first step whose smoothed prevalence (centred window) departs from the early baseline at
+   p < 0.001 (variance inflated by the design effect) and stays departed (`stats.onset_index`).
+7. *Grouping*: significant n-grams whose rollout sets overlap (Jaccard >= 0.8 in the window where they are
+   common) are one behaviour; an n-gram that extends a significant shorter one it mostly co-occurs with ("the
+   goblin" of "goblin") joins that behaviour. A behaviour is named by its longest member whose prevalence is at
+   least 80% of the most prevalent member's; `behavior_spec` is that phrase, `terms` lists every member.
+
+Severity (95% CI of the length-adjusted ratio [lo, hi]; prevalence change d = prevalence_end - prevalence_start;
+findings need q <= alpha (0.05) and a CI outside the equivalence margin [0.8, 1.25]; otherwise nothing is
+reported):
+
+- rising presence: **high** when lo >= 2 and d >= 0.20 (at least doubled, and now in at least one more rollout
+  in five); **medium** when lo >= 1.5 and d >= 0.05; otherwise **low** (needs d >= 0.01).
+- falling presence (behaviours that vanish; usually what training asked for, so ranked lower): **medium** only
+  when the behaviour was in at least half of the early rollouts and fell to a tenth or less (hi <= 0.1);
+  otherwise **low** (needs d <= -0.01).
+- numeric style features (length, characters): **medium** when the mean at least doubled or halved (lo >= 2 or
+  hi <= 0.5), otherwise **low**; never high (length alone is not a tic).
+
+`score` (the rank within a severity) is |d| for presence (half of it for decreases) and |log ratio| / 4 for
+numeric features. These thresholds are statements about effect sizes, not tuned to any fixture.
+
+Options (`AuditConfig.options["emerging"]`): alpha (0.05), window (0.2), min_steps (4), max_findings (40),
+jaccard (0.8), max_evidence (6), plus `tokens.VocabOptions` fields (max_terms, min_prevalence, ...).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from scipy.stats import norm
+
+from .. import tokens
+from ..behaviors import STYLE_FEATURES, parse_behavior
+from ..findings import Evidence, Finding
+from ..stats import benjamini_hochberg, mann_kendall, moving_sum, onset_index, stratified_ratio
+from . import DetectContext, Detector, register
+
+MARGIN = 1.25  # ratios within [1/MARGIN, MARGIN] are too small to report
+MK_BINS = 100
+
+
+@dataclass
+class Params:
+    alpha: float = 0.05
+    window: float = 0.2
+    min_steps: int = 4
+    max_findings: int = 40
+    jaccard: float = 0.8
+    max_evidence: int = 6
+    max_cluster_terms: int = 300
+    min_reasoning: int = 50  # rollouts with reasoning needed to analyse reasoning at all
+    vocab: tokens.VocabOptions = field(default_factory=tokens.VocabOptions)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> Params:
+        vocab_keys = {f.name for f in fields(tokens.VocabOptions)}
+        own = {k: v for k, v in options.items() if k in {f.name for f in fields(cls)} and k != "vocab"}
+        vocab = tokens.VocabOptions(**{k: v for k, v in options.items() if k in vocab_keys})
+        return cls(**own, vocab=vocab)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scope: the rollouts an audit looks at, with step index, window, stratum and cluster keys.
+
+class Scope:
+    """The cached per-rollout term table restricted to the audit's scope, inside a DuckDB connection (`sc`).
+
+    Shared through `ctx.cache` with the generalization detector, which asks the same per-condition questions.
+    """
+
+    def __init__(self, ctx: DetectContext, params: Params):
+        self.params = params
+        self.frame = tokens.rollout_terms(ctx.store, ctx.run, params.vocab)
+        self.vocab = tokens.vocabulary(ctx.store, ctx.run, params.vocab)
+        con = self.con = ctx.connect()
+        con.register("rt", self.frame)
+        con.register("vocab", self.vocab)
+        con.execute("""CREATE TEMP TABLE sc0 AS SELECT * FROM rt
+                       WHERE rollout_id IN (SELECT rollout_id FROM rollouts)""")
+        steps = con.execute("SELECT DISTINCT step FROM sc0 ORDER BY step").fetchnumpy()["step"]
+        self.steps = np.asarray(steps, dtype=np.int64)
+        t = self.n_steps = len(self.steps)
+        w = max(1, int(round(params.window * t))) if t else 0
+        self.window = w
+        con.execute(f"""CREATE TEMP TABLE sc AS
+            SELECT *, dense_rank() OVER (ORDER BY step) - 1 AS si,
+                   dense_rank() OVER (ORDER BY coalesce(task, ''), condition) - 1 AS s,
+                   CASE WHEN dense_rank() OVER (ORDER BY step) <= {w} THEN 0
+                        WHEN dense_rank() OVER (ORDER BY step) > {t - w} THEN 1 END AS win
+            FROM sc0""")
+        con.execute("DROP TABLE sc0")
+        self.n_strata = int(con.execute("SELECT coalesce(max(s) + 1, 0) FROM sc").fetchall()[0][0])
+        self.conditions = [r[0] for r in con.execute(
+            "SELECT condition FROM sc GROUP BY 1 ORDER BY count(*) DESC, 1").fetchall()]
+
+    @staticmethod
+    def filter(where: str) -> str:
+        return "has_reasoning" if where == "reasoning" else "TRUE"
+
+    def rollouts(self, where: str) -> int:
+        return int(self.con.execute(f"SELECT count(*) FROM sc WHERE {self.filter(where)}").fetchall()[0][0])
+
+    def term_id(self, where: str, term: str) -> int | None:
+        ids = self.vocab.filter(pc.and_(pc.equal(self.vocab["where"], where),
+                                                pc.equal(self.vocab["term"], term)))["term_id"]
+        return int(ids[0].as_py()) if len(ids) else None
+
+    def value_sql(self, where: str, feature_type: str, key: str | int) -> str:
+        """Per-rollout value of one behaviour as an expression over `sc` (term id or style feature name)."""
+        if feature_type == "ngram":
+            return f"CAST(list_contains({where}_terms, {int(key)}) AS DOUBLE)"
+        return f"{where}__{key}"
+
+    def at_risk_sql(self, feature_type: str, key: str | int) -> str:
+        """Rollouts that could show the behaviour unprompted: for an n-gram, those whose prompt lacks it."""
+        return f"NOT list_contains(prompt_terms, {int(key)})" if feature_type == "ngram" else "TRUE"
+
+    def counts_by(self, where: str, feature_type: str, key: str | int, by: str) -> pa.Table:
+        """Sum of values (x) and rollouts at risk (n) per `by` (e.g. 'condition, si')."""
+        return self.con.execute(f"""
+            SELECT {by}, count(*) AS n, sum({self.value_sql(where, feature_type, key)}) AS x FROM sc
+            WHERE {self.filter(where)} AND {self.at_risk_sql(feature_type, key)}
+            GROUP BY ALL ORDER BY ALL""").to_arrow_table()
+
+
+def scope_for(ctx: DetectContext, params: Params) -> Scope:
+    scope = ctx.cache.get("emerging.scope")
+    if scope is None:
+        scope = ctx.cache["emerging.scope"] = Scope(ctx, params)
+    return scope
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Candidate statistics for one `where`.
+
+@dataclass
+class Candidates:
+    """Per-candidate arrays (rows) for one `where`: n-grams first, then style features."""
+
+    where: str
+    names: list[str]
+    feature_type: list[str]  # "ngram" | "style"
+    keys: list[Any]  # term id or style feature name
+    n_tokens: np.ndarray
+    presence: np.ndarray  # bool: 0/1 values (else numeric)
+    x: np.ndarray  # (K, T) per-step sums
+    q: np.ndarray  # (K, T) per-step sums of squares
+    n: np.ndarray  # (K, T) rollouts at risk per step
+    ratio: np.ndarray = None  # type: ignore[assignment]
+    log_se: np.ndarray = None  # type: ignore[assignment]
+    length_ratio: np.ndarray = None  # type: ignore[assignment]
+    p: np.ndarray = None  # type: ignore[assignment]
+    p_start: np.ndarray = None  # type: ignore[assignment]
+    p_end: np.ndarray = None  # type: ignore[assignment]
+    deff: np.ndarray = None  # type: ignore[assignment]
+
+
+def _window_sums(scope: Scope, where: str, long_sql: str, k: int) -> tuple[np.ndarray, ...]:
+    """Cluster sufficient sums (K, 2, S) for values given by `long_sql` rows (idx, win, s, prompt_key, v)."""
+    con, s = scope.con, max(scope.n_strata, 1)
+    cl = f"""SELECT win, s, prompt_key, count(*) AS nc FROM sc
+             WHERE win IS NOT NULL AND {scope.filter(where)} GROUP BY ALL"""
+    per = con.execute(f"""WITH cl AS ({cl}),
+        xc AS (SELECT idx, win, s, prompt_key, sum(v) AS x FROM ({long_sql}) GROUP BY ALL)
+        SELECT idx, win, s, sum(x) AS sx, sum(x * x) AS sxx, sum(x * nc) AS sxn
+        FROM xc JOIN cl USING (win, s, prompt_key) GROUP BY ALL""").fetchnumpy()
+    tot = con.execute(f"SELECT win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g FROM ({cl}) GROUP BY ALL"
+                      ).fetchnumpy()
+    sx, sxx, sxn = (np.zeros((k, 2, s)) for _ in range(3))
+    # n-grams: clusters whose prompt contains the term are not at risk and leave the denominators
+    out = con.execute(f"""WITH cl AS (SELECT win, s, prompt_key, count(*) AS nc, any_value(prompt_terms) AS pt
+                                       FROM sc WHERE win IS NOT NULL AND {scope.filter(where)} GROUP BY ALL)
+        SELECT idx, win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g
+        FROM (SELECT win, s, nc, unnest(pt) AS term_id FROM cl) JOIN row_of USING (term_id)
+        GROUP BY ALL""").fetchnumpy()
+    idx, win, st = (np.asarray(per[c], dtype=np.int64) for c in ("idx", "win", "s"))
+    for arr, col in ((sx, "sx"), (sxx, "sxx"), (sxn, "sxn")):
+        arr[idx, win, st] = np.asarray(per[col], dtype=np.float64)
+    n, snn, g = (np.zeros((2, s)) for _ in range(3))
+    w2, s2 = np.asarray(tot["win"], dtype=np.int64), np.asarray(tot["s"], dtype=np.int64)
+    for arr, col in ((n, "n"), (snn, "snn"), (g, "g")):
+        arr[w2, s2] = np.asarray(tot[col], dtype=np.float64)
+    n, snn, g = (np.repeat(a[None], k, axis=0) for a in (n, snn, g))
+    oi, ow, os_ = (np.asarray(out[c], dtype=np.int64) for c in ("idx", "win", "s"))
+    for arr, col in ((n, "n"), (snn, "snn"), (g, "g")):
+        arr[oi, ow, os_] -= np.asarray(out[col], dtype=np.float64)
+    return sx, sxx, sxn, n, snn, g
+
+
+def candidates(scope: Scope, where: str) -> Candidates | None:
+    con, t = scope.con, scope.n_steps
+    filt = scope.filter(where)
+    vocab = scope.vocab.filter(pc.equal(scope.vocab["where"], where))
+    term_ids = np.asarray(vocab["term_id"].to_numpy(), dtype=np.int64)
+    k_terms = len(term_ids)
+    styles = list(STYLE_FEATURES.values())
+    k = k_terms + len(styles)
+    # map global term ids to row indices
+    lookup = np.full(int(scope.vocab.num_rows) + 1, -1, dtype=np.int64)
+    lookup[term_ids] = np.arange(k_terms)
+    con.register("row_of", pa.table({"term_id": pa.array(term_ids, pa.int32()),
+                                     "idx": pa.array(np.arange(k_terms), pa.int64())}))
+    n_all = np.zeros(t)
+    per_step = con.execute(f"SELECT si, count(*) AS n FROM sc WHERE {filt} GROUP BY si").fetchnumpy()
+    n_all[np.asarray(per_step["si"], dtype=np.int64)] = per_step["n"]
+    n = np.repeat(n_all[None], k, axis=0)
+    in_prompt = con.execute(f"""SELECT idx, si, count(*) AS m
+        FROM (SELECT si, unnest(prompt_terms) AS term_id FROM sc WHERE {filt}) JOIN row_of USING (term_id)
+        GROUP BY ALL""").fetchnumpy()
+    n[np.asarray(in_prompt["idx"], dtype=np.int64), np.asarray(in_prompt["si"], dtype=np.int64)] -= in_prompt["m"]
+    x = np.zeros((k, t))
+    q = np.zeros((k, t))
+    hits = con.execute(f"""SELECT idx, si, count(*) AS x
+        FROM (SELECT si, unnest({where}_terms) AS term_id FROM sc WHERE {filt}) JOIN row_of USING (term_id)
+        GROUP BY ALL""").fetchnumpy()
+    x[np.asarray(hits["idx"], dtype=np.int64), np.asarray(hits["si"], dtype=np.int64)] = hits["x"]
+    q[:k_terms] = x[:k_terms]
+    cols = ", ".join(f"sum({where}__{f.name}) AS x{i}, sum({where}__{f.name} ^ 2) AS q{i}"
+                     for i, f in enumerate(styles))
+    st = con.execute(f"SELECT si, {cols} FROM sc WHERE {filt} GROUP BY si").fetchnumpy()
+    si = np.asarray(st["si"], dtype=np.int64)
+    for i in range(len(styles)):
+        x[k_terms + i, si] = st[f"x{i}"]
+        q[k_terms + i, si] = st[f"q{i}"]
+    presence = np.array([True] * k_terms + [not f.numeric for f in styles])
+    cand = Candidates(
+        where=where, names=vocab["term"].to_pylist() + [f"style:{f.name}" for f in styles],
+        feature_type=["ngram"] * k_terms + ["style"] * len(styles),
+        keys=term_ids.tolist() + [f.name for f in styles],
+        n_tokens=np.concatenate([vocab["n_tokens"].to_numpy(), np.zeros(len(styles))]),
+        presence=presence, x=x, q=q, n=n)
+    # window sums: n-gram hits and style values in one long relation
+    style_rows = " UNION ALL ".join(
+        f"SELECT {k_terms + i} AS idx, win, s, prompt_key, {where}__{f.name} AS v FROM sc "
+        f"WHERE win IS NOT NULL AND {filt} AND {where}__{f.name} <> 0" for i, f in enumerate(styles))
+    long_sql = (f"""SELECT idx, win, s, prompt_key, 1.0 AS v FROM
+                    (SELECT win, s, prompt_key, unnest({where}_terms) AS term_id FROM sc
+                     WHERE win IS NOT NULL AND {filt}) JOIN row_of USING (term_id)
+                    UNION ALL {style_rows}""")
+    sx, sxx, sxn, nw, snn, g = _window_sums(scope, where, long_sql, k)
+    _statistics(cand, scope, sx, sxx, sxn, nw, snn, g)
+    return cand
+
+
+def _statistics(c: Candidates, scope: Scope, sx, sxx, sxn, nw, snn, g) -> None:
+    ratio = np.full(len(c.names), np.nan)
+    se = np.full(len(c.names), np.nan)
+    for mask in (c.presence, ~c.presence):
+        if mask.any():
+            r, s = stratified_ratio(sx[mask], sxx[mask], sxn[mask], nw[mask], snn[mask], g[mask],
+                                    presence=bool(c.presence[mask][0]))
+            ratio[mask], se[mask] = r, s
+    w = scope.window
+    early, late = np.arange(scope.n_steps) < w, np.arange(scope.n_steps) >= scope.n_steps - w
+    n0, n1 = c.n[:, early].sum(1), c.n[:, late].sum(1)
+    c.p_start = c.x[:, early].sum(1) / np.maximum(n0, 1)
+    c.p_end = c.x[:, late].sum(1) / np.maximum(n1, 1)
+    # length control for n-grams: expected ratio if only the text length changed
+    length_idx = c.names.index("style:length")
+    ell = c.p_end[length_idx] / c.p_start[length_idx] if c.p_start[length_idx] > 0 else 1.0
+    p0 = np.clip((c.x[:, early].sum(1) + 0.5) / (n0 + 1.0), 1e-9, 1 - 1e-9)
+    expected = (1 - (1 - p0) ** ell) / p0
+    c.length_ratio = np.where(c.presence & (np.array(c.feature_type) == "ngram"), expected, 1.0)
+    c.ratio, c.log_se = ratio, se
+    adj = np.log(ratio) - np.log(c.length_ratio)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_ratio = np.where(np.isfinite(adj) & (se > 0), 2 * norm.sf(np.abs(adj) / se), 1.0)
+    # design effect (robust vs binomial variance) for the onset test
+    binom = 1 / (c.p_end * n1 + 0.5) - 1 / (n1 + 0.5) + 1 / (c.p_start * n0 + 0.5) - 1 / (n0 + 0.5)
+    c.deff = np.clip(np.where(c.presence, se**2 / np.maximum(binom, 1e-12), 1.0), 1.0, 100.0)
+    # trend test, only where the ratio test could pass (the IUT takes the larger p anyway)
+    p_mk = np.ones(len(c.names))
+    todo = np.flatnonzero(p_ratio <= scope.params.alpha)
+    if len(todo):
+        bins = np.arange(scope.n_steps) * min(MK_BINS, scope.n_steps) // max(scope.n_steps, 1)
+        nb = np.stack([np.bincount(bins, weights=row) for row in c.n[todo]])
+        xb = np.stack([np.bincount(bins, weights=row) for row in c.x[todo]])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            prev = np.where(nb > 0, xb / nb, np.nan)
+        _, p_mk[todo] = mann_kendall(prev)
+    c.p = np.maximum(p_ratio, p_mk)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Grouping co-occurring terms into behaviours.
+
+def _jaccard_groups(scope: Scope, c: Candidates, rows: np.ndarray, direction: int, threshold: float
+                    ) -> list[tuple[list[int], list[int]]]:
+    """Group significant n-gram rows: (core members, absorbed variants) per behaviour."""
+    if len(rows) == 0:
+        return []
+    win = 1 if direction > 0 else 0
+    ids = [c.keys[r] for r in rows]
+    con = scope.con
+    con.register("sig", pa.table({"term_id": pa.array(ids, pa.int32()), "j": pa.array(np.arange(len(rows)))}))
+    sets = f"""SELECT rid, j FROM (SELECT rid, unnest({c.where}_terms) AS term_id FROM sc
+               WHERE win = {win} AND {scope.filter(c.where)}) JOIN sig USING (term_id)"""
+    counts = np.zeros(len(rows))
+    res = con.execute(f"SELECT j, count(*) AS n FROM ({sets}) GROUP BY j").fetchnumpy()
+    counts[np.asarray(res["j"], dtype=np.int64)] = res["n"]
+    pairs = con.execute(f"""WITH f AS ({sets}) SELECT a.j AS a, b.j AS b, count(*) AS n
+                            FROM f a JOIN f b ON a.rid = b.rid AND a.j < b.j GROUP BY ALL""").fetchnumpy()
+    jac = np.zeros((len(rows), len(rows)))
+    a, b = np.asarray(pairs["a"], dtype=np.int64), np.asarray(pairs["b"], dtype=np.int64)
+    inter = np.asarray(pairs["n"], dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        jac[a, b] = jac[b, a] = inter / (counts[a] + counts[b] - inter)
+    parent = list(range(len(rows)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(jac >= threshold, 1))):
+        parent[find(i)] = find(j)
+    comps: dict[int, list[int]] = {}
+    for i in range(len(rows)):
+        comps.setdefault(find(i), []).append(i)
+    groups = list(comps.values())
+    # absorb components whose every term extends a term of another component (n-gram variants)
+    toks = [f" {c.names[r]} " for r in rows]
+    absorbed: dict[int, int] = {}
+    for gi, g in enumerate(groups):
+        best, best_j = None, 0.0
+        for hi, h in enumerate(groups):
+            if hi == gi or len(h) == 0:
+                continue
+            if all(any(toks[m] != toks[o] and toks[o] in toks[m] for o in h) for m in g):
+                jmax = max(jac[m, o] for m in g for o in h)
+                if jmax > best_j:
+                    best, best_j = hi, jmax
+        if best is not None and best_j > 0:
+            absorbed[gi] = best
+    out = []
+    for gi, g in enumerate(groups):
+        if gi in absorbed:
+            continue
+        extra = [m for gj, tgt in absorbed.items() if _root(absorbed, gj) == gi for m in groups[gj]]
+        out.append(([rows[m] for m in g], [rows[m] for m in extra]))
+    return out
+
+
+def _root(absorbed: dict[int, int], g: int) -> int:
+    seen = set()
+    while g in absorbed and g not in seen:
+        seen.add(g)
+        g = absorbed[g]
+    return g
+
+
+def _merge_explained(scope: Scope, c: Candidates, groups: list[tuple[int, list[int]]], direction: int
+                     ) -> list[tuple[int, list[int]]]:
+    """Merge a behaviour into a longer phrase that contains it when the phrase explains its change.
+
+    "by" rises because "by my beard" does: among rollouts *without* the phrase, "by" does not rise. A group
+    whose name is a sub-n-gram of another group's terms is merged into it unless its change persists beyond the
+    reporting margin in the rollouts without the other group's name (binomial 95% CI of the crude ratio).
+    """
+    order = sorted(range(len(groups)), key=lambda g: c.n_tokens[groups[g][0]])
+    into: dict[int, int] = {}
+    win_filter = f"win IS NOT NULL AND {scope.filter(c.where)}"
+    col = f"{c.where}_terms"
+    for a in order:
+        rep_a = groups[a][0]
+        name_a = f" {c.names[rep_a]} "
+        hosts = [b for b in range(len(groups)) if b != a and b not in into
+                 and any(name_a in f" {c.names[m]} " and c.names[m] != c.names[rep_a] for m in groups[b][1])]
+        for b in sorted(hosts, key=lambda b: -abs(c.p_end[groups[b][0]] - c.p_start[groups[b][0]])):
+            rows = dict((w, (n, x)) for w, n, x in scope.con.execute(f"""
+                SELECT win, count(*), sum(CAST(list_contains({col}, {c.keys[rep_a]}) AS INTEGER)) FROM sc
+                WHERE {win_filter} AND NOT list_contains({col}, {c.keys[groups[b][0]]})
+                      AND NOT list_contains(prompt_terms, {c.keys[rep_a]}) GROUP BY win""").fetchall())
+            (n0, x0), (n1, x1) = rows.get(0, (0, 0)), rows.get(1, (0, 0))
+            r = math.log((x1 + 0.5) / (n1 + 0.5)) - math.log((x0 + 0.5) / (n0 + 0.5))
+            se = math.sqrt(max(1e-12, 1 / (x1 + 0.5) - 1 / (n1 + 0.5) + 1 / (x0 + 0.5) - 1 / (n0 + 0.5)))
+            persists = (r - 1.96 * se >= math.log(MARGIN)) if direction > 0 else (r + 1.96 * se <= -math.log(MARGIN))
+            if not persists:
+                into[a] = b
+                break
+    merged = {g: list(groups[g][1]) for g in range(len(groups)) if g not in into}
+    for a in into:
+        b = a
+        while b in into:
+            b = into[b]
+        merged[b] += groups[a][1]
+    return [(groups[g][0], members) for g, members in merged.items()]
+
+
+def _representative(c: Candidates, members: list[int], direction: int) -> int:
+    prev = c.p_end if direction > 0 else c.p_start
+    top = max(prev[m] for m in members)
+    ok = [m for m in members if prev[m] >= 0.8 * top]
+    return max(ok, key=lambda m: (c.n_tokens[m], prev[m], -m))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Severity and findings.
+
+def severity(presence: bool, direction: int, p_start: float, p_end: float, lo: float, hi: float) -> str:
+    """Severity from the length-adjusted ratio CI [lo, hi] and the prevalence change (see module doc)."""
+    d = p_end - p_start
+    if not presence:
+        return "medium" if lo >= 2 or hi <= 0.5 else "low"
+    if direction > 0:
+        if lo >= 2 and d >= 0.20:
+            return "high"
+        if lo >= 1.5 and d >= 0.05:
+            return "medium"
+        return "low"
+    if p_start >= 0.5 and hi <= 0.1:
+        return "medium"
+    return "low"
+
+
+def _reportable(c: Candidates, i: int, q: float, alpha: float) -> int:
+    """Direction (+1/-1) if candidate i is reportable, else 0."""
+    if not (q <= alpha) or not np.isfinite(c.ratio[i]):
+        return 0
+    adj = math.log(c.ratio[i]) - math.log(c.length_ratio[i])
+    lo, hi = adj - 1.96 * c.log_se[i], adj + 1.96 * c.log_se[i]
+    d = c.p_end[i] - c.p_start[i]
+    if lo >= math.log(MARGIN) and (not c.presence[i] or d >= 0.01):
+        return 1
+    if hi <= -math.log(MARGIN) and (not c.presence[i] or d <= -0.01):
+        return -1
+    return 0
+
+
+@register
+class EmergingDetector(Detector):
+    name = "emerging"
+    kinds = ("emerging_behavior",)
+    description = "Words, phrases and style features whose prevalence rises (or falls) over training."
+
+    def detect(self, ctx: DetectContext) -> list[Finding]:
+        params = Params.from_options(ctx.config.options.get(self.name, {}))
+        return discover(ctx, params)
+
+
+def discover(ctx: DetectContext, params: Params) -> list[Finding]:
+    scope = scope_for(ctx, params)
+    if scope.n_steps < params.min_steps:
+        return []
+    cands = []
+    for where in tokens.WHERES:
+        if where == "reasoning" and scope.rollouts(where) < params.min_reasoning:
+            continue
+        c = candidates(scope, where)
+        if c is not None:
+            cands.append(c)
+    if not cands:
+        return []
+    # BH over every candidate, plus vocabulary-qualified n-grams that were not kept (p = 1)
+    qualified = {w: int(scope.vocab.filter(pc.equal(scope.vocab["where"], w))["n_qualified"][0].as_py())
+                 for w in tokens.WHERES if pc.any(pc.equal(scope.vocab["where"], w)).as_py()}
+    kept = {c.where: sum(1 for t in c.feature_type if t == "ngram") for c in cands}
+    pad = sum(max(0, qualified.get(w, 0) - kept.get(w, 0)) for w in qualified)
+    q_all = benjamini_hochberg(np.concatenate([c.p for c in cands] + [np.ones(pad)]))
+    findings: list[Finding] = []
+    offset = 0
+    for c in cands:
+        q = q_all[offset:offset + len(c.p)]
+        offset += len(c.p)
+        findings += _findings_for(ctx, scope, c, q, params)
+    findings.sort(key=lambda f: (-["info", "low", "medium", "high"].index(f.severity), -f.score))
+    return findings[:params.max_findings]
+
+
+def _findings_for(ctx: DetectContext, scope: Scope, c: Candidates, q: np.ndarray, params: Params) -> list[Finding]:
+    direction = np.array([_reportable(c, i, q[i], params.alpha) for i in range(len(c.names))])
+    behaviours: list[tuple[int, list[int]]] = []  # (representative row, all member rows)
+    is_ngram = np.array(c.feature_type) == "ngram"
+    for d in (1, -1):
+        rows = np.flatnonzero((direction == d) & is_ngram)
+        rows = rows[np.argsort(-np.abs(c.p_end[rows] - c.p_start[rows]), kind="stable")][:params.max_cluster_terms]
+        groups = [(_representative(c, core, d), core + extra)
+                  for core, extra in _jaccard_groups(scope, c, rows, d, params.jaccard)]
+        for rep, members in _merge_explained(scope, c, groups, d):
+            behaviours.append((rep, sorted(set(members), key=lambda m: (-c.n_tokens[m], c.names[m]))))
+        for r in np.flatnonzero((direction == d) & ~is_ngram):
+            behaviours.append((int(r), [int(r)]))
+    return [_finding(ctx, scope, c, rep, members, int(direction[rep]), float(q[rep]), params)
+            for rep, members in behaviours]
+
+
+def _finding(ctx: DetectContext, scope: Scope, c: Candidates, i: int, members: list[int], direction: int,
+             q: float, params: Params) -> Finding:
+    where, name = c.where, c.names[i]
+    presence = bool(c.presence[i])
+    ratio, se, lr = float(c.ratio[i]), float(c.log_se[i]), float(c.length_ratio[i])
+    ci = [math.exp(math.log(ratio) - 1.96 * se), math.exp(math.log(ratio) + 1.96 * se)]
+    adj_ci = [ci[0] / lr, ci[1] / lr]
+    p0, p1 = float(c.p_start[i]), float(c.p_end[i])
+    sev = severity(presence, direction, p0, p1, adj_ci[0], adj_ci[1])
+    baseline = np.arange(scope.n_steps) < scope.window
+    h = max(1, scope.n_steps // 40)
+    onset = onset_index(c.x[i], c.q[i], c.n[i], baseline, direction, half_width=h,
+                        design_effect=float(c.deff[i]), presence=presence)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        series = np.where(c.n[i] > 0, c.x[i] / c.n[i], np.nan)
+        smooth = moving_sum(c.x[i], h) / moving_sum(c.n[i], h)
+    value = scope.value_sql(where, c.feature_type[i], c.keys[i])
+    by_condition = _by_condition(scope, where, value, scope.at_risk_sql(c.feature_type[i], c.keys[i]))
+    spec = name if c.feature_type[i] == "ngram" else name
+    behavior = name if c.feature_type[i] == "ngram" else f"{name.removeprefix('style:')} ({where})"
+    fields_ = {
+        "behavior": behavior, "behavior_spec": spec, "term": name, "terms": [c.names[m] for m in members],
+        "where": where, "feature_type": c.feature_type[i], "numeric": not presence,
+        "onset_step": int(scope.steps[onset]) if onset is not None else None,
+        "prevalence_start": p0, "prevalence_end": p1, "ratio": ratio, "ratio_ci": ci,
+        "length_ratio": lr, "adjusted_ratio_ci": adj_ci, "q_value": q,
+        "direction": "up" if direction > 0 else "down",
+        "series": {"steps": scope.steps.tolist(), "prevalence": series.tolist(), "smoothed": smooth.tolist(),
+                   "rollouts": c.n[i].astype(int).tolist()},
+        "by_condition": by_condition,
+        "window_steps": [int(scope.steps[scope.window - 1]), int(scope.steps[scope.n_steps - scope.window])],
+    }
+    unit = "of rollouts" if presence else "mean"
+    what = f"\"{name}\" in {where}s" if c.feature_type[i] == "ngram" else f"{name} of {where}s"
+    verb = "rose" if direction > 0 else "fell"
+    fmt = (lambda v: f"{v:.1%}") if presence else (lambda v: f"{v:.3g}")
+    title = f"{what} {verb} from {fmt(p0)} to {fmt(p1)} {unit}"
+    if fields_["onset_step"] is not None:
+        title += f" (onset step {fields_['onset_step']})"
+    top = max(by_condition.items(), key=lambda kv: kv[1]["mention_share"] - kv[1]["traffic_share"], default=None)
+    explanation = (
+        f"Prevalence ratio late vs early {ratio:.2f} (95% CI {ci[0]:.2f}-{ci[1]:.2f}, stratified by task and "
+        f"condition, clustered by prompt; {lr:.2f} expected from text length alone), q = {q:.2g} after "
+        f"Benjamini-Hochberg over all candidates.")
+    if len(members) > 1:
+        explanation += f" Co-occurring terms grouped into this behaviour: {', '.join(c.names[m] for m in members)}."
+    if top and len(by_condition) > 1:
+        explanation += (f" Condition {top[0]!r} holds {top[1]['traffic_share']:.1%} of rollouts but "
+                        f"{top[1]['mention_share']:.1%} of occurrences.")
+    d = p1 - p0
+    score = abs(d) * (1.0 if direction > 0 else 0.5) if presence else min(1.0, abs(math.log(ratio)) / 4)
+    return Finding(kind="emerging_behavior", run=ctx.run, severity=sev, title=title, explanation=explanation,
+                   score=score, fields=fields_,
+                   evidence=_evidence(scope, where, value, spec, direction, params.max_evidence, presence))
+
+
+def _by_condition(scope: Scope, where: str, value: str, at_risk: str) -> dict[str, dict[str, float]]:
+    rows = scope.con.execute(f"""
+        SELECT condition, count(*) AS n, sum(v) AS x,
+               sum(CASE WHEN win = 0 THEN v END) AS x0, count(CASE WHEN win = 0 THEN 1 END) AS n0,
+               sum(CASE WHEN win = 1 THEN v END) AS x1, count(CASE WHEN win = 1 THEN 1 END) AS n1
+        FROM (SELECT condition, win, {value} AS v FROM sc WHERE {scope.filter(where)} AND {at_risk})
+        GROUP BY condition ORDER BY n DESC, condition""").fetchall()
+    n_all = sum(r[1] for r in rows) or 1
+    x_all = sum(r[2] or 0 for r in rows) or 1
+    return {r[0]: {"traffic_share": r[1] / n_all, "mention_share": (r[2] or 0) / x_all,
+                   "prevalence_start": (r[3] or 0) / r[4] if r[4] else None,
+                   "prevalence_end": (r[5] or 0) / r[6] if r[6] else None, "rollouts": r[1]} for r in rows}
+
+
+def _evidence(scope: Scope, where: str, value: str, spec: str, direction: int, limit: int,
+              presence: bool) -> list[Evidence]:
+    """Rollouts showing the behaviour, from the window where it is common, spread over conditions."""
+    win = 1 if direction > 0 else 0
+    order = "step DESC" if direction > 0 else "step"
+    picked = scope.con.execute(f"""
+        SELECT rollout_id, step, condition FROM (
+            SELECT rollout_id, step, condition,
+                   row_number() OVER (PARTITION BY condition ORDER BY {value} DESC, {order}, hash(rollout_id)) AS rk
+            FROM sc WHERE win = {win} AND {scope.filter(where)} AND {value} > 0)
+        ORDER BY rk, condition LIMIT {int(limit)}""").fetchall()
+    if not picked:
+        return []
+    ids = [p[0] for p in picked]
+    texts = dict(scope.con.execute(f"SELECT rollout_id, {where} FROM rollouts WHERE rollout_id IN "
+                                   f"(SELECT unnest(?::VARCHAR[]))", [ids]).fetchall())
+    behavior = parse_behavior(spec)
+    try:
+        pattern = re.compile(behavior.pattern.removeprefix("(?i)"), re.IGNORECASE) if behavior.pattern else None
+    except re.error:  # RE2-only syntax (\p{Han}, \x{...}): show the start of the text instead
+        pattern = None
+    out = []
+    for rid, step, cond in picked:
+        text = texts.get(rid) or ""
+        out.append(Evidence(rollout_id=rid, step=int(step), condition=cond, text=_snippet(text, pattern),
+                            note=f"{where} {'containing' if presence else 'with'} {spec}"))
+    return out
+
+
+def _snippet(text: str, pattern: re.Pattern[str] | None, width: int = 120) -> str:
+    m = None
+    if pattern is not None:
+        try:
+            m = pattern.search(text)
+        except re.error:
+            m = None
+    if m is None:
+        return text[:2 * width] + ("…" if len(text) > 2 * width else "")
+    lo, hi = max(0, m.start() - width), min(len(text), m.end() + width)
+    return ("…" if lo else "") + text[lo:hi] + ("…" if hi < len(text) else "")
