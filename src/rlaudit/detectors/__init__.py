@@ -149,5 +149,6 @@ def run_detectors(store: Store, run: str, config: AuditConfig | None = None,
 # one import line per module.
 from . import cot_grading  # noqa: E402,F401
 from . import emerging  # noqa: E402,F401
+from . import generalization  # noqa: E402,F401
 
 __all__ = ["AuditConfig", "DetectContext", "Detector", "DETECTORS", "register", "ordered", "run_detectors"]

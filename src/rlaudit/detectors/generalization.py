@@ -1,0 +1,302 @@
+"""The `generalization` detector: did a behaviour learnt under one condition spread to conditions that never
+rewarded it?
+
+For every medium or high rising behaviour found by `emerging`:
+
+1. *Per condition*: prevalence per step (rollouts at risk, as in discovery) and the late-vs-early prevalence
+   ratio with a cluster-robust CI (stratified by task within the condition, clustered by prompt), tested per
+   condition; Benjamini-Hochberg over all (behaviour, condition) tests. A condition "rose" when q <= alpha and
+   its CI lies above 1.
+2. *Source condition*, in order of evidence strength:
+   - a reward signal that applies only in one condition (NaN elsewhere) and correlates positively with the
+     behaviour there, within prompt groups (the comparison a GRPO trainer makes; p < 0.01): the behaviour was
+     paid for in that condition (`source_reason` "reward"; attribution proper is the `attribution` detector's);
+   - otherwise, among conditions that rose, those whose onset is earliest (within the smoothing window), and of
+     those the one whose share of occurrences most exceeds its share of traffic (`source_reason` "onset").
+3. *Targets*: every other condition that rose. For each, the two per-step prevalence curves are smoothed,
+   z-scored and cross-correlated over lags of +-max(1, steps/10) steps: `correlation` is the best Pearson r and
+   `lag_steps` its lag (positive: the target follows the source). Overlapping rescaled curves with a small lag
+   are the signature of a behaviour learnt once and expressed everywhere.
+
+Severity: **high** when the behaviour is high and it spread substantially (target ratio CI lower bound >= 2 and
+prevalence up by >= 0.10) to a condition where no applicable reward signal correlates with it (it never paid
+for it there, `paid_in_target` false); **medium** when the target's lower bound >= 1.5 and its prevalence rose by
+>= 0.05; otherwise **low**.
+
+`figures(finding)` returns plotly figures (raw prevalence per condition, and the rescaled overlay) built from a
+finding's fields alone, for the report.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy.stats import norm
+from scipy.stats import t as student_t
+
+from ..findings import Evidence, Finding
+from ..stats import benjamini_hochberg, lagged_correlation, moving_sum, onset_index, stratified_ratio, zscore
+from . import DetectContext, Detector, register
+from .emerging import Params, Scope, scope_for
+
+REWARD_P = 0.01
+
+
+@register
+class GeneralizationDetector(Detector):
+    name = "generalization"
+    kinds = ("generalization",)
+    description = "Behaviours that rose in one condition (persona, system prompt) and spread to others."
+    requires = ("emerging",)
+
+    def detect(self, ctx: DetectContext) -> list[Finding]:
+        behaviours = [f for f in ctx.of_kind("emerging_behavior")
+                      if f.severity in ("medium", "high") and f.get("direction") == "up"]
+        if not behaviours:
+            return []
+        options = ctx.config.options.get(self.name, {})
+        alpha = float(options.get("alpha", 0.05))
+        scope = scope_for(ctx, Params.from_options(ctx.config.options.get("emerging", {})))
+        if len(scope.conditions) < 2 or scope.n_steps < 4:
+            return []
+        signals = _condition_signals(scope)
+        analyses = [a for a in (_analyse(scope, f) for f in behaviours) if a is not None]
+        if not analyses:
+            return []
+        q = benjamini_hochberg(np.concatenate([a["p"] for a in analyses]))
+        found: list[Finding] = []
+        offset = 0
+        for a in analyses:
+            a["q"] = q[offset:offset + len(a["p"])]
+            offset += len(a["p"])
+            found += _findings(ctx, scope, a, signals, alpha)
+        return found
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def _key(scope: Scope, f: Finding) -> tuple[str, str | int] | None:
+    where, ftype = f["where"], f["feature_type"]
+    if ftype == "ngram":
+        tid = scope.term_id(where, f["term"])
+        return None if tid is None else (ftype, tid)
+    return ftype, f["term"].removeprefix("style:")
+
+
+def _analyse(scope: Scope, f: Finding) -> dict[str, Any] | None:
+    key = _key(scope, f)
+    if key is None:
+        return None
+    where, (ftype, k) = f["where"], key
+    value, risk = scope.value_sql(where, ftype, k), scope.at_risk_sql(ftype, k)
+    conds = scope.conditions
+    t, nc = scope.n_steps, len(conds)
+    cidx = {c: i for i, c in enumerate(conds)}
+    x, n = np.zeros((nc, t)), np.zeros((nc, t))
+    rows = scope.con.execute(f"""SELECT condition, si, count(*) AS n, sum({value}) AS x FROM sc
+        WHERE {scope.filter(where)} AND {risk} GROUP BY ALL""").fetchall()
+    for c, si, nn, xx in rows:
+        n[cidx[c], si], x[cidx[c], si] = nn, xx or 0
+    # cluster sums per condition (stratified by task within it)
+    s = max(scope.n_strata, 1)
+    sx, sxx, sxn = (np.zeros((nc, 2, s)) for _ in range(3))
+    nw, snn, g = (np.zeros((nc, 2, s)) for _ in range(3))
+    for c, win, st, a, b, cc, d, e, gg in scope.con.execute(f"""
+            SELECT condition, win, s, sum(x), sum(x * x), sum(x * nc), sum(nc), sum(nc * nc), count(*)
+            FROM (SELECT condition, win, s, prompt_key, sum({value}) AS x, count(*) AS nc FROM sc
+                  WHERE win IS NOT NULL AND {scope.filter(where)} AND {risk} GROUP BY ALL)
+            GROUP BY ALL""").fetchall():
+        i = cidx[c]
+        sx[i, win, st], sxx[i, win, st], sxn[i, win, st] = a, b, cc
+        nw[i, win, st], snn[i, win, st], g[i, win, st] = d, e, gg
+    presence = not f.get("numeric", False)
+    ratio, se = stratified_ratio(sx, sxx, sxn, nw, snn, g, presence=presence)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.log(ratio) / se
+    p = np.where(np.isfinite(z), 2 * norm.sf(np.abs(z)), np.nan)
+    w = scope.window
+    early, late = np.arange(t) < w, np.arange(t) >= t - w
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p0 = x[:, early].sum(1) / n[:, early].sum(1)
+        p1 = x[:, late].sum(1) / n[:, late].sum(1)
+    h = max(1, t // 40)
+    onsets = [onset_index(x[i], x[i] if presence else x[i] ** 2, n[i], early, 1, half_width=h, presence=presence)
+              for i in range(nc)]
+    return {"finding": f, "where": where, "ftype": ftype, "key": k, "x": x, "n": n, "ratio": ratio, "se": se,
+            "p": p, "p0": p0, "p1": p1, "onsets": onsets, "h": h, "value": value, "risk": risk}
+
+
+def _condition_signals(scope: Scope) -> dict[str, str]:
+    """Reward signals that apply in exactly one condition (non-NaN there, NaN or absent elsewhere)."""
+    rows = scope.con.execute("""
+        SELECT signal, condition, count(*) FILTER (WHERE NOT isnan(value) AND value IS NOT NULL) AS applies
+        FROM rewards_long GROUP BY ALL""").fetchall()
+    by_signal: dict[str, dict[str, int]] = {}
+    for sig, cond, applies in rows:
+        by_signal.setdefault(sig, {})[cond] = applies
+    out = {}
+    for sig, per in by_signal.items():
+        live = [c for c, k in per.items() if k > 0]
+        if len(live) == 1 and len(scope.conditions) > 1:
+            out[sig] = live[0]
+    return out
+
+
+def _reward_correlation(scope: Scope, a: dict[str, Any], signal: str, condition: str) -> tuple[float, float]:
+    """Within-prompt-group correlation of the behaviour with a reward signal in one condition: (r, p)."""
+    rows = scope.con.execute(f"""
+        WITH b AS (SELECT rollout_id, group_id, {a['value']} AS v FROM sc
+                   WHERE condition = ? AND {scope.filter(a['where'])} AND {a['risk']}),
+             r AS (SELECT rollout_id, value FROM rewards_long WHERE signal = ? AND NOT isnan(value)),
+             j AS (SELECT coalesce(group_id, rollout_id) AS grp, v, value FROM b JOIN r USING (rollout_id)),
+             d AS (SELECT v - avg(v) OVER (PARTITION BY grp) AS dv,
+                          value - avg(value) OVER (PARTITION BY grp) AS dr, grp FROM j)
+        SELECT corr(dv, dr), count(*), count(DISTINCT grp) FROM d""", [condition, signal]).fetchall()[0]
+    r, n, groups = rows
+    dof = (n or 0) - (groups or 0) - 1
+    if r is None or not math.isfinite(r) or dof < 3:
+        return float("nan"), 1.0
+    tt = r * math.sqrt(dof / max(1e-12, 1 - r * r))
+    return float(r), float(2 * student_t.sf(abs(tt), dof))
+
+
+def _findings(ctx: DetectContext, scope: Scope, a: dict[str, Any], signals: dict[str, str],
+              alpha: float) -> list[Finding]:
+    f: Finding = a["finding"]
+    conds = scope.conditions
+    lo = a["ratio"] * np.exp(-1.96 * a["se"])
+    rose = (a["q"] <= alpha) & (lo > 1)
+    by_cond = f.get("by_condition", {})
+    lift = np.array([by_cond.get(c, {}).get("mention_share", 0) / max(by_cond.get(c, {}).get("traffic_share", 0),
+                                                                        1e-12) for c in conds])
+    # source: a condition-specific reward that pays for the behaviour, else earliest onset, then largest lift
+    source, reason, rewarded = None, "onset", None
+    for sig, cond in signals.items():
+        r, p = _reward_correlation(scope, a, sig, cond)
+        if p < REWARD_P and r > 0 and (rewarded is None or r > rewarded[1]):
+            source, reason, rewarded = conds.index(cond), "reward", (sig, r, p)
+    if source is None:
+        risen = [i for i in range(len(conds)) if rose[i] and a["onsets"][i] is not None]
+        if not risen:
+            return []
+        first = min(a["onsets"][i] for i in risen)
+        early_ones = [i for i in risen if a["onsets"][i] <= first + a["h"]]
+        source = max(early_ones, key=lambda i: (lift[i], -i))
+    x, n = a["x"], a["n"]
+    h = a["h"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        smooth = moving_sum(x, h) / moving_sum(n, h)
+        raw = np.where(n > 0, x / n, np.nan)
+    max_lag = max(1, scope.n_steps // 10)
+    spacing = float(np.median(np.diff(scope.steps))) if scope.n_steps > 1 else 1.0
+    series = {c: {"steps": scope.steps.tolist(), "prevalence": raw[i].tolist(), "rollouts": n[i].astype(int).tolist()}
+              for i, c in enumerate(conds)}
+    out = []
+    for tgt in range(len(conds)):
+        if tgt == source or not rose[tgt]:
+            continue
+        corr, lag = lagged_correlation(zscore(smooth[source]), zscore(smooth[tgt]), max_lag)
+        paid = []
+        for sig, cond in signals.items():
+            if cond == conds[tgt]:
+                r, p = _reward_correlation(scope, a, sig, cond)
+                if p < REWARD_P and r > 0:
+                    paid.append(sig)
+        d = float(a["p1"][tgt] - a["p0"][tgt])
+        ci = [float(lo[tgt]), float(a["ratio"][tgt] * math.exp(1.96 * a["se"][tgt]))]
+        if f.severity == "high" and ci[0] >= 2 and d >= 0.10 and not paid:
+            sev = "high"
+        elif ci[0] >= 1.5 and d >= 0.05:
+            sev = "medium"
+        else:
+            sev = "low"
+        src_c, tgt_c = conds[source], conds[tgt]
+        src_bc = by_cond.get(src_c, {})
+        fields_ = {
+            "behavior": f["behavior"], "behavior_spec": f["behavior_spec"], "where": a["where"],
+            "feature_type": a["ftype"], "source_condition": src_c, "target_condition": tgt_c,
+            "source_reason": reason, "rewarded_by": rewarded[0] if rewarded else None,
+            "reward_correlation": rewarded[1] if rewarded else None, "paid_in_target": bool(paid),
+            "correlation": corr, "lag_steps": lag * spacing,
+            "mention_share": src_bc.get("mention_share"), "traffic_share": src_bc.get("traffic_share"),
+            "target_mention_share": by_cond.get(tgt_c, {}).get("mention_share"),
+            "target_traffic_share": by_cond.get(tgt_c, {}).get("traffic_share"),
+            "source_prevalence_start": float(a["p0"][source]), "source_prevalence_end": float(a["p1"][source]),
+            "target_prevalence_start": float(a["p0"][tgt]), "target_prevalence_end": float(a["p1"][tgt]),
+            "target_ratio": float(a["ratio"][tgt]), "target_ratio_ci": ci, "q_value": float(a["q"][tgt]),
+            "source_onset_step": _step(scope, a["onsets"][source]), "target_onset_step": _step(scope, a["onsets"][tgt]),
+            "series": series,
+        }
+        why = (f"its reward signal {rewarded[0]!r} (applies only there) favours it within prompt groups "
+               f"(r = {rewarded[1]:.2f})" if rewarded else "it rose there first")
+        title = (f"\"{f['behavior']}\" spread from {src_c!r} to {tgt_c!r}: {a['p0'][tgt]:.1%} -> "
+                 f"{a['p1'][tgt]:.1%} of {tgt_c!r} rollouts")
+        explanation = (
+            f"Source {src_c!r} because {why}; it holds {fields_['traffic_share'] or 0:.1%} of rollouts but "
+            f"{fields_['mention_share'] or 0:.1%} of occurrences. In {tgt_c!r} the prevalence ratio late vs early is "
+            f"{a['ratio'][tgt]:.2f} (95% CI {ci[0]:.2f}-{ci[1]:.2f}, q = {a['q'][tgt]:.2g}); the rescaled curves "
+            f"correlate at r = {corr:.2f} with the target lagging by {lag * spacing:g} steps. "
+            + ("No reward signal that applies there favours it." if not paid
+               else f"Signals applying there that favour it: {', '.join(paid)}."))
+        score = d * (corr if np.isfinite(corr) else 0.0)
+        out.append(Finding(kind="generalization", run=ctx.run, severity=sev, title=title, explanation=explanation,
+                           score=float(score), fields=fields_, evidence=_evidence(scope, a, tgt_c, f)))
+    return out
+
+
+def _step(scope: Scope, idx: int | None) -> int | None:
+    return None if idx is None else int(scope.steps[idx])
+
+
+def _evidence(scope: Scope, a: dict[str, Any], condition: str, f: Finding, limit: int = 3) -> list[Evidence]:
+    """Late target-condition rollouts that show the behaviour (the emerging finding's snippets, if any)."""
+    mine = [e for e in f.evidence if e.condition == condition][:limit]
+    if mine:
+        return mine
+    rows = scope.con.execute(f"""SELECT rollout_id, step FROM sc
+        WHERE condition = ? AND win = 1 AND {scope.filter(a['where'])} AND {a['value']} > 0
+        ORDER BY step DESC, hash(rollout_id) LIMIT {limit}""", [condition]).fetchall()
+    return [Evidence(rollout_id=r, step=int(s), condition=condition, note=f"{a['where']} showing {f['behavior_spec']}")
+            for r, s in rows]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Figures for the report.
+
+def figures(finding: Finding | dict[str, Any]) -> list[Any]:
+    """Plotly figures for a `generalization` (or `emerging_behavior`) finding, from its fields alone:
+    prevalence per condition over steps (raw), and the same curves z-scored so their shapes overlay."""
+    import plotly.graph_objects as go
+
+    get = finding.get if isinstance(finding, Finding) else finding.get
+    series = get("series") or {}
+    name = get("behavior") or get("behavior_spec") or "behaviour"
+    if "steps" in series:  # an emerging finding: one overall curve, plus by_condition is not per step
+        series = {"all": series}
+    highlight = {get("source_condition"), get("target_condition")}
+    raw, scaled = go.Figure(), go.Figure()
+    for cond, s in series.items():
+        steps = s.get("steps", [])
+        prev = np.array([np.nan if v is None else v for v in s.get("prevalence", [])], dtype=float)
+        width = 3 if cond in highlight else 1.5
+        label = cond + (" (source)" if cond == get("source_condition") else
+                        " (target)" if cond == get("target_condition") else "")
+        raw.add_trace(go.Scatter(x=steps, y=prev.tolist(), mode="lines", name=label, line={"width": width}))
+        smooth = _nan_smooth(prev, max(1, len(prev) // 40))
+        scaled.add_trace(go.Scatter(x=steps, y=zscore(smooth).tolist(), mode="lines", name=label,
+                                    line={"width": width}))
+    raw.update_layout(title=f"Prevalence of \"{name}\" per condition", xaxis_title="step",
+                      yaxis_title="share of rollouts", yaxis_tickformat=".0%", template="plotly_white")
+    corr, lag = get("correlation"), get("lag_steps")
+    subtitle = f" (r = {corr:.2f}, lag {lag:g} steps)" if isinstance(corr, float) and math.isfinite(corr) else ""
+    scaled.update_layout(title=f"Rescaled (z-scored) prevalence of \"{name}\"{subtitle}", xaxis_title="step",
+                         yaxis_title="z-score", template="plotly_white")
+    return [raw, scaled]
+
+
+def _nan_smooth(y: np.ndarray, h: int) -> np.ndarray:
+    ok = np.isfinite(y)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return moving_sum(np.where(ok, y, 0.0), h) / moving_sum(ok.astype(float), h)
