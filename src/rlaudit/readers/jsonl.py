@@ -45,10 +45,10 @@ class JsonChunk:
 
 
 def read_json_chunks(file: SourceFile, ctx: ReadContext, kinds: FieldKinds | None = None,
-                     chunk_bytes: int = CHUNK_BYTES) -> Iterator[JsonChunk]:
+                     chunk_bytes: int | None = None) -> Iterator[JsonChunk]:
     """Parsed chunks of a JSONL file; bad lines go to `ctx.bad`. See the module doc."""
     kinds = kinds or {}
-    for first_line, data in _chunks(file.path, chunk_bytes):
+    for first_line, data in _chunks(file.path, chunk_bytes or CHUNK_BYTES):
         table = _fast_parse(data, kinds)
         if table is not None:
             lines = pa.array(np.arange(first_line, first_line + table.num_rows, dtype=np.int64))

@@ -1,0 +1,1 @@
+"""Reader tests: trainer-faithful fixtures per format, bad input, store properties."""
