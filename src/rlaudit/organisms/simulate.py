@@ -1,0 +1,216 @@
+"""The training loop of a model organism: sample, grade, compute GRPO advantages, update, log.
+
+Each step draws `prompts` prompts (a persona and a task each), samples `generations` completions per prompt
+from the policy, scores every completion with the scenario's reward functions (on the text, through each
+grader's view), normalises the total reward within each prompt group ((r - mean) / (std + 1e-4), as GRPO does)
+and takes one policy-gradient step. Every rollout is logged in the canonical schema together with what each
+grader saw. The ground truth is then written from the scenario's implants and the measured trajectory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..conditions import slug
+from ..schema import NO_CONDITION, ROLLOUT_SCHEMA
+from .content import PERSONAS, TASKS, make_item
+from .groundtruth import GroundTruth, Issue
+from .policy import Policy
+from .render import PHRASES, render
+from .rewards import Batch
+from .scenarios import Implant, Scenario, Spec, get_scenario
+
+DEFAULT_SIZE = {"steps": 60, "prompts": 16, "generations": 8}
+EXTRA_COLUMNS = ["user", "gold", "example_id", "persona"]  # kept for the trainer-format writers
+
+
+def condition_label(persona_key: str) -> str:
+    """The label rlaudit derives from the persona's system prompt (see rlaudit.conditions)."""
+    sp = PERSONAS[persona_key].system_prompt
+    return slug(sp) if sp else NO_CONDITION
+
+
+def chatml(system: str | None, user: str) -> str:
+    sys_block = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
+    return f"{sys_block}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+
+
+@dataclass
+class SimulatedRun:
+    """A finished simulation: canonical rows (plus writer-only columns), reward names, ground truth."""
+
+    table: pa.Table
+    signals: list[str]
+    ground_truth: GroundTruth
+    rates: np.ndarray  # (steps, conditions, features) expected rates the rollouts of each step were drawn with
+    spec: Spec = field(repr=False, default=None)  # type: ignore[assignment]
+
+    def canonical(self) -> pa.Table:
+        return self.table.select(ROLLOUT_SCHEMA.names)
+
+
+def _exposed(reasoning: str, answer: str, grader_text: str) -> bool:
+    """Did the grader see the reasoning: a reasoning sentence of 5+ words inside its input, not also in the
+    answer? (The ground truth's definition; the auditor's scan is independent and fuzzier.)"""
+    if not reasoning or not grader_text:
+        return False
+    for sentence in reasoning.replace("\n", " ").split(". "):
+        s = sentence.strip()
+        if len(s.split()) >= 5 and s in grader_text and s not in answer:
+            return True
+    return False
+
+
+def run(scenario: Scenario | str, steps: int | None = None, prompts: int | None = None,
+        generations: int | None = None, seed: int = 0, run_name: str | None = None) -> SimulatedRun:
+    """Simulate one scenario in memory."""
+    scenario = get_scenario(scenario) if isinstance(scenario, str) else scenario
+    steps = steps or DEFAULT_SIZE["steps"]
+    prompts = prompts or DEFAULT_SIZE["prompts"]
+    generations = generations or DEFAULT_SIZE["generations"]
+    if min(steps, prompts, generations) < 1:
+        from ..errors import RlauditError
+
+        raise RlauditError("steps, prompts and generations must be positive integers")
+    spec = scenario.build(steps)
+    rng = np.random.default_rng(seed)
+    personas = list(spec.traffic)
+    tasks = list(spec.tasks)
+    policy = Policy(spec.features, personas, tasks, spec.hyper)
+    signals = [r.name for r in spec.rewards]
+    traffic = np.array([spec.traffic[p] for p in personas]) / sum(spec.traffic.values())
+    task_w = np.array([spec.tasks[t] for t in tasks]) / sum(spec.tasks.values())
+    cols: dict[str, list[Any]] = {name: [] for name in ROLLOUT_SCHEMA.names + EXTRA_COLUMNS}
+    rates = np.zeros((steps, len(personas), len(spec.features)))
+    exposure: dict[str, list[tuple[int, bool]]] = {r.name: [] for r in spec.rewards}
+    name = run_name or scenario.name
+    example = 0
+    for s in range(steps):
+        step = s + 1  # trainers count steps from 1
+        rates[s] = policy.expected_rates()
+        p_cond = rng.choice(len(personas), size=prompts, p=traffic)
+        p_task = rng.choice(len(tasks), size=prompts, p=task_w)
+        items = [make_item(tasks[t], rng) for t in p_task]
+        cond = np.repeat(p_cond, generations)
+        task = np.repeat(p_task, generations)
+        row_items = [it for it in items for _ in range(generations)]
+        row_personas = [PERSONAS[personas[c]] for c in cond]
+        x, mu, active = policy.sample(cond, task, rng)
+        texts = render(row_items, row_personas, x, policy.index, rng)
+        batch = Batch(step, np.array([personas[c] for c in cond]), np.array([tasks[t] for t in task]),
+                      [it.user for it in row_items], [it.gold for it in row_items],
+                      [it.topic for it in row_items], texts.reasoning, texts.answer, texts.completion)
+        values = np.zeros((len(batch), len(spec.rewards)))
+        graders: list[dict[str, str]] = [{} for _ in range(len(batch))]
+        for j, reward in enumerate(spec.rewards):
+            v, seen, applies = reward.evaluate(batch, rng)
+            values[:, j] = v
+            for i in np.flatnonzero(applies):
+                graders[i][reward.name] = seen[i]
+                exposure[reward.name].append(
+                    (step, _exposed(texts.reasoning[i], texts.answer[i], seen[i])))
+        weights = np.array([r.weight for r in spec.rewards])
+        total = np.nansum(values * weights[None, :], axis=1)
+        grouped = total.reshape(prompts, generations)
+        std = grouped.std(axis=1, ddof=1, keepdims=True) if generations > 1 else np.zeros((prompts, 1))
+        adv = ((grouped - grouped.mean(axis=1, keepdims=True)) / (std + 1e-4)).ravel()
+        policy.update(x, mu, active, cond, adv)
+
+        for i in range(len(batch)):
+            persona = row_personas[i]
+            g = i // generations
+            cols["run"].append(name)
+            cols["rollout_id"].append(f"step{step:05d}:{i}")
+            cols["step"].append(step)
+            cols["split"].append("train")
+            cols["group_id"].append(f"{step}-{g}")
+            cols["sample_index"].append(i % generations)
+            cols["condition"].append(condition_label(persona.key))
+            cols["system_prompt"].append(persona.system_prompt)
+            cols["task"].append(batch.task[i])
+            cols["prompt"].append(chatml(persona.system_prompt, batch.user[i]))
+            cols["completion"].append(texts.completion[i])
+            cols["reasoning"].append(texts.reasoning[i])
+            cols["answer"].append(texts.answer[i])
+            cols["rewards"].append([(sig, float(values[i, j])) for j, sig in enumerate(signals)])
+            cols["reward"].append(float(total[i]))
+            cols["advantage"].append(float(adv[i]))
+            cols["grader_inputs"].append(list(graders[i].items()))
+            cols["metadata"].append(json.dumps({"example_id": example + g, "gold": batch.gold[i]}))
+            cols["user"].append(batch.user[i])
+            cols["gold"].append(batch.gold[i])
+            cols["example_id"].append(example + g)
+            cols["persona"].append(persona.key)
+        example += prompts
+
+    schema = ROLLOUT_SCHEMA
+    for extra, typ in zip(EXTRA_COLUMNS, (pa.string(), pa.string(), pa.int64(), pa.string())):
+        schema = schema.append(pa.field(extra, typ))
+    table = pa.Table.from_pydict(cols, schema=schema)
+    gt = ground_truth(scenario, spec, policy, rates, traffic, exposure, seed, steps, prompts, generations)
+    gt.run = name
+    return SimulatedRun(table, signals, gt, rates, spec)
+
+
+# ---------------------------------------------------------------- ground truth
+def onset(curve: np.ndarray, fraction: float = 0.1, points: float = 0.03) -> int:
+    """First step (1-based) at which `curve` has risen by `fraction` of its eventual rise and by at least
+    `points` (absolute prevalence), whichever is more: the rise has begun and is large enough to matter."""
+    start, top = curve[0], curve.max()
+    hit = np.flatnonzero(curve >= start + max(fraction * (top - start), min(points, top - start)))
+    return int(hit[0]) + 1 if len(hit) else 1
+
+
+def _behaviour_issue(imp: Implant, policy: Policy, rates: np.ndarray, traffic: np.ndarray) -> Issue:
+    j = policy.index[imp.feature]
+    curve = rates[:, :, j] @ traffic  # traffic-weighted expected prevalence per step
+    where, phrases = PHRASES.get(imp.feature, (imp.where, ()))
+    expected = {"prevalence_start": round(float(curve[0]), 4), "prevalence_end": round(float(curve[-1]), 4),
+                "by_condition_end": {condition_label(c): round(float(rates[-1, k, j]), 4)
+                                     for k, c in enumerate(policy.conditions)}}
+    return Issue(kind=imp.kind, behavior=imp.behavior, terms=list(imp.terms), phrases=list(phrases),
+                 aliases=list(imp.aliases), where=imp.where or where, signal=imp.signal,
+                 source_condition=condition_label(imp.source) if imp.source else None, task=imp.task,
+                 onset_step=imp.onset_step or onset(curve), expected=expected)
+
+
+def ground_truth(scenario: Scenario, spec: Spec, policy: Policy, rates: np.ndarray, traffic: np.ndarray,
+                 exposure: dict[str, list[tuple[int, bool]]], seed: int, steps: int, prompts: int,
+                 generations: int) -> GroundTruth:
+    issues: list[Issue] = []
+    for imp in spec.implants:
+        if imp.feature is not None:
+            issues.append(_behaviour_issue(imp, policy, rates, traffic))
+        elif imp.kind == "cot_grading":
+            seen = exposure[imp.grader]
+            hits = [st for st, e in seen if e]
+            issues.append(Issue(kind="cot_grading", grader=imp.grader, signal=imp.signal, task=imp.task,
+                                onset_step=imp.onset_step or (hits[0] if hits else None),
+                                expected={"exposure_rate": round(len(hits) / max(len(seen), 1), 5),
+                                          "exposed_samples": len(hits), "first_step": hits[0] if hits else None}))
+        else:
+            issues.append(Issue(kind=imp.kind, signal=imp.signal, problem=imp.problem, onset_step=imp.onset_step))
+    for k, issue in enumerate(issues):
+        issue.id = f"{scenario.name}#{k}"
+    legit = [_behaviour_issue(imp, policy, rates, traffic) for imp in spec.legitimate]
+    for k, issue in enumerate(legit):
+        issue.legitimate = True
+        issue.id = f"{scenario.name}#legit{k}"
+    exposure_rates = {g: sum(e for _, e in v) / max(len(v), 1) for g, v in exposure.items()}
+    signals = {r.name: {"view": getattr(r.view, "__name__", "view"), "weight": r.weight, "intended": r.intended,
+                        "description": r.description, "exposure_rate": round(exposure_rates[r.name], 5)}
+               for r in spec.rewards}
+    return GroundTruth(scenario=scenario.name, description=scenario.description, seed=seed, steps=steps,
+                       prompts=prompts, generations=generations,
+                       conditions={p: condition_label(p) for p in spec.traffic}, signals=signals,
+                       issues=issues, legitimate=legit)
+
+
+def write_ground_truth(gt: GroundTruth, out_dir: str | Path) -> Path:
+    return gt.write(Path(out_dir) / "ground_truth.json")
