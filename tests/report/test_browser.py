@@ -9,7 +9,7 @@ from rlaudit.report import write_report
 
 from .browser import Browser, missing_reason
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 _MISSING = missing_reason()
 

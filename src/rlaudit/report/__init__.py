@@ -32,7 +32,7 @@ from ..findings import SEVERITIES, SEVERITY_RANK
 from ..store import atomic_write_text
 from . import data as report_data
 from .figures import MAX_POINTS, figures_for, reward_components_figure
-from .sanitize import Clip, clean_text, script_json
+from .sanitize import Clip, clean_text, script_json, short
 from .views import KIND_LABELS, finding_view
 
 if TYPE_CHECKING:
@@ -102,12 +102,12 @@ def build_report_html(store: Store | None, result: AuditResult, *, title: str | 
         cond_counts = counts.get(r.run, {})
         total = sum(cond_counts.values()) or 1
         run_rows.append({
-            "run": clean_text(r.run), "format": clean_text(r.format), "rows": r.rows,
+            "run": short(r.run), "format": short(r.format, 60), "rows": r.rows,
             "steps": f"{r.steps[0]:,} to {r.steps[1]:,}" if r.steps else "none",
-            "conditions": [(clean_text(c), f"{100 * cond_counts[c] / total:.1f}%" if c in cond_counts else "")
+            "conditions": [(short(c, 100), f"{100 * cond_counts[c] / total:.1f}%" if c in cond_counts else "")
                            for c in r.conditions[:30]],
             "more_conditions": max(0, len(r.conditions) - 30),
-            "signals": [clean_text(s) for s in r.signals], "graders": [clean_text(g) for g in r.graders],
+            "signals": [short(s, 100) for s in r.signals[:50]], "graders": [short(g, 100) for g in r.graders[:50]],
             "severity": [(s, sev[s]) for s in reversed(SEVERITIES) if sev[s]],
             "figure": fig["id"] if fig else None, "in_store": r.run in curves or r.run in counts,
         })
@@ -123,8 +123,8 @@ def build_report_html(store: Store | None, result: AuditResult, *, title: str | 
         figures.extend(figs)
         views.append(finding_view(i, f, [g["id"] for g in figs], rows.get(f.run, {}), clip, limits.max_evidence))
     overview = [{"index": i, "anchor": f"finding-{i}" if i < len(detailed) else None, "severity": f.severity,
-                 "kind": clean_text(f.kind), "kind_label": KIND_LABELS.get(f.kind, clean_text(f.kind)),
-                 "run": clean_text(f.run), "title": clean_text(f.title)[:300]}
+                 "kind": short(f.kind, 100), "kind_label": KIND_LABELS.get(f.kind, short(f.kind, 100)),
+                 "run": short(f.run), "title": short(f.title, 300)}
                 for i, f in enumerate(result.findings)]
 
     app_js = (_HERE / "templates" / "report.js").read_text(encoding="utf-8")
@@ -137,13 +137,13 @@ def build_report_html(store: Store | None, result: AuditResult, *, title: str | 
     from .. import __version__ as version
 
     html = _env().get_template("report.html.j2").render(
-        title=clean_text(title or _default_title(runs)), generated=now.strftime("%Y-%m-%d %H:%M UTC"),
-        version=version, csp=csp, runs=run_rows, missing_runs=[clean_text(r) for r in finding_runs],
+        title=short(title or _default_title(runs), 300), generated=now.strftime("%Y-%m-%d %H:%M UTC"),
+        version=version, csp=csp, runs=run_rows, missing_runs=[short(r) for r in finding_runs],
         findings=views, overview=overview, n_findings=len(result.findings), n_detailed=len(detailed),
         severity_counts=[(s, severity_counts[s]) for s in reversed(SEVERITIES)],
         severities=list(reversed(SEVERITIES)), severity_rank=SEVERITY_RANK,
-        kinds=[(clean_text(k), KIND_LABELS.get(k, clean_text(k))) for k in kinds],
-        run_names=sorted({clean_text(r) for r in runs + finding_runs}), limits=limits,
+        kinds=[(short(k, 100), KIND_LABELS.get(k, short(k, 100))) for k in kinds],
+        run_names=sorted({short(r) for r in runs + finding_runs}), limits=limits,
         plotly_js=Markup(plotly_js), app_js=Markup(app_js),
         figures_json=Markup(script_json(figures)), template_json=Markup(script_json(_plotly_template())),
     )

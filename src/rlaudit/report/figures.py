@@ -214,10 +214,10 @@ def zscore(values: Sequence[float | None]) -> list[float | None] | None:
     ok = ~np.isnan(y)
     if ok.sum() < 2:
         return None
-    sd = float(np.std(y[ok]))
-    if sd == 0.0:
+    mean, sd = float(np.mean(y[ok])), float(np.std(y[ok]))
+    if sd <= 1e-12 * max(1.0, abs(mean)):  # flat up to rounding
         return None
-    z = (y - float(np.mean(y[ok]))) / sd
+    z = (y - mean) / sd
     return [None if math.isnan(v) else float(v) for v in z]
 
 

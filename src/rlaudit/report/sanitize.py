@@ -67,12 +67,16 @@ def script_json(obj: Any) -> str:
     return _SCRIPT_UNSAFE.sub(lambda m: _SCRIPT_ESCAPES[m.group(0)], text)
 
 
+def short(value: Any, limit: int = 200) -> str:
+    """A cleaned one-off string (a name, an id, a note) cut to `limit` characters with an ellipsis."""
+    text = clean_text(value)
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
 def plot_label(value: Any, limit: int = 80) -> str:
     """Text for a plotly title, legend or axis label: clipped, and with the characters plotly would read as
     markup written as entities (plotly shows `&lt;` as `<`)."""
-    text = clean_text(value).replace("\n", " ")
-    if len(text) > limit:
-        text = text[: limit - 1] + "\u2026"
+    text = short(value, limit).replace("\n", " ")
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..findings import Evidence, Finding
 from .figures import interval, table_rows
-from .sanitize import Clip, Clipped, clean_text, highlight_segments
+from .sanitize import Clip, Clipped, clean_text, highlight_segments, short
 
 KIND_LABELS = {
     "emerging_behavior": "emerging behaviour",
@@ -202,8 +202,8 @@ def field_tables(finding: Finding) -> tuple[list[TableView], set[str]]:
         if len(columns) < 2:
             continue
         body = [[_cell(c, r.get(c)) or "" for c in columns] for r in rows[:MAX_TABLE_ROWS]]
-        tables.append(TableView(title=clean_text(key).replace("_", " "), columns=[clean_text(c) for c in columns],
-                                rows=[[clean_text(x) for x in row] for row in body],
+        tables.append(TableView(title=short(key, 100).replace("_", " "), columns=[short(c, 60) for c in columns],
+                                rows=[[short(x, 300) for x in row] for row in body],
                                 omitted=max(0, len(rows) - MAX_TABLE_ROWS)))
         used.add(key)
     return tables, used
@@ -297,9 +297,10 @@ def _short(value: Any, clip: Clip) -> Clipped:
 
 def evidence_view(finding: Finding, ev: Evidence, row: Mapping[str, Any] | None, clip: Clip) -> EvidenceView:
     data = dict(ev.data) if isinstance(ev.data, Mapping) else {}
-    view = EvidenceView(rollout_id=clean_text(ev.rollout_id), step=ev.step if ev.step is not None else
-                        (row or {}).get("step"), condition=clean_text(ev.condition or (row or {}).get("condition")),
-                        note=clean_text(ev.note), text=clip(ev.text) if ev.text else None, in_store=row is not None)
+    step = ev.step if ev.step is not None else (row or {}).get("step")
+    view = EvidenceView(rollout_id=short(ev.rollout_id), step=short(step, 40) if step is not None else None,
+                        condition=short(ev.condition or (row or {}).get("condition")), note=short(ev.note, 2_000),
+                        text=clip(ev.text) if ev.text else None, in_store=row is not None)
     if row is not None:
         answer_or_completion = ("reasoning", "answer") if (row.get("reasoning") or row.get("answer")) \
             else ("completion",)
@@ -308,7 +309,7 @@ def evidence_view(finding: Finding, ev: Evidence, row: Mapping[str, Any] | None,
                 c = clip(row[col])
                 view.texts.append((col, Clipped(c.shown, max(c.total, int(row.get(f"{col}_len") or 0)))))
         rewards = row.get("rewards") or {}
-        view.rewards = [(clean_text(k), fmt_num(v)) for k, v in sorted(rewards.items())]
+        view.rewards = [(short(k, 100), fmt_num(v)) for k, v in sorted(rewards.items())[:30]]
         if row.get("reward") is not None:
             view.rewards.append(("total", fmt_num(row["reward"])))
         if row.get("advantage") is not None:
@@ -317,7 +318,7 @@ def evidence_view(finding: Finding, ev: Evidence, row: Mapping[str, Any] | None,
     # else the excerpt the evidence carries, whose offset in the input is `text_offset`.
     spans = _spans(data)
     match = next((data[k] for k in _MATCH_KEYS if isinstance(data.get(k), str)), None)
-    grader = clean_text(data.get("grader") or finding.get("grader") or "grader")
+    grader = short(data.get("grader") or finding.get("grader") or "grader", 100)
     stored = (row or {}).get("grader_inputs") or {}
     text_key = next((k for k in _GRADER_TEXT_KEYS if isinstance(data.get(k), str)), None)
     offset = data.get("text_offset")
@@ -325,12 +326,14 @@ def evidence_view(finding: Finding, ev: Evidence, row: Mapping[str, Any] | None,
         view.graders.append(grader_view(grader, data[text_key], spans, match, clip))
     elif isinstance(data.get("grader_inputs"), Mapping):
         for name, text in list(data["grader_inputs"].items())[:4]:
-            view.graders.append(grader_view(clean_text(name), text, spans, match, clip))
+            view.graders.append(grader_view(short(name, 100), text, spans, match, clip))
     elif grader in stored and (spans or match or finding.kind == "cot_grading"):
         if not spans and not match and finding.kind == "cot_grading" and row and row.get("reasoning"):
             match = row["reasoning"] if len(row["reasoning"]) == (row.get("reasoning_len") or 0) else None
         view.graders.append(grader_view(grader, stored[grader], spans, match, clip,
                                         "span located by an exact search for this rollout's reasoning"))
+        if "text_offset" in data:
+            view.text = None  # the excerpt is a cut of this same grader input
     elif spans and ev.text and isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0:
         local = [(a - offset, b - offset) for a, b in spans]
         g = grader_view(grader, ev.text, local, None, clip)
@@ -343,7 +346,7 @@ def evidence_view(finding: Finding, ev: Evidence, row: Mapping[str, Any] | None,
         view.text = None  # shown as what the grader saw
     skip = {text_key, "grader_inputs", "text_offset", "grader_input_chars", "spans", "span", "match_span", "offsets", "exposed_span", "start", "end",
             "span_start", "span_end", "match_start", "match_end"}
-    view.data = [(clean_text(k), _short(v, clip)) for k, v in list(data.items())[:20] if k not in skip]
+    view.data = [(short(k, 100), _short(v, clip)) for k, v in list(data.items())[:20] if k not in skip]
     return view
 
 
@@ -376,18 +379,18 @@ def finding_view(index: int, finding: Finding, figures: Sequence[str], rows: Map
     shown: set[str] = set()
     for label, key, fmt in FACTS.get(finding.kind, []):
         if finding.get(key) is not None:
-            facts.append((label, format_fact(fmt, finding, key)))
+            facts.append((label, short(format_fact(fmt, finding, key), 500)))
             shown.add(key)
     shown |= {"ratio_ci", "paired_preference_ci", "effect_ci"}
     tables, used = field_tables(finding)
     shown |= used
-    other = [(clean_text(k), _short(v, clip)) for k, v in finding.fields.items()
+    other = [(short(k, 100), _short(v, clip)) for k, v in finding.fields.items()
              if k not in shown and k not in PLOT_FIELDS]
     tb = finding.get("traceback")
     return FindingView(
-        index=index, anchor=f"finding-{index}", kind=clean_text(finding.kind),
-        kind_label=KIND_LABELS.get(finding.kind, clean_text(finding.kind).replace("_", " ")),
-        run=clean_text(finding.run), severity=finding.severity, title=clean_text(finding.title)[:500],
+        index=index, anchor=f"finding-{index}", kind=short(finding.kind, 100),
+        kind_label=KIND_LABELS.get(finding.kind, short(finding.kind, 100).replace("_", " ")),
+        run=short(finding.run), severity=finding.severity, title=short(finding.title, 500),
         explanation=clip(finding.explanation), why=WHY.get(finding.kind, ""),
         score=fmt_num(finding.score), facts=facts, other_fields=other[:40], figures=list(figures),
         tables=tables, evidence=[evidence_view(finding, ev, rows.get(ev.rollout_id), clip) for ev in finding.evidence[:max_evidence]],
