@@ -376,3 +376,16 @@ def test_simulated_legitimate_behaviour_is_low_and_credited_to_correctness(store
     t = trace(store, "legit", legit.terms[0], legit.where, n_boot=300)
     assert t.top.signal == legit.signal and t.top.outcome
     assert t.severity == "low" and t.suspect is None
+
+
+def test_bootstrap_normal_limit_matches_poisson_resampling():
+    rng = np.random.default_rng(7)
+    den = rng.integers(1, 16, 5000).astype(float)
+    data = np.column_stack([den * rng.uniform(0.2, 0.9, 5000), den])
+    exact = stats.bootstrap_group_sums(data, n_boot=2000, seed=0)
+    normal = stats.bootstrap_group_sums(data, n_boot=2000, seed=0, max_weights=0)
+    np.testing.assert_allclose(normal.mean(axis=0), exact.mean(axis=0), rtol=0.01)
+    np.testing.assert_allclose(normal.std(axis=0), exact.std(axis=0), rtol=0.08)
+    r_exact, r_normal = exact[:, 0] / exact[:, 1], normal[:, 0] / normal[:, 1]
+    assert np.quantile(r_normal, 0.025) == pytest.approx(np.quantile(r_exact, 0.025), abs=0.2 * r_exact.std())
+    assert np.quantile(r_normal, 0.975) == pytest.approx(np.quantile(r_exact, 0.975), abs=0.2 * r_exact.std())
