@@ -147,6 +147,7 @@ def run_detectors(store: Store, run: str, config: AuditConfig | None = None,
 
 # Registration order is irrelevant (dependencies decide), but every detector module must be imported here,
 # one import line per module.
+from . import attribution  # noqa: E402,F401
 from . import cot_grading  # noqa: E402,F401
 from . import emerging  # noqa: E402,F401
 from . import generalization  # noqa: E402,F401
