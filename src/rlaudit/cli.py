@@ -453,6 +453,94 @@ def probe_grader_cmd(
         console.print(f"probe result: {json_out}")
 
 
+# ---------------------------------------------------------------- emerging (behaviour discovery)
+@app.command("emerging")
+def emerging_cmd(
+    source: Annotated[str, typer.Argument(help="A run directory/file to ingest, or the name of a stored run.")],
+    store: StoreOpt = Path(".rlaudit"),
+    run: Annotated[Optional[str], typer.Option("--run", help="Run name when SOURCE is ingested.")] = None,
+    format: FormatOpt = None,
+    max_step: Annotated[Optional[int], typer.Option("--max-step", help="Use only steps <= this.")] = None,
+    where: Annotated[Optional[str], typer.Option("--where", help="Only behaviours in the answer or the "
+                                                 "reasoning.")] = None,
+    min_severity: Annotated[str, typer.Option("--min-severity", help="Hide findings below this severity "
+                                              "(info, low, medium, high).")] = "low",
+    limit: Annotated[int, typer.Option("--limit", help="Rows to show.")] = 30,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the findings as JSON here.")] = None,
+) -> None:
+    """Behaviours whose prevalence rose (or fell) over training, ranked, and the conditions they spread to."""
+    from .detectors import run_detectors
+    from .findings import SEVERITY_RANK, jsonable, rank
+
+    if where not in (None, "answer", "reasoning"):
+        raise RlauditError(f"--where must be 'answer' or 'reasoning', got {where!r}")
+    if min_severity not in SEVERITY_RANK:
+        raise RlauditError(f"--min-severity must be one of {', '.join(SEVERITY_RANK)}, got {min_severity!r}")
+    st = Store(store)
+    path = Path(source)
+    if path.exists():
+        name = _ingest_with_progress(st, [path], [run] if run else None, format, ReadOptions(), [])[0].run
+    elif st.has_run(source):
+        name = source
+    else:
+        raise RlauditError(f"{source}: neither a file/directory nor a run in store {store} "
+                           f"(runs: {', '.join(st.runs()) or 'none'})")
+    with console.status("discovering behaviours", spinner="dots"):
+        found = run_detectors(st, name, AuditConfig(max_step=max_step, detectors=["emerging", "generalization"]))
+    for f in found:
+        if f.kind == "audit_error":
+            console.print(f"[red]error:[/] {f.title}", highlight=False)
+    keep = [f for f in rank(found) if f.kind in ("emerging_behavior", "generalization")
+            and SEVERITY_RANK[f.severity] >= SEVERITY_RANK[min_severity] and (where is None or f.get("where") == where)]
+    _print_emerging([f for f in keep if f.kind == "emerging_behavior"], [f for f in keep if f.kind ==
+                                                                         "generalization"], name, limit)
+    if json_out:
+        from .store import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps(jsonable([f.to_json() for f in keep]), indent=2, ensure_ascii=False))
+        console.print(f"findings: {json_out}")
+
+
+def _print_emerging(behaviours: list[Finding], spread: list[Finding], run: str, limit: int) -> None:
+    def pct(x: float | None, numeric: bool = False) -> str:
+        return "-" if x is None else (f"{x:.3g}" if numeric else f"{100 * x:.1f}%")
+
+    if not behaviours:
+        out.print(f"[green]No emerging behaviours in run {run}.[/]")
+        return
+    table = Table(title=f"emerging behaviours in {run} ({len(behaviours)})")
+    for col in ("severity", "behaviour", "where", "start -> end", "ratio [95% CI]", "q", "onset", "condition "
+                "(mentions / traffic)"):
+        table.add_column(col, overflow="fold")
+    for f in behaviours[:limit]:
+        num = bool(f.get("numeric"))
+        lo, hi = f["ratio_ci"]
+        by = f.get("by_condition") or {}
+        top = max(by.items(), key=lambda kv: kv[1]["mention_share"] - kv[1]["traffic_share"], default=None)
+        cond = f"{top[0]} ({pct(top[1]['mention_share'])} / {pct(top[1]['traffic_share'])})" if top and len(by) > 1 \
+            else "-"
+        terms = f.get("terms") or []
+        label = f["behavior"] + (f" (+{len(terms) - 1} terms)" if len(terms) > 1 else "")
+        table.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]", label, f["where"],
+                      f"{pct(f['prevalence_start'], num)} -> {pct(f['prevalence_end'], num)}",
+                      f"{f['ratio']:.2f} [{lo:.2f}, {hi:.2f}]", f"{f['q_value']:.2g}",
+                      str(f.get("onset_step", "-")), cond)
+    out.print(table)
+    if len(behaviours) > limit:
+        out.print(f"... and {len(behaviours) - limit} more (see --json)")
+    if spread:
+        table = Table(title="spread across conditions")
+        for col in ("severity", "behaviour", "source", "target", "target start -> end", "r (lag)", "why source"):
+            table.add_column(col, overflow="fold")
+        for f in spread[:limit]:
+            why = f"reward {f['rewarded_by']}" if f.get("rewarded_by") else "mentions >> traffic"
+            table.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]", f["behavior"], f["source_condition"],
+                          f["target_condition"],
+                          f"{pct(f['target_prevalence_start'])} -> {pct(f['target_prevalence_end'])}",
+                          f"{f['correlation']:.2f} ({f['lag_steps']:g})", why)
+        out.print(table)
+
+
 def main() -> None:
     """Console-script entry point: user errors become one message and exit code 2."""
     try:

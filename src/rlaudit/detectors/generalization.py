@@ -11,9 +11,13 @@ For every medium or high rising behaviour found by `emerging`:
    - a reward signal that applies only in one condition (NaN elsewhere) and correlates positively with the
      behaviour there, within prompt groups (the comparison a GRPO trainer makes; p < 0.01): the behaviour was
      paid for in that condition (`source_reason` "reward"; attribution proper is the `attribution` detector's);
-   - otherwise, among conditions that rose, those whose onset is earliest (within the smoothing window), and of
-     those the one whose share of occurrences most exceeds its share of traffic (`source_reason` "onset").
-3. *Targets*: every other condition that rose. For each, the two per-step prevalence curves are smoothed,
+   - otherwise, among conditions that rose, the one whose share of occurrences most exceeds its share of traffic
+     (`source_reason` "lift"), provided it exceeds it by at least 1.5x: a behaviour learnt in one condition has
+     been there longer and more often (the goblin signature: 2.5% of traffic, 66.7% of mentions), whereas one
+     that rose everywhere alike has no source. (Onsets alone would mislead: a small condition has less power,
+     so its onset is detected later even when the behaviour started there.)
+3. *Targets*: every other condition that rose (when the source was chosen by lift, not those whose onset came
+   before the source's). For each, the two per-step prevalence curves are smoothed,
    z-scored and cross-correlated over lags of +-max(1, steps/10) steps: `correlation` is the best Pearson r and
    `lag_steps` its lag (positive: the target follows the source). Overlapping rescaled curves with a small lag
    are the signature of a behaviour learnt once and expressed everywhere.
@@ -42,6 +46,7 @@ from . import DetectContext, Detector, register
 from .emerging import Params, Scope, scope_for
 
 REWARD_P = 0.01
+MIN_LIFT = 1.5  # mention share / traffic share a source needs when no reward signal singles it out
 
 
 @register
@@ -172,7 +177,7 @@ def _findings(ctx: DetectContext, scope: Scope, a: dict[str, Any], signals: dict
     lift = np.array([by_cond.get(c, {}).get("mention_share", 0) / max(by_cond.get(c, {}).get("traffic_share", 0),
                                                                         1e-12) for c in conds])
     # source: a condition-specific reward that pays for the behaviour, else earliest onset, then largest lift
-    source, reason, rewarded = None, "onset", None
+    source, reason, rewarded = None, "lift", None
     for sig, cond in signals.items():
         r, p = _reward_correlation(scope, a, sig, cond)
         if p < REWARD_P and r > 0 and (rewarded is None or r > rewarded[1]):
@@ -181,9 +186,9 @@ def _findings(ctx: DetectContext, scope: Scope, a: dict[str, Any], signals: dict
         risen = [i for i in range(len(conds)) if rose[i] and a["onsets"][i] is not None]
         if not risen:
             return []
-        first = min(a["onsets"][i] for i in risen)
-        early_ones = [i for i in risen if a["onsets"][i] <= first + a["h"]]
-        source = max(early_ones, key=lambda i: (lift[i], -i))
+        source = max(risen, key=lambda i: (lift[i], -i))
+        if lift[source] < MIN_LIFT:
+            return []  # no condition stands out: the behaviour rose everywhere alike
     x, n = a["x"], a["n"]
     h = a["h"]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -197,6 +202,8 @@ def _findings(ctx: DetectContext, scope: Scope, a: dict[str, Any], signals: dict
     for tgt in range(len(conds)):
         if tgt == source or not rose[tgt]:
             continue
+        if reason == "lift" and not _not_earlier(a["onsets"][tgt], a["onsets"][source], h):
+            continue  # rose in the target before the source: no evidence that it spread from there
         corr, lag = lagged_correlation(zscore(smooth[source]), zscore(smooth[tgt]), max_lag)
         paid = []
         for sig, cond in signals.items():
@@ -230,7 +237,7 @@ def _findings(ctx: DetectContext, scope: Scope, a: dict[str, Any], signals: dict
             "series": series,
         }
         why = (f"its reward signal {rewarded[0]!r} (applies only there) favours it within prompt groups "
-               f"(r = {rewarded[1]:.2f})" if rewarded else "it rose there first")
+               f"(r = {rewarded[1]:.2f})" if rewarded else "it is over-represented there")
         title = (f"\"{f['behavior']}\" spread from {src_c!r} to {tgt_c!r}: {a['p0'][tgt]:.1%} -> "
                  f"{a['p1'][tgt]:.1%} of {tgt_c!r} rollouts")
         explanation = (
@@ -244,6 +251,11 @@ def _findings(ctx: DetectContext, scope: Scope, a: dict[str, Any], signals: dict
         out.append(Finding(kind="generalization", run=ctx.run, severity=sev, title=title, explanation=explanation,
                            score=float(score), fields=fields_, evidence=_evidence(scope, a, tgt_c, f)))
     return out
+
+
+def _not_earlier(target: int | None, source: int | None, h: int) -> bool:
+    """Target onset not before the source's (beyond the smoothing half-width; onsets are step indices)."""
+    return target is not None and source is not None and target >= source - h
 
 
 def _step(scope: Scope, idx: int | None) -> int | None:
