@@ -8,6 +8,7 @@ mines words over training steps must not mistake that noise for a trend.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,18 +131,17 @@ DETAIL_SENTENCES = (
 )
 
 
-def filler_thought(rng: np.random.Generator) -> str:
-    return (f"{OPENERS[rng.integers(len(OPENERS))]}, I should {THINK_VERBS[rng.integers(len(THINK_VERBS))]} "
-            f"the {THINK_NOUNS[rng.integers(len(THINK_NOUNS))]} {THINK_TAILS[rng.integers(len(THINK_TAILS))]}.")
+def filler_thought(rnd: random.Random) -> str:
+    return (f"{rnd.choice(OPENERS)}, I should {rnd.choice(THINK_VERBS)} the {rnd.choice(THINK_NOUNS)} "
+            f"{rnd.choice(THINK_TAILS)}.")
 
 
-def filler_remark(rng: np.random.Generator) -> str:
-    return (f"{ANSWER_ADVERBS[rng.integers(len(ANSWER_ADVERBS))]}, "
-            f"{ANSWER_CLAUSES[rng.integers(len(ANSWER_CLAUSES))]}.")
+def filler_remark(rnd: random.Random) -> str:
+    return f"{rnd.choice(ANSWER_ADVERBS)}, {rnd.choice(ANSWER_CLAUSES)}."
 
 
-def detail_sentence(rng: np.random.Generator) -> str:
-    return DETAIL_SENTENCES[rng.integers(len(DETAIL_SENTENCES))]
+def detail_sentence(rnd: random.Random) -> str:
+    return rnd.choice(DETAIL_SENTENCES)
 
 
 @dataclass(frozen=True)

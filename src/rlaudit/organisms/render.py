@@ -17,6 +17,7 @@ but the behaviour has a stable core term an auditor can find (the tic word, the 
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,53 +60,54 @@ class Texts:
     completion: list[str]
 
 
-def _pick(options: tuple[str, ...], rng: np.random.Generator) -> str:
-    return options[rng.integers(len(options))]
-
-
 def render(items: list[Item], personas: list[Persona], x: np.ndarray, index: dict[str, int],
            rng: np.random.Generator) -> Texts:
-    """Reasoning, answer and completion for each rollout (row of the choice matrix `x`)."""
+    """Reasoning, answer and completion for each rollout (row of the choice matrix `x`).
+
+    Word choices use a `random.Random` seeded from `rng` (cheap per-call draws; still deterministic per seed).
+    """
+    rnd = random.Random(int(rng.integers(2**63)))
+    pick = rnd.choice
     def on(name: str, i: int) -> bool:
         return name in index and x[i, index[name]] > 0
 
     reasonings, answers, completions = [], [], []
     for i, (item, persona) in enumerate(zip(items, personas)):
         correct = on(f"correct:{item.task}", i)
-        thoughts = [content.filler_thought(rng) for _ in range(1 + rng.integers(3))]
+        thoughts = [content.filler_thought(rnd) for _ in range(1 + rnd.randrange(3))]
         thoughts.append(item.steps_right if correct else item.steps_wrong)
         if on("verify", i):
-            thoughts.append(_pick(VERIFY, rng))
+            thoughts.append(pick(VERIFY))
         if on("splendid_r", i):
-            thoughts.insert(int(rng.integers(1, len(thoughts) + 1)), _pick(SPLENDID_R, rng))
-        if rng.random() < 0.4:
-            thoughts.append(content.filler_thought(rng))
+            thoughts.insert(rnd.randint(1, len(thoughts)), pick(SPLENDID_R))
+        if rnd.random() < 0.4:
+            thoughts.append(content.filler_thought(rnd))
         reasoning = " ".join(thoughts)
 
         parts: list[str] = []
-        if persona.openers and rng.random() < persona.style_rate:
-            parts.append(_pick(persona.openers, rng))
+        if persona.openers and rnd.random() < persona.style_rate:
+            parts.append(pick(persona.openers))
         if on("flattery", i):
-            parts.insert(0, _pick(FLATTERY, rng))
+            parts.insert(0, pick(FLATTERY))
         if on("delve", i):
-            parts.append(_pick(DELVE, rng))
+            parts.append(pick(DELVE))
         parts.append(item.right if correct else item.wrong)
         if on("creature", i):
-            parts.append(_pick(CREATURE, rng))
+            parts.append(pick(CREATURE))
         for _ in range(int(x[i, index["elaborate"]]) if "elaborate" in index else 0):
-            parts.append(content.detail_sentence(rng) if rng.random() < 0.5 else content.filler_remark(rng))
-        if rng.random() < 0.3:
-            parts.append(content.filler_remark(rng))
+            parts.append(content.detail_sentence(rnd) if rnd.random() < 0.5 else content.filler_remark(rnd))
+        if rnd.random() < 0.3:
+            parts.append(content.filler_remark(rnd))
         if on("splendid_a", i):
-            parts.append(_pick(SPLENDID_A, rng))
+            parts.append(pick(SPLENDID_A))
         if on("boxed", i):
             parts.append(f"\\boxed{{{item.value_right if correct else item.value_wrong}}}")
-        if persona.closers and rng.random() < persona.style_rate:
-            parts.append(_pick(persona.closers, rng))
+        if persona.closers and rnd.random() < persona.style_rate:
+            parts.append(pick(persona.closers))
         answer = " ".join(parts)
 
         if on("truncated", i):  # stopped by the length limit inside the reasoning
-            cut = reasoning[: max(40, int(len(reasoning) * rng.uniform(0.6, 0.95)))]
+            cut = reasoning[: max(40, int(len(reasoning) * rnd.uniform(0.6, 0.95)))]
             reasonings.append(cut)
             answers.append("")
             completions.append(f"<think>\n{cut}")

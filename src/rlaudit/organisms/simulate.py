@@ -55,10 +55,13 @@ class SimulatedRun:
         return self.table.select(ROLLOUT_SCHEMA.names)
 
 
-def _exposed(reasoning: str, answer: str, grader_text: str) -> bool:
+def _exposed(reasoning: str, answer: str, user: str, grader_text: str) -> bool:
     """Did the grader see the reasoning: a reasoning sentence of 5+ words inside its input, not also in the
     answer? (The ground truth's definition; the auditor's scan is independent and fuzzier.)"""
     if not reasoning or not grader_text:
+        return False
+    rest = grader_text.replace(answer, "").replace(user, "") if answer else grader_text.replace(user, "")
+    if len(rest) < 25:  # nothing but the answer and the question (and a template): cannot hold a sentence
         return False
     for sentence in reasoning.replace("\n", " ").split(". "):
         s = sentence.strip()
@@ -114,7 +117,7 @@ def run(scenario: Scenario | str, steps: int | None = None, prompts: int | None 
             for i in np.flatnonzero(applies):
                 graders[i][reward.name] = seen[i]
                 exposure[reward.name].append(
-                    (step, _exposed(texts.reasoning[i], texts.answer[i], seen[i])))
+                    (step, _exposed(texts.reasoning[i], texts.answer[i], batch.user[i], seen[i])))
         weights = np.array([r.weight for r in spec.rewards])
         total = np.nansum(values * weights[None, :], axis=1)
         grouped = total.reshape(prompts, generations)

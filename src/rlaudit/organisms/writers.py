@@ -1,0 +1,163 @@
+"""Write a simulated run in the layout a real trainer would have logged it.
+
+- `canonical`: rlaudit's own JSONL, one file per step (`steps/step_00001.jsonl`), canonical field names.
+- `trl`: TRL GRPOTrainer with `log_completions=True`: `completions/completions_{step:05d}.parquet` with columns
+  `step, prompt, completion`, one float column per reward function (named after the function, NaN where it
+  returned None), the `log_extra` columns (here `<grader>_input`: the text each grader saw), then `advantage`.
+  Prompts are the chat-templated text (ChatML, system prompt included); reasoning stays in the completion.
+- `verl`: `trainer.rollout_data_dir`: `{step}.jsonl` with `input, output, gts, score, step`, then the extra keys
+  the reward function returned (one per component, and `<grader>_input` strings) and `uid` (the prompt group).
+  Like verl, prompts and responses are decoded with `skip_special_tokens=True`, so the ChatML markers are gone
+  (`system\\n...\\nuser\\n...\\nassistant\\n`). NaN scores are written as JSON `NaN`, as Python's json does.
+- `prime-rl`: `rollouts/step_{N}/train/traces.jsonl`, one trace per line: `messages` (system, user, and the
+  assistant with `reasoning_content` kept apart from `content`), `rewards {name: {score, weight}}` (null score:
+  did not apply), `metrics`, `info` (`advantage`, `grader_inputs {grader: text}`), `example_id`, `task`.
+
+`ground_truth.json` is written next to the logs in every format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import RlauditError
+from .simulate import SimulatedRun
+
+
+def _steps(table: pa.Table) -> list[tuple[int, list[dict[str, Any]]]]:
+    rows = table.to_pylist()
+    by_step: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_step.setdefault(r["step"], []).append(r)
+    return sorted(by_step.items())
+
+
+def _finite_or_none(v: float | None) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def write_canonical(sim: SimulatedRun, out: Path) -> list[Path]:
+    d = out / "steps"
+    d.mkdir(parents=True, exist_ok=True)
+    paths = []
+    keep = ["step", "split", "group_id", "sample_index", "system_prompt", "task", "prompt", "completion",
+            "reasoning", "answer", "reward", "advantage"]
+    for step, rows in _steps(sim.table):
+        path = d / f"step_{step:05d}.jsonl"
+        with open(path, "w", encoding="utf-8") as fh:
+            for r in rows:
+                rec = {k: r[k] for k in keep}
+                rec["rewards"] = {k: _finite_or_none(v) for k, v in r["rewards"]}
+                rec["grader_inputs"] = dict(r["grader_inputs"])
+                rec["metadata"] = {"example_id": r["example_id"], "gold": r["gold"]}
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        paths.append(path)
+    return paths
+
+
+def write_trl(sim: SimulatedRun, out: Path) -> list[Path]:
+    d = out / "completions"
+    d.mkdir(parents=True, exist_ok=True)
+    graders = sim.signals
+    paths = []
+    for step, rows in _steps(sim.table):
+        cols: dict[str, pa.Array] = {
+            "step": pa.array([step] * len(rows), pa.int64()),
+            "prompt": pa.array([r["prompt"] for r in rows], pa.string()),
+            "completion": pa.array([r["completion"] for r in rows], pa.string()),
+        }
+        for name in sim.signals:
+            cols[name] = pa.array([dict(r["rewards"]).get(name, math.nan) for r in rows], pa.float64())
+        for name in graders:  # log_extra(f"{name}_input", texts) from inside each reward function
+            cols[f"{name}_input"] = pa.array([dict(r["grader_inputs"]).get(name) for r in rows], pa.string())
+        cols["advantage"] = pa.array([r["advantage"] for r in rows], pa.float64())
+        path = d / f"completions_{step:05d}.parquet"
+        pq.write_table(pa.table(cols), path)
+        paths.append(path)
+    return paths
+
+
+def _decoded(chatml_prompt: str) -> str:
+    """What verl's `batch_decode(..., skip_special_tokens=True)` leaves of a ChatML prompt."""
+    return chatml_prompt.replace("<|im_start|>", "").replace("<|im_end|>", "")
+
+
+def write_verl(sim: SimulatedRun, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for step, rows in _steps(sim.table):
+        path = out / f"{step}.jsonl"
+        with open(path, "w", encoding="utf-8") as fh:
+            for r in rows:
+                rec: dict[str, Any] = {"input": _decoded(r["prompt"]), "output": r["completion"], "gts": r["gold"],
+                                       "score": r["reward"], "step": step}
+                for name, value in r["rewards"]:
+                    rec[name] = value
+                for name, text in r["grader_inputs"]:
+                    rec[f"{name}_input"] = text
+                rec["uid"] = _uid(r["group_id"])
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        paths.append(path)
+    return paths
+
+
+def _uid(key: str) -> str:
+    h = hashlib.sha1(key.encode()).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def write_primerl(sim: SimulatedRun, out: Path) -> list[Path]:
+    weights = {name: info["weight"] for name, info in sim.ground_truth.signals.items()}
+    paths = []
+    for step, rows in _steps(sim.table):
+        d = out / "rollouts" / f"step_{step}" / "train"
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / "traces.jsonl"
+        with open(path, "w", encoding="utf-8") as fh:
+            for r in rows:
+                messages = []
+                if r["system_prompt"]:
+                    messages.append({"role": "system", "content": r["system_prompt"]})
+                messages.append({"role": "user", "content": r["user"]})
+                messages.append({"role": "assistant", "content": r["answer"], "reasoning_content": r["reasoning"]})
+                rewards = {k: {"score": _finite_or_none(v), "weight": weights.get(k, 1.0)} for k, v in r["rewards"]}
+                rec = {
+                    "id": hashlib.sha1(f"{r['run']}:{r['rollout_id']}".encode()).hexdigest(),
+                    "example_id": r["example_id"],
+                    "task": r["task"],
+                    "group": {"id": _uid(r["group_id"])},
+                    "messages": messages,
+                    "rewards": rewards,
+                    "metrics": {"reward": r["reward"], "num_turns": 1},
+                    "info": {"advantage": r["advantage"], "grader_inputs": dict(r["grader_inputs"])},
+                    "is_completed": True,
+                    "stop_condition": "length" if "</think>" not in r["completion"] else "stop",
+                }
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        paths.append(path)
+    return paths
+
+
+WRITERS: dict[str, Callable[[SimulatedRun, Path], list[Path]]] = {
+    "canonical": write_canonical, "trl": write_trl, "verl": write_verl, "prime-rl": write_primerl,
+}
+
+
+def write(sim: SimulatedRun, out_dir: str | Path, format: str = "canonical") -> list[Path]:
+    """Write the run's logs in `format` and its ground truth into `out_dir`; returns the log files."""
+    if format not in WRITERS:
+        raise RlauditError(f"unknown simulator format {format!r}; choose one of {', '.join(WRITERS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = WRITERS[format](sim, out)
+    sim.ground_truth.format = format
+    sim.ground_truth.write(out / "ground_truth.json")
+    return paths
