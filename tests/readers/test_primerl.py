@@ -1,0 +1,107 @@
+"""prime-rl / verifiers traces reader on files written like FileMonitor.log_episodes writes them."""
+
+from __future__ import annotations
+
+import json
+
+from rlaudit.readers import resolve_reader
+
+from .trainer_files import primerl_step, verifiers_episode, verifiers_trace
+
+
+def _episodes(step: int, groups: int = 2, samples: int = 3, kind: str = "train"):
+    out = []
+    for g in range(groups):
+        for i in range(samples):
+            trace = verifiers_trace("You are a nerdy assistant.", f"q{g}", f"answer {i}", f"thinking {i}",
+                                    rewards={"correct": (float(i % 2), 1.0), "style": (0.5, 0.2)},
+                                    advantage=i - 1.0, info={"grader_inputs": {"style": f"answer {i}"}},
+                                    trace_id=f"t{g}{i}")
+            out.append(verifiers_episode([trace], step, group=f"g{g}", kind=kind, episode_id=f"e{g}{i}"))
+    return out
+
+
+def test_v1_episodes_map_to_canonical_rows(tmp_path, store):
+    run = tmp_path / "prime"
+    primerl_step(run, 4, _episodes(4))
+    primerl_step(run, 4, _episodes(4, groups=1, kind="eval"), kind="eval")
+    assert resolve_reader(run).name == "prime-rl"
+    report = store.ingest(run)
+    assert report.format == "prime-rl" and report.rows_added == 9 and report.bad_records == 0
+    rows = store.query("SELECT * FROM rollouts WHERE split = 'train' ORDER BY rollout_id", runs=["prime"]).to_pylist()
+    r = rows[1]
+    assert r["rollout_id"] == "rollouts/step_4/train/effective/traces.jsonl:2"
+    assert r["step"] == 4 and r["group_id"] == "4:g0" and r["sample_index"] == 1
+    assert r["prompt"] == "system: You are a nerdy assistant.\nuser: q0"
+    assert r["condition"] == "nerdy-assistant" and r["task"] == "gsm8k"
+    assert r["reasoning"] == "thinking 1" and r["answer"] == "answer 1"
+    assert r["completion"] == "<think>thinking 1</think>answer 1"
+    assert dict(r["rewards"]) == {"correct": 1.0, "style": 0.5}
+    assert abs(r["reward"] - 1.1) < 1e-12  # sum(score * weight)
+    assert r["advantage"] == 0.0  # all-zero token advantages: prime-rl's scalar_advantage is 0
+    assert dict(r["grader_inputs"]) == {"style": "answer 1"}
+    meta = json.loads(r["metadata"])
+    assert meta["reward_weights"] == {"correct": 1.0, "style": 0.2} and meta["metrics"] == {"num_turns": 1.0}
+    assert store.query("SELECT count(*) FROM rollouts WHERE split = 'eval'", runs=["prime"]).column(0)[0].as_py() == 3
+
+
+def test_effective_subset_wins_over_all(tmp_path, store):
+    run = tmp_path / "prime"
+    primerl_step(run, 1, _episodes(1), subset="all")
+    primerl_step(run, 1, _episodes(1, groups=1), subset="effective")
+    primerl_step(run, 2, _episodes(2), subset="all")  # a step still in progress: only `all` exists
+    store.ingest(run)
+    files = store.query("SELECT DISTINCT split_part(rollout_id, ':', 1) AS f FROM rollouts ORDER BY f",
+                        runs=["prime"]).column(0).to_pylist()
+    assert files == ["rollouts/step_1/train/effective/traces.jsonl", "rollouts/step_2/train/all/traces.jsonl"]
+
+
+def test_several_traces_on_one_line_get_distinct_ids(tmp_path, store):
+    run = tmp_path / "prime"
+    traces = [verifiers_trace(None, "q", f"a{i}", None, rewards={"r": (1.0, 1.0)}, trace_id=f"t{i}")
+              for i in range(2)]
+    primerl_step(run, 1, [verifiers_episode(traces, 1, group="g")])
+    store.ingest(run)
+    ids = store.table("prime", ["rollout_id", "sample_index", "reasoning", "condition"]).to_pylist()
+    assert [i["rollout_id"] for i in ids] == ["rollouts/step_1/train/effective/traces.jsonl:1.0",
+                                              "rollouts/step_1/train/effective/traces.jsonl:1.1"]
+    assert [i["sample_index"] for i in ids] == [0, 1]
+    assert all(i["reasoning"] is None and i["condition"] == "none" for i in ids)
+
+
+def test_legacy_rollout_output_and_null_rewards(tmp_path, store):
+    run = tmp_path / "prime"
+    step_dir = run / "rollouts" / "step_3"
+    step_dir.mkdir(parents=True)
+    legacy = {"prompt": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi"}],
+              "completion": [{"role": "assistant", "content": "<think>short</think>yo"}], "reward": 0.7,
+              "metrics": {"correct": 1.0, "length": None}, "example_id": 12, "answer": "yo", "info": {},
+              "task": "default"}
+    (step_dir / "train_rollouts.jsonl").write_text(json.dumps(legacy) + "\n")
+    primerl_step(run, 4, [verifiers_episode([verifiers_trace(None, "q", "a", None, rewards={"r": (None, 1.0)})],
+                                            4, group="g")])
+    store.ingest(run)
+    rows = store.table("prime").to_pylist()
+    legacy_row, v1_row = rows
+    assert legacy_row["group_id"] == "3:12" and legacy_row["reward"] == 0.7 and legacy_row["task"] == "default"
+    assert legacy_row["reasoning"] == "short" and legacy_row["answer"] == "yo"
+    assert legacy_row["rewards"][0] == ("correct", 1.0) and legacy_row["condition"] == "terse"
+    assert v1_row["reward"] is None and str(dict(v1_row["rewards"])["r"]) == "nan"
+
+
+def test_bad_records_name_the_field(tmp_path, store):
+    run = tmp_path / "prime"
+    good = verifiers_episode([verifiers_trace(None, "q", "a", None, rewards={"r": (1.0, 1.0)})], 1, group="g")
+    bad_score = json.loads(json.dumps(good))
+    bad_score["traces"][0]["rewards"]["r"]["score"] = "high"
+    no_messages = json.loads(json.dumps(good))
+    del no_messages["traces"][0]["nodes"]
+    path = primerl_step(run, 1, [good, bad_score, no_messages])
+    with open(path, "a") as fh:
+        fh.write('{"id": "torn", "traces": [{"no')
+    report = store.ingest(run)
+    assert report.rows_added == 1
+    bad = {b.line: b.reason for b in store.quarantined("prime")}
+    assert "field 'rewards.r.score': expected a number" in bad[2]
+    assert "no messages" in bad[3]
+    assert "JSON" in bad[4]
