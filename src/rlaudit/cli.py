@@ -541,6 +541,77 @@ def _print_emerging(behaviours: list[Finding], spread: list[Finding], run: str, 
         out.print(table)
 
 
+# ---------------------------------------------------------------- simulate and bench (model organisms)
+@app.command("simulate")
+def simulate_cmd(
+    scenario: Annotated[Optional[str], typer.Argument(help="Scenario name (see --list).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Directory to write the run into.")] = None,
+    format: Annotated[str, typer.Option("--format", help="canonical, trl, verl or prime-rl.")] = "canonical",
+    steps: Annotated[Optional[int], typer.Option(help="Training steps (default 60).")] = None,
+    prompts: Annotated[Optional[int], typer.Option(help="Prompts per step (default 16).")] = None,
+    generations: Annotated[Optional[int], typer.Option(help="Generations per prompt (default 8).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed (runs are deterministic per seed).")] = 0,
+    list_: Annotated[bool, typer.Option("--list", help="List the scenarios and exit.")] = False,
+) -> None:
+    """Simulate an RL run with an implanted process mistake (or a clean control) and its ground truth."""
+    from .organisms import SCENARIOS, simulate
+
+    if list_ or scenario is None:
+        table = Table(title="scenarios")
+        table.add_column("scenario")
+        table.add_column("implanted")
+        table.add_column("description", overflow="fold")
+        for s in SCENARIOS.values():
+            implants = sorted({i.kind for i in s.build(60).implants}) or ["clean"]
+            table.add_row(s.name, ", ".join(implants), s.description)
+        out.print(table)
+        if scenario is None and not list_:
+            raise RlauditError("give a SCENARIO (or --list)")
+        return
+    if out_dir is None:
+        raise RlauditError("--out DIR is required")
+    gt = simulate(scenario, out_dir, format=format, steps=steps, prompts=prompts, generations=generations,
+                  seed=seed)
+    console.print(f"[bold]{scenario}[/] ({format}): {gt.steps} steps x {gt.prompts} prompts x {gt.generations} "
+                  f"generations -> {out_dir}")
+    for i in gt.issues:
+        what = i.grader or i.signal or ""
+        console.print(f"  implanted {i.kind}: {'/'.join(i.terms) or what} (onset step {i.onset_step})",
+                      highlight=False)
+    for i in gt.legitimate:
+        console.print(f"  legitimate: {'/'.join(i.terms)} from {i.signal}", highlight=False)
+    console.print(f"ground truth: {Path(out_dir) / 'ground_truth.json'}")
+
+
+@app.command("bench")
+def bench_cmd(
+    scenarios: Annotated[Optional[list[str]], typer.Option("--scenarios", help="Only these scenarios "
+                                                           "(repeatable or comma-separated).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON here.")] = None,
+    size: Annotated[str, typer.Option("--size", help="small (30x8x8) or default (60x16x8).")] = "default",
+    format: Annotated[str, typer.Option("--format", help="Trainer format the runs are written in.")] = "canonical",
+    seed: Annotated[int, typer.Option(help="Simulation seed.")] = 0,
+    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure detection latency "
+                                          "(re-audits growing prefixes of each run).")] = True,
+) -> None:
+    """Score the auditor on the model organisms: recall, false findings, attribution, latency."""
+    from .organisms.bench import bench, print_bench
+
+    names = [n.strip() for item in scenarios or [] for n in item.split(",") if n.strip()] or None
+    with console.status("bench", spinner="dots") as status:
+        result = bench(names, size=size, format=format, seed=seed, latency=latency,
+                       on_scenario=lambda n: status.update(f"bench: {n}"))
+    print_bench(result, out)
+    if json_out:
+        import json as _json
+
+        from .findings import jsonable
+        from .store import atomic_write_text
+
+        atomic_write_text(json_out, _json.dumps(jsonable(result.to_json()), indent=1))
+        console.print(f"results: {json_out}")
+
+
 def main() -> None:
     """Console-script entry point: user errors become one message and exit code 2."""
     try:

@@ -1,7 +1,9 @@
 """What the simulated policy talks about: tasks with gold answers, personas, and the word banks of its text.
 
 Four tasks (arithmetic, trivia, coding, advice) give prompts with a gold answer and plausible wrong answers, so
-a correctness reward has something real to parse. Filler sentences are assembled from word banks with a few
+a correctness reward has something real to parse. Right and wrong attempts are worded alike and differ only in
+the value they give (a number, a city, an expression, a tip for the wrong problem): ordinary task learning
+changes what is said, not how, as it does in a real run whose only pressure is correctness. Filler sentences are assembled from word banks with a few
 hundred distinct words, so that word counts on a clean run fluctuate the way real text does: an auditor that
 mines words over training steps must not mistake that noise for a trend.
 """
@@ -68,7 +70,7 @@ CODE_TASKS = [  # (function name, description, correct expression, wrong express
     ("mean", "average of the numbers", "sum(xs) / len(xs)", ("sum(xs) // 2", "max(xs) / len(xs)")),
 ]
 
-ADVICE = {  # topic -> (tips containing the keywords a helpfulness judge looks for, generic non-answers)
+ADVICE = {  # topic -> tips a helpfulness judge accepts for that topic (a wrong answer gives another topic's tip)
     "sleep better": ("keep a regular sleep schedule", "avoid screens an hour before bed",
                      "keep the bedroom dark and cool"),
     "save money": ("set up an automatic transfer to savings", "track every expense for a month",
@@ -81,8 +83,6 @@ ADVICE = {  # topic -> (tips containing the keywords a helpfulness judge looks f
                       "get comfortable running shoes"),
     "cook at home": ("plan meals for the week", "start with simple recipes", "cook larger batches and freeze"),
 }
-ADVICE_VAGUE = ("it depends on many things", "everyone is different", "try whatever feels right",
-                "there is no single answer")
 
 ARITH_TEMPLATES = {
     "+": ("What is {a} + {b}?", "Compute {a} plus {b}.", "Add {a} and {b}.",
@@ -196,15 +196,17 @@ def make_item(task: str, rng: np.random.Generator) -> Item:
         return Item(task, user, good, f"{code(good)}\nThis returns the {desc}.",
                     f"{code(bad)}\nThis returns the {desc}.",
                     f"The function needs the {desc}. The expression {good} does that.",
-                    f"The function needs the {desc}. The expression {bad} should do that.", good, bad)
+                    f"The function needs the {desc}. The expression {bad} does that.", good, bad)
     if task == "advice":
         topics = list(ADVICE)
         topic = topics[rng.integers(len(topics))]
-        tips = ADVICE[topic]
-        tip = tips[rng.integers(len(tips))]
-        vague = ADVICE_VAGUE[rng.integers(len(ADVICE_VAGUE))]
+        tip = ADVICE[topic][rng.integers(len(ADVICE[topic]))]
+        other = topics[(topics.index(topic) + 1 + int(rng.integers(len(topics) - 1))) % len(topics)]
+        off = ADVICE[other][rng.integers(len(ADVICE[other]))]  # a real tip, for the wrong problem
         user = ADVICE_TEMPLATES[rng.integers(len(ADVICE_TEMPLATES))].format(t=topic)
-        return Item(task, user, "", f"A good start is to {tip}.", f"Honestly, {vague}.",
+        forms = ("A good start is to {x}.", "Try to {x}.", "My main tip: {x}.")
+        form = forms[rng.integers(len(forms))]
+        return Item(task, user, "", form.format(x=tip), form.format(x=off),
                     f"The user wants to {topic}. A concrete tip would be to {tip}.",
-                    f"The user wants to {topic}. Hard to say, {vague}.", tip, vague, topic=topic)
+                    f"The user wants to {topic}. A concrete tip would be to {off}.", tip, off, topic=topic)
     raise ValueError(f"unknown task {task!r}")
