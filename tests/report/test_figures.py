@@ -69,6 +69,7 @@ def test_highlighted_conditions_keep_colour_and_others_fade():
     fig = prevalence_figure("p", fields, "t", highlight=["a", "b"])
     colours = {t["name"]: t["line"]["color"] for t in fig["data"] if t.get("xaxis") != "x2"}
     assert colours["c"] == "#c7c7c7" and colours["a"] != colours["b"] != "#c7c7c7"
+    assert len([t for t in fig["data"] if t.get("xaxis") == "x2"]) == 2  # the overlay: highlighted only
 
 
 def test_model_text_in_labels_is_escaped_for_plotly():
@@ -137,6 +138,9 @@ def test_shares_figure_per_condition_and_scalar_forms():
     assert fig["data"][0]["x"] == ["nerdy", "default"] and fig["data"][1]["y"] == [.667, .333]
     fig = shares_figure("s", {"mention_share": .667, "traffic_share": .025, "source_condition": "nerdy"})
     assert fig["data"][0]["x"] == ["nerdy"]
+    fig = shares_figure("s", {"mention_share": .667, "traffic_share": .025, "source_condition": "nerdy",
+                              "target_condition": "none", "target_mention_share": .1, "target_traffic_share": .3})
+    assert fig["data"][0]["x"] == ["nerdy", "none"] and fig["data"][0]["y"] == [.025, .3]
     assert shares_figure("s", {"mention_share": "lots"}) is None
 
 
@@ -171,3 +175,10 @@ def test_builders_never_raise_on_malformed_fields_and_output_serialises(kind, fi
             for trace in fig["data"]:
                 for axis in ("x", "y"):
                     assert all(v is None or isinstance(v, str) or math.isfinite(v) for v in trace.get(axis, []))
+
+
+def test_smooth_is_a_nan_aware_centered_average():
+    from rlaudit.report.figures import smooth
+
+    assert smooth([1.0, None, 3.0, 5.0, 7.0], 3) == [1.0, 2.0, 4.0, 5.0, 6.0]
+    assert smooth([1.0, 2.0], 5) == [1.0, 2.0]

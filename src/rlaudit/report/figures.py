@@ -221,6 +221,20 @@ def zscore(values: Sequence[float | None]) -> list[float | None] | None:
     return [None if math.isnan(v) else float(v) for v in z]
 
 
+def smooth(values: Sequence[float | None], window: int) -> list[float | None]:
+    """Centered moving average that skips missing points (per-step prevalence is noisy; shapes are not)."""
+    y = np.asarray([np.nan if v is None else v for v in values], dtype=float)
+    if window <= 1 or len(y) < 3:
+        return [None if math.isnan(v) else float(v) for v in y]
+    ok = ~np.isnan(y)
+    kernel = np.ones(window)
+    sums = np.convolve(np.where(ok, y, 0.0), kernel, mode="same")
+    counts = np.convolve(ok.astype(float), kernel, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(counts > 0, sums / counts, np.nan)
+    return [None if math.isnan(v) else float(v) for v in out]
+
+
 def _is_share(curves: Iterable[Sequence[float | None]]) -> bool:
     vals = [v for c in curves for v in c if v is not None]
     return bool(vals) and min(vals) >= 0.0 and max(vals) <= 1.0
@@ -278,7 +292,8 @@ def prevalence_figure(fig_id: str, fields: Mapping[str, Any], title: str, highli
         color = _FADED if faded else _PALETTE[i % len(_PALETTE)]
         group = f"c{i}"
         data.append(_line(x, y, cond, color, legendgroup=group, width=1.5 if faded else 2.5))
-        z = zscore(y) if two_panels else None
+        # The rescaled panel shows the highlighted conditions only (all when none is): the overlay to compare.
+        z = zscore(smooth(y, max(3, len(y) // 10) | 1)) if two_panels and not faded else None
         if z is not None:
             data.append(_line(x, z, cond, color, legendgroup=group, showlegend=False, xaxis="x2", yaxis="y2",
                               width=1.5 if faded else 2.5))
@@ -292,11 +307,11 @@ def prevalence_figure(fig_id: str, fields: Mapping[str, Any], title: str, highli
         layout.update({
             "xaxis": {"domain": [0, 0.47], "title": {"text": "step"}},
             "xaxis2": {"domain": [0.53, 1], "title": {"text": "step"}, "anchor": "y2"},
-            "yaxis2": {"anchor": "x2", "title": {"text": "z-score (rescaled per condition)"}},
+            "yaxis2": {"anchor": "x2", "title": {"text": "z-score of smoothed curve"}},
             "annotations": [
                 {"text": "raw", "x": 0.0, "y": 1.0, "xref": "paper", "yref": "paper", "showarrow": False,
                  "xanchor": "left", "yanchor": "bottom", "font": {"size": 11, "color": "#555"}},
-                {"text": "rescaled (overlap = same dynamics)", "x": 0.53, "y": 1.0, "xref": "paper",
+                {"text": "rescaled per condition (overlap = same dynamics)", "x": 0.53, "y": 1.0, "xref": "paper",
                  "yref": "paper", "showarrow": False, "xanchor": "left", "yanchor": "bottom",
                  "font": {"size": 11, "color": "#555"}}]})
     onset = _number(fields.get("onset_step", fields.get("first_step")))
@@ -319,6 +334,11 @@ def shares_figure(fig_id: str, fields: Mapping[str, Any]) -> Figure | None:
     elif _number(mention) is not None and _number(traffic) is not None:
         cond = fields.get("source_condition") or fields.get("condition") or "condition"
         labels, t_vals, m_vals = [plot_label(cond, 40)], [_number(traffic)], [_number(mention)]
+        t_mention, t_traffic = _number(fields.get("target_mention_share")), _number(fields.get("target_traffic_share"))
+        if t_mention is not None and t_traffic is not None and fields.get("target_condition") is not None:
+            labels.append(plot_label(fields["target_condition"], 40))
+            t_vals.append(t_traffic)
+            m_vals.append(t_mention)
     else:
         return None
     if not labels:

@@ -301,6 +301,9 @@ def evidence_view(finding: Finding, ev: Evidence, row: Mapping[str, Any] | None,
     view = EvidenceView(rollout_id=short(ev.rollout_id), step=short(step, 40) if step is not None else None,
                         condition=short(ev.condition or (row or {}).get("condition")), note=short(ev.note, 2_000),
                         text=clip(ev.text) if ev.text else None, in_store=row is not None)
+    if row is not None and view.text is not None and ev.text.strip() and any(
+            ev.text.strip() in (row.get(c) or "") for c in ("answer", "reasoning", "completion")):
+        view.text = None  # the excerpt is shown in full within the rollout's own texts below
     if row is not None:
         answer_or_completion = ("reasoning", "answer") if (row.get("reasoning") or row.get("answer")) \
             else ("completion",)
