@@ -182,3 +182,17 @@ def test_smooth_is_a_nan_aware_centered_average():
 
     assert smooth([1.0, None, 3.0, 5.0, 7.0], 3) == [1.0, 2.0, 4.0, 5.0, 6.0]
     assert smooth([1.0, 2.0], 5) == [1.0, 2.0]
+
+
+def test_shares_from_the_emerging_detectors_by_condition_records():
+    fields = {"by_condition": {"nerdy": {"traffic_share": .025, "mention_share": .667, "prevalence_end": .3},
+                               "none": {"traffic_share": .975, "mention_share": .333}}}
+    fig = shares_figure("s", fields)
+    assert fig["data"][0]["y"] == [.025, .975] and fig["data"][1]["y"] == [.667, .333]
+
+
+def test_overall_prevalence_draws_the_detectors_smoothing_on_top():
+    fig = prevalence_figure("p", {"series": {"steps": STEPS, "prevalence": _prev(1), "smoothed": _prev(.9),
+                                             "rollouts": [8] * 10}}, "t")
+    assert [t["name"] for t in fig["data"]] == ["all rollouts", "smoothed"]
+    assert fig["data"][1]["y"] == _prev(.9)

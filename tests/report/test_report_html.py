@@ -101,6 +101,9 @@ def test_report_lists_every_run_and_finding_ranked(html, result):
     assert run_rows == ["grpo-a", "grpo-b"]
     figures = json.loads(doc.scripts[0][1])
     assert {"run-0-rewards", "run-1-rewards"} <= {f["id"] for f in figures}
+    health = [i for i, f in enumerate(result.findings) if f.kind == "reward_health"]
+    titles = {f["id"]: f["layout"]["title"]["text"] for f in figures}
+    assert all(titles[f"f{i}-signal"] == "Mean of persona per step (where it applies)" for i in health)
 
 
 def test_exposed_span_is_highlighted_and_long_texts_are_cut(html):
@@ -135,7 +138,7 @@ def test_condition_counts_and_rollout_lookup(report_store):
 def test_report_without_a_store_shows_what_the_findings_carry(result):
     html = build_report_html(None, result)
     assert "rollout not in the store" in html
-    assert "Reward components" not in html
+    assert "Reward components" not in html and "Mean of persona" not in html
     assert REASONING in re.findall(r"<mark>(.*?)</mark>", html, flags=re.S)  # carried in the evidence itself
 
 

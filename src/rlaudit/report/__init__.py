@@ -31,7 +31,7 @@ from markupsafe import Markup
 from ..findings import SEVERITIES, SEVERITY_RANK
 from ..store import atomic_write_text
 from . import data as report_data
-from .figures import MAX_POINTS, figures_for, reward_components_figure
+from .figures import MAX_POINTS, figures_for, reward_components_figure, signal_figure
 from .sanitize import Clip, clean_text, script_json, short
 from .views import KIND_LABELS, finding_view
 
@@ -120,6 +120,9 @@ def build_report_html(store: Store | None, result: AuditResult, *, title: str | 
     views = []
     for i, f in enumerate(detailed):
         figs = figures_for(f, f"f{i}", limits.max_points)
+        signal = f.get("signal")
+        if f.kind == "reward_health" and not figs and isinstance(signal, str) and signal in curves.get(f.run, {}):
+            figs = [signal_figure(f"f{i}-signal", signal, curves[f.run][signal], f.fields, limits.max_points)]
         figures.extend(figs)
         views.append(finding_view(i, f, [g["id"] for g in figs], rows.get(f.run, {}), clip, limits.max_evidence))
     overview = [{"index": i, "anchor": f"finding-{i}" if i < len(detailed) else None, "severity": f.severity,

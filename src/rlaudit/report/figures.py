@@ -26,7 +26,7 @@ MAX_POINTS = 500
 MAX_CURVES = 12  # conditions or signals per figure; the rest are dropped (the largest are kept)
 
 _STEP_KEYS = ("steps", "step", "x")
-_PREVALENCE_KEYS = ("prevalence", "share", "rate", "value", "values", "y", "smoothed")
+_PREVALENCE_KEYS = ("prevalence", "share", "rate", "value", "values", "y")
 _EXPOSURE_KEYS = ("exposure_rate", "rate", "exposure", "share", "exposed_share", "share_different", "value",
                   "values", "y", "exposed_samples", "exposed")
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
@@ -280,8 +280,11 @@ def prevalence_figure(fig_id: str, fields: Mapping[str, Any], title: str, highli
     overall = curve_of(fields.get("series"), _PREVALENCE_KEYS)
     if not curves and overall is None:
         return None
+    smoothed = None
     if not curves:
         curves = {"all rollouts": overall}  # type: ignore[dict-item]
+        found = named_curve_of(fields.get("series"), ("smoothed",))
+        smoothed = downsample(found[0], found[1], max_points) if found else None
     curves = _largest(curves, keep=highlight)
     curves = {c: downsample(x, y, max_points) for c, (x, y) in curves.items()}
     share = _is_share(y for _, y in curves.values())
@@ -297,6 +300,9 @@ def prevalence_figure(fig_id: str, fields: Mapping[str, Any], title: str, highli
         if z is not None:
             data.append(_line(x, z, cond, color, legendgroup=group, showlegend=False, xaxis="x2", yaxis="y2",
                               width=1.5 if faded else 2.5))
+    if smoothed is not None:  # the detector's own smoothing of the overall curve
+        data[0]["line"].update(width=1, color="#9ecae1")
+        data.append(_line(*smoothed, "smoothed", "#1f77b4", width=3))
     if overall is not None and len(curves) >= 2:
         x, y = downsample(*overall, max_points)
         data.append(_line(x, y, "all rollouts", "#000", line={"dash": "dot"}, width=1.5))
@@ -325,6 +331,10 @@ def prevalence_figure(fig_id: str, fields: Mapping[str, Any], title: str, highli
 def shares_figure(fig_id: str, fields: Mapping[str, Any]) -> Figure | None:
     """Traffic share vs mention share per condition (a persona with 2.5% of rollouts but 66.7% of mentions)."""
     mention, traffic = fields.get("mention_share"), fields.get("traffic_share")
+    rows = table_rows(fields.get("by_condition"), "condition")
+    if not isinstance(mention, Mapping) and any("mention_share" in r and "traffic_share" in r for r in rows):
+        mention = {r["condition"]: r.get("mention_share") for r in rows}  # {cond: {mention_share, traffic_share}}
+        traffic = {r["condition"]: r.get("traffic_share") for r in rows}
     if isinstance(mention, Mapping) and isinstance(traffic, Mapping):
         conds = [c for c in mention if _number(mention[c]) is not None]
         conds = sorted(conds, key=lambda c: -(_number(mention[c]) or 0))[:MAX_CURVES]
@@ -486,10 +496,25 @@ def reward_components_figure(fig_id: str, run: str, curves: Mapping[str, Curve],
                   {"xaxis": {"title": {"text": "step"}}, "yaxis": {"title": {"text": "mean reward"}}})
 
 
+def signal_figure(fig_id: str, signal: str, curve: Curve, fields: Mapping[str, Any],
+                  max_points: int = MAX_POINTS) -> Figure:
+    """One reward signal's mean per step, from the store (for reward-health findings, which carry no series)."""
+    x, y = downsample(*curve, max_points)
+    layout: dict[str, Any] = {"xaxis": {"title": {"text": "step"}}, "yaxis": {"title": {"text": "mean value"}}}
+    first = _number(fields.get("first_step"))
+    if first is not None:
+        shape, note = _vline(first, f"from step {first:g}")
+        layout.update(shapes=[shape], annotations=[note])
+    return figure(fig_id, f"Mean of {signal} per step (where it applies)",
+                  [{**_line(x, y, signal, "#d62728"), "mode": "lines+markers", "marker": {"size": 4}}], layout,
+                  height=280)
+
+
 # ---------------------------------------------------------------------------------------------- dispatch
 def _emerging(f: Finding, fid: str, mp: int) -> list[Figure | None]:
     behavior = f.get("behavior") or f.get("term") or f.title
-    return [prevalence_figure(f"{fid}-prev", f.fields, f"Prevalence of “{behavior}” per condition", (), mp)]
+    return [prevalence_figure(f"{fid}-prev", f.fields, f"Prevalence of “{behavior}” over steps", (), mp),
+            shares_figure(f"{fid}-shares", f.fields)]
 
 
 def _generalization(f: Finding, fid: str, mp: int) -> list[Figure | None]:
