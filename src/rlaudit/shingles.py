@@ -57,6 +57,105 @@ def normalized_tokens(texts: pa.Array | pa.ChunkedArray) -> pa.ListArray:
     return pc.fill_null(tokens, pa.scalar([], pa.list_(pa.string())))
 
 
+_WORD_BYTE = np.zeros(256, bool)
+_WORD_BYTE[ord("0"):ord("9") + 1] = True
+_WORD_BYTE[ord("a"):ord("z") + 1] = True
+_WORD_BYTE[0x80:] = True  # bytes of multi-byte UTF-8 characters: non-ASCII text counts as word characters
+_BYTE_MASKS = np.array([(1 << (8 * r)) - 1 for r in range(8)] + [(1 << 64) - 1], np.uint64)
+
+
+def hashed_tokens(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(token hashes, per-text offsets) without materialising token strings: the scan's fast tokeniser.
+
+    Same idea as `normalized_tokens` (lowercase runs of ASCII letters/digits; every other ASCII byte separates
+    tokens) but computed on the UTF-8 byte buffer with numpy, and each token hashed 8 bytes at a time through an
+    overlapping uint64 view. Non-ASCII characters are treated as word characters (no Unicode classes, which are
+    the slow part of regex tokenising); both sides of every comparison use this same function.
+    """
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    lowered = pc.utf8_lower(pc.fill_null(texts.cast(pa.string()), ""))
+    n = len(lowered)
+    raw_offsets = np.frombuffer(lowered.buffers()[1], np.int32, n + 1, lowered.offset * 4).astype(np.int64)
+    base = raw_offsets[0]
+    data = lowered.buffers()[2]
+    seg = np.frombuffer(data, np.uint8, raw_offsets[-1] - base, base) if data is not None and raw_offsets[-1] > base \
+        else np.zeros(0, np.uint8)
+    bounds = raw_offsets - base
+    word = _WORD_BYTE[seg]
+    n_bytes = len(seg)
+    text_start = np.zeros(n_bytes + 1, bool)
+    text_start[bounds[:-1]] = True  # every text starts a fresh token
+    prev = np.zeros(n_bytes, bool)
+    prev[1:] = word[:-1]
+    prev &= ~text_start[:-1]
+    nxt = np.zeros(n_bytes, bool)
+    nxt[:-1] = word[1:]
+    nxt &= ~text_start[1:]
+    starts = np.flatnonzero(word & ~prev)
+    ends = np.flatnonzero(word & ~nxt) + 1
+    padded = np.zeros(n_bytes + 8, np.uint8)
+    padded[:n_bytes] = seg
+    view = np.ndarray((n_bytes + 1,), dtype="<u8", buffer=padded, strides=(1,))
+    hashes = splitmix64((ends - starts).astype(np.uint64))
+    active = np.arange(len(starts))
+    pos = starts.copy()
+    while active.size:  # rounds of 8 bytes; nearly all tokens finish in the first round
+        remaining = np.minimum(ends[active] - pos[active], 8)
+        chunk = view[pos[active]] & _BYTE_MASKS[remaining]
+        with np.errstate(over="ignore"):
+            hashes[active] = splitmix64(hashes[active] * np.uint64(31) ^ chunk)
+        pos[active] += 8
+        active = active[pos[active] < ends[active]]
+    text_of = np.searchsorted(bounds, starts, side="right") - 1
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.bincount(text_of, minlength=n), out=offsets[1:])
+    return hashes, offsets
+
+
+class SortedKeys:
+    """Query keys sorted once, so that many membership/count lookups run as cache-friendly merges rather than
+    random binary searches (10-30x faster on millions of keys)."""
+
+    def __init__(self, keys: np.ndarray):
+        self.order = np.argsort(keys)
+        self.sorted = keys[self.order]
+
+    def member(self, reference: np.ndarray) -> np.ndarray:
+        """Which keys (in original order) occur in reference."""
+        return self._scatter(_hits(self.sorted, np.sort(reference)))
+
+    def count(self, reference: np.ndarray) -> np.ndarray:
+        """How many times each key occurs in reference."""
+        if len(reference) == 0 or len(self.sorted) == 0:
+            return np.zeros(len(self.sorted), np.int64)
+        ref = np.sort(reference)
+        left = np.searchsorted(ref, self.sorted, side="left")
+        right = np.searchsorted(ref, self.sorted, side="right")
+        return self._scatter(right - left)
+
+    def first_occurrences(self) -> np.ndarray:
+        """Indices (into the original keys) of one occurrence of each distinct key."""
+        if len(self.sorted) == 0:
+            return self.order
+        new = np.ones(len(self.sorted), bool)
+        new[1:] = self.sorted[1:] != self.sorted[:-1]
+        return self.order[new]
+
+    def _scatter(self, values: np.ndarray) -> np.ndarray:
+        out = np.empty_like(values)
+        out[self.order] = values
+        return out
+
+
+def _hits(sorted_query: np.ndarray, sorted_ref: np.ndarray) -> np.ndarray:
+    if len(sorted_ref) == 0 or len(sorted_query) == 0:
+        return np.zeros(len(sorted_query), bool)
+    idx = np.searchsorted(sorted_ref, sorted_query)
+    idx[idx == len(sorted_ref)] = len(sorted_ref) - 1
+    return sorted_ref[idx] == sorted_query
+
+
 @dataclass
 class Shingles:
     """The k-shingles of n texts: hash `keys`, owning text `row` and `position` (index of the shingle's first

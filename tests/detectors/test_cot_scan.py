@@ -162,3 +162,37 @@ def test_findings_json_round_trip(store):
     (f,) = scan_findings(store, table)
     obj = json.loads(json.dumps(f.to_json()))
     assert obj["kind"] == "cot_grading" and obj["method"] == "scan" and obj["evidence"][0]["span"]
+
+
+def test_decision_rule_needs_many_matches_and_coverage_or_a_long_verbatim_run():
+    from rlaudit.detectors.cot_scan import Tally
+
+    p = ScanParams()
+    t = Tally(reasoning_only=np.array([60, 60, 10, 200, 12]), matched=np.array([5, 40, 8, 20, 7]),
+              longest=np.array([5, 10, 8, 16, 7]))
+    # 5/60 seen: no; 40/60 seen: yes; 8/10 seen: yes; 20/200 but a 20-word run: yes; 7 matches: too few
+    assert p.decide(t).tolist() == [False, True, True, True, False]
+
+
+def test_a_short_coincidental_overlap_is_not_exposure():
+    # a rollout-specific grader input (not group context) that shares one 10-word sentence with the reasoning
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(6):
+        prompt, shared = paragraph(rng, 2), sentence(rng, 10)
+        reasoning = f"{paragraph(rng, 4)} {shared} {paragraph(rng, 2)}"
+        answer = sentence(rng, 9)
+        rows.append(_row(f"r{i}", f"g{i}", prompt, reasoning, answer, f"Q: {prompt}\nA: {answer}\nNote: {shared}"))
+    table = pa.Table.from_pylist(rows, schema=ROLLOUT_SCHEMA)
+    results = scan_batch(table, ScanParams()).to_pylist()
+    assert all(r["matched"] >= 4 for r in results)  # the overlap is seen...
+    assert not any(r["exposed"] for r in results)  # ...but is not exposure
+
+
+def test_sliced_batches_give_the_same_results():
+    table, truth = make_run(seed=12, exposure=lambda s, t, r: "full" if r.random() < 0.3 else None)
+    whole = exposed_ids(table)
+    parts = set()
+    for start in range(0, table.num_rows, 37):  # slices share buffers with offsets != 0
+        parts |= exposed_ids(table.slice(start, 37))
+    assert whole == set(truth) and parts == whole

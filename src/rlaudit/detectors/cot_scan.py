@@ -34,7 +34,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import numpy as np
@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 
 from ..cot_stats import wilson_interval
 from ..findings import Evidence, Finding
-from ..shingles import Vocabulary, count_lookup, longest_runs, matching_spans, member, normalized_tokens, scoped
+from ..shingles import SortedKeys, hashed_tokens, longest_runs, matching_spans, scoped, shingles_from_ids
 
 RESULT_SCHEMA = pa.schema([
     ("rollout_id", pa.string()), ("step", pa.int64()), ("split", pa.string()), ("condition", pa.string()),
@@ -83,9 +83,23 @@ class ScanParams:
         d.pop("batch_rows")
         return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
-    def decide(self, matched: np.ndarray, reasoning_only: np.ndarray, longest: np.ndarray) -> np.ndarray:
-        containment = np.divide(matched, reasoning_only, out=np.zeros(len(matched)), where=reasoning_only > 0)
-        return ((matched >= self.min_matched) & (containment >= self.min_containment)) | (longest >= self.min_span)
+    def decide(self, tally: Tally) -> np.ndarray:
+        """The per-rollout decision rule of the module doc."""
+        return ((tally.matched >= self.min_matched) & (tally.containment >= self.min_containment)) | \
+            (tally.longest >= self.min_span)
+
+
+class Tally(NamedTuple):
+    """Per rollout: reasoning-only shingles, how many of them the grader saw, and the longest run of seen ones."""
+
+    reasoning_only: np.ndarray
+    matched: np.ndarray
+    longest: np.ndarray
+
+    @property
+    def containment(self) -> np.ndarray:
+        return np.divide(self.matched, self.reasoning_only, out=np.zeros(len(self.matched)),
+                         where=self.reasoning_only > 0)
 
 
 # ---------------------------------------------------------------- the per-batch kernel
@@ -95,7 +109,7 @@ def scan_batch(batch: pa.RecordBatch | pa.Table, params: ScanParams) -> pa.Table
         batch = pa.Table.from_batches([batch])
     batch = batch.combine_chunks()
     n = batch.num_rows
-    gi = batch.column("grader_inputs").chunk(0)
+    gi = pa.concat_arrays([batch.column("grader_inputs").chunk(0)])  # rebase a sliced map: keys/items ignore slicing
     offsets = np.asarray(gi.offsets.to_numpy(zero_copy_only=False), np.int64)
     offsets = offsets - offsets[0]
     parent = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
@@ -106,60 +120,63 @@ def scan_batch(batch: pa.RecordBatch | pa.Table, params: ScanParams) -> pa.Table
 
     prompts = pc.dictionary_encode(pc.fill_null(batch.column("prompt").chunk(0), ""))
     prompt_of_row = prompts.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    vocab = Vocabulary([normalized_tokens(batch.column("reasoning")), normalized_tokens(batch.column("answer")),
-                        normalized_tokens(prompts.dictionary), normalized_tokens(grader_texts)])
     k = params.k
-    R, A, P, G = (vocab.shingles(i, k) for i in range(4))
+    R, A, P, G = (shingles_from_ids(*hashed_tokens(texts), k) for texts in (
+        batch.column("reasoning"), batch.column("answer"), prompts.dictionary, grader_texts))
 
     r_row = scoped(R.keys, R.row)
-    excluded = member(r_row, scoped(A.keys, A.row))
-    excluded |= member(scoped(R.keys, prompt_of_row[R.row]), scoped(P.keys, P.row))
+    rq = SortedKeys(r_row)
+    excluded = rq.member(scoped(A.keys, A.row))
+    excluded |= SortedKeys(scoped(R.keys, prompt_of_row[R.row])).member(scoped(P.keys, P.row))
     group_of_row = _group_index(batch.column("group_id").chunk(0), n)
-    r_group = scoped(R.keys, group_of_row[R.row])
-    reasoning_in_group = count_lookup(r_group, _unique_rescoped(R.keys, R.row, group_of_row, r_row))
+    if params.group_context:
+        r_group = scoped(R.keys, group_of_row[R.row])
+        gq = SortedKeys(r_group)
+        reasoning_in_group = gq.count(r_group[rq.first_occurrences()])  # rows whose reasoning has the shingle
 
     names = grader_names.to_numpy(zero_copy_only=False).astype(object)
     out = []
     for grader in sorted(set(names.tolist())):  # few graders: the loop is over graders, not rollouts
         entries = np.flatnonzero(names == grader)
         rows = parent[entries]
-        g_mask = np.isin(G.row, entries)
+        is_entry = np.zeros(len(names), bool)
+        is_entry[entries] = True
+        g_mask = is_entry[G.row]
         g_keys, g_parent = G.keys[g_mask], parent[G.row[g_mask]]
         g_row = scoped(g_keys, g_parent)
-        seen = member(r_row, g_row)
+        seen = rq.member(g_row)
         counted = ~excluded
-        reasoning_only, matched, longest = _tally(counted, seen, R.row, n)
-        exposed = params.decide(matched, reasoning_only, longest)
+        tally = _tally(counted, seen, R.row, n)
+        exposed = params.decide(tally)
         if params.group_context:
             size = np.bincount(group_of_row[rows], minlength=group_of_row.max() + 1)
-            seen_in_group = count_lookup(r_group, _unique_rescoped(g_keys, g_parent, group_of_row, g_row))
+            first = SortedKeys(g_row).first_occurrences()  # rows whose grader input has the shingle
+            seen_in_group = gq.count(scoped(g_keys[first], group_of_row[g_parent[first]]))
             invariant = (size[group_of_row[R.row]] >= 2) & (seen_in_group >= size[group_of_row[R.row]])
             strict = _tally(counted & ~invariant, seen, R.row, n)
-            exposed_strict = params.decide(*strict)
+            exposed_strict = params.decide(strict)
             # Exposure that rests on group-invariant text counts only when it looks listwise: at least two
             # rollouts of the group are exposed through invariant text found in their own reasoning alone.
             loose = _tally(counted & ~(invariant & (reasoning_in_group >= 2)), seen, R.row, n)
-            via_invariant = params.decide(*loose) & ~exposed_strict
+            via_invariant = params.decide(loose) & ~exposed_strict
             listwise = np.bincount(group_of_row[via_invariant], minlength=len(size)) >= 2
             use_loose = via_invariant & listwise[group_of_row]
             exposed = exposed_strict | use_loose
-            reasoning_only, matched, longest = (np.where(use_loose, lo, st) for lo, st in zip(loose, strict))
-        containment = np.divide(matched, reasoning_only, out=np.zeros(n), where=reasoning_only > 0)
+            tally = Tally(*(np.where(use_loose, lo, st) for lo, st in zip(loose, strict)))
         take = pa.array(rows)
         out.append(pa.table({
             "rollout_id": batch.column("rollout_id").take(take), "step": batch.column("step").take(take),
             "split": batch.column("split").take(take), "condition": batch.column("condition").take(take),
             "task": batch.column("task").take(take), "grader": pa.array([grader] * len(rows), pa.string()),
-            "reasoning_only": reasoning_only[rows], "matched": matched[rows], "containment": containment[rows],
-            "longest_span": longest[rows], "exposed": exposed[rows],
+            "reasoning_only": tally.reasoning_only[rows], "matched": tally.matched[rows],
+            "containment": tally.containment[rows], "longest_span": tally.longest[rows], "exposed": exposed[rows],
         }, schema=RESULT_SCHEMA))
     return pa.concat_tables(out)
 
 
-def _tally(counted: np.ndarray, seen: np.ndarray, row: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
-    """Per row: counted reasoning shingles, how many of them the grader saw, longest run of seen ones."""
-    return (np.bincount(row[counted], minlength=n), np.bincount(row[counted & seen], minlength=n),
-            longest_runs(seen[counted], row[counted], n))
+def _tally(counted: np.ndarray, seen: np.ndarray, row: np.ndarray, n: int) -> Tally:
+    return Tally(np.bincount(row[counted], minlength=n), np.bincount(row[counted & seen], minlength=n),
+                 longest_runs(seen[counted], row[counted], n))
 
 
 def _group_index(group_id: pa.Array, n: int) -> np.ndarray:
@@ -167,14 +184,6 @@ def _group_index(group_id: pa.Array, n: int) -> np.ndarray:
     enc = pc.dictionary_encode(group_id)
     idx = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
     return np.where(idx >= 0, idx, len(enc.dictionary) + np.arange(n, dtype=np.int64))
-
-
-def _unique_rescoped(keys: np.ndarray, rows: np.ndarray, group_of_row: np.ndarray,
-                     row_scoped: np.ndarray) -> np.ndarray:
-    """Group-scoped keys of the distinct (row, shingle) pairs: counting them per group counts rows, not
-    repetitions within one text."""
-    _, first = np.unique(row_scoped, return_index=True)
-    return scoped(keys[first], group_of_row[rows[first]])
 
 
 # ---------------------------------------------------------------- the run-level scan
