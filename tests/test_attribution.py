@@ -353,9 +353,9 @@ ORGANISMS = [
 
 @pytest.mark.parametrize("scenario,spec,where", ORGANISMS, ids=[o[0] for o in ORGANISMS])
 def test_simulated_scenarios_rank_the_implanted_signal_first(store, scenario, spec, where):
-    from rlaudit.organisms import simulate
+    from rlaudit.organisms import run as simulate_run
 
-    sim = simulate.run(scenario, seed=1)
+    sim = simulate_run(scenario, seed=1)
     store.append(scenario, sim.canonical(), key="sim")
     issue = next(i for i in sim.ground_truth.issues if i.kind == "reward_attribution")
     t = trace(store, scenario, spec, where, n_boot=300)
@@ -368,9 +368,9 @@ def test_simulated_scenarios_rank_the_implanted_signal_first(store, scenario, sp
 
 
 def test_simulated_legitimate_behaviour_is_low_and_credited_to_correctness(store):
-    from rlaudit.organisms import simulate
+    from rlaudit.organisms import run as simulate_run
 
-    sim = simulate.run("clean_legit", seed=1)
+    sim = simulate_run("clean_legit", seed=1)
     store.append("legit", sim.canonical(), key="sim")
     legit = sim.ground_truth.legitimate[0]
     t = trace(store, "legit", legit.terms[0], legit.where, n_boot=300)
@@ -389,3 +389,18 @@ def test_bootstrap_normal_limit_matches_poisson_resampling():
     r_exact, r_normal = exact[:, 0] / exact[:, 1], normal[:, 0] / normal[:, 1]
     assert np.quantile(r_normal, 0.025) == pytest.approx(np.quantile(r_exact, 0.025), abs=0.2 * r_exact.std())
     assert np.quantile(r_normal, 0.975) == pytest.approx(np.quantile(r_exact, 0.975), abs=0.2 * r_exact.std())
+
+
+@pytest.mark.parametrize("fmt", ["trl", "verl", "prime-rl"])
+def test_simulated_trainer_logs_through_the_readers(tmp_path, store, fmt):
+    """The goblin scenario written as a real trainer's logs (TRL parquet, verl JSONL with score + extra keys,
+    prime-rl traces), ingested by the readers, traced to the Nerdy persona reward."""
+    from rlaudit.organisms import simulate
+
+    gt = simulate("goblin_persona", tmp_path / fmt, format=fmt, seed=4, steps=40)
+    run = store.ingest(tmp_path / fmt).run
+    t = trace(store, run, "re:(?i)\\b(goblin|gremlin)s?\\b", n_boot=200)
+    issue = next(i for i in gt.issues if i.kind == "reward_attribution")
+    assert t.grouping == "group_id"
+    assert t.top.signal == issue.signal and t.severity == "high"
+    assert t.condition == issue.source_condition

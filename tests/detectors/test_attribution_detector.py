@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 from rlaudit.detectors import AuditConfig, DetectContext
 from rlaudit.detectors.attribution import AttributionDetector
 from rlaudit.findings import Finding
@@ -75,3 +77,27 @@ def test_respects_max_step(store):
     ctx = DetectContext(store=store, run="sim", config=config, findings=[emerging("sim", "goblin")])
     f = AttributionDetector().detect(ctx)[0]
     assert max(f["signals"][0]["series"]["steps"]) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["goblin_persona", "clean_legit"])
+def test_audit_traces_what_discovery_finds_on_simulated_runs(store, scenario):
+    """Full chain on the simulator: `emerging` finds behaviours, `attribution` traces them. The goblin tic is
+    attributed to the Nerdy persona reward (high); the legitimate control yields nothing above low."""
+    from rlaudit.detectors import run_detectors
+    from rlaudit.organisms import run as simulate_run
+
+    sim = simulate_run(scenario, seed=3)
+    store.append(scenario, sim.canonical(), key="sim")
+    found = run_detectors(store, scenario, AuditConfig(detectors=["attribution"],
+                                                       options={"attribution": {"n_boot": 300}}))
+    assert not [f for f in found if f.kind == "audit_error"]
+    traced = [f for f in found if f.kind == "reward_attribution"]
+    issues = [i for i in sim.ground_truth.issues if i.kind == "reward_attribution"]
+    if issues:
+        issue = issues[0]
+        hits = [f for f in traced if f.severity == "high" and any(t in f["behavior"] for t in issue.terms)]
+        assert hits and all(f["signal"] == issue.signal for f in hits)
+        assert all(f["condition"] == issue.source_condition for f in hits)
+    else:  # discovery may or may not surface the verification habit; whatever is traced is not a problem
+        assert all(f.severity in ("info", "low") for f in traced)
