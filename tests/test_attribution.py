@@ -404,3 +404,23 @@ def test_simulated_trainer_logs_through_the_readers(tmp_path, store, fmt):
     assert t.grouping == "group_id"
     assert t.top.signal == issue.signal and t.severity == "high"
     assert t.condition == issue.source_condition
+
+
+def test_cli_trace_prints_tables_and_writes_json(tmp_path, store, run_store):
+    from typer.testing import CliRunner
+
+    from rlaudit.cli import app
+
+    run_store(bias=0.6)
+    out = tmp_path / "trace.json"
+    result = CliRunner().invoke(app, ["trace", "sim", "--behavior", "goblin", "--store", str(store.root),
+                                      "--json", str(out), "--boot", "200"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "persona_rm" in result.output and "by condition" in result.output and "nerdy" in result.output
+    obj = json.loads(out.read_text())
+    assert obj["signal"] == "persona_rm" and obj["severity"] == "high" and obj["evidence"]
+    bad = CliRunner().invoke(app, ["trace", "nope", "--behavior", "goblin", "--store", str(store.root)])
+    assert isinstance(bad.exception, RlauditError) and "neither a file" in str(bad.exception)
+    bad = CliRunner().invoke(app, ["trace", "sim", "--behavior", "goblin", "--where", "cot",
+                                   "--store", str(store.root)])
+    assert isinstance(bad.exception, RlauditError) and "--where" in str(bad.exception)
