@@ -43,7 +43,8 @@ import pyarrow.compute as pc
 
 from ..cot_stats import wilson_interval
 from ..findings import Evidence, Finding
-from ..shingles import SortedKeys, hashed_tokens, longest_runs, matching_spans, scoped, shingles_from_ids
+from ..shingles import (SortedKeys, distinct, hashed_tokens, longest_runs, matching_spans, scope_of, scoped,
+                        shingle_of, shingles_from_ids)
 
 RESULT_SCHEMA = pa.schema([
     ("rollout_id", pa.string()), ("step", pa.int64()), ("split", pa.string()), ("condition", pa.string()),
@@ -126,13 +127,14 @@ def scan_batch(batch: pa.RecordBatch | pa.Table, params: ScanParams) -> pa.Table
 
     r_row = scoped(R.keys, R.row)
     rq = SortedKeys(r_row)
-    excluded = rq.member(scoped(A.keys, A.row))
-    excluded |= SortedKeys(scoped(R.keys, prompt_of_row[R.row])).member(scoped(P.keys, P.row))
+    # the prompt's shingles, repeated for every row that has that prompt (prompts are shared within a group)
+    p_rows, p_index = _expand(prompt_of_row, np.bincount(P.row, minlength=len(prompts.dictionary)))
+    excluded = rq.member(np.concatenate([scoped(A.keys, A.row), scoped(P.keys[p_index], p_rows)]))
     group_of_row = _group_index(batch.column("group_id").chunk(0), n)
     if params.group_context:
-        r_group = scoped(R.keys, group_of_row[R.row])
-        gq = SortedKeys(r_group)
-        reasoning_in_group = gq.count(r_group[rq.first_occurrences()])  # rows whose reasoning has the shingle
+        gq = SortedKeys(scoped(R.keys, group_of_row[R.row]))
+        r_distinct = rq.distinct()  # (row, shingle) pairs: counting them per group counts rows
+        reasoning_in_group = gq.count(scoped(shingle_of(r_distinct), group_of_row[scope_of(r_distinct)]))
 
     names = grader_names.to_numpy(zero_copy_only=False).astype(object)
     out = []
@@ -150,8 +152,8 @@ def scan_batch(batch: pa.RecordBatch | pa.Table, params: ScanParams) -> pa.Table
         exposed = params.decide(tally)
         if params.group_context:
             size = np.bincount(group_of_row[rows], minlength=group_of_row.max() + 1)
-            first = SortedKeys(g_row).first_occurrences()  # rows whose grader input has the shingle
-            seen_in_group = gq.count(scoped(g_keys[first], group_of_row[g_parent[first]]))
+            g_distinct = distinct(g_row)  # rows whose grader input has the shingle
+            seen_in_group = gq.count(scoped(shingle_of(g_distinct), group_of_row[scope_of(g_distinct)]))
             invariant = (size[group_of_row[R.row]] >= 2) & (seen_in_group >= size[group_of_row[R.row]])
             strict = _tally(counted & ~invariant, seen, R.row, n)
             exposed_strict = params.decide(strict)
@@ -177,6 +179,16 @@ def scan_batch(batch: pa.RecordBatch | pa.Table, params: ScanParams) -> pa.Table
 def _tally(counted: np.ndarray, seen: np.ndarray, row: np.ndarray, n: int) -> Tally:
     return Tally(np.bincount(row[counted], minlength=n), np.bincount(row[counted & seen], minlength=n),
                  longest_runs(seen[counted], row[counted], n))
+
+
+def _expand(owner_of_row: np.ndarray, count_per_owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows that each own a range of items (item counts per owner, items stored owner by owner), the
+    (row, item index) pairs of every row's items, without a Python loop."""
+    starts = np.concatenate([[0], np.cumsum(count_per_owner)[:-1]])
+    per_row = count_per_owner[owner_of_row]
+    rows = np.repeat(np.arange(len(owner_of_row), dtype=np.int64), per_row)
+    within = np.arange(len(rows), dtype=np.int64) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+    return rows, starts[owner_of_row][rows] + within
 
 
 def _group_index(group_id: pa.Array, n: int) -> np.ndarray:
