@@ -104,22 +104,26 @@ def ratio_of_sums_se(num: np.ndarray, den: np.ndarray) -> float:
 
 
 def group_midranks(codes: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """1-based ranks of `values` within each group of `codes`, ties given their average rank. Vectorised:
-    one lexsort, then tie runs found by comparing neighbours."""
+    """1-based ranks of `values` within each group of `codes` (non-negative integers), ties given their average
+    rank. Vectorised: values are replaced by their dense rank, combined with the group code into one integer key,
+    sorted once (several times faster than a two-key lexsort), and tie runs found by comparing neighbours."""
     codes = np.asarray(codes)
     values = np.asarray(values, dtype=np.float64)
     n = codes.size
     ranks = np.empty(n, dtype=np.float64)
     if n == 0:
         return ranks
-    order = np.lexsort((values, codes))
-    c, v = codes[order], values[order]
+    _, dense = np.unique(values, return_inverse=True)
+    key = codes.astype(np.int64) * (int(dense.max()) + 1) + dense.reshape(-1)
+    order = np.argsort(key)
+    c, k = codes[order], key[order]
     pos = np.arange(1, n + 1, dtype=np.float64)
     new_group = np.empty(n, dtype=bool)
     new_group[0] = True
     new_group[1:] = c[1:] != c[:-1]
-    new_run = new_group.copy()
-    new_run[1:] |= v[1:] != v[:-1]
+    new_run = np.empty(n, dtype=bool)
+    new_run[0] = True
+    new_run[1:] = k[1:] != k[:-1]
     run = np.cumsum(new_run) - 1
     run_mean = np.bincount(run, weights=pos) / np.bincount(run)
     group_first = np.maximum.accumulate(np.where(new_group, pos, 0.0))
