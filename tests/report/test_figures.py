@@ -195,4 +195,4 @@ def test_overall_prevalence_draws_the_detectors_smoothing_on_top():
     fig = prevalence_figure("p", {"series": {"steps": STEPS, "prevalence": _prev(1), "smoothed": _prev(.9),
                                              "rollouts": [8] * 10}}, "t")
     assert [t["name"] for t in fig["data"]] == ["all rollouts", "smoothed"]
-    assert fig["data"][1]["y"] == _prev(.9)
+    assert fig["data"][1]["y"] == pytest.approx(_prev(.9))

@@ -183,3 +183,12 @@ def test_megabyte_texts_keep_the_report_small(report_store):
 def test_empty_audit_renders(report_store):
     html = build_report_html(report_store, AuditResult(runs=[report_store.summary("grpo-a")], findings=[]))
     assert "No findings" in html
+
+
+def test_rollout_lookup_by_step_finds_the_same_rows(report_store):
+    ids = ["s3-1", "s15-1", "s19-7"]
+    by_step = fetch_rollouts(report_store, "grpo-a", ids, 100, steps=[3, 15, 19])
+    assert set(by_step) == set(ids)
+    assert {i: r["answer"] for i, r in by_step.items()} == {
+        i: r["answer"] for i, r in fetch_rollouts(report_store, "grpo-a", ids, 100).items()}
+    assert fetch_rollouts(report_store, "grpo-a", ids, 100, steps=[4]) == {}

@@ -113,10 +113,15 @@ def build_report_html(store: Store | None, result: AuditResult, *, title: str | 
         })
 
     detailed = result.findings[: limits.max_detailed]
-    cited: dict[str, list[str]] = {}
+    cited: dict[str, list[Any]] = {}
     for f in detailed:
-        cited.setdefault(f.run, []).extend(e.rollout_id for e in f.evidence[: limits.max_evidence])
-    rows = {run: report_data.fetch_rollouts(store, run, ids, limits.text_cap) for run, ids in cited.items()}
+        cited.setdefault(f.run, []).extend(f.evidence[: limits.max_evidence])
+    rows = {}
+    for run, evidence in cited.items():
+        steps = [e.step for e in evidence]
+        known = all(isinstance(s, int) and not isinstance(s, bool) for s in steps)
+        rows[run] = report_data.fetch_rollouts(store, run, [e.rollout_id for e in evidence], limits.text_cap,
+                                               steps=steps if known else None)
     views = []
     for i, f in enumerate(detailed):
         figs = figures_for(f, f"f{i}", limits.max_points)

@@ -79,18 +79,26 @@ def condition_counts(store: Store | None, runs: Sequence[str]) -> dict[str, dict
     return out
 
 
-def fetch_rollouts(store: Store | None, run: str, rollout_ids: Sequence[str], text_cap: int
-                   ) -> dict[str, dict[str, Any]]:
+def fetch_rollouts(store: Store | None, run: str, rollout_ids: Sequence[str], text_cap: int,
+                   steps: Sequence[int] | None = None) -> dict[str, dict[str, Any]]:
     """The cited rollouts of one run by id: texts cut to `text_cap` characters in SQL (with their full length
-    under `<column>_len`), rewards and grader inputs. Missing runs or ids yield nothing."""
+    under `<column>_len`), rewards and grader inputs. Missing runs or ids yield nothing.
+
+    `steps`, when every cited rollout's step is known, lets DuckDB skip the Parquet row groups of other steps.
+    """
     ids = sorted({i for i in rollout_ids if i})
     if not ids or run not in _runs_in_store(store, [run]):
         return {}
     assert store is not None
     texts = ", ".join(f"left({c}, {int(text_cap)}) AS {c}, length({c}) AS {c}_len" for c in _TEXT_COLUMNS)
+    where = "rollout_id IN (SELECT unnest(?::VARCHAR[]))"
+    params: list[Any] = [ids]
+    if steps:
+        where = f"step IN (SELECT unnest(?::BIGINT[])) AND {where}"
+        params.insert(0, sorted({int(s) for s in steps}))
     sql = (f"SELECT rollout_id, step, condition, task, group_id, {texts}, rewards, reward, advantage, "
-           "grader_inputs FROM rollouts WHERE rollout_id IN (SELECT unnest(?::VARCHAR[]))")
-    rows = store.query(sql, [ids], runs=[run]).to_pylist()
+           f"grader_inputs FROM rollouts WHERE {where}")
+    rows = store.query(sql, params, runs=[run]).to_pylist()
     out = {}
     for row in rows:
         for key in ("rewards", "grader_inputs"):  # Arrow maps arrive as lists of (key, value) pairs

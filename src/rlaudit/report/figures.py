@@ -263,12 +263,23 @@ def _vline(x: float, label: str, xref: str = "x", yref: str = "y domain") -> tup
     return shape, note
 
 
+def _round(obj: Any, digits: int = 5) -> Any:
+    """Floats in plot data to `digits` significant digits: indistinguishable on screen, a third of the bytes."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}") if math.isfinite(obj) else None
+    if isinstance(obj, list):
+        return [_round(v, digits) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _round(v, digits) for k, v in obj.items()}
+    return obj
+
+
 def figure(fig_id: str, title: str, data: list[dict], layout: dict | None = None, height: int = 320) -> Figure:
     base = {"title": {"text": plot_label(title, 120), "font": {"size": 14}}, "height": height,
             "margin": {"l": 60, "r": 20, "t": 50, "b": 45}, "legend": {"orientation": "h", "y": -0.2},
             "hovermode": "x unified"}
     base.update(layout or {})
-    return {"id": fig_id, "data": data, "layout": base}
+    return {"id": fig_id, "data": _round(data), "layout": base}
 
 
 # ---------------------------------------------------------------------------------------------- builders
