@@ -367,7 +367,7 @@ def to_numbers(values: pa.Array) -> tuple[pa.Array, pa.Array]:
     values = _combine(values)
     typ = values.type
     if pa.types.is_floating(typ) or pa.types.is_integer(typ) or pa.types.is_boolean(typ) or pa.types.is_null(typ):
-        return values.cast(pa.float64()), pa.array(np.zeros(len(values), dtype=bool))
+        return pc.cast(values, pa.float64(), safe=False), pa.array(np.zeros(len(values), dtype=bool))
     if _is_str(typ) or pa.types.is_dictionary(typ):
         text = pc.utf8_trim_whitespace(values.cast(pa.string()))
         ok = pc.match_substring_regex(text, r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^(?i:[-+]?(nan|inf|infinity))$")
@@ -399,7 +399,7 @@ def map_from_columns(columns: dict[str, pa.Array], value_type: pa.DataType, drop
         return pa.MapArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], pa.string()),
                                        pa.array([], value_type)).cast(typ)
     k = len(names)
-    arrays = [_combine(columns[name]).cast(value_type) for name in names]
+    arrays = [pc.cast(_combine(columns[name]), value_type, safe=False) for name in names]
     if pa.types.is_floating(value_type) and not drop_null:
         matrix = np.column_stack([a.to_numpy(zero_copy_only=False) for a in arrays]).astype(np.float64)
         items = pa.array(matrix.ravel())
@@ -747,7 +747,7 @@ def classify_extras(table: pa.Table, known: set[str], options: ReadOptions, bool
         elif name.endswith("_input") and len(name) > len("_input") and _text_like(typ):
             graders.setdefault(name[: -len("_input")], as_text(values))
         elif pa.types.is_integer(typ) or pa.types.is_floating(typ) or (bool_is_signal and pa.types.is_boolean(typ)):
-            rewards[name] = values.cast(pa.float64())
+            rewards[name] = pc.cast(values, pa.float64(), safe=False)
         else:
             meta[name] = values
     schema = pa.schema([table.schema.field(name) for name in meta])

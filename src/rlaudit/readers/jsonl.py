@@ -92,6 +92,10 @@ def _fast_parse(data: bytes, kinds: FieldKinds) -> pa.Table | None:
         return None
     if table.num_rows != n_lines:  # e.g. a whitespace-only line, or two objects on one line
         return None
+    try:  # Arrow's JSON parser does not check UTF-8; invalid bytes must go to the slow path's quarantine
+        table.validate(full=True)
+    except pa.ArrowInvalid:
+        return None
     for name, kind in kinds.items():
         if name in table.column_names and not _fits(table.schema.field(name).type, kind):
             return None

@@ -1,0 +1,91 @@
+"""Store properties through the readers: idempotent, incremental, atomic (crash mid-ingest)."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlaudit.readers import trl as trl_module
+from rlaudit.readers.base import ReadOptions
+
+from .trainer_files import primerl_step, trl_step, verifiers_episode, verifiers_trace
+
+
+def _steps(out, steps):
+    for s in steps:
+        trl_step(out, s, [f"prompt {s}"] * 4, [f"<think>r{s}</think>a{i}" for i in range(4)],
+                 rewards={"r": [float(i) for i in range(4)]})
+
+
+def test_same_files_twice_add_nothing(tmp_path, store):
+    out = tmp_path / "run"
+    _steps(out, [1, 2, 3])
+    first = store.ingest(out)
+    before = store.table("run")
+    version = store.manifest("run")["version"]
+    again = store.ingest(out)
+    assert first.rows_added == 12 and again.rows_added == 0 and again.files_skipped == 3 and again.files_read == 0
+    assert store.table("run").equals(before)
+    assert store.manifest("run")["version"] >= version
+
+
+def test_only_new_step_files_are_read(tmp_path, store):
+    out = tmp_path / "run"
+    _steps(out, [1, 2])
+    store.ingest(out)
+    _steps(out, [3])
+    report = store.ingest(out)
+    assert report.files_read == 1 and report.files_skipped == 2 and report.rows_added == 4
+    assert store.summary("run").steps == (1, 3) and store.summary("run").rows == 12
+
+
+def test_a_grown_file_replaces_its_rows(tmp_path, store):
+    run = tmp_path / "prime"
+
+    def episode(i):
+        return verifiers_episode([verifiers_trace(None, "q", f"a{i}", None, {"r": (1.0, 1.0)})], 1, group="g")
+
+    primerl_step(run, 1, [episode(0), episode(1)], subset="all")
+    store.ingest(run)
+    primerl_step(run, 1, [episode(2)], subset="all")  # the live `all` stream grows
+    report = store.ingest(run)
+    assert report.files_read == 1 and report.rows_added == 3
+    assert store.summary("prime").rows == 3
+
+
+def test_changed_options_reread_everything(tmp_path, store):
+    out = tmp_path / "run"
+    _steps(out, [1])
+    store.ingest(out)
+    report = store.ingest(out, options=ReadOptions(group_size=2))
+    assert report.files_read == 1 and store.summary("run").rows == 4
+    assert store.table("run", ["group_id"]).column(0).to_pylist() == ["1:0", "1:0", "1:1", "1:1"]
+
+
+def test_crash_mid_ingest_leaves_previous_state_and_next_ingest_recovers(tmp_path, store, monkeypatch):
+    out = tmp_path / "run"
+    _steps(out, [1, 2])
+    store.ingest(out)
+    before = store.table("run")
+    _steps(out, [3, 4, 5])
+    real_raw = trl_module.TrlReader._raw
+    calls = {"n": 0}
+
+    def crashing_raw(self, table, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second new file: one new part may already be written
+            raise RuntimeError("simulated crash")
+        return real_raw(self, table, *args, **kwargs)
+
+    monkeypatch.setattr(trl_module.TrlReader, "_raw", crashing_raw)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        store.ingest(out)
+    # the previous state is intact and readable (the manifest lists only committed parts)
+    assert store.table("run").equals(before)
+    parts_dir = store.run_dir("run") / "parts"
+    monkeypatch.setattr(trl_module.TrlReader, "_raw", real_raw)
+    report = store.ingest(out)
+    assert store.summary("run").rows == 20 and store.summary("run").steps == (1, 5)
+    assert report.rows_added == 12
+    listed = {p.name for p in store.parts("run")}
+    on_disk = {p.name for p in parts_dir.iterdir()}
+    assert on_disk == listed  # orphans of the crashed ingest were removed, no temp files left
