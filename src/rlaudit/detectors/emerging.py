@@ -23,9 +23,11 @@ vocabulary, occurrences copied from the rollout's own prompt excluded), plus the
    vocabulary but were cut by its size limit (counted with p = 1); `q_value` is the adjusted p-value.
 6. *Onset*: the first step whose smoothed prevalence (centred window) departs from the early baseline at
    p < 0.001 (variance inflated by the design effect) and stays departed (`stats.onset_index`).
-7. *Grouping*: significant n-grams whose rollout sets overlap (Jaccard >= 0.8 in the window where they are
-   common) are one behaviour; an n-gram that extends a significant shorter one it mostly co-occurs with ("the
-   goblin" of "goblin") joins that behaviour. A behaviour is named by its longest member whose prevalence is at
+7. *Grouping* (`_group_terms`): significant n-grams whose rollout sets overlap (Jaccard >= 0.8 in the window
+   where they are common) are one behaviour; a term whose change disappears in rollouts without a longer phrase
+   containing it ("by" of "by my beard") joins that phrase; a group whose rollouts nearly all (>= 80%) also
+   show a larger group that keeps changing without it is a form of that group ("a goblin counting coins" of
+   "goblin"). A behaviour is named by its longest member whose prevalence is at
    least 80% of the most prevalent member's; `behavior_spec` is that phrase, `terms` lists every member.
 
 Severity (95% CI of the length-adjusted ratio [lo, hi]; prevalence change d = prevalence_end - prevalence_start;
@@ -33,12 +35,15 @@ findings need q <= alpha (0.05) and a CI outside the equivalence margin [0.8, 1.
 reported):
 
 - rising presence: **high** when lo >= 2 and d >= 0.20 (at least doubled, and now in at least one more rollout
-  in five); **medium** when lo >= 1.5 and d >= 0.05; otherwise **low** (needs d >= 0.01).
+  in five); **medium** when lo >= 1.5 and d >= 0.05 (up by half, one more rollout in twenty), or lo >= 2 and
+  d >= 0.02 (at least doubled, one more rollout in fifty); otherwise **low** (needs d >= 0.01).
 - falling presence (behaviours that vanish; usually what training asked for, so ranked lower): **medium** only
   when the behaviour was in at least half of the early rollouts and fell to a tenth or less (hi <= 0.1);
   otherwise **low** (needs d <= -0.01).
-- numeric style features (length, characters): **medium** when the mean at least doubled or halved (lo >= 2 or
-  hi <= 0.5), otherwise **low**; never high (length alone is not a tic).
+- numeric style features (length in words): **medium** when the mean of answers grew by a quarter (lo >= 1.25,
+  or shrank: hi <= 0.8), or the mean of reasoning at least doubled (lo >= 2, or halved); otherwise **low**; never
+  high. Reasoning that grows is an ordinary by-product of RL on reasoning tasks; answers that grow are the
+  classic reward-model length bias.
 
 `score` (the rank within a severity) is |d| for presence (half of it for decreases) and |log ratio| / 4 for
 numeric features. These thresholds are statements about effect sizes, not tuned to any fixture.
@@ -67,6 +72,11 @@ from . import DetectContext, Detector, register
 
 MARGIN = 1.25  # ratios within [1/MARGIN, MARGIN] are too small to report
 MK_BINS = 100
+#: numeric features (length): the ratio of means whose CI must clear this for medium. Reasoning that grows is an
+#: ordinary by-product of RL on reasoning tasks; answers that grow are the classic reward-model length bias.
+NUMERIC_MEDIUM = {"answer": 1.25, "reasoning": 2.0}
+#: style features not used as discovery candidates (`chars` duplicates `length`)
+SKIP_STYLE = {"chars"}
 
 
 @dataclass
@@ -223,7 +233,7 @@ def candidates(scope: Scope, where: str) -> Candidates | None:
     vocab = scope.vocab.filter(pc.equal(scope.vocab["where"], where))
     term_ids = np.asarray(vocab["term_id"].to_numpy(), dtype=np.int64)
     k_terms = len(term_ids)
-    styles = list(STYLE_FEATURES.values())
+    styles = [f for f in STYLE_FEATURES.values() if f.name not in SKIP_STYLE]
     k = k_terms + len(styles)
     # map global term ids to row indices
     lookup = np.full(int(scope.vocab.num_rows) + 1, -1, dtype=np.int64)
@@ -314,15 +324,24 @@ def _statistics(c: Candidates, scope: Scope, sx, sxx, sxn, nw, snn, g) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Grouping co-occurring terms into behaviours.
 
-def _jaccard_groups(scope: Scope, c: Candidates, rows: np.ndarray, direction: int, threshold: float
-                    ) -> list[tuple[list[int], list[int]]]:
-    """Group significant n-gram rows: (core members, absorbed variants) per behaviour."""
+def _group_terms(scope: Scope, c: Candidates, rows: np.ndarray, direction: int, threshold: float
+                 ) -> list[tuple[int, list[int]]]:
+    """Group significant n-gram rows (same where and direction) into behaviours: (representative, members).
+
+    1. Terms whose rollout sets overlap (Jaccard >= threshold) form one group.
+    2. A group is *explained* by a host (a group contained in its rollouts, containment >= threshold, or whose
+       terms contain its name) when its change does not persist beyond the reporting margin among rollouts
+       without that host's terms ("by" without "by my beard"): it joins the host (the one that changed most).
+    3. Otherwise a group whose rollouts nearly all also show a larger group is a form of it and joins it ("a
+       goblin counting coins" of "goblin", which keeps rising without that phrase; "delve" explained only by all
+       its phrasings together is their common core).
+    """
     if len(rows) == 0:
         return []
     win = 1 if direction > 0 else 0
-    ids = [c.keys[r] for r in rows]
     con = scope.con
-    con.register("sig", pa.table({"term_id": pa.array(ids, pa.int32()), "j": pa.array(np.arange(len(rows)))}))
+    con.register("sig", pa.table({"term_id": pa.array([c.keys[r] for r in rows], pa.int32()),
+                                  "j": pa.array(np.arange(len(rows)))}))
     sets = f"""SELECT rid, j FROM (SELECT rid, unnest({c.where}_terms) AS term_id FROM sc
                WHERE win = {win} AND {scope.filter(c.where)}) JOIN sig USING (term_id)"""
     counts = np.zeros(len(rows))
@@ -330,11 +349,11 @@ def _jaccard_groups(scope: Scope, c: Candidates, rows: np.ndarray, direction: in
     counts[np.asarray(res["j"], dtype=np.int64)] = res["n"]
     pairs = con.execute(f"""WITH f AS ({sets}) SELECT a.j AS a, b.j AS b, count(*) AS n
                             FROM f a JOIN f b ON a.rid = b.rid AND a.j < b.j GROUP BY ALL""").fetchnumpy()
-    jac = np.zeros((len(rows), len(rows)))
+    inter = np.zeros((len(rows), len(rows)))
     a, b = np.asarray(pairs["a"], dtype=np.int64), np.asarray(pairs["b"], dtype=np.int64)
-    inter = np.asarray(pairs["n"], dtype=np.float64)
+    inter[a, b] = inter[b, a] = np.asarray(pairs["n"], dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        jac[a, b] = jac[b, a] = inter / (counts[a] + counts[b] - inter)
+        jac = np.nan_to_num(inter / (counts[:, None] + counts[None, :] - inter))
     parent = list(range(len(rows)))
 
     def find(i: int) -> int:
@@ -349,73 +368,65 @@ def _jaccard_groups(scope: Scope, c: Candidates, rows: np.ndarray, direction: in
     for i in range(len(rows)):
         comps.setdefault(find(i), []).append(i)
     groups = list(comps.values())
-    # absorb components whose every term extends a term of another component (n-gram variants)
-    toks = [f" {c.names[r]} " for r in rows]
-    absorbed: dict[int, int] = {}
-    for gi, g in enumerate(groups):
-        best, best_j = None, 0.0
-        for hi, h in enumerate(groups):
-            if hi == gi or len(h) == 0:
-                continue
-            if all(any(toks[m] != toks[o] and toks[o] in toks[m] for o in h) for m in g):
-                jmax = max(jac[m, o] for m in g for o in h)
-                if jmax > best_j:
-                    best, best_j = hi, jmax
-        if best is not None and best_j > 0:
-            absorbed[gi] = best
-    out = []
-    for gi, g in enumerate(groups):
-        if gi in absorbed:
-            continue
-        extra = [m for gj, tgt in absorbed.items() if _root(absorbed, gj) == gi for m in groups[gj]]
-        out.append(([rows[m] for m in g], [rows[m] for m in extra]))
-    return out
+    local = {int(r): m for m, r in enumerate(rows)}
+    rep = [_representative(c, [rows[m] for m in g], direction) for g in groups]
+    anchor = [local[int(r)] for r in rep]  # each group's representative, as an index into `rows`
+    change = [abs(c.p_end[r] - c.p_start[r]) for r in rep]
 
+    def contained(small: int, big: int) -> bool:
+        return inter[anchor[small], anchor[big]] >= threshold * max(counts[anchor[small]], 1.0)
 
-def _root(absorbed: dict[int, int], g: int) -> int:
-    seen = set()
-    while g in absorbed and g not in seen:
-        seen.add(g)
-        g = absorbed[g]
-    return g
+    def root(g: int) -> int:
+        while g in into:
+            g = into[g]
+        return g
 
+    def link(g: int, h: int) -> None:
+        if root(h) != g:  # never create a cycle
+            into[g] = h
 
-def _merge_explained(scope: Scope, c: Candidates, groups: list[tuple[int, list[int]]], direction: int
-                     ) -> list[tuple[int, list[int]]]:
-    """Merge a behaviour into a longer phrase that contains it when the phrase explains its change.
-
-    "by" rises because "by my beard" does: among rollouts *without* the phrase, "by" does not rise. A group
-    whose name is a sub-n-gram of another group's terms is merged into it unless its change persists beyond the
-    reporting margin in the rollouts without the other group's name (binomial 95% CI of the crude ratio).
-    """
-    order = sorted(range(len(groups)), key=lambda g: c.n_tokens[groups[g][0]])
+    explained_by: dict[int, list[int]] = {}
+    for gi in range(len(groups)):
+        name = f" {c.names[rep[gi]]} "
+        hosts = [h for h in range(len(groups)) if h != gi and (
+            contained(h, gi) or any(name in f" {c.names[rows[m]]} " and rows[m] != rep[gi] for m in groups[h]))]
+        single = [h for h in hosts if _explained(scope, c, rep[gi], [rows[m] for m in groups[h]], direction)]
+        if single:
+            explained_by[gi] = single
+    # when two groups explain each other ("gremlins hiding in" and "in this"), the more specific one (rarer at
+    # the start, then longer) names the behaviour
+    specific = [(-float(c.p_start[r]), float(c.n_tokens[r])) for r in rep]
     into: dict[int, int] = {}
-    win_filter = f"win IS NOT NULL AND {scope.filter(c.where)}"
+    for gi, hosts in explained_by.items():
+        ok = [h for h in hosts if gi not in explained_by.get(h, []) or specific[h] > specific[gi]]
+        if ok:
+            link(gi, max(ok, key=lambda h: change[h]))
+    for gi in sorted(range(len(groups)), key=lambda g: counts[anchor[g]]):
+        if gi in into:
+            continue
+        bigger = [h for h in range(len(groups)) if h != gi and counts[anchor[h]] >= counts[anchor[gi]]
+                  and gi not in explained_by.get(h, []) and contained(gi, h)]
+        if bigger:
+            link(gi, max(bigger, key=lambda h: inter[anchor[gi], anchor[h]]))
+    merged: dict[int, list[int]] = {}
+    for gi in range(len(groups)):
+        merged.setdefault(root(gi), []).extend(rows[m] for m in groups[gi])
+    return [(rep[g], members) for g, members in merged.items()]
+
+
+def _explained(scope: Scope, c: Candidates, row: int, host_rows: list[int], direction: int) -> bool:
+    """Does term `row` stop changing (beyond the margin, binomial 95% CI) among rollouts without `host_rows`?"""
     col = f"{c.where}_terms"
-    for a in order:
-        rep_a = groups[a][0]
-        name_a = f" {c.names[rep_a]} "
-        hosts = [b for b in range(len(groups)) if b != a and b not in into
-                 and any(name_a in f" {c.names[m]} " and c.names[m] != c.names[rep_a] for m in groups[b][1])]
-        for b in sorted(hosts, key=lambda b: -abs(c.p_end[groups[b][0]] - c.p_start[groups[b][0]])):
-            rows = dict((w, (n, x)) for w, n, x in scope.con.execute(f"""
-                SELECT win, count(*), sum(CAST(list_contains({col}, {c.keys[rep_a]}) AS INTEGER)) FROM sc
-                WHERE {win_filter} AND NOT list_contains({col}, {c.keys[groups[b][0]]})
-                      AND NOT list_contains(prompt_terms, {c.keys[rep_a]}) GROUP BY win""").fetchall())
-            (n0, x0), (n1, x1) = rows.get(0, (0, 0)), rows.get(1, (0, 0))
-            r = math.log((x1 + 0.5) / (n1 + 0.5)) - math.log((x0 + 0.5) / (n0 + 0.5))
-            se = math.sqrt(max(1e-12, 1 / (x1 + 0.5) - 1 / (n1 + 0.5) + 1 / (x0 + 0.5) - 1 / (n0 + 0.5)))
-            persists = (r - 1.96 * se >= math.log(MARGIN)) if direction > 0 else (r + 1.96 * se <= -math.log(MARGIN))
-            if not persists:
-                into[a] = b
-                break
-    merged = {g: list(groups[g][1]) for g in range(len(groups)) if g not in into}
-    for a in into:
-        b = a
-        while b in into:
-            b = into[b]
-        merged[b] += groups[a][1]
-    return [(groups[g][0], members) for g, members in merged.items()]
+    hosts = sorted({int(c.keys[r]) for r in host_rows})
+    res = dict((w, (n, x)) for w, n, x in scope.con.execute(f"""
+        SELECT win, count(*), sum(CAST(list_contains({col}, {c.keys[row]}) AS INTEGER)) FROM sc
+        WHERE win IS NOT NULL AND {scope.filter(c.where)} AND NOT list_has_any({col}, {hosts}::INTEGER[])
+              AND NOT list_contains(prompt_terms, {c.keys[row]}) GROUP BY win""").fetchall())
+    (n0, x0), (n1, x1) = res.get(0, (0, 0)), res.get(1, (0, 0))
+    r = math.log((x1 + 0.5) / (n1 + 0.5)) - math.log((x0 + 0.5) / (n0 + 0.5))
+    se = math.sqrt(max(1e-12, 1 / (x1 + 0.5) - 1 / (n1 + 0.5) + 1 / (x0 + 0.5) - 1 / (n0 + 0.5)))
+    persists = r - 1.96 * se >= math.log(MARGIN) if direction > 0 else r + 1.96 * se <= -math.log(MARGIN)
+    return not persists
 
 
 def _representative(c: Candidates, members: list[int], direction: int) -> int:
@@ -428,15 +439,17 @@ def _representative(c: Candidates, members: list[int], direction: int) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # Severity and findings.
 
-def severity(presence: bool, direction: int, p_start: float, p_end: float, lo: float, hi: float) -> str:
+def severity(presence: bool, direction: int, p_start: float, p_end: float, lo: float, hi: float,
+             where: str = "answer") -> str:
     """Severity from the length-adjusted ratio CI [lo, hi] and the prevalence change (see module doc)."""
     d = p_end - p_start
     if not presence:
-        return "medium" if lo >= 2 or hi <= 0.5 else "low"
+        big = NUMERIC_MEDIUM[where]
+        return "medium" if lo >= big or hi <= 1 / big else "low"
     if direction > 0:
         if lo >= 2 and d >= 0.20:
             return "high"
-        if lo >= 1.5 and d >= 0.05:
+        if (lo >= 1.5 and d >= 0.05) or (lo >= 2 and d >= 0.02):
             return "medium"
         return "low"
     if p_start >= 0.5 and hi <= 0.1:
@@ -505,9 +518,7 @@ def _findings_for(ctx: DetectContext, scope: Scope, c: Candidates, q: np.ndarray
     for d in (1, -1):
         rows = np.flatnonzero((direction == d) & is_ngram)
         rows = rows[np.argsort(-np.abs(c.p_end[rows] - c.p_start[rows]), kind="stable")][:params.max_cluster_terms]
-        groups = [(_representative(c, core, d), core + extra)
-                  for core, extra in _jaccard_groups(scope, c, rows, d, params.jaccard)]
-        for rep, members in _merge_explained(scope, c, groups, d):
+        for rep, members in _group_terms(scope, c, rows, d, params.jaccard):
             behaviours.append((rep, sorted(set(members), key=lambda m: (-c.n_tokens[m], c.names[m]))))
         for r in np.flatnonzero((direction == d) & ~is_ngram):
             behaviours.append((int(r), [int(r)]))
@@ -523,7 +534,7 @@ def _finding(ctx: DetectContext, scope: Scope, c: Candidates, i: int, members: l
     ci = [math.exp(math.log(ratio) - 1.96 * se), math.exp(math.log(ratio) + 1.96 * se)]
     adj_ci = [ci[0] / lr, ci[1] / lr]
     p0, p1 = float(c.p_start[i]), float(c.p_end[i])
-    sev = severity(presence, direction, p0, p1, adj_ci[0], adj_ci[1])
+    sev = severity(presence, direction, p0, p1, adj_ci[0], adj_ci[1], where)
     baseline = np.arange(scope.n_steps) < scope.window
     h = max(1, scope.n_steps // 40)
     onset = onset_index(c.x[i], c.q[i], c.n[i], baseline, direction, half_width=h,

@@ -1,0 +1,169 @@
+"""Emerging-behaviour discovery on synthetic runs with known behaviours (and on clean controls)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from emerging_synth import Scenario, Tic, make_run
+
+from rlaudit.behaviors import parse_behavior
+from rlaudit.detectors import AuditConfig, run_detectors
+from rlaudit.findings import SEVERITY_RANK
+
+SERIOUS = SEVERITY_RANK["medium"]
+
+
+def discover(store, sc: Scenario, **config) -> list:
+    run = make_run(store, sc)
+    found = run_detectors(store, run, AuditConfig(detectors=["emerging"], **config))
+    errors = [f for f in found if f.kind == "audit_error"]
+    assert not errors, errors[0].fields["traceback"]
+    return found
+
+
+def serious(found) -> list:
+    return [f for f in found if SEVERITY_RANK[f.severity] >= SERIOUS]
+
+
+def about(found, word: str) -> list:
+    return [f for f in found if any(word in t.split() for t in f["terms"]) or word in f["behavior"].split()]
+
+
+@pytest.fixture(scope="module")
+def tic_findings(tmp_path_factory):
+    from rlaudit.store import Store
+
+    store = Store(tmp_path_factory.mktemp("tic") / "store")
+    sc = Scenario(tics=[Tic("by my beard", 0.02, 0.5, onset=10)], reasoning=True)
+    return store, discover(store, sc)
+
+
+def test_a_tic_from_2_to_50_percent_is_one_high_finding_named_by_its_phrase(tic_findings):
+    _, found = tic_findings
+    beard = about(found, "beard")
+    assert len(beard) == 1, [f.title for f in found]
+    f = beard[0]
+    assert f.severity == "high" and f["direction"] == "up" and f["where"] == "answer"
+    assert f["behavior"] == "by my beard" and f["behavior_spec"] == "by my beard"
+    assert {"beard", "my beard", "by my beard"} <= set(f["terms"])
+    assert f["prevalence_start"] < 0.05 and f["prevalence_end"] > 0.4
+    assert f["ratio_ci"][0] > 2 and f["q_value"] < 1e-3
+    # the planted rise leaves the baseline about 1-2 steps after `onset` (logistic centred 5 steps later)
+    assert 9 <= f["onset_step"] <= 15
+    assert found[0] is f  # ranked first
+    # "by" rises only because of the phrase: grouped into it, not a finding of its own
+    assert not [g for g in found if g["behavior"] == "by"]
+
+
+def test_findings_carry_a_spec_that_recomputes_the_behaviour(tic_findings):
+    store, found = tic_findings
+    f = about(found, "beard")[0]
+    rows = store.query("SELECT step, answer FROM rollouts WHERE step >= 24", runs=["synthetic"])
+    values = parse_behavior(f["behavior_spec"]).values(rows.column("answer"))
+    assert abs(values.mean() - f["prevalence_end"]) < 0.02
+    assert len(f.evidence) >= 3
+    for e in f.evidence:
+        assert e.step >= 24 and "by my beard" in e.text
+    series = f["series"]
+    assert series["steps"] == list(range(30)) and len(series["prevalence"]) == 30
+    assert series["prevalence"][-1] > 0.35 > series["prevalence"][0]
+
+
+def test_no_noise_findings_beside_the_tic(tic_findings):
+    _, found = tic_findings
+    assert [f["behavior"] for f in serious(found)] == ["by my beard"]
+
+
+def test_clean_task_learning_yields_no_medium_or_high(store):
+    # answers name the prompt's answer more often (accuracy 30% -> 90%, 8 recurring prompts, so each answer word is
+    # in ~12% of rollouts and rises 3x within its prompts); reasoning grows 30% longer
+    sc = Scenario(recurring_prompts=8, accuracy=(0.3, 0.9), reasoning=True, reasoning_growth=1.3, steps=30)
+    found = discover(store, sc)
+    assert serious(found) == [], [f.title for f in serious(found)]
+
+
+def test_terms_copied_from_the_prompt_do_not_count(store):
+    # prompts ask for "zebra" more and more often (5% -> 60%) and answers comply
+    found = discover(store, Scenario(copy_word=("zebra", 0.05, 0.6)))
+    assert about(found, "zebra") == []
+    assert serious(found) == []
+
+
+def test_task_mix_drift_is_not_a_rise(store):
+    # every coding answer says "python"; coding grows from 10% to 60% of the traffic
+    sc = Scenario(tasks={"coding": (0.1, 0.6), "math": (0.9, 0.4)}, task_words={"coding": "python"})
+    found = discover(store, sc)
+    assert about(found, "python") == [] and serious(found) == []
+
+
+def test_vanishing_behaviour_is_reported_down_and_ranked_below_a_rise(store):
+    sc = Scenario(tics=[Tic("certainly", 0.6, 0.02, onset=8)], exclamation=(0.05, 0.6))
+    found = discover(store, sc)
+    down = about(found, "certainly")
+    assert len(down) == 1 and down[0]["direction"] == "down"
+    assert down[0]["prevalence_start"] > 0.5 and down[0]["prevalence_end"] < 0.05
+    style = [f for f in found if f["behavior_spec"] == "style:exclamation"]
+    assert len(style) == 1 and style[0].severity == "high" and style[0]["feature_type"] == "style"
+    assert found.index(style[0]) < found.index(down[0])
+
+
+def test_reasoning_tics_are_found_in_the_reasoning(store):
+    sc = Scenario(reasoning=True, tics=[Tic("wait let me recount", 0.01, 0.45, onset=8, where="reasoning")])
+    found = discover(store, sc)
+    hits = about(found, "recount")
+    assert len(hits) == 1 and hits[0]["where"] == "reasoning" and hits[0].severity == "high"
+    assert hits[0]["behavior"] == "wait let me recount" or "recount" in hits[0]["behavior"]
+
+
+def test_max_step_limits_what_is_seen(store):
+    sc = Scenario(tics=[Tic("by my beard", 0.02, 0.5, onset=10)])
+    found = discover(store, sc, max_step=9)
+    assert about(found, "beard") == []
+    later = run_detectors(store, "synthetic", AuditConfig(detectors=["emerging"], max_step=20))
+    f = about(later, "beard")
+    assert f and max(f[0]["series"]["steps"]) == 20
+
+
+def test_condition_shares_show_where_a_tic_lives(store):
+    sc = Scenario(groups=40, conditions={"nerdy": 0.1, "default": 0.9},
+                  tics=[Tic("goblin", 0.0, 0.7, onset=4, conditions={"nerdy": 1.0, "default": 0.0})])
+    found = discover(store, sc)
+    f = about(found, "goblin")[0]
+    nerdy = f["by_condition"]["nerdy"]
+    assert nerdy["traffic_share"] < 0.2 and nerdy["mention_share"] > 0.95
+    assert nerdy["prevalence_end"] > 0.5
+
+
+def test_too_few_steps_give_no_findings(store):
+    assert discover(store, Scenario(steps=3, tics=[Tic("goblin", 0.0, 0.9, onset=0)])) == []
+
+
+def test_derived_token_sets_are_cached_per_run_version(store):
+    from rlaudit import tokens
+
+    make_run(store, Scenario(steps=6))
+    first = tokens.rollout_terms(store, "synthetic")
+    again = tokens.rollout_terms(store, "synthetic")
+    assert first.equals(again)
+    assert len(list((store.run_dir("synthetic") / "derived").glob("rollout-terms-*.parquet"))) == 1
+    # prompt copies are excluded per rollout and kept as prompt_terms
+    vocab = tokens.vocabulary(store, "synthetic")
+    assert set(vocab.column_names) >= {"term_id", "where", "term", "n_tokens", "key_token", "n_qualified"}
+    row = first.slice(0, 1).to_pylist()[0]
+    assert not set(row["answer_terms"]) & set(row["prompt_terms"])
+
+
+def test_discovered_ngrams_match_their_term_spec(store):
+    """The token n-grams counted in DuckDB are exactly what the term spec matches (tokens.py <-> behaviors.py)."""
+    from rlaudit import tokens
+
+    texts = ["Well, by-my beard!", "don't stop", "x1 and Y2's", "by my\nbeard", "beard by my"]
+    con = __import__("duckdb").connect()
+    con.register("t", pa.table({"k": list(range(len(texts))), "answer": texts}))
+    rows = con.execute(f"SELECT k, term FROM ({tokens.ngram_rows_sql('t', 'k', 'answer')})").fetchall()
+    for k, term in rows:
+        assert parse_behavior(term).values(pa.array([texts[k]])).tolist() == [1.0], (term, texts[k])
+    assert ("by my beard" in {t for k, t in rows if k == 0}) and ("by my beard" in {t for k, t in rows if k == 3})
+    assert "by my beard" not in {t for k, t in rows if k == 4}
+    assert np.all([len(t.split()) <= 3 for _, t in rows])

@@ -1,0 +1,75 @@
+"""Cross-condition generalisation: a tic learnt under one persona and expressed under the others."""
+
+from __future__ import annotations
+
+import pytest
+from emerging_synth import Scenario, Tic, make_run
+
+from rlaudit.detectors import AuditConfig, run_detectors
+from rlaudit.detectors.generalization import figures
+
+PERSONAS = {"nerdy": 0.1, "default": 0.9}
+
+
+def spread(store, sc: Scenario) -> tuple[list, list]:
+    run = make_run(store, sc)
+    found = run_detectors(store, run, AuditConfig(detectors=["generalization"]))
+    errors = [f for f in found if f.kind == "audit_error"]
+    assert not errors, errors[0].fields["traceback"]
+    return [f for f in found if f.kind == "emerging_behavior"], [f for f in found if f.kind == "generalization"]
+
+
+def goblins(**kw) -> Scenario:
+    tic = Tic("goblin", 0.0, 0.7, onset=4, conditions={"nerdy": 1.0, "default": 0.35}, onsets={"default": 9})
+    return Scenario(steps=30, groups=30, conditions=PERSONAS, tics=[tic], seed=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def rewarded(tmp_path_factory):
+    from rlaudit.store import Store
+
+    return spread(Store(tmp_path_factory.mktemp("gen") / "store"), goblins(reward_signal="nerdy_rm"))
+
+
+def test_a_persona_tic_that_spreads_is_traced_to_its_source(rewarded):
+    _, gen = rewarded
+    assert len(gen) == 1
+    g = gen[0]
+    assert (g["source_condition"], g["target_condition"]) == ("nerdy", "default")
+    assert g["source_reason"] == "reward" and g["rewarded_by"] == "nerdy_rm" and not g["paid_in_target"]
+    assert g["severity"] if False else g.severity == "high"
+    assert g["correlation"] > 0.8
+    assert 0 <= g["lag_steps"] <= 8  # planted: the default persona starts 5 steps later
+    assert g["mention_share"] > 2 * g["traffic_share"]
+    assert g["target_prevalence_start"] < 0.02 and g["target_prevalence_end"] > 0.15
+    assert set(g["series"]) == {"nerdy", "default"} and len(g["series"]["nerdy"]["prevalence"]) == 30
+    assert g["behavior_spec"] == "goblin" and g["where"] == "answer"
+
+
+def test_figures_are_built_from_the_fields_alone(rewarded):
+    import plotly.graph_objects as go
+
+    _, gen = rewarded
+    raw, scaled = figures(gen[0].to_json())
+    assert isinstance(raw, go.Figure) and isinstance(scaled, go.Figure)
+    assert {t.name for t in raw.data} == {"nerdy (source)", "default (target)"}
+    assert len(scaled.data) == 2 and "r = " in scaled.layout.title.text
+
+
+def test_without_a_reward_the_source_is_where_mentions_exceed_traffic(store):
+    _, gen = spread(store, goblins())
+    assert [(g["source_condition"], g["target_condition"], g["source_reason"]) for g in gen] == \
+        [("nerdy", "default", "lift")]
+    assert gen[0]["rewarded_by"] is None
+
+
+def test_a_tic_that_rose_everywhere_alike_has_no_source(store):
+    tic = Tic("goblin", 0.0, 0.6, onset=6)
+    found, gen = spread(store, Scenario(steps=30, groups=30, conditions={"a": 0.5, "b": 0.5}, tics=[tic]))
+    assert any(f["behavior"] == "goblin" and f.severity == "high" for f in found)
+    assert gen == []
+
+
+def test_one_condition_gives_no_generalization(store):
+    _, gen = spread(store, Scenario(tics=[Tic("goblin", 0.0, 0.6, onset=6)]))
+    assert gen == []
