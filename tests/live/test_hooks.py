@@ -13,7 +13,7 @@ from .helpers import NERDY, PLAIN, GoblinCounter, feed, step_batch
 
 
 def make_hook(store, tmp_path, **config) -> LiveHook:
-    cfg = LiveConfig(detectors=config.pop("detectors", ["test_goblin"]), every_step=(), **config)
+    cfg = LiveConfig(detectors=config.pop("detectors", ["test_goblin"]), every_step=(), background=False, **config)
     return LiveHook(store, "run1", config=cfg, alerts=AlertManager([JsonlSink(tmp_path / "alerts.jsonl")]))
 
 
@@ -47,10 +47,22 @@ def test_alert_fires_once_when_threshold_first_crossed(store, tmp_path, test_det
     assert len(emerging) == 2  # medium when first crossed, then once more when it became high
     assert emerging[0].severity == "medium" and 10 <= emerging[0].step <= 15
     assert emerging[1].escalation and emerging[1].severity == "high"
-    # once flagged, the behaviour is tracked every step, and its rise in each condition is reported once
+    # it rose under both system prompts at once: nothing spread afterwards
+    assert not [a for a in alerts if a.kind == "behavior_spread"]
+
+
+def test_tracking_alerts_when_a_flagged_behaviour_spreads_to_another_condition(store, tmp_path, test_detectors):
+    hook = make_hook(store, tmp_path, every=5, options={"test_goblin": {"threshold": 0.15}})
+    rate = lambda s: {NERDY: 0.0 if s < 10 else 0.8, PLAIN: 0.02 if s < 30 else 0.5}  # noqa: E731
+    alerts = feed(hook, range(1, 46), rate)
+    assert hook.errors == []
+    flagged = [a for a in alerts if a.kind == "emerging_behavior"]
     spread = [a for a in alerts if a.kind == "behavior_spread"]
-    assert sorted(a.finding["target_condition"] for a in spread) == ["helpful-assistant", "nerdy-playful-assistant"]
-    assert hook.findings and hook.findings[0].kind == "emerging_behavior"
+    assert flagged and flagged[0].step < 30
+    assert [a.finding["target_condition"] for a in spread] == ["helpful-assistant"]
+    assert 30 <= spread[0].step <= 40 and spread[0].finding["source_conditions"] == ["nerdy-playful-assistant"]
+    assert hook.auditor.tracked_prevalence()["goblin"]["helpful-assistant"] > 0.2
+    assert {f.kind for f in hook.findings} == {"emerging_behavior", "behavior_spread"}
 
 
 def test_heavy_detectors_run_on_schedule_and_bounded_sample(store, tmp_path, test_detectors):

@@ -20,6 +20,7 @@ import functools
 import logging
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -54,6 +55,7 @@ class LiveConfig:
     every_step_options: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {"cot_grading": {"screen": False}})
     sample: StepSample = field(default_factory=StepSample)
+    background: bool = True  # heavy audits in a worker thread: training does not wait for them
     track: bool = True
     track_alpha: float = 0.01
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -70,7 +72,7 @@ class LiveConfig:
 class StepTiming:
     step: int
     cheap: float  # seconds: per-step detectors + tracking
-    heavy: float  # seconds: heavy detectors (0 when they did not run)
+    heavy: float  # seconds the training thread spent on heavy audits (starting one in the background: ~0)
     rows: int  # new rows audited this update
 
 
@@ -112,8 +114,11 @@ class LiveAuditor:
         self.timings: list[StepTiming] = []
         self.errors: list[str] = []
         self._logged_errors: set[tuple[str, str, str]] = set()
+        self.heavy_runs: list[tuple[int, float]] = []  # (step audited, seconds) per heavy audit
         self._last_heavy: int | None = None
-        self._audited_step: int | None = None
+        self._fresh = False  # rows arrived since the last heavy audit started
+        self._job: tuple[Future, int] | None = None  # running background heavy audit and its step
+        self._executor: ThreadPoolExecutor | None = None
         self._reported_errors: set[str] = set()
 
     # ------------------------------------------------------------------ getting rows in
@@ -147,32 +152,37 @@ class LiveAuditor:
     # ------------------------------------------------------------------ auditing
     @guarded(default=list)
     def update(self, step: int | None = None, final: bool = False) -> list[Alert]:
-        """Audit what arrived since the last update; run the heavy detectors when due (or `final`)."""
+        """Audit what arrived since the last update; start the heavy detectors when due (or `final`)."""
         started = time.perf_counter()
         new_parts = self.index.refresh()
         latest = self.index.max_step()
+        alerts: list[Alert] = []
         if latest is None:
-            return []
+            return alerts
         step = latest if step is None else min(int(step), latest)
-        found: list[Finding] = []
+        cheap: list[Finding] = []
         rows = sum(p.rows for p in new_parts)
         if new_parts:
+            self._fresh = True
             view = StoreView(self.store, self.run, [p.path for p in new_parts])
-            found += self._every_step(view, step)
-        cheap = time.perf_counter() - started
-        heavy = 0.0
-        if final or self._last_heavy is None or step - self._last_heavy >= self.config.every:
-            if final or new_parts or self._last_heavy is None:
-                t0 = time.perf_counter()
-                found += self._heavy(step)
-                heavy = time.perf_counter() - t0
-                self._last_heavy = step
-        found += self.tracker.check(self.run, step)
-        self._report_errors(found)
-        self._remember(found)
-        self._audited_step = step
-        self.timings.append(StepTiming(step=step, cheap=cheap, heavy=heavy, rows=rows))
-        return self.alerts.process(rank(found), step)
+            cheap += self._every_step(view, step)
+        cheap += self.tracker.check(self.run, step)
+        alerts += self._publish(cheap, step)
+        elapsed = time.perf_counter() - started
+        t0 = time.perf_counter()
+        alerts += self._collect(wait=final)
+        due = final or self._last_heavy is None or step - self._last_heavy >= self.config.every
+        if due and self._fresh and (self._job is None or final):
+            self._fresh = False
+            self._last_heavy = step
+            paths = self.index.covering(self.config.sample.select(self.index.steps()))
+            if self.config.background and not final:
+                self._job = (self._pool().submit(self._heavy, step, paths), step)
+            else:
+                alerts += self._absorb(step, self._heavy(step, paths))
+        heavy = time.perf_counter() - t0
+        self.timings.append(StepTiming(step=step, cheap=elapsed, heavy=heavy, rows=rows))
+        return alerts
 
     def _every_step(self, view: StoreView, step: int) -> list[Finding]:
         found: list[Finding] = []
@@ -183,20 +193,54 @@ class LiveAuditor:
             self.tracker.update(view, self.run)
         return found
 
-    def _heavy(self, step: int) -> list[Finding]:
-        names = self.config.detectors
-        if names is None:
-            names = _registered()
+    def _heavy(self, step: int, parts: list[Any]) -> tuple[list[Finding], float]:
+        """Run the heavy detectors on a bounded view; touches no shared state (it may run in a thread)."""
+        t0 = time.perf_counter()
+        names = self.config.detectors if self.config.detectors is not None else _registered()
         if not names:
+            return [], 0.0
+        view = StoreView(self.store, self.run, parts)
+        return run_detectors(view, self.run, self._audit_config(step, names)), time.perf_counter() - t0
+
+    def _collect(self, wait: bool = False) -> list[Alert]:
+        """Alerts from a finished background heavy audit (waiting for a running one when `wait`)."""
+        if self._job is None:
             return []
-        chosen = self.config.sample.select(self.index.steps())
-        view = StoreView(self.store, self.run, self.index.covering(chosen))
-        found = run_detectors(view, self.run, self._audit_config(step, names))
+        job, step = self._job
+        if not (wait or job.done()):
+            return []
+        self._job = None
+        try:
+            result = job.result()
+        except Exception as exc:  # noqa: BLE001 - a failed audit is logged; the next one is tried
+            self.errors.append(f"heavy audit: {type(exc).__name__}: {exc}")
+            log.error("rlaudit live heavy audit failed (training continues): %s", exc)
+            return []
+        return self._absorb(step, result)
+
+    def _absorb(self, step: int, result: tuple[list[Finding], float]) -> list[Alert]:
+        found, seconds = result
+        self.heavy_runs.append((step, seconds))
         if self.config.track:
+            view = None
             for f in found:
-                if f.kind == "emerging_behavior" and self.tracker.follow(f, view, self.run):
-                    log.info("rlaudit: now tracking '%s' every step", f.get("behavior") or f.get("behavior_spec"))
-        return found
+                if f.kind == "emerging_behavior" and f.get("behavior_spec") not in self.tracker.tracked:
+                    if view is None:
+                        view = StoreView(self.store, self.run,
+                                         self.index.covering(self.config.sample.select(self.index.steps())))
+                    if self.tracker.follow(f, view, self.run):
+                        log.info("rlaudit: now tracking '%s' every step", f.get("behavior") or f.get("behavior_spec"))
+        return self._publish(found, step)
+
+    def _publish(self, found: list[Finding], step: int) -> list[Alert]:
+        self._report_errors(found)
+        self._remember(found)
+        return self.alerts.process(rank(found), step)
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlaudit-audit")
+        return self._executor
 
     def _audit_config(self, step: int, detectors: list[str],
                       overrides: dict[str, dict[str, Any]] | None = None) -> AuditConfig:
@@ -221,10 +265,14 @@ class LiveAuditor:
 
     @guarded(default=list)
     def close(self) -> list[Alert]:
-        """Final heavy audit on what the run holds, then flush and close the alert sinks."""
+        """Wait for a running heavy audit, run a final one on what the run holds, close the alert sinks."""
         try:
+            self._fresh = True
             return self.update(final=True)
         finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
             self.alerts.close()
 
     # ------------------------------------------------------------------ introspection

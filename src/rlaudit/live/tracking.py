@@ -5,14 +5,17 @@ Once emerging-behaviour discovery has flagged a behaviour (an `emerging_behavior
 (one grouped SQL query over that step's part) and keep those counts. The counts are tiny (steps x conditions),
 so testing them costs nothing, however long the run.
 
-The test, per tracked behaviour and condition, is whether prevalence in the last `recent` steps exceeds the
-first `baseline` steps: rate ratio with a Katz log-scale confidence interval (0.5 added to the cells). It is
+Conditions where the behaviour had already risen when it was flagged are the flag's own news (tested at the
+plain 5% level, so "already risen" is read generously); tracking reports the *other* conditions. The test, per
+tracked behaviour and such a condition, is whether prevalence in the last `recent` steps exceeds the
+first `baseline` steps (each window shrinks to half the steps known while the run is shorter): rate ratio with a Katz log-scale confidence interval (0.5 added to the cells). It is
 run after every step, so it is corrected for every look and every (behaviour, condition) pair with Bonferroni:
 z must exceed the normal quantile at `alpha / (pairs x looks)`. That is conservative (consecutive looks share
 most of their data) but keeps the chance of any false `behavior_spread` alert over a whole run below `alpha`
 under the null of no change. A condition is reported when it is significant *and* the ratio's point estimate is
-at least `min_ratio` (default 2: "doubled"). Findings have kind `behavior_spread` (live only); the generalization
-detector makes the full, offline version of this judgement.
+at least `min_ratio` (default 2: "doubled"). Findings have kind `behavior_spread` (live only; fields behavior,
+behavior_spec, where, target_condition, source_conditions, baseline/recent prevalence, ratio, ratio_ci, z,
+z_critical, series); the `generalization` detector makes the full, offline version of this judgement.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ class Tracked:
     label: str
     counts: dict[tuple[int, str], list[float]] = field(default_factory=dict)  # (step, cond) -> [n, hits]
     looks: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    known: set[str] = field(default_factory=set)  # conditions where it had already risen when flagged
+
+    def conditions(self) -> set[str]:
+        return {c for _, c in self.counts}
 
     def add(self, rows: list[tuple[int, str, int, float]]) -> None:
         for step, cond, n, hits in rows:
@@ -74,58 +81,86 @@ class BehaviorTracker:
             return False
         column = _COLUMNS.get(finding.get("where") or "answer", "answer")
         tracked = Tracked(behavior=behavior, column=column, label=finding.get("behavior") or spec)
-        tracked.add(self._count(view, run, tracked))
+        tracked.add(self._count(view, run, [tracked])[0])
+        # Conditions where it already rose when it was flagged are the finding's own news; what tracking adds
+        # is a rise *elsewhere* afterwards (the tic spreading to personas that never paid for it).
+        tracked.known = {c for c in tracked.conditions() if self._rise(tracked, c, z_crit=norm.isf(0.05))}
         self.tracked[spec] = tracked
         return True
 
     def update(self, view: Store, run: str) -> None:
         """Add the counts of the rows in `view` (the new step's parts) to every tracked behaviour."""
-        for tracked in self.tracked.values():
-            tracked.add(self._count(view, run, tracked))
+        items = list(self.tracked.values())
+        for tracked, rows in zip(items, self._count(view, run, items)):
+            tracked.add(rows)
 
-    def _count(self, view: Store, run: str, tracked: Tracked) -> list[tuple[int, str, int, float]]:
-        expr = tracked.behavior.sql(tracked.column)
+    def _count(self, view: Store, run: str, items: list[Tracked]) -> list[list[tuple[int, str, int, float]]]:
+        """Per (step, condition): rollouts and rollouts showing each behaviour, in one grouped query."""
+        if not items:
+            return []
+        sums = ", ".join(f"sum(CAST(({t.behavior.sql(t.column)}) > 0 AS INTEGER)) AS h{i}"
+                         for i, t in enumerate(items))
         where = f"WHERE split = '{self.split}'" if self.split else ""
-        sql = (f"SELECT step, condition, count(*) AS n, sum(({expr}) > 0) AS hits FROM rollouts {where} "
-               "GROUP BY step, condition")
+        sql = f"SELECT step, condition, count(*) AS n, {sums} FROM rollouts {where} GROUP BY step, condition"
         with view.connect([run]) as con:
-            return [tuple(r) for r in con.execute(sql).fetchall()]
+            rows = con.execute(sql).fetchall()
+        return [[(r[0], r[1], r[2], r[3 + i]) for r in rows] for i in range(len(items))]
+
+    def _rise(self, tracked: Tracked, cond: str, z_crit: float) -> tuple[float, float, float, float, float,
+                                                                           float, float, float] | None:
+        """(ratio, lo, hi, z, n0, k0, n1, k1) when prevalence under `cond` rose past `z_crit`, else None."""
+        first, last = self.windows(tracked)
+        if not first:
+            return None
+        n0, k0 = _window(tracked, cond, set(first))
+        n1, k1 = _window(tracked, cond, set(last))
+        if not n0 or not n1:
+            return None
+        ratio, lo, hi, z = rate_ratio(k0, n0, k1, n1)
+        return (ratio, lo, hi, z, n0, k0, n1, k1) if z >= z_crit and ratio >= self.min_ratio else None
+
+    def windows(self, tracked: Tracked) -> tuple[list[int], list[int]]:
+        """(baseline steps, recent steps): the first `baseline` and last `recent` steps tracked, shrunk to half
+        the steps each while fewer are known (at least 2 each; none before 4 steps)."""
+        steps = sorted({s for s, _ in tracked.counts})
+        if len(steps) < 4:
+            return [], []
+        b = min(self.baseline, len(steps) // 2)
+        r = min(self.recent, len(steps) - b)
+        return steps[:b], steps[-r:]
 
     def check(self, run: str, step: int | None = None) -> list[Finding]:
         """`behavior_spread` findings for (behaviour, condition) pairs whose prevalence rose significantly."""
-        pairs = sum(len({c for _, c in t.counts}) for t in self.tracked.values())
+        pairs = sum(len(t.conditions() - t.known) for t in self.tracked.values())
         findings = []
         for spec, tracked in self.tracked.items():
-            steps = sorted({s for s, _ in tracked.counts})
-            if len(steps) < self.baseline + self.recent:
+            first, last = self.windows(tracked)
+            if not first:
                 continue
-            first, last = set(steps[: self.baseline]), set(steps[-self.recent:])
-            for cond in sorted({c for _, c in tracked.counts}):
-                n0, k0 = _window(tracked, cond, first)
-                n1, k1 = _window(tracked, cond, last)
-                if not n0 or not n1:
-                    continue
+            for cond in sorted(tracked.conditions() - tracked.known):
                 tracked.looks[cond] += 1
-                ratio, lo, hi, z = rate_ratio(k0, n0, k1, n1)
                 z_crit = float(norm.isf(self.alpha / (max(pairs, 1) * tracked.looks[cond])))
-                if z < z_crit or ratio < self.min_ratio:
+                rise = self._rise(tracked, cond, z_crit)
+                if rise is None:
                     continue
+                ratio, lo, hi, z, n0, k0, n1, k1 = rise
                 p0, p1 = k0 / n0, k1 / n1
-                series = tracked.series().get(cond, {})
                 findings.append(Finding(
                     kind="behavior_spread", run=run, severity="medium", score=math.log(ratio),
-                    title=(f"'{tracked.label}' is spreading under condition {cond}: {p0:.1%} -> {p1:.1%} of "
+                    title=(f"'{tracked.label}' is spreading to condition {cond}: {p0:.1%} -> {p1:.1%} of "
                            f"rollouts (x{ratio:.1f}, 95% CI {lo:.1f}-{hi:.1f})"),
                     explanation=(
-                        f"Live tracking of a behaviour flagged by emerging-behaviour discovery. Prevalence under "
-                        f"{cond} in the last {self.recent} steps ({int(k1)}/{int(n1)}) against the first "
-                        f"{self.baseline} steps ({int(k0)}/{int(n0)}): rate ratio {ratio:.2f}, z = {z:.1f} over a "
-                        f"Bonferroni threshold of {z_crit:.1f} (all looks and conditions)."),
+                        f"Live tracking of a behaviour flagged by emerging-behaviour discovery in "
+                        f"{', '.join(sorted(tracked.known)) or 'the run as a whole'}. Prevalence under {cond} in "
+                        f"the last {len(last)} steps ({int(k1)}/{int(n1)}) against the first {len(first)} "
+                        f"steps ({int(k0)}/{int(n0)}): rate ratio {ratio:.2f}, z = {z:.1f} over a Bonferroni "
+                        f"threshold of {z_crit:.1f} (all looks and conditions)."),
                     fields={"behavior": tracked.label, "behavior_spec": spec, "where": tracked.column,
-                            "target_condition": cond, "baseline_prevalence": p0, "recent_prevalence": p1,
-                            "ratio": ratio, "ratio_ci": [lo, hi], "z": z, "z_critical": z_crit,
-                            "baseline_steps": [min(first), max(first)], "recent_steps": [min(last), max(last)],
-                            "step": step, "series": series}))
+                            "target_condition": cond, "source_conditions": sorted(tracked.known),
+                            "baseline_prevalence": p0, "recent_prevalence": p1, "ratio": ratio,
+                            "ratio_ci": [lo, hi], "z": z, "z_critical": z_crit, "baseline_steps": [first[0],
+                            first[-1]], "recent_steps": [last[0], last[-1]], "step": step,
+                            "series": tracked.series().get(cond, {})}))
         return findings
 
     def snapshot(self) -> dict[str, dict[str, float]]:
