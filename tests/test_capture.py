@@ -77,7 +77,7 @@ def test_captured_full_completions_are_found_by_the_scan_after_merge(store, tmp_
     flush_all()
     counts = merge_captured(store, "cap", tmp_path / "logs")
     assert counts["matched"] == counts["records"] == len(rows) and counts["rollouts"] == len(rows)
-    (f,) = audit_store(store, ["cap"], AuditConfig()).of_kind("cot_grading")
+    (f,) = audit_store(store, ["cap"], AuditConfig(detectors=["cot_grading"])).of_kind("cot_grading")
     assert f["grader"] == "judge" and f["exposure_rate"] == 1.0 and f.evidence[0].data["span"][1] > 0
 
 
@@ -94,7 +94,7 @@ def test_captured_inner_judge_that_sees_only_the_answer_is_clean(store, tmp_path
         judge(f"Grade this answer: {r['answer']}", completion=r["completion"])
     flush_all()
     assert merge_captured(store, "inner", tmp_path / "logs")["matched"] == table.num_rows
-    assert audit_store(store, ["inner"], AuditConfig()).of_kind("cot_grading") == []
+    assert audit_store(store, ["inner"], AuditConfig(detectors=["cot_grading"])).of_kind("cot_grading") == []
 
 
 def test_bad_capture_files_name_file_and_line(tmp_path):

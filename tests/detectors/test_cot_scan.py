@@ -18,7 +18,7 @@ from rlaudit.schema import ROLLOUT_SCHEMA
 
 def scan_findings(store, table, **options):
     store.append(table.column("run")[0].as_py(), table, "part-1")
-    config = AuditConfig(options={"cot_grading": {"screen": False, **options}})
+    config = AuditConfig(detectors=["cot_grading"], options={"cot_grading": {"screen": False, **options}})
     result = audit_store(store, [table.column("run")[0].as_py()], config)
     errors = result.of_kind("audit_error")
     assert not errors, errors[0].fields["traceback"]
@@ -96,9 +96,10 @@ def test_max_step_scopes_the_scan(store):
     table, truth = make_run(run="late", steps=10, seed=8,
                             exposure=lambda s, t, r: "full" if s >= 7 and r.random() < 0.5 else None)
     store.append("late", table, "p")
-    early = audit_store(store, ["late"], AuditConfig(max_step=6, options={"cot_grading": {"screen": False}}))
+    options = {"cot_grading": {"screen": False}}
+    early = audit_store(store, ["late"], AuditConfig(detectors=["cot_grading"], max_step=6, options=options))
     assert early.of_kind("cot_grading") == []
-    full = audit_store(store, ["late"], AuditConfig(options={"cot_grading": {"screen": False}}))
+    full = audit_store(store, ["late"], AuditConfig(detectors=["cot_grading"], options=options))
     assert full.of_kind("cot_grading")[0]["first_step"] == 7
 
 
@@ -106,7 +107,7 @@ def test_min_exposed_and_severity_options(store):
     table, truth = make_run(run="opt", seed=9, exposure=lambda s, t, r: "full" if r.random() < 0.05 else None)
     assert 0 < len(truth) < 50
     assert scan_findings(store, table, min_exposed=50) == []
-    (f,) = audit_store(store, ["opt"], AuditConfig(options={"cot_grading": {
+    (f,) = audit_store(store, ["opt"], AuditConfig(detectors=["cot_grading"], options={"cot_grading": {
         "screen": False, "severity": "medium"}})).of_kind("cot_grading")
     assert f.severity == "medium"
     with pytest.raises(RlauditError, match="min_containment"):

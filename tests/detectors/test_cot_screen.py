@@ -14,7 +14,7 @@ from rlaudit.detectors import AuditConfig
 def screen_findings(store, table):
     run = table.column("run")[0].as_py()
     store.append(run, table, "p")
-    result = audit_store(store, [run], AuditConfig(options={"cot_grading": {}}))
+    result = audit_store(store, [run], AuditConfig(detectors=["cot_grading"], options={"cot_grading": {}}))
     assert not result.of_kind("audit_error")
     return [f for f in result.of_kind("cot_grading") if f["method"] == "screen"]
 
@@ -51,7 +51,7 @@ def likes_a_word(reasoning, answer, rng):
 
 @pytest.mark.parametrize("score", [answer_only, stochastic_answer_only])
 def test_graders_that_read_only_the_answer_are_not_flagged(store, score):
-    for seed in range(3):
+    for seed in range(2):
         assert screen_findings(store, run_with(score, seed=seed)) == []
 
 
@@ -69,7 +69,7 @@ def test_scores_tracking_reasoning_are_flagged_as_statistical(store, score, feat
 def test_signals_covered_by_the_scan_are_not_screened(store):
     table, _ = make_run(run="both", groups=8, group_size=8, seed=2, score=likes_long_reasoning, restate=False)
     store.append("both", table, "p")
-    found = audit_store(store, ["both"], AuditConfig()).of_kind("cot_grading")
+    found = audit_store(store, ["both"], AuditConfig(detectors=["cot_grading"])).of_kind("cot_grading")
     assert all(f["method"] == "scan" for f in found)  # clean grader inputs: no finding at all
     assert found == []
 

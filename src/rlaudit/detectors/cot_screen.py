@@ -180,8 +180,8 @@ def _finding(run: str, signal: str, pairs: pa.Table, result: dict[str, Any], q_v
             f"Statistical evidence only. Among {n:,} disjoint pairs of rollouts with the same prompt group and the "
             f"same answer, '{signal}' gave different scores to {k:,} ({k / n:.1%}). Within such pairs the score "
             f"difference correlates with the difference in {result['feature']} (correlation "
-            f"{result['correlation']:+.2f}: {direction} score with more of it; sign-flip test p={result['p_value']:.2g} "
-            f"after Bonferroni over {result['features_tested']} features, BH q={q_value:.2g} across signals). A grader "
+            f"{result['correlation']:+.2f}: {direction} score with more of it; sign-flip test "
+            f"p={result['p_value']:.2g} after Bonferroni over {result['features_tested']} features, BH q={q_value:.2g} across signals). A grader "
             "that reads only the prompt and answer cannot do that, so it probably sees the reasoning. Confirm with "
             "`rlaudit probe-grader` or by capturing its inputs (rlaudit.capture)."),
         score=abs(result["correlation"]),
