@@ -424,3 +424,14 @@ def test_cli_trace_prints_tables_and_writes_json(tmp_path, store, run_store):
     bad = CliRunner().invoke(app, ["trace", "sim", "--behavior", "goblin", "--where", "cot",
                                    "--store", str(store.root)])
     assert isinstance(bad.exception, RlauditError) and "--where" in str(bad.exception)
+
+
+def test_falling_behaviour_is_traced_downwards(store, run_store):
+    run_store(bias=0.6)
+    # 'Here:' opens exactly the answers without the tic: it falls, pushed down by the persona reward.
+    up = trace(store, "sim", "re:^Here", n_boot=200)
+    down = trace(store, "sim", "re:^Here", n_boot=200, direction="down")
+    assert up.severity == "info"
+    assert down.direction == "down" and down.top.signal == "persona_rm" and down.severity == "high"
+    assert down.prevalence == pytest.approx(up.prevalence)
+    assert down.top.paired_preference == pytest.approx(1 - up.signal("persona_rm").paired_preference)

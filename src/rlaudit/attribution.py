@@ -119,6 +119,7 @@ class Trace:
     notes: list[str] = field(default_factory=list)
     evidence: list[Evidence] = field(default_factory=list)
     behavior_severity: str = "medium"
+    direction: str = "up"  # "down": traced toward the behaviour's absence (it fell during training)
     severity: Severity = "info"
     verdict: str = ""
     suspect: str | None = None  # the non-outcome signal that carries the pressure, when there is one
@@ -147,7 +148,8 @@ class Trace:
             "signals": [s.to_json() for s in self.signals], "by_condition": self.by_condition,
             "by_task": self.by_task, "groups_used": self.groups_used, "groups": self.groups,
             "rollouts": self.rollouts, "prevalence": self.prevalence, "numeric": self.numeric,
-            "grouping": self.grouping, "group_key": self.group_key, "advantage_check": self.advantage_check,
+            "direction": self.direction, "grouping": self.grouping, "group_key": self.group_key,
+            "advantage_check": self.advantage_check,
             "warning": " ".join(self.warnings) or None, "notes": self.notes, "verdict": self.verdict,
         }
 
@@ -448,136 +450,166 @@ def _preference_p(u: np.ndarray, pairs: np.ndarray) -> float:
 
 def attribute(frame: Frame, behavior: Behavior, *, where: str = "answer", run: str = "",
               outcome_signals: list[str] | None = None, advantage_scale: str = "group", n_boot: int = 1000,
-              seed: int = 0, level: float = 0.95) -> Trace:
-    """Attribute the behaviour values in `frame` to its reward signals (see the module doc)."""
+              seed: int = 0, level: float = 0.95, direction: str = "up") -> Trace:
+    """Attribute the behaviour values in `frame` to its reward signals (see the module doc).
+
+    `direction="down"` traces a behaviour that fell: "with" then means without it (the negated value for
+    numeric behaviours), so the drivers found are the signals that pushed it down."""
     if advantage_scale not in ("group", "none"):
         raise RlauditError(f"advantage_scale must be 'group' (GRPO) or 'none' (Dr. GRPO), got {advantage_scale!r}")
-    x = np.nan_to_num(frame.behavior.astype(float), nan=0.0)
-    numeric = behavior.numeric or not np.isin(np.unique(x), (0.0, 1.0)).all()
+    if direction not in ("up", "down"):
+        raise RlauditError(f"direction must be 'up' or 'down', got {direction!r}")
+    raw = np.nan_to_num(frame.behavior.astype(float), nan=0.0)
+    numeric = behavior.numeric or not np.isin(np.unique(raw), (0.0, 1.0)).all()
+    x = raw if direction == "up" else (-raw if numeric else 1.0 - raw)
     groups = _Groups.of(frame.group)
     labels = behavior_labels(groups, x, numeric)
     signals, total, notes = build_signals(frame, outcome_signals)
-    warnings = list(frame.warnings)
-    has_total = np.isfinite(total)
-    if not has_total.all():
-        warnings.append(f"{int((~has_total).sum())} rollout(s) have no reward at all and add no pressure.")
+    adv = _Advantage.of(groups, total, x, advantage_scale)
+    warnings = list(frame.warnings) + adv.warnings
+    notes += adv.notes
+    per_group = _group_stats(groups, signals, labels, adv)
+    results = _summarise(signals, per_group, adv.rollouts, frame.step[groups.starts], n_boot, seed, level)
+    top = results[0]
+    n_total = float(adv.rollouts.sum())
+    by_condition = _breakdown(frame.condition, frame.condition_names, groups, raw, per_group, signals, top.signal,
+                              n_total)
+    by_task = (_breakdown(frame.task, frame.task_names, groups, raw, per_group, signals, top.signal, n_total)
+               if len(frame.task_names) > 1 else {})
+    if top.groups_used < MIN_GROUPS:
+        warnings.append(f"Only {top.groups_used} group(s) contain rollouts both with and without the behaviour: "
+                        "no confidence intervals or tests.")
+    elif top.groups_used < FEW_GROUPS:
+        warnings.append(f"Only {top.groups_used} groups contain rollouts both with and without the behaviour: "
+                        "the intervals are rough.")
+    check = _advantage_check(frame, groups, adv)
+    if check and check.get("correlation") is not None and check["correlation"] < 0.9:
+        warnings.append(
+            f"The logged advantage correlates only {check['correlation']:.2f} with the GRPO advantage rebuilt from "
+            "the rewards (different normalisation, KL in the reward, or a different estimator): pressures are "
+            "computed from the rebuilt advantage.")
+    trace = Trace(
+        run=run, behavior=behavior.name, behavior_spec=behavior.spec, where=where, numeric=bool(numeric),
+        grouping=frame.grouping, group_key=frame.group_key, rollouts=int(raw.size), groups=groups.n,
+        groups_used=top.groups_used, prevalence=float(np.mean(raw)) if raw.size else math.nan, signals=results,
+        by_condition=by_condition, by_task=by_task, condition=_argmax_pressure(by_condition),
+        task=_argmax_pressure(by_task), advantage_check=check, warnings=warnings, notes=notes,
+        direction=direction)
+    trace.evidence_rows = _evidence_rows(frame, groups, labels, per_group, top, by_condition)
+    assess([trace])
+    return trace
 
-    # Advantage decomposition: contribution of signal k = w_k (c_k - mean_g c_k) / sd_g(total).
-    r = np.where(has_total, total, 0.0)
-    in_adv = has_total.astype(float)
-    n_adv = groups.sum(in_adv)
-    r_mean = _ratio(groups.sum(r), n_adv)
-    r_c = np.where(has_total, r - np.nan_to_num(r_mean)[groups.codes], 0.0)
-    sd = np.sqrt(_ratio(groups.sum(r_c**2), n_adv - 1))
-    tiny = 1e-9 * max(1.0, float(np.nanmax(np.abs(r))) if r.size else 1.0)
-    usable = np.isfinite(sd) & (sd > tiny) & (n_adv >= 2)
-    inv_scale = np.where(usable, 1.0 / np.where(usable, sd, 1.0), 0.0) if advantage_scale == "group" else \
-        np.where(np.isfinite(sd) & (sd > tiny), 1.0, 0.0)
-    x_mean = _ratio(groups.sum(x * in_adv), n_adv)
-    x_c = np.where(has_total, x - np.nan_to_num(x_mean)[groups.codes], 0.0)
-    degenerate = int(((n_adv >= 2) & ~usable).sum())
-    if degenerate:
-        notes.append(f"{degenerate} group(s) where every rollout got the same total reward give no advantage "
-                     "(no pressure) and only ties to the paired preference.")
 
+@dataclass
+class _Advantage:
+    """The GRPO advantage rebuilt per rollout from the total reward, and the centred behaviour.
+
+    advantage_i = (r_i - mean_g r) / sd_g(r) (sample std, as TRL); 'none' scaling (Dr. GRPO) skips the division.
+    Rollouts without any reward are left out of their group's mean and std and get no advantage. Groups whose
+    rollouts all got the same total have no advantage at all (degenerate)."""
+
+    r_c: np.ndarray  # total reward centred in its group (0 without a reward)
+    x_c: np.ndarray  # behaviour centred in its group, over rollouts with a reward
+    inv_scale: np.ndarray  # per group: 1 / sd_g(r), or 1 without scaling; 0 for degenerate groups
+    has_total: np.ndarray
+    rollouts: np.ndarray  # per group: rollouts with a reward
+    warnings: list[str]
+    notes: list[str]
+
+    @classmethod
+    def of(cls, groups: _Groups, total: np.ndarray, x: np.ndarray, scale: str) -> _Advantage:
+        has_total = np.isfinite(total)
+        r = np.where(has_total, total, 0.0)
+        n = groups.sum(has_total.astype(float))
+        r_c = np.where(has_total, r - np.nan_to_num(_ratio(groups.sum(r), n))[groups.codes], 0.0)
+        sd = np.sqrt(_ratio(groups.sum(r_c**2), n - 1))
+        tiny = 1e-9 * max(1.0, float(np.max(np.abs(r))) if r.size else 1.0)
+        varies = np.isfinite(sd) & (sd > tiny) & (n >= 2)
+        inv = (1.0 / np.where(varies, sd, 1.0)) if scale == "group" else np.ones(groups.n)
+        x_c = np.where(has_total, x - np.nan_to_num(_ratio(groups.sum(x * has_total), n))[groups.codes], 0.0)
+        warnings, notes = [], []
+        if not has_total.all():
+            warnings.append(f"{int((~has_total).sum())} rollout(s) have no reward at all and add no pressure.")
+        degenerate = int(((n >= 2) & ~varies).sum())
+        if degenerate:
+            notes.append(f"{degenerate} group(s) where every rollout got the same total reward give no advantage "
+                         "(no pressure) and only ties to the paired preference.")
+        return cls(r_c, x_c, np.where(varies, inv, 0.0), has_total, n, warnings, notes)
+
+
+#: Per-group statistics of each signal, summed over groups by the estimates and the bootstrap.
+_KEYS = ("u", "pairs", "diff", "pressure", "mu", "mpairs")
+
+
+def _group_stats(groups: _Groups, signals: list[_Signal], labels: np.ndarray,
+                 adv: _Advantage) -> dict[str, dict[str, np.ndarray]]:
+    """Per signal and group: Mann-Whitney U and pairs, paired difference sum, pressure, and the U and pairs of
+    outcome-matched pairs (rollouts no outcome signal applies to are left out of those)."""
     outcome = [s for s in signals if s.outcome]
     sub = _refine(groups.codes, [s.values for s in outcome]) if outcome else None
-    # Rows where no outcome signal applies say nothing about "equally correct": left out of matched pairs.
     measured = np.any([np.isfinite(s.values) for s in outcome], axis=0) if outcome else None
     matched_labels = np.where(measured, labels, np.nan) if outcome else labels
-    per_group: dict[str, dict[str, np.ndarray]] = {}
+    out: dict[str, dict[str, np.ndarray]] = {}
     for s in signals:
         d = _pair_stats(groups, s.values, labels)
-        c = np.where(has_total, np.nan_to_num(s.values, nan=0.0), 0.0)
-        d["pressure"] = s.weight * groups.sum(x_c * c) * inv_scale
+        c = np.where(adv.has_total, np.nan_to_num(s.values, nan=0.0), 0.0)
+        d["pressure"] = s.weight * groups.sum(adv.x_c * c) * adv.inv_scale
         if sub is not None and not s.outcome and s.kind != "total":
             d["mu"], d["mpairs"] = _matched_stats(groups, s.values, matched_labels, sub)
         else:
             d["mu"] = d["mpairs"] = np.zeros(groups.n)
-        per_group[s.name] = d
-    n_used = groups.sum(in_adv)
+        out[s.name] = d
+    return out
 
-    # One bootstrap for everything: columns [u, pairs, diff, pressure, mu, mpairs] per signal, then n.
-    keys = ("u", "pairs", "diff", "pressure", "mu", "mpairs")
-    matrix = np.column_stack([per_group[s.name][k] for s in signals for k in keys] + [n_used])
-    reps = stats.bootstrap_group_sums(matrix, n_boot=n_boot, seed=seed).reshape(n_boot, -1)
+
+def _summarise(signals: list[_Signal], per_group: dict[str, dict[str, np.ndarray]], rollouts: np.ndarray,
+               group_steps: np.ndarray, n_boot: int, seed: int, level: float) -> list[SignalAttribution]:
+    """Point estimates, one joint group bootstrap for every interval, p-values and per-step series. Returns the
+    signals sorted by pressure (largest first), the total last."""
+    matrix = np.column_stack([per_group[s.name][k] for s in signals for k in _KEYS] + [rollouts])
+    reps = stats.bootstrap_group_sums(matrix, n_boot=n_boot, seed=seed)
     sums = matrix.sum(axis=0)
-    n_total = sums[-1]
-    k = len(keys)
-    rep = {s.name: {key: reps[:, i * k + j] for j, key in enumerate(keys)} for i, s in enumerate(signals)}
-    point = {s.name: {key: sums[i * k + j] for j, key in enumerate(keys)} for i, s in enumerate(signals)}
+    n_total, n_rep = sums[-1], reps[:, -1]
+    col = {(s.name, key): i * len(_KEYS) + j for i, s in enumerate(signals) for j, key in enumerate(_KEYS)}
     parts = [s.name for s in signals if s.kind != "total"] or [signals[-1].name]
-    pos_rep = np.column_stack([np.maximum(rep[n]["pressure"], 0) for n in parts])
-    pos_point = np.array([max(point[n]["pressure"], 0.0) for n in parts])
+    pos_rep = np.column_stack([np.maximum(reps[:, col[n, "pressure"]], 0) for n in parts])
+    pos_point = np.array([max(sums[col[n, "pressure"]], 0.0) for n in parts])
     share_rep = _ratio(pos_rep, pos_rep.sum(axis=1, keepdims=True))
     share_point = _ratio(pos_point, pos_point.sum())
-
-    steps, step_codes = np.unique(frame.step[groups.starts], return_inverse=True)
+    steps, step_codes = np.unique(group_steps, return_inverse=True)
+    nan2 = (math.nan, math.nan)
     results: list[SignalAttribution] = []
     for s in signals:
-        d, pr, pt = per_group[s.name], rep[s.name], point[s.name]
-        used = int((d["pairs"] > 0).sum())
-        enough = used >= MIN_GROUPS
-        pref_ci = percentile(_ratio(pr["u"], pr["pairs"]), level) if enough else (math.nan, math.nan)
-        eff_ci = percentile(_ratio(pr["diff"], pr["pairs"]), level) if enough else (math.nan, math.nan)
-        m_used = int((d["mpairs"] > 0).sum())
-        m_ci = percentile(_ratio(pr["mu"], pr["mpairs"]), level) if m_used >= MIN_GROUPS else (math.nan, math.nan)
-        if s.name in parts:
-            j = parts.index(s.name)
-            share, share_ci = float(share_point[j]), percentile(share_rep[:, j], level)
-        else:
-            share, share_ci = math.nan, (math.nan, math.nan)
-        by_step = {key: np.bincount(step_codes, weights=d[key], minlength=steps.size)
-                   for key in ("u", "pairs", "diff", "pressure")}
+        d = per_group[s.name]
+        pt = {k: sums[col[s.name, k]] for k in _KEYS}
+        pr = {k: reps[:, col[s.name, k]] for k in _KEYS}
+        used, m_used = int((d["pairs"] > 0).sum()), int((d["mpairs"] > 0).sum())
+        j = parts.index(s.name) if s.name in parts else None
+        by_step = {k: np.bincount(step_codes, weights=d[k], minlength=steps.size)
+                   for k in ("u", "pairs", "diff", "pressure")}
         results.append(SignalAttribution(
             signal=s.name, kind=s.kind, outcome=s.outcome, weight=s.weight,
             applies=float(np.isfinite(s.values).mean()) if s.values.size else 0.0,
             pressure=float(pt["pressure"] / n_total) if n_total else math.nan,
-            pressure_ci=percentile(_ratio(pr["pressure"], reps[:, -1]), level),
-            pressure_share=share, pressure_share_ci=share_ci,
-            paired_preference=float(_ratio(pt["u"], pt["pairs"])), paired_preference_ci=pref_ci,
+            pressure_ci=percentile(_ratio(pr["pressure"], n_rep), level),
+            pressure_share=float(share_point[j]) if j is not None else math.nan,
+            pressure_share_ci=percentile(share_rep[:, j], level) if j is not None else nan2,
+            paired_preference=float(_ratio(pt["u"], pt["pairs"])),
+            paired_preference_ci=percentile(_ratio(pr["u"], pr["pairs"]), level) if used >= MIN_GROUPS else nan2,
             p_value=_preference_p(d["u"], d["pairs"]),
-            effect=float(_ratio(pt["diff"], pt["pairs"])), effect_ci=eff_ci,
+            effect=float(_ratio(pt["diff"], pt["pairs"])),
+            effect_ci=percentile(_ratio(pr["diff"], pr["pairs"]), level) if used >= MIN_GROUPS else nan2,
             pairs=int(pt["pairs"]), groups_used=used,
-            matched_preference=float(_ratio(pt["mu"], pt["mpairs"])), matched_preference_ci=m_ci,
+            matched_preference=float(_ratio(pt["mu"], pt["mpairs"])),
+            matched_preference_ci=(percentile(_ratio(pr["mu"], pr["mpairs"]), level) if m_used >= MIN_GROUPS
+                                   else nan2),
             matched_pairs=int(pt["mpairs"]),
             series={"steps": steps.tolist(),
                     "paired_preference": _ratio(by_step["u"], by_step["pairs"]).tolist(),
                     "effect": _ratio(by_step["diff"], by_step["pairs"]).tolist(),
                     "pressure": by_step["pressure"].tolist()}))
-    total_sig = results[-1]
     ordered = sorted(results[:-1], key=lambda a: -a.pressure if np.isfinite(a.pressure) else math.inf)
-    ordered.append(total_sig)
-    top = ordered[0]
-
-    by_condition = _breakdown(frame.condition, frame.condition_names, groups, x, labels, per_group, signals,
-                              top.signal, n_total)
-    by_task = (_breakdown(frame.task, frame.task_names, groups, x, labels, per_group, signals, top.signal, n_total)
-               if len(frame.task_names) > 1 else {})
-    groups_used = top.groups_used
-    if groups_used < MIN_GROUPS:
-        warnings.append(f"Only {groups_used} group(s) contain rollouts both with and without the behaviour: no "
-                        "confidence intervals or tests.")
-    elif groups_used < FEW_GROUPS:
-        warnings.append(f"Only {groups_used} groups contain rollouts both with and without the behaviour: the "
-                        "intervals are rough.")
-    trace = Trace(
-        run=run, behavior=behavior.name, behavior_spec=behavior.spec, where=where, numeric=bool(numeric),
-        grouping=frame.grouping, group_key=frame.group_key, rollouts=int(x.size), groups=groups.n,
-        groups_used=groups_used, prevalence=float(np.mean(x)) if x.size else math.nan, signals=ordered,
-        by_condition=by_condition, by_task=by_task, condition=_argmax_pressure(by_condition),
-        task=_argmax_pressure(by_task), advantage_check=_advantage_check(frame, groups, x_c, r_c, inv_scale,
-                                                                          per_group[total_sig.signal]["pressure"]),
-        warnings=warnings, notes=notes)
-    check = trace.advantage_check
-    if check and check.get("correlation") is not None and check["correlation"] < 0.9:
-        trace.warnings.append(
-            f"The logged advantage correlates only {check['correlation']:.2f} with the GRPO advantage rebuilt from "
-            "the rewards (different normalisation, KL in the reward, or a different estimator): pressures are "
-            "computed from the rebuilt advantage.")
-    trace.evidence_rows = _evidence_rows(frame, groups, labels, per_group, top, by_condition)
-    assess([trace])
-    return trace
+    return ordered + results[-1:]
 
 
 def percentile(samples: np.ndarray, level: float) -> tuple[float, float]:
@@ -585,7 +617,7 @@ def percentile(samples: np.ndarray, level: float) -> tuple[float, float]:
     return _ci(lo[0], hi[0])
 
 
-def _breakdown(codes: np.ndarray, names: list[str], groups: _Groups, x: np.ndarray, labels: np.ndarray,
+def _breakdown(codes: np.ndarray, names: list[str], groups: _Groups, x: np.ndarray,
                per_group: dict[str, dict[str, np.ndarray]], signals: list[_Signal], top: str,
                n_total: float) -> dict[str, dict[str, Any]]:
     """Per condition (or task): its rollouts, prevalence, and each signal's pressure and paired preference.
@@ -626,23 +658,22 @@ def _argmax_pressure(breakdown: dict[str, dict[str, Any]]) -> str | None:
     return max(best)[1] if best else None
 
 
-def _advantage_check(frame: Frame, groups: _Groups, x_c: np.ndarray, r_c: np.ndarray, inv_scale: np.ndarray,
-                     total_pressure: np.ndarray) -> dict[str, Any] | None:
+def _advantage_check(frame: Frame, groups: _Groups, adv: _Advantage) -> dict[str, Any] | None:
     """Compare the rebuilt GRPO advantage with the logged one: correlation over rollouts, and the total push
     computed from each (sum of x_c * advantage). Agreement means the decomposition describes what the trainer
     did; disagreement is reported as a warning (the signal ranking is still computed from the rewards)."""
     if frame.advantage is None:
         return None
-    adv = frame.advantage
-    ok = np.isfinite(adv)
+    logged = frame.advantage
+    ok = np.isfinite(logged)
     if ok.sum() < 3:
         return None
-    rebuilt = r_c * inv_scale[groups.codes]
-    a, b = adv[ok], rebuilt[ok]
+    rebuilt = adv.r_c * adv.inv_scale[groups.codes]
+    a, b = logged[ok], rebuilt[ok]
     corr = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else None
     return {"rollouts": int(ok.sum()), "correlation": corr,
-            "pressure_logged": float(np.sum(x_c[ok] * a) / ok.sum()),
-            "pressure_rebuilt": float(np.sum(x_c[ok] * b) / ok.sum())}
+            "pressure_logged": float(np.sum(adv.x_c[ok] * a) / ok.sum()),
+            "pressure_rebuilt": float(np.sum(adv.x_c[ok] * b) / ok.sum())}
 
 
 def _evidence_rows(frame: Frame, groups: _Groups, labels: np.ndarray, per_group: dict[str, dict[str, np.ndarray]],
@@ -731,8 +762,10 @@ def _severity(t: Trace) -> tuple[Severity, str, str | None]:
     parts = [s for s in t.signals if s.kind != "total"] or t.signals
     has_outcome = any(s.outcome for s in parts)
     drivers = [s for s in parts if s.pressure > 0 and s.significant and s.paired_preference > 0.5]
+    it = "the behaviour" if t.direction == "up" else "the behaviour's absence"
     if not drivers:
-        return "info", "no reward signal pushes the behaviour up with a significant paired preference", None
+        return "info", (f"no reward signal pushes the behaviour {t.direction} with a significant paired "
+                        "preference"), None
     classes: dict[str, list[SignalAttribution]] = {}
     for s in drivers:
         classes.setdefault(driver_class(s, has_outcome), []).append(s)
@@ -748,29 +781,28 @@ def _severity(t: Trace) -> tuple[Severity, str, str | None]:
                   key=lambda s: s.pressure if s is not None else 0)
     name = suspect.signal if suspect is not None else None
     if own >= 0.5 and big:
-        return "high", (f"{names('own')} rewards the behaviour for its own sake and carries {own:.0%} of the "
-                        "push"), name
+        return "high", (f"{names('own')} rewards {it} for its own sake and carries {own:.0%} of the push"), name
     if own > 0 and (own >= 0.5 or own >= legit):
-        return "medium", f"{names('own')} rewards the behaviour for its own sake ({own:.0%} of the push)", name
+        return "medium", f"{names('own')} rewards {it} for its own sake ({own:.0%} of the push)", name
     if unclear > legit:
-        return "medium", (f"{names('unclear')} rewards the behaviour ({unclear:.0%} of the push), and too few "
+        return "medium", (f"{names('unclear')} rewards {it} ({unclear:.0%} of the push), and too few "
                           "equally-correct pairs exist to tell whether it rewards more than task success"), name
     via = f"; {names('via_outcome')} prefer it only through correctness" if "via_outcome" in classes else ""
     own_note = f"; {names('own')} also rewards it for its own sake ({own:.0%})" if own > 0 else ""
     return "low", (f"the push comes mostly through task success ({legit:.0%}: "
-                   f"{names('outcome') or names('via_outcome')}{via}){own_note}: the behaviour is learned as "
-                   "intended"), None
+                   f"{names('outcome') or names('via_outcome')}{via}){own_note}: learned as intended"), None
 
 
 # ================================================================================================ entry point
 def trace(store: Any, run: str, behavior: str | Behavior, where: str = "answer", *, max_step: int | None = None,
           split: str | None = "train", outcome_signals: list[str] | None = None, advantage_scale: str = "group",
           n_boot: int = 1000, seed: int = 0, alpha: float = 0.05, behavior_severity: str = "medium",
-          con: duckdb.DuckDBPyConnection | None = None) -> Trace:
+          direction: str = "up", con: duckdb.DuckDBPyConnection | None = None) -> Trace:
     """Trace `behavior` (a spec for `parse_behavior`, or a Behavior) in `run` to its reward signals.
 
     `con` may be a connection whose `rollouts` view is already scoped (a detector's `ctx.connect()`); otherwise
-    the run is read from `store`, restricted to `split` and steps <= `max_step`. The returned Trace is assessed
+    the run is read from `store`, restricted to `split` and steps <= `max_step`. `direction="down"` traces what
+    pushed a falling behaviour down. The returned Trace is assessed
     on its own (BH over its signals); the detector re-assesses all behaviours of a run together.
     """
     from .detectors import AuditConfig, DetectContext
@@ -783,7 +815,7 @@ def trace(store: Any, run: str, behavior: str | Behavior, where: str = "answer",
     try:
         frame = load_frame(con, beh, where)
         result = attribute(frame, beh, where=where, run=run, outcome_signals=outcome_signals,
-                           advantage_scale=advantage_scale, n_boot=n_boot, seed=seed)
+                           advantage_scale=advantage_scale, n_boot=n_boot, seed=seed, direction=direction)
         result.behavior_severity = behavior_severity
         assess([result], alpha)
         result.evidence = evidence_for(con, frame, result)

@@ -59,7 +59,8 @@ class AttributionDetector(Detector):
                 t = attribute(frame, behavior, where=where, run=ctx.run,
                               outcome_signals=list(opt("outcome_signals", [])),
                               advantage_scale=opt("advantage_scale", "group"),
-                              n_boot=int(opt("n_boot", 1000)), seed=ctx.config.seed)
+                              n_boot=int(opt("n_boot", 1000)), seed=ctx.config.seed,
+                              direction="down" if source.get("direction") == "down" else "up")
                 t.behavior_severity = source.severity
                 traces.append(t)
             assess(traces, float(opt("alpha", 0.05)))
@@ -74,10 +75,10 @@ def to_finding(t: Trace) -> Finding:
     top = t.top
     where = f" ({t.where})" if t.where != "answer" else ""
     if t.severity == "info":
-        title = f"'{t.behavior}'{where}: no reward signal significantly pushes it up"
+        title = f"'{t.behavior}'{where}: no reward signal significantly pushes it {t.direction}"
     else:
         cond = f", mostly in condition '{t.condition}'" if t.condition else ""
-        title = (f"'{t.behavior}'{where} is pushed up by {top.signal} "
+        title = (f"'{t.behavior}'{where} is pushed {t.direction} by {top.signal} "
                  f"({_pct(top.pressure_share)} of the push{cond})")
     return Finding(kind="reward_attribution", run=t.run, severity=t.severity, title=title,
                    explanation=explain(t), score=_score(t), fields=t.fields(), evidence=t.evidence)
@@ -90,11 +91,15 @@ def explain(t: Trace) -> str:
     elo, ehi = top.effect_ci
     unit = ("rollouts above the group median vs below it" if t.numeric
             else f"rollouts with '{t.behavior}' vs without it")
+    if t.direction == "down":
+        unit = ("rollouts below the group median vs above it" if t.numeric
+                else f"rollouts without '{t.behavior}' vs with it")
     parts = [
         f"Within {t.groups_used} comparable groups ({t.group_key}), {top.signal} scored {unit} higher in "
         f"{_pct(top.paired_preference)} of pairs (95% CI {_pct(lo)}-{_pct(hi)}, q={_num(top.q_value)}), "
         f"by {_num(top.effect)} on average (CI {_num(elo)} to {_num(ehi)}), and supplied "
-        f"{_pct(top.pressure_share)} of the positive advantage push toward the behaviour."]
+        f"{_pct(top.pressure_share)} of the positive advantage push "
+        f"{'toward' if t.direction == 'up' else 'away from'} the behaviour."]
     if t.condition:
         share = t.by_condition.get(t.condition, {}).get("pressure_share")
         parts.append(f"Condition '{t.condition}' supplied {_pct(share)} of that signal's push.")
