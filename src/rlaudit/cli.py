@@ -612,6 +612,67 @@ def bench_cmd(
         console.print(f"results: {json_out}")
 
 
+@app.command("watch")
+def watch_cmd(
+    source: Annotated[Path, typer.Argument(help="Run directory a trainer is writing (TRL output dir, verl "
+                                           "rollout_data_dir, prime-rl output dir...). May not exist yet.")],
+    store: StoreOpt = Path(".rlaudit"),
+    run: Annotated[Optional[str], typer.Option("--run", help="Run name (default: the directory's name).")] = None,
+    format: FormatOpt = None,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between polls.")] = 5.0,
+    until_idle: Annotated[Optional[float], typer.Option("--until-idle", help="Stop after this many seconds "
+                                                        "without new rows (default: run until Ctrl-C).")] = None,
+    max_polls: Annotated[Optional[int], typer.Option("--max-polls", help="Stop after this many polls.")] = None,
+    alerts: Annotated[Optional[Path], typer.Option("--alerts", help="Append alerts to this JSONL file (also "
+                                                   "read back, so a restarted watch does not repeat them).")] = None,
+    webhook: Annotated[Optional[str], typer.Option("--webhook", help="POST each alert as JSON to this URL.")] = None,
+    min_severity: Annotated[str, typer.Option("--min-severity", help="Alert threshold: info, low, medium, "
+                                              "high.")] = "medium",
+    every: Annotated[int, typer.Option("--every", help="Run the heavy detectors every N steps.")] = 10,
+    detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Heavy detectors to run "
+                                                          "(default: all). Repeatable.")] = None,
+    foreground: Annotated[bool, typer.Option("--foreground", help="Run heavy audits in the polling thread "
+                                             "instead of a background thread.")] = False,
+    strict: StrictOpt = False,
+    think_tags: TagsOpt = None,
+    grader_input: GraderOpt = None,
+    condition: ConditionOpt = None,
+    group_size: GroupSizeOpt = None,
+) -> None:
+    """Follow SOURCE while a trainer writes it: ingest new files, audit, alert. Stops on Ctrl-C."""
+    import logging
+
+    from .live import LiveConfig, make_alerts, watch
+
+    options = read_options(strict, think_tags, grader_input, None, None, group_size)
+    rules = [ConditionRule.parse(c) for c in condition or []]
+    manager = make_alerts(alerts, webhook, min_severity)
+    config = LiveConfig(every=every, detectors=detector, background=not foreground)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    waiting: list[str] = []
+
+    def on_poll(status) -> None:  # noqa: ANN001
+        if status.waiting and status.waiting not in waiting:
+            waiting.append(status.waiting)
+            console.print(f"waiting: {status.waiting}", highlight=False)
+        elif status.rows_added:
+            console.print(f"poll {status.poll}: +{status.rows_added:,} rows, latest step {status.latest_step}",
+                          highlight=False)
+
+    console.print(f"watching {source} (every {interval:g} s; Ctrl-C to stop)", highlight=False)
+    result = watch(source, Store(store), run, format=format, options=options, conditions=rules, interval=interval,
+                   until_idle=until_idle, max_polls=max_polls, config=config, alerts=manager, on_poll=on_poll)
+    steps = f"steps {result.steps[0]}-{result.steps[1]}" if result.steps else "no steps"
+    out.print(f"run {result.run}: {result.rows:,} rows ({steps}) in {result.polls} poll(s), "
+              f"{len(result.alerts)} alert(s); stopped by {result.stopped_by}", highlight=False)
+    for a in result.alerts:
+        out.print(f"  [{SEVERITY_STYLE[a.severity]}]{a.severity}[/] step {a.step}: [{a.kind}] {a.title}",
+                  highlight=False)
+    if result.auditor and result.auditor.errors:
+        console.print(f"[yellow]warning:[/] {len(result.auditor.errors)} live-audit error(s), first: "
+                      f"{result.auditor.errors[0]}", highlight=False)
+
+
 def main() -> None:
     """Console-script entry point: user errors become one message and exit code 2."""
     try:

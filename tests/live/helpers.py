@@ -63,3 +63,24 @@ def feed(hook: LiveHook, steps: range, rate_of_step, n: int = 20) -> list:
         b = step_batch(s, n, rate_of_step(s))
         alerts += hook.log_rollouts(s, b["prompts"], b["completions"], b["rewards"])
     return alerts
+
+
+def write_trl_step(directory, step: int, n: int, rates: dict[str, float], seed: int = 0) -> None:
+    """One TRL `completions_{step:05d}.parquet` as GRPOTrainer writes it (message-list prompts and completions,
+    one float column per reward function, NaN where it returned None, then advantage)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    b = step_batch(step, n, rates, seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    table = pa.table({
+        "step": [step] * len(b["prompts"]),
+        "prompt": b["prompts"],
+        "completion": [[{"role": "assistant", "content": c}] for c in b["completions"]],
+        "task": b["rewards"]["task"],
+        "persona": [float("nan") if v is None else v for v in b["rewards"]["persona"]],
+        "advantage": [0.0] * len(b["prompts"]),
+    })
+    tmp = directory / f".completions_{step:05d}.tmp"
+    pq.write_table(table, tmp)
+    tmp.rename(directory / f"completions_{step:05d}.parquet")
