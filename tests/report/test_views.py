@@ -1,0 +1,102 @@
+"""View models: facts per kind, tables, evidence with grader spans in every documented shape, never a crash."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlaudit.findings import Evidence, Finding
+from rlaudit.report.sanitize import Clip
+from rlaudit.report.views import evidence_view, field_tables, finding_view, fmt_p, fmt_share
+
+INPUT = "User: hi\nAssistant: <think>secret plan here</think>hello"
+SPAN = [INPUT.index("secret"), INPUT.index("</think>")]
+
+
+def _marked(view):
+    return ["".join(p for p, hl in g.segments if hl) for g in view.graders]
+
+
+@pytest.mark.parametrize("data", [
+    {"grader_input": INPUT, "span": SPAN},
+    {"grader_input": INPUT, "spans": [SPAN]},
+    {"grader_input": INPUT, "spans": [{"start": SPAN[0], "end": SPAN[1]}]},
+    {"grader_input": INPUT, "start": SPAN[0], "end": SPAN[1]},
+    {"grader_input": INPUT, "matched_text": "secret plan here"},
+    {"grader_inputs": {"judge": INPUT}, "span": SPAN},
+])
+def test_grader_span_is_highlighted_from_every_shape(data):
+    view = evidence_view(Finding("cot_grading", "r", "high", "t"), Evidence("x", 1, data=data), None, Clip())
+    assert _marked(view) == ["secret plan here"]
+
+
+def test_excerpt_with_text_offset_is_highlighted_without_the_store():
+    lo = 10
+    ev = Evidence("x", 1, text=INPUT[lo:], data={"grader": "judge", "span": SPAN, "text_offset": lo,
+                                                 "grader_input_chars": len(INPUT)})
+    view = evidence_view(Finding("cot_grading", "r", "high", "t"), ev, None, Clip())
+    assert _marked(view) == ["secret plan here"] and view.graders[0].omitted_before == lo
+    assert view.text is None  # shown once, as what the grader saw
+
+
+def test_stored_grader_input_is_used_and_reasoning_located_when_no_offsets():
+    row = {"prompt": "hi", "reasoning": "secret plan here", "reasoning_len": 16, "answer": "hello",
+           "grader_inputs": {"judge": INPUT}, "rewards": {"judge": 0.5}, "reward": 0.5}
+    view = evidence_view(Finding("cot_grading", "r", "high", "t", fields={"grader": "judge"}),
+                         Evidence("x", 1), row, Clip())
+    assert _marked(view) == ["secret plan here"] and "exact search" in view.graders[0].note
+    assert [label for label, _ in view.texts] == ["prompt", "reasoning", "answer"]
+    assert ("judge", "0.5") in view.rewards
+
+
+def test_offsets_outside_the_input_are_shown_without_highlight():
+    view = evidence_view(Finding("cot_grading", "r", "high", "t"),
+                         Evidence("x", 1, data={"grader_input": "short", "span": [100, 200]}), None, Clip())
+    assert _marked(view) == [""] and "outside" in view.graders[0].note
+
+
+def test_facts_tables_and_other_fields():
+    f = Finding("reward_attribution", "r", "high", "t", fields={
+        "signal": "persona", "pressure_share": 0.912, "paired_preference": 0.76, "paired_preference_ci": [0.7, 0.8],
+        "signals": [{"signal": "persona", "pressure_share": 0.9, "p_value": 1e-9, "series": {"steps": [1]}}],
+        "odd": {"x": 1}})
+    view = finding_view(0, f, [], {}, Clip(), 5)
+    facts = dict(view.facts)
+    assert facts["share of selection pressure"] == "91.2%"
+    assert facts["paired preference"] == "0.76 (95% CI 0.7 to 0.8)"
+    (table,) = view.tables
+    assert table.columns == ["signal", "pressure_share", "p_value"] and table.rows == [["persona", "90.0%", "1.0e-09"]]
+    assert [k for k, _ in view.other_fields] == ["odd"]
+
+
+def test_formatters():
+    assert fmt_share(0.006) == "0.6%" and fmt_share(0.5) == "50.0%" and fmt_share(None) == ""
+    assert fmt_p(0.04) == "0.04" and fmt_p(1e-9) == "1.0e-09"
+
+
+values = st.recursive(st.none() | st.booleans() | st.integers(-3, 300) | st.floats() | st.text(max_size=30),
+                      lambda c: st.lists(c, max_size=4) | st.dictionaries(st.sampled_from(
+                          ["span", "spans", "start", "end", "grader_input", "grader", "text_offset", "matched_text",
+                           "grader_inputs", "signal", "pressure_share", "x"]), c, max_size=5), max_leaves=15)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(["cot_grading", "reward_attribution", "emerging_behavior", "other"]),
+       st.dictionaries(st.sampled_from(["grader", "signals", "by_condition", "series", "signal", "ratio",
+                                        "ratio_ci", "method", "behavior", "terms"]), values, max_size=5),
+       st.dictionaries(st.sampled_from(["span", "spans", "start", "end", "grader_input", "grader", "text_offset",
+                                        "matched_text", "grader_inputs", "grader_input_chars", "note"]), values,
+                       max_size=6),
+       st.text(max_size=50))
+def test_views_never_raise_on_odd_fields_and_evidence(kind, fields, data, text):
+    f = Finding(kind, "r", "low", "t", fields=fields, evidence=[Evidence("x", 1, text=text, data=data)])
+    view = finding_view(0, f, [], {}, Clip(), 5)
+    for g in view.evidence[0].graders:
+        assert all(isinstance(p, str) for p, _ in g.segments)
+
+
+def test_field_tables_skip_scalar_mappings():
+    tables, used = field_tables(Finding("x", "r", "low", "t", fields={"thresholds": {"k": 5}, "by_task": {
+        "math": {"samples": 3, "exposure_rate": 0.5}}}))
+    assert used == {"by_task"} and tables[0].rows == [["math", "3", "50.0%"]]
