@@ -58,7 +58,7 @@ def test_verl_wrapper_records_solution_and_step(tmp_path):
     wrapped = wrap_verl_compute_score(compute_score, log_dir=tmp_path)
     assert wrapped("gsm8k", "<think>so 4</think>4", "4", {"step": 3}) == {"score": 1.0}
     (rec,) = records(tmp_path / "grader_inputs" / "compute_score.jsonl")
-    assert rec["step"] == 3 and rec["input"] == "<think>so 4</think>4" and rec["completion_md5"]
+    assert rec["step"] == 3 and rec["input"] == "<think>so 4</think>4" and rec["completion_md5"] is None
 
 
 def test_captured_full_completions_are_found_by_the_scan_after_merge(store, tmp_path):

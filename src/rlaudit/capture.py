@@ -7,7 +7,7 @@ Wrap a reward function and every call appends one JSONL record per scored comple
     trainer = GRPOTrainer(..., reward_funcs=[judge])               # then: rlaudit audit outputs/run1
 
 Records go to `<log_dir>/grader_inputs/<grader>.jsonl` as
-`{"grader", "step", "index", "completion_md5", "input"}`; under TRL the text is also handed to `log_extra`, so
+`{"grader", "step", "index", "completion_md5", "input"}` (`completion_md5` null: the input *is* the completion); under TRL the text is also handed to `log_extra`, so
 with `log_completions=True` it lands in the completions parquet as a `<grader>_input` column (read it with
 `--grader-input <grader>=<grader>_input`). `merge_captured(store, run, path)` joins a capture directory to the
 rollouts of a stored run (by the MD5 of the completion text, and the step when both sides know it); the
@@ -19,7 +19,8 @@ reasoning in hand, not that it read it. Where a reward function builds the text 
 that inner call with `capture_grader` to record exactly what the judge saw; or probe the function with
 `rlaudit probe-grader` to measure whether its scores depend on the reasoning.
 
-Overhead is one MD5 and one buffered `json.dumps` per completion (see benchmarks/capture_overhead.py).
+Overhead is one JSON string escape of the text and a buffered write per completion; hashing for the join is
+left to `merge_captured` (see benchmarks/capture_overhead.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import inspect
 import json
 import os
 import threading
+from json.encoder import encode_basestring
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ import pyarrow.parquet as pq
 from .errors import RlauditError
 
 CAPTURE_DIR = "grader_inputs"
+_quote = encode_basestring  # JSON string literal (the C implementation when available)
 
 
 def completion_text(completion: Any) -> str:
@@ -78,9 +81,12 @@ class CaptureLog:
             self._counter += n
         return first
 
-    def write_many(self, grader: str, inputs: list[str], keys: list[str], step: int | None, first_index: int) -> None:
-        lines = [json.dumps({"grader": grader, "step": step, "index": first_index + i, "completion_md5": key,
-                             "input": text}, ensure_ascii=False)
+    def write_many(self, grader: str, inputs: list[str], keys: list[str | None], step: int | None,
+                   first_index: int) -> None:
+        # one C-level string escape per text; the record's other fields are formatted directly
+        head = f'{{"grader": {_quote(grader)}, "step": {"null" if step is None else int(step)}, "index": '
+        lines = [f'{head}{first_index + i}, "completion_md5": {"null" if key is None else _quote(key)}, '
+                 f'"input": {_quote(text)}}}'
                  for i, (text, key) in enumerate(zip(inputs, keys))]
         self._append(*lines)
 
@@ -134,7 +140,7 @@ def wrap_trl_reward(fn: Callable[..., Any], log_dir: str | Path = ".", name: str
         texts = [completion_text(c) for c in completions]
         state = kwargs.get("trainer_state")
         step = getattr(state, "global_step", None)
-        log.write_many(grader, texts, [text_md5(t) for t in texts], step, log.reserve(len(texts)))
+        log.write_many(grader, texts, [None] * len(texts), step, log.reserve(len(texts)))
         extra = kwargs.get("log_extra")
         if log_extra and callable(extra):
             extra(f"{grader}_input", texts)
@@ -173,7 +179,7 @@ def wrap_verl_compute_score(fn: Callable[..., Any], log_dir: str | Path = ".", n
         s = step() if step else None
         if s is None and isinstance(extra_info, dict):
             s = extra_info.get("step", extra_info.get("global_step"))
-        log.write_many(grader, [text], [text_md5(text)], s, log.reserve(1))
+        log.write_many(grader, [text], [None], s, log.reserve(1))
         return fn(data_source, solution_str, ground_truth, extra_info, **kwargs)
 
     wrapper.rlaudit_grader = grader  # type: ignore[attr-defined]
@@ -249,7 +255,8 @@ def merge_captured(store: Any, run: str, path: str | Path) -> dict[str, int]:
         WITH keys AS (
             SELECT rollout_id, step, md5(completion) AS k FROM rollouts
             UNION SELECT rollout_id, step, md5(regexp_replace(completion, '^assistant: ', '')) FROM rollouts
-        ), recs AS (SELECT row_number() OVER () AS rec, * FROM captured)
+        ), recs AS (SELECT row_number() OVER () AS rec, grader, step, input,
+                           coalesce(completion_md5, md5(input)) AS completion_md5 FROM captured)
         SELECT DISTINCT recs.rec, keys.rollout_id, recs.grader, recs.input
         FROM recs JOIN keys ON keys.k = recs.completion_md5 AND (recs.step IS NULL OR recs.step = keys.step)
     """).to_arrow_table()
