@@ -79,6 +79,7 @@ def test_cli_user_errors_exit_2_with_a_message(tmp_path, capsys, monkeypatch, ca
     assert expected in err
 
 
+@pytest.mark.slow
 def test_cli_strict_bad_record_exits_2_naming_file_and_line(tmp_path):
     d = tmp_path / "v"
     verl_step(d, 1, ["p", "p"], ["a", "b"], scores=[1.0, 2.0])

@@ -784,7 +784,8 @@ def split_reasoning_fast(completions: pa.Array, tags: ThinkTags) -> tuple[pa.Arr
     before = pc.utf8_ltrim(pc.list_element(parts, 0), characters="\t\n\f\r ")  # RE2 \\s
     after = pc.list_element(pc.if_else(closed, parts, pa.scalar(["", ""], parts.type)), 1)
     opened = pc.starts_with(before, tags.open)
-    inner = pc.if_else(opened, pc.utf8_slice_codeunits(before, len(tags.open)), before)
+    # where `before` starts with the tag, its first occurrence is the prefix: drop it (cheaper than slicing all)
+    inner = pc.if_else(opened, pc.replace_substring(before, tags.open, "", max_replacements=1), before)
     reasoning = pc.if_else(closed, inner, pc.if_else(opened, inner, null_str))
     answer = pc.if_else(closed, after, pc.if_else(opened, pa.scalar("", pa.string()), completions))
     return reasoning, pc.utf8_trim_whitespace(answer)

@@ -48,8 +48,8 @@ def read_json_chunks(file: SourceFile, ctx: ReadContext, kinds: FieldKinds | Non
                      chunk_bytes: int | None = None) -> Iterator[JsonChunk]:
     """Parsed chunks of a JSONL file; bad lines go to `ctx.bad`. See the module doc."""
     kinds = kinds or {}
-    for first_line, data in _chunks(file.path, chunk_bytes or CHUNK_BYTES):
-        table = _fast_parse(data, kinds)
+    for first_line, data, n_lines in _chunks(file.path, chunk_bytes or CHUNK_BYTES):
+        table = _fast_parse(data, n_lines, kinds)
         if table is not None:
             lines = pa.array(np.arange(first_line, first_line + table.num_rows, dtype=np.int64))
             yield JsonChunk(table, lines, True)
@@ -59,8 +59,9 @@ def read_json_chunks(file: SourceFile, ctx: ReadContext, kinds: FieldKinds | Non
                 yield chunk
 
 
-def _chunks(path: Any, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """(first line number, bytes) pieces of a file, each ending at a newline (except a torn last line)."""
+def _chunks(path: Any, chunk_bytes: int) -> Iterator[tuple[int, bytes, int]]:
+    """(first line number, bytes, number of lines) pieces of a file, each ending at a newline (except a torn
+    last line)."""
     line = 1
     rest = b""
     with open(path, "rb") as fh:
@@ -74,15 +75,15 @@ def _chunks(path: Any, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
                 rest = data
                 continue
             piece, rest = data[:cut + 1], data[cut + 1:]
-            yield line, piece
-            line += piece.count(b"\n")
+            count = piece.count(b"\n")
+            yield line, piece, count
+            line += count
     if rest:
-        yield line, rest
+        yield line, rest, rest.count(b"\n") + 1
 
 
-def _fast_parse(data: bytes, kinds: FieldKinds) -> pa.Table | None:
+def _fast_parse(data: bytes, n_lines: int, kinds: FieldKinds) -> pa.Table | None:
     """Arrow's JSON reader on a whole chunk, or None when the chunk needs the line-by-line path."""
-    n_lines = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
     if b"\n\n" in data or b"\n\r\n" in data or data.startswith(b"\n"):  # blank lines would shift line numbers
         return None
     try:
