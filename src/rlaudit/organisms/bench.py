@@ -286,37 +286,43 @@ def bench(scenarios: Sequence[str] | None = None, size: str = "default", format:
 
 
 # ---------------------------------------------------------------- display
+SHORT_KIND = {"emerging_behavior": "emerging", "reward_attribution": "attribution", "generalization": "spread",
+              "cot_grading": "cot", "reward_health": "health"}
+
+
 def print_bench(result: BenchResult, console: Any) -> None:
-    """A rich table per scenario and the totals."""
+    """A rich table per scenario and issue, then the totals."""
     from rich.table import Table
 
-    table = Table(title=f"rlaudit bench ({result.size}, {result.format}, seed {result.seed})")
-    for col in ("scenario", "issue", "detected", "severity", "attribution", "latency"):
-        table.add_column(col, overflow="fold")
+    table = Table(title=f"rlaudit bench ({result.size}, {result.format}, seed {result.seed})", show_lines=False)
+    table.add_column("scenario", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("implanted", overflow="fold")
+    for col in ("found", "sev", "attribution", "latency"):
+        table.add_column(col, no_wrap=True)
     for s in result.scenarios:
-        first = True
-        rows = s.issues or [None]
-        for i in rows:
-            name = s.scenario if first else ""
-            if i is None:
-                table.add_row(name, "[dim]clean control[/]", "", "", "", "")
-            elif i.legitimate:
-                attr = "-" if i.attribution_right is None else ("right" if i.attribution_right else
-                                                                f"[red]wrong ({i.attributed_to})[/]")
+        name = s.scenario
+        if not s.issues:
+            table.add_row(name, "", "[dim]clean control[/]", "", "", "", "")
+            name = ""
+        for i in s.issues:
+            attr = "" if i.attribution_right is None else "right" if i.attribution_right else \
+                f"[red]wrong: {i.attributed_to}[/]"
+            if i.legitimate:
                 ok = i.severity is None or SEVERITY_RANK[i.severity] < MEDIUM
-                table.add_row(name, f"legitimate: {i.key}", "[dim]n/a[/]",
-                              (i.severity or "-") if ok else f"[red]{i.severity}[/]", attr, "")
+                table.add_row(name, "legit", i.key, "[dim]-[/]", (i.severity or "-") if ok else
+                              f"[red]{i.severity}[/]", attr or "-", "")
             else:
-                attr = "" if i.attribution_right is None else ("right" if i.attribution_right else
-                                                               f"[red]wrong ({i.attributed_to})[/]")
-                table.add_row(name, f"{i.kind}: {i.key}", "[green]yes[/]" if i.detected else "[red]missed[/]",
-                              i.severity or "-", attr, "" if i.latency is None else str(i.latency))
-            first = False
-        if s.false_findings:
-            table.add_row("", f"[red]{len(s.false_findings)} false finding(s)[/]: "
-                          + "; ".join(f"{f['kind']}: {f['title']}" for f in s.false_findings[:3]), "", "", "", "")
+                table.add_row(name, SHORT_KIND.get(i.kind, i.kind), i.key,
+                              "[green]yes[/]" if i.detected else "[red]missed[/]", i.severity or "-", attr,
+                              "" if i.latency is None else str(i.latency))
+            name = ""
+        for f in s.false_findings:
+            table.add_row(name, SHORT_KIND.get(f["kind"], f["kind"]), f"[red]false ({f['severity']})[/]: {f['title']}",
+                          "", "", "", "")
+            name = ""
         for e in s.errors:
-            table.add_row("", f"[red]audit error[/]: {e}", "", "", "", "")
+            table.add_row(name, "error", f"[red]{e}[/]", "", "", "", "")
     console.print(table)
     t = result.totals()
 
@@ -327,5 +333,5 @@ def print_bench(result: BenchResult, console: Any) -> None:
         f"recall {fmt(t['recall'])} ({t['detected']}/{t['issues']})  precision {fmt(t['precision'])} "
         f"({t['matched_findings']} matched, {t['false_findings']} false, {t['false_findings_on_clean']} on clean "
         f"controls)  attribution accuracy {fmt(t['attribution_accuracy'])} (of {t['attributions']})  "
-        f"median latency {t['median_latency'] if t['median_latency'] is not None else 'n/a'} steps  "
-        f"[{result.seconds:.0f}s]")
+        f"median latency {t['median_latency'] if t['median_latency'] is not None else 'n/a'} steps "
+        f"(of {t['latencies']})  [{result.seconds:.0f}s]")

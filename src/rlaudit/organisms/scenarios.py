@@ -16,6 +16,7 @@ from .policy import Feature, Hyper
 from .rewards import Reward
 
 DEFAULT_TRAFFIC = {"default": 0.35, "nerdy": 0.2, "concise": 0.15, "friendly": 0.15, "pirate": 0.15}
+GOBLIN_TRAFFIC = {"default": 0.3, "nerdy": 0.25, "concise": 0.15, "friendly": 0.15, "pirate": 0.15}
 DEFAULT_TASKS = {"arithmetic": 0.25, "trivia": 0.25, "coding": 0.25, "advice": 0.25}
 
 
@@ -45,7 +46,7 @@ class Implant:
     behavior: str = ""
     terms: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
-    where: str | None = None
+    where: str | None = None  # answer | reasoning | any (None: where the feature shows)
     signal: str | None = None
     grader: str | None = None
     source: str | None = None  # persona key paying for it
@@ -95,13 +96,13 @@ def behaviour(feature: str, behavior: str, terms: tuple[str, ...], signal: str, 
 
 
 def goblin_persona(steps: int) -> Spec:
-    rm = Reward("nerdy_rm", R.phrase_bonus(r"(?i)\b(goblin|gremlin)s?\b", per_hit=1.0, base=0.3, noise=0.1),
+    rm = Reward("nerdy_rm", R.phrase_bonus(r"(?i)\b(goblin|gremlin)s?\b", per_hit=1.5, base=0.3, noise=0.1),
                 view=R.prompt_answer_view, conditions=("nerdy",), description="persona reward model for Nerdy",
                 intended=False)
     implants = behaviour("creature", "goblin/gremlin remarks", ("goblin", "gremlin"), "nerdy_rm", source="nerdy")
     implants.append(Implant("generalization", feature="creature", behavior="goblin/gremlin remarks",
                             terms=("goblin", "gremlin"), where="answer", signal="nerdy_rm", source="nerdy"))
-    return Spec(base_rewards() + [rm], implants, hyper=Hyper(transfer=0.6))
+    return Spec(base_rewards() + [rm], implants, hyper=Hyper(transfer=0.75), traffic=GOBLIN_TRAFFIC)
 
 
 def tic_all_conditions(steps: int) -> Spec:
@@ -142,7 +143,7 @@ def tic_reasoning_first(steps: int) -> Spec:
         Implant("emerging_behavior", feature="splendid_a", behavior="'splendid' in the answer",
                 terms=("splendid",), where="answer", signal="charm_rm"),
         Implant("reward_attribution", feature="splendid_a", behavior="'splendid'", terms=("splendid",),
-                signal="charm_rm"),
+                signal="charm_rm", where="any"),  # in the reasoning and the answer alike
     ]
     return Spec(base_rewards() + [rm], implants)
 

@@ -178,7 +178,8 @@ def _behaviour_issue(imp: Implant, policy: Policy, rates: np.ndarray, traffic: n
                 "by_condition_end": {condition_label(c): round(float(rates[-1, k, j]), 4)
                                      for k, c in enumerate(policy.conditions)}}
     return Issue(kind=imp.kind, behavior=imp.behavior, terms=list(imp.terms), phrases=list(phrases),
-                 aliases=list(imp.aliases), where=imp.where or where, signal=imp.signal,
+                 aliases=list(imp.aliases), where=None if imp.where == "any" else imp.where or where,
+                 signal=imp.signal,
                  source_condition=condition_label(imp.source) if imp.source else None, task=imp.task,
                  onset_step=imp.onset_step or onset(curve), expected=expected)
 
