@@ -435,3 +435,15 @@ def test_falling_behaviour_is_traced_downwards(store, run_store):
     assert down.direction == "down" and down.top.signal == "persona_rm" and down.severity == "high"
     assert down.prevalence == pytest.approx(up.prevalence)
     assert down.top.paired_preference == pytest.approx(1 - up.signal("persona_rm").paired_preference)
+
+
+def test_a_total_reward_alone_cannot_be_told_apart_from_task_success():
+    frame = _frame(make_run(bias=0.6))
+    only_total = Frame(**{**frame.__dict__, "components": {}})
+    t = attribute(only_total, parse_behavior("goblin"), n_boot=100)
+    assert [s.signal for s in t.signals] == ["reward"] and t.top.significant
+    assert t.severity == "medium" and "equally-correct" in t.verdict
+    # verl logging its score again as `acc`: an outcome signal identical to the total, so learned as intended.
+    same = Frame(**{**frame.__dict__, "components": {"acc": frame.reward.copy()}})
+    t = attribute(same, parse_behavior("goblin"), n_boot=100)
+    assert t.top.signal == "acc" and t.top.equals_total and t.severity == "low"

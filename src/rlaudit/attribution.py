@@ -70,6 +70,7 @@ class SignalAttribution:
     signal: str
     kind: str  # "component" | "other" (total minus the weighted components) | "total"
     outcome: bool  # a task-success signal (see OUTCOME_PATTERN)
+    equals_total: bool  # the total itself, or a component identical to it: not separable from the total
     weight: float  # its weight in the total reward (fitted; 1.0 when unknown)
     applies: float  # share of rollouts where the signal is not NaN
     pressure: float
@@ -289,6 +290,7 @@ class _Signal:
     values: np.ndarray  # NaN where it did not apply
     weight: float
     outcome: bool
+    equals_total: bool = False
 
 
 def is_outcome_signal(name: str, extra: list[str] | None = None) -> bool:
@@ -303,20 +305,20 @@ def build_signals(frame: Frame, outcome_signals: list[str] | None = None) -> tup
     The total is the logged `reward` where present. Component weights are fitted by least squares of the total
     on the components (NaN as 0); when the fit is exact (TRL's weighted sum) those weights are used. Otherwise
     (verl's `score` with extra keys that are not its parts) the components keep weight 1 and the residual
-    total - sum(components) becomes the signal "other". A component equal to the total is its alias and is
-    shown as the total only.
+    total - sum(components) becomes the signal "other". A component equal to the total (verl's `score` also
+    logged as a key) is flagged `equals_total`: it cannot be separated from the total.
     """
     notes: list[str] = []
     comps = {k: v for k, v in frame.components.items() if np.isfinite(v).any()}
     reward = frame.reward
     if reward is not None and not np.isfinite(reward).any():
         reward = None
+    aliases = set()
     if reward is not None:
-        for name, v in list(comps.items()):
-            both = np.isfinite(v) & np.isfinite(reward)
-            if both.all() and np.allclose(v, reward, rtol=1e-9, atol=1e-12):
-                notes.append(f"signal {name!r} equals the total reward; it is reported as the total.")
-                del comps[name]
+        for name, v in comps.items():
+            if np.isfinite(v).all() and np.allclose(v, np.nan_to_num(reward, nan=np.inf), rtol=1e-9, atol=1e-12):
+                aliases.add(name)
+                notes.append(f"signal {name!r} equals the total reward: it cannot be separated from the total.")
     names = sorted(comps)
     matrix = np.column_stack([np.nan_to_num(comps[k], nan=0.0) for k in names]) if names else np.zeros((0, 0))
     weights = np.ones(len(names))
@@ -345,11 +347,11 @@ def build_signals(frame: Frame, outcome_signals: list[str] | None = None) -> tup
         if not known.all():
             total[~known] = matrix[~known] @ weights if names else np.nan
             notes.append(f"{int((~known).sum())} rollout(s) without a total reward: rebuilt from the components.")
-    out = [_Signal(n, "component", comps[n], float(w), is_outcome_signal(n, outcome_signals))
+    out = [_Signal(n, "component", comps[n], float(w), is_outcome_signal(n, outcome_signals), n in aliases)
            for n, w in zip(names, weights)]
     if other is not None:
         out.append(_Signal(other_name, "other", other, 1.0, False))
-    out.append(_Signal(total_name, "total", total, 1.0, False))
+    out.append(_Signal(total_name, "total", total, 1.0, False, True))
     return out, total, notes
 
 
@@ -588,7 +590,7 @@ def _summarise(signals: list[_Signal], per_group: dict[str, dict[str, np.ndarray
         by_step = {k: np.bincount(step_codes, weights=d[k], minlength=steps.size)
                    for k in ("u", "pairs", "diff", "pressure")}
         results.append(SignalAttribution(
-            signal=s.name, kind=s.kind, outcome=s.outcome, weight=s.weight,
+            signal=s.name, kind=s.kind, outcome=s.outcome, equals_total=s.equals_total, weight=s.weight,
             applies=float(np.isfinite(s.values).mean()) if s.values.size else 0.0,
             pressure=float(pt["pressure"] / n_total) if n_total else math.nan,
             pressure_ci=percentile(_ratio(pr["pressure"], n_rep), level),
@@ -725,7 +727,8 @@ def assess(traces: list[Trace], alpha: float = 0.05) -> None:
       its unmatched estimate: among equally correct rollouts it no longer prefers the behaviour;
     - *own*: its preference holds among outcome-matched pairs (lower bound > 0.5), or the run has no outcome
       signal to match on: it rewards the behaviour for its own sake;
-    - *unclear*: too few outcome-matched pairs to tell (e.g. a judge on tasks without a gold answer).
+    - *unclear*: too few outcome-matched pairs to tell (e.g. a judge on tasks without a gold answer), or the
+      signal is the total itself or identical to it (a run that logs only a total): not separable.
     Adding the drivers' pressure shares per class:
     - high: *own* drivers carry >= 50% of the positive push and the behaviour itself is medium/high;
     - medium: *own* drivers carry more of the push than outcome / via-outcome drivers (or >= 50% for a low
@@ -748,6 +751,8 @@ def driver_class(s: SignalAttribution, has_outcome: bool) -> str:
     """'outcome' | 'via_outcome' | 'own' | 'unclear' for a driver (see `assess`)."""
     if s.outcome:
         return "outcome"
+    if s.equals_total:
+        return "unclear"
     if not has_outcome:
         return "own"
     lo, hi = s.matched_preference_ci
@@ -785,8 +790,8 @@ def _severity(t: Trace) -> tuple[Severity, str, str | None]:
     if own > 0 and (own >= 0.5 or own >= legit):
         return "medium", f"{names('own')} rewards {it} for its own sake ({own:.0%} of the push)", name
     if unclear > legit:
-        return "medium", (f"{names('unclear')} rewards {it} ({unclear:.0%} of the push), and too few "
-                          "equally-correct pairs exist to tell whether it rewards more than task success"), name
+        return "medium", (f"{names('unclear')} rewards {it} ({unclear:.0%} of the push), but cannot be told apart "
+                          "from task success (too few equally-correct pairs, or it is the total reward itself)"), name
     via = f"; {names('via_outcome')} prefer it only through correctness" if "via_outcome" in classes else ""
     own_note = f"; {names('own')} also rewards it for its own sake ({own:.0%})" if own > 0 else ""
     return "low", (f"the push comes mostly through task success ({legit:.0%}: "
