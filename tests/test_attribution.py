@@ -435,6 +435,7 @@ def test_falling_behaviour_is_traced_downwards(store, run_store):
     assert down.direction == "down" and down.top.signal == "persona_rm" and down.severity == "high"
     assert down.prevalence == pytest.approx(up.prevalence)
     assert down.top.paired_preference == pytest.approx(1 - up.signal("persona_rm").paired_preference)
+    assert not down.evidence[0].data["has_behavior"] and down.evidence[1].data["has_behavior"]
 
 
 def test_a_total_reward_alone_cannot_be_told_apart_from_task_success():

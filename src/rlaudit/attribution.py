@@ -847,7 +847,8 @@ def evidence_for(con: duckdb.DuckDBPyConnection, frame: Frame, t: Trace, max_cha
     signals, _, _ = build_signals(frame)
     out = []
     for pair, (i, j) in enumerate(rows):
-        for row, has in ((i, True), (j, False)):
+        favoured = t.direction == "up"  # traced downwards, the favoured rollout is the one without it
+        for row, has in ((i, favoured), (j, not favoured)):
             rid = ids[flat.index(row)]
             step, cond, text, gid = texts.get(rid, (None, None, "", None))
             scores = {s.name: _num(s.values[row]) for s in signals}
