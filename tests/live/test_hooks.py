@@ -135,3 +135,19 @@ def test_wrapped_reward_errors_stay_the_users(store, tmp_path):
 
     with pytest.raises(ZeroDivisionError):
         hook.wrap_rewards([bad])[0](["p"], ["c"])
+
+
+def test_part_index_and_store_view(store, tmp_path):
+    from rlaudit.errors import RlauditError
+    from rlaudit.live.sampling import PartIndex, StoreView
+
+    hook = make_hook(store, tmp_path, detectors=[])
+    feed(hook, range(1, 13), lambda s: {NERDY: 0.0}, n=2)
+    index = PartIndex(store, "run1")
+    assert len(index.refresh()) == 12 and index.refresh() == []  # only new parts, once
+    assert index.steps() == list(range(1, 13)) and index.max_step() == 12
+    view = StoreView(store, "run1", index.covering([1, 2, 12]))
+    assert sorted(set(view.table("run1", ["step"]).column("step").to_pylist())) == [1, 2, 12]
+    assert len(store.table("run1")) == 24  # the store itself is untouched
+    with pytest.raises(RlauditError, match="read-only"):
+        view.append("run1", store.table("run1"), "x")

@@ -2,7 +2,7 @@
 
 Once emerging-behaviour discovery has flagged a behaviour (an `emerging_behavior` finding with a
 `behavior_spec`), following it needs no discovery: count its prevalence per condition in each new step's rows
-(one grouped SQL query over that step's part) and keep those counts. The counts are tiny (steps x conditions),
+(one Arrow pass over that step's part) and keep those counts. The counts are tiny (steps x conditions),
 so testing them costs nothing, however long the run.
 
 Conditions where the behaviour had already risen when it was flagged are the flag's own news (tested at the
@@ -25,6 +25,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from scipy.stats import norm
 
 from ..behaviors import Behavior, parse_behavior
@@ -77,7 +80,7 @@ class BehaviorTracker:
         if not spec or spec in self.tracked:
             return False
         behavior = parse_behavior(spec)
-        if behavior.numeric or behavior.sql("x") is None:  # numeric or Python predicates: not cheap per step
+        if behavior.numeric or behavior.kind == "python":  # numeric, or a per-row Python call: not per step
             return False
         column = _COLUMNS.get(finding.get("where") or "answer", "answer")
         tracked = Tracked(behavior=behavior, column=column, label=finding.get("behavior") or spec)
@@ -95,16 +98,24 @@ class BehaviorTracker:
             tracked.add(rows)
 
     def _count(self, view: Store, run: str, items: list[Tracked]) -> list[list[tuple[int, str, int, float]]]:
-        """Per (step, condition): rollouts and rollouts showing each behaviour, in one grouped query."""
+        """Per (step, condition): rollouts, and rollouts showing each behaviour. Read with Arrow straight from
+        the view's parts (a step's part is a few hundred rows: a database connection would cost more)."""
         if not items:
             return []
-        sums = ", ".join(f"sum(CAST(({t.behavior.sql(t.column)}) > 0 AS INTEGER)) AS h{i}"
-                         for i, t in enumerate(items))
-        where = f"WHERE split = '{self.split}'" if self.split else ""
-        sql = f"SELECT step, condition, count(*) AS n, {sums} FROM rollouts {where} GROUP BY step, condition"
-        with view.connect([run]) as con:
-            rows = con.execute(sql).fetchall()
-        return [[(r[0], r[1], r[2], r[3 + i]) for r in rows] for i in range(len(items))]
+        columns = sorted({"step", "condition", "split"} | {t.column for t in items})
+        tables = [pq.read_table(path, columns=columns) for path in view.parts(run)]
+        if not tables:
+            return [[] for _ in items]
+        table = pa.concat_tables(tables)
+        if self.split:
+            table = table.filter(pc.equal(table["split"], self.split))
+        hits = {f"h{i}": pa.array(t.behavior.values(table[t.column]) > 0).cast(pa.int64())
+                for i, t in enumerate(items)}
+        keyed = pa.table({"step": table["step"], "condition": table["condition"], **hits})
+        grouped = keyed.group_by(["step", "condition"]).aggregate(
+            [("step", "count")] + [(name, "sum") for name in hits]).to_pydict()
+        keys = list(zip(grouped["step"], grouped["condition"], grouped["step_count"]))
+        return [[(s, c, n, grouped[f"h{i}_sum"][j]) for j, (s, c, n) in enumerate(keys)] for i in range(len(items))]
 
     def _rise(self, tracked: Tracked, cond: str, z_crit: float) -> tuple[float, float, float, float, float,
                                                                            float, float, float] | None:
