@@ -162,7 +162,7 @@ def _map_column(v: Validator, name: str, values: pa.Array | None, value_type: pa
     target = pa.map_(pa.string(), value_type)
     if pa.types.is_map(typ):
         try:
-            return values.cast(target)
+            return pc.cast(values, target, safe=False)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
             v.flag(pc.is_valid(values), f"field {name!r}: expected an object of name -> "
                                         f"{'number' if value_type == pa.float64() else 'text'}")
@@ -175,7 +175,7 @@ def _map_column(v: Validator, name: str, values: pa.Array | None, value_type: pa
             for a in fields.values())
         if ok:
             struct_valid = values.is_valid()
-            fields = {k: pc.if_else(struct_valid, a.cast(value_type), pa.scalar(None, value_type))
+            fields = {k: pc.if_else(struct_valid, pc.cast(a, value_type, safe=False), pa.scalar(None, value_type))
                       for k, a in fields.items()}
             return map_from_columns(fields, value_type, drop_null=value_type != pa.float64(), n=len(values))
     v.flag(pc.is_valid(values), f"field {name!r}: expected an object of name -> "
