@@ -334,6 +334,8 @@ def trace_cmd(
     no_scale: Annotated[bool, typer.Option("--no-std-scale", help="Advantages are not divided by the group "
                                            "std (Dr. GRPO).")] = False,
     boot: Annotated[int, typer.Option("--boot", help="Bootstrap replicates.")] = 1000,
+    direction: Annotated[str, typer.Option("--direction", help="up: what pushed the behaviour up; down: what "
+                                           "pushed it down (a behaviour that fell).")] = "up",
 ) -> None:
     """Trace a behaviour to the reward signals, conditions and tasks that pushed it up during training."""
     from .attribution import trace as trace_behavior
@@ -341,6 +343,8 @@ def trace_cmd(
 
     if where not in ("answer", "reasoning"):
         raise RlauditError(f"--where must be 'answer' or 'reasoning', got {where!r}")
+    if direction not in ("up", "down"):
+        raise RlauditError(f"--direction must be 'up' or 'down', got {direction!r}")
     st = Store(store)
     path = Path(source)
     if path.exists():
@@ -352,7 +356,7 @@ def trace_cmd(
                            f"(runs: {', '.join(st.runs()) or 'none'})")
     with console.status("tracing", spinner="dots"):
         t = trace_behavior(st, name, behavior, where, max_step=max_step, outcome_signals=outcome or [],
-                           advantage_scale="none" if no_scale else "group", n_boot=boot)
+                           advantage_scale="none" if no_scale else "group", n_boot=boot, direction=direction)
     _print_trace(t)
     if json_out:
         from .store import atomic_write_text
@@ -371,7 +375,8 @@ def _print_trace(t) -> None:  # noqa: ANN001 - rlaudit.attribution.Trace, import
     def ci(pair: tuple[float, float], fmt) -> str:  # noqa: ANN001
         return "" if any(v is None or v != v for v in pair) else f" [{fmt(pair[0])}, {fmt(pair[1])}]"
 
-    out.print(f"[bold]{t.behavior}[/] ({t.where}) in run [bold]{t.run}[/]: {t.rollouts:,} rollouts, "
+    traced = "" if t.direction == "up" else ", traced downwards"
+    out.print(f"[bold]{t.behavior}[/] ({t.where}{traced}) in run [bold]{t.run}[/]: {t.rollouts:,} rollouts, "
               f"prevalence {pct(t.prevalence)}, {t.groups_used:,} of {t.groups:,} groups comparable "
               f"(compared within {t.group_key})", highlight=False)
     table = Table(title="reward signals, by selection pressure")
