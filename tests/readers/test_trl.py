@@ -147,3 +147,13 @@ def test_wrong_types_are_bad_rows_naming_the_field(tmp_path, store):
     bad = store.quarantined("run")
     assert [(b.file, b.line) for b in bad] == [("completions/completions_00002.parquet", 2)]
     assert "field 'advantage': expected a number, got oops" in bad[0].reason
+
+
+def test_a_truncated_parquet_file_is_a_bad_file_not_a_crash(tmp_path, store):
+    out = tmp_path / "run"
+    trl_step(out, 1, ["p"] * 3, ["a", "b", "c"], rewards={"r": [1.0, 0.0, 1.0]})
+    path = trl_step(out, 2, ["p"] * 3, ["a", "b", "c"], rewards={"r": [1.0, 0.0, 1.0]})
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a copy cut short
+    report = store.ingest(out)
+    assert report.rows_added == 3 and report.bad_records == 1
+    assert report.bad_examples[0].startswith("completions/completions_00002.parquet")
