@@ -48,9 +48,11 @@ def test_report_loads_offline_draws_plots_and_keeps_payloads_inert(browser, repo
     assert total >= 6  # reward curves + prevalence, shares, attribution, exposure, per-condition, generic
     drawn = browser.wait_for("""
         var figs = Array.from(document.querySelectorAll('[data-fig]'));
-        return figs.every(function (e) { return e.querySelector('.main-svg'); });""")
-    assert drawn, "not every figure was drawn by plotly"
+        return figs.every(function (e) {
+            return e.querySelector('.main-svg') && e.querySelector('.scatterlayer .trace, .barlayer .trace');
+        });""")
     n_drawn, n_figs = _plots_drawn(browser)
+    assert drawn, f"plotly drew {n_drawn} of {n_figs} figures"
     assert n_drawn == n_figs == total
 
     errors = [m for m in browser.console() if m["level"] in ("SEVERE", "WARNING")]
