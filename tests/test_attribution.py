@@ -15,6 +15,7 @@ from rlaudit import stats
 from rlaudit.attribution import Frame, attribute, build_signals, is_outcome_signal, trace
 from rlaudit.behaviors import parse_behavior
 from rlaudit.errors import RlauditError
+from rlaudit.findings import jsonable
 from rlaudit.schema import ROLLOUT_SCHEMA
 
 
@@ -448,3 +449,19 @@ def test_a_total_reward_alone_cannot_be_told_apart_from_task_success():
     same = Frame(**{**frame.__dict__, "components": {"acc": frame.reward.copy()}})
     t = attribute(same, parse_behavior("goblin"), n_boot=100)
     assert t.top.signal == "acc" and t.top.equals_total and t.severity == "low"
+
+
+def test_shared_preparation_gives_the_same_traces():
+    from dataclasses import replace
+
+    from rlaudit.attribution import Prepared
+
+    frame = _frame(make_run(steps=6))
+    answers = np.array(make_run(steps=6).column("answer").to_pylist(), dtype=str)[frame.order]
+    other = replace(frame, behavior=(np.char.str_len(answers) > 300).astype(float))
+    prepared = Prepared.of(frame)
+    for f, spec in ((frame, "goblin"), (other, "re:x"), (frame, "goblin")):
+        fresh = attribute(f, parse_behavior(spec), n_boot=50)
+        shared = attribute(f, parse_behavior(spec), n_boot=50, prepared=prepared)
+        assert json.dumps(jsonable([s.to_json() for s in fresh.signals])) == \
+            json.dumps(jsonable([s.to_json() for s in shared.signals]))

@@ -408,19 +408,45 @@ def _refine(codes: np.ndarray, keys: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _pair_stats(groups: _Groups, values: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
-    u, n1, n0 = stats.grouped_mann_whitney(groups.codes, values, labels, groups.n)
+class _RankCache:
+    """Within-group ranks of each signal, computed once and reused by every behaviour traced on the same frame.
+
+    For a presence behaviour every rollout is labelled, so the ranks that the Mann-Whitney U needs (among the
+    rollouts where the signal applies) do not depend on the behaviour; a numeric behaviour leaves the rollouts at
+    its group median unlabelled, and is ranked afresh."""
+
+    def __init__(self) -> None:
+        self._ranks: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def mann_whitney(self, key: str, codes: np.ndarray, values: np.ndarray, labels: np.ndarray,
+                     n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ok = np.isfinite(values)
+        if np.isnan(labels[ok]).any():
+            return stats.grouped_mann_whitney(codes, values, labels, n_groups)
+        if key not in self._ranks:
+            self._ranks[key] = (ok, stats.group_midranks(codes[ok], values[ok]))
+        ok, ranks = self._ranks[key]
+        c, lab = codes[ok], labels[ok] > 0.5
+        n1 = np.bincount(c, weights=lab, minlength=n_groups)
+        n0 = np.bincount(c, weights=~lab, minlength=n_groups)
+        r1 = np.bincount(c, weights=np.where(lab, ranks, 0.0), minlength=n_groups)
+        return r1 - n1 * (n1 + 1) / 2.0, n1, n0
+
+
+def _pair_stats(groups: _Groups, values: np.ndarray, labels: np.ndarray, cache: _RankCache,
+                key: str) -> dict[str, np.ndarray]:
+    u, n1, n0 = cache.mann_whitney(key, groups.codes, values, labels, groups.n)
     ok = np.isfinite(values) & np.isfinite(labels)
     s1 = groups.sum(np.where(ok & (labels == 1), values, 0.0))
     s0 = groups.sum(np.where(ok & (labels == 0), values, 0.0))
     return {"u": u, "pairs": n1 * n0, "diff": n0 * s1 - n1 * s0}
 
 
-def _matched_stats(groups: _Groups, values: np.ndarray, labels: np.ndarray,
-                   sub: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _matched_stats(groups: _Groups, values: np.ndarray, labels: np.ndarray, sub: np.ndarray, cache: _RankCache,
+                   key: str) -> tuple[np.ndarray, np.ndarray]:
     """U and pairs among outcome-matched pairs, summed back to the original groups."""
     n_sub = int(sub.max()) + 1 if sub.size else 0
-    u, n1, n0 = stats.grouped_mann_whitney(sub, values, labels, n_sub)
+    u, n1, n0 = cache.mann_whitney(key, sub, values, labels, n_sub)
     parent = np.zeros(n_sub, dtype=np.int64)
     parent[sub] = groups.codes
     return (np.bincount(parent, weights=u, minlength=groups.n),
@@ -450,13 +476,36 @@ def _preference_p(u: np.ndarray, pairs: np.ndarray) -> float:
     return float(2.0 * sps.t.sf(abs(p_hat - 0.5) / se, df=g - 1))
 
 
+@dataclass
+class Prepared:
+    """What attribution computes from a frame's rewards alone, shared by every behaviour traced on it."""
+
+    groups: _Groups
+    signals: list[_Signal]
+    total: np.ndarray
+    notes: list[str]
+    sub: np.ndarray | None  # outcome-matched sub-groups (None without outcome signals)
+    measured: np.ndarray | None  # rollouts some outcome signal applies to
+    ranks: _RankCache
+
+    @classmethod
+    def of(cls, frame: Frame, outcome_signals: list[str] | None = None) -> Prepared:
+        groups = _Groups.of(frame.group)
+        signals, total, notes = build_signals(frame, outcome_signals)
+        outcome = [s for s in signals if s.outcome]
+        sub = _refine(groups.codes, [s.values for s in outcome]) if outcome else None
+        measured = np.any([np.isfinite(s.values) for s in outcome], axis=0) if outcome else None
+        return cls(groups, signals, total, notes, sub, measured, _RankCache())
+
+
 def attribute(frame: Frame, behavior: Behavior, *, where: str = "answer", run: str = "",
               outcome_signals: list[str] | None = None, advantage_scale: str = "group", n_boot: int = 1000,
-              seed: int = 0, level: float = 0.95, direction: str = "up") -> Trace:
+              seed: int = 0, level: float = 0.95, direction: str = "up", prepared: Prepared | None = None) -> Trace:
     """Attribute the behaviour values in `frame` to its reward signals (see the module doc).
 
     `direction="down"` traces a behaviour that fell: "with" then means without it (the negated value for
-    numeric behaviours), so the drivers found are the signals that pushed it down."""
+    numeric behaviours), so the drivers found are the signals that pushed it down. `prepared` (from
+    `Prepared.of(frame)`) may be shared by behaviours traced on frames of the same `load_frames` call."""
     if advantage_scale not in ("group", "none"):
         raise RlauditError(f"advantage_scale must be 'group' (GRPO) or 'none' (Dr. GRPO), got {advantage_scale!r}")
     if direction not in ("up", "down"):
@@ -464,13 +513,13 @@ def attribute(frame: Frame, behavior: Behavior, *, where: str = "answer", run: s
     raw = np.nan_to_num(frame.behavior.astype(float), nan=0.0)
     numeric = behavior.numeric or not np.isin(np.unique(raw), (0.0, 1.0)).all()
     x = raw if direction == "up" else (-raw if numeric else 1.0 - raw)
-    groups = _Groups.of(frame.group)
+    prep = prepared or Prepared.of(frame, outcome_signals)
+    groups, signals = prep.groups, prep.signals
     labels = behavior_labels(groups, x, numeric)
-    signals, total, notes = build_signals(frame, outcome_signals)
-    adv = _Advantage.of(groups, total, x, advantage_scale)
+    adv = _Advantage.of(groups, prep.total, x, advantage_scale)
     warnings = list(frame.warnings) + adv.warnings
-    notes += adv.notes
-    per_group = _group_stats(groups, signals, labels, adv)
+    notes = prep.notes + adv.notes
+    per_group = _group_stats(prep, labels, adv)
     results = _summarise(signals, per_group, adv.rollouts, frame.step[groups.starts], n_boot, seed, level)
     top = results[0]
     n_total = float(adv.rollouts.sum())
@@ -497,7 +546,8 @@ def attribute(frame: Frame, behavior: Behavior, *, where: str = "answer", run: s
         by_condition=by_condition, by_task=by_task, condition=_argmax_pressure(by_condition),
         task=_argmax_pressure(by_task), advantage_check=check, warnings=warnings, notes=notes,
         direction=direction)
-    trace.evidence_rows = _evidence_rows(frame, groups, labels, per_group, top, by_condition)
+    top_values = next(s.values for s in signals if s.name == top.signal)
+    trace.evidence_rows = _evidence_rows(frame, groups, labels, per_group, top, top_values, trace.condition)
     assess([trace])
     return trace
 
@@ -543,21 +593,19 @@ class _Advantage:
 _KEYS = ("u", "pairs", "diff", "pressure", "mu", "mpairs")
 
 
-def _group_stats(groups: _Groups, signals: list[_Signal], labels: np.ndarray,
-                 adv: _Advantage) -> dict[str, dict[str, np.ndarray]]:
+def _group_stats(prep: Prepared, labels: np.ndarray, adv: _Advantage) -> dict[str, dict[str, np.ndarray]]:
     """Per signal and group: Mann-Whitney U and pairs, paired difference sum, pressure, and the U and pairs of
     outcome-matched pairs (rollouts no outcome signal applies to are left out of those)."""
-    outcome = [s for s in signals if s.outcome]
-    sub = _refine(groups.codes, [s.values for s in outcome]) if outcome else None
-    measured = np.any([np.isfinite(s.values) for s in outcome], axis=0) if outcome else None
-    matched_labels = np.where(measured, labels, np.nan) if outcome else labels
+    groups = prep.groups
     out: dict[str, dict[str, np.ndarray]] = {}
-    for s in signals:
-        d = _pair_stats(groups, s.values, labels)
+    for s in prep.signals:
+        d = _pair_stats(groups, s.values, labels, prep.ranks, s.name)
         c = np.where(adv.has_total, np.nan_to_num(s.values, nan=0.0), 0.0)
         d["pressure"] = s.weight * groups.sum(adv.x_c * c) * adv.inv_scale
-        if sub is not None and not s.outcome and s.kind != "total":
-            d["mu"], d["mpairs"] = _matched_stats(groups, s.values, matched_labels, sub)
+        if prep.sub is not None and not s.outcome and s.kind != "total":
+            matched_values = np.where(prep.measured, s.values, np.nan)
+            d["mu"], d["mpairs"] = _matched_stats(groups, matched_values, labels, prep.sub, prep.ranks,
+                                                  f"matched:{s.name}")
         else:
             d["mu"] = d["mpairs"] = np.zeros(groups.n)
         out[s.name] = d
@@ -679,19 +727,14 @@ def _advantage_check(frame: Frame, groups: _Groups, adv: _Advantage) -> dict[str
 
 
 def _evidence_rows(frame: Frame, groups: _Groups, labels: np.ndarray, per_group: dict[str, dict[str, np.ndarray]],
-                   top: SignalAttribution, by_condition: dict[str, dict[str, Any]],
+                   top: SignalAttribution, values: np.ndarray, cond: str | None,
                    n_pairs: int = 3) -> list[tuple[int, int]]:
-    """Up to `n_pairs` (with, without) row pairs from distinct groups of the condition supplying most pressure,
-    latest steps first, in groups where the top signal favours the behaviour (the best-scored rollout with the
-    behaviour next to the worst-scored one without)."""
-    values = next((v for k, v in frame.components.items() if k == top.signal), None)
-    if values is None:
-        values = _signal_values(frame, top.signal)
+    """Up to `n_pairs` (with, without) row pairs from distinct groups of condition `cond` (the one supplying most
+    pressure) when it has any, latest steps first, in groups where the top signal favours the behaviour (the
+    best-scored rollout with the behaviour next to the worst-scored one without). `values`: the top signal's."""
     d = per_group[top.signal]
-    direction = 1.0 if (top.paired_preference or 0.5) >= 0.5 else -1.0
+    direction = 1.0 if not top.paired_preference < 0.5 else -1.0
     candidates = (d["pairs"] > 0) & (direction * d["diff"] > 0)
-    cond = max(by_condition, key=lambda c: by_condition[c]["pressure_share"]
-               if np.isfinite(by_condition[c]["pressure_share"]) else -1) if by_condition else None
     if cond is not None:
         code = frame.condition_names.index(cond)
         in_cond = candidates & (frame.condition[groups.starts] == code)
@@ -709,11 +752,6 @@ def _evidence_rows(frame: Frame, groups: _Groups, labels: np.ndarray, per_group:
             out.append((int(lo + with_[np.argmax(direction * v[with_])]),
                         int(lo + without[np.argmin(direction * v[without])])))
     return out
-
-
-def _signal_values(frame: Frame, name: str) -> np.ndarray:
-    signals, _, _ = build_signals(frame)
-    return next(s.values for s in signals if s.name == name)
 
 
 # ================================================================================================ verdicts
@@ -830,7 +868,8 @@ def trace(store: Any, run: str, behavior: str | Behavior, where: str = "answer",
     return result
 
 
-def evidence_for(con: duckdb.DuckDBPyConnection, frame: Frame, t: Trace, max_chars: int = 600) -> list[Evidence]:
+def evidence_for(con: duckdb.DuckDBPyConnection, frame: Frame, t: Trace, max_chars: int = 600,
+                 prepared: Prepared | None = None) -> list[Evidence]:
     """Evidence pairs of a trace: for each chosen group, the rollout with the behaviour and the one without,
     their text (the part the behaviour was measured on) and every signal's score."""
     where = t.where
@@ -844,7 +883,7 @@ def evidence_for(con: duckdb.DuckDBPyConnection, frame: Frame, t: Trace, max_cha
         f"SELECT rollout_id, step, condition, {where}, group_id FROM rollouts "
         "WHERE rollout_id IN (SELECT rollout_id FROM _evidence_ids)").fetchall()}
     con.unregister("_evidence_ids")
-    signals, _, _ = build_signals(frame)
+    signals = prepared.signals if prepared is not None else build_signals(frame)[0]
     out = []
     for pair, (i, j) in enumerate(rows):
         favoured = t.direction == "up"  # traced downwards, the favoured rollout is the one without it

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from ..attribution import Trace, assess, attribute, evidence_for, load_frames
+from ..attribution import Prepared, Trace, assess, attribute, evidence_for, load_frames
 from ..behaviors import parse_behavior
 from ..errors import RlauditError
 from ..findings import SEVERITY_RANK, Finding, rank
@@ -54,10 +54,11 @@ class AttributionDetector(Detector):
                 frames = load_frames(con, items)
             except RlauditError as exc:
                 return findings + [_untraceable(ctx.run, spec, where, str(exc)) for spec, where in wanted]
+            outcome = list(opt("outcome_signals", []))
+            prepared = Prepared.of(frames[0], outcome)  # the frames differ only in the behaviour
             traces: list[Trace] = []
             for (behavior, where), frame, source in zip(items, frames, sources):
-                t = attribute(frame, behavior, where=where, run=ctx.run,
-                              outcome_signals=list(opt("outcome_signals", [])),
+                t = attribute(frame, behavior, where=where, run=ctx.run, outcome_signals=outcome, prepared=prepared,
                               advantage_scale=opt("advantage_scale", "group"),
                               n_boot=int(opt("n_boot", 1000)), seed=ctx.config.seed,
                               direction="down" if source.get("direction") == "down" else "up")
@@ -65,7 +66,7 @@ class AttributionDetector(Detector):
                 traces.append(t)
             assess(traces, float(opt("alpha", 0.05)))
             for t, frame in zip(traces, frames):
-                t.evidence = evidence_for(con, frame, t)
+                t.evidence = evidence_for(con, frame, t, prepared=prepared)
         return findings + [to_finding(t) for t in traces]
 
 
