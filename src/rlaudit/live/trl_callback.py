@@ -68,6 +68,8 @@ class RlauditCallback(TrainerCallback):
     # -- trainer events ----------------------------------------------------------
     @guarded()
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if not getattr(state, "is_world_process_zero", True):
+            return  # one auditor per run: TRL writes completion logs from the main process only
         output_dir = Path(args.output_dir)
         self.completions_dir = output_dir / "completions"
         run = self.run or output_dir.resolve().name

@@ -103,5 +103,5 @@ def _poll(auditor: LiveAuditor, source: Path, format: str | None, options: ReadO
     if report.bad_records:
         log.warning("rlaudit: %d bad record(s) quarantined in %s (e.g. %s)", report.bad_records,
                     report.quarantine, "; ".join(report.bad_examples[:2]))
-    alerts = auditor.update() if report.files_read else []
+    alerts = auditor.update()  # also collects a finished background audit when nothing new arrived
     return PollStatus(poll, report.rows_added, auditor.index.max_step(), alerts)
