@@ -125,31 +125,32 @@ def run(scenario: Scenario | str, steps: int | None = None, prompts: int | None 
         adv = ((grouped - grouped.mean(axis=1, keepdims=True)) / (std + 1e-4)).ravel()
         policy.update(x, mu, active, cond, adv)
 
-        for i in range(len(batch)):
-            persona = row_personas[i]
-            g = i // generations
-            cols["run"].append(name)
-            cols["rollout_id"].append(f"step{step:05d}:{i}")
-            cols["step"].append(step)
-            cols["split"].append("train")
-            cols["group_id"].append(f"{step}-{g}")
-            cols["sample_index"].append(i % generations)
-            cols["condition"].append(condition_label(persona.key))
-            cols["system_prompt"].append(persona.system_prompt)
-            cols["task"].append(batch.task[i])
-            cols["prompt"].append(chatml(persona.system_prompt, batch.user[i]))
-            cols["completion"].append(texts.completion[i])
-            cols["reasoning"].append(texts.reasoning[i])
-            cols["answer"].append(texts.answer[i])
-            cols["rewards"].append([(sig, float(values[i, j])) for j, sig in enumerate(signals)])
-            cols["reward"].append(float(total[i]))
-            cols["advantage"].append(float(adv[i]))
-            cols["grader_inputs"].append(list(graders[i].items()))
-            cols["metadata"].append(json.dumps({"example_id": example + g, "gold": batch.gold[i]}))
-            cols["user"].append(batch.user[i])
-            cols["gold"].append(batch.gold[i])
-            cols["example_id"].append(example + g)
-            cols["persona"].append(persona.key)
+        n = len(batch)
+        group = np.arange(n) // generations
+        labels = {p: condition_label(p) for p in personas}
+        cols["run"] += [name] * n
+        cols["rollout_id"] += [f"step{step:05d}:{i}" for i in range(n)]
+        cols["step"] += [step] * n
+        cols["split"] += ["train"] * n
+        cols["group_id"] += [f"{step}-{g}" for g in group]
+        cols["sample_index"] += (np.arange(n) % generations).tolist()
+        cols["condition"] += [labels[p.key] for p in row_personas]
+        cols["system_prompt"] += [p.system_prompt for p in row_personas]
+        cols["task"] += batch.task.tolist()
+        cols["prompt"] += [chatml(p.system_prompt, u) for p, u in zip(row_personas, batch.user)]
+        cols["completion"] += texts.completion
+        cols["reasoning"] += texts.reasoning
+        cols["answer"] += texts.answer
+        cols["rewards"] += [list(zip(signals, row)) for row in values.tolist()]
+        cols["reward"] += total.tolist()
+        cols["advantage"] += adv.tolist()
+        cols["grader_inputs"] += [list(g.items()) for g in graders]
+        cols["metadata"] += [json.dumps({"example_id": int(example + g), "gold": gold})
+                             for g, gold in zip(group, batch.gold)]
+        cols["user"] += batch.user
+        cols["gold"] += batch.gold
+        cols["example_id"] += (example + group).tolist()
+        cols["persona"] += [p.key for p in row_personas]
         example += prompts
 
     schema = ROLLOUT_SCHEMA
