@@ -295,62 +295,79 @@ def _short(value: Any, clip: Clip) -> Clipped:
     return clip(text)
 
 
+_SPAN_KEYS = {"spans", "span", "match_span", "offsets", "exposed_span", "start", "end", "span_start", "span_end",
+              "match_start", "match_end", "text_offset", "grader_input_chars", "grader_inputs", *_GRADER_TEXT_KEYS}
+
+
 def evidence_view(finding: Finding, ev: Evidence, row: Mapping[str, Any] | None, clip: Clip) -> EvidenceView:
+    """One evidence item: its note, the cited rollout from the store (texts, rewards), what the grader saw with
+    the exposed span highlighted, and the item's remaining data."""
     data = dict(ev.data) if isinstance(ev.data, Mapping) else {}
     step = ev.step if ev.step is not None else (row or {}).get("step")
     view = EvidenceView(rollout_id=short(ev.rollout_id), step=short(step, 40) if step is not None else None,
                         condition=short(ev.condition or (row or {}).get("condition")), note=short(ev.note, 2_000),
-                        text=clip(ev.text) if ev.text else None, in_store=row is not None)
-    if row is not None and view.text is not None and ev.text.strip() and any(
-            ev.text.strip() in (row.get(c) or "") for c in ("answer", "reasoning", "completion")):
-        view.text = None  # the excerpt is shown in full within the rollout's own texts below
+                        text=None, in_store=row is not None)
     if row is not None:
-        answer_or_completion = ("reasoning", "answer") if (row.get("reasoning") or row.get("answer")) \
-            else ("completion",)
-        for col in ("prompt", *answer_or_completion):
-            if row.get(col):
-                c = clip(row[col])
-                view.texts.append((col, Clipped(c.shown, max(c.total, int(row.get(f"{col}_len") or 0)))))
-        rewards = row.get("rewards") or {}
-        view.rewards = [(short(k, 100), fmt_num(v)) for k, v in sorted(rewards.items())[:30]]
-        if row.get("reward") is not None:
-            view.rewards.append(("total", fmt_num(row["reward"])))
-        if row.get("advantage") is not None:
-            view.rewards.append(("advantage", fmt_num(row["advantage"])))
-    # What the grader saw: the full input (from the evidence, else from the store) with the spans highlighted;
-    # else the excerpt the evidence carries, whose offset in the input is `text_offset`.
+        _add_rollout(view, row, clip)
+    excerpt_is_grader_input = _add_grader_views(view, finding, ev, data, row, clip)
+    excerpt_in_rollout = row is not None and ev.text.strip() and any(
+        ev.text.strip() in (row.get(c) or "") for c in ("answer", "reasoning", "completion"))
+    if ev.text and not excerpt_is_grader_input and not excerpt_in_rollout:
+        view.text = clip(ev.text)
+    view.data = [(short(k, 100), _short(v, clip)) for k, v in list(data.items())[:20] if k not in _SPAN_KEYS]
+    return view
+
+
+def _add_rollout(view: EvidenceView, row: Mapping[str, Any], clip: Clip) -> None:
+    """Prompt, reasoning and answer (or the completion when neither was split out), rewards and advantage."""
+    columns = ("reasoning", "answer") if (row.get("reasoning") or row.get("answer")) else ("completion",)
+    for col in ("prompt", *columns):
+        if row.get(col):
+            c = clip(row[col])
+            view.texts.append((col, Clipped(c.shown, max(c.total, int(row.get(f"{col}_len") or 0)))))
+    rewards = row.get("rewards") or {}
+    view.rewards = [(short(k, 100), fmt_num(v)) for k, v in sorted(rewards.items())[:30]]
+    for key, label in (("reward", "total"), ("advantage", "advantage")):
+        if row.get(key) is not None:
+            view.rewards.append((label, fmt_num(row[key])))
+
+
+def _add_grader_views(view: EvidenceView, finding: Finding, ev: Evidence, data: dict[str, Any],
+                      row: Mapping[str, Any] | None, clip: Clip) -> bool:
+    """What the grader saw, from the first source that has it: the evidence's own copy of the input, the stored
+    input (spans point into it; else the rollout's reasoning is searched), or the evidence's excerpt of the
+    input, whose position in it is `text_offset`. Returns whether the evidence text was such an excerpt."""
     spans = _spans(data)
     match = next((data[k] for k in _MATCH_KEYS if isinstance(data.get(k), str)), None)
     grader = short(data.get("grader") or finding.get("grader") or "grader", 100)
     stored = (row or {}).get("grader_inputs") or {}
     text_key = next((k for k in _GRADER_TEXT_KEYS if isinstance(data.get(k), str)), None)
     offset = data.get("text_offset")
+    has_offset = isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0
     if text_key is not None:
         view.graders.append(grader_view(grader, data[text_key], spans, match, clip))
-    elif isinstance(data.get("grader_inputs"), Mapping):
+        return False
+    if isinstance(data.get("grader_inputs"), Mapping):
         for name, text in list(data["grader_inputs"].items())[:4]:
             view.graders.append(grader_view(short(name, 100), text, spans, match, clip))
-    elif grader in stored and (spans or match or finding.kind == "cot_grading"):
-        if not spans and not match and finding.kind == "cot_grading" and row and row.get("reasoning"):
-            match = row["reasoning"] if len(row["reasoning"]) == (row.get("reasoning_len") or 0) else None
+        return False
+    if grader in stored and (spans or match or finding.kind == "cot_grading"):
+        reasoning = (row or {}).get("reasoning")
+        if not spans and not match and reasoning and len(reasoning) == ((row or {}).get("reasoning_len") or 0):
+            match = reasoning  # complete (not cut) reasoning: find it verbatim in what the grader saw
         view.graders.append(grader_view(grader, stored[grader], spans, match, clip,
                                         "span located by an exact search for this rollout's reasoning"))
-        if "text_offset" in data:
-            view.text = None  # the excerpt is a cut of this same grader input
-    elif spans and ev.text and isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0:
-        local = [(a - offset, b - offset) for a, b in spans]
-        g = grader_view(grader, ev.text, local, None, clip)
-        total = data.get("grader_input_chars")
+        return has_offset
+    if spans and ev.text and has_offset:
+        g = grader_view(grader, ev.text, [(a - offset, b - offset) for a, b in spans], None, clip)
         g.omitted_before += offset
+        total = data.get("grader_input_chars")
         if isinstance(total, int) and total >= offset + len(ev.text):
             g.omitted_after += total - offset - len(ev.text)
             g.total = total
         view.graders.append(g)
-        view.text = None  # shown as what the grader saw
-    skip = {text_key, "grader_inputs", "text_offset", "grader_input_chars", "spans", "span", "match_span", "offsets", "exposed_span", "start", "end",
-            "span_start", "span_end", "match_start", "match_end"}
-    view.data = [(short(k, 100), _short(v, clip)) for k, v in list(data.items())[:20] if k not in skip]
-    return view
+        return True
+    return False
 
 
 # ---------------------------------------------------------------------------------------------- findings
