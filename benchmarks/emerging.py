@@ -6,8 +6,8 @@
 The run is written once with `Store.append` (canonical rows, one part per 20 steps) by a child process, so the
 measuring process's peak memory covers only the audit. Each answer and reasoning is ~30 Zipf-distributed words
 from a 3,000-word vocabulary; three personas (80% / 17.5% / 2.5% of traffic), four tasks, prompt groups of 8.
-A tic ("by my beard") rises from 1% to 40% of answers after step 80 in the small persona and, from step 100, in
-the others (to 25%).
+A tic ("by my beard") rises from 1% to 40% of answers from 40% of the run in the small persona and, from half-way,
+in the others (to 25%).
 
 Printed: the same-process baselines (a bare DuckDB scan of the answer column, and DuckDB tokenising every answer
 and reasoning with the discovery regex), the cold audit (derived token sets computed and cached, then
@@ -61,7 +61,7 @@ def generate(root: str, rollouts: int, per_step: int, seed: int = 0) -> None:
         g_cond = rng.choice(3, size=n // 8 + 1, p=[0.8, 0.175, 0.025])[group]
         cond = conds[g_cond]
         task = tasks[rng.integers(0, 4, n // 8 + 1)[group]]
-        onset = np.where(cond == "nerdy", 80, 100)
+        onset = np.where(cond == "nerdy", 0.4 * steps, 0.5 * steps)
         top = np.where(cond == "nerdy", 0.4, 0.25)
         p = 0.01 + (top - 0.01) / (1 + np.exp(-(step - onset - 10) / 4))
         tic = rng.random(n) < p
@@ -133,10 +133,18 @@ def main() -> None:
     print(f"baseline: DuckDB scan of answers {scan:.2f}s ({n / scan:,.0f} rollouts/s); "
           f"DuckDB tokenising answers + reasoning {tokenise:.2f}s ({n / tokenise:,.0f} rollouts/s)")
 
+    from rlaudit import tokens
+
     config = AuditConfig(detectors=["emerging", "generalization"])
     t = time.perf_counter()
+    tokens.vocabulary(store, RUN)
+    t_vocab = time.perf_counter() - t
+    tokens.rollout_terms(store, RUN)
+    t_terms = time.perf_counter() - t - t_vocab
     found = run_detectors(store, RUN, config)
     cold = time.perf_counter() - t
+    print(f"  of which: vocabulary {t_vocab:.1f}s, per-rollout term sets {t_terms:.1f}s, "
+          f"discovery + generalisation {cold - t_vocab - t_terms:.1f}s")
     errors = [f for f in found if f.kind == "audit_error"]
     if errors:
         print(errors[0].fields["traceback"])

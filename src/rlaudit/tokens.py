@@ -53,7 +53,7 @@ class VocabOptions:
     max_terms: int = 4000  # per where
     min_prevalence: float = 0.01  # in some step bin (overall or within one condition)
     min_count: int = 5  # rollouts in that bin
-    sample: int = 150_000  # rollouts sampled for the choice
+    sample: int = 40_000  # rollouts sampled for the choice (20 bins of ~2,000)
     bins: int = 20
     max_n: int = 3
 

@@ -167,3 +167,45 @@ def test_discovered_ngrams_match_their_term_spec(store):
     assert ("by my beard" in {t for k, t in rows if k == 0}) and ("by my beard" in {t for k, t in rows if k == 3})
     assert "by my beard" not in {t for k, t in rows if k == 4}
     assert np.all([len(t.split()) <= 3 for _, t in rows])
+
+
+# ---------------------------------------------------------------- end to end on the model organisms
+def _organism(tmp_path, name: str) -> tuple[list, object]:
+    from rlaudit.organisms import simulate
+    from rlaudit.store import Store
+
+    gt = simulate(name, tmp_path / name, format="canonical", seed=0)
+    store = Store(tmp_path / "store")
+    store.ingest(tmp_path / name, run=name)
+    found = run_detectors(store, name, AuditConfig(detectors=["generalization"]))
+    assert not [f for f in found if f.kind == "audit_error"]
+    return found, gt
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["clean_basic", "clean_judges", "clean_legit"])
+def test_clean_organisms_have_no_medium_or_high_behaviour_findings(tmp_path, name):
+    found, _ = _organism(tmp_path, name)
+    assert serious(found) == [], [f.title for f in serious(found)]
+
+
+@pytest.mark.slow
+def test_goblin_organism(tmp_path):
+    found, gt = _organism(tmp_path, "goblin_persona")
+    source = next(i.source_condition for i in gt.issues if i.kind == "generalization")
+    creature = [f for f in serious(found) if f.kind == "emerging_behavior"
+                and ({"goblin", "gremlin"} & {w for t in f["terms"] for w in t.split()})]
+    assert creature and all(f["where"] == "answer" for f in creature)
+    top = creature[0]["by_condition"][source]
+    assert top["mention_share"] > 2 * top["traffic_share"]
+    gen = [f for f in found if f.kind == "generalization"]
+    assert gen and all(g["source_condition"] == source and g["source_reason"] == "reward" for g in gen)
+    assert all(g["correlation"] > 0.3 for g in gen)
+
+
+@pytest.mark.slow
+def test_a_rewarded_word_with_many_phrasings_is_one_behaviour(tmp_path):
+    found, _ = _organism(tmp_path, "tic_all_conditions")
+    delve = [f for f in found if f.kind == "emerging_behavior" and any("delve" in t for t in f["terms"])]
+    assert len(delve) == 1 and delve[0]["behavior"] == "delve" and delve[0].severity == "high"
+    assert len(delve[0]["terms"]) > 3

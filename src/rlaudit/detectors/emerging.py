@@ -45,6 +45,10 @@ reported):
   high. Reasoning that grows is an ordinary by-product of RL on reasoning tasks; answers that grow are the
   classic reward-model length bias.
 
+Task content: an n-gram with >= 90% of its occurrences in one task that carries < 50% of the rollouts
+(`task_specific`) is that task's content (answer words, a solution template learnt as accuracy improves) and is
+reported at most as low, whatever its effect. A tic spreads across tasks.
+
 `score` (the rank within a severity) is |d| for presence (half of it for decreases) and |log ratio| / 4 for
 numeric features. These thresholds are statements about effect sizes, not tuned to any fixture.
 
@@ -75,6 +79,8 @@ MK_BINS = 100
 #: numeric features (length): the ratio of means whose CI must clear this for medium. Reasoning that grows is an
 #: ordinary by-product of RL on reasoning tasks; answers that grow are the classic reward-model length bias.
 NUMERIC_MEDIUM = {"answer": 1.25, "reasoning": 2.0}
+#: share of an n-gram's occurrences in one task that marks it as that task's content (severity at most low)
+TASK_CONFINED = 0.9
 #: style features not used as discovery candidates (`chars` duplicates `length`)
 SKIP_STYLE = {"chars"}
 
@@ -115,21 +121,24 @@ class Scope:
         con = self.con = ctx.connect()
         con.register("rt", self.frame)
         con.register("vocab", self.vocab)
-        con.execute("""CREATE TEMP TABLE sc0 AS SELECT * FROM rt
-                       WHERE rollout_id IN (SELECT rollout_id FROM rollouts)""")
-        steps = con.execute("SELECT DISTINCT step FROM sc0 ORDER BY step").fetchnumpy()["step"]
+        # the audit's scope is the (step, split) cells of the connection's filtered `rollouts` view: joining on
+        # those small keys is much cheaper than on millions of rollout ids, and the list columns are not copied
+        con.execute("""CREATE TEMP TABLE cells AS SELECT step, split, dense_rank() OVER (ORDER BY step) - 1 AS si
+                       FROM (SELECT DISTINCT step, split FROM rollouts)""")
+        steps = con.execute("SELECT DISTINCT step FROM cells ORDER BY step").fetchnumpy()["step"]
         self.steps = np.asarray(steps, dtype=np.int64)
         t = self.n_steps = len(self.steps)
         w = max(1, int(round(params.window * t))) if t else 0
         self.window = w
-        con.execute(f"""CREATE TEMP TABLE sc AS
-            SELECT *, dense_rank() OVER (ORDER BY step) - 1 AS si,
-                   dense_rank() OVER (ORDER BY coalesce(task, ''), condition) - 1 AS s,
-                   CASE WHEN dense_rank() OVER (ORDER BY step) <= {w} THEN 0
-                        WHEN dense_rank() OVER (ORDER BY step) > {t - w} THEN 1 END AS win
-            FROM sc0""")
-        con.execute("DROP TABLE sc0")
-        self.n_strata = int(con.execute("SELECT coalesce(max(s) + 1, 0) FROM sc").fetchall()[0][0])
+        con.execute(f"""CREATE TEMP TABLE keys AS SELECT step, split, si,
+                        CASE WHEN si < {w} THEN 0 WHEN si >= {t - w} THEN 1 END AS win FROM cells""")
+        con.execute("""CREATE TEMP TABLE strata AS SELECT task_key, condition,
+                              row_number() OVER (ORDER BY task_key, condition) - 1 AS s
+                       FROM (SELECT DISTINCT coalesce(task, '') AS task_key, condition FROM rt)""")
+        con.execute("""CREATE VIEW sc AS SELECT rt.*, k.si, k.win, st.s FROM rt
+                       JOIN keys k USING (step, split)
+                       JOIN strata st ON st.task_key = coalesce(rt.task, '') AND st.condition = rt.condition""")
+        self.n_strata = int(con.execute("SELECT count(*) FROM strata").fetchall()[0][0])
         self.conditions = [r[0] for r in con.execute(
             "SELECT condition FROM sc GROUP BY 1 ORDER BY count(*) DESC, 1").fetchall()]
 
@@ -535,6 +544,7 @@ def _finding(ctx: DetectContext, scope: Scope, c: Candidates, i: int, members: l
     adj_ci = [ci[0] / lr, ci[1] / lr]
     p0, p1 = float(c.p_start[i]), float(c.p_end[i])
     sev = severity(presence, direction, p0, p1, adj_ci[0], adj_ci[1], where)
+
     baseline = np.arange(scope.n_steps) < scope.window
     h = max(1, scope.n_steps // 40)
     onset = onset_index(c.x[i], c.q[i], c.n[i], baseline, direction, half_width=h,
@@ -544,6 +554,10 @@ def _finding(ctx: DetectContext, scope: Scope, c: Candidates, i: int, members: l
         smooth = moving_sum(c.x[i], h) / moving_sum(c.n[i], h)
     value = scope.value_sql(where, c.feature_type[i], c.keys[i])
     by_condition = _by_condition(scope, where, value, scope.at_risk_sql(c.feature_type[i], c.keys[i]))
+    by_task = _by_condition(scope, where, value, scope.at_risk_sql(c.feature_type[i], c.keys[i]), "task")
+    confined = _task_confined(by_task) if c.feature_type[i] == "ngram" else None
+    if confined and sev in ("medium", "high"):
+        sev = "low"
     spec = name if c.feature_type[i] == "ngram" else name
     behavior = name if c.feature_type[i] == "ngram" else f"{name.removeprefix('style:')} ({where})"
     fields_ = {
@@ -555,7 +569,7 @@ def _finding(ctx: DetectContext, scope: Scope, c: Candidates, i: int, members: l
         "direction": "up" if direction > 0 else "down",
         "series": {"steps": scope.steps.tolist(), "prevalence": series.tolist(), "smoothed": smooth.tolist(),
                    "rollouts": c.n[i].astype(int).tolist()},
-        "by_condition": by_condition,
+        "by_condition": by_condition, "by_task": by_task, "task_specific": confined,
         "window_steps": [int(scope.steps[scope.window - 1]), int(scope.steps[scope.n_steps - scope.window])],
     }
     unit = "of rollouts" if presence else "mean"
@@ -570,6 +584,10 @@ def _finding(ctx: DetectContext, scope: Scope, c: Candidates, i: int, members: l
         f"Prevalence ratio late vs early {ratio:.2f} (95% CI {ci[0]:.2f}-{ci[1]:.2f}, stratified by task and "
         f"condition, clustered by prompt; {lr:.2f} expected from text length alone), q = {q:.2g} after "
         f"Benjamini-Hochberg over all candidates.")
+    if confined:
+        explanation += (f" Confined to task {confined!r} ({by_task[confined]['mention_share']:.0%} of occurrences, "
+                         f"{by_task[confined]['traffic_share']:.0%} of rollouts): likely that task's own content "
+                         "learnt by ordinary task learning, so at most low severity.")
     if len(members) > 1:
         explanation += f" Co-occurring terms grouped into this behaviour: {', '.join(c.names[m] for m in members)}."
     if top and len(by_condition) > 1:
@@ -582,18 +600,28 @@ def _finding(ctx: DetectContext, scope: Scope, c: Candidates, i: int, members: l
                    evidence=_evidence(scope, where, value, spec, direction, params.max_evidence, presence))
 
 
-def _by_condition(scope: Scope, where: str, value: str, at_risk: str) -> dict[str, dict[str, float]]:
+def _by_condition(scope: Scope, where: str, value: str, at_risk: str, column: str = "condition"
+                  ) -> dict[str, dict[str, float]]:
+    """Traffic share, share of occurrences (mention share) and start/end prevalence per condition (or task)."""
     rows = scope.con.execute(f"""
-        SELECT condition, count(*) AS n, sum(v) AS x,
+        SELECT coalesce({column}, '(none)') AS key, count(*) AS n, sum(v) AS x,
                sum(CASE WHEN win = 0 THEN v END) AS x0, count(CASE WHEN win = 0 THEN 1 END) AS n0,
                sum(CASE WHEN win = 1 THEN v END) AS x1, count(CASE WHEN win = 1 THEN 1 END) AS n1
-        FROM (SELECT condition, win, {value} AS v FROM sc WHERE {scope.filter(where)} AND {at_risk})
-        GROUP BY condition ORDER BY n DESC, condition""").fetchall()
+        FROM (SELECT {column}, win, {value} AS v FROM sc WHERE {scope.filter(where)} AND {at_risk})
+        GROUP BY key ORDER BY n DESC, key""").fetchall()
     n_all = sum(r[1] for r in rows) or 1
     x_all = sum(r[2] or 0 for r in rows) or 1
     return {r[0]: {"traffic_share": r[1] / n_all, "mention_share": (r[2] or 0) / x_all,
                    "prevalence_start": (r[3] or 0) / r[4] if r[4] else None,
                    "prevalence_end": (r[5] or 0) / r[6] if r[6] else None, "rollouts": r[1]} for r in rows}
+
+
+def _task_confined(by_task: dict[str, dict[str, float]]) -> str | None:
+    """The task holding >= 90% of a term's occurrences while carrying < 50% of rollouts, if any."""
+    if len(by_task) < 2:
+        return None
+    task, row = max(by_task.items(), key=lambda kv: kv[1]["mention_share"])
+    return task if row["mention_share"] >= TASK_CONFINED and row["traffic_share"] < 0.5 else None
 
 
 def _evidence(scope: Scope, where: str, value: str, spec: str, direction: int, limit: int,

@@ -17,7 +17,9 @@ For every medium or high rising behaviour found by `emerging`:
      that rose everywhere alike has no source. (Onsets alone would mislead: a small condition has less power,
      so its onset is detected later even when the behaviour started there.)
 3. *Targets*: every other condition that rose (when the source was chosen by lift, not those whose onset came
-   before the source's). For each, the two per-step prevalence curves are smoothed,
+   before the source's). When none rose on its own but all other conditions pooled (stratified by condition and
+   task) did, they are reported together as one target, `target_condition` "(all other conditions)" with the
+   list in `target_conditions`: a faint spread over many small conditions is still a spread. For each target, the two per-step prevalence curves are smoothed,
    z-scored and cross-correlated over lags of +-max(1, steps/10) steps: `correlation` is the best Pearson r and
    `lag_steps` its lag (positive: the target follows the source). Overlapping rescaled curves with a small lag
    are the signature of a behaviour learnt once and expressed everywhere.
@@ -25,7 +27,8 @@ For every medium or high rising behaviour found by `emerging`:
 Severity: **high** when the behaviour is high and it spread substantially (target ratio CI lower bound >= 2 and
 prevalence up by >= 0.10) to a condition where no applicable reward signal correlates with it (it never paid
 for it there, `paid_in_target` false); **medium** when the target's lower bound >= 1.5 and its prevalence rose by
->= 0.05; otherwise **low**.
+>= 0.05, or its lower bound >= 2 and its prevalence rose by >= 0.02 (the emerging detector's medium rule);
+otherwise **low**.
 
 `figures(finding)` returns plotly figures (raw prevalence per condition, and the rescaled overlay) built from a
 finding's fields alone, for the report.
@@ -46,7 +49,8 @@ from . import DetectContext, Detector, register
 from .emerging import Params, Scope, scope_for
 
 REWARD_P = 0.01
-MIN_LIFT = 1.5  # mention share / traffic share a source needs when no reward signal singles it out
+MIN_LIFT = 1.5
+OTHERS = "(all other conditions)"  # mention share / traffic share a source needs when no reward signal singles it out
 
 
 @register
@@ -67,7 +71,7 @@ class GeneralizationDetector(Detector):
         if len(scope.conditions) < 2 or scope.n_steps < 4:
             return []
         signals = _condition_signals(scope)
-        analyses = [a for a in (_analyse(scope, f) for f in behaviours) if a is not None]
+        analyses = [a for a in (_analyse(scope, f, signals, alpha) for f in behaviours) if a is not None]
         if not analyses:
             return []
         q = benjamini_hochberg(np.concatenate([a["p"] for a in analyses]))
@@ -90,7 +94,7 @@ def _key(scope: Scope, f: Finding) -> tuple[str, str | int] | None:
     return ftype, f["term"].removeprefix("style:")
 
 
-def _analyse(scope: Scope, f: Finding) -> dict[str, Any] | None:
+def _analyse(scope: Scope, f: Finding, signals: dict[str, str], alpha: float) -> dict[str, Any] | None:
     key = _key(scope, f)
     if key is None:
         return None
@@ -129,8 +133,41 @@ def _analyse(scope: Scope, f: Finding) -> dict[str, Any] | None:
     h = max(1, t // 40)
     onsets = [onset_index(x[i], x[i] if presence else x[i] ** 2, n[i], early, 1, half_width=h, presence=presence)
               for i in range(nc)]
-    return {"finding": f, "where": where, "ftype": ftype, "key": k, "x": x, "n": n, "ratio": ratio, "se": se,
-            "p": p, "p0": p0, "p1": p1, "onsets": onsets, "h": h, "value": value, "risk": risk}
+    a = {"finding": f, "where": where, "ftype": ftype, "key": k, "x": x, "n": n, "ratio": ratio, "se": se,
+         "p": p, "p0": p0, "p1": p1, "onsets": onsets, "h": h, "value": value, "risk": risk}
+    if not _choose_source(scope, a, signals, alpha):
+        return None
+    # all other conditions pooled (stratified by condition and task): more power for a faint spread
+    others = np.arange(nc) != a["source"]
+    pr, ps = stratified_ratio(sx[others].sum(0)[None], sxx[others].sum(0)[None], sxn[others].sum(0)[None],
+                              nw[others].sum(0)[None], snn[others].sum(0)[None], g[others].sum(0)[None],
+                              presence=presence)
+    a["pooled"] = {"ratio": float(pr[0]), "se": float(ps[0]), "x": x[others].sum(0), "n": n[others].sum(0)}
+    zp = math.log(pr[0]) / ps[0] if np.isfinite(pr[0]) and ps[0] > 0 else 0.0
+    a["p"] = np.append(p, 2 * norm.sf(abs(zp)))
+    return a
+
+
+def _choose_source(scope: Scope, a: dict[str, Any], signals: dict[str, str], alpha: float) -> bool:
+    """Set a["source"], a["reason"], a["rewarded"] (see module doc); False when no condition qualifies."""
+    conds = scope.conditions
+    by_cond = a["finding"].get("by_condition", {})
+    a["lift"] = np.array([by_cond.get(c, {}).get("mention_share", 0)
+                          / max(by_cond.get(c, {}).get("traffic_share", 0), 1e-12) for c in conds])
+    a["source"], a["reason"], a["rewarded"] = None, "lift", None
+    for sig, cond in signals.items():
+        r, p = _reward_correlation(scope, a, sig, cond)
+        if p < REWARD_P and r > 0 and (a["rewarded"] is None or r > a["rewarded"][1]):
+            a["source"], a["reason"], a["rewarded"] = conds.index(cond), "reward", (sig, r, p)
+    if a["source"] is None:
+        lo = a["ratio"] * np.exp(-1.96 * a["se"])
+        risen = [i for i in range(len(conds)) if a["p"][i] <= alpha and lo[i] > 1 and a["onsets"][i] is not None]
+        if not risen:
+            return False
+        a["source"] = max(risen, key=lambda i: (a["lift"][i], -i))
+        if a["lift"][a["source"]] < MIN_LIFT:
+            return False  # no condition stands out: the behaviour rose everywhere alike
+    return True
 
 
 def _condition_signals(scope: Scope) -> dict[str, str]:
@@ -170,26 +207,30 @@ def _reward_correlation(scope: Scope, a: dict[str, Any], signal: str, condition:
 def _findings(ctx: DetectContext, scope: Scope, a: dict[str, Any], signals: dict[str, str],
               alpha: float) -> list[Finding]:
     f: Finding = a["finding"]
-    conds = scope.conditions
+    conds = list(scope.conditions)
+    source, reason, rewarded = a["source"], a["reason"], a["rewarded"]
+    q_pooled = float(a["q"][-1])
     lo = a["ratio"] * np.exp(-1.96 * a["se"])
-    rose = (a["q"] <= alpha) & (lo > 1)
+    rose = (a["q"][:-1] <= alpha) & (lo > 1)
     by_cond = f.get("by_condition", {})
-    lift = np.array([by_cond.get(c, {}).get("mention_share", 0) / max(by_cond.get(c, {}).get("traffic_share", 0),
-                                                                        1e-12) for c in conds])
-    # source: a condition-specific reward that pays for the behaviour, else earliest onset, then largest lift
-    source, reason, rewarded = None, "lift", None
-    for sig, cond in signals.items():
-        r, p = _reward_correlation(scope, a, sig, cond)
-        if p < REWARD_P and r > 0 and (rewarded is None or r > rewarded[1]):
-            source, reason, rewarded = conds.index(cond), "reward", (sig, r, p)
-    if source is None:
-        risen = [i for i in range(len(conds)) if rose[i] and a["onsets"][i] is not None]
-        if not risen:
-            return []
-        source = max(risen, key=lambda i: (lift[i], -i))
-        if lift[source] < MIN_LIFT:
-            return []  # no condition stands out: the behaviour rose everywhere alike
     x, n = a["x"], a["n"]
+    targets = [t for t in range(len(conds)) if t != source and rose[t]
+               and (reason == "reward" or _not_earlier(a["onsets"][t], a["onsets"][source], a["h"]))]
+    pooled = a["pooled"]
+    pooled_lo = pooled["ratio"] * math.exp(-1.96 * pooled["se"])
+    if not targets and len(conds) > 2 and q_pooled <= alpha and pooled_lo > 1:
+        # no single condition is significant, but together the others rose: report them as one target
+        conds.append(OTHERS)
+        x, n = np.vstack([x, pooled["x"]]), np.vstack([n, pooled["n"]])
+        w = scope.window
+        early, late = np.arange(scope.n_steps) < w, np.arange(scope.n_steps) >= scope.n_steps - w
+        a = {**a, "ratio": np.append(a["ratio"], pooled["ratio"]), "se": np.append(a["se"], pooled["se"]),
+             "q": np.append(a["q"][:-1], q_pooled),
+             "p0": np.append(a["p0"], pooled["x"][early].sum() / max(pooled["n"][early].sum(), 1)),
+             "p1": np.append(a["p1"], pooled["x"][late].sum() / max(pooled["n"][late].sum(), 1)),
+             "onsets": a["onsets"] + [None]}
+        lo = a["ratio"] * np.exp(-1.96 * a["se"])
+        targets = [len(conds) - 1]
     h = a["h"]
     with np.errstate(invalid="ignore", divide="ignore"):
         smooth = moving_sum(x, h) / moving_sum(n, h)
@@ -199,15 +240,13 @@ def _findings(ctx: DetectContext, scope: Scope, a: dict[str, Any], signals: dict
     series = {c: {"steps": scope.steps.tolist(), "prevalence": raw[i].tolist(), "rollouts": n[i].astype(int).tolist()}
               for i, c in enumerate(conds)}
     out = []
-    for tgt in range(len(conds)):
-        if tgt == source or not rose[tgt]:
-            continue
-        if reason == "lift" and not _not_earlier(a["onsets"][tgt], a["onsets"][source], h):
-            continue  # rose in the target before the source: no evidence that it spread from there
+    for tgt in targets:
         corr, lag = lagged_correlation(zscore(smooth[source]), zscore(smooth[tgt]), max_lag)
+        covered = ([c for i, c in enumerate(scope.conditions) if i != source] if conds[tgt] == OTHERS
+                   else [conds[tgt]])
         paid = []
         for sig, cond in signals.items():
-            if cond == conds[tgt]:
+            if cond in covered:
                 r, p = _reward_correlation(scope, a, sig, cond)
                 if p < REWARD_P and r > 0:
                     paid.append(sig)
@@ -215,7 +254,7 @@ def _findings(ctx: DetectContext, scope: Scope, a: dict[str, Any], signals: dict
         ci = [float(lo[tgt]), float(a["ratio"][tgt] * math.exp(1.96 * a["se"][tgt]))]
         if f.severity == "high" and ci[0] >= 2 and d >= 0.10 and not paid:
             sev = "high"
-        elif ci[0] >= 1.5 and d >= 0.05:
+        elif (ci[0] >= 1.5 and d >= 0.05) or (ci[0] >= 2 and d >= 0.02):
             sev = "medium"
         else:
             sev = "low"
@@ -224,6 +263,7 @@ def _findings(ctx: DetectContext, scope: Scope, a: dict[str, Any], signals: dict
         fields_ = {
             "behavior": f["behavior"], "behavior_spec": f["behavior_spec"], "where": a["where"],
             "feature_type": a["ftype"], "source_condition": src_c, "target_condition": tgt_c,
+            "target_conditions": covered,
             "source_reason": reason, "rewarded_by": rewarded[0] if rewarded else None,
             "reward_correlation": rewarded[1] if rewarded else None, "paid_in_target": bool(paid),
             "correlation": corr, "lag_steps": lag * spacing,
