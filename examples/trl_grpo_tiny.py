@@ -151,8 +151,9 @@ def first_doubling(series: dict[int, float], baseline_steps: int = 5, window: in
 # ---------------------------------------------------------------------------------------------- the run
 def main(output_dir: str | Path, steps: int = 40, every: int = 5, seed: int = 0, learning_rate: float = 2e-3,
          num_generations: int = 8, prompts_per_step: int = 8, max_completion_length: int = 10,
-         webhook: str | None = None, store: str | Path | None = None) -> dict[str, Any]:
-    """Train with the live audit attached; return alerts, findings and the doubling step."""
+         webhook: str | None = None, store: str | Path | None = None, audit: bool = True) -> dict[str, Any]:
+    """Train with the live audit attached (unless `audit` is False: the baseline for its overhead); return
+    the alerts, the tic's prevalence per condition and step, and the steps where it doubled."""
     warnings.filterwarnings("ignore", category=FutureWarning)
     from trl import GRPOConfig, GRPOTrainer
 
@@ -173,21 +174,22 @@ def main(output_dir: str | Path, steps: int = 40, every: int = 5, seed: int = 0,
                                config=LiveConfig(every=every))
     trainer = GRPOTrainer(model=build_model(tokenizer, seed), processing_class=tokenizer,
                           reward_funcs=[correct_topic_reward, nerdy_persona_reward], args=args,
-                          train_dataset=build_dataset(steps * prompts_per_step + 64, seed), callbacks=[callback])
+                          train_dataset=build_dataset(steps * prompts_per_step + 64, seed),
+                          callbacks=[callback] if audit else [])
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
 
     prevalence = tic_prevalence(output_dir / "completions")
-    alerts = [a.to_json() for a in callback.alerts]
+    alerts = [a.to_json() for a in callback.alerts] if audit else []
     tic_alerts = [a for a in alerts if TIC in json.dumps(a["finding"].get("behavior_spec", "")).lower()
                   or TIC in a["title"].lower()]
     attribution = [a for a in tic_alerts if a["kind"] == "reward_attribution"]
-    timings = callback.auditor.timings if callback.auditor else []
-    heavy_runs = callback.auditor.heavy_runs if callback.auditor else []
+    timings = callback.auditor.timings if audit and callback.auditor else []
+    heavy_runs = callback.auditor.heavy_runs if audit and callback.auditor else []
     return {
         "train_seconds": seconds,
-        "audit_seconds": sum(t.cheap + t.heavy for t in timings),  # on the training thread
+        "audit_seconds": callback.seconds if audit else 0.0,  # time the trainer spent in the callback
         "per_step_seconds": [t.cheap for t in timings],  # per-step checks, training thread
         "heavy_runs": heavy_runs,  # (step, seconds) of each heavy audit (mostly in the background thread)
         "steps": steps,
@@ -212,9 +214,9 @@ def _print_summary(result: dict[str, Any]) -> None:
         print(f"  step {a['step']:>4}  {a['severity']:6s} [{a['kind']}] {a['title']}")
     per_step = sorted(result["per_step_seconds"]) or [0.0]
     heavy = [s for _, s in result["heavy_runs"]]
-    print(f"\ntrained {result['steps']} steps in {result['train_seconds']:.0f} s; rlaudit on the training thread: "
-          f"{result['audit_seconds']:.1f} s (per-step checks: median {per_step[len(per_step) // 2] * 1000:.0f} ms); "
-          f"{len(heavy)} heavy audits of {sum(heavy):.1f} s, in the background")
+    print(f"\ntrained {result['steps']} steps in {result['train_seconds']:.0f} s; of which in the rlaudit callback: "
+          f"{result['audit_seconds']:.1f} s (per-step checks: median {per_step[len(per_step) // 2] * 1000:.0f} ms; "
+          f"final audit included); {len(heavy)} heavy audits of {sum(heavy):.1f} s in total, in the background")
     print(f"first alert on the tic:                       step {result['first_tic_alert_step']}")
     print(f"first attribution alert (signal {', '.join(map(str, result['attributed_signals'])) or '-'}): "
           f"step {result['first_attribution_step']}")
@@ -233,10 +235,11 @@ if __name__ == "__main__":
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--webhook", default=None, help="POST alerts to this URL")
     parser.add_argument("--json", default=None, help="write the result here")
+    parser.add_argument("--no-audit", action="store_true", help="train without rlaudit (overhead baseline)")
     ns = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     res = main(ns.output_dir, steps=ns.steps, every=ns.every, seed=ns.seed, learning_rate=ns.learning_rate,
-               webhook=ns.webhook)
+               webhook=ns.webhook, audit=not ns.no_audit)
     _print_summary(res)
     if ns.json:
         Path(ns.json).write_text(json.dumps(res, indent=1, default=str))

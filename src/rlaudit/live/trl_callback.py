@@ -18,6 +18,7 @@ Every hook catches its own exceptions and logs them: the trainer never sees an r
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ class RlauditCallback(TrainerCallback):
         self.completions_dir: Path | None = None
         self.options = ReadOptions(think_tags=self.think_tags)
         self.seen: set[int] = set()
+        self.seconds = 0.0  # time the trainer spent in this callback (reading, storing, per-step audits)
         self.errors: list[str] = []
         self._logged_errors: set[tuple[str, str, str]] = set()
 
@@ -85,11 +87,15 @@ class RlauditCallback(TrainerCallback):
                  self.config.every)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        started = time.perf_counter()
         self.poll(state.global_step)
+        self.seconds += time.perf_counter() - started
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        started = time.perf_counter()
         self.poll(state.global_step)
         self.finish()
+        self.seconds += time.perf_counter() - started
 
     # -- work --------------------------------------------------------------------
     @guarded(default=list)
