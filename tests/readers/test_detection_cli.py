@@ -98,3 +98,19 @@ def test_cli_runner_ingest_then_runs(tmp_path):
     assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, ["runs", "--store", str(tmp_path / "s"), "--json"])
     assert json.loads(result.stdout)[0]["format"] == "trl"
+
+
+def test_cli_columns_file_maps_a_generic_table(tmp_path, capsys, monkeypatch):
+    src = tmp_path / "export"
+    src.mkdir()
+    (src / "rows.jsonl").write_text(json.dumps({"global_step": 3, "question": "q", "response": "<think>r</think>a",
+                                                "judge_seen": "a", "score_a": 1.0}) + "\n")
+    cols = tmp_path / "cols.toml"
+    cols.write_text('[columns]\nstep = "global_step"\nprompt = "question"\ncompletion = "response"\n')
+    code, err = _main(tmp_path, capsys, monkeypatch, src, "--columns-file", cols, "--grader-input", "a=judge_seen")
+    assert code == 0, err
+    from rlaudit.store import Store
+
+    row = Store(tmp_path / "store").table("export").to_pylist()[0]
+    assert row["step"] == 3 and row["reasoning"] == "r" and row["answer"] == "a"
+    assert dict(row["grader_inputs"]) == {"a": "a"} and dict(row["rewards"]) == {"score_a": 1.0}
