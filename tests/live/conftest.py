@@ -6,14 +6,14 @@ import pytest
 
 from rlaudit.detectors import DETECTORS
 
-from .helpers import Broken, GoblinCounter
+from .helpers import Broken, GoblinCounter, Slow
 
 
 @pytest.fixture
 def test_detectors():
     """Register the test detectors for one test."""
     GoblinCounter.calls = []
-    added = [d for d in (GoblinCounter, Broken) if d not in DETECTORS]
+    added = [d for d in (GoblinCounter, Broken, Slow) if d not in DETECTORS]
     DETECTORS.extend(added)
     yield
     for d in added:

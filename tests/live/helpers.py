@@ -48,6 +48,18 @@ class GoblinCounter(Detector):
                                 "prevalence_end": share})]
 
 
+class Slow(GoblinCounter):
+    """Test detector: GoblinCounter that takes a second (an expensive heavy detector)."""
+
+    name = "test_slow"
+
+    def detect(self, ctx: DetectContext) -> list[Finding]:
+        import time
+
+        time.sleep(1.0)
+        return super().detect(ctx)
+
+
 class Broken(Detector):
     name = "test_broken"
     kinds = ("emerging_behavior",)

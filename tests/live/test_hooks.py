@@ -151,3 +151,24 @@ def test_part_index_and_store_view(store, tmp_path):
     assert len(store.table("run1")) == 24  # the store itself is untouched
     with pytest.raises(RlauditError, match="read-only"):
         view.append("run1", store.table("run1"), "x")
+
+
+def test_background_heavy_audits_do_not_hold_up_training(store, tmp_path, test_detectors):
+    import time
+
+    hook = LiveHook(store, "bg", config=LiveConfig(detectors=["test_slow"], every_step=(), every=4),
+                    alerts=AlertManager([JsonlSink(tmp_path / "alerts.jsonl")]))
+    rate = lambda s: {NERDY: 0.0 if s < 4 else 0.9, PLAIN: 0.0 if s < 4 else 0.9}  # noqa: E731
+    per_step = []
+    for s in range(1, 16):
+        b = step_batch(s, 10, rate(s))
+        t0 = time.perf_counter()
+        hook.log_rollouts(s, b["prompts"], b["completions"], b["rewards"])
+        per_step.append(time.perf_counter() - t0)
+        time.sleep(0.05)  # the trainer's own work
+    assert max(per_step[1:]) < 0.9  # a one-second detector never blocked a step (step 1: warm-up)
+    hook.close()  # waits for the running audit, then a final one
+    assert hook.errors == []
+    assert len(hook.auditor.heavy_runs) >= 2 and hook.auditor.heavy_runs[-1][0] == 15
+    goblin = [a for a in hook.alerts if a.kind == "emerging_behavior"]
+    assert goblin and goblin[0].step <= 15

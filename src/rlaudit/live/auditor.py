@@ -33,7 +33,7 @@ from ..findings import Finding, rank
 from ..readers import get_reader
 from ..readers.base import BadRecord, ReadContext, ReadOptions, SourceFile, finalize
 from ..store import IngestReport, Store
-from .alerts import Alert, AlertManager, make_alerts
+from .alerts import Alert, AlertManager, finding_key, make_alerts
 from .sampling import PartIndex, StepSample, StoreView
 from .tracking import BehaviorTracker
 
@@ -251,8 +251,6 @@ class LiveAuditor:
 
     def _remember(self, found: list[Finding]) -> None:
         """Keep the latest finding per key (what `findings` shows at any time)."""
-        from .alerts import finding_key
-
         latest = {finding_key(f): f for f in self.findings}
         latest.update({finding_key(f): f for f in found})
         self.findings = rank(list(latest.values()))
@@ -267,8 +265,7 @@ class LiveAuditor:
     def close(self) -> list[Alert]:
         """Wait for a running heavy audit, run a final one on what the run holds, close the alert sinks."""
         try:
-            self._fresh = True
-            return self.update(final=True)
+            return self.update(final=True)  # audits again only if rows arrived after the last heavy audit
         finally:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
