@@ -286,6 +286,24 @@ def longest_runs(flag: np.ndarray, row: np.ndarray, n_rows: int) -> np.ndarray:
     return out
 
 
+def edge_runs(flag: np.ndarray, row: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the length of the run of True values that starts at the row's first element (leading) and of
+    the run that ends at its last element (trailing)."""
+    leading = np.zeros(n_rows, np.int64)
+    trailing = np.zeros(n_rows, np.int64)
+    if len(flag) == 0:
+        return leading, trailing
+    new_row = np.ones(len(row), bool)
+    new_row[1:] = row[1:] != row[:-1]
+    run_id = np.cumsum(~flag | new_row)
+    lengths = np.bincount(run_id[flag], minlength=run_id[-1] + 1)
+    first = np.flatnonzero(new_row)
+    last = np.append(first[1:] - 1, len(row) - 1)
+    leading[row[first]] = np.where(flag[first], lengths[run_id[first]], 0)
+    trailing[row[last]] = np.where(flag[last], lengths[run_id[last]], 0)
+    return leading, trailing
+
+
 # ---------------------------------------------------------------- scalar helpers, for evidence only
 def token_spans(text: str) -> list[tuple[str, int, int]]:
     """(token, start, end) of each normalised token of one text, with character offsets into the original."""

@@ -126,9 +126,9 @@ def test_reasoning_that_restates_answer_or_quotes_prompt_is_not_exposure():
     rng = np.random.default_rng(0)
     prompt, answer = paragraph(rng, 4), paragraph(rng, 4)
     reasoning = f"{prompt} {answer}"  # nothing reasoning-only except the seams
-    seen = f"Question: {prompt}\nResponse: {answer}"
-    table = pa.Table.from_pylist([_row("a", "g", prompt, reasoning, answer, seen)], schema=ROLLOUT_SCHEMA)
-    assert exposed_ids(table) == set()
+    rows = [_row("a", "g1", prompt, reasoning, answer, f"Question: {prompt}\nResponse: {answer}"),
+            _row("b", "g2", prompt, reasoning, answer, f"{prompt} {answer}")]  # even the seam is seen here
+    assert exposed_ids(pa.Table.from_pylist(rows, schema=ROLLOUT_SCHEMA)) == set()
 
 
 def test_listwise_grader_that_sees_every_completion_of_the_group_is_found():
@@ -169,10 +169,13 @@ def test_decision_rule_needs_many_matches_and_coverage_or_a_long_verbatim_run():
     from rlaudit.detectors.cot_scan import Tally
 
     p = ScanParams()
-    t = Tally(reasoning_only=np.array([60, 60, 10, 200, 12]), matched=np.array([5, 40, 8, 20, 7]),
-              longest=np.array([5, 10, 8, 16, 7]))
-    # 5/60 seen: no; 40/60 seen: yes; 8/10 seen: yes; 20/200 but a 20-word run: yes; 7 matches: too few
-    assert p.decide(t).tolist() == [False, True, True, True, False]
+    t = Tally(reasoning_only=np.array([60, 60, 10, 200, 12, 200, 200, 5, 4]),
+              matched=np.array([5, 40, 8, 20, 7, 9, 9, 5, 4]), longest=np.array([5, 10, 8, 16, 7, 9, 9, 5, 4]),
+              edge=np.array([5, 0, 8, 0, 7, 8, 0, 5, 4]))
+    # 5/60 seen: no; 40/60 seen: yes; 8/10 seen: yes; 20/200 but a 20-word run: yes; 7/12: too few;
+    # a 12-word run that ends (or starts) the reasoning: yes; the same run in the middle: no;
+    # a 9-word reasoning seen whole: yes; an 8-word one: too short to tell from coincidence
+    assert p.decide(t).tolist() == [False, True, True, True, False, True, False, True, False]
 
 
 def test_a_short_coincidental_overlap_is_not_exposure():

@@ -16,13 +16,19 @@ Decision rule for one (rollout, grader) pair, with defaults in `ScanParams`:
 
     exposed  <=>  (matched >= min_matched  and  matched / reasoning_only >= min_containment)
                   or  longest run of consecutive matched shingles >= min_span
+                  or  a run of >= min_edge_span matched shingles that starts or ends the reasoning
+                  or  (matched >= min_complete  and  every reasoning-only shingle matched)
 
 With k=5, min_matched=8 means at least 12 reasoning-only words were seen, and min_containment=0.5 that the grader
-saw at least half of the reasoning; min_span=16 consecutive shingles is a verbatim passage of 20+ words, which
-catches a grader that saw only the tail of a long reasoning. Chance overlap of 12-20 word passages between texts
-not copied from each other is the null that copy detection by shingling relies on: independently written text
-shares isolated 5-word phrases (excluded above when they come from the prompt, answer or group context), not
-runs of them. Reasoning shorter than k words cannot be scanned; such pairs are counted as not exposed.
+saw at least half of the reasoning; min_span=16 consecutive shingles is a verbatim passage of 20+ words anywhere,
+and min_edge_span=8 a passage of 12+ words that is exactly the beginning or the end of the reasoning: what a
+grader that keeps only the first or last N characters of the completion sees. A chance overlap must not only be
+long but also sit flush against the reasoning's edge, which is why the edge rule can ask for less; likewise a
+short reasoning seen whole (min_complete=5: all of at least 9 reasoning-only words).
+Chance overlap of 12-20 word passages between texts not copied from each other is the null that copy detection
+by shingling relies on: independently written text shares isolated 5-word phrases (excluded above when they come
+from the prompt, answer or group context), not runs of them. Reasoning shorter than k words cannot be scanned;
+such pairs are counted as not exposed.
 
 The per-pair results are a derived table cached per run version (computed once for all steps, so latency
 measurements at growing `max_step` are cheap); aggregation is DuckDB SQL over that table.
@@ -43,8 +49,8 @@ import pyarrow.compute as pc
 
 from ..cot_stats import wilson_interval
 from ..findings import Evidence, Finding
-from ..shingles import (SortedKeys, distinct, hashed_tokens, longest_runs, matching_spans, scope_of, scoped,
-                        shingle_of, shingles_from_ids)
+from ..shingles import (SortedKeys, distinct, edge_runs, hashed_tokens, longest_runs, matching_spans, scope_of,
+                        scoped, shingle_of, shingles_from_ids)
 
 RESULT_SCHEMA = pa.schema([
     ("rollout_id", pa.string()), ("step", pa.int64()), ("split", pa.string()), ("condition", pa.string()),
@@ -64,6 +70,8 @@ class ScanParams:
     min_matched: int = 8
     min_containment: float = 0.5
     min_span: int = 16
+    min_edge_span: int = 8
+    min_complete: int = 5
     group_context: bool = True
     batch_rows: int = 16_384
 
@@ -74,8 +82,9 @@ class ScanParams:
         known = {f for f in cls.__dataclass_fields__}
         values = {k: v for k, v in options.items() if k in known}
         p = cls(**values)
-        if p.k < 2 or p.min_matched < 1 or p.min_span < 1 or not 0 < p.min_containment <= 1:
-            raise RlauditError(f"cot_grading options: need k>=2, min_matched>=1, min_span>=1, "
+        if p.k < 2 or min(p.min_matched, p.min_span, p.min_edge_span, p.min_complete) < 1 \
+                or not 0 < p.min_containment <= 1:
+            raise RlauditError(f"cot_grading options: need k>=2, min_matched/min_span/min_edge_span/min_complete >= 1, "
                                f"0<min_containment<=1; got {asdict(p)}")
         return p
 
@@ -87,7 +96,8 @@ class ScanParams:
     def decide(self, tally: Tally) -> np.ndarray:
         """The per-rollout decision rule of the module doc."""
         return ((tally.matched >= self.min_matched) & (tally.containment >= self.min_containment)) | \
-            (tally.longest >= self.min_span)
+            (tally.longest >= self.min_span) | (tally.edge >= self.min_edge_span) | \
+            ((tally.matched >= self.min_complete) & (tally.matched == tally.reasoning_only))
 
 
 class Tally(NamedTuple):
@@ -96,6 +106,7 @@ class Tally(NamedTuple):
     reasoning_only: np.ndarray
     matched: np.ndarray
     longest: np.ndarray
+    edge: np.ndarray  # longest run touching the start or the end of the reasoning
 
     @property
     def containment(self) -> np.ndarray:
@@ -177,8 +188,10 @@ def scan_batch(batch: pa.RecordBatch | pa.Table, params: ScanParams) -> pa.Table
 
 
 def _tally(counted: np.ndarray, seen: np.ndarray, row: np.ndarray, n: int) -> Tally:
-    return Tally(np.bincount(row[counted], minlength=n), np.bincount(row[counted & seen], minlength=n),
-                 longest_runs(seen[counted], row[counted], n))
+    flag, rows = seen[counted], row[counted]
+    leading, trailing = edge_runs(flag, rows, n)
+    return Tally(np.bincount(rows, minlength=n), np.bincount(row[counted & seen], minlength=n),
+                 longest_runs(flag, rows, n), np.maximum(leading, trailing))
 
 
 def _expand(owner_of_row: np.ndarray, count_per_owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -263,7 +276,8 @@ def findings_from_results(con: duckdb.DuckDBPyConnection, results: pa.Table, run
                 "series": _series(con, grader), "by_condition": _breakdown(con, grader, "condition"),
                 "by_task": _breakdown(con, grader, "task"),
                 "thresholds": {"k": params.k, "min_matched": params.min_matched,
-                               "min_containment": params.min_containment, "min_span": params.min_span},
+                               "min_containment": params.min_containment, "min_span": params.min_span,
+                               "min_edge_span": params.min_edge_span, "min_complete": params.min_complete},
             },
             evidence=_evidence(con, grader, params, int(options.get("max_evidence", 5)), evidence_source,
                                extra_inputs),
