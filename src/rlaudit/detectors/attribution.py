@@ -81,6 +81,8 @@ def to_finding(t: Trace) -> Finding:
         cond = f", mostly in condition '{t.condition}'" if t.condition else ""
         title = (f"'{t.behavior}'{where} is pushed {t.direction} by {top.signal} "
                  f"({_pct(top.pressure_share)} of the push{cond})")
+        if t.suspect and t.suspect != top.signal:
+            title += f"; {t.suspect} rewards it for its own sake"
     return Finding(kind="reward_attribution", run=t.run, severity=t.severity, title=title,
                    explanation=explain(t), score=_score(t), fields=t.fields(), evidence=t.evidence)
 
