@@ -26,8 +26,10 @@ import pyarrow.parquet as pq
 
 from ..errors import RlauditError
 from . import register
-from .base import (ReadContext, Reader, SourceFile, Validator, _combine, _is_message_list, classify_extras,
-                   completion_columns, duck_query, map_from_columns, metadata_from_columns, prefetch)
+from .base import ReadContext, Reader, SourceFile, prefetch
+from .columns import classify_extras, duck_query, map_from_columns, metadata_from_columns
+from .messages import combine, completion_columns, is_message_list_type
+from .validate import Validator
 from .jsonl import read_json_chunks
 
 BATCH_ROWS = 32_768
@@ -91,7 +93,7 @@ class CanonicalReader(Reader):
             yield chunk.table, chunk.lines
 
     def _raw(self, table: pa.Table, lines: pa.Array, file: SourceFile, ctx: ReadContext) -> pa.Table | None:
-        col = (lambda name: _combine(table.column(name)) if name in table.column_names else None)
+        col = (lambda name: combine(table.column(name)) if name in table.column_names else None)
         v = Validator(table, lines, file, ctx)
         raw: dict[str, pa.Array] = {}
         step = v.step("step", col("step"))
@@ -99,7 +101,7 @@ class CanonicalReader(Reader):
         raw["step"] = step if step is not None else pa.nulls(table.num_rows, pa.int64())
         raw["prompt"] = v.text("prompt", col("prompt"), required=True)
         completion = col("completion")
-        if completion is not None and _is_message_list(completion.type):
+        if completion is not None and is_message_list_type(completion.type):
             v.require("completion", completion)
             raw.update(completion_columns(completion, ctx.options.think_tags))
         else:
@@ -240,4 +242,4 @@ def _metadata(given: pa.Array | None, extra: pa.Table, keep: pa.Array) -> pa.Arr
     out = duck_query(f"SELECT CASE WHEN g IS NULL THEN e WHEN e IS NULL THEN ({g})::VARCHAR "
                      f"ELSE json_merge_patch(({g}), e::JSON)::VARCHAR END AS m FROM src",
                      pa.table({"g": given, "e": extra_json}))
-    return _combine(out.column(0)).cast(pa.string())
+    return combine(out.column(0)).cast(pa.string())

@@ -48,7 +48,8 @@ import pyarrow as pa
 
 from ..text import ThinkTags
 from . import register
-from .base import (ReadContext, Reader, SourceFile, content_text, is_message_list, map_array, render_message_list)
+from .base import ReadContext, Reader, SourceFile, map_array
+from .messages import content_text, is_message_list, render_message_list
 from .jsonl import iter_json_records
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")

@@ -44,9 +44,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import register
-from .base import (ConsecutiveGroups, ReadContext, Reader, SourceFile, Validator, classify_extras,
-                   completion_columns, decoded_system_prompts, map_from_columns, metadata_from_columns, prefetch,
-                   missing_graders, _is_message_list)
+from .base import ReadContext, Reader, SourceFile, prefetch
+from .columns import classify_extras, decoded_system_prompts, map_from_columns, metadata_from_columns, missing_graders
+from .groups import ConsecutiveGroups
+from .messages import completion_columns, is_message_list_type
+from .validate import Validator
 
 _FILE = re.compile(r"^completions_(\d+)\.parquet$")
 _KNOWN = {"step", "prompt", "completion", "advantage", "mode"}
@@ -116,7 +118,7 @@ class TrlReader(Reader):
         prompt = v.text("prompt", col("prompt"), required=True)
         completion_col = col("completion")
         raw: dict[str, pa.Array] = {}
-        if completion_col is not None and _is_message_list(completion_col.type):
+        if completion_col is not None and is_message_list_type(completion_col.type):
             raw.update(completion_columns(completion_col, ctx.options.think_tags))
             v.require("completion", completion_col)
         else:

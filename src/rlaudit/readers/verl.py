@@ -32,8 +32,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import register
-from .base import (ConsecutiveGroups, KeyedGroups, ReadContext, Reader, SourceFile, Validator, classify_extras,
-                   decoded_system_prompts, map_from_columns, metadata_from_columns, prefetch)
+from .base import ReadContext, Reader, SourceFile, prefetch
+from .columns import classify_extras, decoded_system_prompts, map_from_columns, metadata_from_columns
+from .groups import ConsecutiveGroups, KeyedGroups
+from .validate import Validator
 from .jsonl import first_record_keys, read_json_chunks
 
 _STEP_FILE = re.compile(r"^(\d+)\.jsonl$")

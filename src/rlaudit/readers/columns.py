@@ -1,0 +1,196 @@
+"""Vectorised column helpers shared by the trainer readers: numbers, maps, metadata JSON, extra columns.
+
+Everything here works on whole Arrow columns; per-row Python is confined to the rows that are bad.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .base import ReadOptions, SourceFile
+from .messages import as_text, combine, is_message_list_type, is_text_type
+
+
+def to_numbers(values: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """(float64 values, bad-row mask) of a column that should hold numbers.
+
+    Integers, floats and booleans convert; numeric strings ("0.5") convert too (some loggers stringify); any
+    other string is a bad row. Nulls stay null and are not bad (callers decide whether the field is required).
+    """
+    values = combine(values)
+    typ = values.type
+    if pa.types.is_floating(typ) or pa.types.is_integer(typ) or pa.types.is_boolean(typ) or pa.types.is_null(typ):
+        return pc.cast(values, pa.float64(), safe=False), pa.array(np.zeros(len(values), dtype=bool))
+    if is_text_type(typ) or pa.types.is_dictionary(typ):
+        text = pc.utf8_trim_whitespace(values.cast(pa.string()))
+        ok = pc.match_substring_regex(text, r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^(?i:[-+]?(nan|inf|infinity))$")
+        bad = pc.fill_null(pc.invert(ok), False)
+        cleaned = pc.if_else(bad, pa.scalar(None, pa.string()), text)
+        return cleaned.cast(pa.float64()), bad
+    return pa.nulls(len(values), pa.float64()), pc.is_valid(values)
+
+
+def to_steps(values: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """(int64 steps, bad-row mask): integers, integral floats and integer strings are steps."""
+    numbers, bad = to_numbers(values)
+    finite = pc.fill_null(pc.is_finite(numbers), True)
+    integral = pc.fill_null(pc.equal(pc.floor(numbers), numbers), True)
+    bad = pc.or_(bad, pc.invert(pc.and_(finite, integral)))
+    safe = pc.if_else(bad, pa.scalar(None, pa.float64()), numbers)
+    return safe.cast(pa.int64()), bad
+
+
+def map_from_columns(columns: dict[str, pa.Array], value_type: pa.DataType, drop_null: bool, n: int) -> pa.Array:
+    """A map<string, value_type> array whose row i holds {name: columns[name][i]} (vectorised).
+
+    With `drop_null`, null entries are left out of the row's map (grader inputs: a grader that saw nothing).
+    Without it, nulls become NaN for float maps (reward signals: NaN means the signal did not apply).
+    """
+    names = list(columns)
+    typ = pa.map_(pa.string(), value_type)
+    if not names:
+        return pa.MapArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)), pa.array([], pa.string()),
+                                       pa.array([], value_type)).cast(typ)
+    k = len(names)
+    arrays = [pc.cast(combine(columns[name]), value_type, safe=False) for name in names]
+    if pa.types.is_floating(value_type) and not drop_null:
+        matrix = np.column_stack([a.to_numpy(zero_copy_only=False) for a in arrays]).astype(np.float64)
+        items = pa.array(matrix.ravel())
+        keys = pa.array(np.tile(np.array(names, dtype=object), n), pa.string())
+        offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
+        return pa.MapArray.from_arrays(offsets, keys, items).cast(typ)
+    stacked = pa.concat_arrays(arrays)
+    order = (np.arange(k, dtype=np.int64)[None, :] * n + np.arange(n, dtype=np.int64)[:, None]).ravel()
+    key_codes = np.tile(np.arange(k), n)
+    if drop_null:
+        valid = stacked.is_valid().to_numpy(zero_copy_only=False)[order]
+        order, key_codes = order[valid], key_codes[valid]
+        counts = valid.reshape(n, k).sum(axis=1)
+    else:
+        counts = np.full(n, k)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    keys = pc.take(pa.array(names, pa.string()), pa.array(key_codes))
+    items = pc.take(stacked, pa.array(order))
+    return pa.MapArray.from_arrays(pa.array(offsets), keys, items).cast(typ)
+
+
+def metadata_from_columns(table: pa.Table) -> pa.Array:
+    """One JSON object per row from `table`'s columns (null where every field is null). Vectorised in DuckDB."""
+    if table.num_columns == 0:
+        return pa.nulls(table.num_rows, pa.string())
+    names = table.column_names
+    as_json = {f.name for f in table.schema if f.metadata and f.metadata.get(b"rlaudit") == b"json"}
+    fields = ", ".join(f'"{_sql_ident(c)}" := "{_sql_ident(c)}"' + ("::JSON" if c in as_json else "") for c in names)
+    any_valid = " OR ".join(f'"{_sql_ident(c)}" IS NOT NULL' for c in names)
+    out = duck_query(f"SELECT CASE WHEN {any_valid} THEN to_json(struct_pack({fields}))::VARCHAR END AS m "
+                     "FROM src", table)
+    return combine(out.column(0)).cast(pa.string())
+
+
+_DUCK = threading.local()
+
+
+def duck_query(sql: str, table: pa.Table) -> pa.Table:
+    """Run `sql` over `table` (registered as `src`) on this thread's cached DuckDB connection.
+
+    Opening a connection costs ~0.1 s, far more than the JSON encoding of one batch, so each thread keeps one.
+    """
+    con = getattr(_DUCK, "con", None)
+    if con is None:
+        import duckdb
+
+        con = _DUCK.con = duckdb.connect()
+        con.execute("SET threads TO 1")
+    con.register("src", table)
+    try:
+        return con.sql(sql).to_arrow_table()
+    finally:
+        con.unregister("src")
+
+
+def _sql_ident(name: str) -> str:
+    return name.replace('"', '""')
+
+
+# Prompts decoded with skip_special_tokens=True (TRL >= 0.26, verl) lose the chat template's special tokens:
+# ChatML becomes "system\n...\nuser\n...", Llama 3 becomes "system\n\n...user\n\n...". conditions.py knows the
+# templates with their tokens; these patterns recover the system prompt from the decoded forms.
+DECODED_SYSTEM_PATTERNS = [
+    r"(?s)^system\n(?P<sys>.*?)\n(?:user|human)\n",
+    r"(?s)^system\n\n(?:Cutting Knowledge Date:[^\n]*\n(?:Today Date:[^\n]*\n)?\n?)?(?P<sys>.*?)user\n\n",
+]
+
+
+def decoded_system_prompts(prompts: pa.Array) -> pa.Array:
+    """System prompts of chat-template prompts whose special tokens were stripped by decoding (null if none)."""
+    prompts = pc.fill_null(combine(prompts).cast(pa.string()), "")
+    if not pc.any(pc.starts_with(prompts, "system\n")).as_py():
+        return pa.nulls(len(prompts), pa.string())
+    encoded = pc.dictionary_encode(prompts)  # a GRPO batch repeats each prompt: match the distinct ones
+    if len(encoded.dictionary) * 2 <= len(prompts):
+        return pc.take(decoded_system_prompts(encoded.dictionary), encoded.indices)
+    out = pa.nulls(len(prompts), pa.string())
+    for pattern in DECODED_SYSTEM_PATTERNS:
+        found = pc.struct_field(pc.extract_regex(prompts, pattern), "sys")
+        text = pc.utf8_trim_whitespace(found)
+        text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+        out = pc.coalesce(out, text)
+    return out
+
+
+@dataclass
+class Extras:
+    """A table's non-canonical columns, sorted into reward signals, grader inputs and metadata."""
+
+    rewards: dict[str, pa.Array]
+    grader_inputs: dict[str, pa.Array]
+    metadata: pa.Table
+
+
+def classify_extras(table: pa.Table, known: set[str], options: ReadOptions, bool_is_signal: bool) -> Extras:
+    """Sort the columns of `table` not in `known`.
+
+    - a column named in `--grader-input GRADER=COLUMN`, or a text column `<grader>_input`: grader input;
+    - a numeric column (and a boolean one when `bool_is_signal`): a reward signal;
+    - anything else: metadata (JSON per row).
+    """
+    by_column = {column: grader for grader, column in options.grader_inputs.items()}
+    rewards: dict[str, pa.Array] = {}
+    graders: dict[str, pa.Array] = {}
+    meta: dict[str, pa.Array] = {}
+    for name in table.column_names:
+        if name in known or name == "line" or name.startswith("__index_level_"):
+            continue
+        values = combine(table.column(name))
+        typ = values.type
+        if name in by_column:
+            graders[by_column[name]] = as_text(values) if _text_like(typ) else values.cast(pa.string())
+        elif name.endswith("_input") and len(name) > len("_input") and _text_like(typ):
+            graders.setdefault(name[: -len("_input")], as_text(values))
+        elif pa.types.is_integer(typ) or pa.types.is_floating(typ) or (bool_is_signal and pa.types.is_boolean(typ)):
+            rewards[name] = pc.cast(values, pa.float64(), safe=False)
+        else:
+            meta[name] = values
+    schema = pa.schema([table.schema.field(name) for name in meta])
+    metadata = pa.Table.from_arrays(list(meta.values()), schema=schema) if meta else \
+        pa.table({"_": pa.nulls(table.num_rows)}).drop(["_"])
+    return Extras(rewards, graders, metadata)
+
+
+def _text_like(typ: pa.DataType) -> bool:
+    return is_text_type(typ) or pa.types.is_dictionary(typ) or is_message_list_type(typ)
+
+
+def missing_graders(options: ReadOptions, table: pa.Table, file: SourceFile) -> None:
+    """--grader-input names a column the file does not have: a user mistake worth an error, not silence."""
+    absent = sorted(c for c in options.grader_inputs.values() if c not in table.column_names)
+    if absent:
+        from ..errors import RlauditError
+
+        raise RlauditError(f"{file.relpath}: --grader-input column(s) {absent} not found; the file has "
+                           f"{', '.join(table.column_names)}")

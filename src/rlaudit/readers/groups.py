@@ -1,0 +1,90 @@
+"""Prompt groups for trainers that log no group id: runs of identical prompts (TRL) or keyed sets (verl)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .messages import combine
+
+
+class ConsecutiveGroups:
+    """Prompt groups as runs of consecutive identical prompts, split at `group_size` (TRL's layout).
+
+    Stateful across the batches of one file, so a group cut by a batch boundary stays one group.
+    group_id is "<step>:<index of the group in the file>" and sample_index the position in the group.
+    """
+
+    def __init__(self, group_size: int | None):
+        self.group_size = group_size
+        self.last_prompt: str | None = None
+        self.last_group = -1
+        self.last_pos = -1
+
+    def assign(self, prompts: pa.Array, steps: pa.Array) -> tuple[pa.Array, pa.Array]:
+        n = len(prompts)
+        if n == 0:
+            return pa.array([], pa.string()), pa.array([], pa.int32())
+        prompts = pc.fill_null(combine(prompts).cast(pa.string()), "")
+        prev = pa.concat_arrays([pa.array([self.last_prompt], pa.string()), prompts.slice(0, n - 1)])
+        new_run = pc.fill_null(pc.not_equal(prompts, prev), True).to_numpy(zero_copy_only=False)
+        idx = np.arange(n)
+        run_start = np.maximum.accumulate(np.where(new_run, idx, -1))
+        continues = run_start < 0  # rows continuing the previous batch's run
+        pos = np.where(continues, self.last_pos + 1 + idx, idx - run_start)
+        if self.group_size:
+            new_group = new_run | (pos % self.group_size == 0)
+            sample = pos % self.group_size
+        else:
+            new_group = new_run
+            sample = pos
+        group = self.last_group + np.cumsum(new_group)
+        self.last_prompt = prompts[n - 1].as_py()
+        self.last_group, self.last_pos = int(group[-1]), int(pos[-1])
+        group_id = pc.binary_join_element_wise(steps.cast(pa.string()), pa.array(group).cast(pa.string()), ":")
+        return group_id, pa.array(sample.astype(np.int32))
+
+
+class KeyedGroups:
+    """Prompt groups keyed by a value (verl's uid, or the prompt text when uid is absent).
+
+    All rows of one file with the same key form one group wherever they are in the file (verl's balance_batch
+    reorders rows, so identical prompts need not be adjacent); `group_size` splits larger groups in file order.
+    Stateful across the batches of one file.
+    """
+
+    def __init__(self, group_size: int | None, use_key_in_id: bool):
+        self.group_size = group_size
+        self.use_key_in_id = use_key_in_id
+        self.codes: dict[str, int] = {}
+        self.counts = np.zeros(0, dtype=np.int64)
+
+    def assign(self, keys: pa.Array, steps: pa.Array) -> tuple[pa.Array, pa.Array]:
+        n = len(keys)
+        if n == 0:
+            return pa.array([], pa.string()), pa.array([], pa.int32())
+        keys = pc.fill_null(combine(keys).cast(pa.string()), "")
+        encoded = pc.dictionary_encode(keys)
+        local = encoded.indices.to_numpy(zero_copy_only=False)
+        mapping = np.array([self.codes.setdefault(k, len(self.codes)) for k in encoded.dictionary.to_pylist()],
+                           dtype=np.int64)
+        codes = mapping[local]
+        if len(self.counts) < len(self.codes):
+            self.counts = np.concatenate([self.counts, np.zeros(len(self.codes) - len(self.counts), np.int64)])
+        order = np.argsort(codes, kind="stable")
+        sorted_codes = codes[order]
+        starts = np.r_[True, sorted_codes[1:] != sorted_codes[:-1]]
+        first = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n) - first
+        pos = self.counts[codes] + rank
+        np.add.at(self.counts, codes, 1)
+        label = keys if self.use_key_in_id else pa.array(codes).cast(pa.string())
+        group_id = pc.binary_join_element_wise(steps.cast(pa.string()), label, ":")
+        if self.group_size:
+            sub = pos // self.group_size
+            group_id = pc.if_else(pa.array(sub > 0), pc.binary_join_element_wise(
+                group_id, pa.array(sub).cast(pa.string()), "/"), group_id)
+            pos = pos % self.group_size
+        return group_id, pa.array(pos.astype(np.int32))

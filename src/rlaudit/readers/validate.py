@@ -1,0 +1,117 @@
+"""Row validation for raw reader batches: each problem names the field and what was expected."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .base import ReadContext, SourceFile
+from .columns import to_numbers, to_steps
+from .messages import as_text, combine, is_message_list_type, is_text_type
+
+
+def report_bad_rows(bad: pa.Array, reasons: pa.Array | str, lines: pa.Array, file: SourceFile,
+                    ctx: ReadContext, raw: pa.Array | None = None) -> None:
+    """Report every row flagged in `bad` (a loop over the bad rows only)."""
+    idx = np.flatnonzero(pc.fill_null(bad, False).to_numpy(zero_copy_only=False))
+    line_list = lines.to_pylist()
+    reason_list = reasons.to_pylist() if isinstance(reasons, pa.Array) else None
+    raw_list = raw.to_pylist() if raw is not None and len(idx) else None
+    for i in idx:
+        reason = reason_list[i] if reason_list is not None else reasons
+        ctx.bad(file, line_list[i], reason, (str(raw_list[i])[:2000] if raw_list else ""))
+
+
+class Validator:
+    """Accumulates per-row problems of one raw batch, reports them, and drops the bad rows.
+
+    Each check names the field and what was expected, so the quarantine reads like
+    "field 'score': expected a number, got 'abc'".
+    """
+
+    def __init__(self, table: pa.Table, lines: pa.Array, file: SourceFile, ctx: ReadContext):
+        self.table, self.lines, self.file, self.ctx = table, lines, file, ctx
+        self.reason = pa.nulls(table.num_rows, pa.string())
+
+    def flag(self, bad: pa.Array, reason: str | pa.Array) -> None:
+        bad = pc.fill_null(bad, False)
+        if not pc.any(bad).as_py():
+            return
+        reason = reason if isinstance(reason, pa.Array) else pa.array([reason] * len(bad), pa.string())
+        self.reason = pc.coalesce(self.reason, pc.if_else(bad, reason, pa.scalar(None, pa.string())))
+
+    def require(self, name: str, values: pa.Array | None) -> None:
+        if values is None:
+            self.flag(pa.array(np.ones(self.table.num_rows, dtype=bool)), f"missing required field {name!r}")
+        else:
+            self.flag(pc.is_null(values), f"missing required field {name!r} (absent or null)")
+
+    def number(self, name: str, values: pa.Array | None, required: bool = False) -> pa.Array | None:
+        if values is None:
+            if required:
+                self.require(name, None)
+            return None
+        numbers, bad = to_numbers(values)
+        if pc.any(bad).as_py():
+            self.flag(bad, self._got(name, "a number", values))
+        if required:
+            self.flag(pc.and_(pc.is_null(numbers), pc.invert(bad)), f"missing required field {name!r} (absent or null)")
+        return numbers
+
+    def step(self, name: str, values: pa.Array | None) -> pa.Array | None:
+        if values is None:
+            return None
+        steps, bad = to_steps(values)
+        if pc.any(bad).as_py():
+            self.flag(bad, self._got(name, "an integer step", values))
+        return steps
+
+    def text(self, name: str, values: pa.Array | None, required: bool = False) -> pa.Array | None:
+        if values is None:
+            if required:
+                self.require(name, None)
+            return None
+        values = combine(values)
+        typ = values.type
+        if not (is_text_type(typ) or pa.types.is_dictionary(typ) or is_message_list_type(typ)):
+            self.flag(pc.is_valid(values), f"field {name!r}: expected text or a list of chat messages, "
+                                            f"got {_type_name(typ)}")
+            values = pa.nulls(len(values), pa.string())
+        else:
+            values = as_text(values)
+        if required:
+            self.require(name, values)
+        return values
+
+    def _got(self, name: str, expected: str, values: pa.Array) -> pa.Array:
+        shown = pc.utf8_slice_codeunits(combine(values).cast(pa.string()), 0, 80) if _castable_to_str(values) \
+            else pa.array([_type_name(values.type)] * len(values), pa.string())
+        return pc.binary_join_element_wise(pa.scalar(f"field {name!r}: expected {expected}, got "),
+                                           pc.fill_null(shown, "null"), "")
+
+    def done(self) -> tuple[pa.Table, pa.Array, pa.Array]:
+        """(good rows, their line numbers, keep mask) after reporting the bad ones."""
+        bad = pc.is_valid(self.reason)
+        if pc.any(bad).as_py():
+            report_bad_rows(bad, self.reason, self.lines, self.file, self.ctx)
+        keep = pc.invert(bad)
+        return self.table.filter(keep), self.lines.filter(keep), keep
+
+
+def _castable_to_str(values: pa.Array) -> bool:
+    t = values.type
+    return is_text_type(t) or pa.types.is_dictionary(t) or pa.types.is_integer(t) or pa.types.is_floating(t) \
+        or pa.types.is_boolean(t)
+
+
+def _type_name(typ: pa.DataType) -> str:
+    if pa.types.is_struct(typ) or pa.types.is_map(typ):
+        return "an object"
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        return "a list"
+    if pa.types.is_boolean(typ):
+        return "a boolean"
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ):
+        return "a number"
+    return str(typ)
