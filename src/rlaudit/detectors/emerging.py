@@ -253,8 +253,11 @@ def candidates(scope: Scope, where: str) -> Candidates | None:
     per_step = con.execute(f"SELECT si, count(*) AS n FROM sc WHERE {filt} GROUP BY si").fetchnumpy()
     n_all[np.asarray(per_step["si"], dtype=np.int64)] = per_step["n"]
     n = np.repeat(n_all[None], k, axis=0)
-    in_prompt = con.execute(f"""SELECT idx, si, count(*) AS m
-        FROM (SELECT si, unnest(prompt_terms) AS term_id FROM sc WHERE {filt}) JOIN row_of USING (term_id)
+    # a prompt's terms are the same for all its rollouts: unnest once per (step, prompt)
+    in_prompt = con.execute(f"""SELECT idx, si, sum(k) AS m
+        FROM (SELECT si, k, unnest(pt) AS term_id FROM (
+                SELECT si, prompt_key, count(*) AS k, any_value(prompt_terms) AS pt FROM sc WHERE {filt}
+                GROUP BY si, prompt_key)) JOIN row_of USING (term_id)
         GROUP BY ALL""").fetchnumpy()
     n[np.asarray(in_prompt["idx"], dtype=np.int64), np.asarray(in_prompt["si"], dtype=np.int64)] -= in_prompt["m"]
     x = np.zeros((k, t))
