@@ -27,6 +27,7 @@ def test_behaviour_names_by_term_alias_or_phrase_words():
     assert names_behaviour(F("emerging_behavior", behavior="goblin", terms=["goblin"]), issue)
     assert names_behaviour(F("emerging_behavior", behavior_spec=r"re:\bgremlins?\b"), issue)
     assert names_behaviour(F("emerging_behavior", behavior="this one", terms=["this one"]), issue)  # in a phrasing
+    assert names_behaviour(F("reward_attribution", behavior="this one"), issue)  # no terms: its behaviour name
     assert names_behaviour(F("emerging_behavior", behavior="exclamation", terms=["!"]), issue)
     assert not names_behaviour(F("emerging_behavior", behavior="hobgoblins", terms=["hobgoblins"]), issue)
     assert not names_behaviour(F("emerging_behavior", behavior="this", terms=["this", "python"]), issue)
