@@ -172,3 +172,28 @@ def test_background_heavy_audits_do_not_hold_up_training(store, tmp_path, test_d
     assert len(hook.auditor.heavy_runs) >= 2 and hook.auditor.heavy_runs[-1][0] == 15
     goblin = [a for a in hook.alerts if a.kind == "emerging_behavior"]
     assert goblin and goblin[0].step <= 15
+
+
+def test_cot_exposure_is_alerted_in_the_step_it_appears(store, tmp_path):
+    """The real cot_grading scan runs on each new step alone (heavy detectors off here)."""
+    cfg = LiveConfig(detectors=[], background=False)
+    hook = LiveHook(store, "cot", config=cfg, alerts=AlertManager([JsonlSink(tmp_path / "alerts.jsonl")]))
+    import numpy as np
+
+    words = np.array("compare subtract larger smaller sign result check carry digit write first then next "
+                     "number total answer because so add multiply divide remainder round half".split())
+    rng = np.random.default_rng(0)
+
+    def batch(step: int, leak: bool) -> list:
+        thoughts = [" ".join(rng.choice(words, 30)) for _ in range(8)]  # each rollout reasons its own way
+        completions = [f"<think>{t}</think>the answer is {i}" for i, t in enumerate(thoughts)]
+        judge = [c if leak else c.split("</think>")[1] for c in completions]  # the bug: the judge sees it all
+        return hook.log_rollouts(step, [f"user: question {i}" for i in range(8)], completions,
+                                 {"judge": [1.0] * 8}, group_ids=[0] * 8, grader_inputs={"judge": judge})
+
+    quiet = [a for s in range(1, 4) for a in batch(s, leak=False)]
+    leaked = batch(4, leak=True)
+    assert hook.errors == []
+    assert not [a for a in quiet if a.kind == "cot_grading"]
+    cot = [a for a in leaked if a.kind == "cot_grading"]
+    assert cot and cot[0].step == 4 and cot[0].finding["grader"] == "judge"

@@ -4,11 +4,12 @@ Each training step brings new rows (appended by a hook, or ingested from trainer
 then does two kinds of work, both with a cost that does not grow with the length of the run:
 
 - *every step*, on the new step's rows only: the per-step detectors (`LiveConfig.every_step`, by default the CoT
-  grading scan: did a grader see reasoning in this step?) and the tracking of behaviours already flagged
+  grading scan: did a grader see reasoning in this step? skipped for steps without grader inputs) and the tracking of behaviours already flagged
   (`tracking.BehaviorTracker`: per-condition prevalence counts, spread test);
 - *every `every` steps* (and at the end), all detectors (emerging behaviours, attribution, generalization,
   the CoT screen...) on a bounded sample of the run (`sampling.StepSample`: first, evenly spread and latest
-  steps), through a read-only `StoreView`, so they run unchanged.
+  steps), through a read-only `StoreView`, so they run unchanged; by default in a worker thread at a lower
+  CPU priority, so training does not wait for them.
 
 Findings go to an `AlertManager`, which alerts once per finding key. Nothing here may stop training: every
 public method catches exceptions, logs them (each distinct failure once, then counts it) and returns.
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import threading
 import time
 import traceback
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ..conditions import ConditionLabeler, ConditionRule
 from ..detectors import DETECTORS, AuditConfig, ordered, run_detectors
@@ -186,12 +190,27 @@ class LiveAuditor:
 
     def _every_step(self, view: StoreView, step: int) -> list[Finding]:
         found: list[Finding] = []
-        names = [n for n in self.config.every_step if n in _registered()]
+        names = [n for n in self.config.every_step if n in _registered() and self._applies(n, view)]
         if names:
             found += run_detectors(view, self.run, self._audit_config(step, names, self.config.every_step_options))
         if self.config.track and self.tracker.tracked:
             self.tracker.update(view, self.run)
         return found
+
+    def _applies(self, detector: str, view: StoreView) -> bool:
+        """Whether a per-step detector has anything to look at in the new rows. The CoT scan needs grader
+        inputs (logged, or captured and merged); skipping it otherwise saves a database connection per step."""
+        if detector != "cot_grading":
+            return True
+        from ..capture import captured_inputs_path
+
+        if captured_inputs_path(self.store, self.run).is_file():
+            return True
+        for path in view.parts(self.run):
+            inputs = pq.read_table(path, columns=["grader_inputs"]).column("grader_inputs")
+            if any(len(c) and c.offsets[-1].as_py() > c.offsets[0].as_py() for c in inputs.chunks):
+                return True  # some row has at least one (grader, input) entry
+        return False
 
     def _heavy(self, step: int, parts: list[Any]) -> tuple[list[Finding], float]:
         """Run the heavy detectors on a bounded view; touches no shared state (it may run in a thread)."""
@@ -239,7 +258,8 @@ class LiveAuditor:
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlaudit-audit")
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlaudit-audit",
+                                                initializer=_lower_priority)
         return self._executor
 
     def _audit_config(self, step: int, detectors: list[str],
@@ -275,6 +295,15 @@ class LiveAuditor:
     # ------------------------------------------------------------------ introspection
     def tracked_prevalence(self) -> dict[str, dict[str, float]]:
         return self.tracker.snapshot()
+
+
+def _lower_priority() -> None:
+    """Run the audit thread (and the threads it starts, e.g. DuckDB's) at a lower CPU priority than training:
+    on a busy machine the trainer gets the cores first. Linux sets nice values per thread; elsewhere a no-op."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
 
 
 def _registered() -> list[str]:
