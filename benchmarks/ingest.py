@@ -15,6 +15,9 @@ For each format it writes a synthetic run in the trainer's layout into a temp di
 - ingest: `Store(tmp).ingest(dir)` into an empty store (parse, validate, group, split reasoning, label
   conditions, write zstd Parquet parts).
 
+CPU seconds (all threads, from getrusage) are printed next to wall time: on a shared machine they are the less
+noisy comparison.
+
 Peak memory is the subprocess's ru_maxrss minus its RSS after imports. The ratio is ingest rows/s divided by
 bare-read rows/s (target >= 0.33). Memory is reported at two run sizes to show it does not grow with the run.
 """
@@ -111,6 +114,7 @@ def _measure(kind: str, fmt: str, path: str) -> dict:
     from rlaudit.store import Store
 
     base_rss = _rss_now()
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
     files = sorted(Path(path).rglob("*.parquet" if fmt == "trl" else "*.jsonl"))
     size = sum(f.stat().st_size for f in files)
     t0 = time.perf_counter()
@@ -127,8 +131,10 @@ def _measure(kind: str, fmt: str, path: str) -> dict:
             seconds = time.perf_counter() - t0
             parts = sum(p.stat().st_size for p in Path(store_dir).rglob("*.parquet"))
     seconds = time.perf_counter() - t0 if kind == "bare" else seconds
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"rows": rows, "seconds": seconds, "bytes": size, "peak_rss": peak, "base_rss": base_rss,
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    peak = usage.ru_maxrss * 1024
+    cpu = (usage.ru_utime - usage0.ru_utime) + (usage.ru_stime - usage0.ru_stime)  # all threads
+    return {"rows": rows, "seconds": seconds, "cpu": cpu, "bytes": size, "peak_rss": peak, "base_rss": base_rss,
             "arrow_peak": pa.default_memory_pool().max_memory(), "store_bytes": parts if kind == "ingest" else 0}
 
 
@@ -163,8 +169,10 @@ def main() -> None:
     rows = 100_000 if args.quick else args.rows
     small = max(ROWS_PER_STEP, rows // 4)
     print(f"ingest benchmark: {rows:,} rollouts per format ({ROWS_PER_STEP} per step), memory also at {small:,}")
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpu(s)\n")
-    header = f"{'format':6s} {'what':6s} {'rows':>10s} {'seconds':>8s} {'rows/s':>10s} {'MB/s':>8s} {'peak RSS':>10s}"
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpu(s), load average {os.getloadavg()[0]:.1f} "
+          "(other processes on the machine slow both measurements; the ratios are what compare)\n")
+    header = (f"{'format':6s} {'what':6s} {'rows':>10s} {'seconds':>8s} {'cpu s':>7s} {'rows/s':>10s} {'MB/s':>8s} "
+              f"{'peak RSS':>10s}")
     summary = []
     for fmt in args.formats.split(","):
         with tempfile.TemporaryDirectory() as tmp:
@@ -177,11 +185,13 @@ def main() -> None:
             bare = measure("bare", fmt, path)
             ingest = measure("ingest", fmt, path)
             for what, m in (("bare", bare), ("ingest", ingest)):
-                print(f"{fmt:6s} {what:6s} {m['rows']:>10,} {m['seconds']:>8.2f} {m['rows'] / m['seconds']:>10,.0f} "
+                print(f"{fmt:6s} {what:6s} {m['rows']:>10,} {m['seconds']:>8.2f} {m['cpu']:>7.1f} "
+                      f"{m['rows'] / m['seconds']:>10,.0f} "
                       f"{m['bytes'] / 1e6 / m['seconds']:>8.1f} {_mb(m['peak_rss'] - m['base_rss']):>10s}")
             ratio = (ingest["rows"] / ingest["seconds"]) / (bare["rows"] / bare["seconds"])
-            print(f"{fmt}: ingest speed / bare read speed = {ratio:.2f} (target >= 0.33); store size "
-                  f"{_mb(ingest['store_bytes'])}")
+            cpu_ratio = bare["cpu"] / ingest["cpu"]
+            print(f"{fmt}: ingest speed / bare read speed = {ratio:.2f} (target >= 0.33); in CPU time "
+                  f"{cpu_ratio:.2f}; store size {_mb(ingest['store_bytes'])}; load average {os.getloadavg()[0]:.1f}")
         with tempfile.TemporaryDirectory() as tmp:
             path = generate(fmt, Path(tmp), small, seed=1)
             small_m = measure("ingest", fmt, path)

@@ -139,11 +139,16 @@ def finalize(raw: pa.Table, file: SourceFile, ctx: ReadContext) -> pa.Table:
     def col(name: str) -> pa.Array | None:
         if name not in raw.column_names:
             return None
-        c = raw.column(name)
-        return c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+        return combine(raw.column(name))
 
     def const(value: Any, typ: pa.DataType) -> pa.Array:
-        return pa.array([value] * n, typ) if value is not None else pa.nulls(n, typ)
+        return pa.repeat(pa.scalar(value, typ), n) if value is not None else pa.nulls(n, typ)
+
+    def text(name: str) -> pa.Array:
+        values = col(name)
+        if values is None:
+            return const("", pa.string())
+        return pc.fill_null(values, "") if values.null_count else values
 
     lines = col("line")
     if lines is None:
@@ -165,13 +170,13 @@ def finalize(raw: pa.Table, file: SourceFile, ctx: ReadContext) -> pa.Table:
     cols["split"] = pc.fill_null(col("split") or const(None, pa.string()), file.split)
     cols["group_id"] = col("group_id") if col("group_id") is not None else const(None, pa.string())
     cols["sample_index"] = col("sample_index") if col("sample_index") is not None else const(None, pa.int32())
-    prompt = pc.fill_null(col("prompt") if col("prompt") is not None else const("", pa.string()), "")
+    prompt = text("prompt")
     condition, system_prompt = _assign_conditions(ctx.labeler, prompt.cast(pa.string()), col("system_prompt"))
     cols["condition"] = condition
     cols["system_prompt"] = system_prompt
     cols["task"] = col("task") if col("task") is not None else const(None, pa.string())
     cols["prompt"] = prompt
-    completion = pc.fill_null(col("completion") if col("completion") is not None else const("", pa.string()), "")
+    completion = text("completion")
     reasoning, answer = split_reasoning_fast(completion, ctx.options.think_tags)
     given_reasoning, given_answer = col("reasoning"), col("answer")
     if given_reasoning is not None:  # formats that log reasoning separately win over the tag split
@@ -286,7 +291,9 @@ def split_reasoning_fast(completions: pa.Array, tags: ThinkTags) -> tuple[pa.Arr
     splitting once at the first closing tag (`split_pattern`, a substring search) and trimming the opening tag
     with a prefix test is several times faster. tests/readers/test_text_split.py checks that both agree.
     """
-    completions = pc.fill_null(combine(completions).cast(pa.string()), "")
+    completions = combine(completions).cast(pa.string())
+    if completions.null_count:
+        completions = pc.fill_null(completions, "")
     null_str = pa.scalar(None, pa.string())
     parts = pc.split_pattern(completions, pattern=tags.close, max_splits=1)
     closed = pc.equal(pc.list_value_length(parts), 2)

@@ -29,7 +29,7 @@ from . import register
 from .base import ReadContext, Reader, SourceFile, prefetch
 from .columns import classify_extras, duck_query, map_from_columns, metadata_from_columns
 from .messages import combine, completion_columns, is_message_list_type
-from .validate import Validator
+from .validate import RowFilter, Validator
 from .jsonl import read_json_chunks
 
 BATCH_ROWS = 32_768
@@ -124,11 +124,11 @@ class CanonicalReader(Reader):
         if not len(lines):
             return None
         n = len(lines)
-        raw = {k: a.filter(keep) for k, a in raw.items()}
-        raw["rewards"] = _merge_maps(rewards.filter(keep) if rewards is not None else None,
-                                     {k: a.filter(keep) for k, a in extras.rewards.items()}, pa.float64(), False, n)
-        raw["grader_inputs"] = _merge_maps(graders.filter(keep) if graders is not None else None,
-                                           {k: a.filter(keep) for k, a in extras.grader_inputs.items()},
+        raw = {k: keep(a) for k, a in raw.items()}
+        raw["rewards"] = _merge_maps(keep(rewards) if rewards is not None else None,
+                                     {k: keep(a) for k, a in extras.rewards.items()}, pa.float64(), False, n)
+        raw["grader_inputs"] = _merge_maps(keep(graders) if graders is not None else None,
+                                           {k: keep(a) for k, a in extras.grader_inputs.items()},
                                            pa.string(), True, n)
         raw["metadata"] = _metadata(col("metadata"), extras.metadata, keep)
         raw["line"] = lines
@@ -228,12 +228,12 @@ def _concat_lists(a: pa.ListArray, b: pa.ListArray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(out_offsets.astype(np.int32)), flat)
 
 
-def _metadata(given: pa.Array | None, extra: pa.Table, keep: pa.Array) -> pa.Array:
+def _metadata(given: pa.Array | None, extra: pa.Table, keep: RowFilter) -> pa.Array:
     """The record's own `metadata` (an object or JSON text) with the leftover fields merged in at top level."""
-    extra_json = metadata_from_columns(extra.filter(keep))
+    extra_json = metadata_from_columns(keep(extra))
     if given is None or pa.types.is_null(given.type):
         return extra_json
-    given = given.filter(keep)
+    given = keep(given)
     if pa.types.is_string(given.type) or pa.types.is_large_string(given.type):
         # JSON object text merges; any other text is kept as {"metadata": text}
         g = "CASE WHEN json_valid(g) AND json_type(g::JSON) = 'OBJECT' THEN g::JSON ELSE to_json({'metadata': g}) END"

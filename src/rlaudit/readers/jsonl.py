@@ -12,7 +12,6 @@ as an Arrow table plus the 1-based line number of each row, so memory is bounded
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -87,7 +86,7 @@ def _fast_parse(data: bytes, n_lines: int, kinds: FieldKinds) -> pa.Table | None
     if b"\n\n" in data or b"\n\r\n" in data or data.startswith(b"\n"):  # blank lines would shift line numbers
         return None
     try:
-        table = pj.read_json(io.BytesIO(data), read_options=pj.ReadOptions(block_size=max(1 << 20, len(data) // 4)),
+        table = pj.read_json(pa.BufferReader(data), read_options=pj.ReadOptions(block_size=1 << 20),
                              parse_options=pj.ParseOptions(newlines_in_values=False))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return None

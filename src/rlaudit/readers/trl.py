@@ -135,14 +135,14 @@ class TrlReader(Reader):
         _, lines, keep = v.done()
         if not len(lines):
             return None
-        raw = {k: a.filter(keep) for k, a in raw.items()}
-        signals = {k: a.filter(keep) for k, a in extras.rewards.items()}
+        raw = {k: keep(a) for k, a in raw.items()}
+        signals = {k: keep(a) for k, a in extras.rewards.items()}
         n = len(lines)
         raw["rewards"] = map_from_columns(signals, pa.float64(), drop_null=False, n=n)
         raw["reward"] = _nansum(signals, n)
-        raw["grader_inputs"] = map_from_columns({k: a.filter(keep) for k, a in extras.grader_inputs.items()},
+        raw["grader_inputs"] = map_from_columns({k: keep(a) for k, a in extras.grader_inputs.items()},
                                                 pa.string(), drop_null=True, n=n)
-        raw["metadata"] = metadata_from_columns(extras.metadata.filter(keep))
+        raw["metadata"] = metadata_from_columns(keep(extras.metadata))
         raw["group_id"], raw["sample_index"] = groups.assign(raw["prompt"], raw["step"])
         raw["system_prompt"] = decoded_system_prompts(raw["prompt"])
         raw["line"] = lines

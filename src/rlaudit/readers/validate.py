@@ -90,13 +90,24 @@ class Validator:
         return pc.binary_join_element_wise(pa.scalar(f"field {name!r}: expected {expected}, got "),
                                            pc.fill_null(shown, "null"), "")
 
-    def done(self) -> tuple[pa.Table, pa.Array, pa.Array]:
-        """(good rows, their line numbers, keep mask) after reporting the bad ones."""
+    def done(self) -> tuple[pa.Table, pa.Array, RowFilter]:
+        """(good rows, their line numbers, the filter that keeps the good rows of any parallel column)."""
         bad = pc.is_valid(self.reason)
-        if pc.any(bad).as_py():
-            report_bad_rows(bad, self.reason, self.lines, self.file, self.ctx)
-        keep = pc.invert(bad)
-        return self.table.filter(keep), self.lines.filter(keep), keep
+        if not pc.any(bad).as_py():
+            return self.table, self.lines, RowFilter(None)
+        report_bad_rows(bad, self.reason, self.lines, self.file, self.ctx)
+        keep = RowFilter(pc.invert(bad))
+        return keep(self.table), keep(self.lines), keep
+
+
+class RowFilter:
+    """Keeps the good rows of a column or table; a no-op (no copy) when every row is good."""
+
+    def __init__(self, mask: pa.Array | None):
+        self.mask = mask
+
+    def __call__(self, values):
+        return values if self.mask is None else values.filter(self.mask)
 
 
 def _castable_to_str(values: pa.Array) -> bool:

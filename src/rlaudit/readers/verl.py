@@ -97,17 +97,17 @@ class VerlReader(Reader):
             _, lines, keep = v.done()
             if not len(lines):
                 continue
-            raw = {k: a.filter(keep) for k, a in raw.items()}
-            signals = {k: a.filter(keep) for k, a in signals.items()}
+            raw = {k: keep(a) for k, a in raw.items()}
+            signals = {k: keep(a) for k, a in signals.items()}
             if groups is None:
                 groups = KeyedGroups(ctx.options.group_size, use_key_in_id=uid is not None)
-            key = uid.filter(keep).cast(pa.string()) if uid is not None else raw["prompt"]
+            key = keep(uid).cast(pa.string()) if uid is not None else raw["prompt"]
             raw["group_id"], raw["sample_index"] = groups.assign(key, raw["step"])
             raw["system_prompt"] = decoded_system_prompts(raw["prompt"])
             raw["rewards"] = map_from_columns(signals, pa.float64(), drop_null=False, n=len(lines))
-            raw["grader_inputs"] = map_from_columns({k: a.filter(keep) for k, a in extras.grader_inputs.items()},
+            raw["grader_inputs"] = map_from_columns({k: keep(a) for k, a in extras.grader_inputs.items()},
                                                     pa.string(), drop_null=True, n=len(lines))
-            raw["metadata"] = metadata_from_columns(extras.metadata.filter(keep))
+            raw["metadata"] = metadata_from_columns(keep(extras.metadata))
             raw["line"] = lines
             yield pa.table(raw)
 
