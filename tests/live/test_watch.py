@@ -81,3 +81,39 @@ def test_cli_watch_bad_options(tmp_path):
     assert isinstance(res.exception, RlauditError) and "http" in str(res.exception)
     res = CliRunner().invoke(app, ["watch", str(tmp_path), "--every", "0", "--max-polls", "1"])
     assert isinstance(res.exception, RlauditError) and ">= 1 step" in str(res.exception)
+
+
+def test_watch_follows_verl_dumps_and_a_file_that_grows(store, tmp_path, test_detectors):
+    """verl writes {step}.jsonl per step; a file caught half-written is re-read once complete."""
+    from .helpers import step_batch
+
+    dump = tmp_path / "rollout_data"
+
+    def lines(step: int) -> list[str]:
+        b = step_batch(step, 6, rate(step))
+        return [json.dumps({"input": f"system\n{p[0]['content']}\nuser\n{p[1]['content']}", "output": c,
+                            "score": t, "acc": t, "step": step})
+                for p, c, t in zip(b["prompts"], b["completions"], b["rewards"]["task"])]
+
+    polls = iter(range(1, 100))
+
+    def trainer_step(_seconds: float) -> None:
+        poll = next(polls)
+        if poll > 13:
+            return
+        if poll == 12:  # the last file is caught half-written ...
+            (dump / "12.jsonl").write_text("\n".join(lines(12)[:6]) + "\n")
+            return
+        step = 12 if poll == 13 else poll  # ... and complete at the next poll
+        dump.mkdir(exist_ok=True)
+        (dump / f"{step}.jsonl").write_text("\n".join(lines(step)) + "\n")
+
+    trainer_step(0)
+    result = watch(dump, store, run="verl", interval=0, max_polls=14, sleep=trainer_step,
+                   config=LiveConfig(detectors=["test_goblin"], every_step=(), every=2, background=False),
+                   alerts=AlertManager([JsonlSink(tmp_path / "alerts.jsonl")]))
+    assert result.steps == (1, 12) and store.summary("verl").format == "verl"
+    per_step = store.query("SELECT step, count(*) AS n FROM rollouts GROUP BY step", runs=["verl"]).to_pydict()
+    assert set(per_step["n"]) == {12}  # the re-read replaced the half file's rows, nothing doubled
+    assert any(a.kind == "emerging_behavior" for a in result.alerts)
+    assert result.auditor.errors == []
