@@ -392,6 +392,7 @@ def test_bootstrap_normal_limit_matches_poisson_resampling():
     assert np.quantile(r_normal, 0.975) == pytest.approx(np.quantile(r_exact, 0.975), abs=0.2 * r_exact.std())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["trl", "verl", "prime-rl"])
 def test_simulated_trainer_logs_through_the_readers(tmp_path, store, fmt):
     """The goblin scenario written as a real trainer's logs (TRL parquet, verl JSONL with score + extra keys,
