@@ -48,7 +48,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .cot_stats import benjamini_hochberg, bootstrap_mean_ci, wilson_interval
+from .cot_stats import bootstrap_mean_ci, wilson_interval
+from .stats import benjamini_hochberg
 from .errors import RlauditError
 from .text import ThinkTags
 

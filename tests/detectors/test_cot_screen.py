@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from cot_synth import make_run
 
 from rlaudit.audit import audit_store
-from rlaudit.cot_stats import benjamini_hochberg
 from rlaudit.detectors import AuditConfig
 
 
@@ -72,9 +70,3 @@ def test_signals_covered_by_the_scan_are_not_screened(store):
     found = audit_store(store, ["both"], AuditConfig(detectors=["cot_grading"])).of_kind("cot_grading")
     assert all(f["method"] == "scan" for f in found)  # clean grader inputs: no finding at all
     assert found == []
-
-
-def test_benjamini_hochberg_matches_definition():
-    p = np.array([0.01, 0.04, 0.03, 0.2])
-    q = benjamini_hochberg(p)
-    assert q.tolist() == pytest.approx([0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.2])  # step-up: min(0.06, 0.0533)

@@ -59,3 +59,14 @@ def test_reformatting_never_changes_the_shingles(words, separators):
                           for i, w in enumerate(words))
     assert _keys([plain], 3)[0] == _keys([reformatted], 3)[0]
     assert [t for t, _, _ in token_spans(reformatted)] == words
+
+
+def test_interval_helpers():
+    from rlaudit.cot_stats import bootstrap_mean_ci, wilson_interval
+
+    lo, hi = wilson_interval(0, 50)
+    assert abs(lo) < 1e-12 and 0.05 < hi < 0.09  # Wilson upper bound for 0/50 is about 0.071
+    lo, hi = wilson_interval(30, 100)
+    assert lo < 0.3 < hi and hi - lo < 0.2
+    lo, hi = bootstrap_mean_ci(np.r_[np.zeros(50), np.ones(50)])
+    assert lo < 0.5 < hi and hi - lo < 0.25

@@ -29,7 +29,8 @@ import numpy as np
 import pyarrow as pa
 from scipy import stats
 
-from ..cot_stats import benjamini_hochberg, wilson_interval
+from ..cot_stats import wilson_interval
+from ..stats import benjamini_hochberg
 from ..findings import Evidence, Finding
 from ..shingles import Vocabulary, normalized_tokens
 
