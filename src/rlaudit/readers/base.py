@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -285,25 +286,30 @@ def prefetch(items: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
 
 
 def split_reasoning_fast(completions: pa.Array, tags: ThinkTags) -> tuple[pa.Array, pa.Array]:
-    """`rlaudit.text.split_reasoning` (same rules, same output) without regular expressions.
+    """`rlaudit.text.split_reasoning` (same rules, same output) without the lazy-regex scans.
 
-    The regex form scans each completion twice with a lazy `.*?`, which made it the costliest step of ingest;
-    splitting once at the first closing tag (`split_pattern`, a substring search) and trimming the opening tag
-    with a prefix test is several times faster. tests/readers/test_text_split.py checks that both agree.
+    The regex form scans each completion twice with a lazy `.*?`, which made it the costliest step of ingest.
+    Here one substring split at the first closing tag gives both halves: the part before it (the reasoning,
+    after trimming leading whitespace and the opening tag) and the part after it (the answer); a completion
+    without a closing tag stays whole, which is its answer unless it opens a tag (rule 3: all reasoning).
+    tests/readers/test_bad_input_properties.py checks that both implementations agree.
     """
     completions = combine(completions).cast(pa.string())
     if completions.null_count:
         completions = pc.fill_null(completions, "")
-    null_str = pa.scalar(None, pa.string())
     parts = pc.split_pattern(completions, pattern=tags.close, max_splits=1)
     closed = pc.equal(pc.list_value_length(parts), 2)
-    before = pc.utf8_ltrim(pc.list_element(parts, 0), characters="\t\n\f\r ")  # RE2 \\s
-    after = pc.list_element(pc.if_else(closed, parts, pa.scalar(["", ""], parts.type)), 1)
+    flat = pc.list_flatten(parts)
+    starts = pc.subtract(parts.offsets, parts.offsets[0]).to_numpy()[:-1]
+    first = pc.take(flat, pa.array(starts))
+    # after the closing tag when there is one, else the whole completion
+    second = pc.take(flat, pa.array(starts + closed.to_numpy(zero_copy_only=False)))
+    before = pc.utf8_ltrim(first, characters="\t\n\f\r ")  # RE2's \s, as in the regex form
     opened = pc.starts_with(before, tags.open)
-    # where `before` starts with the tag, its first occurrence is the prefix: drop it (cheaper than slicing all)
-    inner = pc.if_else(opened, pc.replace_substring(before, tags.open, "", max_replacements=1), before)
-    reasoning = pc.if_else(closed, inner, pc.if_else(opened, inner, null_str))
-    answer = pc.if_else(closed, after, pc.if_else(opened, pa.scalar("", pa.string()), completions))
+    inner = pc.replace_substring_regex(before, "^" + re.escape(tags.open), "", max_replacements=1)
+    reasoning = pc.if_else(pc.or_(closed, opened), inner, pa.scalar(None, pa.string()))
+    unclosed = pc.and_(opened, pc.invert(closed))
+    answer = pc.if_else(unclosed, pa.scalar("", pa.string()), second) if pc.any(unclosed).as_py() else second
     return reasoning, pc.utf8_trim_whitespace(answer)
 
 
