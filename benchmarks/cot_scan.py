@@ -122,13 +122,14 @@ def main() -> None:
         print(f"exposed found: {found:,} of {planted:,} planted")
 
         t0 = time.perf_counter()
-        result = audit_store(store, ["bench"], AuditConfig(options={"cot_grading": {"screen": False}}))
+        result = audit_store(store, ["bench"], AuditConfig(detectors=["cot_grading"],
+                                                           options={"cot_grading": {"screen": False}}))
         full = time.perf_counter() - t0
         (f,) = result.of_kind("cot_grading")
         print(f"cot_grading detector end to end (scan + cache + aggregation + evidence): {full:.1f}s = "
               f"{args.rollouts / full:,.0f} rollouts/s; exposure_rate {f['exposure_rate']:.4%}")
         t0 = time.perf_counter()
-        audit_store(store, ["bench"], AuditConfig(max_step=args.steps // 2,
+        audit_store(store, ["bench"], AuditConfig(detectors=["cot_grading"], max_step=args.steps // 2,
                                                   options={"cot_grading": {"screen": False}}))
         print(f"re-audit at max_step={args.steps // 2} (cached scan): {time.perf_counter() - t0:.1f}s")
         print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
