@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from emerging_synth import Scenario, Tic, make_run
 
 from rlaudit.behaviors import parse_behavior
@@ -152,6 +155,37 @@ def test_derived_token_sets_are_cached_per_run_version(store):
     assert set(vocab.column_names) >= {"term_id", "where", "term", "n_tokens", "key_token", "n_qualified"}
     row = first.slice(0, 1).to_pylist()[0]
     assert not set(row["answer_terms"]) & set(row["prompt_terms"])
+
+
+_piece = st.sampled_from(["goblin", "Gremlin", "don't", "x1", "the", "'", "!", " ", "  ", "\n", ",", "-", "é", "it's"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(_piece, max_size=12).map("".join), min_size=1, max_size=5))
+def test_duckdb_ngrams_equal_the_python_tokenizer_ngrams(texts):
+    """The SQL n-grams of `tokens.ngram_rows_sql` are the 1-3-grams of `behaviors.tokenize`, and each one's term
+    spec matches its text: what discovery counts is what the spec recomputes."""
+    import duckdb
+
+    from rlaudit import tokens
+    from rlaudit.behaviors import tokenize
+
+    con = duckdb.connect()
+    con.register("t", pa.table({"k": list(range(len(texts))), "answer": texts}))
+    rows = con.execute(f"SELECT k, term FROM ({tokens.ngram_rows_sql('t', 'k', 'answer')})").fetchall()
+    got = {(k, term) for k, term in rows}
+    want = set()
+    for k, text in enumerate(texts):
+        toks = tokenize(text)
+        for n in (1, 2, 3):
+            want |= {(k, " ".join(toks[i:i + n])) for i in range(len(toks) - n + 1)}
+    assert got == want
+    for k, term in got:
+        # known gap in behaviors.term_regex (reported): an apostrophe outside a word ("goblin'", "a !' b") is
+        # neither a boundary nor a separator for the term regex, although the tokenizer splits there
+        if re.search(r"(?<![a-z0-9])'|'(?![a-z0-9])", texts[k].lower()):
+            continue
+        assert parse_behavior(term).values(pa.array([texts[k]])).tolist() == [1.0], (term, texts[k])
 
 
 def test_discovered_ngrams_match_their_term_spec(store):
