@@ -107,3 +107,22 @@ def test_bad_capture_files_name_file_and_line(tmp_path):
         read_captured(path)
     with pytest.raises(RlauditError, match="no captured"):
         read_captured(tmp_path / "empty_dir_missing")
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.text(min_size=0, max_size=60), min_size=1, max_size=8),
+       st.one_of(st.none(), st.integers(0, 10**6)))
+def test_capture_records_round_trip_any_text(tmp_path_factory, texts, step):
+    from rlaudit.capture import CaptureLog
+
+    path = tmp_path_factory.mktemp("rt") / "g.jsonl"
+    log = CaptureLog(path)
+    log.write_many("g", texts, [None] * len(texts), step, log.reserve(len(texts)))
+    log.flush()
+    table = read_captured(path)
+    assert table.column("input").to_pylist() == texts
+    assert table.column("step").to_pylist() == [step] * len(texts)

@@ -104,3 +104,25 @@ def test_bad_grader_specs_are_clear_errors(tmp_path):
     path = tmp_path / "mine.py"
     path.write_text("def f(prompts, completions, **kw):\n    return [1.0] * len(completions)\n")
     assert load_grader(f"{path}:f")(None, ["a"]) == [1.0]
+
+
+def test_cli_probe_grader_on_a_run_directory(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from rlaudit.cli import app
+
+    table, _ = make_run(run="clidir", steps=2, groups=4, group_size=4, seed=4)
+    src = tmp_path / "clidir"
+    src.mkdir()
+    with open(src / "rollouts.jsonl", "w") as fh:
+        for r in table.to_pylist():
+            rec = {k: r[k] for k in ("step", "group_id", "prompt", "completion", "task")}
+            rec["rewards"] = dict(r["rewards"])
+            fh.write(json.dumps(rec) + "\n")
+    out = tmp_path / "probe.json"
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    result = CliRunner().invoke(app, ["probe-grader", "probe_graders:answer_only", str(src), "--store",
+                                      str(tmp_path / "store"), "--json", str(out), "--samples", "30"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    assert saved["run"] == "clidir" and saved["samples"] == 30 and saved["cot_sensitive"] is False
