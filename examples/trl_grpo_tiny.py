@@ -189,7 +189,8 @@ def main(output_dir: str | Path, steps: int = 40, every: int = 5, seed: int = 0,
     heavy_runs = callback.auditor.heavy_runs if audit and callback.auditor else []
     return {
         "train_seconds": seconds,
-        "audit_seconds": callback.seconds if audit else 0.0,  # time the trainer spent in the callback
+        "audit_seconds": callback.seconds if audit else 0.0,  # training-thread time in the callback's steps
+        "final_audit_seconds": callback.final_seconds if audit else 0.0,  # the audit after the last step
         "per_step_seconds": [t.cheap for t in timings],  # per-step checks, training thread
         "heavy_runs": heavy_runs,  # (step, seconds) of each heavy audit (mostly in the background thread)
         "steps": steps,
@@ -214,9 +215,10 @@ def _print_summary(result: dict[str, Any]) -> None:
         print(f"  step {a['step']:>4}  {a['severity']:6s} [{a['kind']}] {a['title']}")
     per_step = sorted(result["per_step_seconds"]) or [0.0]
     heavy = [s for _, s in result["heavy_runs"]]
-    print(f"\ntrained {result['steps']} steps in {result['train_seconds']:.0f} s; of which in the rlaudit callback: "
-          f"{result['audit_seconds']:.1f} s (per-step checks: median {per_step[len(per_step) // 2] * 1000:.0f} ms; "
-          f"final audit included); {len(heavy)} heavy audits of {sum(heavy):.1f} s in total, in the background")
+    print(f"\ntrained {result['steps']} steps in {result['train_seconds']:.0f} s; in the rlaudit callback during "
+          f"training: {result['audit_seconds']:.1f} s (per-step checks: median {per_step[len(per_step) // 2] * 1000:.0f}"
+          f" ms), final audit after the last step: {result['final_audit_seconds']:.1f} s; {len(heavy)} heavy audits "
+          f"of {sum(heavy):.1f} s in total ran in the background thread")
     print(f"first alert on the tic:                       step {result['first_tic_alert_step']}")
     print(f"first attribution alert (signal {', '.join(map(str, result['attributed_signals'])) or '-'}): "
           f"step {result['first_attribution_step']}")

@@ -54,7 +54,8 @@ class RlauditCallback(TrainerCallback):
         self.completions_dir: Path | None = None
         self.options = ReadOptions(think_tags=self.think_tags)
         self.seen: set[int] = set()
-        self.seconds = 0.0  # time the trainer spent in this callback (reading, storing, per-step audits)
+        self.seconds = 0.0  # time the trainer spent in this callback during training (read, store, per-step checks)
+        self.final_seconds = 0.0  # the final audit at the end of training
         self.errors: list[str] = []
         self._logged_errors: set[tuple[str, str, str]] = set()
 
@@ -95,7 +96,7 @@ class RlauditCallback(TrainerCallback):
         started = time.perf_counter()
         self.poll(state.global_step)
         self.finish()
-        self.seconds += time.perf_counter() - started
+        self.final_seconds = time.perf_counter() - started
 
     # -- work --------------------------------------------------------------------
     @guarded(default=list)
