@@ -14,6 +14,7 @@ the planted exposure, false positives, and peak RSS.
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import tempfile
 import time
@@ -106,19 +107,22 @@ def main() -> None:
         print(f"text the scan reads: {float(text_bytes) / 1e9:.2f} GB")
 
         con = store.connect(["bench"])
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         con.execute("SELECT count(*), sum(strlen(prompt)), sum(strlen(answer)), sum(strlen(reasoning)), "
                     "sum(strlen(grader_inputs['judge'])), sum(strlen(group_id)) FROM rollouts").fetchall()
-        base = time.perf_counter() - t0
-        print(f"baseline DuckDB scan of the text columns: {base:.2f}s = {args.rollouts / base:,.0f} rollouts/s")
+        base, base_cpu = time.perf_counter() - t0, time.process_time() - c0
+        print(f"baseline DuckDB scan of the text columns: {base:.2f}s = {args.rollouts / base:,.0f} rollouts/s "
+              f"(CPU {base_cpu:.2f}s, all DuckDB threads)")
 
         params = ScanParams()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         results = scan_run(con, params, source="rollouts")
-        scan = time.perf_counter() - t0
+        scan, scan_cpu = time.perf_counter() - t0, time.process_time() - c0
         found = int(pc.sum(results.column("exposed")).as_py())
         print(f"cot scan (tokenise + shingle + compare): {scan:.1f}s = {args.rollouts / scan:,.0f} rollouts/s "
-              f"({scan / base:.1f}x the baseline scan)")
+              f"({scan / base:.1f}x the baseline scan); CPU {scan_cpu:.1f}s = {args.rollouts / scan_cpu:,.0f} "
+              f"rollouts per CPU-second ({scan_cpu / base_cpu:.1f}x the baseline's CPU)")
+        print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         print(f"exposed found: {found:,} of {planted:,} planted")
 
         t0 = time.perf_counter()
