@@ -466,3 +466,49 @@ def test_shared_preparation_gives_the_same_traces():
         shared = attribute(f, parse_behavior(spec), n_boot=50, prepared=prepared)
         assert json.dumps(jsonable([s.to_json() for s in fresh.signals])) == \
             json.dumps(jsonable([s.to_json() for s in shared.signals]))
+
+
+def _sig(name, share, p=0.7, matched=(math.nan, math.nan), outcome=False, kind="component", q=0.001,
+         equals_total=False):
+    from rlaudit.attribution import SignalAttribution
+
+    return SignalAttribution(
+        signal=name, kind=kind, outcome=outcome, equals_total=equals_total, weight=1.0, applies=1.0,
+        pressure=share, pressure_ci=(0, 1), pressure_share=share, pressure_share_ci=(0, 1),
+        paired_preference=p, paired_preference_ci=(p - 0.05, p + 0.05), p_value=q, effect=0.1,
+        effect_ci=(0.0, 0.2), pairs=100, groups_used=50, matched_preference=float(np.mean(matched)),
+        matched_preference_ci=matched, q_value=q, significant=q <= 0.05)
+
+
+def _verdict(signals, behavior_severity="high"):
+    from rlaudit.attribution import Trace, _severity
+
+    t = Trace(run="r", behavior="b", behavior_spec="b", where="answer", numeric=False, grouping="group_id",
+              group_key="group_id", rollouts=10, groups=5, groups_used=5, prevalence=0.5,
+              signals=signals + [_sig("reward", math.nan, kind="total", equals_total=True)], by_condition={},
+              by_task={}, condition=None, task=None, advantage_check=None, behavior_severity=behavior_severity)
+    return _severity(t)[0]
+
+
+@pytest.mark.parametrize("signals,behavior_severity,expected", [
+    # own preference (holds among equally-correct pairs), most of the push
+    ([_sig("rm", 0.8, matched=(0.6, 0.7)), _sig("acc", 0.2, outcome=True)], "high", "high"),
+    ([_sig("rm", 0.8, matched=(0.6, 0.7)), _sig("acc", 0.2, outcome=True)], "low", "medium"),
+    # own preference but a minority of the push, still more than task success
+    ([_sig("rm", 0.4, matched=(0.6, 0.7)), _sig("fmt", 0.35, q=0.5), _sig("acc", 0.25, outcome=True)], "high",
+     "medium"),
+    # preference disappears among equally-correct pairs: via outcome
+    ([_sig("judge", 0.7, matched=(0.45, 0.55)), _sig("acc", 0.3, outcome=True)], "high", "low"),
+    # outcome signal carries the push
+    ([_sig("acc", 0.9, outcome=True), _sig("fmt", 0.1, q=0.4)], "high", "low"),
+    # cannot match (judge on tasks without gold answers): unclear, majority -> medium, minority -> low
+    ([_sig("judge", 0.7), _sig("acc", 0.3, outcome=True)], "high", "medium"),
+    ([_sig("judge", 0.3), _sig("acc", 0.7, outcome=True)], "high", "low"),
+    # no outcome signal at all: a significant component rewards it for its own sake
+    ([_sig("rm", 0.9), _sig("fmt", 0.1, q=0.3)], "high", "high"),
+    # nothing significant, or preference against the behaviour
+    ([_sig("rm", 0.9, q=0.2), _sig("acc", 0.1, outcome=True, q=0.3)], "high", "info"),
+    ([_sig("rm", 0.9, p=0.3)], "high", "info"),
+])
+def test_severity_rule(signals, behavior_severity, expected):
+    assert _verdict(signals, behavior_severity) == expected

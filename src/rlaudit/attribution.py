@@ -770,7 +770,7 @@ def assess(traces: list[Trace], alpha: float = 0.05) -> None:
     Adding the drivers' pressure shares per class:
     - high: *own* drivers carry >= 50% of the positive push and the behaviour itself is medium/high;
     - medium: *own* drivers carry more of the push than outcome / via-outcome drivers (or >= 50% for a low
-      behaviour), or *unclear* drivers do;
+      behaviour), or *unclear* drivers carry >= 50% of it;
     - low: outcome and via-outcome drivers carry the most: the behaviour is learned because it helps solve the
       task, as intended;
     - info: no driver (no signal pushes the behaviour up with a significant paired preference).
@@ -827,9 +827,12 @@ def _severity(t: Trace) -> tuple[Severity, str, str | None]:
         return "high", (f"{names('own')} rewards {it} for its own sake and carries {own:.0%} of the push"), name
     if own > 0 and (own >= 0.5 or own >= legit):
         return "medium", f"{names('own')} rewards {it} for its own sake ({own:.0%} of the push)", name
-    if unclear > legit:
+    if unclear >= 0.5:
         return "medium", (f"{names('unclear')} rewards {it} ({unclear:.0%} of the push), but cannot be told apart "
                           "from task success (too few equally-correct pairs, or it is the total reward itself)"), name
+    if legit == 0:
+        return "low", (f"{names('unclear')} rewards {it}, but carries only {unclear:.0%} of the push and cannot be "
+                       "told apart from task success"), None
     via = f"; {names('via_outcome')} prefer it only through correctness" if "via_outcome" in classes else ""
     own_note = f"; {names('own')} also rewards it for its own sake ({own:.0%})" if own > 0 else ""
     return "low", (f"the push comes mostly through task success ({legit:.0%}: "
