@@ -20,6 +20,7 @@ z_critical, series); the `generalization` detector makes the full, offline versi
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -47,13 +48,21 @@ class Tracked:
     counts: dict[tuple[int, str], list[float]] = field(default_factory=dict)  # (step, cond) -> [n, hits]
     looks: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     known: set[str] = field(default_factory=set)  # conditions where it had already risen when flagged
+    steps: list[int] = field(default_factory=list)  # sorted steps seen (kept incrementally: no rescans)
+    conds: set[str] = field(default_factory=set)
 
     def conditions(self) -> set[str]:
-        return {c for _, c in self.counts}
+        return set(self.conds)
 
     def add(self, rows: list[tuple[int, str, int, float]]) -> None:
         for step, cond, n, hits in rows:
-            self.counts[(int(step), str(cond))] = [float(n), float(hits or 0.0)]
+            step, cond = int(step), str(cond)
+            self.counts[(step, cond)] = [float(n), float(hits or 0.0)]
+            self.conds.add(cond)
+            if not self.steps or step > self.steps[-1]:
+                self.steps.append(step)
+            elif step not in self.steps:
+                bisect.insort(self.steps, step)
 
     def series(self) -> dict[str, dict[str, list[float]]]:
         """condition -> {"steps": [...], "prevalence": [...]}."""
@@ -133,7 +142,7 @@ class BehaviorTracker:
     def windows(self, tracked: Tracked) -> tuple[list[int], list[int]]:
         """(baseline steps, recent steps): the first `baseline` and last `recent` steps tracked, shrunk to half
         the steps each while fewer are known (at least 2 each; none before 4 steps)."""
-        steps = sorted({s for s, _ in tracked.counts})
+        steps = tracked.steps
         if len(steps) < 4:
             return [], []
         b = min(self.baseline, len(steps) // 2)
@@ -178,11 +187,15 @@ class BehaviorTracker:
         """behaviour -> condition -> prevalence in the latest step (for logs and metrics)."""
         out: dict[str, dict[str, float]] = {}
         for tracked in self.tracked.values():
-            latest = max((s for s, _ in tracked.counts), default=None)
-            if latest is None:
+            if not tracked.steps:
                 continue
-            out[tracked.label] = {c: (h / n if n else float("nan"))
-                                  for (s, c), (n, h) in tracked.counts.items() if s == latest}
+            latest = tracked.steps[-1]
+            row: dict[str, float] = {}
+            for cond in sorted(tracked.conds):
+                n, hits = tracked.counts.get((latest, cond), (0.0, 0.0))
+                if n:
+                    row[cond] = hits / n
+            out[tracked.label] = row
         return out
 
 
