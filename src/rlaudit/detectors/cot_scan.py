@@ -158,24 +158,12 @@ def scan_batch(batch: pa.RecordBatch | pa.Table, params: ScanParams) -> pa.Table
         g_keys, g_parent = G.keys[g_mask], parent[G.row[g_mask]]
         g_row = scoped(g_keys, g_parent)
         seen = rq.member(g_row)
-        counted = ~excluded
-        tally = _tally(counted, seen, R.row, n)
-        exposed = params.decide(tally)
         if params.group_context:
-            size = np.bincount(group_of_row[rows], minlength=group_of_row.max() + 1)
-            g_distinct = distinct(g_row)  # rows whose grader input has the shingle
-            seen_in_group = gq.count(scoped(shingle_of(g_distinct), group_of_row[scope_of(g_distinct)]))
-            invariant = (size[group_of_row[R.row]] >= 2) & (seen_in_group >= size[group_of_row[R.row]])
-            strict = _tally(counted & ~invariant, seen, R.row, n)
-            exposed_strict = params.decide(strict)
-            # Exposure that rests on group-invariant text counts only when it looks listwise: at least two
-            # rollouts of the group are exposed through invariant text found in their own reasoning alone.
-            loose = _tally(counted & ~(invariant & (reasoning_in_group >= 2)), seen, R.row, n)
-            via_invariant = params.decide(loose) & ~exposed_strict
-            listwise = np.bincount(group_of_row[via_invariant], minlength=len(size)) >= 2
-            use_loose = via_invariant & listwise[group_of_row]
-            exposed = exposed_strict | use_loose
-            tally = Tally(*(np.where(use_loose, lo, st) for lo, st in zip(loose, strict)))
+            context = GroupContext(group_of_row, rows, reasoning_in_group, gq)
+            tally, exposed = context.decide(params, ~excluded, seen, R.row, g_row)
+        else:
+            tally = _tally(~excluded, seen, R.row, n)
+            exposed = params.decide(tally)
         take = pa.array(rows)
         out.append(pa.table({
             "rollout_id": batch.column("rollout_id").take(take), "step": batch.column("step").take(take),
@@ -185,6 +173,36 @@ def scan_batch(batch: pa.RecordBatch | pa.Table, params: ScanParams) -> pa.Table
             "containment": tally.containment[rows], "longest_span": tally.longest[rows], "exposed": exposed[rows],
         }, schema=RESULT_SCHEMA))
     return pa.concat_tables(out)
+
+
+@dataclass
+class GroupContext:
+    """Text in the grader input of every rollout of a group is context, not this rollout's reasoning (see the
+    module doc), except when the group looks listwise."""
+
+    group_of_row: np.ndarray
+    rows: np.ndarray  # rows that have this grader
+    reasoning_in_group: np.ndarray  # per reasoning shingle: rows of its group whose reasoning has it
+    group_keys: SortedKeys  # reasoning shingles scoped by group
+
+    def decide(self, params: ScanParams, counted: np.ndarray, seen: np.ndarray, r_row: np.ndarray,
+               g_scoped: np.ndarray) -> tuple[Tally, np.ndarray]:
+        group, n = self.group_of_row, len(self.group_of_row)
+        size = np.bincount(group[self.rows], minlength=group.max() + 1)
+        g_distinct = distinct(g_scoped)  # (row, shingle) pairs: counting them per group counts rows
+        seen_in_group = self.group_keys.count(scoped(shingle_of(g_distinct), group[scope_of(g_distinct)]))
+        own_size = size[group[r_row]]
+        invariant = (own_size >= 2) & (seen_in_group >= own_size)
+        strict = _tally(counted & ~invariant, seen, r_row, n)
+        exposed_strict = params.decide(strict)
+        # Exposure that rests on group-invariant text counts only when it looks listwise: at least two
+        # rollouts of the group are exposed through invariant text found in their own reasoning alone.
+        loose = _tally(counted & ~(invariant & (self.reasoning_in_group >= 2)), seen, r_row, n)
+        via_invariant = params.decide(loose) & ~exposed_strict
+        listwise = np.bincount(group[via_invariant], minlength=len(size)) >= 2
+        use_loose = via_invariant & listwise[group]
+        tally = Tally(*(np.where(use_loose, lo, st) for lo, st in zip(loose, strict)))
+        return tally, exposed_strict | use_loose
 
 
 def _tally(counted: np.ndarray, seen: np.ndarray, row: np.ndarray, n: int) -> Tally:
