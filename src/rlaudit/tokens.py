@@ -108,6 +108,34 @@ def rollout_terms(store: Store, run: str, options: VocabOptions = VocabOptions()
     return store.derived(run, ROLLOUT_TERMS, lambda: _compute_rollout_terms(store, run, vocab, options))
 
 
+def term_step_counts(store: Store, run: str, options: VocabOptions = VocabOptions()) -> pa.Table:
+    """Cached per-step counts of every candidate term: (where, term_id, step, split, x, m), where x counts the
+    rollouts whose text contains the term and m those whose prompt does (not at risk). For reasoning terms only
+    rollouts with reasoning count. An audit limited by `max_step` sums these instead of re-reading every
+    rollout's term set."""
+    frame = rollout_terms(store, run, options)
+
+    def compute() -> pa.Table:
+        con = duckdb.connect()
+        con.register("rt", frame)
+        parts = []
+        for where in WHERES:
+            filt = "has_reasoning" if where == "reasoning" else "TRUE"
+            parts.append(f"""
+                SELECT '{where}' AS "where", term_id, step, split, sum(x) AS x, sum(m) AS m FROM (
+                    SELECT step, split, unnest({where}_terms) AS term_id, 1 AS x, 0 AS m FROM rt WHERE {filt}
+                    UNION ALL
+                    SELECT step, split, unnest(pt) AS term_id, 0 AS x, k AS m FROM (
+                        SELECT step, split, count(*) AS k, any_value(prompt_terms) AS pt FROM rt WHERE {filt}
+                        GROUP BY step, split, prompt_key))
+                GROUP BY ALL""")
+        out = con.sql(" UNION ALL ".join(parts)).to_arrow_table()
+        con.close()
+        return out
+
+    return store.derived(run, "term-step-counts", compute)
+
+
 def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:
     con = store.connect([run])
     n = con.execute("SELECT count(*) FROM rollouts").fetchall()[0][0]

@@ -121,6 +121,7 @@ class Scope:
         con = self.con = ctx.connect()
         con.register("rt", self.frame)
         con.register("vocab", self.vocab)
+        con.register("step_counts", tokens.term_step_counts(ctx.store, ctx.run, params.vocab))
         # the audit's scope is the (step, split) cells of the connection's filtered `rollouts` view: joining on
         # those small keys is much cheaper than on millions of rollout ids, and the list columns are not copied
         con.execute("""CREATE TEMP TABLE cells AS SELECT step, split, dense_rank() OVER (ORDER BY step) - 1 AS si
@@ -166,7 +167,7 @@ class Scope:
 
     def counts_by(self, where: str, feature_type: str, key: str | int, by: str) -> pa.Table:
         """Sum of values (x) and rollouts at risk (n) per `by` (e.g. 'condition, si')."""
-        return self.con.execute(f"""
+        return self.con.sql(f"""
             SELECT {by}, count(*) AS n, sum({self.value_sql(where, feature_type, key)}) AS x FROM sc
             WHERE {self.filter(where)} AND {self.at_risk_sql(feature_type, key)}
             GROUP BY ALL ORDER BY ALL""").to_arrow_table()
@@ -244,28 +245,21 @@ def candidates(scope: Scope, where: str) -> Candidates | None:
     k_terms = len(term_ids)
     styles = [f for f in STYLE_FEATURES.values() if f.name not in SKIP_STYLE]
     k = k_terms + len(styles)
-    # map global term ids to row indices
-    lookup = np.full(int(scope.vocab.num_rows) + 1, -1, dtype=np.int64)
-    lookup[term_ids] = np.arange(k_terms)
     con.register("row_of", pa.table({"term_id": pa.array(term_ids, pa.int32()),
                                      "idx": pa.array(np.arange(k_terms), pa.int64())}))
     n_all = np.zeros(t)
     per_step = con.execute(f"SELECT si, count(*) AS n FROM sc WHERE {filt} GROUP BY si").fetchnumpy()
     n_all[np.asarray(per_step["si"], dtype=np.int64)] = per_step["n"]
     n = np.repeat(n_all[None], k, axis=0)
-    # a prompt's terms are the same for all its rollouts: unnest once per (step, prompt)
-    in_prompt = con.execute(f"""SELECT idx, si, sum(k) AS m
-        FROM (SELECT si, k, unnest(pt) AS term_id FROM (
-                SELECT si, prompt_key, count(*) AS k, any_value(prompt_terms) AS pt FROM sc WHERE {filt}
-                GROUP BY si, prompt_key)) JOIN row_of USING (term_id)
-        GROUP BY ALL""").fetchnumpy()
-    n[np.asarray(in_prompt["idx"], dtype=np.int64), np.asarray(in_prompt["si"], dtype=np.int64)] -= in_prompt["m"]
+    # per-step counts come from the cached per-step table (see tokens.term_step_counts)
+    counts = con.execute(f"""SELECT idx, si, sum(x) AS x, sum(m) AS m FROM step_counts c
+        JOIN keys USING (step, split) JOIN row_of USING (term_id)
+        WHERE c."where" = '{where}' GROUP BY ALL""").fetchnumpy()
+    ci, cs = np.asarray(counts["idx"], dtype=np.int64), np.asarray(counts["si"], dtype=np.int64)
+    n[ci, cs] -= np.asarray(counts["m"], dtype=np.float64)
     x = np.zeros((k, t))
     q = np.zeros((k, t))
-    hits = con.execute(f"""SELECT idx, si, count(*) AS x
-        FROM (SELECT si, unnest({where}_terms) AS term_id FROM sc WHERE {filt}) JOIN row_of USING (term_id)
-        GROUP BY ALL""").fetchnumpy()
-    x[np.asarray(hits["idx"], dtype=np.int64), np.asarray(hits["si"], dtype=np.int64)] = hits["x"]
+    x[ci, cs] = np.asarray(counts["x"], dtype=np.float64)
     q[:k_terms] = x[:k_terms]
     cols = ", ".join(f"sum({where}__{f.name}) AS x{i}, sum({where}__{f.name} ^ 2) AS q{i}"
                      for i, f in enumerate(styles))
