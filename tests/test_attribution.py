@@ -9,6 +9,8 @@ import math
 import numpy as np
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats as sps
 
 from rlaudit import stats
@@ -512,3 +514,18 @@ def _verdict(signals, behavior_severity="high"):
 ])
 def test_severity_rule(signals, behavior_severity, expected):
     assert _verdict(signals, behavior_severity) == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.sampled_from([0.0, 0.5, 1.0, 2.0, math.nan]), st.booleans()),
+                min_size=1, max_size=40))
+def test_grouped_mann_whitney_property(rows):
+    codes = np.array([r[0] for r in rows])
+    values = np.array([r[1] for r in rows])
+    labels = np.array([float(r[2]) for r in rows])
+    u, n1, n0 = stats.grouped_mann_whitney(codes, values, labels, 5)
+    for g in range(5):
+        m = (codes == g) & ~np.isnan(values)
+        a, b = values[m & (labels == 1)], values[m & (labels == 0)]
+        assert u[g] == (a[:, None] > b[None, :]).sum() + 0.5 * (a[:, None] == b[None, :]).sum()
+        assert 0 <= u[g] <= n1[g] * n0[g]
