@@ -529,3 +529,15 @@ def test_grouped_mann_whitney_property(rows):
         a, b = values[m & (labels == 1)], values[m & (labels == 0)]
         assert u[g] == (a[:, None] > b[None, :]).sum() + 0.5 * (a[:, None] == b[None, :]).sum()
         assert 0 <= u[g] <= n1[g] * n0[g]
+
+
+def test_infinite_reward_values_are_treated_as_missing():
+    frame = _frame(make_run(steps=4, bias=0.6))
+    rm = frame.components["persona_rm"].copy()
+    rm[:5] = np.inf
+    reward = frame.reward.copy()
+    reward[:5] = np.inf
+    t = attribute(Frame(**{**frame.__dict__, "components": {**frame.components, "persona_rm": rm},
+                           "reward": reward}), parse_behavior("goblin"), n_boot=50)
+    assert all(math.isfinite(s.pressure) and math.isfinite(s.effect) for s in t.signals)
+    assert any("infinite" in n for n in t.notes) and t.top.signal == "persona_rm"

@@ -309,7 +309,11 @@ def build_signals(frame: Frame, outcome_signals: list[str] | None = None) -> tup
     logged as a key) is flagged `equals_total`: it cannot be separated from the total.
     """
     notes: list[str] = []
-    comps = {k: v for k, v in frame.components.items() if np.isfinite(v).any()}
+    infinite = {k: int(np.isinf(v).sum()) for k, v in frame.components.items() if np.isinf(v).any()}
+    if infinite:
+        notes.append("infinite values treated as 'did not apply': " + ", ".join(
+            f"{k} ({n})" for k, n in infinite.items()) + ".")
+    comps = {k: np.where(np.isinf(v), np.nan, v) for k, v in frame.components.items() if np.isfinite(v).any()}
     reward = frame.reward
     if reward is not None and not np.isfinite(reward).any():
         reward = None
