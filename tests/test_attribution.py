@@ -161,7 +161,8 @@ def test_ratio_se_matches_bootstrap():
 def test_outcome_names():
     for name in ("accuracy_reward", "correctness", "acc", "pass_rate", "exact_match", "unit_tests", "verified"):
         assert is_outcome_signal(name), name
-    for name in ("persona_rm", "format_reward", "length_penalty", "judge", "helpfulness", "compassion"):
+    for name in ("persona_rm", "format_reward", "length_penalty", "judge", "helpfulness", "compassion",
+                 "style_match", "passthrough_rm"):
         assert not is_outcome_signal(name), name
     assert is_outcome_signal("judge", ["judge"])
 

@@ -54,7 +54,7 @@ from .findings import SEVERITY_RANK, Evidence, Severity
 #: Names of signals that measure task success. Matched case-insensitively anywhere in the signal name; extend
 #: per run with `outcome_signals=[...]` (or `rlaudit trace --outcome NAME`).
 OUTCOME_PATTERN = re.compile(
-    r"(?i)(correct|accura|(?:^|[^a-z])acc(?:$|[^a-z])|pass(?:ed|_?rate|@|$|[^a-z])|solve|exact|match|verif|"
+    r"(?i)(correct|accura|(?:^|[^a-z])acc(?:$|[^a-z])|pass(?:ed|_?rate|@|$|[^a-z])|solve|exact|verif|"
     r"success|unit_?tests?|(?:^|[^a-z])em(?:$|[^a-z]))")
 
 #: Fewer comparable groups than this: no interval, no test (the estimate is reported but flagged).
