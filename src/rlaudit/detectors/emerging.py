@@ -79,6 +79,8 @@ MK_BINS = 100
 #: numeric features (length): the ratio of means whose CI must clear this for medium. Reasoning that grows is an
 #: ordinary by-product of RL on reasoning tasks; answers that grow are the classic reward-model length bias.
 NUMERIC_MEDIUM = {"answer": 1.25, "reasoning": 2.0}
+#: members listed in a finding's `terms` (the name first, then by prevalence; `n_terms` counts them all)
+MAX_TERMS = 30
 #: share of an n-gram's occurrences in one task that marks it as that task's content (severity at most low)
 TASK_CONFINED = 0.9
 #: style features not used as discovery candidates (`chars` duplicates `length`)
@@ -525,7 +527,8 @@ def _findings_for(ctx: DetectContext, scope: Scope, c: Candidates, q: np.ndarray
         rows = np.flatnonzero((direction == d) & is_ngram)
         rows = rows[np.argsort(-np.abs(c.p_end[rows] - c.p_start[rows]), kind="stable")][:params.max_cluster_terms]
         for rep, members in _group_terms(scope, c, rows, d, params.jaccard):
-            behaviours.append((rep, sorted(set(members), key=lambda m: (-c.n_tokens[m], c.names[m]))))
+            prev = c.p_end if d > 0 else c.p_start  # most prevalent (most representative) members first
+            behaviours.append((rep, sorted(set(members), key=lambda m: (-prev[m], -c.n_tokens[m], c.names[m]))))
         for r in np.flatnonzero((direction == d) & ~is_ngram):
             behaviours.append((int(r), [int(r)]))
     return [_finding(ctx, scope, c, rep, members, int(direction[rep]), float(q[rep]), params)
@@ -550,15 +553,15 @@ def _finding(ctx: DetectContext, scope: Scope, c: Candidates, i: int, members: l
         series = np.where(c.n[i] > 0, c.x[i] / c.n[i], np.nan)
         smooth = moving_sum(c.x[i], h) / moving_sum(c.n[i], h)
     value = scope.value_sql(where, c.feature_type[i], c.keys[i])
-    by_condition = _by_condition(scope, where, value, scope.at_risk_sql(c.feature_type[i], c.keys[i]))
-    by_task = _by_condition(scope, where, value, scope.at_risk_sql(c.feature_type[i], c.keys[i]), "task")
+    by_condition, by_task = _by_condition(scope, where, value, scope.at_risk_sql(c.feature_type[i], c.keys[i]))
     confined = _task_confined(by_task) if c.feature_type[i] == "ngram" else None
     if confined and sev in ("medium", "high"):
         sev = "low"
     spec = name if c.feature_type[i] == "ngram" else name
     behavior = name if c.feature_type[i] == "ngram" else f"{name.removeprefix('style:')} ({where})"
     fields_ = {
-        "behavior": behavior, "behavior_spec": spec, "term": name, "terms": [c.names[m] for m in members],
+        "behavior": behavior, "behavior_spec": spec, "term": name,
+        "terms": [c.names[m] for m in ([i] + [m for m in members if m != i])[:MAX_TERMS]], "n_terms": len(members),
         "where": where, "feature_type": c.feature_type[i], "numeric": not presence,
         "onset_step": int(scope.steps[onset]) if onset is not None else None,
         "prevalence_start": p0, "prevalence_end": p1, "ratio": ratio, "ratio_ci": ci,
@@ -586,7 +589,8 @@ def _finding(ctx: DetectContext, scope: Scope, c: Candidates, i: int, members: l
                          f"{by_task[confined]['traffic_share']:.0%} of rollouts): likely that task's own content "
                          "learnt by ordinary task learning, so at most low severity.")
     if len(members) > 1:
-        explanation += f" Co-occurring terms grouped into this behaviour: {', '.join(c.names[m] for m in members)}."
+        explanation += (f" {len(members)} co-occurring terms grouped into this behaviour: "
+                        f"{', '.join(fields_['terms'][:12])}{', ...' if len(members) > 12 else ''}.")
     if top and len(by_condition) > 1:
         explanation += (f" Condition {top[0]!r} holds {top[1]['traffic_share']:.1%} of rollouts but "
                         f"{top[1]['mention_share']:.1%} of occurrences.")
@@ -597,20 +601,30 @@ def _finding(ctx: DetectContext, scope: Scope, c: Candidates, i: int, members: l
                    evidence=_evidence(scope, where, value, spec, direction, params.max_evidence, presence))
 
 
-def _by_condition(scope: Scope, where: str, value: str, at_risk: str, column: str = "condition"
-                  ) -> dict[str, dict[str, float]]:
-    """Traffic share, share of occurrences (mention share) and start/end prevalence per condition (or task)."""
+def _by_condition(scope: Scope, where: str, value: str, at_risk: str
+                  ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Per condition and per task (one scan): traffic share, share of occurrences (mention share), rollouts at
+    risk, and prevalence in the early and late windows."""
     rows = scope.con.execute(f"""
-        SELECT coalesce({column}, '(none)') AS key, count(*) AS n, sum(v) AS x,
+        SELECT condition, coalesce(task, '(none)') AS task, count(*) AS n, sum(v) AS x,
                sum(CASE WHEN win = 0 THEN v END) AS x0, count(CASE WHEN win = 0 THEN 1 END) AS n0,
                sum(CASE WHEN win = 1 THEN v END) AS x1, count(CASE WHEN win = 1 THEN 1 END) AS n1
-        FROM (SELECT {column}, win, {value} AS v FROM sc WHERE {scope.filter(where)} AND {at_risk})
-        GROUP BY key ORDER BY n DESC, key""").fetchall()
-    n_all = sum(r[1] for r in rows) or 1
-    x_all = sum(r[2] or 0 for r in rows) or 1
-    return {r[0]: {"traffic_share": r[1] / n_all, "mention_share": (r[2] or 0) / x_all,
-                   "prevalence_start": (r[3] or 0) / r[4] if r[4] else None,
-                   "prevalence_end": (r[5] or 0) / r[6] if r[6] else None, "rollouts": r[1]} for r in rows}
+        FROM (SELECT condition, task, win, {value} AS v FROM sc WHERE {scope.filter(where)} AND {at_risk})
+        GROUP BY ALL""").fetchall()
+    n_all = sum(r[2] for r in rows) or 1
+    x_all = sum(r[3] or 0 for r in rows) or 1
+    out = []
+    for col in (0, 1):
+        sums: dict[str, np.ndarray] = {}
+        for r in rows:
+            sums.setdefault(r[col], np.zeros(6))
+            sums[r[col]] += [r[2], r[3] or 0, r[4] or 0, r[5], r[6] or 0, r[7]]
+        ordered = sorted(sums.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        out.append({k: {"traffic_share": float(v[0] / n_all), "mention_share": float(v[1] / x_all),
+                        "prevalence_start": float(v[2] / v[3]) if v[3] else None,
+                        "prevalence_end": float(v[4] / v[5]) if v[5] else None, "rollouts": int(v[0])}
+                    for k, v in ordered})
+    return out[0], out[1]
 
 
 def _task_confined(by_task: dict[str, dict[str, float]]) -> str | None:
