@@ -40,7 +40,8 @@ class AuditResult:
                 "ingest": [i.to_json() for i in self.ingests]}
 
     def write_json(self, path: str | Path) -> None:
-        atomic_write_text(Path(path), json.dumps(jsonable(self.to_json()), indent=2, ensure_ascii=False))
+        # ASCII escapes: model text may hold lone surrogates, which UTF-8 cannot encode but JSON escapes can.
+        atomic_write_text(Path(path), json.dumps(jsonable(self.to_json()), indent=2, ensure_ascii=True))
 
     def of_kind(self, kind: str) -> list[Finding]:
         return [f for f in self.findings if f.kind == kind]

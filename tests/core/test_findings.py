@@ -46,3 +46,12 @@ def test_json_round_trip_flattens_kind_specific_fields():
 
 def test_jsonable_turns_non_finite_into_null():
     assert jsonable({"a": math.nan, "b": [math.inf, 1.0], "c": np.int64(3)}) == {"a": None, "b": [None, 1.0], "c": 3}
+
+
+def test_findings_json_survives_lone_surrogates(tmp_path):
+    from rlaudit.audit import AuditResult
+
+    f = Finding(kind="k", run="r", severity="low", title="bad \ud800 text", evidence=[Evidence("x:1", text="\udfff")])
+    AuditResult(runs=[], findings=[f]).write_json(tmp_path / "f.json")
+    back = AuditResult.read_json(tmp_path / "f.json")
+    assert back.findings[0].title == "bad \ud800 text" and back.findings[0].evidence[0].text == "\udfff"
