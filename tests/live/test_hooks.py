@@ -153,10 +153,11 @@ def test_part_index_and_store_view(store, tmp_path):
         view.append("run1", store.table("run1"), "x")
 
 
-def test_background_heavy_audits_do_not_hold_up_training(store, tmp_path, test_detectors):
+@pytest.mark.parametrize("mode", ["process", "thread"])
+def test_background_heavy_audits_do_not_hold_up_training(store, tmp_path, test_detectors, mode):
     import time
 
-    hook = LiveHook(store, "bg", config=LiveConfig(detectors=["test_slow"], every_step=(), every=4),
+    hook = LiveHook(store, "bg", config=LiveConfig(detectors=["test_slow"], every_step=(), every=4, background=mode),
                     alerts=AlertManager([JsonlSink(tmp_path / "alerts.jsonl")]))
     rate = lambda s: {NERDY: 0.0 if s < 4 else 0.9, PLAIN: 0.0 if s < 4 else 0.9}  # noqa: E731
     per_step = []

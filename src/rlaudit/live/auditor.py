@@ -8,8 +8,8 @@ then does two kinds of work, both with a cost that does not grow with the length
   (`tracking.BehaviorTracker`: per-condition prevalence counts, spread test);
 - *every `every` steps* (and at the end), all detectors (emerging behaviours, attribution, generalization,
   the CoT screen...) on a bounded sample of the run (`sampling.StepSample`: first, evenly spread and latest
-  steps), through a read-only `StoreView`, so they run unchanged; by default in a worker thread at a lower
-  CPU priority, so training does not wait for them.
+  steps), through a read-only `StoreView`, so they run unchanged; by default in a worker process at a lower
+  CPU priority, so training neither waits for them nor shares the GIL with them.
 
 Findings go to an `AlertManager`, which alerts once per finding key. Nothing here may stop training: every
 public method catches exceptions, logs them (each distinct failure once, then counts it) and returns.
@@ -23,7 +23,8 @@ import os
 import threading
 import time
 import traceback
-from concurrent.futures import Future, ThreadPoolExecutor
+import multiprocessing as mp
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -32,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..conditions import ConditionLabeler, ConditionRule
-from ..detectors import DETECTORS, AuditConfig, ordered, run_detectors
+from ..detectors import DETECTORS, AuditConfig, Detector, ordered, run_detectors
 from ..findings import Finding, rank
 from ..readers import get_reader
 from ..readers.base import BadRecord, ReadContext, ReadOptions, SourceFile, finalize
@@ -59,17 +60,24 @@ class LiveConfig:
     every_step_options: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {"cot_grading": {"screen": False}})
     sample: StepSample = field(default_factory=StepSample)
-    background: bool = True  # heavy audits in a worker thread: training does not wait for them
+    #: Where heavy audits run: "process" (default: a worker process at low CPU priority; training neither waits
+    #: for them nor competes with them for the GIL), "thread" (a worker thread; shares the GIL), or None/False
+    #: (in the caller, synchronously: deterministic, for tests and benchmarks).
+    background: str | bool | None = "process"
     track: bool = True
     track_alpha: float = 0.01
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     split: str | None = "train"
 
     def __post_init__(self) -> None:
-        if self.every < 1:
-            from ..errors import RlauditError
+        from ..errors import RlauditError
 
+        if self.every < 1:
             raise RlauditError(f"live audit interval must be >= 1 step, got {self.every}")
+        if self.background is True:
+            self.background = "process"
+        if self.background not in ("process", "thread", None, False):
+            raise RlauditError(f"background must be 'process', 'thread' or None, got {self.background!r}")
 
 
 @dataclass
@@ -122,7 +130,7 @@ class LiveAuditor:
         self._last_heavy: int | None = None
         self._fresh = False  # rows arrived since the last heavy audit started
         self._job: tuple[Future, int] | None = None  # running background heavy audit and its step
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: Executor | None = None
         self._reported_errors: set[str] = set()
 
     # ------------------------------------------------------------------ getting rows in
@@ -181,7 +189,10 @@ class LiveAuditor:
             self._last_heavy = step
             paths = self.index.covering(self.config.sample.select(self.index.steps()))
             if self.config.background and not final:
-                self._job = (self._pool().submit(self._heavy, step, paths), step)
+                names = self.config.detectors if self.config.detectors is not None else _registered()
+                job = self._pool().submit(heavy_audit, self.store.root, self.run, paths,
+                                          self._audit_config(step, names), ordered(names))
+                self._job = (job, step)
             else:
                 alerts += self._absorb(step, self._heavy(step, paths))
         heavy = time.perf_counter() - t0
@@ -213,13 +224,10 @@ class LiveAuditor:
         return False
 
     def _heavy(self, step: int, parts: list[Any]) -> tuple[list[Finding], float]:
-        """Run the heavy detectors on a bounded view; touches no shared state (it may run in a thread)."""
-        t0 = time.perf_counter()
         names = self.config.detectors if self.config.detectors is not None else _registered()
         if not names:
             return [], 0.0
-        view = StoreView(self.store, self.run, parts)
-        return run_detectors(view, self.run, self._audit_config(step, names)), time.perf_counter() - t0
+        return heavy_audit(self.store.root, self.run, parts, self._audit_config(step, names), ordered(names))
 
     def _collect(self, wait: bool = False) -> list[Alert]:
         """Alerts from a finished background heavy audit (waiting for a running one when `wait`)."""
@@ -256,10 +264,14 @@ class LiveAuditor:
         self._remember(found)
         return self.alerts.process(rank(found), step)
 
-    def _pool(self) -> ThreadPoolExecutor:
+    def _pool(self) -> Executor:
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlaudit-audit",
-                                                initializer=_lower_priority)
+            if self.config.background == "thread":
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlaudit-audit",
+                                                    initializer=_lower_priority)
+            else:  # spawn: never fork a process that holds torch / DuckDB threads
+                self._executor = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
+                                                     initializer=_lower_priority)
         return self._executor
 
     def _audit_config(self, step: int, detectors: list[str],
@@ -297,8 +309,21 @@ class LiveAuditor:
         return self.tracker.snapshot()
 
 
+def heavy_audit(root: Any, run: str, parts: list[Any], config: AuditConfig,
+                detectors: list[type[Detector]]) -> tuple[list[Finding], float]:
+    """Run detectors on a bounded view of a run: (findings, seconds). A plain function of picklable arguments, so
+    it runs the same in the caller, a thread or a worker process. Detector classes travel by reference (module +
+    name), so detectors registered at run time in the trainer process are known to the worker too."""
+    t0 = time.perf_counter()
+    for cls in detectors:
+        if not any(d.name == cls.name for d in DETECTORS):
+            DETECTORS.append(cls)
+    view = StoreView(Store(root), run, parts)
+    return run_detectors(view, run, config), time.perf_counter() - t0
+
+
 def _lower_priority() -> None:
-    """Run the audit thread (and the threads it starts, e.g. DuckDB's) at a lower CPU priority than training:
+    """Run the audit worker (and the threads it starts, e.g. DuckDB's) at a lower CPU priority than training:
     on a busy machine the trainer gets the cores first. Linux sets nice values per thread; elsewhere a no-op."""
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
