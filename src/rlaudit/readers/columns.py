@@ -61,7 +61,7 @@ def map_from_columns(columns: dict[str, pa.Array], value_type: pa.DataType, drop
     if pa.types.is_floating(value_type) and not drop_null:
         matrix = np.column_stack([a.to_numpy(zero_copy_only=False) for a in arrays]).astype(np.float64)
         items = pa.array(matrix.ravel())
-        keys = pa.array(np.tile(np.array(names, dtype=object), n), pa.string())
+        keys = pc.take(pa.array(names, pa.string()), pa.array(np.tile(np.arange(k), n)))
         offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
         return pa.MapArray.from_arrays(offsets, keys, items).cast(typ)
     stacked = pa.concat_arrays(arrays)
