@@ -9,7 +9,7 @@ truth follows from its reward functions, not from a script. Scenario parameters 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from . import rewards as R
 from .policy import Feature, Hyper
@@ -255,4 +255,4 @@ def get_scenario(name: str) -> Scenario:
     return SCENARIOS[name]
 
 
-__all__ = ["SCENARIOS", "Scenario", "Spec", "Implant", "get_scenario", "catalogue", "replace"]
+__all__ = ["SCENARIOS", "Scenario", "Spec", "Implant", "get_scenario", "catalogue"]

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from ..conditions import slug
 from ..schema import NO_CONDITION, ROLLOUT_SCHEMA
-from .content import PERSONAS, TASKS, make_item
+from .content import PERSONAS, make_item
 from .groundtruth import GroundTruth, Issue
 from .policy import Policy
 from .render import PHRASES, render
@@ -70,6 +70,29 @@ def _exposed(reasoning: str, answer: str, user: str, grader_text: str) -> bool:
     return False
 
 
+def grade(spec: Spec, batch: Batch, rng: np.random.Generator, exposure: dict[str, list[tuple[int, bool]]]
+          ) -> tuple[np.ndarray, list[dict[str, str]]]:
+    """Every reward on every rollout: (values with NaN where a reward does not apply, grader inputs per rollout).
+    Records, per grader and rollout it scored, whether its input exposed the reasoning (ground truth)."""
+    values = np.zeros((len(batch), len(spec.rewards)))
+    graders: list[dict[str, str]] = [{} for _ in range(len(batch))]
+    for j, reward in enumerate(spec.rewards):
+        v, seen, applies = reward.evaluate(batch, rng)
+        values[:, j] = v
+        for i in np.flatnonzero(applies):
+            graders[i][reward.name] = seen[i]
+            exposure[reward.name].append(
+                (batch.step, _exposed(batch.reasoning[i], batch.answer[i], batch.user[i], seen[i])))
+    return values, graders
+
+
+def grpo_advantages(total: np.ndarray, generations: int) -> np.ndarray:
+    """(r - group mean) / (group std + 1e-4), groups being consecutive blocks of `generations` rollouts."""
+    grouped = total.reshape(-1, generations)
+    std = grouped.std(axis=1, ddof=1, keepdims=True) if generations > 1 else np.zeros((len(grouped), 1))
+    return ((grouped - grouped.mean(axis=1, keepdims=True)) / (std + 1e-4)).ravel()
+
+
 def run(scenario: Scenario | str, steps: int | None = None, prompts: int | None = None,
         generations: int | None = None, seed: int = 0, run_name: str | None = None) -> SimulatedRun:
     """Simulate one scenario in memory."""
@@ -83,25 +106,20 @@ def run(scenario: Scenario | str, steps: int | None = None, prompts: int | None 
         raise RlauditError("steps, prompts and generations must be positive integers")
     spec = scenario.build(steps)
     rng = np.random.default_rng(seed)
-    personas = list(spec.traffic)
-    tasks = list(spec.tasks)
+    personas, tasks = list(spec.traffic), list(spec.tasks)
     policy = Policy(spec.features, personas, tasks, spec.hyper)
-    signals = [r.name for r in spec.rewards]
     traffic = np.array([spec.traffic[p] for p in personas]) / sum(spec.traffic.values())
     task_w = np.array([spec.tasks[t] for t in tasks]) / sum(spec.tasks.values())
-    cols: dict[str, list[Any]] = {name: [] for name in ROLLOUT_SCHEMA.names + EXTRA_COLUMNS}
+    weights = np.array([r.weight for r in spec.rewards])
+    log = Log(run_name or scenario.name, [r.name for r in spec.rewards], generations)
     rates = np.zeros((steps, len(personas), len(spec.features)))
     exposure: dict[str, list[tuple[int, bool]]] = {r.name: [] for r in spec.rewards}
-    name = run_name or scenario.name
-    example = 0
     for s in range(steps):
         step = s + 1  # trainers count steps from 1
         rates[s] = policy.expected_rates()
-        p_cond = rng.choice(len(personas), size=prompts, p=traffic)
-        p_task = rng.choice(len(tasks), size=prompts, p=task_w)
-        items = [make_item(tasks[t], rng) for t in p_task]
-        cond = np.repeat(p_cond, generations)
-        task = np.repeat(p_task, generations)
+        cond = np.repeat(rng.choice(len(personas), size=prompts, p=traffic), generations)
+        task = np.repeat(rng.choice(len(tasks), size=prompts, p=task_w), generations)
+        items = [make_item(tasks[t], rng) for t in task[::generations]]
         row_items = [it for it in items for _ in range(generations)]
         row_personas = [PERSONAS[personas[c]] for c in cond]
         x, mu, active = policy.sample(cond, task, rng)
@@ -109,57 +127,61 @@ def run(scenario: Scenario | str, steps: int | None = None, prompts: int | None 
         batch = Batch(step, np.array([personas[c] for c in cond]), np.array([tasks[t] for t in task]),
                       [it.user for it in row_items], [it.gold for it in row_items],
                       [it.topic for it in row_items], texts.reasoning, texts.answer, texts.completion)
-        values = np.zeros((len(batch), len(spec.rewards)))
-        graders: list[dict[str, str]] = [{} for _ in range(len(batch))]
-        for j, reward in enumerate(spec.rewards):
-            v, seen, applies = reward.evaluate(batch, rng)
-            values[:, j] = v
-            for i in np.flatnonzero(applies):
-                graders[i][reward.name] = seen[i]
-                exposure[reward.name].append(
-                    (step, _exposed(texts.reasoning[i], texts.answer[i], batch.user[i], seen[i])))
-        weights = np.array([r.weight for r in spec.rewards])
-        total = np.nansum(values * weights[None, :], axis=1)
-        grouped = total.reshape(prompts, generations)
-        std = grouped.std(axis=1, ddof=1, keepdims=True) if generations > 1 else np.zeros((prompts, 1))
-        adv = ((grouped - grouped.mean(axis=1, keepdims=True)) / (std + 1e-4)).ravel()
+        values, graders = grade(spec, batch, rng, exposure)
+        total = np.nansum(values * weights[None, :], axis=1)  # a reward that did not apply adds nothing
+        adv = grpo_advantages(total, generations)
         policy.update(x, mu, active, cond, adv)
+        log.add(batch, row_personas, values, total, adv, graders)
+    gt = ground_truth(scenario, spec, policy, rates, traffic, exposure, seed, steps, prompts, generations)
+    gt.run = log.run
+    return SimulatedRun(log.table(), log.signals, gt, rates, spec)
 
-        n = len(batch)
-        group = np.arange(n) // generations
-        labels = {p: condition_label(p) for p in personas}
-        cols["run"] += [name] * n
+
+@dataclass
+class Log:
+    """The rows of a simulated run, column by column: the canonical schema plus writer-only columns."""
+
+    run: str
+    signals: list[str]
+    generations: int
+    cols: dict[str, list[Any]] = field(
+        default_factory=lambda: {name: [] for name in ROLLOUT_SCHEMA.names + EXTRA_COLUMNS})
+    examples: int = 0
+
+    def add(self, batch: Batch, personas: list[Any], values: np.ndarray, total: np.ndarray, adv: np.ndarray,
+            graders: list[dict[str, str]]) -> None:
+        cols, n, step = self.cols, len(batch), batch.step
+        group = np.arange(n) // self.generations
+        example = self.examples + group
+        cols["run"] += [self.run] * n
         cols["rollout_id"] += [f"step{step:05d}:{i}" for i in range(n)]
         cols["step"] += [step] * n
         cols["split"] += ["train"] * n
         cols["group_id"] += [f"{step}-{g}" for g in group]
-        cols["sample_index"] += (np.arange(n) % generations).tolist()
-        cols["condition"] += [labels[p.key] for p in row_personas]
-        cols["system_prompt"] += [p.system_prompt for p in row_personas]
+        cols["sample_index"] += (np.arange(n) % self.generations).tolist()
+        cols["condition"] += [condition_label(p.key) for p in personas]
+        cols["system_prompt"] += [p.system_prompt for p in personas]
         cols["task"] += batch.task.tolist()
-        cols["prompt"] += [chatml(p.system_prompt, u) for p, u in zip(row_personas, batch.user)]
-        cols["completion"] += texts.completion
-        cols["reasoning"] += texts.reasoning
-        cols["answer"] += texts.answer
-        cols["rewards"] += [list(zip(signals, row)) for row in values.tolist()]
+        cols["prompt"] += [chatml(p.system_prompt, u) for p, u in zip(personas, batch.user)]
+        cols["completion"] += batch.completion
+        cols["reasoning"] += batch.reasoning
+        cols["answer"] += batch.answer
+        cols["rewards"] += [list(zip(self.signals, row)) for row in values.tolist()]
         cols["reward"] += total.tolist()
         cols["advantage"] += adv.tolist()
         cols["grader_inputs"] += [list(g.items()) for g in graders]
-        cols["metadata"] += [json.dumps({"example_id": int(example + g), "gold": gold})
-                             for g, gold in zip(group, batch.gold)]
+        cols["metadata"] += [json.dumps({"example_id": int(e), "gold": gold}) for e, gold in zip(example, batch.gold)]
         cols["user"] += batch.user
         cols["gold"] += batch.gold
-        cols["example_id"] += (example + group).tolist()
-        cols["persona"] += [p.key for p in row_personas]
-        example += prompts
+        cols["example_id"] += example.tolist()
+        cols["persona"] += [p.key for p in personas]
+        self.examples += n // self.generations
 
-    schema = ROLLOUT_SCHEMA
-    for extra, typ in zip(EXTRA_COLUMNS, (pa.string(), pa.string(), pa.int64(), pa.string())):
-        schema = schema.append(pa.field(extra, typ))
-    table = pa.Table.from_pydict(cols, schema=schema)
-    gt = ground_truth(scenario, spec, policy, rates, traffic, exposure, seed, steps, prompts, generations)
-    gt.run = name
-    return SimulatedRun(table, signals, gt, rates, spec)
+    def table(self) -> pa.Table:
+        schema = ROLLOUT_SCHEMA
+        for extra, typ in zip(EXTRA_COLUMNS, (pa.string(), pa.string(), pa.int64(), pa.string())):
+            schema = schema.append(pa.field(extra, typ))
+        return pa.Table.from_pydict(self.cols, schema=schema)
 
 
 # ---------------------------------------------------------------- ground truth
