@@ -108,3 +108,13 @@ def test_verl_is_told_apart_from_canonical_jsonl(tmp_path):
     (tmp_path / "n").mkdir()
     (tmp_path / "n" / "rollouts.jsonl").write_text(json.dumps({"input": "p", "output": "o", "score": 1}) + "\n")
     assert resolve_reader(tmp_path / "n").name == "canonical"
+
+
+def test_group_size_splits_large_keyed_groups_and_a_bom_is_not_a_bad_line(tmp_path, store):
+    path = verl_step(tmp_path / "r", 4, ["same"] * 6, [f"o{i}" for i in range(6)], scores=[0.0] * 6)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    report = store.ingest(tmp_path / "r", options=ReadOptions(group_size=4))
+    assert report.bad_records == 0 and report.rows_added == 6
+    got = store.query("SELECT group_id, sample_index FROM rollouts ORDER BY rollout_id", runs=["r"]).to_pylist()
+    assert [(g["group_id"], g["sample_index"]) for g in got] == [
+        ("4:0", 0), ("4:0", 1), ("4:0", 2), ("4:0", 3), ("4:0/1", 0), ("4:0/1", 1)]

@@ -64,6 +64,8 @@ def _chunks(path: Any, chunk_bytes: int) -> Iterator[tuple[int, bytes, int]]:
     line = 1
     rest = b""
     with open(path, "rb") as fh:
+        if fh.read(3) != b"\xef\xbb\xbf":  # a UTF-8 byte-order mark (some Windows tools) is not part of line 1
+            fh.seek(0)
         while True:
             block = fh.read(chunk_bytes)
             if not block:
@@ -298,6 +300,8 @@ def iter_json_records(file: SourceFile, ctx: ReadContext) -> Iterator[tuple[int,
     """(line number, object) for every good line; bad lines are reported. Blank lines are skipped."""
     with open(file.path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
             if not raw.strip():
                 continue
             obj = parse_line(raw.rstrip(b"\r\n"), file, lineno, ctx)

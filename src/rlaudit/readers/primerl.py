@@ -7,7 +7,11 @@ Checked against PrimeIntellect-ai/prime-rl at 559b4477 (2026-08-21; `src/prime_r
 - `rollouts/step_N/{train,eval}/all/traces.jsonl` gets every finished episode as it arrives (failures and
   never-batched work included); `.../effective/traces.jsonl` the episodes that went into the trained batch.
   Both describe the same episodes, so this reader reads `effective` where a step/kind has it and `all` only
-  where it does not (a step still in progress, or a run that crashed before finalising it).
+  where it does not (a step still in progress, or a run that crashed before finalising it). `effective` is
+  preferred because only it carries the advantages (assigned when the batch is finalised). Caveat for live
+  ingest: rows already stored from a step's `all` file stay in the store when its `effective` file appears
+  later (the store keeps rows of files it ingested); ingest finished runs, or use a fresh `--run`, for
+  effective-only data.
 - One line is `Episode.to_record()`: {id, env {id, name}, task, group {id}, run {type, work {type, step}}, ok,
   errors, traces [...]}. Each trace: {id, task, agent {name, trainable}, nodes [{parent, message, sampled,
   advantages, ...}], rewards {name: {score, weight} | null}, metrics {name: value}, info {...}, stop_condition}.
