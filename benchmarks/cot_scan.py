@@ -118,12 +118,15 @@ def main() -> None:
         t0, c0 = time.perf_counter(), time.process_time()
         results = scan_run(con, params, source="rollouts")
         scan, scan_cpu = time.perf_counter() - t0, time.process_time() - c0
-        found = int(pc.sum(results.column("exposed")).as_py())
+        real = pc.invert(results.column("chance"))
+        found = int(pc.sum(pc.and_(results.column("exposed"), real)).as_py())
+        chance = results.filter(results.column("chance"))
         print(f"cot scan (tokenise + shingle + compare): {scan:.1f}s = {args.rollouts / scan:,.0f} rollouts/s "
               f"({scan / base:.1f}x the baseline scan); CPU {scan_cpu:.1f}s = {args.rollouts / scan_cpu:,.0f} "
               f"rollouts per CPU-second ({scan_cpu / base_cpu:.1f}x the baseline's CPU)")
         print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-        print(f"exposed found: {found:,} of {planted:,} planted")
+        print(f"exposed found: {found:,} of {planted:,} planted; chance pairings: "
+              f"{int(pc.sum(chance.column('exposed')).as_py()):,} exposed of {chance.num_rows:,}")
 
         t0 = time.perf_counter()
         result = audit_store(store, ["bench"], AuditConfig(detectors=["cot_grading"],

@@ -200,3 +200,19 @@ def test_sliced_batches_give_the_same_results():
     for start in range(0, table.num_rows, 37):  # slices share buffers with offsets != 0
         parts |= exposed_ids(table.slice(start, 37))
     assert whole == set(truth) and parts == whole
+
+
+def test_chance_calibration_silences_sentence_coincidences(store):
+    # reasoning and per-rollout grader notes drawn from one small pool of long sentences: the per-rollout rule
+    # fires often on coincidences, but no more often than on chance pairings, so no finding
+    rng = np.random.default_rng(7)
+    pool = [sentence(rng, 13) for _ in range(12)]
+    rows = []
+    for i in range(400):
+        prompt, answer = paragraph(rng, 2), sentence(rng, 8)
+        reasoning = " ".join(rng.choice(pool, 3))
+        seen = f"Q: {prompt}\nA: {answer}\nNote: {rng.choice(pool)}"
+        rows.append(_row(f"r{i}", f"g{i // 4}", prompt, reasoning, answer, seen, step=i // 40))
+    table = pa.Table.from_pylist(rows, schema=ROLLOUT_SCHEMA)
+    assert len(exposed_ids(table)) > 20
+    assert scan_findings(store, table) == []

@@ -30,6 +30,13 @@ by shingling relies on: independently written text shares isolated 5-word phrase
 from the prompt, answer or group context), not runs of them. Reasoning shorter than k words cannot be scanned;
 such pairs are counted as not exposed.
 
+Calibration on the run's own text: the same rule is applied to chance pairings, each rollout's reasoning against
+the grader input of a rollout of another group (all rollouts for runs up to `chance_rows`, evenly spaced batches
+beyond). A grader is reported only when its exposure count exceeds what the chance pairings produce (one-sided
+Fisher exact test at `alpha`=0.01), so text that the reasoning shares with every grader input (a template, a
+common phrase) or sentence-level coincidences cannot raise an alarm on a clean run. The price is a floor: with no
+chance exposure, about 7 exposed rollouts are needed before a grader is reported.
+
 The per-pair results are a derived table cached per run version (computed once for all steps, so latency
 measurements at growing `max_step` are cheap); aggregation is DuckDB SQL over that table.
 """
@@ -46,6 +53,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from scipy.stats import fisher_exact
 
 from ..cot_stats import wilson_interval
 from ..findings import Evidence, Finding
@@ -56,6 +64,7 @@ RESULT_SCHEMA = pa.schema([
     ("rollout_id", pa.string()), ("step", pa.int64()), ("split", pa.string()), ("condition", pa.string()),
     ("task", pa.string()), ("grader", pa.string()), ("reasoning_only", pa.int64()), ("matched", pa.int64()),
     ("containment", pa.float64()), ("longest_span", pa.int64()), ("exposed", pa.bool_()),
+    ("chance", pa.bool_()),  # a chance pairing: this rollout's reasoning vs another group's grader input
 ])
 _COLUMNS = ["rollout_id", "step", "split", "condition", "task", "group_id", "prompt", "answer", "reasoning",
             "grader_inputs"]
@@ -73,6 +82,7 @@ class ScanParams:
     min_edge_span: int = 8
     min_complete: int = 5
     group_context: bool = True
+    chance_rows: int = 200_000
     batch_rows: int = 16_384
 
     @classmethod
@@ -115,8 +125,12 @@ class Tally(NamedTuple):
 
 
 # ---------------------------------------------------------------- the per-batch kernel
-def scan_batch(batch: pa.RecordBatch | pa.Table, params: ScanParams) -> pa.Table:
-    """One result row per (rollout, grader) pair of the batch (see RESULT_SCHEMA)."""
+def scan_batch(batch: pa.RecordBatch | pa.Table, params: ScanParams, chance: bool = False) -> pa.Table:
+    """One result row per (rollout, grader) pair of the batch (see RESULT_SCHEMA).
+
+    `chance=True` scans chance pairings instead: each rollout's reasoning against the grader input of a rollout of
+    another group (see `chance_partner`), which measures how often the decision rule fires on unrelated text.
+    """
     if isinstance(batch, pa.RecordBatch):
         batch = pa.Table.from_batches([batch])
     batch = batch.combine_chunks()
@@ -132,6 +146,14 @@ def scan_batch(batch: pa.RecordBatch | pa.Table, params: ScanParams) -> pa.Table
 
     prompts = pc.dictionary_encode(pc.fill_null(batch.column("prompt").chunk(0), ""))
     prompt_of_row = prompts.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    group_of_row = _group_index(batch.column("group_id").chunk(0), n)
+    if chance:
+        receiver = chance_receiver(group_of_row, prompt_of_row)
+        keep = receiver[parent] >= 0
+        parent = np.where(keep, receiver[parent], 0)
+        names_keep = keep
+    else:
+        names_keep = np.ones(len(parent), bool)
     k = params.k
     R, A, P, G = (shingles_from_ids(*hashed_tokens(texts), k) for texts in (
         batch.column("reasoning"), batch.column("answer"), prompts.dictionary, grader_texts))
@@ -141,7 +163,6 @@ def scan_batch(batch: pa.RecordBatch | pa.Table, params: ScanParams) -> pa.Table
     # the prompt's shingles, repeated for every row that has that prompt (prompts are shared within a group)
     p_rows, p_index = _expand(prompt_of_row, np.bincount(P.row, minlength=len(prompts.dictionary)))
     excluded = rq.member(np.concatenate([scoped(A.keys, A.row), scoped(P.keys[p_index], p_rows)]))
-    group_of_row = _group_index(batch.column("group_id").chunk(0), n)
     if params.group_context:
         gq = SortedKeys(scoped(R.keys, group_of_row[R.row]))
         r_distinct = rq.distinct()  # (row, shingle) pairs: counting them per group counts rows
@@ -150,7 +171,7 @@ def scan_batch(batch: pa.RecordBatch | pa.Table, params: ScanParams) -> pa.Table
     names = grader_names.to_numpy(zero_copy_only=False).astype(object)
     out = []
     for grader in sorted(set(names.tolist())):  # few graders: the loop is over graders, not rollouts
-        entries = np.flatnonzero(names == grader)
+        entries = np.flatnonzero((names == grader) & names_keep)
         rows = parent[entries]
         is_entry = np.zeros(len(names), bool)
         is_entry[entries] = True
@@ -171,6 +192,7 @@ def scan_batch(batch: pa.RecordBatch | pa.Table, params: ScanParams) -> pa.Table
             "task": batch.column("task").take(take), "grader": pa.array([grader] * len(rows), pa.string()),
             "reasoning_only": tally.reasoning_only[rows], "matched": tally.matched[rows],
             "containment": tally.containment[rows], "longest_span": tally.longest[rows], "exposed": exposed[rows],
+            "chance": np.full(len(rows), chance),
         }, schema=RESULT_SCHEMA))
     return pa.concat_tables(out)
 
@@ -212,6 +234,20 @@ def _tally(counted: np.ndarray, seen: np.ndarray, row: np.ndarray, n: int) -> Ta
                  longest_runs(flag, rows, n), np.maximum(leading, trailing))
 
 
+def chance_receiver(group_of_row: np.ndarray, prompt_of_row: np.ndarray) -> np.ndarray:
+    """For each row j, the row i that receives j's grader input in the chance pairing (-1: none).
+
+    Rows are ordered by group and rotated by half the batch, so a grader input goes to a rollout of another
+    group; pairs that would share a group or a prompt are dropped (their text is legitimately related).
+    """
+    n = len(group_of_row)
+    order = np.argsort(group_of_row, kind="stable")
+    receiver = np.empty(n, np.int64)
+    receiver[order] = np.roll(order, n // 2)
+    unrelated = (group_of_row[receiver] != group_of_row) & (prompt_of_row[receiver] != prompt_of_row)
+    return np.where(unrelated, receiver, -1)
+
+
 def _expand(owner_of_row: np.ndarray, count_per_owner: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For rows that each own a range of items (item counts per owner, items stored owner by owner), the
     (row, item index) pairs of every row's items, without a Python loop."""
@@ -232,12 +268,20 @@ def _group_index(group_id: pa.Array, n: int) -> np.ndarray:
 # ---------------------------------------------------------------- the run-level scan
 def scan_run(con: duckdb.DuckDBPyConnection, params: ScanParams, source: str = "all_rollouts",
              extra_inputs: str | None = None) -> pa.Table:
-    """Scan every rollout of `source` (a view or table of `con`) that has grader inputs, in Arrow batches.
+    """Scan every rollout of `source` (a view or table of `con`) that has grader inputs, in Arrow batches, plus
+    chance pairings on about `params.chance_rows` of them (every batch for runs up to that size, evenly spaced
+    batches beyond).
 
     `extra_inputs`: a parquet path of captured grader inputs (rollout_id, grader, input) merged into the map.
     """
-    return pa.concat_tables([RESULT_SCHEMA.empty_table(), *(
-        scan_batch(b, params) for b in iter_batches(con, params.batch_rows, source, extra_inputs))])
+    total = con.execute(f"SELECT count(*) FROM {source} WHERE cardinality(grader_inputs) > 0").fetchall()[0][0]
+    stride = max(1, -(-total // max(1, params.chance_rows)))
+    parts = [RESULT_SCHEMA.empty_table()]
+    for i, batch in enumerate(iter_batches(con, params.batch_rows, source, extra_inputs)):
+        parts.append(scan_batch(batch, params))
+        if i % stride == 0 and params.chance_rows > 0:
+            parts.append(scan_batch(batch, params, chance=True))
+    return pa.concat_tables(parts)
 
 
 def iter_batches(con: duckdb.DuckDBPyConnection, rows: int, source: str = "all_rollouts",
@@ -262,11 +306,16 @@ def iter_batches(con: duckdb.DuckDBPyConnection, rows: int, source: str = "all_r
 def findings_from_results(con: duckdb.DuckDBPyConnection, results: pa.Table, run: str, params: ScanParams,
                           where: str, options: dict[str, Any], evidence_source: str = "rollouts",
                           extra_inputs: str | None = None) -> list[Finding]:
-    """One finding per grader with at least `min_exposed` exposed rollouts (default 1)."""
+    """One finding per grader whose exposure is above chance: at least `min_exposed` exposed rollouts (default
+    1) and more than the chance pairings produce (one-sided Fisher exact test at `alpha`, default 0.01)."""
     con.register("_cot_scan", results)
-    con.execute(f"CREATE OR REPLACE TEMP VIEW cot_scan AS SELECT * FROM _cot_scan WHERE {where}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW cot_scan AS SELECT * FROM _cot_scan WHERE NOT chance AND {where}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW cot_chance AS SELECT * FROM _cot_scan WHERE chance AND {where}")
     min_exposed = int(options.get("min_exposed", 1))
+    alpha = float(options.get("alpha", 0.01))
     severity = options.get("severity", "high")
+    chance = {g: (int(n), int(k or 0)) for g, n, k in con.execute(
+        "SELECT grader, count(*), sum(exposed::INT) FROM cot_chance GROUP BY grader").fetchall()}
     totals = con.execute(
         "SELECT grader, count(*) AS n, sum(exposed::INT) AS exposed, min(CASE WHEN exposed THEN step END) AS first, "
         "count(*) FILTER (WHERE reasoning_only > 0) AS scannable FROM cot_scan GROUP BY grader ORDER BY grader"
@@ -274,7 +323,10 @@ def findings_from_results(con: duckdb.DuckDBPyConnection, results: pa.Table, run
     found = []
     for grader, n, exposed, first_step, scannable in totals:
         exposed = int(exposed or 0)
-        if exposed < min_exposed:
+        n0, k0 = chance.get(grader, (0, 0))
+        p_value = float(fisher_exact([[exposed, n - exposed], [k0, n0 - k0]], alternative="greater").pvalue) \
+            if n0 else 0.0
+        if exposed < min_exposed or p_value > alpha:
             continue
         lo, hi = wilson_interval(exposed, n)
         rate = exposed / n
@@ -284,13 +336,16 @@ def findings_from_results(con: duckdb.DuckDBPyConnection, results: pa.Table, run
             explanation=(
                 f"The logged input of grader '{grader}' contains the rollout's chain-of-thought (text found only in "
                 f"the reasoning, not in the prompt or answer) in {exposed:,} rollouts, first at step {first_step}. "
-                "A grader that reads the reasoning rewards what it says, which teaches the policy to shape or hide "
-                "its reasoning. Each evidence item marks the matching span in the grader input."),
+                f"Pairing reasoning with other groups' grader inputs, the same rule fires on {k0:,} of {n0:,} chance "
+                f"pairs (one-sided Fisher p={p_value:.2g}). A grader that reads the reasoning rewards what it says, "
+                "which teaches the policy to shape or hide its reasoning. Each evidence item marks the matching "
+                "span in the grader input."),
             score=rate,
             fields={
                 "grader": grader, "method": "scan", "exposure_rate": rate, "exposure_rate_ci": [lo, hi],
                 "exposed_samples": exposed, "samples": n, "scannable_samples": int(scannable),
-                "first_step": int(first_step),
+                "first_step": int(first_step), "chance_samples": n0, "chance_exposed": k0,
+                "chance_rate": k0 / n0 if n0 else None, "p_value": p_value,
                 "series": _series(con, grader), "by_condition": _breakdown(con, grader, "condition"),
                 "by_task": _breakdown(con, grader, "task"),
                 "thresholds": {"k": params.k, "min_matched": params.min_matched,
