@@ -218,7 +218,7 @@ def _print_summary(result: dict[str, Any]) -> None:
     print(f"\ntrained {result['steps']} steps in {result['train_seconds']:.0f} s; in the rlaudit callback during "
           f"training: {result['audit_seconds']:.1f} s (per-step checks: median {per_step[len(per_step) // 2] * 1000:.0f}"
           f" ms), final audit after the last step: {result['final_audit_seconds']:.1f} s; {len(heavy)} heavy audits "
-          f"of {sum(heavy):.1f} s in total ran in the background thread")
+          f"of {sum(heavy):.1f} s in total ran in the background worker")
     print(f"first alert on the tic:                       step {result['first_tic_alert_step']}")
     print(f"first attribution alert (signal {', '.join(map(str, result['attributed_signals'])) or '-'}): "
           f"step {result['first_attribution_step']}")
