@@ -103,11 +103,12 @@ def _analyse(scope: Scope, f: Finding, signals: dict[str, str], alpha: float) ->
     conds = scope.conditions
     t, nc = scope.n_steps, len(conds)
     cidx = {c: i for i, c in enumerate(conds)}
-    x, n = np.zeros((nc, t)), np.zeros((nc, t))
-    rows = scope.con.execute(f"""SELECT condition, si, count(*) AS n, sum({value}) AS x FROM sc
-        WHERE {scope.filter(where)} AND {risk} GROUP BY ALL""").fetchall()
-    for c, si, nn, xx in rows:
-        n[cidx[c], si], x[cidx[c], si] = nn, xx or 0
+    x, q, n = np.zeros((nc, t)), np.zeros((nc, t)), np.zeros((nc, t))
+    rows = scope.con.execute(f"""SELECT condition, si, count(*) AS n, sum(v) AS x, sum(v * v) AS q
+        FROM (SELECT condition, si, {value} AS v FROM sc WHERE {scope.filter(where)} AND {risk})
+        GROUP BY ALL""").fetchall()
+    for c, si, nn, xx, qq in rows:
+        n[cidx[c], si], x[cidx[c], si], q[cidx[c], si] = nn, xx or 0, qq or 0
     # cluster sums per condition (stratified by task within it)
     s = max(scope.n_strata, 1)
     sx, sxx, sxn = (np.zeros((nc, 2, s)) for _ in range(3))
@@ -131,8 +132,7 @@ def _analyse(scope: Scope, f: Finding, signals: dict[str, str], alpha: float) ->
         p0 = x[:, early].sum(1) / n[:, early].sum(1)
         p1 = x[:, late].sum(1) / n[:, late].sum(1)
     h = max(1, t // 40)
-    onsets = [onset_index(x[i], x[i] if presence else x[i] ** 2, n[i], early, 1, half_width=h, presence=presence)
-              for i in range(nc)]
+    onsets = [onset_index(x[i], q[i], n[i], early, 1, half_width=h, presence=presence) for i in range(nc)]
     a = {"finding": f, "where": where, "ftype": ftype, "key": k, "x": x, "n": n, "ratio": ratio, "se": se,
          "p": p, "p0": p0, "p1": p1, "onsets": onsets, "h": h, "value": value, "risk": risk}
     if not _choose_source(scope, a, signals, alpha):
