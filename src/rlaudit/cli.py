@@ -670,8 +670,10 @@ def watch_cmd(
     steps = f"steps {result.steps[0]}-{result.steps[1]}" if result.steps else "no steps"
     out.print(f"run {result.run}: {result.rows:,} rows ({steps}) in {result.polls} poll(s), "
               f"{len(result.alerts)} alert(s); stopped by {result.stopped_by}", highlight=False)
+    from rich.markup import escape
+
     for a in result.alerts:
-        out.print(f"  [{SEVERITY_STYLE[a.severity]}]{a.severity}[/] step {a.step}: [{a.kind}] {a.title}",
+        out.print(f"  [{SEVERITY_STYLE[a.severity]}]{a.severity}[/] step {a.step}: {escape(f'[{a.kind}] {a.title}')}",
                   highlight=False)
     if result.auditor and result.auditor.errors:
         console.print(f"[yellow]warning:[/] {len(result.auditor.errors)} live-audit error(s), first: "

@@ -70,6 +70,7 @@ def test_cli_watch(tmp_path, test_detectors):
                                    "--detector", "test_goblin", "--every", "1", "--foreground"])
     assert res.exit_code == 0, res.output
     assert "300 rows" in res.output and "steps 1-15" in res.output
+    assert "[emerging_behavior] goblin in" in res.output  # kinds in brackets are printed, not eaten as markup
     lines = [json.loads(x) for x in alerts.read_text().splitlines()]
     assert lines and lines[0]["kind"] == "emerging_behavior"
 
