@@ -68,3 +68,14 @@ def test_simulate_command(tmp_path):
                                                                    "ground_truth.json"]
     listing = runner.invoke(app, ["simulate", "--list"])
     assert listing.exit_code == 0 and "goblin_persona" in listing.output
+
+
+@pytest.mark.parametrize("args,message", [(["nope"], "unknown scenario"),
+                                          (["clean_basic", "--format", "wandb"], "unknown simulator format"),
+                                          (["clean_basic", "--steps", "0"], "positive integers"),
+                                          (["clean_basic"], "--out")])
+def test_simulate_bad_input_is_a_clear_error(tmp_path, args, message):
+    if "--out" not in args and message != "--out":
+        args = [*args, "--out", str(tmp_path / "x")]
+    result = runner.invoke(app, ["simulate", *args])
+    assert result.exit_code != 0 and message in str(result.exception)

@@ -23,6 +23,10 @@ FORMATS = tuple(WRITERS)
 def simulate(scenario: str | Scenario, out_dir: str | Path, format: str = "canonical", steps: int | None = None,
              prompts: int | None = None, generations: int | None = None, seed: int = 0) -> GroundTruth:
     """Simulate `scenario` and write its logs (in `format`) and ground truth to `out_dir`."""
+    if format not in WRITERS:
+        from ..errors import RlauditError
+
+        raise RlauditError(f"unknown simulator format {format!r}; choose one of {', '.join(WRITERS)}")
     sim = run(scenario, steps=steps, prompts=prompts, generations=generations, seed=seed,
               run_name=Path(out_dir).resolve().name)
     write(sim, out_dir, format)

@@ -97,13 +97,14 @@ def run(scenario: Scenario | str, steps: int | None = None, prompts: int | None 
         generations: int | None = None, seed: int = 0, run_name: str | None = None) -> SimulatedRun:
     """Simulate one scenario in memory."""
     scenario = get_scenario(scenario) if isinstance(scenario, str) else scenario
-    steps = steps or DEFAULT_SIZE["steps"]
-    prompts = prompts or DEFAULT_SIZE["prompts"]
-    generations = generations or DEFAULT_SIZE["generations"]
+    steps = DEFAULT_SIZE["steps"] if steps is None else steps
+    prompts = DEFAULT_SIZE["prompts"] if prompts is None else prompts
+    generations = DEFAULT_SIZE["generations"] if generations is None else generations
     if min(steps, prompts, generations) < 1:
         from ..errors import RlauditError
 
-        raise RlauditError("steps, prompts and generations must be positive integers")
+        raise RlauditError(f"steps, prompts and generations must be positive integers, got {steps}, {prompts}, "
+                           f"{generations}")
     spec = scenario.build(steps)
     rng = np.random.default_rng(seed)
     personas, tasks = list(spec.traffic), list(spec.tasks)
