@@ -261,7 +261,8 @@ def _findings(ctx: DetectContext, scope: Scope, a: dict[str, Any], signals: dict
         src_c, tgt_c = conds[source], conds[tgt]
         src_bc = by_cond.get(src_c, {})
         fields_ = {
-            "behavior": f["behavior"], "behavior_spec": f["behavior_spec"], "where": a["where"],
+            "behavior": f["behavior"], "behavior_spec": f["behavior_spec"], "terms": f.get("terms", []),
+            "where": a["where"],
             "feature_type": a["ftype"], "source_condition": src_c, "target_condition": tgt_c,
             "target_conditions": covered,
             "source_reason": reason, "rewarded_by": rewarded[0] if rewarded else None,
