@@ -28,7 +28,8 @@ vocabulary, occurrences copied from the rollout's own prompt excluded), plus the
    containing it ("by" of "by my beard") joins that phrase; a group whose rollouts nearly all (>= 80%) also
    show a larger group that keeps changing without it is a form of that group ("a goblin counting coins" of
    "goblin"). A behaviour is named by its longest member whose prevalence is at
-   least 80% of the most prevalent member's; `behavior_spec` is that phrase, `terms` lists every member.
+   least 80% of the most prevalent member's; `behavior_spec` is that phrase, `terms` lists the members (name
+   first, then by prevalence, at most 30; `n_terms` counts them all).
 
 Severity (95% CI of the length-adjusted ratio [lo, hi]; prevalence change d = prevalence_end - prevalence_start;
 findings need q <= alpha (0.05) and a CI outside the equivalence margin [0.8, 1.25]; otherwise nothing is
@@ -50,7 +51,8 @@ Task content: an n-gram with >= 90% of its occurrences in one task that carries 
 reported at most as low, whatever its effect. A tic spreads across tasks.
 
 `score` (the rank within a severity) is |d| for presence (half of it for decreases) and |log ratio| / 4 for
-numeric features. These thresholds are statements about effect sizes, not tuned to any fixture.
+numeric features. The thresholds are statements about effect sizes (how much more likely, with 95% confidence,
+and how many more rollouts in a hundred), the same for every run.
 
 Options (`AuditConfig.options["emerging"]`): alpha (0.05), window (0.2), min_steps (4), max_findings (40),
 jaccard (0.8), max_evidence (6), plus `tokens.VocabOptions` fields (max_terms, min_prevalence, ...).
