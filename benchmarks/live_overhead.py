@@ -94,7 +94,7 @@ def main() -> None:
 
         print(f"synthetic run: {args.steps} steps x {args.rollouts} rollouts, heavy audit every {args.every} steps "
               f"on a sample of at most {auditor.config.sample.size} steps; detectors: all registered")
-        print(f"per-step cost on the training thread (median ms; append + per-step checks + tracking + alerts):")
+        print("per-step cost on the training thread (median ms; append + per-step checks + tracking + alerts):")
         e_step, l_step = med([light[s] for s in early]), med([light[s] for s in late])
         e_chk, l_chk = med([cheap[s] for s in early]), med([cheap[s] for s in late])
         print(f"  steps {early[0]}-{early[-1]}: {e_step:7.1f} ms (checks {e_chk:.1f} ms)")

@@ -209,7 +209,8 @@ def _print_summary(result: dict[str, Any]) -> None:
     prev = result["prevalence"]
     print("\nstep  goblin share: nerdy  plain")
     for step in sorted(set(prev["nerdy"]) | set(prev["plain"])):
-        print(f"{step:4d}  {prev['nerdy'].get(step, float('nan')):19.2f}  {prev['plain'].get(step, float('nan')):.2f}")
+        nerdy, plain = prev["nerdy"].get(step, float("nan")), prev["plain"].get(step, float("nan"))
+        print(f"{step:4d}  {nerdy:19.2f}  {plain:.2f}")
     print("\nalerts:")
     for a in result["alerts"]:
         print(f"  step {a['step']:>4}  {a['severity']:6s} [{a['kind']}] {a['title']}")

@@ -58,7 +58,8 @@ def test_live_audit_alerts_on_the_tic_and_traces_it_to_the_persona_reward(exampl
     assert sum(nerdy[s] for s in steps[:5]) / 5 < 0.2 < sum(nerdy[s] for s in steps[-5:]) / 5
 
     # the callback alerted on the tic during the run (before the last step) ...
-    tic = [a for a in result["alerts"] if a["kind"] == "emerging_behavior" and "goblin" in a["finding"]["behavior_spec"]]
+    tic = [a for a in result["alerts"]
+           if a["kind"] == "emerging_behavior" and "goblin" in a["finding"]["behavior_spec"]]
     assert tic and tic[0]["step"] < 40
     # ... and traced it to the buggy persona reward
     attributed = [a for a in result["alerts"] if a["kind"] == "reward_attribution"

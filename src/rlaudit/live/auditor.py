@@ -4,8 +4,9 @@ Each training step brings new rows (appended by a hook, or ingested from trainer
 then does two kinds of work, both with a cost that does not grow with the length of the run:
 
 - *every step*, on the new step's rows only: the per-step detectors (`LiveConfig.every_step`, by default the CoT
-  grading scan: did a grader see reasoning in this step? skipped for steps without grader inputs) and the tracking of behaviours already flagged
-  (`tracking.BehaviorTracker`: per-condition prevalence counts, spread test);
+  grading scan: did a grader see reasoning in this step? skipped for steps without grader inputs) and the
+  tracking of behaviours already flagged (`tracking.BehaviorTracker`: per-condition prevalence counts, spread
+  test);
 - *every `every` steps* (and at the end), all detectors (emerging behaviours, attribution, generalization,
   the CoT screen...) on a bounded sample of the run (`sampling.StepSample`: first, evenly spread and latest
   steps), through a read-only `StoreView`, so they run unchanged; by default in a worker process at a lower

@@ -8,12 +8,13 @@ so testing them costs nothing, however long the run.
 Conditions where the behaviour had already risen when it was flagged are the flag's own news (tested at the
 plain 5% level, so "already risen" is read generously); tracking reports the *other* conditions. The test, per
 tracked behaviour and such a condition, is whether prevalence in the last `recent` steps exceeds the
-first `baseline` steps (each window shrinks to half the steps known while the run is shorter): rate ratio with a Katz log-scale confidence interval (0.5 added to the cells). It is
-run after every step, so it is corrected for every look and every (behaviour, condition) pair with Bonferroni:
-z must exceed the normal quantile at `alpha / (pairs x looks)`. That is conservative (consecutive looks share
-most of their data) but keeps the chance of any false `behavior_spread` alert over a whole run below `alpha`
-under the null of no change. A condition is reported when it is significant *and* the ratio's point estimate is
-at least `min_ratio` (default 2: "doubled"). Findings have kind `behavior_spread` (live only; fields behavior,
+first `baseline` steps (each window shrinks to half the steps known while the run is shorter): rate ratio
+with a Katz log-scale confidence interval (0.5 added to the cells). It is re-run after every step, so the
+error rate is spent over looks and pairs: the L-th look at a pair is tested at `alpha / (pairs x L x (L+1))`
+(Bonferroni over the (behaviour, condition) pairs; over looks, a spending sequence that sums to 1). That is
+conservative (consecutive looks share most of their data: late looks need a large rise) but keeps the chance of
+any false `behavior_spread` alert over a whole run below `alpha` under the null of no change. A condition is
+reported when it is significant *and* the ratio's point estimate is at least `min_ratio` (default 2: "doubled"). Findings have kind `behavior_spread` (live only; fields behavior,
 behavior_spec, where, target_condition, source_conditions, baseline/recent prevalence, ratio, ratio_ci, z,
 z_critical, series); the `generalization` detector makes the full, offline version of this judgement.
 """
@@ -159,7 +160,8 @@ class BehaviorTracker:
                 continue
             for cond in sorted(tracked.conditions() - tracked.known):
                 tracked.looks[cond] += 1
-                z_crit = float(norm.isf(self.alpha / (max(pairs, 1) * tracked.looks[cond])))
+                looks = tracked.looks[cond]
+                z_crit = float(norm.isf(self.alpha / (max(pairs, 1) * looks * (looks + 1))))
                 rise = self._rise(tracked, cond, z_crit)
                 if rise is None:
                     continue
@@ -173,8 +175,8 @@ class BehaviorTracker:
                         f"Live tracking of a behaviour flagged by emerging-behaviour discovery in "
                         f"{', '.join(sorted(tracked.known)) or 'the run as a whole'}. Prevalence under {cond} in "
                         f"the last {len(last)} steps ({int(k1)}/{int(n1)}) against the first {len(first)} "
-                        f"steps ({int(k0)}/{int(n0)}): rate ratio {ratio:.2f}, z = {z:.1f} over a Bonferroni "
-                        f"threshold of {z_crit:.1f} (all looks and conditions)."),
+                        f"steps ({int(k0)}/{int(n0)}): rate ratio {ratio:.2f}, z = {z:.1f} over the threshold of "
+                        f"{z_crit:.1f} (error rate spent over all looks and conditions)."),
                     fields={"behavior": tracked.label, "behavior_spec": spec, "where": tracked.column,
                             "target_condition": cond, "source_conditions": sorted(tracked.known),
                             "baseline_prevalence": p0, "recent_prevalence": p1, "ratio": ratio,
