@@ -14,9 +14,10 @@ error rate is spent over looks and pairs: the L-th look at a pair is tested at `
 (Bonferroni over the (behaviour, condition) pairs; over looks, a spending sequence that sums to 1). That is
 conservative (consecutive looks share most of their data: late looks need a large rise) but keeps the chance of
 any false `behavior_spread` alert over a whole run below `alpha` under the null of no change. A condition is
-reported when it is significant *and* the ratio's point estimate is at least `min_ratio` (default 2: "doubled"). Findings have kind `behavior_spread` (live only; fields behavior,
-behavior_spec, where, target_condition, source_conditions, baseline/recent prevalence, ratio, ratio_ci, z,
-z_critical, series); the `generalization` detector makes the full, offline version of this judgement.
+reported when it is significant *and* the ratio's point estimate is at least `min_ratio` (default 2:
+"doubled"). Findings have kind `behavior_spread` (live only; fields behavior, behavior_spec, where,
+target_condition, source_conditions, baseline/recent prevalence, ratio, ratio_ci, z, z_critical, series); the
+`generalization` detector makes the full, offline version of this judgement.
 """
 
 from __future__ import annotations
