@@ -16,9 +16,11 @@ group's advantages, a dead reward server returning a default). Checks per signal
   historical maximum (a dead server returning a default, a parser that stopped matching). The stuck stretch must
   cover at least 3 steps, 10% of the run's steps and 20 rows. Severity **high**. Stuck *at* the historical
   maximum is saturation (the policy learnt it), reported as `saturated` at **info**.
-- `out_of_range`: finite values far outside the bulk: below q05 - 10*S or above q95 + 10*S, where the scale S is
-  the largest of q95 - q05, the span of the values that each make up >= 5% of rows (so a binary signal's rare
-  zeros are not outliers), and 10% of max(|q05|, |q95|); S = 1 when all of these are 0. Robust to up to 5% of
+- `out_of_range`: finite values far outside the bulk: below q05 - 10*S or above q95 + 10*S (t-digest
+  quantiles), where the scale S is
+  the largest of q95 - q05, the span of the values that each make up >= 5% of rows (for discrete signals, <= 64
+  distinct values: a binary signal's rare zeros are not outliers), and 10% of max(|q05|, |q95|); S = 1 when all
+  of these are 0. Robust to up to 5% of
   outliers, which cannot move q05/q95. Severity **high** when the share >= 1%, **medium** when there are at
   least 3 such rows, else **low**.
 
@@ -37,6 +39,7 @@ from . import DetectContext, Detector, register
 APPLIES_MIN = 0.5  # a cell is applicable when at least this share of its rows is not NaN
 OUTLIER_K = 10.0
 COMMON_SHARE = 0.05
+DISCRETE_MAX = 64  # a signal with at most this many distinct values is discrete (common values are looked up)
 STUCK_MIN_STEPS, STUCK_MIN_SHARE, STUCK_MIN_ROWS = 3, 0.10, 20
 CONSTANT_MIN_STEPS = 3
 EVIDENCE = 5
@@ -50,6 +53,7 @@ class RewardHealthDetector(Detector):
 
     def detect(self, ctx: DetectContext) -> list[Finding]:
         con = ctx.connect()
+        con.execute("SET enable_progress_bar = false")
         con.execute("CREATE TEMP TABLE rl AS SELECT rollout_id, step, signal, "
                     "coalesce(value, 'NaN'::DOUBLE) AS value, "  # a missing value did not score either
                     "coalesce(condition, '') AS condition, coalesce(task, '') AS task FROM rewards_long")
@@ -100,18 +104,19 @@ def _non_finite(con: duckdb.DuckDBPyConnection, run: str) -> list[Finding]:
 
 def _nan(con: duckdb.DuckDBPyConnection, run: str) -> list[Finding]:
     con.execute(f"""
-        CREATE TEMP TABLE nan_rows AS
-        WITH cells AS (SELECT signal, condition, task FROM rl GROUP BY ALL
-                       HAVING count(*) FILTER (WHERE NOT isnan(value)) >= {APPLIES_MIN} * count(*))
-        SELECT rl.* FROM rl JOIN cells USING (signal, condition, task)""")
+        CREATE TEMP TABLE cells AS
+        SELECT signal, condition, task, count(*) AS n, count(*) FILTER (WHERE isnan(value)) AS nan,
+               min(step) FILTER (WHERE isnan(value)) AS first_step
+        FROM rl GROUP BY ALL""")
     out = []
-    for r in _rows(con, """
-            SELECT signal, count(*) FILTER (WHERE isnan(value)) AS nan, count(*) AS n,
-                   min(step) FILTER (WHERE isnan(value)) AS first_step
-            FROM nan_rows GROUP BY signal HAVING count(*) FILTER (WHERE isnan(value)) > 0 ORDER BY signal"""):
+    for r in _rows(con, f"""
+            SELECT signal, sum(nan) AS nan, sum(n) AS n, min(first_step) AS first_step
+            FROM cells WHERE n - nan >= {APPLIES_MIN} * n
+            GROUP BY signal HAVING sum(nan) > 0 ORDER BY signal"""):
         share = r["nan"] / r["n"]
         severity = "high" if share >= 0.10 else "medium" if share >= 0.001 and r["nan"] >= 3 else "low"
-        where = "r.rollout_id IN (SELECT rollout_id FROM nan_rows n WHERE n.signal = r.signal AND isnan(n.value))"
+        where = (f"isnan(r.value) AND EXISTS (SELECT 1 FROM cells c WHERE c.signal = r.signal AND "
+                 f"c.condition = r.condition AND c.task = r.task AND c.n - c.nan >= {APPLIES_MIN} * c.n)")
         out.append(_finding(
             run, r["signal"], "nan", severity, f"reward signal {r['signal']} is NaN in {share:.1%} of rollouts "
             "where it applies",
@@ -169,22 +174,27 @@ def _constant_or_stuck(con: duckdb.DuckDBPyConnection, run: str) -> list[Finding
 
 def _out_of_range(con: duckdb.DuckDBPyConnection, run: str) -> list[Finding]:
     out = []
-    for r in _rows(con, f"""
-            WITH f AS (SELECT * FROM rl WHERE isfinite(value)),
-            q AS (SELECT signal, quantile_cont(value, 0.05) AS q05, quantile_cont(value, 0.95) AS q95,
-                         count(*) AS n FROM f GROUP BY signal),
-            common AS (SELECT signal, max(value) - min(value) AS span FROM (
-                           SELECT signal, value, count(*) AS c FROM f GROUP BY signal, value) v
-                       JOIN q USING (signal) WHERE c >= {COMMON_SHARE} * q.n GROUP BY signal),
-            bands AS (SELECT q.*, greatest(q95 - q05, coalesce(span, 0), 0.1 * greatest(abs(q05), abs(q95))) AS s0
-                      FROM q LEFT JOIN common USING (signal)),
-            b AS (SELECT *, CASE WHEN s0 > 0 THEN s0 ELSE 1.0 END AS s FROM bands)
-            SELECT f.signal, count(*) AS bad, any_value(b.n) AS n, min(f.step) AS first_step,
-                   min(f.value) AS lo, max(f.value) AS hi, any_value(b.q05 - {OUTLIER_K} * b.s) AS lower_bound,
-                   any_value(b.q95 + {OUTLIER_K} * b.s) AS upper_bound
-            FROM f JOIN b USING (signal)
-            WHERE f.value < b.q05 - {OUTLIER_K} * b.s OR f.value > b.q95 + {OUTLIER_K} * b.s
-            GROUP BY f.signal ORDER BY f.signal"""):
+    con.execute(f"""
+        CREATE TEMP TABLE bands AS
+        WITH q AS (SELECT signal, approx_quantile(value, 0.05) AS q05, approx_quantile(value, 0.95) AS q95,
+                          count(*) AS n, approx_count_distinct(value) AS distinct_values
+                   FROM rl WHERE isfinite(value) GROUP BY signal),
+        common AS (SELECT signal, max(value) - min(value) AS span FROM (  -- discrete signals only
+                       SELECT signal, value, count(*) AS c FROM rl
+                       WHERE signal IN (SELECT signal FROM q WHERE distinct_values <= {DISCRETE_MAX})
+                         AND isfinite(value)
+                       GROUP BY signal, value) v
+                   JOIN q USING (signal) WHERE c >= {COMMON_SHARE} * q.n GROUP BY signal),
+        s AS (SELECT q.*, greatest(q95 - q05, coalesce(span, 0), 0.1 * greatest(abs(q05), abs(q95))) AS s0
+              FROM q LEFT JOIN common USING (signal))
+        SELECT signal, n, q05 - {OUTLIER_K} * (CASE WHEN s0 > 0 THEN s0 ELSE 1.0 END) AS lower_bound,
+               q95 + {OUTLIER_K} * (CASE WHEN s0 > 0 THEN s0 ELSE 1.0 END) AS upper_bound FROM s""")
+    for r in _rows(con, """
+            SELECT r.signal, count(*) AS bad, any_value(b.n) AS n, min(r.step) AS first_step, min(r.value) AS lo,
+                   max(r.value) AS hi, any_value(b.lower_bound) AS lower_bound, any_value(b.upper_bound) AS upper_bound
+            FROM rl r JOIN bands b USING (signal)
+            WHERE isfinite(r.value) AND (r.value < b.lower_bound OR r.value > b.upper_bound)
+            GROUP BY r.signal ORDER BY r.signal"""):
         share = r["bad"] / r["n"]
         severity = "high" if share >= 0.01 else "medium" if r["bad"] >= 3 else "low"
         lo, hi = r["lower_bound"], r["upper_bound"]
