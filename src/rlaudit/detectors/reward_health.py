@@ -103,7 +103,7 @@ def _non_finite(con: duckdb.DuckDBPyConnection, run: str) -> list[Finding]:
 
 
 def _nan(con: duckdb.DuckDBPyConnection, run: str) -> list[Finding]:
-    con.execute(f"""
+    con.execute("""
         CREATE TEMP TABLE cells AS
         SELECT signal, condition, task, count(*) AS n, count(*) FILTER (WHERE isnan(value)) AS nan,
                min(step) FILTER (WHERE isnan(value)) AS first_step
