@@ -6,9 +6,10 @@ that grader input?" then becomes "what share of the reasoning's shingles are amo
 shingles?", which survives reformatting, re-wrapping, markdown changes and truncation (a grader that saw only
 the tail of the reasoning still shares the tail's shingles).
 
-Everything here works on whole Arrow columns: tokenisation is Arrow compute, token ids come from one
-dictionary per batch (so ids, and therefore hashes, are consistent across all columns of the batch), and
-shingle hashes are numpy arithmetic over the flat token-id array. There is no Python loop over rows; the
+Everything here works on whole Arrow columns. The scan tokenises with `hashed_tokens` (numpy over the UTF-8 byte
+buffer, each token hashed to 64 bits); `Vocabulary` dictionary-encodes tokens when the words themselves are needed
+(the screen's word features). Shingle hashes are numpy arithmetic over the flat token-id array, and membership
+questions for a whole batch are answered by one sorted array of scoped keys (`SortedKeys`). There is no Python loop over rows; the
 scalar helpers at the end (`token_spans`, `shingle_set`) exist only to cut evidence spans for a handful of rows.
 """
 
@@ -248,26 +249,6 @@ def shingles_from_ids(ids: np.ndarray, offsets: np.ndarray, k: int) -> Shingles:
     within = np.arange(len(row), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
     position = starts + within
     return Shingles(keys[position], row, within, n_tokens)
-
-
-def member(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Boolean mask: which query keys occur in reference (sort once, binary search; no Python loop)."""
-    if len(reference) == 0 or len(query) == 0:
-        return np.zeros(len(query), bool)
-    ref = np.sort(reference)
-    idx = np.searchsorted(ref, query)
-    idx[idx == len(ref)] = len(ref) - 1
-    return ref[idx] == query
-
-
-def count_lookup(query: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """For each query key, how many times it occurs in reference."""
-    if len(reference) == 0 or len(query) == 0:
-        return np.zeros(len(query), np.int64)
-    uniq, counts = np.unique(reference, return_counts=True)
-    idx = np.searchsorted(uniq, query)
-    idx[idx == len(uniq)] = len(uniq) - 1
-    return np.where(uniq[idx] == query, counts[idx], 0)
 
 
 def longest_runs(flag: np.ndarray, row: np.ndarray, n_rows: int) -> np.ndarray:

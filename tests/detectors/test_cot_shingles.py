@@ -7,8 +7,8 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlaudit.shingles import (Vocabulary, longest_runs, matching_spans, member, normalized_tokens, scoped,
-                              token_spans)
+from rlaudit.shingles import (SortedKeys, Vocabulary, distinct, edge_runs, longest_runs, matching_spans,
+                              normalized_tokens, scoped, token_spans)
 
 
 def test_normalisation_ignores_case_punctuation_markdown_and_whitespace():
@@ -28,10 +28,20 @@ def test_shingles_match_across_formatting_and_never_straddle_texts():
     assert not a & c  # "five six seven" shares no 3-shingle; "four five six"+"five.." across rows never formed
 
 
-def test_member_and_scoped_keys_are_per_row():
-    keys = np.array([1, 2, 3], np.uint64)
-    ref = scoped(np.array([1, 2], np.uint64), np.array([0, 1]))
-    assert member(scoped(keys, np.array([0, 0, 0])), ref).tolist() == [True, False, False]
+def test_sorted_key_lookups_are_per_scope():
+    keys = scoped(np.array([1, 2, 3, 1], np.uint64), np.array([0, 0, 0, 1]))
+    ref = scoped(np.array([1, 2, 1, 1], np.uint64), np.array([0, 1, 1, 1]))
+    q = SortedKeys(keys)
+    assert q.member(ref).tolist() == [True, False, False, True]
+    assert q.count(ref).tolist() == [1, 0, 0, 2]
+    assert q.distinct().tolist() == distinct(keys).tolist() and len(q.distinct()) == 4
+
+
+def test_edge_runs():
+    flag = np.array([1, 1, 0, 1, 0, 1, 1, 1], bool)
+    row = np.array([0, 0, 0, 0, 1, 1, 1, 3])
+    leading, trailing = edge_runs(flag, row, 4)
+    assert leading.tolist() == [2, 0, 0, 1] and trailing.tolist() == [1, 2, 0, 1]
 
 
 def test_longest_runs_per_row():
