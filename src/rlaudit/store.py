@@ -370,6 +370,7 @@ class Store:
         """A DuckDB connection with views `rollouts` (canonical rows of `runs`, default all) and `rewards_long`
         (one row per rollout and reward signal)."""
         con = duckdb.connect()
+        con.execute("SET enable_progress_bar = false")  # front ends draw their own progress
         paths = [str(p) for r in (runs if runs is not None else self.runs()) for p in self.parts(r)]
         if paths:
             con.execute(f"CREATE VIEW rollouts AS SELECT * FROM read_parquet({_sql_list(paths)})")
