@@ -134,6 +134,16 @@ def _audit_with_progress(store: Store, runs: list[str], config: AuditConfig) -> 
         return audit_store(store, runs, config, progress=update)
 
 
+def _run_of_source(st: Store, source: str, run: str | None, fmt: str | None) -> str:
+    """The run a SOURCE argument names: a file/directory is ingested first (incrementally), else a stored run."""
+    if Path(source).exists():
+        return _ingest_with_progress(st, [Path(source)], [run] if run else None, fmt, ReadOptions(), [])[0].run
+    if st.has_run(source):
+        return source
+    raise RlauditError(f"{source}: neither a file/directory nor a run in store {st.root} "
+                       f"(runs: {', '.join(st.runs()) or 'none'})")
+
+
 def _print_ingest(r: IngestReport) -> None:
     console.print(f"[bold]{r.run}[/] ({r.format}): {r.rows_added:,} rows from {r.files_read} file(s), "
                   f"{r.files_skipped} unchanged, {r.seconds:.1f}s")
@@ -346,14 +356,7 @@ def trace_cmd(
     if direction not in ("up", "down"):
         raise RlauditError(f"--direction must be 'up' or 'down', got {direction!r}")
     st = Store(store)
-    path = Path(source)
-    if path.exists():
-        name = _ingest_with_progress(st, [path], [run] if run else None, format, ReadOptions(), [])[0].run
-    elif st.has_run(source):
-        name = source
-    else:
-        raise RlauditError(f"{source}: neither a file/directory nor a run in store {store} "
-                           f"(runs: {', '.join(st.runs()) or 'none'})")
+    name = _run_of_source(st, source, run, format)
     with console.status("tracing", spinner="dots"):
         t = trace_behavior(st, name, behavior, where, max_step=max_step, outcome_signals=outcome or [],
                            advantage_scale="none" if no_scale else "group", n_boot=boot, direction=direction)
@@ -482,14 +485,7 @@ def emerging_cmd(
     if min_severity not in SEVERITY_RANK:
         raise RlauditError(f"--min-severity must be one of {', '.join(SEVERITY_RANK)}, got {min_severity!r}")
     st = Store(store)
-    path = Path(source)
-    if path.exists():
-        name = _ingest_with_progress(st, [path], [run] if run else None, format, ReadOptions(), [])[0].run
-    elif st.has_run(source):
-        name = source
-    else:
-        raise RlauditError(f"{source}: neither a file/directory nor a run in store {store} "
-                           f"(runs: {', '.join(st.runs()) or 'none'})")
+    name = _run_of_source(st, source, run, format)
     with console.status("discovering behaviours", spinner="dots"):
         found = run_detectors(st, name, AuditConfig(max_step=max_step, detectors=["emerging", "generalization"]))
     for f in found:

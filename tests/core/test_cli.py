@@ -1,0 +1,64 @@
+"""The CLI end to end on a simulated run: audit, runs, findings, emerging, formats, schema, and user errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from rlaudit.cli import app
+from rlaudit.organisms import simulate
+
+
+@pytest.fixture(scope="module")
+def goblin_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "goblin"
+    simulate("goblin_persona", out, format="trl", seed=3)
+    return out
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_audit_then_inspect_the_store(tmp_path, goblin_run):
+    store, findings = tmp_path / "store", tmp_path / "f.json"
+    r = invoke("audit", goblin_run, "--store", store, "--json", findings)
+    assert r.exit_code == 0, r.output
+    data = json.loads(findings.read_text())
+    assert data["runs"][0]["run"] == "goblin" and data["runs"][0]["format"] == "trl"
+    assert any(f["kind"] == "reward_attribution" and f["severity"] == "high" for f in data["findings"])
+
+    r = invoke("runs", "--store", store, "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)[0]["rows"] == data["runs"][0]["rows"]
+
+    r = invoke("findings", findings, "--kind", "reward_attribution")
+    assert r.exit_code == 0
+
+    # a stored run can be named instead of a directory; nothing is ingested twice
+    r = invoke("emerging", "goblin", "--store", store, "--min-severity", "medium")
+    assert r.exit_code == 0, r.output
+    r = invoke("ingest", goblin_run, "--store", store)
+    assert r.exit_code == 0 and "0 rows from 0 file(s)" in r.output
+
+
+def test_formats_and_schema_list_what_exists():
+    assert all(name in invoke("formats").stdout for name in ("trl", "verl", "prime-rl", "canonical"))
+    assert "| `grader_inputs` |" in invoke("schema").stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["audit", "/nonexistent/run"], "no such file or directory"),
+    (["emerging", "no-such-run"], "neither a file/directory nor a run"),
+    (["audit", "{src}", "--columns", "bogus=field"], "unknown canonical column"),
+    (["audit", "{src}", "--condition", "nameonly"], "NAME=REGEX"),
+    (["audit", "{src}", "--detector", "nope"], "unknown detector"),
+])
+def test_user_errors_exit_2_with_one_clear_line(tmp_path, goblin_run, args, message):
+    args = [a.format(src=goblin_run) for a in args] + ["--store", str(tmp_path / "s")]
+    proc = subprocess.run([sys.executable, "-m", "rlaudit.cli", *args], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
