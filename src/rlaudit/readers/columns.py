@@ -5,6 +5,7 @@ Everything here works on whole Arrow columns; per-row Python is confined to the 
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 
@@ -83,6 +84,9 @@ def metadata_from_columns(table: pa.Table) -> pa.Array:
     """One JSON object per row from `table`'s columns (null where every field is null). Vectorised in DuckDB."""
     if table.num_columns == 0:
         return pa.nulls(table.num_rows, pa.string())
+    fast = _metadata_from_plain_columns(table)
+    if fast is not None:
+        return fast
     names = table.column_names
     as_json = {f.name for f in table.schema if f.metadata and f.metadata.get(b"rlaudit") == b"json"}
     fields = ", ".join(f'"{_sql_ident(c)}" := "{_sql_ident(c)}"' + ("::JSON" if c in as_json else "") for c in names)
@@ -90,6 +94,38 @@ def metadata_from_columns(table: pa.Table) -> pa.Array:
     out = duck_query(f"SELECT CASE WHEN {any_valid} THEN to_json(struct_pack({fields}))::VARCHAR END AS m "
                      "FROM src", table)
     return combine(out.column(0)).cast(pa.string())
+
+
+def _metadata_from_plain_columns(table: pa.Table) -> pa.Array | None:
+    """`metadata_from_columns` with Arrow string kernels, for tables of text and boolean columns only.
+
+    Leftover fields are usually short strings (verl's `gts`, `pred`, request ids), and a DuckDB query costs
+    ~3 ms per batch however small the batch is. Text needs only `\\` and `"` escaped unless it holds control
+    characters, whose escapes vary per character; those tables, like numbers (whose formatting DuckDB owns)
+    and nested values, return None and take the DuckDB path. The output is byte-identical to that path.
+    """
+    pieces: list[pa.Array | str] = []
+    valid = None
+    for i, field in enumerate(table.schema):
+        typ = field.type
+        name_json = json.dumps(field.name, ensure_ascii=False)
+        if (field.metadata and field.metadata.get(b"rlaudit") == b"json") or name_json[1:-1] != field.name:
+            return None
+        values = combine(table.column(i))
+        if is_text_type(typ):
+            values = values.cast(pa.string())
+            if pc.any(pc.match_substring_regex(values, r"[\x00-\x1f]")).as_py():
+                return None
+            escaped = pc.replace_substring(pc.replace_substring(values, "\\", "\\\\"), '"', '\\"')
+            text = pc.binary_join_element_wise('"', escaped, '"', "")
+        elif pa.types.is_boolean(typ):
+            text = pc.if_else(values, "true", "false")
+        else:
+            return None
+        pieces += [("{" if i == 0 else ",") + name_json + ":", pc.fill_null(text, "null")]
+        valid = pc.is_valid(values) if valid is None else pc.or_(valid, pc.is_valid(values))
+    out = pc.binary_join_element_wise(*pieces, "}", "")
+    return pc.if_else(valid, out, pa.scalar(None, pa.string()))
 
 
 _DUCK = threading.local()
