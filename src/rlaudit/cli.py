@@ -30,6 +30,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
                   help="Audit RL runs of language models: CoT grading, reward-driven tics, emerging behaviours.")
 console = Console(stderr=True)
 out = Console()
+if not console.is_terminal:  # logs and CI: wide enough that finding titles are not folded into slivers
+    console = Console(stderr=True, width=160)
+if not out.is_terminal:
+    out = Console(width=160)
 
 SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "cyan", "info": "dim"}
 

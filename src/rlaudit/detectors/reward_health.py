@@ -6,7 +6,8 @@ group's advantages, a dead reward server returning a default). Checks per signal
 `rewards_long`:
 
 - `non_finite`: +-inf values. Severity **high** (one infinite reward poisons a group's advantages).
-- `nan`: NaN in cells (condition x task) where the signal otherwise applies. A cell where the signal is NaN in
+- `nan`: NaN in cells (condition x task; condition x prompt when no task is logged) where the signal
+  otherwise applies. A cell where the signal is NaN in
   at least half of its rows is one where it does not apply (a persona reward outside its persona, a code judge
   outside coding): not a problem. Share = NaN rows / rows of the applicable cells. Severity **high** when the
   share >= 10%, **medium** when >= 0.1% and at least 3 rows, else **low**.
@@ -54,9 +55,13 @@ class RewardHealthDetector(Detector):
     def detect(self, ctx: DetectContext) -> list[Finding]:
         con = ctx.connect()
         con.execute("SET enable_progress_bar = false")
-        con.execute("CREATE TEMP TABLE rl AS SELECT rollout_id, step, signal, "
-                    "coalesce(value, 'NaN'::DOUBLE) AS value, "  # a missing value did not score either
-                    "coalesce(condition, '') AS condition, coalesce(task, '') AS task FROM rewards_long")
+        # Applicability cells are condition x task; where the trainer logs no task (TRL, verl without a data
+        # source), the prompt stands in for it: a reward that never scores a prompt (no gold answer for an
+        # advice question) does not apply to it, which is not the same as NaN on some rollouts of a prompt.
+        con.execute("CREATE TEMP TABLE rl AS SELECT rollout_id, step, unnest(map_keys(rewards)) AS signal, "
+                    "coalesce(unnest(map_values(rewards)), 'NaN'::DOUBLE) AS value, "  # missing: did not score
+                    "coalesce(condition, '') AS condition, "
+                    "coalesce(task, 'prompt:' || md5(prompt)) AS task FROM rollouts")
         findings: list[Finding] = []
         for check in (_non_finite, _nan, _constant_or_stuck, _out_of_range):
             findings.extend(check(con, ctx.run))
