@@ -146,3 +146,24 @@ def test_broken_reward_scenario_is_fully_caught(store):
     expected = {(i.signal, i.problem) for i in sim.ground_truth.issues}
     assert expected <= {k for k, f in found.items() if f.severity in ("medium", "high")}
     assert {k for k, f in found.items() if f.severity != "info"} == expected
+
+
+def test_without_a_task_column_a_signal_that_skips_whole_prompts_is_not_broken(store):
+    """TRL and verl log no task: a correctness reward that returns None for every rollout of the prompts it
+    cannot grade (advice questions) does not apply to them; NaN on some rollouts of a graded prompt is broken."""
+    n = N
+    prompt_id = np.arange(n) // 8  # one prompt per group of 8
+    advice = prompt_id % 4 == 0
+    correctness = np.where(advice, np.nan, rng.integers(0, 2, n).astype(float))
+    flaky = rng.uniform(0, 1, n)
+    flaky[(~advice) & (rng.random(n) < 0.05)] = np.nan
+    make_run(store, {"correctness": correctness, "flaky": flaky})
+    table = store.table("r")
+    row = [int(r.split(":")[1]) for r in table.column("rollout_id").to_pylist()]  # store order is not row order
+    prompts = pa.array([f"question {prompt_id[i]}" for i in row])
+    table = table.set_column(table.schema.get_field_index("prompt"), "prompt", prompts)
+    table = table.set_column(table.schema.get_field_index("task"), "task", pa.nulls(n, pa.string()))
+    store.append("r", table, key="all")  # replaces the rows under the same key
+    found = health(store)
+    assert ("correctness", "nan") not in found
+    assert ("flaky", "nan") in found
