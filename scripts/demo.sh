@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_env.sh
-"$VENV/bin/pip" install -q -e .
+pip_install -e .
 OUT=${OUT:-out}
 rm -rf "$OUT"
 mkdir -p "$OUT/runs"
