@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -38,7 +39,7 @@ import pyarrow.parquet as pq
 from .conditions import ConditionLabeler, ConditionRule
 from .errors import RlauditError
 from .readers import get_reader, resolve_reader
-from .readers.base import BadRecord, ReadContext, ReadOptions, SourceFile, finalize
+from .readers.base import BadRecord, ReadContext, ReadOptions, SourceFile, finalize, prefetch
 from .schema import ROLLOUT_SCHEMA
 
 MANIFEST = "run.json"
@@ -198,34 +199,44 @@ class Store:
             labeler = ConditionLabeler(rules=conditions or [], labels=dict(manifest.get("conditions", {})))
             qpath = self.run_dir(run) / "quarantine.jsonl"
             bad_buffer: list[BadRecord] = []
+            bad_by_file: dict[str, int] = {}
+            bad_lock = threading.Lock()
 
-            def on_bad(rec: BadRecord) -> None:
-                report.bad_records += 1
-                if len(report.bad_examples) < 5:
-                    report.bad_examples.append(f"{rec.location}: {rec.reason}")
-                bad_buffer.append(rec)
+            def on_bad(rec: BadRecord) -> None:  # called from the reading thread
+                with bad_lock:
+                    report.bad_records += 1
+                    bad_by_file[rec.file] = bad_by_file.get(rec.file, 0) + 1
+                    if len(report.bad_examples) < 5:
+                        report.bad_examples.append(f"{rec.location}: {rec.reason}")
+                    bad_buffer.append(rec)
 
             ctx = ReadContext(run=run, options=options, labeler=labeler, on_bad=on_bad)
             self._remove_orphans(run, manifest)
+            todo = [f for f in files if not self._unchanged(manifest, f)]
+            report.files_skipped = len(files) - len(todo)
+            if progress and report.files_skipped:
+                progress(report.files_skipped, len(files), 0)
+            # One thread reads (parses) the files in order, a few tables ahead, while this thread labels, splits
+            # and writes them: parsing and Parquet writing release the GIL, so they overlap across files.
+            stream = prefetch(_raw_tables(reader, todo, ctx), depth=4)
             last_save = time.monotonic()
-            for i, file in enumerate(files):
-                if self._unchanged(manifest, file):
-                    report.files_skipped += 1
-                else:
-                    bad_before = report.bad_records
-                    entry = self._ingest_file(run, reader, file, ctx, manifest)
-                    entry["bad"] = report.bad_records - bad_before
+            with contextlib.closing(stream):  # an error here stops the reading thread too
+                for i, file in enumerate(todo):
+                    entry = self._ingest_file(run, file, _tables_of(stream, file, ctx), manifest)
+                    with bad_lock:
+                        entry["bad"] = bad_by_file.get(file.relpath, 0)
+                        done_bad = [r for r in bad_buffer if r.file == file.relpath]
+                        bad_buffer[:] = [r for r in bad_buffer if r.file != file.relpath]
+                    if done_bad:
+                        self._quarantine(qpath, done_bad)
                     report.files_read += 1
                     report.rows_added += entry["rows"]
-                    if bad_buffer:
-                        self._quarantine(qpath, bad_buffer)
-                        bad_buffer.clear()
                     manifest["conditions"] = labeler.labels
                     if time.monotonic() - last_save > 2.0:
                         self._commit(run, manifest)
                         last_save = time.monotonic()
-                if progress:
-                    progress(i + 1, len(files), report.rows_added)
+                    if progress:
+                        progress(report.files_skipped + i + 1, len(files), report.rows_added)
             self._commit(run, manifest)
         if report.bad_records:
             report.quarantine = str(qpath)
@@ -290,11 +301,11 @@ class Store:
             return True
         return False
 
-    def _ingest_file(self, run: str, reader: Any, file: SourceFile, ctx: ReadContext,
+    def _ingest_file(self, run: str, file: SourceFile, tables: Iterator[pa.Table],
                      manifest: dict[str, Any]) -> dict[str, Any]:
         st = file.path.stat()
         part = self._part_name(file.relpath)
-        rows = self._write_part(run, part, (finalize(raw, file, ctx) for raw in reader.read(file, ctx)))
+        rows = self._write_part(run, part, tables)
         old = manifest["files"].get(file.relpath, {}).get("part")
         entry = {"part": part if rows else None, "rows": rows, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                  "sha256": _sha256(file.path)}
@@ -421,6 +432,24 @@ class Store:
         pq.write_table(table, tmp)
         os.replace(tmp, path)
         return table
+
+
+def _raw_tables(reader: Any, files: list[SourceFile], ctx: ReadContext) -> Iterator[tuple[SourceFile, Any]]:
+    """(file, raw table) for every file in order, then (file, None) to mark the end of that file."""
+    for file in files:
+        for raw in reader.read(file, ctx):
+            yield file, raw
+        yield file, None
+
+
+def _tables_of(stream: Iterator[tuple[SourceFile, Any]], file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
+    """The canonical tables of `file` from the shared stream (up to its end marker)."""
+    for got, raw in stream:
+        if got is not file:
+            raise RuntimeError(f"ingest stream out of order: expected {file.relpath}, got {got.relpath}")
+        if raw is None:
+            return
+        yield finalize(raw, file, ctx)
 
 
 def _options_json(options: ReadOptions, rules: list[ConditionRule]) -> dict[str, Any]:
