@@ -23,7 +23,7 @@ from .errors import RlauditError
 from .findings import Finding
 from .readers import READERS
 from .readers.base import ReadOptions
-from .store import IngestReport, Store
+from .store import IngestReport, Store, resolve_run
 from .text import ThinkTags
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -139,13 +139,9 @@ def _audit_with_progress(store: Store, runs: list[str], config: AuditConfig) -> 
 
 
 def _run_of_source(st: Store, source: str, run: str | None, fmt: str | None) -> str:
-    """The run a SOURCE argument names: a file/directory is ingested first (incrementally), else a stored run."""
-    if Path(source).exists():
-        return _ingest_with_progress(st, [Path(source)], [run] if run else None, fmt, ReadOptions(), [])[0].run
-    if st.has_run(source):
-        return source
-    raise RlauditError(f"{source}: neither a file/directory nor a run in store {st.root} "
-                       f"(runs: {', '.join(st.runs()) or 'none'})")
+    """The run a SOURCE argument names; a file/directory is ingested first, with progress."""
+    return resolve_run(st, source, lambda path: _ingest_with_progress(
+        st, [path], [run] if run else None, fmt, ReadOptions(), [])[0].run)
 
 
 def _print_ingest(r: IngestReport) -> None:

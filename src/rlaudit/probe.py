@@ -466,11 +466,11 @@ def probe_grader(spec: str, source: str | Path, store: Any, config: ProbeConfig 
                  json_path: str | Path | None = None) -> dict[str, Any]:
     """Load the grader, resolve SOURCE (a stored run name, or a run directory to ingest), probe, write JSON."""
     from .findings import jsonable
-    from .store import atomic_write_text
+    from .store import atomic_write_text, resolve_run
 
     config = config or ProbeConfig()
     fn = load_grader(spec)
-    run = _resolve_run(store, source)
+    run = resolve_run(store, source)
     rows = load_rollouts(store, run, config.samples, config.seed)
     result = {"grader": spec, "run": run, **probe(fn, rows, config), "static_check": static_check(fn)}
     if json_path:
@@ -478,11 +478,3 @@ def probe_grader(spec: str, source: str | Path, store: Any, config: ProbeConfig 
     return result
 
 
-def _resolve_run(store: Any, source: str | Path) -> str:
-    path = Path(source)
-    if path.exists():
-        return store.ingest(path).run
-    if store.has_run(str(source)):
-        return str(source)
-    raise RlauditError(f"SOURCE {source!r} is neither a run directory nor a run in store {store.root} "
-                       f"(runs: {', '.join(store.runs()) or 'none'})")

@@ -452,6 +452,18 @@ def _tables_of(stream: Iterator[tuple[SourceFile, Any]], file: SourceFile, ctx: 
         yield finalize(raw, file, ctx)
 
 
+def resolve_run(store: Store, source: str | Path, ingest: Callable[[Path], str] | None = None) -> str:
+    """The run a SOURCE argument names: an existing file/directory is ingested first (incrementally; `ingest`
+    may replace `store.ingest`, e.g. to show progress) and its run returned, else a run already in the store."""
+    path = Path(source)
+    if path.exists():
+        return ingest(path) if ingest else store.ingest(path).run
+    if store.has_run(str(source)):
+        return str(source)
+    raise RlauditError(f"{source}: neither a file/directory nor a run in store {store.root} "
+                       f"(runs: {', '.join(store.runs()) or 'none'})")
+
+
 def _options_json(options: ReadOptions, rules: list[ConditionRule]) -> dict[str, Any]:
     return {"think_tags": [options.think_tags.open, options.think_tags.close],
             "grader_inputs": dict(sorted(options.grader_inputs.items())),
