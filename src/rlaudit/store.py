@@ -39,7 +39,8 @@ import pyarrow.parquet as pq
 from .conditions import ConditionLabeler, ConditionRule
 from .errors import RlauditError
 from .readers import get_reader, resolve_reader
-from .readers.base import BadRecord, ReadContext, ReadOptions, SourceFile, finalize, prefetch
+from .layout import LAYOUT, PART_SCHEMA, from_canonical, view_columns
+from .readers.base import BadRecord, ReadContext, ReadOptions, SourceFile, finalize_part, prefetch
 from .schema import ROLLOUT_SCHEMA
 
 MANIFEST = "run.json"
@@ -153,6 +154,10 @@ class Store:
         d = self.run_dir(run) / "parts"
         return [d / entry["part"] for entry in m["files"].values() if entry.get("part")]
 
+    def part_layouts(self, run: str) -> dict[str, int]:
+        """Part file name -> its layout (`rlaudit.layout`; parts from before layouts were recorded are 1)."""
+        return {e["part"]: int(e.get("layout", 1)) for e in self.manifest(run)["files"].values() if e.get("part")}
+
     def fingerprint(self, run: str) -> str:
         """Changes whenever the run's rows change: the key of derived-data caches."""
         names = sorted(p.name for p in self.parts(run))
@@ -216,13 +221,14 @@ class Store:
             report.files_skipped = len(files) - len(todo)
             if progress and report.files_skipped:
                 progress(report.files_skipped, len(files), 0)
-            # One thread reads (parses) the files in order, a few tables ahead, while this thread labels, splits
-            # and writes them: parsing and Parquet writing release the GIL, so they overlap across files.
-            stream = prefetch(_raw_tables(reader, todo, ctx), depth=4)
+            # A pipeline across files: one thread reads (parses) the files in order, one labels and splits the
+            # rows (finalize), and this thread writes the parts. Parsing, the compute kernels and Parquet
+            # writing release the GIL, so the three stages overlap.
+            stream = prefetch(_part_tables(prefetch(_raw_tables(reader, todo, ctx), depth=4), ctx), depth=4)
             last_save = time.monotonic()
             with contextlib.closing(stream):  # an error here stops the reading thread too
                 for i, file in enumerate(todo):
-                    entry = self._ingest_file(run, file, _tables_of(stream, file, ctx), manifest)
+                    entry = self._ingest_file(run, file, _tables_of(stream, file), manifest)
                     with bad_lock:
                         entry["bad"] = bad_by_file.get(file.relpath, 0)
                         done_bad = [r for r in bad_buffer if r.file == file.relpath]
@@ -248,7 +254,7 @@ class Store:
 
         The entry point of live hooks that hold rows in memory rather than in trainer log files.
         """
-        table = table.select(ROLLOUT_SCHEMA.names).cast(ROLLOUT_SCHEMA)
+        table = from_canonical(table)
         with self._lock(run):
             if self.has_run(run):
                 manifest = self.manifest(run)
@@ -258,7 +264,7 @@ class Store:
             self._write_part(run, part, iter([table]))
             old = manifest["files"].get(key, {}).get("part")
             manifest["files"][key] = {"part": part, "rows": table.num_rows, "size": None, "mtime_ns": None,
-                                      "sha256": None, "bad": 0}
+                                      "sha256": None, "bad": 0, "layout": LAYOUT}
             self._commit(run, manifest)
             if old and old != part:
                 (self.run_dir(run) / "parts" / old).unlink(missing_ok=True)
@@ -308,7 +314,7 @@ class Store:
         rows = self._write_part(run, part, tables)
         old = manifest["files"].get(file.relpath, {}).get("part")
         entry = {"part": part if rows else None, "rows": rows, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                 "sha256": _sha256(file.path)}
+                 "sha256": _sha256(file.path), "layout": LAYOUT}
         manifest["files"][file.relpath] = entry
         if not rows:
             (self.run_dir(run) / "parts" / part).unlink(missing_ok=True)
@@ -327,7 +333,7 @@ class Store:
         rows = 0
         try:
             # zstd level 1: the same size as the default level on rollout text, at ~2/3 of the write time.
-            with pq.ParquetWriter(tmp, ROLLOUT_SCHEMA, compression="zstd", compression_level=1,
+            with pq.ParquetWriter(tmp, PART_SCHEMA, compression="zstd", compression_level=1,
                                   use_dictionary=_DICTIONARY_COLUMNS) as writer:
                 for table in tables:
                     if table.num_rows:
@@ -382,12 +388,17 @@ class Store:
         (one row per rollout and reward signal)."""
         con = duckdb.connect()
         con.execute("SET enable_progress_bar = false")  # front ends draw their own progress
-        paths = [str(p) for r in (runs if runs is not None else self.runs()) for p in self.parts(r)]
-        if paths:
-            con.execute(f"CREATE VIEW rollouts AS SELECT * FROM read_parquet({_sql_list(paths)})")
-        else:
+        by_layout: dict[int, list[str]] = {}
+        for r in runs if runs is not None else self.runs():
+            layouts = self.part_layouts(r)
+            for p in self.parts(r):
+                by_layout.setdefault(layouts.get(p.name, 1), []).append(str(p))
+        selects = [f"SELECT {view_columns(layout)} FROM read_parquet({_sql_list(paths)})"
+                   for layout, paths in sorted(by_layout.items())]
+        if not selects:
             con.register("_empty_rollouts", ROLLOUT_SCHEMA.empty_table())
-            con.execute("CREATE VIEW rollouts AS SELECT * FROM _empty_rollouts")
+            selects = ["SELECT * FROM _empty_rollouts"]
+        con.execute(f"CREATE VIEW rollouts AS {' UNION ALL '.join(selects)}")
         con.execute(
             "CREATE VIEW rewards_long AS SELECT run, rollout_id, step, group_id, condition, task, "
             "unnest(map_keys(rewards)) AS signal, unnest(map_values(rewards)) AS value FROM rollouts")
@@ -442,14 +453,20 @@ def _raw_tables(reader: Any, files: list[SourceFile], ctx: ReadContext) -> Itera
         yield file, None
 
 
-def _tables_of(stream: Iterator[tuple[SourceFile, Any]], file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
-    """The canonical tables of `file` from the shared stream (up to its end marker)."""
-    for got, raw in stream:
+def _part_tables(raw: Iterator[tuple[SourceFile, Any]], ctx: ReadContext) -> Iterator[tuple[SourceFile, Any]]:
+    """The stream of `_raw_tables` with each raw table finalized into a part table."""
+    for file, table in raw:
+        yield file, (finalize_part(table, file, ctx) if table is not None else None)
+
+
+def _tables_of(stream: Iterator[tuple[SourceFile, Any]], file: SourceFile) -> Iterator[pa.Table]:
+    """The part tables of `file` from the shared stream (up to its end marker)."""
+    for got, table in stream:
         if got is not file:
             raise RuntimeError(f"ingest stream out of order: expected {file.relpath}, got {got.relpath}")
-        if raw is None:
+        if table is None:
             return
-        yield finalize(raw, file, ctx)
+        yield table
 
 
 def resolve_run(store: Store, source: str | Path, ingest: Callable[[Path], str] | None = None) -> str:

@@ -1,7 +1,8 @@
 """Text helpers shared by readers and detectors: the reasoning/answer split.
 
-Reasoning is the span inside `<think>...</think>` (tags configurable). The split is vectorised with Arrow
-compute so that ingest never loops over rollouts in Python.
+Reasoning is the span inside `<think>...</think>` (tags configurable). `split_reasoning` states the rules as
+two regexes and is the reference; ingest uses `reasoning_spans`, which gives the same split as byte spans into
+the completion (what the store keeps) with numpy, never looping over rollouts in Python.
 
 Rules, in order:
 1. `<think>R</think>A` (leading whitespace allowed): reasoning R, answer A.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -69,3 +71,164 @@ def split_one(completion: str, tags: ThinkTags = ThinkTags()) -> tuple[str | Non
     """The scalar form of `split_reasoning`, for callers that hold a single completion."""
     r, a = split_reasoning(pa.array([completion], pa.string()), tags)
     return r[0].as_py(), a[0].as_py()
+
+
+# ---------------------------------------------------------------------------------------------- spans
+@dataclass(frozen=True)
+class Spans:
+    """Where the reasoning and the answer sit inside each completion: [start, end) in UTF-8 bytes from the start
+    of the completion. `reasoning_start`/`reasoning_end` are null where a completion has no reasoning. The store
+    keeps these four integers instead of a second and a third copy of the completion's text, which halves what
+    ingest compresses and writes; DuckDB cuts them with `decode(encode(completion)[start + 1:end])`."""
+
+    reasoning_start: pa.Array
+    reasoning_end: pa.Array
+    answer_start: pa.Array
+    answer_end: pa.Array
+
+
+_SCAN = 16  # bytes examined at each edge of a region for whitespace before falling back to Arrow's kernels
+_RE2_SPACE = np.zeros(256, bool)
+_RE2_SPACE[[9, 10, 12, 13, 32]] = True  # \s in RE2 and in split_reasoning's regex; whitespace by any definition
+_PLAIN = np.zeros(256, bool)
+_PLAIN[0x21:0x7F] = True  # printable ASCII: not whitespace by any definition
+
+
+def reasoning_spans(completions: pa.Array | pa.ChunkedArray, tags: ThinkTags = ThinkTags()) -> Spans:
+    """`split_reasoning` as byte spans (same rules: `text_at` of the spans gives the same strings).
+
+    Works on the completions' UTF-8 bytes with numpy, without building any new text: the first closing tag is
+    found by a vectorised byte search, leading whitespace and the opening tag by looking at a few bytes per row.
+    Only rows whose answer begins or ends in something other than ASCII (a Unicode space, say) have their
+    edges trimmed by Arrow's `utf8_*trim_whitespace`, so the trimming rule is exactly the reference's.
+    """
+    strings = _strings(completions)
+    data, off = _bytes(strings)
+    begin, end = off[:-1], off[1:]
+    close_b, open_b = tags.close.encode(), tags.open.encode()
+    at = _first_occurrence(data, off, close_b)
+    closed = at >= 0
+    reasoning_end = np.where(closed, at, end)
+    lead = _edge(data, begin, reasoning_end, forward=True, exact=True)
+    unsure = np.flatnonzero(lead < 0)  # more whitespace than the scan looked at: all ASCII, so exact in bytes
+    if len(unsure):
+        region = _cut(data, begin[unsure], reasoning_end[unsure])
+        found = pc.find_substring_regex(region, r"[^\t\n\f\r ]").to_numpy()
+        lead[unsure] = np.where(found < 0, reasoning_end[unsure] - begin[unsure], found)
+    opened = _starts_with(data, begin + lead, reasoning_end, open_b)
+    reasoning_start = begin + lead + opened * len(open_b)
+    has_reasoning = closed | opened
+    answer_start, answer_end = _trimmed(data, np.where(closed, at + len(close_b), begin), end)
+    empty = opened & ~closed  # an unclosed tag: all reasoning, empty answer
+    answer_start[empty] = answer_end[empty] = end[empty]
+    return Spans(
+        reasoning_start=pa.array(reasoning_start - begin, pa.int32(), mask=~has_reasoning),
+        reasoning_end=pa.array(reasoning_end - begin, pa.int32(), mask=~has_reasoning),
+        answer_start=pa.array(answer_start - begin, pa.int32()),
+        answer_end=pa.array(answer_end - begin, pa.int32()))
+
+
+def text_at(strings: pa.Array | pa.ChunkedArray, start: pa.Array, end: pa.Array) -> pa.Array:
+    """The substrings `strings[i][start[i]:end[i]]` (UTF-8 bytes, as `Spans` gives them); null where `start` is
+    null. One byte gather, no per-row Python."""
+    strings = _strings(strings)
+    data, off = _bytes(strings)
+    valid = pc.is_valid(start).to_numpy(zero_copy_only=False)
+    lo = off[:-1] + pc.fill_null(start, 0).to_numpy().astype(np.int64)
+    hi = np.where(valid, off[:-1] + pc.fill_null(end, 0).to_numpy().astype(np.int64), lo)
+    cut = _cut(data, lo, hi)
+    return cut if valid.all() else pc.if_else(pa.array(valid), cut, pa.scalar(None, pa.string()))
+
+
+def _strings(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        values = values.cast(pa.string())
+    return pc.fill_null(values, "") if values.null_count else values
+
+
+def _bytes(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The data buffer and the n + 1 absolute offsets (int64) of a string or large_string array."""
+    width = np.int64 if pa.types.is_large_string(strings.type) else np.int32
+    buffers = strings.buffers()
+    off = np.frombuffer(buffers[1], width, len(strings) + 1, strings.offset * np.dtype(width).itemsize)
+    data = np.frombuffer(buffers[2], np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+    return data, off.astype(np.int64)
+
+
+def _cut(data: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> pa.Array:
+    """A string array of the byte ranges data[lo:hi] (hi >= lo), gathered at once."""
+    size = hi - lo
+    out = np.zeros(len(lo) + 1, np.int64)
+    np.cumsum(size, out=out[1:])
+    index = np.repeat(lo - out[:-1], size) + np.arange(out[-1])
+    array = pa.Array.from_buffers(pa.large_string(), len(lo), [None, pa.py_buffer(out), pa.py_buffer(data[index])])
+    return array.cast(pa.string())
+
+
+def _first_occurrence(data: np.ndarray, off: np.ndarray, pattern: bytes) -> np.ndarray:
+    """Absolute byte position of the first `pattern` inside each string, -1 where there is none."""
+    n, k = len(off) - 1, len(pattern)
+    where = np.full(n, -1, np.int64)
+    if n == 0 or k == 0 or off[-1] - off[0] < k:
+        return where
+    cand = np.flatnonzero(data[off[0]:off[-1] - k + 1] == pattern[0]) + off[0]
+    for j in range(1, k):
+        cand = cand[data[cand + j] == pattern[j]]
+    row = np.searchsorted(off, cand, side="right") - 1
+    inside = cand + k <= off[row + 1]
+    cand, row = cand[inside], row[inside]
+    rows, first = np.unique(row, return_index=True)  # candidates are sorted: the first per row is the earliest
+    where[rows] = cand[first]
+    return where
+
+
+def _edge(data: np.ndarray, lo: np.ndarray, hi: np.ndarray, forward: bool, exact: bool) -> np.ndarray:
+    """Bytes of RE2 whitespace ([\\t\\n\\f\\r ]) at the start (`forward`) or the end of each region data[lo:hi].
+
+    With `exact` that count is the answer. Otherwise the caller trims Unicode whitespace, which has more
+    characters than these, so a count is trusted only where the run stops at printable ASCII or fills the region.
+    -1 where the count is not certain (or the run is longer than the `_SCAN` bytes looked at). One byte per
+    row is read, then one more for each row still in whitespace: most rows stop at the first byte.
+    """
+    size = hi - lo
+    count = np.zeros(len(lo), np.int64)
+    certain = np.ones(len(lo), bool)
+    active = np.flatnonzero(size > 0)
+    for _ in range(_SCAN):
+        if not len(active):
+            break
+        byte = data[lo[active] + count[active] if forward else hi[active] - 1 - count[active]]
+        space = _RE2_SPACE[byte]
+        if not exact:
+            certain[active[~space]] = _PLAIN[byte[~space]]
+        active = active[space]
+        count[active] += 1
+        active = active[count[active] < size[active]]  # a region all whitespace is certain
+    certain[active] = False
+    return np.where(certain, count, -1)
+
+
+def _starts_with(data: np.ndarray, at: np.ndarray, hi: np.ndarray, prefix: bytes) -> np.ndarray:
+    """Whether data[at:hi] begins with `prefix`."""
+    k = len(prefix)
+    fits = at + k <= hi
+    if k == 0 or not fits.any():
+        return fits if k == 0 else np.zeros(len(at), bool)
+    window = data[np.clip(at[:, None] + np.arange(k), 0, len(data) - 1)]
+    return fits & (window == np.frombuffer(prefix, np.uint8)).all(axis=1)
+
+
+def _trimmed(data: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[start, end) of each region data[lo:hi] without the whitespace `utf8_trim_whitespace` removes."""
+    head = _edge(data, lo, hi, forward=True, exact=False)
+    tail = _edge(data, lo, hi, forward=False, exact=False)
+    unsure = np.flatnonzero((head < 0) | (tail < 0))
+    if len(unsure):  # leave the Unicode rules to Arrow
+        region = _cut(data, lo[unsure], hi[unsure])
+        size = pc.binary_length(region).to_numpy()
+        head[unsure] = size - pc.binary_length(pc.utf8_ltrim_whitespace(region)).to_numpy()
+        tail[unsure] = size - pc.binary_length(pc.utf8_rtrim_whitespace(region)).to_numpy()
+    start = lo + head
+    return start, np.maximum(hi - tail, start)

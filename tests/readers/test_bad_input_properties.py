@@ -7,7 +7,9 @@ import json
 import tempfile
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,8 +18,9 @@ from rlaudit.readers import jsonl
 from rlaudit.readers.base import BadRecord, ReadContext, SourceFile, finalize
 from rlaudit.readers.canonical import CanonicalReader
 from rlaudit.readers.verl import VerlReader
-from rlaudit.text import ThinkTags, split_reasoning
-from rlaudit.readers.base import split_reasoning_fast
+from rlaudit.layout import part_table, to_canonical, view_columns
+from rlaudit.schema import ROLLOUT_SCHEMA
+from rlaudit.text import ThinkTags, reasoning_spans, split_reasoning, text_at
 
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
 NUMBER = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-10**20, 10**20))
@@ -116,15 +119,27 @@ def test_good_rows_kept_and_bad_lines_quarantined_exactly(fmt, data):
     assert all(b.file == "7.jsonl" and b.reason for b in bad)
 
 
-TAG_PIECES = ["<think>", "</think>", " ", "\n", "\t", "a", "é", "\u00a0", "</", "think>", "<r>", "</r>", "\r", "\f"]
+TAG_PIECES = ["<think>", "</think>", " ", "\n", "\t", "a", "é", "\u00a0", "\u3000", "</", "think>", "<r>", "</r>",
+              "\r", "\f", "\v", "\x1c", "\x85", "\u2028", "x" * 20, " " * 70, "\n" * 65]
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.lists(st.sampled_from(TAG_PIECES), max_size=12).map("".join), max_size=20),
        st.sampled_from([ThinkTags(), ThinkTags("<r>", "</r>")]))
-def test_fast_reasoning_split_equals_the_reference(texts, tags):
+def test_reasoning_spans_cut_the_same_text_as_the_reference_split(texts, tags):
+    """The store keeps spans, not text: reading them back with Arrow (`to_canonical`) and with DuckDB (the
+    `rollouts` view's SQL) must both give exactly what the regex reference split gives, Unicode included."""
     arr = pa.array(texts + [None], pa.string())
-    fast_r, fast_a = split_reasoning_fast(arr, tags)
     ref_r, ref_a = split_reasoning(arr, tags)
-    assert fast_r.to_pylist() == ref_r.to_pylist()
-    assert fast_a.to_pylist() == ref_a.to_pylist()
+    spans = reasoning_spans(arr, tags)
+    assert text_at(arr, spans.reasoning_start, spans.reasoning_end).to_pylist() == ref_r.to_pylist()
+    assert text_at(arr, spans.answer_start, spans.answer_end).to_pylist() == ref_a.to_pylist()
+    cols = {f.name: pa.nulls(len(arr), f.type) for f in ROLLOUT_SCHEMA}
+    cols["completion"] = pc.fill_null(arr, "")
+    part = part_table(cols, spans)
+    rows = to_canonical(part)
+    assert rows["reasoning"].to_pylist() == ref_r.to_pylist()
+    assert rows["answer"].to_pylist() == ref_a.to_pylist()
+    got = duckdb.sql(f"SELECT reasoning, answer FROM (SELECT {view_columns()} FROM part)").fetchall()
+    assert [r for r, _ in got] == ref_r.to_pylist()
+    assert [a for _, a in got] == ref_a.to_pylist()

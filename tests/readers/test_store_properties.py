@@ -89,3 +89,64 @@ def test_crash_mid_ingest_leaves_previous_state_and_next_ingest_recovers(tmp_pat
     listed = {p.name for p in store.parts("run")}
     on_disk = {p.name for p in parts_dir.iterdir()}
     assert on_disk == listed  # orphans of the crashed ingest were removed, no temp files left
+
+
+COMPLETIONS = ["<think>plan</think>\n\nanswer", "  <think>déjà vu\n</think>\u00a0réponse\u3000", "<think>cut off mid",
+               "no tags at all ", "pre-opened</think>done", ""]
+
+
+def test_parts_keep_spans_and_every_reader_gets_the_split_text(tmp_path, store):
+    """Parts hold the completion once plus spans; the view, `Store.table` and the Arrow path (`read_part`, used
+    by live tracking) all give the reference split, Unicode and unclosed tags included."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rlaudit.layout import LAYOUT, read_part
+    from rlaudit.text import split_reasoning
+
+    out = tmp_path / "run"
+    trl_step(out, 1, ["p"] * len(COMPLETIONS), COMPLETIONS, rewards={"r": [1.0] * len(COMPLETIONS)})
+    store.ingest(out)
+    ref_r, ref_a = split_reasoning(pa.array(COMPLETIONS))
+    rows = store.table("run", ["completion", "reasoning", "answer"])
+    assert rows["completion"].to_pylist() == COMPLETIONS
+    assert rows["reasoning"].to_pylist() == ref_r.to_pylist()
+    assert rows["answer"].to_pylist() == ref_a.to_pylist()
+    [part] = store.parts("run")
+    stored = pq.read_table(part)
+    assert stored["reasoning"].null_count == stored["answer"].null_count == len(COMPLETIONS)  # no second copy
+    assert store.part_layouts("run") == {part.name: LAYOUT}
+    arrow = read_part(part, ["reasoning", "answer"])
+    assert arrow.column_names == ["reasoning", "answer"]
+    assert arrow["reasoning"].to_pylist() == ref_r.to_pylist() and arrow["answer"].to_pylist() == ref_a.to_pylist()
+
+
+def test_parts_written_before_spans_existed_stay_readable(tmp_path, store):
+    """A run stored by an earlier version (text columns, no span columns, no layout in the manifest) reads as
+    before, alone and next to parts written now."""
+    import json
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from rlaudit.schema import ROLLOUT_SCHEMA
+
+    out = tmp_path / "run"
+    _steps(out, [1, 2])
+    store.ingest(out)
+    expected = store.table("run")
+    manifest = store.manifest("run")
+    for entry in manifest["files"].values():  # rewrite every part the way layout 1 stored it: with the text
+        path = store.run_dir("run") / "parts" / entry["part"]
+        ids = pq.read_table(path, columns=["rollout_id"]).column(0)
+        pq.write_table(expected.filter(pc.is_in(expected["rollout_id"], ids)).cast(ROLLOUT_SCHEMA), path)
+        del entry["layout"]
+    (store.run_dir("run") / "run.json").write_text(json.dumps(manifest))
+    assert set(store.part_layouts("run").values()) == {1}
+    assert store.table("run").equals(expected)
+    _steps(out, [3])  # an incremental ingest adds a layout-2 part beside them
+    store.ingest(out)
+    assert sorted(store.part_layouts("run").values()) == [1, 1, 2]
+    rows = store.table("run", ["step", "reasoning", "answer"]).to_pylist()
+    assert [(r["step"], r["reasoning"], r["answer"]) for r in rows if r["answer"] == "a0"] == [
+        (1, "r1", "a0"), (2, "r2", "a0"), (3, "r3", "a0")]

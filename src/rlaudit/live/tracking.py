@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from scipy.stats import norm
 
 from ..behaviors import Behavior, parse_behavior
 from ..findings import Finding
+from ..layout import read_part
 from ..store import Store
 
 _COLUMNS = {"answer": "answer", "reasoning": "reasoning", "completion": "completion"}
@@ -114,7 +114,8 @@ class BehaviorTracker:
         if not items:
             return []
         columns = sorted({"step", "condition", "split"} | {t.column for t in items})
-        tables = [pq.read_table(path, columns=columns) for path in view.parts(run)]
+        layouts = view.part_layouts(run)
+        tables = [read_part(path, columns, layouts.get(path.name, 1)) for path in view.parts(run)]
         if not tables:
             return [[] for _ in items]
         table = pa.concat_tables(tables)

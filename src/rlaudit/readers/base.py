@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import queue
-import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -32,8 +31,8 @@ import pyarrow.compute as pc
 
 from ..conditions import ConditionLabeler
 from ..errors import BadInputError
-from ..schema import ROLLOUT_SCHEMA
-from ..text import ThinkTags
+from ..layout import part_table, to_canonical
+from ..text import ThinkTags, reasoning_spans
 
 #: Columns a reader may put in a raw table (besides `line`). Missing ones are filled by `finalize`.
 RAW_COLUMNS = {
@@ -134,6 +133,12 @@ class Reader(ABC):
 
 def finalize(raw: pa.Table, file: SourceFile, ctx: ReadContext) -> pa.Table:
     """Turn a reader's raw table into canonical rows (vectorised; no per-row Python)."""
+    return to_canonical(finalize_part(raw, file, ctx))
+
+
+def finalize_part(raw: pa.Table, file: SourceFile, ctx: ReadContext) -> pa.Table:
+    """`finalize`, laid out as a store part (`rlaudit.layout`): the reasoning and answer split from the
+    completion are kept as spans, not as copies of its text."""
     n = raw.num_rows
     cols: dict[str, pa.Array] = {}
 
@@ -178,23 +183,17 @@ def finalize(raw: pa.Table, file: SourceFile, ctx: ReadContext) -> pa.Table:
     cols["task"] = col("task") if col("task") is not None else const(None, pa.string())
     cols["prompt"] = prompt
     completion = text("completion")
-    reasoning, answer = split_reasoning_fast(completion, ctx.options.think_tags)
-    given_reasoning, given_answer = col("reasoning"), col("answer")
-    if given_reasoning is not None:  # formats that log reasoning separately win over the tag split
-        reasoning = pc.coalesce(given_reasoning, reasoning)
-    if given_answer is not None:
-        answer = pc.coalesce(given_answer, answer)
     cols["completion"] = completion
-    cols["reasoning"] = reasoning
-    cols["answer"] = answer
+    # formats that log reasoning separately (prime-rl) win over the tag split, row by row
+    cols["reasoning"] = col("reasoning") if col("reasoning") is not None else const(None, pa.string())
+    cols["answer"] = col("answer") if col("answer") is not None else const(None, pa.string())
     cols["rewards"] = col("rewards") if col("rewards") is not None else pa.array([[]] * n, RAW_COLUMNS["rewards"])
     cols["reward"] = col("reward") if col("reward") is not None else const(None, pa.float64())
     cols["advantage"] = col("advantage") if col("advantage") is not None else const(None, pa.float64())
     gi = col("grader_inputs")
     cols["grader_inputs"] = gi if gi is not None else pa.array([[]] * n, RAW_COLUMNS["grader_inputs"])
     cols["metadata"] = col("metadata") if col("metadata") is not None else const(None, pa.string())
-    arrays = [cols[f.name].cast(f.type) for f in ROLLOUT_SCHEMA]
-    return pa.Table.from_arrays(arrays, schema=ROLLOUT_SCHEMA)
+    return part_table(cols, reasoning_spans(completion, ctx.options.think_tags))
 
 
 def metadata_json(rows: list[dict[str, Any]]) -> pa.Array:
@@ -216,14 +215,14 @@ def _assign_conditions(labeler: ConditionLabeler, prompt: pa.Array,
     from the prompt), so labelling the distinct prompts and taking the result back is exact. When a reader's
     system prompt is not a function of the prompt, fall back to labelling every row.
     """
-    encoded = pc.dictionary_encode(prompt)
-    uniques, index = encoded.dictionary, encoded.indices
+    uniques, codes = encode_distinct(prompt)
     if len(uniques) * 2 > len(prompt):  # mostly distinct: no gain
         return labeler.assign(prompt, given)
+    index = pa.array(codes)
     given_u = None
     if given is not None:
         given = given.cast(pa.string())
-        first = _first_index(index, len(uniques))
+        first = _first_index(codes, len(uniques))
         given_u = pc.take(given, first)
         same = pc.equal(pc.fill_null(pc.take(given_u, index), "\x00"), pc.fill_null(given, "\x00"))
         if not pc.all(same).as_py():
@@ -232,9 +231,8 @@ def _assign_conditions(labeler: ConditionLabeler, prompt: pa.Array,
     return pc.take(cond_u, index), pc.take(sys_u, index)
 
 
-def _first_index(index: pa.Array, n_unique: int) -> pa.Array:
+def _first_index(codes: np.ndarray, n_unique: int) -> pa.Array:
     """Row of the first occurrence of each dictionary code."""
-    codes = index.to_numpy(zero_copy_only=False)
     first = np.full(n_unique, len(codes), dtype=np.int64)
     np.minimum.at(first, codes, np.arange(len(codes), dtype=np.int64))
     return pa.array(first)
@@ -285,32 +283,5 @@ def prefetch(items: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
         thread.join()
 
 
-def split_reasoning_fast(completions: pa.Array, tags: ThinkTags) -> tuple[pa.Array, pa.Array]:
-    """`rlaudit.text.split_reasoning` (same rules, same output) without the lazy-regex scans.
-
-    The regex form scans each completion twice with a lazy `.*?`, which made it the costliest step of ingest.
-    Here one substring split at the first closing tag gives both halves: the part before it (the reasoning,
-    after trimming leading whitespace and the opening tag) and the part after it (the answer); a completion
-    without a closing tag stays whole, which is its answer unless it opens a tag (rule 3: all reasoning).
-    tests/readers/test_bad_input_properties.py checks that both implementations agree.
-    """
-    completions = combine(completions).cast(pa.string())
-    if completions.null_count:
-        completions = pc.fill_null(completions, "")
-    parts = pc.split_pattern(completions, pattern=tags.close, max_splits=1)
-    closed = pc.equal(pc.list_value_length(parts), 2)
-    flat = pc.list_flatten(parts)
-    starts = pc.subtract(parts.offsets, parts.offsets[0]).to_numpy()[:-1]
-    first = pc.take(flat, pa.array(starts))
-    # after the closing tag when there is one, else the whole completion
-    second = pc.take(flat, pa.array(starts + closed.to_numpy(zero_copy_only=False)))
-    before = pc.utf8_ltrim(first, characters="\t\n\f\r ")  # RE2's \s, as in the regex form
-    opened = pc.starts_with(before, tags.open)
-    inner = pc.replace_substring_regex(before, "^" + re.escape(tags.open), "", max_replacements=1)
-    reasoning = pc.if_else(pc.or_(closed, opened), inner, pa.scalar(None, pa.string()))
-    unclosed = pc.and_(opened, pc.invert(closed))
-    answer = pc.if_else(unclosed, pa.scalar("", pa.string()), second) if pc.any(unclosed).as_py() else second
-    return reasoning, pc.utf8_trim_whitespace(answer)
-
-
+from .groups import encode_distinct  # noqa: E402
 from .messages import combine, content_text, is_message_list, render_message_list  # noqa: E402  (re-exported)

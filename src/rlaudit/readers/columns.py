@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .base import ReadOptions, SourceFile
+from .groups import encode_distinct
 from .messages import as_text, combine, is_message_list_type, is_text_type
 
 
@@ -175,9 +176,9 @@ def decoded_system_prompts(prompts: pa.Array) -> pa.Array:
     prompts = pc.fill_null(combine(prompts).cast(pa.string()), "")
     if not pc.any(pc.starts_with(prompts, "system\n")).as_py():
         return pa.nulls(len(prompts), pa.string())
-    encoded = pc.dictionary_encode(prompts)  # a GRPO batch repeats each prompt: match the distinct ones
-    if len(encoded.dictionary) * 2 <= len(prompts):
-        return pc.take(decoded_system_prompts(encoded.dictionary), encoded.indices)
+    uniques, index = encode_distinct(prompts)  # a GRPO batch repeats each prompt: match the distinct ones
+    if len(uniques) * 2 <= len(prompts):
+        return pc.take(decoded_system_prompts(uniques), pa.array(index))
     out = pa.nulls(len(prompts), pa.string())
     for pattern in DECODED_SYSTEM_PATTERNS:
         found = pc.struct_field(pc.extract_regex(prompts, pattern), "sys")

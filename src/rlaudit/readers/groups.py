@@ -9,6 +9,20 @@ import pyarrow.compute as pc
 from .messages import combine
 
 
+def encode_distinct(values: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """(distinct values, index of each row's value in them), as `dictionary_encode` gives, for a column without
+    nulls. A GRPO batch logs each prompt `num_generations` times in a row, so runs of equal neighbours are
+    collapsed first (one cheap comparison per row) and only the run heads are hashed."""
+    n = len(values)
+    if n < 2:
+        encoded = pc.dictionary_encode(values)
+        return encoded.dictionary, encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    changed = pc.fill_null(pc.not_equal(values.slice(1), values.slice(0, n - 1)), True)
+    new_run = np.concatenate([[True], changed.to_numpy(zero_copy_only=False)])
+    encoded = pc.dictionary_encode(values.take(pa.array(np.flatnonzero(new_run))))
+    return encoded.dictionary, encoded.indices.to_numpy().astype(np.int64)[np.cumsum(new_run) - 1]
+
+
 class ConsecutiveGroups:
     """Prompt groups as runs of consecutive identical prompts, split at `group_size` (TRL's layout).
 

@@ -1,0 +1,110 @@
+"""How canonical rows are laid out in the store's Parquet parts, and how they are turned back into rows.
+
+A part holds the canonical columns (`schema.py`) with one saving. The reasoning and the answer that ingest
+splits from `<think>` tags are substrings of the completion, so a part keeps their spans (four int32 columns:
+start and end in UTF-8 bytes) instead of the text; `reasoning` and `answer` hold text only where a format logged it
+separately (prime-rl `reasoning_content`) or rows were appended as canonical tables (live hooks). Writing the
+completion's text once instead of twice roughly halves what ingest compresses and the size on disk.
+
+Nothing outside the store reads parts directly: the `rollouts` view (`Store.connect`) selects `view_columns()`,
+and `to_canonical` / `read_part` do the same in Arrow. Parts written before spans existed (layout 1, text only)
+stay readable: the store records each part's layout in its manifest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .schema import ROLLOUT_SCHEMA
+from .text import Spans, text_at
+
+#: Layout of parts written by this version (1: text only, no span columns).
+LAYOUT = 2
+
+#: Span columns: (text column, start column, length column).
+SPANS = {"reasoning": ("_reasoning_start", "_reasoning_end"), "answer": ("_answer_start", "_answer_end")}
+
+PART_SCHEMA = pa.schema(
+    [f.with_nullable(True) if f.name in SPANS else f for f in ROLLOUT_SCHEMA]
+    + [pa.field(c, pa.int32()) for pair in SPANS.values() for c in pair])
+
+
+def part_table(columns: dict[str, pa.Array], spans: Spans | None = None) -> pa.Table:
+    """A part from canonical columns. With `spans`, rows whose `reasoning`/`answer` is null take their text
+    from the completion at the span instead (the text column stays null there)."""
+    n = len(columns["completion"])
+    arrays = dict(columns)
+    for name, columns in SPANS.items():
+        text = arrays[name]
+        for column, bound in zip(columns, ("start", "end")):
+            if spans is None:
+                arrays[column] = pa.nulls(n, pa.int32())
+                continue
+            at = getattr(spans, f"{name}_{bound}")
+            arrays[column] = pc.if_else(pc.is_valid(text), pa.scalar(None, pa.int32()), at) if text.null_count < n else at
+    return pa.Table.from_arrays([arrays[f.name].cast(f.type) for f in PART_SCHEMA], schema=PART_SCHEMA)
+
+
+def from_canonical(table: pa.Table) -> pa.Table:
+    """A canonical table as a part (text kept as given, no spans)."""
+    table = table.select(ROLLOUT_SCHEMA.names).cast(ROLLOUT_SCHEMA)
+    return part_table({name: table.column(name).combine_chunks() for name in table.column_names})
+
+
+def to_canonical(part: pa.Table) -> pa.Table:
+    """Canonical rows of a part, or the canonical columns of any selection of its columns (`read_columns`)."""
+    fields, arrays = [], []
+    for field in ROLLOUT_SCHEMA:
+        if field.name not in part.column_names:
+            continue
+        spanned = field.name in SPANS and SPANS[field.name][0] in part.column_names
+        fields.append(field)
+        arrays.append((_text(part, field.name) if spanned else part.column(field.name)).cast(field.type))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def read_columns(columns: list[str]) -> list[str]:
+    """The part columns needed to produce canonical `columns`."""
+    need = []
+    for name in columns:
+        need.append(name)
+        if name in SPANS:
+            need += ["completion", *SPANS[name]]
+    return list(dict.fromkeys(need))
+
+
+def read_part(path: str | Path, columns: list[str], layout: int = LAYOUT) -> pa.Table:
+    """Canonical `columns` of one part file, read with Arrow (no database connection)."""
+    if layout < 2:
+        return pq.read_table(path, columns=columns)
+    table = pq.read_table(path, columns=read_columns(columns))
+    return to_canonical(table).select(columns)
+
+
+def view_columns(layout: int = LAYOUT) -> str:
+    """The SELECT list that turns parts of `layout` into canonical columns (DuckDB SQL)."""
+    if layout < 2:
+        return ", ".join(f'"{name}"' for name in ROLLOUT_SCHEMA.names)
+    items = []
+    for name in ROLLOUT_SCHEMA.names:
+        if name in SPANS:
+            start, end = SPANS[name]  # a byte slice of the completion (BLOB slices are 1-based, end inclusive)
+            items.append(f'CASE WHEN "{start}" IS NULL THEN "{name}" '
+                         f'ELSE decode(encode(completion)["{start}" + 1:"{end}"]) END AS "{name}"')
+        else:
+            items.append(f'"{name}"')
+    return ", ".join(items)
+
+
+def _text(part: pa.Table, name: str) -> pa.Array:
+    start, end = SPANS[name]
+    text = part.column(name).combine_chunks()
+    starts = part.column(start).combine_chunks()
+    if starts.null_count == len(starts):
+        return text
+    cut = text_at(part.column("completion"), starts, part.column(end).combine_chunks())
+    return pc.if_else(pc.is_valid(starts), cut, text)
