@@ -59,6 +59,7 @@ class IngestReport:
     format: str
     files_read: int = 0
     files_skipped: int = 0
+    files_replaced: int = 0  # files whose stored rows a newer copy replaced (SourceFile.replaces)
     rows_added: int = 0
     bad_records: int = 0
     bad_examples: list[str] = field(default_factory=list)  # first few "file:line: reason"
@@ -219,6 +220,9 @@ class Store:
             self._remove_orphans(run, manifest)
             todo = [f for f in files if not self._unchanged(manifest, f)]
             report.files_skipped = len(files) - len(todo)
+            for file in files:  # a stored replacement whose older copies are still listed (stored before)
+                if file not in todo:
+                    report.files_replaced += self._drop_replaced(manifest, file)
             if progress and report.files_skipped:
                 progress(report.files_skipped, len(files), 0)
             # A pipeline across files: one thread reads (parses) the files in order, one labels and splits the
@@ -229,6 +233,7 @@ class Store:
             with contextlib.closing(stream):  # an error here stops the reading thread too
                 for i, file in enumerate(todo):
                     entry = self._ingest_file(run, file, _tables_of(stream, file), manifest)
+                    report.files_replaced += self._drop_replaced(manifest, file)
                     with bad_lock:
                         entry["bad"] = bad_by_file.get(file.relpath, 0)
                         done_bad = [r for r in bad_buffer if r.file == file.relpath]
@@ -321,6 +326,18 @@ class Store:
         if old and old != part:
             manifest.setdefault("_stale", []).append(old)
         return entry
+
+    @staticmethod
+    def _drop_replaced(manifest: dict[str, Any], file: SourceFile) -> int:
+        """Unlist the files `file` replaces; their parts are deleted once the manifest no longer lists them."""
+        dropped = 0
+        for relpath in file.replaces:
+            entry = manifest["files"].pop(relpath, None)
+            if entry is not None:
+                dropped += 1
+                if entry.get("part"):
+                    manifest.setdefault("_stale", []).append(entry["part"])
+        return dropped
 
     def _part_name(self, key: str) -> str:
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]

@@ -105,3 +105,22 @@ def test_bad_records_name_the_field(tmp_path, store):
     assert "field 'rewards.r.score': expected a number" in bad[2]
     assert "no messages" in bad[3]
     assert "JSON" in bad[4]
+
+
+def test_effective_file_arriving_later_replaces_the_stored_all_rows(tmp_path, store):
+    """Live ingest: step 1's `all` stream is stored first; when its `effective` file appears, the step's rows
+    come from `effective` alone (no episode counted twice) and the `all` part is deleted."""
+    run = tmp_path / "prime"
+    primerl_step(run, 1, _episodes(1), subset="all")
+    store.ingest(run)
+    all_rows = store.summary("prime").rows
+    [old_part] = store.parts("prime")
+    primerl_step(run, 1, _episodes(1, groups=1), subset="effective")
+    report = store.ingest(run)
+    assert report.files_read == 1 and report.files_replaced == 1
+    files = store.query("SELECT DISTINCT split_part(rollout_id, ':', 1) FROM rollouts", runs=["prime"])
+    assert files.column(0).to_pylist() == ["rollouts/step_1/train/effective/traces.jsonl"]
+    assert 0 < store.summary("prime").rows < all_rows
+    assert not old_part.exists()
+    again = store.ingest(run)
+    assert again.files_read == 0 and again.files_replaced == 0

@@ -62,6 +62,9 @@ class SourceFile:
     relpath: str
     split: str = "train"
     step: int | None = None  # from the file name, when the layout encodes it
+    # relpaths of files holding an earlier copy of the same rollouts (prime-rl `all/` once `effective/` exists):
+    # ingesting this file drops their stored rows
+    replaces: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,9 @@ Checked against PrimeIntellect-ai/prime-rl at 559b4477 (2026-08-21; `src/prime_r
   never-batched work included); `.../effective/traces.jsonl` the episodes that went into the trained batch.
   Both describe the same episodes, so this reader reads `effective` where a step/kind has it and `all` only
   where it does not (a step still in progress, or a run that crashed before finalising it). `effective` is
-  preferred because only it carries the advantages (assigned when the batch is finalised). Caveat for live
-  ingest: rows already stored from a step's `all` file stay in the store when its `effective` file appears
-  later (the store keeps rows of files it ingested); ingest finished runs, or use a fresh `--run`, for
-  effective-only data.
+  preferred because only it carries the advantages (assigned when the batch is finalised). When a step's
+  `effective` file appears after its `all` file was ingested (live ingest), the `effective` rows replace the
+  stored `all` rows (`SourceFile.replaces`), so no episode is counted twice.
 - One line is `Episode.to_record()`: {id, env {id, name}, task, group {id}, run {type, work {type, step}}, ok,
   errors, traces [...]}. Each trace: {id, task, agent {name, trainable}, nodes [{parent, message, sampled,
   advantages, ...}], rewards {name: {score, weight} | null}, metrics {name: value}, info {...}, stop_condition}.
@@ -69,8 +68,9 @@ def _rollouts_dir(source: Path) -> Path | None:
     return None
 
 
-def _trace_files(source: Path) -> list[tuple[Path, int, str]]:
-    """(file, step, split) of every trace file to read (see the module doc for `effective` vs `all`)."""
+def _trace_files(source: Path) -> list[tuple[Path, int, str, list[Path]]]:
+    """(file, step, split, files it replaces) of every trace file to read (see the module doc for `effective`
+    vs `all`)."""
     root = _rollouts_dir(source)
     if root is None:
         return []
@@ -83,7 +83,7 @@ def _trace_files(source: Path) -> list[tuple[Path, int, str]]:
         for legacy in step_dir.glob("*.jsonl"):
             lm = _LEGACY.match(legacy.name)
             if lm:
-                found.append((legacy, step, lm.group(1)))
+                found.append((legacy, step, lm.group(1), []))
         for kind in ("train", "eval"):
             kind_dir = step_dir / kind
             if not kind_dir.is_dir():
@@ -91,7 +91,8 @@ def _trace_files(source: Path) -> list[tuple[Path, int, str]]:
             traces = sorted(kind_dir.rglob("traces.jsonl"))
             effective = [p for p in traces if "effective" in p.relative_to(kind_dir).parts]
             chosen = effective or [p for p in traces if "all" not in p.relative_to(kind_dir).parts] or traces
-            found += [(p, step, kind) for p in chosen]
+            passed_over = [p for p in traces if p not in chosen]
+            found += [(p, step, kind, passed_over) for p in chosen]
     return found
 
 
@@ -106,8 +107,9 @@ class PrimeRlReader(Reader):
 
     def files(self, source: Path) -> list[SourceFile]:
         root = source
-        out = [SourceFile(p, str(p.relative_to(root)), split=split, step=step)
-               for p, step, split in _trace_files(source)]
+        out = [SourceFile(p, str(p.relative_to(root)), split=split, step=step,
+                          replaces=tuple(str(r.relative_to(root)) for r in replaced))
+               for p, step, split, replaced in _trace_files(source)]
         return sorted(out, key=lambda f: (f.split != "train", f.step, f.relpath))
 
     def read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
