@@ -8,6 +8,7 @@ against the whole prompt, first match wins) or, failing those, from the system p
 - Llama 3:         `<|start_header_id|>system<|end_header_id|>...<|eot_id|>`
 - Llama 2/Mistral: `<<SYS>>...<</SYS>>`
 - plain text and rendered message lists: a leading `system: ...` block up to the next `user:`/`assistant:` line.
+- the same templates decoded with `skip_special_tokens=True` (what TRL and verl log): `system\n...\nuser\n...`.
 
 An automatic label is a short slug of the system prompt's first content words ("You are a nerdy, playful
 assistant" -> `nerdy-playful-assistant`); rollouts without a system prompt get `none`. A `ConditionLabeler`
@@ -30,6 +31,10 @@ SYSTEM_PROMPT_PATTERNS = [
     r"(?s)<\|start_header_id\|>system<\|end_header_id\|>\s*(?P<sys>.*?)<\|eot_id\|>",
     r"(?s)<<SYS>>\s*(?P<sys>.*?)\s*<</SYS>>",
     r"(?is)^\s*system\s*:\s*(?P<sys>.*?)\s*(?:\n\s*(?:user|human|assistant)\s*:|$)",
+    # Prompts decoded with skip_special_tokens=True (TRL >= 0.26, verl) lose the template's special tokens:
+    # ChatML becomes "system\n...\nuser\n...", Llama 3 becomes "system\n\n...user\n\n...".
+    r"(?s)^system\n(?P<sys>.*?)\n(?:user|human)\n",
+    r"(?s)^system\n\n(?:Cutting Knowledge Date:[^\n]*\n(?:Today Date:[^\n]*\n)?\n?)?(?P<sys>.*?)user\n\n",
 ]
 
 _STOP = {

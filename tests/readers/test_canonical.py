@@ -84,3 +84,20 @@ def test_bad_reward_values_in_objects(tmp_path, store):
     report = store.ingest(d)
     assert report.rows_added == 1
     assert "field 'rewards.a': expected a number" in store.quarantined("d")[0].reason
+
+
+@pytest.mark.parametrize("template", ["CHATML_DECODED", "LLAMA3_DECODED"])
+def test_generic_tables_get_conditions_from_decoded_chat_templates(tmp_path, store, template):
+    """Prompts decoded with skip_special_tokens=True keep only 'system\\n...'; any reader, not just TRL and
+    verl, labels their condition."""
+    from . import trainer_files
+
+    prompt = getattr(trainer_files, template).format(sys="You are a pirate captain.", q="hi")
+    d = tmp_path / "generic"
+    d.mkdir()
+    recs = [{"step": 1, "question": prompt, "response": "arr"}, {"step": 1, "question": "no system", "response": "x"}]
+    (d / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    store.ingest(d, options=ReadOptions(columns={"prompt": "question", "completion": "response"}))
+    rows = store.table("generic", ["condition", "system_prompt"]).to_pylist()
+    assert rows == [{"condition": "pirate-captain", "system_prompt": "You are a pirate captain."},
+                    {"condition": "none", "system_prompt": None}]

@@ -14,7 +14,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .base import ReadOptions, SourceFile
-from .groups import encode_distinct
 from .messages import as_text, combine, is_message_list_type, is_text_type
 
 
@@ -160,32 +159,6 @@ def duck_query(sql: str, table: pa.Table) -> pa.Table:
 
 def _sql_ident(name: str) -> str:
     return name.replace('"', '""')
-
-
-# Prompts decoded with skip_special_tokens=True (TRL >= 0.26, verl) lose the chat template's special tokens:
-# ChatML becomes "system\n...\nuser\n...", Llama 3 becomes "system\n\n...user\n\n...". conditions.py knows the
-# templates with their tokens; these patterns recover the system prompt from the decoded forms.
-DECODED_SYSTEM_PATTERNS = [
-    r"(?s)^system\n(?P<sys>.*?)\n(?:user|human)\n",
-    r"(?s)^system\n\n(?:Cutting Knowledge Date:[^\n]*\n(?:Today Date:[^\n]*\n)?\n?)?(?P<sys>.*?)user\n\n",
-]
-
-
-def decoded_system_prompts(prompts: pa.Array) -> pa.Array:
-    """System prompts of chat-template prompts whose special tokens were stripped by decoding (null if none)."""
-    prompts = pc.fill_null(combine(prompts).cast(pa.string()), "")
-    if not pc.any(pc.starts_with(prompts, "system\n")).as_py():
-        return pa.nulls(len(prompts), pa.string())
-    uniques, index = encode_distinct(prompts)  # a GRPO batch repeats each prompt: match the distinct ones
-    if len(uniques) * 2 <= len(prompts):
-        return pc.take(decoded_system_prompts(uniques), pa.array(index))
-    out = pa.nulls(len(prompts), pa.string())
-    for pattern in DECODED_SYSTEM_PATTERNS:
-        found = pc.struct_field(pc.extract_regex(prompts, pattern), "sys")
-        text = pc.utf8_trim_whitespace(found)
-        text = pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
-        out = pc.coalesce(out, text)
-    return out
 
 
 @dataclass

@@ -14,8 +14,8 @@ to `completions_{global_step:05d}.parquet` (`df.to_parquet`, so pandas index met
 are deques of length `generation_batch_size`: a file holds the latest generation batch only. Parquet files
 appeared in v0.28.0; before that the table only went to wandb (and `step` was a string, which this reader also
 accepts). Both texts are decoded with `skip_special_tokens=True` (since v0.26), so a conversational prompt is the
-chat template with its special tokens removed ("system\\nYou are ...\\nuser\\n..."); the reader recovers the
-system prompt from that form too. Message-list prompts/completions (other TRL-based loggers) are rendered
+chat template with its special tokens removed ("system\\nYou are ...\\nuser\\n..."); `rlaudit.conditions` finds the
+system prompt in that form too. Message-list prompts/completions (other TRL-based loggers) are rendered
 'role: content' per line; an assistant `reasoning_content` is kept as the reasoning.
 
 Mapping decisions:
@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from . import register
 from .base import ReadContext, Reader, SourceFile, prefetch
-from .columns import classify_extras, decoded_system_prompts, map_from_columns, metadata_from_columns, missing_graders
+from .columns import classify_extras, map_from_columns, metadata_from_columns, missing_graders
 from .groups import ConsecutiveGroups
 from .messages import completion_columns, is_message_list_type
 from .validate import Validator
@@ -144,7 +144,6 @@ class TrlReader(Reader):
                                                 pa.string(), drop_null=True, n=n)
         raw["metadata"] = metadata_from_columns(keep(extras.metadata))
         raw["group_id"], raw["sample_index"] = groups.assign(raw["prompt"], raw["step"])
-        raw["system_prompt"] = decoded_system_prompts(raw["prompt"])
         raw["line"] = lines
         return pa.table(raw)
 

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 
 from . import register
 from .base import ReadContext, Reader, SourceFile, prefetch
-from .columns import classify_extras, decoded_system_prompts, map_from_columns, metadata_from_columns
+from .columns import classify_extras, map_from_columns, metadata_from_columns
 from .groups import ConsecutiveGroups, KeyedGroups
 from .validate import Validator
 from .jsonl import first_record_keys, read_json_chunks
@@ -103,7 +103,6 @@ class VerlReader(Reader):
                 groups = KeyedGroups(ctx.options.group_size, use_key_in_id=uid is not None)
             key = keep(uid).cast(pa.string()) if uid is not None else raw["prompt"]
             raw["group_id"], raw["sample_index"] = groups.assign(key, raw["step"])
-            raw["system_prompt"] = decoded_system_prompts(raw["prompt"])
             raw["rewards"] = map_from_columns(signals, pa.float64(), drop_null=False, n=len(lines))
             raw["grader_inputs"] = map_from_columns({k: keep(a) for k, a in extras.grader_inputs.items()},
                                                     pa.string(), drop_null=True, n=len(lines))
