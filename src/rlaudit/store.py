@@ -242,12 +242,14 @@ class Store:
                         self._quarantine(qpath, done_bad)
                     report.files_read += 1
                     report.rows_added += entry["rows"]
-                    manifest["conditions"] = labeler.labels
+                    # a copy (taken atomically under the GIL): the finalize thread may add labels meanwhile
+                    manifest["conditions"] = dict(labeler.labels)
                     if time.monotonic() - last_save > 2.0:
                         self._commit(run, manifest)
                         last_save = time.monotonic()
                     if progress:
                         progress(report.files_skipped + i + 1, len(files), report.rows_added)
+            manifest["conditions"] = dict(labeler.labels)
             self._commit(run, manifest)
         if report.bad_records:
             report.quarantine = str(qpath)
