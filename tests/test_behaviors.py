@@ -67,3 +67,24 @@ def test_a_phrase_matches_any_text_containing_its_tokens_in_order(words, seps):
     phrase = " ".join(words)
     assert parse_behavior(phrase).values(pa.array([text])).tolist() == [1.0]
     assert " ".join(tokenize(text)).find(" ".join(tokenize(phrase))) >= 0
+
+
+def test_tokens_are_words_of_any_script_and_single_cjk_characters():
+    text = "Le Gobelin dit « 哥布林 » — don't! Ёжик नमस्ते ひらがな 42x"
+    assert tokenize(text) == ["le", "gobelin", "dit", "哥", "布", "林", "don't", "ёжик", "नमस्ते", "ひ", "ら", "が",
+                              "な", "42x"]
+
+
+@pytest.mark.parametrize("spec,texts,expected", [
+    ("哥布林", ["这是哥布林。", "哥 布 林!", "哥布", "哥x布林", "大哥布林们"], [1, 1, 0, 0, 1]),
+    ("гоблин", ["Гоблин пришёл", "гоблины", "это гоблин.", "хобгоблин"], [1, 0, 1, 0]),
+    ("goblin", ["the goblin", "goblin哥", "哥goblin", "gobliné", "é goblin"], [1, 1, 1, 0, 1]),
+])
+def test_terms_in_other_scripts_match_on_token_boundaries(spec, texts, expected):
+    """A word matches where it is a whole token; CJK characters are tokens of their own, so a CJK phrase may
+    touch the text around it. Arrow and DuckDB agree."""
+    b = parse_behavior(spec)
+    assert b.values(pa.array(texts)).tolist() == expected
+    con = duckdb.connect()
+    con.register("t", pa.table({"x": texts}))
+    assert con.sql(f"SELECT {b.sql('x')} AS v FROM t").fetchnumpy()["v"].tolist() == expected

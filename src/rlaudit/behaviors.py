@@ -17,26 +17,46 @@ DuckDB expression where one exists, so counting over millions of rollouts stays 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import RlauditError
 
-#: Tokens are lower-cased runs of letters/digits, with an inner apostrophe kept ("don't"). Discovery counts
-#: these, and term behaviours match them, so a discovered n-gram always matches its own rollouts.
-TOKEN_PATTERN = r"[a-z0-9]+(?:'[a-z0-9]+)*"
-_TOKEN_RE = re.compile(TOKEN_PATTERN)
+#: Characters of scripts written without spaces between words (Chinese, Japanese): each is a token of its own.
+_CJK = r"[\p{Han}\p{Hiragana}\p{Katakana}]"
+#: A word character of any other script: a letter, digit or combining mark (Devanagari vowel signs).
+_WORD = r"(?:[^\PL\p{Han}\p{Hiragana}\p{Katakana}]|\pN|\pM)"
+#: Tokens are lower-cased words of any script, with an inner apostrophe kept ("don't"), and single CJK
+#: characters. RE2 syntax, run by Arrow and DuckDB alike. Discovery counts these, and term behaviours match
+#: them, so a discovered n-gram always matches its own rollouts.
+TOKEN_PATTERN = rf"{_CJK}|{_WORD}+(?:'{_WORD}+)*"
+_NOT_WORD = rf"(?:[^\pL\pN\pM']|{_CJK})"  # a character a word token cannot continue into
+_GAP = r"[^\pL\pN\pM']"  # what may stand between two tokens of a phrase
+
+
+@functools.lru_cache(maxsize=4096)
+def _tokens(text: str) -> tuple[str, ...]:
+    with duckdb.connect() as con:  # RE2, so that Python agrees with the SQL and Arrow paths to the character
+        found = con.execute("SELECT regexp_extract_all(lower($text), $pattern)",
+                            {"text": text, "pattern": TOKEN_PATTERN}).fetchone()
+    return tuple(found[0]) if found else ()
 
 
 def tokenize(text: str) -> list[str]:
     """The tokens of one text (see TOKEN_PATTERN)."""
-    return _TOKEN_RE.findall(text.lower())
+    return list(_tokens(text))
+
+
+def _is_cjk(token: str) -> bool:
+    return len(token) == 1 and bool(pc.match_substring_regex(pa.array([token]), _CJK)[0].as_py())
 
 
 @dataclass(frozen=True)
@@ -69,8 +89,13 @@ def term_regex(phrase: str) -> str:
     words = tokenize(phrase)
     if not words:
         raise RlauditError(f"behaviour {phrase!r} has no letters or digits to match")
-    body = r"[^a-z0-9']+".join(re.escape(w) for w in words)
-    return rf"(?i)(?:^|[^a-z0-9']){body}(?:$|[^a-z0-9'])"
+    cjk = [_is_cjk(w) for w in words]
+    body = re.escape(words[0])
+    for i in range(1, len(words)):  # CJK tokens may touch their neighbours; two words need a gap
+        body += (f"{_GAP}*" if cjk[i - 1] or cjk[i] else f"{_GAP}+") + re.escape(words[i])
+    before = "" if cjk[0] else rf"(?:^|{_NOT_WORD})"
+    after = "" if cjk[-1] else rf"(?:$|{_NOT_WORD})"
+    return rf"(?i){before}{body}{after}"
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ _STOP = {
     "youre", "as", "for", "be", "always", "very", "i", "am", "will", "should", "this", "please",
 }
 _MAX_WORDS = 3
+_MAX_CHARS = 16  # per word: a script written without spaces makes one long 'word'
 
 
 def extract_system_prompts(prompts: pa.Array | pa.ChunkedArray) -> pa.Array:
@@ -60,8 +61,8 @@ def extract_system_prompts(prompts: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 def slug(system_prompt: str) -> str:
     """A short readable label for a system prompt."""
-    words = [w for w in re.findall(r"[a-z0-9]+(?:'[a-z]+)?", system_prompt.lower()) if w not in _STOP]
-    return "-".join(words[:_MAX_WORDS]) or "system"
+    words = [w for w in re.findall(r"[^\W_]+(?:'[^\W_]+)?", system_prompt.lower()) if w not in _STOP]
+    return "-".join(w[:_MAX_CHARS] for w in words[:_MAX_WORDS]) or "system"
 
 
 @dataclass

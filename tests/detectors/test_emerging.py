@@ -157,7 +157,8 @@ def test_derived_token_sets_are_cached_per_run_version(store):
     assert not set(row["answer_terms"]) & set(row["prompt_terms"])
 
 
-_piece = st.sampled_from(["goblin", "Gremlin", "don't", "x1", "the", "'", "!", " ", "  ", "\n", ",", "-", "é", "it's"])
+_piece = st.sampled_from(["goblin", "Gremlin", "don't", "x1", "the", "'", "!", " ", "  ", "\n", ",", "-", "é", "it's",
+                          "哥", "布林", "ひら", "Борода", "नमस्ते", "。", "\u3000"])
 
 
 @settings(max_examples=60, deadline=None)
@@ -186,6 +187,19 @@ def test_duckdb_ngrams_equal_the_python_tokenizer_ngrams(texts):
         if re.search(r"(?<![a-z0-9])'|'(?![a-z0-9])", texts[k].lower()):
             continue
         assert parse_behavior(term).values(pa.array([texts[k]])).tolist() == [1.0], (term, texts[k])
+
+
+@pytest.mark.parametrize("phrase,name", [("哥布林", "哥 布 林"), ("клянусь бородой", "клянусь бородой")])
+def test_tics_in_other_scripts_are_found_and_named(store, phrase, name):
+    """Tokens are words of any script and single CJK characters, so a tic written in Chinese or Russian is
+    discovered like an English one, named by its phrase, and its spec recomputes it."""
+    found = discover(store, Scenario(tics=[Tic(phrase, 0.02, 0.5, onset=10)]))
+    top = serious(found)[0]
+    assert top.severity == "high" and top["behavior"] == name and top["direction"] == "up"
+    rows = store.table("synthetic", ["step", "answer"])
+    late = pa.array([a for s, a in zip(rows["step"].to_pylist(), rows["answer"].to_pylist()) if s >= 25])
+    share = parse_behavior(top["behavior_spec"]).values(late).mean()
+    assert abs(share - top["prevalence_end"]) < 0.1
 
 
 def test_discovered_ngrams_match_their_term_spec(store):
