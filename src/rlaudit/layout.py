@@ -2,9 +2,9 @@
 
 A part holds the canonical columns (`schema.py`) with one saving. The reasoning and the answer that ingest
 splits from `<think>` tags are substrings of the completion, so a part keeps their spans (four int32 columns:
-start and end in UTF-8 bytes) instead of the text; `reasoning` and `answer` hold text only where a format logged it
-separately (prime-rl `reasoning_content`) or rows were appended as canonical tables (live hooks). Writing the
-completion's text once instead of twice roughly halves what ingest compresses and the size on disk.
+start and end in UTF-8 bytes) instead of the text; `reasoning` and `answer` hold text only where a format
+logged it separately (prime-rl `reasoning_content`) or rows were appended as canonical tables (live hooks).
+Writing the completion's text once instead of twice roughly halves what ingest compresses and the size on disk.
 
 Nothing outside the store reads parts directly: the `rollouts` view (`Store.connect`) selects `view_columns()`,
 and `to_canonical` / `read_part` do the same in Arrow. Parts written before spans existed (layout 1, text only)
@@ -25,7 +25,7 @@ from .text import Spans, text_at
 #: Layout of parts written by this version (1: text only, no span columns).
 LAYOUT = 2
 
-#: Span columns: (text column, start column, length column).
+#: Text column -> its span columns (start, end: UTF-8 byte offsets into the completion).
 SPANS = {"reasoning": ("_reasoning_start", "_reasoning_end"), "answer": ("_answer_start", "_answer_end")}
 
 PART_SCHEMA = pa.schema(
@@ -38,14 +38,16 @@ def part_table(columns: dict[str, pa.Array], spans: Spans | None = None) -> pa.T
     from the completion at the span instead (the text column stays null there)."""
     n = len(columns["completion"])
     arrays = dict(columns)
-    for name, columns in SPANS.items():
-        text = arrays[name]
-        for column, bound in zip(columns, ("start", "end")):
+    for name, span_columns in SPANS.items():
+        given = arrays[name]  # text a format logged itself wins over the span, row by row
+        for column, bound in zip(span_columns, ("start", "end")):
             if spans is None:
                 arrays[column] = pa.nulls(n, pa.int32())
                 continue
             at = getattr(spans, f"{name}_{bound}")
-            arrays[column] = pc.if_else(pc.is_valid(text), pa.scalar(None, pa.int32()), at) if text.null_count < n else at
+            if given.null_count < n:
+                at = pc.if_else(pc.is_valid(given), pa.scalar(None, pa.int32()), at)
+            arrays[column] = at
     return pa.Table.from_arrays([arrays[f.name].cast(f.type) for f in PART_SCHEMA], schema=PART_SCHEMA)
 
 

@@ -220,8 +220,9 @@ class Store:
             self._remove_orphans(run, manifest)
             todo = [f for f in files if not self._unchanged(manifest, f)]
             report.files_skipped = len(files) - len(todo)
+            reading = {f.relpath for f in todo}
             for file in files:  # a stored replacement whose older copies are still listed (stored before)
-                if file not in todo:
+                if file.relpath not in reading:
                     report.files_replaced += self._drop_replaced(manifest, file)
             if progress and report.files_skipped:
                 progress(report.files_skipped, len(files), 0)
