@@ -169,8 +169,11 @@ def parse_line(raw: bytes, file: SourceFile, lineno: int, ctx: ReadContext) -> d
         ctx.bad(file, lineno, f"invalid UTF-8 ({exc.reason} at byte {exc.start})", _shown(raw))
         return None
     except json.JSONDecodeError as exc:
-        what = "torn line (JSON ends early)" if exc.pos >= len(raw.rstrip()) - 1 else "invalid JSON"
-        ctx.bad(file, lineno, f"{what}: {exc.msg} at column {exc.colno}", _shown(raw))
+        # a string still open at the end of the line is a line cut short too
+        torn = exc.pos >= len(raw.rstrip()) - 1 or exc.msg.startswith("Unterminated string")
+        what = "torn line (JSON ends early)" if torn else "invalid JSON"
+        at = "" if exc.msg.endswith(" at") else " at"  # "Unterminated string starting at" + " column N"
+        ctx.bad(file, lineno, f"{what}: {exc.msg}{at} column {exc.colno}", _shown(raw))
         return None
     except RecursionError:
         ctx.bad(file, lineno, "invalid JSON: nested too deeply", _shown(raw))
