@@ -23,7 +23,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 _NON_WORD = r"[^\p{L}\p{N}]+"  # RE2 (Arrow) spelling
-_WORD_PY = re.compile(r"[^\W_]+")  # the same token definition for Python's re
+_SINGLE_RE2 = r"([\p{Han}\p{Hiragana}\p{Katakana}])"  # each such character is a token of its own
+_CJK_PY = "\u2e80-\u2fdf\u3005-\u3007\u3021-\u3029\u3038-\u303b\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_WORD_PY = re.compile(rf"[{_CJK_PY}]|[^\W_{_CJK_PY}]+")  # the same token definition for Python's re
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -65,6 +67,7 @@ def normalized_tokens(texts: pa.Array | pa.ChunkedArray) -> pa.ListArray:
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
     lowered = pc.utf8_lower(texts.cast(pa.string()))
+    lowered = pc.replace_substring_regex(lowered, _SINGLE_RE2, " \\1 ")
     spaced = pc.utf8_trim_whitespace(pc.replace_substring_regex(lowered, _NON_WORD, " "))
     spaced = pc.if_else(pc.equal(spaced, ""), pa.scalar(None, pa.string()), spaced)
     tokens = pc.utf8_split_whitespace(spaced)
@@ -78,13 +81,63 @@ _WORD_BYTE[0x80:] = True  # bytes of multi-byte UTF-8 characters: non-ASCII text
 _BYTE_MASKS = np.array([(1 << (8 * r)) - 1 for r in range(8)] + [(1 << 64) - 1], np.uint64)
 
 
+def _code_point_table(ranges: list[tuple[int, int]]) -> np.ndarray:
+    table = np.zeros(0x10000, bool)
+    for lo, hi in ranges:
+        table[lo:hi + 1] = True
+    return table
+
+
+# Exceptions to "non-ASCII is a word character", for the two- and three-byte UTF-8 characters where text in
+# practice has them: punctuation and spaces separate tokens, and each character of a script written without
+# spaces (Chinese, Japanese) is a token of its own (as in `behaviors.TOKEN_PATTERN`), so that Chinese reasoning
+# has word shingles rather than one token per clause.
+_SEPARATOR = _code_point_table([
+    (0x00A0, 0x00A9), (0x00AB, 0x00B1), (0x00B4, 0x00B4), (0x00B6, 0x00B8), (0x00BB, 0x00BB), (0x00BF, 0x00BF),
+    (0x00D7, 0x00D7), (0x00F7, 0x00F7),  # Latin-1 spaces, quotes, signs
+    (0x2000, 0x206F),  # general punctuation: spaces, dashes, curly quotes, ellipsis
+    (0x3000, 0x3004), (0x3008, 0x3020), (0x3030, 0x3037), (0x303C, 0x303F),  # CJK punctuation
+    (0xFF00, 0xFF0F), (0xFF1A, 0xFF20), (0xFF3B, 0xFF40), (0xFF5B, 0xFF65),  # fullwidth punctuation
+])
+_SINGLE = _code_point_table([
+    (0x2E80, 0x2FDF), (0x3005, 0x3007), (0x3021, 0x3029), (0x3038, 0x303B),  # radicals, ideographic marks
+    (0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF),  # kana, CJK ideographs
+])
+
+
+def _non_ascii_breaks(seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes of separator characters, token boundaries around single-character tokens) of a UTF-8 buffer.
+
+    `breaks[i]` marks a boundary between byte i - 1 and byte i. Only two- and three-byte characters are decoded
+    (vectorised); four-byte ones (emoji, rare ideographs) stay word characters.
+    """
+    n = len(seg)
+    separator = np.zeros(n, bool)
+    breaks = np.zeros(n + 1, bool)
+    lead2 = np.flatnonzero((seg[:-1] & 0xE0) == 0xC0) if n >= 2 else np.zeros(0, np.int64)
+    cp2 = ((seg[lead2].astype(np.int64) & 0x1F) << 6) | (seg[lead2 + 1] & 0x3F)
+    for k in range(2):
+        separator[lead2[_SEPARATOR[cp2]] + k] = True
+    lead3 = np.flatnonzero((seg[:-2] & 0xF0) == 0xE0) if n >= 3 else np.zeros(0, np.int64)
+    cp3 = (((seg[lead3].astype(np.int64) & 0x0F) << 12) | ((seg[lead3 + 1].astype(np.int64) & 0x3F) << 6)
+           | (seg[lead3 + 2] & 0x3F))
+    for k in range(3):
+        separator[lead3[_SEPARATOR[cp3]] + k] = True
+    single = lead3[_SINGLE[cp3]]
+    breaks[single] = True
+    breaks[single + 3] = True
+    return separator, breaks
+
+
 def hashed_tokens(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """(token hashes, per-text offsets) without materialising token strings: the scan's fast tokeniser.
 
     Same idea as `normalized_tokens` (lowercase runs of ASCII letters/digits; every other ASCII byte separates
     tokens) but computed on the UTF-8 byte buffer with numpy, and each token hashed 8 bytes at a time through an
-    overlapping uint64 view. Non-ASCII characters are treated as word characters (no Unicode classes, which are
-    the slow part of regex tokenising); both sides of every comparison use this same function.
+    overlapping uint64 view. Non-ASCII characters are word characters (no Unicode classes, which are the slow
+    part of regex tokenising) except common punctuation and spaces, which separate, and Chinese/Japanese
+    characters, which are tokens of their own (`_non_ascii_breaks`); both sides of every comparison use this
+    same function.
     """
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
@@ -98,14 +151,18 @@ def hashed_tokens(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nda
     bounds = raw_offsets - base
     word = _WORD_BYTE[seg]
     n_bytes = len(seg)
-    text_start = np.zeros(n_bytes + 1, bool)
-    text_start[bounds[:-1]] = True  # every text starts a fresh token
+    separator, boundary = _non_ascii_breaks(seg) if n_bytes and seg.max() >= 0x80 else (None, None)
+    if separator is not None:
+        word &= ~separator
+    else:
+        boundary = np.zeros(n_bytes + 1, bool)
+    boundary[bounds[:-1]] = True  # every text starts a fresh token
     prev = np.zeros(n_bytes, bool)
     prev[1:] = word[:-1]
-    prev &= ~text_start[:-1]
+    prev &= ~boundary[:-1]
     nxt = np.zeros(n_bytes, bool)
     nxt[:-1] = word[1:]
-    nxt &= ~text_start[1:]
+    nxt &= ~boundary[1:]
     starts = np.flatnonzero(word & ~prev)
     ends = np.flatnonzero(word & ~nxt) + 1
     padded = np.zeros(n_bytes + 8, np.uint8)

@@ -24,12 +24,21 @@ WORDS = ("the a of to and is in that we it for as with this so be by on are valu
          "wait consider assume suppose hence clearly note recall given need want try again verify confirm").split()
 
 
-def sentence(rng: np.random.Generator, n: int) -> str:
+# the same kind of text in Chinese: words of one or two characters, no spaces, full-width punctuation
+WORDS_ZH = ("的 一 是 在 我们 这 个 有 数 值 总和 答案 检查 步骤 首先 然后 下一步 计算 找到 等于 结果 因为 所以 "
+            "苹果 河流 石头 云 引擎 花园 镜子 蜡烛 森林 桥 信号 市场 行星 窗户 问题 方法 乘 加 减 除 两倍 一半 "
+            "平方 因子 质数 偶数 奇数 红 蓝 绿 小 大 快 慢 早 晚 北 南 东 西 里面 外面 上面 下面 等等 考虑 假设 "
+            "注意 回忆 给定 需要 想要 再试 验证 确认").split()
+
+
+def sentence(rng: np.random.Generator, n: int, zh: bool = False) -> str:
+    if zh:
+        return "".join(rng.choice(WORDS_ZH, n)) + "。"
     return " ".join(rng.choice(WORDS, n)).capitalize() + "."
 
 
-def paragraph(rng: np.random.Generator, sentences: int) -> str:
-    return " ".join(sentence(rng, int(rng.integers(6, 14))) for _ in range(sentences))
+def paragraph(rng: np.random.Generator, sentences: int, zh: bool = False) -> str:
+    return ("" if zh else " ").join(sentence(rng, int(rng.integers(6, 14)), zh) for _ in range(sentences))
 
 
 Exposure = Callable[[int, str, np.random.Generator], str | None]
@@ -44,24 +53,25 @@ def never(step: int, task: str, rng: np.random.Generator) -> str | None:
 def make_run(run: str = "synth", steps: int = 10, groups: int = 6, group_size: int = 4, seed: int = 0,
              exposure: Exposure = never, grader: str = "judge", tasks: tuple[str, ...] = ("math", "chat"),
              score: Callable[[str, str, np.random.Generator], float] | None = None,
-             restate: bool = True) -> tuple[pa.Table, dict[str, str]]:
-    """A canonical table and the ground truth {rollout_id: exposure mode} of exposed rows."""
+             restate: bool = True, zh: bool = False) -> tuple[pa.Table, dict[str, str]]:
+    """A canonical table and the ground truth {rollout_id: exposure mode} of exposed rows (`zh`: in Chinese)."""
     rng = np.random.default_rng(seed)
+    gap = "" if zh else " "
     rows, truth = [], {}
     for step in range(steps):
         for g in range(groups):
             task = tasks[g % len(tasks)]
-            prompt = f"user: {paragraph(rng, 2)} What is the {rng.choice(WORDS)}?"
-            reference = paragraph(rng, 2)
-            answers = [paragraph(rng, 1) for _ in range(2)]
+            prompt = f"user: {paragraph(rng, 2, zh)} What is the {rng.choice(WORDS_ZH if zh else WORDS)}?"
+            reference = paragraph(rng, 2, zh)
+            answers = [paragraph(rng, 1, zh) for _ in range(2)]
             for i in range(group_size):
-                reasoning = paragraph(rng, int(rng.integers(3, 9)))
+                reasoning = paragraph(rng, int(rng.integers(3, 9)), zh)
                 if rng.random() < 0.5:  # echo the reference (several rollouts do: group context)
-                    reasoning += " " + reference
-                closing = sentence(rng, 10)
-                reasoning += " " + closing
+                    reasoning += gap + reference
+                closing = sentence(rng, 10, zh)
+                reasoning += gap + closing
                 # restates the reasoning's last sentence verbatim (or, restate=False, one of two answers per group)
-                answer = f"{answers[i % 2]} {closing}" if restate else answers[i % 2]
+                answer = f"{answers[i % 2]}{gap}{closing}" if restate else answers[i % 2]
                 completion = f"<think>{reasoning}</think>{answer}"
                 mode = exposure(step, task, rng)
                 seen = grader_view(prompt, reasoning, answer, reference, mode)
@@ -87,7 +97,8 @@ def grader_view(prompt: str, reasoning: str, answer: str, reference: str, mode: 
     elif mode == "full":
         body = f"<think>{reasoning}</think>{answer}"
     elif mode == "markdown":  # reformatted: markdown bullets, collapsed case and whitespace, no tags
-        body = "\n".join(f"* **{s.strip().upper()}**" for s in reasoning.split(".") if s.strip()) + "\n\n" + answer
+        stop = "。" if "。" in reasoning else "."
+        body = "\n".join(f"* **{s.strip().upper()}**" for s in reasoning.split(stop) if s.strip()) + "\n\n" + answer
     elif mode == "tail":  # a grader that saw only the last 300 characters
         body = (reasoning + answer)[-(300 + len(answer)):]
     else:

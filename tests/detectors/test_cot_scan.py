@@ -39,6 +39,24 @@ def test_each_exposure_mode_is_found_exactly(mode):
     assert exposed_ids(table) == set(truth)
 
 
+@pytest.mark.parametrize("mode", ["full", "markdown", "tail"])
+def test_exposure_of_chinese_reasoning_is_found_exactly(mode):
+    """Chinese has no spaces between words: the scan's tokens are its characters, so exposure is found as in
+    English, and the shared vocabulary of a clean Chinese run does not look like exposure."""
+    def exposure(step, task, rng):
+        return mode if rng.random() < 0.25 else None
+
+    table, truth = make_run(exposure=exposure, seed=3, zh=True)
+    assert truth
+    assert exposed_ids(table) == set(truth)
+
+
+def test_clean_chinese_run_has_no_scan_findings(store):
+    table, truth = make_run(run="clean-zh", steps=30, groups=8, seed=11, zh=True)
+    assert not truth
+    assert scan_findings(store, table) == []
+
+
 def test_clean_run_has_no_scan_findings(store):
     # reasoning and answers share vocabulary and a verbatim sentence; graders see prompt + answer + reference,
     # and half the rollouts echo the reference in their reasoning

@@ -80,3 +80,39 @@ def test_interval_helpers():
     assert lo < 0.3 < hi and hi - lo < 0.2
     lo, hi = bootstrap_mean_ci(np.r_[np.zeros(50), np.ones(50)])
     assert lo < 0.5 < hi and hi - lo < 0.25
+
+
+_SCRIPT_PIECES = ["我们", "先", "计算", "总数", "ひらがな", "カタカナ", "wörld", "ça", "alpha", "42", "ünï", " ", "\n",
+                  "：", "。", "，", "“", "”", "…", "—", "«", "»", "\u00a0", "\u3000", "×", "！", "(", "-"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(_SCRIPT_PIECES), max_size=14).map("".join), min_size=1, max_size=6))
+def test_the_three_tokenisers_agree_on_multi_script_text(texts):
+    """The scan's byte tokeniser (`hashed_tokens`), the screen's Arrow tokeniser (`normalized_tokens`) and the
+    evidence tokeniser (`token_spans`) cut the same tokens from text in Chinese, Japanese and Latin scripts with
+    their punctuation: each CJK character is a token, punctuation and spaces separate."""
+    from rlaudit.shingles import hashed_tokens
+
+    arrow = normalized_tokens(pa.array(texts)).to_pylist()
+    assert arrow == [[t for t, _, _ in token_spans(text)] for text in texts]
+    hashes, offsets = hashed_tokens(pa.array(texts))
+    assert np.diff(offsets).tolist() == [len(tokens) for tokens in arrow]
+    by_token: dict[str, set[int]] = {}
+    for tokens, start in zip(arrow, offsets[:-1]):
+        for j, token in enumerate(tokens):
+            by_token.setdefault(token, set()).add(int(hashes[start + j]))
+    assert all(len(h) == 1 for h in by_token.values())  # one hash per token
+    assert len({next(iter(h)) for h in by_token.values()}) == len(by_token)  # and distinct tokens differ
+
+
+def test_chinese_reasoning_has_word_shingles():
+    """A paragraph of Chinese has no spaces: without single-character tokens it would be one token per clause
+    and have no 5-shingles at all, so a grader that saw it could not be caught."""
+    from rlaudit.shingles import hashed_tokens, shingles_from_ids
+
+    reasoning = "首先我们需要计算总数，然后检查结果是否正确。"
+    seen = f"请评分。回答：{reasoning}参考答案：四十二"
+    other = "今天天气很好，我们去公园散步吧。"
+    (r, s, o) = (shingles_from_ids(*hashed_tokens(pa.array([t])), 5).keys for t in (reasoning, seen, other))
+    assert len(r) >= 15 and set(r.tolist()) <= set(s.tolist()) and not set(r.tolist()) & set(o.tolist())
