@@ -145,8 +145,9 @@ def _run_of_source(st: Store, source: str, run: str | None, fmt: str | None) -> 
 
 
 def _print_ingest(r: IngestReport) -> None:
+    replaced = f", {r.files_replaced} replaced by newer copies" if r.files_replaced else ""
     console.print(f"[bold]{r.run}[/] ({r.format}): {r.rows_added:,} rows from {r.files_read} file(s), "
-                  f"{r.files_skipped} unchanged, {r.seconds:.1f}s")
+                  f"{r.files_skipped} unchanged{replaced}, {r.seconds:.1f}s")
     if r.bad_records:
         console.print(f"[yellow]warning:[/] {r.bad_records} bad record(s) quarantined in {r.quarantine}")
         for ex in r.bad_examples:
