@@ -112,29 +112,11 @@ def best_of(repeat: int, fn) -> tuple[float, object]:  # noqa: ANN001
 
 
 def coverage(runs: int, boot: int) -> None:
-    from scipy import stats as sps
+    from rlaudit.organisms.calibration import attribution_interval_coverage
 
-    from rlaudit.attribution import Frame, attribute
-    from rlaudit.behaviors import parse_behavior
-
-    a, groups, size = 0.3, 120, 6
-    truth = sps.norm.cdf(a / np.sqrt(2))
-    hits_p = hits_e = 0
-    for seed in range(runs):
-        rng = np.random.default_rng(100 + seed)
-        n = groups * size
-        g = np.repeat(np.arange(groups), size)
-        tic = (rng.random(n) < 0.4).astype(float)
-        rm = a * tic + rng.normal(0, 1, groups)[g] + rng.normal(0, 1, n)
-        other = rng.normal(0, 0.1, n)
-        frame = Frame.build(g, step=np.zeros(n, np.int64), condition=np.zeros(n, np.int64), condition_names=["a"],
-                            task=np.full(n, -1), task_names=[], behavior=tic, components={"rm": rm, "fmt": other},
-                            reward=rm + other, advantage=None)
-        sig = attribute(frame, parse_behavior("goblin"), n_boot=boot, seed=seed).signal("rm")
-        hits_p += sig.paired_preference_ci[0] <= truth <= sig.paired_preference_ci[1]
-        hits_e += sig.effect_ci[0] <= a <= sig.effect_ci[1]
+    preference, effect = attribution_interval_coverage(runs, boot)
     print(f"95% interval coverage over {runs} simulated runs ({boot} replicates): paired preference "
-          f"{hits_p / runs:.1%}, effect {hits_e / runs:.1%}")
+          f"{preference:.1%}, effect {effect:.1%}")
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ from rlaudit.attribution import Frame, attribute, build_signals, is_outcome_sign
 from rlaudit.behaviors import parse_behavior
 from rlaudit.errors import RlauditError
 from rlaudit.findings import jsonable
+from rlaudit.organisms.calibration import attribution_interval_coverage
 from rlaudit.schema import ROLLOUT_SCHEMA
 
 
@@ -322,26 +323,9 @@ def test_degenerate_groups_add_no_pressure():
 def test_intervals_cover_the_truth_in_simulation():
     """rm = a * tic + prompt effect + N(0, 1): true paired preference Phi(a / sqrt 2), true effect a. Over 200
     simulated runs the 95% intervals covered 96.5% / 94.5% of the time; 60 runs here, asserting >= 85%."""
-    a, hits_p, hits_e, reps = 0.3, 0, 0, 60
-    truth_p = sps.norm.cdf(a / math.sqrt(2))
-    for seed in range(reps):
-        rng = np.random.default_rng(100 + seed)
-        groups, size = 120, 6
-        n = groups * size
-        g = np.repeat(np.arange(groups), size)
-        tic = (rng.random(n) < 0.4).astype(float)
-        rm = a * tic + rng.normal(0, 1, groups)[g] + rng.normal(0, 1, n)
-        other = rng.normal(0, 0.1, n)
-        frame = Frame.build(g, step=np.zeros(n, np.int64), condition=np.zeros(n, np.int64), condition_names=["a"],
-                            task=np.full(n, -1), task_names=[], behavior=tic, components={"rm": rm, "fmt": other},
-                            reward=rm + other, advantage=None)
-        sig = attribute(frame, parse_behavior("goblin"), n_boot=300, seed=seed).signal("rm")
-        lo, hi = sig.paired_preference_ci
-        hits_p += lo <= truth_p <= hi
-        lo, hi = sig.effect_ci
-        hits_e += lo <= a <= hi
-    assert hits_p / reps >= 0.85
-    assert hits_e / reps >= 0.85
+    preference, effect = attribution_interval_coverage(runs=60, n_boot=300, effect=0.3)
+    assert preference >= 0.85
+    assert effect >= 0.85
 
 
 # ------------------------------------------------------------------------------------------------ model organisms
