@@ -24,7 +24,10 @@ import pyarrow.compute as pc
 
 _NON_WORD = r"[^\p{L}\p{N}]+"  # RE2 (Arrow) spelling
 _SINGLE_RE2 = r"([\p{Han}\p{Hiragana}\p{Katakana}])"  # each such character is a token of its own
-_CJK_PY = "\u2e80-\u2fdf\u3005-\u3007\u3021-\u3029\u3038-\u303b\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+# Characters that are tokens of their own in the byte and Python tokenisers (kana, CJK ideographs, radicals)
+_SINGLE_RANGES = [(0x2E80, 0x2FDF), (0x3005, 0x3007), (0x3021, 0x3029), (0x3038, 0x303B),
+                  (0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF)]
+_CJK_PY = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in _SINGLE_RANGES)
 _WORD_PY = re.compile(rf"[{_CJK_PY}]|[^\W_{_CJK_PY}]+")  # the same token definition for Python's re
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
@@ -99,10 +102,7 @@ _SEPARATOR = _code_point_table([
     (0x3000, 0x3004), (0x3008, 0x3020), (0x3030, 0x3037), (0x303C, 0x303F),  # CJK punctuation
     (0xFF00, 0xFF0F), (0xFF1A, 0xFF20), (0xFF3B, 0xFF40), (0xFF5B, 0xFF65),  # fullwidth punctuation
 ])
-_SINGLE = _code_point_table([
-    (0x2E80, 0x2FDF), (0x3005, 0x3007), (0x3021, 0x3029), (0x3038, 0x303B),  # radicals, ideographic marks
-    (0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF),  # kana, CJK ideographs
-])
+_SINGLE = _code_point_table(_SINGLE_RANGES)
 
 
 def _non_ascii_breaks(seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
