@@ -77,7 +77,6 @@ class TrackioReader(Reader):
             ctx.bad(file, None, f"not a readable trackio database ({exc}); expected table metrics(id, run_name, "
                                 f"step, metrics)")
             return
-        groups = ConsecutiveGroups(ctx.options.group_size)
         runs: set[str] = set()
         for rid, run_name, step, metrics in records:
             try:
@@ -105,7 +104,7 @@ class TrackioReader(Reader):
                 row_file = SourceFile(file.path, file.relpath, split=file.split, step=step)
                 lines = pa.array([rid] * table.num_rows, pa.int64())
                 sub = pa.array(range(table.num_rows), pa.int64())
-                raw = table_raw(table, lines, row_file, ctx, groups, sub=sub)
+                raw = table_raw(table, lines, row_file, ctx, ConsecutiveGroups(ctx.options.group_size), sub=sub)
                 if raw is not None:
                     yield raw
         if len(runs) > 1:

@@ -85,9 +85,11 @@ def _csv_header(path: Path) -> list[str]:
         return []
 
 
-def _table_files(source: Path) -> list[Path]:
+def _table_files(source: Path, any_csv: bool = False) -> list[Path]:
+    """W&B media tables, and CSV files (for detection only those whose header names a prompt/completion/text
+    column; with --format wandb every CSV, so that --columns can name the fields)."""
     tables = [p for p in _walk(source, "*.table.json") if _TABLE.match(p.name)]
-    csvs = [p for p in _walk(source, "*.csv") if _CSV_FIELDS & {c.strip() for c in _csv_header(p)}]
+    csvs = [p for p in _walk(source, "*.csv") if any_csv or _CSV_FIELDS & {c.strip() for c in _csv_header(p)}]
     return tables + csvs
 
 
@@ -122,7 +124,7 @@ class WandbReader(Reader):
         root = source.parent if source.is_file() else source
         out = []
         series: dict[str, list[tuple[int, Path]]] = {}
-        for p in _table_files(source):
+        for p in _table_files(source, any_csv=True):
             key, step, split = table_key(p, root)
             out.append(SourceFile(p, str(p.relative_to(root)), split=split, step=step))
             if step is not None:
