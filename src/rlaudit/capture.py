@@ -276,15 +276,18 @@ def wrap_openrlhf_reward(fn: Callable[..., Any], log_dir: str | Path = ".", name
     root = Path(log_dir) / OPENRLHF_DIR
     counter = _StepCounter(root / f".{grader}.count") if samples_per_step else None
     state: dict[str, Any] = {}
+    lock = threading.Lock()
 
     def log() -> CaptureLog:  # opened lazily, in the process that scores (the vLLM engine actor)
         pid = os.getpid()
-        if state.get("pid") != pid:
-            import socket
+        with lock:  # OpenRLHF calls from many threads at once
+            if state.get("pid") != pid:
+                import socket
 
-            state["pid"] = pid
-            state["log"] = CaptureLog(root / f"{grader}.{socket.gethostname()}-{pid}.jsonl", flush_every=64)
-        return state["log"]
+                path = (root / f"{grader}.{socket.gethostname()}-{pid}.jsonl").resolve()
+                state["log"] = _LOGS[path] = CaptureLog(path, flush_every=64)  # flush_all() and exit flush it
+                state["pid"] = pid
+            return state["log"]
 
     @functools.wraps(fn)
     def wrapper(queries: Any, prompts: Any, labels: Any, *args: Any, **kwargs: Any) -> Any:

@@ -56,8 +56,7 @@ def steps_from_pauses(times: np.ndarray) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     order = np.argsort(times, kind="stable")
     gaps = np.diff(times[order])
-    positive = gaps[gaps > 0]
-    threshold = max(2.0, 20 * float(np.median(positive))) if len(positive) else np.inf
+    threshold = max(2.0, 20 * float(np.median(gaps))) if len(gaps) else np.inf
     steps_sorted = 1 + np.concatenate([[0], np.cumsum(gaps > threshold)])
     out = np.empty(len(times), dtype=np.int64)
     out[order] = steps_sorted
