@@ -110,8 +110,7 @@ def test_capture_is_ingested_as_openrlhf_rows(store, tmp_path, monkeypatch):
     assert sorted(len(v) for v in groups.values()) == [2, 2, 2, 2]
     assert all(len({(s, p) for s, p, _ in v}) == 1 and sorted(i for *_, i in v) == [0, 1] for v in groups.values())
     assert [r["step"] for r in got] == [1, 1, 1, 1, 2, 2, 2, 2]
-    if hasattr(report, "notes"):
-        assert any("pauses between generation rounds" in n for n in report.notes)
+    assert any("pauses between generation rounds" in n for n in report.notes)
 
 
 def test_samples_per_step_numbers_steps_across_calls(store, tmp_path):

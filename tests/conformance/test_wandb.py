@@ -82,8 +82,7 @@ def test_openrlhf_cumulative_table_gives_each_sample_once(store):
         "generated_samples_0_d6ba433237a7b2c72e9f.table.json:1",
         "generated_samples_2_0ce7006176b1271cc742.table.json:2",
         "generated_samples_4_ed86db98d0d9073bc8ba.table.json:3"]
-    if hasattr(report, "notes"):
-        assert any("cumulative" in n for n in report.notes)
+    assert any("cumulative" in n for n in report.notes)
 
 
 def test_trackio_database_rows_field_by_field(store):

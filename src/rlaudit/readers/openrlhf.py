@@ -36,7 +36,7 @@ from . import register
 from .base import ReadContext, Reader, SourceFile, prefetch
 from .groups import KeyedGroups
 from .jsonl import first_record_keys, iter_json_records
-from .wandb import _note, _walk
+from .wandb import _walk
 
 _KEYS = {"grader", "prompt", "query"}
 
@@ -94,7 +94,7 @@ class OpenRlhfReader(Reader):
         if missing.any():
             times = np.array([float(r.get("time") or 0.0) for _, r in recs])
             steps[missing] = steps_from_pauses(times[missing])
-            _note(ctx, f"{file.relpath}: OpenRLHF passes no step to the reward function and the capture was not "
+            ctx.note(f"{file.relpath}: OpenRLHF passes no step to the reward function and the capture was not "
                        f"given one; steps are numbered from the pauses between generation rounds (synchronous "
                        f"training only)")
         prompts, completions, inputs, metadata, rewards, totals = [], [], [], [], [], []
@@ -118,7 +118,7 @@ class OpenRlhfReader(Reader):
             meta = {k: r[k] for k in ("label", "score", "pid", "index") if r.get(k) is not None}
             metadata.append(json.dumps(meta, ensure_ascii=False) if meta else None)
         if unprefixed:
-            _note(ctx, f"{file.relpath}: {unprefixed} captured queries do not start with their prompt; their whole "
+            ctx.note(f"{file.relpath}: {unprefixed} captured queries do not start with their prompt; their whole "
                        f"query (prompt included) is the completion")
         step_arr = pa.array(steps, pa.int64())
         keys = pa.array([f"{s}\x00{p}" for s, p in zip(steps.tolist(), prompts)], pa.string())

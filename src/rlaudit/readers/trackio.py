@@ -24,13 +24,19 @@ import pyarrow as pa
 from . import register
 from .base import ReadContext, Reader, SourceFile, prefetch
 from .groups import ConsecutiveGroups
-from .wandb import _note, _walk, rows_to_table, table_raw
+from .wandb import _walk, rows_to_table, table_raw
 
 TABLE_TYPE = "trackio.table"
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    """Open a trackio database without ever writing next to it. trackio keeps it in WAL mode, and even a
+    read-only connection creates `-shm`/`-wal` files; with no `-wal` file (no writer has it open) the database
+    is opened as immutable, which creates nothing. While trackio is writing, its files exist already and a
+    read-only connection reads a consistent snapshot."""
+    uri = path.resolve().as_uri()
+    live = path.with_name(path.name + "-wal").exists()
+    return sqlite3.connect(f"{uri}?mode=ro" if live else f"{uri}?immutable=1", uri=True)
 
 
 def _is_trackio_db(path: Path) -> bool:
@@ -108,5 +114,5 @@ class TrackioReader(Reader):
                 if raw is not None:
                     yield raw
         if len(runs) > 1:
-            _note(ctx, f"{file.relpath}: the trackio project holds {len(runs)} runs ({', '.join(sorted(runs))}); "
+            ctx.note(f"{file.relpath}: the trackio project holds {len(runs)} runs ({', '.join(sorted(runs))}); "
                        f"they are ingested as one run (metadata `trackio_run` tells them apart)")

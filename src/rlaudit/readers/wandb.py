@@ -52,7 +52,7 @@ from . import register
 from .base import ReadContext, Reader, SourceFile, prefetch
 from .columns import classify_extras, map_from_columns, metadata_from_columns, missing_graders
 from .groups import ConsecutiveGroups
-from .messages import completion_columns, is_message_list_type
+from .messages import is_message_list_type, turn_columns
 from .validate import Validator
 
 _TABLE = re.compile(r"^(?P<key>.+)_(?P<step>\d+)_(?P<id>[0-9a-f]+)\.table\.json$")
@@ -149,7 +149,7 @@ class WandbReader(Reader):
             columns, rows = loaded
             first = _repeated_prefix(rows, columns, self._previous.get(str(file.path)))
             if first:
-                _note(ctx, f"{file.relpath}: the table repeats the rows of the previous table of its key "
+                ctx.note(f"{file.relpath}: the table repeats the rows of the previous table of its key "
                          f"(cumulative logging, as OpenRLHF's WandbLogger does); only the new rows are read")
             table = rows_to_table(columns, rows[first:])
         if table is None or table.num_rows == 0:
@@ -276,7 +276,7 @@ def table_raw(table: pa.Table, lines: pa.Array, file: SourceFile, ctx: ReadConte
         raw["prompt"], raw["completion"] = split_text(pc.fill_null(text, ""))
         used.add("text")
         if not pc.all(pc.not_equal(raw["prompt"], "")).as_py():
-            _note(ctx, f"{file.relpath}: column `text` holds prompt and response as one string (OpenRLHF); rows "
+            ctx.note(f"{file.relpath}: column `text` holds prompt and response as one string (OpenRLHF); rows "
                      f"without a decoded `assistant` header line have an empty prompt and the whole text as completion")
     else:
         absent = [c for c in ("prompt", "completion") if c not in fields]
@@ -288,7 +288,7 @@ def table_raw(table: pa.Table, lines: pa.Array, file: SourceFile, ctx: ReadConte
         completion = col("completion")
         if completion is not None and is_message_list_type(completion.type):
             v.require("completion", completion)
-            raw.update(completion_columns(completion, ctx.options.think_tags))
+            raw.update(turn_columns(completion, ctx.options.think_tags))
         else:
             raw["completion"] = v.text("completion", completion, required=True)
     step = v.step("step", col("step"))
@@ -297,7 +297,7 @@ def table_raw(table: pa.Table, lines: pa.Array, file: SourceFile, ctx: ReadConte
             raise RlauditError(f"{file.relpath}: no step: the table has no step column (looked for "
                                f"{', '.join(ALIASES['step'])}; found {', '.join(names)}) and the file name carries "
                                f"no W&B step; name the column with --columns step=COLUMN")
-        _note(ctx, f"{file.relpath}: the table has no step column; `step` is the W&B step from the file name "
+        ctx.note(f"{file.relpath}: the table has no step column; `step` is the W&B step from the file name "
                  f"(W&B's log counter, which is the trainer's step only if it was logged with step=)")
         step = pa.array([file.step] * table.num_rows, pa.int64())
     raw["step"] = step
@@ -332,9 +332,3 @@ def _nansum(signals: dict[str, pa.Array], n: int) -> pa.Array:
     total[np.isnan(matrix).all(axis=1)] = np.nan
     return pa.array(total)
 
-
-def _note(ctx: ReadContext, text: str) -> None:
-    """A run-level note (ReadContext.note) when the context supports it."""
-    note = getattr(ctx, "note", None)
-    if note is not None:
-        note(text)
