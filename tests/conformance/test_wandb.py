@@ -86,7 +86,9 @@ def test_openrlhf_cumulative_table_gives_each_sample_once(store):
 
 
 def test_trackio_database_rows_field_by_field(store):
+    before = sorted(p.name for p in (ROOT / "trackio").iterdir())
     _, got = rows(store, ROOT / "trackio", "trk")
+    assert sorted(p.name for p in (ROOT / "trackio").iterdir()) == before  # no -shm/-wal left beside it
     check_rloo(got, id_prefix="rloo-trackio.db:")
     assert json.loads(got[0]["metadata"]) == {"trackio_run": "rloo-run", "trackio_key": "completions"}
 
