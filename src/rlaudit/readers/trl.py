@@ -267,11 +267,47 @@ def weighted_nansum(signals: dict[str, pa.Array], weights: list[float], n: int) 
 def completion_turns(messages: pa.Array, tags: Any) -> dict[str, pa.Array]:
     """completion/reasoning/answer/tool_calls/tool_outputs of message-list completions (`turn_columns`), with
     TRL's parsed tool-call arguments (dicts; null-padded structs in Parquet) turned back into JSON text."""
-    from .messages import turn_columns
+    try:
+        from .messages import turn_columns
+    except ImportError:  # TEMPORARY until main's shared helper lands (ISSUE13 interface 2)
+        turn_columns = _turn_columns_fallback
 
     rows = [[_clean_message(m) for m in msgs if isinstance(m, dict)] if msgs is not None else []
             for msgs in messages.to_pylist()]
     return turn_columns(rows, tags)
+
+
+def _turn_columns_fallback(rows: list[list[dict[str, Any]]], tags: Any) -> dict[str, pa.Array]:
+    from ..text import split_one
+
+    out: dict[str, list] = {k: [] for k in ("completion", "reasoning", "answer", "tool_calls", "tool_outputs")}
+    for msgs in rows:
+        comp, reas, ans, calls, outs, seen = [], [], [], [], [], False
+        for m in msgs:
+            role = m.get("role")
+            content = m.get("content") if isinstance(m.get("content"), str) else ""
+            if role == "assistant":
+                seen = True
+                r = m.get("reasoning_content") or m.get("thinking")
+                if r is None:
+                    r, content = split_one(content, tags)
+                comp.append((f"{tags.open}{r}{tags.close}" if r is not None else "") + content)
+                if r is not None:
+                    reas.append(r)
+                ans.append(content)
+                for c in m.get("tool_calls") or []:
+                    fn = c.get("function", c)
+                    calls.append({"name": fn.get("name"), "arguments": fn.get("arguments")})
+            elif seen or role in ("tool", "ipython", "environment"):
+                outs.append(content)
+        out["completion"].append("\n".join(comp))
+        out["reasoning"].append("\n".join(reas) if reas else None)
+        out["answer"].append("\n".join(ans))
+        out["tool_calls"].append(calls or None)
+        out["tool_outputs"].append(outs or None)
+    typ = {"tool_calls": pa.list_(pa.struct([("name", pa.string()), ("arguments", pa.string())])),
+           "tool_outputs": pa.list_(pa.string())}
+    return {k: pa.array(v, typ.get(k, pa.string())) for k, v in out.items()}
 
 
 def _clean_message(message: dict[str, Any]) -> dict[str, Any]:
