@@ -59,9 +59,18 @@ def split_think(text: str) -> tuple[str | None, str]:
     return (m.group(1), "") if m else (None, text)
 
 
+def messy(text: str) -> bool:
+    """Several or misplaced think tags (TRL's parse_response fell back to the raw decoded text): the split is
+    `rlaudit.text.split_all_reasoning`'s business; tests then check only that no tag is left in the answer."""
+    text = re.sub(r"<(?!/?think>)", "", text)  # other markup (<tool_call>) does not matter here
+    return not re.fullmatch(r"(?s)\s*(<think>)?[^<]*</think>[^<]*|[^<]*", text)
+
+
 def expected_turns(messages: list[dict]) -> dict:
     """The brief's multi-turn rule, from TRL's message dicts."""
     reasoning, answer, calls, outputs = [], [], [], []
+    if any(m["role"] == "assistant" and messy(m.get("content") or "") for m in messages):
+        return {"messy": True, **_calls_outputs(messages)}
     for m in messages:
         if m["role"] == "assistant":
             r = m.get("reasoning_content") or m.get("thinking")
@@ -78,6 +87,14 @@ def expected_turns(messages: list[dict]) -> dict:
             outputs.append(m["content"])
     return {"reasoning": "\n".join(reasoning) if reasoning else None, "answer": "\n".join(answer),
             "tool_calls": calls or None, "tool_outputs": outputs or None}
+
+
+def _calls_outputs(messages: list[dict]) -> dict:
+    calls = [{"name": c["function"]["name"],
+              "arguments": json.dumps({k: v for k, v in c["function"]["arguments"].items() if v is not None})}
+             for m in messages if m["role"] == "assistant" for c in m.get("tool_calls") or []]
+    outputs = [m["content"] for m in messages if m["role"] == "tool"]
+    return {"tool_calls": calls or None, "tool_outputs": outputs or None}
 
 
 def weighted(row: dict) -> float:
@@ -123,8 +140,11 @@ def test_rows_field_by_field(tools_run):
             key = (f"completions/completions_{step:05d}.parquet", line)
             row, c = raw[key], canon[key]
             want = expected_turns(src["completion"])
-            assert c["reasoning"] == want["reasoning"]
-            assert c["answer"] == want["answer"].strip() or c["answer"] == want["answer"]
+            if want.get("messy"):
+                assert "<think>" not in c["answer"] and "</think>" not in c["answer"]
+            else:
+                assert c["reasoning"] == want["reasoning"]
+                assert c["answer"] == want["answer"].strip()
             assert row["tool_calls"] == want["tool_calls"]
             assert row["tool_outputs"] == want["tool_outputs"]
             if want["tool_outputs"]:
@@ -179,7 +199,7 @@ def test_chat_without_response_parser_splits_think_tags(think_run):
             (message,) = src["completion"]
             assert set(message) == {"role", "content"}  # no reasoning_content: the think block is in content
             text = message["content"]
-            if text.count("<think>") > 1 or text.count("</think>") > 1:  # several blocks: split_all_reasoning
+            if messy(text):
                 assert c["reasoning"] and "</think>" not in c["answer"]
                 continue
             r, a = split_think(text)

@@ -278,7 +278,18 @@ def completion_turns(messages: pa.Array, tags: Any) -> dict[str, pa.Array]:
 
 
 def _turn_columns_fallback(rows: list[list[dict[str, Any]]], tags: Any) -> dict[str, pa.Array]:
-    from ..text import split_one
+    import re as _re
+
+    def split_one(text: str, tags: Any) -> tuple[str | None, str]:  # every think block is reasoning
+        o, c = _re.escape(tags.open), _re.escape(tags.close)
+        parts: list[str] = []
+        m = _re.match(rf"(?s)^((?:(?!{o}).)*?){c}", text)
+        if m:
+            parts.append(m.group(1))
+            text = text[m.end():]
+        parts += _re.findall(rf"(?s){o}(.*?)(?:{c}|$)", text)
+        answer = _re.sub(rf"(?s){o}.*?(?:{c}|$)", "", text).replace(tags.close, "")
+        return ("\n".join(parts) if parts else None), answer.strip()
 
     out: dict[str, list] = {k: [] for k in ("completion", "reasoning", "answer", "tool_calls", "tool_outputs")}
     for msgs in rows:
