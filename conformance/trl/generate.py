@@ -62,7 +62,7 @@ def _uniform(tokens: list[str], mass: float = 1.0) -> dict[str, float]:
 TRANSITIONS: dict[str, dict[str, float]] = {
     "\n": {"<think>": 0.8, **_uniform(ANSWER, 0.2)},
     "<think>": _uniform(REASONING),
-    **{w: {**_uniform(REASONING, 0.6), "</think>": 0.4} for w in REASONING},
+    **{w: {**_uniform(REASONING, 0.9), "</think>": 0.1} for w in REASONING},  # reasoning of ~10 words
     "</think>": _uniform(ANSWER),
     **{w: {**_uniform(ANSWER, 0.45), "<|im_end|>": 0.3, "<tool_call>": 0.25} for w in ANSWER},
     "<tool_call>": {CALLS[0]: 0.4, CALLS[1]: 0.4, CALLS[2]: 0.2},

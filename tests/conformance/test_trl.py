@@ -201,6 +201,7 @@ def test_chat_without_response_parser_splits_think_tags(think_run):
             text = message["content"]
             if messy(text):
                 assert c["reasoning"] and "</think>" not in c["answer"]
+                with_reasoning += 1
                 continue
             r, a = split_think(text)
             assert c["reasoning"] == r and c["answer"] == a.strip()
@@ -255,8 +256,7 @@ def test_generated_chat_run_with_a_cot_reading_grader_is_flagged(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     subprocess.run([sys.executable, str(ROOT / "conformance" / "trl" / "generate.py"), str(out)], check=True,
                    env=env, capture_output=True, timeout=600)
-    result = audit([str(out / "chat_think")], store=tmp_path / "store", detectors=["cot_grading"]) \
-        if "detectors" in audit.__code__.co_varnames else audit([str(out / "chat_think")], store=tmp_path / "store")
+    result = audit([str(out / "chat_think")], store=tmp_path / "store")
     cot = [f for f in result.findings if f.kind == "cot_grading"]
     assert cot and cot[0].severity == "high", [(f.kind, f.severity, f.title) for f in result.findings]
     assert "persona_reward" in cot[0].title

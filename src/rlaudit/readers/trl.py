@@ -283,7 +283,7 @@ def _turn_columns_fallback(rows: list[list[dict[str, Any]]], tags: Any) -> dict[
     def split_one(text: str, tags: Any) -> tuple[str | None, str]:  # every think block is reasoning
         o, c = _re.escape(tags.open), _re.escape(tags.close)
         parts: list[str] = []
-        m = _re.match(rf"(?s)^((?:(?!{o}).)*?){c}", text)
+        m = _re.match(rf"(?s)^\s*((?:(?!{o}).)*?){c}", text)
         if m:
             parts.append(m.group(1))
             text = text[m.end():]
