@@ -65,7 +65,7 @@ from . import register
 from .base import ReadContext, Reader, SourceFile, prefetch
 from .columns import classify_extras, map_from_columns, metadata_from_columns, missing_graders
 from .groups import ConsecutiveGroups
-from .messages import is_message_list_type
+from .messages import is_message_list_type, turn_columns
 from .trl_run import TrlRun, load_run
 from .validate import Validator
 
@@ -83,13 +83,6 @@ def _completion_files(source: Path) -> list[tuple[Path, str]]:
     for split in ("train", "eval"):
         found += [(p, split) for p in (base / split).glob("completions_*.parquet") if _FILE.match(p.name)]
     return found
-
-
-def note(ctx: ReadContext, text: str) -> None:
-    """A run-level note (ReadContext.note), tolerated where the context has none."""
-    add = getattr(ctx, "note", None)
-    if add is not None:
-        add(text)
 
 
 @register
@@ -114,7 +107,7 @@ class TrlReader(Reader):
         """Read trainer_state.json / training_args.bin and note what they (or their absence) mean."""
         self.run = load_run(source)
         for text in run_notes(self.run, self.files(source), ctx.options.reward_weights):
-            note(ctx, text)
+            ctx.note(text)
 
     def read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
         return prefetch(self._read(file, ctx))
@@ -136,7 +129,7 @@ class TrlReader(Reader):
         if file.step is not None and file.split == "train":
             repeated = self._repeats(file)
             if repeated is not None:
-                note(ctx, repeat_note(self.run, repeated))
+                ctx.note(repeat_note(self.run, repeated))
                 return
         step = file.step
         if step is not None and not is_eval:
@@ -162,11 +155,16 @@ class TrlReader(Reader):
         previous = _previous_file(file.path, file.step)
         if previous is None:
             return None
-        try:
+        try:  # cheap tests first: row counts, then the advantages (a float per rollout); whole files last
+            if pq.ParquetFile(previous).metadata.num_rows != pq.ParquetFile(file.path).metadata.num_rows:
+                return None
+            if "advantage" in pq.ParquetFile(file.path).schema_arrow.names and not pq.read_table(
+                    previous, columns=["advantage"]).equals(pq.read_table(file.path, columns=["advantage"])):
+                return None
             a, b = pq.read_table(previous), pq.read_table(file.path)
-        except (pa.ArrowInvalid, OSError):
+        except (pa.ArrowInvalid, OSError, KeyError):
             return None
-        if a.num_rows != b.num_rows or a.num_rows == 0:
+        if a.num_rows == 0:
             return None
         a = a.drop_columns([c for c in ("step",) if c in a.column_names])
         b = b.drop_columns([c for c in ("step",) if c in b.column_names])
@@ -183,7 +181,7 @@ class TrlReader(Reader):
         completion_col = col("completion")
         raw: dict[str, pa.Array] = {}
         if completion_col is not None and is_message_list_type(completion_col.type):
-            raw.update(completion_turns(completion_col, ctx.options.think_tags))
+            raw.update(turn_columns(completion_col, ctx.options.think_tags))
             v.require("completion", completion_col)
         else:
             raw["completion"] = v.text("completion", completion_col, required=True)
@@ -261,91 +259,6 @@ def weighted_nansum(signals: dict[str, pa.Array], weights: list[float], n: int) 
     total = np.nansum(matrix * np.asarray(weights, dtype=np.float64)[None, :], axis=1)
     total[np.isnan(matrix).all(axis=1)] = np.nan
     return pa.array(total)
-
-
-# ------------------------------------------------------------------------------------------- completions
-def completion_turns(messages: pa.Array, tags: Any) -> dict[str, pa.Array]:
-    """completion/reasoning/answer/tool_calls/tool_outputs of message-list completions (`turn_columns`), with
-    TRL's parsed tool-call arguments (dicts; null-padded structs in Parquet) turned back into JSON text."""
-    try:
-        from .messages import turn_columns
-    except ImportError:  # TEMPORARY until main's shared helper lands (ISSUE13 interface 2)
-        turn_columns = _turn_columns_fallback
-
-    rows = [[_clean_message(m) for m in msgs if isinstance(m, dict)] if msgs is not None else []
-            for msgs in messages.to_pylist()]
-    return turn_columns(rows, tags)
-
-
-def _turn_columns_fallback(rows: list[list[dict[str, Any]]], tags: Any) -> dict[str, pa.Array]:
-    import re as _re
-
-    def split_one(text: str, tags: Any) -> tuple[str | None, str]:  # every think block is reasoning
-        o, c = _re.escape(tags.open), _re.escape(tags.close)
-        parts: list[str] = []
-        m = _re.match(rf"(?s)^\s*((?:(?!{o}).)*?){c}", text)
-        if m:
-            parts.append(m.group(1))
-            text = text[m.end():]
-        parts += _re.findall(rf"(?s){o}(.*?)(?:{c}|$)", text)
-        answer = _re.sub(rf"(?s){o}.*?(?:{c}|$)", "", text).replace(tags.close, "")
-        return ("\n".join(parts) if parts else None), answer.strip()
-
-    out: dict[str, list] = {k: [] for k in ("completion", "reasoning", "answer", "tool_calls", "tool_outputs")}
-    for msgs in rows:
-        comp, reas, ans, calls, outs, seen = [], [], [], [], [], False
-        for m in msgs:
-            role = m.get("role")
-            content = m.get("content") if isinstance(m.get("content"), str) else ""
-            if role == "assistant":
-                seen = True
-                r = m.get("reasoning_content") or m.get("thinking")
-                if r is None:
-                    r, content = split_one(content, tags)
-                comp.append((f"{tags.open}{r}{tags.close}" if r is not None else "") + content)
-                if r is not None:
-                    reas.append(r)
-                ans.append(content)
-                for c in m.get("tool_calls") or []:
-                    fn = c.get("function", c)
-                    calls.append({"name": fn.get("name"), "arguments": fn.get("arguments")})
-            elif seen or role in ("tool", "ipython", "environment"):
-                outs.append(content)
-        out["completion"].append("\n".join(comp))
-        out["reasoning"].append("\n".join(reas) if reas else None)
-        out["answer"].append("\n".join(ans))
-        out["tool_calls"].append(calls or None)
-        out["tool_outputs"].append(outs or None)
-    typ = {"tool_calls": pa.list_(pa.struct([("name", pa.string()), ("arguments", pa.string())])),
-           "tool_outputs": pa.list_(pa.string())}
-    return {k: pa.array(v, typ.get(k, pa.string())) for k, v in out.items()}
-
-
-def _clean_message(message: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in message.items() if v is not None}
-    calls = out.get("tool_calls")
-    if calls:
-        out["tool_calls"] = [_clean_call(c) for c in calls if isinstance(c, dict)]
-    return out
-
-
-def _clean_call(call: dict[str, Any]) -> dict[str, Any]:
-    call = {k: v for k, v in call.items() if v is not None}
-    fn = call.get("function")
-    if isinstance(fn, dict):
-        fn = {k: v for k, v in fn.items() if v is not None}
-        if isinstance(fn.get("arguments"), dict):
-            fn["arguments"] = json.dumps(_drop_nulls(fn["arguments"]), ensure_ascii=False)
-        call["function"] = fn
-    elif isinstance(call.get("arguments"), dict):
-        call["arguments"] = json.dumps(_drop_nulls(call["arguments"]), ensure_ascii=False)
-    return call
-
-
-def _drop_nulls(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
-    return value
 
 
 # ------------------------------------------------------------------------------------------- files and notes
