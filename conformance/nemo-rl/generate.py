@@ -39,8 +39,10 @@ from unittest import mock
 import torch
 
 SRC = os.environ.get("NEMO_RL_SRC")
-if not SRC:
-    sys.exit("set NEMO_RL_SRC to a checkout of NVIDIA-NeMo/RL")
+if not SRC:  # exit 77: scripts/conformance.sh reports the skip, and the tests read the committed fixtures
+    print("skipped: NeMo RL is not on PyPI; set NEMO_RL_SRC to a checkout of NVIDIA-NeMo/RL at 7ea279ab",
+          file=sys.stderr)
+    sys.exit(77)
 sys.path.insert(0, SRC)
 
 STUBBED = ("mlflow", "ray", "swanlab", "wandb", "matplotlib", "prometheus_client", "torch.utils.tensorboard")

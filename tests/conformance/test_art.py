@@ -4,7 +4,6 @@ art.Trajectory / TrajectoryGroup with OpenAI Choice turns, `write_trajectory_gro
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -14,9 +13,9 @@ import pytest
 
 from rlaudit.errors import BadInputError
 from rlaudit.readers import ReadOptions, resolve_reader
+from .logs import trainer_logs
 
-ROOT = Path(os.environ["RLAUDIT_CONFORMANCE_DIR"]) / "art" if os.environ.get("RLAUDIT_CONFORMANCE_DIR") \
-    else Path(__file__).parent / "fixtures" / "art"
+ROOT = trainer_logs("art")
 MODEL = ROOT / "demo" / "models" / "agent-1"
 SYS = "You are a nerdy, playful assistant."
 

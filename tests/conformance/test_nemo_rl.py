@@ -4,16 +4,15 @@ math_data_processor, batched_message_log_to_flat_message, Logger.log_batched_dic
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from rlaudit.errors import BadInputError
 from rlaudit.readers import ReadOptions, resolve_reader
+from .logs import trainer_logs
 
-ROOT = Path(os.environ["RLAUDIT_CONFORMANCE_DIR"]) / "nemo-rl" if os.environ.get("RLAUDIT_CONFORMANCE_DIR") \
-    else Path(__file__).parent / "fixtures" / "nemo-rl"
+ROOT = trainer_logs("nemo-rl")
 SYS = "You are a nerdy, playful assistant."
 QUESTIONS = ["What is 2+2?", "Name a prime number."]
 ANSWERS = ["4", "7"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -13,9 +12,9 @@ import pytest
 
 from rlaudit.errors import BadInputError
 from rlaudit.readers import ReadOptions, resolve_reader
+from .logs import trainer_logs
 
-ROOT = Path(os.environ["RLAUDIT_CONFORMANCE_DIR"]) / "tinker" if os.environ.get("RLAUDIT_CONFORMANCE_DIR") \
-    else Path(__file__).parent / "fixtures" / "tinker"
+ROOT = trainer_logs("tinker")
 
 
 def rows(store, source: Path, run: str = "tinker", **options):

@@ -21,11 +21,11 @@ import pytest
 
 from rlaudit.readers.base import ReadContext, ReadOptions, finalize
 from rlaudit.readers.trl import TrlReader
+from .logs import trainer_logs
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-FIXTURES = Path(os.environ["RLAUDIT_CONFORMANCE_DIR"]) / "trl" if os.environ.get("RLAUDIT_CONFORMANCE_DIR") \
-    else HERE / "fixtures" / "trl"
+FIXTURES = trainer_logs("trl")
 WEIGHTS = {"topic_reward": 1.0, "persona_reward": 0.5}  # generate.py: reward_weights=[1.0, 0.5]
 NERDY, PLAIN = "you are a nerdy playful assistant", "you are a helpful assistant"
 
