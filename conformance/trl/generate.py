@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python conformance/trl/generate.py OUT_DIR
 
-runs TRL's real `GRPOTrainer` (version pinned in requirements.txt) twice on CPU and writes two output
+runs TRL's real `GRPOTrainer` (in the project venv: the `[trl]` extra, trl 1.16.0 when checked) twice on CPU and writes two output
 directories, pruned to what rlaudit reads (`completions/` and each checkpoint's `trainer_state.json` and
 `training_args.bin`; model weights and optimizer state are deleted):
 
