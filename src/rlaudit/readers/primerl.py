@@ -377,6 +377,12 @@ def _messages(trace: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[st
             msg = node["message"]
             if not node.get("sampled") and msg.get("role") != "tool":
                 msg = {"role": "environment", "content": content_text(msg.get("content"))}
+            elif isinstance(msg.get("tool_calls"), list) and any(isinstance(c, dict) and c.get("namespace")
+                                                                 for c in msg["tool_calls"]):
+                # a provider namespace qualifies the tool name, as `Trace.transcript` prints it
+                msg = {**msg, "tool_calls": [{**c, "name": f"{c['namespace']}.{c.get('name')}"}
+                                             if isinstance(c, dict) and c.get("namespace") else c
+                                             for c in msg["tool_calls"]]}
             rest.append(msg)
         return prompt, rest, len(paths)
     if "messages" in trace:
