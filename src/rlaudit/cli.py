@@ -152,6 +152,8 @@ def _print_ingest(r: IngestReport) -> None:
         console.print(f"[yellow]warning:[/] {r.bad_records} bad record(s) quarantined in {r.quarantine}")
         for ex in r.bad_examples:
             console.print(f"  {ex}", markup=False)
+    for text in r.notes:  # what the reader assumed or the logs lack: it changes what the numbers mean
+        console.print(f"  note: {text}", markup=False, soft_wrap=True)
 
 
 def print_findings(findings: list[Finding], limit: int = 30) -> None:
