@@ -34,9 +34,8 @@ agent in the same episode as the trained solver, a trace with two branches (a co
 conversation from a summary: a new root), off-policy work (policy spans behind the step), a trace whose reward
 is null (scoring did not run), and an eval split. Ids and timestamps are fixed, so output is deterministic.
 
-For `scripts/conformance.sh` (to be wired by the lead): `python3.11 -m venv .venv-conformance/verifiers`,
-`pip install -r conformance/verifiers/requirements.txt` (the full install: ~75 s, ~570 MB, no torch), then
-`.venv-conformance/verifiers/bin/python conformance/verifiers/generate.py build/conformance/verifiers` (~20 s).
+`scripts/conformance.sh verifiers` installs `requirements.txt` into `.venv-conformance/verifiers` (the full
+install: ~75 s, ~570 MB, no torch) and runs this into `build/conformance/verifiers` (~20 s);
 `tests/conformance/test_verifiers.py` reads `$RLAUDIT_CONFORMANCE_DIR/verifiers/{prime-rl,vf-eval}`.
 """
 

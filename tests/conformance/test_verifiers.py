@@ -66,10 +66,10 @@ def test_non_trainable_agents_are_not_rollouts(prime):
     _, report, rows = prime
     assert not any(json.loads(r["metadata"])["agent"] == "user" for r in rows.values())
     assert any("non-trainable agent 'user'" in n for n in report.notes)
-    first = json.loads(rows[f"{STEP1}:1"]["metadata"])
+    first = json.loads(rows[f"{STEP1}:1.1"]["metadata"])
     assert first["agent"] == "solver" and first["other_agents"] == ["user"]
-    # the user simulator shares the episode line: the only row of line 1 has no sub-index
-    assert f"{STEP1}:1.0" not in rows and f"{STEP1}:1.1" not in rows
+    # the user simulator is traces[0] of the episode line: the solver's row points at traces[1]
+    assert f"{STEP1}:1.0" not in rows and f"{STEP1}:1.1" in rows
     # groups hold only the solver's traces: 4 per group
     sizes = {}
     for r in rows.values():
@@ -82,7 +82,7 @@ def test_multi_turn_tool_episode_field_by_field(prime):
     episode = _episodes(STEP1)[0]
     trace = _solver(episode)
     first, last = _assistant(trace)
-    row = rows[f"{STEP1}:1"]
+    row = rows[f"{STEP1}:1.1"]
     assert row["step"] == 1 and row["split"] == "train"
     assert row["group_id"] == "1:train-1-0" and row["sample_index"] == 0
     assert row["task"] == "tool-math"
@@ -115,14 +115,14 @@ def test_judge_call_is_the_graders_input(prime):
     trace = _solver(_episodes(STEP1)[0])
     [call] = trace["info"]["judge_calls"]
     assert call["name"] == "correctness" and call["request"]["model"] == "judge-model"
-    row = rows[f"{STEP1}:1"]
+    row = rows[f"{STEP1}:1.1"]
     seen = dict(row["grader_inputs"])
     assert list(seen) == ["correctness"]
     assert seen["correctness"] == "user: " + call["request"]["messages"][0]["content"]
     # this judge took the fallback path: it was handed the final turn's reasoning
     assert _assistant(trace)[-1]["reasoning_content"] in seen["correctness"]
     # a judge on the normal path saw the reply only
-    other = rows[f"{STEP1}:2"]
+    other = rows[f"{STEP1}:2.1"]
     assert _assistant(_solver(_episodes(STEP1)[1]))[-1]["reasoning_content"] not in dict(other["grader_inputs"])[
         "correctness"]
 
@@ -134,7 +134,7 @@ def test_all_branches_are_read(prime):
     leaves = set(range(len(trace["nodes"]))) - {n.get("parent") for n in trace["nodes"]}
     assert len(leaves) == 2  # the compaction restarted from the system message: a second branch
     first, last = _assistant(trace)
-    row = rows[f"{STEP1}:3"]
+    row = rows[f"{STEP1}:3.1"]
     assert json.loads(row["metadata"])["branches"] == 2
     assert row["prompt"] == "system: You are a careful math tutor.\nuser: What is 45 * 49?"
     assert row["reasoning"] == f"{first['reasoning_content']}\n{last['reasoning_content']}"
@@ -187,7 +187,7 @@ def test_vf_eval_run_directory(store):
     row = rows[0]
     trace = _solver(episodes[0])
     assert episodes[0]["run"] == {"type": "eval", "id": "vfeval-0001", "name": "tool-math-eval"}
-    assert row["rollout_id"] == "traces.jsonl:1" and row["group_id"] == "0:vfeval-0-0"  # the task key
+    assert row["rollout_id"] == "traces.jsonl:1.1" and row["group_id"] == "0:vfeval-0-0"  # the task key
     assert [r["sample_index"] for r in rows if r["group_id"] == "0:vfeval-0-0"] == [0, 1]
     assert row["reasoning"] == "\n".join(m["reasoning_content"] for m in _assistant(trace))
     assert dict(row["grader_inputs"])["correctness"].startswith("user: Grade the response to the question.")

@@ -42,6 +42,8 @@ Mapping (one row per trace of the policy; an episode without traces is a failure
   trace is one row, and it holds the turns of ALL its branches: every sampled node once, in node order (node
   order is commit order; verifiers' `Trace.assistant_messages` is the same branch-independent view). Metadata
   `branches` counts them when there are several.
+- **rollout_id**: `<file>:<line>`, or `<file>:<line>.<i>` for `traces[i]` when the episode line holds several
+  traces (other agents included), so evidence points at the exact trace in the trainer's file.
 - **prompt**: the first branch's messages before its first sampled node, rendered 'role: content'.
   **completion / reasoning / answer / tool_calls / tool_outputs**: the multi-turn rule
   (`messages.assistant_turns`) over the nodes after the prompt: sampled assistant turns are the policy's
@@ -88,12 +90,11 @@ from ..text import ThinkTags
 from . import register
 from .base import ReadContext, Reader, SourceFile, map_array
 from .jsonl import iter_json_records
-from .messages import assistant_turns, content_text, is_message_list, render_message_list
+from .messages import TOOL_CALLS, assistant_turns, content_text, is_message_list, render_message_list
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _LEGACY = re.compile(r"^(train|eval)_rollouts.*\.jsonl$")
 BATCH_ROWS = 4096
-TOOL_CALL_TYPE = pa.list_(pa.struct([("name", pa.string()), ("arguments", pa.string())]))
 
 
 def _rollouts_dir(source: Path) -> Path | None:
@@ -159,9 +160,10 @@ class PrimeRlReader(Reader):
             except _Bad as exc:
                 ctx.bad(file, lineno, str(exc), json.dumps(record, ensure_ascii=False, default=str)[:2000])
                 continue
-            for i, row in enumerate(new):
+            several = isinstance(record.get("traces"), list) and len(record["traces"]) > 1
+            for i, row in new:
                 row["line"] = lineno
-                row["sub"] = i if len(new) > 1 else None  # an episode line may hold several traces
+                row["sub"] = i if several else None  # "<file>:<line>.<i>": traces[i] of an episode line
                 gid = row["group_id"]
                 row["sample_index"] = group_counts.get(gid, 0)
                 group_counts[gid] = row["sample_index"] + 1
@@ -182,9 +184,10 @@ class _Bad(Exception):
 
 
 def _rows(record: dict[str, Any], file: SourceFile, ctx: ReadContext, wanted: dict[str, str],
-          found: set[str]) -> Iterator[dict[str, Any]]:
+          found: set[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(index in the episode's `traces`, row) of every trace of the policy on one line."""
     if "traces" not in record:  # legacy RolloutOutput or a flat trace
-        yield _row(record, {}, file, ctx, {}, [], wanted, found)
+        yield 0, _row(record, {}, file, ctx, {}, [], wanted, found)
         return
     traces = record["traces"]
     if not isinstance(traces, list):
@@ -200,11 +203,13 @@ def _rows(record: dict[str, Any], file: SourceFile, ctx: ReadContext, wanted: di
     for other in others:
         ctx.note(f"traces of non-trainable agent {_agent(other)!r} (verifiers agent.trainable = false) are not "
                  "rollouts of the policy and are left out of the rollout table; prime-rl does not train on them")
-    for trace in trainable:
+    for i, trace in enumerate(traces):
+        if not any(trace is t for t in trainable):
+            continue
         rewards = trace.get("rewards") if isinstance(trace.get("rewards"), dict) else {}
         graders = {_agent(o): _seen_text(o) for o in others if _agent(o) in rewards}
         listed = [_agent(o) for o in others if _agent(o) not in rewards]
-        yield _row(trace, record, file, ctx, graders, listed, wanted, found)
+        yield i, _row(trace, record, file, ctx, graders, listed, wanted, found)
 
 
 def _trainable(trace: dict[str, Any]) -> bool:
@@ -516,9 +521,7 @@ def _table(rows: list[dict[str, Any]]) -> pa.Table:
         "completion": column("completion", pa.string()),
         "reasoning": column("reasoning", pa.string()),
         "answer": column("answer", pa.string()),
-        "tool_calls": pa.array([[{"name": str(c.get("name") or ""), "arguments": _arguments(c.get("arguments"))}
-                                 for c in r["tool_calls"]] if r["tool_calls"] else None for r in rows],
-                               TOOL_CALL_TYPE),
+        "tool_calls": column("tool_calls", TOOL_CALLS),
         "tool_outputs": column("tool_outputs", pa.list_(pa.string())),
         "rewards": map_array([r["rewards"] for r in rows], pa.float64()),
         "reward": column("reward", pa.float64()),
@@ -527,7 +530,3 @@ def _table(rows: list[dict[str, Any]]) -> pa.Table:
         "metadata": pa.array([json.dumps(r["metadata"], ensure_ascii=False, default=str) if r["metadata"] else None
                               for r in rows], pa.string()),
     })
-
-
-def _arguments(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
