@@ -108,6 +108,7 @@ def test_multi_turn_tool_episode_field_by_field(prime):
     assert meta["episode_id"] == episode["id"] and meta["trace_id"] == trace["id"]
     assert meta["verifiers"] == "0.4.0" and meta["stop_condition"] == "agent_completed"
     assert "judge_calls" not in json.dumps(meta)
+    assert meta["judge_replies"] == {"correctness": "no"}  # the stub judge's verdict: 2208 is wrong
 
 
 def test_judge_call_is_the_graders_input(prime):
@@ -200,7 +201,7 @@ def test_grader_input_option_reads_a_trace_field_or_fails_clearly(store, tmp_pat
     assert report.rows_added == 6
     row = store.query("SELECT grader_inputs FROM rollouts LIMIT 1", runs=["gi"]).to_pylist()[0]
     assert dict(row["grader_inputs"])["answer_key"] == _episodes("traces.jsonl", VF_EVAL)[0]["task"]["data"]["answer"]
-    with pytest.raises(RlauditError, match=r"traces.jsonl: --grader-input field\(s\) \['info.judge_prompt'\] not found"):
+    with pytest.raises(RlauditError, match=r"traces.jsonl: --grader-input field\(s\) \['info.judge_prompt'\] not"):
         store.ingest(VF_EVAL, run="gi2", options=ReadOptions(grader_inputs={"judge": "info.judge_prompt"}))
 
 

@@ -58,9 +58,10 @@ Mapping (one row per trace of the policy; an episode without traces is a failure
 - **grader inputs**: `info.judge_calls` (`Trace.record_judge_call`, written by every `Judge.complete(trace=...)`:
   [{name, request {model, messages}, response}]): grader `name` (the judge's `reward_name`, the reward key it
   scores) saw its request messages, rendered 'role: content' per line (several calls of one judge are joined
-  with a blank line). `info.grader_inputs` {grader: text} (rlaudit's simulator convention) is read too, and
-  `--grader-input GRADER=PATH` names any other field: a dotted path into the trace (`info.judge_prompt`), then
-  the episode; a text or a message list. A file where no trace has PATH is an error.
+  with a blank line; what each judge answered is metadata `judge_replies`). `info.grader_inputs` {grader: text}
+  (rlaudit's simulator convention) is read too, and `--grader-input GRADER=PATH` names any other field: a dotted
+  path into the trace (`info.judge_prompt`), then the episode; a text or a message list. A file where no trace
+  has PATH is an error.
 - **group**: the episode's `group.id` (stamped by prime-rl's dispatcher), else `example_id`, `group_id`, or the
   task key/hash, as "<step>:<id>"; sample_index is the order within the group in the file. **step**:
   `run.work.step`, else `step`, else the directory name. **split**: `run.work.type`, else the directory
@@ -203,8 +204,9 @@ def _rows(record: dict[str, Any], file: SourceFile, ctx: ReadContext, wanted: di
     for other in others:
         ctx.note(f"traces of non-trainable agent {_agent(other)!r} (verifiers agent.trainable = false) are not "
                  "rollouts of the policy and are left out of the rollout table; prime-rl does not train on them")
+    policy = {id(t) for t in trainable}
     for i, trace in enumerate(traces):
-        if not any(trace is t for t in trainable):
+        if id(trace) not in policy:
             continue
         rewards = trace.get("rewards") if isinstance(trace.get("rewards"), dict) else {}
         graders = {_agent(o): _seen_text(o) for o in others if _agent(o) in rewards}
@@ -264,10 +266,13 @@ def _row(trace: dict[str, Any], episode: dict[str, Any], file: SourceFile, ctx: 
     system = next((content_text(m.get("content")) for m in prompt_msgs if m.get("role") == "system"), None)
     group = _group_key(episode, trace)
     policy = work.get("policy") if isinstance(work.get("policy"), dict) else None
+    start = (policy or {}).get("start")
     off_policy = None
-    if policy is not None and work.get("type", "train") == "train" and _number(policy.get("start")) and step is not None:
-        off_policy = max(0, (step - 1) - int(policy["start"]))  # prime-rl orchestrator/utils.py episode_staleness
+    if _number(start) and step is not None and work.get("type", "train") == "train":
+        off_policy = max(0, (step - 1) - int(start))  # prime-rl orchestrator/utils.py episode_staleness
     agent = trace.get("agent") if isinstance(trace.get("agent"), dict) else {}
+    errors = trace.get("errors") if isinstance(trace.get("errors"), list) else []
+    version = trace.get("verifiers") if isinstance(trace.get("verifiers"), dict) else {}
     meta = {k: v for k, v in {
         "episode_id": episode.get("id"), "trace_id": trace.get("id"),
         "agent": agent.get("name"), "trainable": False if agent.get("trainable") is False else None,
@@ -276,11 +281,10 @@ def _row(trace: dict[str, Any], episode: dict[str, Any], file: SourceFile, ctx: 
         "branches": branches if branches > 1 else None,
         "metrics": trace.get("metrics") if not legacy else None, "reward_weights": weights or None,
         "stop_condition": trace.get("stop_condition"), "ok": trace.get("ok"),
-        "errors": [e.get("type") for e in trace["errors"] if isinstance(e, dict)] or None
-        if isinstance(trace.get("errors"), list) else None,
+        "errors": [e.get("type") for e in errors if isinstance(e, dict)] or None,
         "gold": trace.get("answer") or None,
-        "verifiers": (trace.get("verifiers") or {}).get("version") if isinstance(trace.get("verifiers"), dict)
-        else None,
+        "verifiers": version.get("version"),
+        "judge_replies": _judge_replies(info) or None,
         "info": {k: v for k, v in info.items() if k not in ("advantage", "grader_inputs", "judge_calls")} or None,
     }.items() if v is not None}
     return {
@@ -333,6 +337,16 @@ def _grader_inputs(info: dict[str, Any], trace: dict[str, Any], episode: dict[st
         if value is not None:
             found.add(path)
             out[name] = value if isinstance(value, str) else _text(value)
+    return out
+
+
+def _judge_replies(info: dict[str, Any]) -> dict[str, str]:
+    """{judge name: what it answered} (the verdict text of each `info.judge_calls` entry; the last call wins)."""
+    out = {}
+    for call in info.get("judge_calls") or []:
+        message = ((call.get("response") or {}).get("message") or {}) if isinstance(call, dict) else {}
+        if isinstance(message, dict) and message.get("content") is not None:
+            out[str(call.get("name"))] = content_text(message["content"])
     return out
 
 
