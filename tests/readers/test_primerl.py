@@ -167,3 +167,13 @@ def test_malformed_judge_calls_are_bad_records(tmp_path, store):
     store.ingest(run)
     [b] = store.quarantined("prime")
     assert "field 'info.judge_calls[0]': expected {name, request {model, messages}, response}" in b.reason
+
+
+def test_node_parent_out_of_range_is_a_bad_record(tmp_path, store):
+    run = tmp_path / "prime"
+    trace = verifiers_trace(None, "q", "a", None, rewards={"r": (1.0, 1.0)})
+    trace["nodes"][1]["parent"] = 7
+    primerl_step(run, 1, [verifiers_episode([trace], 1, group="g")])
+    store.ingest(run)
+    [b] = store.quarantined("prime")
+    assert b.line == 1 and "field 'nodes[1].parent': expected the index of another node, got 7" in b.reason

@@ -382,10 +382,9 @@ def _messages(trace: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[st
         paths = _branches(nodes)
         first_path = paths[0] if paths else []
         sampled = [i for i in first_path if nodes[i].get("sampled")]
-        if not any(n.get("sampled") for n in nodes):  # records without provenance: the first assistant turn
-            sampled = [i for i in first_path if nodes[i]["message"].get("role") == "assistant"]
-            for i in sampled:
-                nodes[i] = {**nodes[i], "sampled": True}
+        if not any(n.get("sampled") for n in nodes):  # records without provenance: assistant turns are sampled
+            nodes = [{**n, "sampled": True} if n["message"].get("role") == "assistant" else n for n in nodes]
+            sampled = [i for i in first_path if nodes[i].get("sampled")]
         cut = first_path.index(sampled[0]) if sampled else len(first_path)
         prompt_ids = set(first_path[:cut])
         prompt = [nodes[i]["message"] for i in first_path[:cut]]
