@@ -19,7 +19,7 @@ from rlaudit.behaviors import parse_behavior
 from rlaudit.errors import RlauditError
 from rlaudit.findings import jsonable
 from rlaudit.organisms.calibration import attribution_interval_coverage
-from rlaudit.schema import ROLLOUT_SCHEMA
+from rlaudit.schema import canonical_table
 
 
 # ------------------------------------------------------------------------------------------------ synthetic runs
@@ -79,7 +79,7 @@ def make_run(
         "advantage": _grpo_advantage(group, total) if with_advantage else [None] * n,
         "grader_inputs": [{} for _ in range(n)], "metadata": [None] * n,
     }
-    return pa.table(table, schema=ROLLOUT_SCHEMA)
+    return canonical_table(table)
 
 
 def _grpo_advantage(group: np.ndarray, r: np.ndarray) -> np.ndarray:

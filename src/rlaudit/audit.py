@@ -51,7 +51,8 @@ class AuditResult:
         obj = json.loads(Path(path).read_text(encoding="utf-8"))
         runs = [RunSummary(run=r["run"], format=r["format"], rows=r["rows"],
                            steps=tuple(r["steps"]) if r.get("steps") else None, conditions=r["conditions"],
-                           signals=r["signals"], graders=r.get("graders", []), source=r.get("source", ""))
+                           signals=r["signals"], graders=r.get("graders", []), source=r.get("source", ""),
+                           notes=r.get("notes", []))
                 for r in obj["runs"]]
         return cls(runs=runs, findings=[Finding.from_json(f) for f in obj["findings"]])
 

@@ -1,5 +1,7 @@
 """Capture what graders see, for trainers that do not log it (TRL, verl, OpenRLHF).
 
+For OpenRLHF, which writes no rollout files at all, the capture is the rollout log: see `wrap_openrlhf_reward`.
+
 Wrap a reward function and every call appends one JSONL record per scored completion::
 
     from rlaudit.capture import wrap_trl_reward
@@ -202,6 +204,144 @@ def capture_grader(fn: Callable[..., Any], name: str, log_dir: str | Path = ".",
         return fn(*args, **kwargs)
 
     return wrapper
+
+
+# ---------------------------------------------------------------- OpenRLHF: the capture is the rollout log
+OPENRLHF_DIR = "openrlhf"
+
+
+def _float_list(value: Any, n: int) -> list[float | None]:
+    """Per-sample floats from a reward-function output (tensor, array, list or scalar)."""
+    if value is None:
+        return [None] * n
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        value = [value] * n
+    out: list[float | None] = []
+    for v in list(value)[:n]:
+        while isinstance(v, (list, tuple)) and len(v) == 1:
+            v = v[0]
+        try:
+            out.append(None if v is None else float(v))
+        except (TypeError, ValueError):
+            out.append(None)
+    return out + [None] * (n - len(out))
+
+
+class _StepCounter:
+    """Samples scored so far by every process writing to one capture directory (a file counter under an flock),
+    so that `samples_per_step` gives the same step in each vLLM engine process."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def take(self, n: int) -> int:
+        import fcntl
+
+        with open(self.path, "a+", encoding="utf-8") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.seek(0)
+            text = fh.read().strip()
+            first = int(text) if text else 0
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(first + n))
+            fh.flush()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+        return first
+
+
+def wrap_openrlhf_reward(fn: Callable[..., Any], log_dir: str | Path = ".", name: str | None = None,
+                         step: Callable[[], int | None] | None = None,
+                         samples_per_step: int | None = None) -> Callable[..., Any]:
+    """Wrap an OpenRLHF custom reward function `reward_func(queries, prompts, labels, **kwargs)`.
+
+    OpenRLHF 0.11.2 (openrlhf/utils/agent.py, `SingleTurnAgentExecutor`) loads `reward_func` from the Python file
+    given as `--reward.remote_url` and calls it from a thread (`asyncio.to_thread`) once per sample, with lists of
+    one: `queries` = prompt and response decoded together with `skip_special_tokens=False`, `prompts` = the
+    prompt text, `labels` = the dataset label. It returns `{"rewards": ..., "scores": ..., "extra_logs": {...}}`.
+    OpenRLHF writes no rollout files, so each record here carries the whole rollout (prompt, query, label, reward,
+    score, numeric extra_logs) and the `openrlhf` reader ingests `<log_dir>/openrlhf/` as a run.
+
+    OpenRLHF passes no step. `step()` may return it; else `samples_per_step` (`rollout.batch_size *
+    rollout.n_samples_per_prompt`) gives `1 + samples scored so far // samples_per_step` across all engine processes
+    (exact for synchronous training without dynamic filtering); else the step is left null and the reader derives
+    it from the pauses between generation rounds. Each process writes its own file (`<grader>.<host>-<pid>.jsonl`).
+    """
+    grader = name or getattr(fn, "__name__", "reward_func")
+    if grader == "reward_func" and name is None:
+        grader = "reward"
+    root = Path(log_dir) / OPENRLHF_DIR
+    counter = _StepCounter(root / f".{grader}.count") if samples_per_step else None
+    state: dict[str, Any] = {}
+    lock = threading.Lock()
+
+    def log() -> CaptureLog:  # opened lazily, in the process that scores (the vLLM engine actor)
+        pid = os.getpid()
+        with lock:  # OpenRLHF calls from many threads at once
+            if state.get("pid") != pid:
+                import socket
+
+                path = (root / f"{grader}.{socket.gethostname()}-{pid}.jsonl").resolve()
+                state["log"] = _LOGS[path] = CaptureLog(path, flush_every=64)  # flush_all() and exit flush it
+                state["pid"] = pid
+            return state["log"]
+
+    @functools.wraps(fn)
+    def wrapper(queries: Any, prompts: Any, labels: Any, *args: Any, **kwargs: Any) -> Any:
+        import time
+
+        out = fn(queries, prompts, labels, *args, **kwargs)
+        queries_l, prompts_l = list(queries or []), list(prompts or [])
+        labels_l = list(labels) if isinstance(labels, (list, tuple)) else [labels] * len(queries_l)
+        n = len(queries_l)
+        result = out if isinstance(out, dict) else {"rewards": out}
+        rewards = _float_list(result.get("rewards"), n)
+        scores = _float_list(result.get("scores"), n)
+        extra = {k: _float_list(v, n) for k, v in (result.get("extra_logs") or {}).items()}
+        s = step() if step else None
+        if s is None and counter is not None:
+            s = 1 + counter.take(n) // samples_per_step
+        now = time.time()
+        target = log()
+        first = target.reserve(n)
+        lines = []
+        for i in range(n):
+            rec = {"grader": grader, "step": s, "index": first + i, "time": now, "pid": os.getpid(),
+                   "prompt": completion_text(prompts_l[i]) if i < len(prompts_l) else "",
+                   "query": completion_text(queries_l[i]),
+                   "label": labels_l[i] if i < len(labels_l) and isinstance(labels_l[i], (str, int, float, type(None)))
+                   else str(labels_l[i]),
+                   "reward": rewards[i], "score": scores[i], "extra_logs": {k: v[i] for k, v in extra.items()}}
+            lines.append(json.dumps(rec, ensure_ascii=False, allow_nan=True))
+        target._append(*lines)
+        return out
+
+    wrapper.rlaudit_grader = grader  # type: ignore[attr-defined]
+    return wrapper
+
+
+def openrlhf_remote_reward(url: str, log_dir: str | Path = ".", name: str = "remote_rm", timeout: float = 180.0,
+                           samples_per_step: int | None = None) -> Callable[..., Any]:
+    """A captured `reward_func` that forwards to an OpenRLHF remote reward model over HTTP.
+
+    OpenRLHF 0.11.2 (`SingleTurnAgentExecutor._fetch_rewards_via_http`) POSTs
+    `{"query": [...], "prompts": [...], "labels": [...]}` to the `--reward.remote_url` URL and reads
+    `{"rewards", "scores", "extra_logs"}` from the JSON reply (openrlhf/cli/serve_rm.py serves `/get_reward`).
+    Put `reward_func = openrlhf_remote_reward("http://host:5000/get_reward", log_dir=...)` in a Python file and pass
+    that file as `--reward.remote_url`: OpenRLHF then calls this function, which makes the same request.
+    """
+    import urllib.request
+
+    def reward_func(queries: Any, prompts: Any, labels: Any, **kwargs: Any) -> Any:
+        body = json.dumps({"query": list(queries), "prompts": list(prompts), "labels": list(labels)}).encode()
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read().decode("utf-8"))
+
+    return wrap_openrlhf_reward(reward_func, log_dir=log_dir, name=name, samples_per_step=samples_per_step)
 
 
 # ---------------------------------------------------------------- joining captures to a stored run

@@ -56,6 +56,8 @@ ConditionOpt = Annotated[Optional[list[str]], typer.Option("--condition", help="
                                                            "prompt matches REGEX get condition NAME. Repeatable.")]
 GroupSizeOpt = Annotated[Optional[int], typer.Option("--group-size", help="Generations per prompt (TRL "
                                                      "num_generations), to split repeated prompts into groups.")]
+WeightsOpt = Annotated[Optional[list[str]], typer.Option("--reward-weights", help="NAME=W,... TRL reward_weights "
+                                                         "by reward function (default: from training_args.bin).")]
 
 
 def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
@@ -92,7 +94,8 @@ def _columns_file(path: Path | None) -> dict[str, str]:
 
 
 def read_options(strict: bool, think_tags: str | None, grader_input: list[str] | None,
-                 columns: list[str] | None, columns_file: Path | None, group_size: int | None) -> ReadOptions:
+                 columns: list[str] | None, columns_file: Path | None, group_size: int | None,
+                 reward_weights: list[str] | None = None) -> ReadOptions:
     from .schema import COLUMNS
 
     mapping = {**_columns_file(columns_file), **_pairs(columns, "--columns")}
@@ -101,8 +104,15 @@ def read_options(strict: bool, think_tags: str | None, grader_input: list[str] |
         raise RlauditError(f"--columns: unknown canonical column(s) {unknown}; known: {', '.join(COLUMNS)}")
     if group_size is not None and group_size < 1:
         raise RlauditError("--group-size must be a positive integer")
+    weights: dict[str, float] = {}
+    for item in reward_weights or []:
+        for name, value in _pairs(item.split(","), "--reward-weights").items():
+            try:
+                weights[name] = float(value)
+            except ValueError:
+                raise RlauditError(f"--reward-weights {name}={value}: the weight is not a number") from None
     return ReadOptions(think_tags=ThinkTags.parse(think_tags), grader_inputs=_pairs(grader_input, "--grader-input"),
-                       columns=mapping, group_size=group_size, strict=strict)
+                       columns=mapping, group_size=group_size, strict=strict, reward_weights=weights)
 
 
 def _ingest_with_progress(store: Store, sources: list[Path], runs: list[str] | None, fmt: str | None,
@@ -152,6 +162,8 @@ def _print_ingest(r: IngestReport) -> None:
         console.print(f"[yellow]warning:[/] {r.bad_records} bad record(s) quarantined in {r.quarantine}")
         for ex in r.bad_examples:
             console.print(f"  {ex}", markup=False)
+    for text in r.notes:  # what the reader assumed or the logs lack: it changes what the numbers mean
+        console.print(f"  note: {text}", markup=False, soft_wrap=True)
 
 
 def print_findings(findings: list[Finding], limit: int = 30) -> None:
@@ -184,11 +196,12 @@ def audit(
     columns_file: ColumnsFileOpt = None,
     condition: ConditionOpt = None,
     group_size: GroupSizeOpt = None,
+    reward_weights: WeightsOpt = None,
     detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Run only these detectors.")] = None,
     max_step: Annotated[Optional[int], typer.Option("--max-step", help="Audit only steps <= this.")] = None,
 ) -> None:
     """Ingest each SOURCE into the store, run every detector, write findings and a report."""
-    options = read_options(strict, think_tags, grader_input, columns, columns_file, group_size)
+    options = read_options(strict, think_tags, grader_input, columns, columns_file, group_size, reward_weights)
     rules = [ConditionRule.parse(c) for c in condition or []]
     st = Store(store)
     ingests = _ingest_with_progress(st, sources, run, format, options, rules)
@@ -216,9 +229,10 @@ def ingest(
     columns_file: ColumnsFileOpt = None,
     condition: ConditionOpt = None,
     group_size: GroupSizeOpt = None,
+    reward_weights: WeightsOpt = None,
 ) -> None:
     """Ingest SOURCES into the store without auditing (idempotent and incremental)."""
-    options = read_options(strict, think_tags, grader_input, columns, columns_file, group_size)
+    options = read_options(strict, think_tags, grader_input, columns, columns_file, group_size, reward_weights)
     rules = [ConditionRule.parse(c) for c in condition or []]
     _ingest_with_progress(Store(store), sources, run, format, options, rules)
 

@@ -8,7 +8,8 @@ Writing the completion's text once instead of twice roughly halves what ingest c
 
 Nothing outside the store reads parts directly: the `rollouts` view (`Store.connect`) selects `view_columns()`,
 and `to_canonical` / `read_part` do the same in Arrow. Parts written before spans existed (layout 1, text only)
-stay readable: the store records each part's layout in its manifest.
+stay readable: the store records each part's layout in its manifest, and columns added to the canonical table
+since a part was written (`ADDED`) read as null from it.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ import pyarrow.parquet as pq
 from .schema import ROLLOUT_SCHEMA
 from .text import Spans, text_at
 
-#: Layout of parts written by this version (1: text only, no span columns).
-LAYOUT = 2
+#: Layout of parts written by this version (1: text only, no span columns; 2: spans; 3: tool columns).
+LAYOUT = 3
+
+#: Canonical columns that parts of older layouts lack (layout they appeared in); they read as null there.
+ADDED = {"tool_calls": 3, "tool_outputs": 3}
 
 #: Text column -> its span columns (start, end: UTF-8 byte offsets into the completion).
 SPANS = {"reasoning": ("_reasoning_start", "_reasoning_end"), "answer": ("_answer_start", "_answer_end")}
@@ -52,7 +56,11 @@ def part_table(columns: dict[str, pa.Array], spans: Spans | None = None) -> pa.T
 
 
 def from_canonical(table: pa.Table) -> pa.Table:
-    """A canonical table as a part (text kept as given, no spans)."""
+    """A canonical table as a part (text kept as given, no spans). Nullable columns it lacks (e.g. tables built
+    before `ADDED` columns existed) are null."""
+    for field in ROLLOUT_SCHEMA:
+        if field.name not in table.column_names and field.nullable:
+            table = table.append_column(field.name, pa.nulls(table.num_rows, field.type))
     table = table.select(ROLLOUT_SCHEMA.names).cast(ROLLOUT_SCHEMA)
     return part_table({name: table.column(name).combine_chunks() for name in table.column_names})
 
@@ -81,25 +89,35 @@ def read_columns(columns: list[str]) -> list[str]:
 
 def read_part(path: str | Path, columns: list[str], layout: int = LAYOUT) -> pa.Table:
     """Canonical `columns` of one part file, read with Arrow (no database connection)."""
+    absent = [c for c in columns if ADDED.get(c, 0) > layout]
+    present = [c for c in columns if c not in absent]
     if layout < 2:
-        return pq.read_table(path, columns=columns)
-    table = pq.read_table(path, columns=read_columns(columns))
-    return to_canonical(table).select(columns)
+        table = pq.read_table(path, columns=present)
+    else:
+        table = to_canonical(pq.read_table(path, columns=read_columns(present))).select(present)
+    for name in absent:
+        field = ROLLOUT_SCHEMA.field(name)
+        table = table.append_column(field, pa.nulls(table.num_rows, field.type))
+    return table.select(columns)
 
 
 def view_columns(layout: int = LAYOUT) -> str:
     """The SELECT list that turns parts of `layout` into canonical columns (DuckDB SQL)."""
-    if layout < 2:
-        return ", ".join(f'"{name}"' for name in ROLLOUT_SCHEMA.names)
     items = []
     for name in ROLLOUT_SCHEMA.names:
-        if name in SPANS:
+        if ADDED.get(name, 0) > layout:
+            items.append(f'CAST(NULL AS {_DUCKDB_TYPES[name]}) AS "{name}"')
+        elif name in SPANS and layout >= 2:
             start, end = SPANS[name]  # a byte slice of the completion (BLOB slices are 1-based, end inclusive)
             items.append(f'CASE WHEN "{start}" IS NULL THEN "{name}" '
                          f'ELSE decode(encode(completion)["{start}" + 1:"{end}"]) END AS "{name}"')
         else:
             items.append(f'"{name}"')
     return ", ".join(items)
+
+
+#: DuckDB spelling of the types of `ADDED` columns (for the NULLs that stand in for them in older parts).
+_DUCKDB_TYPES = {"tool_calls": "STRUCT(name VARCHAR, arguments VARCHAR)[]", "tool_outputs": "VARCHAR[]"}
 
 
 def _text(part: pa.Table, name: str) -> pa.Array:

@@ -65,6 +65,7 @@ class IngestReport:
     bad_examples: list[str] = field(default_factory=list)  # first few "file:line: reason"
     quarantine: str | None = None
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what the reader assumed or the logs lack (ReadContext.note)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,11 +83,12 @@ class RunSummary:
     signals: list[str]
     graders: list[str] = field(default_factory=list)
     source: str = ""
+    notes: list[str] = field(default_factory=list)  # the reader's assumptions, from the last ingest on
 
     def to_json(self) -> dict[str, Any]:
         return {"run": self.run, "format": self.format, "rows": self.rows,
                 "steps": list(self.steps) if self.steps else None, "conditions": self.conditions,
-                "signals": self.signals, "graders": self.graders, "source": self.source}
+                "signals": self.signals, "graders": self.graders, "source": self.source, "notes": self.notes}
 
 
 def validate_run_name(name: str) -> str:
@@ -216,7 +218,9 @@ class Store:
                         report.bad_examples.append(f"{rec.location}: {rec.reason}")
                     bad_buffer.append(rec)
 
-            ctx = ReadContext(run=run, options=options, labeler=labeler, on_bad=on_bad)
+            ctx = ReadContext(run=run, options=options, labeler=labeler, on_bad=on_bad,
+                              notes=_notes(manifest))
+            reader.prepare(source, ctx)
             self._remove_orphans(run, manifest)
             todo = [f for f in files if not self._unchanged(manifest, f)]
             report.files_skipped = len(files) - len(todo)
@@ -251,7 +255,9 @@ class Store:
                     if progress:
                         progress(report.files_skipped + i + 1, len(files), report.rows_added)
             manifest["conditions"] = dict(labeler.labels)
+            manifest["notes"] = [[key, text] for key, text in ctx.notes.items()]  # pairs: the manifest sorts keys
             self._commit(run, manifest)
+        report.notes = list(ctx.notes.values())
         if report.bad_records:
             report.quarantine = str(qpath)
         report.seconds = time.perf_counter() - started
@@ -300,6 +306,7 @@ class Store:
                 entry["size"] = entry["mtime_ns"] = entry["sha256"] = None
             m["options"] = wanted
             m["conditions"] = {}
+            m["notes"] = []
         m["source"], m["format"] = str(source), fmt
         return m
 
@@ -446,7 +453,8 @@ class Store:
                              runs=[run]).column(0).to_pylist()
         steps = (int(row["lo"]), int(row["hi"])) if row["n"] else None
         return RunSummary(run=run, format=m["format"], rows=int(row["n"]), steps=steps, conditions=conds,
-                          signals=signals, graders=graders, source=m["source"])
+                          signals=signals, graders=graders, source=m["source"],
+                          notes=list(_notes(m).values()))
 
     # ------------------------------------------------------------------ derived data
     def derived(self, run: str, name: str, compute: Callable[[], pa.Table]) -> pa.Table:
@@ -501,10 +509,16 @@ def resolve_run(store: Store, source: str | Path, ingest: Callable[[Path], str] 
                        f"(runs: {', '.join(store.runs()) or 'none'})")
 
 
+def _notes(manifest: dict[str, Any]) -> dict[str, str]:
+    """The run's notes (key -> text, in the order they were made) from its manifest."""
+    return {key: text for key, text in manifest.get("notes", [])}
+
+
 def _options_json(options: ReadOptions, rules: list[ConditionRule]) -> dict[str, Any]:
     return {"think_tags": [options.think_tags.open, options.think_tags.close],
             "grader_inputs": dict(sorted(options.grader_inputs.items())),
             "columns": dict(sorted(options.columns.items())), "group_size": options.group_size,
+            **({"reward_weights": dict(options.reward_weights)} if options.reward_weights else {}),
             "conditions": [[r.name, r.pattern] for r in rules]}
 
 

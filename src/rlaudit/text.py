@@ -73,6 +73,60 @@ def split_one(completion: str, tags: ThinkTags = ThinkTags()) -> tuple[str | Non
     return r[0].as_py(), a[0].as_py()
 
 
+def split_all_reasoning(text: str, tags: ThinkTags = ThinkTags()) -> tuple[str | None, str]:
+    """(reasoning, answer) of a text that may hold several think blocks: a multi-turn output logged as one
+    string (verl's agent loop interleaves assistant turns), or one turn that thinks twice.
+
+    Every block is reasoning, not only the first: `split_reasoning` would leave the later blocks inside the answer,
+    where a CoT-exposure scan takes them for answer text. Blocks are joined with a newline, verbatim; the answer
+    is the text between them, each piece stripped and the non-empty ones joined with a newline. A close tag
+    before any open tag ends a first block whose open tag was in the prompt (rule 2), and an open tag never
+    closed runs to the end (rule 3). A text with at most one open and one close tag is split exactly as
+    `split_reasoning` splits it, so a reader may leave such rows to the store's span split.
+    """
+    if text.count(tags.open) <= 1 and text.count(tags.close) <= 1:
+        return _split_single(text, tags)
+    reasoning: list[str] = []
+    answer: list[str] = []
+    pos = 0
+    first_close, first_open = text.find(tags.close), text.find(tags.open)
+    if first_close >= 0 and (first_open < 0 or first_close < first_open):
+        start = len(text) - len(text.lstrip())
+        reasoning.append(text[start:first_close])
+        pos = first_close + len(tags.close)
+    while True:
+        opened = text.find(tags.open, pos)
+        if opened < 0:
+            answer.append(text[pos:])
+            break
+        answer.append(text[pos:opened])
+        body = opened + len(tags.open)
+        closed = text.find(tags.close, body)
+        if closed < 0:  # cut off while thinking
+            reasoning.append(text[body:])
+            break
+        reasoning.append(text[body:closed])
+        pos = closed + len(tags.close)
+    pieces = [a.strip() for a in answer]
+    return "\n".join(reasoning), "\n".join(p for p in pieces if p)
+
+
+#: RE2's `\s` (the class `split_reasoning`'s regexes use) as a Python pattern: no vertical tab, no Unicode spaces.
+_LEADING_SPACE = "[\t\n\f\r ]*"
+
+
+def _split_single(text: str, tags: ThinkTags) -> tuple[str | None, str]:
+    """`split_reasoning`'s rules for one string, in Python (no Arrow round trip per row)."""
+    o, c = re.escape(tags.open), re.escape(tags.close)
+    closed = re.match(rf"(?s){_LEADING_SPACE}(?:{o})?(.*?){c}(.*)$", text)
+    if closed:
+        return closed.group(1), closed.group(2).strip()
+    unclosed = re.match(rf"(?s){_LEADING_SPACE}{o}(.*)$", text)
+    if unclosed:
+        return unclosed.group(1), ""
+    return None, text.strip()
+
+
 # ---------------------------------------------------------------------------------------------- spans
 @dataclass(frozen=True)
 class Spans:

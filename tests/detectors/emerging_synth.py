@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from rlaudit.schema import ROLLOUT_SCHEMA
+from rlaudit.schema import canonical_table
 from rlaudit.store import Store
 
 FILLER = ("the a of to and in is that it for on with as this be are by at or from which we can an so "
@@ -167,7 +167,7 @@ def build(sc: Scenario, run: str = "synthetic") -> pa.Table:
         "grader_inputs": pa.array([[]] * n, pa.map_(pa.string(), pa.string())),
         "metadata": pa.array([json.dumps({})] * n),
     })
-    return table.cast(ROLLOUT_SCHEMA)
+    return canonical_table(table)
 
 
 def make_run(store: Store, sc: Scenario, run: str = "synthetic") -> str:

@@ -13,7 +13,7 @@ from rlaudit.audit import audit_store
 from rlaudit.detectors import AuditConfig
 from rlaudit.detectors.cot_scan import ScanParams, scan_batch
 from rlaudit.errors import RlauditError
-from rlaudit.schema import ROLLOUT_SCHEMA
+from rlaudit.schema import ROLLOUT_SCHEMA, canonical_table
 
 
 def scan_findings(store, table, **options):
@@ -146,7 +146,7 @@ def test_reasoning_that_restates_answer_or_quotes_prompt_is_not_exposure():
     reasoning = f"{prompt} {answer}"  # nothing reasoning-only except the seams
     rows = [_row("a", "g1", prompt, reasoning, answer, f"Question: {prompt}\nResponse: {answer}"),
             _row("b", "g2", prompt, reasoning, answer, f"{prompt} {answer}")]  # even the seam is seen here
-    assert exposed_ids(pa.Table.from_pylist(rows, schema=ROLLOUT_SCHEMA)) == set()
+    assert exposed_ids(canonical_table(rows)) == set()
 
 
 def test_listwise_grader_that_sees_every_completion_of_the_group_is_found():
@@ -155,7 +155,7 @@ def test_listwise_grader_that_sees_every_completion_of_the_group_is_found():
     members = [(paragraph(rng, 5), sentence(rng, 8)) for _ in range(4)]
     seen = "Rank these responses:\n" + "\n---\n".join(f"<think>{r}</think>{a}" for r, a in members)
     rows = [_row(f"r{i}", "g", prompt, r, a, seen) for i, (r, a) in enumerate(members)]
-    assert exposed_ids(pa.Table.from_pylist(rows, schema=ROLLOUT_SCHEMA)) == {"r0", "r1", "r2", "r3"}
+    assert exposed_ids(canonical_table(rows)) == {"r0", "r1", "r2", "r3"}
 
 
 def test_one_rollout_echoing_a_group_reference_is_not_exposure():
@@ -166,7 +166,7 @@ def test_one_rollout_echoing_a_group_reference_is_not_exposure():
         reasoning = paragraph(rng, 4) + (" " + reference if i == 0 else "")
         answer = sentence(rng, 8)
         rows.append(_row(f"r{i}", "g", prompt, reasoning, answer, f"Q: {prompt}\nA: {answer}\nRef: {reference}"))
-    assert exposed_ids(pa.Table.from_pylist(rows, schema=ROLLOUT_SCHEMA)) == set()
+    assert exposed_ids(canonical_table(rows)) == set()
 
 
 def test_run_without_grader_inputs_gives_no_findings(store):
@@ -205,7 +205,7 @@ def test_a_short_coincidental_overlap_is_not_exposure():
         reasoning = f"{paragraph(rng, 4)} {shared} {paragraph(rng, 2)}"
         answer = sentence(rng, 9)
         rows.append(_row(f"r{i}", f"g{i}", prompt, reasoning, answer, f"Q: {prompt}\nA: {answer}\nNote: {shared}"))
-    table = pa.Table.from_pylist(rows, schema=ROLLOUT_SCHEMA)
+    table = canonical_table(rows)
     results = scan_batch(table, ScanParams()).to_pylist()
     assert all(r["matched"] >= 4 for r in results)  # the overlap is seen...
     assert not any(r["exposed"] for r in results)  # ...but is not exposure
@@ -231,6 +231,6 @@ def test_chance_calibration_silences_sentence_coincidences(store):
         reasoning = " ".join(rng.choice(pool, 3))
         seen = f"Q: {prompt}\nA: {answer}\nNote: {rng.choice(pool)}"
         rows.append(_row(f"r{i}", f"g{i // 4}", prompt, reasoning, answer, seen, step=i // 40))
-    table = pa.Table.from_pylist(rows, schema=ROLLOUT_SCHEMA)
+    table = canonical_table(rows)
     assert len(exposed_ids(table)) > 20
     assert scan_findings(store, table) == []

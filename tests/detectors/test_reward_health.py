@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from rlaudit.detectors import AuditConfig, run_detectors
-from rlaudit.schema import ROLLOUT_SCHEMA
+from rlaudit.schema import canonical_table
 
 
 def make_run(store, signals: dict[str, np.ndarray], steps: int = 20, per_step: int = 32,
@@ -28,7 +28,7 @@ def make_run(store, signals: dict[str, np.ndarray], steps: int = 20, per_step: i
         "reward": [0.0] * n, "advantage": [0.0] * n, "grader_inputs": [[] for _ in range(n)],
         "metadata": [None] * n,
     }
-    store.append(run, pa.Table.from_pydict(rows, schema=ROLLOUT_SCHEMA), key="all")
+    store.append(run, canonical_table(rows), key="all")
 
 
 def health(store, run: str = "r", **config) -> dict[tuple[str, str], object]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from rlaudit.layout import LAYOUT
 from rlaudit.readers import trl as trl_module
 from rlaudit.readers.base import ReadOptions
 
@@ -139,14 +140,46 @@ def test_parts_written_before_spans_existed_stay_readable(tmp_path, store):
     for entry in manifest["files"].values():  # rewrite every part the way layout 1 stored it: with the text
         path = store.run_dir("run") / "parts" / entry["part"]
         ids = pq.read_table(path, columns=["rollout_id"]).column(0)
-        pq.write_table(expected.filter(pc.is_in(expected["rollout_id"], ids)).cast(ROLLOUT_SCHEMA), path)
+        old = expected.filter(pc.is_in(expected["rollout_id"], ids)).cast(ROLLOUT_SCHEMA)
+        pq.write_table(old.drop_columns(["tool_calls", "tool_outputs"]), path)  # layout 1 had no tool columns
         del entry["layout"]
     (store.run_dir("run") / "run.json").write_text(json.dumps(manifest))
     assert set(store.part_layouts("run").values()) == {1}
     assert store.table("run").equals(expected)
-    _steps(out, [3])  # an incremental ingest adds a layout-2 part beside them
+    _steps(out, [3])  # an incremental ingest adds a part of the current layout beside them
     store.ingest(out)
-    assert sorted(store.part_layouts("run").values()) == [1, 1, 2]
+    assert sorted(store.part_layouts("run").values()) == [1, 1, LAYOUT]
     rows = store.table("run", ["step", "reasoning", "answer"]).to_pylist()
     assert [(r["step"], r["reasoning"], r["answer"]) for r in rows if r["answer"] == "a0"] == [
         (1, "r1", "a0"), (2, "r2", "a0"), (3, "r3", "a0")]
+
+
+def test_parts_written_before_tool_columns_existed_read_them_as_null(tmp_path, store):
+    """Layout-2 parts (spans, no tool_calls/tool_outputs) read as before, with null tool columns, in the view
+    and through `read_part`, next to parts that have them."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from rlaudit.layout import read_part
+
+    out = tmp_path / "run"
+    _steps(out, [1])
+    store.ingest(out)
+    expected = store.table("run")
+    manifest = store.manifest("run")
+    [entry] = manifest["files"].values()
+    path = store.run_dir("run") / "parts" / entry["part"]
+    pq.write_table(pq.read_table(path).drop_columns(["tool_calls", "tool_outputs"]), path)
+    entry["layout"] = 2
+    (store.run_dir("run") / "run.json").write_text(json.dumps(manifest))
+    assert store.table("run").equals(expected)
+    assert store.query("SELECT count(*) FROM rollouts WHERE tool_calls IS NULL AND tool_outputs IS NULL"
+                       ).column(0)[0].as_py() == len(expected)
+    part = read_part(path, ["answer", "tool_calls", "tool_outputs"], layout=2)
+    assert part["answer"].to_pylist() == expected["answer"].to_pylist()
+    assert part["tool_calls"].null_count == part["tool_outputs"].null_count == len(expected)
+    _steps(out, [2])
+    store.ingest(out)
+    assert sorted(store.part_layouts("run").values()) == [2, LAYOUT]
+    assert store.query("SELECT count(*) FROM rollouts").column(0)[0].as_py() == 2 * len(expected)

@@ -11,7 +11,7 @@ import pytest
 
 from rlaudit.audit import AuditResult
 from rlaudit.findings import Evidence, Finding, rank
-from rlaudit.schema import ROLLOUT_SCHEMA
+from rlaudit.schema import canonical_table
 from rlaudit.store import Store
 
 # Payloads a hostile or merely unlucky model could emit. Each would set window.__pwned if it ever ran.
@@ -35,7 +35,7 @@ def make_table(rows: list[dict]) -> pa.Table:
                      "sample_index": None, "condition": "default", "system_prompt": None, "task": "math",
                      "prompt": "What is 2+2?", "completion": "", "reasoning": None, "answer": "4",
                      "rewards": [], "reward": None, "advantage": None, "grader_inputs": [], "metadata": None, **r})
-    return pa.Table.from_pylist(full, schema=ROLLOUT_SCHEMA)
+    return canonical_table(full)
 
 
 def _rows(run: str) -> list[dict]:

@@ -192,3 +192,14 @@ def test_rollout_lookup_by_step_finds_the_same_rows(report_store):
     assert {i: r["answer"] for i, r in by_step.items()} == {
         i: r["answer"] for i, r in fetch_rollouts(report_store, "grpo-a", ids, 100).items()}
     assert fetch_rollouts(report_store, "grpo-a", ids, 100, steps=[4]) == {}
+
+
+def test_run_notes_are_shown_escaped_under_the_runs_table(report_store, result):
+    """What a reader assumed (ReadContext.note) is part of reading the numbers: the report shows it per run."""
+    result.runs[0].notes = ["reward weights not logged; `reward` is the unweighted sum <script>x</script>"]
+    html = build_report_html(report_store, result)
+    doc = Doc(html)
+    notes = [a for tag, a in doc.elements if tag == "div" and "run-notes" in (a.get("class") or "")]
+    assert [a["data-run"] for a in notes] == ["grpo-a"]
+    assert "reward weights not logged; `reward` is the unweighted sum <script>x</script>" in "".join(doc.text)
+    assert "<script>x</script>" not in html

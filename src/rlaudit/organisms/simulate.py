@@ -167,6 +167,8 @@ class Log:
         cols["completion"] += batch.completion
         cols["reasoning"] += batch.reasoning
         cols["answer"] += batch.answer
+        cols["tool_calls"] += [None] * n  # simulated runs are single-turn, without tools
+        cols["tool_outputs"] += [None] * n
         cols["rewards"] += [list(zip(self.signals, row)) for row in values.tolist()]
         cols["reward"] += total.tolist()
         cols["advantage"] += adv.tolist()

@@ -45,7 +45,9 @@ RAW_COLUMNS = {
     "prompt": pa.string(),
     "completion": pa.string(),
     "reasoning": pa.string(),  # only for formats that log reasoning separately (prime-rl reasoning_content)
-    "answer": pa.string(),  # likewise
+    "answer": pa.string(),  # likewise (and multi-turn completions: every turn's visible text)
+    "tool_calls": pa.list_(pa.struct([pa.field("name", pa.string()), pa.field("arguments", pa.string())])),
+    "tool_outputs": pa.list_(pa.string()),
     "rewards": pa.map_(pa.string(), pa.float64()),
     "reward": pa.float64(),
     "advantage": pa.float64(),
@@ -90,6 +92,7 @@ class ReadOptions:
     grader_inputs: dict[str, str] = field(default_factory=dict)  # grader -> column holding its input
     columns: dict[str, str] = field(default_factory=dict)  # canonical column -> source field (generic JSONL)
     group_size: int | None = None  # TRL num_generations, when known
+    reward_weights: dict[str, float] = field(default_factory=dict)  # TRL reward_weights by reward column
     strict: bool = False
 
 
@@ -102,6 +105,15 @@ class ReadContext:
     labeler: ConditionLabeler = field(default_factory=ConditionLabeler)
     on_bad: Callable[[BadRecord], None] | None = None
     bad_count: int = 0
+    #: run-level notes: what the reader assumed or could not tell from the logs (key -> text, in order)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def note(self, text: str, key: str | None = None) -> None:
+        """Record something a user must know to read the numbers right: an assumption the reader made (TRL
+        reward weights not logged), data the logs lack (batches never logged), rows relabelled (eval files).
+        Shown in the ingest summary and carried in the findings JSON (`runs[].notes`). A later note with the
+        same `key` replaces the earlier one (default key: the text itself)."""
+        self.notes[key or text] = text
 
     def bad(self, file: SourceFile | str, line: int | None, reason: str, raw: str = "") -> None:
         """Report a bad record: quarantined by default, an error under --strict."""
@@ -124,6 +136,10 @@ class Reader(ABC):
     @abstractmethod
     def detect(cls, source: Path) -> bool:
         """True when `source` (a directory or file) looks like this layout."""
+
+    def prepare(self, source: Path, ctx: ReadContext) -> None:
+        """Read run-level files once per ingest, before any rollout file (TRL `trainer_state.json`, saved
+        configs); keep what `read` needs on `self` and `ctx.note` what was assumed. Default: nothing."""
 
     @abstractmethod
     def files(self, source: Path) -> list[SourceFile]:
@@ -193,6 +209,8 @@ def finalize_part(raw: pa.Table, file: SourceFile, ctx: ReadContext) -> pa.Table
     cols["rewards"] = col("rewards") if col("rewards") is not None else pa.array([[]] * n, RAW_COLUMNS["rewards"])
     cols["reward"] = col("reward") if col("reward") is not None else const(None, pa.float64())
     cols["advantage"] = col("advantage") if col("advantage") is not None else const(None, pa.float64())
+    for name in ("tool_calls", "tool_outputs"):
+        cols[name] = col(name) if col(name) is not None else pa.nulls(n, RAW_COLUMNS[name])
     gi = col("grader_inputs")
     cols["grader_inputs"] = gi if gi is not None else pa.array([[]] * n, RAW_COLUMNS["grader_inputs"])
     cols["metadata"] = col("metadata") if col("metadata") is not None else const(None, pa.string())

@@ -110,6 +110,7 @@ def build_report_html(store: Store | None, result: AuditResult, *, title: str | 
             "signals": [short(s, 100) for s in r.signals[:50]], "graders": [short(g, 100) for g in r.graders[:50]],
             "severity": [(s, sev[s]) for s in reversed(SEVERITIES) if sev[s]],
             "figure": fig["id"] if fig else None, "in_store": r.run in curves or r.run in counts,
+            "notes": [short(n, 600) for n in r.notes[:20]],
         })
 
     detailed = result.findings[: limits.max_detailed]
