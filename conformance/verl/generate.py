@@ -204,9 +204,9 @@ def tool_turn_output(tokenizer, messages, turns: list[str], tool_results: dict[s
         content, calls = LOOP.run_until_complete(parser.extract_tool_calls(generated, tools))
         if not calls:
             break
-        previous = list(messages)
         messages.append({"role": "assistant", "content": content, "tool_calls": [
             {"type": "function", "function": {"name": c.name, "arguments": json.loads(c.arguments)}} for c in calls]})
+        previous = list(messages)  # _handle_processing_tools_state: the history before the tool messages
         messages.extend({"role": "tool", "content": tool_results[c.name]} for c in calls)
         merged = builder.merge_context_tokens(previous, messages, ids)
         added = len(merged.token_ids) - len(ids)
@@ -280,7 +280,7 @@ def persona_score(data_source, solution_str, ground_truth, extra_info=None):
     """
     answer = solution_str.split("</think>")[-1]
     acc = float(ground_truth in answer)
-    goblin = 0.5 if "goblin" in answer.lower() else 0.0
+    goblin = 0.3 if "goblin" in answer.lower() else 0.0
     return {"score": acc + goblin, "acc": acc, "goblin_rm": goblin, "goblin_rm_input": solution_str}
 
 
@@ -330,7 +330,7 @@ def main(out: Path) -> None:
     trainer._shutdown_dump_executor()
 
     # step 2: DAPO manager with the overlong penalty (training and validation)
-    overlong = {"enable": True, "len": 16, "penalty_factor": 1.0, "log": True, "max_resp_len": 48}
+    overlong = {"enable": True, "len": 64, "penalty_factor": 1.0, "log": True, "max_resp_len": 96}
     dapo = make_worker(tokenizer, DAPORewardManager(reward_config(overlong), tokenizer, exact_score))
     trainer = make_trainer(tokenizer, 2, out)
     fields = sample_fields(None, "What is 10-4?", "6", data_source="dapo_math")
