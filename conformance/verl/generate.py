@@ -7,8 +7,9 @@ What runs is verl's code; what is hand-built is only what a cluster would otherw
 - verl's v1 trainer (`trainer.use_v1: true`, the default in verl/trainer/config/ppo_trainer.yaml) writes the
   dumps: `PPOTrainer._log_rollout_data` (training, `trainer.rollout_data_dir`) and `PPOTrainer._validate`
   (validation, `trainer.validation_data_dir`), both through `PPOTrainer._dump_generations` /
-  `_write_generations` (verl/trainer/ppo/v1/trainer_base.py). They are called on a `PPOTrainerSync` (the synchronous
-  v1 trainer; the dump methods are its base `PPOTrainer`'s) made with `__new__` and given only the attributes those methods read.
+  `_write_generations` (verl/trainer/ppo/v1/trainer_base.py). They are called on a `PPOTrainerSync` (the
+  synchronous v1 trainer; the dump methods are its base `PPOTrainer`'s) made with `__new__` and given only the
+  attributes those methods read.
 - rollouts reach them the way they do in a run: `AgentLoopWorkerTQ._agent_loop_postprocess`
   (verl/trainer/ppo/v1/agent_loop_tq.py) scores each session with `AgentLoopWorker._compute_score`, which calls
   the real reward managers' `run_single` (`naive`, `dapo`: verl/experimental/reward_loop/reward_manager/), turns
@@ -344,7 +345,6 @@ def main(out: Path) -> None:
 
     # step 3: multi-turn tool calling (ToolAgentLoop token stream, Hermes tool calls)
     trainer = make_trainer(tokenizer, 3, out)
-    tools = None
     fields = sample_fields(TUTOR, "What is 12*12? Use the calculator.", "144", data_source="tool_math")
     call = '<tool_call>\n{"name": "calculator", "arguments": {"expr": "12*12"}}\n</tool_call>'
     scripts = [
@@ -352,7 +352,7 @@ def main(out: Path) -> None:
          "<think>The tool says 144.</think>12*12 = 144."],
         ["<think>12*12 is 144, no tool needed.</think>144"],
     ]
-    outputs = [tool_turn_output(tokenizer, fields["raw_prompt"], s, {"calculator": "144"}, tools) for s in scripts]
+    outputs = [tool_turn_output(tokenizer, fields["raw_prompt"], s, {"calculator": "144"}, None) for s in scripts]
     train_step(trainer, naive, 3, [(fields, outputs)])
     trainer._shutdown_dump_executor()
 

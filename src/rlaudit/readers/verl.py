@@ -32,7 +32,10 @@ What each dump holds (verl 0.9.1):
 
 Mapping:
 - **Groups.** `uid` without its `_<session>_<index>` suffix (verl itself recovers the prompt with
-  `key.rsplit("_", 2)`; a uid without that suffix, e.g. older dumps' plain shared uuid, is the key as is); without
+  `key.rsplit("_", 2)`; a uid without that suffix, e.g. older dumps' plain shared uuid, is the key as is); an
+  agent loop that returns several outputs per session dumps one row per output (index 1, 2, ...), each with the
+  session's final score (GRPO uses only the final output: v1/utils.py `compute_advantage_for_multi_trajectories`),
+  so such a group has more rows than sessions; without
   a uid, identical `input` text anywhere in the file (the legacy trainer's `_balance_batch` reorders rows before
   dumping). `--group-size` splits larger groups.
 - **Split.** A file whose first line has a `reward` key is a validation dump (only `_validate` adds it), as is a
@@ -64,6 +67,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..schema import TOOL_CALLS
 from ..text import ThinkTags, split_all_reasoning
 from . import register
 from .base import ReadContext, Reader, SourceFile, prefetch
@@ -219,7 +223,8 @@ def _turn_columns(outputs: pa.Array, tags: ThinkTags) -> dict[str, pa.Array]:
     span split of the completion (reasoning/answer null here)."""
     text = pc.fill_null(outputs.cast(pa.string()), "")
     special = pc.or_(pc.or_(pc.match_substring(text, "<tool_call>"), pc.match_substring(text, "<tool_response>")),
-                     pc.greater(pc.count_substring(text, tags.open), 1))
+                     pc.or_(pc.greater(pc.count_substring(text, tags.open), 1),
+                            pc.greater(pc.count_substring(text, tags.close), 1)))
     rows = np.flatnonzero(special.to_numpy(zero_copy_only=False))
     n = len(outputs)
     out = {"completion": outputs, "reasoning": pa.nulls(n, pa.string()), "answer": pa.nulls(n, pa.string())}
@@ -233,8 +238,6 @@ def _turn_columns(outputs: pa.Array, tags: ThinkTags) -> dict[str, pa.Array]:
     for i in rows:
         c, r, a, tc, to = _split_output(completion[i], tags)
         completion[i], reasoning[i], answer[i], calls[i], results[i] = c, r, a, tc, to
-    from ..schema import TOOL_CALLS
-
     out.update(completion=pa.array(completion, pa.string()), reasoning=pa.array(reasoning, pa.string()),
                answer=pa.array(answer, pa.string()), tool_calls=pa.array(calls, TOOL_CALLS),
                tool_outputs=pa.array(results, pa.list_(pa.string())))
