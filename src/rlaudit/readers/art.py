@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import register
 from .base import ReadContext, Reader, SourceFile
 from .messages import assistant_turns, content_text, render_message_list
-from .records import BATCH_ROWS, BadField, integer, number, rows_table
+from .records import BATCH_ROWS, BadField, integer, number, parsed_rows, rows_table
+from .validate import open_parquet
 
 _STEP = re.compile(r"^(\d+)\.parquet$")
 # a model dir, its trajectories dir, a project dir or ART's base path
@@ -78,29 +78,18 @@ class ArtReader(Reader):
         ctx.note("ART logs no advantages (its backend computes them when it trains): advantage is empty")
 
     def read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
-        try:
-            pf = pq.ParquetFile(file.path)
-        except (pa.ArrowInvalid, OSError) as exc:
-            ctx.bad(file, None, f"not a readable Parquet file ({exc})")
-            return
-        names = pf.schema_arrow.names
-        if "messages" not in names or "reward" not in names:
-            ctx.bad(file, None, f"missing required column(s) {[c for c in ('messages', 'reward') if c not in names]}; "
-                                f"ART trajectory files have group_index, reward, metrics, messages, ... (found {names})")
+        pf = open_parquet(file, ctx, ("messages", "reward"),
+                          "ART trajectory files have group_index, reward, metrics, messages, ...")
+        if pf is None:
             return
         counts: dict[str, int] = {}
         rows: list[dict[str, Any]] = []
         line = 0
         try:
             for batch in pf.iter_batches(batch_size=BATCH_ROWS):
-                for record in batch.to_pylist():
-                    line += 1
-                    try:
-                        row = _row(record, file, ctx)
-                    except BadField as exc:
-                        ctx.bad(file, line, str(exc), json.dumps(record, ensure_ascii=False, default=str)[:2000])
-                        continue
-                    row["line"] = line
+                records = list(enumerate(batch.to_pylist(), start=line + 1))
+                line += len(records)
+                for row in parsed_rows(records, lambda record: _row(record, file, ctx), file, ctx):
                     row["sample_index"] = counts.get(row["group_id"], 0)
                     counts[row["group_id"]] = row["sample_index"] + 1
                     rows.append(row)

@@ -42,7 +42,6 @@ Mapping (one row per line):
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,7 +55,7 @@ from .base import ReadContext, Reader, SourceFile
 from .groups import ConsecutiveGroups
 from .jsonl import first_record_keys, iter_json_records
 from .messages import assistant_turns, content_text
-from .records import BATCH_ROWS, BadField, number, rows_table
+from .records import BATCH_ROWS, BadField, number, parsed_rows, rows_table
 
 _FILE = re.compile(r"^(train|val)_data_step(\d+)\.jsonl$")
 _DROPPED = {"token_ids", "generation_logprobs", "prev_logprobs", "token_loss_mask", "advantages", "content",
@@ -99,13 +98,7 @@ class NemoRlReader(Reader):
     def read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
         groups = ConsecutiveGroups(ctx.options.group_size)
         rows: list[dict[str, Any]] = []
-        for lineno, record in iter_json_records(file, ctx):
-            try:
-                row = _row(record, file, ctx)
-            except BadField as exc:
-                ctx.bad(file, lineno, str(exc), json.dumps(record, ensure_ascii=False, default=str)[:2000])
-                continue
-            row["line"] = lineno
+        for row in parsed_rows(iter_json_records(file, ctx), lambda record: _row(record, file, ctx), file, ctx):
             rows.append(row)
             if len(rows) >= BATCH_ROWS:
                 yield _with_groups(rows, groups)

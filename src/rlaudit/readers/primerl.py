@@ -87,7 +87,6 @@ from typing import Any
 import pyarrow as pa
 
 from ..errors import RlauditError
-from ..text import ThinkTags
 from . import register
 from .base import ReadContext, Reader, SourceFile, map_array
 from .jsonl import iter_json_records

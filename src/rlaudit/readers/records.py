@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
 
-from .base import RAW_COLUMNS, map_array
+from .base import RAW_COLUMNS, ReadContext, SourceFile, map_array
 
 #: Rows per raw table: bounds memory while keeping Arrow's per-batch overhead small.
 BATCH_ROWS = 4096
@@ -24,6 +25,20 @@ _TOOL_OUTPUTS = pa.list_(pa.string())
 
 class BadField(Exception):
     """A record that cannot be a rollout; the message names the field and what was expected."""
+
+
+def parsed_rows(records: Iterable[tuple[int, Any]], parse: Callable[[Any], dict[str, Any]], file: SourceFile,
+                ctx: ReadContext) -> Iterator[dict[str, Any]]:
+    """The rows `parse` makes of (line, record) pairs, each with its `line`. A record it rejects with `BadField`
+    is quarantined with its line, the field named in the reason and its raw text; the others go on."""
+    for line, record in records:
+        try:
+            row = parse(record)
+        except BadField as exc:
+            ctx.bad(file, line, str(exc), json.dumps(record, ensure_ascii=False, default=str)[:2000])
+            continue
+        row["line"] = line
+        yield row
 
 
 def number(value: Any, name: str, required: bool = False) -> float | None:

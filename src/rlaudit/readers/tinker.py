@@ -52,7 +52,7 @@ import pyarrow as pa
 from . import register
 from .base import ReadContext, Reader, SourceFile
 from .jsonl import iter_json_records
-from .records import BATCH_ROWS, BadField, integer, number, obj, rows_table, seq, text
+from .records import BATCH_ROWS, integer, number, obj, parsed_rows, rows_table, seq, text
 
 _NESTED = re.compile(r"^(?P<base>train|eval_.+)_rollout_summaries\.jsonl$")
 _ITER_DIR = re.compile(r"^iteration_(\d+)$")
@@ -99,15 +99,7 @@ class TinkerReader(Reader):
                  "(tinker_cookbook.rl.data_processing.compute_advantages)")
 
     def read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
-        rows: list[dict[str, Any]] = []
-        for lineno, record in iter_json_records(file, ctx):
-            try:
-                row = _row(record, file)
-            except BadField as exc:
-                ctx.bad(file, lineno, str(exc), _raw(record))
-                continue
-            row["line"] = lineno
-            rows.append(row)
+        rows = list(parsed_rows(iter_json_records(file, ctx), lambda record: _row(record, file), file, ctx))
         # an iteration's file is one training batch (a few thousand trajectories at most): advantages need
         # whole groups, so the file is read before its rows are emitted
         if file.split == "train":
@@ -202,8 +194,3 @@ def _advantages(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         r["advantage"] = r["reward"] - means[r["group_id"]]
 
-
-def _raw(record: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(record, ensure_ascii=False, default=str)[:2000]

@@ -49,11 +49,9 @@ What the files do not say, and how this reader handles it (run-level facts: `trl
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -67,7 +65,7 @@ from .columns import classify_extras, map_from_columns, metadata_from_columns, m
 from .groups import ConsecutiveGroups
 from .messages import is_message_list_type, turn_columns
 from .trl_run import TrlRun, load_run
-from .validate import Validator
+from .validate import Validator, open_parquet
 
 _FILE = re.compile(r"^completions_(\d+)\.parquet$")
 _KNOWN = {"step", "prompt", "completion", "advantage", "mode"}
@@ -113,16 +111,9 @@ class TrlReader(Reader):
         return prefetch(self._read(file, ctx))
 
     def _read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
-        try:
-            pf = pq.ParquetFile(file.path)
-        except (pa.ArrowInvalid, OSError) as exc:
-            ctx.bad(file, None, f"not a readable Parquet file ({exc})")
-            return
-        names = pf.schema_arrow.names
-        absent = [c for c in ("prompt", "completion") if c not in names]
-        if absent:
-            ctx.bad(file, None, f"missing required column(s) {absent}; TRL completion files have step, prompt, "
-                                f"completion, one column per reward function and advantage (found {names})")
+        pf = open_parquet(file, ctx, ("prompt", "completion"), "TRL completion files have step, prompt, "
+                          "completion, one column per reward function and advantage")
+        if pf is None:
             return
         missing_graders(ctx.options, pf.schema_arrow.empty_table(), file)
         is_eval = file.split == "eval" or (file.step is not None and self.run.is_eval(file.step) is True)
