@@ -531,7 +531,7 @@ class Tools:
                              for c, d in by_cond[:6]},
             "warnings": t.warnings, "evidence_ids": [e.rollout_id for e in t.evidence[:6]]}))
 
-    def probe_grader(self, grader: str, run: str, samples: int = 40, repeats: int = 2,
+    def probe_grader(self, grader: str, run: str, samples: int = 40, repeats: int = 3,
                      signature: str = "auto") -> dict[str, Any]:
         """Does a grader given as code (MODULE:FUNCTION, from a module the server was started with) read the
         chain-of-thought? Scores stored rollouts with reasoning removed, swapped or injected."""
@@ -545,7 +545,7 @@ class Tools:
         if signature not in ("auto", "trl", "verl"):
             raise RlauditError(f"signature must be auto, trl or verl, got {signature!r}")
         config = ProbeConfig(signature=signature, samples=max(4, min(int(samples), 200)),
-                             repeats=max(2, min(int(repeats), 5)))
+                             repeats=max(3, min(int(repeats), 5)))
         fn = load_grader(grader)
         result = probe(fn, load_rollouts(self.store, run, config.samples, config.seed), config)
         result["static_check"] = static_check(fn)
