@@ -87,3 +87,25 @@ def test_tools_are_read_only(small_store):
         tools.store.ingest("/nonexistent")
     with pytest.raises(RlauditError, match="read-only"):
         tools.store.append("r", pa.table({}), key="x")
+
+
+def test_missing_sdk_is_a_clear_error(monkeypatch):
+    import sys
+
+    from rlaudit.mcp.server import require_mcp
+
+    monkeypatch.setitem(sys.modules, "mcp", None)
+    with pytest.raises(RlauditError, match="extra 'mcp'"):
+        require_mcp()
+
+
+def test_tools_without_sdk(small_store):
+    """The tools are plain Python: usable (and tested) without the MCP SDK."""
+    tools = Tools(small_store.root)
+    hits = tools.search_rollouts("r", "goblin", limit=3)
+    assert hits["total"] == 16 and len(hits["matches"]) == 3 and hits["next_cursor"]
+    assert hits["matches"][0]["step"] == 3  # newest first
+    with pytest.raises(RlauditError, match="allowed only from the modules"):
+        tools.prevalence("r", "os.path:exists")
+    r = tools.get_rollout("r", "f:0")
+    assert r["answer"] == "a goblin 0" and r["rewards"] == {"rm": 0.0}

@@ -39,7 +39,8 @@ def require_mcp() -> None:
     try:
         import mcp  # noqa: F401
     except ImportError:
-        raise RlauditError("the MCP server needs the MCP Python SDK: pip install 'rlaudit[mcp]'") from None
+        raise RlauditError("the MCP server needs the MCP Python SDK (rlaudit's extra 'mcp'): "
+                           "pip install 'mcp>=2.3,<3'") from None
 
 
 def build_server(tools: Tools) -> Any:
