@@ -691,6 +691,29 @@ def watch_cmd(
                       f"{result.auditor.errors[0]}", highlight=False)
 
 
+@app.command("mcp")
+def mcp_cmd(
+    store: StoreOpt = Path(".rlaudit"),
+    transport: Annotated[str, typer.Option("--transport", help="stdio (for a client that starts the server) or "
+                                           "http (streamable HTTP at http://HOST:PORT/mcp).")] = "stdio",
+    host: Annotated[str, typer.Option("--host", help="HTTP address to bind; anything but loopback needs "
+                                      "--token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="HTTP port.")] = 8765,
+    token: Annotated[Optional[str], typer.Option("--token", envvar="RLAUDIT_MCP_TOKEN", help="Bearer token "
+                                                 "every HTTP request must carry.")] = None,
+    allow_module: Annotated[Optional[list[str]], typer.Option("--allow-module", help="A Python module whose "
+                            "graders (probe_grader) and predicates (behaviour specs) the tools may import. "
+                            "Repeatable.")] = None,
+    findings_json: Annotated[Optional[Path], typer.Option("--findings", help="Findings JSON of `rlaudit audit "
+                             "--json` to serve for the runs it covers (other runs are audited on first use).")] = None,
+) -> None:
+    """Serve the store to coding agents over MCP: read-only tools with small answers (docs/agents.md)."""
+    from .mcp.server import serve
+
+    serve(store, transport=transport, host=host, port=port, token=token, grader_modules=allow_module,
+          findings_json=str(findings_json) if findings_json else None)
+
+
 def main() -> None:
     """Console-script entry point: user errors become one message and exit code 2."""
     try:
