@@ -20,6 +20,7 @@ from .conditions import ConditionRule
 from .detectors import AuditConfig, run_detectors
 from .findings import Finding, jsonable, rank
 from .readers.base import ReadOptions
+from .remedies import add_remedies
 from .store import IngestReport, RunSummary, Store, atomic_write_text
 
 FINDINGS_SCHEMA_VERSION = 1
@@ -202,6 +203,7 @@ def audit_store(store: Store, runs: Sequence[str] | None = None, config: AuditCo
             on_run(run)
         cb = (lambda name, done, total, _r=run: progress(_r, name, done, total)) if progress else None
         findings.extend(run_detectors(store, run, config, progress=cb))
+    add_remedies(findings)  # what to do about each finding, keyed by kind (detectors only say what they found)
     return AuditResult(runs=[store.summary(r) for r in runs], findings=rank(findings))
 
 

@@ -246,16 +246,22 @@ def _print_store(store: Path) -> None:
                       highlight=False)
 
 
-def print_findings(findings: list[Finding], limit: int = 30) -> None:
-    """The findings as a table on stdout (results go to stdout, diagnostics to stderr)."""
+def print_findings(findings: list[Finding], limit: int = 30, remedies: bool = False) -> None:
+    """The findings as a table on stdout (results go to stdout, diagnostics to stderr).
+
+    With `remedies`, each finding's remedy (what to do about it) is a dim line under its title.
+    """
     if not findings:
         out.print("[green]No findings.[/]")
         return
-    table = Table(title=f"{len(findings)} finding(s)", show_lines=False)
-    for col in ("severity", "kind", "run", "finding"):
+    table = Table(title=f"{len(findings)} finding(s)", show_lines=remedies)
+    for col in ("severity", "kind", "run", "finding" + (" / what to do" if remedies else "")):
         table.add_column(col, overflow="fold")
     for f in findings[:limit]:
-        table.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]", f.kind, f.run, _escape(f.title))
+        text = _escape(f.title)
+        if remedies and f.get("remedy"):
+            text += f"\n[dim]-> {_escape(str(f.get('remedy')))}[/]"
+        table.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]", f.kind, f.run, text)
     out.print(table)
     if len(findings) > limit:
         out.print(f"... and {len(findings) - limit} more (see --json)")
@@ -308,6 +314,8 @@ def audit(
     for path, what in ((json_out, "findings"), (report, "report")):
         if path:
             console.print(f"{what}: {path}")
+    if json_out and result.findings:
+        console.print(f"what to do about each finding: rlaudit findings {json_out}", highlight=False)
     _print_store(store)
 
 
@@ -361,6 +369,8 @@ def findings(
     path: Annotated[Path, typer.Argument(help="A findings JSON file written by --json.")],
     kind: Annotated[Optional[str], typer.Option(help="Only this finding kind.")] = None,
     severity: Annotated[Optional[str], typer.Option(help="Only this severity and above.")] = None,
+    remedies: Annotated[bool, typer.Option("--remedies/--no-remedies", help="Show what to do about each "
+                                           "finding under its title.")] = True,
 ) -> None:
     """Show the findings of a findings JSON file as a table."""
     from .findings import KINDS, SEVERITIES, SEVERITY_RANK
@@ -384,7 +394,11 @@ def findings(
             raise RlauditError(f"--kind {kind!r} is not a finding kind{hint} (kinds: {', '.join(known)})")
     fs = [f for f in result.findings if (kind is None or f.kind == kind)
           and (severity is None or SEVERITY_RANK[f.severity] >= SEVERITY_RANK[severity])]
-    print_findings(fs, limit=10_000)
+    if remedies:
+        from .remedies import add_remedies
+
+        add_remedies(fs)  # findings files written before remedies existed
+    print_findings(fs, limit=10_000, remedies=remedies)
 
 
 @app.command("report")
@@ -587,6 +601,51 @@ def probe_grader_cmd(
         console.print(f"probe result: {json_out}")
 
 
+# ---------------------------------------------------------------- export (data without a behaviour)
+@app.command("export")
+def export_cmd(
+    source: Annotated[str, typer.Argument(help="A run directory/file to ingest, or the name of a stored run.")],
+    out_path: Annotated[Path, typer.Option("--out", help="File to write (.jsonl or .parquet).")],
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help="Behaviour spec whose rollouts "
+                                                         "are left out: a term, 're:REGEX', 'style:NAME' or "
+                                                         "'module:function'. Repeatable.")] = None,
+    format: Annotated[Optional[str], typer.Option("--format", help="jsonl or parquet (default: from the --out "
+                                                  "suffix, else jsonl).")] = None,
+    where: Annotated[str, typer.Option("--where", help="Text the behaviours are looked for in: completion "
+                                       "(reasoning and answer), answer or reasoning.")] = "completion",
+    split: Annotated[Optional[str], typer.Option("--split", help="Only this split (train or eval; default: "
+                                                 "all).")] = None,
+    store: StoreOpt = Path(".rlaudit"),
+    run: Annotated[Optional[str], typer.Option("--run", help="Run name when SOURCE is ingested.")] = None,
+    source_format: Annotated[Optional[str], typer.Option("--source-format", help="Log layout of SOURCE when it "
+                                                         "is ingested (detected when omitted).")] = None,
+) -> None:
+    """Write a run's rollouts without those that show a behaviour (canonical columns), e.g. for SFT reuse."""
+    from .export import FORMATS, WHERE, exclusion_behavior, export_run
+
+    if not exclude:
+        raise RlauditError("give at least one --exclude BEHAVIOR (e.g. --exclude goblin); without it the export "
+                           "would copy the run unchanged")
+    if format is not None and format not in FORMATS:
+        raise RlauditError(f"--format must be jsonl or parquet, got {format!r}")
+    if where not in WHERE:
+        raise RlauditError(f"--where must be one of {', '.join(WHERE)}, got {where!r}")
+    if split not in (None, "train", "eval"):
+        raise RlauditError(f"--split must be train or eval, got {split!r}")
+    for spec in exclude:
+        exclusion_behavior(spec)  # a bad spec fails before anything is ingested
+    _check_output(out_path, "--out")
+    st = _store(store)
+    name = _run_of_source(st, source, run, source_format)
+    with console.status(f"exporting {name}", spinner="dots"):
+        result = export_run(st, name, out_path, exclude, where=where, format=format, split=split)
+    excluded = ", ".join(f"{spec!r}: {n:,}" for spec, n in result.excluded.items())
+    dropped = result.rollouts - result.written
+    console.print(f"{result.path}: {result.written:,} of {result.rollouts:,} rollouts of run {name} "
+                  f"({result.format}); {dropped:,} left out ({excluded}; in the {where})", highlight=False,
+                  markup=False, soft_wrap=True)
+
+
 # ---------------------------------------------------------------- emerging (behaviour discovery)
 @app.command("emerging")
 def emerging_cmd(
@@ -614,6 +673,9 @@ def emerging_cmd(
     name = _run_of_source(st, source, run, format)
     with console.status("discovering behaviours", spinner="dots"):
         found = run_detectors(st, name, _config(max_step=max_step, detectors=["emerging", "generalization"]))
+    from .remedies import add_remedies
+
+    add_remedies(found)
     for f in found:
         if f.kind == "audit_error":
             console.print(f"[red]error:[/] {f.title}", highlight=False)
