@@ -781,7 +781,9 @@ def bench_cmd(
     scenarios: Annotated[Optional[list[str]], typer.Option("--scenarios", help="Only these scenarios "
                                                            "(repeatable or comma-separated).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON here.")] = None,
-    size: Annotated[str, typer.Option("--size", help="small (30x8x8) or default (60x16x8).")] = "default",
+    size: Annotated[str, typer.Option("--size", help="default (60x16x8): the figures quoted as the auditor's "
+                                      "quality; small (30x8x8): a smoke test that the bench runs, too little "
+                                      "data for its recall and precision to mean anything.")] = "default",
     format: Annotated[str, typer.Option("--format", help="Trainer format the runs are written in.")] = "canonical",
     seed: Annotated[int, typer.Option(help="Simulation seed.")] = 0,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure detection latency "
