@@ -13,6 +13,8 @@ import DuckDB, pyarrow and scipy.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -33,6 +35,19 @@ if TYPE_CHECKING:
     from .findings import Evidence, Finding
     from .readers.base import ReadOptions
     from .store import Store
+
+
+class _Package(types.ModuleType):
+    """`rlaudit.audit` is the function, as it was when this package imported it eagerly: importing the submodule
+    `rlaudit.audit` (which Python then sets as an attribute of the package) must not replace it."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "audit" and isinstance(value, types.ModuleType):
+            return  # the submodule stays reachable through sys.modules and `from rlaudit.audit import ...`
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str) -> Any:

@@ -68,6 +68,10 @@ def test_help_does_not_import_the_heavy_modules():
     import rlaudit
 
     assert rlaudit.Store.__name__ == "Store" and "audit" in dir(rlaudit)  # the public API still resolves
+    import rlaudit.audit  # noqa: F401 - importing the submodule must not replace the function
+    from rlaudit import audit
+
+    assert callable(audit) and audit.__module__ == "rlaudit.audit"
 
 
 # ---------------------------------------------------------------- item 2: mistakes that look like success
