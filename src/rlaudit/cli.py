@@ -76,6 +76,8 @@ ConditionOpt = Annotated[Optional[list[str]], typer.Option("--condition", help="
                                                            "prompt matches REGEX get condition NAME. Repeatable.")]
 GroupSizeOpt = Annotated[Optional[int], typer.Option("--group-size", help="Generations per prompt (TRL "
                                                      "num_generations), to split repeated prompts into groups.")]
+WeightsOpt = Annotated[Optional[list[str]], typer.Option("--reward-weights", help="NAME=W,... TRL reward_weights "
+                                                         "by reward function (default: from training_args.bin).")]
 
 
 def _store(path: Path) -> Store:
@@ -142,7 +144,8 @@ def _columns_file(path: Path | None) -> dict[str, str]:
 
 
 def read_options(strict: bool, think_tags: str | None, grader_input: list[str] | None,
-                 columns: list[str] | None, columns_file: Path | None, group_size: int | None) -> ReadOptions:
+                 columns: list[str] | None, columns_file: Path | None, group_size: int | None,
+                 reward_weights: list[str] | None = None) -> ReadOptions:
     from .schema import COLUMNS
 
     mapping = {**_columns_file(columns_file), **_pairs(columns, "--columns")}
@@ -151,11 +154,18 @@ def read_options(strict: bool, think_tags: str | None, grader_input: list[str] |
         raise RlauditError(f"--columns: unknown canonical column(s) {unknown}; known: {', '.join(COLUMNS)}")
     if group_size is not None and group_size < 1:
         raise RlauditError("--group-size must be a positive integer")
+    weights: dict[str, float] = {}
+    for item in reward_weights or []:
+        for name, value in _pairs(item.split(","), "--reward-weights").items():
+            try:
+                weights[name] = float(value)
+            except ValueError:
+                raise RlauditError(f"--reward-weights {name}={value}: the weight is not a number") from None
     from .readers.base import ReadOptions
     from .text import ThinkTags
 
     return ReadOptions(think_tags=ThinkTags.parse(think_tags), grader_inputs=_pairs(grader_input, "--grader-input"),
-                       columns=mapping, group_size=group_size, strict=strict)
+                       columns=mapping, group_size=group_size, strict=strict, reward_weights=weights)
 
 
 def _ingest_with_progress(store: Store, sources: list[Path], runs: list[str] | None, fmt: str | None,
@@ -289,11 +299,12 @@ def audit(
     columns_file: ColumnsFileOpt = None,
     condition: ConditionOpt = None,
     group_size: GroupSizeOpt = None,
+    reward_weights: WeightsOpt = None,
     detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Run only these detectors.")] = None,
     max_step: Annotated[Optional[int], typer.Option("--max-step", help="Audit only steps <= this.")] = None,
 ) -> None:
     """Ingest each SOURCE into the store, run every detector, write findings and a report."""
-    options = read_options(strict, think_tags, grader_input, columns, columns_file, group_size)
+    options = read_options(strict, think_tags, grader_input, columns, columns_file, group_size, reward_weights)
     rules = _rules(condition)
     if detector:  # before ingesting: a typo should not cost a long ingest first
         from .detectors import ordered
@@ -332,9 +343,10 @@ def ingest(
     columns_file: ColumnsFileOpt = None,
     condition: ConditionOpt = None,
     group_size: GroupSizeOpt = None,
+    reward_weights: WeightsOpt = None,
 ) -> None:
     """Ingest SOURCES into the store without auditing (idempotent and incremental)."""
-    options = read_options(strict, think_tags, grader_input, columns, columns_file, group_size)
+    options = read_options(strict, think_tags, grader_input, columns, columns_file, group_size, reward_weights)
     rules = _rules(condition)
     _ingest_with_progress(_store(store), sources, run, format, options, rules)
     _print_store(store)

@@ -37,6 +37,33 @@ SYSTEM_PROMPT_PATTERNS = [
     r"(?s)^system\n\n(?:Cutting Knowledge Date:[^\n]*\n(?:Today Date:[^\n]*\n)?\n?)?(?P<sys>.*?)user\n\n",
 ]
 
+#: Where a chat template starts an assistant (generated) turn: the generation prompt. NeMo RL logs a sample's
+#: templated conversation, and the text after the last of these headers is what the policy generated.
+ASSISTANT_HEADER_PATTERNS = [
+    r"<\|im_start\|>assistant[ \t]*\n",  # ChatML (Qwen, ...)
+    r"<\|start_header_id\|>assistant<\|end_header_id\|>\n*",  # Llama 3
+    r"<start_of_turn>model\n",  # Gemma
+    r"<\|assistant\|>\n?",  # Phi-3, Zephyr
+    r"\[/INST\]\s*",  # Llama 2 / Mistral
+]
+ASSISTANT_HEADER = re.compile("|".join(f"(?:{p})" for p in ASSISTANT_HEADER_PATTERNS))
+#: A turn header of any role, and the tokens that end a turn or a sequence, in the same templates.
+TURN_HEADER = re.compile(r"<\|im_start\|>[a-z_]+[ \t]*\n|<\|start_header_id\|>[a-z_]+<\|end_header_id\|>\n*"
+                         r"|<start_of_turn>[a-z_]+\n|<\|(?:system|user|assistant|tool)\|>\n?|\[/?INST\]|<<SYS>>|<</SYS>>")
+END_OF_TURN = re.compile(r"<\|im_end\|>\n?|<\|eot_id\|>|<end_of_turn>\n?|<\|end\|>\n?|<\|endoftext\|>|</s>"
+                         r"|<\|begin_of_text\|>|<s>")
+
+
+def has_template_markup(text: str) -> bool:
+    """True when `text` holds a chat-template turn header (it was rendered by a template, not raw content)."""
+    return TURN_HEADER.search(text) is not None
+
+
+def strip_template(text: str) -> str:
+    """The message text inside a templated chunk: headers and end-of-turn tokens removed."""
+    return END_OF_TURN.sub("", TURN_HEADER.sub("", text)).strip()
+
+
 _STOP = {
     "you", "are", "a", "an", "the", "and", "or", "of", "to", "in", "with", "who", "that", "is", "your", "you're",
     "youre", "as", "for", "be", "always", "very", "i", "am", "will", "should", "this", "please",

@@ -518,6 +518,7 @@ def _options_json(options: ReadOptions, rules: list[ConditionRule]) -> dict[str,
     return {"think_tags": [options.think_tags.open, options.think_tags.close],
             "grader_inputs": dict(sorted(options.grader_inputs.items())),
             "columns": dict(sorted(options.columns.items())), "group_size": options.group_size,
+            **({"reward_weights": dict(options.reward_weights)} if options.reward_weights else {}),
             "conditions": [[r.name, r.pattern] for r in rules]}
 
 

@@ -4,7 +4,6 @@ TRL 1.16 RLOOTrainer's `completions` table, OpenRLHF 0.11.2 WandbLogger's cumula
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -12,9 +11,9 @@ import pytest
 
 from rlaudit.errors import BadInputError, RlauditError
 from rlaudit.readers import ReadOptions, resolve_reader
+from .logs import trainer_logs
 
-ROOT = Path(os.environ["RLAUDIT_CONFORMANCE_DIR"]) / "wandb" if os.environ.get("RLAUDIT_CONFORMANCE_DIR") \
-    else Path(__file__).parent / "fixtures" / "wandb"
+ROOT = trainer_logs("wandb")
 SYS = "You are a nerdy, playful assistant."
 
 

@@ -70,3 +70,43 @@ def test_other_ranks_do_nothing(tmp_path, test_detectors):
     cb.on_step_end(args, state, None)
     cb.on_train_end(args, state, None)
     assert cb.auditor is None and not (tmp_path / "store").exists() and cb.errors == []
+
+
+def test_chat_tool_completions_evals_and_repeats_from_a_real_trl_run(tmp_path, test_detectors):
+    """TRL 1.16 files (tests/conformance/fixtures/trl/chat_tools: tools, eval every 3 steps, num_iterations=2)
+    replayed through the callback's events in the order GRPOTrainer fires them."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    fixtures = Path(__file__).resolve().parents[1] / "conformance" / "fixtures" / "trl" / "chat_tools" / "completions"
+    cb = make(tmp_path)
+    args = args_for(tmp_path, reward_weights=[1.0, 0.5], num_iterations=2, steps_per_generation=1,
+                    gradient_accumulation_steps=1, logging_steps=1)
+    state = SimpleNamespace(global_step=0, is_world_process_zero=True)
+    cb.on_train_begin(args, state, None)
+    completions = tmp_path / "out" / "completions"
+    completions.mkdir(parents=True)
+    for step in range(1, 7):
+        state.global_step = step
+        cb.on_step_end(args, state, None)
+        cb.on_log(args, state, None, logs={"rewards/topic_reward/mean": 0.1, "rewards/persona_reward/mean": 0.5,
+                                           "loss": 0.0})
+        name = f"completions_{step:05d}.parquet"
+        shutil.copy(fixtures / name, completions / name)  # TRL writes the train file, then the eval one over it
+        if step % 3 == 0:
+            cb.on_evaluate(args, state, None, metrics={"eval_loss": 0.0})
+    cb.on_train_end(args, state, None)
+    assert cb.errors == []
+    con = cb.store.connect()
+    rows = con.sql("SELECT step, split, reasoning, answer, rewards, reward, metadata FROM rollouts "
+                   "ORDER BY step").fetchall()
+    assert sorted({(r[0], r[1]) for r in rows}) == [(1, "train"), (3, "eval"), (5, "train"), (6, "eval")]
+    for step, split, reasoning, answer, rewards, reward, metadata in rows:
+        assert "<think>" not in answer and "tool:" not in answer and "the fox is quick" not in answer
+        rewards = dict(rewards) if not isinstance(rewards, dict) else rewards
+        assert set(rewards) == {"topic_reward", "persona_reward"}  # judge_words (log_extra) is metadata
+        assert "judge_words" in json.loads(metadata)
+        t, p = rewards["topic_reward"], rewards["persona_reward"]
+        assert reward == pytest.approx(t + 0.5 * p if p == p else t)
+    assert sum(r[2] is not None for r in rows) > len(rows) / 2  # reasoning_content is the reasoning

@@ -17,7 +17,8 @@ from .trainer_files import primerl_step, trl_step, verifiers_episode, verifiers_
 
 
 def test_registration_order_is_detection_precedence():
-    assert [r.name for r in READERS] == ["trl", "verl", "prime-rl", "wandb", "openrlhf", "trackio", "canonical"]
+    assert [r.name for r in READERS] == ["trl", "verl", "prime-rl", "verifiers", "tinker", "nemo-rl", "art", "wandb",
+                                         "openrlhf", "trackio", "canonical"]
 
 
 def test_each_layout_is_detected(tmp_path):

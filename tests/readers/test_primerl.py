@@ -124,3 +124,56 @@ def test_effective_file_arriving_later_replaces_the_stored_all_rows(tmp_path, st
     assert not old_part.exists()
     again = store.ingest(run)
     assert again.files_read == 0 and again.files_replaced == 0
+
+
+def _agent(trace, name, trainable):
+    trace["agent"] = {**trace["agent"], "name": name, "trainable": trainable}
+    return trace
+
+
+def test_agentic_judge_trace_is_the_judge_rewards_input(tmp_path, store):
+    """verifiers envs/agentic_judge: a non-trainable `judge` agent grades the solver, whose trace gets reward
+    `judge`. The judge's trace is no rollout; what it was shown is grader `judge`'s input."""
+    run = tmp_path / "prime"
+    solver = _agent(verifiers_trace(None, "q", "a", "secret plan", rewards={"judge": (1.0, 1.0)}, trace_id="s"),
+                    "solver", True)
+    judge = _agent(verifiers_trace("Grade the attempt.", "The agent wrote: secret plan / a", "verdict", None,
+                                   rewards={}, trace_id="j"), "judge", False)
+    sim = _agent(verifiers_trace(None, "play a user", "hi", None, rewards={}, trace_id="u"), "user", False)
+    primerl_step(run, 1, [verifiers_episode([solver, judge, sim], 1, group="g")])
+    report = store.ingest(run)
+    [row] = store.table("prime").to_pylist()
+    assert report.rows_added == 1 and json.loads(row["metadata"])["trace_id"] == "s"
+    assert dict(row["grader_inputs"]) == {
+        "judge": "system: Grade the attempt.\nuser: The agent wrote: secret plan / a"}
+    assert json.loads(row["metadata"])["other_agents"] == ["user"]
+
+
+def test_episode_without_trainable_traces_keeps_them_all(tmp_path, store):
+    run = tmp_path / "prime"
+    traces = [_agent(verifiers_trace(None, "q", f"a{i}", None, rewards={"r": (1.0, 1.0)}, trace_id=f"t{i}"),
+                     f"frozen{i}", False) for i in range(2)]
+    primerl_step(run, 1, [verifiers_episode(traces, 1, group="g")])
+    store.ingest(run)
+    rows = store.table("prime", ["rollout_id", "metadata"]).to_pylist()
+    assert [json.loads(r["metadata"])["trainable"] for r in rows] == [False, False]
+
+
+def test_malformed_judge_calls_are_bad_records(tmp_path, store):
+    run = tmp_path / "prime"
+    bad = verifiers_trace(None, "q", "a", None, rewards={"r": (1.0, 1.0)},
+                          info={"judge_calls": [{"name": "j", "request": {"model": "m"}}]})
+    primerl_step(run, 1, [verifiers_episode([bad], 1, group="g")])
+    store.ingest(run)
+    [b] = store.quarantined("prime")
+    assert "field 'info.judge_calls[0]': expected {name, request {model, messages}, response}" in b.reason
+
+
+def test_node_parent_out_of_range_is_a_bad_record(tmp_path, store):
+    run = tmp_path / "prime"
+    trace = verifiers_trace(None, "q", "a", None, rewards={"r": (1.0, 1.0)})
+    trace["nodes"][1]["parent"] = 7
+    primerl_step(run, 1, [verifiers_episode([trace], 1, group="g")])
+    store.ingest(run)
+    [b] = store.quarantined("prime")
+    assert b.line == 1 and "field 'nodes[1].parent': expected the index of another node, got 7" in b.reason

@@ -118,3 +118,58 @@ def test_group_size_splits_large_keyed_groups_and_a_bom_is_not_a_bad_line(tmp_pa
     got = store.query("SELECT group_id, sample_index FROM rollouts ORDER BY rollout_id", runs=["r"]).to_pylist()
     assert [(g["group_id"], g["sample_index"]) for g in got] == [
         ("4:0", 0), ("4:0", 1), ("4:0", 2), ("4:0", 3), ("4:0/1", 0), ("4:0/1", 1)]
+
+
+def test_v1_uid_key_groups_by_its_prompt_part_and_old_uids_stay_whole(tmp_path, store):
+    # verl 0.9.1 v1 dumps the TransferQueue key {prompt uuid}_{session}_{output index}: unique per sample
+    keys = ["a1b2-c3_0_0", "a1b2-c3_1_0", "ffee-01_0_0", "a1b2-c3_2_0", "plain-uuid", "plain-uuid"]
+    verl_step(tmp_path / "r", 7, ["p1", "p1", "p2", "p1", "p3", "p3"], list("abcdef"), scores=[0.0] * 6,
+              extra={"uid": keys})
+    store.ingest(tmp_path / "r")
+    got = store.query("SELECT group_id, sample_index FROM rollouts ORDER BY rollout_id", runs=["r"]).to_pylist()
+    assert [(g["group_id"], g["sample_index"]) for g in got] == [
+        ("7:a1b2-c3", 0), ("7:a1b2-c3", 1), ("7:ffee-01", 0), ("7:a1b2-c3", 2), ("7:plain-uuid", 0),
+        ("7:plain-uuid", 1)]
+
+
+def test_a_reward_key_makes_a_dump_eval_and_is_the_total(tmp_path, store):
+    # a validation_data_dir ingested on its own: no directory name says so, the `reward` key does
+    d = tmp_path / "dumps"
+    verl_step(d, 4, ["p", "p"], ["<think>r</think>long", "short"], scores=[1.0, 1.0],
+              extra={"reward": [0.5, 1.0], "acc": [True, True], "overlong_reward": [-0.5, 0.0],
+                     "overlong": [True, False]})
+    report = store.ingest(d)
+    assert any("`reward` key are read as split=eval" in n for n in report.notes)
+    got = store.query("SELECT split, reward, rewards, metadata FROM rollouts ORDER BY rollout_id",
+                      runs=["dumps"]).to_pylist()
+    assert [g["split"] for g in got] == ["eval", "eval"] and [g["reward"] for g in got] == [0.5, 1.0]
+    # score (compute_score's own, before the penalty) differs from the total: kept as a component
+    assert dict(got[0]["rewards"]) == {"acc": 1.0, "overlong_reward": -0.5, "score": 1.0}
+    assert json.loads(got[0]["metadata"])["overlong"] is True
+
+
+def test_dapo_training_dump_without_reward_adds_the_overlong_penalty(tmp_path, store):
+    verl_step(tmp_path / "r", 2, ["p"], ["o"], scores=[1.0], extra={"acc": [1.0], "overlong_reward": [-0.25]})
+    report = store.ingest(tmp_path / "r")
+    assert any("score + overlong_reward" in n for n in report.notes)
+    got = store.query("SELECT split, reward, rewards FROM rollouts", runs=["r"]).to_pylist()[0]
+    assert got["split"] == "train" and got["reward"] == 0.75
+    # `score` is compute_score's own (unpenalised) score here, not the total: a component like in validation
+    assert dict(got["rewards"]) == {"acc": 1.0, "overlong_reward": -0.25, "score": 1.0}
+
+
+def test_multi_turn_output_with_parallel_tool_calls(tmp_path, store):
+    out = ("<think>two lookups</think>Checking.\n<tool_call>\n{\"name\": \"wiki\", \"arguments\": {\"q\": \"a\"}}\n"
+           "</tool_call>\n<tool_call>\n{\"name\": \"wiki\", \"arguments\": {\"q\": \"b\"}}\n</tool_call>\nuser\n"
+           "<tool_response>\nA is 1\n</tool_response>\n<tool_response>\nB is 2\n</tool_response>\nassistant\n"
+           "<think>sum</think>3\n<tool_call>\nnot json\n</tool_call>")
+    verl_step(tmp_path / "r", 1, ["p"], [out], scores=[1.0])
+    store.ingest(tmp_path / "r")
+    r = store.query("SELECT completion, reasoning, answer, tool_calls, tool_outputs FROM rollouts",
+                    runs=["r"]).to_pylist()[0]
+    assert r["reasoning"] == "two lookups\nsum" and r["answer"] == "Checking.\n3"
+    assert r["tool_outputs"] == ["A is 1", "B is 2"]
+    assert r["tool_calls"] == [{"name": "wiki", "arguments": '{"q": "a"}'}, {"name": "wiki", "arguments": '{"q": "b"}'},
+                               {"name": "", "arguments": "not json"}]
+    assert "<tool_response>" not in r["completion"] and r["completion"].endswith("<think>sum</think>3\n"
+                                                                                  "<tool_call>\nnot json\n</tool_call>")

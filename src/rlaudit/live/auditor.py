@@ -37,7 +37,7 @@ from ..conditions import ConditionLabeler, ConditionRule
 from ..detectors import DETECTORS, AuditConfig, Detector, ordered, run_detectors
 from ..findings import Finding, rank
 from ..readers import get_reader
-from ..readers.base import BadRecord, ReadContext, ReadOptions, SourceFile, finalize
+from ..readers.base import BadRecord, ReadContext, Reader, ReadOptions, SourceFile, finalize
 from ..store import IngestReport, Store
 from .alerts import Alert, AlertManager, finding_key, make_alerts
 from .sampling import PartIndex, StepSample, StoreView
@@ -151,9 +151,10 @@ class LiveAuditor:
         return report
 
     @guarded()
-    def read_file(self, format: str, file: SourceFile, options: ReadOptions | None = None) -> pa.Table | None:
-        """Read one trainer log file with a registered reader into canonical rows (bad records are logged)."""
-        reader = get_reader(format)
+    def read_file(self, format: str | Reader, file: SourceFile, options: ReadOptions | None = None) -> pa.Table | None:
+        """Read one trainer log file with a registered reader (or a reader instance that holds run-level facts,
+        like the TRL callback's) into canonical rows (bad records are logged)."""
+        reader = get_reader(format) if isinstance(format, str) else format
         bad: list[BadRecord] = []
         ctx = ReadContext(run=self.run, options=options or ReadOptions(), labeler=self.labeler, on_bad=bad.append)
         tables = [finalize(raw, file, ctx) for raw in reader.read(file, ctx)]

@@ -12,6 +12,13 @@ heavy audit. Each file is read with rlaudit's TRL reader and appended to the sto
 audits (see `rlaudit.live.auditor`). Only the file names of the last few steps are probed, never a listing of
 all files, so a step costs the same at step 10 and at step 10,000.
 
+The callback reads with its own `TrlReader`, whose run-level facts come from the trainer itself rather than
+from trainer_state.json / training_args.bin: the GRPOConfig (`reward_weights`, `num_iterations`,
+`steps_per_generation`, `num_generations`, ...), `on_log` (the `rewards/<name>/mean` keys name the reward
+functions, so numeric `log_extra` columns are metadata) and `on_evaluate` (an eval at step N overwrote
+`completions_N.parquet` with eval rollouts: those rows are split=eval). Chat completions (message lists with
+`reasoning_content`/`thinking`, `tool_calls` and tool messages) are read as in `rlaudit.readers.trl`.
+
 Every hook catches its own exceptions and logs them: the trainer never sees an rlaudit error.
 """
 
@@ -26,6 +33,8 @@ from transformers import TrainerCallback
 
 from ..conditions import ConditionRule
 from ..readers.base import ReadOptions, SourceFile
+from ..readers.trl import TrlReader
+from ..readers.trl_run import ARG_KEYS, TrlRun
 from ..store import Store
 from ..text import ThinkTags
 from .alerts import Alert, AlertManager, make_alerts
@@ -54,6 +63,7 @@ class RlauditCallback(TrainerCallback):
         self.completions_dir: Path | None = None
         self.options = ReadOptions(think_tags=self.think_tags)
         self.seen: set[int] = set()
+        self.reader = TrlReader()
         self.seconds = 0.0  # time the trainer spent in this callback during training (read, store, per-step checks)
         self.final_seconds = 0.0  # the final audit at the end of training
         self.errors: list[str] = []
@@ -80,12 +90,28 @@ class RlauditCallback(TrainerCallback):
         self.auditor.labeler.rules = self.conditions
         self.errors = self.auditor.errors  # one error list for the callback and its auditor
         self.options = ReadOptions(think_tags=self.think_tags, group_size=getattr(args, "num_generations", None))
+        self.reader = TrlReader(run_from_args(args))
         if not getattr(args, "log_completions", False):
             log.warning("rlaudit: log_completions=False in the trainer arguments, so TRL writes no completion "
                         "logs and the live audit sees nothing; set log_completions=True (and logging_steps=1 "
                         "for per-step auditing)")
         log.info("rlaudit: live audit of run %r in %s (heavy detectors every %d steps)", run, self.store.root,
                  self.config.every)
+
+    @guarded()
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        """`rewards/<name>/mean` keys name GRPOTrainer.reward_func_names (the reward signals)."""
+        names = {k[len("rewards/"):-len("/mean")] for k in (logs or {})
+                 if k.startswith("rewards/") and k.endswith("/mean")}
+        if names:
+            self.reader.run.reward_names = (self.reader.run.reward_names or set()) | names
+
+    @guarded()
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """GRPOTrainer.log writes the eval rollouts to this step's completions file: they are eval rows."""
+        if self.reader.run.eval_steps is None:
+            self.reader.run.eval_steps = set()
+        self.reader.run.eval_steps.add(int(state.global_step))
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         started = time.perf_counter()
@@ -113,7 +139,7 @@ class RlauditCallback(TrainerCallback):
                 continue
             self.seen.add(step)
             relpath = f"completions/{path.name}"
-            table = self.auditor.read_file("trl", SourceFile(path, relpath, step=step), self.options)
+            table = self.auditor.read_file(self.reader, SourceFile(path, relpath, step=step), self.options)
             if table is not None and table.num_rows:
                 self.auditor.append(step, table, key=relpath)
                 appended.append(step)
@@ -123,3 +149,13 @@ class RlauditCallback(TrainerCallback):
     def finish(self) -> list[Alert]:
         """Final heavy audit and alert flush (called by on_train_end)."""
         return self.auditor.close() if self.auditor else []
+
+
+def run_from_args(args: Any) -> TrlRun:
+    """Run-level facts from the live trainer's GRPOConfig (evals and reward names arrive through events)."""
+    values = {k: getattr(args, k) for k in ARG_KEYS if hasattr(args, k)}
+    if isinstance(values.get("reward_weights"), tuple):
+        values["reward_weights"] = list(values["reward_weights"])
+    logging_steps = values.get("logging_steps")
+    return TrlRun(eval_steps=set(), args=values,
+                  logging_steps=logging_steps if isinstance(logging_steps, int) else None)

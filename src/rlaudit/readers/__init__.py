@@ -49,7 +49,7 @@ def resolve_reader(source: Path) -> Reader:
 
 
 # Registration order is detection order: specific trainer layouts before the generic table reader.
-from . import trl, verl, primerl, wandb, openrlhf, trackio, canonical  # noqa: E402,F401
+from . import trl, verl, primerl, vfeval, tinker, nemorl, art, wandb, openrlhf, trackio, canonical  # noqa: E402,F401
 
 __all__ = ["READERS", "Reader", "ReadContext", "ReadOptions", "SourceFile", "finalize", "get_reader",
            "resolve_reader", "register", "reader_names"]

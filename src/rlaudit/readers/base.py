@@ -92,6 +92,7 @@ class ReadOptions:
     grader_inputs: dict[str, str] = field(default_factory=dict)  # grader -> column holding its input
     columns: dict[str, str] = field(default_factory=dict)  # canonical column -> source field (generic JSONL)
     group_size: int | None = None  # TRL num_generations, when known
+    reward_weights: dict[str, float] = field(default_factory=dict)  # TRL reward_weights by reward column
     strict: bool = False
 
 

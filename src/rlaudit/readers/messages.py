@@ -107,15 +107,28 @@ def assistant_turns(messages: list[dict[str, Any]] | None, tags: ThinkTags = Thi
 
 
 def tool_call(call: Any) -> dict[str, str]:
-    """{name, arguments} of a tool call: OpenAI's {type, function: {name, arguments}} or a flat {name, arguments}
-    (arguments kept as the text the model wrote; a parsed object is serialised back to JSON)."""
+    """{name, arguments} of a tool call: OpenAI's {type, function: {name, arguments}} or a flat {name, arguments}.
+
+    Arguments are kept as the text the model wrote. A parsed object (TRL's `parse_response`) is serialised back
+    to JSON without its null keys: Parquet stores such objects as structs that carry every key any call in the
+    column used, null where this call had none."""
     if not isinstance(call, dict):
         return {"name": "", "arguments": str(call)}
     fn = call.get("function") if isinstance(call.get("function"), dict) else call
     args = fn.get("arguments", fn.get("args", ""))
-    if not isinstance(args, str):
-        args = json.dumps(args, ensure_ascii=False)
+    if args is None:
+        args = ""
+    elif not isinstance(args, str):
+        args = json.dumps(_without_nulls(args), ensure_ascii=False)
     return {"name": str(fn.get("name") or ""), "arguments": args}
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 def turn_columns(messages: pa.Array | pa.ChunkedArray | list[Any], tags: ThinkTags) -> dict[str, pa.Array]:

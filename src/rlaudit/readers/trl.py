@@ -1,35 +1,50 @@
 """TRL GRPOTrainer completion logs: `{output_dir}/completions/completions_{step:05d}.parquet`.
 
-Checked against huggingface/trl v1.9.0 and main at f2cd5771 (2026-07-24, 1.10.0.dev0),
-`trl/trainer/grpo_trainer.py`, `GRPOTrainer.log`: with `log_completions=True` the main process writes, at each
-logging step, a pandas DataFrame built from
+Checked against trl 1.16.0 (`trl/trainer/grpo_trainer.py`) with transformers 5.24.0, by the conformance suite
+(`conformance/trl/generate.py` runs the real GRPOTrainer; `tests/conformance/test_trl.py`). `GRPOTrainer.log`,
+with `log_completions=True`, writes at each logging step (and after each eval) a pandas DataFrame
 
-    {"step": [global_step] * n, "prompt": prompts_text, "completion": completions_text,
-     **self._logs["rewards"],   # one float column per reward function, named reward_func_names[i]
-                                # (the function's __name__, or the reward model's id); NaN where it returned None
-     **self._logs["extra"],     # columns reward functions added with log_extra(column, values)
+    {"step": [global_step] * n, "prompt": prompts, "completion": completions,
+     **self._logs["rewards"],   # one float column per reward function, in reward_func_names order; NaN for None
+     **self._logs["extra"],     # log_extra(column, values) columns, sorted by name
      "advantage": advantages}
 
-to `completions_{global_step:05d}.parquet` (`df.to_parquet`, so pandas index metadata and snappy). The logs
-are deques of length `generation_batch_size`: a file holds the latest generation batch only. Parquet files
-appeared in v0.28.0; before that the table only went to wandb (and `step` was a string, which this reader also
-accepts). Both texts are decoded with `skip_special_tokens=True` (since v0.26), so a conversational prompt is the
-chat template with its special tokens removed ("system\\nYou are ...\\nuser\\n..."); `rlaudit.conditions` finds the
-system prompt in that form too. Message-list prompts/completions (other TRL-based loggers) are rendered
-'role: content' per line; an assistant `reasoning_content` is kept as the reasoning.
+to `completions_{global_step:05d}.parquet`. `_logs` are deques of length `generation_batch_size`, filled by
+`_generate_and_score_completions`: a file holds the latest generation batch only.
 
-Mapping decisions:
-- Numeric columns other than step/advantage are reward signals; text columns are log_extra metadata, except
-  `<grader>_input` (and `--grader-input GRADER=COLUMN`): the text grader `<grader>` saw. Boolean columns are
-  metadata (TRL's reward columns are always float).
-- TRL logs no total. Its reward is the weighted sum `nansum(rewards_per_func * reward_weights)` and the weights
-  are not in the file, so `reward` is the *unweighted* nansum of the reward columns (NaN when every function
-  returned None, as TRL's unscorable rows). With non-unit `reward_weights` it differs from what TRL optimised;
-  the per-signal values in `rewards` are exact.
-- No group id: TRL's RepeatSampler puts the `num_generations` samples of a prompt next to each other, so a group
-  is a run of consecutive identical prompts, split every `--group-size` rows when given. group_id is
-  "<step>:<group index in file>", sample_index the position in the group.
-- A `completions/{train,eval}/` sub-directory (some forks) or a `mode` column sets the split.
+What the files do not say, and how this reader handles it (run-level facts: `trl_run.load_run`):
+- **Logging cadence.** A file is written every `logging_steps` steps only (GRPOConfig default 10): the other
+  steps' batches are never logged. `prepare` notes it (from trainer_state.json, else the file spacing).
+- **Evals** (`Trainer._maybe_log_save_evaluate` -> `evaluate` -> `GRPOTrainer.log` in eval mode) write the
+  eval rollouts to the same file name, overwriting that step's train file, with no mode column. Steps whose
+  `trainer_state.json` `log_history` entry has `eval_*` keys are split=eval; the train batch is lost (noted).
+- **Repeated batches.** With `num_iterations > 1` (or `steps_per_generation > gradient_accumulation_steps`),
+  `_prepare_inputs` reuses a generation batch for several steps and each logs it again; after an eval, the
+  next non-generating steps log the eval rows again. A file whose rows equal the previous file's (step aside)
+  is skipped, and with the saved args a train file's rows get the step their batch was generated at.
+- **Reward signals and total.** The reward functions' columns are the reward signals: names from
+  `rewards/<name>/mean` in `log_history`, else `--reward-weights` names, else the first
+  `len(reward_weights)` numeric columns; numeric `log_extra` columns go to metadata. Without any of these every
+  numeric column is a signal (noted). TRL's reward is `nansum(rewards_per_func * reward_weights)` (NaN when all
+  are NaN; `multi_objective_aggregation="normalize_then_sum"` normalises per group first). The weights come from
+  `--reward-weights`, else `reward_weights` in `training_args.bin` (read without unpickling), else 1 (noted).
+- **Completions.** Plain-text prompts give text. Chat prompts give message lists: without a response parser
+  (`tokenizer.response_template`/`response_schema`, set by `add_response_schema` when `tools` are passed) one
+  assistant message whose `content` keeps the `<think>` block; with one, `parse_response` fills
+  `reasoning_content` (Qwen3, DeepSeek-R1, LFM2.5) or `thinking` (gpt-oss, Gemma 4) and `tool_calls`
+  (`{type: function, function: {name, arguments: dict}}`), and `_tool_call_loop` appends `{"role": "tool",
+  "name", "content"}` messages and the next assistant turns. `messages.turn_columns` turns them into
+  completion/reasoning/answer/tool_calls/tool_outputs; tool-call `arguments` (a dict after parsing, a struct in
+  Parquet, where keys other calls used are null) become JSON text without the null keys.
+- **Prompts** are message lists, rendered 'role: content' per line (system prompt and condition from the
+  system message). Parquet files from trl 0.26-0.29 held decoded text prompts ("system\nYou are ...") and
+  `step` as text; both are still read.
+- No group id: RepeatSampler keeps a prompt's `num_generations` samples adjacent, so a group is a run of
+  consecutive identical prompts, split every `--group-size` (else `num_generations`/`num_generations_eval`
+  from the saved args) rows. group_id "<step>:<group index in file>", sample_index the position in it.
+- Text `log_extra` columns are metadata, except `<grader>_input` (and `--grader-input GRADER=COLUMN`): the
+  text grader `<grader>` saw. A `completions/{train,eval}/` sub-directory (some forks) or a `mode` column sets
+  the split too.
 """
 
 from __future__ import annotations
@@ -43,12 +58,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..errors import RlauditError
 from . import register
 from .base import ReadContext, Reader, SourceFile, prefetch
 from .columns import classify_extras, map_from_columns, metadata_from_columns, missing_graders
 from .groups import ConsecutiveGroups
-from .messages import completion_columns, is_message_list_type
-from .validate import Validator
+from .messages import is_message_list_type, turn_columns
+from .trl_run import TrlRun, load_run
+from .validate import Validator, open_parquet
 
 _FILE = re.compile(r"^completions_(\d+)\.parquet$")
 _KNOWN = {"step", "prompt", "completion", "advantage", "mode"}
@@ -71,6 +88,9 @@ class TrlReader(Reader):
     name = "trl"
     description = "TRL GRPOTrainer log_completions: output_dir/completions/completions_{step:05d}.parquet"
 
+    def __init__(self, run: TrlRun | None = None):
+        self.run = run or TrlRun()  # run-level facts: from prepare(), or given by the live callback
+
     @classmethod
     def detect(cls, source: Path) -> bool:
         return bool(_completion_files(source))
@@ -81,81 +101,231 @@ class TrlReader(Reader):
                for p, split in _completion_files(source)]
         return sorted(out, key=lambda f: (f.split != "train", f.step, f.relpath))
 
+    def prepare(self, source: Path, ctx: ReadContext) -> None:
+        """Read trainer_state.json / training_args.bin and note what they (or their absence) mean."""
+        self.run = load_run(source)
+        for text in run_notes(self.run, self.files(source), ctx.options.reward_weights):
+            ctx.note(text)
+
     def read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
         return prefetch(self._read(file, ctx))
 
     def _read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
-        try:
-            pf = pq.ParquetFile(file.path)
-        except (pa.ArrowInvalid, OSError) as exc:
-            ctx.bad(file, None, f"not a readable Parquet file ({exc})")
-            return
-        names = pf.schema_arrow.names
-        absent = [c for c in ("prompt", "completion") if c not in names]
-        if absent:
-            ctx.bad(file, None, f"missing required column(s) {absent}; TRL completion files have step, prompt, "
-                                f"completion, one column per reward function and advantage (found {names})")
+        pf = open_parquet(file, ctx, ("prompt", "completion"), "TRL completion files have step, prompt, "
+                          "completion, one column per reward function and advantage")
+        if pf is None:
             return
         missing_graders(ctx.options, pf.schema_arrow.empty_table(), file)
-        groups = ConsecutiveGroups(ctx.options.group_size)
+        is_eval = file.split == "eval" or (file.step is not None and self.run.is_eval(file.step) is True)
+        if file.step is not None and file.split == "train":
+            repeated = self._repeats(file)
+            if repeated is not None:
+                ctx.note(repeat_note(self.run, repeated))
+                return
+        step = file.step
+        if step is not None and not is_eval:
+            step = self.run.generation_step(step)
+        size = ctx.options.group_size or self.run.args.get("num_generations_eval" if is_eval else "num_generations") \
+            or (self.run.args.get("num_generations") if is_eval else None)
+        groups = ConsecutiveGroups(size if isinstance(size, int) else None)
         row = 0
         try:
-            batches = pf.iter_batches(batch_size=BATCH_ROWS)
-            for batch in batches:
+            for batch in pf.iter_batches(batch_size=BATCH_ROWS):
                 table = pa.Table.from_batches([batch])
                 lines = pa.array(np.arange(row + 1, row + 1 + table.num_rows, dtype=np.int64))
                 row += table.num_rows
-                raw = self._raw(table, lines, file, ctx, groups)
+                raw = self._raw(table, lines, file, ctx, groups, "eval" if is_eval else None, step)
                 if raw is not None:
                     yield raw
         except (pa.ArrowInvalid, OSError) as exc:  # a truncated or corrupt file
             ctx.bad(file, row + 1 if row else None, f"unreadable Parquet data after row {row} ({exc})")
 
+    def _repeats(self, file: SourceFile) -> str | None:
+        """"eval"/"train" when `file` holds the same rollouts as the previous completions file (a reused
+        generation batch: num_iterations > 1, or the eval rows still in `_logs` after an eval), else None."""
+        previous = _previous_file(file.path, file.step)
+        if previous is None:
+            return None
+        try:  # cheap tests first: row counts, then the advantages (a float per rollout); whole files last
+            if pq.ParquetFile(previous).metadata.num_rows != pq.ParquetFile(file.path).metadata.num_rows:
+                return None
+            if "advantage" in pq.ParquetFile(file.path).schema_arrow.names and not pq.read_table(
+                    previous, columns=["advantage"]).equals(pq.read_table(file.path, columns=["advantage"])):
+                return None
+            a, b = pq.read_table(previous), pq.read_table(file.path)
+        except (pa.ArrowInvalid, OSError, KeyError):
+            return None
+        if a.num_rows == 0:
+            return None
+        a = a.drop_columns([c for c in ("step",) if c in a.column_names])
+        b = b.drop_columns([c for c in ("step",) if c in b.column_names])
+        if a.schema.remove_metadata() != b.schema.remove_metadata() or not a.equals(b):
+            return None
+        prev_step = int(_FILE.match(previous.name).group(1))
+        return "eval" if self.run.is_eval(prev_step) else "train"
+
     def _raw(self, table: pa.Table, lines: pa.Array, file: SourceFile, ctx: ReadContext,
-             groups: ConsecutiveGroups) -> pa.Table | None:
+             groups: ConsecutiveGroups, split: str | None, step_override: int | None) -> pa.Table | None:
         col = (lambda name: table.column(name).combine_chunks() if name in table.column_names else None)
         v = Validator(table, lines, file, ctx)
         prompt = v.text("prompt", col("prompt"), required=True)
         completion_col = col("completion")
         raw: dict[str, pa.Array] = {}
         if completion_col is not None and is_message_list_type(completion_col.type):
-            raw.update(completion_columns(completion_col, ctx.options.think_tags))
+            raw.update(turn_columns(completion_col, ctx.options.think_tags))
             v.require("completion", completion_col)
         else:
             raw["completion"] = v.text("completion", completion_col, required=True)
         raw["prompt"] = prompt
+        n = len(table)
         step = v.step("step", col("step"))
-        raw["step"] = pc.fill_null(step, file.step) if step is not None else pa.array([file.step] * len(table))
+        if step_override is not None:
+            raw["step"] = pa.array(np.full(n, step_override, dtype=np.int64))
+        else:
+            raw["step"] = pc.fill_null(step, file.step) if step is not None else pa.array([file.step] * n)
         advantage = v.number("advantage", col("advantage"))
         if advantage is not None:
             raw["advantage"] = advantage
-        if col("mode") is not None:
+        if split is not None:
+            raw["split"] = pa.array([split] * n, pa.string())
+        elif col("mode") is not None:
             raw["split"] = pc.if_else(pc.equal(col("mode").cast(pa.string()), "eval"), "eval", "train")
         extras = classify_extras(table, _KNOWN, ctx.options, bool_is_signal=False)
+        signals, numeric_extras = split_signals(extras.rewards, self.run, ctx.options.reward_weights)
+        weights = reward_weights(list(signals), self.run, ctx.options.reward_weights, file)
         _, lines, keep = v.done()
         if not len(lines):
             return None
         raw = {k: keep(a) for k, a in raw.items()}
-        signals = {k: keep(a) for k, a in extras.rewards.items()}
+        signals = {k: keep(a) for k, a in signals.items()}
         n = len(lines)
         raw["rewards"] = map_from_columns(signals, pa.float64(), drop_null=False, n=n)
-        raw["reward"] = _nansum(signals, n)
+        raw["reward"] = weighted_nansum(signals, weights, n)
         raw["grader_inputs"] = map_from_columns({k: keep(a) for k, a in extras.grader_inputs.items()},
                                                 pa.string(), drop_null=True, n=n)
-        raw["metadata"] = metadata_from_columns(keep(extras.metadata))
+        meta = keep(extras.metadata)
+        for name, values in numeric_extras.items():  # numbers stay numbers in the metadata JSON
+            meta = meta.append_column(name, keep(values))
+        raw["metadata"] = metadata_from_columns(meta)
         raw["group_id"], raw["sample_index"] = groups.assign(raw["prompt"], raw["step"])
         raw["line"] = lines
         return pa.table(raw)
 
 
-def _nansum(signals: dict[str, pa.Array], n: int) -> pa.Array:
-    """Unweighted nansum of the reward columns; NaN where every column is NaN (TRL's unscorable rows)."""
+# ------------------------------------------------------------------------------------------- reward signals
+def split_signals(numeric: dict[str, pa.Array], run: TrlRun,
+                  option_weights: dict[str, float]) -> tuple[dict[str, pa.Array], dict[str, pa.Array]]:
+    """(reward-function columns, numeric log_extra columns), both in file order (see the module doc)."""
+    if run.reward_names:
+        names = set(run.reward_names)
+    elif option_weights:
+        names = set(option_weights)
+    elif run.reward_weights is not None and len(run.reward_weights) <= len(numeric):
+        names = set(list(numeric)[: len(run.reward_weights)])  # TRL writes the reward columns first
+    else:
+        return numeric, {}
+    return ({k: a for k, a in numeric.items() if k in names}, {k: a for k, a in numeric.items() if k not in names})
+
+
+def reward_weights(signals: list[str], run: TrlRun, option_weights: dict[str, float],
+                   file: SourceFile) -> list[float]:
+    """One weight per signal: --reward-weights, else GRPOConfig.reward_weights in column order, else 1."""
+    if option_weights:
+        unknown = sorted(set(option_weights) - set(signals))
+        if unknown:
+            raise RlauditError(f"{file.relpath}: --reward-weights names {unknown}, which are not reward columns "
+                               f"of this file (reward columns: {', '.join(signals) or 'none'})")
+        return [float(option_weights.get(name, 1.0)) for name in signals]
+    saved = run.reward_weights
+    if saved is not None and len(saved) == len(signals):
+        return saved
+    return [1.0] * len(signals)
+
+
+def weighted_nansum(signals: dict[str, pa.Array], weights: list[float], n: int) -> pa.Array:
+    """TRL's reward: nansum(rewards_per_func * reward_weights); NaN where every function returned None."""
     if not signals:
         return pa.nulls(n, pa.float64())
     matrix = np.column_stack([a.to_numpy(zero_copy_only=False) for a in signals.values()]).astype(np.float64)
-    total = np.nansum(matrix, axis=1)
+    total = np.nansum(matrix * np.asarray(weights, dtype=np.float64)[None, :], axis=1)
     total[np.isnan(matrix).all(axis=1)] = np.nan
     return pa.array(total)
 
 
+# ------------------------------------------------------------------------------------------- files and notes
+def _previous_file(path: Path, step: int) -> Path | None:
+    """The completions file of the largest step below `step` in the same directory."""
+    best: tuple[int, Path] | None = None
+    for p in path.parent.glob("completions_*.parquet"):
+        m = _FILE.match(p.name)
+        if m and int(m.group(1)) < step and (best is None or int(m.group(1)) > best[0]):
+            best = (int(m.group(1)), p)
+    return best[1] if best else None
 
+
+def repeat_note(run: TrlRun, kind: str) -> str:
+    if kind == "eval":
+        return ("some completion files repeat the eval rollouts of the file before them (after an eval, steps "
+                "that reuse a generation batch log GRPOTrainer._logs again, which still holds the eval rows): "
+                "skipped")
+    ni, spg = run.args.get("num_iterations"), run.args.get("steps_per_generation")
+    why = f" (num_iterations={ni}, steps_per_generation={spg})" if ni is not None else ""
+    return ("TRL logged the same generation batch at several steps" + why + ": each batch is read once, from "
+            "the first file that holds it; the repeats are skipped")
+
+
+def run_notes(run: TrlRun, files: list[SourceFile], option_weights: dict[str, float]) -> list[str]:
+    """Notes on what the run-level files said (or that they were missing)."""
+    notes: list[str] = []
+    train_steps = sorted({f.step for f in files if f.split == "train" and f.step is not None})
+    where = run.state_file or run.args_file
+    if run.logging_steps and run.logging_steps > 1:
+        notes.append(f"TRL logs only every logging_steps-th generation batch (logging_steps={run.logging_steps} in "
+                     f"{where}; each completions file holds the latest batch only): {run.logging_steps - 1} of "
+                     f"every {run.logging_steps} batches were never logged, which bounds how early a behaviour "
+                     "can be seen")
+    elif run.logging_steps is None and len(train_steps) > 1:
+        gap = int(np.min(np.diff(train_steps)))
+        if gap > 1:
+            notes.append(f"completion files are at least {gap} steps apart (TRL's logging_steps; GRPOConfig "
+                         f"default 10): the batches of the steps between them were never logged")
+    if run.eval_steps is None:
+        notes.append("no trainer_state.json (output_dir or checkpoint-*/): a step that ran an eval cannot be told "
+                      "apart; with eval_strategy set, the eval rollouts overwrote those steps' completion files and "
+                      "are read as train rows")
+    elif run.eval_steps:
+        steps = sorted(s for s in run.eval_steps if s in set(train_steps)) or sorted(run.eval_steps)
+        notes.append(f"eval at step(s) {_steps_text(steps)} ({run.state_file} log_history) overwrote those steps' "
+                     "completion files with eval rollouts (GRPOTrainer.log writes both to completions_{step}.parquet"
+                     "): their rows are split=eval and the train batches of those steps are lost")
+        if run.covered_until is not None and train_steps and train_steps[-1] > run.covered_until:
+            rule = f"taken as evals every {run.eval_every} steps" if run.eval_every else "not known"
+            notes.append(f"{run.state_file} covers steps <= {run.covered_until}; evals after it are {rule}")
+    if option_weights:
+        notes.append("reward = nansum(reward_i * weight_i) with the weights given by --reward-weights ("
+                     + ", ".join(f"{k}={v:g}" for k, v in option_weights.items()) + ")")
+    elif run.reward_weights is not None:
+        notes.append(f"reward = nansum(reward_i * weight_i) with reward_weights={run.reward_weights} from "
+                     f"{run.args_file}, in the order of the reward columns (reward_func_names)")
+    else:
+        src = "" if run.args_file else " (no training_args.bin)"
+        notes.append(f"reward weights unknown{src}: `reward` is the unweighted nansum of the reward columns, "
+                     "which differs from what TRL optimised if GRPOConfig.reward_weights was set; pass "
+                     "--reward-weights name=w,...")
+    if run.args.get("multi_objective_aggregation") == "normalize_then_sum":
+        notes.append("multi_objective_aggregation=normalize_then_sum: TRL normalised each reward within its group "
+                     "before weighting; `reward` is the weighted sum of the raw rewards")
+    if not run.reward_names and not option_weights and run.reward_weights is None:
+        notes.append("reward functions unknown (no rewards/<name>/mean in a trainer_state.json, no "
+                     "--reward-weights, no saved reward_weights): every numeric column is taken as a reward "
+                     "signal, including numeric log_extra columns")
+    if any(run.generation_step(s) != s for s in train_steps):
+        notes.append(f"num_iterations={run.args.get('num_iterations')}, steps_per_generation="
+                     f"{run.args.get('steps_per_generation')}: a generation batch is trained on for several "
+                     "steps; train rows carry the step their batch was generated at")
+    return notes
+
+
+def _steps_text(steps: list[int], limit: int = 12) -> str:
+    text = ", ".join(map(str, steps[:limit]))
+    return text + (f", ... ({len(steps)} in all)" if len(steps) > limit else "")

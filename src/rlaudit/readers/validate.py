@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from .base import ReadContext, SourceFile
 from .columns import to_numbers, to_steps
@@ -126,3 +127,20 @@ def _type_name(typ: pa.DataType) -> str:
     if pa.types.is_integer(typ) or pa.types.is_floating(typ):
         return "a number"
     return str(typ)
+
+
+def open_parquet(file: SourceFile, ctx: ReadContext, required: tuple[str, ...],
+                 layout: str) -> pq.ParquetFile | None:
+    """The Parquet file behind `file` when it is readable and has the `required` columns; otherwise the file is
+    quarantined with what was expected (`layout`: the columns this trainer writes) and None returned."""
+    try:
+        pf = pq.ParquetFile(file.path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        ctx.bad(file, None, f"not a readable Parquet file ({exc})")
+        return None
+    names = pf.schema_arrow.names
+    absent = [c for c in required if c not in names]
+    if absent:
+        ctx.bad(file, None, f"missing required column(s) {absent}; {layout} (found {names})")
+        return None
+    return pf
