@@ -613,6 +613,95 @@ def probe_grader_cmd(
         console.print(f"probe result: {json_out}")
 
 
+@app.command("monitorability")
+def monitorability_cmd(
+    source: Annotated[str, typer.Argument(help="A run directory/file to ingest, or the name of a stored run.")],
+    label: Annotated[Optional[str], typer.Option("--label", help="Behaviour spec on the answer that marks a "
+                                                 "misbehaving rollout (outcome property), e.g. 're:special.?case' "
+                                                 "or 'judge:action:RUBRIC'.")] = None,
+    label_signal: Annotated[Optional[str], typer.Option("--label-signal", help="Or: a reward signal; value > "
+                                                        "--label-threshold is positive.")] = None,
+    label_threshold: Annotated[float, typer.Option("--label-threshold")] = 0.0,
+    monitor: Annotated[Optional[str], typer.Option("--monitor", help="Monitor: a behaviour spec read in each "
+                                                   "view (default: the label spec) or 'judge:RUBRIC'.")] = None,
+    llm: Annotated[Optional[str], typer.Option("--llm", help="LLM for judge monitors: openai:MODEL@URL, "
+                                               "transformers:PATH or scripted:MODULE:FUNCTION.")] = None,
+    price: Annotated[Optional[str], typer.Option("--price", help="USD per 1M tokens, INPUT/OUTPUT.")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="LLM calls in flight.")] = 8,
+    sample_per_cell: Annotated[int, typer.Option("--sample-per-cell", help="Judge monitors: rollouts per (step, "
+                                                 "condition, label).")] = 16,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the LLM requests and token counts; send "
+                                          "nothing.")] = False,
+    treated: Annotated[Optional[list[str]], typer.Option("--treated", help="Intervention: treated condition "
+                                                         "(repeatable).")] = None,
+    control: Annotated[Optional[list[str]], typer.Option("--control", help="Intervention: control condition "
+                                                         "(repeatable).")] = None,
+    onset: Annotated[Optional[int], typer.Option("--onset", help="Exposure onset step (default: from the "
+                                                 "cot_grading scan).")] = None,
+    exposed: Annotated[Optional[list[str]], typer.Option("--exposed", help="Exposed condition, with --onset "
+                                                         "(repeatable).")] = None,
+    store: StoreOpt = Path(".rlaudit"),
+    run: Annotated[Optional[str], typer.Option("--run", help="Run name when SOURCE is ingested.")] = None,
+    format: FormatOpt = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the finding as JSON here.")] = None,
+    max_step: Annotated[Optional[int], typer.Option("--max-step", help="Use only steps <= this.")] = None,
+    boot: Annotated[int, typer.Option("--boot", help="Bootstrap replicates.")] = 1000,
+) -> None:
+    """CoT monitorability of a run: g-mean² per view, verbalisation trend, and whether CoT exposure changed it."""
+    from .detectors import AuditConfig, run_detectors
+    from .findings import jsonable
+
+    if not (label or label_signal):
+        raise RlauditError("give --label SPEC or --label-signal NAME (what counts as misbehaviour)")
+    if onset is None and exposed:
+        raise RlauditError("--exposed needs --onset")
+    st = _store(store)
+    name = _run_of_source(st, source, run, format)
+    options: dict = {"label": label, "label_signal": label_signal, "label_threshold": label_threshold,
+                     "monitor": monitor, "n_boot": boot, "sample_per_cell": sample_per_cell}
+    if llm:
+        from .llm import client_from_spec
+
+        options["client"] = client_from_spec(llm, cache=st.root / "llm-cache.sqlite", concurrency=concurrency,
+                                             price=price, dry_run=dry_run)
+    if treated or control:
+        options["intervention"] = {"treated": treated or [], "control": control or []}
+    if onset is not None:
+        options["exposure"] = {"onset": onset, "conditions": exposed or []}
+    config = AuditConfig(max_step=max_step, detectors=["monitorability"], options={"monitorability": options})
+    with console.status("monitorability", spinner="dots"):
+        findings = [f for f in run_detectors(st, name, config) if f.kind in ("monitorability", "audit_error")]
+    if "client" in options:
+        console.print(options["client"].accounting.format(), highlight=False)
+    for f in findings:
+        if f.kind == "audit_error":
+            raise RlauditError(f.title)
+        out.print(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/] {f.title}", highlight=False)
+        table = Table(title=f"monitor {f.fields['monitor']['spec']!r} ({f.fields['monitor']['kind']})")
+        for col in ("view", "TPR", "TNR", "g-mean²", "95% CI", "exposure DiD (g-mean²)", "MDE"):
+            table.add_column(col)
+        for view, v in f.fields["views"].items():
+            g = v["g_mean2"]
+            dd = (v.get("exposure") or {}).get("g_mean2") or {}
+            fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+            table.add_row(view, fmt(v["tpr"]["estimate"]), fmt(v["tnr"]["estimate"]), fmt(g["estimate"]),
+                          f"[{fmt(g['ci'][0])}, {fmt(g['ci'][1])}]",
+                          "-" if not dd else f"{fmt(dd['estimate'])} [{fmt(dd['ci'][0])}, {fmt(dd['ci'][1])}]",
+                          "-" if not dd else fmt(dd.get("mde")))
+        out.print(table)
+        verbal = f.fields.get("verbalisation")
+        if verbal:
+            out.print(f"verbalisation trend: {verbal['trend']} (p={verbal['trend_p_value']:.2g}); "
+                      f"verdict: {f.fields['verdict'].replace('_', ' ')}", highlight=False)
+        if json_out:
+            from .store import atomic_write_text
+
+            atomic_write_text(json_out, json.dumps(jsonable(f.to_json()), indent=2, ensure_ascii=False))
+            console.print(f"monitorability: {json_out}")
+    if not findings:
+        out.print("no labelled rollouts with the behaviour: nothing to measure")
+
+
 # ---------------------------------------------------------------- export (data without a behaviour)
 @app.command("export")
 def export_cmd(

@@ -167,7 +167,7 @@ class MonitorabilityDetector(Detector):
             return []  # nothing to monitor for: configure a label (see module doc)
         con = ctx.connect()
         try:
-            table = con.execute(
+            table = con.sql(
                 "SELECT rollout_id, step, group_id, coalesce(condition, 'none') AS condition, "
                 "coalesce(task, 'unknown') AS task, prompt, reasoning, answer, rewards FROM rollouts "
                 "ORDER BY step, rollout_id").to_arrow_table()
