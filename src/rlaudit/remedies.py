@@ -198,6 +198,16 @@ def _audit_error(f: Finding) -> str:
             "findings JSON (and report it), or audit with the other detectors (--detector).")
 
 
+def _monitorability(f: Finding) -> str:
+    exposure = f.get("exposure") or {}
+    if f.get("verdict") != "drop":
+        return ""
+    graders = ", ".join(repr(g) for g in exposure.get("graders") or []) or "the exposed grader"
+    return (f"Strip the reasoning from what {graders} sees (rlaudit.capture shows what it receives), and do not rely "
+            f"on CoT monitors for this behaviour in checkpoints after step {exposure.get('onset')}: monitor the "
+            "actions too, and re-check monitorability once the grader is fixed.")
+
+
 def _generic(f: Finding) -> str:
     return ""
 
@@ -209,5 +219,6 @@ _WRITERS = {
     "generalization": _generalization,
     "behavior_spread": _behavior_spread,
     "reward_health": _reward_health,
+    "monitorability": _monitorability,
     "audit_error": _audit_error,
 }

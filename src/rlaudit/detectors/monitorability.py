@@ -488,6 +488,14 @@ def to_finding(run: str, result: dict[str, Any]) -> Finding:
             condition=table.column("condition")[r].as_py(), text=(answers[r].as_py() or "")[:300],
             note="the action shows the behaviour; the CoT-only monitor did not flag the reasoning",
             data={"reasoning": (reasonings[r].as_py() or "")[-400:]}))
+    exposure_did = (cot.get("exposure") or {}).get("g_mean2") or {}
+    result.update({  # flat copies for tables and the report
+        "monitor_used": f"{monitor['kind']}: {monitor['spec']}" + (f" ({monitor['backend']})" if monitor["backend"]
+                                                                    else ""),
+        **{f"g_mean2_{v}": views[v]["g_mean2"]["estimate"] for v in views},
+        "verbalisation_rate": cot.get("tpr", {}).get("estimate") if result["archetype"] == "outcome" else None,
+        "exposure_onset": exposure["onset"] if exposure else None,
+        "did_g_mean2": exposure_did.get("estimate"), "did_mde": exposure_did.get("mde")})
     return Finding(kind="monitorability", run=run, severity=severity, title=title, explanation=explanation,
                    score=float(-cot["exposure"]["g_mean2"]["estimate"]) if verdict == "drop" else 0.0,
                    fields=result, evidence=evidence)

@@ -24,6 +24,7 @@ KIND_LABELS = {
     "reward_attribution": "reward attribution",
     "cot_grading": "CoT grading",
     "reward_health": "reward health",
+    "monitorability": "monitorability",
     "audit_error": "audit error",
 }
 
@@ -39,6 +40,9 @@ WHY = {
                    "model to hide or dress up its reasoning and erodes CoT monitoring.",
     "reward_health": "A reward signal that is constant, stuck, NaN or out of range gives the policy no (or a "
                      "wrong) learning signal; findings built on it are suspect.",
+    "monitorability": "How well monitors that read the chain-of-thought catch what the actions show (g-mean² = "
+                      "TPR x TNR), and whether that fell where a grader saw the reasoning: the policy may have "
+                      "learned to stop saying what it does.",
     "audit_error": "A detector crashed on this run, so its checks did not run: absence of its findings here "
                    "means nothing.",
 }
@@ -69,6 +73,12 @@ FACTS: dict[str, list[tuple[str, str, str]]] = {
                     ("q-value", "q_value", "p")],
     "reward_health": [("signal", "signal", "text"), ("problem", "problem", "text"), ("share", "share", "share"),
                       ("first step", "first_step", "num")],
+    "monitorability": [("monitor", "monitor_used", "text"), ("g-mean² CoT only", "g_mean2_cot", "num"),
+                       ("g-mean² action only", "g_mean2_action", "num"), ("g-mean² all", "g_mean2_all", "num"),
+                       ("verbalisation rate", "verbalisation_rate", "share"),
+                       ("exposure onset step", "exposure_onset", "num"),
+                       ("g-mean² change, exposed vs unexposed (DiD)", "did_g_mean2", "num"),
+                       ("minimum detectable effect", "did_mde", "num"), ("verdict", "verdict", "text")],
     "audit_error": [("detector", "detector", "text")],
 }
 
