@@ -92,3 +92,19 @@ def test_cli_with_an_llm_monitor_over_http(tmp_path):
     assert f"{sent} calls (0 sent, {sent} from cache)" in again.output
     assert finding["monitor"]["backend"].startswith("openai:tiny-yes@http://127.0.0.1")
     print("\n" + result.output + again.output)
+
+
+def test_full_audit_json_and_report_carry_the_monitorability_finding(tmp_path):
+    from rlaudit.audit import AuditResult, audit_store
+    from rlaudit.report import write_report
+
+    store = Store(tmp_path / "store")
+    store.append("hidden", organism("hidden"), "p1")
+    config = AuditConfig(detectors=["cot_grading", "monitorability"], options=OPTIONS)
+    result = audit_store(store, ["hidden"], config)
+    result.write_json(tmp_path / "findings.json")
+    [m] = AuditResult.read_json(tmp_path / "findings.json").of_kind("monitorability")
+    assert m.fields["verdict"] == "drop" and m.fields["monitor_used"] == "rule: hardcode"
+    assert m.fields["did_g_mean2"] < 0 and "Strip the reasoning" in m.fields["remedy"]
+    html = write_report(store, result, tmp_path / "audit.html").read_text()
+    assert "monitorability" in html and "g-mean² CoT only" in html
