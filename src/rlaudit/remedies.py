@@ -201,7 +201,9 @@ def _audit_error(f: Finding) -> str:
 def _monitorability(f: Finding) -> str:
     exposure = f.get("exposure") or {}
     if f.get("verdict") != "drop":
-        return ""
+        return ("Nothing to fix from this measurement; re-check as training goes on (`rlaudit monitorability RUN "
+                "--label SPEC`), and with an LLM judge monitor (`--monitor judge:RUBRIC --llm ...`) when a "
+                "rule-based monitor is too blunt for the behaviour.")
     graders = ", ".join(repr(g) for g in exposure.get("graders") or []) or "the exposed grader"
     return (f"Strip the reasoning from what {graders} sees (rlaudit.capture shows what it receives), and do not rely "
             f"on CoT monitors for this behaviour in checkpoints after step {exposure.get('onset')}: monitor the "
