@@ -444,7 +444,6 @@ def to_finding(run: str, result: dict[str, Any]) -> Finding:
     verdict = result["verdict"]
     what = result["label"]["spec"] or f"{result['label']['signal']} > {result['label']['threshold']}"
     cot = views.get("cot", {})
-    g = cot.get("g_mean2", {})
     line = ", ".join(f"{v} {views[v]['g_mean2']['estimate']:.2f}" for v in views
                      if views[v]["g_mean2"]["estimate"] is not None)
     exposure = result["exposure"]
