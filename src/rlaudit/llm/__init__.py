@@ -9,7 +9,8 @@
 Backends (`core.Backend`): `openai:MODEL[@BASE_URL]` (any OpenAI-compatible server), `transformers:PATH` (a
 local model), `scripted:MODULE:FUNCTION` (a Python function `f(ChatRequest) -> str`). Judges (`judge.py`) turn a
 rubric into yes/no verdicts with a score and the quoted span that justifies them; `judge:RUBRIC` behaviour specs
-use the default client (`set_default_client`, or the `RLAUDIT_LLM` environment variable holding a backend spec).
+use the default client (`set_default_client`, or the `RLAUDIT_LLM` environment variable holding a backend spec;
+`RLAUDIT_LLM_MAX_CALLS`, default 10,000, bounds what a spec evaluated on every rollout may send).
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def default_client() -> LLMClient:
                                "transformers:PATH, scripted:MODULE:FUNCTION), or pass --monitor")
         _DEFAULT = client_from_spec(spec, cache=os.environ.get("RLAUDIT_LLM_CACHE"),
                                     concurrency=int(os.environ.get("RLAUDIT_LLM_CONCURRENCY", "8")),
-                                    price=os.environ.get("RLAUDIT_LLM_PRICE"))
+                                    price=os.environ.get("RLAUDIT_LLM_PRICE"),
+                                    max_calls=int(os.environ.get("RLAUDIT_LLM_MAX_CALLS", "10000")))
     return _DEFAULT
 
 
