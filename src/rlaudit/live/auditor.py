@@ -24,8 +24,7 @@ import os
 import threading
 import time
 import traceback
-import multiprocessing as mp
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -42,6 +41,7 @@ from ..store import IngestReport, Store
 from .alerts import Alert, AlertManager, finding_key, make_alerts
 from .sampling import PartIndex, StepSample, StoreView
 from .tracking import BehaviorTracker
+from .worker import WorkerExecutor
 
 log = logging.getLogger("rlaudit.live")
 T = TypeVar("T")
@@ -132,6 +132,7 @@ class LiveAuditor:
         self._fresh = False  # rows arrived since the last heavy audit started
         self._job: tuple[Future, int] | None = None  # running background heavy audit and its step
         self._executor: Executor | None = None
+        self._thread_executor: Executor | None = None
         self._reported_errors: set[str] = set()
 
     # ------------------------------------------------------------------ getting rows in
@@ -192,8 +193,8 @@ class LiveAuditor:
             paths = self.index.covering(self.config.sample.select(self.index.steps()))
             if self.config.background and not final:
                 names = self.config.detectors if self.config.detectors is not None else _registered()
-                job = self._pool().submit(heavy_audit, self.store.root, self.run, paths,
-                                          self._audit_config(step, names), ordered(names))
+                args = (self.store.root, self.run, paths, self._audit_config(step, names), ordered(names))
+                job = self._pool(args).submit(heavy_audit, *args)
                 self._job = (job, step)
             else:
                 alerts += self._absorb(step, self._heavy(step, paths))
@@ -266,15 +267,19 @@ class LiveAuditor:
         self._remember(found)
         return self.alerts.process(rank(found), step)
 
-    def _pool(self) -> Executor:
-        if self._executor is None:
-            if self.config.background == "thread":
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlaudit-audit",
-                                                    initializer=_lower_priority)
-            else:  # spawn: never fork a process that holds torch / DuckDB threads
-                self._executor = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
-                                                     initializer=_lower_priority)
-        return self._executor
+    def _pool(self, args: tuple = ()) -> Executor:
+        """The executor for a heavy audit. A process is `worker.WorkerExecutor`: a fresh interpreter that never
+        imports the trainer's `__main__` (spawn would re-run an unguarded training script; fork would copy a
+        process holding torch / DuckDB threads). Detectors defined in `__main__` cannot reach such a process by
+        reference: those audits run in a thread."""
+        if self.config.background == "process" and WorkerExecutor.can_run(heavy_audit, *args):
+            if self._executor is None:
+                self._executor = WorkerExecutor()
+            return self._executor
+        if self._thread_executor is None:
+            self._thread_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlaudit-audit",
+                                                       initializer=_lower_priority)
+        return self._thread_executor
 
     def _audit_config(self, step: int, detectors: list[str],
                       overrides: dict[str, dict[str, Any]] | None = None) -> AuditConfig:
@@ -301,9 +306,11 @@ class LiveAuditor:
         try:
             return self.update(final=True)  # audits again only if rows arrived after the last heavy audit
         finally:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-                self._executor = None
+            for name in ("_executor", "_thread_executor"):
+                executor = getattr(self, name)
+                if executor is not None:
+                    executor.shutdown(wait=True)
+                    setattr(self, name, None)
             self.alerts.close()
 
     # ------------------------------------------------------------------ introspection
