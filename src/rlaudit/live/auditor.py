@@ -130,7 +130,7 @@ class LiveAuditor:
         self.heavy_runs: list[tuple[int, float]] = []  # (step audited, seconds) per heavy audit
         self._last_heavy: int | None = None
         self._fresh = False  # rows arrived since the last heavy audit started
-        self._job: tuple[Future, int] | None = None  # running background heavy audit and its step
+        self._job: tuple[Future, int, Any] | None = None  # running background heavy audit, its step and lease
         self._executor: Executor | None = None
         self._thread_executor: Executor | None = None
         self._reported_errors: set[str] = set()
@@ -168,8 +168,18 @@ class LiveAuditor:
     @guarded(default=list)
     def update(self, step: int | None = None, final: bool = False) -> list[Alert]:
         """Audit what arrived since the last update; start the heavy detectors when due (or `final`)."""
+        # A lease on the version read here: no part of it is deleted (by an ingest replacing a grown file) until
+        # the cheap pass and, if one starts, the background heavy audit on it are done.
+        lease = self.store.lease(self.run)
+        try:
+            return self._update(lease, step, final)
+        finally:
+            if self._job is None or self._job[2] is not lease:
+                lease.release()
+
+    def _update(self, lease: Any, step: int | None, final: bool) -> list[Alert]:
         started = time.perf_counter()
-        new_parts = self.index.refresh()
+        new_parts = self.index.refresh(lease.manifest) if lease.manifest is not None else []
         latest = self.index.max_step()
         alerts: list[Alert] = []
         if latest is None:
@@ -195,7 +205,7 @@ class LiveAuditor:
                 names = self.config.detectors if self.config.detectors is not None else _registered()
                 args = (self.store.root, self.run, paths, self._audit_config(step, names), ordered(names))
                 job = self._pool(args).submit(heavy_audit, *args)
-                self._job = (job, step)
+                self._job = (job, step, lease)
             else:
                 alerts += self._absorb(step, self._heavy(step, paths))
         heavy = time.perf_counter() - t0
@@ -236,13 +246,15 @@ class LiveAuditor:
         """Alerts from a finished background heavy audit (waiting for a running one when `wait`)."""
         if self._job is None:
             return []
-        job, step = self._job
+        job, step, lease = self._job
         if not (wait or job.done()):
             return []
         self._job = None
         try:
             result = job.result()
+            lease.release()
         except Exception as exc:  # noqa: BLE001 - a failed audit is logged; the next one is tried
+            lease.release()
             self.errors.append(f"heavy audit: {type(exc).__name__}: {exc}")
             log.error("rlaudit live heavy audit failed (training continues): %s", exc)
             return []

@@ -1,0 +1,3 @@
+"""Fixtures for reliability tests."""
+
+from tests.live.conftest import test_detectors  # noqa: F401
