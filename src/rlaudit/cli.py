@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -239,11 +240,21 @@ def ingest(
 
 @app.command("runs")
 def runs_cmd(
+    action: Annotated[list[str] | None, typer.Argument(
+        help="`rm NAME...` removes runs from the store; nothing lists them.", show_default=False)] = None,
     store: StoreOpt = Path(".rlaudit"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """What the store holds: rows, steps, conditions, reward signals and graders per run."""
+    """What the store holds: rows, steps, conditions, reward signals and graders per run (`runs rm NAME` removes
+    a run)."""
     st = Store(store)
+    if action:
+        if action[0] != "rm" or len(action) < 2:
+            raise RlauditError("usage: rlaudit runs [--store DIR] [--json] | rlaudit runs rm NAME... [--store DIR]")
+        for name in action[1:]:
+            st.delete(name)
+            console.print(f"removed run {escape(name)} from store {escape(str(store))}")
+        return
     summaries = [st.summary(r) for r in st.runs()]
     if as_json:
         out.print_json(json.dumps([s.to_json() for s in summaries]))

@@ -344,7 +344,20 @@ def first_record_keys(path: Any, limit: int = 1 << 22) -> set[str]:
         obj = json.loads(line)
         return set(obj) if isinstance(obj, dict) else set()
     except (ValueError, RecursionError):
-        if newline:  # a complete but invalid first line
+        if newline or len(head) < limit:  # a complete but invalid first line, or one still being written
             return set()
         return {m.decode("utf-8", "replace") for m in re.findall(rb'"([A-Za-z_][A-Za-z0-9_]*)"\s*:', line)}
+
+
+def layout_keys(paths: list[Any], max_files: int = 8) -> set[str]:
+    """Keys of the first record of the first file (in the given order) whose first record can be read whole.
+
+    Layout detection must not be decided by an empty file, a first line still being written, or one file of
+    garbage: those are passed over (up to `max_files` files), and with no readable record the answer is the empty
+    set (undecided: a watcher waits for more data)."""
+    for path in paths[:max_files]:
+        keys = first_record_keys(path)
+        if keys:
+            return keys
+    return set()
 
