@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+SRC = Path(os.environ.get("RLAUDIT_TEST_SRC") or Path(__file__).resolve().parents[2] / "src")
 
 
 def test_script_without_main_guard_runs_once(tmp_path):

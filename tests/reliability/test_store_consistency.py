@@ -19,7 +19,7 @@ from rlaudit.errors import BadInputError, RlauditError
 from rlaudit.readers.base import ReadOptions
 from rlaudit.store import Store
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+SRC = Path(os.environ.get("RLAUDIT_TEST_SRC") or Path(__file__).resolve().parents[2] / "src")
 
 
 def _lines(path: Path, start: int, stop: int, bad_at: int | None = None) -> None:
@@ -63,12 +63,13 @@ def _killer_script(src: Path, root: Path, sleep_after: int) -> str:
         real = Store._ingest_file
         n = {{"files": 0}}
         def slow(self, *a, **k):
-            out = real(self, *a, **k)
             n["files"] += 1
             if n["files"] == {sleep_after}:
-                print("PART", flush=True)
+                time.sleep(2.5)  # longer than the old periodic commit interval
+            if n["files"] == {sleep_after} + 1:
+                print("PART", flush=True)  # some parts written, the ingest not finished
                 time.sleep(60)
-            return out
+            return real(self, *a, **k)
         Store._ingest_file = slow
         s.ingest({str(src)!r}, run="r", options=ReadOptions(group_size=int(sys.argv[1])))
     """)
@@ -81,8 +82,7 @@ def _kill_mid_ingest(tmp_path: Path, src: Path, root: Path, group_size: int) -> 
     proc = subprocess.Popen([sys.executable, str(script), str(group_size)], env=env, stdout=subprocess.PIPE,
                             text=True)
     try:
-        assert proc.stdout.readline().strip() == "PART"  # two parts written, the ingest not finished
-        time.sleep(2.5)  # longer than the old periodic commit
+        assert proc.stdout.readline().strip() == "PART"
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
