@@ -58,3 +58,68 @@ def test_cli_runs_rm(tmp_path):
     assert res.exit_code == 0, res.output
     assert store.runs() == []
     assert store.ingest(src, run="d", format="verl").rows_added == 1
+
+
+# ---------------------------------------------------------------- item 4
+def _goblin_finding(run="r"):
+    from rlaudit.findings import Finding
+
+    return Finding(kind="emerging_behavior", run=run, severity="high", title="goblin",
+                   fields={"behavior": "goblin", "behavior_spec": "goblin"})
+
+
+def test_torn_alerts_file_does_not_stop_training(tmp_path):
+    from rlaudit.live import make_alerts
+
+    path = tmp_path / "alerts.jsonl"
+    first = make_alerts(path)
+    first.process([_goblin_finding()], step=3)
+    data = path.read_bytes()
+    path.write_bytes(data + '{"key": "x", "title": "gobelin é'.encode()[:-1])  # cut inside a UTF-8 character
+    hook = LiveHook(tmp_path / "store", "r", alerts_path=path, config=_quiet())  # must not raise
+    assert hook.auditor.alerts.sent  # what was sent before is still known
+    again = make_alerts(path)
+    assert again.process([_goblin_finding()], step=4) == []  # not repeated
+    f2 = _goblin_finding()
+    f2.fields["behavior_spec"] = "gremlin"
+    assert len(again.process([f2], step=5)) == 1
+    lines = path.read_bytes().splitlines()
+    assert json.loads(lines[-1])["key"].endswith("gremlin")  # a new line, not glued to the torn one
+
+
+# ---------------------------------------------------------------- item 6
+def test_wrap_rewards_when_one_function_raises(tmp_path):
+    hook = LiveHook(tmp_path / "store", "w", config=_quiet())
+
+    def good(prompts, completions, **kw):
+        return [1.0] * len(completions)
+
+    def flaky(prompts, completions, **kw):
+        if "boom" in completions[0]:
+            raise ValueError("grader down")
+        return [0.5] * len(completions)
+
+    wrapped = hook.wrap_rewards([good, flaky])
+    for step in range(20):
+        completions = [f"boom {step}" if step % 2 else f"fine {step}", "x"]
+        for fn in wrapped:
+            try:
+                fn(["p", "q"], completions)
+            except ValueError:
+                pass
+    hook.close()
+    store = Store(tmp_path / "store")
+    assert store.summary("w").rows == 40  # every batch logged, the failed function's signal n/a
+    vals = store.query("SELECT rewards['flaky'] AS f FROM rollouts", runs=["w"]).column(0).to_pylist()
+    assert sum(v != v for v in vals) == 20 and sum(v == 0.5 for v in vals) == 20
+
+
+def test_wrap_rewards_pending_is_bounded(tmp_path):
+    from rlaudit.live.hooks import RewardRecorder
+
+    hook = LiveHook(tmp_path / "store", "w", config=_quiet())
+    rec = RewardRecorder(hook, [lambda p, c: [1.0] * len(c), lambda p, c: [0.0] * len(c)], True, 1)
+    batches = [[f"c{i}"] for i in range(50)]  # kept alive: ids stay distinct
+    for b in batches:
+        rec.wrapped[0](["p"], b)  # the second function never scores these
+    assert len(rec._pending) <= rec.max_pending

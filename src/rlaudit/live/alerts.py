@@ -99,8 +99,10 @@ class JsonlSink:
 
     def send(self, alert: Alert) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(alert.to_json(), ensure_ascii=False) + "\n")
+        with open(self.path, "ab") as fh:
+            if fh.tell() and not _ends_with_newline(self.path):  # a torn last line (full disk): start a new one
+                fh.write(b"\n")
+            fh.write((json.dumps(alert.to_json(), ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass"))
             fh.flush()
 
     def sent(self) -> dict[str, str]:
@@ -108,11 +110,11 @@ class JsonlSink:
         if not self.path.is_file():
             return {}
         out: dict[str, str] = {}
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in self.path.read_bytes().splitlines():  # bytes: a line torn inside a UTF-8 character is skipped
             try:
                 obj = json.loads(line)
                 key, severity = obj["key"], obj["severity"]
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 continue
             if severity in SEVERITY_RANK and SEVERITY_RANK[severity] > SEVERITY_RANK.get(out.get(key, "info"), -1):
                 out[key] = severity
@@ -120,6 +122,12 @@ class JsonlSink:
 
     def close(self) -> None:
         pass
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(-1, 2)
+        return fh.read(1) == b"\n"
 
 
 class WebhookSink:
@@ -211,7 +219,7 @@ class AlertManager:
             if isinstance(sink, JsonlSink):
                 try:
                     self.sent.update(sink.sent())
-                except OSError as exc:
+                except Exception as exc:  # noqa: BLE001 - a damaged alerts file must not stop training
                     log.warning("rlaudit: cannot read earlier alerts from %s: %s", sink.path, exc)
 
     def process(self, findings: Iterable[Finding], step: int | None = None) -> list[Alert]:
