@@ -123,3 +123,74 @@ def test_wrap_rewards_pending_is_bounded(tmp_path):
     for b in batches:
         rec.wrapped[0](["p"], b)  # the second function never scores these
     assert len(rec._pending) <= rec.max_pending
+
+
+# ---------------------------------------------------------------- item 5
+def _batch(step):
+    return (["q1", "q2"], [f"a{step}", "b"], {"r": [1.0, 0.0]})
+
+
+def test_disk_full_steps_are_spooled_retried_and_named(tmp_path, monkeypatch):
+    real = Store._write_part
+    full = {"on": False}
+
+    def write_part(self, *a, **k):
+        if full["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Store, "_write_part", write_part)
+    hook = LiveHook(tmp_path / "store", "full", config=_quiet())
+    for step in range(8):
+        full["on"] = step in (3, 4, 5)
+        alerts = hook.log_rollouts(step, *_batch(step))
+        if step == 5:
+            [gap] = [f for f in hook.findings if f.get("problem") == "steps_not_stored"]
+            assert gap["missing_steps"] == [3, 4, 5] and "3-5" in gap.title and "No space" in gap.title
+            assert any(a.kind == "audit_error" for a in alerts) or gap.severity == "medium"
+    hook.close()
+    assert not [f for f in hook.findings if f.get("problem") == "steps_not_stored"]
+    assert Store(tmp_path / "store").summary("full").rows == 16  # nothing lost
+
+
+def test_store_still_unwritable_at_close_spills_outside(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLAUDIT_SPOOL_DIR", str(tmp_path / "spool"))
+    hook = LiveHook(tmp_path / "store", "ro", config=_quiet())
+    hook.log_rollouts(0, *_batch(0))
+
+    def read_only(self, *a, **k):
+        raise PermissionError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(Store, "_write_part", read_only)
+    for step in (1, 2):
+        hook.log_rollouts(step, *_batch(step))
+    hook.close()
+    [gap] = [f for f in hook.findings if f.get("problem") == "steps_not_stored"]
+    assert gap["missing_steps"] == [1, 2] and gap["spool_dir"]
+    monkeypatch.undo()
+    store = Store(tmp_path / "store2")
+    store.ingest(gap["spool_dir"], run="ro", format="canonical")
+    assert store.summary("ro").rows == 4
+
+
+def test_watch_survives_a_store_it_cannot_write(tmp_path, monkeypatch):
+    src = tmp_path / "dump"
+    verl_step(src, 1, ["q1", "q2"], ["a", "b"], [1.0, 0.0])
+    real = Store._write_part
+    polls = {"n": 0}
+
+    def write_part(self, *a, **k):
+        if polls["n"] < 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Store, "_write_part", write_part)
+    statuses = []
+
+    def sleep(_):
+        polls["n"] += 1
+
+    result = watch(src, tmp_path / "store", "w", max_polls=4, interval=0, sleep=sleep, config=_quiet(),
+                   on_poll=statuses.append)
+    assert "cannot write the store" in statuses[0].waiting
+    assert result.rows == 2
