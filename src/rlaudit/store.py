@@ -113,6 +113,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _sha256_or_none(path: Path) -> str | None:
+    try:
+        return _sha256(path)
+    except OSError:
+        return None
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -288,11 +295,15 @@ class Store:
             # A pipeline across files: one thread reads (parses) the files in order, one labels and splits the
             # rows (finalize), and this thread writes the parts. Parsing, the compute kernels and Parquet
             # writing release the GIL, so the three stages overlap.
-            stream = prefetch(_part_tables(prefetch(_raw_tables(reader, todo, ctx), depth=4), ctx), depth=4)
+            unreadable: set[str] = set()
+            stream = prefetch(_part_tables(prefetch(_raw_tables(reader, todo, ctx, unreadable), depth=4), ctx),
+                              depth=4)
             with contextlib.closing(stream):  # an error here stops the reading thread too
                 for i, file in enumerate(todo):
                     entry = self._ingest_file(run, file, _tables_of(stream, file), manifest)
                     report.files_replaced += self._drop_replaced(manifest, file)
+                    if file.relpath in unreadable:  # not recorded as read: the next ingest tries it again
+                        entry["size"] = entry["mtime_ns"] = entry["sha256"] = None
                     with bad_lock:
                         entry["bad"] = bad_by_file.get(file.relpath, 0)
                         done_bad = [r for r in bad_buffer if r.file == file.relpath]
@@ -374,22 +385,32 @@ class Store:
             return False
         if entry.get("part") and not (self.run_dir(manifest["name"]) / "parts" / entry["part"]).is_file():
             return False  # its part was lost: read the file again (repairs the run)
-        st = file.path.stat()
+        try:
+            st = file.path.stat()
+        except OSError:
+            return False
         if entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns:
             return True
-        if entry["size"] == st.st_size and entry.get("sha256") == _sha256(file.path):
+        if entry["size"] == st.st_size and entry.get("sha256") == _sha256_or_none(file.path):
             entry["mtime_ns"] = st.st_mtime_ns  # touched or copied, same bytes
             return True
         return False
 
     def _ingest_file(self, run: str, file: SourceFile, tables: Iterator[pa.Table],
                      manifest: dict[str, Any]) -> dict[str, Any]:
-        st = file.path.stat()
+        try:
+            st = file.path.stat()
+        except OSError:
+            st = None
         part = self._part_name(file.relpath)
         rows = self._write_part(run, part, tables)
         old = manifest["files"].get(file.relpath, {}).get("part")
-        entry = {"part": part if rows else None, "rows": rows, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                 "sha256": _sha256(file.path), "layout": LAYOUT}
+        try:
+            digest = _sha256(file.path)
+        except OSError:
+            digest = st = None  # unreadable or gone: recorded as not read, so the next ingest tries again
+        entry = {"part": part if rows else None, "rows": rows, "size": st.st_size if st else None,
+                 "mtime_ns": st.st_mtime_ns if st else None, "sha256": digest, "layout": LAYOUT}
         manifest["files"][file.relpath] = entry
         if not rows:
             (self.run_dir(run) / "parts" / part).unlink(missing_ok=True)
@@ -707,11 +728,19 @@ class _Lease:
             self._fh = None
 
 
-def _raw_tables(reader: Any, files: list[SourceFile], ctx: ReadContext) -> Iterator[tuple[SourceFile, Any]]:
-    """(file, raw table) for every file in order, then (file, None) to mark the end of that file."""
+def _raw_tables(reader: Any, files: list[SourceFile], ctx: ReadContext,
+                unreadable: set[str] | None = None) -> Iterator[tuple[SourceFile, Any]]:
+    """(file, raw table) for every file in order, then (file, None) to mark the end of that file. A file that
+    cannot be read (permissions, I/O error, removed meanwhile) is a bad record, not the end of the ingest; it is
+    listed in `unreadable` so that the next ingest tries it again."""
     for file in files:
-        for raw in reader.read(file, ctx):
-            yield file, raw
+        try:
+            for raw in reader.read(file, ctx):
+                yield file, raw
+        except OSError as exc:
+            if unreadable is not None:
+                unreadable.add(file.relpath)
+            ctx.bad(file, None, f"unreadable file ({exc.strerror or exc})")
         yield file, None
 
 
