@@ -477,6 +477,7 @@ def probe_grader_cmd(
     repeats: Annotated[int, typer.Option("--repeats", help="Scorings of each original, to measure the "
                                          "grader's own noise (>= 3).")] = 3,
     seed: Annotated[int, typer.Option("--seed", help="Sampling and counterfactual seed.")] = 0,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds one grader call may take.")] = 120.0,
     think_tags: TagsOpt = None,
     store: StoreOpt = Path(".rlaudit"),
 ) -> None:
@@ -485,8 +486,10 @@ def probe_grader_cmd(
 
     if samples < 2:
         raise RlauditError("--samples must be at least 2")
+    if timeout <= 0:
+        raise RlauditError("--timeout must be > 0 seconds")
     config = ProbeConfig(signature=signature, samples=samples, repeats=repeats, seed=seed,
-                         tags=ThinkTags.parse(think_tags))
+                         tags=ThinkTags.parse(think_tags), timeout=timeout)
     with console.status("probing grader", spinner="dots"):
         result = probe_grader(grader, source, Store(store), config, json_out)
     verdict = "[bold red]CoT-sensitive[/]" if result["cot_sensitive"] else "[green]not CoT-sensitive[/]"
