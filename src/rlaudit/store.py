@@ -383,7 +383,8 @@ class Store:
         entry = manifest["files"].get(file.relpath)
         if not entry or entry.get("size") is None:
             return False
-        if entry.get("part") and not (self.run_dir(manifest["name"]) / "parts" / entry["part"]).is_file():
+        run = manifest.get("name")
+        if run and entry.get("part") and not (self.run_dir(run) / "parts" / entry["part"]).is_file():
             return False  # its part was lost: read the file again (repairs the run)
         try:
             st = file.path.stat()
