@@ -14,15 +14,18 @@ if [ "$#" -gt 0 ]; then TRAINERS=("$@"); else
   TRAINERS=(); for d in conformance/*/; do [ -f "$d/generate.py" ] && TRAINERS+=("$(basename "$d")"); done
 fi
 PY3=$(command -v python3.11 || command -v python3)
-for t in "${TRAINERS[@]}"; do
-  dir=conformance/$t
-  [ -f "$dir/generate.py" ] || { echo "conformance: no $dir/generate.py" >&2; exit 2; }
-  started=$SECONDS
+JOBS=${CONFORMANCE_JOBS:-2}  # trainers generated at once: installs wait on the network, generators on the CPU
+
+# One trainer: install its venv, run its generator. Exit 0 done, 77 skipped, anything else failed.
+generate() {
+  local t=$1 dir=conformance/$1 started=$SECONDS venv python status=0
+  [ -f "$dir/generate.py" ] || { echo "conformance: no $dir/generate.py" >&2; return 2; }
   if [ -f "$dir/requires-env" ]; then  # variables naming what no registry serves (a source checkout)
+    local missing
     missing=$(grep -v '^#' "$dir/requires-env" | while read -r var; do [ -n "$var" ] && [ -z "${!var:-}" ] && echo "$var"; done || true)
     if [ -n "$missing" ]; then
       echo "conformance: $t: skipped ($(echo $missing) unset; see $dir/requires-env); its tests read tests/conformance/fixtures/$t"
-      continue
+      return 77
     fi
   fi
   if [ -f "$dir/requirements.txt" ]; then
@@ -41,14 +44,31 @@ for t in "${TRAINERS[@]}"; do
   fi
   rm -rf "${OUT:?}/$t"; mkdir -p "$OUT/$t"
   echo "conformance: $t: generating with its own code ($python)"
-  status=0
   HF_HUB_OFFLINE=1 "$python" "$dir/generate.py" "$OUT/$t" || status=$?
   if [ "$status" -eq 77 ]; then  # a prerequisite this machine cannot have (see the generator's message)
-    echo "conformance: $t: skipped; its tests read tests/conformance/fixtures/$t"
-    continue
+    echo "conformance: $t: skipped; its tests read tests/conformance/fixtures/$t"; return 77
   elif [ "$status" -ne 0 ]; then
-    echo "conformance: $t: generate.py failed (exit $status)" >&2; exit "$status"
+    echo "conformance: $t: generate.py failed (exit $status)"; return "$status"
   fi
   touch "$OUT/$t/.complete"  # tests/conformance/logs.py reads only complete output
   echo "conformance: $t: done in $((SECONDS - started)) s -> $OUT/$t"
+}
+
+mkdir -p "$OUT/.logs"
+declare -A PIDS
+for t in "${TRAINERS[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  echo "conformance: $t: started (log: $OUT/.logs/$t.log)"
+  generate "$t" > "$OUT/.logs/$t.log" 2>&1 &
+  PIDS[$t]=$!
 done
+failed=()
+for t in "${TRAINERS[@]}"; do
+  status=0; wait "${PIDS[$t]}" || status=$?
+  if [ "$status" -ne 0 ] && [ "$status" -ne 77 ]; then
+    failed+=("$t"); cat "$OUT/.logs/$t.log" >&2
+  else
+    grep "^conformance:" "$OUT/.logs/$t.log" || true
+  fi
+done
+if [ "${#failed[@]}" -gt 0 ]; then echo "conformance: failed: ${failed[*]}" >&2; exit 1; fi

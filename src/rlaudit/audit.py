@@ -20,6 +20,7 @@ from .conditions import ConditionRule
 from .detectors import AuditConfig, run_detectors
 from .findings import Finding, jsonable, rank
 from .readers.base import ReadOptions
+from .remedies import add_remedies
 from .store import IngestReport, RunSummary, Store, atomic_write_text
 
 FINDINGS_SCHEMA_VERSION = 1
@@ -76,10 +77,116 @@ def ingest_sources(
     for i, source in enumerate(sources):
         name = run_names[i] if run_names else None
         label = name or Path(source).resolve().name
+        check_source(store, source, name, format)
+        is_new = not store.has_run(label)
         cb = (lambda done, total, rows, _l=label: progress(_l, done, total, rows)) if progress else None
-        reports.append(store.ingest(source, run=name, format=format, options=options, conditions=conditions,
-                                    progress=cb))
+        report = store.ingest(source, run=name, format=format, options=options, conditions=conditions,
+                              progress=cb)
+        _check_nothing_readable(store, source, report, is_new, options)
+        reports.append(report)
     return reports
+
+
+def check_source(store: Store, source: str | Path, run: str | None = None, format: str | None = None) -> None:
+    """Refuse, before reading anything, a source that would be stored wrongly without a word.
+
+    - a directory holding rollouts of two trainer layouts (say TRL and verl): detection would read one and
+      ignore the other, so the user chooses with `--format` or gives each sub-directory as its own source;
+    - the same rollout files as another stored run (TRL's `completions/` after its output dir): a second run
+      of the same data would double every finding of a fleet audit.
+    """
+    from .errors import RlauditError
+    from .readers import READERS, get_reader
+
+    path = Path(source).resolve()
+    if not path.exists():
+        return  # store.ingest says so
+    if format is None and path.is_dir():
+        seen: set[Path] = set()
+        layouts: list[tuple[str, int]] = []
+        for cls in READERS:
+            if cls.name == "canonical" or not cls.detect(path):  # canonical matches any table: never a 2nd layout
+                continue
+            files = {f.path.resolve() for f in cls().files(path)}
+            if files - seen:
+                layouts.append((cls.name, len(files - seen)))
+            seen |= files
+        if len(layouts) > 1:
+            listed = " and ".join(f"{name} ({n} file{'s' * (n != 1)})" for name, n in layouts)
+            raise RlauditError(f"{path} holds rollouts in {len(layouts)} log layouts: {listed}; pass --format "
+                               f"{layouts[0][0]} (or another) to read one of them, or give each layout's "
+                               "sub-directory as its own SOURCE")
+    target = run or path.name
+    if store.has_run(target):
+        return  # re-ingesting a run (incremental): its own files overlap, as they should
+    try:
+        reader = get_reader(format) if format else None
+        if reader is None:
+            from .readers import resolve_reader
+
+            reader = resolve_reader(path)
+        files = {f.path.resolve() for f in reader.files(path)}
+    except RlauditError:
+        return  # store.ingest reports the layout problem
+    for other in store.runs():
+        m = store.manifest(other)
+        root = Path(m.get("source", ""))
+        if not root.is_absolute():
+            continue
+        stored = {(base / rel).resolve() for rel in m.get("files", {})
+                  for base in ((root, root.parent) if root.is_file() else (root,))}
+        same = files & stored
+        if same:
+            raise RlauditError(
+                f"{path} holds the same rollout files as run {other!r} in {store.root} (ingested from {root}; "
+                f"{len(same)} of {len(files)} file(s) in common): it is the same data, not a new run. Use run "
+                f"{other!r} (`--run {other}` with its source {root}, or name {other!r} where a command takes "
+                f"a run), or delete {store.run_dir(other)} to store it again under another name")
+
+
+def _check_nothing_readable(store: Store, source: str | Path, report: IngestReport, is_new: bool,
+                            options: ReadOptions | None) -> None:
+    """A source of which no record could be read is an error, not an empty run that audits to "No findings".
+
+    The usual cause is a generic JSONL/Parquet table whose field names are not rlaudit's: the error names the
+    fields found and how to map them. A run this ingest created is removed again, so no 0-row run is left.
+    """
+    from .errors import RlauditError
+
+    if report.rows_added or not report.bad_records or store.summary(report.run).rows:
+        return
+    reasons = sorted({e.split(": ", 1)[-1] for e in report.bad_examples})
+    fields = _fields_of(store, report.run)
+    if is_new:
+        store.delete(report.run)
+    hint = ""
+    if report.format == "canonical" and not (options and options.columns):
+        hint = (" Map them onto rlaudit's columns with --columns, e.g. --columns step=FIELD,prompt=FIELD,"
+                "completion=FIELD (or --columns-file; `rlaudit schema` lists the columns).")
+    found = f" The records have the fields: {', '.join(fields)}." if fields else ""
+    kept = "" if is_new else f" Run {report.run!r} keeps what it held."
+    raise RlauditError(f"{source}: none of the {report.bad_records:,} record(s) could be read as {report.format} "
+                       f"({'; '.join(reasons)}).{found}{hint}{kept} Nothing was stored.")
+
+
+def _fields_of(store: Store, run: str) -> list[str]:
+    """Top-level field names of the first quarantined record's file (for the error message)."""
+    bad = store.quarantined(run)
+    if not bad:
+        return []
+    m = store.manifest(run)
+    root = Path(m.get("source", ""))
+    path = (root.parent if root.is_file() else root) / bad[0].file
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        from .readers.jsonl import first_record_keys
+
+        return sorted(first_record_keys(path))
+    except Exception:  # noqa: BLE001 - only a hint in an error message
+        return []
 
 
 def audit_store(store: Store, runs: Sequence[str] | None = None, config: AuditConfig | None = None,
@@ -98,6 +205,7 @@ def audit_store(store: Store, runs: Sequence[str] | None = None, config: AuditCo
             cb = (lambda name, done, total, _r=run: progress(_r, name, done, total)) if progress else None
             findings.extend(run_detectors(store, run, config, progress=cb))
         summaries = [store.summary(r) for r in runs]
+    add_remedies(findings)  # what to do about each finding, keyed by kind (detectors only say what they found)
     return AuditResult(runs=summaries, findings=rank(findings))
 
 

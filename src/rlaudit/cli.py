@@ -11,24 +11,43 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .audit import AuditResult, audit_store, ingest_sources, write_outputs
-from .conditions import ConditionRule
-from .detectors import AuditConfig
 from .errors import RlauditError
-from .findings import Finding
-from .readers import READERS
-from .readers.base import ReadOptions
-from .store import IngestReport, Store, resolve_run
-from .text import ThinkTags
+
+# Everything heavy (DuckDB, pyarrow, numpy, scipy, the detectors) is imported inside the command that needs it:
+# `rlaudit --help` and usage errors should not pay for scipy.
+if TYPE_CHECKING:
+    from .audit import AuditResult
+    from .conditions import ConditionRule
+    from .detectors import AuditConfig
+    from .findings import Finding
+    from .readers.base import ReadOptions
+    from .store import IngestReport, Store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Audit RL runs of language models: CoT grading, reward-driven tics, emerging behaviours.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"rlaudit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Audit RL runs of language models: CoT grading, reward-driven tics, emerging behaviours."""
 console = Console(stderr=True)
 out = Console()
 if not console.is_terminal:  # logs and CI: wide enough that finding titles are not folded into slivers
@@ -61,6 +80,36 @@ WeightsOpt = Annotated[Optional[list[str]], typer.Option("--reward-weights", hel
                                                          "by reward function (default: from training_args.bin).")]
 
 
+def _store(path: Path) -> Store:
+    from .store import Store
+
+    return Store(path)
+
+
+def _rules(condition: list[str] | None) -> list[ConditionRule]:
+    from .conditions import ConditionRule
+
+    return [ConditionRule.parse(c) for c in condition or []]
+
+
+def _config(**kw) -> AuditConfig:  # noqa: ANN003
+    from .detectors import AuditConfig
+
+    return AuditConfig(**kw)
+
+
+def _read_findings(path: Path) -> AuditResult:
+    from .audit import AuditResult
+
+    return AuditResult.read_json(path)
+
+
+def _think_tags(spec: str | None):  # noqa: ANN202
+    from .text import ThinkTags
+
+    return ThinkTags.parse(spec)
+
+
 def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
     pairs: dict[str, str] = {}
     for item in items or []:
@@ -78,7 +127,7 @@ def _u(value: object, limit: int = 2000) -> str:
     text = str(value)
     if len(text) > limit:
         text = text[:limit] + f"... ({len(text) - limit:,} more characters)"
-    return escape(text)
+    return _escape(text)
 
 
 def _columns_file(path: Path | None) -> dict[str, str]:
@@ -123,12 +172,19 @@ def read_options(strict: bool, think_tags: str | None, grader_input: list[str] |
                 weights[name] = float(value)
             except ValueError:
                 raise RlauditError(f"--reward-weights {name}={value}: the weight is not a number") from None
+    from .readers.base import ReadOptions
+    from .text import ThinkTags
+
     return ReadOptions(think_tags=ThinkTags.parse(think_tags), grader_inputs=_pairs(grader_input, "--grader-input"),
                        columns=mapping, group_size=group_size, strict=strict, reward_weights=weights)
 
 
 def _ingest_with_progress(store: Store, sources: list[Path], runs: list[str] | None, fmt: str | None,
                           options: ReadOptions, conditions: list[ConditionRule]) -> list[IngestReport]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .audit import ingest_sources
+
     with Progress(TextColumn("ingest {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[rows]:,} rows"), TimeElapsedColumn(), console=console,
                   transient=True, disable=not console.is_terminal) as progress:
@@ -147,6 +203,10 @@ def _ingest_with_progress(store: Store, sources: list[Path], runs: list[str] | N
 
 def _audit_with_progress(store: Store, runs: list[str], config: AuditConfig) -> AuditResult:
     """`audit_store` with one progress bar per run, advancing detector by detector."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .audit import audit_store
+
     with Progress(TextColumn("scan {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[detector]}"), TimeElapsedColumn(), console=console,
                   transient=True, disable=not console.is_terminal) as progress:
@@ -162,6 +222,9 @@ def _audit_with_progress(store: Store, runs: list[str], config: AuditConfig) -> 
 
 def _run_of_source(st: Store, source: str, run: str | None, fmt: str | None) -> str:
     """The run a SOURCE argument names; a file/directory is ingested first, with progress."""
+    from .readers.base import ReadOptions
+    from .store import resolve_run
+
     return resolve_run(st, source, lambda path: _ingest_with_progress(
         st, [path], [run] if run else None, fmt, ReadOptions(), [])[0].run)
 
@@ -178,19 +241,57 @@ def _print_ingest(r: IngestReport) -> None:
         console.print(f"  note: {text}", markup=False, soft_wrap=True)
 
 
-def print_findings(findings: list[Finding], limit: int = 30) -> None:
-    if not findings:
-        console.print("[green]No findings.[/]")
+def _check_output(path: Path | None, option: str) -> None:
+    """An output path whose directory does not exist is a mistake (a typo), found before any work is done."""
+    if path is None:
         return
-    table = Table(title=f"{len(findings)} finding(s)", show_lines=False)
-    for col in ("severity", "kind", "run", "finding"):
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise RlauditError(f"{option} {path}: directory {parent} does not exist; create it first "
+                           f"(mkdir -p {parent}) or choose another path")
+    if Path(path).is_dir():
+        raise RlauditError(f"{option} {path} is a directory; give a file name, e.g. {Path(path) / 'audit.html'}"
+                           if option in ("--report", "--out") else f"{option} {path} is a directory; give a file name")
+
+
+def _print_store(store: Path) -> None:
+    """Where the rollouts went: later commands need the same --store (or RLAUDIT_STORE)."""
+    import os
+
+    if os.environ.get("RLAUDIT_STORE") and Path(os.environ["RLAUDIT_STORE"]) == Path(store):
+        console.print(f"store: {_u(store)} (from RLAUDIT_STORE)", highlight=False)
+    elif Path(store) == Path(".rlaudit"):
+        console.print(f"store: {_u(store)}", highlight=False)
+    else:
+        console.print(f"store: {_u(store)} (other commands need --store {_u(store)}, or export RLAUDIT_STORE={_u(store)})",
+                      highlight=False)
+
+
+def print_findings(findings: list[Finding], limit: int = 30, remedies: bool = False) -> None:
+    """The findings as a table on stdout (results go to stdout, diagnostics to stderr).
+
+    With `remedies`, each finding's remedy (what to do about it) is a dim line under its title.
+    """
+    if not findings:
+        out.print("[green]No findings.[/]")
+        return
+    table = Table(title=f"{len(findings)} finding(s)", show_lines=remedies)
+    for col in ("severity", "kind", "run", "finding" + (" / what to do" if remedies else "")):
         table.add_column(col, overflow="fold")
     for f in findings[:limit]:
-        table.add_row(f"[{SEVERITY_STYLE.get(f.severity, '')}]{_u(f.severity)}[/]", _u(f.kind), _u(f.run),
-                      _u(f.title, 500))
-    console.print(table)
+        text = _u(f.title, 500)
+        if remedies and f.get("remedy"):
+            text += f"\n[dim]-> {_u(str(f.get('remedy')), 2000)}[/]"
+        table.add_row(f"[{SEVERITY_STYLE.get(f.severity, '')}]{_u(f.severity)}[/]", _u(f.kind), _u(f.run), text)
+    out.print(table)
     if len(findings) > limit:
-        console.print(f"... and {len(findings) - limit} more (see --json)")
+        out.print(f"... and {len(findings) - limit} more (see --json)")
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 # ---------------------------------------------------------------- commands
@@ -215,22 +316,33 @@ def audit(
 ) -> None:
     """Ingest each SOURCE into the store, run every detector, write findings and a report."""
     options = read_options(strict, think_tags, grader_input, columns, columns_file, group_size, reward_weights)
-    rules = [ConditionRule.parse(c) for c in condition or []]
-    st = Store(store)
+    rules = _rules(condition)
+    if detector:  # before ingesting: a typo should not cost a long ingest first
+        from .detectors import ordered
+
+        ordered(detector)
+    _check_output(json_out, "--json")
+    _check_output(report, "--report")
+    st = _store(store)
     ingests = _ingest_with_progress(st, sources, run, format, options, rules)
-    config = AuditConfig(max_step=max_step, detectors=detector)
+    config = _config(max_step=max_step, detectors=detector)
     result = _audit_with_progress(st, [r.run for r in ingests], config)
     result.ingests = ingests
+    from .audit import write_outputs
+
     with console.status("writing outputs", spinner="dots"):
         write_outputs(st, result, json_out, report)
     print_findings(result.findings)
     for path, what in ((json_out, "findings"), (report, "report")):
         if path:
             console.print(f"{what}: {_u(path)}")
+    if json_out and result.findings:
+        console.print(f"what to do about each finding: rlaudit findings {_u(json_out)}", highlight=False)
+    _print_store(store)
     failed = [f for f in result.findings if f.kind == "audit_error"]
     if failed:  # an audit that could not run every detector must not pass for a clean one
         console.print(f"[bold red]error:[/] {len(failed)} detector run(s) failed, the audit is incomplete; first: "
-                      f"{escape(failed[0].title[:300])}", highlight=False)
+                      f"{_u(failed[0].title, 300)}", highlight=False)
         raise typer.Exit(3)
 
 
@@ -251,8 +363,9 @@ def ingest(
 ) -> None:
     """Ingest SOURCES into the store without auditing (idempotent and incremental)."""
     options = read_options(strict, think_tags, grader_input, columns, columns_file, group_size, reward_weights)
-    rules = [ConditionRule.parse(c) for c in condition or []]
-    _ingest_with_progress(Store(store), sources, run, format, options, rules)
+    rules = _rules(condition)
+    _ingest_with_progress(_store(store), sources, run, format, options, rules)
+    _print_store(store)
 
 
 @app.command("runs")
@@ -264,7 +377,7 @@ def runs_cmd(
 ) -> None:
     """What the store holds: rows, steps, conditions, reward signals and graders per run (`runs rm NAME` removes
     a run)."""
-    st = Store(store)
+    st = _store(store)
     if action:
         if action[0] != "rm" or len(action) < 2:
             raise RlauditError("usage: rlaudit runs [--store DIR] [--json] | rlaudit runs rm NAME... [--store DIR]")
@@ -294,22 +407,39 @@ def findings(
     path: Annotated[Path, typer.Argument(help="A findings JSON file written by --json.")],
     kind: Annotated[Optional[str], typer.Option(help="Only this finding kind.")] = None,
     severity: Annotated[Optional[str], typer.Option(help="Only this severity and above.")] = None,
+    remedies: Annotated[bool, typer.Option("--remedies/--no-remedies", help="Show what to do about each "
+                                           "finding under its title.")] = True,
 ) -> None:
     """Show the findings of a findings JSON file as a table."""
-    from .findings import SEVERITY_RANK
+    from .findings import KINDS, SEVERITIES, SEVERITY_RANK
 
+    if severity is not None:
+        severity = severity.strip().lower()
+        if severity not in SEVERITY_RANK:
+            raise RlauditError(f"--severity must be one of {', '.join(SEVERITIES)} (that severity and above), "
+                               f"got {severity!r}")
     try:
-        result = AuditResult.read_json(path)
-    except (OSError, KeyError, ValueError, TypeError, AttributeError) as exc:
+        result = _read_findings(path)
+    except (OSError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise RlauditError(f"{path}: not a findings JSON file ({type(exc).__name__}: {exc})") from None
-    if severity is not None and severity not in SEVERITY_RANK:
-        raise RlauditError(f"--severity must be one of {', '.join(SEVERITY_RANK)}, got {severity!r}")
     bad = sorted({str(f.severity) for f in result.findings if f.severity not in SEVERITY_RANK})
     if bad:
         raise RlauditError(f"{path}: not a findings JSON file (unknown severity {bad[0]!r})")
+    if kind is not None:
+        kind = kind.strip().lower().replace("-", "_")
+        known = dict(KINDS) | {f.kind: "" for f in result.findings}
+        if kind not in known:
+            by_detector = {d: k for k, d in KINDS.items() if d not in ("any", "live")}
+            hint = (f"; {kind!r} is a detector, whose findings have kind {by_detector[kind]!r}"
+                    if kind in by_detector else "")
+            raise RlauditError(f"--kind {kind!r} is not a finding kind{hint} (kinds: {', '.join(known)})")
     fs = [f for f in result.findings if (kind is None or f.kind == kind)
-          and (severity is None or SEVERITY_RANK[f.severity] >= SEVERITY_RANK.get(severity, 0))]
-    print_findings(fs, limit=10_000)
+          and (severity is None or SEVERITY_RANK[f.severity] >= SEVERITY_RANK[severity])]
+    if remedies:
+        from .remedies import add_remedies
+
+        add_remedies(fs)  # findings files written before remedies existed
+    print_findings(fs, limit=10_000, remedies=remedies)
 
 
 @app.command("report")
@@ -328,10 +458,11 @@ def report_cmd(
 
     if max_evidence < 0:
         raise RlauditError("--max-evidence must be >= 0")
-    st = Store(store)
+    _check_output(out_path, "--out")
+    st = _store(store)
     if json_in is not None:
         try:
-            result = AuditResult.read_json(json_in)
+            result = _read_findings(json_in)
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise RlauditError(f"{json_in}: not a findings JSON file written by --json ({exc})") from None
         if run:
@@ -348,7 +479,7 @@ def report_cmd(
         missing = sorted(set(run or []) - set(known))
         if missing:
             raise RlauditError(f"no run(s) {missing} in store {store} (runs: {', '.join(known)})")
-        result = _audit_with_progress(st, list(run) if run else known, AuditConfig(max_step=max_step))
+        result = _audit_with_progress(st, list(run) if run else known, _config(max_step=max_step))
     try:
         with console.status("writing report", spinner="dots"):
             path = write_report(st, result, out_path, title=title, limits=ReportLimits(max_evidence=max_evidence))
@@ -361,6 +492,8 @@ def report_cmd(
 @app.command()
 def formats() -> None:
     """The log layouts rlaudit reads."""
+    from .readers import READERS
+
     for r in READERS:
         out.print(f"[bold]{r.name}[/]  {r.description}")
 
@@ -403,7 +536,7 @@ def trace_cmd(
         raise RlauditError(f"--where must be 'answer' or 'reasoning', got {where!r}")
     if direction not in ("up", "down"):
         raise RlauditError(f"--direction must be 'up' or 'down', got {direction!r}")
-    st = Store(store)
+    st = _store(store)
     name = _run_of_source(st, source, run, format)
     with console.status("tracing", spinner="dots"):
         t = trace_behavior(st, name, behavior, where, max_step=max_step, outcome_signals=outcome or [],
@@ -489,9 +622,9 @@ def probe_grader_cmd(
     if timeout <= 0:
         raise RlauditError("--timeout must be > 0 seconds")
     config = ProbeConfig(signature=signature, samples=samples, repeats=repeats, seed=seed,
-                         tags=ThinkTags.parse(think_tags), timeout=timeout)
+                         tags=_think_tags(think_tags), timeout=timeout)
     with console.status("probing grader", spinner="dots"):
-        result = probe_grader(grader, source, Store(store), config, json_out)
+        result = probe_grader(grader, source, _store(store), config, json_out)
     verdict = "[bold red]CoT-sensitive[/]" if result["cot_sensitive"] else "[green]not CoT-sensitive[/]"
     lo, hi = result["fraction_moved_ci"]
     console.print(f"{_u(grader)} on {_u(result['run'])} ({result['samples']} rollouts): {verdict} (p={result['p_value']:.2g}); "
@@ -510,6 +643,51 @@ def probe_grader_cmd(
                       highlight=False)
     if json_out:
         console.print(f"probe result: {_u(json_out)}")
+
+
+# ---------------------------------------------------------------- export (data without a behaviour)
+@app.command("export")
+def export_cmd(
+    source: Annotated[str, typer.Argument(help="A run directory/file to ingest, or the name of a stored run.")],
+    out_path: Annotated[Path, typer.Option("--out", help="File to write (.jsonl or .parquet).")],
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", "-x", help="Behaviour spec whose rollouts "
+                                                         "are left out: a term, 're:REGEX', 'style:NAME' or "
+                                                         "'module:function'. Repeatable.")] = None,
+    format: Annotated[Optional[str], typer.Option("--format", help="jsonl or parquet (default: from the --out "
+                                                  "suffix, else jsonl).")] = None,
+    where: Annotated[str, typer.Option("--where", help="Text the behaviours are looked for in: completion "
+                                       "(reasoning and answer), answer or reasoning.")] = "completion",
+    split: Annotated[Optional[str], typer.Option("--split", help="Only this split (train or eval; default: "
+                                                 "all).")] = None,
+    store: StoreOpt = Path(".rlaudit"),
+    run: Annotated[Optional[str], typer.Option("--run", help="Run name when SOURCE is ingested.")] = None,
+    source_format: Annotated[Optional[str], typer.Option("--source-format", help="Log layout of SOURCE when it "
+                                                         "is ingested (detected when omitted).")] = None,
+) -> None:
+    """Write a run's rollouts without those that show a behaviour (canonical columns), e.g. for SFT reuse."""
+    from .export import FORMATS, WHERE, exclusion_behavior, export_run
+
+    if not exclude:
+        raise RlauditError("give at least one --exclude BEHAVIOR (e.g. --exclude goblin); without it the export "
+                           "would copy the run unchanged")
+    if format is not None and format not in FORMATS:
+        raise RlauditError(f"--format must be jsonl or parquet, got {format!r}")
+    if where not in WHERE:
+        raise RlauditError(f"--where must be one of {', '.join(WHERE)}, got {where!r}")
+    if split not in (None, "train", "eval"):
+        raise RlauditError(f"--split must be train or eval, got {split!r}")
+    for spec in exclude:
+        exclusion_behavior(spec)  # a bad spec fails before anything is ingested
+    _check_output(out_path, "--out")
+    st = _store(store)
+    name = _run_of_source(st, source, run, source_format)
+    with console.status(f"exporting {name}", spinner="dots"):
+        result = export_run(st, name, out_path, exclude, where=where, format=format, split=split)
+    excluded = ", ".join(f"{spec!r}: {n:,}" for spec, n in result.excluded.items())
+    dropped = result.rollouts - result.written
+    console.print(f"{result.path}: {result.written:,} of {result.rollouts:,} rollouts of run {name} "
+                  f"({result.format}); {dropped:,} left out ({excluded}; in the {where})", highlight=False,
+                  markup=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------- emerging (behaviour discovery)
@@ -535,10 +713,13 @@ def emerging_cmd(
         raise RlauditError(f"--where must be 'answer' or 'reasoning', got {where!r}")
     if min_severity not in SEVERITY_RANK:
         raise RlauditError(f"--min-severity must be one of {', '.join(SEVERITY_RANK)}, got {min_severity!r}")
-    st = Store(store)
+    st = _store(store)
     name = _run_of_source(st, source, run, format)
     with console.status("discovering behaviours", spinner="dots"):
-        found = run_detectors(st, name, AuditConfig(max_step=max_step, detectors=["emerging", "generalization"]))
+        found = run_detectors(st, name, _config(max_step=max_step, detectors=["emerging", "generalization"]))
+    from .remedies import add_remedies
+
+    add_remedies(found)
     for f in found:
         if f.kind == "audit_error":
             console.print(f"[red]error:[/] {_u(f.title, 500)}", highlight=False)
@@ -622,6 +803,10 @@ def simulate_cmd(
         return
     if out_dir is None:
         raise RlauditError("--out DIR is required")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise RlauditError(f"--out {out_dir} is not empty: a simulated run is written into a directory of its "
+                           "own (files of another run or format would be read as part of it); choose a new "
+                           "directory or remove this one first")
     gt = simulate(scenario, out_dir, format=format, steps=steps, prompts=prompts, generations=generations,
                   seed=seed)
     console.print(f"[bold]{scenario}[/] ({format}): {gt.steps} steps x {gt.prompts} prompts x {gt.generations} "
@@ -640,7 +825,9 @@ def bench_cmd(
     scenarios: Annotated[Optional[list[str]], typer.Option("--scenarios", help="Only these scenarios "
                                                            "(repeatable or comma-separated).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON here.")] = None,
-    size: Annotated[str, typer.Option("--size", help="small (30x8x8) or default (60x16x8).")] = "default",
+    size: Annotated[str, typer.Option("--size", help="default (60x16x8): the figures quoted as the auditor's "
+                                      "quality; small (30x8x8): a smoke test that the bench runs, too little "
+                                      "data for its recall and precision to mean anything.")] = "default",
     format: Annotated[str, typer.Option("--format", help="Trainer format the runs are written in.")] = "canonical",
     seed: Annotated[int, typer.Option(help="Simulation seed.")] = 0,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure detection latency "
@@ -697,7 +884,7 @@ def watch_cmd(
     from .live import LiveConfig, make_alerts, watch
 
     options = read_options(strict, think_tags, grader_input, None, None, group_size)
-    rules = [ConditionRule.parse(c) for c in condition or []]
+    rules = _rules(condition)
     manager = make_alerts(alerts, webhook, min_severity)
     config = LiveConfig(every=every, detectors=detector, background=not foreground)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -712,7 +899,7 @@ def watch_cmd(
                           highlight=False)
 
     console.print(f"watching {_u(source)} (every {interval:g} s; Ctrl-C to stop)", highlight=False)
-    result = watch(source, Store(store), run, format=format, options=options, conditions=rules, interval=interval,
+    result = watch(source, _store(store), run, format=format, options=options, conditions=rules, interval=interval,
                    until_idle=until_idle, max_polls=max_polls, config=config, alerts=manager, on_poll=on_poll)
     steps = f"steps {result.steps[0]}-{result.steps[1]}" if result.steps else "no steps"
     out.print(f"run {_u(result.run)}: {result.rows:,} rows ({steps}) in {result.polls} poll(s), "
@@ -725,24 +912,87 @@ def watch_cmd(
                       f"{_u(result.auditor.errors[0])}", highlight=False)
 
 
-def main() -> None:
-    """Console-script entry point: user errors become one message and exit code 2."""
+@app.command("mcp")
+def mcp_cmd(
+    store: StoreOpt = Path(".rlaudit"),
+    transport: Annotated[str, typer.Option("--transport", help="stdio (for a client that starts the server) or "
+                                           "http (streamable HTTP at http://HOST:PORT/mcp).")] = "stdio",
+    host: Annotated[str, typer.Option("--host", help="HTTP address to bind; anything but loopback needs "
+                                      "--token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="HTTP port.")] = 8765,
+    token: Annotated[Optional[str], typer.Option("--token", envvar="RLAUDIT_MCP_TOKEN", help="Bearer token "
+                                                 "every HTTP request must carry.")] = None,
+    allow_module: Annotated[Optional[list[str]], typer.Option("--allow-module", help="A Python module whose "
+                            "graders (probe_grader) and predicates (behaviour specs) the tools may import. "
+                            "Repeatable.")] = None,
+    findings_json: Annotated[Optional[Path], typer.Option("--findings", help="Findings JSON of `rlaudit audit "
+                             "--json` to serve for the runs it covers (other runs are audited on first use).")] = None,
+) -> None:
+    """Serve the store to coding agents over MCP: read-only tools with small answers (docs/agents.md)."""
+    from .mcp.server import serve
+
+    serve(store, transport=transport, host=host, port=port, token=token, grader_modules=allow_module,
+          findings_json=str(findings_json) if findings_json else None)
+
+
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(ClickException, Abort, Exit) classes as the installed typer raises them.
+
+    Typer 0.2x vendors its own copy of click (`typer._click`) whose exceptions are not click's, so catching
+    `click.exceptions.ClickException` misses every usage error. The classes are found from typer's public
+    `typer.BadParameter` (whatever click it uses), plus click's own when it is installed.
+    """
+    bases = [c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"]
+    modules = {sys.modules[c.__module__] for c in bases}
     try:
-        app(standalone_mode=False)
+        import click.exceptions as click_exceptions
+
+        modules.add(click_exceptions)
+    except ImportError:  # typer without click
+        pass
+
+    def classes(name: str) -> tuple[type, ...]:
+        return tuple({getattr(m, name) for m in modules if isinstance(getattr(m, name, None), type)})
+
+    return classes("ClickException"), classes("Abort") + (typer.Abort,), classes("Exit") + (typer.Exit,)
+
+
+def _usage_error_line(exc: Exception) -> str:
+    """One line for a click/typer usage error: the message and where to read the usage."""
+    message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    path = ctx.command_path if ctx is not None and getattr(ctx, "command_path", "") else "rlaudit"
+    return f"{message} (see `{path} --help`)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: user errors (ours and usage errors) become one `error:` line and exit 2."""
+    try:
+        code = app(args=argv, prog_name="rlaudit", standalone_mode=False)
     except RlauditError as exc:
-        console.print(f"[bold red]error:[/] {_u(exc, 5000)}", highlight=False)
+        console.print(f"[bold red]error:[/] {_u(exc, 5000)}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except typer.Abort:
-        sys.exit(130)
     except SystemExit:
         raise
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # usage errors arrive here in non-standalone mode, as typer's own click classes
+        click_exc, abort_exc, exit_exc = _click_exceptions()
+        if isinstance(exc, exit_exc):
+            sys.exit(getattr(exc, "exit_code", 0))
+        if isinstance(exc, abort_exc):
+            sys.exit(130)
+        if not isinstance(exc, click_exc):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `rlaudit` or `rlaudit COMMAND`: the help itself
+            console.print(exc.format_message(), markup=False, highlight=False)
+            sys.exit(2)
+        from rich.markup import escape
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+        console.print(f"[bold red]error:[/] {escape(_usage_error_line(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    if isinstance(code, int) and code:  # typer returns Exit codes (e.g. Ctrl-C: 130) in non-standalone mode
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,18 @@ Severity = Literal["info", "low", "medium", "high"]
 SEVERITIES: tuple[Severity, ...] = ("info", "low", "medium", "high")
 SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
 
+#: The finding kinds rlaudit emits and the detector (or front end) that emits each. `rlaudit findings --kind`
+#: checks against these (a test keeps them equal to the detector registry's `kinds`).
+KINDS: dict[str, str] = {
+    "emerging_behavior": "emerging",
+    "generalization": "generalization",
+    "reward_attribution": "attribution",
+    "cot_grading": "cot_grading",
+    "reward_health": "reward_health",
+    "behavior_spread": "live",
+    "audit_error": "any",
+}
+
 #: Keys of the common core; kind-specific fields may not reuse them.
 CORE_KEYS = frozenset({"kind", "run", "severity", "title", "explanation", "evidence", "score"})
 

@@ -105,3 +105,19 @@ def test_totals():
     t = BenchResult("small", "canonical", 0, [s1, s2]).totals()
     assert t["recall"] == 1.0 and t["precision"] == 2 / 3 and t["false_findings_on_clean"] == 1
     assert t["attribution_accuracy"] == 1.0 and t["median_latency"] == 4
+
+
+def test_small_size_is_labelled_a_smoke_test_in_table_and_json():
+    """Issue 19: `bench --size small` gave recall 0.77 / precision 0.61 with nothing saying not to quote them."""
+    import io
+
+    from rich.console import Console
+
+    from rlaudit.organisms.bench import BenchResult, print_bench
+
+    for size, smoke in (("small", True), ("default", False)):
+        result = BenchResult(size, "canonical", 0, [])
+        buf = io.StringIO()
+        print_bench(result, Console(file=buf, width=200))
+        assert ("smoke test" in buf.getvalue()) is smoke
+        assert result.to_json()["smoke_test"] is smoke and ("note" in result.to_json()) is smoke

@@ -41,7 +41,7 @@ def _invoke(*args):
 
 
 def test_report_from_the_store_audits_every_run(tmp_path, report_store, one_detector):
-    out = tmp_path / "out" / "report.html"
+    out = tmp_path / "report.html"
     res = _invoke("report", "--store", report_store.root, "--out", out)
     assert res.exit_code == 0, res.output
     html = out.read_text(encoding="utf-8")
@@ -81,7 +81,14 @@ def test_report_user_errors_are_clear(tmp_path, report_store, one_detector, args
 
 def test_unwritable_output_is_a_user_error(tmp_path, report_store, one_detector):
     res = _invoke("report", "--store", report_store.root, "--out", tmp_path)
-    assert isinstance(res.exception, RlauditError) and "cannot write the report" in str(res.exception)
+    assert isinstance(res.exception, RlauditError) and "is a directory" in str(res.exception)
+
+
+def test_report_into_a_missing_directory_is_an_error_before_any_work(tmp_path, report_store, one_detector):
+    out = tmp_path / "no-such-dir" / "report.html"
+    res = _invoke("report", "--store", report_store.root, "--out", out)
+    assert isinstance(res.exception, RlauditError) and "does not exist" in str(res.exception)
+    assert not out.parent.exists()
 
 
 def test_audit_store_reports_detector_progress(report_store, one_detector):

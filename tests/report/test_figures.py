@@ -196,3 +196,18 @@ def test_overall_prevalence_draws_the_detectors_smoothing_on_top():
                                              "rollouts": [8] * 10}}, "t")
     assert [t["name"] for t in fig["data"]] == ["all rollouts", "smoothed"]
     assert fig["data"][1]["y"] == pytest.approx(_prev(.9))
+
+
+@pytest.mark.parametrize("kind", ["cot_grading", "emerging_behavior", "generalization"])
+def test_by_condition_rows_that_do_not_name_their_condition_are_not_drawn(kind):
+    """Regression (issue 19): Hypothesis found `by_condition_bars` raising KeyError: 'condition' on a cot_grading
+    finding whose `by_condition` is a list of rows without the key; every later run replayed it from .hypothesis/."""
+    from rlaudit.report.figures import by_condition_bars, figures_for
+
+    fields = {"by_condition": [{"exposure_rate": 0.5}, {"condition": "nerdy", "exposure_rate": 0.25,
+                                                        "mention_share": 0.6, "traffic_share": 0.1},
+                               {"mention_share": 0.2, "traffic_share": 0.3}]}
+    fig = by_condition_bars("c", fields, ["exposure_rate"], "t")
+    assert fig["data"][0]["x"] == ["nerdy"] and fig["data"][0]["y"] == [0.25]
+    assert shares_figure("s", fields)["data"][1]["y"] == [0.6]
+    figures_for(Finding(kind, "r", "low", "t", fields=fields), "f", 50)  # no KeyError

@@ -66,7 +66,7 @@ def test_facts_tables_and_other_fields():
     assert facts["share of selection pressure"] == "91.2%"
     assert facts["paired preference"] == "0.76 (95% CI 0.7 to 0.8)"
     (table,) = view.tables
-    assert table.columns == ["signal", "pressure_share", "p_value"] and table.rows == [["persona", "90.0%", "1.0e-09"]]
+    assert table.columns == ["signal", "share of push", "p-value"] and table.rows == [["persona", "90.0%", "1.0e-09"]]
     assert [k for k, _ in view.other_fields] == ["odd"]
 
 
@@ -100,3 +100,53 @@ def test_field_tables_skip_scalar_mappings():
     tables, used = field_tables(Finding("x", "r", "low", "t", fields={"thresholds": {"k": 5}, "by_task": {
         "math": {"samples": 3, "exposure_rate": 0.5}}}))
     assert used == {"by_task"} and tables[0].rows == [["math", "3", "50.0%"]]
+
+
+# ---------------------------------------------------------------- what a reader sees (issue 19, item 11)
+def test_field_names_are_labels_and_nested_numbers_are_rounded():
+    from rlaudit.findings import Evidence
+    from rlaudit.report.views import evidence_view, label, value_text
+
+    assert label("pressure_share_ci") == "share of push (95% CI)" and label("has_behavior") == "shows the behaviour"
+    assert label("some_new_field_ci") == "some new field (95% CI)"
+    assert value_text({"helpfulness": 0.9097706237275489, "correctness": None}) == "helpfulness = 0.91, correctness = n/a"
+    assert value_text({"a": [0.123456789, {"b": 2.718281828459045}]}) == '{"a": [0.1235, {"b": 2.718}]}'
+    ev = Evidence("r:1", data={"has_behavior": True, "scores": {"rm": 1.9645686733128975}, "pair": 1})
+    view = evidence_view(Finding("reward_attribution", "r", "high", "t"), ev, None, Clip())
+    assert dict((k, v.shown) for k, v in view.data) == {"shows the behaviour": "yes", "scores": "rm = 1.96"}
+    assert view.pair == "1"
+
+
+def test_evidence_pairs_are_never_cut_in_half_and_are_grouped():
+    from rlaudit.findings import Evidence
+    from rlaudit.report.views import shown_evidence
+
+    ev = [Evidence(f"r:{i}", data={"pair": i // 2 + 1, "has_behavior": i % 2 == 0}) for i in range(6)]
+    f = Finding("reward_attribution", "r", "high", "t", evidence=ev)
+    assert [shown_evidence(f, n) for n in (0, 1, 2, 3, 4, 5, 6, 9)] == [0, 2, 2, 4, 4, 6, 6, 6]
+    view = finding_view(0, f, [], {}, Clip(), 5)
+    assert [[e.rollout_id for e in g] for g in view.evidence_groups] == [["r:0", "r:1"], ["r:2", "r:3"], ["r:4", "r:5"]]
+    single = Finding("emerging_behavior", "r", "low", "t", evidence=[Evidence(f"r:{i}") for i in range(7)])
+    assert shown_evidence(single, 5) == 5
+
+
+def test_term_lists_are_a_line_of_their_own_not_a_fact_and_the_remedy_is_shown():
+    terms = [f"term{i}" for i in range(30)]
+    f = Finding("emerging_behavior", "run", "medium", "t", fields={"behavior": "goblin", "behavior_spec": "goblin",
+                                                                   "terms": terms, "n_terms": 44})
+    view = finding_view(0, f, [], {}, Clip(), 5)
+    assert "terms" not in dict(view.facts)
+    assert view.lists == [("terms", terms, 44)]
+    assert view.remedy.startswith("If 'goblin' is unwanted")
+    assert ("rlaudit export run --exclude goblin --out run-without-goblin.jsonl", True) in view.remedy_segments
+
+
+def test_table_cells_do_not_break_words_anywhere():
+    """`overflow-wrap: anywhere` lets a table column shrink below a word: 'gobli n-perso na-trl' at 800 px."""
+    from pathlib import Path
+
+    import rlaudit.report
+
+    css = (Path(rlaudit.report.__file__).parent / "templates" / "report.css").read_text()
+    rules = [r for r in css.split("}") if "anywhere" in r]
+    assert all(r.strip().startswith("pre") for r in rules), rules

@@ -51,6 +51,12 @@ from .writers import write
 SIZES = {"small": {"steps": 30, "prompts": 8, "generations": 8},
          "default": {"steps": 60, "prompts": 16, "generations": 8}}
 MEDIUM = SEVERITY_RANK["medium"]
+#: Sizes that only check that the benchmark runs: too little data per behaviour for its figures to mean anything
+#: about the auditor (at small, recall and precision drop because the runs lack power, not because it got worse).
+SMOKE_SIZES = {"small"}
+SMOKE_NOTE = ("smoke test: --size small (30 steps x 8 prompts x 8 generations) has too little data for several "
+              "behaviours; its recall and precision check that the bench runs, they are not the auditor's quality "
+              "(quote --size default)")
 
 
 # ---------------------------------------------------------------- matching
@@ -243,6 +249,8 @@ class BenchResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"size": self.size, "format": self.format, "seed": self.seed, "seconds": round(self.seconds, 1),
+                "smoke_test": self.size in SMOKE_SIZES,
+                **({"note": SMOKE_NOTE} if self.size in SMOKE_SIZES else {}),
                 "totals": self.totals(),
                 "scenarios": [{**asdict(s), "detected": s.detected, "total": s.total} for s in self.scenarios]}
 
@@ -335,3 +343,5 @@ def print_bench(result: BenchResult, console: Any) -> None:
         f"controls)  attribution accuracy {fmt(t['attribution_accuracy'])} (of {t['attributions']})  "
         f"median latency {t['median_latency'] if t['median_latency'] is not None else 'n/a'} steps "
         f"(of {t['latencies']})  [{result.seconds:.0f}s]")
+    if result.size in SMOKE_SIZES:
+        console.print(f"[yellow]{SMOKE_NOTE}[/]", highlight=False)

@@ -33,7 +33,7 @@ from ..store import atomic_write_text
 from . import data as report_data
 from .figures import MAX_POINTS, figures_for, reward_components_figure, signal_figure
 from .sanitize import Clip, clean_text, script_json, short
-from .views import KIND_LABELS, finding_view
+from .views import KIND_LABELS, finding_view, shown_evidence
 
 if TYPE_CHECKING:
     from ..audit import AuditResult
@@ -116,7 +116,7 @@ def build_report_html(store: Store | None, result: AuditResult, *, title: str | 
     detailed = result.findings[: limits.max_detailed]
     cited: dict[str, list[Any]] = {}
     for f in detailed:
-        cited.setdefault(f.run, []).extend(f.evidence[: limits.max_evidence])
+        cited.setdefault(f.run, []).extend(f.evidence[: shown_evidence(f, limits.max_evidence)])
     rows = {}
     for run, evidence in cited.items():
         steps = [e.step for e in evidence]

@@ -157,10 +157,15 @@ def _drop_missing_steps(curves: dict[str, tuple[list[float | None], list[float |
     return out
 
 
-def table_rows(obj: Any, key_name: str) -> list[dict[str, Any]]:
-    """A per-item table as rows: a list of dicts, or {item: {...}} (item stored under `key_name`)."""
+def table_rows(obj: Any, key_name: str, labelled: bool = False) -> list[dict[str, Any]]:
+    """A per-item table as rows: a list of dicts, or {item: {...}} (item stored under `key_name`).
+
+    Rows of a list need not name their item; `labelled=True` keeps only rows that do (a figure cannot draw a bar
+    or a curve it cannot label: a `cot_grading` finding whose `by_condition` rows lack `condition` raised
+    KeyError here).
+    """
     if isinstance(obj, list):
-        return [dict(r) for r in obj if isinstance(r, Mapping)]
+        return [dict(r) for r in obj if isinstance(r, Mapping) and (not labelled or r.get(key_name) is not None)]
     if isinstance(obj, Mapping):
         rows = []
         for k, v in obj.items():
@@ -342,7 +347,7 @@ def prevalence_figure(fig_id: str, fields: Mapping[str, Any], title: str, highli
 def shares_figure(fig_id: str, fields: Mapping[str, Any]) -> Figure | None:
     """Traffic share vs mention share per condition (a persona with 2.5% of rollouts but 66.7% of mentions)."""
     mention, traffic = fields.get("mention_share"), fields.get("traffic_share")
-    rows = table_rows(fields.get("by_condition"), "condition")
+    rows = table_rows(fields.get("by_condition"), "condition", labelled=True)
     if not isinstance(mention, Mapping) and any("mention_share" in r and "traffic_share" in r for r in rows):
         mention = {r["condition"]: r.get("mention_share") for r in rows}  # {cond: {mention_share, traffic_share}}
         traffic = {r["condition"]: r.get("traffic_share") for r in rows}
@@ -459,7 +464,7 @@ def exposure_figure(fig_id: str, fields: Mapping[str, Any], max_points: int = MA
 
 def by_condition_bars(fig_id: str, fields: Mapping[str, Any], keys: Sequence[str], title: str) -> Figure | None:
     """A bar per condition for a scalar per condition (e.g. exposure rate), when `by_condition` holds scalars."""
-    rows = table_rows(fields.get("by_condition"), "condition")
+    rows = table_rows(fields.get("by_condition"), "condition", labelled=True)
     labels, vals = [], []
     for r in rows:
         v = next((_number(r[k]) for k in (*keys, "value") if k in r and _number(r[k]) is not None), None)

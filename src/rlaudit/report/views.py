@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..findings import Evidence, Finding
+from ..remedies import remedy_for
 from .figures import interval, table_rows
 from .sanitize import Clip, Clipped, clean_text, highlight_segments, short
 
@@ -76,6 +77,31 @@ PLOT_FIELDS = {"series", "series_by_condition", "condition_series", "curves", "t
 
 _GRADER_TEXT_KEYS = ("grader_input", "grader_text", "input", "grader_view", "seen")
 _MATCH_KEYS = ("matched_text", "span_text")  # the matched text itself (not "match", which may be a label)
+
+
+#: Field names as a reader says them; others get `label()`'s generic treatment.
+LABELS = {
+    "pressure_share": "share of push", "pressure_share_ci": "share of push (95% CI)",
+    "pressure": "push", "pressure_ci": "push (95% CI)",
+    "paired_preference": "paired preference", "paired_preference_ci": "paired preference (95% CI)",
+    "matched_preference": "equally-correct pairs", "matched_preference_ci": "equally-correct pairs (95% CI)",
+    "effect_ci": "effect (95% CI)", "equals_total": "is the total", "applies": "applies to",
+    "has_behavior": "shows the behaviour", "behavior_value": "behaviour value", "group_id": "prompt group",
+    "traffic_share": "share of rollouts", "mention_share": "share of mentions",
+    "prevalence_start": "prevalence at start", "prevalence_end": "prevalence at end",
+    "exposed_samples": "exposed", "exposure_rate": "exposure rate", "exposure_rate_ci": "exposure rate (95% CI)",
+    "first_step": "first step", "q_value": "q-value", "p_value": "p-value", "rollout_id": "rollout",
+}
+
+
+def label(name: Any) -> str:
+    """A field name as a column or row label: `pressure_share_ci` -> 'share of push (95% CI)'."""
+    text = clean_text(name)
+    if text in LABELS:
+        return LABELS[text]
+    ci = text.endswith("_ci")
+    words = (text[:-3] if ci else text).replace("_", " ").replace("behavior", "behaviour").strip()
+    return f"{words} (95% CI)" if ci else words
 
 
 def fmt_num(x: Any) -> str:
@@ -202,7 +228,7 @@ def field_tables(finding: Finding) -> tuple[list[TableView], set[str]]:
         if len(columns) < 2:
             continue
         body = [[_cell(c, r.get(c)) or "" for c in columns] for r in rows[:MAX_TABLE_ROWS]]
-        tables.append(TableView(title=short(key, 100).replace("_", " "), columns=[short(c, 60) for c in columns],
+        tables.append(TableView(title=label(short(key, 100)), columns=[short(label(c), 60) for c in columns],
                                 rows=[[short(x, 300) for x in row] for row in body],
                                 omitted=max(0, len(rows) - MAX_TABLE_ROWS)))
         used.add(key)
@@ -235,6 +261,7 @@ class EvidenceView:
     graders: list[GraderView] = field(default_factory=list)
     data: list[tuple[str, Clipped]] = field(default_factory=list)
     in_store: bool = False
+    pair: str | None = None  # evidence pairs (attribution: with and without the behaviour, same prompt group)
 
 
 def _spans(data: Mapping[str, Any]) -> list[tuple[int, int]]:
@@ -285,16 +312,44 @@ def grader_view(name: str, text: Any, spans: list[tuple[int, int]], match: str |
                       omitted_after=clipped.omitted, highlighted=False, note=note)
 
 
-def _short(value: Any, clip: Clip) -> Clipped:
+def _scalar(x: Any) -> bool:
+    return x is None or isinstance(x, (str, int, float, bool))
+
+
+def _rounded(value: Any) -> Any:
+    """Floats to 4 significant digits, recursively (a 16-digit float tells a reader nothing more)."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}") if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def value_text(value: Any) -> str:
+    """A field value as text: numbers formatted, {name: number} as 'name = 0.91, ...', lists comma-separated."""
     if isinstance(value, str):
-        return clip(value)
+        return value
+    if _scalar(value):
+        return fmt_num(value) if value is not None else "n/a"
+    if isinstance(value, Mapping) and value and all(_scalar(v) for v in value.values()):
+        return ", ".join(f"{clean_text(k)} = {value_text(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)) and all(_scalar(v) and not isinstance(v, str) for v in value):
+        iv = interval(value)
+        return f"{fmt_num(iv[0])} to {fmt_num(iv[1])}" if iv and len(value) == 2 else \
+            ", ".join(value_text(v) for v in value)
     try:
-        text = json.dumps(value, ensure_ascii=False, default=str)
+        return json.dumps(_rounded(value), ensure_ascii=False, default=str)
     except (TypeError, ValueError):
-        text = repr(value)
-    return clip(text)
+        return repr(value)
 
 
+def _short(value: Any, clip: Clip) -> Clipped:
+    return clip(value_text(value))
+
+
+_PAIR_KEYS = {"pair"}  # shown as the pair the evidence belongs to
 _SPAN_KEYS = {"spans", "span", "match_span", "offsets", "exposed_span", "start", "end", "span_start", "span_end",
               "match_start", "match_end", "text_offset", "grader_input_chars", "grader_inputs", *_GRADER_TEXT_KEYS}
 
@@ -314,7 +369,10 @@ def evidence_view(finding: Finding, ev: Evidence, row: Mapping[str, Any] | None,
         ev.text.strip() in (row.get(c) or "") for c in ("answer", "reasoning", "completion"))
     if ev.text and not excerpt_is_grader_input and not excerpt_in_rollout:
         view.text = clip(ev.text)
-    view.data = [(short(k, 100), _short(v, clip)) for k, v in list(data.items())[:20] if k not in _SPAN_KEYS]
+    view.data = [(label(short(k, 100)), _short(v, clip)) for k, v in list(data.items())[:20]
+                 if k not in _SPAN_KEYS and k not in _PAIR_KEYS]
+    pair = data.get("pair")
+    view.pair = short(pair, 40) if pair is not None and _scalar(pair) else None
     return view
 
 
@@ -391,20 +449,65 @@ class FindingView:
     evidence_total: int
     traceback: Clipped | None = None
     screen: bool = False
+    remedy: str = ""
+    lists: list[tuple[str, list[str], int]] = field(default_factory=list)  # (label, items shown, items in all)
+
+    @property
+    def remedy_segments(self) -> list[tuple[str, bool]]:
+        """The remedy as (text, is_command) pieces: `backticked` commands are shown as code."""
+        parts = self.remedy.split("`")
+        if len(parts) % 2 == 0:  # unbalanced backticks: plain text
+            return [(self.remedy, False)]
+        return [(p, i % 2 == 1) for i, p in enumerate(parts) if p]
+
+    @property
+    def evidence_groups(self) -> list[list[EvidenceView]]:
+        """Evidence in display groups: an evidence pair side by side, every other item on its own."""
+        groups: list[list[EvidenceView]] = []
+        for e in self.evidence:
+            if e.pair is not None and groups and groups[-1][0].pair == e.pair and len(groups[-1]) < 2:
+                groups[-1].append(e)
+            else:
+                groups.append([e])
+        return groups
+
+
+MAX_LIST_ITEMS = 30
+
+
+def shown_evidence(finding: Finding, max_evidence: int) -> int:
+    """How many evidence items the report shows: `max_evidence`, plus one where that would cut a pair in half."""
+    ev = finding.evidence
+    n = min(max_evidence, len(ev))
+    if 0 < n < len(ev):
+        last, nxt = ev[n - 1].data.get("pair"), ev[n].data.get("pair")
+        before = ev[n - 2].data.get("pair") if n >= 2 else None
+        if last is not None and last == nxt and before != last:
+            n += 1
+    return n
 
 
 def finding_view(index: int, finding: Finding, figures: Sequence[str], rows: Mapping[str, Mapping[str, Any]],
                  clip: Clip, max_evidence: int) -> FindingView:
     facts: list[tuple[str, str]] = []
     shown: set[str] = set()
-    for label, key, fmt in FACTS.get(finding.kind, []):
-        if finding.get(key) is not None:
-            facts.append((label, short(format_fact(fmt, finding, key), 500)))
-            shown.add(key)
-    shown |= {"ratio_ci", "paired_preference_ci", "effect_ci"}
+    lists: list[tuple[str, list[str], int]] = []
+    for name, key, fmt in FACTS.get(finding.kind, []):
+        value = finding.get(key)
+        if value is None:
+            continue
+        shown.add(key)
+        if fmt == "list" and isinstance(value, (list, tuple)):  # a list stretches the grid: a line of its own
+            if value:
+                total = finding.get("n_terms") if key == "terms" else None  # the JSON may hold the first ones only
+                total = total if isinstance(total, int) and total >= len(value) else len(value)
+                lists.append((name, [short(v, 80) for v in value[:MAX_LIST_ITEMS]], total))
+            continue
+        facts.append((name, short(format_fact(fmt, finding, key), 500)))
+    shown |= {"ratio_ci", "paired_preference_ci", "effect_ci", "remedy"}
     tables, used = field_tables(finding)
     shown |= used
-    other = [(short(k, 100), _short(v, clip)) for k, v in finding.fields.items()
+    other = [(label(short(k, 100)), _short(v, clip)) for k, v in finding.fields.items()
              if k not in shown and k not in PLOT_FIELDS]
     tb = finding.get("traceback")
     return FindingView(
@@ -413,6 +516,8 @@ def finding_view(index: int, finding: Finding, figures: Sequence[str], rows: Map
         run=short(finding.run), severity=finding.severity, title=short(finding.title, 500),
         explanation=clip(finding.explanation), why=WHY.get(finding.kind, ""),
         score=fmt_num(finding.score), facts=facts, other_fields=other[:40], figures=list(figures),
-        tables=tables, evidence=[evidence_view(finding, ev, rows.get(ev.rollout_id), clip) for ev in finding.evidence[:max_evidence]],
+        tables=tables, evidence=[evidence_view(finding, ev, rows.get(ev.rollout_id), clip)
+                                 for ev in finding.evidence[:shown_evidence(finding, max_evidence)]],
         evidence_total=len(finding.evidence), traceback=clip(tb) if isinstance(tb, str) else None,
-        screen=finding.kind == "cot_grading" and finding.get("method") == "screen")
+        screen=finding.kind == "cot_grading" and finding.get("method") == "screen",
+        remedy=short(finding.get("remedy") or remedy_for(finding), 2_000), lists=lists)
