@@ -166,6 +166,7 @@ class LiveAuditor:
                 if self.store_error is None:
                     log.error("rlaudit live: cannot write step %s to the store (%s); keeping it in memory and "
                               "retrying (training continues)", step, exc)
+                    self.errors.append(f"store: cannot write step {step}: {type(exc).__name__}: {exc}")
                 self.store_error = f"{type(exc).__name__}: {exc}"
                 while self._spool_bytes > self.spool_limit and len(self._spool) > 1:
                     lost_step, lost, _ = self._spool.pop(0)
@@ -186,6 +187,7 @@ class LiveAuditor:
         """For front ends that ingest files (watch): the store could not be written this time (None: it could)."""
         if exc is not None and self.store_error is None:
             log.error("rlaudit live: cannot write to the store (%s); retrying (training continues)", exc)
+            self.errors.append(f"store: cannot write: {type(exc).__name__}: {exc}")
         self.store_error = None if exc is None else f"{type(exc).__name__}: {exc}"
 
     def missing_steps(self) -> list[int]:
