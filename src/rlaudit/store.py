@@ -415,6 +415,7 @@ class Store:
         (one row per rollout and reward signal)."""
         con = duckdb.connect()
         con.execute("SET enable_progress_bar = false")  # front ends draw their own progress
+        bound_memory(con, self.root)
         by_layout: dict[int, list[str]] = {}
         for r in runs if runs is not None else self.runs():
             layouts = self.part_layouts(r)
@@ -471,6 +472,22 @@ class Store:
         pq.write_table(table, tmp)
         os.replace(tmp, path)
         return table
+
+
+#: DuckDB's memory limit for the store's connections (`RLAUDIT_DUCKDB_MEMORY`, e.g. "2GB"). DuckDB's default is
+#: 80% of the machine's RAM, so on a big run its hash tables and temp tables grow with the run; with a limit it
+#: spills them to `<store>/.tmp` instead, and the audit's peak memory stays bounded whatever the run size.
+DUCKDB_MEMORY = "1GB"
+
+
+def bound_memory(con: duckdb.DuckDBPyConnection, root: str | Path | None = None) -> None:
+    """Set the memory limit (and, given a store root, the spill directory) of a DuckDB connection."""
+    con.execute(f"SET memory_limit = '{os.environ.get('RLAUDIT_DUCKDB_MEMORY', DUCKDB_MEMORY)}'")
+    if root is not None:
+        tmp = Path(root) / ".tmp"
+        with contextlib.suppress(OSError):
+            tmp.mkdir(parents=True, exist_ok=True)
+            con.execute(f"SET temp_directory = '{str(tmp).replace(chr(39), chr(39) * 2)}'")
 
 
 def _raw_tables(reader: Any, files: list[SourceFile], ctx: ReadContext) -> Iterator[tuple[SourceFile, Any]]:

@@ -29,14 +29,23 @@ chunks of rollouts, so memory stays bounded on runs of millions of rollouts.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .behaviors import STYLE_FEATURES, TOKEN_PATTERN, parse_behavior
-from .store import Store
+from .layout import view_columns
+from .store import Store, atomic_write_text, bound_memory
 
 WHERES = ("answer", "reasoning")
 VOCAB = "term-vocab"
@@ -99,41 +108,160 @@ def _scope_columns() -> str:
 
 def vocabulary(store: Store, run: str, options: VocabOptions = VocabOptions()) -> pa.Table:
     """The cached `term-vocab` table of a run (see module doc)."""
-    return store.derived(run, VOCAB, lambda: _compute_vocab(store, run, options))
+    return term_sets(store, run, options).vocab
 
 
 def rollout_terms(store: Store, run: str, options: VocabOptions = VocabOptions()) -> pa.Table:
-    """The cached `rollout-terms` table of a run (see module doc)."""
-    vocab = vocabulary(store, run, options)
-    return store.derived(run, ROLLOUT_TERMS, lambda: _compute_rollout_terms(store, run, vocab, options))
+    """The `rollout-terms` rows of a run as one Arrow table (see module doc). For tests and small runs: the
+    detectors read the per-part cache through `TermSets.register` without materialising the run."""
+    sets = term_sets(store, run, options)
+    tables = [sets.part_table(i, "terms") for i in range(len(sets.parts))]
+    return pa.concat_tables(tables) if tables else pa.table({})
 
 
 def term_step_counts(store: Store, run: str, options: VocabOptions = VocabOptions()) -> pa.Table:
-    """Cached per-step counts of every candidate term: (where, term_id, step, split, x, m), where x counts the
+    """Per-step counts of every candidate term: (where, term_id, step, split, x, m), where x counts the
     rollouts whose text contains the term and m those whose prompt does (not at risk). For reasoning terms only
     rollouts with reasoning count. An audit limited by `max_step` sums these instead of re-reading every
-    rollout's term set."""
-    frame = rollout_terms(store, run, options)
+    rollout's term set. (Parts that share a step are summed.)"""
+    sets = term_sets(store, run, options)
+    con = duckdb.connect()
+    sets.register(con)
+    out = con.sql('SELECT "where", term_id, step, split, sum(x) AS x, sum(m) AS m FROM step_counts '
+                  "GROUP BY ALL").to_arrow_table()
+    con.close()
+    return out
 
-    def compute() -> pa.Table:
-        con = duckdb.connect()
-        con.register("rt", frame)
-        parts = []
-        for where in WHERES:
-            filt = "has_reasoning" if where == "reasoning" else "TRUE"
-            parts.append(f"""
-                SELECT '{where}' AS "where", term_id, step, split, sum(x) AS x, sum(m) AS m FROM (
-                    SELECT step, split, unnest({where}_terms) AS term_id, 1 AS x, 0 AS m FROM rt WHERE {filt}
-                    UNION ALL
-                    SELECT step, split, unnest(pt) AS term_id, 0 AS x, k AS m FROM (
-                        SELECT step, split, count(*) AS k, any_value(prompt_terms) AS pt FROM rt WHERE {filt}
-                        GROUP BY step, split, prompt_key))
-                GROUP BY ALL""")
-        out = con.sql(" UNION ALL ".join(parts)).to_arrow_table()
-        con.close()
-        return out
 
-    return store.derived(run, "term-step-counts", compute)
+# ---------------------------------------------------------------------------------------------------------------
+# Per-part cache. The vocabulary is chosen on a sample of the whole run; every stored part's term sets and
+# per-step counts are then computed on their own (bounded memory: one part at a time) and cached beside the run
+# under the vocabulary's id, so a part is tokenised once per vocabulary, and a run that grows by a step only
+# tokenises the new part as long as the vocabulary is kept (see `REUSE_GROWTH`).
+
+#: A cached vocabulary is kept while the run only grew (its parts are all still stored) by at most this share of
+#: the rows it was chosen on; beyond that it is chosen again (and every part re-tokenised). Terms that qualify
+#: only in the added rows wait for that re-choice: a rise confined to the last few percent of a run cannot pass
+#: the window test (early vs late 20% of steps) anyway.
+REUSE_GROWTH = 0.05
+
+
+@dataclass
+class TermSets:
+    """A run's vocabulary and, per stored part, its term sets and per-step counts (files, or tables in memory
+    for stores that do not persist derived data)."""
+
+    vocab: pa.Table
+    parts: list[tuple[str, Any]]  # (part name, {"terms": path|table, "counts": path|table})
+
+    def part_table(self, i: int, kind: str) -> pa.Table:
+        v = self.parts[i][1][kind]
+        return v if isinstance(v, pa.Table) else pq.read_table(v)
+
+    def register(self, con: duckdb.DuckDBPyConnection, terms: str = "rt", counts: str = "step_counts") -> None:
+        """Views `terms` (one row per rollout) and `counts` (per part and step) over the cached parts."""
+        for kind, view in (("terms", terms), ("counts", counts)):
+            paths = [p[kind] for _, p in self.parts if not isinstance(p[kind], pa.Table)]
+            tables = [p[kind] for _, p in self.parts if isinstance(p[kind], pa.Table)]
+            selects = []
+            if paths:
+                selects.append(f"SELECT * FROM read_parquet({_sql_list([str(x) for x in paths])})")
+            if tables:
+                name = f"_{view}_mem"
+                con.register(name, pa.concat_tables(tables))
+                selects.append(f"SELECT * FROM {name}")
+            if not selects:
+                con.register(f"_{view}_empty", _EMPTY[kind])
+                selects.append(f"SELECT * FROM _{view}_empty")
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS {' UNION ALL BY NAME '.join(selects)}")
+
+
+_EMPTY: dict[str, pa.Table] = {}
+
+
+def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions()) -> TermSets:
+    """The run's vocabulary and per-part term sets, computing (and caching) what is missing."""
+    persist = getattr(store, "persist_derived", True)
+    memo = store.__dict__.setdefault("_term_sets_memo", {})
+    okey = hashlib.sha1(repr(options).encode()).hexdigest()[:10]
+    manifest = store.manifest(run)
+    rows_of = {e["part"]: int(e.get("rows") or 0) for e in manifest["files"].values() if e.get("part")}
+    layouts = store.part_layouts(run)
+    parts = store.parts(run)
+    names = [p.name for p in parts]
+    rows = sum(rows_of.get(n, 0) for n in names)
+    base = store.run_dir(run) / "derived" / "tokens"
+    vocab, vocab_id = _cached_vocab(store, run, options, okey, names, rows, base, persist, memo)
+    out = []
+    done: dict[str, Any] = memo.setdefault(("parts", vocab_id), {})
+    vdir = base / vocab_id
+    for path in parts:
+        entry: dict[str, Any] | None = done.get(path.name)
+        if entry is None and persist:
+            files = {"terms": vdir / f"{path.stem}.terms.parquet", "counts": vdir / f"{path.stem}.counts.parquet"}
+            if all(f.is_file() for f in files.values()):
+                entry = files
+        if entry is None:
+            terms, counts = _compute_part(path, layouts.get(path.name, 1), vocab, options)
+            if persist:
+                vdir.mkdir(parents=True, exist_ok=True)
+                entry = {}
+                for kind, table in (("terms", terms), ("counts", counts)):
+                    f = vdir / f"{path.stem}.{kind}.parquet"
+                    tmp = vdir / f".{f.name}.{os.getpid()}.tmp"
+                    pq.write_table(table, tmp, compression="zstd", compression_level=1)
+                    os.replace(tmp, f)
+                    entry[kind] = f
+            else:
+                entry = {"terms": terms, "counts": counts}
+            if not _EMPTY:
+                _EMPTY.update({"terms": terms.schema.empty_table(), "counts": counts.schema.empty_table()})
+        done[path.name] = entry
+        out.append((path.name, entry))
+    if persist:
+        _prune(base, vocab_id, {p.stem for p in parts})
+    return TermSets(vocab=vocab, parts=out)
+
+
+def _cached_vocab(store: Store, run: str, options: VocabOptions, okey: str, names: list[str], rows: int,
+                  base: Path, persist: bool, memo: dict[Any, Any]) -> tuple[pa.Table, str]:
+    """The vocabulary to use (cached or chosen now) and its id."""
+    meta_path, vocab_path = base / f"vocab-{okey}.json", base / f"vocab-{okey}.parquet"
+    meta = memo.get(("vocab", okey))
+    if meta is None and persist and meta_path.is_file() and vocab_path.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            meta = {**json.loads(meta_path.read_text()), "table": pq.read_table(vocab_path)}
+    if meta is not None:
+        old = set(meta["parts"])
+        grew = rows - meta["rows"]
+        if old <= set(names) and 0 <= grew <= REUSE_GROWTH * max(meta["rows"], 1):
+            return meta["table"], meta["id"]
+    table = _compute_vocab(store, run, options)
+    digest = hashlib.sha1(okey.encode())
+    for col in ("where", "term", "term_id", "key_token"):
+        digest.update(repr(table.column(col).to_pylist()).encode())
+    vocab_id = digest.hexdigest()[:16]
+    meta = {"parts": names, "rows": rows, "id": vocab_id}
+    memo[("vocab", okey)] = {**meta, "table": table}
+    if persist:
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = base / f".{vocab_path.name}.{os.getpid()}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, vocab_path)
+        atomic_write_text(meta_path, json.dumps(meta))
+    return table, vocab_id
+
+
+def _prune(base: Path, vocab_id: str, stems: set[str]) -> None:
+    """Remove cached part data of other vocabularies and of parts the run no longer lists."""
+    for d in base.iterdir():
+        if d.is_dir() and d.name != vocab_id:
+            shutil.rmtree(d, ignore_errors=True)
+    vdir = base / vocab_id
+    if vdir.is_dir():
+        for f in vdir.iterdir():
+            if f.name.split(".")[0] not in stems:
+                f.unlink(missing_ok=True)
 
 
 def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:
@@ -195,20 +323,26 @@ def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:
     return table.append_column("term_id", pa.array(range(table.num_rows), pa.int32()))
 
 
-def _compute_rollout_terms(store: Store, run: str, vocab: pa.Table, o: VocabOptions) -> pa.Table:
-    con = store.connect([run])
+def _compute_part(path: Path, layout: int, vocab: pa.Table, o: VocabOptions) -> tuple[pa.Table, pa.Table]:
+    """Term sets (one row per rollout) and per-step term counts of one stored part."""
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    bound_memory(con)
+    con.execute(f"CREATE VIEW rollouts AS SELECT {view_columns(layout)} FROM read_parquet({_sql_list([str(path)])})")
     con.register("vocab_arrow", vocab)
     con.execute('CREATE TEMP TABLE vocab AS SELECT "where", term, term_id, key_token FROM vocab_arrow')
+    # rid: a key unique within the run (64-bit hash of rollout id and step), so term sets of parts computed
+    # separately can be read together
     con.execute(f"""CREATE TEMP TABLE r AS
-        SELECT row_number() OVER (ORDER BY rollout_id, step) - 1 AS rid, {_scope_columns()},
+        SELECT row_number() OVER () - 1 AS rn, hash(rollout_id, step) AS rid, {_scope_columns()},
                prompt, answer, reasoning
         FROM rollouts""")
     n = con.execute("SELECT count(*) FROM r").fetchall()[0][0]
     out = []
     for lo in range(0, max(n, 1), _CHUNK):
-        con.execute(f"CREATE OR REPLACE TEMP TABLE c AS SELECT * FROM r WHERE rid >= {lo} AND rid < {lo + _CHUNK}")
+        con.execute(f"CREATE OR REPLACE TEMP TABLE c AS SELECT * FROM r WHERE rn >= {lo} AND rn < {lo + _CHUNK}")
         # candidate n-grams of each distinct prompt in the chunk, to exclude copies
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE pk AS
+        con.execute("""CREATE OR REPLACE TEMP TABLE pk AS
             SELECT prompt_key, any_value(prompt) AS prompt FROM c GROUP BY prompt_key""")
         # an n-gram counts as copied when the prompt holds the n-gram or its key token ("the zebra" when the
         # prompt says "zebra")
@@ -238,9 +372,27 @@ def _compute_rollout_terms(store: Store, run: str, vocab: pa.Table, o: VocabOpti
                    coalesce(prompt_terms, []::INTEGER[]) AS prompt_terms
             FROM c LEFT JOIN {lists[0]} USING (rid) LEFT JOIN {lists[1]} USING (rid)
                    LEFT JOIN {prompt_lists} USING (prompt_key)
-            ORDER BY c.rid""").to_arrow_table())
+            ORDER BY c.rn""").to_arrow_table())
+    terms = pa.concat_tables(out)
+    con.register("rt", terms)
+    parts = []
+    for where in WHERES:
+        filt = "has_reasoning" if where == "reasoning" else "TRUE"
+        parts.append(f"""
+            SELECT '{where}' AS "where", term_id, step, split, sum(x)::BIGINT AS x, sum(m)::BIGINT AS m FROM (
+                SELECT step, split, unnest({where}_terms) AS term_id, 1 AS x, 0 AS m FROM rt WHERE {filt}
+                UNION ALL
+                SELECT step, split, unnest(pt) AS term_id, 0 AS x, k AS m FROM (
+                    SELECT step, split, count(*) AS k, any_value(prompt_terms) AS pt FROM rt WHERE {filt}
+                    GROUP BY step, split, prompt_key))
+            GROUP BY ALL""")
+    counts = con.sql(" UNION ALL ".join(parts)).to_arrow_table()
     con.close()
-    return pa.concat_tables(out) if out else pa.table({})
+    return terms, counts
+
+
+def _sql_list(items: list[str]) -> str:
+    return "[" + ", ".join("'" + s.replace("'", "''") + "'" for s in items) + "]"
 
 
 def register(con: duckdb.DuckDBPyConnection, tables: Iterable[tuple[str, pa.Table]]) -> None:

@@ -149,7 +149,8 @@ def test_derived_token_sets_are_cached_per_run_version(store):
     first = tokens.rollout_terms(store, "synthetic")
     again = tokens.rollout_terms(store, "synthetic")
     assert first.equals(again)
-    assert len(list((store.run_dir("synthetic") / "derived").glob("rollout-terms-*.parquet"))) == 1
+    cached = store.run_dir("synthetic") / "derived" / "tokens"
+    assert len(list(cached.glob("*/*.terms.parquet"))) == len(store.parts("synthetic"))
     # prompt copies are excluded per rollout and kept as prompt_terms
     vocab = tokens.vocabulary(store, "synthetic")
     assert set(vocab.column_names) >= {"term_id", "where", "term", "n_tokens", "key_token", "n_qualified"}

@@ -120,12 +120,15 @@ class Scope:
 
     def __init__(self, ctx: DetectContext, params: Params):
         self.params = params
-        self.frame = tokens.rollout_terms(ctx.store, ctx.run, params.vocab)
-        self.vocab = tokens.vocabulary(ctx.store, ctx.run, params.vocab)
+        sets = tokens.term_sets(ctx.store, ctx.run, params.vocab)
+        self.vocab = sets.vocab
         con = self.con = ctx.connect()
-        con.register("rt", self.frame)
+        # the per-part term sets and per-step counts, read from their cached files (not held in Python)
+        sets.register(con, "rt_parts", "step_counts")
         con.register("vocab", self.vocab)
-        con.register("step_counts", tokens.term_step_counts(ctx.store, ctx.run, params.vocab))
+        # one table in DuckDB's own memory (it spills to its temp directory beyond the memory limit): the
+        # statistics below read it many times
+        con.execute("CREATE TEMP TABLE rt AS SELECT * FROM rt_parts")
         # the audit's scope is the (step, split) cells of the connection's filtered `rollouts` view: joining on
         # those small keys is much cheaper than on millions of rollout ids, and the list columns are not copied
         con.execute("""CREATE TEMP TABLE cells AS SELECT step, split, dense_rank() OVER (ORDER BY step) - 1 AS si
