@@ -323,50 +323,88 @@ def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:
     return table.append_column("term_id", pa.array(range(table.num_rows), pa.int32()))
 
 
+def _hash_key_sql(h: str, n: int) -> str:
+    """The 64-bit key of the n-gram whose token hashes are h1..hn (columns `{h}1`..) or list items (`{h}[i]`)."""
+    items = [f"{h}{i + 1}" if not h.endswith("]") else f"{h[:-1]}{i + 1}]" for i in range(n)]
+    return items[0] if n == 1 else f"hash({', '.join(items)})"
+
+
+def hashed_ngram_rows_sql(source: str, key: str, hashes: str, max_n: int = 3) -> str:
+    """SQL yielding (key, n, k) for every 1..max_n-gram occurrence, where `hashes` is a list column of token
+    hashes (`hash(token)`) and k the n-gram's 64-bit key: the token hash for a word, `hash(h1, ..., hn)` for a
+    longer n-gram. The same key as `vocab_keys_sql` gives the vocabulary's terms, so n-grams are matched by
+    integer joins, never built as strings. Two distinct n-grams share a key with probability ~2^-64 per pair."""
+    shifted = ", ".join(f"unnest({hashes}[{k + 1}:]) AS h{k + 1}" for k in range(max_n))
+    parts = []
+    for n in range(1, max_n + 1):
+        cond = f" WHERE h{n} IS NOT NULL" if n > 1 else ""
+        parts.append(f"SELECT {key}, {n} AS n, {_hash_key_sql('h', n)} AS k FROM pos{cond}")
+    return f"WITH pos AS (SELECT {key}, {shifted} FROM {source}) " + " UNION ALL ".join(parts)
+
+
+def _token_hashes_sql(column: str) -> str:
+    return f"list_transform({tokens_sql(column)}, lambda x: hash(x))"
+
+
 def _compute_part(path: Path, layout: int, vocab: pa.Table, o: VocabOptions) -> tuple[pa.Table, pa.Table]:
-    """Term sets (one row per rollout) and per-step term counts of one stored part."""
+    """Term sets (one row per rollout) and per-step term counts of one stored part.
+
+    Each text is tokenised once (the `length` style feature is the token count of the same list), tokens are
+    hashed, and n-grams are matched against the vocabulary by their 64-bit keys (`hashed_ngram_rows_sql`)."""
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
     bound_memory(con)
     con.execute(f"CREATE VIEW rollouts AS SELECT {view_columns(layout)} FROM read_parquet({_sql_list([str(path)])})")
     con.register("vocab_arrow", vocab)
-    con.execute('CREATE TEMP TABLE vocab AS SELECT "where", term, term_id, key_token FROM vocab_arrow')
+    keys = " ".join(f"WHEN {n} THEN {_hash_key_sql('th[]', n)}" for n in range(1, o.max_n + 1))
+    con.execute(f"""CREATE TEMP TABLE vocab AS
+        SELECT "where", term_id, CASE len(th) {keys} END AS k, hash(key_token) AS key_h
+        FROM (SELECT "where", term_id, key_token, list_transform(string_split(term, ' '), lambda x: hash(x)) AS th
+              FROM vocab_arrow)""")
+    style = []
+    for col, where, name in style_columns():
+        sql = (f"CAST(len({where}_h) AS DOUBLE)" if name == "length"
+               else parse_behavior(f"style:{name}").sql(where))
+        style.append(f"{sql} AS {col}")
     # rid: a key unique within the run (64-bit hash of rollout id and step), so term sets of parts computed
     # separately can be read together
     con.execute(f"""CREATE TEMP TABLE r AS
-        SELECT row_number() OVER () - 1 AS rn, hash(rollout_id, step) AS rid, {_scope_columns()},
-               prompt, answer, reasoning
-        FROM rollouts""")
+        SELECT row_number() OVER () - 1 AS rn, hash(rollout_id, step) AS rid, rollout_id, step, split, condition,
+               task, group_id, prompt_key, has_reasoning, {", ".join(style)}, prompt, answer_h, reasoning_h
+        FROM (SELECT *, hash(coalesce(prompt, '')) AS prompt_key,
+                     (reasoning IS NOT NULL AND length(trim(reasoning)) > 0) AS has_reasoning,
+                     {_token_hashes_sql('answer')} AS answer_h, {_token_hashes_sql('reasoning')} AS reasoning_h
+              FROM rollouts)""")
     n = con.execute("SELECT count(*) FROM r").fetchall()[0][0]
     out = []
+    style_cols = ", ".join(col for col, _, _ in style_columns())
     for lo in range(0, max(n, 1), _CHUNK):
         con.execute(f"CREATE OR REPLACE TEMP TABLE c AS SELECT * FROM r WHERE rn >= {lo} AND rn < {lo + _CHUNK}")
         # candidate n-grams of each distinct prompt in the chunk, to exclude copies
-        con.execute("""CREATE OR REPLACE TEMP TABLE pk AS
-            SELECT prompt_key, any_value(prompt) AS prompt FROM c GROUP BY prompt_key""")
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE pk AS
+            SELECT prompt_key, {_token_hashes_sql('any_value(prompt)')} AS prompt_h FROM c GROUP BY prompt_key""")
         # an n-gram counts as copied when the prompt holds the n-gram or its key token ("the zebra" when the
         # prompt says "zebra")
         con.execute(f"""CREATE OR REPLACE TEMP TABLE pterms AS
-            WITH g AS (SELECT DISTINCT t.prompt_key, t.term
-                       FROM ({ngram_rows_sql('pk', 'prompt_key', 'prompt', o.max_n)}) t)
-            SELECT DISTINCT prompt_key, term FROM (
-                SELECT prompt_key, term FROM g SEMI JOIN vocab USING (term)
+            WITH g AS (SELECT DISTINCT prompt_key, n, k FROM ({hashed_ngram_rows_sql('pk', 'prompt_key', 'prompt_h',
+                                                                                      o.max_n)}))
+            SELECT DISTINCT prompt_key, "where", term_id FROM (
+                SELECT g.prompt_key, v."where", v.term_id FROM g JOIN vocab v USING (k)
                 UNION ALL
-                SELECT g.prompt_key, v.term FROM g JOIN vocab v ON v.key_token = g.term
-                WHERE NOT contains(g.term, ' '))""")
+                SELECT g.prompt_key, v."where", v.term_id FROM g JOIN vocab v ON v.key_h = g.k WHERE g.n = 1)""")
         lists = []
         for where in WHERES:
             lists.append(f"""
                 (SELECT rid, list(DISTINCT term_id ORDER BY term_id) AS {where}_terms
-                 FROM ({ngram_rows_sql('c', 'rid, prompt_key', where, o.max_n)}) t
-                 JOIN vocab v ON v.term = t.term AND v."where" = '{where}'
-                 ANTI JOIN pterms p ON p.prompt_key = t.prompt_key AND p.term = t.term
+                 FROM ({hashed_ngram_rows_sql('c', 'rid, prompt_key', f'{where}_h', o.max_n)}) t
+                 JOIN (SELECT k, term_id FROM vocab WHERE "where" = '{where}') v USING (k)
+                 ANTI JOIN pterms p ON p.prompt_key = t.prompt_key AND p.term_id = v.term_id
                  GROUP BY rid) {where}_l""")
-        style = ", ".join(col for col, _, _ in style_columns())
-        prompt_lists = """(SELECT p.prompt_key, list(DISTINCT v.term_id ORDER BY v.term_id) AS prompt_terms
-                           FROM pterms p JOIN vocab v USING (term) GROUP BY p.prompt_key) pl"""
+        prompt_lists = """(SELECT prompt_key, list(DISTINCT term_id ORDER BY term_id) AS prompt_terms
+                           FROM pterms GROUP BY prompt_key) pl"""
         out.append(con.sql(f"""
-            SELECT c.rid, rollout_id, step, split, condition, task, group_id, prompt_key, has_reasoning, {style},
+            SELECT c.rid, rollout_id, step, split, condition, task, group_id, prompt_key, has_reasoning,
+                   {style_cols},
                    coalesce(answer_terms, []::INTEGER[]) AS answer_terms,
                    coalesce(reasoning_terms, []::INTEGER[]) AS reasoning_terms,
                    coalesce(prompt_terms, []::INTEGER[]) AS prompt_terms
