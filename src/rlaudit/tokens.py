@@ -40,11 +40,14 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .behaviors import STYLE_FEATURES, TOKEN_PATTERN, parse_behavior
 from .layout import view_columns
+from .shingles import splitmix64
 from .store import Store, atomic_write_text, bound_memory
 
 WHERES = ("answer", "reasoning")
@@ -323,44 +326,161 @@ def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:
     return table.append_column("term_id", pa.array(range(table.num_rows), pa.int32()))
 
 
-def _hash_key_sql(h: str, n: int) -> str:
-    """The 64-bit key of the n-gram whose token hashes are h1..hn (columns `{h}1`..) or list items (`{h}[i]`)."""
-    items = [f"{h}{i + 1}" if not h.endswith("]") else f"{h[:-1]}{i + 1}]" for i in range(n)]
-    return items[0] if n == 1 else f"hash({', '.join(items)})"
-
-
-def hashed_ngram_rows_sql(source: str, key: str, hashes: str, max_n: int = 3) -> str:
-    """SQL yielding (key, n, k) for every 1..max_n-gram occurrence, where `hashes` is a list column of token
-    hashes (`hash(token)`) and k the n-gram's 64-bit key: the token hash for a word, `hash(h1, ..., hn)` for a
-    longer n-gram. The same key as `vocab_keys_sql` gives the vocabulary's terms, so n-grams are matched by
-    integer joins, never built as strings. Two distinct n-grams share a key with probability ~2^-64 per pair."""
-    shifted = ", ".join(f"unnest({hashes}[{k + 1}:]) AS h{k + 1}" for k in range(max_n))
-    parts = []
-    for n in range(1, max_n + 1):
-        cond = f" WHERE h{n} IS NOT NULL" if n > 1 else ""
-        parts.append(f"SELECT {key}, {n} AS n, {_hash_key_sql('h', n)} AS k FROM pos{cond}")
-    return f"WITH pos AS (SELECT {key}, {shifted} FROM {source}) " + " UNION ALL ".join(parts)
-
-
 def _token_hashes_sql(column: str) -> str:
+    """DuckDB expression: the 64-bit hashes of the tokens of `column` (`hash(token)`)."""
     return f"list_transform({tokens_sql(column)}, lambda x: hash(x))"
+
+
+def _ngram_key(prev: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Key of an n-gram extended by one token: a 64-bit mix of the (n-1)-gram's key and the token's hash."""
+    with np.errstate(over="ignore"):
+        return splitmix64(prev * np.uint64(0x9E3779B97F4A7C15) + h)
+
+
+def _list_parts(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(flat uint64 values, int64 offsets) of a list<uint64> array (nulls as empty lists)."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    arr = pc.fill_null(arr, pa.scalar([], arr.type))
+    arr = pa.concat_arrays([arr])  # rebase a sliced array
+    offsets = np.asarray(arr.offsets.to_numpy(zero_copy_only=False), np.int64)
+    values = np.asarray(arr.values.to_numpy(zero_copy_only=False), np.uint64)[offsets[0]:offsets[-1]]
+    return values, offsets - offsets[0]
+
+
+def ngram_keys(values: np.ndarray, offsets: np.ndarray, max_n: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(row, key) of every 1..max_n-gram occurrence of rows of token hashes (flat values + offsets): the key of a
+    word is its token hash, that of a longer n-gram `_ngram_key` folded over its tokens. Vectorised: n-grams are
+    the shifted copies of the flat token array that stay within one row. Words come first, in token order."""
+    n_rows = len(offsets) - 1
+    row = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(offsets))
+    rows, keys = [row], [values]
+    key = values  # key[i]: the (n-1)-gram starting at token i
+    for n in range(2, max_n + 1):
+        key = _ngram_key(key[:-1], values[n - 1:])
+        ok = row[:len(row) - n + 1] == row[n - 1:]  # all n tokens in the same row
+        rows.append(row[:len(row) - n + 1][ok])
+        keys.append(key[ok])
+    return np.concatenate(rows), np.concatenate(keys)
+
+
+def vocab_keys(term_token_hashes: pa.Array) -> np.ndarray:
+    """The n-gram key (see `ngram_keys`) of each vocabulary term, from the hashes of its tokens."""
+    values, offsets = _list_parts(term_token_hashes)
+    lengths = np.diff(offsets)
+    out = values[offsets[:-1]].copy()
+    for j in range(1, int(lengths.max()) if len(lengths) else 1):
+        longer = lengths > j
+        out[longer] = _ngram_key(out[longer], values[offsets[:-1][longer] + j])
+    return out
+
+
+class _Lookup:
+    """Vocabulary keys -> term ids (several terms may share a key: key tokens). A table indexed by the keys' low
+    bits gives the candidate directly (one gather per occurrence); keys that share their low bits with another
+    key, or name several terms, are resolved by binary search instead."""
+
+    BITS = 20
+
+    def __init__(self, keys: np.ndarray, ids: np.ndarray):
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.ids = keys[order], ids[order]
+        self.mask = np.uint64((1 << self.BITS) - 1)
+        slots = (self.keys & self.mask).astype(np.int64)
+        self.slot = np.full(1 << self.BITS, -1, np.int32)  # -1: no key; -2: ask the binary search
+        self.slot[slots] = np.arange(len(slots))
+        shared = np.bincount(slots, minlength=1 << self.BITS) > 1
+        self.slot[shared] = -2
+
+    def match(self, rows: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row, term id) for every key occurrence that names a term (all terms sharing that key)."""
+        at = self.slot[(keys & self.mask).astype(np.int64)]
+        direct = at >= 0
+        d_at = at[direct]
+        d_ok = self.keys[d_at] == keys[direct] if len(d_at) else np.zeros(0, bool)
+        out_rows, out_ids = [rows[direct][d_ok]], [self.ids[d_at[d_ok]]]
+        slow = at == -2
+        if slow.any():
+            rows, keys = rows[slow], keys[slow]
+            lo = np.searchsorted(self.keys, keys, side="left")
+            hi = np.searchsorted(self.keys, keys, side="right")
+            count = hi - lo
+            hit = count > 0
+            rows, lo, count = rows[hit], lo[hit], count[hit]
+            rep = np.repeat(np.arange(len(rows)), count)
+            within = np.arange(len(rep)) - np.repeat(np.cumsum(count) - count, count)
+            out_rows.append(rows[rep])
+            out_ids.append(self.ids[lo[rep] + within])
+        return np.concatenate(out_rows), np.concatenate(out_ids)
+
+
+def _sorted_unique(codes: np.ndarray) -> np.ndarray:
+    codes = np.sort(codes)
+    if len(codes) < 2:
+        return codes
+    keep = np.empty(len(codes), bool)
+    keep[0] = True
+    np.not_equal(codes[1:], codes[:-1], out=keep[1:])
+    return codes[keep]
+
+
+def _distinct_lists(rows: np.ndarray, ids: np.ndarray, n_rows: int) -> pa.Array:
+    """list<int32> per row: the distinct ids of that row, ascending."""
+    code = _sorted_unique(rows.astype(np.int64) * (1 << 32) + ids.astype(np.int64))
+    r, v = code >> 32, (code & 0xFFFFFFFF).astype(np.int32)
+    offsets = np.zeros(n_rows + 1, np.int32)
+    np.cumsum(np.bincount(r, minlength=n_rows), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(v, pa.int32()))
+
+
+@dataclass
+class _Matcher:
+    """The vocabulary's lookups, built once per vocabulary (see `_compute_part`)."""
+
+    by_where: dict[str, _Lookup]
+    any_term: _Lookup
+    key_token: _Lookup
+    key_of_id: np.ndarray
+
+
+_MATCHERS: dict[int, tuple[pa.Table, _Matcher]] = {}
+
+
+def _matcher(vocab: pa.Table) -> _Matcher:
+    hit = _MATCHERS.get(id(vocab))
+    if hit is not None and hit[0] is vocab:
+        return hit[1]
+    con = duckdb.connect()
+    con.register("vocab_arrow", vocab)
+    v = con.sql("""SELECT "where", term_id, hash(key_token) AS key_h,
+                          list_transform(string_split(term, ' '), lambda x: hash(x)) AS th FROM vocab_arrow
+                   ORDER BY term_id""").to_arrow_table()
+    con.close()
+    v_ids = np.asarray(v.column("term_id").to_numpy(), np.int32)
+    v_keys = vocab_keys(v.column("th"))
+    v_where = np.asarray(v.column("where").to_numpy(zero_copy_only=False))
+    key_of_id = np.zeros(int(v_ids.max()) + 1 if len(v_ids) else 0, np.uint64)
+    key_of_id[v_ids] = v_keys
+    m = _Matcher(by_where={w: _Lookup(v_keys[v_where == w], v_ids[v_where == w]) for w in WHERES},
+                 any_term=_Lookup(v_keys, v_ids),
+                 key_token=_Lookup(np.asarray(v.column("key_h").to_numpy(), np.uint64), v_ids), key_of_id=key_of_id)
+    _MATCHERS.clear()
+    _MATCHERS[id(vocab)] = (vocab, m)
+    return m
 
 
 def _compute_part(path: Path, layout: int, vocab: pa.Table, o: VocabOptions) -> tuple[pa.Table, pa.Table]:
     """Term sets (one row per rollout) and per-step term counts of one stored part.
 
-    Each text is tokenised once (the `length` style feature is the token count of the same list), tokens are
-    hashed, and n-grams are matched against the vocabulary by their 64-bit keys (`hashed_ngram_rows_sql`)."""
+    DuckDB tokenises each text once (the `length` style feature is the token count of the same list) and hashes
+    the tokens; n-grams are then matched against the vocabulary by 64-bit keys in numpy (`ngram_keys`). Two
+    distinct n-grams share a key with probability ~2^-64 per pair: a term set can be wrong only through such a
+    collision (~1e-10 over a billion distinct n-gram/term pairs)."""
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
     bound_memory(con)
     con.execute(f"CREATE VIEW rollouts AS SELECT {view_columns(layout)} FROM read_parquet({_sql_list([str(path)])})")
-    con.register("vocab_arrow", vocab)
-    keys = " ".join(f"WHEN {n} THEN {_hash_key_sql('th[]', n)}" for n in range(1, o.max_n + 1))
-    con.execute(f"""CREATE TEMP TABLE vocab AS
-        SELECT "where", term_id, CASE len(th) {keys} END AS k, hash(key_token) AS key_h
-        FROM (SELECT "where", term_id, key_token, list_transform(string_split(term, ' '), lambda x: hash(x)) AS th
-              FROM vocab_arrow)""")
+    m = _matcher(vocab)
     style = []
     for col, where, name in style_columns():
         sql = (f"CAST(len({where}_h) AS DOUBLE)" if name == "length"
@@ -368,50 +488,54 @@ def _compute_part(path: Path, layout: int, vocab: pa.Table, o: VocabOptions) -> 
         style.append(f"{sql} AS {col}")
     # rid: a key unique within the run (64-bit hash of rollout id and step), so term sets of parts computed
     # separately can be read together
-    con.execute(f"""CREATE TEMP TABLE r AS
-        SELECT row_number() OVER () - 1 AS rn, hash(rollout_id, step) AS rid, rollout_id, step, split, condition,
-               task, group_id, prompt_key, has_reasoning, {", ".join(style)}, prompt, answer_h, reasoning_h
+    r = con.sql(f"""
+        SELECT hash(rollout_id, step) AS rid, rollout_id, step, split, condition, task, group_id, prompt_key,
+               has_reasoning, {", ".join(style)}, answer_h, reasoning_h
         FROM (SELECT *, hash(coalesce(prompt, '')) AS prompt_key,
                      (reasoning IS NOT NULL AND length(trim(reasoning)) > 0) AS has_reasoning,
                      {_token_hashes_sql('answer')} AS answer_h, {_token_hashes_sql('reasoning')} AS reasoning_h
-              FROM rollouts)""")
-    n = con.execute("SELECT count(*) FROM r").fetchall()[0][0]
-    out = []
-    style_cols = ", ".join(col for col, _, _ in style_columns())
-    for lo in range(0, max(n, 1), _CHUNK):
-        con.execute(f"CREATE OR REPLACE TEMP TABLE c AS SELECT * FROM r WHERE rn >= {lo} AND rn < {lo + _CHUNK}")
-        # candidate n-grams of each distinct prompt in the chunk, to exclude copies
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE pk AS
-            SELECT prompt_key, {_token_hashes_sql('any_value(prompt)')} AS prompt_h FROM c GROUP BY prompt_key""")
-        # an n-gram counts as copied when the prompt holds the n-gram or its key token ("the zebra" when the
-        # prompt says "zebra")
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE pterms AS
-            WITH g AS (SELECT DISTINCT prompt_key, n, k FROM ({hashed_ngram_rows_sql('pk', 'prompt_key', 'prompt_h',
-                                                                                      o.max_n)}))
-            SELECT DISTINCT prompt_key, "where", term_id FROM (
-                SELECT g.prompt_key, v."where", v.term_id FROM g JOIN vocab v USING (k)
-                UNION ALL
-                SELECT g.prompt_key, v."where", v.term_id FROM g JOIN vocab v ON v.key_h = g.k WHERE g.n = 1)""")
-        lists = []
-        for where in WHERES:
-            lists.append(f"""
-                (SELECT rid, list(DISTINCT term_id ORDER BY term_id) AS {where}_terms
-                 FROM ({hashed_ngram_rows_sql('c', 'rid, prompt_key', f'{where}_h', o.max_n)}) t
-                 JOIN (SELECT k, term_id FROM vocab WHERE "where" = '{where}') v USING (k)
-                 ANTI JOIN pterms p ON p.prompt_key = t.prompt_key AND p.term_id = v.term_id
-                 GROUP BY rid) {where}_l""")
-        prompt_lists = """(SELECT prompt_key, list(DISTINCT term_id ORDER BY term_id) AS prompt_terms
-                           FROM pterms GROUP BY prompt_key) pl"""
-        out.append(con.sql(f"""
-            SELECT c.rid, rollout_id, step, split, condition, task, group_id, prompt_key, has_reasoning,
-                   {style_cols},
-                   coalesce(answer_terms, []::INTEGER[]) AS answer_terms,
-                   coalesce(reasoning_terms, []::INTEGER[]) AS reasoning_terms,
-                   coalesce(prompt_terms, []::INTEGER[]) AS prompt_terms
-            FROM c LEFT JOIN {lists[0]} USING (rid) LEFT JOIN {lists[1]} USING (rid)
-                   LEFT JOIN {prompt_lists} USING (prompt_key)
-            ORDER BY c.rn""").to_arrow_table())
-    terms = pa.concat_tables(out)
+              FROM rollouts)""").to_arrow_table()
+    prompts = con.sql(f"""SELECT prompt_key, {_token_hashes_sql('prompt')} AS prompt_h FROM (
+        SELECT hash(coalesce(prompt, '')) AS prompt_key, any_value(prompt) AS prompt FROM rollouts GROUP BY 1)
+        ORDER BY prompt_key""").to_arrow_table()
+    con.close()
+    n = r.num_rows
+    p_keys = np.asarray(prompts.column("prompt_key").to_numpy(), np.uint64)
+    prompt_idx = np.searchsorted(p_keys, np.asarray(r.column("prompt_key").to_numpy(), np.uint64)).astype(np.int64)
+    n_prompts = len(p_keys)
+    # prompt terms: the candidate n-grams of each distinct prompt, and the terms whose key token it holds
+    pv, po = _list_parts(prompts.column("prompt_h"))
+    prow, pkey = ngram_keys(pv, po, o.max_n)
+    a_rows, a_ids = m.any_term.match(prow, pkey)
+    # the prompt's words that are some term's key token (the first len(pv) keys are the words); a term counts
+    # as copied in both places (answer, reasoning) whichever place's key token the prompt holds
+    k_rows, k_ids = m.key_token.match(prow[:len(pv)], pkey[:len(pv)])
+    k_rows, k_ids = m.any_term.match(k_rows, m.key_of_id[k_ids])
+    prompt_terms = _distinct_lists(np.concatenate([a_rows, k_rows]), np.concatenate([a_ids, k_ids]), n_prompts)
+    pt_off = np.asarray(prompt_terms.offsets.to_numpy(), np.int64)
+    pt_codes = np.repeat(np.arange(n_prompts, dtype=np.int64), np.diff(pt_off)) * (1 << 32) + \
+        np.asarray(prompt_terms.values.to_numpy(), np.int64)
+    lists = {}
+    for where in WHERES:
+        values, offsets = _list_parts(r.column(f"{where}_h"))
+        rows, keys = ngram_keys(values, offsets, o.max_n)
+        rows, ids = m.by_where[where].match(rows, keys)
+        code = prompt_idx[rows] * (1 << 32) + ids.astype(np.int64)  # pt_codes is sorted (by prompt, then id)
+        at = np.minimum(np.searchsorted(pt_codes, code), max(len(pt_codes) - 1, 0))
+        copied = pt_codes[at] == code if len(pt_codes) else np.zeros(len(code), bool)  # copies of the prompt
+        lists[f"{where}_terms"] = _distinct_lists(rows[~copied], ids[~copied], n)
+    style_cols = [col for col, _, _ in style_columns()]
+    base = r.select(["rid", "rollout_id", "step", "split", "condition", "task", "group_id", "prompt_key",
+                     "has_reasoning", *style_cols])
+    terms = base.append_column("answer_terms", lists["answer_terms"]) \
+        .append_column("reasoning_terms", lists["reasoning_terms"]) \
+        .append_column("prompt_terms", prompt_terms.take(pa.array(prompt_idx)))
+    counts = _part_counts(terms)
+    return terms, counts
+
+
+def _part_counts(terms: pa.Table) -> pa.Table:
+    con = duckdb.connect()
     con.register("rt", terms)
     parts = []
     for where in WHERES:
@@ -426,7 +550,7 @@ def _compute_part(path: Path, layout: int, vocab: pa.Table, o: VocabOptions) -> 
             GROUP BY ALL""")
     counts = con.sql(" UNION ALL ".join(parts)).to_arrow_table()
     con.close()
-    return terms, counts
+    return counts
 
 
 def _sql_list(items: list[str]) -> str:
