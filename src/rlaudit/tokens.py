@@ -283,8 +283,8 @@ def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE df AS
             SELECT term, bin, condition, count(*) AS df
-            FROM (SELECT DISTINCT s.sid, t.term, s.bin, s.condition
-                  FROM ({ngram_rows_sql('s', 'sid', where, o.max_n)}) t JOIN s USING (sid))
+            FROM (SELECT DISTINCT sid, term, bin, condition
+                  FROM ({ngram_rows_sql('s', 'sid, bin, condition', where, o.max_n)}))
             GROUP BY ALL""")
         # prevalence per (bin) overall and per (bin, condition); a term absent from a cell has prevalence 0
         frames.append(con.sql(f"""
