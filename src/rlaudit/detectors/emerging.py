@@ -118,6 +118,11 @@ class Scope:
     Shared through `ctx.cache` with the generalization detector, which asks the same per-condition questions.
     """
 
+    users = ("emerging", "generalization")  # `run_detectors` closes the scope after the last of these
+
+    def close(self) -> None:
+        self.con.close()
+
     def __init__(self, ctx: DetectContext, params: Params):
         self.params = params
         sets = tokens.term_sets(ctx.store, ctx.run, params.vocab)
