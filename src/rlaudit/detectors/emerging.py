@@ -131,9 +131,6 @@ class Scope:
         # the per-part term sets and per-step counts, read from their cached files (not held in Python)
         sets.register(con, "rt_parts", "step_counts")
         con.register("vocab", self.vocab)
-        # one table in DuckDB's own memory (it spills to its temp directory beyond the memory limit): the
-        # statistics below read it many times
-        con.execute("CREATE TEMP TABLE rt AS SELECT * FROM rt_parts")
         # the audit's scope is the (step, split) cells of the connection's filtered `rollouts` view: joining on
         # those small keys is much cheaper than on millions of rollout ids, and the list columns are not copied
         con.execute("""CREATE TEMP TABLE cells AS SELECT step, split, dense_rank() OVER (ORDER BY step) - 1 AS si
@@ -147,8 +144,10 @@ class Scope:
                         CASE WHEN si < {w} THEN 0 WHEN si >= {t - w} THEN 1 END AS win FROM cells""")
         con.execute("""CREATE TEMP TABLE strata AS SELECT task_key, condition,
                               row_number() OVER (ORDER BY task_key, condition) - 1 AS s
-                       FROM (SELECT DISTINCT coalesce(task, '') AS task_key, condition FROM rt)""")
-        con.execute("""CREATE VIEW sc AS SELECT rt.*, k.si, k.win, st.s FROM rt
+                       FROM (SELECT DISTINCT coalesce(task, '') AS task_key, condition FROM rt_parts)""")
+        # the rollouts in scope with their step index, window and stratum: one table in DuckDB's own memory (it
+        # spills to its temp directory beyond the memory limit), which the statistics below read many times
+        con.execute("""CREATE TEMP TABLE sc AS SELECT rt.*, k.si, k.win, st.s FROM rt_parts rt
                        JOIN keys k USING (step, split)
                        JOIN strata st ON st.task_key = coalesce(rt.task, '') AND st.condition = rt.condition""")
         self.n_strata = int(con.execute("SELECT count(*) FROM strata").fetchall()[0][0])
