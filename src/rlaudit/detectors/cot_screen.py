@@ -81,7 +81,7 @@ def screen(con: duckdb.DuckDBPyConnection, run: str, options: dict[str, Any], sk
     max_pairs = int(options.get("screen_max_pairs", 20_000))
     n_terms = int(options.get("screen_terms", 50))
     min_pairs = int(options.get("screen_min_pairs", 20))
-    pairs = con.execute(_PAIRS_SQL, {"skip": sorted(skip_signals)}).to_arrow_table()
+    pairs = con.sql(_PAIRS_SQL, params={"skip": sorted(skip_signals)}).to_arrow_table()
     if pairs.num_rows == 0:
         return []
     signals = sorted(set(pairs.column("signal").to_pylist()) - set(skip_signals))
