@@ -5,7 +5,7 @@ Layout of a store directory (default `.rlaudit/`)::
     runs/<run>/run.json            manifest: source, format, options, one entry per ingested source file
     runs/<run>/parts/*.parquet     canonical rows; one part per source file (or per live append)
     runs/<run>/quarantine.jsonl    bad records with file, line, reason and the raw text
-    runs/<run>/derived/*.parquet   cached derived tables (tokens, per-step counts), keyed by store version
+    runs/<run>/derived/            cached derived data: per part (tokens/, cot_scan/) or per store version
 
 Guarantees:
 - *Idempotent*: a source file already ingested with the same size and mtime (or, failing that, the same SHA-256)

@@ -1,11 +1,11 @@
 """Per-rollout term sets: which words and n-grams (1-3 tokens) each rollout's answer and reasoning contain.
 
 Discovery of emerging behaviours, cross-condition generalisation, attribution and live alerts all ask the same
-question of every rollout ("does it say X?"), so the answer is computed once per run version and cached with
-`Store.derived` (recomputed only when the run's rows change; an audit limited by `max_step` or `split` filters
-the cached rows instead of recomputing them).
+question of every rollout ("does it say X?"), so the answer is computed once per stored part and cached beside
+the run (`term_sets`: an appended step adds only its own part's data; an audit limited by `max_step` or `split`
+filters the cached rows instead of recomputing them).
 
-Two derived tables:
+Derived data (`TermSets`):
 
 - `term-vocab`: the candidate terms (term_id, where, term, n_tokens). Candidates are chosen on a
   deterministic sample of rollouts (by hash of rollout id): an n-gram qualifies when it reaches
@@ -13,18 +13,20 @@ Two derived tables:
   confined to a small persona is not drowned by the rest of the traffic); of those, the `max_terms` per
   `where` whose binned prevalence varies most are kept (constant words cannot emerge). The number that
   qualified before the cut is stored (`n_qualified`): discovery counts them all as tested hypotheses.
-- `rollout-terms`: one row per rollout with its scope keys (step, split, condition, task, group, a hash of
+- per part, `terms`: one row per rollout with its scope keys (step, split, condition, task, group, a hash of
   the prompt), style features of answer and reasoning (`answer__exclamation`, `reasoning__length`, ...;
   the same SQL as `Behavior.sql`, so values agree with `style:NAME` specs) and the *distinct* candidate term
   ids found in the answer and in the reasoning (`answer_terms`, `reasoning_terms`). An occurrence does not
   count when the same n-gram, or its key token (its rarest word: "zebra" of "the zebra"), occurs in the
   rollout's prompt (copying the question is not a tic); the
   candidate ids found in the prompt are kept (`prompt_terms`) so that prevalences can be computed among the
-  rollouts *at risk*, those whose prompt does not already contain the term.
+  rollouts *at risk*, those whose prompt does not already contain the term; and `counts`: per step the
+  rollouts containing each term and those whose prompt holds it (`term_step_counts`).
 
 Tokens are `behaviors.TOKEN_PATTERN` runs of the lower-cased text, so a discovered n-gram, used as a term
-spec, matches exactly the rollouts counted here (up to the prompt exclusion). All work is DuckDB SQL in
-chunks of rollouts, so memory stays bounded on runs of millions of rollouts.
+spec, matches exactly the rollouts counted here (up to the prompt exclusion). DuckDB tokenises and hashes the
+tokens, numpy matches n-grams by 64-bit keys (`_compute_part`), one part at a time, so memory is bounded by the
+part size, not the run size.
 """
 
 from __future__ import annotations
