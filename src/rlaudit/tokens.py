@@ -214,7 +214,7 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions()) ->
                 for kind, table in (("terms", terms), ("counts", counts)):
                     f = vdir / f"{path.stem}.{kind}.parquet"
                     tmp = vdir / f".{f.name}.{os.getpid()}.tmp"
-                    pq.write_table(table, tmp, compression="zstd", compression_level=1)
+                    pq.write_table(table, tmp, compression="zstd", compression_level=1, use_dictionary=False)
                     os.replace(tmp, f)
                     entry[kind] = f
             else:

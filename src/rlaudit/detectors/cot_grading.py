@@ -122,7 +122,7 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
                 cache.mkdir(parents=True, exist_ok=True)
                 f = cache / f"{path.stem}.parquet"
                 tmp = cache / f".{f.name}.{os.getpid()}.tmp"
-                pq.write_table(table, tmp)
+                pq.write_table(table, tmp, compression="zstd", compression_level=1, use_dictionary=False)
                 os.replace(tmp, f)
                 found[name] = f
             else:
