@@ -39,10 +39,15 @@ from ..shingles import Vocabulary, normalized_tokens
 # answer (a hash collision only adds candidates: the pairing itself compares the answers); the pairs are then
 # built without text, sampled, and only the sampled pairs' reasoning is read.
 _PAIRS_SQL = """
-WITH keyed AS (
+WITH coarse AS (
+    SELECT rollout_id, step, group_id, condition, rewards, answer,
+           hash(translate(lower(trim(answer)), chr(9) || chr(10) || chr(12) || chr(13) || ' ', '')) AS ck
+    FROM rollouts WHERE group_id IS NOT NULL AND reasoning IS NOT NULL
+), keyed AS (  -- answers equal once whitespace runs are collapsed are equal once it is removed: a superset first
     SELECT rollout_id, step, group_id, condition, rewards,
            regexp_replace(lower(trim(answer)), '\\s+', ' ', 'g') AS answer_key
-    FROM rollouts WHERE group_id IS NOT NULL AND reasoning IS NOT NULL
+    FROM coarse SEMI JOIN (SELECT group_id, ck FROM coarse GROUP BY ALL HAVING count(*) >= 2) c
+         ON c.group_id = coarse.group_id AND c.ck = coarse.ck
 ), sets AS (
     SELECT group_id, hash(answer_key) AS h FROM keyed GROUP BY ALL HAVING count(*) >= 2
 ), scored AS (
