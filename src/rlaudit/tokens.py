@@ -149,6 +149,8 @@ def term_step_counts(store: Store, run: str, options: VocabOptions = VocabOption
 #: only in the added rows wait for that re-choice: a rise confined to the last few percent of a run cannot pass
 #: the window test (early vs late 20% of steps) anyway.
 REUSE_GROWTH = 0.05
+#: Rollouts tokenised together when several parts lack their term sets (one DuckDB query for many small parts)
+BATCH_ROWS = 50_000
 
 
 @dataclass
@@ -197,20 +199,33 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions()) ->
     rows = sum(rows_of.get(n, 0) for n in names)
     base = store.run_dir(run) / "derived" / "tokens"
     vocab, vocab_id = _cached_vocab(store, run, options, okey, names, rows, base, persist, memo)
-    out = []
     done: dict[str, Any] = memo.setdefault(("parts", vocab_id), {})
     vdir = base / vocab_id
+    missing = []
     for path in parts:
-        entry: dict[str, Any] | None = done.get(path.name)
-        if entry is None and persist:
+        if path.name not in done and persist:
             files = {"terms": vdir / f"{path.stem}.terms.parquet", "counts": vdir / f"{path.stem}.counts.parquet"}
             if all(f.is_file() for f in files.values()):
-                entry = files
-        if entry is None:
-            terms, counts = _compute_part(path, layouts.get(path.name, 1), vocab, options)
+                done[path.name] = files
+        if path.name not in done:
+            missing.append(path)
+    # small parts (a step each, in live runs or TRL logs) are tokenised together, in batches of about
+    # BATCH_ROWS rollouts of one layout, and their results split per part again
+    batches: list[list[Path]] = []
+    size = 0
+    for path in missing:
+        layout = layouts.get(path.name, 1)
+        if not batches or size >= BATCH_ROWS or layouts.get(batches[-1][0].name, 1) != layout:
+            batches.append([])
+            size = 0
+        batches[-1].append(path)
+        size += rows_of.get(path.name, 0)
+    for batch in batches:
+        for path, (terms, counts) in zip(batch, _compute_parts(batch, layouts.get(batch[0].name, 1), vocab,
+                                                               options)):
             if persist:
                 vdir.mkdir(parents=True, exist_ok=True)
-                entry = {}
+                entry: dict[str, Any] = {}
                 for kind, table in (("terms", terms), ("counts", counts)):
                     f = vdir / f"{path.stem}.{kind}.parquet"
                     tmp = vdir / f".{f.name}.{os.getpid()}.tmp"
@@ -221,8 +236,8 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions()) ->
                 entry = {"terms": terms, "counts": counts}
             if not _EMPTY:
                 _EMPTY.update({"terms": terms.schema.empty_table(), "counts": counts.schema.empty_table()})
-        done[path.name] = entry
-        out.append((path.name, entry))
+            done[path.name] = entry
+    out = [(path.name, done[path.name]) for path in parts]
     if persist:
         _prune(base, vocab_id, {p.stem for p in parts})
     return TermSets(vocab=vocab, parts=out)
@@ -472,6 +487,12 @@ def _matcher(vocab: pa.Table) -> _Matcher:
 
 
 def _compute_part(path: Path, layout: int, vocab: pa.Table, o: VocabOptions) -> tuple[pa.Table, pa.Table]:
+    """Term sets and per-step counts of one stored part (see `_compute_parts`)."""
+    return _compute_parts([path], layout, vocab, o)[0]
+
+
+def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOptions
+                   ) -> list[tuple[pa.Table, pa.Table]]:
     """Term sets (one row per rollout) and per-step term counts of one stored part.
 
     DuckDB tokenises each text once (the `length` style feature is the token count of the same list) and hashes
@@ -481,7 +502,8 @@ def _compute_part(path: Path, layout: int, vocab: pa.Table, o: VocabOptions) -> 
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
     bound_memory(con)
-    con.execute(f"CREATE VIEW rollouts AS SELECT {view_columns(layout)} FROM read_parquet({_sql_list([str(path)])})")
+    con.execute(f"CREATE VIEW rollouts AS SELECT {view_columns(layout)}, filename AS _file "
+                f"FROM read_parquet({_sql_list([str(p) for p in paths])}, filename = true)")
     m = _matcher(vocab)
     style = []
     for col, where, name in style_columns():
@@ -491,7 +513,7 @@ def _compute_part(path: Path, layout: int, vocab: pa.Table, o: VocabOptions) -> 
     # rid: a key unique within the run (64-bit hash of rollout id and step), so term sets of parts computed
     # separately can be read together
     r = con.sql(f"""
-        SELECT hash(rollout_id, step) AS rid, rollout_id, step, split, condition, task, group_id, prompt_key,
+        SELECT _file, hash(rollout_id, step) AS rid, rollout_id, step, split, condition, task, group_id, prompt_key,
                has_reasoning, {", ".join(style)}, answer_h, reasoning_h
         FROM (SELECT *, hash(coalesce(prompt, '')) AS prompt_key,
                      (reasoning IS NOT NULL AND length(trim(reasoning)) > 0) AS has_reasoning,
@@ -532,8 +554,14 @@ def _compute_part(path: Path, layout: int, vocab: pa.Table, o: VocabOptions) -> 
     terms = base.append_column("answer_terms", lists["answer_terms"]) \
         .append_column("reasoning_terms", lists["reasoning_terms"]) \
         .append_column("prompt_terms", prompt_terms.take(pa.array(prompt_idx)))
-    counts = _part_counts(terms)
-    return terms, counts
+    if len(paths) == 1:
+        return [(terms, _part_counts(terms))]
+    files = r.column("_file")
+    out = []
+    for path in paths:
+        mine = terms.filter(pc.equal(files, str(path)))
+        out.append((mine, _part_counts(mine)))
+    return out
 
 
 def _part_counts(terms: pa.Table) -> pa.Table:
