@@ -5,7 +5,7 @@ Layout of a store directory (default `.rlaudit/`)::
     runs/<run>/run.json            manifest: source, format, options, one entry per ingested source file
     runs/<run>/parts/*.parquet     canonical rows; one part per source file (or per live append)
     runs/<run>/quarantine.jsonl    bad records with file, line, reason and the raw text
-    runs/<run>/derived/*.parquet   cached derived tables (tokens, per-step counts), keyed by store version
+    runs/<run>/derived/            cached derived data: per part (tokens/, cot_scan/) or per store version
 
 Guarantees:
 - *Idempotent*: a source file already ingested with the same size and mtime (or, failing that, the same SHA-256)
@@ -616,6 +616,7 @@ class Store:
         (one row per rollout and reward signal)."""
         con = duckdb.connect()
         con.execute("SET enable_progress_bar = false")  # front ends draw their own progress
+        bound_memory(con, self.root)
         by_layout: dict[int, list[str]] = {}
         for r in runs if runs is not None else self.runs():
             m = self.manifest(r)  # read once: parts and layouts of one version
@@ -687,6 +688,24 @@ class Store:
         return table
 
 
+def write_cached(path: Path, table: pa.Table, **parquet: Any) -> Path | pa.Table:
+    """Write a derived table beside the run and return its path; where the store cannot be written (read-only,
+    full, removed) return the table itself, for the caller to keep in memory: a cache is an optimisation, never a
+    reason for a detector to fail. Each writer has a temporary name of its own, so concurrent audits never write
+    over each other's file, and readers see the whole file or none (atomic rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, tmp, **parquet)
+        os.replace(tmp, path)
+        return path
+    except OSError:
+        return table
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
 class _Lease:
     """A reader's claim on one version of a run: a file in `runs/<run>/leases/` holding the version, locked
     (`flock`) for as long as the reader lives, so a dead reader's lease is recognised and dropped."""
@@ -727,6 +746,22 @@ class _Lease:
                 self.path.unlink(missing_ok=True)
             self._fh.close()
             self._fh = None
+
+
+#: DuckDB's memory limit for the store's connections (`RLAUDIT_DUCKDB_MEMORY`, e.g. "2GB"). DuckDB's default is
+#: 80% of the machine's RAM, so on a big run its hash tables and temp tables grow with the run; with a limit it
+#: spills them to `<store>/.tmp` instead, and the audit's peak memory stays bounded whatever the run size.
+DUCKDB_MEMORY = "1GB"
+
+
+def bound_memory(con: duckdb.DuckDBPyConnection, root: str | Path | None = None) -> None:
+    """Set the memory limit (and, given a store root, the spill directory) of a DuckDB connection."""
+    con.execute(f"SET memory_limit = '{os.environ.get('RLAUDIT_DUCKDB_MEMORY', DUCKDB_MEMORY)}'")
+    if root is not None:
+        tmp = Path(root) / ".tmp"
+        with contextlib.suppress(OSError):
+            tmp.mkdir(parents=True, exist_ok=True)
+            con.execute(f"SET temp_directory = '{str(tmp).replace(chr(39), chr(39) * 2)}'")
 
 
 def _raw_tables(reader: Any, files: list[SourceFile], ctx: ReadContext,

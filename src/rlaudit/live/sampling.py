@@ -152,6 +152,8 @@ class StoreView(Store):
     counts) still compute it once, and nothing is written next to the real run's caches.
     """
 
+    persist_derived = False  # derived data (e.g. `tokens.term_sets`) is kept in memory, not written beside the run
+
     def __init__(self, base: Store, run: str, parts: Sequence[Path]):
         super().__init__(base.root)
         self.base, self.view_run = base, run

@@ -38,6 +38,8 @@ class ReadOnlyStore(Store):
     """A Store the MCP server cannot change: no ingest/append/delete; derived tables not yet cached on disk
     are computed and kept in memory (per run version) rather than written."""
 
+    persist_derived = False  # term sets and CoT-scan results stay in memory (`tokens`, `cot_grading`)
+
     def __init__(self, root: str | Path):
         super().__init__(root)
         self._memory: dict[tuple[str, str, str], pa.Table] = {}
