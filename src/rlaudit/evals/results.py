@@ -67,10 +67,12 @@ def rate_table(rows: list[dict[str, Any]], specs: Sequence[str], baseline: str =
                     rrep = reps[:, 0::2] / reps[:, 1::2] if reps.size else np.full((1, len(models)), np.nan)
                 lo, hi = percentile_interval(rrep, level)
                 b = mix.get(baseline)
+                numeric = any(not math.isnan(r["values"][spec]) and r["values"][spec] not in (0.0, 1.0)
+                              for r in cat_rows)
                 for m, j in mix.items():
                     row = {"dimension": dim, "category": cat, "behavior": spec, "model": m,
                            "transcripts": int(np.sum(stats[:, 2 * j + 1] > 0)), "samples": int(ns[j]),
-                           "rate": float(rate[j]), "ci_low": float(lo[j]), "ci_high": float(hi[j]),
+                           "numeric": numeric, "rate": float(rate[j]), "ci_low": float(lo[j]), "ci_high": float(hi[j]),
                            "baseline": baseline, "ratio": float("nan"), "ratio_low": float("nan"),
                            "ratio_high": float("nan")}
                     if b is not None and m != baseline:
@@ -173,8 +175,10 @@ def rates_markdown(rates: list[dict[str, Any]], dims: Sequence[str] = DIMENSIONS
             continue
         ratio = "" if r["model"] == r["baseline"] else (
             f"{_fmt(r['ratio'], False)} ({_fmt(r['ratio_low'], False)}-{_fmt(r['ratio_high'], False)})")
+        pct = not r.get("numeric")
         lines.append(f"| `{r['behavior']}` | {r['dimension']} | {r['category']} | {r['model']} | {r['transcripts']} "
-                     f"| {r['samples']} | {_fmt(r['rate'])} ({_fmt(r['ci_low'])}-{_fmt(r['ci_high'])}) | {ratio} |")
+                     f"| {r['samples']} | {_fmt(r['rate'], pct)} ({_fmt(r['ci_low'], pct)}-{_fmt(r['ci_high'], pct)})"
+                     f"{'' if pct else ' (mean)'} | {ratio} |")
     return "\n".join(lines)
 
 
