@@ -79,12 +79,21 @@ def rate_table(rows: list[dict[str, Any]], specs: Sequence[str], baseline: str =
                         with np.errstate(invalid="ignore", divide="ignore"):
                             row["ratio"] = float(rate[j] / rate[b]) if rate[b] > 0 else (
                                 float("inf") if rate[j] > 0 else float("nan"))
-                            ratio_reps = np.where(np.isfinite(rrep[:, j] / rrep[:, b]), rrep[:, j] / rrep[:, b],
-                                                  np.nan)
-                        rlo, rhi = percentile_interval(ratio_reps[:, None], level)
-                        row["ratio_low"], row["ratio_high"] = float(rlo[0]), float(rhi[0])
+                            ratio_reps = rrep[:, j] / rrep[:, b]  # x/0 = inf (kept), 0/0 = NaN (dropped)
+                        row["ratio_low"], row["ratio_high"] = ratio_interval(ratio_reps, level)
                     out.append(row)
     return out
+
+
+def ratio_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of ratio replicates: NaN (0/0) dropped, infinite ones kept (the order statistic is
+    taken, not interpolated), so a baseline that is often zero in the bootstrap gives an open upper bound."""
+    reps = replicates[~np.isnan(replicates)]
+    if not len(reps):
+        return float("nan"), float("nan")
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(reps, [alpha, 1.0 - alpha], method="inverted_cdf")
+    return float(lo), float(hi)
 
 
 def evidence(rows: list[dict[str, Any]], specs: Sequence[str], baseline: str = BASELINE, per: int = 5
