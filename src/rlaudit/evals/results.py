@@ -232,8 +232,12 @@ def backtest(rates: list[dict[str, Any]], observed: list[dict[str, Any]], model:
         f, b = idx.get(key + (model,)), idx.get(key + (baseline,))
         if f is None or b is None or f["samples"] == 0 or o["samples"] == 0:
             continue
-        fs, os_ = _smoothed(f["rate"], f["samples"]), _smoothed(o["rate"], o["samples"])
-        err = max(fs / os_, os_ / fs)
+        if f.get("numeric") or o.get("numeric"):  # means of numeric features: no smoothing
+            fs, os_ = f["rate"], o["rate"]
+        else:
+            fs, os_ = _smoothed(f["rate"], f["samples"]), _smoothed(o["rate"], o["samples"])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            err = float(max(fs / os_, os_ / fs)) if fs > 0 and os_ > 0 else (1.0 if fs == os_ else float("inf"))
         df, do = f["rate"] - b["rate"], o["rate"] - b["rate"]
         rows.append({"dimension": key[0], "category": key[1], "behavior": key[2], "baseline_rate": b["rate"],
                      "forecast": f["rate"], "observed": o["rate"], "observed_samples": o["samples"],

@@ -86,4 +86,15 @@ class ToolSimulator:
 
     def simulate(self, jobs: list[tuple[list[dict[str, Any]] | None, list[dict[str, Any]], dict[str, Any]]]
                  ) -> list[ChatResult]:
-        return self.client.complete([simulator_request(t, m, c, max_tokens=self.max_tokens) for t, m, c in jobs])
+        """One output per job; identical requests in a batch (samples that made the same call after the same
+        conversation) are sent once and share the output."""
+        requests = [simulator_request(t, m, c, max_tokens=self.max_tokens) for t, m, c in jobs]
+        keys = [r.key(self.client.model) for r in requests]
+        unique: dict[str, int] = {}
+        sent: list[ChatRequest] = []
+        for k, r in zip(keys, requests):
+            if k not in unique:
+                unique[k] = len(sent)
+                sent.append(r)
+        results = self.client.complete(sent)
+        return [results[unique[k]] for k in keys]
