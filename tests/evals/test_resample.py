@@ -202,3 +202,48 @@ def test_simulated_backtest_against_known_truth(tmp_path):
     for r in task_rows:  # the forecast is the candidate's true rate, within sampling error
         assert abs(r["forecast"] - TRUE_CAND[r["category"]]) < 0.1
         assert r["baseline_rate"] == pytest.approx(TRUE_BASE[r["category"]], abs=0.12)
+
+
+def test_stored_rollouts_are_transcripts(tmp_path):
+    from rlaudit.schema import canonical_table
+    from rlaudit.store import Store
+
+    rows = [{"run": "r", "rollout_id": f"f:{i}", "step": i, "split": "train", "condition": "nerdy" if i % 2 else
+             "none", "system_prompt": "Be nerdy." if i % 2 else None, "task": "math", "prompt": f"question {i}",
+             "completion": "goblin says 4" if i < 2 else "4", "answer": "4", "rewards": {}, "grader_inputs": {}}
+            for i in range(6)]
+    store = Store(tmp_path / "store")
+    store.append("r", canonical_table(rows), "step-0")
+    ts = load_transcripts("store:r", store)
+    assert len(ts) == 6
+    one = next(t for t in ts if t.id == "r:f:1")
+    assert one.messages == [{"role": "system", "content": "Be nerdy."}, {"role": "user", "content": "question 1"},
+                            {"role": "assistant", "content": "goblin says 4"}]
+    assert (one.condition, one.task) == ("nerdy", "math")
+
+    def says_goblin(request: ChatRequest) -> str:
+        return "goblin" if request.messages[0][0] == "system" else "4"
+
+    res = run_resample(ts, {"c": LLMClient(ScriptedBackend(says_goblin))}, ["goblin"], samples=2)
+    assert _rate(res["rates"], "original")["rate"] == pytest.approx(2 / 6)
+    assert _rate(res["rates"], "c", "condition", "nerdy")["rate"] == 1.0
+    assert _rate(res["rates"], "c", "condition", "none")["rate"] == 0.0
+    assert _rate(res["rates"], "c", "condition", "nerdy")["ratio"] == 3.0
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from rlaudit.cli import main
+
+    _traffic(tmp_path)
+    for argv, message in [
+        (["resample", str(tmp_path / "t.jsonl"), "--model", "cand", "--behavior", "x", "--out", str(tmp_path / "o")],
+         "expected NAME=BACKEND"),
+        (["resample", str(tmp_path / "t.jsonl"), "--model", "c=scripted:tests.evals.agents:candidate", "--out",
+          str(tmp_path / "o")], "give at least one --behavior"),
+        (["resample", str(tmp_path / "nope.jsonl"), "--model", "c=scripted:tests.evals.agents:candidate",
+          "--behavior", "x", "--out", str(tmp_path / "o")], "no such file"),
+        (["resample", "compare", str(tmp_path)], "no samples.parquet"),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
