@@ -106,3 +106,35 @@ def test_resample_compare_backtest_through_real_servers(tmp_path, servers, capsy
     goblin = [r for r in bt["rows"] if r["behavior"] == "goblin" and r["dimension"] == "task"]
     assert [r["direction_right"] for r in goblin] == [True, True]
     assert "direction right in" in capsys.readouterr().out
+
+
+def test_structured_tool_calls_from_the_server_and_the_cache(tmp_path):
+    """A server that parses tool calls (vLLM --tool-call-parser) returns message.tool_calls: they are read,
+    cached with the answer, and answered by the simulator."""
+    from rlaudit.evals import run_resample
+    from rlaudit.evals.transcripts import transcript_from_record
+    from rlaudit.llm import ChatRequest, ChatResult, LLMClient, ScriptedBackend, client_from_spec
+    from rlaudit.llm.core import Backend
+    from rlaudit.llm.serve import Server
+
+    class Parsed(Backend):
+        def complete(self, request: ChatRequest) -> ChatResult:
+            if request.messages[-1][0] == "user":
+                return ChatResult(text="", model="parsed", tool_calls=[{
+                    "id": "call_x", "type": "function",
+                    "function": {"name": "read_file", "arguments": '{"path": "a.py"}'}}])
+            return ChatResult(text="goblin " + request.messages[-1][1], model="parsed")
+
+    rec = {"id": "s0", "tools": TOOLS, "messages": [{"role": "user", "content": "hi"},
+                                                    {"role": "assistant", "content": "hello"}]}
+    ts = [transcript_from_record(rec, "s0")]
+    with Server(Parsed("parsed")) as server:
+        for attempt in range(2):  # the second run is served from the cache, tool calls included
+            client = client_from_spec(f"openai:parsed@{server.url}", cache=tmp_path / "c.sqlite")
+            res = run_resample(ts, {"p": client}, ["goblin"], samples=1,
+                               simulator=LLMClient(ScriptedBackend(lambda r: "print(1)")))
+            s = res["samples"][0]
+            assert s.new[0]["tool_calls"][0]["id"] == "call_x" and s.new[1] == {
+                "role": "tool", "tool_call_id": "call_x", "content": "print(1)"}
+            assert s.text.endswith("goblin print(1)") and s.simulated == 1
+        assert len(server.requests_seen) == 2 and client.accounting.cache_hits == 2

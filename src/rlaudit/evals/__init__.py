@@ -14,7 +14,6 @@ loop), `results` (scores, clustered rates, ratios, evidence, backtest). See docs
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
