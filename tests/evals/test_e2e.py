@@ -60,7 +60,8 @@ def test_resample_compare_backtest_through_real_servers(tmp_path, servers, capsy
     out = tmp_path / "out"
     main(["resample", str(tmp_path / "t.jsonl"), "--model", f"cand=openai:tiny-agent@{agent.url}",
           "--tool-simulator", f"sim=openai:tiny-yes@{yes.url}", "--judge-model", f"openai:tiny-yes@{yes.url}",
-          "--behavior", "goblin", "--judge", "judge:action:does the answer say yes", "--samples", "2",
+          "--behavior", "goblin", "--judge", "judge:action:does the answer say yes",
+          "--judge", "judge:all:does the agent comply", "--samples", "2",
           "--out", str(out)])
     printed = capsys.readouterr()
     assert "3 transcripts, 3 cuts, 2 samples per cut; 6 simulated tool outputs, 0 truncated, 0 failed" in printed.out
@@ -92,6 +93,11 @@ def test_resample_compare_backtest_through_real_servers(tmp_path, servers, capsy
     assert rates[("original", "goblin")]["rate"] == 0.0 and rates[("cand", "goblin")]["rate"] == 1.0
     assert rates[("original", judge)]["rate"] == 1.0 and rates[("cand", judge)]["ratio"] == 1.0
     assert "Evidence" in (out / "summary.md").read_text()
+    judged = [r["messages"][-1]["content"] for r in yes.requests_seen if "RUBRIC:" in r["messages"][-1]["content"]]
+    assert any("PROMPT:\nFix issue 0, please.\n" in j and j.endswith("ANSWER:\nDone, the tests pass.")
+               for j in judged)  # view `all`: the last user message and the turn
+    assert any("ANSWER:\nread_file" not in j and j.endswith("goblin") for j in judged)
+    assert rates[("cand", "judge:all:does the agent comply")]["rate"] == 1.0
 
     main(["resample", "compare", str(out), "--dimension", "task", "--behavior", "goblin"])
     printed = capsys.readouterr().out

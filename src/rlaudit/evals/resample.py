@@ -115,7 +115,8 @@ def resample(cuts: list[Cut], candidates: dict[str, LLMClient], samples: int = 4
 def sample_row(s: Sample) -> dict[str, Any]:
     t = s.cut.transcript
     return {"transcript_id": t.id, "cut_id": s.cut.id, "cut_index": s.cut.index, "model": s.model,
-            "sample": s.sample, "task": t.task, "toolset": t.toolset, "condition": t.condition, "text": s.text,
+            "sample": s.sample, "task": t.task, "toolset": t.toolset, "condition": t.condition,
+            "prompt": s.cut.prompt_text(), "text": s.text,
             "steps": s.steps, "simulated_calls": s.simulated, "truncated": s.truncated, "error": s.error,
             "messages": json.dumps(s.new, ensure_ascii=False), "tool_events": json.dumps(s.tool_events,
                                                                                          ensure_ascii=False),
@@ -126,7 +127,8 @@ def sample_row(s: Sample) -> dict[str, Any]:
 def original_row(cut: Cut, name: str = "original") -> dict[str, Any]:
     t = cut.transcript
     return {"transcript_id": t.id, "cut_id": cut.id, "cut_index": cut.index, "model": name, "sample": 0,
-            "task": t.task, "toolset": t.toolset, "condition": t.condition, "text": cut.original_text(),
+            "task": t.task, "toolset": t.toolset, "condition": t.condition, "prompt": cut.prompt_text(),
+            "text": cut.original_text(),
             "steps": sum(1 for m in cut.original if m.get("role") == "tool"), "simulated_calls": 0,
             "truncated": False, "error": None, "messages": json.dumps(cut.original, ensure_ascii=False),
             "tool_events": "[]", "history_sha256": cut.history_sha256(), "prompt_tokens": 0,

@@ -32,7 +32,17 @@ def score(rows: list[dict[str, Any]], behaviors: Sequence[Behavior]) -> None:
     """Adds `values[spec]` to each row (NaN for rows whose generation failed)."""
     texts = pa.array([r["text"] if not r.get("error") else "" for r in rows], pa.string())
     for b in behaviors:
-        vals = b.values(texts) if len(rows) else np.zeros(0)
+        if b.kind == "judge" and hasattr(b.func, "judge"):
+            # judges read the turn as the answer and, with view `all`, the last user message as the prompt;
+            # failed generations are not sent
+            ok = [i for i, r in enumerate(rows) if not r.get("error")]
+            verdicts = b.func.judge.judge_rollouts([rows[i].get("prompt") or "" for i in ok], [None] * len(ok),
+                                                   [rows[i]["text"] for i in ok])
+            vals = np.full(len(rows), np.nan)
+            for i, v in zip(ok, verdicts):
+                vals[i] = np.nan if v.label is None else float(v.label)
+        else:
+            vals = b.values(texts) if len(rows) else np.zeros(0)
         for r, v in zip(rows, vals):
             r.setdefault("values", {})[b.spec] = float("nan") if r.get("error") else float(v)
 

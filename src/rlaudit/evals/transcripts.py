@@ -64,6 +64,10 @@ class Cut:
     def original_text(self) -> str:
         return turn_text(self.original)
 
+    def prompt_text(self) -> str:
+        """The last user message before the cut (what a judge with view `all` sees as the prompt)."""
+        return next((message_text(m) for m in reversed(self.history) if m.get("role") == "user"), "")
+
     def history_sha256(self) -> str:
         return sha256_json(self.history)
 
