@@ -247,3 +247,19 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_chunked_streaming_gives_the_same_results(tmp_path):
+    _traffic(tmp_path)
+    kw = dict(samples=4, simulator=LLMClient(ScriptedBackend(simulator)))
+    one = run_resample(str(tmp_path / "t.jsonl"), {"c": LLMClient(ScriptedBackend(candidate))}, ["goblin"],
+                       out=tmp_path / "one", chunk=1000, **kw)
+    three = run_resample(str(tmp_path / "t.jsonl"), {"c": LLMClient(ScriptedBackend(candidate))}, ["goblin"],
+                         out=tmp_path / "three", chunk=3, **kw)
+    assert one["rates"] == three["rates"] and one["evidence"] == three["evidence"]
+    assert one["manifest"]["simulated_calls"] == three["manifest"]["simulated_calls"] == 32
+    assert "text" not in three["rows"][0] and three["samples"] == []  # compact: texts only on disk
+    a, _ = read_samples([tmp_path / "one"])
+    b, _ = read_samples([tmp_path / "three"])
+    key = lambda r: (r["model"], r["cut_id"], r["sample"])  # noqa: E731
+    assert sorted(a, key=key) == sorted(b, key=key)

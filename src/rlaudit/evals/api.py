@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,9 +10,11 @@ from typing import Any
 
 from ..llm.core import LLMClient
 from .resample import Sample, original_row, resample, sample_row
-from .results import (BASELINE, backtest, backtest_markdown, evidence, parse_behaviors, rate_table, rates_markdown,
-                      read_samples, score, summary_markdown, write_results)
-from .transcripts import Cut, Transcript, cuts, load_transcripts, read_chat_jsonl, read_store_run
+from .results import (BASELINE, SamplesWriter, backtest, backtest_markdown, compact, evidence, finish_results,
+                      merge_evidence, parse_behaviors, rate_table, rates_markdown, read_samples, score,
+                      summary_markdown)
+from .transcripts import (Cut, Transcript, cuts, iter_transcripts, load_transcripts, read_chat_jsonl,
+                          read_store_run)
 
 
 def judge_spec(text: str) -> str:
@@ -26,32 +29,60 @@ def judge_spec(text: str) -> str:
 def run_resample(source: str | list[Transcript], candidates: dict[str, LLMClient], behaviors: Sequence[str],
                  samples: int = 4, out: str | Path | None = None, simulator: LLMClient | None = None,
                  cut: str = "last", limit: int | None = None, max_steps: int = 3, temperature: float = 1.0,
-                 max_tokens: int = 1024, store: Any = None, progress: Any = None) -> dict[str, Any]:
+                 max_tokens: int = 1024, store: Any = None, progress: Any = None, chunk: int = 1000
+                 ) -> dict[str, Any]:
+    """Resample, score and summarise. With `out`, transcripts are read, resampled, scored and written
+    `chunk` at a time: memory holds one chunk's texts plus a few numbers per turn (the returned `rows` are
+    compact and `samples` empty). Without `out`, everything is returned in memory."""
     started = time.perf_counter()
     specs = list(dict.fromkeys(behaviors))
     parsed = parse_behaviors(specs)  # spec errors before any call
-    transcripts = source if isinstance(source, list) else load_transcripts(source, store, limit)
-    if isinstance(source, list) and limit is not None:
-        transcripts = transcripts[:limit]
-    found = cuts(transcripts, cut)
-    done = resample(found, candidates, samples=samples, simulator=simulator, max_steps=max_steps,
-                    temperature=temperature, max_tokens=max_tokens, progress=progress)
-    rows = [original_row(c) for c in found] + [sample_row(s) for s in done]
-    score(rows, parsed)
-    manifest = {"source": source if isinstance(source, str) else "<transcripts>", "transcripts": len(transcripts),
-                "cuts": len(found), "cut": cut, "samples": samples, "candidates": list(candidates),
-                "max_steps": max_steps, "temperature": temperature,
-                "simulated_calls": sum(s.simulated for s in done),
-                "truncated": sum(s.truncated for s in done), "errors": sum(1 for s in done if s.error),
+    if isinstance(source, list):
+        stream: Any = iter(source[:limit] if limit is not None else source)
+    else:
+        stream = iter_transcripts(source, store, limit)
+    writer = SamplesWriter(Path(out) / "samples.parquet", specs) if out is not None else None
+    rows: list[dict[str, Any]] = []
+    ev: list[dict[str, Any]] = []
+    kept: list[Sample] = []
+    counts = {"transcripts": 0, "cuts": 0, "simulated_calls": 0, "truncated": 0, "errors": 0}
+    try:
+        while True:
+            part = list(itertools.islice(stream, max(1, chunk)))
+            if not part:
+                break
+            found = cuts(part, cut)
+            done = resample(found, candidates, samples=samples, simulator=simulator, max_steps=max_steps,
+                            temperature=temperature, max_tokens=max_tokens, progress=progress)
+            chunk_rows = [original_row(c) for c in found] + [sample_row(s) for s in done]
+            score(chunk_rows, parsed)
+            counts["transcripts"] += len(part)
+            counts["cuts"] += len(found)
+            counts["simulated_calls"] += sum(s.simulated for s in done)
+            counts["truncated"] += sum(s.truncated for s in done)
+            counts["errors"] += sum(1 for s in done if s.error)
+            if writer is not None:
+                writer.write(chunk_rows)
+                ev = merge_evidence(ev + evidence(chunk_rows, specs))
+                rows.extend(compact(chunk_rows))
+            else:
+                rows.extend(chunk_rows)
+                kept.extend(done)
+    finally:
+        if writer is not None:
+            writer.close()
+    manifest = {"source": source if isinstance(source, str) else "<transcripts>", **counts, "cut": cut,
+                "samples": samples, "candidates": list(candidates), "max_steps": max_steps,
+                "temperature": temperature,
                 "llm": {name: {"backend": c.description, **c.accounting.to_json()} for name, c in candidates.items()},
                 "simulator": ({"backend": simulator.description, **simulator.accounting.to_json()}
                               if simulator is not None else None),
                 "seconds": round(time.perf_counter() - started, 3)}
     if out is not None:
-        res = write_results(Path(out), rows, specs, manifest)
+        res = finish_results(Path(out), rows, ev, specs, manifest)
     else:
         res = {"rates": rate_table(rows, specs), "evidence": evidence(rows, specs)}
-    return {"rows": rows, "samples": done, "manifest": manifest, **res}
+    return {"rows": rows, "samples": kept, "manifest": manifest, **res}
 
 
 def compare(dirs: Sequence[str | Path], baseline: str = BASELINE, behaviors: Sequence[str] | None = None

@@ -136,21 +136,73 @@ def evidence(rows: list[dict[str, Any]], specs: Sequence[str], baseline: str = B
 
 
 # ---------------------------------------------------------------------------------------------- files
-def write_results(out_dir: Path, rows: list[dict[str, Any]], specs: Sequence[str], manifest: dict[str, Any],
-                  baseline: str = BASELINE) -> dict[str, Any]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    samples = [{k: v for k, v in r.items() if k != "values"} | {f"b:{s}": r["values"][s] for s in specs}
-               for r in rows]
-    pq.write_table(pa.Table.from_pylist(samples), out_dir / "samples.parquet")
+SAMPLE_FIELDS = [("transcript_id", pa.string()), ("cut_id", pa.string()), ("cut_index", pa.int64()),
+                 ("model", pa.string()), ("sample", pa.int64()), ("task", pa.string()), ("toolset", pa.string()),
+                 ("condition", pa.string()), ("prompt", pa.string()), ("text", pa.string()),
+                 ("steps", pa.int64()), ("simulated_calls", pa.int64()), ("truncated", pa.bool_()),
+                 ("error", pa.string()), ("messages", pa.string()), ("tool_events", pa.string()),
+                 ("history_sha256", pa.string()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64())]
+#: what the statistics need of a row (texts and messages stay in samples.parquet)
+COMPACT = ("transcript_id", "cut_id", "model", "sample", "task", "toolset", "condition")
+
+
+class SamplesWriter:
+    """Streams sample rows to `samples.parquet` chunk by chunk (one `b:SPEC` column per behaviour)."""
+
+    def __init__(self, path: Path, specs: Sequence[str]):
+        self.specs = list(specs)
+        self.schema = pa.schema(SAMPLE_FIELDS + [(f"b:{s}", pa.float64()) for s in self.specs])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.writer = pq.ParquetWriter(path, self.schema)
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        names = [f[0] for f in SAMPLE_FIELDS]
+        data = [{**{k: r.get(k) for k in names}, **{f"b:{s}": r["values"][s] for s in self.specs}} for r in rows]
+        self.writer.write_table(pa.Table.from_pylist(data, schema=self.schema))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def compact(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{**{k: r[k] for k in COMPACT}, "values": r["values"]} for r in rows]
+
+
+def merge_evidence(ev: list[dict[str, Any]], per: int = 5) -> list[dict[str, Any]]:
+    """The evidence of several chunks as `evidence` would pick it from all rows at once."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for e in ev:
+        groups[(e["behavior"], e["model"], e["direction"])].append(e)
+    out: list[dict[str, Any]] = []
+    for key in sorted(groups, key=lambda k: (k[0], k[1], k[2] != "gained")):
+        seen: set[str] = set()
+        for e in sorted(groups[key], key=lambda e: (-abs(e["resampled_value"] - e["original_value"]),
+                                                     e["cut_id"])):
+            if e["cut_id"] not in seen and len(seen) < per:
+                seen.add(e["cut_id"])
+                out.append(e)
+    return out
+
+
+def finish_results(out_dir: Path, rows: list[dict[str, Any]], ev: list[dict[str, Any]], specs: Sequence[str],
+                   manifest: dict[str, Any], baseline: str = BASELINE) -> dict[str, Any]:
+    """rates.parquet, evidence.parquet, manifest.json and summary.md from (compact) rows and evidence."""
     rates = rate_table(rows, specs, baseline)
     pq.write_table(pa.Table.from_pylist(rates), out_dir / "rates.parquet")
-    ev = evidence(rows, specs, baseline)
     pq.write_table(pa.Table.from_pylist(ev) if ev else pa.table({"behavior": pa.array([], pa.string())}),
                    out_dir / "evidence.parquet")
     manifest = {**manifest, "behaviors": list(specs), "baseline": baseline}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     (out_dir / "summary.md").write_text(summary_markdown(rates, ev, manifest))
     return {"rates": rates, "evidence": ev}
+
+
+def write_results(out_dir: Path, rows: list[dict[str, Any]], specs: Sequence[str], manifest: dict[str, Any],
+                  baseline: str = BASELINE) -> dict[str, Any]:
+    writer = SamplesWriter(out_dir / "samples.parquet", specs)
+    writer.write(rows)
+    writer.close()
+    return finish_results(out_dir, rows, evidence(rows, specs, baseline), specs, manifest, baseline)
 
 
 def read_samples(dirs: Sequence[str | Path]) -> tuple[list[dict[str, Any]], list[str]]:

@@ -193,10 +193,17 @@ def read_store_run(store: Any, run: str, limit: int | None = None) -> Iterator[T
             return
 
 
-def load_transcripts(source: str, store: Any = None, limit: int | None = None) -> list[Transcript]:
-    """`store:RUN` (rollouts of a stored run) or a chat JSONL file / directory of them."""
+def iter_transcripts(source: str, store: Any = None, limit: int | None = None) -> Iterator[Transcript]:
+    """`store:RUN` (rollouts of a stored run) or a chat JSONL file / directory of them, read lazily."""
     if source.startswith("store:"):
         if store is None:
             raise RlauditError("store:RUN transcripts need a store (--store)")
-        return list(read_store_run(store, source[len("store:"):], limit))
-    return list(read_chat_jsonl(source, limit))
+        return read_store_run(store, source[len("store:"):], limit)
+    path = Path(source)
+    if not path.exists() or (path.is_dir() and not any(path.glob("*.jsonl"))):
+        raise RlauditError(f"transcripts {path}: no such file (or no *.jsonl in the directory)")
+    return read_chat_jsonl(source, limit)
+
+
+def load_transcripts(source: str, store: Any = None, limit: int | None = None) -> list[Transcript]:
+    return list(iter_transcripts(source, store, limit))
