@@ -60,6 +60,8 @@ def run_cmd(
                                                   "a rerun repeats no call.")] = None,
     store: Annotated[Path, typer.Option("--store", envvar="RLAUDIT_STORE", help="Store for store:RUN.")
                      ] = Path(".rlaudit"),
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the first step's candidate requests with "
+                                          "their token counts; send nothing.")] = False,
 ) -> None:
     """Cut transcripts at the last assistant turn, regenerate it with each candidate, score and compare."""
     from ..llm import client_from_spec, set_default_client
@@ -80,7 +82,8 @@ def run_cmd(
         name, backend = _named(spec, "--model")
         if name == "original":
             raise RlauditError("--model: 'original' names the transcripts' own turns; choose another name")
-        candidates[name] = client_from_spec(backend, cache=cache, concurrency=concurrency, price=price)
+        candidates[name] = client_from_spec(backend, cache=cache, concurrency=concurrency, price=price,
+                                            dry_run=dry_run)
     simulator = None
     if tool_simulator:
         backend = tool_simulator.partition("=")[2] if "=" in tool_simulator.split(":")[0] else tool_simulator
@@ -105,6 +108,10 @@ def run_cmd(
                           cut=cut, limit=limit, max_steps=max_steps, temperature=temperature,
                           max_tokens=max_tokens, store=st, progress=progress)
     m = result["manifest"]
+    if dry_run:
+        for name, c in candidates.items():
+            console.print(f"{name} (dry run): {c.accounting.format()}", highlight=False)
+        return
     for name, c in candidates.items():
         console.print(f"{name}: {c.accounting.format()}", highlight=False)
     if simulator is not None:
