@@ -1056,6 +1056,7 @@ def _usage_error_line(exc: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors (ours and usage errors) become one `error:` line and exit 2."""
+    argv = _resample_argv(list(sys.argv[1:] if argv is None else argv))
     try:
         code = app(args=argv, prog_name="rlaudit", standalone_mode=False)
     except RlauditError as exc:
@@ -1083,6 +1084,19 @@ def main(argv: list[str] | None = None) -> None:
     if isinstance(code, int) and code:  # typer returns Exit codes (e.g. Ctrl-C: 130) in non-standalone mode
         sys.exit(code)
 
+
+def _resample_argv(argv: list[str]) -> list[str]:
+    """`rlaudit resample TRANSCRIPTS ...` means `rlaudit resample run TRANSCRIPTS ...`."""
+    from .evals.cli import SUBCOMMANDS
+
+    if len(argv) >= 2 and argv[0] == "resample" and argv[1] not in SUBCOMMANDS + ("-h", "--help"):
+        return ["resample", "run", *argv[1:]]
+    return argv
+
+
+from .evals.cli import app as _resample_app  # noqa: E402 - light (typer only)
+
+app.add_typer(_resample_app, name="resample")
 
 if __name__ == "__main__":
     main()

@@ -44,14 +44,22 @@ class ChatRequest:
 
     messages: tuple[tuple[str, str], ...]
     params: tuple[tuple[str, Any], ...] = ()
+    #: canonical JSON of the full messages when they carry more than a role and text content (tool calls,
+    #: tool_call_id, name, content parts): sent as they are; `messages` then holds a text rendering of each
+    #: (tool calls as `<tool_call>{json}</tool_call>`) for backends that take text (scripted, local).
+    raw: str = ""
 
     @classmethod
-    def of(cls, messages: Sequence[dict[str, str]] | str, **params: Any) -> ChatRequest:
+    def of(cls, messages: Sequence[dict[str, Any]] | str, **params: Any) -> ChatRequest:
         if isinstance(messages, str):
             messages = [{"role": "user", "content": messages}]
-        return cls(tuple((m["role"], m["content"]) for m in messages), tuple(sorted(params.items())))
+        rich = any(set(m) - {"role", "content"} or not isinstance(m.get("content"), str) for m in messages)
+        raw = json.dumps(list(messages), ensure_ascii=False, separators=(",", ":")) if rich else ""
+        return cls(tuple((m["role"], message_text(m)) for m in messages), tuple(sorted(params.items())), raw)
 
-    def message_dicts(self) -> list[dict[str, str]]:
+    def message_dicts(self) -> list[dict[str, Any]]:
+        if self.raw:
+            return json.loads(self.raw)
         return [{"role": r, "content": c} for r, c in self.messages]
 
     def param_dict(self) -> dict[str, Any]:
@@ -62,6 +70,26 @@ class ChatRequest:
         blob = json.dumps({"model": model, "messages": self.message_dicts(), "params": self.param_dict()},
                           sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """A chat message as text: its content (text parts joined) and its tool calls as
+    `<tool_call>{"name": ..., "arguments": ...}</tool_call>` (the Hermes/Qwen convention)."""
+    content = message.get("content")
+    if isinstance(content, list):
+        content = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    text = content if isinstance(content, str) else ""
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function", call) if isinstance(call, dict) else {}
+        args = fn.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args)
+            except ValueError:
+                pass
+        text += ("\n" if text else "") + "<tool_call>" + json.dumps({"name": fn.get("name"), "arguments": args},
+                                                                    ensure_ascii=False) + "</tool_call>"
+    return text
 
 
 @dataclass
@@ -75,6 +103,7 @@ class ChatResult:
     attempts: int = 1
     seconds: float = 0.0
     error: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI `message.tool_calls`, when the server parsed any
 
     @property
     def ok(self) -> bool:
@@ -167,7 +196,7 @@ class ResponseCache:
 
     def put(self, key: str, result: ChatResult) -> None:
         data = {k: v for k, v in asdict(result).items() if k in ("text", "prompt_tokens", "completion_tokens",
-                                                                   "model")}
+                                                                   "model", "tool_calls")}
         with self._lock, self._connect() as con:
             con.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?)",
                         (key, result.model, json.dumps(data, ensure_ascii=False), time.time()))

@@ -105,7 +105,9 @@ class OpenAIBackend(Backend):
     def _parse(self, request: ChatRequest, response: Any, attempts: int, seconds: float) -> ChatResult:
         try:
             data = response.json()
-            text = data["choices"][0]["message"]["content"] or ""
+            message = data["choices"][0]["message"]
+            text = message.get("content") or ""
+            tool_calls = message.get("tool_calls") or None
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise CallFailed(f"unexpected response ({exc}): {response.text[:300]}", attempts) from None
         usage = data.get("usage") or {}
@@ -114,4 +116,5 @@ class OpenAIBackend(Backend):
         return ChatResult(text=text,
                           prompt_tokens=int(prompt) if prompt is not None else self.count_tokens(request),
                           completion_tokens=int(completion) if completion is not None else approx_tokens(text),
-                          model=str(data.get("model") or self.model), attempts=attempts, seconds=seconds)
+                          model=str(data.get("model") or self.model), attempts=attempts, seconds=seconds,
+                          tool_calls=tool_calls)

@@ -35,7 +35,9 @@ class TransformersBackend(Backend):
     def _prompt_ids(self, request: ChatRequest) -> list[int]:
         messages = request.message_dicts()
         if getattr(self.tokenizer, "chat_template", None):
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+            tools = request.param_dict().get("tools")
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                     **({"tools": tools} if tools else {}))
             if isinstance(ids, dict) or hasattr(ids, "keys"):
                 ids = ids["input_ids"]
             return list(ids)

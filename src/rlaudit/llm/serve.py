@@ -60,7 +60,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}", "object": "chat.completion", "created": int(time.time()),
             "model": self.backend.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text},
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text,
+                                                 **({"tool_calls": result.tool_calls} if result.tool_calls else {})},
                          "finish_reason": "stop"}],
             "usage": {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
                       "total_tokens": result.prompt_tokens + result.completion_tokens}})
