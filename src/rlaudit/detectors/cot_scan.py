@@ -330,10 +330,16 @@ def findings_from_results(con: duckdb.DuckDBPyConnection, results: pa.Table | st
     for grader, n, exposed, first_step, scannable in totals:
         exposed = int(exposed or 0)
         n0, k0 = chance.get(grader, (0, 0))
+        # no chance pairs (a run whose grader inputs all come from one prompt group): nothing to calibrate against,
+        # so the exact-span rule stands alone, and the finding says so instead of quoting a p-value of 0
         p_value = float(fisher_exact([[exposed, n - exposed], [k0, n0 - k0]], alternative="greater").pvalue) \
-            if n0 else 0.0
-        if exposed < min_exposed or p_value > alpha:
+            if n0 else None
+        if exposed < min_exposed or (p_value is not None and p_value > alpha):
             continue
+        calibration = (f"Pairing reasoning with other groups' grader inputs, the same rule fires on {k0:,} of {n0:,} "
+                       f"chance pairs (one-sided Fisher p={p_value:.2g}). ") if p_value is not None else (
+            "No chance pairs could be formed (the grader inputs come from a single prompt group), so this count is "
+            "not calibrated against chance; the matched spans are shown as evidence. ")
         lo, hi = wilson_interval(exposed, n)
         rate = exposed / n
         f = Finding(
@@ -342,10 +348,8 @@ def findings_from_results(con: duckdb.DuckDBPyConnection, results: pa.Table | st
             explanation=(
                 f"The logged input of grader '{grader}' contains the rollout's chain-of-thought (text found only in "
                 f"the reasoning, not in the prompt or answer) in {exposed:,} rollouts, first at step {first_step}. "
-                f"Pairing reasoning with other groups' grader inputs, the same rule fires on {k0:,} of {n0:,} chance "
-                f"pairs (one-sided Fisher p={p_value:.2g}). A grader that reads the reasoning rewards what it says, "
-                "which teaches the policy to shape or hide its reasoning. Each evidence item marks the matching "
-                "span in the grader input."),
+                f"{calibration}A grader that reads the reasoning rewards what it says, which teaches the policy to "
+                "shape or hide its reasoning. Each evidence item marks the matching span in the grader input."),
             score=rate,
             fields={
                 "grader": grader, "method": "scan", "exposure_rate": rate, "exposure_rate_ci": [lo, hi],
