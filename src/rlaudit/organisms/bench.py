@@ -15,6 +15,7 @@ The matcher (`match`), per ground-truth issue and finding kind:
   signal is scored separately (attribution accuracy).
 - `cot_grading`: the same `grader`.
 - `reward_health`: the same `signal` and `problem`.
+- `training_health`: the finding's `check` is the issue's `problem` (zero_variance, length_growth, ...).
 
 An issue is *detected* when a matching finding has severity >= medium. A *false finding* is a finding at
 severity >= medium that matches no issue, including every such finding on a clean control and any finding that
@@ -100,6 +101,8 @@ def matches(f: Finding, issue: Issue) -> bool:
         return f.get("grader") == issue.grader
     if issue.kind == "reward_health":
         return f.get("signal") == issue.signal and f.get("problem") == issue.problem
+    if issue.kind == "training_health":
+        return f.get("check") == issue.problem
     return False
 
 
@@ -148,6 +151,8 @@ def _key(issue: Issue) -> str:
         return f"grader {issue.grader}"
     if issue.kind == "reward_health":
         return f"{issue.signal}: {issue.problem}"
+    if issue.kind == "training_health":
+        return str(issue.problem)
     where = f" ({issue.where})" if issue.where else ""
     extra = f" from {issue.source_condition}" if issue.kind == "generalization" else f" <- {issue.signal}"
     return f"{'/'.join(issue.terms)}{where}{extra}"
@@ -295,7 +300,7 @@ def bench(scenarios: Sequence[str] | None = None, size: str = "default", format:
 
 # ---------------------------------------------------------------- display
 SHORT_KIND = {"emerging_behavior": "emerging", "reward_attribution": "attribution", "generalization": "spread",
-              "cot_grading": "cot", "reward_health": "health"}
+              "cot_grading": "cot", "reward_health": "health", "training_health": "training"}
 
 
 def print_bench(result: BenchResult, console: Any) -> None:
