@@ -205,7 +205,8 @@ def _training_health(f: Finding) -> str:
         key = "zero_variance_all_correct"
     advice = setting_for(key, trainer)
     if not advice:
-        return ""
+        return (f"Check the training setup behind {check or 'this check'}: the finding's statistics and per-step "
+                "series show when it started.")
     who = f"In {_TRAINERS[trainer]}: " if trainer in _TRAINERS else ""
     since = f" (from step {f['onset_step']})" if f.get("onset_step") is not None else ""
     return f"{who}{advice[0].upper()}{advice[1:]}{since}."
