@@ -24,6 +24,7 @@ KIND_LABELS = {
     "reward_attribution": "reward attribution",
     "cot_grading": "CoT grading",
     "reward_health": "reward health",
+    "training_health": "training health",
     "audit_error": "audit error",
 }
 
@@ -39,6 +40,9 @@ WHY = {
                    "model to hide or dress up its reasoning and erodes CoT monitoring.",
     "reward_health": "A reward signal that is constant, stuck, NaN or out of range gives the policy no (or a "
                      "wrong) learning signal; findings built on it are suspect.",
+    "training_health": "A run that is not learning (groups without signal, collapsed entropy, runaway length, a "
+                       "training reward that rises while held-out scores fall) wastes compute or ships a hacked "
+                       "policy; the remedy names the trainer setting to change.",
     "audit_error": "A detector crashed on this run, so its checks did not run: absence of its findings here "
                    "means nothing.",
 }
@@ -69,11 +73,13 @@ FACTS: dict[str, list[tuple[str, str, str]]] = {
                     ("q-value", "q_value", "p")],
     "reward_health": [("signal", "signal", "text"), ("problem", "problem", "text"), ("share", "share", "share"),
                       ("first step", "first_step", "num")],
+    "training_health": [("check", "check", "text"), ("direction", "direction", "text"),
+                        ("onset step", "onset_step", "num"), ("trainer", "trainer", "text")],
     "audit_error": [("detector", "detector", "text")],
 }
 
 #: Fields that hold plot data or per-item tables: drawn as figures, not printed as facts.
-PLOT_FIELDS = {"series", "series_by_condition", "condition_series", "curves", "traceback"}
+PLOT_FIELDS = {"series", "series_by_condition", "condition_series", "curves", "traceback", "steps", "train_steps"}
 
 _GRADER_TEXT_KEYS = ("grader_input", "grader_text", "input", "grader_view", "seen")
 _MATCH_KEYS = ("matched_text", "span_text")  # the matched text itself (not "match", which may be a label)
