@@ -289,18 +289,20 @@ def _length(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], 
     per_step = _rows(con, """SELECT step, sum(length(completion))::DOUBLE AS x,
                                     sum(length(completion)::DOUBLE ^ 2) AS q, count(*) AS n
                              FROM rollouts GROUP BY step ORDER BY step""")
-    clusters = _rows(con, f"""
+    clusters = con.execute(f"""
         SELECT CASE WHEN step <= {early[-1]} THEN 0 ELSE 1 END AS w, condition,
-               coalesce(group_id, rollout_id) AS g, sum(length(completion))::DOUBLE AS x, count(*) AS n
-        FROM rollouts WHERE step <= {early[-1]} OR step >= {late[0]} GROUP BY ALL""")
-    if not per_step or not clusters:
+               sum(length(completion))::DOUBLE AS x, count(*)::DOUBLE AS n
+        FROM rollouts WHERE step <= {early[-1]} OR step >= {late[0]}
+        GROUP BY w, condition, coalesce(group_id, rollout_id)""").fetchnumpy()
+    if not per_step or len(clusters["n"]) == 0:
         return []
+    cw, cx, cn = (np.asarray(clusters[k]) for k in ("w", "x", "n"))
+    ccond = np.asarray(clusters["condition"], dtype=object)
 
-    def ratio(rows: list[dict[str, Any]]) -> tuple[float, float] | None:
+    def ratio(mask: np.ndarray) -> tuple[float, float] | None:
         parts = []
         for w in (0, 1):
-            x = np.array([r["x"] for r in rows if r["w"] == w])
-            n = np.array([r["n"] for r in rows if r["w"] == w], dtype=float)
+            x, n = cx[mask & (cw == w)], cn[mask & (cw == w)]
             if n.sum() == 0:
                 return None
             parts.append((x.sum() / n.sum(), ratio_of_sums_se(x, n)))
@@ -310,15 +312,15 @@ def _length(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], 
         se_log = math.sqrt((se0 / m0) ** 2 + (se1 / m1) ** 2) if np.isfinite(se0) and np.isfinite(se1) else np.nan
         return m1 / m0, se_log
 
-    overall = ratio(clusters)
+    overall = ratio(np.ones(len(cn), dtype=bool))
     if overall is None or not np.isfinite(overall[1]):
         return []
     r, se = overall
     z = math.log(r) / se if se > 0 else (np.inf if r > 1 else -np.inf)
     p = float(norm.sf(z))
     by_condition = {}
-    for cond in sorted({c["condition"] for c in clusters}):
-        rc = ratio([c for c in clusters if c["condition"] == cond])
+    for cond in sorted(set(ccond.tolist())):
+        rc = ratio(ccond == cond)
         if rc is not None and np.isfinite(rc[1]):
             by_condition[cond] = {"ratio": rc[0], "ci": [rc[0] * math.exp(-1.96 * rc[1]),
                                                          rc[0] * math.exp(1.96 * rc[1])]}
