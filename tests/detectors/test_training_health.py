@@ -217,3 +217,24 @@ def test_bh_across_checks(store):
     st = f["statistics"]
     assert st["tests"] >= 2  # zero_variance, advantage_ess, length_growth at least
     assert st["p_value"] <= st["q_value"] <= min(1.0, st["p_value"] * st["tests"]) + 1e-12
+
+
+def test_truncation_from_finish_reason_and_bad_metadata(store):
+    """A trainer's finish reason marks truncation; metadata that is not JSON is ignored, not an error."""
+    rows = {k: [] for k in ("run", "rollout_id", "step", "split", "group_id", "sample_index", "condition",
+                            "system_prompt", "task", "prompt", "completion", "reasoning", "answer", "rewards",
+                            "reward", "advantage", "grader_inputs", "metadata")}
+    for s in range(1, STEPS + 1):
+        for g in range(GROUPS):
+            for i in range(G):
+                meta = json.dumps({"finish_reason": "length" if s >= 9 and i < 3 else "stop"})
+                for k, v in (("run", "m"), ("rollout_id", f"{s}:{g}:{i}"), ("step", s), ("split", "train"),
+                             ("group_id", f"{s}-{g}"), ("sample_index", i), ("condition", "none"),
+                             ("system_prompt", None), ("task", "t"), ("prompt", "p"), ("completion", "c"),
+                             ("reasoning", None), ("answer", "a"), ("rewards", [("score", half(s, g, i))]),
+                             ("reward", half(s, g, i)), ("advantage", None), ("grader_inputs", []),
+                             ("metadata", "not json" if g == 0 else meta)):
+                    rows[k].append(v)
+    store.append("m", canonical_table(rows), key="all")
+    f = checks(store, run="m")["truncation"]
+    assert f["statistics"]["estimate"] == pytest.approx(3 / 8 * 7 / 8)  # group 0's metadata is unreadable

@@ -349,10 +349,10 @@ def _length(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], 
 
 TRUNCATED_SQL = """(
     (reasoning IS NOT NULL AND coalesce(answer, '') = '' AND completion NOT LIKE '%</think>%')
-    OR coalesce(lower(json_extract_string(metadata, '$.finish_reason')), '') = 'length'
-    OR coalesce(lower(json_extract_string(metadata, '$.stop_reason')), '') = 'length'
-    OR coalesce(json_extract_string(metadata, '$.is_truncated'), '') = 'true'
-    OR coalesce(json_extract_string(metadata, '$.truncated'), '') = 'true')"""
+    OR coalesce(lower(json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.finish_reason')), '') = 'length'
+    OR coalesce(lower(json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.stop_reason')), '') = 'length'
+    OR coalesce(json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.is_truncated'), '') = 'true'
+    OR coalesce(json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.truncated'), '') = 'true')"""
 
 
 def _truncation(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int]
@@ -362,10 +362,10 @@ def _truncation(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[in
     from ..stats import onset_index
 
     markers = con.execute("""SELECT count(*) FILTER (WHERE reasoning IS NOT NULL OR completion LIKE '%</think>%'
-                                 OR json_extract_string(metadata, '$.finish_reason') IS NOT NULL
-                                 OR json_extract_string(metadata, '$.stop_reason') IS NOT NULL
-                                 OR json_extract_string(metadata, '$.is_truncated') IS NOT NULL
-                                 OR json_extract_string(metadata, '$.truncated') IS NOT NULL) FROM rollouts""")
+                                 OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.finish_reason') IS NOT NULL
+                                 OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.stop_reason') IS NOT NULL
+                                 OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.is_truncated') IS NOT NULL
+                                 OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.truncated') IS NOT NULL) FROM rollouts""")
     if not markers.fetchone()[0]:
         return [], ("truncation: the rollouts carry no end marker (think tags) and no finish reason, so truncation "
                     "is unknown from them")
