@@ -107,7 +107,7 @@ class TrainingHealthDetector(Detector):
             out.append(Finding(
                 kind="training_health", run=ctx.run, severity=c.pop("severity"), title=c.pop("title"),
                 explanation=c.pop("explanation"), score=float(c.pop("score")),
-                fields={**c, "trainer": trainer, "notes": notes}, evidence=ev + c.pop("extra_evidence", [])))
+                fields={**c, "trainer": trainer, "notes": notes}, evidence=ev))
         return out
 
 
