@@ -24,6 +24,7 @@ KINDS: dict[str, str] = {
     "cot_grading": "cot_grading",
     "reward_health": "reward_health",
     "training_health": "training_health",
+    "monitorability": "monitorability",
     "behavior_spread": "live",
     "audit_error": "any",
 }

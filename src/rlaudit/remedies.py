@@ -218,6 +218,18 @@ def _audit_error(f: Finding) -> str:
             "findings JSON (and report it), or audit with the other detectors (--detector).")
 
 
+def _monitorability(f: Finding) -> str:
+    exposure = f.get("exposure") or {}
+    if f.get("verdict") != "drop":
+        return ("Nothing to fix from this measurement; re-check as training goes on (`rlaudit monitorability RUN "
+                "--label SPEC`), and with an LLM judge monitor (`--monitor judge:RUBRIC --llm ...`) when a "
+                "rule-based monitor is too blunt for the behaviour.")
+    graders = ", ".join(repr(g) for g in exposure.get("graders") or []) or "the exposed grader"
+    return (f"Strip the reasoning from what {graders} sees (rlaudit.capture shows what it receives), and do not rely "
+            f"on CoT monitors for this behaviour in checkpoints after step {exposure.get('onset')}: monitor the "
+            "actions too, and re-check monitorability once the grader is fixed.")
+
+
 def _generic(f: Finding) -> str:
     return ""
 
@@ -230,5 +242,6 @@ _WRITERS = {
     "behavior_spread": _behavior_spread,
     "reward_health": _reward_health,
     "training_health": _training_health,
+    "monitorability": _monitorability,
     "audit_error": _audit_error,
 }

@@ -151,6 +151,7 @@ from . import attribution  # noqa: E402,F401
 from . import cot_grading  # noqa: E402,F401
 from . import emerging  # noqa: E402,F401
 from . import generalization  # noqa: E402,F401
+from . import monitorability  # noqa: E402,F401
 from . import reward_health  # noqa: E402,F401
 from . import training_health  # noqa: E402,F401
 

@@ -25,6 +25,7 @@ KIND_LABELS = {
     "cot_grading": "CoT grading",
     "reward_health": "reward health",
     "training_health": "training health",
+    "monitorability": "monitorability",
     "audit_error": "audit error",
 }
 
@@ -43,6 +44,9 @@ WHY = {
     "training_health": "A run that is not learning (groups without signal, collapsed entropy, runaway length, a "
                        "training reward that rises while held-out scores fall) wastes compute or ships a hacked "
                        "policy; the remedy names the trainer setting to change.",
+    "monitorability": "How well monitors that read the chain-of-thought catch what the actions show (g-mean² = "
+                      "TPR x TNR), and whether that fell where a grader saw the reasoning: the policy may have "
+                      "learned to stop saying what it does.",
     "audit_error": "A detector crashed on this run, so its checks did not run: absence of its findings here "
                    "means nothing.",
 }
@@ -75,6 +79,12 @@ FACTS: dict[str, list[tuple[str, str, str]]] = {
                       ("first step", "first_step", "num")],
     "training_health": [("check", "check", "text"), ("direction", "direction", "text"),
                         ("onset step", "onset_step", "num"), ("trainer", "trainer", "text")],
+    "monitorability": [("monitor", "monitor_used", "text"), ("g-mean² CoT only", "g_mean2_cot", "num"),
+                       ("g-mean² action only", "g_mean2_action", "num"), ("g-mean² all", "g_mean2_all", "num"),
+                       ("verbalisation rate", "verbalisation_rate", "share"),
+                       ("exposure onset step", "exposure_onset", "num"),
+                       ("g-mean² change, exposed vs unexposed (DiD)", "did_g_mean2", "num"),
+                       ("minimum detectable effect", "did_mde", "num"), ("verdict", "verdict", "text")],
     "audit_error": [("detector", "detector", "text")],
 }
 
