@@ -313,8 +313,12 @@ def audit(
     reward_weights: WeightsOpt = None,
     detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Run only these detectors.")] = None,
     max_step: Annotated[Optional[int], typer.Option("--max-step", help="Audit only steps <= this.")] = None,
+    fail_on: Annotated[Optional[str], typer.Option(
+        "--fail-on", help="Exit 1 when a finding at or above this severity (info|low|medium|high) exists, 3 when "
+                          "none does but a detector could not run (a gate for CI).")] = None,
 ) -> None:
     """Ingest each SOURCE into the store, run every detector, write findings and a report."""
+    gate = _fail_on(fail_on)
     options = read_options(strict, think_tags, grader_input, columns, columns_file, group_size, reward_weights)
     rules = _rules(condition)
     if detector:  # before ingesting: a typo should not cost a long ingest first
@@ -343,7 +347,47 @@ def audit(
     if failed:  # an audit that could not run every detector must not pass for a clean one
         console.print(f"[bold red]error:[/] {len(failed)} detector run(s) failed, the audit is incomplete; first: "
                       f"{_u(failed[0].title, 300)}", highlight=False)
-        raise typer.Exit(3)
+    if gate is not None:
+        code, message = gate_status(result.findings, gate)
+        console.print(f"gate (--fail-on {gate}): {message}", highlight=False)
+        if code:
+            raise typer.Exit(code)
+    if failed:
+        raise typer.Exit(GATE_INCOMPLETE)
+
+
+#: Exit statuses of `rlaudit audit --fail-on` (documented in the README): 2 stays the user-error status.
+GATE_FAIL, GATE_INCOMPLETE = 1, 3
+
+
+def _fail_on(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from .findings import SEVERITIES
+
+    v = value.strip().lower()
+    if v not in SEVERITIES:
+        raise RlauditError(f"--fail-on must be one of {', '.join(SEVERITIES)}, got {value!r}")
+    return v
+
+
+def gate_status(found: list[Finding], threshold: str) -> tuple[int, str]:
+    """(exit status, one line) of the CI gate: 1 when a finding other than `audit_error` is at or above
+    `threshold`; else 3 when a detector could not run (an `audit_error` finding: the audit is incomplete);
+    else 0."""
+    from .findings import SEVERITY_RANK
+
+    failing = [f for f in found if f.kind != "audit_error" and SEVERITY_RANK[f.severity] >= SEVERITY_RANK[threshold]]
+    errors = [f for f in found if f.kind == "audit_error"]
+    if failing:
+        kinds = sorted({f.kind for f in failing})
+        return GATE_FAIL, (f"FAIL: {len(failing)} finding(s) at or above {threshold} ({', '.join(kinds)}); exit "
+                           f"{GATE_FAIL}")
+    if errors:
+        names = sorted({str(f.get("detector")) for f in errors})
+        return GATE_INCOMPLETE, (f"INCOMPLETE: detector(s) {', '.join(names)} could not run; exit "
+                                 f"{GATE_INCOMPLETE}")
+    return 0, f"pass: no finding at or above {threshold}"
 
 
 @app.command()

@@ -164,5 +164,6 @@ from . import emerging  # noqa: E402,F401
 from . import generalization  # noqa: E402,F401
 from . import monitorability  # noqa: E402,F401
 from . import reward_health  # noqa: E402,F401
+from . import training_health  # noqa: E402,F401
 
 __all__ = ["AuditConfig", "DetectContext", "Detector", "DETECTORS", "register", "ordered", "run_detectors"]

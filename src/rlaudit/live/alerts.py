@@ -31,7 +31,7 @@ log = logging.getLogger("rlaudit.live")
 
 #: Kind-specific fields that say *what* a finding is about, in the order they enter its key. Values that change
 #: from one audit to the next (prevalence, q-values, onset) are deliberately absent.
-IDENTITY_FIELDS = ("behavior_spec", "grader", "signal", "problem", "method", "source_condition",
+IDENTITY_FIELDS = ("behavior_spec", "grader", "signal", "problem", "check", "method", "source_condition",
                    "target_condition", "detector")
 
 

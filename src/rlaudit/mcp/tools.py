@@ -98,6 +98,7 @@ _KEY_FIELDS = {
                            "paired_preference", "verdict"),
     "cot_grading": ("grader", "method", "exposure_rate", "exposed_samples", "samples", "first_step"),
     "reward_health": ("signal", "problem"),
+    "training_health": ("check", "direction", "onset_step", "trainer"),
     "audit_error": ("detector",),
 }
 
