@@ -98,6 +98,8 @@ class Params:
     jaccard: float = 0.8
     max_evidence: int = 6
     max_cluster_terms: int = 300
+    co_rise: float = 0.9  # cosine of per-condition rises for two behaviours to be one (`_merge_behaviours`)
+    co_trend: float = 0.7  # correlation of their per-step prevalence series
     min_reasoning: int = 50  # rollouts with reasoning needed to analyse reasoning at all
     vocab: tokens.VocabOptions = field(default_factory=tokens.VocabOptions)
 
@@ -431,6 +433,151 @@ def _group_terms(scope: Scope, c: Candidates, rows: np.ndarray, direction: int, 
     return [(rep[g], members) for g, members in merged.items()]
 
 
+def _distinction(c: Candidates, m: int, direction: int) -> float:
+    """How well term `m` tells late rollouts from early ones (for a falling behaviour, early from late): its
+    change in prevalence times the log of its prevalence ratio (a term's share of the J-divergence of the two
+    windows). A rare term that appears only with the behaviour scores high; a common word that merely rises a
+    little with it ("one" of "this one") scores low."""
+    p0, p1 = float(c.p_start[m]), float(c.p_end[m])
+    if direction < 0:
+        p0, p1 = p1, p0
+    return (p1 - p0) * math.log((p1 + 1e-3) / (p0 + 1e-3))
+
+
+def _name_and_terms(c: Candidates, members: list[int], direction: int) -> tuple[int, list[int]]:
+    """A behaviour's name (its most distinguishing member, `_distinction`) and its term list: the name first,
+    then the other members by distinction, without
+
+    - terms common in both windows: early prevalence (late, for a falling behaviour) at least twice the name's
+      and at least 1% of rollouts ("part", "one", "this one" of a goblin tic: background words that the
+      behaviour only makes a little more frequent), and
+    - words and phrases that only occur inside a longer member ("like" and "like a" of "like a goblin"): a
+      member whose prevalence in the window where the behaviour is common is within 10% of a longer member
+      containing it adds nothing to the list.
+    """
+    members = sorted(set(int(m) for m in members))
+    score = {m: _distinction(c, m, direction) for m in members}
+    name = max(members, key=lambda m: (score[m], c.n_tokens[m], -m))
+    base = c.p_start if direction > 0 else c.p_end
+    common = lambda m: base[m] >= max(2 * base[name], 0.01)  # noqa: E731
+    kept = [m for m in members if m == name or not common(m)]
+    prev = c.p_end if direction > 0 else c.p_start
+    words = {m: f" {c.names[m]} " for m in kept}
+
+    def inside(m: int) -> bool:
+        return any(o != m and c.n_tokens[o] > c.n_tokens[m] and words[m] in words[o]
+                   and prev[o] >= 0.9 * prev[m] for o in kept)
+
+    kept = [m for m in kept if m == name or not inside(m)]
+    rest = sorted((m for m in kept if m != name), key=lambda m: (-score[m], -c.n_tokens[m], c.names[m]))
+    return name, [name] + rest
+
+
+def _merge_behaviours(scope: Scope, c: Candidates, groups: list[tuple[int, list[int]]], params: Params
+                      ) -> list[tuple[int, list[int]]]:
+    """Merge rising behaviours that are one tic in several phrasings ("goblin", "a gremlin", "this one" of one
+    persona tic): they rise together in the same rollouts and are paid by the same signal.
+
+    - *Same rollouts*: their rise is spread over the conditions (personas, environments) alike: the vectors of
+      per-condition rises (rollouts gained in each condition, late window vs early) have cosine >= `co_rise`
+      (0.9). Two tics of different origins rise in different conditions, or in the same ones at other times:
+      the per-step prevalence series must also correlate (>= `co_trend`, 0.7).
+    - *Same signal*, when the run logs reward components: each behaviour's paying signal is the one whose
+      reward is highest for rollouts showing it vs the other rollouts of the same prompt group in the late
+      window (paired, z >= 3); both need one and it must be the same. A tic paid by a style reward and another
+      paid by a persona reward stay apart even when they rise together.
+    """
+    if len(groups) < 2:
+        return groups
+    reps = [int(r) for r, _ in groups]
+    ids = [int(c.keys[r]) for r in reps]
+    col, filt = f"{c.where}_terms", scope.filter(c.where)
+    cases = ", ".join(f"sum(CAST(list_contains({col}, {t}) AS INTEGER)) AS x{j}" for j, t in enumerate(ids))
+    rows = scope.con.execute(f"""SELECT condition, win, count(*) AS n, {cases} FROM sc
+                                 WHERE win IS NOT NULL AND {filt} GROUP BY ALL ORDER BY ALL""").fetchall()
+    conds = sorted({r[0] for r in rows})
+    rise = np.zeros((len(reps), len(conds)))
+    tab: dict[tuple[str, int], tuple] = {(r[0], int(r[1])): r for r in rows}
+    for k, cond in enumerate(conds):
+        early, late = tab.get((cond, 0)), tab.get((cond, 1))
+        if early is None or late is None:
+            continue
+        for j in range(len(reps)):
+            rise[j, k] = max(0.0, late[3 + j] / late[2] - early[3 + j] / early[2]) * (early[2] + late[2])
+    norm_ = np.linalg.norm(rise, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.nan_to_num(rise @ rise.T / np.outer(norm_, norm_))
+        series = np.where(c.n[reps] > 0, c.x[reps] / np.maximum(c.n[reps], 1), 0.0)
+        trend = np.nan_to_num(np.corrcoef(series)) if series.shape[1] > 2 else np.ones((len(reps), len(reps)))
+    payer = _payers(scope, c, ids)
+    parent = list(range(len(groups)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i in range(len(groups)):
+        for j in range(i + 1, len(groups)):
+            if cos[i, j] < params.co_rise or trend[i, j] < params.co_trend:
+                continue
+            if payer is not None and (payer[i] is None or payer[i] != payer[j]):
+                continue
+            parent[find(j)] = find(i)
+    merged: dict[int, list[int]] = {}
+    for i, (_, members) in enumerate(groups):
+        merged.setdefault(find(i), []).extend(members)
+    return [(groups[g][0], members) for g, members in merged.items()]
+
+
+def _payers(scope: Scope, c: Candidates, ids: list[int]) -> list[str | None] | None:
+    """Per term id: the reward signal paying for it (see `_merge_behaviours`), or None for each when the run
+    logs no reward components (then the merge rests on co-occurrence alone)."""
+    con = scope.con
+    try:
+        signals = [r[0] for r in con.execute("SELECT DISTINCT unnest(map_keys(rewards)) FROM rollouts").fetchall()
+                   if r[0] is not None]
+    except Exception:  # noqa: BLE001 - a store without a rewards map
+        return None
+    if not signals:
+        return None
+    signals = sorted(signals)
+    col = f"{c.where}_terms"
+    hits = ", ".join(f"list_contains(s.{col}, {t}) AS h{j}" for j, t in enumerate(ids))
+    sig = ", ".join(f"CAST(r.rewards[{_sql_str(x)}] AS DOUBLE) AS s{k}" for k, x in enumerate(signals))
+    table = con.execute(f"""SELECT s.si, s.prompt_key, {hits}, {sig} FROM sc s JOIN rollouts r USING (rollout_id)
+                            WHERE s.win = 1 AND {scope.filter(c.where).replace('has_reasoning', 's.has_reasoning')}
+                         """).fetchnumpy()
+    group = np.unique(np.stack([np.asarray(table["si"], np.int64),
+                                np.asarray(table["prompt_key"]).astype(np.int64)], 1), axis=0,
+                      return_inverse=True)[1].ravel()
+    out: list[str | None] = []
+    for j in range(len(ids)):
+        h = np.asarray(table[f"h{j}"], dtype=bool)
+        best, best_z = None, 3.0
+        for k, name in enumerate(signals):
+            v = np.asarray(table[f"s{k}"], dtype=float)
+            ok = np.isfinite(v)
+            n_g = max(int(group.max()) + 1, 1) if len(group) else 1
+            cnt_h = np.bincount(group[ok & h], minlength=n_g)
+            cnt_o = np.bincount(group[ok & ~h], minlength=n_g)
+            sum_h = np.bincount(group[ok & h], weights=v[ok & h], minlength=n_g)
+            sum_o = np.bincount(group[ok & ~h], weights=v[ok & ~h], minlength=n_g)
+            both = (cnt_h > 0) & (cnt_o > 0)
+            if both.sum() < 5:
+                continue
+            diff = sum_h[both] / cnt_h[both] - sum_o[both] / cnt_o[both]
+            z = diff.mean() / (diff.std(ddof=1) / math.sqrt(len(diff)) + 1e-12)
+            if z > best_z:
+                best, best_z = name, z
+        out.append(best)
+    return out
+
+
+def _sql_str(x: str) -> str:
+    return "'" + x.replace("'", "''") + "'"
+
+
 def _explained(scope: Scope, c: Candidates, row: int, host_rows: list[int], direction: int) -> bool:
     """Does term `row` stop changing (beyond the margin, binomial 95% CI) among rollouts without `host_rows`?"""
     col = f"{c.where}_terms"
@@ -535,9 +682,12 @@ def _findings_for(ctx: DetectContext, scope: Scope, c: Candidates, q: np.ndarray
     for d in (1, -1):
         rows = np.flatnonzero((direction == d) & is_ngram)
         rows = rows[np.argsort(-np.abs(c.p_end[rows] - c.p_start[rows]), kind="stable")][:params.max_cluster_terms]
-        for rep, members in _group_terms(scope, c, rows, d, params.jaccard):
-            prev = c.p_end if d > 0 else c.p_start  # most prevalent (most representative) members first
-            behaviours.append((rep, sorted(set(members), key=lambda m: (-prev[m], -c.n_tokens[m], c.names[m]))))
+        groups = _group_terms(scope, c, rows, d, params.jaccard)
+        if d > 0:
+            groups = _merge_behaviours(scope, c, groups, params)
+        for rep, members in groups:
+            rep, members = _name_and_terms(c, members, d)
+            behaviours.append((rep, members))
         for r in np.flatnonzero((direction == d) & ~is_ngram):
             behaviours.append((int(r), [int(r)]))
     return [_finding(ctx, scope, c, rep, members, int(direction[rep]), float(q[rep]), params)
