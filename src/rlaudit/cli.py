@@ -593,6 +593,14 @@ def trace_cmd(
         console.print(f"trace: {_u(json_out)}")
 
 
+def _trace_level(t, pct) -> str:  # noqa: ANN001
+    """How common the traced behaviour is, in its own unit: a share of rollouts for a presence behaviour, a mean
+    for a numeric style feature (`style:length` is a mean length in words, not a 'prevalence 2275%')."""
+    if getattr(t, "numeric", False):
+        return f"mean {t.prevalence:.3g}" if t.prevalence == t.prevalence else "mean -"
+    return f"prevalence {pct(t.prevalence)}"
+
+
 def _print_trace(t) -> None:  # noqa: ANN001 - rlaudit.attribution.Trace, imported lazily
     def pct(x: float) -> str:
         return "-" if x is None or x != x else f"{100 * x:.0f}%"
@@ -605,7 +613,7 @@ def _print_trace(t) -> None:  # noqa: ANN001 - rlaudit.attribution.Trace, import
 
     traced = "" if t.direction == "up" else ", traced downwards"
     out.print(f"[bold]{_u(t.behavior)}[/] ({t.where}{traced}) in run [bold]{_u(t.run)}[/]: {t.rollouts:,} rollouts, "
-              f"prevalence {pct(t.prevalence)}, {t.groups_used:,} of {t.groups:,} groups comparable "
+              f"{_trace_level(t, pct)}, {t.groups_used:,} of {t.groups:,} groups comparable "
               f"(compared within {t.group_key})", highlight=False)
     table = Table(title="reward signals, by selection pressure")
     for col in ("signal", "pressure share", "paired preference", "q", "effect (with - without)",
@@ -885,8 +893,8 @@ def _print_emerging(behaviours: list[Finding], spread: list[Finding], run: str, 
         top = max(by.items(), key=lambda kv: kv[1]["mention_share"] - kv[1]["traffic_share"], default=None)
         cond = f"{top[0]} ({pct(top[1]['mention_share'])} / {pct(top[1]['traffic_share'])})" if top and len(by) > 1 \
             else "-"
-        terms = f.get("terms") or []
-        label = f["behavior"] + (f" (+{len(terms) - 1} terms)" if len(terms) > 1 else "")
+        n_terms = int(f.get("n_terms") or len(f.get("terms") or []))  # the JSON's count, not the list shown
+        label = f["behavior"] + (f" (+{n_terms - 1} term{'s' if n_terms > 2 else ''})" if n_terms > 1 else "")
         table.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]", _u(label), _u(f["where"]),
                       f"{pct(f['prevalence_start'], num)} -> {pct(f['prevalence_end'], num)}",
                       f"{f['ratio']:.2f} [{lo:.2f}, {hi:.2f}]", f"{f['q_value']:.2g}",

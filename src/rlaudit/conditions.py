@@ -88,7 +88,12 @@ def extract_system_prompts(prompts: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 def slug(system_prompt: str) -> str:
     """A short readable label for a system prompt."""
-    words = [w for w in re.findall(r"[^\W_]+(?:'[^\W_]+)?", system_prompt.lower()) if w not in _STOP]
+    # the first sentence only ("You are a concise assistant. Keep answers short." -> concise-assistant): a
+    # label must not take a word from the next instruction
+    first = re.split(r"(?<=[.!?])\s+|\n", system_prompt.strip(), maxsplit=1)[0] if system_prompt.strip() else ""
+    words = [w for w in re.findall(r"[^\W_]+(?:'[^\W_]+)?", first.lower()) if w not in _STOP]
+    if not words:  # a first sentence of stop words only: fall back to the whole prompt
+        words = [w for w in re.findall(r"[^\W_]+(?:'[^\W_]+)?", system_prompt.lower()) if w not in _STOP]
     return "-".join(w[:_MAX_CHARS] for w in words[:_MAX_WORDS]) or "system"
 
 

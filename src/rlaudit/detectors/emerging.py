@@ -481,7 +481,7 @@ def _merge_behaviours(scope: Scope, c: Candidates, groups: list[tuple[int, list[
     - *Same rollouts*: their rise is spread over the conditions (personas, environments) alike: the vectors of
       per-condition rises (rollouts gained in each condition, late window vs early) have cosine >= `co_rise`
       (0.9). Two tics of different origins rise in different conditions, or in the same ones at other times:
-      the per-step prevalence series must also correlate (>= `co_trend`, 0.7).
+      the prevalence series (in ten bins of steps) must also correlate (>= `co_trend`, 0.7).
     - *Same signal*, when the run logs reward components: each behaviour's paying signal is the one whose
       reward is highest for rollouts showing it vs the other rollouts of the same prompt group in the late
       window (paired, z >= 3); both need one and it must be the same. A tic paid by a style reward and another
@@ -507,7 +507,10 @@ def _merge_behaviours(scope: Scope, c: Candidates, groups: list[tuple[int, list[
     norm_ = np.linalg.norm(rise, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         cos = np.nan_to_num(rise @ rise.T / np.outer(norm_, norm_))
-        series = np.where(c.n[reps] > 0, c.x[reps] / np.maximum(c.n[reps], 1), 0.0)
+        bins = np.arange(c.x.shape[1]) * 10 // max(c.x.shape[1], 1)  # ten bins of steps: less noise
+        xb = np.stack([np.bincount(bins, weights=c.x[r]) for r in reps])
+        nb = np.stack([np.bincount(bins, weights=c.n[r]) for r in reps])
+        series = np.where(nb > 0, xb / np.maximum(nb, 1), 0.0)
         trend = np.nan_to_num(np.corrcoef(series)) if series.shape[1] > 2 else np.ones((len(reps), len(reps)))
     payer = _payers(scope, c, ids)
     parent = list(range(len(groups)))

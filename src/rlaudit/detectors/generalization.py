@@ -285,7 +285,7 @@ def _findings(ctx: DetectContext, scope: Scope, a: dict[str, Any], signals: dict
             f"Source {src_c!r} because {why}; it holds {fields_['traffic_share'] or 0:.1%} of rollouts but "
             f"{fields_['mention_share'] or 0:.1%} of occurrences. In {tgt_c!r} the prevalence ratio late vs early is "
             f"{a['ratio'][tgt]:.2f} (95% CI {ci[0]:.2f}-{ci[1]:.2f}, q = {a['q'][tgt]:.2g}); the rescaled curves "
-            f"correlate at r = {corr:.2f} with the target lagging by {lag * spacing:g} steps. "
+            f"correlate at r = {corr:.2f} with the target {_lag_words(lag * spacing)}. "
             + ("No reward signal that applies there favours it." if not paid
                else f"Signals applying there that favour it: {', '.join(paid)}."))
         score = d * (corr if np.isfinite(corr) else 0.0)
@@ -353,3 +353,12 @@ def _nan_smooth(y: np.ndarray, h: int) -> np.ndarray:
     ok = np.isfinite(y)
     with np.errstate(invalid="ignore", divide="ignore"):
         return moving_sum(np.where(ok, y, 0.0), h) / moving_sum(ok.astype(float), h)
+
+
+def _lag_words(steps: float) -> str:
+    """The lag of the target behind the source in words: never a negative 'lagging by'."""
+    if steps > 0:
+        return f"lagging by {steps:g} step{'s' if steps != 1 else ''}"
+    if steps < 0:
+        return f"leading by {-steps:g} step{'s' if steps != -1 else ''}"
+    return "in step (no lag)"
