@@ -22,3 +22,8 @@ def test_labels_stay_distinct_and_stable():
     labeler = ConditionLabeler()
     first = labeler.label_for("You are a pirate.")
     assert labeler.label_for("You are a pirate!") == "pirate-2" and labeler.label_for("You are a pirate.") == first
+
+
+def test_a_label_stops_at_the_end_of_the_first_sentence():
+    assert slug("You are a concise assistant. Keep answers short and direct.") == "concise-assistant"
+    assert "always" not in slug("Be brief!\nAlways cite sources.")

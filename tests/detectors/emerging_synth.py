@@ -56,6 +56,8 @@ class Scenario:
     copy_word: tuple[str, float, float] | None = None  # (word, prompt share first, last): prompts ask for it
     exclamation: tuple[float, float] | None = None
     reward_signal: str | None = None  # condition-specific signal rewarding the first tic
+    paid_tics: tuple[int, ...] = (0,)  # the tics `reward_signal` pays for
+    signals: dict[str, tuple[int, ...]] = field(default_factory=dict)  # more signals (every condition) -> tics paid
     seed: int = 0
 
 
@@ -112,14 +114,13 @@ def build(sc: Scenario, run: str = "synthetic") -> pa.Table:
         asks = g_asks[group]
         prompts = np.where(asks, prompts + f" Mention {word} in the reply.", prompts)
         answers = np.where(asks & (rng.random(n) < 0.9), answers + f" {word}", answers)
-    tic_mask = np.zeros(n, bool)
+    masks: list[np.ndarray] = []
     for k, tic in enumerate(sc.tics):
         mult = np.array([1.0 if tic.conditions is None else tic.conditions.get(c, 0.0) for c in cond])
         onset = np.array([tic.onsets.get(c, tic.onset) for c in cond])
         p = np.clip(tic.start + (curve(step, tic.start, tic.end, onset) - tic.start) * mult, 0, 1)
         has = rng.random(n) < p
-        if k == 0:
-            tic_mask = has
+        masks.append(has)
         pos = rng.integers(0, sc.length, n)
         target = answers if tic.where == "answer" else reasoning
         out = []
@@ -140,12 +141,20 @@ def build(sc: Scenario, run: str = "synthetic") -> pa.Table:
         answers = np.where(ex, answers + "!", answers)
     completion = np.array([a if r is None else f"<think>{r}</think>{a}" for r, a in zip(reasoning, answers)],
                           dtype=object)
+    paid = np.zeros(n, bool)
+    for k in sc.paid_tics:
+        if k < len(masks):
+            paid |= masks[k]
+    extra = {name: np.any([masks[k] for k in ks if k < len(masks)] or [np.zeros(n, bool)], axis=0)
+             for name, ks in sc.signals.items()}
     base = rng.normal(0, 1, n)
     rewards = []
     for i in range(n):
         r = {"correct": float(base[i])}
         if sc.reward_signal:
-            r[sc.reward_signal] = float(tic_mask[i] + rng.normal(0, 0.5)) if cond[i] == conds[0] else float("nan")
+            r[sc.reward_signal] = float(paid[i] + rng.normal(0, 0.5)) if cond[i] == conds[0] else float("nan")
+        for name, pays in extra.items():
+            r[name] = float(pays[i] + rng.normal(0, 0.5))
         rewards.append(list(r.items()))
     table = pa.table({
         "run": pa.array([run] * n),

@@ -327,3 +327,43 @@ def Store_fresh(store):
     from rlaudit.store import Store
 
     return Store(store.root)  # no in-process memo: what a new audit process sees
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Naming and merging (issue 19 item 8)
+
+def _creature_scenario(**kw) -> Scenario:
+    conds = {"nerdy": 1.0, "plain": 1.0}
+    return Scenario(steps=30, groups=30, conditions=conds, tics=[
+        Tic("tricky goblin remark", 0.01, 0.35, onset=10, conditions={"nerdy": 1.0, "plain": 0.2}),
+        Tic("sly gremlin aside", 0.01, 0.30, onset=10, conditions={"nerdy": 1.0, "plain": 0.2}),
+    ], reward_signal="nerdy_rm", paid_tics=(0, 1), **kw)
+
+
+def test_phrasings_that_rise_together_and_share_a_payer_are_one_behaviour(store):
+    found = serious(discover(store, _creature_scenario()))
+    creature = [f for f in found if about([f], "goblin") or about([f], "gremlin")]
+    assert len(creature) == 1, [f.title for f in found]
+    terms = {w for t in creature[0]["terms"] for w in t.split()}
+    assert {"goblin", "gremlin"} <= terms
+    assert creature[0]["n_terms"] >= len(creature[0]["terms"])
+
+
+def test_unrelated_tics_paid_by_different_signals_stay_apart(store):
+    sc = Scenario(steps=30, groups=30, conditions={"nerdy": 1.0, "plain": 1.0}, tics=[
+        Tic("tricky goblin remark", 0.01, 0.35, onset=10),
+        Tic("let us delve", 0.01, 0.35, onset=10),
+    ], signals={"persona_rm": (0,), "style_rm": (1,)})
+    found = serious(discover(store, sc))
+    goblin, delve = about(found, "goblin"), about(found, "delve")
+    assert goblin and delve and not set(map(id, goblin)) & set(map(id, delve)), [f["terms"] for f in found]
+
+
+def test_term_lists_hold_no_background_words_and_are_named_by_the_most_distinguishing_term(store):
+    # "one" is common early and late; the tic phrase "this one" adds a little to it
+    found = serious(discover(store, Scenario(tics=[Tic("tricky little goblin of a question this one", 0.01, 0.4,
+                                                           onset=10), Tic("one", 0.3, 0.3, onset=10)])))
+    f = about(found, "goblin")
+    assert len(f) == 1, [g.title for g in found]
+    assert "one" not in f[0]["terms"] and "of a" not in f[0]["terms"] and "a" not in f[0]["terms"]
+    assert f[0]["behavior"] != "one"

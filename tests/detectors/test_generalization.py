@@ -73,3 +73,12 @@ def test_a_tic_that_rose_everywhere_alike_has_no_source(store):
 def test_one_condition_gives_no_generalization(store):
     _, gen = spread(store, Scenario(tics=[Tic("goblin", 0.0, 0.6, onset=6)]))
     assert gen == []
+
+
+def test_a_target_ahead_of_its_source_is_leading_not_lagging_by_a_negative_number():
+    from rlaudit.detectors.generalization import _lag_words
+
+    assert _lag_words(-3) == "leading by 3 steps"
+    assert _lag_words(2) == "lagging by 2 steps"
+    assert _lag_words(1) == "lagging by 1 step"
+    assert "-" not in _lag_words(-1)
