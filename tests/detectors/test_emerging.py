@@ -49,7 +49,8 @@ def test_a_tic_from_2_to_50_percent_is_one_high_finding_named_by_its_phrase(tic_
     f = beard[0]
     assert f.severity == "high" and f["direction"] == "up" and f["where"] == "answer"
     assert f["behavior"] == "by my beard" and f["behavior_spec"] == "by my beard"
-    assert {"beard", "my beard", "by my beard"} <= set(f["terms"])
+    # words that occur only inside the phrase ("beard", "my beard") add nothing to its term list (issue 19)
+    assert "by my beard" in f["terms"] and not {"beard", "my beard"} & set(f["terms"])
     assert f["prevalence_start"] < 0.05 and f["prevalence_end"] > 0.4
     assert f["ratio_ci"][0] > 2 and f["q_value"] < 1e-3
     # the planted rise leaves the baseline about 1-2 steps after `onset` (logistic centred 5 steps later)
