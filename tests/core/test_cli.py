@@ -62,3 +62,32 @@ def test_user_errors_exit_2_with_one_clear_line(tmp_path, goblin_run, args, mess
     proc = subprocess.run([sys.executable, "-m", "rlaudit.cli", *args], capture_output=True, text=True)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_terms_count_in_the_behaviour_table_is_the_json_count(monkeypatch):
+    from rich.console import Console
+
+    from rlaudit import cli
+    from rlaudit.findings import Finding
+
+    rec = Console(record=True, width=200)
+    monkeypatch.setattr(cli, "out", rec)
+    f = Finding(kind="emerging_behavior", run="r", severity="medium", title="t", explanation="", score=0.1,
+                fields={"behavior": "goblin", "terms": ["goblin"] + [f"t{i}" for i in range(29)], "n_terms": 44,
+                        "where": "answer", "prevalence_start": 0.01, "prevalence_end": 0.1, "ratio": 7.0,
+                        "ratio_ci": [4.0, 10.0], "q_value": 1e-5, "onset_step": 17, "by_condition": {}})
+    cli._print_emerging([f], [], "r", 10)
+    text = rec.export_text()
+    assert "+43 terms" in text and "+29 terms" not in text
+
+
+def test_a_numeric_style_trace_reports_a_mean_not_a_percentage():
+    from types import SimpleNamespace
+
+    from rlaudit.cli import _trace_level
+
+    def pct(x):
+        return f"{100 * x:.0f}%"
+
+    assert _trace_level(SimpleNamespace(numeric=True, prevalence=22.75), pct) == "mean 22.8"
+    assert _trace_level(SimpleNamespace(numeric=False, prevalence=0.12), pct) == "prevalence 12%"
