@@ -27,9 +27,11 @@ vocabulary, occurrences copied from the rollout's own prompt excluded), plus the
    where they are common) are one behaviour; a term whose change disappears in rollouts without a longer phrase
    containing it ("by" of "by my beard") joins that phrase; a group whose rollouts nearly all (>= 80%) also
    show a larger group that keeps changing without it is a form of that group ("a goblin counting coins" of
-   "goblin"). A behaviour is named by its longest member whose prevalence is at
-   least 80% of the most prevalent member's; `behavior_spec` is that phrase, `terms` lists the members (name
-   first, then by prevalence, at most 30; `n_terms` counts them all).
+   "goblin"). Rising behaviours that are one tic in several phrasings merge (`_merge_behaviours`: they rise
+   in the same conditions and steps and, when rewards are logged, are paid by the same signal). A behaviour is
+   named by its most distinguishing member (`_name_and_terms`); `behavior_spec` is that phrase, `terms` lists
+   the members (name first, then by distinction, at most 30, without background words common in both windows
+   or words found only inside a longer member; `n_terms` counts them all).
 
 Severity (95% CI of the length-adjusted ratio [lo, hi]; prevalence change d = prevalence_end - prevalence_start;
 findings need q <= alpha (0.05) and a CI outside the equivalence margin [0.8, 1.25]; otherwise nothing is
