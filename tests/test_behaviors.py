@@ -88,3 +88,21 @@ def test_terms_in_other_scripts_match_on_token_boundaries(spec, texts, expected)
     con = duckdb.connect()
     con.register("t", pa.table({"x": texts}))
     assert con.sql(f"SELECT {b.sql('x')} AS v FROM t").fetchnumpy()["v"].tolist() == expected
+
+
+def test_any_of_several_phrases_matches_each_on_token_boundaries():
+    from rlaudit.behaviors import parse_behavior
+
+    b = parse_behavior("any:goblin|a gremlin")
+    got = b.values(pa.array(["A goblin!", "such a gremlin here", "gremlins only", "goblins", "nothing"]))
+    assert got.tolist() == [1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+def test_export_remedy_of_a_merged_behaviour_excludes_every_phrasing():
+    from rlaudit.findings import Finding
+    from rlaudit.remedies import remedy_for as remedy
+
+    f = Finding(kind="emerging_behavior", run="r", severity="medium", title="t", explanation="e", score=1.0,
+                fields={"behavior": "goblin", "behavior_spec": "goblin", "terms": ["goblin", "a gremlin"],
+                        "prevalence_end": 0.1})
+    assert "--exclude 'any:goblin|a gremlin'" in remedy(f)

@@ -5,6 +5,8 @@ One spec language is shared by discovery (`emerging_behavior` findings carry a `
 
 - `goblin`, `as an ai`           a word or phrase: case-insensitive, on word boundaries, the words separated
                                  by any non-word characters (the same tokens `tokenize` produces).
+- `any:goblin|a gremlin`         any of several words or phrases, each matched like a single one (a behaviour
+                                 found in several phrasings: `emerging_behavior` findings list them as `terms`).
 - `re:\\bgremlins?\\b`            a regular expression (RE2 syntax, as used by Arrow and DuckDB).
 - `style:exclamation`            a style feature from `STYLE_FEATURES` (boolean or numeric, e.g. `style:length`).
 - `mypkg.checks:is_sycophantic`  a Python predicate `f(text: str) -> bool | float`, called once per rollout
@@ -165,6 +167,12 @@ def parse_behavior(spec: str) -> Behavior:
 
         judge = JudgeSpec.parse(spec)
         return Behavior(spec, judge.name, "judge", func=JudgeBehavior(judge))
+    if spec.startswith("any:"):
+        phrases = [p.strip() for p in spec[4:].split("|") if p.strip()]
+        if not phrases:
+            raise RlauditError(f"behaviour {spec!r}: 'any:' needs phrases separated by '|', e.g. 'any:goblin|gremlin'")
+        bodies = [term_regex(p).removeprefix("(?i)") for p in phrases]
+        return Behavior(spec, phrases[0], "term", pattern=f"(?i)(?:{'|'.join(bodies)})")
     if spec.startswith("re:"):
         pattern = spec[3:]
         try:

@@ -67,8 +67,17 @@ def _spec(f: Finding) -> str:
 
 
 def _export(f: Finding, spec: str) -> str:
-    return (f"rlaudit export {_q(f.run)} --exclude {_q(spec)} "
+    return (f"rlaudit export {_q(f.run)} --exclude {_q(_every_phrasing(f, spec))} "
             f"--out {_q(_slug(f.run) + '-without-' + _slug(spec) + '.jsonl')}")
+
+
+def _every_phrasing(f: Finding, spec: str) -> str:
+    """The spec that excludes a behaviour in all the phrasings it was found in (`terms` of a merged behaviour:
+    'goblin' and 'a gremlin' are one tic, and filtering on the name alone would keep the gremlin rollouts)."""
+    terms = [str(t) for t in (f.get("terms") or []) if str(t).strip() and "|" not in str(t)]
+    if ":" in spec or len(terms) < 2:
+        return spec
+    return "any:" + "|".join(dict.fromkeys([spec, *terms]))
 
 
 def _slug(text: str) -> str:
