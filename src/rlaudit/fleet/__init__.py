@@ -17,12 +17,23 @@ incrementally and resumably, on one machine or a Ray cluster, alerting once per 
 
 from __future__ import annotations
 
-from .discovery import RunSource, discover, discover_all
-from .engines import Engine, InlineEngine, LocalEngine, RayEngine, make_engine
-from .scheduler import FleetConfig, FleetScanner, PassResult
-from .state import FleetState, RunState
-from .worker import RunOutcome, RunTask, run_task
+from typing import Any
 
-__all__ = ["RunSource", "discover", "discover_all", "Engine", "InlineEngine", "LocalEngine", "RayEngine",
-           "make_engine", "FleetConfig", "FleetScanner", "PassResult", "FleetState", "RunState", "RunOutcome",
-           "RunTask", "run_task"]
+# Imported on first use: `rlaudit --help` (which registers the `fleet` commands) must not pay for DuckDB.
+_EXPORTS = {
+    "RunSource": "discovery", "discover": "discovery", "discover_all": "discovery",
+    "Engine": "engines", "InlineEngine": "engines", "LocalEngine": "engines", "RayEngine": "engines",
+    "make_engine": "engines", "FleetConfig": "scheduler", "FleetScanner": "scheduler", "PassResult": "scheduler",
+    "FleetState": "state", "RunState": "state", "RunOutcome": "worker", "RunTask": "worker", "run_task": "worker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(name)
+
+
+__all__ = sorted(_EXPORTS)

@@ -1,0 +1,217 @@
+"""The fleet scanner on local directories: discovery, incremental passes, dedup, restarts, sinks, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from rlaudit.fleet import FleetConfig, FleetScanner, InlineEngine, LocalEngine, discover
+from rlaudit.fleet.state import FleetState
+from rlaudit.live.alerts import AlertManager, JsonlSink, SlackSink, WebhookSink
+from rlaudit.store import Store
+
+from .helpers import SRC, alert_lines, copy_upto, free_port, rlaudit_cmd, run_cli, wait_for
+
+ROWS_PER_STEP = 8 * 4  # prompts x generations of the simulated runs
+CHEAP = ["cot_grading"]  # heavy detectors in most tests: the CoT scan + screen (fast); the per-step scan alerts
+
+
+def _scanner(store: Path, root: Path, alerts: Path, engine=None, **kw) -> FleetScanner:
+    manager = AlertManager([JsonlSink(alerts)], min_severity="medium")
+    return FleetScanner(store, [root], engine or InlineEngine(), manager, FleetConfig(detectors=CHEAP, **kw))
+
+
+def test_discovery_by_layout(tmp_path, full_fleet):
+    runs = {r.name: r.format for r in discover(full_fleet)}
+    assert runs == {"team-a.cot": "prime-rl", "team-b.clean": "verl", "team-b.template": "trl"}
+    # a generic table directory beside a config is the run; a run given as the root is itself
+    canon = tmp_path / "root" / "exp1"
+    (canon / "steps").mkdir(parents=True)
+    (canon / "config.yaml").write_text("x: 1\n")
+    (canon / "steps" / "step_00001.jsonl").write_text(json.dumps({"step": 1, "prompt": "p", "completion": "c"}) + "\n")
+    assert [(r.name, r.format) for r in discover(tmp_path / "root")] == [("exp1", "canonical")]
+    assert [(r.name, r.format) for r in discover(full_fleet / "team-b" / "clean")] == [("clean", "verl")]
+
+
+def test_incremental_passes_and_dedup(tmp_path, full_fleet):
+    root, store, alerts = tmp_path / "root", tmp_path / "store", tmp_path / "alerts.jsonl"
+    copy_upto(full_fleet, root, 8)
+    scanner = _scanner(store, root, alerts)
+    p1 = scanner.run_pass()
+    assert (p1.runs, p1.new_runs, p1.audited, p1.failed, p1.heavy) == (3, 3, 3, 0, 3)
+    assert p1.rows_added == 3 * 8 * ROWS_PER_STEP
+    alerted = {a.run for a in p1.alerts}
+    assert alerted == {"team-a.cot", "team-b.template"}  # both CoT leaks; the clean control is silent
+    p2 = scanner.run_pass()  # nothing changed: no run costs anything
+    assert (p2.audited, p2.skipped, p2.rows_added, len(p2.alerts)) == (0, 3, 0, 0)
+    copy_upto(full_fleet, root, 9, only="team-b/clean")  # one new step in one run
+    p3 = scanner.run_pass()
+    assert (p3.audited, p3.skipped, p3.rows_added, p3.heavy) == (1, 2, ROWS_PER_STEP, 0)  # cheap checks only
+    assert scanner.state.runs["team-b.clean"].pending and scanner.state.runs["team-b.clean"].last_step == 9
+    p4 = scanner.run_pass()  # the run went quiet with an unaudited step: its final heavy audit, nothing read
+    assert (p4.audited, p4.heavy, p4.rows_added) == (1, 1, 0)
+    p5 = scanner.run_pass()
+    assert p5.audited == 0
+    copy_upto(full_fleet, root, 16)  # every run grows: new cheap findings are the same keys, not new alerts
+    p6 = scanner.run_pass()
+    assert p6.audited == 3 and p6.rows_added == (2 * 8 + 7) * ROWS_PER_STEP
+    keys = [(a["key"], a["severity"]) for a in alert_lines(alerts)]
+    assert len(keys) == len(set(keys)) and len(keys) == len(p1.alerts) + len(p6.alerts)
+    store_rows = Store(store).summary("team-b.clean").rows
+    assert store_rows == 16 * ROWS_PER_STEP  # nothing doubled
+    scanner.close()
+
+
+def test_local_engine_matches_inline(tmp_path, fleet_root):
+    a = _scanner(tmp_path / "s1", fleet_root, tmp_path / "a1.jsonl")
+    b = _scanner(tmp_path / "s2", fleet_root, tmp_path / "a2.jsonl", engine=LocalEngine(workers=2))
+    try:
+        ra, rb = a.run_pass(), b.run_pass()
+    finally:
+        a.close()
+        b.close()
+    assert rb.failed == 0 and rb.audited == 3
+    assert sorted(x.key for x in ra.alerts) == sorted(x.key for x in rb.alerts)
+    assert {r.host for r in b.state.runs.values()}
+
+
+def test_bad_run_is_reported_and_others_scanned(tmp_path, fleet_root):
+    bad = fleet_root / "team-c" / "broken"
+    bad.mkdir(parents=True)
+    (bad / "config.json").write_text("{}")
+    (bad / "7.jsonl").write_text('{"input": "x", "output": "y", "score": 1, "step": 7}\n')
+    p = fleet_root / "team-b" / "clean" / "3.jsonl"
+    scanner = _scanner(tmp_path / "store", fleet_root, tmp_path / "alerts.jsonl")
+    res = scanner.run_pass()
+    assert res.audited + res.failed == 4 and scanner.state.runs["team-b.template"].status == "ok"
+    os.chmod(p, 0)  # an unreadable file in a known run
+    try:
+        (fleet_root / "team-b" / "clean" / "17.jsonl").write_text(p.with_name("4.jsonl").read_text())
+        res2 = scanner.run_pass()
+        if os.geteuid() != 0:  # root reads anything
+            assert "team-b.clean" in res2.errors and scanner.state.runs["team-b.clean"].status == "error"
+    finally:
+        os.chmod(p, 0o644)
+    res3 = scanner.run_pass()
+    assert scanner.state.runs["team-b.clean"].status == "ok" and "team-b.clean" not in res3.errors
+    scanner.close()
+
+
+class _Hook(BaseHTTPRequestHandler):
+    fail_first = 0
+    bodies: list[dict] = []
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if type(self).fail_first > 0:
+            type(self).fail_first -= 1
+            self.send_response(500)
+            self.end_headers()
+            return
+        type(self).bodies.append(body)
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_sinks_retry_and_a_dead_sink_never_stops_the_scan(tmp_path, fleet_root):
+    _Hook.fail_first, _Hook.bodies = 2, []
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    dead = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens
+    slack = SlackSink(f"http://127.0.0.1:{server.server_port}/slack", retries=3, backoff=0.05,
+                      link=lambda a: f"https://reports.example/fleet_runs/{a.run}.html")
+    sinks = [WebhookSink(dead, retries=2, backoff=0.05, timeout=1.0), slack, JsonlSink(tmp_path / "a.jsonl")]
+    scanner = FleetScanner(tmp_path / "store", [fleet_root], InlineEngine(), AlertManager(sinks),
+                           FleetConfig(detectors=CHEAP))
+    try:
+        res = scanner.run_pass()
+    finally:
+        scanner.close()
+        server.shutdown()
+    assert res.audited == 3 and len(res.alerts) >= 2
+    assert sinks[0].failed == len(res.alerts) and sinks[0].delivered == 0  # dead endpoint: given up, logged
+    assert slack.delivered == len(res.alerts) == len(_Hook.bodies)  # 2 failures, retried with back-off
+    text = _Hook.bodies[0]["text"]
+    assert "rlaudit HIGH" in text and "team-" in text and "<https://reports.example/fleet_runs/" in text
+    assert len(alert_lines(tmp_path / "a.jsonl")) == len(res.alerts)
+
+
+def _spawn_scan(root: Path, store: Path, alerts: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(rlaudit_cmd("fleet", "scan", str(root), "--store", str(store), "--engine", "inline",
+                                        "--alerts", str(alerts), "--detector", "cot_grading", *extra),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _passes(store: Path) -> int:
+    try:
+        return json.loads((store / "fleet" / "state.json").read_text()).get("passes", 0)
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.mark.parametrize("when", ["between-passes", "mid-pass"])
+def test_killed_scanner_resumes_without_realerting_or_rereading(tmp_path, fleet_root, when):
+    store, alerts = tmp_path / "store", tmp_path / "alerts.jsonl"
+    proc = _spawn_scan(fleet_root, store, alerts, "--every", "0.2")
+    try:
+        if when == "between-passes":
+            assert wait_for(lambda: _passes(store) >= 1, timeout=300)
+        else:  # some runs done, the pass not finished
+            runs_dir = store / "fleet" / "runs"
+            assert wait_for(lambda: runs_dir.is_dir() and len(list(runs_dir.glob("*.json"))) >= 1, timeout=300,
+                            every=0.02)
+            assert _passes(store) == 0
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = alert_lines(alerts)
+    done_before = {n for n, r in FleetState(store).runs.items() if r.status == "ok"}
+    res = run_cli("fleet", "scan", str(fleet_root), "--store", str(store), "--engine", "inline", "--alerts",
+                  str(alerts), "--detector", "cot_grading", "--max-passes", "1")
+    assert res.returncode == 0, res.stderr
+    after = alert_lines(alerts)
+    keys = [(a["key"], a["severity"]) for a in after]
+    assert len(keys) == len(set(keys)), "an alert was sent twice"
+    assert {a["run"] for a in after} == {"team-a.cot", "team-b.template"}
+    state = FleetState(store)
+    assert all(r.status == "ok" for r in state.runs.values())
+    audited = int(res.stderr.split(" audited")[0].rsplit(" ", 1)[-1])
+    assert audited == 3 - len(done_before)  # runs finished before the kill are neither re-read nor re-audited
+    if when == "between-passes":
+        assert after == before
+    for run in state.runs:
+        assert Store(store).summary(run).rows == 16 * ROWS_PER_STEP  # nothing lost, nothing doubled
+
+
+def test_cli_status_and_report(tmp_path, fleet_root):
+    store, page = tmp_path / "store", tmp_path / "out" / "fleet.html"
+    page.parent.mkdir()
+    res = run_cli("fleet", "scan", str(fleet_root), "--store", str(store), "--engine", "inline",
+                  "--detector", "cot_grading", "--report", str(page))
+    assert res.returncode == 0, res.stderr
+    assert "pass 1: 3 runs (3 new), 3 audited" in res.stderr
+    status = run_cli("fleet", "status", "--store", str(store), "--json")
+    obj = json.loads(status.stdout)
+    by_run = {r["run"]: r for r in obj["runs"]}
+    assert set(by_run) == {"team-a.cot", "team-b.clean", "team-b.template"}
+    assert by_run["team-a.cot"]["findings"]["high"] >= 1 and by_run["team-b.clean"]["findings"]["high"] == 0
+    assert by_run["team-b.clean"]["last_step"] == 16 and by_run["team-b.clean"]["rows"] == 16 * ROWS_PER_STEP
+    html = page.read_text()
+    assert html.count('<tr id="run-') == 3 and "<svg" in html
+    for run in by_run:
+        assert f'href="fleet_runs/{run}.html"' in html and (page.parent / "fleet_runs" / f"{run}.html").is_file()
+    table = run_cli("fleet", "status", "--store", str(store))
+    assert "team-b.template" in table.stdout
+    assert run_cli("fleet", "status", "--store", str(tmp_path / "none")).returncode == 2
