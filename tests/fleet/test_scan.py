@@ -84,23 +84,21 @@ def test_local_engine_matches_inline(tmp_path, fleet_root):
 
 def test_bad_run_is_reported_and_others_scanned(tmp_path, fleet_root):
     bad = fleet_root / "team-c" / "broken"
-    bad.mkdir(parents=True)
+    (bad / "completions").mkdir(parents=True)
     (bad / "config.json").write_text("{}")
-    (bad / "7.jsonl").write_text('{"input": "x", "output": "y", "score": 1, "step": 7}\n')
-    p = fleet_root / "team-b" / "clean" / "3.jsonl"
+    (bad / "completions" / "completions_00001.parquet").write_bytes(b"PAR1 this is not parquet")
     scanner = _scanner(tmp_path / "store", fleet_root, tmp_path / "alerts.jsonl")
     res = scanner.run_pass()
-    assert res.audited + res.failed == 4 and scanner.state.runs["team-b.template"].status == "ok"
-    os.chmod(p, 0)  # an unreadable file in a known run
-    try:
-        (fleet_root / "team-b" / "clean" / "17.jsonl").write_text(p.with_name("4.jsonl").read_text())
-        res2 = scanner.run_pass()
-        if os.geteuid() != 0:  # root reads anything
-            assert "team-b.clean" in res2.errors and scanner.state.runs["team-b.clean"].status == "error"
-    finally:
-        os.chmod(p, 0o644)
+    assert (res.runs, res.audited, res.failed) == (4, 3, 1)
+    broken = scanner.state.runs["team-c.broken"]
+    assert broken.status == "error" and "team-c.broken" in res.errors and broken.error
+    assert all(scanner.state.runs[r].status == "ok" for r in ("team-a.cot", "team-b.clean", "team-b.template"))
+    res2 = scanner.run_pass()  # a failed run is tried again each pass; the others cost nothing
+    assert (res2.audited, res2.failed, res2.skipped) == (0, 1, 3)
+    good = next((fleet_root / "team-b" / "template" / "completions").glob("completions_00001.parquet"))
+    (bad / "completions" / "completions_00001.parquet").write_bytes(good.read_bytes())
     res3 = scanner.run_pass()
-    assert scanner.state.runs["team-b.clean"].status == "ok" and "team-b.clean" not in res3.errors
+    assert (res3.audited, res3.failed) == (1, 0) and scanner.state.runs["team-c.broken"].status == "ok"
     scanner.close()
 
 

@@ -64,12 +64,13 @@ class PassResult:
     alerts: list[Alert] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # run or root -> error
     timings: dict[str, float] = field(default_factory=dict)  # sync, discover, tasks, report
+    synced: dict[str, dict[str, int]] = field(default_factory=dict)  # object-store root -> objects, downloaded...
 
     def to_json(self) -> dict[str, Any]:
         return {"number": self.number, "seconds": round(self.seconds, 3), "runs": self.runs,
                 "audited": self.audited, "skipped": self.skipped, "failed": self.failed, "new_runs": self.new_runs,
                 "rows_added": self.rows_added, "heavy": self.heavy, "alerts": len(self.alerts),
-                "errors": self.errors, "timings": {k: round(v, 3) for k, v in self.timings.items()},
+                "errors": self.errors, "synced": self.synced, "timings": {k: round(v, 3) for k, v in self.timings.items()},
                 "finished": time.time()}
 
 
@@ -166,6 +167,8 @@ class FleetScanner:
                 continue
             try:
                 sync = mirror.sync()
+                result.synced[r] = {"objects": sync.objects, "downloaded": sync.downloaded,
+                                    "deleted": sync.deleted, "bytes": sync.bytes}
                 log.info("fleet: %s: %d objects, %d downloaded (%d bytes), %d deleted", r, sync.objects,
                          sync.downloaded, sync.bytes, sync.deleted)
                 roots.append((r, mirror.local))
@@ -216,6 +219,7 @@ class FleetScanner:
             rs.last_heavy_step, rs.last_heavy = outcome.heavy_step, now
             result.heavy += 1
         rs.pending = bool(outcome.memory.get("fresh"))
+        rs.bad_records += outcome.bad_records
         rs.passes += 1
         rs.audit_errors = sum(1 for f in findings if f.kind == "audit_error") + len(outcome.errors)
         rs.findings = {s: n for s, n in Counter(f.severity for f in findings).items()}

@@ -56,6 +56,7 @@ class RunState:
     findings: dict[str, int] = field(default_factory=dict)  # severity -> open findings
     top: dict[str, Any] | None = None  # the top open finding: kind, severity, title, spark (steps, values)
     audit_errors: int = 0
+    bad_records: int = 0  # quarantined by ingest (store's runs/<run>/quarantine.jsonl)
     passes: int = 0  # passes that audited this run
     pending: bool = False  # unaudited steps (a heavy audit is due when the run goes quiet)
     host: str = ""

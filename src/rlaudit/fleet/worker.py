@@ -100,7 +100,12 @@ def _run(task: RunTask, out: RunOutcome) -> None:
     store = Store(task.store)
     t0 = time.perf_counter()
     if task.ingest:
+        from ..audit import _check_nothing_readable
+
+        is_new = not store.has_run(task.name)
         report = store.ingest(task.source, run=task.name, format=task.format)
+        # a run of which nothing could be read is an error (as for `rlaudit audit`), not an empty run
+        _check_nothing_readable(store, task.source, report, is_new, None)
         out.rows_added, out.files_read, out.files_skipped = report.rows_added, report.files_read, report.files_skipped
         out.bad_records = report.bad_records
     out.seconds["ingest"] = time.perf_counter() - t0
