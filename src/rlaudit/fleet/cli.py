@@ -101,13 +101,14 @@ def scan_cmd(
                          run_reports=run_reports, report_url=report_url, s3_endpoint=s3_endpoint)
     eng = make_engine(engine, workers=workers, address=address)
     scanner = FleetScanner(store, roots, eng, manager, config)
-    console.print(f"fleet scan of {', '.join(roots)} into {store} with {eng.describe()}", highlight=False)
+    console.print(f"fleet scan of {', '.join(roots)} into {store} with {eng.describe()}", highlight=False,
+                  soft_wrap=True)
 
     def on_pass(res) -> None:  # noqa: ANN001
         errs = f", {res.failed} failed" if res.failed else ""
         console.print(f"pass {res.number}: {res.runs} runs ({res.new_runs} new), {res.audited} audited "
                       f"({res.heavy} heavy), {res.skipped} unchanged{errs}; +{res.rows_added:,} rows, "
-                      f"{len(res.alerts)} alert(s) in {res.seconds:.1f} s", highlight=False)
+                      f"{len(res.alerts)} alert(s) in {res.seconds:.1f} s", highlight=False, soft_wrap=True)
         for run, err in res.errors.items():
             console.print(f"  [yellow]{run}[/]: {err}", highlight=False, markup=True)
         from rich.markup import escape
