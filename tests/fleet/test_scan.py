@@ -213,3 +213,31 @@ def test_cli_status_and_report(tmp_path, fleet_root):
     table = run_cli("fleet", "status", "--store", str(store))
     assert "team-b.template" in table.stdout
     assert run_cli("fleet", "status", "--store", str(tmp_path / "none")).returncode == 2
+
+
+def test_worker_killed_mid_pass(tmp_path, fleet_root):
+    """A local worker process killed while it audits: its runs fail this pass and are redone on the next, with
+    nothing lost, doubled or alerted twice."""
+    alerts = tmp_path / "alerts.jsonl"
+    engine = LocalEngine(workers=2)
+    scanner = _scanner(tmp_path / "store", fleet_root, alerts, engine=engine)
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("p", scanner.run_pass()))
+    t.start()
+    # wait until a worker is busy with a run (its store run directory exists), then kill that worker
+    runs = tmp_path / "store" / "runs"
+    assert wait_for(lambda: runs.is_dir() and any(runs.iterdir()) and engine._pool is not None
+                    and engine._pool._processes, timeout=300, every=0.02)
+    victim = next(iter(engine._pool._processes))
+    os.kill(victim, signal.SIGKILL)
+    t.join(timeout=600)
+    p1 = result["p"]
+    assert p1.failed >= 1 and all("died" in e or "broken" in e for e in p1.errors.values())
+    p2 = scanner.run_pass()
+    assert p2.failed == 0 and p2.audited == p1.failed
+    assert all(r.status == "ok" for r in scanner.state.runs.values())
+    scanner.close()
+    keys = [(a["key"], a["severity"]) for a in alert_lines(alerts)]
+    assert len(keys) == len(set(keys)) and {a["run"] for a in alert_lines(alerts)} == {"team-a.cot", "team-b.template"}
+    for run in scanner.state.runs:
+        assert Store(tmp_path / "store").summary(run).rows == 16 * ROWS_PER_STEP

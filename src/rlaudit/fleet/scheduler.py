@@ -136,8 +136,12 @@ class FleetScanner:
         result.skipped = result.runs - len(tasks)
         state.save()
         t2 = time.perf_counter()
-        for task, outcome in self.engine.run(tasks):
-            self._absorb(task, outcome, signatures.get(task.name, ""), result)
+        try:
+            for task, outcome in self.engine.run(tasks):
+                self._absorb(task, outcome, signatures.get(task.name, ""), result)
+        except Exception as exc:  # noqa: BLE001 - a lost engine (Ray head gone): this pass ends, the next retries
+            result.errors["engine"] = f"{type(exc).__name__}: {exc}"
+            log.error("fleet: engine %s failed mid-pass: %s", self.engine.name, exc)
         result.timings["tasks"] = time.perf_counter() - t2
         self._flush_sinks()
         state.outbox.clear()
