@@ -241,3 +241,24 @@ def test_worker_killed_mid_pass(tmp_path, fleet_root):
     assert len(keys) == len(set(keys)) and {a["run"] for a in alert_lines(alerts)} == {"team-a.cot", "team-b.template"}
     for run in scanner.state.runs:
         assert Store(tmp_path / "store").summary(run).rows == 16 * ROWS_PER_STEP
+
+
+def test_outbox_is_delivered_once_after_a_kill(tmp_path, fleet_root):
+    """Alerts recorded as sent but not yet delivered when the scanner died are delivered on restart, and a JSONL
+    sink that already has them is not written twice."""
+    store, alerts = tmp_path / "store", tmp_path / "alerts.jsonl"
+    first = _scanner(store, fleet_root, alerts)
+    res = first.run_pass()
+    first.close()
+    assert res.alerts
+    state = FleetState(store)  # as if the scanner died after saving the outbox, before delivering to a 2nd sink
+    state.outbox = [a.to_json() for a in res.alerts]
+    state.save()
+    other = tmp_path / "other.jsonl"
+    manager = AlertManager([JsonlSink(alerts), JsonlSink(other)])
+    again = FleetScanner(store, [fleet_root], InlineEngine(), manager, FleetConfig(detectors=CHEAP))
+    res2 = again.run_pass()
+    again.close()
+    assert res2.audited == 0 and not res2.alerts and FleetState(store).outbox == []
+    assert len(alert_lines(alerts)) == len(res.alerts)  # already there: not repeated
+    assert [a["key"] for a in alert_lines(other)] == [a.key for a in res.alerts]  # delivered exactly once

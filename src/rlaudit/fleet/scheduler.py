@@ -103,6 +103,7 @@ class FleetScanner:
                                          self.config.s3_endpoint) for r in self.roots if is_remote(r)}
         self._dedup = AlertManager([_NullSink()], min_severity=self.config.min_severity)
         self._dedup.sent = self.state.sent  # one dict: what was ever sent, saved with the state
+        self._saved = 0.0
 
     # ------------------------------------------------------------------ a pass
     def run_pass(self, final: bool = False) -> PassResult:
@@ -203,7 +204,7 @@ class FleetScanner:
             result.failed += 1
             result.errors[task.name] = outcome.error
             log.error("fleet: run %s failed: %s", task.name, outcome.error)
-            state.save()
+            self._save(throttle=1.0)
             return
         result.audited += 1
         result.rows_added += outcome.rows_added
@@ -230,12 +231,21 @@ class FleetScanner:
         rs.top = _top(findings)
         # alerts: dedup against everything ever sent, record in the outbox, then deliver
         new = self._dedup.process(found, rs.last_step)
-        if new:
+        if new:  # the keys are saved as sent (with the alerts in the outbox) before any delivery
             state.outbox.extend(a.to_json() for a in new)
-        state.save()
+            self._save()
+        else:  # at most once a second: a run whose summary was not saved is redone cheaply after a kill (its
+            self._save(throttle=1.0)  # detail file holds the auditor's memory; its files are ingested already)
         for alert in new:
             self.alerts.dispatch(alert)
         result.alerts.extend(new)
+
+    def _save(self, throttle: float = 0.0) -> None:
+        now = time.monotonic()
+        if throttle and now - self._saved < throttle:
+            return
+        self.state.save()
+        self._saved = now
 
     def _deliver_outbox(self) -> None:
         """Alerts a killed scanner recorded but may not have delivered."""
