@@ -210,6 +210,10 @@ def test_cli_status_and_report(tmp_path, fleet_root):
     assert html.count('<tr id="run-') == 3 and "<svg" in html
     for run in by_run:
         assert f'href="fleet_runs/{run}.html"' in html and (page.parent / "fleet_runs" / f"{run}.html").is_file()
+    idle = run_cli("fleet", "scan", str(fleet_root), "--store", str(store), "--engine", "inline",
+                   "--detector", "cot_grading", "--every", "0.1", "--until-idle", "0.5")
+    assert idle.returncode == 0, idle.stderr
+    assert "pass 2: 3 runs (0 new), 0 audited (0 heavy), 3 unchanged" in idle.stderr and "0 alert(s)" in idle.stdout
     table = run_cli("fleet", "status", "--store", str(store))
     assert "team-b.template" in table.stdout
     assert run_cli("fleet", "status", "--store", str(tmp_path / "none")).returncode == 2
