@@ -42,7 +42,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 font-size:.85em;color:#fff} .sev-high{background:#c62828} .sev-medium{background:#ef8f00}
 .sev-low{background:#1e88e5} .sev-info{background:#9e9e9e} .zero{opacity:.18}
 .st-error{color:#c62828;font-weight:600} .st-ok{color:#2e7d32} .st-new{color:#777}
-.err{color:#c62828;font-size:.85em} .title{max-width:40em} .muted{color:#777}
+.err{color:#c62828;font-size:.85em} .title{max-width:40em} .muted{color:#777} .nw{white-space:nowrap}
 </style></head><body>
 <h1>{{ title }}</h1>
 <div class="sub">{{ n_runs }} run(s) under {{ roots }} &middot; {{ total_rows }} rollouts &middot; findings:
@@ -53,14 +53,14 @@ font-size:.85em;color:#fff} .sev-high{background:#c62828} .sev-medium{background
 <th>findings</th><th>top finding</th><th></th></tr></thead>
 <tbody>
 {% for r in rows %}<tr id="run-{{ r.name }}">
-<td>{% if r.link %}<a href="{{ r.link }}">{{ r.name }}</a>{% else %}{{ r.name }}{% endif %}
+<td class="nw">{% if r.link %}<a href="{{ r.link }}">{{ r.name }}</a>{% else %}{{ r.name }}{% endif %}
 {% if r.origin %}<div class="muted">{{ r.origin }}</div>{% endif %}</td>
 <td>{{ r.format }}</td><td class="st-{{ r.status }}">{{ r.status }}</td>
-<td class="num">{{ r.rows }}</td><td class="num">{{ r.last_step }}</td><td>{{ r.last_audit }}</td>
-<td>{% for s, n in r.sev %}<span class="sev sev-{{ s }}{{ ' zero' if not n }}" title="{{ s }}">{{ n }}</span>{% endfor %}</td>
+<td class="num">{{ r.rows }}</td><td class="num">{{ r.last_step }}</td><td class="nw">{{ r.last_audit }}</td>
+<td class="nw">{% for s, n in r.sev %}<span class="sev sev-{{ s }}{{ ' zero' if not n }}" title="{{ s }}">{{ n }}</span>{% endfor %}</td>
 <td class="title">{% if r.top %}<span class="sev sev-{{ r.top.severity }}">{{ r.top.severity[0]|upper }}</span>
 {{ r.top.kind_label }}: {{ r.top.title }}{% endif %}{% if r.error %}<div class="err">{{ r.error }}</div>{% endif %}</td>
-<td>{{ r.spark }}</td></tr>
+<td title="{{ r.spark_of }}">{{ r.spark }}</td></tr>
 {% endfor %}</tbody></table>
 </body></html>
 """
@@ -148,6 +148,7 @@ def write_fleet_report(scanner: FleetScanner, page: str | Path) -> Path:
                      "last_audit": _ago(rs.last_audit), "sev": [(s, rs.findings.get(s, 0)) for s in
                                                                 reversed(SEVERITIES)],
                      "top": top, "error": short(rs.error, 300), "spark": sparkline_svg(rs.top and rs.top.get("spark")),
+                     "spark_of": short((rs.top or {}).get("spark_of", ""), 200),
                      "link": link})
     html = _env().from_string(_TEMPLATE).render(
         title="rlaudit fleet", n_runs=len(rows), roots=", ".join(scanner.roots),

@@ -313,7 +313,13 @@ def _top(findings: list[Finding]) -> dict[str, Any] | None:
     if not shown:
         return None
     f = shown[0]
-    return {"kind": f.kind, "severity": f.severity, "title": f.title[:300], "spark": spark(f)}
+    top = {"kind": f.kind, "severity": f.severity, "title": f.title[:300], "spark": None, "spark_of": ""}
+    for g in shown[:20]:  # the curve of the most severe finding that has one (attribution findings have none)
+        curve = spark(g)
+        if curve:
+            top["spark"], top["spark_of"] = curve, g.title[:200]
+            break
+    return top
 
 
 def spark(f: Finding, points: int = 40) -> list[list[float]] | None:
