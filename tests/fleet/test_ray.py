@@ -31,7 +31,8 @@ def ray_cluster(tmp_path_factory):
     tmp = Path("/tmp") / f"rayt{os.getpid()}"  # Ray's socket paths must stay short
     env = {**os.environ, **RAY_ENV, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
     ray_bin = Path(sys.executable).with_name("ray")
-    proc = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--num-cpus", "2", "--port", str(port), "--node-ip-address", "127.0.0.1",
+    proc = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
+                             "--node-ip-address", "127.0.0.1",
                              "--include-dashboard", "false", "--object-store-memory", str(200 * 1024 ** 2),
                              "--temp-dir", str(tmp), "--disable-usage-stats"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

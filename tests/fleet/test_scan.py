@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rlaudit.fleet import FleetConfig, FleetScanner, InlineEngine, LocalEngine, discover
+from rlaudit.fleet import FleetConfig, FleetScanner, InlineEngine, LocalEngine, discover, discover_all
 from rlaudit.fleet.state import FleetState
 from rlaudit.live.alerts import AlertManager, JsonlSink, SlackSink, WebhookSink
 from rlaudit.store import Store
@@ -38,6 +39,11 @@ def test_discovery_by_layout(tmp_path, full_fleet):
     (canon / "steps" / "step_00001.jsonl").write_text(json.dumps({"step": 1, "prompt": "p", "completion": "c"}) + "\n")
     assert [(r.name, r.format) for r in discover(tmp_path / "root")] == [("exp1", "canonical")]
     assert [(r.name, r.format) for r in discover(full_fleet / "team-b" / "clean")] == [("clean", "verl")]
+    # two roots holding a run of the same name: prefixed with the root's name, never merged
+    for lab in ("lab-a", "lab-b"):
+        shutil.copytree(full_fleet / "team-b" / "clean", tmp_path / lab / "clean")
+    both = discover_all([("lab-a", tmp_path / "lab-a"), ("lab-b", tmp_path / "lab-b")])
+    assert sorted(r.name for r in both) == ["lab-a.clean", "lab-b.clean"]
 
 
 def test_incremental_passes_and_dedup(tmp_path, full_fleet):

@@ -176,7 +176,8 @@ def status_rows(state: Any) -> list[dict[str, Any]]:
     for name, rs in sorted(state.runs.items()):
         out.append({"run": name, "format": rs.format, "status": rs.status, "rows": rs.rows,
                     "last_step": rs.last_step, "last_audit": rs.last_audit, "last_heavy_step": rs.last_heavy_step,
-                    "pending": rs.pending, "bad_records": rs.bad_records, "findings": {s: rs.findings.get(s, 0) for s in reversed(SEVERITIES)},
+                    "pending": rs.pending, "bad_records": rs.bad_records,
+                    "findings": {s: rs.findings.get(s, 0) for s in reversed(SEVERITIES)},
                     "top": (rs.top or {}).get("title"), "error": rs.error, "source": rs.source,
                     "origin": rs.origin})
     return out

@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import RlauditError
 from ..findings import SEVERITIES, SEVERITY_RANK, Finding, rank
 from ..live.alerts import Alert, AlertManager, JsonlSink, WebhookSink, finding_key
-from .discovery import RunSource, discover_all, source_signature
+from .discovery import discover_all, source_signature
 from .engines import Engine, InlineEngine
 from .objectstore import ObjectMirror, is_remote
 from .state import FleetState, RunState
@@ -70,7 +70,8 @@ class PassResult:
         return {"number": self.number, "seconds": round(self.seconds, 3), "runs": self.runs,
                 "audited": self.audited, "skipped": self.skipped, "failed": self.failed, "new_runs": self.new_runs,
                 "rows_added": self.rows_added, "heavy": self.heavy, "alerts": len(self.alerts),
-                "errors": self.errors, "synced": self.synced, "timings": {k: round(v, 3) for k, v in self.timings.items()},
+                "errors": self.errors, "synced": self.synced,
+                "timings": {k: round(v, 3) for k, v in self.timings.items()},
                 "finished": time.time()}
 
 

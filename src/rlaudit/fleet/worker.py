@@ -21,7 +21,6 @@ import time
 import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("rlaudit.fleet")
@@ -166,6 +165,3 @@ def _save(auditor: Any) -> dict[str, Any]:
     return {"parts": {name: [p.key, p.lo, p.hi, p.rows] for name, p in auditor.index.parts.items()},
             "last_heavy": auditor._last_heavy, "fresh": auditor._fresh, "tracked": tracked}
 
-
-def _part_path(store: str, run: str, name: str) -> Path:
-    return Path(store) / "runs" / run / "parts" / name
