@@ -73,23 +73,26 @@ def main() -> None:
 
     # single-run reference: one run, ingest + every detector, in this process
     ref_run = next(p for p in sorted((full / "team-1").iterdir()))
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     ref = audit([ref_run], store=args.work / "single")
     single_s = time.perf_counter() - t
+    single_cpu = time.process_time() - c
     single_rows = sum(r.rows for r in ref.runs)
     single_tput = single_rows / single_s
     print(f"single-run audit ({ref_run.name}): {single_rows:,} rollouts in {single_s:.1f} s = "
-          f"{single_tput:,.0f} rollouts/s")
+          f"{single_tput:,.0f} rollouts/s; {single_cpu:.1f} CPU s = {single_rows / single_cpu:,.0f} rollouts/CPU-s")
 
     alerts = args.work / "alerts.jsonl"
     alerts.unlink(missing_ok=True)
     scanner = FleetScanner(store, [root], make_engine(args.engine, args.workers, args.address),
                            AlertManager([JsonlSink(alerts)]), FleetConfig())
-    out: dict = {"runs": args.runs, "engine": scanner.engine.describe(), "single_run_rollouts_per_s": single_tput}
+    out: dict = {"runs": args.runs, "engine": scanner.engine.describe(), "single_run_rollouts_per_s": single_tput,
+                 "single_run_rollouts_per_cpu_s": single_rows / single_cpu}
     try:
         def one(label: str) -> dict:
             r = scanner.run_pass()
-            row = {"pass": label, "seconds": round(r.seconds, 2), "audited": r.audited, "heavy": r.heavy,
+            row = {"pass": label, "seconds": round(r.seconds, 2), "cpu": round(r.cpu, 2), "audited": r.audited,
+                   "heavy": r.heavy,
                    "rows_added": r.rows_added, "alerts": len(r.alerts), "failed": r.failed,
                    "timings": {k: round(v, 2) for k, v in r.timings.items()}}
             print(json.dumps(row))
@@ -103,6 +106,11 @@ def main() -> None:
         out["ratio_per_core"] = tput / cores / single_tput
         print(f"cold: {tput:,.0f} rollouts/s on {cores} worker(s) = {tput / single_tput:.2f}x one run's audit "
               f"({tput / cores / single_tput:.2f} per core)")
+        cpu_tput = cold["rows_added"] / cold["cpu"] if cold["cpu"] else float("nan")
+        out["cold_rollouts_per_cpu_s"] = cpu_tput
+        out["cpu_efficiency"] = cpu_tput / (single_rows / single_cpu)
+        print(f"cold: {cold['cpu']:.1f} CPU s in the workers = {cpu_tput:,.0f} rollouts/CPU-s = "
+              f"{out['cpu_efficiency']:.2f}x the single-run audit's rollouts per CPU-second")
         out["unchanged"] = one("unchanged")
         grown = sorted({p.parent.name for p in full.rglob("ground_truth.json")})[: args.grow]
         for run_dir in sorted(full.glob("team-*/*")):

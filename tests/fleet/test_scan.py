@@ -65,9 +65,13 @@ def test_incremental_passes_and_dedup(tmp_path, full_fleet):
     assert (p4.audited, p4.heavy, p4.rows_added) == (1, 1, 0)
     p5 = scanner.run_pass()
     assert p5.audited == 0
+    scanner.config.idle_after, scanner.config.idle_every = 0.0, 1000  # quiet runs: listed every 1000th pass
+    copy_upto(full_fleet, root, 10, only="team-b/clean")
+    assert scanner.run_pass().audited == 0  # not even listed
+    scanner.config.idle_after = None
     copy_upto(full_fleet, root, 16)  # every run grows: new cheap findings are the same keys, not new alerts
     p6 = scanner.run_pass()
-    assert p6.audited == 3 and p6.rows_added == (2 * 8 + 7) * ROWS_PER_STEP
+    assert p6.audited == 3 and p6.rows_added == (2 * 8 + 7) * ROWS_PER_STEP  # incl. the step skipped while idle
     keys = [(a["key"], a["severity"]) for a in alert_lines(alerts)]
     assert len(keys) == len(set(keys)) and len(keys) == len(p1.alerts) + len(p6.alerts)
     store_rows = Store(store).summary("team-b.clean").rows
@@ -272,3 +276,58 @@ def test_outbox_is_delivered_once_after_a_kill(tmp_path, fleet_root):
     assert res2.audited == 0 and not res2.alerts and FleetState(store).outbox == []
     assert len(alert_lines(alerts)) == len(res.alerts)  # already there: not repeated
     assert [a["key"] for a in alert_lines(other)] == [a.key for a in res.alerts]  # delivered exactly once
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL at a chosen point (a BaseException: nothing in the scanner catches it)."""
+
+
+@pytest.mark.parametrize("point", ["before-alerts-saved", "after-alerts-saved", "after-run-saved",
+                                   "before-delivery"])
+def test_kill_at_each_point_of_a_result(tmp_path, fleet_root, monkeypatch, point):
+    """Deterministic version of the mid-pass kill: the scanner dies at each step of absorbing the first result
+    that brings alerts; a new scanner then sends every alert exactly once."""
+    store, alerts = tmp_path / "store", tmp_path / "alerts.jsonl"
+    scanner = _scanner(store, fleet_root, alerts)
+    armed = {"on": True}
+
+    def trip() -> None:
+        if armed["on"]:
+            armed["on"] = False
+            raise _Killed(point)
+
+    orig_save, orig_detail = FleetState.save, FleetState.save_run_detail
+    orig_dispatch = AlertManager.dispatch
+
+    def save(self):
+        if self.outbox and point == "before-alerts-saved":
+            trip()
+        orig_save(self)
+
+    def save_detail(self, run, detail):
+        if self.outbox and point == "after-alerts-saved":
+            trip()
+        orig_detail(self, run, detail)
+        if self.outbox and point == "after-run-saved":
+            trip()
+
+    def dispatch(self, alert):
+        if point == "before-delivery":
+            trip()
+        orig_dispatch(self, alert)
+
+    monkeypatch.setattr(FleetState, "save", save)
+    monkeypatch.setattr(FleetState, "save_run_detail", save_detail)
+    monkeypatch.setattr(AlertManager, "dispatch", dispatch)
+    with pytest.raises(_Killed):
+        scanner.run_pass()
+    assert not armed["on"]
+    monkeypatch.undo()
+    again = _scanner(store, fleet_root, alerts)
+    again.run_pass()
+    again.close()
+    sent = alert_lines(alerts)
+    keys = [(a["key"], a["severity"]) for a in sent]
+    assert len(keys) == len(set(keys)), "an alert was sent twice"
+    assert {a["run"] for a in sent} == {"team-a.cot", "team-b.template"}, "an alert was lost"
+    assert all(r.status == "ok" for r in FleetState(store).runs.values())

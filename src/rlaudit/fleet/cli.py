@@ -44,6 +44,10 @@ def scan_cmd(
     max_passes: Annotated[Optional[int], typer.Option("--max-passes", help="Stop after this many passes.")] = None,
     heavy_every: Annotated[int, typer.Option("--heavy-every", help="Run the heavy detectors on a run every N "
                                              "new steps (and when it goes quiet).")] = 10,
+    idle_after: Annotated[Optional[float], typer.Option("--idle-after", help="A run without new data for this "
+                                                        "many seconds is listed only every --idle-every passes "
+                                                        "(default: every run every pass).")] = None,
+    idle_every: Annotated[int, typer.Option("--idle-every", help="See --idle-after.")] = 10,
     detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Heavy detectors to run "
                                                           "(default: all). Repeatable.")] = None,
     alerts: Annotated[Optional[Path], typer.Option("--alerts", help="Append alerts to this JSONL file.")] = None,
@@ -76,6 +80,8 @@ def scan_cmd(
     for name, value in (("--every", every), ("--until-idle", until_idle)):
         if value is not None and value < 0:
             raise RlauditError(f"{name} must be >= 0 seconds, got {value}")
+    if idle_every < 1 or (idle_after is not None and idle_after < 0):
+        raise RlauditError("--idle-after must be >= 0 seconds and --idle-every >= 1 pass")
     if heavy_every < 1:
         raise RlauditError(f"--heavy-every must be >= 1 step, got {heavy_every}")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s",
@@ -98,7 +104,8 @@ def scan_cmd(
         sinks.append(SlackSink(slack_webhook, link=link, retries=3, backoff=1.0))
     manager = AlertManager(sinks, min_severity=min_severity)
     config = FleetConfig(every=heavy_every, detectors=detector, min_severity=min_severity, report=report,
-                         run_reports=run_reports, report_url=report_url, s3_endpoint=s3_endpoint)
+                         run_reports=run_reports, report_url=report_url, s3_endpoint=s3_endpoint,
+                         idle_after=idle_after, idle_every=idle_every)
     eng = make_engine(engine, workers=workers, address=address)
     scanner = FleetScanner(store, roots, eng, manager, config)
     console.print(f"fleet scan of {', '.join(roots)} into {store} with {eng.describe()}", highlight=False,

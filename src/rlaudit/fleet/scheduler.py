@@ -48,6 +48,10 @@ class FleetConfig:
     report_url: str | None = None  # base URL the report directory is served at (links in chat alerts)
     s3_endpoint: str | None = None
     mirror: Path | None = None  # where object-store roots are mirrored (default <store>/fleet/mirror)
+    #: A run without new data for `idle_after` seconds is listed only every `idle_every` passes (finished runs
+    #: then cost one listing per `idle_every` passes). None: every run is listed every pass.
+    idle_after: float | None = None
+    idle_every: int = 10
 
 
 @dataclass
@@ -64,13 +68,14 @@ class PassResult:
     alerts: list[Alert] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)  # run or root -> error
     timings: dict[str, float] = field(default_factory=dict)  # sync, discover, tasks, report
+    cpu: float = 0.0  # CPU seconds the run tasks took (all engines report their workers' process time)
     synced: dict[str, dict[str, int]] = field(default_factory=dict)  # object-store root -> objects, downloaded...
 
     def to_json(self) -> dict[str, Any]:
         return {"number": self.number, "seconds": round(self.seconds, 3), "runs": self.runs,
                 "audited": self.audited, "skipped": self.skipped, "failed": self.failed, "new_runs": self.new_runs,
                 "rows_added": self.rows_added, "heavy": self.heavy, "alerts": len(self.alerts),
-                "errors": self.errors, "synced": self.synced,
+                "cpu": round(self.cpu, 3), "errors": self.errors, "synced": self.synced,
                 "timings": {k: round(v, 3) for k, v in self.timings.items()},
                 "finished": time.time()}
 
@@ -128,6 +133,8 @@ class FleetScanner:
                 rs = RunState(name=src.name, source=src.source, format=src.format, root=src.root, origin=origin)
                 state.runs[src.name] = rs
                 result.new_runs += 1
+            if self._idle(rs, result.number):
+                continue
             sig = source_signature(src.source, src.format)
             signatures[src.name] = sig
             changed = sig != rs.signature
@@ -162,6 +169,13 @@ class FleetScanner:
         state.last_pass = result.to_json()
         state.save()
         return result
+
+    def _idle(self, rs: RunState, number: int) -> bool:
+        """Whether to leave a quiet run unlisted this pass (see `FleetConfig.idle_after`)."""
+        cfg = self.config
+        if cfg.idle_after is None or rs.status != "ok" or rs.pending or not rs.signature:
+            return False
+        return time.time() - max(rs.last_change, rs.first_seen) > cfg.idle_after and number % cfg.idle_every != 0
 
     def _local_roots(self, result: PassResult) -> tuple[list[tuple[str, Path]], dict[str, ObjectMirror]]:
         roots: list[tuple[str, Path]] = []
@@ -200,6 +214,7 @@ class FleetScanner:
         rs.last_audit = now
         rs.host = outcome.host
         rs.seconds = {k: round(v, 3) for k, v in outcome.seconds.items()}
+        result.cpu += outcome.seconds.get("cpu", 0.0)
         if not outcome.ok:
             rs.status, rs.error = "error", outcome.error
             result.failed += 1
@@ -211,6 +226,15 @@ class FleetScanner:
         result.rows_added += outcome.rows_added
         detail = state.run_detail(task.name)
         found = [Finding.from_json(f) for f in outcome.findings]
+        # Order matters for a kill at any point: (1) new alerts are recorded as sent, with the alerts in the outbox,
+        # while the run's saved signature is still the old one; (2) the run's memory is saved; (3) its summary
+        # (new signature) is saved; (4) the alerts are delivered. Killed before (2), the run is redone from its old
+        # memory and finds the same findings, already sent; killed later, the outbox is delivered on restart.
+        last_step = outcome.steps[1] if outcome.steps else None
+        new = self._dedup.process(found, last_step)
+        if new:
+            state.outbox.extend(a.to_json() for a in new)
+            self._save()
         open_ = {finding_key(f): f for f in (Finding.from_json(f) for f in detail.get("findings", []))}
         open_.update({finding_key(f): f for f in found})
         findings = rank(list(open_.values()))
@@ -230,13 +254,9 @@ class FleetScanner:
         rs.audit_errors = sum(1 for f in findings if f.kind == "audit_error") + len(outcome.errors)
         rs.findings = {s: n for s, n in Counter(f.severity for f in findings).items()}
         rs.top = _top(findings)
-        # alerts: dedup against everything ever sent, record in the outbox, then deliver
-        new = self._dedup.process(found, rs.last_step)
-        if new:  # the keys are saved as sent (with the alerts in the outbox) before any delivery
-            state.outbox.extend(a.to_json() for a in new)
-            self._save()
-        else:  # at most once a second: a run whose summary was not saved is redone cheaply after a kill (its
-            self._save(throttle=1.0)  # detail file holds the auditor's memory; its files are ingested already)
+        # at most once a second without alerts: a run whose summary was not saved is redone cheaply after a kill
+        # (its memory is saved; its files are ingested already)
+        self._save(throttle=0.0 if new else 1.0)
         for alert in new:
             self.alerts.dispatch(alert)
         result.alerts.extend(new)

@@ -7,10 +7,11 @@
     <store>/fleet/mirror/...        local copies of object-store roots (see `objectstore`)
     <store>/fleet/.scan.lock        held by the running scanner: one scanner per store
 
-Every file is replaced atomically (`atomic_write_text`). A run's file is written before the summary that refers
-to it, after each run's result arrives, so a scanner killed mid-pass loses at most the runs in flight; their
+Every file is replaced atomically (`atomic_write_text`), after each run's result arrives: first the alert keys
+it adds to `sent` (with the alerts in the outbox), then the run's file, then the summary with the run's new
+file signature (see `FleetScanner._absorb`). A scanner killed mid-pass loses at most the runs in flight; their
 ingest is already committed in the store (nothing is read twice) and their findings, found again, are
-deduplicated by key (nothing is alerted twice).
+deduplicated by key (nothing is alerted twice, nothing goes unalerted).
 
 Alerts go through an outbox: the keys of a new alert are recorded in `sent` and the alert in `outbox` in one
 write, then the alert is delivered and removed from the outbox. A scanner killed between the two delivers the

@@ -80,7 +80,7 @@ def run_task(task: RunTask) -> RunOutcome:
     """Do one run's share of a pass (see the module doc). Never raises."""
     import socket
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = RunOutcome(name=task.name, host=socket.gethostname(), memory=dict(task.memory))
     try:
         _run(task, out)
@@ -89,6 +89,7 @@ def run_task(task: RunTask) -> RunOutcome:
         out.error = f"{type(exc).__name__}: {exc}"
         log.debug("fleet: run %s failed\n%s", task.name, traceback.format_exc())
     out.seconds["total"] = time.perf_counter() - t0
+    out.seconds["cpu"] = time.process_time() - c0  # every thread of the worker (DuckDB's too); one task at a time
     return out
 
 
