@@ -20,7 +20,7 @@ from rlaudit.live.alerts import AlertManager, JsonlSink  # noqa: E402
 
 from .helpers import SRC, alert_lines, free_port, run_cli, wait_for  # noqa: E402
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 # A throw-away cluster: no token file written to ~/.ray, no usage stats.
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 

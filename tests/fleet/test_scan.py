@@ -169,6 +169,7 @@ def _passes(store: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["between-passes", "mid-pass"])
 def test_killed_scanner_resumes_without_realerting_or_rereading(tmp_path, fleet_root, when):
     store, alerts = tmp_path / "store", tmp_path / "alerts.jsonl"
@@ -203,6 +204,7 @@ def test_killed_scanner_resumes_without_realerting_or_rereading(tmp_path, fleet_
         assert Store(store).summary(run).rows == 16 * ROWS_PER_STEP  # nothing lost, nothing doubled
 
 
+@pytest.mark.slow
 def test_cli_status_and_report(tmp_path, fleet_root):
     store, page = tmp_path / "store", tmp_path / "out" / "fleet.html"
     page.parent.mkdir()
@@ -229,6 +231,7 @@ def test_cli_status_and_report(tmp_path, fleet_root):
     assert run_cli("fleet", "status", "--store", str(tmp_path / "none")).returncode == 2
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_pass(tmp_path, fleet_root):
     """A local worker process killed while it audits: its runs fail this pass and are redone on the next, with
     nothing lost, doubled or alerted twice."""
