@@ -220,8 +220,9 @@ def test_cli_status_and_report(tmp_path, fleet_root):
     assert by_run["team-b.clean"]["last_step"] == 16 and by_run["team-b.clean"]["rows"] == 16 * ROWS_PER_STEP
     html = page.read_text()
     assert html.count('<tr id="run-') == 3 and "<svg" in html
-    for run in by_run:
+    for run in ("team-a.cot", "team-b.template"):  # runs with findings link to their own report
         assert f'href="fleet_runs/{run}.html"' in html and (page.parent / "fleet_runs" / f"{run}.html").is_file()
+    assert not (page.parent / "fleet_runs" / "team-b.clean.html").exists()
     idle = run_cli("fleet", "scan", str(fleet_root), "--store", str(store), "--engine", "inline",
                    "--detector", "cot_grading", "--every", "0.1", "--until-idle", "0.5")
     assert idle.returncode == 0, idle.stderr

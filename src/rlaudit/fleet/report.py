@@ -125,7 +125,9 @@ def write_fleet_report(scanner: FleetScanner, page: str | Path) -> Path:
     for name, rs in sorted(state.runs.items(), key=lambda kv: _order(kv[1])):
         link = None
         rpath = run_report_path(page, name)
-        if scanner.config.run_reports and rs.status == "ok":
+        # Run reports only for runs with open findings: a clean run's row says all there is, and each report
+        # costs a second or two and ~5 MB (plotly inlined).
+        if scanner.config.run_reports and rs.status == "ok" and any(rs.findings.values()):
             detail_path = state.run_path(name)
             stale = not rpath.is_file() or (detail_path.is_file() and
                                             detail_path.stat().st_mtime > rpath.stat().st_mtime)
