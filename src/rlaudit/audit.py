@@ -198,13 +198,15 @@ def audit_store(store: Store, runs: Sequence[str] | None = None, config: AuditCo
     """
     runs = list(runs) if runs is not None else store.runs()
     findings: list[Finding] = []
-    for run in runs:
-        if on_run:
-            on_run(run)
-        cb = (lambda name, done, total, _r=run: progress(_r, name, done, total)) if progress else None
-        findings.extend(run_detectors(store, run, config, progress=cb))
+    with store.reading(runs):  # one version per run for every detector, whatever ingests commit meanwhile
+        for run in runs:
+            if on_run:
+                on_run(run)
+            cb = (lambda name, done, total, _r=run: progress(_r, name, done, total)) if progress else None
+            findings.extend(run_detectors(store, run, config, progress=cb))
+        summaries = [store.summary(r) for r in runs]
     add_remedies(findings)  # what to do about each finding, keyed by kind (detectors only say what they found)
-    return AuditResult(runs=[store.summary(r) for r in runs], findings=rank(findings))
+    return AuditResult(runs=summaries, findings=rank(findings))
 
 
 def audit(

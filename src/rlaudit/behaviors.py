@@ -9,6 +9,9 @@ One spec language is shared by discovery (`emerging_behavior` findings carry a `
 - `style:exclamation`            a style feature from `STYLE_FEATURES` (boolean or numeric, e.g. `style:length`).
 - `mypkg.checks:is_sycophantic`  a Python predicate `f(text: str) -> bool | float`, called once per rollout
                                  (the only per-row Python path; use it for judgement a regex cannot make).
+- `judge:cot:RUBRIC`             an LLM judge (`rlaudit.llm.judge`): the rubric inline or `@FILE`, with the
+                                 view it reads (`cot`, `action`, `all`); 1/0 per text, NaN when it gave no
+                                 usable answer. Needs the `[llm]` extra and a configured monitor.
 
 `Behavior.values(texts)` returns one float per text (0/1 for presence, the value for numeric features), so
 statistics treat indicators and continuous behaviours alike. `Behavior.sql(column)` gives the same test as a
@@ -104,7 +107,7 @@ class Behavior:
 
     spec: str
     name: str
-    kind: str  # "term" | "regex" | "style" | "python"
+    kind: str  # "term" | "regex" | "style" | "python" | "judge"
     pattern: str | None = None
     numeric: bool = False
     func: Callable[[str], object] | None = None
@@ -119,6 +122,8 @@ class Behavior:
         if self.pattern is not None:
             return pc.match_substring_regex(texts, self.pattern).to_numpy(zero_copy_only=False).astype(float)
         assert self.func is not None
+        if hasattr(self.func, "batch"):  # judge: one concurrent batch of LLM calls
+            return np.asarray(self.func.batch(texts.to_pylist()), dtype=float)
         out = np.empty(len(texts), dtype=float)
         for i, t in enumerate(texts.to_pylist()):
             out[i] = float(self.func(t))
@@ -155,6 +160,11 @@ def parse_behavior(spec: str) -> Behavior:
     spec = spec.strip()
     if not spec:
         raise RlauditError("empty behaviour spec; give a term, 're:REGEX', 'style:NAME' or 'module:function'")
+    if spec.startswith("judge:"):
+        from .llm.judge import JudgeBehavior, JudgeSpec
+
+        judge = JudgeSpec.parse(spec)
+        return Behavior(spec, judge.name, "judge", func=JudgeBehavior(judge))
     if spec.startswith("re:"):
         pattern = spec[3:]
         try:

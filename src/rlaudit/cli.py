@@ -121,6 +121,15 @@ def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
     return pairs
 
 
+def _u(value: object, limit: int = 2000) -> str:
+    """User text (paths, run, signal, grader and condition names, finding titles) for rich output: markup
+    escaped, so `[/x]` or `acc[v2]` print as written, and cut to `limit` characters."""
+    text = str(value)
+    if len(text) > limit:
+        text = text[:limit] + f"... ({len(text) - limit:,} more characters)"
+    return _escape(text)
+
+
 def _columns_file(path: Path | None) -> dict[str, str]:
     if path is None:
         return {}
@@ -128,6 +137,8 @@ def _columns_file(path: Path | None) -> dict[str, str]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RlauditError(f"--columns-file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise RlauditError(f"--columns-file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
         if path.suffix == ".toml":
             import tomllib
@@ -135,7 +146,7 @@ def _columns_file(path: Path | None) -> dict[str, str]:
             data = tomllib.loads(text)
         else:
             data = json.loads(text)
-    except (ValueError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
         raise RlauditError(f"--columns-file {path}: not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from None
     data = data.get("columns", data) if isinstance(data, dict) else data
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
@@ -220,10 +231,10 @@ def _run_of_source(st: Store, source: str, run: str | None, fmt: str | None) -> 
 
 def _print_ingest(r: IngestReport) -> None:
     replaced = f", {r.files_replaced} replaced by newer copies" if r.files_replaced else ""
-    console.print(f"[bold]{r.run}[/] ({r.format}): {r.rows_added:,} rows from {r.files_read} file(s), "
+    console.print(f"[bold]{_u(r.run)}[/] ({_u(r.format)}): {r.rows_added:,} rows from {r.files_read} file(s), "
                   f"{r.files_skipped} unchanged{replaced}, {r.seconds:.1f}s")
     if r.bad_records:
-        console.print(f"[yellow]warning:[/] {r.bad_records} bad record(s) quarantined in {r.quarantine}")
+        console.print(f"[yellow]warning:[/] {r.bad_records} bad record(s) quarantined in {_u(r.quarantine)}")
         for ex in r.bad_examples:
             console.print(f"  {ex}", markup=False)
     for text in r.notes:  # what the reader assumed or the logs lack: it changes what the numbers mean
@@ -248,11 +259,11 @@ def _print_store(store: Path) -> None:
     import os
 
     if os.environ.get("RLAUDIT_STORE") and Path(os.environ["RLAUDIT_STORE"]) == Path(store):
-        console.print(f"store: {store} (from RLAUDIT_STORE)", highlight=False)
+        console.print(f"store: {_u(store)} (from RLAUDIT_STORE)", highlight=False)
     elif Path(store) == Path(".rlaudit"):
-        console.print(f"store: {store}", highlight=False)
+        console.print(f"store: {_u(store)}", highlight=False)
     else:
-        console.print(f"store: {store} (other commands need --store {store}, or export RLAUDIT_STORE={store})",
+        console.print(f"store: {_u(store)} (other commands need --store {_u(store)}, or export RLAUDIT_STORE={_u(store)})",
                       highlight=False)
 
 
@@ -268,10 +279,10 @@ def print_findings(findings: list[Finding], limit: int = 30, remedies: bool = Fa
     for col in ("severity", "kind", "run", "finding" + (" / what to do" if remedies else "")):
         table.add_column(col, overflow="fold")
     for f in findings[:limit]:
-        text = _escape(f.title)
+        text = _u(f.title, 500)
         if remedies and f.get("remedy"):
-            text += f"\n[dim]-> {_escape(str(f.get('remedy')))}[/]"
-        table.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]", f.kind, f.run, text)
+            text += f"\n[dim]-> {_u(str(f.get('remedy')), 2000)}[/]"
+        table.add_row(f"[{SEVERITY_STYLE.get(f.severity, '')}]{_u(f.severity)}[/]", _u(f.kind), _u(f.run), text)
     out.print(table)
     if len(findings) > limit:
         out.print(f"... and {len(findings) - limit} more (see --json)")
@@ -302,8 +313,12 @@ def audit(
     reward_weights: WeightsOpt = None,
     detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Run only these detectors.")] = None,
     max_step: Annotated[Optional[int], typer.Option("--max-step", help="Audit only steps <= this.")] = None,
+    fail_on: Annotated[Optional[str], typer.Option(
+        "--fail-on", help="Exit 1 when a finding at or above this severity (info|low|medium|high) exists, 3 when "
+                          "none does but a detector could not run (a gate for CI).")] = None,
 ) -> None:
     """Ingest each SOURCE into the store, run every detector, write findings and a report."""
+    gate = _fail_on(fail_on)
     options = read_options(strict, think_tags, grader_input, columns, columns_file, group_size, reward_weights)
     rules = _rules(condition)
     if detector:  # before ingesting: a typo should not cost a long ingest first
@@ -324,10 +339,55 @@ def audit(
     print_findings(result.findings)
     for path, what in ((json_out, "findings"), (report, "report")):
         if path:
-            console.print(f"{what}: {path}")
+            console.print(f"{what}: {_u(path)}")
     if json_out and result.findings:
-        console.print(f"what to do about each finding: rlaudit findings {json_out}", highlight=False)
+        console.print(f"what to do about each finding: rlaudit findings {_u(json_out)}", highlight=False)
     _print_store(store)
+    failed = [f for f in result.findings if f.kind == "audit_error"]
+    if failed:  # an audit that could not run every detector must not pass for a clean one
+        console.print(f"[bold red]error:[/] {len(failed)} detector run(s) failed, the audit is incomplete; first: "
+                      f"{_u(failed[0].title, 300)}", highlight=False)
+    if gate is not None:
+        code, message = gate_status(result.findings, gate)
+        console.print(f"gate (--fail-on {gate}): {message}", highlight=False)
+        if code:
+            raise typer.Exit(code)
+    if failed:
+        raise typer.Exit(GATE_INCOMPLETE)
+
+
+#: Exit statuses of `rlaudit audit --fail-on` (documented in the README): 2 stays the user-error status.
+GATE_FAIL, GATE_INCOMPLETE = 1, 3
+
+
+def _fail_on(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from .findings import SEVERITIES
+
+    v = value.strip().lower()
+    if v not in SEVERITIES:
+        raise RlauditError(f"--fail-on must be one of {', '.join(SEVERITIES)}, got {value!r}")
+    return v
+
+
+def gate_status(found: list[Finding], threshold: str) -> tuple[int, str]:
+    """(exit status, one line) of the CI gate: 1 when a finding other than `audit_error` is at or above
+    `threshold`; else 3 when a detector could not run (an `audit_error` finding: the audit is incomplete);
+    else 0."""
+    from .findings import SEVERITY_RANK
+
+    failing = [f for f in found if f.kind != "audit_error" and SEVERITY_RANK[f.severity] >= SEVERITY_RANK[threshold]]
+    errors = [f for f in found if f.kind == "audit_error"]
+    if failing:
+        kinds = sorted({f.kind for f in failing})
+        return GATE_FAIL, (f"FAIL: {len(failing)} finding(s) at or above {threshold} ({', '.join(kinds)}); exit "
+                           f"{GATE_FAIL}")
+    if errors:
+        names = sorted({str(f.get("detector")) for f in errors})
+        return GATE_INCOMPLETE, (f"INCOMPLETE: detector(s) {', '.join(names)} could not run; exit "
+                                 f"{GATE_INCOMPLETE}")
+    return 0, f"pass: no finding at or above {threshold}"
 
 
 @app.command()
@@ -354,25 +414,35 @@ def ingest(
 
 @app.command("runs")
 def runs_cmd(
+    action: Annotated[list[str] | None, typer.Argument(
+        help="`rm NAME...` removes runs from the store; nothing lists them.", show_default=False)] = None,
     store: StoreOpt = Path(".rlaudit"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """What the store holds: rows, steps, conditions, reward signals and graders per run."""
+    """What the store holds: rows, steps, conditions, reward signals and graders per run (`runs rm NAME` removes
+    a run)."""
     st = _store(store)
+    if action:
+        if action[0] != "rm" or len(action) < 2:
+            raise RlauditError("usage: rlaudit runs [--store DIR] [--json] | rlaudit runs rm NAME... [--store DIR]")
+        for name in action[1:]:
+            st.delete(name)
+            console.print(f"removed run {_u(name)} from store {_u(store)}")
+        return
     summaries = [st.summary(r) for r in st.runs()]
     if as_json:
         out.print_json(json.dumps([s.to_json() for s in summaries]))
         return
     if not summaries:
-        console.print(f"store {store} holds no runs; add some with `rlaudit ingest DIR` or `rlaudit audit DIR`")
+        console.print(f"store {_u(store)} holds no runs; add some with `rlaudit ingest DIR` or `rlaudit audit DIR`")
         return
-    table = Table(title=f"store {store}")
+    table = Table(title=f"store {_u(store)}")
     for col in ("run", "format", "rows", "steps", "conditions", "signals", "graders"):
         table.add_column(col, overflow="fold")
     for s in summaries:
         steps = f"{s.steps[0]}..{s.steps[1]}" if s.steps else "-"
-        table.add_row(s.run, s.format, f"{s.rows:,}", steps, ", ".join(s.conditions), ", ".join(s.signals),
-                      ", ".join(s.graders))
+        table.add_row(_u(s.run), _u(s.format), f"{s.rows:,}", steps, _u(", ".join(s.conditions)),
+                      _u(", ".join(s.signals)), _u(", ".join(s.graders)))
     out.print(table)
 
 
@@ -394,8 +464,11 @@ def findings(
                                f"got {severity!r}")
     try:
         result = _read_findings(path)
-    except (OSError, KeyError, TypeError, ValueError) as exc:
-        raise RlauditError(f"{path}: not a findings JSON file ({exc})") from None
+    except (OSError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise RlauditError(f"{path}: not a findings JSON file ({type(exc).__name__}: {exc})") from None
+    bad = sorted({str(f.severity) for f in result.findings if f.severity not in SEVERITY_RANK})
+    if bad:
+        raise RlauditError(f"{path}: not a findings JSON file (unknown severity {bad[0]!r})")
     if kind is not None:
         kind = kind.strip().lower().replace("-", "_")
         known = dict(KINDS) | {f.kind: "" for f in result.findings}
@@ -440,7 +513,7 @@ def report_cmd(
             result.runs = [r for r in result.runs if r.run in run]
             result.findings = [f for f in result.findings if f.run in run]
         if not st.runs():
-            console.print(f"[yellow]note:[/] store {store} holds no runs: the report shows the findings JSON only "
+            console.print(f"[yellow]note:[/] store {_u(store)} holds no runs: the report shows the findings JSON only "
                           "(no reward curves, evidence without the stored rollouts)")
     else:
         known = st.runs()
@@ -457,7 +530,7 @@ def report_cmd(
     except OSError as exc:
         raise RlauditError(f"--out {out_path}: cannot write the report ({exc.strerror or exc})") from None
     print_findings(result.findings)
-    console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    console.print(f"report: {_u(path)} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 @app.command()
@@ -517,7 +590,7 @@ def trace_cmd(
         from .store import atomic_write_text
 
         atomic_write_text(json_out, json.dumps(jsonable(t.to_json()), indent=2, ensure_ascii=False))
-        console.print(f"trace: {json_out}")
+        console.print(f"trace: {_u(json_out)}")
 
 
 def _print_trace(t) -> None:  # noqa: ANN001 - rlaudit.attribution.Trace, imported lazily
@@ -531,7 +604,7 @@ def _print_trace(t) -> None:  # noqa: ANN001 - rlaudit.attribution.Trace, import
         return "" if any(v is None or v != v for v in pair) else f" [{fmt(pair[0])}, {fmt(pair[1])}]"
 
     traced = "" if t.direction == "up" else ", traced downwards"
-    out.print(f"[bold]{t.behavior}[/] ({t.where}{traced}) in run [bold]{t.run}[/]: {t.rollouts:,} rollouts, "
+    out.print(f"[bold]{_u(t.behavior)}[/] ({t.where}{traced}) in run [bold]{_u(t.run)}[/]: {t.rollouts:,} rollouts, "
               f"prevalence {pct(t.prevalence)}, {t.groups_used:,} of {t.groups:,} groups comparable "
               f"(compared within {t.group_key})", highlight=False)
     table = Table(title="reward signals, by selection pressure")
@@ -541,7 +614,7 @@ def _print_trace(t) -> None:  # noqa: ANN001 - rlaudit.attribution.Trace, import
     for s in t.signals:
         label = s.signal + (" (outcome)" if s.outcome else "") + (" (total)" if s.kind == "total" else "")
         style = "bold" if s.significant and s.kind != "total" else ""
-        table.add_row(f"[{style}]{label}[/]" if style else label,
+        table.add_row(f"[{style}]{_u(label)}[/]" if style else _u(label),
                       pct(s.pressure_share) + ci(s.pressure_share_ci, pct),
                       pct(s.paired_preference) + ci(s.paired_preference_ci, pct),
                       "-" if s.q_value != s.q_value else f"{s.q_value:.2g}",
@@ -557,14 +630,14 @@ def _print_trace(t) -> None:  # noqa: ANN001 - rlaudit.attribution.Trace, import
             table.add_column(col, overflow="fold")
         for name, row in sorted(rows.items(), key=lambda kv: -(kv[1]["pressure_share"] if kv[1]["pressure_share"]
                                                               == kv[1]["pressure_share"] else -1)):
-            table.add_row(name, f"{row['rollouts']:,}", pct(row["prevalence"]), pct(row["pressure_share"]),
+            table.add_row(_u(name), f"{row['rollouts']:,}", pct(row["prevalence"]), pct(row["pressure_share"]),
                           pct(row["paired_preference"][top]) + ci(tuple(row["paired_preference_ci"][top]), pct))
         out.print(table)
-    out.print(f"[{SEVERITY_STYLE[t.severity]}]{t.severity}[/]: {t.verdict}", highlight=False)
+    out.print(f"[{SEVERITY_STYLE[t.severity]}]{t.severity}[/]: {_u(t.verdict)}", highlight=False)
     for w in t.warnings:
-        out.print(f"[yellow]warning:[/] {w}", highlight=False)
+        out.print(f"[yellow]warning:[/] {_u(w)}", highlight=False)
     for e in t.evidence[:4]:
-        out.print(f"  {e.note} [dim]{e.rollout_id}[/]: {e.text[:160]!r}", highlight=False)
+        out.print(f"  {_u(e.note)} [dim]{_u(e.rollout_id)}[/]: {_u(repr(e.text[:160]))}", highlight=False)
 
 
 @app.command("probe-grader")
@@ -581,6 +654,7 @@ def probe_grader_cmd(
     repeats: Annotated[int, typer.Option("--repeats", help="Scorings of each original, to measure the "
                                          "grader's own noise (>= 3).")] = 3,
     seed: Annotated[int, typer.Option("--seed", help="Sampling and counterfactual seed.")] = 0,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds one grader call may take.")] = 120.0,
     think_tags: TagsOpt = None,
     store: StoreOpt = Path(".rlaudit"),
 ) -> None:
@@ -589,13 +663,15 @@ def probe_grader_cmd(
 
     if samples < 2:
         raise RlauditError("--samples must be at least 2")
+    if timeout <= 0:
+        raise RlauditError("--timeout must be > 0 seconds")
     config = ProbeConfig(signature=signature, samples=samples, repeats=repeats, seed=seed,
-                         tags=_think_tags(think_tags))
+                         tags=_think_tags(think_tags), timeout=timeout)
     with console.status("probing grader", spinner="dots"):
         result = probe_grader(grader, source, _store(store), config, json_out)
     verdict = "[bold red]CoT-sensitive[/]" if result["cot_sensitive"] else "[green]not CoT-sensitive[/]"
     lo, hi = result["fraction_moved_ci"]
-    console.print(f"{grader} on {result['run']} ({result['samples']} rollouts): {verdict} (p={result['p_value']:.2g}); "
+    console.print(f"{_u(grader)} on {_u(result['run'])} ({result['samples']} rollouts): {verdict} (p={result['p_value']:.2g}); "
                   f"moved beyond noise: {result['fraction_moved']:.1%} [{lo:.1%}, {hi:.1%}], "
                   f"noise {'none (deterministic)' if result['noise']['deterministic'] else 'measured'}")
     table = Table(show_lines=False)
@@ -605,12 +681,101 @@ def probe_grader_cmd(
         table.add_row(name, f"{v['moved_beyond_noise']}/{v['n']}", f"{v['mean_abs_delta']:.3g}", f"{v['p_value']:.2g}")
     console.print(table)
     if result["static_check"]["warning"]:
-        console.print(f"[yellow]warning:[/] {result['static_check']['warning']}", highlight=False)
+        console.print(f"[yellow]warning:[/] {_u(result['static_check']['warning'])}", highlight=False)
     if result["errors"]:
-        console.print(f"[yellow]warning:[/] the grader failed on {result['errors']} call(s): {result['first_error']}",
+        console.print(f"[yellow]warning:[/] the grader failed on {result['errors']} call(s): {_u(result['first_error'])}",
                       highlight=False)
     if json_out:
-        console.print(f"probe result: {json_out}")
+        console.print(f"probe result: {_u(json_out)}")
+
+
+@app.command("monitorability")
+def monitorability_cmd(
+    source: Annotated[str, typer.Argument(help="A run directory/file to ingest, or the name of a stored run.")],
+    label: Annotated[Optional[str], typer.Option("--label", help="Behaviour spec on the answer that marks a "
+                                                 "misbehaving rollout (outcome property), e.g. 're:special.?case' "
+                                                 "or 'judge:action:RUBRIC'.")] = None,
+    label_signal: Annotated[Optional[str], typer.Option("--label-signal", help="Or: a reward signal; value > "
+                                                        "--label-threshold is positive.")] = None,
+    label_threshold: Annotated[float, typer.Option("--label-threshold")] = 0.0,
+    monitor: Annotated[Optional[str], typer.Option("--monitor", help="Monitor: a behaviour spec read in each "
+                                                   "view (default: the label spec) or 'judge:RUBRIC'.")] = None,
+    llm: Annotated[Optional[str], typer.Option("--llm", help="LLM for judge monitors: openai:MODEL@URL, "
+                                               "transformers:PATH or scripted:MODULE:FUNCTION.")] = None,
+    price: Annotated[Optional[str], typer.Option("--price", help="USD per 1M tokens, INPUT/OUTPUT.")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="LLM calls in flight.")] = 8,
+    sample_per_cell: Annotated[int, typer.Option("--sample-per-cell", help="Judge monitors: rollouts per (step, "
+                                                 "condition, label).")] = 16,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the LLM requests and token counts; send "
+                                          "nothing.")] = False,
+    treated: Annotated[Optional[list[str]], typer.Option("--treated", help="Intervention: treated condition "
+                                                         "(repeatable).")] = None,
+    control: Annotated[Optional[list[str]], typer.Option("--control", help="Intervention: control condition "
+                                                         "(repeatable).")] = None,
+    onset: Annotated[Optional[int], typer.Option("--onset", help="Exposure onset step (default: from the "
+                                                 "cot_grading scan).")] = None,
+    exposed: Annotated[Optional[list[str]], typer.Option("--exposed", help="Exposed condition, with --onset "
+                                                         "(repeatable).")] = None,
+    store: StoreOpt = Path(".rlaudit"),
+    run: Annotated[Optional[str], typer.Option("--run", help="Run name when SOURCE is ingested.")] = None,
+    format: FormatOpt = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the finding as JSON here.")] = None,
+    max_step: Annotated[Optional[int], typer.Option("--max-step", help="Use only steps <= this.")] = None,
+    boot: Annotated[int, typer.Option("--boot", help="Bootstrap replicates.")] = 1000,
+) -> None:
+    """CoT monitorability of a run: g-mean² per view, verbalisation trend, and whether CoT exposure changed it."""
+    from .detectors import AuditConfig, run_detectors
+    from .findings import jsonable
+
+    if not (label or label_signal):
+        raise RlauditError("give --label SPEC or --label-signal NAME (what counts as misbehaviour)")
+    if onset is None and exposed:
+        raise RlauditError("--exposed needs --onset")
+    st = _store(store)
+    name = _run_of_source(st, source, run, format)
+    options: dict = {"label": label, "label_signal": label_signal, "label_threshold": label_threshold,
+                     "monitor": monitor, "n_boot": boot, "sample_per_cell": sample_per_cell}
+    if llm:
+        from .llm import client_from_spec
+
+        options["client"] = client_from_spec(llm, cache=st.root / "llm-cache.sqlite", concurrency=concurrency,
+                                             price=price, dry_run=dry_run)
+    if treated or control:
+        options["intervention"] = {"treated": treated or [], "control": control or []}
+    if onset is not None:
+        options["exposure"] = {"onset": onset, "conditions": exposed or []}
+    config = AuditConfig(max_step=max_step, detectors=["monitorability"], options={"monitorability": options})
+    with console.status("monitorability", spinner="dots"):
+        findings = [f for f in run_detectors(st, name, config) if f.kind in ("monitorability", "audit_error")]
+    if "client" in options:
+        console.print(options["client"].accounting.format(), highlight=False)
+    for f in findings:
+        if f.kind == "audit_error":
+            raise RlauditError(f.title)
+        out.print(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/] {f.title}", highlight=False)
+        table = Table(title=f"monitor {f.fields['monitor']['spec']!r} ({f.fields['monitor']['kind']})")
+        for col in ("view", "TPR", "TNR", "g-mean²", "95% CI", "exposure DiD (g-mean²)", "MDE"):
+            table.add_column(col)
+        for view, v in f.fields["views"].items():
+            g = v["g_mean2"]
+            dd = (v.get("exposure") or {}).get("g_mean2") or {}
+            fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+            table.add_row(view, fmt(v["tpr"]["estimate"]), fmt(v["tnr"]["estimate"]), fmt(g["estimate"]),
+                          f"[{fmt(g['ci'][0])}, {fmt(g['ci'][1])}]",
+                          "-" if not dd else f"{fmt(dd['estimate'])} [{fmt(dd['ci'][0])}, {fmt(dd['ci'][1])}]",
+                          "-" if not dd else fmt(dd.get("mde")))
+        out.print(table)
+        verbal = f.fields.get("verbalisation")
+        if verbal:
+            out.print(f"verbalisation trend: {verbal['trend']} (p={verbal['trend_p_value']:.2g}); "
+                      f"verdict: {f.fields['verdict'].replace('_', ' ')}", highlight=False)
+        if json_out:
+            from .store import atomic_write_text
+
+            atomic_write_text(json_out, json.dumps(jsonable(f.to_json()), indent=2, ensure_ascii=False))
+            console.print(f"monitorability: {json_out}")
+    if not findings:
+        out.print("no labelled rollouts with the behaviour: nothing to measure")
 
 
 # ---------------------------------------------------------------- export (data without a behaviour)
@@ -690,7 +855,7 @@ def emerging_cmd(
     add_remedies(found)
     for f in found:
         if f.kind == "audit_error":
-            console.print(f"[red]error:[/] {f.title}", highlight=False)
+            console.print(f"[red]error:[/] {_u(f.title, 500)}", highlight=False)
     keep = [f for f in rank(found) if f.kind in ("emerging_behavior", "generalization")
             and SEVERITY_RANK[f.severity] >= SEVERITY_RANK[min_severity] and (where is None or f.get("where") == where)]
     _print_emerging([f for f in keep if f.kind == "emerging_behavior"], [f for f in keep if f.kind ==
@@ -699,7 +864,7 @@ def emerging_cmd(
         from .store import atomic_write_text
 
         atomic_write_text(json_out, json.dumps(jsonable([f.to_json() for f in keep]), indent=2, ensure_ascii=False))
-        console.print(f"findings: {json_out}")
+        console.print(f"findings: {_u(json_out)}")
 
 
 def _print_emerging(behaviours: list[Finding], spread: list[Finding], run: str, limit: int) -> None:
@@ -707,9 +872,9 @@ def _print_emerging(behaviours: list[Finding], spread: list[Finding], run: str, 
         return "-" if x is None else (f"{x:.3g}" if numeric else f"{100 * x:.1f}%")
 
     if not behaviours:
-        out.print(f"[green]No emerging behaviours in run {run}.[/]")
+        out.print(f"[green]No emerging behaviours in run {_u(run)}.[/]")
         return
-    table = Table(title=f"emerging behaviours in {run} ({len(behaviours)})")
+    table = Table(title=f"emerging behaviours in {_u(run)} ({len(behaviours)})")
     for col in ("severity", "behaviour", "where", "start -> end", "ratio [95% CI]", "q", "onset", "condition "
                 "(mentions / traffic)"):
         table.add_column(col, overflow="fold")
@@ -722,10 +887,10 @@ def _print_emerging(behaviours: list[Finding], spread: list[Finding], run: str, 
             else "-"
         terms = f.get("terms") or []
         label = f["behavior"] + (f" (+{len(terms) - 1} terms)" if len(terms) > 1 else "")
-        table.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]", label, f["where"],
+        table.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]", _u(label), _u(f["where"]),
                       f"{pct(f['prevalence_start'], num)} -> {pct(f['prevalence_end'], num)}",
                       f"{f['ratio']:.2f} [{lo:.2f}, {hi:.2f}]", f"{f['q_value']:.2g}",
-                      str(f.get("onset_step", "-")), cond)
+                      str(f.get("onset_step", "-")), _u(cond))
     out.print(table)
     if len(behaviours) > limit:
         out.print(f"... and {len(behaviours) - limit} more (see --json)")
@@ -735,8 +900,8 @@ def _print_emerging(behaviours: list[Finding], spread: list[Finding], run: str, 
             table.add_column(col, overflow="fold")
         for f in spread[:limit]:
             why = f"reward {f['rewarded_by']}" if f.get("rewarded_by") else "mentions >> traffic"
-            table.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]", f["behavior"], f["source_condition"],
-                          f["target_condition"],
+            table.add_row(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/]", _u(f["behavior"]),
+                          _u(f["source_condition"]), _u(f["target_condition"]),
                           f"{pct(f['target_prevalence_start'])} -> {pct(f['target_prevalence_end'])}",
                           f"{f['correlation']:.2f} ({f['lag_steps']:g})", why)
         out.print(table)
@@ -785,7 +950,7 @@ def simulate_cmd(
                       highlight=False)
     for i in gt.legitimate:
         console.print(f"  legitimate: {'/'.join(i.terms)} from {i.signal}", highlight=False)
-    console.print(f"ground truth: {Path(out_dir) / 'ground_truth.json'}")
+    console.print(f"ground truth: {_u(Path(out_dir) / 'ground_truth.json')}")
 
 
 @app.command("bench")
@@ -816,7 +981,7 @@ def bench_cmd(
         from .store import atomic_write_text
 
         atomic_write_text(json_out, _json.dumps(jsonable(result.to_json()), indent=1))
-        console.print(f"results: {json_out}")
+        console.print(f"results: {_u(json_out)}")
 
 
 @app.command("watch")
@@ -861,25 +1026,23 @@ def watch_cmd(
     def on_poll(status) -> None:  # noqa: ANN001
         if status.waiting and status.waiting not in waiting:
             waiting.append(status.waiting)
-            console.print(f"waiting: {status.waiting}", highlight=False)
+            console.print(f"waiting: {_u(status.waiting)}", highlight=False)
         elif status.rows_added:
             console.print(f"poll {status.poll}: +{status.rows_added:,} rows, latest step {status.latest_step}",
                           highlight=False)
 
-    console.print(f"watching {source} (every {interval:g} s; Ctrl-C to stop)", highlight=False)
+    console.print(f"watching {_u(source)} (every {interval:g} s; Ctrl-C to stop)", highlight=False)
     result = watch(source, _store(store), run, format=format, options=options, conditions=rules, interval=interval,
                    until_idle=until_idle, max_polls=max_polls, config=config, alerts=manager, on_poll=on_poll)
     steps = f"steps {result.steps[0]}-{result.steps[1]}" if result.steps else "no steps"
-    out.print(f"run {result.run}: {result.rows:,} rows ({steps}) in {result.polls} poll(s), "
+    out.print(f"run {_u(result.run)}: {result.rows:,} rows ({steps}) in {result.polls} poll(s), "
               f"{len(result.alerts)} alert(s); stopped by {result.stopped_by}", highlight=False)
-    from rich.markup import escape
-
     for a in result.alerts:
-        out.print(f"  [{SEVERITY_STYLE[a.severity]}]{a.severity}[/] step {a.step}: {escape(f'[{a.kind}] {a.title}')}",
+        out.print(f"  [{SEVERITY_STYLE[a.severity]}]{a.severity}[/] step {a.step}: {_u(f'[{a.kind}] {a.title}', 500)}",
                   highlight=False)
     if result.auditor and result.auditor.errors:
         console.print(f"[yellow]warning:[/] {len(result.auditor.errors)} live-audit error(s), first: "
-                      f"{result.auditor.errors[0]}", highlight=False)
+                      f"{_u(result.auditor.errors[0])}", highlight=False)
 
 
 @app.command("mcp")
@@ -943,10 +1106,11 @@ def _usage_error_line(exc: Exception) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors (ours and usage errors) become one `error:` line and exit 2."""
+    argv = _resample_argv(list(sys.argv[1:] if argv is None else argv))
     try:
         code = app(args=argv, prog_name="rlaudit", standalone_mode=False)
     except RlauditError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {_u(exc, 5000)}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except SystemExit:
         raise
@@ -970,6 +1134,19 @@ def main(argv: list[str] | None = None) -> None:
     if isinstance(code, int) and code:  # typer returns Exit codes (e.g. Ctrl-C: 130) in non-standalone mode
         sys.exit(code)
 
+
+def _resample_argv(argv: list[str]) -> list[str]:
+    """`rlaudit resample TRANSCRIPTS ...` means `rlaudit resample run TRANSCRIPTS ...`."""
+    from .evals.cli import SUBCOMMANDS
+
+    if len(argv) >= 2 and argv[0] == "resample" and argv[1] not in SUBCOMMANDS + ("-h", "--help"):
+        return ["resample", "run", *argv[1:]]
+    return argv
+
+
+from .evals.cli import app as _resample_app  # noqa: E402 - light (typer only)
+
+app.add_typer(_resample_app, name="resample")
 
 if __name__ == "__main__":
     main()

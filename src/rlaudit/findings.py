@@ -23,6 +23,8 @@ KINDS: dict[str, str] = {
     "reward_attribution": "attribution",
     "cot_grading": "cot_grading",
     "reward_health": "reward_health",
+    "training_health": "training_health",
+    "monitorability": "monitorability",
     "behavior_spread": "live",
     "audit_error": "any",
 }

@@ -36,6 +36,7 @@ import asyncio
 import importlib
 import importlib.util
 import inspect
+import threading
 import json
 import math
 import re
@@ -69,6 +70,7 @@ class ProbeConfig:
     seed: int = 0
     tags: ThinkTags = field(default_factory=ThinkTags)
     batch_size: int = 64
+    timeout: float = 120.0  # seconds one grader call may take before the probe gives up on the grader
 
 
 @dataclass
@@ -103,7 +105,7 @@ def load_grader(spec: str) -> Callable[..., Any]:
             module = importlib.import_module(module_name)
     except RlauditError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any import failure is the user's module, say so clearly
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any import failure is the user's module: say so
         raise RlauditError(f"cannot import grader module {module_name!r}: {type(exc).__name__}: {exc}") from None
     obj: Any = module
     for part in attr.split("."):
@@ -200,7 +202,7 @@ class GraderCaller:
     """Calls a grader with the TRL or verl signature; remembers which completion form (string or message list)
     a TRL function accepts."""
 
-    def __init__(self, fn: Callable[..., Any], signature: str, batch_size: int = 64):
+    def __init__(self, fn: Callable[..., Any], signature: str, batch_size: int = 64, timeout: float | None = None):
         if signature not in ("trl", "verl", "auto"):
             raise RlauditError(f"--signature must be trl, verl or auto, got {signature!r}")
         self.fn = fn
@@ -209,6 +211,37 @@ class GraderCaller:
         self.conversational: bool | None = None
         self.errors = 0
         self.first_error: str | None = None
+        self.timeout = timeout
+
+    def _invoke(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the grader: a `sys.exit` inside it is an error of that call (not the end of rlaudit), and a call
+        that takes longer than `timeout` seconds ends the probe with an error (the stuck call is abandoned)."""
+        def call() -> Any:
+            try:
+                result = self.fn(*args, **kwargs)
+                return asyncio.run(_awaited(result)) if inspect.isawaitable(result) else result
+            except SystemExit as exc:
+                raise RuntimeError(f"the grader called sys.exit({exc.code!r})") from None
+
+        if not self.timeout:
+            return call()
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["value"] = call()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                box["error"] = exc
+
+        worker = threading.Thread(target=run, name="rlaudit-grader", daemon=True)
+        worker.start()
+        worker.join(self.timeout)
+        if worker.is_alive():
+            raise RlauditError(f"the grader did not return within {self.timeout:g} s (hanging?); pass --timeout "
+                               "SECONDS to allow longer calls")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
 
     def __call__(self, rows: list[Rollout], completions: list[str]) -> np.ndarray:
         if self.signature == "verl":
@@ -227,9 +260,7 @@ class GraderCaller:
             prompts = [[{"role": "user", "content": r.prompt}] if conversational else r.prompt for r in rows]
             comps = [[{"role": "assistant", "content": c}] if conversational else c for c in completions]
             try:
-                result = self.fn(prompts=prompts, completions=comps, completion_ids=None, **kwargs)
-                if inspect.isawaitable(result):
-                    result = asyncio.run(_awaited(result))
+                result = self._invoke(prompts=prompts, completions=comps, completion_ids=None, **kwargs)
                 values = [_number(v) for v in result]
                 if len(values) != len(rows):
                     raise RlauditError(f"grader returned {len(values)} scores for {len(rows)} completions")
@@ -245,10 +276,12 @@ class GraderCaller:
 
     def _verl(self, r: Rollout, completion: str) -> float:
         try:
-            result = self.fn(r.task or "unknown", completion, _ground_truth(r.metadata), r.metadata)
+            result = self._invoke(r.task or "unknown", completion, _ground_truth(r.metadata), r.metadata)
             if isinstance(result, dict):
                 result = result.get("score", result.get("reward"))
             return _number(result)
+        except RlauditError:
+            raise
         except Exception as exc:  # noqa: BLE001 - one failing input must not abort the probe
             self.errors += 1
             self.first_error = self.first_error or f"{type(exc).__name__}: {exc}"
@@ -299,12 +332,15 @@ def probe(fn: Callable[..., Any], rows: list[Rollout], config: ProbeConfig | Non
     config = config or ProbeConfig()
     if config.repeats < 3:
         raise RlauditError("--repeats must be at least 3 (two re-scorings estimate the grader's noise)")
-    call = GraderCaller(fn, config.signature, config.batch_size)
+    call = GraderCaller(fn, config.signature, config.batch_size, config.timeout)
     texts = counterfactuals(rows, config.tags, config.seed)
     originals = np.stack([call(rows, texts["original"]) for _ in range(config.repeats)])
     unclosed = np.stack([call(rows, texts["unclosed_original"]) for _ in range(2)])
     if np.isnan(originals).all():
-        raise RlauditError(f"the grader failed on every rollout ({call.first_error})")
+        if call.first_error:
+            raise RlauditError(f"the grader failed on every rollout ({call.first_error})")
+        raise RlauditError("the grader returned no score (NaN or None) for any rollout: nothing to compare, so "
+                           "whether it reads the reasoning cannot be told")
     scores = {v: call(rows, texts[v]) for v in VARIANTS}
     base = {v: (unclosed[0] if v.startswith("unclosed") else originals[0]) for v in VARIANTS}
 
@@ -343,6 +379,9 @@ def probe(fn: Callable[..., Any], rows: list[Rollout], config: ProbeConfig | Non
                           "mean_abs_delta_ci": list(bootstrap_mean_ci(absd, seed=config.seed)),
                           "mean_delta": float(d[ok].mean()) if n else math.nan,
                           "p_moved": float(p_moved), "p_magnitude": p_sign, "p_value": p}
+    if not any(per_variant[v]["n"] for v in VARIANTS):
+        raise RlauditError("the grader returned no score (NaN or None) on any counterfactual rollout: whether it "
+                           "reads the reasoning cannot be told")
     p_min = min(p_values)
     p_overall = min(1.0, p_min * len(VARIANTS))
     all_abs = np.concatenate(deltas)

@@ -9,6 +9,7 @@ is written from the finding's own fields and evidence:
 - `emerging_behavior`, `generalization`, `behavior_spread`: which rollouts to filter out of data reused for SFT
   or distillation (`rlaudit export RUN --exclude SPEC`), and where to look for the cause;
 - `reward_health`: which reward component to fix, and how it is broken;
+- `training_health`: the setting to change in the trainer that wrote the run (`rlaudit.health.settings`);
 - `audit_error`: what did not run.
 
 The remedy is a field of the finding JSON (`"remedy": "..."`), a line of the report card and of the CLI table.
@@ -192,10 +193,41 @@ def _reward_health(f: Finding) -> str:
             "trusted; re-score those rollouts or exclude them from data reused for SFT.")
 
 
+_TRAINERS = {"trl": "TRL GRPOConfig", "verl": "verl", "prime-rl": "prime-rl"}
+
+
+def _training_health(f: Finding) -> str:
+    from .health.settings import setting_for
+
+    check, trainer = str(f.get("check") or ""), str(f.get("trainer") or "")
+    key = f"{check}_{f.get('direction')}" if check == "zero_variance" else check
+    if check == "zero_variance" and f.get("direction") not in ("all_correct", "all_wrong"):
+        key = "zero_variance_all_correct"
+    advice = setting_for(key, trainer)
+    if not advice:
+        return (f"Check the training setup behind {check or 'this check'}: the finding's statistics and per-step "
+                "series show when it started.")
+    who = f"In {_TRAINERS[trainer]}: " if trainer in _TRAINERS else ""
+    since = f" (from step {f['onset_step']})" if f.get("onset_step") is not None else ""
+    return f"{who}{advice[0].upper()}{advice[1:]}{since}."
+
+
 def _audit_error(f: Finding) -> str:
     det = f.get("detector") or "a detector"
     return (f"Detector {det!r} did not run on this run, so its checks are missing: see the traceback in the "
             "findings JSON (and report it), or audit with the other detectors (--detector).")
+
+
+def _monitorability(f: Finding) -> str:
+    exposure = f.get("exposure") or {}
+    if f.get("verdict") != "drop":
+        return ("Nothing to fix from this measurement; re-check as training goes on (`rlaudit monitorability RUN "
+                "--label SPEC`), and with an LLM judge monitor (`--monitor judge:RUBRIC --llm ...`) when a "
+                "rule-based monitor is too blunt for the behaviour.")
+    graders = ", ".join(repr(g) for g in exposure.get("graders") or []) or "the exposed grader"
+    return (f"Strip the reasoning from what {graders} sees (rlaudit.capture shows what it receives), and do not rely "
+            f"on CoT monitors for this behaviour in checkpoints after step {exposure.get('onset')}: monitor the "
+            "actions too, and re-check monitorability once the grader is fixed.")
 
 
 def _generic(f: Finding) -> str:
@@ -209,5 +241,7 @@ _WRITERS = {
     "generalization": _generalization,
     "behavior_spread": _behavior_spread,
     "reward_health": _reward_health,
+    "training_health": _training_health,
+    "monitorability": _monitorability,
     "audit_error": _audit_error,
 }

@@ -5,15 +5,19 @@ Layout of a store directory (default `.rlaudit/`)::
     runs/<run>/run.json            manifest: source, format, options, one entry per ingested source file
     runs/<run>/parts/*.parquet     canonical rows; one part per source file (or per live append)
     runs/<run>/quarantine.jsonl    bad records with file, line, reason and the raw text
-    runs/<run>/derived/*.parquet   cached derived tables (tokens, per-step counts), keyed by store version
+    runs/<run>/derived/            cached derived data: per part (tokens/, cot_scan/) or per store version
 
 Guarantees:
 - *Idempotent*: a source file already ingested with the same size and mtime (or, failing that, the same SHA-256)
   is skipped, so ingesting the same files twice adds nothing.
 - *Incremental*: only new or changed files are read; a changed file's rows replace its old rows.
-- *Atomic*: a part is written to a temporary name and renamed; the manifest is replaced with `os.replace` after
-  its parts exist. Readers only see parts listed in the manifest, so a crash mid-ingest leaves the previous state
-  readable; orphaned parts are removed by the next ingest.
+- *Atomic*: an ingest is one version. Its parts are written under new names, and the manifest is replaced once,
+  with `os.replace`, after all of them exist. Readers only see parts listed in the manifest they read, so a killed
+  or failed ingest leaves the previous version whole (a first ingest leaves no run at all); parts it wrote but
+  never committed are removed by the next ingest.
+- *Snapshots*: a part a new version no longer lists is *retired*, not deleted: it is deleted only once no reader
+  holds a lease on an older version (`Store.reading`) and it has been retired for `retire_grace` seconds (for
+  readers that hold no lease). A reader therefore never finds a part of its version gone.
 - *Streaming*: rows flow from reader to Parquet writer in bounded batches; memory does not grow with run size.
 """
 
@@ -109,6 +113,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _sha256_or_none(path: Path) -> str | None:
+    try:
+        return _sha256(path)
+    except OSError:
+        return None
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -120,8 +131,12 @@ def _sha256(path: Path) -> str:
 class Store:
     """A directory of runs. All front ends (CLI, report, live hooks, Python API) go through this class."""
 
+    #: Seconds a retired part (one a newer version no longer lists) is kept for readers that hold no lease.
+    retire_grace: float = 120.0
+
     def __init__(self, root: str | Path = ".rlaudit"):
         self.root = Path(root)
+        self._pinned: dict[str, dict[str, Any]] = {}  # run -> manifest a `reading` block reads
 
     # ------------------------------------------------------------------ paths and manifests
     def run_dir(self, run: str) -> Path:
@@ -131,35 +146,74 @@ class Store:
         base = self.root / "runs"
         if not base.is_dir():
             return []
-        return sorted(p.name for p in base.iterdir() if (p / MANIFEST).is_file())
+        return sorted(p.name for p in base.iterdir() if not p.name.startswith(".") and (p / MANIFEST).is_file())
 
     def has_run(self, run: str) -> bool:
         return (self.run_dir(run) / MANIFEST).is_file()
 
     def manifest(self, run: str) -> dict[str, Any]:
+        """The run's manifest: the version pinned by an enclosing `reading` block, else the latest."""
+        pinned = self._pinned.get(run)
+        if pinned is not None:
+            return pinned
+        return self._read_manifest(run)
+
+    def _read_manifest(self, run: str) -> dict[str, Any]:
         path = self.run_dir(run) / MANIFEST
         if not path.is_file():
             known = ", ".join(self.runs()) or "none"
             raise RlauditError(f"no run {run!r} in store {self.root} (runs: {known})")
         try:
             return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RlauditError(f"{path}: corrupt manifest ({exc})") from None
+        except FileNotFoundError:  # removed since is_file (`runs rm`)
+            raise RlauditError(f"no run {run!r} in store {self.root}") from None
+
+    # ------------------------------------------------------------------ reader leases (snapshots)
+    @contextlib.contextmanager
+    def reading(self, runs: list[str] | None = None) -> Iterator[dict[str, dict[str, Any]]]:
+        """Read a consistent version of `runs` (default: all): inside the block `manifest`, `parts` and
+        `connect` see the version read on entry, and no part of it is deleted while the block lasts, whatever
+        ingests commit meanwhile (their retired parts wait for the lease). Yields run -> pinned manifest."""
+        names = list(runs) if runs is not None else self.runs()
+        leases: list[_Lease] = []
+        pinned: dict[str, dict[str, Any]] = {}
+        try:
+            for run in names:
+                if run in self._pinned:
+                    continue
+                lease = _Lease.acquire(self, run)
+                leases.append(lease)
+                if lease.manifest is not None:
+                    pinned[run] = lease.manifest
+            self._pinned.update(pinned)
+            yield dict(self._pinned)
+        finally:
+            for run in pinned:
+                self._pinned.pop(run, None)
+            for lease in leases:
+                lease.release()
+
+    def lease(self, run: str) -> "_Lease":
+        """A lease on the run's current version (see `reading`); call `release()` when done."""
+        return _Lease.acquire(self, run)
 
     def _write_manifest(self, run: str, manifest: dict[str, Any]) -> None:
         manifest["version"] = int(manifest.get("version", 0)) + 1
         manifest["updated"] = time.time()
         atomic_write_text(self.run_dir(run) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
 
-    def parts(self, run: str) -> list[Path]:
+    def parts(self, run: str, manifest: dict[str, Any] | None = None) -> list[Path]:
         """Parquet parts of a run, as listed in its manifest (the only parts readers may see)."""
-        m = self.manifest(run)
+        m = manifest if manifest is not None else self.manifest(run)
         d = self.run_dir(run) / "parts"
         return [d / entry["part"] for entry in m["files"].values() if entry.get("part")]
 
-    def part_layouts(self, run: str) -> dict[str, int]:
+    def part_layouts(self, run: str, manifest: dict[str, Any] | None = None) -> dict[str, int]:
         """Part file name -> its layout (`rlaudit.layout`; parts from before layouts were recorded are 1)."""
-        return {e["part"]: int(e.get("layout", 1)) for e in self.manifest(run)["files"].values() if e.get("part")}
+        m = manifest if manifest is not None else self.manifest(run)
+        return {e["part"]: int(e.get("layout", 1)) for e in m["files"].values() if e.get("part")}
 
     def fingerprint(self, run: str) -> str:
         """Changes whenever the run's rows change: the key of derived-data caches."""
@@ -204,8 +258,14 @@ class Store:
             if not files:
                 raise RlauditError(f"{source}: no {reader.name} rollout files found ({reader.description})")
             report = IngestReport(run=run, format=reader.name)
+            dedupe_notes: dict[str, str] = {}
+            files = self._distinct_files(files, manifest, dedupe_notes)
             labeler = ConditionLabeler(rules=conditions or [], labels=dict(manifest.get("conditions", {})))
             qpath = self.run_dir(run) / "quarantine.jsonl"
+            # this ingest's bad records: moved into the quarantine file when the ingest commits, so a failed or
+            # killed ingest adds nothing to it
+            qpending = self.run_dir(run) / f".quarantine.{os.getpid()}.{threading.get_ident()}.pending"
+            qpending.unlink(missing_ok=True)
             bad_buffer: list[BadRecord] = []
             bad_by_file: dict[str, int] = {}
             bad_lock = threading.Lock()
@@ -220,6 +280,8 @@ class Store:
 
             ctx = ReadContext(run=run, options=options, labeler=labeler, on_bad=on_bad,
                               notes=_notes(manifest))
+            for key, text in dedupe_notes.items():
+                ctx.note(text, key=key)
             reader.prepare(source, ctx)
             self._remove_orphans(run, manifest)
             todo = [f for f in files if not self._unchanged(manifest, f)]
@@ -233,30 +295,36 @@ class Store:
             # A pipeline across files: one thread reads (parses) the files in order, one labels and splits the
             # rows (finalize), and this thread writes the parts. Parsing, the compute kernels and Parquet
             # writing release the GIL, so the three stages overlap.
-            stream = prefetch(_part_tables(prefetch(_raw_tables(reader, todo, ctx), depth=4), ctx), depth=4)
-            last_save = time.monotonic()
+            unreadable: set[str] = set()
+            stream = prefetch(_part_tables(prefetch(_raw_tables(reader, todo, ctx, unreadable), depth=4), ctx),
+                              depth=4)
             with contextlib.closing(stream):  # an error here stops the reading thread too
                 for i, file in enumerate(todo):
                     entry = self._ingest_file(run, file, _tables_of(stream, file), manifest)
                     report.files_replaced += self._drop_replaced(manifest, file)
+                    if file.relpath in unreadable:  # not recorded as read: the next ingest tries it again
+                        entry["size"] = entry["mtime_ns"] = entry["sha256"] = None
                     with bad_lock:
                         entry["bad"] = bad_by_file.get(file.relpath, 0)
                         done_bad = [r for r in bad_buffer if r.file == file.relpath]
                         bad_buffer[:] = [r for r in bad_buffer if r.file != file.relpath]
                     if done_bad:
-                        self._quarantine(qpath, done_bad)
+                        self._quarantine(qpending, done_bad)
                     report.files_read += 1
                     report.rows_added += entry["rows"]
                     # a copy (taken atomically under the GIL): the finalize thread may add labels meanwhile
                     manifest["conditions"] = dict(labeler.labels)
-                    if time.monotonic() - last_save > 2.0:
-                        self._commit(run, manifest)
-                        last_save = time.monotonic()
                     if progress:
                         progress(report.files_skipped + i + 1, len(files), report.rows_added)
             manifest["conditions"] = dict(labeler.labels)
             manifest["notes"] = [[key, text] for key, text in ctx.notes.items()]  # pairs: the manifest sorts keys
-            self._commit(run, manifest)
+            try:
+                self._commit(run, manifest)  # the one moment this ingest becomes visible
+                if qpending.is_file():
+                    with open(qpending, "rb") as src, open(qpath, "ab") as dst:
+                        dst.write(src.read())
+            finally:
+                qpending.unlink(missing_ok=True)
         report.notes = list(ctx.notes.values())
         if report.bad_records:
             report.quarantine = str(qpath)
@@ -271,7 +339,7 @@ class Store:
         table = from_canonical(table)
         with self._lock(run):
             if self.has_run(run):
-                manifest = self.manifest(run)
+                manifest = self._read_manifest(run)
             else:
                 manifest = self._new_manifest(run, source, format, ReadOptions(), [])
             part = self._part_name(key)
@@ -279,9 +347,9 @@ class Store:
             old = manifest["files"].get(key, {}).get("part")
             manifest["files"][key] = {"part": part, "rows": table.num_rows, "size": None, "mtime_ns": None,
                                       "sha256": None, "bad": 0, "layout": LAYOUT}
-            self._commit(run, manifest)
             if old and old != part:
-                (self.run_dir(run) / "parts" / old).unlink(missing_ok=True)
+                manifest.setdefault("_stale", []).append(old)
+            self._commit(run, manifest)
         return table.num_rows
 
     def _new_manifest(self, run: str, source: str, fmt: str, options: ReadOptions,
@@ -293,13 +361,14 @@ class Store:
                         rules: list[ConditionRule]) -> dict[str, Any]:
         if not self.has_run(run):
             return self._new_manifest(run, str(source), fmt, options, rules)
-        m = self.manifest(run)
+        m = self._read_manifest(run)
         if m["source"] not in (str(source), "live"):
             raise RlauditError(
                 f"run {run!r} in {self.root} already holds {m['source']}; pass --run NAME to store {source} "
                 "under another name")
         if m["format"] not in (fmt, "live"):
-            raise RlauditError(f"run {run!r} was ingested as {m['format']}, not {fmt}; pass --run NAME")
+            raise RlauditError(f"run {run!r} was ingested as {m['format']}, not {fmt}; pass --run NAME, or remove "
+                               f"the stored run with `rlaudit runs rm {run}` and ingest again")
         wanted = _options_json(options, rules)
         if m.get("options") != wanted:  # rows depend on options: re-read everything with the new ones
             for entry in m["files"].values():
@@ -314,22 +383,35 @@ class Store:
         entry = manifest["files"].get(file.relpath)
         if not entry or entry.get("size") is None:
             return False
-        st = file.path.stat()
+        run = manifest.get("name")
+        if run and entry.get("part") and not (self.run_dir(run) / "parts" / entry["part"]).is_file():
+            return False  # its part was lost: read the file again (repairs the run)
+        try:
+            st = file.path.stat()
+        except OSError:
+            return False
         if entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns:
             return True
-        if entry["size"] == st.st_size and entry.get("sha256") == _sha256(file.path):
+        if entry["size"] == st.st_size and entry.get("sha256") == _sha256_or_none(file.path):
             entry["mtime_ns"] = st.st_mtime_ns  # touched or copied, same bytes
             return True
         return False
 
     def _ingest_file(self, run: str, file: SourceFile, tables: Iterator[pa.Table],
                      manifest: dict[str, Any]) -> dict[str, Any]:
-        st = file.path.stat()
+        try:
+            st = file.path.stat()
+        except OSError:
+            st = None
         part = self._part_name(file.relpath)
         rows = self._write_part(run, part, tables)
         old = manifest["files"].get(file.relpath, {}).get("part")
-        entry = {"part": part if rows else None, "rows": rows, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                 "sha256": _sha256(file.path), "layout": LAYOUT}
+        try:
+            digest = _sha256(file.path)
+        except OSError:
+            digest = st = None  # unreadable or gone: recorded as not read, so the next ingest tries again
+        entry = {"part": part if rows else None, "rows": rows, "size": st.st_size if st else None,
+                 "mtime_ns": st.st_mtime_ns if st else None, "sha256": digest, "layout": LAYOUT}
         manifest["files"][file.relpath] = entry
         if not rows:
             (self.run_dir(run) / "parts" / part).unlink(missing_ok=True)
@@ -372,20 +454,130 @@ class Store:
         return rows
 
     def _commit(self, run: str, manifest: dict[str, Any]) -> None:
-        stale = manifest.pop("_stale", [])
+        """Publish `manifest` as the run's next version. Parts it no longer lists are retired, and retired parts
+        no reader can still need (no lease on an older version, retired for `retire_grace` s) are deleted."""
+        version = int(manifest.get("version", 0)) + 1
+        listed = {e.get("part") for e in manifest["files"].values()}
+        now = time.time()
+        retired = [r for r in manifest.get("retired", []) if r[0] not in listed]
+        retired += [[name, version, now] for name in manifest.pop("_stale", []) if name not in listed]
+        oldest = self._oldest_lease(run)
+        keep, gone = [], []
+        for name, since, when in retired:
+            if (oldest is not None and oldest < since) or now - when < self.retire_grace:
+                keep.append([name, since, when])
+            else:
+                gone.append(name)
+        manifest["retired"] = keep
         self._write_manifest(run, manifest)
-        for name in stale:  # only after the manifest no longer lists them
-            (self.run_dir(run) / "parts" / name).unlink(missing_ok=True)
+        for name in gone:  # only after the manifest no longer lists them
+            with contextlib.suppress(OSError):
+                (self.run_dir(run) / "parts" / name).unlink(missing_ok=True)
+
+    def _oldest_lease(self, run: str) -> int | None:
+        """The oldest version a live reader holds a lease on (None: no reader). Leases of dead processes (their
+        lock is free) are removed."""
+        d = self.run_dir(run) / "leases"
+        if not d.is_dir():
+            return None
+        oldest: int | None = None
+        for path in d.iterdir():
+            if path.name.startswith("."):
+                continue
+            try:
+                with open(path, "r+") as fh:
+                    try:
+                        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:  # held: a live reader
+                        text = fh.read().strip()
+                        version = int(text) if text.isdigit() else 0
+                        oldest = version if oldest is None else min(oldest, version)
+                        continue
+                    path.unlink(missing_ok=True)  # nobody holds it: its reader died
+            except OSError:
+                continue
+        return oldest
 
     def _remove_orphans(self, run: str, manifest: dict[str, Any]) -> None:
-        """Delete parts a crashed ingest wrote but never committed."""
+        """Delete parts (and pending quarantine files) a crashed or failed ingest wrote but never committed."""
         d = self.run_dir(run) / "parts"
+        for p in self.run_dir(run).glob(".quarantine.*.pending"):
+            p.unlink(missing_ok=True)
         if not d.is_dir():
             return
         listed = {e.get("part") for e in manifest["files"].values()}
+        listed |= {r[0] for r in manifest.get("retired", [])}  # still readable by older snapshots
         for p in d.iterdir():
             if p.name not in listed:
                 p.unlink(missing_ok=True)
+
+    def _distinct_files(self, files: list[SourceFile], manifest: dict[str, Any],
+                        notes: dict[str, str]) -> list[SourceFile]:
+        """`files` without the ones that would ingest the same rollouts twice: a file inside the store itself
+        (a store placed in the source directory), a file reached again through a symlink (or a symlink loop),
+        and a file whose bytes repeat another's (`1.jsonl` beside `01.jsonl`). Each skip is noted."""
+        store_root = self.root.resolve()
+        inside, linked, copies = [], [], []
+        seen: dict[Path, str] = {}
+        out: list[SourceFile] = []
+        for f in files:
+            try:
+                real = f.path.resolve(strict=True)
+            except (OSError, RuntimeError):
+                out.append(f)  # unreadable: the reader reports it
+                continue
+            if real == store_root or store_root in real.parents:
+                inside.append(f.relpath)
+                continue
+            if real in seen:
+                linked.append(f"{f.relpath} (= {seen[real]})")
+                continue
+            seen[real] = f.relpath
+            out.append(f)
+        related = {r for f in out for r in f.replaces} | {f.relpath for f in out if f.replaces}
+        by_size: dict[int, list[SourceFile]] = {}
+        for f in out:
+            if f.relpath in related:
+                continue
+            with contextlib.suppress(OSError):
+                size = f.path.stat().st_size
+                if size:
+                    by_size.setdefault(size, []).append(f)
+        drop: set[str] = set()
+        for group in by_size.values():
+            if len(group) < 2:
+                continue
+            first: dict[str, str] = {}
+            for f in group:
+                digest = self._digest(manifest, f)
+                if digest is None:
+                    continue
+                if digest in first:
+                    drop.add(f.relpath)
+                    copies.append(f"{f.relpath} (= {first[digest]})")
+                else:
+                    first[digest] = f.relpath
+        out = [f for f in out if f.relpath not in drop]
+        if inside:
+            notes["skip:store"] = (f"skipped {len(inside)} file(s) inside the store {self.root} itself (e.g. "
+                                   f"{inside[0]}): a store inside the source directory would re-ingest its parts")
+        if linked:
+            notes["skip:links"] = (f"skipped {len(linked)} file(s) reached twice through symbolic links, e.g. "
+                                   f"{linked[0]}")
+        if copies:
+            notes["skip:copies"] = (f"skipped {len(copies)} file(s) whose bytes repeat another file's, e.g. "
+                                    f"{copies[0]}: the same rollouts are ingested once")
+        return out
+
+    def _digest(self, manifest: dict[str, Any], file: SourceFile) -> str | None:
+        entry = manifest["files"].get(file.relpath) or {}
+        try:
+            st = file.path.stat()
+            if entry.get("sha256") and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+                return entry["sha256"]
+            return _sha256(file.path)
+        except OSError:
+            return None
 
     @staticmethod
     def _quarantine(path: Path, records: list[BadRecord]) -> None:
@@ -405,9 +597,18 @@ class Store:
         return out
 
     def delete(self, run: str) -> None:
+        """Remove a run (`rlaudit runs rm`). The run disappears at once (its directory is renamed aside under the
+        run's lock, so no ingest is half-way through it); its files are removed after."""
         import shutil
 
-        shutil.rmtree(self.run_dir(run), ignore_errors=False)
+        if not self.has_run(run):
+            known = ", ".join(self.runs()) or "none"
+            raise RlauditError(f"no run {run!r} in store {self.root} (runs: {known})")
+        d = self.run_dir(run)
+        trash = d.with_name(f".deleted-{run}-{time.time_ns():x}")
+        with self._lock(run):
+            os.replace(d, trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
     # ------------------------------------------------------------------ queries
     def connect(self, runs: list[str] | None = None) -> duckdb.DuckDBPyConnection:
@@ -415,10 +616,15 @@ class Store:
         (one row per rollout and reward signal)."""
         con = duckdb.connect()
         con.execute("SET enable_progress_bar = false")  # front ends draw their own progress
+        bound_memory(con, self.root)
         by_layout: dict[int, list[str]] = {}
         for r in runs if runs is not None else self.runs():
-            layouts = self.part_layouts(r)
-            for p in self.parts(r):
+            m = self.manifest(r)  # read once: parts and layouts of one version
+            layouts = self.part_layouts(r, m)
+            for p in self.parts(r, m):
+                if not p.is_file():
+                    raise RlauditError(f"run {r!r}: part file {p} is missing; ingest its source again to repair it "
+                                       f"(`rlaudit ingest {m.get('source', 'SOURCE')} --run {r}`)")
                 by_layout.setdefault(layouts.get(p.name, 1), []).append(str(p))
         selects = [f"SELECT {view_columns(layout)} FROM read_parquet({_sql_list(paths)})"
                    for layout, paths in sorted(by_layout.items())]
@@ -461,23 +667,116 @@ class Store:
         """A derived table cached per run version: computed once, reused by every detector that asks."""
         d = self.run_dir(run) / "derived"
         path = d / f"{name}-{self.fingerprint(run)}.parquet"
-        if path.is_file():
+        with contextlib.suppress(FileNotFoundError):  # another process may replace it meanwhile
             return pq.read_table(path)
         table = compute()
-        d.mkdir(parents=True, exist_ok=True)
-        for old in d.glob(f"{name}-*.parquet"):
-            old.unlink(missing_ok=True)
-        tmp = d / f".{path.name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        # The cache is an optimisation: a store that cannot be written (read-only, full) still gets the table.
+        # Each writer has its own temporary name, so concurrent audits never write over each other's file.
+        tmp = d / f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp"
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+            for old in d.glob(f"{name}-*.parquet"):
+                if old.name != path.name:
+                    old.unlink(missing_ok=True)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
         return table
 
 
-def _raw_tables(reader: Any, files: list[SourceFile], ctx: ReadContext) -> Iterator[tuple[SourceFile, Any]]:
-    """(file, raw table) for every file in order, then (file, None) to mark the end of that file."""
+def write_cached(path: Path, table: pa.Table, **parquet: Any) -> Path | pa.Table:
+    """Write a derived table beside the run and return its path; where the store cannot be written (read-only,
+    full, removed) return the table itself, for the caller to keep in memory: a cache is an optimisation, never a
+    reason for a detector to fail. Each writer has a temporary name of its own, so concurrent audits never write
+    over each other's file, and readers see the whole file or none (atomic rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, tmp, **parquet)
+        os.replace(tmp, path)
+        return path
+    except OSError:
+        return table
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+class _Lease:
+    """A reader's claim on one version of a run: a file in `runs/<run>/leases/` holding the version, locked
+    (`flock`) for as long as the reader lives, so a dead reader's lease is recognised and dropped."""
+
+    def __init__(self, path: Path | None, fh: Any, manifest: dict[str, Any] | None):
+        self.path, self._fh, self.manifest = path, fh, manifest
+
+    @classmethod
+    def acquire(cls, store: Store, run: str) -> _Lease:
+        if not store.has_run(run):
+            return cls(None, None, None)
+        d = store.run_dir(run) / "leases"
+        name = f"{os.getpid()}-{threading.get_ident()}-{time.time_ns():x}"
+        fh = None
+        try:
+            d.mkdir(exist_ok=True)
+            tmp = d / f".{name}"
+            fh = open(tmp, "w+")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.write("0")  # "any version" until the manifest is read: nothing may be deleted meanwhile
+            fh.flush()
+            os.replace(tmp, d / name)
+        except OSError:  # a read-only store: nothing can be deleted from it either
+            if fh is not None:
+                fh.close()
+            fh = None
+        manifest = store._read_manifest(run)
+        if fh is not None:
+            fh.seek(0)
+            fh.write(str(int(manifest.get("version", 0))))
+            fh.truncate()
+            fh.flush()
+        return cls(d / name if fh is not None else None, fh, manifest)
+
+    def release(self) -> None:
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink(missing_ok=True)
+            self._fh.close()
+            self._fh = None
+
+
+#: DuckDB's memory limit for the store's connections (`RLAUDIT_DUCKDB_MEMORY`, e.g. "2GB"). DuckDB's default is
+#: 80% of the machine's RAM, so on a big run its hash tables and temp tables grow with the run; with a limit it
+#: spills them to `<store>/.tmp` instead, and the audit's peak memory stays bounded whatever the run size.
+DUCKDB_MEMORY = "1GB"
+
+
+def bound_memory(con: duckdb.DuckDBPyConnection, root: str | Path | None = None) -> None:
+    """Set the memory limit (and, given a store root, the spill directory) of a DuckDB connection."""
+    con.execute(f"SET memory_limit = '{os.environ.get('RLAUDIT_DUCKDB_MEMORY', DUCKDB_MEMORY)}'")
+    if root is not None:
+        tmp = Path(root) / ".tmp"
+        with contextlib.suppress(OSError):
+            tmp.mkdir(parents=True, exist_ok=True)
+            con.execute(f"SET temp_directory = '{str(tmp).replace(chr(39), chr(39) * 2)}'")
+
+
+def _raw_tables(reader: Any, files: list[SourceFile], ctx: ReadContext,
+                unreadable: set[str] | None = None) -> Iterator[tuple[SourceFile, Any]]:
+    """(file, raw table) for every file in order, then (file, None) to mark the end of that file. A file that
+    cannot be read (permissions, I/O error, removed meanwhile) is a bad record, not the end of the ingest; it is
+    listed in `unreadable` so that the next ingest tries it again."""
     for file in files:
-        for raw in reader.read(file, ctx):
-            yield file, raw
+        try:
+            for raw in reader.read(file, ctx):
+                yield file, raw
+        except OSError as exc:
+            if unreadable is not None:
+                unreadable.add(file.relpath)
+            ctx.bad(file, None, f"unreadable file ({exc.strerror or exc})")
         yield file, None
 
 

@@ -1,11 +1,11 @@
 """Per-rollout term sets: which words and n-grams (1-3 tokens) each rollout's answer and reasoning contain.
 
 Discovery of emerging behaviours, cross-condition generalisation, attribution and live alerts all ask the same
-question of every rollout ("does it say X?"), so the answer is computed once per run version and cached with
-`Store.derived` (recomputed only when the run's rows change; an audit limited by `max_step` or `split` filters
-the cached rows instead of recomputing them).
+question of every rollout ("does it say X?"), so the answer is computed once per stored part and cached beside
+the run (`term_sets`: an appended step adds only its own part's data; an audit limited by `max_step` or `split`
+filters the cached rows instead of recomputing them).
 
-Two derived tables:
+Derived data (`TermSets`):
 
 - `term-vocab`: the candidate terms (term_id, where, term, n_tokens). Candidates are chosen on a
   deterministic sample of rollouts (by hash of rollout id): an n-gram qualifies when it reaches
@@ -13,30 +13,43 @@ Two derived tables:
   confined to a small persona is not drowned by the rest of the traffic); of those, the `max_terms` per
   `where` whose binned prevalence varies most are kept (constant words cannot emerge). The number that
   qualified before the cut is stored (`n_qualified`): discovery counts them all as tested hypotheses.
-- `rollout-terms`: one row per rollout with its scope keys (step, split, condition, task, group, a hash of
+- per part, `terms`: one row per rollout with its scope keys (step, split, condition, task, group, a hash of
   the prompt), style features of answer and reasoning (`answer__exclamation`, `reasoning__length`, ...;
   the same SQL as `Behavior.sql`, so values agree with `style:NAME` specs) and the *distinct* candidate term
   ids found in the answer and in the reasoning (`answer_terms`, `reasoning_terms`). An occurrence does not
   count when the same n-gram, or its key token (its rarest word: "zebra" of "the zebra"), occurs in the
   rollout's prompt (copying the question is not a tic); the
   candidate ids found in the prompt are kept (`prompt_terms`) so that prevalences can be computed among the
-  rollouts *at risk*, those whose prompt does not already contain the term.
+  rollouts *at risk*, those whose prompt does not already contain the term; and `counts`: per step the
+  rollouts containing each term and those whose prompt holds it (`term_step_counts`).
 
 Tokens are `behaviors.TOKEN_PATTERN` runs of the lower-cased text, so a discovered n-gram, used as a term
-spec, matches exactly the rollouts counted here (up to the prompt exclusion). All work is DuckDB SQL in
-chunks of rollouts, so memory stays bounded on runs of millions of rollouts.
+spec, matches exactly the rollouts counted here (up to the prompt exclusion). DuckDB tokenises and hashes the
+tokens, numpy matches n-grams by 64-bit keys (`_compute_part`), one part at a time, so memory is bounded by the
+part size, not the run size.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from .behaviors import STYLE_FEATURES, TOKEN_PATTERN, parse_behavior
-from .store import Store
+from .layout import view_columns
+from .shingles import splitmix64
+from .store import Store, atomic_write_text, bound_memory, write_cached
 
 WHERES = ("answer", "reasoning")
 VOCAB = "term-vocab"
@@ -99,41 +112,172 @@ def _scope_columns() -> str:
 
 def vocabulary(store: Store, run: str, options: VocabOptions = VocabOptions()) -> pa.Table:
     """The cached `term-vocab` table of a run (see module doc)."""
-    return store.derived(run, VOCAB, lambda: _compute_vocab(store, run, options))
+    return term_sets(store, run, options).vocab
 
 
 def rollout_terms(store: Store, run: str, options: VocabOptions = VocabOptions()) -> pa.Table:
-    """The cached `rollout-terms` table of a run (see module doc)."""
-    vocab = vocabulary(store, run, options)
-    return store.derived(run, ROLLOUT_TERMS, lambda: _compute_rollout_terms(store, run, vocab, options))
+    """The `rollout-terms` rows of a run as one Arrow table (see module doc). For tests and small runs: the
+    detectors read the per-part cache through `TermSets.register` without materialising the run."""
+    sets = term_sets(store, run, options)
+    tables = [sets.part_table(i, "terms") for i in range(len(sets.parts))]
+    return pa.concat_tables(tables) if tables else pa.table({})
 
 
 def term_step_counts(store: Store, run: str, options: VocabOptions = VocabOptions()) -> pa.Table:
-    """Cached per-step counts of every candidate term: (where, term_id, step, split, x, m), where x counts the
+    """Per-step counts of every candidate term: (where, term_id, step, split, x, m), where x counts the
     rollouts whose text contains the term and m those whose prompt does (not at risk). For reasoning terms only
     rollouts with reasoning count. An audit limited by `max_step` sums these instead of re-reading every
-    rollout's term set."""
-    frame = rollout_terms(store, run, options)
+    rollout's term set. (Parts that share a step are summed.)"""
+    sets = term_sets(store, run, options)
+    con = duckdb.connect()
+    sets.register(con)
+    out = con.sql('SELECT "where", term_id, step, split, sum(x) AS x, sum(m) AS m FROM step_counts '
+                  "GROUP BY ALL").to_arrow_table()
+    con.close()
+    return out
 
-    def compute() -> pa.Table:
-        con = duckdb.connect()
-        con.register("rt", frame)
-        parts = []
-        for where in WHERES:
-            filt = "has_reasoning" if where == "reasoning" else "TRUE"
-            parts.append(f"""
-                SELECT '{where}' AS "where", term_id, step, split, sum(x) AS x, sum(m) AS m FROM (
-                    SELECT step, split, unnest({where}_terms) AS term_id, 1 AS x, 0 AS m FROM rt WHERE {filt}
-                    UNION ALL
-                    SELECT step, split, unnest(pt) AS term_id, 0 AS x, k AS m FROM (
-                        SELECT step, split, count(*) AS k, any_value(prompt_terms) AS pt FROM rt WHERE {filt}
-                        GROUP BY step, split, prompt_key))
-                GROUP BY ALL""")
-        out = con.sql(" UNION ALL ".join(parts)).to_arrow_table()
-        con.close()
-        return out
 
-    return store.derived(run, "term-step-counts", compute)
+# ---------------------------------------------------------------------------------------------------------------
+# Per-part cache. The vocabulary is chosen on a sample of the whole run; every stored part's term sets and
+# per-step counts are then computed on their own (bounded memory: one part at a time) and cached beside the run
+# under the vocabulary's id, so a part is tokenised once per vocabulary, and a run that grows by a step only
+# tokenises the new part as long as the vocabulary is kept (see `REUSE_GROWTH`).
+
+#: A cached vocabulary is kept while the run only grew (its parts are all still stored) by at most this share of
+#: the rows it was chosen on; beyond that it is chosen again (and every part re-tokenised). Terms that qualify
+#: only in the added rows wait for that re-choice: a rise confined to the last few percent of a run cannot pass
+#: the window test (early vs late 20% of steps) anyway.
+REUSE_GROWTH = 0.05
+#: Rollouts tokenised together when several parts lack their term sets (one DuckDB query for many small parts)
+BATCH_ROWS = 50_000
+
+
+@dataclass
+class TermSets:
+    """A run's vocabulary and, per stored part, its term sets and per-step counts (files, or tables in memory
+    for stores that do not persist derived data)."""
+
+    vocab: pa.Table
+    parts: list[tuple[str, Any]]  # (part name, {"terms": path|table, "counts": path|table})
+
+    def part_table(self, i: int, kind: str) -> pa.Table:
+        v = self.parts[i][1][kind]
+        return v if isinstance(v, pa.Table) else pq.read_table(v)
+
+    def register(self, con: duckdb.DuckDBPyConnection, terms: str = "rt", counts: str = "step_counts") -> None:
+        """Views `terms` (one row per rollout) and `counts` (per part and step) over the cached parts."""
+        for kind, view in (("terms", terms), ("counts", counts)):
+            paths = [p[kind] for _, p in self.parts if not isinstance(p[kind], pa.Table)]
+            tables = [p[kind] for _, p in self.parts if isinstance(p[kind], pa.Table)]
+            selects = []
+            if paths:
+                selects.append(f"SELECT * FROM read_parquet({_sql_list([str(x) for x in paths])})")
+            if tables:
+                name = f"_{view}_mem"
+                con.register(name, pa.concat_tables(tables))
+                selects.append(f"SELECT * FROM {name}")
+            if not selects:
+                con.register(f"_{view}_empty", _EMPTY[kind])
+                selects.append(f"SELECT * FROM _{view}_empty")
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS {' UNION ALL BY NAME '.join(selects)}")
+
+
+_EMPTY: dict[str, pa.Table] = {}
+
+
+def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions()) -> TermSets:
+    """The run's vocabulary and per-part term sets, computing (and caching) what is missing."""
+    persist = getattr(store, "persist_derived", True)
+    memo = store.__dict__.setdefault("_term_sets_memo", {})
+    okey = hashlib.sha1(repr(options).encode()).hexdigest()[:10]
+    manifest = store.manifest(run)
+    rows_of = {e["part"]: int(e.get("rows") or 0) for e in manifest["files"].values() if e.get("part")}
+    layouts = store.part_layouts(run)
+    parts = store.parts(run)
+    names = [p.name for p in parts]
+    rows = sum(rows_of.get(n, 0) for n in names)
+    base = store.run_dir(run) / "derived" / "tokens"
+    vocab, vocab_id = _cached_vocab(store, run, options, okey, names, rows, base, persist, memo)
+    done: dict[str, Any] = memo.setdefault(("parts", vocab_id), {})
+    vdir = base / vocab_id
+    missing = []
+    for path in parts:
+        if path.name not in done and persist:
+            files = {"terms": vdir / f"{path.stem}.terms.parquet", "counts": vdir / f"{path.stem}.counts.parquet"}
+            if all(f.is_file() for f in files.values()):
+                done[path.name] = files
+        if path.name not in done:
+            missing.append(path)
+    # small parts (a step each, in live runs or TRL logs) are tokenised together, in batches of about
+    # BATCH_ROWS rollouts of one layout, and their results split per part again
+    batches: list[list[Path]] = []
+    size = 0
+    for path in missing:
+        layout = layouts.get(path.name, 1)
+        if not batches or size >= BATCH_ROWS or layouts.get(batches[-1][0].name, 1) != layout:
+            batches.append([])
+            size = 0
+        batches[-1].append(path)
+        size += rows_of.get(path.name, 0)
+    for batch in batches:
+        for path, (terms, counts) in zip(batch, _compute_parts(batch, layouts.get(batch[0].name, 1), vocab,
+                                                               options)):
+            if persist:  # a file, or the table where the store cannot be written
+                entry: dict[str, Any] = {
+                    kind: write_cached(vdir / f"{path.stem}.{kind}.parquet", table, compression="zstd",
+                                       compression_level=1, use_dictionary=False)
+                    for kind, table in (("terms", terms), ("counts", counts))}
+            else:
+                entry = {"terms": terms, "counts": counts}
+            if not _EMPTY:
+                _EMPTY.update({"terms": terms.schema.empty_table(), "counts": counts.schema.empty_table()})
+            done[path.name] = entry
+    out = [(path.name, done[path.name]) for path in parts]
+    if persist:
+        _prune(base, vocab_id, {p.stem for p in parts})
+    return TermSets(vocab=vocab, parts=out)
+
+
+def _cached_vocab(store: Store, run: str, options: VocabOptions, okey: str, names: list[str], rows: int,
+                  base: Path, persist: bool, memo: dict[Any, Any]) -> tuple[pa.Table, str]:
+    """The vocabulary to use (cached or chosen now) and its id."""
+    meta_path, vocab_path = base / f"vocab-{okey}.json", base / f"vocab-{okey}.parquet"
+    meta = memo.get(("vocab", okey))
+    if meta is None and persist and meta_path.is_file() and vocab_path.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            meta = {**json.loads(meta_path.read_text()), "table": pq.read_table(vocab_path)}
+    if meta is not None:
+        old = set(meta["parts"])
+        grew = rows - meta["rows"]
+        if old <= set(names) and 0 <= grew <= REUSE_GROWTH * max(meta["rows"], 1):
+            return meta["table"], meta["id"]
+    table = _compute_vocab(store, run, options)
+    digest = hashlib.sha1(okey.encode())
+    for col in ("where", "term", "term_id", "key_token"):
+        digest.update(repr(table.column(col).to_pylist()).encode())
+    vocab_id = digest.hexdigest()[:16]
+    meta = {"parts": names, "rows": rows, "id": vocab_id}
+    memo[("vocab", okey)] = {**meta, "table": table}
+    if persist and isinstance(write_cached(vocab_path, table), Path):
+        with contextlib.suppress(OSError):
+            atomic_write_text(meta_path, json.dumps(meta))
+    return table, vocab_id
+
+
+def _prune(base: Path, vocab_id: str, stems: set[str]) -> None:
+    """Remove cached part data of other vocabularies and of parts the run no longer lists (where the store can
+    be written: a read-only store keeps its stale files, which no reader lists)."""
+    if not base.is_dir():
+        return
+    for d in base.iterdir():
+        if d.is_dir() and d.name != vocab_id:
+            shutil.rmtree(d, ignore_errors=True)
+    vdir = base / vocab_id
+    if vdir.is_dir():
+        for f in vdir.iterdir():
+            if f.name.split(".")[0] not in stems:
+                with contextlib.suppress(OSError):
+                    f.unlink(missing_ok=True)
 
 
 def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:
@@ -152,8 +296,8 @@ def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE df AS
             SELECT term, bin, condition, count(*) AS df
-            FROM (SELECT DISTINCT s.sid, t.term, s.bin, s.condition
-                  FROM ({ngram_rows_sql('s', 'sid', where, o.max_n)}) t JOIN s USING (sid))
+            FROM (SELECT DISTINCT sid, term, bin, condition
+                  FROM ({ngram_rows_sql('s', 'sid, bin, condition', where, o.max_n)}))
             GROUP BY ALL""")
         # prevalence per (bin) overall and per (bin, condition); a term absent from a cell has prevalence 0
         frames.append(con.sql(f"""
@@ -195,52 +339,248 @@ def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:
     return table.append_column("term_id", pa.array(range(table.num_rows), pa.int32()))
 
 
-def _compute_rollout_terms(store: Store, run: str, vocab: pa.Table, o: VocabOptions) -> pa.Table:
-    con = store.connect([run])
+def _token_hashes_sql(column: str) -> str:
+    """DuckDB expression: the 64-bit hashes of the tokens of `column` (`hash(token)`)."""
+    return f"list_transform({tokens_sql(column)}, lambda x: hash(x))"
+
+
+def _ngram_key(prev: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Key of an n-gram extended by one token: a 64-bit mix of the (n-1)-gram's key and the token's hash."""
+    with np.errstate(over="ignore"):
+        return splitmix64(prev * np.uint64(0x9E3779B97F4A7C15) + h)
+
+
+def _list_parts(arr: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(flat uint64 values, int64 offsets) of a list<uint64> array (nulls as empty lists)."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    arr = pc.fill_null(arr, pa.scalar([], arr.type))
+    arr = pa.concat_arrays([arr])  # rebase a sliced array
+    offsets = np.asarray(arr.offsets.to_numpy(zero_copy_only=False), np.int64)
+    values = np.asarray(arr.values.to_numpy(zero_copy_only=False), np.uint64)[offsets[0]:offsets[-1]]
+    return values, offsets - offsets[0]
+
+
+def ngram_keys(values: np.ndarray, offsets: np.ndarray, max_n: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """(row, key) of every 1..max_n-gram occurrence of rows of token hashes (flat values + offsets): the key of a
+    word is its token hash, that of a longer n-gram `_ngram_key` folded over its tokens. Vectorised: n-grams are
+    the shifted copies of the flat token array that stay within one row. Words come first, in token order."""
+    n_rows = len(offsets) - 1
+    row = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(offsets))
+    rows, keys = [row], [values]
+    key = values  # key[i]: the (n-1)-gram starting at token i
+    for n in range(2, max_n + 1):
+        key = _ngram_key(key[:-1], values[n - 1:])
+        ok = row[:len(row) - n + 1] == row[n - 1:]  # all n tokens in the same row
+        rows.append(row[:len(row) - n + 1][ok])
+        keys.append(key[ok])
+    return np.concatenate(rows), np.concatenate(keys)
+
+
+def vocab_keys(term_token_hashes: pa.Array) -> np.ndarray:
+    """The n-gram key (see `ngram_keys`) of each vocabulary term, from the hashes of its tokens."""
+    values, offsets = _list_parts(term_token_hashes)
+    lengths = np.diff(offsets)
+    out = values[offsets[:-1]].copy()
+    for j in range(1, int(lengths.max()) if len(lengths) else 1):
+        longer = lengths > j
+        out[longer] = _ngram_key(out[longer], values[offsets[:-1][longer] + j])
+    return out
+
+
+class _Lookup:
+    """Vocabulary keys -> term ids (several terms may share a key: key tokens). A table indexed by the keys' low
+    bits gives the candidate directly (one gather per occurrence); keys that share their low bits with another
+    key, or name several terms, are resolved by binary search instead."""
+
+    BITS = 20
+
+    def __init__(self, keys: np.ndarray, ids: np.ndarray):
+        order = np.argsort(keys, kind="stable")
+        self.keys, self.ids = keys[order], ids[order]
+        self.mask = np.uint64((1 << self.BITS) - 1)
+        slots = (self.keys & self.mask).astype(np.int64)
+        self.slot = np.full(1 << self.BITS, -1, np.int32)  # -1: no key; -2: ask the binary search
+        self.slot[slots] = np.arange(len(slots))
+        shared = np.bincount(slots, minlength=1 << self.BITS) > 1
+        self.slot[shared] = -2
+
+    def match(self, rows: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row, term id) for every key occurrence that names a term (all terms sharing that key)."""
+        at = self.slot[(keys & self.mask).astype(np.int64)]
+        direct = at >= 0
+        d_at = at[direct]
+        d_ok = self.keys[d_at] == keys[direct] if len(d_at) else np.zeros(0, bool)
+        out_rows, out_ids = [rows[direct][d_ok]], [self.ids[d_at[d_ok]]]
+        slow = at == -2
+        if slow.any():
+            rows, keys = rows[slow], keys[slow]
+            lo = np.searchsorted(self.keys, keys, side="left")
+            hi = np.searchsorted(self.keys, keys, side="right")
+            count = hi - lo
+            hit = count > 0
+            rows, lo, count = rows[hit], lo[hit], count[hit]
+            rep = np.repeat(np.arange(len(rows)), count)
+            within = np.arange(len(rep)) - np.repeat(np.cumsum(count) - count, count)
+            out_rows.append(rows[rep])
+            out_ids.append(self.ids[lo[rep] + within])
+        return np.concatenate(out_rows), np.concatenate(out_ids)
+
+
+def _sorted_unique(codes: np.ndarray) -> np.ndarray:
+    codes = np.sort(codes)
+    if len(codes) < 2:
+        return codes
+    keep = np.empty(len(codes), bool)
+    keep[0] = True
+    np.not_equal(codes[1:], codes[:-1], out=keep[1:])
+    return codes[keep]
+
+
+def _distinct_lists(rows: np.ndarray, ids: np.ndarray, n_rows: int) -> pa.Array:
+    """list<int32> per row: the distinct ids of that row, ascending."""
+    code = _sorted_unique(rows.astype(np.int64) * (1 << 32) + ids.astype(np.int64))
+    r, v = code >> 32, (code & 0xFFFFFFFF).astype(np.int32)
+    offsets = np.zeros(n_rows + 1, np.int32)
+    np.cumsum(np.bincount(r, minlength=n_rows), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(v, pa.int32()))
+
+
+@dataclass
+class _Matcher:
+    """The vocabulary's lookups, built once per vocabulary (see `_compute_part`)."""
+
+    by_where: dict[str, _Lookup]
+    any_term: _Lookup
+    key_token: _Lookup
+    key_of_id: np.ndarray
+
+
+_MATCHERS: dict[int, tuple[pa.Table, _Matcher]] = {}
+
+
+def _matcher(vocab: pa.Table) -> _Matcher:
+    hit = _MATCHERS.get(id(vocab))
+    if hit is not None and hit[0] is vocab:
+        return hit[1]
+    con = duckdb.connect()
     con.register("vocab_arrow", vocab)
-    con.execute('CREATE TEMP TABLE vocab AS SELECT "where", term, term_id, key_token FROM vocab_arrow')
-    con.execute(f"""CREATE TEMP TABLE r AS
-        SELECT row_number() OVER (ORDER BY rollout_id, step) - 1 AS rid, {_scope_columns()},
-               prompt, answer, reasoning
-        FROM rollouts""")
-    n = con.execute("SELECT count(*) FROM r").fetchall()[0][0]
-    out = []
-    for lo in range(0, max(n, 1), _CHUNK):
-        con.execute(f"CREATE OR REPLACE TEMP TABLE c AS SELECT * FROM r WHERE rid >= {lo} AND rid < {lo + _CHUNK}")
-        # candidate n-grams of each distinct prompt in the chunk, to exclude copies
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE pk AS
-            SELECT prompt_key, any_value(prompt) AS prompt FROM c GROUP BY prompt_key""")
-        # an n-gram counts as copied when the prompt holds the n-gram or its key token ("the zebra" when the
-        # prompt says "zebra")
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE pterms AS
-            WITH g AS (SELECT DISTINCT t.prompt_key, t.term
-                       FROM ({ngram_rows_sql('pk', 'prompt_key', 'prompt', o.max_n)}) t)
-            SELECT DISTINCT prompt_key, term FROM (
-                SELECT prompt_key, term FROM g SEMI JOIN vocab USING (term)
-                UNION ALL
-                SELECT g.prompt_key, v.term FROM g JOIN vocab v ON v.key_token = g.term
-                WHERE NOT contains(g.term, ' '))""")
-        lists = []
-        for where in WHERES:
-            lists.append(f"""
-                (SELECT rid, list(DISTINCT term_id ORDER BY term_id) AS {where}_terms
-                 FROM ({ngram_rows_sql('c', 'rid, prompt_key', where, o.max_n)}) t
-                 JOIN vocab v ON v.term = t.term AND v."where" = '{where}'
-                 ANTI JOIN pterms p ON p.prompt_key = t.prompt_key AND p.term = t.term
-                 GROUP BY rid) {where}_l""")
-        style = ", ".join(col for col, _, _ in style_columns())
-        prompt_lists = """(SELECT p.prompt_key, list(DISTINCT v.term_id ORDER BY v.term_id) AS prompt_terms
-                           FROM pterms p JOIN vocab v USING (term) GROUP BY p.prompt_key) pl"""
-        out.append(con.sql(f"""
-            SELECT c.rid, rollout_id, step, split, condition, task, group_id, prompt_key, has_reasoning, {style},
-                   coalesce(answer_terms, []::INTEGER[]) AS answer_terms,
-                   coalesce(reasoning_terms, []::INTEGER[]) AS reasoning_terms,
-                   coalesce(prompt_terms, []::INTEGER[]) AS prompt_terms
-            FROM c LEFT JOIN {lists[0]} USING (rid) LEFT JOIN {lists[1]} USING (rid)
-                   LEFT JOIN {prompt_lists} USING (prompt_key)
-            ORDER BY c.rid""").to_arrow_table())
+    v = con.sql("""SELECT "where", term_id, hash(key_token) AS key_h,
+                          list_transform(string_split(term, ' '), lambda x: hash(x)) AS th FROM vocab_arrow
+                   ORDER BY term_id""").to_arrow_table()
     con.close()
-    return pa.concat_tables(out) if out else pa.table({})
+    v_ids = np.asarray(v.column("term_id").to_numpy(), np.int32)
+    v_keys = vocab_keys(v.column("th"))
+    v_where = np.asarray(v.column("where").to_numpy(zero_copy_only=False))
+    key_of_id = np.zeros(int(v_ids.max()) + 1 if len(v_ids) else 0, np.uint64)
+    key_of_id[v_ids] = v_keys
+    m = _Matcher(by_where={w: _Lookup(v_keys[v_where == w], v_ids[v_where == w]) for w in WHERES},
+                 any_term=_Lookup(v_keys, v_ids),
+                 key_token=_Lookup(np.asarray(v.column("key_h").to_numpy(), np.uint64), v_ids), key_of_id=key_of_id)
+    _MATCHERS.clear()
+    _MATCHERS[id(vocab)] = (vocab, m)
+    return m
+
+
+def _compute_part(path: Path, layout: int, vocab: pa.Table, o: VocabOptions) -> tuple[pa.Table, pa.Table]:
+    """Term sets and per-step counts of one stored part (see `_compute_parts`)."""
+    return _compute_parts([path], layout, vocab, o)[0]
+
+
+def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOptions
+                   ) -> list[tuple[pa.Table, pa.Table]]:
+    """Term sets (one row per rollout) and per-step term counts of one stored part.
+
+    DuckDB tokenises each text once (the `length` style feature is the token count of the same list) and hashes
+    the tokens; n-grams are then matched against the vocabulary by 64-bit keys in numpy (`ngram_keys`). Two
+    distinct n-grams share a key with probability ~2^-64 per pair: a term set can be wrong only through such a
+    collision (~1e-10 over a billion distinct n-gram/term pairs)."""
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    bound_memory(con)
+    con.execute(f"CREATE VIEW rollouts AS SELECT {view_columns(layout)}, filename AS _file "
+                f"FROM read_parquet({_sql_list([str(p) for p in paths])}, filename = true)")
+    m = _matcher(vocab)
+    style = []
+    for col, where, name in style_columns():
+        sql = (f"CAST(len({where}_h) AS DOUBLE)" if name == "length"
+               else parse_behavior(f"style:{name}").sql(where))
+        style.append(f"{sql} AS {col}")
+    # rid: a key unique within the run (64-bit hash of rollout id and step), so term sets of parts computed
+    # separately can be read together
+    r = con.sql(f"""
+        SELECT _file, hash(rollout_id, step) AS rid, rollout_id, step, split, condition, task, group_id, prompt_key,
+               has_reasoning, {", ".join(style)}, answer_h, reasoning_h
+        FROM (SELECT *, hash(coalesce(prompt, '')) AS prompt_key,
+                     (reasoning IS NOT NULL AND length(trim(reasoning)) > 0) AS has_reasoning,
+                     {_token_hashes_sql('answer')} AS answer_h, {_token_hashes_sql('reasoning')} AS reasoning_h
+              FROM rollouts)""").to_arrow_table()
+    prompts = con.sql(f"""SELECT prompt_key, {_token_hashes_sql('prompt')} AS prompt_h FROM (
+        SELECT hash(coalesce(prompt, '')) AS prompt_key, any_value(prompt) AS prompt FROM rollouts GROUP BY 1)
+        ORDER BY prompt_key""").to_arrow_table()
+    con.close()
+    n = r.num_rows
+    p_keys = np.asarray(prompts.column("prompt_key").to_numpy(), np.uint64)
+    prompt_idx = np.searchsorted(p_keys, np.asarray(r.column("prompt_key").to_numpy(), np.uint64)).astype(np.int64)
+    n_prompts = len(p_keys)
+    # prompt terms: the candidate n-grams of each distinct prompt, and the terms whose key token it holds
+    pv, po = _list_parts(prompts.column("prompt_h"))
+    prow, pkey = ngram_keys(pv, po, o.max_n)
+    a_rows, a_ids = m.any_term.match(prow, pkey)
+    # the prompt's words that are some term's key token (the first len(pv) keys are the words); a term counts
+    # as copied in both places (answer, reasoning) whichever place's key token the prompt holds
+    k_rows, k_ids = m.key_token.match(prow[:len(pv)], pkey[:len(pv)])
+    k_rows, k_ids = m.any_term.match(k_rows, m.key_of_id[k_ids])
+    prompt_terms = _distinct_lists(np.concatenate([a_rows, k_rows]), np.concatenate([a_ids, k_ids]), n_prompts)
+    pt_off = np.asarray(prompt_terms.offsets.to_numpy(), np.int64)
+    pt_codes = np.repeat(np.arange(n_prompts, dtype=np.int64), np.diff(pt_off)) * (1 << 32) + \
+        np.asarray(prompt_terms.values.to_numpy(), np.int64)
+    lists = {}
+    for where in WHERES:
+        values, offsets = _list_parts(r.column(f"{where}_h"))
+        rows, keys = ngram_keys(values, offsets, o.max_n)
+        rows, ids = m.by_where[where].match(rows, keys)
+        code = prompt_idx[rows] * (1 << 32) + ids.astype(np.int64)  # pt_codes is sorted (by prompt, then id)
+        at = np.minimum(np.searchsorted(pt_codes, code), max(len(pt_codes) - 1, 0))
+        copied = pt_codes[at] == code if len(pt_codes) else np.zeros(len(code), bool)  # copies of the prompt
+        lists[f"{where}_terms"] = _distinct_lists(rows[~copied], ids[~copied], n)
+    style_cols = [col for col, _, _ in style_columns()]
+    base = r.select(["rid", "rollout_id", "step", "split", "condition", "task", "group_id", "prompt_key",
+                     "has_reasoning", *style_cols])
+    terms = base.append_column("answer_terms", lists["answer_terms"]) \
+        .append_column("reasoning_terms", lists["reasoning_terms"]) \
+        .append_column("prompt_terms", prompt_terms.take(pa.array(prompt_idx)))
+    if len(paths) == 1:
+        return [(terms, _part_counts(terms))]
+    files = r.column("_file")
+    out = []
+    for path in paths:
+        mine = terms.filter(pc.equal(files, str(path)))
+        out.append((mine, _part_counts(mine)))
+    return out
+
+
+def _part_counts(terms: pa.Table) -> pa.Table:
+    con = duckdb.connect()
+    con.register("rt", terms)
+    parts = []
+    for where in WHERES:
+        filt = "has_reasoning" if where == "reasoning" else "TRUE"
+        parts.append(f"""
+            SELECT '{where}' AS "where", term_id, step, split, sum(x)::BIGINT AS x, sum(m)::BIGINT AS m FROM (
+                SELECT step, split, unnest({where}_terms) AS term_id, 1 AS x, 0 AS m FROM rt WHERE {filt}
+                UNION ALL
+                SELECT step, split, unnest(pt) AS term_id, 0 AS x, k AS m FROM (
+                    SELECT step, split, count(*) AS k, any_value(prompt_terms) AS pt FROM rt WHERE {filt}
+                    GROUP BY step, split, prompt_key))
+            GROUP BY ALL""")
+    counts = con.sql(" UNION ALL ".join(parts)).to_arrow_table()
+    con.close()
+    return counts
+
+
+def _sql_list(items: list[str]) -> str:
+    return "[" + ", ".join("'" + s.replace("'", "''") + "'" for s in items) + "]"
 
 
 def register(con: duckdb.DuckDBPyConnection, tables: Iterable[tuple[str, pa.Table]]) -> None:

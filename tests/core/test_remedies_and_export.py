@@ -107,3 +107,18 @@ def test_export_cli(tmp_path, goblin_store, capsys):
           str(tmp_path / "x.parquet")])
     assert pq.read_metadata(tmp_path / "x.parquet").num_rows > 0
     assert "left out ('goblin'" in " ".join(capsys.readouterr().err.split())
+
+
+def test_training_health_remedy_names_the_trainer_setting():
+    f = lambda check, trainer, **kw: remedy_for(Finding(  # noqa: E731
+        "training_health", "run", "high", "t", fields={"check": check, "trainer": trainer, **kw}))
+    assert "`num_generations`" in f("zero_variance", "trl", direction="all_correct", onset_step=9)
+    assert "from step 9" in f("zero_variance", "trl", direction="all_correct", onset_step=9)
+    assert "algorithm.filter_groups.enable=True" in f("zero_variance", "verl", direction="all_correct")
+    assert "difficulty_pool" in f("zero_variance", "prime-rl", direction="all_wrong")
+    assert "`mask_truncated_completions=True`" in f("truncation", "trl")
+    assert "data.max_response_length" in f("length_growth", "verl")
+    assert "`beta`" in f("reward_eval_divergence", "trl")
+    assert "actor_rollout_ref.actor.entropy_coeff" in f("entropy_collapse", "verl")
+    assert "trainer.loss.kl_tau" in f("kl_drift", "prime-rl")
+    assert f("clip_saturation", "canonical")  # formats without trainer keys get the generic advice

@@ -234,3 +234,17 @@ def test_chance_calibration_silences_sentence_coincidences(store):
     table = canonical_table(rows)
     assert len(exposed_ids(table)) > 20
     assert scan_findings(store, table) == []
+
+
+def test_a_run_whose_grader_inputs_are_one_group_says_it_has_no_chance_calibration(store):
+    """One prompt group's grader inputs leave no other group to pair with: the finding must say the count is not
+    calibrated against chance, not quote 'fires on 0 of 0 chance pairs (p=0)'."""
+    rng = np.random.default_rng(3)
+    prompt = paragraph(rng, 2)
+    rows = []
+    for i in range(4):
+        reasoning, answer = paragraph(rng, 4), sentence(rng, 9)
+        rows.append(_row(f"r{i}", "g0", prompt, reasoning, answer, f"<think>{reasoning}</think>{answer}"))
+    [finding] = scan_findings(store, canonical_table(rows))
+    assert finding["p_value"] is None and finding["chance_samples"] == 0
+    assert "No chance pairs could be formed" in finding.explanation and "0 of 0" not in finding.explanation

@@ -149,7 +149,8 @@ def test_derived_token_sets_are_cached_per_run_version(store):
     first = tokens.rollout_terms(store, "synthetic")
     again = tokens.rollout_terms(store, "synthetic")
     assert first.equals(again)
-    assert len(list((store.run_dir("synthetic") / "derived").glob("rollout-terms-*.parquet"))) == 1
+    cached = store.run_dir("synthetic") / "derived" / "tokens"
+    assert len(list(cached.glob("*/*.terms.parquet"))) == len(store.parts("synthetic"))
     # prompt copies are excluded per rollout and kept as prompt_terms
     vocab = tokens.vocabulary(store, "synthetic")
     assert set(vocab.column_names) >= {"term_id", "where", "term", "n_tokens", "key_token", "n_qualified"}
@@ -257,3 +258,72 @@ def test_a_rewarded_word_with_many_phrasings_is_one_behaviour(tmp_path):
     delve = [f for f in found if f.kind == "emerging_behavior" and any("delve" in t for t in f["terms"])]
     assert len(delve) == 1 and delve[0]["behavior"] == "delve" and delve[0].severity == "high"
     assert len(delve[0]["terms"]) > 3
+
+
+def _reference_terms(vocab: list[dict], prompt: str, text: str, where: str) -> list[int]:
+    """Term ids of `text` by the module's definition, with strings: every 1-3-gram of `behaviors.tokenize`, minus
+    terms whose n-gram (or key token) the prompt holds."""
+    from rlaudit.behaviors import tokenize
+
+    def grams(s: str) -> set[str]:
+        t = tokenize(s)
+        return {" ".join(t[i:i + n]) for n in (1, 2, 3) for i in range(len(t) - n + 1)}
+
+    in_text, in_prompt = grams(text), grams(prompt)
+    words = {g for g in in_prompt if " " not in g}
+    copied = {v["term"] for v in vocab if v["term"] in in_prompt or v["key_token"] in words}
+    return sorted(v["term_id"] for v in vocab if v["where"] == where and v["term"] in in_text
+                  and v["term"] not in copied)
+
+
+def test_hashed_term_sets_match_a_string_reference(store):
+    """Term sets are matched by 64-bit n-gram keys (tokens.py): on multilingual text with prompt copies they are
+    exactly the string-defined sets (a wrong set needs a 2^-64 key collision)."""
+    from rlaudit import tokens
+
+    rng = np.random.default_rng(3)
+    words = ["goblin", "gremlin", "the", "by", "my", "beard", "don't", "x1", "Борода", "哥布林", "ひら", "é", "it's"]
+    n = 240
+    text = lambda k: " ".join(rng.choice(words, k)) + rng.choice(["!", ".", " ?", ""])  # noqa: E731
+    prompts = [f"Question {i // 8}: " + text(5) for i in range(n)]
+    from emerging_synth import build
+
+    table = build(Scenario(steps=10, groups=3), "r")
+    assert table.num_rows == n
+    for name, values in (("prompt", prompts), ("answer", [text(12) for _ in range(n)]),
+                         ("reasoning", [text(15) for _ in range(n)])):
+        table = table.set_column(table.column_names.index(name), name, pa.array(values, pa.string()))
+    store.append("r", table, key="p0")
+    opts = tokens.VocabOptions(min_prevalence=0.0, min_count=1, max_terms=10_000)
+    got = {r["rollout_id"]: r for r in tokens.rollout_terms(store, "r", opts).to_pylist()}
+    vocab = tokens.vocabulary(store, "r", opts).to_pylist()
+    assert len(vocab) > 100
+    for row in table.to_pylist():
+        for where in tokens.WHERES:
+            want = _reference_terms(vocab, row["prompt"], row[where], where)
+            assert got[row["rollout_id"]][f"{where}_terms"] == want, (row["rollout_id"], where)
+
+
+def test_a_new_part_adds_only_its_own_term_sets(store):
+    """Appending a step keeps the vocabulary (growth <= 5%) and computes term sets for the new part only."""
+    from rlaudit import tokens
+    from emerging_synth import build
+
+    table = build(Scenario(steps=42), "grow")
+    steps = table.column("step").to_numpy()
+    for s in range(41):
+        store.append("grow", table.filter(pa.array(steps == s)), key=f"step-{s}")
+    first = tokens.term_sets(store, "grow")
+    files = {p: (e["terms"].stat().st_mtime_ns) for p, e in first.parts}
+    store.append("grow", table.filter(pa.array(steps == 41)), key="step-41")
+    again = tokens.term_sets(Store_fresh(store), "grow")
+    assert again.vocab.equals(first.vocab)
+    new = [p for p, e in again.parts if p not in files]
+    assert len(new) == 1
+    assert all(e["terms"].stat().st_mtime_ns == files[p] for p, e in again.parts if p in files)
+
+
+def Store_fresh(store):
+    from rlaudit.store import Store
+
+    return Store(store.root)  # no in-process memo: what a new audit process sees

@@ -138,8 +138,9 @@ def test_sinks_retry_and_a_dead_sink_never_stops_the_scan(tmp_path, fleet_root):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     dead = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens
     slack = SlackSink(f"http://127.0.0.1:{server.server_port}/slack", retries=3, backoff=0.05,
-                      link=lambda a: f"https://reports.example/fleet_runs/{a.run}.html")
-    sinks = [WebhookSink(dead, retries=2, backoff=0.05, timeout=1.0), slack, JsonlSink(tmp_path / "a.jsonl")]
+                      link=lambda a: f"https://reports.example/fleet_runs/{a.run}.html", spool=tmp_path / "s.jsonl")
+    sinks = [WebhookSink(dead, retries=2, backoff=0.05, timeout=1.0, spool=tmp_path / "dead.jsonl"), slack,
+             JsonlSink(tmp_path / "a.jsonl")]
     scanner = FleetScanner(tmp_path / "store", [fleet_root], InlineEngine(), AlertManager(sinks),
                            FleetConfig(detectors=CHEAP))
     try:
@@ -148,7 +149,8 @@ def test_sinks_retry_and_a_dead_sink_never_stops_the_scan(tmp_path, fleet_root):
         scanner.close()
         server.shutdown()
     assert res.audited == 3 and len(res.alerts) >= 2
-    assert sinks[0].failed == len(res.alerts) and sinks[0].delivered == 0  # dead endpoint: given up, logged
+    assert sinks[0].failed == len(res.alerts) and sinks[0].delivered == 0  # dead endpoint: given up, spooled
+    assert len(alert_lines(tmp_path / "dead.jsonl")) == len(res.alerts)  # sent first by the next scanner
     assert slack.delivered == len(res.alerts) == len(_Hook.bodies)  # 2 failures, retried with back-off
     text = _Hook.bodies[0]["text"]
     assert "rlaudit HIGH" in text and "team-" in text and "<https://reports.example/fleet_runs/" in text

@@ -18,3 +18,9 @@ def test_detectors():
     yield
     for d in added:
         DETECTORS.remove(d)
+
+
+@pytest.fixture(autouse=True)
+def _webhook_spool_in_tmp(tmp_path, monkeypatch):
+    """Undelivered webhook alerts are kept under $XDG_CACHE_HOME: a per-test directory here."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

@@ -90,10 +90,13 @@ def test_broken_store_never_raises(tmp_path, caplog):
     hook = LiveHook(blocker, "run1", alerts=AlertManager([JsonlSink(tmp_path / "a.jsonl")]))
     b = step_batch(1, 2, {NERDY: 0.5})
     with caplog.at_level(logging.ERROR, logger="rlaudit.live"):
-        assert hook.log_rollouts(1, b["prompts"], b["completions"], b["rewards"]) == []
-        assert hook.log_rollouts(2, b["prompts"], b["completions"], b["rewards"]) == []
+        # the only alert: the steps the store could not take (kept in memory, retried, spilled at close)
+        for step in (1, 2):
+            alerts = hook.log_rollouts(step, b["prompts"], b["completions"], b["rewards"])
+            assert all(a.finding.get("problem") == "steps_not_stored" for a in alerts)
         hook.close()
-    assert hook.errors and "training continues" in caplog.text
+    assert "training continues" in caplog.text
+    assert [f["missing_steps"] for f in hook.findings if f.get("problem") == "steps_not_stored"] == [[1, 2]]
 
 
 def test_bad_arguments_are_logged_not_raised(store, tmp_path):

@@ -121,3 +121,20 @@ def test_small_size_is_labelled_a_smoke_test_in_table_and_json():
         print_bench(result, Console(file=buf, width=200))
         assert ("smoke test" in buf.getvalue()) is smoke
         assert result.to_json()["smoke_test"] is smoke and ("note" in result.to_json()) is smoke
+
+
+def test_ngram_across_two_implanted_sentences_names_the_behaviour():
+    issue = Issue(kind="emerging_behavior", terms=["length"], where="answer",
+                  phrases=["A useful habit is to check the result against a rough estimate before trusting it.",
+                           "Many people learn this best by trying a few examples on their own.", "Overall"])
+    f = lambda term: Finding("emerging_behavior", "r", "medium", "t", fields={"terms": [term]})  # noqa: E731
+    assert names_behaviour(f("it many people"), issue)  # "...trusting it. Many people learn..."
+    assert names_behaviour(f("own overall"), issue)
+    assert not names_behaviour(f("goblin many"), issue)
+    assert not names_behaviour(f("people it"), issue)  # the wrong order is not a junction
+
+
+def test_training_health_matches_on_check():
+    issue = Issue(kind="training_health", problem="zero_variance")
+    assert matches(Finding("training_health", "r", "high", "t", fields={"check": "zero_variance"}), issue)
+    assert not matches(Finding("training_health", "r", "high", "t", fields={"check": "truncation"}), issue)

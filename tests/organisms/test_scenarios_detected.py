@@ -18,7 +18,8 @@ from rlaudit.organisms.bench import ScenarioScore, match
 from rlaudit.store import Store
 
 EMITTERS = {"emerging_behavior": "emerging", "generalization": "generalization",
-            "reward_attribution": "attribution", "cot_grading": "cot_grading", "reward_health": "reward_health"}
+            "reward_attribution": "attribution", "cot_grading": "cot_grading", "reward_health": "reward_health",
+            "training_health": "training_health"}
 
 
 def _missing(name: str) -> list[str]:

@@ -109,7 +109,9 @@ def test_bad_records_name_the_field(tmp_path, store):
 
 def test_effective_file_arriving_later_replaces_the_stored_all_rows(tmp_path, store):
     """Live ingest: step 1's `all` stream is stored first; when its `effective` file appears, the step's rows
-    come from `effective` alone (no episode counted twice) and the `all` part is deleted."""
+    come from `effective` alone (no episode counted twice) and the `all` part is deleted (at once here: no reader
+    holds a lease and the grace period for lease-less readers is 0)."""
+    store.retire_grace = 0.0
     run = tmp_path / "prime"
     primerl_step(run, 1, _episodes(1), subset="all")
     store.ingest(run)

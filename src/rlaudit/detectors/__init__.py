@@ -47,7 +47,9 @@ class DetectContext:
     run: str
     config: AuditConfig
     findings: list[Finding] = field(default_factory=list)  # from detectors that ran earlier, this run
-    cache: dict[str, Any] = field(default_factory=dict)  # shared per-run scratch space
+    # shared per-run scratch space; an item with a `users` attribute (detector names) is dropped, and closed if it
+    # has `close()`, as soon as none of its users is still to run
+    cache: dict[str, Any] = field(default_factory=dict)
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection whose view `rollouts` holds this run's rows within the audit's step/split scope
@@ -140,6 +142,15 @@ def run_detectors(store: Store, run: str, config: AuditConfig | None = None,
                 explanation="The detector raised an exception; its checks did not run on this run.",
                 fields={"detector": cls.name, "traceback": traceback.format_exc(limit=8)})]
         ctx.findings.extend(found)
+        # release shared scratch (e.g. the term-set scope of emerging/generalization) once no detector still to
+        # run uses it: it can hold a large DuckDB table, and the detectors after it need the memory
+        later = {c.name for c in classes[i + 1:]}
+        for key in list(ctx.cache):
+            users = getattr(ctx.cache[key], "users", None)
+            if users is not None and not later & set(users):
+                item = ctx.cache.pop(key)
+                if hasattr(item, "close"):
+                    item.close()
     if progress:
         progress("", len(classes), len(classes))
     return ctx.findings
@@ -151,6 +162,8 @@ from . import attribution  # noqa: E402,F401
 from . import cot_grading  # noqa: E402,F401
 from . import emerging  # noqa: E402,F401
 from . import generalization  # noqa: E402,F401
+from . import monitorability  # noqa: E402,F401
 from . import reward_health  # noqa: E402,F401
+from . import training_health  # noqa: E402,F401
 
 __all__ = ["AuditConfig", "DetectContext", "Detector", "DETECTORS", "register", "ordered", "run_detectors"]

@@ -16,9 +16,21 @@ min_span, group_context), `min_exposed` (exposed rollouts needed for a finding, 
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import zlib
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from ..findings import Finding
+from ..layout import view_columns
+from ..store import Store, bound_memory, write_cached
 from . import DetectContext, Detector, register
-from .cot_scan import ScanParams, findings_from_results, scan_run
+from .cot_scan import RESULT_SCHEMA, ScanParams, findings_from_results, scan_run
 from .cot_screen import screen
 
 
@@ -35,7 +47,7 @@ class CotGradingDetector(Detector):
         captured = _captured(ctx)
         key = f"cot_scan-{params.cache_key()}" + (f"-{captured[1]}" if captured else "")
         extra = captured[0] if captured else None
-        results = ctx.store.derived(ctx.run, key, lambda: scan_run(con, params, "all_rollouts", extra))
+        results = scan_parts(ctx.store, ctx.run, params, key, extra)
         where = ["TRUE"]
         if ctx.config.max_step is not None:
             where.append(f"step <= {int(ctx.config.max_step)}")
@@ -59,3 +71,75 @@ def _captured(ctx: DetectContext) -> tuple[str, str] | None:
         return None
     st = path.stat()
     return str(path), f"{st.st_size:x}{st.st_mtime_ns:x}"[-12:]
+
+
+def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str | None) -> pa.Table | str:
+    """The scan results of every stored part of the run, each part scanned once and cached beside the run
+    (`derived/cot_scan/<key>/<part>.parquet`): a run that grows by a step scans only the new part. Returned as
+    SQL over the cached files (or a table, for stores that keep derived data in memory).
+
+    Chance pairings (see `cot_scan`) are drawn per part: batch i of a part gets them when the run had at most
+    `chance_rows` rollouts with grader inputs when the part was scanned, else when a hash of (part, i) falls in
+    1/stride of the range, i.e. about `chance_rows` of them spread evenly over the run."""
+    persist = getattr(store, "persist_derived", True)
+    memo = store.__dict__.setdefault("_cot_scan_memo", {})
+    parts = store.parts(run)
+    layouts = store.part_layouts(run)
+    base = store.run_dir(run) / "derived" / "cot_scan"
+    cache = base / key
+    found: dict[str, Any] = {}
+    todo = []
+    for path in parts:
+        f = cache / f"{path.stem}.parquet"
+        if (key, path.name) in memo:
+            found[path.name] = memo[(key, path.name)]
+        elif persist and f.is_file():
+            found[path.name] = f
+        else:
+            todo.append(path)
+    if todo:
+        counted = 0
+        for v in found.values():
+            counted += (pq.read_metadata(v).num_rows if isinstance(v, Path) else v.num_rows)
+        con = duckdb.connect()
+        bound_memory(con)
+        con.execute("SET enable_progress_bar = false")
+        sources = []
+        for i, path in enumerate(todo):
+            con.execute(f"CREATE VIEW p{i} AS SELECT {view_columns(layouts.get(path.name, 1))} "
+                        f"FROM read_parquet('{_quote(str(path))}')")
+            sources.append(f"SELECT count(*) AS n FROM p{i} WHERE cardinality(grader_inputs) > 0")
+        new_rows = con.execute(f"SELECT sum(n) FROM ({' UNION ALL '.join(sources)})").fetchall()[0][0] or 0
+        # rows already scanned count each rollout once (chance rows are a subset of them): a lower bound is enough
+        total = int(new_rows) + counted // 2
+        stride = max(1, -(-total // max(1, params.chance_rows)))
+        for i, path in enumerate(todo):
+            name = path.name
+            chance = (lambda b, _n=name: zlib.crc32(f"{_n}:{b}".encode()) % stride == 0) if stride > 1 \
+                else (lambda b: True)
+            table = scan_run(con, params, f"p{i}", extra, chance=chance)
+            if persist:  # a file, or the table where the store cannot be written
+                found[name] = write_cached(cache / f"{path.stem}.parquet", table, compression="zstd",
+                                           compression_level=1, use_dictionary=False)
+            else:
+                memo[(key, name)] = found[name] = table
+        con.close()
+    if persist and base.is_dir():  # other parameters' results, and parts the run no longer lists
+        for d in base.iterdir():
+            if d.is_dir() and d.name != key:
+                shutil.rmtree(d, ignore_errors=True)
+        stems = {p.stem for p in parts}
+        for f in cache.glob("*.parquet") if cache.is_dir() else []:
+            if f.stem not in stems:
+                with contextlib.suppress(OSError):  # a read-only store keeps its stale files
+                    f.unlink(missing_ok=True)
+    values = [found[p.name] for p in parts]
+    paths = [str(v) for v in values if isinstance(v, Path)]
+    if len(paths) == len(values) and paths:
+        return "read_parquet([" + ", ".join(f"'{_quote(x)}'" for x in paths) + "])"
+    tables = [v if not isinstance(v, Path) else pq.read_table(v) for v in values]
+    return pa.concat_tables([RESULT_SCHEMA.empty_table(), *tables])
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")

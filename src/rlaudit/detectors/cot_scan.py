@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -267,19 +267,22 @@ def _group_index(group_id: pa.Array, n: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- the run-level scan
 def scan_run(con: duckdb.DuckDBPyConnection, params: ScanParams, source: str = "all_rollouts",
-             extra_inputs: str | None = None) -> pa.Table:
+             extra_inputs: str | None = None, chance: Callable[[int], bool] | None = None) -> pa.Table:
     """Scan every rollout of `source` (a view or table of `con`) that has grader inputs, in Arrow batches, plus
     chance pairings on about `params.chance_rows` of them (every batch for runs up to that size, evenly spaced
     batches beyond).
 
     `extra_inputs`: a parquet path of captured grader inputs (rollout_id, grader, input) merged into the map.
+    `chance(i)`: whether batch i gets chance pairings (default: evenly spaced batches as above).
     """
-    total = con.execute(f"SELECT count(*) FROM {source} WHERE cardinality(grader_inputs) > 0").fetchall()[0][0]
-    stride = max(1, -(-total // max(1, params.chance_rows)))
+    if chance is None:
+        total = con.execute(f"SELECT count(*) FROM {source} WHERE cardinality(grader_inputs) > 0").fetchall()[0][0]
+        stride = max(1, -(-total // max(1, params.chance_rows)))
+        chance = lambda i: i % stride == 0  # noqa: E731
     parts = [RESULT_SCHEMA.empty_table()]
     for i, batch in enumerate(iter_batches(con, params.batch_rows, source, extra_inputs)):
         parts.append(scan_batch(batch, params))
-        if i % stride == 0 and params.chance_rows > 0:
+        if params.chance_rows > 0 and chance(i):
             parts.append(scan_batch(batch, params, chance=True))
     return pa.concat_tables(parts)
 
@@ -303,12 +306,15 @@ def iter_batches(con: duckdb.DuckDBPyConnection, rows: int, source: str = "all_r
 
 
 # ---------------------------------------------------------------- findings
-def findings_from_results(con: duckdb.DuckDBPyConnection, results: pa.Table, run: str, params: ScanParams,
+def findings_from_results(con: duckdb.DuckDBPyConnection, results: pa.Table | str, run: str, params: ScanParams,
                           where: str, options: dict[str, Any], evidence_source: str = "rollouts",
                           extra_inputs: str | None = None) -> list[Finding]:
     """One finding per grader whose exposure is above chance: at least `min_exposed` exposed rollouts (default
     1) and more than the chance pairings produce (one-sided Fisher exact test at `alpha`, default 0.01)."""
-    con.register("_cot_scan", results)
+    if isinstance(results, str):  # SQL source (e.g. read_parquet of cached per-part results)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW _cot_scan AS SELECT * FROM {results}")
+    else:
+        con.register("_cot_scan", results)
     con.execute(f"CREATE OR REPLACE TEMP VIEW cot_scan AS SELECT * FROM _cot_scan WHERE NOT chance AND {where}")
     con.execute(f"CREATE OR REPLACE TEMP VIEW cot_chance AS SELECT * FROM _cot_scan WHERE chance AND {where}")
     min_exposed = int(options.get("min_exposed", 1))
@@ -324,10 +330,16 @@ def findings_from_results(con: duckdb.DuckDBPyConnection, results: pa.Table, run
     for grader, n, exposed, first_step, scannable in totals:
         exposed = int(exposed or 0)
         n0, k0 = chance.get(grader, (0, 0))
+        # no chance pairs (a run whose grader inputs all come from one prompt group): nothing to calibrate against,
+        # so the exact-span rule stands alone, and the finding says so instead of quoting a p-value of 0
         p_value = float(fisher_exact([[exposed, n - exposed], [k0, n0 - k0]], alternative="greater").pvalue) \
-            if n0 else 0.0
-        if exposed < min_exposed or p_value > alpha:
+            if n0 else None
+        if exposed < min_exposed or (p_value is not None and p_value > alpha):
             continue
+        calibration = (f"Pairing reasoning with other groups' grader inputs, the same rule fires on {k0:,} of {n0:,} "
+                       f"chance pairs (one-sided Fisher p={p_value:.2g}). ") if p_value is not None else (
+            "No chance pairs could be formed (the grader inputs come from a single prompt group), so this count is "
+            "not calibrated against chance; the matched spans are shown as evidence. ")
         lo, hi = wilson_interval(exposed, n)
         rate = exposed / n
         f = Finding(
@@ -336,10 +348,8 @@ def findings_from_results(con: duckdb.DuckDBPyConnection, results: pa.Table, run
             explanation=(
                 f"The logged input of grader '{grader}' contains the rollout's chain-of-thought (text found only in "
                 f"the reasoning, not in the prompt or answer) in {exposed:,} rollouts, first at step {first_step}. "
-                f"Pairing reasoning with other groups' grader inputs, the same rule fires on {k0:,} of {n0:,} chance "
-                f"pairs (one-sided Fisher p={p_value:.2g}). A grader that reads the reasoning rewards what it says, "
-                "which teaches the policy to shape or hide its reasoning. Each evidence item marks the matching "
-                "span in the grader input."),
+                f"{calibration}A grader that reads the reasoning rewards what it says, which teaches the policy to "
+                "shape or hide its reasoning. Each evidence item marks the matching span in the grader input."),
             score=rate,
             fields={
                 "grader": grader, "method": "scan", "exposure_rate": rate, "exposure_rate_ci": [lo, hi],

@@ -34,22 +34,48 @@ from ..stats import benjamini_hochberg
 from ..findings import Evidence, Finding
 from ..shingles import Vocabulary, normalized_tokens
 
+# Pairs: disjoint pairs of rollouts with the same group and normalised answer, per signal with a finite score.
+# Only (group, answer) sets of two or more rollouts can form pairs, so they are found first on a hash of the
+# answer (a hash collision only adds candidates: the pairing itself compares the answers); the pairs are then
+# built without text, sampled, and only the sampled pairs' reasoning is read.
 _PAIRS_SQL = """
-WITH scored AS (
-    SELECT rollout_id, step, group_id, condition, reasoning,
-           regexp_replace(lower(trim(answer)), '\\s+', ' ', 'g') AS answer_key,
-           unnest(map_keys(rewards)) AS signal, unnest(map_values(rewards)) AS value
+WITH coarse AS (
+    SELECT rollout_id, step, group_id, condition, rewards, answer,
+           hash(translate(lower(trim(answer)), chr(9) || chr(10) || chr(12) || chr(13) || ' ', '')) AS ck
     FROM rollouts WHERE group_id IS NOT NULL AND reasoning IS NOT NULL
+), keyed AS (  -- answers equal once whitespace runs are collapsed are equal once it is removed: a superset first
+    SELECT rollout_id, step, group_id, condition, rewards,
+           regexp_replace(lower(trim(answer)), '\\s+', ' ', 'g') AS answer_key
+    FROM coarse SEMI JOIN (SELECT group_id, ck FROM coarse GROUP BY ALL HAVING count(*) >= 2) c
+         ON c.group_id = coarse.group_id AND c.ck = coarse.ck
+), sets AS (
+    SELECT group_id, hash(answer_key) AS h FROM keyed GROUP BY ALL HAVING count(*) >= 2
+), scored AS (
+    SELECT rollout_id, step, group_id, condition, answer_key,
+           unnest(map_keys(rewards)) AS signal, unnest(map_values(rewards)) AS value
+    FROM keyed SEMI JOIN sets ON sets.group_id = keyed.group_id AND sets.h = hash(keyed.answer_key)
 ), clean AS (
     SELECT *, row_number() OVER (PARTITION BY signal, group_id, answer_key ORDER BY hash(rollout_id), rollout_id)
               AS rn
-    FROM scored WHERE isfinite(value)
+    FROM scored WHERE isfinite(value) AND NOT list_contains($skip, signal)
 )
 SELECT a.signal, a.step, a.condition, a.group_id, a.rollout_id AS id_a, b.rollout_id AS id_b,
-       a.value AS score_a, b.value AS score_b, a.reasoning AS reasoning_a, b.reasoning AS reasoning_b,
-       a.answer_key AS answer
+       a.value AS score_a, b.value AS score_b, a.answer_key AS answer
 FROM clean a JOIN clean b ON a.signal = b.signal AND a.group_id = b.group_id AND a.answer_key = b.answer_key
      AND b.rn = a.rn + 1 AND a.rn % 2 = 1
+ORDER BY a.signal, a.group_id, a.rn
+"""
+
+_TEXTS_SQL = """
+WITH texts AS (
+    SELECT rollout_id, group_id, any_value(reasoning) AS reasoning FROM rollouts
+    WHERE reasoning IS NOT NULL AND rollout_id IN (SELECT id_a FROM _screen_pairs UNION ALL SELECT id_b FROM _screen_pairs)
+    GROUP BY ALL)
+SELECT p.*, ra.reasoning AS reasoning_a, rb.reasoning AS reasoning_b
+FROM (SELECT *, row_number() OVER () AS _i FROM _screen_pairs) p
+JOIN texts ra ON ra.rollout_id = p.id_a AND ra.group_id = p.group_id
+JOIN texts rb ON rb.rollout_id = p.id_b AND rb.group_id = p.group_id
+ORDER BY p._i
 """
 
 
@@ -60,7 +86,7 @@ def screen(con: duckdb.DuckDBPyConnection, run: str, options: dict[str, Any], sk
     max_pairs = int(options.get("screen_max_pairs", 20_000))
     n_terms = int(options.get("screen_terms", 50))
     min_pairs = int(options.get("screen_min_pairs", 20))
-    pairs = con.sql(_PAIRS_SQL).to_arrow_table()
+    pairs = con.sql(_PAIRS_SQL, params={"skip": sorted(skip_signals)}).to_arrow_table()
     if pairs.num_rows == 0:
         return []
     signals = sorted(set(pairs.column("signal").to_pylist()) - set(skip_signals))
@@ -70,6 +96,9 @@ def screen(con: duckdb.DuckDBPyConnection, run: str, options: dict[str, Any], sk
         if sub.num_rows > max_pairs:
             rng = np.random.default_rng(seed)
             sub = sub.take(np.sort(rng.choice(sub.num_rows, max_pairs, replace=False)))
+        con.register("_screen_pairs", sub)  # the reasoning of the (sampled) pairs only
+        sub = con.sql(_TEXTS_SQL).to_arrow_table().drop_columns(["_i"])
+        con.unregister("_screen_pairs")
         result = test_signal(sub, n_terms)
         if result["pairs"] >= min_pairs:
             tests.append((signal, sub, result))

@@ -118,14 +118,19 @@ class Scope:
     Shared through `ctx.cache` with the generalization detector, which asks the same per-condition questions.
     """
 
+    users = ("emerging", "generalization")  # `run_detectors` closes the scope after the last of these
+
+    def close(self) -> None:
+        self.con.close()
+
     def __init__(self, ctx: DetectContext, params: Params):
         self.params = params
-        self.frame = tokens.rollout_terms(ctx.store, ctx.run, params.vocab)
-        self.vocab = tokens.vocabulary(ctx.store, ctx.run, params.vocab)
+        sets = tokens.term_sets(ctx.store, ctx.run, params.vocab)
+        self.vocab = sets.vocab
         con = self.con = ctx.connect()
-        con.register("rt", self.frame)
+        # the per-part term sets and per-step counts, read from their cached files (not held in Python)
+        sets.register(con, "rt_parts", "step_counts")
         con.register("vocab", self.vocab)
-        con.register("step_counts", tokens.term_step_counts(ctx.store, ctx.run, params.vocab))
         # the audit's scope is the (step, split) cells of the connection's filtered `rollouts` view: joining on
         # those small keys is much cheaper than on millions of rollout ids, and the list columns are not copied
         con.execute("""CREATE TEMP TABLE cells AS SELECT step, split, dense_rank() OVER (ORDER BY step) - 1 AS si
@@ -139,8 +144,10 @@ class Scope:
                         CASE WHEN si < {w} THEN 0 WHEN si >= {t - w} THEN 1 END AS win FROM cells""")
         con.execute("""CREATE TEMP TABLE strata AS SELECT task_key, condition,
                               row_number() OVER (ORDER BY task_key, condition) - 1 AS s
-                       FROM (SELECT DISTINCT coalesce(task, '') AS task_key, condition FROM rt)""")
-        con.execute("""CREATE VIEW sc AS SELECT rt.*, k.si, k.win, st.s FROM rt
+                       FROM (SELECT DISTINCT coalesce(task, '') AS task_key, condition FROM rt_parts)""")
+        # the rollouts in scope with their step index, window and stratum: one table in DuckDB's own memory (it
+        # spills to its temp directory beyond the memory limit), which the statistics below read many times
+        con.execute("""CREATE TEMP TABLE sc AS SELECT rt.*, k.si, k.win, st.s FROM rt_parts rt
                        JOIN keys k USING (step, split)
                        JOIN strata st ON st.task_key = coalesce(rt.task, '') AND st.condition = rt.condition""")
         self.n_strata = int(con.execute("SELECT count(*) FROM strata").fetchall()[0][0])

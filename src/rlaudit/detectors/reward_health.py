@@ -61,7 +61,7 @@ class RewardHealthDetector(Detector):
         con.execute("CREATE TEMP TABLE rl AS SELECT rollout_id, step, unnest(map_keys(rewards)) AS signal, "
                     "coalesce(unnest(map_values(rewards)), 'NaN'::DOUBLE) AS value, "  # missing: did not score
                     "coalesce(condition, '') AS condition, "
-                    "coalesce(task, 'prompt:' || md5(prompt)) AS task FROM rollouts")
+                    "CASE WHEN task IS NOT NULL THEN hash(task) ELSE hash('prompt:', prompt) END AS task FROM rollouts")
         findings: list[Finding] = []
         for check in (_non_finite, _nan, _constant_or_stuck, _out_of_range):
             findings.extend(check(con, ctx.run))

@@ -67,7 +67,7 @@ def scan_cmd(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each run's errors and each sync.")] = False,
 ) -> None:
     """Scan every run under ROOT...: ingest what is new, audit what changed, alert once per finding."""
-    from ..live.alerts import AlertManager, JsonlSink, LogSink, SlackSink, WebhookSink
+    from ..live.alerts import AlertManager, JsonlSink, LogSink, SlackSink, WebhookSink, default_webhook_spool
     from .engines import make_engine
     from .report import run_report_path
     from .scheduler import FleetConfig, FleetScanner
@@ -95,13 +95,16 @@ def scan_cmd(
             return f"{report_url.rstrip('/')}/{path.parent.name}/{path.name}"
         return path.resolve().as_uri()
 
+    def spool(url: str) -> Path:  # alerts a webhook could not take wait in the store, sent at the next start
+        return Path(store) / "fleet" / default_webhook_spool(url).name
+
     sinks: list = [LogSink()]
     if alerts:
         sinks.append(JsonlSink(alerts))
     if webhook:
-        sinks.append(WebhookSink(webhook, retries=3, backoff=1.0))
+        sinks.append(WebhookSink(webhook, retries=3, backoff=1.0, spool=spool(webhook)))
     if slack_webhook:
-        sinks.append(SlackSink(slack_webhook, link=link, retries=3, backoff=1.0))
+        sinks.append(SlackSink(slack_webhook, link=link, retries=3, backoff=1.0, spool=spool(slack_webhook)))
     manager = AlertManager(sinks, min_severity=min_severity)
     config = FleetConfig(every=heavy_every, detectors=detector, min_severity=min_severity, report=report,
                          run_reports=run_reports, report_url=report_url, s3_endpoint=s3_endpoint,

@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,7 @@ log = logging.getLogger("rlaudit.live")
 
 #: Kind-specific fields that say *what* a finding is about, in the order they enter its key. Values that change
 #: from one audit to the next (prevalence, q-values, onset) are deliberately absent.
-IDENTITY_FIELDS = ("behavior_spec", "grader", "signal", "problem", "method", "source_condition",
+IDENTITY_FIELDS = ("behavior_spec", "grader", "signal", "problem", "check", "method", "source_condition",
                    "target_condition", "detector")
 
 
@@ -99,8 +100,10 @@ class JsonlSink:
 
     def send(self, alert: Alert) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(alert.to_json(), ensure_ascii=False) + "\n")
+        with open(self.path, "ab") as fh:
+            if fh.tell() and not _ends_with_newline(self.path):  # a torn last line (full disk): start a new one
+                fh.write(b"\n")
+            fh.write((json.dumps(alert.to_json(), ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass"))
             fh.flush()
 
     def sent(self) -> dict[str, str]:
@@ -108,11 +111,11 @@ class JsonlSink:
         if not self.path.is_file():
             return {}
         out: dict[str, str] = {}
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        for line in self.path.read_bytes().splitlines():  # bytes: a line torn inside a UTF-8 character is skipped
             try:
                 obj = json.loads(line)
                 key, severity = obj["key"], obj["severity"]
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 continue
             if severity in SEVERITY_RANK and SEVERITY_RANK[severity] > SEVERITY_RANK.get(out.get(key, "info"), -1):
                 out[key] = severity
@@ -122,32 +125,117 @@ class JsonlSink:
         pass
 
 
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        fh.seek(-1, 2)
+        return fh.read(1) == b"\n"
+
+
+class _NoCrossOriginRedirect(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to the same origin and only when it keeps the method and body (307/308): a 301/302
+    would turn the POST into a bodiless GET, and another origin must never receive the webhook's credentials."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201
+        if code in (307, 308) and _origin(newurl) == _origin(req.full_url):
+            return urllib.request.Request(newurl, data=req.data, headers=dict(req.header_items()),
+                                          method=req.get_method())
+        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {_origin(newurl)} not followed", headers, fp)
+
+
+_OPENER = urllib.request.build_opener(_NoCrossOriginRedirect)
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+def redact_url(url: str) -> str:
+    """A webhook URL safe for logs: its origin only (Slack-style tokens live in the path, others in the query or
+    the user info)."""
+    try:
+        origin = _origin(url)
+    except ValueError:
+        return "<webhook>"
+    rest = urllib.parse.urlsplit(url)
+    return origin + ("/<redacted>" if rest.path.strip("/") or rest.query else "")
+
+
+def default_webhook_spool(url: str) -> Path:
+    """Where alerts a webhook could not take are kept for the next run (keyed by a hash of the URL)."""
+    import hashlib
+    import os
+
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rlaudit"
+    return base / f"webhook-undelivered-{hashlib.sha256(url.encode()).hexdigest()[:16]}.jsonl"
+
+
 class WebhookSink:
     """POSTs each alert as JSON (`{"text": summary, "alert": {...}}`) to `url` from a background thread.
 
-    Delivery is best effort: `timeout` seconds per attempt, `retries` more attempts with a short back-off, then
-    the alert is logged as undelivered. The queue is bounded (`max_pending`): when the endpoint cannot keep up,
-    new alerts are dropped with a log line rather than buffered without limit.
+    Delivery is best effort: `timeout` seconds per attempt, `retries` more attempts with a short back-off. An
+    alert that could not be delivered (endpoint down, a redirect to another origin, the queue full, `close`
+    before its turn) is appended to `spool` (a JSONL file) and sent first by the next sink for this URL;
+    logs name the endpoint by its origin only, never the secret part of the URL. Redirects are followed only
+    within the same origin and only when they keep the POST (307/308), so credentials never travel elsewhere.
     """
 
     def __init__(self, url: str, timeout: float = 5.0, retries: int = 1, headers: dict[str, str] | None = None,
-                 max_pending: int = 1000, backoff: float = 0.2):
+                 max_pending: int = 1000, spool: str | Path | None = None, backoff: float = 0.2):
         if not url.startswith(("http://", "https://")):
-            raise RlauditError(f"webhook URL must start with http:// or https://, got {url!r}")
+            raise RlauditError(f"webhook URL must start with http:// or https://, got {redact_url(url)!r}")
         self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
+        self.shown = redact_url(url)
         self.headers = {"Content-Type": "application/json", **(headers or {})}
         self.delivered = 0
         self.failed = 0
+        self.undelivered: list[Alert] = []  # kept in `spool` for the next run
+        self.spool = Path(spool) if spool is not None else default_webhook_spool(url)
+        self._spool_lock = threading.Lock()
+        self._inflight: Alert | None = None
         self._queue: queue.Queue[Alert | None] = queue.Queue(maxsize=max_pending)
+        earlier = self._take_spool()
         self._thread = threading.Thread(target=self._work, name="rlaudit-webhook", daemon=True)
         self._thread.start()
+        for alert in earlier:
+            self.send(alert)
+        if earlier:
+            log.info("rlaudit webhook %s: re-sending %d alert(s) undelivered in an earlier run", self.shown,
+                     len(earlier))
+
+    def _take_spool(self) -> list[Alert]:
+        try:
+            data = self.spool.read_bytes()
+            self.spool.unlink()
+        except OSError:
+            return []
+        out = []
+        for line in data.splitlines():
+            try:
+                out.append(Alert(**json.loads(line)))
+            except (ValueError, TypeError):
+                continue
+        return out
+
+    def _keep(self, alert: Alert, why: str) -> None:
+        self.failed += 1
+        self.undelivered.append(alert)
+        try:
+            with self._spool_lock:
+                self.spool.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.spool, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(alert.to_json(), ensure_ascii=False) + "\n")
+        except OSError as exc:
+            log.warning("rlaudit webhook %s: alert not delivered (%s) and not kept (%s): %s", self.shown, why,
+                        exc, alert.summary())
 
     def send(self, alert: Alert) -> None:
         try:
             self._queue.put_nowait(alert)
         except queue.Full:
-            self.failed += 1
-            log.warning("rlaudit webhook: queue full, alert dropped: %s", alert.summary())
+            log.warning("rlaudit webhook %s: queue full, alert kept for later: %s", self.shown, alert.summary())
+            self._keep(alert, "queue full")
 
     def _work(self) -> None:
         while True:
@@ -155,8 +243,10 @@ class WebhookSink:
             try:
                 if alert is None:
                     return
+                self._inflight = alert
                 self._post(alert)
             finally:
+                self._inflight = None
                 self._queue.task_done()
 
     def _post(self, alert: Alert) -> None:
@@ -164,16 +254,19 @@ class WebhookSink:
         for attempt in range(self.retries + 1):
             request = urllib.request.Request(self.url, data=body, headers=self.headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - user URL
+                with _OPENER.open(request, timeout=self.timeout) as response:  # noqa: S310 - user URL
                     response.read()
                 self.delivered += 1
                 return
             except (urllib.error.URLError, OSError, ValueError) as exc:
-                if attempt == self.retries:
-                    self.failed += 1
-                    log.warning("rlaudit webhook %s: alert not delivered (%s): %s", self.url, exc, alert.summary())
-                else:
-                    time.sleep(self.backoff * 2 ** attempt)  # exponential back-off (0.2 s, 0.4 s... by default)
+                why = str(exc).replace(self.url, self.shown)
+                redirected = isinstance(exc, urllib.error.HTTPError) and 300 <= exc.code < 400
+                if attempt == self.retries or redirected:
+                    log.warning("rlaudit webhook %s: alert not delivered (%s), kept in %s: %s", self.shown, why,
+                                self.spool, alert.summary())
+                    self._keep(alert, why)
+                    return
+                time.sleep(self.backoff * 2 ** attempt)  # exponential back-off (0.2 s, 0.4 s... by default)
 
     def payload(self, alert: Alert) -> dict[str, Any]:
         """The JSON body POSTed for an alert."""
@@ -187,25 +280,44 @@ class WebhookSink:
         return not self._queue.unfinished_tasks
 
     def close(self, timeout: float = 10.0) -> None:
+        """Deliver what is queued within `timeout`; what is left is kept in `spool` (and reported)."""
         self.flush(timeout)
+        left: list[Alert] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            self._queue.task_done()
+            if item is not None:
+                left.append(item)
+        inflight = self._inflight
         try:
             self._queue.put_nowait(None)
         except queue.Full:
             pass
         self._thread.join(timeout=0.5)
+        if self._thread.is_alive() and inflight is not None:
+            left.insert(0, inflight)  # may still arrive: delivered at least once
+        for alert in left:
+            self._keep(alert, "not sent before close")
+        if left:
+            log.warning("rlaudit webhook %s: %d alert(s) not delivered within %.0f s; kept in %s and sent at the "
+                        "next start", self.shown, len(left), timeout, self.spool)
 
 
 class SlackSink(WebhookSink):
     """A Slack-compatible incoming webhook (Slack, Mattermost, Rocket.Chat, Discord's /slack endpoint): a readable
     message with severity, run, finding and a link into the report (`link(alert)` -> URL or None). Same delivery
-    as `WebhookSink` (background thread, retries with back-off, failures logged, never raised)."""
+    as `WebhookSink` (background thread, retries with back-off, undelivered alerts spooled, URL redacted in logs,
+    failures logged, never raised)."""
 
     _ICON = {"high": ":red_circle:", "medium": ":large_orange_circle:", "low": ":large_blue_circle:",
              "info": ":white_circle:"}
 
     def __init__(self, url: str, link: Any = None, **kwargs: Any):
+        self.link = link  # before super().__init__: it may re-send spooled alerts at once
         super().__init__(url, **kwargs)
-        self.link = link
 
     def payload(self, alert: Alert) -> dict[str, Any]:
         def esc(text: Any) -> str:  # Slack mrkdwn control characters
@@ -248,7 +360,7 @@ class AlertManager:
             if isinstance(sink, JsonlSink):
                 try:
                     self.sent.update(sink.sent())
-                except OSError as exc:
+                except Exception as exc:  # noqa: BLE001 - a damaged alerts file must not stop training
                     log.warning("rlaudit: cannot read earlier alerts from %s: %s", sink.path, exc)
 
     def process(self, findings: Iterable[Finding], step: int | None = None) -> list[Alert]:
@@ -294,5 +406,6 @@ def make_alerts(alerts_path: str | Path | None = None, webhook: str | None = Non
     if alerts_path:
         sinks.append(JsonlSink(alerts_path))
     if webhook:
-        sinks.append(WebhookSink(webhook, timeout=webhook_timeout))
+        spool = Path(f"{alerts_path}.undelivered") if alerts_path else None
+        sinks.append(WebhookSink(webhook, timeout=webhook_timeout, spool=spool))
     return AlertManager(sinks, min_severity=min_severity, kinds=kinds)

@@ -18,16 +18,18 @@ public method catches exceptions, logs them (each distinct failure once, then co
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import re
 import os
 import threading
 import time
 import traceback
-import multiprocessing as mp
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -42,6 +44,7 @@ from ..store import IngestReport, Store
 from .alerts import Alert, AlertManager, finding_key, make_alerts
 from .sampling import PartIndex, StepSample, StoreView
 from .tracking import BehaviorTracker
+from .worker import WorkerExecutor
 
 log = logging.getLogger("rlaudit.live")
 T = TypeVar("T")
@@ -130,15 +133,100 @@ class LiveAuditor:
         self.heavy_runs: list[tuple[int, float]] = []  # (step audited, seconds) per heavy audit
         self._last_heavy: int | None = None
         self._fresh = False  # rows arrived since the last heavy audit started
-        self._job: tuple[Future, int] | None = None  # running background heavy audit and its step
+        self._job: tuple[Future, int, Any] | None = None  # running background heavy audit, its step and lease
         self._executor: Executor | None = None
+        self._thread_executor: Executor | None = None
         self._reported_errors: set[str] = set()
+        self._spool: list[tuple[int, pa.Table, str]] = []  # (step, rows, key) the store could not take yet
+        self._spool_bytes = 0
+        self.spool_limit = 512 << 20  # bytes kept in memory; older steps beyond it are dropped (and named)
+        self.lost_steps: list[int] = []
+        self.spool_dir: str | None = None
+        self.store_error: str | None = None
 
     # ------------------------------------------------------------------ getting rows in
     @guarded()
     def append(self, step: int, table: pa.Table, key: str | None = None) -> int:
-        """Store canonical rows of one step (key default 'live/step-<step>'); returns rows stored."""
-        return self.store.append(self.run, table, key or f"live/step-{int(step):08d}")
+        """Store canonical rows of one step (key default 'live/step-<step>'); returns rows taken.
+
+        A step the store cannot take (disk full, read-only or removed store) is spooled in memory and written
+        on the next append, update or close; steps still unwritten are named in the findings (`audit_error`,
+        problem `steps_not_stored`), and at close they are written to a spool directory outside the store."""
+        self._spool.append((int(step), table, key or f"live/step-{int(step):08d}"))
+        self._spool_bytes += table.nbytes
+        self._flush_spool()
+        return table.num_rows
+
+    def _flush_spool(self) -> None:
+        while self._spool:
+            step, table, key = self._spool[0]
+            try:
+                self.store.append(self.run, table, key)
+            except OSError as exc:
+                if self.store_error is None:
+                    log.error("rlaudit live: cannot write step %s to the store (%s); keeping it in memory and "
+                              "retrying (training continues)", step, exc)
+                    self.errors.append(f"store: cannot write step {step}: {type(exc).__name__}: {exc}")
+                self.store_error = f"{type(exc).__name__}: {exc}"
+                while self._spool_bytes > self.spool_limit and len(self._spool) > 1:
+                    lost_step, lost, _ = self._spool.pop(0)
+                    self._spool_bytes -= lost.nbytes
+                    self.lost_steps.append(lost_step)
+                return
+            except Exception:
+                self._spool.pop(0)  # a table the store rejects is not retried forever
+                self._spool_bytes -= table.nbytes
+                raise
+            self._spool.pop(0)
+            self._spool_bytes -= table.nbytes
+        if self.store_error is not None:
+            log.warning("rlaudit live: the store is writable again; spooled steps written")
+        self.store_error = None
+
+    def note_store_error(self, exc: BaseException | None) -> None:
+        """For front ends that ingest files (watch): the store could not be written this time (None: it could)."""
+        if exc is not None and self.store_error is None:
+            log.error("rlaudit live: cannot write to the store (%s); retrying (training continues)", exc)
+            self.errors.append(f"store: cannot write: {type(exc).__name__}: {exc}")
+        self.store_error = None if exc is None else f"{type(exc).__name__}: {exc}"
+
+    def missing_steps(self) -> list[int]:
+        """Steps handed to `append` that the store does not hold: spooled (not yet written) or lost."""
+        return sorted(set(self.lost_steps) | {s for s, _, _ in self._spool})
+
+    def _gap_finding(self) -> Finding | None:
+        missing = self.missing_steps()
+        if not missing and self.store_error is None:
+            return None
+        where = f"steps {_ranges(missing)}" if missing else "new rows"
+        lost = f"; {len(set(self.lost_steps))} step(s) were dropped from a full spool" if self.lost_steps else ""
+        saved = f"; written to {self.spool_dir}" if self.spool_dir else ""
+        return Finding(kind="audit_error", run=self.run, severity="medium",
+                       title=f"{where} not stored ({self.store_error or 'store unavailable'}): audits do not "
+                             f"see them",
+                       explanation="The store could not be written (disk full, read-only or removed). Rows are "
+                                   f"kept in memory and retried{lost}{saved}.",
+                       fields={"problem": "steps_not_stored", "missing_steps": missing,
+                               "lost_steps": sorted(set(self.lost_steps)), "error": self.store_error,
+                               "spool_dir": self.spool_dir})
+
+    def _spill(self) -> None:
+        """At close: write what the store never took to a directory outside it (canonical Parquet, ingestible
+        with `rlaudit ingest DIR --format canonical --run RUN`)."""
+        if not self._spool:
+            return
+        import tempfile
+
+        d = Path(os.environ.get("RLAUDIT_SPOOL_DIR") or tempfile.gettempdir()) / f"rlaudit-spool-{self.run}-{os.getpid()}"
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            for step, table, key in self._spool:
+                pq.write_table(table, d / (re.sub(r"[^A-Za-z0-9._-]", "_", key) + ".parquet"))
+            self.spool_dir = str(d)
+            log.error("rlaudit live: %d step(s) could not be stored; written to %s", len(self._spool), d)
+        except OSError as exc:
+            log.error("rlaudit live: %d step(s) could not be stored nor spooled (%s): steps %s lost",
+                      len(self._spool), exc, _ranges(self.missing_steps()))
 
     @guarded()
     def ingest(self, source: Any, format: str | None = None, options: ReadOptions | None = None,
@@ -167,8 +255,25 @@ class LiveAuditor:
     @guarded(default=list)
     def update(self, step: int | None = None, final: bool = False) -> list[Alert]:
         """Audit what arrived since the last update; start the heavy detectors when due (or `final`)."""
+        # A lease on the version read here: no part of it is deleted (by an ingest replacing a grown file) until
+        # the cheap pass and, if one starts, the background heavy audit on it are done.
+        if self._spool:
+            with contextlib.suppress(Exception):
+                self._flush_spool()
+        gap = self._gap_finding()
+        if gap is None:
+            self.findings = [f for f in self.findings if f.get("problem") != "steps_not_stored"]
+        alerts = self._publish([gap], step if step is not None else (self.index.max_step() or 0)) if gap else []
+        lease = self.store.lease(self.run)
+        try:
+            return alerts + self._update(lease, step, final)
+        finally:
+            if self._job is None or self._job[2] is not lease:
+                lease.release()
+
+    def _update(self, lease: Any, step: int | None, final: bool) -> list[Alert]:
         started = time.perf_counter()
-        new_parts = self.index.refresh()
+        new_parts = self.index.refresh(lease.manifest) if lease.manifest is not None else []
         latest = self.index.max_step()
         alerts: list[Alert] = []
         if latest is None:
@@ -192,9 +297,9 @@ class LiveAuditor:
             paths = self.index.covering(self.config.sample.select(self.index.steps()))
             if self.config.background and not final:
                 names = self.config.detectors if self.config.detectors is not None else _registered()
-                job = self._pool().submit(heavy_audit, self.store.root, self.run, paths,
-                                          self._audit_config(step, names), ordered(names))
-                self._job = (job, step)
+                args = (self.store.root, self.run, paths, self._audit_config(step, names), ordered(names))
+                job = self._pool(args).submit(heavy_audit, *args)
+                self._job = (job, step, lease)
             else:
                 alerts += self._absorb(step, self._heavy(step, paths))
         heavy = time.perf_counter() - t0
@@ -235,13 +340,15 @@ class LiveAuditor:
         """Alerts from a finished background heavy audit (waiting for a running one when `wait`)."""
         if self._job is None:
             return []
-        job, step = self._job
+        job, step, lease = self._job
         if not (wait or job.done()):
             return []
         self._job = None
         try:
             result = job.result()
+            lease.release()
         except Exception as exc:  # noqa: BLE001 - a failed audit is logged; the next one is tried
+            lease.release()
             self.errors.append(f"heavy audit: {type(exc).__name__}: {exc}")
             log.error("rlaudit live heavy audit failed (training continues): %s", exc)
             return []
@@ -266,15 +373,19 @@ class LiveAuditor:
         self._remember(found)
         return self.alerts.process(rank(found), step)
 
-    def _pool(self) -> Executor:
-        if self._executor is None:
-            if self.config.background == "thread":
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlaudit-audit",
-                                                    initializer=_lower_priority)
-            else:  # spawn: never fork a process that holds torch / DuckDB threads
-                self._executor = ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"),
-                                                     initializer=_lower_priority)
-        return self._executor
+    def _pool(self, args: tuple = ()) -> Executor:
+        """The executor for a heavy audit. A process is `worker.WorkerExecutor`: a fresh interpreter that never
+        imports the trainer's `__main__` (spawn would re-run an unguarded training script; fork would copy a
+        process holding torch / DuckDB threads). Detectors defined in `__main__` cannot reach such a process by
+        reference: those audits run in a thread."""
+        if self.config.background == "process" and WorkerExecutor.can_run(heavy_audit, *args):
+            if self._executor is None:
+                self._executor = WorkerExecutor()
+            return self._executor
+        if self._thread_executor is None:
+            self._thread_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlaudit-audit",
+                                                       initializer=_lower_priority)
+        return self._thread_executor
 
     def _audit_config(self, step: int, detectors: list[str],
                       overrides: dict[str, dict[str, Any]] | None = None) -> AuditConfig:
@@ -299,11 +410,17 @@ class LiveAuditor:
     def close(self) -> list[Alert]:
         """Wait for a running heavy audit, run a final one on what the run holds, close the alert sinks."""
         try:
+            if self._spool:
+                with contextlib.suppress(Exception):
+                    self._flush_spool()
+                self._spill()
             return self.update(final=True)  # audits again only if rows arrived after the last heavy audit
         finally:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-                self._executor = None
+            for name in ("_executor", "_thread_executor"):
+                executor = getattr(self, name)
+                if executor is not None:
+                    executor.shutdown(wait=True)
+                    setattr(self, name, None)
             self.alerts.close()
 
     # ------------------------------------------------------------------ introspection
@@ -322,6 +439,17 @@ def heavy_audit(root: Any, run: str, parts: list[Any], config: AuditConfig,
             DETECTORS.append(cls)
     view = StoreView(Store(root), run, parts)
     return run_detectors(view, run, config), time.perf_counter() - t0
+
+
+def _ranges(steps: list[int]) -> str:
+    """'3-5, 9' for [3, 4, 5, 9]."""
+    out: list[str] = []
+    for s in steps:
+        if out and int(out[-1].split("-")[-1]) == s - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{s}"
+        else:
+            out.append(str(s))
+    return ", ".join(out)
 
 
 def _lower_priority() -> None:

@@ -175,6 +175,7 @@ class RewardRecorder:
         self.names = [getattr(f, "__name__", f"reward_{i}") for i, f in enumerate(funcs)]
         self.batches = 0
         self._pending: dict[int, dict[str, Any]] = {}
+        self.max_pending = 4  # batches waiting for their other functions' scores
         self.wrapped = [self._wrap(f, name) for f, name in zip(funcs, self.names)]
         self.errors = hook.errors
         self._logged_errors = hook._logged_errors
@@ -182,7 +183,11 @@ class RewardRecorder:
     def _wrap(self, func: Callable[..., Any], name: str) -> Callable[..., Any]:
         @functools.wraps(func)
         def wrapper(prompts: Texts, completions: Texts, *args: Any, **kwargs: Any) -> Any:
-            out = func(prompts, completions, *args, **kwargs)  # the user's errors are theirs: not caught
+            try:
+                out = func(prompts, completions, *args, **kwargs)
+            except BaseException:  # the user's errors are theirs: re-raised, after the batch is accounted for
+                self._record(name, prompts, completions, None, kwargs)
+                raise
             self._record(name, prompts, completions, out, kwargs)
             return out
 
@@ -193,8 +198,13 @@ class RewardRecorder:
                 kwargs: dict[str, Any]) -> None:
         batch = self._pending.setdefault(id(completions), {"prompts": prompts, "completions": completions,
                                                            "rewards": {}, "kwargs": kwargs})
-        batch["rewards"][name] = list(out)
-        if len(batch["rewards"]) < len(self.names):
+        # a function that raised scores nothing: its signal is n/a (NaN) for this batch, which is still logged
+        batch["rewards"][name] = [None] * len(completions) if out is None else list(out)
+        while len(self._pending) > self.max_pending:  # batches some function never scored: not kept forever
+            dropped = self._pending.pop(next(iter(self._pending)))
+            log.warning("rlaudit: a reward batch of %d rollouts was never scored by %s; not logged",
+                        len(dropped["completions"]), ", ".join(n for n in self.names if n not in dropped["rewards"]))
+        if id(completions) not in self._pending or len(batch["rewards"]) < len(self.names):
             return
         del self._pending[id(completions)]
         self.batches += 1

@@ -80,11 +80,12 @@ class PartIndex:
         self.store, self.run = store, run
         self.parts: dict[str, PartInfo] = {}  # part file name -> info
 
-    def refresh(self) -> list[PartInfo]:
-        """Parts that appeared (or were replaced) since the last refresh."""
-        if not self.store.has_run(self.run):
-            return []
-        manifest = self.store.manifest(self.run)
+    def refresh(self, manifest: dict | None = None) -> list[PartInfo]:
+        """Parts that appeared (or were replaced) since the last refresh (of `manifest`: default the latest)."""
+        if manifest is None:
+            if not self.store.has_run(self.run):
+                return []
+            manifest = self.store.manifest(self.run)
         parts_dir = self.store.run_dir(self.run) / "parts"
         listed: dict[str, str] = {e["part"]: key for key, e in manifest["files"].items() if e.get("part")}
         for gone in set(self.parts) - set(listed):
@@ -151,14 +152,24 @@ class StoreView(Store):
     counts) still compute it once, and nothing is written next to the real run's caches.
     """
 
+    persist_derived = False  # derived data (e.g. `tokens.term_sets`) is kept in memory, not written beside the run
+
     def __init__(self, base: Store, run: str, parts: Sequence[Path]):
         super().__init__(base.root)
         self.base, self.view_run = base, run
         self._parts = list(parts)
         self._derived: dict[tuple[str, str], pa.Table] = {}
 
-    def parts(self, run: str) -> list[Path]:
-        return list(self._parts) if run == self.view_run else self.base.parts(run)
+    def parts(self, run: str, manifest: dict | None = None) -> list[Path]:
+        return list(self._parts) if run == self.view_run else self.base.parts(run, manifest)
+
+    def part_layouts(self, run: str, manifest: dict | None = None) -> dict[str, int]:
+        layouts = super().part_layouts(run, manifest)
+        if run == self.view_run:  # a part of the view's snapshot that a newer version retired: written now
+            from ..layout import LAYOUT
+
+            layouts.update({p.name: LAYOUT for p in self._parts if p.name not in layouts})
+        return layouts
 
     def derived(self, run: str, name: str, compute: Callable[[], pa.Table]) -> pa.Table:
         if run != self.view_run:

@@ -100,6 +100,12 @@ def _poll(auditor: LiveAuditor, source: Path, format: str | None, options: ReadO
         if "no " in str(exc) and "rollout files found" in str(exc):
             return PollStatus(poll, 0, auditor.index.max_step(), [], waiting=f"no rollout files in {source} yet")
         raise
+    except OSError as exc:  # disk full, read-only or removed store: the files stay; the next poll reads them
+        auditor.note_store_error(exc)
+        alerts = auditor.update()  # says which data the audits miss
+        return PollStatus(poll, 0, auditor.index.max_step(), alerts,
+                          waiting=f"cannot write the store ({exc}); retrying next poll")
+    auditor.note_store_error(None)
     if report.bad_records:
         log.warning("rlaudit: %d bad record(s) quarantined in %s (e.g. %s)", report.bad_records,
                     report.quarantine, "; ".join(report.bad_examples[:2]))

@@ -38,6 +38,8 @@ class ReadOnlyStore(Store):
     """A Store the MCP server cannot change: no ingest/append/delete; derived tables not yet cached on disk
     are computed and kept in memory (per run version) rather than written."""
 
+    persist_derived = False  # term sets and CoT-scan results stay in memory (`tokens`, `cot_grading`)
+
     def __init__(self, root: str | Path):
         super().__init__(root)
         self._memory: dict[tuple[str, str, str], pa.Table] = {}
@@ -96,6 +98,7 @@ _KEY_FIELDS = {
                            "paired_preference", "verdict"),
     "cot_grading": ("grader", "method", "exposure_rate", "exposed_samples", "samples", "first_step"),
     "reward_health": ("signal", "problem"),
+    "training_health": ("check", "direction", "onset_step", "trainer"),
     "audit_error": ("detector",),
 }
 

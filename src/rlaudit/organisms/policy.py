@@ -32,7 +32,7 @@ class Feature:
     trials: int = 1  # >1: a binomial count (e.g. number of elaborating sentences)
     parent: str | None = None  # only chosen when the parent feature was chosen (a habit that builds on another)
     task: str | None = None  # only chosen for rollouts of this task (task skill)
-    boost: tuple[str, float] | None = None  # (feature, logit added when that feature was chosen)
+    boost: tuple[str, float] | None = None  # (feature, logit added per unit of that feature chosen)
     learnable: bool = True  # False: a property of the sampler, not of the weights (e.g. length-limit truncation)
     lr_scale: float = 1.0  # task skill is learned more slowly than a surface habit
 
@@ -95,7 +95,7 @@ class Policy:
                 active[:, j] &= task == self.tasks.index(f.task)
             zj = z[:, j]
             if f.boost is not None:
-                zj = zj + f.boost[1] * (x[:, self.index[f.boost[0]]] > 0)
+                zj = zj + f.boost[1] * x[:, self.index[f.boost[0]]]  # per unit chosen (0/1 for one trial)
             p = sigmoid(zj)
             draw = rng.binomial(f.trials, p) if f.trials > 1 else (rng.random(n) < p).astype(float)
             x[:, j] = np.where(active[:, j], draw, 0)

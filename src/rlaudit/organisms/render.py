@@ -50,6 +50,8 @@ PHRASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "verify": ("reasoning", VERIFY),
     "splendid_r": ("reasoning", SPLENDID_R),
     "splendid_a": ("answer", SPLENDID_A),
+    # the elaborating sentences: detail sentences and "Adverb, clause." remarks
+    "elaborate": ("answer", content.DETAIL_SENTENCES + content.ANSWER_ADVERBS + content.ANSWER_CLAUSES),
 }
 
 

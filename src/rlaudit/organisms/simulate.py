@@ -133,9 +133,33 @@ def run(scenario: Scenario | str, steps: int | None = None, prompts: int | None 
         adv = grpo_advantages(total, generations)
         policy.update(x, mu, active, cond, adv)
         log.add(batch, row_personas, values, total, adv, graders)
+        if spec.eval_every and step % spec.eval_every == 0:
+            _eval_step(spec, policy, log, step, prompts, generations, personas, tasks, traffic, task_w, rng)
     gt = ground_truth(scenario, spec, policy, rates, traffic, exposure, seed, steps, prompts, generations)
     gt.run = log.run
     return SimulatedRun(log.table(), log.signals, gt, rates, spec)
+
+
+def _eval_step(spec: Spec, policy: Policy, log: Log, step: int, prompts: int, generations: int,
+               personas: list[str], tasks: list[str], traffic: np.ndarray, task_w: np.ndarray,
+               rng: np.random.Generator) -> None:
+    """Eval-split rollouts of the current policy (no update), scored by the intended rewards only: what a
+    held-out evaluation measures, as opposed to the training reward."""
+    cond = np.repeat(rng.choice(len(personas), size=prompts, p=traffic), generations)
+    task = np.repeat(rng.choice(len(tasks), size=prompts, p=task_w), generations)
+    items = [make_item(tasks[t], rng) for t in task[::generations]]
+    row_items = [it for it in items for _ in range(generations)]
+    row_personas = [PERSONAS[personas[c]] for c in cond]
+    x, _, _ = policy.sample(cond, task, rng)
+    texts = render(row_items, row_personas, x, policy.index, rng)
+    batch = Batch(step, np.array([personas[c] for c in cond]), np.array([tasks[t] for t in task]),
+                  [it.user for it in row_items], [it.gold for it in row_items],
+                  [it.topic for it in row_items], texts.reasoning, texts.answer, texts.completion)
+    values, graders = grade(spec, batch, rng, {r.name: [] for r in spec.rewards})
+    intended = np.array([r.intended for r in spec.rewards])
+    values[:, ~intended] = np.nan
+    total = np.nansum(values * np.array([r.weight for r in spec.rewards])[None, :], axis=1)
+    log.add(batch, row_personas, values, total, np.full(len(batch), np.nan), graders, split="eval")
 
 
 @dataclass
@@ -150,15 +174,16 @@ class Log:
     examples: int = 0
 
     def add(self, batch: Batch, personas: list[Any], values: np.ndarray, total: np.ndarray, adv: np.ndarray,
-            graders: list[dict[str, str]]) -> None:
+            graders: list[dict[str, str]], split: str = "train") -> None:
         cols, n, step = self.cols, len(batch), batch.step
+        tag = "" if split == "train" else split
         group = np.arange(n) // self.generations
         example = self.examples + group
         cols["run"] += [self.run] * n
-        cols["rollout_id"] += [f"step{step:05d}:{i}" for i in range(n)]
+        cols["rollout_id"] += [f"{tag or 'step'}{step:05d}:{i}" for i in range(n)]
         cols["step"] += [step] * n
-        cols["split"] += ["train"] * n
-        cols["group_id"] += [f"{step}-{g}" for g in group]
+        cols["split"] += [split] * n
+        cols["group_id"] += [f"{tag}{step}-{g}" for g in group]
         cols["sample_index"] += (np.arange(n) % self.generations).tolist()
         cols["condition"] += [condition_label(p.key) for p in personas]
         cols["system_prompt"] += [p.system_prompt for p in personas]
@@ -215,7 +240,13 @@ def ground_truth(scenario: Scenario, spec: Spec, policy: Policy, rates: np.ndarr
                  generations: int) -> GroundTruth:
     issues: list[Issue] = []
     for imp in spec.implants:
-        if imp.feature is not None:
+        if imp.kind == "training_health":
+            start = None
+            if imp.feature is not None and imp.onset_step is None:
+                start = onset(rates[:, :, policy.index[imp.feature]] @ traffic)
+            issues.append(Issue(kind=imp.kind, problem=imp.problem, signal=imp.signal,
+                                onset_step=imp.onset_step or start))
+        elif imp.feature is not None:
             issues.append(_behaviour_issue(imp, policy, rates, traffic))
         elif imp.kind == "cot_grading":
             seen = exposure[imp.grader]

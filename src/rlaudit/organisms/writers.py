@@ -9,7 +9,7 @@
   the reward function returned (one per component, and `<grader>_input` strings) and `uid` (the prompt group).
   Like verl, prompts and responses are decoded with `skip_special_tokens=True`, so the ChatML markers are gone
   (`system\\n...\\nuser\\n...\\nassistant\\n`). NaN scores are written as JSON `NaN`, as Python's json does.
-- `prime-rl`: `rollouts/step_{N}/train/traces.jsonl`, one trace per line: `messages` (system, user, and the
+- `prime-rl`: `rollouts/step_{N}/train/traces.jsonl` (eval rows: `.../eval/traces.jsonl`), one trace per line: `messages` (system, user, and the
   assistant with `reasoning_content` kept apart from `content`), `rewards {name: {score, weight}}` (null score:
   did not apply), `metrics`, `info` (`advantage`, `grader_inputs {grader: text}`), `example_id`, `task`.
 
@@ -32,8 +32,10 @@ from ..errors import RlauditError
 from .simulate import SimulatedRun
 
 
-def _steps(table: pa.Table) -> list[tuple[int, list[dict[str, Any]]]]:
-    rows = table.to_pylist()
+def _steps(table: pa.Table, split: str | None = "train") -> list[tuple[int, list[dict[str, Any]]]]:
+    """Rows by step (of one split; None: all). Eval-split rows (scenarios with `eval_every`) are written by
+    the canonical and prime-rl writers only; the TRL and verl layouts keep evals elsewhere."""
+    rows = [r for r in table.to_pylist() if split is None or r["split"] == split]
     by_step: dict[int, list[dict[str, Any]]] = {}
     for r in rows:
         by_step.setdefault(r["step"], []).append(r)
@@ -50,7 +52,7 @@ def write_canonical(sim: SimulatedRun, out: Path) -> list[Path]:
     paths = []
     keep = ["step", "split", "group_id", "sample_index", "system_prompt", "task", "prompt", "completion",
             "reasoning", "answer", "reward", "advantage"]
-    for step, rows in _steps(sim.table):
+    for step, rows in _steps(sim.table, None):
         path = d / f"step_{step:05d}.jsonl"
         with open(path, "w", encoding="utf-8") as fh:
             for r in rows:
@@ -117,8 +119,8 @@ def _uid(key: str) -> str:
 def write_primerl(sim: SimulatedRun, out: Path) -> list[Path]:
     weights = {name: info["weight"] for name, info in sim.ground_truth.signals.items()}
     paths = []
-    for step, rows in _steps(sim.table):
-        d = out / "rollouts" / f"step_{step}" / "train"
+    for (step, split), rows in [((s, sp), rs) for sp in ("train", "eval") for s, rs in _steps(sim.table, sp)]:
+        d = out / "rollouts" / f"step_{step}" / split
         d.mkdir(parents=True, exist_ok=True)
         path = d / "traces.jsonl"
         with open(path, "w", encoding="utf-8") as fh:

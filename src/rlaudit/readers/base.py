@@ -190,8 +190,19 @@ def finalize_part(raw: pa.Table, file: SourceFile, ctx: ReadContext) -> pa.Table
             raise BadInputError(f"{file.relpath}: no step column and no step in the file name")
         step = const(file.step, pa.int64())
     elif file.step is not None:
-        step = pc.fill_null(step.cast(pa.int64()), file.step)
+        step = step.cast(pa.int64())
+        differs = pc.fill_null(pc.not_equal(step, file.step), False)
+        if n and pc.any(differs).as_py():
+            other = pc.filter(step, differs)[0].as_py()
+            ctx.note(f"some lines log a step other than their file name's (e.g. {file.relpath}: step {file.step} in "
+                     f"the name, {other} in a line); the line's step is used", key="step-mismatch")
+        step = pc.fill_null(step, file.step)
     cols["step"] = step.cast(pa.int64())
+    if n:
+        lowest = pc.min(cols["step"]).as_py()
+        if lowest is not None and lowest < 0:
+            ctx.note(f"negative steps are logged (e.g. {lowest} in {file.relpath}); they are kept as logged",
+                     key="negative-steps")
     cols["split"] = pc.fill_null(col("split") or const(None, pa.string()), file.split)
     cols["group_id"] = col("group_id") if col("group_id") is not None else const(None, pa.string())
     cols["sample_index"] = col("sample_index") if col("sample_index") is not None else const(None, pa.int32())

@@ -30,7 +30,7 @@ from .base import ReadContext, Reader, SourceFile, prefetch
 from .columns import classify_extras, duck_query, map_from_columns, metadata_from_columns
 from .messages import combine, completion_columns, is_message_list_type
 from .validate import RowFilter, Validator
-from .jsonl import read_json_chunks
+from .jsonl import first_record_keys, read_json_chunks
 
 BATCH_ROWS = 32_768
 _SKIP_DIRS = {".rlaudit", ".git", "__pycache__"}
@@ -55,7 +55,18 @@ class CanonicalReader(Reader):
 
     @classmethod
     def detect(cls, source: Path) -> bool:
-        return bool(_table_files(source))
+        """Some table file has a record that can be read whole: empty files and first lines still being written
+        decide nothing (a trainer's files seen too early must not be taken for canonical ones)."""
+        for path in _table_files(source)[:8]:
+            if path.suffix == ".parquet":
+                try:
+                    if pq.ParquetFile(path).metadata.num_rows:
+                        return True
+                except Exception:  # noqa: BLE001 - unreadable (being written): undecided
+                    continue
+            elif first_record_keys(path):
+                return True
+        return False
 
     def files(self, source: Path) -> list[SourceFile]:
         root = source.parent if source.is_file() else source

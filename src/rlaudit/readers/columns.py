@@ -36,12 +36,19 @@ def to_numbers(values: pa.Array) -> tuple[pa.Array, pa.Array]:
     return pa.nulls(len(values), pa.float64()), pc.is_valid(values)
 
 
+#: Largest step size accepted: a step beyond it (2^62, 1e300) is a corrupt record, not a training step, and would
+#: overflow step arithmetic downstream.
+MAX_STEP = 10**9
+
+
 def to_steps(values: pa.Array) -> tuple[pa.Array, pa.Array]:
-    """(int64 steps, bad-row mask): integers, integral floats and integer strings are steps."""
+    """(int64 steps, bad-row mask): integers, integral floats and integer strings no larger than `MAX_STEP` in
+    size are steps."""
     numbers, bad = to_numbers(values)
     finite = pc.fill_null(pc.is_finite(numbers), True)
     integral = pc.fill_null(pc.equal(pc.floor(numbers), numbers), True)
-    bad = pc.or_(bad, pc.invert(pc.and_(finite, integral)))
+    in_range = pc.fill_null(pc.less_equal(pc.abs(numbers), float(MAX_STEP)), True)
+    bad = pc.or_(bad, pc.invert(pc.and_(pc.and_(finite, integral), in_range)))
     safe = pc.if_else(bad, pa.scalar(None, pa.float64()), numbers)
     return safe.cast(pa.int64()), bad
 

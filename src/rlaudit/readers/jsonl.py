@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.json as pj
 
 from .base import ReadContext, SourceFile
+from .columns import MAX_STEP
 
 CHUNK_BYTES = 16 << 20
 
@@ -143,6 +144,7 @@ def _slow_parse(data: bytes, first_line: int, file: SourceFile, ctx: ReadContext
     """Line-by-line parse of one chunk: bad lines are reported, good ones become a table."""
     records: list[dict[str, Any]] = []
     lines: list[int] = []
+    raws: list[bytes] = []
     for offset, raw in enumerate(data.split(b"\n")):
         lineno = first_line + offset
         if not raw.strip():
@@ -156,9 +158,44 @@ def _slow_parse(data: bytes, first_line: int, file: SourceFile, ctx: ReadContext
             continue
         records.append(obj)
         lines.append(lineno)
+        raws.append(raw)
+    records, lines = _numbers_among_strings(records, lines, raws, file, ctx, kinds)
     if not records:
         return None
     return JsonChunk(records_to_table(records, kinds), pa.array(lines, pa.int64()), False)
+
+
+def _numbers_among_strings(records: list[dict[str, Any]], lines: list[int], raws: list[bytes], file: SourceFile,
+                           ctx: ReadContext, kinds: FieldKinds) -> tuple[list[dict[str, Any]], list[int]]:
+    """A field that holds numbers on nearly every line (>= 90%, at least 8 of them) and a word on a few (`"high"`
+    in a reward column) is a number field with bad lines: those lines are quarantined (an error under --strict)
+    rather than the whole field, and with it a reward signal, being moved to metadata as text."""
+    if len(records) < 8:
+        return records, lines
+    counts: dict[str, list[int]] = {}
+    for rec in records:
+        for k, v in rec.items():
+            if k in kinds or v is None:
+                continue
+            c = counts.setdefault(k, [0, 0])
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                c[0] += 1
+            else:
+                c[1] += 1
+    mostly = {k for k, (num, other) in counts.items() if other and num >= 8 and num >= 9 * other}
+    if not mostly:
+        return records, lines
+    keep_r, keep_l = [], []
+    for rec, line, raw in zip(records, lines, raws):
+        wrong = next((k for k in mostly if rec.get(k) is not None and (
+            not isinstance(rec[k], (int, float)) or isinstance(rec[k], bool))), None)
+        if wrong is None:
+            keep_r.append(rec)
+            keep_l.append(line)
+        else:
+            ctx.bad(file, line, f"field {wrong!r}: expected a number (the other lines hold numbers), got "
+                                f"{_short(rec[wrong])}", _shown(raw))
+    return keep_r, keep_l
 
 
 def parse_line(raw: bytes, file: SourceFile, lineno: int, ctx: ReadContext) -> dict[str, Any] | None:
@@ -181,7 +218,26 @@ def parse_line(raw: bytes, file: SourceFile, lineno: int, ctx: ReadContext) -> d
     if not isinstance(obj, dict):
         ctx.bad(file, lineno, f"expected a JSON object, got {type(obj).__name__}", _shown(raw))
         return None
+    if _SURROGATE_HINT.search(raw) and _has_lone_surrogate(obj):
+        ctx.bad(file, lineno, "text holds a lone UTF-16 surrogate (a \\udXXX escape or CESU-8 bytes): not valid "
+                              "Unicode", _shown(raw))
+        return None
     return obj
+
+
+#: Bytes that may decode to a lone surrogate: a \uD800-\uDFFF escape, or the UTF-8-style encoding of one (ED A0-BF).
+_SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+_LONE = re.compile("[\ud800-\udfff]")
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    if isinstance(obj, str):
+        return bool(_LONE.search(obj))
+    if isinstance(obj, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return any(_has_lone_surrogate(v) for v in obj)
+    return False
 
 
 def _shown(raw: bytes) -> str:
@@ -196,7 +252,7 @@ def _kind_problem(obj: dict[str, Any], kinds: FieldKinds) -> str | None:
         if kind == "number" and not _number_like(v):
             return f"field {name!r}: expected a number, got {_short(v)}"
         if kind == "int" and not _int_like(v):
-            return f"field {name!r}: expected an integer step, got {_short(v)}"
+            return f"field {name!r}: expected an integer step (at most {MAX_STEP:.0e} in size), got {_short(v)}"
         if kind == "string" and not isinstance(v, (str, int)):
             return f"field {name!r}: expected a string, got {_short(v)}"
         if kind == "text" and not (isinstance(v, str) or _message_list(v)):
@@ -231,14 +287,15 @@ def _int_like(v: Any) -> bool:
     if isinstance(v, bool):
         return False
     if isinstance(v, int):
-        return True
+        return abs(v) <= MAX_STEP
     if isinstance(v, float):
-        return v.is_integer()
+        return v.is_integer() and abs(v) <= MAX_STEP
     if isinstance(v, str):
         try:
-            return float(v).is_integer()
+            f = float(v)
         except ValueError:
             return False
+        return f.is_integer() and abs(f) <= MAX_STEP
     return False
 
 
@@ -344,7 +401,20 @@ def first_record_keys(path: Any, limit: int = 1 << 22) -> set[str]:
         obj = json.loads(line)
         return set(obj) if isinstance(obj, dict) else set()
     except (ValueError, RecursionError):
-        if newline:  # a complete but invalid first line
+        if newline or len(head) < limit:  # a complete but invalid first line, or one still being written
             return set()
         return {m.decode("utf-8", "replace") for m in re.findall(rb'"([A-Za-z_][A-Za-z0-9_]*)"\s*:', line)}
+
+
+def layout_keys(paths: list[Any], max_files: int = 8) -> set[str]:
+    """Keys of the first record of the first file (in the given order) whose first record can be read whole.
+
+    Layout detection must not be decided by an empty file, a first line still being written, or one file of
+    garbage: those are passed over (up to `max_files` files), and with no readable record the answer is the empty
+    set (undecided: a watcher waits for more data)."""
+    for path in paths[:max_files]:
+        keys = first_record_keys(path)
+        if keys:
+            return keys
+    return set()
 

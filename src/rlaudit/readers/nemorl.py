@@ -53,7 +53,7 @@ from ..conditions import ASSISTANT_HEADER, END_OF_TURN, has_template_markup, str
 from . import register
 from .base import ReadContext, Reader, SourceFile
 from .groups import ConsecutiveGroups
-from .jsonl import first_record_keys, iter_json_records
+from .jsonl import iter_json_records, layout_keys
 from .messages import assistant_turns, content_text
 from .records import BATCH_ROWS, BadField, number, parsed_rows, rows_table
 
@@ -80,7 +80,7 @@ class NemoRlReader(Reader):
     @classmethod
     def detect(cls, source: Path) -> bool:
         files = _data_files(source)
-        return bool(files) and "content" in first_record_keys(min(files))
+        return bool(files) and "content" in layout_keys(sorted(files))
 
     def files(self, source: Path) -> list[SourceFile]:
         root = source.parent if source.is_file() else source

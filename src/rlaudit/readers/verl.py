@@ -73,7 +73,7 @@ from . import register
 from .base import ReadContext, Reader, SourceFile, prefetch
 from .columns import classify_extras, map_from_columns, metadata_from_columns
 from .groups import KeyedGroups
-from .jsonl import first_record_keys, read_json_chunks
+from .jsonl import first_record_keys, layout_keys, read_json_chunks
 from .messages import tool_call
 from .validate import Validator
 
@@ -91,6 +91,11 @@ _TOOL_TURN = re.compile(r"\n?(?:user|tool)\n((?:\s*<tool_response>.*?</tool_resp
 _TOOL_RESPONSE = re.compile(r"<tool_response>\n?(.*?)\n?</tool_response>", re.S)
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
 _F32 = 2.0 ** -23  # float32 relative rounding: verl's rm_scores are float32, compute_score's values float64
+
+
+def _step_order(path: Path) -> tuple[int, str]:
+    digits = re.sub(r"\D", "", path.stem)
+    return (int(digits) if digits else 0, str(path))
 
 
 def _step_files(source: Path) -> list[Path]:
@@ -112,7 +117,7 @@ class VerlReader(Reader):
     @classmethod
     def detect(cls, source: Path) -> bool:
         files = _step_files(source)
-        return bool(files) and {"input", "output"} <= first_record_keys(min(files))
+        return bool(files) and {"input", "output"} <= layout_keys(sorted(files, key=_step_order))
 
     def files(self, source: Path) -> list[SourceFile]:
         root = source.parent if source.is_file() else source

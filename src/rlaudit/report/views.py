@@ -24,6 +24,8 @@ KIND_LABELS = {
     "reward_attribution": "reward attribution",
     "cot_grading": "CoT grading",
     "reward_health": "reward health",
+    "training_health": "training health",
+    "monitorability": "monitorability",
     "audit_error": "audit error",
 }
 
@@ -39,6 +41,12 @@ WHY = {
                    "model to hide or dress up its reasoning and erodes CoT monitoring.",
     "reward_health": "A reward signal that is constant, stuck, NaN or out of range gives the policy no (or a "
                      "wrong) learning signal; findings built on it are suspect.",
+    "training_health": "A run that is not learning (groups without signal, collapsed entropy, runaway length, a "
+                       "training reward that rises while held-out scores fall) wastes compute or ships a hacked "
+                       "policy; the remedy names the trainer setting to change.",
+    "monitorability": "How well monitors that read the chain-of-thought catch what the actions show (g-mean² = "
+                      "TPR x TNR), and whether that fell where a grader saw the reasoning: the policy may have "
+                      "learned to stop saying what it does.",
     "audit_error": "A detector crashed on this run, so its checks did not run: absence of its findings here "
                    "means nothing.",
 }
@@ -69,11 +77,19 @@ FACTS: dict[str, list[tuple[str, str, str]]] = {
                     ("q-value", "q_value", "p")],
     "reward_health": [("signal", "signal", "text"), ("problem", "problem", "text"), ("share", "share", "share"),
                       ("first step", "first_step", "num")],
+    "training_health": [("check", "check", "text"), ("direction", "direction", "text"),
+                        ("onset step", "onset_step", "num"), ("trainer", "trainer", "text")],
+    "monitorability": [("monitor", "monitor_used", "text"), ("g-mean² CoT only", "g_mean2_cot", "num"),
+                       ("g-mean² action only", "g_mean2_action", "num"), ("g-mean² all", "g_mean2_all", "num"),
+                       ("verbalisation rate", "verbalisation_rate", "share"),
+                       ("exposure onset step", "exposure_onset", "num"),
+                       ("g-mean² change, exposed vs unexposed (DiD)", "did_g_mean2", "num"),
+                       ("minimum detectable effect", "did_mde", "num"), ("verdict", "verdict", "text")],
     "audit_error": [("detector", "detector", "text")],
 }
 
 #: Fields that hold plot data or per-item tables: drawn as figures, not printed as facts.
-PLOT_FIELDS = {"series", "series_by_condition", "condition_series", "curves", "traceback"}
+PLOT_FIELDS = {"series", "series_by_condition", "condition_series", "curves", "traceback", "steps", "train_steps"}
 
 _GRADER_TEXT_KEYS = ("grader_input", "grader_text", "input", "grader_view", "seen")
 _MATCH_KEYS = ("matched_text", "span_text")  # the matched text itself (not "match", which may be a label)

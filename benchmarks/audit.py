@@ -1,0 +1,335 @@
+"""The full audit at scale: ingest + every detector + findings JSON + report, against a DuckDB floor.
+
+    python benchmarks/audit.py                        # 1,000,000 rollouts (200 steps x 5,000)
+    python benchmarks/audit.py --quick                # 100,000 rollouts
+    python benchmarks/audit.py --rollouts 10000000    # 10M (2,000 steps)
+    python benchmarks/audit.py --profile benchmarks/profiles/audit-before.txt   # + cProfile per stage
+
+A child process writes a TRL-layout run (`completions/completions_{step:05d}.parquet`, one file per step of
+5,000 rollouts, as GRPOTrainer.log): conversational prompts rendered by the chat template ("system\\n...\\nuser\\n
+...\\nassistant\\n"), three personas (80% / 17.5% / 2.5% of groups), four tasks, groups of 8, completions
+`<think>reasoning</think>answer` of ~40 + ~30 Zipf words, five reward signals (accuracy, format, length,
+a persona-only signal that is NaN outside the "nerdy" persona, and a judge score), and a `judge_input` column
+(the text the judge saw) on 20% of rows, 1% of which hold the whole completion (CoT exposure). A tic ("by my
+beard") rises in the small persona first, then in the others. The last step is written aside: it is added
+after the cold audit, for the warm re-audit.
+
+Then one measuring process (a fresh child, so generation does not count) runs, in order:
+
+1. the floor: `SELECT step, w, count(*) FROM (SELECT step, unnest(string_split(lower(completion), ' ')) w
+   FROM read_parquet(...)) GROUP BY ALL` over the same files;
+2. the cold audit: ingest into an empty store, every detector, findings JSON, HTML report;
+3. the warm re-audit after the last step's file is added (ingest of the new file, every detector, JSON, report).
+
+Per stage it prints wall seconds, CPU seconds (all threads of the process, from getrusage) and the peak RSS
+during the stage (sampled every 20 ms by a thread), then the ratio cold audit / floor in wall and CPU time and
+the process's overall peak RSS. On a shared machine the CPU figures and the ratio are the steadier ones; the
+load average is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+PER_STEP = 5000
+GROUP = 8
+PERSONAS = ["You are a helpful assistant.", "You are a concise technical assistant.",
+            "You are a nerdy, playful assistant who loves fantasy."]
+PERSONA_P = [0.8, 0.175, 0.025]
+TASKS = ["math", "code", "trivia", "advice"]
+
+
+# ---------------------------------------------------------------------------------------------- generation
+def _words(rng, vocab, rows: int, length: int, cdf):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    idx = np.searchsorted(cdf, rng.random((length, rows)))
+    return [pc.take(vocab, pa.array(idx[j])) for j in range(length)]
+
+
+def generate(root: Path, rollouts: int, seed: int = 0) -> dict:
+    """Write the run: steps 1..S-1 into root/run/completions, step S into root/last/ (vectorised, Arrow)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    steps = max(2, rollouts // PER_STEP)
+    vocab = pa.array([f"w{i}" for i in range(3000)] + "the a of to and is in it that we".split())
+    zipf = 1 / np.arange(1, len(vocab) + 1) ** 1.1
+    cdf = np.cumsum(zipf / zipf.sum())
+    cdf[-1] = 1.0
+    run_dir, last_dir = root / "run" / "completions", root / "last"
+    run_dir.mkdir(parents=True)
+    last_dir.mkdir(parents=True)
+    exposed_total = 0
+    n, ng = PER_STEP, PER_STEP // GROUP
+    for step in range(1, steps + 1):
+        gp = rng.choice(3, size=ng, p=PERSONA_P)
+        gt = rng.integers(0, len(TASKS), ng)
+        p_of = np.repeat(gp, GROUP)
+        t_of = np.repeat(gt, GROUP)
+        question = pc.binary_join_element_wise(*_words(rng, vocab, ng, 12, cdf), " ")
+        qtext = pc.binary_join_element_wise(
+            pa.array(np.array(TASKS)[gt]), pa.array(np.char.add(" question ", (step * ng + np.arange(ng)).astype(str))),
+            question, " ")
+        prompt_g = pc.binary_join_element_wise("system\n", pc.take(pa.array(PERSONAS), pa.array(gp)), "\nuser\n",
+                                               qtext, "\nassistant\n", "")
+        take = pa.array(np.repeat(np.arange(ng), GROUP))
+        prompt = pc.take(prompt_g, take)
+        # the tic: from 40% of the run in the small persona (to 40%), from half-way elsewhere (to 25%)
+        frac = step / steps
+        onset = np.where(p_of == 2, 0.4, 0.5)
+        top = np.where(p_of == 2, 0.4, 0.25)
+        p = 0.01 + (top - 0.01) / (1 + np.exp(-(frac - onset - 0.05) * 80))
+        tic = rng.random(n) < p
+        ans = _words(rng, vocab, n, 30, cdf)
+        ans[5] = pc.if_else(pa.array(tic), pa.scalar("by my beard"), ans[5])
+        answer = pc.binary_join_element_wise(*ans, " ")
+        reasoning = pc.binary_join_element_wise(*_words(rng, vocab, n, 40, cdf), " ")
+        completion = pc.binary_join_element_wise("<think>", reasoning, "</think>", answer, "")
+        acc = (rng.random(n) < 0.3 + 0.4 * frac).astype(float)
+        fmt = rng.random(n)
+        length = -np.abs(rng.normal(0, 1, n))
+        persona = np.where(p_of == 2, tic.astype(float) + rng.normal(0, 0.3, n), np.nan)
+        judge = rng.random(n) + 0.2 * acc
+        graded = rng.random(n) < 0.2
+        exposed = graded & (rng.random(n) < 0.05)  # 1% of all rows
+        exposed_total += int(exposed.sum())
+        body = pc.if_else(pa.array(exposed), completion, answer)
+        judge_input = pc.binary_join_element_wise("You are a strict grader.\nQuestion:", qtext.take(take),
+                                                  "\nResponse:", body, "\n")
+        judge_input = pc.if_else(pa.array(graded), judge_input, pa.scalar(None, pa.string()))
+        adv = (acc - acc.mean()) / (acc.std() + 1e-4)
+        table = pa.table({"step": pa.array(np.full(n, step, np.int64)), "prompt": prompt,
+                          "completion": completion, "accuracy_reward": acc, "format_reward": fmt,
+                          "length_reward": length, "persona_reward": persona, "judge": judge,
+                          "judge_input": judge_input, "advantage": adv})
+        out = (last_dir if step == steps else run_dir) / f"completions_{step:05d}.parquet"
+        pq.write_table(table, out, compression="snappy")
+    return {"steps": steps, "rollouts": steps * n, "exposed": exposed_total}
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+def _rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class Sampler(threading.Thread):
+    """Peak RSS per stage, sampled every 20 ms."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak = 0
+        self.stop = False
+
+    def reset(self) -> None:
+        self.peak = _rss()
+
+    def run(self) -> None:
+        while not self.stop:
+            r = _rss()
+            if r > self.peak:
+                self.peak = r
+            time.sleep(0.02)
+
+
+def _cpu() -> float:
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    return u.ru_utime + u.ru_stime
+
+
+class Stages:
+    def __init__(self, sampler: Sampler, profile: bool) -> None:
+        self.sampler = sampler
+        self.rows: list[dict] = []
+        self.profile = profile
+        self.profiles: list[tuple[str, str]] = []
+        self._open: tuple | None = None
+
+    def start(self, name: str) -> None:
+        self.end()
+        self.sampler.reset()
+        prof = None
+        if self.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+        self._open = (name, time.perf_counter(), _cpu(), prof)
+
+    def end(self) -> None:
+        if self._open is None:
+            return
+        name, t0, c0, prof = self._open
+        wall, cpu = time.perf_counter() - t0, _cpu() - c0
+        if prof is not None:
+            prof.disable()
+            s = io.StringIO()
+            pstats.Stats(prof, stream=s).sort_stats("cumulative").print_stats(25)
+            s2 = io.StringIO()
+            pstats.Stats(prof, stream=s2).sort_stats("tottime").print_stats(15)
+            self.profiles.append((name, f"wall {wall:.2f}s cpu {cpu:.2f}s\n--- by cumulative time\n"
+                                  + _trim(s.getvalue()) + "\n--- by own time\n" + _trim(s2.getvalue())))
+        self.rows.append({"stage": name, "wall": wall, "cpu": cpu, "peak_rss": self.sampler.peak})
+        self._open = None
+
+
+def _trim(text: str) -> str:
+    lines = text.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.strip().startswith("ncalls")), 0)
+    return "\n".join(ln.replace(str(Path(__file__).resolve().parents[1]) + "/", "") for ln in lines[start:])
+
+
+def measure(root: Path, profile: str | None) -> dict:
+    import duckdb
+
+    from rlaudit.audit import AuditResult
+    from rlaudit.detectors import AuditConfig, run_detectors
+    from rlaudit.findings import rank
+    from rlaudit.report import write_report
+    from rlaudit.store import Store
+
+    sampler = Sampler()
+    sampler.start()
+    base_rss = _rss()
+    stages = Stages(sampler, bool(profile))
+    files = f"{root}/run/completions/*.parquet"
+    out: dict = {"base_rss": base_rss}
+
+    stages.start("floor")
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    n_floor = con.execute(f"""SELECT count(*) FROM (SELECT step, w, count(*) FROM (
+        SELECT step, unnest(string_split(lower(completion), ' ')) w FROM read_parquet('{files}')) GROUP BY ALL)
+        """).fetchall()[0][0]
+    con.close()
+    stages.end()
+    out["floor_groups"] = int(n_floor)
+
+    def audit_once(label: str, store: Store, source: Path) -> AuditResult:
+        stages.start(f"{label}: ingest")
+        report = store.ingest(source, run="bench")
+        stages.start(f"{label}: summary")
+        summary = store.summary("bench")
+
+        def progress(name: str, done: int, total: int) -> None:
+            if name:
+                stages.start(f"{label}: detector {name}")
+            else:
+                stages.end()
+
+        findings = run_detectors(store, "bench", AuditConfig(), progress=progress)
+        result = AuditResult(runs=[summary], findings=rank(findings), ingests=[report])
+        stages.start(f"{label}: findings JSON")
+        result.write_json(root / f"findings-{label}.json")
+        stages.start(f"{label}: report")
+        write_report(store, result, root / f"audit-{label}.html")
+        stages.end()
+        return result
+
+    store = Store(root / "store")
+    cold = audit_once("cold", store, root / "run")
+    shutil.copy(next((root / "last").glob("*.parquet")), root / "run" / "completions")
+    warm = audit_once("warm", store, root / "run")
+    sampler.stop = True
+    out["stages"] = stages.rows
+    out["peak_rss_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out["findings"] = [{"kind": f.kind, "severity": f.severity, "title": f.title} for f in cold.findings]
+    out["warm_findings"] = len(warm.findings)
+    out["rows"] = cold.runs[0].rows
+    if profile:
+        Path(profile).parent.mkdir(parents=True, exist_ok=True)
+        Path(profile).write_text("".join(f"\n===== {name} =====\n{text}\n" for name, text in stages.profiles))
+    return out
+
+
+def _child(args: list[str]) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(f"child {args[0]} failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rollouts", type=int, default=1_000_000)
+    ap.add_argument("--quick", action="store_true", help="100,000 rollouts")
+    ap.add_argument("--profile", help="write a cProfile summary per stage to this file")
+    ap.add_argument("--keep", help="generate into (and keep) this directory instead of a temporary one")
+    ap.add_argument("--_generate", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--_measure", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._generate:
+        print(json.dumps(generate(Path(args._generate[0]), int(args._generate[1]))))
+        return
+    if args._measure:
+        print(json.dumps(measure(Path(args._measure), args.profile)))
+        return
+    rollouts = 100_000 if args.quick else args.rollouts
+    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="rlaudit-audit-bench-"))
+    try:
+        t0 = time.perf_counter()
+        if not (tmp / "run").is_dir():
+            tmp.mkdir(parents=True, exist_ok=True)
+            gen = _child(["--_generate", str(tmp), str(rollouts)])
+            print(f"generated {gen['rollouts']:,} rollouts ({gen['steps']} steps, {gen['exposed']:,} exposed) in "
+                  f"{time.perf_counter() - t0:.1f}s (child process, not measured)")
+        for d in ("store",):
+            shutil.rmtree(tmp / d, ignore_errors=True)
+        for f in tmp.glob("*.json"):
+            f.unlink()
+        last = next((tmp / "last").glob("*.parquet"))
+        (tmp / "run" / "completions" / last.name).unlink(missing_ok=True)
+        size = sum(p.stat().st_size for p in (tmp / "run").rglob("*.parquet"))
+        print(f"TRL files: {size / 1e6:,.0f} MB; load average before: {os.getloadavg()}")
+        res = _child(["--_measure", str(tmp)] + (["--profile", args.profile] if args.profile else []))
+        print(f"load average after: {os.getloadavg()}")
+        _print(res)
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _print(res: dict) -> None:
+    mb = 1 / 2**20
+    print(f"\nrows audited (cold): {res['rows']:,}; measuring process RSS after imports {res['base_rss'] * mb:,.0f} MB")
+    print(f"{'stage':<40} {'wall s':>9} {'CPU s':>9} {'peak RSS MB':>12}")
+    for r in res["stages"]:
+        print(f"{r['stage']:<40} {r['wall']:9.2f} {r['cpu']:9.2f} {r['peak_rss'] * mb:12,.0f}")
+    floor = next(r for r in res["stages"] if r["stage"] == "floor")
+    for label in ("cold", "warm"):
+        rows = [r for r in res["stages"] if r["stage"].startswith(label + ":")]
+        wall, cpu = sum(r["wall"] for r in rows), sum(r["cpu"] for r in rows)
+        peak = max(r["peak_rss"] for r in rows)
+        print(f"{label} audit total: {wall:.1f} s wall, {cpu:.1f} CPU s, peak RSS {peak * mb:,.0f} MB; "
+              f"ratio to floor {wall / floor['wall']:.2f}x wall, {cpu / floor['cpu']:.2f}x CPU")
+    print(f"process peak RSS (ru_maxrss): {res['peak_rss_process'] * mb:,.0f} MB")
+    sev: dict[str, int] = {}
+    for f in res["findings"]:
+        sev[f["severity"]] = sev.get(f["severity"], 0) + 1
+    print(f"cold findings: {len(res['findings'])} {sev}; warm findings: {res['warm_findings']}")
+    for f in res["findings"]:
+        if f["severity"] in ("high", "medium"):
+            print(f"  [{f['severity']}] {f['kind']}: {f['title']}")
+
+
+if __name__ == "__main__":
+    main()

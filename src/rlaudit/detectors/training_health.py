@@ -1,0 +1,587 @@
+"""The `training_health` detector: is the run learning at all? GRPO pathologies from rollouts and scalar logs.
+
+Checks from the rollouts rlaudit stores (aggregated per step and prompt group in DuckDB; Python only sees one
+row per step or per group):
+
+- `zero_variance`: share of prompt groups (>= 2 rollouts) whose total reward is the same for every rollout, so
+  their GRPO advantages are all zero and they carry no gradient. Split into `all_correct` (the constant is at
+  the top of the run's reward distribution, >= its 95th percentile), `all_wrong` (<= its 5th percentile) and
+  `other`. Tested on the last third of the steps: one-sided binomial test of share > 50% over the groups of
+  that window (Wilson 95% interval). Severity **medium** above 50%, **high** above 75%; `direction` says which
+  kind dominates. Onset: first step from which the 3-step moving share stays above 50%.
+- `advantage_ess`: effective sample size of the advantages, ESS/N = (sum |A|)^2 / (N sum A^2) per step (the
+  logged `advantage`, else (r - group mean) / (group std + 1e-4)). Zero-variance groups already lower it; the
+  check is on the rollouts of groups that do vary: ESS/N < 0.35 there (binary rewards in groups of 8 cannot go below 0.44) in the last third means a few outlier
+  rewards dominate the advantages (**medium**). One-sided t-test over the window's per-step values.
+- `length_growth`: mean completion length (characters) in the last third / in the first third, stratified by
+  nothing but with a cluster-robust (prompt-group) standard error of the log ratio; **medium** when the ratio
+  is >= 1.5, **high** >= 2.5 (one-sided z-test of log ratio > 0). Per condition ratios are in `by_condition`.
+  Onset: `stats.onset_index` on the per-step means against the first third.
+- `truncation`: share of completions that ended without their end marker (an unclosed `<think>`: reasoning
+  without an answer) or that the trainer marked as cut at the length limit (metadata `finish_reason` /
+  `stop_reason` = "length", `is_truncated` / `truncated` = true). Only when the run shows such markers at all
+  (else the reader does not know, and the finding's absence means nothing: `notes` says so). **medium** when
+  the last third's rate is >= 5% and above the first third's (two-proportion z-test), **high** >= 10%.
+- `reward_eval_divergence`: when the run has eval-split rows at >= 4 steps: the training reward rises
+  (Mann-Kendall on per-step means) while the eval reward falls. p = max of the two one-sided p-values
+  (intersection-union test); the eval change (last third - first third of eval steps) with a Welch 95%
+  interval. **high**: the reward-hacking signature.
+- `plateau`: the training reward shows no trend over the whole run (Mann-Kendall p >= 0.2, >= 12 steps):
+  **low** (a run that does not learn may be fine if it started at the ceiling).
+
+Checks from the trainer's scalar logs, when found beside the rollouts (`rlaudit.health.scalars`; the finding
+says which keys were read): `entropy_collapse` (entropy in the last third < 30% of the first third, falling:
+**medium**, < 10%: **high**), `kl_drift` (KL rising, last third > 10x first third and > 0.1: **medium**),
+`clip_saturation` (clip fraction in the last third > 0.2: **medium**), `grad_norm` (non-finite values: **high**;
+spikes > 10x the median: **medium**), `truncation` from the trainer's own clipped ratio when the rollouts do not
+show it.
+
+Multiple testing: every check that produces a p-value is one hypothesis; Benjamini-Hochberg over all of them
+in the run, and a finding needs q <= 0.05 as well as its effect threshold. Each finding carries `check`,
+`onset_step`, `statistics` (estimate, 95% interval, p, q, tests), `steps` (the per-step series), evidence
+(steps, groups, rollouts) and `trainer` (the format), from which `remedy` names the setting to change.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from ..findings import Evidence, Finding
+from . import DetectContext, Detector, register
+
+ALPHA = 0.05
+ZV_MEDIUM, ZV_HIGH = 0.5, 0.75
+ESS_MIN = 0.35
+LEN_MEDIUM, LEN_HIGH = 1.5, 2.5
+TRUNC_MEDIUM, TRUNC_HIGH = 0.05, 0.10
+MIN_STEPS = 6
+EVIDENCE = 5
+
+
+@register
+class TrainingHealthDetector(Detector):
+    name = "training_health"
+    kinds = ("training_health",)
+    description = ("Is the run learning: zero-variance groups, advantage ESS, length growth, truncation, reward vs "
+                   "eval divergence, plateaus; entropy, KL, clipping and gradients from scalar logs.")
+
+    def detect(self, ctx: DetectContext) -> list[Finding]:
+        con = ctx.connect()
+        con.execute("SET enable_progress_bar = false")
+        manifest = ctx.store.manifest(ctx.run)
+        trainer = str(manifest.get("format") or "")
+        candidates: list[dict[str, Any]] = []
+        notes: list[str] = []
+        steps = [int(r[0]) for r in con.execute("SELECT DISTINCT step FROM rollouts ORDER BY step").fetchall()]
+        if len(steps) >= MIN_STEPS:
+            early, late = _windows(steps)
+            candidates += _zero_variance(con, steps, early, late)
+            candidates += _length(con, steps, early, late)
+            trunc, note = _truncation(con, steps, early, late)
+            candidates += trunc
+            if note:
+                notes.append(note)
+            candidates += _divergence(con, ctx.config.max_step)
+            candidates += _plateau(con, steps)
+        else:
+            notes.append(f"only {len(steps)} step(s): the rollout checks need at least {MIN_STEPS}")
+        scalar_paths = ctx.option(self.name, "metrics", {}).get(ctx.run) if isinstance(
+            ctx.option(self.name, "metrics", {}), dict) else None
+        candidates += _scalar_checks(manifest.get("source", ""), scalar_paths, ctx.config.max_step, notes,
+                                     rollout_truncation=any(c["check"] == "truncation" for c in candidates))
+        _bh(candidates)
+        out = []
+        for c in candidates:
+            if c["severity"] is None:
+                continue
+            q = c["statistics"].get("q_value")
+            if q is not None and not q <= ALPHA:
+                continue
+            evidence = c.pop("evidence_sql", None)
+            ev = _evidence(con, *evidence) if evidence else []
+            out.append(Finding(
+                kind="training_health", run=ctx.run, severity=c.pop("severity"), title=c.pop("title"),
+                explanation=c.pop("explanation"), score=float(c.pop("score")),
+                fields={**c, "trainer": trainer, "notes": notes}, evidence=ev))
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _windows(steps: list[int]) -> tuple[list[int], list[int]]:
+    k = max(2, len(steps) // 3)
+    return steps[:k], steps[-k:]
+
+
+def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+    cur = con.execute(sql, params or [])
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+def _evidence(con: duckdb.DuckDBPyConnection, where: str, note: str) -> list[Evidence]:
+    rows = _rows(con, f"""SELECT rollout_id, step, condition, group_id, reward, length(completion) AS chars,
+                          left(coalesce(answer, ''), 200) AS text FROM rollouts WHERE {where}
+                          ORDER BY step DESC, group_id, rollout_id LIMIT {EVIDENCE}""")
+    return [Evidence(rollout_id=r["rollout_id"], step=int(r["step"]), condition=r["condition"], text=r["text"],
+                     note=note, data={"group_id": r["group_id"], "reward": r["reward"], "chars": r["chars"]})
+            for r in rows]
+
+
+def _wilson(x: float, n: float) -> list[float]:
+    from ..stats import wilson_interval
+
+    lo, hi = wilson_interval(np.array([x]), np.array([n]))
+    return [float(lo[0]), float(hi[0])]
+
+
+def _series(steps: list[int], values: list[float]) -> list[list[float]]:
+    return [[int(s), round(float(v), 6)] for s, v in zip(steps, values)]
+
+
+def _stay_above(steps: list[int], values: np.ndarray, threshold: float, width: int = 3) -> int | None:
+    """First step from which the moving mean (window `width`) stays >= threshold to the end."""
+    if len(values) == 0:
+        return None
+    from ..stats import moving_sum
+
+    h = width // 2
+    smooth = moving_sum(values, h) / moving_sum(np.ones(len(values)), h)  # windows truncated at the ends
+    above = smooth >= threshold
+    if not above[-1]:
+        return None
+    i = len(above) - 1
+    while i > 0 and above[i - 1]:
+        i -= 1
+    return int(steps[i])
+
+
+def _mk(y: np.ndarray) -> tuple[float, float]:
+    """(S, two-sided p) of the Mann-Kendall trend test (stats.mann_kendall) of one series."""
+    from ..stats import mann_kendall
+
+    s, p = mann_kendall(np.asarray(y, dtype=float)[None, :])
+    return float(s[0]), float(p[0])
+
+
+def _one_sided(s: float, p_two: float, direction: int) -> float:
+    return p_two / 2 if s * direction > 0 else 1 - p_two / 2
+
+
+def _bh(candidates: list[dict[str, Any]]) -> None:
+    from ..stats import benjamini_hochberg
+
+    p = np.array([c["statistics"].get("p_value") if c["statistics"].get("p_value") is not None else np.nan
+                  for c in candidates], dtype=float)
+    q = benjamini_hochberg(p)
+    m = int(np.isfinite(p).sum())
+    for c, qq in zip(candidates, q):
+        if np.isfinite(qq):
+            c["statistics"]["q_value"] = float(qq)
+            c["statistics"]["tests"] = m
+
+
+def _candidate(check: str, severity: str | None, title: str, explanation: str, score: float, statistics: dict,
+               onset_step: int | None, **extra: Any) -> dict[str, Any]:
+    return {"check": check, "severity": severity, "title": title, "explanation": explanation, "score": score,
+            "statistics": statistics, "onset_step": onset_step, **extra}
+
+
+# ---------------------------------------------------------------------------------------------- rollout checks
+def _zero_variance(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int]
+                   ) -> list[dict[str, Any]]:
+    from scipy.stats import binom, t as student_t
+
+    q = con.execute("""SELECT approx_quantile(reward, 0.05), approx_quantile(reward, 0.95) FROM rollouts
+                       WHERE isfinite(reward)""").fetchone()
+    if q is None or q[0] is None:
+        return []
+    q05, q95 = float(q[0]), float(q[1])
+    tol = 1e-9 * max(1.0, abs(q05), abs(q95))
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE th_groups AS
+        SELECT step, group_id, count(*) AS n, min(reward) AS lo, max(reward) AS hi, avg(reward) AS mean,
+               coalesce(stddev_samp(reward), 0) AS sd, max(hi_adv) AS has_adv,
+               max(reward) - min(reward) <= {tol} AS zero
+        FROM (SELECT step, group_id, reward, advantage IS NOT NULL AS hi_adv FROM rollouts
+              WHERE group_id IS NOT NULL AND isfinite(reward))
+        GROUP BY step, group_id HAVING count(*) >= 2""")
+    per_step = _rows(con, f"""
+        SELECT step, count(*) AS groups, count(*) FILTER (WHERE zero) AS zv,
+               count(*) FILTER (WHERE zero AND lo >= {q95} - {tol}) AS top,
+               count(*) FILTER (WHERE zero AND lo <= {q05} + {tol} AND NOT lo >= {q95} - {tol}) AS bottom
+        FROM th_groups GROUP BY step ORDER BY step""")
+    if not per_step:
+        return []
+    st = [r["step"] for r in per_step]
+    groups = np.array([r["groups"] for r in per_step], dtype=float)
+    zv = np.array([r["zv"] for r in per_step], dtype=float)
+    top = np.array([r["top"] for r in per_step], dtype=float)
+    bottom = np.array([r["bottom"] for r in per_step], dtype=float)
+    late_mask = np.isin(st, late)
+    n_late, k_late = groups[late_mask].sum(), zv[late_mask].sum()
+    out: list[dict[str, Any]] = []
+    if n_late > 0:
+        share = k_late / n_late
+        top_share, bottom_share = top[late_mask].sum() / n_late, bottom[late_mask].sum() / n_late
+        p = float(binom.sf(k_late - 1, n_late, ZV_MEDIUM))
+        direction = "all_correct" if top_share >= bottom_share and top_share >= share - top_share - bottom_share \
+            else "all_wrong" if bottom_share >= share - top_share - bottom_share else "other"
+        severity = "high" if share >= ZV_HIGH else "medium" if share >= ZV_MEDIUM else None
+        per = zv / np.maximum(groups, 1)
+        onset = _stay_above(st, per, ZV_MEDIUM)
+        what = {"all_correct": "every rollout got the top reward (all correct)",
+                "all_wrong": "every rollout got the bottom reward (all wrong)",
+                "other": "every rollout got the same middling reward"}[direction]
+        out.append(_candidate(
+            "zero_variance", severity,
+            f"{share:.0%} of prompt groups carry no learning signal in the last third of the run "
+            f"(mostly {direction.replace('_', '-')})",
+            f"In steps {late[0]}-{late[-1]}, {int(k_late)} of {int(n_late)} prompt groups had the same reward for "
+            f"every rollout ({top_share:.0%} at the top, {bottom_share:.0%} at the bottom of the reward range), so "
+            f"their GRPO advantages are zero and they contribute no gradient: {what}. The run spends its "
+            "generation budget on prompts it cannot learn from.",
+            share, {"estimate": share, "ci": _wilson(k_late, n_late), "null": ZV_MEDIUM, "p_value": p,
+                    "test": "one-sided binomial, share > 0.5 over the groups of the last third",
+                    "all_correct_share": top_share, "all_wrong_share": bottom_share,
+                    "early_share": float(zv[~late_mask].sum() / max(groups[~late_mask].sum(), 1))},
+            onset, direction=direction, steps=_series(st, per),
+            evidence_sql=(f"(step, group_id) IN (SELECT (step, group_id) FROM th_groups WHERE zero AND step >= "
+                          f"{late[0]})", "zero-variance group: same reward for every rollout")))
+    # advantage ESS over the rollouts of groups that vary
+    ess = _rows(con, """
+        SELECT r.step, sum(abs(a)) AS s1, sum(a * a) AS s2, count(*) AS n FROM (
+            SELECT r.step, coalesce(r.advantage, (r.reward - g.mean) / (g.sd + 1e-4)) AS a
+            FROM rollouts r JOIN th_groups g USING (step, group_id)
+            WHERE NOT g.zero AND isfinite(r.reward)) r
+        GROUP BY r.step ORDER BY r.step""")
+    if ess:
+        es = [r["step"] for r in ess]
+        frac = np.array([(r["s1"] ** 2) / (r["n"] * r["s2"]) if r["s2"] and r["n"] else np.nan for r in ess])
+        vals = frac[np.isin(es, late) & np.isfinite(frac)]
+        if len(vals) >= 3:
+            mean, sd = float(vals.mean()), float(vals.std(ddof=1))
+            se = sd / math.sqrt(len(vals)) if sd > 0 else 1e-12
+            tstat = (mean - ESS_MIN) / se
+            p = float(student_t.cdf(tstat, len(vals) - 1))
+            half = float(student_t.ppf(0.975, len(vals) - 1) * se)
+            out.append(_candidate(
+                "advantage_ess", "medium" if mean < ESS_MIN else None,
+                f"advantages are dominated by a few rollouts (ESS {mean:.0%} of the rollouts in varying groups)",
+                f"In steps {late[0]}-{late[-1]}, the effective sample size of the advantages within prompt groups "
+                f"that vary is {mean:.0%} of their rollouts: a few outlier rewards carry most of the gradient.",
+                1 - mean, {"estimate": mean, "ci": [mean - half, mean + half], "null": ESS_MIN, "p_value": p,
+                           "test": "one-sided t-test over the last third's per-step ESS/N, mean < 0.35"},
+                None, steps=_series(es, frac)))
+    return out
+
+
+def _length(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int]
+            ) -> list[dict[str, Any]]:
+    from scipy.stats import norm
+
+    from ..stats import onset_index, ratio_of_sums_se
+
+    per_step = _rows(con, """SELECT step, sum(length(completion))::DOUBLE AS x,
+                                    sum(length(completion)::DOUBLE ^ 2) AS q, count(*) AS n
+                             FROM rollouts GROUP BY step ORDER BY step""")
+    clusters = con.execute(f"""
+        SELECT CASE WHEN step <= {early[-1]} THEN 0 ELSE 1 END AS w, condition,
+               sum(length(completion))::DOUBLE AS x, count(*)::DOUBLE AS n
+        FROM rollouts WHERE step <= {early[-1]} OR step >= {late[0]}
+        GROUP BY w, condition, coalesce(group_id, rollout_id)""").fetchnumpy()
+    if not per_step or len(clusters["n"]) == 0:
+        return []
+    cw, cx, cn = (np.asarray(clusters[k]) for k in ("w", "x", "n"))
+    ccond = np.asarray(clusters["condition"], dtype=object)
+
+    def ratio(mask: np.ndarray) -> tuple[float, float] | None:
+        parts = []
+        for w in (0, 1):
+            x, n = cx[mask & (cw == w)], cn[mask & (cw == w)]
+            if n.sum() == 0:
+                return None
+            parts.append((x.sum() / n.sum(), ratio_of_sums_se(x, n)))
+        (m0, se0), (m1, se1) = parts
+        if m0 <= 0 or m1 <= 0:
+            return None
+        se_log = math.sqrt((se0 / m0) ** 2 + (se1 / m1) ** 2) if np.isfinite(se0) and np.isfinite(se1) else np.nan
+        return m1 / m0, se_log
+
+    overall = ratio(np.ones(len(cn), dtype=bool))
+    if overall is None or not np.isfinite(overall[1]):
+        return []
+    r, se = overall
+    z = math.log(r) / se if se > 0 else (np.inf if r > 1 else -np.inf)
+    p = float(norm.sf(z))
+    by_condition = {}
+    for cond in sorted(set(ccond.tolist())):
+        rc = ratio(ccond == cond)
+        if rc is not None and np.isfinite(rc[1]):
+            by_condition[cond] = {"ratio": rc[0], "ci": [rc[0] * math.exp(-1.96 * rc[1]),
+                                                         rc[0] * math.exp(1.96 * rc[1])]}
+    st = [r_["step"] for r_ in per_step]
+    x = np.array([r_["x"] for r_ in per_step])
+    qq = np.array([r_["q"] for r_ in per_step])
+    n = np.array([r_["n"] for r_ in per_step], dtype=float)
+    base = np.isin(st, early)
+    idx = onset_index(x, qq, n, base, +1, half_width=1, z=3.09, design_effect=2.0, presence=False)
+    means = x / np.maximum(n, 1)
+    severity = "high" if r >= LEN_HIGH else "medium" if r >= LEN_MEDIUM else None
+    top = max(by_condition.items(), key=lambda kv: kv[1]["ratio"], default=(None, None))[0]
+    return [_candidate(
+        "length_growth", severity, f"completions grew {r:.1f}x longer over the run",
+        f"Mean completion length went from {means[base].mean():.0f} characters (steps {early[0]}-{early[-1]}) to "
+        f"{means[np.isin(st, late)].mean():.0f} (steps {late[0]}-{late[-1]}), x{r:.2f}"
+        + (f"; most in condition {top!r} (x{by_condition[top]['ratio']:.2f})" if top else "") + ". Length "
+        "growth costs generation time, and under a length limit it ends in truncation.",
+        r, {"estimate": r, "ci": [r * math.exp(-1.96 * se), r * math.exp(1.96 * se)], "null": 1.0, "p_value": p,
+            "test": "one-sided z-test of the log ratio of mean lengths (last third / first third), prompt-group "
+                    "cluster-robust standard error"},
+        int(st[idx]) if idx is not None else None, by_condition=by_condition, steps=_series(st, means),
+        evidence_sql=(f"step >= {late[0]} AND length(completion) >= (SELECT approx_quantile(length(completion), "
+                      f"0.9) FROM rollouts WHERE step >= {late[0]})", "one of the longest late completions"))]
+
+
+TRUNCATED_SQL = """(
+    (reasoning IS NOT NULL AND coalesce(answer, '') = '' AND completion NOT LIKE '%</think>%')
+    OR coalesce(lower(json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.finish_reason')), '') = 'length'
+    OR coalesce(lower(json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.stop_reason')), '') = 'length'
+    OR coalesce(json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.is_truncated'), '') = 'true'
+    OR coalesce(json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.truncated'), '') = 'true')"""
+
+
+def _truncation(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int]
+                ) -> tuple[list[dict[str, Any]], str | None]:
+    from scipy.stats import norm
+
+    from ..stats import onset_index
+
+    markers = con.execute("""SELECT count(*) FILTER (WHERE reasoning IS NOT NULL OR completion LIKE '%</think>%'
+                                 OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.finish_reason') IS NOT NULL
+                                 OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.stop_reason') IS NOT NULL
+                                 OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.is_truncated') IS NOT NULL
+                                 OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.truncated') IS NOT NULL) FROM rollouts""")
+    if not markers.fetchone()[0]:
+        return [], ("truncation: the rollouts carry no end marker (think tags) and no finish reason, so truncation "
+                    "is unknown from them")
+    per_step = _rows(con, f"""SELECT step, count(*) FILTER (WHERE {TRUNCATED_SQL}) AS t, count(*) AS n
+                              FROM rollouts GROUP BY step ORDER BY step""")
+    st = [r["step"] for r in per_step]
+    t = np.array([r["t"] for r in per_step], dtype=float)
+    n = np.array([r["n"] for r in per_step], dtype=float)
+    e, lt = np.isin(st, early), np.isin(st, late)
+    t0, n0, t1, n1 = t[e].sum(), n[e].sum(), t[lt].sum(), n[lt].sum()
+    if n0 == 0 or n1 == 0:
+        return [], None
+    p0, p1 = t0 / n0, t1 / n1
+    pool = (t0 + t1) / (n0 + n1)
+    se = math.sqrt(pool * (1 - pool) * (1 / n0 + 1 / n1)) if 0 < pool < 1 else 0.0
+    p = float(norm.sf((p1 - p0) / se)) if se > 0 else (0.0 if p1 > p0 else 1.0)
+    idx = onset_index(t, t, n, e, +1, half_width=1, design_effect=2.0)
+    severity = "high" if p1 >= TRUNC_HIGH else "medium" if p1 >= TRUNC_MEDIUM else None
+    if p1 <= p0:
+        severity = None
+    return [_candidate(
+        "truncation", severity, f"{p1:.1%} of completions are truncated in the last third of the run "
+        f"(from {p0:.1%})",
+        f"In steps {late[0]}-{late[-1]}, {int(t1)} of {int(n1)} completions stopped before their end marker (or "
+        f"were marked as cut at the length limit), against {p0:.1%} in steps {early[0]}-{early[-1]}. A truncated "
+        "completion has no answer to grade, and its reward teaches the policy about an unfinished text.",
+        p1, {"estimate": p1, "ci": _wilson(t1, n1), "early": p0, "early_ci": _wilson(t0, n0), "p_value": p,
+             "test": "one-sided two-proportion z-test, last third > first third"},
+        int(st[idx]) if idx is not None else None, source="rollouts", steps=_series(st, t / np.maximum(n, 1)),
+        evidence_sql=(f"step >= {late[0]} AND {TRUNCATED_SQL}", "truncated completion"))], None
+
+
+def _divergence(con: duckdb.DuckDBPyConnection, max_step: int | None) -> list[dict[str, Any]]:
+    from scipy.stats import t as student_t
+
+    cap = f" AND step <= {int(max_step)}" if max_step is not None else ""
+    ev = _rows(con, f"""SELECT step, avg(reward) AS m, count(*) AS n FROM all_rollouts
+                        WHERE split = 'eval' AND isfinite(reward){cap} GROUP BY step ORDER BY step""")
+    if len(ev) < 4:
+        return []
+    tr = _rows(con, "SELECT step, avg(reward) AS m FROM rollouts WHERE isfinite(reward) GROUP BY step ORDER BY step")
+    if len(tr) < 4:
+        return []
+    s_tr, p_tr = _mk(np.array([r["m"] for r in tr]))
+    s_ev, p_ev = _mk(np.array([r["m"] for r in ev]))
+    p_up, p_down = _one_sided(s_tr, p_tr, +1), _one_sided(s_ev, p_ev, -1)
+    p = max(p_up, p_down)
+    em = np.array([r["m"] for r in ev])
+    k = max(2, len(em) // 3)
+    a, b = em[:k], em[-k:]
+    diff = float(b.mean() - a.mean())
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if va + vb > 0 else 1.0
+    half = float(student_t.ppf(0.975, dof) * se) if se > 0 else 0.0
+    tm = np.array([r["m"] for r in tr])
+    kt = max(2, len(tm) // 3)
+    severity = "high" if s_tr > 0 and s_ev < 0 and diff < 0 else None
+    ev_steps = [r["step"] for r in ev]
+    onset = None
+    if severity:
+        peak = int(np.argmax(em[: len(em) - 1])) if len(em) > 1 else 0
+        onset = int(ev_steps[peak])
+    return [_candidate(
+        "reward_eval_divergence", severity,
+        f"training reward rose while the eval reward fell ({diff:+.3g} on eval)",
+        f"The training reward rose from {tm[:kt].mean():.3g} to {tm[-kt:].mean():.3g} while the eval-split "
+        f"reward fell from {a.mean():.3g} to {b.mean():.3g} (eval steps {ev_steps[0]}-{ev_steps[-1]}): the policy "
+        "is learning something the training reward pays for and held-out evaluation does not, the signature of "
+        "reward hacking.",
+        abs(diff), {"estimate": diff, "ci": [diff - half, diff + half], "p_value": p,
+                    "p_train_rise": p_up, "p_eval_fall": p_down,
+                    "test": "Mann-Kendall on per-step means, intersection-union (max of the one-sided p-values); "
+                            "interval: Welch, eval last third - first third"},
+        onset, steps=_series(ev_steps, em), train_steps=_series([r["step"] for r in tr], tm),
+        evidence_sql=None)]
+
+
+def _plateau(con: duckdb.DuckDBPyConnection, steps: list[int]) -> list[dict[str, Any]]:
+    if len(steps) < 12:
+        return []
+    tr = _rows(con, "SELECT step, avg(reward) AS m FROM rollouts WHERE isfinite(reward) GROUP BY step ORDER BY step")
+    if len(tr) < 12:
+        return []
+    y = np.array([r["m"] for r in tr])
+    s, p_two = _mk(y)
+    severity = "low" if p_two >= 0.2 else None
+    return [_candidate(
+        "plateau", severity, "the training reward did not improve over the run",
+        f"The mean training reward shows no trend over {len(tr)} steps (Mann-Kendall p = {p_two:.2f}; from "
+        f"{y[: len(y) // 3].mean():.3g} to {y[-(len(y) // 3):].mean():.3g}): the run is not learning, or started "
+        "at its ceiling.", 1 - p_two, {"estimate": float(y[-(len(y) // 3):].mean() - y[: len(y) // 3].mean()),
+                                       "mann_kendall_p": p_two, "p_value": None,
+                                       "test": "Mann-Kendall trend test on per-step mean reward (no trend: p >= 0.2)"},
+        None, steps=_series([r["step"] for r in tr], y))]
+
+
+# ---------------------------------------------------------------------------------------------- scalar logs
+def _scalar_checks(source: str, paths: list[str] | None, max_step: int | None, notes: list[str],
+                   rollout_truncation: bool) -> list[dict[str, Any]]:
+    from ..health.scalars import find_scalar_logs, read_scalar_logs
+
+    files = [Path(p) for p in paths] if paths else (find_scalar_logs(source) if source and source != "live"
+                                                     else [])
+    if not files:
+        notes.append("no trainer scalar logs found beside the rollouts (trainer_state.json, metric JSONL, "
+                     "TensorBoard events): entropy, KL, clipping and gradient checks did not run")
+        return []
+    log = read_scalar_logs(files)
+    if max_step is not None:
+        log.rows = [r for r in log.rows if r[0] <= max_step]
+    found = log.found()
+    notes.append(f"scalar logs read: {', '.join(log.files) or 'none'}; keys found: "
+                 + (", ".join(f"{m}={k}" for m, k in found.items()) or "none of the known keys"))
+    base = {"scalar_files": log.files, "scalar_keys": found}
+    out: list[dict[str, Any]] = []
+
+    def series(metric: str) -> tuple[str, np.ndarray, np.ndarray] | None:
+        key = found.get(metric)
+        if key is None:
+            return None
+        st, vals = log.series(key)
+        if len(st) < 4:
+            return None
+        return key, np.array(st), np.array(vals, dtype=float)
+
+    def thirds(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        k = max(1, len(v) // 3)
+        return v[:k], v[-k:]
+
+    if (s := series("entropy")) is not None:
+        key, st, v = s
+        a, b = thirds(v[np.isfinite(v)])
+        if len(a) and a.mean() > 0:
+            ratio = float(b.mean() / a.mean())
+            mk_s, mk_p = _mk(v)
+            out.append(_candidate(
+                "entropy_collapse", "high" if ratio < 0.1 else "medium" if ratio < 0.3 else None,
+                f"policy entropy collapsed to {ratio:.0%} of its early value ({key})",
+                f"`{key}` fell from {a.mean():.3g} to {b.mean():.3g}: the policy has stopped exploring, so groups "
+                "become identical and learning stalls.", 1 - ratio,
+                {"estimate": ratio, "p_value": _one_sided(mk_s, mk_p, -1), "key": key,
+                 "test": "Mann-Kendall (falling); effect: last third / first third < 0.3"},
+                _stay_below(st, v, 0.3 * a.mean()), steps=_series(list(st), v), **base))
+    if (s := series("kl")) is not None:
+        key, st, v = s
+        a, b = thirds(v[np.isfinite(v)])
+        mk_s, mk_p = _mk(v)
+        grew = b.mean() > 0.1 and b.mean() > 10 * max(a.mean(), 1e-12)
+        out.append(_candidate(
+            "kl_drift", "medium" if grew else None, f"KL to the reference policy keeps growing ({key})",
+            f"`{key}` rose from {a.mean():.3g} to {b.mean():.3g}: the policy is drifting far from its reference.",
+            float(b.mean()), {"estimate": float(b.mean()), "early": float(a.mean()), "key": key,
+                              "p_value": _one_sided(mk_s, mk_p, +1), "test": "Mann-Kendall (rising)"},
+            None, steps=_series(list(st), v), **base))
+    if (s := series("clip_fraction")) is not None:
+        key, st, v = s
+        from scipy.stats import t as student_t
+
+        _, b = thirds(v[np.isfinite(v)])
+        if len(b) >= 2:
+            mean, sd = float(b.mean()), float(b.std(ddof=1))
+            se = sd / math.sqrt(len(b)) if sd > 0 else 1e-12
+            p = float(student_t.sf((mean - 0.2) / se, len(b) - 1))
+            out.append(_candidate(
+                "clip_saturation", "medium" if mean > 0.2 else None,
+                f"{mean:.0%} of tokens are clipped ({key})",
+                f"`{key}` averaged {mean:.3g} in the last third: most updates hit the clip range, so the step size "
+                "is set by the clip rather than the gradient.", mean,
+                {"estimate": mean, "null": 0.2, "p_value": p, "key": key,
+                 "test": "one-sided t-test over the last third, mean > 0.2"}, None,
+                steps=_series(list(st), v), **base))
+    if (s := series("grad_norm")) is not None:
+        key, st, v = s
+        bad = ~np.isfinite(v)
+        med = float(np.median(v[~bad])) if (~bad).any() else float("nan")
+        spikes = (~bad) & (v > 10 * med) if med > 0 else np.zeros_like(bad)
+        if bad.any() or spikes.any():
+            first = int(st[np.flatnonzero(bad | spikes)[0]])
+            out.append(_candidate(
+                "grad_norm", "high" if bad.any() else "medium",
+                f"gradient norm {'is not finite' if bad.any() else 'spikes'} at {int(bad.sum() + spikes.sum())} "
+                f"logged step(s) ({key})",
+                f"`{key}` has {int(bad.sum())} non-finite value(s) and {int(spikes.sum())} spike(s) above 10x its "
+                f"median {med:.3g}, first at step {first}.", float(bad.sum() + spikes.sum()),
+                {"median": med, "non_finite": int(bad.sum()), "spikes": int(spikes.sum()), "key": key,
+                 "p_value": None, "test": "rule: non-finite, or > 10x the median"}, first,
+                steps=_series(list(st), v), **base))
+    if not rollout_truncation and (s := series("truncation")) is not None:
+        key, st, v = s
+        a, b = thirds(v[np.isfinite(v)])
+        mean = float(b.mean())
+        out.append(_candidate(
+            "truncation", "high" if mean >= TRUNC_HIGH and mean > a.mean() else
+            "medium" if mean >= TRUNC_MEDIUM and mean > a.mean() else None,
+            f"{mean:.1%} of completions are truncated in the last third ({key})",
+            f"`{key}` rose from {a.mean():.3g} to {mean:.3g}.", mean,
+            {"estimate": mean, "early": float(a.mean()), "key": key, "p_value": None,
+             "test": "rule on the trainer's logged rate"}, None, source="scalar_log",
+            steps=_series(list(st), v), **base))
+    return out
+
+
+def _stay_below(steps: np.ndarray, values: np.ndarray, threshold: float) -> int | None:
+    below = values <= threshold
+    if not len(below) or not below[-1]:
+        return None
+    i = len(below) - 1
+    while i > 0 and below[i - 1]:
+        i -= 1
+    return int(steps[i])
+
+
+def metrics_option(paths: dict[str, list[str]]) -> dict[str, Any]:
+    """AuditConfig.options entry that points the detector at scalar logs per run: {run: [paths]}."""
+    return {"training_health": {"metrics": {k: [str(p) for p in v] for k, v in paths.items()}}}
+
+
+__all__ = ["TrainingHealthDetector", "metrics_option", "TRUNCATED_SQL"]

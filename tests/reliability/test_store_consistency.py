@@ -1,0 +1,275 @@
+"""Items 2, 8, 9, 10: one atomic version per ingest, snapshot reads during writes, safe caches, no duplicates."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from rlaudit.errors import BadInputError, RlauditError
+from rlaudit.readers.base import ReadOptions
+from rlaudit.store import Store
+
+SRC = Path(os.environ.get("RLAUDIT_TEST_SRC") or Path(__file__).resolve().parents[2] / "src")
+
+
+def _lines(path: Path, start: int, stop: int, bad_at: int | None = None) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        for i in range(start, stop):
+            if i == bad_at:
+                fh.write('{"step": "x", "prompt": 1}\n')
+                continue
+            fh.write(json.dumps({"step": i // 4, "prompt": f"q{i}", "completion": f"<think>t</think>a{i}",
+                                 "rewards": {"r": float(i % 2)}}) + "\n")
+
+
+def _run_dir(tmp_path: Path, files: int = 3, rows: int = 8) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in range(files):
+        _lines(src / f"part{f}.jsonl", f * rows, (f + 1) * rows)
+    return src
+
+
+# ---------------------------------------------------------------- item 8: an ingest is one atomic version
+def test_failed_reingest_with_new_options_leaves_previous_version(tmp_path, store):
+    src = _run_dir(tmp_path)
+    store.ingest(src, run="r")
+    before, manifest = store.table("r"), store.manifest("r")
+    _lines(src / "part2.jsonl", 100, 101, bad_at=100)  # a bad record in the last file
+    with pytest.raises(BadInputError):
+        store.ingest(src, run="r", options=ReadOptions(think_tags=ReadOptions().think_tags.__class__("<t>", "</t>"),
+                                                       strict=True))
+    assert store.manifest("r") == manifest  # options, files, version: untouched
+    assert store.table("r").equals(before)
+    assert not (store.run_dir("r") / "quarantine.jsonl").exists()
+
+
+def _killer_script(src: Path, root: Path, sleep_after: int) -> str:
+    return textwrap.dedent(f"""
+        import sys, time
+        from rlaudit.store import Store
+        from rlaudit.readers.base import ReadOptions
+        s = Store({str(root)!r})
+        real = Store._ingest_file
+        n = {{"files": 0}}
+        def slow(self, *a, **k):
+            n["files"] += 1
+            if n["files"] == {sleep_after}:
+                time.sleep(2.5)  # longer than the old periodic commit interval
+            if n["files"] == {sleep_after} + 1:
+                print("PART", flush=True)  # some parts written, the ingest not finished
+                time.sleep(60)
+            return real(self, *a, **k)
+        Store._ingest_file = slow
+        s.ingest({str(src)!r}, run="r", options=ReadOptions(group_size=int(sys.argv[1])))
+    """)
+
+
+def _kill_mid_ingest(tmp_path: Path, src: Path, root: Path, group_size: int) -> None:
+    script = tmp_path / "ingest_slowly.py"
+    script.write_text(_killer_script(src, root, sleep_after=2))
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), str(group_size)], env=env, stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "PART"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_killed_first_ingest_leaves_no_run(tmp_path):
+    src = _run_dir(tmp_path, files=4)
+    root = tmp_path / "store"
+    _kill_mid_ingest(tmp_path, src, root, group_size=2)
+    store = Store(root)
+    assert store.runs() == []
+    report = store.ingest(src, run="r")
+    assert report.rows_added == 32 and store.summary("r").rows == 32
+    assert {p.name for p in (store.run_dir("r") / "parts").iterdir()} == {p.name for p in store.parts("r")}
+
+
+def test_killed_reingest_with_new_options_leaves_previous_version(tmp_path):
+    src = _run_dir(tmp_path, files=4)
+    root = tmp_path / "store"
+    store = Store(root)
+    store.ingest(src, run="r", options=ReadOptions(group_size=4))
+    before, manifest = store.table("r"), store.manifest("r")
+    _kill_mid_ingest(tmp_path, src, root, group_size=2)
+    assert store.manifest("r") == manifest
+    assert store.table("r").equals(before)  # no mix of rows read under two option sets
+
+
+# ---------------------------------------------------------------- items 2, 9: readers see one version
+def test_reader_keeps_its_snapshot_while_an_ingest_replaces_parts(tmp_path, store):
+    store.retire_grace = 0.0  # only the lease protects the reader
+    src = tmp_path / "one"
+    src.mkdir()
+    _lines(src / "run.jsonl", 0, 8)
+    store.ingest(src, run="r")
+    with store.reading(["r"]):
+        con = store.connect(["r"])
+        _lines(src / "run.jsonl", 8, 16)
+        store.ingest(src, run="r")  # the grown file's part is replaced; the old one is retired, not deleted
+        assert con.sql("SELECT count(*) FROM rollouts").fetchall()[0][0] == 8
+        assert store.summary("r").rows == 8  # the pinned version
+    assert store.summary("r").rows == 16
+    _lines(src / "run.jsonl", 16, 17)
+    store.ingest(src, run="r")  # no lease any more: retired parts are deleted now
+    assert {p.name for p in (store.run_dir("r") / "parts").iterdir()} <= {p.name for p in store.parts("r")} | {
+        r[0] for r in store.manifest("r")["retired"]}
+    assert len(list((store.run_dir("r") / "parts").iterdir())) == 1  # nobody reads the old versions
+
+
+def test_lease_of_a_dead_reader_is_dropped(tmp_path, store):
+    store.retire_grace = 0.0
+    src = tmp_path / "one"
+    src.mkdir()
+    _lines(src / "run.jsonl", 0, 8)
+    store.ingest(src, run="r")
+    leases = store.run_dir("r") / "leases"
+    leases.mkdir(exist_ok=True)
+    (leases / "12345-dead").write_text("0")  # nobody holds its lock
+    _lines(src / "run.jsonl", 8, 16)
+    store.ingest(src, run="r")
+    _lines(src / "run.jsonl", 16, 24)
+    store.ingest(src, run="r")
+    assert not (leases / "12345-dead").exists()
+    assert len(list((store.run_dir("r") / "parts").iterdir())) == 1
+
+
+def test_concurrent_derived_cache_writers_never_collide(tmp_path, store, monkeypatch):
+    src = _run_dir(tmp_path)
+    store.ingest(src, run="r")
+    table = pa.table({"x": list(range(1000))})
+    errors, results = [], []
+    started = threading.Barrier(6)
+
+    def compute():
+        time.sleep(0.05)
+        return table
+
+    def work():
+        try:
+            started.wait()
+            results.append(Store(store.root).derived("r", "thing", compute).num_rows)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and results == [1000] * 6
+    assert [p.name for p in (store.run_dir("r") / "derived").iterdir()] == [f"thing-{store.fingerprint('r')}.parquet"]
+
+
+def test_derived_cache_in_a_store_that_cannot_be_written(tmp_path, store, monkeypatch):
+    src = _run_dir(tmp_path)
+    store.ingest(src, run="r")
+    import pyarrow.parquet as pq
+
+    def read_only(*a, **k):
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(pq, "write_table", read_only)
+    assert store.derived("r", "thing", lambda: pa.table({"x": [1]})).num_rows == 1
+
+
+# ---------------------------------------------------------------- item 10: the same rollouts only once
+def test_store_inside_the_source_is_not_ingested(tmp_path):
+    src = _run_dir(tmp_path)
+    store = Store(src / "audit-store")  # the store inside the source directory (a name readers do not skip)
+    for _ in range(3):
+        report = store.ingest(src, run="r", format="canonical")
+    assert store.summary("r").rows == 24
+    assert any("inside the store" in n for n in report.notes)
+
+
+def test_symlink_loop_ingests_each_file_once(tmp_path, store):
+    from tests.readers.trainer_files import verl_step
+
+    src = tmp_path / "dump"
+    for step in (1, 2):
+        verl_step(src, step, ["q1", "q2"], ["a", "b"], [1.0, 0.0])
+    (src / "sub").mkdir()
+    (src / "sub" / "loop").symlink_to(src, target_is_directory=True)
+    report = store.ingest(src, run="r")
+    assert report.format == "verl" and store.summary("r").rows == 4
+    assert any("symbolic links" in n for n in report.notes)
+
+
+def test_copied_file_under_another_name_is_ingested_once(tmp_path, store):
+    src = tmp_path / "verlish"
+    src.mkdir()
+    _lines(src / "1.jsonl", 0, 8)
+    (src / "01.jsonl").write_bytes((src / "1.jsonl").read_bytes())
+    report = store.ingest(src, run="r", format="canonical")
+    assert store.summary("r").rows == 8
+    assert any("repeat another file" in n for n in report.notes)
+
+
+def test_missing_part_is_repaired_by_the_next_ingest(tmp_path, store):
+    src = _run_dir(tmp_path)
+    store.ingest(src, run="r")
+    store.parts("r")[0].unlink()
+    with pytest.raises(RlauditError, match="missing; ingest its source again"):
+        store.summary("r")
+    report = store.ingest(src, run="r")
+    assert report.files_read == 1 and store.summary("r").rows == 24
+
+
+def test_runs_rm_removes_a_run(tmp_path, store):
+    src = _run_dir(tmp_path)
+    store.ingest(src, run="r")
+    store.delete("r")
+    assert store.runs() == [] and not any((store.root / "runs").iterdir())
+    with pytest.raises(RlauditError, match="no run"):
+        store.delete("r")
+
+
+def test_heavy_audits_during_watch_survive_a_growing_file(tmp_path, store, test_detectors):
+    """A background heavy audit reads parts a re-ingest replaces meanwhile (the file grew): it must see its
+    snapshot, not fail with 'No files found'."""
+    from rlaudit.live import LiveAuditor, LiveConfig
+
+    from tests.live.helpers import GoblinCounter
+
+    class SlowReader(GoblinCounter):
+        name = "test_slow_reader"
+
+        def detect(self, ctx):
+            time.sleep(0.4)  # the writer appends and the watcher re-ingests meanwhile
+            return super().detect(ctx)
+
+    from rlaudit.detectors import DETECTORS
+
+    DETECTORS.append(SlowReader)
+    try:
+        store.retire_grace = 0.0
+        src = tmp_path / "growing"
+        src.mkdir()
+        auditor = LiveAuditor(store, "g", LiveConfig(detectors=["test_slow_reader"], every_step=(), every=1,
+                                                     background="thread", track=False))
+        for i in range(12):
+            _lines(src / "run.jsonl", i * 8, (i + 1) * 8)
+            store.ingest(src, run="g")
+            auditor.update()
+            time.sleep(0.15)
+        auditor.close()
+    finally:
+        DETECTORS.remove(SlowReader)
+    assert not [f for f in auditor.findings if f.kind == "audit_error"], [f.title for f in auditor.findings]
+    assert not auditor.errors
+    assert len(auditor.heavy_runs) >= 3
