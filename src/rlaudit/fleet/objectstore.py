@@ -1,7 +1,8 @@
 """Object-store roots (`s3://bucket/runs/`, any URI pyarrow.fs understands): mirrored incrementally to local disk.
 
 rlaudit's readers read local files (TRL Parquet footers, verl JSONL lines, prime-rl step directories...). A fleet
-root in an object store is therefore mirrored into `<store>/fleet/mirror/<id>/` before discovery: each pass lists
+root in an object store is therefore mirrored into `<store>-mirror/<id>/` (beside the store: the store's ingest
+skips files inside the store itself) before discovery: each pass lists
 the prefix (one recursive LIST), downloads only objects whose size or modification time changed since the last
 pass, deletes local copies of deleted objects, and sets each copy's mtime to the object's, so the store's
 incremental ingest (size + mtime, else SHA-256) sees exactly the objects that changed. Runs are then discovered

@@ -47,7 +47,7 @@ class FleetConfig:
     run_reports: bool = True  # one HTML report per run next to the fleet page (rewritten when its findings change)
     report_url: str | None = None  # base URL the report directory is served at (links in chat alerts)
     s3_endpoint: str | None = None
-    mirror: Path | None = None  # where object-store roots are mirrored (default <store>/fleet/mirror)
+    mirror: Path | None = None  # where object-store roots are mirrored (default: <store>-mirror beside the store)
     #: A run without new data for `idle_after` seconds is listed only every `idle_every` passes (finished runs
     #: then cost one listing per `idle_every` passes). None: every run is listed every pass.
     idle_after: float | None = None
@@ -105,8 +105,10 @@ class FleetScanner:
         self.alerts = alerts or AlertManager([_NullSink()])
         self.config = config or FleetConfig()
         self.state = FleetState(self.store_root)
-        self._mirrors = {r: ObjectMirror(r, self.config.mirror or self.state.root / "mirror",
-                                         self.config.s3_endpoint) for r in self.roots if is_remote(r)}
+        # Beside the store, never inside it: the store's ingest skips files inside the store itself.
+        self._mirror_root = Path(self.config.mirror or self.store_root.with_name(self.store_root.name + "-mirror"))
+        self._mirrors = {r: ObjectMirror(r, self._mirror_root, self.config.s3_endpoint)
+                         for r in self.roots if is_remote(r)}
         self._dedup = AlertManager([_NullSink()], min_severity=self.config.min_severity)
         self._dedup.sent = self.state.sent  # one dict: what was ever sent, saved with the state
         self._saved = 0.0
@@ -121,7 +123,7 @@ class FleetScanner:
         roots, origins = self._local_roots(result)
         t1 = time.perf_counter()
         known = {r.source: r.format for r in state.runs.values()}
-        found = discover_all(roots, known=known, skip=[self.store_root])
+        found = discover_all(roots, known=known, skip=[self.store_root, self._mirror_root])
         result.timings["discover"] = time.perf_counter() - t1
         result.runs = len(found)
         tasks: list[RunTask] = []

@@ -4,7 +4,6 @@
                                     severity, error), the alert keys already sent (key -> severity), the outbox
     <store>/fleet/runs/<run>.json   per run: open findings (latest per finding key) and the live auditor's
                                     memory (part step ranges, heavy schedule, tracked behaviour counts)
-    <store>/fleet/mirror/...        local copies of object-store roots (see `objectstore`)
     <store>/fleet/.scan.lock        held by the running scanner: one scanner per store
 
 Every file is replaced atomically (`atomic_write_text`), after each run's result arrives: first the alert keys

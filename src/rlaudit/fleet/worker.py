@@ -106,6 +106,10 @@ def _run(task: RunTask, out: RunOutcome) -> None:
         report = store.ingest(task.source, run=task.name, format=task.format)
         # a run of which nothing could be read is an error (as for `rlaudit audit`), not an empty run
         _check_nothing_readable(store, task.source, report, is_new, None)
+        if not store.has_run(task.name):  # every file skipped (e.g. inside the store itself): say why
+            from ..errors import RlauditError
+
+            raise RlauditError(f"{task.source}: nothing ingested ({'; '.join(report.notes) or 'no rows'})")
         out.rows_added, out.files_read, out.files_skipped = report.rows_added, report.files_read, report.files_skipped
         out.bad_records = report.bad_records
     out.seconds["ingest"] = time.perf_counter() - t0
