@@ -1076,6 +1076,12 @@ def mcp_cmd(
           findings_json=str(findings_json) if findings_json else None)
 
 
+# ---------------------------------------------------------------- fleet (src/rlaudit/fleet/cli.py)
+from .fleet.cli import fleet_app  # noqa: E402 - after the shared consoles it uses
+
+app.add_typer(fleet_app, name="fleet")
+
+
 def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
     """(ClickException, Abort, Exit) classes as the installed typer raises them.
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .alerts import Alert, AlertManager, JsonlSink, LogSink, WebhookSink, finding_key, make_alerts
+from .alerts import Alert, AlertManager, JsonlSink, LogSink, SlackSink, WebhookSink, finding_key, make_alerts
 from .auditor import LiveAuditor, LiveConfig
 from .hooks import LiveHook
 from .sampling import StepSample
@@ -27,5 +27,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["Alert", "AlertManager", "JsonlSink", "LogSink", "WebhookSink", "finding_key", "make_alerts",
+__all__ = ["Alert", "AlertManager", "JsonlSink", "LogSink", "SlackSink", "WebhookSink", "finding_key", "make_alerts",
            "LiveAuditor", "LiveConfig", "LiveHook", "StepSample", "WatchResult", "watch", "RlauditCallback"]

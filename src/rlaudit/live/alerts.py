@@ -182,10 +182,10 @@ class WebhookSink:
     """
 
     def __init__(self, url: str, timeout: float = 5.0, retries: int = 1, headers: dict[str, str] | None = None,
-                 max_pending: int = 1000, spool: str | Path | None = None):
+                 max_pending: int = 1000, spool: str | Path | None = None, backoff: float = 0.2):
         if not url.startswith(("http://", "https://")):
             raise RlauditError(f"webhook URL must start with http:// or https://, got {redact_url(url)!r}")
-        self.url, self.timeout, self.retries = url, timeout, retries
+        self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
         self.shown = redact_url(url)
         self.headers = {"Content-Type": "application/json", **(headers or {})}
         self.delivered = 0
@@ -250,7 +250,7 @@ class WebhookSink:
                 self._queue.task_done()
 
     def _post(self, alert: Alert) -> None:
-        body = json.dumps({"text": alert.summary(), "alert": alert.to_json()}, ensure_ascii=False).encode()
+        body = json.dumps(self.payload(alert), ensure_ascii=False).encode()
         for attempt in range(self.retries + 1):
             request = urllib.request.Request(self.url, data=body, headers=self.headers, method="POST")
             try:
@@ -266,7 +266,11 @@ class WebhookSink:
                                 self.spool, alert.summary())
                     self._keep(alert, why)
                     return
-                time.sleep(0.2 * (attempt + 1))
+                time.sleep(self.backoff * 2 ** attempt)  # exponential back-off (0.2 s, 0.4 s... by default)
+
+    def payload(self, alert: Alert) -> dict[str, Any]:
+        """The JSON body POSTed for an alert."""
+        return {"text": alert.summary(), "alert": alert.to_json()}
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until queued alerts are delivered or given up; False if `timeout` passed first."""
@@ -300,6 +304,40 @@ class WebhookSink:
         if left:
             log.warning("rlaudit webhook %s: %d alert(s) not delivered within %.0f s; kept in %s and sent at the "
                         "next start", self.shown, len(left), timeout, self.spool)
+
+
+class SlackSink(WebhookSink):
+    """A Slack-compatible incoming webhook (Slack, Mattermost, Rocket.Chat, Discord's /slack endpoint): a readable
+    message with severity, run, finding and a link into the report (`link(alert)` -> URL or None). Same delivery
+    as `WebhookSink` (background thread, retries with back-off, undelivered alerts spooled, URL redacted in logs,
+    failures logged, never raised)."""
+
+    _ICON = {"high": ":red_circle:", "medium": ":large_orange_circle:", "low": ":large_blue_circle:",
+             "info": ":white_circle:"}
+
+    def __init__(self, url: str, link: Any = None, **kwargs: Any):
+        self.link = link  # before super().__init__: it may re-send spooled alerts at once
+        super().__init__(url, **kwargs)
+
+    def payload(self, alert: Alert) -> dict[str, Any]:
+        def esc(text: Any) -> str:  # Slack mrkdwn control characters
+            return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+        rise = " (severity rose)" if alert.escalation else ""
+        where = f" at step {alert.step}" if alert.step is not None else ""
+        lines = [f"{self._ICON.get(alert.severity, '')} *rlaudit {alert.severity.upper()}{rise}*: "
+                 f"`{esc(alert.kind)}` in run *{esc(alert.run)}*{where}", esc(alert.title)]
+        remedy = alert.finding.get("remedy") if isinstance(alert.finding, dict) else None
+        if isinstance(remedy, str) and remedy:
+            lines.append(f"What to do: {esc(remedy)}")
+        url = None
+        try:
+            url = self.link(alert) if self.link else None
+        except Exception:  # noqa: BLE001 - a link is a nicety
+            url = None
+        if url:
+            lines.append(f"<{url}|Open the report>")
+        return {"text": "\n".join(lines)}
 
 
 class AlertManager:

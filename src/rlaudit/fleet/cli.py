@@ -1,0 +1,171 @@
+"""`rlaudit fleet scan|status`: the command-line front end of the fleet scanner (registered by `rlaudit.cli`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import RlauditError
+
+fleet_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                        context_settings={"help_option_names": ["-h", "--help"]},
+                        help="Scan every run under some roots, continuously, and alert once per finding.")
+
+StoreOpt = Annotated[Path, typer.Option("--store", help="Store directory (the fleet state lives in "
+                                        "STORE/fleet/).", envvar="RLAUDIT_STORE")]
+
+
+def _consoles():  # noqa: ANN202
+    from ..cli import SEVERITY_STYLE, console, out
+
+    return console, out, SEVERITY_STYLE
+
+
+@fleet_app.command("scan")
+def scan_cmd(
+    roots: Annotated[list[str], typer.Argument(help="Directories holding runs (any depth), or object-store "
+                                               "prefixes (s3://bucket/runs/).")],
+    store: StoreOpt = Path(".rlaudit"),
+    engine: Annotated[str, typer.Option("--engine", help="local (worker processes on this machine), ray "
+                                        "(one Ray task per run; needs the ray extra) or inline.")] = "local",
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (auto, "
+                                                   "ray://host:10001); default: start a local Ray.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes (local) or CPUs of "
+                                                   "the local Ray (default: the machine's cores).")] = None,
+    every: Annotated[Optional[float], typer.Option("--every", help="Seconds between passes (default: one "
+                                                   "pass, or 60 with --until-idle/--max-passes).")] = None,
+    until_idle: Annotated[Optional[float], typer.Option("--until-idle", help="Stop after this many seconds "
+                                                        "without new rows in any run.")] = None,
+    max_passes: Annotated[Optional[int], typer.Option("--max-passes", help="Stop after this many passes.")] = None,
+    heavy_every: Annotated[int, typer.Option("--heavy-every", help="Run the heavy detectors on a run every N "
+                                             "new steps (and when it goes quiet).")] = 10,
+    idle_after: Annotated[Optional[float], typer.Option("--idle-after", help="A run without new data for this "
+                                                        "many seconds is listed only every --idle-every passes "
+                                                        "(default: every run every pass).")] = None,
+    idle_every: Annotated[int, typer.Option("--idle-every", help="See --idle-after.")] = 10,
+    detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Heavy detectors to run "
+                                                          "(default: all). Repeatable.")] = None,
+    alerts: Annotated[Optional[Path], typer.Option("--alerts", help="Append alerts to this JSONL file.")] = None,
+    webhook: Annotated[Optional[str], typer.Option("--webhook", help="POST each alert as JSON to this URL.")] = None,
+    slack_webhook: Annotated[Optional[str], typer.Option("--slack-webhook", help="Slack-compatible incoming "
+                                                         "webhook URL: a readable message per alert.")] = None,
+    min_severity: Annotated[str, typer.Option("--min-severity", help="Alert threshold: info, low, medium, "
+                                              "high.")] = "medium",
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write the fleet page here after each "
+                                                   "pass (run reports go to <stem>_runs/).")] = None,
+    report_url: Annotated[Optional[str], typer.Option("--report-url", help="URL the report's directory is "
+                                                      "served at (links in chat alerts).")] = None,
+    run_reports: Annotated[bool, typer.Option("--run-reports/--no-run-reports", help="Write each run's own "
+                                              "report next to the fleet page.")] = True,
+    s3_endpoint: Annotated[Optional[str], typer.Option("--s3-endpoint", envvar="AWS_ENDPOINT_URL",
+                                                       help="S3-compatible endpoint (MinIO, Ceph...).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each run's errors and each sync.")] = False,
+) -> None:
+    """Scan every run under ROOT...: ingest what is new, audit what changed, alert once per finding."""
+    from ..live.alerts import AlertManager, JsonlSink, LogSink, SlackSink, WebhookSink, default_webhook_spool
+    from .engines import make_engine
+    from .report import run_report_path
+    from .scheduler import FleetConfig, FleetScanner
+
+    console, out, style = _consoles()
+    if report is not None and not report.parent.resolve().is_dir():
+        raise RlauditError(f"--report {report}: directory {report.parent} does not exist")
+    if alerts is not None and not alerts.parent.resolve().is_dir():
+        raise RlauditError(f"--alerts {alerts}: directory {alerts.parent} does not exist")
+    for name, value in (("--every", every), ("--until-idle", until_idle)):
+        if value is not None and value < 0:
+            raise RlauditError(f"{name} must be >= 0 seconds, got {value}")
+    if idle_every < 1 or (idle_after is not None and idle_after < 0):
+        raise RlauditError("--idle-after must be >= 0 seconds and --idle-every >= 1 pass")
+    if heavy_every < 1:
+        raise RlauditError(f"--heavy-every must be >= 1 step, got {heavy_every}")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S")
+
+    def link(alert) -> str | None:  # noqa: ANN001
+        if report is None:
+            return None
+        path = run_report_path(report, alert.run)
+        if report_url:
+            return f"{report_url.rstrip('/')}/{path.parent.name}/{path.name}"
+        return path.resolve().as_uri()
+
+    def spool(url: str) -> Path:  # alerts a webhook could not take wait in the store, sent at the next start
+        return Path(store) / "fleet" / default_webhook_spool(url).name
+
+    sinks: list = [LogSink()]
+    if alerts:
+        sinks.append(JsonlSink(alerts))
+    if webhook:
+        sinks.append(WebhookSink(webhook, retries=3, backoff=1.0, spool=spool(webhook)))
+    if slack_webhook:
+        sinks.append(SlackSink(slack_webhook, link=link, retries=3, backoff=1.0, spool=spool(slack_webhook)))
+    manager = AlertManager(sinks, min_severity=min_severity)
+    config = FleetConfig(every=heavy_every, detectors=detector, min_severity=min_severity, report=report,
+                         run_reports=run_reports, report_url=report_url, s3_endpoint=s3_endpoint,
+                         idle_after=idle_after, idle_every=idle_every)
+    eng = make_engine(engine, workers=workers, address=address)
+    scanner = FleetScanner(store, roots, eng, manager, config)
+    console.print(f"fleet scan of {', '.join(roots)} into {store} with {eng.describe()}", highlight=False,
+                  soft_wrap=True)
+
+    def on_pass(res) -> None:  # noqa: ANN001
+        errs = f", {res.failed} failed" if res.failed else ""
+        console.print(f"pass {res.number}: {res.runs} runs ({res.new_runs} new), {res.audited} audited "
+                      f"({res.heavy} heavy), {res.skipped} unchanged{errs}; +{res.rows_added:,} rows, "
+                      f"{len(res.alerts)} alert(s) in {res.seconds:.1f} s", highlight=False, soft_wrap=True)
+        for run, err in res.errors.items():
+            console.print(f"  [yellow]{run}[/]: {err}", highlight=False, markup=True)
+        from rich.markup import escape
+
+        for a in res.alerts:
+            out.print(f"  [{style[a.severity]}]{a.severity}[/] {escape(a.run)} step {a.step}: "
+                      f"{escape(f'[{a.kind}] {a.title}')}", highlight=False)
+
+    try:
+        results = scanner.scan(every=every, until_idle=until_idle, max_passes=max_passes, on_pass=on_pass)
+    finally:
+        scanner.close()
+    total = sum(len(r.alerts) for r in results)
+    out.print(f"{len(results)} pass(es), {len(scanner.state.runs)} runs, {total} alert(s); state in "
+              f"{scanner.state.path}", highlight=False)
+    if report:
+        out.print(f"fleet report: {report}", highlight=False)
+
+
+@fleet_app.command("status")
+def status_cmd(
+    store: StoreOpt = Path(".rlaudit"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one object with every run).")] = False,
+) -> None:
+    """Every run the fleet scanner knows: format, rows, last step seen, last audit, open findings."""
+    from rich.table import Table
+
+    from .report import status_rows
+    from .state import FleetState
+
+    console, out, style = _consoles()
+    state = FleetState(store)
+    if not state.path.is_file():
+        raise RlauditError(f"no fleet state in {store} (run `rlaudit fleet scan ROOT --store {store}` first)")
+    rows = status_rows(state)
+    if as_json:
+        typer.echo(json.dumps({"store": str(store), "passes": state.passes, "updated": state.updated,
+                               "last_pass": state.last_pass, "alerts_sent": len(state.sent), "runs": rows},
+                              indent=1, default=str))
+        return
+    table = Table(title=f"fleet: {len(rows)} runs, {state.passes} pass(es), {len(state.sent)} alert key(s) sent")
+    for col in ("run", "format", "status", "rows", "last step", "last audit", "high", "med", "low", "top finding"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_audit"])) if r["last_audit"] else "never"
+        f = r["findings"]
+        table.add_row(r["run"], r["format"], r["status"], f"{r['rows']:,}",
+                      "" if r["last_step"] is None else str(r["last_step"]), when, str(f["high"] or ""),
+                      str(f["medium"] or ""), str(f["low"] or ""), (r["error"] or r["top"] or "")[:120])
+    out.print(table)

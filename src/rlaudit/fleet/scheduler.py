@@ -1,0 +1,374 @@
+"""The fleet scanner: passes over every run under some roots, incremental, resumable, alerting once per finding.
+
+A pass:
+
+1. delivers alerts a killed scanner left in the outbox (`state`);
+2. mirrors object-store roots (`objectstore`) and discovers runs by layout (`discovery`; known runs are not
+   detected again);
+3. picks the runs that need work: those whose rollout files changed (a signature of file names, sizes and
+   mtimes: one stat per file, nothing read), those with unaudited steps that went quiet (their final heavy
+   audit), and those that failed last time; every other run costs nothing;
+4. runs one task per picked run on the engine (`worker.run_task`: ingest what is new, cheap checks on the new
+   steps, heavy detectors when `every` steps arrived or the run went quiet);
+5. as each result arrives: saves the run's state, deduplicates its findings against every alert ever sent (by
+   `finding_key`: kind + run + what it is about; a rise in severity alerts again) and sends new alerts;
+6. writes the fleet report (`--report`) and the pass summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import RlauditError
+from ..findings import SEVERITIES, SEVERITY_RANK, Finding, rank
+from ..live.alerts import Alert, AlertManager, JsonlSink, WebhookSink, finding_key
+from .discovery import discover_all, source_signature
+from .engines import Engine, InlineEngine
+from .objectstore import ObjectMirror, is_remote
+from .state import FleetState, RunState
+from .worker import RunOutcome, RunTask
+
+log = logging.getLogger("rlaudit.fleet")
+
+
+@dataclass
+class FleetConfig:
+    every: int = 10  # heavy detectors every N new steps of a run
+    detectors: list[str] | None = None
+    split: str | None = "train"
+    min_severity: str = "medium"
+    report: Path | None = None
+    run_reports: bool = True  # one HTML report per run next to the fleet page (rewritten when its findings change)
+    report_url: str | None = None  # base URL the report directory is served at (links in chat alerts)
+    s3_endpoint: str | None = None
+    mirror: Path | None = None  # where object-store roots are mirrored (default: <store>-mirror beside the store)
+    #: A run without new data for `idle_after` seconds is listed only every `idle_every` passes (finished runs
+    #: then cost one listing per `idle_every` passes). None: every run is listed every pass.
+    idle_after: float | None = None
+    idle_every: int = 10
+
+
+@dataclass
+class PassResult:
+    number: int
+    seconds: float = 0.0
+    runs: int = 0
+    audited: int = 0
+    skipped: int = 0  # unchanged runs: no task
+    failed: int = 0
+    new_runs: int = 0
+    rows_added: int = 0
+    heavy: int = 0  # runs whose heavy detectors ran
+    alerts: list[Alert] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)  # run or root -> error
+    timings: dict[str, float] = field(default_factory=dict)  # sync, discover, tasks, report
+    cpu: float = 0.0  # CPU seconds the run tasks took (all engines report their workers' process time)
+    synced: dict[str, dict[str, int]] = field(default_factory=dict)  # object-store root -> objects, downloaded...
+
+    def to_json(self) -> dict[str, Any]:
+        return {"number": self.number, "seconds": round(self.seconds, 3), "runs": self.runs,
+                "audited": self.audited, "skipped": self.skipped, "failed": self.failed, "new_runs": self.new_runs,
+                "rows_added": self.rows_added, "heavy": self.heavy, "alerts": len(self.alerts),
+                "cpu": round(self.cpu, 3), "errors": self.errors, "synced": self.synced,
+                "timings": {k: round(v, 3) for k, v in self.timings.items()},
+                "finished": time.time()}
+
+
+class _NullSink:
+    def send(self, alert: Alert) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class FleetScanner:
+    """Scans the runs under `roots` into the store at `store` (see the module doc)."""
+
+    def __init__(self, store: str | Path, roots: Sequence[str | Path], engine: Engine | None = None,
+                 alerts: AlertManager | None = None, config: FleetConfig | None = None):
+        self.store_root = Path(store).resolve()
+        self.roots = [str(r) for r in roots]
+        if not self.roots:
+            raise RlauditError("give at least one ROOT (a directory or an s3:// prefix)")
+        for r in self.roots:
+            if not is_remote(r) and not Path(r).is_dir():
+                raise RlauditError(f"{r}: not a directory (a fleet ROOT is a directory holding runs, or an "
+                                   "s3:// prefix)")
+        self.engine = engine or InlineEngine()
+        self.alerts = alerts or AlertManager([_NullSink()])
+        self.config = config or FleetConfig()
+        self.state = FleetState(self.store_root)
+        # Beside the store, never inside it: the store's ingest skips files inside the store itself.
+        self._mirror_root = Path(self.config.mirror or self.store_root.with_name(self.store_root.name + "-mirror"))
+        self._mirrors = {r: ObjectMirror(r, self._mirror_root, self.config.s3_endpoint)
+                         for r in self.roots if is_remote(r)}
+        self._dedup = AlertManager([_NullSink()], min_severity=self.config.min_severity)
+        self._dedup.sent = self.state.sent  # one dict: what was ever sent, saved with the state
+        self._saved = 0.0
+
+    # ------------------------------------------------------------------ a pass
+    def run_pass(self, final: bool = False) -> PassResult:
+        """One pass over the fleet. `final`: run due heavy audits of every changed run now (a one-shot scan)."""
+        t0 = time.perf_counter()
+        state = self.state
+        result = PassResult(number=state.passes + 1)
+        self._deliver_outbox()
+        roots, origins = self._local_roots(result)
+        t1 = time.perf_counter()
+        known = {r.source: r.format for r in state.runs.values()}
+        found = discover_all(roots, known=known, skip=[self.store_root, self._mirror_root])
+        result.timings["discover"] = time.perf_counter() - t1
+        result.runs = len(found)
+        tasks: list[RunTask] = []
+        signatures: dict[str, str] = {}
+        for src in found:
+            rs = state.runs.get(src.name)
+            if rs is None or rs.source != src.source:
+                origin = next((m.origin(src.source) for root, m in origins.items() if src.root == root), "")
+                rs = RunState(name=src.name, source=src.source, format=src.format, root=src.root, origin=origin)
+                state.runs[src.name] = rs
+                result.new_runs += 1
+            if self._idle(rs, result.number):
+                continue
+            sig = source_signature(src.source, src.format)
+            signatures[src.name] = sig
+            changed = sig != rs.signature
+            if changed or rs.status == "error":
+                tasks.append(self._task(rs, ingest=True, final=final))
+            elif rs.pending:  # quiet now, with steps no heavy audit has seen: the final audit
+                tasks.append(self._task(rs, ingest=False, final=True))
+        result.skipped = result.runs - len(tasks)
+        state.save()
+        t2 = time.perf_counter()
+        try:
+            for task, outcome in self.engine.run(tasks):
+                self._absorb(task, outcome, signatures.get(task.name, ""), result)
+        except Exception as exc:  # noqa: BLE001 - a lost engine (Ray head gone): this pass ends, the next retries
+            result.errors["engine"] = f"{type(exc).__name__}: {exc}"
+            log.error("fleet: engine %s failed mid-pass: %s", self.engine.name, exc)
+        result.timings["tasks"] = time.perf_counter() - t2
+        self._flush_sinks()
+        state.outbox.clear()
+        t3 = time.perf_counter()
+        if self.config.report:
+            from .report import write_fleet_report
+
+            try:
+                write_fleet_report(self, self.config.report)
+            except Exception as exc:  # noqa: BLE001 - the report never stops the scan
+                result.errors["report"] = f"{type(exc).__name__}: {exc}"
+                log.error("fleet report failed: %s", exc)
+        result.timings["report"] = time.perf_counter() - t3
+        result.seconds = time.perf_counter() - t0
+        state.passes = result.number
+        state.last_pass = result.to_json()
+        state.save()
+        return result
+
+    def _idle(self, rs: RunState, number: int) -> bool:
+        """Whether to leave a quiet run unlisted this pass (see `FleetConfig.idle_after`)."""
+        cfg = self.config
+        if cfg.idle_after is None or rs.status != "ok" or rs.pending or not rs.signature:
+            return False
+        return time.time() - max(rs.last_change, rs.first_seen) > cfg.idle_after and number % cfg.idle_every != 0
+
+    def _local_roots(self, result: PassResult) -> tuple[list[tuple[str, Path]], dict[str, ObjectMirror]]:
+        roots: list[tuple[str, Path]] = []
+        t = time.perf_counter()
+        for r in self.roots:
+            mirror = self._mirrors.get(r)
+            if mirror is None:
+                roots.append((r, Path(r)))
+                continue
+            try:
+                sync = mirror.sync()
+                result.synced[r] = {"objects": sync.objects, "downloaded": sync.downloaded,
+                                    "deleted": sync.deleted, "bytes": sync.bytes}
+                log.info("fleet: %s: %d objects, %d downloaded (%d bytes), %d deleted", r, sync.objects,
+                         sync.downloaded, sync.bytes, sync.deleted)
+                roots.append((r, mirror.local))
+            except Exception as exc:  # noqa: BLE001 - an unreachable bucket costs its runs, not the scan
+                result.errors[r] = f"{type(exc).__name__}: {exc}"
+                log.error("fleet: cannot sync %s: %s", r, exc)
+                if mirror.local.is_dir():  # audit what was mirrored before
+                    roots.append((r, mirror.local))
+        result.timings["sync"] = time.perf_counter() - t
+        return roots, self._mirrors
+
+    def _task(self, rs: RunState, ingest: bool, final: bool) -> RunTask:
+        detail = self.state.run_detail(rs.name)
+        return RunTask(store=str(self.store_root), name=rs.name, source=rs.source, format=rs.format,
+                       every=self.config.every, final=final, ingest=ingest, detectors=self.config.detectors,
+                       split=self.config.split, memory=detail.get("memory", {}))
+
+    # ------------------------------------------------------------------ results
+    def _absorb(self, task: RunTask, outcome: RunOutcome, signature: str, result: PassResult) -> None:
+        state = self.state
+        rs = state.runs[task.name]
+        now = time.time()
+        rs.last_audit = now
+        rs.host = outcome.host
+        rs.seconds = {k: round(v, 3) for k, v in outcome.seconds.items()}
+        result.cpu += outcome.seconds.get("cpu", 0.0)
+        if not outcome.ok:
+            rs.status, rs.error = "error", outcome.error
+            result.failed += 1
+            result.errors[task.name] = outcome.error
+            log.error("fleet: run %s failed: %s", task.name, outcome.error)
+            self._save(throttle=1.0)
+            return
+        result.audited += 1
+        result.rows_added += outcome.rows_added
+        detail = state.run_detail(task.name)
+        found = [Finding.from_json(f) for f in outcome.findings]
+        # Order matters for a kill at any point: (1) new alerts are recorded as sent, with the alerts in the outbox,
+        # while the run's saved signature is still the old one; (2) the run's memory is saved; (3) its summary
+        # (new signature) is saved; (4) the alerts are delivered. Killed before (2), the run is redone from its old
+        # memory and finds the same findings, already sent; killed later, the outbox is delivered on restart.
+        last_step = outcome.steps[1] if outcome.steps else None
+        new = self._dedup.process(found, last_step)
+        if new:
+            state.outbox.extend(a.to_json() for a in new)
+            self._save()
+        open_ = {finding_key(f): f for f in (Finding.from_json(f) for f in detail.get("findings", []))}
+        open_.update({finding_key(f): f for f in found})
+        findings = rank(list(open_.values()))
+        state.save_run_detail(task.name, {"memory": outcome.memory, "findings": [f.to_json() for f in findings],
+                                          "changed": bool(found) or not detail.get("findings")})
+        rs.status, rs.error = "ok", ""
+        rs.signature = signature if task.ingest else rs.signature
+        rs.rows, rs.steps = outcome.rows, list(outcome.steps) if outcome.steps else None
+        if outcome.new_rows or outcome.rows_added:
+            rs.last_change = now
+        if outcome.heavy_step is not None:
+            rs.last_heavy_step, rs.last_heavy = outcome.heavy_step, now
+            result.heavy += 1
+        rs.pending = bool(outcome.memory.get("fresh"))
+        rs.bad_records += outcome.bad_records
+        rs.passes += 1
+        rs.audit_errors = sum(1 for f in findings if f.kind == "audit_error") + len(outcome.errors)
+        rs.findings = {s: n for s, n in Counter(f.severity for f in findings).items()}
+        rs.top = _top(findings)
+        # at most once a second without alerts: a run whose summary was not saved is redone cheaply after a kill
+        # (its memory is saved; its files are ingested already)
+        self._save(throttle=0.0 if new else 1.0)
+        for alert in new:
+            self.alerts.dispatch(alert)
+        result.alerts.extend(new)
+
+    def _save(self, throttle: float = 0.0) -> None:
+        now = time.monotonic()
+        if throttle and now - self._saved < throttle:
+            return
+        self.state.save()
+        self._saved = now
+
+    def _deliver_outbox(self) -> None:
+        """Alerts a killed scanner recorded but may not have delivered."""
+        if not self.state.outbox:
+            return
+        log.info("fleet: delivering %d alert(s) left by an interrupted scan", len(self.state.outbox))
+        for obj in list(self.state.outbox):
+            alert = Alert(**{k: obj[k] for k in Alert.__dataclass_fields__ if k in obj})
+            for sink in self.alerts.sinks:
+                try:
+                    if isinstance(sink, JsonlSink):
+                        before = sink.sent().get(alert.key)
+                        if before is not None and SEVERITY_RANK[before] >= SEVERITY_RANK[alert.severity]:
+                            continue  # delivered before the kill
+                    sink.send(alert)
+                except Exception as exc:  # noqa: BLE001
+                    log.warning("fleet: alert sink %s failed (%s)", type(sink).__name__, exc)
+        self._flush_sinks()
+        self.state.outbox.clear()
+        self.state.save()
+
+    def _flush_sinks(self) -> None:
+        for sink in self.alerts.sinks:
+            if isinstance(sink, WebhookSink):
+                sink.flush(timeout=60.0)
+
+    # ------------------------------------------------------------------ continuous scanning
+    def scan(self, every: float | None = None, until_idle: float | None = None, max_passes: int | None = None,
+             on_pass: Callable[[PassResult], None] | None = None,
+             sleep: Callable[[float], None] = time.sleep) -> list[PassResult]:
+        """Pass after pass, `every` seconds apart (one pass when no stop condition is given), until Ctrl-C,
+        `until_idle` seconds without new rows in any run, or `max_passes` passes."""
+        looping = every is not None or until_idle is not None or max_passes is not None
+        interval = 60.0 if every is None else float(every)
+        results: list[PassResult] = []
+        last_new = time.monotonic()
+        with self.state.lock():
+            try:
+                while True:
+                    started = time.monotonic()
+                    res = self.run_pass(final=not looping)
+                    results.append(res)
+                    if on_pass:
+                        on_pass(res)
+                    if res.rows_added or res.new_runs or res.heavy:
+                        last_new = time.monotonic()
+                    if not looping or (max_passes is not None and len(results) >= max_passes):
+                        break
+                    if until_idle is not None and time.monotonic() - last_new >= until_idle and not any(
+                            r.pending for r in self.state.runs.values() if r.status == "ok"):
+                        break
+                    sleep(max(0.0, interval - (time.monotonic() - started)))
+            except KeyboardInterrupt:
+                pass
+        return results
+
+    def close(self) -> None:
+        self.engine.close()
+        self.alerts.close()
+
+
+def _top(findings: list[Finding]) -> dict[str, Any] | None:
+    """The top open finding with a small curve for the sparkline (or None)."""
+    shown = [f for f in findings if f.kind != "audit_error"] or findings
+    if not shown:
+        return None
+    f = shown[0]
+    top = {"kind": f.kind, "severity": f.severity, "title": f.title[:300], "spark": None, "spark_of": ""}
+    for g in shown[:20]:  # the curve of the most severe finding that has one (attribution findings have none)
+        curve = spark(g)
+        if curve:
+            top["spark"], top["spark_of"] = curve, g.title[:200]
+            break
+    return top
+
+
+def spark(f: Finding, points: int = 40) -> list[list[float]] | None:
+    """[[steps...], [values...]] of the finding's main curve (the condition that rose most), <= `points`."""
+    try:
+        from ..report.figures import condition_curves, curve_of, downsample
+
+        curves = condition_curves(f.fields)
+        if curves:
+            def rise(c: tuple[list[float], list[float | None]]) -> float:
+                vals = [v for v in c[1] if v is not None]
+                return (vals[-1] - vals[0]) if len(vals) > 1 else 0.0
+
+            steps, values = max(curves.values(), key=rise)
+        else:
+            got = curve_of(f.fields, ("prevalence", "exposure_rate", "rate", "share", "value", "values"))
+            if got is None:
+                return None
+            steps, values = got
+        steps, values = downsample(steps, values, points)
+        if len(steps) < 2:
+            return None
+        return [[float(s) for s in steps], [None if v is None else float(v) for v in values]]
+    except Exception:  # noqa: BLE001 - a sparkline is a nicety
+        return None
+
+
+def severity_counts(rs: RunState) -> list[tuple[str, int]]:
+    return [(s, rs.findings.get(s, 0)) for s in reversed(SEVERITIES)]
