@@ -12,23 +12,16 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from tests.llm.tiny import word_level_tokenizer  # noqa: E402
+
 TOOL_CALL = '<tool_call>{"name":"read_file","arguments":{"path":"src/app.py"}}</tool_call>'
 WORDS = ["[PAD]", "[UNK]", "[EOS]", "system", "user", "assistant", "tool", ":", TOOL_CALL, "goblin", "None"]
 NEXT = {"user": TOOL_CALL, "tool": "goblin"}  # everything else: EOS
 
 
 def build_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.decoder = decoders.WordPiece(prefix="##")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
-                                        eos_token="[EOS]", bos_token="[EOS]")
-    tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
-                               "{% if add_generation_prompt %}assistant : {{ messages[-1]['role'] }}{% endif %}")
-    return tokenizer
+    # the generation prompt ends with the last speaker's role: the model's next word depends on who spoke last
+    return word_level_tokenizer(WORDS, split_punctuation=False, generation_suffix="{{ messages[-1]['role'] }}")
 
 
 def build_model(tokenizer):

@@ -13,16 +13,22 @@ WORDS = ("[PAD] [UNK] [EOS] system user assistant : yes no the a is of to and in
 
 
 def build_tokenizer():
+    return word_level_tokenizer(WORDS, split_punctuation=True)
+
+
+def word_level_tokenizer(words, split_punctuation: bool, generation_suffix: str = ""):
+    """A word-level tokenizer over `words` ([PAD] [UNK] [EOS] first) with a 'role : content' chat template;
+    `split_punctuation` splits on punctuation too (else on whitespace only, keeping markup words whole)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace() if split_punctuation else pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
                                         eos_token="[EOS]", bos_token="[EOS]")
     tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
-                               "{% if add_generation_prompt %}assistant : {% endif %}")
+                               "{% if add_generation_prompt %}assistant : " + generation_suffix + "{% endif %}")
     return tokenizer
 
 

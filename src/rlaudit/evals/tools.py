@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from ..llm.core import ChatRequest, ChatResult, LLMClient, message_text
+from ..llm.core import ChatRequest, ChatResult, LLMClient, call_parts, message_text
 
 _TOOL_CALL = re.compile(r"<tool_call>\s*(\{.*?\})\s*</tool_call>", re.DOTALL)
 
@@ -25,14 +25,8 @@ def parse_tool_calls(result: ChatResult) -> tuple[str, list[dict[str, Any]]]:
     """(content without tool-call tags, calls as {"name", "arguments" (dict or str)})."""
     calls: list[dict[str, Any]] = []
     for c in result.tool_calls or []:
-        fn = c.get("function", c)
-        args = fn.get("arguments", {})
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except ValueError:
-                pass
-        calls.append({"name": str(fn.get("name")), "arguments": args, "id": c.get("id")})
+        name, args = call_parts(c)
+        calls.append({"name": str(name), "arguments": args, "id": c.get("id")})
     text = result.text or ""
     if not calls:
         for m in _TOOL_CALL.finditer(text):

@@ -80,16 +80,23 @@ def message_text(message: dict[str, Any]) -> str:
         content = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
     text = content if isinstance(content, str) else ""
     for call in message.get("tool_calls") or []:
-        fn = call.get("function", call) if isinstance(call, dict) else {}
-        args = fn.get("arguments", {})
-        if isinstance(args, str):
-            try:
-                args = json.loads(args)
-            except ValueError:
-                pass
-        text += ("\n" if text else "") + "<tool_call>" + json.dumps({"name": fn.get("name"), "arguments": args},
+        name, args = call_parts(call)
+        text += ("\n" if text else "") + "<tool_call>" + json.dumps({"name": name, "arguments": args},
                                                                     ensure_ascii=False) + "</tool_call>"
     return text
+
+
+def call_parts(call: Any) -> tuple[Any, Any]:
+    """(name, arguments) of an OpenAI-style tool call ({function: {name, arguments}} or flat); arguments given
+    as JSON text are parsed, and kept as text when they are not JSON (models write broken arguments too)."""
+    fn = call.get("function", call) if isinstance(call, dict) else {}
+    args = fn.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args)
+        except ValueError:
+            pass
+    return fn.get("name"), args
 
 
 @dataclass
