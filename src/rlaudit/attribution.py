@@ -235,28 +235,44 @@ def load_frames(con: duckdb.DuckDBPyConnection, items: list[tuple[Behavior, str]
     table = con.sql(
         f"SELECT {key} AS _group, step, condition, task, rollout_id, reward, advantage"
         f"{beh_cols}{text_cols}{sig_cols} FROM rollouts").to_arrow_table()
+    # the same Frame as `Frame.build`, built one column at a time: each column is sorted into group order and
+    # dropped from the fetched table at once, so the whole run is never held twice (fetched and sorted)
+    _, codes = np.unique(table.column("_group").to_numpy(zero_copy_only=False), return_inverse=True)
+    order = np.argsort(codes, kind="stable")
+    group = codes[order].astype(np.int64)
+    del codes
 
-    cond = pc.dictionary_encode(table.column("condition").combine_chunks())
-    task = pc.dictionary_encode(table.column("task").combine_chunks())
+    def pop(col: str) -> pa.ChunkedArray:
+        nonlocal table
+        column = table.column(col)
+        table = table.drop_columns([col])
+        return column
 
     def floats(col: str) -> np.ndarray:
-        return pc.fill_null(table.column(col), float("nan")).to_numpy(zero_copy_only=False).astype(float)
+        values = pc.fill_null(pop(col), float("nan")).to_numpy(zero_copy_only=False)
+        return values.astype(float, copy=False)[order]
 
-    base = Frame.build(
-        table.column("_group").to_numpy(zero_copy_only=False),
-        step=table.column("step").to_numpy(zero_copy_only=False).astype(np.int64),
-        condition=cond.indices.to_numpy(zero_copy_only=False).astype(np.int64),
-        condition_names=[str(c) for c in cond.dictionary.to_pylist()],
-        task=pc.fill_null(task.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64),
-        task_names=[str(t) for t in task.dictionary.to_pylist()] if n_tasks else [],
-        behavior=np.zeros(n), components={s: floats(f"_s{i}") for i, s in enumerate(signals)},
-        reward=floats("reward") if n_reward else None, advantage=floats("advantage") if n_adv else None,
-        rollout_id=table.column("rollout_id").combine_chunks(), grouping=grouping, group_key=group_key,
-        warnings=warnings)
+    def codes_of(col: str) -> tuple[np.ndarray, list[str]]:
+        enc = pc.dictionary_encode(pop(col).combine_chunks())
+        idx = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)[order]
+        return idx, [str(c) for c in enc.dictionary.to_pylist()]
+
+    pop("_group")
+    step = pop("step").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)[order]
+    condition, condition_names = codes_of("condition")
+    task, task_names = codes_of("task")
+    rollout_id = pop("rollout_id").combine_chunks().take(pa.array(order))
+    components = {s: floats(f"_s{i}") for i, s in enumerate(signals)}
+    reward = floats("reward") if n_reward else None
+    advantage = floats("advantage") if n_adv else None
+    base = Frame(group=group, step=step, condition=condition, condition_names=condition_names, task=task,
+                 task_names=task_names if n_tasks else [], behavior=np.zeros(n), components=components,
+                 reward=reward, advantage=advantage, rollout_id=rollout_id, grouping=grouping,
+                 group_key=group_key, warnings=warnings, order=order)
     frames = []
     for i, ((beh, where), expr) in enumerate(zip(items, exprs)):
-        values = (floats(f"_b{i}") if expr is not None else beh.values(table.column(f"_text_{where}")))
-        frames.append(replace(base, behavior=values[base.order], warnings=list(warnings)))
+        values = floats(f"_b{i}") if expr is not None else beh.values(table.column(f"_text_{where}"))[order]
+        frames.append(replace(base, behavior=values, warnings=list(warnings)))
     return frames
 
 
