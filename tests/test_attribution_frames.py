@@ -8,6 +8,7 @@ from dataclasses import fields, replace
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 from test_attribution import make_run
 
 from rlaudit.attribution import Frame, _group_key, _quote, attribute, load_frames
@@ -66,12 +67,20 @@ def _equal(a, b) -> None:
             assert x == y, f.name
 
 
-def test_frames_and_attribution_equal_the_reference(store):
-    store.append("sim", make_run(seed=3, with_advantage=True), key="part-0")
-    store.append("sim", make_run(seed=4, with_advantage=True), key="part-1")
+@pytest.mark.parametrize("group_ids", [True, False])
+def test_frames_and_attribution_equal_the_reference(store, group_ids):
+    store.append("sim", make_run(seed=3, with_advantage=True, group_ids=group_ids), key="part-0")
+    store.append("sim", make_run(seed=4, with_advantage=True, group_ids=group_ids, conditions=("plain", "pirate")),
+                 key="part-1")
+    third = make_run(seed=5, with_advantage=True, group_ids=group_ids)
+    i = third.schema.get_field_index("task")
+    store.append("sim", third.set_column(i, third.schema.field(i), pa.nulls(third.num_rows, pa.string())),
+                 key="part-2")  # no task
+    python = replace(parse_behavior("goblin"), kind="python", pattern=None, func=lambda t: "goblin" in t)
     items = [(parse_behavior("goblin"), "answer"), (parse_behavior("length"), "answer"),
-             (parse_behavior(r"re:\bgob\w+"), "answer")]
+             (parse_behavior(r"re:\bgob\w+"), "answer"), (python, "answer")]
     con = store.connect(["sim"])
+    con.execute("SET threads = 2")
     new, ref = load_frames(con, items), _reference(con, items)
     for a, b in zip(new, ref):
         _equal(a, b)
