@@ -79,6 +79,9 @@ class Detector(ABC):
     kinds: ClassVar[tuple[str, ...]]
     description: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
+    #: run right after the last of `requires` (it reads scratch they leave in `ctx.cache`, which is released once
+    #: no later detector needs it: running it early frees that memory before the other detectors run)
+    eager: ClassVar[bool] = False
 
     @abstractmethod
     def detect(self, ctx: DetectContext) -> list[Finding]:
@@ -118,6 +121,10 @@ def ordered(names: list[str] | None = None) -> list[type[Detector]]:
 
     for n in wanted:
         visit(n)
+    for cls in [c for c in out if c.eager and c.requires]:
+        out.remove(cls)
+        at = max(i for i, c in enumerate(out) if c.name in cls.requires)
+        out.insert(at + 1, cls)
     return out
 
 
