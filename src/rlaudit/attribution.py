@@ -232,31 +232,67 @@ def load_frames(con: duckdb.DuckDBPyConnection, items: list[tuple[Behavior, str]
     beh_cols = "".join(f", {e} AS _b{i}" for i, e in enumerate(exprs) if e is not None)
     text_cols = "".join(f", coalesce({w}, '') AS _text_{w}" for w in texts)
     sig_cols = "".join(f", CAST(rewards[{_quote(s)}] AS DOUBLE) AS _s{i}" for i, s in enumerate(signals))
-    table = con.sql(
-        f"SELECT {key} AS _group, step, condition, task, rollout_id, reward, advantage"
-        f"{beh_cols}{text_cols}{sig_cols} FROM rollouts").to_arrow_table()
+    query = (f"SELECT {key} AS _group, step, condition, task, rollout_id, reward, advantage"
+             f"{beh_cols}{text_cols}{sig_cols} FROM rollouts")
+    # Streamed in record batches into per-column numpy parts (the run is never held as one Arrow table, nor as
+    # DuckDB's materialised result); then each column is sorted into group order on its own. The frames equal
+    # those of `Frame.build` over the whole result: same rows, same order, condition and task codes in order of
+    # first appearance (tests/test_attribution_frames.py).
+    floats_cols = ([f"_s{i}" for i in range(len(signals))] + (["reward"] if n_reward else [])
+                   + (["advantage"] if n_adv else []) + [f"_b{i}" for i, e in enumerate(exprs) if e is not None])
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in ["_group", "step", "condition", "task", *floats_cols]}
+    texts_of: dict[str, list[pa.Array]] = {w: [] for w in texts}  # Python predicates: evaluated once, at the end
+    ids: list[pa.Array] = []
+    names: dict[str, dict[str, int]] = {"condition": {}, "task": {}}
+    # every part is copied out of the batch: a column (or a zero-copy numpy view of it) would keep the whole
+    # exported batch alive, and with it every column of the run
+    def own(values: pa.Array, dtype: Any) -> np.ndarray:
+        return np.array(values.to_numpy(zero_copy_only=False), dtype=dtype, copy=True)
 
-    cond = pc.dictionary_encode(table.column("condition").combine_chunks())
-    task = pc.dictionary_encode(table.column("task").combine_chunks())
+    for batch in con.sql(query).to_arrow_reader(1 << 16):
+        parts["_group"].append(own(batch.column("_group"), None))
+        parts["step"].append(own(batch.column("step"), np.int64))
+        for col in ("condition", "task"):
+            enc = pc.dictionary_encode(batch.column(col))
+            seen = names[col]
+            glob = np.array([seen.setdefault(str(v), len(seen)) for v in enc.dictionary.to_pylist()] + [-1],
+                            dtype=np.int64)
+            parts[col].append(glob[own(pc.fill_null(enc.indices, -1), np.int64)])  # -1 (no task): the last
+        for col in floats_cols:
+            parts[col].append(own(pc.fill_null(batch.column(col), float("nan")), float))
+        for w in texts:
+            texts_of[w].append(batch.column(f"_text_{w}").take(pa.array(np.arange(batch.num_rows))))
+        ids.append(batch.column("rollout_id").take(pa.array(np.arange(batch.num_rows))))
+        del batch
 
-    def floats(col: str) -> np.ndarray:
-        return pc.fill_null(table.column(col), float("nan")).to_numpy(zero_copy_only=False).astype(float)
+    rows = sum(len(p) for p in parts["step"])
+    scratch = np.empty(rows, dtype=np.float64)  # one buffer for every column's concatenation (8-byte types)
 
-    base = Frame.build(
-        table.column("_group").to_numpy(zero_copy_only=False),
-        step=table.column("step").to_numpy(zero_copy_only=False).astype(np.int64),
-        condition=cond.indices.to_numpy(zero_copy_only=False).astype(np.int64),
-        condition_names=[str(c) for c in cond.dictionary.to_pylist()],
-        task=pc.fill_null(task.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64),
-        task_names=[str(t) for t in task.dictionary.to_pylist()] if n_tasks else [],
-        behavior=np.zeros(n), components={s: floats(f"_s{i}") for i, s in enumerate(signals)},
-        reward=floats("reward") if n_reward else None, advantage=floats("advantage") if n_adv else None,
-        rollout_id=table.column("rollout_id").combine_chunks(), grouping=grouping, group_key=group_key,
-        warnings=warnings)
+    def take(col: str, dtype: Any = float) -> np.ndarray:
+        whole = scratch.view(dtype)
+        if parts[col]:
+            np.concatenate(parts.pop(col), out=whole)
+        return whole[order]
+
+    _, codes = np.unique(np.concatenate(parts.pop("_group")), return_inverse=True)
+    order = np.argsort(codes, kind="stable")
+    group = codes[order].astype(np.int64, copy=False)
+    del codes
+    sorted_ids = pa.chunked_array(ids, type=ids[0].type if ids else pa.string()).take(pa.array(order))
+    del ids
+    rollout_id = sorted_ids.chunk(0) if sorted_ids.num_chunks == 1 else sorted_ids.combine_chunks()
+    del sorted_ids
+    components = {s: take(f"_s{i}") for i, s in enumerate(signals)}
+    base = Frame(group=group, step=take("step", np.int64), condition=take("condition", np.int64),
+                 condition_names=list(names["condition"]), task=take("task", np.int64),
+                 task_names=list(names["task"]) if n_tasks else [], behavior=np.zeros(n), components=components,
+                 reward=take("reward") if n_reward else None, advantage=take("advantage") if n_adv else None,
+                 rollout_id=rollout_id, grouping=grouping, group_key=group_key, warnings=warnings, order=order)
     frames = []
     for i, ((beh, where), expr) in enumerate(zip(items, exprs)):
-        values = (floats(f"_b{i}") if expr is not None else beh.values(table.column(f"_text_{where}")))
-        frames.append(replace(base, behavior=values[base.order], warnings=list(warnings)))
+        values = (take(f"_b{i}") if expr is not None
+                  else beh.values(pa.chunked_array(texts_of[where], type=pa.string()))[order])
+        frames.append(replace(base, behavior=values, warnings=list(warnings)))
     return frames
 
 

@@ -968,7 +968,10 @@ def bench_cmd(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the results as JSON here.")] = None,
     size: Annotated[str, typer.Option("--size", help="default (60x16x8): the figures quoted as the auditor's "
                                       "quality; small (30x8x8): a smoke test that the bench runs, too little "
-                                      "data for its recall and precision to mean anything.")] = "default",
+                                      "data for its recall and precision to mean anything; large (200x64x8, "
+                                      "102,400 rollouts) and xlarge (200x640x8, 1,024,000): more data must not "
+                                      "do worse (see the onset error column; use --no-latency, --scenarios).")
+                 ] = "default",
     format: Annotated[str, typer.Option("--format", help="Trainer format the runs are written in.")] = "canonical",
     seed: Annotated[int, typer.Option(help="Simulation seed.")] = 0,
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Measure detection latency "

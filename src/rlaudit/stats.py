@@ -264,34 +264,62 @@ def moving_sum(x: np.ndarray, half_width: int) -> np.ndarray:
 
 def onset_index(x: np.ndarray, q: np.ndarray, n: np.ndarray, baseline: np.ndarray, direction: int,
                 half_width: int = 1, z: float = 3.09, design_effect: float = 1.0,
-                presence: bool = True) -> int | None:
-    """Index of the first step whose smoothed mean departs significantly from the early baseline and stays so.
+                presence: bool = True, fraction: float = 0.1, min_baseline: int = 2) -> int | None:
+    """Index of the first step where a change has begun: the smoothed mean has moved from the level before it by
+    a `fraction` of the whole change, significantly, and stays so.
 
-    Per step: `x` = sum of values, `q` = sum of squared values (= x for presence), `n` = rollouts. The smoothed
-    mean (centred window of 2h+1 steps) is compared with the pooled mean of the `baseline` steps by a one-sided z
-    test (default z = 3.09, p = 0.001, with variances inflated by `design_effect` for within-group correlation;
-    presence counts get half a rollout of continuity correction so that a lone occurrence is not a rise).
-    Onset is the first non-baseline step from which the departure holds for h+1 consecutive steps (or to the
-    end of the series); None when it never does.
+    Per step: `x` = sum of values, `q` = sum of squared values (= x for presence), `n` = rollouts. For a
+    candidate step i the smoothed mean (centred window of 2h+1 steps) is compared with the pooled mean of every
+    step before that window (steps < i - h, at least `min_baseline` of them): the level before the change, however
+    early it starts. (`baseline`, the early window of the effect test, is not used as the reference: a change
+    that begins inside it would otherwise be dated at its end.) Step i departs when
+
+    - the departure is significant: one-sided z >= `z` (default 3.09, p = 0.001), variances inflated by
+      `design_effect` for within-group correlation; presence counts get half a rollout of continuity correction
+      so that a lone occurrence is not a rise; and
+    - it is at least `fraction` (0.1) of the whole change, the distance from the reference level to the most
+      extreme smoothed mean in the direction of the change: the change has begun, not only become detectable.
+
+    Onset is the first such step from which the departure (against the same reference) holds for h+1 consecutive
+    steps (or to the end of the series); None when it never does. The significance condition binds when data are
+    few (the onset comes late); with more rollouts per step it is met earlier and the fraction condition dates
+    the onset, so more data never moves the estimate away from where the change begins.
     """
-    xs, qs, ns = moving_sum(x, half_width), moving_sum(q, half_width), moving_sum(n, half_width)
-    x0, q0, n0 = x[baseline].sum(), q[baseline].sum(), n[baseline].sum()
-    if n0 == 0:
-        return None
-    if presence:
-        mean, mean0 = (xs + 0.5) / (ns + 1.0), (x0 + 0.5) / (n0 + 1.0)
-        var, var0 = mean * (1 - mean) / (ns + 1.0), mean0 * (1 - mean0) / (n0 + 1.0)
-    else:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean, mean0 = xs / ns, x0 / n0
-            var, var0 = np.maximum(qs / ns - mean**2, 0) / ns, max(q0 / n0 - mean0**2, 0) / n0
+    del baseline  # kept for callers: the reference is the steps before each candidate (see above)
+    x, q, n = (np.asarray(a, dtype=np.float64) for a in (x, q, n))
+    h, t = max(0, int(half_width)), len(x)
+    xs, qs, ns = moving_sum(x, h), moving_sum(q, h), moving_sum(n, h)
     with np.errstate(invalid="ignore", divide="ignore"):
-        score = direction * (mean - mean0) / np.sqrt(design_effect * (var + var0))
-    sig = np.nan_to_num(score, nan=0.0) >= z
-    sig &= ~np.asarray(baseline, dtype=bool)
-    t = len(sig)
-    for i in np.flatnonzero(sig):
-        if sig[i:min(t, i + half_width + 1)].all():
+        if presence:
+            mean = (xs + 0.5) / (ns + 1.0)
+            var = mean * (1 - mean) / (ns + 1.0)
+        else:
+            mean = xs / ns
+            var = np.maximum(qs / ns - mean**2, 0) / ns
+    # reference for candidate i: steps [0, i - h), as cumulative sums (index i - h)
+    cx, cq, cn = (np.concatenate([[0.0], np.cumsum(a)]) for a in (x, q, n))
+    extreme = np.nanmax(direction * mean) if np.isfinite(mean).any() else np.nan
+
+    def departs(i: int, j: np.ndarray) -> np.ndarray:
+        k = i - h
+        x0, q0, n0 = cx[k], cq[k], cn[k]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if presence:
+                mean0 = (x0 + 0.5) / (n0 + 1.0)
+                var0 = mean0 * (1 - mean0) / (n0 + 1.0)
+            else:
+                mean0 = x0 / n0
+                var0 = max(q0 / n0 - mean0**2, 0) / n0
+            diff = direction * (mean[j] - mean0)
+            score = diff / np.sqrt(design_effect * (var[j] + var0))
+            big = diff >= fraction * (extreme - direction * mean0)
+        return (np.nan_to_num(score, nan=0.0) >= z) & big & (diff > 0)
+
+    first = min_baseline + h
+    for i in range(first, t):
+        if cn[i - h] <= 0:
+            continue
+        if departs(i, np.arange(i, min(t, i + h + 1))).all():
             return int(i)
     return None
 

@@ -21,8 +21,11 @@ vocabulary, occurrences copied from the rollout's own prompt excluded), plus the
    the larger of the ratio test's and the trend test's (both must agree: an intersection-union test).
 5. *FDR*: Benjamini-Hochberg over every candidate tested, including the n-grams that qualified for the
    vocabulary but were cut by its size limit (counted with p = 1); `q_value` is the adjusted p-value.
-6. *Onset*: the first step whose smoothed prevalence (centred window) departs from the early baseline at
-   p < 0.001 (variance inflated by the design effect) and stays departed (`stats.onset_index`).
+6. *Onset*: the first step whose smoothed prevalence (centred window) departs from the level of all the steps
+   before it, significantly (p < 0.001, variance inflated by the design effect) and by at least a tenth of the
+   whole change, and stays departed (`stats.onset_index`). The reference is not the early window of the effect
+   test, so a rise that begins inside that window is dated where it begins; more rollouts meet the
+   significance condition earlier and leave the onset where a tenth of the change is reached.
 7. *Grouping* (`_group_terms`): significant n-grams whose rollout sets overlap (Jaccard >= 0.8 in the window
    where they are common) are one behaviour; a term whose change disappears in rollouts without a longer phrase
    containing it ("by" of "by my beard") joins that phrase; a group whose rollouts nearly all (>= 80%) also

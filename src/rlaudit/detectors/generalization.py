@@ -59,6 +59,7 @@ class GeneralizationDetector(Detector):
     kinds = ("generalization",)
     description = "Behaviours that rose in one condition (persona, system prompt) and spread to others."
     requires = ("emerging",)
+    eager = True  # the shared term-set scope is released after this detector, before attribution and the rest
 
     def detect(self, ctx: DetectContext) -> list[Finding]:
         behaviours = [f for f in ctx.of_kind("emerging_behavior")

@@ -51,7 +51,11 @@ from .simulate import run
 from .writers import write
 
 SIZES = {"small": {"steps": 30, "prompts": 8, "generations": 8},
-         "default": {"steps": 60, "prompts": 16, "generations": 8}}
+         "default": {"steps": 60, "prompts": 16, "generations": 8},
+         # more data must never make the auditor worse: the same organisms over a longer run with more rollouts
+         # per step (102,400 and 1,024,000 rollouts); `onset_error` per emerging issue shows the onset dating
+         "large": {"steps": 200, "prompts": 64, "generations": 8},
+         "xlarge": {"steps": 200, "prompts": 640, "generations": 8}}
 MEDIUM = SEVERITY_RANK["medium"]
 #: Sizes that only check that the benchmark runs: too little data per behaviour for its figures to mean anything
 #: about the auditor (at small, recall and precision drop because the runs lack power, not because it got worse).
@@ -140,6 +144,8 @@ class IssueScore:
     attributed_to: str | None = None
     latency: int | None = None
     legitimate: bool = False
+    onset_found: int | None = None  # emerging issues: onset_step of the best matching finding
+    onset_error: int | None = None  # onset_found - onset_step (negative: dated early)
 
 
 @dataclass
@@ -189,6 +195,11 @@ def match(findings: list[Finding], gt: GroundTruth) -> ScenarioScore:
         best = max((f.severity for f in hits), key=SEVERITY_RANK.__getitem__, default=None)
         score = IssueScore(issue.id, issue.kind, _key(issue), issue.onset_step,
                            detected=best is not None and SEVERITY_RANK[best] >= MEDIUM, severity=best)
+        dated = [f for f in rank(hits) if f.get("onset_step") is not None]
+        if issue.kind == "emerging_behavior" and dated:
+            score.onset_found = int(dated[0].get("onset_step"))
+            if issue.onset_step is not None:
+                score.onset_error = score.onset_found - issue.onset_step
         if issue.kind == "reward_attribution":
             top = _top_attribution(findings, issue)
             score.attributed_to = top.get("signal") if top else None
@@ -254,6 +265,7 @@ class BenchResult:
         attributions = [i.attribution_right for s in self.scenarios for i in s.issues
                         if i.attribution_right is not None or (i.kind == "reward_attribution" and not i.legitimate)]
         latencies = [i.latency for i in issues if i.latency is not None]
+        onset_errors = [abs(i.onset_error) for i in issues if i.onset_error is not None]
         return {
             "issues": len(issues), "detected": detected,
             "recall": detected / len(issues) if issues else None,
@@ -265,6 +277,9 @@ class BenchResult:
             "attributions": len(attributions),
             "median_latency": statistics.median(latencies) if latencies else None,
             "latencies": len(latencies),
+            "median_onset_error": statistics.median(onset_errors) if onset_errors else None,
+            "max_onset_error": max(onset_errors) if onset_errors else None,
+            "onset_errors": len(onset_errors),
             "errors": sum(len(s.errors) for s in self.scenarios),
         }
 
@@ -327,12 +342,12 @@ def print_bench(result: BenchResult, console: Any) -> None:
     table.add_column("scenario", no_wrap=True)
     table.add_column("kind", no_wrap=True)
     table.add_column("implanted", overflow="fold")
-    for col in ("found", "sev", "attribution", "latency"):
+    for col in ("found", "sev", "attribution", "latency", "onset err"):
         table.add_column(col, no_wrap=True)
     for s in result.scenarios:
         name = s.scenario
         if not s.issues:
-            table.add_row(name, "", "[dim]clean control[/]", "", "", "", "")
+            table.add_row(name, "", "[dim]clean control[/]", "", "", "", "", "")
             name = ""
         for i in s.issues:
             attr = "" if i.attribution_right is None else "right" if i.attribution_right else \
@@ -340,18 +355,19 @@ def print_bench(result: BenchResult, console: Any) -> None:
             if i.legitimate:
                 ok = i.severity is None or SEVERITY_RANK[i.severity] < MEDIUM
                 table.add_row(name, "legit", i.key, "[dim]-[/]", (i.severity or "-") if ok else
-                              f"[red]{i.severity}[/]", attr or "-", "")
+                              f"[red]{i.severity}[/]", attr or "-", "", "")
             else:
                 table.add_row(name, SHORT_KIND.get(i.kind, i.kind), i.key,
                               "[green]yes[/]" if i.detected else "[red]missed[/]", i.severity or "-", attr,
-                              "" if i.latency is None else str(i.latency))
+                              "" if i.latency is None else str(i.latency),
+                              "" if i.onset_error is None else f"{i.onset_error:+d} ({i.onset_found})")
             name = ""
         for f in s.false_findings:
             table.add_row(name, SHORT_KIND.get(f["kind"], f["kind"]), f"[red]false ({f['severity']})[/]: {f['title']}",
-                          "", "", "", "")
+                          "", "", "", "", "")
             name = ""
         for e in s.errors:
-            table.add_row(name, "error", f"[red]{e}[/]", "", "", "", "")
+            table.add_row(name, "error", f"[red]{e}[/]", "", "", "", "", "")
     console.print(table)
     t = result.totals()
 
@@ -363,6 +379,8 @@ def print_bench(result: BenchResult, console: Any) -> None:
         f"({t['matched_findings']} matched, {t['false_findings']} false, {t['false_findings_on_clean']} on clean "
         f"controls)  attribution accuracy {fmt(t['attribution_accuracy'])} (of {t['attributions']})  "
         f"median latency {t['median_latency'] if t['median_latency'] is not None else 'n/a'} steps "
-        f"(of {t['latencies']})  [{result.seconds:.0f}s]")
+        f"(of {t['latencies']})  onset error median {t['median_onset_error'] if t['median_onset_error'] is not None else 'n/a'} "
+        f"max {t['max_onset_error'] if t['max_onset_error'] is not None else 'n/a'} steps (of {t['onset_errors']})  "
+        f"[{result.seconds:.0f}s]")
     if result.size in SMOKE_SIZES:
         console.print(f"[yellow]{SMOKE_NOTE}[/]", highlight=False)

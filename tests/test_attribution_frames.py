@@ -1,0 +1,90 @@
+"""`load_frames` builds its frames one column at a time (bounded memory); they must equal `Frame.build`'s."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields, replace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from test_attribution import make_run
+
+from rlaudit.attribution import Frame, _group_key, _quote, attribute, load_frames
+from rlaudit.behaviors import parse_behavior
+
+
+def _reference(con, items):
+    """The previous implementation: fetch everything, then sort every column with `Frame.build`."""
+    n, n_group, n_reward, n_adv, n_tasks = con.execute(
+        "SELECT count(*), count(group_id), count(reward), count(advantage), count(DISTINCT task) FROM rollouts"
+    ).fetchall()[0]
+    signals = [r[0] for r in con.execute(
+        "SELECT DISTINCT unnest(map_keys(rewards)) AS s FROM rollouts ORDER BY s").fetchall() if r[0] is not None]
+    key, grouping, group_key, warnings = _group_key(con, n, n_group)
+    exprs = [beh.sql(where) for beh, where in items]
+    texts = sorted({where for (_, where), e in zip(items, exprs) if e is None})
+    beh_cols = "".join(f", {e} AS _b{i}" for i, e in enumerate(exprs) if e is not None)
+    text_cols = "".join(f", coalesce({w}, '') AS _text_{w}" for w in texts)
+    sig_cols = "".join(f", CAST(rewards[{_quote(s)}] AS DOUBLE) AS _s{i}" for i, s in enumerate(signals))
+    table = con.sql(f"SELECT {key} AS _group, step, condition, task, rollout_id, reward, advantage"
+                    f"{beh_cols}{text_cols}{sig_cols} FROM rollouts").to_arrow_table()
+    cond = pc.dictionary_encode(table.column("condition").combine_chunks())
+    task = pc.dictionary_encode(table.column("task").combine_chunks())
+
+    def floats(col):
+        return pc.fill_null(table.column(col), float("nan")).to_numpy(zero_copy_only=False).astype(float)
+
+    base = Frame.build(
+        table.column("_group").to_numpy(zero_copy_only=False),
+        step=table.column("step").to_numpy(zero_copy_only=False).astype(np.int64),
+        condition=cond.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+        condition_names=[str(c) for c in cond.dictionary.to_pylist()],
+        task=pc.fill_null(task.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64),
+        task_names=[str(t) for t in task.dictionary.to_pylist()] if n_tasks else [],
+        behavior=np.zeros(n), components={s: floats(f"_s{i}") for i, s in enumerate(signals)},
+        reward=floats("reward") if n_reward else None, advantage=floats("advantage") if n_adv else None,
+        rollout_id=table.column("rollout_id").combine_chunks(), grouping=grouping, group_key=group_key,
+        warnings=warnings)
+    return [replace(base, behavior=(floats(f"_b{i}") if e is not None
+                                    else beh.values(table.column(f"_text_{w}")))[base.order])
+            for i, ((beh, w), e) in enumerate(zip(items, exprs))]
+
+
+def _equal(a, b) -> None:
+    for f in fields(Frame):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, np.ndarray):
+            np.testing.assert_array_equal(x, y, err_msg=f.name)
+        elif isinstance(x, dict):
+            assert x.keys() == y.keys()
+            for k in x:
+                np.testing.assert_array_equal(x[k], y[k], err_msg=f"{f.name}[{k}]")
+        elif isinstance(x, (pa.Array, pa.ChunkedArray)):
+            assert x.equals(y), f.name
+        else:
+            assert x == y, f.name
+
+
+@pytest.mark.parametrize("group_ids", [True, False])
+def test_frames_and_attribution_equal_the_reference(store, group_ids):
+    store.append("sim", make_run(seed=3, with_advantage=True, group_ids=group_ids), key="part-0")
+    store.append("sim", make_run(seed=4, with_advantage=True, group_ids=group_ids, conditions=("plain", "pirate")),
+                 key="part-1")
+    third = make_run(seed=5, with_advantage=True, group_ids=group_ids)
+    i = third.schema.get_field_index("task")
+    store.append("sim", third.set_column(i, third.schema.field(i), pa.nulls(third.num_rows, pa.string())),
+                 key="part-2")  # no task
+    python = replace(parse_behavior("goblin"), kind="python", pattern=None, func=lambda t: "goblin" in t)
+    items = [(parse_behavior("goblin"), "answer"), (parse_behavior("length"), "answer"),
+             (parse_behavior(r"re:\bgob\w+"), "answer"), (python, "answer")]
+    con = store.connect(["sim"])
+    con.execute("SET threads = 2")
+    new, ref = load_frames(con, items), _reference(con, items)
+    for a, b in zip(new, ref):
+        _equal(a, b)
+    for (beh, where), a, b in zip(items, new, ref):
+        ta = attribute(a, beh, where=where, run="sim", n_boot=200, seed=0).to_json()
+        tb = attribute(b, beh, where=where, run="sim", n_boot=200, seed=0).to_json()
+        assert json.dumps(ta, sort_keys=True, default=str) == json.dumps(tb, sort_keys=True, default=str)
