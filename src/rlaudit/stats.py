@@ -281,7 +281,9 @@ def onset_index(x: np.ndarray, q: np.ndarray, n: np.ndarray, baseline: np.ndarra
       extreme smoothed mean in the direction of the change: the change has begun, not only become detectable.
 
     Onset is the first such step from which the departure (against the same reference) holds for h+1 consecutive
-    steps (or to the end of the series); None when it never does. The significance condition binds when data are
+    steps (or to the end of the series), and whose own mean (unsmoothed) has moved by the same fraction: the
+    centred window reaches h steps ahead, so without that a step change would be dated up to h steps before it
+    happens. None when it never does. The significance condition binds when data are
     few (the onset comes late); with more rollouts per step it is met earlier and the fraction condition dates
     the onset, so more data never moves the estimate away from where the change begins.
     """
@@ -315,11 +317,20 @@ def onset_index(x: np.ndarray, q: np.ndarray, n: np.ndarray, baseline: np.ndarra
             big = diff >= fraction * (extreme - direction * mean0)
         return (np.nan_to_num(score, nan=0.0) >= z) & big & (diff > 0)
 
+    with np.errstate(invalid="ignore", divide="ignore"):
+        own = x / n  # each step's own mean
+
+    def moved(i: int) -> bool:
+        k = i - h
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean0 = cx[k] / cn[k]
+        return bool(direction * (own[i] - mean0) >= fraction * (extreme - direction * mean0))
+
     first = min_baseline + h
     for i in range(first, t):
         if cn[i - h] <= 0:
             continue
-        if departs(i, np.arange(i, min(t, i + h + 1))).all():
+        if departs(i, np.arange(i, min(t, i + h + 1))).all() and moved(i):
             return int(i)
     return None
 
