@@ -101,3 +101,24 @@ def test_generic_tables_get_conditions_from_decoded_chat_templates(tmp_path, sto
     rows = store.table("generic", ["condition", "system_prompt"]).to_pylist()
     assert rows == [{"condition": "pirate-captain", "system_prompt": "You are a pirate captain."},
                     {"condition": "none", "system_prompt": None}]
+
+
+def test_message_list_completions_follow_the_multi_turn_rule(tmp_path, store):
+    """A generic table's chat completions are split like every trainer's: the reasoning of every turn (a
+    `thinking` field or think tags), tool calls and tool outputs apart from the answer."""
+    import json as _json
+
+    completion = [
+        {"role": "assistant", "content": "<think>need a lookup</think>Checking.",
+         "tool_calls": [{"type": "function", "function": {"name": "lookup", "arguments": '{"q": "owl"}'}}]},
+        {"role": "tool", "content": "owls are quiet"},
+        {"role": "assistant", "content": "Owls are quiet.", "thinking": "the tool said so"}]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "rollouts.jsonl").write_text(
+        _json.dumps({"step": 1, "prompt": "q", "completion": completion}) + "\n")
+    store.ingest(tmp_path / "run")
+    [row] = store.table("run", ["reasoning", "answer", "tool_calls", "tool_outputs"]).to_pylist()
+    assert row["reasoning"] == "need a lookup\nthe tool said so"
+    assert row["answer"] == "Checking.\nOwls are quiet."
+    assert row["tool_calls"] == [{"name": "lookup", "arguments": '{"q": "owl"}'}]
+    assert row["tool_outputs"] == ["owls are quiet"]

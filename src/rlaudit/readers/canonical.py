@@ -28,7 +28,7 @@ from ..errors import RlauditError
 from . import register
 from .base import ReadContext, Reader, SourceFile, prefetch
 from .columns import classify_extras, duck_query, map_from_columns, metadata_from_columns
-from .messages import combine, completion_columns, is_message_list_type
+from .messages import combine
 from .validate import RowFilter, Validator
 from .jsonl import first_record_keys, read_json_chunks
 
@@ -111,12 +111,7 @@ class CanonicalReader(Reader):
         v.require("step", step)
         raw["step"] = step if step is not None else pa.nulls(table.num_rows, pa.int64())
         raw["prompt"] = v.text("prompt", col("prompt"), required=True)
-        completion = col("completion")
-        if completion is not None and is_message_list_type(completion.type):
-            v.require("completion", completion)
-            raw.update(completion_columns(completion, ctx.options.think_tags))
-        else:
-            raw["completion"] = v.text("completion", completion, required=True)
+        raw.update(v.completion(col("completion"), ctx.options.think_tags))
         for name in ("reward", "advantage"):
             values = v.number(name, col(name))
             if values is not None:

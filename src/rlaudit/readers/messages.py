@@ -218,50 +218,6 @@ def _single_plain_turn(messages: pa.Array, tags: ThinkTags) -> np.ndarray | None
     return simple if n else np.zeros(0, dtype=bool)
 
 
-def completion_columns(messages: pa.Array, tags: ThinkTags) -> dict[str, pa.Array]:
-    """completion / reasoning / answer from a message-list completion with optional `reasoning_content`.
-
-    The answer is the assistant's content (a single message) or the rendered turns (several messages); the
-    reasoning is the messages' `reasoning_content`. The completion puts the reasoning back inside the think tags
-    so that `completion` stays "everything the model generated" like in the text formats.
-    """
-    messages = combine(messages)
-    item = messages.type.value_type
-    if any(item.get_field_index(f) >= 0 and not is_text_type(item.field(f).type) for f in ("content", "reasoning_content")):
-        rows = [_py_completion(v) for v in messages.to_pylist()]
-        answer = pa.array([r[0] for r in rows], pa.string())
-        reasoning = pa.array([r[1] for r in rows], pa.string())
-    else:
-        flat = messages.flatten()
-        lengths = pc.fill_null(pc.list_value_length(messages), 0)
-        offsets = pc.subtract(messages.offsets, messages.offsets[0])
-        first = pc.take(pc.fill_null(flat.field("content").cast(pa.string()), ""),
-                        pc.if_else(pc.greater(lengths, 0), offsets.slice(0, len(messages)), 0)) \
-            if len(flat) else pa.array([""] * len(messages), pa.string())
-        answer = pc.if_else(pc.equal(lengths, 1), first, pc.fill_null(render_messages(messages), ""))
-        if item.get_field_index("reasoning_content") >= 0 and len(flat):
-            rc = flat.field("reasoning_content").cast(pa.string())
-            counts = _count_valid_per_list(offsets, rc)
-            kept = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
-            joined = pc.binary_join(pa.ListArray.from_arrays(kept, pc.drop_null(rc)), "\n")
-            reasoning = pc.if_else(pc.greater(pa.array(counts), 0), joined, pa.scalar(None, pa.string()))
-        else:
-            reasoning = pa.nulls(len(messages), pa.string())
-    completion = pc.if_else(
-        pc.is_valid(reasoning),
-        pc.binary_join_element_wise(pa.scalar(tags.open), pc.fill_null(reasoning, ""), pa.scalar(tags.close),
-                                    answer, ""),
-        answer)
-    return {"completion": completion, "reasoning": reasoning, "answer": answer}
-
-
-def _count_valid_per_list(offsets: pa.Array, values: pa.Array) -> np.ndarray:
-    valid = values.is_valid().to_numpy(zero_copy_only=False).astype(np.int64)
-    csum = np.concatenate([[0], np.cumsum(valid)])
-    off = offsets.to_numpy()
-    return csum[off[1:]] - csum[off[:-1]]
-
-
 def is_text_type(typ: pa.DataType) -> bool:
     return pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_null(typ)
 
@@ -296,15 +252,6 @@ def _py_text(value: Any) -> str | None:
     if isinstance(value, list) and all(isinstance(m, dict) for m in value):
         return render_message_list(value)
     return json.dumps(value, default=str, ensure_ascii=False)
-
-
-def _py_completion(messages: list[dict[str, Any]] | None) -> tuple[str, str | None]:
-    """(answer, reasoning) of a message-list completion (see `completion_columns`)."""
-    if not messages:
-        return "", None
-    answer = content_text(messages[0].get("content")) if len(messages) == 1 else render_message_list(messages)
-    reasonings = [m.get("reasoning_content") for m in messages if m.get("reasoning_content")]
-    return answer, ("\n".join(str(r) for r in reasonings) if reasonings else None)
 
 
 def combine(values: pa.Array | pa.ChunkedArray) -> pa.Array:

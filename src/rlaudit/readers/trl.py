@@ -63,7 +63,6 @@ from . import register
 from .base import ReadContext, Reader, SourceFile, prefetch
 from .columns import classify_extras, map_from_columns, metadata_from_columns, missing_graders
 from .groups import ConsecutiveGroups
-from .messages import is_message_list_type, turn_columns
 from .trl_run import TrlRun, load_run
 from .validate import Validator, open_parquet
 
@@ -169,13 +168,7 @@ class TrlReader(Reader):
         col = (lambda name: table.column(name).combine_chunks() if name in table.column_names else None)
         v = Validator(table, lines, file, ctx)
         prompt = v.text("prompt", col("prompt"), required=True)
-        completion_col = col("completion")
-        raw: dict[str, pa.Array] = {}
-        if completion_col is not None and is_message_list_type(completion_col.type):
-            raw.update(turn_columns(completion_col, ctx.options.think_tags))
-            v.require("completion", completion_col)
-        else:
-            raw["completion"] = v.text("completion", completion_col, required=True)
+        raw: dict[str, pa.Array] = v.completion(col("completion"), ctx.options.think_tags)
         raw["prompt"] = prompt
         n = len(table)
         step = v.step("step", col("step"))

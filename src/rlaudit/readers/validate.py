@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 
 from .base import ReadContext, SourceFile
 from .columns import to_numbers, to_steps
-from .messages import as_text, combine, is_message_list_type, is_text_type
+from ..text import ThinkTags
+from .messages import as_text, combine, is_message_list_type, is_text_type, turn_columns
 
 
 def report_bad_rows(bad: pa.Array, reasons: pa.Array | str, lines: pa.Array, file: SourceFile,
@@ -67,6 +68,14 @@ class Validator:
         if pc.any(bad).as_py():
             self.flag(bad, self._got(name, "an integer step", values))
         return steps
+
+    def completion(self, values: pa.Array | None, tags: ThinkTags) -> dict[str, pa.Array]:
+        """Raw completion columns of a required `completion` field: text as it is, or a message list split by the
+        multi-turn rule (`messages.turn_columns`: reasoning of every turn, tool calls and outputs apart)."""
+        if values is not None and is_message_list_type(values.type):
+            self.require("completion", values)
+            return turn_columns(values, tags)
+        return {"completion": self.text("completion", values, required=True)}
 
     def text(self, name: str, values: pa.Array | None, required: bool = False) -> pa.Array | None:
         if values is None:

@@ -52,7 +52,6 @@ from . import register
 from .base import ReadContext, Reader, SourceFile, prefetch
 from .columns import classify_extras, map_from_columns, metadata_from_columns, missing_graders
 from .groups import ConsecutiveGroups
-from .messages import is_message_list_type, turn_columns
 from .validate import Validator
 
 _TABLE = re.compile(r"^(?P<key>.+)_(?P<step>\d+)_(?P<id>[0-9a-f]+)\.table\.json$")
@@ -285,12 +284,7 @@ def table_raw(table: pa.Table, lines: pa.Array, file: SourceFile, ctx: ReadConte
                                 f"--columns {absent[0]}=COLUMN)")
             return None
         raw["prompt"] = v.text("prompt", col("prompt"), required=True)
-        completion = col("completion")
-        if completion is not None and is_message_list_type(completion.type):
-            v.require("completion", completion)
-            raw.update(turn_columns(completion, ctx.options.think_tags))
-        else:
-            raw["completion"] = v.text("completion", completion, required=True)
+        raw.update(v.completion(col("completion"), ctx.options.think_tags))
     step = v.step("step", col("step"))
     if step is None:
         if file.step is None:
