@@ -24,9 +24,9 @@ Derived data (`TermSets`):
   rollouts containing each term and those whose prompt holds it (`term_step_counts`).
 
 Tokens are `behaviors.TOKEN_PATTERN` runs of the lower-cased text, so a discovered n-gram, used as a term
-spec, matches exactly the rollouts counted here (up to the prompt exclusion). DuckDB tokenises and hashes the
-tokens, numpy matches n-grams by 64-bit keys (`_compute_part`), one part at a time, so memory is bounded by the
-part size, not the run size.
+spec, matches exactly the rollouts counted here (up to the prompt exclusion). `tokhash` tokenises and hashes
+the texts in numpy (the same tokens as the RE2 pattern, several times faster), numpy matches n-grams by 64-bit
+keys (`_compute_part`), one part at a time, so memory is bounded by the part size, not the run size.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from .behaviors import STYLE_FEATURES, TOKEN_PATTERN, parse_behavior
 from .layout import view_columns
 from .shingles import splitmix64
 from .store import Store, atomic_write_text, bound_memory, write_cached
+from .tokhash import string_hashes, token_hashes
 
 WHERES = ("answer", "reasoning")
 VOCAB = "term-vocab"
@@ -463,20 +464,19 @@ def _matcher(vocab: pa.Table) -> _Matcher:
     hit = _MATCHERS.get(id(vocab))
     if hit is not None and hit[0] is vocab:
         return hit[1]
-    con = duckdb.connect()
-    con.register("vocab_arrow", vocab)
-    v = con.sql("""SELECT "where", term_id, hash(key_token) AS key_h,
-                          list_transform(string_split(term, ' '), lambda x: hash(x)) AS th FROM vocab_arrow
-                   ORDER BY term_id""").to_arrow_table()
-    con.close()
-    v_ids = np.asarray(v.column("term_id").to_numpy(), np.int32)
-    v_keys = vocab_keys(v.column("th"))
-    v_where = np.asarray(v.column("where").to_numpy(zero_copy_only=False))
+    # a term's tokens are its space-separated words (tokens hold no spaces), hashed as in a text
+    words = pc.split_pattern(vocab.column("term").combine_chunks(), " ")
+    v_ids = np.asarray(vocab.column("term_id").to_numpy(), np.int32)
+    v_keys = vocab_keys(pa.ListArray.from_arrays(words.offsets, pa.array(string_hashes(words.flatten()), pa.uint64())))
+    v_where = np.asarray(vocab.column("where").to_numpy(zero_copy_only=False))
+    key_h = string_hashes(vocab.column("key_token"))
+    order = np.argsort(v_ids, kind="stable")
+    v_ids, v_keys, v_where, key_h = v_ids[order], v_keys[order], v_where[order], key_h[order]
     key_of_id = np.zeros(int(v_ids.max()) + 1 if len(v_ids) else 0, np.uint64)
     key_of_id[v_ids] = v_keys
     m = _Matcher(by_where={w: _Lookup(v_keys[v_where == w], v_ids[v_where == w]) for w in WHERES},
                  any_term=_Lookup(v_keys, v_ids),
-                 key_token=_Lookup(np.asarray(v.column("key_h").to_numpy(), np.uint64), v_ids), key_of_id=key_of_id)
+                 key_token=_Lookup(key_h, v_ids), key_of_id=key_of_id)
     _MATCHERS.clear()
     _MATCHERS[id(vocab)] = (vocab, m)
     return m
@@ -491,8 +491,8 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
                    ) -> list[tuple[pa.Table, pa.Table]]:
     """Term sets (one row per rollout) and per-step term counts of one stored part.
 
-    DuckDB tokenises each text once (the `length` style feature is the token count of the same list) and hashes
-    the tokens; n-grams are then matched against the vocabulary by 64-bit keys in numpy (`ngram_keys`). Two
+    Each text is tokenised and its tokens hashed once, in numpy (`tokhash.token_hashes`; the `length` style
+    feature is the token count); n-grams are then matched against the vocabulary by 64-bit keys in numpy (`ngram_keys`). Two
     distinct n-grams share a key with probability ~2^-64 per pair: a term set can be wrong only through such a
     collision (~1e-10 over a billion distinct n-gram/term pairs)."""
     con = duckdb.connect()
@@ -501,30 +501,29 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     con.execute(f"CREATE VIEW rollouts AS SELECT {view_columns(layout)}, filename AS _file "
                 f"FROM read_parquet({_sql_list([str(p) for p in paths])}, filename = true)")
     m = _matcher(vocab)
-    style = []
-    for col, where, name in style_columns():
-        sql = (f"CAST(len({where}_h) AS DOUBLE)" if name == "length"
-               else parse_behavior(f"style:{name}").sql(where))
-        style.append(f"{sql} AS {col}")
+    style = [f"{parse_behavior(f'style:{name}').sql(where)} AS {col}"
+             for col, where, name in style_columns() if name != "length"]
     # rid: a key unique within the run (64-bit hash of rollout id and step), so term sets of parts computed
-    # separately can be read together
+    # separately can be read together. Texts are tokenised and hashed in numpy (`tokhash.token_hashes`).
     r = con.sql(f"""
-        SELECT _file, hash(rollout_id, step) AS rid, rollout_id, step, split, condition, task, group_id, prompt_key,
-               has_reasoning, {", ".join(style)}, answer_h, reasoning_h
-        FROM (SELECT *, hash(coalesce(prompt, '')) AS prompt_key,
-                     (reasoning IS NOT NULL AND length(trim(reasoning)) > 0) AS has_reasoning,
-                     {_token_hashes_sql('answer')} AS answer_h, {_token_hashes_sql('reasoning')} AS reasoning_h
-              FROM rollouts)""").to_arrow_table()
-    prompts = con.sql(f"""SELECT prompt_key, {_token_hashes_sql('prompt')} AS prompt_h FROM (
-        SELECT hash(coalesce(prompt, '')) AS prompt_key, any_value(prompt) AS prompt FROM rollouts GROUP BY 1)
-        ORDER BY prompt_key""").to_arrow_table()
+        SELECT _file, hash(rollout_id, step) AS rid, rollout_id, step, split, condition, task, group_id,
+               hash(coalesce(prompt, '')) AS prompt_key,
+               (reasoning IS NOT NULL AND length(trim(reasoning)) > 0) AS has_reasoning,
+               {", ".join(style)}, answer, reasoning
+        FROM rollouts""").to_arrow_table()
+    prompts = con.sql("""SELECT prompt_key, any_value(prompt) AS prompt FROM (
+        SELECT hash(coalesce(prompt, '')) AS prompt_key, prompt FROM rollouts) GROUP BY 1 ORDER BY prompt_key
+        """).to_arrow_table()
     con.close()
+    hashed = {where: token_hashes(r.column(where)) for where in WHERES}
+    for where in WHERES:  # the length feature is the token count (`style:length`)
+        r = r.append_column(f"{where}__length", pa.array(np.diff(hashed[where][1]).astype(np.float64)))
     n = r.num_rows
     p_keys = np.asarray(prompts.column("prompt_key").to_numpy(), np.uint64)
     prompt_idx = np.searchsorted(p_keys, np.asarray(r.column("prompt_key").to_numpy(), np.uint64)).astype(np.int64)
     n_prompts = len(p_keys)
     # prompt terms: the candidate n-grams of each distinct prompt, and the terms whose key token it holds
-    pv, po = _list_parts(prompts.column("prompt_h"))
+    pv, po = token_hashes(prompts.column("prompt"))
     prow, pkey = ngram_keys(pv, po, o.max_n)
     a_rows, a_ids = m.any_term.match(prow, pkey)
     # the prompt's words that are some term's key token (the first len(pv) keys are the words); a term counts
@@ -537,7 +536,7 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
         np.asarray(prompt_terms.values.to_numpy(), np.int64)
     lists = {}
     for where in WHERES:
-        values, offsets = _list_parts(r.column(f"{where}_h"))
+        values, offsets = hashed[where]
         rows, keys = ngram_keys(values, offsets, o.max_n)
         rows, ids = m.by_where[where].match(rows, keys)
         code = prompt_idx[rows] * (1 << 32) + ids.astype(np.int64)  # pt_codes is sorted (by prompt, then id)

@@ -1,0 +1,163 @@
+"""Vectorised tokenising and hashing: the 64-bit hashes of the `behaviors.TOKEN_PATTERN` tokens of many texts.
+
+`token_hashes(texts)` gives, for an Arrow string array, the hash of every token of every text (flat values plus
+per-text offsets): the tokens are exactly those of `behaviors.tokenize` (lower-cased words of any script, an
+inner apostrophe kept, single CJK characters), in order.
+
+Texts that are pure ASCII (nearly all of an English run) are tokenised in numpy over the raw UTF-8 bytes: a
+byte is a word character when it is a letter or digit; an apostrophe joins a token when a word character is on
+both sides of it (the `'W+` repeats of the pattern); tokens break at text boundaries. That is the pattern
+restricted to ASCII, where `\\pL` and `\\pN` are `[A-Za-z]` and `[0-9]`, there are no marks and no CJK, and
+lower-casing is ASCII lower-casing. Other texts go through the RE2 pattern in DuckDB, as before. The property
+test in tests/core/test_tokhash.py checks both paths against `behaviors.tokenize` on random unicode text.
+
+Hashes (`span_hashes`): a polynomial hash of the token's bytes modulo 2^64 with a random odd base over
+random 64-bit byte codes (ASCII letters folded to lower case), computed for all tokens at once from prefix sums,
+then mixed with the token length by `splitmix64`. `string_hashes` hashes whole strings the same way, so a term
+string's tokens (`"by my beard".split()`) hash as they do inside a text. Two distinct tokens share a hash
+with probability about 2^-64 for ordinary text; polynomial hashes modulo 2^64 do collide for adversarial
+pairs (Thue-Morse strings of 2,048 bytes and more), which no tokeniser output of real text resembles.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .behaviors import TOKEN_PATTERN
+from .shingles import splitmix64
+
+_RNG = np.random.default_rng(0x5EED_70C5)
+_CODES = _RNG.integers(1, 2**63, size=256, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+_CODES[ord("A"):ord("Z") + 1] = _CODES[ord("a"):ord("z") + 1]  # ASCII case folding
+_BASE = int(_RNG.integers(2**40, 2**62)) * 2 + 1
+_BASE_INV = pow(_BASE, -1, 2**64)
+_LEN_MIX = np.uint64(0xD6E8FEB86659FD93)
+
+_WORD = np.zeros(256, bool)
+for _c in b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789":
+    _WORD[_c] = True
+_APOSTROPHE = ord("'")
+
+#: bytes tokenised per numpy pass: small enough that the temporaries (about 40 bytes per text byte) are reused
+#: heap memory rather than fresh pages (fresh pages cost more than the arithmetic)
+CHUNK_BYTES = 1 << 17
+
+_POW: np.ndarray = np.ones(1, np.uint64)
+_INV: np.ndarray = np.ones(1, np.uint64)
+
+
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """BASE^i and BASE^-i modulo 2^64 for i < n (cached, grown as needed)."""
+    global _POW, _INV
+    if len(_POW) < n:
+        size = max(n, 2 * len(_POW))
+        with np.errstate(over="ignore"):
+            _POW = np.cumprod(np.full(size, _BASE, np.uint64))
+            _POW = np.concatenate([np.ones(1, np.uint64), _POW[:-1]])
+            _INV = np.cumprod(np.full(size, _BASE_INV, np.uint64))
+            _INV = np.concatenate([np.ones(1, np.uint64), _INV[:-1]])
+    return _POW[:n], _INV[:n]
+
+
+def span_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The hash of each byte span data[starts[i]:ends[i]] (see module doc)."""
+    if len(starts) == 0:
+        return np.zeros(0, np.uint64)
+    pw, inv = _powers(len(data) + 1)
+    with np.errstate(over="ignore"):
+        prefix = np.empty(len(data) + 1, np.uint64)
+        prefix[0] = 0
+        np.cumsum(_CODES[data] * pw[:len(data)], out=prefix[1:])
+        poly = (prefix[ends] - prefix[starts]) * inv[starts]
+        return splitmix64(poly ^ ((ends - starts).astype(np.uint64) * _LEN_MIX))
+
+
+def _buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 data, int64 offsets rebased to 0) of a string array without nulls."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    if arr.type == pa.large_string():
+        off_type = np.int64
+    else:
+        arr = arr.cast(pa.string()) if arr.type != pa.string() else arr
+        off_type = np.int32
+    bufs = arr.buffers()
+    offsets = np.frombuffer(bufs[1], off_type)[arr.offset:arr.offset + len(arr) + 1].astype(np.int64)
+    data = np.frombuffer(bufs[2], np.uint8) if bufs[2] is not None else np.zeros(0, np.uint8)
+    data = data[offsets[0]:offsets[-1]] if len(offsets) else data[:0]
+    return data, offsets - (offsets[0] if len(offsets) else 0)
+
+
+def string_hashes(strings: pa.Array) -> np.ndarray:
+    """The hash of each whole string (nulls hash as the empty string), the same as a token of that text."""
+    data, offsets = _buffers(pc.fill_null(strings, ""))
+    return span_hashes(data, offsets[:-1], offsets[1:])
+
+
+def _ascii_tokens(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(text index, hash) of the tokens of ASCII texts given as one byte buffer with text offsets."""
+    n = len(data)
+    word = _WORD[data]
+    # an apostrophe joins when word characters are on both sides within the same text
+    joiner = np.zeros(n, bool)
+    if n > 2:
+        joiner[1:-1] = (data[1:-1] == _APOSTROPHE) & word[:-2] & word[2:]
+    boundary = np.zeros(n + 1, bool)
+    boundary[offsets] = True  # a text starts (or the buffer ends) here
+    if n > 2:
+        joiner[1:-1] &= ~boundary[1:-2] & ~boundary[2:-1]
+    tok = word | joiner
+    # cont[i]: bytes i-1 and i are token bytes of one token (same text); cont[n] = False closes the last token
+    cont = np.zeros(n + 1, bool)
+    if n > 1:
+        cont[1:n] = tok[1:] & tok[:-1] & ~boundary[1:n]
+    starts = np.flatnonzero(tok & ~cont[:n])
+    after = np.zeros(n + 1, bool)  # after[e]: byte e-1 is a token byte
+    after[1:] = tok
+    ends = np.flatnonzero(after & ~cont)
+    row = np.searchsorted(offsets, starts, side="right") - 1
+    return row, span_hashes(data, starts, ends)
+
+
+def token_hashes(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(flat uint64 token hashes, int64 offsets per text) of the tokens of each text (nulls: no tokens)."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks() if texts.num_chunks != 1 else texts.chunk(0)
+    texts = pc.fill_null(texts, "")
+    n_texts = len(texts)
+    ascii_ = np.asarray(pc.string_is_ascii(texts).to_numpy(zero_copy_only=False), bool)
+    data, offsets = _buffers(texts)
+    rows, hashes = [], []
+    # ASCII texts: numpy over the bytes, in chunks of whole texts
+    lo = 0
+    while lo < n_texts:
+        hi = int(np.searchsorted(offsets, offsets[lo] + CHUNK_BYTES, side="right")) - 1
+        hi = min(max(hi, lo + 1), n_texts)
+        base = offsets[lo]
+        r, h = _ascii_tokens(data[base:offsets[hi]], offsets[lo:hi + 1] - base)
+        keep = ascii_[lo:hi][r]
+        rows.append(r[keep] + lo)
+        hashes.append(h[keep])
+        lo = hi
+    other = np.flatnonzero(~ascii_)
+    if len(other):
+        with duckdb.connect() as con:
+            con.register("t", pa.table({"i": pa.array(other), "x": texts.take(pa.array(other))}))
+            pattern = TOKEN_PATTERN.replace("'", "''")
+            tok = con.sql(f"SELECT i, regexp_extract_all(lower(x), '{pattern}') AS tk FROM t ORDER BY i"
+                          ).to_arrow_table()
+        lists = tok.column("tk").combine_chunks()
+        counts = np.asarray(pc.list_value_length(lists).to_numpy(zero_copy_only=False), np.int64)
+        rows.append(np.repeat(np.asarray(tok.column("i").to_numpy(), np.int64), counts))
+        hashes.append(string_hashes(lists.flatten()))
+    row = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    values = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+    if len(other):
+        order = np.argsort(row, kind="stable")
+        row, values = row[order], values[order]
+    out_offsets = np.zeros(n_texts + 1, np.int64)
+    np.cumsum(np.bincount(row, minlength=n_texts), out=out_offsets[1:])
+    return values, out_offsets

@@ -1,0 +1,74 @@
+"""The vectorised tokeniser (`rlaudit.tokhash`) against `behaviors.tokenize` (DuckDB's RE2 pattern)."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlaudit import tokhash
+from rlaudit.behaviors import TOKEN_PATTERN, tokenize
+
+# mostly ASCII words, punctuation, apostrophes and line breaks (the numpy path), with some letters, marks and CJK
+# characters of other scripts (the RE2 path) and the odd character from anywhere
+_ASCII = st.sampled_from(list("abcXYZ019 '''!?.,_-\n\t\"`") + ["don't", "rock'n'roll", "GOBLIN", "  "])
+_OTHER = st.sampled_from(["é", "É", "ß", "中", "文", "ひ", "カ", "я", "ع", "क", "ि", "😀", "\u00a0", "\u2019", "İ"])
+_TEXT = st.lists(st.one_of(_ASCII, _ASCII, _ASCII, _OTHER, st.characters()), max_size=40).map("".join)
+
+
+def _regex_tokens(texts: list[str | None]) -> list[list[str]]:
+    """`behaviors.tokenize` of each text, in one DuckDB query (the same SQL, one connection)."""
+    with duckdb.connect() as con:
+        rows = con.execute("SELECT regexp_extract_all(lower(t), $p) FROM unnest($texts) AS u(t)",
+                           {"texts": [t or "" for t in texts], "p": TOKEN_PATTERN}).fetchall()
+    return [list(r[0]) for r in rows]
+
+
+def _expected(texts: list[str | None]) -> list[np.ndarray]:
+    return [tokhash.string_hashes(pa.array(tk, pa.string())) for tk in _regex_tokens(texts)]
+
+
+def _check(texts: list[str | None]) -> None:
+    values, offsets = tokhash.token_hashes(pa.array(texts, pa.string()))
+    assert len(offsets) == len(texts) + 1
+    for i, want in enumerate(_expected(texts)):
+        got = values[offsets[i]:offsets[i + 1]]
+        assert np.array_equal(got, want), (texts[i], tokenize(texts[i] or ""))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(_TEXT, st.none()), min_size=1, max_size=12))
+def test_tokens_equal_the_regex_tokeniser(texts: list[str | None]) -> None:
+    _check(texts)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(_TEXT, min_size=1, max_size=20), st.integers(1, 64))
+def test_chunking_keeps_texts_whole(texts: list[str], chunk: int) -> None:
+    """Texts are tokenised in chunks of whole texts; a chunk size smaller than a text changes nothing."""
+    old = tokhash.CHUNK_BYTES
+    tokhash.CHUNK_BYTES = chunk
+    try:
+        _check(texts)
+    finally:
+        tokhash.CHUNK_BYTES = old
+
+
+def test_known_cases_and_sliced_input() -> None:
+    texts = ["Hello, World! don't 'quote' a''b rock'n'roll", "", None, "ÉCOLE été 中文字 abc", "A1_b2", "x'"]
+    _check(texts)
+    arr = pa.array(["zzz", *texts], pa.string()).slice(1)
+    values, offsets = tokhash.token_hashes(arr)
+    assert np.array_equal(values, np.concatenate(_expected(texts)))
+    assert np.array_equal(tokhash.string_hashes(pa.array(["Goblin"])), tokhash.string_hashes(pa.array(["goblin"])))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(min_size=1, max_size=12), min_size=2, max_size=30, unique=True))
+def test_distinct_strings_hash_apart(words: list[str]) -> None:
+    """Distinct strings (after ASCII case folding) get distinct hashes; equal ones equal hashes."""
+    folded = [w.translate({c: c + 32 for c in range(65, 91)}) for w in words]
+    h = tokhash.string_hashes(pa.array(words))
+    assert len(set(h.tolist())) == len(set(folded))
