@@ -57,7 +57,6 @@ VOCAB = "term-vocab"
 ROLLOUT_TERMS = "rollout-terms"
 
 _TOKENS = TOKEN_PATTERN.replace("'", "''")
-_CHUNK = 150_000  # rollouts per SQL chunk: bounds DuckDB's working set
 
 
 @dataclass(frozen=True)
@@ -292,16 +291,13 @@ def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:
                      / (max(step) OVER () - min(step) OVER () + 1)) AS INTEGER)) AS bin
         FROM rollouts WHERE hash(rollout_id) % 1000 < {per_mille}""")
     con.execute("CREATE TEMP TABLE cells AS SELECT bin, condition, count(*) AS n FROM s GROUP BY ALL")
+    sample = con.sql("SELECT sid, bin, condition, answer, reasoning FROM s ORDER BY sid").to_arrow_table()
     frames = []
     for where in WHERES:
-        con.execute(f"""
-            CREATE OR REPLACE TEMP TABLE df AS
-            SELECT term, bin, condition, count(*) AS df
-            FROM (SELECT DISTINCT sid, term, bin, condition
-                  FROM ({ngram_rows_sql('s', 'sid, bin, condition', where, o.max_n)}))
-            GROUP BY ALL""")
+        df, first, totals = _sample_df(sample, where, o)
+        con.register("df", df)
         # prevalence per (bin) overall and per (bin, condition); a term absent from a cell has prevalence 0
-        frames.append(con.sql(f"""
+        q = con.sql(f"""
             WITH overall AS (
                 SELECT term, bin, sum(df) AS df FROM df GROUP BY ALL),
             prev_all AS (
@@ -321,28 +317,91 @@ def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:
                 SELECT a.term, greatest(a.pmax_counted, coalesce(c.pmax_counted, 0)) AS pmax,
                        greatest(a.spread, coalesce(c.spread, 0)) AS spread
                 FROM prev_all a LEFT JOIN prev_cond c USING (term))
-            SELECT '{where}' AS "where", term, len(string_split(term, ' ')) AS n_tokens, pmax, spread,
-                   count(*) OVER () AS n_qualified
-            FROM q WHERE pmax >= {o.min_prevalence}
-            ORDER BY spread DESC, term
-            LIMIT {o.max_terms}""").to_arrow_table())
-        # key token: the n-gram's rarest token (its content word), by document frequency in the sample
-        con.register("chosen", frames[-1])
-        unigram_df = "SELECT term AS token, sum(df) AS df FROM df WHERE NOT contains(term, ' ') GROUP BY term"
-        keys = con.sql(f"""
-            SELECT term, arg_min(token, coalesce(u.df, 0)) AS key_token
-            FROM (SELECT term, unnest(string_split(term, ' ')) AS token FROM chosen)
-            LEFT JOIN ({unigram_df}) u USING (token) GROUP BY term""").to_arrow_table()
-        con.unregister("chosen")
-        frames[-1] = frames[-1].join(keys, "term")
+            SELECT term AS k, pmax, spread FROM q WHERE pmax >= {o.min_prevalence}""").to_arrow_table()
+        con.unregister("df")
+        frames.append(_name_terms(sample, where, q, first, totals, o))
     con.close()
     table = pa.concat_tables(frames)
     return table.append_column("term_id", pa.array(range(table.num_rows), pa.int32()))
 
 
-def _token_hashes_sql(column: str) -> str:
-    """DuckDB expression: the 64-bit hashes of the tokens of `column` (`hash(token)`)."""
-    return f"list_transform({tokens_sql(column)}, lambda x: hash(x))"
+def _sample_df(sample: pa.Table, where: str, o: VocabOptions) -> tuple[pa.Table, dict[str, np.ndarray], Any]:
+    """Document frequency of every 1..max_n-gram of the sampled texts per (bin, condition), as (term, bin,
+    condition, df) with `term` a dense n-gram index; n-grams found in fewer than `min_count` sampled rollouts
+    are left out (they cannot qualify). Also, per n-gram index, one occurrence (row, token position, n) to
+    name it by, and the unique n-gram keys with their total document frequency (for key tokens)."""
+    values, offsets = token_hashes(sample.column(where))
+    n_rows = sample.num_rows
+    row = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(offsets))
+    pos = np.arange(len(values), dtype=np.int64)
+    rows, keys, starts, orders = [row], [values], [pos], [np.ones(len(values), np.int8)]
+    key = values
+    for n in range(2, o.max_n + 1):
+        key = _ngram_key(key[:-1], values[n - 1:])
+        ok = row[:len(row) - n + 1] == row[n - 1:]
+        rows.append(row[:len(row) - n + 1][ok])
+        keys.append(key[ok])
+        starts.append(pos[:len(pos) - n + 1][ok])
+        orders.append(np.full(int(ok.sum()), n, np.int8))
+    row, key, start, order = (np.concatenate(a) for a in (rows, keys, starts, orders))
+    # distinct (n-gram, rollout) pairs counted per (bin, condition) cell by DuckDB's hash aggregates (sorting
+    # millions of 64-bit keys in numpy costs more); `first`: the n-gram's first occurrence (flat index)
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    con.register("occ", pa.table({"k": pa.array(key, pa.uint64()), "r": pa.array(row, pa.int32()),
+                                  "i": pa.array(np.arange(len(key), dtype=np.int64))}))
+    con.register("smp", pa.table({"r": pa.array(np.arange(n_rows), pa.int32()), "bin": sample.column("bin"),
+                                  "condition": sample.column("condition")}))
+    con.execute("CREATE TEMP TABLE pairs AS SELECT k, r, min(i) AS first FROM occ GROUP BY k, r")
+    t = con.sql(f"""SELECT k, count(*) AS total, min(first) AS first FROM pairs GROUP BY k
+                    HAVING count(*) >= {int(o.min_count)} ORDER BY k""").to_arrow_table()
+    con.register("kept", t)
+    d = con.sql("""SELECT k, bin, condition, count(*) AS df FROM pairs SEMI JOIN kept USING (k) JOIN smp USING (r)
+                   GROUP BY ALL""").to_arrow_table()
+    con.close()
+    uniq = np.asarray(t.column("k").to_numpy(), np.uint64)  # sorted
+    term = np.searchsorted(uniq, np.asarray(d.column("k").to_numpy(), np.uint64))
+    first_at = np.asarray(t.column("first").to_numpy(), np.int64)
+    total = np.asarray(t.column("total").to_numpy(), np.int64)
+    table = pa.table({"term": pa.array(term, pa.int64()), "bin": d.column("bin"), "condition": d.column("condition"),
+                      "df": d.column("df")})
+    first = {"row": row, "start": start - offsets[row], "order": order, "at": first_at}
+    return table, first, (uniq, total)
+
+
+def _name_terms(sample: pa.Table, where: str, q: pa.Table, first: dict[str, np.ndarray], totals: Any,
+                o: VocabOptions) -> pa.Table:
+    """The qualified n-grams `q` (dense index k, pmax, spread) with their text, ordered by spread (then text)
+    and cut to `max_terms`; and each one's key token (its rarest token in the sample; of equally rare ones the
+    longest, then the last)."""
+    k = np.asarray(q.column("k").to_numpy(), np.int64)
+    at = first["at"][k]
+    rows, starts, orders = first["row"][at], first["start"][at], first["order"][at].astype(np.int64)
+    con = duckdb.connect()
+    con.register("occ", pa.table({"i": np.arange(len(k)), "text": sample.column(where).take(pa.array(rows)),
+                                  "p": starts, "n": orders}))
+    named = con.sql(f"""SELECT i, array_to_string({tokens_sql('text')}[p + 1:p + n], ' ') AS term
+                        FROM occ ORDER BY i""").to_arrow_table()
+    con.close()
+    table = pa.table({"where": pa.array([where] * len(k), pa.string()), "term": named.column("term"),
+                      "n_tokens": pa.array(orders, pa.int64()), "pmax": q.column("pmax"),
+                      "spread": q.column("spread"), "n_qualified": pa.array(np.full(len(k), len(k), np.int64))})
+    order = pc.sort_indices(table, [("spread", "descending"), ("term", "ascending")])
+    table = table.take(order[:o.max_terms])
+    # key token: the n-gram's rarest token (its content word), by document frequency in the sample
+    uniq, total = totals
+    words = pc.split_pattern(table.column("term").combine_chunks(), " ")
+    wh = string_hashes(words.flatten())
+    at_u = np.minimum(np.searchsorted(uniq, wh), max(len(uniq) - 1, 0))
+    wdf = np.where(uniq[at_u] == wh, total[at_u], 0) if len(uniq) else np.zeros(len(wh), np.int64)
+    w_off = np.asarray(words.offsets.to_numpy(), np.int64)
+    flat_words = words.flatten().to_pylist()
+    # equally rare: the longest, then the last ("beard" of "by my beard" when all three are as rare)
+    key_token = []
+    for lo, hi in zip(w_off[:-1], w_off[1:]):
+        cands = range(int(lo), int(hi))
+        key_token.append(flat_words[max(cands, key=lambda j: (-wdf[j], len(flat_words[j]), j))])
+    return table.append_column("key_token", pa.array(key_token, pa.string()))
 
 
 def _ngram_key(prev: np.ndarray, h: np.ndarray) -> np.ndarray:
@@ -450,12 +509,6 @@ def _pairs_to_lists(r: np.ndarray, v: np.ndarray, n_rows: int) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(v, pa.int32()))
 
 
-def _distinct_lists(rows: np.ndarray, ids: np.ndarray, n_rows: int) -> pa.Array:
-    """list<int32> per row: the distinct ids of that row, ascending."""
-    n_ids = int(ids.max()) + 1 if len(ids) else 1
-    return _pairs_to_lists(*_distinct_pairs(rows, ids, n_ids), n_rows)
-
-
 @dataclass
 class _Matcher:
     """The vocabulary's lookups, built once per vocabulary (see `_compute_part`)."""
@@ -511,7 +564,7 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
                 f"FROM read_parquet({_sql_list([str(p) for p in paths])}, filename = true)")
     m = _matcher(vocab)
     style = [f"{parse_behavior(f'style:{name}').sql(where)} AS {col}"
-             for col, where, name in style_columns() if name != "length"]
+             for col, where, name in style_columns() if name != "length" and name not in NON_ASCII_STYLES]
     # rid: a key unique within the run (64-bit hash of rollout id and step), so term sets of parts computed
     # separately can be read together. Texts are tokenised and hashed in numpy (`tokhash.token_hashes`).
     r = con.sql(f"""
@@ -527,6 +580,8 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     hashed = {where: token_hashes(r.column(where)) for where in WHERES}
     for where in WHERES:  # the length feature is the token count (`style:length`)
         r = r.append_column(f"{where}__length", pa.array(np.diff(hashed[where][1]).astype(np.float64)))
+        for name in NON_ASCII_STYLES:
+            r = r.append_column(f"{where}__{name}", _non_ascii_style(r.column(where), name))
     n = r.num_rows
     p_keys = np.asarray(prompts.column("prompt_key").to_numpy(), np.uint64)
     prompt_idx = np.searchsorted(p_keys, np.asarray(r.column("prompt_key").to_numpy(), np.uint64)).astype(np.int64)
@@ -614,6 +669,26 @@ def _empty_counts() -> pa.Table:
     return pa.table({"where": pa.array([], pa.string()), "term_id": pa.array([], pa.int32()),
                      "step": pa.array([], pa.int64()), "split": pa.array([], pa.string()),
                      "x": pa.array([], pa.int64()), "m": pa.array([], pa.int64())})
+
+
+#: style features that only non-ASCII characters show (emoji, scripts other than Latin): computed with the same
+#: RE2 pattern on the non-ASCII texts only (`_non_ascii_style`); an ASCII or missing text is 0, as in the SQL
+NON_ASCII_STYLES = ("emoji", "language_switch")
+
+
+def _non_ascii_style(texts: pa.ChunkedArray | pa.Array, name: str) -> pa.Array:
+    """`Behavior.sql` of the style feature `name` (in NON_ASCII_STYLES) over `texts`, skipping ASCII texts."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    valid = np.asarray(texts.is_valid().to_numpy(zero_copy_only=False), bool)
+    ascii_ = np.asarray(pc.fill_null(pc.string_is_ascii(texts), True).to_numpy(zero_copy_only=False), bool)
+    out = np.zeros(len(texts))
+    todo = np.flatnonzero(valid & ~ascii_)
+    if len(todo):
+        pattern = parse_behavior(f"style:{name}").pattern
+        hit = pc.match_substring_regex(texts.take(pa.array(todo)), pattern)
+        out[todo] = np.asarray(hit.to_numpy(zero_copy_only=False), np.float64)
+    return pa.array(out)
 
 
 def _sql_list(items: list[str]) -> str:
