@@ -332,8 +332,8 @@ def _sample_df(sample: pa.Table, where: str, o: VocabOptions) -> tuple[pa.Table,
     name it by, and the unique n-gram keys with their total document frequency (for key tokens)."""
     values, offsets = token_hashes(sample.column(where))
     n_rows = sample.num_rows
-    row = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(offsets))
-    pos = np.arange(len(values), dtype=np.int64)
+    row = np.repeat(np.arange(n_rows, dtype=np.int32), np.diff(offsets))  # 32 bits: a bounded sample
+    pos = np.arange(len(values), dtype=np.int32)
     rows, keys, starts, orders = [row], [values], [pos], [np.ones(len(values), np.int8)]
     key = values
     for n in range(2, o.max_n + 1):
@@ -349,7 +349,7 @@ def _sample_df(sample: pa.Table, where: str, o: VocabOptions) -> tuple[pa.Table,
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")
     con.register("occ", pa.table({"k": pa.array(key, pa.uint64()), "r": pa.array(row, pa.int32()),
-                                  "i": pa.array(np.arange(len(key), dtype=np.int64))}))
+                                  "i": pa.array(np.arange(len(key), dtype=np.int32))}))
     con.register("smp", pa.table({"r": pa.array(np.arange(n_rows), pa.int32()), "bin": sample.column("bin"),
                                   "condition": sample.column("condition")}))
     con.execute("CREATE TEMP TABLE pairs AS SELECT k, r, min(i) AS first FROM occ GROUP BY k, r")
@@ -365,7 +365,7 @@ def _sample_df(sample: pa.Table, where: str, o: VocabOptions) -> tuple[pa.Table,
     total = np.asarray(t.column("total").to_numpy(), np.int64)
     table = pa.table({"term": pa.array(term, pa.int64()), "bin": d.column("bin"), "condition": d.column("condition"),
                       "df": d.column("df")})
-    first = {"row": row, "start": start - offsets[row], "order": order, "at": first_at}
+    first = {"row": row, "start": start - offsets[row].astype(np.int32), "order": order, "at": first_at}
     return table, first, (uniq, total)
 
 
