@@ -165,21 +165,67 @@ class MonitorabilityDetector(Detector):
         options = ctx.config.options.get(self.name, {})
         if not (options.get("label") or options.get("label_signal")):
             return []  # nothing to monitor for: configure a label (see module doc)
-        con = ctx.connect()
-        try:
-            table = con.sql(
-                "SELECT rollout_id, step, group_id, coalesce(condition, 'none') AS condition, "
-                "coalesce(task, 'unknown') AS task, prompt, reasoning, answer, rewards FROM rollouts "
-                "ORDER BY step, rollout_id").to_arrow_table()
-        finally:
-            con.close()
+        table, read = load_labelled(ctx, options)
         if table.num_rows == 0:
             return []
         exposure = exposure_from_findings(ctx.of_kind("cot_grading"), options.get("exposure"))
         result = analyse(table, options, exposure, seed=ctx.config.seed)
         if result is None:
             return []
-        return [to_finding(ctx.run, result)]
+        finding = to_finding(ctx.run, result)
+        finding.fields["rows_read"] = read.to_json()
+        if read.sampled:
+            finding.explanation += (
+                f" Read a stratified sample of {read.rows:,} of {read.total:,} rollouts (at most {read.cap:,} per "
+                f"step, condition and label; {read.reason}); each is weighted by its cell's size, and the intervals "
+                "include the sampling error.")
+        return [finding]
+
+
+#: memory for the rollouts the analysis holds (texts of three views, per-row arrays), unless the memory budget
+#: (`rlaudit.memory`) is smaller; `options["max_rows"]` sets the row count directly
+SAMPLE_BYTES = 256 << 20
+
+
+def load_labelled(ctx: DetectContext, options: dict[str, Any]) -> tuple[pa.Table, Any]:
+    """The rollouts the analysis reads, with a `weight` column: the whole run when it fits the row budget, else a
+    sample stratified by step, condition and (where SQL can compute it) the label, drawn inside DuckDB, so the
+    run is never held in memory (`row_sample`). Rows outside an intervention's arms are not read."""
+    from ..behaviors import parse_behavior
+    from ..memory import sample_bytes
+    from .row_sample import stratified_rows
+
+    label = "NULL"
+    if options.get("label_signal"):
+        v = f"TRY_CAST(rewards[{_sql_str(options['label_signal'])}] AS DOUBLE)"
+        label = f"CASE WHEN isfinite({v}) THEN {v} > {float(options.get('label_threshold', 0.0))} END"
+    elif options.get("label"):
+        expr = parse_behavior(options["label"]).sql("answer")
+        label = f"({expr}) > 0.5" if expr is not None else "NULL"
+    where = "TRUE"
+    if options.get("intervention"):
+        arms = [*options["intervention"].get("treated", []), *options["intervention"].get("control", [])]
+        where = f"coalesce(condition, 'none') IN ({', '.join(_sql_str(c) for c in arms) or 'NULL'})"
+    con = ctx.connect()
+    try:
+        con.execute(f"CREATE TEMP VIEW labelled AS SELECT * FROM rollouts WHERE {where}")
+        max_rows, reason = options.get("max_rows"), "the max_rows option"
+        if max_rows is None:
+            text = con.execute("SELECT avg(strlen(coalesce(prompt, '')) + strlen(coalesce(reasoning, ''))"
+                               " + strlen(coalesce(answer, ''))) FROM labelled").fetchall()[0][0] or 0
+            limit, source = sample_bytes(SAMPLE_BYTES)
+            max_rows = max(1000, int(limit // (3 * text + 400)))
+            reason = f"{limit >> 20:,} MB for rows in memory" + (f", from the {source}" if source else "")
+        return stratified_rows(
+            con, "labelled", "rollout_id, step, group_id, coalesce(condition, 'none') AS condition, "
+            "coalesce(task, 'unknown') AS task, prompt, reasoning, answer, rewards",
+            ["step", "coalesce(condition, 'none')", label], int(max_rows), seed=ctx.config.seed, reason=reason)
+    finally:
+        con.close()
+
+
+def _sql_str(text: str) -> str:
+    return "'" + str(text).replace("'", "''") + "'"
 
 
 def exposure_from_findings(findings: list[Finding], override: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -283,18 +329,18 @@ def analyse(table: pa.Table, options: dict[str, Any], exposure: dict[str, Any] |
         treated, control = set(intervention.get("treated", [])), set(intervention.get("control", []))
         arm_all = np.array([1 if c in treated else 0 if c in control else -1 for c in conds_all])
         rows = rows[arm_all >= 0]
-    weights = np.ones(len(rows))
+    weights = table.column("weight").to_numpy()[rows] if "weight" in table.column_names else np.ones(len(rows))
     label_is_judge = str(options.get("label", "")).startswith("judge:")
     cap = int(options.get("sample_per_cell", 16))
     if label_is_judge:  # judge labels: sample by (step, condition) first, then label the sample
-        pick, weights = _stratified([(steps_all[r], conds_all[r]) for r in rows], 2 * cap, seed)
-        rows = rows[pick]
+        pick, w = _stratified([(steps_all[r], conds_all[r]) for r in rows], 2 * cap, seed)
+        rows, weights = rows[pick], weights[pick] * w
     y = _labels(table, options, rows)
     keep = ~np.isnan(y)
     rows, y, weights = rows[keep], y[keep], weights[keep]
     if is_judge and not label_is_judge:
         pick, w = _stratified([(steps_all[r], conds_all[r], y[i]) for i, r in enumerate(rows)], cap, seed)
-        rows, y, weights = rows[pick], y[pick], w
+        rows, y, weights = rows[pick], y[pick], weights[pick] * w
     if len(rows) == 0 or y.sum() == 0:
         return None
 
