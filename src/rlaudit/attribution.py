@@ -208,9 +208,20 @@ def load_frame(con: duckdb.DuckDBPyConnection, behavior: Behavior, where: str) -
     return load_frames(con, [(behavior, where)])[0]
 
 
-def load_frames(con: duckdb.DuckDBPyConnection, items: list[tuple[Behavior, str]]) -> list[Frame]:
+#: memory for a run's frames (8 bytes per rollout and column, plus its id), unless the memory budget
+#: (`rlaudit.memory`) is smaller: a larger run is traced on a random sample of whole comparison groups
+FRAME_BYTES = 512 << 20
+_MOD = 1_000_003
+
+
+def load_frames(con: duckdb.DuckDBPyConnection, items: list[tuple[Behavior, str]],
+                max_bytes: int | None = None) -> list[Frame]:
     """One Frame per (behaviour, where), from a single scan of the `rollouts` view: behaviours with a SQL form
-    are evaluated inside DuckDB, Python predicates on the fetched text; the frames share every other column."""
+    are evaluated inside DuckDB, Python predicates on the fetched text; the frames share every other column.
+
+    Frames hold every rollout in NumPy, so a run whose frames would need more than `max_bytes` (default
+    FRAME_BYTES, or less under a memory budget) is traced on a random sample of whole comparison groups (a hash
+    of the group key), which keeps every within-group comparison intact; the frames' warnings say so."""
     for _, where in items:
         if where not in ("answer", "reasoning"):
             raise RlauditError(f"where must be 'answer' or 'reasoning', got {where!r}")
@@ -232,8 +243,11 @@ def load_frames(con: duckdb.DuckDBPyConnection, items: list[tuple[Behavior, str]
     beh_cols = "".join(f", {e} AS _b{i}" for i, e in enumerate(exprs) if e is not None)
     text_cols = "".join(f", coalesce({w}, '') AS _text_{w}" for w in texts)
     sig_cols = "".join(f", CAST(rewards[{_quote(s)}] AS DOUBLE) AS _s{i}" for i, s in enumerate(signals))
+    sample = _group_sample(n, key, len(signals) + len(items) + 6 + 4 * len(texts), max_bytes)
+    if sample is not None:
+        warnings = warnings + [sample[1]]
     query = (f"SELECT {key} AS _group, step, condition, task, rollout_id, reward, advantage"
-             f"{beh_cols}{text_cols}{sig_cols} FROM rollouts")
+             f"{beh_cols}{text_cols}{sig_cols} FROM rollouts" + (f" WHERE {sample[0]}" if sample else ""))
     # Streamed in record batches into per-column numpy parts (the run is never held as one Arrow table, nor as
     # DuckDB's materialised result); then each column is sorted into group order on its own. The frames equal
     # those of `Frame.build` over the whole result: same rows, same order, condition and task codes in order of
@@ -285,7 +299,7 @@ def load_frames(con: duckdb.DuckDBPyConnection, items: list[tuple[Behavior, str]
     components = {s: take(f"_s{i}") for i, s in enumerate(signals)}
     base = Frame(group=group, step=take("step", np.int64), condition=take("condition", np.int64),
                  condition_names=list(names["condition"]), task=take("task", np.int64),
-                 task_names=list(names["task"]) if n_tasks else [], behavior=np.zeros(n), components=components,
+                 task_names=list(names["task"]) if n_tasks else [], behavior=np.zeros(rows), components=components,
                  reward=take("reward") if n_reward else None, advantage=take("advantage") if n_adv else None,
                  rollout_id=rollout_id, grouping=grouping, group_key=group_key, warnings=warnings, order=order)
     frames = []
@@ -294,6 +308,25 @@ def load_frames(con: duckdb.DuckDBPyConnection, items: list[tuple[Behavior, str]
                   else beh.values(pa.chunked_array(texts_of[where], type=pa.string()))[order])
         frames.append(replace(base, behavior=values, warnings=list(warnings)))
     return frames
+
+
+def _group_sample(n: int, key: str, columns: int, max_bytes: int | None) -> tuple[str, str] | None:
+    """(SQL filter keeping a random share of comparison groups, the warning that says so) when `n` rollouts of
+    `columns` 8-byte columns (plus ~64 bytes of id each) exceed the memory for frames; None when they fit."""
+    reason = None
+    if max_bytes is None:
+        from .memory import sample_bytes
+
+        max_bytes, source = sample_bytes(FRAME_BYTES)
+        reason = f"the memory budget ({source})" if source else f"{FRAME_BYTES >> 20} MB for frames"
+    need = n * (8 * columns + 64)
+    if need <= max_bytes:
+        return None
+    share = max_bytes / need
+    reason = reason or f"{max_bytes >> 20} MB for frames"
+    return (f"(({key}) % {_MOD}) < {max(1, int(share * _MOD))}",
+            f"Traced on a random {share:.1%} of the comparison groups (about {int(n * share):,} of {n:,} rollouts) "
+            f"to stay within {reason}; intervals are over the sampled groups and so include the sampling error.")
 
 
 def _group_key(con: duckdb.DuckDBPyConnection, n: int, n_group: int) -> tuple[str, str, str, list[str]]:
