@@ -1118,6 +1118,9 @@ def _usage_error_line(exc: Exception) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors (ours and usage errors) become one `error:` line and exit 2."""
     argv = _resample_argv(list(sys.argv[1:] if argv is None else argv))
+    from .memory import prepare
+
+    prepare()  # under a memory budget, before any thread starts (rlaudit.memory)
     try:
         code = app(args=argv, prog_name="rlaudit", standalone_mode=False)
     except RlauditError as exc:

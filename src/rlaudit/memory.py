@@ -106,6 +106,28 @@ def budget() -> tuple[int, str] | None:
     return min(found) if found else None
 
 
+_prepared = False
+
+
+def prepare() -> tuple[int, str] | None:
+    """Fit the process to its budget before the audit's threads start, and return the budget. Under a budget,
+    glibc gets at most two malloc arenas: by default each thread that allocates may get its own arena, reserved
+    64 MB at a time, so every DuckDB database (about ten threads each) maps ~500 MB of address space it never
+    uses; under an address-space limit that alone aborts the process ("cannot allocate memory for thread-local
+    data") before any data is read. Called by the CLI and `audit_store`; harmless when called again."""
+    global _prepared
+    b = budget()
+    if b is not None and not _prepared:
+        _prepared = True
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+        except (OSError, AttributeError):  # not glibc
+            pass
+    return b
+
+
 def duckdb_limit() -> int:
     """DuckDB's memory limit in bytes: `RLAUDIT_DUCKDB_MEMORY` if set, else DEFAULT_DUCKDB, lowered to
     DUCKDB_SHARE of the budget when there is one (never below DUCKDB_FLOOR)."""
