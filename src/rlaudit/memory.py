@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import resource
+import sys
 from pathlib import Path
 
 #: DuckDB's memory limit per connection when no budget is set (`RLAUDIT_DUCKDB_MEMORY` overrides it).
@@ -114,11 +115,20 @@ def prepare() -> tuple[int, str] | None:
     glibc gets at most two malloc arenas: by default each thread that allocates may get its own arena, reserved
     64 MB at a time, so every DuckDB database (about ten threads each) maps ~500 MB of address space it never
     uses; under an address-space limit that alone aborts the process ("cannot allocate memory for thread-local
-    data") before any data is read. Called by the CLI and `audit_store`; harmless when called again."""
+    data") before any data is read. And Arrow allocates from the system allocator instead of mimalloc, which
+    reserves a 1 GB arena at its first allocation. Called by the CLI and `audit_store`; harmless when called
+    again."""
     global _prepared
     b = budget()
     if b is not None and not _prepared:
         _prepared = True
+        if "pyarrow" in sys.modules:
+            import pyarrow as pa
+
+            if pa.total_allocated_bytes() == 0:  # nothing allocated from the default pool yet
+                pa.set_memory_pool(pa.system_memory_pool())
+        else:
+            os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
         try:
             import ctypes
 
