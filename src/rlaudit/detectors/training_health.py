@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import duckdb
@@ -284,43 +285,52 @@ def _length(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], 
             ) -> list[dict[str, Any]]:
     from scipy.stats import norm
 
-    from ..stats import onset_index, ratio_of_sums_se
+    from ..stats import onset_index
 
     per_step = _rows(con, """SELECT step, sum(length(completion))::DOUBLE AS x,
                                     sum(length(completion)::DOUBLE ^ 2) AS q, count(*) AS n
                              FROM rollouts GROUP BY step ORDER BY step""")
-    clusters = con.execute(f"""
-        SELECT CASE WHEN step <= {early[-1]} THEN 0 ELSE 1 END AS w, condition,
-               sum(length(completion))::DOUBLE AS x, count(*)::DOUBLE AS n
-        FROM rollouts WHERE step <= {early[-1]} OR step >= {late[0]}
-        GROUP BY w, condition, coalesce(group_id, rollout_id)""").fetchnumpy()
-    if not per_step or len(clusters["n"]) == 0:
+    # per window and condition, the sums over prompt groups (clusters) that the cluster-robust SE of a ratio of
+    # sums needs: aggregated inside DuckDB, so the run's groups never come to Python
+    cells = _rows(con, f"""
+        SELECT w, condition, count(*)::DOUBLE AS g, sum(x) AS sx, sum(n) AS sn, sum(x * x) AS sxx,
+               sum(x * n) AS sxn, sum(n * n) AS snn
+        FROM (SELECT CASE WHEN step <= {early[-1]} THEN 0 ELSE 1 END AS w, condition,
+                     sum(length(completion))::DOUBLE AS x, count(*)::DOUBLE AS n
+              FROM rollouts WHERE step <= {early[-1]} OR step >= {late[0]}
+              GROUP BY w, condition, coalesce(group_id, rollout_id))
+        GROUP BY w, condition""")
+    if not per_step or not cells:
         return []
-    cw, cx, cn = (np.asarray(clusters[k]) for k in ("w", "x", "n"))
-    ccond = np.asarray(clusters["condition"], dtype=object)
+    ccond = [c["condition"] for c in cells]
 
-    def ratio(mask: np.ndarray) -> tuple[float, float] | None:
+    def ratio(keep: Callable[[Any], bool]) -> tuple[float, float] | None:
         parts = []
         for w in (0, 1):
-            x, n = cx[mask & (cw == w)], cn[mask & (cw == w)]
-            if n.sum() == 0:
+            t = {k: sum(c[k] for c in cells if c["w"] == w and keep(c["condition"]))
+                 for k in ("g", "sx", "sn", "sxx", "sxn", "snn")}
+            if t["sn"] == 0:
                 return None
-            parts.append((x.sum() / n.sum(), ratio_of_sums_se(x, n)))
+            m = t["sx"] / t["sn"]
+            # ratio_of_sums_se from sums: sum_g (x_g - m n_g)^2 = Sxx - 2 m Sxn + m^2 Snn
+            resid = max(0.0, t["sxx"] - 2 * m * t["sxn"] + m * m * t["snn"])
+            se = math.sqrt(t["g"] / (t["g"] - 1) * resid) / t["sn"] if t["g"] >= 2 else float("nan")
+            parts.append((m, se))
         (m0, se0), (m1, se1) = parts
         if m0 <= 0 or m1 <= 0:
             return None
         se_log = math.sqrt((se0 / m0) ** 2 + (se1 / m1) ** 2) if np.isfinite(se0) and np.isfinite(se1) else np.nan
         return m1 / m0, se_log
 
-    overall = ratio(np.ones(len(cn), dtype=bool))
+    overall = ratio(lambda cond: True)
     if overall is None or not np.isfinite(overall[1]):
         return []
     r, se = overall
     z = math.log(r) / se if se > 0 else (np.inf if r > 1 else -np.inf)
     p = float(norm.sf(z))
     by_condition = {}
-    for cond in sorted(set(ccond.tolist())):
-        rc = ratio(ccond == cond)
+    for cond in sorted(set(ccond)):
+        rc = ratio(lambda c, _c=cond: c == _c)
         if rc is not None and np.isfinite(rc[1]):
             by_condition[cond] = {"ratio": rc[0], "ci": [rc[0] * math.exp(-1.96 * rc[1]),
                                                          rc[0] * math.exp(1.96 * rc[1])]}
