@@ -1118,10 +1118,10 @@ def _usage_error_line(exc: Exception) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors (ours and usage errors) become one `error:` line and exit 2."""
     argv = _resample_argv(list(sys.argv[1:] if argv is None else argv))
-    from .memory import prepare
-
-    prepare()  # under a memory budget, before any thread starts (rlaudit.memory)
     try:
+        from .memory import prepare
+
+        prepare()  # under a memory budget, before any thread starts (rlaudit.memory)
         code = app(args=argv, prog_name="rlaudit", standalone_mode=False)
     except RlauditError as exc:
         console.print(f"[bold red]error:[/] {_u(exc, 5000)}", highlight=False, soft_wrap=True)

@@ -89,3 +89,27 @@ def test_duckdb_limit_follows_an_address_space_cap():
     assert 0 < room < CAP and 128 << 20 <= limit <= room * 0.3 < 1 << 30  # the room shrinks as DuckDB maps
     value, unit = setting.split()
     assert 128 << 20 <= float(value) * {"MiB": 1 << 20, "GiB": 1 << 30}[unit] <= room * 0.3 + (1 << 20)
+
+
+def test_budget_from_the_environment_and_bad_values(monkeypatch):
+    from rlaudit.errors import RlauditError
+    from rlaudit.memory import budget, duckdb_limit, parse_size
+
+    assert parse_size("3GB") == 3 << 30 and parse_size("512 MiB") == 512 << 20 and parse_size("1024") == 1024
+    with pytest.raises(RlauditError, match="memory size"):
+        parse_size("lots")
+    monkeypatch.delenv("RLAUDIT_DUCKDB_MEMORY", raising=False)
+    monkeypatch.setenv("RLAUDIT_MEMORY", "100TB")
+    room, source = budget()
+    assert source == "RLAUDIT_MEMORY=100TB" and room > 99 << 40
+    assert duckdb_limit() == 1 << 30  # a large budget keeps the 1 GB default
+    monkeypatch.setenv("RLAUDIT_DUCKDB_MEMORY", "300MB")
+    assert duckdb_limit() == 300 << 20  # the explicit override wins
+
+
+def test_a_bad_budget_is_a_one_line_error_of_the_cli(tmp_path):
+    env = {**os.environ, "RLAUDIT_MEMORY": "lots", "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", "from rlaudit.cli import main; main()", "runs", "--store",
+                           str(tmp_path / "s")], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and "memory size 'lots'" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
