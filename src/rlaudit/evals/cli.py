@@ -26,8 +26,8 @@ SUBCOMMANDS = ("run", "compare", "backtest")
 
 def _named(spec: str, what: str) -> tuple[str, str]:
     name, sep, rest = spec.partition("=")
-    if not sep or not name or not rest:
-        raise RlauditError(f"{what} {spec!r}: expected NAME=BACKEND, e.g. candidate=openai:MODEL@URL")
+    if not sep or not name or not rest or any(c in name for c in ":/#@"):
+        raise RlauditError(f"{what} {spec!r}: expected NAME=BACKEND, e.g. candidate=openai://HOST:PORT/v1:MODEL")
     return name, rest
 
 
@@ -35,8 +35,9 @@ def _named(spec: str, what: str) -> tuple[str, str]:
 def run_cmd(
     transcripts: Annotated[str, typer.Argument(help="Chat JSONL file or directory of them (messages with tool "
                                                "calls), or store:RUN for a stored run's rollouts.")],
-    model: Annotated[list[str], typer.Option("--model", help="NAME=BACKEND candidate (openai:MODEL@URL, "
-                                             "transformers:PATH, scripted:MODULE:FUNCTION). Repeatable.")],
+    model: Annotated[list[str], typer.Option("--model", help="NAME=BACKEND candidate (openai://HOST[:PORT]/"
+                                             "v1:MODEL, openai:MODEL@URL, transformers:PATH, "
+                                             "scripted:MODULE:FUNCTION). Repeatable.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Results directory (Parquet, summary.md).")],
     behavior: Annotated[Optional[list[str]], typer.Option("--behavior", help="Behaviour spec scored on each "
                                                           "turn (term, re:, style:, module:fn, judge:...).")] = None,
