@@ -13,6 +13,7 @@ from .resample import Sample, original_row, resample, sample_row
 from .results import (BASELINE, SamplesWriter, backtest, backtest_markdown, compact, evidence, finish_results,
                       merge_evidence, parse_behaviors, rate_table, rates_markdown, read_samples, score,
                       summary_markdown)
+from .inspect_logs import read_inspect_log
 from .transcripts import (Cut, Transcript, cuts, iter_transcripts, load_transcripts, read_chat_jsonl,
                           read_store_run)
 
@@ -114,5 +115,5 @@ def run_backtest(results_dir: str | Path, observed: str | list[Transcript], mode
 
 __all__ = ["BASELINE", "Cut", "Sample", "Transcript", "backtest", "backtest_markdown", "compare", "cuts",
            "evidence", "judge_spec", "load_transcripts", "rate_table", "rates_markdown", "read_chat_jsonl",
-           "read_samples", "read_store_run", "resample", "run_backtest", "run_resample", "score",
+           "read_inspect_log", "read_samples", "read_store_run", "resample", "run_backtest", "run_resample", "score",
            "summary_markdown"]
