@@ -41,10 +41,14 @@ def run_cmd(
     out_dir: Annotated[Path, typer.Option("--out", help="Results directory (Parquet, summary.md).")],
     behavior: Annotated[Optional[list[str]], typer.Option("--behavior", help="Behaviour spec scored on each "
                                                           "turn (term, re:, style:, module:fn, judge:...).")] = None,
-    judge: Annotated[Optional[list[str]], typer.Option("--judge", help="Judge rubric: judge:[VIEW:]RUBRIC, a "
-                                                       "rubric file, or inline text. Repeatable.")] = None,
+    judge: Annotated[Optional[list[str]], typer.Option("--judge", help="Judge rubric: judge:[VIEW:]RUBRIC (views "
+                                                       "cot, action, all, conversation), a rubric file, or "
+                                                       "inline text. Repeatable.")] = None,
     judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="Backend for judges (default "
                                                        "$RLAUDIT_LLM).")] = None,
+    judge_max_chars: Annotated[int, typer.Option("--judge-max-chars", help="Characters a judge with view "
+                                                 "`conversation` sees at most (older history is left out first)."
+                                                 )] = 24_000,
     tool_simulator: Annotated[Optional[str], typer.Option("--tool-simulator", help="[NAME=]BACKEND that writes "
                                                           "outputs of tool calls the transcript did not answer.")
                               ] = None,
@@ -107,7 +111,7 @@ def run_cmd(
 
     result = run_resample(transcripts, candidates, specs, samples=samples, out=out_dir, simulator=simulator,
                           cut=cut, limit=limit, max_steps=max_steps, temperature=temperature,
-                          max_tokens=max_tokens, store=st, progress=progress)
+                          max_tokens=max_tokens, store=st, progress=progress, judge_max_chars=judge_max_chars)
     m = result["manifest"]
     if dry_run:
         for name, c in candidates.items():
