@@ -136,11 +136,16 @@ def compare_cmd(
     dimension: Annotated[Optional[list[str]], typer.Option("--dimension", help="all, task, toolset, condition "
                                                            "(default: all of them).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the rate table as JSON here.")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write an HTML page with the plots here: "
+                                                   "rates and ratios per category, evidence pairs, and the "
+                                                   "backtest when `resample backtest` saved one.")] = None,
 ) -> None:
     """Rates per category for each model, with the ratio to the baseline (CIs clustered by transcript)."""
     from . import compare
     from .results import DIMENSIONS, rates_markdown
 
+    if report is not None and (report.is_dir() or report.suffix.lower() not in (".html", ".htm")):
+        raise RlauditError(f"--report {report}: give a file name ending in .html")
     rates = compare(results, baseline, behavior)
     if not any(r["model"] == baseline for r in rates):
         raise RlauditError(f"--baseline {baseline!r}: no such model in the results "
@@ -148,6 +153,11 @@ def compare_cmd(
     out.print(rates_markdown(rates, dims=tuple(dimension or DIMENSIONS)), highlight=False, markup=False)
     if json_out:
         json_out.write_text(json.dumps(rates, indent=2))
+    if report is not None:
+        from ..report import write_resample_report
+
+        path = write_resample_report(results, report, baseline)
+        console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)", highlight=False)
 
 
 @app.command("backtest")
@@ -173,5 +183,8 @@ def backtest_cmd(
         st = Store(store)
     result = run_backtest(results, observed, model, baseline, store=st, limit=limit)
     out.print(backtest_markdown(result), highlight=False, markup=False)
+    text = json.dumps({**result, "observed_source": observed}, indent=2)
+    (results / "backtest.json").write_text(text)  # the report's backtest section reads it
     if json_out:
-        json_out.write_text(json.dumps(result, indent=2))
+        json_out.write_text(text)
+    console.print(f"backtest: {results / 'backtest.json'}", highlight=False)
