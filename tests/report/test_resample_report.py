@@ -178,3 +178,28 @@ def test_page_in_headless_chromium(results, browser, tmp_path, width):
         browser.screenshot(f"resample-{width}-backtest.png")
     finally:
         browser.driver.set_window_size(1366, 900)
+
+
+def test_ratio_figure_open_and_infinite_bounds():
+    from rlaudit.report.resample import ratio_figure
+
+    def row(model, cat, rate, ratio=float("nan"), lo=float("nan"), hi=float("nan")):
+        return {"dimension": "task" if cat != "all" else "all", "category": cat, "behavior": "b", "model": model,
+                "transcripts": 4, "samples": 4 if model == "original" else 16, "numeric": False, "rate": rate,
+                "ci_low": rate, "ci_high": rate, "baseline": "original", "ratio": ratio, "ratio_low": lo,
+                "ratio_high": hi}
+
+    inf = float("inf")
+    rates = [row("original", "all", 0.5), row("cand", "all", 0.6, 1.2, 0.8, 3.0),
+             row("original", "x", 0.4), row("cand", "x", 0.8, 2.0, 1.1, inf),  # open upper bound
+             row("original", "y", 0.0), row("cand", "y", 0.6, inf, inf, inf)]  # baseline never showed it
+    fig = ratio_figure("r", "b", rates, ["original", "cand"], "original")
+    [trace] = fig["data"]
+    edge = 10 ** fig["layout"]["xaxis"]["range"][1]
+    points = dict(zip(trace["y"], zip(trace["x"], trace["error_x"]["array"], trace["error_x"]["arrayminus"],
+                                      trace["marker"]["symbol"])))
+    assert points["all traffic"] == (1.2, pytest.approx(1.8), pytest.approx(0.4), "circle")
+    x, plus, minus, symbol = points["task: x"]
+    assert (x, minus, symbol) == (2.0, pytest.approx(0.9), "triangle-right") and x + plus == pytest.approx(edge)
+    x, plus, minus, symbol = points["task: y"]
+    assert (x, plus, minus, symbol) == (pytest.approx(edge), 0, 0, "triangle-right")

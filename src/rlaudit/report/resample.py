@@ -112,7 +112,8 @@ def ratio_figure(fig_id: str, spec: str, rates: list[dict[str, Any]], models: li
                 continue
             x = min(max(r["ratio"], lo_edge), hi_edge)
             hi = hi_edge if not math.isfinite(r["ratio_high"]) else r["ratio_high"]
-            lo = r["ratio_low"] if math.isfinite(r["ratio_low"]) and r["ratio_low"] > 0 else lo_edge
+            lo = (hi_edge if r["ratio_low"] == math.inf  # baseline zero in every replicate: no interval
+                  else r["ratio_low"] if math.isfinite(r["ratio_low"]) and r["ratio_low"] > 0 else lo_edge)
             ys.append(label)
             xs.append(x)
             plus.append(max(0.0, hi - x))
@@ -124,6 +125,7 @@ def ratio_figure(fig_id: str, spec: str, rates: list[dict[str, Any]], models: li
         if xs:
             color = _PALETTE[(i + 1) % len(_PALETTE)]
             data.append({"type": "scatter", "mode": "markers", "name": plot_label(m, 40), "y": ys, "x": xs,
+                         "cliponaxis": False,
                          "marker": {"color": color, "size": 9, "symbol": symbols},
                          "error_x": {"type": "data", "symmetric": False, "array": plus, "arrayminus": minus,
                                      "color": color, "thickness": 1.5, "width": 4},
