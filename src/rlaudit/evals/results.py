@@ -258,8 +258,12 @@ def rates_markdown(rates: list[dict[str, Any]], dims: Sequence[str] = DIMENSIONS
     for r in rates:
         if r["dimension"] not in dims:
             continue
-        ratio = "" if r["model"] == r["baseline"] else (
-            f"{_fmt(r['ratio'], False)} ({_fmt(r['ratio_low'], False)}-{_fmt(r['ratio_high'], False)})")
+        if r["model"] == r["baseline"]:
+            ratio = ""
+        elif math.isnan(r["ratio"]):  # 0/0: neither model showed the behaviour here
+            ratio = "-"
+        else:
+            ratio = f"{_fmt(r['ratio'], False)} ({_fmt(r['ratio_low'], False)}-{_fmt(r['ratio_high'], False)})"
         pct = not r.get("numeric")
         lines.append(f"| `{r['behavior']}` | {r['dimension']} | {r['category']} | {r['model']} | {r['transcripts']} "
                      f"| {r['samples']} | {_fmt(r['rate'], pct)} ({_fmt(r['ci_low'], pct)}-{_fmt(r['ci_high'], pct)})"
