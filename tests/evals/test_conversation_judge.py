@@ -9,7 +9,7 @@ from rlaudit.evals import load_transcripts, run_resample
 from rlaudit.llm import ChatRequest, LLMClient, ScriptedBackend, set_default_client
 from rlaudit.llm.judge import JudgeSpec, render_conversation, render_view
 
-from .agents import TOOLS, candidate, simulator, transcript, write_jsonl
+from .agents import candidate, simulator, transcript, write_jsonl
 
 
 def test_render_conversation_order_marks_and_bound():

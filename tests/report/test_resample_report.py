@@ -106,6 +106,14 @@ def test_cli_report_and_the_audit_report_section(results, tmp_path, capsys):
     assert '<section id="resample">' not in build_report_html(store, AuditResult(runs=[], findings=[]),
                                                              resample=[])
     assert '<section id="resample">' in build_report_html(None, AuditResult(runs=[], findings=[]), resample=[out])
+    # through the CLI: `rlaudit report --resample DIR`
+    findings = tmp_path / "findings.json"
+    AuditResult(runs=[], findings=[]).write_json(findings)
+    page = tmp_path / "audit.html"
+    main(["report", "--store", str(tmp_path / "empty-store"), "--json", str(findings), "--out", str(page),
+          "--resample", str(out), "--resample-baseline", "candidate"])
+    html = page.read_text()
+    assert '<section id="resample">' in html and "ratios are to <strong>candidate</strong>" in html
 
 
 _BROKEN_WORDS = """

@@ -5,8 +5,8 @@
 Traffic: coding-agent transcripts in 4 tasks (system prompt names the task), each ending with a user request
 and the production model's answer; production says "goblin" at BASE[task]. `candidate` (a scripted model)
 first reads a file (a tool call no transcript answered: the simulator writes the output), then answers with
-"goblin" at CANDIDATE[task]. `later.jsonl` is traffic of the candidate once deployed (the backtest's truth). `coder` and `judge` serve the
-Inspect-log example.
+"goblin" at CANDIDATE[task]. `later.jsonl` is traffic of the candidate once deployed (the backtest's truth).
+`coder` and `judge` serve the Inspect-log example.
 """
 
 from __future__ import annotations
