@@ -203,3 +203,23 @@ def test_zstandard_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "zstandard", None)
     with pytest.raises(RlauditError, match=r"Zstandard-compressed .* pip install 'rlaudit\[inspect\]'"):
         load_transcripts(str(EVAL))
+
+
+def test_a_running_eval_and_attachments(tmp_path):
+    """An .eval still being written has no header.json (the spec is in _journal/start.json); condensed samples
+    keep long content as `attachment://HASH` with the text under `attachments`."""
+    def condensed(sample):
+        sample["attachments"] = {"0123abcd": "Please fix ticket #3 in the parser (the long version)."}
+        sample["messages"][1]["content"] = "attachment://0123abcd"
+        return sample
+
+    path = _rewrite_eval(tmp_path, "samples/bug-3_epoch_1.json", condensed)
+    running = tmp_path / "running.eval"
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(running, "w", zipfile.ZIP_DEFLATED) as zout:
+        for name in zin.namelist():
+            if name != "header.json":
+                zout.writestr(name, zin.read(name))
+    transcripts = {t.id: t for t in load_transcripts(str(running))}
+    assert len(transcripts) == 6 and all(t.task == "bugfix" for t in transcripts.values())
+    assert transcripts["bugfix/bug-3/1"].messages[1]["content"] == ("Please fix ticket #3 in the parser (the long "
+                                                                     "version).")
