@@ -2,7 +2,7 @@
 ratios, evidence pairs (the resampled turn beside the original) and the backtest (forecast vs observed).
 
 It reads results directories of `rlaudit resample` (samples.parquet, manifest.json, and backtest.json when
-`rlaudit resample backtest` wrote one) and recomputes rates with `rlaudit.evals.compare`, so several
+`rlaudit resample backtest` wrote one) and recomputes rates as `rlaudit.evals.compare` does, so several
 directories merge and any model can be the baseline. Shown by `rlaudit resample compare DIR... --report
 FILE.html` (a page of its own) and as a section of the audit report (`rlaudit report --resample DIR`, or every
 `STORE/resample/*/` results directory found beside the store).
@@ -188,13 +188,12 @@ def _events(raw: str | None) -> list[dict[str, Any]]:
 def section(dirs: Sequence[str | Path], baseline: str = "original", clip: Clip | None = None,
             prefix: str = "rs") -> tuple[dict[str, Any], list[Figure]]:
     """The template context of the resampling section and its figures."""
-    from ..evals import compare
-    from ..evals.results import evidence, read_samples
+    from ..evals.results import evidence, rate_table, read_samples
 
     clip = clip or Clip()
     dirs = [Path(d) for d in dirs]
-    rows, specs = read_samples(dirs)
-    rates = compare(dirs, baseline)
+    rows, specs = read_samples(dirs)  # read once: rates (as `rlaudit.evals.compare` gives them) and evidence
+    rates = rate_table(rows, specs, baseline)
     models = sorted({r["model"] for r in rates}, key=lambda m: (m != baseline, m))
     if baseline not in models:
         from ..errors import RlauditError
