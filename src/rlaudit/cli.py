@@ -496,6 +496,11 @@ def report_cmd(
     title: Annotated[Optional[str], typer.Option("--title", help="Report title.")] = None,
     max_evidence: Annotated[int, typer.Option("--max-evidence", help="Evidence rollouts shown per finding.")] = 5,
     max_step: Annotated[Optional[int], typer.Option("--max-step", help="Audit only steps <= this.")] = None,
+    resample: Annotated[Optional[list[Path]], typer.Option("--resample", help="Results directory of `rlaudit "
+                                                           "resample` to show in a resampling section (default: "
+                                                           "those under STORE/resample/). Repeatable.")] = None,
+    resample_baseline: Annotated[str, typer.Option("--resample-baseline", help="Model the resampling ratios "
+                                                   "are taken to.")] = "original",
 ) -> None:
     """Write the HTML report for the runs of a store (auditing them now), or for a findings JSON file."""
     from .report import ReportLimits, write_report
@@ -526,7 +531,9 @@ def report_cmd(
         result = _audit_with_progress(st, list(run) if run else known, _config(max_step=max_step))
     try:
         with console.status("writing report", spinner="dots"):
-            path = write_report(st, result, out_path, title=title, limits=ReportLimits(max_evidence=max_evidence))
+            path = write_report(st, result, out_path, title=title, limits=ReportLimits(max_evidence=max_evidence),
+                                resample=list(resample) if resample else None,
+                                resample_baseline=resample_baseline)
     except OSError as exc:
         raise RlauditError(f"--out {out_path}: cannot write the report ({exc.strerror or exc})") from None
     print_findings(result.findings)
