@@ -310,21 +310,14 @@ def _labels(table: pa.Table, options: dict[str, Any], rows: np.ndarray) -> np.nd
 
 
 def _stratified(keys: list[tuple[Any, ...]], cap: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """At most `cap` rows per key (chosen at random), and each chosen row's weight = key size / chosen."""
-    rng = np.random.default_rng(seed)
-    by: dict[tuple[Any, ...], list[int]] = {}
-    for i, k in enumerate(keys):
-        by.setdefault(k, []).append(i)
-    chosen, weights = [], []
-    for k in sorted(by, key=repr):
-        idx = np.array(by[k])
-        take = idx if len(idx) <= cap else np.sort(rng.choice(idx, cap, replace=False))
-        chosen.append(take)
-        weights.append(np.full(len(take), len(idx) / len(take)))
-    if not chosen:
+    """At most `cap` rows per key, chosen at random, and each chosen row's weight = key size / chosen (the
+    shared sampler of judge specs, `rlaudit.judge_sampling`)."""
+    from ..judge_sampling import stratified_sample
+
+    if not keys:
         return np.zeros(0, np.int64), np.zeros(0)
-    order = np.argsort(np.concatenate(chosen), kind="stable")
-    return np.concatenate(chosen)[order], np.concatenate(weights)[order]
+    sample = stratified_sample(keys, cap, seed)
+    return sample.index, sample.weight
 
 
 def _flags(monitor: Any, is_judge: bool, view: str, prompt: pa.Array, reasoning: pa.Array,
