@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 from scipy.stats import norm
+from scipy.stats import t as student_t
 
 from ..errors import RlauditError
 from ..findings import Evidence, Finding
@@ -183,13 +184,32 @@ def estimate(value: float, replicates: np.ndarray, level: float = 0.95) -> Estim
     return Estimate(float(value), (float(lo[0]), float(hi[0])), se)
 
 
-def did(values: np.ndarray, replicates: np.ndarray, level: float, alpha: float, power: float) -> dict[str, Any]:
-    """Difference-in-differences over cells ordered (unexposed pre, unexposed post, exposed pre, exposed post)."""
-    def d(v: np.ndarray) -> np.ndarray:
-        return (v[..., 3] - v[..., 2]) - (v[..., 1] - v[..., 0])
+def _dd(v: np.ndarray) -> np.ndarray:
+    return (v[..., 3] - v[..., 2]) - (v[..., 1] - v[..., 0])
 
-    est = estimate(float(d(values)), d(replicates), level)
-    mde = (norm.ppf(1 - alpha / 2) + norm.ppf(power)) * est.se if math.isfinite(est.se) else float("nan")
+
+def did(values: np.ndarray, replicates: np.ndarray, level: float, alpha: float, power: float,
+        drift: tuple[float, int] | None = None) -> dict[str, Any]:
+    """Difference-in-differences over cells ordered (unexposed pre, unexposed post, exposed pre, exposed post).
+
+    Without `drift` the interval is the percentile bootstrap interval (prompt groups resampled: the sampling
+    error of the rollouts). With `drift = (variance, df)`, the condition-level drift estimated from placebo
+    units (`placebo_drift`) is added to the bootstrap variance and the interval, p-value and MDE use a t
+    distribution with df degrees of freedom: policies drift per condition even where nothing was exposed, and a
+    DiD of one exposed unit cannot tell that drift from an effect unless its interval includes it."""
+    est = estimate(float(_dd(values)), _dd(replicates), level)
+    p_value = _did_p_value(replicates)
+    method = "bootstrap"
+    if drift is not None and math.isfinite(est.value) and math.isfinite(est.se):
+        var, df = drift
+        se = math.sqrt(est.se ** 2 + var)
+        q = float(student_t.ppf(0.5 + level / 2, df))
+        est = Estimate(est.value, (est.value - q * se, est.value + q * se), se)
+        p_value = float(2 * student_t.sf(abs(est.value) / se, df)) if se > 0 else (0.0 if est.value else 1.0)
+        method = f"bootstrap + placebo drift (t, {df} df)"
+        mde = (student_t.ppf(1 - alpha / 2, df) + student_t.ppf(power, df)) * se
+    else:
+        mde = (norm.ppf(1 - alpha / 2) + norm.ppf(power)) * est.se if math.isfinite(est.se) else float("nan")
     if not math.isfinite(est.value) or not math.isfinite(est.ci[0]):
         verdict = "insufficient_data"
     elif est.ci[1] < 0:
@@ -198,9 +218,41 @@ def did(values: np.ndarray, replicates: np.ndarray, level: float, alpha: float, 
         verdict = "rise"
     else:
         verdict = "no_detectable_change"
-    return {**est.to_json(), "mde": _num(mde), "verdict": verdict,
-            "cells": {name: _num(float(values[i])) for i, name in
-                      enumerate(("unexposed_pre", "unexposed_post", "exposed_pre", "exposed_post"))}}
+    out = {**est.to_json(), "mde": _num(mde), "verdict": verdict, "p_value": _num(p_value), "interval": method,
+           "cells": {name: _num(float(values[i])) for i, name in
+                     enumerate(("unexposed_pre", "unexposed_post", "exposed_pre", "exposed_post"))}}
+    if drift is not None:
+        out["drift_sd"] = _num(math.sqrt(drift[0]))
+        out["placebo_units"] = drift[1] + 1
+    return out
+
+
+def placebo_drift(groups: np.ndarray, stats: np.ndarray, exposed: np.ndarray, post: np.ndarray,
+                  units: np.ndarray, archetype: str, n_boot: int, seed: int) -> dict[str, tuple[float, int]]:
+    """Condition-level drift per metric from placebo DiDs: each unexposed unit in turn posing as exposed against
+    the other unexposed units. Their spread, less their own sampling variance, estimates how much a unit's
+    change differs from the others' when nothing happened to it. Needs at least two unexposed units."""
+    others = sorted(set(units[~exposed].tolist()))
+    if len(others) < 2:
+        return {}
+    m = ~exposed
+    found: dict[str, list[tuple[float, float]]] = {"g2": [], "tpr": [], "tnr": []}
+    for u in others:
+        cell = (units[m] == u).astype(int) * 2 + post[m].astype(int)
+        pm = cell_metrics(cluster_sums(groups[m], cell, stats[m], 4), 4, archetype, n_boot, seed)
+        for key in found:
+            value = float(_dd(pm[key]))
+            reps = _dd(pm[f"rep_{key}"])
+            reps = reps[np.isfinite(reps)]
+            if math.isfinite(value) and len(reps) > 1:
+                found[key].append((value, float(np.var(reps, ddof=1))))
+    out = {}
+    for key, pairs in found.items():
+        if len(pairs) >= 2:
+            values = np.array([v for v, _ in pairs])
+            sampling = float(np.mean([s for _, s in pairs]))
+            out[key] = (max(0.0, float(np.var(values, ddof=1)) - sampling), len(pairs) - 1)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- the detector
@@ -335,28 +387,27 @@ def _flags(monitor: Any, is_judge: bool, view: str, prompt: pa.Array, reasoning:
 
 
 def exposure_did(groups: np.ndarray, stats: np.ndarray, exposed: np.ndarray, post: np.ndarray, archetype: str,
-                 n_boot: int, seed: int, level: float, alpha: float, power: float) -> dict[str, Any]:
+                 n_boot: int, seed: int, level: float, alpha: float, power: float,
+                 units: np.ndarray | None = None) -> dict[str, Any]:
     """Difference-in-differences of TPR, TNR and g-mean² between exposed and unexposed rollouts, before vs
-    after the onset; each with its bootstrap CI (prompt groups resampled), SE, MDE and verdict."""
+    after the onset; each with its CI (prompt groups resampled; plus the placebo drift of the units when
+    `units` gives two or more unexposed ones), SE, MDE, p-value and verdict."""
     cell = exposed.astype(int) * 2 + post.astype(int)
     dd = cell_metrics(cluster_sums(groups, cell, stats, 4), 4, archetype, n_boot, seed)
-    return {"g_mean2": did(dd["g2"], dd["rep_g2"], level, alpha, power),
-            "tpr": did(dd["tpr"], dd["rep_tpr"], level, alpha, power),
-            "tnr": did(dd["tnr"], dd["rep_tnr"], level, alpha, power),
-            "_rep_g2": dd["rep_g2"], "_rep_tpr": dd["rep_tpr"]}
+    drift = placebo_drift(groups, stats, exposed, post, units, archetype, min(n_boot, 300), seed) \
+        if units is not None else {}
+    return {"g_mean2": did(dd["g2"], dd["rep_g2"], level, alpha, power, drift.get("g2")),
+            "tpr": did(dd["tpr"], dd["rep_tpr"], level, alpha, power, drift.get("tpr")),
+            "tnr": did(dd["tnr"], dd["rep_tnr"], level, alpha, power, drift.get("tnr"))}
 
 
 def _did_p_value(replicates: np.ndarray) -> float:
     """Two-sided bootstrap p-value of a DiD being 0: twice the smaller tail share of the replicates."""
-    d = (replicates[:, 3] - replicates[:, 2]) - (replicates[:, 1] - replicates[:, 0])
+    d = _dd(replicates)
     d = d[np.isfinite(d)]
     if len(d) == 0:
         return float("nan")
     return float(min(1.0, 2 * min((d <= 0).mean(), (d >= 0).mean()) + 1.0 / len(d)))
-
-
-def _public(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if not k.startswith("_")}
 
 
 def analyse(table: pa.Table, options: dict[str, Any], exposure: dict[str, Any] | None,
@@ -432,13 +483,13 @@ def analyse(table: pa.Table, options: dict[str, Any], exposure: dict[str, Any] |
     cond_names = sorted(set(conds.tolist()))
     cond_index = np.array([cond_names.index(c) for c in conds])
 
-    def masks(exp: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def masks(exp: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         unit_values = tasks if exp["unit"] == "task" else conds
-        return np.isin(unit_values, exp["exposed"]), steps >= exp["onset"]
+        return np.isin(unit_values, exp["exposed"]), steps >= exp["onset"], unit_values
 
-    exposed_mask = post = None
+    exposed_mask = post = units = None
     if exposure is not None:
-        exposed_mask, post = masks(exposure)
+        exposed_mask, post, units = masks(exposure)
 
     out: dict[str, Any] = {"views": {}, "archetype": archetype, "windows": windows, "conditions": cond_names,
                            "crossfit": crossfit}
@@ -473,8 +524,8 @@ def analyse(table: pa.Table, options: dict[str, Any], exposure: dict[str, Any] |
                              for i, c in enumerate(cond_names)},
         }
         if exposed_mask is not None:
-            v["exposure"] = _public(exposure_did(g_ok, st, exposed_mask[ok], post[ok], archetype, n_boot,
-                                                 rng_seed, level, alpha, power))
+            v["exposure"] = exposure_did(g_ok, st, exposed_mask[ok], post[ok], archetype, n_boot, rng_seed, level,
+                                         alpha, power, units=units[ok])
         out["views"][view] = v
     if "action" in views:
         base = views.index("action")
@@ -503,8 +554,8 @@ def analyse(table: pa.Table, options: dict[str, Any], exposure: dict[str, Any] |
         verbal_flag = flags["cot"]
     if verbal_flag is not None:
         out["verbalisation"] = _verbalisation(verbal_flag, pos, weights, groups, steps, uniq_steps, window,
-                                              n_windows, windows, exposed_mask, post, n_boot, rng_seed, level,
-                                              alpha, power)
+                                              n_windows, windows, exposed_mask, post, units, n_boot, rng_seed,
+                                              level, alpha, power)
         out["verbalisation"]["by"] = verbaliser["spec"] if verbaliser else f"the CoT-only monitor ({spec})"
         out["verbalisation"]["kind"] = ("judge" if verbaliser["is_judge"] else "rule") if verbaliser else \
             ("judge" if is_judge else "rule")
@@ -563,7 +614,7 @@ def _ratio_stats(flag: np.ndarray, pos: np.ndarray, weights: np.ndarray) -> tupl
 
 
 def _verbalisation(flag, pos, weights, groups, steps, uniq_steps, window, n_windows, windows, exposed_mask, post,
-                   n_boot, seed, level, alpha, power) -> dict[str, Any]:
+                   units, n_boot, seed, level, alpha, power) -> dict[str, Any]:
     """Verbalisation rate overall, per step window and per step, with group-bootstrap CIs; Mann-Kendall trend
     over steps; and, with an exposure, its difference-in-differences (exposed vs unexposed, post vs pre)."""
     ok, st = _ratio_stats(flag, pos, weights)
@@ -586,8 +637,8 @@ def _verbalisation(flag, pos, weights, groups, steps, uniq_steps, window, n_wind
                     "rising" if p_trend[0] < alpha and s_stat[0] > 0 else "flat",
            "trend_p_value": float(p_trend[0])}
     if exposed_mask is not None:
-        out["exposure"] = _public(exposure_did(g, st, exposed_mask[ok], post[ok], "outcome", n_boot, seed, level,
-                                               alpha, power))["tpr"]
+        out["exposure"] = exposure_did(g, st, exposed_mask[ok], post[ok], "outcome", n_boot, seed, level, alpha,
+                                       power, units=units[ok])["tpr"]
     return out
 
 
@@ -600,16 +651,15 @@ def _per_grader(per_grader, masks, ok, st, g_ok, archetype, verbal_flag, pos, we
 
     out, ps = {}, []
     for exp in per_grader:
-        exposed, post = masks(exp)
-        d = exposure_did(g_ok, st, exposed[ok], post[ok], archetype, n_boot, seed, level, alpha, power)
+        exposed, post, units = masks(exp)
+        d = exposure_did(g_ok, st, exposed[ok], post[ok], archetype, n_boot, seed, level, alpha, power,
+                         units=units[ok])
         entry = {"onset": exp["onset"], "unit": exp["unit"], "exposed": exp["exposed"],
-                 "g_mean2": _public(d)["g_mean2"], "p_value": _did_p_value(d["_rep_g2"])}
+                 "g_mean2": d["g_mean2"], "p_value": d["g_mean2"]["p_value"]}
         if verbal_flag is not None:
             vok, vst = _ratio_stats(verbal_flag, pos, weights)
-            vd = exposure_did(groups[vok], vst, exposed[vok], post[vok], "outcome", n_boot, seed, level, alpha,
-                              power)
-            entry["verbalisation"] = _public(vd)["tpr"]
-            entry["verbalisation"]["p_value"] = _did_p_value(vd["_rep_tpr"])
+            entry["verbalisation"] = exposure_did(groups[vok], vst, exposed[vok], post[vok], "outcome", n_boot,
+                                                  seed, level, alpha, power, units=units[vok])["tpr"]
         out[exp["grader"]] = entry
         ps.append(entry["p_value"])
     p = np.array(ps, dtype=float)
