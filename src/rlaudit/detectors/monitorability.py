@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -283,6 +284,41 @@ class MonitorabilityDetector(Detector):
         if result is None:
             return []
         return [to_finding(ctx.run, result)]
+
+
+#: Keys of a label config (`rlaudit audit --labels FILE`, `AuditConfig.options["monitorability"]`).
+CONFIG_KEYS = ("label", "label_signal", "label_threshold", "monitor", "llm", "llm_price", "llm_concurrency",
+               "llm_cache", "intervention", "problem_key", "crossfit", "crossfit_min_effect", "exposure",
+               "verbaliser", "verbaliser_llm", "sample_per_cell", "views", "windows", "n_boot", "level", "alpha",
+               "power", "max_evidence")
+
+
+def load_label_config(path: str | Path) -> dict[str, Any]:
+    """A monitorability label config from a TOML or JSON file: the detector's options at the top level or
+    under a `monitorability` table. Unknown keys are an error (a typo would otherwise silently change nothing)."""
+    import json
+    import tomllib
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RlauditError(f"--labels {path}: cannot read it ({exc})") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise RlauditError(f"--labels {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} "
+                           f"({exc})") from None
+    if not isinstance(data, dict):
+        raise RlauditError(f"--labels {path}: expected a table of options")
+    data = data.get("monitorability", data)
+    unknown = sorted(set(data) - set(CONFIG_KEYS))
+    if unknown:
+        raise RlauditError(f"--labels {path}: unknown key(s) {unknown}; known: {', '.join(CONFIG_KEYS)}")
+    if not (data.get("label") or data.get("label_signal")):
+        raise RlauditError(f"--labels {path}: give `label` (a behaviour spec on the answer) or `label_signal` "
+                           "(a reward signal)")
+    return dict(data)
 
 
 def exposure_from_findings(findings: list[Finding], override: dict[str, Any] | None = None) -> dict[str, Any] | None:
