@@ -2,6 +2,11 @@
 the detector against the scripted backend (no network), on the hidden-behaviour organism scaled up.
 
     PYTHONPATH=src:tests python benchmarks/monitorability.py --steps 50 --groups 64
+    PYTHONPATH=src python benchmarks/monitorability.py --organisms 0-5   # verdicts of the simulator organisms
+
+`--organisms SEEDS` simulates `cot_hides_behaviour` and `cot_seen_indifferent` at the bench's default size for
+each seed and prints the verdict and the CoT-only g-mean² DiD with its interval: the drop rate on the first and
+the false-drop rate on the second.
 """
 
 from __future__ import annotations
@@ -22,16 +27,56 @@ def judge(request):  # a perfect keyword judge: yes when the shown text says it
     return '{"label": "%s", "score": 1, "quote": ""}' % ("yes" if TIC in shown else "no")
 
 
+def organisms(seeds: list[int]) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from rlaudit.audit import audit_store
+    from rlaudit.organisms.bench import SIZES
+    from rlaudit.organisms.simulate import run
+    from rlaudit.organisms.writers import write
+
+    drops = {}
+    for name in ("cot_hides_behaviour", "cot_seen_indifferent"):
+        drops[name] = 0
+        for seed in seeds:
+            with tempfile.TemporaryDirectory() as tmp:
+                sim = run(name, seed=seed, run_name=name, **SIZES["default"])
+                feats = [f.name for f in sim.spec.features]
+                said = sim.rates[-1, :, feats.index("peek_said")] / sim.rates[-1, :, feats.index("peek")]
+                truth = ", ".join(f"{p} {v:.2f}" for p, v in zip(sim.spec.traffic, said))
+                print(f"{name} seed {seed}: the simulated policy's P(says it | shortcut) at the last step: {truth}")
+                write(sim, Path(tmp) / name, "canonical")
+                store = Store(Path(tmp) / "store")
+                store.ingest(Path(tmp) / name, run=name, format="canonical")
+                cfg = AuditConfig(detectors=["cot_grading", "monitorability"], seed=seed,
+                                  options=sim.ground_truth.audit_options)
+                t0 = time.perf_counter()
+                [f] = [f for f in audit_store(store, [name], cfg).findings if f.kind == "monitorability"]
+                d = f.fields["views"]["cot"]["exposure"]["g_mean2"]
+                drops[name] += f.fields["verdict"] == "drop"
+                print(f"{name} seed {seed}: {f.fields['verdict']} ({f.severity}); CoT g-mean² DiD "
+                      f"{d['estimate']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}], drift sd "
+                      f"{d.get('drift_sd')}, {d['interval']}; {time.perf_counter() - t0:.0f} s", flush=True)
+    for name, n in drops.items():
+        print(f"{name}: drop verdicts {n}/{len(seeds)}")
+
+
 def main() -> None:
     import tempfile
-
-    from llm.organisms import organism
 
     p = argparse.ArgumentParser()
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--groups", type=int, default=64)
     p.add_argument("--sample-per-cell", type=int, default=16)
+    p.add_argument("--organisms", help="seeds, e.g. 0-5 or 0,3: verdicts of the simulator organisms")
     a = p.parse_args()
+    if a.organisms:
+        lo, _, hi = a.organisms.partition("-")
+        seeds = list(range(int(lo), int(hi) + 1)) if hi else [int(x) for x in a.organisms.split(",")]
+        return organisms(seeds)
+    from llm.organisms import organism
+
     table = organism("hidden", steps=a.steps, onset=a.steps // 2, groups=a.groups, group_size=8)
     store = Store(tempfile.mkdtemp())
     store.append("hidden", table, "p")
