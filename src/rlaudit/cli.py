@@ -325,7 +325,8 @@ def audit(
     llm: Annotated[Optional[str], typer.Option(
         "--llm", help="With --labels: LLM backend for judge monitors and labels: openai:MODEL@URL, "
                       "transformers:PATH or scripted:MODULE:FUNCTION (overrides the config's).")] = None,
-    price: Annotated[Optional[str], typer.Option("--price", help="With --llm: USD per 1M tokens, INPUT/OUTPUT.")] = None,
+    price: Annotated[Optional[str], typer.Option(
+        "--price", help="With --llm: USD per 1M tokens, INPUT/OUTPUT.")] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="With --labels: ingest, then print how many LLM calls and tokens the monitorability "
                           "analysis would send; send nothing and stop.")] = False,

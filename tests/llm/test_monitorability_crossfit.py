@@ -5,7 +5,6 @@ arms, never cited). The metric's true TPR is 0.6 (flag rate among caused positiv
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from rlaudit.detectors import AuditConfig, run_detectors
 from rlaudit.detectors.monitorability import crossfit_keep, rates, row_stats

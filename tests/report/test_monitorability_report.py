@@ -47,7 +47,8 @@ def test_monitorability_figures(hidden):
     cot = views["data"][0]["y"]
     assert cot[0] > 0.6 and cot[-1] < cot[0]  # verbalisation fell where exposed
     cells = figs["cells"]
-    assert [t["name"] for t in cells["data"]] == ["unexposed", "exposed"] and "DiD -" in cells["layout"]["title"]["text"]
+    assert [t["name"] for t in cells["data"]] == ["unexposed", "exposed"]
+    assert "DiD -" in cells["layout"]["title"]["text"]
     assert figs["verbal"]["layout"]["shapes"][0]["x0"] == 5
 
 
