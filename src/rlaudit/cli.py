@@ -797,6 +797,10 @@ def monitorability_cmd(
                                                    "view (default: the label spec) or 'judge:RUBRIC'.")] = None,
     llm: Annotated[Optional[str], typer.Option("--llm", help="LLM for judge monitors: openai:MODEL@URL, "
                                                "transformers:PATH or scripted:MODULE:FUNCTION.")] = None,
+    verbaliser: Annotated[Optional[str], typer.Option(
+        "--verbaliser", help="A separate judge of verbalisation (does the reasoning state the behaviour?): a "
+                             "spec or judge:cot:RUBRIC read on the reasoning of positives (default: the CoT-only "
+                             "monitor).")] = None,
     price: Annotated[Optional[str], typer.Option("--price", help="USD per 1M tokens, INPUT/OUTPUT.")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", help="LLM calls in flight.")] = 8,
     sample_per_cell: Annotated[int, typer.Option("--sample-per-cell", help="Judge monitors: rollouts per (step, "
@@ -829,7 +833,8 @@ def monitorability_cmd(
     st = _store(store)
     name = _run_of_source(st, source, run, format)
     options: dict = {"label": label, "label_signal": label_signal, "label_threshold": label_threshold,
-                     "monitor": monitor, "n_boot": boot, "sample_per_cell": sample_per_cell}
+                     "monitor": monitor, "n_boot": boot, "sample_per_cell": sample_per_cell,
+                     "verbaliser": verbaliser}
     if llm:
         from .llm import client_from_spec
 
@@ -848,13 +853,15 @@ def monitorability_cmd(
         if f.kind == "audit_error":
             raise RlauditError(f.title)
         out.print(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/] {f.title}", highlight=False)
+        def fmt(x: float | None) -> str:
+            return "-" if x is None else f"{x:.2f}"
+
         table = Table(title=f"monitor {f.fields['monitor']['spec']!r} ({f.fields['monitor']['kind']})")
         for col in ("view", "TPR", "TNR", "g-mean²", "95% CI", "exposure DiD (g-mean²)", "MDE"):
             table.add_column(col)
         for view, v in f.fields["views"].items():
             g = v["g_mean2"]
             dd = (v.get("exposure") or {}).get("g_mean2") or {}
-            fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
             table.add_row(view, fmt(v["tpr"]["estimate"]), fmt(v["tnr"]["estimate"]), fmt(g["estimate"]),
                           f"[{fmt(g['ci'][0])}, {fmt(g['ci'][1])}]",
                           "-" if not dd else f"{fmt(dd['estimate'])} [{fmt(dd['ci'][0])}, {fmt(dd['ci'][1])}]",
@@ -862,8 +869,15 @@ def monitorability_cmd(
         out.print(table)
         verbal = f.fields.get("verbalisation")
         if verbal:
-            out.print(f"verbalisation trend: {verbal['trend']} (p={verbal['trend_p_value']:.2g}); "
+            rate = verbal["rate"]
+            out.print(f"verbalisation (by {verbal['by']}): {fmt(rate['estimate'])} [{fmt(rate['ci'][0])}, "
+                      f"{fmt(rate['ci'][1])}], trend {verbal['trend']} (p={verbal['trend_p_value']:.2g}); "
                       f"verdict: {f.fields['verdict'].replace('_', ' ')}", highlight=False)
+        for grader, g in (f.fields.get("by_grader") or {}).items():
+            d = g["g_mean2"]
+            out.print(f"grader {grader}: onset {g['onset']}, exposed {g['exposed']}: g-mean² DiD {fmt(d['estimate'])} "
+                      f"[{fmt(d['ci'][0])}, {fmt(d['ci'][1])}], q={fmt(g['q_value'])}, "
+                      f"{g['verdict'].replace('_', ' ')}", highlight=False)
         if json_out:
             from .store import atomic_write_text
 

@@ -71,3 +71,14 @@ def test_rule_based_labels_need_no_llm_and_bad_configs_say_why(tmp_path, run_dir
 def _said(result) -> str:
     """What the user is told: the output, or the RlauditError the CLI's main() prints as `error: ...`."""
     return result.output + str(result.exception or "")
+
+
+def test_monitorability_command_with_a_verbaliser(tmp_path, run_dir):
+    store = str(tmp_path / "store")
+    r = CliRunner().invoke(app, ["monitorability", str(run_dir), "--run", "hides", "--store", store, "--label",
+                                 "answer key", "--verbaliser", "peek at the answer key", "--boot", "100",
+                                 "--json", str(tmp_path / "m.json")])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["verbalisation"]["by"] == "peek at the answer key" and m["verbalisation"]["kind"] == "rule"
+    assert "verbalisation (by peek at the answer key)" in r.output
