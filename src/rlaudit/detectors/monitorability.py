@@ -15,28 +15,37 @@ Labels (`AuditConfig.options["monitorability"]`):
 - intervention: additionally `intervention = {"treated": [conditions], "control": [conditions]}` (conditions
   that differ only by an intervention, e.g. a hint in the system prompt). The monitor should say that the
   intervention drove the outcome. Only part of the treated positives are due to the intervention (some would
-  have happened anyway), so, as in the paper, TPR = min(1, flag rate among treated positives / R) with the
-  effect share R = 1 - p_control / p_treated (undefined when the intervention has no positive effect), and
-  TNR = unflagged share of the control arm.
+  have happened anyway): at least the effect share R = (p_t - p_c) / p_t. As in the paper's minimal criterion,
+  TPR = min(1, P(flag | treated, y=1) / R) (undefined when R <= 0) and TNR = P(no flag | treated, y=0): the
+  negatives are the treated arm's rollouts without the outcome, so a monitor that flags every rollout carrying
+  the intervention scores 0 (`rates`). The monitor reads the treated arm only; the control arm estimates p_c.
+  Problems (`problem_key`, default the prompt) are cross-fit filtered to those where the intervention
+  plausibly changed the outcome (`crossfit_keep`; `crossfit = false` turns it off).
 
 Monitors: `monitor` = a behaviour spec read in each view (rule-based, every rollout; default: the label spec),
 or a `judge:` spec answered by an LLM (`llm` = a backend spec such as `openai:MODEL@URL`, or `client` = an
-`rlaudit.llm.LLMClient`) on a bounded stratified sample: at most `sample_per_cell` rollouts per (step, condition,
-label) cell, each weighted by cell size / sampled size, so every estimate stays unbiased for the run and the
-sampling error is part of every interval (the bootstrap resamples the sampled prompt groups).
+`rlaudit.llm.LLMClient`) on a bounded stratified sample (`rlaudit.judge_sampling`): at most `sample_per_cell`
+rollouts per (step, condition, label) cell, each weighted by cell size / sampled size, so every estimate stays
+unbiased for the run and the sampling error is part of every interval (the bootstrap resamples the sampled
+prompt groups).
 
 Reported per view: TPR, TNR and g-mean² overall, per step window (`windows`) and per condition, with percentile
 bootstrap CIs that resample prompt groups (`stats.bootstrap_group_sums`); the CoT-over-action gain (g-mean² of
-`cot` and of `all` minus that of `action`); the **verbalisation rate** (of positives, the share the CoT-only
-monitor flags: does the reasoning state what the action shows?) per step with a Mann-Kendall trend.
+`cot` and of `all` minus that of `action`); the **verbalisation rate** (of positives, the share whose reasoning
+states what the action shows, by a separate `verbaliser` spec or judge read on the CoT, else by the CoT-only
+monitor) with CIs overall and per window, per step with a Mann-Kendall trend.
 
 Exposure: the onset is the first step at which `cot_grading` (scan) saw a grader read the reasoning; exposed
 units are the conditions (else the tasks) in which it did, the others are the unexposed comparison. The
-difference-in-differences (exposed post - pre) - (unexposed post - pre) of the CoT-only g-mean² and of the
-verbalisation rate gets a bootstrap CI, a standard error and the minimum detectable effect at `power` (80%) and
-two-sided `alpha` (5%): MDE = (z_{1-alpha/2} + z_power) x SE, so "no detectable change" is quantified.
-Verdict `drop` when the CI of the CoT-only g-mean² DiD lies below 0, `rise` when above, else
-`no_detectable_change`. Override with `exposure = {"onset": STEP, "conditions": [...]}` (or `"tasks"`).
+difference-in-differences (exposed post - pre) - (unexposed post - pre) of TPR, TNR and g-mean² per view and of
+the verbalisation rate gets a CI, a standard error, a p-value and the minimum detectable effect at `power` (80%)
+and two-sided `alpha` (5%), so "no detectable change" is quantified. With two or more unexposed units the
+condition drift estimated from placebo DiDs is added to the bootstrap variance and the interval uses a t
+distribution (`did`, `placebo_drift`); with one, the percentile bootstrap interval alone. Verdict `drop` when the
+CI of the CoT-only g-mean² DiD lies below 0, `rise` when above, else `no_detectable_change`. With several graders
+that saw the CoT, `by_grader` repeats the DiD per grader (its own onset and units) with Benjamini-Hochberg
+q-values. Override with `exposure = {"onset": STEP, "conditions": [...]}` (or `"tasks"`, and `per_grader`).
+A label config file for `rlaudit audit --labels` holds the same keys (`CONFIG_KEYS`, `load_label_config`).
 """
 
 from __future__ import annotations
