@@ -3,6 +3,7 @@ the detector against the scripted backend (no network), on the hidden-behaviour 
 
     PYTHONPATH=src:tests python benchmarks/monitorability.py --steps 50 --groups 64
     PYTHONPATH=src python benchmarks/monitorability.py --organisms 0-5   # verdicts of the simulator organisms
+    PYTHONPATH=src:tests python benchmarks/monitorability.py --crossfit 200   # cross-fit vs in-sample selection
 
 `--organisms SEEDS` simulates `cot_hides_behaviour` and `cot_seen_indifferent` at the bench's default size for
 each seed and prints the verdict and the CoT-only g-mean² DiD with its interval: the drop rate on the first and
@@ -62,6 +63,31 @@ def organisms(seeds: list[int]) -> None:
         print(f"{name}: drop verdicts {n}/{len(seeds)}")
 
 
+def crossfit(seeds: int) -> None:
+    """Mean intervention TPR over `seeds` worlds with known truth (tests/llm/test_monitorability_crossfit.py):
+    cross-fitted filter, in-sample selection, no filter."""
+    import numpy as np
+    from llm.test_monitorability_crossfit import TRUE_TPR, _tpr, world
+
+    from rlaudit.detectors.monitorability import crossfit_keep
+
+    out: dict[str, list[float]] = {"cross-fitted": [], "in-sample selection": [], "unfiltered": []}
+    for seed in range(seeds):
+        prob, arm, y, flag = world(seed)
+        keep, _ = crossfit_keep(prob, arm, y, np.ones(len(y)), seed=seed)
+        selected = np.zeros(len(y), dtype=bool)
+        for p in np.unique(prob):
+            m = prob == p
+            if y[m & (arm == 1)].mean() > y[m & (arm == 0)].mean():
+                selected |= m
+        for name, mask in (("cross-fitted", keep), ("in-sample selection", selected),
+                           ("unfiltered", np.ones(len(y), dtype=bool))):
+            out[name].append(_tpr(mask, arm, y, flag))
+    for name, v in out.items():
+        print(f"{name}: mean TPR {np.mean(v):.3f} (SE {np.std(v) / np.sqrt(len(v)):.3f}; truth {TRUE_TPR}) over "
+              f"{seeds} worlds")
+
+
 def main() -> None:
     import tempfile
 
@@ -70,7 +96,10 @@ def main() -> None:
     p.add_argument("--groups", type=int, default=64)
     p.add_argument("--sample-per-cell", type=int, default=16)
     p.add_argument("--organisms", help="seeds, e.g. 0-5 or 0,3: verdicts of the simulator organisms")
+    p.add_argument("--crossfit", type=int, help="worlds: cross-fit vs in-sample selection of problems")
     a = p.parse_args()
+    if a.crossfit:
+        return crossfit(a.crossfit)
     if a.organisms:
         lo, _, hi = a.organisms.partition("-")
         seeds = list(range(int(lo), int(hi) + 1)) if hi else [int(x) for x in a.organisms.split(",")]
