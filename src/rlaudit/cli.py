@@ -840,6 +840,10 @@ def monitorability_cmd(
 
         options["client"] = client_from_spec(llm, cache=st.root / "llm-cache.sqlite", concurrency=concurrency,
                                              price=price, dry_run=dry_run)
+        if (label or "").startswith("judge:"):  # judge labels are behaviour specs: they use the default client
+            from .llm import set_default_client
+
+            set_default_client(options["client"])
     if treated or control:
         options["intervention"] = {"treated": treated or [], "control": control or []}
     if onset is not None:
