@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import duckdb
@@ -181,6 +181,25 @@ class Frame:
     warnings: list[str] = field(default_factory=list)
     order: np.ndarray | None = None  # row i of the frame is row order[i] of the table it was built from
 
+    def subset(self, mask: np.ndarray) -> Frame:
+        """The rows where `mask` holds (still sorted by group, groups recoded 0..G'-1)."""
+        n = len(self.group)
+        pick = np.flatnonzero(mask)
+
+        def cut(v: Any) -> Any:
+            if isinstance(v, np.ndarray) and v.shape[:1] == (n,):
+                return v[pick]
+            if isinstance(v, dict):
+                return {k: cut(x) for k, x in v.items()}
+            if isinstance(v, (pa.Array, pa.ChunkedArray)) and len(v) == n:
+                return v.take(pa.array(pick))
+            return v
+
+        changed = {f.name: cut(getattr(self, f.name)) for f in fields(self) if f.name not in ("group", "order")}
+        _, codes = np.unique(self.group[pick], return_inverse=True)
+        return replace(self, group=codes.astype(np.int64), order=self.order[pick] if self.order is not None
+                       else pick, **changed)
+
     @classmethod
     def build(cls, group_keys: np.ndarray, **columns: Any) -> Frame:
         """Sort rows by group and recode the groups 0..G-1 (any hashable, sortable keys)."""
@@ -304,6 +323,10 @@ def load_frames(con: duckdb.DuckDBPyConnection, items: list[tuple[Behavior, str]
                  rollout_id=rollout_id, grouping=grouping, group_key=group_key, warnings=warnings, order=order)
     frames = []
     for i, ((beh, where), expr) in enumerate(zip(items, exprs)):
+        if beh.kind == "judge":  # one LLM call per rollout: judge a bounded sample of whole groups per step
+            frames.append(_judged_frame(base, beh, pa.chunked_array(texts_of[where], type=pa.string()), order,
+                                        warnings))
+            continue
         values = (take(f"_b{i}") if expr is not None
                   else beh.values(pa.chunked_array(texts_of[where], type=pa.string()))[order])
         frames.append(replace(base, behavior=values, warnings=list(warnings)))
@@ -327,6 +350,26 @@ def _group_sample(n: int, key: str, columns: int, max_bytes: int | None) -> tupl
     return (f"(({key}) % {_MOD}) < {max(1, int(share * _MOD))}",
             f"Traced on a random {share:.1%} of the comparison groups (about {int(n * share):,} of {n:,} rollouts) "
             f"to stay within {reason}; intervals are over the sampled groups and so include the sampling error.")
+
+
+def _judged_frame(base: Frame, beh: Behavior, texts: pa.ChunkedArray, order: np.ndarray,
+                  warnings: list[str]) -> Frame:
+    """The frame restricted to a stratified sample of whole prompt groups (at most `RLAUDIT_JUDGE_PER_STEP`
+    rollouts per step, `judge_sampling`), with the judge's verdicts as the behaviour. Groups are drawn at
+    random within each step, so they are draws from the policy like the full set; every bootstrap of the trace
+    resamples the judged groups only, so the sampling error is in its intervals."""
+    from .judge_sampling import default_cap, sampled_values
+
+    cap = default_cap()
+    values, sample = sampled_values(beh, texts.take(pa.array(order)), base.step.tolist(), cap=cap, seed=0,
+                                    clusters=base.group.tolist())
+    keep = ~np.isnan(values)
+    judged = int(keep.sum())
+    note = (f"judge spec: {judged:,} of {len(values):,} rollouts judged (whole prompt groups, at most {cap} "
+            f"rollouts per step; RLAUDIT_JUDGE_PER_STEP); unusable answers: "
+            f"{int(len(sample.index) - judged) if sample else 0}")
+    frame = base.subset(keep)
+    return replace(frame, behavior=values[keep], warnings=list(warnings) + [note])
 
 
 def _group_key(con: duckdb.DuckDBPyConnection, n: int, n_group: int) -> tuple[str, str, str, list[str]]:

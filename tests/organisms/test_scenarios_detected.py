@@ -1,6 +1,7 @@
 """Each model organism is caught by the detector its ground truth names, and clean controls stay clean.
 
-Every scenario is simulated at the default size, audited with default settings (all registered detectors) and
+Every scenario is simulated at the default size, audited with default settings (all registered detectors, plus
+the label config its ground truth carries for the opt-in monitorability detector) and
 scored with the benchmark's matcher. A scenario whose expected finding kind no registered detector emits is an
 expected failure naming the missing detector.
 """
@@ -12,14 +13,14 @@ from functools import lru_cache
 import pytest
 
 from rlaudit.audit import audit_store
-from rlaudit.detectors import DETECTORS
+from rlaudit.detectors import DETECTORS, AuditConfig
 from rlaudit.organisms import SCENARIOS, run
 from rlaudit.organisms.bench import ScenarioScore, match
 from rlaudit.store import Store
 
 EMITTERS = {"emerging_behavior": "emerging", "generalization": "generalization",
             "reward_attribution": "attribution", "cot_grading": "cot_grading", "reward_health": "reward_health",
-            "training_health": "training_health"}
+            "training_health": "training_health", "monitorability": "monitorability"}
 
 
 def _missing(name: str) -> list[str]:
@@ -44,7 +45,8 @@ def audited(name: str, tmp: str) -> tuple[ScenarioScore, list]:
     sim = run(name, seed=0)
     store = Store(tmp)
     store.append(name, sim.canonical(), key="all")
-    findings = audit_store(store, [name]).findings
+    # default settings, plus the label config the run's ground truth names (the opt-in monitorability detector)
+    findings = audit_store(store, [name], AuditConfig(options=dict(sim.ground_truth.audit_options))).findings
     return match(findings, sim.ground_truth), findings
 
 

@@ -255,6 +255,9 @@ def ground_truth(scenario: Scenario, spec: Spec, policy: Policy, rates: np.ndarr
                                 onset_step=imp.onset_step or (hits[0] if hits else None),
                                 expected={"exposure_rate": round(len(hits) / max(len(seen), 1), 5),
                                           "exposed_samples": len(hits), "first_step": hits[0] if hits else None}))
+        elif imp.kind == "monitorability":
+            issues.append(Issue(kind="monitorability", behavior="CoT monitorability drop after exposure",
+                                grader=imp.grader, signal=imp.signal, onset_step=imp.onset_step))
         else:
             issues.append(Issue(kind=imp.kind, signal=imp.signal, problem=imp.problem, onset_step=imp.onset_step))
     for k, issue in enumerate(issues):
@@ -270,7 +273,7 @@ def ground_truth(scenario: Scenario, spec: Spec, policy: Policy, rates: np.ndarr
     return GroundTruth(scenario=scenario.name, description=scenario.description, seed=seed, steps=steps,
                        prompts=prompts, generations=generations,
                        conditions={p: condition_label(p) for p in spec.traffic}, signals=signals,
-                       issues=issues, legitimate=legit)
+                       issues=issues, legitimate=legit, audit_options=dict(spec.audit_options))
 
 
 def write_ground_truth(gt: GroundTruth, out_dir: str | Path) -> Path:
