@@ -478,8 +478,11 @@ def _scalar_checks(source: str, paths: list[str] | None, max_step: int | None, n
     if max_step is not None:
         log.rows = [r for r in log.rows if r[0] <= max_step]
     found = log.found()
-    notes.append(f"scalar logs read: {', '.join(log.files) or 'none'}; keys found: "
-                 + (", ".join(f"{m}={k}" for m, k in found.items()) or "none of the known keys"))
+    origin = "named for this run" if paths else "found beside the rollouts"
+    notes.append(f"scalar logs {origin}: {', '.join(log.files) or 'none readable'}; keys found: "
+                 + (", ".join(f"{m}={k}" for m, k in found.items()) or "none of the known keys")
+                 + f" (of {len(log.keys)} keys logged)")
+    notes.extend(f"scalar log skipped: {reason}" for reason in log.skipped)
     base = {"scalar_files": log.files, "scalar_keys": found}
     out: list[dict[str, Any]] = []
 
