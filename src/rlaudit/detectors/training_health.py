@@ -26,8 +26,11 @@ row per step or per group):
   (Mann-Kendall on per-step means) while the eval reward falls. p = max of the two one-sided p-values
   (intersection-union test); the eval change (last third - first third of eval steps) with a Welch 95%
   interval. **high**: the reward-hacking signature.
-- `plateau`: the training reward shows no trend over the whole run (Mann-Kendall p >= 0.2, >= 12 steps):
-  **low** (a run that does not learn may be fine if it started at the ceiling).
+- `plateau`: per reward signal (the total `reward` and each component in `rewards`), with >= 12 steps: the
+  linear change of the per-step mean over the run is within +-0.2 within-step standard deviations (a small
+  effect), shown by two one-sided t-tests on the OLS slope (TOST; p = the larger one-sided p, 90% interval).
+  **low** (a signal that does not move may be fine if it started at its ceiling); `signal` names it
+  (`reward` or `rewards.<name>`). A single component equal to the total is tested once.
 
 Checks from the trainer's scalar logs, when found beside the rollouts (`rlaudit.health.scalars`; the finding
 says which keys were read): `entropy_collapse` (entropy in the last third < 30% of the first third, falling:
@@ -60,6 +63,7 @@ ESS_MIN = 0.35
 LEN_MEDIUM, LEN_HIGH = 1.5, 2.5
 TRUNC_MEDIUM, TRUNC_HIGH = 0.05, 0.10
 MIN_STEPS = 6
+PLATEAU_MIN_STEPS, PLATEAU_MARGIN = 12, 0.2
 EVIDENCE = 5
 
 
@@ -445,22 +449,69 @@ def _divergence(con: duckdb.DuckDBPyConnection, max_step: int | None) -> list[di
 
 
 def _plateau(con: duckdb.DuckDBPyConnection, steps: list[int]) -> list[dict[str, Any]]:
-    if len(steps) < 12:
+    """One plateau test per reward signal: the total and each component of `rewards` (see the module doc)."""
+    if len(steps) < PLATEAU_MIN_STEPS:
         return []
-    tr = _rows(con, "SELECT step, avg(reward) AS m FROM rollouts WHERE isfinite(reward) GROUP BY step ORDER BY step")
-    if len(tr) < 12:
-        return []
-    y = np.array([r["m"] for r in tr])
-    s, p_two = _mk(y)
-    severity = "low" if p_two >= 0.2 else None
-    return [_candidate(
-        "plateau", severity, "the training reward did not improve over the run",
-        f"The mean training reward shows no trend over {len(tr)} steps (Mann-Kendall p = {p_two:.2f}; from "
-        f"{y[: len(y) // 3].mean():.3g} to {y[-(len(y) // 3):].mean():.3g}): the run is not learning, or started "
-        "at its ceiling.", 1 - p_two, {"estimate": float(y[-(len(y) // 3):].mean() - y[: len(y) // 3].mean()),
-                                       "mann_kendall_p": p_two, "p_value": None,
-                                       "test": "Mann-Kendall trend test on per-step mean reward (no trend: p >= 0.2)"},
-        None, steps=_series([r["step"] for r in tr], y))]
+    total = _rows(con, """SELECT step, avg(reward) AS m, coalesce(stddev_samp(reward), 0) AS sd, count(*) AS n
+                          FROM rollouts WHERE isfinite(reward) GROUP BY step ORDER BY step""")
+    parts = _rows(con, """SELECT k AS signal, step, avg(v) AS m, coalesce(stddev_samp(v), 0) AS sd, count(*) AS n
+                          FROM (SELECT step, unnest(map_keys(rewards)) AS k, unnest(map_values(rewards)) AS v
+                                FROM rollouts) WHERE isfinite(v) GROUP BY k, step ORDER BY k, step""")
+    series: dict[str, list[dict[str, Any]]] = {"reward": total}
+    for r in parts:
+        series.setdefault(f"rewards.{r['signal']}", []).append(r)
+    if len(series) == 2 and all(len(v) == len(total) for v in series.values()):
+        # a single component equal to the total is one signal, not two tests
+        only = next(k for k in series if k != "reward")
+        if all(abs(a["m"] - b["m"]) <= 1e-9 * max(1.0, abs(a["m"])) for a, b in zip(total, series[only])):
+            del series[only]
+    out = []
+    for signal, rows in series.items():
+        c = _plateau_one(signal, rows)
+        if c is not None:
+            out.append(c)
+    return out
+
+
+def _plateau_one(signal: str, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Two one-sided tests (TOST) that the change of the per-step mean over the run lies within +-margin."""
+    from scipy.stats import t as student_t
+
+    if len(rows) < PLATEAU_MIN_STEPS:
+        return None
+    x = np.array([r["step"] for r in rows], dtype=float)
+    y = np.array([r["m"] for r in rows], dtype=float)
+    sd = np.array([r["sd"] for r in rows], dtype=float)
+    n = np.array([r["n"] for r in rows], dtype=float)
+    within = float(np.sqrt(np.sum((n - 1) * sd**2) / max(np.sum(n - 1), 1)))
+    if within <= 0:
+        return None  # a constant signal: reward_health reports it
+    margin = PLATEAU_MARGIN * within
+    xc = x - x.mean()
+    sxx = float(np.sum(xc**2))
+    slope = float(np.sum(xc * (y - y.mean())) / sxx)
+    resid = y - y.mean() - slope * xc
+    dof = len(y) - 2
+    se_slope = float(np.sqrt(np.sum(resid**2) / dof / sxx))
+    span = float(x[-1] - x[0])
+    change, se = slope * span, se_slope * span
+    if se > 0:
+        p = float(max(student_t.sf((change + margin) / se, dof), student_t.sf((margin - change) / se, dof)))
+    else:
+        p = 0.0 if abs(change) < margin else 1.0
+    half = float(student_t.ppf(0.95, dof) * se)
+    name = "the total reward" if signal == "reward" else f"reward component {signal.split('.', 1)[1]!r}"
+    k = max(1, len(y) // 3)
+    return _candidate(
+        "plateau", "low" if abs(change) < margin else None,
+        f"{name} did not improve over the run",
+        f"The per-step mean of {name} changed by {change:+.3g} over {len(y)} steps (from {y[:k].mean():.3g} to "
+        f"{y[-k:].mean():.3g}), within +-{margin:.3g} ({PLATEAU_MARGIN} of its within-step standard deviation "
+        f"{within:.3g}): this signal is not being learned, or started at its ceiling.",
+        1 - p, {"estimate": change, "ci": [change - half, change + half], "margin": margin, "p_value": p,
+                "test": f"TOST equivalence test of the linear change over the run (OLS on per-step means) within "
+                        f"+-{PLATEAU_MARGIN} within-step SD; 90% interval"},
+        None, signal=signal, steps=_series([int(v) for v in x], y))
 
 
 # ---------------------------------------------------------------------------------------------- scalar logs
