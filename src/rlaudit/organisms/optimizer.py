@@ -58,6 +58,45 @@ def _entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log(np.clip(p, 1e-300, None))).sum(axis=1)
 
 
+def objective(theta: np.ndarray, rows: np.ndarray, t: np.ndarray, a: np.ndarray, p_old: np.ndarray,
+              live: np.ndarray, opt: Optim, log_ref: np.ndarray) -> float:
+    """The loss being ascended, with the clip mask held fixed: sum over contexts of the mean surrogate
+    ratio * A over the unclipped samples, - beta * KL(pi || ref), + entropy_coef * H(pi). (`gradient` is its
+    gradient; tests/organisms check them against each other by finite differences.)"""
+    pi = _softmax(theta)
+    n = len(t) // theta.shape[0]
+    value = float(np.sum(np.where(live, pi[rows, t] / p_old * a, 0.0)) / n)
+    value -= opt.beta * float((pi * (np.log(pi) - log_ref)).sum())
+    value += opt.entropy_coef * float(_entropy(pi).sum())
+    return value
+
+
+def gradient(theta: np.ndarray, rows: np.ndarray, t: np.ndarray, a: np.ndarray, p_old: np.ndarray, opt: Optim,
+             log_ref: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(gradient of `objective`, low-clipped mask, high-clipped mask) at `theta` for one batch."""
+    k, v = theta.shape
+    n = len(t) // k
+    pi = _softmax(theta)
+    ratio = pi[rows, t] / p_old
+    low = (ratio < 1 - opt.epsilon) & (a < 0)
+    high = (ratio > 1 + opt.epsilon) & (a > 0)
+    live = ~(low | high)
+    # d/dtheta of ratio_i * A_i: ratio_i * A_i * (onehot(t_i) - pi[c_i]), over the unclipped samples
+    w = np.where(live, ratio * a, 0.0) / n
+    grad = np.zeros((k, v))
+    np.add.at(grad, (rows, t), w)
+    grad -= pi * np.bincount(rows, weights=w, minlength=k)[:, None]
+    log_pi = np.log(pi)
+    if opt.beta > 0:  # grad of KL(pi || ref) per context: pi * (log pi - log ref - KL)
+        assert log_ref is not None
+        kl_c = (pi * (log_pi - log_ref)).sum(axis=1, keepdims=True)
+        grad -= opt.beta * pi * (log_pi - log_ref - kl_c)
+    if opt.entropy_coef > 0:  # grad of H(pi): -pi * (log pi + H)
+        h_c = _entropy(pi)[:, None]
+        grad -= opt.entropy_coef * pi * (log_pi + h_c)
+    return grad, low, high
+
+
 def train(opt: Optim, steps: int, seed: int) -> dict[str, np.ndarray]:
     """Run the model for `steps` steps; per-step arrays of what the trainer logs (see the module doc)."""
     rng = np.random.default_rng([seed, 0x7E51])  # its own stream: the rollouts' draws are untouched
@@ -81,23 +120,7 @@ def train(opt: Optim, steps: int, seed: int) -> dict[str, np.ndarray]:
         p_old = old[rows, t]
         norms = []
         for _ in range(opt.iterations):
-            pi = _softmax(theta)
-            ratio = pi[rows, t] / p_old
-            low = (ratio < 1 - opt.epsilon) & (a < 0)
-            high = (ratio > 1 + opt.epsilon) & (a > 0)
-            live = ~(low | high)
-            # d/dtheta of mean_i ratio_i * A_i over the unclipped samples: ratio_i * A_i * (onehot(t_i) - pi[c_i])
-            w = np.where(live, ratio * a, 0.0) / n
-            grad = np.zeros((k, v))
-            np.add.at(grad, (rows, t), w)
-            grad -= pi * np.bincount(rows, weights=w, minlength=k)[:, None]
-            log_pi = np.log(pi)
-            if opt.beta > 0:  # grad of KL(pi || ref) per context: pi * (log pi - log ref - KL)
-                kl_c = (pi * (log_pi - log_ref)).sum(axis=1, keepdims=True)
-                grad -= opt.beta * pi * (log_pi - log_ref - kl_c)
-            if opt.entropy_coef > 0:  # grad of H(pi): -pi * (log pi + H)
-                h_c = _entropy(pi)[:, None]
-                grad -= opt.entropy_coef * pi * (log_pi + h_c)
+            grad, low, high = gradient(theta, rows, t, a, p_old, opt, log_ref)
             norm = float(np.sqrt((grad**2).sum()))
             norms.append(norm)
             if opt.max_grad_norm is not None and norm > opt.max_grad_norm:
