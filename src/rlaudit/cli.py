@@ -319,6 +319,13 @@ def audit(
     detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Run only these detectors.")] = None,
     max_step: Annotated[Optional[int], typer.Option("--max-step", help="Audit only steps <= this.")] = None,
     scalar_log: ScalarLogOpt = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(
+        "--tokenizer", help="tokenizer.json (or a directory holding it) to measure completion lengths in tokens "
+                            "(training_health; default: token counts the log carries, else characters).")] = None,
+    max_completion_tokens: Annotated[Optional[int], typer.Option(
+        "--max-completion-tokens", help="The trainer's completion length limit in tokens (TRL "
+                                        "max_completion_length, verl data.max_response_length): completions that "
+                                        "reach it count as truncated.")] = None,
     fail_on: Annotated[Optional[str], typer.Option(
         "--fail-on", help="Exit 1 when a finding at or above this severity (info|low|medium|high) exists, 3 when "
                           "none does but a detector could not run (a gate for CI).")] = None,
@@ -334,10 +341,14 @@ def audit(
     _check_output(json_out, "--json")
     _check_output(report, "--report")
     scalar_specs = _scalar_logs(scalar_log)  # before ingesting: a wrong path should not cost a long ingest first
+    health = _health_options(tokenizer, max_completion_tokens)
     st = _store(store)
     ingests = _ingest_with_progress(st, sources, run, format, options, rules)
     scalar_paths = _assign_scalar_logs(scalar_specs, [r.run for r in ingests])
-    config = _config(max_step=max_step, detectors=detector, options=_metrics_option(scalar_paths))
+    detector_options = _metrics_option(scalar_paths)
+    if health:
+        detector_options.setdefault("training_health", {}).update(health)
+    config = _config(max_step=max_step, detectors=detector, options=detector_options)
     result = _audit_with_progress(st, [r.run for r in ingests], config)
     result.ingests = ingests
     from .audit import write_outputs
@@ -408,6 +419,21 @@ def _assign_scalar_logs(specs: list[tuple[str | None, list[Path]]], runs: list[s
         for reason in log.skipped:
             console.print(f"[yellow]warning:[/] {_u(reason, 500)}", highlight=False, soft_wrap=True)
     return paths
+
+
+def _health_options(tokenizer: Path | None, max_tokens: int | None) -> dict:
+    """training_health options for lengths in tokens; the tokenizer is loaded once here so a bad path fails early."""
+    out: dict = {}
+    if tokenizer is not None:
+        from .health.lengths import load_tokenizer
+
+        load_tokenizer(str(tokenizer))
+        out["tokenizer"] = str(tokenizer)
+    if max_tokens is not None:
+        if max_tokens < 1:
+            raise RlauditError(f"--max-completion-tokens must be a positive integer, got {max_tokens}")
+        out["max_tokens"] = max_tokens
+    return out
 
 
 def _metrics_option(paths: dict[str, list[Path]]) -> dict:

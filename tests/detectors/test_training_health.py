@@ -18,7 +18,7 @@ STEPS, GROUPS, G = 12, 8, 8  # 12 steps x 8 groups of 8; windows: steps 1-4 and 
 
 
 def make_run(store, reward, completion=None, answer=None, reasoning=None, advantage=None, split="train",
-             steps=STEPS, run="r", condition=None, append_to=None, components=None):
+             steps=STEPS, run="r", condition=None, append_to=None, components=None, metadata=None):
     """A run whose per-rollout values come from functions of (step, group, sample index)."""
     rows: dict[str, list] = {k: [] for k in (
         "run", "rollout_id", "step", "split", "group_id", "sample_index", "condition", "system_prompt", "task",
@@ -45,7 +45,7 @@ def make_run(store, reward, completion=None, answer=None, reasoning=None, advant
                 rows["reward"].append(r)
                 rows["advantage"].append(float(advantage(s, g, i)) if advantage else None)
                 rows["grader_inputs"].append([])
-                rows["metadata"].append(None)
+                rows["metadata"].append(json.dumps(metadata(s, g, i)) if metadata else None)
     store.append(run, canonical_table(rows), key=f"{split}-{append_to or 'all'}")
 
 
@@ -272,3 +272,67 @@ def test_plateau_single_component_is_one_test(store):
     found = run_detectors(store, "r", AuditConfig(detectors=["training_health"]))
     plateaus = [f for f in found if f.kind == "training_health" and f["check"] == "plateau"]
     assert [f["signal"] for f in plateaus] == ["reward"]
+
+
+# ---------------------------------------------------------------------------------------------- length units
+def words(s, g, i):  # 10 words early, 20 in the middle, 30 late; the same 100 characters throughout
+    n = 10 if s <= 4 else 20 if s <= 8 else 30
+    return " ".join(["a"] * n).ljust(100, ".")
+
+
+def test_length_in_tokens_from_metadata(store):
+    """Characters stay flat while the logged token counts triple: the check measures tokens and says so."""
+    make_run(store, half, completion=words, metadata=lambda s, g, i: {"completion_tokens": words(s, g, i).count("a")})
+    f = checks(store)["length_growth"]
+    assert f["unit"] == "tokens" and f["length_source"] == "metadata.completion_tokens"
+    assert f["statistics"]["estimate"] == pytest.approx(3.0) and "(in tokens)" in f.title
+    assert "length in tokens (metadata.completion_tokens)" in f["notes"]
+
+
+def test_characters_when_only_some_rollouts_have_token_counts(store):
+    make_run(store, half, completion=words,
+             metadata=lambda s, g, i: {"completion_tokens": 5} if g == 0 else {"other": 1})
+    found = run_detectors(store, "r", AuditConfig(detectors=["training_health"]))
+    notes = next(f for f in found if f.kind == "training_health")["notes"]
+    assert any("length in characters" in n and "for only 96 of 768 rollouts" in n for n in notes)
+    assert "length_growth" not in {f["check"] for f in found}  # 100 characters throughout
+
+
+def test_truncation_at_the_token_limit(store):
+    """No end markers at all, but the limit is known: completions that reach it were cut."""
+    n_tok = lambda s, g, i: 64 if s >= 9 and i < 2 else 20  # noqa: E731
+    make_run(store, half, metadata=lambda s, g, i: {"completion_tokens": n_tok(s, g, i)})
+    assert "truncation" not in checks(store)  # limit unknown: nothing to compare with
+    f = checks(store, options={"training_health": {"max_tokens": 64}})["truncation"]
+    assert f["statistics"]["estimate"] == pytest.approx(0.25) and f["unit"] == "tokens" and f["max_tokens"] == 64
+    assert "reached it: 64 tokens" in f.explanation
+
+
+def test_truncation_at_a_per_rollout_limit_in_metadata(store):
+    make_run(store, half, metadata=lambda s, g, i: {"completion_tokens": 64 if s >= 9 and i < 2 else 20,
+                                                    "max_tokens": 64})
+    f = checks(store)["truncation"]
+    assert f["statistics"]["estimate"] == pytest.approx(0.25) and f["max_tokens"] == 64
+
+
+def test_length_in_tokens_with_a_tokenizer(store, tmp_path):
+    """A word-level tokenizer.json built here: the token count is the word count, whatever the characters."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel(vocab={"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    make_run(store, half, completion=words)
+    assert "length_growth" not in checks(store)  # in characters it did not grow
+    f = checks(store, options={"training_health": {"tokenizer": str(tmp_path)}})["length_growth"]
+    # each completion: n words of 'a' plus one run of dots (one [UNK] token): 11, 21, 31 tokens
+    assert f["unit"] == "tokens" and f["length_source"] == f"tokenizer {tmp_path}"
+    assert f["statistics"]["estimate"] == pytest.approx(31 / 11)
+
+
+def test_missing_tokenizer_is_a_clear_error(store, tmp_path):
+    from rlaudit.errors import RlauditError
+    from rlaudit.health.lengths import load_tokenizer
+
+    with pytest.raises(RlauditError, match="no tokenizer.json there"):
+        load_tokenizer(str(tmp_path))

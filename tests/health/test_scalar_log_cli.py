@@ -76,3 +76,23 @@ def test_scalar_log_errors(runs, tmp_path, capsys):
 
     assert run_main("audit", runs / "a", "--store", store, "--scalar-log", f"zzz={FIX / 'verl'}") == 2
     assert "no run 'zzz' in this audit" in capsys.readouterr().err
+
+
+def test_token_options(runs, tmp_path, capsys):
+    store = tmp_path / "s"
+    assert run_main("audit", runs / "a", "--store", store, "--tokenizer", tmp_path) == 2
+    assert "no tokenizer.json there" in capsys.readouterr().err and not store.exists()
+    assert run_main("audit", runs / "a", "--store", store, "--max-completion-tokens", "0") == 2
+    assert "--max-completion-tokens must be a positive integer" in capsys.readouterr().err
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel(vocab={"[UNK]": 0}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    out = tmp_path / "f.json"
+    assert run_main("audit", runs / "a", "--store", store, "--json", out, "--detector", "training_health",
+                    "--tokenizer", tmp_path / "tokenizer.json", "--max-completion-tokens", "512",
+                    "--scalar-log", FIX / "verl") == 0  # the scalar findings carry the run's notes
+    notes = json.loads(out.read_text())["findings"][0]["notes"]
+    assert f"length in tokens (tokenizer {tmp_path / 'tokenizer.json'}; limit 512 tokens)" in notes

@@ -55,6 +55,7 @@ import duckdb
 import numpy as np
 
 from ..findings import Evidence, Finding
+from ..health.lengths import LengthUnit, length_view
 from . import DetectContext, Detector, register
 
 ALPHA = 0.05
@@ -83,10 +84,12 @@ class TrainingHealthDetector(Detector):
         notes: list[str] = []
         steps = [int(r[0]) for r in con.execute("SELECT DISTINCT step FROM rollouts ORDER BY step").fetchall()]
         if len(steps) >= MIN_STEPS:
+            unit = length_view(con, ctx.option(self.name, "tokenizer", None), ctx.option(self.name, "max_tokens", None))
+            notes.append(unit.describe())
             early, late = _windows(steps)
             candidates += _zero_variance(con, steps, early, late)
-            candidates += _length(con, steps, early, late)
-            trunc, note = _truncation(con, steps, early, late)
+            candidates += _length(con, steps, early, late, unit)
+            trunc, note = _truncation(con, steps, early, late, unit)
             candidates += trunc
             if note:
                 notes.append(note)
@@ -129,7 +132,7 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = N
 
 def _evidence(con: duckdb.DuckDBPyConnection, where: str, note: str) -> list[Evidence]:
     rows = _rows(con, f"""SELECT rollout_id, step, condition, group_id, reward, length(completion) AS chars,
-                          left(coalesce(answer, ''), 200) AS text FROM rollouts WHERE {where}
+                          left(coalesce(answer, ''), 200) AS text FROM th_rollouts WHERE {where}
                           ORDER BY step DESC, group_id, rollout_id LIMIT {EVIDENCE}""")
     return [Evidence(rollout_id=r["rollout_id"], step=int(r["step"]), condition=r["condition"], text=r["text"],
                      note=note, data={"group_id": r["group_id"], "reward": r["reward"], "chars": r["chars"]})
@@ -284,19 +287,18 @@ def _zero_variance(con: duckdb.DuckDBPyConnection, steps: list[int], early: list
     return out
 
 
-def _length(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int]
+def _length(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int], unit: LengthUnit
             ) -> list[dict[str, Any]]:
     from scipy.stats import norm
 
     from ..stats import onset_index, ratio_of_sums_se
 
-    per_step = _rows(con, """SELECT step, sum(length(completion))::DOUBLE AS x,
-                                    sum(length(completion)::DOUBLE ^ 2) AS q, count(*) AS n
-                             FROM rollouts GROUP BY step ORDER BY step""")
+    per_step = _rows(con, """SELECT step, sum(th_len)::DOUBLE AS x, sum(th_len ^ 2) AS q, count(*) AS n
+                             FROM th_rollouts GROUP BY step ORDER BY step""")
     clusters = con.execute(f"""
         SELECT CASE WHEN step <= {early[-1]} THEN 0 ELSE 1 END AS w, condition,
-               sum(length(completion))::DOUBLE AS x, count(*)::DOUBLE AS n
-        FROM rollouts WHERE step <= {early[-1]} OR step >= {late[0]}
+               sum(th_len)::DOUBLE AS x, count(*)::DOUBLE AS n
+        FROM th_rollouts WHERE step <= {early[-1]} OR step >= {late[0]}
         GROUP BY w, condition, coalesce(group_id, rollout_id)""").fetchnumpy()
     if not per_step or len(clusters["n"]) == 0:
         return []
@@ -338,8 +340,8 @@ def _length(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], 
     severity = "high" if r >= LEN_HIGH else "medium" if r >= LEN_MEDIUM else None
     top = max(by_condition.items(), key=lambda kv: kv[1]["ratio"], default=(None, None))[0]
     return [_candidate(
-        "length_growth", severity, f"completions grew {r:.1f}x longer over the run",
-        f"Mean completion length went from {means[base].mean():.0f} characters (steps {early[0]}-{early[-1]}) to "
+        "length_growth", severity, f"completions grew {r:.1f}x longer over the run (in {unit.unit})",
+        f"Mean completion length went from {means[base].mean():.0f} {unit.unit} (steps {early[0]}-{early[-1]}) to "
         f"{means[np.isin(st, late)].mean():.0f} (steps {late[0]}-{late[-1]}), x{r:.2f}"
         + (f"; most in condition {top!r} (x{by_condition[top]['ratio']:.2f})" if top else "") + ". Length "
         "growth costs generation time, and under a length limit it ends in truncation.",
@@ -347,11 +349,13 @@ def _length(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], 
             "test": "one-sided z-test of the log ratio of mean lengths (last third / first third), prompt-group "
                     "cluster-robust standard error"},
         int(st[idx]) if idx is not None else None, by_condition=by_condition, steps=_series(st, means),
-        evidence_sql=(f"step >= {late[0]} AND length(completion) >= (SELECT approx_quantile(length(completion), "
-                      f"0.9) FROM rollouts WHERE step >= {late[0]})", "one of the longest late completions"))]
+        unit=unit.unit, length_source=unit.source,
+        evidence_sql=(f"step >= {late[0]} AND th_len >= (SELECT approx_quantile(th_len, 0.9) FROM th_rollouts "
+                      f"WHERE step >= {late[0]})", "one of the longest late completions"))]
 
 
 TRUNCATED_SQL = """(
+    coalesce(th_len >= th_max, false) OR
     (reasoning IS NOT NULL AND coalesce(answer, '') = '' AND completion NOT LIKE '%</think>%')
     OR coalesce(lower(json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.finish_reason')), '') = 'length'
     OR coalesce(lower(json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.stop_reason')), '') = 'length'
@@ -359,22 +363,22 @@ TRUNCATED_SQL = """(
     OR coalesce(json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.truncated'), '') = 'true')"""
 
 
-def _truncation(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int]
-                ) -> tuple[list[dict[str, Any]], str | None]:
+def _truncation(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int],
+                unit: LengthUnit) -> tuple[list[dict[str, Any]], str | None]:
     from scipy.stats import norm
 
     from ..stats import onset_index
 
-    markers = con.execute("""SELECT count(*) FILTER (WHERE reasoning IS NOT NULL OR completion LIKE '%</think>%'
+    markers = con.execute("""SELECT count(*) FILTER (WHERE th_max IS NOT NULL OR reasoning IS NOT NULL OR completion LIKE '%</think>%'
                                  OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.finish_reason') IS NOT NULL
                                  OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.stop_reason') IS NOT NULL
                                  OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.is_truncated') IS NOT NULL
-                                 OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.truncated') IS NOT NULL) FROM rollouts""")
+                                 OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.truncated') IS NOT NULL) FROM th_rollouts""")
     if not markers.fetchone()[0]:
         return [], ("truncation: the rollouts carry no end marker (think tags) and no finish reason, so truncation "
                     "is unknown from them")
     per_step = _rows(con, f"""SELECT step, count(*) FILTER (WHERE {TRUNCATED_SQL}) AS t, count(*) AS n
-                              FROM rollouts GROUP BY step ORDER BY step""")
+                              FROM th_rollouts GROUP BY step ORDER BY step""")
     st = [r["step"] for r in per_step]
     t = np.array([r["t"] for r in per_step], dtype=float)
     n = np.array([r["n"] for r in per_step], dtype=float)
@@ -394,11 +398,14 @@ def _truncation(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[in
         "truncation", severity, f"{p1:.1%} of completions are truncated in the last third of the run "
         f"(from {p0:.1%})",
         f"In steps {late[0]}-{late[-1]}, {int(t1)} of {int(n1)} completions stopped before their end marker (or "
-        f"were marked as cut at the length limit), against {p0:.1%} in steps {early[0]}-{early[-1]}. A truncated "
+        f"were marked as cut at the length limit"
+        + (f", or reached it: {unit.max_tokens:g} tokens" if unit.max_tokens else
+           ", or reached the per-rollout token limit" if unit.has_max else "") + f"), against {p0:.1%} in steps {early[0]}-{early[-1]}. A truncated "
         "completion has no answer to grade, and its reward teaches the policy about an unfinished text.",
         p1, {"estimate": p1, "ci": _wilson(t1, n1), "early": p0, "early_ci": _wilson(t0, n0), "p_value": p,
              "test": "one-sided two-proportion z-test, last third > first third"},
         int(st[idx]) if idx is not None else None, source="rollouts", steps=_series(st, t / np.maximum(n, 1)),
+        unit=unit.unit, max_tokens=unit.max_tokens,
         evidence_sql=(f"step >= {late[0]} AND {TRUNCATED_SQL}", "truncated completion"))], None
 
 
