@@ -85,7 +85,9 @@ def length_view(con: duckdb.DuckDBPyConnection, tokenizer: str | None = None,
         length, join = "th_tok.th_len", "LEFT JOIN th_tok USING (rollout_id)"
         unit = LengthUnit("tokens", f"tokenizer {tokenizer}")
     else:
-        known = con.execute(f"SELECT count(*), count({TOKENS_SQL}) FROM rollouts").fetchone()
+        # a sample first: most logs carry no token counts, and parsing every metadata object costs a full scan
+        sampled = con.execute(f"SELECT count({TOKENS_SQL}) FROM (SELECT metadata FROM rollouts LIMIT 2048)").fetchone()
+        known = con.execute(f"SELECT count(*), count({TOKENS_SQL}) FROM rollouts").fetchone() if sampled[0] else (0, 0)
         if known[0] and known[0] == known[1]:
             key = con.execute(f"""SELECT CASE {' '.join(f"WHEN json_extract_string({_META}, '$.{k}') IS NOT NULL "
                                                            f"THEN '{k}'" for k in TOKEN_KEYS)}
