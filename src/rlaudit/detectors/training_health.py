@@ -13,13 +13,15 @@ row per step or per group):
   logged `advantage`, else (r - group mean) / (group std + 1e-4)). Zero-variance groups already lower it; the
   check is on the rollouts of groups that do vary: ESS/N < 0.35 there (binary rewards in groups of 8 cannot go below 0.44) in the last third means a few outlier
   rewards dominate the advantages (**medium**). One-sided t-test over the window's per-step values.
-- `length_growth`: mean completion length (characters) in the last third / in the first third, stratified by
+- `length_growth`: mean completion length (tokens when a tokenizer is given or the log carries token counts,
+  else characters: `health.lengths`; the finding's `unit` says which) in the last third / in the first third, stratified by
   nothing but with a cluster-robust (prompt-group) standard error of the log ratio; **medium** when the ratio
   is >= 1.5, **high** >= 2.5 (one-sided z-test of log ratio > 0). Per condition ratios are in `by_condition`.
   Onset: `stats.onset_index` on the per-step means against the first third.
 - `truncation`: share of completions that ended without their end marker (an unclosed `<think>`: reasoning
   without an answer) or that the trainer marked as cut at the length limit (metadata `finish_reason` /
-  `stop_reason` = "length", `is_truncated` / `truncated` = true). Only when the run shows such markers at all
+  `stop_reason` = "length", `is_truncated` / `truncated` = true), or whose token length reached the limit when
+  it is known (`max_tokens` option or metadata). Only when the run shows such markers at all
   (else the reader does not know, and the finding's absence means nothing: `notes` says so). **medium** when
   the last third's rate is >= 5% and above the first third's (two-proportion z-test), **high** >= 10%.
 - `reward_eval_divergence`: when the run has eval-split rows at >= 4 steps: the training reward rises
@@ -32,8 +34,9 @@ row per step or per group):
   **low** (a signal that does not move may be fine if it started at its ceiling); `signal` names it
   (`reward` or `rewards.<name>`). A single component equal to the total is tested once.
 
-Checks from the trainer's scalar logs, when found beside the rollouts (`rlaudit.health.scalars`; the finding
-says which keys were read): `entropy_collapse` (entropy in the last third < 30% of the first third, falling:
+Checks from the trainer's scalar logs, found beside the rollouts or named per run (option `metrics`, the CLI's
+`--scalar-log`; `rlaudit.health.scalars` reads TRL, verl, prime-rl, TensorBoard and W&B logs; the finding says
+which keys were read): `entropy_collapse` (entropy in the last third < 30% of the first third, falling:
 **medium**, < 10%: **high**), `kl_drift` (KL rising, last third > 10x first third and > 0.1: **medium**),
 `clip_saturation` (clip fraction in the last third > 0.2: **medium**), `grad_norm` (non-finite values: **high**;
 spikes > 10x the median: **medium**), `truncation` from the trainer's own clipped ratio when the rollouts do not
