@@ -11,10 +11,14 @@ from functools import lru_cache
 
 import pytest
 
+from pathlib import Path
+
 from rlaudit.audit import audit_store
-from rlaudit.detectors import DETECTORS
+from rlaudit.detectors import DETECTORS, AuditConfig
+from rlaudit.detectors.training_health import metrics_option
 from rlaudit.organisms import SCENARIOS, run
 from rlaudit.organisms.bench import ScenarioScore, match
+from rlaudit.organisms.writers import write_scalars
 from rlaudit.store import Store
 
 EMITTERS = {"emerging_behavior": "emerging", "generalization": "generalization",
@@ -44,7 +48,10 @@ def audited(name: str, tmp: str) -> tuple[ScenarioScore, list]:
     sim = run(name, seed=0)
     store = Store(tmp)
     store.append(name, sim.canonical(), key="all")
-    findings = audit_store(store, [name]).findings
+    logs = Path(tmp) / f"{name}-scalars"  # the trainer's scalar log, as the canonical writer puts beside the rollouts
+    logs.mkdir()
+    config = AuditConfig(options=metrics_option({name: [write_scalars(sim, logs, "canonical")]}))
+    findings = audit_store(store, [name], config).findings
     return match(findings, sim.ground_truth), findings
 
 
