@@ -119,6 +119,10 @@ def scan_cmd(
         console.print(f"pass {res.number}: {res.runs} runs ({res.new_runs} new), {res.audited} audited "
                       f"({res.heavy} heavy), {res.skipped} unchanged{errs}; +{res.rows_added:,} rows, "
                       f"{len(res.alerts)} alert(s) in {res.seconds:.1f} s", highlight=False, soft_wrap=True)
+        for label, names in (("missing (source gone, findings kept)", res.gone), ("back", res.back),
+                             ("forgotten (removed from the store)", res.forgotten)):
+            if names:
+                console.print(f"  {label}: {', '.join(names)}", highlight=False, soft_wrap=True)
         for run, err in res.errors.items():
             console.print(f"  [yellow]{run}[/]: {err}", highlight=False, markup=True)
         from rich.markup import escape
@@ -169,3 +173,39 @@ def status_cmd(
                       "" if r["last_step"] is None else str(r["last_step"]), when, str(f["high"] or ""),
                       str(f["medium"] or ""), str(f["low"] or ""), (r["error"] or r["top"] or "")[:120])
     out.print(table)
+
+
+@fleet_app.command("forget")
+def forget_cmd(
+    runs: Annotated[Optional[list[str]], typer.Argument(help="Runs to forget (default with --missing: every "
+                                                        "missing run).")] = None,
+    store: StoreOpt = Path(".rlaudit"),
+    missing: Annotated[bool, typer.Option("--missing", help="Forget every run whose source is gone.")] = False,
+    keep_rows: Annotated[bool, typer.Option("--keep-rows", help="Keep the run's rows in the store (only the "
+                                            "fleet forgets it).")] = False,
+) -> None:
+    """Forget runs: drop them from the fleet state (status, open findings, alert keys) and, unless --keep-rows,
+    remove their rows from the store (`rlaudit runs rm`). A forgotten run found again is a new run."""
+    from ..store import Store
+    from .state import FleetState
+
+    console, out, _ = _consoles()
+    state = FleetState(store)
+    if not state.path.is_file():
+        raise RlauditError(f"no fleet state in {store} (run `rlaudit fleet scan ROOT --store {store}` first)")
+    names = list(runs or [])
+    if missing:
+        names += [n for n, rs in sorted(state.runs.items()) if rs.status == "missing" and n not in names]
+    if not names:
+        raise RlauditError("name the runs to forget, or pass --missing")
+    unknown = [n for n in names if n not in state.runs]
+    if unknown:
+        raise RlauditError(f"not fleet runs of {store}: {', '.join(unknown)} (see `rlaudit fleet status`)")
+    st = Store(store)
+    with state.lock():  # never while a scanner runs on this store
+        for name in names:
+            if not keep_rows and st.has_run(name):
+                st.delete(name)
+            state.forget(name)
+        state.save()
+    out.print(f"forgot {len(names)} run(s): {', '.join(names)}", highlight=False, soft_wrap=True)

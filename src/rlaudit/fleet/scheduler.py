@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import RlauditError
 from ..findings import SEVERITIES, SEVERITY_RANK, Finding, rank
 from ..live.alerts import Alert, AlertManager, JsonlSink, WebhookSink, finding_key
-from .discovery import discover_all, source_signature
+from .discovery import NO_FILES, discover_all, source_signature
 from .engines import Engine, InlineEngine
 from .objectstore import ObjectMirror, is_remote
 from .state import FleetState, RunState
@@ -70,12 +70,17 @@ class PassResult:
     timings: dict[str, float] = field(default_factory=dict)  # sync, discover, tasks, report
     cpu: float = 0.0  # CPU seconds the run tasks took (all engines report their workers' process time)
     synced: dict[str, dict[str, int]] = field(default_factory=dict)  # object-store root -> objects, downloaded...
+    missing: int = 0  # runs whose source is gone (status `missing`)
+    gone: list[str] = field(default_factory=list)  # runs that went missing this pass
+    back: list[str] = field(default_factory=list)  # missing runs whose source came back this pass
+    forgotten: list[str] = field(default_factory=list)  # missing runs `runs rm` removed from the store
 
     def to_json(self) -> dict[str, Any]:
         return {"number": self.number, "seconds": round(self.seconds, 3), "runs": self.runs,
                 "audited": self.audited, "skipped": self.skipped, "failed": self.failed, "new_runs": self.new_runs,
                 "rows_added": self.rows_added, "heavy": self.heavy, "alerts": len(self.alerts),
                 "cpu": round(self.cpu, 3), "errors": self.errors, "synced": self.synced,
+                "missing": self.missing, "gone": self.gone, "back": self.back, "forgotten": self.forgotten,
                 "timings": {k: round(v, 3) for k, v in self.timings.items()},
                 "finished": time.time()}
 
@@ -128,6 +133,9 @@ class FleetScanner:
         result.runs = len(found)
         tasks: list[RunTask] = []
         signatures: dict[str, str] = {}
+        self._forgotten(result)
+        listed = {label for label, _ in roots if label not in result.errors}
+        self._mark_gone({src.name for src in found}, listed, result)
         for src in found:
             rs = state.runs.get(src.name)
             if rs is None or rs.source != src.source:
@@ -139,6 +147,11 @@ class FleetScanner:
                 continue
             sig = source_signature(src.source, src.format)
             signatures[src.name] = sig
+            if sig == NO_FILES:  # a known run directory emptied (an object store's deleted objects)
+                self._missing(rs, result)
+                continue
+            if rs.status == "missing":
+                self._back(rs, result)
             changed = sig != rs.signature
             if changed or rs.status == "error":
                 tasks.append(self._task(rs, ingest=True, final=final))
@@ -171,6 +184,51 @@ class FleetScanner:
         state.last_pass = result.to_json()
         state.save()
         return result
+
+    # ------------------------------------------------------------------ runs whose source went away
+    def _mark_gone(self, found: set[str], listed: set[str], result: PassResult) -> None:
+        """Runs no longer found under a root that was listed this pass are `missing`. Runs under a root that
+        could not be listed (an unreachable bucket, an unmounted disk) keep their status: absence of evidence."""
+        for name, rs in self.state.runs.items():
+            if name in found:
+                continue
+            if rs.status == "missing":
+                result.missing += 1
+                continue
+            root_ok = rs.root in listed and (is_remote(rs.root) or Path(rs.root).is_dir())
+            if root_ok:
+                self._missing(rs, result)
+
+    def _missing(self, rs: RunState, result: PassResult) -> None:
+        """Mark a run whose source is gone: it keeps its rows in the store and its open findings (`fleet status`
+        and the page show it as `missing`), costs nothing more, and is resumed if its source comes back."""
+        result.missing += 1
+        if rs.status == "missing":
+            return
+        log.warning("fleet: run %s is missing: its source %s is gone (findings kept; `rlaudit fleet forget %s` "
+                    "drops it)", rs.name, rs.origin or rs.source, rs.name)
+        rs.status, rs.error = "missing", f"source gone: {rs.origin or rs.source}"
+        rs.missing_since = time.time()
+        rs.pending = False  # nothing more will arrive to audit
+        result.gone.append(rs.name)
+
+    def _back(self, rs: RunState, result: PassResult) -> None:
+        """A missing run whose source is back: the usual signature test decides whether it is read again (the
+        store reads only files it has not got; rows of files that did not come back stay stored)."""
+        log.warning("fleet: run %s is back (%s)", rs.name, rs.origin or rs.source)
+        rs.status, rs.error, rs.missing_since = "ok", "", 0.0
+        rs.reappeared += 1
+        result.back.append(rs.name)
+
+    def _forgotten(self, result: PassResult) -> None:
+        """Missing runs removed from the store with `rlaudit runs rm` are dropped from the fleet state too."""
+        from ..store import Store
+
+        store = Store(self.store_root)
+        for name in [n for n, rs in self.state.runs.items() if rs.status == "missing" and not store.has_run(n)]:
+            log.warning("fleet: run %s was removed from the store; forgotten", name)
+            self.state.forget(name)
+            result.forgotten.append(name)
 
     def _idle(self, rs: RunState, number: int) -> bool:
         """Whether to leave a quiet run unlisted this pass (see `FleetConfig.idle_after`)."""
