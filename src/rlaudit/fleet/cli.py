@@ -209,3 +209,49 @@ def forget_cmd(
             state.forget(name)
         state.save()
     out.print(f"forgot {len(names)} run(s): {', '.join(names)}", highlight=False, soft_wrap=True)
+
+
+@fleet_app.command("audit")
+def audit_cmd(
+    source: Annotated[str, typer.Argument(help="A run in the store, or a run directory (ingested first).")],
+    store: StoreOpt = Path(".rlaudit"),
+    shards: Annotated[int, typer.Option("--shards", help="Step ranges the run's per-part scans are split "
+                                        "into (default: the engine's workers).")] = 0,
+    engine: Annotated[str, typer.Option("--engine", help="local, ray or inline.")] = "local",
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (auto, "
+                                                   "ray://host:10001).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes (local) or CPUs of "
+                                                   "the local Ray.")] = None,
+    detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Detectors to run (default: "
+                                                          "all). Repeatable.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the findings JSON here.")] = None,
+) -> None:
+    """Audit one large run with its per-part scans (term sets, CoT scan) sharded by step range over the engine;
+    the findings are those of `rlaudit audit` (see docs/fleet.md, "Sharding one run")."""
+    from ..detectors import AuditConfig
+    from ..store import Store, resolve_run
+    from .engines import make_engine
+    from .shard import sharded_audit
+
+    console, out, style = _consoles()
+    st = Store(store)
+    run = resolve_run(st, source)
+    eng = make_engine(engine, workers=workers, address=address)
+    try:
+        got = sharded_audit(st, run, eng, shards or eng.workers, AuditConfig(detectors=detector))
+    finally:
+        eng.close()
+    secs = got.seconds
+    failed = [r.index for r in got.shards if not r.ok]
+    console.print(f"{run}: {sum(n for _, n in got.per_step):,} rollouts in {len(got.plan)} shard(s) on "
+                  f"{eng.describe()}: shards {secs['shards']:.1f} s ({secs['cpu_shards']:.1f} CPU s), detectors "
+                  f"{secs['detectors']:.1f} s, total {secs['total']:.1f} s"
+                  + (f"; shard(s) {failed} failed, their parts were scanned by the driver" if failed else ""),
+                  highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    for f in got.result.findings:
+        line = escape(f"[{f.kind}] {f.title}")
+        out.print(f"  [{style[f.severity]}]{f.severity}[/] {line}", highlight=False)
+    if json_out:
+        got.result.write_json(json_out)
