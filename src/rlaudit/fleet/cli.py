@@ -18,6 +18,26 @@ fleet_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_
 
 StoreOpt = Annotated[Path, typer.Option("--store", help="Store directory (the fleet state lives in "
                                         "STORE/fleet/).", envvar="RLAUDIT_STORE")]
+SharedStoreOpt = Annotated[str, typer.Option("--store", help="Store directory (the fleet state lives in "
+                                             "STORE/fleet/), or s3://bucket/prefix: a store published on S3, "
+                                             "worked on in --store-cache.", envvar="RLAUDIT_STORE")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--store-cache", help="Local working copy of an s3:// "
+                                                  "store (default: ~/.cache/rlaudit/s3/...).")]
+
+
+def _open_store(store: str, cache: Optional[Path], endpoint: Optional[str]):  # noqa: ANN202
+    """(local store directory, S3Store or None): an s3:// store is pulled into its cache first."""
+    from .s3store import S3Store, is_s3
+
+    if not is_s3(store):
+        if cache is not None:
+            raise RlauditError("--store-cache is for an s3:// --store only")
+        return Path(store), None
+    remote = S3Store(store, cache, endpoint)
+    got = remote.pull()
+    logging.getLogger("rlaudit.fleet").info("fleet: pulled %d run(s), %d part(s) (%d bytes) from %s into %s",
+                                            got.runs, got.parts, got.bytes, remote.uri, remote.cache)
+    return remote.cache, remote
 
 
 def _consoles():  # noqa: ANN202
@@ -30,7 +50,8 @@ def _consoles():  # noqa: ANN202
 def scan_cmd(
     roots: Annotated[list[str], typer.Argument(help="Directories holding runs (any depth), or object-store "
                                                "prefixes (s3://bucket/runs/).")],
-    store: StoreOpt = Path(".rlaudit"),
+    store: SharedStoreOpt = ".rlaudit",
+    store_cache: CacheOpt = None,
     engine: Annotated[str, typer.Option("--engine", help="local (worker processes on this machine), ray "
                                         "(one Ray task per run; needs the ray extra) or inline.")] = "local",
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (auto, "
@@ -86,6 +107,8 @@ def scan_cmd(
         raise RlauditError(f"--heavy-every must be >= 1 step, got {heavy_every}")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
+    shown = store
+    store, remote = _open_store(store, store_cache, s3_endpoint)
 
     def link(alert) -> str | None:  # noqa: ANN001
         if report is None:
@@ -111,7 +134,8 @@ def scan_cmd(
                          idle_after=idle_after, idle_every=idle_every)
     eng = make_engine(engine, workers=workers, address=address)
     scanner = FleetScanner(store, roots, eng, manager, config)
-    console.print(f"fleet scan of {', '.join(roots)} into {store} with {eng.describe()}", highlight=False,
+    where = f"{shown} (working copy {store})" if remote else str(store)
+    console.print(f"fleet scan of {', '.join(roots)} into {where} with {eng.describe()}", highlight=False,
                   soft_wrap=True)
 
     def on_pass(res) -> None:  # noqa: ANN001
@@ -130,6 +154,11 @@ def scan_cmd(
         for a in res.alerts:
             out.print(f"  [{style[a.severity]}]{a.severity}[/] {escape(a.run)} step {a.step}: "
                       f"{escape(f'[{a.kind}] {a.title}')}", highlight=False)
+        if remote is not None:  # publish after each pass: parts, then versioned manifests, then the state
+            pub = remote.push()
+            console.print(f"  published to {remote.uri}: {pub.runs} run(s), {pub.parts} part(s), "
+                          f"{pub.bytes:,} bytes{', fleet state' if pub.state else ''}", highlight=False,
+                          soft_wrap=True)
 
     try:
         results = scanner.scan(every=every, until_idle=until_idle, max_passes=max_passes, on_pass=on_pass)
@@ -144,7 +173,10 @@ def scan_cmd(
 
 @fleet_app.command("status")
 def status_cmd(
-    store: StoreOpt = Path(".rlaudit"),
+    store: SharedStoreOpt = ".rlaudit",
+    store_cache: CacheOpt = None,
+    s3_endpoint: Annotated[Optional[str], typer.Option("--s3-endpoint", envvar="AWS_ENDPOINT_URL",
+                                                       help="S3-compatible endpoint (MinIO, Ceph...).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one object with every run).")] = False,
 ) -> None:
     """Every run the fleet scanner knows: format, rows, last step seen, last audit, open findings."""
@@ -154,6 +186,7 @@ def status_cmd(
     from .state import FleetState
 
     console, out, style = _consoles()
+    store, _ = _open_store(store, store_cache, s3_endpoint)
     state = FleetState(store)
     if not state.path.is_file():
         raise RlauditError(f"no fleet state in {store} (run `rlaudit fleet scan ROOT --store {store}` first)")
