@@ -116,3 +116,22 @@ def test_cli_scan_and_status_on_an_s3_store(tmp_path, full_fleet, s3):
     assert rows["team-a.cot"]["rows"] == 5 * ROWS_PER_STEP and rows["team-a.cot"]["findings"]["high"] >= 1
     bad = run_cli("fleet", "status", "--store", "s3://", env=env)
     assert bad.returncode == 2 and "not an s3://bucket/prefix" in bad.stderr
+
+
+def test_writer_stopped_after_publishing_resumes(tmp_path, full_fleet, s3, monkeypatch):
+    """A writer stopped between publishing a version and recording it recognises that version as its own."""
+    fs, endpoint = s3
+    root = tmp_path / "root"
+    copy_upto(full_fleet, root, 3)
+    a = S3Store(URI, tmp_path / "cache", endpoint)
+    a.pull()
+    _scan(a.cache, root, tmp_path / "alerts.jsonl")
+    real = S3Store._save_sync
+    monkeypatch.setattr(S3Store, "_save_sync", lambda self, sync: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        a.push()  # one run published, its sync record lost
+    monkeypatch.setattr(S3Store, "_save_sync", real)
+    again = S3Store(URI, tmp_path / "cache", endpoint).push()
+    assert again.runs == 2 and again.state  # the other two runs and the state; the first was recognised
+    objs = _objects(a)
+    assert sum(1 for k in objs if "/manifests/" in k) == 3 and "fleet/state/000000000001.json" in objs

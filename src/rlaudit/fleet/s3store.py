@@ -137,6 +137,13 @@ class S3Store:
                                     "one again to pull)") from None
             raise
 
+    def _is_ours(self, rel: str, manifest: dict[str, Any]) -> bool:
+        """Whether the published manifest `rel` lists exactly the files of `manifest`."""
+        try:
+            return _same_files(json.loads(self._get(rel)), manifest)
+        except Exception:  # noqa: BLE001 - unreadable: not ours
+            return False
+
     def _upload(self, path: Path, rel: str) -> int:
         self.s3.upload_file(str(path), self.bucket, self._key(rel))
         return path.stat().st_size
@@ -228,16 +235,24 @@ class S3Store:
                     continue
                 base = int(mine.get("base", 0))
                 latest = self._latest(f"runs/{run}/manifests/")
+                listed = {e["part"] for e in manifest["files"].values() if e.get("part")}
+                q = store.run_dir(run) / "quarantine.jsonl"
+                if latest == base + 1 and self._is_ours(f"runs/{run}/manifests/{latest:012d}.json", manifest):
+                    # published by this writer just before it was stopped (the sync record was not saved)
+                    sync["runs"][run] = {"base": latest, "local": local_v, "parts": sorted(listed),
+                                         "quarantine": q.stat().st_size if q.is_file() else 0}
+                    self._save_sync(sync)
+                    continue
                 if latest != base:
                     raise StoreConflict(f"{self.uri}: run {run!r} is at version {latest} on S3, this store "
                                         f"started from {base}: another writer published it")
-                uploaded = set(mine.get("parts", [])) & set(self._list(f"runs/{run}/parts/"))
+                # part names are unique to one ingest and an upload is atomic: a listed part is complete
+                uploaded = set(self._list(f"runs/{run}/parts/"))
                 for path in store.parts(run, manifest):  # parts first: a reader of the manifest finds them all
                     if path.name not in uploaded:
                         stats.bytes += self._upload(path, f"runs/{run}/parts/{path.name}")
                         stats.parts += 1
                         uploaded.add(path.name)
-                q = store.run_dir(run) / "quarantine.jsonl"
                 if q.is_file() and q.stat().st_size != mine.get("quarantine", 0):
                     self._upload(q, f"runs/{run}/quarantine.jsonl")
                 version = base + 1
@@ -245,7 +260,6 @@ class S3Store:
                 body.pop("_stale", None)
                 self._put_new(f"runs/{run}/manifests/{version:012d}.json",
                               json.dumps(body, indent=1, sort_keys=True).encode())
-            listed = {e["part"] for e in manifest["files"].values() if e.get("part")}
             sync["runs"][run] = {"base": version, "local": local_v, "parts": sorted(listed),
                                  "quarantine": q.stat().st_size if q.is_file() else 0}
             self._save_sync(sync)  # after each run: a crash re-publishes nothing already published
@@ -266,6 +280,11 @@ class S3Store:
             return False
         base = int(sync.get("fleet", 0))
         latest = self._latest("fleet/state/")
+        obj = json.loads(state_path.read_text())
+        obj["details"] = shas
+        if latest == base + 1 and json.loads(self._get(f"fleet/state/{latest:012d}.json")) == obj:
+            sync.update({"fleet": latest, "fleet_local": digest, "fleet_details": shas})  # ours, before a stop
+            return True
         if latest != base:
             raise StoreConflict(f"{self.uri}: the fleet state is at version {latest} on S3, this scanner started "
                                 f"from {base}: another scanner published it")
@@ -273,11 +292,13 @@ class S3Store:
         for run, sha in shas.items():
             if f"{run}/{sha}.json" not in have:
                 self._upload(details[run], f"fleet/details/{run}/{sha}.json")
-        obj = json.loads(state_path.read_text())
-        obj["details"] = shas
         self._put_new(f"fleet/state/{base + 1:012d}.json", json.dumps(obj, indent=1).encode())
         sync.update({"fleet": base + 1, "fleet_local": digest, "fleet_details": shas})
         return True
+
+
+def _same_files(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a.get("files") == b.get("files")
 
 
 def _local_version(store: Any, run: str) -> int | None:
