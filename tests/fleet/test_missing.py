@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from rlaudit.fleet import FleetConfig, FleetScanner, InlineEngine
-from rlaudit.fleet.report import status_rows, write_fleet_report
+from rlaudit.fleet.report import status_rows
 from rlaudit.fleet.state import FleetState
 from rlaudit.live.alerts import AlertManager, JsonlSink
 from rlaudit.store import Store
