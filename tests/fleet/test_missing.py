@@ -102,6 +102,8 @@ def test_forget_missing_runs(tmp_path, full_fleet):
     scanner.close()
     # `fleet forget --missing`: state, findings, alert keys and store rows of the missing runs go
     assert run_cli("fleet", "forget", "--store", str(store), "nope").returncode == 2
+    s3 = run_cli("fleet", "forget", "--store", "s3://bucket/store", "--missing")
+    assert s3.returncode == 2 and "local store only" in s3.stderr
     res = run_cli("fleet", "forget", "--store", str(store), "team-a.cot")
     assert res.returncode == 0, res.stderr
     state = FleetState(store)

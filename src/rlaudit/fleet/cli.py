@@ -223,6 +223,9 @@ def forget_cmd(
     from .state import FleetState
 
     console, out, _ = _consoles()
+    if str(store).startswith(("s3:", "s3a:")):
+        raise RlauditError("fleet forget works on a local store only: an s3:// store publishes no deletions yet "
+                           "(see docs/fleet.md, 'A store on S3')")
     state = FleetState(store)
     if not state.path.is_file():
         raise RlauditError(f"no fleet state in {store} (run `rlaudit fleet scan ROOT --store {store}` first)")
