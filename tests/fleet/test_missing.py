@@ -122,3 +122,23 @@ def test_forget_missing_runs(tmp_path, full_fleet):
     assert p.new_runs == 1 and p.rows_added == 6 * ROWS_PER_STEP and len(alert_lines(alerts)) > n_before
     scanner.close()
     assert json.loads(run_cli("fleet", "status", "--store", str(store), "--json").stdout)["runs"]
+
+
+def test_path_reused_by_another_run_is_read_afresh(tmp_path, full_fleet):
+    """A missing run whose directory comes back holding another run (restarted from scratch): the old rows and
+    findings are dropped, the new run is read alone, never mixed with the old one."""
+    from rlaudit.organisms import simulate
+
+    root, store = tmp_path / "root", tmp_path / "store"
+    copy_upto(full_fleet, root, 8)
+    scanner = _scanner(store, root, tmp_path / "a.jsonl")
+    scanner.run_pass()
+    assert scanner.state.runs["team-b.clean"].rows == 8 * ROWS_PER_STEP
+    shutil.rmtree(root / "team-b" / "clean")
+    assert scanner.run_pass().gone == ["team-b.clean"]
+    simulate("clean_basic", root / "team-b" / "clean", format="verl", steps=5, prompts=8, generations=4, seed=7)
+    p = scanner.run_pass()
+    assert p.replaced == ["team-b.clean"] and p.new_runs == 1 and p.back == []
+    assert Store(store).summary("team-b.clean").rows == 5 * ROWS_PER_STEP  # the new run only
+    assert scanner.state.runs["team-b.clean"].status == "ok" and scanner.state.runs["team-b.clean"].last_step == 5
+    scanner.close()

@@ -144,7 +144,8 @@ def scan_cmd(
                       f"({res.heavy} heavy), {res.skipped} unchanged{errs}; +{res.rows_added:,} rows, "
                       f"{len(res.alerts)} alert(s) in {res.seconds:.1f} s", highlight=False, soft_wrap=True)
         for label, names in (("missing (source gone, findings kept)", res.gone), ("back", res.back),
-                             ("forgotten (removed from the store)", res.forgotten)):
+                             ("forgotten (removed from the store)", res.forgotten),
+                             ("replaced (another run at the same path: read afresh)", res.replaced)):
             if names:
                 console.print(f"  {label}: {', '.join(names)}", highlight=False, soft_wrap=True)
         for run, err in res.errors.items():

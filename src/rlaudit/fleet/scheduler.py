@@ -74,6 +74,7 @@ class PassResult:
     gone: list[str] = field(default_factory=list)  # runs that went missing this pass
     back: list[str] = field(default_factory=list)  # missing runs whose source came back this pass
     forgotten: list[str] = field(default_factory=list)  # missing runs `runs rm` removed from the store
+    replaced: list[str] = field(default_factory=list)  # missing runs whose path came back holding another run
 
     def to_json(self) -> dict[str, Any]:
         return {"number": self.number, "seconds": round(self.seconds, 3), "runs": self.runs,
@@ -81,6 +82,7 @@ class PassResult:
                 "rows_added": self.rows_added, "heavy": self.heavy, "alerts": len(self.alerts),
                 "cpu": round(self.cpu, 3), "errors": self.errors, "synced": self.synced,
                 "missing": self.missing, "gone": self.gone, "back": self.back, "forgotten": self.forgotten,
+                "replaced": self.replaced,
                 "timings": {k: round(v, 3) for k, v in self.timings.items()},
                 "finished": time.time()}
 
@@ -151,7 +153,14 @@ class FleetScanner:
                 self._missing(rs, result)
                 continue
             if rs.status == "missing":
-                self._back(rs, result)
+                if self._replaced(rs):  # another run now lives at that path: start afresh
+                    self._restart(rs, result)
+                    rs = RunState(name=src.name, source=src.source, format=src.format, root=src.root,
+                                  origin=rs.origin)
+                    state.runs[src.name] = rs
+                    result.new_runs += 1
+                else:
+                    self._back(rs, result)
             changed = sig != rs.signature
             if changed or rs.status == "error":
                 tasks.append(self._task(rs, ingest=True, final=final))
@@ -219,6 +228,46 @@ class FleetScanner:
         rs.status, rs.error, rs.missing_since = "ok", "", 0.0
         rs.reappeared += 1
         result.back.append(rs.name)
+
+    def _replaced(self, rs: RunState) -> bool:
+        """Whether the source that came back is another run: none of the files the store read from it is there
+        with the size it had (a run restarted from scratch at the same path). A restored copy of the same logs
+        keeps its files' sizes."""
+        import os
+
+        from ..readers import get_reader
+        from ..store import Store
+
+        store = Store(self.store_root)
+        if not store.has_run(rs.name):
+            return False
+        try:
+            recorded = {rel: e.get("size") for rel, e in store.manifest(rs.name)["files"].items() if e.get("size")}
+            files = get_reader(rs.format).files(Path(rs.source))
+        except Exception:  # noqa: BLE001 - unreadable: the run task reports it
+            return False
+        if not recorded or not files:
+            return False
+        for f in files:
+            try:
+                if recorded.get(f.relpath) == os.stat(f.path).st_size:
+                    return False
+            except OSError:
+                continue
+        return True
+
+    def _restart(self, rs: RunState, result: PassResult) -> None:
+        """Forget a missing run whose path now holds another run (its rows, findings and alert keys), so the new
+        run is read from scratch and alerted afresh, never mixed with the old one's rows."""
+        from ..store import Store
+
+        log.warning("fleet: run %s came back with none of its files: another run at %s; the old one's rows and "
+                    "findings are dropped", rs.name, rs.origin or rs.source)
+        store = Store(self.store_root)
+        if store.has_run(rs.name):
+            store.delete(rs.name)
+        self.state.forget(rs.name)
+        result.replaced.append(rs.name)
 
     def _forgotten(self, result: PassResult) -> None:
         """Missing runs removed from the store with `rlaudit runs rm` are dropped from the fleet state too."""
