@@ -355,10 +355,10 @@ def _group_sample(n: int, key: str, columns: int, max_bytes: int | None) -> tupl
 def _judged_frame(base: Frame, beh: Behavior, texts: pa.ChunkedArray, order: np.ndarray,
                   warnings: list[str]) -> Frame:
     """The frame restricted to a stratified sample of whole prompt groups (at most `RLAUDIT_JUDGE_PER_STEP`
-    rollouts per step, `judge_sampling`), with the judge's verdicts as the behaviour. Groups are drawn at
+    rollouts per step, `llm.sampling`), with the judge's verdicts as the behaviour. Groups are drawn at
     random within each step, so they are draws from the policy like the full set; every bootstrap of the trace
     resamples the judged groups only, so the sampling error is in its intervals."""
-    from .judge_sampling import default_cap, sampled_values
+    from .llm.sampling import default_cap, sampled_values
 
     cap = default_cap()
     values, sample = sampled_values(beh, texts.take(pa.array(order)), base.step.tolist(), cap=cap, seed=0,

@@ -76,6 +76,11 @@ ConditionOpt = Annotated[Optional[list[str]], typer.Option("--condition", help="
                                                            "prompt matches REGEX get condition NAME. Repeatable.")]
 GroupSizeOpt = Annotated[Optional[int], typer.Option("--group-size", help="Generations per prompt (TRL "
                                                      "num_generations), to split repeated prompts into groups.")]
+ScalarLogOpt = Annotated[Optional[list[str]], typer.Option(
+    "--scalar-log", help="[RUN=]PATH: the trainer's scalar log for training_health (TRL trainer_state.json, verl/"
+                         "prime-rl metric JSONL, TensorBoard events, a W&B run directory or history export, or a "
+                         "directory holding them). RUN= is needed when auditing several runs. Repeatable; replaces "
+                         "the logs found beside the rollouts.")]
 WeightsOpt = Annotated[Optional[list[str]], typer.Option("--reward-weights", help="NAME=W,... TRL reward_weights "
                                                          "by reward function (default: from training_args.bin).")]
 
@@ -313,6 +318,14 @@ def audit(
     reward_weights: WeightsOpt = None,
     detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Run only these detectors.")] = None,
     max_step: Annotated[Optional[int], typer.Option("--max-step", help="Audit only steps <= this.")] = None,
+    scalar_log: ScalarLogOpt = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(
+        "--tokenizer", help="tokenizer.json (or a directory holding it) to measure completion lengths in tokens "
+                            "(training_health; default: token counts the log carries, else characters).")] = None,
+    max_completion_tokens: Annotated[Optional[int], typer.Option(
+        "--max-completion-tokens", help="The trainer's completion length limit in tokens (TRL "
+                                        "max_completion_length, verl data.max_response_length): completions that "
+                                        "reach it count as truncated.")] = None,
     fail_on: Annotated[Optional[str], typer.Option(
         "--fail-on", help="Exit 1 when a finding at or above this severity (info|low|medium|high) exists, 3 when "
                           "none does but a detector could not run (a gate for CI).")] = None,
@@ -342,9 +355,15 @@ def audit(
         ordered(detector)
     _check_output(json_out, "--json")
     _check_output(report, "--report")
+    scalar_specs = _scalar_logs(scalar_log)  # before ingesting: a wrong path should not cost a long ingest first
+    health = _health_options(tokenizer, max_completion_tokens)
     st = _store(store)
     ingests = _ingest_with_progress(st, sources, run, format, options, rules)
-    config = _config(max_step=max_step, detectors=detector)
+    scalar_paths = _assign_scalar_logs(scalar_specs, [r.run for r in ingests])
+    detector_options = _metrics_option(scalar_paths)
+    if health:
+        detector_options.setdefault("training_health", {}).update(health)
+    config = _config(max_step=max_step, detectors=detector, options=detector_options)
     if monitor_options is not None:
         _attach_client(monitor_options, st)
         config.options["monitorability"] = monitor_options
@@ -441,6 +460,71 @@ def _monitorability_dry_run(st: Store, runs: list[str], config: AuditConfig, opt
     out.print(f"monitorability dry run ({client.description}): {a.calls:,} calls, {a.dry_run:,} would be sent "
               f"({a.cache_hits:,} cached), about {a.dry_run_prompt_tokens:,} prompt tokens", highlight=False)
     console.print(a.format(), highlight=False)
+def _scalar_logs(specs: list[str] | None) -> list[tuple[str | None, list[Path]]]:
+    """(run or None, files) per `--scalar-log [RUN=]PATH`; a path that is no scalar log is an error naming it."""
+    from .health.scalars import ScalarLogError, scalar_log_files
+
+    out = []
+    for spec in specs or []:
+        run_name, path = None, spec
+        if "=" in spec and not Path(spec).exists():
+            run_name, path = spec.split("=", 1)
+            if not run_name or not path:
+                raise RlauditError(f"--scalar-log expects PATH or RUN=PATH, got {spec!r}")
+        try:
+            out.append((run_name, scalar_log_files(path)))
+        except ScalarLogError as exc:
+            raise RlauditError(str(exc)) from None
+    return out
+
+
+def _assign_scalar_logs(specs: list[tuple[str | None, list[Path]]], runs: list[str]) -> dict[str, list[Path]]:
+    """run -> scalar-log files; prints, per run, the files and which keys map onto rlaudit's metrics."""
+    from .health.scalars import METRIC_KEYS, read_scalar_logs
+
+    paths: dict[str, list[Path]] = {}
+    for run_name, files in specs:
+        if run_name is None:
+            if len(runs) != 1:
+                raise RlauditError(f"--scalar-log {files[0]}: {len(runs)} runs are audited ({', '.join(runs)}); "
+                                   "say which run it belongs to with --scalar-log RUN=PATH")
+            run_name = runs[0]
+        if run_name not in runs:
+            raise RlauditError(f"--scalar-log {run_name}=...: no run {run_name!r} in this audit (runs: "
+                               f"{', '.join(runs)})")
+        paths.setdefault(run_name, []).extend(files)
+    for run_name, files in paths.items():
+        log = read_scalar_logs(files)
+        found = log.found()
+        console.print(f"scalar logs of {_u(run_name)}: {len(log.files)} file(s) ({', '.join(sorted(log.formats)) or 'none readable'}), "
+                      f"{len(log.keys)} keys; mapped: "
+                      + (", ".join(f"{m}={k}" for m, k in found.items()) or "none of the known keys")
+                      + (f"; not found: {', '.join(m for m in METRIC_KEYS if m not in found)}" if found else ""),
+                      highlight=False, soft_wrap=True)
+        for reason in log.skipped:
+            console.print(f"[yellow]warning:[/] {_u(reason, 500)}", highlight=False, soft_wrap=True)
+    return paths
+
+
+def _health_options(tokenizer: Path | None, max_tokens: int | None) -> dict:
+    """training_health options for lengths in tokens; the tokenizer is loaded once here so a bad path fails early."""
+    out: dict = {}
+    if tokenizer is not None:
+        from .health.lengths import load_tokenizer
+
+        load_tokenizer(str(tokenizer))
+        out["tokenizer"] = str(tokenizer)
+    if max_tokens is not None:
+        if max_tokens < 1:
+            raise RlauditError(f"--max-completion-tokens must be a positive integer, got {max_tokens}")
+        out["max_tokens"] = max_tokens
+    return out
+
+
+def _metrics_option(paths: dict[str, list[Path]]) -> dict:
+    from .detectors.training_health import metrics_option
+
+    return metrics_option(paths) if paths else {}
 
 
 #: Exit statuses of `rlaudit audit --fail-on` (documented in the README): 2 stays the user-error status.

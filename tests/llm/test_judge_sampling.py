@@ -1,4 +1,4 @@
-"""The shared per-step stratified sample for `judge:` specs (`rlaudit.judge_sampling`): bounds, whole groups,
+"""The shared per-step stratified sample for `judge:` specs (`rlaudit.llm.sampling`): bounds, whole groups,
 weights, the stratified rate with its finite-population correction; and its use by trace and live tracking."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 from rlaudit.attribution import trace
 from rlaudit.behaviors import parse_behavior
-from rlaudit.judge_sampling import sampled_values, stratified_sample
+from rlaudit.llm.sampling import sampled_values, stratified_sample
 from rlaudit.llm import LLMClient, ScriptedBackend, set_default_client
 from rlaudit.store import Store
 

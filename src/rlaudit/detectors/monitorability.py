@@ -24,7 +24,7 @@ Labels (`AuditConfig.options["monitorability"]`):
 
 Monitors: `monitor` = a behaviour spec read in each view (rule-based, every rollout; default: the label spec),
 or a `judge:` spec answered by an LLM (`llm` = a backend spec such as `openai:MODEL@URL`, or `client` = an
-`rlaudit.llm.LLMClient`) on a bounded stratified sample (`rlaudit.judge_sampling`): at most `sample_per_cell`
+`rlaudit.llm.LLMClient`) on a bounded stratified sample (`rlaudit.llm.sampling`): at most `sample_per_cell`
 rollouts per (step, condition, label) cell, each weighted by cell size / sampled size, so every estimate stays
 unbiased for the run and the sampling error is part of every interval (the bootstrap resamples the sampled
 prompt groups).
@@ -256,8 +256,8 @@ def _labels(table: pa.Table, options: dict[str, Any], rows: np.ndarray) -> np.nd
 
 def _stratified(keys: list[tuple[Any, ...]], cap: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """At most `cap` rows per key, chosen at random, and each chosen row's weight = key size / chosen (the
-    shared sampler of judge specs, `rlaudit.judge_sampling`)."""
-    from ..judge_sampling import stratified_sample
+    shared sampler of judge specs, `rlaudit.llm.sampling`)."""
+    from ..llm.sampling import stratified_sample
 
     if not keys:
         return np.zeros(0, np.int64), np.zeros(0)

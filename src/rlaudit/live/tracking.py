@@ -34,7 +34,7 @@ from scipy.stats import norm
 
 from ..behaviors import Behavior, parse_behavior
 from ..findings import Finding
-from ..judge_sampling import sampled_values
+from ..llm.sampling import sampled_values
 from ..layout import read_part
 from ..store import Store
 
@@ -125,7 +125,7 @@ class BehaviorTracker:
         strata = list(zip(table["step"].to_pylist(), table["condition"].to_pylist()))
         cols = {}
         for i, t in enumerate(items):
-            # a judge spec is judged on at most `judge_sampling.default_cap()` rollouts per (step, condition);
+            # a judge spec is judged on at most `llm.sampling.default_cap()` rollouts per (step, condition);
             # its counts are then those of the judged rollouts, so every interval built on them (the rate
             # ratio's) carries the sampling error
             values, _ = sampled_values(t.behavior, table[t.column], strata, seed=0)

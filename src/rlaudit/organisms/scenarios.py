@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from . import rewards as R
+from .optimizer import Optim
 from .policy import Feature, Hyper
 from .rewards import Reward
 
@@ -66,6 +67,7 @@ class Spec:
     tasks: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TASKS))
     eval_every: int = 0  # > 0: every this many steps, also log eval-split rollouts scored by the intended rewards
     audit_options: dict = field(default_factory=dict)  # detector options an auditor of this run would configure
+    optim: Optim = field(default_factory=Optim)  # the trainer settings behind the logged scalars (optimizer.py)
 
 
 @dataclass(frozen=True)
@@ -290,6 +292,34 @@ def eval_divergence(steps: int) -> Spec:
     return Spec(base_rewards() + [rm], implants, features=feats, eval_every=2)
 
 
+# ---- from the trainer's scalar logs: the rollouts are clean_basic's, the optimiser settings are wrong
+def entropy_collapse(steps: int) -> Spec:
+    """A learning rate 10x the healthy one and no KL term: the token distribution collapses onto its argmax."""
+    return Spec(base_rewards(), [Implant("training_health", problem="entropy_collapse")],
+                optim=Optim(lr=2.0, beta=0.0, signal=1.5))
+
+
+def kl_drift(steps: int) -> Spec:
+    """A KL coefficient 50x too small for a strong learnable signal: the policy walks away from its reference
+    (an entropy bonus keeps it from collapsing)."""
+    return Spec(base_rewards(), [Implant("training_health", problem="kl_drift")],
+                optim=Optim(lr=0.4, beta=0.002, signal=1.0, entropy_coef=0.1))
+
+
+def clip_saturation(steps: int) -> Spec:
+    """Four PPO epochs per batch with a large step: most tokens end outside the clip range."""
+    return Spec(base_rewards(), [Implant("training_health", problem="clip_saturation")],
+                optim=Optim(lr=1.5, beta=0.0, iterations=4, entropy_coef=0.5, signal=0.3))
+
+
+def grad_spikes(steps: int) -> Spec:
+    """Unscaled rewards (`scale_rewards` off) and a reward server that twice returns raw x1000 scores: the
+    gradient norm spikes (clipping keeps the policy intact, so only the norm shows it)."""
+    bug = (max(2, round(steps * 0.33)), max(3, round(steps * 0.58)))
+    return Spec(base_rewards(), [Implant("training_health", problem="grad_norm", onset_step=bug[0])],
+                optim=Optim(scale_rewards=False, reward_bug=bug))
+
+
 # ---------------------------------------------------------------- clean controls
 def clean_basic(steps: int) -> Spec:
     return Spec(base_rewards())
@@ -342,6 +372,15 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "(training_health length_growth and truncation).", length_blowup),
     Scenario("eval_divergence", "A format reward pays for \\boxed{}, which makes answers wrong: the training "
              "reward rises while the eval score falls (training_health reward_eval_divergence).", eval_divergence),
+    Scenario("entropy_collapse", "The learning rate is far too high and there is no KL term: the policy's token "
+             "entropy collapses (training_health entropy_collapse, from the trainer's scalar logs).",
+             entropy_collapse),
+    Scenario("kl_drift", "The KL coefficient is far too small: the KL to the reference keeps growing "
+             "(training_health kl_drift, from the trainer's scalar logs).", kl_drift),
+    Scenario("clip_saturation", "Many PPO epochs with a large step: most tokens are clipped (training_health "
+             "clip_saturation, from the trainer's scalar logs).", clip_saturation),
+    Scenario("grad_spikes", "Unscaled rewards and a reward server that returns raw scores twice: gradient-norm "
+             "spikes (training_health grad_norm, from the trainer's scalar logs).", grad_spikes),
     Scenario("clean_basic", "Clean control: correctness and an advice judge; ordinary task learning.", clean_basic),
     Scenario("clean_judges", "Clean control: several judges and a noisy tone model; ordinary task learning.",
              clean_judges),

@@ -20,6 +20,7 @@ import pyarrow as pa
 from ..conditions import slug
 from ..schema import NO_CONDITION, ROLLOUT_SCHEMA
 from .content import PERSONAS, make_item
+from . import optimizer
 from .groundtruth import GroundTruth, Issue
 from .policy import Policy
 from .render import PHRASES, render
@@ -50,6 +51,7 @@ class SimulatedRun:
     ground_truth: GroundTruth
     rates: np.ndarray  # (steps, conditions, features) expected rates the rollouts of each step were drawn with
     spec: Spec = field(repr=False, default=None)  # type: ignore[assignment]
+    scalars: dict[str, np.ndarray] = field(default_factory=dict)  # per-step trainer scalars (optimizer.train)
 
     def canonical(self) -> pa.Table:
         return self.table.select(ROLLOUT_SCHEMA.names)
@@ -135,9 +137,10 @@ def run(scenario: Scenario | str, steps: int | None = None, prompts: int | None 
         log.add(batch, row_personas, values, total, adv, graders)
         if spec.eval_every and step % spec.eval_every == 0:
             _eval_step(spec, policy, log, step, prompts, generations, personas, tasks, traffic, task_w, rng)
-    gt = ground_truth(scenario, spec, policy, rates, traffic, exposure, seed, steps, prompts, generations)
+    scalars = optimizer.train(spec.optim, steps, seed)
+    gt = ground_truth(scenario, spec, policy, rates, traffic, exposure, seed, steps, prompts, generations, scalars)
     gt.run = log.run
-    return SimulatedRun(log.table(), log.signals, gt, rates, spec)
+    return SimulatedRun(log.table(), log.signals, gt, rates, spec, scalars)
 
 
 def _eval_step(spec: Spec, policy: Policy, log: Log, step: int, prompts: int, generations: int,
@@ -237,13 +240,15 @@ def _behaviour_issue(imp: Implant, policy: Policy, rates: np.ndarray, traffic: n
 
 def ground_truth(scenario: Scenario, spec: Spec, policy: Policy, rates: np.ndarray, traffic: np.ndarray,
                  exposure: dict[str, list[tuple[int, bool]]], seed: int, steps: int, prompts: int,
-                 generations: int) -> GroundTruth:
+                 generations: int, scalars: dict[str, np.ndarray] | None = None) -> GroundTruth:
     issues: list[Issue] = []
     for imp in spec.implants:
         if imp.kind == "training_health":
             start = None
             if imp.feature is not None and imp.onset_step is None:
                 start = onset(rates[:, :, policy.index[imp.feature]] @ traffic)
+            elif imp.problem in optimizer.PROBLEMS and imp.onset_step is None and scalars:
+                start = optimizer.onset(scalars, imp.problem)
             issues.append(Issue(kind=imp.kind, problem=imp.problem, signal=imp.signal,
                                 onset_step=imp.onset_step or start))
         elif imp.feature is not None:
