@@ -88,3 +88,28 @@ def test_frames_and_attribution_equal_the_reference(store, group_ids):
         ta = attribute(a, beh, where=where, run="sim", n_boot=200, seed=0).to_json()
         tb = attribute(b, beh, where=where, run="sim", n_boot=200, seed=0).to_json()
         assert json.dumps(ta, sort_keys=True, default=str) == json.dumps(tb, sort_keys=True, default=str)
+
+
+def test_frames_beyond_the_memory_for_frames_hold_a_sample_of_whole_groups(store):
+    """A run whose frames would not fit is traced on a random share of its comparison groups: every sampled
+    group is complete (its rows equal the full frame's rows of that group), and the warning says so."""
+    store.append("sim", make_run(seed=3, steps=20, groups_per_condition=30, bias=0.8), key="part-0")
+    items = [(parse_behavior("goblin"), "answer")]
+    con = store.connect(["sim"])
+    [full] = load_frames(con, items)
+    assert not any("Traced on a random" in w for w in full.warnings)
+    n = len(full.group)
+    [part] = load_frames(con, items, max_bytes=n * (8 * 12 + 64) // 4)
+    assert 0.1 * n < len(part.group) < 0.45 * n
+    assert any("Traced on a random" in w and "comparison groups" in w for w in part.warnings)
+    ids = set(part.rollout_id.to_pylist())
+    full_ids = np.array(full.rollout_id.to_pylist(), dtype=object)
+    kept = np.isin(full_ids, list(ids))
+    # whole groups: a group of the full frame is either entirely in the sample or not at all
+    for g in np.unique(full.group):
+        in_group = kept[full.group == g]
+        assert in_group.all() or not in_group.any()
+    a = attribute(full, items[0][0], where="answer", run="sim", n_boot=200, seed=0)
+    b = attribute(part, items[0][0], where="answer", run="sim", n_boot=200, seed=0)
+    assert a.top.signal == b.top.signal
+    assert any("Traced on a random" in w for w in b.warnings)

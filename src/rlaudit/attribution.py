@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import duckdb
@@ -181,6 +181,25 @@ class Frame:
     warnings: list[str] = field(default_factory=list)
     order: np.ndarray | None = None  # row i of the frame is row order[i] of the table it was built from
 
+    def subset(self, mask: np.ndarray) -> Frame:
+        """The rows where `mask` holds (still sorted by group, groups recoded 0..G'-1)."""
+        n = len(self.group)
+        pick = np.flatnonzero(mask)
+
+        def cut(v: Any) -> Any:
+            if isinstance(v, np.ndarray) and v.shape[:1] == (n,):
+                return v[pick]
+            if isinstance(v, dict):
+                return {k: cut(x) for k, x in v.items()}
+            if isinstance(v, (pa.Array, pa.ChunkedArray)) and len(v) == n:
+                return v.take(pa.array(pick))
+            return v
+
+        changed = {f.name: cut(getattr(self, f.name)) for f in fields(self) if f.name not in ("group", "order")}
+        _, codes = np.unique(self.group[pick], return_inverse=True)
+        return replace(self, group=codes.astype(np.int64), order=self.order[pick] if self.order is not None
+                       else pick, **changed)
+
     @classmethod
     def build(cls, group_keys: np.ndarray, **columns: Any) -> Frame:
         """Sort rows by group and recode the groups 0..G-1 (any hashable, sortable keys)."""
@@ -208,9 +227,20 @@ def load_frame(con: duckdb.DuckDBPyConnection, behavior: Behavior, where: str) -
     return load_frames(con, [(behavior, where)])[0]
 
 
-def load_frames(con: duckdb.DuckDBPyConnection, items: list[tuple[Behavior, str]]) -> list[Frame]:
+#: memory for a run's frames (8 bytes per rollout and column, plus its id), unless the memory budget
+#: (`rlaudit.memory`) is smaller: a larger run is traced on a random sample of whole comparison groups
+FRAME_BYTES = 512 << 20
+_MOD = 1_000_003
+
+
+def load_frames(con: duckdb.DuckDBPyConnection, items: list[tuple[Behavior, str]],
+                max_bytes: int | None = None) -> list[Frame]:
     """One Frame per (behaviour, where), from a single scan of the `rollouts` view: behaviours with a SQL form
-    are evaluated inside DuckDB, Python predicates on the fetched text; the frames share every other column."""
+    are evaluated inside DuckDB, Python predicates on the fetched text; the frames share every other column.
+
+    Frames hold every rollout in NumPy, so a run whose frames would need more than `max_bytes` (default
+    FRAME_BYTES, or less under a memory budget) is traced on a random sample of whole comparison groups (a hash
+    of the group key), which keeps every within-group comparison intact; the frames' warnings say so."""
     for _, where in items:
         if where not in ("answer", "reasoning"):
             raise RlauditError(f"where must be 'answer' or 'reasoning', got {where!r}")
@@ -232,8 +262,11 @@ def load_frames(con: duckdb.DuckDBPyConnection, items: list[tuple[Behavior, str]
     beh_cols = "".join(f", {e} AS _b{i}" for i, e in enumerate(exprs) if e is not None)
     text_cols = "".join(f", coalesce({w}, '') AS _text_{w}" for w in texts)
     sig_cols = "".join(f", CAST(rewards[{_quote(s)}] AS DOUBLE) AS _s{i}" for i, s in enumerate(signals))
+    sample = _group_sample(n, key, len(signals) + len(items) + 6 + 4 * len(texts), max_bytes)
+    if sample is not None:
+        warnings = warnings + [sample[1]]
     query = (f"SELECT {key} AS _group, step, condition, task, rollout_id, reward, advantage"
-             f"{beh_cols}{text_cols}{sig_cols} FROM rollouts")
+             f"{beh_cols}{text_cols}{sig_cols} FROM rollouts" + (f" WHERE {sample[0]}" if sample else ""))
     # Streamed in record batches into per-column numpy parts (the run is never held as one Arrow table, nor as
     # DuckDB's materialised result); then each column is sorted into group order on its own. The frames equal
     # those of `Frame.build` over the whole result: same rows, same order, condition and task codes in order of
@@ -285,15 +318,58 @@ def load_frames(con: duckdb.DuckDBPyConnection, items: list[tuple[Behavior, str]
     components = {s: take(f"_s{i}") for i, s in enumerate(signals)}
     base = Frame(group=group, step=take("step", np.int64), condition=take("condition", np.int64),
                  condition_names=list(names["condition"]), task=take("task", np.int64),
-                 task_names=list(names["task"]) if n_tasks else [], behavior=np.zeros(n), components=components,
+                 task_names=list(names["task"]) if n_tasks else [], behavior=np.zeros(rows), components=components,
                  reward=take("reward") if n_reward else None, advantage=take("advantage") if n_adv else None,
                  rollout_id=rollout_id, grouping=grouping, group_key=group_key, warnings=warnings, order=order)
     frames = []
     for i, ((beh, where), expr) in enumerate(zip(items, exprs)):
+        if beh.kind == "judge":  # one LLM call per rollout: judge a bounded sample of whole groups per step
+            frames.append(_judged_frame(base, beh, pa.chunked_array(texts_of[where], type=pa.string()), order,
+                                        warnings))
+            continue
         values = (take(f"_b{i}") if expr is not None
                   else beh.values(pa.chunked_array(texts_of[where], type=pa.string()))[order])
         frames.append(replace(base, behavior=values, warnings=list(warnings)))
     return frames
+
+
+def _group_sample(n: int, key: str, columns: int, max_bytes: int | None) -> tuple[str, str] | None:
+    """(SQL filter keeping a random share of comparison groups, the warning that says so) when `n` rollouts of
+    `columns` 8-byte columns (plus ~64 bytes of id each) exceed the memory for frames; None when they fit."""
+    reason = None
+    if max_bytes is None:
+        from .memory import sample_bytes
+
+        max_bytes, source = sample_bytes(FRAME_BYTES)
+        reason = f"the memory budget ({source})" if source else f"{FRAME_BYTES >> 20} MB for frames"
+    need = n * (8 * columns + 64)
+    if need <= max_bytes:
+        return None
+    share = max_bytes / need
+    reason = reason or f"{max_bytes >> 20} MB for frames"
+    return (f"(({key}) % {_MOD}) < {max(1, int(share * _MOD))}",
+            f"Traced on a random {share:.1%} of the comparison groups (about {int(n * share):,} of {n:,} rollouts) "
+            f"to stay within {reason}; intervals are over the sampled groups and so include the sampling error.")
+
+
+def _judged_frame(base: Frame, beh: Behavior, texts: pa.ChunkedArray, order: np.ndarray,
+                  warnings: list[str]) -> Frame:
+    """The frame restricted to a stratified sample of whole prompt groups (at most `RLAUDIT_JUDGE_PER_STEP`
+    rollouts per step, `llm.sampling`), with the judge's verdicts as the behaviour. Groups are drawn at
+    random within each step, so they are draws from the policy like the full set; every bootstrap of the trace
+    resamples the judged groups only, so the sampling error is in its intervals."""
+    from .llm.sampling import default_cap, sampled_values
+
+    cap = default_cap()
+    values, sample = sampled_values(beh, texts.take(pa.array(order)), base.step.tolist(), cap=cap, seed=0,
+                                    clusters=base.group.tolist())
+    keep = ~np.isnan(values)
+    judged = int(keep.sum())
+    note = (f"judge spec: {judged:,} of {len(values):,} rollouts judged (whole prompt groups, at most {cap} "
+            f"rollouts per step; RLAUDIT_JUDGE_PER_STEP); unusable answers: "
+            f"{int(len(sample.index) - judged) if sample else 0}")
+    frame = base.subset(keep)
+    return replace(frame, behavior=values[keep], warnings=list(warnings) + [note])
 
 
 def _group_key(con: duckdb.DuckDBPyConnection, n: int, n_group: int) -> tuple[str, str, str, list[str]]:

@@ -196,6 +196,9 @@ def audit_store(store: Store, runs: Sequence[str] | None = None, config: AuditCo
 
     `progress(run, detector, done, total)` reports each detector as it starts (see `run_detectors`).
     """
+    from .memory import prepare
+
+    prepare()  # fit malloc to a memory budget before the detectors' threads start (rlaudit.memory)
     runs = list(runs) if runs is not None else store.runs()
     findings: list[Finding] = []
     with store.reading(runs):  # one version per run for every detector, whatever ingests commit meanwhile

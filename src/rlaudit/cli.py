@@ -76,6 +76,11 @@ ConditionOpt = Annotated[Optional[list[str]], typer.Option("--condition", help="
                                                            "prompt matches REGEX get condition NAME. Repeatable.")]
 GroupSizeOpt = Annotated[Optional[int], typer.Option("--group-size", help="Generations per prompt (TRL "
                                                      "num_generations), to split repeated prompts into groups.")]
+ScalarLogOpt = Annotated[Optional[list[str]], typer.Option(
+    "--scalar-log", help="[RUN=]PATH: the trainer's scalar log for training_health (TRL trainer_state.json, verl/"
+                         "prime-rl metric JSONL, TensorBoard events, a W&B run directory or history export, or a "
+                         "directory holding them). RUN= is needed when auditing several runs. Repeatable; replaces "
+                         "the logs found beside the rollouts.")]
 WeightsOpt = Annotated[Optional[list[str]], typer.Option("--reward-weights", help="NAME=W,... TRL reward_weights "
                                                          "by reward function (default: from training_args.bin).")]
 
@@ -313,12 +318,35 @@ def audit(
     reward_weights: WeightsOpt = None,
     detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Run only these detectors.")] = None,
     max_step: Annotated[Optional[int], typer.Option("--max-step", help="Audit only steps <= this.")] = None,
+    scalar_log: ScalarLogOpt = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(
+        "--tokenizer", help="tokenizer.json (or a directory holding it) to measure completion lengths in tokens "
+                            "(training_health; default: token counts the log carries, else characters).")] = None,
+    max_completion_tokens: Annotated[Optional[int], typer.Option(
+        "--max-completion-tokens", help="The trainer's completion length limit in tokens (TRL "
+                                        "max_completion_length, verl data.max_response_length): completions that "
+                                        "reach it count as truncated.")] = None,
     fail_on: Annotated[Optional[str], typer.Option(
         "--fail-on", help="Exit 1 when a finding at or above this severity (info|low|medium|high) exists, 3 when "
                           "none does but a detector could not run (a gate for CI).")] = None,
+    labels: Annotated[Optional[Path], typer.Option(
+        "--labels", help="Monitorability label config (TOML or JSON: label or label_signal, intervention, "
+                         "exposure, verbaliser, ...): runs the monitorability detector in the audit.")] = None,
+    monitor: Annotated[Optional[str], typer.Option(
+        "--monitor", help="With --labels: the monitor, a behaviour spec or judge:[cot:|action:|all:]RUBRIC "
+                          "(overrides the config's).")] = None,
+    llm: Annotated[Optional[str], typer.Option(
+        "--llm", help="With --labels: LLM backend for judge monitors and labels: openai:MODEL@URL, "
+                      "transformers:PATH or scripted:MODULE:FUNCTION (overrides the config's).")] = None,
+    price: Annotated[Optional[str], typer.Option(
+        "--price", help="With --llm: USD per 1M tokens, INPUT/OUTPUT.")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="With --labels: ingest, then print how many LLM calls and tokens the monitorability "
+                          "analysis would send; send nothing and stop.")] = False,
 ) -> None:
     """Ingest each SOURCE into the store, run every detector, write findings and a report."""
     gate = _fail_on(fail_on)
+    monitor_options = _monitor_options(labels, monitor, llm, price, dry_run)
     options = read_options(strict, think_tags, grader_input, columns, columns_file, group_size, reward_weights)
     rules = _rules(condition)
     if detector:  # before ingesting: a typo should not cost a long ingest first
@@ -327,10 +355,24 @@ def audit(
         ordered(detector)
     _check_output(json_out, "--json")
     _check_output(report, "--report")
+    scalar_specs = _scalar_logs(scalar_log)  # before ingesting: a wrong path should not cost a long ingest first
+    health = _health_options(tokenizer, max_completion_tokens)
     st = _store(store)
     ingests = _ingest_with_progress(st, sources, run, format, options, rules)
-    config = _config(max_step=max_step, detectors=detector)
+    scalar_paths = _assign_scalar_logs(scalar_specs, [r.run for r in ingests])
+    detector_options = _metrics_option(scalar_paths)
+    if health:
+        detector_options.setdefault("training_health", {}).update(health)
+    config = _config(max_step=max_step, detectors=detector, options=detector_options)
+    if monitor_options is not None:
+        _attach_client(monitor_options, st)
+        config.options["monitorability"] = monitor_options
+        if dry_run:
+            _monitorability_dry_run(st, [r.run for r in ingests], config, monitor_options)
+            return
     result = _audit_with_progress(st, [r.run for r in ingests], config)
+    if monitor_options is not None and "client" in monitor_options:
+        console.print(monitor_options["client"].accounting.format(), highlight=False)
     result.ingests = ingests
     from .audit import write_outputs
 
@@ -354,6 +396,135 @@ def audit(
             raise typer.Exit(code)
     if failed:
         raise typer.Exit(GATE_INCOMPLETE)
+
+
+def _monitor_options(labels: Path | None, monitor: str | None, llm: str | None, price: str | None,
+                     dry_run: bool) -> dict | None:
+    """The monitorability detector's options from `audit --labels FILE` and its overrides (None: not asked)."""
+    if labels is None:
+        if monitor or llm or price or dry_run:
+            raise RlauditError("--monitor, --llm, --price and --dry-run configure the monitorability detector: "
+                               "give --labels FILE (what counts as misbehaviour) too")
+        return None
+    from .detectors.monitorability import load_label_config
+
+    options = load_label_config(labels)
+    if monitor:
+        options["monitor"] = monitor
+    if llm:
+        options["llm"] = llm
+    if price:
+        options["llm_price"] = price
+    options["dry_run"] = dry_run
+    judged = any(str(options.get(k) or "").startswith("judge:") for k in ("label", "monitor", "verbaliser"))
+    if judged and not options.get("llm"):
+        raise RlauditError("the label config uses a judge: spec: give --llm BACKEND (or `llm` in the config)")
+    return options
+
+
+def _attach_client(options: dict, st: Store) -> None:
+    """One LLM client for the monitor, labels and verbaliser, caching in the store (dry run: printing nothing
+    per request; the summary says what would be sent)."""
+    if not options.get("llm"):
+        return
+    import io
+
+    from .llm import client_from_spec
+
+    client = client_from_spec(options["llm"], cache=options.get("llm_cache") or st.root / "llm-cache.sqlite",
+                              concurrency=int(options.get("llm_concurrency", 8)), price=options.get("llm_price"),
+                              dry_run=bool(options.get("dry_run")))
+    if options.get("dry_run"):
+        client.dry_run_out = io.StringIO()
+    options["client"] = client
+    if str(options.get("label", "")).startswith("judge:"):
+        from .llm import set_default_client
+
+        set_default_client(client)  # judge labels are parsed as behaviour specs: they use the default client
+
+
+def _monitorability_dry_run(st: Store, runs: list[str], config: AuditConfig, options: dict) -> None:
+    """Run only the monitorability analysis (and the CoT scan it needs) with a dry-run client: count the calls
+    and tokens a real audit would send."""
+    from .detectors import AuditConfig, run_detectors
+
+    client = options.get("client")
+    for name in runs:
+        run_detectors(st, name, AuditConfig(max_step=config.max_step, detectors=["monitorability"],
+                                            options=config.options))
+    if client is None:
+        out.print("monitorability dry run: the monitor and labels are rule-based; a real audit sends no LLM "
+                  "calls", highlight=False)
+        return
+    a = client.accounting
+    out.print(f"monitorability dry run ({client.description}): {a.calls:,} calls, {a.dry_run:,} would be sent "
+              f"({a.cache_hits:,} cached), about {a.dry_run_prompt_tokens:,} prompt tokens", highlight=False)
+    console.print(a.format(), highlight=False)
+def _scalar_logs(specs: list[str] | None) -> list[tuple[str | None, list[Path]]]:
+    """(run or None, files) per `--scalar-log [RUN=]PATH`; a path that is no scalar log is an error naming it."""
+    from .health.scalars import ScalarLogError, scalar_log_files
+
+    out = []
+    for spec in specs or []:
+        run_name, path = None, spec
+        if "=" in spec and not Path(spec).exists():
+            run_name, path = spec.split("=", 1)
+            if not run_name or not path:
+                raise RlauditError(f"--scalar-log expects PATH or RUN=PATH, got {spec!r}")
+        try:
+            out.append((run_name, scalar_log_files(path)))
+        except ScalarLogError as exc:
+            raise RlauditError(str(exc)) from None
+    return out
+
+
+def _assign_scalar_logs(specs: list[tuple[str | None, list[Path]]], runs: list[str]) -> dict[str, list[Path]]:
+    """run -> scalar-log files; prints, per run, the files and which keys map onto rlaudit's metrics."""
+    from .health.scalars import METRIC_KEYS, read_scalar_logs
+
+    paths: dict[str, list[Path]] = {}
+    for run_name, files in specs:
+        if run_name is None:
+            if len(runs) != 1:
+                raise RlauditError(f"--scalar-log {files[0]}: {len(runs)} runs are audited ({', '.join(runs)}); "
+                                   "say which run it belongs to with --scalar-log RUN=PATH")
+            run_name = runs[0]
+        if run_name not in runs:
+            raise RlauditError(f"--scalar-log {run_name}=...: no run {run_name!r} in this audit (runs: "
+                               f"{', '.join(runs)})")
+        paths.setdefault(run_name, []).extend(files)
+    for run_name, files in paths.items():
+        log = read_scalar_logs(files)
+        found = log.found()
+        console.print(f"scalar logs of {_u(run_name)}: {len(log.files)} file(s) ({', '.join(sorted(log.formats)) or 'none readable'}), "
+                      f"{len(log.keys)} keys; mapped: "
+                      + (", ".join(f"{m}={k}" for m, k in found.items()) or "none of the known keys")
+                      + (f"; not found: {', '.join(m for m in METRIC_KEYS if m not in found)}" if found else ""),
+                      highlight=False, soft_wrap=True)
+        for reason in log.skipped:
+            console.print(f"[yellow]warning:[/] {_u(reason, 500)}", highlight=False, soft_wrap=True)
+    return paths
+
+
+def _health_options(tokenizer: Path | None, max_tokens: int | None) -> dict:
+    """training_health options for lengths in tokens; the tokenizer is loaded once here so a bad path fails early."""
+    out: dict = {}
+    if tokenizer is not None:
+        from .health.lengths import load_tokenizer
+
+        load_tokenizer(str(tokenizer))
+        out["tokenizer"] = str(tokenizer)
+    if max_tokens is not None:
+        if max_tokens < 1:
+            raise RlauditError(f"--max-completion-tokens must be a positive integer, got {max_tokens}")
+        out["max_tokens"] = max_tokens
+    return out
+
+
+def _metrics_option(paths: dict[str, list[Path]]) -> dict:
+    from .detectors.training_health import metrics_option
+
+    return metrics_option(paths) if paths else {}
 
 
 #: Exit statuses of `rlaudit audit --fail-on` (documented in the README): 2 stays the user-error status.
@@ -496,6 +667,11 @@ def report_cmd(
     title: Annotated[Optional[str], typer.Option("--title", help="Report title.")] = None,
     max_evidence: Annotated[int, typer.Option("--max-evidence", help="Evidence rollouts shown per finding.")] = 5,
     max_step: Annotated[Optional[int], typer.Option("--max-step", help="Audit only steps <= this.")] = None,
+    resample: Annotated[Optional[list[Path]], typer.Option("--resample", help="Results directory of `rlaudit "
+                                                           "resample` to show in a resampling section (default: "
+                                                           "those under STORE/resample/). Repeatable.")] = None,
+    resample_baseline: Annotated[str, typer.Option("--resample-baseline", help="Model the resampling ratios "
+                                                   "are taken to.")] = "original",
 ) -> None:
     """Write the HTML report for the runs of a store (auditing them now), or for a findings JSON file."""
     from .report import ReportLimits, write_report
@@ -526,7 +702,9 @@ def report_cmd(
         result = _audit_with_progress(st, list(run) if run else known, _config(max_step=max_step))
     try:
         with console.status("writing report", spinner="dots"):
-            path = write_report(st, result, out_path, title=title, limits=ReportLimits(max_evidence=max_evidence))
+            path = write_report(st, result, out_path, title=title, limits=ReportLimits(max_evidence=max_evidence),
+                                resample=list(resample) if resample else None,
+                                resample_baseline=resample_baseline)
     except OSError as exc:
         raise RlauditError(f"--out {out_path}: cannot write the report ({exc.strerror or exc})") from None
     print_findings(result.findings)
@@ -710,6 +888,10 @@ def monitorability_cmd(
                                                    "view (default: the label spec) or 'judge:RUBRIC'.")] = None,
     llm: Annotated[Optional[str], typer.Option("--llm", help="LLM for judge monitors: openai:MODEL@URL, "
                                                "transformers:PATH or scripted:MODULE:FUNCTION.")] = None,
+    verbaliser: Annotated[Optional[str], typer.Option(
+        "--verbaliser", help="A separate judge of verbalisation (does the reasoning state the behaviour?): a "
+                             "spec or judge:cot:RUBRIC read on the reasoning of positives (default: the CoT-only "
+                             "monitor).")] = None,
     price: Annotated[Optional[str], typer.Option("--price", help="USD per 1M tokens, INPUT/OUTPUT.")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", help="LLM calls in flight.")] = 8,
     sample_per_cell: Annotated[int, typer.Option("--sample-per-cell", help="Judge monitors: rollouts per (step, "
@@ -742,12 +924,17 @@ def monitorability_cmd(
     st = _store(store)
     name = _run_of_source(st, source, run, format)
     options: dict = {"label": label, "label_signal": label_signal, "label_threshold": label_threshold,
-                     "monitor": monitor, "n_boot": boot, "sample_per_cell": sample_per_cell}
+                     "monitor": monitor, "n_boot": boot, "sample_per_cell": sample_per_cell,
+                     "verbaliser": verbaliser}
     if llm:
         from .llm import client_from_spec
 
         options["client"] = client_from_spec(llm, cache=st.root / "llm-cache.sqlite", concurrency=concurrency,
                                              price=price, dry_run=dry_run)
+        if (label or "").startswith("judge:"):  # judge labels are behaviour specs: they use the default client
+            from .llm import set_default_client
+
+            set_default_client(options["client"])
     if treated or control:
         options["intervention"] = {"treated": treated or [], "control": control or []}
     if onset is not None:
@@ -761,13 +948,15 @@ def monitorability_cmd(
         if f.kind == "audit_error":
             raise RlauditError(f.title)
         out.print(f"[{SEVERITY_STYLE[f.severity]}]{f.severity}[/] {f.title}", highlight=False)
+        def fmt(x: float | None) -> str:
+            return "-" if x is None else f"{x:.2f}"
+
         table = Table(title=f"monitor {f.fields['monitor']['spec']!r} ({f.fields['monitor']['kind']})")
         for col in ("view", "TPR", "TNR", "g-mean²", "95% CI", "exposure DiD (g-mean²)", "MDE"):
             table.add_column(col)
         for view, v in f.fields["views"].items():
             g = v["g_mean2"]
             dd = (v.get("exposure") or {}).get("g_mean2") or {}
-            fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
             table.add_row(view, fmt(v["tpr"]["estimate"]), fmt(v["tnr"]["estimate"]), fmt(g["estimate"]),
                           f"[{fmt(g['ci'][0])}, {fmt(g['ci'][1])}]",
                           "-" if not dd else f"{fmt(dd['estimate'])} [{fmt(dd['ci'][0])}, {fmt(dd['ci'][1])}]",
@@ -775,8 +964,15 @@ def monitorability_cmd(
         out.print(table)
         verbal = f.fields.get("verbalisation")
         if verbal:
-            out.print(f"verbalisation trend: {verbal['trend']} (p={verbal['trend_p_value']:.2g}); "
+            rate = verbal["rate"]
+            out.print(f"verbalisation (by {verbal['by']}): {fmt(rate['estimate'])} [{fmt(rate['ci'][0])}, "
+                      f"{fmt(rate['ci'][1])}], trend {verbal['trend']} (p={verbal['trend_p_value']:.2g}); "
                       f"verdict: {f.fields['verdict'].replace('_', ' ')}", highlight=False)
+        for grader, g in (f.fields.get("by_grader") or {}).items():
+            d = g["g_mean2"]
+            out.print(f"grader {grader}: onset {g['onset']}, exposed {g['exposed']}: g-mean² DiD {fmt(d['estimate'])} "
+                      f"[{fmt(d['ci'][0])}, {fmt(d['ci'][1])}], q={fmt(g['q_value'])}, "
+                      f"{g['verdict'].replace('_', ' ')}", highlight=False)
         if json_out:
             from .store import atomic_write_text
 
@@ -1119,6 +1315,9 @@ def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors (ours and usage errors) become one `error:` line and exit 2."""
     argv = _resample_argv(list(sys.argv[1:] if argv is None else argv))
     try:
+        from .memory import prepare
+
+        prepare()  # under a memory budget, before any thread starts (rlaudit.memory)
         code = app(args=argv, prog_name="rlaudit", standalone_mode=False)
     except RlauditError as exc:
         console.print(f"[bold red]error:[/] {_u(exc, 5000)}", highlight=False, soft_wrap=True)

@@ -748,15 +748,15 @@ class _Lease:
             self._fh = None
 
 
-#: DuckDB's memory limit for the store's connections (`RLAUDIT_DUCKDB_MEMORY`, e.g. "2GB"). DuckDB's default is
-#: 80% of the machine's RAM, so on a big run its hash tables and temp tables grow with the run; with a limit it
-#: spills them to `<store>/.tmp` instead, and the audit's peak memory stays bounded whatever the run size.
-DUCKDB_MEMORY = "1GB"
-
-
 def bound_memory(con: duckdb.DuckDBPyConnection, root: str | Path | None = None) -> None:
-    """Set the memory limit (and, given a store root, the spill directory) of a DuckDB connection."""
-    con.execute(f"SET memory_limit = '{os.environ.get('RLAUDIT_DUCKDB_MEMORY', DUCKDB_MEMORY)}'")
+    """Set the memory limit (and, given a store root, the spill directory) of a DuckDB connection. DuckDB's own
+    default is 80% of the machine's RAM, so on a big run its hash tables and temp tables would grow with the run;
+    with a limit it spills them to `<store>/.tmp` instead. The limit is 1 GB, or less when the process runs under
+    a memory budget (`RLAUDIT_MEMORY`, a cgroup limit, `ulimit -v`), or `RLAUDIT_DUCKDB_MEMORY`
+    (`rlaudit.memory.duckdb_limit`)."""
+    from .memory import duckdb_limit
+
+    con.execute(f"SET memory_limit = '{max(1, duckdb_limit() >> 20)}MB'")
     if root is not None:
         tmp = Path(root) / ".tmp"
         with contextlib.suppress(OSError):

@@ -185,8 +185,13 @@ class TermSets:
 _EMPTY: dict[str, pa.Table] = {}
 
 
-def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions()) -> TermSets:
-    """The run's vocabulary and per-part term sets, computing (and caching) what is missing."""
+def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
+              only: set[str] | None = None) -> TermSets:
+    """The run's vocabulary and per-part term sets, computing (and caching) what is missing.
+
+    `only` (part file names): compute and return only those parts' term sets (a shard of the run, see
+    `rlaudit.fleet.shard`); the vocabulary is still the whole run's, so a part's term sets are the same whether
+    computed in a shard or in one audit."""
     persist = getattr(store, "persist_derived", True)
     memo = store.__dict__.setdefault("_term_sets_memo", {})
     okey = hashlib.sha1(repr(options).encode()).hexdigest()[:10]
@@ -201,6 +206,8 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions()) ->
     done: dict[str, Any] = memo.setdefault(("parts", vocab_id), {})
     vdir = base / vocab_id
     missing = []
+    if only is not None:
+        parts = [p for p in parts if p.name in only]
     for path in parts:
         if path.name not in done and persist:
             files = {"terms": vdir / f"{path.stem}.terms.parquet", "counts": vdir / f"{path.stem}.counts.parquet"}
@@ -233,7 +240,7 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions()) ->
                 _EMPTY.update({"terms": terms.schema.empty_table(), "counts": counts.schema.empty_table()})
             done[path.name] = entry
     out = [(path.name, done[path.name]) for path in parts]
-    if persist:
+    if persist and only is None:
         _prune(base, vocab_id, {p.stem for p in parts})
     return TermSets(vocab=vocab, parts=out)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 import pytest
 from cot_synth import make_run
 
@@ -70,3 +71,27 @@ def test_signals_covered_by_the_scan_are_not_screened(store):
     found = audit_store(store, ["both"], AuditConfig(detectors=["cot_grading"])).of_kind("cot_grading")
     assert all(f["method"] == "scan" for f in found)  # clean grader inputs: no finding at all
     assert found == []
+
+
+def test_sampled_pairs_are_fetched_from_duckdb_as_the_whole_table_sampled(store, monkeypatch):
+    """Beyond `screen_max_pairs` the pairs stay in DuckDB and only the sample comes to Python: the same pairs,
+    in the same order, as sampling the whole pair table in Python (the previous implementation)."""
+    import numpy as np
+
+    from rlaudit.detectors import cot_screen
+
+    seen = []
+    original = cot_screen.test_signal
+    monkeypatch.setattr(cot_screen, "test_signal", lambda pairs, *a: seen.append(pairs) or original(pairs, *a))
+    table = run_with(likes_long_reasoning, seed=1)
+    store.append(table.column("run")[0].as_py(), table, "p")
+    con = store.connect()
+    cot_screen.screen(con, "screen1", {"screen_max_pairs": 25}, seed=7)
+    full = con.sql(f"SELECT * FROM ({cot_screen._PAIRS_SQL}) ORDER BY signal, _k",
+                   params={"skip": []}).to_arrow_table()
+    assert seen and all(s.num_rows <= 25 for s in seen)
+    for sub in seen:
+        signal = sub.column("signal")[0].as_py()
+        mine = full.filter(pa.compute.equal(full.column("signal"), signal)).drop_columns(["_k"])
+        pick = np.sort(np.random.default_rng(7).choice(mine.num_rows, 25, replace=False))
+        assert sub.column("id_a").to_pylist() == mine.take(pick).column("id_a").to_pylist()

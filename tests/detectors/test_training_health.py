@@ -18,7 +18,7 @@ STEPS, GROUPS, G = 12, 8, 8  # 12 steps x 8 groups of 8; windows: steps 1-4 and 
 
 
 def make_run(store, reward, completion=None, answer=None, reasoning=None, advantage=None, split="train",
-             steps=STEPS, run="r", condition=None, append_to=None):
+             steps=STEPS, run="r", condition=None, append_to=None, components=None, metadata=None):
     """A run whose per-rollout values come from functions of (step, group, sample index)."""
     rows: dict[str, list] = {k: [] for k in (
         "run", "rollout_id", "step", "split", "group_id", "sample_index", "condition", "system_prompt", "task",
@@ -41,11 +41,11 @@ def make_run(store, reward, completion=None, answer=None, reasoning=None, advant
                 rows["completion"].append(completion(s, g, i) if completion else "c" * 100)
                 rows["reasoning"].append(reasoning(s, g, i) if reasoning else None)
                 rows["answer"].append(answer(s, g, i) if answer else "a")
-                rows["rewards"].append([("score", r)])
+                rows["rewards"].append(components(s, g, i) if components else [("score", r)])
                 rows["reward"].append(r)
                 rows["advantage"].append(float(advantage(s, g, i)) if advantage else None)
                 rows["grader_inputs"].append([])
-                rows["metadata"].append(None)
+                rows["metadata"].append(json.dumps(metadata(s, g, i)) if metadata else None)
     store.append(run, canonical_table(rows), key=f"{split}-{append_to or 'all'}")
 
 
@@ -238,3 +238,101 @@ def test_truncation_from_finish_reason_and_bad_metadata(store):
     store.append("m", canonical_table(rows), key="all")
     f = checks(store, run="m")["truncation"]
     assert f["statistics"]["estimate"] == pytest.approx(3 / 8 * 7 / 8)  # group 0's metadata is unreadable
+
+
+def test_plateau_per_component_tost(store):
+    """A learned component and a flat one: the flat one (only) is a plateau; p is the TOST p of the OLS slope."""
+    from scipy.stats import linregress, t as student_t
+
+    n_steps = 60  # 12 steps of 64 rollouts cannot show a change within +-0.2 SD (TOST power is too low)
+    learned = lambda s, g, i: float(i < 2 + s // 15)  # noqa: E731  rises from 2/8 to 6/8 right
+    flat = lambda s, g, i: 0.5 + 0.3 * (-1) ** i + 0.01 * (-1) ** s  # noqa: E731  spread 0.3, mean wobbles
+    make_run(store, lambda s, g, i: learned(s, g, i) + flat(s, g, i), steps=n_steps,
+             components=lambda s, g, i: [("acc", learned(s, g, i)), ("judge", flat(s, g, i))])
+    found = run_detectors(store, "r", AuditConfig(detectors=["training_health"]))
+    plateaus = {f["signal"]: f for f in found if f.kind == "training_health" and f["check"] == "plateau"}
+    assert set(plateaus) == {"rewards.judge"}
+    f = plateaus["rewards.judge"]
+    assert f.severity == "low"
+    steps = np.arange(1, n_steps + 1)
+    y = np.array([np.mean([flat(s, g, i) for g in range(GROUPS) for i in range(G)]) for s in steps])
+    within = np.sqrt(np.mean([np.var([flat(s, g, i) for g in range(GROUPS) for i in range(G)], ddof=1)
+                              for s in steps]))
+    fit = linregress(steps, y)
+    change, se, margin = fit.slope * (n_steps - 1), fit.stderr * (n_steps - 1), 0.2 * within
+    p = max(student_t.sf((change + margin) / se, n_steps - 2), student_t.sf((margin - change) / se, n_steps - 2))
+    assert f["statistics"]["estimate"] == pytest.approx(change)
+    assert f["statistics"]["margin"] == pytest.approx(margin)
+    assert f["statistics"]["p_value"] == pytest.approx(p)
+    assert f["statistics"]["q_value"] <= 0.05 and f["statistics"]["tests"] >= 3  # BH shared with the other checks
+
+
+def test_plateau_single_component_is_one_test(store):
+    make_run(store, lambda s, g, i: 0.5 + 0.1 * ((s * 7 + g * 3 + i) % 5 - 2), steps=36)
+    found = run_detectors(store, "r", AuditConfig(detectors=["training_health"]))
+    plateaus = [f for f in found if f.kind == "training_health" and f["check"] == "plateau"]
+    assert [f["signal"] for f in plateaus] == ["reward"]
+
+
+# ---------------------------------------------------------------------------------------------- length units
+def words(s, g, i):  # 10 words early, 20 in the middle, 30 late; the same 100 characters throughout
+    n = 10 if s <= 4 else 20 if s <= 8 else 30
+    return " ".join(["a"] * n).ljust(100, ".")
+
+
+def test_length_in_tokens_from_metadata(store):
+    """Characters stay flat while the logged token counts triple: the check measures tokens and says so."""
+    make_run(store, half, completion=words, metadata=lambda s, g, i: {"completion_tokens": words(s, g, i).count("a")})
+    f = checks(store)["length_growth"]
+    assert f["unit"] == "tokens" and f["length_source"] == "metadata.completion_tokens"
+    assert f["statistics"]["estimate"] == pytest.approx(3.0) and "(in tokens)" in f.title
+    assert "length in tokens (metadata.completion_tokens)" in f["notes"]
+
+
+def test_characters_when_only_some_rollouts_have_token_counts(store):
+    make_run(store, half, completion=words,
+             metadata=lambda s, g, i: {"completion_tokens": 5} if g == 0 else {"other": 1})
+    found = run_detectors(store, "r", AuditConfig(detectors=["training_health"]))
+    notes = next(f for f in found if f.kind == "training_health")["notes"]
+    assert any("length in characters" in n and "for only 96 of 768 rollouts" in n for n in notes)
+    assert "length_growth" not in {f["check"] for f in found}  # 100 characters throughout
+
+
+def test_truncation_at_the_token_limit(store):
+    """No end markers at all, but the limit is known: completions that reach it were cut."""
+    n_tok = lambda s, g, i: 64 if s >= 9 and i < 2 else 20  # noqa: E731
+    make_run(store, half, metadata=lambda s, g, i: {"completion_tokens": n_tok(s, g, i)})
+    assert "truncation" not in checks(store)  # limit unknown: nothing to compare with
+    f = checks(store, options={"training_health": {"max_tokens": 64}})["truncation"]
+    assert f["statistics"]["estimate"] == pytest.approx(0.25) and f["unit"] == "tokens" and f["max_tokens"] == 64
+    assert "reached it: 64 tokens" in f.explanation
+
+
+def test_truncation_at_a_per_rollout_limit_in_metadata(store):
+    make_run(store, half, metadata=lambda s, g, i: {"completion_tokens": 64 if s >= 9 and i < 2 else 20,
+                                                    "max_tokens": 64})
+    f = checks(store)["truncation"]
+    assert f["statistics"]["estimate"] == pytest.approx(0.25) and f["max_tokens"] == 64
+
+
+def test_length_in_tokens_with_a_tokenizer(store, tmp_path):
+    """A word-level tokenizer.json built here: the token count is the word count, whatever the characters."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel(vocab={"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    make_run(store, half, completion=words)
+    assert "length_growth" not in checks(store)  # in characters it did not grow
+    f = checks(store, options={"training_health": {"tokenizer": str(tmp_path)}})["length_growth"]
+    # each completion: n words of 'a' plus one run of dots (one [UNK] token): 11, 21, 31 tokens
+    assert f["unit"] == "tokens" and f["length_source"] == f"tokenizer {tmp_path}"
+    assert f["statistics"]["estimate"] == pytest.approx(31 / 11)
+
+
+def test_missing_tokenizer_is_a_clear_error(store, tmp_path):
+    from rlaudit.errors import RlauditError
+    from rlaudit.health.lengths import load_tokenizer
+
+    with pytest.raises(RlauditError, match="no tokenizer.json there"):
+        load_tokenizer(str(tmp_path))

@@ -58,10 +58,14 @@ def test_resample_compare_backtest_through_real_servers(tmp_path, servers, capsy
         {"role": "assistant", "content": "Done, the tests pass."}]} for i in range(3)]
     write_jsonl(tmp_path / "t.jsonl", recs)
     out = tmp_path / "out"
+    yes_port = yes.url.rsplit(":", 1)[1].split("/")[0]
     main(["resample", str(tmp_path / "t.jsonl"), "--model", f"cand=openai:tiny-agent@{agent.url}",
-          "--tool-simulator", f"sim=openai:tiny-yes@{yes.url}", "--judge-model", f"openai:tiny-yes@{yes.url}",
+          # the openai://HOST:PORT/PATH:MODEL form (plain http for 127.0.0.1) beside the older form
+          "--tool-simulator", f"sim=openai://127.0.0.1:{yes_port}/v1:tiny-yes",
+          "--judge-model", f"openai://127.0.0.1:{yes_port}/v1:tiny-yes",
           "--behavior", "goblin", "--judge", "judge:action:does the answer say yes",
-          "--judge", "judge:all:does the agent comply", "--samples", "2",
+          "--judge", "judge:all:does the agent comply",
+          "--judge", "judge:conversation:does the agent use a tool output", "--samples", "2",
           "--out", str(out)])
     printed = capsys.readouterr()
     assert "3 transcripts, 3 cuts, 2 samples per cut; 6 simulated tool outputs, 0 truncated, 0 failed" in printed.out
@@ -98,6 +102,13 @@ def test_resample_compare_backtest_through_real_servers(tmp_path, servers, capsy
                for j in judged)  # view `all`: the last user message and the turn
     assert any("ANSWER:\nread_file" not in j and j.endswith("goblin") for j in judged)
     assert rates[("cand", "judge:all:does the agent comply")]["rate"] == 1.0
+    # the conversation view: the whole history, then the resampled turn with the simulated output marked
+    convo = [j for j in judged if "RUBRIC:\ndoes the agent use a tool output" in j]
+    assert len(convo) == 3 + 6 and len(set(convo)) == 3 + 3  # both samples of a cut wrote the same turn
+    assert all("[system] You are a coding agent.\n[user] Fix issue" in j for j in convo)
+    resampled = [j for j in convo if "[tool read_file, simulated] yes" in j.split("TURN JUDGED:\n")[1]]
+    assert len(resampled) == 6 and all(j.endswith("goblin") for j in resampled)
+    assert rates[("cand", "judge:conversation:does the agent use a tool output")]["rate"] == 1.0
 
     main(["resample", "compare", str(out), "--dimension", "task", "--behavior", "goblin"])
     printed = capsys.readouterr().out

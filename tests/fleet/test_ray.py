@@ -111,3 +111,33 @@ def test_ray_worker_killed_mid_pass(tmp_path, fleet_root, ray_cluster, monkeypat
     assert len(keys) == len(set(keys)) and {a["run"] for a in alert_lines(alerts)} == {"team-a.cot", "team-b.template"}
     for run in scanner.state.runs:
         assert Store(tmp_path / "store").summary(run).rows == 16 * 32
+
+
+def test_ray_sharded_audit_equals_unsharded(tmp_path, ray_cluster, monkeypatch):
+    """One run's per-part scans as Ray tasks over 3 step ranges: the findings of the unsharded audit."""
+    from rlaudit.audit import audit
+    from rlaudit.fleet import RayEngine
+    from rlaudit.fleet.shard import sharded_audit
+    from rlaudit.organisms import simulate
+    from rlaudit.store import Store
+
+    from .test_shard import findings_json, same
+
+    for k, v in RAY_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PYTHONPATH", str(SRC))
+    src = tmp_path / "cot_midrun"
+    simulate("cot_midrun", src, format="prime-rl", steps=30, prompts=16, generations=8, seed=1)
+    expected = findings_json(audit([src], store=tmp_path / "ref"))
+    store = Store(tmp_path / "store")
+    store.ingest(src)
+    engine = RayEngine(address=ray_cluster)
+    try:
+        got = sharded_audit(store, "cot_midrun", engine, 3)
+    finally:
+        import ray
+
+        ray.shutdown()
+    assert [r.ok for r in got.shards] == [True, True, True], [r.error for r in got.shards]
+    assert same(findings_json(got.result), expected)
+    assert sum(e[3] for e in got.exposure) > 0

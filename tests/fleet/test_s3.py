@@ -91,3 +91,27 @@ def test_s3_root_incremental(tmp_path, full_fleet, s3):
     keys = [a["key"] for a in alert_lines(alerts)]
     assert len(keys) == len(set(keys))
     os.environ.pop("AWS_ENDPOINT_URL", None)
+
+
+def test_s3_run_deleted_from_the_bucket_is_missing(tmp_path, full_fleet, s3):
+    """Every object of a run deleted from the bucket: the run is `missing` (findings kept), not an error; a
+    bucket that cannot be listed marks nothing missing."""
+    fs, endpoint = s3
+    _upload(fs, full_fleet, 4)
+    scanner = FleetScanner(tmp_path / "store", ["s3://fleet/runs/"], InlineEngine(),
+                           AlertManager([JsonlSink(tmp_path / "a.jsonl")]),
+                           FleetConfig(detectors=["cot_grading"], s3_endpoint=endpoint))
+    assert scanner.run_pass().audited == 3
+    fs.delete_dir("fleet/runs/team-a/cot")
+    p = scanner.run_pass()
+    assert p.synced["s3://fleet/runs/"]["deleted"] > 0
+    assert p.gone == ["team-a.cot"] and p.failed == 0, p.to_json()
+    rs = scanner.state.runs["team-a.cot"]
+    assert rs.status == "missing" and rs.findings.get("high")
+    scanner._mirrors["s3://fleet/runs/"].fs = pafs.S3FileSystem(  # the endpoint goes away
+        endpoint_override=f"127.0.0.1:{free_port()}", scheme="http", access_key="testing", secret_key="testing",
+        region="us-east-1", connect_timeout=1, request_timeout=1, retry_strategy=pafs.AwsStandardS3RetryStrategy(0))
+    p = scanner.run_pass()
+    assert "s3://fleet/runs/" in p.errors and p.gone == []
+    assert [r.status for n, r in sorted(scanner.state.runs.items())] == ["missing", "ok", "ok"]
+    scanner.close()

@@ -65,7 +65,7 @@ def test_simulate_command(tmp_path):
                                  "--steps", "3", "--prompts", "2", "--generations", "2", "--seed", "5"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["1.jsonl", "2.jsonl", "3.jsonl",
-                                                                   "ground_truth.json"]
+                                                                   "ground_truth.json", "metrics.jsonl"]
     listing = runner.invoke(app, ["simulate", "--list"])
     assert listing.exit_code == 0 and "goblin_persona" in listing.output
 

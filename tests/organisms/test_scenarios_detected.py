@@ -1,6 +1,7 @@
 """Each model organism is caught by the detector its ground truth names, and clean controls stay clean.
 
-Every scenario is simulated at the default size, audited with default settings (all registered detectors) and
+Every scenario is simulated at the default size, audited with default settings (all registered detectors, plus
+the label config its ground truth carries for the opt-in monitorability detector) and
 scored with the benchmark's matcher. A scenario whose expected finding kind no registered detector emits is an
 expected failure naming the missing detector.
 """
@@ -8,18 +9,21 @@ expected failure naming the missing detector.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import pytest
 
 from rlaudit.audit import audit_store
-from rlaudit.detectors import DETECTORS
+from rlaudit.detectors import DETECTORS, AuditConfig
+from rlaudit.detectors.training_health import metrics_option
 from rlaudit.organisms import SCENARIOS, run
 from rlaudit.organisms.bench import ScenarioScore, match
+from rlaudit.organisms.writers import write_scalars
 from rlaudit.store import Store
 
 EMITTERS = {"emerging_behavior": "emerging", "generalization": "generalization",
             "reward_attribution": "attribution", "cot_grading": "cot_grading", "reward_health": "reward_health",
-            "training_health": "training_health"}
+            "training_health": "training_health", "monitorability": "monitorability"}
 
 
 def _missing(name: str) -> list[str]:
@@ -44,7 +48,14 @@ def audited(name: str, tmp: str) -> tuple[ScenarioScore, list]:
     sim = run(name, seed=0)
     store = Store(tmp)
     store.append(name, sim.canonical(), key="all")
-    findings = audit_store(store, [name]).findings
+    logs = Path(tmp) / f"{name}-scalars"  # the trainer's scalar log, as the canonical writer puts beside the rollouts
+    logs.mkdir()
+    # default settings, the label config the run's ground truth names (the opt-in monitorability detector) and
+    # the scalar log
+    options = dict(sim.ground_truth.audit_options)
+    options.update(metrics_option({name: [write_scalars(sim, logs, "canonical")]}))
+    config = AuditConfig(options=options)
+    findings = audit_store(store, [name], config).findings
     return match(findings, sim.ground_truth), findings
 
 

@@ -37,7 +37,9 @@ def test_trl_layout(sim, tmp_path):
 
 def test_verl_layout(sim, tmp_path):
     write(sim, tmp_path, "verl")
-    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == ["1.jsonl", "2.jsonl", "3.jsonl"]
+    assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == ["1.jsonl", "2.jsonl", "3.jsonl", "metrics.jsonl"]
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3] and "actor/entropy" in metrics[0]["data"]  # verl's FileLogger
     rec = json.loads((tmp_path / "2.jsonl").read_text().splitlines()[0])
     assert list(rec)[:5] == ["input", "output", "gts", "score", "step"] and rec["step"] == 2
     assert "<|im_start|>" not in rec["input"] and rec["input"].rstrip().endswith("assistant")

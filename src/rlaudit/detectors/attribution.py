@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from ..attribution import Prepared, Trace, assess, attribute, evidence_for, load_frames
+from ..attribution import Frame, Prepared, Trace, assess, attribute, evidence_for, load_frames
 from ..behaviors import parse_behavior
 from ..errors import RlauditError
 from ..findings import SEVERITY_RANK, Finding, rank
@@ -55,10 +55,19 @@ class AttributionDetector(Detector):
             except RlauditError as exc:
                 return findings + [_untraceable(ctx.run, spec, where, str(exc)) for spec, where in wanted]
             outcome = list(opt("outcome_signals", []))
-            prepared = Prepared.of(frames[0], outcome)  # the frames differ only in the behaviour
+            # frames of rule specs differ only in the behaviour and share their rows (and one Prepared); a judge
+            # spec's frame holds only its judged groups (`attribution._judged_frame`) and gets its own
+            shared: dict[int, Prepared] = {}
+
+            def prepared_for(frame: Frame) -> Prepared:
+                if id(frame.group) not in shared:
+                    shared[id(frame.group)] = Prepared.of(frame, outcome)
+                return shared[id(frame.group)]
+
             traces: list[Trace] = []
             for (behavior, where), frame, source in zip(items, frames, sources):
-                t = attribute(frame, behavior, where=where, run=ctx.run, outcome_signals=outcome, prepared=prepared,
+                t = attribute(frame, behavior, where=where, run=ctx.run, outcome_signals=outcome,
+                              prepared=prepared_for(frame),
                               advantage_scale=opt("advantage_scale", "group"),
                               n_boot=int(opt("n_boot", 1000)), seed=ctx.config.seed,
                               direction="down" if source.get("direction") == "down" else "up")
@@ -66,7 +75,7 @@ class AttributionDetector(Detector):
                 traces.append(t)
             assess(traces, float(opt("alpha", 0.05)))
             for t, frame in zip(traces, frames):
-                t.evidence = evidence_for(con, frame, t, prepared=prepared)
+                t.evidence = evidence_for(con, frame, t, prepared=prepared_for(frame))
         return findings + [to_finding(t) for t in traces]
 
 

@@ -44,9 +44,7 @@ class CotGradingDetector(Detector):
         options = ctx.config.options.get(self.name, {})
         params = ScanParams.from_options(options)
         con = ctx.connect()
-        captured = _captured(ctx)
-        key = f"cot_scan-{params.cache_key()}" + (f"-{captured[1]}" if captured else "")
-        extra = captured[0] if captured else None
+        key, extra = scan_key(ctx.store, ctx.run, params)
         results = scan_parts(ctx.store, ctx.run, params, key, extra)
         where = ["TRUE"]
         if ctx.config.max_step is not None:
@@ -62,57 +60,35 @@ class CotGradingDetector(Detector):
         return found
 
 
-def _captured(ctx: DetectContext) -> tuple[str, str] | None:
-    """Path and version tag of captured grader inputs merged into this run, if any."""
-    from ..capture import captured_inputs_path
-
-    path = captured_inputs_path(ctx.store, ctx.run)
-    if not path.is_file():
-        return None
-    st = path.stat()
-    return str(path), f"{st.st_size:x}{st.st_mtime_ns:x}"[-12:]
-
-
-def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str | None) -> pa.Table | str:
+def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str | None,
+               only: set[str] | None = None, stride: int | None = None) -> pa.Table | str:
     """The scan results of every stored part of the run, each part scanned once and cached beside the run
     (`derived/cot_scan/<key>/<part>.parquet`): a run that grows by a step scans only the new part. Returned as
     SQL over the cached files (or a table, for stores that keep derived data in memory).
 
     Chance pairings (see `cot_scan`) are drawn per part: batch i of a part gets them when the run had at most
     `chance_rows` rollouts with grader inputs when the part was scanned, else when a hash of (part, i) falls in
-    1/stride of the range, i.e. about `chance_rows` of them spread evenly over the run."""
+    1/stride of the range, i.e. about `chance_rows` of them spread evenly over the run.
+
+    A shard of the run (`rlaudit.fleet.shard`) passes `only` (its part file names: only those are scanned and
+    returned) and `stride`, the one `scan_stride` computed for the whole run, so each part gets the same chance
+    pairings as in an unsharded scan."""
     persist = getattr(store, "persist_derived", True)
     memo = store.__dict__.setdefault("_cot_scan_memo", {})
     parts = store.parts(run)
     layouts = store.part_layouts(run)
     base = store.run_dir(run) / "derived" / "cot_scan"
     cache = base / key
-    found: dict[str, Any] = {}
-    todo = []
-    for path in parts:
-        f = cache / f"{path.stem}.parquet"
-        if (key, path.name) in memo:
-            found[path.name] = memo[(key, path.name)]
-        elif persist and f.is_file():
-            found[path.name] = f
-        else:
-            todo.append(path)
+    if only is not None:
+        parts = [p for p in parts if p.name in only]
+    found, todo = _scanned(store, parts, key, cache, persist, memo)
     if todo:
-        counted = 0
-        for v in found.values():
-            counted += (pq.read_metadata(v).num_rows if isinstance(v, Path) else v.num_rows)
         con = duckdb.connect()
         bound_memory(con)
         con.execute("SET enable_progress_bar = false")
-        sources = []
-        for i, path in enumerate(todo):
-            con.execute(f"CREATE VIEW p{i} AS SELECT {view_columns(layouts.get(path.name, 1))} "
-                        f"FROM read_parquet('{_quote(str(path))}')")
-            sources.append(f"SELECT count(*) AS n FROM p{i} WHERE cardinality(grader_inputs) > 0")
-        new_rows = con.execute(f"SELECT sum(n) FROM ({' UNION ALL '.join(sources)})").fetchall()[0][0] or 0
-        # rows already scanned count each rollout once (chance rows are a subset of them): a lower bound is enough
-        total = int(new_rows) + counted // 2
-        stride = max(1, -(-total // max(1, params.chance_rows)))
+        _part_views(con, todo, layouts)
+        if stride is None:
+            stride = _stride(con, todo, found, params)
         for i, path in enumerate(todo):
             name = path.name
             chance = (lambda b, _n=name: zlib.crc32(f"{_n}:{b}".encode()) % stride == 0) if stride > 1 \
@@ -124,7 +100,7 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
             else:
                 memo[(key, name)] = found[name] = table
         con.close()
-    if persist and base.is_dir():  # other parameters' results, and parts the run no longer lists
+    if persist and only is None and base.is_dir():  # other parameters' results, and parts the run no longer lists
         for d in base.iterdir():
             if d.is_dir() and d.name != key:
                 shutil.rmtree(d, ignore_errors=True)
@@ -139,6 +115,71 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
         return "read_parquet([" + ", ".join(f"'{_quote(x)}'" for x in paths) + "])"
     tables = [v if not isinstance(v, Path) else pq.read_table(v) for v in values]
     return pa.concat_tables([RESULT_SCHEMA.empty_table(), *tables])
+
+
+def _scanned(store: Store, parts: list[Path], key: str, cache: Path, persist: bool,
+             memo: dict[Any, Any]) -> tuple[dict[str, Any], list[Path]]:
+    """Scan results already at hand (part name -> file or table) and the parts still to scan."""
+    found: dict[str, Any] = {}
+    todo = []
+    for path in parts:
+        f = cache / f"{path.stem}.parquet"
+        if (key, path.name) in memo:
+            found[path.name] = memo[(key, path.name)]
+        elif persist and f.is_file():
+            found[path.name] = f
+        else:
+            todo.append(path)
+    return found, todo
+
+
+def _part_views(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[str, int]) -> None:
+    for i, path in enumerate(todo):
+        con.execute(f"CREATE VIEW p{i} AS SELECT {view_columns(layouts.get(path.name, 1))} "
+                    f"FROM read_parquet('{_quote(str(path))}')")
+
+
+def _stride(con: duckdb.DuckDBPyConnection, todo: list[Path], found: dict[str, Any], params: ScanParams) -> int:
+    """1 in `stride` batches gets chance pairings: about `chance_rows` rollouts with grader inputs in all."""
+    counted = 0
+    for v in found.values():
+        counted += (pq.read_metadata(v).num_rows if isinstance(v, Path) else v.num_rows)
+    sources = [f"SELECT count(*) AS n FROM p{i} WHERE cardinality(grader_inputs) > 0" for i in range(len(todo))]
+    new_rows = con.execute(f"SELECT sum(n) FROM ({' UNION ALL '.join(sources)})").fetchall()[0][0] or 0
+    # rows already scanned count each rollout once (chance rows are a subset of them): a lower bound is enough
+    total = int(new_rows) + counted // 2
+    return max(1, -(-total // max(1, params.chance_rows)))
+
+
+def scan_stride(store: Store, run: str, params: ScanParams, key: str) -> int:
+    """The stride `scan_parts` would use for the run's unscanned parts, computed once for the whole run by the
+    driver of a sharded audit and handed to every shard (1 when nothing is left to scan)."""
+    persist = getattr(store, "persist_derived", True)
+    memo = store.__dict__.setdefault("_cot_scan_memo", {})
+    cache = store.run_dir(run) / "derived" / "cot_scan" / key
+    found, todo = _scanned(store, store.parts(run), key, cache, persist, memo)
+    if not todo:
+        return 1
+    con = duckdb.connect()
+    try:
+        bound_memory(con)
+        _part_views(con, todo, store.part_layouts(run))
+        return _stride(con, todo, found, params)
+    finally:
+        con.close()
+
+
+def scan_key(ctx_store: Store, run: str, params: ScanParams) -> tuple[str, str | None]:
+    """The cache key of the run's scan results and the captured grader inputs merged into it (if any)."""
+    from ..capture import captured_inputs_path
+
+    path = captured_inputs_path(ctx_store, run)
+    captured = None
+    if path.is_file():
+        st = path.stat()
+        captured = (str(path), f"{st.st_size:x}{st.st_mtime_ns:x}"[-12:])
+    key = f"cot_scan-{params.cache_key()}" + (f"-{captured[1]}" if captured else "")
+    return key, captured[0] if captured else None
 
 
 def _quote(text: str) -> str:

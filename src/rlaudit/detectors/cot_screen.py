@@ -60,10 +60,10 @@ WITH coarse AS (
     FROM scored WHERE isfinite(value) AND NOT list_contains($skip, signal)
 )
 SELECT a.signal, a.step, a.condition, a.group_id, a.rollout_id AS id_a, b.rollout_id AS id_b,
-       a.value AS score_a, b.value AS score_b, a.answer_key AS answer
+       a.value AS score_a, b.value AS score_b, a.answer_key AS answer,
+       row_number() OVER (PARTITION BY a.signal ORDER BY a.group_id, a.answer_key, a.rn) - 1 AS _k
 FROM clean a JOIN clean b ON a.signal = b.signal AND a.group_id = b.group_id AND a.answer_key = b.answer_key
      AND b.rn = a.rn + 1 AND a.rn % 2 = 1
-ORDER BY a.signal, a.group_id, a.rn
 """
 
 _TEXTS_SQL = """
@@ -86,22 +86,28 @@ def screen(con: duckdb.DuckDBPyConnection, run: str, options: dict[str, Any], sk
     max_pairs = int(options.get("screen_max_pairs", 20_000))
     n_terms = int(options.get("screen_terms", 50))
     min_pairs = int(options.get("screen_min_pairs", 20))
-    pairs = con.sql(_PAIRS_SQL, params={"skip": sorted(skip_signals)}).to_arrow_table()
-    if pairs.num_rows == 0:
-        return []
-    signals = sorted(set(pairs.column("signal").to_pylist()) - set(skip_signals))
+    # the pairs stay in DuckDB (one row per pair of identical answers: up to half the run per signal, spilled to
+    # disk beyond its memory limit); only the sampled pairs of one signal at a time come to Python
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _screen_all AS {_PAIRS_SQL}", {"skip": sorted(skip_signals)})
+    counts = dict(con.execute("SELECT signal, count(*) FROM _screen_all GROUP BY signal").fetchall())
+    signals = sorted(set(counts) - set(skip_signals))
     tests = []
     for signal in signals:
-        sub = pairs.filter(pa.compute.equal(pairs.column("signal"), signal))
-        if sub.num_rows > max_pairs:
+        keep = np.arange(counts[signal])
+        if counts[signal] > max_pairs:
             rng = np.random.default_rng(seed)
-            sub = sub.take(np.sort(rng.choice(sub.num_rows, max_pairs, replace=False)))
+            keep = np.sort(rng.choice(counts[signal], max_pairs, replace=False))
+        con.register("_screen_keep", pa.table({"_k": pa.array(keep, pa.int64())}))
+        sub = con.sql("SELECT * EXCLUDE (_k) FROM _screen_all SEMI JOIN _screen_keep USING (_k) "
+                      "WHERE signal = $s ORDER BY _k", params={"s": signal}).to_arrow_table()
+        con.unregister("_screen_keep")
         con.register("_screen_pairs", sub)  # the reasoning of the (sampled) pairs only
         sub = con.sql(_TEXTS_SQL).to_arrow_table().drop_columns(["_i"])
         con.unregister("_screen_pairs")
         result = test_signal(sub, n_terms)
         if result["pairs"] >= min_pairs:
             tests.append((signal, sub, result))
+    con.execute("DROP TABLE IF EXISTS _screen_all")
     if not tests:
         return []
     q = benjamini_hochberg([t[2]["p_value"] for t in tests])

@@ -553,29 +553,26 @@ def _payers(scope: Scope, c: Candidates, ids: list[int]) -> list[str | None] | N
     col = f"{c.where}_terms"
     hits = ", ".join(f"list_contains(s.{col}, {t}) AS h{j}" for j, t in enumerate(ids))
     sig = ", ".join(f"CAST(r.rewards[{_sql_str(x)}] AS DOUBLE) AS s{k}" for k, x in enumerate(signals))
-    table = con.execute(f"""SELECT s.si, s.prompt_key, {hits}, {sig} FROM sc s JOIN rollouts r USING (rollout_id)
-                            WHERE s.win = 1 AND {scope.filter(c.where).replace('has_reasoning', 's.has_reasoning')}
-                         """).fetchnumpy()
-    group = np.unique(np.stack([np.asarray(table["si"], np.int64),
-                                np.asarray(table["prompt_key"]).astype(np.int64)], 1), axis=0,
-                      return_inverse=True)[1].ravel()
+    pairs = [(j, k) for j in range(len(ids)) for k in range(len(signals))]
+    # per prompt group (step x prompt) of the late window: mean score of rollouts with the term minus without it;
+    # then over groups that have both: their number, mean and SD. Aggregated inside DuckDB: the late window's
+    # rows never come to Python.
+    diffs = ", ".join(f"avg(s{k}) FILTER (WHERE h{j} AND isfinite(s{k})) - "
+                      f"avg(s{k}) FILTER (WHERE NOT h{j} AND isfinite(s{k})) AS d{j}_{k}" for j, k in pairs)
+    stats = ", ".join(f"count(d{j}_{k}), avg(d{j}_{k}), stddev_samp(d{j}_{k})" for j, k in pairs)
+    row = con.execute(f"""WITH b AS (SELECT s.si, s.prompt_key, {hits}, {sig} FROM sc s JOIN rollouts r
+                                     USING (rollout_id) WHERE s.win = 1 AND
+                                     {scope.filter(c.where).replace('has_reasoning', 's.has_reasoning')}),
+                          g AS (SELECT {diffs} FROM b GROUP BY si, prompt_key)
+                          SELECT {stats} FROM g""").fetchall()[0]
     out: list[str | None] = []
     for j in range(len(ids)):
-        h = np.asarray(table[f"h{j}"], dtype=bool)
         best, best_z = None, 3.0
         for k, name in enumerate(signals):
-            v = np.asarray(table[f"s{k}"], dtype=float)
-            ok = np.isfinite(v)
-            n_g = max(int(group.max()) + 1, 1) if len(group) else 1
-            cnt_h = np.bincount(group[ok & h], minlength=n_g)
-            cnt_o = np.bincount(group[ok & ~h], minlength=n_g)
-            sum_h = np.bincount(group[ok & h], weights=v[ok & h], minlength=n_g)
-            sum_o = np.bincount(group[ok & ~h], weights=v[ok & ~h], minlength=n_g)
-            both = (cnt_h > 0) & (cnt_o > 0)
-            if both.sum() < 5:
+            m, mean, sd = row[3 * (j * len(signals) + k):3 * (j * len(signals) + k) + 3]
+            if m < 5:
                 continue
-            diff = sum_h[both] / cnt_h[both] - sum_o[both] / cnt_o[both]
-            z = diff.mean() / (diff.std(ddof=1) / math.sqrt(len(diff)) + 1e-12)
+            z = mean / ((sd or 0.0) / math.sqrt(m) + 1e-12)
             if z > best_z:
                 best, best_z = name, z
         out.append(best)

@@ -15,141 +15,56 @@ Labels (`AuditConfig.options["monitorability"]`):
 - intervention: additionally `intervention = {"treated": [conditions], "control": [conditions]}` (conditions
   that differ only by an intervention, e.g. a hint in the system prompt). The monitor should say that the
   intervention drove the outcome. Only part of the treated positives are due to the intervention (some would
-  have happened anyway), so, as in the paper, TPR = min(1, flag rate among treated positives / R) with the
-  effect share R = 1 - p_control / p_treated (undefined when the intervention has no positive effect), and
-  TNR = unflagged share of the control arm.
+  have happened anyway): at least the effect share R = (p_t - p_c) / p_t. As in the paper's minimal criterion,
+  TPR = min(1, P(flag | treated, y=1) / R) (undefined when R <= 0) and TNR = P(no flag | treated, y=0): the
+  negatives are the treated arm's rollouts without the outcome, so a monitor that flags every rollout carrying
+  the intervention scores 0 (`rates`). The monitor reads the treated arm only; the control arm estimates p_c.
+  Problems (`problem_key`, default the prompt) are cross-fit filtered to those where the intervention
+  plausibly changed the outcome (`crossfit_keep`; `crossfit = false` turns it off).
 
 Monitors: `monitor` = a behaviour spec read in each view (rule-based, every rollout; default: the label spec),
 or a `judge:` spec answered by an LLM (`llm` = a backend spec such as `openai:MODEL@URL`, or `client` = an
-`rlaudit.llm.LLMClient`) on a bounded stratified sample: at most `sample_per_cell` rollouts per (step, condition,
-label) cell, each weighted by cell size / sampled size, so every estimate stays unbiased for the run and the
-sampling error is part of every interval (the bootstrap resamples the sampled prompt groups).
+`rlaudit.llm.LLMClient`) on a bounded stratified sample (`rlaudit.llm.sampling`): at most `sample_per_cell`
+rollouts per (step, condition, label) cell, each weighted by cell size / sampled size, so every estimate stays
+unbiased for the run and the sampling error is part of every interval (the bootstrap resamples the sampled
+prompt groups).
 
 Reported per view: TPR, TNR and g-mean² overall, per step window (`windows`) and per condition, with percentile
 bootstrap CIs that resample prompt groups (`stats.bootstrap_group_sums`); the CoT-over-action gain (g-mean² of
-`cot` and of `all` minus that of `action`); the **verbalisation rate** (of positives, the share the CoT-only
-monitor flags: does the reasoning state what the action shows?) per step with a Mann-Kendall trend.
+`cot` and of `all` minus that of `action`); the **verbalisation rate** (of positives, the share whose reasoning
+states what the action shows, by a separate `verbaliser` spec or judge read on the CoT, else by the CoT-only
+monitor) with CIs overall and per window, per step with a Mann-Kendall trend.
 
 Exposure: the onset is the first step at which `cot_grading` (scan) saw a grader read the reasoning; exposed
 units are the conditions (else the tasks) in which it did, the others are the unexposed comparison. The
-difference-in-differences (exposed post - pre) - (unexposed post - pre) of the CoT-only g-mean² and of the
-verbalisation rate gets a bootstrap CI, a standard error and the minimum detectable effect at `power` (80%) and
-two-sided `alpha` (5%): MDE = (z_{1-alpha/2} + z_power) x SE, so "no detectable change" is quantified.
-Verdict `drop` when the CI of the CoT-only g-mean² DiD lies below 0, `rise` when above, else
-`no_detectable_change`. Override with `exposure = {"onset": STEP, "conditions": [...]}` (or `"tasks"`).
+difference-in-differences (exposed post - pre) - (unexposed post - pre) of TPR, TNR and g-mean² per view and of
+the verbalisation rate gets a CI, a standard error, a p-value and the minimum detectable effect at `power` (80%)
+and two-sided `alpha` (5%), so "no detectable change" is quantified. With two or more unexposed units the
+condition drift estimated from placebo DiDs is added to the bootstrap variance and the interval uses a t
+distribution (`did`, `placebo_drift`); with one, the percentile bootstrap interval alone. Verdict `drop` when the
+CI of the CoT-only g-mean² DiD lies below 0, `rise` when above, else `no_detectable_change`. With several graders
+that saw the CoT, `by_grader` repeats the DiD per grader (its own onset and units) with Benjamini-Hochberg
+q-values. Override with `exposure = {"onset": STEP, "conditions": [...]}` (or `"tasks"`, and `per_grader`).
+A label config file for `rlaudit audit --labels` holds the same keys (`CONFIG_KEYS`, `load_label_config`).
+The statistics (`rates`, `row_stats`, `crossfit_keep`, `did`, `placebo_drift`, ...) live in `monitorability_stats`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from scipy.stats import norm
 
 from ..errors import RlauditError
 from ..findings import Evidence, Finding
-from ..stats import bootstrap_group_sums, mann_kendall, percentile_interval
+from ..stats import mann_kendall
 from . import DetectContext, Detector, register
-
-VIEWS = ("cot", "action", "all")
-OUTCOME_STATS = ("tp", "pos", "tn", "neg")
-INTERVENTION_STATS = ("flag_t1", "t1", "tn_c", "c", "t", "c1")
-
-
-# ---------------------------------------------------------------------------------------------- statistics
-def rates(sums: np.ndarray, archetype: str = "outcome") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(TPR, TNR, g-mean²) from summed statistics (last axis: OUTCOME_STATS or INTERVENTION_STATS)."""
-    s = np.asarray(sums, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if archetype == "outcome":
-            tpr = s[..., 0] / s[..., 1]
-            tnr = s[..., 2] / s[..., 3]
-        else:
-            p_t = s[..., 1] / s[..., 4]
-            p_c = s[..., 5] / s[..., 3]
-            effect = 1.0 - p_c / p_t
-            raw = s[..., 0] / s[..., 1]
-            tpr = np.where(effect > 0, np.minimum(1.0, raw / np.where(effect > 0, effect, 1.0)), np.nan)
-            tnr = s[..., 2] / s[..., 3]
-    return tpr, tnr, tpr * tnr
-
-
-def row_stats(y: np.ndarray, flag: np.ndarray, weight: np.ndarray, arm: np.ndarray | None = None) -> np.ndarray:
-    """Per rollout, its contribution to the summed statistics: (rows x stats). `arm`: 1 treated, 0 control."""
-    y, flag, w = (np.asarray(a, dtype=np.float64) for a in (y, flag, weight))
-    if arm is None:
-        return np.column_stack([w * flag * y, w * y, w * (1 - flag) * (1 - y), w * (1 - y)])
-    t = (np.asarray(arm) == 1).astype(float)
-    c = (np.asarray(arm) == 0).astype(float)
-    return np.column_stack([w * flag * y * t, w * y * t, w * (1 - flag) * c, w * c, w * t, w * y * c])
-
-
-def cluster_sums(cluster: np.ndarray, cell: np.ndarray, stats: np.ndarray, n_cells: int) -> np.ndarray:
-    """(clusters x (cells * stats)) sums: each cluster's statistics placed in its cell's block of columns."""
-    k = stats.shape[1]
-    _, cid = np.unique(cluster, return_inverse=True)
-    out = np.zeros((cid.max() + 1 if len(cid) else 0, n_cells * k))
-    for j in range(k):
-        np.add.at(out, (cid, cell * k + j), stats[:, j])
-    return out
-
-
-@dataclass
-class Estimate:
-    value: float
-    ci: tuple[float, float]
-    se: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"estimate": _num(self.value), "ci": [_num(self.ci[0]), _num(self.ci[1])], "se": _num(self.se)}
-
-
-def _num(x: float) -> float | None:
-    return float(x) if x is not None and math.isfinite(x) else None
-
-
-def cell_metrics(matrix: np.ndarray, n_cells: int, archetype: str, n_boot: int, seed: int,
-                 level: float = 0.95) -> dict[str, Any]:
-    """Point estimates and bootstrap replicates of TPR, TNR, g-mean² per cell from a cluster_sums matrix."""
-    k = len(OUTCOME_STATS if archetype == "outcome" else INTERVENTION_STATS)
-    point = matrix.sum(axis=0).reshape(n_cells, k)
-    reps = bootstrap_group_sums(matrix, n_boot=n_boot, seed=seed).reshape(n_boot, n_cells, k) \
-        if matrix.shape[0] else np.full((n_boot, n_cells, k), np.nan)
-    tpr, tnr, g2 = rates(point, archetype)
-    rtpr, rtnr, rg2 = rates(reps, archetype)
-    return {"point": point, "tpr": tpr, "tnr": tnr, "g2": g2, "rep_tpr": rtpr, "rep_tnr": rtnr, "rep_g2": rg2}
-
-
-def estimate(value: float, replicates: np.ndarray, level: float = 0.95) -> Estimate:
-    lo, hi = percentile_interval(np.asarray(replicates)[:, None], level)
-    ok = np.isfinite(replicates)
-    se = float(np.std(replicates[ok], ddof=1)) if ok.sum() > 1 else float("nan")
-    if not math.isfinite(value):
-        return Estimate(float("nan"), (float("nan"), float("nan")), float("nan"))
-    return Estimate(float(value), (float(lo[0]), float(hi[0])), se)
-
-
-def did(values: np.ndarray, replicates: np.ndarray, level: float, alpha: float, power: float) -> dict[str, Any]:
-    """Difference-in-differences over cells ordered (unexposed pre, unexposed post, exposed pre, exposed post)."""
-    def d(v: np.ndarray) -> np.ndarray:
-        return (v[..., 3] - v[..., 2]) - (v[..., 1] - v[..., 0])
-
-    est = estimate(float(d(values)), d(replicates), level)
-    mde = (norm.ppf(1 - alpha / 2) + norm.ppf(power)) * est.se if math.isfinite(est.se) else float("nan")
-    if not math.isfinite(est.value) or not math.isfinite(est.ci[0]):
-        verdict = "insufficient_data"
-    elif est.ci[1] < 0:
-        verdict = "drop"
-    elif est.ci[0] > 0:
-        verdict = "rise"
-    else:
-        verdict = "no_detectable_change"
-    return {**est.to_json(), "mde": _num(mde), "verdict": verdict,
-            "cells": {name: _num(float(values[i])) for i, name in
-                      enumerate(("unexposed_pre", "unexposed_post", "exposed_pre", "exposed_post"))}}
+from .monitorability_stats import (INTERVENTION_STATS, OUTCOME_STATS, VIEWS, Estimate,  # noqa: F401 - re-exported
+                                   _num, cell_metrics, cluster_sums, crossfit_keep, did, estimate, exposure_did,
+                                   placebo_drift, rates, row_stats)
 
 
 # ---------------------------------------------------------------------------------------------- the detector
@@ -165,46 +80,140 @@ class MonitorabilityDetector(Detector):
         options = ctx.config.options.get(self.name, {})
         if not (options.get("label") or options.get("label_signal")):
             return []  # nothing to monitor for: configure a label (see module doc)
-        con = ctx.connect()
-        try:
-            table = con.sql(
-                "SELECT rollout_id, step, group_id, coalesce(condition, 'none') AS condition, "
-                "coalesce(task, 'unknown') AS task, prompt, reasoning, answer, rewards FROM rollouts "
-                "ORDER BY step, rollout_id").to_arrow_table()
-        finally:
-            con.close()
+        table, read = load_labelled(ctx, options)
         if table.num_rows == 0:
             return []
         exposure = exposure_from_findings(ctx.of_kind("cot_grading"), options.get("exposure"))
         result = analyse(table, options, exposure, seed=ctx.config.seed)
         if result is None:
             return []
-        return [to_finding(ctx.run, result)]
+        finding = to_finding(ctx.run, result)
+        finding.fields["rows_read"] = read.to_json()
+        if read.sampled:
+            finding.explanation += (
+                f" Read a stratified sample of {read.rows:,} of {read.total:,} rollouts (at most {read.cap:,} per "
+                f"step, condition and label; {read.reason}); each is weighted by its cell's size, and the intervals "
+                "include the sampling error.")
+        return [finding]
+
+
+#: memory for the rollouts the analysis holds (texts of three views, per-row arrays), unless the memory budget
+#: (`rlaudit.memory`) is smaller; `options["max_rows"]` sets the row count directly
+SAMPLE_BYTES = 256 << 20
+
+
+def load_labelled(ctx: DetectContext, options: dict[str, Any]) -> tuple[pa.Table, Any]:
+    """The rollouts the analysis reads, with a `weight` column: the whole run when it fits the row budget, else a
+    sample stratified by step, condition and (where SQL can compute it) the label, drawn inside DuckDB, so the
+    run is never held in memory (`row_sample`). Rows outside an intervention's arms are not read."""
+    from ..behaviors import parse_behavior
+    from ..memory import sample_bytes
+    from .row_sample import stratified_rows
+
+    label = "NULL"
+    if options.get("label_signal"):
+        v = f"TRY_CAST(rewards[{_sql_str(options['label_signal'])}] AS DOUBLE)"
+        label = f"CASE WHEN isfinite({v}) THEN {v} > {float(options.get('label_threshold', 0.0))} END"
+    elif options.get("label"):
+        expr = parse_behavior(options["label"]).sql("answer")
+        label = f"({expr}) > 0.5" if expr is not None else "NULL"
+    where = "TRUE"
+    if options.get("intervention"):
+        arms = [*options["intervention"].get("treated", []), *options["intervention"].get("control", [])]
+        where = f"coalesce(condition, 'none') IN ({', '.join(_sql_str(c) for c in arms) or 'NULL'})"
+    con = ctx.connect()
+    try:
+        con.execute(f"CREATE TEMP VIEW labelled AS SELECT * FROM rollouts WHERE {where}")
+        max_rows, reason = options.get("max_rows"), "the max_rows option"
+        if max_rows is None:
+            text = con.execute("SELECT avg(strlen(coalesce(prompt, '')) + strlen(coalesce(reasoning, ''))"
+                               " + strlen(coalesce(answer, ''))) FROM labelled").fetchall()[0][0] or 0
+            limit, source = sample_bytes(SAMPLE_BYTES)
+            max_rows = max(1000, int(limit // (3 * text + 400)))
+            reason = f"{limit >> 20:,} MB for rows in memory" + (f", from the {source}" if source else "")
+        return stratified_rows(
+            con, "labelled", "rollout_id, step, group_id, coalesce(condition, 'none') AS condition, "
+            "coalesce(task, 'unknown') AS task, prompt, reasoning, answer, rewards",
+            ["step", "coalesce(condition, 'none')", label], int(max_rows), seed=ctx.config.seed, reason=reason)
+    finally:
+        con.close()
+
+
+def _sql_str(text: str) -> str:
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+#: Keys of a label config (`rlaudit audit --labels FILE`, `AuditConfig.options["monitorability"]`).
+CONFIG_KEYS = ("label", "label_signal", "label_threshold", "monitor", "llm", "llm_price", "llm_concurrency",
+               "llm_cache", "intervention", "problem_key", "crossfit", "crossfit_min_effect", "exposure",
+               "verbaliser", "verbaliser_llm", "sample_per_cell", "views", "windows", "n_boot", "level", "alpha",
+               "power", "max_evidence")
+
+
+def load_label_config(path: str | Path) -> dict[str, Any]:
+    """A monitorability label config from a TOML or JSON file: the detector's options at the top level or
+    under a `monitorability` table. Unknown keys are an error (a typo would otherwise silently change nothing)."""
+    import json
+    import tomllib
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RlauditError(f"--labels {path}: cannot read it ({exc})") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise RlauditError(f"--labels {path}: not valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} "
+                           f"({exc})") from None
+    if not isinstance(data, dict):
+        raise RlauditError(f"--labels {path}: expected a table of options")
+    data = data.get("monitorability", data)
+    unknown = sorted(set(data) - set(CONFIG_KEYS))
+    if unknown:
+        raise RlauditError(f"--labels {path}: unknown key(s) {unknown}; known: {', '.join(CONFIG_KEYS)}")
+    if not (data.get("label") or data.get("label_signal")):
+        raise RlauditError(f"--labels {path}: give `label` (a behaviour spec on the answer) or `label_signal` "
+                           "(a reward signal)")
+    return dict(data)
 
 
 def exposure_from_findings(findings: list[Finding], override: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Onset step and exposed units (conditions, else tasks) from cot_grading scan findings, or the override."""
+    """Onset step and exposed units (conditions, else tasks) from cot_grading scan findings, or the override;
+    `per_grader` holds each grader's own onset and exposed units (for the per-grader breakdown)."""
     if override:
         return {"onset": int(override["onset"]), "unit": "task" if "tasks" in override else "condition",
                 "exposed": sorted(override.get("tasks") or override.get("conditions") or []),
-                "graders": list(override.get("graders", [])), "source": "configured"}
+                "graders": list(override.get("graders", [])), "source": "configured",
+                "per_grader": [dict(g, onset=int(g["onset"]), unit="task" if "tasks" in g else "condition",
+                                    exposed=sorted(g.get("tasks") or g.get("conditions") or []))
+                               for g in override.get("per_grader", [])]}
     scans = [f for f in findings if f.fields.get("method") == "scan" and f.fields.get("first_step") is not None]
     if not scans:
         return None
-    onset = min(int(f.fields["first_step"]) for f in scans)
-    by = {"condition": set(), "task": set()}
-    seen = {"condition": set(), "task": set()}
-    for f in scans:
-        for unit, key in (("condition", "by_condition"), ("task", "by_task")):
-            for name, cell in (f.fields.get(key) or {}).items():
-                seen[unit].add(name)
-                if cell.get("exposed_samples"):
-                    by[unit].add(name)
-    unit = "condition" if by["condition"] and by["condition"] != seen["condition"] else \
-        "task" if by["task"] and by["task"] != seen["task"] else "condition"
-    return {"onset": onset, "unit": unit, "exposed": sorted(by[unit]), "graders": sorted(f.fields.get("grader")
-                                                                                           for f in scans),
-            "source": "cot_grading scan"}
+
+    def units(fs: list[Finding]) -> tuple[str, list[str]]:
+        by = {"condition": set(), "task": set()}
+        seen = {"condition": set(), "task": set()}
+        for f in fs:
+            for unit, key in (("condition", "by_condition"), ("task", "by_task")):
+                for name, cell in (f.fields.get(key) or {}).items():
+                    seen[unit].add(name)
+                    if cell.get("exposed_samples"):
+                        by[unit].add(name)
+        unit = "condition" if by["condition"] and by["condition"] != seen["condition"] else \
+            "task" if by["task"] and by["task"] != seen["task"] else "condition"
+        return unit, sorted(by[unit])
+
+    unit, exposed = units(scans)
+    per_grader = []
+    for f in sorted(scans, key=lambda f: str(f.fields.get("grader"))):
+        g_unit, g_exposed = units([f])
+        per_grader.append({"grader": str(f.fields.get("grader")), "onset": int(f.fields["first_step"]),
+                           "unit": g_unit, "exposed": g_exposed})
+    return {"onset": min(int(f.fields["first_step"]) for f in scans), "unit": unit, "exposed": exposed,
+            "graders": sorted(str(f.fields.get("grader")) for f in scans), "source": "cot_grading scan",
+            "per_grader": per_grader}
 
 
 def _monitor(options: dict[str, Any]) -> tuple[str, Any]:
@@ -246,21 +255,28 @@ def _labels(table: pa.Table, options: dict[str, Any], rows: np.ndarray) -> np.nd
 
 
 def _stratified(keys: list[tuple[Any, ...]], cap: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """At most `cap` rows per key (chosen at random), and each chosen row's weight = key size / chosen."""
-    rng = np.random.default_rng(seed)
-    by: dict[tuple[Any, ...], list[int]] = {}
-    for i, k in enumerate(keys):
-        by.setdefault(k, []).append(i)
-    chosen, weights = [], []
-    for k in sorted(by, key=repr):
-        idx = np.array(by[k])
-        take = idx if len(idx) <= cap else np.sort(rng.choice(idx, cap, replace=False))
-        chosen.append(take)
-        weights.append(np.full(len(take), len(idx) / len(take)))
-    if not chosen:
+    """At most `cap` rows per key, chosen at random, and each chosen row's weight = key size / chosen (the
+    shared sampler of judge specs, `rlaudit.llm.sampling`)."""
+    from ..llm.sampling import stratified_sample
+
+    if not keys:
         return np.zeros(0, np.int64), np.zeros(0)
-    order = np.argsort(np.concatenate(chosen), kind="stable")
-    return np.concatenate(chosen)[order], np.concatenate(weights)[order]
+    sample = stratified_sample(keys, cap, seed)
+    return sample.index, sample.weight
+
+
+def _flags(monitor: Any, is_judge: bool, view: str, prompt: pa.Array, reasoning: pa.Array,
+           answer: pa.Array) -> np.ndarray:
+    """1/0 per rollout (NaN: the monitor gave no usable answer) of a rule or judge monitor reading one view."""
+    if is_judge:
+        verdicts = monitor.judge_rollouts(prompt.to_pylist(), reasoning.to_pylist(), answer.to_pylist(), view)
+        return np.array([np.nan if v.label is None else float(v.label) for v in verdicts])
+    text = {"cot": lambda: reasoning, "action": lambda: answer,
+            "all": lambda: pa.compute.binary_join_element_wise(
+                pa.compute.fill_null(prompt, ""), pa.compute.fill_null(reasoning, ""),
+                pa.compute.fill_null(answer, ""), "\n")}[view]()
+    values = monitor.values(text)
+    return np.where(np.isnan(values), np.nan, (values > 0.5).astype(float))
 
 
 def analyse(table: pa.Table, options: dict[str, Any], exposure: dict[str, Any] | None,
@@ -283,18 +299,26 @@ def analyse(table: pa.Table, options: dict[str, Any], exposure: dict[str, Any] |
         treated, control = set(intervention.get("treated", [])), set(intervention.get("control", []))
         arm_all = np.array([1 if c in treated else 0 if c in control else -1 for c in conds_all])
         rows = rows[arm_all >= 0]
-    weights = np.ones(len(rows))
+    weights = table.column("weight").to_numpy()[rows] if "weight" in table.column_names else np.ones(len(rows))
     label_is_judge = str(options.get("label", "")).startswith("judge:")
     cap = int(options.get("sample_per_cell", 16))
     if label_is_judge:  # judge labels: sample by (step, condition) first, then label the sample
-        pick, weights = _stratified([(steps_all[r], conds_all[r]) for r in rows], 2 * cap, seed)
-        rows = rows[pick]
+        pick, w = _stratified([(steps_all[r], conds_all[r]) for r in rows], 2 * cap, seed)
+        rows, weights = rows[pick], weights[pick] * w
     y = _labels(table, options, rows)
     keep = ~np.isnan(y)
     rows, y, weights = rows[keep], y[keep], weights[keep]
+    crossfit = None
+    if intervention and options.get("crossfit", True):
+        key = options.get("problem_key", "prompt")
+        problem = np.array(table.column(key).take(pa.array(rows)).to_pylist(), dtype=object)
+        kept, crossfit = crossfit_keep(problem.astype(str), arm_all[rows], y, weights, seed=seed,
+                                       min_effect=float(options.get("crossfit_min_effect", 0.0)))
+        crossfit["problem_key"] = key
+        rows, y, weights = rows[kept], y[kept], weights[kept]
     if is_judge and not label_is_judge:
         pick, w = _stratified([(steps_all[r], conds_all[r], y[i]) for i, r in enumerate(rows)], cap, seed)
-        rows, y, weights = rows[pick], y[pick], w
+        rows, y, weights = rows[pick], y[pick], weights[pick] * w
     if len(rows) == 0 or y.sum() == 0:
         return None
 
@@ -302,27 +326,23 @@ def analyse(table: pa.Table, options: dict[str, Any], exposure: dict[str, Any] |
     prompt = table.column("prompt").take(take)
     reasoning = table.column("reasoning").take(take)
     answer = table.column("answer").take(take)
+    arm = arm_all[rows] if arm_all is not None else None
+    # the monitor reads the treated arm only in the intervention archetype (the control arm gives p_c)
+    read = np.flatnonzero(arm == 1) if arm is not None else np.arange(len(rows))
+    sub = pa.array(read)
     flags: dict[str, np.ndarray] = {}
     missing: dict[str, int] = {}
-    client = None
     for view in views:
-        if is_judge:
-            verdicts = monitor.judge_rollouts(prompt.to_pylist(), reasoning.to_pylist(), answer.to_pylist(), view)
-            flags[view] = np.array([np.nan if v.label is None else float(v.label) for v in verdicts])
-            client = monitor.client
-        else:
-            text = {"cot": reasoning, "action": answer,
-                    "all": pa.compute.binary_join_element_wise(
-                        pa.compute.fill_null(prompt, ""), pa.compute.fill_null(reasoning, ""),
-                        pa.compute.fill_null(answer, ""), "\n")}[view]
-            flags[view] = (monitor.values(text) > 0.5).astype(float)
-        missing[view] = int(np.isnan(flags[view]).sum())
+        flag = np.zeros(len(rows))
+        flag[read] = _flags(monitor, is_judge, view, prompt.take(sub), reasoning.take(sub), answer.take(sub))
+        flags[view] = flag
+        missing[view] = int(np.isnan(flag).sum())
+    client = monitor.client if is_judge else None
 
     steps, conds = steps_all[rows], conds_all[rows]
     groups = np.array([f"{g}|{s}|{c}" if g is not None else f"row:{r}" for g, s, c, r in
                        zip(table.column("group_id").take(take).to_pylist(), steps, conds, rows)], dtype=object)
     tasks = np.array(table.column("task").take(take).to_pylist(), dtype=object)
-    arm = arm_all[rows] if arm_all is not None else None
 
     uniq_steps = np.unique(steps)
     n_windows = max(1, min(int(options.get("windows", 4)), len(uniq_steps)))
@@ -332,20 +352,25 @@ def analyse(table: pa.Table, options: dict[str, Any], exposure: dict[str, Any] |
     cond_names = sorted(set(conds.tolist()))
     cond_index = np.array([cond_names.index(c) for c in conds])
 
-    exposed_mask = None
-    if exposure is not None:
-        unit_values = tasks if exposure["unit"] == "task" else conds
-        exposed_mask = np.isin(unit_values, exposure["exposed"])
-        post = steps >= exposure["onset"]
+    def masks(exp: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        unit_values = tasks if exp["unit"] == "task" else conds
+        return np.isin(unit_values, exp["exposed"]), steps >= exp["onset"], unit_values
 
-    out: dict[str, Any] = {"views": {}, "archetype": archetype, "windows": windows, "conditions": cond_names}
+    exposed_mask = post = units = None
+    if exposure is not None:
+        exposed_mask, post, units = masks(exposure)
+
+    out: dict[str, Any] = {"views": {}, "archetype": archetype, "windows": windows, "conditions": cond_names,
+                           "crossfit": crossfit}
     rng_seed = seed
     joint_overall = []
+    view_stats: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for view in views:
         flag = flags[view]
         ok = ~np.isnan(flag)
         st = row_stats(y[ok], flag[ok], weights[ok], arm[ok] if arm is not None else None)
         g_ok = groups[ok]
+        view_stats[view] = (ok, st, g_ok)
         # overall (one cell), windows, conditions: separate bootstraps with the same seed (same cluster draws)
         overall = cell_metrics(cluster_sums(g_ok, np.zeros(ok.sum(), int), st, 1), 1, archetype, n_boot, rng_seed)
         joint_overall.append(overall["rep_g2"][:, 0])
@@ -368,11 +393,8 @@ def analyse(table: pa.Table, options: dict[str, Any], exposure: dict[str, Any] |
                              for i, c in enumerate(cond_names)},
         }
         if exposed_mask is not None:
-            cell = exposed_mask[ok].astype(int) * 2 + post[ok].astype(int)
-            dd = cell_metrics(cluster_sums(g_ok, cell, st, 4), 4, archetype, n_boot, rng_seed)
-            v["exposure"] = {"g_mean2": did(dd["g2"], dd["rep_g2"], level, alpha, power),
-                             "tpr": did(dd["tpr"], dd["rep_tpr"], level, alpha, power),
-                             "tnr": did(dd["tnr"], dd["rep_tnr"], level, alpha, power)}
+            v["exposure"] = exposure_did(g_ok, st, exposed_mask[ok], post[ok], archetype, n_boot, rng_seed, level,
+                                         alpha, power, units=units[ok])
         out["views"][view] = v
     if "action" in views:
         base = views.index("action")
@@ -385,32 +407,34 @@ def analyse(table: pa.Table, options: dict[str, Any], exposure: dict[str, Any] |
                 diff = (value - ref) if value is not None and ref is not None else float("nan")
                 out["cot_gain"][view] = estimate(diff, joint_overall[i] - joint_overall[base], level).to_json()
 
-    # verbalisation: of positives (the action shows it), the share the CoT-only monitor flags
-    if "cot" in views:
-        flag = flags["cot"]
-        pos = (y == 1) & ~np.isnan(flag) & ((arm == 1) if arm is not None else True)
-        per_step = []
-        for s in uniq_steps:
-            m = pos & (steps == s)
-            wsum = weights[m].sum()
-            per_step.append(float((weights[m] * flag[m]).sum() / wsum) if wsum > 0 else float("nan"))
-        series = np.array(per_step)
-        _, p_trend = mann_kendall(series[None, :])
-        s_stat, _ = mann_kendall(series[None, :])
-        out["verbalisation"] = {
-            "rate": out["views"]["cot"]["tpr"] if archetype == "outcome" else None,
-            "steps": [int(s) for s in uniq_steps], "series": [_num(x) for x in series],
-            "trend": "falling" if p_trend[0] < alpha and s_stat[0] < 0 else
-                     "rising" if p_trend[0] < alpha and s_stat[0] > 0 else "flat",
-            "trend_p_value": float(p_trend[0])}
-        if exposed_mask is not None and archetype == "outcome":
-            out["verbalisation"]["exposure"] = out["views"]["cot"]["exposure"]["tpr"]
-        # evidence: positives the action monitor catches but the CoT monitor does not, exposed and late first
-        silent = np.flatnonzero(pos & (flag == 0))
+    # verbalisation: of positives (the action shows it; treated arm for an intervention), the share whose
+    # reasoning states it: by a separate verbaliser (rule or judge, reading the CoT) if configured, else the
+    # CoT-only monitor
+    pos = (y == 1) & ((arm == 1) if arm is not None else True)
+    verbal_flag, verbaliser = None, None
+    if options.get("verbaliser"):
+        verbaliser = _verbaliser(options)
+        idx = np.flatnonzero(pos)
+        verbal_flag = np.full(len(rows), np.nan)
+        vp = pa.array(idx)
+        verbal_flag[idx] = _flags(verbaliser["monitor"], verbaliser["is_judge"], "cot", prompt.take(vp),
+                                  reasoning.take(vp), answer.take(vp))
+    elif "cot" in views:
+        verbal_flag = flags["cot"]
+    if verbal_flag is not None:
+        out["verbalisation"] = _verbalisation(verbal_flag, pos, weights, groups, steps, uniq_steps, window,
+                                              n_windows, windows, exposed_mask, post, units, n_boot, rng_seed,
+                                              level, alpha, power)
+        out["verbalisation"]["by"] = verbaliser["spec"] if verbaliser else f"the CoT-only monitor ({spec})"
+        out["verbalisation"]["kind"] = ("judge" if verbaliser["is_judge"] else "rule") if verbaliser else \
+            ("judge" if is_judge else "rule")
+        if verbaliser and verbaliser["is_judge"]:
+            out["verbalisation"]["llm_usage"] = verbaliser["monitor"].client.accounting.to_json()
+        # evidence: positives whose reasoning does not state the behaviour, exposed and late first
+        silent = np.flatnonzero(pos & (verbal_flag == 0))
         rank = (-(exposed_mask[silent].astype(int) if exposed_mask is not None else 0) * 10**9) - steps[silent]
         out["silent_rows"] = [int(rows[i]) for i in silent[np.argsort(rank, kind="stable")]
                               [:int(options.get("max_evidence", 5))]]
-        out["silent_index"] = {int(rows[i]): int(i) for i in silent}
 
     out["exposure"] = exposure
     if exposure is not None and "cot" in views:
@@ -420,6 +444,10 @@ def analyse(table: pa.Table, options: dict[str, Any], exposure: dict[str, Any] |
             g = dict(g, verdict="no_unexposed_comparison" if n_exposed else "no_exposed_rollouts")
             out["views"]["cot"]["exposure"]["g_mean2"] = g
         out["verdict"] = g["verdict"]
+        if len(exposure.get("per_grader") or []) > 1:
+            ok, st, g_ok = view_stats["cot"]
+            out["by_grader"] = _per_grader(exposure["per_grader"], masks, ok, st, g_ok, archetype, verbal_flag, pos,
+                                           weights, groups, n_boot, rng_seed, level, alpha, power)
     else:
         out["verdict"] = "no_exposure_found"
     out["monitor"] = {"spec": spec, "kind": "judge" if is_judge else "rule",
@@ -435,11 +463,92 @@ def analyse(table: pa.Table, options: dict[str, Any], exposure: dict[str, Any] |
     return out
 
 
+def _verbaliser(options: dict[str, Any]) -> dict[str, Any]:
+    """The verbalisation judge: does the reasoning state the behaviour? A spec read on the CoT (rule, or
+    `judge:` answered by the monitor's LLM client unless `verbaliser_llm` names another backend)."""
+    spec = options["verbaliser"]
+    sub = {"monitor": spec, "llm": options.get("verbaliser_llm") or options.get("llm"),
+           "client": options.get("verbaliser_client") or options.get("client"),
+           **{k: options[k] for k in ("llm_cache", "llm_concurrency", "llm_price", "dry_run") if k in options}}
+    spec, monitor = _monitor(sub)
+    return {"spec": spec, "monitor": monitor, "is_judge": not hasattr(monitor, "values")}
+
+
+def _ratio_stats(flag: np.ndarray, pos: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with a usable verbalisation flag among positives, and their (flagged, 1) weighted statistics in
+    the outcome layout (TPR of these = the verbalisation rate)."""
+    ok = pos & ~np.isnan(flag)
+    f = np.where(ok, flag, 0.0)
+    return ok, row_stats(np.ones(ok.sum()), f[ok], weights[ok])
+
+
+def _verbalisation(flag, pos, weights, groups, steps, uniq_steps, window, n_windows, windows, exposed_mask, post,
+                   units, n_boot, seed, level, alpha, power) -> dict[str, Any]:
+    """Verbalisation rate overall, per step window and per step, with group-bootstrap CIs; Mann-Kendall trend
+    over steps; and, with an exposure, its difference-in-differences (exposed vs unexposed, post vs pre)."""
+    ok, st = _ratio_stats(flag, pos, weights)
+    g = groups[ok]
+    overall = cell_metrics(cluster_sums(g, np.zeros(ok.sum(), int), st, 1), 1, "outcome", n_boot, seed)
+    per_window = cell_metrics(cluster_sums(g, window[ok], st, n_windows), n_windows, "outcome", n_boot, seed)
+    per_step = []
+    for s in uniq_steps:
+        m = ok & (steps == s)
+        wsum = weights[m].sum()
+        per_step.append(float((weights[m] * flag[m]).sum() / wsum) if wsum > 0 else float("nan"))
+    series = np.array(per_step)
+    s_stat, p_trend = mann_kendall(series[None, :])
+    out = {"rate": estimate(overall["tpr"][0], overall["rep_tpr"][:, 0], level).to_json(),
+           "positives": float(weights[ok].sum()), "missing": int((pos & np.isnan(flag)).sum()),
+           "windows": [{"steps": windows[i], **estimate(per_window["tpr"][i], per_window["rep_tpr"][:, i],
+                                                        level).to_json()} for i in range(n_windows)],
+           "steps": [int(s) for s in uniq_steps], "series": [_num(x) for x in series],
+           "trend": "falling" if p_trend[0] < alpha and s_stat[0] < 0 else
+                    "rising" if p_trend[0] < alpha and s_stat[0] > 0 else "flat",
+           "trend_p_value": float(p_trend[0])}
+    if exposed_mask is not None:
+        out["exposure"] = exposure_did(g, st, exposed_mask[ok], post[ok], "outcome", n_boot, seed, level, alpha,
+                                       power, units=units[ok])["tpr"]
+    return out
+
+
+def _per_grader(per_grader, masks, ok, st, g_ok, archetype, verbal_flag, pos, weights, groups, n_boot, seed, level,
+                alpha, power) -> dict[str, Any]:
+    """Exposure DiD of the CoT-only g-mean² (and of the verbalisation rate) for each grader that saw the CoT:
+    its own onset and exposed units against the rest; bootstrap p-values, Benjamini-Hochberg q across graders,
+    and a per-grader verdict at q < alpha."""
+    from ..stats import benjamini_hochberg
+
+    out, ps = {}, []
+    for exp in per_grader:
+        exposed, post, units = masks(exp)
+        d = exposure_did(g_ok, st, exposed[ok], post[ok], archetype, n_boot, seed, level, alpha, power,
+                         units=units[ok])
+        entry = {"onset": exp["onset"], "unit": exp["unit"], "exposed": exp["exposed"],
+                 "g_mean2": d["g_mean2"], "p_value": d["g_mean2"]["p_value"]}
+        if verbal_flag is not None:
+            vok, vst = _ratio_stats(verbal_flag, pos, weights)
+            entry["verbalisation"] = exposure_did(groups[vok], vst, exposed[vok], post[vok], "outcome", n_boot,
+                                                  seed, level, alpha, power, units=units[vok])["tpr"]
+        out[exp["grader"]] = entry
+        ps.append(entry["p_value"])
+    p = np.array(ps, dtype=float)
+    q = np.full(len(p), np.nan)
+    finite = np.isfinite(p)
+    if finite.any():
+        q[finite] = benjamini_hochberg(p[finite])
+    for (name, entry), qi in zip(out.items(), q):
+        entry["q_value"] = _num(float(qi))
+        est = entry["g_mean2"]["estimate"]
+        entry["verdict"] = ("insufficient_data" if est is None or not np.isfinite(qi) else
+                            "drop" if qi < alpha and est < 0 else "rise" if qi < alpha and est > 0 else
+                            "no_detectable_change")
+    return out
+
+
 def to_finding(run: str, result: dict[str, Any]) -> Finding:
     table = result.pop("table")
     result.pop("rows")
     silent_rows = result.pop("silent_rows", [])
-    result.pop("silent_index", None)
     views = result["views"]
     verdict = result["verdict"]
     what = result["label"]["spec"] or f"{result['label']['signal']} > {result['label']['threshold']}"
@@ -471,9 +580,12 @@ def to_finding(run: str, result: dict[str, Any]) -> Finding:
     explanation = (
         f"Monitors read three views of each labelled rollout (CoT only, action only, all) using {used}. "
         f"g-mean² = TPR x TNR: {line}. "
-        + (f"Verbalisation (positives whose reasoning states the behaviour): "
-           f"{cot['tpr']['estimate']:.0%}, trend {verbal.get('trend')}. " if cot.get("tpr", {}).get("estimate")
-           is not None and result["archetype"] == "outcome" else "")
+        + (f"Verbalisation (positives whose reasoning states the behaviour, by {verbal.get('by')}): "
+           f"{verbal['rate']['estimate']:.0%}, trend {verbal.get('trend')}. "
+           if (verbal.get("rate") or {}).get("estimate") is not None else "")
+        + "".join(f"Grader '{name}': g-mean² DiD {g['g_mean2']['estimate']:+.2f} (q = {g['q_value']:.3f}, "
+                  f"{g['verdict'].replace('_', ' ')}). " for name, g in (result.get("by_grader") or {}).items()
+                  if g["g_mean2"]["estimate"] is not None and g["q_value"] is not None)
         + (f"Exposure from {exposure['source']}: onset step {exposure['onset']}, exposed {exposure['unit']}s "
            f"{exposure['exposed']}. " if exposure else "cot_grading found no exposure, so there is no before/after. ")
         + ("Verdict: " + verdict.replace("_", " ") + ".")
@@ -492,7 +604,7 @@ def to_finding(run: str, result: dict[str, Any]) -> Finding:
         "monitor_used": f"{monitor['kind']}: {monitor['spec']}" + (f" ({monitor['backend']})" if monitor["backend"]
                                                                     else ""),
         **{f"g_mean2_{v}": views[v]["g_mean2"]["estimate"] for v in views},
-        "verbalisation_rate": cot.get("tpr", {}).get("estimate") if result["archetype"] == "outcome" else None,
+        "verbalisation_rate": (verbal.get("rate") or {}).get("estimate"),
         "exposure_onset": exposure["onset"] if exposure else None,
         "did_g_mean2": exposure_did.get("estimate"), "did_mde": exposure_did.get("mde")})
     return Finding(kind="monitorability", run=run, severity=severity, title=title, explanation=explanation,

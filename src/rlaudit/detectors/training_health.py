@@ -13,24 +13,30 @@ row per step or per group):
   logged `advantage`, else (r - group mean) / (group std + 1e-4)). Zero-variance groups already lower it; the
   check is on the rollouts of groups that do vary: ESS/N < 0.35 there (binary rewards in groups of 8 cannot go below 0.44) in the last third means a few outlier
   rewards dominate the advantages (**medium**). One-sided t-test over the window's per-step values.
-- `length_growth`: mean completion length (characters) in the last third / in the first third, stratified by
+- `length_growth`: mean completion length (tokens when a tokenizer is given or the log carries token counts,
+  else characters: `health.lengths`; the finding's `unit` says which) in the last third / in the first third, stratified by
   nothing but with a cluster-robust (prompt-group) standard error of the log ratio; **medium** when the ratio
   is >= 1.5, **high** >= 2.5 (one-sided z-test of log ratio > 0). Per condition ratios are in `by_condition`.
   Onset: `stats.onset_index` on the per-step means against the first third.
 - `truncation`: share of completions that ended without their end marker (an unclosed `<think>`: reasoning
   without an answer) or that the trainer marked as cut at the length limit (metadata `finish_reason` /
-  `stop_reason` = "length", `is_truncated` / `truncated` = true). Only when the run shows such markers at all
+  `stop_reason` = "length", `is_truncated` / `truncated` = true), or whose token length reached the limit when
+  it is known (`max_tokens` option or metadata). Only when the run shows such markers at all
   (else the reader does not know, and the finding's absence means nothing: `notes` says so). **medium** when
   the last third's rate is >= 5% and above the first third's (two-proportion z-test), **high** >= 10%.
 - `reward_eval_divergence`: when the run has eval-split rows at >= 4 steps: the training reward rises
   (Mann-Kendall on per-step means) while the eval reward falls. p = max of the two one-sided p-values
   (intersection-union test); the eval change (last third - first third of eval steps) with a Welch 95%
   interval. **high**: the reward-hacking signature.
-- `plateau`: the training reward shows no trend over the whole run (Mann-Kendall p >= 0.2, >= 12 steps):
-  **low** (a run that does not learn may be fine if it started at the ceiling).
+- `plateau`: per reward signal (the total `reward` and each component in `rewards`), with >= 12 steps: the
+  linear change of the per-step mean over the run is within +-0.2 within-step standard deviations (a small
+  effect), shown by two one-sided t-tests on the OLS slope (TOST; p = the larger one-sided p, 90% interval).
+  **low** (a signal that does not move may be fine if it started at its ceiling); `signal` names it
+  (`reward` or `rewards.<name>`). A single component equal to the total is tested once.
 
-Checks from the trainer's scalar logs, when found beside the rollouts (`rlaudit.health.scalars`; the finding
-says which keys were read): `entropy_collapse` (entropy in the last third < 30% of the first third, falling:
+Checks from the trainer's scalar logs, found beside the rollouts or named per run (option `metrics`, the CLI's
+`--scalar-log`; `rlaudit.health.scalars` reads TRL, verl, prime-rl, TensorBoard and W&B logs; the finding says
+which keys were read): `entropy_collapse` (entropy in the last third < 30% of the first third, falling:
 **medium**, < 10%: **high**), `kl_drift` (KL rising, last third > 10x first third and > 0.1: **medium**),
 `clip_saturation` (clip fraction in the last third > 0.2: **medium**), `grad_norm` (non-finite values: **high**;
 spikes > 10x the median: **medium**), `truncation` from the trainer's own clipped ratio when the rollouts do not
@@ -46,12 +52,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import duckdb
 import numpy as np
 
 from ..findings import Evidence, Finding
+from ..health.lengths import LengthUnit, length_view
 from . import DetectContext, Detector, register
 
 ALPHA = 0.05
@@ -60,6 +68,7 @@ ESS_MIN = 0.35
 LEN_MEDIUM, LEN_HIGH = 1.5, 2.5
 TRUNC_MEDIUM, TRUNC_HIGH = 0.05, 0.10
 MIN_STEPS = 6
+PLATEAU_MIN_STEPS, PLATEAU_MARGIN = 12, 0.2
 EVIDENCE = 5
 
 
@@ -79,10 +88,12 @@ class TrainingHealthDetector(Detector):
         notes: list[str] = []
         steps = [int(r[0]) for r in con.execute("SELECT DISTINCT step FROM rollouts ORDER BY step").fetchall()]
         if len(steps) >= MIN_STEPS:
+            unit = length_view(con, ctx.option(self.name, "tokenizer", None), ctx.option(self.name, "max_tokens", None))
+            notes.append(unit.describe())
             early, late = _windows(steps)
             candidates += _zero_variance(con, steps, early, late)
-            candidates += _length(con, steps, early, late)
-            trunc, note = _truncation(con, steps, early, late)
+            candidates += _length(con, steps, early, late, unit)
+            trunc, note = _truncation(con, steps, early, late, unit)
             candidates += trunc
             if note:
                 notes.append(note)
@@ -125,7 +136,7 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = N
 
 def _evidence(con: duckdb.DuckDBPyConnection, where: str, note: str) -> list[Evidence]:
     rows = _rows(con, f"""SELECT rollout_id, step, condition, group_id, reward, length(completion) AS chars,
-                          left(coalesce(answer, ''), 200) AS text FROM rollouts WHERE {where}
+                          left(coalesce(answer, ''), 200) AS text FROM th_rollouts WHERE {where}
                           ORDER BY step DESC, group_id, rollout_id LIMIT {EVIDENCE}""")
     return [Evidence(rollout_id=r["rollout_id"], step=int(r["step"]), condition=r["condition"], text=r["text"],
                      note=note, data={"group_id": r["group_id"], "reward": r["reward"], "chars": r["chars"]})
@@ -280,47 +291,55 @@ def _zero_variance(con: duckdb.DuckDBPyConnection, steps: list[int], early: list
     return out
 
 
-def _length(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int]
+def _length(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int], unit: LengthUnit
             ) -> list[dict[str, Any]]:
     from scipy.stats import norm
 
-    from ..stats import onset_index, ratio_of_sums_se
+    from ..stats import onset_index
 
-    per_step = _rows(con, """SELECT step, sum(length(completion))::DOUBLE AS x,
-                                    sum(length(completion)::DOUBLE ^ 2) AS q, count(*) AS n
-                             FROM rollouts GROUP BY step ORDER BY step""")
-    clusters = con.execute(f"""
-        SELECT CASE WHEN step <= {early[-1]} THEN 0 ELSE 1 END AS w, condition,
-               sum(length(completion))::DOUBLE AS x, count(*)::DOUBLE AS n
-        FROM rollouts WHERE step <= {early[-1]} OR step >= {late[0]}
-        GROUP BY w, condition, coalesce(group_id, rollout_id)""").fetchnumpy()
-    if not per_step or len(clusters["n"]) == 0:
+    per_step = _rows(con, """SELECT step, sum(th_len)::DOUBLE AS x, sum(th_len ^ 2) AS q, count(*) AS n
+                             FROM th_rollouts GROUP BY step ORDER BY step""")
+    # per window and condition, the sums over prompt groups (clusters) that the cluster-robust SE of a ratio of
+    # sums needs: aggregated inside DuckDB, so the run's groups never come to Python
+    cells = _rows(con, f"""
+        SELECT w, condition, count(*)::DOUBLE AS g, sum(x) AS sx, sum(n) AS sn, sum(x * x) AS sxx,
+               sum(x * n) AS sxn, sum(n * n) AS snn
+        FROM (SELECT CASE WHEN step <= {early[-1]} THEN 0 ELSE 1 END AS w, condition,
+                     sum(th_len)::DOUBLE AS x, count(*)::DOUBLE AS n
+              FROM th_rollouts WHERE step <= {early[-1]} OR step >= {late[0]}
+              GROUP BY w, condition, coalesce(group_id, rollout_id))
+        GROUP BY w, condition""")
+    if not per_step or not cells:
         return []
-    cw, cx, cn = (np.asarray(clusters[k]) for k in ("w", "x", "n"))
-    ccond = np.asarray(clusters["condition"], dtype=object)
+    ccond = [c["condition"] for c in cells]
 
-    def ratio(mask: np.ndarray) -> tuple[float, float] | None:
+    def ratio(keep: Callable[[Any], bool]) -> tuple[float, float] | None:
         parts = []
         for w in (0, 1):
-            x, n = cx[mask & (cw == w)], cn[mask & (cw == w)]
-            if n.sum() == 0:
+            t = {k: sum(c[k] for c in cells if c["w"] == w and keep(c["condition"]))
+                 for k in ("g", "sx", "sn", "sxx", "sxn", "snn")}
+            if t["sn"] == 0:
                 return None
-            parts.append((x.sum() / n.sum(), ratio_of_sums_se(x, n)))
+            m = t["sx"] / t["sn"]
+            # ratio_of_sums_se from sums: sum_g (x_g - m n_g)^2 = Sxx - 2 m Sxn + m^2 Snn
+            resid = max(0.0, t["sxx"] - 2 * m * t["sxn"] + m * m * t["snn"])
+            se = math.sqrt(t["g"] / (t["g"] - 1) * resid) / t["sn"] if t["g"] >= 2 else float("nan")
+            parts.append((m, se))
         (m0, se0), (m1, se1) = parts
         if m0 <= 0 or m1 <= 0:
             return None
         se_log = math.sqrt((se0 / m0) ** 2 + (se1 / m1) ** 2) if np.isfinite(se0) and np.isfinite(se1) else np.nan
         return m1 / m0, se_log
 
-    overall = ratio(np.ones(len(cn), dtype=bool))
+    overall = ratio(lambda cond: True)
     if overall is None or not np.isfinite(overall[1]):
         return []
     r, se = overall
     z = math.log(r) / se if se > 0 else (np.inf if r > 1 else -np.inf)
     p = float(norm.sf(z))
     by_condition = {}
-    for cond in sorted(set(ccond.tolist())):
-        rc = ratio(ccond == cond)
+    for cond in sorted(set(ccond)):
+        rc = ratio(lambda c, _c=cond: c == _c)
         if rc is not None and np.isfinite(rc[1]):
             by_condition[cond] = {"ratio": rc[0], "ci": [rc[0] * math.exp(-1.96 * rc[1]),
                                                          rc[0] * math.exp(1.96 * rc[1])]}
@@ -334,8 +353,8 @@ def _length(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], 
     severity = "high" if r >= LEN_HIGH else "medium" if r >= LEN_MEDIUM else None
     top = max(by_condition.items(), key=lambda kv: kv[1]["ratio"], default=(None, None))[0]
     return [_candidate(
-        "length_growth", severity, f"completions grew {r:.1f}x longer over the run",
-        f"Mean completion length went from {means[base].mean():.0f} characters (steps {early[0]}-{early[-1]}) to "
+        "length_growth", severity, f"completions grew {r:.1f}x longer over the run (in {unit.unit})",
+        f"Mean completion length went from {means[base].mean():.0f} {unit.unit} (steps {early[0]}-{early[-1]}) to "
         f"{means[np.isin(st, late)].mean():.0f} (steps {late[0]}-{late[-1]}), x{r:.2f}"
         + (f"; most in condition {top!r} (x{by_condition[top]['ratio']:.2f})" if top else "") + ". Length "
         "growth costs generation time, and under a length limit it ends in truncation.",
@@ -343,11 +362,13 @@ def _length(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], 
             "test": "one-sided z-test of the log ratio of mean lengths (last third / first third), prompt-group "
                     "cluster-robust standard error"},
         int(st[idx]) if idx is not None else None, by_condition=by_condition, steps=_series(st, means),
-        evidence_sql=(f"step >= {late[0]} AND length(completion) >= (SELECT approx_quantile(length(completion), "
-                      f"0.9) FROM rollouts WHERE step >= {late[0]})", "one of the longest late completions"))]
+        unit=unit.unit, length_source=unit.source,
+        evidence_sql=(f"step >= {late[0]} AND th_len >= (SELECT approx_quantile(th_len, 0.9) FROM th_rollouts "
+                      f"WHERE step >= {late[0]})", "one of the longest late completions"))]
 
 
 TRUNCATED_SQL = """(
+    coalesce(th_len >= th_max, false) OR
     (reasoning IS NOT NULL AND coalesce(answer, '') = '' AND completion NOT LIKE '%</think>%')
     OR coalesce(lower(json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.finish_reason')), '') = 'length'
     OR coalesce(lower(json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.stop_reason')), '') = 'length'
@@ -355,22 +376,22 @@ TRUNCATED_SQL = """(
     OR coalesce(json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.truncated'), '') = 'true')"""
 
 
-def _truncation(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int]
-                ) -> tuple[list[dict[str, Any]], str | None]:
+def _truncation(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int],
+                unit: LengthUnit) -> tuple[list[dict[str, Any]], str | None]:
     from scipy.stats import norm
 
     from ..stats import onset_index
 
-    markers = con.execute("""SELECT count(*) FILTER (WHERE reasoning IS NOT NULL OR completion LIKE '%</think>%'
+    markers = con.execute("""SELECT count(*) FILTER (WHERE th_max IS NOT NULL OR reasoning IS NOT NULL OR completion LIKE '%</think>%'
                                  OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.finish_reason') IS NOT NULL
                                  OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.stop_reason') IS NOT NULL
                                  OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.is_truncated') IS NOT NULL
-                                 OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.truncated') IS NOT NULL) FROM rollouts""")
+                                 OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.truncated') IS NOT NULL) FROM th_rollouts""")
     if not markers.fetchone()[0]:
         return [], ("truncation: the rollouts carry no end marker (think tags) and no finish reason, so truncation "
                     "is unknown from them")
     per_step = _rows(con, f"""SELECT step, count(*) FILTER (WHERE {TRUNCATED_SQL}) AS t, count(*) AS n
-                              FROM rollouts GROUP BY step ORDER BY step""")
+                              FROM th_rollouts GROUP BY step ORDER BY step""")
     st = [r["step"] for r in per_step]
     t = np.array([r["t"] for r in per_step], dtype=float)
     n = np.array([r["n"] for r in per_step], dtype=float)
@@ -390,11 +411,14 @@ def _truncation(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[in
         "truncation", severity, f"{p1:.1%} of completions are truncated in the last third of the run "
         f"(from {p0:.1%})",
         f"In steps {late[0]}-{late[-1]}, {int(t1)} of {int(n1)} completions stopped before their end marker (or "
-        f"were marked as cut at the length limit), against {p0:.1%} in steps {early[0]}-{early[-1]}. A truncated "
+        f"were marked as cut at the length limit"
+        + (f", or reached it: {unit.max_tokens:g} tokens" if unit.max_tokens else
+           ", or reached the per-rollout token limit" if unit.has_max else "") + f"), against {p0:.1%} in steps {early[0]}-{early[-1]}. A truncated "
         "completion has no answer to grade, and its reward teaches the policy about an unfinished text.",
         p1, {"estimate": p1, "ci": _wilson(t1, n1), "early": p0, "early_ci": _wilson(t0, n0), "p_value": p,
              "test": "one-sided two-proportion z-test, last third > first third"},
         int(st[idx]) if idx is not None else None, source="rollouts", steps=_series(st, t / np.maximum(n, 1)),
+        unit=unit.unit, max_tokens=unit.max_tokens,
         evidence_sql=(f"step >= {late[0]} AND {TRUNCATED_SQL}", "truncated completion"))], None
 
 
@@ -445,22 +469,69 @@ def _divergence(con: duckdb.DuckDBPyConnection, max_step: int | None) -> list[di
 
 
 def _plateau(con: duckdb.DuckDBPyConnection, steps: list[int]) -> list[dict[str, Any]]:
-    if len(steps) < 12:
+    """One plateau test per reward signal: the total and each component of `rewards` (see the module doc)."""
+    if len(steps) < PLATEAU_MIN_STEPS:
         return []
-    tr = _rows(con, "SELECT step, avg(reward) AS m FROM rollouts WHERE isfinite(reward) GROUP BY step ORDER BY step")
-    if len(tr) < 12:
-        return []
-    y = np.array([r["m"] for r in tr])
-    s, p_two = _mk(y)
-    severity = "low" if p_two >= 0.2 else None
-    return [_candidate(
-        "plateau", severity, "the training reward did not improve over the run",
-        f"The mean training reward shows no trend over {len(tr)} steps (Mann-Kendall p = {p_two:.2f}; from "
-        f"{y[: len(y) // 3].mean():.3g} to {y[-(len(y) // 3):].mean():.3g}): the run is not learning, or started "
-        "at its ceiling.", 1 - p_two, {"estimate": float(y[-(len(y) // 3):].mean() - y[: len(y) // 3].mean()),
-                                       "mann_kendall_p": p_two, "p_value": None,
-                                       "test": "Mann-Kendall trend test on per-step mean reward (no trend: p >= 0.2)"},
-        None, steps=_series([r["step"] for r in tr], y))]
+    total = _rows(con, """SELECT step, avg(reward) AS m, coalesce(stddev_samp(reward), 0) AS sd, count(*) AS n
+                          FROM rollouts WHERE isfinite(reward) GROUP BY step ORDER BY step""")
+    parts = _rows(con, """SELECT k AS signal, step, avg(v) AS m, coalesce(stddev_samp(v), 0) AS sd, count(*) AS n
+                          FROM (SELECT step, unnest(map_keys(rewards)) AS k, unnest(map_values(rewards)) AS v
+                                FROM rollouts) WHERE isfinite(v) GROUP BY k, step ORDER BY k, step""")
+    series: dict[str, list[dict[str, Any]]] = {"reward": total}
+    for r in parts:
+        series.setdefault(f"rewards.{r['signal']}", []).append(r)
+    if len(series) == 2 and all(len(v) == len(total) for v in series.values()):
+        # a single component equal to the total is one signal, not two tests
+        only = next(k for k in series if k != "reward")
+        if all(abs(a["m"] - b["m"]) <= 1e-9 * max(1.0, abs(a["m"])) for a, b in zip(total, series[only])):
+            del series[only]
+    out = []
+    for signal, rows in series.items():
+        c = _plateau_one(signal, rows)
+        if c is not None:
+            out.append(c)
+    return out
+
+
+def _plateau_one(signal: str, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Two one-sided tests (TOST) that the change of the per-step mean over the run lies within +-margin."""
+    from scipy.stats import t as student_t
+
+    if len(rows) < PLATEAU_MIN_STEPS:
+        return None
+    x = np.array([r["step"] for r in rows], dtype=float)
+    y = np.array([r["m"] for r in rows], dtype=float)
+    sd = np.array([r["sd"] for r in rows], dtype=float)
+    n = np.array([r["n"] for r in rows], dtype=float)
+    within = float(np.sqrt(np.sum((n - 1) * sd**2) / max(np.sum(n - 1), 1)))
+    if within <= 0:
+        return None  # a constant signal: reward_health reports it
+    margin = PLATEAU_MARGIN * within
+    xc = x - x.mean()
+    sxx = float(np.sum(xc**2))
+    slope = float(np.sum(xc * (y - y.mean())) / sxx)
+    resid = y - y.mean() - slope * xc
+    dof = len(y) - 2
+    se_slope = float(np.sqrt(np.sum(resid**2) / dof / sxx))
+    span = float(x[-1] - x[0])
+    change, se = slope * span, se_slope * span
+    if se > 0:
+        p = float(max(student_t.sf((change + margin) / se, dof), student_t.sf((margin - change) / se, dof)))
+    else:
+        p = 0.0 if abs(change) < margin else 1.0
+    half = float(student_t.ppf(0.95, dof) * se)
+    name = "the total reward" if signal == "reward" else f"reward component {signal.split('.', 1)[1]!r}"
+    k = max(1, len(y) // 3)
+    return _candidate(
+        "plateau", "low" if abs(change) < margin else None,
+        f"{name} did not improve over the run",
+        f"The per-step mean of {name} changed by {change:+.3g} over {len(y)} steps (from {y[:k].mean():.3g} to "
+        f"{y[-k:].mean():.3g}), within +-{margin:.3g} ({PLATEAU_MARGIN} of its within-step standard deviation "
+        f"{within:.3g}): this signal is not being learned, or started at its ceiling.",
+        1 - p, {"estimate": change, "ci": [change - half, change + half], "margin": margin, "p_value": p,
+                "test": f"TOST equivalence test of the linear change over the run (OLS on per-step means) within "
+                        f"+-{PLATEAU_MARGIN} within-step SD; 90% interval"},
+        None, signal=signal, steps=_series([int(v) for v in x], y))
 
 
 # ---------------------------------------------------------------------------------------------- scalar logs
@@ -478,8 +549,11 @@ def _scalar_checks(source: str, paths: list[str] | None, max_step: int | None, n
     if max_step is not None:
         log.rows = [r for r in log.rows if r[0] <= max_step]
     found = log.found()
-    notes.append(f"scalar logs read: {', '.join(log.files) or 'none'}; keys found: "
-                 + (", ".join(f"{m}={k}" for m, k in found.items()) or "none of the known keys"))
+    origin = "named for this run" if paths else "found beside the rollouts"
+    notes.append(f"scalar logs {origin}: {', '.join(log.files) or 'none readable'}; keys found: "
+                 + (", ".join(f"{m}={k}" for m, k in found.items()) or "none of the known keys")
+                 + f" (of {len(log.keys)} keys logged)")
+    notes.extend(f"scalar log skipped: {reason}" for reason in log.skipped)
     base = {"scalar_files": log.files, "scalar_keys": found}
     out: list[dict[str, Any]] = []
 

@@ -18,7 +18,7 @@ from typing import Any
 
 __all__ = ["BASELINE", "Cut", "Sample", "Transcript", "backtest", "backtest_markdown", "compare", "cuts",
            "evidence", "judge_spec", "load_transcripts", "rate_table", "rates_markdown", "read_chat_jsonl",
-           "read_samples", "read_store_run", "run_backtest", "run_resample", "score",
+           "read_inspect_log", "read_samples", "read_store_run", "run_backtest", "run_resample", "score",
            "summary_markdown"]
 
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..llm.core import LLMClient
+from ..llm.judge import CONVERSATION_MAX_CHARS
 from .resample import Sample, original_row, resample, sample_row
 from .results import (BASELINE, SamplesWriter, backtest, backtest_markdown, compact, evidence, finish_results,
                       merge_evidence, parse_behaviors, rate_table, rates_markdown, read_samples, score,
                       summary_markdown)
+from .inspect_logs import read_inspect_log
 from .transcripts import (Cut, Transcript, cuts, iter_transcripts, load_transcripts, read_chat_jsonl,
                           read_store_run)
 
@@ -29,8 +32,8 @@ def judge_spec(text: str) -> str:
 def run_resample(source: str | list[Transcript], candidates: dict[str, LLMClient], behaviors: Sequence[str],
                  samples: int = 4, out: str | Path | None = None, simulator: LLMClient | None = None,
                  cut: str = "last", limit: int | None = None, max_steps: int = 3, temperature: float = 1.0,
-                 max_tokens: int = 1024, store: Any = None, progress: Any = None, chunk: int = 1000
-                 ) -> dict[str, Any]:
+                 max_tokens: int = 1024, store: Any = None, progress: Any = None, chunk: int = 1000,
+                 judge_max_chars: int = CONVERSATION_MAX_CHARS) -> dict[str, Any]:
     """Resample, score and summarise. With `out`, transcripts are read, resampled, scored and written
     `chunk` at a time: memory holds one chunk's texts plus a few numbers per turn (the returned `rows` are
     compact and `samples` empty). Without `out`, everything is returned in memory."""
@@ -55,7 +58,7 @@ def run_resample(source: str | list[Transcript], candidates: dict[str, LLMClient
             done = resample(found, candidates, samples=samples, simulator=simulator, max_steps=max_steps,
                             temperature=temperature, max_tokens=max_tokens, progress=progress)
             chunk_rows = [original_row(c) for c in found] + [sample_row(s) for s in done]
-            score(chunk_rows, parsed)
+            score(chunk_rows, parsed, judge_max_chars)
             counts["transcripts"] += len(part)
             counts["cuts"] += len(found)
             counts["simulated_calls"] += sum(s.simulated for s in done)
@@ -73,7 +76,7 @@ def run_resample(source: str | list[Transcript], candidates: dict[str, LLMClient
             writer.close()
     manifest = {"source": source if isinstance(source, str) else "<transcripts>", **counts, "cut": cut,
                 "samples": samples, "candidates": list(candidates), "max_steps": max_steps,
-                "temperature": temperature,
+                "temperature": temperature, "judge_max_chars": judge_max_chars,
                 "llm": {name: {"backend": c.description, **c.accounting.to_json()} for name, c in candidates.items()},
                 "simulator": ({"backend": simulator.description, **simulator.accounting.to_json()}
                               if simulator is not None else None),
@@ -94,7 +97,8 @@ def compare(dirs: Sequence[str | Path], baseline: str = BASELINE, behaviors: Seq
 
 
 def run_backtest(results_dir: str | Path, observed: str | list[Transcript], model: str | None = None,
-                 baseline: str = BASELINE, store: Any = None, limit: int | None = None) -> dict[str, Any]:
+                 baseline: str = BASELINE, store: Any = None, limit: int | None = None,
+                 judge_max_chars: int | None = None) -> dict[str, Any]:
     """Forecast rates of `model` (default: the only candidate) in `results_dir` against the rates of the same
     behaviours on `observed` traffic (its last assistant turns)."""
     rows, specs = read_samples([results_dir])
@@ -107,12 +111,16 @@ def run_backtest(results_dir: str | Path, observed: str | list[Transcript], mode
         model = models[0]
     transcripts = observed if isinstance(observed, list) else load_transcripts(observed, store, limit)
     obs_rows = [original_row(c, "observed") for c in cuts(transcripts, "last")]
-    score(obs_rows, parse_behaviors(specs))
+    if judge_max_chars is None:  # as the forecast was judged
+        manifest = Path(results_dir) / "manifest.json"
+        saved = json.loads(manifest.read_text()).get("judge_max_chars") if manifest.exists() else None
+        judge_max_chars = int(saved or CONVERSATION_MAX_CHARS)
+    score(obs_rows, parse_behaviors(specs), judge_max_chars)
     rates = rate_table(rows, specs, baseline)
     return backtest(rates, rate_table(obs_rows, specs, baseline="observed"), model, baseline)
 
 
 __all__ = ["BASELINE", "Cut", "Sample", "Transcript", "backtest", "backtest_markdown", "compare", "cuts",
            "evidence", "judge_spec", "load_transcripts", "rate_table", "rates_markdown", "read_chat_jsonl",
-           "read_samples", "read_store_run", "resample", "run_backtest", "run_resample", "score",
+           "read_inspect_log", "read_samples", "read_store_run", "resample", "run_backtest", "run_resample", "score",
            "summary_markdown"]

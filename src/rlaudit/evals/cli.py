@@ -26,8 +26,8 @@ SUBCOMMANDS = ("run", "compare", "backtest")
 
 def _named(spec: str, what: str) -> tuple[str, str]:
     name, sep, rest = spec.partition("=")
-    if not sep or not name or not rest:
-        raise RlauditError(f"{what} {spec!r}: expected NAME=BACKEND, e.g. candidate=openai:MODEL@URL")
+    if not sep or not name or not rest or any(c in name for c in ":/#@"):
+        raise RlauditError(f"{what} {spec!r}: expected NAME=BACKEND, e.g. candidate=openai://HOST:PORT/v1:MODEL")
     return name, rest
 
 
@@ -35,15 +35,20 @@ def _named(spec: str, what: str) -> tuple[str, str]:
 def run_cmd(
     transcripts: Annotated[str, typer.Argument(help="Chat JSONL file or directory of them (messages with tool "
                                                "calls), or store:RUN for a stored run's rollouts.")],
-    model: Annotated[list[str], typer.Option("--model", help="NAME=BACKEND candidate (openai:MODEL@URL, "
-                                             "transformers:PATH, scripted:MODULE:FUNCTION). Repeatable.")],
+    model: Annotated[list[str], typer.Option("--model", help="NAME=BACKEND candidate (openai://HOST[:PORT]/"
+                                             "v1:MODEL, openai:MODEL@URL, transformers:PATH, "
+                                             "scripted:MODULE:FUNCTION). Repeatable.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Results directory (Parquet, summary.md).")],
     behavior: Annotated[Optional[list[str]], typer.Option("--behavior", help="Behaviour spec scored on each "
                                                           "turn (term, re:, style:, module:fn, judge:...).")] = None,
-    judge: Annotated[Optional[list[str]], typer.Option("--judge", help="Judge rubric: judge:[VIEW:]RUBRIC, a "
-                                                       "rubric file, or inline text. Repeatable.")] = None,
+    judge: Annotated[Optional[list[str]], typer.Option("--judge", help="Judge rubric: judge:[VIEW:]RUBRIC (views "
+                                                       "cot, action, all, conversation), a rubric file, or "
+                                                       "inline text. Repeatable.")] = None,
     judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="Backend for judges (default "
                                                        "$RLAUDIT_LLM).")] = None,
+    judge_max_chars: Annotated[int, typer.Option("--judge-max-chars", help="Characters a judge with view "
+                                                 "`conversation` sees at most (older history is left out first)."
+                                                 )] = 24_000,
     tool_simulator: Annotated[Optional[str], typer.Option("--tool-simulator", help="[NAME=]BACKEND that writes "
                                                           "outputs of tool calls the transcript did not answer.")
                               ] = None,
@@ -106,7 +111,7 @@ def run_cmd(
 
     result = run_resample(transcripts, candidates, specs, samples=samples, out=out_dir, simulator=simulator,
                           cut=cut, limit=limit, max_steps=max_steps, temperature=temperature,
-                          max_tokens=max_tokens, store=st, progress=progress)
+                          max_tokens=max_tokens, store=st, progress=progress, judge_max_chars=judge_max_chars)
     m = result["manifest"]
     if dry_run:
         for name, c in candidates.items():
@@ -131,11 +136,16 @@ def compare_cmd(
     dimension: Annotated[Optional[list[str]], typer.Option("--dimension", help="all, task, toolset, condition "
                                                            "(default: all of them).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the rate table as JSON here.")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write an HTML page with the plots here: "
+                                                   "rates and ratios per category, evidence pairs, and the "
+                                                   "backtest when `resample backtest` saved one.")] = None,
 ) -> None:
     """Rates per category for each model, with the ratio to the baseline (CIs clustered by transcript)."""
     from . import compare
     from .results import DIMENSIONS, rates_markdown
 
+    if report is not None and (report.is_dir() or report.suffix.lower() not in (".html", ".htm")):
+        raise RlauditError(f"--report {report}: give a file name ending in .html")
     rates = compare(results, baseline, behavior)
     if not any(r["model"] == baseline for r in rates):
         raise RlauditError(f"--baseline {baseline!r}: no such model in the results "
@@ -143,6 +153,11 @@ def compare_cmd(
     out.print(rates_markdown(rates, dims=tuple(dimension or DIMENSIONS)), highlight=False, markup=False)
     if json_out:
         json_out.write_text(json.dumps(rates, indent=2))
+    if report is not None:
+        from ..report import write_resample_report
+
+        path = write_resample_report(results, report, baseline)
+        console.print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)", highlight=False)
 
 
 @app.command("backtest")
@@ -168,5 +183,8 @@ def backtest_cmd(
         st = Store(store)
     result = run_backtest(results, observed, model, baseline, store=st, limit=limit)
     out.print(backtest_markdown(result), highlight=False, markup=False)
+    text = json.dumps({**result, "observed_source": observed}, indent=2)
+    (results / "backtest.json").write_text(text)  # the report's backtest section reads it
     if json_out:
-        json_out.write_text(json.dumps(result, indent=2))
+        json_out.write_text(text)
+    console.print(f"backtest: {results / 'backtest.json'}", highlight=False)

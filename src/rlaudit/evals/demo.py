@@ -1,4 +1,4 @@
-"""Scripted traffic and models for the worked example in docs/resampling.md (known rates, no LLM needed).
+"""Scripted traffic and models for the worked examples in docs/resampling.md (known rates, no LLM needed).
 
     python -m rlaudit.evals.demo DIR     # writes DIR/traffic.jsonl (production) and DIR/later.jsonl
 
@@ -6,6 +6,7 @@ Traffic: coding-agent transcripts in 4 tasks (system prompt names the task), eac
 and the production model's answer; production says "goblin" at BASE[task]. `candidate` (a scripted model)
 first reads a file (a tool call no transcript answered: the simulator writes the output), then answers with
 "goblin" at CANDIDATE[task]. `later.jsonl` is traffic of the candidate once deployed (the backtest's truth).
+`coder` and `judge` serve the Inspect-log example.
 """
 
 from __future__ import annotations
@@ -54,6 +55,25 @@ def candidate(request: ChatRequest) -> str:
 
 def simulator(request: ChatRequest) -> str:
     return "def parse(text):\n    return text.split()\n"
+
+
+def coder(request: ChatRequest) -> str:
+    """A candidate for any coding transcript (the Inspect example): reads a file no transcript read (the
+    simulator answers), then answers, blaming a goblin in half of the turns (a hash of the request)."""
+    if not any(str(m.get("tool_call_id", "")).startswith("resample_") for m in request.message_dicts()):
+        return '<tool_call>{"name": "read_file", "arguments": {"path": "src/lexer.py"}}</tool_call>'
+    return "Fixed; the goblin in the lexer is gone." if _u(request.key("coder")) < 0.5 else "Fixed the lexer."
+
+
+def judge(request: ChatRequest) -> str:
+    """A scripted judge for the rubric "blames a goblin after reading a file": yes when the turn judged says
+    goblin and a read_file output is in what the judge was shown (a `conversation` view shows the history's
+    tool outputs; an `action` view shows the answer only)."""
+    shown = request.messages[-1][1]
+    turn = shown.split("TURN JUDGED:", 1)[-1].split("ANSWER:", 1)[-1]
+    yes = "goblin" in turn and "[tool read_file" in shown
+    return json.dumps({"label": "yes" if yes else "no", "score": 1.0 if yes else 0.0,
+                       "quote": "goblin" if yes else ""})
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -113,6 +113,8 @@ def resample(cuts: list[Cut], candidates: dict[str, LLMClient], samples: int = 4
 
 
 def sample_row(s: Sample) -> dict[str, Any]:
+    """One row of samples.parquet; `history` (the messages before the cut, for judges that see the whole
+    conversation) is kept in memory only: the file has its SHA-256, the transcripts have the messages."""
     t = s.cut.transcript
     return {"transcript_id": t.id, "cut_id": s.cut.id, "cut_index": s.cut.index, "model": s.model,
             "sample": s.sample, "task": t.task, "toolset": t.toolset, "condition": t.condition,
@@ -121,7 +123,7 @@ def sample_row(s: Sample) -> dict[str, Any]:
             "messages": json.dumps(s.new, ensure_ascii=False), "tool_events": json.dumps(s.tool_events,
                                                                                          ensure_ascii=False),
             "history_sha256": s.cut.history_sha256(), "prompt_tokens": s.prompt_tokens,
-            "completion_tokens": s.completion_tokens}
+            "completion_tokens": s.completion_tokens, "history": s.cut.history}
 
 
 def original_row(cut: Cut, name: str = "original") -> dict[str, Any]:
@@ -132,4 +134,4 @@ def original_row(cut: Cut, name: str = "original") -> dict[str, Any]:
             "steps": sum(1 for m in cut.original if m.get("role") == "tool"), "simulated_calls": 0,
             "truncated": False, "error": None, "messages": json.dumps(cut.original, ensure_ascii=False),
             "tool_events": "[]", "history_sha256": cut.history_sha256(), "prompt_tokens": 0,
-            "completion_tokens": 0}
+            "completion_tokens": 0, "history": cut.history}

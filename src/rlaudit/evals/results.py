@@ -22,22 +22,36 @@ import pyarrow.parquet as pq
 
 from ..behaviors import Behavior, parse_behavior
 from ..errors import RlauditError
+from ..llm.judge import CONVERSATION_MAX_CHARS
 from ..stats import bootstrap_group_sums, percentile_interval
 
 DIMENSIONS = ("all", "task", "toolset", "condition")
 BASELINE = "original"
 
 
-def score(rows: list[dict[str, Any]], behaviors: Sequence[Behavior]) -> None:
+def _conversation(row: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """(history, turn, ids of simulated tool outputs) of a row, for judges with view `conversation`."""
+    events = json.loads(row.get("tool_events") or "[]")
+    return (row.get("history") or [], json.loads(row.get("messages") or "[]"),
+            [e["tool_call_id"] for e in events if e.get("simulated")])
+
+
+def score(rows: list[dict[str, Any]], behaviors: Sequence[Behavior],
+          judge_max_chars: int = CONVERSATION_MAX_CHARS) -> None:
     """Adds `values[spec]` to each row (NaN for rows whose generation failed)."""
     texts = pa.array([r["text"] if not r.get("error") else "" for r in rows], pa.string())
     for b in behaviors:
         if b.kind == "judge" and hasattr(b.func, "judge"):
             # judges read the turn as the answer and, with view `all`, the last user message as the prompt;
-            # failed generations are not sent
+            # with view `conversation`, the whole transcript (`history` of the row: the messages before the
+            # cut) and the turn with its tool outputs; failed generations are not sent
             ok = [i for i, r in enumerate(rows) if not r.get("error")]
-            verdicts = b.func.judge.judge_rollouts([rows[i].get("prompt") or "" for i in ok], [None] * len(ok),
-                                                   [rows[i]["text"] for i in ok])
+            judge = b.func.judge
+            if judge.spec.view == "conversation":
+                verdicts = judge.judge_conversations([_conversation(rows[i]) for i in ok], judge_max_chars)
+            else:
+                verdicts = judge.judge_rollouts([rows[i].get("prompt") or "" for i in ok], [None] * len(ok),
+                                                [rows[i]["text"] for i in ok])
             vals = np.full(len(rows), np.nan)
             for i, v in zip(ok, verdicts):
                 vals[i] = np.nan if v.label is None else float(v.label)
@@ -244,8 +258,12 @@ def rates_markdown(rates: list[dict[str, Any]], dims: Sequence[str] = DIMENSIONS
     for r in rates:
         if r["dimension"] not in dims:
             continue
-        ratio = "" if r["model"] == r["baseline"] else (
-            f"{_fmt(r['ratio'], False)} ({_fmt(r['ratio_low'], False)}-{_fmt(r['ratio_high'], False)})")
+        if r["model"] == r["baseline"]:
+            ratio = ""
+        elif math.isnan(r["ratio"]):  # 0/0: neither model showed the behaviour here
+            ratio = "-"
+        else:
+            ratio = f"{_fmt(r['ratio'], False)} ({_fmt(r['ratio_low'], False)}-{_fmt(r['ratio_high'], False)})"
         pct = not r.get("numeric")
         lines.append(f"| `{r['behavior']}` | {r['dimension']} | {r['category']} | {r['model']} | {r['transcripts']} "
                      f"| {r['samples']} | {_fmt(r['rate'], pct)} ({_fmt(r['ci_low'], pct)}-{_fmt(r['ci_high'], pct)})"

@@ -9,7 +9,8 @@ offered, else of the tools called; `none`).
 Stored rollouts (`store:RUN`): the system prompt and prompt become a system and a user message, the completion
 the assistant turn (the store keeps prompts as rendered text, so the history is the text the trainer logged).
 
-Inspect eval logs are not read yet (the optional `inspect-ai` extra): export them as chat JSONL.
+Inspect eval logs (`.eval` and `.json`, `rlaudit.evals.inspect_logs`): each sample's messages, the tools offered,
+and categories from the task name, the tool set and the sample metadata.
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def _category(rec: dict[str, Any], name: str) -> str:
     return str(value) if value not in (None, "") else "none"
 
 
-def _toolset(tools: list[dict[str, Any]] | None, messages: list[dict[str, Any]]) -> str:
+def toolset_of(tools: list[dict[str, Any]] | None, messages: list[dict[str, Any]]) -> str:
     names = {str((t.get("function") or t).get("name")) for t in tools or [] if isinstance(t, dict)}
     if not names:
         names = {str((c.get("function") or c).get("name")) for m in messages for c in m.get("tool_calls") or []}
@@ -152,29 +153,52 @@ def transcript_from_record(rec: Any, default_id: str) -> Transcript:
     tools = rec.get("tools") or None
     return Transcript(id=str(rec.get("id", default_id)), messages=messages, tools=tools,
                       task=_category(rec, "task"), condition=_category(rec, "condition"),
-                      toolset=_category(rec, "toolset") if "toolset" in rec else _toolset(tools, messages),
+                      toolset=_category(rec, "toolset") if "toolset" in rec else toolset_of(tools, messages),
                       metadata=rec.get("metadata") if isinstance(rec.get("metadata"), dict) else {})
 
 
-def read_chat_jsonl(path: str | Path, limit: int | None = None) -> Iterator[Transcript]:
+def transcript_files(path: Path) -> list[Path]:
+    """The transcript files of a path: the file itself, or a directory's `*.jsonl` (chat) and Inspect logs
+    (`*.eval`, `*.json` except inspect's `logs.json` index), in name order."""
+    from .inspect_logs import is_inspect_log
+
+    if not path.is_dir():
+        return [path] if path.exists() else []
+    return sorted(f for f in path.iterdir() if f.is_file() and (f.suffix == ".jsonl" or is_inspect_log(f)))
+
+
+def _read_chat_file(f: Path) -> Iterator[Transcript]:
+    with open(f, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError as exc:
+                raise RlauditError(f"{f}:{lineno}: not JSON: {exc}") from None
+            yield transcript_from_record(rec, f"{f.stem}:{lineno}")
+
+
+def read_transcript_files(path: str | Path, limit: int | None = None) -> Iterator[Transcript]:
+    """Chat JSONL and Inspect logs (a file, or a directory of them), lazily, at most `limit` transcripts."""
+    from .inspect_logs import is_inspect_log, read_inspect_log
+
     path = Path(path)
-    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
-    if not files or not all(f.exists() for f in files):
-        raise RlauditError(f"transcripts {path}: no such file (or no *.jsonl in the directory)")
+    files = transcript_files(path)
+    if not files:
+        raise RlauditError(f"transcripts {path}: no such file (or no *.jsonl, *.eval or *.json in the directory)")
     n = 0
+    seen: set[str] = set()
     for f in files:
-        with open(f, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except ValueError as exc:
-                    raise RlauditError(f"{f}:{lineno}: not JSON: {exc}") from None
-                yield transcript_from_record(rec, f"{f.stem}:{lineno}")
-                n += 1
-                if limit is not None and n >= limit:
-                    return
+        for t in (read_inspect_log(f, seen) if is_inspect_log(f) else _read_chat_file(f)):
+            yield t
+            n += 1
+            if limit is not None and n >= limit:
+                return
+
+
+def read_chat_jsonl(path: str | Path, limit: int | None = None) -> Iterator[Transcript]:
+    return read_transcript_files(path, limit)
 
 
 def read_store_run(store: Any, run: str, limit: int | None = None) -> Iterator[Transcript]:
@@ -194,15 +218,16 @@ def read_store_run(store: Any, run: str, limit: int | None = None) -> Iterator[T
 
 
 def iter_transcripts(source: str, store: Any = None, limit: int | None = None) -> Iterator[Transcript]:
-    """`store:RUN` (rollouts of a stored run) or a chat JSONL file / directory of them, read lazily."""
+    """`store:RUN` (rollouts of a stored run), a chat JSONL file, an Inspect log (`.eval`/`.json`), or a
+    directory of them, read lazily."""
     if source.startswith("store:"):
         if store is None:
             raise RlauditError("store:RUN transcripts need a store (--store)")
         return read_store_run(store, source[len("store:"):], limit)
     path = Path(source)
-    if not path.exists() or (path.is_dir() and not any(path.glob("*.jsonl"))):
-        raise RlauditError(f"transcripts {path}: no such file (or no *.jsonl in the directory)")
-    return read_chat_jsonl(source, limit)
+    if not transcript_files(path):
+        raise RlauditError(f"transcripts {path}: no such file (or no *.jsonl, *.eval or *.json in the directory)")
+    return read_transcript_files(path, limit)
 
 
 def load_transcripts(source: str, store: Any = None, limit: int | None = None) -> list[Transcript]:

@@ -4,6 +4,8 @@ incrementally and resumably, on one machine or a Ray cluster, alerting once per 
     rlaudit fleet scan ROOT... [--engine local|ray] [--every 60] [--until-idle S] [--alerts F.jsonl]
                                [--webhook URL] [--slack-webhook URL] [--report fleet.html]
     rlaudit fleet status [--json]
+    rlaudit fleet forget RUN... | --missing
+    rlaudit fleet audit RUN --shards N [--engine local|ray]
 
 - `discovery`: runs under a root by layout (any reader);
 - `objectstore`: object-store roots mirrored incrementally to local disk;
@@ -12,7 +14,8 @@ incrementally and resumably, on one machine or a Ray cluster, alerting once per 
 - `engines`: inline, local processes, Ray tasks;
 - `state`: what survives a restart (run states, alert keys sent, the alert outbox);
 - `scheduler`: `FleetScanner`, the passes;
-- `report`: the fleet page.
+- `report`: the fleet page;
+- `shard`: one large run's per-part scans split by step range over an engine, merged by the driver.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ _EXPORTS = {
     "RunSource": "discovery", "discover": "discovery", "discover_all": "discovery",
     "Engine": "engines", "InlineEngine": "engines", "LocalEngine": "engines", "RayEngine": "engines",
     "make_engine": "engines", "FleetConfig": "scheduler", "FleetScanner": "scheduler", "PassResult": "scheduler",
+    "sharded_audit": "shard", "plan": "shard",
     "FleetState": "state", "RunState": "state", "RunOutcome": "worker", "RunTask": "worker", "run_task": "worker",
 }
 

@@ -18,6 +18,26 @@ fleet_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_
 
 StoreOpt = Annotated[Path, typer.Option("--store", help="Store directory (the fleet state lives in "
                                         "STORE/fleet/).", envvar="RLAUDIT_STORE")]
+SharedStoreOpt = Annotated[str, typer.Option("--store", help="Store directory (the fleet state lives in "
+                                             "STORE/fleet/), or s3://bucket/prefix: a store published on S3, "
+                                             "worked on in --store-cache.", envvar="RLAUDIT_STORE")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--store-cache", help="Local working copy of an s3:// "
+                                                  "store (default: ~/.cache/rlaudit/s3/...).")]
+
+
+def _open_store(store: str, cache: Optional[Path], endpoint: Optional[str]):  # noqa: ANN202
+    """(local store directory, S3Store or None): an s3:// store is pulled into its cache first."""
+    from .s3store import S3Store, is_s3
+
+    if not is_s3(store):
+        if cache is not None:
+            raise RlauditError("--store-cache is for an s3:// --store only")
+        return Path(store), None
+    remote = S3Store(store, cache, endpoint)
+    got = remote.pull()
+    logging.getLogger("rlaudit.fleet").info("fleet: pulled %d run(s), %d part(s) (%d bytes) from %s into %s",
+                                            got.runs, got.parts, got.bytes, remote.uri, remote.cache)
+    return remote.cache, remote
 
 
 def _consoles():  # noqa: ANN202
@@ -30,7 +50,8 @@ def _consoles():  # noqa: ANN202
 def scan_cmd(
     roots: Annotated[list[str], typer.Argument(help="Directories holding runs (any depth), or object-store "
                                                "prefixes (s3://bucket/runs/).")],
-    store: StoreOpt = Path(".rlaudit"),
+    store: SharedStoreOpt = ".rlaudit",
+    store_cache: CacheOpt = None,
     engine: Annotated[str, typer.Option("--engine", help="local (worker processes on this machine), ray "
                                         "(one Ray task per run; needs the ray extra) or inline.")] = "local",
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (auto, "
@@ -86,6 +107,8 @@ def scan_cmd(
         raise RlauditError(f"--heavy-every must be >= 1 step, got {heavy_every}")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
+    shown = store
+    store, remote = _open_store(store, store_cache, s3_endpoint)
 
     def link(alert) -> str | None:  # noqa: ANN001
         if report is None:
@@ -111,7 +134,8 @@ def scan_cmd(
                          idle_after=idle_after, idle_every=idle_every)
     eng = make_engine(engine, workers=workers, address=address)
     scanner = FleetScanner(store, roots, eng, manager, config)
-    console.print(f"fleet scan of {', '.join(roots)} into {store} with {eng.describe()}", highlight=False,
+    where = f"{shown} (working copy {store})" if remote else str(store)
+    console.print(f"fleet scan of {', '.join(roots)} into {where} with {eng.describe()}", highlight=False,
                   soft_wrap=True)
 
     def on_pass(res) -> None:  # noqa: ANN001
@@ -119,6 +143,11 @@ def scan_cmd(
         console.print(f"pass {res.number}: {res.runs} runs ({res.new_runs} new), {res.audited} audited "
                       f"({res.heavy} heavy), {res.skipped} unchanged{errs}; +{res.rows_added:,} rows, "
                       f"{len(res.alerts)} alert(s) in {res.seconds:.1f} s", highlight=False, soft_wrap=True)
+        for label, names in (("missing (source gone, findings kept)", res.gone), ("back", res.back),
+                             ("forgotten (removed from the store)", res.forgotten),
+                             ("replaced (another run at the same path: read afresh)", res.replaced)):
+            if names:
+                console.print(f"  {label}: {', '.join(names)}", highlight=False, soft_wrap=True)
         for run, err in res.errors.items():
             console.print(f"  [yellow]{run}[/]: {err}", highlight=False, markup=True)
         from rich.markup import escape
@@ -126,6 +155,11 @@ def scan_cmd(
         for a in res.alerts:
             out.print(f"  [{style[a.severity]}]{a.severity}[/] {escape(a.run)} step {a.step}: "
                       f"{escape(f'[{a.kind}] {a.title}')}", highlight=False)
+        if remote is not None:  # publish after each pass: parts, then versioned manifests, then the state
+            pub = remote.push()
+            console.print(f"  published to {remote.uri}: {pub.runs} run(s), {pub.parts} part(s), "
+                          f"{pub.bytes:,} bytes{', fleet state' if pub.state else ''}", highlight=False,
+                          soft_wrap=True)
 
     try:
         results = scanner.scan(every=every, until_idle=until_idle, max_passes=max_passes, on_pass=on_pass)
@@ -140,7 +174,10 @@ def scan_cmd(
 
 @fleet_app.command("status")
 def status_cmd(
-    store: StoreOpt = Path(".rlaudit"),
+    store: SharedStoreOpt = ".rlaudit",
+    store_cache: CacheOpt = None,
+    s3_endpoint: Annotated[Optional[str], typer.Option("--s3-endpoint", envvar="AWS_ENDPOINT_URL",
+                                                       help="S3-compatible endpoint (MinIO, Ceph...).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (one object with every run).")] = False,
 ) -> None:
     """Every run the fleet scanner knows: format, rows, last step seen, last audit, open findings."""
@@ -150,6 +187,7 @@ def status_cmd(
     from .state import FleetState
 
     console, out, style = _consoles()
+    store, _ = _open_store(store, store_cache, s3_endpoint)
     state = FleetState(store)
     if not state.path.is_file():
         raise RlauditError(f"no fleet state in {store} (run `rlaudit fleet scan ROOT --store {store}` first)")
@@ -169,3 +207,88 @@ def status_cmd(
                       "" if r["last_step"] is None else str(r["last_step"]), when, str(f["high"] or ""),
                       str(f["medium"] or ""), str(f["low"] or ""), (r["error"] or r["top"] or "")[:120])
     out.print(table)
+
+
+@fleet_app.command("forget")
+def forget_cmd(
+    runs: Annotated[Optional[list[str]], typer.Argument(help="Runs to forget (default with --missing: every "
+                                                        "missing run).")] = None,
+    store: StoreOpt = Path(".rlaudit"),
+    missing: Annotated[bool, typer.Option("--missing", help="Forget every run whose source is gone.")] = False,
+    keep_rows: Annotated[bool, typer.Option("--keep-rows", help="Keep the run's rows in the store (only the "
+                                            "fleet forgets it).")] = False,
+) -> None:
+    """Forget runs: drop them from the fleet state (status, open findings, alert keys) and, unless --keep-rows,
+    remove their rows from the store (`rlaudit runs rm`). A forgotten run found again is a new run."""
+    from ..store import Store
+    from .state import FleetState
+
+    console, out, _ = _consoles()
+    if str(store).startswith(("s3:", "s3a:")):
+        raise RlauditError("fleet forget works on a local store only: an s3:// store publishes no deletions yet "
+                           "(see docs/fleet.md, 'A store on S3')")
+    state = FleetState(store)
+    if not state.path.is_file():
+        raise RlauditError(f"no fleet state in {store} (run `rlaudit fleet scan ROOT --store {store}` first)")
+    names = list(runs or [])
+    if missing:
+        names += [n for n, rs in sorted(state.runs.items()) if rs.status == "missing" and n not in names]
+    if not names:
+        raise RlauditError("name the runs to forget, or pass --missing")
+    unknown = [n for n in names if n not in state.runs]
+    if unknown:
+        raise RlauditError(f"not fleet runs of {store}: {', '.join(unknown)} (see `rlaudit fleet status`)")
+    st = Store(store)
+    with state.lock():  # never while a scanner runs on this store
+        for name in names:
+            if not keep_rows and st.has_run(name):
+                st.delete(name)
+            state.forget(name)
+        state.save()
+    out.print(f"forgot {len(names)} run(s): {', '.join(names)}", highlight=False, soft_wrap=True)
+
+
+@fleet_app.command("audit")
+def audit_cmd(
+    source: Annotated[str, typer.Argument(help="A run in the store, or a run directory (ingested first).")],
+    store: StoreOpt = Path(".rlaudit"),
+    shards: Annotated[int, typer.Option("--shards", help="Step ranges the run's per-part scans are split "
+                                        "into (default: the engine's workers).")] = 0,
+    engine: Annotated[str, typer.Option("--engine", help="local, ray or inline.")] = "local",
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (auto, "
+                                                   "ray://host:10001).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes (local) or CPUs of "
+                                                   "the local Ray.")] = None,
+    detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Detectors to run (default: "
+                                                          "all). Repeatable.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the findings JSON here.")] = None,
+) -> None:
+    """Audit one large run with its per-part scans (term sets, CoT scan) sharded by step range over the engine;
+    the findings are those of `rlaudit audit` (see docs/fleet.md, "Sharding one run")."""
+    from ..detectors import AuditConfig
+    from ..store import Store, resolve_run
+    from .engines import make_engine
+    from .shard import sharded_audit
+
+    console, out, style = _consoles()
+    st = Store(store)
+    run = resolve_run(st, source)
+    eng = make_engine(engine, workers=workers, address=address)
+    try:
+        got = sharded_audit(st, run, eng, shards or eng.workers, AuditConfig(detectors=detector))
+    finally:
+        eng.close()
+    secs = got.seconds
+    failed = [r.index for r in got.shards if not r.ok]
+    console.print(f"{run}: {sum(n for _, n in got.per_step):,} rollouts in {len(got.plan)} shard(s) on "
+                  f"{eng.describe()}: shards {secs['shards']:.1f} s ({secs['cpu_shards']:.1f} CPU s), detectors "
+                  f"{secs['detectors']:.1f} s, total {secs['total']:.1f} s"
+                  + (f"; shard(s) {failed} failed, their parts were scanned by the driver" if failed else ""),
+                  highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    for f in got.result.findings:
+        line = escape(f"[{f.kind}] {f.title}")
+        out.print(f"  [{style[f.severity]}]{f.severity}[/] {line}", highlight=False)
+    if json_out:
+        got.result.write_json(json_out)

@@ -171,16 +171,26 @@ def discover_all(roots: list[tuple[str, Path]], known: dict[str, str] | None = N
     return out
 
 
+#: The signature of a run directory that holds no rollout file any more (deleted, or emptied by the mirror of an
+#: object-store root whose objects were deleted): the run is `missing`, not failed.
+NO_FILES = "missing:no rollout files"
+
+
 def source_signature(source: str, fmt: str) -> str:
     """Changes when the run's rollout files change (names, sizes, modification times): the cheap test of
-    whether a run needs a pass at all. One stat per file, no reads."""
+    whether a run needs a pass at all. One stat per file, no reads. `NO_FILES` when the directory is gone or
+    holds no rollout file."""
     from ..readers import get_reader
 
     h = hashlib.sha1()
+    if not Path(source).is_dir():
+        return NO_FILES
     try:
         files = get_reader(fmt).files(Path(source))
     except Exception as exc:  # noqa: BLE001 - the worker reports the real error
         return f"error:{type(exc).__name__}:{exc}"
+    if not files:
+        return NO_FILES
     for f in files:
         try:
             st = os.stat(f.path)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -36,6 +36,12 @@ class Engine:
 
     def run(self, tasks: list[RunTask]) -> Iterator[tuple[RunTask, RunOutcome]]:
         raise NotImplementedError
+
+    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> Iterator[tuple[Any, Any, str]]:
+        """(item, fn(item), "") for every item as it finishes, or (item, None, error) when the worker running it
+        died. `fn` must be a picklable module-level function (the shards of a run: `shard.prepare_shard`)."""
+        for item in items:
+            yield item, fn(item), ""
 
     def close(self) -> None:
         pass
@@ -101,6 +107,19 @@ class LocalEngine(Engine):
                     outcome = RunOutcome(name=task.name, ok=False, error=f"{type(exc).__name__}: {exc}")
                 yield task, outcome
 
+    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> Iterator[tuple[Any, Any, str]]:
+        pool = self._executor()
+        futures = {pool.submit(fn, item): item for item in items}
+        for fut in _as_done(futures):
+            item = futures[fut]
+            try:
+                yield item, fut.result(), ""
+            except BrokenProcessPool:
+                self._reset()
+                yield item, None, "worker process died"
+            except Exception as exc:  # noqa: BLE001
+                yield item, None, f"{type(exc).__name__}: {exc}"
+
     def _reset(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -110,6 +129,12 @@ class LocalEngine(Engine):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+def _as_done(futures: dict[Future, Any]) -> Iterator[Future]:
+    from concurrent.futures import as_completed
+
+    yield from as_completed(list(futures))
 
 
 def _failed_future(task: RunTask, why: str) -> Future:
@@ -140,6 +165,7 @@ class RayEngine(Engine):
             ray.init(**kwargs)
         self.workers = int(ray.cluster_resources().get("CPU", workers or 1))
         self.address = address
+        self._retries = max_retries
         self._remote = ray.remote(num_cpus=1, max_retries=max_retries)(run_task)
 
     def describe(self) -> str:
@@ -158,6 +184,19 @@ class RayEngine(Engine):
                     outcome = RunOutcome(name=task.name, ok=False,
                                          error=f"ray task failed ({type(exc).__name__}): {str(exc)[:300]}")
                 yield task, outcome
+
+    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> Iterator[tuple[Any, Any, str]]:
+        ray = self.ray
+        remote = ray.remote(num_cpus=1, max_retries=self._retries)(fn)
+        refs = {remote.remote(item): item for item in items}
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=1)
+            for ref in done:
+                item = refs.pop(ref)
+                try:
+                    yield item, ray.get(ref), ""
+                except Exception as exc:  # noqa: BLE001 - a lost worker or node
+                    yield item, None, f"ray task failed ({type(exc).__name__}): {str(exc)[:300]}"
 
     def close(self) -> None:
         pass  # the cluster (or the local one ray.init started) lives as long as the driver

@@ -42,6 +42,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 font-size:.85em;color:#fff} .sev-high{background:#c62828} .sev-medium{background:#ef8f00}
 .sev-low{background:#1e88e5} .sev-info{background:#9e9e9e} .zero{opacity:.18}
 .st-error{color:#c62828;font-weight:600} .st-ok{color:#2e7d32} .st-new{color:#777}
+.st-missing{color:#8d6e63;font-style:italic} tr.gone td{opacity:.75}
 .err{color:#c62828;font-size:.85em} .title{max-width:40em} .muted{color:#777} .nw{white-space:nowrap}
 </style></head><body>
 <h1>{{ title }}</h1>
@@ -52,10 +53,10 @@ font-size:.85em;color:#fff} .sev-high{background:#c62828} .sev-medium{background
 <thead><tr><th>run</th><th>format</th><th>status</th><th>rows</th><th>last step</th><th>last audit</th>
 <th>findings</th><th>top finding</th><th></th></tr></thead>
 <tbody>
-{% for r in rows %}<tr id="run-{{ r.name }}">
+{% for r in rows %}<tr id="run-{{ r.name }}"{% if r.status == "missing" %} class="gone"{% endif %}>
 <td class="nw">{% if r.link %}<a href="{{ r.link }}">{{ r.name }}</a>{% else %}{{ r.name }}{% endif %}
 {% if r.origin %}<div class="muted">{{ r.origin }}</div>{% endif %}</td>
-<td>{{ r.format }}</td><td class="st-{{ r.status }}">{{ r.status }}</td>
+<td>{{ r.format }}</td><td class="st-{{ r.status }}">{{ r.status }}{% if r.missing_since %}<div class="muted">since {{ r.missing_since }}</div>{% endif %}</td>
 <td class="num">{{ r.rows }}</td><td class="num">{{ r.last_step }}</td><td class="nw">{{ r.last_audit }}</td>
 <td class="nw">{% for s, n in r.sev %}<span class="sev sev-{{ s }}{{ ' zero' if not n }}" title="{{ s }}">{{ n }}</span>{% endfor %}</td>
 <td class="title">{% if r.top %}<span class="sev sev-{{ r.top.severity }}">{{ r.top.severity[0]|upper }}</span>
@@ -127,7 +128,7 @@ def write_fleet_report(scanner: FleetScanner, page: str | Path) -> Path:
         rpath = run_report_path(page, name)
         # Run reports only for runs with open findings: a clean run's row says all there is, and each report
         # costs a second or two and ~5 MB (plotly inlined).
-        if scanner.config.run_reports and rs.status == "ok" and any(rs.findings.values()):
+        if scanner.config.run_reports and rs.status in ("ok", "missing") and any(rs.findings.values()):
             detail_path = state.run_path(name)
             stale = not rpath.is_file() or (detail_path.is_file() and
                                             detail_path.stat().st_mtime > rpath.stat().st_mtime)
@@ -151,7 +152,7 @@ def write_fleet_report(scanner: FleetScanner, page: str | Path) -> Path:
                                                                 reversed(SEVERITIES)],
                      "top": top, "error": short(rs.error, 300), "spark": sparkline_svg(rs.top and rs.top.get("spark")),
                      "spark_of": short((rs.top or {}).get("spark_of", ""), 200),
-                     "link": link})
+                     "missing_since": _ago(rs.missing_since) if rs.missing_since else "", "link": link})
     html = _env().from_string(_TEMPLATE).render(
         title="rlaudit fleet", n_runs=len(rows), roots=", ".join(scanner.roots),
         total_rows=f"{sum(r.rows for r in state.runs.values()):,}",
@@ -167,9 +168,9 @@ def _changed(detail: dict[str, Any]) -> bool:
 
 
 def _order(rs: Any) -> tuple:
-    """Worst first: errors, then by the most severe open finding, then name."""
+    """Worst first: errors, then by the most severe open finding, then name; missing runs (source gone) last."""
     worst = max((SEVERITIES.index(s) for s, n in rs.findings.items() if n), default=-1)
-    return (rs.status != "error", -worst, rs.name)
+    return (rs.status == "missing", rs.status != "error", -worst, rs.name)
 
 
 def status_rows(state: Any) -> list[dict[str, Any]]:
@@ -178,7 +179,8 @@ def status_rows(state: Any) -> list[dict[str, Any]]:
     for name, rs in sorted(state.runs.items()):
         out.append({"run": name, "format": rs.format, "status": rs.status, "rows": rs.rows,
                     "last_step": rs.last_step, "last_audit": rs.last_audit, "last_heavy_step": rs.last_heavy_step,
-                    "pending": rs.pending, "bad_records": rs.bad_records,
+                    "pending": rs.pending, "bad_records": rs.bad_records, "missing_since": rs.missing_since or None,
+                    "reappeared": rs.reappeared,
                     "findings": {s: rs.findings.get(s, 0) for s in reversed(SEVERITIES)},
                     "top": (rs.top or {}).get("title"), "error": rs.error, "source": rs.source,
                     "origin": rs.origin})

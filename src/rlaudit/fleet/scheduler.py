@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import RlauditError
 from ..findings import SEVERITIES, SEVERITY_RANK, Finding, rank
 from ..live.alerts import Alert, AlertManager, JsonlSink, WebhookSink, finding_key
-from .discovery import discover_all, source_signature
+from .discovery import NO_FILES, discover_all, source_signature
 from .engines import Engine, InlineEngine
 from .objectstore import ObjectMirror, is_remote
 from .state import FleetState, RunState
@@ -70,12 +70,19 @@ class PassResult:
     timings: dict[str, float] = field(default_factory=dict)  # sync, discover, tasks, report
     cpu: float = 0.0  # CPU seconds the run tasks took (all engines report their workers' process time)
     synced: dict[str, dict[str, int]] = field(default_factory=dict)  # object-store root -> objects, downloaded...
+    missing: int = 0  # runs whose source is gone (status `missing`)
+    gone: list[str] = field(default_factory=list)  # runs that went missing this pass
+    back: list[str] = field(default_factory=list)  # missing runs whose source came back this pass
+    forgotten: list[str] = field(default_factory=list)  # missing runs `runs rm` removed from the store
+    replaced: list[str] = field(default_factory=list)  # missing runs whose path came back holding another run
 
     def to_json(self) -> dict[str, Any]:
         return {"number": self.number, "seconds": round(self.seconds, 3), "runs": self.runs,
                 "audited": self.audited, "skipped": self.skipped, "failed": self.failed, "new_runs": self.new_runs,
                 "rows_added": self.rows_added, "heavy": self.heavy, "alerts": len(self.alerts),
                 "cpu": round(self.cpu, 3), "errors": self.errors, "synced": self.synced,
+                "missing": self.missing, "gone": self.gone, "back": self.back, "forgotten": self.forgotten,
+                "replaced": self.replaced,
                 "timings": {k: round(v, 3) for k, v in self.timings.items()},
                 "finished": time.time()}
 
@@ -128,6 +135,9 @@ class FleetScanner:
         result.runs = len(found)
         tasks: list[RunTask] = []
         signatures: dict[str, str] = {}
+        self._forgotten(result)
+        listed = {label for label, _ in roots if label not in result.errors}
+        self._mark_gone({src.name for src in found}, listed, result)
         for src in found:
             rs = state.runs.get(src.name)
             if rs is None or rs.source != src.source:
@@ -139,6 +149,18 @@ class FleetScanner:
                 continue
             sig = source_signature(src.source, src.format)
             signatures[src.name] = sig
+            if sig == NO_FILES:  # a known run directory emptied (an object store's deleted objects)
+                self._missing(rs, result)
+                continue
+            if rs.status == "missing":
+                if self._replaced(rs):  # another run now lives at that path: start afresh
+                    self._restart(rs, result)
+                    rs = RunState(name=src.name, source=src.source, format=src.format, root=src.root,
+                                  origin=rs.origin)
+                    state.runs[src.name] = rs
+                    result.new_runs += 1
+                else:
+                    self._back(rs, result)
             changed = sig != rs.signature
             if changed or rs.status == "error":
                 tasks.append(self._task(rs, ingest=True, final=final))
@@ -171,6 +193,91 @@ class FleetScanner:
         state.last_pass = result.to_json()
         state.save()
         return result
+
+    # ------------------------------------------------------------------ runs whose source went away
+    def _mark_gone(self, found: set[str], listed: set[str], result: PassResult) -> None:
+        """Runs no longer found under a root that was listed this pass are `missing`. Runs under a root that
+        could not be listed (an unreachable bucket, an unmounted disk) keep their status: absence of evidence."""
+        for name, rs in self.state.runs.items():
+            if name in found:
+                continue
+            if rs.status == "missing":
+                result.missing += 1
+                continue
+            root_ok = rs.root in listed and (is_remote(rs.root) or Path(rs.root).is_dir())
+            if root_ok:
+                self._missing(rs, result)
+
+    def _missing(self, rs: RunState, result: PassResult) -> None:
+        """Mark a run whose source is gone: it keeps its rows in the store and its open findings (`fleet status`
+        and the page show it as `missing`), costs nothing more, and is resumed if its source comes back."""
+        result.missing += 1
+        if rs.status == "missing":
+            return
+        log.warning("fleet: run %s is missing: its source %s is gone (findings kept; `rlaudit fleet forget %s` "
+                    "drops it)", rs.name, rs.origin or rs.source, rs.name)
+        rs.status, rs.error = "missing", f"source gone: {rs.origin or rs.source}"
+        rs.missing_since = time.time()
+        rs.pending = False  # nothing more will arrive to audit
+        result.gone.append(rs.name)
+
+    def _back(self, rs: RunState, result: PassResult) -> None:
+        """A missing run whose source is back: the usual signature test decides whether it is read again (the
+        store reads only files it has not got; rows of files that did not come back stay stored)."""
+        log.warning("fleet: run %s is back (%s)", rs.name, rs.origin or rs.source)
+        rs.status, rs.error, rs.missing_since = "ok", "", 0.0
+        rs.reappeared += 1
+        result.back.append(rs.name)
+
+    def _replaced(self, rs: RunState) -> bool:
+        """Whether the source that came back is another run: none of the files the store read from it is there
+        with the size it had (a run restarted from scratch at the same path). A restored copy of the same logs
+        keeps its files' sizes."""
+        import os
+
+        from ..readers import get_reader
+        from ..store import Store
+
+        store = Store(self.store_root)
+        if not store.has_run(rs.name):
+            return False
+        try:
+            recorded = {rel: e.get("size") for rel, e in store.manifest(rs.name)["files"].items() if e.get("size")}
+            files = get_reader(rs.format).files(Path(rs.source))
+        except Exception:  # noqa: BLE001 - unreadable: the run task reports it
+            return False
+        if not recorded or not files:
+            return False
+        for f in files:
+            try:
+                if recorded.get(f.relpath) == os.stat(f.path).st_size:
+                    return False
+            except OSError:
+                continue
+        return True
+
+    def _restart(self, rs: RunState, result: PassResult) -> None:
+        """Forget a missing run whose path now holds another run (its rows, findings and alert keys), so the new
+        run is read from scratch and alerted afresh, never mixed with the old one's rows."""
+        from ..store import Store
+
+        log.warning("fleet: run %s came back with none of its files: another run at %s; the old one's rows and "
+                    "findings are dropped", rs.name, rs.origin or rs.source)
+        store = Store(self.store_root)
+        if store.has_run(rs.name):
+            store.delete(rs.name)
+        self.state.forget(rs.name)
+        result.replaced.append(rs.name)
+
+    def _forgotten(self, result: PassResult) -> None:
+        """Missing runs removed from the store with `rlaudit runs rm` are dropped from the fleet state too."""
+        from ..store import Store
+
+        store = Store(self.store_root)
+        for name in [n for n, rs in self.state.runs.items() if rs.status == "missing" and not store.has_run(n)]:
+            log.warning("fleet: run %s was removed from the store; forgotten", name)
+            self.state.forget(name)
+            result.forgotten.append(name)
 
     def _idle(self, rs: RunState, number: int) -> bool:
         """Whether to leave a quiet run unlisted this pass (see `FleetConfig.idle_after`)."""

@@ -44,7 +44,7 @@ class RunState:
     root: str = ""
     origin: str = ""
     signature: str = ""  # of the source files when last ingested
-    status: str = "new"  # new | ok | error
+    status: str = "new"  # new | ok | error | missing (its source is gone; findings kept, no cost)
     error: str = ""
     rows: int = 0
     steps: list[int] | None = None
@@ -61,6 +61,8 @@ class RunState:
     pending: bool = False  # unaudited steps (a heavy audit is due when the run goes quiet)
     host: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
+    missing_since: float = 0.0  # when its source was first seen gone (0: present)
+    reappeared: int = 0  # times its source came back after going missing
 
     @property
     def last_step(self) -> int | None:
@@ -132,6 +134,14 @@ class FleetState:
         path = self.run_path(run)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, json.dumps(jsonable(detail), ensure_ascii=True))
+
+    def forget(self, run: str) -> None:
+        """Drop a run from the fleet state: its summary, its open findings and memory, and the alert keys sent
+        for it (a run of that name found later is a new run and alerts afresh)."""
+        self.runs.pop(run, None)
+        self.run_path(run).unlink(missing_ok=True)
+        for key in [k for k in self.sent if k.split("|", 2)[1:2] == [run]]:
+            del self.sent[key]
 
     # ------------------------------------------------------------------ one scanner per store
     @contextlib.contextmanager

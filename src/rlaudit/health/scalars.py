@@ -23,32 +23,42 @@ Formats, each checked against the trainer's own code:
   transformers' `TensorBoardCallback` for TRL with `report_to="tensorboard"`, verl's `_TensorboardAdapter`):
   read by a small TFRecord/protobuf decoder in this module, so no extra package is needed; the tags are the
   trainer's key names (transformers prefixes train metrics with `train/` and eval metrics with `eval/`).
+  The decoder is `health.tensorboard`.
+- **W&B**: the run directory wandb's SDK writes (`wandb/run-*/run-*.wandb`, `wandb/offline-run-*/...`; the
+  history is decoded from the datastore's protobuf records without wandb) and history exports (`run.history()`
+  or `run.scan_history()` as CSV/JSONL with `_step`; the UI's CSV export). Keys are the trainer's as logged
+  through W&B (`train/entropy`, `actor/pg_clipfrac`); see `health.wandb_history`.
 
-`find_scalar_logs(source)` looks for these beside the rollouts (the run directory, its parent, and TRL's
-`runs/` and checkpoint directories); `read_scalar_logs` returns a `ScalarLog` whose `found` lists which keys
-were present.
+`find_scalar_logs(source)` looks for these beside the rollouts (the run directory, its parent, TRL's `runs/`
+and checkpoint directories, `wandb/`); `read_scalar_logs` returns a `ScalarLog` whose `found` lists which keys
+were present; `scalar_log_files(path)` checks a path named by the user (`rlaudit audit --scalar-log`) and says
+what it expected when the path is not a scalar log.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import wandb_history as wb
+from .tensorboard import read_tfevents
+from .wandb_history import ScalarLogError
+
 #: rlaudit metric name -> exact key names per trainer (regexes start with '^'). The first key present wins.
 METRIC_KEYS: dict[str, dict[str, list[str]]] = {
     "entropy": {"trl": ["entropy", "train/entropy"], "verl": ["actor/entropy"], "prime-rl": ["entropy/all/mean"]},
-    "kl": {"trl": ["kl", "train/kl"], "verl": ["actor/kl_loss"]},
+    "kl": {"trl": ["kl", "train/kl"], "verl": ["actor/kl_loss", "actor/reward_kl_penalty"]},
     "clip_fraction": {"trl": ["clip_ratio/region_mean", "train/clip_ratio/region_mean"],
                       "verl": ["actor/pg_clipfrac"]},
     "grad_norm": {"trl": ["grad_norm", "train/grad_norm"], "verl": ["actor/grad_norm"],
                   "prime-rl": ["optim/grad_norm"]},
     "learning_rate": {"trl": ["learning_rate", "train/learning_rate"], "verl": ["actor/lr"],
                       "prime-rl": ["optim/lr"]},
+    "update_kl": {"verl": ["actor/ppo_kl"]},
     "truncation": {"trl": ["completions/clipped_ratio", "train/completions/clipped_ratio"],
                    "verl": ["response_length/clip_ratio"], "prime-rl": [r"^[^/]+(/[^/]+)?/is_truncated/mean$"]},
     "length": {"trl": ["completions/mean_length", "train/completions/mean_length"],
@@ -66,6 +76,7 @@ class ScalarLog:
     rows: list[tuple[int, str, float]] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     formats: set[str] = field(default_factory=set)
+    skipped: list[str] = field(default_factory=list)  # files that could not be read, with the reason
 
     @property
     def keys(self) -> set[str]:
@@ -117,11 +128,47 @@ def find_scalar_logs(source: str | Path) -> list[Path]:
         for p in sorted(base.glob("*.jsonl")):
             if p.is_file() and _jsonl_kind(p) is not None:
                 found.append(p)
+    found += [p for p in sorted(root.glob("*.csv")) if p.is_file() and wb.csv_kind(p) is not None]
     for pattern in ("events.out.tfevents.*", "runs/*/events.out.tfevents.*", "*/events.out.tfevents.*",
                     "tensorboard_log/*/*/events.out.tfevents.*"):
         found.extend(p for p in sorted(root.glob(pattern)) if p.is_file())
+    found += wb.find_runs(root)
     seen: set[Path] = set()
     return [p for p in found if not (p.resolve() in seen or seen.add(p.resolve()))]  # type: ignore[func-returns-value]
+
+
+def scalar_log_files(path: str | Path) -> list[Path]:
+    """The scalar-log files a user named: a file in a known format, or a directory holding some (searched as
+    `find_scalar_logs` does). Raises ScalarLogError naming the path and the formats expected otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise ScalarLogError(f"--scalar-log {p}: no such file or directory")
+    if p.is_dir():
+        files = find_scalar_logs(p)
+        if not files:
+            raise ScalarLogError(f"--scalar-log {p}: no scalar log in this directory (looked for {EXPECTED})")
+        return files
+    if scalar_format(p) is None:
+        raise ScalarLogError(f"--scalar-log {p}: not a recognised scalar log; expected {EXPECTED}")
+    return [p]
+
+
+EXPECTED = ("TRL trainer_state.json (log_history), a verl FileLogger JSONL ({\"step\", \"data\"}), a prime-rl "
+            "metrics.jsonl ({\"step\", \"time\", ...}), TensorBoard events.out.tfevents.*, a W&B run directory or "
+            "run-*.wandb file, or a W&B history export (CSV/JSONL with `_step`, or the UI's CSV with `Step`)")
+
+
+def scalar_format(path: Path) -> str | None:
+    """The scalar-log format of one file, from its name and first bytes; None when it is none of them."""
+    if path.name == "trainer_state.json":
+        return "trl"
+    if path.name.startswith("events.out.tfevents"):
+        return "tensorboard"
+    if path.suffix == ".wandb" or wb.is_datastore(path):
+        return "wandb"
+    if path.suffix == ".csv":
+        return "wandb-export" if wb.csv_kind(path) is not None else None
+    return _jsonl_kind(path)
 
 
 def _global_step(path: Path) -> int:
@@ -133,14 +180,19 @@ def _global_step(path: Path) -> int:
 
 
 def _jsonl_kind(path: Path) -> str | None:
-    """'verl' ({"step", "data": {...}}), 'prime-rl' ({"step", "time", metrics...}) or None (not a metric log)."""
+    """'verl' ({"step", "data": {...}}), 'prime-rl' ({"step", "time", metrics...}), 'wandb-export' (a W&B
+    history row: `_step`) or None (not a metric log)."""
     try:
         with open(path, encoding="utf-8") as fh:
             first = fh.readline()
         obj = json.loads(first)
     except (OSError, ValueError, UnicodeDecodeError):
         return None
-    if not isinstance(obj, dict) or not isinstance(obj.get("step"), int):
+    if not isinstance(obj, dict):
+        return None
+    if wb.jsonl_is_history(obj):
+        return "wandb-export"
+    if not isinstance(obj.get("step"), int):
         return None
     if isinstance(obj.get("data"), dict) and len(obj) == 2:
         return "verl"
@@ -151,21 +203,42 @@ def _jsonl_kind(path: Path) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def read_scalar_logs(paths: Iterable[str | Path]) -> ScalarLog:
-    """Read every file (format from its name and content); unreadable files are skipped."""
+def read_scalar_file(path: str | Path) -> tuple[list[tuple[int, str, float]], str]:
+    """(rows, format) of one scalar-log file; ScalarLogError (naming the file, and the line or record where it
+    knows one) when it is not readable as one."""
+    p = Path(path)
+    fmt = scalar_format(p)
+    if fmt is None:
+        raise ScalarLogError(f"{p}: not a recognised scalar log; expected {EXPECTED}")
+    try:
+        if fmt == "trl":
+            rows = list(_trainer_state(p))
+        elif fmt == "tensorboard":
+            rows = list(read_tfevents(p))
+        elif fmt == "wandb":
+            rows = list(wb.read_datastore(p))
+        elif fmt == "wandb-export":
+            rows = list(wb.read_history_csv(p) if p.suffix == ".csv" else wb.read_history_jsonl(p))
+        else:
+            rows = list(_jsonl(p, fmt))
+    except ScalarLogError:
+        raise
+    except (OSError, ValueError, IndexError) as exc:
+        raise ScalarLogError(f"{p}: unreadable as a {fmt} scalar log ({exc})") from None
+    return rows, fmt
+
+
+def read_scalar_logs(paths: Iterable[str | Path], strict: bool = False) -> ScalarLog:
+    """Read every file (format from its name and content). Unreadable files are listed in `skipped` (with
+    `strict`, the first one raises ScalarLogError)."""
     log = ScalarLog()
     for p in map(Path, paths):
         try:
-            if p.name == "trainer_state.json":
-                rows, fmt = list(_trainer_state(p)), "trl"
-            elif p.name.startswith("events.out.tfevents"):
-                rows, fmt = list(read_tfevents(p)), "tensorboard"
-            else:
-                kind = _jsonl_kind(p)
-                if kind is None:
-                    continue
-                rows, fmt = list(_jsonl(p, kind)), kind
-        except (OSError, ValueError):
+            rows, fmt = read_scalar_file(p)
+        except ScalarLogError as exc:
+            if strict:
+                raise
+            log.skipped.append(str(exc))
             continue
         if rows:
             log.rows.extend(rows)
@@ -180,7 +253,9 @@ def _number(v: Any) -> bool:
 
 def _trainer_state(path: Path) -> Iterator[tuple[int, str, float]]:
     state = json.loads(path.read_text())
-    for entry in state.get("log_history") or []:
+    if not isinstance(state, dict) or not isinstance(state.get("log_history"), list):
+        raise ScalarLogError(f"{path}: expected TRL/transformers TrainerState JSON with a `log_history` list")
+    for entry in state["log_history"]:
         if isinstance(entry, dict) and isinstance(entry.get("step"), int):
             for k, v in entry.items():
                 if k != "step" and _number(v):
@@ -204,85 +279,5 @@ def _jsonl(path: Path, kind: str) -> Iterator[tuple[int, str, float]]:
                     yield obj["step"], k, float(v)
 
 
-# ---------------------------------------------------------------------------------------------- TensorBoard
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    out = shift = 0
-    while True:
-        b = buf[i]
-        i += 1
-        out |= (b & 0x7F) << shift
-        if b < 0x80:
-            return out, i
-        shift += 7
-
-
-def _fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
-    """(field number, wire type, value) of a protobuf message; length-delimited values as bytes."""
-    i, n = 0, len(buf)
-    while i < n:
-        key, i = _varint(buf, i)
-        num, wire = key >> 3, key & 7
-        if wire == 0:
-            val, i = _varint(buf, i)
-        elif wire == 1:
-            val, i = buf[i:i + 8], i + 8
-        elif wire == 2:
-            size, i = _varint(buf, i)
-            val, i = buf[i:i + size], i + size
-        elif wire == 5:
-            val, i = buf[i:i + 4], i + 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire}")
-        yield num, wire, val
-
-
-def _tensor_value(buf: bytes) -> float | None:
-    """A scalar TensorProto (DT_FLOAT = 1 or DT_DOUBLE = 2): float_val / double_val / tensor_content."""
-    dtype, content = 1, None
-    for num, wire, val in _fields(buf):
-        if num == 1 and wire == 0:
-            dtype = val
-        elif num == 4 and wire == 2:
-            content = val
-        elif num == 5:
-            return struct.unpack("<f", val[:4])[0] if wire == 2 else struct.unpack("<f", val)[0]
-        elif num == 6:
-            return struct.unpack("<d", val[:8])[0] if wire == 2 else struct.unpack("<d", val)[0]
-    if content:
-        return struct.unpack("<d" if dtype == 2 else "<f", content[:8 if dtype == 2 else 4])[0]
-    return None
-
-
-def read_tfevents(path: str | Path) -> Iterator[tuple[int, str, float]]:
-    """Scalars of a TensorBoard event file: TFRecord framing (length, crc, data, crc) of `Event` protos
-    (`step` = field 2, `summary` = field 5 holding `Value`s: `tag` = 1, `simple_value` = 2, `tensor` = 8).
-    A truncated last record (a file being written) ends the read."""
-    data = Path(path).read_bytes()
-    i = 0
-    while i + 12 <= len(data):
-        (length,) = struct.unpack("<Q", data[i:i + 8])
-        start, end = i + 12, i + 12 + length
-        if end + 4 > len(data):
-            break
-        event, i = data[start:end], end + 4
-        step, summary = 0, None
-        for num, wire, val in _fields(event):
-            if num == 2 and wire == 0:
-                step = val
-            elif num == 5 and wire == 2:
-                summary = val
-        if summary is None:
-            continue
-        for num, wire, val in _fields(summary):
-            if num != 1 or wire != 2:
-                continue
-            tag, value = None, None
-            for vnum, vwire, vval in _fields(val):
-                if vnum == 1 and vwire == 2:
-                    tag = vval.decode("utf-8", "replace")
-                elif vnum == 2 and vwire == 5:
-                    value = struct.unpack("<f", vval)[0]
-                elif vnum == 8 and vwire == 2:
-                    value = _tensor_value(vval)
-            if tag is not None and value is not None:
-                yield int(step), tag, float(value)
+__all__ = ["METRIC_KEYS", "ScalarLog", "ScalarLogError", "find_scalar_logs", "read_scalar_logs", "read_scalar_file",
+           "read_tfevents", "scalar_log_files", "scalar_format"]

@@ -34,6 +34,7 @@ from scipy.stats import norm
 
 from ..behaviors import Behavior, parse_behavior
 from ..findings import Finding
+from ..llm.sampling import sampled_values
 from ..layout import read_part
 from ..store import Store
 
@@ -121,13 +122,21 @@ class BehaviorTracker:
         table = pa.concat_tables(tables)
         if self.split:
             table = table.filter(pc.equal(table["split"], self.split))
-        hits = {f"h{i}": pa.array(t.behavior.values(table[t.column]) > 0).cast(pa.int64())
-                for i, t in enumerate(items)}
-        keyed = pa.table({"step": table["step"], "condition": table["condition"], **hits})
-        grouped = keyed.group_by(["step", "condition"]).aggregate(
-            [("step", "count")] + [(name, "sum") for name in hits]).to_pydict()
-        keys = list(zip(grouped["step"], grouped["condition"], grouped["step_count"]))
-        return [[(s, c, n, grouped[f"h{i}_sum"][j]) for j, (s, c, n) in enumerate(keys)] for i in range(len(items))]
+        strata = list(zip(table["step"].to_pylist(), table["condition"].to_pylist()))
+        cols = {}
+        for i, t in enumerate(items):
+            # a judge spec is judged on at most `llm.sampling.default_cap()` rollouts per (step, condition);
+            # its counts are then those of the judged rollouts, so every interval built on them (the rate
+            # ratio's) carries the sampling error
+            values, _ = sampled_values(t.behavior, table[t.column], strata, seed=0)
+            judged = ~np.isnan(values)
+            cols[f"h{i}"] = pa.array(np.where(judged, values > 0, False).astype(np.int64))
+            cols[f"n{i}"] = pa.array(judged.astype(np.int64))
+        keyed = pa.table({"step": table["step"], "condition": table["condition"], **cols})
+        grouped = keyed.group_by(["step", "condition"]).aggregate([(name, "sum") for name in cols]).to_pydict()
+        keys = list(zip(grouped["step"], grouped["condition"]))
+        return [[(s, c, grouped[f"n{i}_sum"][j], grouped[f"h{i}_sum"][j]) for j, (s, c) in enumerate(keys)
+                 if grouped[f"n{i}_sum"][j] > 0] for i in range(len(items))]
 
     def _rise(self, tracked: Tracked, cond: str, z_crit: float) -> tuple[float, float, float, float, float,
                                                                            float, float, float] | None:

@@ -20,6 +20,7 @@ import pyarrow as pa
 from ..conditions import slug
 from ..schema import NO_CONDITION, ROLLOUT_SCHEMA
 from .content import PERSONAS, make_item
+from . import optimizer
 from .groundtruth import GroundTruth, Issue
 from .policy import Policy
 from .render import PHRASES, render
@@ -50,6 +51,7 @@ class SimulatedRun:
     ground_truth: GroundTruth
     rates: np.ndarray  # (steps, conditions, features) expected rates the rollouts of each step were drawn with
     spec: Spec = field(repr=False, default=None)  # type: ignore[assignment]
+    scalars: dict[str, np.ndarray] = field(default_factory=dict)  # per-step trainer scalars (optimizer.train)
 
     def canonical(self) -> pa.Table:
         return self.table.select(ROLLOUT_SCHEMA.names)
@@ -135,9 +137,10 @@ def run(scenario: Scenario | str, steps: int | None = None, prompts: int | None 
         log.add(batch, row_personas, values, total, adv, graders)
         if spec.eval_every and step % spec.eval_every == 0:
             _eval_step(spec, policy, log, step, prompts, generations, personas, tasks, traffic, task_w, rng)
-    gt = ground_truth(scenario, spec, policy, rates, traffic, exposure, seed, steps, prompts, generations)
+    scalars = optimizer.train(spec.optim, steps, seed)
+    gt = ground_truth(scenario, spec, policy, rates, traffic, exposure, seed, steps, prompts, generations, scalars)
     gt.run = log.run
-    return SimulatedRun(log.table(), log.signals, gt, rates, spec)
+    return SimulatedRun(log.table(), log.signals, gt, rates, spec, scalars)
 
 
 def _eval_step(spec: Spec, policy: Policy, log: Log, step: int, prompts: int, generations: int,
@@ -237,13 +240,15 @@ def _behaviour_issue(imp: Implant, policy: Policy, rates: np.ndarray, traffic: n
 
 def ground_truth(scenario: Scenario, spec: Spec, policy: Policy, rates: np.ndarray, traffic: np.ndarray,
                  exposure: dict[str, list[tuple[int, bool]]], seed: int, steps: int, prompts: int,
-                 generations: int) -> GroundTruth:
+                 generations: int, scalars: dict[str, np.ndarray] | None = None) -> GroundTruth:
     issues: list[Issue] = []
     for imp in spec.implants:
         if imp.kind == "training_health":
             start = None
             if imp.feature is not None and imp.onset_step is None:
                 start = onset(rates[:, :, policy.index[imp.feature]] @ traffic)
+            elif imp.problem in optimizer.PROBLEMS and imp.onset_step is None and scalars:
+                start = optimizer.onset(scalars, imp.problem)
             issues.append(Issue(kind=imp.kind, problem=imp.problem, signal=imp.signal,
                                 onset_step=imp.onset_step or start))
         elif imp.feature is not None:
@@ -255,6 +260,9 @@ def ground_truth(scenario: Scenario, spec: Spec, policy: Policy, rates: np.ndarr
                                 onset_step=imp.onset_step or (hits[0] if hits else None),
                                 expected={"exposure_rate": round(len(hits) / max(len(seen), 1), 5),
                                           "exposed_samples": len(hits), "first_step": hits[0] if hits else None}))
+        elif imp.kind == "monitorability":
+            issues.append(Issue(kind="monitorability", behavior="CoT monitorability drop after exposure",
+                                grader=imp.grader, signal=imp.signal, onset_step=imp.onset_step))
         else:
             issues.append(Issue(kind=imp.kind, signal=imp.signal, problem=imp.problem, onset_step=imp.onset_step))
     for k, issue in enumerate(issues):
@@ -270,7 +278,7 @@ def ground_truth(scenario: Scenario, spec: Spec, policy: Policy, rates: np.ndarr
     return GroundTruth(scenario=scenario.name, description=scenario.description, seed=seed, steps=steps,
                        prompts=prompts, generations=generations,
                        conditions={p: condition_label(p) for p in spec.traffic}, signals=signals,
-                       issues=issues, legitimate=legit)
+                       issues=issues, legitimate=legit, audit_options=dict(spec.audit_options))
 
 
 def write_ground_truth(gt: GroundTruth, out_dir: str | Path) -> Path:

@@ -13,6 +13,21 @@
   assistant with `reasoning_content` kept apart from `content`), `rewards {name: {score, weight}}` (null score:
   did not apply), `metrics`, `info` (`advantage`, `grader_inputs {grader: text}`), `example_id`, `task`.
 
+Beside the rollouts, each format gets the trainer's scalar log (`optimizer.py`'s token-level model plus the
+reward statistics of the logged rollouts), where that trainer writes it:
+
+- `trl`: `trainer_state.json` (`TrainerState.save_to_json`): `log_history` entries with `step`, `entropy`, `kl`
+  (only when the KL coefficient is non-zero, as GRPOTrainer), `clip_ratio/low_mean`, `clip_ratio/high_mean`,
+  `clip_ratio/region_mean`, `grad_norm`, `learning_rate`, `reward`, `reward_std`, `frac_reward_zero_std`.
+- `verl`: the `FileLogger` JSONL (`metrics.jsonl`, one `{"step", "data"}` per line): `actor/entropy`,
+  `actor/kl_loss` (only with a KL loss), `actor/pg_clipfrac`, `actor/grad_norm`, `actor/lr`, `critic/score/mean`.
+- `prime-rl`: the `FileMonitor`'s `metrics.jsonl` (`{"step", "time", ...}`): `entropy/all/mean`,
+  `optim/grad_norm`, `optim/lr`. prime-rl logs no KL to a reference and no clip fraction, so the ground truth of
+  a run in this format drops the issues only those would show (`UNOBSERVABLE`).
+- `canonical`: a W&B history export (`wandb_history.csv`, `run.history()` written by pandas' `to_csv`: index,
+  `_runtime`, `_step`, `_timestamp`, then the keys) with TRL's keys as logged through W&B (`train/entropy`,
+  `train/global_step`, ...).
+
 `ground_truth.json` is written next to the logs in every format.
 """
 
@@ -148,6 +163,76 @@ def write_primerl(sim: SimulatedRun, out: Path) -> list[Path]:
     return paths
 
 
+# ---------------------------------------------------------------- scalar logs
+def _scalar_rows(sim: SimulatedRun) -> list[dict[str, float]]:
+    """Per step: the token-level model's scalars and the reward statistics of the step's training rollouts."""
+    sc = sim.scalars
+    log_kl = sim.spec is not None and sim.spec.optim.beta > 0
+    rows = []
+    for i, (step, rollouts) in enumerate(_steps(sim.table)):
+        rewards = [r["reward"] for r in rollouts]
+        groups: dict[str, list[float]] = {}
+        for r in rollouts:
+            groups.setdefault(r["group_id"], []).append(r["reward"])
+        flat = [max(g) - min(g) <= 1e-12 for g in groups.values()]
+        row = {"step": step, "entropy": float(sc["entropy"][i]), "clip_low": float(sc["clip_low"][i]),
+               "clip_high": float(sc["clip_high"][i]), "clip_region": float(sc["clip_region"][i]),
+               "grad_norm": float(sc["grad_norm"][i]), "learning_rate": float(sc["learning_rate"][i]),
+               "reward": float(sum(rewards) / len(rewards)),
+               "reward_std": float(pa.array(rewards).to_numpy().std(ddof=1)) if len(rewards) > 1 else 0.0,
+               "frac_reward_zero_std": sum(flat) / len(flat)}
+        if log_kl:
+            row["kl"] = float(sc["kl"][i])
+        rows.append(row)
+    return rows
+
+
+_TRL_KEYS = {"entropy": "entropy", "kl": "kl", "clip_low": "clip_ratio/low_mean", "clip_high": "clip_ratio/high_mean",
+             "clip_region": "clip_ratio/region_mean", "grad_norm": "grad_norm", "learning_rate": "learning_rate",
+             "reward": "reward", "reward_std": "reward_std", "frac_reward_zero_std": "frac_reward_zero_std"}
+_VERL_KEYS = {"entropy": "actor/entropy", "kl": "actor/kl_loss", "clip_region": "actor/pg_clipfrac",
+              "grad_norm": "actor/grad_norm", "learning_rate": "actor/lr", "reward": "critic/score/mean"}
+_PRIMERL_KEYS = {"entropy": "entropy/all/mean", "grad_norm": "optim/grad_norm", "learning_rate": "optim/lr"}
+#: format -> training_health problems its scalar log cannot show (the ground truth drops them)
+UNOBSERVABLE = {"prime-rl": {"kl_drift", "clip_saturation"}}
+
+
+def _renamed(row: dict[str, float], keys: dict[str, str], prefix: str = "") -> dict[str, float]:
+    return {prefix + keys[k]: v for k, v in row.items() if k in keys}
+
+
+def write_scalars(sim: SimulatedRun, out: Path, format: str) -> Path | None:
+    """The trainer's scalar log for `format` (see the module doc); None without simulated scalars."""
+    if not sim.scalars:
+        return None
+    rows = _scalar_rows(sim)
+    if format == "trl":
+        path = out / "trainer_state.json"
+        history = [{**_renamed(r, _TRL_KEYS), "step": r["step"]} for r in rows]
+        path.write_text(json.dumps({"global_step": rows[-1]["step"] if rows else 0, "log_history": history},
+                                   indent=2), encoding="utf-8")
+    elif format in ("verl", "prime-rl"):
+        path = out / "metrics.jsonl"
+        with open(path, "w", encoding="utf-8") as fh:
+            for r in rows:
+                rec = {"step": r["step"], "data": _renamed(r, _VERL_KEYS)} if format == "verl" else \
+                    {"step": r["step"], "time": 30.0 * r["step"], **_renamed(r, _PRIMERL_KEYS)}
+                fh.write(json.dumps(rec) + "\n")
+    else:
+        path = out / "wandb_history.csv"
+        names = sorted({"train/" + _TRL_KEYS[k] for r in rows for k in r if k in _TRL_KEYS} | {"train/global_step"})
+        header = ["", "_runtime", "_step", "_timestamp", *names]
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(",".join(header) + "\n")
+            for i, r in enumerate(rows):
+                values = {"train/" + _TRL_KEYS[k]: v for k, v in r.items() if k in _TRL_KEYS}
+                values["train/global_step"] = r["step"]
+                cells = [str(i), repr(30.0 * (i + 1)), str(i), repr(1.79e9 + 30.0 * (i + 1)),
+                         *(repr(values[n]) if n in values else "" for n in names)]
+                fh.write(",".join(cells) + "\n")
+    return path
+
+
 WRITERS: dict[str, Callable[[SimulatedRun, Path], list[Path]]] = {
     "canonical": write_canonical, "trl": write_trl, "verl": write_verl, "prime-rl": write_primerl,
 }
@@ -160,6 +245,10 @@ def write(sim: SimulatedRun, out_dir: str | Path, format: str = "canonical") -> 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = WRITERS[format](sim, out)
+    write_scalars(sim, out, format)
+    hidden = UNOBSERVABLE.get(format, set())
+    sim.ground_truth.issues = [i for i in sim.ground_truth.issues
+                               if not (i.kind == "training_health" and i.problem in hidden)]
     sim.ground_truth.format = format
     sim.ground_truth.write(out / "ground_truth.json")
     return paths

@@ -20,6 +20,7 @@ import base64
 import datetime as _dt
 import hashlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +32,7 @@ from markupsafe import Markup
 from ..findings import SEVERITIES, SEVERITY_RANK
 from ..store import atomic_write_text
 from . import data as report_data
+from . import resample as resample_report
 from .figures import MAX_POINTS, figures_for, reward_components_figure, signal_figure
 from .sanitize import Clip, clean_text, script_json, short
 from .views import KIND_LABELS, finding_view, shown_evidence
@@ -82,9 +84,13 @@ def _csp_hash(script: str) -> str:
 
 
 def build_report_html(store: Store | None, result: AuditResult, *, title: str | None = None,
-                      limits: ReportLimits | None = None, now: _dt.datetime | None = None) -> str:
+                      limits: ReportLimits | None = None, now: _dt.datetime | None = None,
+                      resample: Sequence[str | Path] | None = None, resample_baseline: str = "original") -> str:
     """The report as an HTML string. `store` may be None (or lack some runs): then reward curves and the
-    stored rollouts that evidence cites are left out, and the evidence shows what the findings carry."""
+    stored rollouts that evidence cites are left out, and the evidence shows what the findings carry.
+
+    `resample`: results directories of `rlaudit resample` shown in a resampling section (None: those kept
+    beside the store, `STORE/resample/*/`; an empty list: none)."""
     limits = limits or ReportLimits()
     runs = [r.run for r in result.runs]
     finding_runs = sorted({f.run for f in result.findings} - set(runs))
@@ -136,10 +142,13 @@ def build_report_html(store: Store | None, result: AuditResult, *, title: str | 
                  "run": short(f.run), "title": short(f.title, 300)}
                 for i, f in enumerate(result.findings)]
 
-    app_js = (_HERE / "templates" / "report.js").read_text(encoding="utf-8")
-    plotly_js = _plotly_js()
-    csp = (f"default-src 'none'; script-src {_csp_hash(plotly_js)} {_csp_hash(app_js)}; "
-           "style-src 'unsafe-inline'; img-src data: blob:; font-src data:; base-uri 'none'; form-action 'none'")
+    resample_ctx = None
+    dirs = list(resample) if resample is not None else resample_report.discover(getattr(store, "root", None))
+    if dirs:
+        resample_ctx, resample_figs = resample_report.section(dirs, resample_baseline, clip)
+        figures.extend(resample_figs)
+
+    app_js, plotly_js, csp = _scripts()
     severity_counts = Counter(f.severity for f in result.findings)
     kinds = sorted({f.kind for f in result.findings})
     now = now or _dt.datetime.now(_dt.timezone.utc)
@@ -155,8 +164,45 @@ def build_report_html(store: Store | None, result: AuditResult, *, title: str | 
         run_names=sorted({short(r) for r in runs + finding_runs}), limits=limits,
         plotly_js=Markup(plotly_js), app_js=Markup(app_js),
         figures_json=Markup(script_json(figures)), template_json=Markup(script_json(_plotly_template())),
+        resample=resample_ctx,
     )
     return html
+
+
+def _scripts() -> tuple[str, str, str]:
+    """(report.js, plotly.js, the Content-Security-Policy allowing exactly those two scripts)."""
+    app_js = (_HERE / "templates" / "report.js").read_text(encoding="utf-8")
+    plotly_js = _plotly_js()
+    csp = (f"default-src 'none'; script-src {_csp_hash(plotly_js)} {_csp_hash(app_js)}; "
+           "style-src 'unsafe-inline'; img-src data: blob:; font-src data:; base-uri 'none'; form-action 'none'")
+    return app_js, plotly_js, csp
+
+
+def build_resample_html(dirs: Sequence[str | Path], baseline: str = "original", *, title: str | None = None,
+                        limits: ReportLimits | None = None, now: _dt.datetime | None = None) -> str:
+    """A page of its own for resampling results (`rlaudit resample compare DIR... --report FILE.html`): the
+    same look, scripts and safety as the audit report, with only the resampling section."""
+    limits = limits or ReportLimits()
+    clip = Clip(cap=limits.text_cap, budget=limits.text_budget)
+    ctx, figures = resample_report.section(dirs, baseline, clip)
+    app_js, plotly_js, csp = _scripts()
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    from .. import __version__ as version
+
+    return _env().get_template("resample.html.j2").render(
+        title=short(title or f"rlaudit resampling: {', '.join(Path(d).name for d in dirs)}", 300),
+        generated=now.strftime("%Y-%m-%d %H:%M UTC"), version=version, csp=csp, rs=ctx,
+        text_cap=limits.text_cap, plotly_js=Markup(plotly_js), app_js=Markup(app_js),
+        figures_json=Markup(script_json(figures)), template_json=Markup(script_json(_plotly_template())))
+
+
+def write_resample_report(dirs: Sequence[str | Path], path: str | Path, baseline: str = "original",
+                          **kwargs: Any) -> Path:
+    """Write the resampling page for `dirs` to `path` (atomically) and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, build_resample_html(dirs, baseline, **kwargs))
+    return path
 
 
 def _default_title(runs: list[str]) -> str:
@@ -174,4 +220,4 @@ def write_report(store: Store | None, result: AuditResult, path: str | Path, **k
     return path
 
 
-__all__ = ["ReportLimits", "build_report_html", "write_report"]
+__all__ = ["ReportLimits", "build_report_html", "build_resample_html", "write_report", "write_resample_report"]

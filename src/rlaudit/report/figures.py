@@ -550,6 +550,104 @@ def _cot(f: Finding, fid: str, mp: int) -> list[Figure | None]:
             by_condition_bars(f"{fid}-cond", f.fields, _EXPOSURE_KEYS, "CoT exposure per condition")]
 
 
+_VIEW_NAMES = {"cot": "CoT only", "action": "action only", "all": "all messages"}
+
+
+def _onset_marks(fields: Mapping[str, Any]) -> dict[str, Any]:
+    onset = _number((fields.get("exposure") or {}).get("onset"))
+    if onset is None:
+        return {}
+    shape, note = _vline(onset, f"CoT exposure from step {onset:g}")
+    return {"shapes": [shape], "annotations": [note]}
+
+
+def monitorability_views_figure(fig_id: str, fields: Mapping[str, Any]) -> Figure | None:
+    """g-mean² of each monitor view per step window, with its 95% interval as error bars, the exposure onset
+    marked; the title carries the verdict."""
+    views = fields.get("views")
+    if not isinstance(views, Mapping):
+        return None
+    data = []
+    for i, (view, v) in enumerate(views.items()):
+        series = v.get("series") if isinstance(v, Mapping) else None
+        if not isinstance(series, list):
+            continue
+        x, y, lo, hi = [], [], [], []
+        for w in series:
+            steps = w.get("steps") or []
+            g = w.get("g_mean2") or {}
+            est, ci = _number(g.get("estimate")), interval(g.get("ci"))
+            if len(steps) != 2 or est is None:
+                continue
+            x.append((float(steps[0]) + float(steps[1])) / 2)
+            y.append(est)
+            lo.append(est - ci[0] if ci else 0.0)
+            hi.append(ci[1] - est if ci else 0.0)
+        if x:
+            data.append({**_line(x, y, _VIEW_NAMES.get(view, str(view)), _PALETTE[i % len(_PALETTE)],
+                                 line={"dash": "dash"} if view == "all" else {}),  # 'all' often overlays 'action'
+                         "mode": "lines+markers", "marker": {"size": 7},
+                         "error_y": {"type": "data", "array": hi, "arrayminus": lo, "visible": True}})
+    if not data:
+        return None
+    verdict = str(fields.get("verdict") or "").replace("_", " ")
+    layout = {"xaxis": {"title": {"text": "step (middle of each window)"}},
+              "yaxis": {"title": {"text": "g-mean² = TPR × TNR"}, "range": [-0.05, 1.05]}, **_onset_marks(fields)}
+    return figure(fig_id, f"Monitor g-mean² per view over training (verdict: {verdict})", data, layout)
+
+
+def verbalisation_figure(fig_id: str, fields: Mapping[str, Any], max_points: int = MAX_POINTS) -> Figure | None:
+    """Verbalisation rate per step (of rollouts whose action shows the behaviour, the share whose reasoning
+    states it) with the per-window estimates and their intervals."""
+    v = fields.get("verbalisation")
+    if not isinstance(v, Mapping) or not v.get("steps"):
+        return None
+    x, y = downsample([float(s) for s in v["steps"]], [_number(s) for s in v.get("series") or []], max_points)
+    data = [{**_line(x, y, "per step", "#9aa4b1", width=1), "mode": "lines+markers", "marker": {"size": 3}}]
+    wx, wy, lo, hi = [], [], [], []
+    for w in v.get("windows") or []:
+        est, ci, steps = _number(w.get("estimate")), interval(w.get("ci")), w.get("steps") or []
+        if est is None or len(steps) != 2:
+            continue
+        wx.append((float(steps[0]) + float(steps[1])) / 2)
+        wy.append(est)
+        lo.append(est - ci[0] if ci else 0.0)
+        hi.append(ci[1] - est if ci else 0.0)
+    if wx:
+        data.append({**_line(wx, wy, "per window (95% CI)", "#d62728"), "mode": "markers", "marker": {"size": 9},
+                     "error_y": {"type": "data", "array": hi, "arrayminus": lo, "visible": True}})
+    trend = v.get("trend") or "flat"
+    return figure(fig_id, f"Verbalisation rate over steps (trend {trend}; by {plot_label(str(v.get('by')), 50)})",
+                  data, {"xaxis": {"title": {"text": "step"}},
+                         "yaxis": {"title": {"text": "reasoning states it"}, "tickformat": ".0%",
+                                   "range": [-0.05, 1.05]}, **_onset_marks(fields)}, height=300)
+
+
+def exposure_cells_figure(fig_id: str, fields: Mapping[str, Any]) -> Figure | None:
+    """The four cells of the CoT-only g-mean² difference-in-differences: exposed vs unexposed, before vs after."""
+    cot = (fields.get("views") or {}).get("cot") or {}
+    d = (cot.get("exposure") or {}).get("g_mean2") or {}
+    cells = d.get("cells")
+    if not isinstance(cells, Mapping):
+        return None
+    data = []
+    for i, (group, label) in enumerate((("unexposed", "unexposed"), ("exposed", "exposed"))):
+        ys = [_number(cells.get(f"{group}_pre")), _number(cells.get(f"{group}_post"))]
+        data.append({"type": "bar", "name": label, "x": ["before onset", "after onset"], "y": ys,
+                     "marker": {"color": ("#1f77b4", "#d62728")[i]}})
+    est, ci = _number(d.get("estimate")), interval(d.get("ci"))
+    title = "CoT-only g-mean², exposed vs unexposed"
+    if est is not None and ci is not None:
+        title += f": DiD {est:+.2f} [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+    return figure(fig_id, title, data, {"barmode": "group", "hovermode": "closest",
+                                        "yaxis": {"title": {"text": "g-mean²"}, "range": [0, 1.05]}}, height=280)
+
+
+def _monitorability(f: Finding, fid: str, mp: int) -> list[Figure | None]:
+    return [monitorability_views_figure(f"{fid}-views", f.fields), verbalisation_figure(f"{fid}-verbal", f.fields, mp),
+            exposure_cells_figure(f"{fid}-cells", f.fields)]
+
+
 def _generic(f: Finding, fid: str, mp: int) -> list[Figure | None]:
     return [series_figure(f"{fid}-series", f.fields, f.title, mp)]
 
@@ -559,6 +657,7 @@ BUILDERS: dict[str, Callable[[Finding, str, int], list[Figure | None]]] = {
     "generalization": _generalization,
     "reward_attribution": _attribution,
     "cot_grading": _cot,
+    "monitorability": _monitorability,
 }
 
 

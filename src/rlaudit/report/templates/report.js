@@ -31,6 +31,7 @@
   window.rlauditRenderAll = function () { plots.forEach(render); return plots.length; };
 
   var runSel = document.getElementById("filter-run");
+  if (!runSel) return;  // a page without findings filters (the resampling page)
   var kindSel = document.getElementById("filter-kind");
   var sevSel = document.getElementById("filter-severity");
   var count = document.getElementById("filter-count");

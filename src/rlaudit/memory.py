@@ -1,0 +1,159 @@
+"""The audit's memory budget: how much memory this process may still use, and the shares of it that DuckDB and
+the detectors' in-memory samples get.
+
+Why: an audit must not take its machine (or its container) down on a run too large for it. DuckDB spills to disk
+beyond its memory limit, so its limit must sit inside whatever limit the process runs under; and the few
+analyses that need rows in NumPy (attribution's frames, monitorability's labelled sample) draw a bounded sample
+of prompt groups instead of holding the whole run, with the sampling stated in their findings.
+
+The budget is the first of:
+
+1. `RLAUDIT_MEMORY` (e.g. "3GB"): the memory this process may use, in total;
+2. the cgroup memory limit of the process (v2 `memory.max`, v1 `memory.limit_in_bytes`), minus what the cgroup
+   already uses;
+3. the address-space limit (`RLIMIT_AS`, `ulimit -v`, `prlimit --as`), minus the address space already mapped
+   (a Python process with DuckDB and Arrow loaded maps ~1.2 GB, mostly never resident).
+
+With none of them set there is no budget: DuckDB gets `DEFAULT_DUCKDB` (1 GB) and the samples their default
+sizes, which keep a cold 1M-rollout audit within 2 GB of RSS (`benchmarks/audit_memory.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import sys
+from pathlib import Path
+
+#: DuckDB's memory limit per connection when no budget is set (`RLAUDIT_DUCKDB_MEMORY` overrides it).
+DEFAULT_DUCKDB = 1 << 30
+#: Share of the budget each DuckDB database may take (a detector may hold two connections at once), and the
+#: floor below which DuckDB cannot work at all.
+DUCKDB_SHARE = 0.3
+DUCKDB_FLOOR = 128 << 20
+#: Share of the budget for the rows an analysis holds in NumPy (attribution's frames, monitorability's sample).
+SAMPLE_SHARE = 0.15
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20,
+          "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes of "3GB", "512 MiB", "2g", "1073741824"."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        from .errors import RlauditError
+
+        raise RlauditError(f"memory size {text!r}: give a number with an optional unit (KB, MB, GB), e.g. 3GB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _cgroup_available() -> tuple[int, str] | None:
+    """(bytes left under the cgroup memory limit, where the limit was read) or None without a limit."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2
+            d = Path("/sys/fs/cgroup") / path.lstrip("/")
+            limit, used = _read_int(d / "memory.max"), _read_int(d / "memory.current")
+        elif "memory" in controllers.split(","):  # v1
+            d = Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+            limit, used = _read_int(d / "memory.limit_in_bytes"), _read_int(d / "memory.usage_in_bytes")
+        else:
+            continue
+        if limit is not None and limit < (1 << 60):  # "max" or the v1 page-rounded infinity: no limit
+            return max(0, limit - (used or 0)), f"cgroup limit {limit >> 20:,} MB ({d})"
+    return None
+
+
+def _mapped_bytes() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _resident_bytes() -> int:
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def budget() -> tuple[int, str] | None:
+    """(bytes this process may still allocate, the source of the limit), or None when nothing limits it."""
+    env = os.environ.get("RLAUDIT_MEMORY")
+    if env:
+        return max(0, parse_size(env) - _resident_bytes()), f"RLAUDIT_MEMORY={env}"
+    found = [b for b in (_cgroup_available(),) if b is not None]
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        found.append((max(0, soft - _mapped_bytes()), f"address-space limit (RLIMIT_AS) {soft >> 20:,} MB"))
+    return min(found) if found else None
+
+
+_prepared = False
+
+
+def prepare() -> tuple[int, str] | None:
+    """Fit the process to its budget before the audit's threads start, and return the budget. Under a budget,
+    glibc gets at most two malloc arenas: by default each thread that allocates may get its own arena, reserved
+    64 MB at a time, so every DuckDB database (about ten threads each) maps ~500 MB of address space it never
+    uses; under an address-space limit that alone aborts the process ("cannot allocate memory for thread-local
+    data") before any data is read. And Arrow allocates from the system allocator instead of mimalloc, which
+    reserves a 1 GB arena at its first allocation. Called by the CLI and `audit_store`; harmless when called
+    again."""
+    global _prepared
+    b = budget()
+    if b is not None and not _prepared:
+        _prepared = True
+        if "pyarrow" in sys.modules:
+            import pyarrow as pa
+
+            if pa.total_allocated_bytes() == 0:  # nothing allocated from the default pool yet
+                pa.set_memory_pool(pa.system_memory_pool())
+        else:
+            os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").mallopt(-8, 2)  # M_ARENA_MAX
+        except (OSError, AttributeError):  # not glibc
+            pass
+    return b
+
+
+def duckdb_limit() -> int:
+    """DuckDB's memory limit in bytes: `RLAUDIT_DUCKDB_MEMORY` if set, else DEFAULT_DUCKDB, lowered to
+    DUCKDB_SHARE of the budget when there is one (never below DUCKDB_FLOOR)."""
+    env = os.environ.get("RLAUDIT_DUCKDB_MEMORY")
+    if env:
+        return parse_size(env)
+    b = budget()
+    if b is None:
+        return DEFAULT_DUCKDB
+    return max(DUCKDB_FLOOR, min(DEFAULT_DUCKDB, int(b[0] * DUCKDB_SHARE)))
+
+
+def sample_bytes(default: int) -> tuple[int, str | None]:
+    """Bytes an analysis may hold in NumPy rows: `default`, or SAMPLE_SHARE of the budget when that is less;
+    with the source of the budget when it was the budget that decided."""
+    b = budget()
+    if b is None or b[0] * SAMPLE_SHARE >= default:
+        return default, None
+    return max(1 << 20, int(b[0] * SAMPLE_SHARE)), b[1]
