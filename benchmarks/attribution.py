@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rlaudit.attribution import trace
+from rlaudit.attribution.trace import trace
 from rlaudit.schema import ROLLOUT_SCHEMA
 from rlaudit.store import Store
 
@@ -91,7 +91,7 @@ def synthetic_run(rows: int, seed: int = 0) -> pa.Table:
 
 def several(store: Store, specs: list[str], boot: int) -> list:
     """What the `attribution` detector does: one scan for every behaviour, shared preparation."""
-    from rlaudit.attribution import Prepared, attribute, load_frames
+    from rlaudit.attribution.trace import Prepared, attribute, load_frames
     from rlaudit.behaviors import parse_behavior
     from rlaudit.detectors import AuditConfig, DetectContext
 

@@ -1,4 +1,4 @@
-"""Overhead of rlaudit.capture wrappers: wrapped vs unwrapped reward-function calls, in one process.
+"""Overhead of rlaudit.cot.capture wrappers: wrapped vs unwrapped reward-function calls, in one process.
 
     python benchmarks/capture_overhead.py
 
@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from rlaudit.capture import flush_all, wrap_trl_reward, wrap_verl_compute_score
+from rlaudit.cot.capture import flush_all, wrap_trl_reward, wrap_verl_compute_score
 
 _BOXED = re.compile(r"\\boxed\{([^}]*)\}")
 

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from rlaudit.audit import audit_store
 from rlaudit.detectors import AuditConfig
-from rlaudit.detectors.cot_scan import ScanParams, scan_run
+from rlaudit.cot.scan import ScanParams, scan_run
 from rlaudit.schema import ROLLOUT_SCHEMA
 from rlaudit.store import Store
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from scipy import stats as sps
 
 from rlaudit import stats
-from rlaudit.attribution import Frame, attribute, build_signals, is_outcome_signal, trace
+from rlaudit.attribution.trace import Frame, attribute, build_signals, is_outcome_signal, trace
 from rlaudit.behaviors import parse_behavior
 from rlaudit.errors import RlauditError
 from rlaudit.findings import jsonable
@@ -442,7 +442,7 @@ def test_a_total_reward_alone_cannot_be_told_apart_from_task_success():
 def test_shared_preparation_gives_the_same_traces():
     from dataclasses import replace
 
-    from rlaudit.attribution import Prepared
+    from rlaudit.attribution.trace import Prepared
 
     frame = _frame(make_run(steps=6))
     answers = np.array(make_run(steps=6).column("answer").to_pylist(), dtype=str)[frame.order]
@@ -457,7 +457,7 @@ def test_shared_preparation_gives_the_same_traces():
 
 def _sig(name, share, p=0.7, matched=(math.nan, math.nan), outcome=False, kind="component", q=0.001,
          equals_total=False):
-    from rlaudit.attribution import SignalAttribution
+    from rlaudit.attribution.trace import SignalAttribution
 
     return SignalAttribution(
         signal=name, kind=kind, outcome=outcome, equals_total=equals_total, weight=1.0, applies=1.0,
@@ -468,7 +468,7 @@ def _sig(name, share, p=0.7, matched=(math.nan, math.nan), outcome=False, kind="
 
 
 def _verdict(signals, behavior_severity="high"):
-    from rlaudit.attribution import Trace, _severity
+    from rlaudit.attribution.trace import Trace, _severity
 
     t = Trace(run="r", behavior="b", behavior_spec="b", where="answer", numeric=False, grouping="group_id",
               group_key="group_id", rollouts=10, groups=5, groups_used=5, prevalence=0.5,

@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pytest
 from test_attribution import make_run
 
-from rlaudit.attribution import Frame, _group_key, _quote, attribute, load_frames
+from rlaudit.attribution.trace import Frame, _group_key, _quote, attribute, load_frames
 from rlaudit.behaviors import parse_behavior
 
 

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent / "detectors"))
 from cot_synth import make_run, no_inputs  # noqa: E402
 
 from rlaudit.audit import audit_store  # noqa: E402
-from rlaudit.capture import (capture_grader, flush_all, merge_captured, read_captured,  # noqa: E402
+from rlaudit.cot.capture import (capture_grader, flush_all, merge_captured, read_captured,  # noqa: E402
                              wrap_trl_reward, wrap_verl_compute_score)
 from rlaudit.detectors import AuditConfig  # noqa: E402
 from rlaudit.errors import RlauditError  # noqa: E402
@@ -117,7 +117,7 @@ from hypothesis import strategies as st  # noqa: E402
 @given(st.lists(st.text(min_size=0, max_size=60), min_size=1, max_size=8),
        st.one_of(st.none(), st.integers(0, 10**6)))
 def test_capture_records_round_trip_any_text(tmp_path_factory, texts, step):
-    from rlaudit.capture import CaptureLog
+    from rlaudit.cot.capture import CaptureLog
 
     path = tmp_path_factory.mktemp("rt") / "g.jsonl"
     log = CaptureLog(path)

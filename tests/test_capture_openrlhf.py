@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent / "detectors"))
 from cot_synth import make_run  # noqa: E402
 
 from rlaudit.audit import audit_store  # noqa: E402
-from rlaudit.capture import flush_all  # noqa: E402
+from rlaudit.cot.capture import flush_all  # noqa: E402
 from rlaudit.detectors import AuditConfig  # noqa: E402
 from rlaudit.errors import BadInputError  # noqa: E402
 from rlaudit.readers import ReadOptions, resolve_reader  # noqa: E402
@@ -37,7 +37,7 @@ def wrapper_file(tmp_path: Path, log_dir: Path, extra: str = "") -> Path:
     path = tmp_path / "rlaudit_reward.py"
     path.write_text(f'''
 import torch_free_rewards_stub as _stub  # noqa: F401  (a user's grader module)
-from rlaudit.capture import wrap_openrlhf_reward
+from rlaudit.cot.capture import wrap_openrlhf_reward
 
 def my_reward(queries, prompts, labels, **kwargs):
     rewards = [1.0 if label in q[len(p):] else 0.0 for q, p, label in zip(queries, prompts, labels)]

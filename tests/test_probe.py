@@ -13,12 +13,12 @@ from cot_synth import make_run  # noqa: E402
 
 import probe_graders as g  # noqa: E402
 from rlaudit.errors import RlauditError  # noqa: E402
-from rlaudit.probe import ProbeConfig, counterfactuals, load_grader, probe, probe_grader, static_check  # noqa: E402
+from rlaudit.cot.probe import ProbeConfig, counterfactuals, load_grader, probe, probe_grader, static_check  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def rows(tmp_path_factory):
-    from rlaudit.probe import load_rollouts
+    from rlaudit.cot.probe import load_rollouts
     from rlaudit.store import Store
 
     store = Store(tmp_path_factory.mktemp("probe") / "store")

@@ -751,7 +751,7 @@ def trace_cmd(
                                            "pushed it down (a behaviour that fell).")] = "up",
 ) -> None:
     """Trace a behaviour to the reward signals, conditions and tasks that pushed it up during training."""
-    from .attribution import trace as trace_behavior
+    from .attribution.trace import trace as trace_behavior
     from .findings import jsonable
 
     if where not in ("answer", "reasoning"):
@@ -779,7 +779,7 @@ def _trace_level(t, pct) -> str:  # noqa: ANN001
     return f"prevalence {pct(t.prevalence)}"
 
 
-def _print_trace(t) -> None:  # noqa: ANN001 - rlaudit.attribution.Trace, imported lazily
+def _print_trace(t) -> None:  # noqa: ANN001 - rlaudit.attribution.trace.Trace, imported lazily
     def pct(x: float) -> str:
         return "-" if x is None or x != x else f"{100 * x:.0f}%"
 
@@ -845,7 +845,7 @@ def probe_grader_cmd(
     store: StoreOpt = Path(".rlaudit"),
 ) -> None:
     """Call a grader on stored rollouts with the reasoning removed, swapped and edited: does its score move?"""
-    from .probe import ProbeConfig, probe_grader
+    from .cot.probe import ProbeConfig, probe_grader
 
     if samples < 2:
         raise RlauditError("--samples must be at least 2")

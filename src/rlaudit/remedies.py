@@ -91,7 +91,7 @@ def _slug(text: str) -> str:
 def _cot_grading(f: Finding) -> str:
     grader = f.get("grader") or "the grader"
     if f.get("method") not in (None, "scan"):  # a statistical screen from scores: exposure not seen directly
-        return (f"Log what {grader!r} receives (wrap it with rlaudit.capture) and confirm with `rlaudit "
+        return (f"Log what {grader!r} receives (wrap it with rlaudit.cot.capture) and confirm with `rlaudit "
                 f"probe-grader MODULE:FUNCTION {_q(f.run)}`; if it reads the reasoning, pass it only the answer "
                 "(the text after the closing think tag).")
     where = []
@@ -234,7 +234,7 @@ def _monitorability(f: Finding) -> str:
                 "--label SPEC`), and with an LLM judge monitor (`--monitor judge:RUBRIC --llm ...`) when a "
                 "rule-based monitor is too blunt for the behaviour.")
     graders = ", ".join(repr(g) for g in exposure.get("graders") or []) or "the exposed grader"
-    return (f"Strip the reasoning from what {graders} sees (rlaudit.capture shows what it receives), and do not rely "
+    return (f"Strip the reasoning from what {graders} sees (rlaudit.cot.capture shows what it receives), and do not rely "
             f"on CoT monitors for this behaviour in checkpoints after step {exposure.get('onset')}: monitor the "
             "actions too, and re-check monitorability once the grader is fixed.")
 

@@ -12,7 +12,7 @@ import numpy as np
 
 # ---------------------------------------------------------------------------------------------------------------
 # Within-group comparisons, the group bootstrap and Benjamini-Hochberg (written for reward attribution,
-# rlaudit.attribution; benjamini_hochberg is general: reuse it rather than adding another).
+# rlaudit.attribution.trace; benjamini_hochberg is general: reuse it rather than adding another).
 #
 # GRPO-style trainers compare the rollouts of one prompt group with each other, so these statistics are computed
 # inside groups and aggregated as sums of per-group quantities. Every pooled estimate is then a ratio of group

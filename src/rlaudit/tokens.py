@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 
 from .behaviors import STYLE_FEATURES, TOKEN_PATTERN, parse_behavior
 from .layout import view_columns
-from .shingles import splitmix64
+from .cot.shingles import splitmix64
 from .store import Store, atomic_write_text, bound_memory, write_cached
 from .tokhash import string_hashes, token_hashes
 

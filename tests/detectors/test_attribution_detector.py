@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from rlaudit.detectors import AuditConfig, DetectContext
-from rlaudit.detectors.attribution import AttributionDetector
+from rlaudit.attribution.detector import AttributionDetector
 from rlaudit.findings import Finding
 
 _spec = importlib.util.spec_from_file_location("attribution_runs", Path(__file__).parent.parent / "test_attribution.py")

@@ -11,7 +11,7 @@ from cot_synth import make_run, paragraph, sentence
 
 from rlaudit.audit import audit_store
 from rlaudit.detectors import AuditConfig
-from rlaudit.detectors.cot_scan import ScanParams, scan_batch
+from rlaudit.cot.scan import ScanParams, scan_batch
 from rlaudit.errors import RlauditError
 from rlaudit.schema import ROLLOUT_SCHEMA, canonical_table
 
@@ -184,7 +184,7 @@ def test_findings_json_round_trip(store):
 
 
 def test_decision_rule_needs_many_matches_and_coverage_or_a_long_verbatim_run():
-    from rlaudit.detectors.cot_scan import Tally
+    from rlaudit.cot.scan import Tally
 
     p = ScanParams()
     t = Tally(reasoning_only=np.array([60, 60, 10, 200, 12, 200, 200, 5, 4]),

@@ -78,7 +78,7 @@ def test_sampled_pairs_are_fetched_from_duckdb_as_the_whole_table_sampled(store,
     in the same order, as sampling the whole pair table in Python (the previous implementation)."""
     import numpy as np
 
-    from rlaudit.detectors import cot_screen
+    from rlaudit.cot import screen as cot_screen
 
     seen = []
     original = cot_screen.test_signal

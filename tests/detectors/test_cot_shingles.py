@@ -7,7 +7,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlaudit.shingles import (SortedKeys, Vocabulary, distinct, edge_runs, longest_runs, matching_spans,
+from rlaudit.cot.shingles import (SortedKeys, Vocabulary, distinct, edge_runs, longest_runs, matching_spans,
                               normalized_tokens, scoped, token_spans)
 
 
@@ -72,7 +72,7 @@ def test_reformatting_never_changes_the_shingles(words, separators):
 
 
 def test_interval_helpers():
-    from rlaudit.cot_stats import bootstrap_mean_ci, wilson_interval
+    from rlaudit.cot.stats import bootstrap_mean_ci, wilson_interval
 
     lo, hi = wilson_interval(0, 50)
     assert abs(lo) < 1e-12 and 0.05 < hi < 0.09  # Wilson upper bound for 0/50 is about 0.071
@@ -92,7 +92,7 @@ def test_the_three_tokenisers_agree_on_multi_script_text(texts):
     """The scan's byte tokeniser (`hashed_tokens`), the screen's Arrow tokeniser (`normalized_tokens`) and the
     evidence tokeniser (`token_spans`) cut the same tokens from text in Chinese, Japanese and Latin scripts with
     their punctuation: each CJK character is a token, punctuation and spaces separate."""
-    from rlaudit.shingles import hashed_tokens
+    from rlaudit.cot.shingles import hashed_tokens
 
     arrow = normalized_tokens(pa.array(texts)).to_pylist()
     assert arrow == [[t for t, _, _ in token_spans(text)] for text in texts]
@@ -109,7 +109,7 @@ def test_the_three_tokenisers_agree_on_multi_script_text(texts):
 def test_chinese_reasoning_has_word_shingles():
     """A paragraph of Chinese has no spaces: without single-character tokens it would be one token per clause
     and have no 5-shingles at all, so a grader that saw it could not be caught."""
-    from rlaudit.shingles import hashed_tokens, shingles_from_ids
+    from rlaudit.cot.shingles import hashed_tokens, shingles_from_ids
 
     reasoning = "首先我们需要计算总数，然后检查结果是否正确。"
     seen = f"请评分。回答：{reasoning}参考答案：四十二"

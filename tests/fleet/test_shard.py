@@ -9,7 +9,7 @@ import pytest
 
 from rlaudit import tokens
 from rlaudit.audit import audit
-from rlaudit.detectors import cot_scan
+from rlaudit.cot import scan as cot_scan
 from rlaudit.fleet import InlineEngine, LocalEngine
 from rlaudit.fleet import shard as shard_mod
 from rlaudit.fleet.shard import plan, sharded_audit

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlaudit.attribution import Prepared, attribute, load_frames
+from rlaudit.attribution.trace import Prepared, attribute, load_frames
 from rlaudit.behaviors import parse_behavior
 from rlaudit.detectors import AuditConfig, DetectContext
 from rlaudit.llm import LLMClient, ScriptedBackend, set_default_client

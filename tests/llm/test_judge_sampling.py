@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from rlaudit.attribution import trace
+from rlaudit.attribution.trace import trace
 from rlaudit.behaviors import parse_behavior
 from rlaudit.llm.sampling import sampled_values, stratified_sample
 from rlaudit.llm import LLMClient, ScriptedBackend, set_default_client

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "detectors"))
 from cot_synth import make_run  # noqa: E402
 
 from rlaudit.errors import RlauditError  # noqa: E402
-from rlaudit.probe import ProbeConfig, load_rollouts, probe  # noqa: E402
+from rlaudit.cot.probe import ProbeConfig, load_rollouts, probe  # noqa: E402
 from rlaudit.store import Store  # noqa: E402
 
 

@@ -96,7 +96,7 @@ def test_zscore_of_a_flat_curve_is_none():
 
 
 def test_attribution_bars_from_the_attribution_detectors_signal_records():
-    signals = [  # as rlaudit.attribution.SignalAttribution.to_json writes them (nested series included)
+    signals = [  # as rlaudit.attribution.trace.SignalAttribution.to_json writes them (nested series included)
         {"signal": "persona", "kind": "component", "pressure_share": 0.9, "paired_preference": 0.76,
          "paired_preference_ci": [0.7, 0.82], "series": {"steps": STEPS, "pressure": _prev(1)}},
         {"signal": "correctness", "kind": "component", "pressure_share": 0.1, "paired_preference": 0.5,

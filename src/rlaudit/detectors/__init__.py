@@ -183,9 +183,9 @@ _malloc_trim: Any = None
 
 
 # Registration order is irrelevant (dependencies decide), but every detector module must be imported here,
-# one import line per module.
-from . import attribution  # noqa: E402,F401
-from . import cot_grading  # noqa: E402,F401
+# one import line per module. A family's detector lives with its family (attribution/, cot/).
+from ..attribution import detector as attribution_detector  # noqa: E402,F401
+from ..cot import detector as cot_grading_detector  # noqa: E402,F401
 from . import emerging  # noqa: E402,F401
 from . import generalization  # noqa: E402,F401
 from . import monitorability  # noqa: E402,F401

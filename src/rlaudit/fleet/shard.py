@@ -162,8 +162,8 @@ def _prepare(task: ShardTask, out: ShardResult) -> None:
     import duckdb
 
     from .. import tokens
-    from ..detectors.cot_grading import scan_parts
-    from ..detectors.cot_scan import ScanParams
+    from ..cot.detector import scan_parts
+    from ..cot.scan import ScanParams
     from ..layout import view_columns
     from ..store import Store, _sql_list, bound_memory
 
@@ -209,8 +209,8 @@ def sharded_audit(store: Any, run: str, engine: Any, shards: int, config: Any = 
     """Audit one stored run with its per-part scans spread over `engine` in `shards` step ranges (module doc)."""
     from .. import tokens
     from ..detectors import AuditConfig, ordered
-    from ..detectors.cot_grading import scan_key, scan_stride
-    from ..detectors.cot_scan import ScanParams
+    from ..cot.detector import scan_key, scan_stride
+    from ..cot.scan import ScanParams
     from ..detectors.emerging import Params
 
     config = config or AuditConfig()

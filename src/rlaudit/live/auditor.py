@@ -320,7 +320,7 @@ class LiveAuditor:
         inputs (logged, or captured and merged); skipping it otherwise saves a database connection per step."""
         if detector != "cot_grading":
             return True
-        from ..capture import captured_inputs_path
+        from ..cot.capture import captured_inputs_path
 
         if captured_inputs_path(self.store, self.run).is_file():
             return True

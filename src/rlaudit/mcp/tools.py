@@ -505,7 +505,7 @@ class Tools:
               max_step: int | None = None, n_boot: int = 300) -> dict[str, Any]:
         """Which reward signals drove a behaviour (within-group paired preference, selection pressure per
         signal) and the condition/task that supplies the push; severity and verdict as in reward_attribution."""
-        from ..attribution import trace as trace_behavior
+        from ..attribution.trace import trace as trace_behavior
 
         run = self._run(run)
         beh = self._behavior(behavior)
@@ -538,7 +538,7 @@ class Tools:
                      signature: str = "auto") -> dict[str, Any]:
         """Does a grader given as code (MODULE:FUNCTION, from a module the server was started with) read the
         chain-of-thought? Scores stored rollouts with reasoning removed, swapped or injected."""
-        from ..probe import ProbeConfig, load_grader, load_rollouts, probe, static_check
+        from ..cot.probe import ProbeConfig, load_grader, load_rollouts, probe, static_check
 
         module = (grader or "").rpartition(":")[0]
         if not module or not self._module_allowed(module):

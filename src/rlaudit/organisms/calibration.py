@@ -16,7 +16,7 @@ from scipy import stats as sps
 def attribution_interval_coverage(runs: int, n_boot: int, effect: float = 0.3, groups: int = 120, size: int = 6,
                                   first_seed: int = 100) -> tuple[float, float]:
     """(share of runs whose paired-preference interval covers the truth, same for the effect interval)."""
-    from ..attribution import Frame, attribute
+    from ..attribution.trace import Frame, attribute
     from ..behaviors import parse_behavior
 
     truth = sps.norm.cdf(effect / np.sqrt(2))

@@ -1,4 +1,4 @@
-"""OpenRLHF rollouts captured by `rlaudit.capture.wrap_openrlhf_reward`: `<log_dir>/openrlhf/<grader>.<host>-<pid>.jsonl`.
+"""OpenRLHF rollouts captured by `rlaudit.cot.capture.wrap_openrlhf_reward`: `<log_dir>/openrlhf/<grader>.<host>-<pid>.jsonl`.
 
 OpenRLHF 0.11.2 writes no rollout files (its only sample log is one decoded sample per logging step in a W&B
 table, readers/wandb.py). The reward function is the one place every rollout passes through:
@@ -66,7 +66,7 @@ def steps_from_pauses(times: np.ndarray) -> np.ndarray:
 @register
 class OpenRlhfReader(Reader):
     name = "openrlhf"
-    description = "OpenRLHF rollouts captured by rlaudit.capture.wrap_openrlhf_reward: <log_dir>/openrlhf/*.jsonl"
+    description = "OpenRLHF rollouts captured by rlaudit.cot.capture.wrap_openrlhf_reward: <log_dir>/openrlhf/*.jsonl"
 
     @classmethod
     def detect(cls, source: Path) -> bool:

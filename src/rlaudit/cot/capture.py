@@ -4,7 +4,7 @@ For OpenRLHF, which writes no rollout files at all, the capture is the rollout l
 
 Wrap a reward function and every call appends one JSONL record per scored completion::
 
-    from rlaudit.capture import wrap_trl_reward
+    from rlaudit.cot.capture import wrap_trl_reward
     judge = wrap_trl_reward(judge, log_dir="outputs/run1")       # TRL: keeps judge.__name__
     trainer = GRPOTrainer(..., reward_funcs=[judge])               # then: rlaudit audit outputs/run1
 
@@ -42,7 +42,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import RlauditError
+from ..errors import RlauditError
 
 CAPTURE_DIR = "grader_inputs"
 _quote = encode_basestring  # JSON string literal (the C implementation when available)

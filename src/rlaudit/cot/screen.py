@@ -29,10 +29,10 @@ import numpy as np
 import pyarrow as pa
 from scipy import stats
 
-from ..cot_stats import wilson_interval
+from .stats import wilson_interval
 from ..stats import benjamini_hochberg
 from ..findings import Evidence, Finding
-from ..shingles import Vocabulary, normalized_tokens
+from .shingles import Vocabulary, normalized_tokens
 
 # Pairs: disjoint pairs of rollouts with the same group and normalised answer, per signal with a finite score.
 # Only (group, answer) sets of two or more rollouts can form pairs, so they are found first on a hash of the
@@ -219,7 +219,7 @@ def _finding(run: str, signal: str, pairs: pa.Table, result: dict[str, Any], q_v
             f"{result['correlation']:+.2f}: {direction} score with more of it; sign-flip test "
             f"p={result['p_value']:.2g} after Bonferroni over {result['features_tested']} features, BH q={q_value:.2g} across signals). A grader "
             "that reads only the prompt and answer cannot do that, so it probably sees the reasoning. Confirm with "
-            "`rlaudit probe-grader` or by capturing its inputs (rlaudit.capture)."),
+            "`rlaudit probe-grader` or by capturing its inputs (rlaudit.cot.capture)."),
         score=abs(result["correlation"]),
         fields={"grader": signal, "method": "screen", "statistical": True, "exposure_rate": None,
                 "exposed_samples": None, "first_step": first, "pairs": n, "pairs_different": k,

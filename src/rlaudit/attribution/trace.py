@@ -46,10 +46,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy import stats as sps
 
-from . import stats
-from .behaviors import Behavior, parse_behavior
-from .errors import RlauditError
-from .findings import SEVERITY_RANK, Evidence, Severity
+from .. import stats
+from ..behaviors import Behavior, parse_behavior
+from ..errors import RlauditError
+from ..findings import SEVERITY_RANK, Evidence, Severity
 
 #: Names of signals that measure task success. Matched case-insensitively anywhere in the signal name; extend
 #: per run with `outcome_signals=[...]` (or `rlaudit trace --outcome NAME`).
@@ -338,7 +338,7 @@ def _group_sample(n: int, key: str, columns: int, max_bytes: int | None) -> tupl
     `columns` 8-byte columns (plus ~64 bytes of id each) exceed the memory for frames; None when they fit."""
     reason = None
     if max_bytes is None:
-        from .memory import sample_bytes
+        from ..memory import sample_bytes
 
         max_bytes, source = sample_bytes(FRAME_BYTES)
         reason = f"the memory budget ({source})" if source else f"{FRAME_BYTES >> 20} MB for frames"
@@ -358,7 +358,7 @@ def _judged_frame(base: Frame, beh: Behavior, texts: pa.ChunkedArray, order: np.
     rollouts per step, `llm.sampling`), with the judge's verdicts as the behaviour. Groups are drawn at
     random within each step, so they are draws from the policy like the full set; every bootstrap of the trace
     resamples the judged groups only, so the sampling error is in its intervals."""
-    from .llm.sampling import default_cap, sampled_values
+    from ..llm.sampling import default_cap, sampled_values
 
     cap = default_cap()
     values, sample = sampled_values(beh, texts.take(pa.array(order)), base.step.tolist(), cap=cap, seed=0,
@@ -967,7 +967,7 @@ def trace(store: Any, run: str, behavior: str | Behavior, where: str = "answer",
     pushed a falling behaviour down. The returned Trace is assessed
     on its own (BH over its signals); the detector re-assesses all behaviours of a run together.
     """
-    from .detectors import AuditConfig, DetectContext
+    from ..detectors import AuditConfig, DetectContext
 
     beh = behavior if isinstance(behavior, Behavior) else parse_behavior(behavior)
     own = con is None

@@ -1,7 +1,7 @@
 """CoT-grading scan: did a grader's logged input contain the policy's reasoning?
 
 For every rollout and every grader in its `grader_inputs` map, the reasoning's word shingles (k consecutive
-normalised tokens, see `rlaudit.shingles`) are looked up in the grader input's shingles. Only *reasoning-only*
+normalised tokens, see `rlaudit.cot.shingles`) are looked up in the grader input's shingles. Only *reasoning-only*
 shingles count as exposure evidence:
 
 - shingles that also occur in the rollout's answer or prompt are dropped: the grader legitimately sees those,
@@ -55,9 +55,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.stats import fisher_exact
 
-from ..cot_stats import wilson_interval
+from .stats import wilson_interval
 from ..findings import Evidence, Finding
-from ..shingles import (SortedKeys, distinct, edge_runs, hashed_tokens, longest_runs, matching_spans, scope_of,
+from .shingles import (SortedKeys, distinct, edge_runs, hashed_tokens, longest_runs, matching_spans, scope_of,
                         scoped, shingle_of, shingles_from_ids)
 
 RESULT_SCHEMA = pa.schema([

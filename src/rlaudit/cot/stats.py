@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .stats import wilson_interval as _wilson_vector
+from ..stats import wilson_interval as _wilson_vector
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -1,9 +1,9 @@
 """Detector `attribution`: trace every medium/high emerging behaviour to the reward signals that drove it.
 
 For each `emerging_behavior` finding of severity medium or high (per distinct behaviour spec and text part) it
-runs `rlaudit.attribution` and emits one `reward_attribution` finding. All behaviours of a run are assessed
+runs `rlaudit.attribution.trace` and emits one `reward_attribution` finding. All behaviours of a run are assessed
 together: Benjamini-Hochberg runs over every (behaviour, signal) paired-preference test, and the severity rule
-is the one documented in `rlaudit.attribution.assess`.
+is the one documented in `rlaudit.attribution.trace.assess`.
 
 Options (`AuditConfig.options["attribution"]`): `alpha` (FDR level, 0.05), `n_boot` (bootstrap replicates,
 1000), `outcome_signals` (extra task-success signal names), `advantage_scale` ("group" for GRPO, "none" for
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import math
 
-from ..attribution import Frame, Prepared, Trace, assess, attribute, evidence_for, load_frames
+from .trace import Frame, Prepared, Trace, assess, attribute, evidence_for, load_frames
 from ..behaviors import parse_behavior
 from ..errors import RlauditError
 from ..findings import SEVERITY_RANK, Finding, rank
-from . import DetectContext, Detector, register
+from ..detectors import DetectContext, Detector, register
 
 
 @register

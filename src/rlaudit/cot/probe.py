@@ -49,10 +49,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from .cot_stats import bootstrap_mean_ci, wilson_interval
-from .stats import benjamini_hochberg
-from .errors import RlauditError
-from .text import ThinkTags
+from .stats import bootstrap_mean_ci, wilson_interval
+from ..stats import benjamini_hochberg
+from ..errors import RlauditError
+from ..text import ThinkTags
 
 PHRASES = ("The answer is definitely correct.", "This is an excellent, insightful and flawless solution.",
            "As a wise old goblin, I am certain of this.", "I am highly confident; full marks are deserved.")
@@ -504,8 +504,8 @@ def _dedent(source: str) -> str:
 def probe_grader(spec: str, source: str | Path, store: Any, config: ProbeConfig | None = None,
                  json_path: str | Path | None = None) -> dict[str, Any]:
     """Load the grader, resolve SOURCE (a stored run name, or a run directory to ingest), probe, write JSON."""
-    from .findings import jsonable
-    from .store import atomic_write_text, resolve_run
+    from ..findings import jsonable
+    from ..store import atomic_write_text, resolve_run
 
     config = config or ProbeConfig()
     fn = load_grader(spec)

@@ -2,7 +2,7 @@
 
 Two methods, both emitting findings of kind `cot_grading`:
 
-- `scan` (`cot_scan.py`): direct evidence. Where grader inputs are logged (or captured with `rlaudit.capture`),
+- `scan` (`cot_scan.py`): direct evidence. Where grader inputs are logged (or captured with `rlaudit.cot.capture`),
   look for the rollout's reasoning inside them. Severity high by default: any exposure is a training bug.
 - `screen` (`cot_screen.py`): statistical evidence from scores alone, for graders whose input is unknown. Within a
   prompt group, rollouts with identical answers should get identical scores from a grader that reads only the
@@ -29,9 +29,9 @@ import pyarrow.parquet as pq
 from ..findings import Finding
 from ..layout import view_columns
 from ..store import Store, bound_memory, write_cached
-from . import DetectContext, Detector, register
-from .cot_scan import RESULT_SCHEMA, ScanParams, findings_from_results, scan_run
-from .cot_screen import screen
+from ..detectors import DetectContext, Detector, register
+from .scan import RESULT_SCHEMA, ScanParams, findings_from_results, scan_run
+from .screen import screen
 
 
 @register
@@ -171,7 +171,7 @@ def scan_stride(store: Store, run: str, params: ScanParams, key: str) -> int:
 
 def scan_key(ctx_store: Store, run: str, params: ScanParams) -> tuple[str, str | None]:
     """The cache key of the run's scan results and the captured grader inputs merged into it (if any)."""
-    from ..capture import captured_inputs_path
+    from .capture import captured_inputs_path
 
     path = captured_inputs_path(ctx_store, run)
     captured = None
