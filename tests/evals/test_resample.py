@@ -236,6 +236,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     from rlaudit.cli import main
 
     _traffic(tmp_path)
+    ok = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    bad = {"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "beep"}]}
+    (tmp_path / "robot.jsonl").write_text(json.dumps(ok) + "\n" + json.dumps(bad) + "\n")
+    (tmp_path / "unanswered.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     for argv, message in [
         (["resample", str(tmp_path / "t.jsonl"), "--model", "cand", "--behavior", "x", "--out", str(tmp_path / "o")],
          "expected NAME=BACKEND"),
@@ -244,6 +248,10 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         (["resample", str(tmp_path / "nope.jsonl"), "--model", "c=scripted:tests.evals.agents:candidate",
           "--behavior", "x", "--out", str(tmp_path / "o")], "no such file"),
         (["resample", "compare", str(tmp_path)], "no samples.parquet"),
+        (["resample", str(tmp_path / "robot.jsonl"), "--model", "c=scripted:tests.evals.agents:candidate",
+          "--behavior", "x", "--out", str(tmp_path / "o")], "robot:2: messages[1].role: expected one of"),
+        (["resample", str(tmp_path / "unanswered.jsonl"), "--model", "c=scripted:tests.evals.agents:candidate",
+          "--behavior", "x", "--out", str(tmp_path / "o2")], "none with an assistant turn to resample"),
     ]:
         with pytest.raises(SystemExit) as exc:
             main(argv)

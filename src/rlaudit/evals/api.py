@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import RlauditError
 from ..llm.core import LLMClient
 from ..llm.judge import CONVERSATION_MAX_CHARS
 from .resample import Sample, original_row, resample, sample_row
@@ -74,6 +75,11 @@ def run_resample(source: str | list[Transcript], candidates: dict[str, LLMClient
     finally:
         if writer is not None:
             writer.close()
+    if counts["cuts"] == 0:  # silent success on transcripts with nothing to resample would read as "rate 0"
+        if writer is not None:
+            (Path(out) / "samples.parquet").unlink(missing_ok=True)
+        raise RlauditError(f"{source if isinstance(source, str) else 'transcripts'}: {counts['transcripts']} "
+                           "transcript(s), none with an assistant turn to resample; no results were written")
     manifest = {"source": source if isinstance(source, str) else "<transcripts>", **counts, "cut": cut,
                 "samples": samples, "candidates": list(candidates), "max_steps": max_steps,
                 "temperature": temperature, "judge_max_chars": judge_max_chars,

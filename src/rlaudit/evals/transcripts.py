@@ -141,15 +141,23 @@ def toolset_of(tools: list[dict[str, Any]] | None, messages: list[dict[str, Any]
     return "+".join(sorted(names)) or "none"
 
 
+#: The roles of OpenAI-style chat messages (`developer` is the newer name of `system`, `function` the older
+#: form of `tool`); anything else is a malformed transcript, not a turn to skip.
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
 def transcript_from_record(rec: Any, default_id: str) -> Transcript:
     if isinstance(rec, list):
         rec = {"messages": rec}
     if not isinstance(rec, dict) or not isinstance(rec.get("messages"), list):
         raise RlauditError(f"{default_id}: expected an object with a 'messages' list, or a list of messages")
     messages = rec["messages"]
-    for m in messages:
+    for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m:
-            raise RlauditError(f"{default_id}: every message needs a 'role'")
+            raise RlauditError(f"{default_id}: messages[{i}]: every message needs a 'role'")
+        if m["role"] not in CHAT_ROLES:
+            raise RlauditError(f"{default_id}: messages[{i}].role: expected one of {', '.join(CHAT_ROLES)}, "
+                               f"got {m['role']!r}")
     tools = rec.get("tools") or None
     return Transcript(id=str(rec.get("id", default_id)), messages=messages, tools=tools,
                       task=_category(rec, "task"), condition=_category(rec, "condition"),
