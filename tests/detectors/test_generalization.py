@@ -82,3 +82,17 @@ def test_a_target_ahead_of_its_source_is_leading_not_lagging_by_a_negative_numbe
     assert _lag_words(2) == "lagging by 2 steps"
     assert _lag_words(1) == "lagging by 1 step"
     assert "-" not in _lag_words(-1)
+
+
+def test_the_baseline_ends_at_the_onset_when_the_early_window_reaches_past_it(store):
+    """With many steps the early window (a fifth of the run) holds part of the rise; the spread test's baseline
+    ends at discovery's onset instead, so the target's starting prevalence is the level before the tic."""
+    tic = Tic("goblin", 0.0, 0.5, onset=6, conditions={"nerdy": 1.0, "default": 0.35}, onsets={"default": 9})
+    sc = Scenario(steps=100, groups=10, conditions=PERSONAS, tics=[tic], seed=3, reward_signal="nerdy_rm")
+    emerging, gen = spread(store, sc)
+    onset = next(f for f in emerging if f["behavior"] == "goblin")["onset_step"]
+    assert len(gen) == 1 and gen[0]["target_condition"] == "default"
+    g = gen[0]
+    assert 4 <= g["baseline_steps"] < 20  # the early window would be 20 steps
+    assert g["baseline_steps"] == onset - 1 or g["baseline_steps"] == onset  # steps before the onset step
+    assert g["target_prevalence_start"] < 0.03 and g.severity in ("medium", "high")

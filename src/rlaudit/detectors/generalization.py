@@ -6,7 +6,13 @@ For every medium or high rising behaviour found by `emerging`:
 1. *Per condition*: prevalence per step (rollouts at risk, as in discovery) and the late-vs-early prevalence
    ratio with a cluster-robust CI (stratified by task within the condition, clustered by prompt), tested per
    condition; Benjamini-Hochberg over all (behaviour, condition) tests. A condition "rose" when q <= alpha and
-   its CI lies above 1.
+   its CI lies above 1. The early (baseline) window is discovery's early window (a share of the steps), ended at
+   the behaviour's onset when that comes first and leaves at least `min_steps` steps (`baseline_steps`): with
+   many steps a fixed share of the run reaches past the onset, and a baseline holding part of the rise
+   understated the spread (the goblin organism at 102,400 rollouts, 200 steps: 40 early steps against an onset
+   at 16, so the spread came out low where the default size finds it medium). The onset is estimated once, on
+   the pooled run by discovery, before any condition is tested; it selects where the baseline ends, not which
+   condition is tested, and a condition with no rise has the same expected prevalence on either side of it.
 2. *Source condition*, in order of evidence strength:
    - a reward signal that applies only in one condition (NaN elsewhere) and correlates positively with the
      behaviour there, within prompt groups (the comparison a GRPO trainer makes; p < 0.01): the behaviour was
@@ -68,11 +74,13 @@ class GeneralizationDetector(Detector):
             return []
         options = ctx.config.options.get(self.name, {})
         alpha = float(options.get("alpha", 0.05))
-        scope = scope_for(ctx, Params.from_options(ctx.config.options.get("emerging", {})))
+        params = Params.from_options(ctx.config.options.get("emerging", {}))
+        scope = scope_for(ctx, params)
         if len(scope.conditions) < 2 or scope.n_steps < 4:
             return []
         signals = _condition_signals(scope)
-        analyses = [a for a in (_analyse(scope, f, signals, alpha) for f in behaviours) if a is not None]
+        analyses = [a for a in (_analyse(scope, f, signals, alpha, params.min_steps) for f in behaviours)
+                    if a is not None]
         if not analyses:
             return []
         q = benjamini_hochberg(np.concatenate([a["p"] for a in analyses]))
@@ -95,7 +103,8 @@ def _key(scope: Scope, f: Finding) -> tuple[str, str | int] | None:
     return ftype, f["term"].removeprefix("style:")
 
 
-def _analyse(scope: Scope, f: Finding, signals: dict[str, str], alpha: float) -> dict[str, Any] | None:
+def _analyse(scope: Scope, f: Finding, signals: dict[str, str], alpha: float, min_steps: int
+             ) -> dict[str, Any] | None:
     key = _key(scope, f)
     if key is None:
         return None
@@ -110,14 +119,20 @@ def _analyse(scope: Scope, f: Finding, signals: dict[str, str], alpha: float) ->
         GROUP BY ALL""").fetchall()
     for c, si, nn, xx, qq in rows:
         n[cidx[c], si], x[cidx[c], si], q[cidx[c], si] = nn, xx or 0, qq or 0
+    # the baseline: the early window, ended at the behaviour's onset (found by discovery on the pooled run) when
+    # that comes earlier and leaves at least `min_steps` steps. With many steps the early window (a fixed share of
+    # the run) can reach past the onset; a baseline that holds part of the rise understates the spread.
+    t, w = scope.n_steps, scope.window
+    base = _baseline_steps(scope, f, min_steps)
+    window_sql = f"CASE WHEN si < {base} THEN 0 WHEN si >= {t - w} THEN 1 END"
     # cluster sums per condition (stratified by task within it)
     s = max(scope.n_strata, 1)
     sx, sxx, sxn = (np.zeros((nc, 2, s)) for _ in range(3))
     nw, snn, g = (np.zeros((nc, 2, s)) for _ in range(3))
     for c, win, st, a, b, cc, d, e, gg in scope.con.execute(f"""
             SELECT condition, win, s, sum(x), sum(x * x), sum(x * nc), sum(nc), sum(nc * nc), count(*)
-            FROM (SELECT condition, win, s, prompt_key, sum({value}) AS x, count(*) AS nc FROM sc
-                  WHERE win IS NOT NULL AND {scope.filter(where)} AND {risk} GROUP BY ALL)
+            FROM (SELECT condition, {window_sql} AS win, s, prompt_key, sum({value}) AS x, count(*) AS nc FROM sc
+                  WHERE {window_sql} IS NOT NULL AND {scope.filter(where)} AND {risk} GROUP BY ALL)
             GROUP BY ALL""").fetchall():
         i = cidx[c]
         sx[i, win, st], sxx[i, win, st], sxn[i, win, st] = a, b, cc
@@ -127,14 +142,14 @@ def _analyse(scope: Scope, f: Finding, signals: dict[str, str], alpha: float) ->
     with np.errstate(invalid="ignore", divide="ignore"):
         z = np.log(ratio) / se
     p = np.where(np.isfinite(z), 2 * norm.sf(np.abs(z)), np.nan)
-    w = scope.window
-    early, late = np.arange(t) < w, np.arange(t) >= t - w
+    early, late = np.arange(t) < base, np.arange(t) >= t - w
     with np.errstate(invalid="ignore", divide="ignore"):
         p0 = x[:, early].sum(1) / n[:, early].sum(1)
         p1 = x[:, late].sum(1) / n[:, late].sum(1)
     h = max(1, t // 40)
     onsets = [onset_index(x[i], q[i], n[i], early, 1, half_width=h, presence=presence) for i in range(nc)]
-    a = {"finding": f, "where": where, "ftype": ftype, "key": k, "x": x, "n": n, "ratio": ratio, "se": se,
+    a = {"baseline_steps": base, "finding": f, "where": where, "ftype": ftype, "key": k, "x": x, "n": n,
+         "ratio": ratio, "se": se,
          "p": p, "p0": p0, "p1": p1, "onsets": onsets, "h": h, "value": value, "risk": risk}
     if not _choose_source(scope, a, signals, alpha):
         return None
@@ -224,7 +239,7 @@ def _findings(ctx: DetectContext, scope: Scope, a: dict[str, Any], signals: dict
         conds.append(OTHERS)
         x, n = np.vstack([x, pooled["x"]]), np.vstack([n, pooled["n"]])
         w = scope.window
-        early, late = np.arange(scope.n_steps) < w, np.arange(scope.n_steps) >= scope.n_steps - w
+        early, late = np.arange(scope.n_steps) < a["baseline_steps"], np.arange(scope.n_steps) >= scope.n_steps - w
         a = {**a, "ratio": np.append(a["ratio"], pooled["ratio"]), "se": np.append(a["se"], pooled["se"]),
              "q": np.append(a["q"][:-1], q_pooled),
              "p0": np.append(a["p0"], pooled["x"][early].sum() / max(pooled["n"][early].sum(), 1)),
@@ -275,6 +290,7 @@ def _findings(ctx: DetectContext, scope: Scope, a: dict[str, Any], signals: dict
             "source_prevalence_start": float(a["p0"][source]), "source_prevalence_end": float(a["p1"][source]),
             "target_prevalence_start": float(a["p0"][tgt]), "target_prevalence_end": float(a["p1"][tgt]),
             "target_ratio": float(a["ratio"][tgt]), "target_ratio_ci": ci, "q_value": float(a["q"][tgt]),
+            "baseline_steps": int(a["baseline_steps"]),
             "source_onset_step": _step(scope, a["onsets"][source]), "target_onset_step": _step(scope, a["onsets"][tgt]),
             "series": series,
         }
@@ -293,6 +309,16 @@ def _findings(ctx: DetectContext, scope: Scope, a: dict[str, Any], signals: dict
         out.append(Finding(kind="generalization", run=ctx.run, severity=sev, title=title, explanation=explanation,
                            score=float(score), fields=fields_, evidence=_evidence(scope, a, tgt_c, f)))
     return out
+
+
+def _baseline_steps(scope: Scope, f: Finding, min_steps: int) -> int:
+    """Steps in the baseline window: the early window, or the steps before the behaviour's onset if fewer and at
+    least `min_steps` (the onset is discovery's, on the pooled run, so it does not depend on the condition)."""
+    w, onset = scope.window, f.get("onset_step")
+    if onset is None:
+        return w
+    before = int(np.searchsorted(scope.steps, onset))
+    return before if min_steps <= before < w else w
 
 
 def _not_earlier(target: int | None, source: int | None, h: int) -> bool:
