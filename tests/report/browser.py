@@ -29,6 +29,28 @@ window.__dialogs = [];
 });
 """
 
+#: Script returning words (letters and digits, which fit any cell) that the layout broke across lines in a
+#: table cell, heading or chip: a report that wraps inside a word is unreadable at narrow widths.
+BROKEN_WORDS = """
+var broken = [];
+document.querySelectorAll('td, th, dd, h3, .chip').forEach(function (cell) {
+  var walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+  var node;
+  while ((node = walker.nextNode())) {
+    var re = /[A-Za-z0-9]{2,20}/g, m;  // ordinary words: letters and digits, which fit any cell
+    while ((m = re.exec(node.data))) {
+      var range = document.createRange();
+      range.setStart(node, m.index);
+      range.setEnd(node, m.index + m[0].length);
+      var rects = Array.from(range.getClientRects()).filter(function (r) { return r.width > 0; });
+      var tops = new Set(rects.map(function (r) { return Math.round(r.top); }));
+      if (tops.size > 1 && cell.offsetParent !== null) broken.push(m[0]);
+    }
+  }
+});
+return broken.slice(0, 20);
+"""
+
 
 def missing_reason() -> str | None:
     """Why browser tests cannot run here, or None."""

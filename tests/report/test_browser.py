@@ -9,7 +9,7 @@ import pytest
 
 from rlaudit.report import write_report
 
-from .browser import Browser, missing_reason
+from .browser import BROKEN_WORDS, Browser, missing_reason
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -103,27 +103,6 @@ def test_filters_hide_findings_by_severity_kind_and_run(browser, report, result)
     assert runs_shown == ["grpo-b"]
 
 
-_BROKEN_WORDS = """
-var broken = [];
-document.querySelectorAll('td, th, dd, h3, .chip').forEach(function (cell) {
-  var walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
-  var node;
-  while ((node = walker.nextNode())) {
-    var re = /[A-Za-z0-9]{2,20}/g, m;  // ordinary words: letters and digits, which fit any cell
-    while ((m = re.exec(node.data))) {
-      var range = document.createRange();
-      range.setStart(node, m.index);
-      range.setEnd(node, m.index + m[0].length);
-      var rects = Array.from(range.getClientRects()).filter(function (r) { return r.width > 0; });
-      var tops = new Set(rects.map(function (r) { return Math.round(r.top); }));
-      if (tops.size > 1 && cell.offsetParent !== null) broken.push(m[0]);
-    }
-  }
-});
-return broken.slice(0, 20);
-"""
-
-
 @pytest.mark.parametrize("width", [1400, 800])
 def test_words_are_not_broken_inside_at_reading_widths(browser, report, width):
     """Issue 19: at 800 px the overview broke run names inside words ('gobli n-perso na-trl')."""
@@ -131,6 +110,6 @@ def test_words_are_not_broken_inside_at_reading_widths(browser, report, width):
     try:
         browser.open(report)
         browser.screenshot(f"report-{width}.png")
-        assert browser.js(_BROKEN_WORDS) == []
+        assert browser.js(BROKEN_WORDS) == []
     finally:
         browser.driver.set_window_size(1366, 900)

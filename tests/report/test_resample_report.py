@@ -20,7 +20,7 @@ from rlaudit.llm import LLMClient, ScriptedBackend
 from rlaudit.report import build_report_html, build_resample_html, write_resample_report
 from rlaudit.report.resample import discover
 
-from .browser import Browser, missing_reason
+from .browser import BROKEN_WORDS, Browser, missing_reason
 from .conftest import NASTY
 
 HOSTILE = "<script>window.__pwned = 1</script> goblin"
@@ -116,27 +116,6 @@ def test_cli_report_and_the_audit_report_section(results, tmp_path, capsys):
     assert '<section id="resample">' in html and "ratios are to <strong>candidate</strong>" in html
 
 
-_BROKEN_WORDS = """
-var broken = [];
-document.querySelectorAll('td, th, dd, h3, .chip').forEach(function (cell) {
-  var walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
-  var node;
-  while ((node = walker.nextNode())) {
-    var re = /[A-Za-z0-9]{2,20}/g, m;
-    while ((m = re.exec(node.data))) {
-      var range = document.createRange();
-      range.setStart(node, m.index);
-      range.setEnd(node, m.index + m[0].length);
-      var rects = Array.from(range.getClientRects()).filter(function (r) { return r.width > 0; });
-      var tops = new Set(rects.map(function (r) { return Math.round(r.top); }));
-      if (tops.size > 1 && cell.offsetParent !== null) broken.push(m[0]);
-    }
-  }
-});
-return broken.slice(0, 20);
-"""
-
-
 @pytest.fixture(scope="module")
 def browser():
     reason = missing_reason()
@@ -180,7 +159,7 @@ def test_page_in_headless_chromium(results, browser, tmp_path, width):
         assert [u for u in browser.requests() if not u.startswith(("file://", "data:", "blob:", "about:"))] == []
         assert browser.js("return window.__pwned") is None and browser.js("return window.__dialogs") == []
         assert "<script>window.__pwned = 1</script> goblin" in browser.js("return document.body.innerText")
-        assert browser.js(_BROKEN_WORDS) == []
+        assert browser.js(BROKEN_WORDS) == []
         browser.screenshot(f"resample-{width}.png")
         browser.js("document.querySelector('.resample-backtest').scrollIntoView()")
         browser.screenshot(f"resample-{width}-backtest.png")
