@@ -336,8 +336,9 @@ def audit(
         "--monitor", help="With --labels: the monitor, a behaviour spec or judge:[cot:|action:|all:]RUBRIC "
                           "(overrides the config's).")] = None,
     llm: Annotated[Optional[str], typer.Option(
-        "--llm", help="With --labels: LLM backend for judge monitors and labels: openai:MODEL@URL, "
-                      "transformers:PATH or scripted:MODULE:FUNCTION (overrides the config's).")] = None,
+        "--llm", help="With --labels: LLM backend for judge monitors and labels: openai://HOST[:PORT]/PATH:MODEL "
+                      "(or openai:MODEL@URL), transformers:PATH or scripted:MODULE:FUNCTION (overrides the "
+                      "config's).")] = None,
     price: Annotated[Optional[str], typer.Option(
         "--price", help="With --llm: USD per 1M tokens, INPUT/OUTPUT.")] = None,
     dry_run: Annotated[bool, typer.Option(

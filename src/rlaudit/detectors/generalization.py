@@ -122,7 +122,7 @@ def _analyse(scope: Scope, f: Finding, signals: dict[str, str], alpha: float, mi
     # the baseline: the early window, ended at the behaviour's onset (found by discovery on the pooled run) when
     # that comes earlier and leaves at least `min_steps` steps. With many steps the early window (a fixed share of
     # the run) can reach past the onset; a baseline that holds part of the rise understates the spread.
-    t, w = scope.n_steps, scope.window
+    w = scope.window
     base = _baseline_steps(scope, f, min_steps)
     window_sql = f"CASE WHEN si < {base} THEN 0 WHEN si >= {t - w} THEN 1 END"
     # cluster sums per condition (stratified by task within it)

@@ -120,16 +120,8 @@ def run(scenario: Scenario | str, steps: int | None = None, prompts: int | None 
     for s in range(steps):
         step = s + 1  # trainers count steps from 1
         rates[s] = policy.expected_rates()
-        cond = np.repeat(rng.choice(len(personas), size=prompts, p=traffic), generations)
-        task = np.repeat(rng.choice(len(tasks), size=prompts, p=task_w), generations)
-        items = [make_item(tasks[t], rng) for t in task[::generations]]
-        row_items = [it for it in items for _ in range(generations)]
-        row_personas = [PERSONAS[personas[c]] for c in cond]
-        x, mu, active = policy.sample(cond, task, rng)
-        texts = render(row_items, row_personas, x, policy.index, rng)
-        batch = Batch(step, np.array([personas[c] for c in cond]), np.array([tasks[t] for t in task]),
-                      [it.user for it in row_items], [it.gold for it in row_items],
-                      [it.topic for it in row_items], texts.reasoning, texts.answer, texts.completion)
+        batch, row_personas, cond, (x, mu, active) = _draw_batch(policy, step, prompts, generations, personas,
+                                                                 tasks, traffic, task_w, rng)
         values, graders = grade(spec, batch, rng, exposure)
         total = np.nansum(values * weights[None, :], axis=1)  # a reward that did not apply adds nothing
         adv = grpo_advantages(total, generations)
@@ -143,21 +135,32 @@ def run(scenario: Scenario | str, steps: int | None = None, prompts: int | None 
     return SimulatedRun(log.table(), log.signals, gt, rates, spec, scalars)
 
 
-def _eval_step(spec: Spec, policy: Policy, log: Log, step: int, prompts: int, generations: int,
-               personas: list[str], tasks: list[str], traffic: np.ndarray, task_w: np.ndarray,
-               rng: np.random.Generator) -> None:
-    """Eval-split rollouts of the current policy (no update), scored by the intended rewards only: what a
-    held-out evaluation measures, as opposed to the training reward."""
+def _draw_batch(policy: Policy, step: int, prompts: int, generations: int, personas: list[str], tasks: list[str],
+                traffic: np.ndarray, task_w: np.ndarray, rng: np.random.Generator
+                ) -> tuple[Batch, list, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """One step's prompts (condition and task per group), sampled from the current policy and rendered: the
+    batch, each row's persona, each row's condition index and the policy's sample (features, probabilities,
+    active mask). Training and eval steps draw alike, in this order, so a seed gives the same run."""
     cond = np.repeat(rng.choice(len(personas), size=prompts, p=traffic), generations)
     task = np.repeat(rng.choice(len(tasks), size=prompts, p=task_w), generations)
     items = [make_item(tasks[t], rng) for t in task[::generations]]
     row_items = [it for it in items for _ in range(generations)]
     row_personas = [PERSONAS[personas[c]] for c in cond]
-    x, _, _ = policy.sample(cond, task, rng)
-    texts = render(row_items, row_personas, x, policy.index, rng)
+    sample = policy.sample(cond, task, rng)
+    texts = render(row_items, row_personas, sample[0], policy.index, rng)
     batch = Batch(step, np.array([personas[c] for c in cond]), np.array([tasks[t] for t in task]),
                   [it.user for it in row_items], [it.gold for it in row_items],
                   [it.topic for it in row_items], texts.reasoning, texts.answer, texts.completion)
+    return batch, row_personas, cond, sample
+
+
+def _eval_step(spec: Spec, policy: Policy, log: Log, step: int, prompts: int, generations: int,
+               personas: list[str], tasks: list[str], traffic: np.ndarray, task_w: np.ndarray,
+               rng: np.random.Generator) -> None:
+    """Eval-split rollouts of the current policy (no update), scored by the intended rewards only: what a
+    held-out evaluation measures, as opposed to the training reward."""
+    batch, row_personas, _, _ = _draw_batch(policy, step, prompts, generations, personas, tasks, traffic, task_w,
+                                            rng)
     values, graders = grade(spec, batch, rng, {r.name: [] for r in spec.rewards})
     intended = np.array([r.intended for r in spec.rewards])
     values[:, ~intended] = np.nan
