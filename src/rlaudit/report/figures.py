@@ -572,17 +572,7 @@ def monitorability_views_figure(fig_id: str, fields: Mapping[str, Any]) -> Figur
         series = v.get("series") if isinstance(v, Mapping) else None
         if not isinstance(series, list):
             continue
-        x, y, lo, hi = [], [], [], []
-        for w in series:
-            steps = w.get("steps") or []
-            g = w.get("g_mean2") or {}
-            est, ci = _number(g.get("estimate")), interval(g.get("ci"))
-            if len(steps) != 2 or est is None:
-                continue
-            x.append((float(steps[0]) + float(steps[1])) / 2)
-            y.append(est)
-            lo.append(est - ci[0] if ci else 0.0)
-            hi.append(ci[1] - est if ci else 0.0)
+        x, y, lo, hi = _window_points(series, lambda w: w.get("g_mean2") or {})
         if x:
             data.append({**_line(x, y, _VIEW_NAMES.get(view, str(view)), _PALETTE[i % len(_PALETTE)],
                                  line={"dash": "dash"} if view == "all" else {}),  # 'all' often overlays 'action'
@@ -596,6 +586,24 @@ def monitorability_views_figure(fig_id: str, fields: Mapping[str, Any]) -> Figur
     return figure(fig_id, f"Monitor g-mean² per view over training (verdict: {verdict})", data, layout)
 
 
+def _window_points(windows: Iterable[Mapping[str, Any]], estimate_of: Callable[[Mapping[str, Any]], Mapping[str, Any]]
+                   ) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Per-window estimates as points at each window's middle step with their error-bar lengths below and above
+    (0 without an interval); `estimate_of(window)` is the mapping holding `estimate` and `ci`. Windows without a
+    [first, last] step pair or an estimate are skipped."""
+    x, y, lo, hi = [], [], [], []
+    for w in windows:
+        steps, e = w.get("steps") or [], estimate_of(w)
+        est, ci = _number(e.get("estimate")), interval(e.get("ci"))
+        if len(steps) != 2 or est is None:
+            continue
+        x.append((float(steps[0]) + float(steps[1])) / 2)
+        y.append(est)
+        lo.append(est - ci[0] if ci else 0.0)
+        hi.append(ci[1] - est if ci else 0.0)
+    return x, y, lo, hi
+
+
 def verbalisation_figure(fig_id: str, fields: Mapping[str, Any], max_points: int = MAX_POINTS) -> Figure | None:
     """Verbalisation rate per step (of rollouts whose action shows the behaviour, the share whose reasoning
     states it) with the per-window estimates and their intervals."""
@@ -604,15 +612,7 @@ def verbalisation_figure(fig_id: str, fields: Mapping[str, Any], max_points: int
         return None
     x, y = downsample([float(s) for s in v["steps"]], [_number(s) for s in v.get("series") or []], max_points)
     data = [{**_line(x, y, "per step", "#9aa4b1", width=1), "mode": "lines+markers", "marker": {"size": 3}}]
-    wx, wy, lo, hi = [], [], [], []
-    for w in v.get("windows") or []:
-        est, ci, steps = _number(w.get("estimate")), interval(w.get("ci")), w.get("steps") or []
-        if est is None or len(steps) != 2:
-            continue
-        wx.append((float(steps[0]) + float(steps[1])) / 2)
-        wy.append(est)
-        lo.append(est - ci[0] if ci else 0.0)
-        hi.append(ci[1] - est if ci else 0.0)
+    wx, wy, lo, hi = _window_points(v.get("windows") or [], lambda w: w)
     if wx:
         data.append({**_line(wx, wy, "per window (95% CI)", "#d62728"), "mode": "markers", "marker": {"size": 9},
                      "error_y": {"type": "data", "array": hi, "arrayminus": lo, "visible": True}})
