@@ -145,7 +145,8 @@ def scan_cmd(
                       f"{len(res.alerts)} alert(s) in {res.seconds:.1f} s", highlight=False, soft_wrap=True)
         for label, names in (("missing (source gone, findings kept)", res.gone), ("back", res.back),
                              ("forgotten (removed from the store)", res.forgotten),
-                             ("replaced (another run at the same path: read afresh)", res.replaced)):
+                             ("replaced (another run at the same path: read afresh)", res.replaced),
+                             ("retried (a worker died; its task ran again)", res.retried)):
             if names:
                 console.print(f"  {label}: {', '.join(names)}", highlight=False, soft_wrap=True)
         for run, err in res.errors.items():
@@ -198,14 +199,18 @@ def status_cmd(
                               indent=1, default=str))
         return
     table = Table(title=f"fleet: {len(rows)} runs, {state.passes} pass(es), {len(state.sent)} alert key(s) sent")
-    for col in ("run", "format", "status", "rows", "last step", "last audit", "high", "med", "low", "top finding"):
+    for col in ("run", "format", "status", "rows", "last step", "last audit", "high", "med", "low", "failures",
+                "top finding / error / last failure"):
         table.add_column(col, overflow="fold")
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_audit"])) if r["last_audit"] else "never"
         f = r["findings"]
         table.add_row(r["run"], r["format"], r["status"], f"{r['rows']:,}",
                       "" if r["last_step"] is None else str(r["last_step"]), when, str(f["high"] or ""),
-                      str(f["medium"] or ""), str(f["low"] or ""), (r["error"] or r["top"] or "")[:120])
+                      str(f["medium"] or ""), str(f["low"] or ""), str(r["failures"] or ""),
+                      (r["error"] or r["top"] or r["last_failure"] or "")[:120]
+                      + (f"; last failure {r['last_failure'][:100]}" if r["last_failure"] and r["top"]
+                         and not r["error"] else ""))
     out.print(table)
 
 

@@ -75,6 +75,7 @@ class PassResult:
     back: list[str] = field(default_factory=list)  # missing runs whose source came back this pass
     forgotten: list[str] = field(default_factory=list)  # missing runs `runs rm` removed from the store
     replaced: list[str] = field(default_factory=list)  # missing runs whose path came back holding another run
+    retried: list[str] = field(default_factory=list)  # runs whose task died and was retried within this pass
 
     def to_json(self) -> dict[str, Any]:
         return {"number": self.number, "seconds": round(self.seconds, 3), "runs": self.runs,
@@ -82,7 +83,7 @@ class PassResult:
                 "rows_added": self.rows_added, "heavy": self.heavy, "alerts": len(self.alerts),
                 "cpu": round(self.cpu, 3), "errors": self.errors, "synced": self.synced,
                 "missing": self.missing, "gone": self.gone, "back": self.back, "forgotten": self.forgotten,
-                "replaced": self.replaced,
+                "replaced": self.replaced, "retried": self.retried,
                 "timings": {k: round(v, 3) for k, v in self.timings.items()},
                 "finished": time.time()}
 
@@ -127,6 +128,7 @@ class FleetScanner:
         state = self.state
         result = PassResult(number=state.passes + 1)
         self._deliver_outbox()
+        self._clear_attempts(result.number)
         roots, origins = self._local_roots(result)
         t1 = time.perf_counter()
         known = {r.source: r.format for r in state.runs.values()}
@@ -313,7 +315,25 @@ class FleetScanner:
         detail = self.state.run_detail(rs.name)
         return RunTask(store=str(self.store_root), name=rs.name, source=rs.source, format=rs.format,
                        every=self.config.every, final=final, ingest=ingest, detectors=self.config.detectors,
-                       split=self.config.split, memory=detail.get("memory", {}))
+                       split=self.config.split, memory=detail.get("memory", {}),
+                       attempt_log=str(self.attempt_log(rs.name, self.state.passes + 1)))
+
+    def attempt_log(self, run: str, number: int) -> Path:
+        """Where the attempts at `run`'s task of pass `number` note their pid (`worker._note_attempt`)."""
+        return self.state.root / "attempts" / f"{number}-{run}.jsonl"
+
+    def _clear_attempts(self, number: int) -> None:
+        """Attempt logs of earlier passes (a scanner killed before it read them) are stale."""
+        folder = self.state.root / "attempts"
+        if folder.is_dir():
+            for f in folder.iterdir():
+                if not f.name.startswith(f"{number}-"):
+                    f.unlink(missing_ok=True)
+
+    def _failed(self, rs: RunState, why: str, number: int, result: PassResult) -> None:
+        """Count a failed or dead attempt at the run's task; `fleet status` shows the last one."""
+        rs.failures += 1
+        rs.last_failure, rs.last_failure_at = f"pass {number}: {why}"[:500], time.time()
 
     # ------------------------------------------------------------------ results
     def _absorb(self, task: RunTask, outcome: RunOutcome, signature: str, result: PassResult) -> None:
@@ -324,7 +344,17 @@ class FleetScanner:
         rs.host = outcome.host
         rs.seconds = {k: round(v, 3) for k, v in outcome.seconds.items()}
         result.cpu += outcome.seconds.get("cpu", 0.0)
+        if task.attempt_log:
+            Path(task.attempt_log).unlink(missing_ok=True)
+        for dead in outcome.attempts:  # attempts whose worker died; the engine ran the task again
+            self._failed(rs, f"worker pid {dead.get('pid')} on {dead.get('host')} died mid-task; the "
+                         f"{self.engine.name} engine ran the task again", result.number, result)
+        if outcome.attempts and outcome.ok:
+            result.retried.append(task.name)
+            log.warning("fleet: run %s: %d attempt(s) died, retried within the pass", task.name,
+                        len(outcome.attempts))
         if not outcome.ok:
+            self._failed(rs, outcome.error, result.number, result)
             rs.status, rs.error = "error", outcome.error
             result.failed += 1
             result.errors[task.name] = outcome.error

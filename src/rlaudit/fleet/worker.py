@@ -38,6 +38,10 @@ class RunTask:
     detectors: list[str] | None = None
     split: str | None = "train"
     memory: dict[str, Any] = field(default_factory=dict)  # what the last pass left (see `_restore`)
+    #: A file every attempt at this task appends its pid and host to before it starts (see `_note_attempt`):
+    #: a retry (Ray re-running the task of a worker that died) knows the attempts before it, and a test or an
+    #: operator can find the process running a run's task. "" for none.
+    attempt_log: str = ""
 
 
 @dataclass
@@ -59,6 +63,7 @@ class RunOutcome:
     memory: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # ingest, audit, total
     host: str = ""
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # earlier attempts that died: pid, host, t
 
 
 class _Capture:
@@ -83,6 +88,7 @@ def run_task(task: RunTask) -> RunOutcome:
     t0, c0 = time.perf_counter(), time.process_time()
     out = RunOutcome(name=task.name, host=socket.gethostname(), memory=dict(task.memory))
     try:
+        out.attempts = _note_attempt(task.attempt_log, out.host)
         _run(task, out)
     except Exception as exc:  # noqa: BLE001 - one bad run never stops the fleet
         out.ok = False
@@ -91,6 +97,25 @@ def run_task(task: RunTask) -> RunOutcome:
     out.seconds["total"] = time.perf_counter() - t0
     out.seconds["cpu"] = time.process_time() - c0  # every thread of the worker (DuckDB's too); one task at a time
     return out
+
+
+def _note_attempt(path: str, host: str) -> list[dict[str, Any]]:
+    """Append this attempt (pid, host, time) to the task's attempt log and return the attempts before it.
+
+    A task that returns removes nothing: the driver deletes the log once it has the outcome. So the lines
+    before ours are attempts that never returned: their worker died and the engine (Ray's `max_retries`)
+    ran the task again. One short line per attempt, appended with O_APPEND (atomic for such writes)."""
+    import json
+    import os
+
+    if not path:
+        return []
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as fh:
+        fh.seek(0)
+        before = [json.loads(line) for line in fh.read().splitlines() if line.strip()]
+        fh.write(json.dumps({"pid": os.getpid(), "host": host, "t": time.time()}) + "\n")
+    return before
 
 
 def _run(task: RunTask, out: RunOutcome) -> None:
