@@ -156,3 +156,26 @@ def test_ray_sharded_audit_equals_unsharded(tmp_path, ray_cluster, monkeypatch):
     assert [r.ok for r in got.shards] == [True, True, True], [r.error for r in got.shards]
     assert same(findings_json(got.result), expected)
     assert sum(e[3] for e in got.exposure) > 0
+
+
+def test_ray_scan_shards_huge_run(tmp_path, fleet_root, ray_cluster, monkeypatch):
+    """`fleet scan --engine ray` audits runs over the shard threshold in step-range shards as Ray tasks; the
+    findings are those of `rlaudit audit`."""
+    import ray
+
+    from rlaudit.fleet import RayEngine
+
+    from .test_shard import reference, same, scan_sharded
+
+    for k, v in RAY_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PYTHONPATH", str(SRC))
+    engine = RayEngine(address=ray_cluster)
+    try:
+        res, got, scanner = scan_sharded(tmp_path, fleet_root, engine, 300)
+    finally:
+        ray.shutdown()
+    assert res.failed == 0, res.errors
+    assert set(res.sharded) == set(got) and set(res.sharded.values()) == {2}
+    ref = reference(tmp_path, fleet_root, scanner)
+    assert all(same(got[n], ref[n]) for n in ref)

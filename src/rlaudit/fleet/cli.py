@@ -71,6 +71,9 @@ def scan_cmd(
     idle_every: Annotated[int, typer.Option("--idle-every", help="See --idle-after.")] = 10,
     detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Heavy detectors to run "
                                                           "(default: all). Repeatable.")] = None,
+    shard_rows: Annotated[int, typer.Option("--shard-rows", help="A run with more new rows than this in one "
+                                            "pass is audited in step-range shards over the engine (a full "
+                                            "audit); 0: never.")] = 1_000_000,
     alerts: Annotated[Optional[Path], typer.Option("--alerts", help="Append alerts to this JSONL file.")] = None,
     webhook: Annotated[Optional[str], typer.Option("--webhook", help="POST each alert as JSON to this URL.")] = None,
     slack_webhook: Annotated[Optional[str], typer.Option("--slack-webhook", help="Slack-compatible incoming "
@@ -103,6 +106,8 @@ def scan_cmd(
             raise RlauditError(f"{name} must be >= 0 seconds, got {value}")
     if idle_every < 1 or (idle_after is not None and idle_after < 0):
         raise RlauditError("--idle-after must be >= 0 seconds and --idle-every >= 1 pass")
+    if shard_rows < 0:
+        raise RlauditError(f"--shard-rows must be >= 0 rows (0: never shard), got {shard_rows}")
     if heavy_every < 1:
         raise RlauditError(f"--heavy-every must be >= 1 step, got {heavy_every}")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s",
@@ -131,7 +136,7 @@ def scan_cmd(
     manager = AlertManager(sinks, min_severity=min_severity)
     config = FleetConfig(every=heavy_every, detectors=detector, min_severity=min_severity, report=report,
                          run_reports=run_reports, report_url=report_url, s3_endpoint=s3_endpoint,
-                         idle_after=idle_after, idle_every=idle_every)
+                         idle_after=idle_after, idle_every=idle_every, shard_rows=shard_rows or None)
     eng = make_engine(engine, workers=workers, address=address)
     scanner = FleetScanner(store, roots, eng, manager, config)
     where = f"{shown} (working copy {store})" if remote else str(store)
@@ -149,6 +154,9 @@ def scan_cmd(
                              ("retried (a worker died; its task ran again)", res.retried)):
             if names:
                 console.print(f"  {label}: {', '.join(names)}", highlight=False, soft_wrap=True)
+        if res.sharded:
+            console.print("  sharded (a full audit in step ranges): " + ", ".join(
+                f"{run} ({n} shards)" for run, n in res.sharded.items()), highlight=False, soft_wrap=True)
         for run, err in res.errors.items():
             console.print(f"  [yellow]{run}[/]: {err}", highlight=False, markup=True)
         from rich.markup import escape

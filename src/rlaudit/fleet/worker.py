@@ -42,6 +42,12 @@ class RunTask:
     #: a retry (Ray re-running the task of a worker that died) knows the attempts before it, and a test or an
     #: operator can find the process running a run's task. "" for none.
     attempt_log: str = ""
+    #: Defer the audit of a run whose new rows exceed this (None: never): the task only ingests and returns
+    #: `deferred`, and the driver audits the run in step-range shards (`fleet.shard`), then calls `advance`.
+    shard_rows: int | None = None
+    #: Findings (JSON) of the driver's sharded audit of the whole run: the live auditor adopts them as its
+    #: heavy audit and moves past every stored part without scanning them again (`_advance`).
+    sharded: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -64,6 +70,7 @@ class RunOutcome:
     seconds: dict[str, float] = field(default_factory=dict)  # ingest, audit, total
     host: str = ""
     attempts: list[dict[str, Any]] = field(default_factory=list)  # earlier attempts that died: pid, host, t
+    deferred: bool = False  # ingested only: the driver audits this run in shards (see `RunTask.shard_rows`)
 
 
 class _Capture:
@@ -140,13 +147,21 @@ def _run(task: RunTask, out: RunOutcome) -> None:
     out.seconds["ingest"] = time.perf_counter() - t0
     if not store.has_run(task.name):
         return
+    if task.shard_rows is not None and task.sharded is None:
+        out.new_rows = _unknown_rows(store, task.name, task.memory)
+        if out.new_rows > task.shard_rows:
+            out.deferred = True
+            return
     t1 = time.perf_counter()
     capture = _Capture()
     config = LiveConfig(every=task.every, detectors=task.detectors, background=None, split=task.split)
     auditor = LiveAuditor(store, task.name, config, alerts=capture)  # type: ignore[arg-type]
     _restore(auditor, task.memory)
     known = set(auditor.index.parts)
-    auditor.update(final=task.final)
+    if task.sharded is not None:
+        _advance(auditor, task.sharded)
+    else:
+        auditor.update(final=task.final)
     new = [p for name, p in auditor.index.parts.items() if name not in known]
     out.new_parts, out.new_rows = len(new), sum(p.rows for p in new)
     out.findings = [f.to_json() for f in capture.found]
@@ -160,6 +175,35 @@ def _run(task: RunTask, out: RunOutcome) -> None:
     hi = auditor.index.max_step()
     out.rows = sum(p.rows for p in auditor.index.parts.values())
     out.steps = (int(lo), int(hi)) if lo is not None and hi is not None else None
+
+
+def _unknown_rows(store: Any, run: str, memory: dict[str, Any]) -> int:
+    """Rows of the stored parts the auditor's memory does not know yet (from the manifest: nothing read)."""
+    known = set((memory.get("parts") or {}))
+    return sum(int(e.get("rows") or 0) for e in store.manifest(run)["files"].values()
+               if e.get("part") and e["part"] not in known)
+
+
+def _advance(auditor: Any, sharded: list[dict[str, Any]]) -> None:
+    """Adopt the findings of the driver's sharded full audit as the heavy audit at the run's last step: index
+    every stored part (footer statistics only), count the new parts for behaviours already tracked, and track
+    the behaviours the audit flagged, as `LiveAuditor.update` would after a heavy audit. The per-step scans are
+    not run again: the full audit covered every step."""
+    from ..findings import Finding
+    from ..live.sampling import StoreView
+
+    lease = auditor.store.lease(auditor.run)
+    try:
+        new_parts = auditor.index.refresh(lease.manifest) if lease.manifest is not None else []
+        step = auditor.index.max_step()
+        if step is None:
+            return
+        if new_parts and auditor.tracker.tracked:
+            auditor.tracker.update(StoreView(auditor.store, auditor.run, [p.path for p in new_parts]), auditor.run)
+        auditor._last_heavy, auditor._fresh = step, False
+        auditor._absorb(step, ([Finding.from_json(f) for f in sharded], 0.0))
+    finally:
+        lease.release()
 
 
 # ---------------------------------------------------------------------------- the auditor's memory between passes
