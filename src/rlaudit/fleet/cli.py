@@ -226,23 +226,26 @@ def status_cmd(
 def forget_cmd(
     runs: Annotated[Optional[list[str]], typer.Argument(help="Runs to forget (default with --missing: every "
                                                         "missing run).")] = None,
-    store: StoreOpt = Path(".rlaudit"),
+    store: SharedStoreOpt = ".rlaudit",
+    store_cache: CacheOpt = None,
+    s3_endpoint: Annotated[Optional[str], typer.Option("--s3-endpoint", envvar="AWS_ENDPOINT_URL",
+                                                       help="S3-compatible endpoint (MinIO, Ceph...).")] = None,
     missing: Annotated[bool, typer.Option("--missing", help="Forget every run whose source is gone.")] = False,
     keep_rows: Annotated[bool, typer.Option("--keep-rows", help="Keep the run's rows in the store (only the "
                                             "fleet forgets it).")] = False,
 ) -> None:
     """Forget runs: drop them from the fleet state (status, open findings, alert keys) and, unless --keep-rows,
-    remove their rows from the store (`rlaudit runs rm`). A forgotten run found again is a new run."""
+    remove their rows from the store (`rlaudit runs rm`). A forgotten run found again is a new run. On an s3://
+    store the change is published: a tombstone version per removed run and a new fleet state."""
     from ..store import Store
     from .state import FleetState
 
     console, out, _ = _consoles()
-    if str(store).startswith(("s3:", "s3a:")):
-        raise RlauditError("fleet forget works on a local store only: an s3:// store publishes no deletions yet "
-                           "(see docs/fleet.md, 'A store on S3')")
+    shown = store
+    store, remote = _open_store(store, store_cache, s3_endpoint)
     state = FleetState(store)
     if not state.path.is_file():
-        raise RlauditError(f"no fleet state in {store} (run `rlaudit fleet scan ROOT --store {store}` first)")
+        raise RlauditError(f"no fleet state in {shown} (run `rlaudit fleet scan ROOT --store {shown}` first)")
     names = list(runs or [])
     if missing:
         names += [n for n, rs in sorted(state.runs.items()) if rs.status == "missing" and n not in names]
@@ -250,7 +253,7 @@ def forget_cmd(
         raise RlauditError("name the runs to forget, or pass --missing")
     unknown = [n for n in names if n not in state.runs]
     if unknown:
-        raise RlauditError(f"not fleet runs of {store}: {', '.join(unknown)} (see `rlaudit fleet status`)")
+        raise RlauditError(f"not fleet runs of {shown}: {', '.join(unknown)} (see `rlaudit fleet status`)")
     st = Store(store)
     with state.lock():  # never while a scanner runs on this store
         for name in names:
@@ -258,7 +261,40 @@ def forget_cmd(
                 st.delete(name)
             state.forget(name)
         state.save()
+        if remote is not None:
+            pub = remote.push()
+            console.print(f"published to {remote.uri}: removed {', '.join(pub.deleted) or 'no rows'}, fleet state "
+                          f"{'updated' if pub.state else 'unchanged'}", highlight=False, soft_wrap=True)
     out.print(f"forgot {len(names)} run(s): {', '.join(names)}", highlight=False, soft_wrap=True)
+
+
+@fleet_app.command("gc")
+def gc_cmd(
+    store: Annotated[str, typer.Option("--store", help="s3://bucket/prefix: a store published on S3.",
+                                       envvar="RLAUDIT_STORE")],
+    grace: Annotated[float, typer.Option("--grace", help="Keep every object younger than this many seconds, and "
+                                         "versions superseded less than this long ago (longer than any push or "
+                                         "pull, plus clock skew).")] = 3600.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be deleted; delete nothing.")] = False,
+    s3_endpoint: Annotated[Optional[str], typer.Option("--s3-endpoint", envvar="AWS_ENDPOINT_URL",
+                                                       help="S3-compatible endpoint (MinIO, Ceph...).")] = None,
+) -> None:
+    """Garbage-collect a store published on S3: superseded manifest and fleet-state versions, parts and details
+    no kept version references, runs removed (tombstoned) longer ago than --grace. Safe beside a running
+    scanner: only objects older than --grace and not referenced by a version a reader may hold are deleted."""
+    from .s3store import S3Store, is_s3
+
+    console, out, _ = _consoles()
+    if not is_s3(store):
+        raise RlauditError(f"fleet gc works on an s3:// store (a local store deletes as it goes), got {store}")
+    if grace < 0:
+        raise RlauditError(f"--grace must be >= 0 seconds, got {grace}")
+    got = S3Store(store, None, s3_endpoint).gc(grace=grace, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    out.print(f"{store}: {verb} {got.objects} object(s) ({got.bytes:,} bytes of run data): {got.manifests} "
+              f"superseded manifest version(s), {got.parts} unreferenced part(s), {got.runs_removed} removed "
+              f"run(s), {got.states} fleet-state version(s), {got.details} run detail(s)", highlight=False,
+              soft_wrap=True)
 
 
 @fleet_app.command("audit")
