@@ -134,6 +134,10 @@ def _run(task: RunTask, out: RunOutcome) -> None:
     if task.ingest:
         from ..audit import _check_nothing_readable
 
+        if store.has_run(task.name) and not _stored_rows(store, task.name):
+            # a 0-row run: left by an attempt killed between its ingest of unreadable files and the check below
+            # (which removes it). Read afresh, or the retry would find nothing new and call the run fine.
+            store.delete(task.name)
         is_new = not store.has_run(task.name)
         report = store.ingest(task.source, run=task.name, format=task.format)
         # a run of which nothing could be read is an error (as for `rlaudit audit`), not an empty run
@@ -175,6 +179,11 @@ def _run(task: RunTask, out: RunOutcome) -> None:
     hi = auditor.index.max_step()
     out.rows = sum(p.rows for p in auditor.index.parts.values())
     out.steps = (int(lo), int(hi)) if lo is not None and hi is not None else None
+
+
+def _stored_rows(store: Any, run: str) -> int:
+    """Rows the run's manifest lists (nothing read but the manifest)."""
+    return sum(int(e.get("rows") or 0) for e in store.manifest(run)["files"].values())
 
 
 def _unknown_rows(store: Any, run: str, memory: dict[str, Any]) -> int:
