@@ -382,7 +382,7 @@ class FleetScanner:
                 if not f.name.startswith(f"{number}-"):
                     f.unlink(missing_ok=True)
 
-    def _failed(self, rs: RunState, why: str, number: int, result: PassResult) -> None:
+    def _failed(self, rs: RunState, why: str, number: int) -> None:
         """Count a failed or dead attempt at the run's task; `fleet status` shows the last one."""
         rs.failures += 1
         rs.last_failure, rs.last_failure_at = f"pass {number}: {why}"[:500], time.time()
@@ -400,13 +400,13 @@ class FleetScanner:
             Path(task.attempt_log).unlink(missing_ok=True)
         for dead in outcome.attempts:  # attempts whose worker died; the engine ran the task again
             self._failed(rs, f"worker pid {dead.get('pid')} on {dead.get('host')} died mid-task; the "
-                         f"{self.engine.name} engine ran the task again", result.number, result)
+                         f"{self.engine.name} engine ran the task again", result.number)
         if outcome.attempts and outcome.ok:
             result.retried.append(task.name)
             log.warning("fleet: run %s: %d attempt(s) died, retried within the pass", task.name,
                         len(outcome.attempts))
         if not outcome.ok:
-            self._failed(rs, outcome.error, result.number, result)
+            self._failed(rs, outcome.error, result.number)
             rs.status, rs.error = "error", outcome.error
             result.failed += 1
             result.errors[task.name] = outcome.error
