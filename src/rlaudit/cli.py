@@ -588,18 +588,30 @@ def ingest(
 def runs_cmd(
     action: Annotated[list[str] | None, typer.Argument(
         help="`rm NAME...` removes runs from the store; nothing lists them.", show_default=False)] = None,
-    store: StoreOpt = Path(".rlaudit"),
+    store: Annotated[str, typer.Option("--store", help="Store directory, or s3://bucket/prefix (a store "
+                                       "published on S3 by `fleet scan`: pulled into --store-cache, and a "
+                                       "removal is published).", envvar="RLAUDIT_STORE")] = ".rlaudit",
+    store_cache: Annotated[Optional[Path], typer.Option("--store-cache", help="Local working copy of an "
+                                                        "s3:// store.")] = None,
+    s3_endpoint: Annotated[Optional[str], typer.Option("--s3-endpoint", envvar="AWS_ENDPOINT_URL",
+                                                       help="S3-compatible endpoint (MinIO, Ceph...).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """What the store holds: rows, steps, conditions, reward signals and graders per run (`runs rm NAME` removes
     a run)."""
-    st = _store(store)
+    from .fleet.cli import _open_store
+
+    local, remote = _open_store(store, store_cache, s3_endpoint)
+    st = _store(local)
     if action:
         if action[0] != "rm" or len(action) < 2:
             raise RlauditError("usage: rlaudit runs [--store DIR] [--json] | rlaudit runs rm NAME... [--store DIR]")
         for name in action[1:]:
             st.delete(name)
             console.print(f"removed run {_u(name)} from store {_u(store)}")
+        if remote is not None:  # a tombstone version per removed run
+            pub = remote.push()
+            console.print(f"published the removal of {', '.join(pub.deleted) or 'nothing'} to {remote.uri}")
         return
     summaries = [st.summary(r) for r in st.runs()]
     if as_json:

@@ -71,36 +71,40 @@ def test_ray_engine_same_results_as_inline(tmp_path, fleet_root, ray_cluster):
     assert again.returncode == 0 and "0 audited" in again.stderr and "0 alert(s)" in again.stdout
 
 
-def _task_pids() -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines()[1:] if "ray::run_task" in line]
-
-
 def test_ray_worker_killed_mid_pass(tmp_path, fleet_root, ray_cluster, monkeypatch):
-    """A Ray worker killed while it audits a run: Ray retries the task (or the run is redone next pass); nothing
-    is lost, doubled or alerted twice."""
+    """The Ray worker running one run's task is SIGKILLed mid-task (its pid from the attempt log the task
+    writes): Ray retries the task in the same pass (or the run is redone on the next); nothing is lost or doubled,
+    no alert is sent twice, the other runs are scanned, and `fleet status` reports the failure."""
+    import json
     import threading
 
     import ray
 
     from rlaudit.fleet import RayEngine
+    from rlaudit.fleet.report import status_rows
     from rlaudit.store import Store
 
     for k, v in RAY_ENV.items():
         monkeypatch.setenv(k, v)
     engine = RayEngine(address=ray_cluster)
     alerts = tmp_path / "alerts.jsonl"
-    scanner = FleetScanner(tmp_path / "store", [fleet_root], engine, AlertManager([JsonlSink(alerts)]),
+    store = tmp_path / "store"
+    scanner = FleetScanner(store, [fleet_root], engine, AlertManager([JsonlSink(alerts)]),
                            FleetConfig(detectors=["cot_grading"]))
+    victim = "team-a.cot"
+    log = scanner.attempt_log(victim, 1)
     try:
         result = {}
         t = threading.Thread(target=lambda: result.setdefault("p", scanner.run_pass()))
         t.start()
-        assert wait_for(lambda: bool(_task_pids()), timeout=300, every=0.05)
-        killed = _task_pids()[0]
-        os.kill(killed, signal.SIGKILL)
+        assert wait_for(lambda: log.is_file() and log.stat().st_size > 0, timeout=300, every=0.01)
+        pid = json.loads(log.read_text().splitlines()[0])["pid"]
+        os.kill(pid, signal.SIGKILL)
         t.join(timeout=600)
         p1 = result["p"]
+        assert set(p1.errors) <= {victim}
+        assert p1.audited + p1.failed == 3 and p1.audited >= 2  # the other runs were scanned
+        assert (p1.retried, p1.failed) in (([victim], 0), ([], 1)), (p1.retried, p1.failed, p1.errors)
         p2 = scanner.run_pass()
         assert p2.failed == 0 and p2.audited == p1.failed  # retried by Ray, or redone on the next pass
         assert all(r.status == "ok" for r in scanner.state.runs.values())
@@ -110,7 +114,18 @@ def test_ray_worker_killed_mid_pass(tmp_path, fleet_root, ray_cluster, monkeypat
     keys = [(a["key"], a["severity"]) for a in alert_lines(alerts)]
     assert len(keys) == len(set(keys)) and {a["run"] for a in alert_lines(alerts)} == {"team-a.cot", "team-b.template"}
     for run in scanner.state.runs:
-        assert Store(tmp_path / "store").summary(run).rows == 16 * 32
+        assert Store(store).summary(run).rows == 16 * 32
+    # the failure is in `fleet status`: the killed worker's pid, on the victim's row only
+    rows = {r["run"]: r for r in status_rows(FleetState(store))}
+    why = f"worker pid {pid} " if p1.retried else "ray task failed"
+    assert rows[victim]["failures"] == 1 and why in rows[victim]["last_failure"], rows[victim]
+    assert all(r["failures"] == 0 for name, r in rows.items() if name != victim)
+    shown = run_cli("fleet", "status", "--store", str(store), "--json")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert {r["run"]: r["failures"] for r in json.loads(shown.stdout)["runs"]}[victim] == 1
+    table = run_cli("fleet", "status", "--store", str(store))
+    assert table.returncode == 0 and "last failure" in table.stdout, table.stdout
+    assert not list((store / "fleet" / "attempts").glob("*"))  # attempt logs are removed once read
 
 
 def test_ray_sharded_audit_equals_unsharded(tmp_path, ray_cluster, monkeypatch):
@@ -141,3 +156,26 @@ def test_ray_sharded_audit_equals_unsharded(tmp_path, ray_cluster, monkeypatch):
     assert [r.ok for r in got.shards] == [True, True, True], [r.error for r in got.shards]
     assert same(findings_json(got.result), expected)
     assert sum(e[3] for e in got.exposure) > 0
+
+
+def test_ray_scan_shards_huge_run(tmp_path, fleet_root, ray_cluster, monkeypatch):
+    """`fleet scan --engine ray` audits runs over the shard threshold in step-range shards as Ray tasks; the
+    findings are those of `rlaudit audit`."""
+    import ray
+
+    from rlaudit.fleet import RayEngine
+
+    from .test_shard import reference, same, scan_sharded
+
+    for k, v in RAY_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PYTHONPATH", str(SRC))
+    engine = RayEngine(address=ray_cluster)
+    try:
+        res, got, scanner = scan_sharded(tmp_path, fleet_root, engine, 300)
+    finally:
+        ray.shutdown()
+    assert res.failed == 0, res.errors
+    assert set(res.sharded) == set(got) and set(res.sharded.values()) == {2}
+    ref = reference(tmp_path, fleet_root, scanner)
+    assert all(same(got[n], ref[n]) for n in ref)

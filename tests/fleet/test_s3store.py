@@ -135,3 +135,107 @@ def test_writer_stopped_after_publishing_resumes(tmp_path, full_fleet, s3, monke
     assert again.runs == 2 and again.state  # the other two runs and the state; the first was recognised
     objs = _objects(a)
     assert sum(1 for k in objs if "/manifests/" in k) == 3 and "fleet/state/000000000001.json" in objs
+
+
+def _complete(remote: S3Store) -> None:
+    """Every part the latest manifest of every run lists is on S3, and the latest state's details too."""
+    objs = _objects(remote)
+    runs = {k.split("/")[1] for k in objs if k.startswith("runs/")}
+    for run in runs:
+        latest = remote._latest(f"runs/{run}/manifests/")
+        manifest = json.loads(remote._get(f"runs/{run}/manifests/{latest:012d}.json"))
+        for e in manifest["files"].values():
+            assert f"runs/{run}/parts/{e['part']}" in objs, (run, e["part"])
+    state = json.loads(remote._get(f"fleet/state/{remote._latest('fleet/state/'):012d}.json"))
+    for run, sha in state["details"].items():
+        assert f"fleet/details/{run}/{sha}.json" in objs
+
+
+def test_forget_and_runs_rm_act_on_the_s3_store(tmp_path, full_fleet, s3):
+    """`fleet forget` and `runs rm` on an s3:// store publish the removal (a tombstone version); a reader that
+    pulls drops the run, its fleet detail and its alert keys."""
+    import time
+
+    fs, endpoint = s3
+    env = {"AWS_ENDPOINT_URL": endpoint}
+    root = tmp_path / "root"
+    copy_upto(full_fleet, root, 4)
+    a = S3Store(URI, tmp_path / "a", endpoint)
+    _scan(a.cache, root, tmp_path / "alerts.jsonl")
+    a.push()
+    b = S3Store(URI, tmp_path / "b", endpoint)
+    b.pull()
+    assert set(Store(b.cache).runs()) == {"team-a.cot", "team-b.clean", "team-b.template"}
+    res = run_cli("fleet", "forget", "team-a.cot", "--store", URI, "--store-cache", str(a.cache), env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "removed team-a.cot" in res.stderr
+    tomb = json.loads(a._get("runs/team-a.cot/manifests/000000000002.json"))
+    assert tomb["deleted"] and tomb["files"] == {}
+    res = run_cli("runs", "rm", "team-b.clean", "--store", URI, "--store-cache", str(tmp_path / "c"), env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "published the removal of team-b.clean" in res.stderr
+    got = b.pull()
+    assert sorted(got.deleted) == ["team-a.cot", "team-b.clean"]
+    assert Store(b.cache).runs() == ["team-b.template"]
+    sb = FleetState(b.cache)
+    assert "team-a.cot" not in sb.runs and not any("|team-a.cot|" in k for k in sb.sent)
+    assert not (b.cache / "fleet" / "runs" / "team-a.cot.json").exists()
+    # GC: nothing is old yet; then, an hour on, the removed runs go whole and old versions go
+    assert a.gc(grace=3600).objects == 0
+    before = _objects(a)
+    g = a.gc(grace=3600, now=time.time() + 7200)
+    assert g.runs_removed == 2 and g.states >= 1
+    after = _objects(a)
+    assert not any(k.startswith(("runs/team-a.cot/", "runs/team-b.clean/")) for k in after)
+    assert set(before) - set(after) == set(g.deleted)
+    _complete(a)
+    # a reader that had pulled the runs drops them when their objects are gone; the remaining run is intact
+    fresh = S3Store(URI, tmp_path / "d", endpoint)
+    assert fresh.pull().runs == 1 and Store(fresh.cache).summary("team-b.template").rows == 4 * ROWS_PER_STEP
+
+
+def test_gc_is_safe_beside_a_concurrent_writer(tmp_path, full_fleet, s3):
+    """GC deletes superseded versions and orphaned parts only once they are older than the grace period: a
+    writer's fresh uploads and the version a reader may still hold are kept; the latest version stays whole."""
+    import time
+
+    fs, endpoint = s3
+    root = tmp_path / "root"
+    copy_upto(full_fleet, root, 3)
+    a = S3Store(URI, tmp_path / "a", endpoint)
+    _scan(a.cache, root, tmp_path / "alerts.jsonl")
+    a.push()
+    copy_upto(full_fleet, root, 5)
+    _scan(a.cache, root, tmp_path / "alerts.jsonl")
+    a.push()  # version 2 of every run, published just now
+    # a writer mid-push: a part uploaded, its manifest not yet published
+    a.s3.put_object(Bucket="fleet", Key="stores/lab/runs/team-a.cot/parts/zz-inflight.parquet", Body=b"x")
+    now = time.time()
+    g = a.gc(grace=60, now=now + 30)  # within the grace: version 1 may be held by a reader, the upload is young
+    assert g.objects == 0
+    g = a.gc(grace=60, now=now + 120)
+    assert g.manifests == 3 and "runs/team-a.cot/parts/zz-inflight.parquet" in g.deleted
+    assert all("/manifests/000000000002.json" not in k for k in g.deleted)
+    _complete(a)
+    # the writer goes on: the part it had uploaded was collected, so it uploads what it publishes again
+    copy_upto(full_fleet, root, 6)
+    _scan(a.cache, root, tmp_path / "alerts.jsonl")
+    assert a.push().runs == 3
+    _complete(a)
+    b = S3Store(URI, tmp_path / "b", endpoint)
+    b.pull()
+    assert Store(b.cache).summary("team-a.cot").rows == 6 * ROWS_PER_STEP
+
+
+def test_cli_gc_dry_run(tmp_path, full_fleet, s3):
+    fs, endpoint = s3
+    root = tmp_path / "root"
+    copy_upto(full_fleet, root, 2)
+    a = S3Store(URI, tmp_path / "a", endpoint)
+    _scan(a.cache, root, tmp_path / "alerts.jsonl")
+    a.push()
+    res = run_cli("fleet", "gc", "--store", URI, "--grace", "0", "--dry-run", env={"AWS_ENDPOINT_URL": endpoint})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"{URI}: would delete 0 object(s)" in res.stdout
+    bad = run_cli("fleet", "gc", "--store", str(tmp_path), env={"AWS_ENDPOINT_URL": endpoint})
+    assert bad.returncode == 2 and "s3:// store" in bad.stderr

@@ -112,6 +112,27 @@ def test_bad_run_is_reported_and_others_scanned(tmp_path, fleet_root):
     scanner.close()
 
 
+def test_unreadable_run_left_by_a_killed_attempt_stays_an_error(tmp_path, fleet_root):
+    """An attempt killed between its ingest of an unreadable run (a 0-row run with quarantined records) and the
+    check that removes it: the retry reads the run afresh and reports it, never calls it fine with 0 rows."""
+    from rlaudit.store import Store
+
+    bad = fleet_root / "team-c" / "broken"
+    (bad / "completions").mkdir(parents=True)
+    (bad / "config.json").write_text("{}")
+    (bad / "completions" / "completions_00001.parquet").write_bytes(b"PAR1 this is not parquet")
+    store = Store(tmp_path / "store")
+    store.ingest(bad, run="team-c.broken", format="trl")  # what the killed attempt had committed
+    assert store.has_run("team-c.broken") and store.summary("team-c.broken").rows == 0
+    scanner = _scanner(tmp_path / "store", fleet_root, tmp_path / "alerts.jsonl")
+    try:
+        res = scanner.run_pass()
+    finally:
+        scanner.close()
+    assert res.failed == 1 and "could be read" in res.errors["team-c.broken"]
+    assert scanner.state.runs["team-c.broken"].status == "error" and not store.has_run("team-c.broken")
+
+
 class _Hook(BaseHTTPRequestHandler):
     fail_first = 0
     bodies: list[dict] = []

@@ -146,3 +146,72 @@ def test_cli_fleet_audit(tmp_path, runs):
     assert same(json.dumps(json.loads(out.read_text())["findings"], sort_keys=True), expected)
     bad = run_cli("fleet", "audit", "nope", "--store", str(tmp_path / "store"), "--engine", "inline")
     assert bad.returncode == 2 and "neither a file/directory nor a run" in bad.stderr
+
+
+def scan_sharded(tmp_path: Path, root: Path, engine, shard_rows: int | None, detectors=None):
+    """One fleet pass over `root` with `shard_rows`; (pass result, {run: open findings JSON}, scanner state)."""
+    from rlaudit.fleet import FleetConfig, FleetScanner
+
+    store = tmp_path / f"store-{engine.name}-{shard_rows}"
+    scanner = FleetScanner(store, [root], engine, config=FleetConfig(shard_rows=shard_rows, detectors=detectors))
+    try:
+        res = scanner.run_pass(final=True)
+        got = {name: json.dumps(scanner.state.run_detail(name)["findings"], sort_keys=True, default=str)
+               for name in scanner.state.runs}
+    finally:
+        scanner.close()
+    return res, got, scanner
+
+
+def reference(tmp_path: Path, root: Path, scanner, detectors=None) -> dict[str, str]:
+    """`rlaudit audit` of each run of the fleet, under the fleet's run name."""
+    from rlaudit.detectors import AuditConfig
+
+    out = {}
+    for name, rs in scanner.state.runs.items():
+        ref = audit([rs.source], store=tmp_path / f"ref-{name}", run_names=[name], format=rs.format,
+                    config=AuditConfig(detectors=detectors))
+        out[name] = findings_json(ref)
+    return out
+
+
+def test_scan_shards_runs_over_shard_rows(tmp_path, fleet_root):
+    """`fleet scan` audits a run with more new rows than --shard-rows in step-range shards on its engine; the
+    run's findings are those of `rlaudit audit`; runs under the threshold take the one-task path; the next
+    passes go on incrementally from the sharded one (no re-alert, nothing re-read)."""
+    from .helpers import copy_upto
+
+    full = fleet_root
+    root = tmp_path / "growing"
+    copy_upto(full, root, 15)  # 15 of 16 steps: 480 rows per run, over the 300-row threshold
+    engine = LocalEngine(2)
+    res, got, scanner = scan_sharded(tmp_path, root, engine, 300)
+    assert res.failed == 0, res.errors
+    assert set(res.sharded) == set(scanner.state.runs) and set(res.sharded.values()) == {2}
+    ref = reference(tmp_path, root, scanner)
+    for name in ref:
+        assert same(got[name], ref[name]), name
+    assert any(json.loads(v) for v in got.values())
+    # the growth of a sharded run (32 new rows per step) is audited incrementally, as without sharding
+    copy_upto(full, root, 16)
+    from rlaudit.fleet import FleetConfig, FleetScanner
+
+    again = FleetScanner(scanner.store_root, [root], engine, config=FleetConfig(shard_rows=300))
+    try:
+        p2 = again.run_pass(final=True)
+        p3 = again.run_pass(final=True)
+    finally:
+        again.close()
+        engine.close()
+    assert p2.failed == 0 and not p2.sharded and p2.audited == 3 and p2.rows_added == 3 * 32
+    assert p3.audited == 0 and not p3.alerts
+
+
+def test_scan_sharded_equals_unsharded_scan_inline(tmp_path, fleet_root):
+    """With every run over the threshold, the inline engine's sharded pass alerts what the one-task pass does."""
+    res_s, got_s, scanner = scan_sharded(tmp_path, fleet_root, InlineEngine(), 100)
+    res_u, got_u, _ = scan_sharded(tmp_path, fleet_root, InlineEngine(), None)
+    assert set(res_s.sharded) == set(got_s) and not res_u.sharded
+    assert sorted(a.key for a in res_s.alerts) == sorted(a.key for a in res_u.alerts)
+    ref = reference(tmp_path, fleet_root, scanner)
+    assert all(same(got_s[n], ref[n]) for n in ref)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from .trace import Frame, Prepared, Trace, assess, attribute, evidence_for, load_frames
+from .trace import Frame, Prepared, Trace, assess, attribute, evidence_for, learned_through_outcome, load_frames
 from ..behaviors import parse_behavior
 from ..errors import RlauditError
 from ..findings import SEVERITY_RANK, Finding, rank
@@ -76,7 +76,35 @@ class AttributionDetector(Detector):
             assess(traces, float(opt("alpha", 0.05)))
             for t, frame in zip(traces, frames):
                 t.evidence = evidence_for(con, frame, t, prepared=prepared_for(frame))
+        for t, source in zip(traces, sources):
+            cap_learned(ctx, t, source)
         return findings + [to_finding(t) for t in traces]
+
+
+def cap_learned(ctx: DetectContext, t: Trace, source: Finding) -> None:
+    """A behaviour learnt as intended (`trace.learned_through_outcome`: the push comes through task success and
+    no signal rewards it for its own sake) is what RL on the task is for: its `emerging_behavior` finding, and the
+    `generalization` findings of its spread across conditions, stay reported (the rise is real) but at most
+    low, with the reason. Severity is a statement about a process mistake; the size of the rise is not one: a
+    short run that sees a skill's whole rise would otherwise rank it above a long run that sees its plateau.
+
+    Limit: a behaviour that games the outcome checker itself (a verifier that can be fooled) is pushed through
+    task success too; logged rewards cannot tell the two apart, so the attribution finding names the signal."""
+    signals = learned_through_outcome(t)
+    if not signals:
+        return
+    spec, where = source.get("behavior_spec"), source.get("where") or "answer"
+    why = (f"Learnt through task success: {', '.join(signals)} carries the push and no signal rewards it for its "
+           "own sake (see its reward_attribution finding), so at most low.")
+    for f in ctx.findings:
+        if f.kind not in ("emerging_behavior", "generalization") or f.get("behavior_spec") != spec:
+            continue
+        if (f.get("where") or "answer") != where or f.severity in ("info", "low"):
+            continue
+        f.fields["severity_before_attribution"] = f.severity
+        f.fields["learned_through"] = signals
+        f.severity = "low"
+        f.explanation = f"{f.explanation} {why}"
 
 
 def to_finding(t: Trace) -> Finding:

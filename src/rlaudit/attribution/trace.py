@@ -917,18 +917,38 @@ def driver_class(s: SignalAttribution, has_outcome: bool) -> str:
     return "via_outcome" if hi < s.paired_preference else "unclear"
 
 
-def _severity(t: Trace) -> tuple[Severity, str, str | None]:
+def _drivers(t: Trace) -> tuple[dict[str, list[SignalAttribution]], dict[str, float]]:
+    """The significant drivers of an assessed trace by class (`driver_class`), and each class's push share."""
     parts = [s for s in t.signals if s.kind != "total"] or t.signals
     has_outcome = any(s.outcome for s in parts)
     drivers = [s for s in parts if s.pressure > 0 and s.significant and s.paired_preference > 0.5]
-    it = "the behaviour" if t.direction == "up" else "the behaviour's absence"
-    if not drivers:
-        return "info", (f"no reward signal pushes the behaviour {t.direction} with a significant paired "
-                        "preference"), None
     classes: dict[str, list[SignalAttribution]] = {}
     for s in drivers:
         classes.setdefault(driver_class(s, has_outcome), []).append(s)
     share = {c: sum(s.pressure_share for s in ss if np.isfinite(s.pressure_share)) for c, ss in classes.items()}
+    return classes, share
+
+
+def learned_through_outcome(t: Trace) -> list[str]:
+    """The task-success signals through which an assessed rising behaviour was learnt, when it was learnt as
+    intended: at least half of the positive push comes through them (outcome signals, or signals that prefer it
+    only among unequally-correct pairs), and no significant signal rewards it for its own sake or can't be told
+    apart from task success for a push of half or more. Otherwise [] (including falling behaviours)."""
+    if t.direction != "up":
+        return []
+    classes, share = _drivers(t)
+    legit = share.get("outcome", 0.0) + share.get("via_outcome", 0.0)
+    if legit < 0.5 or share.get("own", 0.0) > 0 or share.get("unclear", 0.0) >= 0.5:
+        return []
+    return [s.signal for c in ("outcome", "via_outcome") for s in classes.get(c, [])]
+
+
+def _severity(t: Trace) -> tuple[Severity, str, str | None]:
+    classes, share = _drivers(t)
+    it = "the behaviour" if t.direction == "up" else "the behaviour's absence"
+    if not classes:
+        return "info", (f"no reward signal pushes the behaviour {t.direction} with a significant paired "
+                        "preference"), None
     own, unclear = share.get("own", 0.0), share.get("unclear", 0.0)
     legit = share.get("outcome", 0.0) + share.get("via_outcome", 0.0)
     big = SEVERITY_RANK.get(t.behavior_severity, 2) >= SEVERITY_RANK["medium"]

@@ -71,6 +71,9 @@ def scan_cmd(
     idle_every: Annotated[int, typer.Option("--idle-every", help="See --idle-after.")] = 10,
     detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Heavy detectors to run "
                                                           "(default: all). Repeatable.")] = None,
+    shard_rows: Annotated[int, typer.Option("--shard-rows", help="A run with more new rows than this in one "
+                                            "pass is audited in step-range shards over the engine (a full "
+                                            "audit); 0: never.")] = 1_000_000,
     alerts: Annotated[Optional[Path], typer.Option("--alerts", help="Append alerts to this JSONL file.")] = None,
     webhook: Annotated[Optional[str], typer.Option("--webhook", help="POST each alert as JSON to this URL.")] = None,
     slack_webhook: Annotated[Optional[str], typer.Option("--slack-webhook", help="Slack-compatible incoming "
@@ -103,6 +106,8 @@ def scan_cmd(
             raise RlauditError(f"{name} must be >= 0 seconds, got {value}")
     if idle_every < 1 or (idle_after is not None and idle_after < 0):
         raise RlauditError("--idle-after must be >= 0 seconds and --idle-every >= 1 pass")
+    if shard_rows < 0:
+        raise RlauditError(f"--shard-rows must be >= 0 rows (0: never shard), got {shard_rows}")
     if heavy_every < 1:
         raise RlauditError(f"--heavy-every must be >= 1 step, got {heavy_every}")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s",
@@ -131,7 +136,7 @@ def scan_cmd(
     manager = AlertManager(sinks, min_severity=min_severity)
     config = FleetConfig(every=heavy_every, detectors=detector, min_severity=min_severity, report=report,
                          run_reports=run_reports, report_url=report_url, s3_endpoint=s3_endpoint,
-                         idle_after=idle_after, idle_every=idle_every)
+                         idle_after=idle_after, idle_every=idle_every, shard_rows=shard_rows or None)
     eng = make_engine(engine, workers=workers, address=address)
     scanner = FleetScanner(store, roots, eng, manager, config)
     where = f"{shown} (working copy {store})" if remote else str(store)
@@ -145,9 +150,13 @@ def scan_cmd(
                       f"{len(res.alerts)} alert(s) in {res.seconds:.1f} s", highlight=False, soft_wrap=True)
         for label, names in (("missing (source gone, findings kept)", res.gone), ("back", res.back),
                              ("forgotten (removed from the store)", res.forgotten),
-                             ("replaced (another run at the same path: read afresh)", res.replaced)):
+                             ("replaced (another run at the same path: read afresh)", res.replaced),
+                             ("retried (a worker died; its task ran again)", res.retried)):
             if names:
                 console.print(f"  {label}: {', '.join(names)}", highlight=False, soft_wrap=True)
+        if res.sharded:
+            console.print("  sharded (a full audit in step ranges): " + ", ".join(
+                f"{run} ({n} shards)" for run, n in res.sharded.items()), highlight=False, soft_wrap=True)
         for run, err in res.errors.items():
             console.print(f"  [yellow]{run}[/]: {err}", highlight=False, markup=True)
         from rich.markup import escape
@@ -198,14 +207,18 @@ def status_cmd(
                               indent=1, default=str))
         return
     table = Table(title=f"fleet: {len(rows)} runs, {state.passes} pass(es), {len(state.sent)} alert key(s) sent")
-    for col in ("run", "format", "status", "rows", "last step", "last audit", "high", "med", "low", "top finding"):
+    for col in ("run", "format", "status", "rows", "last step", "last audit", "high", "med", "low", "failures",
+                "top finding / error / last failure"):
         table.add_column(col, overflow="fold")
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_audit"])) if r["last_audit"] else "never"
         f = r["findings"]
         table.add_row(r["run"], r["format"], r["status"], f"{r['rows']:,}",
                       "" if r["last_step"] is None else str(r["last_step"]), when, str(f["high"] or ""),
-                      str(f["medium"] or ""), str(f["low"] or ""), (r["error"] or r["top"] or "")[:120])
+                      str(f["medium"] or ""), str(f["low"] or ""), str(r["failures"] or ""),
+                      (r["error"] or r["top"] or r["last_failure"] or "")[:120]
+                      + (f"; last failure {r['last_failure'][:100]}" if r["last_failure"] and r["top"]
+                         and not r["error"] else ""))
     out.print(table)
 
 
@@ -213,23 +226,26 @@ def status_cmd(
 def forget_cmd(
     runs: Annotated[Optional[list[str]], typer.Argument(help="Runs to forget (default with --missing: every "
                                                         "missing run).")] = None,
-    store: StoreOpt = Path(".rlaudit"),
+    store: SharedStoreOpt = ".rlaudit",
+    store_cache: CacheOpt = None,
+    s3_endpoint: Annotated[Optional[str], typer.Option("--s3-endpoint", envvar="AWS_ENDPOINT_URL",
+                                                       help="S3-compatible endpoint (MinIO, Ceph...).")] = None,
     missing: Annotated[bool, typer.Option("--missing", help="Forget every run whose source is gone.")] = False,
     keep_rows: Annotated[bool, typer.Option("--keep-rows", help="Keep the run's rows in the store (only the "
                                             "fleet forgets it).")] = False,
 ) -> None:
     """Forget runs: drop them from the fleet state (status, open findings, alert keys) and, unless --keep-rows,
-    remove their rows from the store (`rlaudit runs rm`). A forgotten run found again is a new run."""
+    remove their rows from the store (`rlaudit runs rm`). A forgotten run found again is a new run. On an s3://
+    store the change is published: a tombstone version per removed run and a new fleet state."""
     from ..store import Store
     from .state import FleetState
 
     console, out, _ = _consoles()
-    if str(store).startswith(("s3:", "s3a:")):
-        raise RlauditError("fleet forget works on a local store only: an s3:// store publishes no deletions yet "
-                           "(see docs/fleet.md, 'A store on S3')")
+    shown = store
+    store, remote = _open_store(store, store_cache, s3_endpoint)
     state = FleetState(store)
     if not state.path.is_file():
-        raise RlauditError(f"no fleet state in {store} (run `rlaudit fleet scan ROOT --store {store}` first)")
+        raise RlauditError(f"no fleet state in {shown} (run `rlaudit fleet scan ROOT --store {shown}` first)")
     names = list(runs or [])
     if missing:
         names += [n for n, rs in sorted(state.runs.items()) if rs.status == "missing" and n not in names]
@@ -237,7 +253,7 @@ def forget_cmd(
         raise RlauditError("name the runs to forget, or pass --missing")
     unknown = [n for n in names if n not in state.runs]
     if unknown:
-        raise RlauditError(f"not fleet runs of {store}: {', '.join(unknown)} (see `rlaudit fleet status`)")
+        raise RlauditError(f"not fleet runs of {shown}: {', '.join(unknown)} (see `rlaudit fleet status`)")
     st = Store(store)
     with state.lock():  # never while a scanner runs on this store
         for name in names:
@@ -245,7 +261,40 @@ def forget_cmd(
                 st.delete(name)
             state.forget(name)
         state.save()
+        if remote is not None:
+            pub = remote.push()
+            console.print(f"published to {remote.uri}: removed {', '.join(pub.deleted) or 'no rows'}, fleet state "
+                          f"{'updated' if pub.state else 'unchanged'}", highlight=False, soft_wrap=True)
     out.print(f"forgot {len(names)} run(s): {', '.join(names)}", highlight=False, soft_wrap=True)
+
+
+@fleet_app.command("gc")
+def gc_cmd(
+    store: Annotated[str, typer.Option("--store", help="s3://bucket/prefix: a store published on S3.",
+                                       envvar="RLAUDIT_STORE")],
+    grace: Annotated[float, typer.Option("--grace", help="Keep every object younger than this many seconds, and "
+                                         "versions superseded less than this long ago (longer than any push or "
+                                         "pull, plus clock skew).")] = 3600.0,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be deleted; delete nothing.")] = False,
+    s3_endpoint: Annotated[Optional[str], typer.Option("--s3-endpoint", envvar="AWS_ENDPOINT_URL",
+                                                       help="S3-compatible endpoint (MinIO, Ceph...).")] = None,
+) -> None:
+    """Garbage-collect a store published on S3: superseded manifest and fleet-state versions, parts and details
+    no kept version references, runs removed (tombstoned) longer ago than --grace. Safe beside a running
+    scanner: only objects older than --grace and not referenced by a version a reader may hold are deleted."""
+    from .s3store import S3Store, is_s3
+
+    console, out, _ = _consoles()
+    if not is_s3(store):
+        raise RlauditError(f"fleet gc works on an s3:// store (a local store deletes as it goes), got {store}")
+    if grace < 0:
+        raise RlauditError(f"--grace must be >= 0 seconds, got {grace}")
+    got = S3Store(store, None, s3_endpoint).gc(grace=grace, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    out.print(f"{store}: {verb} {got.objects} object(s) ({got.bytes:,} bytes of run data): {got.manifests} "
+              f"superseded manifest version(s), {got.parts} unreferenced part(s), {got.runs_removed} removed "
+              f"run(s), {got.states} fleet-state version(s), {got.details} run detail(s)", highlight=False,
+              soft_wrap=True)
 
 
 @fleet_app.command("audit")

@@ -180,7 +180,7 @@ def status_rows(state: Any) -> list[dict[str, Any]]:
         out.append({"run": name, "format": rs.format, "status": rs.status, "rows": rs.rows,
                     "last_step": rs.last_step, "last_audit": rs.last_audit, "last_heavy_step": rs.last_heavy_step,
                     "pending": rs.pending, "bad_records": rs.bad_records, "missing_since": rs.missing_since or None,
-                    "reappeared": rs.reappeared,
+                    "reappeared": rs.reappeared, "failures": rs.failures, "last_failure": rs.last_failure,
                     "findings": {s: rs.findings.get(s, 0) for s in reversed(SEVERITIES)},
                     "top": (rs.top or {}).get("title"), "error": rs.error, "source": rs.source,
                     "origin": rs.origin})

@@ -29,9 +29,22 @@ Why it is atomic and safe on S3 (strongly consistent since 2020: a read after a 
 - *The fleet state* (run summaries, alert keys sent, the outbox) is one versioned object under the same rule,
   and each run's detail a content-addressed object it points to, so a state and its details change together.
 
-Not done (see docs/fleet.md): garbage collection of retired parts and old versions (nothing is deleted; a
-lifecycle rule or a later `gc` must keep every part listed by versions a reader may still hold), and derived
-data is not shared between machines.
+Deleting a run (`fleet forget`, `runs rm`, on an s3:// store) publishes a *tombstone*: the run's next manifest
+version, `{"deleted": true, "files": {}}`, under the same conditional put; a reader that pulls it drops its copy.
+
+Garbage collection (`gc`, `rlaudit fleet gc`) deletes only objects older than a grace period that no version a
+reader may still be using references: a manifest (or fleet state) version superseded for longer than the grace
+period, parts no kept version lists, details no kept state points to, and a tombstoned run whole. A concurrent
+writer is safe: everything it uploads is younger than the grace period, the version it publishes supersedes the
+latest (kept) one, and it re-uploads any part it needs that the version it starts from does not list (so a part
+GC judged orphaned is never relied on unless uploaded again). The grace period must exceed the longest push or
+pull (default one hour) and the clock skew between S3 and this machine.
+
+Derived data (`runs/<run>/derived/`: term sets, CoT scan results) is not published, on purpose: the fleet
+scanner's own audits never write it (its live audits read bounded views whose derived tables stay in memory,
+`StoreView.persist_derived`), so only `fleet audit` and sharded runs leave any; it is a pure function of the
+parts and the detector options (recomputed on demand, keyed by them), about as large as the parts it derives
+from, and a reader of the published store (status, reports) needs the findings, which are published.
 """
 
 from __future__ import annotations
@@ -66,6 +79,19 @@ class SyncStats:
     state: bool = False  # the fleet state was published or pulled
     skipped: int = 0  # runs already in sync
     conflicts: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)  # runs removed (tombstone published, or pulled)
+
+
+@dataclass
+class GcStats:
+    manifests: int = 0  # superseded manifest versions deleted
+    parts: int = 0  # parts no kept version lists
+    runs_removed: int = 0  # tombstoned runs deleted whole
+    states: int = 0  # superseded fleet-state versions
+    details: int = 0  # run details no kept state points to
+    objects: int = 0
+    bytes: int = 0  # of the deleted run objects (parts, manifests)
+    deleted: list[str] = field(default_factory=list)
 
 
 def is_s3(uri: str | os.PathLike) -> bool:
@@ -105,12 +131,16 @@ class S3Store:
 
     def _list(self, rel: str) -> dict[str, int]:
         """Object names (relative to `rel`) -> size under the prefix `rel`."""
-        out: dict[str, int] = {}
+        return {name: size for name, (size, _) in self._list_meta(rel).items()}
+
+    def _list_meta(self, rel: str) -> dict[str, tuple[int, float]]:
+        """Object names (relative to `rel`) -> (size, last modified, epoch seconds) under the prefix `rel`."""
+        out: dict[str, tuple[int, float]] = {}
         base = self._key(rel)
         try:
             for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
                 for obj in page.get("Contents", []):
-                    out[obj["Key"][len(base):]] = int(obj["Size"])
+                    out[obj["Key"][len(base):]] = (int(obj["Size"]), obj["LastModified"].timestamp())
         except Exception as exc:  # noqa: BLE001 - botocore raises many types
             raise RlauditError(f"{self.uri}: cannot list {rel} ({type(exc).__name__}: {exc})") from None
         return out
@@ -185,6 +215,12 @@ class S3Store:
                 raise StoreConflict(f"{self.uri}: run {run!r} changed both here (cache {self.cache}) and on S3 "
                                     f"(version {latest}); move the cache away to start from S3's copy")
             manifest = json.loads(self._get(f"runs/{run}/manifests/{latest:012d}.json"))
+            if manifest.get("deleted"):  # a tombstone: the run was removed by a writer
+                if local_v is not None:
+                    store.delete(run)
+                    stats.deleted.append(run)
+                sync["runs"][run] = {"base": latest, "deleted": True}
+                continue
             d = self.cache / "runs" / run
             (d / "parts").mkdir(parents=True, exist_ok=True)
             for entry in manifest["files"].values():
@@ -202,13 +238,26 @@ class S3Store:
             sync["runs"][run] = {"base": latest, "local": latest, "parts": sorted(
                 e["part"] for e in manifest["files"].values() if e.get("part"))}
             stats.runs += 1
+        for run in [r for r, mine in sync["runs"].items() if r not in runs and not mine.get("deleted")]:
+            # published once, now without any object: removed and collected (`gc`) since this cache last synced
+            if _local_version(store, run) is not None:
+                if _local_version(store, run) != sync["runs"][run].get("local"):
+                    raise StoreConflict(f"{self.uri}: run {run!r} was removed on S3 and changed here (cache "
+                                        f"{self.cache}); move the cache away to start from S3's copy")
+                store.delete(run)
+                stats.deleted.append(run)
+            del sync["runs"][run]
         latest = self._latest("fleet/state/")
         if latest and latest != sync.get("fleet"):
             obj = json.loads(self._get(f"fleet/state/{latest:012d}.json"))
             fleet = self.cache / "fleet"
             (fleet / "runs").mkdir(parents=True, exist_ok=True)
-            for run, sha in obj.pop("details", {}).items():
+            details = obj.pop("details", {})
+            for run, sha in details.items():
                 atomic_write_text(fleet / "runs" / f"{run}.json", self._get(f"fleet/details/{run}/{sha}.json").decode())
+            for stale in (fleet / "runs").glob("*.json"):  # runs the published state forgot
+                if stale.stem not in details:
+                    stale.unlink()
             atomic_write_text(fleet / "state.json", json.dumps(obj, indent=1))
             sync["fleet"] = latest
             sync["fleet_local"] = _sha_file(fleet / "state.json")
@@ -225,6 +274,10 @@ class S3Store:
         stats = SyncStats()
         sync = self._sync_state()
         store = Store(self.cache)
+        local = set(store.runs())
+        for run in sorted(r for r, mine in sync["runs"].items() if r not in local and not mine.get("deleted")):
+            self._tombstone(run, sync)
+            stats.deleted.append(run)
         for run in store.runs():
             mine = sync["runs"].get(run, {})
             with store.reading([run]) as pinned:  # a consistent local version; its parts are not deleted
@@ -246,8 +299,10 @@ class S3Store:
                 if latest != base:
                     raise StoreConflict(f"{self.uri}: run {run!r} is at version {latest} on S3, this store "
                                         f"started from {base}: another writer published it")
-                # part names are unique to one ingest and an upload is atomic: a listed part is complete
-                uploaded = set(self._list(f"runs/{run}/parts/"))
+                # part names are unique to one ingest and an upload is atomic: a listed part is complete. Only parts
+                # the published base lists are relied on without an upload: another listed part may be one `gc`
+                # judged orphaned (a stopped writer's) and is deleting; uploading it again makes it young.
+                uploaded = set(self._list(f"runs/{run}/parts/")) & set(mine.get("parts", []))
                 for path in store.parts(run, manifest):  # parts first: a reader of the manifest finds them all
                     if path.name not in uploaded:
                         stats.bytes += self._upload(path, f"runs/{run}/parts/{path.name}")
@@ -267,6 +322,98 @@ class S3Store:
         stats.state = self._push_fleet(sync)
         self._save_sync(sync)
         return stats
+
+    def _tombstone(self, run: str, sync: dict[str, Any]) -> None:
+        """Publish the removal of a run this cache had published: a `deleted` manifest version, by CAS."""
+        import time
+
+        base = int(sync["runs"][run].get("base", 0))
+        latest = self._latest(f"runs/{run}/manifests/")
+        if latest != base:
+            raise StoreConflict(f"{self.uri}: run {run!r} is at version {latest} on S3, this store started from "
+                                f"{base}: another writer published it; not removing it")
+        if latest:
+            body = {"deleted": True, "files": {}, "version": base + 1, "updated": time.time()}
+            self._put_new(f"runs/{run}/manifests/{base + 1:012d}.json", json.dumps(body).encode())
+        sync["runs"][run] = {"base": base + 1, "deleted": True}
+        self._save_sync(sync)
+
+    # ------------------------------------------------------------------ garbage collection
+    def gc(self, grace: float = 3600.0, dry_run: bool = False, now: float | None = None) -> GcStats:
+        """Delete superseded manifest and fleet-state versions, unreferenced parts and details, and tombstoned
+        runs, keeping everything younger than `grace` seconds (module doc). Never writes."""
+        import time
+
+        now = time.time() if now is None else now
+        stats = GcStats()
+        doomed: list[str] = []
+        objects = self._list_meta("runs/")
+        by_run: dict[str, dict[str, tuple[int, float]]] = {}
+        for name, meta in objects.items():
+            if "/" in name:
+                run, rest = name.split("/", 1)
+                by_run.setdefault(run, {})[rest] = meta
+        for run, objs in sorted(by_run.items()):
+            doomed += [f"runs/{run}/{rel}" for rel in self._gc_run(run, objs, grace, now, stats)]
+        doomed += self._gc_fleet(grace, now, stats)
+        stats.objects = len(doomed)
+        stats.bytes = sum(self._size_of(k, objects) for k in doomed)
+        if not dry_run:
+            for i in range(0, len(doomed), 1000):
+                batch = [{"Key": self._key(k)} for k in doomed[i:i + 1000]]
+                self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+        stats.deleted = doomed
+        return stats
+
+    def _size_of(self, rel: str, run_objects: dict[str, tuple[int, float]]) -> int:
+        meta = run_objects.get(rel[len("runs/"):]) if rel.startswith("runs/") else None
+        return meta[0] if meta else 0
+
+    def _gc_run(self, run: str, objs: dict[str, tuple[int, float]], grace: float, now: float,
+                stats: GcStats) -> list[str]:
+        """What of one run can go: see `gc`. Names relative to runs/<run>/."""
+        versions = sorted((int(n[10:22]), n) for n in objs if re.fullmatch(r"manifests/\d{12}\.json", n))
+        old = now - grace
+        if not versions:  # parts of a run never published (a writer still uploading, or stopped): orphans
+            return [n for n, (_, t) in objs.items() if n.startswith("parts/") and t < old]
+        latest_v, latest_name = versions[-1]
+        head = json.loads(self._get(f"runs/{run}/{latest_name}"))
+        if head.get("deleted") and objs[latest_name][1] < old:  # removed for longer than the grace: all of it
+            stats.runs_removed += 1
+            return [n for n, (_, t) in objs.items() if t < old]
+        kept = [latest_name]
+        # version v stays while v+1 was published less than `grace` ago (a reader may hold v and be downloading)
+        for (v, name), (_, nxt) in zip(versions[:-1], versions[1:]):
+            if objs[nxt][1] >= old:
+                kept.append(name)
+        referenced: set[str] = set()
+        for name in kept:
+            manifest = head if name == latest_name else json.loads(self._get(f"runs/{run}/{name}"))
+            referenced |= {e["part"] for e in manifest.get("files", {}).values() if e.get("part")}
+        gone = [name for _, name in versions if name not in kept]
+        stats.manifests += len(gone)
+        parts = [n for n, (_, t) in objs.items() if n.startswith("parts/") and n[6:] not in referenced and t < old]
+        stats.parts += len(parts)
+        return gone + parts
+
+    def _gc_fleet(self, grace: float, now: float, stats: GcStats) -> list[str]:
+        """Superseded fleet-state versions and the details no kept state points to."""
+        old = now - grace
+        states = self._list_meta("fleet/state/")
+        versions = sorted(n for n in states if re.fullmatch(r"\d{12}\.json", n))
+        if not versions:
+            return []
+        kept = [versions[-1]] + [v for v, nxt in zip(versions[:-1], versions[1:]) if states[nxt][1] >= old]
+        referenced: set[str] = set()
+        for v in kept:
+            obj = json.loads(self._get(f"fleet/state/{v}"))
+            referenced |= {f"{run}/{sha}.json" for run, sha in obj.get("details", {}).items()}
+        details = self._list_meta("fleet/details/")
+        gone = [f"fleet/state/{v}" for v in versions if v not in kept]
+        dropped = [f"fleet/details/{n}" for n, (_, t) in details.items() if n not in referenced and t < old]
+        stats.states += len(gone)
+        stats.details += len(dropped)
+        return gone + dropped
 
     def _push_fleet(self, sync: dict[str, Any]) -> bool:
         fleet = self.cache / "fleet"

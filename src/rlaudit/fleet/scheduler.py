@@ -52,6 +52,10 @@ class FleetConfig:
     #: then cost one listing per `idle_every` passes). None: every run is listed every pass.
     idle_after: float | None = None
     idle_every: int = 10
+    #: A run with more new rows than this in one pass (a huge run found cold, or a big catch-up) is audited in
+    #: step-range shards spread over the engine (`shard.sharded_audit`: the findings of an unsharded full audit)
+    #: instead of by one task. None: never.
+    shard_rows: int | None = 1_000_000
 
 
 @dataclass
@@ -75,6 +79,8 @@ class PassResult:
     back: list[str] = field(default_factory=list)  # missing runs whose source came back this pass
     forgotten: list[str] = field(default_factory=list)  # missing runs `runs rm` removed from the store
     replaced: list[str] = field(default_factory=list)  # missing runs whose path came back holding another run
+    retried: list[str] = field(default_factory=list)  # runs whose task died and was retried within this pass
+    sharded: dict[str, int] = field(default_factory=dict)  # run -> shards it was audited in this pass
 
     def to_json(self) -> dict[str, Any]:
         return {"number": self.number, "seconds": round(self.seconds, 3), "runs": self.runs,
@@ -82,7 +88,7 @@ class PassResult:
                 "rows_added": self.rows_added, "heavy": self.heavy, "alerts": len(self.alerts),
                 "cpu": round(self.cpu, 3), "errors": self.errors, "synced": self.synced,
                 "missing": self.missing, "gone": self.gone, "back": self.back, "forgotten": self.forgotten,
-                "replaced": self.replaced,
+                "replaced": self.replaced, "retried": self.retried, "sharded": self.sharded,
                 "timings": {k: round(v, 3) for k, v in self.timings.items()},
                 "finished": time.time()}
 
@@ -127,6 +133,7 @@ class FleetScanner:
         state = self.state
         result = PassResult(number=state.passes + 1)
         self._deliver_outbox()
+        self._clear_attempts(result.number)
         roots, origins = self._local_roots(result)
         t1 = time.perf_counter()
         known = {r.source: r.format for r in state.runs.values()}
@@ -169,9 +176,15 @@ class FleetScanner:
         result.skipped = result.runs - len(tasks)
         state.save()
         t2 = time.perf_counter()
+        deferred: list[tuple[RunTask, RunOutcome]] = []
         try:
             for task, outcome in self.engine.run(tasks):
+                if outcome.ok and outcome.deferred:  # a huge run: ingested; audited in shards below
+                    deferred.append((task, outcome))
+                    continue
                 self._absorb(task, outcome, signatures.get(task.name, ""), result)
+            for task, outcome in deferred:
+                self._absorb(task, self._sharded(task, outcome, result), signatures.get(task.name, ""), result)
         except Exception as exc:  # noqa: BLE001 - a lost engine (Ray head gone): this pass ends, the next retries
             result.errors["engine"] = f"{type(exc).__name__}: {exc}"
             log.error("fleet: engine %s failed mid-pass: %s", self.engine.name, exc)
@@ -313,7 +326,66 @@ class FleetScanner:
         detail = self.state.run_detail(rs.name)
         return RunTask(store=str(self.store_root), name=rs.name, source=rs.source, format=rs.format,
                        every=self.config.every, final=final, ingest=ingest, detectors=self.config.detectors,
-                       split=self.config.split, memory=detail.get("memory", {}))
+                       split=self.config.split, memory=detail.get("memory", {}),
+                       attempt_log=str(self.attempt_log(rs.name, self.state.passes + 1)),
+                       shard_rows=self.config.shard_rows if ingest else None)
+
+    def _sharded(self, task: RunTask, ingested: RunOutcome, result: PassResult) -> RunOutcome:
+        """Audit a run the worker only ingested (more new rows than `shard_rows`) in step-range shards on the
+        engine, then let the run's live auditor adopt the findings (`worker._advance`, in this process: it reads
+        Parquet footers only). Shards of about `shard_rows` rows, at least one per engine worker."""
+        import dataclasses
+        import math
+
+        from ..detectors import AuditConfig
+        from ..store import Store
+        from .shard import sharded_audit
+        from .worker import run_task
+
+        cfg = self.config
+        shards = max(self.engine.workers, math.ceil(ingested.new_rows / max(1, cfg.shard_rows or 1)))
+        # the fleet's per-step detector (the CoT-grading scan) is part of every pass: keep it in the full audit
+        names = None if cfg.detectors is None else sorted(set(cfg.detectors) | {"cot_grading"})
+        c0 = time.process_time()
+        try:
+            got = sharded_audit(Store(self.store_root), task.name, self.engine, shards,
+                                AuditConfig(split=cfg.split, detectors=names))
+        except Exception as exc:  # noqa: BLE001 - the run is tried again next pass (its rows are stored)
+            return RunOutcome(name=task.name, ok=False, error=f"sharded audit failed: {type(exc).__name__}: {exc}",
+                              host=ingested.host, seconds=ingested.seconds)
+        cpu = time.process_time() - c0 + (0.0 if isinstance(self.engine, InlineEngine) else
+                                          got.seconds.get("cpu_shards", 0.0))
+        result.sharded[task.name] = len(got.plan)
+        failed = [r.index for r in got.shards if not r.ok]
+        log.warning("fleet: run %s: %d new rows audited in %d shard(s) in %.1f s%s", task.name, ingested.new_rows,
+                    len(got.plan), got.seconds["total"],
+                    f" (shards {failed} failed: the driver scanned their parts)" if failed else "")
+        done = run_task(dataclasses.replace(task, ingest=False, attempt_log="",
+                                            sharded=[f.to_json() for f in got.result.findings]))
+        done.rows_added, done.files_read, done.files_skipped = (ingested.rows_added, ingested.files_read,
+                                                                ingested.files_skipped)
+        done.bad_records, done.attempts = ingested.bad_records, ingested.attempts
+        done.seconds.update(ingest=ingested.seconds.get("ingest", 0.0), shards=got.seconds["shards"],
+                            detectors=got.seconds["detectors"], shards_n=float(len(got.plan)))
+        done.seconds["cpu"] = done.seconds.get("cpu", 0.0) + ingested.seconds.get("cpu", 0.0) + cpu
+        return done
+
+    def attempt_log(self, run: str, number: int) -> Path:
+        """Where the attempts at `run`'s task of pass `number` note their pid (`worker._note_attempt`)."""
+        return self.state.root / "attempts" / f"{number}-{run}.jsonl"
+
+    def _clear_attempts(self, number: int) -> None:
+        """Attempt logs of earlier passes (a scanner killed before it read them) are stale."""
+        folder = self.state.root / "attempts"
+        if folder.is_dir():
+            for f in folder.iterdir():
+                if not f.name.startswith(f"{number}-"):
+                    f.unlink(missing_ok=True)
+
+    def _failed(self, rs: RunState, why: str, number: int) -> None:
+        """Count a failed or dead attempt at the run's task; `fleet status` shows the last one."""
+        rs.failures += 1
+        rs.last_failure, rs.last_failure_at = f"pass {number}: {why}"[:500], time.time()
 
     # ------------------------------------------------------------------ results
     def _absorb(self, task: RunTask, outcome: RunOutcome, signature: str, result: PassResult) -> None:
@@ -324,7 +396,17 @@ class FleetScanner:
         rs.host = outcome.host
         rs.seconds = {k: round(v, 3) for k, v in outcome.seconds.items()}
         result.cpu += outcome.seconds.get("cpu", 0.0)
+        if task.attempt_log:
+            Path(task.attempt_log).unlink(missing_ok=True)
+        for dead in outcome.attempts:  # attempts whose worker died; the engine ran the task again
+            self._failed(rs, f"worker pid {dead.get('pid')} on {dead.get('host')} died mid-task; the "
+                         f"{self.engine.name} engine ran the task again", result.number)
+        if outcome.attempts and outcome.ok:
+            result.retried.append(task.name)
+            log.warning("fleet: run %s: %d attempt(s) died, retried within the pass", task.name,
+                        len(outcome.attempts))
         if not outcome.ok:
+            self._failed(rs, outcome.error, result.number)
             rs.status, rs.error = "error", outcome.error
             result.failed += 1
             result.errors[task.name] = outcome.error

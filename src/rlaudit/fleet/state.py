@@ -63,6 +63,11 @@ class RunState:
     seconds: dict[str, float] = field(default_factory=dict)
     missing_since: float = 0.0  # when its source was first seen gone (0: present)
     reappeared: int = 0  # times its source came back after going missing
+    #: Task attempts that failed or died (a killed worker, a lost node), whether the engine retried them in the
+    #: same pass (Ray) or the run was redone on the next; the last one, with its pass, for `fleet status`.
+    failures: int = 0
+    last_failure: str = ""
+    last_failure_at: float = 0.0
 
     @property
     def last_step(self) -> int | None:

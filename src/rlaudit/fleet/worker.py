@@ -38,6 +38,16 @@ class RunTask:
     detectors: list[str] | None = None
     split: str | None = "train"
     memory: dict[str, Any] = field(default_factory=dict)  # what the last pass left (see `_restore`)
+    #: A file every attempt at this task appends its pid and host to before it starts (see `_note_attempt`):
+    #: a retry (Ray re-running the task of a worker that died) knows the attempts before it, and a test or an
+    #: operator can find the process running a run's task. "" for none.
+    attempt_log: str = ""
+    #: Defer the audit of a run whose new rows exceed this (None: never): the task only ingests and returns
+    #: `deferred`, and the driver audits the run in step-range shards (`fleet.shard`), then calls `advance`.
+    shard_rows: int | None = None
+    #: Findings (JSON) of the driver's sharded audit of the whole run: the live auditor adopts them as its
+    #: heavy audit and moves past every stored part without scanning them again (`_advance`).
+    sharded: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -59,6 +69,8 @@ class RunOutcome:
     memory: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # ingest, audit, total
     host: str = ""
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # earlier attempts that died: pid, host, t
+    deferred: bool = False  # ingested only: the driver audits this run in shards (see `RunTask.shard_rows`)
 
 
 class _Capture:
@@ -83,6 +95,7 @@ def run_task(task: RunTask) -> RunOutcome:
     t0, c0 = time.perf_counter(), time.process_time()
     out = RunOutcome(name=task.name, host=socket.gethostname(), memory=dict(task.memory))
     try:
+        out.attempts = _note_attempt(task.attempt_log, out.host)
         _run(task, out)
     except Exception as exc:  # noqa: BLE001 - one bad run never stops the fleet
         out.ok = False
@@ -91,6 +104,25 @@ def run_task(task: RunTask) -> RunOutcome:
     out.seconds["total"] = time.perf_counter() - t0
     out.seconds["cpu"] = time.process_time() - c0  # every thread of the worker (DuckDB's too); one task at a time
     return out
+
+
+def _note_attempt(path: str, host: str) -> list[dict[str, Any]]:
+    """Append this attempt (pid, host, time) to the task's attempt log and return the attempts before it.
+
+    A task that returns removes nothing: the driver deletes the log once it has the outcome. So the lines
+    before ours are attempts that never returned: their worker died and the engine (Ray's `max_retries`)
+    ran the task again. One short line per attempt, appended with O_APPEND (atomic for such writes)."""
+    import json
+    import os
+
+    if not path:
+        return []
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as fh:
+        fh.seek(0)
+        before = [json.loads(line) for line in fh.read().splitlines() if line.strip()]
+        fh.write(json.dumps({"pid": os.getpid(), "host": host, "t": time.time()}) + "\n")
+    return before
 
 
 def _run(task: RunTask, out: RunOutcome) -> None:
@@ -102,6 +134,10 @@ def _run(task: RunTask, out: RunOutcome) -> None:
     if task.ingest:
         from ..audit import _check_nothing_readable
 
+        if store.has_run(task.name) and not _stored_rows(store, task.name):
+            # a 0-row run: left by an attempt killed between its ingest of unreadable files and the check below
+            # (which removes it). Read afresh, or the retry would find nothing new and call the run fine.
+            store.delete(task.name)
         is_new = not store.has_run(task.name)
         report = store.ingest(task.source, run=task.name, format=task.format)
         # a run of which nothing could be read is an error (as for `rlaudit audit`), not an empty run
@@ -115,13 +151,21 @@ def _run(task: RunTask, out: RunOutcome) -> None:
     out.seconds["ingest"] = time.perf_counter() - t0
     if not store.has_run(task.name):
         return
+    if task.shard_rows is not None and task.sharded is None:
+        out.new_rows = _unknown_rows(store, task.name, task.memory)
+        if out.new_rows > task.shard_rows:
+            out.deferred = True
+            return
     t1 = time.perf_counter()
     capture = _Capture()
     config = LiveConfig(every=task.every, detectors=task.detectors, background=None, split=task.split)
     auditor = LiveAuditor(store, task.name, config, alerts=capture)  # type: ignore[arg-type]
     _restore(auditor, task.memory)
     known = set(auditor.index.parts)
-    auditor.update(final=task.final)
+    if task.sharded is not None:
+        _advance(auditor, task.sharded)
+    else:
+        auditor.update(final=task.final)
     new = [p for name, p in auditor.index.parts.items() if name not in known]
     out.new_parts, out.new_rows = len(new), sum(p.rows for p in new)
     out.findings = [f.to_json() for f in capture.found]
@@ -135,6 +179,40 @@ def _run(task: RunTask, out: RunOutcome) -> None:
     hi = auditor.index.max_step()
     out.rows = sum(p.rows for p in auditor.index.parts.values())
     out.steps = (int(lo), int(hi)) if lo is not None and hi is not None else None
+
+
+def _stored_rows(store: Any, run: str) -> int:
+    """Rows the run's manifest lists (nothing read but the manifest)."""
+    return sum(int(e.get("rows") or 0) for e in store.manifest(run)["files"].values())
+
+
+def _unknown_rows(store: Any, run: str, memory: dict[str, Any]) -> int:
+    """Rows of the stored parts the auditor's memory does not know yet (from the manifest: nothing read)."""
+    known = set((memory.get("parts") or {}))
+    return sum(int(e.get("rows") or 0) for e in store.manifest(run)["files"].values()
+               if e.get("part") and e["part"] not in known)
+
+
+def _advance(auditor: Any, sharded: list[dict[str, Any]]) -> None:
+    """Adopt the findings of the driver's sharded full audit as the heavy audit at the run's last step: index
+    every stored part (footer statistics only), count the new parts for behaviours already tracked, and track
+    the behaviours the audit flagged, as `LiveAuditor.update` would after a heavy audit. The per-step scans are
+    not run again: the full audit covered every step."""
+    from ..findings import Finding
+    from ..live.sampling import StoreView
+
+    lease = auditor.store.lease(auditor.run)
+    try:
+        new_parts = auditor.index.refresh(lease.manifest) if lease.manifest is not None else []
+        step = auditor.index.max_step()
+        if step is None:
+            return
+        if new_parts and auditor.tracker.tracked:
+            auditor.tracker.update(StoreView(auditor.store, auditor.run, [p.path for p in new_parts]), auditor.run)
+        auditor._last_heavy, auditor._fresh = step, False
+        auditor._absorb(step, ([Finding.from_json(f) for f in sharded], 0.0))
+    finally:
+        lease.release()
 
 
 # ---------------------------------------------------------------------------- the auditor's memory between passes
