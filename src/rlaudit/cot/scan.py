@@ -210,11 +210,11 @@ class PreparedBatch:
             is_entry = np.zeros(len(names), bool)
             is_entry[entries] = True
             g_mask = is_entry[G.row]
-            g_row = scoped(G.keys[g_mask], parent[G.row[g_mask]])
-            seen = self.rq.member(g_row)
+            g_sorted = np.sort(scoped(G.keys[g_mask], parent[G.row[g_mask]]))  # one sort for both uses below
+            seen = self.rq.member(g_sorted, presorted=True)
             if params.group_context:
                 context = GroupContext(self.group_of_row, rows, self.reasoning_in_group, self.gq)
-                tally, exposed = context.decide(params, ~self.excluded, seen, self.reasoning.row, g_row)
+                tally, exposed = context.decide(params, ~self.excluded, seen, self.reasoning.row, g_sorted)
             else:
                 tally = _tally(~self.excluded, seen, self.reasoning.row, n)
                 exposed = params.decide(tally)
@@ -244,10 +244,11 @@ class GroupContext:
     group_keys: SortedKeys  # reasoning shingles scoped by group
 
     def decide(self, params: ScanParams, counted: np.ndarray, seen: np.ndarray, r_row: np.ndarray,
-               g_scoped: np.ndarray) -> tuple[Tally, np.ndarray]:
+               g_sorted: np.ndarray) -> tuple[Tally, np.ndarray]:
+        """`g_sorted`: the grader inputs' shingles scoped by the row they are paired with, sorted."""
         group, n = self.group_of_row, len(self.group_of_row)
         size = np.bincount(group[self.rows], minlength=group.max() + 1)
-        g_distinct = distinct(g_scoped)  # (row, shingle) pairs: counting them per group counts rows
+        g_distinct = distinct(g_sorted, presorted=True)  # (row, shingle) pairs: counting them per group counts rows
         seen_in_group = self.group_keys.count(scoped(shingle_of(g_distinct), group[scope_of(g_distinct)]))
         own_size = size[group[r_row]]
         invariant = (own_size >= 2) & (seen_in_group >= own_size)

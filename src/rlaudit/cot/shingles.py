@@ -192,18 +192,22 @@ class SortedKeys:
         self.order = np.argsort(keys)
         self.sorted = keys[self.order]
 
-    def member(self, reference: np.ndarray) -> np.ndarray:
-        """Which keys (in original order) occur in reference."""
-        return self._scatter(_hits(self.sorted, np.sort(reference)))
+    def member(self, reference: np.ndarray, presorted: bool = False) -> np.ndarray:
+        """Which keys (in original order) occur in reference (`presorted`: reference is already sorted)."""
+        return self._scatter(_hits(self.sorted, reference if presorted else np.sort(reference)))
 
     def count(self, reference: np.ndarray) -> np.ndarray:
         """How many times each key occurs in reference."""
         if len(reference) == 0 or len(self.sorted) == 0:
             return np.zeros(len(self.sorted), np.int64)
         ref = np.sort(reference)
-        left = np.searchsorted(ref, self.sorted, side="left")
-        right = np.searchsorted(ref, self.sorted, side="right")
-        return self._scatter(right - left)
+        # distinct reference keys with their run lengths, then one lookup of the (sorted) keys among them
+        new = np.ones(len(ref), bool)
+        new[1:] = ref[1:] != ref[:-1]
+        starts = np.flatnonzero(new)
+        values, runs = ref[starts], np.diff(np.append(starts, len(ref)))
+        idx = np.minimum(np.searchsorted(values, self.sorted), len(values) - 1)
+        return self._scatter(np.where(values[idx] == self.sorted, runs[idx], 0))
 
     def distinct(self) -> np.ndarray:
         """The distinct keys, sorted."""
@@ -223,9 +227,9 @@ def _distinct_sorted(sorted_keys: np.ndarray) -> np.ndarray:
     return sorted_keys[new]
 
 
-def distinct(keys: np.ndarray) -> np.ndarray:
+def distinct(keys: np.ndarray, presorted: bool = False) -> np.ndarray:
     """Sorted distinct keys (np.unique without its bookkeeping)."""
-    return _distinct_sorted(np.sort(keys))
+    return _distinct_sorted(keys if presorted else np.sort(keys))
 
 
 def _hits(sorted_query: np.ndarray, sorted_ref: np.ndarray) -> np.ndarray:
