@@ -32,7 +32,7 @@ from ..layout import view_columns
 from ..memory import workers
 from ..store import Store, bound_memory, write_cached
 from ..detectors import DetectContext, Detector, register
-from .scan import RESULT_SCHEMA, ScanParams, findings_from_results, scan_run
+from .scan import RESULT_SCHEMA, ScanParams, findings_from_results, part_batches, scan_batches, scan_run
 from .screen import screen
 
 
@@ -91,7 +91,7 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
         _part_views(con, todo, layouts)
         if stride is None:
             stride = _stride(con, todo, found, params)
-        scanned = _scan_todo(con, todo, params, extra, stride, cache if persist else None)
+        scanned = _scan_todo(con, todo, layouts, params, extra, stride, cache if persist else None)
         for path, value in zip(todo, scanned):
             found[path.name] = value
             if not persist:
@@ -119,19 +119,22 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
 _BYTES_PER_BATCH_ROW = 16 << 10
 
 
-def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], params: ScanParams, extra: str | None,
-               stride: int, cache: Path | None) -> list[Any]:
+def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[str, int], params: ScanParams,
+               extra: str | None, stride: int, cache: Path | None) -> list[Any]:
     """Scan the parts `todo` (views p0, p1, ... of `con`), each on a cursor of its own, on `memory.workers`
     threads: per part the cached file (a table where the store cannot be written, or `cache` is None)."""
 
     def one(i: int) -> Any:
         name = todo[i].name
         chance = (lambda b: zlib.crc32(f"{name}:{b}".encode()) % stride == 0) if stride > 1 else (lambda b: True)
-        cur = con.cursor()
-        try:
-            table = scan_run(cur, params, f"p{i}", extra, chance=chance)
-        finally:
-            cur.close()
+        if extra is None:  # the part alone: read with Arrow
+            table = scan_batches(part_batches(todo[i], layouts.get(name, 1), params.batch_rows), params, chance)
+        else:  # captured inputs are merged into the grader inputs by a join
+            cur = con.cursor()
+            try:
+                table = scan_run(cur, params, f"p{i}", extra, chance=chance)
+            finally:
+                cur.close()
         if cache is None:
             return table
         return write_cached(cache / f"{todo[i].stem}.parquet", table, compression="zstd", compression_level=1,

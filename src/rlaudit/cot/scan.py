@@ -45,7 +45,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -53,12 +54,14 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from scipy.stats import fisher_exact
 
 from .stats import wilson_interval
 from ..findings import Evidence, Finding
-from .shingles import (SortedKeys, distinct, edge_runs, hashed_tokens, longest_runs, matching_spans, scope_of,
-                        scoped, shingle_of, shingles_from_ids)
+from ..layout import read_columns, to_canonical
+from .shingles import (SORT_KIND, SortedKeys, distinct, edge_runs, hashed_tokens, longest_runs, matching_spans,
+                       scope_of, scoped, shingle_of, shingles_from_ids)
 
 RESULT_SCHEMA = pa.schema([
     ("rollout_id", pa.string()), ("step", pa.int64()), ("split", pa.string()), ("condition", pa.string()),
@@ -210,7 +213,7 @@ class PreparedBatch:
             is_entry = np.zeros(len(names), bool)
             is_entry[entries] = True
             g_mask = is_entry[G.row]
-            g_sorted = np.sort(scoped(G.keys[g_mask], parent[G.row[g_mask]]))  # one sort for both uses below
+            g_sorted = np.sort(scoped(G.keys[g_mask], parent[G.row[g_mask]]), kind=SORT_KIND)  # sorted once for both uses
             seen = self.rq.member(g_sorted, presorted=True)
             if params.group_context:
                 context = GroupContext(self.group_of_row, rows, self.reasoning_in_group, self.gq)
@@ -316,10 +319,33 @@ def scan_run(con: duckdb.DuckDBPyConnection, params: ScanParams, source: str = "
         total = con.execute(f"SELECT count(*) FROM {source} WHERE cardinality(grader_inputs) > 0").fetchall()[0][0]
         stride = max(1, -(-total // max(1, params.chance_rows)))
         chance = lambda i: i % stride == 0  # noqa: E731
+    return scan_batches(iter_batches(con, params.batch_rows, source, extra_inputs), params, chance)
+
+
+def scan_batches(batches: Iterable[pa.RecordBatch | pa.Table], params: ScanParams,
+                 chance: Callable[[int], bool]) -> pa.Table:
+    """The results of every batch, plus the chance pairings of batch i where `chance(i)`."""
     parts = [RESULT_SCHEMA.empty_table()]
-    for i, batch in enumerate(iter_batches(con, params.batch_rows, source, extra_inputs)):
+    for i, batch in enumerate(batches):
         parts += scan_batch_both(batch, params, params.chance_rows > 0 and chance(i))
     return pa.concat_tables(parts)
+
+
+def part_batches(path: str | Path, layout: int, rows: int) -> Iterator[pa.Table]:
+    """The rows `iter_batches` selects (those with grader inputs) of one stored part, read with Arrow alone: the
+    same rows in the same order and batches of `rows`, without the cost of a database query per part."""
+    need = _COLUMNS if layout < 2 else read_columns(_COLUMNS)
+    table = pq.read_table(path, columns=need)
+    maps = table.column("grader_inputs").combine_chunks()
+    entries = np.diff(np.asarray(maps.offsets.to_numpy(zero_copy_only=False), np.int64))
+    # a null map has no entries: dropped, as SQL's WHERE drops cardinality(NULL) > 0
+    table = table.filter(pa.array(entries > 0) if maps.null_count == 0 else
+                         pc.and_(pa.array(entries > 0), maps.is_valid()))
+    if layout >= 2:
+        table = to_canonical(table)
+    table = table.select(_COLUMNS)
+    for start in range(0, table.num_rows, rows):
+        yield table.slice(start, rows)
 
 
 def iter_batches(con: duckdb.DuckDBPyConnection, rows: int, source: str = "all_rollouts",
