@@ -34,6 +34,7 @@ from ..store import Store, bound_memory, write_cached
 from ..detectors import DetectContext, Detector, register
 from .scan import RESULT_SCHEMA, ScanParams, findings_from_results, part_batches, scan_batches, scan_run
 from .screen import screen
+from .screen_keys import screen_keys
 
 
 @register
@@ -57,7 +58,8 @@ class CotGradingDetector(Detector):
                                       evidence_source="rollouts", extra_inputs=extra)
         if options.get("screen", True):
             scanned = set(con.execute("SELECT DISTINCT grader FROM cot_scan").fetchnumpy()["grader"].tolist())
-            found += screen(con, ctx.run, options, skip_signals=scanned, seed=ctx.config.seed)
+            keys = screen_keys(ctx.store, ctx.run, " AND ".join(where))
+            found += screen(con, ctx.run, options, skip_signals=scanned, seed=ctx.config.seed, keys=keys)
         con.close()
         return found
 
