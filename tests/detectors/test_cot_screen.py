@@ -128,3 +128,16 @@ def test_cached_answer_keys_give_the_same_pairs_and_findings(store, where):
         con.close()
     cache = store.run_dir(run) / "derived" / "cot_screen"
     assert len(list(cache.glob("*/*.parquet"))) == 2
+
+
+def test_answer_hash_is_equal_for_answers_the_screen_calls_equal():
+    from rlaudit.cot.screen_keys import answer_hash
+
+    same = ["The answer is 42.", "the  answer is\n42.", " THE ANSWER\tIS 42. ", "the answer is 42."]
+    other = ["The answer is 43.", "The answer is 42", "Die Antwort ist 42.", "", None, "ÄÖÜ 42", "äöü 42"]
+    h = answer_hash(pa.array(same + other, pa.string()))
+    assert len(set(h[:4].tolist())) == 1
+    assert len(set(h[4:].tolist())) == len(other) - 2  # '' and None hash alike; 'ÄÖÜ' lowers to 'äöü'
+    assert h[4 + other.index("")] == h[4 + other.index(None)] and h[-1] == h[-2]
+    long = pa.array(["x" * 5000 + "a", "x" * 5000 + "b"])
+    assert answer_hash(long)[0] != answer_hash(long)[1]

@@ -40,7 +40,7 @@ from .shingles import Vocabulary, normalized_tokens
 # built without text, sampled, and only the sampled pairs' reasoning is read.
 #: The coarse answer key: answers equal once whitespace runs are collapsed are equal once it is removed.
 ANSWER_HASH = "hash(translate(lower(trim(answer)), chr(9) || chr(10) || chr(12) || chr(13) || ' ', ''))"
-#: Rows the screen can pair at all (the rows `answer_keys` caches per part).
+#: Rows the screen can pair at all (the rows `screen_keys` caches per part).
 SCREENABLE = "group_id IS NOT NULL AND reasoning IS NOT NULL"
 
 _COARSE = f"""

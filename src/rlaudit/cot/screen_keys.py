@@ -5,7 +5,7 @@ candidates means normalising and hashing every answer of the run (reading every 
 per audit at 1M rollouts, warm or cold. The hash of a row's answer never changes, so it is stored per part
 (`derived/cot_screen/<key>/<part>.parquet`: rollout_id, step, split, group_id, ck of the rows the screen can
 pair); a run that grows by a step hashes only the new part, and the screen reads the answers of candidate rows
-alone. The key names DuckDB's version, whose `hash` computes `ck`: keys of two versions are never mixed.
+alone. Keys are computed with Arrow and numpy (`answer_hash`), on `memory.workers` threads.
 """
 
 from __future__ import annotations
@@ -15,18 +15,20 @@ import os
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..layout import view_columns
-from ..store import Store, bound_memory
-from .screen import ANSWER_HASH, SCREENABLE
+from ..layout import read_part
+from ..memory import workers
+from ..store import Store
+from .shingles import _BYTE_MASKS, splitmix64
 
-_VERSION = 1
+_VERSION = 2  # 1: keys hashed by DuckDB
 
 
 def screen_keys(store: Store, run: str, where: str) -> str | None:
@@ -36,21 +38,24 @@ def screen_keys(store: Store, run: str, where: str) -> str | None:
     if not getattr(store, "persist_derived", True):
         return None
     base = store.run_dir(run) / "derived" / "cot_screen"
-    cache = base / f"v{_VERSION}-duckdb{duckdb.__version__}"
+    cache = base / f"v{_VERSION}"
     parts = store.parts(run)
     layouts = store.part_layouts(run)
     paths = [cache / f"{part.stem}.parquet" for part in parts]
-    todo = [part for part, path in zip(parts, paths) if not path.is_file()]
-    if todo:
-        con = duckdb.connect()
-        try:
-            bound_memory(con)
-            con.execute("SET enable_progress_bar = false")
-            for layout in sorted({layouts.get(p.name, 1) for p in todo}):
-                if not _write_parts(con, [p for p in todo if layouts.get(p.name, 1) == layout], layout, cache):
-                    return None
-        finally:
-            con.close()
+    todo = [(part, path) for part, path in zip(parts, paths) if not path.is_file()]
+
+    def one(item: tuple[Path, Path]) -> bool:
+        part, path = item
+        return _save(part_keys(part, layouts.get(part.name, 1)), path)
+
+    n = min(len(todo), workers(_BYTES_PER_PART))
+    if n > 1:
+        with ThreadPoolExecutor(n, thread_name_prefix="cot-screen-keys") as pool:
+            ok = all(list(pool.map(one, todo)))
+    else:
+        ok = all([one(item) for item in todo])
+    if not ok:
+        return None
     _prune(base, cache, {p.stem for p in parts})
     if not paths:
         return None
@@ -58,60 +63,78 @@ def screen_keys(store: Store, run: str, where: str) -> str | None:
     return f"(SELECT * FROM read_parquet([{files}]) WHERE {where})"
 
 
-def _write_parts(con: duckdb.DuckDBPyConnection, parts: list[Path], layout: int, cache: Path) -> bool:
-    """Hash the answers of `parts` (all of one layout) in one streamed query, one cache file per part: a query
-    per part costs more than the hashing at 5,000 rows a part. DuckDB keeps the files' order, so a part's rows
-    arrive together and are written as soon as the next part's begin (memory: one part's keys). Should a part's
-    rows ever come back after it was written, its file would be incomplete: those parts are hashed again, one
-    query each. False when the cache cannot be written."""
-    files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in parts)
-    sql = (f"SELECT filename AS _file, rollout_id, step, split, group_id, {ANSWER_HASH} AS ck FROM "
-           f"(SELECT {view_columns(layout)}, filename FROM read_parquet([{files}], filename = true)) "
-           f"WHERE {SCREENABLE}")
-    by_name = {str(p): p for p in parts}
-    written: set[str] = set()
-    current, batches, again = None, [], set()
-    try:
-        for batch in con.sql(sql).to_arrow_reader(1 << 16):
-            table = pa.Table.from_batches([batch])
-            names = table.column("_file")
-            for name in pc.unique(names).to_pylist():
-                rows = table.filter(pc.equal(names, name)).drop_columns(["_file"])
-                if name != current:
-                    if current is not None:
-                        _flush(by_name[current], batches, cache, written, again)
-                    current, batches = name, []
-                batches.append(rows)
-        if current is not None:
-            _flush(by_name[current], batches, cache, written, again)
-        for part in parts:  # parts with no row the screen can pair: an empty file marks them done
-            if str(part) not in written:
-                _save(con.sql(f"{sql} LIMIT 0").to_arrow_table().drop_columns(["_file"]), cache, part)
-        for name in again:
-            part = by_name[name]
-            _save(con.sql(sql.replace(f"[{files}]", "['" + name.replace("'", "''") + "']")).to_arrow_table()
-                  .drop_columns(["_file"]), cache, part)
-        return True
-    except OSError:
-        return False
+#: Bytes one thread holds while hashing a part (its rows' answers and ids): weighed by `memory.workers`.
+_BYTES_PER_PART = 64 << 20
 
 
-def _flush(part: Path, batches: list[pa.Table], cache: Path, written: set[str], again: set[str]) -> None:
-    if str(part) in written:
-        again.add(str(part))
-        return
-    _save(pa.concat_tables(batches), cache, part)
-    written.add(str(part))
+def part_keys(part: Path, layout: int) -> pa.Table:
+    """rollout_id, step, split, group_id and the coarse answer key `ck` of the part's rows the screen can pair
+    (a group and a reasoning). Only the answer's text is cut from the completion: whether a row has reasoning is
+    read from its span (or its text, where a format logged it separately)."""
+    table = read_part(part, ["rollout_id", "step", "split", "group_id", "answer"], layout)
+    spans = layout >= 2
+    marks = pq.read_table(part, columns=["reasoning"] + (["_reasoning_start"] if spans else []))
+    has_reasoning = pc.is_valid(marks.column("reasoning"))
+    if spans:
+        has_reasoning = pc.or_(has_reasoning, pc.is_valid(marks.column("_reasoning_start")))
+    table = table.filter(pc.and_(pc.is_valid(table.column("group_id")), has_reasoning))
+    return pa.table({"rollout_id": table.column("rollout_id"), "step": table.column("step"),
+                     "split": table.column("split"), "group_id": table.column("group_id"),
+                     "ck": answer_hash(table.column("answer"))})
 
 
-def _save(table: pa.Table, cache: Path, part: Path) -> None:
-    """Write one part's keys atomically (a temporary name of this writer's own, then a rename)."""
-    path = cache / f"{part.stem}.parquet"
+_WHITESPACE = np.zeros(256, bool)
+_WHITESPACE[[9, 10, 12, 13, 32]] = True  # what the screen's answer_key collapses ('\\s' in RE2)
+
+
+def answer_hash(answers: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit hash of each answer, lowercased, with tab, newline, form feed, carriage return and space removed.
+
+    Why this suffices: the screen pairs answers equal after lowercasing and collapsing whitespace runs, and such
+    answers are equal here too (Arrow's `utf8_lower` and DuckDB's `lower` both map code points with utf8proc),
+    so they get one key; keys that collide only add candidates, which the screen's exact comparison drops. A
+    null answer hashes as the empty one (null answers never pair). The remaining bytes are hashed 8 at a time
+    (as `shingles.hashed_tokens` hashes tokens), seeded with their count."""
+    if isinstance(answers, pa.ChunkedArray):
+        answers = answers.combine_chunks()
+    low = pc.utf8_lower(pc.fill_null(answers.cast(pa.string()), ""))
+    n = len(low)
+    offsets = np.frombuffer(low.buffers()[1], np.int32, n + 1, low.offset * 4).astype(np.int64)
+    data = low.buffers()[2]
+    size = int(offsets[-1] - offsets[0])
+    raw = np.frombuffer(data, np.uint8, size, int(offsets[0])) if data is not None and size else np.zeros(0, np.uint8)
+    keep = ~_WHITESPACE[raw]
+    kept = np.zeros(size + 1, np.int64)
+    np.cumsum(keep, out=kept[1:])
+    bounds = kept[offsets - offsets[0]]  # offsets of each answer in the compacted bytes
+    starts, ends = bounds[:-1], bounds[1:]
+    padded = np.zeros(int(bounds[-1]) + 8, np.uint8)
+    padded[:bounds[-1]] = raw[keep]
+    view = np.ndarray((int(bounds[-1]) + 1,), dtype="<u8", buffer=padded, strides=(1,))
+    h = splitmix64((ends - starts).astype(np.uint64))
+    active = np.flatnonzero(ends > starts)
+    pos = starts.copy()
+    while active.size:  # rounds of 8 bytes over the answers not finished yet
+        remaining = np.minimum(ends[active] - pos[active], 8)
+        chunk = view[pos[active]] & _BYTE_MASKS[remaining]
+        with np.errstate(over="ignore"):
+            h[active] = splitmix64(h[active] * np.uint64(31) ^ chunk)
+        pos[active] += 8
+        active = active[pos[active] < ends[active]]
+    return h
+
+
+def _save(table: pa.Table, path: Path) -> bool:
+    """Write one part's keys atomically (a temporary name of this writer's own, then a rename); False when the
+    store cannot be written."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, tmp, compression="zstd", compression_level=1)
+        pq.write_table(table, tmp, compression="lz4", use_dictionary=["split", "group_id"])
         os.replace(tmp, path)
+        return True
+    except OSError:
+        return False
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
