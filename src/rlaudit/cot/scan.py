@@ -175,7 +175,8 @@ class PreparedBatch:
             batch = pa.Table.from_batches([batch])
         batch = batch.combine_chunks()
         n = batch.num_rows
-        gi = pa.concat_arrays([batch.column("grader_inputs").chunk(0)])  # rebase a sliced map (keys/items ignore slicing)
+        # rebase a sliced map (its keys and items ignore slicing)
+        gi = pa.concat_arrays([batch.column("grader_inputs").chunk(0)])
         offsets = np.asarray(gi.offsets.to_numpy(zero_copy_only=False), np.int64)
         offsets = offsets - offsets[0]
         parent = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
@@ -213,7 +214,8 @@ class PreparedBatch:
             is_entry = np.zeros(len(names), bool)
             is_entry[entries] = True
             g_mask = is_entry[G.row]
-            g_sorted = np.sort(scoped(G.keys[g_mask], parent[G.row[g_mask]]), kind=SORT_KIND)  # sorted once for both uses
+            # sorted once for both uses below
+            g_sorted = np.sort(scoped(G.keys[g_mask], parent[G.row[g_mask]]), kind=SORT_KIND)
             seen = self.rq.member(g_sorted, presorted=True)
             if params.group_context:
                 context = GroupContext(self.group_of_row, rows, self.reasoning_in_group, self.gq)

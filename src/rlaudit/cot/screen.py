@@ -114,9 +114,11 @@ def screen(con: duckdb.DuckDBPyConnection, run: str, options: dict[str, Any], sk
     min_pairs = int(options.get("screen_min_pairs", 20))
     # the pairs stay in DuckDB (one row per pair of identical answers: up to half the run per signal, spilled to
     # disk beyond its memory limit); only the sampled pairs of one signal at a time come to Python
-    if keys is not None and not con.execute(
-            f"SELECT count(*) FROM (SELECT group_id, ck FROM {keys} GROUP BY ALL HAVING count(*) >= 2)").fetchall()[0][0]:
-        return []  # no two rollouts of a group answered alike: no pair to test
+    if keys is not None:
+        sets = con.execute(f"SELECT count(*) FROM (SELECT group_id, ck FROM {keys} GROUP BY ALL "
+                           "HAVING count(*) >= 2)").fetchall()[0][0]
+        if not sets:
+            return []  # no two rollouts of a group answered alike: no pair to test
     pairs_sql = _PAIRS_SQL if keys is None else _COARSE_CACHED.format(keys=keys) + _PAIRS_TAIL
     con.execute(f"CREATE OR REPLACE TEMP TABLE _screen_all AS {pairs_sql}", {"skip": sorted(skip_signals)})
     counts = dict(con.execute("SELECT signal, count(*) FROM _screen_all GROUP BY signal").fetchall())
