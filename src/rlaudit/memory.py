@@ -157,3 +157,29 @@ def sample_bytes(default: int) -> tuple[int, str | None]:
     if b is None or b[0] * SAMPLE_SHARE >= default:
         return default, None
     return max(1 << 20, int(b[0] * SAMPLE_SHARE)), b[1]
+
+
+#: Most threads per-part work (the CoT scan of stored parts) runs on: the cores the process may use, at most this.
+MAX_WORKERS = 4
+
+
+def workers(per_worker: int) -> int:
+    """Threads for per-part work that holds about `per_worker` bytes per thread (numpy and Arrow release the GIL,
+    so parts scan in parallel): `RLAUDIT_THREADS` if set, else the usable cores (at most MAX_WORKERS), fewer when
+    the memory budget's SAMPLE_SHARE cannot hold that many parts at once, and never fewer than one."""
+    env = os.environ.get("RLAUDIT_THREADS")
+    if env:
+        if not env.strip().isdigit() or int(env) < 1:
+            from .errors import RlauditError
+
+            raise RlauditError(f"RLAUDIT_THREADS={env!r}: give a whole number of threads >= 1")
+        return int(env)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    n = max(1, min(MAX_WORKERS, cores))
+    b = budget()
+    if b is not None:
+        n = max(1, min(n, int(b[0] * SAMPLE_SHARE) // max(1, per_worker)))
+    return n

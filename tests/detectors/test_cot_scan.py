@@ -248,3 +248,56 @@ def test_a_run_whose_grader_inputs_are_one_group_says_it_has_no_chance_calibrati
     [finding] = scan_findings(store, canonical_table(rows))
     assert finding["p_value"] is None and finding["chance_samples"] == 0
     assert "No chance pairs could be formed" in finding.explanation and "0 of 0" not in finding.explanation
+
+
+def test_parts_scanned_on_threads_match_one_thread_and_the_sql_path(store, monkeypatch):
+    """Scanning the parts on several threads, reading them with Arrow, gives the same rows as one thread, and as
+    the SQL path (`scan_run` over the part's view) that captured inputs still take."""
+    import duckdb
+
+    from rlaudit.cot.detector import scan_key, scan_parts
+    from rlaudit.cot.scan import scan_run
+    from rlaudit.layout import view_columns
+
+    def exposure(step, task, rng):
+        return "full" if rng.random() < 0.2 else None
+
+    table, truth = make_run(exposure=exposure, steps=12, seed=5)
+    steps = table.column("step").to_numpy()
+    for i in range(4):
+        store.append("synth", table.filter(pa.array(steps % 4 == i)), f"part-{i}")
+    params = ScanParams(chance_rows=50)  # a stride above 1: chance pairings on some batches only
+
+    def results(threads):
+        monkeypatch.setenv("RLAUDIT_THREADS", str(threads))
+        import shutil
+        shutil.rmtree(store.run_dir("synth") / "derived", ignore_errors=True)
+        key, extra = scan_key(store, "synth", params)
+        sql = scan_parts(store, "synth", params, key, extra)
+        return duckdb.sql(f"SELECT * FROM {sql} ORDER BY ALL").fetchall()
+
+    one, two = results(1), results(2)
+    assert one == two and {r[0] for r in one if r[10] and not r[11]} == set(truth)
+    con = duckdb.connect()
+    sql_rows = []
+    for part in store.parts("synth"):
+        con.execute(f"CREATE OR REPLACE VIEW p AS SELECT {view_columns()} FROM read_parquet('{part}')")
+        sql_rows += scan_run(con, ScanParams(chance_rows=0), "p").to_pylist()
+    arrow_rows = [r for r in one if not r[11]]
+    assert sorted(tuple(r.values()) for r in sql_rows) == arrow_rows
+
+
+def test_workers_follow_the_environment_and_the_memory_budget(monkeypatch):
+    from rlaudit import memory
+
+    monkeypatch.delenv("RLAUDIT_MEMORY", raising=False)
+    monkeypatch.setenv("RLAUDIT_THREADS", "3")
+    assert memory.workers(1 << 30) == 3
+    monkeypatch.setenv("RLAUDIT_THREADS", "zero")
+    with pytest.raises(RlauditError, match="RLAUDIT_THREADS"):
+        memory.workers(1)
+    monkeypatch.delenv("RLAUDIT_THREADS")
+    monkeypatch.setattr(memory, "budget", lambda: (1 << 30, "test"))
+    assert memory.workers(1 << 30) == 1  # 15% of a 1 GB budget holds less than one 1 GB worker
+    monkeypatch.setattr(memory, "budget", lambda: None)
+    assert 1 <= memory.workers(1 << 30) <= memory.MAX_WORKERS

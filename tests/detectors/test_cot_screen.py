@@ -95,3 +95,49 @@ def test_sampled_pairs_are_fetched_from_duckdb_as_the_whole_table_sampled(store,
         mine = full.filter(pa.compute.equal(full.column("signal"), signal)).drop_columns(["_k"])
         pick = np.sort(np.random.default_rng(7).choice(mine.num_rows, 25, replace=False))
         assert sub.column("id_a").to_pylist() == mine.take(pick).column("id_a").to_pylist()
+
+
+@pytest.mark.parametrize("where", ["TRUE", "step <= 7"])
+def test_cached_answer_keys_give_the_same_pairs_and_findings(store, where):
+    """The screen from per-part cached answer keys (`screen_keys`) equals the screen that hashes every answer,
+    on a run with many identical-answer pairs, and again after the run grows by a part (only that part hashed)."""
+    from rlaudit.cot import screen as cot_screen
+    from rlaudit.cot.screen_keys import screen_keys
+
+    table = run_with(likes_long_reasoning, seed=1, steps=12)
+    run = table.column("run")[0].as_py()
+    steps = table.column("step").to_numpy()
+    store.append(run, table.filter(pa.array(steps <= 9)), "p1")
+    for last in (False, True):
+        if last:
+            store.append(run, table.filter(pa.array(steps > 9)), "p2")
+        con = store.connect([run])
+        con.execute("ALTER VIEW rollouts RENAME TO all_rollouts")
+        con.execute(f"CREATE VIEW rollouts AS SELECT * FROM all_rollouts WHERE {where}")
+        keys = screen_keys(store, run, where)
+        assert keys is not None
+        pairs = {}
+        for k in (None, keys):
+            sql = cot_screen._PAIRS_SQL if k is None else \
+                cot_screen._COARSE_CACHED.format(keys=k) + cot_screen._PAIRS_TAIL
+            pairs[k] = con.sql(f"SELECT * FROM ({sql}) ORDER BY signal, _k", params={"skip": []}).fetchall()
+        assert len(pairs[None]) > 20 and pairs[None] == pairs[keys]
+        plain = cot_screen.screen(con, run, {}, seed=3)
+        cached = cot_screen.screen(con, run, {}, seed=3, keys=keys)
+        assert plain and [f.to_json() for f in plain] == [f.to_json() for f in cached]
+        con.close()
+    cache = store.run_dir(run) / "derived" / "cot_screen"
+    assert len(list(cache.glob("*/*.parquet"))) == 2
+
+
+def test_answer_hash_is_equal_for_answers_the_screen_calls_equal():
+    from rlaudit.cot.screen_keys import answer_hash
+
+    same = ["The answer is 42.", "the  answer is\n42.", " THE ANSWER\tIS 42. ", "the answer is 42."]
+    other = ["The answer is 43.", "The answer is 42", "Die Antwort ist 42.", "", None, "ÄÖÜ 42", "äöü 42"]
+    h = answer_hash(pa.array(same + other, pa.string()))
+    assert len(set(h[:4].tolist())) == 1
+    assert len(set(h[4:].tolist())) == len(other) - 2  # '' and None hash alike; 'ÄÖÜ' lowers to 'äöü'
+    assert h[4 + other.index("")] == h[4 + other.index(None)] and h[-1] == h[-2]
+    long = pa.array(["x" * 5000 + "a", "x" * 5000 + "b"])
+    assert answer_hash(long)[0] != answer_hash(long)[1]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,12 @@ import pyarrow.parquet as pq
 
 from ..findings import Finding
 from ..layout import view_columns
+from ..memory import workers
 from ..store import Store, bound_memory, write_cached
 from ..detectors import DetectContext, Detector, register
-from .scan import RESULT_SCHEMA, ScanParams, findings_from_results, scan_run
+from .scan import RESULT_SCHEMA, ScanParams, findings_from_results, part_batches, scan_batches, scan_run
 from .screen import screen
+from .screen_keys import screen_keys
 
 
 @register
@@ -55,7 +58,8 @@ class CotGradingDetector(Detector):
                                       evidence_source="rollouts", extra_inputs=extra)
         if options.get("screen", True):
             scanned = set(con.execute("SELECT DISTINCT grader FROM cot_scan").fetchnumpy()["grader"].tolist())
-            found += screen(con, ctx.run, options, skip_signals=scanned, seed=ctx.config.seed)
+            keys = screen_keys(ctx.store, ctx.run, " AND ".join(where))
+            found += screen(con, ctx.run, options, skip_signals=scanned, seed=ctx.config.seed, keys=keys)
         con.close()
         return found
 
@@ -89,16 +93,11 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
         _part_views(con, todo, layouts)
         if stride is None:
             stride = _stride(con, todo, found, params)
-        for i, path in enumerate(todo):
-            name = path.name
-            chance = (lambda b, _n=name: zlib.crc32(f"{_n}:{b}".encode()) % stride == 0) if stride > 1 \
-                else (lambda b: True)
-            table = scan_run(con, params, f"p{i}", extra, chance=chance)
-            if persist:  # a file, or the table where the store cannot be written
-                found[name] = write_cached(cache / f"{path.stem}.parquet", table, compression="zstd",
-                                           compression_level=1, use_dictionary=False)
-            else:
-                memo[(key, name)] = found[name] = table
+        scanned = _scan_todo(con, todo, layouts, params, extra, stride, cache if persist else None)
+        for path, value in zip(todo, scanned):
+            found[path.name] = value
+            if not persist:
+                memo[(key, path.name)] = value
         con.close()
     if persist and only is None and base.is_dir():  # other parameters' results, and parts the run no longer lists
         for d in base.iterdir():
@@ -115,6 +114,39 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
         return "read_parquet([" + ", ".join(f"'{_quote(x)}'" for x in paths) + "])"
     tables = [v if not isinstance(v, Path) else pq.read_table(v) for v in values]
     return pa.concat_tables([RESULT_SCHEMA.empty_table(), *tables])
+
+
+#: Bytes one thread of the scan holds at a time, per row of `ScanParams.batch_rows` (texts, shingle arrays and
+#: their sorts): what `memory.workers` weighs against the memory budget.
+_BYTES_PER_BATCH_ROW = 16 << 10
+
+
+def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[str, int], params: ScanParams,
+               extra: str | None, stride: int, cache: Path | None) -> list[Any]:
+    """Scan the parts `todo` (views p0, p1, ... of `con`), each on a cursor of its own, on `memory.workers`
+    threads: per part the cached file (a table where the store cannot be written, or `cache` is None)."""
+
+    def one(i: int) -> Any:
+        name = todo[i].name
+        chance = (lambda b: zlib.crc32(f"{name}:{b}".encode()) % stride == 0) if stride > 1 else (lambda b: True)
+        if extra is None:  # the part alone: read with Arrow
+            table = scan_batches(part_batches(todo[i], layouts.get(name, 1), params.batch_rows), params, chance)
+        else:  # captured inputs are merged into the grader inputs by a join
+            cur = con.cursor()
+            try:
+                table = scan_run(cur, params, f"p{i}", extra, chance=chance)
+            finally:
+                cur.close()
+        if cache is None:
+            return table
+        return write_cached(cache / f"{todo[i].stem}.parquet", table, compression="zstd", compression_level=1,
+                            use_dictionary=False)
+
+    n = min(len(todo), workers(params.batch_rows * _BYTES_PER_BATCH_ROW))
+    if n <= 1:
+        return [one(i) for i in range(len(todo))]
+    with ThreadPoolExecutor(n, thread_name_prefix="cot-scan") as pool:
+        return list(pool.map(one, range(len(todo))))
 
 
 def _scanned(store: Store, parts: list[Path], key: str, cache: Path, persist: bool,

@@ -45,7 +45,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -53,12 +54,14 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from scipy.stats import fisher_exact
 
 from .stats import wilson_interval
 from ..findings import Evidence, Finding
-from .shingles import (SortedKeys, distinct, edge_runs, hashed_tokens, longest_runs, matching_spans, scope_of,
-                        scoped, shingle_of, shingles_from_ids)
+from ..layout import read_columns, to_canonical
+from .shingles import (SORT_KIND, SortedKeys, distinct, edge_runs, hashed_tokens, longest_runs, matching_spans,
+                       scope_of, scoped, shingle_of, shingles_from_ids)
 
 RESULT_SCHEMA = pa.schema([
     ("rollout_id", pa.string()), ("step", pa.int64()), ("split", pa.string()), ("condition", pa.string()),
@@ -131,70 +134,108 @@ def scan_batch(batch: pa.RecordBatch | pa.Table, params: ScanParams, chance: boo
     `chance=True` scans chance pairings instead: each rollout's reasoning against the grader input of a rollout of
     another group (see `chance_partner`), which measures how often the decision rule fires on unrelated text.
     """
-    if isinstance(batch, pa.RecordBatch):
-        batch = pa.Table.from_batches([batch])
-    batch = batch.combine_chunks()
-    n = batch.num_rows
-    gi = pa.concat_arrays([batch.column("grader_inputs").chunk(0)])  # rebase a sliced map: keys/items ignore slicing
-    offsets = np.asarray(gi.offsets.to_numpy(zero_copy_only=False), np.int64)
-    offsets = offsets - offsets[0]
-    parent = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
-    grader_names = gi.keys.cast(pa.string())
-    grader_texts = gi.items.cast(pa.string())
-    if len(parent) == 0:
-        return RESULT_SCHEMA.empty_table()
+    prepared = PreparedBatch.of(batch, params)
+    return prepared.scan(params, chance) if prepared is not None else RESULT_SCHEMA.empty_table()
 
-    prompts = pc.dictionary_encode(pc.fill_null(batch.column("prompt").chunk(0), ""))
-    prompt_of_row = prompts.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    group_of_row = _group_index(batch.column("group_id").chunk(0), n)
+
+def scan_batch_both(batch: pa.RecordBatch | pa.Table, params: ScanParams, chance: bool) -> list[pa.Table]:
+    """`scan_batch` of the batch, and with `chance` also its chance pairings, from one tokenisation: the chance
+    pairing reuses the batch's shingles (reasoning, answer, prompt, grader input) and only re-pairs them."""
+    prepared = PreparedBatch.of(batch, params)
+    if prepared is None:
+        return [RESULT_SCHEMA.empty_table()]
+    out = [prepared.scan(params, False)]
     if chance:
-        receiver = chance_receiver(group_of_row, prompt_of_row)
-        keep = receiver[parent] >= 0
-        parent = np.where(keep, receiver[parent], 0)
-        names_keep = keep
-    else:
-        names_keep = np.ones(len(parent), bool)
-    k = params.k
-    R, A, P, G = (shingles_from_ids(*hashed_tokens(texts), k) for texts in (
-        batch.column("reasoning"), batch.column("answer"), prompts.dictionary, grader_texts))
+        out.append(prepared.scan(params, True))
+    return out
 
-    r_row = scoped(R.keys, R.row)
-    rq = SortedKeys(r_row)
-    # the prompt's shingles, repeated for every row that has that prompt (prompts are shared within a group)
-    p_rows, p_index = _expand(prompt_of_row, np.bincount(P.row, minlength=len(prompts.dictionary)))
-    excluded = rq.member(np.concatenate([scoped(A.keys, A.row), scoped(P.keys[p_index], p_rows)]))
-    if params.group_context:
-        gq = SortedKeys(scoped(R.keys, group_of_row[R.row]))
-        r_distinct = rq.distinct()  # (row, shingle) pairs: counting them per group counts rows
-        reasoning_in_group = gq.count(scoped(shingle_of(r_distinct), group_of_row[scope_of(r_distinct)]))
 
-    names = grader_names.to_numpy(zero_copy_only=False).astype(object)
-    out = []
-    for grader in sorted(set(names.tolist())):  # few graders: the loop is over graders, not rollouts
-        entries = np.flatnonzero((names == grader) & names_keep)
-        rows = parent[entries]
-        is_entry = np.zeros(len(names), bool)
-        is_entry[entries] = True
-        g_mask = is_entry[G.row]
-        g_keys, g_parent = G.keys[g_mask], parent[G.row[g_mask]]
-        g_row = scoped(g_keys, g_parent)
-        seen = rq.member(g_row)
+@dataclass
+class PreparedBatch:
+    """The shingles of one batch and what the decision needs of them apart from the grader input's owner: which
+    reasoning shingles are excluded (in the answer or prompt) and how many rollouts of each group have them.
+    Computed once, then paired with the grader inputs of the batch itself and of the chance pairing."""
+
+    batch: pa.Table
+    n: int
+    parent: np.ndarray  # row of each grader-input entry
+    names: np.ndarray  # grader name of each entry (object)
+    grader_shingles: Any  # Shingles of the grader inputs, one text per entry
+    reasoning: Any  # Shingles of the reasoning
+    rq: SortedKeys  # reasoning shingles scoped by row
+    excluded: np.ndarray  # per reasoning shingle: also in the row's answer or prompt
+    group_of_row: np.ndarray
+    prompt_of_row: np.ndarray
+    gq: SortedKeys | None  # reasoning shingles scoped by group (group_context only)
+    reasoning_in_group: np.ndarray | None
+
+    @classmethod
+    def of(cls, batch: pa.RecordBatch | pa.Table, params: ScanParams) -> PreparedBatch | None:
+        if isinstance(batch, pa.RecordBatch):
+            batch = pa.Table.from_batches([batch])
+        batch = batch.combine_chunks()
+        n = batch.num_rows
+        # rebase a sliced map (its keys and items ignore slicing)
+        gi = pa.concat_arrays([batch.column("grader_inputs").chunk(0)])
+        offsets = np.asarray(gi.offsets.to_numpy(zero_copy_only=False), np.int64)
+        offsets = offsets - offsets[0]
+        parent = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
+        if len(parent) == 0:
+            return None
+        prompts = pc.dictionary_encode(pc.fill_null(batch.column("prompt").chunk(0), ""))
+        prompt_of_row = prompts.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        group_of_row = _group_index(batch.column("group_id").chunk(0), n)
+        R, A, P, G = (shingles_from_ids(*hashed_tokens(texts), params.k) for texts in (
+            batch.column("reasoning"), batch.column("answer"), prompts.dictionary, gi.items.cast(pa.string())))
+        rq = SortedKeys(scoped(R.keys, R.row))
+        # the prompt's shingles, repeated for every row that has that prompt (prompts are shared within a group)
+        p_rows, p_index = _expand(prompt_of_row, np.bincount(P.row, minlength=len(prompts.dictionary)))
+        excluded = rq.member(np.concatenate([scoped(A.keys, A.row), scoped(P.keys[p_index], p_rows)]))
+        gq = reasoning_in_group = None
         if params.group_context:
-            context = GroupContext(group_of_row, rows, reasoning_in_group, gq)
-            tally, exposed = context.decide(params, ~excluded, seen, R.row, g_row)
-        else:
-            tally = _tally(~excluded, seen, R.row, n)
-            exposed = params.decide(tally)
-        take = pa.array(rows)
-        out.append(pa.table({
-            "rollout_id": batch.column("rollout_id").take(take), "step": batch.column("step").take(take),
-            "split": batch.column("split").take(take), "condition": batch.column("condition").take(take),
-            "task": batch.column("task").take(take), "grader": pa.array([grader] * len(rows), pa.string()),
+            gq = SortedKeys(scoped(R.keys, group_of_row[R.row]))
+            r_distinct = rq.distinct()  # (row, shingle) pairs: counting them per group counts rows
+            reasoning_in_group = gq.count(scoped(shingle_of(r_distinct), group_of_row[scope_of(r_distinct)]))
+        names = gi.keys.cast(pa.string()).to_numpy(zero_copy_only=False).astype(object)
+        return cls(batch, n, parent, names, G, R, rq, excluded, group_of_row, prompt_of_row, gq, reasoning_in_group)
+
+    def scan(self, params: ScanParams, chance: bool) -> pa.Table:
+        """The result rows of the batch's own pairs, or (`chance`) of its chance pairings."""
+        parent, names, G, n = self.parent, self.names, self.grader_shingles, self.n
+        names_keep = np.ones(len(parent), bool)
+        if chance:
+            receiver = chance_receiver(self.group_of_row, self.prompt_of_row)
+            names_keep = receiver[parent] >= 0
+            parent = np.where(names_keep, receiver[parent], 0)
+        out = [RESULT_SCHEMA.empty_table()]
+        for grader in sorted(set(names.tolist())):  # few graders: the loop is over graders, not rollouts
+            entries = np.flatnonzero((names == grader) & names_keep)
+            rows = parent[entries]
+            is_entry = np.zeros(len(names), bool)
+            is_entry[entries] = True
+            g_mask = is_entry[G.row]
+            # sorted once for both uses below
+            g_sorted = np.sort(scoped(G.keys[g_mask], parent[G.row[g_mask]]), kind=SORT_KIND)
+            seen = self.rq.member(g_sorted, presorted=True)
+            if params.group_context:
+                context = GroupContext(self.group_of_row, rows, self.reasoning_in_group, self.gq)
+                tally, exposed = context.decide(params, ~self.excluded, seen, self.reasoning.row, g_sorted)
+            else:
+                tally = _tally(~self.excluded, seen, self.reasoning.row, n)
+                exposed = params.decide(tally)
+            out.append(self._rows(grader, rows, tally, exposed, chance))
+        return pa.concat_tables(out)
+
+    def _rows(self, grader: str, rows: np.ndarray, tally: Tally, exposed: np.ndarray, chance: bool) -> pa.Table:
+        take, b = pa.array(rows), self.batch
+        return pa.table({
+            "rollout_id": b.column("rollout_id").take(take), "step": b.column("step").take(take),
+            "split": b.column("split").take(take), "condition": b.column("condition").take(take),
+            "task": b.column("task").take(take), "grader": pa.array([grader] * len(rows), pa.string()),
             "reasoning_only": tally.reasoning_only[rows], "matched": tally.matched[rows],
             "containment": tally.containment[rows], "longest_span": tally.longest[rows], "exposed": exposed[rows],
             "chance": np.full(len(rows), chance),
-        }, schema=RESULT_SCHEMA))
-    return pa.concat_tables(out)
+        }, schema=RESULT_SCHEMA)
 
 
 @dataclass
@@ -208,10 +249,11 @@ class GroupContext:
     group_keys: SortedKeys  # reasoning shingles scoped by group
 
     def decide(self, params: ScanParams, counted: np.ndarray, seen: np.ndarray, r_row: np.ndarray,
-               g_scoped: np.ndarray) -> tuple[Tally, np.ndarray]:
+               g_sorted: np.ndarray) -> tuple[Tally, np.ndarray]:
+        """`g_sorted`: the grader inputs' shingles scoped by the row they are paired with, sorted."""
         group, n = self.group_of_row, len(self.group_of_row)
         size = np.bincount(group[self.rows], minlength=group.max() + 1)
-        g_distinct = distinct(g_scoped)  # (row, shingle) pairs: counting them per group counts rows
+        g_distinct = distinct(g_sorted, presorted=True)  # (row, shingle) pairs: counting them per group counts rows
         seen_in_group = self.group_keys.count(scoped(shingle_of(g_distinct), group[scope_of(g_distinct)]))
         own_size = size[group[r_row]]
         invariant = (own_size >= 2) & (seen_in_group >= own_size)
@@ -279,12 +321,33 @@ def scan_run(con: duckdb.DuckDBPyConnection, params: ScanParams, source: str = "
         total = con.execute(f"SELECT count(*) FROM {source} WHERE cardinality(grader_inputs) > 0").fetchall()[0][0]
         stride = max(1, -(-total // max(1, params.chance_rows)))
         chance = lambda i: i % stride == 0  # noqa: E731
+    return scan_batches(iter_batches(con, params.batch_rows, source, extra_inputs), params, chance)
+
+
+def scan_batches(batches: Iterable[pa.RecordBatch | pa.Table], params: ScanParams,
+                 chance: Callable[[int], bool]) -> pa.Table:
+    """The results of every batch, plus the chance pairings of batch i where `chance(i)`."""
     parts = [RESULT_SCHEMA.empty_table()]
-    for i, batch in enumerate(iter_batches(con, params.batch_rows, source, extra_inputs)):
-        parts.append(scan_batch(batch, params))
-        if params.chance_rows > 0 and chance(i):
-            parts.append(scan_batch(batch, params, chance=True))
+    for i, batch in enumerate(batches):
+        parts += scan_batch_both(batch, params, params.chance_rows > 0 and chance(i))
     return pa.concat_tables(parts)
+
+
+def part_batches(path: str | Path, layout: int, rows: int) -> Iterator[pa.Table]:
+    """The rows `iter_batches` selects (those with grader inputs) of one stored part, read with Arrow alone: the
+    same rows in the same order and batches of `rows`, without the cost of a database query per part."""
+    need = _COLUMNS if layout < 2 else read_columns(_COLUMNS)
+    table = pq.read_table(path, columns=need)
+    maps = table.column("grader_inputs").combine_chunks()
+    entries = np.diff(np.asarray(maps.offsets.to_numpy(zero_copy_only=False), np.int64))
+    # a null map has no entries: dropped, as SQL's WHERE drops cardinality(NULL) > 0
+    table = table.filter(pa.array(entries > 0) if maps.null_count == 0 else
+                         pc.and_(pa.array(entries > 0), maps.is_valid()))
+    if layout >= 2:
+        table = to_canonical(table)
+    table = table.select(_COLUMNS)
+    for start in range(0, table.num_rows, rows):
+        yield table.slice(start, rows)
 
 
 def iter_batches(con: duckdb.DuckDBPyConnection, rows: int, source: str = "all_rollouts",

