@@ -223,25 +223,36 @@ class Candidates:
     deff: np.ndarray = None  # type: ignore[assignment]
 
 
+#: the cluster of a rollout in the window statistics: its window, stratum and prompt, hashed (see `_window_sums`)
+CLUSTER = "hash(win, s, prompt_key)"
+
+
 def _window_sums(scope: Scope, where: str, long_sql: str, k: int) -> tuple[np.ndarray, ...]:
-    """Cluster sufficient sums (K, 2, S) for values given by `long_sql` rows (idx, win, s, prompt_key, v); the
-    n-gram rows to fill are those of the registered `row_of` (the others keep the totals of all clusters)."""
+    """Cluster sufficient sums (K, 2, S) for values given by `long_sql` rows (idx, c, v), c the cluster key
+    `CLUSTER` of the rollout; the n-gram rows filled are those of the registered `row_of` (the others keep the
+    totals of all clusters).
+
+    A cluster (window, stratum, prompt) is named by one 64-bit hash of the three, so the sums group by two
+    columns; two clusters share a hash with probability ~2^-64 per pair. Clusters whose prompt contains a term
+    leave its denominators: the prompt's terms are those of any one rollout of the cluster (the same prompt), so
+    only one rollout's `prompt_terms` list per cluster is unnested."""
     con, s = scope.con, max(scope.n_strata, 1)
-    cl = f"""SELECT win, s, prompt_key, count(*) AS nc FROM sc
+    cl = f"""SELECT {CLUSTER} AS c, win, s, count(*) AS nc, min(rid) AS rep FROM sc
              WHERE win IS NOT NULL AND {scope.filter(where)} GROUP BY ALL"""
-    per = con.execute(f"""WITH cl AS ({cl}),
-        xc AS (SELECT idx, win, s, prompt_key, sum(v) AS x FROM ({long_sql}) GROUP BY ALL)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE cl AS {cl}")
+    per = con.execute(f"""WITH xc AS (SELECT idx, c, sum(v) AS x FROM ({long_sql}) GROUP BY ALL)
         SELECT idx, win, s, sum(x) AS sx, sum(x * x) AS sxx, sum(x * nc) AS sxn
-        FROM xc JOIN cl USING (win, s, prompt_key) GROUP BY ALL""").fetchnumpy()
-    tot = con.execute(f"SELECT win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g FROM ({cl}) GROUP BY ALL"
+        FROM xc JOIN cl USING (c) GROUP BY ALL""").fetchnumpy()
+    tot = con.execute("SELECT win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g FROM cl GROUP BY ALL"
                       ).fetchnumpy()
     sx, sxx, sxn = (np.zeros((k, 2, s)) for _ in range(3))
     # n-grams: clusters whose prompt contains the term are not at risk and leave the denominators
-    out = con.execute(f"""WITH cl AS (SELECT win, s, prompt_key, count(*) AS nc, any_value(prompt_terms) AS pt
-                                       FROM sc WHERE win IS NOT NULL AND {scope.filter(where)} GROUP BY ALL)
-        SELECT idx, win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g
-        FROM (SELECT win, s, nc, unnest(pt) AS term_id FROM cl) JOIN row_of USING (term_id)
-        GROUP BY ALL""").fetchnumpy()
+    out = con.execute(f"""SELECT idx, win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g FROM (
+            SELECT DISTINCT c, term_id FROM (
+                SELECT {CLUSTER} AS c, unnest(prompt_terms) AS term_id FROM sc
+                WHERE rid IN (SELECT rep FROM cl) AND win IS NOT NULL AND {scope.filter(where)})
+            SEMI JOIN row_of USING (term_id))
+        JOIN cl USING (c) JOIN row_of USING (term_id) GROUP BY ALL""").fetchnumpy()
     idx, win, st = (np.asarray(per[c], dtype=np.int64) for c in ("idx", "win", "s"))
     for arr, col in ((sx, "sx"), (sxx, "sxx"), (sxn, "sxn")):
         arr[idx, win, st] = np.asarray(per[col], dtype=np.float64)
@@ -304,14 +315,13 @@ def candidates(scope: Scope, where: str) -> Candidates | None:
     con.register("row_of", pa.table({"term_id": pa.array(term_ids[kept_terms], pa.int32()),
                                      "idx": pa.array(kept_terms, pa.int64())}))
     style_rows = " UNION ALL ".join(
-        f"SELECT {k_terms + i} AS idx, win, s, prompt_key, {where}__{f.name} AS v FROM sc "
+        f"SELECT {k_terms + i} AS idx, {CLUSTER} AS c, {where}__{f.name} AS v FROM sc "
         f"WHERE win IS NOT NULL AND {filt} AND {where}__{f.name} <> 0"
         for i, f in enumerate(styles) if keep[k_terms + i])
-    ids_sql = f"{[int(t) for t in term_ids[kept_terms]]}::INTEGER[]"
-    long_sql = (f"""SELECT idx, win, s, prompt_key, 1.0 AS v FROM
-                    (SELECT win, s, prompt_key, unnest(list_intersect({where}_terms, {ids_sql})) AS term_id
-                     FROM sc WHERE win IS NOT NULL AND {filt} AND list_has_any({where}_terms, {ids_sql}))
-                    JOIN row_of USING (term_id) UNION ALL {style_rows}""")
+    long_sql = (f"""SELECT idx, c, 1.0 AS v FROM
+                    (SELECT {CLUSTER} AS c, unnest({where}_terms) AS term_id FROM sc
+                     WHERE win IS NOT NULL AND {filt}) JOIN row_of USING (term_id)
+                    UNION ALL {style_rows}""")
     sx, sxx, sxn, nw, snn, g = _window_sums(scope, where, long_sql, k)
     _statistics(cand, scope, sx, sxx, sxn, nw, snn, g, p_mk, keep)
     return cand
