@@ -26,7 +26,10 @@ Derived data (`TermSets`):
 Tokens are `behaviors.TOKEN_PATTERN` runs of the lower-cased text, so a discovered n-gram, used as a term
 spec, matches exactly the rollouts counted here (up to the prompt exclusion). `tokhash` tokenises and hashes
 the texts in numpy (the same tokens as the RE2 pattern, several times faster), numpy matches n-grams by 64-bit
-keys (`_compute_part`), one part at a time, so memory is bounded by the part size, not the run size.
+keys (`_compute_part`) through an open-addressing hash table (`_Lookup`), one batch of parts at a time, so
+memory is bounded by the batch size, not the run size. Batches are computed by two threads where a second
+core and the memory budget allow (`workers`); the cached files are LZ4-compressed Parquet (cheaper to write
+and read than zstd).
 """
 
 from __future__ import annotations
@@ -223,9 +226,11 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
     # BATCH_ROWS rollouts of one layout, and their results split per part again
     batches: list[list[Path]] = []
     size = 0
+    n_workers = workers()
+    limit = BATCH_ROWS // n_workers  # two threads hold two half-size batches: the memory of one full batch
     for path in missing:
         layout = layouts.get(path.name, 1)
-        if not batches or size >= BATCH_ROWS or layouts.get(batches[-1][0].name, 1) != layout:
+        if not batches or size >= limit or layouts.get(batches[-1][0].name, 1) != layout:
             batches.append([])
             size = 0
         batches[-1].append(path)
@@ -239,7 +244,7 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
 
     # batches are computed by `workers()` threads (numpy, Arrow and DuckDB release the GIL), each writing its
     # own parts' files, so at most that many batches are in memory at once
-    with ThreadPoolExecutor(max_workers=max(1, min(workers(), len(batches)))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(n_workers, len(batches)))) as pool:
         for result in pool.map(compute, batches):
             for path, entry in result:
                 done[path.name] = entry
