@@ -26,7 +26,10 @@ Derived data (`TermSets`):
 Tokens are `behaviors.TOKEN_PATTERN` runs of the lower-cased text, so a discovered n-gram, used as a term
 spec, matches exactly the rollouts counted here (up to the prompt exclusion). `tokhash` tokenises and hashes
 the texts in numpy (the same tokens as the RE2 pattern, several times faster), numpy matches n-grams by 64-bit
-keys (`_compute_part`), one part at a time, so memory is bounded by the part size, not the run size.
+keys (`_compute_part`) through an open-addressing hash table (`_Lookup`), one batch of parts at a time, so
+memory is bounded by the batch size, not the run size. Batches are computed by two threads where a second
+core and the memory budget allow (`workers`); the cached files are LZ4-compressed Parquet (cheaper to write
+and read than zstd).
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,6 +155,8 @@ def term_step_counts(store: Store, run: str, options: VocabOptions = VocabOption
 REUSE_GROWTH = 0.05
 #: Rollouts tokenised together when several parts lack their term sets (one DuckDB query for many small parts)
 BATCH_ROWS = 50_000
+#: memory a term-set worker thread may take at most (see `workers`)
+WORKER_MEMORY = 600 << 20
 
 
 @dataclass
@@ -219,30 +226,58 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
     # BATCH_ROWS rollouts of one layout, and their results split per part again
     batches: list[list[Path]] = []
     size = 0
+    n_workers = workers()
+    limit = BATCH_ROWS // n_workers  # two threads hold two half-size batches: the memory of one full batch
     for path in missing:
         layout = layouts.get(path.name, 1)
-        if not batches or size >= BATCH_ROWS or layouts.get(batches[-1][0].name, 1) != layout:
+        if not batches or size >= limit or layouts.get(batches[-1][0].name, 1) != layout:
             batches.append([])
             size = 0
         batches[-1].append(path)
         size += rows_of.get(path.name, 0)
-    for batch in batches:
-        for path, (terms, counts) in zip(batch, _compute_parts(batch, layouts.get(batch[0].name, 1), vocab,
-                                                               options)):
-            if persist:  # a file, or the table where the store cannot be written
-                entry: dict[str, Any] = {
-                    kind: write_cached(vdir / f"{path.stem}.{kind}.parquet", table, compression="zstd",
-                                       compression_level=1, use_dictionary=False)
-                    for kind, table in (("terms", terms), ("counts", counts))}
-            else:
-                entry = {"terms": terms, "counts": counts}
-            if not _EMPTY:
-                _EMPTY.update({"terms": terms.schema.empty_table(), "counts": counts.schema.empty_table()})
-            done[path.name] = entry
+    _matcher(vocab)  # built once, before the threads share it
+
+    def compute(batch: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
+        result = _compute_parts(batch, layouts.get(batch[0].name, 1), vocab, options)
+        return [(path, _store_part(vdir, path, terms, counts, persist))
+                for path, (terms, counts) in zip(batch, result)]
+
+    # batches are computed by `workers()` threads (numpy, Arrow and DuckDB release the GIL), each writing its
+    # own parts' files, so at most that many batches are in memory at once
+    with ThreadPoolExecutor(max_workers=max(1, min(n_workers, len(batches)))) as pool:
+        for result in pool.map(compute, batches):
+            for path, entry in result:
+                done[path.name] = entry
     out = [(path.name, done[path.name]) for path in parts]
     if persist and only is None:
         _prune(base, vocab_id, {p.stem for p in parts})
     return TermSets(vocab=vocab, parts=out)
+
+
+def workers() -> int:
+    """Threads computing term sets: two on a machine with two cores or more, unless a memory budget
+    (`rlaudit.memory`) leaves less than WORKER_MEMORY per extra thread beside DuckDB's share (a batch of
+    BATCH_ROWS rollouts takes a few hundred MB while it is tokenised)."""
+    from . import memory
+
+    if (os.cpu_count() or 1) < 2:
+        return 1
+    b = memory.budget()
+    if b is not None and b[0] < memory.duckdb_limit() + 2 * WORKER_MEMORY:
+        return 1
+    return 2
+
+
+def _store_part(vdir: Path, path: Path, terms: pa.Table, counts: pa.Table, persist: bool) -> dict[str, Any]:
+    """Write one part's term sets and counts beside the run (or keep the tables where the store cannot be
+    written). LZ4: about twice as fast to write and four times as fast to read as zstd, for 1.5x the size."""
+    if not _EMPTY:
+        _EMPTY.update({"terms": terms.schema.empty_table(), "counts": counts.schema.empty_table()})
+    if not persist:
+        return {"terms": terms, "counts": counts}
+    return {kind: write_cached(vdir / f"{path.stem}.{kind}.parquet", table, compression="lz4",
+                               use_dictionary=False)
+            for kind, table in (("terms", terms), ("counts", counts))}
 
 
 def _cached_vocab(store: Store, run: str, options: VocabOptions, okey: str, names: list[str], rows: int,
@@ -456,42 +491,65 @@ def vocab_keys(term_token_hashes: pa.Array) -> np.ndarray:
 
 
 class _Lookup:
-    """Vocabulary keys -> term ids (several terms may share a key: key tokens). A table indexed by the keys' low
-    bits gives the candidate directly (one gather per occurrence); keys that share their low bits with another
-    key, or name several terms, are resolved by binary search instead."""
-
-    BITS = 20
+    """Vocabulary keys -> term ids (several terms may share a key: the same n-gram in answers and reasoning, key
+    tokens). An open-addressing hash table over the distinct keys (linear probing, at most 1/16 full, so it is
+    small enough to stay in cache and nearly every occurrence that names no term ends at its first slot),
+    probed for all occurrences at once in numpy: one gather and compare per probe round, each round over the
+    occurrences still unresolved. A key naming several terms yields all of them."""
 
     def __init__(self, keys: np.ndarray, ids: np.ndarray):
+        keys = np.asarray(keys, np.uint64)
         order = np.argsort(keys, kind="stable")
-        self.keys, self.ids = keys[order], ids[order]
-        self.mask = np.uint64((1 << self.BITS) - 1)
-        slots = (self.keys & self.mask).astype(np.int64)
-        self.slot = np.full(1 << self.BITS, -1, np.int32)  # -1: no key; -2: ask the binary search
-        self.slot[slots] = np.arange(len(slots))
-        shared = np.bincount(slots, minlength=1 << self.BITS) > 1
-        self.slot[shared] = -2
+        self.ids = np.asarray(ids)[order]
+        self.ukeys, self.start, self.count = np.unique(keys[order], return_index=True, return_counts=True)
+        size = 1 << max(12, int(16 * max(len(self.ukeys), 1) - 1).bit_length())
+        self.mask = np.uint64(size - 1)
+        self.table = np.full(size, -1, np.int32)  # index into ukeys, -1: empty
+        pos = (self.ukeys & self.mask).astype(np.int64)
+        todo = np.arange(len(self.ukeys))
+        self.rounds = 0
+        while len(todo):  # place each key at its first free slot from its home slot on
+            self.rounds += 1
+            free = self.table[pos[todo]] < 0
+            first = np.unique(pos[todo[free]], return_index=True)[1]  # one key per free slot per round
+            placed = todo[free][first]
+            self.table[pos[placed]] = placed
+            done = np.zeros(len(todo), bool)
+            done[np.flatnonzero(free)[first]] = True
+            todo = todo[~done]
+            pos[todo] = (pos[todo] + 1) & (size - 1)
+
+    def find(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in `keys`, index into `ukeys`) of the keys that name a term."""
+        size = len(self.table)
+        at = self.table[(keys & self.mask).astype(np.intp)]
+        todo = np.flatnonzero(at >= 0)  # an empty home slot: the key names no term (nearly all misses)
+        u = at[todo]
+        same = self.ukeys[u] == keys[todo]
+        found_pos, found_u = [todo[same]], [u[same]]
+        todo = todo[~same]
+        for r in range(1, self.rounds):  # no key lies more than `rounds - 1` slots from its home slot
+            if not len(todo):
+                break
+            u = self.table[((keys[todo] & self.mask).astype(np.intp) + r) & (size - 1)]
+            occupied = u >= 0
+            todo, u = todo[occupied], u[occupied]
+            same = self.ukeys[u] == keys[todo]
+            found_pos.append(todo[same])
+            found_u.append(u[same])
+            todo = todo[~same]
+        return np.concatenate(found_pos), np.concatenate(found_u)
 
     def match(self, rows: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row, term id) for every key occurrence that names a term (all terms sharing that key)."""
-        at = self.slot[(keys & self.mask).astype(np.int64)]
-        direct = at >= 0
-        d_at = at[direct]
-        d_ok = self.keys[d_at] == keys[direct] if len(d_at) else np.zeros(0, bool)
-        out_rows, out_ids = [rows[direct][d_ok]], [self.ids[d_at[d_ok]]]
-        slow = at == -2
-        if slow.any():
-            rows, keys = rows[slow], keys[slow]
-            lo = np.searchsorted(self.keys, keys, side="left")
-            hi = np.searchsorted(self.keys, keys, side="right")
-            count = hi - lo
-            hit = count > 0
-            rows, lo, count = rows[hit], lo[hit], count[hit]
-            rep = np.repeat(np.arange(len(rows)), count)
-            within = np.arange(len(rep)) - np.repeat(np.cumsum(count) - count, count)
-            out_rows.append(rows[rep])
-            out_ids.append(self.ids[lo[rep] + within])
-        return np.concatenate(out_rows), np.concatenate(out_ids)
+        hit, u = self.find(keys)
+        rows = rows[hit]
+        count = self.count[u]
+        if len(count) and int(count.max()) == 1:
+            return rows, self.ids[self.start[u]]
+        rep = np.repeat(np.arange(len(rows)), count)
+        within = np.arange(len(rep)) - np.repeat(np.cumsum(count) - count, count)
+        return rows[rep], self.ids[self.start[u][rep] + within]
 
 
 def _distinct_pairs(rows: np.ndarray, ids: np.ndarray, n_ids: int) -> tuple[np.ndarray, np.ndarray]:

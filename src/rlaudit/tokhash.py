@@ -50,16 +50,17 @@ _INV: np.ndarray = np.ones(1, np.uint64)
 
 
 def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """BASE^i and BASE^-i modulo 2^64 for i < n (cached, grown as needed)."""
+    """BASE^i and BASE^-i modulo 2^64 for i < n (cached, grown as needed; safe to call from several threads)."""
     global _POW, _INV
-    if len(_POW) < n:
-        size = max(n, 2 * len(_POW))
+    pw, inv = _POW, _INV  # one consistent pair: other threads may replace the globals meanwhile
+    if len(pw) < n:
+        size = max(n, 2 * len(pw))
         with np.errstate(over="ignore"):
-            _POW = np.cumprod(np.full(size, _BASE, np.uint64))
-            _POW = np.concatenate([np.ones(1, np.uint64), _POW[:-1]])
-            _INV = np.cumprod(np.full(size, _BASE_INV, np.uint64))
-            _INV = np.concatenate([np.ones(1, np.uint64), _INV[:-1]])
-    return _POW[:n], _INV[:n]
+            grown = np.concatenate([np.ones(1, np.uint64), np.cumprod(np.full(size, _BASE, np.uint64))[:-1]])
+            grown_inv = np.concatenate([np.ones(1, np.uint64), np.cumprod(np.full(size, _BASE_INV, np.uint64))[:-1]])
+        pw, inv = grown, grown_inv
+        _POW, _INV = pw, inv
+    return pw[:n], inv[:n]
 
 
 def span_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:

@@ -223,24 +223,36 @@ class Candidates:
     deff: np.ndarray = None  # type: ignore[assignment]
 
 
+#: the cluster of a rollout in the window statistics: its window, stratum and prompt, hashed (see `_window_sums`)
+CLUSTER = "hash(win, s, prompt_key)"
+
+
 def _window_sums(scope: Scope, where: str, long_sql: str, k: int) -> tuple[np.ndarray, ...]:
-    """Cluster sufficient sums (K, 2, S) for values given by `long_sql` rows (idx, win, s, prompt_key, v)."""
+    """Cluster sufficient sums (K, 2, S) for values given by `long_sql` rows (idx, c, v), c the cluster key
+    `CLUSTER` of the rollout; the n-gram rows filled are those of the registered `row_of` (the others keep the
+    totals of all clusters).
+
+    A cluster (window, stratum, prompt) is named by one 64-bit hash of the three, so the sums group by two
+    columns; two clusters share a hash with probability ~2^-64 per pair. Clusters whose prompt contains a term
+    leave its denominators: the prompt's terms are those of any one rollout of the cluster (the same prompt), so
+    only one rollout's `prompt_terms` list per cluster is unnested."""
     con, s = scope.con, max(scope.n_strata, 1)
-    cl = f"""SELECT win, s, prompt_key, count(*) AS nc FROM sc
+    cl = f"""SELECT {CLUSTER} AS c, win, s, count(*) AS nc, min(rid) AS rep FROM sc
              WHERE win IS NOT NULL AND {scope.filter(where)} GROUP BY ALL"""
-    per = con.execute(f"""WITH cl AS ({cl}),
-        xc AS (SELECT idx, win, s, prompt_key, sum(v) AS x FROM ({long_sql}) GROUP BY ALL)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE cl AS {cl}")
+    per = con.execute(f"""WITH xc AS (SELECT idx, c, sum(v) AS x FROM ({long_sql}) GROUP BY ALL)
         SELECT idx, win, s, sum(x) AS sx, sum(x * x) AS sxx, sum(x * nc) AS sxn
-        FROM xc JOIN cl USING (win, s, prompt_key) GROUP BY ALL""").fetchnumpy()
-    tot = con.execute(f"SELECT win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g FROM ({cl}) GROUP BY ALL"
+        FROM xc JOIN cl USING (c) GROUP BY ALL""").fetchnumpy()
+    tot = con.execute("SELECT win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g FROM cl GROUP BY ALL"
                       ).fetchnumpy()
     sx, sxx, sxn = (np.zeros((k, 2, s)) for _ in range(3))
     # n-grams: clusters whose prompt contains the term are not at risk and leave the denominators
-    out = con.execute(f"""WITH cl AS (SELECT win, s, prompt_key, count(*) AS nc, any_value(prompt_terms) AS pt
-                                       FROM sc WHERE win IS NOT NULL AND {scope.filter(where)} GROUP BY ALL)
-        SELECT idx, win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g
-        FROM (SELECT win, s, nc, unnest(pt) AS term_id FROM cl) JOIN row_of USING (term_id)
-        GROUP BY ALL""").fetchnumpy()
+    out = con.execute(f"""SELECT idx, win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g FROM (
+            SELECT DISTINCT c, term_id FROM (
+                SELECT {CLUSTER} AS c, unnest(prompt_terms) AS term_id FROM sc
+                WHERE rid IN (SELECT rep FROM cl) AND win IS NOT NULL AND {scope.filter(where)})
+            SEMI JOIN row_of USING (term_id))
+        JOIN cl USING (c) JOIN row_of USING (term_id) GROUP BY ALL""").fetchnumpy()
     idx, win, st = (np.asarray(per[c], dtype=np.int64) for c in ("idx", "win", "s"))
     for arr, col in ((sx, "sx"), (sxx, "sxx"), (sxn, "sxn")):
         arr[idx, win, st] = np.asarray(per[col], dtype=np.float64)
@@ -256,6 +268,8 @@ def _window_sums(scope: Scope, where: str, long_sql: str, k: int) -> tuple[np.nd
 
 
 def candidates(scope: Scope, where: str) -> Candidates | None:
+    """Per-step counts, trend screen and (for the candidates that pass the screen) window statistics of every
+    candidate of `where` (see `trend_screen` for why the screen loses nothing)."""
     con, t = scope.con, scope.n_steps
     filt = scope.filter(where)
     vocab = scope.vocab.filter(pc.equal(scope.vocab["where"], where))
@@ -293,23 +307,62 @@ def candidates(scope: Scope, where: str) -> Candidates | None:
         keys=term_ids.tolist() + [f.name for f in styles],
         n_tokens=np.concatenate([vocab["n_tokens"].to_numpy(), np.zeros(len(styles))]),
         presence=presence, x=x, q=q, n=n)
-    # window sums: n-gram hits and style values in one long relation
+    p_mk = trend_p(x, n)
+    # window sums only for the candidates that pass the trend screen (and style:length, the length control)
+    keep = trend_screen(p_mk, scope.params.alpha)
+    keep[k_terms + [f.name for f in styles].index("length")] = True
+    kept_terms = np.flatnonzero(keep[:k_terms])
+    con.register("row_of", pa.table({"term_id": pa.array(term_ids[kept_terms], pa.int32()),
+                                     "idx": pa.array(kept_terms, pa.int64())}))
     style_rows = " UNION ALL ".join(
-        f"SELECT {k_terms + i} AS idx, win, s, prompt_key, {where}__{f.name} AS v FROM sc "
-        f"WHERE win IS NOT NULL AND {filt} AND {where}__{f.name} <> 0" for i, f in enumerate(styles))
-    long_sql = (f"""SELECT idx, win, s, prompt_key, 1.0 AS v FROM
-                    (SELECT win, s, prompt_key, unnest({where}_terms) AS term_id FROM sc
+        f"SELECT {k_terms + i} AS idx, {CLUSTER} AS c, {where}__{f.name} AS v FROM sc "
+        f"WHERE win IS NOT NULL AND {filt} AND {where}__{f.name} <> 0"
+        for i, f in enumerate(styles) if keep[k_terms + i])
+    long_sql = (f"""SELECT idx, c, 1.0 AS v FROM
+                    (SELECT {CLUSTER} AS c, unnest({where}_terms) AS term_id FROM sc
                      WHERE win IS NOT NULL AND {filt}) JOIN row_of USING (term_id)
                     UNION ALL {style_rows}""")
     sx, sxx, sxn, nw, snn, g = _window_sums(scope, where, long_sql, k)
-    _statistics(cand, scope, sx, sxx, sxn, nw, snn, g)
+    _statistics(cand, scope, sx, sxx, sxn, nw, snn, g, p_mk, keep)
     return cand
 
 
-def _statistics(c: Candidates, scope: Scope, sx, sxx, sxn, nw, snn, g) -> None:
+def trend_p(x: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Mann-Kendall p-value of each candidate's per-step prevalence (or mean), steps pooled into at most MK_BINS
+    bins."""
+    t = x.shape[1]
+    bins = np.arange(t) * min(MK_BINS, t) // max(t, 1)
+    nb = np.stack([np.bincount(bins, weights=row, minlength=min(MK_BINS, t)) for row in n]) if len(n) else n
+    xb = np.stack([np.bincount(bins, weights=row, minlength=min(MK_BINS, t)) for row in x]) if len(x) else x
+    with np.errstate(invalid="ignore", divide="ignore"):
+        prev = np.where(nb > 0, xb / nb, np.nan)
+    return mann_kendall(prev)[1] if len(prev) else np.ones(0)
+
+
+def trend_screen(p_trend: np.ndarray, alpha: float) -> np.ndarray:
+    """Candidates that may be reportable: those whose trend p-value is <= alpha.
+
+    Why nothing reportable is lost. A candidate's p-value is p = max(p_ratio, p_trend) (intersection-union
+    test) and it is reported only when its BH q-value is <= alpha, with q >= p. So a candidate with
+    p_trend > alpha has p > alpha and can never be reported, and the expensive window statistics (cluster
+    sums over every rollout of the early and late windows) are not needed for it: its p-value is set to
+    p_trend instead (still > alpha). Replacing p-values above alpha by other values above alpha leaves every
+    BH q-value <= alpha unchanged: for a p_i <= alpha, the number of p-values <= p_i is unchanged, so its rank
+    is, and q_i = min over ranks j >= rank(i) of m p_(j) / j, where a term with p_(j) > alpha is > alpha (j <= m);
+    so if q_i <= alpha it is the minimum over the unchanged p-values <= alpha, and if q_i > alpha it stays above
+    alpha. The set of reportable candidates and their q-values are therefore exactly those without the screen
+    (tests/detectors/test_emerging_screen.py checks this property on random p-values).
+    """
+    return np.asarray(p_trend, dtype=np.float64) <= alpha
+
+
+def _statistics(c: Candidates, scope: Scope, sx, sxx, sxn, nw, snn, g, p_mk: np.ndarray, keep: np.ndarray
+                ) -> None:
+    """Ratio, CI, length control, design effect and p-value of the screened-in candidates (`keep`); the others
+    get their trend p-value (> alpha: never reportable, see `trend_screen`) and NaN effect statistics."""
     ratio = np.full(len(c.names), np.nan)
     se = np.full(len(c.names), np.nan)
-    for mask in (c.presence, ~c.presence):
+    for mask in (c.presence & keep, ~c.presence & keep):
         if mask.any():
             r, s = stratified_ratio(sx[mask], sxx[mask], sxn[mask], nw[mask], snn[mask], g[mask],
                                     presence=bool(c.presence[mask][0]))
@@ -329,20 +382,10 @@ def _statistics(c: Candidates, scope: Scope, sx, sxx, sxn, nw, snn, g) -> None:
     adj = np.log(ratio) - np.log(c.length_ratio)
     with np.errstate(invalid="ignore", divide="ignore"):
         p_ratio = np.where(np.isfinite(adj) & (se > 0), 2 * norm.sf(np.abs(adj) / se), 1.0)
-    # design effect (robust vs binomial variance) for the onset test
-    binom = 1 / (c.p_end * n1 + 0.5) - 1 / (n1 + 0.5) + 1 / (c.p_start * n0 + 0.5) - 1 / (n0 + 0.5)
-    c.deff = np.clip(np.where(c.presence, se**2 / np.maximum(binom, 1e-12), 1.0), 1.0, 100.0)
-    # trend test, only where the ratio test could pass (the IUT takes the larger p anyway)
-    p_mk = np.ones(len(c.names))
-    todo = np.flatnonzero(p_ratio <= scope.params.alpha)
-    if len(todo):
-        bins = np.arange(scope.n_steps) * min(MK_BINS, scope.n_steps) // max(scope.n_steps, 1)
-        nb = np.stack([np.bincount(bins, weights=row) for row in c.n[todo]])
-        xb = np.stack([np.bincount(bins, weights=row) for row in c.x[todo]])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            prev = np.where(nb > 0, xb / nb, np.nan)
-        _, p_mk[todo] = mann_kendall(prev)
-    c.p = np.maximum(p_ratio, p_mk)
+        # design effect (robust vs binomial variance) for the onset test
+        binom = 1 / (c.p_end * n1 + 0.5) - 1 / (n1 + 0.5) + 1 / (c.p_start * n0 + 0.5) - 1 / (n0 + 0.5)
+        c.deff = np.clip(np.where(c.presence, se**2 / np.maximum(binom, 1e-12), 1.0), 1.0, 100.0)
+    c.p = np.where(keep, np.maximum(p_ratio, p_mk), p_mk)
 
 
 # ---------------------------------------------------------------------------------------------------------------
