@@ -60,6 +60,13 @@ def test_dash_h_is_help_and_version_prints_the_version(capsys):
     assert code == 0 and out.strip() == f"rlaudit {__version__}"
 
 
+def test_python_dash_m_rlaudit_is_the_same_command_line():
+    ok = subprocess.run([sys.executable, "-m", "rlaudit", "-h"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "Usage: rlaudit" in ok.stdout and "audit" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "rlaudit", "bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "No such command 'bogus'" in bad.stderr
+
+
 def test_help_does_not_import_the_heavy_modules():
     code = ("import sys, rlaudit.cli; heavy = [m for m in ('scipy', 'duckdb', 'pyarrow', 'numpy', 'rlaudit.detectors')"
             " if m in sys.modules]; print(heavy)")
