@@ -2,8 +2,7 @@
 
 A reward signal that is NaN where it should apply, infinite, stuck, constant or occasionally enormous does not
 teach a habit; it silently changes what the trainer optimises (NaN summed as 0, one x100 score dominating a
-group's advantages, a dead reward server returning a default). Checks per signal, all in DuckDB over
-`rewards_long`:
+group's advantages, a dead reward server returning a default). Checks per signal, all in DuckDB:
 
 - `non_finite`: +-inf values. Severity **high** (one infinite reward poisons a group's advantages).
 - `nan`: NaN in cells (condition x task; condition x prompt when no task is logged) where the signal
@@ -17,13 +16,17 @@ group's advantages, a dead reward server returning a default). Checks per signal
   historical maximum (a dead server returning a default, a parser that stopped matching). The stuck stretch must
   cover at least 3 steps, 10% of the run's steps and 20 rows. Severity **high**. Stuck *at* the historical
   maximum is saturation (the policy learnt it), reported as `saturated` at **info**.
-- `out_of_range`: finite values far outside the bulk: below q05 - 10*S or above q95 + 10*S (t-digest
-  quantiles), where the scale S is
+- `out_of_range`: finite values far outside the bulk: below q05 - 10*S or above q95 + 10*S, where the scale S is
   the largest of q95 - q05, the span of the values that each make up >= 5% of rows (for discrete signals, <= 64
   distinct values: a binary signal's rare zeros are not outliers), and 10% of max(|q05|, |q95|); S = 1 when all
-  of these are 0. Robust to up to 5% of
+  of these are 0. Quantiles are exact for discrete signals and within 1% (relative) of the exact value
+  otherwise (`reward_stats`: a mergeable log-bucket sketch). Robust to up to 5% of
   outliers, which cannot move q05/q95. Severity **high** when the share >= 1%, **medium** when there are at
   least 3 such rows, else **low**.
+
+The counts come from per-part statistics cached beside the run (`reward_stats`, `partstats`): a warm audit after
+a new step computes that step's part only and merges small tables; rows are read only for evidence and for the
+steps whose range crosses an out-of-range bound.
 
 Each finding carries `signal`, `problem`, `share`, `rows`, `first_step` and evidence rollouts.
 """
@@ -194,7 +197,7 @@ def _constant_or_stuck(con: duckdb.DuckDBPyConnection, run: str) -> list[Finding
 
 def _bands(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, float, float]]:
     """Per signal with finite values: (finite rows, lower bound, upper bound) of the module doc. Quantiles are
-    exact (`quantile_disc`) for a discrete signal, from its merged distinct values, else the per-part sketches'
+    exact (numpy's 'lower' quantile) for a discrete signal, from its merged distinct values, else the per-part sketches'
     estimates (`reward_stats.quantiles`, within 1% of the exact value)."""
     sketch = quantiles(con, (0.05, 0.95))
     values: dict[str, list[tuple[float | None, int]]] = {}
@@ -215,7 +218,7 @@ def _bands(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, float, float]
 
 
 def _exact_quantile(values: list[tuple[float, int]], q: float) -> float:
-    """`quantile_disc` of sorted (value, rows) pairs: the value of rank floor(q (n - 1)), 0-based."""
+    """The value of rank floor(q (n - 1)), 0-based, of sorted (value, rows) pairs: the value of rank floor(q (n - 1)), 0-based."""
     n = sum(c for _, c in values)
     rank, cum = int(q * (n - 1)), 0
     for v, c in values:

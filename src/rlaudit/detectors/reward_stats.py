@@ -79,7 +79,7 @@ def register_reward_stats(con: duckdb.DuckDBPyConnection, store: Store, run: str
 
 def quantiles(con: duckdb.DuckDBPyConnection, qs: tuple[float, ...]) -> dict[str, dict[str, float]]:
     """Per signal, the rows `n` and the sketch's estimate of each quantile q in `qs` (the bucket holding the
-    value of rank floor(q (n - 1)), 0-based, as `quantile_disc`), within ALPHA of the exact value."""
+    value of rank floor(q (n - 1)), 0-based: numpy's 'lower' quantile), within ALPHA of the exact value."""
     out: dict[str, dict[str, float]] = {}
     rows = con.execute("""SELECT signal, mid, n, sum(n) OVER (PARTITION BY signal ORDER BY mid) AS cum,
                                  sum(n) OVER (PARTITION BY signal) AS total
