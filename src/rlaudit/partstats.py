@@ -47,9 +47,6 @@ class PartStats:
         if self.tables:
             con.register(f"_{name}_mem", pa.concat_tables(self.tables, promote_options="default"))
             selects.append(f"SELECT * FROM _{name}_mem")
-        if not selects:
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT NULL AS _none WHERE FALSE")
-            return
         con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {' UNION ALL BY NAME '.join(selects)}")
 
 
@@ -66,7 +63,7 @@ def part_stats(store: Store, run: str, name: str, version: int, sql: str, batch:
     todo = []
     for part in parts:
         path = cache / f"{part.stem}.parquet"
-        if persist and path.is_file():
+        if path.is_file():  # part names are never reused: a cached table holds for any store that reads it
             out.files.append(path)
         else:
             todo.append(part)
@@ -74,6 +71,8 @@ def part_stats(store: Store, run: str, name: str, version: int, sql: str, batch:
         for part, table in _compute(todo[i:i + batch], layouts, sql, store.root):
             written = write_cached(cache / f"{part.stem}.parquet", table, compression="zstd") if persist else table
             (out.files if isinstance(written, Path) else out.tables).append(written)
+    if not parts:  # the statistics' columns, with no rows
+        out.tables.append(_compute([], layouts, sql, store.root)[0][1])
     if persist:
         _prune(base, cache, {p.stem for p in parts})
     return out
@@ -89,19 +88,22 @@ def _compute(parts: list[Path], layouts: dict[str, int], sql: str, root: Path) -
         names = ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths)
         selects.append(f"SELECT {view_columns(layout)}, parse_filename(filename) AS _part "
                        f"FROM read_parquet([{names}], filename = true)")
+    from .schema import ROLLOUT_SCHEMA
     from .store import bound_memory
 
     with duckdb.connect() as con:
         con.execute("SET enable_progress_bar = false")
         bound_memory(con, root)
+        if not selects:
+            con.register("_empty", ROLLOUT_SCHEMA.empty_table())
+            selects = ["SELECT *, ''::VARCHAR AS _part FROM _empty"]
         con.execute(f"CREATE VIEW src AS {' UNION ALL '.join(selects)}")
         result = con.sql(sql).to_arrow_table()
     part_col = result.column("_part")
     result = result.drop_columns(["_part"])
-    out = []
-    for p in parts:
-        out.append((p, result.filter(pc.equal(part_col, p.name))))
-    return out
+    if not parts:
+        return [(Path(), result)]
+    return [(p, result.filter(pc.equal(part_col, p.name))) for p in parts]
 
 
 def _prune(base: Path, cache: Path, stems: set[str]) -> None:
