@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .errors import RlauditError
 from .layout import view_columns
 from .store import Store, write_cached
 
@@ -62,6 +63,9 @@ def part_stats(store: Store, run: str, name: str, version: int, sql: str, batch:
     out = PartStats()
     todo = []
     for part in parts:
+        if not part.is_file():  # as `Store.connect`: a lost part is an error, never a silently smaller run
+            raise RlauditError(f"run {run!r}: part file {part} is missing; ingest its source again to repair it "
+                               f"(`rlaudit ingest {manifest.get('source', 'SOURCE')} --run {run}`)")
         path = cache / f"{part.stem}.parquet"
         if path.is_file():  # part names are never reused: a cached table holds for any store that reads it
             out.files.append(path)
