@@ -41,7 +41,7 @@ RL_SQL = f"SELECT rollout_id, step, {RL_COLUMNS} FROM rollouts"
 _BUCKET = f"CASE WHEN value = 0 THEN 0 ELSE ceil(ln(abs(value)) / {math.log(GAMMA)!r})::INTEGER END"
 
 PART_SQL = f"""
-WITH rl AS (SELECT _part, split, step, {RL_COLUMNS} FROM src),
+WITH rl AS MATERIALIZED (SELECT _part, split, step, {RL_COLUMNS} FROM src),
 v AS (SELECT _part, split, step, signal, value, count(*) AS n FROM rl WHERE isfinite(value) GROUP BY ALL),
 vd AS (SELECT *, count(*) OVER (PARTITION BY _part, split, step, signal) AS d FROM v)
 SELECT _part, 0::TINYINT AS kind, split, step, signal, condition, task, count(*) AS n,

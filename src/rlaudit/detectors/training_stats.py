@@ -41,7 +41,7 @@ _CUT = f"""(
     OR coalesce(json_extract_string({_META}, '$.truncated'), '') = 'true')"""
 
 PART_SQL = f"""
-WITH base AS (
+WITH base AS MATERIALIZED (
     SELECT _part, split, step, condition, group_id, coalesce(group_id, rollout_id) AS gkey, reward, advantage,
            length(completion)::DOUBLE AS clen, {TOKENS_SQL} AS tlen, {MAX_SQL} AS tmax, {_MARK} AS mk, {_CUT} AS cut
     FROM src),
