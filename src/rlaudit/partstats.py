@@ -2,7 +2,7 @@
 
 Detectors such as `reward_health` aggregate the whole run into small tables (counts, sums, minima per step and
 cell). A stored part never changes, so its share of those tables is computed once and kept in
-`derived/partstats/<name>/v<version>/<part>.parquet`; a run that grows by a step computes only the new part's
+`derived/partstats/<name>/v<version>-duckdb<version>/<part>.parquet`; a run that grows by a step computes only the new part's
 table, and a warm audit merges the small per-part tables (`PartStats.sql`) instead of re-reading every rollout.
 
 The SQL given to `part_stats` reads the relation `src`: the canonical rollout columns (`layout.view_columns`)
@@ -81,7 +81,8 @@ def part_stats(store: Store, run: str, name: str, version: int, sql: str, batch:
     cached yet, `batch` parts per DuckDB query (one query per part would cost more in overhead than the work)."""
     persist = getattr(store, "persist_derived", True)
     base = store.run_dir(run) / "derived" / "partstats" / name
-    cache = base / f"v{version}"
+    # the DuckDB version is part of the key: its hash() (of tasks, prompts) may change between versions
+    cache = base / f"v{version}-duckdb{duckdb.__version__}"
     manifest = store.manifest(run)
     parts = store.parts(run, manifest)
     layouts = store.part_layouts(run, manifest)
