@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from rlaudit.report.data import TOTAL, reward_curves
+from rlaudit.report.data import TOTAL, condition_counts, reward_curves
 from rlaudit.store import Store
 
 
@@ -59,6 +59,8 @@ def test_summary_and_curves_equal_a_direct_scan_after_an_append(store, max_point
     assert s.graders == store.query("SELECT DISTINCT unnest(map_keys(grader_inputs)) FROM rollouts ORDER BY 1",
                                     runs=["r"]).column(0).to_pylist()
     _close(reward_curves(store, ["r"], max_points)["r"], _direct_curves(store, "r", max_points))
+    assert condition_counts(store, ["r"])["r"] == {r["c"]: r["n"] for r in store.query(
+        "SELECT coalesce(condition, '(none)') AS c, count(*) AS n FROM rollouts GROUP BY c", runs=["r"]).to_pylist()}
     after = {p.name: p.stat().st_mtime_ns for p in cache.glob("v*/*.parquet")}
     assert len(after) == 2 and all(after[k] == v for k, v in before.items())
 

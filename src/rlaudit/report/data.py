@@ -73,11 +73,14 @@ def condition_counts(store: Store | None, runs: Sequence[str]) -> dict[str, dict
     if not runs:
         return {}
     assert store is not None
-    table = store.query("SELECT run, coalesce(condition, '(none)') AS condition, count(*) AS n FROM rollouts "
-                        "GROUP BY ALL ORDER BY run, n DESC", runs=runs)
+    from ..runstats import connect_run_stats
+
     out: dict[str, dict[str, int]] = {}
-    for run, cond, n in zip(*(table.column(i).to_pylist() for i in range(3))):
-        out.setdefault(run, {})[cond] = int(n)
+    for run in runs:  # from the per-part counts cached beside the run (`runstats`)
+        with connect_run_stats(store, run, "rs") as con:
+            rows = con.execute("SELECT coalesce(condition, '(none)') AS c, sum(n) AS n FROM rs WHERE kind = 0 "
+                               "GROUP BY c ORDER BY n DESC, c").fetchall()
+        out[run] = {cond: int(n) for cond, n in rows}
     return out
 
 
