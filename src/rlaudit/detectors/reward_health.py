@@ -201,7 +201,11 @@ def _bands(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, float, float]
     estimates (`reward_stats.quantiles`, within 1% of the exact value)."""
     sketch = quantiles(con, (0.05, 0.95))
     values: dict[str, list[tuple[float | None, int]]] = {}
-    for signal, value, n in con.execute("SELECT signal, value, n FROM rh_values ORDER BY signal, value").fetchall():
+    for signal, value, n in con.execute(f"""
+            SELECT signal, value, n FROM rh_values WHERE signal IN (
+                SELECT signal FROM rh_values GROUP BY signal
+                HAVING count(*) <= {DISCRETE_MAX} AND count(*) FILTER (WHERE value IS NULL) = 0)
+            ORDER BY signal, value""").fetchall():  # discrete signals only: at most DISCRETE_MAX rows each
         values.setdefault(signal, []).append((value, int(n)))
     out = {}
     for signal, est in sketch.items():
