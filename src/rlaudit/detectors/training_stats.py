@@ -12,6 +12,8 @@ One table per stored part, keyed by `split` and `step` (any audit scope filters 
   characters `clen`, `clen2` and of metadata token counts `tlen`, `tlen2` with the rows that have one `tn`, the
   metadata length limit (`mx_n`, `mx_lo`, `mx_hi`), rows with an end or finish marker (`mk_c`; `mk_t` adds a
   known limit) and truncated rows (`tr_c` in characters; `tr_t` with token counts against the limit).
+  A run without group ids has one cell per rollout: the cache is then as long as the run (still read once,
+  instead of parsing every rollout's metadata again).
 - kind 2, per reward signal (`total` marks the total `reward`): finite rows `n`, their mean `m` and sample
   standard deviation `sd`. Steps whose rows span parts are merged exactly (Chan's pooled variance).
 
