@@ -649,16 +649,19 @@ class Store:
         return self.query(f"SELECT {cols} FROM rollouts ORDER BY step, rollout_id", runs=[run])
 
     def summary(self, run: str) -> RunSummary:
+        """Rows, steps, conditions, reward signals and graders of a run, merged from per-part counts cached
+        beside it (`runstats`): a run that grew by a step reads only that step's part."""
+        from .runstats import connect_run_stats
+
         m = self.manifest(run)
-        row = self.query(
-            "SELECT count(*) AS n, min(step) AS lo, max(step) AS hi FROM rollouts", runs=[run]).to_pylist()[0]
-        conds = self.query("SELECT DISTINCT condition FROM rollouts ORDER BY 1", runs=[run]).column(0).to_pylist()
-        signals = self.query("SELECT DISTINCT unnest(map_keys(rewards)) FROM rollouts ORDER BY 1",
-                             runs=[run]).column(0).to_pylist()
-        graders = self.query("SELECT DISTINCT unnest(map_keys(grader_inputs)) FROM rollouts ORDER BY 1",
-                             runs=[run]).column(0).to_pylist()
-        steps = (int(row["lo"]), int(row["hi"])) if row["n"] else None
-        return RunSummary(run=run, format=m["format"], rows=int(row["n"]), steps=steps, conditions=conds,
+        with connect_run_stats(self, run, "s") as con:
+            n, lo, hi = con.execute("SELECT sum(n), min(step), max(step) FROM s WHERE kind = 0").fetchone()
+            conds = [r[0] for r in con.execute("SELECT DISTINCT condition FROM s WHERE kind = 0 ORDER BY 1").fetchall()]
+            signals = [r[0] for r in con.execute(
+                "SELECT DISTINCT signal FROM s WHERE kind = 1 AND NOT total ORDER BY 1").fetchall()]
+            graders = [r[0] for r in con.execute("SELECT DISTINCT signal FROM s WHERE kind = 2 ORDER BY 1").fetchall()]
+        steps = (int(lo), int(hi)) if n else None
+        return RunSummary(run=run, format=m["format"], rows=int(n or 0), steps=steps, conditions=conds,
                           signals=signals, graders=graders, source=m["source"],
                           notes=list(_notes(m).values()))
 

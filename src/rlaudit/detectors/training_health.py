@@ -60,7 +60,9 @@ import numpy as np
 
 from ..findings import Evidence, Finding
 from ..health.lengths import LengthUnit, length_view
+from ..partstats import scope_sql
 from . import DetectContext, Detector, register
+from .training_stats import register_training_stats, split_groups
 
 ALPHA = 0.05
 ZV_MEDIUM, ZV_HIGH = 0.5, 0.75
@@ -78,6 +80,8 @@ class TrainingHealthDetector(Detector):
     kinds = ("training_health",)
     description = ("Is the run learning: zero-variance groups, advantage ESS, length growth, truncation, reward vs "
                    "eval divergence, plateaus; entropy, KL, clipping and gradients from scalar logs.")
+    #: False computes everything from the rollouts (the reference the cached statistics are tested against)
+    use_cache = True
 
     def detect(self, ctx: DetectContext) -> list[Finding]:
         con = ctx.connect()
@@ -86,19 +90,27 @@ class TrainingHealthDetector(Detector):
         trainer = str(manifest.get("format") or "")
         candidates: list[dict[str, Any]] = []
         notes: list[str] = []
-        steps = [int(r[0]) for r in con.execute("SELECT DISTINCT step FROM rollouts ORDER BY step").fetchall()]
+        tokenizer, max_tokens = ctx.option(self.name, "tokenizer", None), ctx.option(self.name, "max_tokens", None)
+        # from per-part statistics cached beside the run (`training_stats`), unless a tokenizer or a limit
+        # given for this audit changes the lengths: then from the rollouts
+        cached = tokenizer is None and max_tokens is None and self.use_cache
+        if cached:
+            register_training_stats(con, ctx.store, ctx.run, scope_sql(ctx.config.max_step, ctx.config.split),
+                                    scope_sql(ctx.config.max_step, None))
+        steps = [int(r[0]) for r in con.execute(
+            f"SELECT DISTINCT step FROM {'ts_cells' if cached else 'rollouts'} ORDER BY step").fetchall()]
         if len(steps) >= MIN_STEPS:
-            unit = length_view(con, ctx.option(self.name, "tokenizer", None), ctx.option(self.name, "max_tokens", None))
+            unit = length_view(con, tokenizer, max_tokens, **(_unit_counts(con) if cached else {}))
             notes.append(unit.describe())
             early, late = _windows(steps)
-            candidates += _zero_variance(con, steps, early, late)
-            candidates += _length(con, steps, early, late, unit)
-            trunc, note = _truncation(con, steps, early, late, unit)
+            candidates += _zero_variance(con, steps, early, late, cached and not split_groups(con))
+            candidates += _length(con, steps, early, late, unit, cached)
+            trunc, note = _truncation(con, steps, early, late, unit, cached)
             candidates += trunc
             if note:
                 notes.append(note)
-            candidates += _divergence(con, ctx.config.max_step)
-            candidates += _plateau(con, steps)
+            candidates += _divergence(con, ctx.config.max_step, cached)
+            candidates += _plateau(con, steps, cached)
         else:
             notes.append(f"only {len(steps)} step(s): the rollout checks need at least {MIN_STEPS}")
         scalar_paths = ctx.option(self.name, "metrics", {}).get(ctx.run) if isinstance(
@@ -123,6 +135,14 @@ class TrainingHealthDetector(Detector):
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def _unit_counts(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """`length_view`'s whole-run counts (rows, rows with metadata token counts; the metadata limit's min, max and
+    count), from the cached cells instead of a scan of every rollout's metadata."""
+    n, tn, lo, hi, mx = con.execute("SELECT coalesce(sum(n), 0), coalesce(sum(tn), 0), min(mx_lo), max(mx_hi), "
+                                    "coalesce(sum(mx_n), 0) FROM ts_cells").fetchone()
+    return {"known": (int(n), int(tn)), "limits": (lo, hi, int(mx))}
+
+
 def _windows(steps: list[int]) -> tuple[list[int], list[int]]:
     k = max(2, len(steps) // 3)
     return steps[:k], steps[-k:]
@@ -203,8 +223,8 @@ def _candidate(check: str, severity: str | None, title: str, explanation: str, s
 
 
 # ---------------------------------------------------------------------------------------------- rollout checks
-def _zero_variance(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int]
-                   ) -> list[dict[str, Any]]:
+def _zero_variance(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int],
+                   cached: bool = False) -> list[dict[str, Any]]:
     from scipy.stats import binom, t as student_t
 
     q = con.execute("""SELECT approx_quantile(reward, 0.05), approx_quantile(reward, 0.95) FROM rollouts
@@ -213,7 +233,12 @@ def _zero_variance(con: duckdb.DuckDBPyConnection, steps: list[int], early: list
         return []
     q05, q95 = float(q[0]), float(q[1])
     tol = 1e-9 * max(1.0, abs(q05), abs(q95))
-    con.execute(f"""
+    if cached:
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE th_groups AS
+            SELECT step, group_id, rf AS n, lo, hi, mean, sd, has_adv, hi - lo <= {tol} AS zero, s1, s2
+            FROM ts_groups WHERE rf >= 2""")
+    else:
+        con.execute(f"""
         CREATE OR REPLACE TEMP TABLE th_groups AS
         SELECT step, group_id, count(*) AS n, min(reward) AS lo, max(reward) AS hi, avg(reward) AS mean,
                coalesce(stddev_samp(reward), 0) AS sd, max(hi_adv) AS has_adv,
@@ -265,6 +290,8 @@ def _zero_variance(con: duckdb.DuckDBPyConnection, steps: list[int], early: list
                           f"{late[0]})", "zero-variance group: same reward for every rollout")))
     # advantage ESS over the rollouts of groups that vary
     ess = _rows(con, """
+        SELECT step, sum(s1) AS s1, sum(s2) AS s2, sum(n) AS n FROM th_groups WHERE NOT zero
+        GROUP BY step ORDER BY step""" if cached else """
         SELECT r.step, sum(abs(a)) AS s1, sum(a * a) AS s2, count(*) AS n FROM (
             SELECT r.step, coalesce(r.advantage, (r.reward - g.mean) / (g.sd + 1e-4)) AS a
             FROM rollouts r JOIN th_groups g USING (step, group_id)
@@ -291,23 +318,27 @@ def _zero_variance(con: duckdb.DuckDBPyConnection, steps: list[int], early: list
     return out
 
 
-def _length(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int], unit: LengthUnit
-            ) -> list[dict[str, Any]]:
+def _length(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int], unit: LengthUnit,
+            cached: bool = False) -> list[dict[str, Any]]:
     from scipy.stats import norm
 
     from ..stats import onset_index
 
-    per_step = _rows(con, """SELECT step, sum(th_len)::DOUBLE AS x, sum(th_len ^ 2) AS q, count(*) AS n
-                             FROM th_rollouts GROUP BY step ORDER BY step""")
+    x, x2 = ("tlen", "tlen2") if unit.unit == "tokens" else ("clen", "clen2")
+    per_step = _rows(con, f"""SELECT step, sum({x})::DOUBLE AS x, sum({x2}) AS q, sum(n) AS n
+                              FROM ts_cells GROUP BY step ORDER BY step""" if cached else """
+                          SELECT step, sum(th_len)::DOUBLE AS x, sum(th_len ^ 2) AS q, count(*) AS n
+                          FROM th_rollouts GROUP BY step ORDER BY step""")
     # per window and condition, the sums over prompt groups (clusters) that the cluster-robust SE of a ratio of
     # sums needs: aggregated inside DuckDB, so the run's groups never come to Python
     cells = _rows(con, f"""
         SELECT w, condition, count(*)::DOUBLE AS g, sum(x) AS sx, sum(n) AS sn, sum(x * x) AS sxx,
                sum(x * n) AS sxn, sum(n * n) AS snn
         FROM (SELECT CASE WHEN step <= {early[-1]} THEN 0 ELSE 1 END AS w, condition,
-                     sum(th_len)::DOUBLE AS x, count(*)::DOUBLE AS n
-              FROM th_rollouts WHERE step <= {early[-1]} OR step >= {late[0]}
-              GROUP BY w, condition, coalesce(group_id, rollout_id))
+                     {f"sum({x})::DOUBLE AS x, sum(n)::DOUBLE AS n" if cached else
+                      "sum(th_len)::DOUBLE AS x, count(*)::DOUBLE AS n"}
+              FROM {"ts_cells" if cached else "th_rollouts"} WHERE step <= {early[-1]} OR step >= {late[0]}
+              GROUP BY w, condition, {"gkey" if cached else "coalesce(group_id, rollout_id)"})
         GROUP BY w, condition""")
     if not per_step or not cells:
         return []
@@ -377,12 +408,13 @@ TRUNCATED_SQL = """(
 
 
 def _truncation(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int],
-                unit: LengthUnit) -> tuple[list[dict[str, Any]], str | None]:
+                unit: LengthUnit, cached: bool = False) -> tuple[list[dict[str, Any]], str | None]:
     from scipy.stats import norm
 
     from ..stats import onset_index
 
-    markers = con.execute("""SELECT count(*) FILTER (WHERE th_max IS NOT NULL OR reasoning IS NOT NULL OR completion LIKE '%</think>%'
+    mk, tr = ("mk_t", "tr_t") if unit.unit == "tokens" else ("mk_c", "tr_c")
+    markers = con.execute(f"SELECT coalesce(sum({mk}), 0) FROM ts_cells") if cached else con.execute("""SELECT count(*) FILTER (WHERE th_max IS NOT NULL OR reasoning IS NOT NULL OR completion LIKE '%</think>%'
                                  OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.finish_reason') IS NOT NULL
                                  OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.stop_reason') IS NOT NULL
                                  OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.is_truncated') IS NOT NULL
@@ -390,7 +422,8 @@ def _truncation(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[in
     if not markers.fetchone()[0]:
         return [], ("truncation: the rollouts carry no end marker (think tags) and no finish reason, so truncation "
                     "is unknown from them")
-    per_step = _rows(con, f"""SELECT step, count(*) FILTER (WHERE {TRUNCATED_SQL}) AS t, count(*) AS n
+    per_step = _rows(con, f"""SELECT step, sum({tr}) AS t, sum(n) AS n FROM ts_cells GROUP BY step ORDER BY step"""
+                     if cached else f"""SELECT step, count(*) FILTER (WHERE {TRUNCATED_SQL}) AS t, count(*) AS n
                               FROM th_rollouts GROUP BY step ORDER BY step""")
     st = [r["step"] for r in per_step]
     t = np.array([r["t"] for r in per_step], dtype=float)
@@ -422,15 +455,18 @@ def _truncation(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[in
         evidence_sql=(f"step >= {late[0]} AND {TRUNCATED_SQL}", "truncated completion"))], None
 
 
-def _divergence(con: duckdb.DuckDBPyConnection, max_step: int | None) -> list[dict[str, Any]]:
+def _divergence(con: duckdb.DuckDBPyConnection, max_step: int | None, cached: bool = False
+                ) -> list[dict[str, Any]]:
     from scipy.stats import t as student_t
 
     cap = f" AND step <= {int(max_step)}" if max_step is not None else ""
-    ev = _rows(con, f"""SELECT step, avg(reward) AS m, count(*) AS n FROM all_rollouts
-                        WHERE split = 'eval' AND isfinite(reward){cap} GROUP BY step ORDER BY step""")
+    ev = _rows(con, "SELECT step, m, n FROM ts_eval WHERE total ORDER BY step" if cached else f"""
+                    SELECT step, avg(reward) AS m, count(*) AS n FROM all_rollouts
+                    WHERE split = 'eval' AND isfinite(reward){cap} GROUP BY step ORDER BY step""")
     if len(ev) < 4:
         return []
-    tr = _rows(con, "SELECT step, avg(reward) AS m FROM rollouts WHERE isfinite(reward) GROUP BY step ORDER BY step")
+    tr = _rows(con, "SELECT step, m FROM ts_signals WHERE total ORDER BY step" if cached else
+               "SELECT step, avg(reward) AS m FROM rollouts WHERE isfinite(reward) GROUP BY step ORDER BY step")
     if len(tr) < 4:
         return []
     s_tr, p_tr = _mk(np.array([r["m"] for r in tr]))
@@ -468,18 +504,32 @@ def _divergence(con: duckdb.DuckDBPyConnection, max_step: int | None) -> list[di
         evidence_sql=None)]
 
 
-def _plateau(con: duckdb.DuckDBPyConnection, steps: list[int]) -> list[dict[str, Any]]:
+def _plateau(con: duckdb.DuckDBPyConnection, steps: list[int], cached: bool = False) -> list[dict[str, Any]]:
     """One plateau test per reward signal: the total and each component of `rewards` (see the module doc)."""
     if len(steps) < PLATEAU_MIN_STEPS:
         return []
+    if cached:
+        total = _rows(con, "SELECT step, m, sd, n FROM ts_signals WHERE total ORDER BY step")
+        parts = _rows(con, "SELECT signal, step, m, sd, n FROM ts_signals WHERE NOT total ORDER BY signal, step")
+    else:
+        total, parts = _plateau_rows(con)
+    series: dict[str, list[dict[str, Any]]] = {"reward": total}
+    for r in parts:
+        series.setdefault(f"rewards.{r['signal']}", []).append(r)
+    return _plateau_series(series, total)
+
+
+def _plateau_rows(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     total = _rows(con, """SELECT step, avg(reward) AS m, coalesce(stddev_samp(reward), 0) AS sd, count(*) AS n
                           FROM rollouts WHERE isfinite(reward) GROUP BY step ORDER BY step""")
     parts = _rows(con, """SELECT k AS signal, step, avg(v) AS m, coalesce(stddev_samp(v), 0) AS sd, count(*) AS n
                           FROM (SELECT step, unnest(map_keys(rewards)) AS k, unnest(map_values(rewards)) AS v
                                 FROM rollouts) WHERE isfinite(v) GROUP BY k, step ORDER BY k, step""")
-    series: dict[str, list[dict[str, Any]]] = {"reward": total}
-    for r in parts:
-        series.setdefault(f"rewards.{r['signal']}", []).append(r)
+    return total, parts
+
+
+def _plateau_series(series: dict[str, list[dict[str, Any]]], total: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One plateau candidate per signal's per-step series (a single component equal to the total once)."""
     if len(series) == 2 and all(len(v) == len(total) for v in series.values()):
         # a single component equal to the total is one signal, not two tests
         only = next(k for k in series if k != "reward")

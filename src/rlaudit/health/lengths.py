@@ -69,8 +69,11 @@ def load_tokenizer(spec: str):  # noqa: ANN201 - tokenizers.Tokenizer, imported 
 
 
 def length_view(con: duckdb.DuckDBPyConnection, tokenizer: str | None = None,
-                max_tokens: float | None = None, batch: int = 4096) -> LengthUnit:
-    """Create `th_rollouts` (see the module doc) and return the unit it measures in."""
+                max_tokens: float | None = None, batch: int = 4096, known: tuple[int, int] | None = None,
+                limits: tuple[float | None, float | None, int] | None = None) -> LengthUnit:
+    """Create `th_rollouts` (see the module doc) and return the unit it measures in. `known` (rows, rows with
+    metadata token counts) and `limits` (min, max and count of the metadata limit), when the caller has them
+    from cached statistics, spare the scans of every rollout's metadata that would count them."""
     if tokenizer:
         tok = load_tokenizer(tokenizer)
         ids, counts = [], []
@@ -86,8 +89,9 @@ def length_view(con: duckdb.DuckDBPyConnection, tokenizer: str | None = None,
         unit = LengthUnit("tokens", f"tokenizer {tokenizer}")
     else:
         # a sample first: most logs carry no token counts, and parsing every metadata object costs a full scan
-        sampled = con.execute(f"SELECT count({TOKENS_SQL}) FROM (SELECT metadata FROM rollouts LIMIT 2048)").fetchone()
-        known = con.execute(f"SELECT count(*), count({TOKENS_SQL}) FROM rollouts").fetchone() if sampled[0] else (0, 0)
+        if known is None:
+            sampled = con.execute(f"SELECT count({TOKENS_SQL}) FROM (SELECT metadata FROM rollouts LIMIT 2048)").fetchone()
+            known = con.execute(f"SELECT count(*), count({TOKENS_SQL}) FROM rollouts").fetchone() if sampled[0] else (0, 0)
         if known[0] and known[0] == known[1]:
             key = con.execute(f"""SELECT CASE {' '.join(f"WHEN json_extract_string({_META}, '$.{k}') IS NOT NULL "
                                                            f"THEN '{k}'" for k in TOKEN_KEYS)}
@@ -107,7 +111,8 @@ def length_view(con: duckdb.DuckDBPyConnection, tokenizer: str | None = None,
         if max_tokens:
             unit.max_tokens, unit.has_max = float(max_tokens), True
         else:
-            lo, hi, n = con.execute("SELECT min(th_max), max(th_max), count(th_max) FROM th_rollouts").fetchone()
+            lo, hi, n = limits if limits is not None else con.execute(
+                "SELECT min(th_max), max(th_max), count(th_max) FROM th_rollouts").fetchone()
             unit.has_max = bool(n)
             unit.max_tokens = float(lo) if n and lo == hi else None
     return unit

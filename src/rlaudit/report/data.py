@@ -32,27 +32,29 @@ def reward_curves(store: Store | None, runs: Sequence[str], max_points: int = 50
     if not runs:
         return {}
     assert store is not None
+    import pyarrow as pa
+
+    from ..runstats import connect_run_stats
+
+    # from per-part sums cached beside each run (`runstats`): a run that grew by a step reads only its new part
     sql = """
     WITH scoped AS (
-        SELECT * FROM rollouts r
-        WHERE r.split = 'train' OR NOT EXISTS (SELECT 1 FROM rollouts t WHERE t.run = r.run AND t.split = 'train')
+        SELECT * FROM rs WHERE split = 'train' OR NOT EXISTS (SELECT 1 FROM rs WHERE kind = 0 AND split = 'train')
     ),
     bounds AS (
-        SELECT run, min(step) AS lo, greatest(1, ceil((max(step) - min(step) + 1) / ?))::BIGINT AS width
-        FROM scoped GROUP BY run
-    ),
-    long AS (
-        SELECT run, step, unnest(map_keys(rewards)) AS signal, unnest(map_values(rewards)) AS value FROM scoped
-        UNION ALL
-        SELECT run, step, ? AS signal, reward AS value FROM scoped
+        SELECT min(step) AS lo, greatest(1, ceil((max(step) - min(step) + 1) / ?))::BIGINT AS width
+        FROM scoped WHERE kind = 0
     )
-    SELECT l.run, l.signal, (l.step - b.lo) // b.width AS bucket, avg(l.step) AS x,
-           avg(l.value) FILTER (WHERE l.value IS NOT NULL AND NOT isnan(l.value)) AS y
-    FROM long l JOIN bounds b USING (run)
-    GROUP BY l.run, l.signal, bucket
-    ORDER BY l.run, l.signal, bucket
+    SELECT ? AS run, CASE WHEN total THEN ? ELSE signal END AS signal, (step - b.lo) // b.width AS bucket,
+           sum(step * n) / sum(n) AS x, sum(sv) / nullif(sum(nv), 0) AS y
+    FROM scoped, bounds b WHERE kind = 1
+    GROUP BY ALL ORDER BY 2, 3
     """
-    table = store.query(sql, [int(max_points), TOTAL], runs=runs)
+    tables = []
+    for run in runs:
+        with connect_run_stats(store, run, "rs") as con:
+            tables.append(con.sql(sql, params=[int(max_points), run, TOTAL]).to_arrow_table())
+    table = pa.concat_tables(tables)
     out: dict[str, dict[str, tuple[list[float], list[float | None]]]] = {}
     cols = table.to_pydict()
     for run, signal, x, y in zip(cols["run"], cols["signal"], cols["x"], cols["y"]):
@@ -71,11 +73,14 @@ def condition_counts(store: Store | None, runs: Sequence[str]) -> dict[str, dict
     if not runs:
         return {}
     assert store is not None
-    table = store.query("SELECT run, coalesce(condition, '(none)') AS condition, count(*) AS n FROM rollouts "
-                        "GROUP BY ALL ORDER BY run, n DESC", runs=runs)
+    from ..runstats import connect_run_stats
+
     out: dict[str, dict[str, int]] = {}
-    for run, cond, n in zip(*(table.column(i).to_pylist() for i in range(3))):
-        out.setdefault(run, {})[cond] = int(n)
+    for run in runs:  # from the per-part counts cached beside the run (`runstats`)
+        with connect_run_stats(store, run, "rs") as con:
+            rows = con.execute("SELECT coalesce(condition, '(none)') AS c, sum(n) AS n FROM rs WHERE kind = 0 "
+                               "GROUP BY c ORDER BY n DESC, c").fetchall()
+        out[run] = {cond: int(n) for cond, n in rows}
     return out
 
 

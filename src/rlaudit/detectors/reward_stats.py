@@ -1,0 +1,92 @@
+"""Per-part statistics of the reward signals, for `reward_health` (cached per part by `partstats`).
+
+One table per stored part, with three kinds of rows, all keyed by `split` and `step` (so any audit scope can
+filter them) and `signal`:
+
+- kind 0, cells: per condition and task (the prompt's hash where no task is logged) the rows `n`, NaN rows
+  `nan`, infinite rows `inf`, finite rows `finite`, and the finite minimum `lo` and maximum `hi`. Summed, they
+  give every count of the `non_finite`, `nan` and `constant`/`stuck` checks exactly.
+- kind 1, values: the distinct finite values `value` with their rows `n`, for a (split, step, signal) with at
+  most `DISCRETE_MAX` + 1 distinct values; a busier one has a single row with `value` NULL. A signal is discrete
+  when none of its rows is NULL and at most `DISCRETE_MAX` values remain after merging (an exact count).
+- kind 2, sketch: finite values in logarithmic buckets (`sgn`, `b`: sign and ceil(log_gamma |v|); zero alone),
+  with their rows `n`. Merged, the buckets give the q05 / q95 of `out_of_range` with a relative error of at most
+  ALPHA = (gamma - 1) / (gamma + 1) (a bucket's midpoint 2 gamma^b / (gamma + 1) is within ALPHA of every value
+  of (gamma^(b-1), gamma^b]; the rank is exact): a DDSketch, mergeable by adding counts, unlike a t-digest.
+
+Which rows lie out of the resulting bounds is counted exactly, on the rollouts of the steps whose cell minimum
+or maximum crosses a bound (none, in a healthy run).
+"""
+
+from __future__ import annotations
+
+import math
+
+import duckdb
+
+from ..partstats import part_stats
+from ..store import Store
+
+VERSION = 1
+GAMMA = 1.02
+ALPHA = (GAMMA - 1) / (GAMMA + 1)  # ~0.0099
+DISCRETE_MAX = 64
+
+#: one row per rollout and signal (a signal missing from a rollout's map did not score it: NaN)
+RL_COLUMNS = ("unnest(map_keys(rewards)) AS signal, coalesce(unnest(map_values(rewards)), 'NaN'::DOUBLE) AS value, "
+              "coalesce(condition, '') AS condition, "
+              "CASE WHEN task IS NOT NULL THEN hash(task) ELSE hash('prompt:', prompt) END AS task")
+RL_SQL = f"SELECT rollout_id, step, {RL_COLUMNS} FROM rollouts"
+
+_BUCKET = f"CASE WHEN value = 0 THEN 0 ELSE ceil(ln(abs(value)) / {math.log(GAMMA)!r})::INTEGER END"
+
+PART_SQL = f"""
+WITH rl AS MATERIALIZED (SELECT _part, split, step, {RL_COLUMNS} FROM src),
+v AS (SELECT _part, split, step, signal, value, count(*) AS n FROM rl WHERE isfinite(value) GROUP BY ALL),
+vd AS (SELECT *, count(*) OVER (PARTITION BY _part, split, step, signal) AS d FROM v)
+SELECT _part, 0::TINYINT AS kind, split, step, signal, condition, task, count(*) AS n,
+       count(*) FILTER (WHERE isnan(value)) AS nan, count(*) FILTER (WHERE isinf(value)) AS inf,
+       count(*) FILTER (WHERE isfinite(value)) AS finite,
+       min(value) FILTER (WHERE isfinite(value)) AS lo, max(value) FILTER (WHERE isfinite(value)) AS hi,
+       NULL::DOUBLE AS value, NULL::TINYINT AS sgn, NULL::INTEGER AS b
+FROM rl GROUP BY _part, split, step, signal, condition, task
+UNION ALL
+SELECT _part, 1::TINYINT, split, step, signal, NULL, NULL, sum(n)::BIGINT, NULL, NULL, NULL, NULL, NULL,
+       CASE WHEN d <= {DISCRETE_MAX + 1} THEN value END, NULL, NULL
+FROM vd GROUP BY _part, split, step, signal, CASE WHEN d <= {DISCRETE_MAX + 1} THEN value END
+UNION ALL
+SELECT _part, 2::TINYINT, split, step, signal, NULL, NULL, count(*), NULL, NULL, NULL, NULL, NULL, NULL,
+       sign(value)::TINYINT, {_BUCKET}
+FROM rl WHERE isfinite(value) GROUP BY _part, split, step, signal, sign(value), {_BUCKET}
+"""
+
+
+def register_reward_stats(con: duckdb.DuckDBPyConnection, store: Store, run: str, scope: str) -> None:
+    """Create the temp tables `rh_cells`, `rh_values` and `rh_sketch` (the kinds of the module doc, merged over
+    the run's parts within `scope`, a condition on split and step) and `rh_quantiles` (signal, n, q05, q95,
+    discrete, span of the common values)."""
+    part_stats(store, run, "reward_health", VERSION, PART_SQL).register(con, "rh_parts")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE rh_cells AS
+        SELECT step, signal, condition, task, n, nan, inf, finite, lo, hi FROM rh_parts WHERE kind = 0 AND {scope}""")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE rh_values AS
+        SELECT signal, value, sum(n) AS n
+        FROM rh_parts WHERE kind = 1 AND {scope} GROUP BY signal, value""")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE rh_sketch AS
+        SELECT signal, CASE WHEN sgn = 0 THEN 0.0 ELSE sgn * 2 * pow({GAMMA!r}, b) / {GAMMA + 1!r} END AS mid,
+               sum(n) AS n
+        FROM rh_parts WHERE kind = 2 AND {scope} GROUP BY signal, sgn, b""")
+
+
+def quantiles(con: duckdb.DuckDBPyConnection, qs: tuple[float, ...]) -> dict[str, dict[str, float]]:
+    """Per signal, the rows `n` and the sketch's estimate of each quantile q in `qs` (the bucket holding the
+    value of rank floor(q (n - 1)), 0-based: numpy's 'lower' quantile), within ALPHA of the exact value."""
+    out: dict[str, dict[str, float]] = {}
+    rows = con.execute("""SELECT signal, mid, n, sum(n) OVER (PARTITION BY signal ORDER BY mid) AS cum,
+                                 sum(n) OVER (PARTITION BY signal) AS total
+                          FROM rh_sketch ORDER BY signal, mid""").fetchall()
+    for signal, mid, _n, cum, total in rows:
+        d = out.setdefault(signal, {"n": int(total)})
+        for q in qs:
+            if q not in d and cum > math.floor(q * (total - 1)):
+                d[q] = float(mid)
+    return out

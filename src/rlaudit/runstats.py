@@ -1,0 +1,56 @@
+"""Per-part counts of a run for its summary and the report's curves (cached per part by `partstats`).
+
+`Store.summary` (rows, steps, conditions, reward signals, graders) and the report's reward curves and condition
+counts used to scan every rollout on every audit. Their inputs are sums and distinct values, so each stored part
+contributes a small table, computed once, with three kinds of rows:
+
+- kind 0: per split, step and condition, the rows `n`;
+- kind 1: per split, step and reward signal (`total` marks the total `reward`), the rows carrying the signal `n`,
+  those with a value that is neither NULL nor NaN `nv`, and the sum of those values `sv`;
+- kind 2: the grader names of `grader_inputs` (one row each).
+
+A warm audit after a new step computes that part's table and merges the rest, so these stages cost O(parts),
+not O(rollouts). Means are sums / counts in double precision (the curves are plotted, not tested against).
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from .partstats import part_stats
+from .store import Store
+
+VERSION = 1
+
+PART_SQL = """
+SELECT _part, 0::TINYINT AS kind, split, step, condition, NULL::VARCHAR AS signal, NULL::BOOLEAN AS total,
+       count(*) AS n, NULL::BIGINT AS nv, NULL::DOUBLE AS sv
+FROM src GROUP BY _part, split, step, condition
+UNION ALL
+SELECT _part, 1::TINYINT, split, step, NULL, signal, total, count(*),
+       count(value) FILTER (WHERE NOT isnan(value)), sum(value) FILTER (WHERE NOT isnan(value))
+FROM (SELECT _part, split, step, unnest(map_keys(rewards)) AS signal, FALSE AS total,
+             unnest(map_values(rewards)) AS value FROM src
+      UNION ALL
+      SELECT _part, split, step, NULL, TRUE, reward FROM src)
+GROUP BY _part, split, step, signal, total
+UNION ALL
+SELECT DISTINCT _part, 2::TINYINT, NULL, NULL, NULL, unnest(map_keys(grader_inputs)), NULL, NULL, NULL, NULL
+FROM src
+"""
+
+
+def register_run_stats(con: duckdb.DuckDBPyConnection, store: Store, run: str, name: str = "run_stats") -> None:
+    """Create the view `name` over the run's per-part tables (see the module doc)."""
+    part_stats(store, run, "run_stats", VERSION, PART_SQL).register(con, name)
+
+
+def connect_run_stats(store: Store, run: str, name: str = "run_stats") -> duckdb.DuckDBPyConnection:
+    """A fresh DuckDB connection holding only the view `name` of `register_run_stats`."""
+    from .store import bound_memory
+
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    bound_memory(con, store.root)
+    register_run_stats(con, store, run, name)
+    return con

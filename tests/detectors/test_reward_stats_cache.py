@@ -1,0 +1,116 @@
+"""reward_health's per-part statistics: cached, in-memory and appended-to runs give the same findings, the
+merged counts equal a direct scan of the rollouts, and the quantile sketch stays within its error bound."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import duckdb
+import numpy as np
+import pytest
+
+from rlaudit.detectors import AuditConfig, run_detectors
+from rlaudit.detectors.reward_stats import ALPHA, register_reward_stats, quantiles
+from rlaudit.schema import canonical_table
+
+
+def _rows(step0: int, steps: int, per_step: int, rng: np.random.Generator, run: str = "r") -> dict:
+    n = steps * per_step
+    step = np.repeat(np.arange(step0, step0 + steps), per_step)
+    judge = rng.normal(0.5, 0.2, n)
+    judge[rng.random(n) < 0.01] *= 300  # out of range
+    judge[rng.random(n) < 0.01] = np.nan
+    judge[rng.random(n) < 0.002] = np.inf
+    acc = (rng.random(n) < 0.4).astype(float)
+    cond = rng.choice(["a", "b", "c"], n)
+    persona = np.where(cond == "c", rng.uniform(0, 1, n), np.nan)  # applies to one condition only
+    split = np.where(rng.random(n) < 0.1, "eval", "train")
+    ids = [f"{run}:{step0}:{i}" for i in range(n)]
+    return {
+        "run": [run] * n, "rollout_id": ids, "step": step.tolist(), "split": split.tolist(),
+        "group_id": [f"{s}-{i // 8}" for s, i in zip(step, range(n))], "sample_index": [i % 8 for i in range(n)],
+        "condition": cond.tolist(), "system_prompt": [None] * n, "task": rng.choice(["x", "y"], n).tolist(),
+        "prompt": ["p"] * n, "completion": ["c"] * n, "reasoning": [None] * n, "answer": ["a"] * n,
+        "rewards": [[("judge", float(judge[i])), ("acc", float(acc[i])), ("persona", float(persona[i]))]
+                    for i in range(n)],
+        "reward": [0.0] * n, "advantage": [0.0] * n, "grader_inputs": [[] for _ in range(n)], "metadata": [None] * n,
+    }
+
+
+def _health(store, run="r", **config):
+    found = run_detectors(store, run, AuditConfig(detectors=["reward_health"], **config))
+    assert not [f for f in found if f.kind == "audit_error"], found
+    return sorted((f.to_json() for f in found), key=lambda f: (f["signal"], f["problem"]))
+
+
+def _cache(store, run="r"):
+    return store.run_dir(run) / "derived" / "partstats" / "reward_health"
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cached_uncached_and_appended_runs_agree(store, tmp_path, seed):
+    from rlaudit.store import Store
+
+    rng = np.random.default_rng(seed)
+    for i in range(4):  # four parts
+        store.append("r", canonical_table(_rows(1 + 5 * i, 5, 40, rng)), key=f"p{i}")
+    cold = _health(store)
+    assert cold, "the fixture has broken signals"
+    assert len(list(_cache(store).glob("v*/*.parquet"))) == 4
+    assert _health(store) == cold  # warm, from the cache
+    assert _health(store, max_step=12) != cold  # the scope filters the cached rows
+    shutil.rmtree(_cache(store))
+    assert _health(store, max_step=12) == _health(store, max_step=12)
+
+    store.append("r", canonical_table(_rows(21, 5, 40, rng)), key="p4")  # a new part: only its table is computed
+    before = {p.name: p.stat().st_mtime_ns for p in _cache(store).glob("v*/*.parquet")}
+    warm = _health(store)
+    after = {p.name: p.stat().st_mtime_ns for p in _cache(store).glob("v*/*.parquet")}
+    assert len(after) == 5 and all(after[k] == v for k, v in before.items())
+    fresh = Store(tmp_path / "fresh")
+    for i, key in enumerate(["p0", "p1", "p2", "p3", "p4"]):
+        fresh.append("r", store.query(f"SELECT * FROM rollouts WHERE step BETWEEN {1 + 5 * i} AND {5 + 5 * i}",
+                                      runs=["r"]), key=key)
+    assert _health(fresh) == warm
+    fresh.persist_derived = False  # in memory: the same tables, nothing written
+    shutil.rmtree(_cache(fresh))
+    assert _health(fresh) == warm and not _cache(fresh).exists()
+
+
+def test_merged_counts_equal_a_direct_scan(store):
+    rng = np.random.default_rng(5)
+    for i in range(3):
+        store.append("r", canonical_table(_rows(1 + 4 * i, 4, 30, rng)), key=f"p{i}")
+    con = store.connect(["r"])
+    register_reward_stats(con, store, "r", "split = 'train'")
+    got = con.execute("""SELECT signal, condition, step, sum(n), sum(nan), sum(inf), sum(finite), min(lo), max(hi)
+                         FROM rh_cells GROUP BY ALL ORDER BY ALL""").fetchall()
+    want = con.execute("""SELECT signal, coalesce(condition, ''), step, count(*), count(*) FILTER (isnan(v)),
+                                 count(*) FILTER (isinf(v)), count(*) FILTER (isfinite(v)),
+                                 min(v) FILTER (isfinite(v)), max(v) FILTER (isfinite(v))
+                          FROM (SELECT condition, step, unnest(map_keys(rewards)) AS signal,
+                                       coalesce(unnest(map_values(rewards)), 'NaN'::DOUBLE) AS v
+                                FROM rollouts WHERE split = 'train') GROUP BY ALL ORDER BY ALL""").fetchall()
+    assert got == want
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sketch_quantiles_within_alpha_of_exact(seed):
+    """Property: for any finite sample (mixed signs, zeros, heavy tails), the sketch's q is within ALPHA * |exact|
+    of the exact quantile of the same rank."""
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.standard_cauchy(500), np.zeros(rng.integers(0, 50)), -rng.lognormal(0, 3, 300),
+                        rng.uniform(1e-6, 1e-3, 100)])
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t AS SELECT unnest(?::DOUBLE[]) AS v", [x.tolist()])
+    from rlaudit.detectors.reward_stats import GAMMA
+    con.execute(f"""CREATE TEMP TABLE rh_sketch AS SELECT 's' AS signal,
+                    CASE WHEN v = 0 THEN 0.0 ELSE sign(v) * 2 * pow({GAMMA!r}, b) / {GAMMA + 1!r} END AS mid,
+                    count(*) AS n FROM (SELECT v, CASE WHEN v = 0 THEN 0 ELSE
+                        ceil(ln(abs(v)) / {math.log(GAMMA)!r})::INTEGER END AS b FROM t) GROUP BY ALL""")
+    qs = (0.01, 0.05, 0.25, 0.5, 0.95, 0.99)
+    est = quantiles(con, qs)["s"]
+    for q in qs:
+        exact = float(np.quantile(x, q, method="lower"))  # the value of rank floor(q (n - 1))
+        assert abs(est[q] - exact) <= ALPHA * abs(exact) + 1e-15, (q, est[q], exact)
