@@ -119,6 +119,7 @@ def prepare() -> tuple[int, str] | None:
     reserves a 1 GB arena at its first allocation. Called by the CLI and `audit_store`; harmless when called
     again."""
     global _prepared
+    threads_setting()
     b = budget()
     if b is not None and not _prepared:
         _prepared = True
@@ -163,17 +164,26 @@ def sample_bytes(default: int) -> tuple[int, str | None]:
 MAX_WORKERS = 4
 
 
+def threads_setting() -> int | None:
+    """The thread count the user set with `RLAUDIT_THREADS` (every per-part pool follows it), or None. Checked
+    by `prepare()` too, so a bad value stops the command before any work rather than failing one detector."""
+    env = os.environ.get("RLAUDIT_THREADS")
+    if not env:
+        return None
+    if not env.strip().isdigit() or int(env) < 1:
+        from .errors import RlauditError
+
+        raise RlauditError(f"RLAUDIT_THREADS={env!r}: give a whole number of threads >= 1")
+    return int(env)
+
+
 def workers(per_worker: int) -> int:
     """Threads for per-part work that holds about `per_worker` bytes per thread (numpy and Arrow release the GIL,
     so parts scan in parallel): `RLAUDIT_THREADS` if set, else the usable cores (at most MAX_WORKERS), fewer when
     the memory budget's SAMPLE_SHARE cannot hold that many parts at once, and never fewer than one."""
-    env = os.environ.get("RLAUDIT_THREADS")
-    if env:
-        if not env.strip().isdigit() or int(env) < 1:
-            from .errors import RlauditError
-
-            raise RlauditError(f"RLAUDIT_THREADS={env!r}: give a whole number of threads >= 1")
-        return int(env)
+    setting = threads_setting()
+    if setting is not None:
+        return setting
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):

@@ -257,9 +257,13 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
 def workers() -> int:
     """Threads computing term sets: two on a machine with two cores or more, unless a memory budget
     (`rlaudit.memory`) leaves less than WORKER_MEMORY per extra thread beside DuckDB's share (a batch of
-    BATCH_ROWS rollouts takes a few hundred MB while it is tokenised)."""
+    BATCH_ROWS rollouts takes a few hundred MB while it is tokenised). `RLAUDIT_THREADS` overrides this, as it
+    does for every per-part pool."""
     from . import memory
 
+    setting = memory.threads_setting()
+    if setting is not None:
+        return setting
     if (os.cpu_count() or 1) < 2:
         return 1
     b = memory.budget()

@@ -67,6 +67,22 @@ def test_python_dash_m_rlaudit_is_the_same_command_line():
     assert bad.returncode == 2 and "No such command 'bogus'" in bad.stderr
 
 
+def test_a_bad_thread_setting_stops_the_command_before_any_work(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("RLAUDIT_THREADS", "two")
+    code, _, err = run_main(capsys, "audit", str(tmp_path / "nothing"), "--store", str(tmp_path / "store"))
+    assert code == 2 and "RLAUDIT_THREADS='two': give a whole number of threads >= 1" in err
+    assert not (tmp_path / "store").exists()
+
+
+def test_the_thread_setting_governs_the_term_set_pool_too(monkeypatch):
+    from rlaudit import tokens
+
+    monkeypatch.setenv("RLAUDIT_THREADS", "1")
+    assert tokens.workers() == 1
+    monkeypatch.setenv("RLAUDIT_THREADS", "3")
+    assert tokens.workers() == 3
+
+
 def test_help_does_not_import_the_heavy_modules():
     code = ("import sys, rlaudit.cli; heavy = [m for m in ('scipy', 'duckdb', 'pyarrow', 'numpy', 'rlaudit.detectors')"
             " if m in sys.modules]; print(heavy)")
