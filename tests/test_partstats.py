@@ -40,3 +40,20 @@ def test_compaction_and_replaced_parts(store, monkeypatch):
     assert s.rows == d["count_star()"] == sum(8 + k for k in range(1, 8)) - 10 + 3 + 5
     store.persist_derived = False  # a store that writes nothing reads the combined file as it is
     assert store.summary("r").rows == s.rows
+
+
+def test_prune_cached_drops_other_versions_and_gone_parts_but_not_writers_temp_files(tmp_path):
+    from rlaudit.store import prune_cached
+
+    base = tmp_path / "derived" / "x"
+    keep, old = base / "v2", base / "v1"
+    for d in (keep, old):
+        d.mkdir(parents=True)
+    for name in ("p1.parquet", "p1.counts.arrow", "p2.parquet", "combined.parquet", ".p3.parquet.1.2.tmp"):
+        (keep / name).write_text("x")
+    (old / "p1.parquet").write_text("x")
+    prune_cached(base, keep, {"p1", "combined"})
+    assert not old.exists()
+    assert sorted(f.name for f in keep.iterdir()) == [".p3.parquet.1.2.tmp", "combined.parquet", "p1.counts.arrow",
+                                                      "p1.parquet"]
+    prune_cached(tmp_path / "absent", tmp_path / "absent" / "v1", set())  # nothing cached yet: no error

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ import pyarrow.parquet as pq
 
 from .errors import RlauditError
 from .layout import view_columns
-from .store import Store, write_cached
+from .store import Store, prune_cached, write_cached
 
 
 #: loose per-part files merged into the run's combined file once there are this many: DuckDB pays ~0.25 ms per
@@ -112,7 +111,7 @@ def part_stats(store: Store, run: str, name: str, version: int, sql: str, batch:
     if persist and len(out.files) >= COMPACT_AT:
         out = _compact(out, combined, store.root)
     if persist:
-        _prune(base, cache, {p.stem for p in parts} | {"combined"})
+        prune_cached(base, cache, {p.stem for p in parts} | {"combined"})
     return out
 
 
@@ -181,19 +180,6 @@ def _compute(parts: list[Path], layouts: dict[str, int], sql: str, root: Path) -
     if not parts:
         return [(Path(), result)]
     return [(p, result.filter(pc.equal(part_col, p.name))) for p in parts]
-
-
-def _prune(base: Path, cache: Path, stems: set[str]) -> None:
-    """Drop tables of other versions and of parts the run no longer lists."""
-    if not base.is_dir():
-        return
-    for d in base.iterdir():
-        if d.is_dir() and d != cache:
-            shutil.rmtree(d, ignore_errors=True)
-    for f in cache.glob("*.parquet") if cache.is_dir() else []:
-        if f.stem not in stems:  # (a combined file keeps rows of parts gone since: readers filter them out)
-            with contextlib.suppress(OSError):
-                f.unlink(missing_ok=True)
 
 
 def scope_sql(max_step: int | None, split: str | None) -> str:

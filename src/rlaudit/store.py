@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -707,6 +708,22 @@ def write_cached(path: Path, table: pa.Table, **parquet: Any) -> Path | pa.Table
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+def prune_cached(base: Path, keep: Path, stems: set[str]) -> None:
+    """Remove a derived cache's other versions (the directories of `base` other than `keep`) and the files in
+    `keep` of parts the run no longer lists (`stems`: a file belongs to the part its name starts with, up to the
+    first dot). Writers' temporary files (dot names) are left to their writers. A read-only store keeps its stale
+    files, which no reader lists."""
+    if not base.is_dir():
+        return
+    for d in base.iterdir():
+        if d.is_dir() and d != keep:
+            shutil.rmtree(d, ignore_errors=True)
+    for f in keep.iterdir() if keep.is_dir() else []:
+        if f.is_file() and not f.name.startswith(".") and f.name.split(".")[0] not in stems:
+            with contextlib.suppress(OSError):
+                f.unlink(missing_ok=True)
 
 
 class _Lease:

@@ -38,7 +38,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ import pyarrow.parquet as pq
 from .behaviors import STYLE_FEATURES, TOKEN_PATTERN, parse_behavior
 from .layout import view_columns
 from .cot.shingles import splitmix64
-from .store import Store, atomic_write_text, bound_memory, write_cached
+from .store import Store, atomic_write_text, bound_memory, prune_cached, write_cached
 from .tokhash import string_hashes, token_hashes
 
 WHERES = ("answer", "reasoning")
@@ -250,7 +249,7 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
                 done[path.name] = entry
     out = [(path.name, done[path.name]) for path in parts]
     if persist and only is None:
-        _prune(base, vocab_id, {p.stem for p in parts})
+        prune_cached(base, base / vocab_id, {p.stem for p in parts})
     return TermSets(vocab=vocab, parts=out)
 
 
@@ -308,22 +307,6 @@ def _cached_vocab(store: Store, run: str, options: VocabOptions, okey: str, name
         with contextlib.suppress(OSError):
             atomic_write_text(meta_path, json.dumps(meta))
     return table, vocab_id
-
-
-def _prune(base: Path, vocab_id: str, stems: set[str]) -> None:
-    """Remove cached part data of other vocabularies and of parts the run no longer lists (where the store can
-    be written: a read-only store keeps its stale files, which no reader lists)."""
-    if not base.is_dir():
-        return
-    for d in base.iterdir():
-        if d.is_dir() and d.name != vocab_id:
-            shutil.rmtree(d, ignore_errors=True)
-    vdir = base / vocab_id
-    if vdir.is_dir():
-        for f in vdir.iterdir():
-            if f.name.split(".")[0] not in stems:
-                with contextlib.suppress(OSError):
-                    f.unlink(missing_ok=True)
 
 
 def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:

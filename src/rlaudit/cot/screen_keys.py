@@ -10,11 +10,6 @@ alone. Keys are computed with Arrow and numpy (`answer_hash`), on `memory.worker
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +20,7 @@ import pyarrow.parquet as pq
 
 from ..layout import read_part
 from ..memory import workers
-from ..store import Store
+from ..store import Store, prune_cached, write_cached
 from .shingles import _BYTE_MASKS, splitmix64
 
 _VERSION = 2  # 1: keys hashed by DuckDB
@@ -56,7 +51,7 @@ def screen_keys(store: Store, run: str, where: str) -> str | None:
         ok = all([one(item) for item in todo])
     if not ok:
         return None
-    _prune(base, cache, {p.stem for p in parts})
+    prune_cached(base, cache, {p.stem for p in parts})
     if not paths:
         return None
     files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths)
@@ -125,29 +120,5 @@ def answer_hash(answers: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def _save(table: pa.Table, path: Path) -> bool:
-    """Write one part's keys atomically (a temporary name of this writer's own, then a rename); False when the
-    store cannot be written."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, tmp, compression="lz4", use_dictionary=["split", "group_id"])
-        os.replace(tmp, path)
-        return True
-    except OSError:
-        return False
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-
-
-def _prune(base: Path, cache: Path, stems: set[str]) -> None:
-    """Drop keys of other versions and of parts the run no longer lists (a read-only store keeps them)."""
-    if not base.is_dir():
-        return
-    for d in base.iterdir():
-        if d.is_dir() and d != cache:
-            shutil.rmtree(d, ignore_errors=True)
-    for f in cache.glob("*.parquet") if cache.is_dir() else []:
-        if f.stem not in stems:
-            with contextlib.suppress(OSError):
-                f.unlink(missing_ok=True)
+    """Write one part's keys beside the run (`store.write_cached`); False when the store cannot be written."""
+    return isinstance(write_cached(path, table, compression="lz4", use_dictionary=["split", "group_id"]), Path)
