@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from ..layout import read_part
 from ..memory import workers
 from ..store import Store, prune_cached, write_cached
-from .shingles import _BYTE_MASKS, splitmix64
+from .shingles import byte_span_hashes
 
 _VERSION = 2  # 1: keys hashed by DuckDB
 
@@ -89,7 +89,7 @@ def answer_hash(answers: pa.Array | pa.ChunkedArray) -> np.ndarray:
     answers are equal here too (Arrow's `utf8_lower` and DuckDB's `lower` both map code points with utf8proc),
     so they get one key; keys that collide only add candidates, which the screen's exact comparison drops. A
     null answer hashes as the empty one (null answers never pair). The remaining bytes are hashed 8 at a time
-    (as `shingles.hashed_tokens` hashes tokens), seeded with their count."""
+    (`shingles.byte_span_hashes`, as tokens are), seeded with their count."""
     if isinstance(answers, pa.ChunkedArray):
         answers = answers.combine_chunks()
     low = pc.utf8_lower(pc.fill_null(answers.cast(pa.string()), ""))
@@ -103,20 +103,7 @@ def answer_hash(answers: pa.Array | pa.ChunkedArray) -> np.ndarray:
     np.cumsum(keep, out=kept[1:])
     bounds = kept[offsets - offsets[0]]  # offsets of each answer in the compacted bytes
     starts, ends = bounds[:-1], bounds[1:]
-    padded = np.zeros(int(bounds[-1]) + 8, np.uint8)
-    padded[:bounds[-1]] = raw[keep]
-    view = np.ndarray((int(bounds[-1]) + 1,), dtype="<u8", buffer=padded, strides=(1,))
-    h = splitmix64((ends - starts).astype(np.uint64))
-    active = np.flatnonzero(ends > starts)
-    pos = starts.copy()
-    while active.size:  # rounds of 8 bytes over the answers not finished yet
-        remaining = np.minimum(ends[active] - pos[active], 8)
-        chunk = view[pos[active]] & _BYTE_MASKS[remaining]
-        with np.errstate(over="ignore"):
-            h[active] = splitmix64(h[active] * np.uint64(31) ^ chunk)
-        pos[active] += 8
-        active = active[pos[active] < ends[active]]
-    return h
+    return byte_span_hashes(raw[keep], starts, ends)
 
 
 def _save(table: pa.Table, path: Path) -> bool:

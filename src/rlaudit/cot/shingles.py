@@ -129,6 +129,28 @@ def _non_ascii_breaks(seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return separator, breaks
 
 
+def byte_span_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """The 64-bit hash of each byte span data[starts[i]:ends[i]]: the span's length, then its bytes 8 at a time
+    (the last round masked), each folded in with `splitmix64`. Vectorised over spans: a round handles every span
+    not finished yet, and nearly all tokens finish in the first. Used for tokens here and for whole answers by
+    the screen's keys (`cot.screen_keys`)."""
+    n = len(data)
+    padded = np.zeros(n + 8, np.uint8)
+    padded[:n] = data
+    view = np.ndarray((n + 1,), dtype="<u8", buffer=padded, strides=(1,))
+    hashes = splitmix64((ends - starts).astype(np.uint64))
+    active = np.flatnonzero(ends > starts)
+    pos = starts.copy()
+    while active.size:
+        remaining = np.minimum(ends[active] - pos[active], 8)
+        chunk = view[pos[active]] & _BYTE_MASKS[remaining]
+        with np.errstate(over="ignore"):
+            hashes[active] = splitmix64(hashes[active] * np.uint64(31) ^ chunk)
+        pos[active] += 8
+        active = active[pos[active] < ends[active]]
+    return hashes
+
+
 def hashed_tokens(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """(token hashes, per-text offsets) without materialising token strings: the scan's fast tokeniser.
 
@@ -165,19 +187,7 @@ def hashed_tokens(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nda
     nxt &= ~boundary[1:]
     starts = np.flatnonzero(word & ~prev)
     ends = np.flatnonzero(word & ~nxt) + 1
-    padded = np.zeros(n_bytes + 8, np.uint8)
-    padded[:n_bytes] = seg
-    view = np.ndarray((n_bytes + 1,), dtype="<u8", buffer=padded, strides=(1,))
-    hashes = splitmix64((ends - starts).astype(np.uint64))
-    active = np.arange(len(starts))
-    pos = starts.copy()
-    while active.size:  # rounds of 8 bytes; nearly all tokens finish in the first round
-        remaining = np.minimum(ends[active] - pos[active], 8)
-        chunk = view[pos[active]] & _BYTE_MASKS[remaining]
-        with np.errstate(over="ignore"):
-            hashes[active] = splitmix64(hashes[active] * np.uint64(31) ^ chunk)
-        pos[active] += 8
-        active = active[pos[active] < ends[active]]
+    hashes = byte_span_hashes(seg, starts, ends)
     text_of = np.searchsorted(bounds, starts, side="right") - 1
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(text_of, minlength=n), out=offsets[1:])
