@@ -3,6 +3,7 @@
     python benchmarks/attribution.py              # 1M rollouts
     python benchmarks/attribution.py --rows 200000 --boot 500
     python benchmarks/attribution.py --coverage 200   # interval coverage on 200 simulated runs instead
+    python benchmarks/attribution.py --memory         # resident memory of a trace per rollout (WORKING_SET)
 
 Builds a synthetic GRPO run in a temporary store (groups of 8, 4 conditions, 3 tasks, 4 reward components of
 which one applies to one condition only, ~40-word answers, a tic with rising prevalence that a persona reward
@@ -20,13 +21,22 @@ best of `--repeat` runs. The script checks that the implanted signal ranks first
 `--coverage N` measures instead how often the 95% intervals cover the truth over N simulated runs of 120 groups
 of 6 where a signal = 0.3 x tic + prompt effect + N(0, 1) noise (true paired preference Phi(0.3 / sqrt 2), true
 effect 0.3).
+
+`--memory` measures what `rlaudit.attribution.trace.WORKING_SET` assumes: in a fresh child process per case, the
+peak resident memory the detector's path (one scan, shared preparation, bootstrap) adds over the RSS before it,
+once traced whole and once on a forced sample of half the groups, divided by the bytes of the frame columns
+(8 per rollout and column plus 64 of id), the estimate the group sample is sized by.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -86,6 +96,8 @@ def synthetic_run(rows: int, seed: int = 0) -> pa.Table:
                                                  pa.array([], pa.string())),
         "metadata": nulls,
     }
+    for name in ROLLOUT_SCHEMA.names:  # columns this benchmark does not fill (tool calls and outputs): nulls
+        cols.setdefault(name, pa.nulls(rows, ROLLOUT_SCHEMA.field(name).type))
     return pa.table(cols, schema=ROLLOUT_SCHEMA)
 
 
@@ -119,13 +131,65 @@ def coverage(runs: int, boot: int) -> None:
           f"{preference:.1%}, effect {effect:.1%}")
 
 
+def _rss() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
+
+
+def _measure_memory(store_dir: str, share: float, boot: int) -> None:
+    """Child process: trace "goblin" as the detector does, print rollouts traced, frame-column bytes, and the peak
+    RSS added over the RSS before the trace (sampled every 10 ms)."""
+    import rlaudit.attribution.trace as tr
+
+    store = Store(store_dir)
+    with store.connect(["bench"]) as con:
+        n = con.execute("SELECT count(*) FROM rollouts").fetchall()[0][0]
+    columns = 4 + 1 + 6  # signals + behaviours + fixed columns (load_frames' count)
+    whole = int(n * (8 * columns + 64) * tr.WORKING_SET)
+    tr.FRAME_BYTES = whole + (1 << 20) if share >= 1 else int(whole * share)
+    before, peak, done = _rss(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss())
+            time.sleep(0.01)
+
+    threading.Thread(target=sample, daemon=True).start()
+    [t] = several(store, ["goblin"], boot)
+    done.set()
+    traced = t.groups * GROUP
+    print(f"{traced} {traced * (8 * columns + 64)} {max(peak[0], _rss()) - before}")
+
+
+def memory(rows: int, boot: int) -> None:
+    """Peak RSS of tracing per byte of frame columns, whole and on half the groups (see module doc)."""
+    import rlaudit.attribution.trace as tr
+
+    with tempfile.TemporaryDirectory() as tmp:
+        Store(tmp).append("bench", synthetic_run(rows), key="all")
+        for share in (1.0, 0.5):
+            out = subprocess.run([sys.executable, __file__, "--_memory", tmp, str(share), "--boot", str(boot)],
+                                 check=True, capture_output=True, text=True).stdout.split()
+            traced, col_bytes, added = (int(x) for x in out[-3:])
+            print(f"traced {traced:,} rollouts ({'whole' if share >= 1 else 'half the groups'}): +{added / 2**20:,.0f} "
+                  f"MB RSS = {added / traced:,.0f} bytes per rollout = {added / col_bytes:.2f}x the frame columns "
+                  f"(WORKING_SET assumes {tr.WORKING_SET})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--boot", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--coverage", type=int, default=0, help="measure interval coverage on N simulated runs")
+    parser.add_argument("--memory", action="store_true", help="resident memory of a trace per rollout")
+    parser.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args._memory:
+        _measure_memory(args._memory[0], float(args._memory[1]), args.boot)
+        return
+    if args.memory:
+        memory(args.rows, args.boot)
+        return
     if args.coverage:
         coverage(args.coverage, args.boot)
         return

@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pytest
 from test_attribution import make_run
 
+from rlaudit.attribution import trace
 from rlaudit.attribution.trace import Frame, _group_key, _quote, attribute, load_frames
 from rlaudit.behaviors import parse_behavior
 
@@ -99,7 +100,7 @@ def test_frames_beyond_the_memory_for_frames_hold_a_sample_of_whole_groups(store
     [full] = load_frames(con, items)
     assert not any("Traced on a random" in w for w in full.warnings)
     n = len(full.group)
-    [part] = load_frames(con, items, max_bytes=n * (8 * 12 + 64) // 4)
+    [part] = load_frames(con, items, max_bytes=int(n * (8 * 12 + 64) * trace.WORKING_SET) // 4)
     assert 0.1 * n < len(part.group) < 0.45 * n
     assert any("Traced on a random" in w and "comparison groups" in w for w in part.warnings)
     ids = set(part.rollout_id.to_pylist())

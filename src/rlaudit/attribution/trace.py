@@ -227,9 +227,14 @@ def load_frame(con: duckdb.DuckDBPyConnection, behavior: Behavior, where: str) -
     return load_frames(con, [(behavior, where)])[0]
 
 
-#: memory for a run's frames (8 bytes per rollout and column, plus its id), unless the memory budget
+#: memory for tracing a run (its frames and the trace's working arrays), unless the memory budget
 #: (`rlaudit.memory`) is smaller: a larger run is traced on a random sample of whole comparison groups
-FRAME_BYTES = 512 << 20
+FRAME_BYTES = 768 << 20
+#: resident memory of a trace per byte of its frame columns (8 bytes per rollout and column plus ~64 of id): the
+#: streamed parts, their concatenation and group-order copies, and the trace's centred and bootstrap arrays. Measured
+#: on the 1M-rollout benchmark run (12 columns): the attribution stage adds ~530 MB of RSS for 1M rollouts traced
+#: whole and ~210 MB for a 37.5% sample, 3.3-3.5x the columns' 160 bytes per rollout (`benchmarks/attribution.py --memory`).
+WORKING_SET = 3.5
 _MOD = 1_000_003
 
 
@@ -334,15 +339,16 @@ def load_frames(con: duckdb.DuckDBPyConnection, items: list[tuple[Behavior, str]
 
 
 def _group_sample(n: int, key: str, columns: int, max_bytes: int | None) -> tuple[str, str] | None:
-    """(SQL filter keeping a random share of comparison groups, the warning that says so) when `n` rollouts of
-    `columns` 8-byte columns (plus ~64 bytes of id each) exceed the memory for frames; None when they fit."""
+    """(SQL filter keeping a random share of comparison groups, the warning that says so) when tracing `n`
+    rollouts of `columns` 8-byte columns (plus ~64 bytes of id each; WORKING_SET times that in all) would exceed
+    the memory for tracing; None when it fits."""
     reason = None
     if max_bytes is None:
         from ..memory import sample_bytes
 
         max_bytes, source = sample_bytes(FRAME_BYTES)
         reason = f"the memory budget ({source})" if source else f"{FRAME_BYTES >> 20} MB for frames"
-    need = n * (8 * columns + 64)
+    need = int(n * (8 * columns + 64) * WORKING_SET)
     if need <= max_bytes:
         return None
     share = max_bytes / need
