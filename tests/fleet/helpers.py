@@ -87,3 +87,18 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 600) -> subpro
 
     e = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(rlaudit_cmd(*args), capture_output=True, text=True, env=e, timeout=timeout)
+
+
+def exit_if_marked(task):  # noqa: ANN001, ANN201 - a LocalEngine.task_fn for the retry tests
+    """Stand-in worker task: the process dies (as if SIGKILLed) when the task's run name contains "die" and its
+    attempt log does not yet hold `die-once`'s first attempt; otherwise it returns an ok outcome. Runs named
+    "die-always" die on every attempt, "die-once" only on the first."""
+    import os
+
+    from rlaudit.fleet.worker import RunOutcome, _note_attempt
+
+    before = _note_attempt(task.attempt_log, socket.gethostname())
+    if "die-always" in task.name or ("die-once" in task.name and not before):
+        os._exit(9)
+    time.sleep(0.2)  # long enough for the other tasks of the window to be in the pool when one dies
+    return RunOutcome(name=task.name, ok=True, attempts=before)

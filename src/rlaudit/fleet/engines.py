@@ -7,9 +7,10 @@
   a remote one; none starts a local one). Needs the `ray` extra. Workers must see the store and the run
   directories at the same paths (a shared file system), and rlaudit importable (same image or `runtime_env`).
 
-Results come back as tasks finish; a task whose worker died (a killed process, a lost Ray node) comes back as
-a failed `RunOutcome`, and the run is simply tried again on the next pass: the store's ingest is atomic per
-file, so nothing is lost or doubled.
+Results come back as tasks finish. A task whose worker died (a killed process, a lost Ray node) is run again in
+the same pass, up to `max_retries` times (Ray's own task retries; the local engine's fresh pool); beyond that it
+comes back as a failed `RunOutcome` and the run is tried again on the next pass. The store's ingest is atomic per
+file, so nothing is lost or doubled either way.
 """
 
 from __future__ import annotations
@@ -67,10 +68,19 @@ def _init_worker() -> None:
 
 
 class LocalEngine(Engine):
-    name = "local"
+    """A pool of `workers` spawned processes. When a worker dies (killed, out of memory) the pool breaks and
+    every task it held fails with it. Those tasks run again in the same pass on a fresh pool, each alone, so a
+    run that kills its worker every time takes no other run down with it again: one that breaks the pool while
+    alone gets `max_retries` more tries (as Ray retries a task whose worker died), then fails for this pass and
+    is tried on the next."""
 
-    def __init__(self, workers: int | None = None):
+    name = "local"
+    #: what a worker runs per task (a module-level function, pickled by reference; tests put a crashing one here)
+    task_fn: Callable[[RunTask], RunOutcome] = staticmethod(run_task)
+
+    def __init__(self, workers: int | None = None, max_retries: int = 2):
         self.workers = max(1, workers or os.cpu_count() or 1)
+        self.max_retries = max_retries
         self._pool: ProcessPoolExecutor | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
@@ -82,30 +92,45 @@ class LocalEngine(Engine):
     def run(self, tasks: list[RunTask]) -> Iterator[tuple[RunTask, RunOutcome]]:
         if not tasks:
             return
-        pool = self._executor()
-        pending: dict[Future, RunTask] = {}
+        pending: dict[Future, tuple[RunTask, ProcessPoolExecutor | None]] = {}
         todo = list(tasks)
+        broke: dict[str, int] = {}  # run -> times a pool broke while it held the run's task
+        suspects: set[str] = set()  # runs whose task was in a pool that broke: they run alone from then on
         # Submit a bounded window: a pass over 1,000 runs does not queue 1,000 pickled tasks at once.
         while todo or pending:
-            while todo and len(pending) < 2 * self.workers:
+            while todo and len(pending) < 2 * self.workers and not self._must_wait(todo[0], pending, suspects):
                 task = todo.pop(0)
+                pool = self._executor()
                 try:
-                    pending[pool.submit(run_task, task)] = task
+                    pending[pool.submit(self.task_fn, task)] = (task, pool)
                 except BrokenProcessPool:
-                    pending[_failed_future(task, "worker pool broken")] = task
+                    self._reset(pool)
+                    pending[_failed_future(task, "worker pool broken")] = (task, None)
             done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
             for fut in done:
-                task = pending.pop(fut)
+                task, pool = pending.pop(fut)
                 try:
                     outcome = fut.result()
                 except BrokenProcessPool:
-                    outcome = RunOutcome(name=task.name, ok=False, error="worker process died (tried again "
-                                         "next pass)")
-                    self._reset()
-                    pool = self._executor()
+                    self._reset(pool)  # the pool this task was on; a fresh one takes the next submissions
+                    broke[task.name] = broke.get(task.name, 0) + 1
+                    # a task that was not alone may only have shared the pool with the one that died: it runs
+                    # again, alone; one that broke the pool alone is to blame, and has `max_retries` retries
+                    if task.name not in suspects or broke[task.name] <= self.max_retries:
+                        suspects.add(task.name)
+                        todo.insert(0, task)  # its attempt log tells the rerun that an attempt died
+                        continue
+                    outcome = RunOutcome(name=task.name, ok=False, error=f"worker process died {broke[task.name]} "
+                                         "times (tried again next pass)")
                 except Exception as exc:  # noqa: BLE001
                     outcome = RunOutcome(name=task.name, ok=False, error=f"{type(exc).__name__}: {exc}")
                 yield task, outcome
+
+    @staticmethod
+    def _must_wait(task: RunTask, pending: dict[Future, tuple[RunTask, Any]], suspects: set[str]) -> bool:
+        """Whether `task` must wait before it is submitted: a suspect runs with no other task beside it (so a
+        pool that breaks under it is its own doing), and nothing is submitted beside a running suspect."""
+        return bool(pending) and (task.name in suspects or any(t.name in suspects for t, _ in pending.values()))
 
     def map(self, fn: Callable[[Any], Any], items: list[Any]) -> Iterator[tuple[Any, Any, str]]:
         pool = self._executor()
@@ -120,8 +145,10 @@ class LocalEngine(Engine):
             except Exception as exc:  # noqa: BLE001
                 yield item, None, f"{type(exc).__name__}: {exc}"
 
-    def _reset(self) -> None:
-        if self._pool is not None:
+    def _reset(self, pool: ProcessPoolExecutor | None = None) -> None:
+        """Drop the current pool (or `pool`, if it is still the current one: futures of a pool that broke
+        earlier must not take down its replacement)."""
+        if self._pool is not None and (pool is None or pool is self._pool):
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
