@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -52,6 +54,7 @@ from rlaudit.fleet.report import status_rows  # noqa: E402
 from rlaudit.organisms import simulate  # noqa: E402
 from rlaudit.organisms.bench import matches  # noqa: E402
 from rlaudit.organisms.groundtruth import GroundTruth  # noqa: E402
+from rlaudit.store import Store  # noqa: E402
 from tests.fleet.helpers import copy_upto  # noqa: E402
 
 SCENARIOS = ["clean_basic", "goblin_persona", "clean_judges", "cot_template", "clean_legit", "sycophancy",
@@ -105,7 +108,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "rlaudit-fleet-bench")
     ap.add_argument("--keep", action="store_true", help="keep the simulated fleet and stores under --work")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--recheck-alerts", choices=["local", "ray"], default=None,
+                    help="only check the alerts a kept run of this engine sent (--work, --keep) against ground truth")
     args = ap.parse_args()
+    if args.recheck_alerts:
+        recheck(args.work, args.recheck_alerts)
+        return
     if args.preset:
         args.runs, args.steps, args.prompts, args.generations = PRESETS[args.preset]
     for name in ("runs", "steps", "prompts", "generations", "workers"):
@@ -289,6 +297,21 @@ def faults(args: argparse.Namespace, scanner: FleetScanner, full: Path, root: Pa
     return out
 
 
+def recheck(work: Path, engine: str) -> None:
+    """`check_alerts` over a kept benchmark's alerts file and store (no scanning)."""
+    from types import SimpleNamespace
+
+    from rlaudit.fleet.state import FleetState
+
+    store = work / f"store-{engine}"
+    state = FleetState(store)
+    state.load()
+    if not state.runs:
+        raise SystemExit(f"{store}: no fleet state (run the benchmark with --keep first)")
+    check_alerts(SimpleNamespace(state=state, store_root=store), work / f"alerts-{engine}.jsonl", work / "full",
+                 work / f"root-{engine}")
+
+
 def check_alerts(scanner: FleetScanner, alerts: Path, full: Path, root: Path) -> dict:
     """Per run: implanted mistakes alerted (each ground-truth issue matched by an alert), no alert sent twice,
     no alert on clean runs."""
@@ -297,7 +320,7 @@ def check_alerts(scanner: FleetScanner, alerts: Path, full: Path, root: Path) ->
     by_run: dict[str, list[dict]] = {}
     for a in sent:
         by_run.setdefault(a["run"], []).append(a)
-    missed, clean_alerted, issues = [], [], 0
+    missed, clean_alerted, true_alerts, issues = [], [], [], 0
     for name, rs in sorted(scanner.state.runs.items()):
         gt_path = full / Path(rs.source).resolve().relative_to(root.resolve()) / "ground_truth.json"
         if not gt_path.is_file():
@@ -305,9 +328,10 @@ def check_alerts(scanner: FleetScanner, alerts: Path, full: Path, root: Path) ->
         gt = GroundTruth.read(gt_path)
         found = [Finding.from_json(a["finding"]) for a in by_run.get(name, []) if a.get("finding")]
         if gt.clean:
-            if by_run.get(name):
-                clean_alerted.append(f"{name}: " + "; ".join(f"{a['severity']} [{a['kind']}] {a['title'][:80]}"
-                                                             for a in by_run[name]))
+            for a in by_run.get(name, []):
+                line = f"{name}: {a['severity']} [{a['kind']}] {a['title'][:80]}"
+                why = true_condition(Store(scanner.store_root), name, a.get("finding") or {})
+                (true_alerts if why else clean_alerted).append(line + (f" -- TRUE: {why}" if why else ""))
             continue
         for issue in gt.issues:
             issues += 1
@@ -316,13 +340,48 @@ def check_alerts(scanner: FleetScanner, alerts: Path, full: Path, root: Path) ->
     out = {"alerts": len(sent), "duplicated": sum(1 for n in keys.values() if n > 1), "issues": issues,
            "issues_alerted": issues - len(missed), "missed": missed,
            "clean_runs": sum(1 for rs in scanner.state.runs.values() if "clean" in rs.name),
-           "clean_runs_alerted": clean_alerted}
+           "clean_runs_alerted": clean_alerted, "clean_runs_true_condition": true_alerts}
     print(f"alerts: {len(sent)} sent, {out['duplicated']} sent twice; implanted mistakes alerted "
-          f"{out['issues_alerted']}/{issues}{' (missed: ' + ', '.join(missed) + ')' if missed else ''}; clean runs "
-          f"alerted {len(clean_alerted)}/{out['clean_runs']}")
+          f"{out['issues_alerted']}/{issues}{' (missed: ' + ', '.join(missed) + ')' if missed else ''}; false alarms "
+          f"on clean runs: {len(clean_alerted)} (of {out['clean_runs']} clean runs); alerts on clean runs about a "
+          f"condition the run's rows show: {len(true_alerts)}")
     for line in clean_alerted:
-        print(f"  clean run alerted: {line}")
+        print(f"  FALSE ALARM on a clean run: {line}")
+    for line in true_alerts:
+        print(f"  clean run, true condition: {line}")
     return out
+
+
+def true_condition(store, run: str, finding: dict) -> str:  # noqa: ANN001
+    """Why an alert on a clean run (no implanted mistake) is nevertheless true, checked independently on the
+    run's stored rows, or "" when it is not shown to be. Only training-health conditions can be: they are
+    properties the simulated policy reaches by itself (a policy that masters most prompts leaves more than half
+    of its groups all correct), not mistakes implanted in the run. Recomputed here with a query of its own: the
+    zero-variance share of prompt groups over the finding's window of steps, with its Wilson 95% interval."""
+    stats = finding.get("statistics") or {}
+    if finding.get("kind") != "training_health" or finding.get("check") != "zero_variance":
+        return ""
+    # findings written before `window` was in the statistics name it in their explanation only
+    said = re.search(r"In steps (\d+)-(\d+)", finding.get("explanation") or "")
+    window = stats.get("window") or (said and [said.group(1), said.group(2)])
+    if not window:
+        return ""
+    lo_step, hi_step = (int(x) for x in window)
+    with store.connect([run]) as con:
+        k, n = con.execute(f"""SELECT count(*) FILTER (WHERE hi - lo <= 1e-9 * greatest(1, abs(hi), abs(lo))),
+                                      count(*) FROM (
+            SELECT max(reward) AS hi, min(reward) AS lo FROM rollouts
+            WHERE split = 'train' AND step BETWEEN {lo_step} AND {hi_step} AND group_id IS NOT NULL
+                  AND isfinite(reward) GROUP BY step, group_id HAVING count(*) >= 2)""").fetchall()[0]
+    if not n:
+        return ""
+    share, z = k / n, 1.959964
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    if centre - half <= 0.5:
+        return ""
+    return (f"{k} of {n} prompt groups in steps {lo_step}-{hi_step} have one reward for every rollout = {share:.1%} "
+            f"(95% {centre - half:.1%}-{centre + half:.1%}, above half), recomputed from the stored rows")
 
 
 def summary_line(name: str, e: dict) -> str:
@@ -332,8 +391,9 @@ def summary_line(name: str, e: dict) -> str:
              f"{f['unreadable_status']}")
     return (f"{name}: cold {e['cold_rollouts_per_s']:,.0f} rollouts/s on {e['workers']} = {e['ratio_per_core']:.2f} "
             f"per core of the single-run audit ({e['cpu_efficiency']:.2f} per CPU-s); steady {e['steady_ratio']:.4f} "
-            f"of cold; mistakes alerted {a['issues_alerted']}/{a['issues']}, {a['duplicated']} duplicated, clean "
-            f"runs alerted {len(a['clean_runs_alerted'])}/{a['clean_runs']}{fault}")
+            f"of cold; mistakes alerted {a['issues_alerted']}/{a['issues']}, {a['duplicated']} duplicated, false "
+            f"alarms on clean runs {len(a['clean_runs_alerted'])}/{a['clean_runs']} (true conditions "
+            f"{len(a.get('clean_runs_true_condition', []))}){fault}")
 
 
 if __name__ == "__main__":

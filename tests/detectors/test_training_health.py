@@ -72,6 +72,7 @@ def test_zero_variance_exact(store, value, direction):
     k, n = 4 * 6, 4 * 8
     st = f["statistics"]
     assert st["estimate"] == pytest.approx(k / n) and f.severity == "high"  # 0.75 >= 0.75
+    assert (st["window"], st["groups"], st["zero_groups"]) == ([9, 12], n, k)  # what was counted, for a re-check
     assert st["p_value"] == pytest.approx(binom.sf(k - 1, n, 0.5))
     lo, hi = wilson_interval(np.array([k]), np.array([n]))
     assert st["ci"] == pytest.approx([lo[0], hi[0]])

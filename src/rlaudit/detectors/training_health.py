@@ -7,8 +7,8 @@ row per step or per group):
   their GRPO advantages are all zero and they carry no gradient. Split into `all_correct` (the constant is at
   the top of the run's reward distribution, >= its 95th percentile), `all_wrong` (<= its 5th percentile) and
   `other`. Tested on the last third of the steps: one-sided binomial test of share > 50% over the groups of
-  that window (Wilson 95% interval). Severity **medium** above 50%, **high** above 75%; `direction` says which
-  kind dominates. Onset: first step from which the 3-step moving share stays above 50%.
+  that window (Wilson 95% interval; `window`, `groups` and `zero_groups` in its statistics say what was counted).
+  Severity **medium** above 50%, **high** above 75%; `direction` says which kind dominates. Onset: first step from which the 3-step moving share stays above 50%.
 - `advantage_ess`: effective sample size of the advantages, ESS/N = (sum |A|)^2 / (N sum A^2) per step (the
   logged `advantage`, else (r - group mean) / (group std + 1e-4)). Zero-variance groups already lower it; the
   check is on the rollouts of groups that do vary: ESS/N < 0.35 there (binary rewards in groups of 8 cannot go below 0.44) in the last third means a few outlier
@@ -282,6 +282,7 @@ def _zero_variance(con: duckdb.DuckDBPyConnection, steps: list[int], early: list
             f"their GRPO advantages are zero and they contribute no gradient: {what}. The run spends its "
             "generation budget on prompts it cannot learn from.",
             share, {"estimate": share, "ci": _wilson(k_late, n_late), "null": ZV_MEDIUM, "p_value": p,
+                    "window": [int(late[0]), int(late[-1])], "groups": int(n_late), "zero_groups": int(k_late),
                     "test": "one-sided binomial, share > 0.5 over the groups of the last third",
                     "all_correct_share": top_share, "all_wrong_share": bottom_share,
                     "early_share": float(zv[~late_mask].sum() / max(groups[~late_mask].sum(), 1))},
