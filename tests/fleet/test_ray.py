@@ -179,3 +179,21 @@ def test_ray_scan_shards_huge_run(tmp_path, fleet_root, ray_cluster, monkeypatch
     assert set(res.sharded) == set(got) and set(res.sharded.values()) == {2}
     ref = reference(tmp_path, fleet_root, scanner)
     assert all(same(got[n], ref[n]) for n in ref)
+
+
+def test_a_cluster_of_its_own_runs_workers_at_the_local_engines_niceness(tmp_path):
+    """Ray starts its workers at niceness 15 by default; a cluster the engine starts itself uses the local
+    engine's (5), so a scan on a shared machine is not starved by everything else."""
+    code = ("import os, ray\n"
+            "from rlaudit.fleet.engines import RayEngine, WORKER_NICENESS\n"
+            "RayEngine(workers=1, init_kwargs={'object_store_memory': 100 * 1024 ** 2})\n"
+            "nice = ray.get(ray.remote(lambda: os.nice(0)).remote())\n"
+            "print('NICE', nice, min(19, os.nice(0) + WORKER_NICENESS))\n"
+            "ray.shutdown()\n")
+    env = {**os.environ, **RAY_ENV, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    env.pop("RAY_worker_niceness", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    nice, expected = out.stdout.split("NICE")[1].split()
+    assert nice == expected  # WORKER_NICENESS above the driver's niceness (Ray's default: 15 above)

@@ -59,10 +59,15 @@ class InlineEngine(Engine):
             yield task, run_task(task)
 
 
+#: niceness of the worker processes a scanner starts (local pool, a Ray cluster of its own): below the trainers
+#: that may share the machine, above batch jobs at the default 19
+WORKER_NICENESS = 5
+
+
 def _init_worker() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:  # below the trainers that may share the machine
-        os.nice(5)
+        os.nice(WORKER_NICENESS)
     except OSError:
         pass
 
@@ -187,8 +192,13 @@ class RayEngine(Engine):
                                       "ignore_reinit_error": True, **(init_kwargs or {})}
             if address:
                 kwargs["address"] = address
-            elif workers:
-                kwargs["num_cpus"] = workers
+            else:
+                # a cluster of our own: its workers at the local engine's niceness (Ray's default is 15, below
+                # everything else on the machine, so a shared machine starved the scan); a cluster we join
+                # keeps its own setting
+                os.environ.setdefault("RAY_worker_niceness", str(WORKER_NICENESS))
+                if workers:
+                    kwargs["num_cpus"] = workers
             ray.init(**kwargs)
         self.workers = int(ray.cluster_resources().get("CPU", workers or 1))
         self.address = address
