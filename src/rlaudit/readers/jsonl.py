@@ -389,8 +389,7 @@ def first_record_keys(path: Any, limit: int = 1 << 22) -> set[str]:
     `"key":` patterns of its head, which is enough to recognise a layout.
     """
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(limit)
+        head = _head_line(path, limit)
     except OSError:
         return set()
     head = head.lstrip()
@@ -404,6 +403,21 @@ def first_record_keys(path: Any, limit: int = 1 << 22) -> set[str]:
         if newline or len(head) < limit:  # a complete but invalid first line, or one still being written
             return set()
         return {m.decode("utf-8", "replace") for m in re.findall(rb'"([A-Za-z_][A-Za-z0-9_]*)"\s*:', line)}
+
+
+def _head_line(path: Any, limit: int, chunk: int = 1 << 16) -> bytes:
+    """The file's bytes up to the end of its first non-blank line (or `limit` bytes): read in 64 KB chunks, so
+    asking for a first record does not read a whole step's dump (the fleet scanner asks on every pass)."""
+    head = b""
+    with open(path, "rb") as fh:
+        while len(head) < limit:
+            block = fh.read(min(chunk, limit - len(head)))
+            if not block:
+                break
+            head += block
+            if b"\n" in head.lstrip():
+                break
+    return head
 
 
 def layout_keys(paths: list[Any], max_files: int = 8) -> set[str]:
