@@ -231,9 +231,10 @@ def load_frame(con: duckdb.DuckDBPyConnection, behavior: Behavior, where: str) -
 #: (`rlaudit.memory`) is smaller: a larger run is traced on a random sample of whole comparison groups
 FRAME_BYTES = 768 << 20
 #: resident memory of a trace per byte of its frame columns (8 bytes per rollout and column plus ~64 of id): the
-#: streamed parts, their concatenation and group-order copies, and the trace's centred and bootstrap arrays. Measured
-#: on the 1M-rollout benchmark run (12 columns): the attribution stage adds ~530 MB of RSS for 1M rollouts traced
-#: whole and ~210 MB for a 37.5% sample, 3.3-3.5x the columns' 160 bytes per rollout (`benchmarks/attribution.py --memory`).
+#: streamed parts, their concatenation and group-order copies, and the trace's centred and bootstrap arrays.
+#: Measured (`benchmarks/attribution.py --memory --rows 1000000`): 2.8x traced whole, 3.0x on half the groups;
+#: on the audit benchmark's 1M-rollout run (12 columns) the attribution stage added ~530 MB, 3.3x. A bound, not
+#: a fit: a run's frames then stay within FRAME_BYTES of resident memory.
 WORKING_SET = 3.5
 _MOD = 1_000_003
 
