@@ -50,6 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import kernels
 from .behaviors import STYLE_FEATURES, TOKEN_PATTERN, parse_behavior
 from .layout import view_columns
 from .cot.shingles import splitmix64
@@ -639,27 +640,13 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     prompt_idx = np.searchsorted(p_keys, np.asarray(r.column("prompt_key").to_numpy(), np.uint64)).astype(np.int64)
     n_prompts = len(p_keys)
     # prompt terms: the candidate n-grams of each distinct prompt, and the terms whose key token it holds
-    pv, po = token_hashes(prompts.column("prompt"))
-    prow, pkey = ngram_keys(pv, po, o.max_n)
-    a_rows, a_ids = m.any_term.match(prow, pkey)
-    # the prompt's words that are some term's key token (the first len(pv) keys are the words); a term counts
-    # as copied in both places (answer, reasoning) whichever place's key token the prompt holds
-    k_rows, k_ids = m.key_token.match(prow[:len(pv)], pkey[:len(pv)])
-    k_rows, k_ids = m.any_term.match(k_rows, m.key_of_id[k_ids])
     n_ids = int(m.key_of_id.shape[0]) or 1
-    pr, pi = _distinct_pairs(np.concatenate([a_rows, k_rows]), np.concatenate([a_ids, k_ids]), n_ids)
+    pr, pi = _prompt_pairs(*token_hashes(prompts.column("prompt")), m, o.max_n, n_ids)
     prompt_terms = _pairs_to_lists(pr, pi, n_prompts)
     pt_codes = pr * n_ids + pi  # sorted (by prompt, then id)
-    pairs = {}
-    for where in WHERES:
-        values, offsets = hashed[where]
-        rows, keys = ngram_keys(values, offsets, o.max_n)
-        rows, ids = m.by_where[where].match(rows, keys)
-        rows, ids = _distinct_pairs(rows, ids, n_ids)
-        code = prompt_idx[rows] * n_ids + ids
-        at = np.minimum(np.searchsorted(pt_codes, code), max(len(pt_codes) - 1, 0))
-        copied = pt_codes[at] == code if len(pt_codes) else np.zeros(len(code), bool)  # copies of the prompt
-        pairs[where] = (rows[~copied], ids[~copied])
+    pairs = {where: _text_pairs(*hashed[where], m.by_where[where], o.max_n, n_ids, prompt_idx, pt_codes,
+                                (np.asarray(prompt_terms.offsets.to_numpy(), np.int64), pi))
+             for where in WHERES}
     style_cols = [col for col, _, _ in style_columns()]
     base = r.select(["rid", "rollout_id", "step", "split", "condition", "task", "group_id", "prompt_key",
                      "has_reasoning", *style_cols])
@@ -715,6 +702,43 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
         mine = terms if len(files) == 1 else terms.filter(pa.array(file_code == f))
         out.append((mine, pa.concat_tables(counts)))
     return out
+
+
+def _prompt_pairs(values: np.ndarray, offsets: np.ndarray, m: _Matcher, max_n: int, n_ids: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (prompt, term id) pairs, sorted: the terms among the prompt's 1..max_n-grams (in either
+    place), and those whose key token is one of its words (a term counts as copied in both places, answer and
+    reasoning, whichever place's key token the prompt holds)."""
+    if kernels.use_numba():
+        a_off, a_ids = kernels.row_term_ids(values, offsets, max_n, m.any_term, n_ids)
+        k_off, k_ids = kernels.row_term_ids(values, offsets, 1, m.key_token, n_ids)
+        rows = np.arange(len(offsets) - 1, dtype=np.int64)
+        a_rows, k_rows = np.repeat(rows, np.diff(a_off)), np.repeat(rows, np.diff(k_off))
+    else:
+        rows, keys = ngram_keys(values, offsets, max_n)
+        a_rows, a_ids = m.any_term.match(rows, keys)
+        # the first len(values) keys are the words
+        k_rows, k_ids = m.key_token.match(rows[:len(values)], keys[:len(values)])
+    k_rows, k_ids = m.any_term.match(k_rows, m.key_of_id[k_ids])
+    return _distinct_pairs(np.concatenate([a_rows, k_rows]), np.concatenate([a_ids, k_ids]), n_ids)
+
+
+def _text_pairs(values: np.ndarray, offsets: np.ndarray, lookup: _Lookup, max_n: int, n_ids: int,
+                prompt_idx: np.ndarray, pt_codes: np.ndarray, prompt_lists: tuple[np.ndarray, np.ndarray]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (row, term id) pairs of rows of token hashes, sorted, without those the row's prompt holds
+    (`pt_codes`: prompt index * n_ids + id, sorted; `prompt_lists`: the same as offsets and ids per prompt).
+    One compiled pass per row where numba is installed (`rlaudit.kernels`), else numpy passes over all rows."""
+    if kernels.use_numba():
+        out_off, ids = kernels.row_term_ids(values, offsets, max_n, lookup, n_ids,
+                                            exclude=(prompt_idx, *prompt_lists))
+        return np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(out_off)), ids
+    rows, keys = ngram_keys(values, offsets, max_n)
+    rows, ids = _distinct_pairs(*lookup.match(rows, keys), n_ids)
+    code = prompt_idx[rows] * n_ids + ids
+    at = np.minimum(np.searchsorted(pt_codes, code), max(len(pt_codes) - 1, 0))
+    copied = pt_codes[at] == code if len(pt_codes) else np.zeros(len(code), bool)  # copies of the prompt
+    return rows[~copied], ids[~copied]
 
 
 def _empty_counts() -> pa.Table:
