@@ -145,26 +145,41 @@ def _insertion_sort(a, n):
 
 
 def _row_term_ids(values, offsets, max_n, table, ukeys, ustart, ucount, ids, rounds, n_ids,
-                  excl_of_row, excl_off, excl_ids):
-    """(int64 offsets, int32 ids): per row, its distinct term ids in increasing order, minus those of the row's
-    exclusion list (excl_ids[excl_off[p]:excl_off[p + 1]] with p = excl_of_row[row]; an empty excl_of_row
-    excludes nothing)."""
+                  excl_of_row, excl_off, excl_ids, incl_of_row, incl_off, incl_ids):
+    """(int64 offsets, int32 ids): per row, its distinct term ids in increasing order, plus those of the row's
+    inclusion list, minus those of its exclusion list (excl_ids[excl_off[p]:excl_off[p + 1]] with
+    p = excl_of_row[row]; an empty excl_of_row excludes nothing; the same for incl_*)."""
     n_rows = len(offsets) - 1
     mask = len(table) - 1
-    seen = np.zeros(n_ids, np.int64)  # seen[id] == row + 1: already emitted (or excluded) for this row
+    seen = np.zeros(n_ids, np.int64)  # seen[id] == row + 1: already emitted for this row
+    banned = np.zeros(n_ids, np.int64)  # banned[id] == p + 1: on the exclusion list p (rows of a prompt are
+    # usually adjacent: the list is stamped again only when it changes)
+    last = -1
     buf = np.empty(max(n_ids, 1), np.int32)
     out_off = np.zeros(n_rows + 1, np.int64)
     out = np.empty(max(16, len(values) // 2), np.int32)
     cur = np.zeros(max_n + 1, np.uint64)  # cur[n]: key of the n-gram ending at the current token
     k = 0
-    exclude = len(excl_of_row) > 0
+    exclude, include = len(excl_of_row) > 0, len(incl_of_row) > 0
     for r in range(n_rows):
         tag = r + 1
+        ban = -1
         if exclude:
             p = excl_of_row[r]
-            for q in range(excl_off[p], excl_off[p + 1]):
-                seen[excl_ids[q]] = tag
+            ban = p + 1
+            if p != last:
+                for q in range(excl_off[p], excl_off[p + 1]):
+                    banned[excl_ids[q]] = ban
+                last = p
         m = 0
+        if include:
+            p = incl_of_row[r]
+            for q in range(incl_off[p], incl_off[p + 1]):
+                t = incl_ids[q]
+                if seen[t] != tag and banned[t] != ban:
+                    seen[t] = tag
+                    buf[m] = t
+                    m += 1
         s, e = offsets[r], offsets[r + 1]
         for i in range(s, e):
             h = values[i]
@@ -182,7 +197,7 @@ def _row_term_ids(values, offsets, max_n, table, ukeys, ustart, ucount, ids, rou
                     if ukeys[u] == key:
                         for q in range(ustart[u], ustart[u] + ucount[u]):
                             t = ids[q]
-                            if seen[t] != tag:
+                            if seen[t] != tag and banned[t] != ban:
                                 seen[t] = tag
                                 buf[m] = t
                                 m += 1
@@ -209,18 +224,29 @@ def compiled() -> SimpleNamespace:
         if _compiled is None:
             import numba
 
-            def jit(f: Any) -> Any:
+            def jit(f: Any, sig: Any = None) -> Any:
+                args = (sig,) if sig is not None else ()
                 try:
-                    return numba.njit(cache=True, nogil=True)(f)
+                    return numba.njit(*args, cache=True, nogil=True)(f)
                 except RuntimeError:  # no writable cache location: compile in every process
-                    return numba.njit(nogil=True)(f)
+                    return numba.njit(*args, nogil=True)(f)
 
             glob = globals()
             # helpers are looked up as globals when the kernels compile: jitted versions must be in place first
             for name in ("_splitmix64", "_grow", "_insertion_sort"):
                 glob[name] = jit(glob[name])
-            _compiled = SimpleNamespace(ascii_token_hashes=jit(_ascii_token_hashes),
-                                        row_term_ids=jit(_row_term_ids))
+            # one signature each, arrays typed read-only (writable ones convert), so Arrow's read-only buffers and
+            # numpy's own arrays share one compiled version (and one cache entry) instead of one per combination
+            t = numba.types
+
+            def ro(dtype: Any) -> Any:
+                return t.Array(dtype, 1, "C", readonly=True)
+
+            u8, i32, i64, u64, b1 = ro(t.uint8), ro(t.int32), ro(t.int64), ro(t.uint64), ro(t.boolean)
+            _compiled = SimpleNamespace(
+                ascii_token_hashes=jit(_ascii_token_hashes, (u8, i64, b1, b1, u64, t.uint64, t.uint64)),
+                row_term_ids=jit(_row_term_ids, (u64, i64, t.int64, i32, u64, i64, i64, i32, t.int64, t.int64,
+                                                 i64, i64, i32, i64, i64, i32)))
     return _compiled
 
 
@@ -228,23 +254,24 @@ def ascii_token_hashes(data: np.ndarray, offsets: np.ndarray, is_ascii: np.ndarr
                        codes: np.ndarray, base: int, len_mix: np.uint64) -> tuple[np.ndarray, np.ndarray]:
     """(uint64 token hashes, int64 token count per text) of the ASCII texts of a byte buffer with text offsets
     (texts with is_ascii False get no tokens); see `tokhash.token_hashes`."""
-    return compiled().ascii_token_hashes(np.ascontiguousarray(data, np.uint8), np.asarray(offsets, np.int64),
-                                         np.asarray(is_ascii, np.bool_), word, codes, np.uint64(base),
-                                         np.uint64(len_mix))
+    c = np.ascontiguousarray
+    return compiled().ascii_token_hashes(c(data, np.uint8), c(offsets, np.int64), c(is_ascii, np.bool_),
+                                         c(word, np.bool_), c(codes, np.uint64), np.uint64(base), np.uint64(len_mix))
 
 
 def row_term_ids(values: np.ndarray, offsets: np.ndarray, max_n: int, lookup: Any, n_ids: int,
-                 exclude: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                 exclude: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                 include: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(int64 offsets per row, int32 term ids): the distinct ids of the terms (`lookup`, a `tokens._Lookup`)
-    among each row's 1..max_n-grams, sorted; `exclude` = (list index of each row, offsets, ids): ids to leave out
-    per row (the prompt's terms)."""
-    if exclude is None:
-        excl_of_row, excl_off, excl_ids = np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int32)
-    else:
-        excl_of_row, excl_off, excl_ids = (np.asarray(exclude[0], np.int64), np.asarray(exclude[1], np.int64),
-                                           np.asarray(exclude[2], np.int32))
+    among each row's 1..max_n-grams, sorted. `exclude` = (list index of each row, list offsets, ids): ids to
+    leave out per row (the prompt's terms); `include`: ids to add per row, in the same form."""
+    none = (np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int32))
+    c = np.ascontiguousarray
+    lists = []
+    for of_row, off, ids in (exclude or none, include or none):
+        lists += [c(of_row, np.int64), c(off, np.int64), c(ids, np.int32)]
     return compiled().row_term_ids(
-        np.asarray(values, np.uint64), np.asarray(offsets, np.int64), int(max_n), lookup.table, lookup.ukeys,
-        np.asarray(lookup.start, np.int64), np.asarray(lookup.count, np.int64), np.asarray(lookup.ids, np.int32),
-        int(lookup.rounds), int(n_ids), excl_of_row, excl_off, excl_ids)
+        c(values, np.uint64), c(offsets, np.int64), int(max_n), c(lookup.table, np.int32), c(lookup.ukeys, np.uint64),
+        c(lookup.start, np.int64), c(lookup.count, np.int64), c(lookup.ids, np.int32), int(lookup.rounds),
+        int(n_ids), *lists)

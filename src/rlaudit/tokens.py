@@ -570,6 +570,9 @@ class _Matcher:
     any_term: _Lookup
     key_token: _Lookup
     key_of_id: np.ndarray
+    #: key token hash -> every term sharing the key (n-gram) of a term with that key token: `key_token` then
+    #: `any_term` in one lookup (the compiled path, `_prompt_pairs`)
+    key_token_terms: _Lookup
 
 
 _MATCHERS: dict[int, tuple[pa.Table, _Matcher]] = {}
@@ -589,9 +592,11 @@ def _matcher(vocab: pa.Table) -> _Matcher:
     v_ids, v_keys, v_where, key_h = v_ids[order], v_keys[order], v_where[order], key_h[order]
     key_of_id = np.zeros(int(v_ids.max()) + 1 if len(v_ids) else 0, np.uint64)
     key_of_id[v_ids] = v_keys
+    any_term, key_token = _Lookup(v_keys, v_ids), _Lookup(key_h, v_ids)
+    k_rows, k_ids = any_term.match(np.arange(len(v_ids)), v_keys)  # term i -> the terms sharing its key
     m = _Matcher(by_where={w: _Lookup(v_keys[v_where == w], v_ids[v_where == w]) for w in WHERES},
-                 any_term=_Lookup(v_keys, v_ids),
-                 key_token=_Lookup(key_h, v_ids), key_of_id=key_of_id)
+                 any_term=any_term, key_token=key_token, key_of_id=key_of_id,
+                 key_token_terms=_Lookup(key_h[k_rows], k_ids))
     _MATCHERS.clear()
     _MATCHERS[id(vocab)] = (vocab, m)
     return m
@@ -659,9 +664,7 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     split_enc = pc.dictionary_encode(r.column("split")).combine_chunks()
     split_code = np.asarray(pc.fill_null(split_enc.indices, -1).to_numpy(), np.int64)
     step = np.asarray(r.column("step").to_numpy(), np.int64)
-    cells, cell = np.unique(np.stack([file_code, step, split_code], 1).reshape(-1, 3), axis=0,
-                            return_inverse=True)
-    cell = cell.ravel()
+    cells, cell = _cells(file_code, step, split_code)
     has_reasoning = np.asarray(r.column("has_reasoning").to_numpy(zero_copy_only=False), bool)
     pt_start = np.asarray(prompt_terms.offsets.to_numpy(), np.int64)
     pt_len = np.diff(pt_start)
@@ -681,6 +684,7 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
         nz = np.flatnonzero((x > 0) | (mm > 0))
         frames.append((where, nz // n_ids, nz % n_ids, x[nz], mm[nz]))
     files = file_enc.dictionary.to_pylist()
+    grouped = bool(np.all(file_code[1:] >= file_code[:-1]))
     out = []
     for path in paths:
         if str(path) not in files:
@@ -699,7 +703,13 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
                 "split": split_enc.dictionary.cast(pa.string()).take(
                     pa.array(np.maximum(split_idx, 0), pa.int64(), mask=split_idx < 0)),
                 "x": pa.array(x[sel].astype(np.int64)), "m": pa.array(np.rint(mm[sel]).astype(np.int64))}))
-        mine = terms if len(files) == 1 else terms.filter(pa.array(file_code == f))
+        if len(files) == 1:
+            mine = terms
+        elif grouped:  # a part's rows are contiguous (DuckDB keeps the files' order): a zero-copy slice
+            lo, hi = np.searchsorted(file_code, [f, f + 1])
+            mine = terms.slice(int(lo), int(hi - lo))
+        else:
+            mine = terms.filter(pa.array(file_code == f))
         out.append((mine, pa.concat_tables(counts)))
     return out
 
@@ -709,16 +719,15 @@ def _prompt_pairs(values: np.ndarray, offsets: np.ndarray, m: _Matcher, max_n: i
     """The distinct (prompt, term id) pairs, sorted: the terms among the prompt's 1..max_n-grams (in either
     place), and those whose key token is one of its words (a term counts as copied in both places, answer and
     reasoning, whichever place's key token the prompt holds)."""
-    if kernels.use_numba():
-        a_off, a_ids = kernels.row_term_ids(values, offsets, max_n, m.any_term, n_ids)
-        k_off, k_ids = kernels.row_term_ids(values, offsets, 1, m.key_token, n_ids)
+    if kernels.use_numba():  # the key-token terms of each prompt, then those added to its n-grams' terms
         rows = np.arange(len(offsets) - 1, dtype=np.int64)
-        a_rows, k_rows = np.repeat(rows, np.diff(a_off)), np.repeat(rows, np.diff(k_off))
-    else:
-        rows, keys = ngram_keys(values, offsets, max_n)
-        a_rows, a_ids = m.any_term.match(rows, keys)
-        # the first len(values) keys are the words
-        k_rows, k_ids = m.key_token.match(rows[:len(values)], keys[:len(values)])
+        k_off, k_ids = kernels.row_term_ids(values, offsets, 1, m.key_token_terms, n_ids)
+        off, ids = kernels.row_term_ids(values, offsets, max_n, m.any_term, n_ids, include=(rows, k_off, k_ids))
+        return np.repeat(rows, np.diff(off)), ids
+    rows, keys = ngram_keys(values, offsets, max_n)
+    a_rows, a_ids = m.any_term.match(rows, keys)
+    # the first len(values) keys are the words
+    k_rows, k_ids = m.key_token.match(rows[:len(values)], keys[:len(values)])
     k_rows, k_ids = m.any_term.match(k_rows, m.key_of_id[k_ids])
     return _distinct_pairs(np.concatenate([a_rows, k_rows]), np.concatenate([a_ids, k_ids]), n_ids)
 
@@ -739,6 +748,17 @@ def _text_pairs(values: np.ndarray, offsets: np.ndarray, lookup: _Lookup, max_n:
     at = np.minimum(np.searchsorted(pt_codes, code), max(len(pt_codes) - 1, 0))
     copied = pt_codes[at] == code if len(pt_codes) else np.zeros(len(code), bool)  # copies of the prompt
     return rows[~copied], ids[~copied]
+
+
+def _cells(file_code: np.ndarray, step: np.ndarray, split_code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (file, step, split) rows, sorted, and each row's index among them: `np.unique(..., axis=0,
+    return_inverse=True)` of the stacked columns, through one 1-D unique of a combined code (same order)."""
+    steps, step_i = np.unique(step, return_inverse=True)
+    n_steps, n_splits = max(len(steps), 1), int(split_code.max()) + 2 if len(split_code) else 1
+    ucode, cell = np.unique((file_code * n_steps + step_i) * n_splits + split_code + 1, return_inverse=True)
+    cells = np.stack([ucode // (n_steps * n_splits), steps[ucode // n_splits % n_steps] if len(steps) else ucode,
+                      ucode % n_splits - 1], 1)
+    return cells.reshape(-1, 3), cell.ravel()
 
 
 def _empty_counts() -> pa.Table:

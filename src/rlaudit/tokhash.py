@@ -136,6 +136,10 @@ def token_hashes(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndar
     rows, hashes = [], []
     if kernels.use_numba():  # ASCII texts: one compiled pass over the bytes (the same hashes)
         h, counts = kernels.ascii_token_hashes(data, offsets, ascii_, _WORD, _CODES, _BASE, _LEN_MIX)
+        if ascii_.all():
+            out_offsets = np.zeros(n_texts + 1, np.int64)
+            np.cumsum(counts, out=out_offsets[1:])
+            return h, out_offsets
         rows.append(np.repeat(np.arange(n_texts, dtype=np.int64), counts))
         hashes.append(h)
     # ASCII texts: numpy over the bytes, in chunks of whole texts
