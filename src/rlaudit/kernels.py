@@ -60,19 +60,36 @@ def available() -> bool:
     return _available
 
 
-def backend() -> str:
-    """"numba" or "numpy": the path the term-set loop takes now (see module doc)."""
+def setting() -> str | None:
+    """The kernel `RLAUDIT_KERNEL` asks for, or None when unset. Checked without importing numba (the CLI
+    checks it before any work, `memory.prepare`): a bad value, or `numba` where numba is not installed, is an
+    `RlauditError`."""
     env = os.environ.get(ENV, "").strip().lower()
     if not env:
-        return "numba" if available() else "numpy"
+        return None
     from .errors import RlauditError
 
     if env not in CHOICES:
         raise RlauditError(f"{ENV}={os.environ.get(ENV)!r}: choose one of {', '.join(CHOICES)} (or leave it unset)")
-    if env == "numba" and not available():
+    if env == "numba" and (_available is False or importlib.util.find_spec("numba") is None):
         raise RlauditError(f"{ENV}=numba but numba cannot be imported: pip install 'rlaudit[fast]', "
                            f"or set {ENV}=numpy")
     return env
+
+
+def backend() -> str:
+    """"numba" or "numpy": the path the term-set loop takes now (see module doc)."""
+    env = setting()
+    if env == "numpy":
+        return env
+    if available():
+        return "numba"
+    if env == "numba":  # installed but does not import (e.g. a numpy it was not built for)
+        from .errors import RlauditError
+
+        raise RlauditError(f"{ENV}=numba but numba cannot be imported: pip install 'rlaudit[fast]', "
+                           f"or set {ENV}=numpy")
+    return "numpy"
 
 
 def use_numba() -> bool:

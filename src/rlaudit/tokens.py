@@ -236,6 +236,8 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
         batches[-1].append(path)
         size += rows_of.get(path.name, 0)
     _matcher(vocab)  # built once, before the threads share it
+    if missing and kernels.use_numba():
+        kernels.compiled()  # compiled (or loaded from numba's cache) once, before the threads
 
     def compute(batch: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
         result = _compute_parts(batch, layouts.get(batch[0].name, 1), vocab, options)
