@@ -13,13 +13,17 @@ number of passes. Two small loops, each walking its input once, do the same work
   own arrays, so both paths read one table), and emits the distinct term ids of the row, sorted, leaving out
   those its prompt holds. It equals `_distinct_pairs(*lookup.match(*ngram_keys(...)))` minus the prompt's
   pairs, keys naming several terms included (tests/core/test_kernels.py checks both against the numpy path).
+  For prompts, the terms whose key token the prompt holds are added per row (`include`).
+
+The counts per (step, term) stay in numpy: they are bincounts over the emitted pairs, a small share of the time.
 
 Which path runs: `RLAUDIT_KERNEL=numpy|numba` forces one (a bad value, or `numba` without numba installed, is
 an `RlauditError`); unset, numba is used when it can be imported (`pip install 'rlaudit[fast]'`), else numpy.
-The numpy path stays the reference and the fallback. Kernels are compiled at first use, in the process
-(about 2 s of CPU once, see docs/emerging.md), and cached on disk (`cache=True`: numba's `__pycache__` beside
-this file, or its user-wide cache dir / NUMBA_CACHE_DIR where that is not writable; without any writable place
-they compile in every process). They release the GIL, so the term-set threads run them in parallel.
+The numpy path stays the reference and the fallback. Each kernel has one signature (read-only arrays), compiled
+at the first use in a process: about 7 CPU s the first time, then loaded from numba's on-disk cache in about
+0.5 CPU s with numba's import (`cache=True`: in `$NUMBA_CACHE_DIR` if set, else `__pycache__` beside this file,
+else numba's user-wide cache directory; where none is writable they compile in every process). They release
+the GIL, so the term-set threads run them in parallel.
 """
 
 from __future__ import annotations
@@ -288,7 +292,7 @@ def row_term_ids(values: np.ndarray, offsets: np.ndarray, max_n: int, lookup: An
     lists = []
     for of_row, off, ids in (exclude or none, include or none):
         lists += [c(of_row, np.int64), c(off, np.int64), c(ids, np.int32)]
-    return compiled().row_term_ids(
-        c(values, np.uint64), c(offsets, np.int64), int(max_n), c(lookup.table, np.int32), c(lookup.ukeys, np.uint64),
-        c(lookup.start, np.int64), c(lookup.count, np.int64), c(lookup.ids, np.int32), int(lookup.rounds),
-        int(n_ids), *lists)
+    table = [c(lookup.table, np.int32), c(lookup.ukeys, np.uint64), c(lookup.start, np.int64),
+             c(lookup.count, np.int64), c(lookup.ids, np.int32), int(lookup.rounds)]
+    return compiled().row_term_ids(c(values, np.uint64), c(offsets, np.int64), int(max_n), *table, int(n_ids),
+                                   *lists)
