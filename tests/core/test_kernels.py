@@ -169,3 +169,14 @@ def test_a_bad_kernel_setting_is_a_clear_error(monkeypatch):
         kernels.backend()
     monkeypatch.delenv(kernels.ENV)
     assert kernels.backend() == "numpy"  # unset and absent: the numpy path
+
+
+def test_the_cli_stops_on_a_bad_kernel_setting_before_any_work(tmp_path, monkeypatch, capsys):
+    from rlaudit import cli
+
+    monkeypatch.setenv(kernels.ENV, "fast")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["audit", str(tmp_path), "--store", str(tmp_path / "store")])
+    assert exit_.value.code == 2
+    assert "RLAUDIT_KERNEL='fast'" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "store").exists()
