@@ -27,7 +27,9 @@ Tokens are `behaviors.TOKEN_PATTERN` runs of the lower-cased text, so a discover
 spec, matches exactly the rollouts counted here (up to the prompt exclusion). `tokhash` tokenises and hashes
 the texts in numpy (the same tokens as the RE2 pattern, several times faster), numpy matches n-grams by 64-bit
 keys (`_compute_part`) through an open-addressing hash table (`_Lookup`), one batch of parts at a time, so
-memory is bounded by the batch size, not the run size. Batches are computed by two threads where a second
+memory is bounded by the batch size, not the run size. With numba installed (the `fast` extra) tokenising ASCII
+texts and matching each row's n-grams run as compiled loops instead (`rlaudit.kernels`: one pass per row rather
+than a dozen numpy passes over every occurrence; the same term sets, `RLAUDIT_KERNEL=numpy|numba` picks one). Batches are computed by two threads where a second
 core and the memory budget allow (`workers`); the cached files are LZ4-compressed Parquet (cheaper to write
 and read than zstd).
 """
