@@ -20,7 +20,7 @@ The counts per (step, term) stay in numpy: they are bincounts over the emitted p
 Which path runs: `RLAUDIT_KERNEL=numpy|numba` forces one (a bad value, or `numba` without numba installed, is
 an `RlauditError`); unset, numba is used when it can be imported (`pip install 'rlaudit[fast]'`), else numpy.
 The numpy path stays the reference and the fallback. Each kernel has one signature (read-only arrays), compiled
-at the first use in a process: about 7 CPU s the first time, then loaded from numba's on-disk cache in about
+at the first use in a process: 7-9 CPU s the first time, then loaded from numba's on-disk cache in about
 0.5 CPU s with numba's import (`cache=True`: in `$NUMBA_CACHE_DIR` if set, else `__pycache__` beside this file,
 else numba's user-wide cache directory; where none is writable they compile in every process). They release
 the GIL, so the term-set threads run them in parallel.
