@@ -255,7 +255,7 @@ def compiled() -> SimpleNamespace:
             glob = globals()
             # helpers are looked up as globals when the kernels compile: jitted versions must be in place first
             for name in ("_splitmix64", "_grow", "_insertion_sort"):
-                glob[name] = jit(glob[name])
+                glob[name] = jit(getattr(glob[name], "py_func", glob[name]))
             # one signature each, arrays typed read-only (writable ones convert), so Arrow's read-only buffers and
             # numpy's own arrays share one compiled version (and one cache entry) instead of one per combination
             t = numba.types

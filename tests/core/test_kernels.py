@@ -180,3 +180,17 @@ def test_the_cli_stops_on_a_bad_kernel_setting_before_any_work(tmp_path, monkeyp
     assert exit_.value.code == 2
     assert "RLAUDIT_KERNEL='fast'" in " ".join(capsys.readouterr().err.split())
     assert not (tmp_path / "store").exists()
+
+
+@needs_numba
+def test_a_live_hook_with_thread_audits_loads_the_kernels_before_training(tmp_path, monkeypatch):
+    """Loading numba in the background audit thread would hold the GIL mid-step (0.3-0.5 s measured, several
+    seconds under load): a hook whose heavy audits run in a thread loads the kernels when it is created."""
+    from rlaudit.live.auditor import LiveAuditor, LiveConfig
+
+    monkeypatch.delenv(kernels.ENV, raising=False)
+    monkeypatch.setattr(kernels, "_compiled", None)
+    LiveAuditor(str(tmp_path / "store"), "r", LiveConfig(background="process"))
+    assert kernels._compiled is None  # a process audit loads them in its own interpreter
+    LiveAuditor(str(tmp_path / "store"), "r", LiveConfig(background="thread"))
+    assert kernels._compiled is not None
