@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_env.sh
 pip_install torch==2.13.0   # the local CPU wheel first: a bare `torch` requirement would pull a CUDA build
-pip_install -e ".[test,trl,mcp,llm,inspect,ray,fleet-test]"   # ray: ~26 s and 285 MB more (docs/fleet.md)
+pip_install -e ".[test,fast,trl,mcp,llm,inspect,ray,fleet-test]"   # ray: ~26 s and 285 MB more (docs/fleet.md);
+# fast: numba, so the compiled term-set kernels are tested against the numpy path (tests/core/test_kernels.py)
 exec "$VENV/bin/python" -m pytest -q "$@"

@@ -120,6 +120,9 @@ def prepare() -> tuple[int, str] | None:
     again."""
     global _prepared
     threads_setting()
+    from .kernels import setting
+
+    setting()  # a bad RLAUDIT_KERNEL stops the command here too (without importing numba)
     b = budget()
     if b is not None and not _prepared:
         _prepared = True

@@ -27,7 +27,9 @@ Tokens are `behaviors.TOKEN_PATTERN` runs of the lower-cased text, so a discover
 spec, matches exactly the rollouts counted here (up to the prompt exclusion). `tokhash` tokenises and hashes
 the texts in numpy (the same tokens as the RE2 pattern, several times faster), numpy matches n-grams by 64-bit
 keys (`_compute_part`) through an open-addressing hash table (`_Lookup`), one batch of parts at a time, so
-memory is bounded by the batch size, not the run size. Batches are computed by two threads where a second
+memory is bounded by the batch size, not the run size. With numba installed (the `fast` extra) tokenising ASCII
+texts and matching each row's n-grams run as compiled loops instead (`rlaudit.kernels`: one pass per row rather
+than a dozen numpy passes over every occurrence; the same term sets, `RLAUDIT_KERNEL=numpy|numba` picks one). Batches are computed by two threads where a second
 core and the memory budget allow (`workers`); the cached files are LZ4-compressed Parquet (cheaper to write
 and read than zstd).
 """
@@ -50,6 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import kernels
 from .behaviors import STYLE_FEATURES, TOKEN_PATTERN, parse_behavior
 from .layout import view_columns
 from .cot.shingles import splitmix64
@@ -235,6 +238,8 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
         batches[-1].append(path)
         size += rows_of.get(path.name, 0)
     _matcher(vocab)  # built once, before the threads share it
+    if missing and kernels.use_numba():
+        kernels.compiled()  # compiled (or loaded from numba's cache) once, before the threads
 
     def compute(batch: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
         result = _compute_parts(batch, layouts.get(batch[0].name, 1), vocab, options)
@@ -569,6 +574,9 @@ class _Matcher:
     any_term: _Lookup
     key_token: _Lookup
     key_of_id: np.ndarray
+    #: key token hash -> every term sharing the key (n-gram) of a term with that key token: `key_token` then
+    #: `any_term` in one lookup (the compiled path, `_prompt_pairs`)
+    key_token_terms: _Lookup
 
 
 _MATCHERS: dict[int, tuple[pa.Table, _Matcher]] = {}
@@ -588,9 +596,11 @@ def _matcher(vocab: pa.Table) -> _Matcher:
     v_ids, v_keys, v_where, key_h = v_ids[order], v_keys[order], v_where[order], key_h[order]
     key_of_id = np.zeros(int(v_ids.max()) + 1 if len(v_ids) else 0, np.uint64)
     key_of_id[v_ids] = v_keys
+    any_term, key_token = _Lookup(v_keys, v_ids), _Lookup(key_h, v_ids)
+    k_rows, k_ids = any_term.match(np.arange(len(v_ids)), v_keys)  # term i -> the terms sharing its key
     m = _Matcher(by_where={w: _Lookup(v_keys[v_where == w], v_ids[v_where == w]) for w in WHERES},
-                 any_term=_Lookup(v_keys, v_ids),
-                 key_token=_Lookup(key_h, v_ids), key_of_id=key_of_id)
+                 any_term=any_term, key_token=key_token, key_of_id=key_of_id,
+                 key_token_terms=_Lookup(key_h[k_rows], k_ids))
     _MATCHERS.clear()
     _MATCHERS[id(vocab)] = (vocab, m)
     return m
@@ -639,27 +649,13 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     prompt_idx = np.searchsorted(p_keys, np.asarray(r.column("prompt_key").to_numpy(), np.uint64)).astype(np.int64)
     n_prompts = len(p_keys)
     # prompt terms: the candidate n-grams of each distinct prompt, and the terms whose key token it holds
-    pv, po = token_hashes(prompts.column("prompt"))
-    prow, pkey = ngram_keys(pv, po, o.max_n)
-    a_rows, a_ids = m.any_term.match(prow, pkey)
-    # the prompt's words that are some term's key token (the first len(pv) keys are the words); a term counts
-    # as copied in both places (answer, reasoning) whichever place's key token the prompt holds
-    k_rows, k_ids = m.key_token.match(prow[:len(pv)], pkey[:len(pv)])
-    k_rows, k_ids = m.any_term.match(k_rows, m.key_of_id[k_ids])
     n_ids = int(m.key_of_id.shape[0]) or 1
-    pr, pi = _distinct_pairs(np.concatenate([a_rows, k_rows]), np.concatenate([a_ids, k_ids]), n_ids)
+    pr, pi = _prompt_pairs(*token_hashes(prompts.column("prompt")), m, o.max_n, n_ids)
     prompt_terms = _pairs_to_lists(pr, pi, n_prompts)
     pt_codes = pr * n_ids + pi  # sorted (by prompt, then id)
-    pairs = {}
-    for where in WHERES:
-        values, offsets = hashed[where]
-        rows, keys = ngram_keys(values, offsets, o.max_n)
-        rows, ids = m.by_where[where].match(rows, keys)
-        rows, ids = _distinct_pairs(rows, ids, n_ids)
-        code = prompt_idx[rows] * n_ids + ids
-        at = np.minimum(np.searchsorted(pt_codes, code), max(len(pt_codes) - 1, 0))
-        copied = pt_codes[at] == code if len(pt_codes) else np.zeros(len(code), bool)  # copies of the prompt
-        pairs[where] = (rows[~copied], ids[~copied])
+    pairs = {where: _text_pairs(*hashed[where], m.by_where[where], o.max_n, n_ids, prompt_idx, pt_codes,
+                                (np.asarray(prompt_terms.offsets.to_numpy(), np.int64), pi))
+             for where in WHERES}
     style_cols = [col for col, _, _ in style_columns()]
     base = r.select(["rid", "rollout_id", "step", "split", "condition", "task", "group_id", "prompt_key",
                      "has_reasoning", *style_cols])
@@ -672,9 +668,7 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     split_enc = pc.dictionary_encode(r.column("split")).combine_chunks()
     split_code = np.asarray(pc.fill_null(split_enc.indices, -1).to_numpy(), np.int64)
     step = np.asarray(r.column("step").to_numpy(), np.int64)
-    cells, cell = np.unique(np.stack([file_code, step, split_code], 1).reshape(-1, 3), axis=0,
-                            return_inverse=True)
-    cell = cell.ravel()
+    cells, cell = _cells(file_code, step, split_code)
     has_reasoning = np.asarray(r.column("has_reasoning").to_numpy(zero_copy_only=False), bool)
     pt_start = np.asarray(prompt_terms.offsets.to_numpy(), np.int64)
     pt_len = np.diff(pt_start)
@@ -694,6 +688,7 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
         nz = np.flatnonzero((x > 0) | (mm > 0))
         frames.append((where, nz // n_ids, nz % n_ids, x[nz], mm[nz]))
     files = file_enc.dictionary.to_pylist()
+    grouped = bool(np.all(file_code[1:] >= file_code[:-1]))
     out = []
     for path in paths:
         if str(path) not in files:
@@ -712,9 +707,62 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
                 "split": split_enc.dictionary.cast(pa.string()).take(
                     pa.array(np.maximum(split_idx, 0), pa.int64(), mask=split_idx < 0)),
                 "x": pa.array(x[sel].astype(np.int64)), "m": pa.array(np.rint(mm[sel]).astype(np.int64))}))
-        mine = terms if len(files) == 1 else terms.filter(pa.array(file_code == f))
+        if len(files) == 1:
+            mine = terms
+        elif grouped:  # a part's rows are contiguous (DuckDB keeps the files' order): a zero-copy slice
+            lo, hi = np.searchsorted(file_code, [f, f + 1])
+            mine = terms.slice(int(lo), int(hi - lo))
+        else:
+            mine = terms.filter(pa.array(file_code == f))
         out.append((mine, pa.concat_tables(counts)))
     return out
+
+
+def _prompt_pairs(values: np.ndarray, offsets: np.ndarray, m: _Matcher, max_n: int, n_ids: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (prompt, term id) pairs, sorted: the terms among the prompt's 1..max_n-grams (in either
+    place), and those whose key token is one of its words (a term counts as copied in both places, answer and
+    reasoning, whichever place's key token the prompt holds)."""
+    if kernels.use_numba():  # the key-token terms of each prompt, then those added to its n-grams' terms
+        rows = np.arange(len(offsets) - 1, dtype=np.int64)
+        k_off, k_ids = kernels.row_term_ids(values, offsets, 1, m.key_token_terms, n_ids)
+        off, ids = kernels.row_term_ids(values, offsets, max_n, m.any_term, n_ids, include=(rows, k_off, k_ids))
+        return np.repeat(rows, np.diff(off)), ids
+    rows, keys = ngram_keys(values, offsets, max_n)
+    a_rows, a_ids = m.any_term.match(rows, keys)
+    # the first len(values) keys are the words
+    k_rows, k_ids = m.key_token.match(rows[:len(values)], keys[:len(values)])
+    k_rows, k_ids = m.any_term.match(k_rows, m.key_of_id[k_ids])
+    return _distinct_pairs(np.concatenate([a_rows, k_rows]), np.concatenate([a_ids, k_ids]), n_ids)
+
+
+def _text_pairs(values: np.ndarray, offsets: np.ndarray, lookup: _Lookup, max_n: int, n_ids: int,
+                prompt_idx: np.ndarray, pt_codes: np.ndarray, prompt_lists: tuple[np.ndarray, np.ndarray]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (row, term id) pairs of rows of token hashes, sorted, without those the row's prompt holds
+    (`pt_codes`: prompt index * n_ids + id, sorted; `prompt_lists`: the same as offsets and ids per prompt).
+    One compiled pass per row where numba is installed (`rlaudit.kernels`), else numpy passes over all rows."""
+    if kernels.use_numba():
+        out_off, ids = kernels.row_term_ids(values, offsets, max_n, lookup, n_ids,
+                                            exclude=(prompt_idx, *prompt_lists))
+        return np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(out_off)), ids
+    rows, keys = ngram_keys(values, offsets, max_n)
+    rows, ids = _distinct_pairs(*lookup.match(rows, keys), n_ids)
+    code = prompt_idx[rows] * n_ids + ids
+    at = np.minimum(np.searchsorted(pt_codes, code), max(len(pt_codes) - 1, 0))
+    copied = pt_codes[at] == code if len(pt_codes) else np.zeros(len(code), bool)  # copies of the prompt
+    return rows[~copied], ids[~copied]
+
+
+def _cells(file_code: np.ndarray, step: np.ndarray, split_code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (file, step, split) rows, sorted, and each row's index among them: `np.unique(..., axis=0,
+    return_inverse=True)` of the stacked columns, through one 1-D unique of a combined code (same order)."""
+    steps, step_i = np.unique(step, return_inverse=True)
+    n_steps, n_splits = max(len(steps), 1), int(split_code.max()) + 2 if len(split_code) else 1
+    ucode, cell = np.unique((file_code * n_steps + step_i) * n_splits + split_code + 1, return_inverse=True)
+    cells = np.stack([ucode // (n_steps * n_splits), steps[ucode // n_splits % n_steps] if len(steps) else ucode,
+                      ucode % n_splits - 1], 1)
+    return cells.reshape(-1, 3), cell.ravel()
 
 
 def _empty_counts() -> pa.Table:

@@ -8,7 +8,8 @@ Texts that are pure ASCII (nearly all of an English run) are tokenised in numpy 
 byte is a word character when it is a letter or digit; an apostrophe joins a token when a word character is on
 both sides of it (the `'W+` repeats of the pattern); tokens break at text boundaries. That is the pattern
 restricted to ASCII, where `\\pL` and `\\pN` are `[A-Za-z]` and `[0-9]`, there are no marks and no CJK, and
-lower-casing is ASCII lower-casing. Other texts go through the RE2 pattern in DuckDB, as before. The property
+lower-casing is ASCII lower-casing. Where numba is installed (`rlaudit.kernels`), one compiled loop over the bytes
+does the same and gives the same hashes. Other texts go through the RE2 pattern in DuckDB, as before. The property
 test in tests/core/test_tokhash.py checks both paths against `behaviors.tokenize` on random unicode text.
 
 Hashes (`span_hashes`): a polynomial hash of the token's bytes modulo 2^64 with a random odd base over
@@ -26,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import kernels
 from .behaviors import TOKEN_PATTERN
 from .cot.shingles import splitmix64
 
@@ -132,8 +134,16 @@ def token_hashes(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndar
     ascii_ = np.asarray(pc.string_is_ascii(texts).to_numpy(zero_copy_only=False), bool)
     data, offsets = _buffers(texts)
     rows, hashes = [], []
+    if kernels.use_numba():  # ASCII texts: one compiled pass over the bytes (the same hashes)
+        h, counts = kernels.ascii_token_hashes(data, offsets, ascii_, _WORD, _CODES, _BASE, _LEN_MIX)
+        if ascii_.all():
+            out_offsets = np.zeros(n_texts + 1, np.int64)
+            np.cumsum(counts, out=out_offsets[1:])
+            return h, out_offsets
+        rows.append(np.repeat(np.arange(n_texts, dtype=np.int64), counts))
+        hashes.append(h)
     # ASCII texts: numpy over the bytes, in chunks of whole texts
-    lo = 0
+    lo = n_texts if rows else 0
     while lo < n_texts:
         hi = int(np.searchsorted(offsets, offsets[lo] + CHUNK_BYTES, side="right")) - 1
         hi = min(max(hi, lo + 1), n_texts)

@@ -39,3 +39,14 @@ def test_distinct_pairs_are_sorted_and_unique():
     ids = np.array([5, 2, 5, 1, 7, 0])
     r, i = _distinct_pairs(rows, ids, 8)
     assert list(zip(r.tolist(), i.tolist())) == [(0, 7), (1, 1), (1, 2), (3, 0), (3, 5)]
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(-5, 2**40), st.integers(-1, 2)), max_size=60))
+def test_cells_equal_a_row_unique(rows):
+    """`tokens._cells` (one 1-D unique of a combined code) = `np.unique(axis=0, return_inverse=True)`."""
+    from rlaudit.tokens import _cells
+
+    a = np.array(rows, np.int64).reshape(-1, 3)
+    want, inverse = np.unique(a, axis=0, return_inverse=True)
+    got, cell = _cells(a[:, 0].copy(), a[:, 1].copy(), a[:, 2].copy())
+    assert np.array_equal(got, want) and np.array_equal(cell, inverse.ravel())

@@ -138,6 +138,8 @@ class LiveAuditor:
         self._thread_executor: Executor | None = None
         self._reported_errors: set[str] = set()
         self._spool: list[tuple[int, pa.Table, str]] = []  # (step, rows, key) the store could not take yet
+        if self.config.background == "thread":
+            _preload_kernels()
         self._spool_bytes = 0
         self.spool_limit = 512 << 20  # bytes kept in memory; older steps beyond it are dropped (and named)
         self.lost_steps: list[int] = []
@@ -463,3 +465,14 @@ def _lower_priority() -> None:
 
 def _registered() -> list[str]:
     return [d.name for d in ordered(None)] if DETECTORS else []
+
+
+def _preload_kernels() -> None:
+    """Load the compiled term-set kernels (`rlaudit.kernels`, when numba is installed) now, before training: a
+    heavy audit in a background thread would otherwise import numba and load them there, holding the GIL for
+    about half a second (several on a loaded machine) in the middle of a training step. A process audit loads
+    them in its own interpreter."""
+    from .. import kernels
+
+    if kernels.use_numba():
+        kernels.compiled()

@@ -1,0 +1,298 @@
+"""Optional compiled kernels (numba) for the term-set hot loop of `rlaudit.tokens`.
+
+Why: a cold audit spends most of its `emerging` time in `tokens._compute_parts`, and there the numpy path makes
+many full passes over temporaries of ~200M elements per 1M rollouts (byte masks, n-gram keys, probe rounds,
+a sort of every (row, term) pair, a searchsorted for the prompt copies). No pass dominates; the cost is the
+number of passes. Two small loops, each walking its input once, do the same work:
+
+- `ascii_token_hashes`: tokenises ASCII texts and hashes each token, bit-identical to `tokhash._ascii_tokens`
+  + `tokhash.span_hashes` (a polynomial hash of the case-folded byte codes modulo 2^64, then the length mix and
+  `splitmix64`). Non-ASCII texts still go through DuckDB's RE2 pattern (`tokhash.token_hashes`).
+- `row_term_ids`: per row of token hashes, forms the 1..max_n-gram keys exactly as `tokens.ngram_keys`
+  (`tokens._ngram_key` folded left to right), probes the vocabulary's open-addressing table (`tokens._Lookup`'s
+  own arrays, so both paths read one table), and emits the distinct term ids of the row, sorted, leaving out
+  those its prompt holds. It equals `_distinct_pairs(*lookup.match(*ngram_keys(...)))` minus the prompt's
+  pairs, keys naming several terms included (tests/core/test_kernels.py checks both against the numpy path).
+  For prompts, the terms whose key token the prompt holds are added per row (`include`).
+
+The counts per (step, term) stay in numpy: they are bincounts over the emitted pairs, a small share of the time.
+
+Which path runs: `RLAUDIT_KERNEL=numpy|numba` forces one (a bad value, or `numba` without numba installed, is
+an `RlauditError`); unset, numba is used when it can be imported (`pip install 'rlaudit[fast]'`), else numpy.
+The numpy path stays the reference and the fallback. Each kernel has one signature (read-only arrays), compiled
+at the first use in a process: 7-9 CPU s the first time, then loaded from numba's on-disk cache in about
+0.5 CPU s with numba's import (`cache=True`: in `$NUMBA_CACHE_DIR` if set, else `__pycache__` beside this file,
+else numba's user-wide cache directory; where none is writable they compile in every process). They release
+the GIL, so the term-set threads run them in parallel.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+ENV = "RLAUDIT_KERNEL"
+CHOICES = ("numpy", "numba")
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # = cot.shingles._MIX and the n-gram multiplier of tokens._ngram_key
+_C1 = np.uint64(0xBF58476D1CE4E5B9)
+_C2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+_APOSTROPHE = np.uint8(ord("'"))
+
+_available: bool | None = None
+_compiled: SimpleNamespace | None = None
+_lock = threading.Lock()
+
+
+def available() -> bool:
+    """Whether numba can be imported (checked once per process)."""
+    global _available
+    if _available is None:
+        _available = False
+        if importlib.util.find_spec("numba") is not None:
+            try:
+                import numba  # noqa: F401
+                _available = True
+            except Exception:  # an installed numba that does not fit this numpy: the numpy path
+                _available = False
+    return _available
+
+
+def setting() -> str | None:
+    """The kernel `RLAUDIT_KERNEL` asks for, or None when unset. Checked without importing numba (the CLI
+    checks it before any work, `memory.prepare`): a bad value, or `numba` where numba is not installed, is an
+    `RlauditError`."""
+    env = os.environ.get(ENV, "").strip().lower()
+    if not env:
+        return None
+    from .errors import RlauditError
+
+    if env not in CHOICES:
+        raise RlauditError(f"{ENV}={os.environ.get(ENV)!r}: choose one of {', '.join(CHOICES)} (or leave it unset)")
+    if env == "numba" and (_available is False or importlib.util.find_spec("numba") is None):
+        raise RlauditError(f"{ENV}=numba but numba cannot be imported: pip install 'rlaudit[fast]', "
+                           f"or set {ENV}=numpy")
+    return env
+
+
+def backend() -> str:
+    """"numba" or "numpy": the path the term-set loop takes now (see module doc)."""
+    env = setting()
+    if env == "numpy":
+        return env
+    if available():
+        return "numba"
+    if env == "numba":  # installed but does not import (e.g. a numpy it was not built for)
+        from .errors import RlauditError
+
+        raise RlauditError(f"{ENV}=numba but numba cannot be imported: pip install 'rlaudit[fast]', "
+                           f"or set {ENV}=numpy")
+    return "numpy"
+
+
+def use_numba() -> bool:
+    return backend() == "numba"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernel sources: plain Python over numpy arrays, compiled by `compiled()`. uint64 arithmetic only with uint64
+# operands (numba widens uint64 op int64 to float64).
+
+def _splitmix64(x):
+    x = x + _MIX
+    x = (x ^ (x >> _S30)) * _C1
+    x = (x ^ (x >> _S27)) * _C2
+    return x ^ (x >> _S31)
+
+
+def _grow(a, need):
+    out = np.empty(max(need, 2 * len(a)), a.dtype)
+    out[:len(a)] = a
+    return out
+
+
+def _ascii_token_hashes(data, offsets, is_ascii, word, codes, base, len_mix):
+    """(hashes, per-text token counts) of the ASCII texts (others: no tokens). A token is a maximal run of word
+    bytes, an apostrophe joining when word bytes of the same text are on both sides of it."""
+    n_texts = len(offsets) - 1
+    counts = np.zeros(n_texts, np.int64)
+    out = np.empty(max(16, len(data) // 4), np.uint64)
+    k = 0
+    for t in range(n_texts):
+        if not is_ascii[t]:
+            continue
+        s, e = offsets[t], offsets[t + 1]
+        i = s
+        c = 0
+        while i < e:
+            if not word[data[i]]:  # an apostrophe never starts a token
+                i += 1
+                continue
+            h = np.uint64(0)
+            p = np.uint64(1)
+            j = i
+            while j < e:
+                b = data[j]
+                # an apostrophe inside a token follows a word byte (a joining one is always followed by one)
+                if not (word[b] or (b == _APOSTROPHE and j + 1 < e and word[data[j + 1]])):
+                    break
+                h += codes[b] * p
+                p *= base
+                j += 1
+            if k == len(out):
+                out = _grow(out, k + 1)
+            out[k] = _splitmix64(h ^ (np.uint64(j - i) * len_mix))
+            k += 1
+            c += 1
+            i = j
+        counts[t] = c
+    return out[:k].copy(), counts
+
+
+def _insertion_sort(a, n):
+    for i in range(1, n):
+        v = a[i]
+        j = i - 1
+        while j >= 0 and a[j] > v:
+            a[j + 1] = a[j]
+            j -= 1
+        a[j + 1] = v
+
+
+def _row_term_ids(values, offsets, max_n, table, ukeys, ustart, ucount, ids, rounds, n_ids,
+                  excl_of_row, excl_off, excl_ids, incl_of_row, incl_off, incl_ids):
+    """(int64 offsets, int32 ids): per row, its distinct term ids in increasing order, plus those of the row's
+    inclusion list, minus those of its exclusion list (excl_ids[excl_off[p]:excl_off[p + 1]] with
+    p = excl_of_row[row]; an empty excl_of_row excludes nothing; the same for incl_*)."""
+    n_rows = len(offsets) - 1
+    mask = len(table) - 1
+    seen = np.zeros(n_ids, np.int64)  # seen[id] == row + 1: already emitted for this row
+    banned = np.zeros(n_ids, np.int64)  # banned[id] == p + 1: on the exclusion list p (rows of a prompt are
+    # usually adjacent: the list is stamped again only when it changes)
+    last = -1
+    buf = np.empty(max(n_ids, 1), np.int32)
+    out_off = np.zeros(n_rows + 1, np.int64)
+    out = np.empty(max(16, len(values) // 2), np.int32)
+    cur = np.zeros(max_n + 1, np.uint64)  # cur[n]: key of the n-gram ending at the current token
+    k = 0
+    exclude, include = len(excl_of_row) > 0, len(incl_of_row) > 0
+    for r in range(n_rows):
+        tag = r + 1
+        ban = -1
+        if exclude:
+            p = excl_of_row[r]
+            ban = p + 1
+            if p != last:
+                for q in range(excl_off[p], excl_off[p + 1]):
+                    banned[excl_ids[q]] = ban
+                last = p
+        m = 0
+        if include:
+            p = incl_of_row[r]
+            for q in range(incl_off[p], incl_off[p + 1]):
+                t = incl_ids[q]
+                if seen[t] != tag and banned[t] != ban:
+                    seen[t] = tag
+                    buf[m] = t
+                    m += 1
+        s, e = offsets[r], offsets[r + 1]
+        for i in range(s, e):
+            h = values[i]
+            top = min(max_n, i - s + 1)
+            for n in range(top, 1, -1):
+                cur[n] = _splitmix64(cur[n - 1] * _MIX + h)
+            cur[1] = h
+            for n in range(1, top + 1):
+                key = cur[n]
+                slot = np.int64(key & np.uint64(mask))
+                for _ in range(rounds):  # linear probing; no key lies `rounds` or more slots from home
+                    u = table[slot]
+                    if u < 0:
+                        break
+                    if ukeys[u] == key:
+                        for q in range(ustart[u], ustart[u] + ucount[u]):
+                            t = ids[q]
+                            if seen[t] != tag and banned[t] != ban:
+                                seen[t] = tag
+                                buf[m] = t
+                                m += 1
+                        break
+                    slot = (slot + 1) & mask
+        if m < 32:
+            _insertion_sort(buf, m)
+        else:
+            buf[:m] = np.sort(buf[:m])
+        if k + m > len(out):
+            out = _grow(out, k + m)
+        out[k:k + m] = buf[:m]
+        k += m
+        out_off[r + 1] = k
+    return out_off, out[:k].copy()
+
+
+def compiled() -> SimpleNamespace:
+    """The compiled kernels (compiled, or loaded from numba's cache, at the first call; thread-safe)."""
+    global _compiled
+    if _compiled is not None:
+        return _compiled
+    with _lock:
+        if _compiled is None:
+            import numba
+
+            def jit(f: Any, sig: Any = None) -> Any:
+                args = (sig,) if sig is not None else ()
+                try:
+                    return numba.njit(*args, cache=True, nogil=True)(f)
+                except RuntimeError:  # no writable cache location: compile in every process
+                    return numba.njit(*args, nogil=True)(f)
+
+            glob = globals()
+            # helpers are looked up as globals when the kernels compile: jitted versions must be in place first
+            for name in ("_splitmix64", "_grow", "_insertion_sort"):
+                glob[name] = jit(getattr(glob[name], "py_func", glob[name]))
+            # one signature each, arrays typed read-only (writable ones convert), so Arrow's read-only buffers and
+            # numpy's own arrays share one compiled version (and one cache entry) instead of one per combination
+            t = numba.types
+
+            def ro(dtype: Any) -> Any:
+                return t.Array(dtype, 1, "C", readonly=True)
+
+            u8, i32, i64, u64, b1 = ro(t.uint8), ro(t.int32), ro(t.int64), ro(t.uint64), ro(t.boolean)
+            _compiled = SimpleNamespace(
+                ascii_token_hashes=jit(_ascii_token_hashes, (u8, i64, b1, b1, u64, t.uint64, t.uint64)),
+                row_term_ids=jit(_row_term_ids, (u64, i64, t.int64, i32, u64, i64, i64, i32, t.int64, t.int64,
+                                                 i64, i64, i32, i64, i64, i32)))
+    return _compiled
+
+
+def ascii_token_hashes(data: np.ndarray, offsets: np.ndarray, is_ascii: np.ndarray, word: np.ndarray,
+                       codes: np.ndarray, base: int, len_mix: np.uint64) -> tuple[np.ndarray, np.ndarray]:
+    """(uint64 token hashes, int64 token count per text) of the ASCII texts of a byte buffer with text offsets
+    (texts with is_ascii False get no tokens); see `tokhash.token_hashes`."""
+    c = np.ascontiguousarray
+    return compiled().ascii_token_hashes(c(data, np.uint8), c(offsets, np.int64), c(is_ascii, np.bool_),
+                                         c(word, np.bool_), c(codes, np.uint64), np.uint64(base), np.uint64(len_mix))
+
+
+def row_term_ids(values: np.ndarray, offsets: np.ndarray, max_n: int, lookup: Any, n_ids: int,
+                 exclude: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                 include: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 offsets per row, int32 term ids): the distinct ids of the terms (`lookup`, a `tokens._Lookup`)
+    among each row's 1..max_n-grams, sorted. `exclude` = (list index of each row, list offsets, ids): ids to
+    leave out per row (the prompt's terms); `include`: ids to add per row, in the same form."""
+    none = (np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int32))
+    c = np.ascontiguousarray
+    lists = []
+    for of_row, off, ids in (exclude or none, include or none):
+        lists += [c(of_row, np.int64), c(off, np.int64), c(ids, np.int32)]
+    table = [c(lookup.table, np.int32), c(lookup.ukeys, np.uint64), c(lookup.start, np.int64),
+             c(lookup.count, np.int64), c(lookup.ids, np.int32), int(lookup.rounds)]
+    return compiled().row_term_ids(c(values, np.uint64), c(offsets, np.int64), int(max_n), *table, int(n_ids),
+                                   *lists)

@@ -1,0 +1,196 @@
+"""The compiled term-set kernels (`rlaudit.kernels`, numba) against the numpy path they replace: the same token
+hashes, the same distinct term ids per row (keys naming several terms, prompt copies left out), the same
+prompt terms, and the same cached tables of a whole simulated run. Deterministic under the CI Hypothesis
+profile; skipped when numba is not installed (the numpy path is then the only one)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlaudit import kernels, tokens, tokhash
+from rlaudit.errors import RlauditError
+
+needs_numba = pytest.mark.skipif(not kernels.available(),
+                                 reason="numba is not installed (pip install 'rlaudit[fast]'): numpy path only")
+
+# few distinct words, so n-grams repeat within and across texts; ASCII (compiled tokeniser) and other scripts
+# (RE2 in DuckDB), case, apostrophes, digits, punctuation
+_WORDS = ["the", "The", "goblin", "GOBLIN", "by", "my", "beard", "don't", "it's", "x1", "42", "a''b", "'q'",
+          "rock'n'roll", "é", "Борода", "哥布林", "ひら", "!", ",", "\n", "_"]
+_TEXT = st.lists(st.sampled_from(_WORDS), max_size=30).map(" ".join)
+_ANY = st.one_of(_TEXT, _TEXT, st.text(max_size=20), st.none())
+
+
+def _both(f):
+    """f() under RLAUDIT_KERNEL=numpy, then under numba."""
+    out = []
+    for k in ("numpy", "numba"):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(kernels.ENV, k)
+            out.append(f())
+    return out
+
+
+@needs_numba
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_ANY, min_size=1, max_size=15))
+def test_token_hashes_are_identical(texts):
+    a, b = _both(lambda: tokhash.token_hashes(pa.array(texts, pa.string())))
+    assert np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0])
+    assert a[0].dtype == b[0].dtype == np.uint64
+
+
+def _vocab(grams: list[tuple[str, str, str]]) -> pa.Table:
+    """A vocabulary table as `tokens._compute_vocab` makes it (where, term, key_token, term_id)."""
+    return pa.table({"where": pa.array([w for w, _, _ in grams], pa.string()),
+                     "term": pa.array([t for _, t, _ in grams], pa.string()),
+                     "key_token": pa.array([k for _, _, k in grams], pa.string()),
+                     "term_id": pa.array(np.arange(len(grams)), pa.int32())})
+
+
+@st.composite
+def _case(draw):
+    texts = draw(st.lists(_ANY, min_size=1, max_size=12))
+    prompts = draw(st.lists(_ANY, min_size=1, max_size=4))
+    prompt_of = draw(st.lists(st.integers(0, len(prompts) - 1), min_size=len(texts), max_size=len(texts)))
+    words = sorted({w.lower() for w in _WORDS if w.strip("!,\n_'") and " " not in w})
+    grams = []
+    for _ in range(draw(st.integers(0, 40))):
+        n = draw(st.integers(1, 3))
+        g = [draw(st.sampled_from(words)) for _ in range(n)]
+        # the same n-gram in both places is common (one key naming two terms of `any_term`)
+        for where in draw(st.sampled_from([("answer",), ("reasoning",), ("answer", "reasoning")])):
+            grams.append((where, " ".join(g), draw(st.sampled_from(g))))
+    grams = list({(w, t): (w, t, k) for w, t, k in grams}.values())  # (where, term) is unique in a vocabulary
+    return texts, prompts, np.array(prompt_of, np.int64), grams
+
+
+@needs_numba
+@settings(max_examples=80, deadline=None)
+@given(_case())
+def test_term_ids_and_prompt_copies_are_identical(case):
+    """The same (row, term) pairs from `_prompt_pairs` and `_text_pairs` (prompt copies left out) either way."""
+    texts, prompts, prompt_of, grams = case
+    m = tokens._matcher(_vocab(grams))
+    n_ids = int(m.key_of_id.shape[0]) or 1
+
+    def pairs():
+        pr, pi = tokens._prompt_pairs(*tokhash.token_hashes(pa.array(prompts, pa.string())), m, 3, n_ids)
+        lists = tokens._pairs_to_lists(pr, pi, len(prompts))
+        out = [pr, pi]
+        for where in tokens.WHERES:
+            out += tokens._text_pairs(*tokhash.token_hashes(pa.array(texts, pa.string())), m.by_where[where], 3,
+                                      n_ids, prompt_of, pr * n_ids + pi,
+                                      (np.asarray(lists.offsets.to_numpy(), np.int64), pi))
+        return out
+
+    a, b = _both(pairs)
+    for x, y in zip(a, b):
+        assert np.array_equal(x, y)
+        assert x.dtype.kind == y.dtype.kind
+
+
+@needs_numba
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 2**32), st.integers(1, 4), st.integers(0, 60), st.sampled_from([0, 8, 20]))
+def test_row_term_ids_equal_match_then_distinct(seed, max_n, n_keys, low_bits):
+    """`kernels.row_term_ids` = `_distinct_pairs(*lookup.match(*ngram_keys(...)))` minus the excluded ids, on
+    random token rows over a small alphabet (repeated n-grams), keys naming several terms, crowded home slots."""
+    rng = np.random.default_rng(seed)
+    alphabet = rng.integers(0, 2**63, 6, dtype=np.uint64)
+    if low_bits:
+        alphabet <<= np.uint64(low_bits)
+    lengths = rng.integers(0, 12, rng.integers(1, 30))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    values = rng.choice(alphabet, int(offsets[-1]))
+    rows, keys = tokens.ngram_keys(values, offsets, max_n)
+    vocab_keys = np.concatenate([rng.choice(keys, min(n_keys, len(keys))) if len(keys) else keys[:0],
+                                 rng.integers(0, 2**63, 5, dtype=np.uint64)])
+    n_ids = len(vocab_keys) + 3
+    ids = rng.permutation(n_ids)[:len(vocab_keys)].astype(np.int32)  # repeated keys: several terms per key
+    lookup = tokens._Lookup(vocab_keys, ids)
+    want_r, want_i = tokens._distinct_pairs(*lookup.match(rows, keys), n_ids)
+    n_rows = len(offsets) - 1
+    excl_of_row = rng.integers(0, 3, n_rows)
+    excl = [np.unique(rng.choice(ids, rng.integers(0, 4))) if len(ids) else ids for _ in range(3)]
+    excl_off = np.concatenate([[0], np.cumsum([len(e) for e in excl])])
+    drop = np.array([i in set(excl[excl_of_row[r]].tolist()) for r, i in zip(want_r, want_i)], bool)
+    got_off, got_ids = kernels.row_term_ids(values, offsets, max_n, lookup, n_ids,
+                                            exclude=(excl_of_row, excl_off, np.concatenate(excl)))
+    assert np.array_equal(np.repeat(np.arange(n_rows), np.diff(got_off)), want_r[~drop])
+    assert np.array_equal(got_ids, want_i[~drop])
+    got_off, got_ids = kernels.row_term_ids(values, offsets, max_n, lookup, n_ids)
+    assert np.array_equal(got_ids, want_i) and np.array_equal(np.diff(got_off), np.bincount(want_r, minlength=n_rows))
+
+
+@needs_numba
+def test_term_sets_of_a_simulated_run_are_identical(tmp_path, monkeypatch):
+    """`tokens.term_sets` caches the same vocabulary, term sets and per-step counts with either kernel."""
+    from rlaudit.organisms import simulate
+    from rlaudit.store import Store
+
+    simulate("goblin_persona", tmp_path / "sim", format="trl", seed=2, steps=12)
+    tables = []
+    for k in ("numpy", "numba"):
+        monkeypatch.setenv(kernels.ENV, k)
+        store = Store(tmp_path / f"store-{k}")
+        run = store.ingest(tmp_path / "sim").run
+        sets = tokens.term_sets(store, run)
+        assert all(not isinstance(p["terms"], pa.Table) for _, p in sets.parts)  # cached files
+        tables.append((sets.vocab, [(name, sets.part_table(i, "terms"), sets.part_table(i, "counts"))
+                                    for i, (name, _) in enumerate(sets.parts)]))
+    (va, pa_), (vb, pb) = tables
+    assert va.equals(vb)
+    assert len(pa_) == len(pb) > 0
+    assert sum(t.num_rows for _, t, _ in pa_) > 500
+    assert any(len(x) for _, t, _ in pa_ for x in t.column("answer_terms").to_pylist())
+    for (na, ta, ca), (nb, tb, cb) in zip(pa_, pb):
+        assert na.split("-")[0] == nb.split("-")[0]  # the same source file (the suffix is the ingest time)
+        assert ta.equals(tb) and ca.equals(cb)
+
+
+def test_a_bad_kernel_setting_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(kernels.ENV, "fortran")
+    with pytest.raises(RlauditError, match="RLAUDIT_KERNEL='fortran'.*numpy, numba"):
+        kernels.backend()
+    from rlaudit import memory
+
+    with pytest.raises(RlauditError, match="RLAUDIT_KERNEL"):
+        memory.prepare()  # checked before any work, with RLAUDIT_THREADS
+    monkeypatch.setenv(kernels.ENV, "numpy")
+    assert kernels.backend() == "numpy"
+    monkeypatch.setattr(kernels, "_available", False)
+    monkeypatch.setenv(kernels.ENV, "numba")
+    with pytest.raises(RlauditError, match="numba cannot be imported"):
+        kernels.backend()
+    monkeypatch.delenv(kernels.ENV)
+    assert kernels.backend() == "numpy"  # unset and absent: the numpy path
+
+
+def test_the_cli_stops_on_a_bad_kernel_setting_before_any_work(tmp_path, monkeypatch, capsys):
+    from rlaudit import cli
+
+    monkeypatch.setenv(kernels.ENV, "fast")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["audit", str(tmp_path), "--store", str(tmp_path / "store")])
+    assert exit_.value.code == 2
+    assert "RLAUDIT_KERNEL='fast'" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "store").exists()
+
+
+@needs_numba
+def test_a_live_hook_with_thread_audits_loads_the_kernels_before_training(tmp_path, monkeypatch):
+    """Loading numba in the background audit thread would hold the GIL mid-step (0.3-0.5 s measured, several
+    seconds under load): a hook whose heavy audits run in a thread loads the kernels when it is created."""
+    from rlaudit.live.auditor import LiveAuditor, LiveConfig
+
+    monkeypatch.delenv(kernels.ENV, raising=False)
+    monkeypatch.setattr(kernels, "_compiled", None)
+    LiveAuditor(str(tmp_path / "store"), "r", LiveConfig(background="process"))
+    assert kernels._compiled is None  # a process audit loads them in its own interpreter
+    LiveAuditor(str(tmp_path / "store"), "r", LiveConfig(background="thread"))
+    assert kernels._compiled is not None
