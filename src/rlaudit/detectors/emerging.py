@@ -128,8 +128,8 @@ class Scope:
     - `fcells` / `fprompt`: the cells containing, and the prompts holding, the *focus* terms (those that may be
       reported, `focus_on`), over the whole scope: the per-condition numbers of findings.
     - `sc` (built on first use, `rows()`): one row per rollout of the two windows, read only from the parts
-      holding window steps, with term lists cut to the focus terms: grouping, evidence and the reward
-      comparisons need single rollouts, and nothing else.
+      holding window steps, without the prompts' term lists: grouping, evidence and the reward comparisons
+      need single rollouts, and nothing else.
 
     Shared through `ctx.cache` with the generalization detector, which asks the same per-condition questions.
     """
@@ -199,8 +199,8 @@ class Scope:
         return int(ids[0].as_py()) if len(ids) else None
 
     def focus_on(self, term_ids: Any) -> None:
-        """Make the per-condition tables (`fcells`, `fprompt`) and the window rows (`sc`) cover `term_ids`: the
-        n-grams that may be reported. Only their cells and list entries are kept, so `sc` stays small."""
+        """Make the per-condition tables (`fcells`, `fprompt`) cover `term_ids`: the n-grams that may be reported
+        (only their cells are read from here on)."""
         ids = {int(t) for t in term_ids}
         if self.focus is not None and ids <= self.focus:
             return
@@ -213,24 +213,17 @@ class Scope:
                        FROM all_ct SEMI JOIN focus_ids USING (term_id) SEMI JOIN tcells USING (cell) GROUP BY ALL""")
         con.execute("""CREATE OR REPLACE TEMP TABLE fprompt AS SELECT DISTINCT prompt_key, term_id
                        FROM all_pt SEMI JOIN focus_ids USING (term_id)""")
-        self._rows_built = False
 
     def rows(self) -> str:
-        """The table `sc` (one row per rollout of the two windows, term lists cut to the focus terms), built on
-        first use after the focus is set."""
+        """The table `sc`: one row per rollout of the two windows (without `prompt_terms`), built on first use."""
         if not self._rows_built:
             con = self.con
             window = tokens.TermSets(vocab=self.vocab, parts=[p for p in self.sets.parts
                                                              if p[0] in self.window_parts])
             window.register(con, "rt_win", "_rt_win_counts")
-            if self.focus is None:
-                cut = ""
-            else:
-                ids = "[" + ", ".join(str(t) for t in sorted(self.focus)) + "]::INTEGER[]"
-                cut = " REPLACE (" + ", ".join(
-                    f"list_filter({c}, lambda t: list_contains({ids}, t)) AS {c}"
-                    for c in ("answer_terms", "reasoning_terms", "prompt_terms")) + ")"
-            con.execute(f"""CREATE OR REPLACE TEMP TABLE sc AS SELECT rt.*{cut}, k.si, k.win, st.s
+            # without the prompts' term lists (the longest: a prompt holds many terms' key tokens): whether a
+            # prompt holds a focus term is in `fprompt`
+            con.execute("""CREATE OR REPLACE TEMP TABLE sc AS SELECT rt.* EXCLUDE (prompt_terms), k.si, k.win, st.s
                             FROM rt_win rt JOIN keys k USING (step, split)
                             JOIN strata st ON st.task_key = coalesce(rt.task, '') AND st.condition = rt.condition
                             WHERE k.win IS NOT NULL""")
@@ -706,7 +699,7 @@ def _explained(scope: Scope, c: Candidates, row: int, host_rows: list[int], dire
     res = dict((w, (n, x)) for w, n, x in scope.con.execute(f"""
         SELECT win, count(*), sum(CAST(list_contains({col}, {c.keys[row]}) AS INTEGER)) FROM sc
         WHERE win IS NOT NULL AND {scope.filter(c.where)} AND NOT list_has_any({col}, {hosts}::INTEGER[])
-              AND NOT list_contains(prompt_terms, {c.keys[row]}) GROUP BY win""").fetchall())
+              AND {scope.at_risk_sql("ngram", c.keys[row])} GROUP BY win""").fetchall())
     (n0, x0), (n1, x1) = res.get(0, (0, 0)), res.get(1, (0, 0))
     r = math.log((x1 + 0.5) / (n1 + 0.5)) - math.log((x0 + 0.5) / (n0 + 0.5))
     se = math.sqrt(max(1e-12, 1 / (x1 + 0.5) - 1 / (n1 + 0.5) + 1 / (x0 + 0.5) - 1 / (n0 + 0.5)))
