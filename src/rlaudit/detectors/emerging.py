@@ -515,14 +515,16 @@ def _group_terms(scope: Scope, c: Candidates, rows: np.ndarray, direction: int, 
         if root(h) != g:  # never create a cycle
             into[g] = h
 
-    explained_by: dict[int, list[int]] = {}
+    candidates_ = []  # (group, host group) pairs to test
     for gi in range(len(groups)):
         name = f" {c.names[rep[gi]]} "
-        hosts = [h for h in range(len(groups)) if h != gi and (
+        candidates_ += [(gi, h) for h in range(len(groups)) if h != gi and (
             contained(h, gi) or any(name in f" {c.names[rows[m]]} " and rows[m] != rep[gi] for m in groups[h]))]
-        single = [h for h in hosts if _explained(scope, c, rep[gi], [rows[m] for m in groups[h]], direction)]
-        if single:
-            explained_by[gi] = single
+    verdicts = _explained(scope, c, [(rep[gi], [rows[m] for m in groups[h]]) for gi, h in candidates_], direction)
+    explained_by: dict[int, list[int]] = {}
+    for (gi, h), yes in zip(candidates_, verdicts):
+        if yes:
+            explained_by.setdefault(gi, []).append(h)
     # when two groups explain each other ("gremlins hiding in" and "in this"), the more specific one (rarer at
     # the start, then longer) names the behaviour
     specific = [(-float(c.p_start[r]), float(c.n_tokens[r])) for r in rep]
@@ -691,20 +693,30 @@ def _sql_str(x: str) -> str:
     return "'" + x.replace("'", "''") + "'"
 
 
-def _explained(scope: Scope, c: Candidates, row: int, host_rows: list[int], direction: int) -> bool:
-    """Does term `row` stop changing (beyond the margin, binomial 95% CI) among rollouts without `host_rows`?"""
+def _explained(scope: Scope, c: Candidates, tests: list[tuple[int, list[int]]], direction: int) -> list[bool]:
+    """Per (term row, host rows): does the term stop changing (beyond the margin, binomial 95% CI) among
+    rollouts without the host's terms? All tests in one pass over the window rows."""
+    if not tests:
+        return []
     col = f"{c.where}_terms"
-    hosts = sorted({int(c.keys[r]) for r in host_rows})
-    scope.rows()
-    res = dict((w, (n, x)) for w, n, x in scope.con.execute(f"""
-        SELECT win, count(*), sum(CAST(list_contains({col}, {c.keys[row]}) AS INTEGER)) FROM sc
-        WHERE win IS NOT NULL AND {scope.filter(c.where)} AND NOT list_has_any({col}, {hosts}::INTEGER[])
-              AND {scope.at_risk_sql("ngram", c.keys[row])} GROUP BY win""").fetchall())
-    (n0, x0), (n1, x1) = res.get(0, (0, 0)), res.get(1, (0, 0))
-    r = math.log((x1 + 0.5) / (n1 + 0.5)) - math.log((x0 + 0.5) / (n0 + 0.5))
-    se = math.sqrt(max(1e-12, 1 / (x1 + 0.5) - 1 / (n1 + 0.5) + 1 / (x0 + 0.5) - 1 / (n0 + 0.5)))
-    persists = r - 1.96 * se >= math.log(MARGIN) if direction > 0 else r + 1.96 * se <= -math.log(MARGIN)
-    return not persists
+    aggs = []
+    for p, (row, host_rows) in enumerate(tests):
+        hosts = sorted({int(c.keys[r]) for r in host_rows})
+        ok = (f"NOT list_has_any({col}, {hosts}::INTEGER[]) AND "
+              f"{scope.at_risk_sql('ngram', c.keys[row])}")
+        aggs.append(f"count(*) FILTER (WHERE {ok}) AS n{p}, "
+                    f"count(*) FILTER (WHERE {ok} AND list_contains({col}, {int(c.keys[row])})) AS x{p}")
+    res = {r[0]: r[1:] for r in scope.con.execute(f"""
+        SELECT win, {", ".join(aggs)} FROM {scope.rows()}
+        WHERE win IS NOT NULL AND {scope.filter(c.where)} GROUP BY win""").fetchall()}
+    out = []
+    for p in range(len(tests)):
+        (n0, x0), (n1, x1) = ((res[w][2 * p], res[w][2 * p + 1]) if w in res else (0, 0) for w in (0, 1))
+        r = math.log((x1 + 0.5) / (n1 + 0.5)) - math.log((x0 + 0.5) / (n0 + 0.5))
+        se = math.sqrt(max(1e-12, 1 / (x1 + 0.5) - 1 / (n1 + 0.5) + 1 / (x0 + 0.5) - 1 / (n0 + 0.5)))
+        persists = r - 1.96 * se >= math.log(MARGIN) if direction > 0 else r + 1.96 * se <= -math.log(MARGIN)
+        out.append(not persists)
+    return out
 
 
 def _representative(c: Candidates, members: list[int], direction: int) -> int:
