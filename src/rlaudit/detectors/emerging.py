@@ -695,23 +695,46 @@ def _sql_str(x: str) -> str:
 
 def _explained(scope: Scope, c: Candidates, tests: list[tuple[int, list[int]]], direction: int) -> list[bool]:
     """Per (term row, host rows): does the term stop changing (beyond the margin, binomial 95% CI) among
-    rollouts without the host's terms? All tests in one pass over the window rows."""
+    rollouts without the host's terms?
+
+    All tests at once, from the window rollouts that hold one of the terms involved (`hits`): the rollouts
+    at risk per window come from the cells (those whose prompt lacks the term), minus those holding a host term;
+    the term's rollouts are those holding it and no host term."""
     if not tests:
         return []
-    col = f"{c.where}_terms"
-    aggs = []
-    for p, (row, host_rows) in enumerate(tests):
-        hosts = sorted({int(c.keys[r]) for r in host_rows})
-        ok = (f"NOT list_has_any({col}, {hosts}::INTEGER[]) AND "
-              f"{scope.at_risk_sql('ngram', c.keys[row])}")
-        aggs.append(f"count(*) FILTER (WHERE {ok}) AS n{p}, "
-                    f"count(*) FILTER (WHERE {ok} AND list_contains({col}, {int(c.keys[row])})) AS x{p}")
-    res = {r[0]: r[1:] for r in scope.con.execute(f"""
-        SELECT win, {", ".join(aggs)} FROM {scope.rows()}
-        WHERE win IS NOT NULL AND {scope.filter(c.where)} GROUP BY win""").fetchall()}
+    con, nc = scope.con, scope.n_col(c.where)
+    con.register("x_target", pa.table({"p": pa.array(range(len(tests)), pa.int64()),
+                                       "t": pa.array([int(c.keys[row]) for row, _ in tests], pa.int32())}))
+    hosts = [(p, h) for p, (_, host_rows) in enumerate(tests) for h in sorted({int(c.keys[r]) for r in host_rows})]
+    con.register("x_host", pa.table({"p": pa.array([p for p, _ in hosts], pa.int64()),
+                                     "term_id": pa.array([h for _, h in hosts], pa.int32())}))
+    at_risk = con.execute(f"""SELECT t.p, c.win, sum(c.{nc}) FROM tcells c CROSS JOIN x_target t
+        ANTI JOIN fprompt f ON f.prompt_key = c.prompt_key AND f.term_id = t.t
+        WHERE c.win IS NOT NULL AND c.{nc} > 0 GROUP BY ALL""").fetchall()
+    counted = con.execute(f"""WITH
+        hits AS (SELECT rid, win, prompt_key, term_id FROM (
+                     SELECT rid, win, prompt_key, unnest({c.where}_terms) AS term_id FROM {scope.rows()}
+                     WHERE win IS NOT NULL AND {scope.filter(c.where)})
+                 SEMI JOIN (SELECT t AS term_id FROM x_target UNION SELECT term_id FROM x_host) USING (term_id)),
+        hr AS (SELECT DISTINCT h.p, hits.rid, hits.win, hits.prompt_key FROM hits JOIN x_host h USING (term_id)),
+        hosted AS (SELECT hr.p, hr.win, count(*) AS k FROM hr JOIN x_target t USING (p)
+                   ANTI JOIN fprompt f ON f.prompt_key = hr.prompt_key AND f.term_id = t.t GROUP BY ALL),
+        tr AS (SELECT t.p, hits.rid, hits.win FROM hits JOIN x_target t ON hits.term_id = t.t
+               ANTI JOIN fprompt f ON f.prompt_key = hits.prompt_key AND f.term_id = t.t),
+        xs AS (SELECT p, win, count(*) AS x FROM tr ANTI JOIN hr USING (p, rid) GROUP BY ALL)
+        SELECT p, win, 'k', k FROM hosted UNION ALL SELECT p, win, 'x', x FROM xs""").fetchall()
+    n = np.zeros((len(tests), 2))
+    x = np.zeros((len(tests), 2))
+    for p, w, v in at_risk:
+        n[p, w] += v
+    for p, w, kind, v in counted:
+        if kind == "k":
+            n[p, w] -= v
+        else:
+            x[p, w] += v
     out = []
     for p in range(len(tests)):
-        (n0, x0), (n1, x1) = ((res[w][2 * p], res[w][2 * p + 1]) if w in res else (0, 0) for w in (0, 1))
+        (n0, n1), (x0, x1) = n[p], x[p]
         r = math.log((x1 + 0.5) / (n1 + 0.5)) - math.log((x0 + 0.5) / (n0 + 0.5))
         se = math.sqrt(max(1e-12, 1 / (x1 + 0.5) - 1 / (n1 + 0.5) + 1 / (x0 + 0.5) - 1 / (n0 + 0.5)))
         persists = r - 1.96 * se >= math.log(MARGIN) if direction > 0 else r + 1.96 * se <= -math.log(MARGIN)
