@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .store import Store, bound_memory, prune_cached, write_cached
@@ -35,6 +37,9 @@ from .tokens import TermSets, style_columns
 
 VERSION = 1
 KINDS = ("cells", "cellterms", "promptterms")
+#: the term-set columns the reduction reads (not the rollout ids)
+NEEDED = ["step", "split", "condition", "task", "prompt_key", "has_reasoning",
+          *[col for col, _, _ in style_columns()], "answer_terms", "reasoning_terms", "prompt_terms"]
 #: the cell key: two cells share a hash with probability ~2^-64 per pair
 CELL = "hash(step, split, task, condition, prompt_key)"
 
@@ -84,9 +89,9 @@ def term_cells(store: Store, run: str, sets: TermSets) -> TermCells:
                 con = duckdb.connect()
                 con.execute("SET enable_progress_bar = false")
                 bound_memory(con)
-            tables = reduce_part(con, sets.part_table(i, "terms"), name)
+            tables = reduce_part(con, read(terms, NEEDED), name)
             entry = tables if cdir is None or not persist else {
-                kind: write_cached(cdir / f"{_stem(name)}.{kind}.parquet", t, compression="lz4")
+                kind: write_cached(cdir / f"{_stem(name)}.{kind}.parquet", t, compression="lz4", use_dictionary=False)
                 for kind, t in tables.items()}
         memo[name] = (terms if isinstance(terms, pa.Table) else str(terms), entry)
         out.append((name, entry))
@@ -100,28 +105,63 @@ def term_cells(store: Store, run: str, sets: TermSets) -> TermCells:
 
 
 def reduce_part(con: duckdb.DuckDBPyConnection, terms: pa.Table, part: str) -> dict[str, pa.Table]:
-    """The three cell tables of one part's term sets (see the module doc)."""
+    """The three cell tables of one part's term sets (see the module doc): the cells by a DuckDB aggregate, the
+    (cell, term) counts and the prompts' terms in numpy over the flat term lists (no per-entry SQL)."""
     con.register("_part_terms", terms)
     styles = []
     for col, where, _ in style_columns():
         filt = " FILTER (WHERE has_reasoning)" if where == "reasoning" else ""
         styles.append(f"sum({col}){filt} AS {col}, sum({col} * {col}){filt} AS {col}__q")
+    keyed = con.sql(f"SELECT {CELL} AS cell FROM _part_terms").to_arrow_table()
     cells = con.sql(f"""
         SELECT {CELL} AS cell, step, split, condition, task, prompt_key, {_sql_str(part)} AS part,
                count(*) AS n, count(*) FILTER (WHERE has_reasoning) AS n_r, {", ".join(styles)}
-        FROM _part_terms GROUP BY step, split, condition, task, prompt_key ORDER BY cell""").to_arrow_table()
-    cellterms = con.sql(f"""
-        SELECT cell, term_id, CAST(count(*) AS INTEGER) AS x FROM (
-            SELECT {CELL} AS cell, unnest(answer_terms) AS term_id FROM _part_terms
-            UNION ALL SELECT {CELL} AS cell, unnest(reasoning_terms) AS term_id FROM _part_terms WHERE has_reasoning)
-        GROUP BY ALL ORDER BY term_id, cell""").to_arrow_table()
-    promptterms = con.sql("""
-        SELECT DISTINCT prompt_key, term_id FROM (
-            SELECT prompt_key, unnest(prompt_terms) AS term_id FROM (
-                SELECT prompt_key, any_value(prompt_terms) AS prompt_terms FROM _part_terms GROUP BY prompt_key))
-        ORDER BY term_id, prompt_key""").to_arrow_table()
+        FROM _part_terms GROUP BY step, split, condition, task, prompt_key""").to_arrow_table()
     con.unregister("_part_terms")
+    cell_keys, cell_of = np.unique(np.asarray(keyed.column("cell").to_numpy(), np.uint64), return_inverse=True)
+    has_reasoning = np.asarray(terms.column("has_reasoning").to_numpy(zero_copy_only=False), bool)
+    rows, ids = [], []
+    for col, ok in (("answer_terms", None), ("reasoning_terms", has_reasoning)):
+        r, v = _flat(terms.column(col))
+        if ok is not None:
+            keep = ok[r]
+            r, v = r[keep], v[keep]
+        rows.append(r)
+        ids.append(v)
+    cell_idx, term_id, x = _count_pairs(cell_of.ravel()[np.concatenate(rows)], np.concatenate(ids))
+    cellterms = pa.table({"cell": pa.array(cell_keys[cell_idx], pa.uint64()), "term_id": pa.array(term_id, pa.int32()),
+                          "x": pa.array(x, pa.int32())})
+    # a prompt's term list is the same in every rollout of it, and distinct: the list of its first rollout
+    prompt_keys, first = np.unique(np.asarray(terms.column("prompt_key").to_numpy(), np.uint64), return_index=True)
+    r, v = _flat(terms.column("prompt_terms").take(pa.array(first)))
+    promptterms = pa.table({"prompt_key": pa.array(prompt_keys[r], pa.uint64()), "term_id": pa.array(v, pa.int32())})
     return {"cells": cells, "cellterms": cellterms, "promptterms": promptterms}
+
+
+def _flat(lists: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(row, value) of every entry of a list<int32> column (nulls as empty lists)."""
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks() if lists.num_chunks != 1 else lists.chunk(0)
+    lists = pa.concat_arrays([pc.fill_null(lists, pa.scalar([], lists.type))])  # rebased: offsets from 0
+    offsets = np.asarray(lists.offsets.to_numpy(), np.int64)
+    values = np.asarray(lists.values.to_numpy(zero_copy_only=False), np.int64)[:offsets[-1]]
+    return np.repeat(np.arange(len(lists), dtype=np.int64), np.diff(offsets)), values
+
+
+def _count_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (a, b) pairs of two non-negative integer arrays with their counts, by one sort of
+    a * width + b (or one bincount when the product space is small)."""
+    if not len(a):
+        return a, b, np.zeros(0, np.int64)
+    width = int(b.max()) + 1
+    space = (int(a.max()) + 1) * width
+    if space <= 8 * len(a) + (1 << 16):
+        counts = np.bincount(a * width + b, minlength=space)
+        code = np.flatnonzero(counts)
+        x = counts[code]
+    else:
+        code, x = np.unique(a * width + b, return_counts=True)
+    return code // width, code % width, x
 
 
 _EMPTY: dict[str, pa.Table] = {}
@@ -152,6 +192,8 @@ def _sql_list(items: list[str]) -> str:
     return "[" + ", ".join(_sql_str(s) for s in items) + "]"
 
 
-def read(path: Path | pa.Table) -> pa.Table:
-    """One cached table (for tests)."""
-    return path if isinstance(path, pa.Table) else pq.ParquetFile(path).read()
+def read(path: Path | pa.Table, columns: list[str] | None = None) -> pa.Table:
+    """One cached table, or its `columns` (`pq.ParquetFile.read`: `pq.read_table` would import pandas)."""
+    if isinstance(path, pa.Table):
+        return path if columns is None else path.select(columns)
+    return pq.ParquetFile(path).read(columns=columns)

@@ -670,8 +670,11 @@ def _payers(scope: Scope, c: Candidates, ids: list[int]) -> list[str | None] | N
     diffs = ", ".join(f"avg(s{k}) FILTER (WHERE h{j} AND isfinite(s{k})) - "
                       f"avg(s{k}) FILTER (WHERE NOT h{j} AND isfinite(s{k})) AS d{j}_{k}" for j, k in pairs)
     stats = ", ".join(f"count(d{j}_{k}), avg(d{j}_{k}), stddev_samp(d{j}_{k})" for j, k in pairs)
+    # rollout ids are unique within a run, so the late window's rewards are those of its steps: the filter on
+    # r.step lets the scan skip the other steps' files
+    late = int(scope.steps[scope.n_steps - scope.window])
     row = con.execute(f"""WITH b AS (SELECT s.si, s.prompt_key, {hits}, {sig} FROM sc s JOIN rollouts r
-                                     USING (rollout_id) WHERE s.win = 1 AND
+                                     USING (rollout_id) WHERE s.win = 1 AND r.step >= {late} AND
                                      {scope.filter(c.where).replace('has_reasoning', 's.has_reasoning')}),
                           g AS (SELECT {diffs} FROM b GROUP BY si, prompt_key)
                           SELECT {stats} FROM g""").fetchall()[0]

@@ -207,11 +207,11 @@ def _reward_correlation(scope: Scope, a: dict[str, Any], signal: str, condition:
     rows = scope.con.execute(f"""
         WITH b AS (SELECT rollout_id, group_id, {a['value']} AS v FROM rt_parts SEMI JOIN keys USING (step, split)
                    WHERE condition = ? AND {scope.filter(a['where'])} AND {a['risk']}),
-             r AS (SELECT rollout_id, value FROM rewards_long WHERE signal = ? AND NOT isnan(value)),
+             r AS (SELECT rollout_id, value FROM rewards_long WHERE condition = ? AND signal = ? AND NOT isnan(value)),
              j AS (SELECT coalesce(group_id, rollout_id) AS grp, v, value FROM b JOIN r USING (rollout_id)),
              d AS (SELECT v - avg(v) OVER (PARTITION BY grp) AS dv,
                           value - avg(value) OVER (PARTITION BY grp) AS dr, grp FROM j)
-        SELECT corr(dv, dr), count(*), count(DISTINCT grp) FROM d""", [condition, signal]).fetchall()[0]
+        SELECT corr(dv, dr), count(*), count(DISTINCT grp) FROM d""", [condition, condition, signal]).fetchall()[0]
     r, n, groups = rows
     dof = (n or 0) - (groups or 0) - 1
     if r is None or not math.isfinite(r) or dof < 3:
