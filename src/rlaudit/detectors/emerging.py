@@ -141,6 +141,7 @@ class Scope:
 
     def __init__(self, ctx: DetectContext, params: Params):
         self.params = params
+        self.store, self.run = ctx.store, ctx.run
         sets = self.sets = tokens.term_sets(ctx.store, ctx.run, params.vocab)
         self.vocab = sets.vocab
         self.cell_parts = termcells.term_cells(ctx.store, ctx.run, sets)

@@ -187,10 +187,24 @@ def _choose_source(scope: Scope, a: dict[str, Any], signals: dict[str, str], alp
 
 
 def _condition_signals(scope: Scope) -> dict[str, str]:
-    """Reward signals that apply in exactly one condition (non-NaN there, NaN or absent elsewhere)."""
-    rows = scope.con.execute("""
-        SELECT signal, condition, count(*) FILTER (WHERE NOT isnan(value) AND value IS NOT NULL) AS applies
-        FROM rewards_long GROUP BY ALL""").fetchall()
+    """Reward signals that apply in exactly one condition (non-NaN there, NaN or absent elsewhere).
+
+    Counted from the `reward_health` detector's per-part statistics (`reward_stats`: per part, step, signal,
+    condition and task the rollouts scored and the NaN ones), cached beside the run, so a warm audit reads the
+    new part's rewards only; a store that keeps derived data in memory would recompute them for every part, so
+    there the rewards are counted directly."""
+    from ..partstats import part_stats
+    from .reward_stats import PART_SQL, VERSION
+
+    if getattr(scope.store, "persist_derived", True):
+        part_stats(scope.store, scope.run, "reward_health", VERSION, PART_SQL).register(scope.con, "gen_rh_parts")
+        sql = """SELECT signal, condition, sum(n - nan) AS applies FROM gen_rh_parts r
+                 SEMI JOIN keys k ON k.step = r.step AND k.split IS NOT DISTINCT FROM r.split
+                 WHERE kind = 0 GROUP BY ALL ORDER BY ALL"""
+    else:
+        sql = """SELECT signal, condition, count(*) FILTER (WHERE NOT isnan(value) AND value IS NOT NULL) AS applies
+                 FROM rewards_long GROUP BY ALL ORDER BY ALL"""
+    rows = scope.con.execute(sql).fetchall()
     by_signal: dict[str, dict[str, int]] = {}
     for sig, cond, applies in rows:
         by_signal.setdefault(sig, {})[cond] = applies
