@@ -172,6 +172,9 @@ class Scope:
                         FROM cell_all c JOIN keys k USING (step, split)
                         JOIN strata st ON st.task_key = coalesce(c.task, '') AND st.condition = c.condition
                         GROUP BY ALL""")
+        # the cached per-step term counts in scope, read once for both `where`s
+        con.execute("""CREATE TEMP TABLE scope_counts AS SELECT "where", term_id, si, sum(x) AS x, sum(m) AS m
+                       FROM step_counts JOIN keys USING (step, split) GROUP BY ALL""")
         self.window_parts = {r[0] for r in con.execute(
             "SELECT DISTINCT part FROM cell_all JOIN keys USING (step, split) WHERE win IS NOT NULL").fetchall()}
         self.cell_parts.register(con, "cellterms", "wct", only=self.window_parts)
@@ -215,21 +218,25 @@ class Scope:
         con.execute("""CREATE OR REPLACE TEMP TABLE fprompt AS SELECT DISTINCT prompt_key, term_id
                        FROM all_pt SEMI JOIN focus_ids USING (term_id)""")
 
-    def rows(self) -> str:
-        """The table `sc`: one row per rollout of the two windows (without `prompt_terms`), built on first use."""
+    def rows(self, feature_type: str = "ngram") -> str:
+        """The rollouts of the two windows, built on first use: the table `sc` for n-gram questions, the view
+        `sw` (with the style columns, read again from the term sets) for style features."""
         if not self._rows_built:
             con = self.con
             window = tokens.TermSets(vocab=self.vocab, parts=[p for p in self.sets.parts
                                                              if p[0] in self.window_parts])
             window.register(con, "rt_win", "_rt_win_counts")
-            # without the prompts' term lists (the longest: a prompt holds many terms' key tokens): whether a
-            # prompt holds a focus term is in `fprompt`
-            con.execute("""CREATE OR REPLACE TEMP TABLE sc AS SELECT rt.* EXCLUDE (prompt_terms), k.si, k.win, st.s
-                            FROM rt_win rt JOIN keys k USING (step, split)
-                            JOIN strata st ON st.task_key = coalesce(rt.task, '') AND st.condition = rt.condition
-                            WHERE k.win IS NOT NULL""")
+            # only the columns the per-rollout questions use: not the prompts' term lists (the longest: a prompt
+            # holds many terms' key tokens; whether it holds a focus term is in `fprompt`), nor the style
+            # columns (read by the few style questions from the view `sw`)
+            con.execute("""CREATE OR REPLACE TEMP TABLE sc AS
+                           SELECT rt.rid, rt.rollout_id, rt.step, rt.condition, rt.prompt_key, rt.has_reasoning,
+                                  rt.answer_terms, rt.reasoning_terms, k.si, k.win
+                           FROM rt_win rt JOIN keys k USING (step, split) WHERE k.win IS NOT NULL""")
+            con.execute("""CREATE OR REPLACE VIEW sw AS SELECT rt.* EXCLUDE (prompt_terms), k.si, k.win
+                           FROM rt_win rt JOIN keys k USING (step, split) WHERE k.win IS NOT NULL""")
             self._rows_built = True
-        return "sc"
+        return "sc" if feature_type == "ngram" else "sw"
 
     def value_sql(self, where: str, feature_type: str, key: str | int) -> str:
         """Per-rollout value of one behaviour as an expression over `sc` or `rt_parts` (term id or style
@@ -361,9 +368,8 @@ def candidates(scope: Scope, where: str) -> Candidates | None:
     n_all[si] = st["n"]
     n = np.repeat(n_all[None], k, axis=0)
     # per-step counts come from the cached per-step table (see tokens.term_step_counts)
-    counts = con.execute(f"""SELECT idx, si, sum(x) AS x, sum(m) AS m FROM step_counts c
-        JOIN keys USING (step, split) JOIN row_of USING (term_id)
-        WHERE c."where" = '{where}' GROUP BY ALL""").fetchnumpy()
+    counts = con.execute(f"""SELECT idx, si, x, m FROM scope_counts c JOIN row_of USING (term_id)
+        WHERE c."where" = '{where}'""").fetchnumpy()
     ci, cs = np.asarray(counts["idx"], dtype=np.int64), np.asarray(counts["si"], dtype=np.int64)
     n[ci, cs] -= np.asarray(counts["m"], dtype=np.float64)
     x = np.zeros((k, t))
@@ -915,7 +921,8 @@ def _finding(ctx: DetectContext, scope: Scope, c: Candidates, i: int, members: l
     score = abs(d) * (1.0 if direction > 0 else 0.5) if presence else min(1.0, abs(math.log(ratio)) / 4)
     return Finding(kind="emerging_behavior", run=ctx.run, severity=sev, title=title, explanation=explanation,
                    score=score, fields=fields_,
-                   evidence=_evidence(scope, where, value, spec, direction, params.max_evidence, presence))
+                   evidence=_evidence(scope, where, value, spec, direction, params.max_evidence, presence,
+                                      c.feature_type[i]))
 
 
 def _by_condition(scope: Scope, where: str, feature_type: str, key: str | int
@@ -952,16 +959,16 @@ def _task_confined(by_task: dict[str, dict[str, float]]) -> str | None:
 
 
 def _evidence(scope: Scope, where: str, value: str, spec: str, direction: int, limit: int,
-              presence: bool) -> list[Evidence]:
+              presence: bool, feature_type: str = "ngram") -> list[Evidence]:
     """Rollouts showing the behaviour, from the window where it is common, spread over conditions."""
     win = 1 if direction > 0 else 0
     order = "step DESC" if direction > 0 else "step"
-    scope.rows()
+    rows = scope.rows(feature_type)
     picked = scope.con.execute(f"""
         SELECT rollout_id, step, condition FROM (
             SELECT rollout_id, step, condition,
                    row_number() OVER (PARTITION BY condition ORDER BY {value} DESC, {order}, hash(rollout_id)) AS rk
-            FROM sc WHERE win = {win} AND {scope.filter(where)} AND {value} > 0)
+            FROM {rows} WHERE win = {win} AND {scope.filter(where)} AND {value} > 0)
         ORDER BY rk, condition LIMIT {int(limit)}""").fetchall()
     if not picked:
         return []

@@ -349,7 +349,7 @@ def _evidence(scope: Scope, a: dict[str, Any], condition: str, f: Finding, limit
     mine = [e for e in f.evidence if e.condition == condition][:limit]
     if mine:
         return mine
-    rows = scope.con.execute(f"""SELECT rollout_id, step FROM {scope.rows()}
+    rows = scope.con.execute(f"""SELECT rollout_id, step FROM {scope.rows(a['ftype'])}
         WHERE condition = ? AND win = 1 AND {scope.filter(a['where'])} AND {a['value']} > 0
         ORDER BY step DESC, hash(rollout_id) LIMIT {limit}""", [condition]).fetchall()
     return [Evidence(rollout_id=r, step=int(s), condition=condition, note=f"{a['where']} showing {f['behavior_spec']}")
