@@ -110,7 +110,8 @@ def _analyse(scope: Scope, f: Finding, signals: dict[str, str], alpha: float, mi
     if key is None:
         return None
     where, (ftype, k) = f["where"], key
-    value, risk, cells = scope.value_sql(where, ftype, k), scope.at_risk_sql(ftype, k), scope.cell_values(where, ftype, k)
+    value, risk = scope.value_sql(where, ftype, k), scope.at_risk_sql(ftype, k)
+    cells = scope.cell_values(where, ftype, k)  # the cells at risk, with the behaviour's sums
     conds = scope.conditions
     t, nc = scope.n_steps, len(conds)
     cidx = {c: i for i, c in enumerate(conds)}
