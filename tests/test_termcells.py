@@ -90,3 +90,15 @@ def test_a_replaced_part_is_reduced_again_and_its_old_files_pruned(tmp_path):
     vdirs = list((store.run_dir("r") / "derived" / "termcells").iterdir())
     stems = {p.stem for p in store.parts("r")}
     assert len(vdirs) == 1 and {f.name.split(".")[0] for f in vdirs[0].iterdir()} <= stems
+
+
+def test_a_shard_reduces_its_parts_and_prunes_nothing(tmp_path):
+    store = _store(tmp_path)
+    _check(store)  # every part reduced
+    vdir = next((store.run_dir("r") / "derived" / "termcells").iterdir())
+    before = sorted(f.name for f in vdir.iterdir())
+    one = {store.parts("r")[0].name}
+    fresh = Store(store.root)
+    shard = termcells.term_cells(fresh, "r", tokens.term_sets(fresh, "r", only=one), prune=False)
+    assert [name for name, _ in shard.parts] == sorted(one)
+    assert sorted(f.name for f in vdir.iterdir()) == before

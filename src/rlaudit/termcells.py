@@ -67,8 +67,9 @@ class TermCells:
         con.execute(f"CREATE OR REPLACE VIEW {view} AS {' UNION ALL BY NAME '.join(selects)}")
 
 
-def term_cells(store: Store, run: str, sets: TermSets) -> TermCells:
-    """The cell tables of every part of `sets`, reducing (and caching) the parts that lack them."""
+def term_cells(store: Store, run: str, sets: TermSets, prune: bool = True) -> TermCells:
+    """The cell tables of every part of `sets`, reducing (and caching) the parts that lack them. `prune`: remove
+    the cached tables of parts `sets` does not hold (off when `sets` is a shard of the run)."""
     persist = getattr(store, "persist_derived", True)
     memo = store.__dict__.setdefault("_term_cells_memo", {})
     out = []
@@ -97,7 +98,7 @@ def term_cells(store: Store, run: str, sets: TermSets) -> TermCells:
         out.append((name, entry))
     if con is not None:
         con.close()
-    if persist and sets.parts and not isinstance(sets.parts[0][1]["terms"], pa.Table):
+    if prune and persist and sets.parts and not isinstance(sets.parts[0][1]["terms"], pa.Table):
         first = Path(sets.parts[0][1]["terms"])
         base = first.parent.parent.parent / "termcells"
         prune_cached(base, base / f"{first.parent.name}-v{VERSION}", {_stem(n) for n, _ in sets.parts})
