@@ -143,9 +143,9 @@ def _flat(lists: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(row, value) of every entry of a list<int32> column (nulls as empty lists)."""
     if isinstance(lists, pa.ChunkedArray):
         lists = lists.combine_chunks() if lists.num_chunks != 1 else lists.chunk(0)
-    lists = pa.concat_arrays([pc.fill_null(lists, pa.scalar([], lists.type))])  # rebased: offsets from 0
-    offsets = np.asarray(lists.offsets.to_numpy(), np.int64)
-    values = np.asarray(lists.values.to_numpy(zero_copy_only=False), np.int64)[:offsets[-1]]
+    lists = pc.fill_null(lists, pa.scalar([], lists.type))
+    offsets = np.asarray(lists.offsets.to_numpy(), np.int64)  # of a slice: into the parent's values
+    values = np.asarray(lists.values.to_numpy(zero_copy_only=False), np.int64)[offsets[0]:offsets[-1]]
     return np.repeat(np.arange(len(lists), dtype=np.int64), np.diff(offsets)), values
 
 
