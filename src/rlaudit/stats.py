@@ -171,7 +171,7 @@ def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:
 # Trends over training steps, stratified prevalence ratios, onsets and lagged correlation (written for
 # emerging-behaviour discovery and cross-condition generalisation, rlaudit.detectors.emerging/generalization).
 
-def mann_kendall(y: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def mann_kendall(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mann-Kendall trend test of each row of a (rows x T) array: (S statistic, two-sided p-value).
 
     S counts increasing minus decreasing pairs in time order; its variance carries the usual tie correction and
@@ -183,23 +183,34 @@ def mann_kendall(y: np.ndarray, chunk: int = 256) -> tuple[np.ndarray, np.ndarra
     y = np.atleast_2d(np.asarray(y, dtype=np.float64))
     rows, t = y.shape
     s = np.zeros(rows)
-    if t >= 2:
-        i, j = np.triu_indices(t, 1)
-        for lo in range(0, rows, chunk):
-            block = y[lo:lo + chunk]
-            with np.errstate(invalid="ignore"):
-                s[lo:lo + chunk] = np.nansum(np.sign(block[:, j] - block[:, i]), axis=1)
+    for lag in range(1, t):  # pairs (i, i + lag): increasing minus decreasing (a NaN compares false: skipped)
+        later, earlier = y[:, lag:], y[:, :t - lag]
+        s += np.count_nonzero(later > earlier, axis=1) - np.count_nonzero(later < earlier, axis=1)
     valid = ~np.isnan(y)
     n = valid.sum(axis=1).astype(np.float64)
-    ties = np.zeros(rows)
-    for r in range(rows):  # one np.unique per row (rows are candidate behaviours, not rollouts)
-        _, counts = np.unique(y[r][valid[r]], return_counts=True)
-        ties[r] = np.sum(counts * (counts - 1.0) * (2.0 * counts + 5.0))
+    ties = _tie_term(y)
     var = (n * (n - 1) * (2 * n + 5) - ties) / 18.0
     with np.errstate(invalid="ignore", divide="ignore"):
         z = np.where(var > 0, (s - np.sign(s)) / np.sqrt(var), 0.0)
     p = np.where(n >= 3, 2 * norm.sf(np.abs(z)), 1.0)
     return s, p
+
+
+def _tie_term(y: np.ndarray) -> np.ndarray:
+    """Per row, the sum over groups of equal (non-NaN) values of c (c - 1) (2c + 5), c the group size: each row
+    sorted (NaNs last), runs of equal neighbours counted at once."""
+    rows, t = y.shape
+    if not rows or not t:
+        return np.zeros(rows)
+    ys = np.sort(y, axis=1)
+    start = np.ones((rows, t), bool)
+    start[:, 1:] = ys[:, 1:] != ys[:, :-1]  # NaN != NaN: every NaN starts a run of its own, dropped below
+    run = np.cumsum(start.ravel()) - 1  # a run id per entry, unique over rows
+    keep = ~np.isnan(ys.ravel())
+    counts = np.bincount(run[keep], minlength=int(run[-1]) + 1).astype(np.float64)
+    per_run = counts * (counts - 1.0) * (2.0 * counts + 5.0)
+    row_of_run = np.repeat(np.arange(rows), start.sum(axis=1))
+    return np.bincount(row_of_run, weights=per_run, minlength=rows)
 
 
 def stratified_ratio(sx: np.ndarray, sxx: np.ndarray, sxn: np.ndarray, n: np.ndarray, snn: np.ndarray,

@@ -295,7 +295,7 @@ def _cached_vocab(store: Store, run: str, options: VocabOptions, okey: str, name
     meta = memo.get(("vocab", okey))
     if meta is None and persist and meta_path.is_file() and vocab_path.is_file():
         with contextlib.suppress(ValueError, OSError):
-            meta = {**json.loads(meta_path.read_text()), "table": pq.read_table(vocab_path)}
+            meta = {**json.loads(meta_path.read_text()), "table": pq.ParquetFile(vocab_path).read()}
     if meta is not None:
         old = set(meta["parts"])
         grew = rows - meta["rows"]

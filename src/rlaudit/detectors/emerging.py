@@ -75,7 +75,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.stats import norm
 
-from .. import tokens
+from .. import termcells, tokens
 from ..behaviors import STYLE_FEATURES, parse_behavior
 from ..findings import Evidence, Finding
 from ..stats import benjamini_hochberg, mann_kendall, moving_sum, onset_index, stratified_ratio
@@ -120,7 +120,16 @@ class Params:
 # Scope: the rollouts an audit looks at, with step index, window, stratum and cluster keys.
 
 class Scope:
-    """The cached per-rollout term table restricted to the audit's scope, inside a DuckDB connection (`sc`).
+    """The audit's scope over the run's cached cell tables (`rlaudit.termcells`), inside a DuckDB connection.
+
+    - `tcells`: one row per cell in scope (step, split, task, condition, prompt) with its step index `si`, window
+      `win` (0 early, 1 late, NULL between) and stratum `s`, rollout counts and style sums: every per-step,
+      per-condition and per-cluster statistic sums these rows.
+    - `fcells` / `fprompt`: the cells containing, and the prompts holding, the *focus* terms (those that may be
+      reported, `focus_on`), over the whole scope: the per-condition numbers of findings.
+    - `sc` (built on first use, `rows()`): one row per rollout of the two windows, read only from the parts
+      holding window steps, without the prompts' term lists: grouping, evidence and the reward comparisons
+      need single rollouts, and nothing else.
 
     Shared through `ctx.cache` with the generalization detector, which asks the same per-condition questions.
     """
@@ -132,63 +141,132 @@ class Scope:
 
     def __init__(self, ctx: DetectContext, params: Params):
         self.params = params
-        sets = tokens.term_sets(ctx.store, ctx.run, params.vocab)
+        self.store, self.run = ctx.store, ctx.run
+        sets = self.sets = tokens.term_sets(ctx.store, ctx.run, params.vocab)
         self.vocab = sets.vocab
+        self.cell_parts = termcells.term_cells(ctx.store, ctx.run, sets)
         con = self.con = ctx.connect()
         # the per-part term sets and per-step counts, read from their cached files (not held in Python)
         sets.register(con, "rt_parts", "step_counts")
         con.register("vocab", self.vocab)
+        self.cell_parts.register(con, "cells", "cell_all")
         # the audit's scope is the (step, split) cells of the connection's filtered `rollouts` view: joining on
         # those small keys is much cheaper than on millions of rollout ids, and the list columns are not copied
-        con.execute("""CREATE TEMP TABLE cells AS SELECT step, split, dense_rank() OVER (ORDER BY step) - 1 AS si
+        con.execute("""CREATE TEMP TABLE scope_cells AS SELECT step, split, dense_rank() OVER (ORDER BY step) - 1 AS si
                        FROM (SELECT DISTINCT step, split FROM rollouts)""")
-        steps = con.execute("SELECT DISTINCT step FROM cells ORDER BY step").fetchnumpy()["step"]
+        steps = con.execute("SELECT DISTINCT step FROM scope_cells ORDER BY step").fetchnumpy()["step"]
         self.steps = np.asarray(steps, dtype=np.int64)
         t = self.n_steps = len(self.steps)
         w = max(1, int(round(params.window * t))) if t else 0
         self.window = w
         con.execute(f"""CREATE TEMP TABLE keys AS SELECT step, split, si,
-                        CASE WHEN si < {w} THEN 0 WHEN si >= {t - w} THEN 1 END AS win FROM cells""")
+                        CASE WHEN si < {w} THEN 0 WHEN si >= {t - w} THEN 1 END AS win FROM scope_cells""")
         con.execute("""CREATE TEMP TABLE strata AS SELECT task_key, condition,
                               row_number() OVER (ORDER BY task_key, condition) - 1 AS s
-                       FROM (SELECT DISTINCT coalesce(task, '') AS task_key, condition FROM rt_parts)""")
-        # the rollouts in scope with their step index, window and stratum: one table in DuckDB's own memory (it
-        # spills to its temp directory beyond the memory limit), which the statistics below read many times
-        con.execute("""CREATE TEMP TABLE sc AS SELECT rt.*, k.si, k.win, st.s FROM rt_parts rt
-                       JOIN keys k USING (step, split)
-                       JOIN strata st ON st.task_key = coalesce(rt.task, '') AND st.condition = rt.condition""")
+                       FROM (SELECT DISTINCT coalesce(task, '') AS task_key, condition FROM cell_all)""")
+        # the cells in scope, each once (parts that share a step may both hold a cell: their sums add up)
+        sums = ", ".join(["sum(n) AS n", "sum(n_r) AS n_r"] + [
+            f"sum({col}) AS {col}, sum({col}__q) AS {col}__q" for col, _, _ in tokens.style_columns()])
+        con.execute(f"""CREATE TEMP TABLE tcells AS SELECT c.cell, c.step, c.split, c.condition, c.task,
+                               c.prompt_key, k.si, k.win, st.s, {sums}
+                        FROM cell_all c JOIN keys k USING (step, split)
+                        JOIN strata st ON st.task_key = coalesce(c.task, '') AND st.condition = c.condition
+                        GROUP BY ALL""")
+        # the cached per-step term counts in scope, read once for both `where`s
+        con.execute("""CREATE TEMP TABLE scope_counts AS SELECT "where", term_id, si, sum(x) AS x, sum(m) AS m
+                       FROM step_counts JOIN keys USING (step, split) GROUP BY ALL""")
+        self.window_parts = {r[0] for r in con.execute(
+            "SELECT DISTINCT part FROM cell_all JOIN keys USING (step, split) WHERE win IS NOT NULL").fetchall()}
+        self.cell_parts.register(con, "cellterms", "wct", only=self.window_parts)
+        self.cell_parts.register(con, "promptterms", "wpt", only=self.window_parts)
         self.n_strata = int(con.execute("SELECT count(*) FROM strata").fetchall()[0][0])
         self.conditions = [r[0] for r in con.execute(
-            "SELECT condition FROM sc GROUP BY 1 ORDER BY count(*) DESC, 1").fetchall()]
+            "SELECT condition FROM tcells GROUP BY 1 ORDER BY sum(n) DESC, 1").fetchall()]
+        self.focus: set[int] | None = None
+        self._rows_built = False
 
     @staticmethod
     def filter(where: str) -> str:
         return "has_reasoning" if where == "reasoning" else "TRUE"
 
+    @staticmethod
+    def n_col(where: str) -> str:
+        """The `tcells` column counting a cell's rollouts that have a `where` (all of them have an answer)."""
+        return "n_r" if where == "reasoning" else "n"
+
     def rollouts(self, where: str) -> int:
-        return int(self.con.execute(f"SELECT count(*) FROM sc WHERE {self.filter(where)}").fetchall()[0][0])
+        return int(self.con.execute(f"SELECT coalesce(sum({self.n_col(where)}), 0) FROM tcells").fetchall()[0][0])
 
     def term_id(self, where: str, term: str) -> int | None:
         ids = self.vocab.filter(pc.and_(pc.equal(self.vocab["where"], where),
                                                 pc.equal(self.vocab["term"], term)))["term_id"]
         return int(ids[0].as_py()) if len(ids) else None
 
+    def focus_on(self, term_ids: Any) -> None:
+        """Make the per-condition tables (`fcells`, `fprompt`) cover `term_ids`: the n-grams that may be reported
+        (only their cells are read from here on)."""
+        ids = {int(t) for t in term_ids}
+        if self.focus is not None and ids <= self.focus:
+            return
+        self.focus = ids | (self.focus or set())
+        con = self.con
+        con.register("focus_ids", pa.table({"term_id": pa.array(sorted(self.focus), pa.int32())}))
+        self.cell_parts.register(con, "cellterms", "all_ct")
+        self.cell_parts.register(con, "promptterms", "all_pt")
+        con.execute("""CREATE OR REPLACE TEMP TABLE fcells AS SELECT cell, term_id, sum(x) AS x
+                       FROM all_ct SEMI JOIN focus_ids USING (term_id) SEMI JOIN tcells USING (cell) GROUP BY ALL""")
+        con.execute("""CREATE OR REPLACE TEMP TABLE fprompt AS SELECT DISTINCT prompt_key, term_id
+                       FROM all_pt SEMI JOIN focus_ids USING (term_id)""")
+
+    def rows(self, feature_type: str = "ngram") -> str:
+        """The rollouts of the two windows, built on first use: the table `sc` for n-gram questions, the view
+        `sw` (with the style columns, read again from the term sets) for style features."""
+        if not self._rows_built:
+            con = self.con
+            window = tokens.TermSets(vocab=self.vocab, parts=[p for p in self.sets.parts
+                                                             if p[0] in self.window_parts])
+            window.register(con, "rt_win", "_rt_win_counts")
+            # only the columns the per-rollout questions use: not the prompts' term lists (the longest: a prompt
+            # holds many terms' key tokens; whether it holds a focus term is in `fprompt`), nor the style
+            # columns (read by the few style questions from the view `sw`)
+            con.execute("""CREATE OR REPLACE TEMP TABLE sc AS
+                           SELECT rt.rid, rt.rollout_id, rt.step, rt.condition, rt.prompt_key, rt.has_reasoning,
+                                  rt.answer_terms, rt.reasoning_terms, k.si, k.win
+                           FROM rt_win rt JOIN keys k USING (step, split) WHERE k.win IS NOT NULL""")
+            con.execute("""CREATE OR REPLACE VIEW sw AS SELECT rt.* EXCLUDE (prompt_terms), k.si, k.win
+                           FROM rt_win rt JOIN keys k USING (step, split) WHERE k.win IS NOT NULL""")
+            self._rows_built = True
+        return "sc" if feature_type == "ngram" else "sw"
+
     def value_sql(self, where: str, feature_type: str, key: str | int) -> str:
-        """Per-rollout value of one behaviour as an expression over `sc` (term id or style feature name)."""
+        """Per-rollout value of one behaviour as an expression over `sc` or `rt_parts` (term id or style
+        feature name)."""
         if feature_type == "ngram":
             return f"CAST(list_contains({where}_terms, {int(key)}) AS DOUBLE)"
         return f"{where}__{key}"
 
     def at_risk_sql(self, feature_type: str, key: str | int) -> str:
-        """Rollouts that could show the behaviour unprompted: for an n-gram, those whose prompt lacks it."""
-        return f"NOT list_contains(prompt_terms, {int(key)})" if feature_type == "ngram" else "TRUE"
+        """Rollouts that could show the behaviour unprompted: for an n-gram, those whose prompt lacks it (a focus
+        term: `fprompt` holds its prompts)."""
+        if feature_type != "ngram":
+            return "TRUE"
+        self.focus_on([key])
+        return f"prompt_key NOT IN (SELECT prompt_key FROM fprompt WHERE term_id = {int(key)})"
 
-    def counts_by(self, where: str, feature_type: str, key: str | int, by: str) -> pa.Table:
-        """Sum of values (x) and rollouts at risk (n) per `by` (e.g. 'condition, si')."""
-        return self.con.sql(f"""
-            SELECT {by}, count(*) AS n, sum({self.value_sql(where, feature_type, key)}) AS x FROM sc
-            WHERE {self.filter(where)} AND {self.at_risk_sql(feature_type, key)}
-            GROUP BY ALL ORDER BY ALL""").to_arrow_table()
+    def cell_values(self, where: str, feature_type: str, key: str | int) -> str:
+        """Per cell at risk for one behaviour (see `at_risk_sql`): its keys, rollouts `n`, sum of values `x` and
+        of squared values `q`, as a SELECT over `tcells` (cells without a rollout that has `where` left out)."""
+        nc = self.n_col(where)
+        if feature_type == "ngram":
+            k = int(key)
+            risk = self.at_risk_sql(feature_type, k)
+            return f"""SELECT c.condition, c.task, c.si, c.win, c.s, c.prompt_key, c.{nc} AS n,
+                              CAST(coalesce(f.x, 0) AS DOUBLE) AS x, CAST(coalesce(f.x, 0) AS DOUBLE) AS q
+                       FROM tcells c LEFT JOIN (SELECT cell, x FROM fcells WHERE term_id = {k}) f USING (cell)
+                       WHERE c.{nc} > 0 AND c.{risk}"""
+        col = f"{where}__{key}"
+        return f"""SELECT condition, task, si, win, s, prompt_key, {nc} AS n, coalesce({col}, 0) AS x,
+                          coalesce({col}__q, 0) AS q FROM tcells WHERE {nc} > 0"""
 
 
 def scope_for(ctx: DetectContext, params: Params) -> Scope:
@@ -223,44 +301,47 @@ class Candidates:
     deff: np.ndarray = None  # type: ignore[assignment]
 
 
-#: the cluster of a rollout in the window statistics: its window, stratum and prompt, hashed (see `_window_sums`)
-CLUSTER = "hash(win, s, prompt_key)"
+def _window_sums(scope: Scope, where: str, kept_terms: np.ndarray, term_ids: np.ndarray,
+                 styles: list[tuple[int, str]], k: int) -> tuple[np.ndarray, ...]:
+    """Cluster sufficient sums (K, 2, S) of the rows `kept_terms` (n-grams `term_ids[kept_terms]`) and `styles`
+    ((row, feature name)); the other n-gram rows keep the totals of all clusters.
 
-
-def _window_sums(scope: Scope, where: str, long_sql: str, k: int) -> tuple[np.ndarray, ...]:
-    """Cluster sufficient sums (K, 2, S) for values given by `long_sql` rows (idx, c, v), c the cluster key
-    `CLUSTER` of the rollout; the n-gram rows filled are those of the registered `row_of` (the others keep the
-    totals of all clusters).
-
-    A cluster (window, stratum, prompt) is named by one 64-bit hash of the three, so the sums group by two
-    columns; two clusters share a hash with probability ~2^-64 per pair. Clusters whose prompt contains a term
-    leave its denominators: the prompt's terms are those of any one rollout of the cluster (the same prompt), so
-    only one rollout's `prompt_terms` list per cluster is unnested."""
-    con, s = scope.con, max(scope.n_strata, 1)
-    cl = f"""SELECT {CLUSTER} AS c, win, s, count(*) AS nc, min(rid) AS rep FROM sc
-             WHERE win IS NOT NULL AND {scope.filter(where)} GROUP BY ALL"""
-    con.execute(f"CREATE OR REPLACE TEMP TABLE cl AS {cl}")
-    per = con.execute(f"""WITH xc AS (SELECT idx, c, sum(v) AS x FROM ({long_sql}) GROUP BY ALL)
+    A cluster is a (window, stratum, prompt): all rollouts of one prompt within a window (a prompt group, and a
+    prompt that recurs), summed from the cells of the window steps (`tcells`, `wct`: only the parts holding
+    window steps are read). Clusters whose prompt holds a term leave its denominators."""
+    con, s, nc = scope.con, max(scope.n_strata, 1), scope.n_col(where)
+    style_sums = "".join(f", sum({where}__{name}) AS v{row}" for row, name in styles)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE cl AS SELECT win, s, prompt_key, sum({nc}) AS nc{style_sums}
+                    FROM tcells WHERE win IS NOT NULL GROUP BY ALL HAVING sum({nc}) > 0""")
+    con.register("row_of", pa.table({"term_id": pa.array(term_ids[kept_terms], pa.int32()),
+                                     "idx": pa.array(kept_terms, pa.int64())}))
+    per = con.execute("""WITH xc AS (
+            SELECT idx, win, s, prompt_key, sum(x) AS x
+            FROM wct JOIN (SELECT cell, win, s, prompt_key FROM tcells WHERE win IS NOT NULL) USING (cell)
+            JOIN row_of USING (term_id) GROUP BY ALL)
         SELECT idx, win, s, sum(x) AS sx, sum(x * x) AS sxx, sum(x * nc) AS sxn
-        FROM xc JOIN cl USING (c) GROUP BY ALL""").fetchnumpy()
+        FROM xc JOIN cl USING (win, s, prompt_key) GROUP BY ALL""").fetchnumpy()
     tot = con.execute("SELECT win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g FROM cl GROUP BY ALL"
                       ).fetchnumpy()
     sx, sxx, sxn = (np.zeros((k, 2, s)) for _ in range(3))
-    # n-grams: clusters whose prompt contains the term are not at risk and leave the denominators
-    out = con.execute(f"""SELECT idx, win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g FROM (
-            SELECT DISTINCT c, term_id FROM (
-                SELECT {CLUSTER} AS c, unnest(prompt_terms) AS term_id FROM sc
-                WHERE rid IN (SELECT rep FROM cl) AND win IS NOT NULL AND {scope.filter(where)})
-            SEMI JOIN row_of USING (term_id))
-        JOIN cl USING (c) JOIN row_of USING (term_id) GROUP BY ALL""").fetchnumpy()
     idx, win, st = (np.asarray(per[c], dtype=np.int64) for c in ("idx", "win", "s"))
     for arr, col in ((sx, "sx"), (sxx, "sxx"), (sxn, "sxn")):
         arr[idx, win, st] = np.asarray(per[col], dtype=np.float64)
+    for row, _ in styles:
+        v = con.execute(f"""SELECT win, s, sum(v{row}) AS sx, sum(v{row} * v{row}) AS sxx, sum(v{row} * nc) AS sxn
+                            FROM cl GROUP BY ALL""").fetchnumpy()
+        w2, s2 = np.asarray(v["win"], dtype=np.int64), np.asarray(v["s"], dtype=np.int64)
+        for arr, col in ((sx, "sx"), (sxx, "sxx"), (sxn, "sxn")):
+            arr[row, w2, s2] = np.nan_to_num(np.asarray(v[col], dtype=np.float64))
     n, snn, g = (np.zeros((2, s)) for _ in range(3))
     w2, s2 = np.asarray(tot["win"], dtype=np.int64), np.asarray(tot["s"], dtype=np.int64)
     for arr, col in ((n, "n"), (snn, "snn"), (g, "g")):
         arr[w2, s2] = np.asarray(tot[col], dtype=np.float64)
     n, snn, g = (np.repeat(a[None], k, axis=0) for a in (n, snn, g))
+    # n-grams: clusters whose prompt contains the term are not at risk and leave the denominators
+    out = con.execute("""SELECT idx, win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g
+        FROM cl JOIN (SELECT DISTINCT prompt_key, term_id FROM wpt SEMI JOIN row_of USING (term_id))
+             USING (prompt_key) JOIN row_of USING (term_id) GROUP BY ALL""").fetchnumpy()
     oi, ow, os_ = (np.asarray(out[c], dtype=np.int64) for c in ("idx", "win", "s"))
     for arr, col in ((n, "n"), (snn, "snn"), (g, "g")):
         arr[oi, ow, os_] -= np.asarray(out[col], dtype=np.float64)
@@ -271,7 +352,6 @@ def candidates(scope: Scope, where: str) -> Candidates | None:
     """Per-step counts, trend screen and (for the candidates that pass the screen) window statistics of every
     candidate of `where` (see `trend_screen` for why the screen loses nothing)."""
     con, t = scope.con, scope.n_steps
-    filt = scope.filter(where)
     vocab = scope.vocab.filter(pc.equal(scope.vocab["where"], where))
     term_ids = np.asarray(vocab["term_id"].to_numpy(), dtype=np.int64)
     k_terms = len(term_ids)
@@ -279,24 +359,23 @@ def candidates(scope: Scope, where: str) -> Candidates | None:
     k = k_terms + len(styles)
     con.register("row_of", pa.table({"term_id": pa.array(term_ids, pa.int32()),
                                      "idx": pa.array(np.arange(k_terms), pa.int64())}))
+    cols = ", ".join(f"coalesce(sum({where}__{f.name}), 0) AS x{i}, coalesce(sum({where}__{f.name}__q), 0) AS q{i}"
+                     for i, f in enumerate(styles))
+    st = con.execute(f"SELECT si, sum({scope.n_col(where)}) AS n, {cols} FROM tcells GROUP BY si "
+                     f"HAVING sum({scope.n_col(where)}) > 0").fetchnumpy()
+    si = np.asarray(st["si"], dtype=np.int64)
     n_all = np.zeros(t)
-    per_step = con.execute(f"SELECT si, count(*) AS n FROM sc WHERE {filt} GROUP BY si").fetchnumpy()
-    n_all[np.asarray(per_step["si"], dtype=np.int64)] = per_step["n"]
+    n_all[si] = st["n"]
     n = np.repeat(n_all[None], k, axis=0)
     # per-step counts come from the cached per-step table (see tokens.term_step_counts)
-    counts = con.execute(f"""SELECT idx, si, sum(x) AS x, sum(m) AS m FROM step_counts c
-        JOIN keys USING (step, split) JOIN row_of USING (term_id)
-        WHERE c."where" = '{where}' GROUP BY ALL""").fetchnumpy()
+    counts = con.execute(f"""SELECT idx, si, x, m FROM scope_counts c JOIN row_of USING (term_id)
+        WHERE c."where" = '{where}'""").fetchnumpy()
     ci, cs = np.asarray(counts["idx"], dtype=np.int64), np.asarray(counts["si"], dtype=np.int64)
     n[ci, cs] -= np.asarray(counts["m"], dtype=np.float64)
     x = np.zeros((k, t))
     q = np.zeros((k, t))
     x[ci, cs] = np.asarray(counts["x"], dtype=np.float64)
     q[:k_terms] = x[:k_terms]
-    cols = ", ".join(f"sum({where}__{f.name}) AS x{i}, sum({where}__{f.name} ^ 2) AS q{i}"
-                     for i, f in enumerate(styles))
-    st = con.execute(f"SELECT si, {cols} FROM sc WHERE {filt} GROUP BY si").fetchnumpy()
-    si = np.asarray(st["si"], dtype=np.int64)
     for i in range(len(styles)):
         x[k_terms + i, si] = st[f"x{i}"]
         q[k_terms + i, si] = st[f"q{i}"]
@@ -311,19 +390,9 @@ def candidates(scope: Scope, where: str) -> Candidates | None:
     # window sums only for the candidates that pass the trend screen (and style:length, the length control)
     keep = trend_screen(p_mk, scope.params.alpha)
     keep[k_terms + [f.name for f in styles].index("length")] = True
-    kept_terms = np.flatnonzero(keep[:k_terms])
-    con.register("row_of", pa.table({"term_id": pa.array(term_ids[kept_terms], pa.int32()),
-                                     "idx": pa.array(kept_terms, pa.int64())}))
-    style_rows = " UNION ALL ".join(
-        f"SELECT {k_terms + i} AS idx, {CLUSTER} AS c, {where}__{f.name} AS v FROM sc "
-        f"WHERE win IS NOT NULL AND {filt} AND {where}__{f.name} <> 0"
-        for i, f in enumerate(styles) if keep[k_terms + i])
-    long_sql = (f"""SELECT idx, c, 1.0 AS v FROM
-                    (SELECT {CLUSTER} AS c, unnest({where}_terms) AS term_id FROM sc
-                     WHERE win IS NOT NULL AND {filt}) JOIN row_of USING (term_id)
-                    UNION ALL {style_rows}""")
-    sx, sxx, sxn, nw, snn, g = _window_sums(scope, where, long_sql, k)
-    _statistics(cand, scope, sx, sxx, sxn, nw, snn, g, p_mk, keep)
+    kept_styles = [(k_terms + i, f.name) for i, f in enumerate(styles) if keep[k_terms + i]]
+    sums = _window_sums(scope, where, np.flatnonzero(keep[:k_terms]), term_ids, kept_styles, k)
+    _statistics(cand, scope, *sums, p_mk, keep)
     return cand
 
 
@@ -407,6 +476,7 @@ def _group_terms(scope: Scope, c: Candidates, rows: np.ndarray, direction: int, 
         return []
     win = 1 if direction > 0 else 0
     con = scope.con
+    scope.rows()
     con.register("sig", pa.table({"term_id": pa.array([c.keys[r] for r in rows], pa.int32()),
                                   "j": pa.array(np.arange(len(rows)))}))
     sets = f"""SELECT rid, j FROM (SELECT rid, unnest({c.where}_terms) AS term_id FROM sc
@@ -452,14 +522,16 @@ def _group_terms(scope: Scope, c: Candidates, rows: np.ndarray, direction: int, 
         if root(h) != g:  # never create a cycle
             into[g] = h
 
-    explained_by: dict[int, list[int]] = {}
+    candidates_ = []  # (group, host group) pairs to test
     for gi in range(len(groups)):
         name = f" {c.names[rep[gi]]} "
-        hosts = [h for h in range(len(groups)) if h != gi and (
+        candidates_ += [(gi, h) for h in range(len(groups)) if h != gi and (
             contained(h, gi) or any(name in f" {c.names[rows[m]]} " and rows[m] != rep[gi] for m in groups[h]))]
-        single = [h for h in hosts if _explained(scope, c, rep[gi], [rows[m] for m in groups[h]], direction)]
-        if single:
-            explained_by[gi] = single
+    verdicts = _explained(scope, c, [(rep[gi], [rows[m] for m in groups[h]]) for gi, h in candidates_], direction)
+    explained_by: dict[int, list[int]] = {}
+    for (gi, h), yes in zip(candidates_, verdicts):
+        if yes:
+            explained_by.setdefault(gi, []).append(h)
     # when two groups explain each other ("gremlins hiding in" and "in this"), the more specific one (rarer at
     # the start, then longer) names the behaviour
     specific = [(-float(c.p_start[r]), float(c.n_tokens[r])) for r in rep]
@@ -540,6 +612,7 @@ def _merge_behaviours(scope: Scope, c: Candidates, groups: list[tuple[int, list[
     reps = [int(r) for r, _ in groups]
     ids = [int(c.keys[r]) for r in reps]
     col, filt = f"{c.where}_terms", scope.filter(c.where)
+    scope.rows()
     cases = ", ".join(f"sum(CAST(list_contains({col}, {t}) AS INTEGER)) AS x{j}" for j, t in enumerate(ids))
     rows = scope.con.execute(f"""SELECT condition, win, count(*) AS n, {cases} FROM sc
                                  WHERE win IS NOT NULL AND {filt} GROUP BY ALL ORDER BY ALL""").fetchall()
@@ -593,6 +666,7 @@ def _payers(scope: Scope, c: Candidates, ids: list[int]) -> list[str | None] | N
     if not signals:
         return None
     signals = sorted(signals)
+    scope.rows()
     col = f"{c.where}_terms"
     hits = ", ".join(f"list_contains(s.{col}, {t}) AS h{j}" for j, t in enumerate(ids))
     sig = ", ".join(f"CAST(r.rewards[{_sql_str(x)}] AS DOUBLE) AS s{k}" for k, x in enumerate(signals))
@@ -603,8 +677,11 @@ def _payers(scope: Scope, c: Candidates, ids: list[int]) -> list[str | None] | N
     diffs = ", ".join(f"avg(s{k}) FILTER (WHERE h{j} AND isfinite(s{k})) - "
                       f"avg(s{k}) FILTER (WHERE NOT h{j} AND isfinite(s{k})) AS d{j}_{k}" for j, k in pairs)
     stats = ", ".join(f"count(d{j}_{k}), avg(d{j}_{k}), stddev_samp(d{j}_{k})" for j, k in pairs)
+    # rollout ids are unique within a run, so the late window's rewards are those of its steps: the filter on
+    # r.step lets the scan skip the other steps' files
+    late = int(scope.steps[scope.n_steps - scope.window])
     row = con.execute(f"""WITH b AS (SELECT s.si, s.prompt_key, {hits}, {sig} FROM sc s JOIN rollouts r
-                                     USING (rollout_id) WHERE s.win = 1 AND
+                                     USING (rollout_id) WHERE s.win = 1 AND r.step >= {late} AND
                                      {scope.filter(c.where).replace('has_reasoning', 's.has_reasoning')}),
                           g AS (SELECT {diffs} FROM b GROUP BY si, prompt_key)
                           SELECT {stats} FROM g""").fetchall()[0]
@@ -626,19 +703,53 @@ def _sql_str(x: str) -> str:
     return "'" + x.replace("'", "''") + "'"
 
 
-def _explained(scope: Scope, c: Candidates, row: int, host_rows: list[int], direction: int) -> bool:
-    """Does term `row` stop changing (beyond the margin, binomial 95% CI) among rollouts without `host_rows`?"""
-    col = f"{c.where}_terms"
-    hosts = sorted({int(c.keys[r]) for r in host_rows})
-    res = dict((w, (n, x)) for w, n, x in scope.con.execute(f"""
-        SELECT win, count(*), sum(CAST(list_contains({col}, {c.keys[row]}) AS INTEGER)) FROM sc
-        WHERE win IS NOT NULL AND {scope.filter(c.where)} AND NOT list_has_any({col}, {hosts}::INTEGER[])
-              AND NOT list_contains(prompt_terms, {c.keys[row]}) GROUP BY win""").fetchall())
-    (n0, x0), (n1, x1) = res.get(0, (0, 0)), res.get(1, (0, 0))
-    r = math.log((x1 + 0.5) / (n1 + 0.5)) - math.log((x0 + 0.5) / (n0 + 0.5))
-    se = math.sqrt(max(1e-12, 1 / (x1 + 0.5) - 1 / (n1 + 0.5) + 1 / (x0 + 0.5) - 1 / (n0 + 0.5)))
-    persists = r - 1.96 * se >= math.log(MARGIN) if direction > 0 else r + 1.96 * se <= -math.log(MARGIN)
-    return not persists
+def _explained(scope: Scope, c: Candidates, tests: list[tuple[int, list[int]]], direction: int) -> list[bool]:
+    """Per (term row, host rows): does the term stop changing (beyond the margin, binomial 95% CI) among
+    rollouts without the host's terms?
+
+    All tests at once, from the window rollouts that hold one of the terms involved (`hits`): the rollouts
+    at risk per window come from the cells (those whose prompt lacks the term), minus those holding a host term;
+    the term's rollouts are those holding it and no host term."""
+    if not tests:
+        return []
+    con, nc = scope.con, scope.n_col(c.where)
+    con.register("x_target", pa.table({"p": pa.array(range(len(tests)), pa.int64()),
+                                       "t": pa.array([int(c.keys[row]) for row, _ in tests], pa.int32())}))
+    hosts = [(p, h) for p, (_, host_rows) in enumerate(tests) for h in sorted({int(c.keys[r]) for r in host_rows})]
+    con.register("x_host", pa.table({"p": pa.array([p for p, _ in hosts], pa.int64()),
+                                     "term_id": pa.array([h for _, h in hosts], pa.int32())}))
+    at_risk = con.execute(f"""SELECT t.p, c.win, sum(c.{nc}) FROM tcells c CROSS JOIN x_target t
+        ANTI JOIN fprompt f ON f.prompt_key = c.prompt_key AND f.term_id = t.t
+        WHERE c.win IS NOT NULL AND c.{nc} > 0 GROUP BY ALL""").fetchall()
+    counted = con.execute(f"""WITH
+        hits AS (SELECT rid, win, prompt_key, term_id FROM (
+                     SELECT rid, win, prompt_key, unnest({c.where}_terms) AS term_id FROM {scope.rows()}
+                     WHERE win IS NOT NULL AND {scope.filter(c.where)})
+                 SEMI JOIN (SELECT t AS term_id FROM x_target UNION SELECT term_id FROM x_host) USING (term_id)),
+        hr AS (SELECT DISTINCT h.p, hits.rid, hits.win, hits.prompt_key FROM hits JOIN x_host h USING (term_id)),
+        hosted AS (SELECT hr.p, hr.win, count(*) AS k FROM hr JOIN x_target t USING (p)
+                   ANTI JOIN fprompt f ON f.prompt_key = hr.prompt_key AND f.term_id = t.t GROUP BY ALL),
+        tr AS (SELECT t.p, hits.rid, hits.win FROM hits JOIN x_target t ON hits.term_id = t.t
+               ANTI JOIN fprompt f ON f.prompt_key = hits.prompt_key AND f.term_id = t.t),
+        xs AS (SELECT p, win, count(*) AS x FROM tr ANTI JOIN hr USING (p, rid) GROUP BY ALL)
+        SELECT p, win, 'k', k FROM hosted UNION ALL SELECT p, win, 'x', x FROM xs""").fetchall()
+    n = np.zeros((len(tests), 2))
+    x = np.zeros((len(tests), 2))
+    for p, w, v in at_risk:
+        n[p, w] += v
+    for p, w, kind, v in counted:
+        if kind == "k":
+            n[p, w] -= v
+        else:
+            x[p, w] += v
+    out = []
+    for p in range(len(tests)):
+        (n0, n1), (x0, x1) = n[p], x[p]
+        r = math.log((x1 + 0.5) / (n1 + 0.5)) - math.log((x0 + 0.5) / (n0 + 0.5))
+        se = math.sqrt(max(1e-12, 1 / (x1 + 0.5) - 1 / (n1 + 0.5) + 1 / (x0 + 0.5) - 1 / (n0 + 0.5)))
+        persists = r - 1.96 * se >= math.log(MARGIN) if direction > 0 else r + 1.96 * se <= -math.log(MARGIN)
+        out.append(not persists)
+    return out
 
 
 def _representative(c: Candidates, members: list[int], direction: int) -> int:
@@ -714,17 +825,22 @@ def discover(ctx: DetectContext, params: Params) -> list[Finding]:
     pad = sum(max(0, qualified.get(w, 0) - kept.get(w, 0)) for w in qualified)
     q_all = benjamini_hochberg(np.concatenate([c.p for c in cands] + [np.ones(pad)]))
     findings: list[Finding] = []
-    offset = 0
+    offset, per = 0, []
     for c in cands:
         q = q_all[offset:offset + len(c.p)]
         offset += len(c.p)
-        findings += _findings_for(ctx, scope, c, q, params)
+        direction = np.array([_reportable(c, i, q[i], params.alpha) for i in range(len(c.names))])
+        per.append((c, q, direction))
+    # the n-grams that may be reported: the only ones whose cells and rollout rows are read from here on
+    scope.focus_on([c.keys[i] for c, _, d in per for i in np.flatnonzero(d != 0) if c.feature_type[i] == "ngram"])
+    for c, q, direction in per:
+        findings += _findings_for(ctx, scope, c, q, direction, params)
     findings.sort(key=lambda f: (-["info", "low", "medium", "high"].index(f.severity), -f.score))
     return findings[:params.max_findings]
 
 
-def _findings_for(ctx: DetectContext, scope: Scope, c: Candidates, q: np.ndarray, params: Params) -> list[Finding]:
-    direction = np.array([_reportable(c, i, q[i], params.alpha) for i in range(len(c.names))])
+def _findings_for(ctx: DetectContext, scope: Scope, c: Candidates, q: np.ndarray, direction: np.ndarray,
+                  params: Params) -> list[Finding]:
     behaviours: list[tuple[int, list[int]]] = []  # (representative row, all member rows)
     is_ngram = np.array(c.feature_type) == "ngram"
     for d in (1, -1):
@@ -760,7 +876,7 @@ def _finding(ctx: DetectContext, scope: Scope, c: Candidates, i: int, members: l
         series = np.where(c.n[i] > 0, c.x[i] / c.n[i], np.nan)
         smooth = moving_sum(c.x[i], h) / moving_sum(c.n[i], h)
     value = scope.value_sql(where, c.feature_type[i], c.keys[i])
-    by_condition, by_task = _by_condition(scope, where, value, scope.at_risk_sql(c.feature_type[i], c.keys[i]))
+    by_condition, by_task = _by_condition(scope, where, c.feature_type[i], c.keys[i])
     confined = _task_confined(by_task) if c.feature_type[i] == "ngram" else None
     if confined and sev in ("medium", "high"):
         sev = "low"
@@ -805,19 +921,19 @@ def _finding(ctx: DetectContext, scope: Scope, c: Candidates, i: int, members: l
     score = abs(d) * (1.0 if direction > 0 else 0.5) if presence else min(1.0, abs(math.log(ratio)) / 4)
     return Finding(kind="emerging_behavior", run=ctx.run, severity=sev, title=title, explanation=explanation,
                    score=score, fields=fields_,
-                   evidence=_evidence(scope, where, value, spec, direction, params.max_evidence, presence))
+                   evidence=_evidence(scope, where, value, spec, direction, params.max_evidence, presence,
+                                      c.feature_type[i]))
 
 
-def _by_condition(scope: Scope, where: str, value: str, at_risk: str
+def _by_condition(scope: Scope, where: str, feature_type: str, key: str | int
                   ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """Per condition and per task (one scan): traffic share, share of occurrences (mention share), rollouts at
-    risk, and prevalence in the early and late windows."""
+    """Per condition and per task (one pass over the cells at risk): traffic share, share of occurrences
+    (mention share), rollouts at risk, and prevalence in the early and late windows."""
     rows = scope.con.execute(f"""
-        SELECT condition, coalesce(task, '(none)') AS task, count(*) AS n, sum(v) AS x,
-               sum(CASE WHEN win = 0 THEN v END) AS x0, count(CASE WHEN win = 0 THEN 1 END) AS n0,
-               sum(CASE WHEN win = 1 THEN v END) AS x1, count(CASE WHEN win = 1 THEN 1 END) AS n1
-        FROM (SELECT condition, task, win, {value} AS v FROM sc WHERE {scope.filter(where)} AND {at_risk})
-        GROUP BY ALL""").fetchall()
+        SELECT condition, coalesce(task, '(none)') AS task, sum(n) AS n, sum(x) AS x,
+               sum(x) FILTER (WHERE win = 0) AS x0, coalesce(sum(n) FILTER (WHERE win = 0), 0) AS n0,
+               sum(x) FILTER (WHERE win = 1) AS x1, coalesce(sum(n) FILTER (WHERE win = 1), 0) AS n1
+        FROM ({scope.cell_values(where, feature_type, key)}) GROUP BY ALL""").fetchall()
     n_all = sum(r[2] for r in rows) or 1
     x_all = sum(r[3] or 0 for r in rows) or 1
     out = []
@@ -843,15 +959,16 @@ def _task_confined(by_task: dict[str, dict[str, float]]) -> str | None:
 
 
 def _evidence(scope: Scope, where: str, value: str, spec: str, direction: int, limit: int,
-              presence: bool) -> list[Evidence]:
+              presence: bool, feature_type: str = "ngram") -> list[Evidence]:
     """Rollouts showing the behaviour, from the window where it is common, spread over conditions."""
     win = 1 if direction > 0 else 0
     order = "step DESC" if direction > 0 else "step"
+    rows = scope.rows(feature_type)
     picked = scope.con.execute(f"""
         SELECT rollout_id, step, condition FROM (
             SELECT rollout_id, step, condition,
                    row_number() OVER (PARTITION BY condition ORDER BY {value} DESC, {order}, hash(rollout_id)) AS rk
-            FROM sc WHERE win = {win} AND {scope.filter(where)} AND {value} > 0)
+            FROM {rows} WHERE win = {win} AND {scope.filter(where)} AND {value} > 0)
         ORDER BY rk, condition LIMIT {int(limit)}""").fetchall()
     if not picked:
         return []

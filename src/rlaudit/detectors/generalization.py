@@ -78,6 +78,7 @@ class GeneralizationDetector(Detector):
         scope = scope_for(ctx, params)
         if len(scope.conditions) < 2 or scope.n_steps < 4:
             return []
+        scope.focus_on([k[1] for k in (_key(scope, f) for f in behaviours) if k is not None and k[0] == "ngram"])
         signals = _condition_signals(scope)
         analyses = [a for a in (_analyse(scope, f, signals, alpha, params.min_steps) for f in behaviours)
                     if a is not None]
@@ -110,13 +111,13 @@ def _analyse(scope: Scope, f: Finding, signals: dict[str, str], alpha: float, mi
         return None
     where, (ftype, k) = f["where"], key
     value, risk = scope.value_sql(where, ftype, k), scope.at_risk_sql(ftype, k)
+    cells = scope.cell_values(where, ftype, k)  # the cells at risk, with the behaviour's sums
     conds = scope.conditions
     t, nc = scope.n_steps, len(conds)
     cidx = {c: i for i, c in enumerate(conds)}
     x, q, n = np.zeros((nc, t)), np.zeros((nc, t)), np.zeros((nc, t))
-    rows = scope.con.execute(f"""SELECT condition, si, count(*) AS n, sum(v) AS x, sum(v * v) AS q
-        FROM (SELECT condition, si, {value} AS v FROM sc WHERE {scope.filter(where)} AND {risk})
-        GROUP BY ALL""").fetchall()
+    rows = scope.con.execute(f"""SELECT condition, si, sum(n) AS n, sum(x) AS x, sum(q) AS q
+        FROM ({cells}) GROUP BY ALL""").fetchall()
     for c, si, nn, xx, qq in rows:
         n[cidx[c], si], x[cidx[c], si], q[cidx[c], si] = nn, xx or 0, qq or 0
     # the baseline: the early window, ended at the behaviour's onset (found by discovery on the pooled run) when
@@ -131,8 +132,8 @@ def _analyse(scope: Scope, f: Finding, signals: dict[str, str], alpha: float, mi
     nw, snn, g = (np.zeros((nc, 2, s)) for _ in range(3))
     for c, win, st, a, b, cc, d, e, gg in scope.con.execute(f"""
             SELECT condition, win, s, sum(x), sum(x * x), sum(x * nc), sum(nc), sum(nc * nc), count(*)
-            FROM (SELECT condition, {window_sql} AS win, s, prompt_key, sum({value}) AS x, count(*) AS nc FROM sc
-                  WHERE {window_sql} IS NOT NULL AND {scope.filter(where)} AND {risk} GROUP BY ALL)
+            FROM (SELECT condition, {window_sql} AS win, s, prompt_key, sum(x) AS x, sum(n) AS nc FROM ({cells})
+                  WHERE {window_sql} IS NOT NULL GROUP BY ALL)
             GROUP BY ALL""").fetchall():
         i = cidx[c]
         sx[i, win, st], sxx[i, win, st], sxn[i, win, st] = a, b, cc
@@ -187,10 +188,24 @@ def _choose_source(scope: Scope, a: dict[str, Any], signals: dict[str, str], alp
 
 
 def _condition_signals(scope: Scope) -> dict[str, str]:
-    """Reward signals that apply in exactly one condition (non-NaN there, NaN or absent elsewhere)."""
-    rows = scope.con.execute("""
-        SELECT signal, condition, count(*) FILTER (WHERE NOT isnan(value) AND value IS NOT NULL) AS applies
-        FROM rewards_long GROUP BY ALL""").fetchall()
+    """Reward signals that apply in exactly one condition (non-NaN there, NaN or absent elsewhere).
+
+    Counted from the `reward_health` detector's per-part statistics (`reward_stats`: per part, step, signal,
+    condition and task the rollouts scored and the NaN ones), cached beside the run, so a warm audit reads the
+    new part's rewards only; a store that keeps derived data in memory would recompute them for every part, so
+    there the rewards are counted directly."""
+    from ..partstats import part_stats
+    from .reward_stats import PART_SQL, VERSION
+
+    if getattr(scope.store, "persist_derived", True):
+        part_stats(scope.store, scope.run, "reward_health", VERSION, PART_SQL).register(scope.con, "gen_rh_parts")
+        sql = """SELECT signal, condition, sum(n - nan) AS applies FROM gen_rh_parts r
+                 SEMI JOIN keys k ON k.step = r.step AND k.split IS NOT DISTINCT FROM r.split
+                 WHERE kind = 0 GROUP BY ALL ORDER BY ALL"""
+    else:
+        sql = """SELECT signal, condition, count(*) FILTER (WHERE NOT isnan(value) AND value IS NOT NULL) AS applies
+                 FROM rewards_long GROUP BY ALL ORDER BY ALL"""
+    rows = scope.con.execute(sql).fetchall()
     by_signal: dict[str, dict[str, int]] = {}
     for sig, cond, applies in rows:
         by_signal.setdefault(sig, {})[cond] = applies
@@ -205,13 +220,13 @@ def _condition_signals(scope: Scope) -> dict[str, str]:
 def _reward_correlation(scope: Scope, a: dict[str, Any], signal: str, condition: str) -> tuple[float, float]:
     """Within-prompt-group correlation of the behaviour with a reward signal in one condition: (r, p)."""
     rows = scope.con.execute(f"""
-        WITH b AS (SELECT rollout_id, group_id, {a['value']} AS v FROM sc
+        WITH b AS (SELECT rollout_id, group_id, {a['value']} AS v FROM rt_parts SEMI JOIN keys USING (step, split)
                    WHERE condition = ? AND {scope.filter(a['where'])} AND {a['risk']}),
-             r AS (SELECT rollout_id, value FROM rewards_long WHERE signal = ? AND NOT isnan(value)),
+             r AS (SELECT rollout_id, value FROM rewards_long WHERE condition = ? AND signal = ? AND NOT isnan(value)),
              j AS (SELECT coalesce(group_id, rollout_id) AS grp, v, value FROM b JOIN r USING (rollout_id)),
              d AS (SELECT v - avg(v) OVER (PARTITION BY grp) AS dv,
                           value - avg(value) OVER (PARTITION BY grp) AS dr, grp FROM j)
-        SELECT corr(dv, dr), count(*), count(DISTINCT grp) FROM d""", [condition, signal]).fetchall()[0]
+        SELECT corr(dv, dr), count(*), count(DISTINCT grp) FROM d""", [condition, condition, signal]).fetchall()[0]
     r, n, groups = rows
     dof = (n or 0) - (groups or 0) - 1
     if r is None or not math.isfinite(r) or dof < 3:
@@ -335,7 +350,7 @@ def _evidence(scope: Scope, a: dict[str, Any], condition: str, f: Finding, limit
     mine = [e for e in f.evidence if e.condition == condition][:limit]
     if mine:
         return mine
-    rows = scope.con.execute(f"""SELECT rollout_id, step FROM sc
+    rows = scope.con.execute(f"""SELECT rollout_id, step FROM {scope.rows(a['ftype'])}
         WHERE condition = ? AND win = 1 AND {scope.filter(a['where'])} AND {a['value']} > 0
         ORDER BY step DESC, hash(rollout_id) LIMIT {limit}""", [condition]).fetchall()
     return [Evidence(rollout_id=r, step=int(s), condition=condition, note=f"{a['where']} showing {f['behavior_spec']}")

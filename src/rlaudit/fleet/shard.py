@@ -14,9 +14,9 @@ with DuckDB. So a run shards along its parts:
    audit would: the term vocabulary (chosen on a sample of the whole run) and the CoT scan's chance-pairing
    stride (from the whole run's rows with grader inputs).
 3. Each shard task (`prepare_shard`, on any engine: inline, local processes, Ray) runs the same DuckDB/numpy
-   code over its parts only (`term_sets(..., only=)`, `scan_parts(..., only=, stride=)`), writes the per-part
-   results into the run's derived cache (the store is shared, as for every fleet task) and returns a small
-   partial result: rows per step, and per step and grader the scanned pairs and exposed rollouts.
+   code over its parts only (`term_sets(..., only=)` and their `termcells`, `scan_parts(..., only=, stride=)`),
+   writes the per-part results into the run's derived cache (the store is shared, as for every fleet task) and
+   returns a small partial result: rows per step, and per step and grader the scanned pairs and exposed rollouts.
 4. The driver merges: the per-part derived tables are disjoint by construction (each part belongs to one
    shard), so their union is the whole run's, the same files an unsharded audit writes; the per-step partials
    are concatenated and checked against the manifest (every part in exactly one shard, row totals equal). It
@@ -161,7 +161,7 @@ def prepare_shard(task: ShardTask) -> ShardResult:
 def _prepare(task: ShardTask, out: ShardResult) -> None:
     import duckdb
 
-    from .. import tokens
+    from .. import termcells, tokens
     from ..cot.detector import scan_parts
     from ..cot.scan import ScanParams
     from ..layout import view_columns
@@ -177,7 +177,8 @@ def _prepare(task: ShardTask, out: ShardResult) -> None:
                                "no longer listed (an ingest replaced them); the driver audits what is stored")
         t = time.perf_counter()
         if task.vocab is not None:
-            tokens.term_sets(store, task.run, tokens.VocabOptions(**task.vocab), only=only)
+            sets = tokens.term_sets(store, task.run, tokens.VocabOptions(**task.vocab), only=only)
+            termcells.term_cells(store, task.run, sets, prune=False)  # the shard's parts' cell tables too
         out.seconds["terms"] = time.perf_counter() - t
         con = duckdb.connect()
         bound_memory(con)

@@ -1,0 +1,104 @@
+"""Per-part cell tables (`rlaudit.termcells`) equal the per-rollout aggregates they stand for."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rlaudit import termcells, tokens
+from rlaudit.organisms import run as simulate_run
+from rlaudit.store import Store
+
+
+def _store(tmp_path, persist=True) -> Store:
+    table = simulate_run("goblin_persona", steps=8, prompts=6, generations=4, seed=3, run_name="r").canonical()
+    store = Store(tmp_path / ("s" if persist else "m"))
+    store.persist_derived = persist
+    # two parts share step 4 (each holds some of its rollouts): their cells must add up
+    step = np.asarray(table["step"].to_numpy())
+    half = np.arange(len(step)) % 2 == 0
+    first = (step < 4) | ((step == 4) & half)
+    store.append("r", table.filter(pa.array(first)), key="a")
+    store.append("r", table.filter(pa.array(~first)), key="b")
+    return store
+
+
+def _merged(cells: termcells.TermCells) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    for kind in termcells.KINDS:
+        cells.register(con, kind, kind)
+    return con
+
+
+def _direct(store: Store) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.register("rt", tokens.rollout_terms(store, "r"))
+    return con
+
+
+def _check(store: Store) -> termcells.TermCells:
+    sets = tokens.term_sets(store, "r")
+    cells = termcells.term_cells(store, "r", sets)
+    got, ref = _merged(cells), _direct(store)
+    key = termcells.CELL
+    a = got.sql("""SELECT cell, sum(n) AS n, sum(n_r) AS n_r, sum(answer__length) AS al,
+                          sum(reasoning__length__q) AS rq FROM cells GROUP BY cell ORDER BY cell""").fetchall()
+    b = ref.sql(f"""SELECT {key} AS cell, count(*), count(*) FILTER (WHERE has_reasoning), sum(answer__length),
+                           sum(reasoning__length * reasoning__length) FILTER (WHERE has_reasoning)
+                    FROM rt GROUP BY ALL ORDER BY cell""").fetchall()
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        assert x[:3] == y[:3] and np.isclose(x[3], y[3]) and np.isclose(x[4] or 0, y[4] or 0)
+    a = got.sql("SELECT cell, term_id, sum(x) FROM cellterms GROUP BY ALL ORDER BY ALL").fetchall()
+    b = ref.sql(f"""SELECT cell, term_id, count(*) FROM (
+                        SELECT {key} AS cell, unnest(answer_terms) AS term_id FROM rt
+                        UNION ALL SELECT {key}, unnest(reasoning_terms) FROM rt WHERE has_reasoning)
+                    GROUP BY ALL ORDER BY ALL""").fetchall()
+    assert a == b and len(a) > 100
+    a = got.sql("SELECT DISTINCT prompt_key, term_id FROM promptterms ORDER BY ALL").fetchall()
+    b = ref.sql("SELECT DISTINCT prompt_key, unnest(prompt_terms) AS t FROM rt ORDER BY ALL").fetchall()
+    assert a == b and len(a) > 10
+    return cells
+
+
+def test_cell_tables_equal_the_per_rollout_aggregates(tmp_path):
+    store = _store(tmp_path)
+    cells = _check(store)
+    files = [p[kind] for _, p in cells.parts for kind in termcells.KINDS]
+    assert all(f.is_file() for f in files)
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    again = termcells.term_cells(Store(store.root), "r", tokens.term_sets(Store(store.root), "r"))
+    assert [p[k] for _, p in again.parts for k in termcells.KINDS] == files  # read back, not recomputed
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+
+
+def test_in_memory_store_gets_the_same_tables(tmp_path):
+    store = _store(tmp_path, persist=False)
+    cells = _check(store)
+    assert all(isinstance(p[k], pa.Table) for _, p in cells.parts for k in termcells.KINDS)
+    assert not (store.run_dir("r") / "derived" / "termcells").exists()
+
+
+def test_a_replaced_part_is_reduced_again_and_its_old_files_pruned(tmp_path):
+    store = _store(tmp_path)
+    _check(store)
+    table = simulate_run("goblin_persona", steps=8, prompts=6, generations=4, seed=4, run_name="r").canonical()
+    store.append("r", table.filter(pc.greater_equal(table["step"], 6)), key="b")  # replaces part b
+    _check(store)
+    vdirs = list((store.run_dir("r") / "derived" / "termcells").iterdir())
+    stems = {p.stem for p in store.parts("r")}
+    assert len(vdirs) == 1 and {f.name.split(".")[0] for f in vdirs[0].iterdir()} <= stems
+
+
+def test_a_shard_reduces_its_parts_and_prunes_nothing(tmp_path):
+    store = _store(tmp_path)
+    _check(store)  # every part reduced
+    vdir = next((store.run_dir("r") / "derived" / "termcells").iterdir())
+    before = sorted(f.name for f in vdir.iterdir())
+    one = {store.parts("r")[0].name}
+    fresh = Store(store.root)
+    shard = termcells.term_cells(fresh, "r", tokens.term_sets(fresh, "r", only=one), prune=False)
+    assert [name for name, _ in shard.parts] == sorted(one)
+    assert sorted(f.name for f in vdir.iterdir()) == before
