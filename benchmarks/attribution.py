@@ -184,6 +184,8 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="resident memory of a trace per rollout")
     parser.add_argument("--_memory", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rows < GROUP:
+        parser.error(f"--rows must be at least one group ({GROUP} rollouts), got {args.rows}")
     if args._memory:
         _measure_memory(args._memory[0], float(args._memory[1]), args.boot)
         return
