@@ -57,3 +57,20 @@ def test_prune_cached_drops_other_versions_and_gone_parts_but_not_writers_temp_f
     assert sorted(f.name for f in keep.iterdir()) == [".p3.parquet.1.2.tmp", "combined.parquet", "p1.counts.arrow",
                                                       "p1.parquet"]
     prune_cached(tmp_path / "absent", tmp_path / "absent" / "v1", set())  # nothing cached yet: no error
+
+
+def test_the_combined_file_is_written_under_a_small_duckdb_limit(monkeypatch):
+    """The compaction's COPY gets COMPACT_MEMORY, not the default gigabyte (a 10M-rollout run's merge took
+    ~750 MB more beside emerging's open scope); `bound_memory`'s `at_most` never raises the limit."""
+    import duckdb
+
+    from rlaudit import partstats
+    from rlaudit.store import bound_memory
+
+    con = duckdb.connect()
+    bound_memory(con, at_most=partstats.COMPACT_MEMORY)
+    small = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    bound_memory(con, at_most=1 << 40)
+    default = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    con.close()
+    assert small == "244.1 MiB" and default == "976.5 MiB"  # 256 MB and the default 1 GB, as DuckDB prints them

@@ -39,6 +39,12 @@ from .store import Store, prune_cached, write_cached
 #: file it opens, so a warm audit of a long run reads one combined file and the few parts added since
 COMPACT_AT = 16
 _STEMS = b"rlaudit_stems"
+#: DuckDB memory for writing the combined file: a streaming COPY, often run while a detector holds a large
+#: connection open (generalization computes reward_health's tables beside emerging's scope). With the default
+#: 1 GB, merging a 10M-rollout run's 2,000 part files took ~750 MB more: generalization peaked at 2,324 MB, and
+#: at 1,551 MB with this cap (emerging + generalization on the kept 10M benchmark store). A failed COPY keeps
+#: the loose files (`_compact`), so the cap can cost speed, never results.
+COMPACT_MEMORY = 256 << 20
 
 
 @dataclass
@@ -138,7 +144,7 @@ def _compact(stats: PartStats, path: Path, root: Path) -> PartStats:
 
     try:
         with duckdb.connect() as con:
-            bound_memory(con, root)
+            bound_memory(con, root, at_most=COMPACT_MEMORY)
             con.execute(f"COPY ({' UNION ALL BY NAME '.join(selects)}) TO {_quote(str(tmp))} "
                         f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{rlaudit_stems: '{meta}'}})")
         os.replace(tmp, path)

@@ -768,15 +768,17 @@ class _Lease:
             self._fh = None
 
 
-def bound_memory(con: duckdb.DuckDBPyConnection, root: str | Path | None = None) -> None:
+def bound_memory(con: duckdb.DuckDBPyConnection, root: str | Path | None = None, at_most: int | None = None) -> None:
     """Set the memory limit (and, given a store root, the spill directory) of a DuckDB connection. DuckDB's own
     default is 80% of the machine's RAM, so on a big run its hash tables and temp tables would grow with the run;
     with a limit it spills them to `<store>/.tmp` instead. The limit is 1 GB, or less when the process runs under
     a memory budget (`RLAUDIT_MEMORY`, a cgroup limit, `ulimit -v`), or `RLAUDIT_DUCKDB_MEMORY`
-    (`rlaudit.memory.duckdb_limit`)."""
+    (`rlaudit.memory.duckdb_limit`); `at_most` lowers it for work that streams (a merge of small files), which
+    then does not take a second gigabyte beside a detector's open connection."""
     from .memory import duckdb_limit
 
-    con.execute(f"SET memory_limit = '{max(1, duckdb_limit() >> 20)}MB'")
+    limit = duckdb_limit() if at_most is None else min(duckdb_limit(), at_most)
+    con.execute(f"SET memory_limit = '{max(1, limit >> 20)}MB'")
     if root is not None:
         tmp = Path(root) / ".tmp"
         with contextlib.suppress(OSError):
