@@ -64,7 +64,9 @@ def test_the_combined_file_is_written_under_a_small_duckdb_limit(monkeypatch):
     ~750 MB more beside emerging's open scope); `bound_memory`'s `at_most` never raises the limit."""
     import duckdb
 
-    from rlaudit import partstats
+    import pytest
+
+    from rlaudit import memory, partstats
     from rlaudit.store import bound_memory
 
     con = duckdb.connect()
@@ -73,4 +75,13 @@ def test_the_combined_file_is_written_under_a_small_duckdb_limit(monkeypatch):
     bound_memory(con, at_most=1 << 40)
     default = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
     con.close()
-    assert small == "244.1 MiB" and default == "976.5 MiB"  # 256 MB and the default 1 GB, as DuckDB prints them
+    units = {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
+    def in_bytes(setting: str) -> float:  # DuckDB prints e.g. "244.1 MiB"
+        value, unit = setting.split()
+        return float(value) * units[unit]
+
+    limit = memory.duckdb_limit()  # 1 GB, or less under a memory budget
+    as_set = lambda n: (n >> 20) * 1_000_000  # noqa: E731 - bound_memory sets "<n >> 20>MB"; DuckDB's MB is 10^6
+    assert in_bytes(small) == pytest.approx(as_set(min(limit, partstats.COMPACT_MEMORY)), rel=0.01)
+    assert in_bytes(default) == pytest.approx(as_set(limit), rel=0.01)
