@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import shutil
@@ -42,6 +41,8 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,6 +55,7 @@ from rlaudit.fleet.report import status_rows  # noqa: E402
 from rlaudit.organisms import simulate  # noqa: E402
 from rlaudit.organisms.bench import matches  # noqa: E402
 from rlaudit.organisms.groundtruth import GroundTruth  # noqa: E402
+from rlaudit.stats import wilson_interval  # noqa: E402
 from rlaudit.store import Store  # noqa: E402
 from tests.fleet.helpers import copy_upto  # noqa: E402
 
@@ -375,13 +377,11 @@ def true_condition(store, run: str, finding: dict) -> str:  # noqa: ANN001
                   AND isfinite(reward) GROUP BY step, group_id HAVING count(*) >= 2)""").fetchall()[0]
     if not n:
         return ""
-    share, z = k / n, 1.959964
-    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    if centre - half <= 0.5:
+    lo, hi = (float(b[0]) for b in wilson_interval(np.array([k]), np.array([n])))
+    if lo <= 0.5:
         return ""
-    return (f"{k} of {n} prompt groups in steps {lo_step}-{hi_step} have one reward for every rollout = {share:.1%} "
-            f"(95% {centre - half:.1%}-{centre + half:.1%}, above half), recomputed from the stored rows")
+    return (f"{k} of {n} prompt groups in steps {lo_step}-{hi_step} have one reward for every rollout = {k / n:.1%} "
+            f"(95% {lo:.1%}-{hi:.1%}, above half), recomputed from the stored rows")
 
 
 def summary_line(name: str, e: dict) -> str:

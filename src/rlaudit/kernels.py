@@ -76,9 +76,14 @@ def setting() -> str | None:
     if env not in CHOICES:
         raise RlauditError(f"{ENV}={os.environ.get(ENV)!r}: choose one of {', '.join(CHOICES)} (or leave it unset)")
     if env == "numba" and (_available is False or importlib.util.find_spec("numba") is None):
-        raise RlauditError(f"{ENV}=numba but numba cannot be imported: pip install 'rlaudit[fast]', "
-                           f"or set {ENV}=numpy")
+        raise _no_numba()
     return env
+
+
+def _no_numba() -> Exception:
+    from .errors import RlauditError
+
+    return RlauditError(f"{ENV}=numba but numba cannot be imported: pip install 'rlaudit[fast]', or set {ENV}=numpy")
 
 
 def backend() -> str:
@@ -89,10 +94,7 @@ def backend() -> str:
     if available():
         return "numba"
     if env == "numba":  # installed but does not import (e.g. a numpy it was not built for)
-        from .errors import RlauditError
-
-        raise RlauditError(f"{ENV}=numba but numba cannot be imported: pip install 'rlaudit[fast]', "
-                           f"or set {ENV}=numpy")
+        raise _no_numba()
     return "numpy"
 
 

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .store import Store, bound_memory, prune_cached, write_cached
-from .tokens import TermSets, style_columns
+from .tokens import TermSets, style_columns, union_view
 
 VERSION = 1
 KINDS = ("cells", "cellterms", "promptterms")
@@ -52,19 +52,8 @@ class TermCells:
 
     def register(self, con: duckdb.DuckDBPyConnection, kind: str, view: str, only: set[str] | None = None) -> None:
         """View `view` over the `kind` table of every part (or of the parts named in `only`)."""
-        chosen = [p for name, p in self.parts if only is None or name in only]
-        paths = [str(p[kind]) for p in chosen if not isinstance(p[kind], pa.Table)]
-        tables = [p[kind] for p in chosen if isinstance(p[kind], pa.Table)]
-        selects = []
-        if paths:
-            selects.append(f"SELECT * FROM read_parquet({_sql_list(paths)})")
-        if tables:
-            con.register(f"_{view}_mem", pa.concat_tables(tables))
-            selects.append(f"SELECT * FROM _{view}_mem")
-        if not selects:
-            con.register(f"_{view}_empty", _empty(kind))
-            selects.append(f"SELECT * FROM _{view}_empty")
-        con.execute(f"CREATE OR REPLACE VIEW {view} AS {' UNION ALL BY NAME '.join(selects)}")
+        union_view(con, view, [p[kind] for name, p in self.parts if only is None or name in only],
+                   lambda: _empty(kind))
 
 
 def term_cells(store: Store, run: str, sets: TermSets, prune: bool = True) -> TermCells:
@@ -187,10 +176,6 @@ def _stem(part: str) -> str:
 
 def _sql_str(x: str) -> str:
     return "'" + x.replace("'", "''") + "'"
-
-
-def _sql_list(items: list[str]) -> str:
-    return "[" + ", ".join(_sql_str(s) for s in items) + "]"
 
 
 def read(path: Path | pa.Table, columns: list[str] | None = None) -> pa.Table:

@@ -41,7 +41,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,19 +176,25 @@ class TermSets:
     def register(self, con: duckdb.DuckDBPyConnection, terms: str = "rt", counts: str = "step_counts") -> None:
         """Views `terms` (one row per rollout) and `counts` (per part and step) over the cached parts."""
         for kind, view in (("terms", terms), ("counts", counts)):
-            paths = [p[kind] for _, p in self.parts if not isinstance(p[kind], pa.Table)]
-            tables = [p[kind] for _, p in self.parts if isinstance(p[kind], pa.Table)]
-            selects = []
-            if paths:
-                selects.append(f"SELECT * FROM read_parquet({_sql_list([str(x) for x in paths])})")
-            if tables:
-                name = f"_{view}_mem"
-                con.register(name, pa.concat_tables(tables))
-                selects.append(f"SELECT * FROM {name}")
-            if not selects:
-                con.register(f"_{view}_empty", _EMPTY[kind])
-                selects.append(f"SELECT * FROM _{view}_empty")
-            con.execute(f"CREATE OR REPLACE VIEW {view} AS {' UNION ALL BY NAME '.join(selects)}")
+            union_view(con, view, [p[kind] for _, p in self.parts], lambda k=kind: _EMPTY[k])
+
+
+def union_view(con: duckdb.DuckDBPyConnection, view: str, entries: list[Any], empty: Callable[[], pa.Table]
+               ) -> None:
+    """View `view` over per-part derived tables, each a cached Parquet file or (stores that keep derived data in
+    memory) an Arrow table; `empty()` gives the columns when there are none."""
+    paths = [str(e) for e in entries if not isinstance(e, pa.Table)]
+    tables = [e for e in entries if isinstance(e, pa.Table)]
+    selects = []
+    if paths:
+        selects.append(f"SELECT * FROM read_parquet({_sql_list(paths)})")
+    if tables:
+        con.register(f"_{view}_mem", pa.concat_tables(tables))
+        selects.append(f"SELECT * FROM _{view}_mem")
+    if not selects:
+        con.register(f"_{view}_empty", empty())
+        selects.append(f"SELECT * FROM _{view}_empty")
+    con.execute(f"CREATE OR REPLACE VIEW {view} AS {' UNION ALL BY NAME '.join(selects)}")
 
 
 _EMPTY: dict[str, pa.Table] = {}
