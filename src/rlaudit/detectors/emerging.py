@@ -59,8 +59,13 @@ reported at most as low, whatever its effect. A tic spreads across tasks.
 numeric features. The thresholds are statements about effect sizes (how much more likely, with 95% confidence,
 and how many more rollouts in a hundred), the same for every run.
 
+Long runs: a window holding more than `max_window_rollouts` (250,000) rollouts is read on one step in k, spread
+over it (`window_masks`), so comparing the windows costs and holds the same at 10M rollouts as at 1M; the
+finding's `window_thinning` and explanation say so. The per-step series, trend and onset use every step.
+
 Options (`AuditConfig.options["emerging"]`): alpha (0.05), window (0.2), min_steps (4), max_findings (40),
-jaccard (0.8), max_evidence (6), plus `tokens.VocabOptions` fields (max_terms, min_prevalence, ...).
+jaccard (0.8), max_evidence (6), max_window_rollouts (250,000; 0: never thin), plus `tokens.VocabOptions`
+fields (max_terms, min_prevalence, ...).
 """
 
 from __future__ import annotations
@@ -106,6 +111,8 @@ class Params:
     co_rise: float = 0.9  # cosine of per-condition rises for two behaviours to be one (`_merge_behaviours`)
     co_trend: float = 0.7  # correlation of their per-step prevalence series
     min_reasoning: int = 50  # rollouts with reasoning needed to analyse reasoning at all
+    #: rollouts of a window read one by one (`thin_steps`): above it every k-th step of the window is used
+    max_window_rollouts: int = 250_000
     vocab: tokens.VocabOptions = field(default_factory=tokens.VocabOptions)
 
     @classmethod
@@ -159,8 +166,15 @@ class Scope:
         t = self.n_steps = len(self.steps)
         w = max(1, int(round(params.window * t))) if t else 0
         self.window = w
-        con.execute(f"""CREATE TEMP TABLE keys AS SELECT step, split, si,
-                        CASE WHEN si < {w} THEN 0 WHEN si >= {t - w} THEN 1 END AS win FROM scope_cells""")
+        per_step = con.execute("""SELECT si, sum(n) AS n FROM cell_all JOIN scope_cells USING (step, split)
+                                   GROUP BY si""").fetchnumpy()
+        self.step_rollouts = np.zeros(t)
+        self.step_rollouts[np.asarray(per_step["si"], np.int64)] = per_step["n"]
+        self.early, self.late, self.thinning = window_masks(self.step_rollouts, w, params.max_window_rollouts,
+                                                            params.min_steps)
+        con.register("window_of", pa.table({"si": pa.array(np.arange(t), pa.int64()), "win": pa.array(
+            np.where(self.early, 0, np.where(self.late, 1, -1)), pa.int64(), mask=~(self.early | self.late))}))
+        con.execute("""CREATE TEMP TABLE keys AS SELECT step, split, si, win FROM scope_cells JOIN window_of USING (si)""")
         con.execute("""CREATE TEMP TABLE strata AS SELECT task_key, condition,
                               row_number() OVER (ORDER BY task_key, condition) - 1 AS s
                        FROM (SELECT DISTINCT coalesce(task, '') AS task_key, condition FROM cell_all)""")
@@ -184,6 +198,30 @@ class Scope:
             "SELECT condition FROM tcells GROUP BY 1 ORDER BY sum(n) DESC, 1").fetchall()]
         self.focus: set[int] | None = None
         self._rows_built = False
+        self._sample: tuple[str, str] | None = None
+
+    def sampled_rows(self) -> tuple[str, str]:
+        """(view of the term sets, SQL predicate on `step`) for questions asked of single rollouts over the whole
+        scope (generalization's reward correlations): every step while the scope holds at most twice
+        `max_window_rollouts` rollouts, else every k-th step back from the last, k the smallest that brings it
+        within (`window_masks`' rule applied to the whole scope); only the parts holding those steps are read."""
+        if self._sample is None:
+            t = self.n_steps
+            every = window_masks(self.step_rollouts, t, 2 * self.params.max_window_rollouts, 1)[1]
+            if every.all():
+                self._sample = ("rt_parts", "TRUE")
+            else:
+                con = self.con
+                steps = sorted({int(x) for x in self.steps[every]})
+                con.register("sample_steps", pa.table({"step": pa.array(steps, pa.int64())}))
+                parts = {r[0] for r in con.execute(
+                    "SELECT DISTINCT part FROM cell_all SEMI JOIN sample_steps USING (step)").fetchall()}
+                tokens.TermSets(vocab=self.vocab, parts=[p for p in self.sets.parts if p[0] in parts]
+                                ).register(con, "rt_sample", "_rt_sample_counts")
+                # a literal list lets the scan of the stored rollouts skip the other steps' row groups
+                listed = ", ".join(map(str, steps)) if len(steps) <= 2000 else "SELECT step FROM sample_steps"
+                self._sample = ("rt_sample", f"step IN ({listed})")
+        return self._sample
 
     @staticmethod
     def filter(where: str) -> str:
@@ -267,6 +305,33 @@ class Scope:
         col = f"{where}__{key}"
         return f"""SELECT condition, task, si, win, s, prompt_key, {nc} AS n, coalesce({col}, 0) AS x,
                           coalesce({col}__q, 0) AS q FROM tcells WHERE {nc} > 0"""
+
+
+def window_masks(step_rollouts: np.ndarray, w: int, max_rollouts: int, min_steps: int
+                 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """The steps of the early and late windows (the first and last `w` steps) whose rollouts the window
+    statistics read, and each window's thinning factor k.
+
+    A window holding more than `max_rollouts` rollouts is thinned to every k-th of its steps (counted from the
+    run's first step for the early window, back from its last for the late one, so the newest step is always
+    read), k the smallest that brings it within `max_rollouts`, but never to fewer than `min_steps` steps (nor
+    fewer than one). Why: a window is a share of the run, so without this a run ten times as long costs ten
+    times as much to compare the windows, and holds ten times as many rollouts in memory, for statistics whose
+    power is already saturated. Systematic thinning spans the whole window, so a drift within it is still
+    averaged over; the ratio, its cluster-robust CI and the window prevalences are those of the kept steps (the
+    CI is wider than the full window's would be, never narrower). The per-step series, the trend test and the
+    onset still use every step. `max_rollouts` <= 0: never thin."""
+    t = len(step_rollouts)
+    idx = np.arange(t)
+    masks, ks = [], []
+    for inside, offset in ((idx < w, idx), (idx >= t - w, t - 1 - idx)):
+        total = float(step_rollouts[inside].sum())
+        k = 1
+        if max_rollouts > 0 and total > max_rollouts:
+            k = max(1, min(math.ceil(total / max_rollouts), w // max(min_steps, 1)))
+        masks.append(inside & (offset % k == 0))
+        ks.append(k)
+    return masks[0], masks[1], (ks[0], ks[1])
 
 
 def scope_for(ctx: DetectContext, params: Params) -> Scope:
@@ -436,8 +501,7 @@ def _statistics(c: Candidates, scope: Scope, sx, sxx, sxn, nw, snn, g, p_mk: np.
             r, s = stratified_ratio(sx[mask], sxx[mask], sxn[mask], nw[mask], snn[mask], g[mask],
                                     presence=bool(c.presence[mask][0]))
             ratio[mask], se[mask] = r, s
-    w = scope.window
-    early, late = np.arange(scope.n_steps) < w, np.arange(scope.n_steps) >= scope.n_steps - w
+    early, late = scope.early, scope.late  # the windows' kept steps (`window_masks`)
     n0, n1 = c.n[:, early].sum(1), c.n[:, late].sum(1)
     c.p_start = c.x[:, early].sum(1) / np.maximum(n0, 1)
     c.p_end = c.x[:, late].sum(1) / np.maximum(n1, 1)
@@ -895,6 +959,10 @@ def _finding(ctx: DetectContext, scope: Scope, c: Candidates, i: int, members: l
         "by_condition": by_condition, "by_task": by_task, "task_specific": confined,
         "window_steps": [int(scope.steps[scope.window - 1]), int(scope.steps[scope.n_steps - scope.window])],
     }
+    if scope.thinning != (1, 1):
+        fields_["window_thinning"] = {"every": list(scope.thinning),
+                                      "steps_read": [int(scope.early.sum()), int(scope.late.sum())],
+                                      "max_window_rollouts": params.max_window_rollouts}
     unit = "of rollouts" if presence else "mean"
     what = f"\"{name}\" in {where}s" if c.feature_type[i] == "ngram" else f"{name} of {where}s"
     verb = "rose" if direction > 0 else "fell"
@@ -907,6 +975,11 @@ def _finding(ctx: DetectContext, scope: Scope, c: Candidates, i: int, members: l
         f"Prevalence ratio late vs early {ratio:.2f} (95% CI {ci[0]:.2f}-{ci[1]:.2f}, stratified by task and "
         f"condition, clustered by prompt; {lr:.2f} expected from text length alone), q = {q:.2g} after "
         f"Benjamini-Hochberg over all candidates.")
+    if scope.thinning != (1, 1):
+        explanation += (f" The windows hold more than {params.max_window_rollouts:,} rollouts each, so the ratio, its "
+                        f"CI and the window prevalences use one step in {scope.thinning[0]} of the early window and one in "
+                        f"{scope.thinning[1]} of the late ({int(scope.early.sum())} and {int(scope.late.sum())} "
+                        "steps, spread over each window); the series, trend and onset use every step.")
     if confined:
         explanation += (f" Confined to task {confined!r} ({by_task[confined]['mention_share']:.0%} of occurrences, "
                          f"{by_task[confined]['traffic_share']:.0%} of rollouts): likely that task's own content "

@@ -218,11 +218,14 @@ def _condition_signals(scope: Scope) -> dict[str, str]:
 
 
 def _reward_correlation(scope: Scope, a: dict[str, Any], signal: str, condition: str) -> tuple[float, float]:
-    """Within-prompt-group correlation of the behaviour with a reward signal in one condition: (r, p)."""
+    """Within-prompt-group correlation of the behaviour with a reward signal in one condition: (r, p). Over
+    the scope's rollouts, or a systematic sample of its steps in a long run (`Scope.sampled_rows`)."""
+    rows_view, sampled = scope.sampled_rows()
     rows = scope.con.execute(f"""
-        WITH b AS (SELECT rollout_id, group_id, {a['value']} AS v FROM rt_parts SEMI JOIN keys USING (step, split)
-                   WHERE condition = ? AND {scope.filter(a['where'])} AND {a['risk']}),
-             r AS (SELECT rollout_id, value FROM rewards_long WHERE condition = ? AND signal = ? AND NOT isnan(value)),
+        WITH b AS (SELECT rollout_id, group_id, {a['value']} AS v FROM {rows_view} SEMI JOIN keys USING (step, split)
+                   WHERE condition = ? AND {sampled} AND {scope.filter(a['where'])} AND {a['risk']}),
+             r AS (SELECT rollout_id, value FROM rewards_long WHERE condition = ? AND signal = ? AND NOT isnan(value)
+                   AND {sampled}),
              j AS (SELECT coalesce(group_id, rollout_id) AS grp, v, value FROM b JOIN r USING (rollout_id)),
              d AS (SELECT v - avg(v) OVER (PARTITION BY grp) AS dv,
                           value - avg(value) OVER (PARTITION BY grp) AS dr, grp FROM j)
