@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import fields, replace
 
 import numpy as np
@@ -114,3 +115,50 @@ def test_frames_beyond_the_memory_for_frames_hold_a_sample_of_whole_groups(store
     b = attribute(part, items[0][0], where="answer", run="sim", n_boot=200, seed=0)
     assert a.top.signal == b.top.signal
     assert any("Traced on a random" in w for w in b.warnings)
+
+
+def test_a_run_beyond_the_memory_for_frames_is_traced_on_whole_steps_chosen_for_good(tmp_path):
+    """With enough steps, a run whose frames would not fit is traced on a random share of its steps: only those
+    steps are read, every rollout of a kept step is in, the steps kept stay kept as the run grows, and the
+    intervals resample steps (the point estimates are those of the same rows resampled by group)."""
+    from rlaudit.store import Store
+
+    store = Store(tmp_path / "store")
+    store.append("sim", make_run(seed=3, steps=120, groups_per_condition=4, bias=0.8), key="part-0")
+    items = [(parse_behavior("goblin"), "answer")]
+    con = store.connect(["sim"])
+    [full] = load_frames(con, items)
+    assert not full.step_clusters
+    n = len(full.group)
+    budget = int(n * (8 * 12 + 64) * trace.WORKING_SET) // 4
+    [part] = load_frames(con, items, max_bytes=budget)
+    assert part.step_clusters
+    assert any("steps" in w and "resample the kept steps" in w for w in part.warnings)
+    kept = np.unique(part.step)
+    assert trace.MIN_SAMPLED_STEPS <= len(kept) < 0.45 * len(np.unique(full.step))
+    for s in kept:  # whole steps
+        assert (part.step == s).sum() == (full.step == s).sum()
+    # the run grows: with the same memory, the share falls, and the kept steps are among those kept before
+    more = make_run(seed=4, steps=240, groups_per_condition=4, bias=0.8)
+    store.append("sim", more.filter(pc.greater(more["step"], 120)), key="part-1")
+    con = store.connect(["sim"])
+    [grown] = load_frames(con, items, max_bytes=budget)
+    old = np.unique(grown.step)[np.unique(grown.step) <= 120]
+    assert set(old.tolist()) <= set(kept.tolist()) and len(old) < len(kept)
+    # point estimates: those of the same rows; intervals and p-values: from the per-step sums
+    beh = items[0][0]
+    a = attribute(part, beh, where="answer", run="sim", n_boot=200, seed=0)
+    b = attribute(replace(part, step_clusters=False), beh, where="answer", run="sim", n_boot=200, seed=0)
+    for sa, sb in zip(a.signals, b.signals):
+        assert sa.signal == sb.signal and sa.paired_preference == pytest.approx(sb.paired_preference)
+        assert sa.pressure == pytest.approx(sb.pressure)
+    prep = trace.Prepared.of(part)
+    labels = trace.behavior_labels(prep.groups, part.behavior, False)
+    adv = trace._Advantage.of(prep.groups, prep.total, part.behavior, "group")
+    d = trace._group_stats(prep, labels, adv)[a.top.signal]
+    step_of_group = np.unique(part.step[prep.groups.starts], return_inverse=True)[1]
+    u = np.bincount(step_of_group, weights=d["u"])
+    pairs = np.bincount(step_of_group, weights=d["pairs"])
+    assert math.isclose(a.top.p_value, trace._preference_p(u, pairs), rel_tol=1e-9)
+    assert not math.isclose(a.top.p_value, trace._preference_p(d["u"], d["pairs"]), rel_tol=1e-3)
+    assert a.top.paired_preference_ci != pytest.approx(b.signal(a.top.signal).paired_preference_ci, rel=1e-3)

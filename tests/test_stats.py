@@ -118,3 +118,16 @@ def test_mann_kendall_equals_the_pairwise_definition_with_ties_and_nans():
             z = (s_ref - np.sign(s_ref)) / np.sqrt(var) if var > 0 else 0.0
             assert s[r] == s_ref
             assert p[r] == (2 * norm.sf(abs(z)) if n >= 3 else 1.0)
+
+
+def test_stable_uniform_is_fixed_and_uniform():
+    from rlaudit.stats import stable_uniform
+
+    keys = np.arange(200_000)
+    u = stable_uniform(keys)
+    assert ((u >= 0) & (u < 1)).all()
+    assert np.array_equal(u, stable_uniform(keys.copy()))  # a function of the key alone
+    assert stable_uniform(np.array([5]))[0] == 0.386768045983934  # the same on every machine and version
+    counts = np.histogram(u, bins=20, range=(0, 1))[0]
+    assert counts.min() > 0.95 * len(keys) / 20 and counts.max() < 1.05 * len(keys) / 20
+    assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.01  # neighbouring steps are not kept together

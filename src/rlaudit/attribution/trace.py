@@ -180,6 +180,7 @@ class Frame:
     group_key: str = "group_id"
     warnings: list[str] = field(default_factory=list)
     order: np.ndarray | None = None  # row i of the frame is row order[i] of the table it was built from
+    step_clusters: bool = False  # traced on a sample of steps: intervals resample steps (`_step_sample`)
 
     def subset(self, mask: np.ndarray) -> Frame:
         """The rows where `mask` holds (still sorted by group, groups recoded 0..G'-1)."""
@@ -250,29 +251,37 @@ def load_frames(con: duckdb.DuckDBPyConnection, items: list[tuple[Behavior, str]
     for _, where in items:
         if where not in ("answer", "reasoning"):
             raise RlauditError(f"where must be 'answer' or 'reasoning', got {where!r}")
+    per_step = con.execute("SELECT step, count(*) AS n FROM rollouts GROUP BY step ORDER BY step").fetchnumpy()
+    step_values, step_rows = np.asarray(per_step["step"], np.int64), np.asarray(per_step["n"], np.int64)
+    if not step_rows.sum():
+        raise RlauditError("no rollouts to trace (check the run name, --max-step and the split)")
+    exprs = [beh.sql(where) for beh, where in items]
+    texts = sorted({where for (_, where), e in zip(items, exprs) if e is None})
+    # sized before the run's signals are listed (listing them reads every reward map): from a few steps' maps
+    probe = step_values[np.linspace(0, len(step_values) - 1, min(len(step_values), 16)).astype(np.int64)]
+    n_signals = len(_signals(con, "rollouts", f"step IN ({', '.join(map(str, probe.tolist()))})"))
+    columns = n_signals + len(items) + 6 + 4 * len(texts)
+    traced, where_sql, sampled, warnings = _step_sample(step_values, step_rows, columns, max_bytes)
     n, n_group, n_reasoning, n_reward, n_adv, n_tasks = con.execute(
         "SELECT count(*), count(group_id), count(reasoning), count(reward), count(advantage), "
-        "count(DISTINCT task) FROM rollouts").fetchall()[0]
-    if n == 0:
-        raise RlauditError("no rollouts to trace (check the run name, --max-step and the split)")
+        f"count(DISTINCT task) FROM rollouts WHERE {where_sql}").fetchall()[0]
     if n_reasoning == 0 and any(where == "reasoning" for _, where in items):
         raise RlauditError("this run has no reasoning text; trace with --where answer")
-    signals = [r[0] for r in con.execute(
-        "SELECT DISTINCT unnest(map_keys(rewards)) AS s FROM rollouts ORDER BY s").fetchall() if r[0] is not None]
+    signals = _signals(con, "rollouts", where_sql)
     if not signals and n_reward == 0:
         raise RlauditError("this run logs no reward signals (neither a rewards map nor a total reward)")
 
-    key, grouping, group_key, warnings = _group_key(con, n, n_group)
-    exprs = [beh.sql(where) for beh, where in items]
-    texts = sorted({where for (_, where), e in zip(items, exprs) if e is None})
+    key, grouping, group_key, key_warnings = _group_key(con, n, n_group, where_sql)
+    warnings = key_warnings + warnings
     beh_cols = "".join(f", {e} AS _b{i}" for i, e in enumerate(exprs) if e is not None)
     text_cols = "".join(f", coalesce({w}, '') AS _text_{w}" for w in texts)
     sig_cols = "".join(f", CAST(rewards[{_quote(s)}] AS DOUBLE) AS _s{i}" for i, s in enumerate(signals))
-    sample = _group_sample(n, key, len(signals) + len(items) + 6 + 4 * len(texts), max_bytes)
-    if sample is not None:
-        warnings = warnings + [sample[1]]
+    if not sampled:  # steps too few to sample: a random share of the comparison groups instead
+        sample = _group_sample(n, key, len(signals) + len(items) + 6 + 4 * len(texts), max_bytes)
+        if sample is not None:
+            where_sql, warnings = f"{where_sql} AND {sample[0]}", warnings + [sample[1]]
     query = (f"SELECT {key} AS _group, step, condition, task, rollout_id, reward, advantage"
-             f"{beh_cols}{text_cols}{sig_cols} FROM rollouts" + (f" WHERE {sample[0]}" if sample else ""))
+             f"{beh_cols}{text_cols}{sig_cols} FROM rollouts WHERE {where_sql}")
     # Streamed in record batches into per-column numpy parts (the run is never held as one Arrow table, nor as
     # DuckDB's materialised result); then each column is sorted into group order on its own. The frames equal
     # those of `Frame.build` over the whole result: same rows, same order, condition and task codes in order of
@@ -326,7 +335,8 @@ def load_frames(con: duckdb.DuckDBPyConnection, items: list[tuple[Behavior, str]
                  condition_names=list(names["condition"]), task=take("task", np.int64),
                  task_names=list(names["task"]) if n_tasks else [], behavior=np.zeros(rows), components=components,
                  reward=take("reward") if n_reward else None, advantage=take("advantage") if n_adv else None,
-                 rollout_id=rollout_id, grouping=grouping, group_key=group_key, warnings=warnings, order=order)
+                 rollout_id=rollout_id, grouping=grouping, group_key=group_key, warnings=warnings, order=order,
+                 step_clusters=traced is not None)
     frames = []
     for i, ((beh, where), expr) in enumerate(zip(items, exprs)):
         if beh.kind == "judge":  # one LLM call per rollout: judge a bounded sample of whole groups per step
@@ -339,21 +349,71 @@ def load_frames(con: duckdb.DuckDBPyConnection, items: list[tuple[Behavior, str]
     return frames
 
 
+def _signals(con: duckdb.DuckDBPyConnection, view: str, where_sql: str) -> list[str]:
+    """The reward signals named in the rewards maps of the rows `where_sql`, sorted."""
+    return [r[0] for r in con.execute(f"SELECT DISTINCT unnest(map_keys(rewards)) AS s FROM {view} "
+                                      f"WHERE {where_sql} ORDER BY s").fetchall() if r[0] is not None]
+
+
+#: fewest steps a run traced on a sample of its steps keeps; with fewer, whole comparison groups are sampled
+MIN_SAMPLED_STEPS = 20
+
+
+def _step_sample(steps: np.ndarray, rows: np.ndarray, columns: int, max_bytes: int | None
+                 ) -> tuple[np.ndarray | None, str, bool, list[str]]:
+    """(steps traced or None for all, SQL filter on `step`, whether the run is sampled by step, warnings) for a
+    run of `rows[i]` rollouts at `steps[i]` whose frames have `columns` 8-byte columns.
+
+    A run whose frames (WORKING_SET times ~(8 * columns + 64) bytes per rollout) exceed the memory for tracing is
+    traced on a random share of its steps, every rollout of a kept step: only those steps' rows are read (the
+    scan skips the others), so the cost stops growing with the run. A step is kept when a fixed hash of its
+    number falls below the share, so a growing run keeps tracing the same steps. Intervals then resample the
+    kept steps (`Frame.step_clusters`): the rollouts of one step share the policy of that step, so the
+    step-to-step variation is part of the sampling error. With fewer than MIN_SAMPLED_STEPS steps kept, the
+    caller samples comparison groups instead (`_group_sample`)."""
+    n = int(rows.sum())
+    max_bytes, reason = _frame_budget(max_bytes)
+    need = int(n * (8 * columns + 64) * WORKING_SET)
+    if need <= max_bytes:
+        return None, "TRUE", False, []
+    share = max_bytes / need
+    u = stats.stable_uniform(steps)
+    keep = u < share
+    if rows[keep].sum() > 1.05 * share * n:  # an unlucky draw of large steps: drop the highest hashes
+        order = np.argsort(u, kind="stable")
+        fits = np.cumsum(rows[order]) <= share * n
+        keep = np.zeros(len(steps), bool)
+        keep[order[fits]] = True
+    if keep.sum() < MIN_SAMPLED_STEPS:
+        return None, "TRUE", False, []
+    kept = steps[keep]
+    got = int(rows[keep].sum())
+    listed = ", ".join(map(str, kept.tolist()))
+    return kept, f"step IN ({listed})", True, [
+        f"Traced on a random {keep.sum():,} of the run's {len(steps):,} steps ({got:,} of {n:,} rollouts, every "
+        f"rollout of a kept step; the same steps as the run grows) to stay within {reason}; intervals resample "
+        "the kept steps, so they carry the sampling error and the step-to-step variation."]
+
+
+def _frame_budget(max_bytes: int | None) -> tuple[int, str]:
+    """The memory for tracing and what set it."""
+    if max_bytes is not None:
+        return max_bytes, f"{max_bytes >> 20} MB for frames"
+    from ..memory import sample_bytes
+
+    budget, source = sample_bytes(FRAME_BYTES)
+    return budget, f"the memory budget ({source})" if source else f"{FRAME_BYTES >> 20} MB for frames"
+
+
 def _group_sample(n: int, key: str, columns: int, max_bytes: int | None) -> tuple[str, str] | None:
     """(SQL filter keeping a random share of comparison groups, the warning that says so) when tracing `n`
     rollouts of `columns` 8-byte columns (plus ~64 bytes of id each; WORKING_SET times that in all) would exceed
     the memory for tracing; None when it fits."""
-    reason = None
-    if max_bytes is None:
-        from ..memory import sample_bytes
-
-        max_bytes, source = sample_bytes(FRAME_BYTES)
-        reason = f"the memory budget ({source})" if source else f"{FRAME_BYTES >> 20} MB for frames"
+    max_bytes, reason = _frame_budget(max_bytes)
     need = int(n * (8 * columns + 64) * WORKING_SET)
     if need <= max_bytes:
         return None
     share = max_bytes / need
-    reason = reason or f"{max_bytes >> 20} MB for frames"
     return (f"(({key}) % {_MOD}) < {max(1, int(share * _MOD))}",
             f"Traced on a random {share:.1%} of the comparison groups (about {int(n * share):,} of {n:,} rollouts) "
             f"to stay within {reason}; intervals are over the sampled groups and so include the sampling error.")
@@ -379,7 +439,8 @@ def _judged_frame(base: Frame, beh: Behavior, texts: pa.ChunkedArray, order: np.
     return replace(frame, behavior=values[keep], warnings=list(warnings) + [note])
 
 
-def _group_key(con: duckdb.DuckDBPyConnection, n: int, n_group: int) -> tuple[str, str, str, list[str]]:
+def _group_key(con: duckdb.DuckDBPyConnection, n: int, n_group: int, where_sql: str = "TRUE"
+               ) -> tuple[str, str, str, list[str]]:
     """SQL for the comparison unit, the grouping label, the key's description, and warnings.
 
     Group ids when most rollouts have one (combined with the step, in case a trainer reuses ids across steps);
@@ -390,7 +451,8 @@ def _group_key(con: duckdb.DuckDBPyConnection, n: int, n_group: int) -> tuple[st
         return ("CASE WHEN group_id IS NULL THEN hash(rollout_id) ELSE hash(step, group_id) END", "group_id",
                 "group_id", warnings)
     repeats = con.execute(
-        "SELECT count(*) / count(DISTINCT (step, condition, prompt)) FROM rollouts").fetchall()[0][0]
+        f"SELECT count(*) / count(DISTINCT (step, condition, prompt)) FROM rollouts WHERE {where_sql}"
+    ).fetchall()[0][0]
     if repeats >= 2:
         return ("hash(step, condition, prompt)", "step", "step,condition,prompt",
                 ["No group ids: rollouts are compared within the same step, condition and prompt text (the same "
@@ -643,13 +705,16 @@ def attribute(frame: Frame, behavior: Behavior, *, where: str = "answer", run: s
     warnings = list(frame.warnings) + adv.warnings
     notes = prep.notes + adv.notes
     per_group = _group_stats(prep, labels, adv)
-    results = _summarise(signals, per_group, adv.rollouts, frame.step[groups.starts], n_boot, seed, level)
+    group_steps = frame.step[groups.starts]
+    # the resampled units: groups, or the steps a sampled run kept (their groups together)
+    clusters = np.unique(group_steps, return_inverse=True)[1].ravel() if frame.step_clusters else None
+    results = _summarise(signals, per_group, adv.rollouts, group_steps, n_boot, seed, level, clusters)
     top = results[0]
     n_total = float(adv.rollouts.sum())
     by_condition = _breakdown(frame.condition, frame.condition_names, groups, raw, per_group, signals, top.signal,
-                              n_total)
-    by_task = (_breakdown(frame.task, frame.task_names, groups, raw, per_group, signals, top.signal, n_total)
-               if len(frame.task_names) > 1 else {})
+                              n_total, clusters)
+    by_task = (_breakdown(frame.task, frame.task_names, groups, raw, per_group, signals, top.signal, n_total,
+                          clusters) if len(frame.task_names) > 1 else {})
     if top.groups_used < MIN_GROUPS:
         warnings.append(f"Only {top.groups_used} group(s) contain rollouts both with and without the behaviour: "
                         "no confidence intervals or tests.")
@@ -735,11 +800,21 @@ def _group_stats(prep: Prepared, labels: np.ndarray, adv: _Advantage) -> dict[st
     return out
 
 
+def _by_cluster(clusters: np.ndarray | None, *columns: np.ndarray) -> list[np.ndarray]:
+    """Per-group columns summed per resampled unit (`clusters`: per group, its unit), or as they are."""
+    if clusters is None:
+        return list(columns)
+    size = int(clusters.max()) + 1 if clusters.size else 0
+    return [np.bincount(clusters, weights=c, minlength=size) for c in columns]
+
+
 def _summarise(signals: list[_Signal], per_group: dict[str, dict[str, np.ndarray]], rollouts: np.ndarray,
-               group_steps: np.ndarray, n_boot: int, seed: int, level: float) -> list[SignalAttribution]:
-    """Point estimates, one joint group bootstrap for every interval, p-values and per-step series. Returns the
-    signals sorted by pressure (largest first), the total last."""
-    matrix = np.column_stack([per_group[s.name][k] for s in signals for k in _KEYS] + [rollouts])
+               group_steps: np.ndarray, n_boot: int, seed: int, level: float,
+               clusters: np.ndarray | None = None) -> list[SignalAttribution]:
+    """Point estimates, one joint bootstrap of the groups (or of `clusters` of them) for every interval, p-values
+    and per-step series. Returns the signals sorted by pressure (largest first), the total last."""
+    matrix = np.column_stack(_by_cluster(clusters, *[per_group[s.name][k] for s in signals for k in _KEYS],
+                                         rollouts))
     reps = stats.bootstrap_group_sums(matrix, n_boot=n_boot, seed=seed)
     sums = matrix.sum(axis=0)
     n_total, n_rep = sums[-1], reps[:, -1]
@@ -769,7 +844,7 @@ def _summarise(signals: list[_Signal], per_group: dict[str, dict[str, np.ndarray
             pressure_share_ci=percentile(share_rep[:, j], level) if j is not None else nan2,
             paired_preference=float(_ratio(pt["u"], pt["pairs"])),
             paired_preference_ci=percentile(_ratio(pr["u"], pr["pairs"]), level) if used >= MIN_GROUPS else nan2,
-            p_value=_preference_p(d["u"], d["pairs"]),
+            p_value=_preference_p(*_by_cluster(clusters, d["u"], d["pairs"])),
             effect=float(_ratio(pt["diff"], pt["pairs"])),
             effect_ci=percentile(_ratio(pr["diff"], pr["pairs"]), level) if used >= MIN_GROUPS else nan2,
             pairs=int(pt["pairs"]), groups_used=used,
@@ -792,7 +867,7 @@ def percentile(samples: np.ndarray, level: float) -> tuple[float, float]:
 
 def _breakdown(codes: np.ndarray, names: list[str], groups: _Groups, x: np.ndarray,
                per_group: dict[str, dict[str, np.ndarray]], signals: list[_Signal], top: str,
-               n_total: float) -> dict[str, dict[str, Any]]:
+               n_total: float, clusters: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """Per condition (or task): its rollouts, prevalence, and each signal's pressure and paired preference.
     `pressure_share` is the condition's share of the top signal's positive pressure: who pays for the tic."""
     if not names:
@@ -817,7 +892,7 @@ def _breakdown(codes: np.ndarray, names: list[str], groups: _Groups, x: np.ndarr
             entry["pressure"][s.name] = float(d["pressure"][in_c].sum() / n_total) if n_total else math.nan
             p = float(_ratio(u.sum(), pairs.sum()))
             entry["paired_preference"][s.name] = p
-            se = stats.ratio_of_sums_se(u, pairs)
+            se = stats.ratio_of_sums_se(*_by_cluster(None if clusters is None else clusters[in_c], u, pairs))
             z = sps.norm.ppf(0.975)
             entry["paired_preference_ci"][s.name] = ([p - z * se, p + z * se] if np.isfinite(se)
                                                      and (pairs > 0).sum() >= MIN_GROUPS else [math.nan, math.nan])
