@@ -53,7 +53,7 @@ class TermCells:
     def register(self, con: duckdb.DuckDBPyConnection, kind: str, view: str, only: set[str] | None = None) -> None:
         """View `view` over the `kind` table of every part (or of the parts named in `only`)."""
         union_view(con, view, [p[kind] for name, p in self.parts if only is None or name in only],
-                   lambda: _empty(kind))
+                   lambda: _empty(kind), segment=kind if only is None else None)
 
 
 def term_cells(store: Store, run: str, sets: TermSets, prune: bool = True) -> TermCells:

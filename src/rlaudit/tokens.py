@@ -52,7 +52,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import kernels
+from . import kernels, segments
 from .behaviors import STYLE_FEATURES, TOKEN_PATTERN, parse_behavior
 from .layout import view_columns
 from .cot.shingles import splitmix64
@@ -176,14 +176,21 @@ class TermSets:
     def register(self, con: duckdb.DuckDBPyConnection, terms: str = "rt", counts: str = "step_counts") -> None:
         """Views `terms` (one row per rollout) and `counts` (per part and step) over the cached parts."""
         for kind, view in (("terms", terms), ("counts", counts)):
-            union_view(con, view, [p[kind] for _, p in self.parts], lambda k=kind: _EMPTY[k])
+            # the per-step counts are read whole by every audit: through segments; the term sets (one row per
+            # rollout) are read for a few parts at a time
+            union_view(con, view, [p[kind] for _, p in self.parts], lambda k=kind: _EMPTY[k],
+                       segment="counts" if kind == "counts" else None)
 
 
-def union_view(con: duckdb.DuckDBPyConnection, view: str, entries: list[Any], empty: Callable[[], pa.Table]
-               ) -> None:
+def union_view(con: duckdb.DuckDBPyConnection, view: str, entries: list[Any], empty: Callable[[], pa.Table],
+               segment: str | None = None) -> None:
     """View `view` over per-part derived tables, each a cached Parquet file or (stores that keep derived data in
-    memory) an Arrow table; `empty()` gives the columns when there are none."""
-    paths = [str(e) for e in entries if not isinstance(e, pa.Table)]
+    memory) an Arrow table; `empty()` gives the columns when there are none. `segment` (a kind name): the files
+    are read through merged segments (`rlaudit.segments`), merging what has accumulated first."""
+    files = [Path(e) for e in entries if not isinstance(e, pa.Table)]
+    if segment is not None and files and len({f.parent for f in files}) == 1:
+        files = segments.covering(files, segment)
+    paths = [str(f) for f in files]
     tables = [e for e in entries if isinstance(e, pa.Table)]
     selects = []
     if paths:

@@ -1,0 +1,107 @@
+"""`rlaudit.segments`: per-part files read through merged segments hold exactly the rows of the files asked for,
+with few files to open; a failed merge costs nothing but speed."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rlaudit import segments
+from rlaudit.segments import FANOUT, covering
+
+
+def parts(d, n, start=0):
+    out = []
+    for i in range(start, start + n):
+        p = d / f"p{i:05d}.cells.parquet"
+        if not p.exists():
+            pq.write_table(pa.table({"part": [i] * 3, "v": [i * 10 + j for j in range(3)]}), p)
+        out.append(p)
+    return out
+
+
+def rows(files):
+    if not files:
+        return []
+    con = duckdb.connect()
+    names = ", ".join(f"'{f}'" for f in files)
+    return sorted(con.execute(f"SELECT part, v FROM read_parquet([{names}])").fetchall())
+
+
+def test_few_files_are_read_loose(tmp_path):
+    files = parts(tmp_path, FANOUT - 1)
+    assert covering(files, "cells") == files
+    assert not (tmp_path / "segments").exists()
+
+
+def test_loose_files_merge_into_segments_holding_exactly_their_rows(tmp_path):
+    files = parts(tmp_path, 2 * FANOUT + 5)
+    got = covering(files, "cells")
+    assert len(got) == 2 + 5
+    assert sum(f.parent.name == "cells" for f in got) == 2  # two level-1 segments
+    assert rows(got) == rows(files)
+    assert covering(files, "cells") == got  # nothing new to merge: the same files
+
+
+def test_segments_merge_into_the_next_level(tmp_path):
+    files = parts(tmp_path, FANOUT * FANOUT + 3)
+    got = covering(files, "cells")
+    assert len(got) == 1 + 3 and got[0].name.startswith("L2-")
+    assert rows(got) == rows(files)
+    # the run grows: new files stay loose until there are FANOUT of them
+    more = parts(tmp_path, FANOUT - 3, start=len(files))
+    got2 = covering(files + more, "cells")
+    assert rows(got2) == rows(files + more)
+    assert len(got2) == 1 + 1 and got2[1].name.startswith("L1-")
+
+
+def test_a_subset_reads_only_segments_wholly_inside_it(tmp_path):
+    files = parts(tmp_path, 3 * FANOUT)
+    covering(files, "cells")
+    subset = files[:FANOUT] + files[FANOUT + 1:2 * FANOUT]  # the second segment lost a member
+    got = covering(subset, "cells", merge=False)
+    assert rows(got) == rows(subset)
+    assert sum(f.name.startswith("L1-") for f in got) == 1
+
+
+def test_a_failed_merge_leaves_the_loose_files(tmp_path, monkeypatch):
+    files = parts(tmp_path, 2 * FANOUT)
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(segments, "_write", full)
+    assert covering(files, "cells") == files
+
+
+def test_superseded_segments_are_removed_after_the_grace_period(tmp_path, monkeypatch):
+    files = parts(tmp_path, FANOUT * FANOUT)
+    covering(files[:FANOUT * (FANOUT - 1)], "cells")  # 15 level-1 segments
+    seg_dir = tmp_path / "segments" / "cells"
+    assert len(list(seg_dir.glob("L1-*"))) == FANOUT - 1
+    got = covering(files, "cells")  # the 16th: one level-2 segment supersedes them
+    assert [f.name[:3] for f in got] == ["L2-"]
+    assert len(list(seg_dir.glob("L1-*"))) == FANOUT  # kept for readers that may still use them
+    monkeypatch.setattr(segments, "GRACE", 0.0)
+    time.sleep(0.01)
+    covering(files, "cells")
+    assert not list(seg_dir.glob("L1-*")) and rows(covering(files, "cells")) == rows(files)
+
+
+def test_two_merges_of_the_same_files_write_one_segment(tmp_path):
+    files = parts(tmp_path, FANOUT)
+    a = covering(files, "cells")
+    os.remove(a[0])
+    b = covering(files, "cells")
+    assert a == b and len(list((tmp_path / "segments" / "cells").iterdir())) == 1
+
+
+@pytest.mark.parametrize("n", [0, 1, FANOUT, 3 * FANOUT + 7])
+def test_rows_are_exact_for_any_count(tmp_path, n):
+    files = parts(tmp_path, n)
+    assert rows(covering(files, "cells")) == rows(files)
