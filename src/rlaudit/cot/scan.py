@@ -336,8 +336,21 @@ def scan_batches(batches: Iterable[pa.RecordBatch | pa.Table], params: ScanParam
 def part_batches(path: str | Path, layout: int, rows: int) -> Iterator[pa.Table]:
     """The rows `iter_batches` selects (those with grader inputs) of one stored part, read with Arrow alone: the
     same rows in the same order and batches of `rows`, without the cost of a database query per part."""
-    need = _COLUMNS if layout < 2 else read_columns(_COLUMNS)
-    table = pq.read_table(path, columns=need)
+    return table_batches(read_scan_columns(path, layout), layout, rows)
+
+
+def scan_columns(layout: int) -> list[str]:
+    """The stored columns of a part of `layout` that the scan reads."""
+    return _COLUMNS if layout < 2 else read_columns(_COLUMNS)
+
+
+def read_scan_columns(path: str | Path, layout: int) -> pa.Table:
+    """The stored columns the scan needs of one part, every row (`table_batches` selects)."""
+    return pq.read_table(path, columns=scan_columns(layout))
+
+
+def table_batches(table: pa.Table, layout: int, rows: int) -> Iterator[pa.Table]:
+    """`part_batches` of a part's stored columns (`read_scan_columns`)."""
     maps = table.column("grader_inputs").combine_chunks()
     entries = np.diff(np.asarray(maps.offsets.to_numpy(zero_copy_only=False), np.int64))
     # a null map has no entries: dropped, as SQL's WHERE drops cardinality(NULL) > 0

@@ -22,6 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import kernels as _kernels
+
 _NON_WORD = r"[^\p{L}\p{N}]+"  # RE2 (Arrow) spelling
 _SINGLE_RE2 = r"([\p{Han}\p{Hiragana}\p{Katakana}])"  # each such character is a token of its own
 # Characters that are tokens of their own in the byte and Python tokenisers (kana, CJK ideographs, radicals)
@@ -171,6 +173,11 @@ def hashed_tokens(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nda
     seg = np.frombuffer(data, np.uint8, raw_offsets[-1] - base, base) if data is not None and raw_offsets[-1] > base \
         else np.zeros(0, np.uint8)
     bounds = raw_offsets - base
+    if _kernels.use_numba():  # the same tokens and hashes in one pass over the bytes (`cot.kernels`)
+        hashes, counts = _kernels.token_hashes(seg, bounds, _WORD_BYTE, _SEPARATOR, _SINGLE)
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        return hashes, offsets
     word = _WORD_BYTE[seg]
     n_bytes = len(seg)
     separator, boundary = _non_ascii_breaks(seg) if n_bytes and seg.max() >= 0x80 else (None, None)
