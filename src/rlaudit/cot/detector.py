@@ -98,7 +98,8 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
         con = duckdb.connect()
         bound_memory(con)
         con.execute("SET enable_progress_bar = false")
-        _part_views(con, todo, layouts)
+        if extra is not None:  # captured inputs: the parts are scanned by SQL over their views
+            _part_views(con, todo, layouts)
         if stride is None:
             stride = _stride(con, todo, found, params)
         scanned = _scan_todo(con, todo, layouts, params, extra, stride, cache if persist else None, also)
@@ -189,8 +190,10 @@ def _stride(con: duckdb.DuckDBPyConnection, todo: list[Path], found: dict[str, A
     counted = 0
     for v in found.values():
         counted += (pq.read_metadata(v).num_rows if isinstance(v, Path) else v.num_rows)
-    sources = [f"SELECT count(*) AS n FROM p{i} WHERE cardinality(grader_inputs) > 0" for i in range(len(todo))]
-    new_rows = con.execute(f"SELECT sum(n) FROM ({' UNION ALL '.join(sources)})").fetchall()[0][0] or 0
+    # one query over the part files (grader_inputs is stored as is in every layout), not one view per part
+    files = ", ".join(f"'{_quote(str(p))}'" for p in todo)
+    new_rows = con.execute(f"SELECT count(*) FROM read_parquet([{files}], union_by_name = true) "
+                           "WHERE cardinality(grader_inputs) > 0").fetchall()[0][0] or 0
     # rows already scanned count each rollout once (chance rows are a subset of them): a lower bound is enough
     total = int(new_rows) + counted // 2
     return max(1, -(-total // max(1, params.chance_rows)))
@@ -208,7 +211,6 @@ def scan_stride(store: Store, run: str, params: ScanParams, key: str) -> int:
     con = duckdb.connect()
     try:
         bound_memory(con)
-        _part_views(con, todo, store.part_layouts(run))
         return _stride(con, todo, found, params)
     finally:
         con.close()

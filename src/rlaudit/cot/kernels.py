@@ -95,11 +95,12 @@ def _byte_codes(seg, word_table, separator_table, single_table):
     return word
 
 
-def _token_hashes(seg, codes, table, bounds):
+def _token_hashes(seg, codes, table, lower, bounds):
     """(uint64 hashes, int64 tokens per text) of `shingles.hashed_tokens` over a lowercased byte buffer `seg`
     with text offsets `bounds` (relative to seg, n_texts + 1). The class of byte i is table[codes[i]] (0 not a
     word byte, 1 a word byte, 2 one that starts a new token): for ASCII text codes is seg itself and table the
-    word-byte table, so no per-byte class array is built."""
+    word-byte table, so no per-byte class array is built. Bytes are hashed through `lower` (ASCII case folding),
+    so ASCII text need not be lowercased first."""
     n_texts = len(bounds) - 1
     counts = np.zeros(n_texts, np.int64)
     out = np.empty(max(16, len(seg) // 3), np.uint64)
@@ -113,11 +114,11 @@ def _token_hashes(seg, codes, table, bounds):
                 i += 1
                 continue
             # the token's end, its first 8 bytes gathered on the way (little-endian): most tokens are shorter
-            first = np.uint64(seg[i])
+            first = np.uint64(lower[seg[i]])
             j = i + 1
             while j < e and table[codes[j]] == 1:
                 if j - i < 8:
-                    first |= np.uint64(seg[j]) << np.uint64(8 * (j - i))
+                    first |= np.uint64(lower[seg[j]]) << np.uint64(8 * (j - i))
                 j += 1
             if k == len(out):
                 grown = np.empty(2 * len(out), np.uint64)
@@ -129,7 +130,7 @@ def _token_hashes(seg, codes, table, bounds):
                 chunk = np.uint64(0)
                 top = min(p + 8, j)
                 for q in range(p, top):
-                    chunk |= np.uint64(seg[q]) << np.uint64(8 * (q - p))
+                    chunk |= np.uint64(lower[seg[q]]) << np.uint64(8 * (q - p))
                 h = _mix((h * _M31) ^ chunk)
                 p = top
             out[k] = h
@@ -139,40 +140,41 @@ def _token_hashes(seg, codes, table, bounds):
     return out[:k].copy(), counts
 
 
-def _answer_hashes(data, starts, ends, skip):
+def _answer_hashes(data, starts, ends, skip, lower):
     """(uint64 hash per span, bool: span has a non-ASCII byte and was not hashed) of `screen_keys.answer_hash`:
     ASCII lowercased, bytes where `skip` is True (its whitespace) removed, the rest hashed 8 at a time seeded
-    with their count."""
+    with their count. One pass over the bytes: the 8-byte chunks wait in a scratch array until the count is
+    known."""
     n = len(starts)
     out = np.zeros(n, np.uint64)
     other = np.zeros(n, np.bool_)
+    longest = 0
     for r in range(n):
-        s, e = starts[r], ends[r]
-        kept = 0
-        for i in range(s, e):
+        longest = max(longest, ends[r] - starts[r])
+    chunks = np.empty(longest // 8 + 1, np.uint64)
+    for r in range(n):
+        chunk = np.uint64(0)
+        m = 0
+        c = 0
+        for i in range(starts[r], ends[r]):
             b = data[i]
             if b >= 0x80:
                 other[r] = True
                 break
-            if not skip[b]:
-                kept += 1
-        if other[r]:
-            continue
-        h = _mix(np.uint64(kept))
-        chunk = np.uint64(0)
-        m = 0
-        for i in range(s, e):
-            b = data[i]
             if skip[b]:
                 continue
-            if 0x41 <= b <= 0x5A:
-                b = b + 0x20
-            chunk |= np.uint64(b) << np.uint64(8 * m)
+            chunk |= np.uint64(lower[b]) << np.uint64(8 * m)
             m += 1
             if m == 8:
-                h = _mix((h * _M31) ^ chunk)
+                chunks[c] = chunk
+                c += 1
                 chunk = np.uint64(0)
                 m = 0
+        if other[r]:
+            continue
+        h = _mix(np.uint64(8 * c + m))
+        for q in range(c):
+            h = _mix((h * _M31) ^ chunks[q])
         if m:
             h = _mix((h * _M31) ^ chunk)
         out[r] = h
@@ -206,30 +208,36 @@ def compiled() -> SimpleNamespace:
 
             u8, i64, b1 = ro(t.uint8), ro(t.int64), ro(t.boolean)
             _compiled = SimpleNamespace(byte_codes=jit(_byte_codes, (u8, b1, b1, b1)),
-                                        token_hashes=jit(_token_hashes, (u8, u8, u8, i64)),
-                                        answer_hashes=jit(_answer_hashes, (u8, i64, i64, b1)))
+                                        token_hashes=jit(_token_hashes, (u8, u8, u8, u8, i64)),
+                                        answer_hashes=jit(_answer_hashes, (u8, i64, i64, b1, u8)))
     return _compiled
 
 
 def token_hashes(seg: np.ndarray, bounds: np.ndarray, word_table: np.ndarray, separator_table: np.ndarray,
                  single_table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(uint64 token hashes, int64 token count per text) of a lowercased UTF-8 buffer with relative offsets."""
+    """(uint64 token hashes, int64 token count per text) of a UTF-8 buffer with relative offsets, lowercased
+    except for ASCII letters, which may be in any case (`word_table` is for lowercase text)."""
     c = np.ascontiguousarray
     kern = compiled()
     seg = c(seg, np.uint8)
+    word = c(word_table, np.bool_).copy()
+    word[0x41:0x5B] = word[0x61:0x7B]  # an upper-case ASCII letter is the word byte its lowercase is
     if len(seg) and seg.max() >= 0x80:
-        codes, table = kern.byte_codes(seg, c(word_table, np.bool_), c(separator_table, np.bool_),
-                                       c(single_table, np.bool_)), _CODES
+        codes, table = kern.byte_codes(seg, word, c(separator_table, np.bool_), c(single_table, np.bool_)), _CODES
     else:
-        codes, table = seg, c(word_table, np.uint8)
-    return kern.token_hashes(seg, codes, table, c(bounds, np.int64))
+        codes, table = seg, word.astype(np.uint8)
+    return kern.token_hashes(seg, codes, table, _LOWER, c(bounds, np.int64))
 
 
 _CODES = np.arange(3, dtype=np.uint8)  # the class of each byte code `_byte_codes` gives is the code itself
+_LOWER = np.arange(256, dtype=np.uint8)
+_LOWER[0x41:0x5B] += 0x20  # ASCII case folding
 
 
 def answer_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray,
                   skip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(uint64 hash per byte span data[starts[i]:ends[i]], bool per span: non-ASCII, left for the caller)."""
     c = np.ascontiguousarray
-    return compiled().answer_hashes(c(data, np.uint8), c(starts, np.int64), c(ends, np.int64), c(skip, np.bool_))
+    return compiled().answer_hashes(c(data, np.uint8), c(starts, np.int64), c(ends, np.int64), c(skip, np.bool_),
+                                    _LOWER)
+

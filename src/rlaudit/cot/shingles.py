@@ -165,7 +165,16 @@ def hashed_tokens(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nda
     """
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
-    lowered = pc.utf8_lower(pc.fill_null(texts.cast(pa.string()), ""))
+    filled = pc.fill_null(texts.cast(pa.string()), "")
+    if _kernels.use_numba():  # the same tokens and hashes in one pass over the bytes (`cot.kernels`)
+        seg, bounds = _utf8_buffer(filled)
+        if len(seg) and seg.max() >= 0x80:  # ASCII needs no lowercasing: the kernel folds its case
+            seg, bounds = _utf8_buffer(pc.utf8_lower(filled))
+        hashes, counts = _kernels.token_hashes(seg, bounds, _WORD_BYTE, _SEPARATOR, _SINGLE)
+        offsets = np.zeros(len(filled) + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        return hashes, offsets
+    lowered = pc.utf8_lower(filled)
     n = len(lowered)
     raw_offsets = np.frombuffer(lowered.buffers()[1], np.int32, n + 1, lowered.offset * 4).astype(np.int64)
     base = raw_offsets[0]
@@ -173,11 +182,6 @@ def hashed_tokens(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nda
     seg = np.frombuffer(data, np.uint8, raw_offsets[-1] - base, base) if data is not None and raw_offsets[-1] > base \
         else np.zeros(0, np.uint8)
     bounds = raw_offsets - base
-    if _kernels.use_numba():  # the same tokens and hashes in one pass over the bytes (`cot.kernels`)
-        hashes, counts = _kernels.token_hashes(seg, bounds, _WORD_BYTE, _SEPARATOR, _SINGLE)
-        offsets = np.zeros(n + 1, np.int64)
-        np.cumsum(counts, out=offsets[1:])
-        return hashes, offsets
     word = _WORD_BYTE[seg]
     n_bytes = len(seg)
     separator, boundary = _non_ascii_breaks(seg) if n_bytes and seg.max() >= 0x80 else (None, None)
@@ -199,6 +203,16 @@ def hashed_tokens(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nda
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(text_of, minlength=n), out=offsets[1:])
     return hashes, offsets
+
+
+def _utf8_buffer(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes, offsets relative to them) of a string array without nulls."""
+    n = len(strings)
+    raw = np.frombuffer(strings.buffers()[1], np.int32, n + 1, strings.offset * 4).astype(np.int64)
+    data = strings.buffers()[2]
+    size = int(raw[-1] - raw[0])
+    seg = np.frombuffer(data, np.uint8, size, int(raw[0])) if data is not None and size else np.zeros(0, np.uint8)
+    return seg, raw - raw[0]
 
 
 #: Scoped keys arrive ordered by scope (a text's shingles are contiguous, texts in row order), i.e. as runs that
