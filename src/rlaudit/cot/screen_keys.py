@@ -103,7 +103,10 @@ def keys_of(raw: pa.Table, layout: int) -> pa.Table:
     has_reasoning = pc.is_valid(raw.column("reasoning"))
     if layout >= 2:
         has_reasoning = pc.or_(has_reasoning, pc.is_valid(raw.column("_reasoning_start")))
-    table = raw.filter(pc.and_(pc.is_valid(raw.column("group_id")), has_reasoning))
+    keep = pc.and_(pc.is_valid(raw.column("group_id")), has_reasoning)
+    table = raw.select([c for c in key_columns(layout) if c != "reasoning"])  # not every column the scan read
+    if not pc.all(keep).as_py():
+        table = table.filter(keep)
     return pa.table({"rollout_id": table.column("rollout_id"), "step": table.column("step"),
                      "split": table.column("split"), "group_id": table.column("group_id"),
                      "ck": _answer_keys(table, layout >= 2)})
