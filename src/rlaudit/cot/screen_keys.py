@@ -5,7 +5,9 @@ candidates means normalising and hashing every answer of the run (reading every 
 per audit at 1M rollouts, warm or cold. The hash of a row's answer never changes, so it is stored per part
 (`derived/cot_screen/<key>/<part>.parquet`: rollout_id, step, split, group_id, ck of the rows the screen can
 pair); a run that grows by a step hashes only the new part, and the screen reads the answers of candidate rows
-alone. Keys are computed with Arrow and numpy (`answer_hash`), on `memory.workers` threads.
+alone. Keys are computed with Arrow and numpy (`answer_hash`), or with numba straight from the completion's bytes
+(`cot.kernels.answer_hashes`, the same keys), on `memory.workers` threads. The CoT scan, which reads every column
+the keys need, writes them as it scans a part (`key_writer`), so a cold audit reads each part once for both.
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ def hashed_tokens(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nda
     overlapping uint64 view. Non-ASCII characters are word characters (no Unicode classes, which are the slow
     part of regex tokenising) except common punctuation and spaces, which separate, and Chinese/Japanese
     characters, which are tokens of their own (`_non_ascii_breaks`); both sides of every comparison use this
-    same function.
+    same function. With numba (`cot.kernels.token_hashes`) the same hashes come from one loop over the bytes.
     """
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
