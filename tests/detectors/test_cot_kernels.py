@@ -202,3 +202,17 @@ def test_cached_files_are_parquet(store):
     files = list((store.run_dir("synth") / "derived" / "cot_screen").rglob("*.parquet"))
     assert len(files) == 1 and pq.read_table(files[0]).column_names == ["rollout_id", "step", "split", "group_id",
                                                                           "ck"]
+
+
+@needs_numba
+def test_a_live_hook_with_thread_audits_loads_the_cot_kernels_before_training(tmp_path, monkeypatch):
+    """As for the term-set kernels: a hook whose heavy audits run in a thread loads the CoT kernels when it is
+    created, not in the middle of a training step."""
+    from rlaudit.live.auditor import LiveAuditor, LiveConfig
+
+    monkeypatch.delenv(kernels.ENV, raising=False)
+    monkeypatch.setattr(cot_kernels, "_compiled", None)
+    LiveAuditor(str(tmp_path / "store"), "r", LiveConfig(background="process"))
+    assert cot_kernels._compiled is None
+    LiveAuditor(str(tmp_path / "store"), "r", LiveConfig(background="thread"))
+    assert cot_kernels._compiled is not None

@@ -35,6 +35,7 @@ from ..store import Store, bound_memory, write_cached
 from ..detectors import DetectContext, Detector, register
 from .scan import (RESULT_SCHEMA, ScanParams, findings_from_results, read_scan_columns, scan_batches, scan_run,
                    table_batches)
+from . import kernels as cot_kernels
 from .screen import screen
 from .screen_keys import key_writer, screen_keys
 
@@ -95,6 +96,8 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
         parts = [p for p in parts if p.name in only]
     found, todo = _scanned(store, parts, key, cache, persist, memo)
     if todo:
+        if cot_kernels.use_numba():
+            cot_kernels.compiled()  # compiled (or loaded from numba's cache) once, before the threads
         con = duckdb.connect()
         bound_memory(con)
         con.execute("SET enable_progress_bar = false")
