@@ -38,8 +38,6 @@ _M31 = np.uint64(31)
 
 _compiled: SimpleNamespace | None = None
 _lock = threading.Lock()
-
-
 _check_lock = threading.Lock()
 
 
@@ -96,8 +94,8 @@ def _byte_codes(seg, word_table, separator_table, single_table):
 
 
 def _token_hashes(seg, codes, table, lower, bounds):
-    """(uint64 hashes, int64 tokens per text) of `shingles.hashed_tokens` over a lowercased byte buffer `seg`
-    with text offsets `bounds` (relative to seg, n_texts + 1). The class of byte i is table[codes[i]] (0 not a
+    """(uint64 hashes, int64 tokens per text) of `shingles.hashed_tokens` over a byte buffer `seg` (lowercased
+    but for ASCII letters) with text offsets `bounds` (relative to seg, n_texts + 1). The class of byte i is table[codes[i]] (0 not a
     word byte, 1 a word byte, 2 one that starts a new token): for ASCII text codes is seg itself and table the
     word-byte table, so no per-byte class array is built. Bytes are hashed through `lower` (ASCII case folding),
     so ASCII text need not be lowercased first."""
