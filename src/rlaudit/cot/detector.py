@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,11 @@ from ..layout import view_columns
 from ..memory import workers
 from ..store import Store, bound_memory, write_cached
 from ..detectors import DetectContext, Detector, register
-from .scan import RESULT_SCHEMA, ScanParams, findings_from_results, part_batches, scan_batches, scan_run
+from .scan import (RESULT_SCHEMA, ScanParams, findings_from_results, read_scan_columns, scan_batches, scan_run,
+                   table_batches)
+from . import kernels as cot_kernels
 from .screen import screen
-from .screen_keys import screen_keys
+from .screen_keys import key_writer, screen_keys
 
 
 @register
@@ -48,7 +51,9 @@ class CotGradingDetector(Detector):
         params = ScanParams.from_options(options)
         con = ctx.connect()
         key, extra = scan_key(ctx.store, ctx.run, params)
-        results = scan_parts(ctx.store, ctx.run, params, key, extra)
+        # the scan reads every column the screen's answer keys need: it caches them too, each part read once
+        also = key_writer(ctx.store, ctx.run) if options.get("screen", True) else None
+        results = scan_parts(ctx.store, ctx.run, params, key, extra, also=also)
         where = ["TRUE"]
         if ctx.config.max_step is not None:
             where.append(f"step <= {int(ctx.config.max_step)}")
@@ -65,7 +70,8 @@ class CotGradingDetector(Detector):
 
 
 def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str | None,
-               only: set[str] | None = None, stride: int | None = None) -> pa.Table | str:
+               only: set[str] | None = None, stride: int | None = None,
+               also: Callable[[Path, pa.Table, int], None] | None = None) -> pa.Table | str:
     """The scan results of every stored part of the run, each part scanned once and cached beside the run
     (`derived/cot_scan/<key>/<part>.parquet`): a run that grows by a step scans only the new part. Returned as
     SQL over the cached files (or a table, for stores that keep derived data in memory).
@@ -76,7 +82,10 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
 
     A shard of the run (`rlaudit.fleet.shard`) passes `only` (its part file names: only those are scanned and
     returned) and `stride`, the one `scan_stride` computed for the whole run, so each part gets the same chance
-    pairings as in an unsharded scan."""
+    pairings as in an unsharded scan.
+
+    `also(part, columns, layout)` is called with the stored columns of each part the scan reads (every row; not
+    for runs with captured grader inputs, which are scanned in DuckDB), for derived data of the same columns."""
     persist = getattr(store, "persist_derived", True)
     memo = store.__dict__.setdefault("_cot_scan_memo", {})
     parts = store.parts(run)
@@ -87,13 +96,16 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
         parts = [p for p in parts if p.name in only]
     found, todo = _scanned(store, parts, key, cache, persist, memo)
     if todo:
+        if cot_kernels.use_numba():
+            cot_kernels.compiled()  # compiled (or loaded from numba's cache) once, before the threads
         con = duckdb.connect()
         bound_memory(con)
         con.execute("SET enable_progress_bar = false")
-        _part_views(con, todo, layouts)
+        if extra is not None:  # captured inputs: the parts are scanned by SQL over their views
+            _part_views(con, todo, layouts)
         if stride is None:
             stride = _stride(con, todo, found, params)
-        scanned = _scan_todo(con, todo, layouts, params, extra, stride, cache if persist else None)
+        scanned = _scan_todo(con, todo, layouts, params, extra, stride, cache if persist else None, also)
         for path, value in zip(todo, scanned):
             found[path.name] = value
             if not persist:
@@ -122,7 +134,8 @@ _BYTES_PER_BATCH_ROW = 16 << 10
 
 
 def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[str, int], params: ScanParams,
-               extra: str | None, stride: int, cache: Path | None) -> list[Any]:
+               extra: str | None, stride: int, cache: Path | None,
+               also: Callable[[Path, pa.Table, int], None] | None = None) -> list[Any]:
     """Scan the parts `todo` (views p0, p1, ... of `con`), each on a cursor of its own, on `memory.workers`
     threads: per part the cached file (a table where the store cannot be written, or `cache` is None)."""
 
@@ -130,7 +143,11 @@ def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[s
         name = todo[i].name
         chance = (lambda b: zlib.crc32(f"{name}:{b}".encode()) % stride == 0) if stride > 1 else (lambda b: True)
         if extra is None:  # the part alone: read with Arrow
-            table = scan_batches(part_batches(todo[i], layouts.get(name, 1), params.batch_rows), params, chance)
+            layout = layouts.get(name, 1)
+            raw = read_scan_columns(todo[i], layout)
+            if also is not None:
+                also(todo[i], raw, layout)
+            table = scan_batches(table_batches(raw, layout, params.batch_rows), params, chance)
         else:  # captured inputs are merged into the grader inputs by a join
             cur = con.cursor()
             try:
@@ -176,8 +193,10 @@ def _stride(con: duckdb.DuckDBPyConnection, todo: list[Path], found: dict[str, A
     counted = 0
     for v in found.values():
         counted += (pq.read_metadata(v).num_rows if isinstance(v, Path) else v.num_rows)
-    sources = [f"SELECT count(*) AS n FROM p{i} WHERE cardinality(grader_inputs) > 0" for i in range(len(todo))]
-    new_rows = con.execute(f"SELECT sum(n) FROM ({' UNION ALL '.join(sources)})").fetchall()[0][0] or 0
+    # one query over the part files (grader_inputs is stored as is in every layout), not one view per part
+    files = ", ".join(f"'{_quote(str(p))}'" for p in todo)
+    new_rows = con.execute(f"SELECT count(*) FROM read_parquet([{files}], union_by_name = true) "
+                           "WHERE cardinality(grader_inputs) > 0").fetchall()[0][0] or 0
     # rows already scanned count each rollout once (chance rows are a subset of them): a lower bound is enough
     total = int(new_rows) + counted // 2
     return max(1, -(-total // max(1, params.chance_rows)))
@@ -195,7 +214,6 @@ def scan_stride(store: Store, run: str, params: ScanParams, key: str) -> int:
     con = duckdb.connect()
     try:
         bound_memory(con)
-        _part_views(con, todo, store.part_layouts(run))
         return _stride(con, todo, found, params)
     finally:
         con.close()

@@ -336,8 +336,24 @@ def scan_batches(batches: Iterable[pa.RecordBatch | pa.Table], params: ScanParam
 def part_batches(path: str | Path, layout: int, rows: int) -> Iterator[pa.Table]:
     """The rows `iter_batches` selects (those with grader inputs) of one stored part, read with Arrow alone: the
     same rows in the same order and batches of `rows`, without the cost of a database query per part."""
-    need = _COLUMNS if layout < 2 else read_columns(_COLUMNS)
-    table = pq.read_table(path, columns=need)
+    return table_batches(read_scan_columns(path, layout), layout, rows)
+
+
+def scan_columns(layout: int) -> list[str]:
+    """The stored columns of a part of `layout` that the scan reads."""
+    return _COLUMNS if layout < 2 else read_columns(_COLUMNS)
+
+
+def read_scan_columns(path: str | Path, layout: int) -> pa.Table:
+    """The stored columns the scan needs of one part, every row (`table_batches` selects). Read without Arrow's
+    thread pool: parts are read on the scan's own threads, and `read_table` (a dataset per file) cost 1.4-2.7
+    CPU s for the 200 parts of the 1M benchmark against 1.1-1.3 for `ParquetFile.read`."""
+    with pq.ParquetFile(path) as f:
+        return f.read(columns=scan_columns(layout), use_threads=False)
+
+
+def table_batches(table: pa.Table, layout: int, rows: int) -> Iterator[pa.Table]:
+    """`part_batches` of a part's stored columns (`read_scan_columns`)."""
     maps = table.column("grader_inputs").combine_chunks()
     entries = np.diff(np.asarray(maps.offsets.to_numpy(zero_copy_only=False), np.int64))
     # a null map has no entries: dropped, as SQL's WHERE drops cardinality(NULL) > 0
@@ -380,15 +396,20 @@ def findings_from_results(con: duckdb.DuckDBPyConnection, results: pa.Table | st
         con.register("_cot_scan", results)
     con.execute(f"CREATE OR REPLACE TEMP VIEW cot_scan AS SELECT * FROM _cot_scan WHERE NOT chance AND {where}")
     con.execute(f"CREATE OR REPLACE TEMP VIEW cot_chance AS SELECT * FROM _cot_scan WHERE chance AND {where}")
+    # the counts every statistic below needs, per (chance, grader, step, condition, task): one pass over the
+    # per-pair results (a few hundred rows at 1M rollouts) instead of one per query
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE _cot_counts AS SELECT chance, grader, step, condition, task, count(*) AS n, "
+        "sum(exposed::INT) AS exposed, min(CASE WHEN exposed THEN step END) AS first, "
+        f"count(*) FILTER (WHERE reasoning_only > 0) AS scannable FROM _cot_scan WHERE {where} GROUP BY ALL")
     min_exposed = int(options.get("min_exposed", 1))
     alpha = float(options.get("alpha", 0.01))
     severity = options.get("severity", "high")
     chance = {g: (int(n), int(k or 0)) for g, n, k in con.execute(
-        "SELECT grader, count(*), sum(exposed::INT) FROM cot_chance GROUP BY grader").fetchall()}
+        "SELECT grader, sum(n), sum(exposed) FROM _cot_counts WHERE chance GROUP BY grader").fetchall()}
     totals = con.execute(
-        "SELECT grader, count(*) AS n, sum(exposed::INT) AS exposed, min(CASE WHEN exposed THEN step END) AS first, "
-        "count(*) FILTER (WHERE reasoning_only > 0) AS scannable FROM cot_scan GROUP BY grader ORDER BY grader"
-    ).fetchall()
+        "SELECT grader, sum(n) AS n, sum(exposed) AS exposed, min(first) AS first, sum(scannable) AS scannable "
+        "FROM _cot_counts WHERE NOT chance GROUP BY grader ORDER BY grader").fetchall()
     found = []
     for grader, n, exposed, first_step, scannable in totals:
         exposed = int(exposed or 0)
@@ -433,16 +454,15 @@ def findings_from_results(con: duckdb.DuckDBPyConnection, results: pa.Table | st
 
 
 def _series(con: duckdb.DuckDBPyConnection, grader: str) -> dict[str, list[Any]]:
-    rows = con.execute("SELECT step, count(*), sum(exposed::INT) FROM cot_scan WHERE grader = ? GROUP BY step "
-                       "ORDER BY step", [grader]).fetchall()
+    rows = con.execute("SELECT step, sum(n), sum(exposed) FROM _cot_counts WHERE NOT chance AND grader = ? "
+                       "GROUP BY step ORDER BY step", [grader]).fetchall()
     return {"steps": [r[0] for r in rows], "samples": [r[1] for r in rows], "exposed": [int(r[2]) for r in rows],
             "exposure_rate": [r[2] / r[1] for r in rows]}
 
 
 def _breakdown(con: duckdb.DuckDBPyConnection, grader: str, column: str) -> dict[str, dict[str, Any]]:
-    rows = con.execute(f"SELECT coalesce({column}, 'unknown'), count(*), sum(exposed::INT), "
-                       f"min(CASE WHEN exposed THEN step END) FROM cot_scan WHERE grader = ? GROUP BY 1 ORDER BY 1",
-                       [grader]).fetchall()
+    rows = con.execute(f"SELECT coalesce({column}, 'unknown'), sum(n), sum(exposed), min(first) FROM _cot_counts "
+                       "WHERE NOT chance AND grader = ? GROUP BY 1 ORDER BY 1", [grader]).fetchall()
     out = {}
     for key, n, exposed, first in rows:
         lo, hi = wilson_interval(int(exposed), n)

@@ -5,11 +5,14 @@ candidates means normalising and hashing every answer of the run (reading every 
 per audit at 1M rollouts, warm or cold. The hash of a row's answer never changes, so it is stored per part
 (`derived/cot_screen/<key>/<part>.parquet`: rollout_id, step, split, group_id, ck of the rows the screen can
 pair); a run that grows by a step hashes only the new part, and the screen reads the answers of candidate rows
-alone. Keys are computed with Arrow and numpy (`answer_hash`), on `memory.workers` threads.
+alone. Keys are computed with Arrow and numpy (`answer_hash`), or with numba straight from the completion's bytes
+(`cot.kernels.answer_hashes`, the same keys), on `memory.workers` threads. The CoT scan, which reads every column
+the keys need, writes them as it scans a part (`key_writer`), so a cold audit reads each part once for both.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,9 +21,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..layout import read_part
+from ..layout import read_columns, to_canonical
 from ..memory import workers
 from ..store import Store, prune_cached, write_cached
+from . import kernels as _kernels
 from .shingles import byte_span_hashes
 
 _VERSION = 2  # 1: keys hashed by DuckDB
@@ -33,7 +37,7 @@ def screen_keys(store: Store, run: str, where: str) -> str | None:
     if not getattr(store, "persist_derived", True):
         return None
     base = store.run_dir(run) / "derived" / "cot_screen"
-    cache = base / f"v{_VERSION}"
+    cache = _cache(store, run)
     parts = store.parts(run)
     layouts = store.part_layouts(run)
     paths = [cache / f"{part.stem}.parquet" for part in parts]
@@ -58,24 +62,98 @@ def screen_keys(store: Store, run: str, where: str) -> str | None:
     return f"(SELECT * FROM read_parquet([{files}]) WHERE {where})"
 
 
+def _cache(store: Store, run: str) -> Path:
+    return store.run_dir(run) / "derived" / "cot_screen" / f"v{_VERSION}"
+
+
+def key_writer(store: Store, run: str) -> Callable[[Path, pa.Table, int], None] | None:
+    """A function (part, its stored columns as read by another pass, layout) that caches the part's keys where
+    they are not cached yet: the CoT scan reads every column the keys need (`key_columns`), so it hands them over
+    and `screen_keys` then finds the part done instead of reading it again. None where keys are not cached."""
+    if not getattr(store, "persist_derived", True):
+        return None
+    cache = _cache(store, run)
+
+    def write(part: Path, raw: pa.Table, layout: int) -> None:
+        path = cache / f"{part.stem}.parquet"
+        if not path.is_file():
+            _save(keys_of(raw, layout), path)
+
+    return write
+
+
 #: Bytes one thread holds while hashing a part (its rows' answers and ids): weighed by `memory.workers`.
 _BYTES_PER_PART = 64 << 20
 
 
 def part_keys(part: Path, layout: int) -> pa.Table:
     """rollout_id, step, split, group_id and the coarse answer key `ck` of the part's rows the screen can pair
-    (a group and a reasoning). Only the answer's text is cut from the completion: whether a row has reasoning is
-    read from its span (or its text, where a format logged it separately)."""
-    table = read_part(part, ["rollout_id", "step", "split", "group_id", "answer"], layout)
-    spans = layout >= 2
-    marks = pq.read_table(part, columns=["reasoning"] + (["_reasoning_start"] if spans else []))
-    has_reasoning = pc.is_valid(marks.column("reasoning"))
-    if spans:
-        has_reasoning = pc.or_(has_reasoning, pc.is_valid(marks.column("_reasoning_start")))
-    table = table.filter(pc.and_(pc.is_valid(table.column("group_id")), has_reasoning))
+    (a group and a reasoning)."""
+    return keys_of(pq.read_table(part, columns=key_columns(layout)), layout)
+
+
+def key_columns(layout: int) -> list[str]:
+    """The part columns `keys_of` reads: whether a row has reasoning is read from its span (or its text, where
+    a format logged it separately); only the answer's text is needed, hashed where it lies in the completion."""
+    base = ["rollout_id", "step", "split", "group_id", "answer", "reasoning"]
+    return base + (["completion", "_answer_start", "_answer_end", "_reasoning_start"] if layout >= 2 else [])
+
+
+def keys_of(raw: pa.Table, layout: int) -> pa.Table:
+    """The keys (see `part_keys`) of a part's rows, from its stored columns (`key_columns`, more allowed): what
+    the CoT scan, which reads those columns anyway, hands over so that a part is read once for both."""
+    has_reasoning = pc.is_valid(raw.column("reasoning"))
+    if layout >= 2:
+        has_reasoning = pc.or_(has_reasoning, pc.is_valid(raw.column("_reasoning_start")))
+    keep = pc.and_(pc.is_valid(raw.column("group_id")), has_reasoning)
+    table = raw.select([c for c in key_columns(layout) if c != "reasoning"])  # not every column the scan read
+    if not pc.all(keep).as_py():
+        table = table.filter(keep)
     return pa.table({"rollout_id": table.column("rollout_id"), "step": table.column("step"),
                      "split": table.column("split"), "group_id": table.column("group_id"),
-                     "ck": answer_hash(table.column("answer"))})
+                     "ck": _answer_keys(table, layout >= 2)})
+
+
+def _answer_keys(table: pa.Table, spans: bool) -> np.ndarray:
+    """`answer_hash` of each row's canonical answer. With the compiled kernel, an answer that is a span of the
+    completion is hashed in place (no cut, no lowercased copy); answers with non-ASCII bytes, which `utf8_lower`
+    must map, go through `answer_hash` itself. Both give the same keys (tests/detectors/test_cot_kernels.py)."""
+    if not _kernels.use_numba():
+        return answer_hash(to_canonical(table.select(read_columns(["answer"]))).column("answer") if spans
+                           else table.column("answer"))
+    ck, other = _kernels.answer_hashes(*_spans(table.column("answer")), _WHITESPACE)
+    if spans:
+        start = table.column("_answer_start").combine_chunks()
+        if start.null_count < len(start):
+            valid = pc.is_valid(start).to_numpy(zero_copy_only=False)
+            cdata, base, _ = _spans(table.column("completion"))
+            lo = base + pc.fill_null(start, 0).to_numpy().astype(np.int64)
+            hi = np.where(valid, base + pc.fill_null(table.column("_answer_end").combine_chunks(), 0)
+                          .to_numpy().astype(np.int64), lo)
+            span_ck, span_other = _kernels.answer_hashes(cdata, lo, hi, _WHITESPACE)
+            ck, other = np.where(valid, span_ck, ck), np.where(valid, span_other, other)
+    rows = np.flatnonzero(other)
+    if len(rows):  # non-ASCII answers: Arrow's utf8_lower, then the numpy hash
+        subset = table.take(pa.array(rows)).select(read_columns(["answer"]) if spans else ["answer"])
+        ck[rows] = answer_hash((to_canonical(subset) if spans else subset).column("answer"))
+    return ck
+
+
+def _spans(strings: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(data buffer, start, end): each string is data[start[i]:end[i]] (int64); a null is empty."""
+    if isinstance(strings, pa.ChunkedArray):
+        strings = strings.combine_chunks()
+    if not pa.types.is_large_string(strings.type):
+        strings = strings.cast(pa.string())
+    width = np.int64 if pa.types.is_large_string(strings.type) else np.int32
+    buffers = strings.buffers()
+    off = np.frombuffer(buffers[1], width, len(strings) + 1, strings.offset * np.dtype(width).itemsize)
+    off = off.astype(np.int64)
+    starts, ends = off[:-1], off[1:]
+    if strings.null_count:  # a null's offsets may cover bytes (Arrow allows it)
+        ends = np.where(pc.is_valid(strings).to_numpy(zero_copy_only=False), ends, starts)
+    data = np.frombuffer(buffers[2], np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+    return data, starts, ends
 
 
 _WHITESPACE = np.zeros(256, bool)

@@ -22,6 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from . import kernels as _kernels
+
 _NON_WORD = r"[^\p{L}\p{N}]+"  # RE2 (Arrow) spelling
 _SINGLE_RE2 = r"([\p{Han}\p{Hiragana}\p{Katakana}])"  # each such character is a token of its own
 # Characters that are tokens of their own in the byte and Python tokenisers (kana, CJK ideographs, radicals)
@@ -159,11 +161,20 @@ def hashed_tokens(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nda
     overlapping uint64 view. Non-ASCII characters are word characters (no Unicode classes, which are the slow
     part of regex tokenising) except common punctuation and spaces, which separate, and Chinese/Japanese
     characters, which are tokens of their own (`_non_ascii_breaks`); both sides of every comparison use this
-    same function.
+    same function. With numba (`cot.kernels.token_hashes`) the same hashes come from one loop over the bytes.
     """
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
-    lowered = pc.utf8_lower(pc.fill_null(texts.cast(pa.string()), ""))
+    filled = pc.fill_null(texts.cast(pa.string()), "")
+    if _kernels.use_numba():  # the same tokens and hashes in one pass over the bytes (`cot.kernels`)
+        seg, bounds = _utf8_buffer(filled)
+        if len(seg) and seg.max() >= 0x80:  # ASCII needs no lowercasing: the kernel folds its case
+            seg, bounds = _utf8_buffer(pc.utf8_lower(filled))
+        hashes, counts = _kernels.token_hashes(seg, bounds, _WORD_BYTE, _SEPARATOR, _SINGLE)
+        offsets = np.zeros(len(filled) + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        return hashes, offsets
+    lowered = pc.utf8_lower(filled)
     n = len(lowered)
     raw_offsets = np.frombuffer(lowered.buffers()[1], np.int32, n + 1, lowered.offset * 4).astype(np.int64)
     base = raw_offsets[0]
@@ -192,6 +203,16 @@ def hashed_tokens(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nda
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(text_of, minlength=n), out=offsets[1:])
     return hashes, offsets
+
+
+def _utf8_buffer(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes, offsets relative to them) of a string array without nulls."""
+    n = len(strings)
+    raw = np.frombuffer(strings.buffers()[1], np.int32, n + 1, strings.offset * 4).astype(np.int64)
+    data = strings.buffers()[2]
+    size = int(raw[-1] - raw[0])
+    seg = np.frombuffer(data, np.uint8, size, int(raw[0])) if data is not None and size else np.zeros(0, np.uint8)
+    return seg, raw - raw[0]
 
 
 #: Scoped keys arrive ordered by scope (a text's shingles are contiguous, texts in row order), i.e. as runs that

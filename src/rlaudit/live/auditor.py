@@ -473,6 +473,8 @@ def _preload_kernels() -> None:
     about half a second (several on a loaded machine) in the middle of a training step. A process audit loads
     them in its own interpreter."""
     from .. import kernels
+    from ..cot import kernels as cot_kernels
 
     if kernels.use_numba():
         kernels.compiled()
+        cot_kernels.compiled()  # the CoT scan's hashing

@@ -1,0 +1,241 @@
+"""Compiled (numba) kernels of the CoT-grading scan's text hashing, bit-identical to the numpy path.
+
+Why: per stored part, the CoT scan tokenises and hashes the reasoning, answer, prompts and grader inputs of its
+rows with grader inputs (`shingles.hashed_tokens`), and the screen hashes every row's answer
+(`screen_keys.answer_hash`). The numpy path makes a dozen passes over byte-sized temporaries for each (masks,
+shifted copies, flatnonzero, rounds of 8-byte gathers), and the answer keys first cut every answer out of its
+completion and lowercase it into a new buffer. At 1M rollouts that was ~1.8 CPU s of tokenising and ~2.3 CPU s of
+answer cutting and hashing (single-thread, per-phase timing in docs/performance.md). The loops here walk each
+byte once:
+
+- `token_hashes`: the tokens of `shingles.hashed_tokens` and their `byte_span_hashes`, given the (lowercased)
+  byte buffer. The byte classes (word bytes, separator characters, single-character CJK tokens) are decided
+  exactly as `shingles._non_ascii_breaks` does, from the same lookup tables.
+- `answer_hashes`: `screen_keys.answer_hash` straight from byte spans (an answer that is a slice of its
+  completion is hashed in place), lowercasing ASCII on the fly. A span with a non-ASCII byte is not hashed here
+  (`utf8_lower` maps code points, which this loop does not attempt): it is flagged and the caller hashes those
+  few with the numpy path.
+
+Which path runs follows `rlaudit.kernels.backend()` (`RLAUDIT_KERNEL=numpy|numba`, numba when importable). The
+numpy path stays the reference; tests/detectors/test_cot_kernels.py compares both on random text.
+"""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from .. import kernels as _k
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+_C1 = np.uint64(0xBF58476D1CE4E5B9)
+_C2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+_M31 = np.uint64(31)
+
+_compiled: SimpleNamespace | None = None
+_lock = threading.Lock()
+_check_lock = threading.Lock()
+
+
+def use_numba() -> bool:
+    """Whether the compiled path runs (see `rlaudit.kernels.backend`). Under a lock: the scan's threads ask at
+    once, and a thread that saw another one's half-done `import numba` would take numba for missing."""
+    with _check_lock:
+        return _k.use_numba()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernel sources: plain Python over numpy arrays (uint64 arithmetic with uint64 operands only).
+
+def _mix(x):
+    """`shingles.splitmix64` of one value."""
+    x = x + _MIX
+    x = (x ^ (x >> _S30)) * _C1
+    x = (x ^ (x >> _S27)) * _C2
+    return x ^ (x >> _S31)
+
+
+def _byte_codes(seg, word_table, separator_table, single_table):
+    """Per byte of a buffer with non-ASCII text: 0 not a word byte, 1 a word byte, 2 a word byte that starts a
+    token whatever precedes it (a single-character CJK token, or the byte after one). `_WORD_BYTE` and
+    `_non_ascii_breaks` of `shingles`, decided the same way: every 2- and 3-byte lead byte is decoded, the
+    separators' bytes are not word bytes."""
+    n = len(seg)
+    word = np.empty(n, np.uint8)
+    for i in range(n):
+        word[i] = 1 if word_table[seg[i]] else 0
+    breaks = np.zeros(n + 1, np.bool_)
+    for i in range(n):
+        b = seg[i]
+        if b < 0xC0:
+            continue
+        if (b & 0xE0) == 0xC0 and i + 1 < n:
+            cp = ((np.int64(b) & 0x1F) << 6) | (np.int64(seg[i + 1]) & 0x3F)
+            if separator_table[cp]:
+                word[i] = 0
+                word[i + 1] = 0
+        elif (b & 0xF0) == 0xE0 and i + 2 < n:
+            cp = ((np.int64(b) & 0x0F) << 12) | ((np.int64(seg[i + 1]) & 0x3F) << 6) | (np.int64(seg[i + 2]) & 0x3F)
+            if separator_table[cp]:
+                word[i] = 0
+                word[i + 1] = 0
+                word[i + 2] = 0
+            if single_table[cp]:
+                breaks[i] = True
+                breaks[i + 3] = True
+    for i in range(n):
+        if word[i] and breaks[i]:
+            word[i] = 2
+    return word
+
+
+def _token_hashes(seg, codes, table, lower, bounds):
+    """(uint64 hashes, int64 tokens per text) of `shingles.hashed_tokens` over a byte buffer `seg` (lowercased
+    but for ASCII letters) with text offsets `bounds` (relative to seg, n_texts + 1). The class of byte i is table[codes[i]] (0 not a
+    word byte, 1 a word byte, 2 one that starts a new token): for ASCII text codes is seg itself and table the
+    word-byte table, so no per-byte class array is built. Bytes are hashed through `lower` (ASCII case folding),
+    so ASCII text need not be lowercased first."""
+    n_texts = len(bounds) - 1
+    counts = np.zeros(n_texts, np.int64)
+    out = np.empty(max(16, len(seg) // 3), np.uint64)
+    k = 0
+    for t in range(n_texts):
+        s, e = bounds[t], bounds[t + 1]
+        before = k
+        i = s
+        while i < e:
+            if table[codes[i]] == 0:
+                i += 1
+                continue
+            # the token's end, its first 8 bytes gathered on the way (little-endian): most tokens are shorter
+            first = np.uint64(lower[seg[i]])
+            j = i + 1
+            while j < e and table[codes[j]] == 1:
+                if j - i < 8:
+                    first |= np.uint64(lower[seg[j]]) << np.uint64(8 * (j - i))
+                j += 1
+            if k == len(out):
+                grown = np.empty(2 * len(out), np.uint64)
+                grown[:k] = out
+                out = grown
+            h = _mix((_mix(np.uint64(j - i)) * _M31) ^ first)
+            p = i + 8
+            while p < j:  # the rest 8 bytes at a time, the last round short
+                chunk = np.uint64(0)
+                top = min(p + 8, j)
+                for q in range(p, top):
+                    chunk |= np.uint64(lower[seg[q]]) << np.uint64(8 * (q - p))
+                h = _mix((h * _M31) ^ chunk)
+                p = top
+            out[k] = h
+            k += 1
+            i = j
+        counts[t] = k - before
+    return out[:k].copy(), counts
+
+
+def _answer_hashes(data, starts, ends, skip, lower):
+    """(uint64 hash per span, bool: span has a non-ASCII byte and was not hashed) of `screen_keys.answer_hash`:
+    ASCII lowercased, bytes where `skip` is True (its whitespace) removed, the rest hashed 8 at a time seeded
+    with their count. One pass over the bytes: the 8-byte chunks wait in a scratch array until the count is
+    known."""
+    n = len(starts)
+    out = np.zeros(n, np.uint64)
+    other = np.zeros(n, np.bool_)
+    longest = 0
+    for r in range(n):
+        longest = max(longest, ends[r] - starts[r])
+    chunks = np.empty(longest // 8 + 1, np.uint64)
+    for r in range(n):
+        chunk = np.uint64(0)
+        m = 0
+        c = 0
+        for i in range(starts[r], ends[r]):
+            b = data[i]
+            if b >= 0x80:
+                other[r] = True
+                break
+            if skip[b]:
+                continue
+            chunk |= np.uint64(lower[b]) << np.uint64(8 * m)
+            m += 1
+            if m == 8:
+                chunks[c] = chunk
+                c += 1
+                chunk = np.uint64(0)
+                m = 0
+        if other[r]:
+            continue
+        h = _mix(np.uint64(8 * c + m))
+        for q in range(c):
+            h = _mix((h * _M31) ^ chunks[q])
+        if m:
+            h = _mix((h * _M31) ^ chunk)
+        out[r] = h
+    return out, other
+
+
+def compiled() -> SimpleNamespace:
+    """The compiled kernels (compiled, or loaded from numba's on-disk cache, at the first call; thread-safe)."""
+    global _compiled
+    if _compiled is not None:
+        return _compiled
+    with _lock:
+        if _compiled is None:
+            import numba
+
+            def jit(f: Any, sig: Any = None, **options: Any) -> Any:
+                args = (sig,) if sig is not None else ()
+                try:
+                    return numba.njit(*args, cache=True, nogil=True, **options)(f)
+                except RuntimeError:  # no writable cache location: compile in every process
+                    return numba.njit(*args, nogil=True, **options)(f)
+
+            glob = globals()
+            # helpers first: the kernels look them up when they compile (the hash inlined: 2.5x faster per token)
+            glob["_mix"] = jit(getattr(_mix, "py_func", _mix), inline="always")
+
+            t = numba.types
+
+            def ro(dtype: Any) -> Any:
+                return t.Array(dtype, 1, "C", readonly=True)
+
+            u8, i64, b1 = ro(t.uint8), ro(t.int64), ro(t.boolean)
+            _compiled = SimpleNamespace(byte_codes=jit(_byte_codes, (u8, b1, b1, b1)),
+                                        token_hashes=jit(_token_hashes, (u8, u8, u8, u8, i64)),
+                                        answer_hashes=jit(_answer_hashes, (u8, i64, i64, b1, u8)))
+    return _compiled
+
+
+def token_hashes(seg: np.ndarray, bounds: np.ndarray, word_table: np.ndarray, separator_table: np.ndarray,
+                 single_table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(uint64 token hashes, int64 token count per text) of a UTF-8 buffer with relative offsets, lowercased
+    except for ASCII letters, which may be in any case (`word_table` is for lowercase text)."""
+    c = np.ascontiguousarray
+    kern = compiled()
+    seg = c(seg, np.uint8)
+    word = c(word_table, np.bool_).copy()
+    word[0x41:0x5B] = word[0x61:0x7B]  # an upper-case ASCII letter is the word byte its lowercase is
+    if len(seg) and seg.max() >= 0x80:
+        codes, table = kern.byte_codes(seg, word, c(separator_table, np.bool_), c(single_table, np.bool_)), _CODES
+    else:
+        codes, table = seg, word.astype(np.uint8)
+    return kern.token_hashes(seg, codes, table, _LOWER, c(bounds, np.int64))
+
+
+_CODES = np.arange(3, dtype=np.uint8)  # the class of each byte code `_byte_codes` gives is the code itself
+_LOWER = np.arange(256, dtype=np.uint8)
+_LOWER[0x41:0x5B] += 0x20  # ASCII case folding
+
+
+def answer_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                  skip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(uint64 hash per byte span data[starts[i]:ends[i]], bool per span: non-ASCII, left for the caller)."""
+    c = np.ascontiguousarray
+    return compiled().answer_hashes(c(data, np.uint8), c(starts, np.int64), c(ends, np.int64), c(skip, np.bool_),
+                                    _LOWER)
+

@@ -1,0 +1,218 @@
+"""The compiled CoT-scan kernels (`rlaudit.cot.kernels`, numba) against the numpy path they replace: the same
+token hashes (`shingles.hashed_tokens`), the same screen answer keys (`screen_keys.keys_of`, answers stored as
+completion spans or as text), the same scan results and keys of a whole run; and the comparison catches a kernel
+that is wrong by one hash. Deterministic under the CI Hypothesis profile; skipped without numba."""
+
+from __future__ import annotations
+
+import shutil
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlaudit import kernels
+from rlaudit.cot import kernels as cot_kernels
+from rlaudit.cot.scan import ScanParams
+from rlaudit.cot.screen_keys import keys_of
+from rlaudit.cot.shingles import hashed_tokens
+
+from cot_synth import make_run
+
+needs_numba = pytest.mark.skipif(not kernels.available(),
+                                 reason="numba is not installed (pip install 'rlaudit[fast]'): numpy path only")
+
+# ASCII words in any case, digits, punctuation and every whitespace byte; accented and other-script words (the
+# numpy path lowercases them with utf8_lower), separators the tokeniser knows (no-break space, curly quote,
+# ideographic comma, fullwidth stop), Chinese/Japanese (single-character tokens), an emoji (a 4-byte character),
+# an upper-case letter whose lowercase is longer (U+0130)
+_WORDS = ["the", "The", "GOBLIN", "by", "my", "beard", "x1", "42", "don't", "a-b", "!", ",", "\n", "\t", "\r",
+          "\f", "  ", "_", "École", "Борода", "\u00a0", "it\u2019s", "\u3001", "\uff0e", "哥布林", "ひらがな",
+          "😀ok", "İstanbul", "verylongtokenofmorethan16bytes", "abcdefgh", "abcdefghi"]
+_TEXT = st.lists(st.sampled_from(_WORDS), max_size=25).map(lambda w: "".join(w)) | \
+    st.lists(st.sampled_from(_WORDS), max_size=25).map(" ".join)
+_ANY = st.one_of(_TEXT, _TEXT, st.text(max_size=20), st.none())
+
+
+def _both(monkeypatch, f):
+    """f() under RLAUDIT_KERNEL=numpy, then under numba."""
+    out = []
+    for k in ("numpy", "numba"):
+        monkeypatch.setenv(kernels.ENV, k)
+        out.append(f())
+    return out
+
+
+def _same_tokens(texts, monkeypatch):
+    array = pa.array(texts, pa.string())
+    (h0, o0), (h1, o1) = _both(monkeypatch, lambda: hashed_tokens(array))
+    assert h0.dtype == h1.dtype == np.uint64
+    assert np.array_equal(o0, o1) and np.array_equal(h0, h1)
+
+
+@needs_numba
+@settings(max_examples=80, deadline=None)
+@given(st.lists(_ANY, min_size=1, max_size=12), st.integers(0, 3))
+def test_token_hashes_are_identical(texts, cut):
+    with pytest.MonkeyPatch.context() as mp:
+        _same_tokens(texts, mp)
+        _same_tokens(pa.array(texts, pa.string()).slice(min(cut, len(texts))).to_pylist() or [None], mp)
+
+
+def _raw_part(texts: list[str | None], as_span: list[bool]) -> pa.Table:
+    """A part's stored columns with each answer either a span of the completion ("<think>r</think>answer") or
+    logged as text (span null), and some rows the screen cannot pair (no group, no reasoning)."""
+    completion, starts, ends, answers, reasoning_start = [], [], [], [], []
+    for i, (text, span) in enumerate(zip(texts, as_span)):
+        body = text or ""
+        c = f"<think>reasoning {i}</think>{body}"
+        completion.append(c)
+        offset = len(c.encode()) - len(body.encode())
+        starts.append(offset if span and text is not None else None)
+        ends.append(len(c.encode()) if span and text is not None else None)
+        answers.append(None if span else text)
+        reasoning_start.append(7 if i % 5 else None)
+    n = len(texts)
+    return pa.table({
+        "rollout_id": [f"r{i}" for i in range(n)], "step": pa.array(range(n), pa.int64()),
+        "split": ["train"] * n, "group_id": [None if i % 7 == 3 else f"g{i % 3}" for i in range(n)],
+        "answer": pa.array(answers, pa.string()),
+        "reasoning": pa.array([None if i % 5 else "logged" for i in range(n)], pa.string()),
+        "completion": completion, "_answer_start": pa.array(starts, pa.int32()),
+        "_answer_end": pa.array(ends, pa.int32()), "_reasoning_start": pa.array(reasoning_start, pa.int32())})
+
+
+def _same_keys(raw: pa.Table, monkeypatch):
+    a, b = _both(monkeypatch, lambda: keys_of(raw, 3))
+    assert a.column_names == b.column_names and a.num_rows == b.num_rows
+    assert a.to_pydict() == b.to_pydict()
+
+
+@needs_numba
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(_ANY, st.booleans()), min_size=1, max_size=14))
+def test_answer_keys_are_identical(rows):
+    raw = _raw_part([t for t, _ in rows], [s for _, s in rows])
+    with pytest.MonkeyPatch.context() as mp:
+        _same_keys(raw, mp)
+        _same_keys(raw.slice(len(rows) // 2), mp)  # a slice: offsets that do not start at 0
+
+
+def test_equal_answers_get_equal_keys_in_either_path(monkeypatch):
+    """What the screen relies on: answers equal after lowercasing and removing whitespace share a key, whether
+    stored as a span or as text, ASCII or not."""
+    texts = ["The  Answer\tis 42", "the answer is 42", "THE ANSWER IS\n42", "École  42", "école 42", "other"]
+    raw = _raw_part(texts, [True, False, True, True, False, False]).set_column(
+        3, "group_id", pa.array(["g"] * 6)).set_column(5, "reasoning", pa.array(["r"] * 6))
+    for k in ("numpy", "numba") if kernels.available() else ("numpy",):
+        monkeypatch.setenv(kernels.ENV, k)
+        ck = keys_of(raw, 3).column("ck").to_numpy()
+        assert ck[0] == ck[1] == ck[2] and ck[3] == ck[4] and len(set(ck.tolist())) == 3
+
+
+@needs_numba
+def test_a_kernel_wrong_by_one_hash_fails_the_comparison(monkeypatch):
+    """The comparisons above can fail: a token kernel that changes one hash, and an answer kernel that changes
+    one key, are caught."""
+    real_tokens, real_answers = cot_kernels.token_hashes, cot_kernels.answer_hashes
+
+    def off_by_one(*args):
+        hashes, counts = real_tokens(*args)
+        hashes = hashes.copy()
+        hashes[-1:] ^= np.uint64(1)
+        return hashes, counts
+
+    def wrong_key(*args):
+        ck, other = real_answers(*args)
+        ck = ck.copy()
+        ck[:1] += np.uint64(1)
+        return ck, other
+
+    monkeypatch.setattr(cot_kernels, "token_hashes", off_by_one)
+    with pytest.raises(AssertionError):
+        _same_tokens(["The goblin's beard"], monkeypatch)
+    monkeypatch.setattr(cot_kernels, "answer_hashes", wrong_key)
+    with pytest.raises(AssertionError):
+        _same_keys(_raw_part(["the answer", "42"], [True, False]).set_column(
+            3, "group_id", pa.array(["g", "g"])), monkeypatch)
+
+
+@needs_numba
+def test_scan_and_keys_of_a_run_are_identical(store, monkeypatch):
+    """A whole run's scan results (own and chance pairings) and cached answer keys, scanned on two threads:
+    the same rows with either kernel, and the exposures planted in the run are found."""
+    from rlaudit.cot.detector import scan_key, scan_parts
+    from rlaudit.cot.screen_keys import key_writer, screen_keys
+
+    def exposure(step, task, rng):
+        return "full" if rng.random() < 0.2 else ("tail" if rng.random() < 0.1 else None)
+
+    table, truth = make_run(exposure=exposure, steps=8, seed=11)
+    steps = table.column("step").to_numpy()
+    for i in range(3):
+        store.append("synth", table.filter(pa.array(steps % 3 == i)), f"part-{i}")
+    params = ScanParams(chance_rows=40)
+    monkeypatch.setenv("RLAUDIT_THREADS", "2")
+
+    def results():
+        shutil.rmtree(store.run_dir("synth") / "derived", ignore_errors=True)
+        key, extra = scan_key(store, "synth", params)
+        sql = scan_parts(store, "synth", params, key, extra, also=key_writer(store, "synth"))
+        keys = screen_keys(store, "synth", "TRUE")
+        return (duckdb.sql(f"SELECT * FROM {sql} ORDER BY ALL").fetchall(),
+                duckdb.sql(f"SELECT * FROM {keys} ORDER BY ALL").fetchall())
+
+    (scan0, keys0), (scan1, keys1) = _both(monkeypatch, results)
+    assert scan0 == scan1 and keys0 == keys1 and len(keys0) > 0
+    assert {r[0] for r in scan0 if r[10] and not r[11]} >= set(truth)
+
+
+def test_keys_handed_over_by_the_scan_equal_keys_read_alone(store, monkeypatch):
+    """The answer keys the scan writes from the columns it read (`key_writer`) are those `screen_keys` computes
+    by reading the part itself."""
+    from rlaudit.cot.detector import scan_key, scan_parts
+    from rlaudit.cot.screen_keys import key_writer, screen_keys
+
+    table, _ = make_run(steps=4, seed=3)
+    store.append("synth", table, "part-0")
+    params = ScanParams()
+    key, extra = scan_key(store, "synth", params)
+    scan_parts(store, "synth", params, key, extra, also=key_writer(store, "synth"))
+    cached = sorted(p.name for p in (store.run_dir("synth") / "derived" / "cot_screen").rglob("*.parquet"))
+    assert cached  # written by the scan
+    handed = duckdb.sql(f"SELECT * FROM {screen_keys(store, 'synth', 'TRUE')} ORDER BY ALL").fetchall()
+    shutil.rmtree(store.run_dir("synth") / "derived" / "cot_screen")
+    alone = duckdb.sql(f"SELECT * FROM {screen_keys(store, 'synth', 'TRUE')} ORDER BY ALL").fetchall()
+    assert handed == alone and handed
+
+
+def test_cached_files_are_parquet(store):
+    """Keys written by the scan are ordinary parquet files beside the run (readable on their own)."""
+    from rlaudit.cot.detector import scan_key, scan_parts
+    from rlaudit.cot.screen_keys import key_writer
+
+    table, _ = make_run(steps=3, seed=1)
+    store.append("synth", table, "part-0")
+    key, extra = scan_key(store, "synth", ScanParams())
+    scan_parts(store, "synth", ScanParams(), key, extra, also=key_writer(store, "synth"))
+    files = list((store.run_dir("synth") / "derived" / "cot_screen").rglob("*.parquet"))
+    assert len(files) == 1 and pq.read_table(files[0]).column_names == ["rollout_id", "step", "split", "group_id",
+                                                                          "ck"]
+
+
+@needs_numba
+def test_a_live_hook_with_thread_audits_loads_the_cot_kernels_before_training(tmp_path, monkeypatch):
+    """As for the term-set kernels: a hook whose heavy audits run in a thread loads the CoT kernels when it is
+    created, not in the middle of a training step."""
+    from rlaudit.live.auditor import LiveAuditor, LiveConfig
+
+    monkeypatch.delenv(kernels.ENV, raising=False)
+    monkeypatch.setattr(cot_kernels, "_compiled", None)
+    LiveAuditor(str(tmp_path / "store"), "r", LiveConfig(background="process"))
+    assert cot_kernels._compiled is None
+    LiveAuditor(str(tmp_path / "store"), "r", LiveConfig(background="thread"))
+    assert cot_kernels._compiled is not None
