@@ -199,8 +199,9 @@ def _flat(lists: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _count_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The distinct (a, b) pairs of two non-negative integer arrays with their counts, by one sort of
-    a * width + b (or one bincount when the product space is small)."""
+    """The distinct (a, b) pairs of two non-negative integer arrays with their counts, sorted by a then b: one
+    bincount of a * width + b when the product space is small, else one sort of those codes (in 32 bits when
+    they fit: a 32-bit sort is about 1.5x as fast) and the lengths of its runs."""
     if not len(a):
         return a, b, np.zeros(0, np.int64)
     width = int(b.max()) + 1
@@ -210,7 +211,14 @@ def _count_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
         code = np.flatnonzero(counts)
         x = counts[code]
     else:
-        code, x = np.unique(a * width + b, return_counts=True)
+        dtype = np.uint32 if space <= (1 << 32) else np.int64
+        code = np.sort(a.astype(dtype) * dtype(width) + b.astype(dtype))
+        new = np.empty(len(code), bool)
+        new[0] = True
+        np.not_equal(code[1:], code[:-1], out=new[1:])
+        starts = np.flatnonzero(new)
+        x = np.diff(np.append(starts, len(code)))
+        code = code[starts].astype(np.int64)
     return code // width, code % width, x
 
 

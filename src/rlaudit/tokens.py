@@ -705,7 +705,7 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
         nz = np.flatnonzero((x > 0) | (mm > 0))
         frames.append((where, nz // n_ids, nz % n_ids, x[nz], mm[nz]))
     files = file_enc.dictionary.to_pylist()
-    grouped = bool(np.all(file_code[1:] >= file_code[:-1]))
+    grouped = _contiguous(file_code)
     reduce = _part_cells(r, pairs, has_reasoning, prompt_idx, p_keys, pt_start, pi) if with_cells else None
     out = []
     for path in paths:
@@ -736,6 +736,11 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
             mine = terms.take(pa.array(sel))
         out.append((mine, pa.concat_tables(counts), reduce(path.name, sel) if reduce else None))
     return out
+
+
+def _contiguous(file_code: np.ndarray) -> bool:
+    """Whether each file's rows are one run of the batch (DuckDB keeps the files' order)."""
+    return bool(np.all(file_code[1:] >= file_code[:-1]))
 
 
 def _part_cells(r: pa.Table, pairs: dict[str, tuple[np.ndarray, np.ndarray]], has_reasoning: np.ndarray,
