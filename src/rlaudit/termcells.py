@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import kernels
 from .store import Store, bound_memory, prune_cached, write_cached
 from .tokens import WHERES, TermSets, style_columns, union_view
 
@@ -162,14 +163,7 @@ def reduce_arrays(part: str, terms: pa.Table, cell: np.ndarray, has_reasoning: n
         none = n_r == 0 if where == "reasoning" else None
         for name, w in ((col, v[rows]), (f"{col}__q", v[rows] * v[rows])):
             cols[name] = pa.array(np.bincount(g[rows], weights=w, minlength=k), pa.float64(), mask=none)
-    rows, ids = [], []
-    for where, (r, v) in zip(WHERES, pairs):
-        if where == "reasoning":
-            keep = has_reasoning[r]
-            r, v = r[keep], v[keep]
-        rows.append(r)
-        ids.append(v)
-    cell_idx, term_id, x = _count_pairs(g[np.concatenate(rows)], np.concatenate(ids).astype(np.int64))
+    cell_idx, term_id, x = _cell_terms(g, has_reasoning, pairs)
     cellterms = pa.table({"cell": pa.array(keys[cell_idx], pa.uint64()), "term_id": pa.array(term_id, pa.int32()),
                           "x": pa.array(x, pa.int32())})
     used = np.unique(prompt_idx)
@@ -178,6 +172,24 @@ def reduce_arrays(part: str, terms: pa.Table, cell: np.ndarray, has_reasoning: n
     promptterms = pa.table({"prompt_key": pa.array(np.repeat(prompt_keys[used], length), pa.uint64()),
                             "term_id": pa.array(prompt_ids[np.repeat(start, length) + within], pa.int32())})
     return {"cells": pa.table(cols), "cellterms": cellterms, "promptterms": promptterms}
+
+
+def _cell_terms(g: np.ndarray, has_reasoning: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cell index, term id, rollouts) per distinct (cell, term): answer terms of every row, reasoning terms of the
+    rows with reasoning. Compiled where numba is installed (`kernels.cell_term_counts`: the pairs by cell, not
+    sorted within a cell), else one sort (sorted by cell and id). Readers sum the rows, in any order."""
+    if kernels.use_numba():
+        n_ids = max((int(v.max()) + 1 for _, v in pairs if len(v)), default=0)
+        return kernels.cell_term_counts(g, pairs, has_reasoning, n_ids)
+    rows, ids = [], []
+    for where, (r, v) in zip(WHERES, pairs):
+        if where == "reasoning":
+            keep = has_reasoning[r]
+            r, v = r[keep], v[keep]
+        rows.append(r)
+        ids.append(v)
+    return _count_pairs(g[np.concatenate(rows)], np.concatenate(ids).astype(np.int64))
 
 
 def _rebased(lists: pa.ChunkedArray | pa.Array) -> pa.ListArray:
