@@ -15,15 +15,18 @@ number of passes. Two small loops, each walking its input once, do the same work
   pairs, keys naming several terms included (tests/core/test_kernels.py checks both against the numpy path).
   For prompts, the terms whose key token the prompt holds are added per row (`include`).
 
+A third loop serves the cell tables the term-set workers write beside the term sets (`rlaudit.termcells`):
+
 - `cell_term_counts`: the rollouts per (cell, term) of a part (`termcells.reduce_arrays`), rows taken cell by
-  cell with one counter per term, instead of a sort of every (cell, term) pair.
+  cell with one counter per term, instead of a sort of every (cell, term) pair (~3x as fast; the same rows,
+  grouped by cell rather than sorted by term id within a cell).
 
 The counts per (step, term) stay in numpy: they are bincounts over the emitted pairs, a small share of the time.
 
 Which path runs: `RLAUDIT_KERNEL=numpy|numba` forces one (a bad value, or `numba` without numba installed, is
 an `RlauditError`); unset, numba is used when it can be imported (`pip install 'rlaudit[fast]'`), else numpy.
 The numpy path stays the reference and the fallback. Each kernel has one signature (read-only arrays), compiled
-at the first use in a process: 7-9 CPU s the first time, then loaded from numba's on-disk cache in about
+at the first use in a process: 7-10 CPU s the first time, then loaded from numba's on-disk cache in about
 0.5 CPU s with numba's import (`cache=True`: in `$NUMBA_CACHE_DIR` if set, else `__pycache__` beside this file,
 else numba's user-wide cache directory; where none is writable they compile in every process). They release
 the GIL, so the term-set threads run them in parallel.
