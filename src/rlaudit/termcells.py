@@ -14,10 +14,14 @@ of cells; a per-condition series a union of cells of one step). So every stored 
 - `promptterms`: the distinct (prompt_key, term_id) of the part's prompts (a prompt holding a term takes its
   cells out of the term's rollouts at risk).
 
-A run that grows by a step reduces only the new part; a warm audit reads the small tables (at 1M rollouts:
-~125k cells) instead of re-reading every rollout's term lists. Parts that share a step may hold the same cell:
-its rows are summed by the readers (`emerging.Scope`). A store that keeps derived data in memory
-(`persist_derived = False`) gets the same tables in memory, memoised on the store.
+The tables are made where the term sets are: `tokens.term_sets` computes a part's term sets in a worker thread
+and reduces them there, from the arrays it holds (`reduce_arrays`, numpy; no second read of the term sets), and
+writes them beside the term sets (`keep`); `term_cells` then finds them cached. Term sets cached by an older
+version, without cell tables, are read back and reduced by `term_cells` itself (`reduce_part`, the same numpy
+reduction). A run that grows by a step reduces only the new part; a warm audit reads the small tables (at 1M
+rollouts: ~125k cells) instead of re-reading every rollout's term lists. Parts that share a step may hold the same
+cell: its rows are summed by the readers (`emerging.Scope`), in any order. A store that keeps derived data in
+memory (`persist_derived = False`) gets the same tables in memory, memoised on the store.
 """
 
 from __future__ import annotations
