@@ -49,7 +49,8 @@ def child(store_dir: str, run: str, rollouts: int, batch_parts: int) -> dict:
     c0, w0 = time.process_time(), time.perf_counter()
     for i in range(0, len(parts), batch_parts):
         batch = parts[i:i + batch_parts]
-        for terms, counts in tokens._compute_parts(batch, layouts.get(batch[0].name, 1), vocab, tokens.VocabOptions()):
+        for terms, counts, _ in tokens._compute_parts(batch, layouts.get(batch[0].name, 1), vocab,
+                                                      tokens.VocabOptions()):
             for t in (terms, counts):
                 sink = pa.BufferOutputStream()
                 with pa.ipc.new_stream(sink, t.schema) as w:

@@ -51,6 +51,16 @@ def _check(store: Store) -> termcells.TermCells:
     assert len(a) == len(b) > 0
     for x, y in zip(a, b):
         assert x[:3] == y[:3] and np.isclose(x[3], y[3]) and np.isclose(x[4] or 0, y[4] or 0)
+    # every style sum and sum of squares (whole numbers: exact), reasoning ones NULL in cells without reasoning
+    cols = [f"{c}{q}" for c, _, _ in tokens.style_columns() for q in ("", "__q")]
+    a = got.sql(f"""SELECT cell, {", ".join(f"sum({c})" for c in cols)} FROM cells GROUP BY cell ORDER BY cell
+                 """).fetchall()
+    exprs = []
+    for c, where, _ in tokens.style_columns():
+        filt = " FILTER (WHERE has_reasoning)" if where == "reasoning" else ""
+        exprs += [f"sum({c}){filt}", f"sum({c} * {c}){filt}"]
+    b = ref.sql(f"SELECT {key} AS cell, {', '.join(exprs)} FROM rt GROUP BY ALL ORDER BY cell").fetchall()
+    assert a == b
     a = got.sql("SELECT cell, term_id, sum(x) FROM cellterms GROUP BY ALL ORDER BY ALL").fetchall()
     b = ref.sql(f"""SELECT cell, term_id, count(*) FROM (
                         SELECT {key} AS cell, unnest(answer_terms) AS term_id FROM rt
@@ -102,3 +112,57 @@ def test_a_shard_reduces_its_parts_and_prunes_nothing(tmp_path):
     shard = termcells.term_cells(fresh, "r", tokens.term_sets(fresh, "r", only=one), prune=False)
     assert [name for name, _ in shard.parts] == sorted(one)
     assert sorted(f.name for f in vdir.iterdir()) == before
+
+
+def _sorted(t: pa.Table) -> pa.Table:
+    return t.sort_by([(c, "ascending") for c in t.column_names if c in ("cell", "prompt_key", "term_id")])
+
+
+def _reduced_again(cells: termcells.TermCells, sets: tokens.TermSets) -> None:
+    """Every part's cell tables equal `reduce_part` over its term sets read back from the cache."""
+    con = duckdb.connect()
+    for (name, entry), (_, files) in zip(cells.parts, sets.parts):
+        ref = termcells.reduce_part(con, termcells.read(files["terms"], termcells.NEEDED), name)
+        for kind in termcells.KINDS:
+            got = termcells.read(entry[kind])
+            assert got.schema == termcells.SCHEMAS[kind]
+            assert _sorted(got).equals(_sorted(ref[kind])), (name, kind)
+
+
+def test_term_sets_bring_their_cell_tables(tmp_path, monkeypatch):
+    """A cold audit's cell tables come from the term-set computation: `term_cells` reads nothing again."""
+    store = _store(tmp_path)
+
+    def no(*_a, **_k):
+        raise AssertionError("term_cells reduced a part whose term sets were just computed")
+
+    with monkeypatch.context() as m:
+        m.setattr(termcells, "reduce_part", no)
+        cells = _check(store)
+    _reduced_again(cells, tokens.term_sets(store, "r"))
+    assert sum(len(termcells.read(p["cellterms"])) for _, p in cells.parts) > 100
+
+
+def test_rows_of_a_part_spread_over_the_batch_give_the_same_tables(tmp_path, monkeypatch):
+    """Parts whose rows are not one run of the batch (taken by index, not sliced) get the same cell tables."""
+    monkeypatch.setattr(tokens, "_contiguous", lambda _code: False)
+    store = _store(tmp_path)
+    cells = _check(store)
+    _reduced_again(cells, tokens.term_sets(store, "r"))
+
+
+def test_term_sets_cached_without_cell_tables_are_reduced(tmp_path, monkeypatch):
+    """Term sets cached by a version that did not write cell tables: `term_cells` reduces those parts itself."""
+    import shutil
+
+    store = _store(tmp_path)
+    tokens.term_sets(store, "r")
+    shutil.rmtree(store.run_dir("r") / "derived" / "termcells")
+    calls = []
+    real = termcells.reduce_part
+    monkeypatch.setattr(termcells, "reduce_part", lambda *a: calls.append(a[2]) or real(*a))
+    fresh = Store(store.root)
+    cells = _check(fresh)
+    assert sorted(calls) == sorted(p.name for p in store.parts("r"))
+    assert all(p[k].is_file() for _, p in cells.parts for k in termcells.KINDS)
+    _reduced_again(cells, tokens.term_sets(fresh, "r"))

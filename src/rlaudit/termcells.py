@@ -14,10 +14,14 @@ of cells; a per-condition series a union of cells of one step). So every stored 
 - `promptterms`: the distinct (prompt_key, term_id) of the part's prompts (a prompt holding a term takes its
   cells out of the term's rollouts at risk).
 
-A run that grows by a step reduces only the new part; a warm audit reads the small tables (at 1M rollouts:
-~125k cells) instead of re-reading every rollout's term lists. Parts that share a step may hold the same cell:
-its rows are summed by the readers (`emerging.Scope`). A store that keeps derived data in memory
-(`persist_derived = False`) gets the same tables in memory, memoised on the store.
+The tables are made where the term sets are: `tokens.term_sets` computes a part's term sets in a worker thread
+and reduces them there, from the arrays it holds (`reduce_arrays`, numpy; no second read of the term sets), and
+writes them beside the term sets (`keep`); `term_cells` then finds them cached. Term sets cached by an older
+version, without cell tables, are read back and reduced by `term_cells` itself (`reduce_part`, the same numpy
+reduction). A run that grows by a step reduces only the new part; a warm audit reads the small tables (at 1M
+rollouts: ~125k cells) instead of re-reading every rollout's term lists. Parts that share a step may hold the same
+cell: its rows are summed by the readers (`emerging.Scope`), in any order. A store that keeps derived data in
+memory (`persist_derived = False`) gets the same tables in memory, memoised on the store.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import kernels
 from .store import Store, bound_memory, prune_cached, write_cached
-from .tokens import TermSets, style_columns, union_view
+from .tokens import WHERES, TermSets, style_columns, union_view
 
 VERSION = 1
 KINDS = ("cells", "cellterms", "promptterms")
@@ -58,20 +63,22 @@ class TermCells:
 
 def term_cells(store: Store, run: str, sets: TermSets, prune: bool = True) -> TermCells:
     """The cell tables of every part of `sets`, reducing (and caching) the parts that lack them. `prune`: remove
-    the cached tables of parts `sets` does not hold (off when `sets` is a shard of the run)."""
+    the cached tables of parts `sets` does not hold (off when `sets` is a shard of the run).
+
+    Parts whose term sets `tokens.term_sets` computed in this process come with their cell tables (memoised by
+    `remember`), and so do parts computed by an earlier process (cached files); only term sets cached by an
+    older version, without their cell tables, are read again and reduced here (`reduce_part`)."""
     persist = getattr(store, "persist_derived", True)
     memo = store.__dict__.setdefault("_term_cells_memo", {})
     out = []
     con = None
-    for i, (name, files) in enumerate(sets.parts):
+    for name, files in sets.parts:
         terms = files["terms"]
         hit = memo.get(name)
         entry = hit[1] if hit is not None and (
             hit[0] is terms or (isinstance(hit[0], str) and hit[0] == str(terms))) else None
-        cdir = Path(terms).parent.parent.parent / "termcells" / f"{Path(terms).parent.name}-v{VERSION}" \
-            if not isinstance(terms, pa.Table) else None
-        if entry is None and cdir is not None and persist:
-            cached = {kind: cdir / f"{_stem(name)}.{kind}.parquet" for kind in KINDS}
+        if entry is None and not isinstance(terms, pa.Table) and persist:
+            cached = {kind: _cell_file(Path(terms), name, kind) for kind in KINDS}
             if all(f.is_file() for f in cached.values()):
                 entry = cached
         if entry is None:
@@ -79,11 +86,8 @@ def term_cells(store: Store, run: str, sets: TermSets, prune: bool = True) -> Te
                 con = duckdb.connect()
                 con.execute("SET enable_progress_bar = false")
                 bound_memory(con)
-            tables = reduce_part(con, read(terms, NEEDED), name)
-            entry = tables if cdir is None or not persist else {
-                kind: write_cached(cdir / f"{_stem(name)}.{kind}.parquet", t, compression="lz4", use_dictionary=False)
-                for kind, t in tables.items()}
-        memo[name] = (terms if isinstance(terms, pa.Table) else str(terms), entry)
+            entry = keep(store, name, terms, reduce_part(con, read(terms, NEEDED), name))
+        remember(store, name, terms, entry)
         out.append((name, entry))
     if con is not None:
         con.close()
@@ -94,38 +98,110 @@ def term_cells(store: Store, run: str, sets: TermSets, prune: bool = True) -> Te
     return TermCells(parts=out)
 
 
+def _cell_file(terms: Path, part: str, kind: str) -> Path:
+    """Where the `kind` table of a part whose term sets are cached at `terms` is cached: beside the term sets,
+    under the same vocabulary id (`derived/termcells/<vocab id>-v<VERSION>/`)."""
+    return terms.parent.parent.parent / "termcells" / f"{terms.parent.name}-v{VERSION}" / f"{_stem(part)}.{kind}.parquet"
+
+
+def keep(store: Store, part: str, terms: Path | pa.Table, tables: dict[str, pa.Table]) -> dict[str, Any]:
+    """Cache one part's cell tables where `term_cells` looks for them: files beside its cached term sets
+    (`terms`, their file), or the tables themselves where the term sets are kept in memory (a store with
+    `persist_derived = False`, or one that could not be written). Thread-safe: the term-set workers call it."""
+    if isinstance(terms, pa.Table) or not getattr(store, "persist_derived", True):
+        return tables
+    return {kind: write_cached(_cell_file(Path(terms), part, kind), t, compression="lz4", use_dictionary=False)
+            for kind, t in tables.items()}
+
+
+def remember(store: Store, part: str, terms: Path | pa.Table, entry: dict[str, Any]) -> None:
+    """Memoise a part's cell tables (`keep`) on the store, keyed by its term sets (`terms`: a part computed
+    again gets new term sets, so an old entry is never mistaken for it)."""
+    memo = store.__dict__.setdefault("_term_cells_memo", {})
+    memo[part] = (terms if isinstance(terms, pa.Table) else str(terms), entry)
+
+
 def reduce_part(con: duckdb.DuckDBPyConnection, terms: pa.Table, part: str) -> dict[str, pa.Table]:
-    """The three cell tables of one part's term sets (see the module doc): the cells by a DuckDB aggregate, the
-    (cell, term) counts and the prompts' terms in numpy over the flat term lists (no per-entry SQL)."""
+    """The three cell tables of one part's cached term sets (see the module doc), for parts whose term sets were
+    computed without them (`tokens.term_sets` now reduces each part while its arrays are in memory,
+    `reduce_arrays`): the cell keys by one DuckDB hash, the rest by `reduce_arrays` over the flat term lists."""
     con.register("_part_terms", terms)
-    styles = []
-    for col, where, _ in style_columns():
-        filt = " FILTER (WHERE has_reasoning)" if where == "reasoning" else ""
-        styles.append(f"sum({col}){filt} AS {col}, sum({col} * {col}){filt} AS {col}__q")
     keyed = con.sql(f"SELECT {CELL} AS cell FROM _part_terms").to_arrow_table()
-    cells = con.sql(f"""
-        SELECT {CELL} AS cell, step, split, condition, task, prompt_key, {_sql_str(part)} AS part,
-               count(*) AS n, count(*) FILTER (WHERE has_reasoning) AS n_r, {", ".join(styles)}
-        FROM _part_terms GROUP BY step, split, condition, task, prompt_key""").to_arrow_table()
     con.unregister("_part_terms")
-    cell_keys, cell_of = np.unique(np.asarray(keyed.column("cell").to_numpy(), np.uint64), return_inverse=True)
     has_reasoning = np.asarray(terms.column("has_reasoning").to_numpy(zero_copy_only=False), bool)
+    pairs = [_flat(terms.column(f"{where}_terms")) for where in WHERES]
+    # a prompt's term list is the same in every rollout of it, and distinct: the list of its first rollout
+    prompt_keys, first, prompt_idx = np.unique(np.asarray(terms.column("prompt_key").to_numpy(), np.uint64),
+                                               return_index=True, return_inverse=True)
+    prompt_terms = _rebased(terms.column("prompt_terms").take(pa.array(first)))
+    return reduce_arrays(part, terms, np.asarray(keyed.column("cell").to_numpy(), np.uint64), has_reasoning,
+                         pairs, prompt_idx.ravel(), prompt_keys,
+                         np.asarray(prompt_terms.offsets.to_numpy(), np.int64),
+                         np.asarray(prompt_terms.values.to_numpy(), np.int32))
+
+
+def reduce_arrays(part: str, terms: pa.Table, cell: np.ndarray, has_reasoning: np.ndarray,
+                  pairs: list[tuple[np.ndarray, np.ndarray]], prompt_idx: np.ndarray, prompt_keys: np.ndarray,
+                  prompt_off: np.ndarray, prompt_ids: np.ndarray) -> dict[str, pa.Table]:
+    """The three cell tables of one part, in numpy, from arrays the term-set computation holds anyway.
+
+    `terms`: the part's rows (scope keys and style columns; its list columns are not read); `cell`: each row's
+    cell key (`CELL`, by DuckDB); `pairs`: per place (`WHERES` order) the (row, term id) of the rows' term sets;
+    `prompt_idx`: each row's prompt, an index into `prompt_keys` and into the prompts' term lists
+    (`prompt_ids[prompt_off[i]:prompt_off[i + 1]]`). Equals the former DuckDB aggregate: style values are whole
+    numbers, so their sums are exact in any order; a cell without reasoning has NULL reasoning sums (SQL's sum
+    over no rows)."""
+    keys, first, g = np.unique(cell, return_index=True, return_inverse=True)
+    g = g.ravel()
+    k = len(keys)
+    cols: dict[str, pa.Array] = {"cell": pa.array(keys, pa.uint64())}
+    at = pa.array(first)
+    for col in ("step", "split", "condition", "task", "prompt_key"):
+        cols[col] = terms.column(col).take(at).cast(_CELLS_TYPES[col])
+    n_r = np.bincount(g[has_reasoning], minlength=k)
+    cols.update({"part": pa.array([part] * k, pa.string()), "n": pa.array(np.bincount(g, minlength=k)),
+                 "n_r": pa.array(n_r)})
+    for col, where, _ in style_columns():
+        v = np.asarray(terms.column(col).to_numpy(), np.float64)
+        rows = has_reasoning if where == "reasoning" else slice(None)
+        none = n_r == 0 if where == "reasoning" else None
+        for name, w in ((col, v[rows]), (f"{col}__q", v[rows] * v[rows])):
+            cols[name] = pa.array(np.bincount(g[rows], weights=w, minlength=k), pa.float64(), mask=none)
+    cell_idx, term_id, x = _cell_terms(g, has_reasoning, pairs)
+    cellterms = pa.table({"cell": pa.array(keys[cell_idx], pa.uint64()), "term_id": pa.array(term_id, pa.int32()),
+                          "x": pa.array(x, pa.int32())})
+    used = np.unique(prompt_idx)
+    start, length = prompt_off[used], prompt_off[used + 1] - prompt_off[used]
+    within = np.arange(int(length.sum())) - np.repeat(np.cumsum(length) - length, length)
+    promptterms = pa.table({"prompt_key": pa.array(np.repeat(prompt_keys[used], length), pa.uint64()),
+                            "term_id": pa.array(prompt_ids[np.repeat(start, length) + within], pa.int32())})
+    return {"cells": pa.table(cols), "cellterms": cellterms, "promptterms": promptterms}
+
+
+def _cell_terms(g: np.ndarray, has_reasoning: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cell index, term id, rollouts) per distinct (cell, term): answer terms of every row, reasoning terms of the
+    rows with reasoning. Compiled where numba is installed (`kernels.cell_term_counts`: the pairs by cell, not
+    sorted within a cell), else one sort (sorted by cell and id). Readers sum the rows, in any order."""
+    if kernels.use_numba():
+        n_ids = max((int(v.max()) + 1 for _, v in pairs if len(v)), default=0)
+        return kernels.cell_term_counts(g, pairs, has_reasoning, n_ids)
     rows, ids = [], []
-    for col, ok in (("answer_terms", None), ("reasoning_terms", has_reasoning)):
-        r, v = _flat(terms.column(col))
-        if ok is not None:
-            keep = ok[r]
+    for where, (r, v) in zip(WHERES, pairs):
+        if where == "reasoning":
+            keep = has_reasoning[r]
             r, v = r[keep], v[keep]
         rows.append(r)
         ids.append(v)
-    cell_idx, term_id, x = _count_pairs(cell_of.ravel()[np.concatenate(rows)], np.concatenate(ids))
-    cellterms = pa.table({"cell": pa.array(cell_keys[cell_idx], pa.uint64()), "term_id": pa.array(term_id, pa.int32()),
-                          "x": pa.array(x, pa.int32())})
-    # a prompt's term list is the same in every rollout of it, and distinct: the list of its first rollout
-    prompt_keys, first = np.unique(np.asarray(terms.column("prompt_key").to_numpy(), np.uint64), return_index=True)
-    r, v = _flat(terms.column("prompt_terms").take(pa.array(first)))
-    promptterms = pa.table({"prompt_key": pa.array(prompt_keys[r], pa.uint64()), "term_id": pa.array(v, pa.int32())})
-    return {"cells": cells, "cellterms": cellterms, "promptterms": promptterms}
+    return _count_pairs(g[np.concatenate(rows)], np.concatenate(ids).astype(np.int64))
+
+
+def _rebased(lists: pa.ChunkedArray | pa.Array) -> pa.ListArray:
+    """A list column as one array whose offsets start at 0 (nulls as empty lists)."""
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks() if lists.num_chunks != 1 else lists.chunk(0)
+    lists = pc.fill_null(lists, pa.scalar([], lists.type))
+    return pa.concat_arrays([lists]) if len(lists) and lists.offsets[0].as_py() != 0 else lists
 
 
 def _flat(lists: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -139,8 +215,9 @@ def _flat(lists: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _count_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The distinct (a, b) pairs of two non-negative integer arrays with their counts, by one sort of
-    a * width + b (or one bincount when the product space is small)."""
+    """The distinct (a, b) pairs of two non-negative integer arrays with their counts, sorted by a then b: one
+    bincount of a * width + b when the product space is small, else one sort of those codes (in 32 bits when
+    they fit: a 32-bit sort is about 1.5x as fast) and the lengths of its runs."""
     if not len(a):
         return a, b, np.zeros(0, np.int64)
     width = int(b.max()) + 1
@@ -150,24 +227,30 @@ def _count_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
         code = np.flatnonzero(counts)
         x = counts[code]
     else:
-        code, x = np.unique(a * width + b, return_counts=True)
+        dtype = np.uint32 if space <= (1 << 32) else np.int64
+        code = np.sort(a.astype(dtype) * dtype(width) + b.astype(dtype))
+        new = np.empty(len(code), bool)
+        new[0] = True
+        np.not_equal(code[1:], code[:-1], out=new[1:])
+        starts = np.flatnonzero(new)
+        x = np.diff(np.append(starts, len(code)))
+        code = code[starts].astype(np.int64)
     return code // width, code % width, x
 
 
-_EMPTY: dict[str, pa.Table] = {}
+_CELLS_TYPES = {"cell": pa.uint64(), "step": pa.int64(), "split": pa.string(), "condition": pa.string(),
+                "task": pa.string(), "prompt_key": pa.uint64(), "part": pa.string(), "n": pa.int64(),
+                "n_r": pa.int64()}
+SCHEMAS = {
+    "cells": pa.schema(list(_CELLS_TYPES.items()) + [(f"{col}{q}", pa.float64()) for col, _, _ in style_columns()
+                                                     for q in ("", "__q")]),
+    "cellterms": pa.schema([("cell", pa.uint64()), ("term_id", pa.int32()), ("x", pa.int32())]),
+    "promptterms": pa.schema([("prompt_key", pa.uint64()), ("term_id", pa.int32())]),
+}
 
 
 def _empty(kind: str) -> pa.Table:
-    if not _EMPTY:
-        con = duckdb.connect()
-        schema = pa.schema([("rid", pa.uint64()), ("rollout_id", pa.string()), ("step", pa.int64()),
-                            ("split", pa.string()), ("condition", pa.string()), ("task", pa.string()),
-                            ("group_id", pa.string()), ("prompt_key", pa.uint64()), ("has_reasoning", pa.bool_())]
-                           + [(col, pa.float64()) for col, _, _ in style_columns()]
-                           + [(c, pa.list_(pa.int32())) for c in ("answer_terms", "reasoning_terms", "prompt_terms")])
-        _EMPTY.update({k: t.schema.empty_table() for k, t in reduce_part(con, schema.empty_table(), "").items()})
-        con.close()
-    return _EMPTY[kind]
+    return SCHEMAS[kind].empty_table()
 
 
 def _stem(part: str) -> str:

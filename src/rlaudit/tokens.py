@@ -64,6 +64,8 @@ VOCAB = "term-vocab"
 ROLLOUT_TERMS = "rollout-terms"
 
 _TOKENS = TOKEN_PATTERN.replace("'", "''")
+#: `termcells.CELL` over the stored parts' columns (the prompt's key as in the term sets)
+_CELL = "hash(step, split, task, condition, hash(coalesce(prompt, '')))"
 
 
 @dataclass(frozen=True)
@@ -254,17 +256,24 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
     if missing and kernels.use_numba():
         kernels.compiled()  # compiled (or loaded from numba's cache) once, before the threads
 
-    def compute(batch: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
-        result = _compute_parts(batch, layouts.get(batch[0].name, 1), vocab, options)
-        return [(path, _store_part(vdir, path, terms, counts, persist))
-                for path, (terms, counts) in zip(batch, result)]
+    from . import termcells  # termcells builds on this module
+
+    def compute(batch: list[Path]) -> list[tuple[Path, dict[str, Any], dict[str, Any]]]:
+        result = _compute_parts(batch, layouts.get(batch[0].name, 1), vocab, options, with_cells=True)
+        out = []
+        for path, (terms, counts, cells) in zip(batch, result):
+            entry = _store_part(vdir, path, terms, counts, persist)
+            out.append((path, entry, termcells.keep(store, path.name, entry["terms"], cells)))
+        return out
 
     # batches are computed by `workers()` threads (numpy, Arrow and DuckDB release the GIL), each writing its
-    # own parts' files, so at most that many batches are in memory at once
+    # own parts' files (term sets, per-step counts and the cell tables `termcells.term_cells` reads), so at most
+    # that many batches are in memory at once
     with ThreadPoolExecutor(max_workers=max(1, min(n_workers, len(batches)))) as pool:
         for result in pool.map(compute, batches):
-            for path, entry in result:
+            for path, entry, cells in result:
                 done[path.name] = entry
+                termcells.remember(store, path.name, entry["terms"], cells)
     out = [(path.name, done[path.name]) for path in parts]
     if persist and only is None:
         prune_cached(base, base / vocab_id, {p.stem for p in parts})
@@ -391,29 +400,44 @@ def _sample_df(sample: pa.Table, where: str, o: VocabOptions) -> tuple[pa.Table,
         starts.append(pos[:len(pos) - n + 1][ok])
         orders.append(np.full(int(ok.sum()), n, np.int8))
     row, key, start, order = (np.concatenate(a) for a in (rows, keys, starts, orders))
-    # distinct (n-gram, rollout) pairs counted per (bin, condition) cell by DuckDB's hash aggregates (sorting
-    # millions of 64-bit keys in numpy costs more); `first`: the n-gram's first occurrence (flat index)
-    con = duckdb.connect()
-    con.execute("SET enable_progress_bar = false")
-    con.register("occ", pa.table({"k": pa.array(key, pa.uint64()), "r": pa.array(row, pa.int32()),
-                                  "i": pa.array(np.arange(len(key), dtype=np.int32))}))
-    con.register("smp", pa.table({"r": pa.array(np.arange(n_rows), pa.int32()), "bin": sample.column("bin"),
-                                  "condition": sample.column("condition")}))
-    con.execute("CREATE TEMP TABLE pairs AS SELECT k, r, min(i) AS first FROM occ GROUP BY k, r")
-    t = con.sql(f"""SELECT k, count(*) AS total, min(first) AS first FROM pairs GROUP BY k
-                    HAVING count(*) >= {int(o.min_count)} ORDER BY k""").to_arrow_table()
-    con.register("kept", t)
-    d = con.sql("""SELECT k, bin, condition, count(*) AS df FROM pairs SEMI JOIN kept USING (k) JOIN smp USING (r)
-                   GROUP BY ALL""").to_arrow_table()
-    con.close()
-    uniq = np.asarray(t.column("k").to_numpy(), np.uint64)  # sorted
-    term = np.searchsorted(uniq, np.asarray(d.column("k").to_numpy(), np.uint64))
-    first_at = np.asarray(t.column("first").to_numpy(), np.int64)
-    total = np.asarray(t.column("total").to_numpy(), np.int64)
-    table = pa.table({"term": pa.array(term, pa.int64()), "bin": d.column("bin"), "condition": d.column("condition"),
-                      "df": d.column("df")})
+    uniq, total, first_at, table = _ngram_df(key, row, sample.column("bin"), sample.column("condition"), o.min_count)
     first = {"row": row, "start": start - offsets[row].astype(np.int32), "order": order, "at": first_at}
     return table, first, (uniq, total)
+
+
+def _ngram_df(key: np.ndarray, row: np.ndarray, bins: pa.ChunkedArray, conditions: pa.ChunkedArray, min_count: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, pa.Table]:
+    """Of n-gram occurrences (key, row), the n-grams found in at least `min_count` rows: their keys (sorted),
+    rows, first occurrence (flat index) and the rows per (n-gram, bin, condition) of the rows' `bins` and
+    `conditions` (as `term`, the index among the kept keys). One stable argsort of the keys: equal keys end up
+    together, with their rows in increasing order when each key's occurrences come in row order (as `_sample_df`
+    builds them: one block per n, rows in order), so the distinct (key, row) pairs are where either changes (2x
+    the speed of DuckDB's hash aggregates over the same pairs, in one thread); otherwise one more sort."""
+    srt = np.argsort(key, kind="stable")
+    ks, rs = key[srt], row[srt]
+    new_key = np.ones(len(ks), bool)
+    np.not_equal(ks[1:], ks[:-1], out=new_key[1:])
+    uid = np.cumsum(new_key) - 1  # each occurrence's n-gram, an index into the distinct keys
+    if np.any((rs[1:] < rs[:-1]) & ~new_key[1:]):  # rows out of order within a key (not so from `_sample_df`)
+        code = np.unique(uid * (int(rs.max()) + 1) + rs)
+        pu, pr = code // (int(rs.max()) + 1), code % (int(rs.max()) + 1)
+    else:
+        new_pair = new_key.copy()
+        new_pair[1:] |= rs[1:] != rs[:-1]
+        pu, pr = uid[new_pair], rs[new_pair].astype(np.int64)
+    total = np.bincount(pu, minlength=int(new_key.sum()))
+    keep = total >= min_count
+    dense = np.cumsum(keep) - 1  # kept n-gram index
+    sel = keep[pu]
+    cond = pc.dictionary_encode(conditions.combine_chunks(), null_encoding="encode")  # NULL: a condition of its own
+    n_cond = max(len(cond.dictionary), 1)
+    cell = np.asarray(bins.to_numpy(), np.int64) * n_cond + np.asarray(cond.indices.to_numpy(), np.int64)
+    width = int(cell.max()) + 1 if len(cell) else 1
+    code, df = np.unique(dense[pu[sel]] * width + cell[pr[sel]], return_counts=True)
+    c = code % width
+    table = pa.table({"term": pa.array(code // width, pa.int64()), "bin": pa.array(c // n_cond).cast(bins.type),
+                      "condition": cond.dictionary.take(pa.array(c % n_cond)), "df": pa.array(df, pa.int64())})
+    return ks[new_key][keep], total[keep].astype(np.int64), srt[new_key][keep].astype(np.int64), table
 
 
 def _name_terms(sample: pa.Table, where: str, q: pa.Table, first: dict[str, np.ndarray], totals: Any,
@@ -621,12 +645,14 @@ def _matcher(vocab: pa.Table) -> _Matcher:
 
 def _compute_part(path: Path, layout: int, vocab: pa.Table, o: VocabOptions) -> tuple[pa.Table, pa.Table]:
     """Term sets and per-step counts of one stored part (see `_compute_parts`)."""
-    return _compute_parts([path], layout, vocab, o)[0]
+    terms, counts, _ = _compute_parts([path], layout, vocab, o)[0]
+    return terms, counts
 
 
-def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOptions
-                   ) -> list[tuple[pa.Table, pa.Table]]:
-    """Term sets (one row per rollout) and per-step term counts of one stored part.
+def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOptions, with_cells: bool = False
+                   ) -> list[tuple[pa.Table, pa.Table, dict[str, pa.Table] | None]]:
+    """Term sets (one row per rollout), per-step term counts and, `with_cells`, the cell tables
+    (`termcells.reduce_arrays`, from the arrays at hand: no second read of the term sets) of each stored part.
 
     Each text is tokenised and its tokens hashed once, in numpy (`tokhash.token_hashes`; the `length` style
     feature is the token count); n-grams are then matched against the vocabulary by 64-bit keys in numpy (`ngram_keys`). Two
@@ -644,7 +670,7 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     # separately can be read together. Texts are tokenised and hashed in numpy (`tokhash.token_hashes`).
     r = con.sql(f"""
         SELECT _file, hash(rollout_id, step) AS rid, rollout_id, step, split, condition, task, group_id,
-               hash(coalesce(prompt, '')) AS prompt_key,
+               hash(coalesce(prompt, '')) AS prompt_key, {_CELL} AS _cell,
                (reasoning IS NOT NULL AND length(trim(reasoning)) > 0) AS has_reasoning,
                {", ".join(style)}, answer, reasoning
         FROM rollouts""").to_arrow_table()
@@ -701,11 +727,13 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
         nz = np.flatnonzero((x > 0) | (mm > 0))
         frames.append((where, nz // n_ids, nz % n_ids, x[nz], mm[nz]))
     files = file_enc.dictionary.to_pylist()
-    grouped = bool(np.all(file_code[1:] >= file_code[:-1]))
+    grouped = _contiguous(file_code)
+    reduce = _part_cells(r, pairs, has_reasoning, prompt_idx, p_keys, pt_start, pi) if with_cells else None
     out = []
     for path in paths:
         if str(path) not in files:
-            out.append((terms.slice(0, 0), _empty_counts()))
+            mine = terms.slice(0, 0)
+            out.append((mine, _empty_counts(), reduce(path.name, np.zeros(0, np.int64)) if reduce else None))
             continue
         f = files.index(str(path))
         counts = []
@@ -721,14 +749,52 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
                     pa.array(np.maximum(split_idx, 0), pa.int64(), mask=split_idx < 0)),
                 "x": pa.array(x[sel].astype(np.int64)), "m": pa.array(np.rint(mm[sel]).astype(np.int64))}))
         if len(files) == 1:
-            mine = terms
+            mine, sel = terms, slice(0, n)
         elif grouped:  # a part's rows are contiguous (DuckDB keeps the files' order): a zero-copy slice
-            lo, hi = np.searchsorted(file_code, [f, f + 1])
-            mine = terms.slice(int(lo), int(hi - lo))
+            lo, hi = (int(i) for i in np.searchsorted(file_code, [f, f + 1]))
+            mine, sel = terms.slice(lo, hi - lo), slice(lo, hi)
         else:
-            mine = terms.filter(pa.array(file_code == f))
-        out.append((mine, pa.concat_tables(counts)))
+            sel = np.flatnonzero(file_code == f)
+            mine = terms.take(pa.array(sel))
+        out.append((mine, pa.concat_tables(counts), reduce(path.name, sel) if reduce else None))
     return out
+
+
+def _contiguous(file_code: np.ndarray) -> bool:
+    """Whether each file's rows are one run of the batch (DuckDB keeps the files' order)."""
+    return bool(np.all(file_code[1:] >= file_code[:-1]))
+
+
+def _part_cells(r: pa.Table, pairs: dict[str, tuple[np.ndarray, np.ndarray]], has_reasoning: np.ndarray,
+                prompt_idx: np.ndarray, p_keys: np.ndarray, pt_start: np.ndarray, pi: np.ndarray
+                ) -> Callable[[str, slice | np.ndarray], dict[str, pa.Table]]:
+    """A function (part name, its rows in the batch: a slice or sorted indices) -> the part's cell tables
+    (`termcells.reduce_arrays`) from the batch's arrays."""
+    from . import termcells  # termcells builds on this module
+
+    cell = np.asarray(r.column("_cell").to_numpy(), np.uint64)
+
+    def reduce(part: str, sel: slice | np.ndarray) -> dict[str, pa.Table]:
+        if isinstance(sel, slice):
+            rows = r.slice(sel.start, sel.stop - sel.start)
+            mine = []
+            for where in WHERES:  # pairs are sorted by row: the part's are a contiguous run
+                pr, pv = pairs[where]
+                lo, hi = np.searchsorted(pr, [sel.start, sel.stop])
+                mine.append((pr[lo:hi] - sel.start, pv[lo:hi]))
+        else:
+            rows = r.take(pa.array(sel, pa.int64()))
+            at = np.full(len(cell), -1, np.int64)
+            at[sel] = np.arange(len(sel))
+            mine = []
+            for where in WHERES:
+                pr, pv = pairs[where]
+                ok = at[pr] >= 0
+                mine.append((at[pr[ok]], pv[ok]))
+        return termcells.reduce_arrays(part, rows, cell[sel], has_reasoning[sel], mine, prompt_idx[sel], p_keys,
+                                       pt_start, pi)
+
+    return reduce
 
 
 def _prompt_pairs(values: np.ndarray, offsets: np.ndarray, m: _Matcher, max_n: int, n_ids: int

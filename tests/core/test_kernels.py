@@ -194,3 +194,33 @@ def test_a_live_hook_with_thread_audits_loads_the_kernels_before_training(tmp_pa
     assert kernels._compiled is None  # a process audit loads them in its own interpreter
     LiveAuditor(str(tmp_path / "store"), "r", LiveConfig(background="thread"))
     assert kernels._compiled is not None
+
+
+@st.composite
+def _cells_case(draw):
+    n = draw(st.integers(0, 40))
+    cell = draw(st.lists(st.integers(0, 6), min_size=n, max_size=n))
+    has_r = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    pairs = []
+    for lo, hi in ((0, 30), (30, 50)):  # the two places' ids are disjoint, as answer and reasoning terms are
+        sets = [sorted(draw(st.sets(st.integers(lo, hi - 1), max_size=8))) for _ in range(n)]
+        rows = np.array([r for r, s in enumerate(sets) for _ in s], np.int64)
+        pairs.append((rows, np.array([t for s in sets for t in s], np.int64)))
+    return np.array(cell, np.int64), np.array(has_r, bool), pairs
+
+
+@needs_numba
+@settings(max_examples=80, deadline=None)
+@given(_cells_case())
+def test_cell_term_counts_equal_the_sorted_pairs(case):
+    """`kernels.cell_term_counts` (the compiled path of `termcells.reduce_arrays`) equals the numpy path."""
+    from rlaudit import termcells
+
+    cell, has_r, pairs = case
+    a, b = _both(lambda: termcells._cell_terms(cell, has_r, pairs))
+    a, b = (np.stack([np.asarray(x, np.int64) for x in t], 1).reshape(-1, 3) for t in (a, b))
+    # the numpy path sorts by (cell, id); the compiled one groups by cell, ids in the order first seen
+    assert np.array_equal(a, b[np.lexsort((b[:, 1], b[:, 0]))])
+    assert np.all(np.diff(b[:, 0]) >= 0)
+    rows = np.concatenate([pairs[0][0], pairs[1][0][has_r[pairs[1][0]]]]) if len(cell) else np.zeros(0, np.int64)
+    assert int(b[:, 2].sum()) == len(rows)  # every kept pair counted once

@@ -5,7 +5,7 @@ key. Checked against a dictionary on random keys (deterministic under the CI Hyp
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rlaudit.tokens import _Lookup, _distinct_pairs
@@ -50,3 +50,38 @@ def test_cells_equal_a_row_unique(rows):
     want, inverse = np.unique(a, axis=0, return_inverse=True)
     got, cell = _cells(a[:, 0].copy(), a[:, 1].copy(), a[:, 2].copy())
     assert np.array_equal(got, want) and np.array_equal(cell, inverse.ravel())
+
+
+@settings(max_examples=150)
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 5)), max_size=80), st.booleans(),
+       st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["a", "b", None])), min_size=10, max_size=10),
+       st.integers(1, 3))
+def test_ngram_df_equals_a_dictionary(occ, in_row_order, rows, min_count):
+    """`tokens._ngram_df` (the vocabulary's document frequencies, numpy) against per-row sets counted in Python:
+    kept keys sorted, rows per key, first occurrence, rows per (key, bin, condition), NULL a condition of its own;
+    occurrences in row order (as the vocabulary builds them) or in any order."""
+    import pyarrow as pa
+
+    from rlaudit.tokens import _ngram_df
+
+    if in_row_order:
+        occ = sorted(occ, key=lambda o: o[1])
+    key = np.array([k * 0x9E3779B97F4A7C15 % 2**64 for k, _ in occ], np.uint64)
+    row = np.array([r for _, r in occ], np.int32)
+    bins = pa.chunked_array([pa.array([b for b, _ in rows], pa.int32())])
+    conds = pa.chunked_array([pa.array([c for _, c in rows], pa.string())])
+    uniq, total, first, table = _ngram_df(key, row, bins, conds, min_count)
+    members: dict[int, set[int]] = {}
+    for i, (k, r) in enumerate(zip(key.tolist(), row.tolist())):
+        members.setdefault(k, set()).add(r)
+    kept = sorted(k for k, m in members.items() if len(m) >= min_count)
+    assert uniq.tolist() == kept
+    assert total.tolist() == [len(members[k]) for k in kept]
+    assert first.tolist() == [key.tolist().index(k) for k in kept]
+    want: dict[tuple, int] = {}
+    for t, k in enumerate(kept):
+        for r in members[k]:
+            cell = (t, rows[r][0], rows[r][1])
+            want[cell] = want.get(cell, 0) + 1
+    got = {(t, b, c): d for t, b, c, d in zip(*(table.column(n).to_pylist() for n in ("term", "bin", "condition", "df")))}
+    assert got == want and table.schema.field("bin").type == pa.int32()
