@@ -138,6 +138,7 @@ def run_detectors(store: Store, run: str, config: AuditConfig | None = None,
     config = config or AuditConfig()
     ctx = DetectContext(store=store, run=run, config=config)
     classes = ordered(config.detectors)
+    _return_freed_memory()  # what ingest, a summary or the last audit's report freed (a long-lived process)
     for i, cls in enumerate(classes):
         if progress:
             progress(cls.name, i, len(classes))
@@ -165,9 +166,13 @@ def run_detectors(store: Store, run: str, config: AuditConfig | None = None,
 
 
 def _return_freed_memory() -> None:
-    """Hand memory freed by a detector back to the OS (glibc keeps freed heap pages for reuse): the next detector
-    starts from what is live, not from the last one's high-water mark. A no-op where glibc is absent."""
+    """Hand memory freed by a detector back to the OS (glibc keeps freed heap pages for reuse, Arrow's mimalloc
+    pool its freed segments): the next detector starts from what is live, not from the last one's high-water
+    mark. A no-op where glibc is absent."""
     global _malloc_trim
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
     if _malloc_trim is None:
         try:
             import ctypes
