@@ -285,6 +285,17 @@ def _cell_term_counts(order, cell, off_a, ids_a, off_b, ids_b, use_b, n_ids):
     return out_c[:k].copy(), out_t[:k].copy(), out_x[:k].copy()
 
 
+def jit(f: Any, sig: Any = None, **options: Any) -> Any:
+    """`numba.njit` without the GIL, cached on disk (compiled in every process where no cache can be written)."""
+    import numba
+
+    args = (sig,) if sig is not None else ()
+    try:
+        return numba.njit(*args, cache=True, nogil=True, **options)(f)
+    except RuntimeError:  # no writable cache location
+        return numba.njit(*args, nogil=True, **options)(f)
+
+
 def compiled() -> SimpleNamespace:
     """The compiled kernels (compiled, or loaded from numba's cache, at the first call; thread-safe)."""
     global _compiled
@@ -293,13 +304,6 @@ def compiled() -> SimpleNamespace:
     with _lock:
         if _compiled is None:
             import numba
-
-            def jit(f: Any, sig: Any = None) -> Any:
-                args = (sig,) if sig is not None else ()
-                try:
-                    return numba.njit(*args, cache=True, nogil=True)(f)
-                except RuntimeError:  # no writable cache location: compile in every process
-                    return numba.njit(*args, nogil=True)(f)
 
             glob = globals()
             # helpers are looked up as globals when the kernels compile: jitted versions must be in place first

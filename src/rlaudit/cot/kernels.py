@@ -188,13 +188,7 @@ def compiled() -> SimpleNamespace:
         if _compiled is None:
             import numba
 
-            def jit(f: Any, sig: Any = None, **options: Any) -> Any:
-                args = (sig,) if sig is not None else ()
-                try:
-                    return numba.njit(*args, cache=True, nogil=True, **options)(f)
-                except RuntimeError:  # no writable cache location: compile in every process
-                    return numba.njit(*args, nogil=True, **options)(f)
-
+            jit = _k.jit
             glob = globals()
             # helpers first: the kernels look them up when they compile (the hash inlined: 2.5x faster per token)
             glob["_mix"] = jit(getattr(_mix, "py_func", _mix), inline="always")
