@@ -103,3 +103,20 @@ def test_thinned_generalization_keeps_its_source(goblin_audits):
 
     assert spreads(goblin_audits["whole"])
     assert spreads(goblin_audits["thinned"]) == spreads(goblin_audits["whole"])
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"max_window_rollout": 1000}, "unknown 'max_window_rollout'"),
+    ({"max_window_rollouts": "lots"}, "'max_window_rollouts': expected a whole number"),
+    ({"max_window_rollouts": 2.5}, "'max_window_rollouts': expected a whole number"),
+    ({"max_window_rollouts": -1}, "'max_window_rollouts': expected a whole number >= 0"),
+    ({"window": 0.9}, "0 < window <= 0.5"),
+    ({"alpha": True}, "'alpha': expected a number"),
+])
+def test_bad_emerging_options_are_errors_that_name_them(options, message):
+    from rlaudit.detectors.emerging import Params
+    from rlaudit.errors import RlauditError
+
+    with pytest.raises(RlauditError, match=message.replace("(", r"\(")):
+        Params.from_options(options)
+    assert Params.from_options({"max_window_rollouts": 0, "window": 0.25, "max_terms": 500}).max_window_rollouts == 0

@@ -117,10 +117,31 @@ class Params:
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Params:
+        """The parameters of `AuditConfig.options["emerging"]`; a misspelt option or a value of the wrong type or
+        range is an error naming it (never silently the default)."""
+        from ..errors import RlauditError
+
         vocab_keys = {f.name for f in fields(tokens.VocabOptions)}
-        own = {k: v for k, v in options.items() if k in {f.name for f in fields(cls)} and k != "vocab"}
-        vocab = tokens.VocabOptions(**{k: v for k, v in options.items() if k in vocab_keys})
-        return cls(**own, vocab=vocab)
+        own_keys = {f.name for f in fields(cls)} - {"vocab"}
+        unknown = sorted(set(options) - own_keys - vocab_keys)
+        if unknown:
+            raise RlauditError(f"emerging options: unknown {', '.join(map(repr, unknown))}; known: "
+                               f"{', '.join(sorted(own_keys | vocab_keys))}")
+        defaults = cls()
+        for key, value in options.items():
+            default = getattr(defaults, key, getattr(defaults.vocab, key, None))
+            if isinstance(default, (int, float)) and not isinstance(default, bool) and (
+                    isinstance(value, bool) or not isinstance(value, (int, float))
+                    or (isinstance(default, int) and not isinstance(value, int)) or value < 0):
+                kind = "a whole number" if isinstance(default, int) else "a number"
+                raise RlauditError(f"emerging option {key!r}: expected {kind} >= 0 (default {default!r}), "
+                                   f"got {value!r}")
+        params = cls(**{k: v for k, v in options.items() if k in own_keys},
+                     vocab=tokens.VocabOptions(**{k: v for k, v in options.items() if k in vocab_keys}))
+        if not (0 < params.alpha < 1 and 0 < params.window <= 0.5 and params.min_steps >= 1):
+            raise RlauditError(f"emerging options: need 0 < alpha < 1, 0 < window <= 0.5, min_steps >= 1; got "
+                               f"alpha={params.alpha!r}, window={params.window!r}, min_steps={params.min_steps!r}")
+        return params
 
 
 # ---------------------------------------------------------------------------------------------------------------
