@@ -13,7 +13,8 @@ import pytest
 from test_attribution import make_run
 
 from rlaudit.attribution import trace
-from rlaudit.attribution.trace import Frame, _group_key, _quote, attribute, load_frames
+from rlaudit.attribution.trace import Frame, _group_key, attribute, load_frames
+from rlaudit.store import sql_string
 from rlaudit.behaviors import parse_behavior
 
 
@@ -29,7 +30,7 @@ def _reference(con, items):
     texts = sorted({where for (_, where), e in zip(items, exprs) if e is None})
     beh_cols = "".join(f", {e} AS _b{i}" for i, e in enumerate(exprs) if e is not None)
     text_cols = "".join(f", coalesce({w}, '') AS _text_{w}" for w in texts)
-    sig_cols = "".join(f", CAST(rewards[{_quote(s)}] AS DOUBLE) AS _s{i}" for i, s in enumerate(signals))
+    sig_cols = "".join(f", CAST(rewards[{sql_string(s)}] AS DOUBLE) AS _s{i}" for i, s in enumerate(signals))
     table = con.sql(f"SELECT {key} AS _group, step, condition, task, rollout_id, reward, advantage"
                     f"{beh_cols}{text_cols}{sig_cols} FROM rollouts").to_arrow_table()
     cond = pc.dictionary_encode(table.column("condition").combine_chunks())

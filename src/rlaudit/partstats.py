@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from .errors import RlauditError
 from .layout import view_columns
-from .store import Store, prune_cached, write_cached
+from .store import Store, prune_cached, sql_string, write_cached
 
 
 #: loose per-part files merged into the run's combined file once there are this many: DuckDB pays ~0.25 ms per
@@ -62,11 +62,11 @@ class PartStats:
         """SELECTs of every part's rows (without `_stem`)."""
         selects = []
         if self.combined is not None:
-            where = (" WHERE _stem IN (" + ", ".join(_quote(s) for s in self.combined_stems) + ")"
+            where = (" WHERE _stem IN (" + ", ".join(sql_string(s) for s in self.combined_stems) + ")"
                      if self.combined_extra else "")
-            selects.append(f"SELECT * EXCLUDE (_stem) FROM read_parquet({_quote(str(self.combined))}){where}")
+            selects.append(f"SELECT * EXCLUDE (_stem) FROM read_parquet({sql_string(str(self.combined))}){where}")
         if self.files:
-            paths = ", ".join(_quote(str(p)) for p in self.files)
+            paths = ", ".join(sql_string(str(p)) for p in self.files)
             selects.append(f"SELECT * FROM read_parquet([{paths}], union_by_name = true)")
         return selects
 
@@ -137,16 +137,16 @@ def _compact(stats: PartStats, path: Path, root: Path) -> PartStats:
     selects = stats.sources()[:-1] if stats.files else stats.sources()  # the combined rows, with their stems
     if stats.combined is not None:
         selects = [selects[0].replace("SELECT * EXCLUDE (_stem)", "SELECT *", 1)]
-    selects += [f"SELECT *, {_quote(p.stem)} AS _stem FROM read_parquet({_quote(str(p))})" for p in stats.files]
+    selects += [f"SELECT *, {sql_string(p.stem)} AS _stem FROM read_parquet({sql_string(str(p))})"
+                for p in stats.files]
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp")
-    meta = json.dumps(stems).replace("'", "''")
     from .store import bound_memory
 
     try:
         with duckdb.connect() as con:
             bound_memory(con, root, at_most=COMPACT_MEMORY)
-            con.execute(f"COPY ({' UNION ALL BY NAME '.join(selects)}) TO {_quote(str(tmp))} "
-                        f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{rlaudit_stems: '{meta}'}})")
+            con.execute(f"COPY ({' UNION ALL BY NAME '.join(selects)}) TO {sql_string(str(tmp))} (FORMAT parquet, "
+                        f"COMPRESSION zstd, KV_METADATA {{rlaudit_stems: {sql_string(json.dumps(stems))}}})")
         os.replace(tmp, path)
     except (OSError, duckdb.Error):
         return stats
@@ -155,9 +155,6 @@ def _compact(stats: PartStats, path: Path, root: Path) -> PartStats:
             tmp.unlink(missing_ok=True)
     return PartStats(tables=stats.tables, combined=path, combined_stems=stems)
 
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _compute(parts: list[Path], layouts: dict[str, int], sql: str, root: Path) -> list[tuple[Path, pa.Table]]:

@@ -33,11 +33,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .partstats import COMPACT_MEMORY  # a merge is a streaming COPY, often beside a detector's connection
+from .store import bound_memory, sql_list, sql_string
+
 FANOUT = 16
 #: seconds a superseded segment is kept for audits that may still read it
 GRACE = 600.0
-#: DuckDB memory for a merge: a streaming COPY, often run beside a detector's open connection
-MERGE_MEMORY = 256 << 20
 _KEY = b"rlaudit_members"
 _LEVELS = 8
 
@@ -48,10 +49,13 @@ def covering(paths: list[Path], kind: str, merge: bool = True) -> list[Path]:
     if not paths:
         return []
     seg_dir = paths[0].parent / "segments" / kind
+    segments = _segments(seg_dir)
     if merge:
-        with contextlib.suppress(OSError, duckdb.Error):
-            _merge(paths, seg_dir)
-    chosen, loose = _choose(paths, _segments(seg_dir))
+        try:
+            segments = _merge(paths, seg_dir, segments)
+        except (OSError, duckdb.Error):
+            segments = _segments(seg_dir)  # what a merge that failed half-way left
+    chosen, loose = _choose(paths, segments)
     return [p for p, _, _ in chosen] + loose
 
 
@@ -82,10 +86,11 @@ def _choose(paths: list[Path], segments: list[tuple[Path, int, list[str]]]
     return chosen, [p for p in paths if p.name not in covered]
 
 
-def _merge(paths: list[Path], seg_dir: Path) -> None:
+def _merge(paths: list[Path], seg_dir: Path, segments: list[tuple[Path, int, list[str]]]
+           ) -> list[tuple[Path, int, list[str]]]:
     """Merge FANOUT loose files into a level-1 segment, and FANOUT segments of a level into one of the next,
-    while there are enough; then remove segments superseded more than GRACE seconds ago."""
-    segments = _segments(seg_dir)
+    while there are enough; then remove segments superseded more than GRACE seconds ago. Returns the segments
+    that hold `paths` afterwards, highest level first."""
     chosen, loose = _choose(paths, segments)
     for i in range(0, len(loose) - FANOUT + 1, FANOUT):
         chosen.append(_write(seg_dir, 1, [(p, [p.name]) for p in loose[i:i + FANOUT]]))
@@ -105,6 +110,7 @@ def _merge(paths: list[Path], seg_dir: Path) -> None:
             with contextlib.suppress(OSError):
                 if now - path.stat().st_mtime > GRACE:
                     path.unlink()
+    return sorted(chosen, key=lambda s: (-s[1], s[0].name))
 
 
 def _write(seg_dir: Path, level: int, sources: list[tuple[Path, list[str]]]) -> tuple[Path, int, list[str]]:
@@ -116,22 +122,16 @@ def _write(seg_dir: Path, level: int, sources: list[tuple[Path, list[str]]]) -> 
         return path, level, members
     seg_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp")
-    files = ", ".join(_quote(str(p)) for p, _ in sources)
-    meta = json.dumps(members).replace("'", "''")
-    from .store import bound_memory
-
     try:
         with duckdb.connect() as con:
             con.execute("SET enable_progress_bar = false")
-            bound_memory(con, at_most=MERGE_MEMORY)
-            con.execute(f"COPY (SELECT * FROM read_parquet([{files}], union_by_name = true)) TO {_quote(str(tmp))} "
-                        f"(FORMAT parquet, COMPRESSION lz4, KV_METADATA {{rlaudit_members: '{meta}'}})")
+            bound_memory(con, at_most=COMPACT_MEMORY)
+            con.execute(f"COPY (SELECT * FROM read_parquet({sql_list([str(p) for p, _ in sources])}, "
+                        f"union_by_name = true)) TO {sql_string(str(tmp))} (FORMAT parquet, COMPRESSION lz4, "
+                        f"KV_METADATA {{rlaudit_members: {sql_string(json.dumps(members))}}})")
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
     return path, level, members
 
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"

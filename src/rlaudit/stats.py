@@ -389,10 +389,8 @@ def stable_uniform(keys: np.ndarray) -> np.ndarray:
     """A fixed pseudo-random number in [0, 1) per integer key (splitmix64's finaliser): the same key always gets
     the same number, on every machine and in every version, so a sample drawn by thresholding it (the steps an
     audit traces) stays the same as a run grows."""
-    z = np.asarray(keys, dtype=np.int64).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
+    from .cot.shingles import splitmix64
+
+    z = splitmix64(np.asarray(keys, dtype=np.int64))
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 

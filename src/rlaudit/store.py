@@ -627,7 +627,7 @@ class Store:
                     raise RlauditError(f"run {r!r}: part file {p} is missing; ingest its source again to repair it "
                                        f"(`rlaudit ingest {m.get('source', 'SOURCE')} --run {r}`)")
                 by_layout.setdefault(layouts.get(p.name, 1), []).append(str(p))
-        selects = [f"SELECT {view_columns(layout)} FROM read_parquet({_sql_list(paths)})"
+        selects = [f"SELECT {view_columns(layout)} FROM read_parquet({sql_list(paths)})"
                    for layout, paths in sorted(by_layout.items())]
         if not selects:
             con.register("_empty_rollouts", ROLLOUT_SCHEMA.empty_table())
@@ -843,5 +843,11 @@ def _options_json(options: ReadOptions, rules: list[ConditionRule]) -> dict[str,
             "conditions": [[r.name, r.pattern] for r in rules]}
 
 
-def _sql_list(items: list[str]) -> str:
-    return "[" + ", ".join("'" + s.replace("'", "''") + "'" for s in items) + "]"
+def sql_string(text: object) -> str:
+    """A SQL string literal of `text` (single quotes doubled)."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def sql_list(items: list[str]) -> str:
+    """A SQL list literal of strings (file lists for `read_parquet`)."""
+    return "[" + ", ".join(sql_string(s) for s in items) + "]"

@@ -257,9 +257,6 @@ def _stem(part: str) -> str:
     return Path(part).stem
 
 
-def _sql_str(x: str) -> str:
-    return "'" + x.replace("'", "''") + "'"
-
 
 def read(path: Path | pa.Table, columns: list[str] | None = None) -> pa.Table:
     """One cached table, or its `columns` (`pq.ParquetFile.read`: `pq.read_table` would import pandas)."""

@@ -56,7 +56,7 @@ from . import kernels, segments
 from .behaviors import STYLE_FEATURES, TOKEN_PATTERN, parse_behavior
 from .layout import view_columns
 from .cot.shingles import splitmix64
-from .store import Store, atomic_write_text, bound_memory, prune_cached, write_cached
+from .store import Store, atomic_write_text, bound_memory, prune_cached, sql_list, write_cached
 from .tokhash import string_hashes, token_hashes
 
 WHERES = ("answer", "reasoning")
@@ -196,7 +196,7 @@ def union_view(con: duckdb.DuckDBPyConnection, view: str, entries: list[Any], em
     tables = [e for e in entries if isinstance(e, pa.Table)]
     selects = []
     if paths:
-        selects.append(f"SELECT * FROM read_parquet({_sql_list(paths)})")
+        selects.append(f"SELECT * FROM read_parquet({sql_list(paths)})")
     if tables:
         con.register(f"_{view}_mem", pa.concat_tables(tables))
         selects.append(f"SELECT * FROM _{view}_mem")
@@ -662,7 +662,7 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     con.execute("SET enable_progress_bar = false")
     bound_memory(con)
     con.execute(f"CREATE VIEW rollouts AS SELECT {view_columns(layout)}, filename AS _file "
-                f"FROM read_parquet({_sql_list([str(p) for p in paths])}, filename = true)")
+                f"FROM read_parquet({sql_list([str(p) for p in paths])}, filename = true)")
     m = _matcher(vocab)
     style = [f"{parse_behavior(f'style:{name}').sql(where)} AS {col}"
              for col, where, name in style_columns() if name != "length" and name not in NON_ASCII_STYLES]
@@ -870,8 +870,6 @@ def _non_ascii_style(texts: pa.ChunkedArray | pa.Array, name: str) -> pa.Array:
     return pa.array(out)
 
 
-def _sql_list(items: list[str]) -> str:
-    return "[" + ", ".join("'" + s.replace("'", "''") + "'" for s in items) + "]"
 
 
 def register(con: duckdb.DuckDBPyConnection, tables: Iterable[tuple[str, pa.Table]]) -> None:

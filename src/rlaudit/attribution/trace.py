@@ -50,6 +50,7 @@ from .. import stats
 from ..behaviors import Behavior, parse_behavior
 from ..errors import RlauditError
 from ..findings import SEVERITY_RANK, Evidence, Severity
+from ..store import sql_string
 
 #: Names of signals that measure task success. Matched case-insensitively anywhere in the signal name; extend
 #: per run with `outcome_signals=[...]` (or `rlaudit trace --outcome NAME`).
@@ -219,9 +220,6 @@ class Frame:
         return cls(group=codes[order].astype(np.int64), order=order, **taken)
 
 
-def _quote(name: str) -> str:
-    return "'" + name.replace("'", "''") + "'"
-
 
 def load_frame(con: duckdb.DuckDBPyConnection, behavior: Behavior, where: str) -> Frame:
     """Read the needed columns of the `rollouts` view into a Frame (see `load_frames`)."""
@@ -260,8 +258,10 @@ def load_frames(con: duckdb.DuckDBPyConnection, items: list[tuple[Behavior, str]
     # sized before the run's signals are listed (listing them reads every reward map): from a few steps' maps
     probe = step_values[np.linspace(0, len(step_values) - 1, min(len(step_values), 16)).astype(np.int64)]
     n_signals = len(_signals(con, "rollouts", f"step IN ({', '.join(map(str, probe.tolist()))})"))
-    columns = n_signals + len(items) + 6 + 4 * len(texts)
-    traced, where_sql, sampled, warnings = _step_sample(step_values, step_rows, columns, max_bytes)
+    def frame_columns(signals: int) -> int:  # the signals, behaviours, 6 fixed columns, 4 per text
+        return signals + len(items) + 6 + 4 * len(texts)
+
+    traced, where_sql, sampled, warnings = _step_sample(step_values, step_rows, frame_columns(n_signals), max_bytes)
     n, n_group, n_reasoning, n_reward, n_adv, n_tasks = con.execute(
         "SELECT count(*), count(group_id), count(reasoning), count(reward), count(advantage), "
         f"count(DISTINCT task) FROM rollouts WHERE {where_sql}").fetchall()[0]
@@ -275,9 +275,9 @@ def load_frames(con: duckdb.DuckDBPyConnection, items: list[tuple[Behavior, str]
     warnings = key_warnings + warnings
     beh_cols = "".join(f", {e} AS _b{i}" for i, e in enumerate(exprs) if e is not None)
     text_cols = "".join(f", coalesce({w}, '') AS _text_{w}" for w in texts)
-    sig_cols = "".join(f", CAST(rewards[{_quote(s)}] AS DOUBLE) AS _s{i}" for i, s in enumerate(signals))
+    sig_cols = "".join(f", CAST(rewards[{sql_string(s)}] AS DOUBLE) AS _s{i}" for i, s in enumerate(signals))
     if not sampled:  # steps too few to sample: a random share of the comparison groups instead
-        sample = _group_sample(n, key, len(signals) + len(items) + 6 + 4 * len(texts), max_bytes)
+        sample = _group_sample(n, key, frame_columns(len(signals)), max_bytes)
         if sample is not None:
             where_sql, warnings = f"{where_sql} AND {sample[0]}", warnings + [sample[1]]
     query = (f"SELECT {key} AS _group, step, condition, task, rollout_id, reward, advantage"
@@ -372,11 +372,10 @@ def _step_sample(steps: np.ndarray, rows: np.ndarray, columns: int, max_bytes: i
     step-to-step variation is part of the sampling error. With fewer than MIN_SAMPLED_STEPS steps kept, the
     caller samples comparison groups instead (`_group_sample`)."""
     n = int(rows.sum())
-    max_bytes, reason = _frame_budget(max_bytes)
-    need = int(n * (8 * columns + 64) * WORKING_SET)
-    if need <= max_bytes:
+    fit = _frame_share(n, columns, max_bytes)
+    if fit is None:
         return None, "TRUE", False, []
-    share = max_bytes / need
+    share, reason = fit
     u = stats.stable_uniform(steps)
     keep = u < share
     if rows[keep].sum() > 1.05 * share * n:  # an unlucky draw of large steps: drop the highest hashes
@@ -395,25 +394,28 @@ def _step_sample(steps: np.ndarray, rows: np.ndarray, columns: int, max_bytes: i
         "the kept steps, so they carry the sampling error and the step-to-step variation."]
 
 
-def _frame_budget(max_bytes: int | None) -> tuple[int, str]:
-    """The memory for tracing and what set it."""
-    if max_bytes is not None:
-        return max_bytes, f"{max_bytes >> 20} MB for frames"
-    from ..memory import sample_bytes
+def _frame_share(n: int, columns: int, max_bytes: int | None) -> tuple[float, str] | None:
+    """(share of the run that fits, what set the memory) when tracing `n` rollouts of `columns` 8-byte columns
+    (plus ~64 bytes of id each; WORKING_SET times that in all) would exceed the memory for tracing (`max_bytes`,
+    else FRAME_BYTES or the memory budget); None when it fits."""
+    if max_bytes is None:
+        from ..memory import sample_bytes
 
-    budget, source = sample_bytes(FRAME_BYTES)
-    return budget, f"the memory budget ({source})" if source else f"{FRAME_BYTES >> 20} MB for frames"
+        max_bytes, source = sample_bytes(FRAME_BYTES)
+        reason = f"the memory budget ({source})" if source else f"{FRAME_BYTES >> 20} MB for frames"
+    else:
+        reason = f"{max_bytes >> 20} MB for frames"
+    need = int(n * (8 * columns + 64) * WORKING_SET)
+    return None if need <= max_bytes else (max_bytes / need, reason)
 
 
 def _group_sample(n: int, key: str, columns: int, max_bytes: int | None) -> tuple[str, str] | None:
-    """(SQL filter keeping a random share of comparison groups, the warning that says so) when tracing `n`
-    rollouts of `columns` 8-byte columns (plus ~64 bytes of id each; WORKING_SET times that in all) would exceed
-    the memory for tracing; None when it fits."""
-    max_bytes, reason = _frame_budget(max_bytes)
-    need = int(n * (8 * columns + 64) * WORKING_SET)
-    if need <= max_bytes:
+    """(SQL filter keeping a random share of comparison groups, the warning that says so) when the frames of `n`
+    rollouts of `columns` columns would exceed the memory for tracing (`_frame_share`); None when they fit."""
+    fit = _frame_share(n, columns, max_bytes)
+    if fit is None:
         return None
-    share = max_bytes / need
+    share, reason = fit
     return (f"(({key}) % {_MOD}) < {max(1, int(share * _MOD))}",
             f"Traced on a random {share:.1%} of the comparison groups (about {int(n * share):,} of {n:,} rollouts) "
             f"to stay within {reason}; intervals are over the sampled groups and so include the sampling error.")

@@ -83,6 +83,7 @@ from scipy.stats import norm
 from .. import termcells, tokens
 from ..behaviors import STYLE_FEATURES, parse_behavior
 from ..findings import Evidence, Finding
+from ..store import sql_string
 from ..stats import benjamini_hochberg, mann_kendall, moving_sum, onset_index, stratified_ratio
 from . import DetectContext, Detector, register
 
@@ -111,7 +112,7 @@ class Params:
     co_rise: float = 0.9  # cosine of per-condition rises for two behaviours to be one (`_merge_behaviours`)
     co_trend: float = 0.7  # correlation of their per-step prevalence series
     min_reasoning: int = 50  # rollouts with reasoning needed to analyse reasoning at all
-    #: rollouts of a window read one by one (`thin_steps`): above it every k-th step of the window is used
+    #: rollouts of a window read one by one: above it, one step in k of the window (`window_masks`)
     max_window_rollouts: int = 250_000
     vocab: tokens.VocabOptions = field(default_factory=tokens.VocabOptions)
 
@@ -754,7 +755,7 @@ def _payers(scope: Scope, c: Candidates, ids: list[int]) -> list[str | None] | N
     scope.rows()
     col = f"{c.where}_terms"
     hits = ", ".join(f"list_contains(s.{col}, {t}) AS h{j}" for j, t in enumerate(ids))
-    sig = ", ".join(f"CAST(r.rewards[{_sql_str(x)}] AS DOUBLE) AS s{k}" for k, x in enumerate(signals))
+    sig = ", ".join(f"CAST(r.rewards[{sql_string(x)}] AS DOUBLE) AS s{k}" for k, x in enumerate(signals))
     pairs = [(j, k) for j in range(len(ids)) for k in range(len(signals))]
     # per prompt group (step x prompt) of the late window: mean score of rollouts with the term minus without it;
     # then over groups that have both: their number, mean and SD. Aggregated inside DuckDB: the late window's
@@ -783,9 +784,6 @@ def _payers(scope: Scope, c: Candidates, ids: list[int]) -> list[str | None] | N
         out.append(best)
     return out
 
-
-def _sql_str(x: str) -> str:
-    return "'" + x.replace("'", "''") + "'"
 
 
 def _explained(scope: Scope, c: Candidates, tests: list[tuple[int, list[int]]], direction: int) -> list[bool]:

@@ -61,6 +61,7 @@ import pyarrow as pa
 from ..errors import RlauditError
 from ..findings import Evidence, Finding
 from ..stats import mann_kendall
+from ..store import sql_string
 from . import DetectContext, Detector, register
 from .monitorability_stats import (INTERVENTION_STATS, OUTCOME_STATS, VIEWS, Estimate,  # noqa: F401 - re-exported
                                    _num, cell_metrics, cluster_sums, crossfit_keep, did, estimate, exposure_did,
@@ -112,7 +113,7 @@ def load_labelled(ctx: DetectContext, options: dict[str, Any]) -> tuple[pa.Table
 
     label = "NULL"
     if options.get("label_signal"):
-        v = f"TRY_CAST(rewards[{_sql_str(options['label_signal'])}] AS DOUBLE)"
+        v = f"TRY_CAST(rewards[{sql_string(options['label_signal'])}] AS DOUBLE)"
         label = f"CASE WHEN isfinite({v}) THEN {v} > {float(options.get('label_threshold', 0.0))} END"
     elif options.get("label"):
         expr = parse_behavior(options["label"]).sql("answer")
@@ -120,7 +121,7 @@ def load_labelled(ctx: DetectContext, options: dict[str, Any]) -> tuple[pa.Table
     where = "TRUE"
     if options.get("intervention"):
         arms = [*options["intervention"].get("treated", []), *options["intervention"].get("control", [])]
-        where = f"coalesce(condition, 'none') IN ({', '.join(_sql_str(c) for c in arms) or 'NULL'})"
+        where = f"coalesce(condition, 'none') IN ({', '.join(sql_string(c) for c in arms) or 'NULL'})"
     con = ctx.connect()
     try:
         con.execute(f"CREATE TEMP VIEW labelled AS SELECT * FROM rollouts WHERE {where}")
@@ -138,9 +139,6 @@ def load_labelled(ctx: DetectContext, options: dict[str, Any]) -> tuple[pa.Table
     finally:
         con.close()
 
-
-def _sql_str(text: str) -> str:
-    return "'" + str(text).replace("'", "''") + "'"
 
 
 #: Keys of a label config (`rlaudit audit --labels FILE`, `AuditConfig.options["monitorability"]`).

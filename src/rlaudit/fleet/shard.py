@@ -165,7 +165,7 @@ def _prepare(task: ShardTask, out: ShardResult) -> None:
     from ..cot.detector import scan_parts
     from ..cot.scan import ScanParams
     from ..layout import view_columns
-    from ..store import Store, _sql_list, bound_memory
+    from ..store import Store, bound_memory, sql_list
 
     store = Store(task.store)
     only = set(task.shard.parts)
@@ -186,7 +186,7 @@ def _prepare(task: ShardTask, out: ShardResult) -> None:
         by_layout: dict[int, list[str]] = {}
         for p in paths:
             by_layout.setdefault(layouts.get(p.name, 1), []).append(str(p))
-        sel = " UNION ALL ".join(f"SELECT {view_columns(lay)} FROM read_parquet({_sql_list(ps)})"
+        sel = " UNION ALL ".join(f"SELECT {view_columns(lay)} FROM read_parquet({sql_list(ps)})"
                                  for lay, ps in sorted(by_layout.items()))
         con.execute(f"CREATE VIEW shard AS {sel}")
         out.per_step = [list(r) for r in con.execute(
