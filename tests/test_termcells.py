@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -114,55 +116,62 @@ def test_a_shard_reduces_its_parts_and_prunes_nothing(tmp_path):
     assert sorted(f.name for f in vdir.iterdir()) == before
 
 
-def _sorted(t: pa.Table) -> pa.Table:
-    return t.sort_by([(c, "ascending") for c in t.column_names if c in ("cell", "prompt_key", "term_id")])
-
-
-def _reduced_again(cells: termcells.TermCells, sets: tokens.TermSets) -> None:
-    """Every part's cell tables equal `reduce_part` over its term sets read back from the cache."""
-    con = duckdb.connect()
-    for (name, entry), (_, files) in zip(cells.parts, sets.parts):
-        ref = termcells.reduce_part(con, termcells.read(files["terms"], termcells.NEEDED), name)
-        for kind in termcells.KINDS:
-            got = termcells.read(entry[kind])
-            assert got.schema == termcells.SCHEMAS[kind]
-            assert _sorted(got).equals(_sorted(ref[kind])), (name, kind)
-
-
-def test_term_sets_bring_their_cell_tables(tmp_path, monkeypatch):
-    """A cold audit's cell tables come from the term-set computation: `term_cells` reads nothing again."""
+def test_term_sets_bring_their_cell_tables(tmp_path):
+    """A cold audit's cell tables come from the term-set computation, written beside the term sets."""
     store = _store(tmp_path)
-
-    def no(*_a, **_k):
-        raise AssertionError("term_cells reduced a part whose term sets were just computed")
-
-    with monkeypatch.context() as m:
-        m.setattr(termcells, "reduce_part", no)
-        cells = _check(store)
-    _reduced_again(cells, tokens.term_sets(store, "r"))
+    cells = _check(store)
     assert sum(len(termcells.read(p["cellterms"])) for _, p in cells.parts) > 100
+    assert all(termcells.cached(Path(files["terms"]), name) for name, files in tokens.term_sets(store, "r").parts)
 
 
 def test_rows_of_a_part_spread_over_the_batch_give_the_same_tables(tmp_path, monkeypatch):
     """Parts whose rows are not one run of the batch (taken by index, not sliced) get the same cell tables."""
     monkeypatch.setattr(tokens, "_contiguous", lambda _code: False)
     store = _store(tmp_path)
-    cells = _check(store)
-    _reduced_again(cells, tokens.term_sets(store, "r"))
+    _check(store)
 
 
-def test_term_sets_cached_without_cell_tables_are_reduced(tmp_path, monkeypatch):
-    """Term sets cached by a version that did not write cell tables: `term_cells` reduces those parts itself."""
+def test_term_sets_cached_without_cell_tables_are_computed_again(tmp_path, monkeypatch):
+    """Term sets whose cell tables are gone (an older version, a removed file) do not count as cached: the
+    part is computed again whole, term sets and cell tables."""
     import shutil
 
     store = _store(tmp_path)
     tokens.term_sets(store, "r")
     shutil.rmtree(store.run_dir("r") / "derived" / "termcells")
-    calls = []
-    real = termcells.reduce_part
-    monkeypatch.setattr(termcells, "reduce_part", lambda *a: calls.append(a[2]) or real(*a))
+    computed: list[str] = []
+    real = tokens._compute_parts
+    monkeypatch.setattr(tokens, "_compute_parts",
+                        lambda paths, *a, **k: computed.extend(p.name for p in paths) or real(paths, *a, **k))
     fresh = Store(store.root)
     cells = _check(fresh)
-    assert sorted(calls) == sorted(p.name for p in store.parts("r"))
+    assert sorted(computed) == sorted(p.name for p in store.parts("r"))
     assert all(p[k].is_file() for _, p in cells.parts for k in termcells.KINDS)
-    _reduced_again(cells, tokens.term_sets(fresh, "r"))
+    computed.clear()
+    _check(Store(store.root))  # cached whole now: nothing computed
+    assert computed == []
+
+
+def test_missing_cell_tables_of_a_listed_part_are_a_clear_error(tmp_path):
+    """Cell tables removed after the term sets were listed (while an audit runs): an error naming the part,
+    not a silently empty table."""
+    import shutil
+
+    import pytest
+
+    store = _store(tmp_path)
+    sets = tokens.term_sets(store, "r")
+    shutil.rmtree(store.run_dir("r") / "derived" / "termcells")
+    with pytest.raises(FileNotFoundError, match="cell tables of part"):
+        termcells.term_cells(Store(store.root), "r", sets)
+
+
+def test_term_sets_hold_no_prompt_terms_per_rollout(tmp_path):
+    """The prompts' terms are kept once per prompt (`promptterms`), not copied into every rollout's row;
+    `rollout_terms` joins them back for small runs and tests."""
+    store = _store(tmp_path)
+    sets = tokens.term_sets(store, "r")
+    assert "prompt_terms" not in sets.part_table(0, "terms").column_names
+    rows = tokens.rollout_terms(store, "r")
+    assert rows.column_names[-1] == "prompt_terms"
+    assert sum(len(v) for v in rows.column("prompt_terms").to_pylist()) > 0

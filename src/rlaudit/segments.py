@@ -124,7 +124,9 @@ def _write(seg_dir: Path, level: int, sources: list[tuple[Path, list[str]]]) -> 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp")
     try:
         with duckdb.connect() as con:
-            con.execute("SET enable_progress_bar = false")
+            # one thread: a merge of small files is a stream, and DuckDB's threads cost it ~50% more CPU than they
+            # save time (one 16-file merge of cell terms: 0.17 -> 0.11 CPU s)
+            con.execute("SET enable_progress_bar = false; SET threads = 1")
             bound_memory(con, at_most=COMPACT_MEMORY)
             con.execute(f"COPY (SELECT * FROM read_parquet({sql_list([str(p) for p, _ in sources])}, "
                         f"union_by_name = true)) TO {sql_string(str(tmp))} (FORMAT parquet, COMPRESSION lz4, "

@@ -16,12 +16,13 @@ of cells; a per-condition series a union of cells of one step). So every stored 
 
 The tables are made where the term sets are: `tokens.term_sets` computes a part's term sets in a worker thread
 and reduces them there, from the arrays it holds (`reduce_arrays`, numpy; no second read of the term sets), and
-writes them beside the term sets (`keep`); `term_cells` then finds them cached. Term sets cached by an older
-version, without cell tables, are read back and reduced by `term_cells` itself (`reduce_part`, the same numpy
-reduction). A run that grows by a step reduces only the new part; a warm audit reads the small tables (at 1M
-rollouts: ~125k cells) instead of re-reading every rollout's term lists. Parts that share a step may hold the same
-cell: its rows are summed by the readers (`emerging.Scope`), in any order. A store that keeps derived data in
-memory (`persist_derived = False`) gets the same tables in memory, memoised on the store.
+writes them beside the term sets (`keep`); `term_cells` then finds them memoised or cached. A part's term sets
+count as cached only with their cell tables (`cached`), so a part whose cell tables are missing is computed
+again whole (the term sets alone no longer hold the prompts' terms). A run that grows by a step reduces only the
+new part; a warm audit reads the small tables (at 1M rollouts: ~125k cells) instead of re-reading every
+rollout's term lists. Parts that share a step may hold the same cell: its rows are summed by the readers
+(`emerging.Scope`), in any order. A store that keeps derived data in memory (`persist_derived = False`) gets the
+same tables in memory, memoised on the store.
 """
 
 from __future__ import annotations
@@ -37,14 +38,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import kernels
-from .store import Store, bound_memory, prune_cached, write_cached
+from .store import Store, prune_cached, write_cached
 from .tokens import WHERES, TermSets, style_columns, union_view
 
 VERSION = 1
 KINDS = ("cells", "cellterms", "promptterms")
-#: the term-set columns the reduction reads (not the rollout ids)
-NEEDED = ["step", "split", "condition", "task", "prompt_key", "has_reasoning",
-          *[col for col, _, _ in style_columns()], "answer_terms", "reasoning_terms", "prompt_terms"]
 #: the cell key: two cells share a hash with probability ~2^-64 per pair
 CELL = "hash(step, split, task, condition, prompt_key)"
 
@@ -62,40 +60,39 @@ class TermCells:
 
 
 def term_cells(store: Store, run: str, sets: TermSets, prune: bool = True) -> TermCells:
-    """The cell tables of every part of `sets`, reducing (and caching) the parts that lack them. `prune`: remove
-    the cached tables of parts `sets` does not hold (off when `sets` is a shard of the run).
+    """The cell tables of every part of `sets`. `prune`: remove the cached tables of parts `sets` does not hold
+    (off when `sets` is a shard of the run).
 
-    Parts whose term sets `tokens.term_sets` computed in this process come with their cell tables (memoised by
-    `remember`), and so do parts computed by an earlier process (cached files); only term sets cached by an
-    older version, without their cell tables, are read again and reduced here (`reduce_part`)."""
+    `tokens.term_sets` makes every part's cell tables with its term sets: those it computed in this process are
+    memoised (`remember`), those an earlier process computed are cached files (a part counts as cached only when
+    they exist, `cached`)."""
     persist = getattr(store, "persist_derived", True)
     memo = store.__dict__.setdefault("_term_cells_memo", {})
     out = []
-    con = None
     for name, files in sets.parts:
         terms = files["terms"]
         hit = memo.get(name)
         entry = hit[1] if hit is not None and (
             hit[0] is terms or (isinstance(hit[0], str) and hit[0] == str(terms))) else None
         if entry is None and not isinstance(terms, pa.Table) and persist:
-            cached = {kind: _cell_file(Path(terms), name, kind) for kind in KINDS}
-            if all(f.is_file() for f in cached.values()):
-                entry = cached
+            files_of = {kind: _cell_file(Path(terms), name, kind) for kind in KINDS}
+            if all(f.is_file() for f in files_of.values()):
+                entry = files_of
         if entry is None:
-            if con is None:
-                con = duckdb.connect()
-                con.execute("SET enable_progress_bar = false")
-                bound_memory(con)
-            entry = keep(store, name, terms, reduce_part(con, read(terms, NEEDED), name))
+            raise FileNotFoundError(f"the cell tables of part {name} are missing beside its term sets {terms} "
+                                    "(removed while the audit ran?); the next audit computes them again")
         remember(store, name, terms, entry)
         out.append((name, entry))
-    if con is not None:
-        con.close()
     if prune and persist and sets.parts and not isinstance(sets.parts[0][1]["terms"], pa.Table):
         first = Path(sets.parts[0][1]["terms"])
         base = first.parent.parent.parent / "termcells"
         prune_cached(base, base / f"{first.parent.name}-v{VERSION}", {_stem(n) for n, _ in sets.parts})
     return TermCells(parts=out)
+
+
+def cached(terms: Path, part: str) -> bool:
+    """Whether the cell tables of a part whose term sets are cached at `terms` are cached too."""
+    return all(_cell_file(terms, part, kind).is_file() for kind in KINDS)
 
 
 def _cell_file(terms: Path, part: str, kind: str) -> Path:
@@ -119,25 +116,6 @@ def remember(store: Store, part: str, terms: Path | pa.Table, entry: dict[str, A
     again gets new term sets, so an old entry is never mistaken for it)."""
     memo = store.__dict__.setdefault("_term_cells_memo", {})
     memo[part] = (terms if isinstance(terms, pa.Table) else str(terms), entry)
-
-
-def reduce_part(con: duckdb.DuckDBPyConnection, terms: pa.Table, part: str) -> dict[str, pa.Table]:
-    """The three cell tables of one part's cached term sets (see the module doc), for parts whose term sets were
-    computed without them (`tokens.term_sets` now reduces each part while its arrays are in memory,
-    `reduce_arrays`): the cell keys by one DuckDB hash, the rest by `reduce_arrays` over the flat term lists."""
-    con.register("_part_terms", terms)
-    keyed = con.sql(f"SELECT {CELL} AS cell FROM _part_terms").to_arrow_table()
-    con.unregister("_part_terms")
-    has_reasoning = np.asarray(terms.column("has_reasoning").to_numpy(zero_copy_only=False), bool)
-    pairs = [_flat(terms.column(f"{where}_terms")) for where in WHERES]
-    # a prompt's term list is the same in every rollout of it, and distinct: the list of its first rollout
-    prompt_keys, first, prompt_idx = np.unique(np.asarray(terms.column("prompt_key").to_numpy(), np.uint64),
-                                               return_index=True, return_inverse=True)
-    prompt_terms = _rebased(terms.column("prompt_terms").take(pa.array(first)))
-    return reduce_arrays(part, terms, np.asarray(keyed.column("cell").to_numpy(), np.uint64), has_reasoning,
-                         pairs, prompt_idx.ravel(), prompt_keys,
-                         np.asarray(prompt_terms.offsets.to_numpy(), np.int64),
-                         np.asarray(prompt_terms.values.to_numpy(), np.int32))
 
 
 def reduce_arrays(part: str, terms: pa.Table, cell: np.ndarray, has_reasoning: np.ndarray,
@@ -194,24 +172,6 @@ def _cell_terms(g: np.ndarray, has_reasoning: np.ndarray, pairs: list[tuple[np.n
         rows.append(r)
         ids.append(v)
     return _count_pairs(g[np.concatenate(rows)], np.concatenate(ids).astype(np.int64))
-
-
-def _rebased(lists: pa.ChunkedArray | pa.Array) -> pa.ListArray:
-    """A list column as one array whose offsets start at 0 (nulls as empty lists)."""
-    if isinstance(lists, pa.ChunkedArray):
-        lists = lists.combine_chunks() if lists.num_chunks != 1 else lists.chunk(0)
-    lists = pc.fill_null(lists, pa.scalar([], lists.type))
-    return pa.concat_arrays([lists]) if len(lists) and lists.offsets[0].as_py() != 0 else lists
-
-
-def _flat(lists: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(row, value) of every entry of a list<int32> column (nulls as empty lists)."""
-    if isinstance(lists, pa.ChunkedArray):
-        lists = lists.combine_chunks() if lists.num_chunks != 1 else lists.chunk(0)
-    lists = pc.fill_null(lists, pa.scalar([], lists.type))
-    offsets = np.asarray(lists.offsets.to_numpy(), np.int64)  # of a slice: into the parent's values
-    values = np.asarray(lists.values.to_numpy(zero_copy_only=False), np.int64)[offsets[0]:offsets[-1]]
-    return np.repeat(np.arange(len(lists), dtype=np.int64), np.diff(offsets)), values
 
 
 def _count_pairs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

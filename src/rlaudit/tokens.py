@@ -18,10 +18,11 @@ Derived data (`TermSets`):
   the same SQL as `Behavior.sql`, so values agree with `style:NAME` specs) and the *distinct* candidate term
   ids found in the answer and in the reasoning (`answer_terms`, `reasoning_terms`). An occurrence does not
   count when the same n-gram, or its key token (its rarest word: "zebra" of "the zebra"), occurs in the
-  rollout's prompt (copying the question is not a tic); the
-  candidate ids found in the prompt are kept (`prompt_terms`) so that prevalences can be computed among the
-  rollouts *at risk*, those whose prompt does not already contain the term; and `counts`: per step the
-  rollouts containing each term and those whose prompt holds it (`term_step_counts`).
+  rollout's prompt (copying the question is not a tic); and `counts`: per step the rollouts containing each
+  term and those whose prompt holds it (`term_step_counts`), so that prevalences can be computed among the
+  rollouts *at risk*, those whose prompt does not already contain the term. The candidate ids each prompt holds
+  are kept once per prompt, not per rollout, in the part's cell tables (`termcells`: `promptterms`), which the
+  same worker writes right after (a part counts as cached only when they are there too).
 
 Tokens are `behaviors.TOKEN_PATTERN` runs of the lower-cased text, so a discovered n-gram, used as a term
 spec, matches exactly the rollouts counted here (up to the prompt exclusion). `tokhash` tokenises and hashes
@@ -129,7 +130,21 @@ def rollout_terms(store: Store, run: str, options: VocabOptions = VocabOptions()
     detectors read the per-part cache through `TermSets.register` without materialising the run."""
     sets = term_sets(store, run, options)
     tables = [sets.part_table(i, "terms") for i in range(len(sets.parts))]
-    return pa.concat_tables(tables) if tables else pa.table({})
+    if not tables:
+        return pa.table({})
+    from . import termcells  # termcells builds on this module
+
+    # each rollout's prompt terms (`prompt_terms`), from the prompts' lists in the cell tables
+    con = duckdb.connect()
+    termcells.term_cells(store, run, sets).register(con, "promptterms", "pt")
+    rt = pa.concat_tables(tables)
+    con.register("rt", rt.append_column("_row", pa.array(np.arange(rt.num_rows))))
+    out = con.sql("""SELECT rt.* EXCLUDE (_row), coalesce(p.ids, []::INTEGER[]) AS prompt_terms
+                     FROM rt LEFT JOIN (SELECT prompt_key, list(DISTINCT term_id ORDER BY term_id) AS ids
+                                        FROM pt GROUP BY 1) p USING (prompt_key)
+                     ORDER BY rt._row""").to_arrow_table()
+    con.close()
+    return out
 
 
 def term_step_counts(store: Store, run: str, options: VocabOptions = VocabOptions()) -> pa.Table:
@@ -157,6 +172,9 @@ def term_step_counts(store: Store, run: str, options: VocabOptions = VocabOption
 #: only in the added rows wait for that re-choice: a rise confined to the last few percent of a run cannot pass
 #: the window test (early vs late 20% of steps) anyway.
 REUSE_GROWTH = 0.05
+#: version of the cached per-part files' layout (in their directory's name, so files of an older layout are
+#: neither read nor mixed with new ones, and are pruned): 2 dropped the per-rollout `prompt_terms` column
+FORMAT = 2
 #: Rollouts tokenised together when several parts lack their term sets (one DuckDB query for many small parts)
 BATCH_ROWS = 50_000
 #: memory a term-set worker thread may take at most (see `workers`)
@@ -228,14 +246,17 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
     base = store.run_dir(run) / "derived" / "tokens"
     vocab, vocab_id = _cached_vocab(store, run, options, okey, names, rows, base, persist, memo)
     done: dict[str, Any] = memo.setdefault(("parts", vocab_id), {})
-    vdir = base / vocab_id
+    vdir = base / f"{vocab_id}-f{FORMAT}"
     missing = []
     if only is not None:
         parts = [p for p in parts if p.name in only]
+    from . import termcells  # termcells builds on this module
+
     for path in parts:
         if path.name not in done and persist:
             files = {"terms": vdir / f"{path.stem}.terms.parquet", "counts": vdir / f"{path.stem}.counts.parquet"}
-            if all(f.is_file() for f in files.values()):
+            # a part is cached when its cell tables are too (they are written right after, by the same worker)
+            if all(f.is_file() for f in files.values()) and termcells.cached(files["terms"], path.name):
                 done[path.name] = files
         if path.name not in done:
             missing.append(path)
@@ -256,8 +277,6 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
     if missing and kernels.use_numba():
         kernels.compiled()  # compiled (or loaded from numba's cache) once, before the threads
 
-    from . import termcells  # termcells builds on this module
-
     def compute(batch: list[Path]) -> list[tuple[Path, dict[str, Any], dict[str, Any]]]:
         result = _compute_parts(batch, layouts.get(batch[0].name, 1), vocab, options, with_cells=True)
         out = []
@@ -276,7 +295,7 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
                 termcells.remember(store, path.name, entry["terms"], cells)
     out = [(path.name, done[path.name]) for path in parts]
     if persist and only is None:
-        prune_cached(base, base / vocab_id, {p.stem for p in parts})
+        prune_cached(base, vdir, {p.stem for p in parts})
     return TermSets(vocab=vocab, parts=out)
 
 
@@ -699,8 +718,7 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     base = r.select(["rid", "rollout_id", "step", "split", "condition", "task", "group_id", "prompt_key",
                      "has_reasoning", *style_cols])
     terms = base.append_column("answer_terms", _pairs_to_lists(*pairs["answer"], n)) \
-        .append_column("reasoning_terms", _pairs_to_lists(*pairs["reasoning"], n)) \
-        .append_column("prompt_terms", prompt_terms.take(pa.array(prompt_idx)))
+        .append_column("reasoning_terms", _pairs_to_lists(*pairs["reasoning"], n))
     # per part and (step, split) cell: rollouts containing each term (x) and rollouts whose prompt holds it (m)
     file_enc = pc.dictionary_encode(r.column("_file")).combine_chunks()
     file_code = np.asarray(file_enc.indices.to_numpy(), np.int64)

@@ -286,14 +286,13 @@ class Scope:
             window = tokens.TermSets(vocab=self.vocab, parts=[p for p in self.sets.parts
                                                              if p[0] in self.window_parts])
             window.register(con, "rt_win", "_rt_win_counts")
-            # only the columns the per-rollout questions use: not the prompts' term lists (the longest: a prompt
-            # holds many terms' key tokens; whether it holds a focus term is in `fprompt`), nor the style
-            # columns (read by the few style questions from the view `sw`)
+            # only the columns the per-rollout questions use: not the style columns (read by the few style
+            # questions from the view `sw`)
             con.execute("""CREATE OR REPLACE TEMP TABLE sc AS
                            SELECT rt.rid, rt.rollout_id, rt.step, rt.condition, rt.prompt_key, rt.has_reasoning,
                                   rt.answer_terms, rt.reasoning_terms, k.si, k.win
                            FROM rt_win rt JOIN keys k USING (step, split) WHERE k.win IS NOT NULL""")
-            con.execute("""CREATE OR REPLACE VIEW sw AS SELECT rt.* EXCLUDE (prompt_terms), k.si, k.win
+            con.execute("""CREATE OR REPLACE VIEW sw AS SELECT rt.*, k.si, k.win
                            FROM rt_win rt JOIN keys k USING (step, split) WHERE k.win IS NOT NULL""")
             self._rows_built = True
         return "sc" if feature_type == "ngram" else "sw"
