@@ -285,6 +285,50 @@ def _cell_term_counts(order, cell, off_a, ids_a, off_b, ids_b, use_b, n_ids):
     return out_c[:k].copy(), out_t[:k].copy(), out_x[:k].copy()
 
 
+def _distinct_keys(keys, rows):
+    """Per occurrence (key, row): its key's id (ids in order of first appearance) and whether it is the first of
+    its (key, row) pair; per id the key and its first occurrence; whether every key's rows came in increasing
+    order (else the pair flags are not valid). Linear probing on the low bits of the keys (hashes already)."""
+    n = len(keys)
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    mask = np.uint64(size - 1)
+    slots = np.full(size, -1, np.int32)
+    ukeys = np.empty(n, np.uint64)
+    first = np.empty(n, np.int64)
+    last = np.empty(n, np.int64)
+    uid = np.empty(n, np.int32)
+    new_pair = np.zeros(n, np.bool_)
+    m = 0
+    ordered = True
+    for i in range(n):
+        k = keys[i]
+        r = rows[i]
+        s = np.int64(k & mask)
+        while True:
+            u = slots[s]
+            if u < 0:
+                slots[s] = m
+                ukeys[m] = k
+                first[m] = i
+                last[m] = r
+                uid[i] = m
+                new_pair[i] = True
+                m += 1
+                break
+            if ukeys[u] == k:
+                uid[i] = u
+                if r != last[u]:
+                    if r < last[u]:
+                        ordered = False
+                    new_pair[i] = True
+                    last[u] = r
+                break
+            s = (s + 1) & np.int64(size - 1)
+    return uid, new_pair, ukeys[:m].copy(), first[:m].copy(), ordered
+
+
 def jit(f: Any, sig: Any = None, **options: Any) -> Any:
     """`numba.njit` without the GIL, cached on disk (compiled in every process where no cache can be written)."""
     import numba
@@ -321,7 +365,8 @@ def compiled() -> SimpleNamespace:
                 ascii_token_hashes=jit(_ascii_token_hashes, (u8, i64, b1, b1, u64, t.uint64, t.uint64)),
                 row_term_ids=jit(_row_term_ids, (u64, i64, t.int64, i32, u64, i64, i64, i32, t.int64, t.int64,
                                                  i64, i64, i32, i64, i64, i32)),
-                cell_term_counts=jit(_cell_term_counts, (i64, i64, i64, i32, i64, i32, b1, t.int64)))
+                cell_term_counts=jit(_cell_term_counts, (i64, i64, i64, i32, i64, i32, b1, t.int64)),
+                distinct_keys=jit(_distinct_keys, (u64, i64)))
     return _compiled
 
 
@@ -367,3 +412,13 @@ def cell_term_counts(cell: np.ndarray, lists: list[tuple[np.ndarray, np.ndarray]
         flat += [off, c(ids, np.int32)]
     order = np.argsort(cell, kind="stable").astype(np.int64)
     return compiled().cell_term_counts(order, c(cell, np.int64), *flat, c(use_second, np.bool_), int(n_ids))
+
+
+def distinct_keys(keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Of occurrences (key, row) whose rows come in increasing order within each key: (id of each occurrence's
+    key, in order of first appearance; whether it is the first of its (key, row) pair; the keys by id; each
+    key's first occurrence). None when some key's rows are out of order. One pass through a hash table instead
+    of a stable sort of every occurrence (`tokens._ngram_df`)."""
+    c = np.ascontiguousarray
+    uid, new_pair, ukeys, first, ordered = compiled().distinct_keys(c(keys, np.uint64), c(rows, np.int64))
+    return (uid, new_pair, ukeys, first) if ordered else None

@@ -430,10 +430,40 @@ def _ngram_df(key: np.ndarray, row: np.ndarray, bins: pa.ChunkedArray, condition
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, pa.Table]:
     """Of n-gram occurrences (key, row), the n-grams found in at least `min_count` rows: their keys (sorted),
     rows, first occurrence (flat index) and the rows per (n-gram, bin, condition) of the rows' `bins` and
-    `conditions` (as `term`, the index among the kept keys). One stable argsort of the keys: equal keys end up
-    together, with their rows in increasing order when each key's occurrences come in row order (as `_sample_df`
-    builds them: one block per n, rows in order), so the distinct (key, row) pairs are where either changes (2x
-    the speed of DuckDB's hash aggregates over the same pairs, in one thread); otherwise one more sort."""
+    `conditions` (as `term`, the index among the kept keys). The distinct (key, row) pairs come from
+    `_distinct_pairs_of`; only the kept n-grams' pairs are then sorted, by (n-gram, cell)."""
+    ukeys, first, pu, pr = _distinct_pairs_of(key, row)
+    total = np.bincount(pu, minlength=len(ukeys))
+    kept = np.flatnonzero(total >= min_count)
+    kept = kept[np.argsort(ukeys[kept], kind="stable")]  # by key (already so from the sort)
+    dense = np.full(len(ukeys), -1, np.int64)
+    dense[kept] = np.arange(len(kept))  # kept n-gram index
+    sel = dense[pu] >= 0
+    cond = pc.dictionary_encode(conditions.combine_chunks(), null_encoding="encode")  # NULL: a condition of its own
+    n_cond = max(len(cond.dictionary), 1)
+    cell = np.asarray(bins.to_numpy(), np.int64) * n_cond + np.asarray(cond.indices.to_numpy(), np.int64)
+    width = int(cell.max()) + 1 if len(cell) else 1
+    code, df = np.unique(dense[pu[sel]] * width + cell[pr[sel]], return_counts=True)
+    c = code % width
+    table = pa.table({"term": pa.array(code // width, pa.int64()), "bin": pa.array(c // n_cond).cast(bins.type),
+                      "condition": cond.dictionary.take(pa.array(c % n_cond)), "df": pa.array(df, pa.int64())})
+    return ukeys[kept], total[kept].astype(np.int64), first[kept].astype(np.int64), table
+
+
+def _distinct_pairs_of(key: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct keys, each one's first occurrence, and the distinct (key, row) pairs as key index and row).
+
+    Compiled where numba is installed and each key's occurrences come in row order (as `_sample_df` builds
+    them: one block per n, rows in order): one pass through a hash table (`kernels.distinct_keys`, keys in order
+    of first appearance; ~4x the speed of the sort). Else one stable argsort of the keys: equal keys end up
+    together, with their rows in increasing order when they came so, and the distinct pairs are where either
+    changes (2x the speed of DuckDB's hash aggregates over the same pairs, in one thread); otherwise one more
+    sort."""
+    if kernels.use_numba() and len(key):
+        found = kernels.distinct_keys(key, row)
+        if found is not None:
+            uid, new_pair, ukeys, first = found
+            return ukeys, first, uid[new_pair].astype(np.int64), row[new_pair].astype(np.int64)
     srt = np.argsort(key, kind="stable")
     ks, rs = key[srt], row[srt]
     new_key = np.ones(len(ks), bool)
@@ -446,19 +476,7 @@ def _ngram_df(key: np.ndarray, row: np.ndarray, bins: pa.ChunkedArray, condition
         new_pair = new_key.copy()
         new_pair[1:] |= rs[1:] != rs[:-1]
         pu, pr = uid[new_pair], rs[new_pair].astype(np.int64)
-    total = np.bincount(pu, minlength=int(new_key.sum()))
-    keep = total >= min_count
-    dense = np.cumsum(keep) - 1  # kept n-gram index
-    sel = keep[pu]
-    cond = pc.dictionary_encode(conditions.combine_chunks(), null_encoding="encode")  # NULL: a condition of its own
-    n_cond = max(len(cond.dictionary), 1)
-    cell = np.asarray(bins.to_numpy(), np.int64) * n_cond + np.asarray(cond.indices.to_numpy(), np.int64)
-    width = int(cell.max()) + 1 if len(cell) else 1
-    code, df = np.unique(dense[pu[sel]] * width + cell[pr[sel]], return_counts=True)
-    c = code % width
-    table = pa.table({"term": pa.array(code // width, pa.int64()), "bin": pa.array(c // n_cond).cast(bins.type),
-                      "condition": cond.dictionary.take(pa.array(c % n_cond)), "df": pa.array(df, pa.int64())})
-    return ks[new_key][keep], total[keep].astype(np.int64), srt[new_key][keep].astype(np.int64), table
+    return ks[new_key], srt[new_key], pu, pr
 
 
 def _name_terms(sample: pa.Table, where: str, q: pa.Table, first: dict[str, np.ndarray], totals: Any,

@@ -224,3 +224,24 @@ def test_cell_term_counts_equal_the_sorted_pairs(case):
     assert np.all(np.diff(b[:, 0]) >= 0)
     rows = np.concatenate([pairs[0][0], pairs[1][0][has_r[pairs[1][0]]]]) if len(cell) else np.zeros(0, np.int64)
     assert int(b[:, 2].sum()) == len(rows)  # every kept pair counted once
+
+
+@needs_numba
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 12)), max_size=120), st.booleans(), st.integers(1, 3),
+       st.booleans())
+def test_vocabulary_document_frequencies_are_identical(occ, in_row_order, min_count, low_bits):
+    """`tokens._ngram_df` through `kernels.distinct_keys` (a hash table) equals the sort of the numpy path: kept
+    keys, rows per key, first occurrences, rows per (key, bin, condition). Occurrences in row order per key
+    (the compiled path) or not (it hands back to the sort); keys sharing their low bits (long probe chains)."""
+    if in_row_order:
+        occ = sorted(occ, key=lambda o: o[1])
+    mult = 1 << 20 if low_bits else 0x9E3779B97F4A7C15  # low_bits: every key's low 20 bits are zero
+    key = np.array([(k * mult) % 2**64 for k, _ in occ], np.uint64)
+    row = np.array([r for _, r in occ], np.int32)
+    bins = pa.chunked_array([pa.array([r % 4 for r in range(13)], pa.int32())])
+    conds = pa.chunked_array([pa.array([["a", "b", None][r % 3] for r in range(13)], pa.string())])
+    a, b = _both(lambda: tokens._ngram_df(key, row, bins, conds, min_count))
+    for x, y in zip(a[:3], b[:3]):
+        assert x.dtype == y.dtype and np.array_equal(x, y)
+    assert a[3].equals(b[3])
