@@ -85,3 +85,27 @@ def test_the_combined_file_is_written_under_a_small_duckdb_limit(monkeypatch):
     as_set = lambda n: (n >> 20) * 1_000_000  # noqa: E731 - bound_memory sets "<n >> 20>MB"; DuckDB's MB is 10^6
     assert in_bytes(small) == pytest.approx(as_set(min(limit, partstats.COMPACT_MEMORY)), rel=0.01)
     assert in_bytes(default) == pytest.approx(as_set(limit), rel=0.01)
+
+
+def test_a_registered_view_keeps_its_rows_when_another_audit_compacts(store, monkeypatch):
+    """The merged rows are a view (read per query): when another audit rewrites the combined file meanwhile,
+    with parts this view reads loose, no row is counted twice (the combined file is read by stem)."""
+    import duckdb
+
+    from rlaudit.runstats import PART_SQL, VERSION
+
+    monkeypatch.setattr(partstats, "COMPACT_AT", 3)
+    for step in range(1, 5):
+        store.append("r", canonical_table(_rows(step, 8, "a")), key=f"s{step}")
+    stats = partstats.part_stats(store, "r", "run_stats", VERSION, PART_SQL)
+    for step in range(5, 7):  # two loose parts
+        store.append("r", canonical_table(_rows(step, 8, "a")), key=f"s{step}")
+    mine = partstats.part_stats(store, "r", "run_stats", VERSION, PART_SQL)
+    assert mine.combined is not None and len(mine.files) == 2 and stats.combined == mine.combined
+    con = duckdb.connect()
+    mine.register(con, "rs")
+    before = con.execute("SELECT count(*), sum(n) FROM rs WHERE kind = 0").fetchall()
+    monkeypatch.setattr(partstats, "COMPACT_AT", 1)
+    again = partstats.part_stats(store, "r", "run_stats", VERSION, PART_SQL)  # another audit compacts all
+    assert not again.files and len(_combined_stems(again.combined)) == 6
+    assert con.execute("SELECT count(*), sum(n) FROM rs WHERE kind = 0").fetchall() == before
