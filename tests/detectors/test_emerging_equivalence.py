@@ -45,3 +45,27 @@ def test_findings_equal_the_per_rollout_path(name, tmp_path):
     for mode, recorded in RECORDED[name].items():
         diffs = same(recorded, now[mode], f"{name}/{mode}")
         assert not diffs, diffs[:10]
+
+
+def test_steps_shared_by_parts_give_the_same_findings(tmp_path):
+    """Parts that share steps (each step's rows split between two parts) give the findings of parts that do
+    not: the cell and count rows of a shared step are summed (the aggregation a run without shared steps skips)."""
+    import numpy as np
+    import pyarrow as pa
+    from emerging_equivalence import DETECTORS, SIZE, summarise
+
+    from rlaudit.detectors import AuditConfig, run_detectors
+    from rlaudit.organisms import run as simulate_run
+    from rlaudit.store import Store
+
+    table = simulate_run("goblin_persona", seed=0, run_name="sim", **SIZE).canonical()
+    whole, split = Store(tmp_path / "whole"), Store(tmp_path / "split")
+    whole.append("sim", table, key="all")
+    half = np.arange(table.num_rows) % 2 == 0
+    split.append("sim", table.filter(pa.array(half)), key="even")
+    split.append("sim", table.filter(pa.array(~half)), key="odd")
+    a = summarise(run_detectors(whole, "sim", AuditConfig(detectors=DETECTORS)))
+    b = summarise(run_detectors(split, "sim", AuditConfig(detectors=DETECTORS)))
+    assert a and any(f["kind"] == "generalization" for f in a)
+    diffs = same(a, b)
+    assert not diffs, diffs[:10]

@@ -200,17 +200,23 @@ class Scope:
         con.execute("""CREATE TEMP TABLE strata AS SELECT task_key, condition,
                               row_number() OVER (ORDER BY task_key, condition) - 1 AS s
                        FROM (SELECT DISTINCT coalesce(task, '') AS task_key, condition FROM cell_all)""")
-        # the cells in scope, each once (parts that share a step may both hold a cell: their sums add up)
-        sums = ", ".join(["sum(n) AS n", "sum(n_r) AS n_r"] + [
-            f"sum({col}) AS {col}, sum({col}__q) AS {col}__q" for col, _, _ in tokens.style_columns()])
+        # the cells in scope, each once (parts that share a step may both hold a cell: their sums add up), and
+        # the cached per-step term counts in scope, read once for both `where`s. A part's rows are distinct, so
+        # where no step is shared by parts the sums are the rows themselves: the hash aggregates (most of a warm
+        # audit's scope at 10M rollouts) are skipped, with the sums' types kept (HUGEINT counts)
+        shared = con.execute("""SELECT count(*) FROM (SELECT step, split FROM cell_all GROUP BY ALL
+                                HAVING count(DISTINCT part) > 1)""").fetchall()[0][0] > 0
+        sums = ", ".join(_sums(["n", "n_r"], "HUGEINT", shared) + _sums(
+            [f"{col}{q}" for col, _, _ in tokens.style_columns() for q in ("", "__q")], "DOUBLE", shared))
+        group = "GROUP BY ALL" if shared else ""
         con.execute(f"""CREATE TEMP TABLE tcells AS SELECT c.cell, c.step, c.split, c.condition, c.task,
                                c.prompt_key, k.si, k.win, st.s, {sums}
                         FROM cell_all c JOIN keys k USING (step, split)
                         JOIN strata st ON st.task_key = coalesce(c.task, '') AND st.condition = c.condition
-                        GROUP BY ALL""")
-        # the cached per-step term counts in scope, read once for both `where`s
-        con.execute("""CREATE TEMP TABLE scope_counts AS SELECT "where", term_id, si, sum(x) AS x, sum(m) AS m
-                       FROM step_counts JOIN keys USING (step, split) GROUP BY ALL""")
+                        {group}""")
+        con.execute(f"""CREATE TEMP TABLE scope_counts AS SELECT "where", term_id, si,
+                               {", ".join(_sums(["x", "m"], "HUGEINT", shared))}
+                        FROM step_counts JOIN keys USING (step, split) {group}""")
         self.window_parts = {r[0] for r in con.execute(
             "SELECT DISTINCT part FROM cell_all JOIN keys USING (step, split) WHERE win IS NOT NULL").fetchall()}
         self.cell_parts.register(con, "cellterms", "wct", only=self.window_parts)
@@ -326,6 +332,11 @@ class Scope:
         col = f"{where}__{key}"
         return f"""SELECT condition, task, si, win, s, prompt_key, {nc} AS n, coalesce({col}, 0) AS x,
                           coalesce({col}__q, 0) AS q FROM tcells WHERE {nc} > 0"""
+
+
+def _sums(cols: list[str], summed_type: str, aggregate: bool) -> list[str]:
+    """`sum(col) AS col` of each column, or (rows known distinct) the column cast to the type its sum has."""
+    return [f"sum({c}) AS {c}" if aggregate else f"CAST({c} AS {summed_type}) AS {c}" for c in cols]
 
 
 def window_masks(step_rollouts: np.ndarray, w: int, max_rollouts: int, min_steps: int
