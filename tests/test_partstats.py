@@ -3,7 +3,6 @@ the merged result (checked through `Store.summary`, which reads them, against a 
 
 from __future__ import annotations
 
-import numpy as np
 
 from rlaudit import partstats
 from rlaudit.partstats import _combined_stems
