@@ -7,13 +7,15 @@ number of passes. Two small loops, each walking its input once, do the same work
 
 - `ascii_token_hashes`: tokenises ASCII texts and hashes each token, bit-identical to `tokhash._ascii_tokens`
   + `tokhash.span_hashes` (a polynomial hash of the case-folded byte codes modulo 2^64, then the length mix and
-  `splitmix64`). Non-ASCII texts still go through DuckDB's RE2 pattern (`tokhash.token_hashes`).
+  `splitmix64`). Non-ASCII texts still go through DuckDB's RE2 pattern (`tokhash.token_hashes`). Branch-free
+  per byte (~2.4 ns per byte; see its doc).
 - `row_term_ids`: per row of token hashes, forms the 1..max_n-gram keys exactly as `tokens.ngram_keys`
   (`tokens._ngram_key` folded left to right), probes the vocabulary's open-addressing table (`tokens._Lookup`'s
   own arrays, so both paths read one table), and emits the distinct term ids of the row, sorted, leaving out
   those its prompt holds. It equals `_distinct_pairs(*lookup.match(*ngram_keys(...)))` minus the prompt's
   pairs, keys naming several terms included (tests/core/test_kernels.py checks both against the numpy path).
-  For prompts, the terms whose key token the prompt holds are added per row (`include`).
+  For prompts, the terms whose key token the prompt holds are added per row (`include`). Found ids are
+  collected without a branch per key and deduplicated and sorted by a bitmap (see its doc).
 
 A third loop serves the cell tables the term-set workers write beside the term sets (`rlaudit.termcells`):
 
@@ -125,123 +127,210 @@ def _grow(a, need):
     return out
 
 
+def _trailing_zeros(x):
+    """Index of the lowest set bit of a uint64 (64 for 0). Replaced by LLVM's cttz (one instruction) when the
+    kernels compile (`compiled`); this body is its meaning."""
+    return (int(x) & -int(x)).bit_length() - 1 if x else 64
+
+
+#: bytes of a text tokenised between two checks of the output's room (see `_ascii_token_hashes`)
+_BLOCK = 4096
+
+
 def _ascii_token_hashes(data, offsets, is_ascii, word, codes, base, len_mix):
     """(hashes, per-text token counts) of the ASCII texts (others: no tokens). A token is a maximal run of word
-    bytes, an apostrophe joining when word bytes of the same text are on both sides of it."""
+    bytes, an apostrophe joining when word bytes of the same text are on both sides of it.
+
+    One pass over the bytes with a running token state (h: the hash so far, p: base^length, n: the length) that
+    a non-token byte resets by masks, not branches: token ends are as unpredictable as word lengths, and a
+    mispredicted branch per token cost more than the whole byte's work (0.35 -> 0.07 CPU s per 29 MB). The
+    current hash is stored at out[k] at every byte and k advances where a token ends. The hash is the same
+    polynomial as `tokhash.span_hashes` (codes[b] * base^i summed over the token's bytes i), then the length
+    mix and `splitmix64`, applied per text once its tokens are known. Word bytes are found by `cw`, the codes
+    of word bytes and 0 elsewhere (codes of word bytes are never 0, `ascii_token_hashes` checks). Indices are
+    cast to unsigned, which spares numba's negative-index wraparound in the loop.
+
+    The result is a view of the first k slots of the output buffer, not a copy: the buffer is sized ahead
+    (len(data) // 4 tokens, grown when a block of text might not fit) and the slots past k are never written,
+    so they take address space only, no memory; the copy cost more than the tokenising (fresh pages)."""
     n_texts = len(offsets) - 1
     counts = np.zeros(n_texts, np.int64)
+    zero, one = np.uint64(0), np.uint64(1)
+    cw = np.zeros(256, np.uint64)
+    for b in range(256):
+        if word[b]:
+            cw[b] = codes[b]
+    apostrophe = codes[_APOSTROPHE]
     out = np.empty(max(16, len(data) // 4), np.uint64)
     k = 0
     for t in range(n_texts):
         if not is_ascii[t]:
             continue
         s, e = offsets[t], offsets[t + 1]
-        i = s
-        c = 0
-        while i < e:
-            if not word[data[i]]:  # an apostrophe never starts a token
-                i += 1
-                continue
-            h = np.uint64(0)
-            p = np.uint64(1)
-            j = i
-            while j < e:
-                b = data[j]
-                # an apostrophe inside a token follows a word byte (a joining one is always followed by one)
-                if not (word[b] or (b == _APOSTROPHE and j + 1 < e and word[data[j + 1]])):
-                    break
-                h += codes[b] * p
-                p *= base
-                j += 1
-            if k == len(out):
-                out = _grow(out, k + 1)
-            out[k] = _splitmix64(h ^ (np.uint64(j - i) * len_mix))
+        k0 = k
+        h, p, n = zero, one, zero
+        for lo in range(s, e, _BLOCK):
+            hi = min(lo + _BLOCK, e)
+            # room for the tokens ending in this block (at most one per two bytes) and the text's last one
+            if k + (hi - lo + 1) // 2 + 2 > len(out):
+                out = _grow(out, k + (hi - lo + 1) // 2 + 2)
+            for j in range(lo, hi):
+                b = data[np.uint64(j)]
+                c = cw[b]
+                # an apostrophe joins when it follows a token byte and a word byte of the same text follows it
+                if b == _APOSTROPHE and n != zero and j + 1 < e and cw[data[np.uint64(j + 1)]] != zero:
+                    c = apostrophe
+                out[np.uint64(k)] = h ^ (n * len_mix)  # kept (k advances) where a token ended before b
+                k += (n != zero) & (c == zero)
+                m = zero - np.uint64(c != zero)  # all ones on a token byte
+                h = (h + c * p) & m
+                p = p * base if c != zero else one
+                n = (n + one) & m
+        if n != zero:  # a token runs to the end of the text
+            out[np.uint64(k)] = h ^ (n * len_mix)
             k += 1
-            c += 1
-            i = j
-        counts[t] = c
-    return out[:k].copy(), counts
-
-
-def _insertion_sort(a, n):
-    for i in range(1, n):
-        v = a[i]
-        j = i - 1
-        while j >= 0 and a[j] > v:
-            a[j + 1] = a[j]
-            j -= 1
-        a[j + 1] = v
+        for i in range(k0, k):
+            out[np.uint64(i)] = _splitmix64(out[np.uint64(i)])
+        counts[t] = k - k0
+    return out[:k], counts
 
 
 def _row_term_ids(values, offsets, max_n, table, ukeys, ustart, ucount, ids, rounds, n_ids,
                   excl_of_row, excl_off, excl_ids, incl_of_row, incl_off, incl_ids):
     """(int64 offsets, int32 ids): per row, its distinct term ids in increasing order, plus those of the row's
     inclusion list, minus those of its exclusion list (excl_ids[excl_off[p]:excl_off[p + 1]] with
-    p = excl_of_row[row]; an empty excl_of_row excludes nothing; the same for incl_*)."""
+    p = excl_of_row[row]; an empty excl_of_row excludes nothing; the same for incl_*).
+
+    Built for the CPU's branch predictor: about half the keys name a term, so "found?" branches mispredict, and
+    they cost more than the work. So, per key (up to max_n per token):
+    - its home slot answers it with two independent loads from per-slot copies of the table (`slot_key`,
+      `slot_val`: the key there, and its term id, -1 for an empty slot, -2 - u for a key u naming several
+      terms); the id is stored at hits[n_hits] and n_hits advances when it is the key's (no branch);
+    - the rare keys the home slot cannot settle (several terms, or another key at home: probe on) are put
+      aside (`pend`) and probed in the table as before, after the row's tokens.
+    A row's ids are then set in a bitmap of all ids (`bits`: duplicates fold), and emitted, in increasing
+    order, by a scan of its words without the excluded ones (`ban`, a bitmap of the current exclusion list,
+    rebuilt when the list changes: rows of a prompt are usually adjacent). No per-row sort, no stamps.
+    Keys of max_n <= 3 (the vocabulary's default 3, and 1) are held in three scalars; longer n-grams in an
+    array. The ids are a view of the output buffer's first slots (see `_ascii_token_hashes`)."""
     n_rows = len(offsets) - 1
-    mask = len(table) - 1
-    seen = np.zeros(n_ids, np.int64)  # seen[id] == row + 1: already emitted for this row
-    banned = np.zeros(n_ids, np.int64)  # banned[id] == p + 1: on the exclusion list p (rows of a prompt are
-    # usually adjacent: the list is stamped again only when it changes)
+    size = len(table)
+    mask = np.uint64(size - 1)
+    one, six, low = np.uint64(1), np.uint64(6), np.uint64(63)
+    slot_key = np.empty(size, np.uint64)
+    slot_val = np.empty(size, np.int32)
+    for q in range(size):
+        u = table[q]
+        if u < 0:
+            slot_key[q] = np.uint64(q + 1) & mask  # a key whose home is another slot: equals no key homed here
+            slot_val[q] = -1
+        else:
+            slot_key[q] = ukeys[u]
+            slot_val[q] = ids[ustart[u]] if ucount[u] == 1 else -2 - u
+    n_words = max((n_ids + 63) >> 6, 1)
+    bits = np.zeros(n_words, np.uint64)
+    ban = np.zeros(n_words, np.uint64)
     last = -1
-    buf = np.empty(max(n_ids, 1), np.int32)
     out_off = np.zeros(n_rows + 1, np.int64)
-    out = np.empty(max(16, len(values) // 2), np.int32)
-    cur = np.zeros(max_n + 1, np.uint64)  # cur[n]: key of the n-gram ending at the current token
+    out = np.empty(max(64, len(values)), np.int32)
+    cur = np.zeros(max_n + 1, np.uint64)  # cur[n]: key of the n-gram ending at the current token (max_n > 3)
+    hits = np.empty(64, np.int32)
+    pend = np.empty(64, np.uint64)
+    big = np.int64(1) << 62
+    from2 = 1 if max_n >= 2 else big  # position in the row from which a token ends a 2-gram (3-gram)
+    from3 = 2 if max_n >= 3 else big
     k = 0
     exclude, include = len(excl_of_row) > 0, len(incl_of_row) > 0
     for r in range(n_rows):
-        tag = r + 1
-        ban = -1
         if exclude:
             p = excl_of_row[r]
-            ban = p + 1
             if p != last:
+                if last >= 0:
+                    for q in range(excl_off[last], excl_off[last + 1]):
+                        ban[np.uint64(excl_ids[q]) >> six] = 0
                 for q in range(excl_off[p], excl_off[p + 1]):
-                    banned[excl_ids[q]] = ban
+                    t = np.uint64(excl_ids[q])
+                    ban[t >> six] |= one << (t & low)
                 last = p
-        m = 0
+        n_new = 0  # ids set in `bits` for this row (an upper bound on those emitted)
         if include:
             p = incl_of_row[r]
             for q in range(incl_off[p], incl_off[p + 1]):
-                t = incl_ids[q]
-                if seen[t] != tag and banned[t] != ban:
-                    seen[t] = tag
-                    buf[m] = t
-                    m += 1
+                t = np.uint64(incl_ids[q])
+                bits[t >> six] |= one << (t & low)
+            n_new += incl_off[p + 1] - incl_off[p]
         s, e = offsets[r], offsets[r + 1]
-        for i in range(s, e):
-            h = values[i]
-            top = min(max_n, i - s + 1)
-            for n in range(top, 1, -1):
-                cur[n] = _splitmix64(cur[n - 1] * _MIX + h)
-            cur[1] = h
-            for n in range(1, top + 1):
-                key = cur[n]
-                slot = np.int64(key & np.uint64(mask))
-                for _ in range(rounds):  # linear probing; no key lies `rounds` or more slots from home
-                    u = table[slot]
-                    if u < 0:
-                        break
-                    if ukeys[u] == key:
-                        for q in range(ustart[u], ustart[u] + ucount[u]):
-                            t = ids[q]
-                            if seen[t] != tag and banned[t] != ban:
-                                seen[t] = tag
-                                buf[m] = t
-                                m += 1
-                        break
-                    slot = (slot + 1) & mask
-        if m < 32:
-            _insertion_sort(buf, m)
+        if max_n * (e - s) + 1 > len(hits):
+            hits = np.empty(max_n * (e - s) + 1 + len(hits), np.int32)
+            pend = np.empty(len(hits), np.uint64)
+        n_hits = 0
+        n_pend = 0
+        if max_n <= 3:
+            k1 = np.uint64(0)
+            k2 = np.uint64(0)
+            for i in range(s, e):
+                h = values[np.uint64(i)]
+                k3 = _splitmix64(k2 * _MIX + h)
+                k2 = _splitmix64(k1 * _MIX + h)
+                k1 = h
+                pos = i - s
+                for n in range(3):  # unrolled by LLVM
+                    key = k1 if n == 0 else (k2 if n == 1 else k3)
+                    ok = pos >= (0 if n == 0 else (from2 if n == 1 else from3))
+                    home = key & mask
+                    v = slot_val[home]
+                    good = (slot_key[home] == key) & (v >= 0) & ok
+                    hits[np.uint64(n_hits)] = v
+                    n_hits += good
+                    if ok & (v != -1) & (not good):
+                        pend[np.uint64(n_pend)] = key
+                        n_pend += 1
         else:
-            buf[:m] = np.sort(buf[:m])
-        if k + m > len(out):
-            out = _grow(out, k + m)
-        out[k:k + m] = buf[:m]
-        k += m
+            for i in range(s, e):
+                h = values[np.uint64(i)]
+                for n in range(max_n, 1, -1):
+                    cur[n] = _splitmix64(cur[n - 1] * _MIX + h)
+                cur[1] = h
+                for n in range(1, max_n + 1):
+                    key = cur[n]
+                    ok = i - s + 1 >= n
+                    home = key & mask
+                    v = slot_val[home]
+                    good = (slot_key[home] == key) & (v >= 0) & ok
+                    hits[np.uint64(n_hits)] = v
+                    n_hits += good
+                    if ok & (v != -1) & (not good):
+                        pend[np.uint64(n_pend)] = key
+                        n_pend += 1
+        for j in range(n_hits):
+            t = np.uint64(hits[j])
+            bits[t >> six] |= one << (t & low)
+        n_new += n_hits
+        for j in range(n_pend):
+            key = pend[j]
+            slot = np.int64(key & mask)
+            for _ in range(rounds):  # linear probing; no key lies `rounds` or more slots from home
+                u = table[slot]
+                if u < 0:
+                    break
+                if ukeys[u] == key:
+                    for q in range(ustart[u], ustart[u] + ucount[u]):
+                        t = np.uint64(ids[q])
+                        bits[t >> six] |= one << (t & low)
+                    n_new += ucount[u]
+                    break
+                slot = (slot + 1) & (size - 1)
+        if k + n_new > len(out):  # outside the scan: an array reassigned in a loop costs refcounts per turn
+            out = _grow(out, k + n_new)
+        for w in range(n_words):
+            x = bits[w] & ~ban[w]
+            bits[w] = 0
+            while x:
+                out[k] = (w << 6) + np.int64(_trailing_zeros(x))
+                k += 1
+                x &= x - one
         out_off[r + 1] = k
-    return out_off, out[:k].copy()
+    return out_off, out[:k]
 
 
 def _cell_term_counts(order, cell, off_a, ids_a, off_b, ids_b, use_b, n_ids):
@@ -351,8 +440,11 @@ def compiled() -> SimpleNamespace:
 
             glob = globals()
             # helpers are looked up as globals when the kernels compile: jitted versions must be in place first
-            for name in ("_splitmix64", "_grow", "_insertion_sort"):
+            for name in ("_splitmix64", "_grow"):
                 glob[name] = jit(getattr(glob[name], "py_func", glob[name]))
+            from numba.cpython.unsafe.numbers import trailing_zeros
+
+            glob["_trailing_zeros"] = trailing_zeros  # LLVM's cttz
             # one signature each, arrays typed read-only (writable ones convert), so Arrow's read-only buffers and
             # numpy's own arrays share one compiled version (and one cache entry) instead of one per combination
             t = numba.types
@@ -373,10 +465,14 @@ def compiled() -> SimpleNamespace:
 def ascii_token_hashes(data: np.ndarray, offsets: np.ndarray, is_ascii: np.ndarray, word: np.ndarray,
                        codes: np.ndarray, base: int, len_mix: np.uint64) -> tuple[np.ndarray, np.ndarray]:
     """(uint64 token hashes, int64 token count per text) of the ASCII texts of a byte buffer with text offsets
-    (texts with is_ascii False get no tokens); see `tokhash.token_hashes`."""
+    (texts with is_ascii False get no tokens); see `tokhash.token_hashes`. The hashes may be a view of a
+    larger buffer whose unwritten tail takes address space only (see `_ascii_token_hashes`)."""
     c = np.ascontiguousarray
+    word, codes = c(word, np.bool_), c(codes, np.uint64)
+    if np.any(codes[word] == 0):  # the kernel tells word bytes by their non-zero code
+        raise ValueError("the codes of word bytes must not be 0")
     return compiled().ascii_token_hashes(c(data, np.uint8), c(offsets, np.int64), c(is_ascii, np.bool_),
-                                         c(word, np.bool_), c(codes, np.uint64), np.uint64(base), np.uint64(len_mix))
+                                         word, codes, np.uint64(base), np.uint64(len_mix))
 
 
 def row_term_ids(values: np.ndarray, offsets: np.ndarray, max_n: int, lookup: Any, n_ids: int,
@@ -385,7 +481,8 @@ def row_term_ids(values: np.ndarray, offsets: np.ndarray, max_n: int, lookup: An
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(int64 offsets per row, int32 term ids): the distinct ids of the terms (`lookup`, a `tokens._Lookup`)
     among each row's 1..max_n-grams, sorted. `exclude` = (list index of each row, list offsets, ids): ids to
-    leave out per row (the prompt's terms); `include`: ids to add per row, in the same form."""
+    leave out per row (the prompt's terms); `include`: ids to add per row, in the same form. The ids may be a view
+    of a larger buffer (see `_row_term_ids`)."""
     none = (np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int32))
     c = np.ascontiguousarray
     lists = []

@@ -44,6 +44,40 @@ def test_token_hashes_are_identical(texts):
     assert a[0].dtype == b[0].dtype == np.uint64
 
 
+# apostrophes at text and block boundaries (the compiled tokeniser checks its room every 4096 bytes of a text),
+# texts that end or start mid-token beside each other, empty and separator-only texts, other scripts, a token
+# longer than a block, and more tokens than the first guess of the output's size (one per four bytes)
+_EDGE_TEXTS = ["", None, "'", "''", "a'", "'a", "a'b", "a''b", "a' b", "don't'", "'don't'", "x'y'z", "rock'n'roll",
+               "abc", "'def", "a'", "b", "é'a", "a'é", "naïve don't", "中文 and ascii", " " * 5000,
+               "x" * 10_000, "ab'" * 3000 + "c", "a " * 20_000, "q" * 4095 + "'r", "q" * 4094 + "'r s",
+               "w " * 2047 + "w'" + "v", "A'B C'D"]
+
+
+@needs_numba
+def test_token_hashes_edge_cases_are_identical():
+    a, b = _both(lambda: tokhash.token_hashes(pa.array(_EDGE_TEXTS, pa.string())))
+    assert np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0])
+    assert b[1][-1] > len("a " * 20_000) // 2  # the output grew past its first guess
+    ascii_ = [t for t in _EDGE_TEXTS if t is None or t.isascii()]  # all compiled (no RE2 texts in the call)
+    a, b = _both(lambda: tokhash.token_hashes(pa.array(ascii_, pa.string())))
+    assert np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(kernels.ENV, "numba")
+        values, offsets = tokhash.token_hashes(pa.array(["don't'", "'a", "b'"], pa.string()))
+    want = tokhash.string_hashes(pa.array(["don't", "a", "b"], pa.string()))
+    assert np.array_equal(values, want) and offsets.tolist() == [0, 1, 2, 3]
+
+
+@needs_numba
+def test_ascii_token_hashes_need_non_zero_codes_of_word_bytes():
+    codes = tokhash._CODES.copy()
+    codes[ord("a")] = 0
+    data, offsets = np.frombuffer(b"a b", np.uint8), np.array([0, 3], np.int64)
+    with pytest.raises(ValueError, match="codes of word bytes"):
+        kernels.ascii_token_hashes(data, offsets, np.ones(1, bool), tokhash._WORD, codes, tokhash._BASE,
+                                   tokhash._LEN_MIX)
+
+
 def _vocab(grams: list[tuple[str, str, str]]) -> pa.Table:
     """A vocabulary table as `tokens._compute_vocab` makes it (where, term, key_token, term_id)."""
     return pa.table({"where": pa.array([w for w, _, _ in grams], pa.string()),
@@ -124,6 +158,42 @@ def test_row_term_ids_equal_match_then_distinct(seed, max_n, n_keys, low_bits):
     assert np.array_equal(np.repeat(np.arange(n_rows), np.diff(got_off)), want_r[~drop])
     assert np.array_equal(got_ids, want_i[~drop])
     got_off, got_ids = kernels.row_term_ids(values, offsets, max_n, lookup, n_ids)
+    assert np.array_equal(got_ids, want_i) and np.array_equal(np.diff(got_off), np.bincount(want_r, minlength=n_rows))
+
+
+@needs_numba
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32), st.integers(1, 4))
+def test_row_term_ids_of_long_rows_with_many_ids(seed, max_n):
+    """Many term ids (bitmap words past 64), rows longer than the kernel's first buffers, inclusion lists longer
+    than the rows (the output grows) and exclusion lists, against the numpy path's pairs."""
+    rng = np.random.default_rng(seed)
+    alphabet = rng.integers(0, 2**63, 40, dtype=np.uint64)
+    lengths = rng.choice([0, 1, 3, 70, 400], rng.integers(1, 12))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    values = rng.choice(alphabet, int(offsets[-1]))
+    rows, keys = tokens.ngram_keys(values, offsets, max_n)
+    vocab_keys = np.concatenate([rng.choice(keys, min(600, len(keys))) if len(keys) else keys[:0],
+                                 rng.integers(0, 2**63, 50, dtype=np.uint64)])
+    n_ids = 4500 + int(rng.integers(0, 64))
+    ids = rng.permutation(n_ids)[:len(vocab_keys)].astype(np.int32)
+    lookup = tokens._Lookup(vocab_keys, ids)
+    n_rows = len(offsets) - 1
+    lists = [np.unique(rng.integers(0, n_ids, rng.integers(0, 900))).astype(np.int32) for _ in range(3)]
+    list_off = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
+    incl_of_row, excl_of_row = rng.integers(0, 3, n_rows), rng.integers(0, 3, n_rows)
+    m_rows, m_ids = lookup.match(rows, keys)
+    inc_rows = np.repeat(np.arange(n_rows), [len(lists[p]) for p in incl_of_row])
+    inc_ids = np.concatenate([lists[p] for p in incl_of_row])
+    want_r, want_i = tokens._distinct_pairs(np.concatenate([m_rows, inc_rows]), np.concatenate([m_ids, inc_ids]), n_ids)
+    drop = np.array([i in set(lists[excl_of_row[r]].tolist()) for r, i in zip(want_r, want_i)], bool)
+    got_off, got_ids = kernels.row_term_ids(values, offsets, max_n, lookup, n_ids,
+                                            exclude=(excl_of_row, list_off, np.concatenate(lists)),
+                                            include=(incl_of_row, list_off, np.concatenate(lists)))
+    assert np.array_equal(np.repeat(np.arange(n_rows), np.diff(got_off)), want_r[~drop])
+    assert np.array_equal(got_ids, want_i[~drop]) and got_ids.dtype == np.int32
+    got_off, got_ids = kernels.row_term_ids(values, offsets, max_n, lookup, n_ids,
+                                            include=(incl_of_row, list_off, np.concatenate(lists)))
     assert np.array_equal(got_ids, want_i) and np.array_equal(np.diff(got_off), np.bincount(want_r, minlength=n_rows))
 
 
