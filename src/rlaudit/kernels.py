@@ -239,6 +239,7 @@ def _row_term_ids(values, offsets, max_n, table, ukeys, ustart, ucount, ids, rou
     big = np.int64(1) << 62
     from2 = 1 if max_n >= 2 else big  # position in the row from which a token ends a 2-gram (3-gram)
     from3 = 2 if max_n >= 3 else big
+    per_token = max(max_n, 1)  # keys per token (words always, as `tokens.ngram_keys`)
     k = 0
     exclude, include = len(excl_of_row) > 0, len(incl_of_row) > 0
     for r in range(n_rows):
@@ -260,8 +261,8 @@ def _row_term_ids(values, offsets, max_n, table, ukeys, ustart, ucount, ids, rou
                 bits[t >> six] |= one << (t & low)
             n_new += incl_off[p + 1] - incl_off[p]
         s, e = offsets[r], offsets[r + 1]
-        if max_n * (e - s) + 1 > len(hits):
-            hits = np.empty(max_n * (e - s) + 1 + len(hits), np.int32)
+        if per_token * (e - s) + 1 > len(hits):  # one slot per key, and the one written past the last
+            hits = np.empty(per_token * (e - s) + 1 + len(hits), np.int32)
             pend = np.empty(len(hits), np.uint64)
         n_hits = 0
         n_pend = 0
@@ -337,7 +338,8 @@ def _cell_term_counts(order, cell, off_a, ids_a, off_b, ids_b, use_b, n_ids):
     """(cell, id, count) of the distinct (cell, term id) pairs of rows' id lists (place a of every row, place b
     of the rows with use_b), by cell (ids of a cell in the order first seen); `order`: the rows sorted by cell.
     An id's first sighting in a cell is appended without a branch (stored always, the count advancing when its
-    counter was 0): about half the sightings are first ones, so a branch there mispredicts (1.7x the speed).
+    counter was 0): about three sightings in four are first ones, at no predictable place, so a branch there
+    mispredicted often (the kernel alone: 1.7x the speed on 10 parts of the 1M benchmark run).
     The results are views of buffers sized for every pair (see `_ascii_token_hashes`)."""
     cnt = np.zeros(max(n_ids, 1), np.int32)
     buf = np.empty(max(n_ids, 1) + 1, np.int32)
