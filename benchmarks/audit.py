@@ -202,9 +202,11 @@ def measure(root: Path, profile: str | None) -> dict:
     from rlaudit.audit import AuditResult
     from rlaudit.detectors import AuditConfig, run_detectors
     from rlaudit.findings import rank
+    from rlaudit.memory import prepare
     from rlaudit.report import write_report
     from rlaudit.store import Store
 
+    prepare()  # as the CLI does first thing (malloc arenas: rlaudit.memory), before any thread starts
     sampler = Sampler()
     sampler.start()
     base_rss = _rss()

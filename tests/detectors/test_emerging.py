@@ -368,3 +368,29 @@ def test_term_lists_hold_no_background_words_and_are_named_by_the_most_distingui
     assert len(f) == 1, [g.title for g in found]
     assert "one" not in f[0]["terms"] and "of a" not in f[0]["terms"] and "a" not in f[0]["terms"]
     assert f[0]["behavior"] != "one"
+
+
+def test_the_scope_connection_holds_at_most_scope_memory(store, monkeypatch):
+    """The scope's temp tables stay open through generalization, so its connection gets SCOPE_MEMORY (below the
+    audit's 1 GB per connection; beyond it DuckDB spills), and a lower limit (a budget's) still wins."""
+    from rlaudit.detectors import DetectContext
+    from rlaudit.detectors.emerging import SCOPE_MEMORY, Params, Scope
+
+    run = make_run(store, Scenario(steps=6))
+
+    def limit() -> float:
+        ctx = DetectContext(store=store, run=run, config=AuditConfig())
+        scope = Scope(ctx, Params.from_options({}))
+        try:
+            value, unit = scope.con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0].split()
+        finally:
+            scope.close()
+        return float(value) * {"KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}[unit]
+
+    def set_as(n: int) -> int:  # `bound_memory` sets "<n >> 20>MB", which DuckDB reads as n >> 20 million bytes
+        return (n >> 20) * 10**6
+
+    assert SCOPE_MEMORY < 1 << 30
+    assert abs(limit() - set_as(SCOPE_MEMORY)) <= 1 << 20
+    monkeypatch.setenv("RLAUDIT_DUCKDB_MEMORY", "300MB")
+    assert abs(limit() - set_as(300 << 20)) <= 1 << 20

@@ -113,3 +113,48 @@ def test_a_bad_budget_is_a_one_line_error_of_the_cli(tmp_path):
                            str(tmp_path / "s")], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2 and "memory size 'lots'" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+_ARENAS = """
+import ctypes, json, os, tempfile, threading
+import numpy as np
+from rlaudit.memory import prepare
+prepare()
+barrier = threading.Barrier(12)
+def work():
+    barrier.wait()  # all alive at once: each new thread asks glibc for an arena of its own
+    keep = [np.ones(1 << 14) for _ in range(64)]
+    barrier.wait()
+threads = [threading.Thread(target=work) for _ in range(12)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+path = tempfile.mktemp()
+fp = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, ctypes.c_void_p(fp))
+libc.fclose(ctypes.c_void_p(fp))
+print(json.dumps(open(path).read().count("<heap nr=")))
+os.unlink(path)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc arenas")
+def test_malloc_arenas_are_capped_without_a_budget():
+    """Without any budget, `prepare()` still caps glibc's malloc arenas at MALLOC_ARENAS: twelve threads that
+    allocate at once share them (glibc's own limit, eight per core, would give each its own arena, and each
+    keeps memory the others cannot reuse). `MALLOC_ARENA_MAX`, when set, is left to decide."""
+    from rlaudit.memory import MALLOC_ARENAS
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for key in ("RLAUDIT_MEMORY", "RLAUDIT_DUCKDB_MEMORY", "MALLOC_ARENA_MAX"):
+        env.pop(key, None)
+
+    def heaps(extra: dict[str, str]) -> int:
+        proc = subprocess.run([sys.executable, "-c", _ARENAS], capture_output=True, text=True, timeout=120,
+                              env={**env, **extra})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    assert heaps({}) <= MALLOC_ARENAS
+    assert heaps({"MALLOC_ARENA_MAX": "12"}) > MALLOC_ARENAS  # the user's setting wins

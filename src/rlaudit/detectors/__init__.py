@@ -135,6 +135,9 @@ def run_detectors(store: Store, run: str, config: AuditConfig | None = None,
     `progress(detector, done, total)` is called before each detector starts (done = detectors finished so far)
     and once at the end with detector "" and done == total, for progress bars in front ends.
     """
+    from ..memory import cap_malloc_arenas
+
+    cap_malloc_arenas()  # for library callers that skipped `memory.prepare()` (a no-op after it)
     config = config or AuditConfig()
     ctx = DetectContext(store=store, run=run, config=config)
     classes = ordered(config.detectors)
