@@ -455,7 +455,8 @@ def _distinct_pairs_of(key: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np
 
     Compiled where numba is installed and each key's occurrences come in row order (as `_sample_df` builds
     them: one block per n, rows in order): one pass through a hash table (`kernels.distinct_keys`, keys in order
-    of first appearance; ~4x the speed of the sort). Else one stable argsort of the keys: equal keys end up
+    of first appearance; the 1M benchmark's vocabulary took 2.4-2.6 CPU s in all this way, 3.2-3.9 with the
+    sort). Else one stable argsort of the keys: equal keys end up
     together, with their rows in increasing order when they came so, and the distinct pairs are where either
     changes (2x the speed of DuckDB's hash aggregates over the same pairs, in one thread); otherwise one more
     sort."""
