@@ -74,9 +74,7 @@ def term_cells(store: Store, run: str, sets: TermSets, prune: bool = True) -> Te
         entry = hit[1] if hit is not None and (
             hit[0] is terms or (isinstance(hit[0], str) and hit[0] == str(terms))) else None
         if entry is None and not isinstance(terms, pa.Table) and persist:
-            files_of = {kind: _cell_file(Path(terms), name, kind) for kind in KINDS}
-            if all(f.is_file() for f in files_of.values()):
-                entry = files_of
+            entry = cached(Path(terms), name)
         if entry is None:
             raise FileNotFoundError(f"the cell tables of part {name} are missing beside its term sets {terms} "
                                     "(removed while the audit ran?); the next audit computes them again")
@@ -89,9 +87,11 @@ def term_cells(store: Store, run: str, sets: TermSets, prune: bool = True) -> Te
     return TermCells(parts=out)
 
 
-def cached(terms: Path, part: str) -> bool:
-    """Whether the cell tables of a part whose term sets are cached at `terms` are cached too."""
-    return all(_cell_file(terms, part, kind).is_file() for kind in KINDS)
+def cached(terms: Path, part: str) -> dict[str, Path] | None:
+    """The cached cell tables (kind -> file) of a part whose term sets are cached at `terms`, or None when any
+    is missing."""
+    files = {kind: _cell_file(terms, part, kind) for kind in KINDS}
+    return files if all(f.is_file() for f in files.values()) else None
 
 
 def _cell_file(terms: Path, part: str, kind: str) -> Path:

@@ -255,9 +255,12 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
     for path in parts:
         if path.name not in done and persist:
             files = {"terms": vdir / f"{path.stem}.terms.parquet", "counts": vdir / f"{path.stem}.counts.parquet"}
-            # a part is cached when its cell tables are too (they are written right after, by the same worker)
-            if all(f.is_file() for f in files.values()) and termcells.cached(files["terms"], path.name):
+            # a part is cached when its cell tables are too (they are written right after, by the same worker);
+            # found, they are memoised for `termcells.term_cells`, which then looks for nothing again
+            cells = termcells.cached(files["terms"], path.name) if all(f.is_file() for f in files.values()) else None
+            if cells is not None:
                 done[path.name] = files
+                termcells.remember(store, path.name, files["terms"], cells)
         if path.name not in done:
             missing.append(path)
     # small parts (a step each, in live runs or TRL logs) are tokenised together, in batches of about
