@@ -16,9 +16,11 @@ import json
 import resource
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import audit as bench  # noqa: E402  (benchmarks/audit.py: its RSS sampler and CPU reader)
 
 
 def main() -> None:
@@ -33,31 +35,17 @@ def main() -> None:
     derived = Path(store_dir) / "runs" / run / "derived"
     if "--keep-derived" not in sys.argv and derived.exists():
         shutil.rmtree(derived)
-    peak = [0]
-
-    def rss() -> int:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
-
-    def sample() -> None:
-        while True:
-            peak[0] = max(peak[0], rss())
-            time.sleep(0.02)
-
-    threading.Thread(target=sample, daemon=True).start()
-
-    def cpu() -> float:
-        u = resource.getrusage(resource.RUSAGE_SELF)
-        return u.ru_utime + u.ru_stime
-
+    sampler = bench.Sampler()
+    sampler.start()
     open_: list = []
 
     def progress(name: str, done: int, total: int) -> None:
-        now = (time.perf_counter(), cpu())
+        now = (time.perf_counter(), bench._cpu())
         if open_:
             n, t0, c0 = open_.pop()
-            print(f"{n:<18} wall {now[0] - t0:7.2f} s  CPU {now[1] - c0:7.2f} s  peak RSS {peak[0] >> 20:6,} MB",
+            print(f"{n:<18} wall {now[0] - t0:7.2f} s  CPU {now[1] - c0:7.2f} s  peak RSS {sampler.peak >> 20:6,} MB",
                   flush=True)
-        peak[0] = rss()
+        sampler.reset()
         if name:
             open_.append((name, *now))
 
