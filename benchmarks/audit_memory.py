@@ -1,5 +1,6 @@
 """Where the audit's memory goes, stage by stage: peak RSS, peak Python/NumPy heap (tracemalloc), peak Arrow
-pool, and the allocation sites holding the most at each stage's Python peak.
+pool, the allocation sites holding the most at each stage's Python peak, and what stays resident after each
+stage by kind of mapping (glibc's heap and thread arenas, other anonymous memory, mapped files).
 
     python benchmarks/audit_memory.py --rollouts 200000                 # generate, trace, print
     python benchmarks/audit_memory.py --rollouts 1000000 --keep DIR     # reuse DIR's generated run next time
@@ -74,6 +75,42 @@ class Peaks(threading.Thread):
             time.sleep(0.02)
 
 
+ARENA = 64 << 20
+
+
+def resident() -> dict[str, int]:
+    """Resident bytes now, by kind of mapping (/proc/self/smaps): `heap` (glibc's main arena), `arenas` (glibc
+    thread arenas: a 64 MB-aligned read-write mapping that, with the inaccessible rest of its reservation after
+    it, spans 64 MB), `anon` (other anonymous memory: mmapped arrays, mimalloc and jemalloc segments, Python
+    objects) and `file` (mapped files: mostly the libraries' code). What a stage leaves resident is what the
+    next one starts from."""
+    maps: list[dict] = []
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            parts = line.split()
+            if "-" in parts[0] and not parts[0].endswith(":"):
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                maps.append({"lo": lo, "hi": hi, "perms": parts[1], "path": parts[5] if len(parts) > 5 else "",
+                             "rss": 0})
+            elif parts[0] == "Rss:":
+                maps[-1]["rss"] = int(parts[1]) * 1024
+    out = {"heap": 0, "arenas": 0, "anon": 0, "file": 0}
+    for i, m in enumerate(maps):
+        if m["path"] == "[heap]":
+            kind = "heap"
+        elif m["path"].startswith("/"):
+            kind = "file"
+        elif m["path"] == "":
+            nxt = maps[i + 1] if i + 1 < len(maps) else None
+            span = m["hi"] - m["lo"] + (nxt["hi"] - nxt["lo"] if nxt and nxt["lo"] == m["hi"]
+                                        and nxt["perms"].startswith("---") else 0)
+            kind = "arenas" if m["lo"] % ARENA == 0 and span == ARENA and m["perms"].startswith("rw") else "anon"
+        else:  # stacks, vdso, ...
+            continue
+        out[kind] += m["rss"]
+    return out
+
+
 def _sites(snapshot) -> list[str]:
     if snapshot is None:
         return []
@@ -91,9 +128,11 @@ def measure(root: Path, trace: bool) -> dict:
     from rlaudit.audit import AuditResult
     from rlaudit.detectors import AuditConfig, run_detectors
     from rlaudit.findings import rank
+    from rlaudit.memory import prepare
     from rlaudit.report import write_report
     from rlaudit.store import Store
 
+    prepare()  # as the CLI (and benchmarks/audit.py) does first: the malloc arena cap, before any thread starts
     if trace:
         tracemalloc.start(12)
     peaks = Peaks(trace)
@@ -114,7 +153,8 @@ def measure(root: Path, trace: bool) -> dict:
         with peaks.lock:
             py = tracemalloc.get_traced_memory()[1] if trace else 0
             rows.append({"stage": name, "wall": time.perf_counter() - t0, "cpu": bench._cpu() - c0,
-                         "rss": peaks.rss, "arrow": peaks.arrow, "python": py, "sites": _sites(peaks.snapshot)})
+                         "rss": peaks.rss, "arrow": peaks.arrow, "python": py, "sites": _sites(peaks.snapshot),
+                         "after": resident()})
 
     store = Store(root / "store")
     start("ingest")
@@ -176,10 +216,12 @@ def main() -> None:
 def _print(res: dict, trace: bool) -> None:
     mb = 1 / 2**20
     print(f"rows audited: {res['rows']:,}")
-    print(f"{'stage':<28} {'wall s':>8} {'CPU s':>8} {'peak RSS MB':>12} {'Arrow MB':>9} {'Python MB':>10}")
+    print(f"{'stage':<28} {'wall s':>8} {'CPU s':>8} {'peak RSS MB':>12} {'Arrow MB':>9} {'Python MB':>10}   "
+          "resident after, MB: heap / glibc arenas / other anon / files")
     for r in res["stages"]:
+        after = " / ".join(f"{r['after'][k] * mb:,.0f}" for k in ("heap", "arenas", "anon", "file"))
         print(f"{r['stage']:<28} {r['wall']:8.1f} {r['cpu']:8.1f} {r['rss'] * mb:12,.0f} {r['arrow'] * mb:9,.0f} "
-              f"{(r['python'] * mb if trace else float('nan')):10,.0f}")
+              f"{(r['python'] * mb if trace else float('nan')):10,.0f}   {after}")
         for s in r["sites"]:
             print(f"{'':<30}{s}")
     print(f"process peak RSS (ru_maxrss): {res['peak_rss_process'] * mb:,.0f} MB")
