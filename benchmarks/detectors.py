@@ -3,6 +3,8 @@
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/detectors.py STORE RUN emerging,generalization
     ... --keep-derived          # warm: keep the run's derived data (term sets, cell tables, per-part statistics)
     ... --dump=findings.json    # the findings, sorted, to compare two versions of the code
+    ... --new-step=DIR          # warm after one new step: first add a step to the kept benchmark directory DIR
+                                # (DIR/store is STORE) and ingest it, as `benchmarks/audit.py`'s warm audit does
 
 Without --keep-derived the run's derived data (`runs/RUN/derived`) is DELETED first, so that the detectors
 start cold: point it at a copy of a store (e.g. of the store `benchmarks/audit.py --keep DIR` leaves in
@@ -18,6 +20,10 @@ import shutil
 import sys
 import time
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import audit as bench  # noqa: E402  (benchmarks/audit.py: its RSS sampler and CPU reader)
@@ -35,6 +41,11 @@ def main() -> None:
     derived = Path(store_dir) / "runs" / run / "derived"
     if "--keep-derived" not in sys.argv and derived.exists():
         shutil.rmtree(derived)
+    new_step = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--new-step=")), None)
+    if new_step:
+        t0, c0 = time.perf_counter(), bench._cpu()
+        step = add_step(Path(new_step), Store(store_dir), run)
+        print(f"{'ingest step ' + str(step):<18} wall {time.perf_counter() - t0:7.2f} s  CPU {bench._cpu() - c0:7.2f} s")
     sampler = bench.Sampler()
     sampler.start()
     open_: list = []
@@ -55,6 +66,31 @@ def main() -> None:
         Path(dump).write_text(json.dumps(rows, sort_keys=True, default=str, indent=1))
     print(f"{len(findings)} findings: {sorted((f.kind, f.severity) for f in findings)}")
     print(f"process peak RSS (ru_maxrss): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10:,} MB")
+
+
+def add_step(bench_dir: Path, store, run: str) -> int:
+    """Write one more step into the kept benchmark run `bench_dir/run` (its last step's file, renumbered: the same
+    size and mix of rollouts) and ingest it into `store`; returns the new step. Each call grows the run by one
+    step, so repeated warm measurements stay comparable (2,000 steps or 2,005 cost the same).
+
+    `bench_dir` may be a copy of a kept directory (`cp -al A B`: hard links, instant; the store writes every file
+    anew, never in place): the copy's run manifest, which names A's files, is first repointed at B's (a new
+    file, so A's manifest is untouched)."""
+    manifest = Path(store.root) / "runs" / run / "run.json"
+    old = json.loads(manifest.read_text())["source"]
+    new = str((bench_dir / "run").resolve())
+    if old != new:
+        tmp = manifest.with_suffix(".tmp")
+        tmp.write_text(manifest.read_text().replace(json.dumps(old)[1:-1], json.dumps(new)[1:-1]))
+        tmp.replace(manifest)
+    files = sorted((bench_dir / "run" / "completions").glob("completions_*.parquet"))
+    last = pq.read_table(files[-1])
+    step = int(pc.max(last["step"]).as_py()) + 1
+    i = last.schema.get_field_index("step")
+    last = last.set_column(i, "step", pa.array([step] * len(last), pa.int64()))
+    pq.write_table(last, files[-1].parent / f"completions_{step:05d}.parquet")
+    store.ingest(bench_dir / "run", run=run)
+    return step
 
 
 if __name__ == "__main__":
