@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from rlaudit import termcells, tokens
 from rlaudit.organisms import run as simulate_run
@@ -175,3 +178,86 @@ def test_term_sets_hold_no_prompt_terms_per_rollout(tmp_path):
     rows = tokens.rollout_terms(store, "r")
     assert rows.column_names[-1] == "prompt_terms"
     assert sum(len(v) for v in rows.column("prompt_terms").to_pylist()) > 0
+
+
+def _focus(store: Store, terms: set[int]) -> tuple[list[tuple], list[tuple]]:
+    """(rows of `TermCells.focus`, the same rows scanned from every part's cell terms), sorted."""
+    cells = termcells.term_cells(store, "r", tokens.term_sets(store, "r"))
+    con = _merged(cells)
+    cells.focus(con, terms, "f")
+    ids = ", ".join(map(str, sorted(terms)))
+    got = con.sql("SELECT cell, term_id, sum(x) FROM f GROUP BY ALL ORDER BY ALL").fetchall()
+    ref = con.sql(f"SELECT cell, term_id, sum(x) FROM cellterms WHERE term_id IN ({ids}) GROUP BY ALL ORDER BY ALL"
+                  ).fetchall()
+    return got, ref
+
+
+def _focus_file(store: Store) -> Path:
+    return next((store.run_dir("r") / "derived" / "termcells").iterdir()) / "focus" / "cellterms.parquet"
+
+
+def _common_terms(store: Store, k: int) -> list[int]:
+    cells = termcells.term_cells(store, "r", tokens.term_sets(store, "r"))
+    con = _merged(cells)
+    return [r[0] for r in con.sql(f"SELECT term_id FROM cellterms GROUP BY 1 ORDER BY sum(x) DESC, 1 LIMIT {k}"
+                                  ).fetchall()]
+
+
+def test_focus_rows_are_cached_per_run_and_grow_with_new_parts_and_terms(tmp_path):
+    """The focus cache equals a scan of every part's cell terms: when first built, when read back unchanged
+    (not rewritten), after a part is added, and when terms are added (earlier ones kept)."""
+    store = _store(tmp_path)
+    a, b, c = _common_terms(store, 3)
+    got, ref = _focus(Store(store.root), {a, b})
+    assert got == ref and len(got) > 10
+    path = _focus_file(store)
+    mtime = path.stat().st_mtime_ns
+    assert _focus(Store(store.root), {a}) == _focus(Store(store.root), {a})  # a subset: read, not rebuilt
+    assert path.stat().st_mtime_ns == mtime
+    table = simulate_run("goblin_persona", steps=10, prompts=6, generations=4, seed=5, run_name="r").canonical()
+    # a new part, small enough for the vocabulary to be kept (`tokens.REUSE_GROWTH`)
+    store.append("r", table.filter(pc.equal(table["step"], 9)).slice(0, 4), key="c")
+    got, ref = _focus(Store(store.root), {a, b})
+    assert got == ref and _focus_file(store) == path and path.stat().st_mtime_ns != mtime
+    got, ref = _focus(Store(store.root), {c})
+    assert got == ref
+    meta = pq.ParquetFile(path).schema_arrow.metadata
+    assert sorted(json.loads(meta[b"rlaudit_focus"])["terms"]) == sorted({a, b, c})
+    assert sorted(json.loads(meta[b"rlaudit_focus"])["parts"]) == sorted(
+        p.name for p in store.parts("r"))
+
+
+def test_focus_cache_is_rebuilt_when_a_part_leaves_or_the_file_is_torn(tmp_path):
+    """A cache listing a part the run no longer holds (its rows would count it) or a torn file is rebuilt."""
+    store = _store(tmp_path)
+    a, b = _common_terms(store, 2)
+    got, ref = _focus(Store(store.root), {a, b})
+    assert got == ref and len(got) > 5
+    path = _focus_file(store)
+    f = pq.ParquetFile(path)
+    meta = json.loads(f.schema_arrow.metadata[b"rlaudit_focus"])
+    stale = pa.concat_tables([f.read()] * 2)  # as if a part that has left held the same rows again
+    meta["parts"].append("gone-part")
+    pq.write_table(stale.replace_schema_metadata({b"rlaudit_focus": json.dumps(meta).encode()}), path)
+    assert _focus(Store(store.root), {a, b}) == (got, ref)
+    path.write_bytes(path.read_bytes()[:100])  # torn
+    assert _focus(Store(store.root), {a, b}) == (got, ref)
+
+
+def test_focus_rows_of_an_in_memory_store(tmp_path):
+    store = _store(tmp_path, persist=False)
+    a, b = _common_terms(store, 2)
+    got, ref = _focus(store, {a, b})
+    assert got == ref and len(got) > 10
+    assert not (store.run_dir("r") / "derived" / "termcells").exists()
+
+
+def test_focus_keeps_at_most_focus_terms(tmp_path, monkeypatch):
+    monkeypatch.setattr(termcells, "FOCUS_TERMS", 3)
+    store = _store(tmp_path)
+    terms = _common_terms(store, 5)
+    _focus(Store(store.root), set(terms[:2]))
+    got, ref = _focus(Store(store.root), set(terms[2:]))  # 2 + 3 > 3: only the wanted ones are kept
+    assert got == ref
+    meta = pq.ParquetFile(_focus_file(store)).schema_arrow.metadata
+    assert sorted(json.loads(meta[b"rlaudit_focus"])["terms"]) == sorted(terms[2:])

@@ -56,16 +56,18 @@ class DetectContext:
         (the unfiltered rows stay available as `all_rollouts`)."""
         con = self.store.connect([self.run])
         con.execute("ALTER VIEW rollouts RENAME TO all_rollouts")
-        where = ["TRUE"]
-        if self.config.max_step is not None:
-            where.append(f"step <= {int(self.config.max_step)}")
-        if self.config.split:
-            where.append(f"split = '{self.config.split}'")
-        con.execute(f"CREATE VIEW rollouts AS SELECT * FROM all_rollouts WHERE {' AND '.join(where)}")
+        con.execute(f"CREATE VIEW rollouts AS SELECT * FROM all_rollouts WHERE {self.scope_sql()}")
         con.execute(
             "CREATE OR REPLACE VIEW rewards_long AS SELECT run, rollout_id, step, group_id, condition, task, "
             "unnest(map_keys(rewards)) AS signal, unnest(map_values(rewards)) AS value FROM rollouts")
         return con
+
+    def scope_sql(self) -> str:
+        """The audit's step/split scope as a condition on `step` and `split` columns: of `rollouts`, and of
+        derived tables that keep those keys (per-part statistics, cell tables)."""
+        from ..partstats import scope_sql
+
+        return scope_sql(self.config.max_step, self.config.split)
 
     def option(self, detector: str, key: str, default: Any) -> Any:
         return self.config.option(detector, key, default)

@@ -188,9 +188,10 @@ class Scope:
         con.register("vocab", self.vocab)
         self.cell_parts.register(con, "cells", "cell_all")
         # the audit's scope is the (step, split) cells of the connection's filtered `rollouts` view: joining on
-        # those small keys is much cheaper than on millions of rollout ids, and the list columns are not copied
-        con.execute("""CREATE TEMP TABLE scope_cells AS SELECT step, split, dense_rank() OVER (ORDER BY step) - 1 AS si
-                       FROM (SELECT DISTINCT step, split FROM rollouts)""")
+        # those small keys is much cheaper than on millions of rollout ids, and the list columns are not copied.
+        # Read from the cell tables (every part has them), not from `rollouts`: that opens every stored part
+        con.execute(f"""CREATE TEMP TABLE scope_cells AS SELECT step, split, dense_rank() OVER (ORDER BY step) - 1 AS si
+                        FROM (SELECT DISTINCT step, split FROM cell_all WHERE {ctx.scope_sql()})""")
         steps = con.execute("SELECT DISTINCT step FROM scope_cells ORDER BY step").fetchnumpy()["step"]
         self.steps = np.asarray(steps, dtype=np.int64)
         t = self.n_steps = len(self.steps)
@@ -212,7 +213,7 @@ class Scope:
         # the cached per-step term counts in scope, read once for both `where`s. A part's rows are distinct, so
         # where no step is shared by parts the sums are the rows themselves: the hash aggregates (most of a warm
         # audit's scope at 10M rollouts) are skipped, with the sums' types kept (HUGEINT counts)
-        shared = con.execute("""SELECT count(*) FROM (SELECT step, split FROM cell_all GROUP BY ALL
+        shared = self.shared = con.execute("""SELECT count(*) FROM (SELECT step, split FROM cell_all GROUP BY ALL
                                 HAVING count(DISTINCT part) > 1)""").fetchall()[0][0] > 0
         sums = ", ".join(_sums(["n", "n_r"], "HUGEINT", shared) + _sums(
             [f"{col}{q}" for col, _, _ in tokens.style_columns() for q in ("", "__q")], "DOUBLE", shared))
@@ -222,7 +223,9 @@ class Scope:
                         FROM cell_all c JOIN keys k USING (step, split)
                         JOIN strata st ON st.task_key = coalesce(c.task, '') AND st.condition = c.condition
                         {group}""")
-        con.execute(f"""CREATE TEMP TABLE scope_counts AS SELECT "where", term_id, si,
+        # a view where no step is shared: each `where` reads its own rows once (`candidates`), instead of every
+        # row being copied into a table first (16M rows at 10M rollouts)
+        con.execute(f"""CREATE TEMP {"TABLE" if shared else "VIEW"} scope_counts AS SELECT "where", term_id, si,
                                {", ".join(_sums(["x", "m"], "HUGEINT", shared))}
                         FROM step_counts JOIN keys USING (step, split) {group}""")
         self.window_parts = {r[0] for r in con.execute(
@@ -285,10 +288,13 @@ class Scope:
         self.focus = ids | (self.focus or set())
         con = self.con
         con.register("focus_ids", pa.table({"term_id": pa.array(sorted(self.focus), pa.int32())}))
-        self.cell_parts.register(con, "cellterms", "all_ct")
+        # cached per run (not a scan of every part's cell terms); a cell is in one part's rows unless parts share
+        # a step, so only then are its rows summed (readers join `fcells` to the cells in scope, `tcells`)
+        self.cell_parts.focus(con, self.focus, "focus_ct" if self.shared else "fcells")
+        if self.shared:
+            con.execute("""CREATE OR REPLACE TEMP TABLE fcells AS SELECT cell, term_id, sum(x) AS x
+                           FROM focus_ct SEMI JOIN tcells USING (cell) GROUP BY ALL""")
         self.cell_parts.register(con, "promptterms", "all_pt")
-        con.execute("""CREATE OR REPLACE TEMP TABLE fcells AS SELECT cell, term_id, sum(x) AS x
-                       FROM all_ct SEMI JOIN focus_ids USING (term_id) SEMI JOIN tcells USING (cell) GROUP BY ALL""")
         con.execute("""CREATE OR REPLACE TEMP TABLE fprompt AS SELECT DISTINCT prompt_key, term_id
                        FROM all_pt SEMI JOIN focus_ids USING (term_id)""")
 
@@ -1083,8 +1089,10 @@ def _evidence(scope: Scope, where: str, value: str, spec: str, direction: int, l
     if not picked:
         return []
     ids = [p[0] for p in picked]
-    texts = dict(scope.con.execute(f"SELECT rollout_id, {where} FROM rollouts WHERE rollout_id IN "
-                                   f"(SELECT unnest(?::VARCHAR[]))", [ids]).fetchall())
+    # by step first: the stored parts' step ranges let DuckDB skip every other part's rows
+    steps = ", ".join(sorted({str(int(p[1])) for p in picked}))
+    texts = dict(scope.con.execute(f"SELECT rollout_id, {where} FROM rollouts WHERE step IN ({steps}) AND "
+                                   f"rollout_id IN (SELECT unnest(?::VARCHAR[]))", [ids]).fetchall())
     behavior = parse_behavior(spec)
     try:
         pattern = re.compile(behavior.pattern.removeprefix("(?i)"), re.IGNORECASE) if behavior.pattern else None
