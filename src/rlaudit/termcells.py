@@ -138,17 +138,27 @@ def term_cells(store: Store, run: str, sets: TermSets, prune: bool = True) -> Te
     return TermCells(parts=out)
 
 
-def cached(terms: Path, part: str) -> dict[str, Path] | None:
+def cached(terms: Path, part: str, listing: set[str] | None = None) -> dict[str, Path] | None:
     """The cached cell tables (kind -> file) of a part whose term sets are cached at `terms`, or None when any
-    is missing."""
-    files = {kind: _cell_file(terms, part, kind) for kind in KINDS}
-    return files if all(f.is_file() for f in files.values()) else None
+    is missing. `listing`: the names in their directory (`cell_dir`), listed once by a caller that asks for
+    every part (a long run's thousands of parts: one listing instead of three stats per part)."""
+    d = cell_dir(terms)
+    names = {kind: f"{_stem(part)}.{kind}.parquet" for kind in KINDS}
+    if listing is None:
+        present = all((d / n).is_file() for n in names.values())
+    else:
+        present = all(n in listing for n in names.values())
+    return {kind: d / n for kind, n in names.items()} if present else None
+
+
+def cell_dir(terms: Path) -> Path:
+    """Where the cell tables of parts whose term sets are cached beside `terms` (one such file) are cached:
+    under the same vocabulary id (`derived/termcells/<vocab id>-v<VERSION>/`)."""
+    return terms.parent.parent.parent / "termcells" / f"{terms.parent.name}-v{VERSION}"
 
 
 def _cell_file(terms: Path, part: str, kind: str) -> Path:
-    """Where the `kind` table of a part whose term sets are cached at `terms` is cached: beside the term sets,
-    under the same vocabulary id (`derived/termcells/<vocab id>-v<VERSION>/`)."""
-    return terms.parent.parent.parent / "termcells" / f"{terms.parent.name}-v{VERSION}" / f"{_stem(part)}.{kind}.parquet"
+    return cell_dir(terms) / f"{_stem(part)}.{kind}.parquet"
 
 
 def keep(store: Store, part: str, terms: Path | pa.Table, tables: dict[str, pa.Table]) -> dict[str, Any]:

@@ -252,12 +252,16 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
         parts = [p for p in parts if p.name in only]
     from . import termcells  # termcells builds on this module
 
+    # each cache directory listed once (a long run has thousands of parts: not five stats per part)
+    cdir = termcells.cell_dir(vdir / "x")
+    listed = {d: set(os.listdir(d)) if persist and d.is_dir() else set() for d in (vdir, cdir)}
     for path in parts:
         if path.name not in done and persist:
             files = {"terms": vdir / f"{path.stem}.terms.parquet", "counts": vdir / f"{path.stem}.counts.parquet"}
             # a part is cached when its cell tables are too (they are written right after, by the same worker);
             # found, they are memoised for `termcells.term_cells`, which then looks for nothing again
-            cells = termcells.cached(files["terms"], path.name) if all(f.is_file() for f in files.values()) else None
+            cells = (termcells.cached(files["terms"], path.name, listed[cdir])
+                     if all(f.name in listed[vdir] for f in files.values()) else None)
             if cells is not None:
                 done[path.name] = files
                 termcells.remember(store, path.name, files["terms"], cells)
