@@ -83,6 +83,7 @@ from scipy.stats import norm
 from .. import termcells, tokens
 from ..behaviors import STYLE_FEATURES, parse_behavior
 from ..findings import Evidence, Finding
+from ..runstats import register_run_stats
 from ..store import bound_memory, sql_string
 from ..stats import benjamini_hochberg, mann_kendall, moving_sum, onset_index, stratified_ratio
 from . import DetectContext, Detector, register
@@ -190,8 +191,9 @@ class Scope:
         # the audit's scope is the (step, split) cells of the connection's filtered `rollouts` view: joining on
         # those small keys is much cheaper than on millions of rollout ids, and the list columns are not copied.
         # Read from the cell tables (every part has them), not from `rollouts`: that opens every stored part
+        self.where = ctx.scope_sql()
         con.execute(f"""CREATE TEMP TABLE scope_cells AS SELECT step, split, dense_rank() OVER (ORDER BY step) - 1 AS si
-                        FROM (SELECT DISTINCT step, split FROM cell_all WHERE {ctx.scope_sql()})""")
+                        FROM (SELECT DISTINCT step, split FROM cell_all WHERE {self.where})""")
         steps = con.execute("SELECT DISTINCT step FROM scope_cells ORDER BY step").fetchnumpy()["step"]
         self.steps = np.asarray(steps, dtype=np.int64)
         t = self.n_steps = len(self.steps)
@@ -768,11 +770,11 @@ def _payers(scope: Scope, c: Candidates, ids: list[int]) -> list[str | None] | N
     """Per term id: the reward signal paying for it (see `_merge_behaviours`), or None for each when the run
     logs no reward components (then the merge rests on co-occurrence alone)."""
     con = scope.con
-    try:
-        signals = [r[0] for r in con.execute("SELECT DISTINCT unnest(map_keys(rewards)) FROM rollouts").fetchall()
-                   if r[0] is not None]
-    except Exception:  # noqa: BLE001 - a store without a rewards map
-        return None
+    # the signals logged in scope, from the run's per-part counts (not a scan of every rollout's rewards)
+    register_run_stats(con, scope.store, scope.run, "em_run_stats")
+    signals = [r[0] for r in con.execute(f"""SELECT DISTINCT signal FROM em_run_stats
+                                             WHERE kind = 1 AND NOT total AND {scope.where}""").fetchall()
+               if r[0] is not None]
     if not signals:
         return None
     signals = sorted(signals)
