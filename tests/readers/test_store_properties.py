@@ -183,3 +183,43 @@ def test_parts_written_before_tool_columns_existed_read_them_as_null(tmp_path, s
     store.ingest(out)
     assert sorted(store.part_layouts("run").values()) == [2, LAYOUT]
     assert store.query("SELECT count(*) FROM rollouts").column(0)[0].as_py() == 2 * len(expected)
+
+
+def test_parts_keep_their_step_range_and_a_view_of_some_steps_opens_only_theirs(tmp_path, store):
+    """The manifest keeps each part's [first, last] step (from ingest, or from the part's Parquet statistics for
+    parts stored before); `connect(steps=...)` lists only the parts that may hold those steps, with the same rows
+    for them as the whole view."""
+    import json
+
+    out = tmp_path / "run"
+    _steps(out, [1, 2, 3, 5])
+    store.ingest(out)
+    ranges = sorted(e["steps"] for e in store.manifest("run")["files"].values())
+    assert ranges == [[1, 1], [2, 2], [3, 3], [5, 5]]
+    whole = store.query("SELECT * FROM rollouts WHERE step IN (2, 5) ORDER BY rollout_id", runs=["run"])
+    some = store.query("SELECT * FROM rollouts WHERE step IN (2, 5) ORDER BY rollout_id", runs=["run"], steps=[2, 5])
+    assert some.equals(whole) and some.num_rows == 8
+    with store.connect(["run"], steps=[4]) as con:
+        assert con.sql("SELECT count(*) FROM rollouts").fetchall() == [(0,)]  # no part may hold step 4
+    with store.connect(["run"], steps=[3]) as con:
+        assert con.sql("SELECT count(*), min(step), max(step) FROM rollouts").fetchall() == [(4, 3, 3)]
+    # a manifest from before step ranges: backfilled by the next ingest, from the parts' statistics
+    path = store.run_dir("run") / "run.json"
+    m = json.loads(path.read_text())
+    for e in m["files"].values():
+        e.pop("steps")
+    path.write_text(json.dumps(m))
+    with store.connect(["run"], steps=[4]) as con:  # unknown ranges: every part listed
+        assert con.sql("SELECT count(*) FROM rollouts").fetchall() == [(16,)]
+    store.ingest(out)
+    assert sorted(e["steps"] for e in store.manifest("run")["files"].values()) == ranges
+
+
+def test_appended_parts_keep_their_step_range(store):
+    import pyarrow as pa
+
+    from rlaudit.organisms import run as simulate_run
+
+    table = simulate_run("goblin_persona", steps=4, prompts=2, generations=2, seed=0, run_name="r").canonical()
+    store.append("r", table.filter(pa.compute.greater_equal(table["step"], 3)), key="late")
+    assert [e["steps"] for e in store.manifest("r")["files"].values()] == [[3, 4]]

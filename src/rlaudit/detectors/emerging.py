@@ -1091,10 +1091,12 @@ def _evidence(scope: Scope, where: str, value: str, spec: str, direction: int, l
     if not picked:
         return []
     ids = [p[0] for p in picked]
-    # by step first: the stored parts' step ranges let DuckDB skip every other part's rows
-    steps = ", ".join(sorted({str(int(p[1])) for p in picked}))
-    texts = dict(scope.con.execute(f"SELECT rollout_id, {where} FROM rollouts WHERE step IN ({steps}) AND "
-                                   f"rollout_id IN (SELECT unnest(?::VARCHAR[]))", [ids]).fetchall())
+    # only the parts holding those steps are opened (`Store.rollouts_view`), not every stored part
+    steps = sorted({int(p[1]) for p in picked})
+    scope.store.rollouts_view(scope.con, [scope.run], "ev_rollouts", steps)
+    texts = dict(scope.con.execute(f"SELECT rollout_id, {where} FROM ev_rollouts WHERE step IN "
+                                   f"({', '.join(map(str, steps))}) AND rollout_id IN (SELECT unnest(?::VARCHAR[]))",
+                                   [ids]).fetchall())
     behavior = parse_behavior(spec)
     try:
         pattern = re.compile(behavior.pattern.removeprefix("(?i)"), re.IGNORECASE) if behavior.pattern else None

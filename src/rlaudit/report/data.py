@@ -89,7 +89,8 @@ def fetch_rollouts(store: Store | None, run: str, rollout_ids: Sequence[str], te
     """The cited rollouts of one run by id: texts cut to `text_cap` characters in SQL (with their full length
     under `<column>_len`), rewards and grader inputs. Missing runs or ids yield nothing.
 
-    `steps`, when every cited rollout's step is known, lets DuckDB skip the Parquet row groups of other steps.
+    `steps`, when every cited rollout's step is known, opens only the parts that may hold those steps and
+    lets DuckDB skip the Parquet row groups of other steps.
     """
     ids = sorted({i for i in rollout_ids if i})
     if not ids or run not in _runs_in_store(store, [run]):
@@ -103,7 +104,7 @@ def fetch_rollouts(store: Store | None, run: str, rollout_ids: Sequence[str], te
         params.insert(0, sorted({int(s) for s in steps}))
     sql = (f"SELECT rollout_id, step, condition, task, group_id, {texts}, rewards, reward, advantage, "
            f"grader_inputs FROM rollouts WHERE {where}")
-    rows = store.query(sql, params, runs=[run]).to_pylist()
+    rows = store.query(sql, params, runs=[run], steps=sorted({int(s) for s in steps}) if steps else None).to_pylist()
     out = {}
     for row in rows:
         for key in ("rewards", "grader_inputs"):  # Arrow maps arrive as lists of (key, value) pairs
