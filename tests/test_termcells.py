@@ -261,3 +261,18 @@ def test_focus_keeps_at_most_focus_terms(tmp_path, monkeypatch):
     assert got == ref
     meta = pq.ParquetFile(_focus_file(store)).schema_arrow.metadata
     assert sorted(json.loads(meta[b"rlaudit_focus"])["terms"]) == sorted(terms[2:])
+
+
+def test_focus_rows_are_reused_within_an_audit(tmp_path):
+    """A second detector asking the same `TermCells` for the same (or fewer) terms gets the rows built by the
+    first, without reading or writing the cache again."""
+    store = _store(tmp_path)
+    a, b = _common_terms(store, 2)
+    cells = termcells.term_cells(store, "r", tokens.term_sets(store, "r"))
+    con = _merged(cells)
+    cells.focus(con, {a, b}, "f1")
+    _focus_file(store).unlink()
+    cells.focus(con, {b}, "f2")
+    assert not _focus_file(store).exists()
+    assert con.sql("SELECT * FROM f2 ORDER BY ALL").fetchall() == con.sql(
+        f"SELECT * FROM f1 WHERE term_id = {b} ORDER BY ALL").fetchall()

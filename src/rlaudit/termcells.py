@@ -28,7 +28,7 @@ same tables in memory, memoised on the store.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,8 @@ class TermCells:
     """Per part (name), its three tables: cached files or, for stores that do not persist derived data, tables."""
 
     parts: list[tuple[str, dict[str, Any]]]
+    #: the last `focus` rows built (rows, parts, terms): a second detector asking for the same terms reuses them
+    _focus: tuple[pa.Table, list[str], list[int]] | None = field(default=None, repr=False)
 
     def register(self, con: duckdb.DuckDBPyConnection, kind: str, view: str, only: set[str] | None = None) -> None:
         """View `view` over the `kind` table of every part (or of the parts named in `only`)."""
@@ -76,16 +78,21 @@ class TermCells:
         wanted = sorted({int(t) for t in term_ids})
         names = [name for name, _ in self.parts]
         path = self._focus_path()
-        rows, parts, terms = _read_focus(path, set(names)) if path else (None, [], [])
+        if self._focus is not None and self._focus[1] == names and set(wanted) <= set(self._focus[2]):
+            rows, parts, terms = self._focus
+        else:
+            rows, parts, terms = _read_focus(path, set(names)) if path else (None, [], [])
         keep = sorted(set(terms) | set(wanted)) if len(set(terms) | set(wanted)) <= FOCUS_TERMS else wanted
         old_terms = sorted(set(terms) & set(keep))
         new_parts = set(names) - set(parts)
-        pieces = [] if rows is None else [rows.filter(pc.is_in(rows["term_id"], pa.array(keep, pa.int32())))]
+        pieces = [] if rows is None else [rows if set(terms) <= set(keep) else
+                                          rows.filter(pc.is_in(rows["term_id"], pa.array(keep, pa.int32())))]
         if set(keep) - set(old_terms):
             pieces.append(self._scan(con, None, sorted(set(keep) - set(old_terms))))
         if new_parts and old_terms:
             pieces.append(self._scan(con, new_parts, old_terms))
         out = pa.concat_tables(pieces) if pieces else _empty("cellterms")
+        self._focus = (out, names, keep)
         if path and (new_parts or keep != terms):
             meta = json.dumps({"parts": names, "terms": keep}).encode()
             write_cached(path, out.replace_schema_metadata({_FOCUS_KEY: meta}), compression="lz4")
