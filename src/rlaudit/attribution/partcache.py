@@ -4,25 +4,25 @@ Every estimate of `trace.attribute` is a sum over comparison groups of per-group
 paired preference, paired difference sums, the pressure's covariance sum, the outcome-matched U and pairs), and a
 comparison group lies within one step. A stored part never changes, so for each behaviour and each part holding
 whole steps, what attribution needs from its rollouts is computed once and cached beside the run
-(`derived/attribution/v<VERSION>-duckdb<version>/<behaviour key>/<part>.<kind>.parquet`, merged into segments by
-`rlaudit.segments`):
+in one file per part and behaviour (`derived/attribution/v<VERSION>-duckdb<version>/<behaviour key>/<part>.parquet`,
+merged into segments by `rlaudit.segments`) holding rows of three kinds (`kind`):
 
-- `groups`: per comparison group (its DuckDB hash key, as `load_frames` groups), its step, size, rollouts with a
+- `g`, groups: per comparison group (its DuckDB hash key, as `load_frames` groups), its step, size, rollouts with a
   reward, the sd of the total reward and its largest |total|, the condition and task of its first rollout; per
   signal (components, the residual `other`, the total) U, pairs, the paired difference sum, the pressure's
   covariance sum *before* the signal's weight and the group's 1/sd (both are run-wide decisions applied when the
   tables are merged), and the outcome-matched U and pairs; the advantage check's centred sums.
   These are exactly the per-group values `attribute` computes from a frame of the whole run (within-group ranks
   and sums do not depend on other groups), so the merged estimates, bootstrap and p-values equal it.
-- `steps`: per step, what the run-wide decisions need: rows, rows with a finite total, the sum of squared totals,
+- `s`, steps: per step, what the run-wide decisions need: rows, rows with a finite total, the sum of squared totals,
   the R factor of [components | total] over those rows (the component weights are fitted by least squares on
   the stacked R factors: the same minimiser as `lstsq` over every row, stable, not the normal equations), and per
   signal its finite, infinite and equal-to-the-total counts; the behaviour's sum and whether it is 0/1.
-- `cond`: per step, condition and task, rollouts, the behaviour's sum and the first row it appears at.
+- `c`, conditions and tasks: per step, condition and task, rollouts, the behaviour's sum and the first row it appears at.
 
 The keys: the behaviour (spec, where, direction), the split of the audit's scope, the comparison key and the
 outcome signals; the step limit (`max_step`) filters the merged steps. A part with rollouts whose total is
-missing (rebuilt from the fitted weights) keys its `groups` table by those weights too. The step or group sample
+missing (rebuilt from the fitted weights) keeps its groups in `<part>.<weights>.parquet`, keyed by those weights. The step or group sample
 of a large run (`trace._step_sample`) is decided as `load_frames` decides it, from cached per-part counts
 (`partstats`), and only the kept steps' tables are merged.
 
