@@ -7,13 +7,16 @@ is the one documented in `rlaudit.attribution.trace.assess`.
 
 Options (`AuditConfig.options["attribution"]`): `alpha` (FDR level, 0.05), `n_boot` (bootstrap replicates,
 1000), `outcome_signals` (extra task-success signal names), `advantage_scale` ("group" for GRPO, "none" for
-Dr. GRPO), `min_severity` of the behaviours to trace ("medium"), `max_behaviors` (50, most severe first).
+Dr. GRPO), `min_severity` of the behaviours to trace ("medium"), `max_behaviors` (50, most severe first), `cache`
+(True: trace from per-part statistics cached beside the run, `rlaudit.attribution.partcache`, where the run and
+the behaviours allow it; False: always from the rollouts, `trace.load_frames`; the findings are the same).
 """
 
 from __future__ import annotations
 
 import math
 
+from . import partcache
 from .trace import Frame, Prepared, Trace, assess, attribute, evidence_for, learned_through_outcome, load_frames
 from ..behaviors import parse_behavior
 from ..errors import RlauditError
@@ -49,12 +52,25 @@ class AttributionDetector(Detector):
                 findings.append(_untraceable(ctx.run, spec, where, str(exc)))
         if not items:
             return findings
+        outcome = list(opt("outcome_signals", []))
+        directions = ["down" if source.get("direction") == "down" else "up" for source in sources]
         with ctx.connect() as con:
+            cached = partcache.traces(
+                ctx.store, ctx.run, con, ctx.config.max_step, ctx.config.split,
+                [(b, w, d) for (b, w), d in zip(items, directions)], outcome_signals=outcome,
+                advantage_scale=opt("advantage_scale", "group"), n_boot=int(opt("n_boot", 1000)),
+                seed=ctx.config.seed) if opt("cache", True) else None
+            if cached is not None:
+                for t, source in zip(cached, sources):
+                    t.behavior_severity = source.severity
+                assess(cached, float(opt("alpha", 0.05)))
+                for t, source in zip(cached, sources):
+                    cap_learned(ctx, t, source)
+                return findings + [to_finding(t) for t in cached]
             try:
                 frames = load_frames(con, items)
             except RlauditError as exc:
                 return findings + [_untraceable(ctx.run, spec, where, str(exc)) for spec, where in wanted]
-            outcome = list(opt("outcome_signals", []))
             # frames of rule specs differ only in the behaviour and share their rows (and one Prepared); a judge
             # spec's frame holds only its judged groups (`attribution._judged_frame`) and gets its own
             shared: dict[int, Prepared] = {}
@@ -65,12 +81,12 @@ class AttributionDetector(Detector):
                 return shared[id(frame.group)]
 
             traces: list[Trace] = []
-            for (behavior, where), frame, source in zip(items, frames, sources):
+            for (behavior, where), frame, source, direction in zip(items, frames, sources, directions):
                 t = attribute(frame, behavior, where=where, run=ctx.run, outcome_signals=outcome,
                               prepared=prepared_for(frame),
                               advantage_scale=opt("advantage_scale", "group"),
                               n_boot=int(opt("n_boot", 1000)), seed=ctx.config.seed,
-                              direction="down" if source.get("direction") == "down" else "up")
+                              direction=direction)
                 t.behavior_severity = source.severity
                 traces.append(t)
             assess(traces, float(opt("alpha", 0.05)))
@@ -173,3 +189,4 @@ def _pct(x: float | None) -> str:
 
 def _num(x: float | None) -> str:
     return "n/a" if x is None or not math.isfinite(x) else f"{x:.3g}"
+

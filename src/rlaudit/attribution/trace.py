@@ -812,9 +812,11 @@ def _by_cluster(clusters: np.ndarray | None, *columns: np.ndarray) -> list[np.nd
 
 def _summarise(signals: list[_Signal], per_group: dict[str, dict[str, np.ndarray]], rollouts: np.ndarray,
                group_steps: np.ndarray, n_boot: int, seed: int, level: float,
-               clusters: np.ndarray | None = None) -> list[SignalAttribution]:
+               clusters: np.ndarray | None = None, applies: dict[str, float] | None = None
+               ) -> list[SignalAttribution]:
     """Point estimates, one joint bootstrap of the groups (or of `clusters` of them) for every interval, p-values
-    and per-step series. Returns the signals sorted by pressure (largest first), the total last."""
+    and per-step series. Returns the signals sorted by pressure (largest first), the total last. `applies`: each
+    signal's share of rollouts where it applies, when the signals carry no per-rollout values (`partcache`)."""
     matrix = np.column_stack(_by_cluster(clusters, *[per_group[s.name][k] for s in signals for k in _KEYS],
                                          rollouts))
     reps = stats.bootstrap_group_sums(matrix, n_boot=n_boot, seed=seed)
@@ -839,7 +841,8 @@ def _summarise(signals: list[_Signal], per_group: dict[str, dict[str, np.ndarray
                    for k in ("u", "pairs", "diff", "pressure")}
         results.append(SignalAttribution(
             signal=s.name, kind=s.kind, outcome=s.outcome, equals_total=s.equals_total, weight=s.weight,
-            applies=float(np.isfinite(s.values).mean()) if s.values.size else 0.0,
+            applies=(applies[s.name] if applies is not None
+                     else float(np.isfinite(s.values).mean()) if s.values.size else 0.0),
             pressure=float(pt["pressure"] / n_total) if n_total else math.nan,
             pressure_ci=percentile(_ratio(pr["pressure"], n_rep), level),
             pressure_share=float(share_point[j]) if j is not None else math.nan,
@@ -874,11 +877,19 @@ def _breakdown(codes: np.ndarray, names: list[str], groups: _Groups, x: np.ndarr
     `pressure_share` is the condition's share of the top signal's positive pressure: who pays for the tic."""
     if not names:
         return {}
-    gcode = codes[groups.starts]
+    n_codes = len(names)
+    return _breakdown_of(names, codes[groups.starts], np.bincount(codes[codes >= 0], minlength=n_codes),
+                         np.bincount(codes[codes >= 0], weights=x[codes >= 0], minlength=n_codes), per_group,
+                         signals, top, n_total, clusters)
+
+
+def _breakdown_of(names: list[str], gcode: np.ndarray, rows: np.ndarray, xsum: np.ndarray,
+                  per_group: dict[str, dict[str, np.ndarray]], signals: list[_Signal], top: str, n_total: float,
+                  clusters: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
+    """`_breakdown` from each group's code (-1: none), and the rollouts and behaviour sum per code."""
     n_codes = len(names)
     valid = gcode >= 0
-    rows = np.bincount(codes[codes >= 0], minlength=n_codes)
-    prevalence = _ratio(np.bincount(codes[codes >= 0], weights=x[codes >= 0], minlength=n_codes), rows)
+    prevalence = _ratio(xsum, rows)
     top_pressure = np.bincount(gcode[valid], weights=per_group[top]["pressure"][valid], minlength=n_codes)
     positive = np.maximum(top_pressure, 0).sum()
     out: dict[str, dict[str, Any]] = {}

@@ -1,0 +1,807 @@
+"""Attribution from per-part statistics: a warm audit after a new step reads only that step's part.
+
+Every estimate of `trace.attribute` is a sum over comparison groups of per-group quantities (U and pairs of the
+paired preference, paired difference sums, the pressure's covariance sum, the outcome-matched U and pairs), and a
+comparison group lies within one step. A stored part never changes, so for each behaviour and each part holding
+whole steps, what attribution needs from its rollouts is computed once and cached beside the run
+in one file per part and behaviour (`derived/attribution/v<VERSION>-duckdb<version>/<behaviour key>/<part>.parquet`,
+merged into segments by `rlaudit.segments`) holding rows of three kinds (`kind`):
+
+- `g`, groups: per comparison group (its DuckDB hash key, as `load_frames` groups), its step, size, rollouts with a
+  reward, the sd of the total reward and its largest |total|, the condition and task of its first rollout; per
+  signal (components, the residual `other`, the total) U, pairs, the paired difference sum, the pressure's
+  covariance sum *before* the signal's weight and the group's 1/sd (both are run-wide decisions applied when the
+  tables are merged), and the outcome-matched U and pairs; the advantage check's centred sums.
+  These are exactly the per-group values `attribute` computes from a frame of the whole run (within-group ranks
+  and sums do not depend on other groups), so the merged estimates, bootstrap and p-values equal it.
+- `s`, steps: per step, what the run-wide decisions need: rows, rows with a finite total, the sum of squared totals,
+  the R factor of [components | total] over those rows (the component weights are fitted by least squares on
+  the stacked R factors: the same minimiser as `lstsq` over every row, stable, not the normal equations), and per
+  signal its finite, infinite and equal-to-the-total counts; the behaviour's sum and whether it is 0/1.
+- `c`, conditions and tasks: per step, condition and task, rollouts, the behaviour's sum and the first row it appears at.
+
+The keys: the behaviour (spec, where, direction), the split of the audit's scope, the comparison key and the
+outcome signals; the step limit (`max_step`) filters the merged steps. A part with rollouts whose total is
+missing (rebuilt from the fitted weights) keeps its groups in `<part>.<weights>.parquet`, keyed by those weights. The step or group sample
+of a large run (`trace._step_sample`) is decided as `load_frames` decides it, from cached per-part counts
+(`partstats`), and only the kept steps' tables are merged.
+
+Not cached (the caller traces them from the rows, `trace.load_frames`): behaviours without a SQL form (Python
+predicates, judges), runs whose steps are split across parts (a comparison group could span two parts), runs
+sampled by comparison group (few, very large steps), and a non-numeric behaviour with non-0/1 values in some part.
+A store that keeps derived data in memory, or cannot be written, gets the tables in memory for this audit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .. import segments
+from ..behaviors import Behavior
+from ..layout import view_columns
+from ..partstats import part_stats
+from ..store import Store, bound_memory, prune_cached, sql_list, sql_string, write_cached
+from . import trace as tr
+
+VERSION = 1
+#: per part, split and step: what `load_frames` counts before it reads any rollout (the step sample, the
+#: comparison key, the signals), so that those decisions need no scan of the run
+META_SQL = """
+SELECT _part, _part AS part, split, step, count(*) AS n, count(group_id) AS n_group, count(reward) AS n_reward,
+       count(advantage) AS n_adv, count(task) AS n_task, NULL::VARCHAR AS signal
+FROM src GROUP BY ALL
+UNION ALL
+SELECT _part, _part, split, step, NULL, NULL, NULL, NULL, NULL, signal
+FROM (SELECT DISTINCT _part, split, step, unnest(map_keys(rewards)) AS signal FROM src)
+"""
+_COUNTS = ("n", "n_group", "n_reward", "n_adv", "n_task")
+_TOTAL, _OTHER = "total", "other"  # the column names of the total and the residual (components: `_name`)
+_STATS = ("u", "pairs", "diff", "pnum", "mu", "mpairs")
+_CHECK = ("ok_n", "a_mean", "a_m2", "rc_mean", "rc_m2", "c_arc", "s_xa", "s_xrc")
+
+
+@dataclass
+class Item:
+    behavior: Behavior
+    where: str
+    direction: str
+    expr: str
+
+
+def traces(store: Store, run: str, con: duckdb.DuckDBPyConnection, max_step: int | None, split: str | None,
+           items: list[tuple[Behavior, str, str]], *, outcome_signals: list[str], advantage_scale: str,
+           n_boot: int, seed: int) -> list[tr.Trace] | None:
+    """One trace per (behaviour, where, direction) of `items`, with evidence, from per-part statistics; None when
+    the run or a behaviour is not cacheable (module doc), for the caller to trace from the rows. `con`: the
+    audit's scoped connection (used only for the comparison key of runs without group ids)."""
+    specs = [Item(b, w, d, b.sql(w)) for b, w, d in items]
+    if any(it.expr is None or it.where not in ("answer", "reasoning") for it in specs):
+        return None
+    manifest = store.manifest(run)
+    parts = store.parts(run, manifest)
+    layouts = store.part_layouts(run, manifest)
+    meta = _meta(store, run, max_step, split)
+    if meta is None:
+        return None
+    step_of_part, steps_arr, rows_arr = meta["part_steps"], meta["steps"], meta["rows"]
+    probe = steps_arr[np.linspace(0, len(steps_arr) - 1, min(len(steps_arr), 16)).astype(np.int64)]
+    n_signals = len(_union(meta["signals"], set(probe.tolist())))
+    columns = lambda k: k + len(specs) + 6  # noqa: E731  (as `load_frames`: no text columns here)
+    traced, where_sql, sampled, warnings = tr._step_sample(steps_arr, rows_arr, columns(n_signals), None)
+    kept = set(steps_arr.tolist()) if traced is None else set(traced.tolist())
+    counts = {k: sum(v for s, v in meta[k].items() if s in kept) for k in _COUNTS}
+    n = counts["n"]
+    signals = sorted(_union(meta["signals"], kept))
+    if not signals and counts["n_reward"] == 0:
+        return None
+    key, grouping, group_key, key_warnings = tr._group_key(con, n, counts["n_group"], where_sql)
+    warnings = key_warnings + warnings
+    if not sampled and tr._group_sample(n, key, columns(len(signals)), None) is not None:
+        return None
+    order = _scan_order(parts, layouts)
+    needed = [p for p in order if step_of_part.get(p.stem, set()) & kept]
+    ctx = _Ctx(store, run, split, key, outcome_signals, specs, layouts, counts["n_reward"] > 0,
+               counts["n_adv"] > 0, meta["part_signals"])
+    ctx.ensure(needed)  # every needed part's tables of every behaviour (computed for the parts not cached)
+    out = []
+    for i, it in enumerate(specs):
+        t = ctx.trace(i, needed, kept, signals, n, grouping, group_key, warnings, advantage_scale, n_boot, seed,
+                      sampled and traced is not None, run)
+        if t is None:
+            return None
+        out.append(t)
+    if ctx.persist:
+        _prune(ctx, {p.stem for p in parts})
+    return out
+
+
+def _prune(ctx: _Ctx, stems: set[str]) -> None:
+    """Remove other versions of the cache, the tables of parts the run no longer lists, and the directories of
+    behaviours no audit traced for `segments.GRACE` seconds (an audit tracing them may still be reading)."""
+    prune_cached(ctx.root.parent, ctx.root, set())  # other versions; `ctx.root` holds directories only
+    now = time.time()
+    for d in ctx.root.iterdir() if ctx.root.is_dir() else []:
+        if not d.is_dir():
+            continue
+        if d in ctx.dirs:
+            with contextlib.suppress(OSError):
+                os.utime(d)
+            for f in d.iterdir():
+                if f.is_file() and not f.name.startswith(".") and f.name.split(".")[0] not in stems:
+                    f.unlink(missing_ok=True)
+        else:
+            with contextlib.suppress(OSError):
+                if now - d.stat().st_mtime > segments.GRACE:
+                    shutil.rmtree(d, ignore_errors=True)
+
+
+# ================================================================================================ run-wide counts
+def _meta(store: Store, run: str, max_step: int | None, split: str | None) -> dict[str, Any] | None:
+    """Per-step counts in the audit's scope from the cached per-part table, each part's steps and signals (in the
+    split, at any step: a part's cached tables do not depend on the step limit); None when a step is split
+    across parts or the scope holds no rollouts."""
+    from ..partstats import scope_sql
+
+    stats = part_stats(store, run, "attribution_meta", VERSION, META_SQL)
+    with duckdb.connect() as con:
+        con.execute("SET enable_progress_bar = false")
+        bound_memory(con, store.root)
+        stats.register(con, "meta")
+        t = con.sql(f"SELECT * FROM meta WHERE {scope_sql(None, split)}").to_arrow_table()
+    cols = {c: t.column(c).to_pylist() for c in t.column_names}
+    part_steps: dict[str, set[int]] = {}
+    part_signals: dict[str, set[str]] = {}
+    owner: dict[int, str] = {}
+    out: dict[str, Any] = {k: {} for k in _COUNTS}
+    out["signals"] = {}
+    for i, part in enumerate(cols.get("part", [])):
+        step, stem, signal = int(cols["step"][i]), Path(part).stem, cols["signal"][i]
+        if owner.setdefault(step, stem) != stem:
+            return None  # one step in two parts: its groups may span them
+        if signal is not None:
+            part_signals.setdefault(stem, set()).add(signal)
+        if max_step is not None and step > max_step:
+            continue
+        if signal is not None:
+            out["signals"].setdefault(step, set()).add(signal)
+            continue
+        part_steps.setdefault(stem, set()).add(step)
+        for k in _COUNTS:
+            out[k][step] = out[k].get(step, 0) + int(cols[k][i])
+    if not sum(out["n"].values()):
+        return None
+    steps = np.array(sorted(out["n"]), np.int64)
+    return {**out, "part_steps": part_steps, "part_signals": part_signals, "steps": steps,
+            "rows": np.array([out["n"][s] for s in steps.tolist()], np.int64)}
+
+
+def _union(per_step: dict[int, set[str]], steps: set[int]) -> set[str]:
+    out: set[str] = set()
+    for s in steps & set(per_step):
+        out |= per_step[s]
+    return out
+
+
+def _scan_order(parts: list[Path], layouts: dict[str, int]) -> list[Path]:
+    """The parts in the order of `Store.connect`'s view (by layout, then as listed): the order rows are read."""
+    return sorted(parts, key=lambda p: layouts.get(p.name, 1))
+
+
+# ================================================================================================ the cache
+class _Ctx:
+    """The cache of one audit's behaviours: where their tables live, computing and reading them.
+
+    One file per part and behaviour (`<part>.parquet`) holds its three tables as rows of three kinds (`kind`:
+    'g' groups, 's' steps, 'c' conditions and tasks); a part with totals rebuilt from the fitted weights keeps
+    its groups in `<part>.<weights>.parquet` instead."""
+
+    def __init__(self, store: Store, run: str, split: str | None, key: str, outcome: list[str], items: list[Item],
+                 layouts: dict[str, int], has_reward: bool, has_adv: bool, signals: dict[str, set[str]]) -> None:
+        self.store, self.split, self.key, self.outcome, self.items = store, split, key, outcome, items
+        self.layouts, self.has_reward, self.has_adv, self.signals = layouts, has_reward, has_adv, signals
+        self.persist = getattr(store, "persist_derived", True)
+        self.root = store.run_dir(run) / "derived" / "attribution" / f"v{VERSION}-duckdb{duckdb.__version__}"
+        self.dirs = [self.root / _digest([it.behavior.spec, it.where, it.direction, split, key, sorted(outcome),
+                                          has_reward, has_adv]) for it in items]
+        self.memo = store.__dict__.setdefault("_attribution_memo", {})
+
+    def _entry(self, i: int, stem: str, tag: str = "") -> Path | pa.Table | None:
+        name = f"{stem}{tag}.parquet"
+        hit = self.memo.get((str(self.dirs[i]), name))
+        if hit is not None:
+            return hit
+        path = self.dirs[i] / name
+        return path if self.persist and path.is_file() else None
+
+    def _keep(self, i: int, stem: str, table: pa.Table, tag: str = "") -> None:
+        name = f"{stem}{tag}.parquet"
+        kept = (write_cached(self.dirs[i] / name, table, compression="lz4", use_dictionary=False) if self.persist
+                else table)  # lz4, no dictionaries: 2 ms a file against 8 with zstd (82 columns)
+        if isinstance(kept, pa.Table):  # not written: kept in memory for this store object
+            self.memo[(str(self.dirs[i]), name)] = kept
+
+    def ensure(self, parts: list[Path], weights: dict[str, Any] | None = None,
+               tags: dict[str, str] | None = None) -> None:
+        """Compute the tables of the parts not cached (with `weights`: the weight-keyed groups), 16 parts per
+        read and computation (the groups of different parts are independent, so a batch gives each part's
+        values; one computation per part would cost more in overhead than the work)."""
+        todo = []
+        for p in parts:
+            miss = [i for i in range(len(self.items))
+                    if self._entry(i, p.stem, tags[p.stem] if weights is not None else "") is None]
+            if miss:
+                todo.append((p, miss))
+        for lo in range(0, len(todo), 16):
+            batch = todo[lo:lo + 16]
+            miss = sorted({i for _, m in batch for i in m})
+            signals = sorted(set().union(*(self.signals.get(p.stem, set()) for p, _ in batch)))
+            table = self._read([p for p, _ in batch], signals)
+            tables = part_tables(table, miss, [self.items[i] for i in miss], signals, self.outcome, weights)
+            for i, t in zip(miss, tables):
+                part_col = t.column("part")
+                for part, m in batch:
+                    if i in m:
+                        own = t.filter(pc.equal(part_col, part.stem))
+                        self._keep(i, part.stem, own, tags[part.stem] if weights is not None else "")
+
+    def _read(self, parts: list[Path], signals: list[str]) -> pa.Table:
+        """The rows of `parts` in the audit's split, in scan order, with the columns `part_tables` needs
+        (`load_frames` reads the same columns through the same expressions)."""
+        by_layout: dict[int, list[Path]] = {}
+        for p in parts:
+            by_layout.setdefault(self.layouts.get(p.name, 1), []).append(p)
+        selects = [f"SELECT {view_columns(layout)}, parse_filename(filename, true) AS _part "
+                   f"FROM read_parquet({sql_list([str(p) for p in ps])}, filename = true)"
+                   for layout, ps in sorted(by_layout.items())]
+        split = f"split = {sql_string(self.split)}" if self.split else "TRUE"
+        beh = "".join(f", {it.expr} AS _b{i}" for i, it in enumerate(self.items))
+        if any(it.where == "reasoning" for it in self.items):
+            beh += ", reasoning IS NOT NULL AS _has_r"
+        sig = "".join(f", CAST(rewards[{sql_string(s)}] AS DOUBLE) AS _s{j}" for j, s in enumerate(signals))
+        with duckdb.connect() as con:
+            con.execute("SET enable_progress_bar = false")
+            bound_memory(con, self.store.root)
+            con.execute(f"CREATE VIEW src AS {' UNION ALL '.join(selects)}")
+            return con.sql(f"SELECT {self.key} AS _group, step, condition, task, reward, advantage{beh}{sig}, _part "
+                           f"FROM src WHERE {split}").to_arrow_table()
+
+    def _tables(self, i: int, stems: list[str], tags: dict[str, str], kept: set[int]) -> dict[str, pa.Table]:
+        """Behaviour `i`'s rows of each kind for `stems` (and the weight-keyed groups of `tags`) at the `kept`
+        steps, merged: segments of many parts where they exist (`rlaudit.segments`), else the parts' files."""
+        files, mem = [], []
+        for s in stems:
+            for tag in ("", tags[s]) if tags.get(s) else ("",):
+                e = self._entry(i, s, tag)
+                (mem if isinstance(e, pa.Table) else files).append(e)
+        steps = pa.array(sorted(kept), pa.int64())
+        out: dict[str, list[pa.Table]] = {k: [] for k in "gsc"}
+        for t in mem:
+            t = t.filter(pc.is_in(t.column("step"), steps))
+            for k in "gsc":
+                out[k].append(t.filter(pc.equal(t.column("kind"), k)))
+        if files:
+            paths = segments.covering(files, "parts") if self.persist else files
+            with duckdb.connect() as con:
+                con.execute("SET enable_progress_bar = false; SET threads = 1")
+                bound_memory(con, self.store.root)
+                con.register("_kept", pa.table({"step": steps}))
+                for k in "gsc":
+                    t = con.sql(f"SELECT * FROM read_parquet({sql_list([str(p) for p in paths])}, union_by_name = true) "
+                                f"WHERE kind = '{k}' AND step IN (SELECT step FROM _kept)").to_arrow_table()
+                    # the columns of the other kinds are all NULL here
+                    out[k].append(t.select([c for c in t.column_names if t.column(c).null_count < t.num_rows
+                                            or c in ("cond", "task")]))
+        return {k: pa.concat_tables(v, promote_options="default") for k, v in out.items()}
+
+    # ------------------------------------------------------------------------------------------- one behaviour
+    def trace(self, i: int, parts: list[Path], kept: set[int], signals: list[str], n: int, grouping: str,
+              group_key: str, warnings: list[str], scale: str, n_boot: int, seed: int, step_clusters: bool,
+              run: str) -> tr.Trace | None:
+        it = self.items[i]
+        stems = [p.stem for p in parts]
+        tags: dict[str, str] = {}
+        rows = self._tables(i, stems, tags, kept)
+        steps = rows["s"]
+        fit = _fit(steps, signals, n, self.has_reward, self.outcome)
+        if it.where == "reasoning" and not _col(steps, "n_reasoning").sum():
+            return None  # `load_frames` raises the error
+        numeric = bool(it.behavior.numeric or not _all(steps, "all01"))
+        if numeric and not it.behavior.numeric:
+            return None  # non-0/1 values of a presence behaviour: parts with 0/1 values were labelled as presence
+        missing = pc.less(steps.column("n_known"), steps.column("n"))
+        stems_missing = set(steps.column("part").filter(missing).to_pylist())
+        rebuilt = [p for p in parts if p.stem in stems_missing]
+        if rebuilt:  # their groups are kept under the weights that rebuilt their totals
+            tag = "." + _digest([fit.reward_none, fit.names, [float(w).hex() for w in fit.weights]])
+            tags = {p.stem: tag for p in rebuilt}
+            self.ensure(rebuilt, weights={"none": fit.reward_none, "names": fit.names,
+                                          "weights": dict(zip(fit.names, fit.weights))}, tags=tags)
+            rows = self._tables(i, stems, tags, kept)
+        return _assemble(it, rows["g"], steps, rows["c"], fit, stems, n, grouping, group_key, warnings,
+                         scale, n_boot, seed, step_clusters, run, self, parts, numeric)
+
+
+def _name(signal: str) -> str:
+    """A component's name in column names: hex, as DuckDB matches column names without regard to case."""
+    return "c" + signal.encode().hex()
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _col(t: pa.Table, name: str, fill: float = 0.0) -> np.ndarray:
+    if name not in t.column_names:
+        return np.full(t.num_rows, fill)
+    return np.asarray(pc.fill_null(t.column(name), fill).to_numpy(zero_copy_only=False), np.float64)
+
+
+def _all(t: pa.Table, name: str) -> bool:
+    return name not in t.column_names or bool(pc.all(pc.fill_null(t.column(name), True)).as_py() is not False)
+
+
+# ================================================================================================ one part
+def part_tables(t: pa.Table, idx: list[int], items: list[Item], signals: list[str], outcome: list[str],
+                weights: dict[str, Any] | None) -> list[pa.Table]:
+    """The tables (module doc) of the parts whose rows are `t` (`_part`: each row's part) for each behaviour
+    `items[i]` (its values in column `_b<idx[i]>`): one table per behaviour, its rows of kind 'g' (groups), 's'
+    (steps) and 'c' (conditions and tasks), each with its part. `weights`: the run-wide fit ({"none": no total
+    logged, "names", "weights"}) that rebuilds missing totals: then only the groups of the parts; without it, the
+    parts with a missing total get no groups (they are computed again under the fit's weights)."""
+    keys = np.asarray(t.column("_group").to_numpy(zero_copy_only=False))
+    _, codes = np.unique(keys, return_inverse=True)
+    order = np.argsort(codes.ravel(), kind="stable")
+    groups = tr._Groups.of(codes.ravel()[order].astype(np.int64))
+    take = pa.array(order)
+    step = np.asarray(t.column("step").to_numpy(zero_copy_only=False), np.int64)[order]
+    part = t.column("_part").take(take).cast(pa.string())
+
+    def floats(name: str) -> np.ndarray:
+        return np.asarray(pc.fill_null(t.column(name), float("nan")).to_numpy(zero_copy_only=False),
+                          np.float64)[order]
+
+    reward, adv_logged = floats("reward"), floats("advantage")
+    raw_comps = {s: floats(f"_s{j}") for j, s in enumerate(signals)}
+    comps = {s: np.where(np.isinf(v), np.nan, v) for s, v in raw_comps.items()}
+    local = [s for s in signals if np.isfinite(comps[s]).any()]
+    known = np.isfinite(reward)
+    matrix = np.column_stack([np.nan_to_num(comps[s], nan=0.0) for s in local]) if local else None
+    other = np.where(known, reward - (matrix.sum(axis=1) if matrix is not None else 0.0), 0.0)
+    total = np.where(known, reward, np.nan)
+    if weights is not None:
+        names = weights["names"]
+        g = (np.column_stack([np.nan_to_num(comps[s], nan=0.0) if s in comps else np.zeros(len(step))
+                              for s in names]) if names else np.zeros((len(step), 0)))
+        if weights["none"]:
+            total = g.sum(axis=1)
+        else:
+            total = reward.copy()
+            total[~known] = g[~known] @ np.array([weights["weights"][s] for s in names]) if names else np.nan
+    steps_u, step_at = np.unique(step, return_index=True)
+    steps_cols = _reward_steps(step, steps_u, reward, known, comps, raw_comps, signals, local)
+    steps_cols["part"] = part.take(pa.array(step_at))
+    # the groups of a part with a missing total are left to the pass with the fit's weights
+    missing = np.asarray(steps_cols["n_known"]) < np.asarray(steps_cols["n"])
+    rebuilt = pa.array(sorted(set(steps_cols["part"].filter(pa.array(missing)).to_pylist())), pa.string())
+    keep_group = (np.asarray(pc.invert(pc.is_in(part.take(pa.array(groups.starts)), rebuilt)))
+                  if weights is None else np.ones(groups.n, bool))
+    ranks = tr._RankCache()
+    outcome_vals = [comps[s] for s in local if tr.is_outcome_signal(s, outcome)]
+    sub = tr._refine(groups.codes, outcome_vals) if outcome_vals else None
+    measured = np.any([np.isfinite(v) for v in outcome_vals], axis=0) if outcome_vals else None
+    cond = t.column("condition").take(take).cast(pa.string())
+    task = t.column("task").take(take).cast(pa.string())
+    has_total = np.isfinite(total)
+    r = np.where(has_total, total, 0.0)
+    n = groups.sum(has_total.astype(float))
+    r_c = np.where(has_total, r - np.nan_to_num(tr._ratio(groups.sum(r), n))[groups.codes], 0.0)
+    sd = np.sqrt(tr._ratio(groups.sum(r_c**2), n - 1))
+    starts = groups.starts
+    out = []
+    for i, it in zip(idx, items):
+        raw = np.nan_to_num(floats(f"_b{i}"), nan=0.0)
+        numeric = bool(it.behavior.numeric or not np.isin(np.unique(raw), (0.0, 1.0)).all())
+        x = raw if it.direction == "up" else (-raw if numeric else 1.0 - raw)
+        labels = tr.behavior_labels(groups, x, numeric)
+        x_c = np.where(has_total, x - np.nan_to_num(tr._ratio(groups.sum(x * has_total), n))[groups.codes], 0.0)
+        cols: dict[str, Any] = {
+            "kind": pa.array(["g"] * groups.n, pa.string()), "part": part.take(pa.array(starts)),
+            "key": pa.array(keys[order][starts]), "step": pa.array(step[starts]), "size": pa.array(groups.sizes),
+            "rollouts": pa.array(n), "sd": pa.array(sd),
+            "rmax": pa.array(np.maximum.reduceat(np.abs(r), starts) if len(r) else np.zeros(0)),
+            "cond": cond.take(pa.array(starts)), "task": task.take(pa.array(starts))}
+        for name, values, kind in ([(s, comps[s], "component") for s in local] + [(_OTHER, other, "other"),
+                                                                                   (_TOTAL, total, "total")]):
+            key = name if kind == "component" else "\x00" + name  # the rank cache's key
+            d = tr._pair_stats(groups, values, labels, ranks, key)
+            c = np.where(has_total, np.nan_to_num(values, nan=0.0), 0.0)
+            d["pnum"] = groups.sum(x_c * c)
+            if sub is not None and kind != "total" and not (kind == "component" and tr.is_outcome_signal(name, outcome)):
+                d["mu"], d["mpairs"] = tr._matched_stats(groups, np.where(measured, values, np.nan), labels, sub,
+                                                         ranks, f"matched:{key}")
+            column = _name(name) if kind == "component" else name
+            for k in _STATS:
+                if k in d:
+                    cols[f"{k}|{column}"] = pa.array(np.asarray(d[k], np.float64))
+        ok = np.isfinite(adv_logged)
+        if ok.any():
+            a = np.where(ok, adv_logged, 0.0)
+            rc = np.where(ok, r_c, 0.0)
+            cnt = groups.sum(ok.astype(float))
+            a_mean = np.nan_to_num(tr._ratio(groups.sum(a), cnt))
+            rc_mean = np.nan_to_num(tr._ratio(groups.sum(rc), cnt))
+            da = np.where(ok, a - a_mean[groups.codes], 0.0)
+            drc = np.where(ok, rc - rc_mean[groups.codes], 0.0)
+            check = {"ok_n": cnt, "a_mean": a_mean, "a_m2": groups.sum(da * da), "rc_mean": rc_mean,
+                     "rc_m2": groups.sum(drc * drc), "c_arc": groups.sum(da * drc), "s_xa": groups.sum(x_c * a),
+                     "s_xrc": groups.sum(x_c * rc)}
+            cols.update({k: pa.array(v) for k, v in check.items()})
+        tables = [pa.table(cols).filter(pa.array(keep_group))]
+        if weights is None:
+            steps_item = dict(steps_cols, kind=pa.array(["s"] * len(steps_u), pa.string()))
+            steps_item["x"] = pa.array(np.bincount(np.searchsorted(steps_u, step), weights=raw,
+                                                   minlength=len(steps_u)))
+            steps_item["all01"] = pa.array([bool(np.isin(raw[step == s], (0.0, 1.0)).all()) for s in steps_u])
+            if it.where == "reasoning":  # `load_frames` refuses to trace reasoning in a run without any
+                has_r = np.asarray(t.column("_has_r").to_numpy(zero_copy_only=False), bool)[order]
+                steps_item["n_reasoning"] = pa.array(np.bincount(np.searchsorted(steps_u, step), weights=has_r,
+                                                                 minlength=len(steps_u)))
+            tables += [pa.table(steps_item), _cond_table(step, order, raw, cond, task, part)]
+        out.append(pa.concat_tables(tables, promote_options="default"))
+    return out
+
+
+def _reward_steps(step: np.ndarray, steps_u: np.ndarray, reward: np.ndarray, known: np.ndarray,
+                  comps: dict[str, np.ndarray], raw_comps: dict[str, np.ndarray], signals: list[str],
+                  local: list[str]) -> dict[str, Any]:
+    """Per step: rows, rows with a total, the sum of squared totals, the R factor of [components | total] over
+    those rows, and per signal its finite, infinite and equal-to-the-total counts (`trace.build_signals`)."""
+    at = np.nan_to_num(reward, nan=np.inf)
+    cols: dict[str, list[Any]] = {"step": [], "n": [], "n_known": [], "y2": [], "rfac": []}
+    for s in signals:
+        for k in ("f", "i", "c"):
+            cols[f"{k}|{_name(s)}"] = []
+    for s in steps_u.tolist():
+        m = step == s
+        km = m & known
+        cols["step"].append(s)
+        cols["n"].append(int(m.sum()))
+        cols["n_known"].append(int(km.sum()))
+        cols["y2"].append(float(np.sum(reward[km] ** 2)))
+        if km.any():
+            a = np.column_stack([np.nan_to_num(comps[c][km], nan=0.0) for c in local] + [reward[km]])
+            cols["rfac"].append(json.dumps({"names": local, "r": np.linalg.qr(a, mode="r").tolist()}))
+        else:
+            cols["rfac"].append(None)
+        for c in signals:
+            v = comps[c][m]
+            fin = np.isfinite(v)
+            cols[f"f|{_name(c)}"].append(int(fin.sum()))
+            cols[f"i|{_name(c)}"].append(int(np.isinf(raw_comps[c][m]).sum()))
+            close = fin & np.isclose(np.where(fin, v, 0.0), at[m], rtol=1e-9, atol=1e-12)
+            cols[f"c|{_name(c)}"].append(int(close.sum()))
+    return {k: pa.array(v, pa.string() if k == "rfac" else None) for k, v in cols.items()}
+
+
+def _cond_table(step: np.ndarray, order: np.ndarray, raw: np.ndarray, cond: pa.Array, task: pa.Array,
+                part: pa.Array) -> pa.Table:
+    """Per step, kind ('c' condition, 't' task) and name: rollouts, the behaviour's sum, and the first row (in
+    the part's row order) it appears at; rows without a name are left out, as `load_frames` codes them -1."""
+    out = []
+    for kind, names in (("c", cond), ("t", task)):
+        t = pa.table({"step": step, "name": names.cast(pa.string()), "first": order, "x": raw, "part": part})
+        t = t.filter(pc.is_valid(t.column("name")))
+        g = t.group_by(["step", "name"], use_threads=False).aggregate(
+            [("first", "min"), ("x", "sum"), ("x", "count"), ("part", "min")])
+        out.append(pa.table({"kind": pa.array(["c"] * g.num_rows, pa.string()), "part": g.column("part_min"),
+                             "step": g.column("step"), "ck": pa.array([kind] * g.num_rows, pa.string()),
+                             "name": g.column("name"), "first": g.column("first_min"), "rows": g.column("x_count"),
+                             "xsum": g.column("x_sum")}))
+    return pa.concat_tables(out)
+
+
+# ================================================================================================ run-wide decisions
+@dataclass
+class _Fit:
+    """`trace.build_signals`'s decisions, made from the kept steps' `steps` rows instead of every rollout."""
+
+    names: list[str]  # the components (signals with a finite value somewhere)
+    weights: list[float]
+    other: bool  # the residual total - sum(components) is a signal of its own
+    reward_none: bool
+    aliases: set[str]
+    notes: list[str]
+    applies: dict[str, float]
+    total_name: str
+    other_name: str
+
+
+def _fit(steps: pa.Table, signals: list[str], n: int, has_reward: bool, outcome: list[str]) -> _Fit:
+    notes: list[str] = []
+    count = {(k, s): int(_col(steps, f"{k}|{_name(s)}").sum()) for s in signals for k in ("f", "i", "c")}
+    infinite = {s: count["i", s] for s in signals if count["i", s]}
+    if infinite:
+        notes.append("infinite values treated as 'did not apply': " + ", ".join(
+            f"{k} ({c})" for k, c in infinite.items()) + ".")
+    names = [s for s in signals if count["f", s]]
+    n_known = int(_col(steps, "n_known").sum())
+    reward_none = not has_reward or n_known == 0
+    aliases = set()
+    if not reward_none:
+        for name in names:
+            if count["f", name] == n and count["c", name] == n:
+                aliases.add(name)
+                notes.append(f"signal {name!r} equals the total reward: it cannot be separated from the total.")
+    weights = np.ones(len(names))
+    total_name = "reward" if "reward" not in names else "reward_total"
+    other_name = "other" if "other" not in names else "other_residual"
+    other = False
+    if reward_none:
+        notes.append("no total reward logged: the total is the sum of the components.")
+    else:
+        if names:
+            fit, resid_ss = _lstsq(steps, names, n_known)
+            scale = max(1.0, float(np.sqrt(_col(steps, "y2").sum() / n_known)))
+            if np.sqrt(resid_ss / n_known) <= 1e-6 * scale:
+                weights = np.where(np.abs(fit - np.round(fit)) < 1e-9, np.round(fit), fit)
+                if not np.allclose(weights, 1.0):
+                    notes.append("component weights fitted from the total: " + ", ".join(
+                        f"{nm}={w:.4g}" for nm, w in zip(names, weights)) + ".")
+            else:
+                other = True
+                notes.append(f"the components do not add up to the total; {other_name!r} = total - sum(components) "
+                             "is attributed as a signal of its own.")
+        if n_known < n:
+            notes.append(f"{n - n_known} rollout(s) without a total reward: rebuilt from the components.")
+    applies = {s: count["f", s] / n for s in names}
+    applies[other_name] = 1.0
+    applies[total_name] = 1.0 if reward_none or names else n_known / n
+    return _Fit(names, [float(w) for w in weights], other, reward_none, aliases, notes, applies, total_name,
+                other_name)
+
+
+def _lstsq(steps: pa.Table, names: list[str], n_known: int) -> tuple[np.ndarray, float]:
+    """The least-squares weights of the total on the components over every row with a total, and the residual
+    sum of squares, from the steps' R factors of [components | total] (stacked and factored again: the R factor
+    of all the rows, so the same minimiser as `lstsq` over them; the rank cut-off is `lstsq`'s for those rows)."""
+    k = len(names)
+    at = {nm: j for j, nm in enumerate(names)}
+    blocks = []
+    for text in steps.column("rfac").to_pylist():
+        if text is None:
+            continue
+        f = json.loads(text)
+        r = np.asarray(f["r"], np.float64).reshape(-1, len(f["names"]) + 1)
+        m = np.zeros((r.shape[0], k + 1))
+        for j, nm in enumerate(f["names"]):
+            if nm in at:  # a signal with no finite value in the kept steps has a zero column here
+                m[:, at[nm]] = r[:, j]
+        m[:, k] = r[:, -1]
+        blocks.append(m)
+    r = np.linalg.qr(np.vstack(blocks), mode="r")
+    full = np.zeros((k + 1, k + 1))
+    full[:r.shape[0]] = r[:k + 1]
+    r11, rhs, rho = full[:k, :k], full[:k, k], full[k, k]
+    fit, *_ = np.linalg.lstsq(r11, rhs, rcond=np.finfo(np.float64).eps * max(n_known, k))
+    return fit, float(np.sum((r11 @ fit - rhs) ** 2) + rho**2)
+
+
+# ================================================================================================ the trace
+def _assemble(it: Item, groups: pa.Table, steps: pa.Table, cond: pa.Table, fit: _Fit, stems: list[str], n: int,
+              grouping: str, group_key: str, warnings: list[str], scale: str, n_boot: int, seed: int,
+              step_clusters: bool, run: str, ctx: _Ctx, parts: list[Path], numeric: bool) -> tr.Trace:
+    """`trace.attribute` from the merged tables: the same per-group values in the same (key) order."""
+    order = np.argsort(np.asarray(groups.column("key").to_numpy(zero_copy_only=False)), kind="stable")
+    groups = groups.take(pa.array(order))
+    rollouts, sd, rmax = _col(groups, "rollouts"), _col(groups, "sd", np.nan), _col(groups, "rmax")
+    tiny = 1e-9 * max(1.0, float(rmax.max()) if rmax.size else 1.0)
+    varies = np.isfinite(sd) & (sd > tiny) & (rollouts >= 2)
+    inv = (1.0 / np.where(varies, sd, 1.0)) if scale == "group" else np.ones(groups.num_rows)
+    inv_scale = np.where(varies, inv, 0.0)
+    signals = [tr._Signal(nm, "component", np.zeros(0), w, tr.is_outcome_signal(nm, ctx.outcome), nm in fit.aliases)
+               for nm, w in zip(fit.names, fit.weights)]
+    col_of = {nm: _name(nm) for nm in fit.names}
+    if fit.other:
+        signals.append(tr._Signal(fit.other_name, "other", np.zeros(0), 1.0, False))
+        col_of[fit.other_name] = _OTHER
+    signals.append(tr._Signal(fit.total_name, "total", np.zeros(0), 1.0, False, True))
+    col_of[fit.total_name] = _TOTAL
+    per_group = {}
+    for s in signals:
+        c = col_of[s.name]
+        d = {k: _col(groups, f"{k}|{c}") for k in ("u", "pairs", "diff", "mu", "mpairs")}
+        d["pressure"] = s.weight * _col(groups, f"pnum|{c}") * inv_scale
+        per_group[s.name] = d
+    group_steps = np.asarray(groups.column("step").to_numpy(zero_copy_only=False), np.int64)
+    clusters = np.unique(group_steps, return_inverse=True)[1].ravel() if step_clusters else None
+    results = tr._summarise(signals, per_group, rollouts, group_steps, n_boot, seed, 0.95, clusters, fit.applies)
+    top = results[0]
+    n_total = float(rollouts.sum())
+    x_total = float(_col(steps, "x").sum())
+    missing = int((_col(groups, "size") - rollouts).sum())
+    adv_warnings = [f"{missing} rollout(s) have no reward at all and add no pressure."] if missing else []
+    degenerate = int(((rollouts >= 2) & ~varies).sum())
+    adv_notes = ([f"{degenerate} group(s) where every rollout got the same total reward give no advantage "
+                  "(no pressure) and only ties to the paired preference."] if degenerate else [])
+    rank = {s: j for j, s in enumerate(stems)}
+    breakdowns = {}
+    for kind, column in (("c", "cond"), ("t", "task")):
+        names, gcode, rows, xsum = _codes(cond, kind, rank, groups.column(column))
+        breakdowns[kind] = (names, tr._breakdown_of(names, gcode, rows, xsum, per_group, signals, top.signal,
+                                                     n_total, clusters) if names else {})
+    by_condition = breakdowns["c"][1]
+    task_names = breakdowns["t"][0]
+    by_task = breakdowns["t"][1] if len(task_names) > 1 else {}
+    warnings = list(warnings) + adv_warnings
+    if top.groups_used < tr.MIN_GROUPS:
+        warnings.append(f"Only {top.groups_used} group(s) contain rollouts both with and without the behaviour: "
+                        "no confidence intervals or tests.")
+    elif top.groups_used < tr.FEW_GROUPS:
+        warnings.append(f"Only {top.groups_used} groups contain rollouts both with and without the behaviour: "
+                        "the intervals are rough.")
+    check = _advantage_check(groups, inv_scale, ctx.has_adv)
+    if check and check.get("correlation") is not None and check["correlation"] < 0.9:
+        warnings.append(
+            f"The logged advantage correlates only {check['correlation']:.2f} with the GRPO advantage rebuilt from "
+            "the rewards (different normalisation, KL in the reward, or a different estimator): pressures are "
+            "computed from the rebuilt advantage.")
+    t = tr.Trace(
+        run=run, behavior=it.behavior.name, behavior_spec=it.behavior.spec, where=it.where, numeric=numeric,
+        grouping=grouping, group_key=group_key, rollouts=n, groups=groups.num_rows, groups_used=top.groups_used,
+        prevalence=x_total / n if n else math.nan, signals=results, by_condition=by_condition, by_task=by_task,
+        condition=tr._argmax_pressure(by_condition), task=tr._argmax_pressure(by_task), advantage_check=check,
+        warnings=warnings, notes=fit.notes + adv_notes, direction=it.direction)
+    tr.assess([t])
+    t.evidence = _evidence(ctx, it, t, groups, per_group, fit, parts, steps, numeric)
+    return t
+
+
+def _codes(cond: pa.Table, kind: str, rank: dict[str, int], first_of_group: pa.ChunkedArray
+           ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Names in order of first appearance in the scan, each group's code (-1: none), rollouts and behaviour sum
+    per name."""
+    t = cond.filter(pc.equal(cond.column("ck"), kind)) if cond.num_rows else cond
+    first: dict[str, tuple[int, int]] = {}
+    rows: dict[str, float] = {}
+    xsum: dict[str, float] = {}
+    if t.num_rows:
+        for part, name, f, r, x in zip(t.column("part").to_pylist(), t.column("name").to_pylist(),
+                                       t.column("first").to_pylist(), t.column("rows").to_pylist(),
+                                       t.column("xsum").to_pylist()):
+            pos = (rank[part], int(f))
+            first[name] = min(first.get(name, pos), pos)
+            rows[name] = rows.get(name, 0) + r
+            xsum[name] = xsum.get(name, 0.0) + x
+    names = sorted(first, key=first.__getitem__)
+    code = {nm: j for j, nm in enumerate(names)}
+    gcode = np.array([code.get(v, -1) if v is not None else -1 for v in first_of_group.to_pylist()], np.int64)
+    return (names, gcode, np.array([rows[nm] for nm in names], np.int64),
+            np.array([xsum[nm] for nm in names], np.float64))
+
+
+def _advantage_check(groups: pa.Table, inv: np.ndarray, has_adv: bool) -> dict[str, Any] | None:
+    """`trace._advantage_check` from per-group centred sums, merged exactly (the parallel-variance formulas)."""
+    if not has_adv or "ok_n" not in groups.column_names:
+        return None
+    c = {k: _col(groups, k) for k in _CHECK}
+    n = c["ok_n"].sum()
+    if n < 3:
+        return None
+    b_mean, b_m2, c_ab = c["rc_mean"] * inv, c["rc_m2"] * inv**2, c["c_arc"] * inv
+    ma, mb = (c["ok_n"] * c["a_mean"]).sum() / n, (c["ok_n"] * b_mean).sum() / n
+    m2a = c["a_m2"].sum() + (c["ok_n"] * (c["a_mean"] - ma) ** 2).sum()
+    m2b = b_m2.sum() + (c["ok_n"] * (b_mean - mb) ** 2).sum()
+    cab = c_ab.sum() + (c["ok_n"] * (c["a_mean"] - ma) * (b_mean - mb)).sum()
+    corr = float(np.clip(cab / np.sqrt(m2a * m2b), -1.0, 1.0)) if m2a > 0 and m2b > 0 else None
+    return {"rollouts": int(n), "correlation": corr, "pressure_logged": float(c["s_xa"].sum() / n),
+            "pressure_rebuilt": float((c["s_xrc"] * inv).sum() / n)}
+
+
+def _evidence(ctx: _Ctx, it: Item, t: tr.Trace, groups: pa.Table, per_group: dict[str, dict[str, np.ndarray]],
+              fit: _Fit, parts: list[Path], steps: pa.Table, numeric: bool) -> list[Any]:
+    """`trace._evidence_rows` and `trace.evidence_for`: the same groups chosen from the merged tables, then only
+    their rollouts read (from the parts holding their steps)."""
+    top = t.top
+    d = per_group[top.signal]
+    direction = 1.0 if not top.paired_preference < 0.5 else -1.0
+    candidates = (d["pairs"] > 0) & (direction * d["diff"] > 0)
+    if t.condition is not None:
+        in_cond = candidates & np.asarray(pc.fill_null(pc.equal(groups.column("cond"), t.condition), False))
+        if in_cond.any():
+            candidates = in_cond
+    gsteps = np.asarray(groups.column("step").to_numpy(zero_copy_only=False), np.int64)
+    chosen = np.flatnonzero(candidates)
+    chosen = chosen[np.argsort(-gsteps[chosen], kind="stable")][:3]
+    if not chosen.size:
+        return []
+    keys = np.asarray(groups.column("key").to_numpy(zero_copy_only=False))[chosen]
+    wanted = set(gsteps[chosen].tolist())
+    owner = dict(zip(steps.column("step").to_pylist(), steps.column("part").to_pylist()))
+    stems = {owner[s] for s in wanted}
+    paths = [p for p in parts if p.stem in stems]
+    by_layout: dict[int, list[Path]] = {}
+    for p in paths:
+        by_layout.setdefault(ctx.layouts.get(p.name, 1), []).append(p)
+    split = f"split = {sql_string(ctx.split)}" if ctx.split else "TRUE"
+    with duckdb.connect() as con:
+        con.execute("SET enable_progress_bar = false")
+        bound_memory(con, ctx.store.root)
+        con.execute("CREATE VIEW all_rollouts AS " + " UNION ALL ".join(
+            f"SELECT {view_columns(layout)} FROM read_parquet({sql_list([str(p) for p in ps])})"
+            for layout, ps in sorted(by_layout.items())))
+        con.execute(f"CREATE VIEW rollouts AS SELECT * FROM all_rollouts WHERE {split}")
+        sig = "".join(f", CAST(rewards[{sql_string(s)}] AS DOUBLE) AS _s{j}" for j, s in enumerate(fit.names))
+        rows = con.sql(
+            f"SELECT * FROM (SELECT {ctx.key} AS _group, rollout_id, reward, {it.expr} AS _b{sig} FROM rollouts "
+            f"WHERE step IN ({', '.join(map(str, sorted(wanted)))})) "
+            f"WHERE _group IN ({', '.join(str(int(k)) for k in keys)})").to_arrow_table()
+
+        def floats(name: str) -> np.ndarray:
+            return np.asarray(pc.fill_null(rows.column(name), float("nan")).to_numpy(zero_copy_only=False), np.float64)
+
+        comps = {s: np.where(np.isinf(v), np.nan, v) for s, v in ((s, floats(f"_s{j}"))
+                                                                   for j, s in enumerate(fit.names))}
+        reward = floats("reward")
+        frame = tr.Frame.build(np.asarray(rows.column("_group").to_numpy(zero_copy_only=False)),
+                               step=np.zeros(rows.num_rows, np.int64), condition=np.zeros(rows.num_rows, np.int64),
+                               condition_names=[], task=np.zeros(rows.num_rows, np.int64), task_names=[],
+                               behavior=np.nan_to_num(floats("_b"), nan=0.0), components=comps, reward=reward,
+                               advantage=None, rollout_id=rows.column("rollout_id").combine_chunks())
+        signals = _row_signals(frame, fit, ctx.outcome)
+        mgroups = tr._Groups.of(frame.group)
+        raw = frame.behavior
+        x = raw if it.direction == "up" else (-raw if numeric else 1.0 - raw)
+        labels = tr.behavior_labels(mgroups, x, numeric)
+        values = next(s.values for s in signals if s.name == top.signal)
+        ukeys = np.unique(np.asarray(rows.column("_group").to_numpy(zero_copy_only=False)))
+        pairs = []
+        for k in keys:
+            g = int(np.searchsorted(ukeys, k))
+            lo, hi = mgroups.starts[g], mgroups.starts[g] + mgroups.sizes[g]
+            v, lab = values[lo:hi], labels[lo:hi]
+            with_ = np.flatnonzero((lab == 1) & np.isfinite(v))
+            without = np.flatnonzero((lab == 0) & np.isfinite(v))
+            if with_.size and without.size:
+                pairs.append((int(lo + with_[np.argmax(direction * v[with_])]),
+                              int(lo + without[np.argmin(direction * v[without])])))
+        t.evidence_rows = pairs
+        return tr.evidence_for(con, frame, t, prepared=_Signals(signals))
+
+
+@dataclass
+class _Signals:
+    signals: list[tr._Signal]
+
+
+def _row_signals(frame: tr.Frame, fit: _Fit, outcome: list[str]) -> list[tr._Signal]:
+    """`trace.build_signals`'s signals of a few rows, with the run's decisions (`_fit`)."""
+    names = fit.names
+    matrix = (np.column_stack([np.nan_to_num(frame.components[s], nan=0.0) for s in names]) if names
+              else np.zeros((len(frame.group), 0)))
+    reward = frame.reward
+    known = np.isfinite(reward)
+    if fit.reward_none:
+        total = matrix.sum(axis=1)
+    else:
+        total = reward.copy()
+        total[~known] = matrix[~known] @ np.array(fit.weights) if names else np.nan
+    out = [tr._Signal(s, "component", frame.components[s], w, tr.is_outcome_signal(s, outcome), s in fit.aliases)
+           for s, w in zip(names, fit.weights)]
+    if fit.other:
+        out.append(tr._Signal(fit.other_name, "other", np.where(known, reward - matrix.sum(axis=1), 0.0), 1.0, False))
+    out.append(tr._Signal(fit.total_name, "total", total, 1.0, False, True))
+    return out

@@ -1,0 +1,167 @@
+"""Attribution from per-part statistics (`rlaudit.attribution.partcache`) gives the findings of attribution from
+the rollouts (`trace.load_frames`), field by field, cold and warm after new steps, on runs that exercise every
+run-wide decision: fitted weights, a residual signal, totals rebuilt from components, infinite values, no group
+ids, logged advantages, tasks, falling and numeric behaviours, the audit's step limit and a sampled run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from test_attribution import make_run
+
+from rlaudit.attribution import partcache, trace
+from rlaudit.attribution.detector import AttributionDetector
+from rlaudit.detectors import AuditConfig, DetectContext
+from rlaudit.findings import Finding
+from rlaudit.store import Store
+
+
+def emerging(spec: str, direction: str = "up", severity: str = "high") -> Finding:
+    return Finding(kind="emerging_behavior", run="sim", severity=severity, title=spec,
+                   fields={"behavior": spec, "behavior_spec": spec, "where": "answer", "direction": direction})
+
+
+BEHAVIOURS = [emerging("goblin"), emerging("re:(?i)^here", "down", "medium"), emerging("style:length")]
+
+
+def detect(store: Store, cache: bool, max_step: int | None = None, found: list[Finding] | None = None,
+           **options) -> list[dict]:
+    config = AuditConfig(max_step=max_step, options={"attribution": {"n_boot": 200, "cache": cache, **options}})
+    ctx = DetectContext(store=store, run="sim", config=config, findings=copy.deepcopy(found or BEHAVIOURS))
+    return [json.loads(json.dumps(f.to_json(), default=str)) for f in AttributionDetector().detect(ctx)]
+
+
+def same(a, b, path: str = "") -> None:
+    """Equal, floats up to their summation order."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), path
+        for k in a:
+            same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            same(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, (float, int)):
+        assert a == b or (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12), \
+            f"{path}: {a} != {b}"
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def by_step(store: Store, table: pa.Table, steps: range | None = None) -> None:
+    """Store `table` one part per step (as trainers that log a file per step)."""
+    step = np.asarray(table.column("step"))
+    for s in steps if steps is not None else np.unique(step).tolist():
+        store.append("sim", table.filter(pa.array(step == s)), key=f"step-{s:05d}")
+
+
+def check(store: Store, **kwargs) -> list[dict]:
+    ref = detect(store, False, **kwargs)
+    got = detect(store, True, **kwargs)
+    same(ref, got)
+    same(ref, detect(store, True, **kwargs))  # warm: every table cached
+    return got
+
+
+def _with(table: pa.Table, name: str, values) -> pa.Table:
+    return table.set_column(table.schema.get_field_index(name), name, pa.array(values, table.schema.field(name).type))
+
+
+SCENARIOS = {
+    "trl": dict(),
+    "weights": dict(weights={"correctness_reward": 2.0, "format_reward": 0.5, "persona_rm": 1.5}),
+    "verl": dict(style="verl"),
+    "no_group_ids": dict(group_ids=False),
+    "no_group_ids_no_repeats": dict(group_ids=False, repeat_prompts=False),
+    "advantage": dict(with_advantage=True),
+    "legit": dict(legit=1.5, bias=0.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_cached_equals_traced_from_rows(tmp_path, name):
+    store = Store(tmp_path / "s")
+    table = make_run(seed=5, steps=10, **SCENARIOS[name])
+    by_step(store, table, range(8))
+    got = check(store)
+    assert len(got) == 3 and got[0]["signals"]
+    by_step(store, table, range(8, 10))  # warm after new steps: only their parts are computed
+    check(store)
+    check(store, max_step=6)
+
+
+def test_missing_and_infinite_rewards(tmp_path):
+    """Totals missing on some rows (rebuilt from the fitted weights, cached under those weights) and infinite
+    component values (counted as not applying)."""
+    store = Store(tmp_path / "s")
+    table = make_run(seed=2, steps=6, weights={"correctness_reward": 2.0, "format_reward": 1.0, "persona_rm": 1.0})
+    reward = np.asarray(table.column("reward").to_numpy(zero_copy_only=False), float).copy()
+    reward[::37] = np.nan
+    table = _with(table, "reward", reward)
+    rewards = table.column("rewards").to_pylist()
+    for i in range(0, len(rewards), 74):  # on rows without a total, so the fit stays exact
+        rewards[i] = [(k, float("inf") if k == "format_reward" else v) for k, v in rewards[i]]
+    table = _with(table, "rewards", rewards)
+    by_step(store, table)
+    got = check(store)
+    notes = " ".join(got[0]["notes"])
+    assert "rebuilt from the components" in notes and "infinite values" in notes and "weights fitted" in notes
+    files = list((store.run_dir("sim") / "derived" / "attribution").rglob("*.parquet"))
+    assert any(len(f.name.split(".")) == 3 for f in files)  # weight-keyed groups of the parts with rebuilt totals
+
+
+def test_a_run_traced_on_a_sample_of_its_steps(tmp_path, monkeypatch):
+    store = Store(tmp_path / "s")
+    table = make_run(seed=1, steps=60, groups_per_condition=4)
+    by_step(store, table)
+    monkeypatch.setattr(trace, "FRAME_BYTES", int(table.num_rows * (8 * 12 + 64) * trace.WORKING_SET) // 3)
+    got = check(store)
+    assert "Traced on a random" in got[0]["warning"]
+
+
+def test_steps_split_across_parts_and_python_predicates_are_traced_from_rows(tmp_path, monkeypatch):
+    """Not cacheable (a group could span two parts; a predicate's code may change): traced from the rollouts,
+    with the same findings."""
+    store = Store(tmp_path / "s")
+    table = make_run(seed=3, steps=4)
+    half = table.num_rows // 2 + 3
+    store.append("sim", table.slice(0, half), key="a")
+    store.append("sim", table.slice(half), key="b")
+    calls = []
+    monkeypatch.setattr(partcache, "_Ctx", lambda *a, **k: calls.append(1))
+    check(store)
+    assert not calls
+    store2 = Store(tmp_path / "s2")
+    by_step(store2, table)
+    monkeypatch.setattr(trace, "parse_behavior", trace.parse_behavior)
+    assert partcache.traces(store2, "sim", None, None, "train",
+                            [(trace.parse_behavior("goblin"), "answer", "up")][:0] +
+                            [(_python_behaviour(), "answer", "up")], outcome_signals=[], advantage_scale="group",
+                            n_boot=10, seed=0) is None
+
+
+def _python_behaviour():
+    from rlaudit.behaviors import Behavior
+
+    return Behavior("mod:f", "mod:f", "python", func=lambda text: "goblin" in text)
+
+
+def test_in_memory_and_unwritable_stores(tmp_path, monkeypatch):
+    """A store that keeps derived data in memory, or whose cache cannot be written (`write_cached` returns the
+    table), gets the same findings from tables kept in memory."""
+    store = Store(tmp_path / "s")
+    by_step(store, make_run(seed=4, steps=5))
+    ref = detect(store, False)
+    store.persist_derived = False
+    same(ref, detect(store, True))
+    assert not (store.run_dir("sim") / "derived" / "attribution").exists()
+    monkeypatch.setattr(partcache, "write_cached", lambda path, table, **kw: table)
+    fresh = Store(tmp_path / "s")
+    same(ref, detect(fresh, True))
+    same(ref, detect(fresh, True))
+    assert not list((store.run_dir("sim") / "derived" / "attribution").rglob("*.parquet"))
