@@ -12,6 +12,7 @@ import pytest
 
 from rlaudit.detectors import AuditConfig, run_detectors
 from rlaudit.detectors.reward_stats import ALPHA, register_reward_stats, quantiles
+from rlaudit.partstats import part_stats
 from rlaudit.schema import canonical_table
 
 
@@ -83,7 +84,7 @@ def test_merged_counts_equal_a_direct_scan(store):
     for i in range(3):
         store.append("r", canonical_table(_rows(1 + 4 * i, 4, 30, rng)), key=f"p{i}")
     con = store.connect(["r"])
-    register_reward_stats(con, store, "r", "split = 'train'")
+    register_reward_stats(con, part_stats(store, "r", "reward_health"), "split = 'train'")
     got = con.execute("""SELECT signal, condition, step, sum(n), sum(nan), sum(inf), sum(finite), min(lo), max(hi)
                          FROM rh_cells GROUP BY ALL ORDER BY ALL""").fetchall()
     want = con.execute("""SELECT signal, coalesce(condition, ''), step, count(*), count(*) FILTER (isnan(v)),
