@@ -136,6 +136,14 @@ def test_an_audit_reads_each_part_once_for_every_kind(store, monkeypatch):
     base = store.run_dir("r") / "derived" / "partstats"
     for kind in kinds:
         assert [p.name for p in base.glob(f"{kind}/v*/*.parquet")] == ["combined.parquet"]
+    combined = next(base.glob("run_stats/v*/combined.parquet"))
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(combined).to_pylist()
+    for part in store.parts("r"):  # each part's rows are its own (its step, its rows)
+        step = pq.read_table(part, columns=["step"]).column("step").to_pylist()
+        assert [(r["step"], r["n"]) for r in rows if r["_stem"] == part.stem and r["kind"] == 0] == \
+            [(step[0], len(step))]
     calls.clear()
     store.summary("r")
     assert calls == []

@@ -7,7 +7,8 @@ part's table, and a warm audit merges the small per-part tables (`PartStats.sql`
 
 Each kind of statistics (`define`: the run summary's `run_stats`, `reward_health`, `training_health`) is an SQL
 query over the relation `src`: the canonical rollout columns (`layout.view_columns`) the kind names, of the parts
-still to compute, plus `_part` (the part's file name); it must keep `_part` among its output columns. Its rows are
+still to compute, plus `_part` (an integer naming the part within the batch); it must keep `_part` among its
+output columns. Its rows are
 split by `_part` and written per part (without that column). The statistics are not scoped: callers keep `split`
 and `step` among the grouping keys and filter the merged rows by the audit's scope, so audits with different
 `max_step` or `split` share one cache.
@@ -288,18 +289,21 @@ def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind],
     by_layout: dict[int, list[Path]] = {}
     for p in parts:
         by_layout.setdefault(layouts.get(p.name, 1), []).append(p)
-    selects = []
+    selects, order = [], []
     for layout, paths in sorted(by_layout.items()):
         names = ", ".join(sql_string(str(p)) for p in paths)
-        selects.append(f"SELECT {cols}, _part FROM (SELECT {view_columns(layout)}, parse_filename(filename) AS _part "
-                       f"FROM read_parquet([{names}], filename = true))")
+        # `_part` is the part's position in `order` (file_index: its position in the list read), not its file
+        # name: every kind groups by it, and an integer key cost ~15% less than the name in those aggregates
+        selects.append(f"SELECT {cols}, _part FROM (SELECT {view_columns(layout)}, "
+                       f"file_index::INTEGER + {len(order)} AS _part FROM read_parquet([{names}]))")
+        order += paths
     out: dict[str, list[tuple[Path, pa.Table]]] = {}
     with duckdb.connect() as con:
         con.execute("SET enable_progress_bar = false")
         bound_memory(con, root)
         if not selects:
             con.register("_empty", ROLLOUT_SCHEMA.empty_table())
-            selects = [f"SELECT {cols}, ''::VARCHAR AS _part FROM _empty"]
+            selects = [f"SELECT {cols}, 0 AS _part FROM _empty"]
         # for several kinds a table, not a view: each kind's query scans it instead of the files (one kind reads
         # the files directly: copying its columns into a table first cost more than it saved)
         what = "TEMP TABLE" if len(kinds) > 1 else "VIEW"
@@ -308,8 +312,8 @@ def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind],
             result = con.sql(k.sql).to_arrow_table()
             part_col = result.column("_part")
             result = result.drop_columns(["_part"])
-            out[k.name] = ([(p, result.filter(pc.equal(part_col, p.name))) for p in parts] if parts
-                              else [(Path(), result)])
+            out[k.name] = ([(p, result.filter(pc.equal(part_col, i))) for i, p in enumerate(order)] if parts
+                           else [(Path(), result)])
     return out
 
 
