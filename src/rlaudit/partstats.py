@@ -58,7 +58,10 @@ COMPACT_MEMORY = 256 << 20
 @dataclass(frozen=True)
 class Kind:
     """A kind of per-part statistics: its cache name, the version of its query (bump it when `sql` changes what it
-    computes: the cache is keyed by it), the query over `src` (module doc) and the canonical columns it reads."""
+    computes: the cache is keyed by it), the query over `src` (module doc) and what it reads of each rollout:
+    canonical columns, or `<expression> AS <name>` over them where it needs less than a whole column (a length,
+    a test of the completion: several kinds read a batch of parts into one table, and copying the completion
+    text into it cost more than its length)."""
 
     name: str
     version: int
@@ -85,7 +88,7 @@ def kind(name: str) -> Kind:
 
 def define(name: str, version: int, sql: str, columns: tuple[str, ...]) -> Kind:
     """Register a kind of per-part statistics (at import of the module that owns its query)."""
-    unknown = [c for c in columns if c not in ROLLOUT_SCHEMA.names]
+    unknown = [c for c in columns if c not in ROLLOUT_SCHEMA.names and " AS " not in c]
     if unknown:
         raise ValueError(f"per-part statistics {name!r}: no canonical column(s) {unknown}")
     KINDS[name] = Kind(name, version, sql, tuple(columns))
@@ -284,8 +287,9 @@ def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind],
              root: Path) -> dict[str, list[tuple[Path, pa.Table]]]:
     """Read `parts` once (the columns `kinds` need) into a DuckDB table `src`, run each kind's query on it and
     split every result by part."""
-    columns = [c for c in ROLLOUT_SCHEMA.names if any(c in k.columns for k in kinds)]
-    cols = ", ".join(f'"{c}"' for c in columns)
+    columns = [f'"{c}"' for c in ROLLOUT_SCHEMA.names if any(c in k.columns for k in kinds)]
+    columns += dict.fromkeys(c for k in kinds for c in k.columns if c not in ROLLOUT_SCHEMA.names)
+    cols = ", ".join(columns)
     by_layout: dict[int, list[Path]] = {}
     for p in parts:
         by_layout.setdefault(layouts.get(p.name, 1), []).append(p)

@@ -42,20 +42,23 @@ from .reward_stats import DISCRETE_MAX, MID_SQL, bucket_sql
 
 VERSION = 2
 _META = "CASE WHEN json_valid(metadata) THEN metadata END"
-_MARK = ("(reasoning IS NOT NULL OR completion LIKE '%</think>%' OR "
+_MARK = ("(_reasoned OR _think OR "
          + " OR ".join(f"json_extract_string({_META}, '$.{k}') IS NOT NULL"
                        for k in ("finish_reason", "stop_reason", "is_truncated", "truncated")) + ")")
 _CUT = f"""(
-    (reasoning IS NOT NULL AND coalesce(answer, '') = '' AND completion NOT LIKE '%</think>%')
+    (_reasoned AND _unanswered AND NOT _think)
     OR coalesce(lower(json_extract_string({_META}, '$.finish_reason')), '') = 'length'
     OR coalesce(lower(json_extract_string({_META}, '$.stop_reason')), '') = 'length'
     OR coalesce(json_extract_string({_META}, '$.is_truncated'), '') = 'true'
     OR coalesce(json_extract_string({_META}, '$.truncated'), '') = 'true')"""
+#: what the query reads of the completion, its reasoning and its answer (not the texts: `partstats.Kind`)
+_TEXT = ("length(completion)::DOUBLE AS _clen", "completion LIKE '%</think>%' AS _think",
+         "reasoning IS NOT NULL AS _reasoned", "coalesce(answer, '') = '' AS _unanswered")
 
 PART_SQL = f"""
 WITH base AS MATERIALIZED (
     SELECT _part, split, step, condition, group_id, coalesce(group_id, rollout_id) AS gkey, reward, advantage,
-           length(completion)::DOUBLE AS clen, {TOKENS_SQL} AS tlen, {MAX_SQL} AS tmax, {_MARK} AS mk, {_CUT} AS cut
+           _clen AS clen, {TOKENS_SQL} AS tlen, {MAX_SQL} AS tmax, {_MARK} AS mk, {_CUT} AS cut
     FROM src),
 g AS (SELECT _part, split, step, group_id, count(*) AS rf, min(reward) AS lo, max(reward) AS hi, avg(reward) AS mean,
              coalesce(stddev_samp(reward), 0) AS sd, max(advantage IS NOT NULL) AS has_adv
@@ -92,8 +95,7 @@ SELECT 4::TINYINT AS kind, _part, split, step, sign(reward)::TINYINT AS sgn, {bu
 FROM base WHERE isfinite(reward) GROUP BY _part, split, step, sign(reward), {bucket_sql("reward")}
 """
 KIND = define("training_health", VERSION, PART_SQL, ("split", "step", "condition", "group_id", "rollout_id", "reward",
-                                                     "advantage", "completion", "reasoning", "answer", "metadata",
-                                                     "rewards"))
+                                                     "advantage", "metadata", "rewards", *_TEXT))
 
 
 def register_training_stats(con: duckdb.DuckDBPyConnection, stats: PartStats, scope: str, eval_scope: str) -> None:
