@@ -48,9 +48,18 @@ def bucket_sql(value: str) -> str:
 MID_SQL = f"CASE WHEN sgn = 0 THEN 0.0 ELSE sgn * 2 * pow({GAMMA!r}, b) / {GAMMA + 1!r} END"
 _BUCKET = bucket_sql("value")
 
+#: Kind 1 needs the distinct values only where there are few: a (part, split, step, signal) whose finite values
+#: fill more than DISCRETE_MAX + 1 sketch buckets has more distinct values than that (each bucket holds at least
+#: one), so its single NULL row is written from the sketch, and only the others are grouped by value (the group by
+#: every value of a continuous signal was the query's largest cost)
 PART_SQL = f"""
 WITH rl AS MATERIALIZED (SELECT _part, split, step, {RL_COLUMNS} FROM src),
-v AS (SELECT _part, split, step, signal, value, count(*) AS n FROM rl WHERE isfinite(value) GROUP BY ALL),
+sk AS MATERIALIZED (SELECT _part, split, step, signal, sign(value)::TINYINT AS sgn, {_BUCKET} AS b, count(*) AS n
+                    FROM rl WHERE isfinite(value) GROUP BY _part, split, step, signal, sign(value), {_BUCKET}),
+busy AS (SELECT _part, split, step, signal, sum(n)::BIGINT AS n FROM sk GROUP BY _part, split, step, signal
+         HAVING count(*) > {DISCRETE_MAX + 1}),
+v AS (SELECT _part, split, step, signal, value, count(*) AS n FROM rl ANTI JOIN busy USING (_part, split, step, signal)
+      WHERE isfinite(value) GROUP BY ALL),
 vd AS (SELECT *, count(*) OVER (PARTITION BY _part, split, step, signal) AS d FROM v)
 SELECT _part, 0::TINYINT AS kind, split, step, signal, condition, task, count(*) AS n,
        count(*) FILTER (WHERE isnan(value)) AS nan, count(*) FILTER (WHERE isinf(value)) AS inf,
@@ -63,9 +72,10 @@ SELECT _part, 1::TINYINT, split, step, signal, NULL, NULL, sum(n)::BIGINT, NULL,
        CASE WHEN d <= {DISCRETE_MAX + 1} THEN value END, NULL, NULL
 FROM vd GROUP BY _part, split, step, signal, CASE WHEN d <= {DISCRETE_MAX + 1} THEN value END
 UNION ALL
-SELECT _part, 2::TINYINT, split, step, signal, NULL, NULL, count(*), NULL, NULL, NULL, NULL, NULL, NULL,
-       sign(value)::TINYINT, {_BUCKET}
-FROM rl WHERE isfinite(value) GROUP BY _part, split, step, signal, sign(value), {_BUCKET}
+SELECT _part, 1::TINYINT, split, step, signal, NULL, NULL, n, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM busy
+UNION ALL
+SELECT _part, 2::TINYINT, split, step, signal, NULL, NULL, n, NULL, NULL, NULL, NULL, NULL, NULL, sgn, b FROM sk
 """
 KIND = define("reward_health", VERSION, PART_SQL, ("split", "step", "rewards", "condition", "task", "prompt"))
 
