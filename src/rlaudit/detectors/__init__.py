@@ -157,10 +157,7 @@ def run_detectors(store: Store, run: str, config: AuditConfig | None = None,
     config = config or AuditConfig()
     classes = ordered(config.detectors)
     kinds = [k for c in classes for k in c.part_stats]
-    if kinds:
-        from .. import runstats  # noqa: F401 - defines AUDIT_PART_STATS' kind
-
-        kinds += AUDIT_PART_STATS
+    kinds += AUDIT_PART_STATS if kinds else ()
     ctx = DetectContext(store=store, run=run, config=config, part_kinds=tuple(dict.fromkeys(kinds)))
     _return_freed_memory()  # what ingest, a summary or the last audit's report freed (a long-lived process)
     for i, cls in enumerate(classes):

@@ -195,8 +195,6 @@ def _condition_signals(ctx: DetectContext, scope: Scope) -> dict[str, str]:
     condition and task the rollouts scored and the NaN ones), cached beside the run, so a warm audit reads the
     new part's rewards only; a store that keeps derived data in memory would recompute them for every part, so
     there the rewards are counted directly."""
-    from . import reward_stats  # noqa: F401 - defines the kind
-
     if getattr(scope.store, "persist_derived", True):
         ctx.part_stats("reward_health").register(scope.con, "gen_rh_parts")
         sql = """SELECT signal, condition, sum(n - nan) AS applies FROM gen_rh_parts r
