@@ -51,7 +51,8 @@ COMPACT_AT = 16
 _STEMS = b"rlaudit_stems"
 #: DuckDB memory for merging many small derived files in one streaming COPY (`segments`), often run while a
 #: detector holds a large connection open. With the default 1 GB, merging a 10M-rollout run's 2,000 per-part
-#: statistics files took ~750 MB more: generalization peaked at 2,324 MB, and at 1,551 MB with this cap.
+#: statistics files (as this module did before `_Combined`) took ~750 MB more: generalization peaked at 2,324 MB,
+#: and at 1,551 MB with this cap.
 COMPACT_MEMORY = 256 << 20
 
 
