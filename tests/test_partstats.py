@@ -59,7 +59,7 @@ def test_prune_cached_drops_other_versions_and_gone_parts_but_not_writers_temp_f
 
 
 def test_the_combined_file_is_written_under_a_small_duckdb_limit(monkeypatch):
-    """The compaction's COPY gets COMPACT_MEMORY, not the default gigabyte (a 10M-rollout run's merge took
+    """A streaming merge (`segments`) gets COMPACT_MEMORY, not the default gigabyte (a 10M-rollout run's merge took
     ~750 MB more beside emerging's open scope); `bound_memory`'s `at_most` never raises the limit."""
     import duckdb
 
@@ -91,20 +91,87 @@ def test_a_registered_view_keeps_its_rows_when_another_audit_compacts(store, mon
     with parts this view reads loose, no row is counted twice (the combined file is read by stem)."""
     import duckdb
 
-    from rlaudit.runstats import PART_SQL, VERSION
+    import rlaudit.runstats  # noqa: F401 - defines the kind
 
     monkeypatch.setattr(partstats, "COMPACT_AT", 3)
     for step in range(1, 5):
         store.append("r", canonical_table(_rows(step, 8, "a")), key=f"s{step}")
-    stats = partstats.part_stats(store, "r", "run_stats", VERSION, PART_SQL)
+    stats = partstats.part_stats(store, "r", "run_stats")
     for step in range(5, 7):  # two loose parts
         store.append("r", canonical_table(_rows(step, 8, "a")), key=f"s{step}")
-    mine = partstats.part_stats(store, "r", "run_stats", VERSION, PART_SQL)
+    mine = partstats.part_stats(store, "r", "run_stats")
     assert mine.combined is not None and len(mine.files) == 2 and stats.combined == mine.combined
     con = duckdb.connect()
     mine.register(con, "rs")
     before = con.execute("SELECT count(*), sum(n) FROM rs WHERE kind = 0").fetchall()
     monkeypatch.setattr(partstats, "COMPACT_AT", 1)
-    again = partstats.part_stats(store, "r", "run_stats", VERSION, PART_SQL)  # another audit compacts all
+    again = partstats.part_stats(store, "r", "run_stats")  # another audit compacts all
     assert not again.files and len(_combined_stems(again.combined)) == 6
     assert con.execute("SELECT count(*), sum(n) FROM rs WHERE kind = 0").fetchall() == before
+
+
+def _rows_of(stats, kind: str) -> list:
+    import duckdb
+
+    con = duckdb.connect()
+    stats.register(con, "t")
+    return sorted(map(repr, con.execute("SELECT * FROM t").fetchall()))
+
+
+def test_an_audit_reads_each_part_once_for_every_kind(store, monkeypatch):
+    """A cold audit computes every kind its detectors declare (and the summary's) in one read of each part, and
+    writes each kind's rows straight into its combined file; the tables equal those computed kind by kind."""
+    from rlaudit.detectors import AuditConfig, run_detectors
+
+    for step in range(1, 21):
+        store.append("r", canonical_table(_rows(step, 6 + step % 4, "a")), key=f"s{step}")
+    calls = []
+    compute = partstats._compute
+    monkeypatch.setattr(partstats, "_compute", lambda parts, *a: calls.append((len(parts), sorted(k.name for k in a[1])))
+                        or compute(parts, *a))
+    found = run_detectors(store, "r", AuditConfig(detectors=["reward_health", "training_health"]))
+    assert not [f for f in found if f.kind == "audit_error"]
+    kinds = ["reward_health", "run_stats", "training_health"]
+    assert calls == [(16, kinds), (4, kinds)]
+    base = store.run_dir("r") / "derived" / "partstats"
+    for kind in kinds:
+        assert [p.name for p in base.glob(f"{kind}/v*/*.parquet")] == ["combined.parquet"]
+    combined = next(base.glob("run_stats/v*/combined.parquet"))
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(combined).to_pylist()
+    for part in store.parts("r"):  # each part's rows are its own (its step, its rows)
+        step = pq.read_table(part, columns=["step"]).column("step").to_pylist()
+        assert [(r["step"], r["n"]) for r in rows if r["_stem"] == part.stem and r["kind"] == 0] == \
+            [(step[0], len(step))]
+    calls.clear()
+    store.summary("r")
+    assert calls == []
+    merged = {k: _rows_of(partstats.part_stats(store, "r", k), k) for k in kinds}
+    store.persist_derived = False  # kind by kind, in memory
+    assert {k: _rows_of(partstats.part_stats(store, "r", k), k) for k in kinds} == merged
+
+
+def test_a_combined_file_that_cannot_be_written_leaves_the_tables_in_memory(store, monkeypatch):
+    """A cache is an optimisation: where the combined file cannot be written, the tables that went into it are
+    computed again and kept in memory, and the merged rows are the same."""
+    import pyarrow.parquet as pq
+
+    for step in range(1, 19):
+        store.append("r", canonical_table(_rows(step, 5, "a")), key=f"s{step}")
+    want = _rows_of(partstats.part_stats(store, "r", "run_stats"), "run_stats")
+    base = store.run_dir("r") / "derived" / "partstats"
+    import shutil
+
+    shutil.rmtree(base)
+
+    class Full(pq.ParquetWriter):
+        def write_table(self, *a, **k):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq, "ParquetWriter", Full)
+    stats = partstats.part_stats(store, "r", "run_stats")
+    # the first batch's tables went into the file that failed: recomputed, kept in memory; the rest written loose
+    assert stats.combined is None and (len(stats.tables), len(stats.files)) == (16, 2)
+    assert _rows_of(stats, "run_stats") == want
+    assert not [p for p in base.rglob(".*")] and not list(base.rglob("combined.parquet"))  # no partial file

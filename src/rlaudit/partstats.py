@@ -2,17 +2,26 @@
 
 Detectors such as `reward_health` aggregate the whole run into small tables (counts, sums, minima per step and
 cell). A stored part never changes, so its share of those tables is computed once and kept in
-`derived/partstats/<name>/v<version>-duckdb<version>/<part>.parquet`; a run that grows by a step computes only the new part's
-table, and a warm audit merges the small per-part tables (`PartStats.sql`) instead of re-reading every rollout.
+`derived/partstats/<kind>/v<version>-duckdb<version>/<part>.parquet`; a run that grows by a step computes only the new
+part's table, and a warm audit merges the small per-part tables (`PartStats.sql`) instead of re-reading every rollout.
 
-The SQL given to `part_stats` reads the relation `src`: the canonical rollout columns (`layout.view_columns`)
-of the parts still to compute plus `_part` (the part's file name); it must keep `_part` among its output
-columns. Its rows are split by `_part` and written per part (without that column). The statistics are not
-scoped: callers keep `split` and `step` among the grouping keys and filter the merged rows by the audit's scope,
-so audits with different `max_step` or `split` share one cache.
+Each kind of statistics (`define`: the run summary's `run_stats`, `reward_health`, `training_health`) is an SQL
+query over the relation `src`: the canonical rollout columns (`layout.view_columns`) the kind names, of the parts
+still to compute, plus `_part` (an integer naming the part within the batch); it must keep `_part` among its
+output columns. Its rows are
+split by `_part` and written per part (without that column). The statistics are not scoped: callers keep `split`
+and `step` among the grouping keys and filter the merged rows by the audit's scope, so audits with different
+`max_step` or `split` share one cache.
+
+This module is the one place that computes them. `part_stats(store, run, kind, also=...)` computes every part's
+missing tables of `kind` and of the kinds in `also` (those a whole audit will ask for: `DetectContext.part_stats`
+passes the kinds its detectors declare) in one read of each part: a batch of parts is read once into a DuckDB
+table holding the union of the kinds' columns, and each kind's query runs on it. Reading was about a third of
+the cost of a kind's table on the 1M-rollout benchmark, and three kinds used to read every part three times.
 
 A store that keeps derived data in memory (`persist_derived = False`), or that cannot be written (read-only,
-full), gets the same tables in memory for this audit: the merged result is identical, only not reused.
+full), gets the same tables in memory for this audit: the merged result is identical, only not reused (and only
+the kind asked for is computed).
 """
 
 from __future__ import annotations
@@ -32,19 +41,59 @@ import pyarrow.parquet as pq
 
 from .errors import RlauditError
 from .layout import view_columns
-from .store import Store, prune_cached, sql_string, write_cached
+from .schema import ROLLOUT_SCHEMA
+from .store import Store, bound_memory, prune_cached, sql_string, write_cached
 
 
-#: loose per-part files merged into the run's combined file once there are this many: DuckDB pays ~0.25 ms per
-#: file it opens, so a warm audit of a long run reads one combined file and the few parts added since
+#: loose per-part files merged into the run's combined file once there are this many (`_Combined`): DuckDB pays
+#: ~0.25 ms per file it opens, so a warm audit of a long run reads one combined file and the few parts added since
 COMPACT_AT = 16
 _STEMS = b"rlaudit_stems"
-#: DuckDB memory for writing the combined file: a streaming COPY, often run while a detector holds a large
-#: connection open (generalization computes reward_health's tables beside emerging's scope). With the default
-#: 1 GB, merging a 10M-rollout run's 2,000 part files took ~750 MB more: generalization peaked at 2,324 MB, and
-#: at 1,551 MB with this cap (emerging + generalization on the kept 10M benchmark store). A failed COPY keeps
-#: the loose files (`_compact`), so the cap can cost speed, never results.
+#: DuckDB memory for merging many small derived files in one streaming COPY (`segments`), often run while a
+#: detector holds a large connection open. With the default 1 GB, merging a 10M-rollout run's 2,000 per-part
+#: statistics files (as this module did before `_Combined`) took ~750 MB more: generalization peaked at 2,324 MB,
+#: and at 1,551 MB with this cap.
 COMPACT_MEMORY = 256 << 20
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of per-part statistics: its cache name, the version of its query (bump it when `sql` changes what it
+    computes: the cache is keyed by it), the query over `src` (module doc) and what it reads of each rollout:
+    canonical columns, or `<expression> AS <name>` over them where it needs less than a whole column (a length,
+    a test of the completion: several kinds read a batch of parts into one table, and copying the completion
+    text into it cost more than its length)."""
+
+    name: str
+    version: int
+    sql: str
+    columns: tuple[str, ...]
+
+
+KINDS: dict[str, Kind] = {}
+#: the module that defines each kind, imported when a caller asks for a kind before anything imported it
+_OWNERS = {"run_stats": "rlaudit.runstats", "reward_health": "rlaudit.detectors.reward_stats",
+           "training_health": "rlaudit.detectors.training_stats"}
+
+
+def kind(name: str) -> Kind:
+    """The kind of per-part statistics called `name`."""
+    if name not in KINDS and name in _OWNERS:
+        import importlib
+
+        importlib.import_module(_OWNERS[name])
+    if name not in KINDS:
+        raise ValueError(f"no per-part statistics {name!r}; known: {sorted(KINDS)}")
+    return KINDS[name]
+
+
+def define(name: str, version: int, sql: str, columns: tuple[str, ...]) -> Kind:
+    """Register a kind of per-part statistics (at import of the module that owns its query)."""
+    unknown = [c for c in columns if c not in ROLLOUT_SCHEMA.names and " AS " not in c]
+    if unknown:
+        raise ValueError(f"per-part statistics {name!r}: no canonical column(s) {unknown}")
+    KINDS[name] = Kind(name, version, sql, tuple(columns))
+    return KINDS[name]
 
 
 @dataclass
@@ -82,44 +131,148 @@ class PartStats:
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {' UNION ALL BY NAME '.join(selects)}")
 
 
-def part_stats(store: Store, run: str, name: str, version: int, sql: str, batch: int = 16) -> PartStats:
-    """The per-part statistics `sql` (see the module doc) of every part of `run`, computing only the parts not
-    cached yet, `batch` parts per DuckDB query (one query per part would cost more in overhead than the work)."""
+def part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[str] = (),
+               batch: int = 16) -> PartStats:
+    """The per-part statistics of kind `name` (see the module doc) of every part of `run`, computing only the
+    parts not cached yet, together with the missing tables of the kinds in `also` (one read of each part for all
+    of them), `batch` parts per DuckDB query (one query per part would cost more in overhead than the work).
+
+    Where a kind has COMPACT_AT or more parts to compute or loose, its new tables stream into a new combined
+    file (`_Combined`) instead of a file per part that the next step would merge: a cold audit writes each
+    kind's rows once."""
     persist = getattr(store, "persist_derived", True)
-    base = store.run_dir(run) / "derived" / "partstats" / name
-    # the DuckDB version is part of the key: its hash() (of tasks, prompts) may change between versions
-    cache = base / f"v{version}-duckdb{duckdb.__version__}"
+    # where nothing is kept, the other kinds' tables would be computed for nothing: each is computed when asked
+    kinds = [kind(k) for k in dict.fromkeys([name, *(also if persist else ())])]
     manifest = store.manifest(run)
     parts = store.parts(run, manifest)
     layouts = store.part_layouts(run, manifest)
-    combined = cache / "combined.parquet"
-    held = _combined_stems(combined)
-    out = PartStats()
-    todo = []
     for part in parts:
         if not part.is_file():  # as `Store.connect`: a lost part is an error, never a silently smaller run
             raise RlauditError(f"run {run!r}: part file {part} is missing; ingest its source again to repair it "
                                f"(`rlaudit ingest {manifest.get('source', 'SOURCE')} --run {run}`)")
-        path = cache / f"{part.stem}.parquet"
-        if part.stem in held:
-            out.combined_stems.append(part.stem)
-        elif path.is_file():  # part names are never reused: a cached table holds for any store that reads it
-            out.files.append(path)
-        else:
-            todo.append(part)
-    if out.combined_stems:
-        out.combined = combined
-    for i in range(0, len(todo), batch):
-        for part, table in _compute(todo[i:i + batch], layouts, sql, store.root):
-            written = write_cached(cache / f"{part.stem}.parquet", table, compression="zstd") if persist else table
-            (out.files if isinstance(written, Path) else out.tables).append(written)
+    caches = {k.name: _Cache(store, run, k) for k in kinds}
+    todo: dict[tuple[str, ...], list[Path]] = {}  # the parts by the kinds they lack
+    for part in parts:
+        for c in caches.values():
+            c.find(part)
+        lack = tuple(k.name for k in kinds if part.stem in caches[k.name].todo)
+        if lack:
+            todo.setdefault(lack, []).append(part)
+    writers = {k: _Combined(c) for k, c in caches.items() if persist and len(c.files) + len(c.todo) >= COMPACT_AT}
+    own = caches[name]
+    tables: list[pa.Table] = []  # `name`'s tables that are not in a file
+    for lack, lacking in todo.items():
+        for i in range(0, len(lacking), batch):
+            computed = _compute(lacking[i:i + batch], layouts, [KINDS[k] for k in lack], store.root)
+            for what, per_part in computed.items():
+                if what in writers and writers[what].add(per_part):
+                    continue
+                for part, table in per_part:
+                    written = write_cached(caches[what].path / f"{part.stem}.parquet", table, compression="zstd") \
+                        if persist else table
+                    if what == name:
+                        (own.files if isinstance(written, Path) else tables).append(written)
+    for writer in writers.values():
+        writer.finish()
+    if name in writers and writers[name].lost:  # the combined file could not be written: keep them in memory
+        tables += [t for _, t in _compute(writers[name].lost, layouts, [KINDS[name]], store.root)[name]]
+    if name in writers and writers[name].done:
+        out = PartStats(tables=tables, combined=own.combined, combined_stems=writers[name].stems)
+    else:
+        out = PartStats(files=own.files, tables=tables, combined=own.combined if own.combined_stems else None,
+                        combined_stems=own.combined_stems)
     if not parts:  # the statistics' columns, with no rows
-        out.tables.append(_compute([], layouts, sql, store.root)[0][1])
-    if persist and len(out.files) >= COMPACT_AT:
-        out = _compact(out, combined, store.root)
+        out.tables.append(_compute([], layouts, [KINDS[name]], store.root)[name][0][1])
     if persist:
-        prune_cached(base, cache, {p.stem for p in parts} | {"combined"})
+        prune_cached(own.base, own.path, {p.stem for p in parts} | {"combined"})
     return out
+
+
+class _Cache:
+    """Where the tables of one kind of a run are cached, and which parts have one (`find`)."""
+
+    def __init__(self, store: Store, run: str, kind: Kind):
+        self.base = store.run_dir(run) / "derived" / "partstats" / kind.name
+        # the DuckDB version is part of the key: its hash() (of tasks, prompts) may change between versions
+        self.path = self.base / f"v{kind.version}-duckdb{duckdb.__version__}"
+        self.combined = self.path / "combined.parquet"
+        self.held = _combined_stems(self.combined)
+        self.files: list[Path] = []
+        self.combined_stems: list[str] = []
+        self.todo: set[str] = set()
+
+    def find(self, part: Path) -> None:
+        path = self.path / f"{part.stem}.parquet"
+        if part.stem in self.held:
+            self.combined_stems.append(part.stem)
+        elif path.is_file():  # part names are never reused: a cached table holds for any store that reads it
+            self.files.append(path)
+        else:
+            self.todo.add(part.stem)
+
+
+class _Combined:
+    """A new combined file of one kind, written while its parts are computed: the computed tables (`add`, a
+    batch of parts a row group), then the rows of the parts already cached (the old combined file's and the
+    loose files'), then renamed over the old one (`finish`; readers see the old or the new file). If it cannot
+    be written (read-only, full), `lost` lists the parts whose tables went into it: the caller recomputes those
+    it needs, and the next audit computes the rest again."""
+
+    def __init__(self, cache: _Cache):
+        self.cache = cache
+        self.stems = cache.combined_stems + [f.stem for f in cache.files] + sorted(cache.todo)
+        self.tmp = cache.combined.with_name(
+            f".{cache.combined.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp")
+        self.writer: pq.ParquetWriter | None = None
+        self.added: list[Path] = []
+        self.lost: list[Path] = []
+        self.done = False
+
+    def add(self, per_part: list[tuple[Path, pa.Table]]) -> bool:
+        """Append a batch's tables; False (and nothing appended) once the file has failed."""
+        if self.lost:
+            return False
+        self.added += [p for p, _ in per_part]
+        try:
+            self._write(pa.concat_tables([t.append_column("_stem", pa.array([p.stem] * len(t), pa.string()))
+                                          for p, t in per_part]))
+        except (OSError, pa.ArrowException):
+            self._fail()
+        return True
+
+    def finish(self) -> None:
+        if self.lost:
+            return
+        try:
+            held = pa.array(self.cache.combined_stems, pa.string())
+            if self.cache.combined_stems:
+                for b in pq.ParquetFile(self.cache.combined).iter_batches():
+                    self._write(pa.Table.from_batches([b]).filter(pc.is_in(b.column("_stem"), held)))
+            for f in self.cache.files:
+                t = pq.read_table(f)
+                self._write(t.append_column("_stem", pa.array([f.stem] * len(t), pa.string())))
+            if self.writer is None:
+                return  # nothing computed, nothing cached: no file
+            self.writer.close()
+            os.replace(self.tmp, self.cache.combined)
+            self.done = True
+        except (OSError, pa.ArrowException):
+            self._fail()
+
+    def _write(self, table: pa.Table) -> None:
+        if self.writer is None:
+            self.cache.path.mkdir(parents=True, exist_ok=True)
+            schema = table.schema.with_metadata({_STEMS: json.dumps(self.stems).encode()})
+            self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+        self.writer.write_table(table.select(self.writer.schema.names).cast(self.writer.schema))
+
+    def _fail(self) -> None:
+        self.lost = self.added
+        with contextlib.suppress(Exception):
+            if self.writer is not None:
+                self.writer.close()
+        with contextlib.suppress(OSError):
+            self.tmp.unlink(missing_ok=True)
 
 
 def _combined_stems(path: Path) -> set[str]:
@@ -131,59 +284,42 @@ def _combined_stems(path: Path) -> set[str]:
     return set(json.loads(meta.get(_STEMS, b"[]")))
 
 
-def _compact(stats: PartStats, path: Path, root: Path) -> PartStats:
-    """Write a new combined file holding every part of `stats` (atomically: readers see the old or the new one);
-    the loose files stay until their parts leave the run (a concurrent reader may be reading them)."""
-    stems = stats.combined_stems + [p.stem for p in stats.files]
-    selects = stats.sources()[:-1] if stats.files else stats.sources()  # the combined rows, with their stems
-    if stats.combined is not None:
-        selects = [selects[0].replace("SELECT * EXCLUDE (_stem)", "SELECT *", 1)]
-    selects += [f"SELECT *, {sql_string(p.stem)} AS _stem FROM read_parquet({sql_string(str(p))})"
-                for p in stats.files]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp")
-    from .store import bound_memory
-
-    try:
-        with duckdb.connect() as con:
-            bound_memory(con, root, at_most=COMPACT_MEMORY)
-            con.execute(f"COPY ({' UNION ALL BY NAME '.join(selects)}) TO {sql_string(str(tmp))} (FORMAT parquet, "
-                        f"COMPRESSION zstd, KV_METADATA {{rlaudit_stems: {sql_string(json.dumps(stems))}}})")
-        os.replace(tmp, path)
-    except (OSError, duckdb.Error):
-        return stats
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-    return PartStats(tables=stats.tables, combined=path, combined_stems=stems)
-
-
-
-def _compute(parts: list[Path], layouts: dict[str, int], sql: str, root: Path) -> list[tuple[Path, pa.Table]]:
-    """Run `sql` over `parts` at once and split its result by part."""
+def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind],
+             root: Path) -> dict[str, list[tuple[Path, pa.Table]]]:
+    """Read `parts` once (the columns `kinds` need) into a DuckDB table `src`, run each kind's query on it and
+    split every result by part."""
+    columns = [f'"{c}"' for c in ROLLOUT_SCHEMA.names if any(c in k.columns for k in kinds)]
+    columns += dict.fromkeys(c for k in kinds for c in k.columns if c not in ROLLOUT_SCHEMA.names)
+    cols = ", ".join(columns)
     by_layout: dict[int, list[Path]] = {}
     for p in parts:
         by_layout.setdefault(layouts.get(p.name, 1), []).append(p)
-    selects = []
+    selects, order = [], []
     for layout, paths in sorted(by_layout.items()):
-        names = ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths)
-        selects.append(f"SELECT {view_columns(layout)}, parse_filename(filename) AS _part "
-                       f"FROM read_parquet([{names}], filename = true)")
-    from .schema import ROLLOUT_SCHEMA
-    from .store import bound_memory
-
+        names = ", ".join(sql_string(str(p)) for p in paths)
+        # `_part` is the part's position in `order` (file_index: its position in the list read), not its file
+        # name: every kind groups by it, and an integer key cost ~15% less than the name in those aggregates
+        selects.append(f"SELECT {cols}, _part FROM (SELECT {view_columns(layout)}, "
+                       f"file_index::INTEGER + {len(order)} AS _part FROM read_parquet([{names}]))")
+        order += paths
+    out: dict[str, list[tuple[Path, pa.Table]]] = {}
     with duckdb.connect() as con:
         con.execute("SET enable_progress_bar = false")
         bound_memory(con, root)
         if not selects:
             con.register("_empty", ROLLOUT_SCHEMA.empty_table())
-            selects = ["SELECT *, ''::VARCHAR AS _part FROM _empty"]
-        con.execute(f"CREATE VIEW src AS {' UNION ALL '.join(selects)}")
-        result = con.sql(sql).to_arrow_table()
-    part_col = result.column("_part")
-    result = result.drop_columns(["_part"])
-    if not parts:
-        return [(Path(), result)]
-    return [(p, result.filter(pc.equal(part_col, p.name))) for p in parts]
+            selects = [f"SELECT {cols}, 0 AS _part FROM _empty"]
+        # for several kinds a table, not a view: each kind's query scans it instead of the files (one kind reads
+        # the files directly: copying its columns into a table first cost more than it saved)
+        what = "TEMP TABLE" if len(kinds) > 1 else "VIEW"
+        con.execute(f"CREATE {what} src AS {' UNION ALL '.join(selects)}")
+        for k in kinds:
+            result = con.sql(k.sql).to_arrow_table()
+            part_col = result.column("_part")
+            result = result.drop_columns(["_part"])
+            out[k.name] = ([(p, result.filter(pc.equal(part_col, i))) for i, p in enumerate(order)] if parts
+                           else [(Path(), result)])
+    return out
 
 
 def scope_sql(max_step: int | None, split: str | None) -> str:

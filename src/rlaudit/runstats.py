@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import duckdb
 
-from .partstats import part_stats
+from .partstats import define, part_stats
 from .store import Store
 
 VERSION = 1
@@ -38,11 +38,12 @@ UNION ALL
 SELECT DISTINCT _part, 2::TINYINT, NULL, NULL, NULL, unnest(map_keys(grader_inputs)), NULL, NULL, NULL, NULL
 FROM src
 """
+KIND = define("run_stats", VERSION, PART_SQL, ("split", "step", "condition", "rewards", "reward", "grader_inputs"))
 
 
 def register_run_stats(con: duckdb.DuckDBPyConnection, store: Store, run: str, name: str = "run_stats") -> None:
     """Create the view `name` over the run's per-part tables (see the module doc)."""
-    part_stats(store, run, "run_stats", VERSION, PART_SQL).register(con, name)
+    part_stats(store, run, KIND.name).register(con, name)
 
 
 def connect_run_stats(store: Store, run: str, name: str = "run_stats") -> duckdb.DuckDBPyConnection:

@@ -12,6 +12,7 @@ import pytest
 
 from rlaudit.detectors import AuditConfig, run_detectors
 from rlaudit.detectors.reward_stats import ALPHA, register_reward_stats, quantiles
+from rlaudit.partstats import part_stats
 from rlaudit.schema import canonical_table
 
 
@@ -83,7 +84,7 @@ def test_merged_counts_equal_a_direct_scan(store):
     for i in range(3):
         store.append("r", canonical_table(_rows(1 + 4 * i, 4, 30, rng)), key=f"p{i}")
     con = store.connect(["r"])
-    register_reward_stats(con, store, "r", "split = 'train'")
+    register_reward_stats(con, part_stats(store, "r", "reward_health"), "split = 'train'")
     got = con.execute("""SELECT signal, condition, step, sum(n), sum(nan), sum(inf), sum(finite), min(lo), max(hi)
                          FROM rh_cells GROUP BY ALL ORDER BY ALL""").fetchall()
     want = con.execute("""SELECT signal, coalesce(condition, ''), step, count(*), count(*) FILTER (isnan(v)),
@@ -114,3 +115,43 @@ def test_sketch_quantiles_within_alpha_of_exact(seed):
     for q in qs:
         exact = float(np.quantile(x, q, method="lower"))  # the value of rank floor(q (n - 1))
         assert abs(est[q] - exact) <= ALPHA * abs(exact) + 1e-15, (q, est[q], exact)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_value_rows_are_the_distinct_values_of_the_steps_that_have_few(store, seed):
+    """Property: kind 1 lists the distinct finite values with their rows for a (split, step, signal) with at most
+    DISCRETE_MAX + 1 of them, else one NULL row with its finite rows, whatever the values: few levels, exactly
+    DISCRETE_MAX + 1 or + 2 of them, many values in few sketch buckets (grouped by value), many in many buckets
+    (decided from the sketch), with NaN and inf among them."""
+    from rlaudit.detectors.reward_stats import DISCRETE_MAX
+
+    rng = np.random.default_rng(seed)
+    n = 400
+    makers = {"few": lambda: rng.choice([0.0, 0.5, 1.0], n), "edge": lambda: rng.permutation(
+        np.resize(np.arange(DISCRETE_MAX + 1) / 7, n)), "over": lambda: rng.permutation(
+        np.resize(np.arange(DISCRETE_MAX + 2) / 7, n)), "narrow": lambda: 1 + rng.uniform(0, 0.01, n),
+        "wide": lambda: rng.normal(0, 5, n)}
+    values = {s: np.concatenate([make() for _ in range(2)]) for s, make in makers.items()}  # two steps
+    for v in values.values():
+        v[rng.random(2 * n) < 0.02] = np.nan
+        v[rng.random(2 * n) < 0.01] = -np.inf
+    rows = _rows(1, 2, n, rng)
+    rows["rewards"] = [[(s, float(values[s][i])) for s in makers] for i in range(2 * n)]
+    rows["split"] = ["train"] * (2 * n)
+    store.append("r", canonical_table(rows), key="p0")
+    con = duckdb.connect()
+    part_stats(store, "r", "reward_health").register(con, "t")
+    got = sorted(con.execute("SELECT step, signal, value, n FROM t WHERE kind = 1").fetchall(),
+                 key=lambda r: (r[0], r[1], -math.inf if r[2] is None else r[2]))
+    want = []
+    for s, v in values.items():
+        for step in (1, 2):
+            x = v[(step - 1) * n:step * n]
+            x = x[np.isfinite(x)]
+            levels, counts = np.unique(x, return_counts=True)
+            want += ([(step, s, float(a), int(c)) for a, c in zip(levels, counts)] if len(levels) <= DISCRETE_MAX + 1
+                     else [(step, s, None, len(x))])
+    want.sort(key=lambda r: (r[0], r[1], -math.inf if r[2] is None else r[2]))
+    assert got == want
+    kinds = dict(con.execute("SELECT signal, count(*) FROM t WHERE kind = 1 AND step = 1 GROUP BY signal").fetchall())
+    assert kinds["edge"] == DISCRETE_MAX + 1 and kinds["over"] == 1 and kinds["narrow"] == 1

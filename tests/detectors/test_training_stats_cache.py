@@ -95,3 +95,56 @@ def test_token_counts_and_limits_in_metadata(store, meta):
     make_run(store, half, completion=words, metadata=metadata, split="eval", append_to="eval")
     _same(_findings(store, "r", True), _findings(store, "r", False))
     _same(_findings(store, "r", True, max_step=9), _findings(store, "r", False, max_step=9))
+
+
+def _reward_rows(step0: int, steps: int, per_step: int, rewards: np.ndarray) -> dict:
+    n = steps * per_step
+    return {"run": ["q"] * n, "rollout_id": [f"q:{step0}:{i}" for i in range(n)],
+            "step": np.repeat(np.arange(step0, step0 + steps), per_step).tolist(),
+            "split": ["train" if i % 10 else "eval" for i in range(n)], "group_id": [f"g{i // 4}" for i in range(n)],
+            "sample_index": [i % 4 for i in range(n)], "condition": ["c"] * n, "system_prompt": [None] * n,
+            "task": ["t"] * n, "prompt": ["p"] * n, "completion": ["c"] * n, "reasoning": [None] * n,
+            "answer": ["a"] * n, "rewards": [[] for _ in range(n)], "reward": rewards.tolist(),
+            "advantage": [None] * n, "grader_inputs": [[] for _ in range(n)], "metadata": [None] * n}
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("discrete", [True, False])
+def test_reward_quantiles_from_parts(store, seed, discrete):
+    """Property: the q05 / q95 that split zero-variance groups, merged from per-part tables (steps split across
+    parts, an eval split outside the scope, NaN and inf rewards left out), equal the exact 'lower' quantiles of
+    the scope's finite rewards when every step has few distinct rewards, and lie within ALPHA of them, relative,
+    when one step has more; the reference path (`_reward_quantiles`, from the rollouts) is exact."""
+    from rlaudit.detectors.reward_stats import ALPHA
+    from rlaudit.detectors.training_health import _reward_quantiles
+    from rlaudit.detectors.training_stats import register_training_stats, reward_quantiles
+    from rlaudit.partstats import part_stats
+    from rlaudit.schema import canonical_table
+
+    rng = np.random.default_rng(seed)
+    chunks = []
+    for i, (step0, steps) in enumerate([(1, 3), (3, 4), (7, 2)]):  # step 3 is in two parts
+        n = steps * 40
+        r = rng.choice([0.0, 0.25, 1.0, -0.5], n) if discrete else np.concatenate(
+            [rng.standard_cauchy(n - 10), np.zeros(5), rng.choice([0.0, 1.0], 5)])
+        r[rng.random(n) < 0.03] = np.nan
+        r[rng.random(n) < 0.01] = np.inf
+        chunks.append(r)
+        store.append("q", canonical_table(_reward_rows(step0, steps, 40, r)), key=f"p{i}")
+    con = store.connect(["q"])
+    con.execute("ALTER VIEW rollouts RENAME TO all_rollouts")
+    con.execute("CREATE VIEW rollouts AS SELECT * FROM all_rollouts WHERE split = 'train' AND step <= 8")
+    register_training_stats(con, part_stats(store, "q", "training_health"), "split = 'train' AND step <= 8", "TRUE")
+    qs = (0.05, 0.95)
+    got, ref = reward_quantiles(con, qs), _reward_quantiles(con, qs)
+    x = np.array(con.execute("SELECT reward FROM rollouts WHERE isfinite(reward)").fetchnumpy()["reward"])
+    for q in qs:
+        exact = float(np.quantile(x, q, method="lower"))
+        assert ref[q] == exact
+        if discrete:
+            assert got[q] == exact
+        else:
+            assert abs(got[q] - exact) <= ALPHA * abs(exact) + 1e-15, (q, got[q], exact)
+    con.execute("CREATE OR REPLACE VIEW rollouts AS SELECT * FROM all_rollouts WHERE FALSE")
+    register_training_stats(con, part_stats(store, "q", "training_health"), "FALSE", "FALSE")
+    assert reward_quantiles(con, qs) is None and _reward_quantiles(con, qs) is None

@@ -20,6 +20,7 @@ import duckdb
 from ..findings import Finding
 
 if TYPE_CHECKING:
+    from ..partstats import PartStats
     from ..store import Store
 
 
@@ -50,6 +51,16 @@ class DetectContext:
     # shared per-run scratch space; an item with a `users` attribute (detector names) is dropped, and closed if it
     # has `close()`, as soon as none of its users is still to run
     cache: dict[str, Any] = field(default_factory=dict)
+    #: the kinds of per-part statistics this audit reads (`run_detectors` sets them from its detectors'
+    #: `part_stats`): the first detector to ask for one computes the missing tables of all in one read of each part
+    part_kinds: tuple[str, ...] = ()
+
+    def part_stats(self, kind: str) -> PartStats:
+        """This run's per-part statistics of `kind` (`rlaudit.partstats`), computed where missing together with
+        the other kinds of `part_kinds`."""
+        from ..partstats import part_stats
+
+        return part_stats(self.store, self.run, kind, also=self.part_kinds)
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection whose view `rollouts` holds this run's rows within the audit's step/split scope
@@ -81,6 +92,8 @@ class Detector(ABC):
     kinds: ClassVar[tuple[str, ...]]
     description: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
+    #: the kinds of per-part statistics (`rlaudit.partstats`) it reads through `DetectContext.part_stats`
+    part_stats: ClassVar[tuple[str, ...]] = ()
     #: run right after the last of `requires` (it reads scratch they leave in `ctx.cache`, which is released once
     #: no later detector needs it: running it early frees that memory before the other detectors run)
     eager: ClassVar[bool] = False
@@ -91,6 +104,9 @@ class Detector(ABC):
 
 
 DETECTORS: list[type[Detector]] = []
+#: per-part statistics an audit reads besides its detectors': the run summary and the report's curves
+#: (`rlaudit.runstats`), read after the detectors (`audit.audit_store`), so computed in the same read of each part
+AUDIT_PART_STATS = ("run_stats",)
 
 
 def register(cls: type[Detector]) -> type[Detector]:
@@ -141,8 +157,10 @@ def run_detectors(store: Store, run: str, config: AuditConfig | None = None,
 
     cap_malloc_arenas()  # for library callers that skipped `memory.prepare()` (a no-op after it)
     config = config or AuditConfig()
-    ctx = DetectContext(store=store, run=run, config=config)
     classes = ordered(config.detectors)
+    kinds = [k for c in classes for k in c.part_stats]
+    kinds += AUDIT_PART_STATS if kinds else ()
+    ctx = DetectContext(store=store, run=run, config=config, part_kinds=tuple(dict.fromkeys(kinds)))
     _return_freed_memory()  # what ingest, a summary or the last audit's report freed (a long-lived process)
     for i, cls in enumerate(classes):
         if progress:

@@ -65,6 +65,7 @@ class GeneralizationDetector(Detector):
     kinds = ("generalization",)
     description = "Behaviours that rose in one condition (persona, system prompt) and spread to others."
     requires = ("emerging",)
+    part_stats = ("reward_health",)  # which reward signals apply in one condition only (`_condition_signals`)
     eager = True  # the shared term-set scope is released after this detector, before attribution and the rest
 
     def detect(self, ctx: DetectContext) -> list[Finding]:
@@ -79,7 +80,7 @@ class GeneralizationDetector(Detector):
         if len(scope.conditions) < 2 or scope.n_steps < 4:
             return []
         scope.focus_on([k[1] for k in (_key(scope, f) for f in behaviours) if k is not None and k[0] == "ngram"])
-        signals = _condition_signals(scope)
+        signals = _condition_signals(ctx, scope)
         analyses = [a for a in (_analyse(scope, f, signals, alpha, params.min_steps) for f in behaviours)
                     if a is not None]
         if not analyses:
@@ -187,18 +188,15 @@ def _choose_source(scope: Scope, a: dict[str, Any], signals: dict[str, str], alp
     return True
 
 
-def _condition_signals(scope: Scope) -> dict[str, str]:
+def _condition_signals(ctx: DetectContext, scope: Scope) -> dict[str, str]:
     """Reward signals that apply in exactly one condition (non-NaN there, NaN or absent elsewhere).
 
     Counted from the `reward_health` detector's per-part statistics (`reward_stats`: per part, step, signal,
     condition and task the rollouts scored and the NaN ones), cached beside the run, so a warm audit reads the
     new part's rewards only; a store that keeps derived data in memory would recompute them for every part, so
     there the rewards are counted directly."""
-    from ..partstats import part_stats
-    from .reward_stats import PART_SQL, VERSION
-
     if getattr(scope.store, "persist_derived", True):
-        part_stats(scope.store, scope.run, "reward_health", VERSION, PART_SQL).register(scope.con, "gen_rh_parts")
+        ctx.part_stats("reward_health").register(scope.con, "gen_rh_parts")
         sql = """SELECT signal, condition, sum(n - nan) AS applies FROM gen_rh_parts r
                  SEMI JOIN keys k ON k.step = r.step AND k.split IS NOT DISTINCT FROM r.split
                  WHERE kind = 0 GROUP BY ALL ORDER BY ALL"""

@@ -55,6 +55,7 @@ class RewardHealthDetector(Detector):
     name = "reward_health"
     kinds = ("reward_health",)
     description = "Broken reward components: NaN where they apply, inf, constant, stuck, far out of range."
+    part_stats = ("reward_health",)
 
     def detect(self, ctx: DetectContext) -> list[Finding]:
         con = ctx.connect()
@@ -63,7 +64,7 @@ class RewardHealthDetector(Detector):
         # source), the prompt stands in for it: a reward that never scores a prompt (no gold answer for an
         # advice question) does not apply to it, which is not the same as NaN on some rollouts of a prompt.
         # Everything but the evidence and the out-of-range rows comes from per-part statistics (`reward_stats`).
-        register_reward_stats(con, ctx.store, ctx.run, scope_sql(ctx.config.max_step, ctx.config.split))
+        register_reward_stats(con, ctx.part_stats("reward_health"), scope_sql(ctx.config.max_step, ctx.config.split))
         con.execute(f"CREATE TEMP VIEW rl AS {RL_SQL}")
         findings: list[Finding] = []
         for check in (_non_finite, _nan, _constant_or_stuck, _out_of_range):

@@ -24,8 +24,7 @@ import math
 
 import duckdb
 
-from ..partstats import part_stats
-from ..store import Store
+from ..partstats import PartStats, define
 
 VERSION = 1
 GAMMA = 1.02
@@ -38,11 +37,29 @@ RL_COLUMNS = ("unnest(map_keys(rewards)) AS signal, coalesce(unnest(map_values(r
               "CASE WHEN task IS NOT NULL THEN hash(task) ELSE hash('prompt:', prompt) END AS task")
 RL_SQL = f"SELECT rollout_id, step, {RL_COLUMNS} FROM rollouts"
 
-_BUCKET = f"CASE WHEN value = 0 THEN 0 ELSE ceil(ln(abs(value)) / {math.log(GAMMA)!r})::INTEGER END"
 
+
+def bucket_sql(value: str) -> str:
+    """The sketch's bucket b of a finite value (with its sign: zero alone, b = 0)."""
+    return f"CASE WHEN {value} = 0 THEN 0 ELSE ceil(ln(abs({value})) / {math.log(GAMMA)!r})::INTEGER END"
+
+
+#: a bucket's midpoint, within ALPHA of every value in it (the module doc)
+MID_SQL = f"CASE WHEN sgn = 0 THEN 0.0 ELSE sgn * 2 * pow({GAMMA!r}, b) / {GAMMA + 1!r} END"
+_BUCKET = bucket_sql("value")
+
+#: Kind 1 needs the distinct values only where there are few: a (part, split, step, signal) whose finite values
+#: fill more than DISCRETE_MAX + 1 sketch buckets has more distinct values than that (each bucket holds at least
+#: one), so its single NULL row is written from the sketch, and only the others are grouped by value (the group by
+#: every value of a continuous signal was the query's largest cost)
 PART_SQL = f"""
 WITH rl AS MATERIALIZED (SELECT _part, split, step, {RL_COLUMNS} FROM src),
-v AS (SELECT _part, split, step, signal, value, count(*) AS n FROM rl WHERE isfinite(value) GROUP BY ALL),
+sk AS MATERIALIZED (SELECT _part, split, step, signal, sign(value)::TINYINT AS sgn, {_BUCKET} AS b, count(*) AS n
+                    FROM rl WHERE isfinite(value) GROUP BY _part, split, step, signal, sign(value), {_BUCKET}),
+busy AS (SELECT _part, split, step, signal, sum(n)::BIGINT AS n FROM sk GROUP BY _part, split, step, signal
+         HAVING count(*) > {DISCRETE_MAX + 1}),
+v AS (SELECT _part, split, step, signal, value, count(*) AS n FROM rl ANTI JOIN busy USING (_part, split, step, signal)
+      WHERE isfinite(value) GROUP BY ALL),
 vd AS (SELECT *, count(*) OVER (PARTITION BY _part, split, step, signal) AS d FROM v)
 SELECT _part, 0::TINYINT AS kind, split, step, signal, condition, task, count(*) AS n,
        count(*) FILTER (WHERE isnan(value)) AS nan, count(*) FILTER (WHERE isinf(value)) AS inf,
@@ -55,25 +72,25 @@ SELECT _part, 1::TINYINT, split, step, signal, NULL, NULL, sum(n)::BIGINT, NULL,
        CASE WHEN d <= {DISCRETE_MAX + 1} THEN value END, NULL, NULL
 FROM vd GROUP BY _part, split, step, signal, CASE WHEN d <= {DISCRETE_MAX + 1} THEN value END
 UNION ALL
-SELECT _part, 2::TINYINT, split, step, signal, NULL, NULL, count(*), NULL, NULL, NULL, NULL, NULL, NULL,
-       sign(value)::TINYINT, {_BUCKET}
-FROM rl WHERE isfinite(value) GROUP BY _part, split, step, signal, sign(value), {_BUCKET}
+SELECT _part, 1::TINYINT, split, step, signal, NULL, NULL, n, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM busy
+UNION ALL
+SELECT _part, 2::TINYINT, split, step, signal, NULL, NULL, n, NULL, NULL, NULL, NULL, NULL, NULL, sgn, b FROM sk
 """
+KIND = define("reward_health", VERSION, PART_SQL, ("split", "step", "rewards", "condition", "task", "prompt"))
 
 
-def register_reward_stats(con: duckdb.DuckDBPyConnection, store: Store, run: str, scope: str) -> None:
+def register_reward_stats(con: duckdb.DuckDBPyConnection, stats: PartStats, scope: str) -> None:
     """Create the temp tables `rh_cells`, `rh_values` and `rh_sketch` (the kinds of the module doc, merged over
-    the run's parts within `scope`, a condition on split and step) and `rh_quantiles` (signal, n, q05, q95,
-    discrete, span of the common values)."""
-    part_stats(store, run, "reward_health", VERSION, PART_SQL).register(con, "rh_parts")
+    the run's parts `stats` (`part_stats` of `KIND`) within `scope`, a condition on split and step)."""
+    stats.register(con, "rh_parts")
     con.execute(f"""CREATE OR REPLACE TEMP TABLE rh_cells AS
         SELECT step, signal, condition, task, n, nan, inf, finite, lo, hi FROM rh_parts WHERE kind = 0 AND {scope}""")
     con.execute(f"""CREATE OR REPLACE TEMP TABLE rh_values AS
         SELECT signal, value, sum(n) AS n
         FROM rh_parts WHERE kind = 1 AND {scope} GROUP BY signal, value""")
     con.execute(f"""CREATE OR REPLACE TEMP TABLE rh_sketch AS
-        SELECT signal, CASE WHEN sgn = 0 THEN 0.0 ELSE sgn * 2 * pow({GAMMA!r}, b) / {GAMMA + 1!r} END AS mid,
-               sum(n) AS n
+        SELECT signal, {MID_SQL} AS mid, sum(n) AS n
         FROM rh_parts WHERE kind = 2 AND {scope} GROUP BY signal, sgn, b""")
 
 

@@ -6,7 +6,9 @@ row per step or per group):
 - `zero_variance`: share of prompt groups (>= 2 rollouts) whose total reward is the same for every rollout, so
   their GRPO advantages are all zero and they carry no gradient. Split into `all_correct` (the constant is at
   the top of the run's reward distribution, >= its 95th percentile), `all_wrong` (<= its 5th percentile) and
-  `other`. Tested on the last third of the steps: one-sided binomial test of share > 50% over the groups of
+  `other` (the percentiles of the scope's finite rewards, from per-part tables: exact where each step has at
+  most 65 distinct rewards, as binary or graded rewards do, else within 1% relative: `training_stats`).
+  Tested on the last third of the steps: one-sided binomial test of share > 50% over the groups of
   that window (Wilson 95% interval; `window`, `groups` and `zero_groups` in its statistics say what was counted).
   Severity **medium** above 50%, **high** above 75%; `direction` says which kind dominates. Onset: first step from which the 3-step moving share stays above 50%.
 - `advantage_ess`: effective sample size of the advantages, ESS/N = (sum |A|)^2 / (N sum A^2) per step (the
@@ -62,7 +64,7 @@ from ..findings import Evidence, Finding
 from ..health.lengths import LengthUnit, length_view
 from ..partstats import scope_sql
 from . import DetectContext, Detector, register
-from .training_stats import register_training_stats, split_groups
+from .training_stats import lower_quantiles, register_training_stats, reward_quantiles, split_groups
 
 ALPHA = 0.05
 ZV_MEDIUM, ZV_HIGH = 0.5, 0.75
@@ -80,6 +82,7 @@ class TrainingHealthDetector(Detector):
     kinds = ("training_health",)
     description = ("Is the run learning: zero-variance groups, advantage ESS, length growth, truncation, reward vs "
                    "eval divergence, plateaus; entropy, KL, clipping and gradients from scalar logs.")
+    part_stats = ("training_health",)
     #: False computes everything from the rollouts (the reference the cached statistics are tested against)
     use_cache = True
 
@@ -95,7 +98,7 @@ class TrainingHealthDetector(Detector):
         # given for this audit changes the lengths: then from the rollouts
         cached = tokenizer is None and max_tokens is None and self.use_cache
         if cached:
-            register_training_stats(con, ctx.store, ctx.run, scope_sql(ctx.config.max_step, ctx.config.split),
+            register_training_stats(con, ctx.part_stats("training_health"), scope_sql(ctx.config.max_step, ctx.config.split),
                                     scope_sql(ctx.config.max_step, None))
         steps = [int(r[0]) for r in con.execute(
             f"SELECT DISTINCT step FROM {'ts_cells' if cached else 'rollouts'} ORDER BY step").fetchall()]
@@ -141,6 +144,14 @@ def _unit_counts(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     n, tn, lo, hi, mx = con.execute("SELECT coalesce(sum(n), 0), coalesce(sum(tn), 0), min(mx_lo), max(mx_hi), "
                                     "coalesce(sum(mx_n), 0) FROM ts_cells").fetchone()
     return {"known": (int(n), int(tn)), "limits": (lo, hi, int(mx))}
+
+
+def _reward_quantiles(con: duckdb.DuckDBPyConnection, qs: tuple[float, ...]) -> dict[float, float] | None:
+    """`training_stats.reward_quantiles` exactly, from the rollouts (the reference path): the finite rewards'
+    distinct values with their rows."""
+    counted = con.execute("""SELECT reward, count(*) FROM rollouts WHERE isfinite(reward) GROUP BY reward
+                             ORDER BY reward""").fetchall()
+    return lower_quantiles(counted, qs) if counted else None
 
 
 def _windows(steps: list[int]) -> tuple[list[int], list[int]]:
@@ -227,11 +238,10 @@ def _zero_variance(con: duckdb.DuckDBPyConnection, steps: list[int], early: list
                    cached: bool = False) -> list[dict[str, Any]]:
     from scipy.stats import binom, t as student_t
 
-    q = con.execute("""SELECT approx_quantile(reward, 0.05), approx_quantile(reward, 0.95) FROM rollouts
-                       WHERE isfinite(reward)""").fetchone()
-    if q is None or q[0] is None:
+    q = reward_quantiles(con, (0.05, 0.95)) if cached else _reward_quantiles(con, (0.05, 0.95))
+    if q is None:
         return []
-    q05, q95 = float(q[0]), float(q[1])
+    q05, q95 = q[0.05], q[0.95]
     tol = 1e-9 * max(1.0, abs(q05), abs(q95))
     if cached:
         con.execute(f"""CREATE OR REPLACE TEMP TABLE th_groups AS

@@ -16,36 +16,49 @@ One table per stored part, keyed by `split` and `step` (any audit scope filters 
   instead of parsing every rollout's metadata again).
 - kind 2, per reward signal (`total` marks the total `reward`): finite rows `n`, their mean `m` and sample
   standard deviation `sd`. Steps whose rows span parts are merged exactly (Chan's pooled variance).
+- kind 3, the total reward's distinct finite values `value` with their rows `n`, for a (split, step) with at
+  most `DISCRETE_MAX` + 1 of them; a busier one has a single row with `value` NULL.
+- kind 4, the total reward's finite values in the logarithmic buckets of `reward_stats` (`sgn`, `b`), rows `n`.
 
-Everything `training_health` computes from the rollouts comes from these sums, except the reward's q05/q95
-(a t-digest over one column) and the evidence rows. A tokenizer or a `max_tokens` option changes the lengths,
-so the detector computes those audits from the rollouts, as before.
+Kinds 3 and 4 give the reward's q05 / q95 that split zero-variance groups into all-correct and all-wrong
+(`reward_quantiles`): exact where every step of the scope has few distinct rewards (binary or graded rewards, the
+runs where groups are constant), else from the merged sketch within a relative error of `reward_stats.ALPHA`
+(~1%), as `reward_health`'s bounds. Before, a t-digest over every reward of the run was computed on every audit.
+
+Everything `training_health` computes from the rollouts comes from these tables, except the evidence rows. A
+tokenizer or a `max_tokens` option changes the lengths, so the detector computes those audits from the rollouts,
+as before.
 """
 
 from __future__ import annotations
 
 import duckdb
 
-from ..health.lengths import MAX_SQL, TOKENS_SQL
-from ..partstats import part_stats
-from ..store import Store
+import math
 
-VERSION = 1
+from ..health.lengths import MAX_SQL, TOKENS_SQL
+from ..partstats import PartStats, define
+from .reward_stats import DISCRETE_MAX, MID_SQL, bucket_sql
+
+VERSION = 2
 _META = "CASE WHEN json_valid(metadata) THEN metadata END"
-_MARK = ("(reasoning IS NOT NULL OR completion LIKE '%</think>%' OR "
+_MARK = ("(_reasoned OR _think OR "
          + " OR ".join(f"json_extract_string({_META}, '$.{k}') IS NOT NULL"
                        for k in ("finish_reason", "stop_reason", "is_truncated", "truncated")) + ")")
 _CUT = f"""(
-    (reasoning IS NOT NULL AND coalesce(answer, '') = '' AND completion NOT LIKE '%</think>%')
+    (_reasoned AND _unanswered AND NOT _think)
     OR coalesce(lower(json_extract_string({_META}, '$.finish_reason')), '') = 'length'
     OR coalesce(lower(json_extract_string({_META}, '$.stop_reason')), '') = 'length'
     OR coalesce(json_extract_string({_META}, '$.is_truncated'), '') = 'true'
     OR coalesce(json_extract_string({_META}, '$.truncated'), '') = 'true')"""
+#: what the query reads of the completion, its reasoning and its answer (not the texts: `partstats.Kind`)
+_TEXT = ("length(completion)::DOUBLE AS _clen", "completion LIKE '%</think>%' AS _think",
+         "reasoning IS NOT NULL AS _reasoned", "coalesce(answer, '') = '' AS _unanswered")
 
 PART_SQL = f"""
 WITH base AS MATERIALIZED (
     SELECT _part, split, step, condition, group_id, coalesce(group_id, rollout_id) AS gkey, reward, advantage,
-           length(completion)::DOUBLE AS clen, {TOKENS_SQL} AS tlen, {MAX_SQL} AS tmax, {_MARK} AS mk, {_CUT} AS cut
+           _clen AS clen, {TOKENS_SQL} AS tlen, {MAX_SQL} AS tmax, {_MARK} AS mk, {_CUT} AS cut
     FROM src),
 g AS (SELECT _part, split, step, group_id, count(*) AS rf, min(reward) AS lo, max(reward) AS hi, avg(reward) AS mean,
              coalesce(stddev_samp(reward), 0) AS sd, max(advantage IS NOT NULL) AS has_adv
@@ -55,6 +68,8 @@ ess AS (SELECT g._part, g.split, g.step, g.group_id,
                sum(coalesce(b.advantage, (b.reward - g.mean) / (g.sd + 1e-4)) ^ 2) AS s2
         FROM base b JOIN g USING (_part, split, step, group_id) WHERE isfinite(b.reward)
         GROUP BY g._part, g.split, g.step, g.group_id),
+rv AS (SELECT _part, split, step, reward AS value, count(*) AS n FROM base WHERE isfinite(reward) GROUP BY ALL),
+rvd AS (SELECT *, count(*) OVER (PARTITION BY _part, split, step) AS d FROM rv),
 sig AS (SELECT _part, split, step, unnest(map_keys(rewards)) AS signal, FALSE AS total,
                unnest(map_values(rewards)) AS v FROM src
         UNION ALL SELECT _part, split, step, NULL, TRUE, reward FROM src)
@@ -70,14 +85,24 @@ UNION ALL BY NAME
 SELECT 2::TINYINT AS kind, _part, split, step, signal, total, count(*) AS n, avg(v) AS m,
        coalesce(stddev_samp(v), 0) AS sd
 FROM sig WHERE isfinite(v) GROUP BY _part, split, step, signal, total
+UNION ALL BY NAME
+SELECT 3::TINYINT AS kind, _part, split, step, CASE WHEN d <= {DISCRETE_MAX + 1} THEN value END AS value,
+       sum(n)::BIGINT AS n
+FROM rvd GROUP BY _part, split, step, CASE WHEN d <= {DISCRETE_MAX + 1} THEN value END
+UNION ALL BY NAME
+SELECT 4::TINYINT AS kind, _part, split, step, sign(reward)::TINYINT AS sgn, {bucket_sql("reward")} AS b,
+       count(*) AS n
+FROM base WHERE isfinite(reward) GROUP BY _part, split, step, sign(reward), {bucket_sql("reward")}
 """
+KIND = define("training_health", VERSION, PART_SQL, ("split", "step", "condition", "group_id", "rollout_id", "reward",
+                                                     "advantage", "metadata", "rewards", *_TEXT))
 
 
-def register_training_stats(con: duckdb.DuckDBPyConnection, store: Store, run: str, scope: str,
-                            eval_scope: str) -> None:
+def register_training_stats(con: duckdb.DuckDBPyConnection, stats: PartStats, scope: str, eval_scope: str) -> None:
     """Create the temp tables `ts_groups` (kind 0), `ts_cells` (kind 1) within `scope`, and `ts_signals`
-    (kind 2, merged per step and signal: within `scope`, and split 'eval' within `eval_scope` as `ts_eval`)."""
-    part_stats(store, run, "training_health", VERSION, PART_SQL).register(con, "ts_parts")
+    (kind 2, merged per step and signal: within `scope`, and split 'eval' within `eval_scope` as `ts_eval`), from
+    the run's parts `stats` (`part_stats` of `KIND`)."""
+    stats.register(con, "ts_parts")
     con.execute(f"""CREATE OR REPLACE TEMP TABLE ts_groups AS
         SELECT step, group_id, rf, lo, hi, mean, sd, has_adv, s1, s2 FROM ts_parts WHERE kind = 0 AND {scope}""")
     con.execute(f"""CREATE OR REPLACE TEMP TABLE ts_cells AS
@@ -85,6 +110,36 @@ def register_training_stats(con: duckdb.DuckDBPyConnection, store: Store, run: s
         FROM ts_parts WHERE kind = 1 AND {scope}""")
     for name, where in (("ts_signals", scope), ("ts_eval", f"split = 'eval' AND {eval_scope}")):
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {_merged_signals(where)}")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE ts_reward_values AS
+        SELECT value, sum(n) AS n FROM ts_parts WHERE kind = 3 AND {scope} GROUP BY value""")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE ts_reward_sketch AS
+        SELECT {MID_SQL} AS mid, sum(n) AS n FROM ts_parts WHERE kind = 4 AND {scope} GROUP BY sgn, b""")
+
+
+def reward_quantiles(con: duckdb.DuckDBPyConnection, qs: tuple[float, ...]) -> dict[float, float] | None:
+    """The scope's finite total reward at each quantile q of `qs` (the value of rank floor(q (n - 1)), 0-based:
+    numpy's 'lower' quantile), or None without such rows: exact from the merged values of kind 3 when no step
+    of the scope had more than DISCRETE_MAX + 1 of them, else the midpoint of the sketch's bucket holding that
+    rank (kind 4), within `reward_stats.ALPHA` of the exact value, relative."""
+    values = con.execute("SELECT value, n FROM ts_reward_values ORDER BY value NULLS FIRST").fetchall()
+    if not values:
+        return None
+    if values[0][0] is None:
+        values = con.execute("SELECT mid, n FROM ts_reward_sketch ORDER BY mid").fetchall()
+    return lower_quantiles(values, qs)
+
+
+def lower_quantiles(counted: list[tuple[float, int]], qs: tuple[float, ...]) -> dict[float, float]:
+    """Each quantile q of `qs` (rank floor(q (n - 1)), 0-based) of the values `counted` (value, rows), sorted."""
+    total = sum(int(n) for _, n in counted)
+    out: dict[float, float] = {}
+    cum = 0
+    for value, n in counted:
+        cum += int(n)
+        for q in qs:
+            if q not in out and cum > math.floor(q * (total - 1)):
+                out[q] = float(value)
+    return out
 
 
 def _merged_signals(where: str) -> str:
