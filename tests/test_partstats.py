@@ -175,3 +175,33 @@ def test_a_combined_file_that_cannot_be_written_leaves_the_tables_in_memory(stor
     assert stats.combined is None and (len(stats.tables), len(stats.files)) == (16, 2)
     assert _rows_of(stats, "run_stats") == want
     assert not [p for p in base.rglob(".*")] and not list(base.rglob("combined.parquet"))  # no partial file
+
+
+def test_registered_rows_name_their_part_when_asked(store, monkeypatch):
+    """`register(..., stems=True)` gives every row its part's file stem: from the combined file, from loose
+    per-part files and from tables kept in memory alike."""
+    import duckdb
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(partstats, "COMPACT_AT", 3)
+    for step in range(1, 5):
+        store.append("r", canonical_table(_rows(step, 4 + step, "a")), key=f"s{step}")
+    partstats.part_stats(store, "r", "run_stats")  # four parts: a combined file
+    store.append("r", canonical_table(_rows(5, 3, "a")), key="s5")  # one more part: loose
+    want = sorted((p.stem, pq.read_table(p, columns=["step"]).column("step")[0].as_py()) for p in store.parts("r"))
+
+    def stems(stats) -> list:
+        con = duckdb.connect()
+        stats.register(con, "t", stems=True)
+        return sorted(con.execute("SELECT DISTINCT _stem, step FROM t WHERE kind = 0").fetchall())
+
+    stats = partstats.part_stats(store, "r", "run_stats")
+    assert stats.combined is not None and len(stats.files) == 1
+    assert stems(stats) == want
+    import shutil
+
+    shutil.rmtree(store.run_dir("r") / "derived")
+    store.persist_derived = False  # every part computed into memory
+    stats = partstats.part_stats(store, "r", "run_stats")
+    assert len(stats.tables) == 5 and not stats.files and stats.combined is None
+    assert stems(stats) == want

@@ -73,7 +73,8 @@ class Kind:
 KINDS: dict[str, Kind] = {}
 #: the module that defines each kind, imported when a caller asks for a kind before anything imported it
 _OWNERS = {"run_stats": "rlaudit.runstats", "reward_health": "rlaudit.detectors.reward_stats",
-           "training_health": "rlaudit.detectors.training_stats"}
+           "training_health": "rlaudit.detectors.training_stats",
+           "attribution_meta": "rlaudit.attribution.partcache"}
 
 
 def kind(name: str) -> Kind:
@@ -105,28 +106,37 @@ class PartStats:
     tables: list[pa.Table] = field(default_factory=list)
     combined: Path | None = None
     combined_stems: list[str] = field(default_factory=list)  # the run's parts that the combined file holds
+    table_stems: list[str] = field(default_factory=list)  # the part of each of `tables`
 
-    def sources(self) -> list[str]:
-        """SELECTs of every part's rows (without `_stem`)."""
+    def sources(self, stems: bool = False) -> list[str]:
+        """SELECTs of every part's rows (with `stems`, and their part's file stem as `_stem`)."""
         selects = []
         if self.combined is not None:
             # always by stem: the combined file may be replaced meanwhile (another audit compacting), with parts
             # this audit reads loose
             where = " WHERE _stem IN (" + ", ".join(sql_string(s) for s in self.combined_stems) + ")"
-            selects.append(f"SELECT * EXCLUDE (_stem) FROM read_parquet({sql_string(str(self.combined))}){where}")
+            cols = "*" if stems else "* EXCLUDE (_stem)"
+            selects.append(f"SELECT {cols} FROM read_parquet({sql_string(str(self.combined))}){where}")
         if self.files:
             paths = ", ".join(sql_string(str(p)) for p in self.files)
-            selects.append(f"SELECT * FROM read_parquet([{paths}], union_by_name = true)")
+            if stems:  # a loose file is named after its part
+                selects.append(f"SELECT * EXCLUDE (filename), parse_filename(filename, true) AS _stem "
+                               f"FROM read_parquet([{paths}], union_by_name = true, filename = true)")
+            else:
+                selects.append(f"SELECT * FROM read_parquet([{paths}], union_by_name = true)")
         return selects
 
-    def register(self, con: duckdb.DuckDBPyConnection, name: str) -> None:
-        """Create the view `name`: every part's rows. A view, not a temp table: the detectors filter it by kind
-        into their own small tables, and a scan of the compressed files per query is cheaper than holding every
-        row (at 10M rollouts reward_health's rows did not fit DuckDB's memory limit and were spilled to disk:
-        5.5 CPU s to register, 1.6 as a view)."""
-        selects = self.sources()
+    def register(self, con: duckdb.DuckDBPyConnection, name: str, stems: bool = False) -> None:
+        """Create the view `name`: every part's rows (with `stems`, each row's part as `_stem`). A view, not a
+        temp table: the detectors filter it by kind into their own small tables, and a scan of the compressed
+        files per query is cheaper than holding every row (at 10M rollouts reward_health's rows did not fit
+        DuckDB's memory limit and were spilled to disk: 5.5 CPU s to register, 1.6 as a view)."""
+        selects = self.sources(stems)
         if self.tables:
-            con.register(f"_{name}_mem", pa.concat_tables(self.tables, promote_options="default"))
+            tables = self.tables if not stems else [
+                t.append_column("_stem", pa.array([stem] * len(t), pa.string()))
+                for t, stem in zip(self.tables, self.table_stems)]
+            con.register(f"_{name}_mem", pa.concat_tables(tables, promote_options="default"))
             selects.append(f"SELECT * FROM _{name}_mem")
         con.execute(f"CREATE OR REPLACE VIEW {name} AS {' UNION ALL BY NAME '.join(selects)}")
 
@@ -161,6 +171,7 @@ def part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[s
     writers = {k: _Combined(c) for k, c in caches.items() if persist and len(c.files) + len(c.todo) >= COMPACT_AT}
     own = caches[name]
     tables: list[pa.Table] = []  # `name`'s tables that are not in a file
+    table_stems: list[str] = []  # their parts
     for lack, lacking in todo.items():
         for i in range(0, len(lacking), batch):
             computed = _compute(lacking[i:i + batch], layouts, [KINDS[k] for k in lack], store.root)
@@ -170,19 +181,26 @@ def part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[s
                 for part, table in per_part:
                     written = write_cached(caches[what].path / f"{part.stem}.parquet", table, compression="zstd") \
                         if persist else table
-                    if what == name:
-                        (own.files if isinstance(written, Path) else tables).append(written)
+                    if what == name and isinstance(written, Path):
+                        own.files.append(written)
+                    elif what == name:
+                        tables.append(written)
+                        table_stems.append(part.stem)
     for writer in writers.values():
         writer.finish()
     if name in writers and writers[name].lost:  # the combined file could not be written: keep them in memory
-        tables += [t for _, t in _compute(writers[name].lost, layouts, [KINDS[name]], store.root)[name]]
+        for part, t in _compute(writers[name].lost, layouts, [KINDS[name]], store.root)[name]:
+            tables.append(t)
+            table_stems.append(part.stem)
     if name in writers and writers[name].done:
-        out = PartStats(tables=tables, combined=own.combined, combined_stems=writers[name].stems)
+        out = PartStats(tables=tables, combined=own.combined, combined_stems=writers[name].stems,
+                        table_stems=table_stems)
     else:
         out = PartStats(files=own.files, tables=tables, combined=own.combined if own.combined_stems else None,
-                        combined_stems=own.combined_stems)
+                        combined_stems=own.combined_stems, table_stems=table_stems)
     if not parts:  # the statistics' columns, with no rows
         out.tables.append(_compute([], layouts, [KINDS[name]], store.root)[name][0][1])
+        out.table_stems.append("")
     if persist:
         prune_cached(own.base, own.path, {p.stem for p in parts} | {"combined"})
     return out

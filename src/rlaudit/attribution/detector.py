@@ -30,6 +30,7 @@ class AttributionDetector(Detector):
     kinds = ("reward_attribution",)
     description = "Traces emerging behaviours to the reward signals, conditions and tasks that pushed them up."
     requires = ("emerging",)
+    part_stats = ("attribution_meta",)  # per-step counts and signals (`partcache`), read with the other kinds
 
     def detect(self, ctx: DetectContext) -> list[Finding]:
         opt = lambda key, default: ctx.option(self.name, key, default)  # noqa: E731

@@ -53,7 +53,7 @@ import pyarrow.compute as pc
 from .. import segments
 from ..behaviors import Behavior
 from ..layout import view_columns
-from ..partstats import part_stats
+from ..partstats import define, part_stats
 from ..store import Store, bound_memory, prune_cached, sql_list, sql_string, write_cached
 from . import trace as tr
 
@@ -61,13 +61,16 @@ VERSION = 1
 #: per part, split and step: what `load_frames` counts before it reads any rollout (the step sample, the
 #: comparison key, the signals), so that those decisions need no scan of the run
 META_SQL = """
-SELECT _part, _part AS part, split, step, count(*) AS n, count(group_id) AS n_group, count(reward) AS n_reward,
+SELECT _part, split, step, count(*) AS n, count(group_id) AS n_group, count(reward) AS n_reward,
        count(advantage) AS n_adv, count(task) AS n_task, NULL::VARCHAR AS signal
 FROM src GROUP BY ALL
 UNION ALL
-SELECT _part, _part, split, step, NULL, NULL, NULL, NULL, NULL, signal
+SELECT _part, split, step, NULL, NULL, NULL, NULL, NULL, signal
 FROM (SELECT DISTINCT _part, split, step, unnest(map_keys(rewards)) AS signal FROM src)
 """
+#: computed with the other per-part statistics in one read of each part (the detector declares it)
+META = define("attribution_meta", VERSION, META_SQL,
+              ("split", "step", "group_id", "reward", "advantage", "task", "rewards"))
 _COUNTS = ("n", "n_group", "n_reward", "n_adv", "n_task")
 _TOTAL, _OTHER = "total", "other"  # the column names of the total and the residual (components: `_name`)
 _STATS = ("u", "pairs", "diff", "pnum", "mu", "mpairs")
@@ -156,11 +159,11 @@ def _meta(store: Store, run: str, max_step: int | None, split: str | None) -> di
     across parts or the scope holds no rollouts."""
     from ..partstats import scope_sql
 
-    stats = part_stats(store, run, "attribution_meta", VERSION, META_SQL)
+    stats = part_stats(store, run, META.name)
     with duckdb.connect() as con:
         con.execute("SET enable_progress_bar = false")
         bound_memory(con, store.root)
-        stats.register(con, "meta")
+        stats.register(con, "meta", stems=True)
         t = con.sql(f"SELECT * FROM meta WHERE {scope_sql(None, split)}").to_arrow_table()
     cols = {c: t.column(c).to_pylist() for c in t.column_names}
     part_steps: dict[str, set[int]] = {}
@@ -168,8 +171,8 @@ def _meta(store: Store, run: str, max_step: int | None, split: str | None) -> di
     owner: dict[int, str] = {}
     out: dict[str, Any] = {k: {} for k in _COUNTS}
     out["signals"] = {}
-    for i, part in enumerate(cols.get("part", [])):
-        step, stem, signal = int(cols["step"][i]), Path(part).stem, cols["signal"][i]
+    for i, stem in enumerate(cols.get("_stem", [])):
+        step, signal = int(cols["step"][i]), cols["signal"][i]
         if owner.setdefault(step, stem) != stem:
             return None  # one step in two parts: its groups may span them
         if signal is not None:
