@@ -25,8 +25,9 @@ group's advantages, a dead reward server returning a default). Checks per signal
   least 3 such rows, else **low**.
 
 The counts come from per-part statistics cached beside the run (`reward_stats`, `partstats`): a warm audit after
-a new step computes that step's part only and merges small tables; rows are read only for evidence and for the
-steps whose range crosses an out-of-range bound.
+a new step computes that step's part only; an audit of the whole run reads run-level rollups of those tables
+and the parts added since (`reward_rollup`), so its cost does not grow with the run's steps; rows are read only
+for evidence and for the steps whose range crosses an out-of-range bound.
 
 Each finding carries `signal`, `problem`, `share`, `rows`, `first_step` and evidence rollouts.
 """
