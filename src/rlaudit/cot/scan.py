@@ -501,7 +501,7 @@ def _evidence(con: duckdb.DuckDBPyConnection, grader: str, params: ScanParams, l
     con.register("_cot_ids", pa.table({"rollout_id": ids}))
     scanned = "cot_scan"
     if part_rows is not None:  # only the parts that hold these rollouts
-        names = [r[0] for r in con.execute(f"SELECT DISTINCT part FROM _cot_exposed SEMI JOIN _cot_ids USING "
+        names = [r[0] for r in con.execute("SELECT DISTINCT part FROM _cot_exposed SEMI JOIN _cot_ids USING "
                                            "(rollout_id) WHERE grader = ? ORDER BY 1", [grader]).fetchall()]
         source = f"(SELECT * FROM ({part_rows(names)}) SEMI JOIN _cot_ids USING (rollout_id))"
         scanned = "_cot_exposed"

@@ -57,9 +57,10 @@ GRACE = 600.0
 
 # the small tables of a rollup, one file (`_merge`): kind 0 per (split, step, signal), 1 values, 2 sketch buckets,
 # 3 the applicable cells' rows per (split, signal), 4 first-NaN histogram per (split, step, signal)
-SMALL_SCHEMA = pa.schema([("kind", pa.int8()), ("split", pa.string()), ("step", pa.int64()), ("signal", pa.string()), ("n", pa.int64()),
-                          ("nan", pa.int64()), ("inf", pa.int64()), ("finite", pa.int64()), ("lo", pa.float64()),
-                          ("hi", pa.float64()), ("value", pa.float64()), ("sgn", pa.int8()), ("b", pa.int32())])
+SMALL_SCHEMA = pa.schema([("kind", pa.int8()), ("split", pa.string()), ("step", pa.int64()), ("signal", pa.string()),
+                          ("n", pa.int64()), ("nan", pa.int64()), ("inf", pa.int64()), ("finite", pa.int64()),
+                          ("lo", pa.float64()), ("hi", pa.float64()), ("value", pa.float64()), ("sgn", pa.int8()),
+                          ("b", pa.int32())])
 
 CELLS_SCHEMA = pa.schema([("split", pa.string()), ("signal", pa.string()), ("condition", pa.string()),
                           ("task", pa.uint64()), ("n", pa.int64()), ("nan", pa.int64()), ("first_nan", pa.int64())])
@@ -184,6 +185,8 @@ def _read(path: Path, d: Path) -> tuple[list[str], pa.Table, list[tuple[Any, np.
         table = pq.read_table(path)
         meta = json.loads((table.schema.metadata or {})[_META])
         chunks = [(d / f"{c}.cells.parquet", np.load(d / f"{c}.tasks.npy", mmap_mode="r")) for c in meta["chunks"]]
+        if not all(cells.is_file() for cells, _ in chunks):
+            return None
         return meta["stems"], table.replace_schema_metadata(None), chunks
     except (OSError, KeyError, ValueError, pa.ArrowInvalid):
         return None
