@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from cot_synth import make_run
@@ -141,3 +142,38 @@ def test_answer_hash_is_equal_for_answers_the_screen_calls_equal():
     assert h[4 + other.index("")] == h[4 + other.index(None)] and h[-1] == h[-2]
     long = pa.array(["x" * 5000 + "a", "x" * 5000 + "b"])
     assert answer_hash(long)[0] != answer_hash(long)[1]
+
+
+@pytest.mark.parametrize("where", ["TRUE", "step <= 7"])
+def test_candidate_rows_give_the_same_pairs_and_findings(store, monkeypatch, where):
+    """The screen from the per-part candidate rows (`screen_sets`: rows whose group and answer key repeat in
+    their part) equals the screen from every key while the parts share no prompt group, through new indexes as
+    parts are added; a group spread over two parts makes `candidate_keys` decline (every key is grouped)."""
+    from rlaudit.cot import screen as cot_screen
+    from rlaudit.cot import screen_sets
+    from rlaudit.cot.screen_keys import cache_dir, screen_keys
+
+    monkeypatch.setattr(screen_sets, "INDEX_AT", 2)
+    table = run_with(likes_long_reasoning, seed=1, steps=12)
+    run = table.column("run")[0].as_py()
+    steps = table.column("step").to_numpy()
+    for i, (lo, hi) in enumerate([(0, 3), (4, 6), (7, 9), (10, 12)]):
+        store.append(run, table.filter(pa.array((steps >= lo) & (steps <= hi))), f"p{i}")
+        con = store.connect([run])
+        con.execute("ALTER VIEW rollouts RENAME TO all_rollouts")
+        con.execute(f"CREATE VIEW rollouts AS SELECT * FROM all_rollouts WHERE {where}")
+        keys = screen_keys(store, run, where)
+        cand = screen_sets.candidate_keys(store, run, cache_dir(store, run), where)
+        assert keys is not None and cand is not None
+        plain = cot_screen.screen(con, run, {}, seed=3, keys=keys)
+        assert [f.to_json() for f in plain] == [f.to_json() for f in cot_screen.screen(con, run, {}, seed=3,
+                                                                                         keys=cand)]
+        con.close()
+    assert plain
+    assert list((cache_dir(store, run) / "sets" / "index").glob("*.npy"))
+    other = store.__class__(store.root.parent / "spread")
+    rows = np.arange(table.num_rows)
+    other.append(run, table.filter(pa.array(rows % 2 == 0)), "even")  # every group in both parts
+    other.append(run, table.filter(pa.array(rows % 2 == 1)), "odd")
+    assert screen_keys(other, run, where) is not None
+    assert screen_sets.candidate_keys(other, run, cache_dir(other, run), where) is None

@@ -84,7 +84,7 @@ def test_merged_counts_equal_a_direct_scan(store):
     for i in range(3):
         store.append("r", canonical_table(_rows(1 + 4 * i, 4, 30, rng)), key=f"p{i}")
     con = store.connect(["r"])
-    register_reward_stats(con, part_stats(store, "r", "reward_health"), "split = 'train'")
+    register_reward_stats(con, part_stats(store, "r", "reward_health"), store.root, None, "train")
     got = con.execute("""SELECT signal, condition, step, sum(n), sum(nan), sum(inf), sum(finite), min(lo), max(hi)
                          FROM rh_cells GROUP BY ALL ORDER BY ALL""").fetchall()
     want = con.execute("""SELECT signal, coalesce(condition, ''), step, count(*), count(*) FILTER (isnan(v)),
@@ -155,3 +155,42 @@ def test_value_rows_are_the_distinct_values_of_the_steps_that_have_few(store, se
     assert got == want
     kinds = dict(con.execute("SELECT signal, count(*) FROM t WHERE kind = 1 AND step = 1 GROUP BY signal").fetchall())
     assert kinds["edge"] == DISCRETE_MAX + 1 and kinds["over"] == 1 and kinds["narrow"] == 1
+
+
+def _flip_rows(step: int, n: int, nan_share: float, rng: np.random.Generator) -> dict:
+    """Rows of one step in condition 'a', task 'x', whose persona signal is NaN in `nan_share` of them: appended
+    after other parts, they move the cell (persona, a, x) between applicable and not."""
+    rows = _rows(step, 1, n, rng)
+    rows["condition"] = ["a"] * n
+    rows["task"] = ["x"] * n
+    nan = rng.random(n) < nan_share
+    for i, r in enumerate(rows["rewards"]):
+        r[2] = ("persona", float("nan") if nan[i] else float(rng.uniform(0, 1)))
+    return rows
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rollup_of_the_whole_run_equals_merging_every_part(store, monkeypatch, seed):
+    """The whole-run audit reads run-level rollups (`reward_rollup`) and the parts added since; a scoped audit
+    that covers every step merges every part's rows. Both give the same findings, field by field, as parts are
+    added whose cells are new, repeat a rolled-up cell, or move a rolled-up cell between applicable and not."""
+    from rlaudit import partstats
+
+    monkeypatch.setattr(partstats, "COMPACT_AT", 3)  # a combined file (and its rollup) after three parts
+    rng = np.random.default_rng(seed)
+    every = {"max_step": 10**9}  # scoped: the per-part rows, merged (and the default split, 'train')
+    for i in range(4):
+        store.append("r", canonical_table(_rows(1 + 5 * i, 5, 40, rng)), key=f"p{i}")
+    whole = _health(store)
+    assert whole and whole == _health(store, **every)
+    rollups = list(_cache(store).glob("v*/rollup/*.parquet"))
+    assert rollups, "the combined parts were rolled up"
+    for i, share in enumerate([1.0, 0.0, 0.0, 0.9]):  # (persona, a, x): not applicable, then applicable, ...
+        store.append("r", canonical_table(_flip_rows(30 + i, 400, share, rng)), key=f"f{i}")
+        whole = _health(store)
+        assert whole == _health(store, **every), i
+    nan = [f for f in whole if f["problem"] == "nan"]
+    assert nan and all(f["evidence"] for f in nan)
+    mem = store.__class__(store.root)
+    mem.persist_derived = False  # nothing written: the loose parts in memory, no rollup
+    assert _health(mem) == whole

@@ -31,13 +31,15 @@ import pyarrow.parquet as pq
 from ..findings import Finding
 from ..layout import view_columns
 from ..memory import workers
-from ..store import Store, bound_memory, write_cached
+from ..store import Store, bound_memory, sql_list, write_cached
 from ..detectors import DetectContext, Detector, register
 from .scan import (RESULT_SCHEMA, ScanParams, findings_from_results, read_scan_columns, scan_batches, scan_run,
                    table_batches)
 from . import kernels as cot_kernels
 from .screen import screen
-from .screen_keys import key_writer, screen_keys
+from .screen_keys import cache_dir as keys_cache, key_writer, screen_keys
+from .screen_sets import candidate_keys
+from .summary import register_summaries
 
 
 @register
@@ -53,28 +55,63 @@ class CotGradingDetector(Detector):
         key, extra = scan_key(ctx.store, ctx.run, params)
         # the scan reads every column the screen's answer keys need: it caches them too, each part read once
         also = key_writer(ctx.store, ctx.run) if options.get("screen", True) else None
-        results = scan_parts(ctx.store, ctx.run, params, key, extra, also=also)
+        parts = ctx.store.parts(ctx.run)
+        per_part = scan_parts(ctx.store, ctx.run, params, key, extra, also=also, per_part=True)
         where = ["TRUE"]
         if ctx.config.max_step is not None:
             where.append(f"step <= {int(ctx.config.max_step)}")
         if ctx.config.split:
             where.append(f"split = '{ctx.config.split}'")
-        found = findings_from_results(con, results, ctx.run, params, " AND ".join(where), options,
-                                      evidence_source="rollouts", extra_inputs=extra)
+        # counts and exposures from each part's summary of its results; the evidence reads only its parts
+        register_summaries(con, per_part, parts)
+        found = findings_from_results(con, _results_source(per_part, parts), ctx.run, params, " AND ".join(where),
+                                      options, evidence_source="rollouts", extra_inputs=extra,
+                                      part_rows=_part_rows(ctx.store, ctx.run, parts, " AND ".join(where)))
         if options.get("screen", True):
-            scanned = set(con.execute("SELECT DISTINCT grader FROM cot_scan").fetchnumpy()["grader"].tolist())
+            scanned = set(con.execute("SELECT DISTINCT grader FROM _cot_counts WHERE NOT chance")
+                          .fetchnumpy()["grader"].tolist())
             keys = screen_keys(ctx.store, ctx.run, " AND ".join(where))
+            if keys is not None:  # only the rows that can pair, where no prompt group spans two parts
+                keys = candidate_keys(ctx.store, ctx.run, keys_cache(ctx.store, ctx.run), " AND ".join(where)) or keys
             found += screen(con, ctx.run, options, skip_signals=scanned, seed=ctx.config.seed, keys=keys)
         con.close()
         return found
 
 
+def _results_source(per_part: dict[str, Any], parts: list[Path]) -> pa.Table | str:
+    """The scan results of `parts` (`scan_parts(..., per_part=True)`) as `scan_parts` returns them."""
+    values = [per_part[p.name] for p in parts]
+    paths = [str(v) for v in values if isinstance(v, Path)]
+    if len(paths) == len(values) and paths:
+        return "read_parquet([" + ", ".join(f"'{_quote(x)}'" for x in paths) + "])"
+    tables = [v if not isinstance(v, Path) else pq.read_table(v) for v in values]
+    return pa.concat_tables([RESULT_SCHEMA.empty_table(), *tables])
+
+
+def _part_rows(store: Store, run: str, parts: list[Path], where: str) -> Callable[[list[str]], str]:
+    """A function: part file names -> SQL of their rows within `where`, in the columns of the `rollouts` view."""
+    layouts = store.part_layouts(run)
+    by_name = {p.name: p for p in parts}
+
+    def rows(names: list[str]) -> str:
+        by_layout: dict[int, list[str]] = {}
+        for name in names:
+            by_layout.setdefault(layouts.get(name, 1), []).append(str(by_name[name]))
+        selects = [f"SELECT {view_columns(layout)} FROM read_parquet({sql_list(paths)})"
+                   for layout, paths in sorted(by_layout.items())]
+        return f"SELECT * FROM ({' UNION ALL '.join(selects)}) WHERE {where}"
+
+    return rows
+
+
 def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str | None,
                only: set[str] | None = None, stride: int | None = None,
-               also: Callable[[Path, pa.Table, int], None] | None = None) -> pa.Table | str:
+               also: Callable[[Path, pa.Table, int], None] | None = None,
+               per_part: bool = False) -> pa.Table | str | dict[str, Any]:
     """The scan results of every stored part of the run, each part scanned once and cached beside the run
     (`derived/cot_scan/<key>/<part>.parquet`): a run that grows by a step scans only the new part. Returned as
-    SQL over the cached files (or a table, for stores that keep derived data in memory).
+    SQL over the cached files (or a table, for stores that keep derived data in memory); with `per_part`, a
+    dict part name -> cached file or table.
 
     Chance pairings (see `cot_scan`) are drawn per part: batch i of a part gets them when the run had at most
     `chance_rows` rollouts with grader inputs when the part was scanned, else when a hash of (part, i) falls in
@@ -120,12 +157,9 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
             if f.stem not in stems:
                 with contextlib.suppress(OSError):  # a read-only store keeps its stale files
                     f.unlink(missing_ok=True)
-    values = [found[p.name] for p in parts]
-    paths = [str(v) for v in values if isinstance(v, Path)]
-    if len(paths) == len(values) and paths:
-        return "read_parquet([" + ", ".join(f"'{_quote(x)}'" for x in paths) + "])"
-    tables = [v if not isinstance(v, Path) else pq.read_table(v) for v in values]
-    return pa.concat_tables([RESULT_SCHEMA.empty_table(), *tables])
+    if per_part:
+        return {p.name: found[p.name] for p in parts}
+    return _results_source(found, parts)
 
 
 #: Bytes one thread of the scan holds at a time, per row of `ScanParams.batch_rows` (texts, shingle arrays and

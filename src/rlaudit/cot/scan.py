@@ -387,9 +387,15 @@ def iter_batches(con: duckdb.DuckDBPyConnection, rows: int, source: str = "all_r
 # ---------------------------------------------------------------- findings
 def findings_from_results(con: duckdb.DuckDBPyConnection, results: pa.Table | str, run: str, params: ScanParams,
                           where: str, options: dict[str, Any], evidence_source: str = "rollouts",
-                          extra_inputs: str | None = None) -> list[Finding]:
+                          extra_inputs: str | None = None,
+                          part_rows: Callable[[list[str]], str] | None = None) -> list[Finding]:
     """One finding per grader whose exposure is above chance: at least `min_exposed` exposed rollouts (default
-    1) and more than the chance pairings produce (one-sided Fisher exact test at `alpha`, default 0.01)."""
+    1) and more than the chance pairings produce (one-sided Fisher exact test at `alpha`, default 0.01).
+
+    With `part_rows` (part file names -> SQL of their rows in the columns of `evidence_source`), the counts and
+    the exposed rows come from the per-part summaries of the results, the view `cot_summary` of `con`
+    (`cot.summary`), and the evidence reads only the parts that hold its rollouts: the same findings, without
+    reading every result row and every rollout of the run."""
     if isinstance(results, str):  # SQL source (e.g. read_parquet of cached per-part results)
         con.execute(f"CREATE OR REPLACE TEMP VIEW _cot_scan AS SELECT * FROM {results}")
     else:
@@ -398,10 +404,19 @@ def findings_from_results(con: duckdb.DuckDBPyConnection, results: pa.Table | st
     con.execute(f"CREATE OR REPLACE TEMP VIEW cot_chance AS SELECT * FROM _cot_scan WHERE chance AND {where}")
     # the counts every statistic below needs, per (chance, grader, step, condition, task): one pass over the
     # per-pair results (a few hundred rows at 1M rollouts) instead of one per query
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE _cot_counts AS SELECT chance, grader, step, condition, task, count(*) AS n, "
-        "sum(exposed::INT) AS exposed, min(CASE WHEN exposed THEN step END) AS first, "
-        f"count(*) FILTER (WHERE reasoning_only > 0) AS scannable FROM _cot_scan WHERE {where} GROUP BY ALL")
+    if part_rows is None:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _cot_counts AS SELECT chance, grader, step, condition, task, count(*) AS n, "
+            "sum(exposed::INT) AS exposed, min(CASE WHEN exposed THEN step END) AS first, "
+            f"count(*) FILTER (WHERE reasoning_only > 0) AS scannable FROM _cot_scan WHERE {where} GROUP BY ALL")
+    else:  # the same sums, from each part's sums
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE _cot_counts AS SELECT chance, grader, step, condition, task, sum(n) AS n, "
+            "sum(exposed) AS exposed, min(first) AS first, sum(scannable) AS scannable FROM cot_summary "
+            f"WHERE kind = 0 AND {where} GROUP BY chance, grader, step, condition, task")
+        con.execute("CREATE OR REPLACE TEMP VIEW _cot_exposed AS SELECT rollout_id, step, grader, TRUE AS exposed, "
+                    "containment, "
+                    f"matched, reasoning_only, longest_span, part FROM cot_summary WHERE kind = 1 AND {where}")
     min_exposed = int(options.get("min_exposed", 1))
     alpha = float(options.get("alpha", 0.01))
     severity = options.get("severity", "high")
@@ -447,7 +462,7 @@ def findings_from_results(con: duckdb.DuckDBPyConnection, results: pa.Table | st
                                "min_edge_span": params.min_edge_span, "min_complete": params.min_complete},
             },
             evidence=_evidence(con, grader, params, int(options.get("max_evidence", 5)), evidence_source,
-                               extra_inputs),
+                               extra_inputs, part_rows),
         )
         found.append(f)
     return found
@@ -472,16 +487,24 @@ def _breakdown(con: duckdb.DuckDBPyConnection, grader: str, column: str) -> dict
 
 
 def _evidence(con: duckdb.DuckDBPyConnection, grader: str, params: ScanParams, limit: int, source: str,
-              extra_inputs: str | None) -> list[Evidence]:
-    """The first exposures in time, then the most complete ones, each with the matching spans of the input."""
+              extra_inputs: str | None, part_rows: Callable[[list[str]], str] | None = None) -> list[Evidence]:
+    """The first exposures in time, then the most complete ones, each with the matching spans of the input
+    (from the exposed rows of the summaries and the parts holding them, with `part_rows`)."""
+    exposed = "cot_scan" if part_rows is None else "_cot_exposed"
     ids = con.execute(
-        "(SELECT rollout_id FROM cot_scan WHERE grader = ? AND exposed ORDER BY step, rollout_id LIMIT ?) UNION "
-        "(SELECT rollout_id FROM cot_scan WHERE grader = ? AND exposed ORDER BY containment DESC, rollout_id "
+        f"(SELECT rollout_id FROM {exposed} WHERE grader = ? AND exposed ORDER BY step, rollout_id LIMIT ?) UNION "
+        f"(SELECT rollout_id FROM {exposed} WHERE grader = ? AND exposed ORDER BY containment DESC, rollout_id "
         "LIMIT ?)", [grader, max(1, limit // 2 + limit % 2), grader, limit // 2]).fetchall()
     ids = [i[0] for i in ids]
     if not ids:
         return []
     con.register("_cot_ids", pa.table({"rollout_id": ids}))
+    scanned = "cot_scan"
+    if part_rows is not None:  # only the parts that hold these rollouts
+        names = [r[0] for r in con.execute("SELECT DISTINCT part FROM _cot_exposed SEMI JOIN _cot_ids USING "
+                                           "(rollout_id) WHERE grader = ? ORDER BY 1", [grader]).fetchall()]
+        source = f"(SELECT * FROM ({part_rows(names)}) SEMI JOIN _cot_ids USING (rollout_id))"
+        scanned = "_cot_exposed"
     input_expr = "r.grader_inputs[?]"
     join = ""
     if extra_inputs:
@@ -491,7 +514,7 @@ def _evidence(con: duckdb.DuckDBPyConnection, grader: str, params: ScanParams, l
                 "ON c.rollout_id = r.rollout_id")
     sql = (f"SELECT r.rollout_id, r.step, r.condition, r.prompt, r.answer, r.reasoning, {input_expr} AS seen, "
            f"s.containment, s.matched, s.reasoning_only, s.longest_span FROM {source} r "
-           f"JOIN _cot_ids USING (rollout_id) JOIN cot_scan s ON s.rollout_id = r.rollout_id AND s.grader = ? "
+           f"JOIN _cot_ids USING (rollout_id) JOIN {scanned} s ON s.rollout_id = r.rollout_id AND s.grader = ? "
            f"{join} ORDER BY r.step, r.rollout_id")
     if extra_inputs:
         sql = sql.replace("[?]", "[$g]").replace("s.grader = ?", "s.grader = $g")

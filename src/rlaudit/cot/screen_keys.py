@@ -37,7 +37,7 @@ def screen_keys(store: Store, run: str, where: str) -> str | None:
     if not getattr(store, "persist_derived", True):
         return None
     base = store.run_dir(run) / "derived" / "cot_screen"
-    cache = _cache(store, run)
+    cache = cache_dir(store, run)
     parts = store.parts(run)
     layouts = store.part_layouts(run)
     paths = [cache / f"{part.stem}.parquet" for part in parts]
@@ -62,7 +62,8 @@ def screen_keys(store: Store, run: str, where: str) -> str | None:
     return f"(SELECT * FROM read_parquet([{files}]) WHERE {where})"
 
 
-def _cache(store: Store, run: str) -> Path:
+def cache_dir(store: Store, run: str) -> Path:
+    """Where the run's keys are cached."""
     return store.run_dir(run) / "derived" / "cot_screen" / f"v{_VERSION}"
 
 
@@ -72,7 +73,7 @@ def key_writer(store: Store, run: str) -> Callable[[Path, pa.Table, int], None] 
     and `screen_keys` then finds the part done instead of reading it again. None where keys are not cached."""
     if not getattr(store, "persist_derived", True):
         return None
-    cache = _cache(store, run)
+    cache = cache_dir(store, run)
 
     def write(part: Path, raw: pa.Table, layout: int) -> None:
         path = cache / f"{part.stem}.parquet"

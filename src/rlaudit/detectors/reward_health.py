@@ -25,8 +25,9 @@ group's advantages, a dead reward server returning a default). Checks per signal
   least 3 such rows, else **low**.
 
 The counts come from per-part statistics cached beside the run (`reward_stats`, `partstats`): a warm audit after
-a new step computes that step's part only and merges small tables; rows are read only for evidence and for the
-steps whose range crosses an out-of-range bound.
+a new step computes that step's part only; an audit of the whole run reads run-level rollups of those tables
+and the parts added since (`reward_rollup`), so its cost does not grow with the run's steps; rows are read only
+for evidence and for the steps whose range crosses an out-of-range bound.
 
 Each finding carries `signal`, `problem`, `share`, `rows`, `first_step` and evidence rollouts.
 """
@@ -38,11 +39,9 @@ from typing import Any
 import duckdb
 
 from ..findings import Evidence, Finding
-from ..partstats import scope_sql
 from . import DetectContext, Detector, register
-from .reward_stats import DISCRETE_MAX, RL_SQL, quantiles, register_reward_stats
+from .reward_stats import APPLIES_MIN, DISCRETE_MAX, RL_SQL, quantiles, register_cells, register_reward_stats
 
-APPLIES_MIN = 0.5  # a cell is applicable when at least this share of its rows is not NaN
 OUTLIER_K = 10.0
 COMMON_SHARE = 0.05
 STUCK_MIN_STEPS, STUCK_MIN_SHARE, STUCK_MIN_ROWS = 3, 0.10, 20
@@ -64,7 +63,8 @@ class RewardHealthDetector(Detector):
         # source), the prompt stands in for it: a reward that never scores a prompt (no gold answer for an
         # advice question) does not apply to it, which is not the same as NaN on some rollouts of a prompt.
         # Everything but the evidence and the out-of-range rows comes from per-part statistics (`reward_stats`).
-        register_reward_stats(con, ctx.part_stats("reward_health"), scope_sql(ctx.config.max_step, ctx.config.split))
+        register_reward_stats(con, ctx.part_stats("reward_health"), ctx.store.root, ctx.config.max_step,
+                              ctx.config.split)
         con.execute(f"CREATE TEMP VIEW rl AS {RL_SQL}")
         findings: list[Finding] = []
         for check in (_non_finite, _nan, _constant_or_stuck, _out_of_range):
@@ -78,12 +78,15 @@ def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = N
     return [dict(zip(names, r)) for r in cur.fetchall()]
 
 
-def _evidence(con: duckdb.DuckDBPyConnection, signal: str, where: str, note: str, cells: str) -> list[Evidence]:
+def _evidence(con: duckdb.DuckDBPyConnection, signal: str, where: str, note: str, cells: str,
+              table: str = "rh_steps", only: str = "TRUE") -> list[Evidence]:
     """The first EVIDENCE rows of `signal` matching `where` (on `rl` as r), read only from the first steps whose
-    cells (`rh_cells` rows matching `cells`) hold enough of them."""
+    cells hold enough of them: rows of `table` (`rh_cells`, or `rh_steps` where `cells` is a sum of a step's
+    cells) matching `only` counted by `cells`."""
     steps, total = [], 0
-    for step, k in con.execute(f"""SELECT step, sum(k) FROM (SELECT step, {cells} AS k FROM rh_cells
-                                   WHERE signal = ?) WHERE k > 0 GROUP BY step ORDER BY step""", [signal]).fetchall():
+    for step, k in con.execute(f"""SELECT step, sum(k) FROM (SELECT step, {cells} AS k FROM {table}
+                                   WHERE signal = ? AND {only}) WHERE k > 0 GROUP BY step ORDER BY step""",
+                               [signal]).fetchall():
         steps.append(int(step))
         total += k
         if total >= EVIDENCE:
@@ -113,7 +116,7 @@ def _non_finite(con: duckdb.DuckDBPyConnection, run: str) -> list[Finding]:
     out = []
     for r in _rows(con, """
             SELECT signal, sum(inf) AS bad, sum(n) AS n, min(step) FILTER (WHERE inf > 0) AS first_step
-            FROM rh_cells GROUP BY signal HAVING sum(inf) > 0 ORDER BY signal"""):
+            FROM rh_steps GROUP BY signal HAVING sum(inf) > 0 ORDER BY signal"""):
         share = r["bad"] / r["n"]
         out.append(_finding(
             run, r["signal"], "non_finite", "high", f"reward signal {r['signal']} has infinite values",
@@ -124,15 +127,9 @@ def _non_finite(con: duckdb.DuckDBPyConnection, run: str) -> list[Finding]:
 
 
 def _nan(con: duckdb.DuckDBPyConnection, run: str) -> list[Finding]:
-    con.execute("""
-        CREATE TEMP TABLE cells AS
-        SELECT signal, condition, task, sum(n) AS n, sum(nan) AS nan, min(step) FILTER (WHERE nan > 0) AS first_step
-        FROM rh_cells GROUP BY ALL""")
     out = []
-    for r in _rows(con, f"""
-            SELECT signal, sum(nan) AS nan, sum(n) AS n, min(first_step) AS first_step
-            FROM cells WHERE n - nan >= {APPLIES_MIN} * n
-            GROUP BY signal HAVING sum(nan) > 0 ORDER BY signal"""):
+    for r in _rows(con, "SELECT signal, nan, n, first_step FROM rh_nan ORDER BY signal"):
+        register_cells(con)  # the cells, for the evidence (`rh_nan` is rolled up where it can be)
         share = r["nan"] / r["n"]
         severity = "high" if share >= 0.10 else "medium" if share >= 0.001 and r["nan"] >= 3 else "low"
         where = (f"isnan(r.value) AND EXISTS (SELECT 1 FROM cells c WHERE c.signal = r.signal AND "
@@ -146,14 +143,14 @@ def _nan(con: duckdb.DuckDBPyConnection, run: str) -> list[Finding]:
             _evidence(con, r["signal"], where, "NaN score",
                       f"CASE WHEN EXISTS (SELECT 1 FROM cells c WHERE c.signal = rh_cells.signal AND "
                       f"c.condition = rh_cells.condition AND c.task = rh_cells.task AND c.n - c.nan >= "
-                      f"{APPLIES_MIN} * c.n) THEN nan ELSE 0 END")))
+                      f"{APPLIES_MIN} * c.n) THEN nan ELSE 0 END", table="rh_cells")))
     return out
 
 
 def _constant_or_stuck(con: duckdb.DuckDBPyConnection, run: str) -> list[Finding]:
     per_step = _rows(con, """
         SELECT signal, step, min(lo) AS lo, max(hi) AS hi, sum(finite) AS n
-        FROM rh_cells GROUP BY signal, step HAVING sum(finite) > 0 ORDER BY signal, step""")
+        FROM rh_steps GROUP BY signal, step HAVING sum(finite) > 0 ORDER BY signal, step""")
     by_signal: dict[str, list[dict[str, Any]]] = {}
     for r in per_step:
         by_signal.setdefault(r["signal"], []).append(r)
@@ -238,13 +235,14 @@ def _out_of_range(con: duckdb.DuckDBPyConnection, run: str) -> list[Finding]:
     for signal, (n, lower, upper) in sorted(_bands(con).items()):
         # only steps where some cell's finite range crosses a bound can hold such rows: count them exactly there
         steps = [int(r[0]) for r in con.execute(
-            "SELECT step FROM rh_cells WHERE signal = ? GROUP BY step HAVING min(lo) < ? OR max(hi) > ?",
+            "SELECT step FROM rh_steps WHERE signal = ? GROUP BY step HAVING min(lo) < ? OR max(hi) > ?",
             [signal, lower, upper]).fetchall()]
         if not steps:
             continue
+        in_steps = ", ".join(map(str, steps))
         rows = _rows(con, f"""
             SELECT count(*) AS bad, min(step) AS first_step, min(value) AS lo, max(value) AS hi
-            FROM rl WHERE step IN ({", ".join(map(str, steps))}) AND signal = ? AND isfinite(value)
+            FROM rl WHERE step IN ({in_steps}) AND signal = ? AND isfinite(value)
               AND (value < ? OR value > ?)""", [signal, lower, upper])
         r = {**rows[0], "signal": signal, "n": n, "lower_bound": lower, "upper_bound": upper}
         if not r["bad"]:
@@ -259,6 +257,7 @@ def _out_of_range(con: duckdb.DuckDBPyConnection, run: str) -> list[Finding]:
             f"from step {r['first_step']}: a scale or parsing bug; each such score dominates its group's "
             "advantages.", share, r["bad"], r["first_step"],
             _evidence(con, r["signal"], f"isfinite(r.value) AND (r.value < {lo!r} OR r.value > {hi!r})",
-                      "out-of-range score", f"CASE WHEN lo < {lo!r} OR hi > {hi!r} THEN finite ELSE 0 END"),
+                      "out-of-range score", f"CASE WHEN lo < {lo!r} OR hi > {hi!r} THEN finite ELSE 0 END",
+                      table="rh_cells", only=f"step IN ({in_steps})"),
             bounds=[lo, hi], min=r["lo"], max=r["hi"]))
     return out

@@ -22,14 +22,19 @@ from __future__ import annotations
 
 import math
 
+from pathlib import Path
+
 import duckdb
 
-from ..partstats import PartStats, define
+from ..partstats import PartStats, define, scope_sql
 
 VERSION = 1
 GAMMA = 1.02
 ALPHA = (GAMMA - 1) / (GAMMA + 1)  # ~0.0099
 DISCRETE_MAX = 64
+#: a cell (signal, condition, task) applies where at least this share of its rows is not NaN (`reward_health`)
+APPLIES_MIN = 0.5
+APPLIES = f"n - nan >= {APPLIES_MIN} * n"
 
 #: one row per rollout and signal (a signal missing from a rollout's map did not score it: NaN)
 RL_COLUMNS = ("unnest(map_keys(rewards)) AS signal, coalesce(unnest(map_values(rewards)), 'NaN'::DOUBLE) AS value, "
@@ -80,18 +85,54 @@ SELECT _part, 2::TINYINT, split, step, signal, NULL, NULL, n, NULL, NULL, NULL, 
 KIND = define("reward_health", VERSION, PART_SQL, ("split", "step", "rewards", "condition", "task", "prompt"))
 
 
-def register_reward_stats(con: duckdb.DuckDBPyConnection, stats: PartStats, scope: str) -> None:
-    """Create the temp tables `rh_cells`, `rh_values` and `rh_sketch` (the kinds of the module doc, merged over
-    the run's parts `stats` (`part_stats` of `KIND`) within `scope`, a condition on split and step)."""
+def register_reward_stats(con: duckdb.DuckDBPyConnection, stats: PartStats, root: Path, max_step: int | None,
+                          split: str | None) -> None:
+    """Create, merged over the run's parts within the audit's scope (steps <= `max_step`, rows of `split`), the
+    temp tables
+    `rh_steps` (step, signal: rows `n`, `nan`, `inf`, `finite`, finite minimum `lo` and maximum `hi`),
+    `rh_values` and `rh_sketch` (the kinds 1 and 2 of the module doc, per signal), `rh_nan` (signal, `nan`, `n`,
+    `first_step` over the cells where the signal applies, for the signals with NaN there) and `rh_cells` (the
+    kind-0 rows: step, signal, condition, task, n, nan, inf, finite, lo, hi).
+
+    An audit of one split of the whole run (no `max_step`: the default) reads the run-level rollups of
+    `reward_rollup` and the parts added since (O(new parts)); `rh_cells` is then a view over the per-part rows,
+    read only for evidence. Other scopes merge every part's rows. `stats`: the run's `part_stats` of `KIND`;
+    `root`: the store's, for the rollups' spill directory."""
     stats.register(con, "rh_parts")
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE rh_cells AS
-        SELECT step, signal, condition, task, n, nan, inf, finite, lo, hi FROM rh_parts WHERE kind = 0 AND {scope}""")
+    scope = scope_sql(max_step, split)
+    cells = "SELECT step, signal, condition, task, n, nan, inf, finite, lo, hi FROM rh_parts WHERE kind = 0"
+    if max_step is None and split:
+        from .reward_rollup import register_rollup
+
+        register_rollup(con, stats, root, split)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW rh_cells AS {cells} AND {scope}")
+        return
+    con.execute(f"CREATE OR REPLACE TEMP TABLE rh_cells AS {cells} AND {scope}")
+    con.execute("""CREATE OR REPLACE TEMP TABLE rh_steps AS
+        SELECT step, signal, sum(n) AS n, sum(nan) AS nan, sum(inf) AS inf, sum(finite) AS finite, min(lo) AS lo,
+               max(hi) AS hi FROM rh_cells GROUP BY step, signal""")
     con.execute(f"""CREATE OR REPLACE TEMP TABLE rh_values AS
         SELECT signal, value, sum(n) AS n
         FROM rh_parts WHERE kind = 1 AND {scope} GROUP BY signal, value""")
     con.execute(f"""CREATE OR REPLACE TEMP TABLE rh_sketch AS
-        SELECT signal, {MID_SQL} AS mid, sum(n) AS n
-        FROM rh_parts WHERE kind = 2 AND {scope} GROUP BY signal, sgn, b""")
+        {sketch_sql(f"(SELECT signal, sgn, b, n FROM rh_parts WHERE kind = 2 AND {scope})")}""")
+    register_cells(con)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE rh_nan AS
+        SELECT signal, sum(nan) AS nan, sum(n) AS n, min(first_step) AS first_step
+        FROM cells WHERE {APPLIES} GROUP BY signal HAVING sum(nan) > 0""")
+
+
+def register_cells(con: duckdb.DuckDBPyConnection) -> None:
+    """The temp table `cells`: `rh_cells` summed per signal, condition and task, with the first step with NaN
+    (once per connection: an audit of the whole run needs it only for the evidence of a `nan` finding)."""
+    con.execute("""CREATE TEMP TABLE IF NOT EXISTS cells AS
+        SELECT signal, condition, task, sum(n) AS n, sum(nan) AS nan, min(step) FILTER (WHERE nan > 0) AS first_step
+        FROM rh_cells GROUP BY ALL""")
+
+
+def sketch_sql(buckets: str) -> str:
+    """The sketch's buckets `buckets` (signal, sgn, b, n) summed per signal and bucket, with their midpoints."""
+    return f"SELECT signal, {MID_SQL} AS mid, sum(n) AS n FROM {buckets} GROUP BY signal, sgn, b"
 
 
 def quantiles(con: duckdb.DuckDBPyConnection, qs: tuple[float, ...]) -> dict[str, dict[str, float]]:
