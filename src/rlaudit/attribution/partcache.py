@@ -771,17 +771,9 @@ def _evidence(ctx: _Ctx, it: Item, t: tr.Trace, groups: pa.Table, per_group: dic
         labels = tr.behavior_labels(mgroups, x, numeric)
         values = next(s.values for s in signals if s.name == top.signal)
         ukeys = np.unique(np.asarray(rows.column("_group").to_numpy(zero_copy_only=False)))
-        pairs = []
-        for k in keys:
-            g = int(np.searchsorted(ukeys, k))
-            lo, hi = mgroups.starts[g], mgroups.starts[g] + mgroups.sizes[g]
-            v, lab = values[lo:hi], labels[lo:hi]
-            with_ = np.flatnonzero((lab == 1) & np.isfinite(v))
-            without = np.flatnonzero((lab == 0) & np.isfinite(v))
-            if with_.size and without.size:
-                pairs.append((int(lo + with_[np.argmax(direction * v[with_])]),
-                              int(lo + without[np.argmin(direction * v[without])])))
-        t.evidence_rows = pairs
+        found = (tr.group_pair(values, labels, mgroups.starts[g], mgroups.starts[g] + mgroups.sizes[g], direction)
+                 for g in (int(np.searchsorted(ukeys, k)) for k in keys))
+        t.evidence_rows = [p for p in found if p is not None]
         return tr.evidence_for(con, frame, t, prepared=_Signals(signals))
 
 

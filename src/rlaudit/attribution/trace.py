@@ -953,16 +953,20 @@ def _evidence_rows(frame: Frame, groups: _Groups, labels: np.ndarray, per_group:
             candidates = in_cond
     chosen = np.flatnonzero(candidates)
     chosen = chosen[np.argsort(-frame.step[groups.starts[chosen]], kind="stable")][:n_pairs]
-    out = []
-    for g in chosen:
-        lo, hi = groups.starts[g], groups.starts[g] + groups.sizes[g]
-        v, lab = values[lo:hi], labels[lo:hi]
-        with_ = np.flatnonzero((lab == 1) & np.isfinite(v))
-        without = np.flatnonzero((lab == 0) & np.isfinite(v))
-        if with_.size and without.size:
-            out.append((int(lo + with_[np.argmax(direction * v[with_])]),
-                        int(lo + without[np.argmin(direction * v[without])])))
-    return out
+    pairs = (group_pair(values, labels, groups.starts[g], groups.starts[g] + groups.sizes[g], direction)
+             for g in chosen)
+    return [p for p in pairs if p is not None]
+
+
+def group_pair(values: np.ndarray, labels: np.ndarray, lo: int, hi: int, direction: int) -> tuple[int, int] | None:
+    """The evidence pair of the group of rows lo:hi: its rollout with the behaviour that `values` score highest
+    (lowest, `direction` -1) and its rollout without it that they score lowest (highest); None without both."""
+    v, lab = values[lo:hi], labels[lo:hi]
+    with_ = np.flatnonzero((lab == 1) & np.isfinite(v))
+    without = np.flatnonzero((lab == 0) & np.isfinite(v))
+    if not (with_.size and without.size):
+        return None
+    return int(lo + with_[np.argmax(direction * v[with_])]), int(lo + without[np.argmin(direction * v[without])])
 
 
 # ================================================================================================ verdicts
