@@ -149,7 +149,7 @@ def cached(terms: Path, part: str, listing: set[str] | None = None) -> dict[str,
     """The cached cell tables (kind -> file) of a part whose term sets are cached at `terms`, or None when any
     is missing. `listing`: the names in their directory (`cell_dir`), listed once by a caller that asks for
     every part (a long run's thousands of parts: one listing instead of three stats per part)."""
-    d = cell_dir(terms)
+    d = cell_dir(terms.parent)
     names = {kind: f"{_stem(part)}.{kind}.parquet" for kind in KINDS}
     if listing is None:
         present = all((d / n).is_file() for n in names.values())
@@ -158,14 +158,14 @@ def cached(terms: Path, part: str, listing: set[str] | None = None) -> dict[str,
     return {kind: d / n for kind, n in names.items()} if present else None
 
 
-def cell_dir(terms: Path) -> Path:
-    """Where the cell tables of parts whose term sets are cached beside `terms` (one such file) are cached:
-    under the same vocabulary id (`derived/termcells/<vocab id>-v<VERSION>/`)."""
-    return terms.parent.parent.parent / "termcells" / f"{terms.parent.name}-v{VERSION}"
+def cell_dir(term_sets_dir: Path) -> Path:
+    """Where the cell tables of the parts whose term sets are cached in `term_sets_dir` are cached: under the
+    same vocabulary id (`derived/termcells/<vocab id>-v<VERSION>/`)."""
+    return term_sets_dir.parent.parent / "termcells" / f"{term_sets_dir.name}-v{VERSION}"
 
 
 def _cell_file(terms: Path, part: str, kind: str) -> Path:
-    return cell_dir(terms) / f"{_stem(part)}.{kind}.parquet"
+    return cell_dir(terms.parent) / f"{_stem(part)}.{kind}.parquet"
 
 
 def keep(store: Store, part: str, terms: Path | pa.Table, tables: dict[str, pa.Table]) -> dict[str, Any]:

@@ -253,7 +253,7 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
     from . import termcells  # termcells builds on this module
 
     # each cache directory listed once (a long run has thousands of parts: not five stats per part)
-    cdir = termcells.cell_dir(vdir / "x")
+    cdir = termcells.cell_dir(vdir)
     listed = {d: set(os.listdir(d)) if persist and d.is_dir() else set() for d in (vdir, cdir)}
     for path in parts:
         if path.name not in done and persist:

@@ -98,7 +98,7 @@ class TrainingHealthDetector(Detector):
         # given for this audit changes the lengths: then from the rollouts
         cached = tokenizer is None and max_tokens is None and self.use_cache
         if cached:
-            register_training_stats(con, ctx.part_stats("training_health"), scope_sql(ctx.config.max_step, ctx.config.split),
+            register_training_stats(con, ctx.part_stats("training_health"), ctx.scope_sql(),
                                     scope_sql(ctx.config.max_step, None))
         steps = [int(r[0]) for r in con.execute(
             f"SELECT DISTINCT step FROM {'ts_cells' if cached else 'rollouts'} ORDER BY step").fetchall()]

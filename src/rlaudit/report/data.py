@@ -99,12 +99,13 @@ def fetch_rollouts(store: Store | None, run: str, rollout_ids: Sequence[str], te
     texts = ", ".join(f"left({c}, {int(text_cap)}) AS {c}, length({c}) AS {c}_len" for c in _TEXT_COLUMNS)
     where = "rollout_id IN (SELECT unnest(?::VARCHAR[]))"
     params: list[Any] = [ids]
-    if steps:
+    cited = sorted({int(s) for s in steps}) if steps else None
+    if cited:
         where = f"step IN (SELECT unnest(?::BIGINT[])) AND {where}"
-        params.insert(0, sorted({int(s) for s in steps}))
+        params.insert(0, cited)
     sql = (f"SELECT rollout_id, step, condition, task, group_id, {texts}, rewards, reward, advantage, "
            f"grader_inputs FROM rollouts WHERE {where}")
-    rows = store.query(sql, params, runs=[run], steps=sorted({int(s) for s in steps}) if steps else None).to_pylist()
+    rows = store.query(sql, params, runs=[run], steps=cited).to_pylist()
     out = {}
     for row in rows:
         for key in ("rewards", "grader_inputs"):  # Arrow maps arrive as lists of (key, value) pairs
