@@ -41,6 +41,7 @@ import math
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,15 @@ from .. import segments
 from ..behaviors import Behavior
 from ..layout import view_columns
 from ..partstats import define, part_stats
+from ..memory import workers
 from ..store import Store, bound_memory, prune_cached, sql_list, sql_string, write_cached
 from . import trace as tr
 
 VERSION = 1
+#: parts read and computed together (`_Ctx.ensure`)
+BATCH_PARTS = 16
+#: bytes a batch holds per rollout while its tables are computed (its columns, the sort and the per-signal arrays)
+_BYTES_PER_ROW = 2_000
 #: per part, split and step: what `load_frames` counts before it reads any rollout (the step sample, the
 #: comparison key, the signals), so that those decisions need no scan of the run
 META_SQL = """
@@ -118,7 +124,7 @@ def traces(store: Store, run: str, con: duckdb.DuckDBPyConnection, max_step: int
     order = _scan_order(parts, layouts)
     needed = [p for p in order if step_of_part.get(p.stem, set()) & kept]
     ctx = _Ctx(store, run, split, key, outcome_signals, specs, layouts, counts["n_reward"] > 0,
-               counts["n_adv"] > 0, meta["part_signals"])
+               counts["n_adv"] > 0, meta["part_signals"], meta["part_rows"])
     ctx.ensure(needed)  # every needed part's tables of every behaviour (computed for the parts not cached)
     out = []
     for i, it in enumerate(specs):
@@ -168,6 +174,7 @@ def _meta(store: Store, run: str, max_step: int | None, split: str | None) -> di
     cols = {c: t.column(c).to_pylist() for c in t.column_names}
     part_steps: dict[str, set[int]] = {}
     part_signals: dict[str, set[str]] = {}
+    part_rows: dict[str, int] = {}  # in the split, at any step: what `_Ctx._read` reads of the part
     owner: dict[int, str] = {}
     out: dict[str, Any] = {k: {} for k in _COUNTS}
     out["signals"] = {}
@@ -177,6 +184,8 @@ def _meta(store: Store, run: str, max_step: int | None, split: str | None) -> di
             return None  # one step in two parts: its groups may span them
         if signal is not None:
             part_signals.setdefault(stem, set()).add(signal)
+        else:
+            part_rows[stem] = part_rows.get(stem, 0) + int(cols["n"][i])
         if max_step is not None and step > max_step:
             continue
         if signal is not None:
@@ -188,7 +197,7 @@ def _meta(store: Store, run: str, max_step: int | None, split: str | None) -> di
     if not sum(out["n"].values()):
         return None
     steps = np.array(sorted(out["n"]), np.int64)
-    return {**out, "part_steps": part_steps, "part_signals": part_signals, "steps": steps,
+    return {**out, "part_steps": part_steps, "part_signals": part_signals, "part_rows": part_rows, "steps": steps,
             "rows": np.array([out["n"][s] for s in steps.tolist()], np.int64)}
 
 
@@ -213,9 +222,11 @@ class _Ctx:
     its groups in `<part>.<weights>.parquet` instead."""
 
     def __init__(self, store: Store, run: str, split: str | None, key: str, outcome: list[str], items: list[Item],
-                 layouts: dict[str, int], has_reward: bool, has_adv: bool, signals: dict[str, set[str]]) -> None:
+                 layouts: dict[str, int], has_reward: bool, has_adv: bool, signals: dict[str, set[str]],
+                 rows: dict[str, int]) -> None:
         self.store, self.split, self.key, self.outcome, self.items = store, split, key, outcome, items
         self.layouts, self.has_reward, self.has_adv, self.signals = layouts, has_reward, has_adv, signals
+        self.rows = rows  # per part, its rollouts in the split (the memory of a batch)
         self.persist = getattr(store, "persist_derived", True)
         self.root = store.run_dir(run) / "derived" / "attribution" / f"v{VERSION}-duckdb{duckdb.__version__}"
         self.dirs = [self.root / _digest([it.behavior.spec, it.where, it.direction, split, key, sorted(outcome),
@@ -239,27 +250,43 @@ class _Ctx:
 
     def ensure(self, parts: list[Path], weights: dict[str, Any] | None = None,
                tags: dict[str, str] | None = None) -> None:
-        """Compute the tables of the parts not cached (with `weights`: the weight-keyed groups), 16 parts per
-        read and computation (the groups of different parts are independent, so a batch gives each part's
-        values; one computation per part would cost more in overhead than the work)."""
+        """Compute the tables of the parts not cached (with `weights`: the weight-keyed groups), BATCH_PARTS parts
+        per read and computation (the groups of different parts are independent, so a batch gives each part's
+        values; one computation per part would cost more in overhead than the work). Batches run in
+        `memory.workers` threads, each writing its own parts' files: most of a batch is numpy and Arrow work
+        that releases the GIL, and one thread left the second core idle for most of a cold attribution."""
         todo = []
         for p in parts:
             miss = [i for i in range(len(self.items))
                     if self._entry(i, p.stem, tags[p.stem] if weights is not None else "") is None]
             if miss:
                 todo.append((p, miss))
-        for lo in range(0, len(todo), 16):
-            batch = todo[lo:lo + 16]
-            miss = sorted({i for _, m in batch for i in m})
-            signals = sorted(set().union(*(self.signals.get(p.stem, set()) for p, _ in batch)))
-            table = self._read([p for p, _ in batch], signals)
-            tables = part_tables(table, miss, [self.items[i] for i in miss], signals, self.outcome, weights)
-            for i, t in zip(miss, tables):
-                part_col = t.column("part")
-                for part, m in batch:
-                    if i in m:
-                        own = t.filter(pc.equal(part_col, part.stem))
-                        self._keep(i, part.stem, own, tags[part.stem] if weights is not None else "")
+        batches = [todo[lo:lo + BATCH_PARTS] for lo in range(0, len(todo), BATCH_PARTS)]
+        if not batches:
+            return
+        rows = max((self.rows.get(p.stem, 0) for p, _ in todo), default=0) * BATCH_PARTS
+        n = min(len(batches), workers(max(rows, 1) * _BYTES_PER_ROW))
+        if n <= 1:
+            for batch in batches:
+                self._compute(batch, weights, tags)
+            return
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            for _ in pool.map(lambda b: self._compute(b, weights, tags), batches):
+                pass
+
+    def _compute(self, batch: list[tuple[Path, list[int]]], weights: dict[str, Any] | None,
+                 tags: dict[str, str] | None) -> None:
+        """Read one batch of parts, compute the tables of the behaviours it misses and keep each part's."""
+        miss = sorted({i for _, m in batch for i in m})
+        signals = sorted(set().union(*(self.signals.get(p.stem, set()) for p, _ in batch)))
+        table = self._read([p for p, _ in batch], signals)
+        tables = part_tables(table, miss, [self.items[i] for i in miss], signals, self.outcome, weights)
+        for i, t in zip(miss, tables):
+            part_col = t.column("part")
+            for part, m in batch:
+                if i in m:
+                    own = t.filter(pc.equal(part_col, part.stem))
+                    self._keep(i, part.stem, own, tags[part.stem] if weights is not None else "")
 
     def _read(self, parts: list[Path], signals: list[str]) -> pa.Table:
         """The rows of `parts` in the audit's split, in scan order, with the columns `part_tables` needs
