@@ -205,3 +205,27 @@ def test_registered_rows_name_their_part_when_asked(store, monkeypatch):
     stats = partstats.part_stats(store, "r", "run_stats")
     assert len(stats.tables) == 5 and not stats.files and stats.combined is None
     assert stems(stats) == want
+
+
+def test_batches_computed_by_two_threads_equal_one_thread(tmp_path, monkeypatch):
+    """Batches computed ahead by worker threads (`_computed`) are written in the run's part order, and every kind's
+    rows equal those of one thread and of the kind computed alone in memory."""
+    import pyarrow.parquet as pq
+
+    from rlaudit.store import Store
+
+    monkeypatch.setattr(partstats, "COMPACT_AT", 3)
+    kinds = ("run_stats", "reward_health", "training_health")
+    got = {}
+    for threads in ("1", "2"):
+        monkeypatch.setenv("RLAUDIT_THREADS", threads)
+        store = Store(tmp_path / f"s{threads}")
+        for step in range(1, 12):
+            store.append("r", canonical_table(_rows(step, 5 + step % 3, "a")), key=f"s{step:02d}")
+        stats = partstats.part_stats(store, "r", kinds[0], also=kinds[1:], batch=2)
+        stems = pq.read_table(stats.combined).column("_stem").to_pylist()
+        assert list(dict.fromkeys(stems)) == [p.stem for p in store.parts("r")]
+        got[threads] = {k: _rows_of(partstats.part_stats(store, "r", k), k) for k in kinds}
+        store.persist_derived = False
+        assert got[threads] == {k: _rows_of(partstats.part_stats(store, "r", k), k) for k in kinds}
+    assert got["1"] == got["2"] and all(got["1"].values())

@@ -26,11 +26,14 @@ the kind asked for is computed).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +57,9 @@ _STEMS = b"rlaudit_stems"
 #: statistics files (as this module did before `_Combined`) took ~750 MB more: generalization peaked at 2,324 MB,
 #: and at 1,551 MB with this cap.
 COMPACT_MEMORY = 256 << 20
+#: what one thread computing a batch of parts holds (its DuckDB connection's working set and the batch's tables):
+#: what `memory.workers` weighs against the memory budget (`_computed`)
+BATCH_MEMORY = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -172,20 +178,19 @@ def part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[s
     own = caches[name]
     tables: list[pa.Table] = []  # `name`'s tables that are not in a file
     table_stems: list[str] = []  # their parts
-    for lack, lacking in todo.items():
-        for i in range(0, len(lacking), batch):
-            computed = _compute(lacking[i:i + batch], layouts, [KINDS[k] for k in lack], store.root)
-            for what, per_part in computed.items():
-                if what in writers and writers[what].add(per_part):
-                    continue
-                for part, table in per_part:
-                    written = write_cached(caches[what].path / f"{part.stem}.parquet", table, compression="zstd") \
-                        if persist else table
-                    if what == name and isinstance(written, Path):
-                        own.files.append(written)
-                    elif what == name:
-                        tables.append(written)
-                        table_stems.append(part.stem)
+    jobs = [(lack, lacking[i:i + batch]) for lack, lacking in todo.items() for i in range(0, len(lacking), batch)]
+    for computed in _computed(jobs, layouts, store.root):
+        for what, per_part in computed.items():
+            if what in writers and writers[what].add(per_part):
+                continue
+            for part, table in per_part:
+                written = write_cached(caches[what].path / f"{part.stem}.parquet", table, compression="zstd") \
+                    if persist else table
+                if what == name and isinstance(written, Path):
+                    own.files.append(written)
+                elif what == name:
+                    tables.append(written)
+                    table_stems.append(part.stem)
     for writer in writers.values():
         writer.finish()
     if name in writers and writers[name].lost:  # the combined file could not be written: keep them in memory
@@ -302,10 +307,35 @@ def _combined_stems(path: Path) -> set[str]:
     return set(json.loads(meta.get(_STEMS, b"[]")))
 
 
+def _computed(jobs: list[tuple[tuple[str, ...], list[Path]]], layouts: dict[str, int], root: Path
+              ) -> Iterator[dict[str, list[tuple[Path, pa.Table]]]]:
+    """`_compute` of each job (the kinds a batch of parts lacks, the parts), in order. Where a second core and
+    the memory budget allow, `memory.workers` threads compute the next batches while the caller writes the last
+    one's tables (DuckDB and Arrow release the GIL; one batch at a time left a core idle for a third of a cold
+    run's statistics), each connection with its share of DuckDB's memory limit; at most one batch per thread
+    waits to be written, so memory stays bounded by the thread count, not the run."""
+    from .memory import duckdb_limit, workers
+
+    n = min(len(jobs), workers(BATCH_MEMORY))
+    if n <= 1:
+        for lack, parts in jobs:
+            yield _compute(parts, layouts, [KINDS[k] for k in lack], root)
+        return
+    share = duckdb_limit() // n
+    with ThreadPoolExecutor(n, thread_name_prefix="partstats") as pool:
+        pending: collections.deque[Future[dict[str, list[tuple[Path, pa.Table]]]]] = collections.deque()
+        for lack, parts in jobs:
+            pending.append(pool.submit(_compute, parts, layouts, [KINDS[k] for k in lack], root, share))
+            if len(pending) > n:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
 def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind],
-             root: Path) -> dict[str, list[tuple[Path, pa.Table]]]:
+             root: Path, memory: int | None = None) -> dict[str, list[tuple[Path, pa.Table]]]:
     """Read `parts` once (the columns `kinds` need) into a DuckDB table `src`, run each kind's query on it and
-    split every result by part."""
+    split every result by part. `memory`: the connection's memory limit, below DuckDB's usual one."""
     columns = [f'"{c}"' for c in ROLLOUT_SCHEMA.names if any(c in k.columns for k in kinds)]
     columns += dict.fromkeys(c for k in kinds for c in k.columns if c not in ROLLOUT_SCHEMA.names)
     cols = ", ".join(columns)
@@ -323,7 +353,7 @@ def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind],
     out: dict[str, list[tuple[Path, pa.Table]]] = {}
     with duckdb.connect() as con:
         con.execute("SET enable_progress_bar = false")
-        bound_memory(con, root)
+        bound_memory(con, root, at_most=memory)
         if not selects:
             con.register("_empty", ROLLOUT_SCHEMA.empty_table())
             selects = [f"SELECT {cols}, 0 AS _part FROM _empty"]
