@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -363,11 +364,19 @@ def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind],
         con.execute(f"CREATE {what} src AS {' UNION ALL '.join(selects)}")
         for k in kinds:
             result = con.sql(k.sql).to_arrow_table()
-            part_col = result.column("_part")
-            result = result.drop_columns(["_part"])
-            out[k.name] = ([(p, result.filter(pc.equal(part_col, i))) for i, p in enumerate(order)] if parts
-                           else [(Path(), result)])
+            out[k.name] = _by_part(result, order) if parts else [(Path(), result.drop_columns(["_part"]))]
     return out
+
+
+def _by_part(result: pa.Table, order: list[Path]) -> list[tuple[Path, pa.Table]]:
+    """Each part's rows of `result` (`_part`: the part's index in `order`), in their order in `result`: one
+    stable sort and a slice per part (a filter per part cost O(parts x rows) per batch)."""
+    part = np.asarray(result.column("_part").to_numpy(), np.int64)
+    by = np.argsort(part, kind="stable")
+    rows = result.drop_columns(["_part"]).take(pa.array(by))
+    counts = np.bincount(part, minlength=len(order))
+    starts = np.cumsum(counts) - counts
+    return [(p, rows.slice(int(starts[i]), int(counts[i]))) for i, p in enumerate(order)]
 
 
 def scope_sql(max_step: int | None, split: str | None) -> str:
