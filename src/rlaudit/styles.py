@@ -1,8 +1,8 @@
 """Per-rollout style features of the term sets (`tokens._compute_parts`) that a regex pass per row made costly.
 
 The term sets hold `Behavior.sql`'s value of every style feature (`behaviors.STYLE_FEATURES`) for the answer and
-the reasoning of each rollout. Most are cheap in DuckDB (a literal search, a length); three kinds are not, and
-are computed here to the same values:
+the reasoning of each rollout. Most are cheap in DuckDB (a literal search, a length); these are not, and are
+computed here to the same values:
 
 - `NON_ASCII_STYLES` (emoji, language switch): only non-ASCII characters show them, so the exact RE2 pattern
   runs on the non-ASCII texts only (`non_ascii_style`); an ASCII or missing text is 0.
