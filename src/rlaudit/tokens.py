@@ -15,8 +15,9 @@ Derived data (`TermSets`):
   qualified before the cut is stored (`n_qualified`): discovery counts them all as tested hypotheses.
 - per part, `terms`: one row per rollout with its scope keys (step, split, condition, task, group, a hash of
   the prompt), style features of answer and reasoning (`answer__exclamation`, `reasoning__length`, ...;
-  the same SQL as `Behavior.sql`, so values agree with `style:NAME` specs) and the *distinct* candidate term
-  ids found in the answer and in the reasoning (`answer_terms`, `reasoning_terms`). An occurrence does not
+  the values of `Behavior.sql`, so they agree with `style:NAME` specs: most in that SQL, the costly ones to the
+  same values by `rlaudit.styles`, the length from the token count) and the *distinct* candidate term ids
+  found in the answer and in the reasoning (`answer_terms`, `reasoning_terms`). An occurrence does not
   count when the same n-gram, or its key token (its rarest word: "zebra" of "the zebra"), occurs in the
   rollout's prompt (copying the question is not a tic); and `counts`: per step the rollouts containing each
   term and those whose prompt holds it (`term_step_counts`), so that prevalences can be computed among the
@@ -53,7 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import kernels, segments
+from . import kernels, segments, styles
 from .behaviors import STYLE_FEATURES, TOKEN_PATTERN, parse_behavior
 from .layout import view_columns
 from .cot.shingles import splitmix64
@@ -65,6 +66,8 @@ VOCAB = "term-vocab"
 ROLLOUT_TERMS = "rollout-terms"
 
 _TOKENS = TOKEN_PATTERN.replace("'", "''")
+#: style features not computed in the term sets' SQL: the token count (`tokhash`), and those of `rlaudit.styles`
+_NOT_SQL = ("length", *styles.NON_ASCII_STYLES, *styles.BYTE_STYLES)
 #: `termcells.CELL` over the stored parts' columns (the prompt's key as in the term sets)
 _CELL = "hash(step, split, task, condition, hash(coalesce(prompt, '')))"
 
@@ -283,6 +286,7 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
     _matcher(vocab)  # built once, before the threads share it
     if missing and kernels.use_numba():
         kernels.compiled()  # compiled (or loaded from numba's cache) once, before the threads
+        styles.compiled()
 
     def compute(batch: list[Path]) -> list[tuple[Path, dict[str, Any], dict[str, Any]]]:
         result = _compute_parts(batch, layouts.get(batch[0].name, 1), vocab, options, with_cells=True)
@@ -722,7 +726,7 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
                 f"FROM read_parquet({sql_list([str(p) for p in paths])}, filename = true)")
     m = _matcher(vocab)
     style = [f"{parse_behavior(f'style:{name}').sql(where)} AS {col}"
-             for col, where, name in style_columns() if name != "length" and name not in NON_ASCII_STYLES]
+             for col, where, name in style_columns() if name not in _NOT_SQL]
     # rid: a key unique within the run (64-bit hash of rollout id and step), so term sets of parts computed
     # separately can be read together. Texts are tokenised and hashed in numpy (`tokhash.token_hashes`).
     r = con.sql(f"""
@@ -738,8 +742,10 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     hashed = {where: token_hashes(r.column(where)) for where in WHERES}
     for where in WHERES:  # the length feature is the token count (`style:length`)
         r = r.append_column(f"{where}__length", pa.array(np.diff(hashed[where][1]).astype(np.float64)))
-        for name in NON_ASCII_STYLES:
-            r = r.append_column(f"{where}__{name}", _non_ascii_style(r.column(where), name))
+        for name in styles.NON_ASCII_STYLES:
+            r = r.append_column(f"{where}__{name}", styles.non_ascii_style(r.column(where), name))
+        for name, values in styles.byte_styles(r.column(where)).items():
+            r = r.append_column(f"{where}__{name}", values)
     n = r.num_rows
     p_keys = np.asarray(prompts.column("prompt_key").to_numpy(), np.uint64)
     prompt_idx = np.searchsorted(p_keys, np.asarray(r.column("prompt_key").to_numpy(), np.uint64)).astype(np.int64)
@@ -904,28 +910,6 @@ def _empty_counts() -> pa.Table:
     return pa.table({"where": pa.array([], pa.string()), "term_id": pa.array([], pa.int32()),
                      "step": pa.array([], pa.int64()), "split": pa.array([], pa.string()),
                      "x": pa.array([], pa.int64()), "m": pa.array([], pa.int64())})
-
-
-#: style features that only non-ASCII characters show (emoji, scripts other than Latin): computed with the same
-#: RE2 pattern on the non-ASCII texts only (`_non_ascii_style`); an ASCII or missing text is 0, as in the SQL
-NON_ASCII_STYLES = ("emoji", "language_switch")
-
-
-def _non_ascii_style(texts: pa.ChunkedArray | pa.Array, name: str) -> pa.Array:
-    """`Behavior.sql` of the style feature `name` (in NON_ASCII_STYLES) over `texts`, skipping ASCII texts."""
-    if isinstance(texts, pa.ChunkedArray):
-        texts = texts.combine_chunks()
-    valid = np.asarray(texts.is_valid().to_numpy(zero_copy_only=False), bool)
-    ascii_ = np.asarray(pc.fill_null(pc.string_is_ascii(texts), True).to_numpy(zero_copy_only=False), bool)
-    out = np.zeros(len(texts))
-    todo = np.flatnonzero(valid & ~ascii_)
-    if len(todo):
-        pattern = parse_behavior(f"style:{name}").pattern
-        hit = pc.match_substring_regex(texts.take(pa.array(todo)), pattern)
-        out[todo] = np.asarray(hit.to_numpy(zero_copy_only=False), np.float64)
-    return pa.array(out)
-
-
 
 
 def register(con: duckdb.DuckDBPyConnection, tables: Iterable[tuple[str, pa.Table]]) -> None:

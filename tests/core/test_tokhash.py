@@ -73,18 +73,3 @@ def test_distinct_strings_hash_apart(words: list[str]) -> None:
     folded = [w.translate({c: c + 32 for c in range(65, 91)}) for w in words]
     h = tokhash.string_hashes(pa.array(words))
     assert len(set(h.tolist())) == len(set(folded))
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.one_of(_TEXT, st.none()), min_size=1, max_size=12))
-def test_non_ascii_styles_equal_their_sql(texts: list[str | None]) -> None:
-    """The emoji and language-switch features, computed on non-ASCII texts only, equal `Behavior.sql`."""
-    from rlaudit.behaviors import parse_behavior
-    from rlaudit.tokens import NON_ASCII_STYLES, _non_ascii_style
-
-    arr = pa.array(texts, pa.string())
-    with duckdb.connect() as con:
-        con.register("x", pa.table({"t": arr}))
-        for name in NON_ASCII_STYLES:
-            want = [r[0] for r in con.execute(f"SELECT {parse_behavior(f'style:{name}').sql('t')} FROM x").fetchall()]
-            assert _non_ascii_style(arr, name).to_pylist() == want

@@ -472,9 +472,10 @@ def _preload_kernels() -> None:
     heavy audit in a background thread would otherwise import numba and load them there, holding the GIL for
     about half a second (several on a loaded machine) in the middle of a training step. A process audit loads
     them in its own interpreter."""
-    from .. import kernels
+    from .. import kernels, styles
     from ..cot import kernels as cot_kernels
 
     if kernels.use_numba():
         kernels.compiled()
+        styles.compiled()  # the term sets' list and shouting features
         cot_kernels.compiled()  # the CoT scan's hashing

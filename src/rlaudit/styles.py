@@ -1,0 +1,186 @@
+"""Per-rollout style features of the term sets (`tokens._compute_parts`) that a regex pass per row made costly.
+
+The term sets hold `Behavior.sql`'s value of every style feature (`behaviors.STYLE_FEATURES`) for the answer and
+the reasoning of each rollout. Most are cheap in DuckDB (a literal search, a length); these are not, and are
+computed here to the same values:
+
+- `NON_ASCII_STYLES` (emoji, language switch): only non-ASCII characters show them, so the exact RE2 pattern
+  runs on the non-ASCII texts only (`non_ascii_style`); an ASCII or missing text is 0.
+- `BYTE_STYLES` (list, shouting): their RE2 patterns cost ~0.4 CPU s per 200k rollouts (two regex passes over
+  every text, answer and reasoning: ~2 CPU s of a cold 1M audit). With numba (`rlaudit.kernels.use_numba`) one
+  compiled loop over each text's UTF-8 bytes decides them (`byte_styles`); without it Arrow runs the same RE2
+  pattern (`Behavior.values`).
+
+Why a byte loop is exact for every valid UTF-8 text, not only ASCII ones: in RE2 (DuckDB's and Arrow's engine)
+every class these patterns use is ASCII: `\\s` is [\\t\\n\\f\\r ] (not \\v, not U+0085, U+00A0 or U+2028), `\\S`
+any other character, `\\d` [0-9], `\\b` a boundary between an ASCII word byte [0-9A-Za-z_] and anything else
+(an accented letter is a non-word character: "ÉCOLE" shouts), `[A-Z]` ASCII, and `(?m)^` matches at the text's
+start and after "\\n" only (not after "\\r"). A non-ASCII character is therefore, byte by byte, a run of bytes
+>= 0x80 that are none of these, and "a \\S character starts here" is "the byte here is not one of [\\t\\n\\f\\r ]".
+The one non-ASCII character named, the bullet U+2022, is the bytes E2 80 A2; E2 only ever starts a character, so
+the three bytes are that character wherever they occur. tests/core/test_styles.py checks both paths against
+DuckDB's `regexp_matches` on generated text with the characters that matter (line breaks, \\v, bullets, digits
+before "." or ")", capitals beside digits, underscores and accented letters).
+
+The patterns, read as byte scans (`_byte_styles`):
+
+- list `(?m)^\\s*(?:[-*\\x{2022}]|\\d+[.)])\\s+\\S`: from a line start, skip whitespace (which may cross line
+  breaks: every line start it crosses leads to the same first non-whitespace byte); there a marker ("-", "*",
+  the bullet, or digits then "." or ")"), then at least one whitespace byte, and a non-whitespace byte after
+  that whitespace run (the text must not end in it).
+- shouting `\\b[A-Z]{4,}\\b`: some maximal run of ASCII word bytes is 4 or more capitals and nothing else.
+"""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import kernels
+from .behaviors import parse_behavior
+from .tokhash import _buffers
+
+#: style features that only non-ASCII characters show (emoji, scripts other than Latin)
+NON_ASCII_STYLES = ("emoji", "language_switch")
+#: style features computed by the byte loop where numba is installed (see module doc)
+BYTE_STYLES = ("list", "shouting")
+
+# byte classes as uint8 0/1 (numba reads a bool table slower: a widening per byte)
+_WS = np.zeros(256, np.uint8)  # RE2's \s
+for _c in b"\t\n\x0c\r ":
+    _WS[_c] = 1
+_WORD = np.zeros(256, np.uint8)  # RE2's \w, the sides of \b
+for _c in b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_":
+    _WORD[_c] = 1
+_UPPER = np.zeros(256, np.uint8)
+_UPPER[ord("A"):ord("Z") + 1] = 1
+_DIGIT = np.zeros(256, np.uint8)
+_DIGIT[ord("0"):ord("9") + 1] = 1
+
+_1, _2, _3, _4 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)
+
+_compiled: SimpleNamespace | None = None
+_lock = threading.Lock()
+
+
+def non_ascii_style(texts: pa.ChunkedArray | pa.Array, name: str) -> pa.Array:
+    """`Behavior.sql` of the style feature `name` (in NON_ASCII_STYLES) over `texts`, skipping ASCII texts."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks()
+    valid = np.asarray(texts.is_valid().to_numpy(zero_copy_only=False), bool)
+    ascii_ = np.asarray(pc.fill_null(pc.string_is_ascii(texts), True).to_numpy(zero_copy_only=False), bool)
+    out = np.zeros(len(texts))
+    todo = np.flatnonzero(valid & ~ascii_)
+    if len(todo):
+        pattern = parse_behavior(f"style:{name}").pattern
+        hit = pc.match_substring_regex(texts.take(pa.array(todo)), pattern)
+        out[todo] = np.asarray(hit.to_numpy(zero_copy_only=False), np.float64)
+    return pa.array(out)
+
+
+def byte_styles(texts: pa.ChunkedArray | pa.Array) -> dict[str, pa.Array]:
+    """{name: float64 values} of the BYTE_STYLES over `texts`, equal to `Behavior.sql` / `Behavior.values`
+    (1.0 present, 0.0 absent; a null text is ""). Compiled where numba is installed, else Arrow's RE2."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks() if texts.num_chunks != 1 else texts.chunk(0)
+    texts = pc.fill_null(texts, "")
+    if not kernels.use_numba():
+        return {name: pa.array(parse_behavior(f"style:{name}").values(texts)) for name in BYTE_STYLES}
+    data, offsets = _buffers(texts)
+    flags = compiled().byte_styles(np.ascontiguousarray(data, np.uint8), np.ascontiguousarray(offsets, np.int64),
+                                   _WS, _WORD, _UPPER, _DIGIT)
+    return {name: pa.array(flags[:, i].astype(np.float64)) for i, name in enumerate(BYTE_STYLES)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernel source: plain Python over numpy arrays, compiled by `compiled()`.
+
+def _list_from(data, i, e, ws, digit):
+    """(found, next) for the line start i of a text ending at e: whether a list item starts there, and the first
+    byte not yet ruled out (line starts at or before `next` lead to the same first non-whitespace byte, so need
+    no check; `next` = e when the text ends in whitespace after a marker, where no later line start can match).
+    Positions are uint64, and so is every operand of their arithmetic (numba widens uint64 op int64 to float64)."""
+    while i < e and ws[data[i]]:  # \s* (line breaks included)
+        i += _1
+    if i == e:
+        return False, i
+    b = data[i]
+    m = e  # just past the marker (e: no marker)
+    if b == 45 or b == 42:  # "-", "*"
+        m = i + _1
+    elif b == 0xE2:  # U+2022 is E2 80 A2
+        if i + _2 < e and data[i + _1] == 0x80 and data[i + _2] == 0xA2:
+            m = i + _3
+    elif digit[b]:
+        j = i + _1
+        while j < e and digit[data[j]]:
+            j += _1
+        if j < e and (data[j] == 46 or data[j] == 41):  # ".", ")"
+            m = j + _1
+    if m < e and ws[data[m]]:  # \s+ then \S
+        j = m + _1
+        while j < e and ws[data[j]]:
+            j += _1
+        return j < e, e
+    return False, i
+
+
+def _byte_styles(data, offsets, ws, word, upper, digit):
+    """(n_texts, 2) uint8: per text, whether it has a list and an all-caps word (see module doc).
+
+    Shouting in one pass over the text's bytes without a branch per byte (word ends are unpredictable, and a
+    mispredicted branch cost more than a byte's work: 3.2 -> 1.0 ns per byte): `run` counts the capitals just
+    seen, `bad` is 1 when the current run of word bytes holds a non-capital, and a non-word byte (or the text's
+    end) closes the run. The same pass notes whether the text has a line break; the list test runs at the text's
+    start and, in texts with line breaks, after each line break not yet ruled out (`_list_from`)."""
+    n = len(offsets) - 1
+    out = np.zeros((n, 2), np.uint8)
+    zero = np.uint64(0)
+    for t in range(n):
+        s, e = np.uint64(offsets[t]), np.uint64(offsets[t + 1])
+        hit, run, bad, breaks = zero, zero, zero, zero
+        for j in range(s, e):
+            b = data[j]
+            w, u = np.uint64(word[b]), np.uint64(upper[b])
+            hit |= (w ^ _1) & np.uint64(run >= _4) & (bad ^ _1)
+            run = (run + _1) & (zero - u)
+            bad = (bad | (w ^ u)) & w
+            breaks |= np.uint64(b == 10)
+        found, ruled = _list_from(data, s, e, ws, digit)
+        j = ruled
+        while breaks and not found and j < e:  # the next line break not ruled out
+            if data[j] == 10:
+                found, ruled = _list_from(data, j + _1, e, ws, digit)
+                j = max(ruled, j + _1)
+            else:
+                j += _1
+        out[t, 0] = found
+        out[t, 1] = (hit | (np.uint64(run >= _4) & (bad ^ _1))) != zero
+    return out
+
+
+def compiled() -> SimpleNamespace:
+    """The compiled kernel (compiled, or loaded from numba's on-disk cache, at the first call; thread-safe)."""
+    global _compiled
+    if _compiled is not None:
+        return _compiled
+    with _lock:
+        if _compiled is None:
+            import numba
+
+            t = numba.types
+
+            def ro(dtype: Any) -> Any:
+                return t.Array(dtype, 1, "C", readonly=True)
+
+            # the helper is looked up as a global when the kernel compiles: its jitted version must be in place
+            glob = globals()
+            glob["_list_from"] = kernels.jit(getattr(_list_from, "py_func", _list_from), inline="always")
+            u8, i64 = ro(t.uint8), ro(t.int64)
+            _compiled = SimpleNamespace(byte_styles=kernels.jit(_byte_styles, (u8, i64, u8, u8, u8, u8)))
+    return _compiled
