@@ -39,7 +39,7 @@ from . import kernels as cot_kernels
 from .screen import screen
 from .screen_keys import cache_dir as keys_cache, key_writer, screen_keys
 from .screen_sets import candidate_keys
-from .summary import register_summaries
+from .summary import register_summaries, save_summary
 
 
 @register
@@ -190,8 +190,11 @@ def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[s
                 cur.close()
         if cache is None:
             return table
-        return write_cached(cache / f"{todo[i].stem}.parquet", table, compression="zstd", compression_level=1,
+        path = write_cached(cache / f"{todo[i].stem}.parquet", table, compression="zstd", compression_level=1,
                             use_dictionary=False)
+        if isinstance(path, Path):  # summarised here, from the table in hand, not read back by the main thread
+            save_summary(path, table, name)
+        return path
 
     n = min(len(todo), workers(params.batch_rows * _BYTES_PER_BATCH_ROW))
     if n <= 1:

@@ -25,6 +25,7 @@ from ..layout import read_columns, to_canonical
 from ..memory import workers
 from ..store import Store, prune_cached, write_cached
 from . import kernels as _kernels
+from .screen_sets import save_sets
 from .shingles import byte_span_hashes
 
 _VERSION = 2  # 1: keys hashed by DuckDB
@@ -186,5 +187,10 @@ def answer_hash(answers: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def _save(table: pa.Table, path: Path) -> bool:
-    """Write one part's keys beside the run (`store.write_cached`); False when the store cannot be written."""
-    return isinstance(write_cached(path, table, compression="lz4", use_dictionary=["split", "group_id"]), Path)
+    """Write one part's keys beside the run (`store.write_cached`), and the screen's candidate rows of the part
+    from them (`screen_sets.save_sets`, which would otherwise read them back); False when the store cannot be
+    written."""
+    if not isinstance(write_cached(path, table, compression="lz4", use_dictionary=["split", "group_id"]), Path):
+        return False
+    save_sets(path.parent, path.stem, table)
+    return True

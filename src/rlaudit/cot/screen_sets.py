@@ -70,6 +70,17 @@ def _summarise(keys: Path, cand: Path, grp: Path) -> bool:
         table = pq.read_table(keys)
     except (OSError, pa.ArrowInvalid):
         return False
+    return _write_sets(table, cand, grp)
+
+
+def save_sets(keys_dir: Path, stem: str, table: pa.Table) -> bool:
+    """Write the candidate rows and group hashes of one part from its keys `table` (just cached in `keys_dir`
+    by `screen_keys`): a cold audit then does not read every part's keys back to find them."""
+    d = keys_dir / "sets"
+    return _write_sets(table, d / f"{stem}.parquet", d / f"{stem}.groups.npy")
+
+
+def _write_sets(table: pa.Table, cand: Path, grp: Path) -> bool:
     counts = table.group_by(["group_id", "ck"], use_threads=False).aggregate([("ck", "count")])
     twice = counts.filter(pc.greater_equal(counts.column("ck_count"), 2)).drop_columns(["ck_count"])
     rows = table.join(twice, ["group_id", "ck"], join_type="inner", use_threads=False) if len(twice) else \

@@ -47,9 +47,9 @@ def register_summaries(con: duckdb.DuckDBPyConnection, results: dict[str, Any], 
     for part in parts:
         value = results[part.name]
         if isinstance(value, Path):
-            path = value.parent / "summary" / f"v{_VERSION}" / value.name
+            path = summary_path(value)
             if not path.is_file():
-                written = write_cached(path, _summarise(pq.read_table(value), part.name), compression="zstd")
+                written = save_summary(value, pq.read_table(value), part.name)
                 if not isinstance(written, Path):
                     tables.append(written)
                     continue
@@ -67,6 +67,18 @@ def register_summaries(con: duckdb.DuckDBPyConnection, results: dict[str, Any], 
         con.register("_cot_summary_mem", pa.concat_tables(tables or [_summarise(None, "")]))
         selects.append("SELECT * FROM _cot_summary_mem")
     con.execute(f"CREATE OR REPLACE TEMP VIEW cot_summary AS {' UNION ALL '.join(selects)}")
+
+
+def summary_path(results: Path) -> Path:
+    """Where the summary of a part's cached scan results (`results`) is cached."""
+    return results.parent / "summary" / f"v{_VERSION}" / results.name
+
+
+def save_summary(results: Path, table: pa.Table, part: str) -> Path | pa.Table:
+    """Cache the summary of one part's scan results (`table`, cached at `results`): called by the scan with the
+    table it has just written, so that a cold audit does not read every part's results back to summarise them
+    (`register_summaries` then finds them done). Returns the file, or the summary where it cannot be written."""
+    return write_cached(summary_path(results), _summarise(table, part), compression="zstd")
 
 
 def _summarise(results: pa.Table | None, part: str) -> pa.Table:
