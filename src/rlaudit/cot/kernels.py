@@ -102,7 +102,9 @@ def _token_hashes(seg, codes, table, lower, bounds):
     so ASCII text need not be lowercased first."""
     n_texts = len(bounds) - 1
     counts = np.zeros(n_texts, np.int64)
-    out = np.empty(max(16, len(seg) // 3), np.uint64)
+    # room for a token per byte, allocated once: an array grown (rebound) inside the loop cost 3x the time per
+    # token (the reference counting of a loop-carried array); the pages past the last token are never touched
+    out = np.empty(len(seg) + 1, np.uint64)
     k = 0
     for t in range(n_texts):
         s, e = bounds[t], bounds[t + 1]
@@ -119,10 +121,6 @@ def _token_hashes(seg, codes, table, lower, bounds):
                 if j - i < 8:
                     first |= np.uint64(lower[seg[j]]) << np.uint64(8 * (j - i))
                 j += 1
-            if k == len(out):
-                grown = np.empty(2 * len(out), np.uint64)
-                grown[:k] = out
-                out = grown
             h = _mix((_mix(np.uint64(j - i)) * _M31) ^ first)
             p = i + 8
             while p < j:  # the rest 8 bytes at a time, the last round short

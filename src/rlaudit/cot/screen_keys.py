@@ -68,20 +68,27 @@ def cache_dir(store: Store, run: str) -> Path:
     return store.run_dir(run) / "derived" / "cot_screen" / f"v{_VERSION}"
 
 
-def key_writer(store: Store, run: str) -> Callable[[Path, pa.Table, int], None] | None:
-    """A function (part, its stored columns as read by another pass, layout) that caches the part's keys where
-    they are not cached yet: the CoT scan reads every column the keys need (`key_columns`), so it hands them over
-    and `screen_keys` then finds the part done instead of reading it again. None where keys are not cached."""
+class KeyWriter:
+    """Called with (part, its stored columns as read by another pass, layout), caches the part's keys where they
+    are not cached yet: the CoT scan reads every column the keys need (`key_columns`), so it hands them over and
+    `screen_keys` then finds the part done instead of reading it again. `sets` keeps the candidate rows written
+    meanwhile (`screen_sets.save_sets`, by file name), for `candidate_keys` to merge without reading them back."""
+
+    def __init__(self, cache: Path):
+        self.cache = cache
+        self.sets: dict[str, pa.Table] = {}
+
+    def __call__(self, part: Path, raw: pa.Table, layout: int) -> None:
+        path = self.cache / f"{part.stem}.parquet"
+        if not path.is_file():
+            _save(keys_of(raw, layout), path, self.sets)
+
+
+def key_writer(store: Store, run: str) -> KeyWriter | None:
+    """A `KeyWriter` for the run's keys; None where keys are not cached."""
     if not getattr(store, "persist_derived", True):
         return None
-    cache = cache_dir(store, run)
-
-    def write(part: Path, raw: pa.Table, layout: int) -> None:
-        path = cache / f"{part.stem}.parquet"
-        if not path.is_file():
-            _save(keys_of(raw, layout), path)
-
-    return write
+    return KeyWriter(cache_dir(store, run))
 
 
 #: Bytes one thread holds while hashing a part (its rows' answers and ids): weighed by `memory.workers`.
@@ -186,11 +193,14 @@ def answer_hash(answers: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return byte_span_hashes(raw[keep], starts, ends)
 
 
-def _save(table: pa.Table, path: Path) -> bool:
-    """Write one part's keys beside the run (`store.write_cached`), and the screen's candidate rows of the part
-    from them (`screen_sets.save_sets`, which would otherwise read them back); False when the store cannot be
-    written."""
-    if not isinstance(write_cached(path, table, compression="lz4", use_dictionary=["split", "group_id"]), Path):
+def _save(table: pa.Table, path: Path, sets: dict[str, pa.Table] | None = None) -> bool:
+    """Write one part's keys beside the run (`store.write_cached`; statistics for the step and split readers
+    filter on), and the screen's candidate rows of the part from them (`screen_sets.save_sets`, which would
+    otherwise read them back; kept in `sets` by file name); False when the store cannot be written."""
+    if not isinstance(write_cached(path, table, compression="lz4", use_dictionary=["split", "group_id"],
+                                   write_statistics=["step", "split"]), Path):
         return False
-    save_sets(path.parent, path.stem, table)
+    rows = save_sets(path.parent, path.stem, table)
+    if rows is not None and sets is not None:
+        sets[f"{path.stem}.parquet"] = rows
     return True
