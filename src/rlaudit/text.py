@@ -212,7 +212,18 @@ def _bytes(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cut(data: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> pa.Array:
-    """A string array of the byte ranges data[lo:hi] (hi >= lo), gathered at once."""
+    """A string array of the byte ranges data[lo:hi] (hi >= lo), gathered at once (range by range with numba,
+    `kernels.gather_spans`: the same bytes)."""
+    from . import kernels
+
+    gathered = kernels.gather_spans(data, lo, hi)
+    if gathered is not None:
+        cut, off = gathered
+        if off[-1] < 2**31:
+            return pa.Array.from_buffers(pa.string(), len(lo), [None, pa.py_buffer(off.astype(np.int32)),
+                                                                pa.py_buffer(cut)])
+        return pa.Array.from_buffers(pa.large_string(), len(lo), [None, pa.py_buffer(off), pa.py_buffer(cut)]
+                                     ).cast(pa.string())
     size = hi - lo
     out = np.zeros(len(lo) + 1, np.int64)
     np.cumsum(size, out=out[1:])

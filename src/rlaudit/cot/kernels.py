@@ -134,42 +134,45 @@ def _token_hashes(seg, codes, table, lower, bounds):
             k += 1
             i = j
         counts[t] = k - before
-    return out[:k].copy(), counts
+    return out[:k].copy(), counts  # a copy: measured faster downstream than a view of the large buffer
 
 
 def _answer_hashes(data, starts, ends, skip, lower):
     """(uint64 hash per span, bool: span has a non-ASCII byte and was not hashed) of `screen_keys.answer_hash`:
     ASCII lowercased, bytes where `skip` is True (its whitespace) removed, the rest hashed 8 at a time seeded
     with their count. One pass over the bytes: the 8-byte chunks wait in a scratch array until the count is
-    known."""
+    known. Whitespace is dropped by arithmetic (a kept byte adds itself and advances the fill by one, a skipped
+    one adds 0 and 0), not a branch: where words end is unpredictable, and the branch cost ~1.8x the time."""
     n = len(starts)
     out = np.zeros(n, np.uint64)
     other = np.zeros(n, np.bool_)
     longest = 0
     for r in range(n):
         longest = max(longest, ends[r] - starts[r])
-    chunks = np.empty(longest // 8 + 1, np.uint64)
+    chunks = np.empty(longest // 8 + 2, np.uint64)
+    keep = np.empty(256, np.uint64)
+    for b in range(256):
+        keep[b] = 0 if skip[b] else 1
     for r in range(n):
         chunk = np.uint64(0)
-        m = 0
+        m = np.uint64(0)  # bytes in `chunk`
         c = 0
+        high = 0
         for i in range(starts[r], ends[r]):
             b = data[i]
-            if b >= 0x80:
-                other[r] = True
-                break
-            if skip[b]:
-                continue
-            chunk |= np.uint64(lower[b]) << np.uint64(8 * m)
-            m += 1
-            if m == 8:
+            high |= b
+            kb = keep[b]
+            chunk |= (np.uint64(lower[b]) * kb) << (m << np.uint64(3))
+            m += kb
+            if m == np.uint64(8):
                 chunks[c] = chunk
                 c += 1
                 chunk = np.uint64(0)
-                m = 0
-        if other[r]:
+                m = np.uint64(0)
+        if high >= 0x80:
+            other[r] = True
             continue
-        h = _mix(np.uint64(8 * c + m))
+        h = _mix(np.uint64(8 * c) + m)
         for q in range(c):
             h = _mix((h * _M31) ^ chunks[q])
         if m:
