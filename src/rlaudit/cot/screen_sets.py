@@ -86,8 +86,9 @@ def save_sets(keys_dir: Path, stem: str, table: pa.Table) -> pa.Table | None:
 def _write_sets(table: pa.Table, cand: Path, grp: Path) -> pa.Table | None:
     counts = table.group_by(["group_id", "ck"], use_threads=False).aggregate([("ck", "count")])
     twice = counts.filter(pc.greater_equal(counts.column("ck_count"), 2)).drop_columns(["ck_count"])
+    # (an empty table of the schema, not a slice: kept by the caller, a slice would hold the part's keys)
     rows = table.join(twice, ["group_id", "ck"], join_type="inner", use_threads=False) if len(twice) else \
-        table.slice(0, 0)
+        table.schema.empty_table()
     rows = rows.select(table.schema.names)
     hashes = np.unique(_hash(table.column("group_id")))
     if not isinstance(write_cached(cand, rows, compression="lz4"), Path):
