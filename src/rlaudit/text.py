@@ -187,11 +187,21 @@ def text_at(strings: pa.Array | pa.ChunkedArray, start: pa.Array, end: pa.Array)
     null. One byte gather, no per-row Python."""
     strings = _strings(strings)
     data, off = _bytes(strings)
-    valid = pc.is_valid(start).to_numpy(zero_copy_only=False)
+    valid = validity(start)
     lo = off[:-1] + pc.fill_null(start, 0).to_numpy().astype(np.int64)
     hi = np.where(valid, off[:-1] + pc.fill_null(end, 0).to_numpy().astype(np.int64), lo)
     cut = _cut(data, lo, hi)
     return cut if valid.all() else pc.if_else(pa.array(valid), cut, pa.scalar(None, pa.string()))
+
+
+def validity(array: pa.Array) -> np.ndarray:
+    """Which entries of an array are not null (bool), unpacked from its validity bitmap: Arrow's boolean
+    `to_numpy(zero_copy_only=False)` goes through its pandas conversion (imports pandas, ~0.3 CPU s once per
+    process, and took ~8 ms for a part's 5,000 all-null answers); this takes microseconds."""
+    if array.null_count == 0:
+        return np.ones(len(array), bool)
+    bits = np.frombuffer(array.buffers()[0], np.uint8)
+    return np.unpackbits(bits, count=array.offset + len(array), bitorder="little")[array.offset:].astype(bool)
 
 
 def _strings(values: pa.Array | pa.ChunkedArray) -> pa.Array:
