@@ -102,12 +102,16 @@ def _token_hashes(seg, codes, table, lower, bounds):
     so ASCII text need not be lowercased first."""
     n_texts = len(bounds) - 1
     counts = np.zeros(n_texts, np.int64)
-    # room for a token per byte, allocated once: an array grown (rebound) inside the loop cost 3x the time per
-    # token (the reference counting of a loop-carried array); the pages past the last token are never touched
-    out = np.empty(len(seg) + 1, np.uint64)
+    # grown, if ever, before a text (room for a token per byte of it), never inside the token loop: an array
+    # that could be rebound there cost 3x the time per token (tokens take at most half the bytes in practice)
+    out = np.empty(len(seg) // 2 + 16, np.uint64)
     k = 0
     for t in range(n_texts):
         s, e = bounds[t], bounds[t + 1]
+        if k + (e - s) + 1 > len(out):
+            grown = np.empty(max(2 * len(out), k + (e - s) + 1), np.uint64)
+            grown[:k] = out[:k]
+            out = grown
         before = k
         i = s
         while i < e:
@@ -134,7 +138,7 @@ def _token_hashes(seg, codes, table, lower, bounds):
             k += 1
             i = j
         counts[t] = k - before
-    return out[:k].copy(), counts  # a copy: measured faster downstream than a view of the large buffer
+    return out[:k].copy(), counts
 
 
 def _answer_hashes(data, starts, ends, skip, lower):
