@@ -15,6 +15,11 @@ byte once:
   completion is hashed in place), lowercasing ASCII on the fly. A span with a non-ASCII byte is not hashed here
   (`utf8_lower` maps code points, which this loop does not attempt): it is flagged and the caller hashes those
   few with the numpy path.
+- `shingle_keys`: `shingles.shingles_from_ids` in one pass per text (k numpy passes over the batch before).
+- `prepare`, `seen`, `tally`: the scan's membership and count questions (`scan.PreparedBatch`) answered with a
+  small hash table per prompt group instead of sorting the batch's scoped keys and binary-searching them (see
+  `_group_table`), and the per-row tally in one loop. Each question is asked within one row or one group, so a
+  group's table (a few thousand slots) stays in the CPU cache.
 
 Which path runs follows `rlaudit.kernels.backend()` (`RLAUDIT_KERNEL=numpy|numba`, numba when importable). The
 numpy path stays the reference; tests/detectors/test_cot_kernels.py compares both on random text.
