@@ -221,7 +221,7 @@ class PreparedBatch:
 
     def scan(self, params: ScanParams, chance: bool) -> pa.Table:
         """The result rows of the batch's own pairs, or (`chance`) of its chance pairings."""
-        parent, names, n = self.parent, self.names, self.n
+        parent, names = self.parent, self.names
         names_keep = np.ones(len(parent), bool)
         if chance:
             receiver = chance_receiver(self.group_of_row, self.prompt_of_row)
@@ -293,7 +293,7 @@ class GroupContext:
     def decide(self, params: ScanParams, counted: np.ndarray, seen: np.ndarray, seen_in_group: np.ndarray,
                r_row: np.ndarray) -> tuple[Tally, np.ndarray]:
         """`seen_in_group`: per reasoning shingle, rows of its group whose grader input has it."""
-        group, n = self.group_of_row, len(self.group_of_row)
+        group = self.group_of_row
         size = np.bincount(group[self.rows], minlength=group.max() + 1)
         own_size = size[group[r_row]]
         invariant = (own_size >= 2) & (seen_in_group >= own_size)

@@ -12,7 +12,6 @@ the keys need, writes them as it scans a part (`key_writer`), so a cold audit re
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
