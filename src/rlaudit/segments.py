@@ -43,6 +43,23 @@ _KEY = b"rlaudit_members"
 _LEVELS = 8
 
 
+class Held(dict):
+    """Tables of per-part files just written, by file name, for `covering(held=...)`, kept only up to `budget`
+    bytes in all: beyond it (a run whose per-part rows are large, e.g. every rollout exposed) the files are read
+    back as before instead of holding the whole run in memory."""
+
+    def __init__(self, budget: int = 64 << 20):
+        super().__init__()
+        self.budget = budget
+        self.size = 0
+
+    def keep(self, name: str, table: pa.Table) -> None:
+        size = table.nbytes
+        if self.size + size <= self.budget:
+            self[name] = table
+            self.size += size
+
+
 def covering(paths: list[Path], kind: str, merge: bool = True,
              held: dict[str, pa.Table] | None = None) -> list[Path]:
     """Files whose rows are exactly those of `paths` (per-part files of one `kind` in one directory): usable

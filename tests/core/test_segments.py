@@ -66,6 +66,15 @@ def test_segments_written_from_held_tables_equal_those_read_back(tmp_path):
     assert rows(covering(files_b + more, "cells")) == rows(files_b + more)
 
 
+def test_held_tables_stop_at_their_budget():
+    """`Held` keeps tables only while their bytes fit its budget (the rest are read back from their files)."""
+    table = pa.table({"v": list(range(1000))})
+    held = segments.Held(budget=int(2.5 * table.nbytes))
+    for i in range(4):
+        held.keep(f"p{i}.parquet", table)
+    assert sorted(held) == ["p0.parquet", "p1.parquet"] and held.size == 2 * table.nbytes
+
+
 def test_segments_merge_into_the_next_level(tmp_path):
     files = parts(tmp_path, FANOUT * FANOUT + 3)
     got = covering(files, "cells")

@@ -28,6 +28,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import segments
 from ..findings import Finding
 from ..layout import view_columns
 from ..memory import workers
@@ -56,7 +57,7 @@ class CotGradingDetector(Detector):
         # the scan reads every column the screen's answer keys need: it caches them too, each part read once
         also = key_writer(ctx.store, ctx.run) if options.get("screen", True) else None
         parts = ctx.store.parts(ctx.run)
-        held: dict[str, pa.Table] = {}  # the summaries of the parts scanned now, by file name
+        held = segments.Held()  # the summaries of the parts scanned now, by file name
         per_part = scan_parts(ctx.store, ctx.run, params, key, extra, also=also, per_part=True, summaries=held)
         where = ["TRUE"]
         if ctx.config.max_step is not None:
@@ -109,7 +110,7 @@ def _part_rows(store: Store, run: str, parts: list[Path], where: str) -> Callabl
 def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str | None,
                only: set[str] | None = None, stride: int | None = None,
                also: Callable[[Path, pa.Table, int], None] | None = None,
-               per_part: bool = False, summaries: dict[str, pa.Table] | None = None) -> pa.Table | str | dict[str, Any]:
+               per_part: bool = False, summaries: segments.Held | None = None) -> pa.Table | str | dict[str, Any]:
     """The scan results of every stored part of the run, each part scanned once and cached beside the run
     (`derived/cot_scan/<key>/<part>.parquet`): a run that grows by a step scans only the new part. Returned as
     SQL over the cached files (or a table, for stores that keep derived data in memory); with `per_part`, a
@@ -176,7 +177,7 @@ _BYTES_PER_BATCH_ROW = 16 << 10
 def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[str, int], params: ScanParams,
                extra: str | None, stride: int, cache: Path | None,
                also: Callable[[Path, pa.Table, int], None] | None = None,
-               summaries: dict[str, pa.Table] | None = None) -> list[Any]:
+               summaries: segments.Held | None = None) -> list[Any]:
     """Scan the parts `todo` (views p0, p1, ... of `con`), each on a cursor of its own, on `memory.workers`
     threads: per part the cached file (a table where the store cannot be written, or `cache` is None)."""
 
@@ -203,7 +204,7 @@ def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[s
         if isinstance(path, Path):  # summarised here, from the table in hand, not read back by the main thread
             written, summary = save_summary(path, table, name)
             if summaries is not None and isinstance(written, Path):
-                summaries[written.name] = summary
+                summaries.keep(written.name, summary)
         return path
 
     n = min(len(todo), workers(params.batch_rows * _BYTES_PER_BATCH_ROW))

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .. import segments
 from ..layout import read_columns, to_canonical
 from ..memory import workers
 from ..store import Store, prune_cached, write_cached
@@ -76,7 +77,7 @@ class KeyWriter:
 
     def __init__(self, cache: Path):
         self.cache = cache
-        self.sets: dict[str, pa.Table] = {}
+        self.sets = segments.Held()
 
     def __call__(self, part: Path, raw: pa.Table, layout: int) -> None:
         path = self.cache / f"{part.stem}.parquet"
@@ -193,7 +194,7 @@ def answer_hash(answers: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return byte_span_hashes(raw[keep], starts, ends)
 
 
-def _save(table: pa.Table, path: Path, sets: dict[str, pa.Table] | None = None) -> bool:
+def _save(table: pa.Table, path: Path, sets: segments.Held | None = None) -> bool:
     """Write one part's keys beside the run (`store.write_cached`; statistics for the step and split readers
     filter on), and the screen's candidate rows of the part from them (`screen_sets.save_sets`, which would
     otherwise read them back; kept in `sets` by file name); False when the store cannot be written."""
@@ -202,5 +203,5 @@ def _save(table: pa.Table, path: Path, sets: dict[str, pa.Table] | None = None) 
         return False
     rows = save_sets(path.parent, path.stem, table)
     if rows is not None and sets is not None:
-        sets[f"{path.stem}.parquet"] = rows
+        sets.keep(f"{path.stem}.parquet", rows)
     return True
