@@ -43,16 +43,38 @@ _KEY = b"rlaudit_members"
 _LEVELS = 8
 
 
-def covering(paths: list[Path], kind: str, merge: bool = True) -> list[Path]:
+class Held(dict):
+    """Tables of per-part files just written, by file name, for `covering(held=...)`, kept only up to `budget`
+    bytes in all: beyond it (a run whose per-part rows are large, e.g. every rollout exposed) the files are read
+    back as before instead of holding the whole run in memory."""
+
+    def __init__(self, budget: int = 64 << 20):
+        super().__init__()
+        self.budget = budget
+        self.size = 0
+
+    def keep(self, name: str, table: pa.Table) -> None:
+        size = table.nbytes
+        if self.size + size <= self.budget:
+            self[name] = table
+            self.size += size
+
+
+def covering(paths: list[Path], kind: str, merge: bool = True,
+             held: dict[str, pa.Table] | None = None) -> list[Path]:
     """Files whose rows are exactly those of `paths` (per-part files of one `kind` in one directory): usable
-    segments and the files they do not hold. With `merge`, first merge what has accumulated (see module doc)."""
+    segments and the files they do not hold. With `merge`, first merge what has accumulated (see module doc).
+
+    `held`: the rows of loose files the caller has just written and still holds (file name -> table, one schema):
+    a level-1 segment of held files only is written from them instead of being read back from the files (a cold
+    audit writes every part's file and merges them at once)."""
     if not paths:
         return []
     seg_dir = paths[0].parent / "segments" / kind
     segments = _segments(seg_dir)
     if merge:
         try:
-            segments = _merge(paths, seg_dir, segments)
+            segments = _merge(paths, seg_dir, segments, held or {})
         except (OSError, duckdb.Error):
             segments = _segments(seg_dir)  # what a merge that failed half-way left
     chosen, loose = _choose(paths, segments)
@@ -86,14 +108,18 @@ def _choose(paths: list[Path], segments: list[tuple[Path, int, list[str]]]
     return chosen, [p for p in paths if p.name not in covered]
 
 
-def _merge(paths: list[Path], seg_dir: Path, segments: list[tuple[Path, int, list[str]]]
-           ) -> list[tuple[Path, int, list[str]]]:
+def _merge(paths: list[Path], seg_dir: Path, segments: list[tuple[Path, int, list[str]]],
+           held: dict[str, pa.Table]) -> list[tuple[Path, int, list[str]]]:
     """Merge FANOUT loose files into a level-1 segment, and FANOUT segments of a level into one of the next,
     while there are enough; then remove segments superseded more than GRACE seconds ago. Returns the segments
     that hold `paths` afterwards, highest level first."""
     chosen, loose = _choose(paths, segments)
     for i in range(0, len(loose) - FANOUT + 1, FANOUT):
-        chosen.append(_write(seg_dir, 1, [(p, [p.name]) for p in loose[i:i + FANOUT]]))
+        group = loose[i:i + FANOUT]
+        if all(p.name in held for p in group):
+            chosen.append(_write_held(seg_dir, [p.name for p in group], [held[p.name] for p in group]))
+        else:
+            chosen.append(_write(seg_dir, 1, [(p, [p.name]) for p in group]))
     for level in range(1, _LEVELS):
         same = [s for s in chosen if s[1] == level]
         for i in range(0, len(same) - FANOUT + 1, FANOUT):
@@ -111,6 +137,26 @@ def _merge(paths: list[Path], seg_dir: Path, segments: list[tuple[Path, int, lis
                 if now - path.stat().st_mtime > GRACE:
                     path.unlink()
     return sorted(chosen, key=lambda s: (-s[1], s[0].name))
+
+
+def _write_held(seg_dir: Path, members: list[str], tables: list[pa.Table]) -> tuple[Path, int, list[str]]:
+    """The level-1 segment of `members` from their rows in hand (`tables`, in member order): what `_write`
+    would read back from their files, written with Arrow (no database connection, no re-read)."""
+    digest = hashlib.sha1("\n".join(members).encode()).hexdigest()[:16]
+    path = seg_dir / f"L1-{digest}.parquet"
+    if path.is_file():
+        return path, 1, members
+    seg_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp")
+    table = pa.concat_tables(tables)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _KEY: json.dumps(members).encode()})
+    try:
+        pq.write_table(table, tmp, compression="lz4")
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+    return path, 1, members
 
 
 def _write(seg_dir: Path, level: int, sources: list[tuple[Path, list[str]]]) -> tuple[Path, int, list[str]]:

@@ -199,7 +199,7 @@ def test_cached_files_are_parquet(store):
     store.append("synth", table, "part-0")
     key, extra = scan_key(store, "synth", ScanParams())
     scan_parts(store, "synth", ScanParams(), key, extra, also=key_writer(store, "synth"))
-    files = list((store.run_dir("synth") / "derived" / "cot_screen").rglob("*.parquet"))
+    files = list((store.run_dir("synth") / "derived" / "cot_screen").glob("v*/*.parquet"))  # not sets/
     assert len(files) == 1 and pq.read_table(files[0]).column_names == ["rollout_id", "step", "split", "group_id",
                                                                           "ck"]
 
@@ -216,3 +216,85 @@ def test_a_live_hook_with_thread_audits_loads_the_cot_kernels_before_training(tm
     assert cot_kernels._compiled is None
     LiveAuditor(str(tmp_path / "store"), "r", LiveConfig(background="thread"))
     assert cot_kernels._compiled is not None
+
+
+# Batches where every question of the scan has many answers: a vocabulary of a few words (shingles repeat within
+# and across texts), reasoning copied whole or in part into the answer, the prompt and grader inputs of the row,
+# of another row of its group or of another group, groups of one to five rows and rows without a group, two
+# graders (one of them on some rows only, once twice on a row), null and short texts.
+_FEW = ["alpha", "beta", "gamma", "delta", "Alpha", "x1", "哥", "布", "École"]
+_PHRASE = st.lists(st.sampled_from(_FEW), min_size=0, max_size=14).map(" ".join)
+
+
+@st.composite
+def _batch(draw):
+    n = draw(st.integers(1, 14))
+    reasoning = [draw(st.none() | _PHRASE) for _ in range(n)]
+    groups = [draw(st.none() | st.sampled_from(["g0", "g1", "g2", "g3"])) for _ in range(n)]
+    rows = []
+    for i in range(n):
+        other = draw(st.integers(0, n - 1))
+        pieces = {"own": reasoning[i] or "", "other": reasoning[other] or "", "phrase": draw(_PHRASE)}
+        def text():
+            k = draw(st.sampled_from(sorted(pieces)))
+            words = pieces[k].split()
+            lo = draw(st.integers(0, len(words)))
+            return " ".join(words[lo:draw(st.integers(lo, len(words)))] if draw(st.booleans()) else words)
+        graders = [("judge", text() + " " + text())]
+        if draw(st.booleans()):
+            graders.append(("rubric", text()))
+        if i == 0 and draw(st.booleans()):
+            graders.append(("judge", text()))  # a grader named twice in one row's map
+        rows.append({"rollout_id": f"r{i}", "step": i % 3, "split": "train", "condition": "c", "task": None,
+                     "group_id": groups[i], "prompt": draw(st.sampled_from(["", "alpha beta gamma delta x1",
+                                                                           text()])),
+                     "answer": draw(st.none() | st.just(text())), "reasoning": reasoning[i],
+                     "grader_inputs": graders})
+    schema = pa.schema([("rollout_id", pa.string()), ("step", pa.int64()), ("split", pa.string()),
+                        ("condition", pa.string()), ("task", pa.string()), ("group_id", pa.string()),
+                        ("prompt", pa.string()), ("answer", pa.string()), ("reasoning", pa.string()),
+                        ("grader_inputs", pa.map_(pa.string(), pa.string()))])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+@needs_numba
+@settings(max_examples=150, deadline=None)
+@given(_batch(), st.integers(2, 5), st.booleans(), st.integers(1, 4))
+def test_scan_of_a_batch_is_identical_with_either_path(batch, k, group_context, min_matched):
+    """The compiled per-group hash tables (`kernels.prepare` / `seen` / `tally`) and shingles give the per-pair
+    results of the numpy path (sorted keys and binary searches), own and chance pairings, field by field."""
+    from rlaudit.cot.scan import scan_batch_both
+
+    params = ScanParams(k=k, group_context=group_context, min_matched=min_matched, min_span=2, min_edge_span=2,
+                        min_complete=1)
+    with pytest.MonkeyPatch.context() as mp:
+        a, b = _both(mp, lambda: scan_batch_both(batch, params, True))
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.equals(y), (x.to_pydict(), y.to_pydict())
+
+
+@needs_numba
+def test_a_wrong_membership_kernel_fails_the_batch_comparison(monkeypatch):
+    """The comparison above can fail: a `seen` kernel that drops one match changes a result."""
+    from rlaudit.cot.scan import scan_batch_both
+
+    real = cot_kernels.seen
+
+    def one_less(*args):
+        seen, in_group = real(*args)
+        seen = seen.copy()
+        seen[np.flatnonzero(seen)[:1]] = False
+        return seen, in_group
+
+    text = "alpha beta gamma delta alpha beta gamma delta x1 x1 beta"
+    batch = pa.Table.from_pylist([{"rollout_id": "r0", "step": 0, "split": "train", "condition": "c", "task": None,
+                                   "group_id": "g", "prompt": "", "answer": None, "reasoning": text,
+                                   "grader_inputs": [("judge", text)]}], schema=pa.schema([
+        ("rollout_id", pa.string()), ("step", pa.int64()), ("split", pa.string()), ("condition", pa.string()),
+        ("task", pa.string()), ("group_id", pa.string()), ("prompt", pa.string()), ("answer", pa.string()),
+        ("reasoning", pa.string()), ("grader_inputs", pa.map_(pa.string(), pa.string()))]))
+    params = ScanParams(k=2)
+    monkeypatch.setattr(cot_kernels, "seen", one_less)
+    a, b = _both(monkeypatch, lambda: scan_batch_both(batch, params, False))
+    assert not a[0].equals(b[0])

@@ -28,6 +28,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import segments
 from ..findings import Finding
 from ..layout import view_columns
 from ..memory import workers
@@ -39,7 +40,7 @@ from . import kernels as cot_kernels
 from .screen import screen
 from .screen_keys import cache_dir as keys_cache, key_writer, screen_keys
 from .screen_sets import candidate_keys
-from .summary import register_summaries
+from .summary import register_summaries, save_summary
 
 
 @register
@@ -56,14 +57,15 @@ class CotGradingDetector(Detector):
         # the scan reads every column the screen's answer keys need: it caches them too, each part read once
         also = key_writer(ctx.store, ctx.run) if options.get("screen", True) else None
         parts = ctx.store.parts(ctx.run)
-        per_part = scan_parts(ctx.store, ctx.run, params, key, extra, also=also, per_part=True)
+        held = segments.Held()  # the summaries of the parts scanned now, by file name
+        per_part = scan_parts(ctx.store, ctx.run, params, key, extra, also=also, per_part=True, summaries=held)
         where = ["TRUE"]
         if ctx.config.max_step is not None:
             where.append(f"step <= {int(ctx.config.max_step)}")
         if ctx.config.split:
             where.append(f"split = '{ctx.config.split}'")
         # counts and exposures from each part's summary of its results; the evidence reads only its parts
-        register_summaries(con, per_part, parts)
+        register_summaries(con, per_part, parts, held=held)
         found = findings_from_results(con, _results_source(per_part, parts), ctx.run, params, " AND ".join(where),
                                       options, evidence_source="rollouts", extra_inputs=extra,
                                       part_rows=_part_rows(ctx.store, ctx.run, parts, " AND ".join(where)))
@@ -72,7 +74,8 @@ class CotGradingDetector(Detector):
                           .fetchnumpy()["grader"].tolist())
             keys = screen_keys(ctx.store, ctx.run, " AND ".join(where))
             if keys is not None:  # only the rows that can pair, where no prompt group spans two parts
-                keys = candidate_keys(ctx.store, ctx.run, keys_cache(ctx.store, ctx.run), " AND ".join(where)) or keys
+                keys = candidate_keys(ctx.store, ctx.run, keys_cache(ctx.store, ctx.run), " AND ".join(where),
+                                      held=also.sets if also is not None else None) or keys
             found += screen(con, ctx.run, options, skip_signals=scanned, seed=ctx.config.seed, keys=keys)
         con.close()
         return found
@@ -107,7 +110,7 @@ def _part_rows(store: Store, run: str, parts: list[Path], where: str) -> Callabl
 def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str | None,
                only: set[str] | None = None, stride: int | None = None,
                also: Callable[[Path, pa.Table, int], None] | None = None,
-               per_part: bool = False) -> pa.Table | str | dict[str, Any]:
+               per_part: bool = False, summaries: segments.Held | None = None) -> pa.Table | str | dict[str, Any]:
     """The scan results of every stored part of the run, each part scanned once and cached beside the run
     (`derived/cot_scan/<key>/<part>.parquet`): a run that grows by a step scans only the new part. Returned as
     SQL over the cached files (or a table, for stores that keep derived data in memory); with `per_part`, a
@@ -122,7 +125,10 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
     pairings as in an unsharded scan.
 
     `also(part, columns, layout)` is called with the stored columns of each part the scan reads (every row; not
-    for runs with captured grader inputs, which are scanned in DuckDB), for derived data of the same columns."""
+    for runs with captured grader inputs, which are scanned in DuckDB), for derived data of the same columns.
+
+    Each part scanned now is summarised from its results in hand (`summary.save_summary`); `summaries` receives
+    those summaries (by file name), for `register_summaries` to merge without reading them back."""
     persist = getattr(store, "persist_derived", True)
     memo = store.__dict__.setdefault("_cot_scan_memo", {})
     parts = store.parts(run)
@@ -142,7 +148,8 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
             _part_views(con, todo, layouts)
         if stride is None:
             stride = _stride(con, todo, found, params)
-        scanned = _scan_todo(con, todo, layouts, params, extra, stride, cache if persist else None, also)
+        scanned = _scan_todo(con, todo, layouts, params, extra, stride, cache if persist else None, also,
+                             summaries)
         for path, value in zip(todo, scanned):
             found[path.name] = value
             if not persist:
@@ -169,7 +176,8 @@ _BYTES_PER_BATCH_ROW = 16 << 10
 
 def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[str, int], params: ScanParams,
                extra: str | None, stride: int, cache: Path | None,
-               also: Callable[[Path, pa.Table, int], None] | None = None) -> list[Any]:
+               also: Callable[[Path, pa.Table, int], None] | None = None,
+               summaries: segments.Held | None = None) -> list[Any]:
     """Scan the parts `todo` (views p0, p1, ... of `con`), each on a cursor of its own, on `memory.workers`
     threads: per part the cached file (a table where the store cannot be written, or `cache` is None)."""
 
@@ -190,8 +198,14 @@ def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[s
                 cur.close()
         if cache is None:
             return table
-        return write_cached(cache / f"{todo[i].stem}.parquet", table, compression="zstd", compression_level=1,
-                            use_dictionary=False)
+        # no column statistics: the results are read whole (by their summary, or a sharded audit's merge)
+        path = write_cached(cache / f"{todo[i].stem}.parquet", table, compression="lz4", use_dictionary=False,
+                            write_statistics=False)
+        if isinstance(path, Path):  # summarised here, from the table in hand, not read back by the main thread
+            written, summary = save_summary(path, table, name)
+            if summaries is not None and isinstance(written, Path):
+                summaries.keep(written.name, summary)
+        return path
 
     n = min(len(todo), workers(params.batch_rows * _BYTES_PER_BATCH_ROW))
     if n <= 1:

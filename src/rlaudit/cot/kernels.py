@@ -15,6 +15,11 @@ byte once:
   completion is hashed in place), lowercasing ASCII on the fly. A span with a non-ASCII byte is not hashed here
   (`utf8_lower` maps code points, which this loop does not attempt): it is flagged and the caller hashes those
   few with the numpy path.
+- `shingle_keys`: `shingles.shingles_from_ids` in one pass per text (k numpy passes over the batch before).
+- `prepare`, `seen`, `tally`: the scan's membership and count questions (`scan.PreparedBatch`) answered with a
+  small hash table per prompt group instead of sorting the batch's scoped keys and binary-searching them (see
+  `_group_table`), and the per-row tally in one loop. Each question is asked within one row or one group, so a
+  group's table (a few thousand slots) stays in the CPU cache.
 
 Which path runs follows `rlaudit.kernels.backend()` (`RLAUDIT_KERNEL=numpy|numba`, numba when importable). The
 numpy path stays the reference; tests/detectors/test_cot_kernels.py compares both on random text.
@@ -35,6 +40,7 @@ _C1 = np.uint64(0xBF58476D1CE4E5B9)
 _C2 = np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 _M31 = np.uint64(31)
+_LOW40 = np.uint64((1 << 40) - 1)  # = shingles._LOW: the shingle bits a scoped key keeps
 
 _compiled: SimpleNamespace | None = None
 _lock = threading.Lock()
@@ -101,10 +107,16 @@ def _token_hashes(seg, codes, table, lower, bounds):
     so ASCII text need not be lowercased first."""
     n_texts = len(bounds) - 1
     counts = np.zeros(n_texts, np.int64)
-    out = np.empty(max(16, len(seg) // 3), np.uint64)
+    # grown, if ever, before a text (room for a token per byte of it), never inside the token loop: an array
+    # that could be rebound there cost 3x the time per token (tokens take at most half the bytes in practice)
+    out = np.empty(len(seg) // 2 + 16, np.uint64)
     k = 0
     for t in range(n_texts):
         s, e = bounds[t], bounds[t + 1]
+        if k + (e - s) + 1 > len(out):
+            grown = np.empty(max(2 * len(out), k + (e - s) + 1), np.uint64)
+            grown[:k] = out[:k]
+            out = grown
         before = k
         i = s
         while i < e:
@@ -118,10 +130,6 @@ def _token_hashes(seg, codes, table, lower, bounds):
                 if j - i < 8:
                     first |= np.uint64(lower[seg[j]]) << np.uint64(8 * (j - i))
                 j += 1
-            if k == len(out):
-                grown = np.empty(2 * len(out), np.uint64)
-                grown[:k] = out
-                out = grown
             h = _mix((_mix(np.uint64(j - i)) * _M31) ^ first)
             p = i + 8
             while p < j:  # the rest 8 bytes at a time, the last round short
@@ -142,41 +150,231 @@ def _answer_hashes(data, starts, ends, skip, lower):
     """(uint64 hash per span, bool: span has a non-ASCII byte and was not hashed) of `screen_keys.answer_hash`:
     ASCII lowercased, bytes where `skip` is True (its whitespace) removed, the rest hashed 8 at a time seeded
     with their count. One pass over the bytes: the 8-byte chunks wait in a scratch array until the count is
-    known."""
+    known. Whitespace is dropped by arithmetic (a kept byte adds itself and advances the fill by one, a skipped
+    one adds 0 and 0), not a branch: where words end is unpredictable, and the branch cost ~1.8x the time."""
     n = len(starts)
     out = np.zeros(n, np.uint64)
     other = np.zeros(n, np.bool_)
     longest = 0
     for r in range(n):
         longest = max(longest, ends[r] - starts[r])
-    chunks = np.empty(longest // 8 + 1, np.uint64)
+    chunks = np.empty(longest // 8 + 2, np.uint64)
+    keep = np.empty(256, np.uint64)
+    for b in range(256):
+        keep[b] = 0 if skip[b] else 1
     for r in range(n):
         chunk = np.uint64(0)
-        m = 0
+        m = np.uint64(0)  # bytes in `chunk`
         c = 0
+        high = 0
         for i in range(starts[r], ends[r]):
             b = data[i]
-            if b >= 0x80:
-                other[r] = True
-                break
-            if skip[b]:
-                continue
-            chunk |= np.uint64(lower[b]) << np.uint64(8 * m)
-            m += 1
-            if m == 8:
+            high |= b
+            kb = keep[b]
+            chunk |= (np.uint64(lower[b]) * kb) << (m << np.uint64(3))
+            m += kb
+            if m == np.uint64(8):
                 chunks[c] = chunk
                 c += 1
                 chunk = np.uint64(0)
-                m = 0
-        if other[r]:
+                m = np.uint64(0)
+        if high >= 0x80:
+            other[r] = True
             continue
-        h = _mix(np.uint64(8 * c + m))
+        h = _mix(np.uint64(8 * c) + m)
         for q in range(c):
             h = _mix((h * _M31) ^ chunks[q])
         if m:
             h = _mix((h * _M31) ^ chunk)
         out[r] = h
     return out, other
+
+
+def _shingle_keys(ids, offsets, k, mults):
+    """(keys, row, position) of `shingles.shingles_from_ids`: per text, the hash of every window of k token ids
+    (the same polynomial with `mults`, then splitmix64), in one pass instead of k passes over the whole batch."""
+    n_texts = len(offsets) - 1
+    total = 0
+    for t in range(n_texts):
+        total += max(offsets[t + 1] - offsets[t] - k + 1, 0)
+    keys = np.empty(total, np.uint64)
+    row = np.empty(total, np.int64)
+    position = np.empty(total, np.int64)
+    one = np.uint64(1)
+    o = 0
+    for t in range(n_texts):
+        s = offsets[t]
+        for w in range(offsets[t + 1] - s - k + 1):
+            acc = np.uint64(0)
+            for j in range(k):
+                acc = acc * mults[j] + ids[s + w + j] + one
+            keys[o] = _mix(acc)
+            row[o] = t
+            position[o] = w
+            o += 1
+    return keys, row, position
+
+
+# Per prompt group, a small open-addressing table of the group's distinct reasoning shingles (their low 40 bits,
+# what `shingles.scoped` compares): every membership and count question of the scan is asked within one row or
+# one group, so the table stays in the CPU cache instead of sorting and binary-searching the whole batch.
+
+def _group_table(rkeys, r_off, rows, tkeys, tids, used, gid):
+    """Insert the reasoning shingles of `rows` (one group) into the empty table (`tkeys`, `tids` -1 when empty,
+    power-of-two size); `gid[i]` the distinct id of shingle i. Returns the number of distinct keys (their slots
+    in `used[:d]`, for the caller to empty)."""
+    mask = np.uint64(len(tids) - 1)
+    d = 0
+    for r in rows:
+        for i in range(r_off[r], r_off[r + 1]):
+            key = rkeys[i] & _LOW40
+            slot = key & mask
+            while tids[slot] >= 0 and tkeys[slot] != key:
+                slot = (slot + np.uint64(1)) & mask
+            if tids[slot] < 0:
+                tkeys[slot] = key
+                tids[slot] = d
+                used[d] = slot
+                d += 1
+            gid[i] = tids[slot]
+    return d
+
+
+def _find(key, tkeys, tids):
+    """The distinct id of `key` in the table, or -1."""
+    mask = np.uint64(len(tids) - 1)
+    key = key & _LOW40
+    slot = key & mask
+    while tids[slot] >= 0:
+        if tkeys[slot] == key:
+            return tids[slot]
+        slot = (slot + np.uint64(1)) & mask
+    return -1
+
+
+def _table_size(r_off, order, gstarts):
+    """A power of two at least twice the reasoning shingles of the largest group."""
+    most = 0
+    for g in range(len(gstarts) - 1):
+        m = 0
+        for j in range(gstarts[g], gstarts[g + 1]):
+            r = order[j]
+            m += r_off[r + 1] - r_off[r]
+        most = max(most, m)
+    size = 16
+    while size < 2 * most:
+        size *= 2
+    return size
+
+
+def _prepare(rkeys, r_off, akeys, a_off, pkeys, p_off, prompt_of_row, order, gstarts):
+    """Per reasoning shingle: `excluded` (also in its row's answer or prompt) and `in_group` (rows of its group
+    whose reasoning has it): `PreparedBatch.of`'s `excluded` and `reasoning_in_group`."""
+    n_r = len(rkeys)
+    excluded = np.zeros(n_r, np.bool_)
+    in_group = np.zeros(n_r, np.int64)
+    size = _table_size(r_off, order, gstarts)
+    tkeys = np.zeros(size, np.uint64)
+    tids = np.full(size, -1, np.int64)
+    used = np.empty(size, np.int64)
+    gid = np.empty(n_r, np.int64)
+    stamp = np.empty(size, np.int64)
+    count = np.empty(size, np.int64)
+    for g in range(len(gstarts) - 1):
+        rows = order[gstarts[g]:gstarts[g + 1]]
+        d = _group_table(rkeys, r_off, rows, tkeys, tids, used, gid)
+        stamp[:d] = -1
+        count[:d] = 0
+        for r in rows:
+            for i in range(a_off[r], a_off[r + 1]):
+                x = _find(akeys[i], tkeys, tids)
+                if x >= 0:
+                    stamp[x] = r
+            p = prompt_of_row[r]
+            for i in range(p_off[p], p_off[p + 1]):
+                x = _find(pkeys[i], tkeys, tids)
+                if x >= 0:
+                    stamp[x] = r
+            for i in range(r_off[r], r_off[r + 1]):
+                excluded[i] = stamp[gid[i]] == r
+        stamp[:d] = -1
+        for r in rows:
+            for i in range(r_off[r], r_off[r + 1]):
+                x = gid[i]
+                if stamp[x] != r:
+                    stamp[x] = r
+                    count[x] += 1
+        for r in rows:
+            for i in range(r_off[r], r_off[r + 1]):
+                in_group[i] = count[gid[i]]
+        for j in range(d):
+            tids[used[j]] = -1
+    return excluded, in_group
+
+
+def _seen(rkeys, r_off, gkeys, g_off, recv_off, recv_entries, order, gstarts):
+    """Per reasoning shingle, for one grader's pairing (`recv_entries[recv_off[r]:recv_off[r + 1]]`: the grader
+    inputs row r receives, `g_off` their shingles): `seen` (in the input its row receives) and `in_group` (rows
+    of its group whose received input has it): `PreparedBatch.scan`'s `seen` and `seen_in_group`."""
+    n_r = len(rkeys)
+    seen = np.zeros(n_r, np.bool_)
+    in_group = np.zeros(n_r, np.int64)
+    size = _table_size(r_off, order, gstarts)
+    tkeys = np.zeros(size, np.uint64)
+    tids = np.full(size, -1, np.int64)
+    used = np.empty(size, np.int64)
+    gid = np.empty(n_r, np.int64)
+    stamp = np.empty(size, np.int64)
+    count = np.empty(size, np.int64)
+    for g in range(len(gstarts) - 1):
+        rows = order[gstarts[g]:gstarts[g + 1]]
+        d = _group_table(rkeys, r_off, rows, tkeys, tids, used, gid)
+        stamp[:d] = -1
+        count[:d] = 0
+        for r in rows:
+            for e in recv_entries[recv_off[r]:recv_off[r + 1]]:
+                for i in range(g_off[e], g_off[e + 1]):
+                    x = _find(gkeys[i], tkeys, tids)
+                    if x >= 0 and stamp[x] != r:
+                        stamp[x] = r
+                        count[x] += 1
+            for i in range(r_off[r], r_off[r + 1]):
+                seen[i] = stamp[gid[i]] == r
+        for r in rows:
+            for i in range(r_off[r], r_off[r + 1]):
+                in_group[i] = count[gid[i]]
+        for j in range(d):
+            tids[used[j]] = -1
+    return seen, in_group
+
+
+def _tally(counted, seen, r_off):
+    """`scan._tally` per row from row offsets: reasoning-only shingles, matched ones, the longest run of matched
+    ones and the longest run touching the start or the end (runs over the counted shingles only)."""
+    n = len(r_off) - 1
+    only = np.zeros(n, np.int64)
+    matched = np.zeros(n, np.int64)
+    longest = np.zeros(n, np.int64)
+    edge = np.zeros(n, np.int64)
+    for r in range(n):
+        run = 0
+        lead = -1
+        for i in range(r_off[r], r_off[r + 1]):
+            if not counted[i]:
+                continue
+            only[r] += 1
+            if seen[i]:
+                matched[r] += 1
+                run += 1
+                longest[r] = max(longest[r], run)
+            else:
+                if lead < 0:
+                    lead = run
+                run = 0
+        if lead < 0:  # no unmatched shingle: the leading run is the whole row
+            lead = run
+        edge[r] = max(lead, run)
+    return only, matched, longest, edge
 
 
 def compiled() -> SimpleNamespace:
@@ -198,10 +396,16 @@ def compiled() -> SimpleNamespace:
             def ro(dtype: Any) -> Any:
                 return t.Array(dtype, 1, "C", readonly=True)
 
-            u8, i64, b1 = ro(t.uint8), ro(t.int64), ro(t.boolean)
+            u8, i64, b1, u64 = ro(t.uint8), ro(t.int64), ro(t.boolean), ro(t.uint64)
+            for helper in ("_group_table", "_find", "_table_size"):
+                glob[helper] = jit(getattr(glob[helper], "py_func", glob[helper]))
             _compiled = SimpleNamespace(byte_codes=jit(_byte_codes, (u8, b1, b1, b1)),
                                         token_hashes=jit(_token_hashes, (u8, u8, u8, u8, i64)),
-                                        answer_hashes=jit(_answer_hashes, (u8, i64, i64, b1, u8)))
+                                        answer_hashes=jit(_answer_hashes, (u8, i64, i64, b1, u8)),
+                                        shingle_keys=jit(_shingle_keys, (u64, i64, t.int64, u64)),
+                                        prepare=jit(_prepare, (u64, i64, u64, i64, u64, i64, i64, i64, i64)),
+                                        seen=jit(_seen, (u64, i64, u64, i64, i64, i64, i64, i64)),
+                                        tally=jit(_tally, (b1, b1, i64)))
     return _compiled
 
 
@@ -233,3 +437,36 @@ def answer_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray,
     return compiled().answer_hashes(c(data, np.uint8), c(starts, np.int64), c(ends, np.int64), c(skip, np.bool_),
                                     _LOWER)
 
+
+
+def shingle_keys(ids: np.ndarray, offsets: np.ndarray, k: int,
+                 mults: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(keys, row, position) of the k-shingles of every text (`shingles.shingles_from_ids`)."""
+    c = np.ascontiguousarray
+    return compiled().shingle_keys(c(ids, np.uint64), c(offsets, np.int64), int(k), c(mults, np.uint64))
+
+
+def prepare(rkeys: np.ndarray, r_off: np.ndarray, akeys: np.ndarray, a_off: np.ndarray, pkeys: np.ndarray,
+            p_off: np.ndarray, prompt_of_row: np.ndarray, order: np.ndarray,
+            gstarts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(excluded, in_group) per reasoning shingle (see `_prepare`); `order` the rows by group, `gstarts` where
+    each group starts in it (and its end)."""
+    c = np.ascontiguousarray
+    return compiled().prepare(c(rkeys, np.uint64), c(r_off, np.int64), c(akeys, np.uint64), c(a_off, np.int64),
+                              c(pkeys, np.uint64), c(p_off, np.int64), c(prompt_of_row, np.int64),
+                              c(order, np.int64), c(gstarts, np.int64))
+
+
+def seen(rkeys: np.ndarray, r_off: np.ndarray, gkeys: np.ndarray, g_off: np.ndarray, recv_off: np.ndarray,
+         recv_entries: np.ndarray, order: np.ndarray, gstarts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(seen, in_group) per reasoning shingle for one grader's pairing (see `_seen`)."""
+    c = np.ascontiguousarray
+    return compiled().seen(c(rkeys, np.uint64), c(r_off, np.int64), c(gkeys, np.uint64), c(g_off, np.int64),
+                           c(recv_off, np.int64), c(recv_entries, np.int64), c(order, np.int64),
+                           c(gstarts, np.int64))
+
+
+def tally(counted: np.ndarray, seen: np.ndarray, r_off: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(reasoning_only, matched, longest, edge) per row (see `_tally`)."""
+    c = np.ascontiguousarray
+    return compiled().tally(c(counted, np.bool_), c(seen, np.bool_), c(r_off, np.int64))

@@ -60,6 +60,7 @@ from scipy.stats import fisher_exact
 from .stats import wilson_interval
 from ..findings import Evidence, Finding
 from ..layout import read_columns, to_canonical
+from . import kernels as _kernels
 from .shingles import (SORT_KIND, SortedKeys, distinct, edge_runs, hashed_tokens, longest_runs, matching_spans,
                        scope_of, scoped, shingle_of, shingles_from_ids)
 
@@ -154,20 +155,29 @@ def scan_batch_both(batch: pa.RecordBatch | pa.Table, params: ScanParams, chance
 class PreparedBatch:
     """The shingles of one batch and what the decision needs of them apart from the grader input's owner: which
     reasoning shingles are excluded (in the answer or prompt) and how many rollouts of each group have them.
-    Computed once, then paired with the grader inputs of the batch itself and of the chance pairing."""
+    Computed once, then paired with the grader inputs of the batch itself and of the chance pairing.
+
+    Two exact paths answer the membership and count questions: numpy sorts the batch's scoped keys
+    (`SortedKeys`) and binary-searches them; with numba (`cot.kernels.prepare` / `seen`) each prompt group's
+    reasoning shingles go into a small hash table and every question is asked within its row or group, so the
+    table stays in the CPU cache and nothing is sorted (`by_group`: the rows ordered by group, and where each
+    group starts)."""
 
     batch: pa.Table
     n: int
     parent: np.ndarray  # row of each grader-input entry
     names: np.ndarray  # grader name of each entry (object)
     grader_shingles: Any  # Shingles of the grader inputs, one text per entry
+    g_off: np.ndarray  # the shingles of entry e are grader_shingles[g_off[e]:g_off[e + 1]]
     reasoning: Any  # Shingles of the reasoning
-    rq: SortedKeys  # reasoning shingles scoped by row
+    r_off: np.ndarray  # the reasoning shingles of row i are reasoning[r_off[i]:r_off[i + 1]]
     excluded: np.ndarray  # per reasoning shingle: also in the row's answer or prompt
     group_of_row: np.ndarray
     prompt_of_row: np.ndarray
-    gq: SortedKeys | None  # reasoning shingles scoped by group (group_context only)
-    reasoning_in_group: np.ndarray | None
+    reasoning_in_group: np.ndarray | None  # per reasoning shingle: rows of its group whose reasoning has it
+    rq: SortedKeys | None = None  # numpy: reasoning shingles scoped by row
+    gq: SortedKeys | None = None  # numpy: reasoning shingles scoped by group (group_context only)
+    by_group: tuple[np.ndarray, np.ndarray] | None = None  # numba: rows by group, group starts (and the end)
 
     @classmethod
     def of(cls, batch: pa.RecordBatch | pa.Table, params: ScanParams) -> PreparedBatch | None:
@@ -187,6 +197,17 @@ class PreparedBatch:
         group_of_row = _group_index(batch.column("group_id").chunk(0), n)
         R, A, P, G = (shingles_from_ids(*hashed_tokens(texts), params.k) for texts in (
             batch.column("reasoning"), batch.column("answer"), prompts.dictionary, gi.items.cast(pa.string())))
+        names = gi.keys.cast(pa.string()).to_numpy(zero_copy_only=False).astype(object)
+        r_off, g_off = _text_offsets(R, params.k), _text_offsets(G, params.k)
+        common = dict(batch=batch, n=n, parent=parent, names=names, grader_shingles=G, g_off=g_off, reasoning=R,
+                      r_off=r_off, group_of_row=group_of_row, prompt_of_row=prompt_of_row)
+        if _kernels.use_numba():
+            order = np.argsort(group_of_row, kind="stable")
+            by_group = (order, _run_starts(group_of_row[order]))
+            excluded, in_group = _kernels.prepare(R.keys, r_off, A.keys, _text_offsets(A, params.k), P.keys,
+                                                  _text_offsets(P, params.k), prompt_of_row, *by_group)
+            return cls(**common, excluded=excluded, reasoning_in_group=in_group if params.group_context else None,
+                       by_group=by_group)
         rq = SortedKeys(scoped(R.keys, R.row))
         # the prompt's shingles, repeated for every row that has that prompt (prompts are shared within a group)
         p_rows, p_index = _expand(prompt_of_row, np.bincount(P.row, minlength=len(prompts.dictionary)))
@@ -196,12 +217,11 @@ class PreparedBatch:
             gq = SortedKeys(scoped(R.keys, group_of_row[R.row]))
             r_distinct = rq.distinct()  # (row, shingle) pairs: counting them per group counts rows
             reasoning_in_group = gq.count(scoped(shingle_of(r_distinct), group_of_row[scope_of(r_distinct)]))
-        names = gi.keys.cast(pa.string()).to_numpy(zero_copy_only=False).astype(object)
-        return cls(batch, n, parent, names, G, R, rq, excluded, group_of_row, prompt_of_row, gq, reasoning_in_group)
+        return cls(**common, excluded=excluded, reasoning_in_group=reasoning_in_group, rq=rq, gq=gq)
 
     def scan(self, params: ScanParams, chance: bool) -> pa.Table:
         """The result rows of the batch's own pairs, or (`chance`) of its chance pairings."""
-        parent, names, G, n = self.parent, self.names, self.grader_shingles, self.n
+        parent, names = self.parent, self.names
         names_keep = np.ones(len(parent), bool)
         if chance:
             receiver = chance_receiver(self.group_of_row, self.prompt_of_row)
@@ -211,20 +231,41 @@ class PreparedBatch:
         for grader in sorted(set(names.tolist())):  # few graders: the loop is over graders, not rollouts
             entries = np.flatnonzero((names == grader) & names_keep)
             rows = parent[entries]
-            is_entry = np.zeros(len(names), bool)
-            is_entry[entries] = True
-            g_mask = is_entry[G.row]
-            # sorted once for both uses below
-            g_sorted = np.sort(scoped(G.keys[g_mask], parent[G.row[g_mask]]), kind=SORT_KIND)
-            seen = self.rq.member(g_sorted, presorted=True)
+            seen, seen_in_group = self._seen(params, parent, entries, rows)
+            counted = ~self.excluded
             if params.group_context:
-                context = GroupContext(self.group_of_row, rows, self.reasoning_in_group, self.gq)
-                tally, exposed = context.decide(params, ~self.excluded, seen, self.reasoning.row, g_sorted)
+                context = GroupContext(self.group_of_row, rows, self.reasoning_in_group, self.r_off,
+                                       self.by_group is not None)
+                tally, exposed = context.decide(params, counted, seen, seen_in_group, self.reasoning.row)
             else:
-                tally = _tally(~self.excluded, seen, self.reasoning.row, n)
+                tally = _tally(counted, seen, self.reasoning.row, self.r_off, self.by_group is not None)
                 exposed = params.decide(tally)
             out.append(self._rows(grader, rows, tally, exposed, chance))
         return pa.concat_tables(out)
+
+    def _seen(self, params: ScanParams, parent: np.ndarray, entries: np.ndarray,
+              rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per reasoning shingle: whether the grader input its row receives (`entries`, received by `rows`) has
+        it, and (group_context) how many rows of its group receive an input that has it."""
+        R, G, n = self.reasoning, self.grader_shingles, self.n
+        if self.by_group is not None:
+            order = np.argsort(rows, kind="stable")  # the entries each row receives, row by row
+            recv_off = np.zeros(n + 1, np.int64)
+            np.cumsum(np.bincount(rows, minlength=n), out=recv_off[1:])
+            seen, in_group = _kernels.seen(R.keys, self.r_off, G.keys, self.g_off, recv_off, entries[order],
+                                           *self.by_group)
+            return seen, in_group if params.group_context else None
+        is_entry = np.zeros(len(self.names), bool)
+        is_entry[entries] = True
+        g_mask = is_entry[G.row]
+        # sorted once for both uses below
+        g_sorted = np.sort(scoped(G.keys[g_mask], parent[G.row[g_mask]]), kind=SORT_KIND)
+        seen = self.rq.member(g_sorted, presorted=True)
+        if not params.group_context:
+            return seen, None
+        group = self.group_of_row
+        g_distinct = distinct(g_sorted, presorted=True)  # (row, shingle) pairs: counting them per group counts rows
+        return seen, self.gq.count(scoped(shingle_of(g_distinct), group[scope_of(g_distinct)]))
 
     def _rows(self, grader: str, rows: np.ndarray, tally: Tally, exposed: np.ndarray, chance: bool) -> pa.Table:
         take, b = pa.array(rows), self.batch
@@ -246,22 +287,22 @@ class GroupContext:
     group_of_row: np.ndarray
     rows: np.ndarray  # rows that have this grader
     reasoning_in_group: np.ndarray  # per reasoning shingle: rows of its group whose reasoning has it
-    group_keys: SortedKeys  # reasoning shingles scoped by group
+    r_off: np.ndarray  # reasoning shingles per row (offsets)
+    compiled: bool  # tally with the numba kernel
 
-    def decide(self, params: ScanParams, counted: np.ndarray, seen: np.ndarray, r_row: np.ndarray,
-               g_sorted: np.ndarray) -> tuple[Tally, np.ndarray]:
-        """`g_sorted`: the grader inputs' shingles scoped by the row they are paired with, sorted."""
-        group, n = self.group_of_row, len(self.group_of_row)
+    def decide(self, params: ScanParams, counted: np.ndarray, seen: np.ndarray, seen_in_group: np.ndarray,
+               r_row: np.ndarray) -> tuple[Tally, np.ndarray]:
+        """`seen_in_group`: per reasoning shingle, rows of its group whose grader input has it."""
+        group = self.group_of_row
         size = np.bincount(group[self.rows], minlength=group.max() + 1)
-        g_distinct = distinct(g_sorted, presorted=True)  # (row, shingle) pairs: counting them per group counts rows
-        seen_in_group = self.group_keys.count(scoped(shingle_of(g_distinct), group[scope_of(g_distinct)]))
         own_size = size[group[r_row]]
         invariant = (own_size >= 2) & (seen_in_group >= own_size)
-        strict = _tally(counted & ~invariant, seen, r_row, n)
+        strict = _tally(counted & ~invariant, seen, r_row, self.r_off, self.compiled)
         exposed_strict = params.decide(strict)
         # Exposure that rests on group-invariant text counts only when it looks listwise: at least two
         # rollouts of the group are exposed through invariant text found in their own reasoning alone.
-        loose = _tally(counted & ~(invariant & (self.reasoning_in_group >= 2)), seen, r_row, n)
+        loose = _tally(counted & ~(invariant & (self.reasoning_in_group >= 2)), seen, r_row, self.r_off,
+                       self.compiled)
         via_invariant = params.decide(loose) & ~exposed_strict
         listwise = np.bincount(group[via_invariant], minlength=len(size)) >= 2
         use_loose = via_invariant & listwise[group]
@@ -269,11 +310,28 @@ class GroupContext:
         return tally, exposed_strict | use_loose
 
 
-def _tally(counted: np.ndarray, seen: np.ndarray, row: np.ndarray, n: int) -> Tally:
+def _tally(counted: np.ndarray, seen: np.ndarray, row: np.ndarray, r_off: np.ndarray, compiled: bool) -> Tally:
+    if compiled:
+        return Tally(*_kernels.tally(counted, seen, r_off))
+    n = len(r_off) - 1
     flag, rows = seen[counted], row[counted]
     leading, trailing = edge_runs(flag, rows, n)
     return Tally(np.bincount(rows, minlength=n), np.bincount(row[counted & seen], minlength=n),
                  longest_runs(flag, rows, n), np.maximum(leading, trailing))
+
+
+def _text_offsets(shingles: Any, k: int) -> np.ndarray:
+    """Offsets of each text's shingles (texts of fewer than k tokens have none)."""
+    out = np.zeros(len(shingles.n_tokens) + 1, np.int64)
+    np.cumsum(np.maximum(shingles.n_tokens - k + 1, 0), out=out[1:])
+    return out
+
+
+def _run_starts(sorted_values: np.ndarray) -> np.ndarray:
+    """Where each run of equal values starts in a sorted array, and its length at the end."""
+    new = np.ones(len(sorted_values), bool)
+    new[1:] = sorted_values[1:] != sorted_values[:-1]
+    return np.append(np.flatnonzero(new), len(sorted_values)).astype(np.int64)
 
 
 def chance_receiver(group_of_row: np.ndarray, prompt_of_row: np.ndarray) -> np.ndarray:

@@ -12,7 +12,6 @@ the keys need, writes them as it scans a part (`key_writer`), so a cold audit re
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,10 +20,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .. import segments
 from ..layout import read_columns, to_canonical
 from ..memory import workers
 from ..store import Store, prune_cached, write_cached
+from ..text import validity
 from . import kernels as _kernels
+from .screen_sets import save_sets
 from .shingles import byte_span_hashes
 
 _VERSION = 2  # 1: keys hashed by DuckDB
@@ -67,20 +69,27 @@ def cache_dir(store: Store, run: str) -> Path:
     return store.run_dir(run) / "derived" / "cot_screen" / f"v{_VERSION}"
 
 
-def key_writer(store: Store, run: str) -> Callable[[Path, pa.Table, int], None] | None:
-    """A function (part, its stored columns as read by another pass, layout) that caches the part's keys where
-    they are not cached yet: the CoT scan reads every column the keys need (`key_columns`), so it hands them over
-    and `screen_keys` then finds the part done instead of reading it again. None where keys are not cached."""
+class KeyWriter:
+    """Called with (part, its stored columns as read by another pass, layout), caches the part's keys where they
+    are not cached yet: the CoT scan reads every column the keys need (`key_columns`), so it hands them over and
+    `screen_keys` then finds the part done instead of reading it again. `sets` keeps the candidate rows written
+    meanwhile (`screen_sets.save_sets`, by file name), for `candidate_keys` to merge without reading them back."""
+
+    def __init__(self, cache: Path):
+        self.cache = cache
+        self.sets = segments.Held()
+
+    def __call__(self, part: Path, raw: pa.Table, layout: int) -> None:
+        path = self.cache / f"{part.stem}.parquet"
+        if not path.is_file():
+            _save(keys_of(raw, layout), path, self.sets)
+
+
+def key_writer(store: Store, run: str) -> KeyWriter | None:
+    """A `KeyWriter` for the run's keys; None where keys are not cached."""
     if not getattr(store, "persist_derived", True):
         return None
-    cache = cache_dir(store, run)
-
-    def write(part: Path, raw: pa.Table, layout: int) -> None:
-        path = cache / f"{part.stem}.parquet"
-        if not path.is_file():
-            _save(keys_of(raw, layout), path)
-
-    return write
+    return KeyWriter(cache_dir(store, run))
 
 
 #: Bytes one thread holds while hashing a part (its rows' answers and ids): weighed by `memory.workers`.
@@ -126,7 +135,7 @@ def _answer_keys(table: pa.Table, spans: bool) -> np.ndarray:
     if spans:
         start = table.column("_answer_start").combine_chunks()
         if start.null_count < len(start):
-            valid = pc.is_valid(start).to_numpy(zero_copy_only=False)
+            valid = validity(start)
             cdata, base, _ = _spans(table.column("completion"))
             lo = base + pc.fill_null(start, 0).to_numpy().astype(np.int64)
             hi = np.where(valid, base + pc.fill_null(table.column("_answer_end").combine_chunks(), 0)
@@ -152,7 +161,7 @@ def _spans(strings: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray,
     off = off.astype(np.int64)
     starts, ends = off[:-1], off[1:]
     if strings.null_count:  # a null's offsets may cover bytes (Arrow allows it)
-        ends = np.where(pc.is_valid(strings).to_numpy(zero_copy_only=False), ends, starts)
+        ends = np.where(validity(strings), ends, starts)
     data = np.frombuffer(buffers[2], np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
     return data, starts, ends
 
@@ -185,6 +194,14 @@ def answer_hash(answers: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return byte_span_hashes(raw[keep], starts, ends)
 
 
-def _save(table: pa.Table, path: Path) -> bool:
-    """Write one part's keys beside the run (`store.write_cached`); False when the store cannot be written."""
-    return isinstance(write_cached(path, table, compression="lz4", use_dictionary=["split", "group_id"]), Path)
+def _save(table: pa.Table, path: Path, sets: segments.Held | None = None) -> bool:
+    """Write one part's keys beside the run (`store.write_cached`; statistics for the step and split readers
+    filter on), and the screen's candidate rows of the part from them (`screen_sets.save_sets`, which would
+    otherwise read them back; kept in `sets` by file name); False when the store cannot be written."""
+    if not isinstance(write_cached(path, table, compression="lz4", use_dictionary=["split", "group_id"],
+                                   write_statistics=["step", "split"]), Path):
+        return False
+    rows = save_sets(path.parent, path.stem, table)
+    if rows is not None and sets is not None:
+        sets.keep(f"{path.stem}.parquet", rows)
+    return True

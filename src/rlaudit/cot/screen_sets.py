@@ -42,9 +42,11 @@ INDEX_AT = 16
 GRACE = 600.0
 
 
-def candidate_keys(store: Store, run: str, keys_dir: Path, where: str) -> str | None:
+def candidate_keys(store: Store, run: str, keys_dir: Path, where: str,
+                   held: dict[str, pa.Table] | None = None) -> str | None:
     """SQL of the cached answer keys (`screen_keys`, in `keys_dir`) of the run's rows within `where` that can
-    form a pair, or None when the parts may share a prompt group (then every key must be grouped)."""
+    form a pair, or None when the parts may share a prompt group (then every key must be grouped). `held`: the
+    candidate rows written in this audit (`KeyWriter.sets`), merged into segments without reading them back."""
     parts = store.parts(run)
     if not parts:
         return None
@@ -60,7 +62,7 @@ def candidate_keys(store: Store, run: str, keys_dir: Path, where: str) -> str | 
     _prune_parts(d, set(groups))
     if not _disjoint(d / "index", groups):
         return None
-    files = segments.covering(files, "sets")
+    files = segments.covering(files, "sets", held=held)
     return f"(SELECT * FROM read_parquet({sql_list([str(f) for f in files])}) WHERE {where})"
 
 
@@ -70,19 +72,32 @@ def _summarise(keys: Path, cand: Path, grp: Path) -> bool:
         table = pq.read_table(keys)
     except (OSError, pa.ArrowInvalid):
         return False
+    return _write_sets(table, cand, grp) is not None
+
+
+def save_sets(keys_dir: Path, stem: str, table: pa.Table) -> pa.Table | None:
+    """Write the candidate rows and group hashes of one part from its keys `table` (just cached in `keys_dir`
+    by `screen_keys`): a cold audit then does not read every part's keys back to find them. Returns the
+    candidate rows written (None when they could not be)."""
+    d = keys_dir / "sets"
+    return _write_sets(table, d / f"{stem}.parquet", d / f"{stem}.groups.npy")
+
+
+def _write_sets(table: pa.Table, cand: Path, grp: Path) -> pa.Table | None:
     counts = table.group_by(["group_id", "ck"], use_threads=False).aggregate([("ck", "count")])
     twice = counts.filter(pc.greater_equal(counts.column("ck_count"), 2)).drop_columns(["ck_count"])
+    # (an empty table of the schema, not a slice: kept by the caller, a slice would hold the part's keys)
     rows = table.join(twice, ["group_id", "ck"], join_type="inner", use_threads=False) if len(twice) else \
-        table.slice(0, 0)
+        table.schema.empty_table()
     rows = rows.select(table.schema.names)
     hashes = np.unique(_hash(table.column("group_id")))
     if not isinstance(write_cached(cand, rows, compression="lz4"), Path):
-        return False
+        return None
     try:
         _atomic_save(grp, hashes)
     except OSError:
-        return False
-    return True
+        return None
+    return rows
 
 
 def _hash(strings: pa.ChunkedArray) -> np.ndarray:

@@ -332,14 +332,15 @@ def shingles_from_ids(ids: np.ndarray, offsets: np.ndarray, k: int) -> Shingles:
     n_texts = len(offsets) - 1
     n_tokens = np.diff(offsets)
     total = len(ids)
+    if _kernels.use_numba():  # the same hashes in one pass (`cot.kernels.shingle_keys`)
+        return Shingles(*_kernels.shingle_keys(ids, offsets, k, _multipliers(k)), n_tokens)
     if total < k:
         empty = np.empty(0, np.int64)
         return Shingles(np.empty(0, np.uint64), empty, empty, n_tokens)
     m = total - k + 1
     acc = np.zeros(m, np.uint64)
     with np.errstate(over="ignore"):
-        for j in range(k):  # k is small (5-10): a loop over window offsets, not over rows
-            mult = splitmix64(np.array([j + 1], np.uint64))[0] | np.uint64(1)
+        for j, mult in enumerate(_multipliers(k)):  # k is small (5-10): a loop over window offsets, not rows
             acc = acc * mult + ids[j:j + m] + np.uint64(1)
     keys = splitmix64(acc)
     counts = np.maximum(n_tokens - k + 1, 0)
@@ -348,6 +349,11 @@ def shingles_from_ids(ids: np.ndarray, offsets: np.ndarray, k: int) -> Shingles:
     within = np.arange(len(row), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
     position = starts + within
     return Shingles(keys[position], row, within, n_tokens)
+
+
+def _multipliers(k: int) -> np.ndarray:
+    """The odd 64-bit multiplier of each of a shingle's k token positions."""
+    return splitmix64(np.arange(1, k + 1, dtype=np.uint64)) | np.uint64(1)
 
 
 def longest_runs(flag: np.ndarray, row: np.ndarray, n_rows: int) -> np.ndarray:

@@ -40,16 +40,18 @@ SCHEMA = pa.schema([
 _KEYS = ["chance", "grader", "split", "step", "condition", "task"]
 
 
-def register_summaries(con: duckdb.DuckDBPyConnection, results: dict[str, Any], parts: list[Path]) -> None:
+def register_summaries(con: duckdb.DuckDBPyConnection, results: dict[str, Any], parts: list[Path],
+                       held: dict[str, pa.Table] | None = None) -> None:
     """The view `cot_summary` on `con`: the summaries of the scan results `results` (part name -> cached file
-    or table) of `parts`, summarising the parts not done yet (each from its own result file)."""
+    or table) of `parts`, summarising the parts not done yet (each from its own result file). `held`: summaries
+    the scan has just written (`save_summary`, by file name), merged into segments without reading them back."""
     files, tables = [], []
     for part in parts:
         value = results[part.name]
         if isinstance(value, Path):
-            path = value.parent / "summary" / f"v{_VERSION}" / value.name
+            path = summary_path(value)
             if not path.is_file():
-                written = write_cached(path, _summarise(pq.read_table(value), part.name), compression="zstd")
+                written, _ = save_summary(value, pq.read_table(value), part.name)
                 if not isinstance(written, Path):
                     tables.append(written)
                     continue
@@ -61,12 +63,28 @@ def register_summaries(con: duckdb.DuckDBPyConnection, results: dict[str, Any], 
     selects = []
     if files:
         if len({f.parent for f in files}) == 1:
-            files = segments.covering(files, "summary")
+            files = segments.covering(files, "summary",
+                                      held=held)
         selects.append(f"SELECT * FROM read_parquet({sql_list([str(f) for f in files])})")
     if tables or not selects:
         con.register("_cot_summary_mem", pa.concat_tables(tables or [_summarise(None, "")]))
         selects.append("SELECT * FROM _cot_summary_mem")
     con.execute(f"CREATE OR REPLACE TEMP VIEW cot_summary AS {' UNION ALL '.join(selects)}")
+
+
+def summary_path(results: Path) -> Path:
+    """Where the summary of a part's cached scan results (`results`) is cached."""
+    return results.parent / "summary" / f"v{_VERSION}" / results.name
+
+
+def save_summary(results: Path, table: pa.Table, part: str) -> tuple[Path | pa.Table, pa.Table]:
+    """Cache the summary of one part's scan results (`table`, cached at `results`): called by the scan with the
+    table it has just written, so that a cold audit does not read every part's results back to summarise them
+    (`register_summaries` then finds them done). Returns the file (or the summary where it cannot be written)
+    and the summary. Statistics only for the columns readers filter on (`kind`, the audit's step and split)."""
+    summary = _summarise(table, part)
+    return write_cached(summary_path(results), summary, compression="lz4",
+                        write_statistics=["kind", "step", "split"]), summary
 
 
 def _summarise(results: pa.Table | None, part: str) -> pa.Table:
