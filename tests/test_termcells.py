@@ -276,3 +276,25 @@ def test_focus_rows_are_reused_within_an_audit(tmp_path):
     assert not _focus_file(store).exists()
     assert con.sql("SELECT * FROM f2 ORDER BY ALL").fetchall() == con.sql(
         f"SELECT * FROM f1 WHERE term_id = {b} ORDER BY ALL").fetchall()
+
+
+def test_a_cold_audit_writes_its_segments_from_memory(tmp_path, monkeypatch):
+    """Term sets computed for every part (a cold audit): the segments of the kinds read through them (per-step
+    counts, cell tables) are written while the parts are computed, with the rows of the per-part files, and
+    the views read them without merging anything."""
+    from rlaudit import segments
+
+    monkeypatch.setattr(segments, "FANOUT", 2)  # the test store's two parts make one segment
+    store = _store(tmp_path)
+    sets = tokens.term_sets(store, "r")
+    files = {name: {**p, **termcells.cached(Path(p["terms"]), name)} for name, p in sets.parts}
+    for kind in ("counts", *termcells.KINDS):
+        paths = [Path(files[name][kind]) for name, _ in sets.parts]
+        seg = list((paths[0].parent / "segments" / kind).glob("L1-*.parquet"))
+        assert len(seg) == 1, kind
+        whole = pa.concat_tables([pq.read_table(p) for p in paths])
+        assert pq.read_table(seg[0]).replace_schema_metadata(None).cast(whole.schema).equals(whole), kind
+    merges = []
+    monkeypatch.setattr(segments, "_write", lambda *a, **k: merges.append(a))
+    _check(store)
+    assert not merges

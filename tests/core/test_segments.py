@@ -3,6 +3,7 @@ with few files to open; a failed merge costs nothing but speed."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -132,3 +133,60 @@ def test_two_merges_of_the_same_files_write_one_segment(tmp_path):
 def test_rows_are_exact_for_any_count(tmp_path, n):
     files = parts(tmp_path, n)
     assert rows(covering(files, "cells")) == rows(files)
+
+
+def test_a_torn_segment_is_written_again(tmp_path):
+    files = parts(tmp_path, FANOUT + 2)
+    seg = covering(files, "cells")[0]
+    seg.write_bytes(seg.read_bytes()[:50])  # torn (not by a writer: those rename whole files into place)
+    got = covering(files, "cells")
+    assert got[0] == seg and rows(got) == rows(files)
+    assert pq.read_schema(seg).metadata[b"rlaudit_members"]
+
+
+def _tables(files):
+    return [pq.read_table(f) for f in files]
+
+
+def test_fresh_writes_from_memory_the_segments_a_merge_would_write(tmp_path):
+    """Files being written now (a cold audit): the level-1 segments holding only them are written from their
+    tables as each group completes, under the names and with the rows of the segments a merge writes."""
+    files = parts(tmp_path, 2 * FANOUT + 3)
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    copies = []
+    for f in files:
+        copies.append(merged / f.name)
+        copies[-1].write_bytes(f.read_bytes())
+    want = covering(copies, "cells")  # merged from the files
+    with segments.Fresh({"cells": (files, "lz4")}, set(files[1:])) as fresh:  # the first file was there before
+        for f, t in zip(files, _tables(files)):
+            fresh.add(f, f, t)
+    second = [p for p in want if p.name.startswith("L1-") and json.loads(pq.read_schema(p).metadata[b"rlaudit_members"])
+              == [f.name for f in files[FANOUT:2 * FANOUT]]]
+    seg_dir = tmp_path / "segments" / "cells"
+    written = sorted(p.name for p in seg_dir.iterdir())
+    assert written == [second[0].name]  # the second group; the first holds a file not written now
+    ref = pq.read_table(second[0])  # DuckDB marks columns read from Parquet without nulls NOT NULL
+    assert pq.read_table(seg_dir / written[0]).cast(ref.schema).equals(ref)
+    got = covering(files, "cells")
+    assert [p.name for p in got] == [p.name for p in want] and rows(got) == rows(files)
+
+
+def test_fresh_gives_up_a_group_it_cannot_hold_or_whose_file_failed(tmp_path):
+    files = parts(tmp_path, 2 * FANOUT)
+    tables = _tables(files)
+    with segments.Fresh({"cells": (files, "lz4")}, set(files), hold=tables[0].nbytes * (FANOUT - 1)) as fresh:
+        for i, (f, t) in enumerate(zip(files, tables)):
+            fresh.add(f, t if i == FANOUT else f, t)  # the second group's first file could not be written
+    assert not (tmp_path / "segments").exists()
+    assert rows(covering(files, "cells")) == rows(files)  # merged from the files instead
+
+
+def test_merges_of_one_call_share_one_connection(tmp_path, monkeypatch):
+    files = parts(tmp_path, 3 * FANOUT)
+    opened = []
+    real = duckdb.connect
+    monkeypatch.setattr(segments.duckdb, "connect", lambda *a, **k: opened.append(1) or real(*a, **k))
+    covering(files, "cells")
+    assert len(opened) == 1
