@@ -55,18 +55,21 @@ _LEVELS = 8
 class Held(dict):
     """Tables of per-part files just written, by file name, for `covering(held=...)`, kept only up to `budget`
     bytes in all: beyond it (a run whose per-part rows are large, e.g. every rollout exposed) the files are read
-    back as before instead of holding the whole run in memory."""
+    back as before instead of holding the whole run in memory. `keep` is called by the scan's worker threads:
+    the budget is checked and charged under a lock."""
 
     def __init__(self, budget: int = 64 << 20):
         super().__init__()
         self.budget = budget
         self.size = 0
+        self._lock = threading.Lock()
 
     def keep(self, name: str, table: pa.Table) -> None:
         size = table.nbytes
-        if self.size + size <= self.budget:
-            self[name] = table
-            self.size += size
+        with self._lock:
+            if self.size + size <= self.budget:
+                self[name] = table
+                self.size += size
 
 
 def covering(paths: list[Path], kind: str, merge: bool = True, held: dict[str, pa.Table] | None = None,
@@ -127,10 +130,8 @@ def _merge(paths: list[Path], seg_dir: Path, segments: list[tuple[Path, int, lis
     that hold `paths` afterwards, highest level first."""
     chosen, loose = _choose(paths, segments)
     for group in _groups(loose):
-        if all(p.name in held for p in group):
-            chosen.append(_write_held(seg_dir, [p.name for p in group], [held[p.name] for p in group]))
-        else:
-            chosen.append(_write(seg_dir, 1, [(p, [p.name]) for p in group], con, compression))
+        tables = [held[p.name] for p in group] if all(p.name in held for p in group) else None
+        chosen.append(_write(seg_dir, 1, [(p, [p.name]) for p in group], con, compression, tables))
     for level in range(1, _LEVELS):
         same = [s for s in chosen if s[1] == level]
         for i in range(0, len(same) - FANOUT + 1, FANOUT):
@@ -166,25 +167,6 @@ def _path(seg_dir: Path, level: int, members: list[str]) -> Path:
     """A segment's name: derived from its members, so two audits merging the same files write the same file."""
     digest = hashlib.sha1("\n".join(members).encode()).hexdigest()[:16]
     return seg_dir / f"L{level}-{digest}.parquet"
-
-
-def _write_held(seg_dir: Path, members: list[str], tables: list[pa.Table]) -> tuple[Path, int, list[str]]:
-    """The level-1 segment of `members` from their rows in hand (`tables`, in member order): what `_write`
-    would read back from their files, written with Arrow (no database connection, no re-read)."""
-    path = _path(seg_dir, 1, members)
-    if path.is_file() and _readable(path):
-        return path, 1, members
-    seg_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp")
-    table = pa.concat_tables(tables)
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _KEY: json.dumps(members).encode()})
-    try:
-        pq.write_table(table, tmp, compression="lz4")
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-    return path, 1, members
 
 
 class _Connection:
