@@ -267,19 +267,28 @@ def _table_size(r_off, order, gstarts):
     return size
 
 
+def _group_arrays(r_off, order, gstarts, n_r):
+    """The work arrays `_prepare` and `_seen` share: a hash table sized for the largest group (keys, distinct ids,
+    the slots used), each reasoning shingle's distinct id, and per distinct shingle a row stamp and a count."""
+    size = _table_size(r_off, order, gstarts)
+    return (np.zeros(size, np.uint64), np.full(size, -1, np.int64), np.empty(size, np.int64),
+            np.empty(n_r, np.int64), np.empty(size, np.int64), np.empty(size, np.int64))
+
+
+def _per_shingle(rows, r_off, gid, count, out):
+    """Each reasoning shingle of `rows` gets its distinct shingle's `count`."""
+    for r in rows:
+        for i in range(r_off[r], r_off[r + 1]):
+            out[i] = count[gid[i]]
+
+
 def _prepare(rkeys, r_off, akeys, a_off, pkeys, p_off, prompt_of_row, order, gstarts):
     """Per reasoning shingle: `excluded` (also in its row's answer or prompt) and `in_group` (rows of its group
     whose reasoning has it): `PreparedBatch.of`'s `excluded` and `reasoning_in_group`."""
     n_r = len(rkeys)
     excluded = np.zeros(n_r, np.bool_)
     in_group = np.zeros(n_r, np.int64)
-    size = _table_size(r_off, order, gstarts)
-    tkeys = np.zeros(size, np.uint64)
-    tids = np.full(size, -1, np.int64)
-    used = np.empty(size, np.int64)
-    gid = np.empty(n_r, np.int64)
-    stamp = np.empty(size, np.int64)
-    count = np.empty(size, np.int64)
+    tkeys, tids, used, gid, stamp, count = _group_arrays(r_off, order, gstarts, n_r)
     for g in range(len(gstarts) - 1):
         rows = order[gstarts[g]:gstarts[g + 1]]
         d = _group_table(rkeys, r_off, rows, tkeys, tids, used, gid)
@@ -304,9 +313,7 @@ def _prepare(rkeys, r_off, akeys, a_off, pkeys, p_off, prompt_of_row, order, gst
                 if stamp[x] != r:
                     stamp[x] = r
                     count[x] += 1
-        for r in rows:
-            for i in range(r_off[r], r_off[r + 1]):
-                in_group[i] = count[gid[i]]
+        _per_shingle(rows, r_off, gid, count, in_group)
         for j in range(d):
             tids[used[j]] = -1
     return excluded, in_group
@@ -319,13 +326,7 @@ def _seen(rkeys, r_off, gkeys, g_off, recv_off, recv_entries, order, gstarts):
     n_r = len(rkeys)
     seen = np.zeros(n_r, np.bool_)
     in_group = np.zeros(n_r, np.int64)
-    size = _table_size(r_off, order, gstarts)
-    tkeys = np.zeros(size, np.uint64)
-    tids = np.full(size, -1, np.int64)
-    used = np.empty(size, np.int64)
-    gid = np.empty(n_r, np.int64)
-    stamp = np.empty(size, np.int64)
-    count = np.empty(size, np.int64)
+    tkeys, tids, used, gid, stamp, count = _group_arrays(r_off, order, gstarts, n_r)
     for g in range(len(gstarts) - 1):
         rows = order[gstarts[g]:gstarts[g + 1]]
         d = _group_table(rkeys, r_off, rows, tkeys, tids, used, gid)
@@ -340,9 +341,7 @@ def _seen(rkeys, r_off, gkeys, g_off, recv_off, recv_entries, order, gstarts):
                         count[x] += 1
             for i in range(r_off[r], r_off[r + 1]):
                 seen[i] = stamp[gid[i]] == r
-        for r in rows:
-            for i in range(r_off[r], r_off[r + 1]):
-                in_group[i] = count[gid[i]]
+        _per_shingle(rows, r_off, gid, count, in_group)
         for j in range(d):
             tids[used[j]] = -1
     return seen, in_group
@@ -397,7 +396,7 @@ def compiled() -> SimpleNamespace:
                 return t.Array(dtype, 1, "C", readonly=True)
 
             u8, i64, b1, u64 = ro(t.uint8), ro(t.int64), ro(t.boolean), ro(t.uint64)
-            for helper in ("_group_table", "_find", "_table_size"):
+            for helper in ("_group_table", "_find", "_table_size", "_group_arrays", "_per_shingle"):
                 glob[helper] = jit(getattr(glob[helper], "py_func", glob[helper]))
             _compiled = SimpleNamespace(byte_codes=jit(_byte_codes, (u8, b1, b1, b1)),
                                         token_hashes=jit(_token_hashes, (u8, u8, u8, u8, i64)),
