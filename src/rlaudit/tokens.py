@@ -310,9 +310,9 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
                 done[path.name] = entry
                 termcells.remember(store, path.name, entry["terms"], cells)
                 if fresh is not None:
-                    expected = _segmented_files(vdir, path)
+                    expected, written = _segmented_files(vdir, path), {**entry, **cells}
                     for kind, table in tables.items():
-                        fresh.add(expected[kind], {**entry, **cells}[kind], table)
+                        fresh.add(expected[kind], written[kind], table)
     out = [(path.name, done[path.name]) for path in parts]
     if persist and only is None:
         prune_cached(base, vdir, {p.stem for p in parts})
