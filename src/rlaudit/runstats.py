@@ -35,10 +35,12 @@ FROM (SELECT _part, split, step, unnest(map_keys(rewards)) AS signal, FALSE AS t
       SELECT _part, split, step, NULL, TRUE, reward FROM src)
 GROUP BY _part, split, step, signal, total
 UNION ALL
-SELECT DISTINCT _part, 2::TINYINT, NULL, NULL, NULL, unnest(map_keys(grader_inputs)), NULL, NULL, NULL, NULL
+SELECT DISTINCT _part, 2::TINYINT, NULL, NULL, NULL, unnest(_graders), NULL, NULL, NULL, NULL
 FROM src
 """
-KIND = define("run_stats", VERSION, PART_SQL, ("split", "step", "condition", "rewards", "reward", "grader_inputs"))
+# the graders' names, not their inputs (`partstats` reads a batch into a table: the inputs are long)
+KIND = define("run_stats", VERSION, PART_SQL, ("split", "step", "condition", "rewards", "reward",
+                                               "map_keys(grader_inputs) AS _graders"))
 
 
 def register_run_stats(con: duckdb.DuckDBPyConnection, store: Store, run: str, name: str = "run_stats") -> None:

@@ -36,10 +36,12 @@ DISCRETE_MAX = 64
 APPLIES_MIN = 0.5
 APPLIES = f"n - nan >= {APPLIES_MIN} * n"
 
+#: a cell's task: the logged task, else the prompt, hashed
+TASK_SQL = "CASE WHEN task IS NOT NULL THEN hash(task) ELSE hash('prompt:', prompt) END"
 #: one row per rollout and signal (a signal missing from a rollout's map did not score it: NaN)
-RL_COLUMNS = ("unnest(map_keys(rewards)) AS signal, coalesce(unnest(map_values(rewards)), 'NaN'::DOUBLE) AS value, "
-              "coalesce(condition, '') AS condition, "
-              "CASE WHEN task IS NOT NULL THEN hash(task) ELSE hash('prompt:', prompt) END AS task")
+_RL = ("unnest(map_keys(rewards)) AS signal, coalesce(unnest(map_values(rewards)), 'NaN'::DOUBLE) AS value, "
+       "coalesce(condition, '') AS condition, ")
+RL_COLUMNS = f"{_RL}{TASK_SQL} AS task"
 RL_SQL = f"SELECT rollout_id, step, {RL_COLUMNS} FROM rollouts"
 
 
@@ -58,7 +60,7 @@ _BUCKET = bucket_sql("value")
 #: one), so its single NULL row is written from the sketch, and only the others are grouped by value (the group by
 #: every value of a continuous signal was the query's largest cost)
 PART_SQL = f"""
-WITH rl AS MATERIALIZED (SELECT _part, split, step, {RL_COLUMNS} FROM src),
+WITH rl AS MATERIALIZED (SELECT _part, split, step, {_RL}_task AS task FROM src),
 sk AS MATERIALIZED (SELECT _part, split, step, signal, sign(value)::TINYINT AS sgn, {_BUCKET} AS b, count(*) AS n
                     FROM rl WHERE isfinite(value) GROUP BY _part, split, step, signal, sign(value), {_BUCKET}),
 busy AS (SELECT _part, split, step, signal, sum(n)::BIGINT AS n FROM sk GROUP BY _part, split, step, signal
@@ -82,7 +84,8 @@ FROM busy
 UNION ALL
 SELECT _part, 2::TINYINT, split, step, signal, NULL, NULL, n, NULL, NULL, NULL, NULL, NULL, NULL, sgn, b FROM sk
 """
-KIND = define("reward_health", VERSION, PART_SQL, ("split", "step", "rewards", "condition", "task", "prompt"))
+# the task's hash, not the prompt (`partstats` reads a batch into a table: prompts are long)
+KIND = define("reward_health", VERSION, PART_SQL, ("split", "step", "rewards", "condition", f"{TASK_SQL} AS _task"))
 
 
 def register_reward_stats(con: duckdb.DuckDBPyConnection, stats: PartStats, root: Path, max_step: int | None,

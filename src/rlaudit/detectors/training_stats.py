@@ -53,11 +53,11 @@ _CUT = f"""(
     OR coalesce(json_extract_string({_META}, '$.truncated'), '') = 'true')"""
 #: what the query reads of the completion, its reasoning and its answer (not the texts: `partstats.Kind`)
 _TEXT = ("length(completion)::DOUBLE AS _clen", "completion LIKE '%</think>%' AS _think",
-         "reasoning IS NOT NULL AS _reasoned", "coalesce(answer, '') = '' AS _unanswered")
+         "_has_reasoning AS _reasoned", "_empty_answer AS _unanswered")
 
 PART_SQL = f"""
 WITH base AS MATERIALIZED (
-    SELECT _part, split, step, condition, group_id, coalesce(group_id, rollout_id) AS gkey, reward, advantage,
+    SELECT _part, split, step, condition, group_id, _gkey AS gkey, reward, advantage,
            _clen AS clen, {TOKENS_SQL} AS tlen, {MAX_SQL} AS tmax, {_MARK} AS mk, {_CUT} AS cut
     FROM src),
 g AS (SELECT _part, split, step, group_id, count(*) AS rf, min(reward) AS lo, max(reward) AS hi, avg(reward) AS mean,
@@ -94,7 +94,9 @@ SELECT 4::TINYINT AS kind, _part, split, step, sign(reward)::TINYINT AS sgn, {bu
        count(*) AS n
 FROM base WHERE isfinite(reward) GROUP BY _part, split, step, sign(reward), {bucket_sql("reward")}
 """
-KIND = define("training_health", VERSION, PART_SQL, ("split", "step", "condition", "group_id", "rollout_id", "reward",
+# the rollout id only where there is no group id (`partstats` reads a batch into a table: ids are long)
+KIND = define("training_health", VERSION, PART_SQL, ("split", "step", "condition", "group_id",
+                                                     "coalesce(group_id, rollout_id) AS _gkey", "reward",
                                                      "advantage", "metadata", "rewards", *_TEXT))
 
 
