@@ -49,6 +49,7 @@ What the files do not say, and how this reader handles it (run-level facts: `trl
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,6 +90,7 @@ class TrlReader(Reader):
 
     def __init__(self, run: TrlRun | None = None):
         self.run = run or TrlRun()  # run-level facts: from prepare(), or given by the live callback
+        self._listed: dict[Path, tuple[int, list[tuple[int, Path]]]] = {}  # `_previous_file`'s directories
 
     @classmethod
     def detect(cls, source: Path) -> bool:
@@ -117,7 +119,7 @@ class TrlReader(Reader):
         missing_graders(ctx.options, pf.schema_arrow.empty_table(), file)
         is_eval = file.split == "eval" or (file.step is not None and self.run.is_eval(file.step) is True)
         if file.step is not None and file.split == "train":
-            repeated = self._repeats(file)
+            repeated = self._repeats(file, pf)
             if repeated is not None:
                 ctx.note(repeat_note(self.run, repeated))
                 return
@@ -139,19 +141,22 @@ class TrlReader(Reader):
         except (pa.ArrowInvalid, OSError) as exc:  # a truncated or corrupt file
             ctx.bad(file, row + 1 if row else None, f"unreadable Parquet data after row {row} ({exc})")
 
-    def _repeats(self, file: SourceFile) -> str | None:
-        """"eval"/"train" when `file` holds the same rollouts as the previous completions file (a reused
-        generation batch: num_iterations > 1, or the eval rows still in `_logs` after an eval), else None."""
-        previous = _previous_file(file.path, file.step)
+    def _repeats(self, file: SourceFile, pf: pq.ParquetFile) -> str | None:
+        """"eval"/"train" when `file` (open as `pf`) holds the same rollouts as the previous completions file (a
+        reused generation batch: num_iterations > 1, or the eval rows still in `_logs` after an eval), else
+        None. Each file is opened once and read through its `ParquetFile` (`pq.read_table` builds a dataset
+        per call: 4x the CPU of reading the advantages alone)."""
+        previous = self._previous_file(file.path, file.step)
         if previous is None:
             return None
         try:  # cheap tests first: row counts, then the advantages (a float per rollout); whole files last
-            if pq.ParquetFile(previous).metadata.num_rows != pq.ParquetFile(file.path).metadata.num_rows:
+            prev = pq.ParquetFile(previous)
+            if prev.metadata.num_rows != pf.metadata.num_rows:
                 return None
-            if "advantage" in pq.ParquetFile(file.path).schema_arrow.names and not pq.read_table(
-                    previous, columns=["advantage"]).equals(pq.read_table(file.path, columns=["advantage"])):
+            if "advantage" in pf.schema_arrow.names and not prev.read(columns=["advantage"]).equals(
+                    pf.read(columns=["advantage"])):
                 return None
-            a, b = pq.read_table(previous), pq.read_table(file.path)
+            a, b = prev.read(), pf.read()
         except (pa.ArrowInvalid, OSError, KeyError):
             return None
         if a.num_rows == 0:
@@ -162,6 +167,22 @@ class TrlReader(Reader):
             return None
         prev_step = int(_FILE.match(previous.name).group(1))
         return "eval" if self.run.is_eval(prev_step) else "train"
+
+    def _previous_file(self, path: Path, step: int) -> Path | None:
+        """The completions file of the largest step below `step` in the same directory. The directory is listed
+        once (again when its mtime changes: a live run adds files), not once per file: at 2,000 steps the
+        listing per file cost 5 CPU s."""
+        d = path.parent
+        try:
+            mtime = d.stat().st_mtime_ns
+        except OSError:
+            return None
+        if d not in self._listed or self._listed[d][0] != mtime:
+            steps = sorted((int(m.group(1)), p) for p in d.glob("completions_*.parquet") if (m := _FILE.match(p.name)))
+            self._listed[d] = (mtime, steps)
+        steps = self._listed[d][1]
+        i = bisect.bisect_left(steps, step, key=lambda sp: sp[0])
+        return steps[i - 1][1] if i else None
 
     def _raw(self, table: pa.Table, lines: pa.Array, file: SourceFile, ctx: ReadContext,
              groups: ConsecutiveGroups, split: str | None, step_override: int | None) -> pa.Table | None:
@@ -246,14 +267,6 @@ def weighted_nansum(signals: dict[str, pa.Array], weights: list[float], n: int) 
 
 
 # ------------------------------------------------------------------------------------------- files and notes
-def _previous_file(path: Path, step: int) -> Path | None:
-    """The completions file of the largest step below `step` in the same directory."""
-    best: tuple[int, Path] | None = None
-    for p in path.parent.glob("completions_*.parquet"):
-        m = _FILE.match(p.name)
-        if m and int(m.group(1)) < step and (best is None or int(m.group(1)) > best[0]):
-            best = (int(m.group(1)), p)
-    return best[1] if best else None
 
 
 def repeat_note(run: TrlRun, kind: str) -> str:
