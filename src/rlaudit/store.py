@@ -23,16 +23,20 @@ Guarantees:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import os
+import queue
 import re
 import shutil
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -302,24 +306,40 @@ class Store:
             unreadable: set[str] = set()
             stream = prefetch(_part_tables(prefetch(_raw_tables(reader, todo, ctx, unreadable), depth=4), ctx),
                               depth=4)
-            with contextlib.closing(stream):  # an error here stops the reading thread too
-                for i, file in enumerate(todo):
-                    entry = self._ingest_file(run, file, _tables_of(stream, file), manifest)
-                    report.files_replaced += self._drop_replaced(manifest, file)
-                    if file.relpath in unreadable:  # not recorded as read: the next ingest tries it again
-                        entry["size"] = entry["mtime_ns"] = entry["sha256"] = None
-                    with bad_lock:
-                        entry["bad"] = bad_by_file.get(file.relpath, 0)
-                        done_bad = [r for r in bad_buffer if r.file == file.relpath]
-                        bad_buffer[:] = [r for r in bad_buffer if r.file != file.relpath]
-                    if done_bad:
-                        self._quarantine(qpending, done_bad)
-                    report.files_read += 1
-                    report.rows_added += entry["rows"]
-                    # a copy (taken atomically under the GIL): the finalize thread may add labels meanwhile
-                    manifest["conditions"] = dict(labeler.labels)
-                    if progress:
-                        progress(report.files_skipped + i + 1, len(files), report.rows_added)
+            pending: collections.deque[tuple[SourceFile, str, os.stat_result | None, Future]] = collections.deque()
+
+            def finish() -> None:  # the oldest file whose part is being written: recorded once it is
+                file, part, st, writing = pending.popleft()
+                entry = self._file_entry(run, file, part, st, *writing.result(), manifest)
+                report.files_replaced += self._drop_replaced(manifest, file)
+                if file.relpath in unreadable:  # not recorded as read: the next ingest tries it again
+                    entry["size"] = entry["mtime_ns"] = entry["sha256"] = None
+                with bad_lock:
+                    entry["bad"] = bad_by_file.get(file.relpath, 0)
+                    done_bad = [r for r in bad_buffer if r.file == file.relpath]
+                    bad_buffer[:] = [r for r in bad_buffer if r.file != file.relpath]
+                if done_bad:
+                    self._quarantine(qpending, done_bad)
+                report.files_read += 1
+                report.rows_added += entry["rows"]
+                # a copy (taken atomically under the GIL): the finalize thread may add labels meanwhile
+                manifest["conditions"] = dict(labeler.labels)
+                if progress:
+                    progress(report.files_skipped + report.files_read, len(files), report.rows_added)
+
+            # an error here stops the reading threads and the writers (their unfinished parts are removed)
+            with contextlib.closing(stream), _Writers(self, run, len(todo)) as writers:
+                for file in todo:
+                    try:
+                        st = file.path.stat()
+                    except OSError:
+                        st = None
+                    part = self._part_name(file.relpath)
+                    pending.append((file, part, st, writers.write(part, _tables_of(stream, file), file.path)))
+                    while len(pending) >= writers.n:
+                        finish()
+                while pending:
+                    finish()
             manifest["conditions"] = dict(labeler.labels)
             manifest["notes"] = [[key, text] for key, text in ctx.notes.items()]  # pairs: the manifest sorts keys
             try:
@@ -401,19 +421,13 @@ class Store:
             return True
         return False
 
-    def _ingest_file(self, run: str, file: SourceFile, tables: Iterator[pa.Table],
-                     manifest: dict[str, Any]) -> dict[str, Any]:
-        try:
-            st = file.path.stat()
-        except OSError:
-            st = None
-        part = self._part_name(file.relpath)
-        rows, steps = self._write_part(run, part, tables)
+    def _file_entry(self, run: str, file: SourceFile, part: str, st: os.stat_result | None, rows: int,
+                    steps: list[int] | None, digest: str | None, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Record the part written for `file` (`rows` rows, `steps`; `st`: the file's stat before it was read,
+        `digest`: its SHA-256 after, None if it could not be read) in `manifest`."""
         old = manifest["files"].get(file.relpath, {}).get("part")
-        try:
-            digest = _sha256(file.path)
-        except OSError:
-            digest = st = None  # unreadable or gone: recorded as not read, so the next ingest tries again
+        if digest is None:
+            st = None  # unreadable or gone: recorded as not read, so the next ingest tries again
         entry = {"part": part if rows else None, "rows": rows, "size": st.st_size if st else None,
                  "mtime_ns": st.st_mtime_ns if st else None, "sha256": digest, "layout": LAYOUT, "steps": steps}
         manifest["files"][file.relpath] = entry
@@ -823,6 +837,76 @@ def bound_memory(con: duckdb.DuckDBPyConnection, root: str | Path | None = None,
         with contextlib.suppress(OSError):
             tmp.mkdir(parents=True, exist_ok=True)
             con.execute(f"SET temp_directory = '{str(tmp).replace(chr(39), chr(39) * 2)}'")
+
+
+class _Writers:
+    """An ingest's part writers: each file's part is written by a worker thread, at most `n` at once (zstd is
+    the slowest stage of ingest's pipeline: one writer left the second core idle), from the tables the caller
+    hands over in file order (`write`; a short queue per part, so memory stays bounded by `n`). Leaving the
+    block with an error aborts the parts still being written (their temporary files are removed, as when the
+    caller wrote them)."""
+
+    #: parts written at once, and what one holds (its queued tables and the one being written)
+    MAX = 2
+    MEMORY = 256 << 20
+
+    def __init__(self, store: Store, run: str, files: int):
+        from .memory import workers
+
+        self.store, self.run = store, run
+        self.n = max(1, min(self.MAX, files, workers(self.MEMORY)))
+        self.pool = ThreadPoolExecutor(self.n, thread_name_prefix="rlaudit-part")
+        self.queues: list[queue.Queue] = []
+
+    def write(self, part: str, tables: Iterator[pa.Table], source: Path) -> Future:
+        """Hand `tables` (consumed here) to a writer of `part`; the future gives (rows, steps, SHA-256 of
+        `source` read after the part, or None if it could not be read)."""
+        q: queue.Queue = queue.Queue(maxsize=2)
+        self.queues.append(q)
+        future = self.pool.submit(self._write, part, _queued(q), source)
+        for table in itertools.chain(tables, [_END]):
+            while True:
+                try:
+                    q.put(table, timeout=0.1)
+                    break
+                except queue.Full:
+                    if future.done():  # the writer failed: its error, here
+                        future.result()
+        self.queues.remove(q)
+        return future
+
+    def _write(self, part: str, tables: Iterator[pa.Table], source: Path) -> tuple[int, list[int] | None, str | None]:
+        rows, steps = self.store._write_part(self.run, part, tables)
+        try:
+            digest: str | None = _sha256(source)
+        except OSError:
+            digest = None
+        return rows, steps, digest
+
+    def __enter__(self) -> _Writers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for q in self.queues:  # only left open by an error while its tables were handed over
+            with contextlib.suppress(queue.Empty):  # the caller is the only producer: room for the abort
+                while True:
+                    q.get_nowait()
+            q.put_nowait(_ABORT)
+        self.pool.shutdown(wait=True)
+
+
+_END, _ABORT = object(), object()
+
+
+class _Aborted(Exception):
+    """A part's writer was told to stop (the ingest failed): its temporary file is removed."""
+
+
+def _queued(q: queue.Queue) -> Iterator[pa.Table]:
+    while (item := q.get()) is not _END:
+        if item is _ABORT:
+            raise _Aborted
+        yield item
 
 
 def _raw_tables(reader: Any, files: list[SourceFile], ctx: ReadContext,

@@ -60,7 +60,7 @@ def _killer_script(src: Path, root: Path, sleep_after: int) -> str:
         from rlaudit.store import Store
         from rlaudit.readers.base import ReadOptions
         s = Store({str(root)!r})
-        real = Store._ingest_file
+        real = Store._file_entry  # once per file, after its part is written
         n = {{"files": 0}}
         def slow(self, *a, **k):
             n["files"] += 1
@@ -70,7 +70,7 @@ def _killer_script(src: Path, root: Path, sleep_after: int) -> str:
                 print("PART", flush=True)  # some parts written, the ingest not finished
                 time.sleep(60)
             return real(self, *a, **k)
-        Store._ingest_file = slow
+        Store._file_entry = slow
         s.ingest({str(src)!r}, run="r", options=ReadOptions(group_size=int(sys.argv[1])))
     """)
 
@@ -273,3 +273,63 @@ def test_heavy_audits_during_watch_survive_a_growing_file(tmp_path, store, test_
     assert not [f for f in auditor.findings if f.kind == "audit_error"], [f.title for f in auditor.findings]
     assert not auditor.errors
     assert len(auditor.heavy_runs) >= 3
+
+
+# ---------------------------------------------------------------- parts written by two threads (`store._Writers`)
+def _entries(store: Store, run: str) -> dict:
+    return {k: {f: v for f, v in e.items() if f != "part"} for k, e in store.manifest(run)["files"].items()}
+
+
+def test_two_part_writers_store_what_one_does(tmp_path, monkeypatch):
+    src = _run_dir(tmp_path, files=7, rows=40)
+    stores = {}
+    for n in (1, 2):
+        monkeypatch.setattr("rlaudit.store._Writers.MAX", n)
+        monkeypatch.setenv("RLAUDIT_THREADS", "2")
+        stores[n] = Store(tmp_path / f"store{n}")
+        seen = []
+        stores[n].ingest(src, run="r", progress=lambda done, total, rows: seen.append((done, total, rows)))
+        assert seen == [(i + 1, 7, 40 * (i + 1)) for i in range(7)]  # in file order, as each part is recorded
+    assert _entries(stores[1], "r") == _entries(stores[2], "r")
+    assert stores[1].table("r").equals(stores[2].table("r"))
+    for name in ("r",):
+        parts = stores[2].run_dir(name) / "parts"
+        assert sorted(p.name for p in parts.iterdir()) == sorted(p.name for p in stores[2].parts(name))
+
+
+@pytest.mark.parametrize("fail", ["writer", "reader"])
+def test_a_failure_with_parts_in_flight_keeps_the_previous_version(tmp_path, monkeypatch, fail):
+    """A writer that fails (disk full) or a bad record under --strict while two parts are being written: the
+    ingest raises, nothing is committed, and no part or temporary file of it is left once the next ingest ran."""
+    monkeypatch.setenv("RLAUDIT_THREADS", "2")
+    src = _run_dir(tmp_path, files=2, rows=40)
+    store = Store(tmp_path / "store")
+    store.ingest(src, run="r")
+    before, manifest = store.table("r"), store.manifest("r")
+    for f in range(2, 6):
+        _lines(src / f"part{f}.jsonl", f * 40, (f + 1) * 40, bad_at=4 * 40 + 7 if fail == "reader" else None)
+    if fail == "writer":
+        real = Store._write_part
+        calls = {"n": 0}
+
+        def full(self, run, part, tables):
+            calls["n"] += 1
+            if calls["n"] == 3:  # the third new part: two others written or in flight
+                next(iter(tables))
+                raise OSError(28, "No space left on device")
+            return real(self, run, part, tables)
+
+        monkeypatch.setattr(Store, "_write_part", full)
+        with pytest.raises(OSError, match="No space left"):
+            store.ingest(src, run="r")
+    else:
+        with pytest.raises(BadInputError, match="part4.jsonl"):
+            store.ingest(src, run="r", options=ReadOptions(strict=True))
+    assert store.manifest("r") == manifest
+    assert store.table("r").equals(before)
+    parts = store.run_dir("r") / "parts"
+    assert not [p for p in parts.iterdir() if p.name.endswith(".tmp")]  # writers aborted, their files removed
+    monkeypatch.undo()
+    report = store.ingest(src, run="r")  # the next ingest stores the new files and removes the orphans
+    assert report.files_read == 4 and store.summary("r").rows == 80 + 4 * 40 - (fail == "reader")
+    assert sorted(p.name for p in parts.iterdir()) == sorted(p.name for p in store.parts("r"))
