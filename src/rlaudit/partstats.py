@@ -321,7 +321,9 @@ def _computed(jobs: list[tuple[tuple[str, ...], list[Path]]], layouts: dict[str,
     the memory budget allow, `memory.workers` threads compute the next batches while the caller writes the last
     one's tables (DuckDB and Arrow release the GIL; one batch at a time left a core idle for a third of a cold
     run's statistics), each connection with its share of DuckDB's memory limit; at most one batch per thread
-    waits to be written, so memory stays bounded by the thread count, not the run."""
+    waits to be written, so memory stays bounded by the thread count, not the run. Each connection then runs
+    one DuckDB thread: the workers already fill the cores, and DuckDB's own threads on top of them cost ~0.6 CPU
+    s more of the 1M benchmark's ~6.5 (its task scheduler's waits and wake-ups)."""
     from .memory import duckdb_limit, workers
 
     n = min(len(jobs), workers(BATCH_MEMORY))
@@ -333,7 +335,7 @@ def _computed(jobs: list[tuple[tuple[str, ...], list[Path]]], layouts: dict[str,
     with ThreadPoolExecutor(n, thread_name_prefix="partstats") as pool:
         pending: collections.deque[Future[dict[str, list[tuple[Path, pa.Table]]]]] = collections.deque()
         for lack, parts in jobs:
-            pending.append(pool.submit(_compute, parts, layouts, [KINDS[k] for k in lack], root, share))
+            pending.append(pool.submit(_compute, parts, layouts, [KINDS[k] for k in lack], root, share, 1))
             if len(pending) > n:
                 yield pending.popleft().result()
         while pending:
@@ -341,9 +343,11 @@ def _computed(jobs: list[tuple[tuple[str, ...], list[Path]]], layouts: dict[str,
 
 
 def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind],
-             root: Path, memory: int | None = None) -> dict[str, list[tuple[Path, pa.Table]]]:
+             root: Path, memory: int | None = None, threads: int | None = None
+             ) -> dict[str, list[tuple[Path, pa.Table]]]:
     """Read `parts` once (the columns `kinds` need) into a DuckDB table `src`, run each kind's query on it and
-    split every result by part. `memory`: the connection's memory limit, below DuckDB's usual one."""
+    split every result by part. `memory`: the connection's memory limit, below DuckDB's usual one; `threads`:
+    its DuckDB threads (default: DuckDB's, one per core)."""
     columns = [f'"{c}"' for c in (*ROLLOUT_SCHEMA.names, *SPAN_TESTS) if any(c in k.columns for k in kinds)]
     columns += dict.fromkeys(c for k in kinds for c in k.columns if c not in (*ROLLOUT_SCHEMA.names, *SPAN_TESTS))
     cols = ", ".join(columns)
@@ -361,6 +365,8 @@ def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind],
     out: dict[str, list[tuple[Path, pa.Table]]] = {}
     with duckdb.connect() as con:
         con.execute("SET enable_progress_bar = false")
+        if threads:
+            con.execute(f"SET threads = {int(threads)}")
         bound_memory(con, root, at_most=memory)
         if not selects:
             con.register("_empty", ROLLOUT_SCHEMA.empty_table())
