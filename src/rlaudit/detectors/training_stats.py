@@ -69,7 +69,9 @@ ess AS (SELECT g._part, g.split, g.step, g.group_id,
         FROM base b JOIN g USING (_part, split, step, group_id) WHERE isfinite(b.reward)
         GROUP BY g._part, g.split, g.step, g.group_id),
 rv AS (SELECT _part, split, step, reward AS value, count(*) AS n FROM base WHERE isfinite(reward) GROUP BY ALL),
-rvd AS (SELECT *, count(*) OVER (PARTITION BY _part, split, step) AS d FROM rv),
+-- the values per step by a grouped count joined back, not a window (count(*) OVER (PARTITION BY ...) sorted every
+-- distinct value: 1.05 -> 0.92 CPU s of this query over the 1M benchmark's parts)
+rvd AS (SELECT * FROM rv JOIN (SELECT _part, split, step, count(*) AS d FROM rv GROUP BY ALL) USING (_part, split, step)),
 sig AS (SELECT _part, split, step, unnest(map_keys(rewards)) AS signal, FALSE AS total,
                unnest(map_values(rewards)) AS v FROM src
         UNION ALL SELECT _part, split, step, NULL, TRUE, reward FROM src)
