@@ -219,10 +219,11 @@ def _reward_correlation(scope: Scope, a: dict[str, Any], signal: str, condition:
     """Within-prompt-group correlation of the behaviour with a reward signal in one condition: (r, p). Over
     the scope's rollouts, or a systematic sample of its steps in a long run (`Scope.sampled_rows`)."""
     rows_view, sampled = scope.sampled_rows()
+    rewards = _sampled_rewards(scope) if rows_view != "rt_parts" else "rewards_long"
     rows = scope.con.execute(f"""
         WITH b AS (SELECT rollout_id, group_id, {a['value']} AS v FROM {rows_view} SEMI JOIN keys USING (step, split)
                    WHERE condition = ? AND {sampled} AND {scope.filter(a['where'])} AND {a['risk']}),
-             r AS (SELECT rollout_id, value FROM rewards_long WHERE condition = ? AND signal = ? AND NOT isnan(value)
+             r AS (SELECT rollout_id, value FROM {rewards} WHERE condition = ? AND signal = ? AND NOT isnan(value)
                    AND {sampled}),
              j AS (SELECT coalesce(group_id, rollout_id) AS grp, v, value FROM b JOIN r USING (rollout_id)),
              d AS (SELECT v - avg(v) OVER (PARTITION BY grp) AS dv,
@@ -234,6 +235,20 @@ def _reward_correlation(scope: Scope, a: dict[str, Any], signal: str, condition:
         return float("nan"), 1.0
     tt = r * math.sqrt(dof / max(1e-12, 1 - r * r))
     return float(r), float(2 * student_t.sf(abs(tt), dof))
+
+
+def _sampled_rewards(scope: Scope) -> str:
+    """`rewards_long` over only the parts that may hold the sampled steps (`Scope.sampled_rows`), within the
+    audit's scope: the full view lists every stored part, and DuckDB opens each one's footer to skip it (~0.25 ms
+    a part: ~0.5 CPU s of a warm audit at 2,000 parts), so its cost grew with the run."""
+    con = scope.con
+    if not con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'gen_sample_rewards'").fetchone()[0]:
+        steps = con.execute("SELECT step FROM sample_steps").fetchnumpy()["step"]
+        scope.store.rollouts_view(con, [scope.run], "gen_sample_all", steps)
+        con.execute(f"""CREATE OR REPLACE TEMP VIEW gen_sample_rewards AS
+            SELECT run, rollout_id, step, group_id, condition, task, unnest(map_keys(rewards)) AS signal,
+                   unnest(map_values(rewards)) AS value FROM gen_sample_all WHERE {scope.where}""")
+    return "gen_sample_rewards"
 
 
 def _findings(ctx: DetectContext, scope: Scope, a: dict[str, Any], signals: dict[str, str],
