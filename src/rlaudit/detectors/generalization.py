@@ -65,7 +65,7 @@ class GeneralizationDetector(Detector):
     kinds = ("generalization",)
     description = "Behaviours that rose in one condition (persona, system prompt) and spread to others."
     requires = ("emerging",)
-    part_stats = ("reward_health",)  # which reward signals apply in one condition only (`_condition_signals`)
+    part_stats = ("training_health",)  # which reward signals apply in one condition only (`_condition_signals`)
     eager = True  # the shared term-set scope is released after this detector, before attribution and the rest
 
     def detect(self, ctx: DetectContext) -> list[Finding]:
@@ -191,15 +191,18 @@ def _choose_source(scope: Scope, a: dict[str, Any], signals: dict[str, str], alp
 def _condition_signals(ctx: DetectContext, scope: Scope) -> dict[str, str]:
     """Reward signals that apply in exactly one condition (non-NaN there, NaN or absent elsewhere).
 
-    Counted from the `reward_health` detector's per-part statistics (`reward_stats`: per part, step, signal,
-    condition and task the rollouts scored and the NaN ones), cached beside the run, so a warm audit reads the
-    new part's rewards only; a store that keeps derived data in memory would recompute them for every part, so
-    there the rewards are counted directly."""
+    Counted from the `training_health` detector's per-part statistics (`training_stats` kind 8: per part, step,
+    condition and signal the rows with a value that is not NaN), cached beside the run, so a warm audit reads the
+    new part's rewards and the rollup of the combined parts' small rows only (reward_health's rows per task,
+    6.2M at 10M rollouts, cost 0.4 CPU s to scan); a store that keeps derived data in memory would recompute them
+    for every part, so there the rewards are counted directly."""
     if getattr(scope.store, "persist_derived", True):
-        ctx.part_stats("reward_health").register(scope.con, "gen_rh_parts")
-        sql = """SELECT signal, condition, sum(n - nan) AS applies FROM gen_rh_parts r
-                 SEMI JOIN keys k ON k.step = r.step AND k.split IS NOT DISTINCT FROM r.split
-                 WHERE kind = 0 GROUP BY ALL ORDER BY ALL"""
+        from .training_stats import register_small
+
+        rows = register_small(scope.con, ctx.part_stats("training_health"), "gen_ts_parts")
+        sql = f"""SELECT signal, condition, sum(applies) AS applies FROM {rows} r
+                  SEMI JOIN keys k ON k.step = r.step AND k.split IS NOT DISTINCT FROM r.split
+                  WHERE kind = 8 GROUP BY ALL ORDER BY ALL"""
     else:
         sql = """SELECT signal, condition, count(*) FILTER (WHERE NOT isnan(value) AND value IS NOT NULL) AS applies
                  FROM rewards_long GROUP BY ALL ORDER BY ALL"""

@@ -48,7 +48,7 @@ from ..partstats import PartStats, define
 from ..store import sql_string
 from .reward_stats import DISCRETE_MAX, MID_SQL, bucket_sql
 
-VERSION = 3
+VERSION = 4
 _META = "CASE WHEN json_valid(metadata) THEN metadata END"
 _MARK = ("(_reasoned OR _think OR "
          + " OR ".join(f"json_extract_string({_META}, '$.{k}') IS NOT NULL"
@@ -114,6 +114,11 @@ SELECT 2::TINYINT AS kind, _part, split, step, signal, total, count(*) AS n, avg
        coalesce(stddev_samp(v), 0) AS sd
 FROM sig WHERE isfinite(v) GROUP BY _part, split, step, signal, total
 UNION ALL BY NAME
+SELECT 8::TINYINT AS kind, _part, split, step, coalesce(condition, '') AS condition, signal,
+       count(*) FILTER (WHERE v IS NOT NULL AND NOT isnan(v)) AS applies
+FROM (SELECT _part, split, step, condition, unnest(map_keys(rewards)) AS signal, unnest(map_values(rewards)) AS v
+      FROM src) GROUP BY _part, split, step, coalesce(condition, ''), signal
+UNION ALL BY NAME
 SELECT 3::TINYINT AS kind, _part, split, step, CASE WHEN d <= {DISCRETE_MAX + 1} THEN value END AS value,
        sum(n)::BIGINT AS n
 FROM rvd GROUP BY _part, split, step, CASE WHEN d <= {DISCRETE_MAX + 1} THEN value END
@@ -140,7 +145,7 @@ def register_training_stats(con: duckdb.DuckDBPyConnection, stats: PartStats, sc
     # the small kinds in one read (the eval split's signals with them), of the combined parts' rollup (`_small`)
     small = _small(con, stats)
     con.execute(f"""CREATE OR REPLACE TEMP TABLE ts_small AS
-        SELECT * EXCLUDE (gkey, group_id, rf, lo, hi, mean, has_adv, sgn, b), {scope} AS in_scope
+        SELECT * EXCLUDE (gkey, group_id, rf, lo, hi, mean, has_adv, sgn, b, applies), {scope} AS in_scope
         FROM {small} WHERE kind IN (2, 3, 5, 6, 7) AND ({scope} OR kind = 2 AND split = 'eval' AND {eval_scope})""")
     con.execute("""CREATE OR REPLACE TEMP TABLE ts_steps AS
         SELECT step, g2, gv, gv_n, gv_min, s1, s2 FROM ts_small WHERE kind = 5 AND in_scope""")
@@ -159,26 +164,32 @@ def register_training_stats(con: duckdb.DuckDBPyConnection, stats: PartStats, sc
 
 #: the kinds of one row per step (or a few: signals, values, buckets, groups' and cells' sums), which every warm
 #: audit reads, unlike the rows per group and cell (kinds 0 and 1)
-SMALL = (2, 3, 4, 5, 6, 7)
+SMALL = (2, 3, 4, 5, 6, 7, 8)
 #: seconds a superseded rollup of the small kinds is kept for audits that may still read it (as `segments.GRACE`)
 GRACE = 600.0
 
 
-def _small(con: duckdb.DuckDBPyConnection, stats: PartStats) -> str:
+def register_small(con: duckdb.DuckDBPyConnection, stats: PartStats, name: str) -> str:
+    """A relation of every part's rows of the SMALL kinds (`_small`), its views named after `name`."""
+    stats.register(con, name)
+    return _small(con, stats, name)
+
+
+def _small(con: duckdb.DuckDBPyConnection, stats: PartStats, parts: str = "ts_parts") -> str:
     """A relation holding every part's rows of the SMALL kinds: the rollup of the combined file's parts
     (`_small_rollup`) and the rows of the parts added since, else the parts' rows (`ts_parts`). A scan of the
     combined file reads its rows of every kind (4.5M at 10M rollouts, most of them per group and cell: 0.3 CPU s);
     its rollup holds the small kinds' rows only."""
     rolled = _small_rollup(stats) if stats.combined is not None and stats.combined_stems else None
     if rolled is None:
-        return "ts_parts"
+        return parts
     selects = [f"SELECT * FROM read_parquet({sql_string(str(rolled))})"]
     rest = PartStats(files=stats.files, tables=stats.tables, table_stems=stats.table_stems)
     if rest.files or rest.tables:
-        rest.register(con, "ts_loose")
-        selects.append(f"SELECT * FROM ts_loose WHERE kind IN {SMALL}")
-    con.execute(f"CREATE OR REPLACE TEMP VIEW ts_small_parts AS {' UNION ALL BY NAME '.join(selects)}")
-    return "ts_small_parts"
+        rest.register(con, f"{parts}_loose")
+        selects.append(f"SELECT * FROM {parts}_loose WHERE kind IN {SMALL}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {parts}_small AS {' UNION ALL BY NAME '.join(selects)}")
+    return f"{parts}_small"
 
 
 def _small_rollup(stats: PartStats) -> Path | None:
