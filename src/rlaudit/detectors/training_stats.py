@@ -20,6 +20,19 @@ One table per stored part, keyed by `split` and `step` (any audit scope filters 
   most `DISCRETE_MAX` + 1 of them; a busier one has a single row with `value` NULL.
 - kind 4, the total reward's finite values in the logarithmic buckets of `reward_stats` (`sgn`, `b`), rows `n`.
 
+- kinds 5-8, per step, so that a warm audit reads a few rows per step instead of one per group and cell (1.25M
+  each at 10M rollouts; copying and grouping them was ~1.5 of training_health's 1.8 CPU s): kind 5 per (split,
+  step) the groups of >= 2 rows `g2`, the varying ones `gv` with their rows `gv_n`, smallest spread `gv_min`
+  and ESS sums `s1`, `s2`; kind 6 the constant groups `z_n` by their value `z_lo`; kind 7 per (split, step,
+  condition) kind 1's sums with the length ratio's cluster sums (`c_g` clusters, `c_nn`, `c_xx`, `c_xn`,
+  `t_xx`, `t_xn`) and `c_local` (every cluster key names its step, `<step>:...`, as the readers name groups);
+  kind 8 per (split, step, condition, signal) the rows whose value is not NaN (`applies`: generalization's
+  signals that apply in one condition). `zero_steps` and `clusters_local` say when they answer exactly; else
+  the detector reads kinds 0 and 1 as before.
+
+The small kinds (`SMALL`: every kind but 0 and 1) of the combined file's parts are also kept in one file beside
+it (`_small_rollup`), so a warm audit does not scan the combined file's rows of every kind.
+
 Kinds 3 and 4 give the reward's q05 / q95 that split zero-variance groups into all-correct and all-wrong
 (`reward_quantiles`): exact where every step of the scope has few distinct rewards (binary or graded rewards, the
 runs where groups are constant), else from the merged sketch within a relative error of `reward_stats.ALPHA`
