@@ -3,6 +3,7 @@ statistics cost and hold O(max_window_rollouts), not O(run); the findings stay t
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -120,3 +121,27 @@ def test_bad_emerging_options_are_errors_that_name_them(options, message):
     with pytest.raises(RlauditError, match=message.replace("(", r"\(")):
         Params.from_options(options)
     assert Params.from_options({"max_window_rollouts": 0, "window": 0.25, "max_terms": 500}).max_window_rollouts == 0
+
+
+def test_sampled_reward_correlations_read_only_the_sampled_parts(tmp_path, monkeypatch):
+    """Generalization's reward correlations over a sample of the steps read the rewards of the parts holding them
+    (`generalization._sampled_rewards`): the findings equal those from every part's rewards (`rewards_long`)."""
+    import pyarrow.compute as pc
+
+    from rlaudit.detectors import generalization
+
+    table = simulate_run("goblin_persona", seed=0, run_name="sim", steps=80, prompts=16, generations=8).canonical()
+    store = Store(tmp_path / "store")
+    for step in sorted(set(table["step"].to_pylist())):
+        store.append("sim", table.filter(pc.equal(table["step"], step)), key=f"s{step:04d}")
+    config = AuditConfig(detectors=["emerging", "generalization"], options={"emerging": {"max_window_rollouts": 1100}})
+    read: list[str] = []
+    sampled = generalization._sampled_rewards
+    monkeypatch.setattr(generalization, "_sampled_rewards", lambda scope: read.append(v := sampled(scope)) or v)
+    found = [f.to_json() for f in run_detectors(store, "sim", config) if f.kind == "generalization"]
+    assert found and read and set(read) == {"gen_sample_rewards"}
+    monkeypatch.setattr(generalization, "_sampled_rewards", lambda scope: "rewards_long")
+    again = [f.to_json() for f in run_detectors(store, "sim", config) if f.kind == "generalization"]
+    # equal, floats to the last digits (DuckDB's parallel sums of the correlation add in any order)
+    assert json.loads(json.dumps(again, default=str), parse_float=lambda x: round(float(x), 12)) == \
+        json.loads(json.dumps(found, default=str), parse_float=lambda x: round(float(x), 12))

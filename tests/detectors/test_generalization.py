@@ -96,3 +96,49 @@ def test_the_baseline_ends_at_the_onset_when_the_early_window_reaches_past_it(st
     assert 4 <= g["baseline_steps"] < 20  # the early window would be 20 steps
     assert g["baseline_steps"] == onset - 1 or g["baseline_steps"] == onset  # steps before the onset step
     assert g["target_prevalence_start"] < 0.03 and g.severity in ("medium", "high")
+
+
+@pytest.mark.parametrize("max_step", [None, 24])
+def test_condition_signals_from_the_cached_rows_equal_the_rewards(tmp_path, monkeypatch, max_step):
+    """Which signals apply in one condition only, from training_health's per-part rows (kind 8, through the
+    rollup of the combined parts' small rows) as from the rewards of a store that keeps nothing."""
+    import numpy as np
+    import pyarrow as pa
+
+    from rlaudit import partstats
+    from rlaudit.detectors import generalization
+    from rlaudit.store import Store
+
+    monkeypatch.setattr(partstats, "COMPACT_AT", 2)
+    store = Store(tmp_path / "store")
+    run = make_run(store, goblins(reward_signal="nerdy_rm"))
+    table = store.table(run)
+    steps = np.array(table.column("step").to_pylist())
+    store.delete(run)
+    # a signal with NaN and missing values in one condition, and a NULL condition
+    rewards = [list(r.items()) if isinstance(r, dict) else list(r or []) for r in table.column("rewards").to_pylist()]
+    conds = table.column("condition").to_pylist()
+    for i, r in enumerate(rewards):
+        r.append(("sparse", float("nan") if i % 3 == 0 else None if i % 3 == 1 else 1.0) if conds[i] == "nerdy"
+                 else ("sparse", float("nan")))
+    table = table.set_column(table.schema.get_field_index("rewards"), "rewards",
+                             pa.array(rewards, table.schema.field("rewards").type))
+    for i, lo in enumerate(range(0, 30, 6)):
+        store.append(run, table.filter(pa.array((steps > lo) & (steps <= lo + 6))), key=f"p{i}")
+    seen: dict[bool, list] = {}
+    signals = generalization._condition_signals
+
+    def spy(ctx, scope):
+        out = signals(ctx, scope)
+        seen[getattr(scope.store, "persist_derived", True)] = out
+        return out
+
+    monkeypatch.setattr(generalization, "_condition_signals", spy)
+    config = AuditConfig(detectors=["generalization"], max_step=max_step)
+    run_detectors(store, run, config)
+    run_detectors(store, run, config)  # warm, from the rollup
+    assert list((store.run_dir(run) / "derived" / "partstats" / "training_health").glob("v*/combined.small-*"))
+    mem = Store(store.root)
+    mem.persist_derived = False
+    run_detectors(mem, run, config)
+    assert seen[True] == seen[False] and seen[True].get("sparse") == "nerdy", seen

@@ -148,3 +148,83 @@ def test_reward_quantiles_from_parts(store, seed, discrete):
     con.execute("CREATE OR REPLACE VIEW rollouts AS SELECT * FROM all_rollouts WHERE FALSE")
     register_training_stats(con, part_stats(store, "q", "training_health"), "FALSE", "FALSE")
     assert reward_quantiles(con, qs) is None and _reward_quantiles(con, qs) is None
+
+
+def _with_group_ids(table: pa.Table, style: str) -> pa.Table:
+    """`table` with its group ids rewritten: `step` as the readers name them (`<step>:<k>`, the rollups answer),
+    `reused` the same ids at every step (clusters span steps: the groups and cells are read), `none` without."""
+    import pyarrow.compute as pc
+
+    ids = table.column("group_id").to_pylist()
+    steps = table.column("step").to_pylist()
+    local = [g.split("-", 1)[-1] for g in ids]
+    new = {"step": [f"{s}:{k}" for s, k in zip(steps, local)], "reused": [f"g{k}" for k in local],
+           "none": [None] * len(ids)}[style]
+    return table.set_column(table.schema.get_field_index("group_id"), "group_id",
+                            pc.cast(pa.array(new, pa.string()), table.schema.field("group_id").type))
+
+
+@pytest.mark.parametrize("style", ["step", "reused", "none"])
+@pytest.mark.parametrize("scenario", ["easy_groups", "length_blowup", "broken_reward"])
+def test_rollups_equal_the_rollouts(store, monkeypatch, scenario, style):
+    """The per-step rollups (kinds 5-7) give the findings of the rollouts; with step-named groups in one part per
+    step they answer (no group or cell row is read), else the detector falls back to the group and cell rows."""
+    from rlaudit.detectors import training_health as th
+    from rlaudit.organisms import run
+
+    table = _with_group_ids(run(scenario, steps=30, prompts=8).canonical(), style)
+    _append_in_parts(store, scenario, table, [10, 20])
+    used: list[tuple[str, bool]] = []
+    zero, local = th.zero_steps, th.clusters_local
+    monkeypatch.setattr(th, "zero_steps", lambda *a: used.append(("zero", (r := zero(*a)) is not None)) or r)
+    monkeypatch.setattr(th, "clusters_local", lambda *a: used.append(("cells", (r := local(*a)))) or r)
+    ref = _findings(store, scenario, False)
+    _same(_findings(store, scenario, True), ref)
+    if style == "step":
+        assert used and all(ok for _, ok in used), used
+    if style == "reused":
+        assert ("cells", False) in used
+    _same(_findings(store, scenario, True, max_step=17), _findings(store, scenario, False, max_step=17))
+    # a step's groups split across two more parts: the groups and cells are read for it
+    steps = np.array(table.column("step").to_pylist())
+    extra = table.filter(steps == 30).set_column(
+        table.schema.get_field_index("step"), "step", pa.array([31] * int((steps == 30).sum()), pa.int64()))
+    if style == "step":
+        extra = _with_group_ids(extra, "step")
+    half = np.arange(extra.num_rows) % 2 == 0
+    store.append(scenario, extra.filter(half), key=f"{scenario}-x")
+    store.append(scenario, extra.filter(~half), key=f"{scenario}-y")
+    used.clear()
+    _same(_findings(store, scenario, True), _findings(store, scenario, False))
+    if style == "step":
+        assert ("cells", False) in used
+
+
+def test_the_rollup_of_the_combined_parts_and_a_replaced_part(store, monkeypatch):
+    """Once the parts are combined, a warm audit reads the small kinds from their rollup beside the combined file
+    (`training_stats._small_rollup`) and the loose parts: the findings stay those of the rollouts as parts are
+    added, and when a combined part is replaced (same key, other rows) no row of the old part is read."""
+    import pyarrow.compute as pc
+
+    from rlaudit import partstats
+    from rlaudit.organisms import run
+
+    monkeypatch.setattr(partstats, "COMPACT_AT", 3)
+    table = _with_group_ids(run("easy_groups", steps=30, prompts=8).canonical(), "step")
+    steps = np.array(table.column("step").to_pylist())
+    for i, (lo, hi) in enumerate([(0, 8), (8, 16), (16, 22), (22, 26), (26, 30)]):
+        store.append("e", table.filter((steps > lo) & (steps <= hi)), key=f"k{i}")
+        _same(_findings(store, "e", True), _findings(store, "e", False))
+    cache = store.run_dir("e") / "derived" / "partstats" / "training_health"
+    assert list(cache.glob("v*/combined.small-*.parquet")), "the combined parts were rolled up"
+    # replace a combined part: the same steps with every reward flipped (other zero-variance groups)
+    old = table.filter((steps > 8) & (steps <= 16))
+    flipped = old.set_column(old.schema.get_field_index("reward"), "reward",
+                             pc.subtract(pa.scalar(1.0), old.column("reward")))
+    store.append("e", flipped, key="k1")
+    _same(_findings(store, "e", True), _findings(store, "e", False))
+    store.append("e", table.filter(steps > 30), key="k9")
+    _same(_findings(store, "e", True), _findings(store, "e", False))
+    mem = store.__class__(store.root)
+    mem.persist_derived = False
+    _same(_findings(mem, "e", True), _findings(store, "e", False))

@@ -65,7 +65,7 @@ class GeneralizationDetector(Detector):
     kinds = ("generalization",)
     description = "Behaviours that rose in one condition (persona, system prompt) and spread to others."
     requires = ("emerging",)
-    part_stats = ("reward_health",)  # which reward signals apply in one condition only (`_condition_signals`)
+    part_stats = ("training_health",)  # which reward signals apply in one condition only (`_condition_signals`)
     eager = True  # the shared term-set scope is released after this detector, before attribution and the rest
 
     def detect(self, ctx: DetectContext) -> list[Finding]:
@@ -191,15 +191,18 @@ def _choose_source(scope: Scope, a: dict[str, Any], signals: dict[str, str], alp
 def _condition_signals(ctx: DetectContext, scope: Scope) -> dict[str, str]:
     """Reward signals that apply in exactly one condition (non-NaN there, NaN or absent elsewhere).
 
-    Counted from the `reward_health` detector's per-part statistics (`reward_stats`: per part, step, signal,
-    condition and task the rollouts scored and the NaN ones), cached beside the run, so a warm audit reads the
-    new part's rewards only; a store that keeps derived data in memory would recompute them for every part, so
-    there the rewards are counted directly."""
+    Counted from the `training_health` detector's per-part statistics (`training_stats` kind 8: per part, step,
+    condition and signal the rows with a value that is not NaN), cached beside the run, so a warm audit reads the
+    new part's rewards and the rollup of the combined parts' small rows only (reward_health's rows per task,
+    6.2M at 10M rollouts, cost 0.4 CPU s to scan); a store that keeps derived data in memory would recompute them
+    for every part, so there the rewards are counted directly."""
     if getattr(scope.store, "persist_derived", True):
-        ctx.part_stats("reward_health").register(scope.con, "gen_rh_parts")
-        sql = """SELECT signal, condition, sum(n - nan) AS applies FROM gen_rh_parts r
-                 SEMI JOIN keys k ON k.step = r.step AND k.split IS NOT DISTINCT FROM r.split
-                 WHERE kind = 0 GROUP BY ALL ORDER BY ALL"""
+        from .training_stats import register_small
+
+        rows = register_small(scope.con, ctx.part_stats("training_health"), "gen_ts_parts")
+        sql = f"""SELECT signal, condition, sum(applies) AS applies FROM {rows} r
+                  SEMI JOIN keys k ON k.step = r.step AND k.split IS NOT DISTINCT FROM r.split
+                  WHERE kind = 8 GROUP BY ALL ORDER BY ALL"""
     else:
         sql = """SELECT signal, condition, count(*) FILTER (WHERE NOT isnan(value) AND value IS NOT NULL) AS applies
                  FROM rewards_long GROUP BY ALL ORDER BY ALL"""
@@ -219,10 +222,11 @@ def _reward_correlation(scope: Scope, a: dict[str, Any], signal: str, condition:
     """Within-prompt-group correlation of the behaviour with a reward signal in one condition: (r, p). Over
     the scope's rollouts, or a systematic sample of its steps in a long run (`Scope.sampled_rows`)."""
     rows_view, sampled = scope.sampled_rows()
+    rewards = _sampled_rewards(scope) if rows_view != "rt_parts" else "rewards_long"
     rows = scope.con.execute(f"""
         WITH b AS (SELECT rollout_id, group_id, {a['value']} AS v FROM {rows_view} SEMI JOIN keys USING (step, split)
                    WHERE condition = ? AND {sampled} AND {scope.filter(a['where'])} AND {a['risk']}),
-             r AS (SELECT rollout_id, value FROM rewards_long WHERE condition = ? AND signal = ? AND NOT isnan(value)
+             r AS (SELECT rollout_id, value FROM {rewards} WHERE condition = ? AND signal = ? AND NOT isnan(value)
                    AND {sampled}),
              j AS (SELECT coalesce(group_id, rollout_id) AS grp, v, value FROM b JOIN r USING (rollout_id)),
              d AS (SELECT v - avg(v) OVER (PARTITION BY grp) AS dv,
@@ -234,6 +238,20 @@ def _reward_correlation(scope: Scope, a: dict[str, Any], signal: str, condition:
         return float("nan"), 1.0
     tt = r * math.sqrt(dof / max(1e-12, 1 - r * r))
     return float(r), float(2 * student_t.sf(abs(tt), dof))
+
+
+def _sampled_rewards(scope: Scope) -> str:
+    """`rewards_long` over only the parts that may hold the sampled steps (`Scope.sampled_rows`), within the
+    audit's scope: the full view lists every stored part, and DuckDB opens each one's footer to skip it (~0.25 ms
+    a part: ~0.5 CPU s of a warm audit at 2,000 parts), so its cost grew with the run."""
+    con = scope.con
+    if not con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'gen_sample_rewards'").fetchone()[0]:
+        steps = con.execute("SELECT step FROM sample_steps").fetchnumpy()["step"]
+        scope.store.rollouts_view(con, [scope.run], "gen_sample_all", steps)
+        con.execute(f"""CREATE OR REPLACE TEMP VIEW gen_sample_rewards AS
+            SELECT run, rollout_id, step, group_id, condition, task, unnest(map_keys(rewards)) AS signal,
+                   unnest(map_values(rewards)) AS value FROM gen_sample_all WHERE {scope.where}""")
+    return "gen_sample_rewards"
 
 
 def _findings(ctx: DetectContext, scope: Scope, a: dict[str, Any], signals: dict[str, str],

@@ -64,7 +64,8 @@ from ..findings import Evidence, Finding
 from ..health.lengths import LengthUnit, length_view
 from ..partstats import scope_sql
 from . import DetectContext, Detector, register
-from .training_stats import lower_quantiles, register_training_stats, reward_quantiles, split_groups
+from .training_stats import (clusters_local, lower_quantiles, register_training_stats, reward_quantiles,
+                             split_groups, zero_steps)
 
 ALPHA = 0.05
 ZV_MEDIUM, ZV_HIGH = 0.5, 0.75
@@ -101,7 +102,7 @@ class TrainingHealthDetector(Detector):
             register_training_stats(con, ctx.part_stats("training_health"), ctx.scope_sql(),
                                     scope_sql(ctx.config.max_step, None))
         steps = [int(r[0]) for r in con.execute(
-            f"SELECT DISTINCT step FROM {'ts_cells' if cached else 'rollouts'} ORDER BY step").fetchall()]
+            f"SELECT DISTINCT step FROM {'ts_lcells' if cached else 'rollouts'} ORDER BY step").fetchall()]
         if len(steps) >= MIN_STEPS:
             unit = length_view(con, tokenizer, max_tokens, **(_unit_counts(con) if cached else {}))
             notes.append(unit.describe())
@@ -142,7 +143,7 @@ def _unit_counts(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     """`length_view`'s whole-run counts (rows, rows with metadata token counts; the metadata limit's min, max and
     count), from the cached cells instead of a scan of every rollout's metadata."""
     n, tn, lo, hi, mx = con.execute("SELECT coalesce(sum(n), 0), coalesce(sum(tn), 0), min(mx_lo), max(mx_hi), "
-                                    "coalesce(sum(mx_n), 0) FROM ts_cells").fetchone()
+                                    "coalesce(sum(mx_n), 0) FROM ts_lcells").fetchone()
     return {"known": (int(n), int(tn)), "limits": (lo, hi, int(mx))}
 
 
@@ -243,7 +244,12 @@ def _zero_variance(con: duckdb.DuckDBPyConnection, steps: list[int], early: list
         return []
     q05, q95 = q[0.05], q[0.95]
     tol = 1e-9 * max(1.0, abs(q05), abs(q95))
-    if cached:
+    rolled = zero_steps(con, q05, q95, tol) if cached else None
+    if rolled is not None:  # per step from the per-part rollups (`training_stats.zero_steps`)
+        per_step = [dict(zip(("step", "groups", "zv", "top", "bottom"), r)) for r in rolled[0]]
+        zero_groups = (f"SELECT (step, group_id) FROM ts_groups WHERE rf >= 2 AND hi - lo <= {tol} "
+                       f"AND step >= {late[0]}")
+    elif cached:
         con.execute(f"""CREATE OR REPLACE TEMP TABLE th_groups AS
             SELECT step, group_id, rf AS n, lo, hi, mean, sd, has_adv, hi - lo <= {tol} AS zero, s1, s2
             FROM ts_groups WHERE rf >= 2""")
@@ -256,11 +262,13 @@ def _zero_variance(con: duckdb.DuckDBPyConnection, steps: list[int], early: list
         FROM (SELECT step, group_id, reward, advantage IS NOT NULL AS hi_adv FROM rollouts
               WHERE group_id IS NOT NULL AND isfinite(reward))
         GROUP BY step, group_id HAVING count(*) >= 2""")
-    per_step = _rows(con, f"""
-        SELECT step, count(*) AS groups, count(*) FILTER (WHERE zero) AS zv,
-               count(*) FILTER (WHERE zero AND lo >= {q95} - {tol}) AS top,
-               count(*) FILTER (WHERE zero AND lo <= {q05} + {tol} AND NOT lo >= {q95} - {tol}) AS bottom
-        FROM th_groups GROUP BY step ORDER BY step""")
+    if rolled is None:
+        per_step = _rows(con, f"""
+            SELECT step, count(*) AS groups, count(*) FILTER (WHERE zero) AS zv,
+                   count(*) FILTER (WHERE zero AND lo >= {q95} - {tol}) AS top,
+                   count(*) FILTER (WHERE zero AND lo <= {q05} + {tol} AND NOT lo >= {q95} - {tol}) AS bottom
+            FROM th_groups GROUP BY step ORDER BY step""")
+        zero_groups = f"SELECT (step, group_id) FROM th_groups WHERE zero AND step >= {late[0]}"
     if not per_step:
         return []
     st = [r["step"] for r in per_step]
@@ -297,10 +305,9 @@ def _zero_variance(con: duckdb.DuckDBPyConnection, steps: list[int], early: list
                     "all_correct_share": top_share, "all_wrong_share": bottom_share,
                     "early_share": float(zv[~late_mask].sum() / max(groups[~late_mask].sum(), 1))},
             onset, direction=direction, steps=_series(st, per),
-            evidence_sql=(f"(step, group_id) IN (SELECT (step, group_id) FROM th_groups WHERE zero AND step >= "
-                          f"{late[0]})", "zero-variance group: same reward for every rollout")))
+            evidence_sql=(f"(step, group_id) IN ({zero_groups})", "zero-variance group: same reward for every rollout")))
     # advantage ESS over the rollouts of groups that vary
-    ess = _rows(con, """
+    ess = [dict(zip(("step", "s1", "s2", "n"), r)) for r in rolled[1]] if rolled is not None else _rows(con, """
         SELECT step, sum(s1) AS s1, sum(s2) AS s2, sum(n) AS n FROM th_groups WHERE NOT zero
         GROUP BY step ORDER BY step""" if cached else """
         SELECT r.step, sum(abs(a)) AS s1, sum(a * a) AS s2, count(*) AS n FROM (
@@ -337,12 +344,18 @@ def _length(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], 
 
     x, x2 = ("tlen", "tlen2") if unit.unit == "tokens" else ("clen", "clen2")
     per_step = _rows(con, f"""SELECT step, sum({x})::DOUBLE AS x, sum({x2}) AS q, sum(n) AS n
-                              FROM ts_cells GROUP BY step ORDER BY step""" if cached else """
+                              FROM ts_lcells GROUP BY step ORDER BY step""" if cached else """
                           SELECT step, sum(th_len)::DOUBLE AS x, sum(th_len ^ 2) AS q, count(*) AS n
                           FROM th_rollouts GROUP BY step ORDER BY step""")
     # per window and condition, the sums over prompt groups (clusters) that the cluster-robust SE of a ratio of
     # sums needs: aggregated inside DuckDB, so the run's groups never come to Python
+    xx, xn = ("t_xx", "t_xn") if unit.unit == "tokens" else ("c_xx", "c_xn")
+    # the same sums from the per-step rollups of kind 7 when no cluster spans steps or parts
     cells = _rows(con, f"""
+        SELECT CASE WHEN step <= {early[-1]} THEN 0 ELSE 1 END AS w, condition, sum(c_g)::DOUBLE AS g,
+               sum({x})::DOUBLE AS sx, sum(n)::DOUBLE AS sn, sum({xx}) AS sxx, sum({xn}) AS sxn, sum(c_nn) AS snn
+        FROM ts_lcells WHERE step <= {early[-1]} OR step >= {late[0]} GROUP BY ALL""") \
+        if cached and clusters_local(con) else _rows(con, f"""
         SELECT w, condition, count(*)::DOUBLE AS g, sum(x) AS sx, sum(n) AS sn, sum(x * x) AS sxx,
                sum(x * n) AS sxn, sum(n * n) AS snn
         FROM (SELECT CASE WHEN step <= {early[-1]} THEN 0 ELSE 1 END AS w, condition,
@@ -425,7 +438,7 @@ def _truncation(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[in
     from ..stats import onset_index
 
     mk, tr = ("mk_t", "tr_t") if unit.unit == "tokens" else ("mk_c", "tr_c")
-    markers = con.execute(f"SELECT coalesce(sum({mk}), 0) FROM ts_cells") if cached else con.execute("""SELECT count(*) FILTER (WHERE th_max IS NOT NULL OR reasoning IS NOT NULL OR completion LIKE '%</think>%'
+    markers = con.execute(f"SELECT coalesce(sum({mk}), 0) FROM ts_lcells") if cached else con.execute("""SELECT count(*) FILTER (WHERE th_max IS NOT NULL OR reasoning IS NOT NULL OR completion LIKE '%</think>%'
                                  OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.finish_reason') IS NOT NULL
                                  OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.stop_reason') IS NOT NULL
                                  OR json_extract_string(CASE WHEN json_valid(metadata) THEN metadata END, '$.is_truncated') IS NOT NULL
@@ -433,7 +446,7 @@ def _truncation(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[in
     if not markers.fetchone()[0]:
         return [], ("truncation: the rollouts carry no end marker (think tags) and no finish reason, so truncation "
                     "is unknown from them")
-    per_step = _rows(con, f"""SELECT step, sum({tr}) AS t, sum(n) AS n FROM ts_cells GROUP BY step ORDER BY step"""
+    per_step = _rows(con, f"""SELECT step, sum({tr}) AS t, sum(n) AS n FROM ts_lcells GROUP BY step ORDER BY step"""
                      if cached else f"""SELECT step, count(*) FILTER (WHERE {TRUNCATED_SQL}) AS t, count(*) AS n
                               FROM th_rollouts GROUP BY step ORDER BY step""")
     st = [r["step"] for r in per_step]

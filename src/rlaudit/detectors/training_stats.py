@@ -20,6 +20,19 @@ One table per stored part, keyed by `split` and `step` (any audit scope filters 
   most `DISCRETE_MAX` + 1 of them; a busier one has a single row with `value` NULL.
 - kind 4, the total reward's finite values in the logarithmic buckets of `reward_stats` (`sgn`, `b`), rows `n`.
 
+- kinds 5-8, per step, so that a warm audit reads a few rows per step instead of one per group and cell (1.25M
+  each at 10M rollouts; copying and grouping them was ~1.5 of training_health's 1.8 CPU s): kind 5 per (split,
+  step) the groups of >= 2 rows `g2`, the varying ones `gv` with their rows `gv_n`, smallest spread `gv_min`
+  and ESS sums `s1`, `s2`; kind 6 the constant groups `z_n` by their value `z_lo`; kind 7 per (split, step,
+  condition) kind 1's sums with the length ratio's cluster sums (`c_g` clusters, `c_nn`, `c_xx`, `c_xn`,
+  `t_xx`, `t_xn`) and `c_local` (every cluster key names its step, `<step>:...`, as the readers name groups);
+  kind 8 per (split, step, condition, signal) the rows whose value is not NaN (`applies`: generalization's
+  signals that apply in one condition). `zero_steps` and `clusters_local` say when they answer exactly; else
+  the detector reads kinds 0 and 1 as before.
+
+The small kinds (`SMALL`: every kind but 0 and 1) of the combined file's parts are also kept in one file beside
+it (`_small_rollup`), so a warm audit does not scan the combined file's rows of every kind.
+
 Kinds 3 and 4 give the reward's q05 / q95 that split zero-variance groups into all-correct and all-wrong
 (`reward_quantiles`): exact where every step of the scope has few distinct rewards (binary or graded rewards, the
 runs where groups are constant), else from the merged sketch within a relative error of `reward_stats.ALPHA`
@@ -32,15 +45,23 @@ as before.
 
 from __future__ import annotations
 
-import duckdb
-
+import contextlib
+import hashlib
+import json
 import math
+import os
+import threading
+import time
+from pathlib import Path
+
+import duckdb
 
 from ..health.lengths import MAX_SQL, TOKENS_SQL
 from ..partstats import PartStats, define
+from ..store import sql_string
 from .reward_stats import DISCRETE_MAX, MID_SQL, bucket_sql
 
-VERSION = 2
+VERSION = 4
 _META = "CASE WHEN json_valid(metadata) THEN metadata END"
 _MARK = ("(_reasoned OR _think OR "
          + " OR ".join(f"json_extract_string({_META}, '$.{k}') IS NOT NULL"
@@ -68,6 +89,14 @@ ess AS (SELECT g._part, g.split, g.step, g.group_id,
                sum(coalesce(b.advantage, (b.reward - g.mean) / (g.sd + 1e-4)) ^ 2) AS s2
         FROM base b JOIN g USING (_part, split, step, group_id) WHERE isfinite(b.reward)
         GROUP BY g._part, g.split, g.step, g.group_id),
+gs AS MATERIALIZED (SELECT g.*, ess.s1, ess.s2 FROM g JOIN ess USING (_part, split, step, group_id)),
+cells AS MATERIALIZED (
+    SELECT _part, split, step, condition, gkey, count(*) AS n, sum(clen) AS clen,
+           sum(clen ^ 2) AS clen2, sum(tlen) AS tlen, sum(tlen ^ 2) AS tlen2, count(tlen) AS tn, count(tmax) AS mx_n,
+           min(tmax) AS mx_lo, max(tmax) AS mx_hi, count(*) FILTER (WHERE mk) AS mk_c,
+           count(*) FILTER (WHERE mk OR tmax IS NOT NULL) AS mk_t, count(*) FILTER (WHERE cut) AS tr_c,
+           count(*) FILTER (WHERE coalesce(tlen >= tmax, false) OR cut) AS tr_t
+    FROM base GROUP BY _part, split, step, condition, gkey),
 rv AS (SELECT _part, split, step, reward AS value, count(*) AS n FROM base WHERE isfinite(reward) GROUP BY ALL),
 -- the values per step by a grouped count joined back, not a window (count(*) OVER (PARTITION BY ...) sorted every
 -- distinct value: 1.05 -> 0.92 CPU s of this query over the 1M benchmark's parts)
@@ -75,18 +104,35 @@ rvd AS (SELECT * FROM rv JOIN (SELECT _part, split, step, count(*) AS d FROM rv 
 sig AS (SELECT _part, split, step, unnest(map_keys(rewards)) AS signal, FALSE AS total,
                unnest(map_values(rewards)) AS v FROM src
         UNION ALL SELECT _part, split, step, NULL, TRUE, reward FROM src)
-SELECT 0::TINYINT AS kind, g.*, ess.s1, ess.s2 FROM g JOIN ess USING (_part, split, step, group_id)
+SELECT 0::TINYINT AS kind, * FROM gs
 UNION ALL BY NAME
-SELECT 1::TINYINT AS kind, _part, split, step, condition, gkey, count(*) AS n, sum(clen) AS clen,
-       sum(clen ^ 2) AS clen2, sum(tlen) AS tlen, sum(tlen ^ 2) AS tlen2, count(tlen) AS tn, count(tmax) AS mx_n,
-       min(tmax) AS mx_lo, max(tmax) AS mx_hi, count(*) FILTER (WHERE mk) AS mk_c,
-       count(*) FILTER (WHERE mk OR tmax IS NOT NULL) AS mk_t, count(*) FILTER (WHERE cut) AS tr_c,
-       count(*) FILTER (WHERE coalesce(tlen >= tmax, false) OR cut) AS tr_t
-FROM base GROUP BY _part, split, step, condition, gkey
+SELECT 1::TINYINT AS kind, * FROM cells
+UNION ALL BY NAME
+SELECT 5::TINYINT AS kind, _part, split, step, count(*) FILTER (WHERE rf >= 2) AS g2,
+       count(*) FILTER (WHERE rf >= 2 AND hi > lo) AS gv, sum(rf) FILTER (WHERE rf >= 2 AND hi > lo)::BIGINT AS gv_n,
+       min(hi - lo) FILTER (WHERE rf >= 2 AND hi > lo) AS gv_min, sum(s1) FILTER (WHERE rf >= 2 AND hi > lo) AS s1,
+       sum(s2) FILTER (WHERE rf >= 2 AND hi > lo) AS s2
+FROM gs GROUP BY _part, split, step
+UNION ALL BY NAME
+SELECT 6::TINYINT AS kind, _part, split, step, lo AS z_lo, count(*) AS z_n
+FROM gs WHERE rf >= 2 AND hi = lo GROUP BY _part, split, step, lo
+UNION ALL BY NAME
+SELECT 7::TINYINT AS kind, _part, split, step, condition, sum(n)::BIGINT AS n, sum(clen) AS clen,
+       sum(clen2) AS clen2, sum(tlen) AS tlen, sum(tlen2) AS tlen2, sum(tn)::BIGINT AS tn,
+       sum(mx_n)::BIGINT AS mx_n, min(mx_lo) AS mx_lo, max(mx_hi) AS mx_hi, sum(mk_c)::BIGINT AS mk_c,
+       sum(mk_t)::BIGINT AS mk_t, sum(tr_c)::BIGINT AS tr_c, sum(tr_t)::BIGINT AS tr_t, count(*) AS c_g,
+       sum(n::DOUBLE * n) AS c_nn, sum(clen * clen) AS c_xx, sum(clen * n) AS c_xn, sum(tlen * tlen) AS t_xx,
+       sum(tlen * n) AS t_xn, bool_and(starts_with(gkey, step::VARCHAR || ':')) AS c_local
+FROM cells GROUP BY _part, split, step, condition
 UNION ALL BY NAME
 SELECT 2::TINYINT AS kind, _part, split, step, signal, total, count(*) AS n, avg(v) AS m,
        coalesce(stddev_samp(v), 0) AS sd
 FROM sig WHERE isfinite(v) GROUP BY _part, split, step, signal, total
+UNION ALL BY NAME
+SELECT 8::TINYINT AS kind, _part, split, step, coalesce(condition, '') AS condition, signal,
+       count(*) FILTER (WHERE v IS NOT NULL AND NOT isnan(v)) AS applies
+FROM (SELECT _part, split, step, condition, unnest(map_keys(rewards)) AS signal, unnest(map_values(rewards)) AS v
+      FROM src) GROUP BY _part, split, step, coalesce(condition, ''), signal
 UNION ALL BY NAME
 SELECT 3::TINYINT AS kind, _part, split, step, CASE WHEN d <= {DISCRETE_MAX + 1} THEN value END AS value,
        sum(n)::BIGINT AS n
@@ -103,21 +149,125 @@ KIND = define("training_health", VERSION, PART_SQL, ("split", "step", "condition
 
 
 def register_training_stats(con: duckdb.DuckDBPyConnection, stats: PartStats, scope: str, eval_scope: str) -> None:
-    """Create the temp tables `ts_groups` (kind 0), `ts_cells` (kind 1) within `scope`, and `ts_signals`
-    (kind 2, merged per step and signal: within `scope`, and split 'eval' within `eval_scope` as `ts_eval`), from
-    the run's parts `stats` (`part_stats` of `KIND`)."""
+    """Create, within `scope`, the tables `ts_steps` (kind 5), `ts_zero` (kind 6), `ts_lcells` (kind 7) and
+    `ts_signals` (kind 2, merged per step and signal; split 'eval' within `eval_scope` as `ts_eval`), and the
+    views `ts_groups` (kind 0) and `ts_cells` (kind 1), read only where the rollups do not answer (`zero_steps`,
+    `clusters_local`), from the run's parts `stats` (`part_stats` of `KIND`)."""
     stats.register(con, "ts_parts")
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE ts_groups AS
+    con.execute(f"""CREATE OR REPLACE TEMP VIEW ts_groups AS
         SELECT step, group_id, rf, lo, hi, mean, sd, has_adv, s1, s2 FROM ts_parts WHERE kind = 0 AND {scope}""")
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE ts_cells AS
+    con.execute(f"""CREATE OR REPLACE TEMP VIEW ts_cells AS
         SELECT step, condition, gkey, n, clen, clen2, tlen, tlen2, tn, mx_n, mx_lo, mx_hi, mk_c, mk_t, tr_c, tr_t
         FROM ts_parts WHERE kind = 1 AND {scope}""")
-    for name, where in (("ts_signals", scope), ("ts_eval", f"split = 'eval' AND {eval_scope}")):
-        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {_merged_signals(where)}")
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE ts_reward_values AS
-        SELECT value, sum(n) AS n FROM ts_parts WHERE kind = 3 AND {scope} GROUP BY value""")
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE ts_reward_sketch AS
-        SELECT {MID_SQL} AS mid, sum(n) AS n FROM ts_parts WHERE kind = 4 AND {scope} GROUP BY sgn, b""")
+    # the small kinds in one read (the eval split's signals with them), of the combined parts' rollup (`_small`)
+    small = _small(con, stats)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE ts_small AS
+        SELECT * EXCLUDE (gkey, group_id, rf, lo, hi, mean, has_adv, sgn, b, applies), {scope} AS in_scope
+        FROM {small} WHERE kind IN (2, 3, 5, 6, 7) AND ({scope} OR kind = 2 AND split = 'eval' AND {eval_scope})""")
+    con.execute("""CREATE OR REPLACE TEMP TABLE ts_steps AS
+        SELECT step, g2, gv, gv_n, gv_min, s1, s2 FROM ts_small WHERE kind = 5 AND in_scope""")
+    con.execute("CREATE OR REPLACE TEMP TABLE ts_zero AS SELECT step, z_lo, z_n FROM ts_small WHERE kind = 6 AND in_scope")
+    con.execute("""CREATE OR REPLACE TEMP TABLE ts_lcells AS
+        SELECT step, condition, n, clen, clen2, tlen, tlen2, tn, mx_n, mx_lo, mx_hi, mk_c, mk_t, tr_c, tr_t, c_g,
+               c_nn, c_xx, c_xn, t_xx, t_xn, c_local FROM ts_small WHERE kind = 7 AND in_scope""")
+    for name, where in (("ts_signals", "in_scope"), ("ts_eval", f"split = 'eval' AND {eval_scope}")):
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {_merged_signals(where, 'ts_small')}")
+    con.execute("""CREATE OR REPLACE TEMP TABLE ts_reward_values AS
+        SELECT value, sum(n) AS n FROM ts_small WHERE kind = 3 AND in_scope GROUP BY value""")
+    # a view: read only when some step has more distinct rewards than kind 3 keeps (`reward_quantiles`)
+    con.execute(f"""CREATE OR REPLACE TEMP VIEW ts_reward_sketch AS
+        SELECT {MID_SQL} AS mid, sum(n) AS n FROM {small} WHERE kind = 4 AND {scope} GROUP BY sgn, b""")
+
+
+#: the kinds of one row per step (or a few: signals, values, buckets, groups' and cells' sums), which every warm
+#: audit reads, unlike the rows per group and cell (kinds 0 and 1)
+SMALL = (2, 3, 4, 5, 6, 7, 8)
+#: seconds a superseded rollup of the small kinds is kept for audits that may still read it (as `segments.GRACE`)
+GRACE = 600.0
+
+
+def register_small(con: duckdb.DuckDBPyConnection, stats: PartStats, name: str) -> str:
+    """A relation of every part's rows of the SMALL kinds (`_small`), its views named after `name`."""
+    stats.register(con, name)
+    return _small(con, stats, name)
+
+
+def _small(con: duckdb.DuckDBPyConnection, stats: PartStats, parts: str = "ts_parts") -> str:
+    """A relation holding every part's rows of the SMALL kinds: the rollup of the combined file's parts
+    (`_small_rollup`) and the rows of the parts added since, else the parts' rows (`ts_parts`). A scan of the
+    combined file reads its rows of every kind (4.5M at 10M rollouts, most of them per group and cell: 0.3 CPU s);
+    its rollup holds the small kinds' rows only."""
+    rolled = _small_rollup(stats) if stats.combined is not None and stats.combined_stems else None
+    if rolled is None:
+        return parts
+    selects = [f"SELECT * FROM read_parquet({sql_string(str(rolled))})"]
+    rest = PartStats(files=stats.files, tables=stats.tables, table_stems=stats.table_stems)
+    if rest.files or rest.tables:
+        rest.register(con, f"{parts}_loose")
+        selects.append(f"SELECT * FROM {parts}_loose WHERE kind IN {SMALL}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {parts}_small AS {' UNION ALL BY NAME '.join(selects)}")
+    return f"{parts}_small"
+
+
+def _small_rollup(stats: PartStats) -> Path | None:
+    """The SMALL kinds' rows of the combined file's parts (`stats.combined_stems`), in a file beside it named by
+    a digest of those parts (`combined.small-<digest>.parquet`: `prune_cached` keeps it with the combined file),
+    written by the first audit that reads them (once per rewrite of the combined file, every
+    `partstats.COMPACT_AT` new parts). A part that leaves the run changes the digest, so no stale row is read.
+    None where it cannot be written (read-only, full store): the caller reads the parts' rows."""
+    assert stats.combined is not None
+    digest = hashlib.sha256(json.dumps(sorted(stats.combined_stems)).encode()).hexdigest()[:20]
+    path = stats.combined.with_name(f"combined.small-{digest}.parquet")
+    if path.is_file():
+        return path
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp")
+    stems = ", ".join(sql_string(st) for st in stats.combined_stems)
+    try:
+        with duckdb.connect() as c:
+            c.execute("SET enable_progress_bar = false")
+            c.execute(f"""COPY (SELECT * EXCLUDE (_stem) FROM read_parquet({sql_string(str(stats.combined))})
+                                WHERE kind IN {SMALL} AND _stem IN ({stems}))
+                          TO {sql_string(str(tmp))} (FORMAT parquet, COMPRESSION zstd)""")
+        os.replace(tmp, path)
+    except (OSError, duckdb.Error):
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        return None
+    now = time.time()
+    for old in path.parent.glob("combined.small-*.parquet"):
+        with contextlib.suppress(OSError):
+            if old != path and old.stat().st_mtime < now - GRACE:
+                old.unlink()
+    return path
+
+
+def zero_steps(con: duckdb.DuckDBPyConnection, q05: float, q95: float, tol: float
+               ) -> tuple[list[tuple], list[tuple]] | None:
+    """The zero-variance check's per-step rows (step, groups, zero, top, bottom) and the ESS check's (step, s1,
+    s2, n over the groups that vary) from kinds 5 and 6, or None when some varying group's spread is within
+    `tol` (then it counts as zero: the detector reads the groups). Exact when no group spans parts
+    (`split_groups`): every group is in one part's rows, and a spread of 0 is within any `tol`."""
+    low = con.execute("SELECT min(gv_min) FROM ts_steps").fetchone()[0]
+    if low is not None and not low > tol:
+        return None
+    per_step = con.execute(f"""
+        WITH z AS (SELECT step, sum(z_n) AS zv, coalesce(sum(z_n) FILTER (WHERE z_lo >= {q95} - {tol}), 0) AS top,
+                          coalesce(sum(z_n) FILTER (WHERE z_lo <= {q05} + {tol} AND NOT z_lo >= {q95} - {tol}), 0)
+                          AS bottom FROM ts_zero GROUP BY step),
+             s AS (SELECT step, sum(g2) AS groups FROM ts_steps GROUP BY step HAVING sum(g2) > 0)
+        SELECT step, groups, coalesce(zv, 0), coalesce(top, 0), coalesce(bottom, 0)
+        FROM s LEFT JOIN z USING (step) ORDER BY step""").fetchall()
+    ess = con.execute("""SELECT step, sum(s1) AS s1, sum(s2) AS s2, sum(gv_n) AS n FROM ts_steps WHERE gv > 0
+                         GROUP BY step ORDER BY step""").fetchall()
+    return per_step, ess
+
+
+def clusters_local(con: duckdb.DuckDBPyConnection) -> bool:
+    """True when the length check's clusters (condition and group, else rollout) can be summed from kind 7: every
+    cluster key names its step (`<step>:...`, as the readers name groups), so no cluster spans steps, and each
+    (step, condition) of the scope is in one part and split, so no cluster spans parts."""
+    return bool(con.execute("""SELECT coalesce(bool_and(c_local AND k = 1), TRUE) FROM (
+        SELECT bool_and(c_local) AS c_local, count(*) AS k FROM ts_lcells GROUP BY step, condition)""").fetchone()[0])
 
 
 def reward_quantiles(con: duckdb.DuckDBPyConnection, qs: tuple[float, ...]) -> dict[float, float] | None:
@@ -146,13 +296,13 @@ def lower_quantiles(counted: list[tuple[float, int]], qs: tuple[float, ...]) -> 
     return out
 
 
-def _merged_signals(where: str) -> str:
+def _merged_signals(where: str, table: str = "ts_parts") -> str:
     """Per step and signal: rows, mean and sample SD pooled over the rows of kind 2 (several when a step spans
     parts or splits; one row is passed through unchanged)."""
     return f"""
         WITH s AS (SELECT step, signal, total, n, m, sd, sum(n * m) OVER w / sum(n) OVER w AS gm,
                           count(*) OVER w AS k
-                   FROM ts_parts WHERE kind = 2 AND {where}
+                   FROM {table} WHERE kind = 2 AND {where}
                    WINDOW w AS (PARTITION BY step, signal, total))
         SELECT step, signal, total, sum(n) AS n,
                CASE WHEN any_value(k) = 1 THEN any_value(m) ELSE any_value(gm) END AS m,
@@ -162,6 +312,10 @@ def _merged_signals(where: str) -> str:
 
 
 def split_groups(con: duckdb.DuckDBPyConnection) -> bool:
-    """True when some prompt group (step, group_id) has rows in more than one part (or split) of the scope."""
-    return bool(con.execute("SELECT count(*) FROM (SELECT step, group_id FROM ts_groups GROUP BY ALL "
-                            "HAVING count(*) > 1)").fetchone()[0])
+    """True when some prompt group (step, group_id) has rows in more than one part (or split) of the scope. Only
+    a step with group rows (kind 5) in several parts or splits can have one: the groups are read for those."""
+    shared = "SELECT step FROM ts_steps GROUP BY step HAVING count(*) > 1"
+    if not con.execute(f"SELECT count(*) FROM ({shared})").fetchone()[0]:
+        return False
+    return bool(con.execute(f"SELECT count(*) FROM (SELECT step, group_id FROM ts_groups WHERE step IN ({shared}) "
+                            "GROUP BY ALL HAVING count(*) > 1)").fetchone()[0])
