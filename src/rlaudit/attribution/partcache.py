@@ -40,6 +40,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ from ..partstats import define, part_stats
 from ..memory import workers
 from ..store import Store, bound_memory, prune_cached, sql_list, sql_string, write_cached
 from . import trace as tr
+from .prefilter import gated_sql
 
 VERSION = 1
 #: parts read and computed together (`_Ctx.ensure`)
@@ -97,7 +99,7 @@ def traces(store: Store, run: str, con: duckdb.DuckDBPyConnection, max_step: int
     """One trace per (behaviour, where, direction) of `items`, with evidence, from per-part statistics; None when
     the run or a behaviour is not cacheable (module doc), for the caller to trace from the rows. `con`: the
     audit's scoped connection (used only for the comparison key of runs without group ids)."""
-    specs = [Item(b, w, d, b.sql(w)) for b, w, d in items]
+    specs = [Item(b, w, d, gated_sql(b, w)) for b, w, d in items]
     if any(it.expr is None or it.where not in ("answer", "reasoning") for it in specs):
         return None
     manifest = store.manifest(run)
@@ -266,20 +268,21 @@ class _Ctx:
             return
         rows = max((self.rows.get(p.stem, 0) for p, _ in todo), default=0) * BATCH_PARTS
         n = min(len(batches), workers(max(rows, 1) * _BYTES_PER_ROW))
-        if n <= 1:
-            for batch in batches:
-                self._compute(batch, weights, tags)
-            return
-        with ThreadPoolExecutor(max_workers=n) as pool:
-            for _ in pool.map(lambda b: self._compute(b, weights, tags), batches):
-                pass
+        with _Connections(self.store.root, one_thread=n > 1) as cons:
+            if n <= 1:
+                for batch in batches:
+                    self._compute(cons.get(), batch, weights, tags)
+                return
+            with ThreadPoolExecutor(max_workers=n) as pool:
+                for _ in pool.map(lambda b: self._compute(cons.get(), b, weights, tags), batches):
+                    pass
 
-    def _compute(self, batch: list[tuple[Path, list[int]]], weights: dict[str, Any] | None,
-                 tags: dict[str, str] | None) -> None:
+    def _compute(self, con: duckdb.DuckDBPyConnection, batch: list[tuple[Path, list[int]]],
+                 weights: dict[str, Any] | None, tags: dict[str, str] | None) -> None:
         """Read one batch of parts, compute the tables of the behaviours it misses and keep each part's."""
         miss = sorted({i for _, m in batch for i in m})
         signals = sorted(set().union(*(self.signals.get(p.stem, set()) for p, _ in batch)))
-        table = self._read([p for p, _ in batch], signals)
+        table = self._read(con, [p for p, _ in batch], signals)
         tables = part_tables(table, miss, [self.items[i] for i in miss], signals, self.outcome, weights)
         for i, t in zip(miss, tables):
             part_col = t.column("part")
@@ -288,9 +291,10 @@ class _Ctx:
                     own = t.filter(pc.equal(part_col, part.stem))
                     self._keep(i, part.stem, own, tags[part.stem] if weights is not None else "")
 
-    def _read(self, parts: list[Path], signals: list[str]) -> pa.Table:
+    def _read(self, con: duckdb.DuckDBPyConnection, parts: list[Path], signals: list[str]) -> pa.Table:
         """The rows of `parts` in the audit's split, in scan order, with the columns `part_tables` needs
-        (`load_frames` reads the same columns through the same expressions)."""
+        (`load_frames` reads the same columns through the same expressions; term behaviours gated by
+        `prefilter`, to the same values)."""
         by_layout: dict[int, list[Path]] = {}
         for p in parts:
             by_layout.setdefault(self.layouts.get(p.name, 1), []).append(p)
@@ -302,12 +306,9 @@ class _Ctx:
         if any(it.where == "reasoning" for it in self.items):
             beh += ", reasoning IS NOT NULL AS _has_r"
         sig = "".join(f", CAST(rewards[{sql_string(s)}] AS DOUBLE) AS _s{j}" for j, s in enumerate(signals))
-        with duckdb.connect() as con:
-            con.execute("SET enable_progress_bar = false")
-            bound_memory(con, self.store.root)
-            con.execute(f"CREATE VIEW src AS {' UNION ALL '.join(selects)}")
-            return con.sql(f"SELECT {self.key} AS _group, step, condition, task, reward, advantage{beh}{sig}, _part "
-                           f"FROM src WHERE {split}").to_arrow_table()
+        con.execute(f"CREATE OR REPLACE VIEW src AS {' UNION ALL '.join(selects)}")
+        return con.sql(f"SELECT {self.key} AS _group, step, condition, task, reward, advantage{beh}{sig}, _part "
+                       f"FROM src WHERE {split}").to_arrow_table()
 
     def _tables(self, i: int, stems: list[str], tags: dict[str, str], kept: set[int]) -> dict[str, pa.Table]:
         """Behaviour `i`'s rows of each kind for `stems` (and the weight-keyed groups of `tags`) at the `kept`
@@ -363,6 +364,38 @@ class _Ctx:
             rows = self._tables(i, stems, tags, kept)
         return _assemble(it, rows["g"], steps, rows["c"], fit, stems, n, grouping, group_key, warnings,
                          scale, n_boot, seed, step_clusters, run, self, parts, numeric)
+
+
+class _Connections:
+    """One DuckDB connection per thread computing batches (`_Ctx.ensure`), opened at its first batch and closed
+    on leaving: a connection per batch cost ~13 ms of CPU each. With `one_thread` (batches computed in parallel
+    by our own threads) each runs on one DuckDB thread: DuckDB's own threads cost more CPU than they saved there
+    (the 1M-rollout benchmark's reads: 2.0 -> 1.8 CPU s)."""
+
+    def __init__(self, root: Path, one_thread: bool) -> None:
+        self.root, self.one_thread = root, one_thread
+        self._local = threading.local()
+        self._opened: list[duckdb.DuckDBPyConnection] = []
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _Connections:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for con in self._opened:
+            con.close()
+
+    def get(self) -> duckdb.DuckDBPyConnection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = duckdb.connect()
+            con.execute("SET enable_progress_bar = false")
+            if self.one_thread:
+                con.execute("SET threads = 1")
+            bound_memory(con, self.root)
+            with self._lock:
+                self._opened.append(con)
+        return con
 
 
 def _name(signal: str) -> str:
