@@ -243,12 +243,15 @@ class _Ctx:
         path = self.dirs[i] / name
         return path if self.persist and path.is_file() else None
 
-    def _keep(self, i: int, stem: str, table: pa.Table, tag: str = "") -> None:
+    def _keep(self, i: int, stem: str, table: pa.Table, tag: str = "") -> Path | pa.Table:
+        """Write one part's table of behaviour `i` (or keep it in memory where it cannot be written); returns
+        `write_cached`'s answer."""
         name = f"{stem}{tag}.parquet"
         kept = (write_cached(self.dirs[i] / name, table, compression="lz4", use_dictionary=False) if self.persist
                 else table)  # lz4, no dictionaries: 2 ms a file against 8 with zstd (82 columns)
         if isinstance(kept, pa.Table):  # not written: kept in memory for this store object
             self.memo[(str(self.dirs[i]), name)] = kept
+        return kept
 
     def ensure(self, parts: list[Path], weights: dict[str, Any] | None = None,
                tags: dict[str, str] | None = None) -> None:
@@ -256,7 +259,10 @@ class _Ctx:
         per read and computation (the groups of different parts are independent, so a batch gives each part's
         values; one computation per part would cost more in overhead than the work). Batches run in
         `memory.workers` threads, each writing its own parts' files: most of a batch is numpy and Arrow work
-        that releases the GIL, and one thread left the second core idle for most of a cold attribution."""
+        that releases the GIL, and one thread left the second core idle for most of a cold attribution.
+
+        The level-1 segments `_tables` would merge next from files all written now are written from the tables
+        in hand instead (`segments.Fresh`, fed in part order by this thread): nothing is read back to merge."""
         todo = []
         for p in parts:
             miss = [i for i in range(len(self.items))
@@ -268,28 +274,42 @@ class _Ctx:
             return
         rows = max((self.rows.get(p.stem, 0) for p, _ in todo), default=0) * BATCH_PARTS
         n = min(len(batches), workers(max(rows, 1) * _BYTES_PER_ROW))
-        with _Connections(self.store.root, one_thread=n > 1) as cons:
-            if n <= 1:
-                for batch in batches:
-                    self._compute(cons.get(), batch, weights, tags)
-                return
-            with ThreadPoolExecutor(max_workers=n) as pool:
-                for _ in pool.map(lambda b: self._compute(cons.get(), b, weights, tags), batches):
-                    pass
+        fresh = [self._fresh(i, parts, todo) for i in range(len(self.items))] if weights is None else []
+        with _Connections(self.store.root, one_thread=n > 1) as cons, contextlib.ExitStack() as stack:
+            for f in fresh:
+                if f is not None:
+                    stack.enter_context(f)
+            pool = stack.enter_context(ThreadPoolExecutor(max_workers=n)) if n > 1 else None
+            compute = lambda b: self._compute(cons.get(), b, weights, tags)  # noqa: E731
+            for kept in (pool.map(compute, batches) if pool is not None else map(compute, batches)):
+                for i, path, written, table in kept:
+                    if fresh and fresh[i] is not None:
+                        fresh[i].add(path, written, table)
+
+    def _fresh(self, i: int, parts: list[Path], todo: list[tuple[Path, list[int]]]) -> segments.Fresh | None:
+        """Behaviour `i`'s level-1 segments of `parts` (as `_tables` asks for their files) that hold only files
+        computed now."""
+        if not self.persist:
+            return None
+        now = {self.dirs[i] / f"{p.stem}.parquet" for p, miss in todo if i in miss}
+        return segments.Fresh({"parts": ([self.dirs[i] / f"{p.stem}.parquet" for p in parts], "lz4")}, now)
 
     def _compute(self, con: duckdb.DuckDBPyConnection, batch: list[tuple[Path, list[int]]],
-                 weights: dict[str, Any] | None, tags: dict[str, str] | None) -> None:
-        """Read one batch of parts, compute the tables of the behaviours it misses and keep each part's."""
+                 weights: dict[str, Any] | None, tags: dict[str, str] | None
+                 ) -> list[tuple[int, Path, Path | pa.Table, pa.Table]]:
+        """Read one batch of parts, compute the tables of the behaviours it misses and keep each part's; returns
+        (behaviour, the part's file, what `_keep` answered, the table) in part order per behaviour."""
         miss = sorted({i for _, m in batch for i in m})
         signals = sorted(set().union(*(self.signals.get(p.stem, set()) for p, _ in batch)))
         table = self._read(con, [p for p, _ in batch], signals)
         tables = part_tables(table, miss, [self.items[i] for i in miss], signals, self.outcome, weights)
+        out = []
         for i, t in zip(miss, tables):
-            part_col = t.column("part")
-            for part, m in batch:
-                if i in m:
-                    own = t.filter(pc.equal(part_col, part.stem))
-                    self._keep(i, part.stem, own, tags[part.stem] if weights is not None else "")
+            stems = [part.stem for part, m in batch if i in m]
+            for stem, own in zip(stems, _split_by_part(t, stems)):
+                tag = tags[stem] if weights is not None else ""
+                out.append((i, self.dirs[i] / f"{stem}{tag}.parquet", self._keep(i, stem, own, tag), own))
+        return out
 
     def _read(self, con: duckdb.DuckDBPyConnection, parts: list[Path], signals: list[str]) -> pa.Table:
         """The rows of `parts` in the audit's split, in scan order, with the columns `part_tables` needs
@@ -330,12 +350,14 @@ class _Ctx:
                 con.execute("SET enable_progress_bar = false; SET threads = 1")
                 bound_memory(con, self.store.root)
                 con.register("_kept", pa.table({"step": steps}))
-                for k in "gsc":
-                    t = con.sql(f"SELECT * FROM read_parquet({sql_list([str(p) for p in paths])}, union_by_name = true) "
-                                f"WHERE kind = '{k}' AND step IN (SELECT step FROM _kept)").to_arrow_table()
-                    # the columns of the other kinds are all NULL here
-                    out[k].append(t.select([c for c in t.column_names if t.column(c).null_count < t.num_rows
-                                            or c in ("cond", "task")]))
+                every = con.sql(f"SELECT * FROM read_parquet({sql_list([str(p) for p in paths])}, "
+                                "union_by_name = true) WHERE step IN (SELECT step FROM _kept)").to_arrow_table()
+            kind = every.column("kind")
+            for k in "gsc":  # one scan, split here (a scan per kind read every file three times)
+                t = every.filter(pc.equal(kind, k))
+                # the columns of the other kinds are all NULL here
+                out[k].append(t.select([c for c in t.column_names if t.column(c).null_count < t.num_rows
+                                        or c in ("cond", "task")]))
         return {k: pa.concat_tables(v, promote_options="default") for k, v in out.items()}
 
     # ------------------------------------------------------------------------------------------- one behaviour
@@ -396,6 +418,17 @@ class _Connections:
             with self._lock:
                 self._opened.append(con)
         return con
+
+
+def _split_by_part(t: pa.Table, stems: list[str]) -> list[pa.Table]:
+    """The rows of `t` of each part of `stems` (column `part`), in their order: one stable sort and slices (a
+    filter per part cost O(parts x rows))."""
+    code = np.asarray(pc.fill_null(pc.index_in(t.column("part"), value_set=pa.array(stems, pa.string())),
+                                   len(stems)).to_numpy(zero_copy_only=False), np.int64)
+    order = np.argsort(code, kind="stable")
+    bounds = np.searchsorted(code[order], np.arange(len(stems) + 1))
+    t = t.take(pa.array(order))
+    return [t.slice(lo, hi - lo) for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
 
 
 def _name(signal: str) -> str:
