@@ -567,29 +567,27 @@ def _reward_steps(step: np.ndarray, steps_u: np.ndarray, reward: np.ndarray, kno
     """Per step: rows, rows with a total, the sum of squared totals, the R factor of [components | total] over
     those rows, and per signal its finite, infinite and equal-to-the-total counts (`trace.build_signals`)."""
     at = np.nan_to_num(reward, nan=np.inf)
-    cols: dict[str, list[Any]] = {"step": [], "n": [], "n_known": [], "y2": [], "rfac": []}
-    for s in signals:
-        for k in ("f", "i", "c"):
-            cols[f"{k}|{_name(s)}"] = []
-    for s in steps_u.tolist():
-        m = step == s
-        km = m & known
-        cols["step"].append(s)
-        cols["n"].append(int(m.sum()))
-        cols["n_known"].append(int(km.sum()))
-        cols["y2"].append(float(np.sum(reward[km] ** 2)))
-        if km.any():
-            a = np.column_stack([np.nan_to_num(comps[c][km], nan=0.0) for c in local] + [reward[km]])
+    code = np.searchsorted(steps_u, step)
+    by_step = np.argsort(code, kind="stable")  # each step's rows in their order: the same sums and R factors
+    bounds = np.searchsorted(code[by_step], np.arange(len(steps_u) + 1))
+    count = lambda mask: np.bincount(code, weights=mask, minlength=len(steps_u)).astype(np.int64).tolist()  # noqa: E731
+    cols: dict[str, list[Any]] = {"step": steps_u.tolist(), "n": np.diff(bounds).tolist(), "n_known": count(known),
+                                  "y2": [], "rfac": []}
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        rows = by_step[lo:hi]
+        rows = rows[known[rows]]
+        cols["y2"].append(float(np.sum(reward[rows] ** 2)))
+        if rows.size:
+            a = np.column_stack([np.nan_to_num(comps[c][rows], nan=0.0) for c in local] + [reward[rows]])
             cols["rfac"].append(json.dumps({"names": local, "r": np.linalg.qr(a, mode="r").tolist()}))
         else:
             cols["rfac"].append(None)
-        for c in signals:
-            v = comps[c][m]
-            fin = np.isfinite(v)
-            cols[f"f|{_name(c)}"].append(int(fin.sum()))
-            cols[f"i|{_name(c)}"].append(int(np.isinf(raw_comps[c][m]).sum()))
-            close = fin & np.isclose(np.where(fin, v, 0.0), at[m], rtol=1e-9, atol=1e-12)
-            cols[f"c|{_name(c)}"].append(int(close.sum()))
+    for c in signals:
+        v = comps[c]
+        fin = np.isfinite(v)
+        cols[f"f|{_name(c)}"] = count(fin)
+        cols[f"i|{_name(c)}"] = count(np.isinf(raw_comps[c]))
+        cols[f"c|{_name(c)}"] = count(fin & np.isclose(np.where(fin, v, 0.0), at, rtol=1e-9, atol=1e-12))
     return {k: pa.array(v, pa.string() if k == "rfac" else None) for k, v in cols.items()}
 
 
