@@ -34,6 +34,7 @@ A store that keeps derived data in memory, or cannot be written, gets the tables
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
@@ -42,7 +43,8 @@ import os
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +58,7 @@ from .. import segments
 from ..behaviors import Behavior
 from ..layout import view_columns
 from ..partstats import define, part_stats
-from ..memory import workers
+from ..memory import duckdb_limit, workers
 from ..store import Store, bound_memory, prune_cached, sql_list, sql_string, write_cached
 from . import trace as tr
 from .prefilter import gated_sql
@@ -275,13 +277,12 @@ class _Ctx:
         rows = max((self.rows.get(p.stem, 0) for p, _ in todo), default=0) * BATCH_PARTS
         n = min(len(batches), workers(max(rows, 1) * _BYTES_PER_ROW))
         fresh = [self._fresh(i, parts, todo) for i in range(len(self.items))] if weights is None else []
-        with _Connections(self.store.root, one_thread=n > 1) as cons, contextlib.ExitStack() as stack:
+        with _Connections(self.store.root, n) as cons, contextlib.ExitStack() as stack:
             for f in fresh:
                 if f is not None:
                     stack.enter_context(f)
-            pool = stack.enter_context(ThreadPoolExecutor(max_workers=n)) if n > 1 else None
             compute = lambda b: self._compute(cons.get(), b, weights, tags)  # noqa: E731
-            for kept in (pool.map(compute, batches) if pool is not None else map(compute, batches)):
+            for kept in _in_order(compute, batches, n):
                 for i, path, written, table in kept:
                     if fresh and fresh[i] is not None:
                         fresh[i].add(path, written, table)
@@ -390,12 +391,12 @@ class _Ctx:
 
 class _Connections:
     """One DuckDB connection per thread computing batches (`_Ctx.ensure`), opened at its first batch and closed
-    on leaving: a connection per batch cost ~13 ms of CPU each. With `one_thread` (batches computed in parallel
-    by our own threads) each runs on one DuckDB thread: DuckDB's own threads cost more CPU than they saved there
-    (the 1M-rollout benchmark's reads: 2.0 -> 1.8 CPU s)."""
+    on leaving: a connection per batch cost ~13 ms of CPU each. With `threads` > 1 (batches computed in parallel
+    by our own threads) each runs on one DuckDB thread, with its share of DuckDB's memory limit: DuckDB's own
+    threads cost more CPU than they saved there (the 1M-rollout benchmark's reads: 2.0 -> 1.8 CPU s)."""
 
-    def __init__(self, root: Path, one_thread: bool) -> None:
-        self.root, self.one_thread = root, one_thread
+    def __init__(self, root: Path, threads: int) -> None:
+        self.root, self.threads = root, threads
         self._local = threading.local()
         self._opened: list[duckdb.DuckDBPyConnection] = []
         self._lock = threading.Lock()
@@ -412,12 +413,28 @@ class _Connections:
         if con is None:
             con = self._local.con = duckdb.connect()
             con.execute("SET enable_progress_bar = false")
-            if self.one_thread:
+            if self.threads > 1:
                 con.execute("SET threads = 1")
-            bound_memory(con, self.root)
+            bound_memory(con, self.root, at_most=duckdb_limit() // self.threads if self.threads > 1 else None)
             with self._lock:
                 self._opened.append(con)
         return con
+
+
+def _in_order(compute: Callable[[Any], Any], jobs: list[Any], n: int) -> Iterator[Any]:
+    """`compute` of each job, in order: by `n` threads where n > 1, at most one result per thread waiting for
+    the caller, so memory stays bounded by the thread count, not the run."""
+    if n <= 1:
+        yield from map(compute, jobs)
+        return
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        pending: collections.deque[Future[Any]] = collections.deque()
+        for job in jobs:
+            pending.append(pool.submit(compute, job))
+            if len(pending) > n:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _split_by_part(t: pa.Table, stems: list[str]) -> list[pa.Table]:
