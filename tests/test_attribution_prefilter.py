@@ -49,7 +49,8 @@ def test_literals_of_term_specs_only():
 def test_gated_equals_pattern_on_edge_cases(spec):
     texts = [None, "", "By My Beard!", "by-my\nbeard.", "by 'my beard", "by my beards", "beard by my", "BY MY BEARD",
              "by my \u212aeard", "by my beard\u0301", "x by my beard", "xby my beard", "a Gremlin", "a  gremlin!",
-             "GOBLIN", "hobgoblin", "goblin's", "ſparkles", "Shiny things", "shiny\tthings", "don't panic", "DON'T PANIC",
+             "GOBLIN", "hobgoblin", "goblin's", "ſparkles", "Shiny things", "shiny\tthings", "don't panic",
+             "DON'T PANIC",
              "don't  panic", "mask", "MAſK", "\u212aey", "key", "ok", "OK.", "日本 beard", "beard日本"]
     _compare([spec], texts)
 
