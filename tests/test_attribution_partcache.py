@@ -11,9 +11,11 @@ import math
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from test_attribution import make_run
 
+from rlaudit import segments
 from rlaudit.attribution import partcache, trace
 from rlaudit.attribution.detector import AttributionDetector
 from rlaudit.detectors import AuditConfig, DetectContext
@@ -176,7 +178,7 @@ def test_batches_in_threads_equal_the_traced_findings(tmp_path, monkeypatch, thr
     computed: list[int] = []
     original = partcache._Ctx._compute
     monkeypatch.setattr(partcache._Ctx, "_compute",
-                        lambda self, batch, *a: (computed.append(len(batch)), original(self, batch, *a))[1])
+                        lambda self, con, batch, *a: (computed.append(len(batch)), original(self, con, batch, *a))[1])
     store = Store(tmp_path / "s")
     table = make_run(seed=11, steps=9)
     reward = np.asarray(table.column("reward").to_numpy(zero_copy_only=False), float).copy()
@@ -184,3 +186,27 @@ def test_batches_in_threads_equal_the_traced_findings(tmp_path, monkeypatch, thr
     by_step(store, _with(table, "reward", reward))
     check(store)
     assert len(computed) >= 5 and max(computed) == 2  # 9 parts in batches of two
+
+
+def test_segments_written_from_memory_equal_merged_ones(tmp_path, monkeypatch):
+    """A cold audit writes the level-1 segments of parts it computes from the tables in hand (`segments.Fresh`):
+    the same files, with the same rows, as a merge of the written parts would give, and the findings of the rows
+    cold and warm."""
+    monkeypatch.setattr(segments, "FANOUT", 3)
+    monkeypatch.setattr(partcache, "BATCH_PARTS", 2)  # batches across segment boundaries
+    store = Store(tmp_path / "s")
+    by_step(store, make_run(seed=6, steps=8))
+    from_memory: list[bool] = []
+    original = segments._write
+    monkeypatch.setattr(segments, "_write", lambda *a, **k: (from_memory.append(
+        (a[5] if len(a) > 5 else k.get("tables")) is not None), original(*a, **k))[1])
+    got = check(store)
+    seg = sorted((store.run_dir("sim") / "derived" / "attribution").rglob("segments/parts/L1-*.parquet"))
+    assert len(seg) == 3 * 2  # three behaviours, 8 parts: two groups of three each
+    assert from_memory == [True] * len(seg)  # none read back from the files to merge
+    for f in seg:  # the rows of its member files, in order
+        members = json.loads(pq.read_schema(f).metadata[b"rlaudit_members"])
+        files = [pq.read_table(f.parent.parent.parent / m) for m in members]
+        merged = pa.concat_tables(files, promote_options="default")
+        assert pq.read_table(f).select(merged.column_names).to_pylist() == merged.to_pylist()
+    same(got, check(store))

@@ -34,14 +34,17 @@ A store that keeps derived data in memory, or cannot be written, gets the tables
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
 import math
 import os
 import shutil
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,9 +58,10 @@ from .. import segments
 from ..behaviors import Behavior
 from ..layout import view_columns
 from ..partstats import define, part_stats
-from ..memory import workers
+from ..memory import duckdb_limit, workers
 from ..store import Store, bound_memory, prune_cached, sql_list, sql_string, write_cached
 from . import trace as tr
+from .prefilter import gated_sql
 
 VERSION = 1
 #: parts read and computed together (`_Ctx.ensure`)
@@ -97,7 +101,7 @@ def traces(store: Store, run: str, con: duckdb.DuckDBPyConnection, max_step: int
     """One trace per (behaviour, where, direction) of `items`, with evidence, from per-part statistics; None when
     the run or a behaviour is not cacheable (module doc), for the caller to trace from the rows. `con`: the
     audit's scoped connection (used only for the comparison key of runs without group ids)."""
-    specs = [Item(b, w, d, b.sql(w)) for b, w, d in items]
+    specs = [Item(b, w, d, gated_sql(b, w)) for b, w, d in items]
     if any(it.expr is None or it.where not in ("answer", "reasoning") for it in specs):
         return None
     manifest = store.manifest(run)
@@ -241,12 +245,15 @@ class _Ctx:
         path = self.dirs[i] / name
         return path if self.persist and path.is_file() else None
 
-    def _keep(self, i: int, stem: str, table: pa.Table, tag: str = "") -> None:
+    def _keep(self, i: int, stem: str, table: pa.Table, tag: str = "") -> Path | pa.Table:
+        """Write one part's table of behaviour `i` (or keep it in memory where it cannot be written); returns
+        `write_cached`'s answer."""
         name = f"{stem}{tag}.parquet"
         kept = (write_cached(self.dirs[i] / name, table, compression="lz4", use_dictionary=False) if self.persist
                 else table)  # lz4, no dictionaries: 2 ms a file against 8 with zstd (82 columns)
         if isinstance(kept, pa.Table):  # not written: kept in memory for this store object
             self.memo[(str(self.dirs[i]), name)] = kept
+        return kept
 
     def ensure(self, parts: list[Path], weights: dict[str, Any] | None = None,
                tags: dict[str, str] | None = None) -> None:
@@ -254,7 +261,10 @@ class _Ctx:
         per read and computation (the groups of different parts are independent, so a batch gives each part's
         values; one computation per part would cost more in overhead than the work). Batches run in
         `memory.workers` threads, each writing its own parts' files: most of a batch is numpy and Arrow work
-        that releases the GIL, and one thread left the second core idle for most of a cold attribution."""
+        that releases the GIL, and one thread left the second core idle for most of a cold attribution.
+
+        The level-1 segments `_tables` would merge next from files all written now are written from the tables
+        in hand instead (`segments.Fresh`, fed in part order by this thread): nothing is read back to merge."""
         todo = []
         for p in parts:
             miss = [i for i in range(len(self.items))
@@ -266,31 +276,46 @@ class _Ctx:
             return
         rows = max((self.rows.get(p.stem, 0) for p, _ in todo), default=0) * BATCH_PARTS
         n = min(len(batches), workers(max(rows, 1) * _BYTES_PER_ROW))
-        if n <= 1:
-            for batch in batches:
-                self._compute(batch, weights, tags)
-            return
-        with ThreadPoolExecutor(max_workers=n) as pool:
-            for _ in pool.map(lambda b: self._compute(b, weights, tags), batches):
-                pass
+        fresh = [self._fresh(i, parts, todo) for i in range(len(self.items))] if weights is None else []
+        with _Connections(self.store.root, n) as cons, contextlib.ExitStack() as stack:
+            for f in fresh:
+                if f is not None:
+                    stack.enter_context(f)
+            compute = lambda b: self._compute(cons.get(), b, weights, tags)  # noqa: E731
+            for kept in _in_order(compute, batches, n):
+                for i, path, written, table in kept:
+                    if fresh and fresh[i] is not None:
+                        fresh[i].add(path, written, table)
 
-    def _compute(self, batch: list[tuple[Path, list[int]]], weights: dict[str, Any] | None,
-                 tags: dict[str, str] | None) -> None:
-        """Read one batch of parts, compute the tables of the behaviours it misses and keep each part's."""
+    def _fresh(self, i: int, parts: list[Path], todo: list[tuple[Path, list[int]]]) -> segments.Fresh | None:
+        """Behaviour `i`'s level-1 segments of `parts` (as `_tables` asks for their files) that hold only files
+        computed now."""
+        if not self.persist:
+            return None
+        now = {self.dirs[i] / f"{p.stem}.parquet" for p, miss in todo if i in miss}
+        return segments.Fresh({"parts": ([self.dirs[i] / f"{p.stem}.parquet" for p in parts], "lz4")}, now)
+
+    def _compute(self, con: duckdb.DuckDBPyConnection, batch: list[tuple[Path, list[int]]],
+                 weights: dict[str, Any] | None, tags: dict[str, str] | None
+                 ) -> list[tuple[int, Path, Path | pa.Table, pa.Table]]:
+        """Read one batch of parts, compute the tables of the behaviours it misses and keep each part's; returns
+        (behaviour, the part's file, what `_keep` answered, the table) in part order per behaviour."""
         miss = sorted({i for _, m in batch for i in m})
         signals = sorted(set().union(*(self.signals.get(p.stem, set()) for p, _ in batch)))
-        table = self._read([p for p, _ in batch], signals)
+        table = self._read(con, [p for p, _ in batch], signals)
         tables = part_tables(table, miss, [self.items[i] for i in miss], signals, self.outcome, weights)
+        out = []
         for i, t in zip(miss, tables):
-            part_col = t.column("part")
-            for part, m in batch:
-                if i in m:
-                    own = t.filter(pc.equal(part_col, part.stem))
-                    self._keep(i, part.stem, own, tags[part.stem] if weights is not None else "")
+            stems = [part.stem for part, m in batch if i in m]
+            for stem, own in zip(stems, _split_by_part(t, stems)):
+                tag = tags[stem] if weights is not None else ""
+                out.append((i, self.dirs[i] / f"{stem}{tag}.parquet", self._keep(i, stem, own, tag), own))
+        return out
 
-    def _read(self, parts: list[Path], signals: list[str]) -> pa.Table:
+    def _read(self, con: duckdb.DuckDBPyConnection, parts: list[Path], signals: list[str]) -> pa.Table:
         """The rows of `parts` in the audit's split, in scan order, with the columns `part_tables` needs
-        (`load_frames` reads the same columns through the same expressions)."""
+        (`load_frames` reads the same columns through the same expressions; term behaviours gated by
+        `prefilter`, to the same values)."""
         by_layout: dict[int, list[Path]] = {}
         for p in parts:
             by_layout.setdefault(self.layouts.get(p.name, 1), []).append(p)
@@ -302,12 +327,9 @@ class _Ctx:
         if any(it.where == "reasoning" for it in self.items):
             beh += ", reasoning IS NOT NULL AS _has_r"
         sig = "".join(f", CAST(rewards[{sql_string(s)}] AS DOUBLE) AS _s{j}" for j, s in enumerate(signals))
-        with duckdb.connect() as con:
-            con.execute("SET enable_progress_bar = false")
-            bound_memory(con, self.store.root)
-            con.execute(f"CREATE VIEW src AS {' UNION ALL '.join(selects)}")
-            return con.sql(f"SELECT {self.key} AS _group, step, condition, task, reward, advantage{beh}{sig}, _part "
-                           f"FROM src WHERE {split}").to_arrow_table()
+        con.execute(f"CREATE OR REPLACE VIEW src AS {' UNION ALL '.join(selects)}")
+        return con.sql(f"SELECT {self.key} AS _group, step, condition, task, reward, advantage{beh}{sig}, _part "
+                       f"FROM src WHERE {split}").to_arrow_table()
 
     def _tables(self, i: int, stems: list[str], tags: dict[str, str], kept: set[int]) -> dict[str, pa.Table]:
         """Behaviour `i`'s rows of each kind for `stems` (and the weight-keyed groups of `tags`) at the `kept`
@@ -329,12 +351,14 @@ class _Ctx:
                 con.execute("SET enable_progress_bar = false; SET threads = 1")
                 bound_memory(con, self.store.root)
                 con.register("_kept", pa.table({"step": steps}))
-                for k in "gsc":
-                    t = con.sql(f"SELECT * FROM read_parquet({sql_list([str(p) for p in paths])}, union_by_name = true) "
-                                f"WHERE kind = '{k}' AND step IN (SELECT step FROM _kept)").to_arrow_table()
-                    # the columns of the other kinds are all NULL here
-                    out[k].append(t.select([c for c in t.column_names if t.column(c).null_count < t.num_rows
-                                            or c in ("cond", "task")]))
+                every = con.sql(f"SELECT * FROM read_parquet({sql_list([str(p) for p in paths])}, "
+                                "union_by_name = true) WHERE step IN (SELECT step FROM _kept)").to_arrow_table()
+            kind = every.column("kind")
+            for k in "gsc":  # one scan, split here (a scan per kind read every file three times)
+                t = every.filter(pc.equal(kind, k))
+                # the columns of the other kinds are all NULL here
+                out[k].append(t.select([c for c in t.column_names if t.column(c).null_count < t.num_rows
+                                        or c in ("cond", "task")]))
         return {k: pa.concat_tables(v, promote_options="default") for k, v in out.items()}
 
     # ------------------------------------------------------------------------------------------- one behaviour
@@ -363,6 +387,65 @@ class _Ctx:
             rows = self._tables(i, stems, tags, kept)
         return _assemble(it, rows["g"], steps, rows["c"], fit, stems, n, grouping, group_key, warnings,
                          scale, n_boot, seed, step_clusters, run, self, parts, numeric)
+
+
+class _Connections:
+    """One DuckDB connection per thread computing batches (`_Ctx.ensure`), opened at its first batch and closed
+    on leaving: a connection per batch cost ~13 ms of CPU each. With `threads` > 1 (batches computed in parallel
+    by our own threads) each runs on one DuckDB thread, with its share of DuckDB's memory limit: DuckDB's own
+    threads cost more CPU than they saved there (the 1M-rollout benchmark's reads: 2.0 -> 1.8 CPU s)."""
+
+    def __init__(self, root: Path, threads: int) -> None:
+        self.root, self.threads = root, threads
+        self._local = threading.local()
+        self._opened: list[duckdb.DuckDBPyConnection] = []
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _Connections:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for con in self._opened:
+            con.close()
+
+    def get(self) -> duckdb.DuckDBPyConnection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = duckdb.connect()
+            con.execute("SET enable_progress_bar = false")
+            if self.threads > 1:
+                con.execute("SET threads = 1")
+            bound_memory(con, self.root, at_most=duckdb_limit() // self.threads if self.threads > 1 else None)
+            with self._lock:
+                self._opened.append(con)
+        return con
+
+
+def _in_order(compute: Callable[[Any], Any], jobs: list[Any], n: int) -> Iterator[Any]:
+    """`compute` of each job, in order: by `n` threads where n > 1, at most one result per thread waiting for
+    the caller, so memory stays bounded by the thread count, not the run."""
+    if n <= 1:
+        yield from map(compute, jobs)
+        return
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        pending: collections.deque[Future[Any]] = collections.deque()
+        for job in jobs:
+            pending.append(pool.submit(compute, job))
+            if len(pending) > n:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _split_by_part(t: pa.Table, stems: list[str]) -> list[pa.Table]:
+    """The rows of `t` of each part of `stems` (column `part`), in their order: one stable sort and slices (a
+    filter per part cost O(parts x rows))."""
+    code = np.asarray(pc.fill_null(pc.index_in(t.column("part"), value_set=pa.array(stems, pa.string())),
+                                   len(stems)).to_numpy(zero_copy_only=False), np.int64)
+    order = np.argsort(code, kind="stable")
+    bounds = np.searchsorted(code[order], np.arange(len(stems) + 1))
+    t = t.take(pa.array(order))
+    return [t.slice(lo, hi - lo) for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist())]
 
 
 def _name(signal: str) -> str:
@@ -501,29 +584,27 @@ def _reward_steps(step: np.ndarray, steps_u: np.ndarray, reward: np.ndarray, kno
     """Per step: rows, rows with a total, the sum of squared totals, the R factor of [components | total] over
     those rows, and per signal its finite, infinite and equal-to-the-total counts (`trace.build_signals`)."""
     at = np.nan_to_num(reward, nan=np.inf)
-    cols: dict[str, list[Any]] = {"step": [], "n": [], "n_known": [], "y2": [], "rfac": []}
-    for s in signals:
-        for k in ("f", "i", "c"):
-            cols[f"{k}|{_name(s)}"] = []
-    for s in steps_u.tolist():
-        m = step == s
-        km = m & known
-        cols["step"].append(s)
-        cols["n"].append(int(m.sum()))
-        cols["n_known"].append(int(km.sum()))
-        cols["y2"].append(float(np.sum(reward[km] ** 2)))
-        if km.any():
-            a = np.column_stack([np.nan_to_num(comps[c][km], nan=0.0) for c in local] + [reward[km]])
+    code = np.searchsorted(steps_u, step)
+    by_step = np.argsort(code, kind="stable")  # each step's rows in their order: the same sums and R factors
+    bounds = np.searchsorted(code[by_step], np.arange(len(steps_u) + 1))
+    count = lambda mask: np.bincount(code, weights=mask, minlength=len(steps_u)).astype(np.int64).tolist()  # noqa: E731
+    cols: dict[str, list[Any]] = {"step": steps_u.tolist(), "n": np.diff(bounds).tolist(), "n_known": count(known),
+                                  "y2": [], "rfac": []}
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        rows = by_step[lo:hi]
+        rows = rows[known[rows]]
+        cols["y2"].append(float(np.sum(reward[rows] ** 2)))
+        if rows.size:
+            a = np.column_stack([np.nan_to_num(comps[c][rows], nan=0.0) for c in local] + [reward[rows]])
             cols["rfac"].append(json.dumps({"names": local, "r": np.linalg.qr(a, mode="r").tolist()}))
         else:
             cols["rfac"].append(None)
-        for c in signals:
-            v = comps[c][m]
-            fin = np.isfinite(v)
-            cols[f"f|{_name(c)}"].append(int(fin.sum()))
-            cols[f"i|{_name(c)}"].append(int(np.isinf(raw_comps[c][m]).sum()))
-            close = fin & np.isclose(np.where(fin, v, 0.0), at[m], rtol=1e-9, atol=1e-12)
-            cols[f"c|{_name(c)}"].append(int(close.sum()))
+    for c in signals:
+        v = comps[c]
+        fin = np.isfinite(v)
+        cols[f"f|{_name(c)}"] = count(fin)
+        cols[f"i|{_name(c)}"] = count(np.isinf(raw_comps[c]))
+        cols[f"c|{_name(c)}"] = count(fin & np.isclose(np.where(fin, v, 0.0), at, rtol=1e-9, atol=1e-12))
     return {k: pa.array(v, pa.string() if k == "rfac" else None) for k, v in cols.items()}
 
 

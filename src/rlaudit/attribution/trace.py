@@ -51,6 +51,7 @@ from ..behaviors import Behavior, parse_behavior
 from ..errors import RlauditError
 from ..findings import SEVERITY_RANK, Evidence, Severity
 from ..store import sql_string
+from .kernels import group_midranks
 
 #: Names of signals that measure task success. Matched case-insensitively anywhere in the signal name; extend
 #: per run with `outcome_signals=[...]` (or `rlaudit trace --outcome NAME`).
@@ -611,7 +612,7 @@ class _RankCache:
         if np.isnan(labels[ok]).any():
             return stats.grouped_mann_whitney(codes, values, labels, n_groups)
         if key not in self._ranks:
-            self._ranks[key] = (ok, stats.group_midranks(codes[ok], values[ok]))
+            self._ranks[key] = (ok, group_midranks(codes[ok], values[ok], n_groups))
         ok, ranks = self._ranks[key]
         c, lab = codes[ok], labels[ok] > 0.5
         n1 = np.bincount(c, weights=lab, minlength=n_groups)
