@@ -803,21 +803,10 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     cells, cell = _cells(file_code, step, split_code)
     has_reasoning = np.asarray(r.column("has_reasoning").to_numpy(zero_copy_only=False), bool)
     pt_start = np.asarray(prompt_terms.offsets.to_numpy(), np.int64)
-    pt_len = np.diff(pt_start)
     frames = []
-    for where in WHERES:
-        rows, ids = pairs[where]
-        at_risk = has_reasoning if where == "reasoning" else np.ones(n, bool)
-        ok = at_risk[rows]
-        x = np.bincount(cell[rows[ok]] * n_ids + ids[ok], minlength=len(cells) * n_ids)
-        # rollouts per (cell, prompt), each counted for every term of that prompt
-        cp, k = np.unique(cell[at_risk] * n_prompts + prompt_idx[at_risk], return_counts=True)
-        c_of, p_of = cp // n_prompts, cp % n_prompts
-        reps = pt_len[p_of]
-        within = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
-        mm = np.bincount(np.repeat(c_of, reps) * n_ids + pi[np.repeat(pt_start[p_of], reps) + within],
-                         weights=np.repeat(k, reps), minlength=len(cells) * n_ids)
-        nz = np.flatnonzero((x > 0) | (mm > 0))
+    for where, (x, mm) in zip(WHERES, _step_term_counts(cell, len(cells), pairs, has_reasoning, prompt_idx,
+                                                        n_prompts, pt_start, pi, n_ids)):
+        nz = np.flatnonzero(x | mm)
         frames.append((where, nz // n_ids, nz % n_ids, x[nz], mm[nz]))
     files = file_enc.dictionary.to_pylist()
     grouped = _contiguous(file_code)
@@ -840,7 +829,7 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
                 "step": pa.array(cells[c_sel, 1], pa.int64()),
                 "split": split_enc.dictionary.cast(pa.string()).take(
                     pa.array(np.maximum(split_idx, 0), pa.int64(), mask=split_idx < 0)),
-                "x": pa.array(x[sel].astype(np.int64)), "m": pa.array(np.rint(mm[sel]).astype(np.int64))}))
+                "x": pa.array(x[sel].astype(np.int64)), "m": pa.array(mm[sel])}))
         if len(files) == 1:
             mine, sel = terms, slice(0, n)
         elif grouped:  # a part's rows are contiguous (DuckDB keeps the files' order): a zero-copy slice
@@ -850,6 +839,38 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
             sel = np.flatnonzero(file_code == f)
             mine = terms.take(pa.array(sel))
         out.append((mine, pa.concat_tables(counts), reduce(path.name, sel) if reduce else None))
+    return out
+
+
+def _step_term_counts(cell: np.ndarray, n_cells: int, pairs: dict[str, tuple[np.ndarray, np.ndarray]],
+                      has_reasoning: np.ndarray, prompt_idx: np.ndarray, n_prompts: int, pt_start: np.ndarray,
+                      pi: np.ndarray, n_ids: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per place (`WHERES` order), dense int64 arrays x and m indexed by `cell` * n_ids + term id (`cell`: each
+    row's (file, step, split) cell, `n_cells` of them): the rollouts at risk containing the term (x) and those
+    whose prompt holds it (m; the prompts' terms are pi[pt_start[p]:pt_start[p + 1]]). Rows at risk: every row
+    for answers, those with reasoning for reasoning. Both count the rollouts per (cell, prompt) once (one
+    unique of the batch's rows) and then add each to its prompt's terms. Compiled where numba is installed
+    (`kernels.step_term_counts`: one pass over the pairs and one over the prompts' terms, instead of a gather,
+    a bincount and a dozen repeats of every pair), else numpy; the same counts."""
+    cp, inverse = np.unique(cell * n_prompts + prompt_idx, return_inverse=True)
+    inverse = inverse.ravel()
+    c_of, p_of = cp // n_prompts, cp % n_prompts
+    out = []
+    for where in WHERES:
+        rows, ids = pairs[where]
+        at_risk = has_reasoning if where == "reasoning" else np.ones(len(cell), bool)
+        k = np.bincount(inverse[at_risk], minlength=len(cp))  # rollouts at risk per (cell, prompt)
+        if kernels.use_numba():
+            out.append(kernels.step_term_counts(cell, rows, ids, at_risk, c_of, p_of, k, pt_start, pi, n_cells,
+                                                n_ids))
+            continue
+        ok = at_risk[rows]
+        x = np.bincount(cell[rows[ok]] * n_ids + ids[ok], minlength=n_cells * n_ids)
+        reps = np.diff(pt_start)[p_of]  # each (cell, prompt) counted for every term of that prompt
+        within = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
+        mm = np.bincount(np.repeat(c_of, reps) * n_ids + pi[np.repeat(pt_start[p_of], reps) + within],
+                         weights=np.repeat(k, reps), minlength=n_cells * n_ids)
+        out.append((x.astype(np.int64), np.rint(mm).astype(np.int64)))
     return out
 
 
