@@ -399,15 +399,17 @@ def _cell_term_counts(order, cell, off_a, ids_a, off_b, ids_b, use_b, n_ids):
     return out_c[:k], out_t[:k], out_x[:k]
 
 
-def _step_term_counts(cell, rows, ids, at_risk, cp_cell, cp_prompt, cp_count, pt_off, pt_ids, n_cells, n_ids):
-    """Dense (cell, term id) counts, index cell * n_ids + id: x, the pairs (rows[q], ids[q]) of rows at risk; m,
-    per (cell, prompt) with cp_count rollouts, that count added to each of the prompt's terms
-    (pt_ids[pt_off[p]:pt_off[p + 1]]). The row test adds 0 or 1 (no branch: at_risk varies row by row)."""
+def _step_term_counts(cell, off, ids, at_risk, cp_cell, cp_prompt, cp_count, pt_off, pt_ids, n_cells, n_ids):
+    """Dense (cell, term id) counts, index cell * n_ids + id: x, the ids of the rows at risk (row r's are
+    ids[off[r]:off[r + 1]]); m, per (cell, prompt) with cp_count rollouts, that count added to each of the
+    prompt's terms (pt_ids[pt_off[p]:pt_off[p + 1]])."""
     x = np.zeros(max(n_cells * n_ids, 0), np.int64)
     m = np.zeros(max(n_cells * n_ids, 0), np.int64)
-    for q in range(len(rows)):
-        r = rows[q]
-        x[cell[r] * n_ids + ids[q]] += at_risk[r]
+    for r in range(len(off) - 1):
+        if at_risk[r]:
+            base = cell[r] * n_ids
+            for q in range(off[r], off[r + 1]):
+                x[base + ids[q]] += 1
     for j in range(len(cp_cell)):
         k = cp_count[j]
         if k:
@@ -561,28 +563,26 @@ def row_term_ids(values: np.ndarray, offsets: np.ndarray, max_n: int, lookup: An
 def cell_term_counts(cell: np.ndarray, lists: list[tuple[np.ndarray, np.ndarray]], use_second: np.ndarray,
                      n_ids: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(cell, term id, rollouts) of the distinct (cell, term id) pairs of the rows' term lists, by cell (a cell's
-    ids in the order first seen, not sorted): `cell` per row (non-negative), `lists` two places' (row, id) pairs sorted by row (the first counted
-    in every row, the second in the rows with `use_second`). One pass over the pairs, rows taken cell by cell
-    (the cell tables of `rlaudit.termcells`; equal to `termcells._count_pairs` over the same pairs)."""
+    ids in the order first seen, not sorted): `cell` per row (non-negative), `lists` two places' id lists
+    (offsets per row, ids; the first counted in every row, the second in the rows with `use_second`). One pass
+    over the pairs, rows taken cell by cell (the cell tables of `rlaudit.termcells`; equal to
+    `termcells._count_pairs` over the same pairs)."""
     c = np.ascontiguousarray
-    n = len(cell)
     flat = []
-    for rows, ids in lists:
-        off = np.zeros(n + 1, np.int64)
-        np.cumsum(np.bincount(rows, minlength=n), out=off[1:])
-        flat += [off, c(ids, np.int32)]
+    for off, ids in lists:
+        flat += [c(off, np.int64), c(ids, np.int32)]
     order = np.argsort(cell, kind="stable").astype(np.int64)
     return compiled().cell_term_counts(order, c(cell, np.int64), *flat, c(use_second, np.bool_), int(n_ids))
 
 
-def step_term_counts(cell: np.ndarray, rows: np.ndarray, ids: np.ndarray, at_risk: np.ndarray,
+def step_term_counts(cell: np.ndarray, off: np.ndarray, ids: np.ndarray, at_risk: np.ndarray,
                      cp_cell: np.ndarray, cp_prompt: np.ndarray, cp_count: np.ndarray, pt_off: np.ndarray,
                      pt_ids: np.ndarray, n_cells: int, n_ids: int) -> tuple[np.ndarray, np.ndarray]:
-    """(x, m): dense int64 counts per cell * n_ids + term id of a place's (row, id) pairs among the rows
-    `at_risk`, and of the rollouts whose prompt holds the term (`tokens._step_term_counts`, whose numpy path it
+    """(x, m): dense int64 counts per cell * n_ids + term id of a place's id lists (offsets per row, ids) of the
+    rows `at_risk`, and of the rollouts whose prompt holds the term (`tokens._step_term_counts`, whose numpy path it
     equals)."""
     c = np.ascontiguousarray
-    return compiled().step_term_counts(c(cell, np.int64), c(rows, np.int64), c(ids, np.int32), c(at_risk, np.bool_),
+    return compiled().step_term_counts(c(cell, np.int64), c(off, np.int64), c(ids, np.int32), c(at_risk, np.bool_),
                                        c(cp_cell, np.int64), c(cp_prompt, np.int64), c(cp_count, np.int64),
                                        c(pt_off, np.int64), c(pt_ids, np.int32), int(n_cells), int(n_ids))
 

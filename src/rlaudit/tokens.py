@@ -689,6 +689,11 @@ def _distinct_pairs(rows: np.ndarray, ids: np.ndarray, n_ids: int) -> tuple[np.n
     return (code // dtype(width)).astype(np.int64), (code % dtype(width)).astype(np.int32)
 
 
+def _offsets_to_lists(off: np.ndarray, v: np.ndarray) -> pa.Array:
+    """list<int32> per row from offsets per row and ids (int32 offsets, as `_pairs_to_lists`)."""
+    return pa.ListArray.from_arrays(pa.array(off.astype(np.int32)), pa.array(v, pa.int32()))
+
+
 def _pairs_to_lists(r: np.ndarray, v: np.ndarray, n_rows: int) -> pa.Array:
     """list<int32> per row from distinct (row, id) pairs sorted by row then id."""
     offsets = np.zeros(n_rows + 1, np.int32)
@@ -796,15 +801,16 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     n_ids = int(m.key_of_id.shape[0]) or 1
     pr, pi = _prompt_pairs(*token_hashes(prompts.column("prompt")), m, o.max_n, n_ids)
     prompt_terms = _pairs_to_lists(pr, pi, n_prompts)
-    pt_codes = pr * n_ids + pi  # sorted (by prompt, then id)
+    pt_codes = pr * n_ids + pi if not kernels.use_numba() else None  # sorted (by prompt, then id): numpy path
+    # per place, each row's distinct term ids: (offsets per row, ids sorted within a row)
     pairs = {where: _text_pairs(*hashed[where], m.by_where[where], o.max_n, n_ids, prompt_idx, pt_codes,
                                 (np.asarray(prompt_terms.offsets.to_numpy(), np.int64), pi))
              for where in WHERES}
     style_cols = [col for col, _, _ in style_columns()]
     base = r.select(["rid", "rollout_id", "step", "split", "condition", "task", "group_id", "prompt_key",
                      "has_reasoning", *style_cols])
-    terms = base.append_column("answer_terms", _pairs_to_lists(*pairs["answer"], n)) \
-        .append_column("reasoning_terms", _pairs_to_lists(*pairs["reasoning"], n))
+    terms = base.append_column("answer_terms", _offsets_to_lists(*pairs["answer"])) \
+        .append_column("reasoning_terms", _offsets_to_lists(*pairs["reasoning"]))
     # per part and (step, split) cell: rollouts containing each term (x) and rollouts whose prompt holds it (m)
     file_enc = pc.dictionary_encode(r.column("_file")).combine_chunks()
     file_code = np.asarray(file_enc.indices.to_numpy(), np.int64)
@@ -853,11 +859,12 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     return out
 
 
-def _step_term_counts(cell: np.ndarray, n_cells: int, pairs: dict[str, tuple[np.ndarray, np.ndarray]],
+def _step_term_counts(cell: np.ndarray, n_cells: int, lists: dict[str, tuple[np.ndarray, np.ndarray]],
                       has_reasoning: np.ndarray, prompt_idx: np.ndarray, n_prompts: int, pt_start: np.ndarray,
                       pi: np.ndarray, n_ids: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per place (`WHERES` order), dense int64 arrays x and m indexed by `cell` * n_ids + term id (`cell`: each
-    row's (file, step, split) cell, `n_cells` of them): the rollouts at risk containing the term (x) and those
+    row's (file, step, split) cell, `n_cells` of them; `lists`: per place the rows' term ids, as offsets per row
+    and ids): the rollouts at risk containing the term (x) and those
     whose prompt holds it (m; the prompts' terms are pi[pt_start[p]:pt_start[p + 1]]). Rows at risk: every row
     for answers, those with reasoning for reasoning. Both count the rollouts per (cell, prompt) once (one
     unique of the batch's rows) and then add each to its prompt's terms. Compiled where numba is installed
@@ -868,13 +875,14 @@ def _step_term_counts(cell: np.ndarray, n_cells: int, pairs: dict[str, tuple[np.
     c_of, p_of = cp // n_prompts, cp % n_prompts
     out = []
     for where in WHERES:
-        rows, ids = pairs[where]
+        off, ids = lists[where]
         at_risk = has_reasoning if where == "reasoning" else np.ones(len(cell), bool)
         k = np.bincount(inverse[at_risk], minlength=len(cp))  # rollouts at risk per (cell, prompt)
         if kernels.use_numba():
-            out.append(kernels.step_term_counts(cell, rows, ids, at_risk, c_of, p_of, k, pt_start, pi, n_cells,
+            out.append(kernels.step_term_counts(cell, off, ids, at_risk, c_of, p_of, k, pt_start, pi, n_cells,
                                                 n_ids))
             continue
+        rows = np.repeat(np.arange(len(cell), dtype=np.int64), np.diff(off))
         ok = at_risk[rows]
         x = np.bincount(cell[rows[ok]] * n_ids + ids[ok], minlength=n_cells * n_ids)
         reps = np.diff(pt_start)[p_of]  # each (cell, prompt) counted for every term of that prompt
@@ -903,19 +911,19 @@ def _part_cells(r: pa.Table, pairs: dict[str, tuple[np.ndarray, np.ndarray]], ha
         if isinstance(sel, slice):
             rows = r.slice(sel.start, sel.stop - sel.start)
             mine = []
-            for where in WHERES:  # pairs are sorted by row: the part's are a contiguous run
-                pr, pv = pairs[where]
-                lo, hi = np.searchsorted(pr, [sel.start, sel.stop])
-                mine.append((pr[lo:hi] - sel.start, pv[lo:hi]))
+            for where in WHERES:  # the part's rows are a contiguous run: so are their ids
+                off, ids = pairs[where]
+                lo, hi = off[sel.start], off[sel.stop]
+                mine.append((off[sel.start:sel.stop + 1] - lo, ids[lo:hi]))
         else:
             rows = r.take(pa.array(sel, pa.int64()))
-            at = np.full(len(cell), -1, np.int64)
-            at[sel] = np.arange(len(sel))
             mine = []
-            for where in WHERES:
-                pr, pv = pairs[where]
-                ok = at[pr] >= 0
-                mine.append((at[pr[ok]], pv[ok]))
+            for where in WHERES:  # the rows' id lists gathered by Arrow
+                off, ids = pairs[where]
+                taken = pa.LargeListArray.from_arrays(pa.array(off, pa.int64()), pa.array(ids, pa.int32())).take(
+                    pa.array(sel, pa.int64()))
+                t_off = np.asarray(taken.offsets.to_numpy(), np.int64)
+                mine.append((t_off - t_off[0], np.asarray(taken.flatten().to_numpy(), np.int32)))
         return termcells.reduce_arrays(part, rows, cell[sel], has_reasoning[sel], mine, prompt_idx[sel], p_keys,
                                        pt_start, pi)
 
@@ -943,19 +951,20 @@ def _prompt_pairs(values: np.ndarray, offsets: np.ndarray, m: _Matcher, max_n: i
 def _text_pairs(values: np.ndarray, offsets: np.ndarray, lookup: _Lookup, max_n: int, n_ids: int,
                 prompt_idx: np.ndarray, pt_codes: np.ndarray, prompt_lists: tuple[np.ndarray, np.ndarray]
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct (row, term id) pairs of rows of token hashes, sorted, without those the row's prompt holds
-    (`pt_codes`: prompt index * n_ids + id, sorted; `prompt_lists`: the same as offsets and ids per prompt).
-    One compiled pass per row where numba is installed (`rlaudit.kernels`), else numpy passes over all rows."""
+    """Each row's distinct term ids among its token hashes' n-grams, without those the row's prompt holds, as
+    (int64 offsets per row, int32 ids sorted within a row) (`pt_codes`: prompt index * n_ids + id, sorted, used by
+    the numpy path; `prompt_lists`: the same as offsets and ids per prompt). One compiled pass per row where
+    numba is installed (`rlaudit.kernels`), else numpy passes over all rows."""
     if kernels.use_numba():
-        out_off, ids = kernels.row_term_ids(values, offsets, max_n, lookup, n_ids,
-                                            exclude=(prompt_idx, *prompt_lists))
-        return np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(out_off)), ids
+        return kernels.row_term_ids(values, offsets, max_n, lookup, n_ids, exclude=(prompt_idx, *prompt_lists))
     rows, keys = ngram_keys(values, offsets, max_n)
     rows, ids = _distinct_pairs(*lookup.match(rows, keys), n_ids)
     code = prompt_idx[rows] * n_ids + ids
     at = np.minimum(np.searchsorted(pt_codes, code), max(len(pt_codes) - 1, 0))
     copied = pt_codes[at] == code if len(pt_codes) else np.zeros(len(code), bool)  # copies of the prompt
-    return rows[~copied], ids[~copied]
+    out_off = np.zeros(len(offsets), np.int64)
+    np.cumsum(np.bincount(rows[~copied], minlength=len(offsets) - 1), out=out_off[1:])
+    return out_off, ids[~copied]
 
 
 def _cells(file_code: np.ndarray, step: np.ndarray, split_code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
