@@ -212,7 +212,8 @@ def reduce_arrays(part: str, terms: pa.Table, cell: np.ndarray, has_reasoning: n
     """The three cell tables of one part, in numpy, from arrays the term-set computation holds anyway.
 
     `terms`: the part's rows (scope keys and style columns; its list columns are not read); `cell`: each row's
-    cell key (`CELL`, by DuckDB); `pairs`: per place (`WHERES` order) the (row, term id) of the rows' term sets;
+    cell key (`CELL`, by DuckDB); `pairs`: per place (`WHERES` order) the rows' term sets as (offsets per row,
+    term ids);
     `prompt_idx`: each row's prompt, an index into `prompt_keys` and into the prompts' term lists
     (`prompt_ids[prompt_off[i]:prompt_off[i + 1]]`). Equals the former DuckDB aggregate: style values are whole
     numbers, so their sums are exact in any order; a cell without reasoning has NULL reasoning sums (SQL's sum
@@ -247,13 +248,15 @@ def reduce_arrays(part: str, terms: pa.Table, cell: np.ndarray, has_reasoning: n
 def _cell_terms(g: np.ndarray, has_reasoning: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(cell index, term id, rollouts) per distinct (cell, term): answer terms of every row, reasoning terms of the
-    rows with reasoning. Compiled where numba is installed (`kernels.cell_term_counts`: the pairs by cell, not
-    sorted within a cell), else one sort (sorted by cell and id). Readers sum the rows, in any order."""
+    rows with reasoning (`pairs`: per place, offsets per row and ids). Compiled where numba is installed
+    (`kernels.cell_term_counts`: the pairs by cell, not sorted within a cell), else one sort (sorted by cell and
+    id). Readers sum the rows, in any order."""
     if kernels.use_numba():
         n_ids = max((int(v.max()) + 1 for _, v in pairs if len(v)), default=0)
         return kernels.cell_term_counts(g, pairs, has_reasoning, n_ids)
     rows, ids = [], []
-    for where, (r, v) in zip(WHERES, pairs):
+    for where, (off, v) in zip(WHERES, pairs):
+        r = np.repeat(np.arange(len(off) - 1, dtype=np.int64), np.diff(off))
         if where == "reasoning":
             keep = has_reasoning[r]
             r, v = r[keep], v[keep]

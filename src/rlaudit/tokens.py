@@ -290,7 +290,7 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
         styles.compiled()
 
     def compute(batch: list[Path]) -> list[tuple[Path, dict[str, Any], dict[str, Any], dict[str, pa.Table]]]:
-        result = _compute_parts(batch, layouts.get(batch[0].name, 1), vocab, options, with_cells=True)
+        result = _compute_parts(batch, layouts.get(batch[0].name, 1), vocab, options, with_cells=True, db=db)
         out = []
         for path, (terms, counts, cells) in zip(batch, result):
             entry = _store_part(vdir, path, terms, counts, persist)
@@ -303,8 +303,9 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
     # that many batches are in memory at once; the kinds read through segments are merged from the tables at
     # hand where a segment's parts are all computed now (`_fresh_segments`)
     fresh = _fresh_segments(vdir, parts, missing) if persist and only is None and missing else None
-    with ThreadPoolExecutor(max_workers=max(1, min(n_workers, len(batches)))) as pool, \
-            fresh or contextlib.nullcontext():
+    # one DuckDB database for the batches' reads (each through a cursor), closed after the workers are done
+    with (_database() if missing else contextlib.nullcontext()) as db, fresh or contextlib.nullcontext(), \
+            ThreadPoolExecutor(max_workers=max(1, min(n_workers, len(batches)))) as pool:
         for result in pool.map(compute, batches):
             for path, entry, cells, tables in result:
                 done[path.name] = entry
@@ -688,6 +689,11 @@ def _distinct_pairs(rows: np.ndarray, ids: np.ndarray, n_ids: int) -> tuple[np.n
     return (code // dtype(width)).astype(np.int64), (code % dtype(width)).astype(np.int32)
 
 
+def _offsets_to_lists(off: np.ndarray, v: np.ndarray) -> pa.Array:
+    """list<int32> per row from offsets per row and ids (int32 offsets, as `_pairs_to_lists`)."""
+    return pa.ListArray.from_arrays(pa.array(off.astype(np.int32)), pa.array(v, pa.int32()))
+
+
 def _pairs_to_lists(r: np.ndarray, v: np.ndarray, n_rows: int) -> pa.Array:
     """list<int32> per row from distinct (row, id) pairs sorted by row then id."""
     offsets = np.zeros(n_rows + 1, np.int32)
@@ -735,13 +741,22 @@ def _matcher(vocab: pa.Table) -> _Matcher:
     return m
 
 
+def _database() -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection for reading parts (`_compute_parts`): no progress bar, bounded memory."""
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    bound_memory(con)
+    return con
+
+
 def _compute_part(path: Path, layout: int, vocab: pa.Table, o: VocabOptions) -> tuple[pa.Table, pa.Table]:
     """Term sets and per-step counts of one stored part (see `_compute_parts`)."""
     terms, counts, _ = _compute_parts([path], layout, vocab, o)[0]
     return terms, counts
 
 
-def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOptions, with_cells: bool = False
+def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOptions, with_cells: bool = False,
+                   db: duckdb.DuckDBPyConnection | None = None
                    ) -> list[tuple[pa.Table, pa.Table, dict[str, pa.Table] | None]]:
     """Term sets (one row per rollout), per-step term counts and, `with_cells`, the cell tables
     (`termcells.reduce_arrays`, from the arrays at hand: no second read of the term sets) of each stored part.
@@ -749,11 +764,12 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     Each text is tokenised and its tokens hashed once, in numpy (`tokhash.token_hashes`; the `length` style
     feature is the token count); n-grams are then matched against the vocabulary by 64-bit keys in numpy (`ngram_keys`). Two
     distinct n-grams share a key with probability ~2^-64 per pair: a term set can be wrong only through such a
-    collision (~1e-10 over a billion distinct n-gram/term pairs)."""
-    con = duckdb.connect()
-    con.execute("SET enable_progress_bar = false")
-    bound_memory(con)
-    con.execute(f"CREATE VIEW rollouts AS SELECT {view_columns(layout)}, filename AS _file "
+    collision (~1e-10 over a billion distinct n-gram/term pairs).
+
+    `db`: a connection (`_database`) whose cursor reads the parts, shared by the batches of one `term_sets`
+    (a cursor costs ~0.3 CPU ms, a new database ~11: 20 of them at 1M rollouts, 200 at 10M); else its own."""
+    con = db.cursor() if db is not None else _database()
+    con.execute(f"CREATE TEMP VIEW rollouts AS SELECT {view_columns(layout)}, filename AS _file "
                 f"FROM read_parquet({sql_list([str(p) for p in paths])}, filename = true)")
     m = _matcher(vocab)
     style = [f"{parse_behavior(f'style:{name}').sql(where)} AS {col}"
@@ -785,15 +801,16 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     n_ids = int(m.key_of_id.shape[0]) or 1
     pr, pi = _prompt_pairs(*token_hashes(prompts.column("prompt")), m, o.max_n, n_ids)
     prompt_terms = _pairs_to_lists(pr, pi, n_prompts)
-    pt_codes = pr * n_ids + pi  # sorted (by prompt, then id)
+    pt_codes = pr * n_ids + pi if not kernels.use_numba() else None  # sorted (by prompt, then id): numpy path
+    # per place, each row's distinct term ids: (offsets per row, ids sorted within a row)
     pairs = {where: _text_pairs(*hashed[where], m.by_where[where], o.max_n, n_ids, prompt_idx, pt_codes,
                                 (np.asarray(prompt_terms.offsets.to_numpy(), np.int64), pi))
              for where in WHERES}
     style_cols = [col for col, _, _ in style_columns()]
     base = r.select(["rid", "rollout_id", "step", "split", "condition", "task", "group_id", "prompt_key",
                      "has_reasoning", *style_cols])
-    terms = base.append_column("answer_terms", _pairs_to_lists(*pairs["answer"], n)) \
-        .append_column("reasoning_terms", _pairs_to_lists(*pairs["reasoning"], n))
+    terms = base.append_column("answer_terms", _offsets_to_lists(*pairs["answer"])) \
+        .append_column("reasoning_terms", _offsets_to_lists(*pairs["reasoning"]))
     # per part and (step, split) cell: rollouts containing each term (x) and rollouts whose prompt holds it (m)
     file_enc = pc.dictionary_encode(r.column("_file")).combine_chunks()
     file_code = np.asarray(file_enc.indices.to_numpy(), np.int64)
@@ -803,21 +820,10 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     cells, cell = _cells(file_code, step, split_code)
     has_reasoning = np.asarray(r.column("has_reasoning").to_numpy(zero_copy_only=False), bool)
     pt_start = np.asarray(prompt_terms.offsets.to_numpy(), np.int64)
-    pt_len = np.diff(pt_start)
     frames = []
-    for where in WHERES:
-        rows, ids = pairs[where]
-        at_risk = has_reasoning if where == "reasoning" else np.ones(n, bool)
-        ok = at_risk[rows]
-        x = np.bincount(cell[rows[ok]] * n_ids + ids[ok], minlength=len(cells) * n_ids)
-        # rollouts per (cell, prompt), each counted for every term of that prompt
-        cp, k = np.unique(cell[at_risk] * n_prompts + prompt_idx[at_risk], return_counts=True)
-        c_of, p_of = cp // n_prompts, cp % n_prompts
-        reps = pt_len[p_of]
-        within = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
-        mm = np.bincount(np.repeat(c_of, reps) * n_ids + pi[np.repeat(pt_start[p_of], reps) + within],
-                         weights=np.repeat(k, reps), minlength=len(cells) * n_ids)
-        nz = np.flatnonzero((x > 0) | (mm > 0))
+    for where, (x, mm) in zip(WHERES, _step_term_counts(cell, len(cells), pairs, has_reasoning, prompt_idx,
+                                                        n_prompts, pt_start, pi, n_ids)):
+        nz = np.flatnonzero(x | mm)
         frames.append((where, nz // n_ids, nz % n_ids, x[nz], mm[nz]))
     files = file_enc.dictionary.to_pylist()
     grouped = _contiguous(file_code)
@@ -840,7 +846,7 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
                 "step": pa.array(cells[c_sel, 1], pa.int64()),
                 "split": split_enc.dictionary.cast(pa.string()).take(
                     pa.array(np.maximum(split_idx, 0), pa.int64(), mask=split_idx < 0)),
-                "x": pa.array(x[sel].astype(np.int64)), "m": pa.array(np.rint(mm[sel]).astype(np.int64))}))
+                "x": pa.array(x[sel].astype(np.int64)), "m": pa.array(mm[sel])}))
         if len(files) == 1:
             mine, sel = terms, slice(0, n)
         elif grouped:  # a part's rows are contiguous (DuckDB keeps the files' order): a zero-copy slice
@@ -850,6 +856,40 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
             sel = np.flatnonzero(file_code == f)
             mine = terms.take(pa.array(sel))
         out.append((mine, pa.concat_tables(counts), reduce(path.name, sel) if reduce else None))
+    return out
+
+
+def _step_term_counts(cell: np.ndarray, n_cells: int, lists: dict[str, tuple[np.ndarray, np.ndarray]],
+                      has_reasoning: np.ndarray, prompt_idx: np.ndarray, n_prompts: int, pt_start: np.ndarray,
+                      pi: np.ndarray, n_ids: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per place (`WHERES` order), dense int64 arrays x and m indexed by `cell` * n_ids + term id (`cell`: each
+    row's (file, step, split) cell, `n_cells` of them; `lists`: per place the rows' term ids, as offsets per row
+    and ids): the rollouts at risk containing the term (x) and those
+    whose prompt holds it (m; the prompts' terms are pi[pt_start[p]:pt_start[p + 1]]). Rows at risk: every row
+    for answers, those with reasoning for reasoning. Both count the rollouts per (cell, prompt) once (one
+    unique of the batch's rows) and then add each to its prompt's terms. Compiled where numba is installed
+    (`kernels.step_term_counts`: one pass over the pairs and one over the prompts' terms, instead of a gather,
+    a bincount and a dozen repeats of every pair), else numpy; the same counts."""
+    cp, inverse = np.unique(cell * n_prompts + prompt_idx, return_inverse=True)
+    inverse = inverse.ravel()
+    c_of, p_of = cp // n_prompts, cp % n_prompts
+    out = []
+    for where in WHERES:
+        off, ids = lists[where]
+        at_risk = has_reasoning if where == "reasoning" else np.ones(len(cell), bool)
+        k = np.bincount(inverse[at_risk], minlength=len(cp))  # rollouts at risk per (cell, prompt)
+        if kernels.use_numba():
+            out.append(kernels.step_term_counts(cell, off, ids, at_risk, c_of, p_of, k, pt_start, pi, n_cells,
+                                                n_ids))
+            continue
+        rows = np.repeat(np.arange(len(cell), dtype=np.int64), np.diff(off))
+        ok = at_risk[rows]
+        x = np.bincount(cell[rows[ok]] * n_ids + ids[ok], minlength=n_cells * n_ids)
+        reps = np.diff(pt_start)[p_of]  # each (cell, prompt) counted for every term of that prompt
+        within = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
+        mm = np.bincount(np.repeat(c_of, reps) * n_ids + pi[np.repeat(pt_start[p_of], reps) + within],
+                         weights=np.repeat(k, reps), minlength=n_cells * n_ids)
+        out.append((x.astype(np.int64), np.rint(mm).astype(np.int64)))
     return out
 
 
@@ -871,19 +911,19 @@ def _part_cells(r: pa.Table, pairs: dict[str, tuple[np.ndarray, np.ndarray]], ha
         if isinstance(sel, slice):
             rows = r.slice(sel.start, sel.stop - sel.start)
             mine = []
-            for where in WHERES:  # pairs are sorted by row: the part's are a contiguous run
-                pr, pv = pairs[where]
-                lo, hi = np.searchsorted(pr, [sel.start, sel.stop])
-                mine.append((pr[lo:hi] - sel.start, pv[lo:hi]))
+            for where in WHERES:  # the part's rows are a contiguous run: so are their ids
+                off, ids = pairs[where]
+                lo, hi = off[sel.start], off[sel.stop]
+                mine.append((off[sel.start:sel.stop + 1] - lo, ids[lo:hi]))
         else:
             rows = r.take(pa.array(sel, pa.int64()))
-            at = np.full(len(cell), -1, np.int64)
-            at[sel] = np.arange(len(sel))
             mine = []
-            for where in WHERES:
-                pr, pv = pairs[where]
-                ok = at[pr] >= 0
-                mine.append((at[pr[ok]], pv[ok]))
+            for where in WHERES:  # the rows' id lists gathered by Arrow
+                off, ids = pairs[where]
+                taken = pa.LargeListArray.from_arrays(pa.array(off, pa.int64()), pa.array(ids, pa.int32())).take(
+                    pa.array(sel, pa.int64()))
+                t_off = np.asarray(taken.offsets.to_numpy(), np.int64)
+                mine.append((t_off - t_off[0], np.asarray(taken.flatten().to_numpy(), np.int32)))
         return termcells.reduce_arrays(part, rows, cell[sel], has_reasoning[sel], mine, prompt_idx[sel], p_keys,
                                        pt_start, pi)
 
@@ -911,19 +951,20 @@ def _prompt_pairs(values: np.ndarray, offsets: np.ndarray, m: _Matcher, max_n: i
 def _text_pairs(values: np.ndarray, offsets: np.ndarray, lookup: _Lookup, max_n: int, n_ids: int,
                 prompt_idx: np.ndarray, pt_codes: np.ndarray, prompt_lists: tuple[np.ndarray, np.ndarray]
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct (row, term id) pairs of rows of token hashes, sorted, without those the row's prompt holds
-    (`pt_codes`: prompt index * n_ids + id, sorted; `prompt_lists`: the same as offsets and ids per prompt).
-    One compiled pass per row where numba is installed (`rlaudit.kernels`), else numpy passes over all rows."""
+    """Each row's distinct term ids among its token hashes' n-grams, without those the row's prompt holds, as
+    (int64 offsets per row, int32 ids sorted within a row) (`pt_codes`: prompt index * n_ids + id, sorted, used by
+    the numpy path; `prompt_lists`: the same as offsets and ids per prompt). One compiled pass per row where
+    numba is installed (`rlaudit.kernels`), else numpy passes over all rows."""
     if kernels.use_numba():
-        out_off, ids = kernels.row_term_ids(values, offsets, max_n, lookup, n_ids,
-                                            exclude=(prompt_idx, *prompt_lists))
-        return np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(out_off)), ids
+        return kernels.row_term_ids(values, offsets, max_n, lookup, n_ids, exclude=(prompt_idx, *prompt_lists))
     rows, keys = ngram_keys(values, offsets, max_n)
     rows, ids = _distinct_pairs(*lookup.match(rows, keys), n_ids)
     code = prompt_idx[rows] * n_ids + ids
     at = np.minimum(np.searchsorted(pt_codes, code), max(len(pt_codes) - 1, 0))
     copied = pt_codes[at] == code if len(pt_codes) else np.zeros(len(code), bool)  # copies of the prompt
-    return rows[~copied], ids[~copied]
+    out_off = np.zeros(len(offsets), np.int64)
+    np.cumsum(np.bincount(rows[~copied], minlength=len(offsets) - 1), out=out_off[1:])
+    return out_off, ids[~copied]
 
 
 def _cells(file_code: np.ndarray, step: np.ndarray, split_code: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -275,9 +275,14 @@ def _cells_case(draw):
     pairs = []
     for lo, hi in ((0, 30), (30, 50)):  # the two places' ids are disjoint, as answer and reasoning terms are
         sets = [sorted(draw(st.sets(st.integers(lo, hi - 1), max_size=8))) for _ in range(n)]
-        rows = np.array([r for r, s in enumerate(sets) for _ in s], np.int64)
-        pairs.append((rows, np.array([t for s in sets for t in s], np.int64)))
+        pairs.append(_lists(sets))
     return np.array(cell, np.int64), np.array(has_r, bool), pairs
+
+
+def _lists(sets):
+    """(int64 offsets per row, int32 ids) of rows' id lists."""
+    return (np.concatenate([[0], np.cumsum([len(s) for s in sets], dtype=np.int64)]).astype(np.int64),
+            np.array([t for s in sets for t in s], np.int32))
 
 
 @needs_numba
@@ -293,8 +298,8 @@ def test_cell_term_counts_equal_the_sorted_pairs(case):
     # the numpy path sorts by (cell, id); the compiled one groups by cell, ids in the order first seen
     assert np.array_equal(a, b[np.lexsort((b[:, 1], b[:, 0]))])
     assert np.all(np.diff(b[:, 0]) >= 0)
-    rows = np.concatenate([pairs[0][0], pairs[1][0][has_r[pairs[1][0]]]]) if len(cell) else np.zeros(0, np.int64)
-    assert int(b[:, 2].sum()) == len(rows)  # every kept pair counted once
+    kept = np.diff(pairs[0][0]).sum() + np.diff(pairs[1][0])[has_r].sum() if len(cell) else 0
+    assert int(b[:, 2].sum()) == kept  # every kept pair counted once
 
 
 @needs_numba
@@ -316,3 +321,44 @@ def test_vocabulary_document_frequencies_are_identical(occ, in_row_order, min_co
     for x, y in zip(a[:3], b[:3]):
         assert x.dtype == y.dtype and np.array_equal(x, y)
     assert a[3].equals(b[3])
+
+
+@st.composite
+def _step_case(draw):
+    n = draw(st.integers(0, 40))
+    n_cells, n_prompts, n_ids = draw(st.integers(1, 5)), draw(st.integers(1, 6)), 50
+    cell = np.array(draw(st.lists(st.integers(0, n_cells - 1), min_size=n, max_size=n)), np.int64)
+    prompt = np.array(draw(st.lists(st.integers(0, n_prompts - 1), min_size=n, max_size=n)), np.int64)
+    has_r = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)), bool)
+    pairs = {}
+    for where, (lo, hi) in zip(tokens.WHERES, ((0, 30), (30, 50))):  # disjoint ids, as answer and reasoning terms
+        sets = [sorted(draw(st.sets(st.integers(lo, hi - 1), max_size=8))) for _ in range(n)]
+        pairs[where] = _lists(sets)
+    lists = [sorted(draw(st.sets(st.integers(0, n_ids - 1), max_size=10))) for _ in range(n_prompts)]
+    pt_start = np.concatenate([[0], np.cumsum([len(s) for s in lists])]).astype(np.int64)
+    pi = np.array([t for s in lists for t in s], np.int32)
+    return cell, n_cells, pairs, has_r, prompt, n_prompts, pt_start, pi, n_ids
+
+
+@needs_numba
+@settings(max_examples=80, deadline=None)
+@given(_step_case())
+def test_step_term_counts_are_identical(case):
+    """`kernels.step_term_counts` (the compiled path of `tokens._step_term_counts`: the per-step counts x and m)
+    equals the numpy path, and both equal a count row by row."""
+    cell, n_cells, pairs, has_r, prompt, n_prompts, pt_start, pi, n_ids = case
+    a, b = _both(lambda: tokens._step_term_counts(cell, n_cells, pairs, has_r, prompt, n_prompts, pt_start, pi,
+                                                  n_ids))
+    for where, (xa, ma), (xb, mb) in zip(tokens.WHERES, a, b):
+        assert xa.dtype == xb.dtype == ma.dtype == mb.dtype == np.int64
+        assert np.array_equal(xa, xb) and np.array_equal(ma, mb)
+        x, m = np.zeros(n_cells * n_ids, np.int64), np.zeros(n_cells * n_ids, np.int64)
+        for r in range(len(cell)):
+            if where == "reasoning" and not has_r[r]:
+                continue
+            off, ids = pairs[where]
+            for t in ids[off[r]:off[r + 1]]:
+                x[cell[r] * n_ids + t] += 1
+            for t in pi[pt_start[prompt[r]]:pt_start[prompt[r] + 1]]:
+                m[cell[r] * n_ids + t] += 1
+        assert np.array_equal(xa, x) and np.array_equal(ma, m)
