@@ -4,7 +4,6 @@ counts and limits in metadata, and after a part is appended (only the new part i
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
