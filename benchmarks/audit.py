@@ -202,14 +202,10 @@ def _load_kernels() -> float:
     """Load numba's compiled kernels before timing (seconds it took): compiled once per machine and cached on
     disk, so the first audit after an install or a change of a kernel pays seconds of compilation that no later
     audit pays; the figures are of the later ones."""
-    import importlib
-
     from rlaudit import kernels
 
     t0 = time.perf_counter()
-    if kernels.use_numba():
-        for name in ("rlaudit.kernels", "rlaudit.styles", "rlaudit.cot.kernels", "rlaudit.attribution.kernels"):
-            importlib.import_module(name).compiled()
+    kernels.preload()
     return time.perf_counter() - t0
 
 

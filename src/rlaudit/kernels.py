@@ -44,6 +44,7 @@ import os
 import sys
 import threading
 from types import SimpleNamespace
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -60,8 +61,6 @@ _APOSTROPHE = np.uint8(ord("'"))
 _available: bool | None = None
 _gather: Any = None
 _gather_lock = threading.Lock()
-_compiled: SimpleNamespace | None = None
-_lock = threading.Lock()
 
 
 def available() -> bool:
@@ -475,39 +474,68 @@ def jit(f: Any, sig: Any = None, **options: Any) -> Any:
         return numba.njit(*args, nogil=True, **options)(f)
 
 
-def compiled() -> SimpleNamespace:
-    """The compiled kernels (compiled, or loaded from numba's cache, at the first call; thread-safe)."""
-    global _compiled
-    if _compiled is not None:
-        return _compiled
-    with _lock:
-        if _compiled is None:
-            import numba
+class Compiled:
+    """A module's numba kernels, built by `build` at the first call (compiled, or loaded from numba's on-disk
+    cache: ~0.1-0.5 s, seconds the first time on a machine), then kept for the process; thread-safe, so the
+    worker threads of a cold audit build them once. Each kernel module has one (`compiled = Compiled(_build)`,
+    called as `compiled()`); `preload` loads them all."""
 
-            glob = globals()
-            # helpers are looked up as globals when the kernels compile: jitted versions must be in place first
-            for name in ("_splitmix64", "_grow"):
-                glob[name] = jit(getattr(glob[name], "py_func", glob[name]))
-            from numba.cpython.unsafe.numbers import trailing_zeros
+    def __init__(self, build: Callable[[], SimpleNamespace]):
+        self._build = build
+        self._lock = threading.Lock()
+        #: the kernels once built, else None (tests reset it to check who loads them)
+        self.value: SimpleNamespace | None = None
 
-            glob["_trailing_zeros"] = trailing_zeros  # LLVM's cttz
-            # one signature each, arrays typed read-only (writable ones convert), so Arrow's read-only buffers and
-            # numpy's own arrays share one compiled version (and one cache entry) instead of one per combination
-            t = numba.types
+    def __call__(self) -> SimpleNamespace:
+        if self.value is None:
+            with self._lock:
+                if self.value is None:
+                    self.value = self._build()
+        return self.value
 
-            def ro(dtype: Any) -> Any:
-                return t.Array(dtype, 1, "C", readonly=True)
 
-            u8, i32, i64, u64, b1 = ro(t.uint8), ro(t.int32), ro(t.int64), ro(t.uint64), ro(t.boolean)
-            _compiled = SimpleNamespace(
-                ascii_token_hashes=jit(_ascii_token_hashes, (u8, i64, b1, b1, u64, t.uint64, t.uint64)),
-                row_term_ids=jit(_row_term_ids, (u64, i64, t.int64, i32, u64, i64, i64, i32, t.int64, t.int64,
-                                                 i64, i64, i32, i64, i64, i32)),
-                cell_term_counts=jit(_cell_term_counts, (i64, i64, i64, i32, i64, i32, b1, t.int64)),
-                distinct_keys=jit(_distinct_keys, (u64, i64)),
-                step_term_counts=jit(_step_term_counts, (i64, i64, i32, b1, i64, i64, i64, i64, i32, t.int64,
-                                                         t.int64)))
-    return _compiled
+#: the modules whose kernels `preload` loads (each holds `compiled`, a `Compiled`)
+MODULES = ("rlaudit.kernels", "rlaudit.styles", "rlaudit.cot.kernels", "rlaudit.attribution.kernels")
+
+
+def preload() -> None:
+    """Load every compiled kernel of rlaudit now, where numba is used: before a live hook's training starts (a
+    background audit thread loading them would hold the GIL mid-step) and before a benchmark times anything."""
+    if use_numba():
+        for name in MODULES:
+            importlib.import_module(name).compiled()
+
+
+def _build() -> SimpleNamespace:
+    """The term-set kernels, compiled (see `Compiled`)."""
+    import numba
+
+    glob = globals()
+    # helpers are looked up as globals when the kernels compile: jitted versions must be in place first
+    for name in ("_splitmix64", "_grow"):
+        glob[name] = jit(getattr(glob[name], "py_func", glob[name]))
+    from numba.cpython.unsafe.numbers import trailing_zeros
+
+    glob["_trailing_zeros"] = trailing_zeros  # LLVM's cttz
+    # one signature each, arrays typed read-only (writable ones convert), so Arrow's read-only buffers and
+    # numpy's own arrays share one compiled version (and one cache entry) instead of one per combination
+    t = numba.types
+
+    def ro(dtype: Any) -> Any:
+        return t.Array(dtype, 1, "C", readonly=True)
+
+    u8, i32, i64, u64, b1 = ro(t.uint8), ro(t.int32), ro(t.int64), ro(t.uint64), ro(t.boolean)
+    return SimpleNamespace(
+        ascii_token_hashes=jit(_ascii_token_hashes, (u8, i64, b1, b1, u64, t.uint64, t.uint64)),
+        row_term_ids=jit(_row_term_ids, (u64, i64, t.int64, i32, u64, i64, i64, i32, t.int64, t.int64,
+                                         i64, i64, i32, i64, i64, i32)),
+        cell_term_counts=jit(_cell_term_counts, (i64, i64, i64, i32, i64, i32, b1, t.int64)),
+        distinct_keys=jit(_distinct_keys, (u64, i64)),
+        step_term_counts=jit(_step_term_counts, (i64, i64, i32, b1, i64, i64, i64, i64, i32, t.int64,
+                                                 t.int64)))
+
+
+compiled = Compiled(_build)
 
 
 def ascii_token_hashes(data: np.ndarray, offsets: np.ndarray, is_ascii: np.ndarray, word: np.ndarray,

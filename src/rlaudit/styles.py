@@ -33,7 +33,6 @@ The patterns, read as byte scans (`_byte_styles`):
 
 from __future__ import annotations
 
-import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -64,8 +63,6 @@ _DIGIT[ord("0"):ord("9") + 1] = 1
 
 _1, _2, _3, _4 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)
 
-_compiled: SimpleNamespace | None = None
-_lock = threading.Lock()
 
 
 def non_ascii_style(texts: pa.ChunkedArray | pa.Array, name: str) -> pa.Array:
@@ -164,23 +161,20 @@ def _byte_styles(data, offsets, ws, word, upper, digit):
     return out
 
 
-def compiled() -> SimpleNamespace:
-    """The compiled kernel (compiled, or loaded from numba's on-disk cache, at the first call; thread-safe)."""
-    global _compiled
-    if _compiled is not None:
-        return _compiled
-    with _lock:
-        if _compiled is None:
-            import numba
+def _build() -> SimpleNamespace:
+    """The byte-style kernel, compiled (see `kernels.Compiled`)."""
+    import numba
 
-            t = numba.types
+    t = numba.types
 
-            def ro(dtype: Any) -> Any:
-                return t.Array(dtype, 1, "C", readonly=True)
+    def ro(dtype: Any) -> Any:
+        return t.Array(dtype, 1, "C", readonly=True)
 
-            # the helper is looked up as a global when the kernel compiles: its jitted version must be in place
-            glob = globals()
-            glob["_list_from"] = kernels.jit(getattr(_list_from, "py_func", _list_from), inline="always")
-            u8, i64 = ro(t.uint8), ro(t.int64)
-            _compiled = SimpleNamespace(byte_styles=kernels.jit(_byte_styles, (u8, i64, u8, u8, u8, u8)))
-    return _compiled
+    # the helper is looked up as a global when the kernel compiles: its jitted version must be in place
+    glob = globals()
+    glob["_list_from"] = kernels.jit(getattr(_list_from, "py_func", _list_from), inline="always")
+    u8, i64 = ro(t.uint8), ro(t.int64)
+    return SimpleNamespace(byte_styles=kernels.jit(_byte_styles, (u8, i64, u8, u8, u8, u8)))
+
+
+compiled = kernels.Compiled(_build)

@@ -5,6 +5,8 @@ profile; skipped when numba is not installed (the numpy path is then the only on
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -260,11 +262,11 @@ def test_a_live_hook_with_thread_audits_loads_the_kernels_before_training(tmp_pa
     from rlaudit.live.auditor import LiveAuditor, LiveConfig
 
     monkeypatch.delenv(kernels.ENV, raising=False)
-    monkeypatch.setattr(kernels, "_compiled", None)
+    monkeypatch.setattr(kernels.compiled, "value", None)
     LiveAuditor(str(tmp_path / "store"), "r", LiveConfig(background="process"))
-    assert kernels._compiled is None  # a process audit loads them in its own interpreter
+    assert kernels.compiled.value is None  # a process audit loads them in its own interpreter
     LiveAuditor(str(tmp_path / "store"), "r", LiveConfig(background="thread"))
-    assert kernels._compiled is not None
+    assert kernels.compiled.value is not None
 
 
 @st.composite
@@ -362,3 +364,38 @@ def test_step_term_counts_are_identical(case):
             for t in pi[pt_start[prompt[r]]:pt_start[prompt[r] + 1]]:
                 m[cell[r] * n_ids + t] += 1
         assert np.array_equal(xa, x) and np.array_equal(ma, m)
+
+
+def test_compiled_builds_once_across_threads():
+    """Worker threads of a cold audit ask for the kernels at once: they are built by one of them, once."""
+    import threading
+
+    calls = []
+    gate = threading.Event()
+
+    def build():
+        gate.wait(1)
+        calls.append(1)
+        return SimpleNamespace(ok=True)
+
+    lazy = kernels.Compiled(build)
+    assert lazy.value is None
+    threads = [threading.Thread(target=lazy) for _ in range(4)]
+    for t in threads:
+        t.start()
+    gate.set()
+    for t in threads:
+        t.join()
+    assert calls == [1] and lazy().ok and lazy.value is not None
+
+
+def test_preload_knows_every_kernel_module():
+    """`preload` (a live hook before training, the benchmark before timing) loads every module's kernels: one
+    left out would be compiled inside a background audit thread, holding the GIL mid-step."""
+    import re
+    from pathlib import Path
+
+    src = Path(kernels.__file__).parent
+    holders = {"rlaudit." + ".".join(p.relative_to(src).with_suffix("").parts)
+               for p in src.rglob("*.py") if re.search(r"^compiled = (\w+\.)?Compiled\(", p.read_text(), re.M)}
+    assert holders == set(kernels.MODULES)

@@ -211,11 +211,11 @@ def test_a_live_hook_with_thread_audits_loads_the_cot_kernels_before_training(tm
     from rlaudit.live.auditor import LiveAuditor, LiveConfig
 
     monkeypatch.delenv(kernels.ENV, raising=False)
-    monkeypatch.setattr(cot_kernels, "_compiled", None)
+    monkeypatch.setattr(cot_kernels.compiled, "value", None)
     LiveAuditor(str(tmp_path / "store"), "r", LiveConfig(background="process"))
-    assert cot_kernels._compiled is None
+    assert cot_kernels.compiled.value is None
     LiveAuditor(str(tmp_path / "store"), "r", LiveConfig(background="thread"))
-    assert cot_kernels._compiled is not None
+    assert cot_kernels.compiled.value is not None
 
 
 # Batches where every question of the scan has many answers: a vocabulary of a few words (shingles repeat within

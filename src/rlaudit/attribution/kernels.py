@@ -15,7 +15,6 @@ then loaded from numba's on-disk cache (`rlaudit.kernels.jit`).
 
 from __future__ import annotations
 
-import threading
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,8 +25,6 @@ from .. import kernels, stats
 #: a group up to this size is sorted by insertion (no allocation); larger ones by a merge sort
 INSERTION = 32
 
-_compiled: SimpleNamespace | None = None
-_lock = threading.Lock()
 
 
 def group_midranks(codes: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
@@ -80,19 +77,16 @@ def _midranks(codes, values, n_groups):
     return ranks
 
 
-def compiled() -> SimpleNamespace:
-    """The compiled kernel (compiled, or loaded from numba's on-disk cache, at the first call; thread-safe)."""
-    global _compiled
-    if _compiled is not None:
-        return _compiled
-    with _lock:
-        if _compiled is None:
-            import numba
+def _build() -> SimpleNamespace:
+    """The rank kernel, compiled (see `rlaudit.kernels.Compiled`)."""
+    import numba
 
-            t = numba.types
+    t = numba.types
 
-            def ro(dtype: Any) -> Any:
-                return t.Array(dtype, 1, "C", readonly=True)
+    def ro(dtype: Any) -> Any:
+        return t.Array(dtype, 1, "C", readonly=True)
 
-            _compiled = SimpleNamespace(midranks=kernels.jit(_midranks, (ro(t.int64), ro(t.float64), t.int64)))
-    return _compiled
+    return SimpleNamespace(midranks=kernels.jit(_midranks, (ro(t.int64), ro(t.float64), t.int64)))
+
+
+compiled = kernels.Compiled(_build)

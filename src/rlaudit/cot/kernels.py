@@ -42,8 +42,6 @@ _S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
 _M31 = np.uint64(31)
 _LOW40 = np.uint64((1 << 40) - 1)  # = shingles._LOW: the shingle bits a scoped key keeps
 
-_compiled: SimpleNamespace | None = None
-_lock = threading.Lock()
 _check_lock = threading.Lock()
 
 
@@ -376,36 +374,33 @@ def _tally(counted, seen, r_off):
     return only, matched, longest, edge
 
 
-def compiled() -> SimpleNamespace:
-    """The compiled kernels (compiled, or loaded from numba's on-disk cache, at the first call; thread-safe)."""
-    global _compiled
-    if _compiled is not None:
-        return _compiled
-    with _lock:
-        if _compiled is None:
-            import numba
+def _build() -> SimpleNamespace:
+    """The CoT scan's kernels, compiled (see `rlaudit.kernels.Compiled`)."""
+    import numba
 
-            jit = _k.jit
-            glob = globals()
-            # helpers first: the kernels look them up when they compile (the hash inlined: 2.5x faster per token)
-            glob["_mix"] = jit(getattr(_mix, "py_func", _mix), inline="always")
+    jit = _k.jit
+    glob = globals()
+    # helpers first: the kernels look them up when they compile (the hash inlined: 2.5x faster per token)
+    glob["_mix"] = jit(getattr(_mix, "py_func", _mix), inline="always")
 
-            t = numba.types
+    t = numba.types
 
-            def ro(dtype: Any) -> Any:
-                return t.Array(dtype, 1, "C", readonly=True)
+    def ro(dtype: Any) -> Any:
+        return t.Array(dtype, 1, "C", readonly=True)
 
-            u8, i64, b1, u64 = ro(t.uint8), ro(t.int64), ro(t.boolean), ro(t.uint64)
-            for helper in ("_group_table", "_find", "_table_size", "_group_arrays", "_per_shingle"):
-                glob[helper] = jit(getattr(glob[helper], "py_func", glob[helper]))
-            _compiled = SimpleNamespace(byte_codes=jit(_byte_codes, (u8, b1, b1, b1)),
-                                        token_hashes=jit(_token_hashes, (u8, u8, u8, u8, i64)),
-                                        answer_hashes=jit(_answer_hashes, (u8, i64, i64, b1, u8)),
-                                        shingle_keys=jit(_shingle_keys, (u64, i64, t.int64, u64)),
-                                        prepare=jit(_prepare, (u64, i64, u64, i64, u64, i64, i64, i64, i64)),
-                                        seen=jit(_seen, (u64, i64, u64, i64, i64, i64, i64, i64)),
-                                        tally=jit(_tally, (b1, b1, i64)))
-    return _compiled
+    u8, i64, b1, u64 = ro(t.uint8), ro(t.int64), ro(t.boolean), ro(t.uint64)
+    for helper in ("_group_table", "_find", "_table_size", "_group_arrays", "_per_shingle"):
+        glob[helper] = jit(getattr(glob[helper], "py_func", glob[helper]))
+    return SimpleNamespace(byte_codes=jit(_byte_codes, (u8, b1, b1, b1)),
+                                token_hashes=jit(_token_hashes, (u8, u8, u8, u8, i64)),
+                                answer_hashes=jit(_answer_hashes, (u8, i64, i64, b1, u8)),
+                                shingle_keys=jit(_shingle_keys, (u64, i64, t.int64, u64)),
+                                prepare=jit(_prepare, (u64, i64, u64, i64, u64, i64, i64, i64, i64)),
+                                seen=jit(_seen, (u64, i64, u64, i64, i64, i64, i64, i64)),
+                                tally=jit(_tally, (b1, b1, i64)))
+
+
+compiled = _k.Compiled(_build)
 
 
 def token_hashes(seg: np.ndarray, bounds: np.ndarray, word_table: np.ndarray, separator_table: np.ndarray,

@@ -468,14 +468,10 @@ def _registered() -> list[str]:
 
 
 def _preload_kernels() -> None:
-    """Load the compiled term-set kernels (`rlaudit.kernels`, when numba is installed) now, before training: a
-    heavy audit in a background thread would otherwise import numba and load them there, holding the GIL for
-    about half a second (several on a loaded machine) in the middle of a training step. A process audit loads
-    them in its own interpreter."""
-    from .. import kernels, styles
-    from ..cot import kernels as cot_kernels
+    """Load every compiled kernel (`kernels.preload`: the term sets', the style features', the CoT scan's,
+    attribution's ranks; when numba is used) now, before training: a heavy audit in a background thread would
+    otherwise import numba and load them there, holding the GIL for about half a second (several on a loaded
+    machine) in the middle of a training step. A process audit loads them in its own interpreter."""
+    from .. import kernels
 
-    if kernels.use_numba():
-        kernels.compiled()
-        styles.compiled()  # the term sets' list and shouting features
-        cot_kernels.compiled()  # the CoT scan's hashing
+    kernels.preload()
