@@ -20,11 +20,15 @@ sizes, which keep a cold 1M-rollout audit within 2 GB of RSS (`benchmarks/audit_
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import resource
 import sys
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 #: DuckDB's memory limit per connection when no budget is set (`RLAUDIT_DUCKDB_MEMORY` overrides it).
 DEFAULT_DUCKDB = 1 << 30
@@ -222,3 +226,20 @@ def workers(per_worker: int) -> int:
     if b is not None:
         n = max(1, min(n, int(b[0] * SAMPLE_SHARE) // max(1, per_worker)))
     return n
+
+
+def in_order(compute: Callable[[Any], Any], jobs: Iterable[Any], n: int, name: str = "rlaudit") -> Iterator[Any]:
+    """`compute` of each job, in the jobs' order: by `n` threads where n > 1 (`workers`), at most one result per
+    thread waiting for the caller, so memory stays bounded by the thread count, not the run (`Executor.map`
+    submits every job at once and keeps every result until it is taken)."""
+    if n <= 1:
+        yield from map(compute, jobs)
+        return
+    with ThreadPoolExecutor(max_workers=n, thread_name_prefix=name) as pool:
+        pending: collections.deque[Future[Any]] = collections.deque()
+        for job in jobs:
+            pending.append(pool.submit(compute, job))
+            if len(pending) > n:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()

@@ -26,14 +26,12 @@ the kind asked for is computed).
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import os
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -324,23 +322,12 @@ def _computed(jobs: list[tuple[tuple[str, ...], list[Path]]], layouts: dict[str,
     waits to be written, so memory stays bounded by the thread count, not the run. Each connection then runs
     one DuckDB thread: the workers already fill the cores, and DuckDB's own threads on top of them cost ~0.6 CPU
     s more of the 1M benchmark's ~6.5 (its task scheduler's waits and wake-ups)."""
-    from .memory import duckdb_limit, workers
+    from .memory import duckdb_limit, in_order, workers
 
     n = min(len(jobs), workers(BATCH_MEMORY))
-    if n <= 1:
-        for lack, parts in jobs:
-            yield _compute(parts, layouts, [KINDS[k] for k in lack], root)
-        return
-    share = duckdb_limit() // n
-    with ThreadPoolExecutor(n, thread_name_prefix="partstats") as pool:
-        pending: collections.deque[Future[dict[str, list[tuple[Path, pa.Table]]]]] = collections.deque()
-        for lack, parts in jobs:
-            pending.append(pool.submit(_compute, parts, layouts, [KINDS[k] for k in lack], root, share, 1))
-            if len(pending) > n:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
+    share, threads = (duckdb_limit() // n, 1) if n > 1 else (None, None)
+    yield from in_order(lambda job: _compute(job[1], layouts, [KINDS[k] for k in job[0]], root, share, threads),
+                        jobs, n, "partstats")
 
 def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind],
              root: Path, memory: int | None = None, threads: int | None = None

@@ -34,7 +34,6 @@ A store that keeps derived data in memory, or cannot be written, gets the tables
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import hashlib
 import json
@@ -43,8 +42,6 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +55,7 @@ from .. import segments
 from ..behaviors import Behavior
 from ..layout import view_columns
 from ..partstats import define, part_stats
-from ..memory import duckdb_limit, workers
+from ..memory import duckdb_limit, in_order, workers
 from ..store import Store, bound_memory, prune_cached, sql_list, sql_string, write_cached
 from . import trace as tr
 from .prefilter import gated_sql
@@ -282,7 +279,7 @@ class _Ctx:
                 if f is not None:
                     stack.enter_context(f)
             compute = lambda b: self._compute(cons.get(), b, weights, tags)  # noqa: E731
-            for kept in _in_order(compute, batches, n):
+            for kept in in_order(compute, batches, n, "rlaudit-attribution"):
                 for i, path, written, table in kept:
                     if fresh and fresh[i] is not None:
                         fresh[i].add(path, written, table)
@@ -419,22 +416,6 @@ class _Connections:
             with self._lock:
                 self._opened.append(con)
         return con
-
-
-def _in_order(compute: Callable[[Any], Any], jobs: list[Any], n: int) -> Iterator[Any]:
-    """`compute` of each job, in order: by `n` threads where n > 1, at most one result per thread waiting for
-    the caller, so memory stays bounded by the thread count, not the run."""
-    if n <= 1:
-        yield from map(compute, jobs)
-        return
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        pending: collections.deque[Future[Any]] = collections.deque()
-        for job in jobs:
-            pending.append(pool.submit(compute, job))
-            if len(pending) > n:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
 
 def _split_by_part(t: pa.Table, stems: list[str]) -> list[pa.Table]:
