@@ -690,7 +690,7 @@ def _distinct_pairs(rows: np.ndarray, ids: np.ndarray, n_ids: int) -> tuple[np.n
 
 
 def _offsets_to_lists(off: np.ndarray, v: np.ndarray) -> pa.Array:
-    """list<int32> per row from offsets per row and ids (int32 offsets, as `_pairs_to_lists`)."""
+    """list<int32> per row from offsets per row (int32 in the list) and ids."""
     return pa.ListArray.from_arrays(pa.array(off.astype(np.int32)), pa.array(v, pa.int32()))
 
 
@@ -698,7 +698,7 @@ def _pairs_to_lists(r: np.ndarray, v: np.ndarray, n_rows: int) -> pa.Array:
     """list<int32> per row from distinct (row, id) pairs sorted by row then id."""
     offsets = np.zeros(n_rows + 1, np.int32)
     np.cumsum(np.bincount(r, minlength=n_rows), out=offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(v, pa.int32()))
+    return _offsets_to_lists(offsets, v)
 
 
 @dataclass
