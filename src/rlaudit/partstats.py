@@ -329,6 +329,7 @@ def _computed(jobs: list[tuple[tuple[str, ...], list[Path]]], layouts: dict[str,
     yield from in_order(lambda job: _compute(job[1], layouts, [KINDS[k] for k in job[0]], root, share, threads),
                         jobs, n, "partstats")
 
+
 def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind],
              root: Path, memory: int | None = None, threads: int | None = None
              ) -> dict[str, list[tuple[Path, pa.Table]]]:
