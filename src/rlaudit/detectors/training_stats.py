@@ -49,8 +49,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
-import threading
 import time
 from pathlib import Path
 
@@ -58,7 +56,7 @@ import duckdb
 
 from ..health.lengths import MAX_SQL, TOKENS_SQL
 from ..partstats import PartStats, define
-from ..store import sql_string
+from ..store import sql_string, write_cached
 from .reward_stats import DISCRETE_MAX, MID_SQL, bucket_sql
 
 VERSION = 4
@@ -220,18 +218,15 @@ def _small_rollup(stats: PartStats) -> Path | None:
     path = stats.combined.with_name(f"combined.small-{digest}.parquet")
     if path.is_file():
         return path
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp")
     stems = ", ".join(sql_string(st) for st in stats.combined_stems)
     try:
         with duckdb.connect() as c:
             c.execute("SET enable_progress_bar = false")
-            c.execute(f"""COPY (SELECT * EXCLUDE (_stem) FROM read_parquet({sql_string(str(stats.combined))})
-                                WHERE kind IN {SMALL} AND _stem IN ({stems}))
-                          TO {sql_string(str(tmp))} (FORMAT parquet, COMPRESSION zstd)""")
-        os.replace(tmp, path)
+            rows = c.sql(f"""SELECT * EXCLUDE (_stem) FROM read_parquet({sql_string(str(stats.combined))})
+                             WHERE kind IN {SMALL} AND _stem IN ({stems})""").to_arrow_table()
     except (OSError, duckdb.Error):
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+        return None
+    if not isinstance(write_cached(path, rows, compression="zstd"), Path):
         return None
     now = time.time()
     for old in path.parent.glob("combined.small-*.parquet"):
