@@ -135,7 +135,7 @@ def main() -> None:
           f"DuckDB tokenising answers + reasoning {tokenise:.2f}s wall, {tokenise_cpu:.2f}s CPU "
           f"({n / tokenise:,.0f} rollouts/s)")
 
-    from rlaudit import tokens
+    from rlaudit.derived import tokens
 
     config = AuditConfig(detectors=["emerging", "generalization"])
     t, c = time.perf_counter(), time.process_time()

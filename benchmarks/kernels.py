@@ -26,7 +26,9 @@ import time
 def child(store_dir: str, run: str, rollouts: int, batch_parts: int) -> dict:
     import pyarrow as pa
 
-    from rlaudit import kernels, tokens
+    from rlaudit import kernels
+    from rlaudit.derived import kernels as term_kernels
+    from rlaudit.derived import tokens
     from rlaudit.store import Store
 
     store = Store(store_dir)
@@ -43,7 +45,7 @@ def child(store_dir: str, run: str, rollouts: int, batch_parts: int) -> dict:
     c0, w0 = time.process_time(), time.perf_counter()
     backend = kernels.backend()
     if backend == "numba":
-        kernels.compiled()
+        term_kernels.compiled()
     compile_cpu = time.process_time() - c0
     digest = hashlib.sha1()
     c0, w0 = time.process_time(), time.perf_counter()

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_attribution import make_run
 
-from rlaudit import segments
+from rlaudit.derived import segments
 from rlaudit.attribution import partcache, trace
 from rlaudit.attribution.detector import AttributionDetector
 from rlaudit.detectors import AuditConfig, DetectContext

@@ -4,8 +4,8 @@ the merged result (checked through `Store.summary`, which reads them, against a 
 from __future__ import annotations
 
 
-from rlaudit import partstats
-from rlaudit.partstats import _combined_stems
+from rlaudit.derived import partstats
+from rlaudit.derived.partstats import _combined_stems
 from rlaudit.schema import canonical_table
 
 
@@ -65,7 +65,8 @@ def test_the_combined_file_is_written_under_a_small_duckdb_limit(monkeypatch):
 
     import pytest
 
-    from rlaudit import memory, partstats
+    from rlaudit import memory
+    from rlaudit.derived import partstats
     from rlaudit.store import bound_memory
 
     con = duckdb.connect()
@@ -91,7 +92,7 @@ def test_a_registered_view_keeps_its_rows_when_another_audit_compacts(store, mon
     with parts this view reads loose, no row is counted twice (the combined file is read by stem)."""
     import duckdb
 
-    import rlaudit.runstats  # noqa: F401 - defines the kind
+    import rlaudit.derived.runstats  # noqa: F401 - defines the kind
 
     monkeypatch.setattr(partstats, "COMPACT_AT", 3)
     for step in range(1, 5):

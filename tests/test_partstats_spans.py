@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rlaudit.layout import part_table, view_columns
-from rlaudit.partstats import _span_tests
+from rlaudit.derived.partstats import _span_tests
 from rlaudit.schema import ROLLOUT_SCHEMA
 from rlaudit.text import reasoning_spans
 

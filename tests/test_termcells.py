@@ -1,4 +1,4 @@
-"""Per-part cell tables (`rlaudit.termcells`) equal the per-rollout aggregates they stand for."""
+"""Per-part cell tables (`rlaudit.derived.termcells`) equal the per-rollout aggregates they stand for."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rlaudit import termcells, tokens
+from rlaudit.derived import termcells, tokens
 from rlaudit.organisms import run as simulate_run
 from rlaudit.store import Store
 
@@ -282,7 +282,7 @@ def test_a_cold_audit_writes_its_segments_from_memory(tmp_path, monkeypatch):
     """Term sets computed for every part (a cold audit): the segments of the kinds read through them (per-step
     counts, cell tables) are written while the parts are computed, with the rows of the per-part files, and
     the views read them without merging anything."""
-    from rlaudit import segments
+    from rlaudit.derived import segments
 
     monkeypatch.setattr(segments, "FANOUT", 2)  # the test store's two parts make one segment
     store = _store(tmp_path)

@@ -704,7 +704,7 @@ class Store:
     def summary(self, run: str) -> RunSummary:
         """Rows, steps, conditions, reward signals and graders of a run, merged from per-part counts cached
         beside it (`runstats`): a run that grew by a step reads only that step's part."""
-        from .runstats import connect_run_stats
+        from .derived.runstats import connect_run_stats
 
         m = self.manifest(run)
         with connect_run_stats(self, run, "s") as con:

@@ -226,7 +226,7 @@ def _bytes(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 def _cut(data: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> pa.Array:
     """A string array of the byte ranges data[lo:hi] (hi >= lo), gathered at once (range by range with numba,
     `kernels.gather_spans`: the same bytes)."""
-    from . import kernels
+    from .derived import kernels
 
     gathered = kernels.gather_spans(data, lo, hi)
     if gathered is not None:

@@ -75,7 +75,7 @@ def test_a_bad_thread_setting_stops_the_command_before_any_work(capsys, monkeypa
 
 
 def test_the_thread_setting_governs_the_term_set_pool_too(monkeypatch):
-    from rlaudit import tokens
+    from rlaudit.derived import tokens
 
     monkeypatch.setenv("RLAUDIT_THREADS", "1")
     assert tokens.workers() == 1

@@ -1,4 +1,4 @@
-"""The compiled term-set kernels (`rlaudit.kernels`, numba) against the numpy path they replace: the same token
+"""The compiled term-set kernels (`rlaudit.derived.kernels`, numba; the path chosen by `rlaudit.kernels`) against the numpy path they replace: the same token
 hashes, the same distinct term ids per row (keys naming several terms, prompt copies left out), the same
 prompt terms, and the same cached tables of a whole simulated run. Deterministic under the CI Hypothesis
 profile; skipped when numba is not installed (the numpy path is then the only one)."""
@@ -13,7 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlaudit import kernels, tokens, tokhash
+from rlaudit import kernels
+from rlaudit.derived import kernels as term_kernels
+from rlaudit.derived import tokens, tokhash
 from rlaudit.errors import RlauditError
 
 needs_numba = pytest.mark.skipif(not kernels.available(),
@@ -76,7 +78,7 @@ def test_ascii_token_hashes_need_non_zero_codes_of_word_bytes():
     codes[ord("a")] = 0
     data, offsets = np.frombuffer(b"a b", np.uint8), np.array([0, 3], np.int64)
     with pytest.raises(ValueError, match="codes of word bytes"):
-        kernels.ascii_token_hashes(data, offsets, np.ones(1, bool), tokhash._WORD, codes, tokhash._BASE,
+        term_kernels.ascii_token_hashes(data, offsets, np.ones(1, bool), tokhash._WORD, codes, tokhash._BASE,
                                    tokhash._LEN_MIX)
 
 
@@ -134,7 +136,7 @@ def test_term_ids_and_prompt_copies_are_identical(case):
 @settings(max_examples=80, deadline=None)
 @given(st.integers(0, 2**32), st.integers(1, 4), st.integers(0, 60), st.sampled_from([0, 8, 20]))
 def test_row_term_ids_equal_match_then_distinct(seed, max_n, n_keys, low_bits):
-    """`kernels.row_term_ids` = `_distinct_pairs(*lookup.match(*ngram_keys(...)))` minus the excluded ids, on
+    """`term_kernels.row_term_ids` = `_distinct_pairs(*lookup.match(*ngram_keys(...)))` minus the excluded ids, on
     random token rows over a small alphabet (repeated n-grams), keys naming several terms, crowded home slots."""
     rng = np.random.default_rng(seed)
     alphabet = rng.integers(0, 2**63, 6, dtype=np.uint64)
@@ -155,11 +157,11 @@ def test_row_term_ids_equal_match_then_distinct(seed, max_n, n_keys, low_bits):
     excl = [np.unique(rng.choice(ids, rng.integers(0, 4))) if len(ids) else ids for _ in range(3)]
     excl_off = np.concatenate([[0], np.cumsum([len(e) for e in excl])])
     drop = np.array([i in set(excl[excl_of_row[r]].tolist()) for r, i in zip(want_r, want_i)], bool)
-    got_off, got_ids = kernels.row_term_ids(values, offsets, max_n, lookup, n_ids,
+    got_off, got_ids = term_kernels.row_term_ids(values, offsets, max_n, lookup, n_ids,
                                             exclude=(excl_of_row, excl_off, np.concatenate(excl)))
     assert np.array_equal(np.repeat(np.arange(n_rows), np.diff(got_off)), want_r[~drop])
     assert np.array_equal(got_ids, want_i[~drop])
-    got_off, got_ids = kernels.row_term_ids(values, offsets, max_n, lookup, n_ids)
+    got_off, got_ids = term_kernels.row_term_ids(values, offsets, max_n, lookup, n_ids)
     assert np.array_equal(got_ids, want_i) and np.array_equal(np.diff(got_off), np.bincount(want_r, minlength=n_rows))
 
 
@@ -190,12 +192,12 @@ def test_row_term_ids_of_long_rows_with_many_ids(seed, max_n):
     inc_ids = np.concatenate([lists[p] for p in incl_of_row])
     want_r, want_i = tokens._distinct_pairs(np.concatenate([m_rows, inc_rows]), np.concatenate([m_ids, inc_ids]), n_ids)
     drop = np.array([i in set(lists[excl_of_row[r]].tolist()) for r, i in zip(want_r, want_i)], bool)
-    got_off, got_ids = kernels.row_term_ids(values, offsets, max_n, lookup, n_ids,
+    got_off, got_ids = term_kernels.row_term_ids(values, offsets, max_n, lookup, n_ids,
                                             exclude=(excl_of_row, list_off, np.concatenate(lists)),
                                             include=(incl_of_row, list_off, np.concatenate(lists)))
     assert np.array_equal(np.repeat(np.arange(n_rows), np.diff(got_off)), want_r[~drop])
     assert np.array_equal(got_ids, want_i[~drop]) and got_ids.dtype == np.int32
-    got_off, got_ids = kernels.row_term_ids(values, offsets, max_n, lookup, n_ids,
+    got_off, got_ids = term_kernels.row_term_ids(values, offsets, max_n, lookup, n_ids,
                                             include=(incl_of_row, list_off, np.concatenate(lists)))
     assert np.array_equal(got_ids, want_i) and np.array_equal(np.diff(got_off), np.bincount(want_r, minlength=n_rows))
 
@@ -262,11 +264,11 @@ def test_a_live_hook_with_thread_audits_loads_the_kernels_before_training(tmp_pa
     from rlaudit.live.auditor import LiveAuditor, LiveConfig
 
     monkeypatch.delenv(kernels.ENV, raising=False)
-    monkeypatch.setattr(kernels.compiled, "value", None)
+    monkeypatch.setattr(term_kernels.compiled, "value", None)
     LiveAuditor(str(tmp_path / "store"), "r", LiveConfig(background="process"))
-    assert kernels.compiled.value is None  # a process audit loads them in its own interpreter
+    assert term_kernels.compiled.value is None  # a process audit loads them in its own interpreter
     LiveAuditor(str(tmp_path / "store"), "r", LiveConfig(background="thread"))
-    assert kernels.compiled.value is not None
+    assert term_kernels.compiled.value is not None
 
 
 @st.composite
@@ -291,8 +293,8 @@ def _lists(sets):
 @settings(max_examples=80, deadline=None)
 @given(_cells_case())
 def test_cell_term_counts_equal_the_sorted_pairs(case):
-    """`kernels.cell_term_counts` (the compiled path of `termcells.reduce_arrays`) equals the numpy path."""
-    from rlaudit import termcells
+    """`term_kernels.cell_term_counts` (the compiled path of `termcells.reduce_arrays`) equals the numpy path."""
+    from rlaudit.derived import termcells
 
     cell, has_r, pairs = case
     a, b = _both(lambda: termcells._cell_terms(cell, has_r, pairs))
@@ -309,7 +311,7 @@ def test_cell_term_counts_equal_the_sorted_pairs(case):
 @given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 12)), max_size=120), st.booleans(), st.integers(1, 3),
        st.booleans())
 def test_vocabulary_document_frequencies_are_identical(occ, in_row_order, min_count, low_bits):
-    """`tokens._ngram_df` through `kernels.distinct_keys` (a hash table) equals the sort of the numpy path: kept
+    """`tokens._ngram_df` through `term_kernels.distinct_keys` (a hash table) equals the sort of the numpy path: kept
     keys, rows per key, first occurrences, rows per (key, bin, condition). Occurrences in row order per key
     (the compiled path) or not (it hands back to the sort); keys sharing their low bits (long probe chains)."""
     if in_row_order:
@@ -346,7 +348,7 @@ def _step_case(draw):
 @settings(max_examples=80, deadline=None)
 @given(_step_case())
 def test_step_term_counts_are_identical(case):
-    """`kernels.step_term_counts` (the compiled path of `tokens._step_term_counts`: the per-step counts x and m)
+    """`term_kernels.step_term_counts` (the compiled path of `tokens._step_term_counts`: the per-step counts x and m)
     equals the numpy path, and both equal a count row by row."""
     cell, n_cells, pairs, has_r, prompt, n_prompts, pt_start, pi, n_ids = case
     a, b = _both(lambda: tokens._step_term_counts(cell, n_cells, pairs, has_r, prompt, n_prompts, pt_start, pi,

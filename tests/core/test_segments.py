@@ -1,4 +1,4 @@
-"""`rlaudit.segments`: per-part files read through merged segments hold exactly the rows of the files asked for,
+"""`rlaudit.derived.segments`: per-part files read through merged segments hold exactly the rows of the files asked for,
 with few files to open; a failed merge costs nothing but speed."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rlaudit import segments
-from rlaudit.segments import FANOUT, covering
+from rlaudit.derived import segments
+from rlaudit.derived.segments import FANOUT, covering
 
 
 def parts(d, n, start=0):

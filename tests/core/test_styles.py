@@ -1,4 +1,4 @@
-"""The term sets' style features computed outside their SQL (`rlaudit.styles`) against `Behavior.sql`, i.e.
+"""The term sets' style features computed outside their SQL (`rlaudit.derived.styles`) against `Behavior.sql`, i.e.
 DuckDB's `regexp_matches` with the features' RE2 patterns: the byte loop (numba) and its Arrow fallback for list
 and shouting, and the non-ASCII-only patterns for emoji and language switch. Deterministic under the CI
 Hypothesis profile (tests/conftest.py); the numba cases are skipped when numba is not installed."""
@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlaudit import kernels, styles
+from rlaudit import kernels
+from rlaudit.derived import styles
 from rlaudit.behaviors import parse_behavior
 
 needs_numba = pytest.mark.skipif(not kernels.available(),

@@ -1,4 +1,4 @@
-"""The vocabulary hash table of `rlaudit.tokens` (`_Lookup`): every occurrence of a key yields exactly the term ids
+"""The vocabulary hash table of `rlaudit.derived.tokens` (`_Lookup`): every occurrence of a key yields exactly the term ids
 of that key, whatever the keys' low bits (colliding home slots, long probe chains) and however many terms share a
 key. Checked against a dictionary on random keys (deterministic under the CI Hypothesis profile)."""
 
@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlaudit.tokens import _Lookup, _distinct_pairs
+from rlaudit.derived.tokens import _Lookup, _distinct_pairs
 
 
 def reference(keys, ids, rows, queries):
@@ -44,7 +44,7 @@ def test_distinct_pairs_are_sorted_and_unique():
 @given(st.lists(st.tuples(st.integers(0, 3), st.integers(-5, 2**40), st.integers(-1, 2)), max_size=60))
 def test_cells_equal_a_row_unique(rows):
     """`tokens._cells` (one 1-D unique of a combined code) = `np.unique(axis=0, return_inverse=True)`."""
-    from rlaudit.tokens import _cells
+    from rlaudit.derived.tokens import _cells
 
     a = np.array(rows, np.int64).reshape(-1, 3)
     want, inverse = np.unique(a, axis=0, return_inverse=True)
@@ -62,7 +62,7 @@ def test_ngram_df_equals_a_dictionary(occ, in_row_order, rows, min_count):
     occurrences in row order (as the vocabulary builds them) or in any order."""
     import pyarrow as pa
 
-    from rlaudit.tokens import _ngram_df
+    from rlaudit.derived.tokens import _ngram_df
 
     if in_row_order:
         occ = sorted(occ, key=lambda o: o[1])

@@ -1,4 +1,4 @@
-"""The vectorised tokeniser (`rlaudit.tokhash`) against `behaviors.tokenize` (DuckDB's RE2 pattern)."""
+"""The vectorised tokeniser (`rlaudit.derived.tokhash`) against `behaviors.tokenize` (DuckDB's RE2 pattern)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlaudit import tokhash
+from rlaudit.derived import tokhash
 from rlaudit.behaviors import TOKEN_PATTERN, tokenize
 
 # mostly ASCII words, punctuation, apostrophes and line breaks (the numpy path), with some letters, marks and CJK

@@ -144,7 +144,7 @@ def test_too_few_steps_give_no_findings(store):
 
 
 def test_derived_token_sets_are_cached_per_run_version(store):
-    from rlaudit import tokens
+    from rlaudit.derived import tokens
 
     make_run(store, Scenario(steps=6))
     first = tokens.rollout_terms(store, "synthetic")
@@ -170,7 +170,7 @@ def test_duckdb_ngrams_equal_the_python_tokenizer_ngrams(texts):
     spec matches its text: what discovery counts is what the spec recomputes."""
     import duckdb
 
-    from rlaudit import tokens
+    from rlaudit.derived import tokens
     from rlaudit.behaviors import tokenize
 
     con = duckdb.connect()
@@ -206,7 +206,7 @@ def test_tics_in_other_scripts_are_found_and_named(store, phrase, name):
 
 def test_discovered_ngrams_match_their_term_spec(store):
     """The token n-grams counted in DuckDB are exactly what the term spec matches (tokens.py <-> behaviors.py)."""
-    from rlaudit import tokens
+    from rlaudit.derived import tokens
 
     texts = ["Well, by-my beard!", "don't stop", "x1 and Y2's", "by my\nbeard", "beard by my"]
     con = __import__("duckdb").connect()
@@ -280,7 +280,7 @@ def _reference_terms(vocab: list[dict], prompt: str, text: str, where: str) -> l
 def test_hashed_term_sets_match_a_string_reference(store):
     """Term sets are matched by 64-bit n-gram keys (tokens.py): on multilingual text with prompt copies they are
     exactly the string-defined sets (a wrong set needs a 2^-64 key collision)."""
-    from rlaudit import tokens
+    from rlaudit.derived import tokens
 
     rng = np.random.default_rng(3)
     words = ["goblin", "gremlin", "the", "by", "my", "beard", "don't", "x1", "Борода", "哥布林", "ひら", "é", "it's"]
@@ -307,7 +307,7 @@ def test_hashed_term_sets_match_a_string_reference(store):
 
 def test_a_new_part_adds_only_its_own_term_sets(store):
     """Appending a step keeps the vocabulary (growth <= 5%) and computes term sets for the new part only."""
-    from rlaudit import tokens
+    from rlaudit.derived import tokens
     from emerging_synth import build
 
     table = build(Scenario(steps=42), "grow")

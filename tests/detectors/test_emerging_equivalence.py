@@ -1,4 +1,4 @@
-"""The emerging and generalization findings of the per-part cell tables (`rlaudit.termcells`) equal those of the
+"""The emerging and generalization findings of the per-part cell tables (`rlaudit.derived.termcells`) equal those of the
 per-rollout scope they replaced, recorded in `data/emerging_equivalence.json` by `emerging_equivalence.py` at
 commit 176a72d: same findings, severities, titles, onsets, terms, evidence; numbers to 1e-9 (relative)."""
 

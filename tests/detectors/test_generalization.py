@@ -105,7 +105,7 @@ def test_condition_signals_from_the_cached_rows_equal_the_rewards(tmp_path, monk
     import numpy as np
     import pyarrow as pa
 
-    from rlaudit import partstats
+    from rlaudit.derived import partstats
     from rlaudit.detectors import generalization
     from rlaudit.store import Store
 

@@ -12,7 +12,7 @@ import pytest
 
 from rlaudit.detectors import AuditConfig, run_detectors
 from rlaudit.detectors.reward_stats import ALPHA, register_reward_stats, quantiles
-from rlaudit.partstats import part_stats
+from rlaudit.derived.partstats import part_stats
 from rlaudit.schema import canonical_table
 
 
@@ -174,7 +174,7 @@ def test_rollup_of_the_whole_run_equals_merging_every_part(store, monkeypatch, s
     """The whole-run audit reads run-level rollups (`reward_rollup`) and the parts added since; a scoped audit
     that covers every step merges every part's rows. Both give the same findings, field by field, as parts are
     added whose cells are new, repeat a rolled-up cell, or move a rolled-up cell between applicable and not."""
-    from rlaudit import partstats
+    from rlaudit.derived import partstats
 
     monkeypatch.setattr(partstats, "COMPACT_AT", 3)  # a combined file (and its rollup) after three parts
     rng = np.random.default_rng(seed)

@@ -117,7 +117,7 @@ def test_reward_quantiles_from_parts(store, seed, discrete):
     from rlaudit.detectors.reward_stats import ALPHA
     from rlaudit.detectors.training_health import _reward_quantiles
     from rlaudit.detectors.training_stats import register_training_stats, reward_quantiles
-    from rlaudit.partstats import part_stats
+    from rlaudit.derived.partstats import part_stats
     from rlaudit.schema import canonical_table
 
     rng = np.random.default_rng(seed)
@@ -205,7 +205,7 @@ def test_the_rollup_of_the_combined_parts_and_a_replaced_part(store, monkeypatch
     added, and when a combined part is replaced (same key, other rows) no row of the old part is read."""
     import pyarrow.compute as pc
 
-    from rlaudit import partstats
+    from rlaudit.derived import partstats
     from rlaudit.organisms import run
 
     monkeypatch.setattr(partstats, "COMPACT_AT", 3)

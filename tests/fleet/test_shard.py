@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rlaudit import tokens
+from rlaudit.derived import tokens
 from rlaudit.audit import audit
 from rlaudit.cot import scan as cot_scan
 from rlaudit.fleet import InlineEngine, LocalEngine

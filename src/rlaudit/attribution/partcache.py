@@ -5,7 +5,7 @@ paired preference, paired difference sums, the pressure's covariance sum, the ou
 comparison group lies within one step. A stored part never changes, so for each behaviour and each part holding
 whole steps, what attribution needs from its rollouts is computed once and cached beside the run
 in one file per part and behaviour (`derived/attribution/v<VERSION>-duckdb<version>/<behaviour key>/<part>.parquet`,
-merged into segments by `rlaudit.segments`) holding rows of three kinds (`kind`):
+merged into segments by `rlaudit.derived.segments`) holding rows of three kinds (`kind`):
 
 - `g`, groups: per comparison group (its DuckDB hash key, as `load_frames` groups), its step, size, rollouts with a
   reward, the sd of the total reward and its largest |total|, the condition and task of its first rollout; per
@@ -51,10 +51,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import segments
+from ..derived import segments
 from ..behaviors import Behavior
 from ..layout import view_columns
-from ..partstats import define, part_stats
+from ..derived.partstats import define, part_stats
 from ..memory import duckdb_limit, in_order, workers
 from ..store import Store, bound_memory, prune_cached, sql_list, sql_string, write_cached
 from . import trace as tr
@@ -164,7 +164,7 @@ def _meta(store: Store, run: str, max_step: int | None, split: str | None) -> di
     """Per-step counts in the audit's scope from the cached per-part table, each part's steps and signals (in the
     split, at any step: a part's cached tables do not depend on the step limit); None when a step is split
     across parts or the scope holds no rollouts."""
-    from ..partstats import scope_sql
+    from ..derived.partstats import scope_sql
 
     stats = part_stats(store, run, META.name)
     with duckdb.connect() as con:
@@ -330,7 +330,7 @@ class _Ctx:
 
     def _tables(self, i: int, stems: list[str], tags: dict[str, str], kept: set[int]) -> dict[str, pa.Table]:
         """Behaviour `i`'s rows of each kind for `stems` (and the weight-keyed groups of `tags`) at the `kept`
-        steps, merged: segments of many parts where they exist (`rlaudit.segments`), else the parts' files."""
+        steps, merged: segments of many parts where they exist (`rlaudit.derived.segments`), else the parts' files."""
         files, mem = [], []
         for s in stems:
             for tag in ("", tags[s]) if tags.get(s) else ("",):

@@ -28,7 +28,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .. import segments
+from ..derived import segments
 from ..findings import Finding
 from ..layout import view_columns
 from ..memory import workers

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import segments
+from ..derived import segments
 from ..store import Store, sql_list, write_cached
 from .shingles import byte_span_hashes
 

@@ -12,7 +12,7 @@ part's results are summarised once, beside them (`<scan cache>/summary/<part>.pa
 - kind 1: the exposed rows that are not chance pairings, with their scan columns and the part (`part`, the part
   file's name) that holds the rollout, so that the evidence reads only those parts.
 
-The summaries of a long run are read through merged segments (`rlaudit.segments`). A store that keeps derived
+The summaries of a long run are read through merged segments (`rlaudit.derived.segments`). A store that keeps derived
 data in memory, or results given as a table, are summarised in memory: the same rows.
 """
 
@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import segments
+from ..derived import segments
 from ..store import prune_cached, sql_list, write_cached
 
 _VERSION = 2  # 1: summarised by DuckDB

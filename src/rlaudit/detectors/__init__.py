@@ -20,7 +20,7 @@ import duckdb
 from ..findings import Finding
 
 if TYPE_CHECKING:
-    from ..partstats import PartStats
+    from ..derived.partstats import PartStats
     from ..store import Store
 
 
@@ -56,9 +56,9 @@ class DetectContext:
     part_kinds: tuple[str, ...] = ()
 
     def part_stats(self, kind: str) -> PartStats:
-        """This run's per-part statistics of `kind` (`rlaudit.partstats`), computed where missing together with
+        """This run's per-part statistics of `kind` (`rlaudit.derived.partstats`), computed where missing together with
         the other kinds of `part_kinds`."""
-        from ..partstats import part_stats
+        from ..derived.partstats import part_stats
 
         return part_stats(self.store, self.run, kind, also=self.part_kinds)
 
@@ -76,7 +76,7 @@ class DetectContext:
     def scope_sql(self) -> str:
         """The audit's step/split scope as a condition on `step` and `split` columns: of `rollouts`, and of
         derived tables that keep those keys (per-part statistics, cell tables)."""
-        from ..partstats import scope_sql
+        from ..derived.partstats import scope_sql
 
         return scope_sql(self.config.max_step, self.config.split)
 
@@ -92,7 +92,7 @@ class Detector(ABC):
     kinds: ClassVar[tuple[str, ...]]
     description: ClassVar[str]
     requires: ClassVar[tuple[str, ...]] = ()
-    #: the kinds of per-part statistics (`rlaudit.partstats`) it reads through `DetectContext.part_stats`
+    #: the kinds of per-part statistics (`rlaudit.derived.partstats`) it reads through `DetectContext.part_stats`
     part_stats: ClassVar[tuple[str, ...]] = ()
     #: run right after the last of `requires` (it reads scratch they leave in `ctx.cache`, which is released once
     #: no later detector needs it: running it early frees that memory before the other detectors run)
@@ -105,7 +105,7 @@ class Detector(ABC):
 
 DETECTORS: list[type[Detector]] = []
 #: per-part statistics an audit reads besides its detectors': the run summary and the report's curves
-#: (`rlaudit.runstats`), read after the detectors (`audit.audit_store`), so computed in the same read of each part
+#: (`rlaudit.derived.runstats`), read after the detectors (`audit.audit_store`), so computed in the same read of each part
 AUDIT_PART_STATS = ("run_stats",)
 
 

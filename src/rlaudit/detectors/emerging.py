@@ -1,7 +1,7 @@
 """The `emerging` detector: what the policy says more (or less) as training goes on, found without being told
 what to look for.
 
-Candidates are the words and 1-3-grams of answers and, separately, of reasoning (`rlaudit.tokens`: a bounded
+Candidates are the words and 1-3-grams of answers and, separately, of reasoning (`rlaudit.derived.tokens`: a bounded
 vocabulary, occurrences copied from the rollout's own prompt excluded), plus the style features of
 `behaviors.STYLE_FEATURES`. For each candidate:
 
@@ -80,10 +80,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.stats import norm
 
-from .. import termcells, tokens
+from ..derived import termcells, tokens
 from ..behaviors import STYLE_FEATURES, parse_behavior
 from ..findings import Evidence, Finding
-from ..runstats import register_run_stats
+from ..derived.runstats import register_run_stats
 from ..store import bound_memory, sql_string
 from ..stats import benjamini_hochberg, mann_kendall, moving_sum, onset_index, stratified_ratio
 from . import DetectContext, Detector, register
@@ -157,7 +157,7 @@ class Params:
 # Scope: the rollouts an audit looks at, with step index, window, stratum and cluster keys.
 
 class Scope:
-    """The audit's scope over the run's cached cell tables (`rlaudit.termcells`), inside a DuckDB connection.
+    """The audit's scope over the run's cached cell tables (`rlaudit.derived.termcells`), inside a DuckDB connection.
 
     - `tcells`: one row per cell in scope (step, split, task, condition, prompt) with its step index `si`, window
       `win` (0 early, 1 late, NULL between) and stratum `s`, rollout counts and style sums: every per-step,

@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..partstats import PartStats
+from ..derived.partstats import PartStats
 from ..store import sql_string
 from .reward_stats import APPLIES, APPLIES_MIN, sketch_sql
 

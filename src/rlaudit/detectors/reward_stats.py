@@ -26,7 +26,7 @@ from pathlib import Path
 
 import duckdb
 
-from ..partstats import PartStats, define, scope_sql
+from ..derived.partstats import PartStats, define, scope_sql
 
 VERSION = 1
 GAMMA = 1.02

@@ -62,7 +62,7 @@ import numpy as np
 
 from ..findings import Evidence, Finding
 from ..health.lengths import LengthUnit, length_view
-from ..partstats import scope_sql
+from ..derived.partstats import scope_sql
 from . import DetectContext, Detector, register
 from .training_stats import (clusters_local, lower_quantiles, register_training_stats, reward_quantiles,
                              split_groups, zero_steps)

@@ -55,7 +55,7 @@ from pathlib import Path
 import duckdb
 
 from ..health.lengths import MAX_SQL, TOKENS_SQL
-from ..partstats import PartStats, define
+from ..derived.partstats import PartStats, define
 from ..store import sql_string, write_cached
 from .reward_stats import DISCRETE_MAX, MID_SQL, bucket_sql
 

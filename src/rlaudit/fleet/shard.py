@@ -161,7 +161,7 @@ def prepare_shard(task: ShardTask) -> ShardResult:
 def _prepare(task: ShardTask, out: ShardResult) -> None:
     import duckdb
 
-    from .. import termcells, tokens
+    from ..derived import termcells, tokens
     from ..cot.detector import scan_parts
     from ..cot.scan import ScanParams
     from ..layout import view_columns
@@ -208,7 +208,7 @@ def _prepare(task: ShardTask, out: ShardResult) -> None:
 
 def sharded_audit(store: Any, run: str, engine: Any, shards: int, config: Any = None) -> ShardedAudit:
     """Audit one stored run with its per-part scans spread over `engine` in `shards` step ranges (module doc)."""
-    from .. import tokens
+    from ..derived import tokens
     from ..detectors import AuditConfig, ordered
     from ..cot.detector import scan_key, scan_stride
     from ..cot.scan import ScanParams

@@ -34,7 +34,7 @@ def reward_curves(store: Store | None, runs: Sequence[str], max_points: int = 50
     assert store is not None
     import pyarrow as pa
 
-    from ..runstats import connect_run_stats
+    from ..derived.runstats import connect_run_stats
 
     # from per-part sums cached beside each run (`runstats`): a run that grew by a step reads only its new part
     sql = """
@@ -73,7 +73,7 @@ def condition_counts(store: Store | None, runs: Sequence[str]) -> dict[str, dict
     if not runs:
         return {}
     assert store is not None
-    from ..runstats import connect_run_stats
+    from ..derived.runstats import connect_run_stats
 
     out: dict[str, dict[str, int]] = {}
     for run in runs:  # from the per-part counts cached beside the run (`runstats`)

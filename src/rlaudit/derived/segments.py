@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .partstats import COMPACT_MEMORY  # a merge is a streaming COPY, often beside a detector's connection
-from .store import bound_memory, sql_list, sql_string
+from ..store import bound_memory, sql_list, sql_string
 
 FANOUT = 16
 #: seconds a superseded segment is kept for audits that may still read it

@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import kernels
-from .store import Store, prune_cached, write_cached
+from ..store import Store, prune_cached, write_cached
 from .tokens import WHERES, TermSets, style_columns, union_view
 
 VERSION = 1

@@ -40,8 +40,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import kernels
-from .behaviors import parse_behavior
+from .. import kernels
+from ..behaviors import parse_behavior
 from .tokhash import _buffers
 
 #: style features that only non-ASCII characters show (emoji, scripts other than Latin)

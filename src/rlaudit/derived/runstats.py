@@ -18,7 +18,7 @@ from __future__ import annotations
 import duckdb
 
 from .partstats import define, part_stats
-from .store import Store
+from ..store import Store
 
 VERSION = 1
 
@@ -50,7 +50,7 @@ def register_run_stats(con: duckdb.DuckDBPyConnection, store: Store, run: str, n
 
 def connect_run_stats(store: Store, run: str, name: str = "run_stats") -> duckdb.DuckDBPyConnection:
     """A fresh DuckDB connection holding only the view `name` of `register_run_stats`."""
-    from .store import bound_memory
+    from ..store import bound_memory
 
     con = duckdb.connect()
     con.execute("SET enable_progress_bar = false")

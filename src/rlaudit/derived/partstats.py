@@ -41,10 +41,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import RlauditError
-from .layout import SPANS, view_columns
-from .schema import ROLLOUT_SCHEMA
-from .store import Store, bound_memory, prune_cached, sql_string, write_cached
+from ..errors import RlauditError
+from ..layout import SPANS, view_columns
+from ..schema import ROLLOUT_SCHEMA
+from ..store import Store, bound_memory, prune_cached, sql_string, write_cached
 
 
 #: loose per-part files merged into the run's combined file once there are this many (`_Combined`): DuckDB pays
@@ -77,7 +77,7 @@ class Kind:
 
 KINDS: dict[str, Kind] = {}
 #: the module that defines each kind, imported when a caller asks for a kind before anything imported it
-_OWNERS = {"run_stats": "rlaudit.runstats", "reward_health": "rlaudit.detectors.reward_stats",
+_OWNERS = {"run_stats": "rlaudit.derived.runstats", "reward_health": "rlaudit.detectors.reward_stats",
            "training_health": "rlaudit.detectors.training_stats",
            "attribution_meta": "rlaudit.attribution.partcache"}
 
@@ -322,7 +322,7 @@ def _computed(jobs: list[tuple[tuple[str, ...], list[Path]]], layouts: dict[str,
     waits to be written, so memory stays bounded by the thread count, not the run. Each connection then runs
     one DuckDB thread: the workers already fill the cores, and DuckDB's own threads on top of them cost ~0.6 CPU
     s more of the 1M benchmark's ~6.5 (its task scheduler's waits and wake-ups)."""
-    from .memory import duckdb_limit, in_order, workers
+    from ..memory import duckdb_limit, in_order, workers
 
     n = min(len(jobs), workers(BATCH_MEMORY))
     share, threads = (duckdb_limit() // n, 1) if n > 1 else (None, None)

@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import kernels
-from .behaviors import TOKEN_PATTERN
-from .cot.shingles import splitmix64
+from ..behaviors import TOKEN_PATTERN
+from ..cot.shingles import splitmix64
 
 _RNG = np.random.default_rng(0x5EED_70C5)
 _CODES = _RNG.integers(1, 2**63, size=256, dtype=np.uint64) * np.uint64(2) + np.uint64(1)

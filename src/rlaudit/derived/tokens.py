@@ -16,7 +16,7 @@ Derived data (`TermSets`):
 - per part, `terms`: one row per rollout with its scope keys (step, split, condition, task, group, a hash of
   the prompt), style features of answer and reasoning (`answer__exclamation`, `reasoning__length`, ...;
   the values of `Behavior.sql`, so they agree with `style:NAME` specs: most in that SQL, the costly ones to the
-  same values by `rlaudit.styles`, the length from the token count) and the *distinct* candidate term ids
+  same values by `rlaudit.derived.styles`, the length from the token count) and the *distinct* candidate term ids
   found in the answer and in the reasoning (`answer_terms`, `reasoning_terms`). An occurrence does not
   count when the same n-gram, or its key token (its rarest word: "zebra" of "the zebra"), occurs in the
   rollout's prompt (copying the question is not a tic); and `counts`: per step the rollouts containing each
@@ -55,10 +55,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import kernels, segments, styles
-from .behaviors import STYLE_FEATURES, TOKEN_PATTERN, parse_behavior
-from .layout import view_columns
-from .cot.shingles import splitmix64
-from .store import Store, atomic_write_text, bound_memory, prune_cached, sql_list, write_cached
+from ..behaviors import STYLE_FEATURES, TOKEN_PATTERN, parse_behavior
+from ..layout import view_columns
+from ..cot.shingles import splitmix64
+from ..store import Store, atomic_write_text, bound_memory, prune_cached, sql_list, write_cached
 from .tokhash import string_hashes, token_hashes
 
 WHERES = ("answer", "reasoning")
@@ -66,7 +66,7 @@ VOCAB = "term-vocab"
 ROLLOUT_TERMS = "rollout-terms"
 
 _TOKENS = TOKEN_PATTERN.replace("'", "''")
-#: style features not computed in the term sets' SQL: the token count (`tokhash`), and those of `rlaudit.styles`
+#: style features not computed in the term sets' SQL: the token count (`tokhash`), and those of `rlaudit.derived.styles`
 _NOT_SQL = ("length", *styles.NON_ASCII_STYLES, *styles.BYTE_STYLES)
 #: `termcells.CELL` over the stored parts' columns (the prompt's key as in the term sets)
 _CELL = "hash(step, split, task, condition, hash(coalesce(prompt, '')))"
@@ -209,7 +209,7 @@ def union_view(con: duckdb.DuckDBPyConnection, view: str, entries: list[Any], em
                segment: str | None = None, compression: str = "lz4") -> None:
     """View `view` over per-part derived tables, each a cached Parquet file or (stores that keep derived data in
     memory) an Arrow table; `empty()` gives the columns when there are none. `segment` (a kind name): the files
-    are read through merged segments (`rlaudit.segments`), merging what has accumulated first (into segments
+    are read through merged segments (`rlaudit.derived.segments`), merging what has accumulated first (into segments
     compressed with `compression`)."""
     files = [Path(e) for e in entries if not isinstance(e, pa.Table)]
     if segment is not None and files and len({f.parent for f in files}) == 1:
@@ -344,7 +344,7 @@ def workers() -> int:
     (`rlaudit.memory`) leaves less than WORKER_MEMORY per extra thread beside DuckDB's share (a batch of
     BATCH_ROWS rollouts takes a few hundred MB while it is tokenised). `RLAUDIT_THREADS` overrides this, as it
     does for every per-part pool."""
-    from . import memory
+    from .. import memory
 
     setting = memory.threads_setting()
     if setting is not None:

@@ -1,0 +1,519 @@
+"""Optional compiled kernels (numba) for the term-set hot loop of `rlaudit.derived.tokens`.
+
+Why: a cold audit spends most of its `emerging` time in `tokens._compute_parts`, and there the numpy path makes
+many full passes over temporaries of ~200M elements per 1M rollouts (byte masks, n-gram keys, probe rounds,
+a sort of every (row, term) pair, a searchsorted for the prompt copies). No pass dominates; the cost is the
+number of passes. Two small loops, each walking its input once, do the same work:
+
+- `ascii_token_hashes`: tokenises ASCII texts and hashes each token, bit-identical to `tokhash._ascii_tokens`
+  + `tokhash.span_hashes` (a polynomial hash of the case-folded byte codes modulo 2^64, then the length mix and
+  `splitmix64`). Non-ASCII texts still go through DuckDB's RE2 pattern (`tokhash.token_hashes`). Branch-free
+  per byte (~2.4 ns per byte; see its doc).
+- `row_term_ids`: per row of token hashes, forms the 1..max_n-gram keys exactly as `tokens.ngram_keys`
+  (`tokens._ngram_key` folded left to right), probes the vocabulary's open-addressing table (`tokens._Lookup`'s
+  own arrays, so both paths read one table), and emits the distinct term ids of the row, sorted, leaving out
+  those its prompt holds. It equals `_distinct_pairs(*lookup.match(*ngram_keys(...)))` minus the prompt's
+  pairs, keys naming several terms included (tests/core/test_kernels.py checks both against the numpy path).
+  For prompts, the terms whose key token the prompt holds are added per row (`include`). Found ids are
+  collected without a branch per key and deduplicated and sorted by a bitmap (see its doc).
+
+A third loop serves the cell tables the term-set workers write beside the term sets (`rlaudit.derived.termcells`):
+
+- `cell_term_counts`: the rollouts per (cell, term) of a part (`termcells.reduce_arrays`), rows taken cell by
+  cell with one counter per term, instead of a sort of every (cell, term) pair (~3x as fast; the same rows,
+  grouped by cell rather than sorted by term id within a cell).
+
+- `step_term_counts`: the per-step counts of the term sets (`tokens._step_term_counts`: rollouts per
+  (file, step, split) cell and term, and those whose prompt holds the term) into dense arrays, one pass over the
+  pairs and one over the prompts' terms per (cell, prompt), instead of gathers, repeats and bincounts of every
+  pair (~16% of the term-set batches' CPU at 1M rollouts in numpy, ~4% compiled).
+
+Which path runs, and how the kernels are compiled and cached: `rlaudit.kernels` (`use_numba`, re-exported here
+for the modules of this package). Each kernel has one signature (read-only arrays); compiled the first time, 7-10
+CPU s, then loaded from numba's cache in about 0.5 CPU s with numba's import.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from ..kernels import Compiled, jit, use_numba  # noqa: F401 - use_numba: the path these kernels take
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # = cot.shingles._MIX and the n-gram multiplier of tokens._ngram_key
+_C1 = np.uint64(0xBF58476D1CE4E5B9)
+_C2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+_APOSTROPHE = np.uint8(ord("'"))
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernel sources: plain Python over numpy arrays, compiled by `compiled()` (`_build`). uint64 arithmetic only with uint64
+# operands (numba widens uint64 op int64 to float64).
+
+def _splitmix64(x):
+    x = x + _MIX
+    x = (x ^ (x >> _S30)) * _C1
+    x = (x ^ (x >> _S27)) * _C2
+    return x ^ (x >> _S31)
+
+
+def _grow(a, need):
+    out = np.empty(max(need, 2 * len(a)), a.dtype)
+    out[:len(a)] = a
+    return out
+
+
+def _trailing_zeros(x):
+    """Index of the lowest set bit of a uint64 (64 for 0). Replaced by LLVM's cttz (one instruction) when the
+    kernels compile (`compiled`); this body is its meaning."""
+    return (int(x) & -int(x)).bit_length() - 1 if x else 64
+
+
+#: bytes of a text tokenised between two checks of the output's room (see `_ascii_token_hashes`)
+_BLOCK = 4096
+
+
+def _ascii_token_hashes(data, offsets, is_ascii, word, codes, base, len_mix):
+    """(hashes, per-text token counts) of the ASCII texts (others: no tokens). A token is a maximal run of word
+    bytes, an apostrophe joining when word bytes of the same text are on both sides of it.
+
+    One pass over the bytes with a running token state (h: the hash so far, p: base^length, n: the length) that
+    a non-token byte resets by masks, not branches: token ends are as unpredictable as word lengths, and a
+    mispredicted branch per token cost more than the whole byte's work (0.35 -> 0.07 CPU s per 29 MB). The
+    current hash is stored at out[k] at every byte and k advances where a token ends. The hash is the same
+    polynomial as `tokhash.span_hashes` (codes[b] * base^i summed over the token's bytes i), then the length
+    mix and `splitmix64`, applied per text once its tokens are known. Word bytes are found by `cw`, the codes
+    of word bytes and 0 elsewhere (codes of word bytes are never 0, `ascii_token_hashes` checks). Indices are
+    cast to unsigned, which spares numba's negative-index wraparound in the loop.
+
+    The result is a view of the first k slots of the output buffer, not a copy: the buffer is sized ahead
+    (len(data) // 4 tokens, grown when a block of text might not fit) and the slots past k are never written,
+    so they take address space only, no memory; the copy cost more than the tokenising (fresh pages)."""
+    n_texts = len(offsets) - 1
+    counts = np.zeros(n_texts, np.int64)
+    zero, one = np.uint64(0), np.uint64(1)
+    cw = np.zeros(256, np.uint64)
+    for b in range(256):
+        if word[b]:
+            cw[b] = codes[b]
+    apostrophe = codes[_APOSTROPHE]
+    out = np.empty(max(16, len(data) // 4), np.uint64)
+    k = 0
+    for t in range(n_texts):
+        if not is_ascii[t]:
+            continue
+        s, e = offsets[t], offsets[t + 1]
+        k0 = k
+        h, p, n = zero, one, zero
+        for lo in range(s, e, _BLOCK):
+            hi = min(lo + _BLOCK, e)
+            # room for the tokens ending in this block (at most one per two bytes) and the text's last one
+            if k + (hi - lo + 1) // 2 + 2 > len(out):
+                out = _grow(out, k + (hi - lo + 1) // 2 + 2)
+            for j in range(lo, hi):
+                b = data[np.uint64(j)]
+                c = cw[b]
+                # an apostrophe joins when it follows a token byte and a word byte of the same text follows it
+                if b == _APOSTROPHE and n != zero and j + 1 < e and cw[data[np.uint64(j + 1)]] != zero:
+                    c = apostrophe
+                out[np.uint64(k)] = h ^ (n * len_mix)  # kept (k advances) where a token ended before b
+                k += (n != zero) & (c == zero)
+                m = zero - np.uint64(c != zero)  # all ones on a token byte
+                h = (h + c * p) & m
+                p = p * base if c != zero else one
+                n = (n + one) & m
+        if n != zero:  # a token runs to the end of the text
+            out[np.uint64(k)] = h ^ (n * len_mix)
+            k += 1
+        for i in range(k0, k):
+            out[np.uint64(i)] = _splitmix64(out[np.uint64(i)])
+        counts[t] = k - k0
+    return out[:k], counts
+
+
+def _gather_spans(data, lo, hi):
+    """(bytes, int64 offsets): the byte ranges data[lo[i]:hi[i]] one after another (`text._cut`), copied range
+    by range instead of through a per-byte index array (two int64 temporaries per byte in numpy)."""
+    n = len(lo)
+    off = np.empty(n + 1, np.int64)
+    off[0] = 0
+    for i in range(n):
+        off[i + 1] = off[i] + (hi[i] - lo[i])
+    out = np.empty(off[n], np.uint8)
+    for i in range(n):
+        out[off[i]:off[i + 1]] = data[lo[i]:hi[i]]
+    return out, off
+
+
+def _row_term_ids(values, offsets, max_n, table, ukeys, ustart, ucount, ids, rounds, n_ids,
+                  excl_of_row, excl_off, excl_ids, incl_of_row, incl_off, incl_ids):
+    """(int64 offsets, int32 ids): per row, its distinct term ids in increasing order, plus those of the row's
+    inclusion list, minus those of its exclusion list (excl_ids[excl_off[p]:excl_off[p + 1]] with
+    p = excl_of_row[row]; an empty excl_of_row excludes nothing; the same for incl_*).
+
+    Built for the CPU's branch predictor: about half the keys name a term, so "found?" branches mispredict, and
+    they cost more than the work. So, per key (up to max_n per token):
+    - its home slot answers it with two independent loads from per-slot copies of the table (`slot_key`,
+      `slot_val`: the key there, and its term id, -1 for an empty slot, -2 - u for a key u naming several
+      terms); the id is stored at hits[n_hits] and n_hits advances when it is the key's (no branch);
+    - the rare keys the home slot cannot settle (several terms, or another key at home: probe on) are put
+      aside (`pend`) and probed in the table as before, after the row's tokens.
+    A row's ids are then set in a bitmap of all ids (`bits`: duplicates fold), and emitted, in increasing
+    order, by a scan of its words without the excluded ones (`ban`, a bitmap of the current exclusion list,
+    rebuilt when the list changes: rows of a prompt are usually adjacent). No per-row sort, no stamps.
+    Keys of max_n <= 3 (the vocabulary's default 3, and 1) are held in three scalars; longer n-grams in an
+    array. The ids are a view of the output buffer's first slots (see `_ascii_token_hashes`)."""
+    n_rows = len(offsets) - 1
+    size = len(table)
+    mask = np.uint64(size - 1)
+    one, six, low = np.uint64(1), np.uint64(6), np.uint64(63)
+    slot_key = np.empty(size, np.uint64)
+    slot_val = np.empty(size, np.int32)
+    for q in range(size):
+        u = table[q]
+        if u < 0:
+            slot_key[q] = np.uint64(q + 1) & mask  # a key whose home is another slot: equals no key homed here
+            slot_val[q] = -1
+        else:
+            slot_key[q] = ukeys[u]
+            slot_val[q] = ids[ustart[u]] if ucount[u] == 1 else -2 - u
+    n_words = max((n_ids + 63) >> 6, 1)
+    bits = np.zeros(n_words, np.uint64)
+    ban = np.zeros(n_words, np.uint64)
+    last = -1
+    out_off = np.zeros(n_rows + 1, np.int64)
+    out = np.empty(max(64, len(values)), np.int32)
+    cur = np.zeros(max_n + 1, np.uint64)  # cur[n]: key of the n-gram ending at the current token (max_n > 3)
+    hits = np.empty(64, np.int32)
+    pend = np.empty(64, np.uint64)
+    big = np.int64(1) << 62
+    from2 = 1 if max_n >= 2 else big  # position in the row from which a token ends a 2-gram (3-gram)
+    from3 = 2 if max_n >= 3 else big
+    per_token = max(max_n, 1)  # keys per token (words always, as `tokens.ngram_keys`)
+    k = 0
+    exclude, include = len(excl_of_row) > 0, len(incl_of_row) > 0
+    for r in range(n_rows):
+        if exclude:
+            p = excl_of_row[r]
+            if p != last:
+                if last >= 0:
+                    for q in range(excl_off[last], excl_off[last + 1]):
+                        ban[np.uint64(excl_ids[q]) >> six] = 0
+                for q in range(excl_off[p], excl_off[p + 1]):
+                    t = np.uint64(excl_ids[q])
+                    ban[t >> six] |= one << (t & low)
+                last = p
+        n_new = 0  # ids set in `bits` for this row (an upper bound on those emitted)
+        if include:
+            p = incl_of_row[r]
+            for q in range(incl_off[p], incl_off[p + 1]):
+                t = np.uint64(incl_ids[q])
+                bits[t >> six] |= one << (t & low)
+            n_new += incl_off[p + 1] - incl_off[p]
+        s, e = offsets[r], offsets[r + 1]
+        if per_token * (e - s) + 1 > len(hits):  # one slot per key, and the one written past the last
+            hits = np.empty(per_token * (e - s) + 1 + len(hits), np.int32)
+            pend = np.empty(len(hits), np.uint64)
+        n_hits = 0
+        n_pend = 0
+        if max_n <= 3:
+            k1 = np.uint64(0)
+            k2 = np.uint64(0)
+            for i in range(s, e):
+                h = values[np.uint64(i)]
+                k3 = _splitmix64(k2 * _MIX + h)
+                k2 = _splitmix64(k1 * _MIX + h)
+                k1 = h
+                pos = i - s
+                for n in range(3):  # unrolled by LLVM
+                    key = k1 if n == 0 else (k2 if n == 1 else k3)
+                    ok = pos >= (0 if n == 0 else (from2 if n == 1 else from3))
+                    home = key & mask
+                    v = slot_val[home]
+                    good = (slot_key[home] == key) & (v >= 0) & ok
+                    hits[np.uint64(n_hits)] = v
+                    n_hits += good
+                    if ok & (v != -1) & (not good):
+                        pend[np.uint64(n_pend)] = key
+                        n_pend += 1
+        else:
+            for i in range(s, e):
+                h = values[np.uint64(i)]
+                for n in range(max_n, 1, -1):
+                    cur[n] = _splitmix64(cur[n - 1] * _MIX + h)
+                cur[1] = h
+                for n in range(1, max_n + 1):
+                    key = cur[n]
+                    ok = i - s + 1 >= n
+                    home = key & mask
+                    v = slot_val[home]
+                    good = (slot_key[home] == key) & (v >= 0) & ok
+                    hits[np.uint64(n_hits)] = v
+                    n_hits += good
+                    if ok & (v != -1) & (not good):
+                        pend[np.uint64(n_pend)] = key
+                        n_pend += 1
+        for j in range(n_hits):
+            t = np.uint64(hits[j])
+            bits[t >> six] |= one << (t & low)
+        n_new += n_hits
+        for j in range(n_pend):
+            key = pend[j]
+            slot = np.int64(key & mask)
+            for _ in range(rounds):  # linear probing; no key lies `rounds` or more slots from home
+                u = table[slot]
+                if u < 0:
+                    break
+                if ukeys[u] == key:
+                    for q in range(ustart[u], ustart[u] + ucount[u]):
+                        t = np.uint64(ids[q])
+                        bits[t >> six] |= one << (t & low)
+                    n_new += ucount[u]
+                    break
+                slot = (slot + 1) & (size - 1)
+        if k + n_new > len(out):  # outside the scan: an array reassigned in a loop costs refcounts per turn
+            out = _grow(out, k + n_new)
+        for w in range(n_words):
+            x = bits[w] & ~ban[w]
+            bits[w] = 0
+            while x:
+                out[k] = (w << 6) + np.int64(_trailing_zeros(x))
+                k += 1
+                x &= x - one
+        out_off[r + 1] = k
+    return out_off, out[:k]
+
+
+def _cell_term_counts(order, cell, off_a, ids_a, off_b, ids_b, use_b, n_ids):
+    """(cell, id, count) of the distinct (cell, term id) pairs of rows' id lists (place a of every row, place b
+    of the rows with use_b), by cell (ids of a cell in the order first seen); `order`: the rows sorted by cell.
+    An id's first sighting in a cell is appended without a branch (stored always, the count advancing when its
+    counter was 0): about three sightings in four are first ones, at no predictable place, so a branch there
+    mispredicted often (the kernel alone: 1.7x the speed on 10 parts of the 1M benchmark run).
+    The results are views of buffers sized for every pair (see `_ascii_token_hashes`)."""
+    cnt = np.zeros(max(n_ids, 1), np.int32)
+    buf = np.empty(max(n_ids, 1) + 1, np.int32)
+    size = len(ids_a) + len(ids_b)
+    out_c, out_t, out_x = np.empty(size, np.int64), np.empty(size, np.int32), np.empty(size, np.int32)
+    k = 0
+    i = 0
+    n = len(order)
+    while i < n:
+        c = cell[order[i]]
+        m = 0
+        j = i
+        while j < n and cell[order[j]] == c:
+            r = order[j]
+            for q in range(off_a[r], off_a[r + 1]):
+                t = ids_a[np.uint64(q)]
+                x = cnt[t]
+                cnt[t] = x + 1
+                buf[np.uint64(m)] = t
+                m += x == 0
+            if use_b[r]:
+                for q in range(off_b[r], off_b[r + 1]):
+                    t = ids_b[np.uint64(q)]
+                    x = cnt[t]
+                    cnt[t] = x + 1
+                    buf[np.uint64(m)] = t
+                    m += x == 0
+            j += 1
+        for q in range(m):  # in the order first seen (a sort per cell would cost more than the counting)
+            t = buf[q]
+            out_c[k] = c
+            out_t[k] = t
+            out_x[k] = cnt[t]
+            cnt[t] = 0
+            k += 1
+        i = j
+    return out_c[:k], out_t[:k], out_x[:k]
+
+
+def _step_term_counts(cell, off, ids, at_risk, cp_cell, cp_prompt, cp_count, pt_off, pt_ids, n_cells, n_ids):
+    """Dense (cell, term id) counts, index cell * n_ids + id: x, the ids of the rows at risk (row r's are
+    ids[off[r]:off[r + 1]]); m, per (cell, prompt) with cp_count rollouts, that count added to each of the
+    prompt's terms (pt_ids[pt_off[p]:pt_off[p + 1]])."""
+    x = np.zeros(max(n_cells * n_ids, 0), np.int64)
+    m = np.zeros(max(n_cells * n_ids, 0), np.int64)
+    for r in range(len(off) - 1):
+        if at_risk[r]:
+            base = cell[r] * n_ids
+            for q in range(off[r], off[r + 1]):
+                x[base + ids[q]] += 1
+    for j in range(len(cp_cell)):
+        k = cp_count[j]
+        if k:
+            base = cp_cell[j] * n_ids
+            p = cp_prompt[j]
+            for q in range(pt_off[p], pt_off[p + 1]):
+                m[base + pt_ids[q]] += k
+    return x, m
+
+
+def _distinct_keys(keys, rows):
+    """Per occurrence (key, row): its key's id (ids in order of first appearance) and whether it is the first of
+    its (key, row) pair; per id the key and its first occurrence; whether every key's rows came in increasing
+    order (else the pair flags are not valid). Linear probing on the low bits of the keys (hashes already)."""
+    n = len(keys)
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    mask = np.uint64(size - 1)
+    slots = np.full(size, -1, np.int32)
+    ukeys = np.empty(n, np.uint64)
+    first = np.empty(n, np.int64)
+    last = np.empty(n, np.int64)
+    uid = np.empty(n, np.int32)
+    new_pair = np.zeros(n, np.bool_)
+    m = 0
+    ordered = True
+    for i in range(n):
+        k = keys[i]
+        r = rows[i]
+        s = np.int64(k & mask)
+        while True:
+            u = slots[s]
+            if u < 0:
+                slots[s] = m
+                ukeys[m] = k
+                first[m] = i
+                last[m] = r
+                uid[i] = m
+                new_pair[i] = True
+                m += 1
+                break
+            if ukeys[u] == k:
+                uid[i] = u
+                if r != last[u]:
+                    if r < last[u]:
+                        ordered = False
+                    new_pair[i] = True
+                    last[u] = r
+                break
+            s = (s + 1) & np.int64(size - 1)
+    return uid, new_pair, ukeys[:m].copy(), first[:m].copy(), ordered
+
+
+def _build() -> SimpleNamespace:
+    """The term-set kernels, compiled (see `Compiled`)."""
+    import numba
+
+    glob = globals()
+    # helpers are looked up as globals when the kernels compile: jitted versions must be in place first
+    for name in ("_splitmix64", "_grow"):
+        glob[name] = jit(getattr(glob[name], "py_func", glob[name]))
+    from numba.cpython.unsafe.numbers import trailing_zeros
+
+    glob["_trailing_zeros"] = trailing_zeros  # LLVM's cttz
+    # one signature each, arrays typed read-only (writable ones convert), so Arrow's read-only buffers and
+    # numpy's own arrays share one compiled version (and one cache entry) instead of one per combination
+    t = numba.types
+
+    def ro(dtype: Any) -> Any:
+        return t.Array(dtype, 1, "C", readonly=True)
+
+    u8, i32, i64, u64, b1 = ro(t.uint8), ro(t.int32), ro(t.int64), ro(t.uint64), ro(t.boolean)
+    return SimpleNamespace(
+        ascii_token_hashes=jit(_ascii_token_hashes, (u8, i64, b1, b1, u64, t.uint64, t.uint64)),
+        row_term_ids=jit(_row_term_ids, (u64, i64, t.int64, i32, u64, i64, i64, i32, t.int64, t.int64,
+                                         i64, i64, i32, i64, i64, i32)),
+        cell_term_counts=jit(_cell_term_counts, (i64, i64, i64, i32, i64, i32, b1, t.int64)),
+        distinct_keys=jit(_distinct_keys, (u64, i64)),
+        step_term_counts=jit(_step_term_counts, (i64, i64, i32, b1, i64, i64, i64, i64, i32, t.int64,
+                                                 t.int64)))
+
+
+compiled = Compiled(_build)
+
+
+def ascii_token_hashes(data: np.ndarray, offsets: np.ndarray, is_ascii: np.ndarray, word: np.ndarray,
+                       codes: np.ndarray, base: int, len_mix: np.uint64) -> tuple[np.ndarray, np.ndarray]:
+    """(uint64 token hashes, int64 token count per text) of the ASCII texts of a byte buffer with text offsets
+    (texts with is_ascii False get no tokens); see `tokhash.token_hashes`. The hashes may be a view of a
+    larger buffer whose unwritten tail takes address space only (see `_ascii_token_hashes`)."""
+    c = np.ascontiguousarray
+    word, codes = c(word, np.bool_), c(codes, np.uint64)
+    if np.any(codes[word] == 0):  # the kernel tells word bytes by their non-zero code
+        raise ValueError("the codes of word bytes must not be 0")
+    return compiled().ascii_token_hashes(c(data, np.uint8), c(offsets, np.int64), c(is_ascii, np.bool_),
+                                         word, codes, np.uint64(base), np.uint64(len_mix))
+
+
+def gather_spans(data: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(bytes, int64 offsets) of the byte ranges data[lo[i]:hi[i]], concatenated (hi >= lo); None where the
+    numpy path should run: numba not chosen, or not imported yet in this process (a copy is not worth numba's
+    import, ~0.5 CPU s, e.g. in an ingest). Compiled alone, not with `compiled()`'s term-set kernels."""
+    if "numba" not in sys.modules or not use_numba():
+        return None
+    c = np.ascontiguousarray
+    return _gather().gather_spans(c(data, np.uint8), c(lo, np.int64), c(hi, np.int64))
+
+
+def row_term_ids(values: np.ndarray, offsets: np.ndarray, max_n: int, lookup: Any, n_ids: int,
+                 exclude: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                 include: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 offsets per row, int32 term ids): the distinct ids of the terms (`lookup`, a `tokens._Lookup`)
+    among each row's 1..max_n-grams, sorted. `exclude` = (list index of each row, list offsets, ids): ids to
+    leave out per row (the prompt's terms); `include`: ids to add per row, in the same form. The ids may be a view
+    of a larger buffer (see `_row_term_ids`)."""
+    none = (np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int32))
+    c = np.ascontiguousarray
+    lists = []
+    for of_row, off, ids in (exclude or none, include or none):
+        lists += [c(of_row, np.int64), c(off, np.int64), c(ids, np.int32)]
+    table = [c(lookup.table, np.int32), c(lookup.ukeys, np.uint64), c(lookup.start, np.int64),
+             c(lookup.count, np.int64), c(lookup.ids, np.int32), int(lookup.rounds)]
+    return compiled().row_term_ids(c(values, np.uint64), c(offsets, np.int64), int(max_n), *table, int(n_ids),
+                                   *lists)
+
+
+def cell_term_counts(cell: np.ndarray, lists: list[tuple[np.ndarray, np.ndarray]], use_second: np.ndarray,
+                     n_ids: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cell, term id, rollouts) of the distinct (cell, term id) pairs of the rows' term lists, by cell (a cell's
+    ids in the order first seen, not sorted): `cell` per row (non-negative), `lists` two places' id lists
+    (offsets per row, ids; the first counted in every row, the second in the rows with `use_second`). One pass
+    over the pairs, rows taken cell by cell (the cell tables of `rlaudit.derived.termcells`; equal to
+    `termcells._count_pairs` over the same pairs)."""
+    c = np.ascontiguousarray
+    flat = []
+    for off, ids in lists:
+        flat += [c(off, np.int64), c(ids, np.int32)]
+    order = np.argsort(cell, kind="stable").astype(np.int64)
+    return compiled().cell_term_counts(order, c(cell, np.int64), *flat, c(use_second, np.bool_), int(n_ids))
+
+
+def step_term_counts(cell: np.ndarray, off: np.ndarray, ids: np.ndarray, at_risk: np.ndarray,
+                     cp_cell: np.ndarray, cp_prompt: np.ndarray, cp_count: np.ndarray, pt_off: np.ndarray,
+                     pt_ids: np.ndarray, n_cells: int, n_ids: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x, m): dense int64 counts per cell * n_ids + term id of a place's id lists (offsets per row, ids) of the
+    rows `at_risk`, and of the rollouts whose prompt holds the term (`tokens._step_term_counts`, whose numpy path it
+    equals)."""
+    c = np.ascontiguousarray
+    return compiled().step_term_counts(c(cell, np.int64), c(off, np.int64), c(ids, np.int32), c(at_risk, np.bool_),
+                                       c(cp_cell, np.int64), c(cp_prompt, np.int64), c(cp_count, np.int64),
+                                       c(pt_off, np.int64), c(pt_ids, np.int32), int(n_cells), int(n_ids))
+
+
+def distinct_keys(keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """Of occurrences (key, row) whose rows come in increasing order within each key: (id of each occurrence's
+    key, in order of first appearance; whether it is the first of its (key, row) pair; the keys by id; each
+    key's first occurrence). None when some key's rows are out of order. One pass through a hash table instead
+    of a stable sort of every occurrence (`tokens._ngram_df`)."""
+    c = np.ascontiguousarray
+    uid, new_pair, ukeys, first, ordered = compiled().distinct_keys(c(keys, np.uint64), c(rows, np.int64))
+    return (uid, new_pair, ukeys, first) if ordered else None
+
+
+def _build_gather() -> SimpleNamespace:
+    """The span-gathering kernel alone (ingest's `text._cut` needs it without the term-set kernels)."""
+    import numba
+
+    u8, i64 = (numba.types.Array(d, 1, "C", readonly=True) for d in (numba.types.uint8, numba.types.int64))
+    return SimpleNamespace(gather_spans=jit(_gather_spans, (u8, i64, i64)))
+
+
+_gather = Compiled(_build_gather)
