@@ -9,7 +9,8 @@ Each kind of statistics (`define`: the run summary's `run_stats`, `reward_health
 query over the relation `src`: the canonical rollout columns (`layout.view_columns`) the kind names, of the parts
 still to compute, plus `_part` (an integer naming the part within the batch); it must keep `_part` among its
 output columns. Its rows are
-split by `_part` and written per part (without that column). The statistics are not scoped: callers keep `split`
+split by `_part` and written per part (without that column), or, into a combined file, kept as the query gave
+them with their part's file stem in `_stem` (`_Batch`). The statistics are not scoped: callers keep `split`
 and `step` among the grouping keys and filter the merged rows by the audit's scope, so audits with different
 `max_step` or `split` share one cache.
 
