@@ -227,3 +227,38 @@ def test_the_rollup_of_the_combined_parts_and_a_replaced_part(store, monkeypatch
     mem = store.__class__(store.root)
     mem.persist_derived = False
     _same(_findings(mem, "e", True), _findings(store, "e", False))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_group_ess_sums_with_logged_missing_and_mixed_advantages(store, seed):
+    """Property: kind 0's ESS sums s1 = sum |a|, s2 = sum a^2 over a group's finite-reward rows (a the logged
+    advantage, else (r - mean) / (sd + 1e-4)) equal a direct computation, for groups whose rows all log an
+    advantage (summed with the group's statistics), none, and some (both through the join with the group)."""
+    from rlaudit.partstats import part_stats
+    from rlaudit.schema import canonical_table
+
+    rng = np.random.default_rng(seed)
+    n = 8 * 24
+    rewards = rng.normal(size=n)
+    rewards[rng.random(n) < 0.05] = np.nan
+    kind = np.repeat(np.arange(24) % 3, 8)  # 0: every row logs an advantage, 1: none, 2: some
+    logged = (kind == 0) | ((kind == 2) & (rng.random(n) < 0.5))
+    adv = np.where(logged, rng.normal(size=n), np.nan)
+    rows = _reward_rows(1, 4, n // 4, rewards)
+    rows["split"] = ["train"] * n
+    rows["group_id"] = [f"g{i // 8}" for i in range(n)]
+    rows["advantage"] = [float(a) if ok else None for a, ok in zip(adv, logged)]
+    store.append("q", canonical_table(rows), key="q0")
+    import duckdb
+
+    con = duckdb.connect()
+    part_stats(store, "q", "training_health").register(con, "t")
+    got = {g: (s1, s2) for g, s1, s2 in con.execute("SELECT group_id, s1, s2 FROM t WHERE kind = 0").fetchall()}
+    assert len(got) == 24
+    for g in range(24):
+        rows_g = np.arange(8 * g, 8 * g + 8)
+        rows_g = rows_g[np.isfinite(rewards[rows_g])]
+        r = rewards[rows_g]
+        sd = float(np.std(r, ddof=1)) if len(r) > 1 else 0.0
+        a = np.where(logged[rows_g], adv[rows_g], (r - r.mean()) / (sd + 1e-4))
+        assert got[f"g{g}"] == (pytest.approx(np.abs(a).sum(), rel=1e-9), pytest.approx((a ** 2).sum(), rel=1e-9))
