@@ -153,43 +153,40 @@ def _token_hashes(seg, codes, table, lower, starts, ends):
 def _answer_hashes(data, starts, ends, skip, lower):
     """(uint64 hash per span, bool: span has a non-ASCII byte and was not hashed) of `screen_keys.answer_hash`:
     ASCII lowercased, bytes where `skip` is True (its whitespace) removed, the rest hashed 8 at a time seeded
-    with their count. One pass over the bytes: the 8-byte chunks wait in a scratch array until the count is
-    known. Whitespace is dropped by arithmetic (a kept byte adds itself and advances the fill by one, a skipped
-    one adds 0 and 0), not a branch: where words end is unpredictable, and the branch cost ~1.8x the time."""
+    with their count. Two passes per span: its kept bytes are first packed into a scratch array of 64-bit words
+    (every byte is written where the next kept byte goes, and the fill advances by one for a kept byte, by 0 for
+    a skipped one: no branch on where words end, which is unpredictable), then hashed a word at a time, the
+    last word's unused bytes masked off. Packing byte by byte into a shifted register instead made each byte
+    wait for the previous one's shift: ~2x the time."""
     n = len(starts)
     out = np.zeros(n, np.uint64)
     other = np.zeros(n, np.bool_)
     longest = 0
     for r in range(n):
         longest = max(longest, ends[r] - starts[r])
-    chunks = np.empty(longest // 8 + 2, np.uint64)
-    keep = np.empty(256, np.uint64)
+    words = np.zeros(longest // 8 + 2, np.uint64)
+    packed = words.view(np.uint8)  # little-endian: byte j of a word is its bits 8j..8j+7, as the numpy path
+    keep = np.empty(256, np.int64)
     for b in range(256):
         keep[b] = 0 if skip[b] else 1
     for r in range(n):
-        chunk = np.uint64(0)
-        m = np.uint64(0)  # bytes in `chunk`
-        c = 0
+        w = 0
         high = 0
         for i in range(starts[r], ends[r]):
             b = data[i]
             high |= b
-            kb = keep[b]
-            chunk |= (np.uint64(lower[b]) * kb) << (m << np.uint64(3))
-            m += kb
-            if m == np.uint64(8):
-                chunks[c] = chunk
-                c += 1
-                chunk = np.uint64(0)
-                m = np.uint64(0)
+            packed[w] = lower[b]
+            w += keep[b]
         if high >= 0x80:
             other[r] = True
             continue
-        h = _mix(np.uint64(8 * c) + m)
-        for q in range(c):
-            h = _mix((h * _M31) ^ chunks[q])
-        if m:
-            h = _mix((h * _M31) ^ chunk)
+        full = w // 8
+        h = _mix(np.uint64(w))
+        for q in range(full):
+            h = _mix((h * _M31) ^ words[q])
+        rest = w - 8 * full
+        if rest:
+            h = _mix((h * _M31) ^ (words[full] & ((np.uint64(1) << np.uint64(8 * rest)) - np.uint64(1))))
         out[r] = h
     return out, other
 
