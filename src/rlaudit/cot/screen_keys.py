@@ -159,6 +159,8 @@ def int_values(array: pa.Array) -> np.ndarray:
     `fill_null` (an Arrow kernel call per column, which also imports pandas on first use)."""
     if array.null_count == 0:
         return array.to_numpy().astype(np.int64)
+    if array.null_count == len(array) or array.buffers()[1] is None:
+        return np.zeros(len(array), np.int64)
     width = np.dtype(f"<i{array.type.bit_width // 8}")  # the span columns are int32
     return np.frombuffer(array.buffers()[1], width, len(array), array.offset * width.itemsize).astype(np.int64)
 
