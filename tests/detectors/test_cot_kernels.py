@@ -298,3 +298,30 @@ def test_a_wrong_membership_kernel_fails_the_batch_comparison(monkeypatch):
     monkeypatch.setattr(cot_kernels, "seen", one_less)
     a, b = _both(monkeypatch, lambda: scan_batch_both(batch, params, False))
     assert not a[0].equals(b[0])
+
+
+@pytest.mark.parametrize("zh", [False, True])
+def test_texts_tokenised_where_they_lie_in_the_completion_give_the_same_results(zh, monkeypatch):
+    """Parts written by ingest keep the reasoning and the answer as spans of the completion; the compiled path
+    tokenises them there (`scan._tokens`, ASCII buffers), the numpy path and non-ASCII buffers cut the texts
+    first. Every pair's result (own and chance pairings) equals the scan of the canonical rows."""
+    from rlaudit.cot.scan import RESULT_SCHEMA, scan_batch_both, scan_batches, table_batches
+    from rlaudit.layout import part_table
+    from rlaudit.schema import ROLLOUT_SCHEMA
+    from rlaudit.text import reasoning_spans
+
+    def exposure(step, task, rng):
+        return "full" if rng.random() < 0.3 else ("tail" if rng.random() < 0.2 else None)
+
+    table, truth = make_run(exposure=exposure, steps=6, seed=5, zh=zh)
+    columns = {f.name: table.column(f.name).combine_chunks() for f in ROLLOUT_SCHEMA}
+    for name in ("reasoning", "answer"):  # the texts are in the spans, as ingest stores them
+        columns[name] = pa.nulls(table.num_rows, pa.string())
+    part = part_table(columns, reasoning_spans(columns["completion"]))
+    params = ScanParams()
+    expected = pa.concat_tables([RESULT_SCHEMA.empty_table(), *scan_batch_both(table, params, True)])
+    for kernel in ("numpy", "numba") if kernels.available() else ("numpy",):
+        monkeypatch.setenv(kernels.ENV, kernel)
+        got = scan_batches(table_batches(part, 3, params.batch_rows, spans=True), params, lambda i: True)
+        assert got.to_pylist() == expected.to_pylist()
+    assert {r["rollout_id"] for r in expected.to_pylist() if r["exposed"] and not r["chance"]} == set(truth)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from cot_synth import make_run
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rlaudit.audit import audit_store
 from rlaudit.detectors import AuditConfig
@@ -177,3 +180,39 @@ def test_candidate_rows_give_the_same_pairs_and_findings(store, monkeypatch, whe
     other.append(run, table.filter(pa.array(rows % 2 == 1)), "odd")
     assert screen_keys(other, run, where) is not None
     assert screen_sets.candidate_keys(other, run, cache_dir(other, run), where) is None
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([None, "g0", "g1", "g2"]), st.integers(0, 3)), max_size=30))
+def test_candidate_rows_are_the_repeated_group_and_key_pairs(rows):
+    """`screen_sets._repeated` (one sort of the keys, then only the rows whose key repeats) gives exactly the
+    rows whose (group, key) occurs twice or more, as the grouped count it replaced did; a null group is a group
+    of its own value, as in a group-by."""
+    from collections import Counter
+
+    from rlaudit.cot.screen_sets import _repeated
+
+    groups = pa.array([g for g, _ in rows], pa.string())
+    codes = pc.fill_null(pc.dictionary_encode(groups).indices, -1).to_numpy(zero_copy_only=False)
+    keys = np.array([k for _, k in rows], np.uint64)
+    count = Counter(rows)
+    assert _repeated(codes, keys).tolist() == [i for i, r in enumerate(rows) if count[r] >= 2]
+
+
+def test_parts_without_candidates_write_no_candidate_file(store):
+    """A part whose groups have no repeated answer writes its group hashes only; the candidate keys are then
+    an empty selection with the keys' columns (the screen finds no set), not a failure."""
+    import duckdb
+
+    from rlaudit.cot import screen_sets
+    from rlaudit.cot.screen_keys import cache_dir, screen_keys
+
+    table = run_with(answer_only, seed=2, steps=3)
+    run = table.column("run")[0].as_py()
+    answers = pa.array([f"answer {i}" for i in range(table.num_rows)])  # all distinct
+    store.append(run, table.set_column(table.schema.get_field_index("answer"), "answer", answers), "p")
+    assert screen_keys(store, run, "TRUE") is not None
+    cand = screen_sets.candidate_keys(store, run, cache_dir(store, run), "TRUE")
+    sets = cache_dir(store, run) / "sets"
+    assert list(sets.glob("*.groups.npy")) and not list(sets.glob("*.parquet"))
+    assert duckdb.sql(f"SELECT rollout_id, group_id, ck FROM {cand}").fetchall() == []

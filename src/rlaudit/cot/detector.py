@@ -189,7 +189,8 @@ def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[s
             raw = read_scan_columns(todo[i], layout)
             if also is not None:
                 also(todo[i], raw, layout)
-            table = scan_batches(table_batches(raw, layout, params.batch_rows), params, chance)
+            table = scan_batches(table_batches(raw, layout, params.batch_rows, spans=cot_kernels.use_numba()),
+                                 params, chance)
         else:  # captured inputs are merged into the grader inputs by a join
             cur = con.cursor()
             try:

@@ -97,20 +97,25 @@ def _byte_codes(seg, word_table, separator_table, single_table):
     return word
 
 
-def _token_hashes(seg, codes, table, lower, bounds):
+def _token_hashes(seg, codes, table, lower, starts, ends):
     """(uint64 hashes, int64 tokens per text) of `shingles.hashed_tokens` over a byte buffer `seg` (lowercased
-    but for ASCII letters) with text offsets `bounds` (relative to seg, n_texts + 1). The class of byte i is table[codes[i]] (0 not a
+    but for ASCII letters) whose text t is seg[starts[t]:ends[t]] (texts laid end to end, or spans of other
+    text such as the reasoning within its completion). The class of byte i is table[codes[i]] (0 not a
     word byte, 1 a word byte, 2 one that starts a new token): for ASCII text codes is seg itself and table the
     word-byte table, so no per-byte class array is built. Bytes are hashed through `lower` (ASCII case folding),
     so ASCII text need not be lowercased first."""
-    n_texts = len(bounds) - 1
+    n_texts = len(starts)
     counts = np.zeros(n_texts, np.int64)
     # grown, if ever, before a text (room for a token per byte of it), never inside the token loop: an array
     # that could be rebound there cost 3x the time per token (tokens take at most half the bytes in practice)
     out = np.empty(len(seg) // 2 + 16, np.uint64)
+    # the first round of a token's hash for each short length, once: one `_mix` per short token instead of two
+    by_length = np.empty(64, np.uint64)
+    for n in range(64):
+        by_length[n] = _mix(np.uint64(n)) * _M31
     k = 0
     for t in range(n_texts):
-        s, e = bounds[t], bounds[t + 1]
+        s, e = starts[t], ends[t]
         if k + (e - s) + 1 > len(out):
             grown = np.empty(max(2 * len(out), k + (e - s) + 1), np.uint64)
             grown[:k] = out[:k]
@@ -128,7 +133,8 @@ def _token_hashes(seg, codes, table, lower, bounds):
                 if j - i < 8:
                     first |= np.uint64(lower[seg[j]]) << np.uint64(8 * (j - i))
                 j += 1
-            h = _mix((_mix(np.uint64(j - i)) * _M31) ^ first)
+            seed = by_length[j - i] if j - i < 64 else _mix(np.uint64(j - i)) * _M31
+            h = _mix(seed ^ first)
             p = i + 8
             while p < j:  # the rest 8 bytes at a time, the last round short
                 chunk = np.uint64(0)
@@ -147,43 +153,40 @@ def _token_hashes(seg, codes, table, lower, bounds):
 def _answer_hashes(data, starts, ends, skip, lower):
     """(uint64 hash per span, bool: span has a non-ASCII byte and was not hashed) of `screen_keys.answer_hash`:
     ASCII lowercased, bytes where `skip` is True (its whitespace) removed, the rest hashed 8 at a time seeded
-    with their count. One pass over the bytes: the 8-byte chunks wait in a scratch array until the count is
-    known. Whitespace is dropped by arithmetic (a kept byte adds itself and advances the fill by one, a skipped
-    one adds 0 and 0), not a branch: where words end is unpredictable, and the branch cost ~1.8x the time."""
+    with their count. Two passes per span: its kept bytes are first packed into a scratch array of 64-bit words
+    (every byte is written where the next kept byte goes, and the fill advances by one for a kept byte, by 0 for
+    a skipped one: no branch on where words end, which is unpredictable), then hashed a word at a time, the
+    last word's unused bytes masked off. Packing byte by byte into a shifted register instead made each byte
+    wait for the previous one's shift: ~2x the time."""
     n = len(starts)
     out = np.zeros(n, np.uint64)
     other = np.zeros(n, np.bool_)
     longest = 0
     for r in range(n):
         longest = max(longest, ends[r] - starts[r])
-    chunks = np.empty(longest // 8 + 2, np.uint64)
-    keep = np.empty(256, np.uint64)
+    words = np.zeros(longest // 8 + 2, np.uint64)
+    packed = words.view(np.uint8)  # little-endian: byte j of a word is its bits 8j..8j+7, as the numpy path
+    keep = np.empty(256, np.int64)
     for b in range(256):
         keep[b] = 0 if skip[b] else 1
     for r in range(n):
-        chunk = np.uint64(0)
-        m = np.uint64(0)  # bytes in `chunk`
-        c = 0
+        w = 0
         high = 0
         for i in range(starts[r], ends[r]):
             b = data[i]
             high |= b
-            kb = keep[b]
-            chunk |= (np.uint64(lower[b]) * kb) << (m << np.uint64(3))
-            m += kb
-            if m == np.uint64(8):
-                chunks[c] = chunk
-                c += 1
-                chunk = np.uint64(0)
-                m = np.uint64(0)
+            packed[w] = lower[b]
+            w += keep[b]
         if high >= 0x80:
             other[r] = True
             continue
-        h = _mix(np.uint64(8 * c) + m)
-        for q in range(c):
-            h = _mix((h * _M31) ^ chunks[q])
-        if m:
-            h = _mix((h * _M31) ^ chunk)
+        full = w // 8
+        h = _mix(np.uint64(w))
+        for q in range(full):
+            h = _mix((h * _M31) ^ words[q])
+        rest = w - 8 * full
+        if rest:
+            h = _mix((h * _M31) ^ (words[full] & ((np.uint64(1) << np.uint64(8 * rest)) - np.uint64(1))))
         out[r] = h
     return out, other
 
@@ -392,7 +395,7 @@ def _build() -> SimpleNamespace:
     for helper in ("_group_table", "_find", "_table_size", "_group_arrays", "_per_shingle"):
         glob[helper] = jit(getattr(glob[helper], "py_func", glob[helper]))
     return SimpleNamespace(byte_codes=jit(_byte_codes, (u8, b1, b1, b1)),
-                                token_hashes=jit(_token_hashes, (u8, u8, u8, u8, i64)),
+                                token_hashes=jit(_token_hashes, (u8, u8, u8, u8, i64, i64)),
                                 answer_hashes=jit(_answer_hashes, (u8, i64, i64, b1, u8)),
                                 shingle_keys=jit(_shingle_keys, (u64, i64, t.int64, u64)),
                                 prepare=jit(_prepare, (u64, i64, u64, i64, u64, i64, i64, i64, i64)),
@@ -404,9 +407,10 @@ compiled = _k.Compiled(_build)
 
 
 def token_hashes(seg: np.ndarray, bounds: np.ndarray, word_table: np.ndarray, separator_table: np.ndarray,
-                 single_table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                 single_table: np.ndarray, ends: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(uint64 token hashes, int64 token count per text) of a UTF-8 buffer with relative offsets, lowercased
-    except for ASCII letters, which may be in any case (`word_table` is for lowercase text)."""
+    except for ASCII letters, which may be in any case (`word_table` is for lowercase text). With `ends`, text
+    t is seg[bounds[t]:ends[t]] instead (spans, e.g. of the completions that hold them)."""
     c = np.ascontiguousarray
     kern = compiled()
     seg = c(seg, np.uint8)
@@ -416,7 +420,8 @@ def token_hashes(seg: np.ndarray, bounds: np.ndarray, word_table: np.ndarray, se
         codes, table = kern.byte_codes(seg, word, c(separator_table, np.bool_), c(single_table, np.bool_)), _CODES
     else:
         codes, table = seg, word.astype(np.uint8)
-    return kern.token_hashes(seg, codes, table, _LOWER, c(bounds, np.int64))
+    starts, ends = (bounds[:-1], bounds[1:]) if ends is None else (bounds, ends)
+    return kern.token_hashes(seg, codes, table, _LOWER, c(starts, np.int64), c(ends, np.int64))
 
 
 _CODES = np.arange(3, dtype=np.uint8)  # the class of each byte code `_byte_codes` gives is the code itself

@@ -59,10 +59,12 @@ from scipy.stats import fisher_exact
 
 from .stats import wilson_interval
 from ..findings import Evidence, Finding
-from ..layout import read_columns, to_canonical
+from ..layout import SPANS, read_columns, to_canonical
+from ..text import validity
 from . import kernels as _kernels
+from .screen_keys import byte_spans, int_values
 from .shingles import (SORT_KIND, SortedKeys, distinct, edge_runs, hashed_tokens, longest_runs, matching_spans,
-                       scope_of, scoped, shingle_of, shingles_from_ids)
+                       scope_of, scoped, shingle_of, shingles_from_ids, span_tokens)
 
 RESULT_SCHEMA = pa.schema([
     ("rollout_id", pa.string()), ("step", pa.int64()), ("split", pa.string()), ("condition", pa.string()),
@@ -195,8 +197,9 @@ class PreparedBatch:
         prompts = pc.dictionary_encode(pc.fill_null(batch.column("prompt").chunk(0), ""))
         prompt_of_row = prompts.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         group_of_row = _group_index(batch.column("group_id").chunk(0), n)
-        R, A, P, G = (shingles_from_ids(*hashed_tokens(texts), params.k) for texts in (
-            batch.column("reasoning"), batch.column("answer"), prompts.dictionary, gi.items.cast(pa.string())))
+        R, A, P, G = (shingles_from_ids(*tokens, params.k) for tokens in (
+            _tokens(batch, "reasoning"), _tokens(batch, "answer"), hashed_tokens(prompts.dictionary),
+            hashed_tokens(gi.items.cast(pa.string()))))
         names = gi.keys.cast(pa.string()).to_numpy(zero_copy_only=False).astype(object)
         r_off, g_off = _text_offsets(R, params.k), _text_offsets(G, params.k)
         common = dict(batch=batch, n=n, parent=parent, names=names, grader_shingles=G, g_off=g_off, reasoning=R,
@@ -320,6 +323,27 @@ def _tally(counted: np.ndarray, seen: np.ndarray, row: np.ndarray, r_off: np.nda
                  longest_runs(flag, rows, n), np.maximum(leading, trailing))
 
 
+def _tokens(batch: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """`hashed_tokens` of the batch's canonical column `name` (reasoning or answer). A batch of a part's columns
+    (`table_batches(..., spans=True)`) holds them as spans of the completion: those are tokenised where they lie
+    (`span_tokens`: no cut, no copy), unless some row's text was logged separately or the bytes are not ASCII,
+    where the texts are cut first (`to_canonical`). The same tokens either way."""
+    start, end = SPANS[name]
+    if start not in batch.column_names:  # canonical columns
+        return hashed_tokens(batch.column(name))
+    text = batch.column(name)
+    if text.null_count == len(text):  # every text is a span of its completion (or absent)
+        starts = batch.column(start).combine_chunks()
+        valid = validity(starts)
+        data, base, _ = byte_spans(batch.column("completion"))
+        lo = base + np.where(valid, int_values(starts), 0)
+        hi = np.where(valid, base + int_values(batch.column(end).combine_chunks()), lo)
+        hashed = span_tokens(data, lo, hi)
+        if hashed is not None:
+            return hashed
+    return hashed_tokens(to_canonical(batch.select([name, "completion", start, end])).column(name))
+
+
 def _text_offsets(shingles: Any, k: int) -> np.ndarray:
     """Offsets of each text's shingles (texts of fewer than k tokens have none)."""
     out = np.zeros(len(shingles.n_tokens) + 1, np.int64)
@@ -405,21 +429,25 @@ def scan_columns(layout: int) -> list[str]:
 def read_scan_columns(path: str | Path, layout: int) -> pa.Table:
     """The stored columns the scan needs of one part, every row (`table_batches` selects). Read without Arrow's
     thread pool: parts are read on the scan's own threads, and `read_table` (a dataset per file) cost 1.4-2.7
-    CPU s for the 200 parts of the 1M benchmark against 1.1-1.3 for `ParquetFile.read`."""
-    with pq.ParquetFile(path) as f:
+    CPU s for the 200 parts of the 1M benchmark against 1.1-1.3 for `ParquetFile.read`; and without
+    pre-buffering (its reads go through Arrow's I/O thread): 0.67-0.71 against 0.71-0.76 CPU s, one thread."""
+    with pq.ParquetFile(path, pre_buffer=False) as f:  # (pre-buffering hands the reads to Arrow's I/O thread)
         return f.read(columns=scan_columns(layout), use_threads=False)
 
 
-def table_batches(table: pa.Table, layout: int, rows: int) -> Iterator[pa.Table]:
-    """`part_batches` of a part's stored columns (`read_scan_columns`)."""
+def table_batches(table: pa.Table, layout: int, rows: int, spans: bool = False) -> Iterator[pa.Table]:
+    """`part_batches` of a part's stored columns (`read_scan_columns`). With `spans` (and a part of layout 2 or
+    more), the batches keep the part's columns for the reasoning and the answer (their text, the completion and
+    the span columns) instead of cutting the texts out: `PreparedBatch.of` tokenises them where they lie."""
     maps = table.column("grader_inputs").combine_chunks()
     entries = np.diff(np.asarray(maps.offsets.to_numpy(zero_copy_only=False), np.int64))
     # a null map has no entries: dropped, as SQL's WHERE drops cardinality(NULL) > 0
     table = table.filter(pa.array(entries > 0) if maps.null_count == 0 else
                          pc.and_(pa.array(entries > 0), maps.is_valid()))
-    if layout >= 2:
-        table = to_canonical(table)
-    table = table.select(_COLUMNS)
+    if layout >= 2 and spans:
+        table = table.select(_COLUMNS + ["completion", *SPANS["reasoning"], *SPANS["answer"]])
+    else:
+        table = (to_canonical(table) if layout >= 2 else table).select(_COLUMNS)
     for start in range(0, table.num_rows, rows):
         yield table.slice(start, rows)
 

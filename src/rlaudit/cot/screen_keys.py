@@ -126,22 +126,27 @@ def keys_of(raw: pa.Table, layout: int) -> pa.Table:
 
 def _answer_keys(table: pa.Table, spans: bool) -> np.ndarray:
     """`answer_hash` of each row's canonical answer. With the compiled kernel, an answer that is a span of the
-    completion is hashed in place (no cut, no lowercased copy); answers with non-ASCII bytes, which `utf8_lower`
-    must map, go through `answer_hash` itself. Both give the same keys (tests/detectors/test_cot_kernels.py)."""
+    completion is hashed in place (no cut, no lowercased copy), and the answer column is hashed only for rows
+    without a span (in parts written by ingest, none: it is all null); answers with non-ASCII bytes, which
+    `utf8_lower` must map, go through `answer_hash` itself. Both give the same keys
+    (tests/detectors/test_cot_kernels.py)."""
     if not _kernels.use_numba():
         return answer_hash(to_canonical(table.select(read_columns(["answer"]))).column("answer") if spans
                            else table.column("answer"))
-    ck, other = _kernels.answer_hashes(*_spans(table.column("answer")), _WHITESPACE)
+    valid = np.zeros(table.num_rows, bool)
     if spans:
         start = table.column("_answer_start").combine_chunks()
-        if start.null_count < len(start):
-            valid = validity(start)
-            cdata, base, _ = _spans(table.column("completion"))
-            lo = base + pc.fill_null(start, 0).to_numpy().astype(np.int64)
-            hi = np.where(valid, base + pc.fill_null(table.column("_answer_end").combine_chunks(), 0)
-                          .to_numpy().astype(np.int64), lo)
-            span_ck, span_other = _kernels.answer_hashes(cdata, lo, hi, _WHITESPACE)
-            ck, other = np.where(valid, span_ck, ck), np.where(valid, span_other, other)
+        valid = validity(start)
+    if valid.all():
+        ck, other = np.zeros(table.num_rows, np.uint64), np.zeros(table.num_rows, bool)
+    else:
+        ck, other = _kernels.answer_hashes(*byte_spans(table.column("answer")), _WHITESPACE)
+    if valid.any():
+        cdata, base, _ = byte_spans(table.column("completion"))
+        lo = base + np.where(valid, int_values(start), 0)
+        hi = np.where(valid, base + int_values(table.column("_answer_end").combine_chunks()), lo)
+        span_ck, span_other = _kernels.answer_hashes(cdata, lo, hi, _WHITESPACE)
+        ck, other = np.where(valid, span_ck, ck), np.where(valid, span_other, other)
     rows = np.flatnonzero(other)
     if len(rows):  # non-ASCII answers: Arrow's utf8_lower, then the numpy hash
         subset = table.take(pa.array(rows)).select(read_columns(["answer"]) if spans else ["answer"])
@@ -149,10 +154,21 @@ def _answer_keys(table: pa.Table, spans: bool) -> np.ndarray:
     return ck
 
 
-def _spans(strings: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def int_values(array: pa.Array) -> np.ndarray:
+    """The int64 values of an integer array, whatever its null slots hold (the caller masks them): no
+    `fill_null` (an Arrow kernel call per column, which also imports pandas on first use)."""
+    if array.null_count == 0:
+        return array.to_numpy().astype(np.int64)
+    if array.null_count == len(array) or array.buffers()[1] is None:
+        return np.zeros(len(array), np.int64)
+    width = np.dtype(f"<i{array.type.bit_width // 8}")  # the span columns are int32
+    return np.frombuffer(array.buffers()[1], width, len(array), array.offset * width.itemsize).astype(np.int64)
+
+
+def byte_spans(strings: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(data buffer, start, end): each string is data[start[i]:end[i]] (int64); a null is empty."""
-    if isinstance(strings, pa.ChunkedArray):
-        strings = strings.combine_chunks()
+    if isinstance(strings, pa.ChunkedArray):  # (combine_chunks copies even a single chunk)
+        strings = strings.chunk(0) if strings.num_chunks == 1 else strings.combine_chunks()
     if not pa.types.is_large_string(strings.type):
         strings = strings.cast(pa.string())
     width = np.int64 if pa.types.is_large_string(strings.type) else np.int32

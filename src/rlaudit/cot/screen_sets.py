@@ -6,8 +6,9 @@ cached answer keys (`screen_keys`) of the whole run by (group, key): 10M rows at
 audit, usually to find no pair at all. A set of two rows with the same group and key lies within one part
 unless the group spans parts, so:
 
-- per part (`<keys cache>/sets/`): its candidate rows, those whose (group, key) occurs at least twice in the
-  part (`<part>.parquet`, mostly empty), and the sorted 64-bit hashes of its groups (`<part>.groups.npy`);
+- per part (`<keys cache>/sets/`): the sorted 64-bit hashes of its groups (`<part>.groups.npy`, which marks the
+  part done) and its candidate rows, those whose (group, key) occurs at least twice in the part
+  (`<part>.parquet`, written before the hashes and only where there are any: nearly every part has none);
 - per run, an index: the sorted group hashes of a set of parts known to share no group
   (`sets/index/<digest>.npy`, with the parts in `<digest>.json`), extended by the parts added since once there
   are INDEX_AT of them.
@@ -55,15 +56,23 @@ def candidate_keys(store: Store, run: str, keys_dir: Path, where: str,
     files = []
     for part in parts:
         cand, grp = d / f"{part.stem}.parquet", d / f"{part.stem}.groups.npy"
-        if not (cand.is_file() and grp.is_file()) and not _summarise(keys_dir / f"{part.stem}.parquet", cand, grp):
+        if not grp.is_file() and not _summarise(keys_dir / f"{part.stem}.parquet", cand, grp):
             return None
-        files.append(cand)
+        if cand.is_file():  # written before the group hashes, and only where the part has candidates
+            files.append(cand)
         groups[part.stem] = grp
     _prune_parts(d, set(groups))
     if not _disjoint(d / "index", groups):
         return None
+    if not files:
+        return f"(SELECT * FROM ({_NO_ROWS}) WHERE FALSE AND {where})"
     files = segments.covering(files, "sets", held=held)
     return f"(SELECT * FROM read_parquet({sql_list([str(f) for f in files])}) WHERE {where})"
+
+
+#: The columns of the cached keys (`screen_keys`), without rows: the candidates of a run where no part has any.
+_NO_ROWS = ("SELECT NULL::VARCHAR AS rollout_id, NULL::BIGINT AS step, NULL::VARCHAR AS split, "
+            "NULL::VARCHAR AS group_id, NULL::UBIGINT AS ck")
 
 
 def _summarise(keys: Path, cand: Path, grp: Path) -> bool:
@@ -84,15 +93,26 @@ def save_sets(keys_dir: Path, stem: str, table: pa.Table) -> pa.Table | None:
 
 
 def _write_sets(table: pa.Table, cand: Path, grp: Path) -> pa.Table | None:
-    counts = table.group_by(["group_id", "ck"], use_threads=False).aggregate([("ck", "count")])
-    twice = counts.filter(pc.greater_equal(counts.column("ck_count"), 2)).drop_columns(["ck_count"])
+    """Write one part's group hashes, and its candidate rows where it has any (the file of a part without
+    candidates, nearly every part, is not written: the group hashes, written last, mark the part done)."""
+    group = table.column("group_id")
+    group = group.chunk(0) if group.num_chunks == 1 else group.combine_chunks()
+    encoded = pc.dictionary_encode(group)
+    ids = encoded.indices.to_numpy(zero_copy_only=False) if group.null_count == 0 else \
+        pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
+    repeated = _repeated(ids, table.column("ck").to_numpy())
     # (an empty table of the schema, not a slice: kept by the caller, a slice would hold the part's keys)
-    rows = table.join(twice, ["group_id", "ck"], join_type="inner", use_threads=False) if len(twice) else \
-        table.schema.empty_table()
-    rows = rows.select(table.schema.names)
-    hashes = np.unique(_hash(table.column("group_id")))
-    if not isinstance(write_cached(cand, rows, compression="lz4"), Path):
-        return None
+    rows = table.take(pa.array(repeated)) if len(repeated) else table.schema.empty_table()
+    # each distinct group once (a null group hashes as the empty string, as it did row by row)
+    names = encoded.dictionary if group.null_count == 0 else pa.concat_arrays([encoded.dictionary,
+                                                                               pa.array([""], group.type)])
+    hashes = np.unique(_hash(names))
+    if len(rows):
+        if not isinstance(write_cached(cand, rows, compression="lz4"), Path):
+            return None
+    else:
+        with contextlib.suppress(OSError):  # a stale file of an earlier write of the part
+            cand.unlink(missing_ok=True)
     try:
         _atomic_save(grp, hashes)
     except OSError:
@@ -100,10 +120,28 @@ def _write_sets(table: pa.Table, cand: Path, grp: Path) -> pa.Table | None:
     return rows
 
 
-def _hash(strings: pa.ChunkedArray) -> np.ndarray:
-    from .screen_keys import _spans
+def _repeated(group: np.ndarray, key: np.ndarray) -> np.ndarray:
+    """The rows (ascending) whose (group, key) pair occurs at least twice: the candidate rows."""
+    if len(key) < 2:
+        return np.zeros(0, np.int64)
+    by_key = np.sort(key)
+    dup = by_key[1:] == by_key[:-1]
+    if not dup.any():  # no two rows share a key (most parts): one sort decides
+        return np.zeros(0, np.int64)
+    rows = np.flatnonzero(np.isin(key, by_key[1:][dup]))  # only rows whose key repeats can pair
+    order = rows[np.lexsort((group[rows], key[rows]))]
+    g, k = group[order], key[order]
+    same = (g[1:] == g[:-1]) & (k[1:] == k[:-1])
+    twice = np.zeros(len(order), bool)
+    twice[1:] |= same
+    twice[:-1] |= same
+    return np.sort(order[twice])
 
-    return byte_span_hashes(*_spans(strings))
+
+def _hash(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    from .screen_keys import byte_spans
+
+    return byte_span_hashes(*byte_spans(strings))
 
 
 def _disjoint(d: Path, groups: dict[str, Path]) -> bool:

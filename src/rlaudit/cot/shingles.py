@@ -205,6 +205,19 @@ def hashed_tokens(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nda
     return hashes, offsets
 
 
+def span_tokens(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """`hashed_tokens` of the texts data[starts[i]:ends[i]] (byte spans of one UTF-8 buffer, e.g. reasonings
+    within their completions) without cutting them out, with the compiled kernel: the same hashes and offsets.
+    None where the numpy path runs or the buffer is not all ASCII (`utf8_lower` would have to map it): the
+    caller then cuts the texts and calls `hashed_tokens`."""
+    if not _kernels.use_numba() or (len(data) and data.max() >= 0x80):
+        return None
+    hashes, counts = _kernels.token_hashes(data, starts, _WORD_BYTE, _SEPARATOR, _SINGLE, ends=ends)
+    offsets = np.zeros(len(starts) + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return hashes, offsets
+
+
 def _utf8_buffer(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(bytes, offsets relative to them) of a string array without nulls."""
     n = len(strings)
