@@ -843,8 +843,8 @@ def bound_memory(con: duckdb.DuckDBPyConnection, root: str | Path | None = None,
 
 
 class _Writers:
-    """An ingest's part writers: each file's part is written by a worker thread, at most `n` at once (zstd is
-    the slowest stage of ingest's pipeline: one writer left the second core idle), from the tables the caller
+    """An ingest's part writers: each file's part is written by a worker thread, at most `n` at once (encoding
+    and compressing a part is the slowest stage of ingest's pipeline: one writer left the second core idle), from the tables the caller
     hands over in file order (`write`; a short queue per part, so memory stays bounded by `n`). Leaving the
     block with an error aborts the parts still being written (their temporary files are removed, as when the
     caller wrote them)."""
