@@ -13,7 +13,7 @@ For each format it writes a synthetic run in the trainer's layout into a temp di
 - bare read: every file read into Arrow and dropped (pyarrow.parquet.read_table / pyarrow.json.read_json), the
   floor any reader pays;
 - ingest: `Store(tmp).ingest(dir)` into an empty store (parse, validate, group, split reasoning, label
-  conditions, write zstd Parquet parts).
+  conditions, write LZ4 Parquet parts).
 
 CPU seconds (all threads, from getrusage) are printed next to wall time: on a shared machine they are the less
 noisy comparison.

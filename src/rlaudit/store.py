@@ -60,6 +60,12 @@ _ROW_GROUP = 64_000
 # Dictionary-encode only the repetitive columns: trying it on unique texts (completion, reasoning, answer) doubles
 # write time for no size gain (benchmarks/ingest.py).
 _DICTIONARY_COLUMNS = ["run", "split", "group_id", "condition", "system_prompt", "task", "prompt"]
+# The parts' codec: LZ4 (LZ4_RAW in the file), not zstd. Every part is written once by ingest and decoded by every
+# cold detector (emerging, generalization's per-part statistics, attribution, cot_grading), so the codec is chosen
+# by the whole cold audit's CPU (docs/performance.md, branch ingestz: at 1M, ingest ~0.7 and the detectors' reads
+# ~1.1 CPU s less than zstd level 1) for 1.5x the disk (237 against 155 MB). Readers never name a codec: parts
+# written with zstd by earlier versions stay as they are and are read beside new ones.
+PART_CODEC: dict[str, Any] = {"compression": "lz4"}
 
 
 @dataclass
@@ -474,9 +480,7 @@ class Store:
         rows = 0
         lo = hi = None
         try:
-            # zstd level 1: the same size as the default level on rollout text, at ~2/3 of the write time.
-            with pq.ParquetWriter(tmp, PART_SCHEMA, compression="zstd", compression_level=1,
-                                  use_dictionary=_DICTIONARY_COLUMNS) as writer:
+            with pq.ParquetWriter(tmp, PART_SCHEMA, use_dictionary=_DICTIONARY_COLUMNS, **PART_CODEC) as writer:
                 for table in tables:
                     if table.num_rows:
                         writer.write_table(table, row_group_size=_ROW_GROUP)
@@ -839,8 +843,8 @@ def bound_memory(con: duckdb.DuckDBPyConnection, root: str | Path | None = None,
 
 
 class _Writers:
-    """An ingest's part writers: each file's part is written by a worker thread, at most `n` at once (zstd is
-    the slowest stage of ingest's pipeline: one writer left the second core idle), from the tables the caller
+    """An ingest's part writers: each file's part is written by a worker thread, at most `n` at once (encoding
+    and compressing a part is the slowest stage of ingest's pipeline: one writer left the second core idle), from the tables the caller
     hands over in file order (`write`; a short queue per part, so memory stays bounded by `n`). Leaving the
     block with an error aborts the parts still being written (their temporary files are removed, as when the
     caller wrote them)."""

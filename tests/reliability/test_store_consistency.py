@@ -333,3 +333,36 @@ def test_a_failure_with_parts_in_flight_keeps_the_previous_version(tmp_path, mon
     report = store.ingest(src, run="r")  # the next ingest stores the new files and removes the orphans
     assert report.files_read == 4 and store.summary("r").rows == 80 + 4 * 40 - (fail == "reader")
     assert sorted(p.name for p in parts.iterdir()) == sorted(p.name for p in store.parts("r"))
+
+
+# ---------------------------------------------------------------- the parts' codec (`store.PART_CODEC`)
+def test_parts_of_an_older_codec_stay_and_are_read_beside_new_ones(tmp_path, monkeypatch):
+    """A run stored with zstd parts (before LZ4) and grown by an ingest of this version: the old parts are kept
+    byte for byte, the new ones are LZ4, and the run reads (Arrow and DuckDB) as a run written with one codec."""
+    import duckdb
+    import pyarrow.parquet as pq
+
+    def codecs(store: Store) -> dict[str, set[str]]:
+        return {p.name: {pq.ParquetFile(p).metadata.row_group(0).column(i).compression
+                         for i in range(pq.ParquetFile(p).metadata.num_columns)} for p in store.parts("r")}
+
+    src = _run_dir(tmp_path, files=2, rows=40)
+    old = Store(tmp_path / "old")
+    monkeypatch.setattr("rlaudit.store.PART_CODEC", {"compression": "zstd", "compression_level": 1})
+    old.ingest(src, run="r")
+    monkeypatch.undo()
+    before = {name: (old.run_dir("r") / "parts" / name).read_bytes() for name in codecs(old)}
+    assert set().union(*codecs(old).values()) == {"ZSTD"}
+    for f in range(2, 4):
+        _lines(src / f"part{f}.jsonl", f * 40, (f + 1) * 40)
+    old.ingest(src, run="r")
+    now = codecs(old)
+    assert {name: (old.run_dir("r") / "parts" / name).read_bytes() for name in before} == before
+    assert [v for k, v in now.items() if k not in before] == [{"LZ4"}, {"LZ4"}]
+    new = Store(tmp_path / "new")
+    new.ingest(src, run="r")
+    assert set().union(*codecs(new).values()) == {"LZ4"}
+    assert old.table("r").equals(new.table("r"))
+    query = "SELECT * FROM read_parquet({}) ORDER BY step, prompt"
+    rows = [duckdb.sql(query.format([str(p) for p in s.parts("r")])).fetchall() for s in (old, new)]
+    assert rows[0] == rows[1] and len(rows[0]) == 160
