@@ -54,7 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import kernels, segments, styles
+from . import kernels, memory, segments, styles
 from .behaviors import STYLE_FEATURES, TOKEN_PATTERN, parse_behavior
 from .layout import view_columns
 from .cot.shingles import splitmix64
@@ -108,19 +108,6 @@ def ngram_rows_sql(source: str, key: str, column: str, max_n: int = 3) -> str:
         parts.append(f"SELECT {key}, {expr} AS term FROM pos{cond}")
     return (f"WITH pos AS (SELECT {key}, {shifted} FROM (SELECT {key}, {tokens_sql(column)} AS tk FROM {source})) "
             + " UNION ALL ".join(parts))
-
-
-def _scope_columns() -> str:
-    style = []
-    for col, where, name in style_columns():
-        sql = parse_behavior(f"style:{name}").sql(where)
-        style.append(f"{sql} AS {col}")
-    return ", ".join([
-        "rollout_id", "step", "split", "condition", "task", "group_id",
-        "hash(coalesce(prompt, '')) AS prompt_key",
-        "(reasoning IS NOT NULL AND length(trim(reasoning)) > 0) AS has_reasoning",
-        *style,
-    ])
 
 
 def vocabulary(store: Store, run: str, options: VocabOptions = VocabOptions()) -> pa.Table:
@@ -299,14 +286,14 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
         return out
 
     # batches are computed by `workers()` threads (numpy, Arrow and DuckDB release the GIL), each writing its
-    # own parts' files (term sets, per-step counts and the cell tables `termcells.term_cells` reads), so at most
-    # that many batches are in memory at once; the kinds read through segments are merged from the tables at
-    # hand where a segment's parts are all computed now (`_fresh_segments`)
+    # own parts' files (term sets, per-step counts and the cell tables `termcells.term_cells` reads), in order
+    # through `memory.in_order`: at most one computed batch per thread waits for this thread (`Executor.map`
+    # would run ahead through every batch and keep each result until taken); the kinds read through segments
+    # are merged from the tables at hand where a segment's parts are all computed now (`_fresh_segments`)
     fresh = _fresh_segments(vdir, parts, missing) if persist and only is None and missing else None
     # one DuckDB database for the batches' reads (each through a cursor), closed after the workers are done
-    with (_database() if missing else contextlib.nullcontext()) as db, fresh or contextlib.nullcontext(), \
-            ThreadPoolExecutor(max_workers=max(1, min(n_workers, len(batches)))) as pool:
-        for result in pool.map(compute, batches):
+    with (_database() if missing else contextlib.nullcontext()) as db, fresh or contextlib.nullcontext():
+        for result in memory.in_order(compute, batches, max(1, min(n_workers, len(batches))), "rlaudit-terms"):
             for path, entry, cells, tables in result:
                 done[path.name] = entry
                 termcells.remember(store, path.name, entry["terms"], cells)
@@ -344,8 +331,6 @@ def workers() -> int:
     (`rlaudit.memory`) leaves less than WORKER_MEMORY per extra thread beside DuckDB's share (a batch of
     BATCH_ROWS rollouts takes a few hundred MB while it is tokenised). `RLAUDIT_THREADS` overrides this, as it
     does for every per-part pool."""
-    from . import memory
-
     setting = memory.threads_setting()
     if setting is not None:
         return setting
