@@ -142,8 +142,9 @@ def covering(paths: list[Path], kind: str, merge: bool = True, held: dict[str, p
     segments and the files they do not hold, and for a file that is not there (`Fresh` wrote its rows into a
     segment only) its rows in a segment that holds it (`Rows`; read them with `select_sql`). With `merge`,
     first merge what has accumulated (see module doc), into segments compressed with `compression` (DuckDB's
-    name: "lz4", "uncompressed", ...). Without `merge` `paths` may be any subset of the run's files (a reader of
-    a few parts).
+    name: "lz4", "uncompressed", ...): `paths` must then be every file of the run (a merge removes the segments
+    holding others after GRACE: their members have left the run). Without `merge` `paths` may be any subset
+    of the run's files (a reader of a few parts).
 
     `held`: the rows of loose files the caller has just written and still holds (file name -> table, one schema):
     a level-1 segment of held files only is written from them instead of being read back from the files (a cold

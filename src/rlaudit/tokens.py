@@ -189,8 +189,9 @@ class TermSets:
 
     def register(self, con: duckdb.DuckDBPyConnection, terms: str = "rt", counts: str | None = "step_counts"
                  ) -> None:
-        """Views `terms` (one row per rollout) and `counts` (per part and step; None: no such view) over the
-        cached parts."""
+        """Views `terms` (one row per rollout) and `counts` (per part and step) over the cached parts. `counts`
+        only for the run's every part (its segments are merged, which needs the whole run: `segments.covering`);
+        None for a subset of them."""
         # the term sets (one row per rollout) are read for a few parts at a time
         union_view(con, terms, [p["terms"] for _, p in self.parts], lambda: _EMPTY["terms"])
         if counts is not None:  # read whole by every audit: through segments
