@@ -9,23 +9,26 @@ from one file holding the same rows). So the files of one kind are merged like a
 - FANOUT consecutive loose files (in the run's part order) become one level-1 segment; FANOUT segments of one
   level become one of the next level. A view then reads at most FANOUT - 1 loose files and segments per level
   (about 35 files for 2,000 parts), and every row is rewritten once per level (log_FANOUT of the parts).
-- A segment lists the files it holds in its footer (`rlaudit_members`), is written atomically under a name
-  derived from that list (two audits merging at once write the same file), and is used only when every file it
-  holds is among those asked for; otherwise those files are read loose. The loose files stay (views over a
-  subset of the parts, such as the window steps', read them) until their parts leave the run. A segment that
-  cannot be read (torn) is not used, and the next merge writes it again.
+- A segment lists the files it holds in its footer (`rlaudit_members`) with each one's row count
+  (`rlaudit_rows`: the rows are written in member order, so a member's rows are one range), is written
+  atomically under a name derived from that list (two audits merging at once write the same file), and is
+  used whole only when every file it holds is among those asked for; otherwise those files are read loose, or,
+  where a file is not there, by its row range of a segment holding it (DuckDB skips the row groups outside
+  it). The loose files stay until their parts leave the run. A segment that cannot be read (torn) is not used,
+  and the next merge writes it again.
 - A segment merged into a larger one is removed after GRACE seconds (an audit that opened a view over it may
   still be reading it).
 
 A merge that fails (disk full, read-only store) leaves the loose files: segments cost speed, never results.
 
 The merges of one `covering` call share one DuckDB connection (opening one costs ~13 ms of CPU; merging 16 files
-of per-step counts, ~20). Where the files are being written now (a cold audit computing every part: `Fresh`), the
-level-1 segments the next merge would write are written from the tables in memory as soon as all their members'
-files are: nothing is read back, and DuckDB's COPY from Arrow costs 20-50% less CPU than from the 16 files. They
-are the same files, with the same names and rows, as the merge would write. One 16-part group of the 1M-rollout
-benchmark, its four kinds (counts, cells, cellterms, promptterms; DuckDB 2.0): 0.26 CPU s merged from the files
-with a connection each, 0.12 from memory (with `termcells.SEGMENT_COMPRESSION`).
+of per-step counts, ~20). Where the files are being computed now (a cold audit computing every part: `Fresh`),
+the level-1 segments the next merge would write are written from the tables in memory, and their members' files
+are not written at all: each row is written once (the 1M-rollout benchmark's per-part files of those kinds cost
+~1.5 CPU s on top of the segments). They are the same segments, with the same names and rows, as the merge
+would write. One 16-part group of the 1M-rollout benchmark, its four kinds (counts, cells, cellterms,
+promptterms; DuckDB 2.0): 0.26 CPU s merged from the files with a connection each, 0.12 from memory (with
+`termcells.SEGMENT_COMPRESSION`).
 """
 
 from __future__ import annotations
@@ -416,6 +419,20 @@ class Fresh:
                 self._give_up(group)
                 return
             self._drop(group)
+
+    def written(self, path: Path, written: Path | pa.Table, table: pa.Table) -> None:
+        """For a caller that writes every file itself (attribution's per-part tables, read per part by their
+        own readers): `table` was written to `path` (`written` is the path, or the table where the write
+        failed, which gives up its group). The segment is then a second copy, written from memory instead of
+        from the files."""
+        if not isinstance(written, Path):
+            for p in self._group.get(path, (None, []))[1]:
+                self._group.pop(p, None)
+                t = self._held.pop(p, None)
+                self._bytes -= t[0].nbytes if t is not None else 0
+            return
+        if path in self._group:
+            self.add(path, table, lambda: path)
 
     def _give_up(self, group: list[Path]) -> None:
         """Write the group's files held so far; those still to come are written as they are added."""
