@@ -278,23 +278,96 @@ def test_focus_rows_are_reused_within_an_audit(tmp_path):
         f"SELECT * FROM f1 WHERE term_id = {b} ORDER BY ALL").fetchall()
 
 
-def test_a_cold_audit_writes_its_segments_from_memory(tmp_path, monkeypatch):
-    """Term sets computed for every part (a cold audit): the segments of the kinds read through them (per-step
-    counts, cell tables) are written while the parts are computed, with the rows of the per-part files, and
-    the views read them without merging anything."""
+def _segment_run(tmp_path, monkeypatch, fanout=2):
+    """The test store cold with FANOUT `fanout` (its two parts make one segment), and a copy of it whose term
+    sets are computed with no segment planned (every per-part file written, as before segments from memory)."""
+    import shutil
+
     from rlaudit.derived import segments
 
-    monkeypatch.setattr(segments, "FANOUT", 2)  # the test store's two parts make one segment
     store = _store(tmp_path)
+    shutil.copytree(store.root, tmp_path / "files")
+    monkeypatch.setattr(segments, "FANOUT", 10 ** 6)
+    ref = tokens.term_sets(Store(tmp_path / "files"), "r")
+    monkeypatch.setattr(segments, "FANOUT", fanout)
+    return store, ref
+
+
+def test_a_cold_audit_writes_its_segments_from_memory_and_no_per_part_files(tmp_path, monkeypatch):
+    """Term sets computed for every part (a cold audit): the kinds read through segments (per-step counts, cell
+    tables) are written once, into segments from memory, not also as per-part files; the segments hold each
+    part's rows as a range equal to the file that would have been written, and the views read them without
+    merging anything."""
+    from rlaudit.derived import segments
+
+    store, ref = _segment_run(tmp_path, monkeypatch)
     sets = tokens.term_sets(store, "r")
     files = {name: {**p, **termcells.cached(Path(p["terms"]), name)} for name, p in sets.parts}
+    want = {name: {**p, **termcells.cached(Path(p["terms"]), name)} for name, p in ref.parts}
     for kind in ("counts", *termcells.KINDS):
         paths = [Path(files[name][kind]) for name, _ in sets.parts]
+        assert not any(p.is_file() for p in paths), kind  # written once: into the segment
+        assert all(Path(f["terms"]).is_file() for f in files.values())
         seg = list((paths[0].parent / "segments" / kind).glob("L1-*.parquet"))
         assert len(seg) == 1, kind
-        whole = pa.concat_tables([pq.read_table(p) for p in paths])
+        whole = pa.concat_tables([pq.read_table(want[name][kind]) for name, _ in sets.parts])
         assert pq.read_table(seg[0]).replace_schema_metadata(None).cast(whole.schema).equals(whole), kind
+        for name, _ in sets.parts:  # each part's range
+            assert segments.read_member(Path(files[name][kind]), kind).cast(whole.schema).equals(
+                pq.read_table(want[name][kind])), kind
     merges = []
     monkeypatch.setattr(segments, "_write", lambda *a, **k: merges.append(a))
     _check(store)
     assert not merges
+    _check(Store(store.root))  # another process: cached, from the segments
+    assert not merges
+
+
+def test_parts_held_by_a_segment_only_are_read_alone_and_cached(tmp_path, monkeypatch):
+    """A part whose tables a segment holds (no files): a reader of that part alone (the window's cell terms,
+    the focus scan of new parts) gets exactly its rows, and the part counts as cached (nothing recomputed)."""
+    store, ref = _segment_run(tmp_path, monkeypatch)
+    sets = tokens.term_sets(store, "r")
+    cells = termcells.term_cells(store, "r", sets)
+    ref_cells = termcells.term_cells(Store(tmp_path / "files"), "r", ref)
+    for name, _ in sets.parts:
+        for kind in termcells.KINDS:
+            got, want = duckdb.connect(), duckdb.connect()
+            cells.register(got, kind, "v", only={name})
+            ref_cells.register(want, kind, "v", only={name})
+            assert sorted(got.sql("SELECT * FROM v").fetchall()) == sorted(want.sql("SELECT * FROM v").fetchall())
+    computed: list[str] = []
+    real = tokens._compute_parts
+    monkeypatch.setattr(tokens, "_compute_parts",
+                        lambda paths, *a, **k: computed.extend(p.name for p in paths) or real(paths, *a, **k))
+    _check(Store(store.root))
+    assert computed == []
+
+
+def test_a_replaced_part_of_a_segment_gives_the_tables_of_a_cold_run(tmp_path, monkeypatch):
+    """A part replaced after a cold audit wrote its tables into a segment with another part's: every table
+    equals a cold computation of the new run (the old part's rows are not read: a replaced part changes the
+    vocabulary, so every part is computed again under a new id; `tests/core/test_segments.py` checks that a
+    segment missing a member is not read whole in any case)."""
+    import shutil
+
+    store, _ = _segment_run(tmp_path, monkeypatch)
+    _check(store)
+    table = simulate_run("goblin_persona", steps=8, prompts=6, generations=4, seed=4, run_name="r").canonical()
+    store.append("r", table.filter(pc.greater_equal(table["step"], 6)), key="b")  # replaces part b
+    cold = tmp_path / "cold"
+    shutil.copytree(store.root, cold)
+    shutil.rmtree(Store(cold).run_dir("r") / "derived")
+    computed: list[str] = []
+    real = tokens._compute_parts
+    monkeypatch.setattr(tokens, "_compute_parts",
+                        lambda paths, *a, **k: computed.extend(p.name for p in paths) or real(paths, *a, **k))
+    again = Store(store.root)
+    _check(again)
+    assert sorted(computed) == sorted(p.name for p in store.parts("r"))
+    con = _merged(termcells.term_cells(again, "r", tokens.term_sets(again, "r")))
+    ref = _merged(termcells.term_cells(Store(cold), "r", tokens.term_sets(Store(cold), "r")))
+    for kind in termcells.KINDS:
+        cols = "* EXCLUDE (part)" if kind == "cells" else "*"
+        assert sorted(con.sql(f"SELECT {cols} FROM {kind}").fetchall()) == sorted(
+            ref.sql(f"SELECT {cols} FROM {kind}").fetchall()), kind

@@ -148,10 +148,35 @@ def _tables(files):
     return [pq.read_table(f) for f in files]
 
 
+def _fresh(files, fresh, written, **kw):
+    """Hand `files` (every file of a run, `fresh` the ones computed now) to a `Fresh` as a cold audit does: a
+    planned file's table to `add`, the others written by the caller; `written` collects every file write."""
+    tables = {f: pq.read_table(f) for f in files}
+    for f in fresh:
+        f.unlink()
+
+    def write(f, t):
+        written.append(f)
+        pq.write_table(t, f)
+        return f
+
+    with segments.Fresh({"cells": (files, "lz4")}, set(fresh), **kw) as plan:
+        for f in files:
+            if f not in fresh:
+                continue
+            if plan.planned(f):
+                plan.add(f, tables[f], lambda f=f: write(f, tables[f]))
+            else:
+                write(f, tables[f])
+    return plan, tables
+
+
 def test_fresh_writes_from_memory_the_segments_a_merge_would_write(tmp_path):
-    """Files being written now (a cold audit): the level-1 segments holding only them are written from their
-    tables as each group completes, under the names and with the rows of the segments a merge writes."""
+    """Files being computed now (a cold audit): the level-1 segments holding only them are written from their
+    tables as each group completes, under the names and with the rows of the segments a merge writes, and those
+    files are not written at all; the files outside such a group are."""
     files = parts(tmp_path, 2 * FANOUT + 3)
+    want_rows = rows(files)
     merged = tmp_path / "merged"
     merged.mkdir()
     copies = []
@@ -159,28 +184,99 @@ def test_fresh_writes_from_memory_the_segments_a_merge_would_write(tmp_path):
         copies.append(merged / f.name)
         copies[-1].write_bytes(f.read_bytes())
     want = covering(copies, "cells")  # merged from the files
-    with segments.Fresh({"cells": (files, "lz4")}, set(files[1:])) as fresh:  # the first file was there before
-        for f, t in zip(files, _tables(files)):
-            fresh.add(f, f, t)
+    written: list = []
+    _fresh(files, files[1:], written)  # the first file was there before
     second = [p for p in want if p.name.startswith("L1-") and json.loads(pq.read_schema(p).metadata[b"rlaudit_members"])
               == [f.name for f in files[FANOUT:2 * FANOUT]]]
     seg_dir = tmp_path / "segments" / "cells"
-    written = sorted(p.name for p in seg_dir.iterdir())
-    assert written == [second[0].name]  # the second group; the first holds a file not written now
+    written_segs = sorted(p.name for p in seg_dir.iterdir())
+    assert written_segs == [second[0].name]  # the second group; the first holds a file not written now
+    assert sorted(written) == sorted(files[1:FANOUT] + files[2 * FANOUT:])  # the second group's files: not
     ref = pq.read_table(second[0])  # DuckDB marks columns read from Parquet without nulls NOT NULL
-    assert pq.read_table(seg_dir / written[0]).cast(ref.schema).equals(ref)
+    assert pq.read_table(seg_dir / written_segs[0]).cast(ref.schema).equals(ref)
     got = covering(files, "cells")
-    assert [p.name for p in got] == [p.name for p in want] and rows(got) == rows(files)
+    assert [p.name for p in got] == [p.name for p in want] and rows(got) == want_rows
+    assert segments.held(seg_dir) == {f.name for f in files[:2 * FANOUT]}  # both record their rows
 
 
-def test_fresh_gives_up_a_group_it_cannot_hold_or_whose_file_failed(tmp_path):
+def test_fresh_gives_up_a_group_it_cannot_hold_or_write(tmp_path, monkeypatch):
+    """A group whose tables exceed the budget, or whose segment cannot be written, gets its files after all."""
     files = parts(tmp_path, 2 * FANOUT)
-    tables = _tables(files)
-    with segments.Fresh({"cells": (files, "lz4")}, set(files), hold=tables[0].nbytes * (FANOUT - 1)) as fresh:
-        for i, (f, t) in enumerate(zip(files, tables)):
-            fresh.add(f, t if i == FANOUT else f, t)  # the second group's first file could not be written
-    assert not (tmp_path / "segments").exists()
-    assert rows(covering(files, "cells")) == rows(files)  # merged from the files instead
+    want = rows(files)
+    one = pq.read_table(files[0]).nbytes
+    written: list = []
+    _fresh(files, files, written, hold=one * (FANOUT - 1))
+    assert sorted(written) == sorted(files) and not (tmp_path / "segments").exists()
+    assert rows(covering(files, "cells")) == want  # merged from the files instead
+
+    other = tmp_path / "b"
+    other.mkdir()
+    files = parts(other, 2 * FANOUT)
+    real = segments._write
+
+    def fail_second(seg_dir, level, sources, *a, **k):
+        if sources[0][0] == files[FANOUT]:
+            raise OSError(28, "No space left on device")
+        return real(seg_dir, level, sources, *a, **k)
+
+    monkeypatch.setattr(segments, "_write", fail_second)
+    written = []
+    _fresh(files, files, written)
+    assert sorted(written) == sorted(files[FANOUT:])
+    monkeypatch.setattr(segments, "_write", real)
+    assert rows(covering(files, "cells")) == want
+
+
+def _sql_rows(sources):
+    con = duckdb.connect()
+    sql = " UNION ALL ".join(segments.select_sql(sources))
+    return sorted(con.execute(f"SELECT part, v FROM ({sql})").fetchall()) if sql else []
+
+
+def test_files_held_only_by_segments_are_read_by_their_ranges(tmp_path, monkeypatch):
+    """Files a segment holds without the files being there: the whole run, any subset of it (a reader of a few
+    parts: no segment that holds others is read whole) and each file alone give exactly their rows, through
+    merges into the next level and after the segments merged are removed."""
+    files = parts(tmp_path, FANOUT * FANOUT + 5)
+    want = {f.name: rows([f]) for f in files}
+    written: list = []
+    _fresh(files, files, written)  # every complete group into a segment, the last 5 files written
+    assert sorted(written) == sorted(files[-5:])
+    assert not any(f.is_file() for f in files[:-5])
+
+    def check(subset):
+        assert _sql_rows(covering(subset, "cells", merge=False)) == sorted(r for f in subset for r in want[f.name])
+
+    check(files)
+    check(files[3:7] + files[FANOUT + 2:FANOUT + 3] + files[-2:])  # parts of segments, and loose files
+    for f in files[::37]:
+        assert sorted(segments.read_member(f, "cells").to_pylist(), key=lambda r: r["v"]) == [
+            {"part": p, "v": v} for p, v in want[f.name]]
+    got = covering(files, "cells")  # the sixteen level-1 segments merge into one of level 2
+    assert [getattr(p, "name", "")[:3] for p in got][0] == "L2-"
+    assert _sql_rows(got) == sorted(r for f in files for r in want[f.name])
+    monkeypatch.setattr(segments, "GRACE", 0.0)
+    time.sleep(0.01)
+    covering(files, "cells")  # the level-1 segments removed: the level-2 one holds the ranges
+    assert not list((tmp_path / "segments" / "cells").glob("L1-*"))
+    check(files[3:7] + files[-3:])
+    assert segments.read_member(files[40], "cells").num_rows == 3
+
+
+def test_a_segment_missing_a_member_is_read_only_by_the_ranges_of_the_others(tmp_path, monkeypatch):
+    """A member of a segment left the run (a replaced part): the segment is never read whole again (that
+    member's rows would count); the members still wanted whose files are not there are read by their ranges,
+    and the segment is kept for them however old it is."""
+    files = parts(tmp_path, FANOUT + 2)
+    want = {f.name: rows([f]) for f in files}
+    _fresh(files, files, [])
+    wanted = files[:3] + files[4:]  # the fourth part left
+    monkeypatch.setattr(segments, "GRACE", 0.0)
+    time.sleep(0.01)
+    got = covering(wanted, "cells")
+    assert _sql_rows(got) == sorted(r for f in wanted for r in want[f.name])
+    assert all(isinstance(p, segments.Rows) or p.parent == tmp_path for p in got)
+    assert len(list((tmp_path / "segments" / "cells").glob("L1-*"))) == 1
 
 
 def test_merges_of_one_call_share_one_connection(tmp_path, monkeypatch):
@@ -190,3 +286,17 @@ def test_merges_of_one_call_share_one_connection(tmp_path, monkeypatch):
     monkeypatch.setattr(segments.duckdb, "connect", lambda *a, **k: opened.append(1) or real(*a, **k))
     covering(files, "cells")
     assert len(opened) == 1
+
+
+def test_fresh_after_files_written_by_the_caller(tmp_path):
+    """`Fresh.written` (a caller that writes every file itself): the segment is written from memory as a second
+    copy; a file whose write failed gives up its group (merged from the files later, as before)."""
+    files = parts(tmp_path, 2 * FANOUT)
+    want = rows(files)
+    tables = _tables(files)
+    with segments.Fresh({"cells": (files, "lz4")}, set(files)) as fresh:
+        for i, (f, t) in enumerate(zip(files, tables)):
+            fresh.written(f, t if i == FANOUT else f, t)  # the second group's first file could not be written
+    segs = list((tmp_path / "segments" / "cells").iterdir())
+    assert len(segs) == 1 and all(f.is_file() for f in files)
+    assert rows(covering(files, "cells")) == want

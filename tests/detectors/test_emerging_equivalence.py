@@ -69,3 +69,49 @@ def test_steps_shared_by_parts_give_the_same_findings(tmp_path):
     assert a and any(f["kind"] == "generalization" for f in a)
     diffs = same(a, b)
     assert not diffs, diffs[:10]
+
+
+def test_parts_held_only_by_segments_give_the_same_findings(tmp_path, monkeypatch):
+    """A cold audit writes the per-step counts and cell tables of parts in a complete segment group into the
+    segment only (`segments.Fresh`): every mode (warm after a new part, `max_step`, every split) reads them by
+    their row ranges and gives the recorded findings, also when the segments are older than the grace period;
+    no reader of some parts merges (that would remove the segments holding the others: the window's and the
+    sampled steps' term sets once registered per-step count views over their parts, through segments), and
+    no part is computed twice."""
+    from rlaudit.derived import segments
+    from rlaudit.detectors import emerging
+
+    import emerging_equivalence
+
+    monkeypatch.setattr(segments, "FANOUT", 2)  # the eight cold parts make four segments, two outside the windows
+    monkeypatch.setattr(segments, "GRACE", 0.0)
+    append = emerging_equivalence._append_parts
+    monkeypatch.setattr(emerging_equivalence, "_append_parts",
+                        lambda store, run, table, steps, parts: append(store, run, table, steps, 2 * parts))
+    from rlaudit.derived import tokens
+
+    computed: list[str] = []
+    real = tokens._compute_parts
+    monkeypatch.setattr(tokens, "_compute_parts",
+                        lambda paths, *a, **k: computed.extend(str(p) for p in paths) or real(paths, *a, **k))
+    merged: list[tuple[str, int]] = []  # (kind, files) of every merging `covering` call
+    covering = segments.covering
+    monkeypatch.setattr(segments, "covering", lambda paths, kind, merge=True, **k: (
+        merge and merged.append((kind, len(paths)))) or covering(paths, kind, merge=merge, **k))
+    name = "goblin_persona"
+    now = scenario_modes(name, tmp_path)
+    # only views over every part merge (a merge over some parts removes the segments holding the others)
+    assert merged and {n for _, n in merged} <= {8, 9}, merged
+    # each stored part computed once: no mode lost the segments holding the cold parts (and computed them again)
+    stored = [p for p in computed if f"{name}-store" in p]
+    assert len(stored) == len(set(stored)) == 8 + 1
+    derived = tmp_path / f"{name}-store" / "runs" / "sim" / "derived"
+    assert len(list(derived.rglob("*.cellterms.parquet"))) == 1  # the new part's; the cold ones: segments
+    for mode, recorded in RECORDED[name].items():
+        diffs = same(recorded, now[mode], f"{name}/{mode}")
+        assert not diffs, diffs[:10]
+    # a sample of the steps for the reward correlations (a scope over twice the window cap)
+    monkeypatch.setattr(emerging.Params, "max_window_rollouts", 1000)
+    again = scenario_modes(name, tmp_path / "sampled")
+    assert again["warm"] and any(f["kind"] == "generalization" for f in again["warm"])
+    assert not [f for f in again["warm"] if f["kind"] == "audit_error"]

@@ -234,7 +234,7 @@ def test_group_ess_sums_with_logged_missing_and_mixed_advantages(store, seed):
     """Property: kind 0's ESS sums s1 = sum |a|, s2 = sum a^2 over a group's finite-reward rows (a the logged
     advantage, else (r - mean) / (sd + 1e-4)) equal a direct computation, for groups whose rows all log an
     advantage (summed with the group's statistics), none, and some (both through the join with the group)."""
-    from rlaudit.partstats import part_stats
+    from rlaudit.derived.partstats import part_stats
     from rlaudit.schema import canonical_table
 
     rng = np.random.default_rng(seed)

@@ -282,7 +282,7 @@ class _Ctx:
             for kept in in_order(compute, batches, n, "rlaudit-attribution"):
                 for i, path, written, table in kept:
                     if fresh and fresh[i] is not None:
-                        fresh[i].add(path, written, table)
+                        fresh[i].written(path, written, table)
 
     def _fresh(self, i: int, parts: list[Path], todo: list[tuple[Path, list[int]]]) -> segments.Fresh | None:
         """Behaviour `i`'s level-1 segments of `parts` (as `_tables` asks for their files) that hold only files

@@ -9,23 +9,26 @@ from one file holding the same rows). So the files of one kind are merged like a
 - FANOUT consecutive loose files (in the run's part order) become one level-1 segment; FANOUT segments of one
   level become one of the next level. A view then reads at most FANOUT - 1 loose files and segments per level
   (about 35 files for 2,000 parts), and every row is rewritten once per level (log_FANOUT of the parts).
-- A segment lists the files it holds in its footer (`rlaudit_members`), is written atomically under a name
-  derived from that list (two audits merging at once write the same file), and is used only when every file it
-  holds is among those asked for; otherwise those files are read loose. The loose files stay (views over a
-  subset of the parts, such as the window steps', read them) until their parts leave the run. A segment that
-  cannot be read (torn) is not used, and the next merge writes it again.
+- A segment lists the files it holds in its footer (`rlaudit_members`) with each one's row count
+  (`rlaudit_rows`: the rows are written in member order, so a member's rows are one range), is written
+  atomically under a name derived from that list (two audits merging at once write the same file), and is
+  used whole only when every file it holds is among those asked for; otherwise those files are read loose, or,
+  where a file is not there, by its row range of a segment holding it (DuckDB skips the row groups outside
+  it). The loose files stay until their parts leave the run. A segment that cannot be read (torn) is not used,
+  and the next merge writes it again.
 - A segment merged into a larger one is removed after GRACE seconds (an audit that opened a view over it may
   still be reading it).
 
 A merge that fails (disk full, read-only store) leaves the loose files: segments cost speed, never results.
 
 The merges of one `covering` call share one DuckDB connection (opening one costs ~13 ms of CPU; merging 16 files
-of per-step counts, ~20). Where the files are being written now (a cold audit computing every part: `Fresh`), the
-level-1 segments the next merge would write are written from the tables in memory as soon as all their members'
-files are: nothing is read back, and DuckDB's COPY from Arrow costs 20-50% less CPU than from the 16 files. They
-are the same files, with the same names and rows, as the merge would write. One 16-part group of the 1M-rollout
-benchmark, its four kinds (counts, cells, cellterms, promptterms; DuckDB 2.0): 0.26 CPU s merged from the files
-with a connection each, 0.12 from memory (with `termcells.SEGMENT_COMPRESSION`).
+of per-step counts, ~20). Where the files are being computed now (a cold audit computing every part: `Fresh`),
+the level-1 segments the next merge would write are written from the tables in memory, and their members' files
+are not written at all: each row is written once (the 1M-rollout benchmark's per-part files of those kinds cost
+~1.5 CPU s on top of the segments). They are the same segments, with the same names and rows, as the merge
+would write. One 16-part group of the 1M-rollout benchmark, its four kinds (counts, cells, cellterms,
+promptterms; DuckDB 2.0): 0.26 CPU s merged from the files with a connection each, 0.12 from memory (with
+`termcells.SEGMENT_COMPRESSION`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 import pyarrow as pa
@@ -49,7 +54,69 @@ FANOUT = 16
 #: seconds a superseded segment is kept for audits that may still read it
 GRACE = 600.0
 _KEY = b"rlaudit_members"
+#: each member's row count, in member order (the rows of a member are a contiguous range of the segment)
+_ROWS = b"rlaudit_rows"
 _LEVELS = 8
+
+
+class _Seg(NamedTuple):
+    path: Path
+    level: int
+    members: list[str]
+    rows: list[int] | None  # None: a segment written before row counts were kept (its members have files)
+
+
+class Rows(NamedTuple):
+    """Rows [lo, hi) of a segment file: members whose own files are not there (see `covering`)."""
+
+    path: Path
+    ranges: list[tuple[int, int]]
+
+
+def select_sql(sources: list[Path | Rows]) -> list[str]:
+    """SELECT statements (to be unioned) reading `covering`'s result: the whole files in one scan, each `Rows`
+    by its row numbers (DuckDB skips the row groups outside them)."""
+    files = [str(p) for p in sources if not isinstance(p, Rows)]
+    out = [f"SELECT * FROM read_parquet({sql_list(files)})"] if files else []
+    for r in sources:
+        if isinstance(r, Rows):
+            cond = " OR ".join(f"file_row_number BETWEEN {lo} AND {hi - 1}" for lo, hi in r.ranges)
+            out.append(f"SELECT * EXCLUDE (file_row_number) FROM read_parquet({sql_string(str(r.path))}, "
+                       f"file_row_number = true) WHERE {cond}")
+    return out
+
+
+def held(seg_dir: Path) -> set[str]:
+    """Names of the files whose rows a readable segment in `seg_dir` holds as a known row range: such a file
+    may be missing (`Fresh` writes the segment instead), its rows are still there."""
+    return {m for seg in _segments(seg_dir) if seg.rows is not None for m in seg.members}
+
+
+def read_member(path: Path, kind: str) -> pa.Table:
+    """The rows of one per-part file of `kind`: the file, or where it is missing its range of a segment holding
+    it."""
+    if path.is_file():
+        return pq.ParquetFile(path).read()
+    for seg in _segments(path.parent / "segments" / kind):
+        if seg.rows is not None and path.name in seg.members:
+            lo, hi = _range(seg, path.name)
+            f = pq.ParquetFile(seg.path)
+            meta = f.metadata
+            starts = [0]
+            for i in range(meta.num_row_groups):
+                starts.append(starts[-1] + meta.row_group(i).num_rows)
+            groups = [i for i in range(meta.num_row_groups) if starts[i] < hi and starts[i + 1] > lo]
+            t = f.read_row_groups(groups) if groups else f.schema_arrow.empty_table()
+            first = starts[groups[0]] if groups else 0
+            return t.slice(lo - first, hi - lo).replace_schema_metadata(None)
+    raise FileNotFoundError(f"{path}: neither the file nor a segment holding its rows")
+
+
+def _range(seg: _Seg, member: str) -> tuple[int, int]:
+    assert seg.rows is not None
+    i = seg.members.index(member)
+    lo = sum(seg.rows[:i])
+    return lo, lo + seg.rows[i]
 
 
 class Held(dict):
@@ -73,10 +140,14 @@ class Held(dict):
 
 
 def covering(paths: list[Path], kind: str, merge: bool = True, held: dict[str, pa.Table] | None = None,
-             compression: str = "lz4") -> list[Path]:
+             compression: str = "lz4") -> list[Path | Rows]:
     """Files whose rows are exactly those of `paths` (per-part files of one `kind` in one directory): usable
-    segments and the files they do not hold. With `merge`, first merge what has accumulated (see module doc),
-    into segments compressed with `compression` (DuckDB's name: "lz4", "uncompressed", ...).
+    segments and the files they do not hold, and for a file that is not there (`Fresh` wrote its rows into a
+    segment only) its rows in a segment that holds it (`Rows`; read them with `select_sql`). With `merge`,
+    first merge what has accumulated (see module doc), into segments compressed with `compression` (DuckDB's
+    name: "lz4", "uncompressed", ...): `paths` must then be every file of the run (a merge removes the segments
+    holding others after GRACE: their members have left the run). Without `merge` `paths` may be any subset
+    of the run's files (a reader of a few parts).
 
     `held`: the rows of loose files the caller has just written and still holds (file name -> table, one schema):
     a level-1 segment of held files only is written from them instead of being read back from the files (a cold
@@ -93,23 +164,56 @@ def covering(paths: list[Path], kind: str, merge: bool = True, held: dict[str, p
             except (OSError, duckdb.Error):
                 segments = _segments(seg_dir)  # what a merge that failed half-way left
     chosen, loose = _choose(paths, segments)
-    return [p for p, _, _ in chosen] + loose
+    missing = [p for p in loose if not p.is_file()]
+    ranged = _locate(missing, segments)
+    located = {m for r in ranged for m in r[1]}
+    return [s.path for s in chosen] + [p for p in loose if p.name not in located] + [r[0] for r in ranged]
 
 
-def _segments(seg_dir: Path) -> list[tuple[Path, int, list[str]]]:
-    """(path, level, member file names) of every readable segment, highest level first."""
+def _locate(missing: list[Path], segments: list[_Seg]) -> list[tuple[Rows, set[str]]]:
+    """For files that are not there, their rows in segments holding them (the highest level first: the most
+    lasting), as (`Rows`, the members read) per segment. A file no segment holds is left out (its reader
+    fails, naming it)."""
+    want = {p.name for p in missing}
+    out = []
+    for seg in segments:
+        mine = [m for m in seg.members if m in want] if seg.rows is not None else []
+        if not mine:
+            continue
+        want -= set(mine)
+        ranges: list[tuple[int, int]] = []
+        for lo, hi in sorted(_range(seg, m) for m in mine):
+            if ranges and ranges[-1][1] == lo:
+                ranges[-1] = (ranges[-1][0], hi)
+            else:
+                ranges.append((lo, hi))
+        out.append((Rows(seg.path, ranges), set(mine)))
+    return out
+
+
+#: segments' footers already read, by (path, size, mtime): an audit asks for the same segments several times
+_FOOTERS: dict[tuple[str, int, int], tuple[list[str], list[int] | None]] = {}
+
+
+def _segments(seg_dir: Path) -> list[_Seg]:
+    """Every readable segment, highest level first."""
     out = []
     for f in seg_dir.glob("L*.parquet") if seg_dir.is_dir() else []:
         try:
-            meta = pq.read_schema(f).metadata or {}
-            out.append((f, int(f.name[1:f.name.index("-")]), json.loads(meta[_KEY])))
+            st = f.stat()
+            key = (str(f), st.st_size, st.st_mtime_ns)
+            if key not in _FOOTERS:
+                meta = pq.read_schema(f).metadata or {}
+                rows = json.loads(meta[_ROWS]) if _ROWS in meta else None
+                _FOOTERS[key] = (json.loads(meta[_KEY]), rows)
+            members, rows = _FOOTERS[key]
+            out.append(_Seg(f, int(f.name[1:f.name.index("-")]), members, rows))
         except (OSError, ValueError, KeyError, pa.ArrowInvalid):
             continue
     return sorted(out, key=lambda s: (-s[1], s[0].name))
 
 
-def _choose(paths: list[Path], segments: list[tuple[Path, int, list[str]]]
-            ) -> tuple[list[tuple[Path, int, list[str]]], list[Path]]:
+def _choose(paths: list[Path], segments: list[_Seg]) -> tuple[list[_Seg], list[Path]]:
     """The segments to read (highest level first, each holding only wanted files not yet covered) and the
     wanted files left loose, in `paths` order."""
     wanted = {p.name for p in paths}
@@ -123,32 +227,43 @@ def _choose(paths: list[Path], segments: list[tuple[Path, int, list[str]]]
     return chosen, [p for p in paths if p.name not in covered]
 
 
-def _merge(paths: list[Path], seg_dir: Path, segments: list[tuple[Path, int, list[str]]], con: _Connection,
-           compression: str, held: dict[str, pa.Table]) -> list[tuple[Path, int, list[str]]]:
+def _merge(paths: list[Path], seg_dir: Path, segments: list[_Seg], con: _Connection, compression: str,
+           held: dict[str, pa.Table]) -> list[_Seg]:
     """Merge FANOUT loose files into a level-1 segment, and FANOUT segments of a level into one of the next,
-    while there are enough; then remove segments superseded more than GRACE seconds ago. Returns the segments
-    that hold `paths` afterwards, highest level first."""
+    while there are enough; then remove segments superseded more than GRACE seconds ago, but for those holding
+    the rows of wanted files that are not there. Returns the readable segments afterwards, highest level first.
+
+    Files that are not there stay where their rows are (a segment that is no longer usable whole, after one of
+    its members left the run, is read by ranges): they are not merged again."""
     chosen, loose = _choose(paths, segments)
-    for group in _groups(loose):
+    missing = [p for p in loose if not p.is_file()]
+    gone = {p.name for p in missing}
+    for group in _groups([p for p in loose if p.name not in gone]):
         tables = [held[p.name] for p in group] if all(p.name in held for p in group) else None
-        chosen.append(_write(seg_dir, 1, [(p, [p.name]) for p in group], con, compression, tables))
+        chosen.append(_write(seg_dir, 1, [(p, [p.name], None) for p in group], con, compression, tables))
     for level in range(1, _LEVELS):
-        same = [s for s in chosen if s[1] == level]
+        same = [s for s in chosen if s.level == level]
         for i in range(0, len(same) - FANOUT + 1, FANOUT):
             group = same[i:i + FANOUT]
             chosen = [s for s in chosen if s not in group]
-            chosen.append(_write(seg_dir, level + 1, [(s[0], s[2]) for s in group], con, compression))
+            chosen.append(_write(seg_dir, level + 1, [(s.path, s.members, s.rows) for s in group], con,
+                                 compression))
             for s in group:  # superseded now: the grace period starts
                 with contextlib.suppress(OSError):
-                    os.utime(s[0])
-    used = {s[0] for s in chosen}
+                    os.utime(s.path)
+    used = {s.path for s in chosen} | {r.path for r, _ in _locate(missing, segments)}
     now = time.time()
-    for path, _, _ in segments:
-        if path not in used:
+    kept = []
+    for seg in segments:
+        if seg.path not in used:
             with contextlib.suppress(OSError):
-                if now - path.stat().st_mtime > GRACE:
-                    path.unlink()
-    return sorted(chosen, key=lambda s: (-s[1], s[0].name))
+                if now - seg.path.stat().st_mtime > GRACE:
+                    seg.path.unlink()
+                    continue
+        kept.append(seg)
+    # the chosen ones first: `_choose` takes them again
+    chosen = sorted(chosen, key=lambda s: (-s.level, s.path.name))
+    return chosen + [s for s in kept if s.path not in {c.path for c in chosen}]
 
 
 def _readable(path: Path) -> bool:
@@ -192,42 +307,60 @@ class _Connection:
         return self._con
 
 
-def _write(seg_dir: Path, level: int, sources: list[tuple[Path, list[str]]], con: _Connection, compression: str,
-           tables: list[pa.Table] | None = None) -> tuple[Path, int, list[str]]:
-    """One segment of `level` holding the rows of `sources` (files, each with the member names it holds), read
-    from the files or, when given, from `tables` (the same rows, one table per source, in memory)."""
-    members = [m for _, names in sources for m in names]
+def _write(seg_dir: Path, level: int, sources: list[tuple[Path, list[str], list[int] | None]], con: _Connection,
+           compression: str, tables: list[pa.Table] | None = None) -> _Seg:
+    """One segment of `level` holding the rows of `sources` (files, each with the member names it holds and
+    their row counts, None where unknown: a per-part file's are read from its footer), read from the files or,
+    when given, from `tables` (the same rows, one table per source, in memory). The rows are written in the
+    sources' order (one DuckDB thread, insertion order kept), so each member's rows are one range; the footer
+    lists the members and their row counts, when every source's are known."""
+    members = [m for _, names, _ in sources for m in names]
     path = _path(seg_dir, level, members)
     if path.is_file() and _readable(path):  # an unreadable (torn) one is written again
-        return path, level, members
+        return next((s for s in _segments(seg_dir) if s.path == path), _Seg(path, level, members, None))
+    if tables is not None:
+        counts: list[int] | None = [t.num_rows for t in tables]
+    elif level == 1:
+        counts = [pq.ParquetFile(p).metadata.num_rows for p, _, _ in sources]
+    else:
+        counts = None if any(r is None for _, _, r in sources) else [n for _, _, r in sources for n in r or []]
     seg_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp")
     c = con.get()
     if tables is None:
-        rows = f"(SELECT * FROM read_parquet({sql_list([str(p) for p, _ in sources])}, union_by_name = true))"
+        rows = f"(SELECT * FROM read_parquet({sql_list([str(p) for p, _, _ in sources])}, union_by_name = true))"
     else:
         rows = "_segment_rows"
         c.register(rows, pa.concat_tables(tables, promote_options="default"))
+    meta = f"rlaudit_members: {sql_string(json.dumps(members))}"
+    if counts is not None:
+        meta += f", rlaudit_rows: {sql_string(json.dumps(counts))}"
     try:
-        c.execute(f"COPY {rows} TO {sql_string(str(tmp))} (FORMAT parquet, COMPRESSION {compression}, "
-                  f"KV_METADATA {{rlaudit_members: {sql_string(json.dumps(members))}}})")
+        written = c.execute(f"COPY {rows} TO {sql_string(str(tmp))} (FORMAT parquet, COMPRESSION {compression}, "
+                            f"KV_METADATA {{{meta}}})").fetchall()[0][0]
+        if counts is not None and written != sum(counts):  # a source changed meanwhile: no ranges to trust
+            raise OSError(f"segment {path.name}: {written} rows written, its members hold {sum(counts)}")
         os.replace(tmp, path)
     finally:
         if tables is not None:
             c.unregister(rows)
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
-    return path, level, members
+    return _Seg(path, level, members, counts)
 
 
 class Fresh:
-    """Level-1 segments written from tables in memory while the per-part files they hold are written (a cold
-    audit computing every part): for each kind, the groups of files `covering` would merge next that are all
-    among those being written now; `add` holds each such file's table until its group is complete, then writes
-    the group's segment. A group whose file could not be written, or whose tables would take more than `hold`
-    bytes with those held already, is given up (the next `covering` merges it from the files): memory stays
-    bounded whatever the parts' size (the 1M-rollout benchmark's groups of four kinds hold 83 MB). Not
-    thread-safe: one caller adds. A context manager: its one DuckDB connection is closed on leaving."""
+    """Level-1 segments written from tables in memory instead of per-part files (a cold audit computing every
+    part): for each kind, the groups of files `covering` would merge next that are all among those being
+    written now are *planned*. The caller does not write a planned file: it hands its table to `add`, which
+    holds it until its group is complete and then writes the group's segment, whose footer records each
+    member's rows (`covering` reads a member whose file is not there from that range, `held` lists them). So
+    every row is written once, not as a per-part file and again into a segment. A group whose tables would
+    take more than `hold` bytes with those held already, or whose segment cannot be written, is given up: its
+    files are written after all (by the `write` given with each table), and what cannot be written at all is
+    kept in `kept` (file -> table) for the caller to hold in memory. Memory stays bounded whatever the parts'
+    size (the 1M-rollout benchmark's groups of four kinds hold 83 MB). `planned` may be asked from any thread;
+    `add` is called by one thread. A context manager: its one DuckDB connection is closed on leaving."""
 
     def __init__(self, kinds: dict[str, tuple[list[Path], str]], fresh: set[Path], hold: int = 256 << 20):
         """`kinds`: per kind, every part's file in the run's order (as `covering` will be asked for them, not all
@@ -239,39 +372,86 @@ class Fresh:
                 continue
             seg_dir = paths[0].parent / "segments" / kind
             self._compression[seg_dir] = compression
-            for group in _groups(_choose(paths, _segments(seg_dir))[1]):
+            # the loose files a merge would group: those there, and those written now
+            loose = [p for p in _choose(paths, _segments(seg_dir))[1] if p in fresh or p.is_file()]
+            for group in _groups(loose):
                 if set(group) <= fresh and not _readable(_path(seg_dir, 1, [p.name for p in group])):
                     self._group.update((p, (seg_dir, group)) for p in group)
-        self._held: dict[Path, pa.Table] = {}
+        self._planned = frozenset(self._group)
+        self._held: dict[Path, tuple[pa.Table, Callable[[], Path | pa.Table]]] = {}
         self._hold, self._bytes = hold, 0
         self._con = _Connection()
+        self.kept: dict[Path, pa.Table] = {}
 
     def __enter__(self) -> Fresh:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:  # every planned file was added: nothing should be left; if so, its file is written
+            for path in list(self._held):
+                self._spill(path)
         self._held.clear()
         self._bytes = 0
         self._con.__exit__()
 
-    def add(self, path: Path, written: Path | pa.Table, table: pa.Table) -> None:
-        """`table` was written to `path` (`written` is the path, or the table where the write failed)."""
+    def planned(self, path: Path) -> bool:
+        """Whether `path`'s table goes to `add` rather than to its own file."""
+        return path in self._planned
+
+    def add(self, path: Path, table: pa.Table, write: Callable[[], Path | pa.Table]) -> None:
+        """`table`: the rows of the planned file `path`; `write()` writes that file (returning its path, or the
+        table where it could not be written) if its group is given up."""
         seg_dir, group = self._group.get(path, (None, []))
-        if seg_dir is None:
+        if seg_dir is None:  # its group was given up
+            self._keep(path, write())
             return
-        if not isinstance(written, Path) or self._bytes + table.nbytes > self._hold:
-            self._drop(group)
-            return
-        self._held[path] = table
+        self._held[path] = (table, write)
         self._bytes += table.nbytes
+        if self._bytes > self._hold:
+            self._give_up(group)
+            return
         if all(p in self._held for p in group):
-            tables = [self._held[p] for p in group]
+            tables = [self._held[p][0] for p in group]
+            try:
+                _write(seg_dir, 1, [(p, [p.name], None) for p in group], self._con, self._compression[seg_dir],
+                       tables)
+            except (OSError, duckdb.Error):
+                self._give_up(group)
+                return
             self._drop(group)
-            with contextlib.suppress(OSError, duckdb.Error):
-                _write(seg_dir, 1, [(p, [p.name]) for p in group], self._con, self._compression[seg_dir], tables)
+
+    def written(self, path: Path, written: Path | pa.Table, table: pa.Table) -> None:
+        """For a caller that writes every file itself (attribution's per-part tables, read per part by their
+        own readers): `table` was written to `path` (`written` is the path, or the table where the write
+        failed, which gives up its group). The segment is then a second copy, written from memory instead of
+        from the files."""
+        if not isinstance(written, Path):
+            for p in self._group.get(path, (None, []))[1]:
+                self._group.pop(p, None)
+                t = self._held.pop(p, None)
+                self._bytes -= t[0].nbytes if t is not None else 0
+            return
+        if path in self._group:
+            self.add(path, table, lambda: path)
+
+    def _give_up(self, group: list[Path]) -> None:
+        """Write the group's files held so far; those still to come are written as they are added."""
+        for p in group:
+            self._group.pop(p, None)
+            if p in self._held:
+                self._spill(p)
+
+    def _spill(self, path: Path) -> None:
+        table, write = self._held.pop(path)
+        self._bytes -= table.nbytes
+        self._keep(path, write())
+
+    def _keep(self, path: Path, written: Path | pa.Table) -> None:
+        if not isinstance(written, Path):
+            self.kept[path] = written
 
     def _drop(self, group: list[Path]) -> None:
         for p in group:
             t = self._held.pop(p, None)
-            self._bytes -= t.nbytes if t is not None else 0
+            self._bytes -= t[0].nbytes if t is not None else 0
             self._group.pop(p, None)

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import kernels
+from . import kernels, segments
 from ..store import Store, prune_cached, write_cached
 from .tokens import WHERES, TermSets, style_columns, union_view
 
@@ -62,8 +62,7 @@ class TermCells:
     def register(self, con: duckdb.DuckDBPyConnection, kind: str, view: str, only: set[str] | None = None) -> None:
         """View `view` over the `kind` table of every part (or of the parts named in `only`)."""
         union_view(con, view, [p[kind] for name, p in self.parts if only is None or name in only],
-                   lambda: _empty(kind), segment=kind if only is None else None,
-                   compression=SEGMENT_COMPRESSION[kind])
+                   lambda: _empty(kind), segment=kind, compression=SEGMENT_COMPRESSION[kind], merge=only is None)
 
     def focus(self, con: duckdb.DuckDBPyConnection, term_ids: set[int], table: str) -> None:
         """Temp table `table` (cell, term_id, x): the `cellterms` rows of `term_ids` over every part.
@@ -127,13 +126,16 @@ def term_cells(store: Store, run: str, sets: TermSets, prune: bool = True) -> Te
     persist = getattr(store, "persist_derived", True)
     memo = store.__dict__.setdefault("_term_cells_memo", {})
     out = []
+    held: dict[str, set[str]] | None = None
     for name, files in sets.parts:
         terms = files["terms"]
         hit = memo.get(name)
         entry = hit[1] if hit is not None and (
             hit[0] is terms or (isinstance(hit[0], str) and hit[0] == str(terms))) else None
         if entry is None and not isinstance(terms, pa.Table) and persist:
-            entry = cached(Path(terms), name)
+            if held is None:
+                held = segments_held(Path(terms).parent)
+            entry = cached(Path(terms), name, held=held)
         if entry is None:
             raise FileNotFoundError(f"the cell tables of part {name} are missing beside its term sets {terms} "
                                     "(removed while the audit ran?); the next audit computes them again")
@@ -146,16 +148,26 @@ def term_cells(store: Store, run: str, sets: TermSets, prune: bool = True) -> Te
     return TermCells(parts=out)
 
 
-def cached(terms: Path, part: str, listing: set[str] | None = None) -> dict[str, Path] | None:
+def cached(terms: Path, part: str, listing: set[str] | None = None, held: dict[str, set[str]] | None = None
+           ) -> dict[str, Path] | None:
     """The cached cell tables (kind -> file) of a part whose term sets are cached at `terms`, or None when any
-    is missing. `listing`: the names in their directory (`cell_dir`), listed once by a caller that asks for
-    every part (a long run's thousands of parts: one listing instead of three stats per part)."""
+    is missing: its file, or its rows in a segment (a cold audit writes most parts' cell tables into segments
+    only, `tokens._fresh_segments`). `listing` and `held`: the names in their directory (`cell_dir`) and, per
+    kind, those a segment holds (`segments_held`), found once by a caller that asks for every part (a long
+    run's thousands of parts: one listing instead of three stats per part)."""
     files = cell_files(terms.parent, part)
-    if listing is None:
-        present = all(f.is_file() for f in files.values())
-    else:
-        present = all(f.name in listing for f in files.values())
-    return files if present else None
+    for kind, f in files.items():
+        if f.name in listing if listing is not None else f.is_file():
+            continue
+        if f.name not in (held[kind] if held is not None else segments.held(f.parent / "segments" / kind)):
+            return None
+    return files
+
+
+def segments_held(term_sets_dir: Path) -> dict[str, set[str]]:
+    """Per kind, the names of the cell-table files whose rows a segment holds (`segments.held`)."""
+    d = cell_dir(term_sets_dir)
+    return {kind: segments.held(d / "segments" / kind) for kind in KINDS}
 
 
 def cell_files(term_sets_dir: Path, part: str) -> dict[str, Path]:
@@ -170,14 +182,22 @@ def cell_dir(term_sets_dir: Path) -> Path:
     return term_sets_dir.parent.parent / "termcells" / f"{term_sets_dir.name}-v{VERSION}"
 
 
-def keep(store: Store, part: str, terms: Path | pa.Table, tables: dict[str, pa.Table]) -> dict[str, Any]:
+def keep(store: Store, part: str, terms: Path | pa.Table, tables: dict[str, pa.Table], skip: set[str] = frozenset()
+         ) -> dict[str, Any]:
     """Cache one part's cell tables where `term_cells` looks for them: files beside its cached term sets
     (`terms`, their file), or the tables themselves where the term sets are kept in memory (a store with
-    `persist_derived = False`, or one that could not be written). Thread-safe: the term-set workers call it."""
+    `persist_derived = False`, or one that could not be written). `skip`: kinds not written as files (a segment
+    written from memory holds them, `tokens._fresh_segments`); their entries are the files' paths all the same
+    (`segments.covering` finds their rows). Thread-safe: the term-set workers call it."""
     if isinstance(terms, pa.Table) or not getattr(store, "persist_derived", True):
         return tables
     files = cell_files(Path(terms).parent, part)
-    return {kind: write_cached(files[kind], t, **_PARQUET[kind]) for kind, t in tables.items()}
+    return {kind: files[kind] if kind in skip else write(files[kind], kind, t) for kind, t in tables.items()}
+
+
+def write(path: Path, kind: str, table: pa.Table) -> Path | pa.Table:
+    """Write one part's cell table of `kind` (see `_PARQUET`); the table itself where it cannot be written."""
+    return write_cached(path, table, **_PARQUET[kind])
 
 
 #: How each kind is written. Column statistics only where a reader filters on the column (the audit's scope on
@@ -323,7 +343,11 @@ def _stem(part: str) -> str:
 
 
 def read(path: Path | pa.Table, columns: list[str] | None = None) -> pa.Table:
-    """One cached table, or its `columns` (`pq.ParquetFile.read`: `pq.read_table` would import pandas)."""
+    """One cached table, or its `columns` (`pq.ParquetFile.read`: `pq.read_table` would import pandas); a file
+    a segment holds instead is read from it."""
     if isinstance(path, pa.Table):
         return path if columns is None else path.select(columns)
+    if not Path(path).is_file():
+        t = segments.read_member(Path(path), Path(path).name.rsplit(".", 2)[-2])
+        return t if columns is None else t.select(columns)
     return pq.ParquetFile(path).read(columns=columns)

@@ -39,6 +39,7 @@ and read than zstd).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -55,6 +56,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import kernels, segments, styles
+from .. import memory
 from ..behaviors import STYLE_FEATURES, TOKEN_PATTERN, parse_behavior
 from ..layout import view_columns
 from ..cot.shingles import splitmix64
@@ -108,19 +110,6 @@ def ngram_rows_sql(source: str, key: str, column: str, max_n: int = 3) -> str:
         parts.append(f"SELECT {key}, {expr} AS term FROM pos{cond}")
     return (f"WITH pos AS (SELECT {key}, {shifted} FROM (SELECT {key}, {tokens_sql(column)} AS tk FROM {source})) "
             + " UNION ALL ".join(parts))
-
-
-def _scope_columns() -> str:
-    style = []
-    for col, where, name in style_columns():
-        sql = parse_behavior(f"style:{name}").sql(where)
-        style.append(f"{sql} AS {col}")
-    return ", ".join([
-        "rollout_id", "step", "split", "condition", "task", "group_id",
-        "hash(coalesce(prompt, '')) AS prompt_key",
-        "(reasoning IS NOT NULL AND length(trim(reasoning)) > 0) AS has_reasoning",
-        *style,
-    ])
 
 
 def vocabulary(store: Store, run: str, options: VocabOptions = VocabOptions()) -> pa.Table:
@@ -194,31 +183,36 @@ class TermSets:
 
     def part_table(self, i: int, kind: str) -> pa.Table:
         v = self.parts[i][1][kind]
-        return v if isinstance(v, pa.Table) else pq.read_table(v)
+        if isinstance(v, pa.Table):
+            return v
+        # the per-step counts of a part computed in a cold audit may be held by a segment only
+        return segments.read_member(Path(v), kind) if kind == "counts" else pq.read_table(v)
 
-    def register(self, con: duckdb.DuckDBPyConnection, terms: str = "rt", counts: str = "step_counts") -> None:
-        """Views `terms` (one row per rollout) and `counts` (per part and step) over the cached parts."""
-        for kind, view in (("terms", terms), ("counts", counts)):
-            # the per-step counts are read whole by every audit: through segments; the term sets (one row per
-            # rollout) are read for a few parts at a time
-            union_view(con, view, [p[kind] for _, p in self.parts], lambda k=kind: _EMPTY[k],
-                       segment="counts" if kind == "counts" else None)
+    def register(self, con: duckdb.DuckDBPyConnection, terms: str = "rt", counts: str | None = "step_counts"
+                 ) -> None:
+        """Views `terms` (one row per rollout) and `counts` (per part and step) over the cached parts. `counts`
+        only for the run's every part (its segments are merged, which needs the whole run: `segments.covering`);
+        None for a subset of them."""
+        # the term sets (one row per rollout) are read for a few parts at a time
+        union_view(con, terms, [p["terms"] for _, p in self.parts], lambda: _EMPTY["terms"])
+        if counts is not None:  # read whole by every audit: through segments
+            union_view(con, counts, [p["counts"] for _, p in self.parts], lambda: _EMPTY["counts"],
+                       segment="counts")
 
 
 def union_view(con: duckdb.DuckDBPyConnection, view: str, entries: list[Any], empty: Callable[[], pa.Table],
-               segment: str | None = None, compression: str = "lz4") -> None:
+               segment: str | None = None, compression: str = "lz4", merge: bool = True) -> None:
     """View `view` over per-part derived tables, each a cached Parquet file or (stores that keep derived data in
     memory) an Arrow table; `empty()` gives the columns when there are none. `segment` (a kind name): the files
-    are read through merged segments (`rlaudit.derived.segments`), merging what has accumulated first (into segments
-    compressed with `compression`)."""
+    are read through segments (`rlaudit.derived.segments`; a file a cold audit wrote into a segment only is read from
+    it), with `merge` merging what has accumulated first (into segments compressed with `compression`): the
+    whole run's files; a reader of some parts passes `merge=False`."""
     files = [Path(e) for e in entries if not isinstance(e, pa.Table)]
+    sources: list[Path | segments.Rows] = list(files)
     if segment is not None and files and len({f.parent for f in files}) == 1:
-        files = segments.covering(files, segment, compression=compression)
-    paths = [str(f) for f in files]
+        sources = segments.covering(files, segment, merge=merge, compression=compression)
     tables = [e for e in entries if isinstance(e, pa.Table)]
-    selects = []
-    if paths:
-        selects.append(f"SELECT * FROM read_parquet({sql_list(paths)})")
+    selects = segments.select_sql(sources)
     if tables:
         con.register(f"_{view}_mem", pa.concat_tables(tables))
         selects.append(f"SELECT * FROM _{view}_mem")
@@ -256,16 +250,20 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
         parts = [p for p in parts if p.name in only]
     from . import termcells  # termcells builds on this module
 
-    # each cache directory listed once (a long run has thousands of parts: not five stats per part)
+    # each cache directory listed once (a long run has thousands of parts: not five stats per part), with the
+    # files whose rows a segment holds (a cold audit writes most parts' counts and cell tables as segments only)
     cdir = termcells.cell_dir(vdir)
     listed = {d: set(os.listdir(d)) if persist and d.is_dir() else set() for d in (vdir, cdir)}
+    in_segments = segments.held(vdir / "segments" / "counts") if persist else set()
+    cells_held = termcells.segments_held(vdir) if persist else {}
     for path in parts:
         if path.name not in done and persist:
             files = {"terms": vdir / f"{path.stem}.terms.parquet", "counts": vdir / f"{path.stem}.counts.parquet"}
             # a part is cached when its cell tables are too (they are written right after, by the same worker);
             # found, they are memoised for `termcells.term_cells`, which then looks for nothing again
-            cells = (termcells.cached(files["terms"], path.name, listed[cdir])
-                     if all(f.name in listed[vdir] for f in files.values()) else None)
+            cells = (termcells.cached(files["terms"], path.name, listed[cdir], cells_held)
+                     if files["terms"].name in listed[vdir]
+                     and (files["counts"].name in listed[vdir] or files["counts"].name in in_segments) else None)
             if cells is not None:
                 done[path.name] = files
                 termcells.remember(store, path.name, files["terms"], cells)
@@ -293,27 +291,36 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
         result = _compute_parts(batch, layouts.get(batch[0].name, 1), vocab, options, with_cells=True, db=db)
         out = []
         for path, (terms, counts, cells) in zip(batch, result):
-            entry = _store_part(vdir, path, terms, counts, persist)
-            out.append((path, entry, termcells.keep(store, path.name, entry["terms"], cells),
-                        {"counts": counts, **cells}))
+            # the tables a segment written from memory will hold are not written as files (`_fresh_segments`)
+            planned = {kind for kind, f in _segmented_files(vdir, path).items() if fresh and fresh.planned(f)}
+            entry = _store_part(vdir, path, terms, counts, persist, skip="counts" in planned)
+            out.append((path, entry, termcells.keep(store, path.name, entry["terms"], cells, skip=planned),
+                        {kind: t for kind, t in {"counts": counts, **cells}.items() if kind in planned}))
         return out
 
     # batches are computed by `workers()` threads (numpy, Arrow and DuckDB release the GIL), each writing its
-    # own parts' files (term sets, per-step counts and the cell tables `termcells.term_cells` reads), so at most
-    # that many batches are in memory at once; the kinds read through segments are merged from the tables at
-    # hand where a segment's parts are all computed now (`_fresh_segments`)
+    # own parts' files (term sets, per-step counts and the cell tables `termcells.term_cells` reads), in order
+    # through `memory.in_order`: at most one computed batch per thread waits for this thread (`Executor.map`
+    # would run ahead through every batch and keep each result until taken); the kinds read through segments
+    # are merged from the tables at hand where a segment's parts are all computed now (`_fresh_segments`)
     fresh = _fresh_segments(vdir, parts, missing) if persist and only is None and missing else None
+    cell_entries: dict[str, dict[str, Any]] = {}
     # one DuckDB database for the batches' reads (each through a cursor), closed after the workers are done
-    with (_database() if missing else contextlib.nullcontext()) as db, fresh or contextlib.nullcontext(), \
-            ThreadPoolExecutor(max_workers=max(1, min(n_workers, len(batches)))) as pool:
-        for result in pool.map(compute, batches):
+    with (_database() if missing else contextlib.nullcontext()) as db, fresh or contextlib.nullcontext():
+        for result in memory.in_order(compute, batches, max(1, min(n_workers, len(batches))), "rlaudit-terms"):
             for path, entry, cells, tables in result:
                 done[path.name] = entry
                 termcells.remember(store, path.name, entry["terms"], cells)
-                if fresh is not None:
-                    expected, written = _segmented_files(vdir, path), {**entry, **cells}
+                cell_entries[path.name] = cells
+                if tables:
+                    files = _segmented_files(vdir, path)
                     for kind, table in tables.items():
-                        fresh.add(expected[kind], written[kind], table)
+                        fresh.add(files[kind], table, functools.partial(_write_kind, files[kind], kind, table))
+    if fresh is not None and fresh.kept:  # neither segment nor file could be written: kept in memory
+        for path in missing:
+            for kind, f in _segmented_files(vdir, path).items():
+                if f in fresh.kept:
+                    (done[path.name] if kind == "counts" else cell_entries[path.name])[kind] = fresh.kept[f]
     out = [(path.name, done[path.name]) for path in parts]
     if persist and only is None:
         prune_cached(base, vdir, {p.stem for p in parts})
@@ -329,7 +336,9 @@ def _segmented_files(vdir: Path, part: Path) -> dict[str, Path]:
 
 def _fresh_segments(vdir: Path, parts: list[Path], missing: list[Path]) -> segments.Fresh:
     """The level-1 segments of the run's `parts` (in order) that hold only parts computed now (`missing`):
-    written from the tables in memory as their parts are computed, not merged from the files afterwards."""
+    written from the tables in memory as their parts are computed, instead of per-part files that a merge would
+    then read back and write again (a cold audit writes each row once). Parts outside such a group (the run's
+    last, incomplete group; a new step) get their files, as before."""
     from . import termcells  # termcells builds on this module
 
     files = [_segmented_files(vdir, p) for p in parts]
@@ -344,8 +353,6 @@ def workers() -> int:
     (`rlaudit.memory`) leaves less than WORKER_MEMORY per extra thread beside DuckDB's share (a batch of
     BATCH_ROWS rollouts takes a few hundred MB while it is tokenised). `RLAUDIT_THREADS` overrides this, as it
     does for every per-part pool."""
-    from .. import memory
-
     setting = memory.threads_setting()
     if setting is not None:
         return setting
@@ -357,21 +364,36 @@ def workers() -> int:
     return 2
 
 
-def _store_part(vdir: Path, path: Path, terms: pa.Table, counts: pa.Table, persist: bool) -> dict[str, Any]:
+def _store_part(vdir: Path, path: Path, terms: pa.Table, counts: pa.Table, persist: bool, skip: bool = False
+                ) -> dict[str, Any]:
     """Write one part's term sets and counts beside the run (or keep the tables where the store cannot be
-    written). LZ4: about twice as fast to write and four times as fast to read as zstd, for 1.5x the size.
-    No column statistics for the term lists: no reader filters on them, and they cost a quarter of the write.
-    Their ids, sorted within a row, are delta-encoded: per part of the 1M-rollout benchmark 7.5 -> 6.0 CPU ms
-    to write, 704 -> 554 KB, DuckDB's read as cheap (pyarrow 26, DuckDB 2.0)."""
+    written); `skip`: not the counts (a segment written from memory holds them: `_fresh_segments`), whose entry
+    is then the file's path all the same (`segments.covering` finds its rows)."""
     if not _EMPTY:
         _EMPTY.update({"terms": terms.schema.empty_table(), "counts": counts.schema.empty_table()})
     if not persist:
         return {"terms": terms, "counts": counts}
-    scalar = [f.name for f in terms.schema if not pa.types.is_list(f.type)]
-    lists = {f"{f.name}.list.element": "DELTA_BINARY_PACKED" for f in terms.schema if pa.types.is_list(f.type)}
-    return {kind: write_cached(vdir / f"{path.stem}.{kind}.parquet", table, compression="lz4",
-                               use_dictionary=False, write_statistics=stats, column_encoding=encoding)
-            for kind, table, stats, encoding in (("terms", terms, scalar, lists), ("counts", counts, True, None))}
+    counts_file = vdir / f"{path.stem}.counts.parquet"
+    return {"terms": _write_kind(vdir / f"{path.stem}.terms.parquet", "terms", terms),
+            "counts": counts_file if skip else _write_kind(counts_file, "counts", counts)}
+
+
+def _write_kind(path: Path, kind: str, table: pa.Table) -> Path | pa.Table:
+    """Write one part's term sets, counts or cell table (`termcells.write`). LZ4: about twice as fast to write
+    and four times as fast to read as zstd, for 1.5x the size. No column statistics for the term lists: no
+    reader filters on them, and they cost a quarter of the write. Their ids, sorted within a row, are
+    delta-encoded: per part of the 1M-rollout benchmark 7.5 -> 6.0 CPU ms to write, 704 -> 554 KB, DuckDB's
+    read as cheap (pyarrow 26, DuckDB 2.0)."""
+    if kind == "terms":
+        scalar = [f.name for f in table.schema if not pa.types.is_list(f.type)]
+        lists = {f"{f.name}.list.element": "DELTA_BINARY_PACKED" for f in table.schema if pa.types.is_list(f.type)}
+        return write_cached(path, table, compression="lz4", use_dictionary=False, write_statistics=scalar,
+                            column_encoding=lists)
+    if kind == "counts":
+        return write_cached(path, table, compression="lz4", use_dictionary=False, write_statistics=True)
+    from . import termcells  # termcells builds on this module
+
+    return termcells.write(path, kind, table)
 
 
 def _cached_vocab(store: Store, run: str, options: VocabOptions, okey: str, names: list[str], rows: int,

@@ -258,7 +258,7 @@ class Scope:
                 parts = {r[0] for r in con.execute(
                     "SELECT DISTINCT part FROM cell_all SEMI JOIN sample_steps USING (step)").fetchall()}
                 tokens.TermSets(vocab=self.vocab, parts=[p for p in self.sets.parts if p[0] in parts]
-                                ).register(con, "rt_sample", "_rt_sample_counts")
+                                ).register(con, "rt_sample", None)
                 # a literal list lets the scan of the stored rollouts skip the other steps' row groups
                 listed = ", ".join(map(str, steps)) if len(steps) <= 2000 else "SELECT step FROM sample_steps"
                 self._sample = ("rt_sample", f"step IN ({listed})")
@@ -307,7 +307,7 @@ class Scope:
             con = self.con
             window = tokens.TermSets(vocab=self.vocab, parts=[p for p in self.sets.parts
                                                              if p[0] in self.window_parts])
-            window.register(con, "rt_win", "_rt_win_counts")
+            window.register(con, "rt_win", None)
             # only the columns the per-rollout questions use: not the style columns (read by the few style
             # questions from the view `sw`)
             con.execute("""CREATE OR REPLACE TEMP TABLE sc AS
