@@ -196,9 +196,13 @@ class TermSets:
         v = self.parts[i][1][kind]
         return v if isinstance(v, pa.Table) else pq.read_table(v)
 
-    def register(self, con: duckdb.DuckDBPyConnection, terms: str = "rt", counts: str = "step_counts") -> None:
-        """Views `terms` (one row per rollout) and `counts` (per part and step) over the cached parts."""
+    def register(self, con: duckdb.DuckDBPyConnection, terms: str | None = "rt",
+                 counts: str | None = "step_counts") -> None:
+        """Views `terms` (one row per rollout) and `counts` (per part and step) over the cached parts (a view
+        named None is not made)."""
         for kind, view in (("terms", terms), ("counts", counts)):
+            if view is None:
+                continue
             # the per-step counts are read whole by every audit: through segments; the term sets (one row per
             # rollout) are read for a few parts at a time
             union_view(con, view, [p[kind] for _, p in self.parts], lambda k=kind: _EMPTY[k],

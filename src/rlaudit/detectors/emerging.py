@@ -73,6 +73,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,7 +81,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.stats import norm
 
-from .. import termcells, tokens
+from .. import stepcounts, termcells, tokens
 from ..behaviors import STYLE_FEATURES, parse_behavior
 from ..findings import Evidence, Finding
 from ..runstats import register_run_stats
@@ -185,7 +186,7 @@ class Scope:
         con = self.con = ctx.connect()
         bound_memory(con, ctx.store.root, at_most=SCOPE_MEMORY)
         # the per-part term sets and per-step counts, read from their cached files (not held in Python)
-        sets.register(con, "rt_parts", "step_counts")
+        sets.register(con, "rt_parts", None)  # the per-step counts: `stepcounts`, below
         con.register("vocab", self.vocab)
         self.cell_parts.register(con, "cells", "cell_all")
         # the audit's scope is the (step, split) cells of the connection's filtered `rollouts` view: joining on
@@ -221,17 +222,23 @@ class Scope:
         # costly (44 of 53 columns: 0.84 -> 0.25 CPU s at 10M rollouts), and the whole scope needs them only per
         # step (`tsteps`, one small aggregate) or for the few style behaviours asked about (`style_cells`, a
         # view); the window statistics read them from the window parts only (`wcells`)
-        group = "GROUP BY ALL" if shared else ""
         con.execute(f"""CREATE TEMP TABLE tcells AS {_cells_sql("cell_all", [], shared)}""")
         style = [f"{col}{q}" for col, _, _ in tokens.style_columns() for q in ("", "__q")]
         con.execute(f"""CREATE TEMP VIEW style_cells AS {_cells_sql("cell_all", style, shared)}""")
         con.execute(f"""CREATE TEMP TABLE tsteps AS SELECT k.si, {", ".join(_sums(["n", "n_r"] + style, "", True))}
                         FROM cell_all c JOIN keys k USING (step, split) GROUP BY k.si""")
-        # a view where no step is shared: each `where` reads its own rows once (`candidates`), instead of every
-        # row being copied into a table first (16M rows at 10M rollouts)
-        con.execute(f"""CREATE TEMP {"TABLE" if shared else "VIEW"} scope_counts AS SELECT "where", term_id, si,
-                               {", ".join(_sums(["x", "m"], "HUGEINT", shared))}
-                        FROM step_counts JOIN keys USING (step, split) {group}""")
+        # the per-step term counts as dense arrays, cached per run and grown by the new parts (`stepcounts`:
+        # reading every part's count rows was O(run), ~1.3 CPU s at 10M rollouts)
+        counts = [(name, p["counts"]) for name, p in sets.parts]
+        cache = None if not counts or isinstance(counts[0][1], pa.Table) or not getattr(
+            ctx.store, "persist_derived", True) else Path(counts[0][1]).parent / "rollup" / "step_counts.npz"
+
+        def every_part() -> pa.Table:
+            sets.register(con, None, "step_counts")
+            return con.sql('SELECT "where", term_id, step, split, x, m FROM step_counts').to_arrow_table()
+
+        self.counts = stepcounts.step_counts(counts, self.vocab, cache, every_part)
+        self._keys = con.execute("SELECT step, split, si FROM keys").fetchnumpy()
         self.window_parts = {r[0] for r in con.execute(
             "SELECT DISTINCT part FROM cell_all JOIN keys USING (step, split) WHERE win IS NOT NULL").fetchall()}
         self.cell_parts.register(con, "cells", "wcell_all", only=self.window_parts)
@@ -263,7 +270,7 @@ class Scope:
                 parts = {r[0] for r in con.execute(
                     "SELECT DISTINCT part FROM cell_all SEMI JOIN sample_steps USING (step)").fetchall()}
                 tokens.TermSets(vocab=self.vocab, parts=[p for p in self.sets.parts if p[0] in parts]
-                                ).register(con, "rt_sample", "_rt_sample_counts")
+                                ).register(con, "rt_sample", None)
                 # a literal list lets the scan of the stored rollouts skip the other steps' row groups
                 listed = ", ".join(map(str, steps)) if len(steps) <= 2000 else "SELECT step FROM sample_steps"
                 self._sample = ("rt_sample", f"step IN ({listed})")
@@ -312,7 +319,7 @@ class Scope:
             con = self.con
             window = tokens.TermSets(vocab=self.vocab, parts=[p for p in self.sets.parts
                                                              if p[0] in self.window_parts])
-            window.register(con, "rt_win", "_rt_win_counts")
+            window.register(con, "rt_win", None)
             # only the columns the per-rollout questions use: not the style columns (read by the few style
             # questions from the view `sw`)
             con.execute("""CREATE OR REPLACE TEMP TABLE sc AS
@@ -497,8 +504,6 @@ def candidates(scope: Scope, where: str) -> Candidates | None:
     k_terms = len(term_ids)
     styles = [f for f in STYLE_FEATURES.values() if f.name not in SKIP_STYLE]
     k = k_terms + len(styles)
-    con.register("row_of", pa.table({"term_id": pa.array(term_ids, pa.int32()),
-                                     "idx": pa.array(np.arange(k_terms), pa.int64())}))
     cols = ", ".join(f"coalesce({where}__{f.name}, 0) AS x{i}, coalesce({where}__{f.name}__q, 0) AS q{i}"
                      for i, f in enumerate(styles))
     st = con.execute(f"SELECT si, {scope.n_col(where)} AS n, {cols} FROM tsteps WHERE {scope.n_col(where)} > 0"
@@ -507,14 +512,13 @@ def candidates(scope: Scope, where: str) -> Candidates | None:
     n_all = np.zeros(t)
     n_all[si] = st["n"]
     n = np.repeat(n_all[None], k, axis=0)
-    # per-step counts come from the cached per-step table (see tokens.term_step_counts)
-    counts = con.execute(f"""SELECT idx, si, x, m FROM scope_counts c JOIN row_of USING (term_id)
-        WHERE c."where" = '{where}'""").fetchnumpy()
-    ci, cs = np.asarray(counts["idx"], dtype=np.int64), np.asarray(counts["si"], dtype=np.int64)
-    n[ci, cs] -= np.asarray(counts["m"], dtype=np.float64)
+    # per-step counts of the terms (containing it, prompt holding it) from the run's dense counts (`stepcounts`)
+    keys = scope._keys
+    xt, mt = scope.counts.per_step(where, term_ids, keys["step"], np.asarray(keys["split"], object), keys["si"], t)
+    n[:k_terms] -= mt
     x = np.zeros((k, t))
     q = np.zeros((k, t))
-    x[ci, cs] = np.asarray(counts["x"], dtype=np.float64)
+    x[:k_terms] = xt
     q[:k_terms] = x[:k_terms]
     for i in range(len(styles)):
         x[k_terms + i, si] = st[f"x{i}"]
