@@ -106,3 +106,13 @@ def test_wrong_terms_are_an_error():
     c = stepcounts.step_counts([("a", table)], _vocab(), None, lambda: table)
     with pytest.raises(ValueError):
         c.per_step("answer", np.array([0, 1, 2]), np.array([0]), np.array(["train"], object), np.array([0]), 1)
+
+
+def test_built_from_batches_as_from_one_table(tmp_path):
+    rng = np.random.default_rng(3)
+    tables = [_part(rng, [0, 1]), _part(rng, [1, 2]), _part(rng, [3])]
+    whole = pa.concat_tables(tables)
+    parts = [(str(i), t) for i, t in enumerate(tables)]
+    c = stepcounts.step_counts(parts, _vocab(), None, lambda: iter(whole.to_batches(max_chunksize=7)))
+    _check(c, tables, [0, 1, 2, 3])
+    assert len(whole.to_batches(max_chunksize=7)) > 3

@@ -233,9 +233,9 @@ class Scope:
         cache = None if not counts or isinstance(counts[0][1], pa.Table) or not getattr(
             ctx.store, "persist_derived", True) else Path(counts[0][1]).parent / "rollup" / "step_counts.npz"
 
-        def every_part() -> pa.Table:
+        def every_part() -> pa.RecordBatchReader:
             sets.register(con, None, "step_counts")
-            return con.sql('SELECT "where", term_id, step, split, x, m FROM step_counts').to_arrow_table()
+            return con.sql('SELECT "where", term_id, step, split, x, m FROM step_counts').to_arrow_reader(1 << 20)
 
         self.counts = stepcounts.step_counts(counts, self.vocab, cache, every_part)
         self._keys = con.execute("SELECT step, split, si FROM keys").fetchnumpy()
