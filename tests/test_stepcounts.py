@@ -116,3 +116,16 @@ def test_built_from_batches_as_from_one_table(tmp_path):
     c = stepcounts.step_counts(parts, _vocab(), None, lambda: iter(whole.to_batches(max_chunksize=7)))
     _check(c, tables, [0, 1, 2, 3])
     assert len(whole.to_batches(max_chunksize=7)) > 3
+
+
+def test_all_splits_of_a_step_add_up():
+    """An audit of every split maps (step, train) and (step, eval) to one step index: their columns are summed."""
+    rng = np.random.default_rng(4)
+    table = _part(rng, [0, 1, 2])
+    c = stepcounts.step_counts([("a", table)], _vocab(), None, lambda: table)
+    keys = {(s, sp): s for s in (0, 1, 2) for sp in ("train", "eval")}
+    ids = np.array([0, 1, 2, 3])
+    x, m = c.per_step("answer", ids, np.array([k[0] for k in keys]), np.array([k[1] for k in keys], object),
+                      np.array(list(keys.values())), 3)
+    ex, em = _expected([table], "answer", ids, keys, 3)
+    assert np.array_equal(x, ex) and np.array_equal(m, em) and ex.sum() > 0

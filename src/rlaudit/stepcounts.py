@@ -53,10 +53,13 @@ class StepCounts:
         si_of = {(int(s), str(p)): int(i) for s, p, i in zip(key_step, key_split, key_si) if p is not None}
         col_si = np.array([si_of.get((int(s), str(p)), -1) for s, p in zip(self.steps, self.splits)], np.int64)
         cols = np.flatnonzero(col_si >= 0)
+        one_each = len(np.unique(col_si[cols])) == len(cols)  # the usual case: one split, no step twice
         out = []
         for arr in (self.x[where], self.m[where]):
             dense = np.zeros((len(term_ids), t))
-            if len(cols):
+            if len(cols) and one_each:
+                dense[:, col_si[cols]] = arr[:, cols]
+            elif len(cols):
                 order = cols[np.argsort(col_si[cols], kind="stable")]
                 si = col_si[order]
                 starts = np.flatnonzero(np.r_[True, si[1:] != si[:-1]])
