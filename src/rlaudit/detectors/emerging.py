@@ -91,8 +91,8 @@ from . import DetectContext, Detector, register
 
 MARGIN = 1.25  # ratios within [1/MARGIN, MARGIN] are too small to report
 #: DuckDB memory of the scope's connection (`Scope`), below the audit's 1 GB per connection: its temp tables grow
-#: with the run (at 10M rollouts `scope_counts` holds 11.8M rows, `tcells` 1.25M rows of 47 columns: ~1.3 GB in
-#: all) and stay open through generalization, beside what that detector and the next ones allocate; beyond the
+#: with the run (at 10M rollouts `tcells` 1.25M rows; before it lost its style columns and the per-step counts
+#: left for `stepcounts`, `scope_counts` held 11.8M rows and `tcells` had 47 columns: ~1.3 GB in all) and stay open through generalization, beside what that detector and the next ones allocate; beyond the
 #: limit they spill to the store's .tmp. Emerging + generalization (warm) on the kept 10M benchmark store, in a
 #: fresh process, peaked at 1,600 / 1,349 MB RSS with 1 GB, 1,349 / 1,098 MB with 768 MB at the same CPU time,
 #: and 1,111 / 846 MB with 512 MB, where generalization took ~1.2 CPU s (25%) more reading its spilled tables.
@@ -161,8 +161,10 @@ class Scope:
     """The audit's scope over the run's cached cell tables (`rlaudit.termcells`), inside a DuckDB connection.
 
     - `tcells`: one row per cell in scope (step, split, task, condition, prompt) with its step index `si`, window
-      `win` (0 early, 1 late, NULL between) and stratum `s`, rollout counts and style sums: every per-step,
-      per-condition and per-cluster statistic sums these rows.
+      `win` (0 early, 1 late, NULL between), stratum `s` and rollout counts: every per-step, per-condition and
+      per-cluster count sums these rows. The style sums are in `tsteps` (per step), `wcells` (the window cells,
+      read from the window parts only) and the view `style_cells` (every cell, for a style behaviour asked about).
+    - `counts` (`stepcounts.StepCounts`): the per-step term counts, dense, cached per run.
     - `fcells` / `fprompt`: the cells containing, and the prompts holding, the *focus* terms (those that may be
       reported, `focus_on`), over the whole scope: the per-condition numbers of findings.
     - `sc` (built on first use, `rows()`): one row per rollout of the two windows, read only from the parts
