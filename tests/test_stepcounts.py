@@ -12,7 +12,8 @@ from rlaudit import stepcounts
 
 
 def _vocab() -> pa.Table:
-    return pa.table({"where": ["answer"] * 4 + ["reasoning"] * 3, "term_id": pa.array([0, 1, 2, 3, 4, 5, 6], pa.int32())})
+    return pa.table({"where": ["answer"] * 4 + ["reasoning"] * 3,
+                     "term_id": pa.array([0, 1, 2, 3, 4, 5, 6], pa.int32())})
 
 
 def _part(rng: np.random.Generator, steps: list[int], splits=("train", "eval")) -> pa.Table:

@@ -92,7 +92,8 @@ from . import DetectContext, Detector, register
 MARGIN = 1.25  # ratios within [1/MARGIN, MARGIN] are too small to report
 #: DuckDB memory of the scope's connection (`Scope`), below the audit's 1 GB per connection: its temp tables grow
 #: with the run (at 10M rollouts `tcells` 1.25M rows; before it lost its style columns and the per-step counts
-#: left for `stepcounts`, `scope_counts` held 11.8M rows and `tcells` had 47 columns: ~1.3 GB in all) and stay open through generalization, beside what that detector and the next ones allocate; beyond the
+#: left for `stepcounts`, `scope_counts` held 11.8M rows and `tcells` had 47 columns: ~1.3 GB in all) and stay
+#: open through generalization, beside what that detector and the next ones allocate; beyond the
 #: limit they spill to the store's .tmp. Emerging + generalization (warm) on the kept 10M benchmark store, in a
 #: fresh process, peaked at 1,600 / 1,349 MB RSS with 1 GB, 1,349 / 1,098 MB with 768 MB at the same CPU time,
 #: and 1,111 / 846 MB with 512 MB, where generalization took ~1.2 CPU s (25%) more reading its spilled tables.
@@ -459,16 +460,17 @@ def _window_sums(scope: Scope, where: str, kept_terms: np.ndarray, term_ids: np.
                     FROM wcells c JOIN cl USING (win, s, prompt_key)""")
     con.register("row_of", pa.table({"term_id": pa.array(term_ids[kept_terms], pa.int32()),
                                      "idx": pa.array(kept_terms, pa.int64())}))
-    # a cluster of one cell (a prompt seen in one step of the window: the usual case), held by one part, takes its
-    # cell's counts as they are, summed straight into the (term, window, stratum) sums; only the cells of clusters that hold
-    # several are first summed per (term, cluster), a hash aggregate over every such (cell, term) row that cost
+    # a cluster of one cell (a prompt seen in one step of the window: the usual case), held by one part, takes
+    # its cell's counts as they are, summed straight into the (term, window, stratum) sums; only the cells of
+    # clusters that hold several are first summed per (term, cluster), a hash aggregate over every such (cell, term) row that cost
     # ~1.3 of ~1.5 CPU s at 10M rollouts when it was done for every cluster. Integer sums: the same values.
     several = "SELECT idx, win, s, any_value(nc) AS nc, sum(x) AS x FROM wcl JOIN wct USING (cell) " \
               "JOIN row_of USING (term_id) WHERE NOT single GROUP BY idx, win, s, cid"
+    some_several = con.execute("SELECT count(*) FROM wcl WHERE NOT single").fetchall()[0][0] > 0
     per = con.execute(f"""SELECT idx, win, s, sum(x) AS sx, sum(x * x) AS sxx, sum(x * nc) AS sxn FROM (
-            SELECT idx, win, s, nc, CAST(x AS HUGEINT) AS x FROM wcl JOIN wct USING (cell) JOIN row_of USING (term_id)
-            WHERE single
-            {"UNION ALL " + several if con.execute("SELECT count(*) FROM wcl WHERE NOT single").fetchall()[0][0] else ""})
+            SELECT idx, win, s, nc, CAST(x AS HUGEINT) AS x FROM wcl JOIN wct USING (cell)
+            JOIN row_of USING (term_id) WHERE single
+            {"UNION ALL " + several if some_several else ""})
         GROUP BY ALL""").fetchnumpy()
     tot = con.execute("SELECT win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g FROM cl GROUP BY ALL"
                       ).fetchnumpy()
