@@ -4,6 +4,7 @@ the run (under `<store>/<run>/derived/`), so that a new step adds only its own p
 - `tokens`: each rollout's term sets (the words and 1-3-grams of its answer and reasoning), the vocabulary they
   are counted against, and their per-step counts; `tokhash` tokenises and hashes texts for them, `styles`
   computes the style features a regex per row made costly, `kernels` holds their compiled loops.
+- `stepcounts`: the run's per-step term counts as dense arrays, cached per run and grown by new parts.
 - `termcells`: the term sets reduced to cells (step, split, task, condition, prompt), what `emerging` and
   `generalization` sum over.
 - `partstats`: per-part sufficient statistics of the detectors (`runstats` for the run's summary).

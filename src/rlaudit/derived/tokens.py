@@ -188,16 +188,18 @@ class TermSets:
         # the per-step counts of a part computed in a cold audit may be held by a segment only
         return segments.read_member(Path(v), kind) if kind == "counts" else pq.read_table(v)
 
-    def register(self, con: duckdb.DuckDBPyConnection, terms: str = "rt", counts: str | None = "step_counts"
-                 ) -> None:
-        """Views `terms` (one row per rollout) and `counts` (per part and step) over the cached parts. `counts`
-        only for the run's every part (its segments are merged, which needs the whole run: `segments.covering`);
-        None for a subset of them."""
-        # the term sets (one row per rollout) are read for a few parts at a time
-        union_view(con, terms, [p["terms"] for _, p in self.parts], lambda: _EMPTY["terms"])
-        if counts is not None:  # read whole by every audit: through segments
-            union_view(con, counts, [p["counts"] for _, p in self.parts], lambda: _EMPTY["counts"],
-                       segment="counts")
+    def register(self, con: duckdb.DuckDBPyConnection, terms: str | None = "rt",
+                 counts: str | None = "step_counts") -> None:
+        """Views `terms` (one row per rollout) and `counts` (per part and step) over the cached parts (a view
+        named None is not made). `counts` only for the run's every part (its segments are merged, which needs
+        the whole run: `segments.covering`)."""
+        for kind, view in (("terms", terms), ("counts", counts)):
+            if view is None:
+                continue
+            # the per-step counts are read whole by every audit: through segments; the term sets (one row per
+            # rollout) are read for a few parts at a time
+            union_view(con, view, [p[kind] for _, p in self.parts], lambda k=kind: _EMPTY[k],
+                       segment="counts" if kind == "counts" else None)
 
 
 def union_view(con: duckdb.DuckDBPyConnection, view: str, entries: list[Any], empty: Callable[[], pa.Table],

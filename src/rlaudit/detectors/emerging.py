@@ -73,6 +73,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,7 +81,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.stats import norm
 
-from ..derived import termcells, tokens
+from ..derived import stepcounts, termcells, tokens
 from ..behaviors import STYLE_FEATURES, parse_behavior
 from ..findings import Evidence, Finding
 from ..derived.runstats import register_run_stats
@@ -90,8 +91,9 @@ from . import DetectContext, Detector, register
 
 MARGIN = 1.25  # ratios within [1/MARGIN, MARGIN] are too small to report
 #: DuckDB memory of the scope's connection (`Scope`), below the audit's 1 GB per connection: its temp tables grow
-#: with the run (at 10M rollouts `scope_counts` holds 11.8M rows, `tcells` 1.25M rows of 47 columns: ~1.3 GB in
-#: all) and stay open through generalization, beside what that detector and the next ones allocate; beyond the
+#: with the run (at 10M rollouts `tcells` 1.25M rows; before it lost its style columns and the per-step counts
+#: left for `stepcounts`, `scope_counts` held 11.8M rows and `tcells` had 47 columns: ~1.3 GB in all) and stay
+#: open through generalization, beside what that detector and the next ones allocate; beyond the
 #: limit they spill to the store's .tmp. Emerging + generalization (warm) on the kept 10M benchmark store, in a
 #: fresh process, peaked at 1,600 / 1,349 MB RSS with 1 GB, 1,349 / 1,098 MB with 768 MB at the same CPU time,
 #: and 1,111 / 846 MB with 512 MB, where generalization took ~1.2 CPU s (25%) more reading its spilled tables.
@@ -160,8 +162,10 @@ class Scope:
     """The audit's scope over the run's cached cell tables (`rlaudit.derived.termcells`), inside a DuckDB connection.
 
     - `tcells`: one row per cell in scope (step, split, task, condition, prompt) with its step index `si`, window
-      `win` (0 early, 1 late, NULL between) and stratum `s`, rollout counts and style sums: every per-step,
-      per-condition and per-cluster statistic sums these rows.
+      `win` (0 early, 1 late, NULL between), stratum `s` and rollout counts: every per-step, per-condition and
+      per-cluster count sums these rows. The style sums are in `tsteps` (per step), `wcells` (the window cells,
+      read from the window parts only) and the view `style_cells` (every cell, for a style behaviour asked about).
+    - `counts` (`stepcounts.StepCounts`): the per-step term counts, dense, cached per run.
     - `fcells` / `fprompt`: the cells containing, and the prompts holding, the *focus* terms (those that may be
       reported, `focus_on`), over the whole scope: the per-condition numbers of findings.
     - `sc` (built on first use, `rows()`): one row per rollout of the two windows, read only from the parts
@@ -185,7 +189,7 @@ class Scope:
         con = self.con = ctx.connect()
         bound_memory(con, ctx.store.root, at_most=SCOPE_MEMORY)
         # the per-part term sets and per-step counts, read from their cached files (not held in Python)
-        sets.register(con, "rt_parts", "step_counts")
+        sets.register(con, "rt_parts", None)  # the per-step counts: `stepcounts`, below
         con.register("vocab", self.vocab)
         self.cell_parts.register(con, "cells", "cell_all")
         # the audit's scope is the (step, split) cells of the connection's filtered `rollouts` view: joining on
@@ -217,21 +221,32 @@ class Scope:
         # audit's scope at 10M rollouts) are skipped, with the sums' types kept (HUGEINT counts)
         shared = self.shared = con.execute("""SELECT count(*) FROM (SELECT step, split FROM cell_all GROUP BY ALL
                                 HAVING count(DISTINCT part) > 1)""").fetchall()[0][0] > 0
-        sums = ", ".join(_sums(["n", "n_r"], "HUGEINT", shared) + _sums(
-            [f"{col}{q}" for col, _, _ in tokens.style_columns() for q in ("", "__q")], "DOUBLE", shared))
-        group = "GROUP BY ALL" if shared else ""
-        con.execute(f"""CREATE TEMP TABLE tcells AS SELECT c.cell, c.step, c.split, c.condition, c.task,
-                               c.prompt_key, k.si, k.win, st.s, {sums}
-                        FROM cell_all c JOIN keys k USING (step, split)
-                        JOIN strata st ON st.task_key = coalesce(c.task, '') AND st.condition = c.condition
-                        {group}""")
-        # a view where no step is shared: each `where` reads its own rows once (`candidates`), instead of every
-        # row being copied into a table first (16M rows at 10M rollouts)
-        con.execute(f"""CREATE TEMP {"TABLE" if shared else "VIEW"} scope_counts AS SELECT "where", term_id, si,
-                               {", ".join(_sums(["x", "m"], "HUGEINT", shared))}
-                        FROM step_counts JOIN keys USING (step, split) {group}""")
+        # `tcells` over the whole scope holds only the keys and rollout counts: the style sums are what made it
+        # costly (44 of 53 columns: 0.84 -> 0.25 CPU s at 10M rollouts), and the whole scope needs them only per
+        # step (`tsteps`, one small aggregate) or for the few style behaviours asked about (`style_cells`, a
+        # view); the window statistics read them from the window parts only (`wcells`)
+        con.execute(f"""CREATE TEMP TABLE tcells AS {_cells_sql("cell_all", [], shared)}""")
+        style = [f"{col}{q}" for col, _, _ in tokens.style_columns() for q in ("", "__q")]
+        con.execute(f"""CREATE TEMP VIEW style_cells AS {_cells_sql("cell_all", style, shared)}""")
+        con.execute(f"""CREATE TEMP TABLE tsteps AS SELECT k.si, {", ".join(_sums(["n", "n_r"] + style, "", True))}
+                        FROM cell_all c JOIN keys k USING (step, split) GROUP BY k.si""")
+        # the per-step term counts as dense arrays, cached per run and grown by the new parts (`stepcounts`:
+        # reading every part's count rows was O(run), ~1.3 CPU s at 10M rollouts)
+        counts = [(name, p["counts"]) for name, p in sets.parts]
+        cache = None if not counts or isinstance(counts[0][1], pa.Table) or not getattr(
+            ctx.store, "persist_derived", True) else Path(counts[0][1]).parent / "rollup" / "step_counts.npz"
+
+        def every_part() -> pa.RecordBatchReader:
+            sets.register(con, None, "step_counts")
+            return con.sql('SELECT "where", term_id, step, split, x, m FROM step_counts').to_arrow_reader(1 << 20)
+
+        self.counts = stepcounts.step_counts(counts, self.vocab, cache, every_part)
+        self._keys = con.execute("SELECT step, split, si FROM keys").fetchnumpy()
         self.window_parts = {r[0] for r in con.execute(
             "SELECT DISTINCT part FROM cell_all JOIN keys USING (step, split) WHERE win IS NOT NULL").fetchall()}
+        self.cell_parts.register(con, "cells", "wcell_all", only=self.window_parts)
+        con.execute(f"""CREATE TEMP TABLE wcells AS SELECT * FROM ({_cells_sql("wcell_all", style, shared)})
+                        WHERE win IS NOT NULL""")
         self.cell_parts.register(con, "cellterms", "wct", only=self.window_parts)
         self.cell_parts.register(con, "promptterms", "wpt", only=self.window_parts)
         self.n_strata = int(con.execute("SELECT count(*) FROM strata").fetchall()[0][0])
@@ -347,7 +362,19 @@ class Scope:
                        WHERE c.{nc} > 0 AND c.{risk}"""
         col = f"{where}__{key}"
         return f"""SELECT condition, task, si, win, s, prompt_key, {nc} AS n, coalesce({col}, 0) AS x,
-                          coalesce({col}__q, 0) AS q FROM tcells WHERE {nc} > 0"""
+                          coalesce({col}__q, 0) AS q FROM style_cells WHERE {nc} > 0"""
+
+
+def _cells_sql(source: str, style: list[str], shared: bool) -> str:
+    """The cells in scope of the view `source` (cell tables), each once (parts that share a step may both hold a
+    cell: their sums add up), with step index, window, stratum, rollout counts and the `style` sums. A part's
+    rows are distinct, so where no step is shared by parts (`shared` false) the sums are the rows themselves:
+    the hash aggregate (most of a warm audit's scope at 10M rollouts) is skipped, with the sums' types kept."""
+    sums = ", ".join(_sums(["n", "n_r"], "HUGEINT", shared) + _sums(style, "DOUBLE", shared))
+    return f"""SELECT c.cell, c.step, c.split, c.condition, c.task, c.prompt_key, k.si, k.win, st.s, {sums}
+               FROM {source} c JOIN keys k USING (step, split)
+               JOIN strata st ON st.task_key = coalesce(c.task, '') AND st.condition = c.condition
+               {"GROUP BY ALL" if shared else ""}"""
 
 
 def _sums(cols: list[str], summed_type: str, aggregate: bool) -> list[str]:
@@ -420,20 +447,31 @@ def _window_sums(scope: Scope, where: str, kept_terms: np.ndarray, term_ids: np.
     ((row, feature name)); the other n-gram rows keep the totals of all clusters.
 
     A cluster is a (window, stratum, prompt): all rollouts of one prompt within a window (a prompt group, and a
-    prompt that recurs), summed from the cells of the window steps (`tcells`, `wct`: only the parts holding
+    prompt that recurs), summed from the cells of the window steps (`wcells`, `wct`: only the parts holding
     window steps are read). Clusters whose prompt holds a term leave its denominators."""
     con, s, nc = scope.con, max(scope.n_strata, 1), scope.n_col(where)
     style_sums = "".join(f", sum({where}__{name}) AS v{row}" for row, name in styles)
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE cl AS SELECT win, s, prompt_key, sum({nc}) AS nc{style_sums}
-                    FROM tcells WHERE win IS NOT NULL GROUP BY ALL HAVING sum({nc}) > 0""")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE cl AS SELECT win, s, prompt_key, sum({nc}) AS nc,
+                           count(*) AS cells, row_number() OVER () AS cid{style_sums}
+                    FROM wcells GROUP BY win, s, prompt_key HAVING sum({nc}) > 0""")
+    # where parts share a step, a cell's counts may come in several rows (one per part): summed per cluster too
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE wcl AS SELECT c.cell, win, s, cl.nc, cl.cid,
+                           cl.cells = 1 AND NOT {scope.shared} AS single
+                    FROM wcells c JOIN cl USING (win, s, prompt_key)""")
     con.register("row_of", pa.table({"term_id": pa.array(term_ids[kept_terms], pa.int32()),
                                      "idx": pa.array(kept_terms, pa.int64())}))
-    per = con.execute("""WITH xc AS (
-            SELECT idx, win, s, prompt_key, sum(x) AS x
-            FROM wct JOIN (SELECT cell, win, s, prompt_key FROM tcells WHERE win IS NOT NULL) USING (cell)
-            JOIN row_of USING (term_id) GROUP BY ALL)
-        SELECT idx, win, s, sum(x) AS sx, sum(x * x) AS sxx, sum(x * nc) AS sxn
-        FROM xc JOIN cl USING (win, s, prompt_key) GROUP BY ALL""").fetchnumpy()
+    # a cluster of one cell (a prompt seen in one step of the window: the usual case), held by one part, takes
+    # its cell's counts as they are, summed straight into the (term, window, stratum) sums; only the cells of
+    # clusters that hold several are first summed per (term, cluster), a hash aggregate over every such (cell, term) row that cost
+    # ~1.3 of ~1.5 CPU s at 10M rollouts when it was done for every cluster. Integer sums: the same values.
+    several = "SELECT idx, win, s, any_value(nc) AS nc, sum(x) AS x FROM wcl JOIN wct USING (cell) " \
+              "JOIN row_of USING (term_id) WHERE NOT single GROUP BY idx, win, s, cid"
+    some_several = con.execute("SELECT count(*) FROM wcl WHERE NOT single").fetchall()[0][0] > 0
+    per = con.execute(f"""SELECT idx, win, s, sum(x) AS sx, sum(x * x) AS sxx, sum(x * nc) AS sxn FROM (
+            SELECT idx, win, s, nc, CAST(x AS HUGEINT) AS x FROM wcl JOIN wct USING (cell)
+            JOIN row_of USING (term_id) WHERE single
+            {"UNION ALL " + several if some_several else ""})
+        GROUP BY ALL""").fetchnumpy()
     tot = con.execute("SELECT win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g FROM cl GROUP BY ALL"
                       ).fetchnumpy()
     sx, sxx, sxn = (np.zeros((k, 2, s)) for _ in range(3))
@@ -470,24 +508,21 @@ def candidates(scope: Scope, where: str) -> Candidates | None:
     k_terms = len(term_ids)
     styles = [f for f in STYLE_FEATURES.values() if f.name not in SKIP_STYLE]
     k = k_terms + len(styles)
-    con.register("row_of", pa.table({"term_id": pa.array(term_ids, pa.int32()),
-                                     "idx": pa.array(np.arange(k_terms), pa.int64())}))
-    cols = ", ".join(f"coalesce(sum({where}__{f.name}), 0) AS x{i}, coalesce(sum({where}__{f.name}__q), 0) AS q{i}"
+    cols = ", ".join(f"coalesce({where}__{f.name}, 0) AS x{i}, coalesce({where}__{f.name}__q, 0) AS q{i}"
                      for i, f in enumerate(styles))
-    st = con.execute(f"SELECT si, sum({scope.n_col(where)}) AS n, {cols} FROM tcells GROUP BY si "
-                     f"HAVING sum({scope.n_col(where)}) > 0").fetchnumpy()
+    st = con.execute(f"SELECT si, {scope.n_col(where)} AS n, {cols} FROM tsteps WHERE {scope.n_col(where)} > 0"
+                     ).fetchnumpy()
     si = np.asarray(st["si"], dtype=np.int64)
     n_all = np.zeros(t)
     n_all[si] = st["n"]
     n = np.repeat(n_all[None], k, axis=0)
-    # per-step counts come from the cached per-step table (see tokens.term_step_counts)
-    counts = con.execute(f"""SELECT idx, si, x, m FROM scope_counts c JOIN row_of USING (term_id)
-        WHERE c."where" = '{where}'""").fetchnumpy()
-    ci, cs = np.asarray(counts["idx"], dtype=np.int64), np.asarray(counts["si"], dtype=np.int64)
-    n[ci, cs] -= np.asarray(counts["m"], dtype=np.float64)
+    # per-step counts of the terms (containing it, prompt holding it) from the run's dense counts (`stepcounts`)
+    keys = scope._keys
+    xt, mt = scope.counts.per_step(where, term_ids, keys["step"], np.asarray(keys["split"], object), keys["si"], t)
+    n[:k_terms] -= mt
     x = np.zeros((k, t))
     q = np.zeros((k, t))
-    x[ci, cs] = np.asarray(counts["x"], dtype=np.float64)
+    x[:k_terms] = xt
     q[:k_terms] = x[:k_terms]
     for i in range(len(styles)):
         x[k_terms + i, si] = st[f"x{i}"]
