@@ -115,3 +115,39 @@ def test_parts_held_only_by_segments_give_the_same_findings(tmp_path, monkeypatc
     again = scenario_modes(name, tmp_path / "sampled")
     assert again["warm"] and any(f["kind"] == "generalization" for f in again["warm"])
     assert not [f for f in again["warm"] if f["kind"] == "audit_error"]
+
+
+def test_new_parts_held_only_by_a_segment_grow_the_cached_step_counts(tmp_path, monkeypatch):
+    """Parts that arrive together after an audit and fill a segment group are written into that segment only
+    (`segments.Fresh`); the run's cached dense counts (`stepcounts`) then grow by reading them from it (they
+    were read as per-part files: an audit error), and the findings equal those of counts built from scratch."""
+    import numpy as np
+    import pyarrow as pa
+    from emerging_equivalence import DETECTORS, SIZE, summarise
+
+    from rlaudit.derived import segments, tokens
+    from rlaudit.detectors import AuditConfig, run_detectors
+    from rlaudit.organisms import run as simulate_run
+    from rlaudit.store import Store
+
+    monkeypatch.setattr(segments, "FANOUT", 2)
+    monkeypatch.setattr(tokens, "REUSE_GROWTH", 1.0)  # the vocabulary kept as the run grows by a third
+    table = simulate_run("goblin_persona", seed=0, run_name="sim", **SIZE).canonical()
+    step = np.asarray(table["step"].to_numpy())
+    eighths = np.array_split(np.unique(step), 8)
+    grown = Store(tmp_path / "grown")
+    derived = grown.root / "runs" / "sim" / "derived"
+    for i, steps in enumerate(eighths):
+        grown.append("sim", table.filter(pa.array(np.isin(step, steps))), key=f"q{i}")
+        if i == 5:  # an audit of six parts caches the dense counts of its parts
+            run_detectors(grown, "sim", AuditConfig(detectors=DETECTORS))
+            (cached,) = derived.rglob("step_counts.npz")
+    files = sorted(p for p in derived.rglob("*.counts.parquet") if "segments" not in p.parts)
+    b = summarise(run_detectors(grown, "sim", AuditConfig(detectors=DETECTORS)))  # raises on an audit error
+    # the scenario: the two new parts' counts are in a segment only, and the cached counts grew (not rebuilt)
+    assert sorted(p for p in derived.rglob("*.counts.parquet") if "segments" not in p.parts) == files
+    assert cached.is_file()
+    cached.unlink()  # built from scratch: every part's rows through the segments
+    a = summarise(run_detectors(grown, "sim", AuditConfig(detectors=DETECTORS)))
+    diffs = same(a, b)
+    assert a and not diffs, diffs[:10]

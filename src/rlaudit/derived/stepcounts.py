@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from . import segments
 from .tokens import WHERES
 
 VERSION = 1
@@ -88,7 +88,8 @@ def step_counts(parts: list[tuple[str, Any]], vocab: pa.Table, cache: Path | Non
         covered = held[1]
         for name, entry in parts:
             if name not in set(covered):
-                build.add(entry if isinstance(entry, pa.Table) else pq.ParquetFile(entry).read())
+                # a part a cold audit wrote into a segment only has no file of its own: its range of the segment
+                build.add(entry if isinstance(entry, pa.Table) else segments.read_member(Path(entry), "counts"))
         covered = covered + [name for name in names if name not in set(covered)]
     counts = build.result()
     if cache is not None and (held is None or len(covered) != len(held[1])):
