@@ -185,13 +185,51 @@ def reasoning_spans(completions: pa.Array | pa.ChunkedArray, tags: ThinkTags = T
 def text_at(strings: pa.Array | pa.ChunkedArray, start: pa.Array, end: pa.Array) -> pa.Array:
     """The substrings `strings[i][start[i]:end[i]]` (UTF-8 bytes, as `Spans` gives them); null where `start` is
     null. One byte gather, no per-row Python."""
-    strings = _strings(strings)
-    data, off = _bytes(strings)
-    valid = validity(start)
-    lo = off[:-1] + pc.fill_null(start, 0).to_numpy().astype(np.int64)
-    hi = np.where(valid, off[:-1] + pc.fill_null(end, 0).to_numpy().astype(np.int64), lo)
+    data, lo, hi, valid = span_ranges(strings, start, end)
     cut = _cut(data, lo, hi)
     return cut if valid.all() else pc.if_else(pa.array(valid), cut, pa.scalar(None, pa.string()))
+
+
+def span_ranges(strings: pa.Array | pa.ChunkedArray, start: pa.Array | pa.ChunkedArray,
+                end: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(data, lo, hi, valid): the substring `strings[i][start[i]:end[i]]` (UTF-8 byte offsets, as `Spans` gives
+    them) is data[lo[i]:hi[i]] of the strings' own buffer; where `start` is null (`valid` false) the range is
+    empty. What reading a span in place needs (`text_at` cuts them; the CoT scan tokenises and hashes them
+    where they lie), without copying the texts."""
+    start, end = (a.combine_chunks() if isinstance(a, pa.ChunkedArray) else a for a in (start, end))
+    data, base, _ = byte_spans(strings)
+    valid = validity(start)
+    lo = base + np.where(valid, int_values(start), 0)
+    hi = np.where(valid, base + int_values(end), lo)
+    return data, lo, hi, valid
+
+
+def int_values(array: pa.Array) -> np.ndarray:
+    """The int64 values of an integer array, whatever its null slots hold (the caller masks them): no
+    `fill_null` (an Arrow kernel call per column, which also imports pandas on first use)."""
+    if array.null_count == 0:
+        return array.to_numpy().astype(np.int64)
+    if array.null_count == len(array) or array.buffers()[1] is None:
+        return np.zeros(len(array), np.int64)
+    width = np.dtype(f"<i{array.type.bit_width // 8}")  # the span columns are int32
+    return np.frombuffer(array.buffers()[1], width, len(array), array.offset * width.itemsize).astype(np.int64)
+
+
+def byte_spans(strings: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(data buffer, start, end): each string is data[start[i]:end[i]] (int64); a null is empty."""
+    if isinstance(strings, pa.ChunkedArray):  # (combine_chunks copies even a single chunk)
+        strings = strings.chunk(0) if strings.num_chunks == 1 else strings.combine_chunks()
+    if not pa.types.is_large_string(strings.type):
+        strings = strings.cast(pa.string())
+    width = np.int64 if pa.types.is_large_string(strings.type) else np.int32
+    buffers = strings.buffers()
+    off = np.frombuffer(buffers[1], width, len(strings) + 1, strings.offset * np.dtype(width).itemsize)
+    off = off.astype(np.int64)
+    starts, ends = off[:-1], off[1:]
+    if strings.null_count:  # a null's offsets may cover bytes (Arrow allows it)
+        ends = np.where(validity(strings), ends, starts)
+    data = np.frombuffer(buffers[2], np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+    return data, starts, ends
 
 
 def validity(array: pa.Array | pa.ChunkedArray) -> np.ndarray:

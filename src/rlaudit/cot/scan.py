@@ -60,9 +60,8 @@ from scipy.stats import fisher_exact
 from .stats import wilson_interval
 from ..findings import Evidence, Finding
 from ..layout import SPANS, read_columns, to_canonical
-from ..text import validity
+from ..text import span_ranges
 from . import kernels as _kernels
-from .screen_keys import byte_spans, int_values
 from .shingles import (SORT_KIND, SortedKeys, distinct, edge_runs, hashed_tokens, longest_runs, matching_spans,
                        scope_of, scoped, shingle_of, shingles_from_ids, span_tokens)
 
@@ -333,11 +332,7 @@ def _tokens(batch: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
         return hashed_tokens(batch.column(name))
     text = batch.column(name)
     if text.null_count == len(text):  # every text is a span of its completion (or absent)
-        starts = batch.column(start).combine_chunks()
-        valid = validity(starts)
-        data, base, _ = byte_spans(batch.column("completion"))
-        lo = base + np.where(valid, int_values(starts), 0)
-        hi = np.where(valid, base + int_values(batch.column(end).combine_chunks()), lo)
+        data, lo, hi, _ = span_ranges(batch.column("completion"), batch.column(start), batch.column(end))
         hashed = span_tokens(data, lo, hi)
         if hashed is not None:
             return hashed

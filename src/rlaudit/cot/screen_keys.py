@@ -24,7 +24,7 @@ from ..derived import segments
 from ..layout import read_columns, to_canonical
 from ..memory import workers
 from ..store import Store, prune_cached, write_cached
-from ..text import validity
+from ..text import byte_spans, span_ranges, validity
 from . import kernels as _kernels
 from .screen_sets import save_sets
 from .shingles import byte_span_hashes
@@ -142,9 +142,7 @@ def _answer_keys(table: pa.Table, spans: bool) -> np.ndarray:
     else:
         ck, other = _kernels.answer_hashes(*byte_spans(table.column("answer")), _WHITESPACE)
     if valid.any():
-        cdata, base, _ = byte_spans(table.column("completion"))
-        lo = base + np.where(valid, int_values(start), 0)
-        hi = np.where(valid, base + int_values(table.column("_answer_end").combine_chunks()), lo)
+        cdata, lo, hi, _ = span_ranges(table.column("completion"), start, table.column("_answer_end"))
         span_ck, span_other = _kernels.answer_hashes(cdata, lo, hi, _WHITESPACE)
         ck, other = np.where(valid, span_ck, ck), np.where(valid, span_other, other)
     rows = np.flatnonzero(other)
@@ -152,34 +150,6 @@ def _answer_keys(table: pa.Table, spans: bool) -> np.ndarray:
         subset = table.take(pa.array(rows)).select(read_columns(["answer"]) if spans else ["answer"])
         ck[rows] = answer_hash((to_canonical(subset) if spans else subset).column("answer"))
     return ck
-
-
-def int_values(array: pa.Array) -> np.ndarray:
-    """The int64 values of an integer array, whatever its null slots hold (the caller masks them): no
-    `fill_null` (an Arrow kernel call per column, which also imports pandas on first use)."""
-    if array.null_count == 0:
-        return array.to_numpy().astype(np.int64)
-    if array.null_count == len(array) or array.buffers()[1] is None:
-        return np.zeros(len(array), np.int64)
-    width = np.dtype(f"<i{array.type.bit_width // 8}")  # the span columns are int32
-    return np.frombuffer(array.buffers()[1], width, len(array), array.offset * width.itemsize).astype(np.int64)
-
-
-def byte_spans(strings: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(data buffer, start, end): each string is data[start[i]:end[i]] (int64); a null is empty."""
-    if isinstance(strings, pa.ChunkedArray):  # (combine_chunks copies even a single chunk)
-        strings = strings.chunk(0) if strings.num_chunks == 1 else strings.combine_chunks()
-    if not pa.types.is_large_string(strings.type):
-        strings = strings.cast(pa.string())
-    width = np.int64 if pa.types.is_large_string(strings.type) else np.int32
-    buffers = strings.buffers()
-    off = np.frombuffer(buffers[1], width, len(strings) + 1, strings.offset * np.dtype(width).itemsize)
-    off = off.astype(np.int64)
-    starts, ends = off[:-1], off[1:]
-    if strings.null_count:  # a null's offsets may cover bytes (Arrow allows it)
-        ends = np.where(validity(strings), ends, starts)
-    data = np.frombuffer(buffers[2], np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
-    return data, starts, ends
 
 
 _WHITESPACE = np.zeros(256, bool)

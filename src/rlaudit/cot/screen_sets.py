@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from ..derived import segments
 from ..store import Store, sql_list, write_cached
+from ..text import byte_spans
 from .shingles import byte_span_hashes
 
 #: parts added since the newest index that make a new one (the merge rewrites the index: O(groups of the run))
@@ -139,8 +140,6 @@ def _repeated(group: np.ndarray, key: np.ndarray) -> np.ndarray:
 
 
 def _hash(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    from .screen_keys import byte_spans
-
     return byte_span_hashes(*byte_spans(strings))
 
 
