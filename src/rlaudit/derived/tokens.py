@@ -260,7 +260,7 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
     cells_held = termcells.segments_held(vdir) if persist else {}
     for path in parts:
         if path.name not in done and persist:
-            files = {"terms": vdir / f"{path.stem}.terms.parquet", "counts": vdir / f"{path.stem}.counts.parquet"}
+            files = _part_files(vdir, path)
             # a part is cached when its cell tables are too (they are written right after, by the same worker);
             # found, they are memoised for `termcells.term_cells`, which then looks for nothing again
             cells = (termcells.cached(files["terms"], path.name, listed[cdir], cells_held)
@@ -333,7 +333,7 @@ def _segmented_files(vdir: Path, part: Path) -> dict[str, Path]:
     """Where a part's derived tables read through segments are cached: its per-step counts and cell tables."""
     from . import termcells  # termcells builds on this module
 
-    return {"counts": vdir / f"{part.stem}.counts.parquet", **termcells.cell_files(vdir, part.name)}
+    return {"counts": _part_files(vdir, part)["counts"], **termcells.cell_files(vdir, part.name)}
 
 
 def _fresh_segments(vdir: Path, parts: list[Path], missing: list[Path]) -> segments.Fresh:
@@ -375,9 +375,14 @@ def _store_part(vdir: Path, path: Path, terms: pa.Table, counts: pa.Table, persi
         _EMPTY.update({"terms": terms.schema.empty_table(), "counts": counts.schema.empty_table()})
     if not persist:
         return {"terms": terms, "counts": counts}
-    counts_file = vdir / f"{path.stem}.counts.parquet"
-    return {"terms": _write_kind(vdir / f"{path.stem}.terms.parquet", "terms", terms),
-            "counts": counts_file if skip else _write_kind(counts_file, "counts", counts)}
+    files = _part_files(vdir, path)
+    return {"terms": _write_kind(files["terms"], "terms", terms),
+            "counts": files["counts"] if skip else _write_kind(files["counts"], "counts", counts)}
+
+
+def _part_files(vdir: Path, part: Path) -> dict[str, Path]:
+    """Where a part's term sets and per-step counts are cached (`vdir`: the vocabulary's directory)."""
+    return {kind: vdir / f"{part.stem}.{kind}.parquet" for kind in ("terms", "counts")}
 
 
 def _write_kind(path: Path, kind: str, table: pa.Table) -> Path | pa.Table:
