@@ -667,12 +667,15 @@ class Store:
         return con
 
     def rollouts_view(self, con: duckdb.DuckDBPyConnection, runs: list[str] | None = None, view: str = "rollouts",
-                      steps: Collection[int] | None = None) -> None:
+                      steps: Collection[int] | None = None, where: str | None = None) -> None:
         """Create the view `view` of the canonical rows of `runs` (default all). `steps`: only over the parts
         that may hold one of them (by the step range the manifest keeps per part; parts stored before ranges
         were kept are always included). Rows of other steps may remain: filter on `step` as well. Why: DuckDB
         opens every listed part's footer to skip it, ~0.25 ms each, so a lookup of a few rollouts in a
-        2,000-part run costs ~0.5 CPU s without this."""
+        2,000-part run costs ~0.5 CPU s without this. `where`: a filter (SQL) on columns every layout stores
+        as they are (`rollout_id`, `step`, ...), applied in each part's scan, before the canonical columns are
+        computed: DuckDB keeps a filter on the view above the projection that cuts the answer and reasoning out of
+        the completion, so a 4% sample of a 1M run cut every row's spans (0.5 -> 0.3 CPU s)."""
         wanted = None if steps is None else np.unique(np.asarray(list(steps), np.int64))
         by_layout: dict[int, list[str]] = {}
         for r in runs if runs is not None else self.runs():
@@ -686,7 +689,8 @@ class Store:
                     raise RlauditError(f"run {r!r}: part file {p} is missing; ingest its source again to repair it "
                                        f"(`rlaudit ingest {m.get('source', 'SOURCE')} --run {r}`)")
                 by_layout.setdefault(layouts.get(p.name, 1), []).append(str(p))
-        selects = [f"SELECT {view_columns(layout)} FROM read_parquet({sql_list(paths)})"
+        filt = f" WHERE {where}" if where else ""
+        selects = [f"SELECT {view_columns(layout)} FROM read_parquet({sql_list(paths)}){filt}"
                    for layout, paths in sorted(by_layout.items())]
         if not selects:
             con.register(f"_empty_{view}", ROLLOUT_SCHEMA.empty_table())

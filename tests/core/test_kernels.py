@@ -306,25 +306,74 @@ def test_cell_term_counts_equal_the_sorted_pairs(case):
     assert int(b[:, 2].sum()) == kept  # every kept pair counted once
 
 
+@st.composite
+def _vocab_sample(draw):
+    """A vocabulary sample as `tokens._compute_vocab` hands it over: texts (few words, so n-grams repeat; other
+    scripts, NULLs), each row's bin and condition (NULL a condition of its own), rows ordered by (bin, condition)."""
+    n = draw(st.integers(0, 30))
+    rows = sorted(draw(st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["a", "b", None])), min_size=n,
+                                max_size=n)), key=lambda r: (r[0], r[1] is None, r[1] or ""))
+    texts = draw(st.lists(_ANY, min_size=n, max_size=n))
+    return pa.table({"bin": pa.array([b for b, _ in rows], pa.int32()),
+                     "condition": pa.array([c for _, c in rows], pa.string()), "answer": pa.array(texts, pa.string())})
+
+
 @needs_numba
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 12)), max_size=120), st.booleans(), st.integers(1, 3),
-       st.booleans())
-def test_vocabulary_document_frequencies_are_identical(occ, in_row_order, min_count, low_bits):
-    """`tokens._ngram_df` through `term_kernels.distinct_keys` (a hash table) equals the sort of the numpy path: kept
-    keys, rows per key, first occurrences, rows per (key, bin, condition). Occurrences in row order per key
-    (the compiled path) or not (it hands back to the sort); keys sharing their low bits (long probe chains)."""
-    if in_row_order:
-        occ = sorted(occ, key=lambda o: o[1])
-    mult = 1 << 20 if low_bits else 0x9E3779B97F4A7C15  # low_bits: every key's low 20 bits are zero
-    key = np.array([(k * mult) % 2**64 for k, _ in occ], np.uint64)
-    row = np.array([r for _, r in occ], np.int32)
-    bins = pa.chunked_array([pa.array([r % 4 for r in range(13)], pa.int32())])
-    conds = pa.chunked_array([pa.array([["a", "b", None][r % 3] for r in range(13)], pa.string())])
-    a, b = _both(lambda: tokens._ngram_df(key, row, bins, conds, min_count))
-    for x, y in zip(a[:3], b[:3]):
+@given(_vocab_sample(), st.integers(1, 3), st.integers(1, 4))
+def test_vocabulary_document_frequencies_are_identical(sample, min_count, max_n):
+    """`tokens._sample_df` through `term_kernels.ngram_df` (one pass, a hash table) equals the numpy path (occurrence
+    arrays, sorts): kept keys and their rows, first occurrences, rows per (n-gram, bin, condition) (as a set of
+    rows: the compiled path's come in another order), the same columns and types."""
+    o = tokens.VocabOptions(min_count=min_count, max_n=max_n)
+    a, b = _both(lambda: tokens._sample_df(sample, "answer", o))
+    for x, y in zip(a[2], b[2]):
         assert x.dtype == y.dtype and np.array_equal(x, y)
-    assert a[3].equals(b[3])
+    for name in ("row", "start", "order"):
+        assert a[1][name].dtype == b[1][name].dtype and np.array_equal(a[1][name], b[1][name])
+    assert a[0].schema == b[0].schema
+    by = [("term", "ascending"), ("bin", "ascending"), ("condition", "ascending")]
+    assert a[0].sort_by(by).equals(b[0].sort_by(by))
+
+
+@needs_numba
+@pytest.mark.parametrize("min_count", [0, 1, 3, 300])
+def test_vocabulary_counts_of_long_rows_and_colliding_keys(min_count):
+    """`term_kernels.ngram_df` against a count in Python: rows long enough to grow its tables and records several
+    times over, keys sharing their low bits (long probe chains, and one counter of the first pass's screen),
+    cells as runs of adjacent rows. Every n-gram of min_count rows or more is there (others may be), each with
+    its exact rows, first occurrence and rows per cell."""
+    rng = np.random.default_rng(7)
+    lengths = rng.integers(0, 3000, 40)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    values = rng.integers(0, 5000, int(offsets[-1])).astype(np.uint64)
+    values[: len(values) // 2] <<= np.uint64(30)  # half the words share their low 30 bits (all zero)
+    cell = np.repeat(np.arange(8), 5).astype(np.int64)
+    ukeys, total, f_row, f_start, f_n, rec_id, rec_cell, rec_df = term_kernels.ngram_df(values, offsets, cell, 3,
+                                                                                        min_count)
+    row, key = tokens.ngram_keys(values, offsets, 3)
+    want: dict[int, set[int]] = {}
+    for k, r in zip(key.tolist(), row.tolist()):
+        want.setdefault(k, set()).add(r)
+    found = ukeys.tolist()
+    assert len(set(found)) == len(found) and set(found) <= set(want)
+    assert {k for k, rows in want.items() if len(rows) >= min_count} <= set(found)
+    if min_count <= 1:
+        assert set(found) == set(want)
+    assert [len(want[k]) for k in found] == total.tolist()
+    for u in range(0, len(ukeys), 97):  # first occurrences: the key of those tokens, in the first row holding it
+        s = offsets[f_row[u]] + f_start[u]
+        assert tokens.ngram_keys(values[s:s + f_n[u]], np.array([0, f_n[u]]), f_n[u])[1][-1] == ukeys[u]
+        assert f_row[u] == min(want[int(ukeys[u])])
+    got: dict[tuple[int, int], int] = {}
+    for u, c, d in zip(rec_id.tolist(), rec_cell.tolist(), rec_df.tolist()):
+        assert (u, c) not in got
+        got[(u, c)] = d
+    by_cell: dict[tuple[int, int], int] = {}
+    for u, k in enumerate(found):
+        for r in want[k]:
+            by_cell[(u, int(cell[r]))] = by_cell.get((u, int(cell[r])), 0) + 1
+    assert got == by_cell
 
 
 @st.composite

@@ -152,6 +152,15 @@ def test_parts_written_before_spans_existed_stay_readable(tmp_path, store):
     rows = store.table("run", ["step", "reasoning", "answer"]).to_pylist()
     assert [(r["step"], r["reasoning"], r["answer"]) for r in rows if r["answer"] == "a0"] == [
         (1, "r1", "a0"), (2, "r2", "a0"), (3, "r3", "a0")]
+    # a filter applied in each part's scan (`where`, as the vocabulary's sample) keeps the rows a filter on the
+    # view keeps, text columns cut from the completion or stored
+    con = store.connect(["run"])
+    store.rollouts_view(con, ["run"], "kept", where="hash(rollout_id) % 3 = 0 AND step >= 2")
+    got = con.sql("SELECT * FROM kept ORDER BY rollout_id").to_arrow_table()
+    want = con.sql("SELECT * FROM rollouts WHERE hash(rollout_id) % 3 = 0 AND step >= 2 ORDER BY rollout_id"
+                   ).to_arrow_table()
+    con.close()
+    assert got.num_rows > 0 and got.equals(want)
 
 
 def test_parts_written_before_tool_columns_existed_read_them_as_null(tmp_path, store):

@@ -353,48 +353,115 @@ def _step_term_counts(cell, off, ids, at_risk, cp_cell, cp_prompt, cp_count, pt_
     return x, m
 
 
-def _distinct_keys(keys, rows):
-    """Per occurrence (key, row): its key's id (ids in order of first appearance) and whether it is the first of
-    its (key, row) pair; per id the key and its first occurrence; whether every key's rows came in increasing
-    order (else the pair flags are not valid). Linear probing on the low bits of the keys (hashes already)."""
-    n = len(keys)
-    size = 16
-    while size < 2 * n:
-        size *= 2
-    mask = np.uint64(size - 1)
-    slots = np.full(size, -1, np.int32)
-    ukeys = np.empty(n, np.uint64)
-    first = np.empty(n, np.int64)
-    last = np.empty(n, np.int64)
-    uid = np.empty(n, np.int32)
-    new_pair = np.zeros(n, np.bool_)
+def _ngram_keys_at(cur, h, max_n):
+    """Advance `cur` by one token of hash h: cur[n] becomes the key of the n-gram ending at that token (as
+    `tokens.ngram_keys`: a word's hash, `_splitmix64(prev * _MIX + h)` for a longer one)."""
+    for n in range(max_n, 1, -1):
+        cur[n] = _splitmix64(cur[n - 1] * _MIX + h)
+    cur[1] = h
+
+
+def _ngram_df(values, offsets, cell, max_n, min_count, sketch_bits):
+    """The document frequencies of the 1..max_n-grams of rows of token hashes (flat `values`, per-row `offsets`),
+    overall and per cell of the rows (`cell`, each cell's rows adjacent), for the n-grams that may be found in
+    `min_count` rows or more (others may be left out).
+
+    Per n-gram (ids in order of first appearance): its key, the rows holding it, and its first occurrence (row,
+    start token within the row, n). Per (n-gram, cell) holding it: the rows, as records (id, cell, rows), one per
+    pair.
+
+    Two passes over the tokens. Most distinct n-grams occur once (~1.3M distinct of ~4.6M occurrences at the 1M
+    benchmark's sample, ~60k in 5 rows or more), and in a hash table each costs cache misses; so the first pass
+    counts occurrences per low `sketch_bits` bits of the key (`sketch`: bytes, saturating at 255; one
+    increment per occurrence, misses that overlap), and the second enters into the table only the n-grams whose
+    count reaches min_count: occurrences are at least rows, and keys sharing low bits only add, so no n-gram of
+    min_count rows is left out (~100k pass). Rows are taken in order, so an n-gram's repeats within a row are
+    told by its last row, and, cells being adjacent, its rows in the current cell by one running counter
+    (flushed to the records when its next row is in another cell, and at the end). A slot holds its key beside
+    its id (`slots`: key, id + 1, 0 for empty), and an n-gram's running state (last row, rows, current cell, rows
+    in it) is one 16-byte record (`state`). The table is doubled before a row could fill it past half. Rows and
+    cells must fit in 32 bits (`ngram_df` checks)."""
+    n_rows = len(offsets) - 1
+    cur = np.zeros(max_n + 1, np.uint64)  # cur[n]: key of the n-gram ending at the current token
+    threshold = min(max(min_count, 0), 255)
+    smask = np.uint64((np.int64(1) << sketch_bits) - 1)
+    sketch = np.zeros(np.int64(1) << sketch_bits if threshold > 1 else 1, np.uint8)
+    if threshold > 1:
+        for r in range(n_rows):
+            s, e = offsets[r], offsets[r + 1]
+            for i in range(s, e):
+                _ngram_keys_at(cur, values[i], max_n)
+                for n in range(1, min(max_n, i - s + 1) + 1):
+                    q = np.int64(cur[n] & smask)
+                    x = sketch[q]
+                    sketch[q] = x + (x < 255)
+    size = 1 << 12
+    slots = np.zeros(2 * size, np.uint64)
+    cap = size >> 1
+    ukeys = np.empty(cap, np.uint64)
+    state = np.empty(4 * cap, np.int32)
+    first = np.empty(3 * cap, np.int64)  # row, start, n
+    rec = np.empty(3 * cap, np.int64)  # id, cell, rows
     m = 0
-    ordered = True
-    for i in range(n):
-        k = keys[i]
-        r = rows[i]
-        s = np.int64(k & mask)
-        while True:
-            u = slots[s]
-            if u < 0:
-                slots[s] = m
-                ukeys[m] = k
-                first[m] = i
-                last[m] = r
-                uid[i] = m
-                new_pair[i] = True
-                m += 1
-                break
-            if ukeys[u] == k:
-                uid[i] = u
-                if r != last[u]:
-                    if r < last[u]:
-                        ordered = False
-                    new_pair[i] = True
-                    last[u] = r
-                break
-            s = (s + 1) & np.int64(size - 1)
-    return uid, new_pair, ukeys[:m].copy(), first[:m].copy(), ordered
+    n_rec = 0
+    for r in range(n_rows):
+        c = np.int32(cell[r])
+        r32 = np.int32(r)
+        s, e = offsets[r], offsets[r + 1]
+        most = max_n * (e - s)  # new n-grams and records this row may add: room made outside the scan
+        if m + most > len(ukeys):
+            ukeys, state, first = _grow(ukeys, m + most), _grow(state, 4 * (m + most)), _grow(first, 3 * (m + most))
+        if 3 * (n_rec + most) > len(rec):
+            rec = _grow(rec, 3 * (n_rec + most))
+        if 2 * (m + most) > size:  # it might pass half full: more slots, every key placed again
+            while 2 * (m + most) > size:
+                size <<= 1
+            slots = np.zeros(2 * size, np.uint64)
+            for v in range(m):
+                p = np.int64(ukeys[v] & np.uint64(size - 1))
+                while slots[2 * p + 1] != 0:
+                    p = (p + 1) & (size - 1)
+                slots[2 * p] = ukeys[v]
+                slots[2 * p + 1] = v + 1
+        mask = np.uint64(size - 1)
+        for i in range(s, e):
+            _ngram_keys_at(cur, values[i], max_n)
+            for n in range(1, min(max_n, i - s + 1) + 1):
+                key = cur[n]
+                if threshold > 1 and sketch[np.int64(key & smask)] < threshold:
+                    continue  # in fewer than min_count rows
+                q = np.int64(key & mask)
+                while True:
+                    u1 = slots[2 * q + 1]
+                    if u1 == 0 or slots[2 * q] == key:
+                        break
+                    q = (q + 1) & (size - 1)
+                if u1 == 0:  # a new n-gram
+                    slots[2 * q] = key
+                    slots[2 * q + 1] = m + 1
+                    ukeys[m] = key
+                    state[4 * m], state[4 * m + 1], state[4 * m + 2], state[4 * m + 3] = r32, 1, c, 1
+                    first[3 * m], first[3 * m + 1], first[3 * m + 2] = r, i - s - n + 1, n
+                    m += 1
+                    continue
+                u = np.int64(u1) - 1
+                if state[4 * u] != r32:  # its first occurrence in this row
+                    state[4 * u] = r32
+                    state[4 * u + 1] += 1
+                    if state[4 * u + 2] == c:
+                        state[4 * u + 3] += 1
+                    else:  # its rows of the previous cell are all counted
+                        rec[3 * n_rec], rec[3 * n_rec + 1], rec[3 * n_rec + 2] = u, state[4 * u + 2], state[4 * u + 3]
+                        n_rec += 1
+                        state[4 * u + 2], state[4 * u + 3] = c, 1
+    if 3 * (n_rec + m) > len(rec):
+        rec = _grow(rec, 3 * (n_rec + m))
+    for u in range(m):  # the running counts still open
+        rec[3 * n_rec], rec[3 * n_rec + 1], rec[3 * n_rec + 2] = u, state[4 * u + 2], state[4 * u + 3]
+        n_rec += 1
+    total = state[1:4 * m:4].astype(np.int64)
+    return (ukeys[:m].copy(), total, first[0:3 * m:3].copy(), first[1:3 * m:3].copy(), first[2:3 * m:3].copy(),
+            rec[0:3 * n_rec:3].copy(), rec[1:3 * n_rec:3].copy(), rec[2:3 * n_rec:3].copy())
 
 
 def _build() -> SimpleNamespace:
@@ -403,7 +470,7 @@ def _build() -> SimpleNamespace:
 
     glob = globals()
     # helpers are looked up as globals when the kernels compile: jitted versions must be in place first
-    for name in ("_splitmix64", "_grow"):
+    for name in ("_splitmix64", "_grow", "_ngram_keys_at"):
         glob[name] = jit(getattr(glob[name], "py_func", glob[name]))
     from numba.cpython.unsafe.numbers import trailing_zeros
 
@@ -421,7 +488,7 @@ def _build() -> SimpleNamespace:
         row_term_ids=jit(_row_term_ids, (u64, i64, t.int64, i32, u64, i64, i64, i32, t.int64, t.int64,
                                          i64, i64, i32, i64, i64, i32)),
         cell_term_counts=jit(_cell_term_counts, (i64, i64, i64, i32, i64, i32, b1, t.int64)),
-        distinct_keys=jit(_distinct_keys, (u64, i64)),
+        ngram_df=jit(_ngram_df, (u64, i64, i64, t.int64, t.int64, t.int64)),
         step_term_counts=jit(_step_term_counts, (i64, i64, i32, b1, i64, i64, i64, i64, i32, t.int64,
                                                  t.int64)))
 
@@ -498,14 +565,20 @@ def step_term_counts(cell: np.ndarray, off: np.ndarray, ids: np.ndarray, at_risk
                                        c(pt_off, np.int64), c(pt_ids, np.int32), int(n_cells), int(n_ids))
 
 
-def distinct_keys(keys: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-    """Of occurrences (key, row) whose rows come in increasing order within each key: (id of each occurrence's
-    key, in order of first appearance; whether it is the first of its (key, row) pair; the keys by id; each
-    key's first occurrence). None when some key's rows are out of order. One pass through a hash table instead
-    of a stable sort of every occurrence (`tokens._ngram_df`)."""
+def ngram_df(values: np.ndarray, offsets: np.ndarray, cell: np.ndarray, max_n: int, min_count: int
+             ) -> tuple[np.ndarray, ...]:
+    """Of rows of token hashes (flat values, int64 offsets per row) whose cells (`cell` per row) each come as
+    one run of adjacent rows: per 1..max_n-gram (in order of first appearance; every one found in `min_count`
+    rows or more, and maybe some others) its key, rows holding it, and first occurrence (row, start token, n); and
+    records (n-gram, cell, rows) of every (n-gram, cell) pair holding it. Two passes over the tokens instead of
+    the occurrence arrays and sorts of `tokens._ngram_df` (see `_ngram_df`)."""
+    if len(offsets) > 2**31 or (len(cell) and not 0 <= int(cell.min()) <= int(cell.max()) < 2**31):
+        raise ValueError("ngram_df: rows and cells must fit in 32 bits")
+    # a counter per occurrence or more, up to 16 MB (2^24): few n-grams of fewer rows pass (see `_ngram_df`)
+    bits = min(max(int(max_n * len(values)), 1 << 12).bit_length(), 24)
     c = np.ascontiguousarray
-    uid, new_pair, ukeys, first, ordered = compiled().distinct_keys(c(keys, np.uint64), c(rows, np.int64))
-    return (uid, new_pair, ukeys, first) if ordered else None
+    return compiled().ngram_df(c(values, np.uint64), c(offsets, np.int64), c(cell, np.int64), int(max_n),
+                               int(min_count), bits)
 
 
 def _build_gather() -> SimpleNamespace:

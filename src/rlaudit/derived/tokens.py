@@ -430,17 +430,23 @@ def _cached_vocab(store: Store, run: str, options: VocabOptions, okey: str, name
 
 
 def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:
+    """The vocabulary (see module doc), chosen on the rollouts whose `hash(rollout_id) % 1000` falls below the
+    sampled share. The sample is filtered in each part's scan (`Store.rollouts_view`'s `where`) and its rows are
+    ordered by (bin, condition): the compiled count (`_sample_df`) wants each cell's rows adjacent, and the row
+    order changes nothing chosen (counts per cell, n-grams named by their tokens)."""
     con = store.connect([run])
     n = con.execute("SELECT count(*) FROM rollouts").fetchall()[0][0]
     per_mille = 1000 if n <= o.sample else max(1, int(1000 * o.sample / n))
+    store.rollouts_view(con, [run], "sampled", where=f"hash(rollout_id) % 1000 < {per_mille}")
     con.execute(f"""
         CREATE TEMP TABLE s AS
         SELECT row_number() OVER () AS sid, condition, answer, reasoning,
                least({o.bins - 1}, CAST(floor({o.bins} * (step - min(step) OVER ())
                      / (max(step) OVER () - min(step) OVER () + 1)) AS INTEGER)) AS bin
-        FROM rollouts WHERE hash(rollout_id) % 1000 < {per_mille}""")
+        FROM sampled""")
     cells = con.sql("SELECT bin, condition, count(*) AS n FROM s GROUP BY ALL").to_arrow_table()
-    sample = con.sql("SELECT sid, bin, condition, answer, reasoning FROM s ORDER BY sid").to_arrow_table()
+    sample = con.sql("SELECT sid, bin, condition, answer, reasoning FROM s ORDER BY bin, condition, sid"
+                     ).to_arrow_table()
     con.close()
     # the two places are independent: one thread each where a second core is free (numpy, numba and DuckDB
     # release the GIL; the choice was ~3 CPU s of a cold 1M audit, all on one core)
@@ -486,12 +492,34 @@ def _qualified(sample: pa.Table, cells: pa.Table, where: str, o: VocabOptions) -
 
 def _sample_df(sample: pa.Table, where: str, o: VocabOptions) -> tuple[pa.Table, dict[str, np.ndarray], Any]:
     """Document frequency of every 1..max_n-gram of the sampled texts per (bin, condition), as (term, bin,
-    condition, df) with `term` a dense n-gram index; n-grams found in fewer than `min_count` sampled rollouts
-    are left out (they cannot qualify). Also, per n-gram index, one occurrence (row, token position, n) to
-    name it by, and the unique n-gram keys with their total document frequency (for key tokens)."""
+    condition, df) with `term` a dense n-gram index (kept n-grams by key); n-grams found in fewer than
+    `min_count` sampled rollouts are left out (they cannot qualify). Also, per kept n-gram, one occurrence (row,
+    token position, n) to name it by: its first, in row order; and the kept keys (sorted) with their total
+    document frequency (for key tokens).
+
+    Compiled where numba is installed and each (bin, condition) cell's rows are adjacent (`_compute_vocab` orders
+    the sample so): two passes over the token hashes (`kernels.ngram_df`), the rare n-grams screened out by a
+    count per low bits of their keys before any hash table; else the occurrence arrays and sorts of `_ngram_df`.
+    Both give the same n-grams, counts and occurrences (the table's rows may come in another order)."""
     values, offsets = token_hashes(sample.column(where))
-    n_rows = sample.num_rows
-    row = np.repeat(np.arange(n_rows, dtype=np.int32), np.diff(offsets))  # 32 bits: a bounded sample
+    conditions = sample.column("condition")
+    cond = pc.dictionary_encode(conditions.combine_chunks(), null_encoding="encode")  # NULL: a condition of its own
+    n_cond = max(len(cond.dictionary), 1)
+    bins = sample.column("bin")
+    cell = np.asarray(bins.to_numpy(), np.int64) * n_cond + np.asarray(cond.indices.to_numpy(), np.int64)
+    if kernels.use_numba() and _adjacent(cell):
+        found = kernels.ngram_df(values, offsets, cell, o.max_n, o.min_count)
+        ukeys, total, f_row, f_start, f_n, rec_id, rec_cell, rec_df = found
+        kept = np.flatnonzero(total >= o.min_count)
+        kept = kept[np.argsort(ukeys[kept], kind="stable")]
+        dense = np.full(len(ukeys), -1, np.int64)
+        dense[kept] = np.arange(len(kept))  # kept n-gram index, by key
+        sel = dense[rec_id] >= 0
+        table = _df_table(dense[rec_id[sel]], rec_cell[sel], rec_df[sel], n_cond, cond.dictionary, bins.type)
+        first = {"row": f_row[kept].astype(np.int32), "start": f_start[kept].astype(np.int32),
+                 "order": f_n[kept].astype(np.int8)}
+        return table, first, (ukeys[kept], total[kept].astype(np.int64))
+    row = np.repeat(np.arange(sample.num_rows, dtype=np.int32), np.diff(offsets))  # 32 bits: a bounded sample
     pos = np.arange(len(values), dtype=np.int32)
     rows, keys, starts, orders = [row], [values], [pos], [np.ones(len(values), np.int8)]
     key = values
@@ -503,17 +531,32 @@ def _sample_df(sample: pa.Table, where: str, o: VocabOptions) -> tuple[pa.Table,
         starts.append(pos[:len(pos) - n + 1][ok])
         orders.append(np.full(int(ok.sum()), n, np.int8))
     row, key, start, order = (np.concatenate(a) for a in (rows, keys, starts, orders))
-    uniq, total, first_at, table = _ngram_df(key, row, sample.column("bin"), sample.column("condition"), o.min_count)
-    first = {"row": row, "start": start - offsets[row].astype(np.int32), "order": order, "at": first_at}
+    uniq, total, at, table = _ngram_df(key, row, bins, conditions, o.min_count)
+    first = {"row": row[at], "start": start[at] - offsets[row[at]].astype(np.int32), "order": order[at]}
     return table, first, (uniq, total)
+
+
+def _adjacent(cell: np.ndarray) -> bool:
+    """Whether each cell's rows come as one run of adjacent rows."""
+    if len(cell) < 2:
+        return True
+    runs = 1 + int(np.count_nonzero(cell[1:] != cell[:-1]))
+    return runs == len(np.unique(cell))
+
+
+def _df_table(term: np.ndarray, cell: np.ndarray, df: np.ndarray, n_cond: int, conditions: pa.Array,
+              bins_type: pa.DataType) -> pa.Table:
+    """The (term, bin, condition, df) table of `_sample_df` from cells coded bin * n_cond + condition index."""
+    return pa.table({"term": pa.array(term, pa.int64()), "bin": pa.array(cell // n_cond).cast(bins_type),
+                     "condition": conditions.take(pa.array(cell % n_cond)), "df": pa.array(df, pa.int64())})
 
 
 def _ngram_df(key: np.ndarray, row: np.ndarray, bins: pa.ChunkedArray, conditions: pa.ChunkedArray, min_count: int
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, pa.Table]:
     """Of n-gram occurrences (key, row), the n-grams found in at least `min_count` rows: their keys (sorted),
     rows, first occurrence (flat index) and the rows per (n-gram, bin, condition) of the rows' `bins` and
-    `conditions` (as `term`, the index among the kept keys). The distinct (key, row) pairs come from
-    `_distinct_pairs_of`; only the kept n-grams' pairs are then sorted, by (n-gram, cell)."""
+    `conditions` (as `term`, the index among the kept keys). The numpy path of `_sample_df`: the distinct (key,
+    row) pairs come from `_distinct_pairs_of`; only the kept n-grams' pairs are then sorted, by (n-gram, cell)."""
     ukeys, first, pu, pr = _distinct_pairs_of(key, row)
     total = np.bincount(pu, minlength=len(ukeys))
     kept = np.flatnonzero(total >= min_count)
@@ -526,27 +569,15 @@ def _ngram_df(key: np.ndarray, row: np.ndarray, bins: pa.ChunkedArray, condition
     cell = np.asarray(bins.to_numpy(), np.int64) * n_cond + np.asarray(cond.indices.to_numpy(), np.int64)
     width = int(cell.max()) + 1 if len(cell) else 1
     code, df = np.unique(dense[pu[sel]] * width + cell[pr[sel]], return_counts=True)
-    c = code % width
-    table = pa.table({"term": pa.array(code // width, pa.int64()), "bin": pa.array(c // n_cond).cast(bins.type),
-                      "condition": cond.dictionary.take(pa.array(c % n_cond)), "df": pa.array(df, pa.int64())})
+    table = _df_table(code // width, code % width, df, n_cond, cond.dictionary, bins.type)
     return ukeys[kept], total[kept].astype(np.int64), first[kept].astype(np.int64), table
 
 
 def _distinct_pairs_of(key: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(distinct keys, each one's first occurrence, and the distinct (key, row) pairs as key index and row).
-
-    Compiled where numba is installed and each key's occurrences come in row order (as `_sample_df` builds
-    them: one block per n, rows in order): one pass through a hash table (`kernels.distinct_keys`, keys in order
-    of first appearance; the 1M benchmark's vocabulary took 2.4-2.6 CPU s in all this way, 3.2-3.9 with the
-    sort). Else one stable argsort of the keys: equal keys end up
-    together, with their rows in increasing order when they came so, and the distinct pairs are where either
-    changes (2x the speed of DuckDB's hash aggregates over the same pairs, in one thread); otherwise one more
-    sort."""
-    if kernels.use_numba() and len(key):
-        found = kernels.distinct_keys(key, row)
-        if found is not None:
-            uid, new_pair, ukeys, first = found
-            return ukeys, first, uid[new_pair].astype(np.int64), row[new_pair].astype(np.int64)
+    """(distinct keys, each one's first occurrence, and the distinct (key, row) pairs as key index and row), by
+    one stable argsort of the keys: equal keys end up together, with their rows in increasing order when they
+    came so, and the distinct pairs are where either changes (2x the speed of DuckDB's hash aggregates over the
+    same pairs, in one thread); otherwise one more sort."""
     srt = np.argsort(key, kind="stable")
     ks, rs = key[srt], row[srt]
     new_key = np.ones(len(ks), bool)
@@ -568,8 +599,7 @@ def _name_terms(sample: pa.Table, where: str, q: pa.Table, first: dict[str, np.n
     and cut to `max_terms`; and each one's key token (its rarest token in the sample; of equally rare ones the
     longest, then the last)."""
     k = np.asarray(q.column("k").to_numpy(), np.int64)
-    at = first["at"][k]
-    rows, starts, orders = first["row"][at], first["start"][at], first["order"][at].astype(np.int64)
+    rows, starts, orders = first["row"][k], first["start"][k], first["order"][k].astype(np.int64)
     con = duckdb.connect()
     con.register("occ", pa.table({"i": np.arange(len(k)), "text": sample.column(where).take(pa.array(rows)),
                                   "p": starts, "n": orders}))
