@@ -322,18 +322,21 @@ def _vocab_sample(draw):
 @settings(max_examples=80, deadline=None)
 @given(_vocab_sample(), st.integers(1, 3), st.integers(1, 4))
 def test_vocabulary_document_frequencies_are_identical(sample, min_count, max_n):
-    """`tokens._sample_df` through `term_kernels.ngram_df` (one pass, a hash table) equals the numpy path (occurrence
-    arrays, sorts): kept keys and their rows, first occurrences, rows per (n-gram, bin, condition) (as a set of
-    rows: the compiled path's come in another order), the same columns and types."""
+    """`tokens._sample_df` through `term_kernels.ngram_df` (two passes, a hash table) equals the numpy path
+    (occurrence arrays, sorts): kept keys and their rows, first occurrences, rows per (n-gram, cell) (as a set of
+    records: the compiled path's come in another order), and so the prevalences chosen from them."""
     o = tokens.VocabOptions(min_count=min_count, max_n=max_n)
     a, b = _both(lambda: tokens._sample_df(sample, "answer", o))
-    for x, y in zip(a[2], b[2]):
+    for name in ("uniq", "total", "rows"):
+        x, y = getattr(a, name), getattr(b, name)
         assert x.dtype == y.dtype and np.array_equal(x, y)
+    assert (a.n_cond, a.null_cond) == (b.n_cond, b.null_cond)
     for name in ("row", "start", "order"):
-        assert a[1][name].dtype == b[1][name].dtype and np.array_equal(a[1][name], b[1][name])
-    assert a[0].schema == b[0].schema
-    by = [("term", "ascending"), ("bin", "ascending"), ("condition", "ascending")]
-    assert a[0].sort_by(by).equals(b[0].sort_by(by))
+        assert a.first[name].dtype == b.first[name].dtype and np.array_equal(a.first[name], b.first[name])
+    ra, rb = (sorted(zip(d.term.tolist(), d.cell.tolist(), d.df.tolist())) for d in (a, b))
+    assert ra == rb
+    pa_, pb = (tokens._prevalences(d, o) for d in (a, b))
+    assert pa_.equals(pb)
 
 
 @needs_numba

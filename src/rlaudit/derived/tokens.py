@@ -444,69 +444,96 @@ def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:
                least({o.bins - 1}, CAST(floor({o.bins} * (step - min(step) OVER ())
                      / (max(step) OVER () - min(step) OVER () + 1)) AS INTEGER)) AS bin
         FROM sampled""")
-    cells = con.sql("SELECT bin, condition, count(*) AS n FROM s GROUP BY ALL").to_arrow_table()
     sample = con.sql("SELECT sid, bin, condition, answer, reasoning FROM s ORDER BY bin, condition, sid"
                      ).to_arrow_table()
     con.close()
     # the two places are independent: one thread each where a second core is free (numpy, numba and DuckDB
     # release the GIL; the choice was ~3 CPU s of a cold 1M audit, all on one core)
     with ThreadPoolExecutor(max_workers=max(1, min(len(WHERES), workers()))) as pool:
-        frames = list(pool.map(lambda where: _qualified(sample, cells, where, o), WHERES))
+        frames = list(pool.map(lambda where: _qualified(sample, where, o), WHERES))
     table = pa.concat_tables(frames)
     return table.append_column("term_id", pa.array(range(table.num_rows), pa.int32()))
 
 
-def _qualified(sample: pa.Table, cells: pa.Table, where: str, o: VocabOptions) -> pa.Table:
-    """The candidate terms of `where` chosen on the `sample` of rollouts (their step bin and condition), with
-    `cells` the sampled rollouts per (bin, condition): see `VocabOptions` and `_name_terms`."""
-    df, first, totals = _sample_df(sample, where, o)
-    with duckdb.connect() as con:
-        con.execute("SET enable_progress_bar = false")
-        bound_memory(con)
-        con.register("cells", cells)
-        con.register("df", df)
-        # prevalence per (bin) overall and per (bin, condition); a term absent from a cell has prevalence 0
-        q = con.sql(f"""
-            WITH overall AS (
-                SELECT term, bin, sum(df) AS df FROM df GROUP BY ALL),
-            prev_all AS (
-                SELECT term, max(o.df / c.n) AS pmax,
-                       max(o.df / c.n) - CASE WHEN count(*) < (SELECT count(DISTINCT bin) FROM cells)
-                                              THEN 0 ELSE min(o.df / c.n) END AS spread,
-                       max(CASE WHEN o.df >= {o.min_count} THEN o.df / c.n ELSE 0 END) AS pmax_counted
-                FROM overall o JOIN (SELECT bin, sum(n) AS n FROM cells GROUP BY bin) c USING (bin)
-                GROUP BY term),
-            prev_cond AS (
-                SELECT term, max(CASE WHEN d.df >= {o.min_count} THEN d.df / c.n ELSE 0 END) AS pmax_counted,
-                       max(d.df / c.n) AS spread
-                FROM df d JOIN cells c USING (bin, condition)
-                WHERE (SELECT count(DISTINCT condition) FROM cells) > 1
-                GROUP BY term),
-            q AS (
-                SELECT a.term, greatest(a.pmax_counted, coalesce(c.pmax_counted, 0)) AS pmax,
-                       greatest(a.spread, coalesce(c.spread, 0)) AS spread
-                FROM prev_all a LEFT JOIN prev_cond c USING (term))
-            SELECT term AS k, pmax, spread FROM q WHERE pmax >= {o.min_prevalence}""").to_arrow_table()
-    return _name_terms(sample, where, q, first, totals, o)
+def _qualified(sample: pa.Table, where: str, o: VocabOptions) -> pa.Table:
+    """The candidate terms of `where` chosen on the `sample` of rollouts (their step bin and condition): see
+    `VocabOptions`, `_prevalences` and `_name_terms`."""
+    d = _sample_df(sample, where, o)
+    return _name_terms(sample, where, _prevalences(d, o), d.first, (d.uniq, d.total), o)
 
 
-def _sample_df(sample: pa.Table, where: str, o: VocabOptions) -> tuple[pa.Table, dict[str, np.ndarray], Any]:
-    """Document frequency of every 1..max_n-gram of the sampled texts per (bin, condition), as (term, bin,
-    condition, df) with `term` a dense n-gram index (kept n-grams by key); n-grams found in fewer than
-    `min_count` sampled rollouts are left out (they cannot qualify). Also, per kept n-gram, one occurrence (row,
-    token position, n) to name it by: its first, in row order; and the kept keys (sorted) with their total
-    document frequency (for key tokens).
+@dataclass
+class _SampleDF:
+    """A place's n-gram document frequencies in the vocabulary sample (`_sample_df`): records (term, cell, df),
+    one per (kept n-gram, cell) holding it, with `term` the n-gram's index among the kept keys (`uniq`, sorted;
+    `total`: the sampled rollouts holding each) and `cell` = bin * n_cond + condition index (`null_cond`: the
+    index of the NULL condition, a condition of its own, -1 if none); `rows`: the sampled rollouts per cell;
+    `first`: per kept n-gram one occurrence to name it by (row, start token, n)."""
+
+    term: np.ndarray
+    cell: np.ndarray
+    df: np.ndarray
+    rows: np.ndarray
+    n_cond: int
+    null_cond: int
+    first: dict[str, np.ndarray]
+    uniq: np.ndarray
+    total: np.ndarray
+
+
+def _prevalences(d: _SampleDF, o: VocabOptions) -> pa.Table:
+    """(k, pmax, spread) of the kept n-grams k whose prevalence reaches `min_prevalence`: per step bin overall
+    (rows holding it / rows of the bin) and, where the sample has more than one condition, per (bin, condition)
+    (NULL conditions left out there); pmax, the highest prevalence over cells where at least `min_count` rows
+    hold it; spread, the highest less the lowest overall (0 when some bin lacks the n-gram) or the highest within a
+    condition, whichever is larger. An n-gram absent from a cell has prevalence 0. In numpy over the records
+    (~0.6M per place at the 1M benchmark: a sort of (n-gram, bin) codes and a few scatters), equal to the DuckDB
+    query it replaced (tests/core/test_token_lookup.py keeps that query to check)."""
+    n_terms = len(d.uniq)
+    n_bins = max(len(d.rows) // d.n_cond, 1)
+    bin_rows = d.rows.reshape(n_bins, d.n_cond).sum(1)
+    bins_present = int(np.count_nonzero(bin_rows))
+    # overall: rows per (n-gram, bin), summed over the bin's conditions
+    code, at = np.unique(d.term * n_bins + d.cell // d.n_cond, return_inverse=True)
+    x = np.bincount(at, weights=d.df, minlength=len(code))  # exact: counts far below 2^53
+    term, p = code // n_bins, x / bin_rows[code % n_bins]
+    pmax = np.zeros(n_terms)
+    low = np.full(n_terms, np.inf)
+    counted = np.zeros(n_terms)
+    np.maximum.at(pmax, term, p)
+    np.minimum.at(low, term, p)
+    np.maximum.at(counted, term, np.where(x >= o.min_count, p, 0.0))
+    in_all = np.bincount(term, minlength=n_terms) >= bins_present
+    spread = pmax - np.where(in_all, low, 0.0)
+    n_named = d.n_cond - (d.null_cond >= 0)
+    if n_named > 1:  # within one condition
+        named = d.cell % d.n_cond != d.null_cond
+        term, x = d.term[named], d.df[named]
+        p = x / d.rows[d.cell[named]]
+        np.maximum.at(spread, term, p)
+        np.maximum.at(counted, term, np.where(x >= o.min_count, p, 0.0))
+    k = np.flatnonzero(counted >= o.min_prevalence)
+    return pa.table({"k": pa.array(k, pa.int64()), "pmax": pa.array(counted[k], pa.float64()),
+                     "spread": pa.array(spread[k], pa.float64())})
+
+
+def _sample_df(sample: pa.Table, where: str, o: VocabOptions) -> _SampleDF:
+    """Document frequency of every 1..max_n-gram of the sampled texts per (bin, condition) (see `_SampleDF`);
+    n-grams found in fewer than `min_count` sampled rollouts are left out (they cannot qualify). An n-gram is
+    named by its first occurrence in row order.
 
     Compiled where numba is installed and each (bin, condition) cell's rows are adjacent (`_compute_vocab` orders
     the sample so): two passes over the token hashes (`kernels.ngram_df`), the rare n-grams screened out by a
     count per low bits of their keys before any hash table; else the occurrence arrays and sorts of `_ngram_df`.
-    Both give the same n-grams, counts and occurrences (the table's rows may come in another order)."""
+    Both give the same n-grams, counts and occurrences (the records may come in another order)."""
     values, offsets = token_hashes(sample.column(where))
-    conditions = sample.column("condition")
-    cond = pc.dictionary_encode(conditions.combine_chunks(), null_encoding="encode")  # NULL: a condition of its own
+    cond = pc.dictionary_encode(sample.column("condition").combine_chunks(), null_encoding="encode")
     n_cond = max(len(cond.dictionary), 1)
-    bins = sample.column("bin")
-    cell = np.asarray(bins.to_numpy(), np.int64) * n_cond + np.asarray(cond.indices.to_numpy(), np.int64)
+    nulls = np.flatnonzero(np.asarray(cond.dictionary.is_null()))
+    null_cond = int(nulls[0]) if len(nulls) else -1
+    bins = np.asarray(sample.column("bin").to_numpy(), np.int64)
+    cell = bins * n_cond + np.asarray(cond.indices.to_numpy(), np.int64)
+    rows = np.bincount(cell, minlength=(int(bins.max()) + 1 if len(bins) else 1) * n_cond)
     if kernels.use_numba() and _adjacent(cell):
         found = kernels.ngram_df(values, offsets, cell, o.max_n, o.min_count)
         ukeys, total, f_row, f_start, f_n, rec_id, rec_cell, rec_df = found
@@ -515,25 +542,25 @@ def _sample_df(sample: pa.Table, where: str, o: VocabOptions) -> tuple[pa.Table,
         dense = np.full(len(ukeys), -1, np.int64)
         dense[kept] = np.arange(len(kept))  # kept n-gram index, by key
         sel = dense[rec_id] >= 0
-        table = _df_table(dense[rec_id[sel]], rec_cell[sel], rec_df[sel], n_cond, cond.dictionary, bins.type)
         first = {"row": f_row[kept].astype(np.int32), "start": f_start[kept].astype(np.int32),
                  "order": f_n[kept].astype(np.int8)}
-        return table, first, (ukeys[kept], total[kept].astype(np.int64))
+        return _SampleDF(dense[rec_id[sel]], rec_cell[sel], rec_df[sel], rows, n_cond, null_cond, first,
+                         ukeys[kept], total[kept].astype(np.int64))
     row = np.repeat(np.arange(sample.num_rows, dtype=np.int32), np.diff(offsets))  # 32 bits: a bounded sample
     pos = np.arange(len(values), dtype=np.int32)
-    rows, keys, starts, orders = [row], [values], [pos], [np.ones(len(values), np.int8)]
+    rows_of, keys, starts, orders = [row], [values], [pos], [np.ones(len(values), np.int8)]
     key = values
     for n in range(2, o.max_n + 1):
         key = _ngram_key(key[:-1], values[n - 1:])
         ok = row[:len(row) - n + 1] == row[n - 1:]
-        rows.append(row[:len(row) - n + 1][ok])
+        rows_of.append(row[:len(row) - n + 1][ok])
         keys.append(key[ok])
         starts.append(pos[:len(pos) - n + 1][ok])
         orders.append(np.full(int(ok.sum()), n, np.int8))
-    row, key, start, order = (np.concatenate(a) for a in (rows, keys, starts, orders))
-    uniq, total, at, table = _ngram_df(key, row, bins, conditions, o.min_count)
+    row, key, start, order = (np.concatenate(a) for a in (rows_of, keys, starts, orders))
+    uniq, total, at, (term, rec_cell, df) = _ngram_df(key, row, cell, o.min_count)
     first = {"row": row[at], "start": start[at] - offsets[row[at]].astype(np.int32), "order": order[at]}
-    return table, first, (uniq, total)
+    return _SampleDF(term, rec_cell, df, rows, n_cond, null_cond, first, uniq, total)
 
 
 def _adjacent(cell: np.ndarray) -> bool:
@@ -544,19 +571,13 @@ def _adjacent(cell: np.ndarray) -> bool:
     return runs == len(np.unique(cell))
 
 
-def _df_table(term: np.ndarray, cell: np.ndarray, df: np.ndarray, n_cond: int, conditions: pa.Array,
-              bins_type: pa.DataType) -> pa.Table:
-    """The (term, bin, condition, df) table of `_sample_df` from cells coded bin * n_cond + condition index."""
-    return pa.table({"term": pa.array(term, pa.int64()), "bin": pa.array(cell // n_cond).cast(bins_type),
-                     "condition": conditions.take(pa.array(cell % n_cond)), "df": pa.array(df, pa.int64())})
-
-
-def _ngram_df(key: np.ndarray, row: np.ndarray, bins: pa.ChunkedArray, conditions: pa.ChunkedArray, min_count: int
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, pa.Table]:
+def _ngram_df(key: np.ndarray, row: np.ndarray, cell: np.ndarray, min_count: int
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Of n-gram occurrences (key, row), the n-grams found in at least `min_count` rows: their keys (sorted),
-    rows, first occurrence (flat index) and the rows per (n-gram, bin, condition) of the rows' `bins` and
-    `conditions` (as `term`, the index among the kept keys). The numpy path of `_sample_df`: the distinct (key,
-    row) pairs come from `_distinct_pairs_of`; only the kept n-grams' pairs are then sorted, by (n-gram, cell)."""
+    rows, first occurrence (flat index) and the rows per (n-gram, cell) of the rows' cells (`cell`, non-negative
+    codes), as records (term, cell, rows) with `term` the index among the kept keys, sorted. The numpy path of
+    `_sample_df`: the distinct (key, row) pairs come from `_distinct_pairs_of`; only the kept n-grams' pairs are
+    then sorted, by (n-gram, cell)."""
     ukeys, first, pu, pr = _distinct_pairs_of(key, row)
     total = np.bincount(pu, minlength=len(ukeys))
     kept = np.flatnonzero(total >= min_count)
@@ -564,13 +585,9 @@ def _ngram_df(key: np.ndarray, row: np.ndarray, bins: pa.ChunkedArray, condition
     dense = np.full(len(ukeys), -1, np.int64)
     dense[kept] = np.arange(len(kept))  # kept n-gram index
     sel = dense[pu] >= 0
-    cond = pc.dictionary_encode(conditions.combine_chunks(), null_encoding="encode")  # NULL: a condition of its own
-    n_cond = max(len(cond.dictionary), 1)
-    cell = np.asarray(bins.to_numpy(), np.int64) * n_cond + np.asarray(cond.indices.to_numpy(), np.int64)
     width = int(cell.max()) + 1 if len(cell) else 1
     code, df = np.unique(dense[pu[sel]] * width + cell[pr[sel]], return_counts=True)
-    table = _df_table(code // width, code % width, df, n_cond, cond.dictionary, bins.type)
-    return ukeys[kept], total[kept].astype(np.int64), first[kept].astype(np.int64), table
+    return ukeys[kept], total[kept].astype(np.int64), first[kept].astype(np.int64), (code // width, code % width, df)
 
 
 def _distinct_pairs_of(key: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
