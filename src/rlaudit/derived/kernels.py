@@ -28,6 +28,12 @@ A third loop serves the cell tables the term-set workers write beside the term s
   pairs and one over the prompts' terms per (cell, prompt), instead of gathers, repeats and bincounts of every
   pair (~16% of the term-set batches' CPU at 1M rollouts in numpy, ~4% compiled).
 
+One serves the vocabulary's choice (`tokens._sample_df`):
+
+- `ngram_df`: the document frequencies of the sample's n-grams, overall and per (bin, condition) cell, in two
+  passes over the token hashes (a byte counter per low key bits screens out the n-grams too rare to qualify, then
+  a hash table counts the rest), instead of occurrence arrays and sorts (equal to the numpy path, tested).
+
 Which path runs, and how the kernels are compiled and cached: `rlaudit.kernels` (`use_numba`, re-exported here
 for the modules of this package). Each kernel has one signature (read-only arrays); compiled the first time, 7-10
 CPU s, then loaded from numba's cache in about 0.5 CPU s with numba's import.
