@@ -26,20 +26,29 @@ ENV = "RLAUDIT_KERNEL"
 CHOICES = ("numpy", "numba")
 
 _available: bool | None = None
+_checking = threading.Lock()
 
 
 def available() -> bool:
-    """Whether numba can be imported (checked once per process)."""
+    """Whether numba can be imported (checked once per process). Set only once the import is done, under a lock:
+    a cold audit's two vocabulary threads ask at once, and the one that did not import numba used to read a
+    transient False and take the numpy path (slower; the same results)."""
     global _available
     if _available is None:
-        _available = False
-        if importlib.util.find_spec("numba") is not None:
-            try:
-                import numba  # noqa: F401
-                _available = True
-            except Exception:  # an installed numba that does not fit this numpy: the numpy path
-                _available = False
+        with _checking:
+            if _available is None:
+                _available = _import_numba()
     return _available
+
+
+def _import_numba() -> bool:
+    if importlib.util.find_spec("numba") is None:
+        return False
+    try:
+        import numba  # noqa: F401
+        return True
+    except Exception:  # an installed numba that does not fit this numpy: the numpy path
+        return False
 
 
 def setting() -> str | None:

@@ -246,6 +246,28 @@ def test_a_bad_kernel_setting_is_a_clear_error(monkeypatch):
     assert kernels.backend() == "numpy"  # unset and absent: the numpy path
 
 
+def test_a_thread_asking_while_another_imports_numba_waits_for_the_answer(monkeypatch):
+    """`kernels.available` while another thread is still importing numba: the answer, not a transient False
+    (a cold audit's two vocabulary threads ask at once; the second took the numpy path)."""
+    import threading
+    import time
+
+    inside = threading.Event()
+
+    def slow_import():
+        inside.set()
+        time.sleep(0.2)
+        return True
+
+    monkeypatch.setattr(kernels, "_available", None)
+    monkeypatch.setattr(kernels, "_import_numba", slow_import)
+    first = threading.Thread(target=kernels.available)
+    first.start()
+    inside.wait()
+    assert kernels.available() is True
+    first.join()
+
+
 def test_the_cli_stops_on_a_bad_kernel_setting_before_any_work(tmp_path, monkeypatch, capsys):
     from rlaudit import cli
 
