@@ -583,7 +583,8 @@ def ngram_df(values: np.ndarray, offsets: np.ndarray, cell: np.ndarray, max_n: i
     # a counter per occurrence or more, up to 16 MB (2^24): few n-grams of fewer rows pass (see `_ngram_df`)
     bits = min(max(int(max_n * len(values)), 1 << 12).bit_length(), 24)
     c = np.ascontiguousarray
-    return compiled().ngram_df(c(values, np.uint64), c(offsets, np.int64), c(cell, np.int64), int(max_n),
+    # words always, as `tokens.ngram_keys` (a max_n below 1 counts the words)
+    return compiled().ngram_df(c(values, np.uint64), c(offsets, np.int64), c(cell, np.int64), max(int(max_n), 1),
                                int(min_count), bits)
 
 

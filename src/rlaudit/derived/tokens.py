@@ -497,14 +497,14 @@ def _prevalences(d: _SampleDF, o: VocabOptions) -> pa.Table:
     code, at = np.unique(d.term * n_bins + d.cell // d.n_cond, return_inverse=True)
     x = np.bincount(at, weights=d.df, minlength=len(code))  # exact: counts far below 2^53
     term, p = code // n_bins, x / bin_rows[code % n_bins]
-    pmax = np.zeros(n_terms)
+    high = np.zeros(n_terms)
     low = np.full(n_terms, np.inf)
-    counted = np.zeros(n_terms)
-    np.maximum.at(pmax, term, p)
+    counted = np.zeros(n_terms)  # the highest prevalence of min_count rows or more: pmax
+    np.maximum.at(high, term, p)
     np.minimum.at(low, term, p)
     np.maximum.at(counted, term, np.where(x >= o.min_count, p, 0.0))
     in_all = np.bincount(term, minlength=n_terms) >= bins_present
-    spread = pmax - np.where(in_all, low, 0.0)
+    spread = high - np.where(in_all, low, 0.0)
     n_named = d.n_cond - (d.null_cond >= 0)
     if n_named > 1:  # within one condition
         named = d.cell % d.n_cond != d.null_cond
