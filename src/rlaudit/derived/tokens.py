@@ -870,7 +870,7 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
             c_sel = c_idx[sel]
             split_idx = cells[c_sel, 2]
             counts.append(pa.table({
-                "where": pa.array([where] * int(sel.sum()), pa.string()),
+                "where": pa.repeat(pa.scalar(where, pa.string()), int(sel.sum())),
                 "term_id": pa.array(t_id[sel], pa.int32()),
                 "step": pa.array(cells[c_sel, 1], pa.int64()),
                 "split": split_enc.dictionary.cast(pa.string()).take(
