@@ -112,8 +112,15 @@ def scan(texts: pa.ChunkedArray | pa.Array) -> Scan | None:
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks() if texts.num_chunks != 1 else texts.chunk(0)
     data, offsets = _buffers(pc.fill_null(texts, ""))
-    flags, chars = compiled().byte_styles(np.ascontiguousarray(data, np.uint8),
-                                          np.ascontiguousarray(offsets, np.int64), _WS, _WORD, _UPPER, _DIGIT)
+    return scan_spans(data, offsets)
+
+
+def scan_spans(data: np.ndarray, starts: np.ndarray, ends: np.ndarray | None = None) -> Scan:
+    """`scan` of the texts data[starts[i]:ends[i]] where they lie (answers and reasonings within their
+    completions: no cut), or of data[starts[i]:starts[i + 1]] without `ends`. Compiled only (see `scan`)."""
+    c = np.ascontiguousarray
+    ends = np.zeros(0, np.int64) if ends is None else c(ends, np.int64)
+    flags, chars = compiled().byte_styles(c(data, np.uint8), c(starts, np.int64), ends, _WS, _WORD, _UPPER, _DIGIT)
     values = {name: pa.array(flags[:, i].astype(np.float64)) for i, name in enumerate(_FLAGS)}
     values["chars"] = pa.array(chars.astype(np.float64))
     return Scan({name: values[name] for name in BYTE_STYLES}, flags[:, len(_FLAGS)] == 0,
@@ -170,7 +177,7 @@ def _list_from(data, i, e, ws, digit):
     return False, i
 
 
-def _byte_styles(data, offsets, ws, word, upper, digit):
+def _byte_styles(data, offsets, ends, ws, word, upper, digit):
     """((n_texts, 7) uint8, n_texts int64): per text, the flags list, shouting, exclamation, code block, question,
     a byte >= 0x80, an ASCII byte other than a space; and the characters (see module doc).
 
@@ -182,13 +189,15 @@ def _byte_styles(data, offsets, ws, word, upper, digit):
     features are counts of byte classes, in a second pass that LLVM vectorises (~0.5 ns per byte; riding along
     the first pass as masks they took ~2 ns per byte more): exclamation marks, backticks (only a text with three
     or more is searched for a run of three), bytes >= 0x80, ASCII bytes other than a space, and the bytes that
-    start a character (not 10xxxxxx); the question mark is looked for behind the text's trailing whitespace."""
-    n = len(offsets) - 1
+    start a character (not 10xxxxxx); the question mark is looked for behind the text's trailing whitespace.
+    `ends` (empty: none): text t is data[offsets[t]:ends[t]] instead (texts where they lie, `scan_spans`)."""
+    spans = len(ends) > 0
+    n = len(ends) if spans else len(offsets) - 1
     out = np.zeros((n, 7), np.uint8)
     chars = np.zeros(n, np.int64)
     zero = np.uint64(0)
     for t in range(n):
-        s, e = np.uint64(offsets[t]), np.uint64(offsets[t + 1])
+        s, e = np.uint64(offsets[t]), np.uint64(ends[t] if spans else offsets[t + 1])
         hit, run, bad, breaks = zero, zero, zero, zero
         for j in range(s, e):
             b = data[j]
@@ -246,7 +255,7 @@ def _build() -> SimpleNamespace:
     glob = globals()
     glob["_list_from"] = kernels.jit(getattr(_list_from, "py_func", _list_from), inline="always")
     u8, i64 = ro(t.uint8), ro(t.int64)
-    return SimpleNamespace(byte_styles=kernels.jit(_byte_styles, (u8, i64, u8, u8, u8, u8)))
+    return SimpleNamespace(byte_styles=kernels.jit(_byte_styles, (u8, i64, i64, u8, u8, u8, u8)))
 
 
 compiled = kernels.Compiled(_build)

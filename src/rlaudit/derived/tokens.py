@@ -58,10 +58,11 @@ import pyarrow.parquet as pq
 from . import kernels, segments, styles
 from .. import memory
 from ..behaviors import STYLE_FEATURES, TOKEN_PATTERN
-from ..layout import ROLLOUT_SCHEMA, read_columns, to_canonical
+from ..layout import PART_SCHEMA, SPANS, read_columns, to_canonical
 from ..cot.shingles import splitmix64
 from ..store import Store, atomic_write_text, bound_memory, prune_cached, write_cached
-from .tokhash import string_hashes, token_hashes
+from ..text import byte_spans, cut_ranges, span_ranges, validity
+from .tokhash import span_token_hashes, string_hashes, token_hashes
 
 WHERES = ("answer", "reasoning")
 VOCAB = "term-vocab"
@@ -802,31 +803,34 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     one `term_sets` (a cursor costs ~0.3 CPU ms, a new database ~11: 20 of them at 1M rollouts, 200 at 10M);
     else its own."""
     m = _matcher(vocab)
-    r, bounds = _read_parts(paths, layout)
-    scans = {where: styles.scan(r.column(where)) for where in WHERES}
+    r, bounds, places = _read_parts(paths, layout)
+    # with numba, each place's texts are scanned (style features, ASCII flags) and tokenised where they lie
+    # (`styles.scan_spans`, `tokhash.span_token_hashes`; cut out only for the few non-ASCII questions); else cut
+    compiled = kernels.use_numba()
+    scans = {where: styles.scan_spans(p.data, p.lo, p.hi) if compiled else None for where, p in places.items()}
+    texts = {} if compiled else {where: p.strings() for where, p in places.items()}
     # rid: a key unique within the run (64-bit hash of rollout id and step), so term sets of parts computed
     # separately can be read together; the prompt's key and the cell's (`termcells.CELL`), by DuckDB's `hash`
     # over the rows read (a zero-copy view: only these columns are scanned)
     con = db.cursor() if db is not None else _database()
-    con.register("_rows", r)
+    con.register("_rows", r if compiled else r.append_column("reasoning", texts["reasoning"]))
     keys = con.sql(f"""SELECT hash(rollout_id, step) AS rid, hash(coalesce(prompt, '')) AS prompt_key,
-                              {_CELL} AS _cell{"" if scans["reasoning"] else ", " + _HAS_REASONING}
+                              {_CELL} AS _cell{"" if compiled else ", " + _HAS_REASONING}
                        FROM _rows""").to_arrow_table()
-    has_reasoning = (_has_reasoning(con, r.column("reasoning"), scans["reasoning"]) if scans["reasoning"]
+    has_reasoning = (_has_reasoning(con, places["reasoning"], scans["reasoning"]) if compiled
                      else np.asarray(keys.column("has_reasoning").to_numpy(zero_copy_only=False), bool))
     con.close()
     for name in ("rid", "prompt_key", "_cell"):
         r = r.append_column(name, keys.column(name))
     r = r.append_column("has_reasoning", pa.array(has_reasoning))
-    hashed = {where: token_hashes(r.column(where), scans[where].ascii if scans[where] else None)
-              for where in WHERES}
+    hashed = {where: (span_token_hashes(p.data, p.lo, p.hi, scans[where].ascii, p.strings) if compiled
+                      else token_hashes(texts[where])) for where, p in places.items()}
     for where in WHERES:  # the length feature is the token count (`style:length`)
-        found = scans[where]
         r = r.append_column(f"{where}__length", pa.array(np.diff(hashed[where][1]).astype(np.float64)))
         for name in styles.NON_ASCII_STYLES:
-            r = r.append_column(f"{where}__{name}", styles.non_ascii_style(r.column(where), name,
-                                                                           found.ascii if found else None))
-        for name, values in (found.values if found else styles.byte_styles(r.column(where))).items():
+            r = r.append_column(f"{where}__{name}", _non_ascii_style(places[where], scans[where], name)
+                                if compiled else styles.non_ascii_style(texts[where], name))
+        for name, values in (scans[where].values if compiled else styles.byte_styles(texts[where])).items():
             r = r.append_column(f"{where}__{name}", values)
     # each distinct prompt once, by key (the rows hold every prompt: no second scan for them)
     row_keys = np.asarray(r.column("prompt_key").to_numpy(), np.uint64)
@@ -881,36 +885,74 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     return out
 
 
-def _read_parts(paths: list[Path], layout: int) -> tuple[pa.Table, np.ndarray]:
-    """The parts' canonical `_COLUMNS`, one part's rows after another, and where each part's rows start (n + 1
-    bounds). Read with Arrow a file at a time on the calling worker's thread (`ParquetFile.read` without its
-    thread pool or pre-buffering, as the CoT scan reads), the answer and reasoning cut from the completion at
-    their spans (`layout.to_canonical`). A DuckDB view over the files read them before (with the style
-    features' SQL, and a second scan for the distinct prompts): at 1M rollouts ~1.7 CPU s against ~0.6 this
-    way, style features and hashes included."""
-    schema = pa.schema([ROLLOUT_SCHEMA.field(c).with_nullable(True) for c in _COLUMNS])
+@dataclass
+class _Place:
+    """One place's texts (answers or reasonings) of a batch where they lie: text i is data[lo[i]:hi[i]] (empty
+    where it is null: `valid` false); cut out as strings only where asked (`strings`)."""
+
+    data: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    valid: np.ndarray
+
+    def strings(self, rows: np.ndarray | None = None) -> pa.Array:
+        """The texts (of `rows`) as strings, null where null."""
+        if rows is None:
+            return cut_ranges(self.data, self.lo, self.hi, self.valid)
+        return cut_ranges(self.data, self.lo[rows], self.hi[rows], self.valid[rows])
+
+
+def _read_parts(paths: list[Path], layout: int) -> tuple[pa.Table, np.ndarray, dict[str, _Place]]:
+    """The parts' canonical `_COLUMNS` but the texts, one part's rows after another; where each part's rows
+    start (n + 1 bounds); and per place (`WHERES`) its texts where they lie (`_Place`): within the completions
+    at their spans when every text of the batch is a span (not logged apart), else cut out
+    (`layout.to_canonical`). Read with Arrow a file at a time on the calling worker's thread (`ParquetFile.read`
+    without its thread pool or pre-buffering, as the CoT scan reads). A DuckDB view over the files read them
+    before, the texts cut out, with the style features' SQL and a second scan for the distinct prompts: at 1M
+    rollouts ~1.7 CPU s against ~0.5 this way, style features and hashes included."""
+    columns = read_columns(_COLUMNS) if layout >= 2 else _COLUMNS
+    schema = pa.schema([PART_SCHEMA.field(c).with_nullable(True) for c in columns])
     tables = []
     for path in paths:
         with pq.ParquetFile(path, pre_buffer=False) as f:
-            t = f.read(columns=read_columns(_COLUMNS) if layout >= 2 else _COLUMNS, use_threads=False)
-        tables.append((to_canonical(t) if layout >= 2 else t).select(_COLUMNS).cast(schema))
+            tables.append(f.read(columns=columns, use_threads=False).select(columns).cast(schema))
     bounds = np.zeros(len(paths) + 1, np.int64)
     np.cumsum([t.num_rows for t in tables], out=bounds[1:])
-    return (pa.concat_tables(tables) if tables else schema.empty_table()), bounds
+    t = pa.concat_tables(tables) if tables else schema.empty_table()
+    places = {}
+    for name in WHERES:
+        text = t.column(name)
+        if layout >= 2 and text.null_count == len(text) > 0:  # every text a span (or absent): where it lies
+            start, end = SPANS[name]
+            data, lo, hi, valid = span_ranges(t.column("completion"), t.column(start), t.column(end))
+        else:
+            strings = to_canonical(t.select(read_columns([name]))).column(name) if layout >= 2 else text
+            data, lo, hi = byte_spans(strings)
+            valid = validity(strings)
+        places[name] = _Place(data, lo, hi, valid)
+    return t.select([c for c in _COLUMNS if c not in WHERES]), bounds, places
 
 
-def _has_reasoning(con: duckdb.DuckDBPyConnection, reasoning: pa.ChunkedArray, found: styles.Scan) -> np.ndarray:
+def _has_reasoning(con: duckdb.DuckDBPyConnection, reasoning: _Place, found: styles.Scan) -> np.ndarray:
     """`_HAS_REASONING` per row from the reasoning's byte scan: a text with an ASCII byte other than a space
     keeps it through `trim`; of the others only non-ASCII texts can (some Unicode spaces are stripped, other
-    characters are not): those few are asked of DuckDB."""
-    valid = np.asarray(reasoning.is_valid().to_numpy(zero_copy_only=False), bool)
-    out = valid & found.solid
-    ask = np.flatnonzero(valid & ~found.solid & ~found.ascii)
+    characters are not): those few are cut out and asked of DuckDB."""
+    out = reasoning.valid & found.solid
+    ask = np.flatnonzero(reasoning.valid & ~found.solid & ~found.ascii)
     if len(ask):
-        con.register("_ask", pa.table({"reasoning": reasoning.take(pa.array(ask))}))
+        con.register("_ask", pa.table({"reasoning": reasoning.strings(ask)}))
         got = con.sql(f"SELECT {_HAS_REASONING} FROM _ask").to_arrow_table().column(0)
         out[ask] = np.asarray(got.to_numpy(zero_copy_only=False), bool)
     return out
+
+
+def _non_ascii_style(place: _Place, found: styles.Scan, name: str) -> pa.Array:
+    """`styles.non_ascii_style` of a place's texts: only the non-ASCII ones are cut out and asked."""
+    ask = np.flatnonzero(place.valid & ~found.ascii)
+    out = np.zeros(len(place.valid))
+    if len(ask):
+        out[ask] = np.asarray(styles.non_ascii_style(place.strings(ask), name).to_numpy(zero_copy_only=False))
+    return pa.array(out)
 
 
 def _step_term_counts(cell: np.ndarray, n_cells: int, lists: dict[str, tuple[np.ndarray, np.ndarray]],

@@ -22,6 +22,8 @@ pairs (Thue-Morse strings of 2,048 bytes and more), which no tokeniser output of
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -123,6 +125,29 @@ def _ascii_tokens(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np
     ends = np.flatnonzero(after & ~cont)
     row = np.searchsorted(offsets, starts, side="right") - 1
     return row, span_hashes(data, starts, ends)
+
+
+def span_token_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, is_ascii: np.ndarray,
+                      cut: Callable[[np.ndarray], pa.Array]) -> tuple[np.ndarray, np.ndarray] | None:
+    """`token_hashes` of the texts data[starts[i]:ends[i]] where they lie (answers and reasonings within their
+    completions), with the compiled kernel: ASCII texts tokenised in place, the others (`is_ascii` false; few)
+    cut out (`cut(rows)`: their strings) and tokenised as `token_hashes` does. None where numba is not used:
+    the caller then cuts every text and calls `token_hashes`. The same hashes and offsets."""
+    if not kernels.use_numba():
+        return None
+    n_texts = len(starts)
+    h, counts = kernels.ascii_token_hashes(data, starts, is_ascii, _WORD, _CODES, _BASE, _LEN_MIX, ends=ends)
+    out_offsets = np.zeros(n_texts + 1, np.int64)
+    other = np.flatnonzero(~np.asarray(is_ascii, bool))
+    if not len(other):
+        np.cumsum(counts, out=out_offsets[1:])
+        return h, out_offsets
+    o_values, o_offsets = token_hashes(cut(other))
+    row = np.concatenate([np.repeat(np.arange(n_texts, dtype=np.int64), counts),
+                          np.repeat(other.astype(np.int64), np.diff(o_offsets))])
+    order = np.argsort(row, kind="stable")
+    np.cumsum(np.bincount(row, minlength=n_texts), out=out_offsets[1:])
+    return np.concatenate([h, o_values])[order], out_offsets
 
 
 def token_hashes(texts: pa.Array | pa.ChunkedArray, is_ascii: np.ndarray | None = None
