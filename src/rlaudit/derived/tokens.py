@@ -793,9 +793,10 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     """Term sets (one row per rollout), per-step term counts and, `with_cells`, the cell tables
     (`termcells.reduce_arrays`, from the arrays at hand: no second read of the term sets) of each stored part.
 
-    The parts are read with Arrow (`_read_parts`), each text's bytes scanned once for its style features
-    (`styles.scan`), tokenised and its tokens hashed once (`tokhash.token_hashes`; the `length` style feature
-    is the token count); n-grams are then matched against the vocabulary by 64-bit keys (`ngram_keys`). Two
+    The parts are read with Arrow (`_read_parts`); each text's bytes are scanned once for its style features
+    (`styles.scan_spans`) and tokenised, its tokens hashed, once (`tokhash.span_token_hashes`; the `length`
+    style feature is the token count), where the text lies in its completion; n-grams are then matched against
+    the vocabulary by 64-bit keys (`ngram_keys`). Two
     distinct n-grams share a key with probability ~2^-64 per pair: a term set can be wrong only through such a
     collision (~1e-10 over a billion distinct n-gram/term pairs).
 
