@@ -74,16 +74,14 @@ _1, _2, _3, _4 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)
 
 
 
-def non_ascii_style(texts: pa.ChunkedArray | pa.Array, name: str, is_ascii: np.ndarray | None = None) -> pa.Array:
-    """`Behavior.sql` of the style feature `name` (in NON_ASCII_STYLES) over `texts`, skipping ASCII texts
-    (`is_ascii`: which are, as `scan` found them; else Arrow finds them)."""
+def non_ascii_style(texts: pa.ChunkedArray | pa.Array, name: str) -> pa.Array:
+    """`Behavior.sql` of the style feature `name` (in NON_ASCII_STYLES) over `texts`, skipping ASCII texts."""
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
     valid = np.asarray(texts.is_valid().to_numpy(zero_copy_only=False), bool)
-    if is_ascii is None:
-        is_ascii = np.asarray(pc.fill_null(pc.string_is_ascii(texts), True).to_numpy(zero_copy_only=False), bool)
+    ascii_ = np.asarray(pc.fill_null(pc.string_is_ascii(texts), True).to_numpy(zero_copy_only=False), bool)
     out = np.zeros(len(texts))
-    todo = np.flatnonzero(valid & ~is_ascii)
+    todo = np.flatnonzero(valid & ~ascii_)
     if len(todo):
         pattern = parse_behavior(f"style:{name}").pattern
         hit = pc.match_substring_regex(texts.take(pa.array(todo)), pattern)
