@@ -127,13 +127,6 @@ def test_term_sets_bring_their_cell_tables(tmp_path):
     assert all(termcells.cached(Path(files["terms"]), name) for name, files in tokens.term_sets(store, "r").parts)
 
 
-def test_rows_of_a_part_spread_over_the_batch_give_the_same_tables(tmp_path, monkeypatch):
-    """Parts whose rows are not one run of the batch (taken by index, not sliced) get the same cell tables."""
-    monkeypatch.setattr(tokens, "_contiguous", lambda _code: False)
-    store = _store(tmp_path)
-    _check(store)
-
-
 def test_term_sets_cached_without_cell_tables_are_computed_again(tmp_path, monkeypatch):
     """Term sets whose cell tables are gone (an older version, a removed file) do not count as cached: the
     part is computed again whole, term sets and cell tables."""

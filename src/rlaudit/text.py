@@ -185,7 +185,12 @@ def reasoning_spans(completions: pa.Array | pa.ChunkedArray, tags: ThinkTags = T
 def text_at(strings: pa.Array | pa.ChunkedArray, start: pa.Array, end: pa.Array) -> pa.Array:
     """The substrings `strings[i][start[i]:end[i]]` (UTF-8 bytes, as `Spans` gives them); null where `start` is
     null. One byte gather, no per-row Python."""
-    data, lo, hi, valid = span_ranges(strings, start, end)
+    return cut_ranges(*span_ranges(strings, start, end))
+
+
+def cut_ranges(data: np.ndarray, lo: np.ndarray, hi: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """The strings data[lo[i]:hi[i]] (UTF-8 bytes), null where `valid` is false: `span_ranges`' texts cut out
+    (for a reader that tokenises most texts where they lie and needs a few as strings)."""
     cut = _cut(data, lo, hi)
     return cut if valid.all() else pc.if_else(pa.array(valid), cut, pa.scalar(None, pa.string()))
 

@@ -119,3 +119,30 @@ def test_non_ascii_styles_equal_their_sql(texts: list[str | None]) -> None:
     arr = pa.array(texts, pa.string())
     for name in styles.NON_ASCII_STYLES:
         assert styles.non_ascii_style(arr, name).to_pylist() == _sql(texts, name)
+
+
+@needs_numba
+@settings(max_examples=200, deadline=None)
+@given(_TEXTS)
+def test_scan_flags_and_has_reasoning(texts: list[str | None]) -> None:
+    """`scan`'s ASCII flags equal Arrow's, and the term sets' "has reasoning" decided from its `solid` flags
+    (`tokens._has_reasoning`, DuckDB asked only for non-ASCII texts without a solid byte) equals its SQL, as do
+    the non-ASCII styles asked of the non-ASCII texts only."""
+    from rlaudit.derived import tokens
+    from rlaudit.text import byte_spans, validity
+
+    arr = pa.array(texts, pa.string())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(kernels.ENV, "numba")
+        found = styles.scan(arr)
+    assert found is not None
+    assert found.ascii.tolist() == [t is None or t.isascii() for t in texts]
+    data, lo, hi = byte_spans(arr)
+    place = tokens._Place(data, lo, hi, validity(arr))
+    con = _CON.cursor()
+    got = tokens._has_reasoning(con, place, found)
+    for name in styles.NON_ASCII_STYLES:  # asked of the non-ASCII texts only, cut out
+        assert tokens._non_ascii_style(place, found, name).to_pylist() == _sql(texts, name)
+    con.register("x", pa.table({"i": pa.array(range(len(texts))), "reasoning": arr}))
+    want = [r[0] for r in con.execute(f"SELECT {tokens._HAS_REASONING} FROM x ORDER BY i").fetchall()]
+    assert got.tolist() == want, [(t, g, w) for t, g, w in zip(texts, got.tolist(), want) if g != w]

@@ -73,3 +73,40 @@ def test_distinct_strings_hash_apart(words: list[str]) -> None:
     folded = [w.translate({c: c + 32 for c in range(65, 91)}) for w in words]
     h = tokhash.string_hashes(pa.array(words))
     assert len(set(h.tolist())) == len(set(folded))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(_TEXT, st.none()), min_size=1, max_size=12), st.randoms(use_true_random=False))
+def test_texts_tokenised_where_they_lie_equal_the_cut_texts(texts: list[str | None], rnd) -> None:
+    """`span_token_hashes` (texts as byte ranges of a larger buffer, in any order, with bytes between them;
+    non-ASCII ones cut out and tokenised apart) gives `token_hashes`' hashes and offsets (compiled path)."""
+    import pytest
+
+    from rlaudit import kernels
+    from rlaudit.derived import styles
+    from rlaudit.text import byte_spans, cut_ranges, validity
+
+    if not kernels.available():
+        pytest.skip("numba is not installed")
+    order = list(range(len(texts)))
+    rnd.shuffle(order)  # laid out in another order, "x" between them
+    buffer = pa.array(["x".join([""] + [texts[i] or "" for i in order] + [""])], pa.string())
+    data, _, _ = byte_spans(buffer)
+    lo = np.zeros(len(texts), np.int64)
+    at = 1
+    for i in order:
+        lo[i] = at
+        at += len((texts[i] or "").encode()) + 1
+    hi = lo + np.array([len((t or "").encode()) for t in texts], np.int64)
+    valid = validity(pa.array(texts, pa.string()))
+    assert cut_ranges(data, lo, hi, valid).to_pylist() == texts
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(kernels.ENV, "numba")
+        found = styles.scan_spans(data, lo, hi)
+        got = tokhash.span_token_hashes(data, lo, hi, found.ascii, lambda rows: cut_ranges(data, lo[rows], hi[rows],
+                                                                                            valid[rows]))
+        want = tokhash.token_hashes(pa.array(texts, pa.string()))
+    assert got is not None
+    assert np.array_equal(got[1], want[1]) and np.array_equal(got[0], want[0])
+    assert {k: v.to_pylist() for k, v in found.values.items()} == {
+        k: v.to_pylist() for k, v in styles.byte_styles(pa.array(texts, pa.string())).items()}

@@ -82,7 +82,7 @@ def _trailing_zeros(x):
 _BLOCK = 4096
 
 
-def _ascii_token_hashes(data, offsets, is_ascii, word, codes, base, len_mix):
+def _ascii_token_hashes(data, offsets, ends, is_ascii, word, codes, base, len_mix):
     """(hashes, per-text token counts) of the ASCII texts (others: no tokens). A token is a maximal run of word
     bytes, an apostrophe joining when word bytes of the same text are on both sides of it.
 
@@ -97,8 +97,12 @@ def _ascii_token_hashes(data, offsets, is_ascii, word, codes, base, len_mix):
 
     The result is a view of the first k slots of the output buffer, not a copy: the buffer is sized ahead
     (len(data) // 4 tokens, grown when a block of text might not fit) and the slots past k are never written,
-    so they take address space only, no memory; the copy cost more than the tokenising (fresh pages)."""
-    n_texts = len(offsets) - 1
+    so they take address space only, no memory; the copy cost more than the tokenising (fresh pages).
+
+    `ends` (empty: none): text t is data[offsets[t]:ends[t]] instead, texts where they lie in a larger buffer
+    (answers and reasonings within their completions, `tokhash.span_token_hashes`); then len(offsets) = n_texts."""
+    spans = len(ends) > 0
+    n_texts = len(ends) if spans else len(offsets) - 1
     counts = np.zeros(n_texts, np.int64)
     zero, one = np.uint64(0), np.uint64(1)
     cw = np.zeros(256, np.uint64)
@@ -111,7 +115,7 @@ def _ascii_token_hashes(data, offsets, is_ascii, word, codes, base, len_mix):
     for t in range(n_texts):
         if not is_ascii[t]:
             continue
-        s, e = offsets[t], offsets[t + 1]
+        s, e = offsets[t], ends[t] if spans else offsets[t + 1]
         k0 = k
         h, p, n = zero, one, zero
         for lo in range(s, e, _BLOCK):
@@ -490,7 +494,7 @@ def _build() -> SimpleNamespace:
 
     u8, i32, i64, u64, b1 = ro(t.uint8), ro(t.int32), ro(t.int64), ro(t.uint64), ro(t.boolean)
     return SimpleNamespace(
-        ascii_token_hashes=jit(_ascii_token_hashes, (u8, i64, b1, b1, u64, t.uint64, t.uint64)),
+        ascii_token_hashes=jit(_ascii_token_hashes, (u8, i64, i64, b1, b1, u64, t.uint64, t.uint64)),
         row_term_ids=jit(_row_term_ids, (u64, i64, t.int64, i32, u64, i64, i64, i32, t.int64, t.int64,
                                          i64, i64, i32, i64, i64, i32)),
         cell_term_counts=jit(_cell_term_counts, (i64, i64, i64, i32, i64, i32, b1, t.int64)),
@@ -503,15 +507,18 @@ compiled = Compiled(_build)
 
 
 def ascii_token_hashes(data: np.ndarray, offsets: np.ndarray, is_ascii: np.ndarray, word: np.ndarray,
-                       codes: np.ndarray, base: int, len_mix: np.uint64) -> tuple[np.ndarray, np.ndarray]:
+                       codes: np.ndarray, base: int, len_mix: np.uint64, ends: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """(uint64 token hashes, int64 token count per text) of the ASCII texts of a byte buffer with text offsets
-    (texts with is_ascii False get no tokens); see `tokhash.token_hashes`. The hashes may be a view of a
-    larger buffer whose unwritten tail takes address space only (see `_ascii_token_hashes`)."""
+    (texts with is_ascii False get no tokens); see `tokhash.token_hashes`. With `ends`, text t is
+    data[offsets[t]:ends[t]] (texts where they lie). The hashes may be a view of a larger buffer whose
+    unwritten tail takes address space only (see `_ascii_token_hashes`)."""
     c = np.ascontiguousarray
     word, codes = c(word, np.bool_), c(codes, np.uint64)
     if np.any(codes[word] == 0):  # the kernel tells word bytes by their non-zero code
         raise ValueError("the codes of word bytes must not be 0")
-    return compiled().ascii_token_hashes(c(data, np.uint8), c(offsets, np.int64), c(is_ascii, np.bool_),
+    ends = np.zeros(0, np.int64) if ends is None else c(ends, np.int64)
+    return compiled().ascii_token_hashes(c(data, np.uint8), c(offsets, np.int64), ends, c(is_ascii, np.bool_),
                                          word, codes, np.uint64(base), np.uint64(len_mix))
 
 

@@ -258,11 +258,23 @@ def reduce_arrays(part: str, terms: pa.Table, cell: np.ndarray, has_reasoning: n
     cellterms = pa.table({"cell": pa.array(keys[cell_idx], pa.uint64()), "term_id": pa.array(term_id, pa.int32()),
                           "x": pa.array(x, pa.int32())})
     used = np.unique(prompt_idx)
-    start, length = prompt_off[used], prompt_off[used + 1] - prompt_off[used]
-    within = np.arange(int(length.sum())) - np.repeat(np.cumsum(length) - length, length)
-    promptterms = pa.table({"prompt_key": pa.array(np.repeat(prompt_keys[used], length), pa.uint64()),
-                            "term_id": pa.array(prompt_ids[np.repeat(start, length) + within], pa.int32())})
+    start, end = prompt_off[used], prompt_off[used + 1]
+    promptterms = pa.table({"prompt_key": pa.array(np.repeat(prompt_keys[used], end - start), pa.uint64()),
+                            "term_id": pa.array(_ranges(prompt_ids, start, end), pa.int32())})
     return {"cells": pa.table(cols), "cellterms": cellterms, "promptterms": promptterms}
+
+
+def _ranges(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """values[lo[i]:hi[i]], one range after another: copied range by range where numba is used (the ranges'
+    bytes, `kernels.gather_spans`: a part's prompts' term lists, ~130k ids, 0.6 -> 0.1 ms), else through one
+    index array."""
+    width = values.dtype.itemsize
+    got = kernels.gather_spans(np.ascontiguousarray(values).view(np.uint8), lo * width, hi * width)
+    if got is not None:
+        return got[0].view(values.dtype)
+    length = hi - lo
+    within = np.arange(int(length.sum())) - np.repeat(np.cumsum(length) - length, length)
+    return values[np.repeat(lo, length) + within]
 
 
 def _cell_terms(g: np.ndarray, has_reasoning: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]

@@ -15,8 +15,8 @@ Derived data (`TermSets`):
   qualified before the cut is stored (`n_qualified`): discovery counts them all as tested hypotheses.
 - per part, `terms`: one row per rollout with its scope keys (step, split, condition, task, group, a hash of
   the prompt), style features of answer and reasoning (`answer__exclamation`, `reasoning__length`, ...;
-  the values of `Behavior.sql`, so they agree with `style:NAME` specs: most in that SQL, the costly ones to the
-  same values by `rlaudit.derived.styles`, the length from the token count) and the *distinct* candidate term ids
+  the values of `Behavior.sql`, so they agree with `style:NAME` specs: computed to the same values by
+  `rlaudit.derived.styles`, the length from the token count) and the *distinct* candidate term ids
   found in the answer and in the reasoning (`answer_terms`, `reasoning_terms`). An occurrence does not
   count when the same n-gram, or its key token (its rarest word: "zebra" of "the zebra"), occurs in the
   rollout's prompt (copying the question is not a tic); and `counts`: per step the rollouts containing each
@@ -57,19 +57,22 @@ import pyarrow.parquet as pq
 
 from . import kernels, segments, styles
 from .. import memory
-from ..behaviors import STYLE_FEATURES, TOKEN_PATTERN, parse_behavior
-from ..layout import view_columns
+from ..behaviors import STYLE_FEATURES, TOKEN_PATTERN
+from ..layout import PART_SCHEMA, SPANS, read_columns, to_canonical
 from ..cot.shingles import splitmix64
-from ..store import Store, atomic_write_text, bound_memory, prune_cached, sql_list, write_cached
-from .tokhash import string_hashes, token_hashes
+from ..store import Store, atomic_write_text, bound_memory, prune_cached, write_cached
+from ..text import byte_spans, cut_ranges, span_ranges, validity
+from .tokhash import span_token_hashes, string_hashes, token_hashes
 
 WHERES = ("answer", "reasoning")
 VOCAB = "term-vocab"
 ROLLOUT_TERMS = "rollout-terms"
 
 _TOKENS = TOKEN_PATTERN.replace("'", "''")
-#: style features not computed in the term sets' SQL: the token count (`tokhash`), and those of `rlaudit.derived.styles`
-_NOT_SQL = ("length", *styles.NON_ASCII_STYLES, *styles.BYTE_STYLES)
+#: the canonical columns the term sets read of each part (`_read_parts`)
+_COLUMNS = ["rollout_id", "step", "split", "condition", "task", "group_id", "prompt", "answer", "reasoning"]
+#: whether a rollout has reasoning (DuckDB's `trim` strips spaces, ASCII and Unicode, not other whitespace)
+_HAS_REASONING = "(reasoning IS NOT NULL AND length(trim(reasoning)) > 0) AS has_reasoning"
 #: `termcells.CELL` over the stored parts' columns (the prompt's key as in the term sets)
 _CELL = "hash(step, split, task, condition, hash(coalesce(prompt, '')))"
 
@@ -837,45 +840,55 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     """Term sets (one row per rollout), per-step term counts and, `with_cells`, the cell tables
     (`termcells.reduce_arrays`, from the arrays at hand: no second read of the term sets) of each stored part.
 
-    Each text is tokenised and its tokens hashed once, in numpy (`tokhash.token_hashes`; the `length` style
-    feature is the token count); n-grams are then matched against the vocabulary by 64-bit keys in numpy (`ngram_keys`). Two
+    The parts are read with Arrow (`_read_parts`); each text's bytes are scanned once for its style features
+    (`styles.scan_spans`) and tokenised, its tokens hashed, once (`tokhash.span_token_hashes`; the `length`
+    style feature is the token count), where the text lies in its completion; n-grams are then matched against
+    the vocabulary by 64-bit keys (`ngram_keys`). Two
     distinct n-grams share a key with probability ~2^-64 per pair: a term set can be wrong only through such a
     collision (~1e-10 over a billion distinct n-gram/term pairs).
 
-    `db`: a connection (`_database`) whose cursor reads the parts, shared by the batches of one `term_sets`
-    (a cursor costs ~0.3 CPU ms, a new database ~11: 20 of them at 1M rollouts, 200 at 10M); else its own."""
-    con = db.cursor() if db is not None else _database()
-    con.execute(f"CREATE TEMP VIEW rollouts AS SELECT {view_columns(layout)}, filename AS _file "
-                f"FROM read_parquet({sql_list([str(p) for p in paths])}, filename = true)")
+    `db`: a connection (`_database`) whose cursor computes the keys (DuckDB's `hash`), shared by the batches of
+    one `term_sets` (a cursor costs ~0.3 CPU ms, a new database ~11: 20 of them at 1M rollouts, 200 at 10M);
+    else its own."""
     m = _matcher(vocab)
-    style = [f"{parse_behavior(f'style:{name}').sql(where)} AS {col}"
-             for col, where, name in style_columns() if name not in _NOT_SQL]
+    r, bounds, places = _read_parts(paths, layout)
+    # with numba, each place's texts are scanned (style features, ASCII flags) and tokenised where they lie
+    # (`styles.scan_spans`, `tokhash.span_token_hashes`; cut out only for the few non-ASCII questions); else cut
+    compiled = kernels.use_numba()
+    scans = {where: styles.scan_spans(p.data, p.lo, p.hi) if compiled else None for where, p in places.items()}
+    texts = {} if compiled else {where: p.strings() for where, p in places.items()}
     # rid: a key unique within the run (64-bit hash of rollout id and step), so term sets of parts computed
-    # separately can be read together. Texts are tokenised and hashed in numpy (`tokhash.token_hashes`).
-    r = con.sql(f"""
-        SELECT _file, hash(rollout_id, step) AS rid, rollout_id, step, split, condition, task, group_id,
-               hash(coalesce(prompt, '')) AS prompt_key, {_CELL} AS _cell,
-               (reasoning IS NOT NULL AND length(trim(reasoning)) > 0) AS has_reasoning,
-               {", ".join(style)}, answer, reasoning
-        FROM rollouts""").to_arrow_table()
-    prompts = con.sql("""SELECT prompt_key, any_value(prompt) AS prompt FROM (
-        SELECT hash(coalesce(prompt, '')) AS prompt_key, prompt FROM rollouts) GROUP BY 1 ORDER BY prompt_key
-        """).to_arrow_table()
+    # separately can be read together; the prompt's key and the cell's (`termcells.CELL`), by DuckDB's `hash`
+    # over the rows read (a zero-copy view: only these columns are scanned)
+    con = db.cursor() if db is not None else _database()
+    con.register("_rows", r if compiled else r.append_column("reasoning", texts["reasoning"]))
+    keys = con.sql(f"""SELECT hash(rollout_id, step) AS rid, hash(coalesce(prompt, '')) AS prompt_key,
+                              {_CELL} AS _cell{"" if compiled else ", " + _HAS_REASONING}
+                       FROM _rows""").to_arrow_table()
+    has_reasoning = (_has_reasoning(con, places["reasoning"], scans["reasoning"]) if compiled
+                     else np.asarray(keys.column("has_reasoning").to_numpy(zero_copy_only=False), bool))
     con.close()
-    hashed = {where: token_hashes(r.column(where)) for where in WHERES}
+    for name in ("rid", "prompt_key", "_cell"):
+        r = r.append_column(name, keys.column(name))
+    r = r.append_column("has_reasoning", pa.array(has_reasoning))
+    hashed = {where: (span_token_hashes(p.data, p.lo, p.hi, scans[where].ascii, p.strings) if compiled
+                      else token_hashes(texts[where])) for where, p in places.items()}
     for where in WHERES:  # the length feature is the token count (`style:length`)
         r = r.append_column(f"{where}__length", pa.array(np.diff(hashed[where][1]).astype(np.float64)))
         for name in styles.NON_ASCII_STYLES:
-            r = r.append_column(f"{where}__{name}", styles.non_ascii_style(r.column(where), name))
-        for name, values in styles.byte_styles(r.column(where)).items():
+            r = r.append_column(f"{where}__{name}", _non_ascii_style(places[where], scans[where], name)
+                                if compiled else styles.non_ascii_style(texts[where], name))
+        for name, values in (scans[where].values if compiled else styles.byte_styles(texts[where])).items():
             r = r.append_column(f"{where}__{name}", values)
-    n = r.num_rows
-    p_keys = np.asarray(prompts.column("prompt_key").to_numpy(), np.uint64)
-    prompt_idx = np.searchsorted(p_keys, np.asarray(r.column("prompt_key").to_numpy(), np.uint64)).astype(np.int64)
+    # each distinct prompt once, by key (the rows hold every prompt: no second scan for them)
+    row_keys = np.asarray(r.column("prompt_key").to_numpy(), np.uint64)
+    p_keys, first = np.unique(row_keys, return_index=True)
+    prompts = r.column("prompt").take(pa.array(first))
+    prompt_idx = np.searchsorted(p_keys, row_keys).astype(np.int64)
     n_prompts = len(p_keys)
     # prompt terms: the candidate n-grams of each distinct prompt, and the terms whose key token it holds
     n_ids = int(m.key_of_id.shape[0]) or 1
-    pr, pi = _prompt_pairs(*token_hashes(prompts.column("prompt")), m, o.max_n, n_ids)
+    pr, pi = _prompt_pairs(*token_hashes(prompts), m, o.max_n, n_ids)
     prompt_terms = _pairs_to_lists(pr, pi, n_prompts)
     pt_codes = pr * n_ids + pi if not kernels.use_numba() else None  # sorted (by prompt, then id): numpy path
     # per place, each row's distinct term ids: (offsets per row, ids sorted within a row)
@@ -888,51 +901,106 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     terms = base.append_column("answer_terms", _offsets_to_lists(*pairs["answer"])) \
         .append_column("reasoning_terms", _offsets_to_lists(*pairs["reasoning"]))
     # per part and (step, split) cell: rollouts containing each term (x) and rollouts whose prompt holds it (m)
-    file_enc = pc.dictionary_encode(r.column("_file")).combine_chunks()
-    file_code = np.asarray(file_enc.indices.to_numpy(), np.int64)
+    file_code = np.repeat(np.arange(len(paths), dtype=np.int64), np.diff(bounds))
     split_enc = pc.dictionary_encode(r.column("split")).combine_chunks()
     split_code = np.asarray(pc.fill_null(split_enc.indices, -1).to_numpy(), np.int64)
     step = np.asarray(r.column("step").to_numpy(), np.int64)
     cells, cell = _cells(file_code, step, split_code)
-    has_reasoning = np.asarray(r.column("has_reasoning").to_numpy(zero_copy_only=False), bool)
     pt_start = np.asarray(prompt_terms.offsets.to_numpy(), np.int64)
     frames = []
     for where, (x, mm) in zip(WHERES, _step_term_counts(cell, len(cells), pairs, has_reasoning, prompt_idx,
                                                         n_prompts, pt_start, pi, n_ids)):
         nz = np.flatnonzero(x | mm)
         frames.append((where, nz // n_ids, nz % n_ids, x[nz], mm[nz]))
-    files = file_enc.dictionary.to_pylist()
-    grouped = _contiguous(file_code)
     reduce = _part_cells(r, pairs, has_reasoning, prompt_idx, p_keys, pt_start, pi) if with_cells else None
     out = []
-    for path in paths:
-        if str(path) not in files:
-            mine = terms.slice(0, 0)
-            out.append((mine, _empty_counts(), reduce(path.name, np.zeros(0, np.int64)) if reduce else None))
-            continue
-        f = files.index(str(path))
+    for f, path in enumerate(paths):
+        lo, hi = int(bounds[f]), int(bounds[f + 1])  # a part's rows are one run of the batch: a zero-copy slice
         counts = []
         for where, c_idx, t_id, x, mm in frames:
             sel = cells[c_idx, 0] == f
             c_sel = c_idx[sel]
             split_idx = cells[c_sel, 2]
             counts.append(pa.table({
-                "where": pa.array([where] * int(sel.sum()), pa.string()),
+                "where": pa.repeat(pa.scalar(where, pa.string()), int(sel.sum())),
                 "term_id": pa.array(t_id[sel], pa.int32()),
                 "step": pa.array(cells[c_sel, 1], pa.int64()),
                 "split": split_enc.dictionary.cast(pa.string()).take(
                     pa.array(np.maximum(split_idx, 0), pa.int64(), mask=split_idx < 0)),
                 "x": pa.array(x[sel].astype(np.int64)), "m": pa.array(mm[sel])}))
-        if len(files) == 1:
-            mine, sel = terms, slice(0, n)
-        elif grouped:  # a part's rows are contiguous (DuckDB keeps the files' order): a zero-copy slice
-            lo, hi = (int(i) for i in np.searchsorted(file_code, [f, f + 1]))
-            mine, sel = terms.slice(lo, hi - lo), slice(lo, hi)
-        else:
-            sel = np.flatnonzero(file_code == f)
-            mine = terms.take(pa.array(sel))
-        out.append((mine, pa.concat_tables(counts), reduce(path.name, sel) if reduce else None))
+        out.append((terms.slice(lo, hi - lo), pa.concat_tables(counts) if hi > lo else _empty_counts(),
+                    reduce(path.name, slice(lo, hi)) if reduce else None))
     return out
+
+
+@dataclass
+class _Place:
+    """One place's texts (answers or reasonings) of a batch where they lie: text i is data[lo[i]:hi[i]] (empty
+    where it is null: `valid` false); cut out as strings only where asked (`strings`)."""
+
+    data: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    valid: np.ndarray
+
+    def strings(self, rows: np.ndarray | None = None) -> pa.Array:
+        """The texts (of `rows`) as strings, null where null."""
+        if rows is None:
+            return cut_ranges(self.data, self.lo, self.hi, self.valid)
+        return cut_ranges(self.data, self.lo[rows], self.hi[rows], self.valid[rows])
+
+
+def _read_parts(paths: list[Path], layout: int) -> tuple[pa.Table, np.ndarray, dict[str, _Place]]:
+    """The parts' canonical `_COLUMNS` but the texts, one part's rows after another; where each part's rows
+    start (n + 1 bounds); and per place (`WHERES`) its texts where they lie (`_Place`): within the completions
+    at their spans when every text of the batch is a span (not logged apart), else cut out
+    (`layout.to_canonical`). Read with Arrow a file at a time on the calling worker's thread (`ParquetFile.read`
+    without its thread pool or pre-buffering, as the CoT scan reads). A DuckDB view over the files read them
+    before, the texts cut out, with the style features' SQL and a second scan for the distinct prompts: at 1M
+    rollouts ~1.7 CPU s against ~0.5 this way, style features and hashes included."""
+    columns = read_columns(_COLUMNS) if layout >= 2 else _COLUMNS
+    schema = pa.schema([PART_SCHEMA.field(c).with_nullable(True) for c in columns])
+    tables = []
+    for path in paths:
+        with pq.ParquetFile(path, pre_buffer=False) as f:
+            tables.append(f.read(columns=columns, use_threads=False).select(columns).cast(schema))
+    bounds = np.zeros(len(paths) + 1, np.int64)
+    np.cumsum([t.num_rows for t in tables], out=bounds[1:])
+    t = pa.concat_tables(tables) if tables else schema.empty_table()
+    places = {}
+    for name in WHERES:
+        text = t.column(name)
+        if layout >= 2 and text.null_count == len(text) > 0:  # every text a span (or absent): where it lies
+            start, end = SPANS[name]
+            data, lo, hi, valid = span_ranges(t.column("completion"), t.column(start), t.column(end))
+        else:
+            strings = to_canonical(t.select(read_columns([name]))).column(name) if layout >= 2 else text
+            data, lo, hi = byte_spans(strings)
+            valid = validity(strings)
+        places[name] = _Place(data, lo, hi, valid)
+    return t.select([c for c in _COLUMNS if c not in WHERES]), bounds, places
+
+
+def _has_reasoning(con: duckdb.DuckDBPyConnection, reasoning: _Place, found: styles.Scan) -> np.ndarray:
+    """`_HAS_REASONING` per row from the reasoning's byte scan: a text with an ASCII byte other than a space
+    keeps it through `trim`; of the others only non-ASCII texts can (some Unicode spaces are stripped, other
+    characters are not): those few are cut out and asked of DuckDB."""
+    out = reasoning.valid & found.solid
+    ask = np.flatnonzero(reasoning.valid & ~found.solid & ~found.ascii)
+    if len(ask):
+        con.register("_ask", pa.table({"reasoning": reasoning.strings(ask)}))
+        got = con.sql(f"SELECT {_HAS_REASONING} FROM _ask").to_arrow_table().column(0)
+        out[ask] = np.asarray(got.to_numpy(zero_copy_only=False), bool)
+    return out
+
+
+def _non_ascii_style(place: _Place, found: styles.Scan, name: str) -> pa.Array:
+    """`styles.non_ascii_style` of a place's texts: only the non-ASCII ones are cut out and asked."""
+    ask = np.flatnonzero(place.valid & ~found.ascii)
+    out = np.zeros(len(place.valid))
+    if len(ask):
+        out[ask] = np.asarray(styles.non_ascii_style(place.strings(ask), name).to_numpy(zero_copy_only=False))
+    return pa.array(out)
 
 
 def _step_term_counts(cell: np.ndarray, n_cells: int, lists: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -969,39 +1037,23 @@ def _step_term_counts(cell: np.ndarray, n_cells: int, lists: dict[str, tuple[np.
     return out
 
 
-def _contiguous(file_code: np.ndarray) -> bool:
-    """Whether each file's rows are one run of the batch (DuckDB keeps the files' order)."""
-    return bool(np.all(file_code[1:] >= file_code[:-1]))
-
-
 def _part_cells(r: pa.Table, pairs: dict[str, tuple[np.ndarray, np.ndarray]], has_reasoning: np.ndarray,
                 prompt_idx: np.ndarray, p_keys: np.ndarray, pt_start: np.ndarray, pi: np.ndarray
-                ) -> Callable[[str, slice | np.ndarray], dict[str, pa.Table]]:
-    """A function (part name, its rows in the batch: a slice or sorted indices) -> the part's cell tables
+                ) -> Callable[[str, slice], dict[str, pa.Table]]:
+    """A function (part name, its rows in the batch: a slice) -> the part's cell tables
     (`termcells.reduce_arrays`) from the batch's arrays."""
     from . import termcells  # termcells builds on this module
 
     cell = np.asarray(r.column("_cell").to_numpy(), np.uint64)
 
-    def reduce(part: str, sel: slice | np.ndarray) -> dict[str, pa.Table]:
-        if isinstance(sel, slice):
-            rows = r.slice(sel.start, sel.stop - sel.start)
-            mine = []
-            for where in WHERES:  # the part's rows are a contiguous run: so are their ids
-                off, ids = pairs[where]
-                lo, hi = off[sel.start], off[sel.stop]
-                mine.append((off[sel.start:sel.stop + 1] - lo, ids[lo:hi]))
-        else:
-            rows = r.take(pa.array(sel, pa.int64()))
-            mine = []
-            for where in WHERES:  # the rows' id lists gathered by Arrow
-                off, ids = pairs[where]
-                taken = pa.LargeListArray.from_arrays(pa.array(off, pa.int64()), pa.array(ids, pa.int32())).take(
-                    pa.array(sel, pa.int64()))
-                t_off = np.asarray(taken.offsets.to_numpy(), np.int64)
-                mine.append((t_off - t_off[0], np.asarray(taken.flatten().to_numpy(), np.int32)))
-        return termcells.reduce_arrays(part, rows, cell[sel], has_reasoning[sel], mine, prompt_idx[sel], p_keys,
-                                       pt_start, pi)
+    def reduce(part: str, sel: slice) -> dict[str, pa.Table]:
+        mine = []
+        for where in WHERES:  # the part's rows are a contiguous run: so are their ids
+            off, ids = pairs[where]
+            lo, hi = off[sel.start], off[sel.stop]
+            mine.append((off[sel.start:sel.stop + 1] - lo, ids[lo:hi]))
+        return termcells.reduce_arrays(part, r.slice(sel.start, sel.stop - sel.start), cell[sel], has_reasoning[sel],
+                                       mine, prompt_idx[sel], p_keys, pt_start, pi)
 
     return reduce
 

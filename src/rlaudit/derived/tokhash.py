@@ -22,6 +22,8 @@ pairs (Thue-Morse strings of 2,048 bytes and more), which no tokeniser output of
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -125,13 +127,39 @@ def _ascii_tokens(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np
     return row, span_hashes(data, starts, ends)
 
 
-def token_hashes(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """(flat uint64 token hashes, int64 offsets per text) of the tokens of each text (nulls: no tokens)."""
+def span_token_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, is_ascii: np.ndarray,
+                      cut: Callable[[np.ndarray], pa.Array]) -> tuple[np.ndarray, np.ndarray] | None:
+    """`token_hashes` of the texts data[starts[i]:ends[i]] where they lie (answers and reasonings within their
+    completions), with the compiled kernel: ASCII texts tokenised in place, the others (`is_ascii` false; few)
+    cut out (`cut(rows)`: their strings) and tokenised as `token_hashes` does. None where numba is not used:
+    the caller then cuts every text and calls `token_hashes`. The same hashes and offsets."""
+    if not kernels.use_numba():
+        return None
+    n_texts = len(starts)
+    h, counts = kernels.ascii_token_hashes(data, starts, is_ascii, _WORD, _CODES, _BASE, _LEN_MIX, ends=ends)
+    out_offsets = np.zeros(n_texts + 1, np.int64)
+    other = np.flatnonzero(~np.asarray(is_ascii, bool))
+    if not len(other):
+        np.cumsum(counts, out=out_offsets[1:])
+        return h, out_offsets
+    o_values, o_offsets = token_hashes(cut(other))
+    row = np.concatenate([np.repeat(np.arange(n_texts, dtype=np.int64), counts),
+                          np.repeat(other.astype(np.int64), np.diff(o_offsets))])
+    order = np.argsort(row, kind="stable")
+    np.cumsum(np.bincount(row, minlength=n_texts), out=out_offsets[1:])
+    return np.concatenate([h, o_values])[order], out_offsets
+
+
+def token_hashes(texts: pa.Array | pa.ChunkedArray, is_ascii: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(flat uint64 token hashes, int64 offsets per text) of the tokens of each text (nulls: no tokens).
+    `is_ascii`: which texts are ASCII, where the caller knows (`styles.scan`); else Arrow finds them."""
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks() if texts.num_chunks != 1 else texts.chunk(0)
     texts = pc.fill_null(texts, "")
     n_texts = len(texts)
-    ascii_ = np.asarray(pc.string_is_ascii(texts).to_numpy(zero_copy_only=False), bool)
+    ascii_ = (np.asarray(pc.string_is_ascii(texts).to_numpy(zero_copy_only=False), bool) if is_ascii is None
+              else np.asarray(is_ascii, bool))
     data, offsets = _buffers(texts)
     rows, hashes = [], []
     if kernels.use_numba():  # ASCII texts: one compiled pass over the bytes (the same hashes)
