@@ -35,6 +35,7 @@ A store that keeps derived data in memory, or cannot be written, gets the tables
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -42,6 +43,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,7 +127,7 @@ def traces(store: Store, run: str, con: duckdb.DuckDBPyConnection, max_step: int
     order = _scan_order(parts, layouts)
     needed = [p for p in order if step_of_part.get(p.stem, set()) & kept]
     ctx = _Ctx(store, run, split, key, outcome_signals, specs, layouts, counts["n_reward"] > 0,
-               counts["n_adv"] > 0, meta["part_signals"], meta["part_rows"])
+               counts["n_adv"] > 0, meta["part_signals"], meta["part_rows"], order)
     ctx.ensure(needed)  # every needed part's tables of every behaviour (computed for the parts not cached)
     out = []
     for i, it in enumerate(specs):
@@ -224,23 +226,31 @@ class _Ctx:
 
     def __init__(self, store: Store, run: str, split: str | None, key: str, outcome: list[str], items: list[Item],
                  layouts: dict[str, int], has_reward: bool, has_adv: bool, signals: dict[str, set[str]],
-                 rows: dict[str, int]) -> None:
+                 rows: dict[str, int], order: list[Path]) -> None:
         self.store, self.split, self.key, self.outcome, self.items = store, split, key, outcome, items
         self.layouts, self.has_reward, self.has_adv, self.signals = layouts, has_reward, has_adv, signals
         self.rows = rows  # per part, its rollouts in the split (the memory of a batch)
+        self.order = order  # every part of the run, in scan order: what segments are merged and planned over
         self.persist = getattr(store, "persist_derived", True)
         self.root = store.run_dir(run) / "derived" / "attribution" / f"v{VERSION}-duckdb{duckdb.__version__}"
         self.dirs = [self.root / _digest([it.behavior.spec, it.where, it.direction, split, key, sorted(outcome),
                                           has_reward, has_adv]) for it in items]
         self.memo = store.__dict__.setdefault("_attribution_memo", {})
 
-    def _entry(self, i: int, stem: str, tag: str = "") -> Path | pa.Table | None:
+    def _held(self, i: int) -> set[str]:
+        """Names of behaviour `i`'s part files whose rows a segment holds (a cold audit writes the parts of a
+        complete level-1 group into the segment only: `ensure`)."""
+        return segments.held(self.dirs[i] / "segments" / "parts") if self.persist else set()
+
+    def _entry(self, i: int, stem: str, tag: str = "", held: set[str] | None = None) -> Path | pa.Table | None:
+        """A part's table of behaviour `i`: in memory, or its file's path (the file may be missing where
+        `held`, the names `_held` gives, lists it: its rows are then a range of a segment); None when not cached."""
         name = f"{stem}{tag}.parquet"
         hit = self.memo.get((str(self.dirs[i]), name))
         if hit is not None:
             return hit
         path = self.dirs[i] / name
-        return path if self.persist and path.is_file() else None
+        return path if self.persist and (path.is_file() or name in (held or ())) else None
 
     def _keep(self, i: int, stem: str, table: pa.Table, tag: str = "") -> Path | pa.Table:
         """Write one part's table of behaviour `i` (or keep it in memory where it cannot be written); returns
@@ -260,12 +270,15 @@ class _Ctx:
         `memory.workers` threads, each writing its own parts' files: most of a batch is numpy and Arrow work
         that releases the GIL, and one thread left the second core idle for most of a cold attribution.
 
-        The level-1 segments `_tables` would merge next from files all written now are written from the tables
-        in hand instead (`segments.Fresh`, fed in part order by this thread): nothing is read back to merge."""
+        The parts of a level-1 segment `_tables` would merge next from files all computed now are written into
+        that segment only, from the tables in hand (`segments.Fresh`, fed in part order by this thread): each
+        row is written once, and nothing is read back to merge (the 1M-rollout benchmark: 192 of its 200 parts'
+        files were written and again into segments, ~0.7 of attribution's ~4.5 CPU s)."""
+        held = [self._held(i) for i in range(len(self.items))]
         todo = []
         for p in parts:
             miss = [i for i in range(len(self.items))
-                    if self._entry(i, p.stem, tags[p.stem] if weights is not None else "") is None]
+                    if self._entry(i, p.stem, tags[p.stem] if weights is not None else "", held[i]) is None]
             if miss:
                 todo.append((p, miss))
         batches = [todo[lo:lo + BATCH_PARTS] for lo in range(0, len(todo), BATCH_PARTS)]
@@ -273,30 +286,32 @@ class _Ctx:
             return
         rows = max((self.rows.get(p.stem, 0) for p, _ in todo), default=0) * BATCH_PARTS
         n = min(len(batches), workers(max(rows, 1) * _BYTES_PER_ROW))
-        fresh = [self._fresh(i, parts, todo) for i in range(len(self.items))] if weights is None else []
+        fresh = [self._fresh(i, todo) for i in range(len(self.items))] if weights is None else []
+        planned = lambda i, path: bool(fresh) and fresh[i] is not None and fresh[i].planned(path)  # noqa: E731
         with _Connections(self.store.root, n) as cons, contextlib.ExitStack() as stack:
             for f in fresh:
                 if f is not None:
                     stack.enter_context(f)
-            compute = lambda b: self._compute(cons.get(), b, weights, tags)  # noqa: E731
+            compute = lambda b: self._compute(cons.get(), b, weights, tags, planned)  # noqa: E731
             for kept in in_order(compute, batches, n, "rlaudit-attribution"):
-                for i, path, written, table in kept:
-                    if fresh and fresh[i] is not None:
-                        fresh[i].written(path, written, table)
+                for i, path, table in kept:  # planned parts: their file is written only if the group is given up
+                    # (`_keep` holds what cannot be written at all in memory)
+                    fresh[i].add(path, table, functools.partial(self._keep, i, path.stem, table))
 
-    def _fresh(self, i: int, parts: list[Path], todo: list[tuple[Path, list[int]]]) -> segments.Fresh | None:
-        """Behaviour `i`'s level-1 segments of `parts` (as `_tables` asks for their files) that hold only files
-        computed now."""
+    def _fresh(self, i: int, todo: list[tuple[Path, list[int]]]) -> segments.Fresh | None:
+        """Behaviour `i`'s level-1 segments of the run's parts (as `_tables` merges their files) that hold only
+        parts computed now."""
         if not self.persist:
             return None
         now = {self.dirs[i] / f"{p.stem}.parquet" for p, miss in todo if i in miss}
-        return segments.Fresh({"parts": ([self.dirs[i] / f"{p.stem}.parquet" for p in parts], "lz4")}, now)
+        return segments.Fresh({"parts": ([self.dirs[i] / f"{p.stem}.parquet" for p in self.order], "lz4")}, now)
 
     def _compute(self, con: duckdb.DuckDBPyConnection, batch: list[tuple[Path, list[int]]],
-                 weights: dict[str, Any] | None, tags: dict[str, str] | None
-                 ) -> list[tuple[int, Path, Path | pa.Table, pa.Table]]:
-        """Read one batch of parts, compute the tables of the behaviours it misses and keep each part's; returns
-        (behaviour, the part's file, what `_keep` answered, the table) in part order per behaviour."""
+                 weights: dict[str, Any] | None, tags: dict[str, str] | None,
+                 planned: Callable[[int, Path], bool]) -> list[tuple[int, Path, pa.Table]]:
+        """Read one batch of parts, compute the tables of the behaviours it misses and keep each part's (its
+        file), but for those `planned` into a segment; returns (behaviour, the part's file, the table) of the
+        latter, in part order per behaviour, for `ensure` to hand to `segments.Fresh`."""
         miss = sorted({i for _, m in batch for i in m})
         signals = sorted(set().union(*(self.signals.get(p.stem, set()) for p, _ in batch)))
         table = self._read(con, [p for p, _ in batch], signals)
@@ -306,7 +321,11 @@ class _Ctx:
             stems = [part.stem for part, m in batch if i in m]
             for stem, own in zip(stems, _split_by_part(t, stems)):
                 tag = tags[stem] if weights is not None else ""
-                out.append((i, self.dirs[i] / f"{stem}{tag}.parquet", self._keep(i, stem, own, tag), own))
+                path = self.dirs[i] / f"{stem}{tag}.parquet"
+                if planned(i, path):
+                    out.append((i, path, own))
+                else:
+                    self._keep(i, stem, own, tag)
         return out
 
     def _read(self, con: duckdb.DuckDBPyConnection, parts: list[Path], signals: list[str]) -> pa.Table:
@@ -332,9 +351,10 @@ class _Ctx:
         """Behaviour `i`'s rows of each kind for `stems` (and the weight-keyed groups of `tags`) at the `kept`
         steps, merged: segments of many parts where they exist (`rlaudit.derived.segments`), else the parts' files."""
         files, mem = [], []
+        held = self._held(i)
         for s in stems:
             for tag in ("", tags[s]) if tags.get(s) else ("",):
-                e = self._entry(i, s, tag)
+                e = self._entry(i, s, tag, held)
                 (mem if isinstance(e, pa.Table) else files).append(e)
         steps = pa.array(sorted(kept), pa.int64())
         out: dict[str, list[pa.Table]] = {k: [] for k in "gsc"}
@@ -343,13 +363,13 @@ class _Ctx:
             for k in "gsc":
                 out[k].append(t.filter(pc.equal(t.column("kind"), k)))
         if files:
-            paths = segments.covering(files, "parts") if self.persist else files
+            paths = self._covering(i, files, tags) if self.persist else files
             with duckdb.connect() as con:
                 con.execute("SET enable_progress_bar = false; SET threads = 1")
                 bound_memory(con, self.store.root)
                 con.register("_kept", pa.table({"step": steps}))
-                every = con.sql(f"SELECT * FROM read_parquet({sql_list([str(p) for p in paths])}, "
-                                "union_by_name = true) WHERE step IN (SELECT step FROM _kept)").to_arrow_table()
+                every = con.sql(f"SELECT * FROM ({_select(paths)}) "
+                                "WHERE step IN (SELECT step FROM _kept)").to_arrow_table()
             kind = every.column("kind")
             for k in "gsc":  # one scan, split here (a scan per kind read every file three times)
                 t = every.filter(pc.equal(kind, k))
@@ -357,6 +377,17 @@ class _Ctx:
                 out[k].append(t.select([c for c in t.column_names if t.column(c).null_count < t.num_rows
                                         or c in ("cond", "task")]))
         return {k: pa.concat_tables(v, promote_options="default") for k, v in out.items()}
+
+    def _covering(self, i: int, files: list[Path], tags: dict[str, str]) -> list[Path | segments.Rows]:
+        """`segments.covering` of `files`, merged over every part of the run: a merge over some parts (a step
+        limit, a sampled run) would in time remove the segments holding the others, now often their only copy.
+        Parts not computed are not there and no segment holds them: a merge passes them over."""
+        every = [self.dirs[i] / f"{p.stem}{t}.parquet" for p in self.order
+                 for t in (("", tags[p.stem]) if tags.get(p.stem) else ("",))]
+        if set(every) == set(files):
+            return segments.covering(files, "parts")
+        segments.covering(every, "parts")
+        return segments.covering(files, "parts", merge=False)
 
     # ------------------------------------------------------------------------------------------- one behaviour
     def trace(self, i: int, parts: list[Path], kept: set[int], signals: list[str], n: int, grouping: str,
@@ -416,6 +447,19 @@ class _Connections:
             with self._lock:
                 self._opened.append(con)
         return con
+
+
+def _select(paths: list[Path | segments.Rows]) -> str:
+    """The rows of `paths` (`segments.covering`'s answer: whole files, and segments' row ranges of parts held
+    only there), as one SELECT: the files' columns differ with their parts' signals, so unioned by name."""
+    files = [str(p) for p in paths if not isinstance(p, segments.Rows)]
+    selects = [f"SELECT * FROM read_parquet({sql_list(files)}, union_by_name = true)"] if files else []
+    for r in paths:
+        if isinstance(r, segments.Rows):
+            rows = " OR ".join(f"file_row_number BETWEEN {lo} AND {hi - 1}" for lo, hi in r.ranges)
+            selects.append(f"SELECT * EXCLUDE (file_row_number) FROM read_parquet({sql_string(str(r.path))}, "
+                           f"file_row_number = true) WHERE {rows}")
+    return " UNION ALL BY NAME ".join(selects)
 
 
 def _split_by_part(t: pa.Table, stems: list[str]) -> list[pa.Table]:

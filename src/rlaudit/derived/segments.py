@@ -420,20 +420,6 @@ class Fresh:
                 return
             self._drop(group)
 
-    def written(self, path: Path, written: Path | pa.Table, table: pa.Table) -> None:
-        """For a caller that writes every file itself (attribution's per-part tables, read per part by their
-        own readers): `table` was written to `path` (`written` is the path, or the table where the write
-        failed, which gives up its group). The segment is then a second copy, written from memory instead of
-        from the files."""
-        if not isinstance(written, Path):
-            for p in self._group.get(path, (None, []))[1]:
-                self._group.pop(p, None)
-                t = self._held.pop(p, None)
-                self._bytes -= t[0].nbytes if t is not None else 0
-            return
-        if path in self._group:
-            self.add(path, table, lambda: path)
-
     def _give_up(self, group: list[Path]) -> None:
         """Write the group's files held so far; those still to come are written as they are added."""
         for p in group:
