@@ -501,12 +501,15 @@ def part_tables(t: pa.Table, idx: list[int], items: list[Item], signals: list[st
     logged, "names", "weights"}) that rebuilds missing totals: then only the groups of the parts; without it, the
     parts with a missing total get no groups (they are computed again under the fit's weights)."""
     keys = np.asarray(t.column("_group").to_numpy(zero_copy_only=False))
-    _, codes = np.unique(keys, return_inverse=True)
-    order = np.argsort(codes.ravel(), kind="stable")
-    groups = tr._Groups.of(codes.ravel()[order].astype(np.int64))
-    take = pa.array(order)
+    order = np.argsort(keys, kind="stable")  # by group key, each group's rows in their order: one sort
+    sorted_keys = keys[order]
+    groups = tr._Groups.of(np.cumsum(np.r_[False, sorted_keys[1:] != sorted_keys[:-1]]).astype(np.int64)
+                           if keys.size else np.zeros(0, np.int64))
     step = np.asarray(t.column("step").to_numpy(zero_copy_only=False), np.int64)[order]
-    part = t.column("_part").take(take).cast(pa.string())
+
+    def strings(name: str, rows: np.ndarray) -> pa.Array:
+        """Column `name` at the sorted `rows` (only those: a take of every row's string cost more)."""
+        return t.column(name).take(pa.array(order[rows])).cast(pa.string())
 
     def floats(name: str) -> np.ndarray:
         return np.asarray(pc.fill_null(t.column(name), float("nan")).to_numpy(zero_copy_only=False),
@@ -529,20 +532,21 @@ def part_tables(t: pa.Table, idx: list[int], items: list[Item], signals: list[st
         else:
             total = reward.copy()
             total[~known] = g[~known] @ np.array([weights["weights"][s] for s in names]) if names else np.nan
-    steps_u, step_at = np.unique(step, return_index=True)
+    steps_u, step_at, step_code = np.unique(step, return_index=True, return_inverse=True)
+    step_code = step_code.ravel()
     steps_cols = _reward_steps(step, steps_u, reward, known, comps, raw_comps, signals, local)
-    steps_cols["part"] = part.take(pa.array(step_at))
+    steps_cols["part"] = strings("_part", step_at)
     # the groups of a part with a missing total are left to the pass with the fit's weights
     missing = np.asarray(steps_cols["n_known"]) < np.asarray(steps_cols["n"])
     rebuilt = pa.array(sorted(set(steps_cols["part"].filter(pa.array(missing)).to_pylist())), pa.string())
-    keep_group = (np.asarray(pc.invert(pc.is_in(part.take(pa.array(groups.starts)), rebuilt)))
+    group_part = strings("_part", groups.starts)
+    keep_group = (np.asarray(pc.invert(pc.is_in(group_part, rebuilt)))
                   if weights is None else np.ones(groups.n, bool))
     ranks = tr._RankCache()
     outcome_vals = [comps[s] for s in local if tr.is_outcome_signal(s, outcome)]
     sub = tr._refine(groups.codes, outcome_vals) if outcome_vals else None
     measured = np.any([np.isfinite(v) for v in outcome_vals], axis=0) if outcome_vals else None
-    cond = t.column("condition").take(take).cast(pa.string())
-    task = t.column("task").take(take).cast(pa.string())
+    cond, task = strings("condition", groups.starts), strings("task", groups.starts)
     has_total = np.isfinite(total)
     r = np.where(has_total, total, 0.0)
     n = groups.sum(has_total.astype(float))
@@ -557,11 +561,11 @@ def part_tables(t: pa.Table, idx: list[int], items: list[Item], signals: list[st
         labels = tr.behavior_labels(groups, x, numeric)
         x_c = np.where(has_total, x - np.nan_to_num(tr._ratio(groups.sum(x * has_total), n))[groups.codes], 0.0)
         cols: dict[str, Any] = {
-            "kind": pa.array(["g"] * groups.n, pa.string()), "part": part.take(pa.array(starts)),
+            "kind": pa.array(["g"] * groups.n, pa.string()), "part": group_part,
             "key": pa.array(keys[order][starts]), "step": pa.array(step[starts]), "size": pa.array(groups.sizes),
             "rollouts": pa.array(n), "sd": pa.array(sd),
             "rmax": pa.array(np.maximum.reduceat(np.abs(r), starts) if len(r) else np.zeros(0)),
-            "cond": cond.take(pa.array(starts)), "task": task.take(pa.array(starts))}
+            "cond": cond, "task": task}
         for name, values, kind in ([(s, comps[s], "component") for s in local] + [(_OTHER, other, "other"),
                                                                                    (_TOTAL, total, "total")]):
             key = name if kind == "component" else "\x00" + name  # the rank cache's key
@@ -591,14 +595,14 @@ def part_tables(t: pa.Table, idx: list[int], items: list[Item], signals: list[st
         tables = [pa.table(cols).filter(pa.array(keep_group))]
         if weights is None:
             steps_item = dict(steps_cols, kind=pa.array(["s"] * len(steps_u), pa.string()))
-            steps_item["x"] = pa.array(np.bincount(np.searchsorted(steps_u, step), weights=raw,
-                                                   minlength=len(steps_u)))
-            steps_item["all01"] = pa.array([bool(np.isin(raw[step == s], (0.0, 1.0)).all()) for s in steps_u])
+            steps_item["x"] = pa.array(np.bincount(step_code, weights=raw, minlength=len(steps_u)))
+            not01 = np.bincount(step_code, weights=~np.isin(raw, (0.0, 1.0)), minlength=len(steps_u))
+            steps_item["all01"] = pa.array(not01 == 0)
             if it.where == "reasoning":  # `load_frames` refuses to trace reasoning in a run without any
                 has_r = np.asarray(t.column("_has_r").to_numpy(zero_copy_only=False), bool)[order]
-                steps_item["n_reasoning"] = pa.array(np.bincount(np.searchsorted(steps_u, step), weights=has_r,
+                steps_item["n_reasoning"] = pa.array(np.bincount(step_code, weights=has_r,
                                                                  minlength=len(steps_u)))
-            tables += [pa.table(steps_item), _cond_table(step, order, raw, cond, task, part)]
+            tables += [pa.table(steps_item), _cond_table(t, order, step_code, steps_u, steps_cols["part"], raw)]
         out.append(pa.concat_tables(tables, promote_options="default"))
     return out
 
@@ -633,20 +637,32 @@ def _reward_steps(step: np.ndarray, steps_u: np.ndarray, reward: np.ndarray, kno
     return {k: pa.array(v, pa.string() if k == "rfac" else None) for k, v in cols.items()}
 
 
-def _cond_table(step: np.ndarray, order: np.ndarray, raw: np.ndarray, cond: pa.Array, task: pa.Array,
-                part: pa.Array) -> pa.Table:
+def _cond_table(t: pa.Table, order: np.ndarray, step_code: np.ndarray, steps_u: np.ndarray, step_part: pa.Array,
+                raw: np.ndarray) -> pa.Table:
     """Per step, kind ('c' condition, 't' task) and name: rollouts, the behaviour's sum, and the first row (in
-    the part's row order) it appears at; rows without a name are left out, as `load_frames` codes them -1."""
+    the part's row order) it appears at; rows without a name are left out, as `load_frames` codes them -1.
+    `order`: the rows of `t` as sorted (`raw`, `step_code`: the code of each one's step in `steps_u`, whose parts
+    are `step_part`). The names are coded once (a dictionary) and grouped in numpy: Arrow's group_by on the
+    (step, name) strings, and taking every row's name and part to feed it, cost several times more."""
     out = []
-    for kind, names in (("c", cond), ("t", task)):
-        t = pa.table({"step": step, "name": names.cast(pa.string()), "first": order, "x": raw, "part": part})
-        t = t.filter(pc.is_valid(t.column("name")))
-        g = t.group_by(["step", "name"], use_threads=False).aggregate(
-            [("first", "min"), ("x", "sum"), ("x", "count"), ("part", "min")])
-        out.append(pa.table({"kind": pa.array(["c"] * g.num_rows, pa.string()), "part": g.column("part_min"),
-                             "step": g.column("step"), "ck": pa.array([kind] * g.num_rows, pa.string()),
-                             "name": g.column("name"), "first": g.column("first_min"), "rows": g.column("x_count"),
-                             "xsum": g.column("x_sum")}))
+    for kind, column in (("c", "condition"), ("t", "task")):
+        enc = pc.dictionary_encode(t.column(column).combine_chunks().cast(pa.string()))
+        names = enc.dictionary
+        code = np.asarray(pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False), np.int64)[order]
+        rows = np.flatnonzero(code >= 0)
+        width = max(len(names), 1)
+        uniq, at, inv = np.unique(step_code[rows] * width + code[rows], return_index=True, return_inverse=True)
+        inv = inv.ravel()
+        seen = np.argsort(at, kind="stable")  # in order of first appearance, as Arrow's group_by gave them
+        first = np.full(len(uniq), np.iinfo(np.int64).max, np.int64)
+        np.minimum.at(first, inv, order[rows])
+        count = np.bincount(inv, minlength=len(uniq)).astype(np.int64)
+        xsum = np.bincount(inv, weights=raw[rows], minlength=len(uniq))
+        sc, nc = (uniq // width)[seen], (uniq % width)[seen]
+        out.append(pa.table({"kind": pa.array(["c"] * len(uniq), pa.string()), "part": step_part.take(pa.array(sc)),
+                             "step": pa.array(steps_u[sc]), "ck": pa.array([kind] * len(uniq), pa.string()),
+                             "name": names.take(pa.array(nc)), "first": pa.array(first[seen]),
+                             "rows": pa.array(count[seen]), "xsum": pa.array(xsum[seen], pa.float64())}))
     return pa.concat_tables(out)
 
 
