@@ -67,6 +67,9 @@ VERSION = 1
 BATCH_PARTS = 16
 #: bytes a batch holds per rollout while its tables are computed (its columns, the sort and the per-signal arrays)
 _BYTES_PER_ROW = 2_000
+#: bytes of computed tables kept for the trace instead of read back (`_Ctx._hand_over`; the 1M-rollout benchmark's:
+#: ~45 MB per behaviour)
+HAND_OVER = 256 << 20
 #: per part, split and step: what `load_frames` counts before it reads any rollout (the step sample, the
 #: comparison key, the signals), so that those decisions need no scan of the run
 META_SQL = """
@@ -236,6 +239,11 @@ class _Ctx:
         self.dirs = [self.root / _digest([it.behavior.spec, it.where, it.direction, split, key, sorted(outcome),
                                           has_reward, has_adv]) for it in items]
         self.memo = store.__dict__.setdefault("_attribution_memo", {})
+        #: per behaviour, the tables of each kind ('g', 's', 'c') computed by this audit, with the parts they
+        #: hold ("stems"), for `_tables` to use instead of reading them back (`_hand_over`); None once given up
+        self.computed: list[dict[str, Any] | None] = [{"stems": set(), "g": [], "s": [], "c": []} for _ in items]
+        self._computed_bytes = 0
+        self._lock = threading.Lock()
 
     def _held(self, i: int) -> set[str]:
         """Names of behaviour `i`'s part files whose rows a segment holds (a cold audit writes the parts of a
@@ -317,7 +325,10 @@ class _Ctx:
         table = self._read(con, [p for p, _ in batch], signals)
         tables = part_tables(table, miss, [self.items[i] for i in miss], signals, self.outcome, weights)
         out = []
-        for i, t in zip(miss, tables):
+        for i, kinds in zip(miss, tables):
+            if weights is None:
+                self._hand_over(i, [part.stem for part, m in batch if i in m], kinds)
+            t = pa.concat_tables(kinds, promote_options="default")
             stems = [part.stem for part, m in batch if i in m]
             for stem, own in zip(stems, _split_by_part(t, stems)):
                 tag = tags[stem] if weights is not None else ""
@@ -327,6 +338,22 @@ class _Ctx:
                 else:
                     self._keep(i, stem, own, tag)
         return out
+
+    def _hand_over(self, i: int, stems: list[str], kinds: list[pa.Table]) -> None:
+        """Keep the tables of kind 'g', 's', 'c' of `stems` that a batch computed for behaviour `i`, for `_tables`
+        (a cold audit then reads back none of what it wrote: ~0.2 CPU s of the 1M-rollout benchmark), up to
+        HAND_OVER bytes in all; beyond it every behaviour's tables are read back as before."""
+        size = sum(k.nbytes for k in kinds)
+        with self._lock:
+            if self.computed[i] is None:
+                return
+            self._computed_bytes += size
+            if self._computed_bytes > HAND_OVER:
+                self.computed = [None] * len(self.items)
+                return
+            self.computed[i]["stems"].update(stems)
+            for kind, table in zip("gsc", kinds):
+                self.computed[i][kind].append(table)
 
     def _read(self, con: duckdb.DuckDBPyConnection, parts: list[Path], signals: list[str]) -> pa.Table:
         """The rows of `parts` in the audit's split, in scan order, with the columns `part_tables` needs
@@ -350,6 +377,11 @@ class _Ctx:
     def _tables(self, i: int, stems: list[str], tags: dict[str, str], kept: set[int]) -> dict[str, pa.Table]:
         """Behaviour `i`'s rows of each kind for `stems` (and the weight-keyed groups of `tags`) at the `kept`
         steps, merged: segments of many parts where they exist (`rlaudit.derived.segments`), else the parts' files."""
+        computed = self.computed[i]
+        if not tags and computed is not None and computed["g"] and computed["stems"] >= set(stems):
+            if self.persist:  # what has accumulated is still merged (as below)
+                self._covering(i, [self.dirs[i] / f"{s}.parquet" for s in stems], tags)
+            return self._computed_tables(computed, set(stems), kept)
         files, mem = [], []
         held = self._held(i)
         for s in stems:
@@ -376,7 +408,24 @@ class _Ctx:
                 # the columns of the other kinds are all NULL here
                 out[k].append(t.select([c for c in t.column_names if t.column(c).null_count < t.num_rows
                                         or c in ("cond", "task")]))
-        return {k: pa.concat_tables(v, promote_options="default") for k, v in out.items()}
+        out = {k: pa.concat_tables(v, promote_options="default") for k, v in out.items()}
+        out["s"] = out["s"].sort_by("step")  # the run-wide fit sums and stacks them: in one order, however stored
+        return out
+
+    @staticmethod
+    def _computed_tables(computed: dict[str, Any], stems: set[str], kept: set[int]) -> dict[str, pa.Table]:
+        """`_tables` from the tables this audit computed (`_hand_over`): the rows of `stems` at the `kept` steps,
+        the steps in step order (as `_tables` orders them)."""
+        steps = pa.array(sorted(kept), pa.int64())
+        wanted = pa.array(sorted(stems), pa.string())
+        out = {}
+        for k in "gsc":
+            t = pa.concat_tables(computed[k], promote_options="default")
+            t = t.filter(pc.and_(pc.is_in(t.column("step"), steps), pc.is_in(t.column("part"), wanted)))
+            out[k] = t.select([c for c in t.column_names if t.column(c).null_count < t.num_rows
+                               or c in ("cond", "task")])
+        out["s"] = out["s"].sort_by("step")
+        return out
 
     def _covering(self, i: int, files: list[Path], tags: dict[str, str]) -> list[Path | segments.Rows]:
         """`segments.covering` of `files`, merged over every part of the run: a merge over some parts (a step
@@ -494,10 +543,10 @@ def _all(t: pa.Table, name: str) -> bool:
 
 # ================================================================================================ one part
 def part_tables(t: pa.Table, idx: list[int], items: list[Item], signals: list[str], outcome: list[str],
-                weights: dict[str, Any] | None) -> list[pa.Table]:
+                weights: dict[str, Any] | None) -> list[list[pa.Table]]:
     """The tables (module doc) of the parts whose rows are `t` (`_part`: each row's part) for each behaviour
-    `items[i]` (its values in column `_b<idx[i]>`): one table per behaviour, its rows of kind 'g' (groups), 's'
-    (steps) and 'c' (conditions and tasks), each with its part. `weights`: the run-wide fit ({"none": no total
+    `items[i]` (its values in column `_b<idx[i]>`): per behaviour its rows of kind 'g' (groups), 's' (steps) and
+    'c' (conditions and tasks) as three tables (only 'g' with `weights`), each row with its part. `weights`: the run-wide fit ({"none": no total
     logged, "names", "weights"}) that rebuilds missing totals: then only the groups of the parts; without it, the
     parts with a missing total get no groups (they are computed again under the fit's weights)."""
     keys = np.asarray(t.column("_group").to_numpy(zero_copy_only=False))
@@ -603,7 +652,7 @@ def part_tables(t: pa.Table, idx: list[int], items: list[Item], signals: list[st
                 steps_item["n_reasoning"] = pa.array(np.bincount(step_code, weights=has_r,
                                                                  minlength=len(steps_u)))
             tables += [pa.table(steps_item), _cond_table(t, order, step_code, steps_u, steps_cols["part"], raw)]
-        out.append(pa.concat_tables(tables, promote_options="default"))
+        out.append(tables)
     return out
 
 
