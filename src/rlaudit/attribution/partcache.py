@@ -358,21 +358,29 @@ class _Ctx:
     def _read(self, con: duckdb.DuckDBPyConnection, parts: list[Path], signals: list[str]) -> pa.Table:
         """The rows of `parts` in the audit's split, in scan order, with the columns `part_tables` needs
         (`load_frames` reads the same columns through the same expressions; term behaviours gated by
-        `prefilter`, to the same values)."""
+        `prefilter`, to the same values); `_part`, each row's part, a dictionary of the parts' stems indexed
+        by DuckDB's `file_index` (a stem string per row, `parse_filename`, cost ~0.05 CPU s per 1M rows)."""
         by_layout: dict[int, list[Path]] = {}
         for p in parts:
             by_layout.setdefault(self.layouts.get(p.name, 1), []).append(p)
-        selects = [f"SELECT {view_columns(layout)}, parse_filename(filename, true) AS _part "
-                   f"FROM read_parquet({sql_list([str(p) for p in ps])}, filename = true)"
-                   for layout, ps in sorted(by_layout.items())]
+        selects, stems = [], []
+        for layout, ps in sorted(by_layout.items()):
+            selects.append(f"SELECT {view_columns(layout)}, file_index + {len(stems)} AS _part "
+                           f"FROM read_parquet({sql_list([str(p) for p in ps])})")
+            stems += [p.stem for p in ps]
         split = f"split = {sql_string(self.split)}" if self.split else "TRUE"
         beh = "".join(f", {it.expr} AS _b{i}" for i, it in enumerate(self.items))
         if any(it.where == "reasoning" for it in self.items):
             beh += ", reasoning IS NOT NULL AS _has_r"
         sig = "".join(f", CAST(rewards[{sql_string(s)}] AS DOUBLE) AS _s{j}" for j, s in enumerate(signals))
         con.execute(f"CREATE OR REPLACE VIEW src AS {' UNION ALL '.join(selects)}")
-        return con.sql(f"SELECT {self.key} AS _group, step, condition, task, reward, advantage{beh}{sig}, _part "
-                       f"FROM src WHERE {split}").to_arrow_table()
+        t = con.sql(f"SELECT {self.key} AS _group, step, condition, task, reward, advantage{beh}{sig}, _part "
+                    f"FROM src WHERE {split}").to_arrow_table()
+        at = t.schema.get_field_index("_part")
+        index = pc.cast(t.column(at), pa.int32())
+        return t.set_column(at, "_part", pa.chunked_array(
+            [pa.DictionaryArray.from_arrays(c, pa.array(stems, pa.string())) for c in index.chunks],
+            pa.dictionary(pa.int32(), pa.string())))
 
     def _tables(self, i: int, stems: list[str], tags: dict[str, str], kept: set[int]) -> dict[str, pa.Table]:
         """Behaviour `i`'s rows of each kind for `stems` (and the weight-keyed groups of `tags`) at the `kept`
