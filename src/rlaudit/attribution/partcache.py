@@ -5,7 +5,9 @@ paired preference, paired difference sums, the pressure's covariance sum, the ou
 comparison group lies within one step. A stored part never changes, so for each behaviour and each part holding
 whole steps, what attribution needs from its rollouts is computed once and cached beside the run
 in one file per part and behaviour (`derived/attribution/v<VERSION>-duckdb<version>/<behaviour key>/<part>.parquet`,
-merged into segments by `rlaudit.derived.segments`) holding rows of three kinds (`kind`):
+merged into segments by `rlaudit.derived.segments`; the parts of a complete level-1 group that an audit computes
+at once are written into their segment only, each row once, and count as cached there) holding rows of three
+kinds (`kind`):
 
 - `g`, groups: per comparison group (its DuckDB hash key, as `load_frames` groups), its step, size, rollouts with a
   reward, the sd of the total reward and its largest |total|, the condition and task of its first rollout; per
@@ -30,6 +32,7 @@ Not cached (the caller traces them from the rows, `trace.load_frames`): behaviou
 predicates, judges), runs whose steps are split across parts (a comparison group could span two parts), runs
 sampled by comparison group (few, very large steps), and a non-numeric behaviour with non-0/1 values in some part.
 A store that keeps derived data in memory, or cannot be written, gets the tables in memory for this audit.
+The audit that computes the tables traces from them as computed (`_Ctx._hand_over`), not read back.
 """
 
 from __future__ import annotations
@@ -67,9 +70,9 @@ VERSION = 1
 BATCH_PARTS = 16
 #: bytes a batch holds per rollout while its tables are computed (its columns, the sort and the per-signal arrays)
 _BYTES_PER_ROW = 2_000
-#: bytes of computed tables kept for the trace instead of read back (`_Ctx._hand_over`; the 1M-rollout benchmark's:
-#: ~45 MB per behaviour)
-HAND_OVER = 256 << 20
+#: bytes of computed tables kept for the trace instead of read back (`_Ctx._hand_over`; the 1M-rollout benchmark's
+#: behaviour: ~60 MB of peak RSS); a larger run reads them back, so that its peak does not grow with it
+HAND_OVER = 128 << 20
 #: per part, split and step: what `load_frames` counts before it reads any rollout (the step sample, the
 #: comparison key, the signals), so that those decisions need no scan of the run
 META_SQL = """
