@@ -230,3 +230,28 @@ def test_segments_written_from_memory_equal_merged_ones(tmp_path, monkeypatch):
     monkeypatch.setattr(segments, "FANOUT", 3)
     by_step(store, table, range(8, 10))  # warm: the new parts' files, merged with the last loose part
     check(store)
+
+
+def test_parts_of_two_layouts_in_one_batch(tmp_path, monkeypatch):
+    """A batch reading parts of two layouts (one SELECT each, `file_index` counted from each one's offset):
+    every row keeps its own part."""
+    store = Store(tmp_path / "s")
+    by_step(store, make_run(seed=7, steps=6))
+    real = Store.part_layouts
+    monkeypatch.setattr(Store, "part_layouts", lambda self, run, manifest=None: {
+        k: (2 if i % 2 else v) for i, (k, v) in enumerate(sorted(real(self, run, manifest).items()))})
+    assert set(store.part_layouts("sim").values()) == {2, 3}
+    check(store)
+
+
+def test_tables_read_back_beyond_the_hand_over(tmp_path, monkeypatch):
+    """Computed tables over HAND_OVER bytes are not kept: the cold audit reads them back, to the same findings."""
+    monkeypatch.setattr(partcache, "HAND_OVER", 1)
+    kept = []
+    original = partcache._Ctx._computed_tables
+    monkeypatch.setattr(partcache._Ctx, "_computed_tables", staticmethod(
+        lambda *a: kept.append(1) or original(*a)))
+    store = Store(tmp_path / "s")
+    by_step(store, make_run(seed=8, steps=5))
+    check(store)
+    assert not kept
