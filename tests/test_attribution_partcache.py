@@ -189,24 +189,69 @@ def test_batches_in_threads_equal_the_traced_findings(tmp_path, monkeypatch, thr
 
 
 def test_segments_written_from_memory_equal_merged_ones(tmp_path, monkeypatch):
-    """A cold audit writes the level-1 segments of parts it computes from the tables in hand (`segments.Fresh`):
-    the same files, with the same rows, as a merge of the written parts would give, and the findings of the rows
-    cold and warm."""
+    """A cold audit writes the parts of a complete level-1 group into its segment only, from the tables in hand
+    (`segments.Fresh`): the same segments, with the same rows, as a merge of per-part files gives (the same
+    audit with no group planned), no file for their members, and the findings of the rows cold and warm,
+    also when a step limit reads some parts only (by their ranges) and after new steps."""
     monkeypatch.setattr(segments, "FANOUT", 3)
     monkeypatch.setattr(partcache, "BATCH_PARTS", 2)  # batches across segment boundaries
-    store = Store(tmp_path / "s")
-    by_step(store, make_run(seed=6, steps=8))
+    table = make_run(seed=6, steps=10)
+    store, files = Store(tmp_path / "s"), Store(tmp_path / "f")
+    by_step(store, table, range(8))
+    by_step(files, table, range(8))
     from_memory: list[bool] = []
     original = segments._write
     monkeypatch.setattr(segments, "_write", lambda *a, **k: (from_memory.append(
         (a[5] if len(a) > 5 else k.get("tables")) is not None), original(*a, **k))[1])
     got = check(store)
-    seg = sorted((store.run_dir("sim") / "derived" / "attribution").rglob("segments/parts/L1-*.parquet"))
+    root = store.run_dir("sim") / "derived" / "attribution"
+    seg = sorted(root.rglob("segments/parts/L1-*.parquet"))
     assert len(seg) == 3 * 2  # three behaviours, 8 parts: two groups of three each
     assert from_memory == [True] * len(seg)  # none read back from the files to merge
-    for f in seg:  # the rows of its member files, in order
-        members = json.loads(pq.read_schema(f).metadata[b"rlaudit_members"])
-        files = [pq.read_table(f.parent.parent.parent / m) for m in members]
-        merged = pa.concat_tables(files, promote_options="default")
-        assert pq.read_table(f).select(merged.column_names).to_pylist() == merged.to_pylist()
+    assert len(list(root.glob("*/*/*.parquet"))) == 3 * 2  # per behaviour, only the two parts outside a group
+    monkeypatch.setattr(segments.Fresh, "planned", lambda self, path: False)
+    same(got, check(files))
+    ref = sorted((files.run_dir("sim") / "derived" / "attribution").rglob("segments/parts/L1-*.parquet"))
+
+    def rows(segs):  # per behaviour, each segment's member row counts and rows (the parts' names differ)
+        out = {}
+        for f in segs:
+            t = pq.read_table(f)
+            out.setdefault(f.parent.parent.parent.name, []).append(
+                (json.loads(pq.read_schema(f).metadata[b"rlaudit_rows"]), t.drop(["part"]).to_pylist()))
+        return {k: sorted(v, key=lambda r: r[1][0]["step"]) for k, v in out.items()}
+
+    assert len(ref) == len(seg) and rows(seg) == rows(ref)
     same(got, check(store))
+    monkeypatch.setattr(segments, "GRACE", 0.0)  # a merge over the first parts alone would remove the second group
+    check(store, max_step=2)  # some parts: read by their ranges, no merge over them alone
+    assert sorted(root.rglob("segments/parts/L1-*.parquet")) == seg
+    monkeypatch.undo()
+    monkeypatch.setattr(segments, "FANOUT", 3)
+    by_step(store, table, range(8, 10))  # warm: the new parts' files, merged with the last loose part
+    check(store)
+
+
+def test_parts_of_two_layouts_in_one_batch(tmp_path, monkeypatch):
+    """A batch reading parts of two layouts (one SELECT each, `file_index` counted from each one's offset):
+    every row keeps its own part."""
+    store = Store(tmp_path / "s")
+    by_step(store, make_run(seed=7, steps=6))
+    real = Store.part_layouts
+    monkeypatch.setattr(Store, "part_layouts", lambda self, run, manifest=None: {
+        k: (2 if i % 2 else v) for i, (k, v) in enumerate(sorted(real(self, run, manifest).items()))})
+    assert set(store.part_layouts("sim").values()) == {2, 3}
+    check(store)
+
+
+def test_tables_read_back_beyond_the_hand_over(tmp_path, monkeypatch):
+    """Computed tables over HAND_OVER bytes are not kept: the cold audit reads them back, to the same findings."""
+    monkeypatch.setattr(partcache, "HAND_OVER", 1)
+    kept = []
+    original = partcache._Ctx._computed_tables
+    monkeypatch.setattr(partcache._Ctx, "_computed_tables", staticmethod(
+        lambda *a: kept.append(1) or original(*a)))
+    store = Store(tmp_path / "s")
+    by_step(store, make_run(seed=8, steps=5))
+    check(store)
+    assert not kept

@@ -286,17 +286,3 @@ def test_merges_of_one_call_share_one_connection(tmp_path, monkeypatch):
     monkeypatch.setattr(segments.duckdb, "connect", lambda *a, **k: opened.append(1) or real(*a, **k))
     covering(files, "cells")
     assert len(opened) == 1
-
-
-def test_fresh_after_files_written_by_the_caller(tmp_path):
-    """`Fresh.written` (a caller that writes every file itself): the segment is written from memory as a second
-    copy; a file whose write failed gives up its group (merged from the files later, as before)."""
-    files = parts(tmp_path, 2 * FANOUT)
-    want = rows(files)
-    tables = _tables(files)
-    with segments.Fresh({"cells": (files, "lz4")}, set(files)) as fresh:
-        for i, (f, t) in enumerate(zip(files, tables)):
-            fresh.written(f, t if i == FANOUT else f, t)  # the second group's first file could not be written
-    segs = list((tmp_path / "segments" / "cells").iterdir())
-    assert len(segs) == 1 and all(f.is_file() for f in files)
-    assert rows(covering(files, "cells")) == want

@@ -5,7 +5,9 @@ paired preference, paired difference sums, the pressure's covariance sum, the ou
 comparison group lies within one step. A stored part never changes, so for each behaviour and each part holding
 whole steps, what attribution needs from its rollouts is computed once and cached beside the run
 in one file per part and behaviour (`derived/attribution/v<VERSION>-duckdb<version>/<behaviour key>/<part>.parquet`,
-merged into segments by `rlaudit.derived.segments`) holding rows of three kinds (`kind`):
+merged into segments by `rlaudit.derived.segments`; the parts of a complete level-1 group that an audit computes
+at once are written into their segment only, each row once, and count as cached there) holding rows of three
+kinds (`kind`):
 
 - `g`, groups: per comparison group (its DuckDB hash key, as `load_frames` groups), its step, size, rollouts with a
   reward, the sd of the total reward and its largest |total|, the condition and task of its first rollout; per
@@ -30,11 +32,13 @@ Not cached (the caller traces them from the rows, `trace.load_frames`): behaviou
 predicates, judges), runs whose steps are split across parts (a comparison group could span two parts), runs
 sampled by comparison group (few, very large steps), and a non-numeric behaviour with non-0/1 values in some part.
 A store that keeps derived data in memory, or cannot be written, gets the tables in memory for this audit.
+The audit that computes the tables traces from them as computed (`_Ctx._hand_over`), not read back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -42,6 +46,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +70,9 @@ VERSION = 1
 BATCH_PARTS = 16
 #: bytes a batch holds per rollout while its tables are computed (its columns, the sort and the per-signal arrays)
 _BYTES_PER_ROW = 2_000
+#: bytes of computed tables kept for the trace instead of read back (`_Ctx._hand_over`; the 1M-rollout benchmark's
+#: behaviour: ~60 MB of peak RSS); a larger run reads them back, so that its peak does not grow with it
+HAND_OVER = 128 << 20
 #: per part, split and step: what `load_frames` counts before it reads any rollout (the step sample, the
 #: comparison key, the signals), so that those decisions need no scan of the run
 META_SQL = """
@@ -125,7 +133,7 @@ def traces(store: Store, run: str, con: duckdb.DuckDBPyConnection, max_step: int
     order = _scan_order(parts, layouts)
     needed = [p for p in order if step_of_part.get(p.stem, set()) & kept]
     ctx = _Ctx(store, run, split, key, outcome_signals, specs, layouts, counts["n_reward"] > 0,
-               counts["n_adv"] > 0, meta["part_signals"], meta["part_rows"])
+               counts["n_adv"] > 0, meta["part_signals"], meta["part_rows"], order)
     ctx.ensure(needed)  # every needed part's tables of every behaviour (computed for the parts not cached)
     out = []
     for i, it in enumerate(specs):
@@ -224,23 +232,36 @@ class _Ctx:
 
     def __init__(self, store: Store, run: str, split: str | None, key: str, outcome: list[str], items: list[Item],
                  layouts: dict[str, int], has_reward: bool, has_adv: bool, signals: dict[str, set[str]],
-                 rows: dict[str, int]) -> None:
+                 rows: dict[str, int], order: list[Path]) -> None:
         self.store, self.split, self.key, self.outcome, self.items = store, split, key, outcome, items
         self.layouts, self.has_reward, self.has_adv, self.signals = layouts, has_reward, has_adv, signals
         self.rows = rows  # per part, its rollouts in the split (the memory of a batch)
+        self.order = order  # every part of the run, in scan order: what segments are merged and planned over
         self.persist = getattr(store, "persist_derived", True)
         self.root = store.run_dir(run) / "derived" / "attribution" / f"v{VERSION}-duckdb{duckdb.__version__}"
         self.dirs = [self.root / _digest([it.behavior.spec, it.where, it.direction, split, key, sorted(outcome),
                                           has_reward, has_adv]) for it in items]
         self.memo = store.__dict__.setdefault("_attribution_memo", {})
+        #: per behaviour, the tables of each kind ('g', 's', 'c') computed by this audit, with the parts they
+        #: hold ("stems"), for `_tables` to use instead of reading them back (`_hand_over`); None once given up
+        self.computed: list[dict[str, Any] | None] = [{"stems": set(), "g": [], "s": [], "c": []} for _ in items]
+        self._computed_bytes = 0
+        self._lock = threading.Lock()
 
-    def _entry(self, i: int, stem: str, tag: str = "") -> Path | pa.Table | None:
+    def _held(self, i: int) -> set[str]:
+        """Names of behaviour `i`'s part files whose rows a segment holds (a cold audit writes the parts of a
+        complete level-1 group into the segment only: `ensure`)."""
+        return segments.held(self.dirs[i] / "segments" / "parts") if self.persist else set()
+
+    def _entry(self, i: int, stem: str, tag: str = "", held: set[str] | None = None) -> Path | pa.Table | None:
+        """A part's table of behaviour `i`: in memory, or its file's path (the file may be missing where
+        `held`, the names `_held` gives, lists it: its rows are then a range of a segment); None when not cached."""
         name = f"{stem}{tag}.parquet"
         hit = self.memo.get((str(self.dirs[i]), name))
         if hit is not None:
             return hit
         path = self.dirs[i] / name
-        return path if self.persist and path.is_file() else None
+        return path if self.persist and (path.is_file() or name in (held or ())) else None
 
     def _keep(self, i: int, stem: str, table: pa.Table, tag: str = "") -> Path | pa.Table:
         """Write one part's table of behaviour `i` (or keep it in memory where it cannot be written); returns
@@ -260,12 +281,15 @@ class _Ctx:
         `memory.workers` threads, each writing its own parts' files: most of a batch is numpy and Arrow work
         that releases the GIL, and one thread left the second core idle for most of a cold attribution.
 
-        The level-1 segments `_tables` would merge next from files all written now are written from the tables
-        in hand instead (`segments.Fresh`, fed in part order by this thread): nothing is read back to merge."""
+        The parts of a level-1 segment `_tables` would merge next from files all computed now are written into
+        that segment only, from the tables in hand (`segments.Fresh`, fed in part order by this thread): each
+        row is written once, and nothing is read back to merge (the 1M-rollout benchmark: 192 of its 200 parts'
+        tables were written as files and again into segments, the files ~0.4 CPU s on top of the segments)."""
+        held = [self._held(i) for i in range(len(self.items))]
         todo = []
         for p in parts:
             miss = [i for i in range(len(self.items))
-                    if self._entry(i, p.stem, tags[p.stem] if weights is not None else "") is None]
+                    if self._entry(i, p.stem, tags[p.stem] if weights is not None else "", held[i]) is None]
             if miss:
                 todo.append((p, miss))
         batches = [todo[lo:lo + BATCH_PARTS] for lo in range(0, len(todo), BATCH_PARTS)]
@@ -273,68 +297,107 @@ class _Ctx:
             return
         rows = max((self.rows.get(p.stem, 0) for p, _ in todo), default=0) * BATCH_PARTS
         n = min(len(batches), workers(max(rows, 1) * _BYTES_PER_ROW))
-        fresh = [self._fresh(i, parts, todo) for i in range(len(self.items))] if weights is None else []
+        fresh = [self._fresh(i, todo) for i in range(len(self.items))] if weights is None else []
+        planned = lambda i, path: bool(fresh) and fresh[i] is not None and fresh[i].planned(path)  # noqa: E731
         with _Connections(self.store.root, n) as cons, contextlib.ExitStack() as stack:
             for f in fresh:
                 if f is not None:
                     stack.enter_context(f)
-            compute = lambda b: self._compute(cons.get(), b, weights, tags)  # noqa: E731
+            compute = lambda b: self._compute(cons.get(), b, weights, tags, planned)  # noqa: E731
             for kept in in_order(compute, batches, n, "rlaudit-attribution"):
-                for i, path, written, table in kept:
-                    if fresh and fresh[i] is not None:
-                        fresh[i].written(path, written, table)
+                for i, path, table in kept:  # planned parts: their file is written only if the group is given up
+                    # (`_keep` holds what cannot be written at all in memory)
+                    fresh[i].add(path, table, functools.partial(self._keep, i, path.stem, table))
 
-    def _fresh(self, i: int, parts: list[Path], todo: list[tuple[Path, list[int]]]) -> segments.Fresh | None:
-        """Behaviour `i`'s level-1 segments of `parts` (as `_tables` asks for their files) that hold only files
-        computed now."""
+    def _fresh(self, i: int, todo: list[tuple[Path, list[int]]]) -> segments.Fresh | None:
+        """Behaviour `i`'s level-1 segments of the run's parts (as `_tables` merges their files) that hold only
+        parts computed now."""
         if not self.persist:
             return None
         now = {self.dirs[i] / f"{p.stem}.parquet" for p, miss in todo if i in miss}
-        return segments.Fresh({"parts": ([self.dirs[i] / f"{p.stem}.parquet" for p in parts], "lz4")}, now)
+        return segments.Fresh({"parts": ([self.dirs[i] / f"{p.stem}.parquet" for p in self.order], "lz4")}, now)
 
     def _compute(self, con: duckdb.DuckDBPyConnection, batch: list[tuple[Path, list[int]]],
-                 weights: dict[str, Any] | None, tags: dict[str, str] | None
-                 ) -> list[tuple[int, Path, Path | pa.Table, pa.Table]]:
-        """Read one batch of parts, compute the tables of the behaviours it misses and keep each part's; returns
-        (behaviour, the part's file, what `_keep` answered, the table) in part order per behaviour."""
+                 weights: dict[str, Any] | None, tags: dict[str, str] | None,
+                 planned: Callable[[int, Path], bool]) -> list[tuple[int, Path, pa.Table]]:
+        """Read one batch of parts, compute the tables of the behaviours it misses and keep each part's (its
+        file), but for those `planned` into a segment; returns (behaviour, the part's file, the table) of the
+        latter, in part order per behaviour, for `ensure` to hand to `segments.Fresh`."""
         miss = sorted({i for _, m in batch for i in m})
         signals = sorted(set().union(*(self.signals.get(p.stem, set()) for p, _ in batch)))
         table = self._read(con, [p for p, _ in batch], signals)
         tables = part_tables(table, miss, [self.items[i] for i in miss], signals, self.outcome, weights)
         out = []
-        for i, t in zip(miss, tables):
+        for i, kinds in zip(miss, tables):
+            if weights is None:
+                self._hand_over(i, [part.stem for part, m in batch if i in m], kinds)
+            t = pa.concat_tables(kinds, promote_options="default")
             stems = [part.stem for part, m in batch if i in m]
             for stem, own in zip(stems, _split_by_part(t, stems)):
                 tag = tags[stem] if weights is not None else ""
-                out.append((i, self.dirs[i] / f"{stem}{tag}.parquet", self._keep(i, stem, own, tag), own))
+                path = self.dirs[i] / f"{stem}{tag}.parquet"
+                if planned(i, path):
+                    out.append((i, path, own))
+                else:
+                    self._keep(i, stem, own, tag)
         return out
+
+    def _hand_over(self, i: int, stems: list[str], kinds: list[pa.Table]) -> None:
+        """Keep the tables of kind 'g', 's', 'c' of `stems` that a batch computed for behaviour `i`, for `_tables`
+        (a cold audit then reads back none of what it wrote: ~0.2 CPU s of the 1M-rollout benchmark), up to
+        HAND_OVER bytes in all; beyond it every behaviour's tables are read back as before."""
+        size = sum(k.nbytes for k in kinds)
+        with self._lock:
+            if self.computed[i] is None:
+                return
+            self._computed_bytes += size
+            if self._computed_bytes > HAND_OVER:
+                self.computed = [None] * len(self.items)
+                return
+            self.computed[i]["stems"].update(stems)
+            for kind, table in zip("gsc", kinds):
+                self.computed[i][kind].append(table)
 
     def _read(self, con: duckdb.DuckDBPyConnection, parts: list[Path], signals: list[str]) -> pa.Table:
         """The rows of `parts` in the audit's split, in scan order, with the columns `part_tables` needs
         (`load_frames` reads the same columns through the same expressions; term behaviours gated by
-        `prefilter`, to the same values)."""
+        `prefilter`, to the same values); `_part`, each row's part, a dictionary of the parts' stems indexed
+        by DuckDB's `file_index` (a stem string per row, `parse_filename`, cost ~0.05 CPU s per 1M rows)."""
         by_layout: dict[int, list[Path]] = {}
         for p in parts:
             by_layout.setdefault(self.layouts.get(p.name, 1), []).append(p)
-        selects = [f"SELECT {view_columns(layout)}, parse_filename(filename, true) AS _part "
-                   f"FROM read_parquet({sql_list([str(p) for p in ps])}, filename = true)"
-                   for layout, ps in sorted(by_layout.items())]
+        selects, stems = [], []
+        for layout, ps in sorted(by_layout.items()):
+            selects.append(f"SELECT {view_columns(layout)}, file_index + {len(stems)} AS _part "
+                           f"FROM read_parquet({sql_list([str(p) for p in ps])})")
+            stems += [p.stem for p in ps]
         split = f"split = {sql_string(self.split)}" if self.split else "TRUE"
         beh = "".join(f", {it.expr} AS _b{i}" for i, it in enumerate(self.items))
         if any(it.where == "reasoning" for it in self.items):
             beh += ", reasoning IS NOT NULL AS _has_r"
         sig = "".join(f", CAST(rewards[{sql_string(s)}] AS DOUBLE) AS _s{j}" for j, s in enumerate(signals))
         con.execute(f"CREATE OR REPLACE VIEW src AS {' UNION ALL '.join(selects)}")
-        return con.sql(f"SELECT {self.key} AS _group, step, condition, task, reward, advantage{beh}{sig}, _part "
-                       f"FROM src WHERE {split}").to_arrow_table()
+        t = con.sql(f"SELECT {self.key} AS _group, step, condition, task, reward, advantage{beh}{sig}, _part "
+                    f"FROM src WHERE {split}").to_arrow_table()
+        at = t.schema.get_field_index("_part")
+        index = pc.cast(t.column(at), pa.int32())
+        return t.set_column(at, "_part", pa.chunked_array(
+            [pa.DictionaryArray.from_arrays(c, pa.array(stems, pa.string())) for c in index.chunks],
+            pa.dictionary(pa.int32(), pa.string())))
 
     def _tables(self, i: int, stems: list[str], tags: dict[str, str], kept: set[int]) -> dict[str, pa.Table]:
         """Behaviour `i`'s rows of each kind for `stems` (and the weight-keyed groups of `tags`) at the `kept`
         steps, merged: segments of many parts where they exist (`rlaudit.derived.segments`), else the parts' files."""
+        computed = self.computed[i]
+        if not tags and computed is not None and computed["g"] and computed["stems"] >= set(stems):
+            if self.persist:  # what has accumulated is still merged (as below)
+                self._covering(i, [self.dirs[i] / f"{s}.parquet" for s in stems], tags)
+            return self._computed_tables(computed, set(stems), kept)
         files, mem = [], []
+        held = self._held(i)
         for s in stems:
             for tag in ("", tags[s]) if tags.get(s) else ("",):
-                e = self._entry(i, s, tag)
+                e = self._entry(i, s, tag, held)
                 (mem if isinstance(e, pa.Table) else files).append(e)
         steps = pa.array(sorted(kept), pa.int64())
         out: dict[str, list[pa.Table]] = {k: [] for k in "gsc"}
@@ -343,20 +406,48 @@ class _Ctx:
             for k in "gsc":
                 out[k].append(t.filter(pc.equal(t.column("kind"), k)))
         if files:
-            paths = segments.covering(files, "parts") if self.persist else files
+            paths = self._covering(i, files, tags) if self.persist else files
             with duckdb.connect() as con:
                 con.execute("SET enable_progress_bar = false; SET threads = 1")
                 bound_memory(con, self.store.root)
                 con.register("_kept", pa.table({"step": steps}))
-                every = con.sql(f"SELECT * FROM read_parquet({sql_list([str(p) for p in paths])}, "
-                                "union_by_name = true) WHERE step IN (SELECT step FROM _kept)").to_arrow_table()
+                every = con.sql(f"SELECT * FROM ({_select(paths)}) "
+                                "WHERE step IN (SELECT step FROM _kept)").to_arrow_table()
             kind = every.column("kind")
             for k in "gsc":  # one scan, split here (a scan per kind read every file three times)
                 t = every.filter(pc.equal(kind, k))
                 # the columns of the other kinds are all NULL here
                 out[k].append(t.select([c for c in t.column_names if t.column(c).null_count < t.num_rows
                                         or c in ("cond", "task")]))
-        return {k: pa.concat_tables(v, promote_options="default") for k, v in out.items()}
+        out = {k: pa.concat_tables(v, promote_options="default") for k, v in out.items()}
+        out["s"] = out["s"].sort_by("step")  # the run-wide fit sums and stacks them: in one order, however stored
+        return out
+
+    @staticmethod
+    def _computed_tables(computed: dict[str, Any], stems: set[str], kept: set[int]) -> dict[str, pa.Table]:
+        """`_tables` from the tables this audit computed (`_hand_over`): the rows of `stems` at the `kept` steps,
+        the steps in step order (as `_tables` orders them)."""
+        steps = pa.array(sorted(kept), pa.int64())
+        wanted = pa.array(sorted(stems), pa.string())
+        out = {}
+        for k in "gsc":
+            t = pa.concat_tables(computed[k], promote_options="default")
+            t = t.filter(pc.and_(pc.is_in(t.column("step"), steps), pc.is_in(t.column("part"), wanted)))
+            out[k] = t.select([c for c in t.column_names if t.column(c).null_count < t.num_rows
+                               or c in ("cond", "task")])
+        out["s"] = out["s"].sort_by("step")
+        return out
+
+    def _covering(self, i: int, files: list[Path], tags: dict[str, str]) -> list[Path | segments.Rows]:
+        """`segments.covering` of `files`, merged over every part of the run: a merge over some parts (a step
+        limit, a sampled run) would in time remove the segments holding the others, now often their only copy.
+        Parts not computed are not there and no segment holds them: a merge passes them over."""
+        every = [self.dirs[i] / f"{p.stem}{t}.parquet" for p in self.order
+                 for t in (("", tags[p.stem]) if tags.get(p.stem) else ("",))]
+        if set(every) == set(files):
+            return segments.covering(files, "parts")
+        segments.covering(every, "parts")
+        return segments.covering(files, "parts", merge=False)
 
     # ------------------------------------------------------------------------------------------- one behaviour
     def trace(self, i: int, parts: list[Path], kept: set[int], signals: list[str], n: int, grouping: str,
@@ -418,6 +509,19 @@ class _Connections:
         return con
 
 
+def _select(paths: list[Path | segments.Rows]) -> str:
+    """The rows of `paths` (`segments.covering`'s answer: whole files, and segments' row ranges of parts held
+    only there), as one SELECT: the files' columns differ with their parts' signals, so unioned by name."""
+    files = [str(p) for p in paths if not isinstance(p, segments.Rows)]
+    selects = [f"SELECT * FROM read_parquet({sql_list(files)}, union_by_name = true)"] if files else []
+    for r in paths:
+        if isinstance(r, segments.Rows):
+            rows = " OR ".join(f"file_row_number BETWEEN {lo} AND {hi - 1}" for lo, hi in r.ranges)
+            selects.append(f"SELECT * EXCLUDE (file_row_number) FROM read_parquet({sql_string(str(r.path))}, "
+                           f"file_row_number = true) WHERE {rows}")
+    return " UNION ALL BY NAME ".join(selects)
+
+
 def _split_by_part(t: pa.Table, stems: list[str]) -> list[pa.Table]:
     """The rows of `t` of each part of `stems` (column `part`), in their order: one stable sort and slices (a
     filter per part cost O(parts x rows))."""
@@ -450,19 +554,22 @@ def _all(t: pa.Table, name: str) -> bool:
 
 # ================================================================================================ one part
 def part_tables(t: pa.Table, idx: list[int], items: list[Item], signals: list[str], outcome: list[str],
-                weights: dict[str, Any] | None) -> list[pa.Table]:
+                weights: dict[str, Any] | None) -> list[list[pa.Table]]:
     """The tables (module doc) of the parts whose rows are `t` (`_part`: each row's part) for each behaviour
-    `items[i]` (its values in column `_b<idx[i]>`): one table per behaviour, its rows of kind 'g' (groups), 's'
-    (steps) and 'c' (conditions and tasks), each with its part. `weights`: the run-wide fit ({"none": no total
+    `items[i]` (its values in column `_b<idx[i]>`): per behaviour its rows of kind 'g' (groups), 's' (steps) and
+    'c' (conditions and tasks) as three tables (only 'g' with `weights`), each row with its part. `weights`: the run-wide fit ({"none": no total
     logged, "names", "weights"}) that rebuilds missing totals: then only the groups of the parts; without it, the
     parts with a missing total get no groups (they are computed again under the fit's weights)."""
     keys = np.asarray(t.column("_group").to_numpy(zero_copy_only=False))
-    _, codes = np.unique(keys, return_inverse=True)
-    order = np.argsort(codes.ravel(), kind="stable")
-    groups = tr._Groups.of(codes.ravel()[order].astype(np.int64))
-    take = pa.array(order)
+    order = np.argsort(keys, kind="stable")  # by group key, each group's rows in their order: one sort
+    sorted_keys = keys[order]
+    groups = tr._Groups.of(np.cumsum(np.r_[False, sorted_keys[1:] != sorted_keys[:-1]]).astype(np.int64)
+                           if keys.size else np.zeros(0, np.int64))
     step = np.asarray(t.column("step").to_numpy(zero_copy_only=False), np.int64)[order]
-    part = t.column("_part").take(take).cast(pa.string())
+
+    def strings(name: str, rows: np.ndarray) -> pa.Array:
+        """Column `name` at the sorted `rows` (only those: a take of every row's string cost more)."""
+        return t.column(name).take(pa.array(order[rows])).cast(pa.string())
 
     def floats(name: str) -> np.ndarray:
         return np.asarray(pc.fill_null(t.column(name), float("nan")).to_numpy(zero_copy_only=False),
@@ -485,20 +592,21 @@ def part_tables(t: pa.Table, idx: list[int], items: list[Item], signals: list[st
         else:
             total = reward.copy()
             total[~known] = g[~known] @ np.array([weights["weights"][s] for s in names]) if names else np.nan
-    steps_u, step_at = np.unique(step, return_index=True)
+    steps_u, step_at, step_code = np.unique(step, return_index=True, return_inverse=True)
+    step_code = step_code.ravel()
     steps_cols = _reward_steps(step, steps_u, reward, known, comps, raw_comps, signals, local)
-    steps_cols["part"] = part.take(pa.array(step_at))
+    steps_cols["part"] = strings("_part", step_at)
     # the groups of a part with a missing total are left to the pass with the fit's weights
     missing = np.asarray(steps_cols["n_known"]) < np.asarray(steps_cols["n"])
     rebuilt = pa.array(sorted(set(steps_cols["part"].filter(pa.array(missing)).to_pylist())), pa.string())
-    keep_group = (np.asarray(pc.invert(pc.is_in(part.take(pa.array(groups.starts)), rebuilt)))
+    group_part = strings("_part", groups.starts)
+    keep_group = (np.asarray(pc.invert(pc.is_in(group_part, rebuilt)))
                   if weights is None else np.ones(groups.n, bool))
     ranks = tr._RankCache()
     outcome_vals = [comps[s] for s in local if tr.is_outcome_signal(s, outcome)]
     sub = tr._refine(groups.codes, outcome_vals) if outcome_vals else None
     measured = np.any([np.isfinite(v) for v in outcome_vals], axis=0) if outcome_vals else None
-    cond = t.column("condition").take(take).cast(pa.string())
-    task = t.column("task").take(take).cast(pa.string())
+    cond, task = strings("condition", groups.starts), strings("task", groups.starts)
     has_total = np.isfinite(total)
     r = np.where(has_total, total, 0.0)
     n = groups.sum(has_total.astype(float))
@@ -513,11 +621,11 @@ def part_tables(t: pa.Table, idx: list[int], items: list[Item], signals: list[st
         labels = tr.behavior_labels(groups, x, numeric)
         x_c = np.where(has_total, x - np.nan_to_num(tr._ratio(groups.sum(x * has_total), n))[groups.codes], 0.0)
         cols: dict[str, Any] = {
-            "kind": pa.array(["g"] * groups.n, pa.string()), "part": part.take(pa.array(starts)),
+            "kind": pa.array(["g"] * groups.n, pa.string()), "part": group_part,
             "key": pa.array(keys[order][starts]), "step": pa.array(step[starts]), "size": pa.array(groups.sizes),
             "rollouts": pa.array(n), "sd": pa.array(sd),
             "rmax": pa.array(np.maximum.reduceat(np.abs(r), starts) if len(r) else np.zeros(0)),
-            "cond": cond.take(pa.array(starts)), "task": task.take(pa.array(starts))}
+            "cond": cond, "task": task}
         for name, values, kind in ([(s, comps[s], "component") for s in local] + [(_OTHER, other, "other"),
                                                                                    (_TOTAL, total, "total")]):
             key = name if kind == "component" else "\x00" + name  # the rank cache's key
@@ -547,15 +655,15 @@ def part_tables(t: pa.Table, idx: list[int], items: list[Item], signals: list[st
         tables = [pa.table(cols).filter(pa.array(keep_group))]
         if weights is None:
             steps_item = dict(steps_cols, kind=pa.array(["s"] * len(steps_u), pa.string()))
-            steps_item["x"] = pa.array(np.bincount(np.searchsorted(steps_u, step), weights=raw,
-                                                   minlength=len(steps_u)))
-            steps_item["all01"] = pa.array([bool(np.isin(raw[step == s], (0.0, 1.0)).all()) for s in steps_u])
+            steps_item["x"] = pa.array(np.bincount(step_code, weights=raw, minlength=len(steps_u)))
+            not01 = np.bincount(step_code, weights=~np.isin(raw, (0.0, 1.0)), minlength=len(steps_u))
+            steps_item["all01"] = pa.array(not01 == 0)
             if it.where == "reasoning":  # `load_frames` refuses to trace reasoning in a run without any
                 has_r = np.asarray(t.column("_has_r").to_numpy(zero_copy_only=False), bool)[order]
-                steps_item["n_reasoning"] = pa.array(np.bincount(np.searchsorted(steps_u, step), weights=has_r,
+                steps_item["n_reasoning"] = pa.array(np.bincount(step_code, weights=has_r,
                                                                  minlength=len(steps_u)))
-            tables += [pa.table(steps_item), _cond_table(step, order, raw, cond, task, part)]
-        out.append(pa.concat_tables(tables, promote_options="default"))
+            tables += [pa.table(steps_item), _cond_table(t, order, step_code, steps_u, steps_cols["part"], raw)]
+        out.append(tables)
     return out
 
 
@@ -589,20 +697,32 @@ def _reward_steps(step: np.ndarray, steps_u: np.ndarray, reward: np.ndarray, kno
     return {k: pa.array(v, pa.string() if k == "rfac" else None) for k, v in cols.items()}
 
 
-def _cond_table(step: np.ndarray, order: np.ndarray, raw: np.ndarray, cond: pa.Array, task: pa.Array,
-                part: pa.Array) -> pa.Table:
+def _cond_table(t: pa.Table, order: np.ndarray, step_code: np.ndarray, steps_u: np.ndarray, step_part: pa.Array,
+                raw: np.ndarray) -> pa.Table:
     """Per step, kind ('c' condition, 't' task) and name: rollouts, the behaviour's sum, and the first row (in
-    the part's row order) it appears at; rows without a name are left out, as `load_frames` codes them -1."""
+    the part's row order) it appears at; rows without a name are left out, as `load_frames` codes them -1.
+    `order`: the rows of `t` as sorted (`raw`, `step_code`: the code of each one's step in `steps_u`, whose parts
+    are `step_part`). The names are coded once (a dictionary) and grouped in numpy: Arrow's group_by on the
+    (step, name) strings, and taking every row's name and part to feed it, cost several times more."""
     out = []
-    for kind, names in (("c", cond), ("t", task)):
-        t = pa.table({"step": step, "name": names.cast(pa.string()), "first": order, "x": raw, "part": part})
-        t = t.filter(pc.is_valid(t.column("name")))
-        g = t.group_by(["step", "name"], use_threads=False).aggregate(
-            [("first", "min"), ("x", "sum"), ("x", "count"), ("part", "min")])
-        out.append(pa.table({"kind": pa.array(["c"] * g.num_rows, pa.string()), "part": g.column("part_min"),
-                             "step": g.column("step"), "ck": pa.array([kind] * g.num_rows, pa.string()),
-                             "name": g.column("name"), "first": g.column("first_min"), "rows": g.column("x_count"),
-                             "xsum": g.column("x_sum")}))
+    for kind, column in (("c", "condition"), ("t", "task")):
+        enc = pc.dictionary_encode(t.column(column).combine_chunks().cast(pa.string()))
+        names = enc.dictionary
+        code = np.asarray(pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False), np.int64)[order]
+        rows = np.flatnonzero(code >= 0)
+        width = max(len(names), 1)
+        uniq, at, inv = np.unique(step_code[rows] * width + code[rows], return_index=True, return_inverse=True)
+        inv = inv.ravel()
+        seen = np.argsort(at, kind="stable")  # in order of first appearance, as Arrow's group_by gave them
+        first = np.full(len(uniq), np.iinfo(np.int64).max, np.int64)
+        np.minimum.at(first, inv, order[rows])
+        count = np.bincount(inv, minlength=len(uniq)).astype(np.int64)
+        xsum = np.bincount(inv, weights=raw[rows], minlength=len(uniq))
+        sc, nc = (uniq // width)[seen], (uniq % width)[seen]
+        out.append(pa.table({"kind": pa.array(["c"] * len(uniq), pa.string()), "part": step_part.take(pa.array(sc)),
+                             "step": pa.array(steps_u[sc]), "ck": pa.array([kind] * len(uniq), pa.string()),
+                             "name": names.take(pa.array(nc)), "first": pa.array(first[seen]),
+                             "rows": pa.array(count[seen]), "xsum": pa.array(xsum[seen], pa.float64())}))
     return pa.concat_tables(out)
 
 

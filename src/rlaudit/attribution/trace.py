@@ -51,7 +51,8 @@ from ..behaviors import Behavior, parse_behavior
 from ..errors import RlauditError
 from ..findings import SEVERITY_RANK, Evidence, Severity
 from ..store import sql_string
-from .kernels import group_midranks
+from ..kernels import use_numba
+from .kernels import compiled, group_midranks
 
 #: Names of signals that measure task success. Matched case-insensitively anywhere in the signal name; extend
 #: per run with `outcome_signals=[...]` (or `rlaudit trace --outcome NAME`).
@@ -608,25 +609,44 @@ class _RankCache:
 
     def mann_whitney(self, key: str, codes: np.ndarray, values: np.ndarray, labels: np.ndarray,
                      n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        ok = np.isfinite(values)
-        if np.isnan(labels[ok]).any():
-            return stats.grouped_mann_whitney(codes, values, labels, n_groups)
+        return self.pair_sums(key, codes, values, labels, n_groups, sums=False)[:3]
+
+    def pair_sums(self, key: str, codes: np.ndarray, values: np.ndarray, labels: np.ndarray, n_groups: int,
+                  sums: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, Any, Any]:
+        """Per group: U, n1, n0 (`stats.grouped_mann_whitney` among the rows with a finite value) and, with
+        `sums`, the sums of the finite values labelled 1 and labelled 0 (else None). With numba one compiled pass
+        over the rows (`kernels.pair_sums`: the same sums in the same order as the bincounts)."""
+        if np.isnan(labels).any() and np.isnan(labels[np.isfinite(values)]).any():
+            u, n1, n0 = stats.grouped_mann_whitney(codes, values, labels, n_groups)
+            return (u, n1, n0, *(_label_sums(codes, values, labels, n_groups) if sums else (None, None)))
         if key not in self._ranks:
+            ok = np.isfinite(values)
             self._ranks[key] = (ok, group_midranks(codes[ok], values[ok], n_groups))
         ok, ranks = self._ranks[key]
+        if use_numba():
+            r1, n1, n0, s1, s0 = compiled().pair_sums(
+                np.ascontiguousarray(codes, np.int64), np.ascontiguousarray(values, np.float64),
+                np.ascontiguousarray(labels, np.float64), ok, ranks, int(n_groups))
+            return r1 - n1 * (n1 + 1) / 2.0, n1, n0, (s1 if sums else None), (s0 if sums else None)
         c, lab = codes[ok], labels[ok] > 0.5
         n1 = np.bincount(c, weights=lab, minlength=n_groups)
         n0 = np.bincount(c, weights=~lab, minlength=n_groups)
         r1 = np.bincount(c, weights=np.where(lab, ranks, 0.0), minlength=n_groups)
-        return r1 - n1 * (n1 + 1) / 2.0, n1, n0
+        return (r1 - n1 * (n1 + 1) / 2.0, n1, n0,
+                *(_label_sums(codes, values, labels, n_groups) if sums else (None, None)))
+
+
+def _label_sums(codes: np.ndarray, values: np.ndarray, labels: np.ndarray, n_groups: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per group, the sums of the finite values labelled 1 and labelled 0."""
+    ok = np.isfinite(values) & np.isfinite(labels)
+    return (np.bincount(codes, weights=np.where(ok & (labels == 1), values, 0.0), minlength=n_groups),
+            np.bincount(codes, weights=np.where(ok & (labels == 0), values, 0.0), minlength=n_groups))
 
 
 def _pair_stats(groups: _Groups, values: np.ndarray, labels: np.ndarray, cache: _RankCache,
                 key: str) -> dict[str, np.ndarray]:
-    u, n1, n0 = cache.mann_whitney(key, groups.codes, values, labels, groups.n)
-    ok = np.isfinite(values) & np.isfinite(labels)
-    s1 = groups.sum(np.where(ok & (labels == 1), values, 0.0))
-    s0 = groups.sum(np.where(ok & (labels == 0), values, 0.0))
+    u, n1, n0, s1, s0 = cache.pair_sums(key, groups.codes, values, labels, groups.n)
     return {"u": u, "pairs": n1 * n0, "diff": n0 * s1 - n1 * s0}
 
 
