@@ -124,6 +124,7 @@ def test_an_audit_reads_each_part_once_for_every_kind(store, monkeypatch):
     writes each kind's rows straight into its combined file; the tables equal those computed kind by kind."""
     from rlaudit.detectors import AuditConfig, run_detectors
 
+    monkeypatch.setattr(partstats, "BATCH_PARTS", 16)  # two batches
     for step in range(1, 21):
         store.append("r", canonical_table(_rows(step, 6 + step % 4, "a")), key=f"s{step}")
     calls = []
@@ -160,6 +161,7 @@ def test_a_combined_file_that_cannot_be_written_leaves_the_tables_in_memory(stor
     computed again and kept in memory, and the merged rows are the same."""
     import pyarrow.parquet as pq
 
+    monkeypatch.setattr(partstats, "BATCH_PARTS", 16)
     for step in range(1, 19):
         store.append("r", canonical_table(_rows(step, 5, "a")), key=f"s{step}")
     want = _rows_of(partstats.part_stats(store, "r", "run_stats"), "run_stats")
@@ -236,3 +238,32 @@ def test_batches_computed_by_two_threads_equal_one_thread(tmp_path, monkeypatch)
         store.persist_derived = False
         assert got[threads] == {k: _rows_of(partstats.part_stats(store, "r", k), k) for k in kinds}
     assert got["1"] == got["2"] and all(got["1"].values())
+
+
+def test_batches_hold_about_batch_rows_rollouts(store, monkeypatch):
+    """Parts are batched by the rows the manifest gives (a part is never split; one bigger than a batch is a
+    batch of its own), at most `batch` parts a batch; the tables are those of one part a batch."""
+    monkeypatch.setattr(partstats, "COMPACT_AT", 3)
+    sizes = [4, 3, 9, 2, 2, 2, 5]
+    for step, n in enumerate(sizes, 1):
+        store.append("r", canonical_table(_rows(step, n, "a")), key=f"s{step}")
+    names = [p.name for p in store.parts("r")]
+    rows = dict(zip(names, sizes))
+    cut = [[p.name for p in b] for b in partstats._batches(store.parts("r"), rows, 3, 8)]
+    assert cut == [names[0:2], names[2:3], names[3:6], names[6:7]]
+    parts = store.parts("r")  # rows the manifest does not give count as a sixteenth of BATCH_ROWS each
+    assert partstats._batches(parts, {}, 2, 10**9) == [parts[i:i + 2] for i in range(0, 7, 2)]
+    assert partstats._batches(parts, {}, 99, partstats.BATCH_ROWS) == [parts]
+    assert partstats._batches(parts, {}, 99, 8) == [[p] for p in parts]
+    kinds = ("run_stats", "reward_health", "training_health")
+    calls = []
+    compute = partstats._compute
+    monkeypatch.setattr(partstats, "_compute", lambda parts, *a, **k: calls.append(len(parts)) or compute(parts, *a, **k))
+    got = {k: _rows_of(partstats.part_stats(store, "r", k, also=kinds, batch_rows=8), k) for k in kinds}
+    assert sorted(calls) == [1, 1, 2, 3]
+    import shutil
+
+    shutil.rmtree(store.run_dir("r") / "derived")
+    calls.clear()
+    assert {k: _rows_of(partstats.part_stats(store, "r", k, also=kinds, batch=1), k) for k in kinds} == got
+    assert calls == [1] * 7

@@ -57,6 +57,16 @@ _STEMS = b"rlaudit_stems"
 #: statistics files (as this module did before `_Combined`) took ~750 MB more: generalization peaked at 2,324 MB,
 #: and at 1,551 MB with this cap.
 COMPACT_MEMORY = 256 << 20
+#: rollouts in one batch of parts (`part_stats`; a part is never split): each batch pays DuckDB's fixed cost of
+#: its kinds' queries (planning and setting up the three audit kinds' ~50 ms, what a batch of 16 5,000-row
+#: parts spent on ~0.26 s of work), so the cold statistics of the 1M-rollout benchmark's 200 parts cost 4.4 CPU s
+#: in batches of 8 parts, 3.5 in batches of 16 and 3.2 in batches of 32 (~160,000 rollouts, ~120 MB more than
+#: one part at a time, within BATCH_MEMORY); a run of small parts no longer pays it per 16 of them
+BATCH_ROWS = 160_000
+#: parts in one batch at most (each one a path in the query and a file DuckDB opens)
+BATCH_PARTS = 256
+#: the rows a part counts for where the manifest does not give them: a sixteenth of a batch
+_UNKNOWN_ROWS = BATCH_ROWS // 16
 #: what one thread computing a batch of parts holds (its DuckDB connection's working set and the batch's tables):
 #: what `memory.workers` weighs against the memory budget (`_computed`)
 BATCH_MEMORY = 256 << 20
@@ -155,10 +165,11 @@ class PartStats:
 
 
 def part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[str] = (),
-               batch: int = 16) -> PartStats:
+               batch: int | None = None, batch_rows: int | None = None) -> PartStats:
     """The per-part statistics of kind `name` (see the module doc) of every part of `run`, computing only the
     parts not cached yet, together with the missing tables of the kinds in `also` (one read of each part for all
-    of them), `batch` parts per DuckDB query (one query per part would cost more in overhead than the work).
+    of them), in batches of at most `batch` parts (BATCH_PARTS) and about `batch_rows` rollouts (BATCH_ROWS) per
+    DuckDB query (one query per part would cost more in overhead than the work).
 
     Where a kind has COMPACT_AT or more parts to compute or loose, its new tables stream into a new combined
     file (`_Combined`) instead of a file per part that the next step would merge: a cold audit writes each
@@ -185,7 +196,9 @@ def part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[s
     own = caches[name]
     tables: list[pa.Table] = []  # `name`'s tables that are not in a file
     table_stems: list[str] = []  # their parts
-    jobs = [(lack, lacking[i:i + batch]) for lack, lacking in todo.items() for i in range(0, len(lacking), batch)]
+    rows = {e["part"]: e.get("rows") for e in manifest["files"].values() if e.get("part")}
+    jobs = [(lack, parts_) for lack, lacking in todo.items()
+            for parts_ in _batches(lacking, rows, batch or BATCH_PARTS, batch_rows or BATCH_ROWS)]
     for computed in _computed(jobs, layouts, store.root):
         for what, rows in computed.items():
             if what in writers and writers[what].add(rows):
@@ -215,6 +228,25 @@ def part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[s
         out.table_stems.append("")
     if persist:
         prune_cached(own.base, own.path, {p.stem for p in parts} | {"combined"})
+    return out
+
+
+def _batches(parts: list[Path], rows: dict[str, int | None], most: int, most_rows: int) -> list[list[Path]]:
+    """`parts`, in order, cut into batches of at most `most` parts and at most `most_rows` rows (or one part that
+    has more); `rows`: each part's rows by file name, from the manifest."""
+    out: list[list[Path]] = []
+    batch: list[Path] = []
+    held = 0
+    for part in parts:
+        n = rows.get(part.name)
+        n = _UNKNOWN_ROWS if n is None else int(n)
+        if batch and (len(batch) >= most or held + n > most_rows):
+            out.append(batch)
+            batch, held = [], 0
+        batch.append(part)
+        held += n
+    if batch:
+        out.append(batch)
     return out
 
 
