@@ -204,7 +204,7 @@ def part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[s
             if what in writers and writers[what].add(rows):
                 continue
             for part, table in rows.per_part():
-                written = write_cached(caches[what].path / f"{part.stem}.parquet", table, compression="zstd") \
+                written = write_cached(caches[what].path / f"{part.stem}.parquet", table, **_written(table.schema)) \
                     if persist else table
                 if what == name and isinstance(written, Path):
                     own.files.append(written)
@@ -324,7 +324,7 @@ class _Combined:
         if self.writer is None:
             self.cache.path.mkdir(parents=True, exist_ok=True)
             schema = table.schema.with_metadata({_STEMS: json.dumps(self.stems).encode()})
-            self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+            self.writer = pq.ParquetWriter(self.tmp, schema, **_written(schema))
         self.writer.write_table(table.select(self.writer.schema.names).cast(self.writer.schema))
 
     def _fail(self) -> None:
@@ -334,6 +334,15 @@ class _Combined:
                 self.writer.close()
         with contextlib.suppress(OSError):
             self.tmp.unlink(missing_ok=True)
+
+
+def _written(schema: pa.Schema) -> dict:
+    """How the tables are written: LZ4, the string columns (few distinct values: splits, signals, conditions,
+    part stems) dictionary-encoded, the numbers not (mostly distinct: sums, means, values). Writing the combined
+    files of the 1M benchmark's three audit kinds (~16 MB) cost 0.38 CPU s with zstd and every column in a
+    dictionary, 0.23 so (18 MB; reading them back through DuckDB costs the same)."""
+    strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    return {"compression": "lz4", "use_dictionary": strings or False}
 
 
 def _combined_stems(path: Path) -> set[str]:
