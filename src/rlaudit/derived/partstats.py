@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -382,21 +383,52 @@ def _computed(jobs: list[tuple[tuple[str, ...], list[Path]]], layouts: dict[str,
     run's statistics), each connection with its share of DuckDB's memory limit; at most one batch per thread
     waits to be written, so memory stays bounded by the thread count, not the run. Each connection then runs
     one DuckDB thread: the workers already fill the cores, and DuckDB's own threads on top of them cost ~0.6 CPU
-    s more of the 1M benchmark's ~6.5 (its task scheduler's waits and wake-ups)."""
+    s more of the 1M benchmark's ~6.5 (its task scheduler's waits and wake-ups).
+
+    A connection serves one batch at a time and then the next (`idle`), closed once every batch is computed:
+    opening and closing an in-memory database cost ~12 ms a batch (the 200 parts one at a time: 13.8 -> 11.5
+    CPU s; in the 1M benchmark's batches ~0.1 of ~3.3)."""
     from ..memory import duckdb_limit, in_order, workers
 
     n = min(len(jobs), workers(BATCH_MEMORY))
     share, threads = (duckdb_limit() // n, 1) if n > 1 else (None, None)
-    yield from in_order(lambda job: _compute(job[1], layouts, [KINDS[k] for k in job[0]], root, share, threads),
-                        jobs, n, "partstats")
+    idle: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
+    opened: list[duckdb.DuckDBPyConnection] = []
+
+    def compute(job: tuple[tuple[str, ...], list[Path]]) -> dict[str, _Batch]:
+        try:
+            con = idle.get_nowait()
+        except queue.Empty:
+            con = _connect(root, share, threads)
+            opened.append(con)
+        try:
+            return _compute(job[1], layouts, [KINDS[k] for k in job[0]], root, con)
+        finally:
+            idle.put(con)
+
+    try:
+        yield from in_order(compute, jobs, n, "partstats")
+    finally:  # (in_order has waited for its threads)
+        for con in opened:
+            con.close()
 
 
-def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind],
-             root: Path, memory: int | None = None, threads: int | None = None
-             ) -> dict[str, _Batch]:
+def _connect(root: Path, memory: int | None = None, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A connection for `_compute`: `memory`, its memory limit below DuckDB's usual one; `threads`, its DuckDB
+    threads (default: DuckDB's, one per core)."""
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    bound_memory(con, root, at_most=memory)
+    return con
+
+
+def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind], root: Path,
+             con: duckdb.DuckDBPyConnection | None = None) -> dict[str, _Batch]:
     """Read `parts` once (the columns `kinds` need) into a DuckDB table `src` and run each kind's query on it
-    (each result keeps `_part`: `_Batch`). `memory`: the connection's memory limit, below DuckDB's usual one; `threads`:
-    its DuckDB threads (default: DuckDB's, one per core)."""
+    (each result keeps `_part`: `_Batch`), on `con` (left as it was given: the batch's objects dropped) or a
+    connection of its own."""
     columns = [f'"{c}"' for c in (*ROLLOUT_SCHEMA.names, *SPAN_TESTS) if any(c in k.columns for k in kinds)]
     columns += dict.fromkeys(c for k in kinds for c in k.columns if c not in (*ROLLOUT_SCHEMA.names, *SPAN_TESTS))
     cols = ", ".join(columns)
@@ -412,20 +444,25 @@ def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind],
                        f"file_index::INTEGER + {len(order)} AS _part FROM read_parquet([{names}]))")
         order += paths
     out: dict[str, _Batch] = {}
-    with duckdb.connect() as con:
-        con.execute("SET enable_progress_bar = false")
-        if threads:
-            con.execute(f"SET threads = {int(threads)}")
-        bound_memory(con, root, at_most=memory)
+    own = con is None
+    con = _connect(root) if con is None else con
+    # for several kinds a table, not a view: each kind's query scans it instead of the files (one kind reads
+    # the files directly: copying its columns into a table first cost more than it saved)
+    what = "TABLE" if len(kinds) > 1 else "VIEW"
+    try:
         if not selects:
             con.register("_empty", ROLLOUT_SCHEMA.empty_table())
             selects = [f"SELECT {cols}, 0 AS _part FROM _empty"]
-        # for several kinds a table, not a view: each kind's query scans it instead of the files (one kind reads
-        # the files directly: copying its columns into a table first cost more than it saved)
-        what = "TEMP TABLE" if len(kinds) > 1 else "VIEW"
-        con.execute(f"CREATE {what} src AS {' UNION ALL '.join(selects)}")
+        con.execute(f"CREATE TEMP {what} src AS {' UNION ALL '.join(selects)}")
         for k in kinds:
             out[k.name] = _Batch(con.sql(k.sql).to_arrow_table(), order)
+    finally:
+        if own:
+            con.close()
+        else:
+            con.execute(f"DROP {what} IF EXISTS src")
+            if not order:
+                con.unregister("_empty")
     return out
 
 
