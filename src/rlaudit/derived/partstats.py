@@ -197,9 +197,9 @@ def part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[s
     own = caches[name]
     tables: list[pa.Table] = []  # `name`'s tables that are not in a file
     table_stems: list[str] = []  # their parts
-    rows = {e["part"]: e.get("rows") for e in manifest["files"].values() if e.get("part")}
-    jobs = [(lack, parts_) for lack, lacking in todo.items()
-            for parts_ in _batches(lacking, rows, batch or BATCH_PARTS, batch_rows or BATCH_ROWS)]
+    sizes = {e["part"]: e.get("rows") for e in manifest["files"].values() if e.get("part")}
+    jobs = [(lack, chunk) for lack, lacking in todo.items()
+            for chunk in _batches(lacking, sizes, batch or BATCH_PARTS, batch_rows or BATCH_ROWS)]
     for computed in _computed(jobs, layouts, store.root):
         for what, rows in computed.items():
             if what in writers and writers[what].add(rows):
