@@ -3,6 +3,7 @@ the merged result (checked through `Store.summary`, which reads them, against a 
 
 from __future__ import annotations
 
+import pytest
 
 from rlaudit.derived import partstats
 from rlaudit.derived.partstats import _combined_stems
@@ -124,6 +125,7 @@ def test_an_audit_reads_each_part_once_for_every_kind(store, monkeypatch):
     writes each kind's rows straight into its combined file; the tables equal those computed kind by kind."""
     from rlaudit.detectors import AuditConfig, run_detectors
 
+    monkeypatch.setattr(partstats, "BATCH_PARTS", 16)  # two batches
     for step in range(1, 21):
         store.append("r", canonical_table(_rows(step, 6 + step % 4, "a")), key=f"s{step}")
     calls = []
@@ -133,7 +135,7 @@ def test_an_audit_reads_each_part_once_for_every_kind(store, monkeypatch):
     found = run_detectors(store, "r", AuditConfig(detectors=["reward_health", "training_health"]))
     assert not [f for f in found if f.kind == "audit_error"]
     kinds = ["reward_health", "run_stats", "training_health"]
-    assert calls == [(16, kinds), (4, kinds)]
+    assert sorted(calls) == [(4, kinds), (16, kinds)]  # (two worker threads: either batch may start first)
     base = store.run_dir("r") / "derived" / "partstats"
     for kind in kinds:
         # (beside training_health's, the rollup of its small kinds: `training_stats._small_rollup`)
@@ -160,6 +162,7 @@ def test_a_combined_file_that_cannot_be_written_leaves_the_tables_in_memory(stor
     computed again and kept in memory, and the merged rows are the same."""
     import pyarrow.parquet as pq
 
+    monkeypatch.setattr(partstats, "BATCH_PARTS", 16)
     for step in range(1, 19):
         store.append("r", canonical_table(_rows(step, 5, "a")), key=f"s{step}")
     want = _rows_of(partstats.part_stats(store, "r", "run_stats"), "run_stats")
@@ -236,3 +239,40 @@ def test_batches_computed_by_two_threads_equal_one_thread(tmp_path, monkeypatch)
         store.persist_derived = False
         assert got[threads] == {k: _rows_of(partstats.part_stats(store, "r", k), k) for k in kinds}
     assert got["1"] == got["2"] and all(got["1"].values())
+
+
+def test_batches_hold_about_batch_rows_rollouts(store, monkeypatch):
+    """Parts are batched by the rows the manifest gives (a part is never split; one bigger than a batch is a
+    batch of its own), at most `batch` parts a batch; the tables are those of one part a batch."""
+    monkeypatch.setattr(partstats, "COMPACT_AT", 3)
+    sizes = [4, 3, 9, 2, 2, 2, 5]
+    for step, n in enumerate(sizes, 1):
+        store.append("r", canonical_table(_rows(step, n, "a")), key=f"s{step}")
+    names = [p.name for p in store.parts("r")]
+    rows = dict(zip(names, sizes))
+    cut = [[p.name for p in b] for b in partstats._batches(store.parts("r"), rows, 3, 8)]
+    assert cut == [names[0:2], names[2:3], names[3:6], names[6:7]]
+    parts = store.parts("r")  # rows the manifest does not give count as a sixteenth of BATCH_ROWS each
+    assert partstats._batches(parts, {}, 2, 10**9) == [parts[i:i + 2] for i in range(0, 7, 2)]
+    assert partstats._batches(parts, {}, 99, partstats.BATCH_ROWS) == [parts]
+    assert partstats._batches(parts, {}, 99, 8) == [[p] for p in parts]
+    kinds = ("run_stats", "reward_health", "training_health")
+    calls = []
+    compute = partstats._compute
+    monkeypatch.setattr(partstats, "_compute", lambda parts, *a: calls.append(len(parts)) or compute(parts, *a))
+    got = {k: _rows_of(partstats.part_stats(store, "r", k, also=kinds, batch_rows=8), k) for k in kinds}
+    assert sorted(calls) == [1, 1, 2, 3]
+    import shutil
+
+    shutil.rmtree(store.run_dir("r") / "derived")
+    calls.clear()
+    monkeypatch.setenv("RLAUDIT_THREADS", "1")  # one connection serves every batch, closed at the end
+    opened = []
+    connect = partstats._connect
+    monkeypatch.setattr(partstats, "_connect", lambda *a: opened.append(connect(*a)) or opened[-1])
+    assert {k: _rows_of(partstats.part_stats(store, "r", k, also=kinds, batch=1), k) for k in kinds} == got
+    assert calls == [1] * 7 and len(opened) == 1
+    import duckdb
+
+    with pytest.raises(duckdb.ConnectionException):
+        opened[0].execute("SELECT 1")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -57,6 +58,16 @@ _STEMS = b"rlaudit_stems"
 #: statistics files (as this module did before `_Combined`) took ~750 MB more: generalization peaked at 2,324 MB,
 #: and at 1,551 MB with this cap.
 COMPACT_MEMORY = 256 << 20
+#: rollouts in one batch of parts (`part_stats`; a part is never split): each batch pays DuckDB's fixed cost of
+#: its kinds' queries (planning and setting up the three audit kinds' ~50 ms, what a batch of 16 5,000-row
+#: parts spent on ~0.26 s of work), so the cold statistics of the 1M-rollout benchmark's 200 parts cost 4.4 CPU s
+#: in batches of 8 parts, 3.5 in batches of 16 and 3.2 in batches of 32 (~160,000 rollouts, ~120 MB more than
+#: one part at a time, within BATCH_MEMORY); a run of small parts no longer pays it per 16 of them
+BATCH_ROWS = 160_000
+#: parts in one batch at most (each one a path in the query and a file DuckDB opens)
+BATCH_PARTS = 256
+#: the rows a part counts for where the manifest does not give them: a sixteenth of a batch
+_UNKNOWN_ROWS = BATCH_ROWS // 16
 #: what one thread computing a batch of parts holds (its DuckDB connection's working set and the batch's tables):
 #: what `memory.workers` weighs against the memory budget (`_computed`)
 BATCH_MEMORY = 256 << 20
@@ -155,10 +166,11 @@ class PartStats:
 
 
 def part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[str] = (),
-               batch: int = 16) -> PartStats:
+               batch: int | None = None, batch_rows: int | None = None) -> PartStats:
     """The per-part statistics of kind `name` (see the module doc) of every part of `run`, computing only the
     parts not cached yet, together with the missing tables of the kinds in `also` (one read of each part for all
-    of them), `batch` parts per DuckDB query (one query per part would cost more in overhead than the work).
+    of them), in batches of at most `batch` parts (BATCH_PARTS) and about `batch_rows` rollouts (BATCH_ROWS) per
+    DuckDB query (one query per part would cost more in overhead than the work).
 
     Where a kind has COMPACT_AT or more parts to compute or loose, its new tables stream into a new combined
     file (`_Combined`) instead of a file per part that the next step would merge: a cold audit writes each
@@ -185,13 +197,15 @@ def part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[s
     own = caches[name]
     tables: list[pa.Table] = []  # `name`'s tables that are not in a file
     table_stems: list[str] = []  # their parts
-    jobs = [(lack, lacking[i:i + batch]) for lack, lacking in todo.items() for i in range(0, len(lacking), batch)]
+    sizes = {e["part"]: e.get("rows") for e in manifest["files"].values() if e.get("part")}
+    jobs = [(lack, chunk) for lack, lacking in todo.items()
+            for chunk in _batches(lacking, sizes, batch or BATCH_PARTS, batch_rows or BATCH_ROWS)]
     for computed in _computed(jobs, layouts, store.root):
         for what, rows in computed.items():
             if what in writers and writers[what].add(rows):
                 continue
             for part, table in rows.per_part():
-                written = write_cached(caches[what].path / f"{part.stem}.parquet", table, compression="zstd") \
+                written = write_cached(caches[what].path / f"{part.stem}.parquet", table, **_written(table.schema)) \
                     if persist else table
                 if what == name and isinstance(written, Path):
                     own.files.append(written)
@@ -215,6 +229,25 @@ def part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[s
         out.table_stems.append("")
     if persist:
         prune_cached(own.base, own.path, {p.stem for p in parts} | {"combined"})
+    return out
+
+
+def _batches(parts: list[Path], rows: dict[str, int | None], most: int, most_rows: int) -> list[list[Path]]:
+    """`parts`, in order, cut into batches of at most `most` parts and at most `most_rows` rows (or one part that
+    has more); `rows`: each part's rows by file name, from the manifest."""
+    out: list[list[Path]] = []
+    batch: list[Path] = []
+    held = 0
+    for part in parts:
+        n = rows.get(part.name)
+        n = _UNKNOWN_ROWS if n is None else int(n)
+        if batch and (len(batch) >= most or held + n > most_rows):
+            out.append(batch)
+            batch, held = [], 0
+        batch.append(part)
+        held += n
+    if batch:
+        out.append(batch)
     return out
 
 
@@ -292,7 +325,7 @@ class _Combined:
         if self.writer is None:
             self.cache.path.mkdir(parents=True, exist_ok=True)
             schema = table.schema.with_metadata({_STEMS: json.dumps(self.stems).encode()})
-            self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+            self.writer = pq.ParquetWriter(self.tmp, schema, **_written(schema))
         self.writer.write_table(table.select(self.writer.schema.names).cast(self.writer.schema))
 
     def _fail(self) -> None:
@@ -302,6 +335,15 @@ class _Combined:
                 self.writer.close()
         with contextlib.suppress(OSError):
             self.tmp.unlink(missing_ok=True)
+
+
+def _written(schema: pa.Schema) -> dict:
+    """How the tables are written: LZ4, the string columns (few distinct values: splits, signals, conditions,
+    part stems) dictionary-encoded, the numbers not (mostly distinct: sums, means, values). Writing the combined
+    files of the 1M benchmark's three audit kinds (~16 MB) cost 0.38 CPU s with zstd and every column in a
+    dictionary, 0.23 so (18 MB; reading them back through DuckDB costs the same)."""
+    strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    return {"compression": "lz4", "use_dictionary": strings or False}
 
 
 def _combined_stems(path: Path) -> set[str]:
@@ -341,21 +383,52 @@ def _computed(jobs: list[tuple[tuple[str, ...], list[Path]]], layouts: dict[str,
     run's statistics), each connection with its share of DuckDB's memory limit; at most one batch per thread
     waits to be written, so memory stays bounded by the thread count, not the run. Each connection then runs
     one DuckDB thread: the workers already fill the cores, and DuckDB's own threads on top of them cost ~0.6 CPU
-    s more of the 1M benchmark's ~6.5 (its task scheduler's waits and wake-ups)."""
+    s more of the 1M benchmark's ~6.5 (its task scheduler's waits and wake-ups).
+
+    A connection serves one batch at a time and then the next (`idle`), closed once every batch is computed:
+    opening and closing an in-memory database cost ~12 ms a batch (the 200 parts one at a time: 13.8 -> 11.5
+    CPU s; in the 1M benchmark's batches ~0.1 of ~3.3)."""
     from ..memory import duckdb_limit, in_order, workers
 
     n = min(len(jobs), workers(BATCH_MEMORY))
     share, threads = (duckdb_limit() // n, 1) if n > 1 else (None, None)
-    yield from in_order(lambda job: _compute(job[1], layouts, [KINDS[k] for k in job[0]], root, share, threads),
-                        jobs, n, "partstats")
+    idle: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
+    opened: list[duckdb.DuckDBPyConnection] = []
+
+    def compute(job: tuple[tuple[str, ...], list[Path]]) -> dict[str, _Batch]:
+        try:
+            con = idle.get_nowait()
+        except queue.Empty:
+            con = _connect(root, share, threads)
+            opened.append(con)
+        try:
+            return _compute(job[1], layouts, [KINDS[k] for k in job[0]], root, con)
+        finally:
+            idle.put(con)
+
+    try:
+        yield from in_order(compute, jobs, n, "partstats")
+    finally:  # (in_order has waited for its threads)
+        for con in opened:
+            con.close()
 
 
-def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind],
-             root: Path, memory: int | None = None, threads: int | None = None
-             ) -> dict[str, _Batch]:
+def _connect(root: Path, memory: int | None = None, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A connection for `_compute`: `memory`, its memory limit below DuckDB's usual one; `threads`, its DuckDB
+    threads (default: DuckDB's, one per core)."""
+    con = duckdb.connect()
+    con.execute("SET enable_progress_bar = false")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    bound_memory(con, root, at_most=memory)
+    return con
+
+
+def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind], root: Path,
+             con: duckdb.DuckDBPyConnection | None = None) -> dict[str, _Batch]:
     """Read `parts` once (the columns `kinds` need) into a DuckDB table `src` and run each kind's query on it
-    (each result keeps `_part`: `_Batch`). `memory`: the connection's memory limit, below DuckDB's usual one; `threads`:
-    its DuckDB threads (default: DuckDB's, one per core)."""
+    (each result keeps `_part`: `_Batch`), on `con` (left as it was given: the batch's objects dropped) or a
+    connection of its own."""
     columns = [f'"{c}"' for c in (*ROLLOUT_SCHEMA.names, *SPAN_TESTS) if any(c in k.columns for k in kinds)]
     columns += dict.fromkeys(c for k in kinds for c in k.columns if c not in (*ROLLOUT_SCHEMA.names, *SPAN_TESTS))
     cols = ", ".join(columns)
@@ -371,20 +444,25 @@ def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind],
                        f"file_index::INTEGER + {len(order)} AS _part FROM read_parquet([{names}]))")
         order += paths
     out: dict[str, _Batch] = {}
-    with duckdb.connect() as con:
-        con.execute("SET enable_progress_bar = false")
-        if threads:
-            con.execute(f"SET threads = {int(threads)}")
-        bound_memory(con, root, at_most=memory)
+    own = con is None
+    con = _connect(root) if con is None else con
+    # for several kinds a table, not a view: each kind's query scans it instead of the files (one kind reads
+    # the files directly: copying its columns into a table first cost more than it saved)
+    what = "TABLE" if len(kinds) > 1 else "VIEW"
+    try:
         if not selects:
             con.register("_empty", ROLLOUT_SCHEMA.empty_table())
             selects = [f"SELECT {cols}, 0 AS _part FROM _empty"]
-        # for several kinds a table, not a view: each kind's query scans it instead of the files (one kind reads
-        # the files directly: copying its columns into a table first cost more than it saved)
-        what = "TEMP TABLE" if len(kinds) > 1 else "VIEW"
-        con.execute(f"CREATE {what} src AS {' UNION ALL '.join(selects)}")
+        con.execute(f"CREATE TEMP {what} src AS {' UNION ALL '.join(selects)}")
         for k in kinds:
             out[k.name] = _Batch(con.sql(k.sql).to_arrow_table(), order)
+    finally:
+        if own:
+            con.close()
+        else:
+            con.execute(f"DROP {what} IF EXISTS src")
+            if not order:
+                con.unregister("_empty")
     return out
 
 
