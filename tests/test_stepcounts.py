@@ -3,12 +3,15 @@ grown by new parts, rebuilt when a part left the run or the file is torn."""
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from rlaudit.derived import stepcounts
+from rlaudit.derived import chunks, stepcounts
 
 
 def _vocab() -> pa.Table:
@@ -59,7 +62,7 @@ def test_dense_counts_equal_the_row_sums_cached_and_grown(tmp_path):
         files.append((f"p{i}", tmp_path / f"p{i}.counts.parquet"))
         pq.write_table(_part(rng, steps), files[-1][1])
     tables = [pq.read_table(f) for _, f in files]
-    cache = tmp_path / "rollup" / "step_counts.npz"
+    cache = tmp_path / "rollup" / "step_counts"
     reads = []
 
     def read_all(parts):
@@ -68,7 +71,7 @@ def test_dense_counts_equal_the_row_sums_cached_and_grown(tmp_path):
 
     c = stepcounts.step_counts(files[:3], _vocab(), cache, lambda: read_all(files[:3]))
     _check(c, tables[:3], [0, 1, 2, 3])
-    assert cache.is_file() and reads == [3]
+    assert (cache / "manifest.json").is_file() and reads == [3]
     # a new part: read alone and added to the cached arrays
     c = stepcounts.step_counts(files, _vocab(), cache, lambda: read_all(files))
     _check(c, tables, [0, 1, 2, 3, 4])
@@ -82,8 +85,9 @@ def test_dense_counts_equal_the_row_sums_cached_and_grown(tmp_path):
     c = stepcounts.step_counts(kept, _vocab(), cache, lambda: read_all(kept))
     _check(c, [tables[0], tables[2], tables[3]], [0, 1, 2, 3, 4])
     assert reads == [3, 3]
-    # a torn file is rebuilt, never read
-    cache.write_bytes(cache.read_bytes()[:100])
+    # a torn chunk is rebuilt, never read
+    chunk = next(f for f in cache.iterdir() if f.suffix == ".npy")
+    chunk.write_bytes(chunk.read_bytes()[:100])
     c = stepcounts.step_counts(kept, _vocab(), cache, lambda: read_all(kept))
     _check(c, [tables[0], tables[2], tables[3]], [0, 1, 2, 3, 4])
     assert reads == [3, 3, 3]
@@ -130,3 +134,86 @@ def test_all_splits_of_a_step_add_up():
                       np.array(list(keys.values())), 3)
     ex, em = _expected([table], "answer", ids, keys, 3)
     assert np.array_equal(x, ex) and np.array_equal(m, em) and ex.sum() > 0
+
+
+def _chunks(cache) -> list[list[str]]:
+    return [c["parts"] for c in json.loads((cache / "manifest.json").read_text())["chunks"]]
+
+
+def test_parts_added_one_and_several_at_a_time_grow_chunks_merged_as_a_binary_counter(tmp_path):
+    """Each audit writes a chunk of its new parts only; the newest chunks merge while the older holds no more
+    parts than the newer (a run of n parts keeps ~log2(n) chunks); the counts equal the row sums throughout,
+    loaded from the memory-mapped chunks by a fresh call, and a merged-away chunk is swept after GRACE."""
+    rng = np.random.default_rng(5)
+    # steps 0-9, part 7 shares step 6 with part 6; parts 3 and 4 in the train split only
+    steps = [[0, 1], [2], [3], [4], [5], [6], [6], [7], [8], [9]]
+    files, tables = [], []
+    for i, s in enumerate(steps):
+        files.append((f"p{i}", tmp_path / f"p{i}.counts.parquet"))
+        tables.append(_part(rng, s, splits=("train",) if i in (3, 4) else ("train", "eval")))
+        pq.write_table(tables[-1], files[-1][1])
+    cache = tmp_path / "rollup" / "step_counts"
+    reads = []
+
+    def read_all(parts):
+        reads.append(len(parts))
+        return pa.concat_tables([pq.read_table(f) for _, f in parts])
+
+    layouts = []
+    for n in (4, 5, 6, 9, 10):  # one part, one, three at once, one
+        c = stepcounts.step_counts(files[:n], _vocab(), cache, lambda: read_all(files[:n]))
+        _check(c, tables[:n], sorted({s for p in steps[:n] for s in p}))
+        again = stepcounts.step_counts(files[:n], _vocab(), cache, lambda: read_all(files[:n]))
+        _check(again, tables[:n], sorted({s for p in steps[:n] for s in p}))
+        layouts.append([len(p) for p in _chunks(cache)])
+    assert reads == [4]  # built once, then grown
+    assert layouts == [[4], [4, 1], [4, 2], [9], [9, 1]]
+    named = {c["name"] for c in json.loads((cache / "manifest.json").read_text())["chunks"]}
+    stale = {f.name for f in cache.iterdir() if f.suffix == ".npy"} - named
+    assert stale  # superseded chunks are kept for GRACE seconds (an audit may still open them)
+    for f in cache.iterdir():
+        os.utime(f, (0, 0))
+    stepcounts.step_counts(files[:10], _vocab(), cache, lambda: read_all(files[:10]))  # nothing new: no write
+    chunks.sweep(cache, named)
+    assert {f.name for f in cache.iterdir() if f.suffix == ".npy"} == named
+
+
+def test_a_missing_chunk_or_a_part_that_left_rebuilds(tmp_path):
+    rng = np.random.default_rng(6)
+    tables = [_part(rng, [i]) for i in range(4)]
+    files = []
+    for i, t in enumerate(tables):
+        files.append((f"p{i}", tmp_path / f"p{i}.counts.parquet"))
+        pq.write_table(t, files[-1][1])
+    cache = tmp_path / "step_counts"
+    reads = []
+
+    def read_all(parts):
+        reads.append(len(parts))
+        return pa.concat_tables([pq.read_table(f) for _, f in parts])
+
+    stepcounts.step_counts(files[:2], _vocab(), cache, lambda: read_all(files[:2]))
+    stepcounts.step_counts(files[:3], _vocab(), cache, lambda: read_all(files[:3]))
+    assert reads == [2] and len(_chunks(cache)) == 2
+    newest = json.loads((cache / "manifest.json").read_text())["chunks"][-1]["name"]
+    (cache / newest).unlink()
+    c = stepcounts.step_counts(files[:3], _vocab(), cache, lambda: read_all(files[:3]))
+    _check(c, tables[:3], [0, 1, 2])
+    assert reads == [2, 3]
+    # a part that left, and a new one, in one audit
+    kept = [files[0], files[2], files[3]]
+    c = stepcounts.step_counts(kept, _vocab(), cache, lambda: read_all(kept))
+    _check(c, [tables[0], tables[2], tables[3]], [0, 1, 2, 3])
+    assert reads == [2, 3, 3]
+
+
+def test_merge_count_is_a_binary_counter():
+    sizes = []
+    for _ in range(40):
+        sizes.append(1)
+        k = chunks.merge_count([chunks.Chunk(str(i), ["p"] * s) for i, s in enumerate(sizes)])
+        if k:
+            sizes = sizes[:-k] + [sum(sizes[-k:])]
+        assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
+    assert sum(sizes) == 40 and sizes == [32, 8]
+    assert chunks.merge_count([chunks.Chunk("a", ["p"] * 2000), chunks.Chunk("b", ["q"])]) == 0

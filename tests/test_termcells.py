@@ -186,7 +186,14 @@ def _focus(store: Store, terms: set[int]) -> tuple[list[tuple], list[tuple]]:
 
 
 def _focus_file(store: Store) -> Path:
-    return next((store.run_dir("r") / "derived" / "termcells").iterdir()) / "focus" / "cellterms.parquet"
+    """The focus cache's manifest (`chunks`)."""
+    return next((store.run_dir("r") / "derived" / "termcells").iterdir()) / "focus" / "manifest.json"
+
+
+def _focus_meta(store: Store) -> tuple[list[int], list[list[str]]]:
+    """The focus cache's terms and its chunks' parts."""
+    doc = json.loads(_focus_file(store).read_text())
+    return doc["info"]["terms"], [c["parts"] for c in doc["chunks"]]
 
 
 def _common_terms(store: Store, k: int) -> list[int]:
@@ -198,7 +205,8 @@ def _common_terms(store: Store, k: int) -> list[int]:
 
 def test_focus_rows_are_cached_per_run_and_grow_with_new_parts_and_terms(tmp_path):
     """The focus cache equals a scan of every part's cell terms: when first built, when read back unchanged
-    (not rewritten), after a part is added, and when terms are added (earlier ones kept)."""
+    (not rewritten), after a part is added (a chunk of its own), after several are added at once, and when
+    terms are added (earlier ones kept; one chunk)."""
     store = _store(tmp_path)
     a, b, c = _common_terms(store, 3)
     got, ref = _focus(Store(store.root), {a, b})
@@ -207,33 +215,42 @@ def test_focus_rows_are_cached_per_run_and_grow_with_new_parts_and_terms(tmp_pat
     mtime = path.stat().st_mtime_ns
     assert _focus(Store(store.root), {a}) == _focus(Store(store.root), {a})  # a subset: read, not rebuilt
     assert path.stat().st_mtime_ns == mtime
+    n_parts = len(store.parts("r"))
     table = simulate_run("goblin_persona", steps=10, prompts=6, generations=4, seed=5, run_name="r").canonical()
-    # a new part, small enough for the vocabulary to be kept (`tokens.REUSE_GROWTH`)
+    # new parts, small enough for the vocabulary to be kept (`tokens.REUSE_GROWTH`): one, then two at once
     store.append("r", table.filter(pc.equal(table["step"], 9)).slice(0, 4), key="c")
     got, ref = _focus(Store(store.root), {a, b})
-    assert got == ref and _focus_file(store) == path and path.stat().st_mtime_ns != mtime
+    assert got == ref and path.stat().st_mtime_ns != mtime
+    assert [len(p) for p in _focus_meta(store)[1]] == [n_parts, 1]
+    store.append("r", table.filter(pc.equal(table["step"], 9)).slice(4, 4), key="d")
+    store.append("r", table.filter(pc.equal(table["step"], 8)).slice(0, 4), key="e")
+    got, ref = _focus(Store(store.root), {a, b})
+    # chunks of 2, 1 and 2 parts: merged as a binary counter carries (1 <= 2, then 2 <= 3)
+    assert n_parts == 2 and got == ref and [len(p) for p in _focus_meta(store)[1]] == [5]
     got, ref = _focus(Store(store.root), {c})
     assert got == ref
-    meta = pq.ParquetFile(path).schema_arrow.metadata
-    assert sorted(json.loads(meta[b"rlaudit_focus"])["terms"]) == sorted({a, b, c})
-    assert sorted(json.loads(meta[b"rlaudit_focus"])["parts"]) == sorted(
-        p.name for p in store.parts("r"))
+    terms, chunked = _focus_meta(store)
+    assert sorted(terms) == sorted({a, b, c}) and len(chunked) == 1
+    assert sorted(chunked[0]) == sorted(p.name for p in store.parts("r"))
 
 
-def test_focus_cache_is_rebuilt_when_a_part_leaves_or_the_file_is_torn(tmp_path):
-    """A cache listing a part the run no longer holds (its rows would count it) or a torn file is rebuilt."""
+def test_focus_cache_is_rebuilt_when_a_part_leaves_or_a_chunk_is_torn(tmp_path):
+    """A cache listing a part the run no longer holds (its rows would count it), or with a torn or missing
+    chunk, is rebuilt."""
     store = _store(tmp_path)
     a, b = _common_terms(store, 2)
     got, ref = _focus(Store(store.root), {a, b})
     assert got == ref and len(got) > 5
     path = _focus_file(store)
-    f = pq.ParquetFile(path)
-    meta = json.loads(f.schema_arrow.metadata[b"rlaudit_focus"])
-    stale = pa.concat_tables([f.read()] * 2)  # as if a part that has left held the same rows again
-    meta["parts"].append("gone-part")
-    pq.write_table(stale.replace_schema_metadata({b"rlaudit_focus": json.dumps(meta).encode()}), path)
+    doc = json.loads(path.read_text())
+    doc["chunks"].append(dict(doc["chunks"][0], parts=["gone-part"]))  # the same rows again, of a part gone
+    path.write_text(json.dumps(doc))
     assert _focus(Store(store.root), {a, b}) == (got, ref)
-    path.write_bytes(path.read_bytes()[:100])  # torn
+    chunk = path.parent / json.loads(path.read_text())["chunks"][0]["name"]
+    chunk.write_bytes(chunk.read_bytes()[:100])  # torn
+    assert _focus(Store(store.root), {a, b}) == (got, ref)
+    chunk = path.parent / json.loads(path.read_text())["chunks"][0]["name"]
+    chunk.unlink()
     assert _focus(Store(store.root), {a, b}) == (got, ref)
 
 
@@ -252,8 +269,7 @@ def test_focus_keeps_at_most_focus_terms(tmp_path, monkeypatch):
     _focus(Store(store.root), set(terms[:2]))
     got, ref = _focus(Store(store.root), set(terms[2:]))  # 2 + 3 > 3: only the wanted ones are kept
     assert got == ref
-    meta = pq.ParquetFile(_focus_file(store)).schema_arrow.metadata
-    assert sorted(json.loads(meta[b"rlaudit_focus"])["terms"]) == sorted(terms[2:])
+    assert sorted(_focus_meta(store)[0]) == sorted(terms[2:])
 
 
 def test_focus_rows_are_reused_within_an_audit(tmp_path):
@@ -264,7 +280,7 @@ def test_focus_rows_are_reused_within_an_audit(tmp_path):
     cells = termcells.term_cells(store, "r", tokens.term_sets(store, "r"))
     con = _merged(cells)
     cells.focus(con, {a, b}, "f1")
-    _focus_file(store).unlink()
+    _focus_file(store).unlink()  # the manifest
     cells.focus(con, {b}, "f2")
     assert not _focus_file(store).exists()
     assert con.sql("SELECT * FROM f2 ORDER BY ALL").fetchall() == con.sql(

@@ -164,11 +164,26 @@ class Store:
         return (self.run_dir(run) / MANIFEST).is_file()
 
     def manifest(self, run: str) -> dict[str, Any]:
-        """The run's manifest: the version pinned by an enclosing `reading` block, else the latest."""
+        """The run's manifest: the version pinned by an enclosing `reading` block, else the latest.
+
+        Readers share one parsed copy while the file's bytes stay the same (as they share a pinned one): a long
+        run's manifest (2,000 parts: ~650 kB, ~3.4 ms to parse, ~0.1 ms to read) was parsed ~23 times by a warm
+        audit. Writers read their own (`_read_manifest`). Callers must not modify it."""
         pinned = self._pinned.get(run)
         if pinned is not None:
             return pinned
-        return self._read_manifest(run)
+        path = self.run_dir(run) / MANIFEST
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            return self._read_manifest(run)  # its error: no such run
+        memo = self.__dict__.setdefault("_manifest_memo", {})
+        hit = memo.get(run)
+        if hit is not None and hit[0] == raw:
+            return hit[1]
+        m = self._parse_manifest(path, raw)
+        memo[run] = (raw, m)
+        return m
 
     def _read_manifest(self, run: str) -> dict[str, Any]:
         path = self.run_dir(run) / MANIFEST
@@ -176,11 +191,17 @@ class Store:
             known = ", ".join(self.runs()) or "none"
             raise RlauditError(f"no run {run!r} in store {self.root} (runs: {known})")
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RlauditError(f"{path}: corrupt manifest ({exc})") from None
+            raw = path.read_bytes()
         except FileNotFoundError:  # removed since is_file (`runs rm`)
             raise RlauditError(f"no run {run!r} in store {self.root}") from None
+        return self._parse_manifest(path, raw)
+
+    @staticmethod
+    def _parse_manifest(path: Path, raw: bytes) -> dict[str, Any]:
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RlauditError(f"{path}: corrupt manifest ({exc})") from None
 
     # ------------------------------------------------------------------ reader leases (snapshots)
     @contextlib.contextmanager
@@ -768,6 +789,15 @@ def write_cached(path: Path, table: pa.Table, **parquet: Any) -> Path | pa.Table
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+def listing(d: Path) -> set[str]:
+    """The names in directory `d` (none when it is missing or unreadable): one `listdir` where a long run's
+    thousands of parts would each cost a stat."""
+    try:
+        return set(os.listdir(d))
+    except OSError:
+        return set()
 
 
 def prune_cached(base: Path, keep: Path, stems: set[str]) -> None:

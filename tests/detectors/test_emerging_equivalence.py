@@ -50,6 +50,8 @@ def test_findings_equal_the_per_rollout_path(name, tmp_path):
 def test_steps_shared_by_parts_give_the_same_findings(tmp_path):
     """Parts that share steps (each step's rows split between two parts) give the findings of parts that do
     not: the cell and count rows of a shared step are summed (the aggregation a run without shared steps skips)."""
+    import json
+
     import numpy as np
     import pyarrow as pa
     from emerging_equivalence import DETECTORS, SIZE, summarise
@@ -141,12 +143,12 @@ def test_new_parts_held_only_by_a_segment_grow_the_cached_step_counts(tmp_path, 
         grown.append("sim", table.filter(pa.array(np.isin(step, steps))), key=f"q{i}")
         if i == 5:  # an audit of six parts caches the dense counts of its parts
             run_detectors(grown, "sim", AuditConfig(detectors=DETECTORS))
-            (cached,) = derived.rglob("step_counts.npz")
+            (cached,) = derived.rglob("step_counts/manifest.json")
     files = sorted(p for p in derived.rglob("*.counts.parquet") if "segments" not in p.parts)
     b = summarise(run_detectors(grown, "sim", AuditConfig(detectors=DETECTORS)))  # raises on an audit error
     # the scenario: the two new parts' counts are in a segment only, and the cached counts grew (not rebuilt)
     assert sorted(p for p in derived.rglob("*.counts.parquet") if "segments" not in p.parts) == files
-    assert cached.is_file()
+    assert [len(c["parts"]) for c in json.loads(cached.read_text())["chunks"]] == [6, 2]  # grown by a chunk
     cached.unlink()  # built from scratch: every part's rows through the segments
     a = summarise(run_detectors(grown, "sim", AuditConfig(detectors=DETECTORS)))
     diffs = same(a, b)

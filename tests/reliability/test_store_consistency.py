@@ -366,3 +366,28 @@ def test_parts_of_an_older_codec_stay_and_are_read_beside_new_ones(tmp_path, mon
     query = "SELECT * FROM read_parquet({}) ORDER BY step, prompt"
     rows = [duckdb.sql(query.format([str(p) for p in s.parts("r")])).fetchall() for s in (old, new)]
     assert rows[0] == rows[1] and len(rows[0]) == 160
+
+
+def test_readers_share_a_parsed_manifest_until_its_bytes_change(tmp_path):
+    """`Store.manifest` parses the run's manifest once per content (a long run's is ~650 kB, and an audit read
+    it ~23 times): the same object while the file is unchanged, the new version after an ingest or any rewrite
+    (even one of the same size within one timestamp tick), and a corrupt file is still a clear error."""
+    store = Store(tmp_path / "store")
+    src = _run_dir(tmp_path, files=2)
+    store.ingest(src, run="r")
+    first = store.manifest("r")
+    assert store.manifest("r") is first
+    _lines(src / "part2.jsonl", 16, 24)
+    store.ingest(src, run="r")
+    second = store.manifest("r")
+    assert second is not first and len(second["files"]) == len(first["files"]) + 1
+    path = store.run_dir("r") / "run.json"
+    edited = json.loads(path.read_text())
+    edited["format"] = "x" * len(str(edited.get("format", "")))  # same length, other bytes
+    path.write_text(json.dumps(edited, indent=1, sort_keys=True))
+    assert store.manifest("r")["format"] == edited["format"]
+    path.write_text("{not json")
+    with pytest.raises(RlauditError, match="corrupt manifest"):
+        store.manifest("r")
+    with pytest.raises(RlauditError, match="no run"):
+        store.manifest("nope")

@@ -32,7 +32,7 @@ from ..derived import segments
 from ..findings import Finding
 from ..layout import view_columns
 from ..memory import workers
-from ..store import Store, bound_memory, sql_list, write_cached
+from ..store import Store, bound_memory, listing, sql_list, write_cached
 from ..detectors import DetectContext, Detector, register
 from .scan import (RESULT_SCHEMA, ScanParams, findings_from_results, read_scan_columns, scan_batches, scan_run,
                    table_batches)
@@ -220,11 +220,12 @@ def _scanned(store: Store, parts: list[Path], key: str, cache: Path, persist: bo
     """Scan results already at hand (part name -> file or table) and the parts still to scan."""
     found: dict[str, Any] = {}
     todo = []
+    names = listing(cache) if persist else set()  # one listing, not a stat per part
     for path in parts:
         f = cache / f"{path.stem}.parquet"
         if (key, path.name) in memo:
             found[path.name] = memo[(key, path.name)]
-        elif persist and f.is_file():
+        elif persist and f.name in names:
             found[path.name] = f
         else:
             todo.append(path)

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..derived import segments
-from ..store import Store, sql_list, write_cached
+from ..store import Store, listing, sql_list, write_cached
 from ..text import byte_spans
 from .shingles import byte_span_hashes
 
@@ -55,11 +55,16 @@ def candidate_keys(store: Store, run: str, keys_dir: Path, where: str,
     d = keys_dir / "sets"
     groups = {}
     files = []
+    names = listing(d)  # one listing, not two stats per part
     for part in parts:
         cand, grp = d / f"{part.stem}.parquet", d / f"{part.stem}.groups.npy"
-        if not grp.is_file() and not _summarise(keys_dir / f"{part.stem}.parquet", cand, grp):
-            return None
-        if cand.is_file():  # written before the group hashes, and only where the part has candidates
+        made = False
+        if grp.name not in names:
+            if not _summarise(keys_dir / f"{part.stem}.parquet", cand, grp):
+                return None
+            made = True
+        # written before the group hashes, and only where the part has candidates
+        if (cand.is_file() if made else cand.name in names):
             files.append(cand)
         groups[part.stem] = grp
     _prune_parts(d, set(groups))

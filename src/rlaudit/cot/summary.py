@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..derived import segments
-from ..store import prune_cached, sql_list, write_cached
+from ..store import listing, prune_cached, sql_list, write_cached
 
 _VERSION = 2  # 1: summarised by DuckDB
 
@@ -46,11 +46,14 @@ def register_summaries(con: duckdb.DuckDBPyConnection, results: dict[str, Any], 
     or table) of `parts`, summarising the parts not done yet (each from its own result file). `held`: summaries
     the scan has just written (`save_summary`, by file name), merged into segments without reading them back."""
     files, tables = [], []
+    names: dict[Path, set[str]] = {}  # per directory, its names: one listing, not a stat per part
     for part in parts:
         value = results[part.name]
         if isinstance(value, Path):
             path = summary_path(value)
-            if not path.is_file():
+            if path.parent not in names:
+                names[path.parent] = listing(path.parent)
+            if path.name not in names[path.parent]:
                 written, _ = save_summary(value, pq.read_table(value), part.name)
                 if not isinstance(written, Path):
                     tables.append(written)

@@ -5,22 +5,22 @@ scope, the rollouts containing it (`x`) and those whose prompt holds it (`m`): t
 `tokens.term_sets`, one row per (where, term, step, split). Read through DuckDB they cost O(run) on every warm
 audit: at 10M rollouts (2,000 steps) 12M rows, ~1.3 CPU s of Parquet decoding, two joins and the scatter into
 numpy, for one new step's worth of new rows. So the rows are summed once into dense arrays, per `where` (terms
-in the vocabulary's order) x (step, split) columns, kept in one file per run beside the term sets
-(`rollup/step_counts.npz`, with the parts it covers): an audit loads it (memory speed), reads only the count
-tables of the parts added since, adds them in, and writes the grown arrays back (atomically: concurrent audits
-each write a whole file of their own). A part that left the run, a torn file or another vocabulary's rows void
-it (it is rebuilt from every part); stores that keep derived data in memory build the arrays each time.
+in the vocabulary's order) x (step, split) columns, and cached per run beside the term sets
+(`rollup/step_counts/`) in chunks (`chunks`): each chunk one `.npy` matrix of the columns of some parts (all
+four arrays stacked: answer x, answer m, reasoning x, reasoning m), memory-mapped when read, with its columns'
+keys in the manifest. An audit maps the chunks, sums only the count tables of the parts added since into a chunk
+of their own and writes that and a new manifest: O(new parts), where loading, growing and writing back one
+whole file cost ~1.3 CPU s at 10M rollouts. A part that left the run, a torn chunk or another vocabulary void
+the cache (it is rebuilt from every part); stores that keep derived data in memory build the arrays each time.
 
-Counts are integers and parts sharing a step add up, as the SQL sums did: the arrays equal the per-step sums.
+Counts are integers and parts sharing a step add up, as the SQL sums did: `StepCounts.per_step` equals the
+per-step sums, whichever chunks hold the columns.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import threading
-import time
-import zipfile
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -28,73 +28,108 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import segments
+from . import chunks, segments
 from .tokens import WHERES
 
-VERSION = 1
+VERSION = 2
 #: stands for a NULL split in the columns' keys: such rows match no scope key (as in SQL, NULL = NULL is not true)
 NULL_SPLIT = "\x00null"
 
 
-class StepCounts:
-    """Per `where`, the counts `x` and `m` (terms in the vocabulary's order x (step, split) columns `steps`,
-    `splits`; int32 as loaded from the file where they fit, int64 as summed)."""
+class Block:
+    """The counts of some (step, split) columns (`steps`, `splits`): per `where`, `x` and `m` (terms in the
+    vocabulary's order x columns; int32 or int64, possibly memory-mapped)."""
 
-    def __init__(self, ids: dict[str, np.ndarray], steps: np.ndarray, splits: np.ndarray,
-                 x: dict[str, np.ndarray], m: dict[str, np.ndarray]):
-        self.ids, self.steps, self.splits, self.x, self.m = ids, steps, splits, x, m
+    def __init__(self, steps: np.ndarray, splits: np.ndarray, x: dict[str, np.ndarray], m: dict[str, np.ndarray]):
+        self.steps, self.splits, self.x, self.m = steps, splits, x, m
+
+    def stacked(self) -> np.ndarray:
+        """The four arrays in one matrix (rows: answer x, answer m, reasoning x, reasoning m), as a chunk holds
+        them: int32 where they fit (half the bytes)."""
+        arr = np.concatenate([a[w] for w in WHERES for a in (self.x, self.m)], axis=0)
+        small = arr.size == 0 or (arr.min() >= 0 and arr.max() < 2 ** 31)
+        return arr.astype(np.int32) if small else arr
+
+    @classmethod
+    def unstack(cls, arr: np.ndarray, ids: dict[str, np.ndarray], steps: np.ndarray, splits: np.ndarray) -> Block:
+        if arr.ndim != 2 or arr.shape != (2 * sum(len(v) for v in ids.values()), len(steps)) or len(splits) != len(
+                steps):
+            raise ValueError("step counts: a chunk's shape does not match its vocabulary and columns")
+        x, m, at = {}, {}, 0
+        for w in WHERES:
+            k = len(ids[w])
+            x[w], m[w] = arr[at:at + k], arr[at + k:at + 2 * k]
+            at += 2 * k
+        return cls(steps, splits, x, m)
+
+
+class StepCounts:
+    """The run's counts: per-`where` term ids (the vocabulary's order) and the blocks of columns holding them."""
+
+    def __init__(self, ids: dict[str, np.ndarray], blocks: list[Block]):
+        self.ids, self.blocks = ids, blocks
 
     def per_step(self, where: str, term_ids: np.ndarray, key_step: np.ndarray, key_split: np.ndarray,
                  key_si: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
         """(x, m) as float arrays (terms `term_ids` x step index 0..t-1) of the (step, split) keys in scope, each
-        mapped to its step index (`key_si`); columns outside the scope are left out, columns of one index summed."""
+        mapped to its step index (`key_si`); columns outside the scope are left out, columns of one index summed
+        (integers: exact in any order)."""
         if not np.array_equal(self.ids[where], term_ids):
             raise ValueError("step counts: the cached rows are not the vocabulary's terms")
         si_of = {(int(s), str(p)): int(i) for s, p, i in zip(key_step, key_split, key_si) if p is not None}
-        col_si = np.array([si_of.get((int(s), str(p)), -1) for s, p in zip(self.steps, self.splits)], np.int64)
-        cols = np.flatnonzero(col_si >= 0)
-        one_each = len(np.unique(col_si[cols])) == len(cols)  # the usual case: one split, no step twice
-        out = []
-        for arr in (self.x[where], self.m[where]):
-            dense = np.zeros((len(term_ids), t))
-            if len(cols) and one_each:
-                dense[:, col_si[cols]] = arr[:, cols]
-            elif len(cols):
-                order = cols[np.argsort(col_si[cols], kind="stable")]
-                si = col_si[order]
-                starts = np.flatnonzero(np.r_[True, si[1:] != si[:-1]])
-                dense[:, si[starts]] = np.add.reduceat(arr[:, order].astype(np.int64), starts, axis=1)
-            out.append(dense)
-        return out[0], out[1]
+        out = np.zeros((len(term_ids), t)), np.zeros((len(term_ids), t))
+        for b in self.blocks:
+            col_si = np.array([si_of.get((int(s), str(p)), -1) for s, p in zip(b.steps, b.splits)], np.int64)
+            cols = np.flatnonzero(col_si >= 0)
+            if not len(cols):
+                continue
+            si = col_si[cols]
+            run = (cols[-1] - cols[0] + 1 == len(cols)) and bool(np.all(np.diff(si) == 1))
+            for dense, arr in zip(out, (b.x[where], b.m[where])):
+                if run:  # the usual case: the block's columns in scope are consecutive steps (no copy by index)
+                    dense[:, si[0]:si[-1] + 1] += arr[:, cols[0]:cols[-1] + 1]
+                elif len(np.unique(si)) == len(si):
+                    dense[:, si] += arr[:, cols]
+                else:  # several columns of one index (all splits of a step; parts sharing a step)
+                    order = cols[np.argsort(si, kind="stable")]
+                    s = col_si[order]
+                    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+                    dense[:, s[starts]] += np.add.reduceat(arr[:, order].astype(np.int64), starts, axis=1)
+        return out
 
 
 def step_counts(parts: list[tuple[str, Any]], vocab: pa.Table, cache: Path | None, read_all) -> StepCounts:
-    """The dense counts of the parts `parts` ((name, count table: file or Arrow table)). `cache`: the run's file
-    (None: nothing cached, e.g. a store keeping derived data in memory); `read_all()`: every part's rows
-    (where, term_id, step, split, x, m), an Arrow table or an iterable of Arrow record batches, for a build from
-    scratch (the caller's view over segments, streamed: the whole 10M-rollout run's 12M rows held at once took
-    the audit to ~1.9 GB)."""
+    """The dense counts of the parts `parts` ((name, count table: file or Arrow table)). `cache`: the run's cache
+    directory (None: nothing cached, e.g. a store keeping derived data in memory); `read_all()`: every part's
+    rows (where, term_id, step, split, x, m), an Arrow table or an iterable of Arrow record batches, for a build
+    from scratch (the caller's view over segments, streamed: the whole 10M-rollout run's 12M rows held at once
+    took the audit to ~1.9 GB)."""
     ids = {w: np.asarray(vocab.filter(pc.equal(vocab["where"], w))["term_id"].to_numpy(), np.int64)
            for w in WHERES}
     names = [name for name, _ in parts]
-    held = _load(cache, ids, set(names)) if cache is not None else None
-    build = _Builder(ids, held[0] if held is not None else None)
+    key = _key(ids)
+    held = _load(cache, key, ids, set(names)) if cache is not None else None
     if held is None:
+        build = _Builder(ids)
         pieces = read_all()
         for piece in [pieces] if isinstance(pieces, pa.Table) else pieces:
             build.add(piece if isinstance(piece, pa.Table) else pa.Table.from_batches([piece]))
-        covered = names
-    else:
-        covered = held[1]
-        for name, entry in parts:
-            if name not in set(covered):
-                # a part a cold audit wrote into a segment only has no file of its own: its range of the segment
-                build.add(entry if isinstance(entry, pa.Table) else segments.read_member(Path(entry), "counts"))
-        covered = covered + [name for name in names if name not in set(covered)]
-    counts = build.result()
-    if cache is not None and (held is None or len(covered) != len(held[1])):
-        _save(cache, counts, covered)
-    return counts
+        block = build.result()
+        if cache is not None:
+            _save(cache, key, [], [], names, block)
+        return StepCounts(ids, [block])
+    listed, blocks = held
+    covered = {p for c in listed for p in c.parts}
+    new = [(name, entry) for name, entry in parts if name not in covered]
+    if new:
+        build = _Builder(ids)
+        for name, entry in new:
+            # a part a cold audit wrote into a segment only has no file of its own: its range of the segment
+            build.add(entry if isinstance(entry, pa.Table) else segments.read_member(Path(entry), "counts"))
+        block = build.result()
+        _save(cache, key, listed, blocks, [name for name, _ in new], block)
+        blocks = blocks + [block]
+    return StepCounts(ids, blocks)
 
 
 class _Builder:
@@ -104,12 +139,12 @@ class _Builder:
 
     FOLD_ROWS = 4 << 20
 
-    def __init__(self, ids: dict[str, np.ndarray], base: StepCounts | None):
+    def __init__(self, ids: dict[str, np.ndarray]):
         self.ids = ids
-        self.keys = [] if base is None else list(zip(base.steps.tolist(), base.splits.tolist()))
-        self.col_of = {k: i for i, k in enumerate(self.keys)}
-        self.arrays = {(w, name): None if base is None else (base.x if name == "x" else base.m)[w]
-                       for w in WHERES for name in ("x", "m")}
+        self.keys: list[tuple[int, str]] = []
+        self.col_of: dict[tuple[int, str], int] = {}
+        self.arrays: dict[tuple[str, str], np.ndarray | None] = {(w, name): None for w in WHERES
+                                                                 for name in ("x", "m")}
         self.lookup = {}
         for w, w_ids in ids.items():
             self.lookup[w] = np.full(int(w_ids.max(initial=-1)) + 1, -1, np.int64)
@@ -161,47 +196,75 @@ class _Builder:
             self.pending[w] = []
         self.rows = 0
 
-    def result(self) -> StepCounts:
+    def result(self) -> Block:
+        """The block, its columns in (step, split) order (so that a scope's consecutive steps are consecutive
+        columns: `per_step` copies them as one slice)."""
         self._fold()
-        return StepCounts(self.ids, np.array([k[0] for k in self.keys], np.int64),
-                          np.array([k[1] for k in self.keys], dtype=object).astype(str),
-                          {w: self.arrays[(w, "x")] for w in WHERES}, {w: self.arrays[(w, "m")] for w in WHERES})
+        steps = np.array([k[0] for k in self.keys], np.int64)
+        splits = np.array([k[1] for k in self.keys], dtype=object).astype(str)
+        order = np.lexsort((splits, steps)) if len(steps) else np.zeros(0, np.int64)
+        return Block(steps[order], splits[order], {w: self.arrays[(w, "x")][:, order] for w in WHERES},
+                     {w: self.arrays[(w, "m")][:, order] for w in WHERES})
 
 
-def _load(path: Path, ids: dict[str, np.ndarray], parts: set[str]) -> tuple[StepCounts, list[str]] | None:
-    """The cached counts and the parts they cover; None when missing, unreadable, of another layout or
-    vocabulary, or holding a part no longer in the run (its rows would count that part)."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if int(f["version"]) != VERSION:
-                return None
-            covered = [str(p) for p in f["parts"]]
-            if not set(covered) <= parts or any(not np.array_equal(f[f"{w}_ids"], ids[w]) for w in WHERES):
-                return None
-            return StepCounts(ids, f["steps"].astype(np.int64), f["splits"].astype(str),
-                              {w: f[f"{w}_x"] for w in WHERES}, {w: f[f"{w}_m"] for w in WHERES}), covered
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):
-        return None
-
-
-def _save(path: Path, counts: StepCounts, parts: list[str]) -> None:
-    """Write the counts (int32 where they fit: half the bytes) under a temporary name, then rename; a store that
-    cannot be written keeps nothing (a cache is an optimisation, never a reason to fail)."""
-    arrays: dict[str, np.ndarray] = {"version": np.array(VERSION), "parts": np.array(parts, str),
-                                     "steps": counts.steps, "splits": counts.splits}
+def _key(ids: dict[str, np.ndarray]) -> str:
+    """The cache's key: its layout's version and the vocabulary's term ids (another vocabulary's counts are
+    never read)."""
+    h = hashlib.sha1()
     for w in WHERES:
-        arrays[f"{w}_ids"] = counts.ids[w]
-        for name, arr in (("x", counts.x[w]), ("m", counts.m[w])):
-            small = arr.size == 0 or (arr.min() >= 0 and arr.max() < 2 ** 31)
-            arrays[f"{w}_{name}"] = arr.astype(np.int32) if small else arr
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp")
+        h.update(w.encode() + b"\0" + np.asarray(ids[w], np.int64).tobytes())
+    return f"v{VERSION}-{h.hexdigest()[:20]}"
+
+
+def _load(directory: Path, key: str, ids: dict[str, np.ndarray], parts: set[str]
+          ) -> tuple[list[chunks.Chunk], list[Block]] | None:
+    """The cached chunks and their blocks (memory-mapped); None when there is no cache, it is of another layout
+    or vocabulary, holds a part no longer in the run, or a chunk is torn."""
+    held = chunks.load(directory, key, parts)
+    if held is None:
+        return None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except OSError:
-        pass
-    finally:
+        blocks = [Block.unstack(np.load(directory / c.name, mmap_mode="r", allow_pickle=False), ids,
+                                np.asarray(c.info["steps"], np.int64), np.asarray(c.info["splits"], str))
+                  for c in held[0]]
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
+        return None
+    return held[0], blocks
+
+
+def _save(directory: Path, key: str, listed: list[chunks.Chunk], blocks: list[Block], parts: list[str],
+          block: Block) -> None:
+    """Add a chunk of `block` (the counts of the parts `parts`) after those `listed` (whose blocks are `blocks`),
+    merged with the newest as `chunks.merge_count` says, and write the manifest naming them all. A chunk that
+    cannot be written leaves the cache as it was (a cache is an optimisation, never a reason to fail)."""
+    k = chunks.merge_count(listed + [chunks.Chunk("", parts)])
+    if k:
+        merged = [p for c in listed[len(listed) - k + 1:] for p in c.parts] + parts
+        chunk = _write(directory, key, merged, _concat(blocks[len(blocks) - k + 1:] + [block]))
+        superseded, kept = listed[len(listed) - k + 1:], listed[:len(listed) - k + 1]
+    else:
+        chunk, superseded, kept = _write(directory, key, parts, block), [], listed
+    if chunk is not None and chunks.save(directory, key, kept + [chunk], superseded=superseded) and not listed:
+        # a cache built from scratch: the former single-file layout (`step_counts.npz` beside this directory)
         with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+            (directory.parent / "step_counts.npz").unlink(missing_ok=True)
+
+
+def _write(directory: Path, key: str, parts: list[str], block: Block) -> chunks.Chunk | None:
+    name = chunks.chunk_name(key, parts, ".npy")
+    arr = block.stacked()
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+
+    if not chunks.write_file(directory / name, write):
+        return None
+    return chunks.Chunk(name, list(parts), {"steps": block.steps.tolist(), "splits": block.splits.tolist()})
+
+
+def _concat(blocks: list[Block]) -> Block:
+    """One block of the columns of `blocks` (a column held by two keeps both: `per_step` adds them up)."""
+    cat = lambda arrs: np.concatenate(arrs, axis=1)  # noqa: E731
+    return Block(np.concatenate([b.steps for b in blocks]), np.concatenate([b.splits for b in blocks]),
+                 {w: cat([b.x[w] for b in blocks]) for w in WHERES}, {w: cat([b.m[w] for b in blocks]) for w in WHERES})

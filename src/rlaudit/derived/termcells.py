@@ -27,6 +27,7 @@ same tables in memory, memoised on the store.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import kernels, segments
+from . import chunks, kernels, segments
 from ..store import Store, prune_cached, write_cached
 from .tokens import WHERES, TermSets, style_columns, union_view
 
@@ -48,7 +49,7 @@ KINDS = ("cells", "cellterms", "promptterms")
 CELL = "hash(step, split, task, condition, prompt_key)"
 #: terms kept in a run's focus cache (`TermCells.focus`): those of the latest audit, plus earlier ones up to this
 FOCUS_TERMS = 256
-_FOCUS_KEY = b"rlaudit_focus"
+_FOCUS_KEY = f"focus-v{VERSION}"
 
 
 @dataclass
@@ -70,43 +71,50 @@ class TermCells:
         Why a cache: these are the few terms a detector reports (`emerging.Scope.focus_on`), and scanning every
         part's `cellterms` for them costs O(run) on every audit (3.7 of the 15.6 CPU s of a warm emerging audit
         of the 10M-rollout benchmark). Their rows are small and the reported terms change rarely, so they are
-        kept per run in one file covering a rectangle, parts x terms (both listed in its footer): an audit reads
-        it and scans the per-part files only for what the rectangle lacks, the parts added since for every term,
-        and every part for the terms added, then writes the grown rectangle back (atomically: concurrent audits
-        each write a whole rectangle of their own). A part that left the run voids the file (it is rebuilt).
-        The file keeps the terms of this call plus earlier ones while there are at most FOCUS_TERMS."""
+        kept per run, for a set of terms (the manifest's), in chunks of parts (`chunks`: Arrow IPC files,
+        memory-mapped): an audit maps them and scans the per-part files only for what they lack: the parts
+        added since, for every term, written as a chunk of their own (O(new parts); reading and writing one
+        whole file cost ~0.5 CPU s at 10M rollouts), or, when terms are added, every part for those, written
+        with the rest as one chunk. A part that left the run voids the cache (it is rebuilt). The cache keeps
+        the terms of this call plus earlier ones while there are at most FOCUS_TERMS."""
         wanted = sorted({int(t) for t in term_ids})
         names = [name for name, _ in self.parts]
-        path = self._focus_path()
+        d = self._focus_dir()
+        listed: list[chunks.Chunk] = []
+        held: list[pa.Table] = []
         if self._focus is not None and self._focus[1] == names and set(wanted) <= set(self._focus[2]):
             rows, parts, terms = self._focus
         else:
-            rows, parts, terms = _read_focus(path, set(names)) if path else (None, [], [])
+            held, parts, terms, listed = _read_focus(d, set(names)) if d else ([], [], [], [])
+            rows = pa.concat_tables(held) if listed else None
         keep = sorted(set(terms) | set(wanted)) if len(set(terms) | set(wanted)) <= FOCUS_TERMS else wanted
         old_terms = sorted(set(terms) & set(keep))
-        new_parts = set(names) - set(parts)
+        new_parts = [n for n in names if n not in set(parts)]
         pieces = [] if rows is None else [rows if set(terms) <= set(keep) else
                                           rows.filter(pc.is_in(rows["term_id"], pa.array(keep, pa.int32())))]
         if set(keep) - set(old_terms):
             pieces.append(self._scan(con, None, sorted(set(keep) - set(old_terms))))
+        added = None
         if new_parts and old_terms:
-            pieces.append(self._scan(con, new_parts, old_terms))
+            added = self._scan(con, set(new_parts), old_terms)
+            pieces.append(added)
         out = pa.concat_tables(pieces) if pieces else _empty("cellterms")
         self._focus = (out, names, keep)
-        if path and (new_parts or keep != terms):
-            meta = json.dumps({"parts": names, "terms": keep}).encode()
-            write_cached(path, out.replace_schema_metadata({_FOCUS_KEY: meta}), compression="lz4")
+        if d and keep != terms:  # other terms: one chunk of every part
+            _write_focus(d, [], [], names, out, keep)
+        elif d and new_parts and listed:  # the new parts' rows, a chunk of their own
+            _write_focus(d, listed, held, new_parts, added if added is not None else _empty("cellterms"), keep)
         con.register(f"_{table}_rows", out)
         ids = ", ".join(map(str, wanted)) or "NULL"
         con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM _{table}_rows WHERE term_id IN ({ids})")
         con.unregister(f"_{table}_rows")
 
-    def _focus_path(self) -> Path | None:
+    def _focus_dir(self) -> Path | None:
         """Where the focus cache lives (beside the parts' cell tables), or None for tables kept in memory."""
         entries = [p["cellterms"] for _, p in self.parts]
         if not entries or any(isinstance(e, pa.Table) for e in entries):
             return None
-        return Path(entries[0]).parent / "focus" / "cellterms.parquet"
+        return Path(entries[0]).parent / "focus"
 
     def _scan(self, con: duckdb.DuckDBPyConnection, only: set[str] | None, term_ids: list[int]) -> pa.Table:
         """The `cellterms` rows of `term_ids` in the parts named in `only` (None: every part)."""
@@ -336,17 +344,46 @@ def _empty(kind: str) -> pa.Table:
     return SCHEMAS[kind].empty_table()
 
 
-def _read_focus(path: Path, parts: set[str]) -> tuple[pa.Table | None, list[str], list[int]]:
-    """A focus cache's rows, parts and terms; nothing when it is missing, unreadable or holds a part that is no
-    longer among `parts` (its rows would count that part)."""
+def _read_focus(d: Path, parts: set[str]) -> tuple[list[pa.Table], list[str], list[int], list[chunks.Chunk]]:
+    """A focus cache's rows per chunk (memory-mapped), parts, terms and chunks; nothing when it is missing,
+    unreadable or holds a part that is no longer among `parts` (its rows would count that part)."""
+    loaded = chunks.load(d, _FOCUS_KEY, parts)
+    if loaded is None:
+        return [], [], [], []
+    listed, info = loaded
     try:
-        f = pq.ParquetFile(path)
-        meta = json.loads(f.schema_arrow.metadata[_FOCUS_KEY])
-        if not set(meta["parts"]) <= parts:
-            return None, [], []
-        return f.read().replace_schema_metadata(None), list(meta["parts"]), [int(t) for t in meta["terms"]]
+        tables = [pa.ipc.open_file(pa.memory_map(str(d / c.name))).read_all() for c in listed]
+        if not listed or any(t.schema != SCHEMAS["cellterms"] for t in tables):
+            return [], [], [], []
+        return tables, [p for c in listed for p in c.parts], [int(t) for t in info["terms"]], listed
     except (OSError, KeyError, TypeError, ValueError, pa.ArrowException):
-        return None, [], []
+        return [], [], [], []
+
+
+def _write_focus(d: Path, listed: list[chunks.Chunk], held: list[pa.Table], parts: list[str], rows: pa.Table,
+                 terms: list[int]) -> None:
+    """Add a chunk of `rows` (those of the parts `parts`) after the chunks `listed` (whose rows are `held`),
+    merged with the newest as `chunks.merge_count` says, and write the manifest (`listed` empty: the cache is
+    this chunk alone)."""
+    k = chunks.merge_count(listed + [chunks.Chunk("", parts)])
+    superseded, kept = [], listed
+    if k:
+        cut = len(listed) - k + 1
+        superseded, kept = listed[cut:], listed[:cut]
+        parts = [p for c in superseded for p in c.parts] + parts
+        rows = pa.concat_tables(held[cut:] + [rows.cast(SCHEMAS["cellterms"])])
+    name = chunks.chunk_name(_FOCUS_KEY + json.dumps(terms), parts, ".arrow")
+
+    def write(tmp: Path) -> None:
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, SCHEMAS["cellterms"]) as w:
+            w.write_table(rows.cast(SCHEMAS["cellterms"]))
+
+    if chunks.write_file(d / name, write):
+        chunk = chunks.Chunk(name, list(parts))
+        if chunks.save(d, _FOCUS_KEY, kept + [chunk], {"terms": terms}, superseded=superseded) and not listed:
+            # the cache built anew: the former single-file layout (`focus/cellterms.parquet`)
+            with contextlib.suppress(OSError):
+                (d / "cellterms.parquet").unlink(missing_ok=True)
 
 
 def _stem(part: str) -> str:

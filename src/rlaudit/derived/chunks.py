@@ -1,0 +1,125 @@
+"""A per-run cache kept as a few chunk files named by a manifest, grown by a chunk of the new parts' rows.
+
+Why: a cache of the whole run held in one file (the dense per-step counts, `stepcounts`; the reported terms' cell
+rows, `termcells.TermCells.focus`) must be read and written whole on every audit that adds a part: at 10M
+rollouts (2,000 steps) ~1.3 CPU s of a warm audit for one new step's worth of rows. Here a cache is a directory
+holding chunk files, each the rows of some parts, and `manifest.json` naming them with their parts (and what
+else its owner records per chunk). An audit that adds parts writes only a chunk of theirs and a new manifest;
+chunks are merged as a binary counter merges (the newest two while the older holds no more parts than the
+newer, `merge_count`), so a run of n parts has at most ~log2(n) chunks and each part's rows are rewritten
+~log2(n) times over the run's life: O(new parts) per audit, amortised. Chunk files are memory-mapped by their
+readers (Arrow IPC, `.npy`): loading costs nothing until rows are used.
+
+Consistency: chunk names are derived from the parts they hold (`chunk_name`), files and manifest are written
+under temporary names and renamed (readers see a whole file or none), and a manifest naming a missing or
+unreadable chunk, or a part no longer in the run, is no cache at all (its owner rebuilds it from every part).
+Chunks no manifest names (merged away, or written by a concurrent audit whose manifest lost the race) are
+removed GRACE seconds after they were superseded (`sweep`), so that an audit that read the previous manifest can
+still open them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .segments import GRACE
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class Chunk:
+    name: str  # file name in the cache's directory
+    parts: list[str]  # the parts whose rows it holds
+    info: dict[str, Any] = field(default_factory=dict)  # what its owner records with it (e.g. its columns)
+
+
+def load(directory: Path, key: str, parts: set[str]) -> tuple[list[Chunk], dict[str, Any]] | None:
+    """The chunks and the manifest's own `info`; None when there is no manifest, it is unreadable or of another
+    `key` (layout, vocabulary), a chunk's file is missing, or a chunk holds a part not among `parts` (its rows
+    would count a part that has left the run)."""
+    try:
+        doc = json.loads((directory / MANIFEST).read_text())
+        if doc.get("key") != key:
+            return None
+        chunks = [Chunk(c["name"], list(c["parts"]), dict(c.get("info", {}))) for c in doc["chunks"]]
+        info = dict(doc.get("info", {}))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    held = [p for c in chunks for p in c.parts]
+    if len(held) != len(set(held)) or not set(held) <= parts:
+        return None
+    if any(not (directory / c.name).is_file() for c in chunks):
+        return None
+    return chunks, info
+
+
+def chunk_name(key: str, parts: list[str], suffix: str) -> str:
+    """A chunk's file name: a hash of the cache's key and its parts (two audits writing the same parts' rows
+    write the same name, with rows that count the same)."""
+    h = hashlib.sha1("\n".join([key, *sorted(parts)]).encode()).hexdigest()[:20]
+    return f"c-{h}{suffix}"
+
+
+def write_file(path: Path, write: Callable[[Path], None]) -> bool:
+    """Write one file through `write(temporary path)`, then rename; False where the store cannot be written (a
+    cache is an optimisation, never a reason to fail)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def save(directory: Path, key: str, chunks: list[Chunk], info: dict[str, Any] | None = None,
+         superseded: list[Chunk] = ()) -> bool:
+    """Write the manifest naming `chunks` (their files already written), mark the `superseded` chunks' files
+    (merged into others) for removal and sweep those superseded long enough ago."""
+    doc = {"key": key, "info": info or {}, "chunks": [{"name": c.name, "parts": c.parts, "info": c.info}
+                                                      for c in chunks]}
+    ok = write_file(directory / MANIFEST, lambda p: p.write_text(json.dumps(doc)))
+    if ok:
+        now = time.time()
+        for c in superseded:
+            if c.name not in {k.name for k in chunks}:
+                with contextlib.suppress(OSError):
+                    os.utime(directory / c.name, (now, now))  # superseded now: removed after GRACE
+        sweep(directory, {c.name for c in chunks})
+    return ok
+
+
+def sweep(directory: Path, named: set[str]) -> None:
+    """Remove the files of `directory` no manifest names (but the manifest and writers' temporary dot files)
+    that were last written or superseded more than GRACE seconds ago."""
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for f in directory.iterdir():
+            if f.name == MANIFEST or f.name.startswith(".") or f.name in named:
+                continue
+            with contextlib.suppress(OSError):
+                if now - f.stat().st_mtime > GRACE:
+                    f.unlink()
+
+
+def merge_count(chunks: list[Chunk]) -> int:
+    """How many of the newest chunks to merge into one (0: none): as a binary counter carries, the newest two
+    while the older holds no more parts than the newer (with the merged chunk then the newest)."""
+    sizes = [len(c.parts) for c in chunks]
+    k = 1
+    while k < len(sizes) and sizes[-k - 1] <= sum(sizes[-k:]):
+        k += 1
+    return k if k > 1 else 0
