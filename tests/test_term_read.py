@@ -13,11 +13,10 @@ import pyarrow.parquet as pq
 from hypothesis import given
 from hypothesis import strategies as st
 
+from canonical_parts import canonical_part
 from rlaudit.derived import tokens
-from rlaudit.layout import part_table, view_columns
-from rlaudit.schema import ROLLOUT_SCHEMA
+from rlaudit.layout import view_columns
 from rlaudit.store import sql_list
-from rlaudit.text import reasoning_spans
 
 _PIECES = ["<think>", "</think>", " ", "\n", "\t", "", "a", "word", "é", "中", "😀", "\xa0", "<", ">", "!", "?"]
 _TEXT = st.lists(st.sampled_from(_PIECES), max_size=8).map("".join)
@@ -27,22 +26,11 @@ _ROW = st.tuples(_TEXT, st.one_of(st.none(), _TEXT), st.one_of(st.none(), _TEXT)
 
 def _part(rows: list, spans: bool, name: str) -> pa.Table:
     n = len(rows)
-    completion = pa.array([r[0] for r in rows], pa.string())
-    columns = {f.name: pa.nulls(n, f.type) for f in ROLLOUT_SCHEMA}
-    columns.update(run=pa.array(["r"] * n), rollout_id=pa.array([f"{name}:{i}" for i in range(n)]),
-                   step=pa.array([r[4] for r in rows], pa.int64()), split=pa.array(["train"] * n),
-                   condition=pa.array(["c"] * n),
-                   task=pa.array([None if i % 2 else "t" for i in range(n)], pa.string()),
-                   group_id=pa.array([str(i // 2) for i in range(n)]),
-                   prompt=pa.array([r[3] or "" for r in rows], pa.string()), completion=completion,
-                   reasoning=pa.array([r[1] for r in rows], pa.string()),
-                   # a null answer stands for "cut it from the completion"; a part of layout 1 keeps it as ''
-                   answer=pa.array([r[2] if r[2] is not None or spans else "" for r in rows], pa.string()),
-                   rewards=pa.array([[] for _ in range(n)], ROLLOUT_SCHEMA.field("rewards").type),
-                   grader_inputs=pa.array([[] for _ in range(n)], ROLLOUT_SCHEMA.field("grader_inputs").type))
-    if not spans:
-        return pa.Table.from_arrays([columns[f.name].cast(f.type) for f in ROLLOUT_SCHEMA], schema=ROLLOUT_SCHEMA)
-    return part_table(columns, reasoning_spans(completion))
+    return canonical_part([r[:3] for r in rows], spans, rollout_id=pa.array([f"{name}:{i}" for i in range(n)]),
+                          step=pa.array([r[4] for r in rows], pa.int64()),
+                          task=pa.array([None if i % 2 else "t" for i in range(n)], pa.string()),
+                          group_id=pa.array([str(i // 2) for i in range(n)]),
+                          prompt=pa.array([r[3] or "" for r in rows], pa.string()))
 
 
 @given(st.lists(st.lists(_ROW, max_size=8), min_size=1, max_size=3), st.sampled_from([1, 3]))

@@ -776,16 +776,22 @@ class Store:
 def write_cached(path: Path, table: pa.Table, **parquet: Any) -> Path | pa.Table:
     """Write a derived table beside the run and return its path; where the store cannot be written (read-only,
     full, removed) return the table itself, for the caller to keep in memory: a cache is an optimisation, never a
-    reason for a detector to fail. Each writer has a temporary name of its own, so concurrent audits never write
-    over each other's file, and readers see the whole file or none (atomic rename)."""
+    reason for a detector to fail (`write_atomic`)."""
+    return path if write_atomic(path, lambda tmp: pq.write_table(table, tmp, **parquet)) else table
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> bool:
+    """Write one derived file through `write(temporary path)`, then rename it into place; False where the store
+    cannot be written. Each writer has a temporary name of its own, so concurrent audits never write over each
+    other's file, and readers see the whole file or none (atomic rename)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, tmp, **parquet)
+        write(tmp)
         os.replace(tmp, path)
-        return path
+        return True
     except OSError:
-        return table
+        return False
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)

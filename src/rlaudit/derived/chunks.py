@@ -24,12 +24,12 @@ import contextlib
 import hashlib
 import json
 import os
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from ..store import write_atomic
 from .segments import GRACE
 
 MANIFEST = "manifest.json"
@@ -69,29 +69,13 @@ def chunk_name(key: str, parts: list[str], suffix: str) -> str:
     return f"c-{h}{suffix}"
 
 
-def write_file(path: Path, write: Callable[[Path], None]) -> bool:
-    """Write one file through `write(temporary path)`, then rename; False where the store cannot be written (a
-    cache is an optimisation, never a reason to fail)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write(tmp)
-        os.replace(tmp, path)
-        return True
-    except OSError:
-        return False
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-
-
 def save(directory: Path, key: str, chunks: list[Chunk], info: dict[str, Any] | None = None,
          superseded: list[Chunk] = ()) -> bool:
     """Write the manifest naming `chunks` (their files already written), mark the `superseded` chunks' files
     (merged into others) for removal and sweep those superseded long enough ago."""
     doc = {"key": key, "info": info or {}, "chunks": [{"name": c.name, "parts": c.parts, "info": c.info}
                                                       for c in chunks]}
-    ok = write_file(directory / MANIFEST, lambda p: p.write_text(json.dumps(doc)))
+    ok = write_atomic(directory / MANIFEST, lambda p: p.write_text(json.dumps(doc)))
     if ok:
         now = time.time()
         for c in superseded:

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..store import write_atomic
 from . import chunks, segments
 from .tokens import WHERES
 
@@ -258,7 +259,7 @@ def _write(directory: Path, key: str, parts: list[str], block: Block) -> chunks.
         with open(tmp, "wb") as f:
             np.save(f, arr, allow_pickle=False)
 
-    if not chunks.write_file(directory / name, write):
+    if not write_atomic(directory / name, write):
         return None
     return chunks.Chunk(name, list(parts), {"steps": block.steps.tolist(), "splits": block.splits.tolist()})
 

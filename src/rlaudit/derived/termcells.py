@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import chunks, kernels, segments
-from ..store import Store, prune_cached, write_cached
+from ..store import Store, prune_cached, write_atomic, write_cached
 from .tokens import WHERES, TermSets, style_columns, union_view
 
 VERSION = 1
@@ -378,7 +378,7 @@ def _write_focus(d: Path, listed: list[chunks.Chunk], held: list[pa.Table], part
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, SCHEMAS["cellterms"]) as w:
             w.write_table(rows.cast(SCHEMAS["cellterms"]))
 
-    if chunks.write_file(d / name, write):
+    if write_atomic(d / name, write):
         chunk = chunks.Chunk(name, list(parts))
         if chunks.save(d, _FOCUS_KEY, kept + [chunk], {"terms": terms}, superseded=superseded) and not listed:
             # the cache built anew: the former single-file layout (`focus/cellterms.parquet`)
