@@ -27,7 +27,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..store import write_atomic
 from .segments import GRACE
@@ -107,3 +107,24 @@ def merge_count(chunks: list[Chunk]) -> int:
     while k < len(sizes) and sizes[-k - 1] <= sum(sizes[-k:]):
         k += 1
     return k if k > 1 else 0
+
+
+def append(directory: Path, key: str, listed: list[Chunk], held: list[Any], parts: list[str], rows: Any,
+           concat: Callable[[list[Any]], Any], write: Callable[[list[str], Any], Chunk | None],
+           info: dict[str, Any] | None = None, former: Path | None = None) -> None:
+    """Add a chunk of `rows` (those of the parts `parts`) after the chunks `listed` (whose rows are `held`, in
+    the same order), merged with the newest as `merge_count` says (`concat` joins rows; `write(parts, rows)`
+    writes a chunk file and describes it, None where it could not), and write the manifest naming them all.
+    A chunk that cannot be written leaves the cache as it was. `former`: the file of a layout before chunks,
+    removed once a cache built anew (`listed` empty) is saved."""
+    k = merge_count(listed + [Chunk("", parts)])
+    cut = len(listed) - k + 1 if k else len(listed)
+    superseded, kept = listed[cut:], listed[:cut]
+    if superseded:
+        parts = [p for c in superseded for p in c.parts] + parts
+        rows = concat(held[cut:] + [rows])
+    chunk = write(parts, rows)
+    if chunk is not None and save(directory, key, kept + [chunk], info, superseded=superseded) and not listed \
+            and former is not None:
+        with contextlib.suppress(OSError):
+            former.unlink(missing_ok=True)

@@ -19,7 +19,6 @@ per-step sums, whichever chunks hold the columns.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -235,20 +234,12 @@ def _load(directory: Path, key: str, ids: dict[str, np.ndarray], parts: set[str]
 
 def _save(directory: Path, key: str, listed: list[chunks.Chunk], blocks: list[Block], parts: list[str],
           block: Block) -> None:
-    """Add a chunk of `block` (the counts of the parts `parts`) after those `listed` (whose blocks are `blocks`),
-    merged with the newest as `chunks.merge_count` says, and write the manifest naming them all. A chunk that
-    cannot be written leaves the cache as it was (a cache is an optimisation, never a reason to fail)."""
-    k = chunks.merge_count(listed + [chunks.Chunk("", parts)])
-    if k:
-        merged = [p for c in listed[len(listed) - k + 1:] for p in c.parts] + parts
-        chunk = _write(directory, key, merged, _concat(blocks[len(blocks) - k + 1:] + [block]))
-        superseded, kept = listed[len(listed) - k + 1:], listed[:len(listed) - k + 1]
-    else:
-        chunk, superseded, kept = _write(directory, key, parts, block), [], listed
-    if chunk is not None and chunks.save(directory, key, kept + [chunk], superseded=superseded) and not listed:
-        # a cache built from scratch: the former single-file layout (`step_counts.npz` beside this directory)
-        with contextlib.suppress(OSError):
-            (directory.parent / "step_counts.npz").unlink(missing_ok=True)
+    """Add a chunk of `block` (the counts of the parts `parts`) after those `listed` (whose blocks are `blocks`):
+    `chunks.append`; a cache built from scratch removes the former single-file layout (`step_counts.npz` beside
+    this directory)."""
+    chunks.append(directory, key, listed, blocks, parts, block, _concat,
+                  lambda names, rows: _write(directory, key, names, rows),
+                  former=directory.parent / "step_counts.npz")
 
 
 def _write(directory: Path, key: str, parts: list[str], block: Block) -> chunks.Chunk | None:

@@ -27,7 +27,6 @@ same tables in memory, memoised on the store.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -362,28 +361,22 @@ def _read_focus(d: Path, parts: set[str]) -> tuple[list[pa.Table], list[str], li
 
 def _write_focus(d: Path, listed: list[chunks.Chunk], held: list[pa.Table], parts: list[str], rows: pa.Table,
                  terms: list[int]) -> None:
-    """Add a chunk of `rows` (those of the parts `parts`) after the chunks `listed` (whose rows are `held`),
-    merged with the newest as `chunks.merge_count` says, and write the manifest (`listed` empty: the cache is
-    this chunk alone)."""
-    k = chunks.merge_count(listed + [chunks.Chunk("", parts)])
-    superseded, kept = [], listed
-    if k:
-        cut = len(listed) - k + 1
-        superseded, kept = listed[cut:], listed[:cut]
-        parts = [p for c in superseded for p in c.parts] + parts
-        rows = pa.concat_tables(held[cut:] + [rows.cast(SCHEMAS["cellterms"])])
-    name = chunks.chunk_name(_FOCUS_KEY + json.dumps(terms), parts, ".arrow")
+    """Add a chunk of `rows` (those of the parts `parts`) after the chunks `listed` (whose rows are `held`):
+    `chunks.append` (`listed` empty: the cache is this chunk alone, and the former single-file layout,
+    `focus/cellterms.parquet`, goes)."""
+    schema = SCHEMAS["cellterms"]
 
-    def write(tmp: Path) -> None:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, SCHEMAS["cellterms"]) as w:
-            w.write_table(rows.cast(SCHEMAS["cellterms"]))
+    def write(names: list[str], table: pa.Table) -> chunks.Chunk | None:
+        name = chunks.chunk_name(_FOCUS_KEY + json.dumps(terms), names, ".arrow")
 
-    if write_atomic(d / name, write):
-        chunk = chunks.Chunk(name, list(parts))
-        if chunks.save(d, _FOCUS_KEY, kept + [chunk], {"terms": terms}, superseded=superseded) and not listed:
-            # the cache built anew: the former single-file layout (`focus/cellterms.parquet`)
-            with contextlib.suppress(OSError):
-                (d / "cellterms.parquet").unlink(missing_ok=True)
+        def write_ipc(tmp: Path) -> None:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
+                w.write_table(table)
+
+        return chunks.Chunk(name, list(names)) if write_atomic(d / name, write_ipc) else None
+
+    chunks.append(d, _FOCUS_KEY, listed, held, parts, rows.cast(schema), pa.concat_tables, write, {"terms": terms},
+                  former=d / "cellterms.parquet")
 
 
 def _stem(part: str) -> str:
