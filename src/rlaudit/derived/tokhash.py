@@ -150,16 +150,13 @@ def span_token_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, is
     return np.concatenate([h, o_values])[order], out_offsets
 
 
-def token_hashes(texts: pa.Array | pa.ChunkedArray, is_ascii: np.ndarray | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(flat uint64 token hashes, int64 offsets per text) of the tokens of each text (nulls: no tokens).
-    `is_ascii`: which texts are ASCII, where the caller knows (`styles.scan`); else Arrow finds them."""
+def token_hashes(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(flat uint64 token hashes, int64 offsets per text) of the tokens of each text (nulls: no tokens)."""
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks() if texts.num_chunks != 1 else texts.chunk(0)
     texts = pc.fill_null(texts, "")
     n_texts = len(texts)
-    ascii_ = (np.asarray(pc.string_is_ascii(texts).to_numpy(zero_copy_only=False), bool) if is_ascii is None
-              else np.asarray(is_ascii, bool))
+    ascii_ = np.asarray(pc.string_is_ascii(texts).to_numpy(zero_copy_only=False), bool)
     data, offsets = _buffers(texts)
     rows, hashes = [], []
     if kernels.use_numba():  # ASCII texts: one compiled pass over the bytes (the same hashes)
