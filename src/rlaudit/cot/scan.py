@@ -54,12 +54,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from scipy.stats import fisher_exact
 
 from .stats import wilson_interval
 from ..findings import Evidence, Finding
-from ..layout import SPANS, read_columns, to_canonical
+from ..layout import SPANS, read_columns, read_stored, to_canonical
 from ..text import span_ranges
 from . import kernels as _kernels
 from .shingles import (SORT_KIND, SortedKeys, distinct, edge_runs, hashed_tokens, longest_runs, matching_spans,
@@ -422,12 +421,9 @@ def scan_columns(layout: int) -> list[str]:
 
 
 def read_scan_columns(path: str | Path, layout: int) -> pa.Table:
-    """The stored columns the scan needs of one part, every row (`table_batches` selects). Read without Arrow's
-    thread pool: parts are read on the scan's own threads, and `read_table` (a dataset per file) cost 1.4-2.7
-    CPU s for the 200 parts of the 1M benchmark against 1.1-1.3 for `ParquetFile.read`; and without
-    pre-buffering (its reads go through Arrow's I/O thread): 0.67-0.71 against 0.71-0.76 CPU s, one thread."""
-    with pq.ParquetFile(path, pre_buffer=False) as f:  # (pre-buffering hands the reads to Arrow's I/O thread)
-        return f.read(columns=scan_columns(layout), use_threads=False)
+    """The stored columns the scan needs of one part, every row (`table_batches` selects), read on the scan's
+    own thread (`layout.read_stored`)."""
+    return read_stored(path, scan_columns(layout))
 
 
 def table_batches(table: pa.Table, layout: int, rows: int, spans: bool = False) -> Iterator[pa.Table]:

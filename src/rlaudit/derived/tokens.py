@@ -58,7 +58,7 @@ import pyarrow.parquet as pq
 from . import kernels, segments, styles
 from .. import memory
 from ..behaviors import STYLE_FEATURES, TOKEN_PATTERN
-from ..layout import PART_SCHEMA, SPANS, read_columns, to_canonical
+from ..layout import PART_SCHEMA, SPANS, read_columns, read_stored, to_canonical
 from ..cot.shingles import splitmix64
 from ..store import Store, atomic_write_text, bound_memory, prune_cached, write_cached
 from ..text import byte_spans, cut_ranges, span_ranges, validity
@@ -954,16 +954,15 @@ def _read_parts(paths: list[Path], layout: int) -> tuple[pa.Table, np.ndarray, d
     """The parts' canonical `_COLUMNS` but the texts, one part's rows after another; where each part's rows
     start (n + 1 bounds); and per place (`WHERES`) its texts where they lie (`_Place`): within the completions
     at their spans when every text of the batch is a span (not logged apart), else cut out
-    (`layout.to_canonical`). Read with Arrow a file at a time on the calling worker's thread (`ParquetFile.read`
-    without its thread pool or pre-buffering, as the CoT scan reads). A DuckDB view over the files read them
+    (`layout.to_canonical`). Read with Arrow a file at a time on the calling worker's thread (`layout.read_stored`,
+    as the CoT scan reads). A DuckDB view over the files read them
     before, the texts cut out, with the style features' SQL and a second scan for the distinct prompts: at 1M
     rollouts ~1.7 CPU s against ~0.5 this way, style features and hashes included."""
     columns = read_columns(_COLUMNS) if layout >= 2 else _COLUMNS
     schema = pa.schema([PART_SCHEMA.field(c).with_nullable(True) for c in columns])
     tables = []
     for path in paths:
-        with pq.ParquetFile(path, pre_buffer=False) as f:
-            tables.append(f.read(columns=columns, use_threads=False).select(columns).cast(schema))
+        tables.append(read_stored(path, columns).select(columns).cast(schema))
     bounds = np.zeros(len(paths) + 1, np.int64)
     np.cumsum([t.num_rows for t in tables], out=bounds[1:])
     t = pa.concat_tables(tables) if tables else schema.empty_table()
