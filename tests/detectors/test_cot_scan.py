@@ -301,3 +301,46 @@ def test_workers_follow_the_environment_and_the_memory_budget(monkeypatch):
     assert memory.workers(1 << 30) == 1  # 15% of a 1 GB budget holds less than one 1 GB worker
     monkeypatch.setattr(memory, "budget", lambda: None)
     assert 1 <= memory.workers(1 << 30) <= memory.MAX_WORKERS
+
+
+def test_growing_run_takes_scanned_row_counts_from_the_index(store, monkeypatch):
+    """The stride of a growing run counts the rows of the parts scanned before from the cache's row-count index
+    (`RowCounts`, one file), not from every result file's footer: the same stride, so the same chance pairings
+    and the same results as a cold scan of all parts, and an index that names every cached file's rows."""
+    import shutil
+
+    import duckdb
+    import pyarrow.parquet as pq
+
+    from rlaudit.cot import detector
+    from rlaudit.cot.detector import RowCounts, scan_key, scan_parts
+
+    table, _ = make_run(exposure=lambda step, task, rng: "full" if rng.random() < 0.2 else None, steps=12, seed=7)
+    steps = table.column("step").to_numpy()
+    params = ScanParams(chance_rows=30, batch_rows=16)  # a stride above 1 that grows with the run
+    key, extra = scan_key(store, "synth", params)
+    cache = store.run_dir("synth") / "derived" / "cot_scan" / key
+    strides = []
+    real = detector._stride
+    monkeypatch.setattr(detector, "_stride", lambda *a, **k: strides.append(real(*a, **k)) or strides[-1])
+    for i in range(4):
+        store.append("synth", table.filter(pa.array(steps % 4 == i)), f"part-{i}")
+        if i == 3:  # a footer read now would mean the index was not used
+            monkeypatch.setattr(detector.pq, "read_metadata", lambda *a, **k: pytest.fail("footer read"))
+        warm = scan_parts(store, "synth", params, key, extra)
+    monkeypatch.undo()
+    counts = RowCounts(cache).counts
+    assert counts == {f.name: pq.read_metadata(f).num_rows for f in cache.glob("*.parquet")} and len(counts) == 4
+    assert strides[-1] > 1
+    # the stride the old count (every footer) gives, for the last part, on the same state
+    found = {p.name: cache / f"{p.stem}.parquet" for p in store.parts("synth")[:3]}
+    con = duckdb.connect()
+    assert real(con, store.parts("synth")[3:], found, params) == strides[-1]
+    # an index that is lost or names no file is rebuilt from the footers
+    (cache / RowCounts.NAME).write_text("[1, 2]")
+    (cache / f"{store.parts('synth')[3].stem}.parquet").unlink()
+    again = scan_parts(store, "synth", params, key, extra)
+    assert duckdb.sql(f"SELECT * FROM {again} ORDER BY ALL").fetchall() == \
+        duckdb.sql(f"SELECT * FROM {warm} ORDER BY ALL").fetchall()
+    assert RowCounts(cache).counts == counts
+    shutil.rmtree(cache.parent)

@@ -17,9 +17,10 @@ min_span, group_context), `min_exposed` (exposed rollouts needed for a finding, 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from ..derived import segments
 from ..findings import Finding
 from ..layout import view_columns
 from ..memory import workers
-from ..store import Store, bound_memory, listing, sql_list, write_cached
+from ..store import Store, bound_memory, listing, sql_list, write_atomic, write_cached
 from ..detectors import DetectContext, Detector, register
 from .scan import (RESULT_SCHEMA, ScanParams, findings_from_results, read_scan_columns, scan_batches, scan_run,
                    table_batches)
@@ -138,7 +139,11 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
     if only is not None:
         parts = [p for p in parts if p.name in only]
     found, todo = _scanned(store, parts, key, cache, persist, memo)
+    counts = None
     if todo:
+        if persist:  # the row counts of the parts scanned before, for the stride; rescanned parts get new ones
+            counts = RowCounts(cache)
+            counts.drop(f"{p.stem}.parquet" for p in todo)
         if cot_kernels.use_numba():
             cot_kernels.compiled()  # compiled (or loaded from numba's cache) once, before the threads
         con = duckdb.connect()
@@ -147,9 +152,9 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
         if extra is not None:  # captured inputs: the parts are scanned by SQL over their views
             _part_views(con, todo, layouts)
         if stride is None:
-            stride = _stride(con, todo, found, params)
+            stride = _stride(con, todo, found, params, counts)
         scanned = _scan_todo(con, todo, layouts, params, extra, stride, cache if persist else None, also,
-                             summaries)
+                             summaries, counts)
         for path, value in zip(todo, scanned):
             found[path.name] = value
             if not persist:
@@ -164,6 +169,10 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
             if f.stem not in stems:
                 with contextlib.suppress(OSError):  # a read-only store keeps its stale files
                     f.unlink(missing_ok=True)
+        if counts is not None:
+            counts.save(keep={f"{s}.parquet" for s in stems})
+    elif counts is not None:
+        counts.save()
     if per_part:
         return {p.name: found[p.name] for p in parts}
     return _results_source(found, parts)
@@ -177,9 +186,10 @@ _BYTES_PER_BATCH_ROW = 16 << 10
 def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[str, int], params: ScanParams,
                extra: str | None, stride: int, cache: Path | None,
                also: Callable[[Path, pa.Table, int], None] | None = None,
-               summaries: segments.Held | None = None) -> list[Any]:
+               summaries: segments.Held | None = None, counts: RowCounts | None = None) -> list[Any]:
     """Scan the parts `todo` (views p0, p1, ... of `con`), each on a cursor of its own, on `memory.workers`
-    threads: per part the cached file (a table where the store cannot be written, or `cache` is None)."""
+    threads: per part the cached file (a table where the store cannot be written, or `cache` is None).
+    `counts` receives the row count of each file written."""
 
     def one(i: int) -> Any:
         name = todo[i].name
@@ -203,6 +213,8 @@ def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[s
         path = write_cached(cache / f"{todo[i].stem}.parquet", table, compression="lz4", use_dictionary=False,
                             write_statistics=False)
         if isinstance(path, Path):  # summarised here, from the table in hand, not read back by the main thread
+            if counts is not None:
+                counts.set(path, table.num_rows)
             written, summary = save_summary(path, table, name)
             if summaries is not None and isinstance(written, Path):
                 summaries.keep(written.name, summary)
@@ -238,11 +250,19 @@ def _part_views(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[
                     f"FROM read_parquet('{_quote(str(path))}')")
 
 
-def _stride(con: duckdb.DuckDBPyConnection, todo: list[Path], found: dict[str, Any], params: ScanParams) -> int:
-    """1 in `stride` batches gets chance pairings: about `chance_rows` rollouts with grader inputs in all."""
+def _stride(con: duckdb.DuckDBPyConnection, todo: list[Path], found: dict[str, Any], params: ScanParams,
+            counts: RowCounts | None = None) -> int:
+    """1 in `stride` batches gets chance pairings: about `chance_rows` rollouts with grader inputs in all.
+    `counts`: the cached row counts of scanned parts (`RowCounts`), so that a warm audit does not open every
+    result file's footer."""
     counted = 0
-    for v in found.values():
-        counted += (pq.read_metadata(v).num_rows if isinstance(v, Path) else v.num_rows)
+    for name, v in found.items():
+        if not isinstance(v, Path):
+            counted += v.num_rows
+        elif counts is not None:
+            counted += counts.rows(v)
+        else:
+            counted += pq.read_metadata(v).num_rows
     # one query over the part files (grader_inputs is stored as is in every layout), not one view per part
     files = ", ".join(f"'{_quote(str(p))}'" for p in todo)
     new_rows = con.execute(f"SELECT count(*) FROM read_parquet([{files}], union_by_name = true) "
@@ -250,6 +270,52 @@ def _stride(con: duckdb.DuckDBPyConnection, todo: list[Path], found: dict[str, A
     # rows already scanned count each rollout once (chance rows are a subset of them): a lower bound is enough
     total = int(new_rows) + counted // 2
     return max(1, -(-total // max(1, params.chance_rows)))
+
+
+class RowCounts:
+    """The row count of each cached result file of a scan cache, in one small file beside them
+    (`rows.json`: result file name -> rows), which is all `_stride` needs of the parts scanned before: a warm
+    audit then reads one file, not the footer of every part's results (O(parts) at 10M rollouts: ~0.2 CPU s for
+    2,000 parts). A file the index does not name (results of an older version, a lost concurrent update) is
+    counted from its footer and added. An entry is dropped when its part is scanned again (its file was
+    missing) and replaced by the new count; a concurrent audit's update may be lost (each writes the whole
+    index, atomically), which only costs a footer read later."""
+
+    NAME = "rows.json"
+
+    def __init__(self, cache: Path):
+        self.path = cache / self.NAME
+        try:
+            self.counts: dict[str, int] = {str(k): int(v) for k, v in json.loads(self.path.read_text()).items()}
+        except (OSError, ValueError, AttributeError):
+            self.counts = {}
+        self.changed = False
+
+    def rows(self, results: Path) -> int:
+        n = self.counts.get(results.name)
+        if n is None:
+            n = self.counts[results.name] = pq.read_metadata(results).num_rows
+            self.changed = True
+        return n
+
+    def set(self, results: Path, rows: int) -> None:
+        if self.counts.get(results.name) != rows:
+            self.counts[results.name] = rows
+            self.changed = True
+
+    def drop(self, names: Iterable[str]) -> None:
+        for name in names:
+            if self.counts.pop(name, None) is not None:
+                self.changed = True
+
+    def save(self, keep: set[str] | None = None) -> None:
+        """Write the index where it changed; `keep`: the file names still cached (others are dropped)."""
+        if keep is not None:
+            self.drop([n for n in self.counts if n not in keep])
+        if self.changed:
+            text = json.dumps(self.counts, sort_keys=True, separators=(",", ":"))
+            write_atomic(self.path, lambda tmp: tmp.write_text(text))
+            self.changed = False
 
 
 def scan_stride(store: Store, run: str, params: ScanParams, key: str) -> int:
@@ -261,12 +327,15 @@ def scan_stride(store: Store, run: str, params: ScanParams, key: str) -> int:
     found, todo = _scanned(store, store.parts(run), key, cache, persist, memo)
     if not todo:
         return 1
+    counts = RowCounts(cache) if persist else None
     con = duckdb.connect()
     try:
         bound_memory(con)
-        return _stride(con, todo, found, params)
+        return _stride(con, todo, found, params, counts)
     finally:
         con.close()
+        if counts is not None:
+            counts.save()
 
 
 def scan_key(ctx_store: Store, run: str, params: ScanParams) -> tuple[str, str | None]:

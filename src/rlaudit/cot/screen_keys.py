@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from ..derived import segments
 from ..layout import read_columns, to_canonical
 from ..memory import workers
-from ..store import Store, prune_cached, write_cached
+from ..store import Store, listing, prune_cached, write_cached
 from ..text import byte_spans, span_ranges, validity
 from . import kernels as _kernels
 from .screen_sets import save_sets
@@ -43,7 +43,8 @@ def screen_keys(store: Store, run: str, where: str) -> str | None:
     parts = store.parts(run)
     layouts = store.part_layouts(run)
     paths = [cache / f"{part.stem}.parquet" for part in parts]
-    todo = [(part, path) for part, path in zip(parts, paths) if not path.is_file()]
+    names = listing(cache)  # one listing, not a stat per part
+    todo = [(part, path) for part, path in zip(parts, paths) if path.name not in names]
 
     def one(item: tuple[Path, Path]) -> bool:
         part, path = item

@@ -213,8 +213,8 @@ def _atomic_text(path: Path, text: str) -> None:
 
 def _prune_parts(d: Path, stems: set[str]) -> None:
     """Remove the files of parts the run no longer lists (a read-only store keeps them: no reader lists them)."""
-    for f in d.iterdir():
-        if f.is_file() and not f.name.startswith(".") and f.name.split(".")[0] not in stems:
+    for f in d.iterdir():  # a stat only for the names of parts not listed
+        if not f.name.startswith(".") and f.name.split(".")[0] not in stems and f.is_file():
             with contextlib.suppress(OSError):
                 f.unlink(missing_ok=True)
 

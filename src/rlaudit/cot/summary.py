@@ -46,14 +46,16 @@ def register_summaries(con: duckdb.DuckDBPyConnection, results: dict[str, Any], 
     or table) of `parts`, summarising the parts not done yet (each from its own result file). `held`: summaries
     the scan has just written (`save_summary`, by file name), merged into segments without reading them back."""
     files, tables = [], []
-    names: dict[Path, set[str]] = {}  # per directory, its names: one listing, not a stat per part
+    names: dict[Path, tuple[Path, set[str]]] = {}  # per results directory, its summaries' and their names
     for part in parts:
         value = results[part.name]
         if isinstance(value, Path):
-            path = summary_path(value)
-            if path.parent not in names:
-                names[path.parent] = listing(path.parent)
-            if path.name not in names[path.parent]:
+            if value.parent not in names:  # one listing, not a stat per part (nor three paths built)
+                d = summary_path(value).parent
+                names[value.parent] = d, listing(d)
+            d, listed = names[value.parent]
+            path = d / value.name
+            if path.name not in listed:
                 written, _ = save_summary(value, pq.read_table(value), part.name)
                 if not isinstance(written, Path):
                     tables.append(written)
