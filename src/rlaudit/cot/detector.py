@@ -35,7 +35,7 @@ from ..layout import view_columns
 from ..memory import workers
 from ..store import Store, bound_memory, listing, sql_list, write_atomic, write_cached
 from ..detectors import DetectContext, Detector, register
-from .scan import (RESULT_SCHEMA, ScanParams, findings_from_results, read_scan_columns, scan_batches, scan_run,
+from .scan import (EMPTY_RESULTS, ScanParams, findings_from_results, read_scan_columns, scan_batches, scan_run,
                    table_batches)
 from . import kernels as cot_kernels
 from .screen import screen
@@ -89,7 +89,7 @@ def _results_source(per_part: dict[str, Any], parts: list[Path]) -> pa.Table | s
     if len(paths) == len(values) and paths:
         return "read_parquet([" + ", ".join(f"'{_quote(x)}'" for x in paths) + "])"
     tables = [v if not isinstance(v, Path) else pq.read_table(v) for v in values]
-    return pa.concat_tables([RESULT_SCHEMA.empty_table(), *tables])
+    return pa.concat_tables([EMPTY_RESULTS, *tables])
 
 
 def _part_rows(store: Store, run: str, parts: list[Path], where: str) -> Callable[[list[str]], str]:

@@ -70,6 +70,9 @@ RESULT_SCHEMA = pa.schema([
     ("containment", pa.float64()), ("longest_span", pa.int64()), ("exposed", pa.bool_()),
     ("chance", pa.bool_()),  # a chance pairing: this rollout's reasoning vs another group's grader input
 ])
+#: RESULT_SCHEMA without rows, built once (Arrow tables are immutable): `Schema.empty_table` costs ~0.2 ms, and
+#: the scan starts each batch's and each part's list of results with it (~500 calls per 1M rollouts).
+EMPTY_RESULTS = RESULT_SCHEMA.empty_table()
 _COLUMNS = ["rollout_id", "step", "split", "condition", "task", "group_id", "prompt", "answer", "reasoning",
             "grader_inputs"]
 
@@ -136,7 +139,7 @@ def scan_batch(batch: pa.RecordBatch | pa.Table, params: ScanParams, chance: boo
     another group (see `chance_partner`), which measures how often the decision rule fires on unrelated text.
     """
     prepared = PreparedBatch.of(batch, params)
-    return prepared.scan(params, chance) if prepared is not None else RESULT_SCHEMA.empty_table()
+    return prepared.scan(params, chance) if prepared is not None else EMPTY_RESULTS
 
 
 def scan_batch_both(batch: pa.RecordBatch | pa.Table, params: ScanParams, chance: bool) -> list[pa.Table]:
@@ -144,7 +147,7 @@ def scan_batch_both(batch: pa.RecordBatch | pa.Table, params: ScanParams, chance
     pairing reuses the batch's shingles (reasoning, answer, prompt, grader input) and only re-pairs them."""
     prepared = PreparedBatch.of(batch, params)
     if prepared is None:
-        return [RESULT_SCHEMA.empty_table()]
+        return [EMPTY_RESULTS]
     out = [prepared.scan(params, False)]
     if chance:
         out.append(prepared.scan(params, True))
@@ -228,7 +231,7 @@ class PreparedBatch:
             receiver = chance_receiver(self.group_of_row, self.prompt_of_row)
             names_keep = receiver[parent] >= 0
             parent = np.where(names_keep, receiver[parent], 0)
-        out = [RESULT_SCHEMA.empty_table()]
+        out = [EMPTY_RESULTS]
         for grader in sorted(set(names.tolist())):  # few graders: the loop is over graders, not rollouts
             entries = np.flatnonzero((names == grader) & names_keep)
             rows = parent[entries]
@@ -403,7 +406,7 @@ def scan_run(con: duckdb.DuckDBPyConnection, params: ScanParams, source: str = "
 def scan_batches(batches: Iterable[pa.RecordBatch | pa.Table], params: ScanParams,
                  chance: Callable[[int], bool]) -> pa.Table:
     """The results of every batch, plus the chance pairings of batch i where `chance(i)`."""
-    parts = [RESULT_SCHEMA.empty_table()]
+    parts = [EMPTY_RESULTS]
     for i, batch in enumerate(batches):
         parts += scan_batch_both(batch, params, params.chance_rows > 0 and chance(i))
     return pa.concat_tables(parts)

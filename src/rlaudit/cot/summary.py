@@ -95,9 +95,9 @@ def save_summary(results: Path, table: pa.Table, part: str) -> tuple[Path | pa.T
 def _summarise(results: pa.Table | None, part: str) -> pa.Table:
     """The summary rows (SCHEMA) of one part's scan results (None: no rows), with Arrow: a DuckDB connection per
     part would cost more than the work (~25 ms each)."""
-    from .scan import RESULT_SCHEMA
+    from .scan import EMPTY_RESULTS, RESULT_SCHEMA
 
-    t = (results if results is not None else RESULT_SCHEMA.empty_table()).select(list(RESULT_SCHEMA.names))
+    t = (results if results is not None else EMPTY_RESULTS).select(list(RESULT_SCHEMA.names))
     exposed = pc.fill_null(t.column("exposed"), False)
     t = t.append_column("_exposed", pc.cast(exposed, pa.int64()))
     t = t.append_column("_first", pc.if_else(exposed, t.column("step"), pa.scalar(None, pa.int64())))
