@@ -42,9 +42,9 @@ def screen_keys(store: Store, run: str, where: str) -> str | None:
     cache = cache_dir(store, run)
     parts = store.parts(run)
     layouts = store.part_layouts(run)
-    paths = [cache / f"{part.stem}.parquet" for part in parts]
-    names = listing(cache)  # one listing, not a stat per part
-    todo = [(part, path) for part, path in zip(parts, paths) if path.name not in names]
+    stems = [part.stem for part in parts]
+    names = listing(cache)  # one listing, not a stat per part (and paths built only for the parts to do)
+    todo = [(part, cache / f"{stem}.parquet") for part, stem in zip(parts, stems) if f"{stem}.parquet" not in names]
 
     def one(item: tuple[Path, Path]) -> bool:
         part, path = item
@@ -58,10 +58,11 @@ def screen_keys(store: Store, run: str, where: str) -> str | None:
         ok = all([one(item) for item in todo])
     if not ok:
         return None
-    prune_cached(base, cache, {p.stem for p in parts})
-    if not paths:
+    prune_cached(base, cache, set(stems))
+    if not stems:
         return None
-    files = ", ".join("'" + str(p).replace("'", "''") + "'" for p in paths)
+    where_cached = str(cache).replace("'", "''")
+    files = ", ".join("'" + where_cached + "/" + s.replace("'", "''") + ".parquet'" for s in stems)
     return f"(SELECT * FROM read_parquet([{files}]) WHERE {where})"
 
 

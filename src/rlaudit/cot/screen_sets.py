@@ -55,18 +55,19 @@ def candidate_keys(store: Store, run: str, keys_dir: Path, where: str,
     d = keys_dir / "sets"
     groups = {}
     files = []
-    names = listing(d)  # one listing, not two stats per part
+    names = listing(d)  # one listing, not two stats per part (and paths built only for the files used)
     for part in parts:
-        cand, grp = d / f"{part.stem}.parquet", d / f"{part.stem}.groups.npy"
+        stem = part.stem
         made = False
-        if grp.name not in names:
-            if not _summarise(keys_dir / f"{part.stem}.parquet", cand, grp):
+        if f"{stem}.groups.npy" not in names:
+            if not _summarise(keys_dir / f"{stem}.parquet", d / f"{stem}.parquet", d / f"{stem}.groups.npy"):
                 return None
             made = True
         # written before the group hashes, and only where the part has candidates
-        if (cand.is_file() if made else cand.name in names):
-            files.append(cand)
-        groups[part.stem] = grp
+        cand = f"{stem}.parquet"
+        if ((d / cand).is_file() if made else cand in names):
+            files.append(d / cand)
+        groups[stem] = d
     _prune_parts(d, set(groups))
     if not _disjoint(d / "index", groups):
         return None
@@ -149,7 +150,8 @@ def _hash(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 
 def _disjoint(d: Path, groups: dict[str, Path]) -> bool:
-    """Whether no group hash occurs in two of the parts `groups` (stem -> group hashes): checked against the
+    """Whether no group hash occurs in two of the parts `groups` (stem -> the directory of its group hashes,
+    `<stem>.groups.npy`): checked against the
     newest index of a subset of them, then among the parts it does not hold; a new index once INDEX_AT are."""
     held: set[str] = set()
     index = np.zeros(0, np.uint64)
@@ -164,7 +166,7 @@ def _disjoint(d: Path, groups: dict[str, Path]) -> bool:
             index = np.load(best[0].with_suffix(".npy"), mmap_mode="r")
             held = set(best[1])
     loose = [s for s in groups if s not in held]
-    arrays = [np.load(groups[s]) for s in loose]
+    arrays = [np.load(groups[s] / f"{s}.groups.npy") for s in loose]
     new = np.concatenate(arrays) if arrays else np.zeros(0, np.uint64)
     merged = np.unique(new)
     if len(merged) != len(new):

@@ -18,6 +18,7 @@ data in memory, or results given as a table, are summarised in memory: the same 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +47,18 @@ def register_summaries(con: duckdb.DuckDBPyConnection, results: dict[str, Any], 
     or table) of `parts`, summarising the parts not done yet (each from its own result file). `held`: summaries
     the scan has just written (`save_summary`, by file name), merged into segments without reading them back."""
     files, tables = [], []
-    names: dict[Path, tuple[Path, set[str]]] = {}  # per results directory, its summaries' and their names
+    names: dict[str, tuple[Path, set[str]]] = {}  # per results directory, its summaries' and their names
     for part in parts:
         value = results[part.name]
         if isinstance(value, Path):
-            if value.parent not in names:  # one listing, not a stat per part (nor three paths built)
+            # one listing, not a stat per part; one path built per part (a Path's parent and hash cost ~10 us)
+            parent, name = os.path.split(value)
+            if parent not in names:
                 d = summary_path(value).parent
-                names[value.parent] = d, listing(d)
-            d, listed = names[value.parent]
-            path = d / value.name
-            if path.name not in listed:
+                names[parent] = d, listing(d)
+            d, listed = names[parent]
+            path = d / name
+            if name not in listed:
                 written, _ = save_summary(value, pq.read_table(value), part.name)
                 if not isinstance(written, Path):
                     tables.append(written)
@@ -67,7 +70,7 @@ def register_summaries(con: duckdb.DuckDBPyConnection, results: dict[str, Any], 
         prune_cached(files[0].parent.parent, files[0].parent, {p.stem for p in parts})
     selects = []
     if files:
-        if len({f.parent for f in files}) == 1:
+        if len(names) == 1:  # the files of one directory
             files = segments.covering(files, "summary",
                                       held=held)
         selects.append(f"SELECT * FROM read_parquet({sql_list([str(f) for f in files])})")
