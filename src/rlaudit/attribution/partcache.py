@@ -432,7 +432,9 @@ class _Ctx:
         out = {}
         for k in "gsc":
             t = pa.concat_tables(computed[k], promote_options="default")
-            t = t.filter(pc.and_(pc.is_in(t.column("step"), steps), pc.is_in(t.column("part"), wanted)))
+            keep = pc.and_(pc.is_in(t.column("step"), steps), pc.is_in(t.column("part"), wanted))
+            if pc.sum(keep).as_py() != t.num_rows:  # (a filter keeping every row still copies every column)
+                t = t.filter(keep)
             out[k] = t.select([c for c in t.column_names if t.column(c).null_count < t.num_rows
                                or c in ("cond", "task")])
         out["s"] = out["s"].sort_by("step")
@@ -950,8 +952,8 @@ def _codes(cond: pa.Table, kind: str, rank: dict[str, int], first_of_group: pa.C
             rows[name] = rows.get(name, 0) + r
             xsum[name] = xsum.get(name, 0.0) + x
     names = sorted(first, key=first.__getitem__)
-    code = {nm: j for j, nm in enumerate(names)}
-    gcode = np.array([code.get(v, -1) if v is not None else -1 for v in first_of_group.to_pylist()], np.int64)
+    code = pc.index_in(first_of_group.cast(pa.string()), value_set=pa.array(names, pa.string()))
+    gcode = np.asarray(pc.fill_null(code, -1).to_numpy(zero_copy_only=False), np.int64)  # none: -1
     return (names, gcode, np.array([rows[nm] for nm in names], np.int64),
             np.array([xsum[nm] for nm in names], np.float64))
 
