@@ -255,3 +255,35 @@ def test_tables_read_back_beyond_the_hand_over(tmp_path, monkeypatch):
     by_step(store, make_run(seed=8, steps=5))
     check(store)
     assert not kept
+
+
+@pytest.mark.parametrize("case", ["presence", "numeric", "none mixed"])
+def test_pair_statistics_over_the_mixed_groups_equal_those_over_every_row(case):
+    """`partcache._Mixed`: the pair statistics computed over the rows of the groups whose labels vary only, and 0
+    elsewhere, equal `trace._pair_stats` and `trace._matched_stats` over every row, bit for bit."""
+    rng = np.random.default_rng(3)
+    codes = np.sort(rng.integers(0, 300, 4000))
+    groups = trace._Groups.of(np.unique(codes, return_inverse=True)[1].ravel())
+    if case == "numeric":  # above / below the group median, NaN at it
+        x = np.round(rng.normal(size=codes.size), 1) * (rng.random(groups.n) < 0.3)[groups.codes]
+        labels = trace.behavior_labels(groups, x, True)
+    else:  # present in every rollout of some groups, in some rollouts of a few, absent from the rest
+        share = np.where(rng.random(groups.n) < 0.2, 1.0, np.where(rng.random(groups.n) < 0.1, 0.4, 0.0))
+        if case == "none mixed":
+            share = np.round(share)
+        labels = (rng.random(codes.size) < share[groups.codes]).astype(float)
+    outcome = np.where(rng.random(codes.size) < 0.1, np.nan, rng.integers(0, 2, codes.size).astype(float))
+    mixed = partcache._Mixed.of(groups, [labels], [outcome])
+    assert (mixed.rows.size == 0) == (case == "none mixed")
+    full = trace._RankCache()
+    sub = trace._refine(groups.codes, [outcome])
+    for j, values in enumerate([np.round(rng.normal(size=codes.size), 1), rng.integers(0, 3, codes.size) * 1.0,
+                                np.where(rng.random(codes.size) < 0.2, np.nan, rng.normal(size=codes.size))]):
+        want = trace._pair_stats(groups, values, labels, full, str(j))
+        got = mixed.pair_stats(values, labels, str(j))
+        for k in want:
+            assert np.array_equal(got[k], want[k] + 0.0), k  # + 0.0: a -0.0 difference of an unmixed group is 0
+        m_want = trace._matched_stats(groups, values, labels, sub, full, f"m{j}")
+        m_got = mixed.matched_stats(values, labels, f"m{j}")
+        for a, b in zip(m_got, m_want):
+            assert np.array_equal(a, b)

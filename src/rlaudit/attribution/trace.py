@@ -838,8 +838,10 @@ def _summarise(signals: list[_Signal], per_group: dict[str, dict[str, np.ndarray
     """Point estimates, one joint bootstrap of the groups (or of `clusters` of them) for every interval, p-values
     and per-step series. Returns the signals sorted by pressure (largest first), the total last. `applies`: each
     signal's share of rollouts where it applies, when the signals carry no per-rollout values (`partcache`)."""
-    matrix = np.column_stack(_by_cluster(clusters, *[per_group[s.name][k] for s in signals for k in _KEYS],
-                                         rollouts))
+    # (groups x statistics), C order as `np.column_stack` gives it (the sums' order), built as rows then copied
+    # transposed: column_stack's strided writes cost ~1.6x (the 1M-rollout benchmark's 125k groups: ~40 ms)
+    matrix = np.ascontiguousarray(np.stack(_by_cluster(clusters, *[per_group[s.name][k] for s in signals
+                                                                   for k in _KEYS], rollouts)).T)
     reps = stats.bootstrap_group_sums(matrix, n_boot=n_boot, seed=seed)
     sums = matrix.sum(axis=0)
     n_total, n_rep = sums[-1], reps[:, -1]
