@@ -964,11 +964,15 @@ def _read_parts(paths: list[Path], layout: int) -> tuple[pa.Table, np.ndarray, d
     np.cumsum([t.num_rows for t in tables], out=bounds[1:])
     t = pa.concat_tables(tables) if tables else schema.empty_table()
     places = {}
+    completion = None  # the batch's completions as one array, combined once for both places (not per place)
     for name in WHERES:
         text = t.column(name)
         if layout >= 2 and text.null_count == len(text) > 0:  # every text a span (or absent): where it lies
             start, end = SPANS[name]
-            data, lo, hi, valid = span_ranges(t.column("completion"), t.column(start), t.column(end))
+            if completion is None:
+                chunked = t.column("completion")
+                completion = chunked.chunk(0) if chunked.num_chunks == 1 else chunked.combine_chunks()
+            data, lo, hi, valid = span_ranges(completion, t.column(start), t.column(end))
         else:
             strings = to_canonical(t.select(read_columns([name]))).column(name) if layout >= 2 else text
             data, lo, hi = byte_spans(strings)
