@@ -111,19 +111,22 @@ def _case(draw):
 @settings(max_examples=80, deadline=None)
 @given(_case())
 def test_term_ids_and_prompt_copies_are_identical(case):
-    """The same (row, term) pairs from `_prompt_pairs` and `_text_pairs` (prompt copies left out) either way."""
+    """The same prompt term lists (`_prompt_lists`) and texts' term lists (prompt copies left out) either way:
+    numpy's `_text_pairs` over `token_hashes`, or the compiled one pass per text (`tokhash.text_term_ids`)."""
     texts, prompts, prompt_of, grams = case
     m = tokens._matcher(_vocab(grams))
     n_ids = int(m.key_of_id.shape[0]) or 1
 
     def pairs():
-        pr, pi = tokens._prompt_pairs(*tokhash.token_hashes(pa.array(prompts, pa.string())), m, 3, n_ids)
-        lists = tokens._pairs_to_lists(pr, pi, len(prompts))
-        out = [pr, pi]
+        pt_off, pi = tokens._prompt_lists(pa.array(prompts, pa.string()), m, 3, n_ids)
+        out = [pt_off, pi]
+        arr = pa.array(texts, pa.string())
         for where in tokens.WHERES:
-            out += tokens._text_pairs(*tokhash.token_hashes(pa.array(texts, pa.string())), m.by_where[where], 3,
-                                      n_ids, prompt_of, pr * n_ids + pi,
-                                      (np.asarray(lists.offsets.to_numpy(), np.int64), pi))
+            if kernels.use_numba():
+                out += tokhash.text_term_ids(arr, 3, m.by_where[where], n_ids, exclude=(prompt_of, pt_off, pi))[1:]
+            else:
+                out += tokens._text_pairs(*tokhash.token_hashes(arr), m.by_where[where], 3, n_ids, prompt_of, pt_off,
+                                          pi)
         return out
 
     a, b = _both(pairs)
@@ -169,9 +172,9 @@ def test_row_term_ids_equal_match_then_distinct(seed, max_n, n_keys, low_bits):
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 2**32), st.integers(0, 4))
 def test_row_term_ids_of_long_rows_with_many_ids(seed, max_n):
-    """Many term ids (bitmap words past 64), rows longer than the kernel's first buffers, inclusion lists longer
-    than the rows (the output grows) and exclusion lists, against the numpy path's pairs (max_n 0 counts words,
-    as `tokens.ngram_keys` does)."""
+    """Many term ids (bitmap words past 64), rows longer than the kernel's first buffers, key-token lookups whose
+    words name many terms (the output grows past its first guess) and exclusion lists, against the numpy path's
+    pairs (max_n 0 counts words, as `tokens.ngram_keys` does)."""
     rng = np.random.default_rng(seed)
     alphabet = rng.integers(0, 2**63, 40, dtype=np.uint64)
     lengths = rng.choice([0, 1, 3, 70, 400], rng.integers(1, 12))
@@ -183,23 +186,76 @@ def test_row_term_ids_of_long_rows_with_many_ids(seed, max_n):
     n_ids = 4500 + int(rng.integers(0, 64))
     ids = rng.permutation(n_ids)[:len(vocab_keys)].astype(np.int32)
     lookup = tokens._Lookup(vocab_keys, ids)
+    # key tokens: some words name up to 300 terms each
+    words = rng.choice(alphabet, 12, replace=False)
+    k_keys = np.repeat(words, rng.integers(1, 300, len(words)))
+    key_lookup = tokens._Lookup(k_keys, rng.integers(0, n_ids, len(k_keys)).astype(np.int32))
     n_rows = len(offsets) - 1
     lists = [np.unique(rng.integers(0, n_ids, rng.integers(0, 900))).astype(np.int32) for _ in range(3)]
     list_off = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
-    incl_of_row, excl_of_row = rng.integers(0, 3, n_rows), rng.integers(0, 3, n_rows)
+    excl_of_row = rng.integers(0, 3, n_rows)
     m_rows, m_ids = lookup.match(rows, keys)
-    inc_rows = np.repeat(np.arange(n_rows), [len(lists[p]) for p in incl_of_row])
-    inc_ids = np.concatenate([lists[p] for p in incl_of_row])
-    want_r, want_i = tokens._distinct_pairs(np.concatenate([m_rows, inc_rows]), np.concatenate([m_ids, inc_ids]), n_ids)
+    w_rows = np.repeat(np.arange(n_rows), np.diff(offsets))
+    k_rows, k_ids = key_lookup.match(w_rows, values)
+    want_r, want_i = tokens._distinct_pairs(np.concatenate([m_rows, k_rows]), np.concatenate([m_ids, k_ids]), n_ids)
     drop = np.array([i in set(lists[excl_of_row[r]].tolist()) for r, i in zip(want_r, want_i)], bool)
-    got_off, got_ids = term_kernels.row_term_ids(values, offsets, max_n, lookup, n_ids,
-                                            exclude=(excl_of_row, list_off, np.concatenate(lists)),
-                                            include=(incl_of_row, list_off, np.concatenate(lists)))
+    exclude = (excl_of_row, list_off, np.concatenate(lists))
+    got_off, got_ids = term_kernels.row_term_ids(values, offsets, max_n, lookup, n_ids, exclude=exclude,
+                                                 keys=key_lookup)
     assert np.array_equal(np.repeat(np.arange(n_rows), np.diff(got_off)), want_r[~drop])
     assert np.array_equal(got_ids, want_i[~drop]) and got_ids.dtype == np.int32
-    got_off, got_ids = term_kernels.row_term_ids(values, offsets, max_n, lookup, n_ids,
-                                            include=(incl_of_row, list_off, np.concatenate(lists)))
+    got_off, got_ids = term_kernels.row_term_ids(values, offsets, max_n, lookup, n_ids, keys=key_lookup)
     assert np.array_equal(got_ids, want_i) and np.array_equal(np.diff(got_off), np.bincount(want_r, minlength=n_rows))
+
+
+@needs_numba
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.one_of(_ANY, st.sampled_from(_EDGE_TEXTS)), min_size=1, max_size=14), st.integers(0, 2**32),
+       st.integers(1, 4))
+def test_term_ids_in_one_pass_equal_hashes_then_lookup(texts, seed, max_n):
+    """`tokhash.span_term_ids` (each text tokenised and looked up in one pass where it lies in a larger buffer,
+    non-ASCII texts cut out and hashed apart) = the token counts of `token_hashes` and `row_term_ids` of its
+    hashes (the former two-kernel path), with exclusion lists and a key-token lookup; `text_term_ids` the same
+    over a string array."""
+    from rlaudit.derived import styles
+    from rlaudit.text import byte_spans, cut_ranges, validity
+
+    rng = np.random.default_rng(seed)
+    arr = pa.array(texts, pa.string())
+    order = rng.permutation(len(texts))  # laid out in another order, "x" between them
+    buffer = pa.array(["x".join([""] + [texts[i] or "" for i in order] + [""])], pa.string())
+    data, _, _ = byte_spans(buffer)
+    lo = np.zeros(len(texts), np.int64)
+    at = 1
+    for i in order:
+        lo[i] = at
+        at += len((texts[i] or "").encode()) + 1
+    hi = lo + np.array([len((t or "").encode()) for t in texts], np.int64)
+    valid = validity(arr)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(kernels.ENV, "numba")
+        values, offsets = tokhash.token_hashes(arr)
+        rows, keys = tokens.ngram_keys(values, offsets, max_n)
+        pick = rng.random(len(keys)) < 0.5
+        n_ids = 200
+        lookup = tokens._Lookup(np.concatenate([keys[pick], rng.integers(0, 2**63, 5, dtype=np.uint64)]),
+                                rng.integers(0, n_ids, int(pick.sum()) + 5).astype(np.int32))
+        k_keys = np.concatenate([values[rng.random(len(values)) < 0.3], rng.integers(0, 2**63, 3, dtype=np.uint64)])
+        key_lookup = tokens._Lookup(k_keys, rng.integers(0, n_ids, len(k_keys)).astype(np.int32))
+        lists = [np.unique(rng.integers(0, n_ids, rng.integers(0, 40))).astype(np.int32) for _ in range(3)]
+        exclude = (rng.integers(0, 3, len(texts)), np.concatenate([[0], np.cumsum([len(x) for x in lists])]),
+                   np.concatenate(lists))
+        found = styles.scan_spans(data, lo, hi)
+        for kw in ({}, {"exclude": exclude}, {"keys": key_lookup}, {"exclude": exclude, "keys": key_lookup}):
+            want = term_kernels.row_term_ids(values, offsets, max_n, lookup, n_ids, **kw)
+            got = tokhash.span_term_ids(data, lo, hi, found.ascii,
+                                        lambda r: cut_ranges(data, lo[r], hi[r], valid[r]), max_n, lookup, n_ids, **kw)
+            assert np.array_equal(got[0], np.diff(offsets))
+            assert np.array_equal(got[1], want[0]) and np.array_equal(got[2], want[1])
+            if "exclude" not in kw:
+                got = tokhash.text_term_ids(arr, max_n, lookup, n_ids, keys=kw.get("keys"))
+                assert np.array_equal(got[0], np.diff(offsets))
+                assert np.array_equal(got[1], want[0]) and np.array_equal(got[2], want[1])
 
 
 @needs_numba

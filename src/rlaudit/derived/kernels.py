@@ -3,19 +3,24 @@
 Why: a cold audit spends most of its `emerging` time in `tokens._compute_parts`, and there the numpy path makes
 many full passes over temporaries of ~200M elements per 1M rollouts (byte masks, n-gram keys, probe rounds,
 a sort of every (row, term) pair, a searchsorted for the prompt copies). No pass dominates; the cost is the
-number of passes. Two small loops, each walking its input once, do the same work:
+number of passes. Small loops, each walking its input once, do the same work:
 
-- `ascii_token_hashes`: tokenises ASCII texts and hashes each token, bit-identical to `tokhash._ascii_tokens`
-  + `tokhash.span_hashes` (a polynomial hash of the case-folded byte codes modulo 2^64, then the length mix and
-  `splitmix64`). Non-ASCII texts still go through DuckDB's RE2 pattern (`tokhash.token_hashes`). Branch-free
-  per byte (~2.4 ns per byte; see its doc).
+- `ascii_token_hashes`: tokenises ASCII texts and hashes each token (`_tokenise`), bit-identical to
+  `tokhash._ascii_tokens` + `tokhash.span_hashes` (a polynomial hash of the case-folded byte codes modulo 2^64,
+  then the length mix and `splitmix64`). Non-ASCII texts still go through DuckDB's RE2 pattern
+  (`tokhash.token_hashes`). Branch-free per byte (~2.4 ns per byte; see `_tokenise`).
 - `row_term_ids`: per row of token hashes, forms the 1..max_n-gram keys exactly as `tokens.ngram_keys`
   (`tokens._ngram_key` folded left to right), probes the vocabulary's open-addressing table (`tokens._Lookup`'s
   own arrays, so both paths read one table), and emits the distinct term ids of the row, sorted, leaving out
   those its prompt holds. It equals `_distinct_pairs(*lookup.match(*ngram_keys(...)))` minus the prompt's
   pairs, keys naming several terms included (tests/core/test_kernels.py checks both against the numpy path).
-  For prompts, the terms whose key token the prompt holds are added per row (`include`). Found ids are
-  collected without a branch per key and deduplicated and sorted by a bitmap (see its doc).
+  For prompts, the terms whose key token is one of the row's words are added (`keys`). Found ids are
+  collected without a branch per key and deduplicated and sorted by a bitmap (see `_term_ids`).
+- `term_ids`: both in one pass per text, which is how the term sets call them (`tokhash.span_term_ids`): an
+  ASCII text's bytes are tokenised into a small buffer that stays in cache and looked up from there, so no
+  array of every token's hash is written and read back (the 1M benchmark's 70M tokens: 0.56 GB of fresh pages
+  across the batches); texts tokenised elsewhere (non-ASCII ones) come as hashes. `row_term_ids` is its
+  hash-only form.
 
 A third loop serves the cell tables the term-set workers write beside the term sets (`rlaudit.derived.termcells`):
 
@@ -78,25 +83,57 @@ def _trailing_zeros(x):
     return (int(x) & -int(x)).bit_length() - 1 if x else 64
 
 
-#: bytes of a text tokenised between two checks of the output's room (see `_ascii_token_hashes`)
-_BLOCK = 4096
-
-
-def _ascii_token_hashes(data, offsets, ends, is_ascii, word, codes, base, len_mix):
-    """(hashes, per-text token counts) of the ASCII texts (others: no tokens). A token is a maximal run of word
-    bytes, an apostrophe joining when word bytes of the same text are on both sides of it.
+def _tokenise(data, s, e, cw, apostrophe, base, len_mix, out, k):
+    """Store the hashes of the tokens of the ASCII text data[s:e] at out[k:] and return the new end (k plus the
+    text's tokens). A token is a maximal run of word bytes, an apostrophe joining when word bytes of the same text
+    are on both sides of it. The caller makes room for (e - s + 1) // 2 + 2 slots from k (at most one token per
+    two bytes, and the slot written past the last).
 
     One pass over the bytes with a running token state (h: the hash so far, p: base^length, n: the length) that
     a non-token byte resets by masks, not branches: token ends are as unpredictable as word lengths, and a
     mispredicted branch per token cost more than the whole byte's work (0.35 -> 0.07 CPU s per 29 MB). The
     current hash is stored at out[k] at every byte and k advances where a token ends. The hash is the same
     polynomial as `tokhash.span_hashes` (codes[b] * base^i summed over the token's bytes i), then the length
-    mix and `splitmix64`, applied per text once its tokens are known. Word bytes are found by `cw`, the codes
-    of word bytes and 0 elsewhere (codes of word bytes are never 0, `ascii_token_hashes` checks). Indices are
-    cast to unsigned, which spares numba's negative-index wraparound in the loop.
+    mix and `splitmix64`. Word bytes are found by `cw`, the codes of word bytes and 0 elsewhere (codes of word
+    bytes are never 0, `ascii_token_hashes` checks); `apostrophe`: the apostrophe's code. Indices are cast to
+    unsigned, which spares numba's negative-index wraparound in the loop."""
+    zero, one = np.uint64(0), np.uint64(1)
+    k0 = k
+    h, p, n = zero, one, zero
+    for j in range(s, e):
+        b = data[np.uint64(j)]
+        c = cw[b]
+        # an apostrophe joins when it follows a token byte and a word byte of the same text follows it
+        if b == _APOSTROPHE and n != zero and j + 1 < e and cw[data[np.uint64(j + 1)]] != zero:
+            c = apostrophe
+        out[np.uint64(k)] = h ^ (n * len_mix)  # kept (k advances) where a token ended before b
+        k += (n != zero) & (c == zero)
+        m = zero - np.uint64(c != zero)  # all ones on a token byte
+        h = (h + c * p) & m
+        p = p * base if c != zero else one
+        n = (n + one) & m
+    if n != zero:  # a token runs to the end of the text
+        out[np.uint64(k)] = h ^ (n * len_mix)
+        k += 1
+    for i in range(k0, k):
+        out[np.uint64(i)] = _splitmix64(out[np.uint64(i)])
+    return k
+
+
+def _word_codes(word, codes):
+    """(cw, apostrophe) of `_tokenise`: the codes of word bytes (0 elsewhere), and the apostrophe's code."""
+    cw = np.zeros(256, np.uint64)
+    for b in range(256):
+        if word[b]:
+            cw[b] = codes[b]
+    return cw, codes[_APOSTROPHE]
+
+
+def _ascii_token_hashes(data, offsets, ends, is_ascii, word, codes, base, len_mix):
+    """(hashes, per-text token counts) of the ASCII texts (others: no tokens), each text by `_tokenise`.
 
     The result is a view of the first k slots of the output buffer, not a copy: the buffer is sized ahead
-    (len(data) // 4 tokens, grown when a block of text might not fit) and the slots past k are never written,
+    (len(data) // 4 tokens, grown when a text might not fit) and the slots past k are never written,
     so they take address space only, no memory; the copy cost more than the tokenising (fresh pages).
 
     `ends` (empty: none): text t is data[offsets[t]:ends[t]] instead, texts where they lie in a larger buffer
@@ -104,42 +141,17 @@ def _ascii_token_hashes(data, offsets, ends, is_ascii, word, codes, base, len_mi
     spans = len(ends) > 0
     n_texts = len(ends) if spans else len(offsets) - 1
     counts = np.zeros(n_texts, np.int64)
-    zero, one = np.uint64(0), np.uint64(1)
-    cw = np.zeros(256, np.uint64)
-    for b in range(256):
-        if word[b]:
-            cw[b] = codes[b]
-    apostrophe = codes[_APOSTROPHE]
+    cw, apostrophe = _word_codes(word, codes)
     out = np.empty(max(16, len(data) // 4), np.uint64)
     k = 0
     for t in range(n_texts):
         if not is_ascii[t]:
             continue
         s, e = offsets[t], ends[t] if spans else offsets[t + 1]
+        if k + (e - s + 1) // 2 + 2 > len(out):  # room for the text's tokens
+            out = _grow(out, k + (e - s + 1) // 2 + 2)
         k0 = k
-        h, p, n = zero, one, zero
-        for lo in range(s, e, _BLOCK):
-            hi = min(lo + _BLOCK, e)
-            # room for the tokens ending in this block (at most one per two bytes) and the text's last one
-            if k + (hi - lo + 1) // 2 + 2 > len(out):
-                out = _grow(out, k + (hi - lo + 1) // 2 + 2)
-            for j in range(lo, hi):
-                b = data[np.uint64(j)]
-                c = cw[b]
-                # an apostrophe joins when it follows a token byte and a word byte of the same text follows it
-                if b == _APOSTROPHE and n != zero and j + 1 < e and cw[data[np.uint64(j + 1)]] != zero:
-                    c = apostrophe
-                out[np.uint64(k)] = h ^ (n * len_mix)  # kept (k advances) where a token ended before b
-                k += (n != zero) & (c == zero)
-                m = zero - np.uint64(c != zero)  # all ones on a token byte
-                h = (h + c * p) & m
-                p = p * base if c != zero else one
-                n = (n + one) & m
-        if n != zero:  # a token runs to the end of the text
-            out[np.uint64(k)] = h ^ (n * len_mix)
-            k += 1
-        for i in range(k0, k):
-            out[np.uint64(i)] = _splitmix64(out[np.uint64(i)])
+        k = _tokenise(data, s, e, cw, apostrophe, base, len_mix, out, k)
         counts[t] = k - k0
     return out[:k], counts
 
@@ -158,14 +170,45 @@ def _gather_spans(data, lo, hi):
     return out, off
 
 
-def _row_term_ids(values, offsets, max_n, table, ukeys, ustart, ucount, ids, rounds, n_ids,
-                  excl_of_row, excl_off, excl_ids, incl_of_row, incl_off, incl_ids):
-    """(int64 offsets, int32 ids): per row, its distinct term ids in increasing order, plus those of the row's
-    inclusion list, minus those of its exclusion list (excl_ids[excl_off[p]:excl_off[p + 1]] with
-    p = excl_of_row[row]; an empty excl_of_row excludes nothing; the same for incl_*).
+def _set_ids(bits, ids, lo, hi):
+    """Set the bits of ids[lo:hi] in the bitmap `bits`."""
+    one, six, low = np.uint64(1), np.uint64(6), np.uint64(63)
+    for q in range(lo, hi):
+        t = np.uint64(ids[q])
+        bits[t >> six] |= one << (t & low)
 
-    Built for the CPU's branch predictor: about half the keys name a term, so "found?" branches mispredict, and
-    they cost more than the work. So, per key (up to max_n per token):
+
+def _probe(key, table, ukeys, rounds):
+    """The index into ukeys of `key` in an open-addressing table (`tokens._Lookup`'s arrays), or -1."""
+    size = len(table)
+    slot = np.int64(key & np.uint64(size - 1))
+    for _ in range(rounds):  # linear probing; no key lies `rounds` or more slots from home
+        u = table[slot]
+        if u < 0:
+            return -1
+        if ukeys[u] == key:
+            return u
+        slot = (slot + 1) & (size - 1)
+    return -1
+
+
+def _term_ids(data, starts, ends, given, values, offsets, word, codes, base, len_mix, max_n,
+              table, ukeys, ustart, ucount, ids, rounds, n_ids,
+              k_table, k_ukeys, k_start, k_count, k_ids, k_rounds, excl_of_row, excl_off, excl_ids):
+    """(int64 token counts, int64 offsets, int32 ids): per row, its tokens, and its distinct term ids in
+    increasing order: those of its 1..max_n-grams (`table`...: `tokens._Lookup`'s arrays), plus those its words
+    name in the key-token lookup (`k_table`...; an empty k_table: none), minus those of its exclusion list
+    (excl_ids[excl_off[p]:excl_off[p + 1]] with p = excl_of_row[row]; an empty excl_of_row excludes nothing).
+
+    A row's tokens are its text's, data[starts[r]:ends[r]], tokenised here (`_tokenise`, an ASCII text) into a
+    small buffer that stays in cache, where given[r] < 0; else the token hashes values[offsets[g]:offsets[g + 1]]
+    with g = given[r] (texts tokenised elsewhere: the non-ASCII ones, or rows given as hashes,
+    `row_term_ids`). So a text's token hashes never make a run-sized array: its bytes go to its term ids in one
+    pass per row (the former pair of kernels, tokeniser and lookup, wrote and read back 8 bytes per token, and
+    the tokeniser's output was fresh pages).
+
+    The lookup is built for the CPU's branch predictor: about half the keys name a term, so "found?" branches
+    mispredict, and they cost more than the work. So, per key (up to max_n per token):
     - its home slot answers it with two independent loads from per-slot copies of the table (`slot_key`,
       `slot_val`: the key there, and its term id, -1 for an empty slot, -2 - u for a key u naming several
       terms); the id is stored at hits[n_hits] and n_hits advances when it is the key's (no branch);
@@ -176,10 +219,11 @@ def _row_term_ids(values, offsets, max_n, table, ukeys, ustart, ucount, ids, rou
     rebuilt when the list changes: rows of a prompt are usually adjacent). No per-row sort, no stamps.
     Keys of max_n <= 3 (the vocabulary's default 3, and 1) are held in three scalars; longer n-grams in an
     array. The ids are a view of the output buffer's first slots (see `_ascii_token_hashes`)."""
-    n_rows = len(offsets) - 1
+    n_rows = len(given)
+    cw, apostrophe = _word_codes(word, codes)
     size = len(table)
     mask = np.uint64(size - 1)
-    one, six, low = np.uint64(1), np.uint64(6), np.uint64(63)
+    one, six = np.uint64(1), np.uint64(6)
     slot_key = np.empty(size, np.uint64)
     slot_val = np.empty(size, np.int32)
     for q in range(size):
@@ -194,8 +238,10 @@ def _row_term_ids(values, offsets, max_n, table, ukeys, ustart, ucount, ids, rou
     bits = np.zeros(n_words, np.uint64)
     ban = np.zeros(n_words, np.uint64)
     last = -1
+    counts = np.zeros(n_rows, np.int64)
     out_off = np.zeros(n_rows + 1, np.int64)
-    out = np.empty(max(64, len(values)), np.int32)
+    out = np.empty(max(64, len(values) + len(data) // 4), np.int32)
+    tok = np.empty(256, np.uint64)
     cur = np.zeros(max_n + 1, np.uint64)  # cur[n]: key of the n-gram ending at the current token (max_n > 3)
     hits = np.empty(64, np.int32)
     pend = np.empty(64, np.uint64)
@@ -204,43 +250,50 @@ def _row_term_ids(values, offsets, max_n, table, ukeys, ustart, ucount, ids, rou
     from3 = 2 if max_n >= 3 else big
     per_token = max(max_n, 1)  # keys per token (words always, as `tokens.ngram_keys`)
     k = 0
-    exclude, include = len(excl_of_row) > 0, len(incl_of_row) > 0
+    exclude, key_tokens = len(excl_of_row) > 0, len(k_table) > 0
     for r in range(n_rows):
+        g = given[r]
+        # the row's token hashes, tok[:nt]
+        room = offsets[g + 1] - offsets[g] if g >= 0 else (ends[r] - starts[r] + 1) // 2 + 2
+        if room > len(tok):
+            tok = np.empty(max(room, 2 * len(tok)), np.uint64)
+        if g >= 0:
+            nt = offsets[g + 1] - offsets[g]
+            tok[:nt] = values[offsets[g]:offsets[g + 1]]
+        else:
+            nt = _tokenise(data, starts[r], ends[r], cw, apostrophe, base, len_mix, tok, 0)
+        counts[r] = nt
         if exclude:
             p = excl_of_row[r]
             if p != last:
                 if last >= 0:
                     for q in range(excl_off[last], excl_off[last + 1]):
                         ban[np.uint64(excl_ids[q]) >> six] = 0
-                for q in range(excl_off[p], excl_off[p + 1]):
-                    t = np.uint64(excl_ids[q])
-                    ban[t >> six] |= one << (t & low)
+                _set_ids(ban, excl_ids, excl_off[p], excl_off[p + 1])
                 last = p
         n_new = 0  # ids set in `bits` for this row (an upper bound on those emitted)
-        if include:
-            p = incl_of_row[r]
-            for q in range(incl_off[p], incl_off[p + 1]):
-                t = np.uint64(incl_ids[q])
-                bits[t >> six] |= one << (t & low)
-            n_new += incl_off[p + 1] - incl_off[p]
-        s, e = offsets[r], offsets[r + 1]
-        if per_token * (e - s) + 1 > len(hits):  # one slot per key, and the one written past the last
-            hits = np.empty(per_token * (e - s) + 1 + len(hits), np.int32)
+        if key_tokens:  # the terms its words are the key token of (prompts: few rows, a branch per word)
+            for i in range(nt):
+                u = _probe(tok[i], k_table, k_ukeys, k_rounds)
+                if u >= 0:
+                    _set_ids(bits, k_ids, k_start[u], k_start[u] + k_count[u])
+                    n_new += k_count[u]
+        if per_token * nt + 1 > len(hits):  # one slot per key, and the one written past the last
+            hits = np.empty(per_token * nt + 1 + len(hits), np.int32)
             pend = np.empty(len(hits), np.uint64)
         n_hits = 0
         n_pend = 0
         if max_n <= 3:
             k1 = np.uint64(0)
             k2 = np.uint64(0)
-            for i in range(s, e):
-                h = values[np.uint64(i)]
+            for i in range(nt):
+                h = tok[np.uint64(i)]
                 k3 = _splitmix64(k2 * _MIX + h)
                 k2 = _splitmix64(k1 * _MIX + h)
                 k1 = h
-                pos = i - s
                 for n in range(3):  # unrolled by LLVM
                     key = k1 if n == 0 else (k2 if n == 1 else k3)
-                    ok = pos >= (0 if n == 0 else (from2 if n == 1 else from3))
+                    ok = i >= (0 if n == 0 else (from2 if n == 1 else from3))
                     home = key & mask
                     v = slot_val[home]
                     good = (slot_key[home] == key) & (v >= 0) & ok
@@ -250,14 +303,14 @@ def _row_term_ids(values, offsets, max_n, table, ukeys, ustart, ucount, ids, rou
                         pend[np.uint64(n_pend)] = key
                         n_pend += 1
         else:
-            for i in range(s, e):
-                h = values[np.uint64(i)]
+            for i in range(nt):
+                h = tok[np.uint64(i)]
                 for n in range(max_n, 1, -1):
                     cur[n] = _splitmix64(cur[n - 1] * _MIX + h)
                 cur[1] = h
                 for n in range(1, max_n + 1):
                     key = cur[n]
-                    ok = i - s + 1 >= n
+                    ok = i + 1 >= n
                     home = key & mask
                     v = slot_val[home]
                     good = (slot_key[home] == key) & (v >= 0) & ok
@@ -266,26 +319,15 @@ def _row_term_ids(values, offsets, max_n, table, ukeys, ustart, ucount, ids, rou
                     if ok & (v != -1) & (not good):
                         pend[np.uint64(n_pend)] = key
                         n_pend += 1
-        for j in range(n_hits):
-            t = np.uint64(hits[j])
-            bits[t >> six] |= one << (t & low)
+        _set_ids(bits, hits, 0, n_hits)
         n_new += n_hits
         for j in range(n_pend):
-            key = pend[j]
-            slot = np.int64(key & mask)
-            for _ in range(rounds):  # linear probing; no key lies `rounds` or more slots from home
-                u = table[slot]
-                if u < 0:
-                    break
-                if ukeys[u] == key:
-                    for q in range(ustart[u], ustart[u] + ucount[u]):
-                        t = np.uint64(ids[q])
-                        bits[t >> six] |= one << (t & low)
-                    n_new += ucount[u]
-                    break
-                slot = (slot + 1) & (size - 1)
-        if k + n_new > len(out):  # outside the scan: an array reassigned in a loop costs refcounts per turn
-            out = _grow(out, k + n_new)
+            u = _probe(pend[j], table, ukeys, rounds)
+            if u >= 0:
+                _set_ids(bits, ids, ustart[u], ustart[u] + ucount[u])
+                n_new += ucount[u]
+        if k + min(n_new, n_ids) > len(out):  # outside the scan: an array reassigned in a loop costs refcounts
+            out = _grow(out, k + min(n_new, n_ids))
         for w in range(n_words):
             x = bits[w] & ~ban[w]
             bits[w] = 0
@@ -294,7 +336,7 @@ def _row_term_ids(values, offsets, max_n, table, ukeys, ustart, ucount, ids, rou
                 k += 1
                 x &= x - one
         out_off[r + 1] = k
-    return out_off, out[:k]
+    return counts, out_off, out[:k]
 
 
 def _cell_term_counts(order, cell, off_a, ids_a, off_b, ids_b, use_b, n_ids):
@@ -480,8 +522,9 @@ def _build() -> SimpleNamespace:
 
     glob = globals()
     # helpers are looked up as globals when the kernels compile: jitted versions must be in place first
-    for name in ("_splitmix64", "_grow", "_ngram_keys_at"):
+    for name in ("_splitmix64", "_grow", "_ngram_keys_at", "_word_codes", "_set_ids", "_probe"):
         glob[name] = jit(getattr(glob[name], "py_func", glob[name]))
+    glob["_tokenise"] = jit(getattr(_tokenise, "py_func", _tokenise), inline="always")
     from numba.cpython.unsafe.numbers import trailing_zeros
 
     glob["_trailing_zeros"] = trailing_zeros  # LLVM's cttz
@@ -495,8 +538,9 @@ def _build() -> SimpleNamespace:
     u8, i32, i64, u64, b1 = ro(t.uint8), ro(t.int32), ro(t.int64), ro(t.uint64), ro(t.boolean)
     return SimpleNamespace(
         ascii_token_hashes=jit(_ascii_token_hashes, (u8, i64, i64, b1, b1, u64, t.uint64, t.uint64)),
-        row_term_ids=jit(_row_term_ids, (u64, i64, t.int64, i32, u64, i64, i64, i32, t.int64, t.int64,
-                                         i64, i64, i32, i64, i64, i32)),
+        term_ids=jit(_term_ids, (u8, i64, i64, i64, u64, i64, b1, u64, t.uint64, t.uint64, t.int64,
+                                 i32, u64, i64, i64, i32, t.int64, t.int64, i32, u64, i64, i64, i32, t.int64,
+                                 i64, i64, i32)),
         cell_term_counts=jit(_cell_term_counts, (i64, i64, i64, i32, i64, i32, b1, t.int64)),
         ngram_df=jit(_ngram_df, (u64, i64, i64, t.int64, t.int64, t.int64)),
         step_term_counts=jit(_step_term_counts, (i64, i64, i32, b1, i64, i64, i64, i64, i32, t.int64,
@@ -533,22 +577,49 @@ def gather_spans(data: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.n
 
 
 def row_term_ids(values: np.ndarray, offsets: np.ndarray, max_n: int, lookup: Any, n_ids: int,
-                 exclude: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-                 include: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                 exclude: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, keys: Any = None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(int64 offsets per row, int32 term ids): the distinct ids of the terms (`lookup`, a `tokens._Lookup`)
-    among each row's 1..max_n-grams, sorted. `exclude` = (list index of each row, list offsets, ids): ids to
-    leave out per row (the prompt's terms); `include`: ids to add per row, in the same form. The ids may be a view
-    of a larger buffer (see `_row_term_ids`)."""
+    among each row of token hashes' 1..max_n-grams (flat `values`, int64 `offsets`), sorted. `exclude` = (list
+    index of each row, list offsets, ids): ids to leave out per row (the prompt's terms); `keys`: a second
+    `_Lookup` whose ids each word of a row adds (the key-token terms of a prompt). The ids may be a view of a
+    larger buffer (see `_term_ids`)."""
+    n_rows = len(offsets) - 1
+    _, off, ids = term_ids(np.zeros(0, np.uint8), np.zeros(n_rows, np.int64), np.zeros(n_rows, np.int64),
+                           np.arange(n_rows, dtype=np.int64), (values, offsets), None, None, max_n, lookup, n_ids,
+                           exclude, keys)
+    return off, ids
+
+
+def term_ids(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, given: np.ndarray,
+             hashes: tuple[np.ndarray, np.ndarray], word: np.ndarray | None, codes: np.ndarray | None,
+             max_n: int, lookup: Any, n_ids: int, exclude: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+             keys: Any = None, base: int = 0, len_mix: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(int64 token count per row, int64 offsets per row, int32 term ids) of rows that are ASCII texts
+    data[starts[r]:ends[r]], tokenised here (where given[r] < 0, with the tokeniser's `word`, `codes`, `base`,
+    `len_mix`, see `tokhash`), or token hashes given (`hashes` = (values, offsets), row r's the list given[r]):
+    `row_term_ids` of the rows' token hashes in one pass (`_term_ids`)."""
     none = (np.zeros(0, np.int64), np.zeros(1, np.int64), np.zeros(0, np.int32))
     c = np.ascontiguousarray
-    lists = []
-    for of_row, off, ids in (exclude or none, include or none):
-        lists += [c(of_row, np.int64), c(off, np.int64), c(ids, np.int32)]
-    table = [c(lookup.table, np.int32), c(lookup.ukeys, np.uint64), c(lookup.start, np.int64),
-             c(lookup.count, np.int64), c(lookup.ids, np.int32), int(lookup.rounds)]
-    return compiled().row_term_ids(c(values, np.uint64), c(offsets, np.int64), int(max_n), *table, int(n_ids),
-                                   *lists)
+    if word is None:
+        word, codes = np.zeros(256, np.bool_), np.ones(256, np.uint64)
+    word, codes = c(word, np.bool_), c(codes, np.uint64)
+    if np.any(codes[word] == 0):  # the tokeniser tells word bytes by their non-zero code
+        raise ValueError("the codes of word bytes must not be 0")
+
+    def table(lk: Any) -> list[Any]:
+        if lk is None:
+            return [np.zeros(0, np.int32), np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                    np.zeros(0, np.int32), 0]
+        return [c(lk.table, np.int32), c(lk.ukeys, np.uint64), c(lk.start, np.int64), c(lk.count, np.int64),
+                c(lk.ids, np.int32), int(lk.rounds)]
+
+    of_row, off, excl = exclude or none
+    values, offsets = hashes
+    return compiled().term_ids(c(data, np.uint8), c(starts, np.int64), c(ends, np.int64), c(given, np.int64),
+                               c(values, np.uint64), c(offsets, np.int64), word, codes, np.uint64(base),
+                               np.uint64(len_mix), int(max_n), *table(lookup), int(n_ids), *table(keys),
+                               c(of_row, np.int64), c(off, np.int64), c(excl, np.int32))
 
 
 def cell_term_counts(cell: np.ndarray, lists: list[tuple[np.ndarray, np.ndarray]], use_second: np.ndarray,

@@ -62,7 +62,7 @@ from ..layout import PART_SCHEMA, SPANS, read_columns, read_stored, to_canonical
 from ..cot.shingles import splitmix64
 from ..store import Store, atomic_write_text, bound_memory, prune_cached, write_cached
 from ..text import byte_spans, cut_ranges, span_ranges, validity
-from .tokhash import span_token_hashes, string_hashes, token_hashes
+from .tokhash import span_term_ids, string_hashes, text_term_ids, token_hashes
 
 WHERES = ("answer", "reasoning")
 VOCAB = "term-vocab"
@@ -773,13 +773,6 @@ def _offsets_to_lists(off: np.ndarray, v: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(off.astype(np.int32)), pa.array(v, pa.int32()))
 
 
-def _pairs_to_lists(r: np.ndarray, v: np.ndarray, n_rows: int) -> pa.Array:
-    """list<int32> per row from distinct (row, id) pairs sorted by row then id."""
-    offsets = np.zeros(n_rows + 1, np.int32)
-    np.cumsum(np.bincount(r, minlength=n_rows), out=offsets[1:])
-    return _offsets_to_lists(offsets, v)
-
-
 @dataclass
 class _Matcher:
     """The vocabulary's lookups, built once per vocabulary (see `_compute_part`)."""
@@ -841,9 +834,9 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     (`termcells.reduce_arrays`, from the arrays at hand: no second read of the term sets) of each stored part.
 
     The parts are read with Arrow (`_read_parts`); each text's bytes are scanned once for its style features
-    (`styles.scan_spans`) and tokenised, its tokens hashed, once (`tokhash.span_token_hashes`; the `length`
-    style feature is the token count), where the text lies in its completion; n-grams are then matched against
-    the vocabulary by 64-bit keys (`ngram_keys`). Two
+    (`styles.scan_spans`) and tokenised, its tokens hashed and their n-grams matched against the vocabulary by
+    64-bit keys (`ngram_keys`) in one pass per text (`tokhash.span_term_ids`; the `length` style feature is the
+    token count), where the text lies in its completion. Two
     distinct n-grams share a key with probability ~2^-64 per pair: a term set can be wrong only through such a
     collision (~1e-10 over a billion distinct n-gram/term pairs).
 
@@ -853,7 +846,7 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     m = _matcher(vocab)
     r, bounds, places = _read_parts(paths, layout)
     # with numba, each place's texts are scanned (style features, ASCII flags) and tokenised where they lie
-    # (`styles.scan_spans`, `tokhash.span_token_hashes`; cut out only for the few non-ASCII questions); else cut
+    # (`styles.scan_spans`, `tokhash.span_term_ids`; cut out only for the few non-ASCII questions); else cut
     compiled = kernels.use_numba()
     scans = {where: styles.scan_spans(p.data, p.lo, p.hi) if compiled else None for where, p in places.items()}
     texts = {} if compiled else {where: p.strings() for where, p in places.items()}
@@ -871,30 +864,35 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     for name in ("rid", "prompt_key", "_cell"):
         r = r.append_column(name, keys.column(name))
     r = r.append_column("has_reasoning", pa.array(has_reasoning))
-    hashed = {where: (span_token_hashes(p.data, p.lo, p.hi, scans[where].ascii, p.strings) if compiled
-                      else token_hashes(texts[where])) for where, p in places.items()}
-    for where in WHERES:  # the length feature is the token count (`style:length`)
-        r = r.append_column(f"{where}__length", pa.array(np.diff(hashed[where][1]).astype(np.float64)))
-        for name in styles.NON_ASCII_STYLES:
-            r = r.append_column(f"{where}__{name}", _non_ascii_style(places[where], scans[where], name)
-                                if compiled else styles.non_ascii_style(texts[where], name))
-        for name, values in (scans[where].values if compiled else styles.byte_styles(texts[where])).items():
-            r = r.append_column(f"{where}__{name}", values)
     # each distinct prompt once, by key (the rows hold every prompt: no second scan for them)
     row_keys = np.asarray(r.column("prompt_key").to_numpy(), np.uint64)
     p_keys, first = np.unique(row_keys, return_index=True)
     prompts = r.column("prompt").take(pa.array(first))
     prompt_idx = np.searchsorted(p_keys, row_keys).astype(np.int64)
     n_prompts = len(p_keys)
-    # prompt terms: the candidate n-grams of each distinct prompt, and the terms whose key token it holds
+    # prompt terms: the candidate n-grams of each distinct prompt, and the terms whose key token it holds, as
+    # (offsets per prompt, ids sorted within a prompt)
     n_ids = int(m.key_of_id.shape[0]) or 1
-    pr, pi = _prompt_pairs(*token_hashes(prompts), m, o.max_n, n_ids)
-    prompt_terms = _pairs_to_lists(pr, pi, n_prompts)
-    pt_codes = pr * n_ids + pi if not kernels.use_numba() else None  # sorted (by prompt, then id): numpy path
-    # per place, each row's distinct term ids: (offsets per row, ids sorted within a row)
-    pairs = {where: _text_pairs(*hashed[where], m.by_where[where], o.max_n, n_ids, prompt_idx, pt_codes,
-                                (np.asarray(prompt_terms.offsets.to_numpy(), np.int64), pi))
-             for where in WHERES}
+    pt_start, pi = _prompt_lists(prompts, m, o.max_n, n_ids)
+    # per place, each row's token count and distinct term ids: (offsets per row, ids sorted within a row)
+    lengths, pairs = {}, {}
+    for where, p in places.items():
+        if compiled:  # tokenised and looked up in one pass per text, where it lies
+            n_tokens, off, ids = span_term_ids(p.data, p.lo, p.hi, scans[where].ascii, p.strings, o.max_n,
+                                               m.by_where[where], n_ids, exclude=(prompt_idx, pt_start, pi))
+            lengths[where], pairs[where] = n_tokens, (off, ids)
+        else:
+            values, offsets = token_hashes(texts[where])
+            lengths[where] = np.diff(offsets)
+            pairs[where] = _text_pairs(values, offsets, m.by_where[where], o.max_n, n_ids, prompt_idx,
+                                       pt_start, pi)
+    for where in WHERES:  # the length feature is the token count (`style:length`)
+        r = r.append_column(f"{where}__length", pa.array(lengths[where].astype(np.float64)))
+        for name in styles.NON_ASCII_STYLES:
+            r = r.append_column(f"{where}__{name}", _non_ascii_style(places[where], scans[where], name)
+                                if compiled else styles.non_ascii_style(texts[where], name))
+        for name, values in (scans[where].values if compiled else styles.byte_styles(texts[where])).items():
+            r = r.append_column(f"{where}__{name}", values)
     style_cols = [col for col, _, _ in style_columns()]
     base = r.select(["rid", "rollout_id", "step", "split", "condition", "task", "group_id", "prompt_key",
                      "has_reasoning", *style_cols])
@@ -906,7 +904,6 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     split_code = np.asarray(pc.fill_null(split_enc.indices, -1).to_numpy(), np.int64)
     step = np.asarray(r.column("step").to_numpy(), np.int64)
     cells, cell = _cells(file_code, step, split_code)
-    pt_start = np.asarray(prompt_terms.offsets.to_numpy(), np.int64)
     frames = []
     for where, (x, mm) in zip(WHERES, _step_term_counts(cell, len(cells), pairs, has_reasoning, prompt_idx,
                                                         n_prompts, pt_start, pi, n_ids)):
@@ -967,11 +964,15 @@ def _read_parts(paths: list[Path], layout: int) -> tuple[pa.Table, np.ndarray, d
     np.cumsum([t.num_rows for t in tables], out=bounds[1:])
     t = pa.concat_tables(tables) if tables else schema.empty_table()
     places = {}
+    completion = None  # the batch's completions as one array, combined once for both places (not per place)
     for name in WHERES:
         text = t.column(name)
         if layout >= 2 and text.null_count == len(text) > 0:  # every text a span (or absent): where it lies
             start, end = SPANS[name]
-            data, lo, hi, valid = span_ranges(t.column("completion"), t.column(start), t.column(end))
+            if completion is None:
+                chunked = t.column("completion")
+                completion = chunked.chunk(0) if chunked.num_chunks == 1 else chunked.combine_chunks()
+            data, lo, hi, valid = span_ranges(completion, t.column(start), t.column(end))
         else:
             strings = to_canonical(t.select(read_columns([name]))).column(name) if layout >= 2 else text
             data, lo, hi = byte_spans(strings)
@@ -1057,35 +1058,38 @@ def _part_cells(r: pa.Table, pairs: dict[str, tuple[np.ndarray, np.ndarray]], ha
     return reduce
 
 
-def _prompt_pairs(values: np.ndarray, offsets: np.ndarray, m: _Matcher, max_n: int, n_ids: int
+def _prompt_lists(prompts: pa.ChunkedArray | pa.Array, m: _Matcher, max_n: int, n_ids: int
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct (prompt, term id) pairs, sorted: the terms among the prompt's 1..max_n-grams (in either
-    place), and those whose key token is one of its words (a term counts as copied in both places, answer and
-    reasoning, whichever place's key token the prompt holds)."""
-    if kernels.use_numba():  # the key-token terms of each prompt, then those added to its n-grams' terms
-        rows = np.arange(len(offsets) - 1, dtype=np.int64)
-        k_off, k_ids = kernels.row_term_ids(values, offsets, 1, m.key_token_terms, n_ids)
-        off, ids = kernels.row_term_ids(values, offsets, max_n, m.any_term, n_ids, include=(rows, k_off, k_ids))
-        return np.repeat(rows, np.diff(off)), ids
+    """Each prompt's distinct term ids, as (int64 offsets per prompt, int32 ids sorted within a prompt): the terms
+    among the prompt's 1..max_n-grams (in either place), and those whose key token is one of its words (a term
+    counts as copied in both places, answer and reasoning, whichever place's key token the prompt holds). Compiled
+    where numba is installed (`tokhash.text_term_ids`: tokenised, and both looked up, in one pass per prompt:
+    `m.key_token_terms` maps a word straight to the terms sharing the key of a term it is the key token of),
+    else numpy; the same lists."""
+    if kernels.use_numba():
+        _, off, ids = text_term_ids(prompts, max_n, m.any_term, n_ids, keys=m.key_token_terms)
+        return off, ids
+    values, offsets = token_hashes(prompts)
     rows, keys = ngram_keys(values, offsets, max_n)
     a_rows, a_ids = m.any_term.match(rows, keys)
     # the first len(values) keys are the words
     k_rows, k_ids = m.key_token.match(rows[:len(values)], keys[:len(values)])
     k_rows, k_ids = m.any_term.match(k_rows, m.key_of_id[k_ids])
-    return _distinct_pairs(np.concatenate([a_rows, k_rows]), np.concatenate([a_ids, k_ids]), n_ids)
+    pr, pi = _distinct_pairs(np.concatenate([a_rows, k_rows]), np.concatenate([a_ids, k_ids]), n_ids)
+    off = np.zeros(len(offsets), np.int64)
+    np.cumsum(np.bincount(pr, minlength=len(offsets) - 1), out=off[1:])
+    return off, pi
 
 
 def _text_pairs(values: np.ndarray, offsets: np.ndarray, lookup: _Lookup, max_n: int, n_ids: int,
-                prompt_idx: np.ndarray, pt_codes: np.ndarray, prompt_lists: tuple[np.ndarray, np.ndarray]
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's distinct term ids among its token hashes' n-grams, without those the row's prompt holds, as
-    (int64 offsets per row, int32 ids sorted within a row) (`pt_codes`: prompt index * n_ids + id, sorted, used by
-    the numpy path; `prompt_lists`: the same as offsets and ids per prompt). One compiled pass per row where
-    numba is installed (`rlaudit.kernels`), else numpy passes over all rows."""
-    if kernels.use_numba():
-        return kernels.row_term_ids(values, offsets, max_n, lookup, n_ids, exclude=(prompt_idx, *prompt_lists))
+                prompt_idx: np.ndarray, pt_off: np.ndarray, pt_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's distinct term ids among its token hashes' n-grams, without those the row's prompt holds
+    (pt_ids[pt_off[p]:pt_off[p + 1]], p = prompt_idx[row]), as (int64 offsets per row, int32 ids sorted within a
+    row), in numpy passes over all rows (the numpy path: compiled, `tokhash.span_term_ids` does it per text)."""
     rows, keys = ngram_keys(values, offsets, max_n)
     rows, ids = _distinct_pairs(*lookup.match(rows, keys), n_ids)
+    # the prompts' (prompt, id) pairs as sorted codes prompt * n_ids + id
+    pt_codes = np.repeat(np.arange(len(pt_off) - 1, dtype=np.int64), np.diff(pt_off)) * n_ids + pt_ids
     code = prompt_idx[rows] * n_ids + ids
     at = np.minimum(np.searchsorted(pt_codes, code), max(len(pt_codes) - 1, 0))
     copied = pt_codes[at] == code if len(pt_codes) else np.zeros(len(code), bool)  # copies of the prompt

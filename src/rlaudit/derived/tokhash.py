@@ -23,6 +23,7 @@ pairs (Thue-Morse strings of 2,048 bytes and more), which no tokeniser output of
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -148,6 +149,36 @@ def span_token_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, is
     order = np.argsort(row, kind="stable")
     np.cumsum(np.bincount(row, minlength=n_texts), out=out_offsets[1:])
     return np.concatenate([h, o_values])[order], out_offsets
+
+
+def span_term_ids(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, is_ascii: np.ndarray,
+                  cut: Callable[[np.ndarray], pa.Array], max_n: int, lookup: Any, n_ids: int,
+                  exclude: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, keys: Any = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(int64 token count per text, int64 offsets per text, int32 term ids): the token counts of
+    `span_token_hashes` and `kernels.row_term_ids` of its hashes (`lookup`, `exclude`, `keys` as there), in one
+    compiled pass per text (`kernels.term_ids`): an ASCII text's tokens are hashed and looked up where they are
+    found, without an array of every token's hash; the others (`is_ascii` false; few) are cut out (`cut(rows)`)
+    and tokenised as `token_hashes` does. Compiled only (numba)."""
+    other = np.flatnonzero(~np.asarray(is_ascii, bool))
+    given = np.full(len(starts), -1, np.int64)
+    given[other] = np.arange(len(other))
+    hashes = token_hashes(cut(other)) if len(other) else (np.zeros(0, np.uint64), np.zeros(1, np.int64))
+    return kernels.term_ids(data, starts, ends, given, hashes, _WORD, _CODES, max_n, lookup, n_ids, exclude, keys,
+                            base=_BASE, len_mix=int(_LEN_MIX))
+
+
+def text_term_ids(texts: pa.Array | pa.ChunkedArray, max_n: int, lookup: Any, n_ids: int,
+                  exclude: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None, keys: Any = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`span_term_ids` of an Arrow string array's texts (nulls: no tokens). Compiled only (numba)."""
+    if isinstance(texts, pa.ChunkedArray):
+        texts = texts.combine_chunks() if texts.num_chunks != 1 else texts.chunk(0)
+    texts = pc.fill_null(texts, "")
+    data, offsets = _buffers(texts)
+    is_ascii = np.asarray(pc.string_is_ascii(texts).to_numpy(zero_copy_only=False), bool)
+    return span_term_ids(data, offsets[:-1], offsets[1:], is_ascii, lambda rows: texts.take(pa.array(rows)), max_n,
+                         lookup, n_ids, exclude, keys)
 
 
 def token_hashes(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
