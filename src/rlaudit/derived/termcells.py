@@ -221,9 +221,19 @@ _PARQUET: dict[str, dict[str, Any]] = {
     "promptterms": {"compression": "none", "use_dictionary": ["prompt_key"], "write_statistics": False,
                     "column_encoding": {"term_id": "DELTA_BINARY_PACKED"}},
 }
-#: The segments' compression (DuckDB's writer, which picks dictionaries itself): the same reasoning, for one
-#: 16-part segment of `cellterms` 79 -> 64 CPU ms to write, 31 -> 30 to scan, 6.3 -> 6.8 MB
-SEGMENT_COMPRESSION = {"cells": "lz4", "cellterms": "uncompressed", "promptterms": "uncompressed"}
+#: How each kind's segments written from memory are encoded (`segments.Codec`: pyarrow's writer; a merge of
+#: files through DuckDB uses the codec). `cellterms` and `promptterms` as their per-part files: against DuckDB's
+#: COPY of one 16-part segment of the 1M-rollout benchmark (3.3M and 2.1M rows; CPU ms to write / for DuckDB to
+#: scan it filtered by term id, size) 61 / 25 / 6.9 MB -> 54 / 27 / 6.7 MB and 29 / 15 / 3.5 MB -> 24 / 14-16 /
+#: 2.7 MB; without a dictionary or delta encoding they read no faster for 2-4x the bytes, with LZ4 on top they
+#: cost 20-50% more to write. `cells` with dictionaries for its strings (DuckDB's reads of it, filtered and
+#: whole, as of DuckDB's own file; without them ~20% slower): 9.4 -> 3.5 ms, 0.29 -> 0.37 MB.
+SEGMENT_COMPRESSION: dict[str, Any] = {
+    "cells": {"compression": "lz4", "use_dictionary": ["split", "condition", "task", "part"],
+              "write_statistics": ["step", "split"]},
+    "cellterms": _PARQUET["cellterms"],
+    "promptterms": _PARQUET["promptterms"],
+}
 
 
 def remember(store: Store, part: str, terms: Path | pa.Table, entry: dict[str, Any]) -> None:
