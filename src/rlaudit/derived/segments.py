@@ -30,19 +30,23 @@ would write. One 16-part group of the 1M-rollout benchmark, its four kinds (coun
 promptterms; DuckDB 2.0): 0.26 CPU s merged from the files with a connection each, 0.12 from memory (with
 `termcells.SEGMENT_COMPRESSION`).
 
-Segments written from tables in memory (`Fresh`, `covering(held=...)`) are written by pyarrow's Parquet writer,
-with each kind's encodings (`Codec`); merges of files stay a streaming DuckDB COPY (it reads and writes in
-bounded memory, and unifies the files' columns by name). Why: the writes of a cold audit's segments were ~20%
-of its busy samples with the term sets' files (py-spy, all six detectors on the 1M-rollout benchmark), and a
-COPY of a registered table pays for a connection (~13 ms each, one per `Fresh`: attribution opens one per
-behaviour), the registration and a plan on top of the encoding. One 16-part group of that benchmark, CPU ms to
-write with DuckDB's COPY -> pyarrow (bytes), and DuckDB's reads of the segment after, whole and by one
-member's range (`Rows`), before -> after: per-step counts 12.5 -> 5.3 (0.18 -> 0.21 MB; reads 3.8 / 2.3 ->
-3.9 / 2.4), cells 9.4 -> 3.5 (0.29 -> 0.37 MB; 3.8 / 3.1 -> 3.9 / 3.4), cellterms 61 -> 54 (6.9 -> 6.7 MB;
-29 / 15 -> 28 / 14), promptterms 29.5 -> 24 (3.5 -> 2.7 MB; 13 / 7.2 -> 12 / 6.9), attribution's tables
-20.5 -> 16.5 (1.31 -> 1.53 MB; 7.6 / 5.5 -> 7.7 / 5.7). pyarrow with its defaults read ~2x slower in DuckDB
-(no dictionaries for strings and constant columns, which DuckDB's own writer picks), and one row group per
-member (16 row groups of ~600 rows) ~2x slower again: hence `Codec`'s dictionaries and ROW_GROUP.
+Who writes a segment from tables in memory (`Fresh`, `covering(held=...)`) is chosen per kind (`Codec`): pyarrow's
+Parquet writer where its file costs less to write and no more to read, DuckDB's COPY elsewhere; merges of files
+stay a streaming DuckDB COPY (bounded memory, columns unified by name). Why: writing derived data was ~20% of a
+cold audit's busy samples (py-spy, all six detectors on the 1M-rollout benchmark), and a COPY of a registered
+table pays for a connection (~13 ms, one per `Fresh`), the registration and a plan on top of the encoding. One
+16-part group of that benchmark, CPU ms to write with DuckDB's COPY -> pyarrow (size), and DuckDB's reads of the
+segment after (whole or as its readers filter it / by some members' range, `Rows`): per-step counts
+(`tokens.COUNTS_SEGMENTS`) 16.5 -> 5.9 (0.18 -> 0.21 MB; reads 5.8 / 2.3 -> 6.8 / 2.1), cells
+(`termcells.SEGMENT_COMPRESSION`) 9.7 -> 8.0 (0.29 -> 0.33 MB; 2.0 / 2.3 / 3.5 -> 2.0 / 2.4 / 3.8): pyarrow.
+cellterms 63 -> 64-68 (6.9 -> 6.7 MB; reads the same), promptterms 29-32 -> 28-30 (3.5 -> 2.7 MB) but its
+filtered reads (the focus's prompts, every warm audit) 10.8-11.6 -> 13.4-14.9: DuckDB's COPY, as before.
+Attribution's tables (`attribution.partcache`, "lz4": DuckDB's COPY) would take 25 -> 20 ms with pyarrow and
+every column in a dictionary (1.31 -> 1.54 MB, reads 9.8 / 6.3 -> 9.9 / 5.6), if it passed those options. pyarrow
+with its defaults read ~2x slower in DuckDB (no dictionaries for strings and constant columns, which DuckDB's
+writer picks), and without column statistics DuckDB's aggregates slow by ~45% (cellterms summed by term id 38 ->
+56 ms): hence the kinds' options; one row group per member (16 row groups of ~600 rows) read ~2x slower again:
+hence ROW_GROUP.
 """
 
 from __future__ import annotations
@@ -76,22 +80,15 @@ _LEVELS = 8
 #: default, 1Mi rows, made one member's range read of a 16-part cellterms segment ~30% dearer)
 ROW_GROUP = 1 << 17
 
-#: How a kind's segments are compressed: DuckDB's codec name ("lz4", "uncompressed", ...: the segments written
-#: from memory then use it with a dictionary for every column, as DuckDB's writer does where it pays), or the
-#: options of pyarrow's Parquet writer (`pq.write_table`: compression, use_dictionary, write_statistics,
-#: column_encoding), whose codec the merges of files through DuckDB then use
+#: How a kind's segments are written: a DuckDB codec name ("lz4", "uncompressed", ...: DuckDB's COPY, which
+#: picks each column's encoding and writes every column's statistics), or the options of pyarrow's Parquet
+#: writer (`pq.write_table`: compression, use_dictionary, write_statistics, column_encoding) for the segments
+#: written from tables in memory, whose codec the merges of files through DuckDB use (see module doc)
 Codec = str | dict[str, Any]
 
 
-def writer_options(compression: Codec) -> dict[str, Any]:
-    """pyarrow Parquet writer options of a segment compressed as `compression` (see `Codec`)."""
-    if isinstance(compression, dict):
-        return dict(compression)
-    return {"compression": "none" if compression == "uncompressed" else compression, "use_dictionary": True}
-
-
 def duckdb_codec(compression: Codec) -> str:
-    """DuckDB's name of `compression`'s codec (see `Codec`), for a merge of files by COPY."""
+    """DuckDB's name of `compression`'s codec (see `Codec`), for a COPY."""
     codec = compression.get("compression", "snappy") if isinstance(compression, dict) else compression
     return "uncompressed" if codec in ("none", None) else str(codec)
 
@@ -181,9 +178,10 @@ def covering(paths: list[Path], kind: str, merge: bool = True, held: dict[str, p
     """Files whose rows are exactly those of `paths` (per-part files of one `kind` in one directory): usable
     segments and the files they do not hold, and for a file that is not there (`Fresh` wrote its rows into a
     segment only) its rows in a segment that holds it (`Rows`; read them with `select_sql`). With `merge`,
-    first merge what has accumulated (see module doc), into segments compressed with `compression` (`Codec`): `paths` must then be every file of the run (a merge removes the segments
-    holding others after GRACE: their members have left the run). Without `merge` `paths` may be any subset
-    of the run's files (a reader of a few parts).
+    first merge what has accumulated (see module doc), into segments written as `compression` says (`Codec`):
+    `paths` must then be every file of the run (a merge removes the segments holding others after GRACE: their
+    members have left the run). Without `merge` `paths` may be any subset of the run's files (a reader of a few
+    parts).
 
     `held`: the rows of loose files the caller has just written and still holds (file name -> table, one schema):
     a level-1 segment of held files only is written from them instead of being read back from the files (a cold
@@ -349,8 +347,8 @@ def _write(seg_dir: Path, level: int, sources: list[tuple[Path, list[str], list[
     their row counts, None where unknown: a per-part file's are read from its footer), read from the files or,
     when given, from `tables` (the same rows, one table per source, in memory). The rows are written in the
     sources' order, so each member's rows are one range; the footer lists the members and their row counts, when
-    every source's are known. From `tables`: pyarrow's writer with `writer_options(compression)` (see module
-    doc); from files: a streaming DuckDB COPY (one thread, insertion order kept)."""
+    every source's are known. From `tables` with pyarrow's writer options (`Codec`): pyarrow; otherwise a DuckDB
+    COPY (one thread, insertion order kept; from files a streaming one)."""
     members = [m for _, names, _ in sources for m in names]
     path = _path(seg_dir, level, members)
     if path.is_file() and _readable(path):  # an unreadable (torn) one is written again
@@ -366,11 +364,17 @@ def _write(seg_dir: Path, level: int, sources: list[tuple[Path, list[str], list[
     meta = {_KEY: json.dumps(members).encode()}
     if counts is not None:
         meta[_ROWS] = json.dumps(counts).encode()
+    registered = ""
     try:
-        if tables is not None:
+        if tables is not None and isinstance(compression, dict):
             _write_tables(tmp, tables, meta, compression)
         else:
-            rows = f"(SELECT * FROM read_parquet({sql_list([str(p) for p, _, _ in sources])}, union_by_name = true))"
+            if tables is None:
+                files = sql_list([str(p) for p, _, _ in sources])
+                rows = f"(SELECT * FROM read_parquet({files}, union_by_name = true))"
+            else:
+                rows = registered = "_segment_rows"
+                con.get().register(rows, pa.concat_tables(tables, promote_options="default"))
             kv = ", ".join(f"{k.decode()}: {sql_string(v.decode())}" for k, v in meta.items())
             written = con.get().execute(f"COPY {rows} TO {sql_string(str(tmp))} (FORMAT parquet, COMPRESSION "
                                         f"{duckdb_codec(compression)}, KV_METADATA {{{kv}}})").fetchall()[0][0]
@@ -378,17 +382,19 @@ def _write(seg_dir: Path, level: int, sources: list[tuple[Path, list[str], list[
                 raise OSError(f"segment {path.name}: {written} rows written, its members hold {sum(counts)}")
         os.replace(tmp, path)
     finally:
+        if registered:
+            con.get().unregister(registered)
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
     return _Seg(path, level, members, counts)
 
 
-def _write_tables(tmp: Path, tables: list[pa.Table], meta: dict[bytes, bytes], compression: Codec) -> None:
-    """Write `tables` one after another as one Parquet file with `meta` in its footer (pyarrow: the tables are
-    in hand, so no DuckDB connection, registration or COPY plan; row groups of ROW_GROUP rows)."""
+def _write_tables(tmp: Path, tables: list[pa.Table], meta: dict[bytes, bytes], options: dict[str, Any]) -> None:
+    """Write `tables` one after another as one Parquet file with `meta` in its footer, by pyarrow with the
+    writer options `options` (no DuckDB connection, registration or COPY plan; row groups of ROW_GROUP rows)."""
     table = pa.concat_tables(tables, promote_options="default")
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-    pq.write_table(table, tmp, row_group_size=ROW_GROUP, **writer_options(compression))
+    pq.write_table(table, tmp, row_group_size=ROW_GROUP, **options)
 
 
 class Fresh:
