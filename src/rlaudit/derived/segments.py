@@ -76,8 +76,8 @@ _KEY = b"rlaudit_members"
 _ROWS = b"rlaudit_rows"
 _LEVELS = 8
 #: rows per row group of a segment written by pyarrow: about DuckDB's (122,880), so that a reader of some
-#: members' row ranges (`Rows`) skips the row groups outside them as it did in DuckDB's segments (pyarrow's
-#: default, 1Mi rows, made one member's range read of a 16-part cellterms segment ~30% dearer)
+#: members' row ranges (`Rows`) skips the row groups outside them as it does in DuckDB's segments (with
+#: pyarrow's default, 1Mi rows, one member's range of a 16-part cellterms segment read in 4.4 ms against 3.3)
 ROW_GROUP = 1 << 17
 
 #: How a kind's segments are written: a DuckDB codec name ("lz4", "uncompressed", ...: DuckDB's COPY, which
