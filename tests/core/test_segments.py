@@ -286,3 +286,44 @@ def test_merges_of_one_call_share_one_connection(tmp_path, monkeypatch):
     monkeypatch.setattr(segments.duckdb, "connect", lambda *a, **k: opened.append(1) or real(*a, **k))
     covering(files, "cells")
     assert len(opened) == 1
+
+
+@pytest.mark.parametrize("codec", ["lz4", "uncompressed", {"compression": "none", "use_dictionary": ["part"],
+                                                           "write_statistics": False,
+                                                           "column_encoding": {"v": "DELTA_BINARY_PACKED"}}])
+def test_segments_from_memory_keep_each_members_range_across_row_groups(tmp_path, monkeypatch, codec):
+    """A segment written from tables in memory, by DuckDB's COPY (a codec's name) or pyarrow's writer (its
+    options: then in row groups of ROW_GROUP rows that cut across members): each member is still read exactly
+    by its range, through DuckDB (`select_sql`) and pyarrow (`read_member`), and a merge into the next level
+    (DuckDB's COPY from the files, the codec's name) holds the same rows."""
+    monkeypatch.setattr(segments, "ROW_GROUP", 2)  # members of 3 rows: every member spans two row groups
+    files = parts(tmp_path, FANOUT * FANOUT + 1)
+    want = {f.name: rows([f]) for f in files}
+    tables = {f: pq.read_table(f) for f in files}
+    for f in files:
+        f.unlink()
+    with segments.Fresh({"cells": (files, codec)}, set(files)) as plan:
+        for f in files:
+            if plan.planned(f):
+                plan.add(f, tables[f], lambda: pytest.fail("no group is given up"))
+            else:
+                pq.write_table(tables[f], f)
+    seg = sorted((tmp_path / "segments" / "cells").glob("L1-*"))[0]
+    if isinstance(codec, dict):
+        assert pq.ParquetFile(seg).metadata.num_row_groups == FANOUT * 3 // 2
+        assert pq.ParquetFile(seg).metadata.created_by.startswith("parquet-cpp-arrow")
+    else:
+        assert pq.ParquetFile(seg).metadata.created_by.startswith("DuckDB")
+    for subset in (files[1:2], files[5:9] + files[FANOUT + 3:FANOUT + 4], files[::7]):
+        assert _sql_rows(covering(subset, "cells", merge=False)) == sorted(r for f in subset for r in want[f.name])
+    for f in files[:FANOUT + 2]:
+        assert sorted(segments.read_member(f, "cells").to_pylist(), key=lambda r: r["v"]) == [
+            {"part": p, "v": v} for p, v in want[f.name]]
+    got = covering(files, "cells", compression=codec)
+    assert [getattr(p, "name", "")[:3] for p in got][0] == "L2-"
+    assert _sql_rows(got) == sorted(r for f in files for r in want[f.name])
+
+
+def test_codecs_name_the_same_compression_for_both_writers():
+    assert segments.duckdb_codec({"compression": "none", "use_dictionary": True}) == "uncompressed"
+    assert segments.duckdb_codec({"compression": "lz4"}) == segments.duckdb_codec("lz4") == "lz4"

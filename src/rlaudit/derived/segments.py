@@ -29,6 +29,24 @@ are not written at all: each row is written once (the 1M-rollout benchmark's per
 would write. One 16-part group of the 1M-rollout benchmark, its four kinds (counts, cells, cellterms,
 promptterms; DuckDB 2.0): 0.26 CPU s merged from the files with a connection each, 0.12 from memory (with
 `termcells.SEGMENT_COMPRESSION`).
+
+Who writes a segment from tables in memory (`Fresh`, `covering(held=...)`) is chosen per kind (`Codec`): pyarrow's
+Parquet writer where its file costs less to write and no more to read, DuckDB's COPY elsewhere; merges of files
+stay a streaming DuckDB COPY (bounded memory, columns unified by name). Why: writing derived data was ~20% of a
+cold audit's busy samples (py-spy, all six detectors on the 1M-rollout benchmark), and a COPY of a registered
+table pays for a connection (~13 ms, one per `Fresh`), the registration and a plan on top of the encoding. One
+16-part group of that benchmark, CPU ms to write with DuckDB's COPY -> pyarrow (size), and DuckDB's reads of the
+segment after (whole or as its readers filter it / by some members' range, `Rows`): per-step counts
+(`tokens.COUNTS_SEGMENTS`) 16.5 -> 5.9 (0.18 -> 0.21 MB; reads 5.8 / 2.3 -> 6.8 / 2.1), cells
+(`termcells.SEGMENT_COMPRESSION`) 9.7 -> 8.0 (0.29 -> 0.33 MB; 2.0 / 2.3 / 3.5 -> 2.0 / 2.4 / 3.8): pyarrow.
+cellterms 63 -> 64-68 (6.9 -> 6.7 MB; reads the same), promptterms 29-32 -> 28-30 (3.5 -> 2.7 MB) but its
+filtered reads (the focus's prompts, every warm audit) 10.8-11.6 -> 13.4-14.9: DuckDB's COPY, as before.
+Attribution's tables (`attribution.partcache`, "lz4": DuckDB's COPY) would take 25 -> 20 ms with pyarrow and
+every column in a dictionary (1.31 -> 1.54 MB, reads 9.8 / 6.3 -> 9.9 / 5.6), if it passed those options. pyarrow
+with its defaults read ~2x slower in DuckDB (no dictionaries for strings and constant columns, which DuckDB's
+writer picks), and without column statistics DuckDB's aggregates slow by ~45% (cellterms summed by term id 38 ->
+56 ms): hence the kinds' options; one row group per member (16 row groups of ~600 rows) read ~2x slower again:
+hence ROW_GROUP.
 """
 
 from __future__ import annotations
@@ -41,7 +59,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import duckdb
 import pyarrow as pa
@@ -57,6 +75,22 @@ _KEY = b"rlaudit_members"
 #: each member's row count, in member order (the rows of a member are a contiguous range of the segment)
 _ROWS = b"rlaudit_rows"
 _LEVELS = 8
+#: rows per row group of a segment written by pyarrow: about DuckDB's (122,880), so that a reader of some
+#: members' row ranges (`Rows`) skips the row groups outside them as it does in DuckDB's segments (with
+#: pyarrow's default, 1Mi rows, one member's range of a 16-part cellterms segment read in 4.4 ms against 3.3)
+ROW_GROUP = 1 << 17
+
+#: How a kind's segments are written: a DuckDB codec name ("lz4", "uncompressed", ...: DuckDB's COPY, which
+#: picks each column's encoding and writes every column's statistics), or the options of pyarrow's Parquet
+#: writer (`pq.write_table`: compression, use_dictionary, write_statistics, column_encoding) for the segments
+#: written from tables in memory, whose codec the merges of files through DuckDB use (see module doc)
+Codec = str | dict[str, Any]
+
+
+def duckdb_codec(compression: Codec) -> str:
+    """DuckDB's name of `compression`'s codec (see `Codec`), for a COPY."""
+    codec = compression.get("compression", "snappy") if isinstance(compression, dict) else compression
+    return "uncompressed" if codec in ("none", None) else str(codec)
 
 
 class _Seg(NamedTuple):
@@ -140,14 +174,14 @@ class Held(dict):
 
 
 def covering(paths: list[Path], kind: str, merge: bool = True, held: dict[str, pa.Table] | None = None,
-             compression: str = "lz4") -> list[Path | Rows]:
+             compression: Codec = "lz4") -> list[Path | Rows]:
     """Files whose rows are exactly those of `paths` (per-part files of one `kind` in one directory): usable
     segments and the files they do not hold, and for a file that is not there (`Fresh` wrote its rows into a
     segment only) its rows in a segment that holds it (`Rows`; read them with `select_sql`). With `merge`,
-    first merge what has accumulated (see module doc), into segments compressed with `compression` (DuckDB's
-    name: "lz4", "uncompressed", ...): `paths` must then be every file of the run (a merge removes the segments
-    holding others after GRACE: their members have left the run). Without `merge` `paths` may be any subset
-    of the run's files (a reader of a few parts).
+    first merge what has accumulated (see module doc), into segments written as `compression` says (`Codec`):
+    `paths` must then be every file of the run (a merge removes the segments holding others after GRACE: their
+    members have left the run). Without `merge` `paths` may be any subset of the run's files (a reader of a few
+    parts).
 
     `held`: the rows of loose files the caller has just written and still holds (file name -> table, one schema):
     a level-1 segment of held files only is written from them instead of being read back from the files (a cold
@@ -161,7 +195,7 @@ def covering(paths: list[Path], kind: str, merge: bool = True, held: dict[str, p
         with _Connection() as con:
             try:
                 segments = _merge(paths, seg_dir, segments, con, compression, held or {})
-            except (OSError, duckdb.Error):
+            except (OSError, duckdb.Error, pa.ArrowException):
                 segments = _segments(seg_dir)  # what a merge that failed half-way left
     chosen, loose = _choose(paths, segments)
     missing = [p for p in loose if not p.is_file()]
@@ -227,7 +261,7 @@ def _choose(paths: list[Path], segments: list[_Seg]) -> tuple[list[_Seg], list[P
     return chosen, [p for p in paths if p.name not in covered]
 
 
-def _merge(paths: list[Path], seg_dir: Path, segments: list[_Seg], con: _Connection, compression: str,
+def _merge(paths: list[Path], seg_dir: Path, segments: list[_Seg], con: _Connection, compression: Codec,
            held: dict[str, pa.Table]) -> list[_Seg]:
     """Merge FANOUT loose files into a level-1 segment, and FANOUT segments of a level into one of the next,
     while there are enough; then remove segments superseded more than GRACE seconds ago, but for those holding
@@ -308,12 +342,13 @@ class _Connection:
 
 
 def _write(seg_dir: Path, level: int, sources: list[tuple[Path, list[str], list[int] | None]], con: _Connection,
-           compression: str, tables: list[pa.Table] | None = None) -> _Seg:
+           compression: Codec, tables: list[pa.Table] | None = None) -> _Seg:
     """One segment of `level` holding the rows of `sources` (files, each with the member names it holds and
     their row counts, None where unknown: a per-part file's are read from its footer), read from the files or,
     when given, from `tables` (the same rows, one table per source, in memory). The rows are written in the
-    sources' order (one DuckDB thread, insertion order kept), so each member's rows are one range; the footer
-    lists the members and their row counts, when every source's are known."""
+    sources' order, so each member's rows are one range; the footer lists the members and their row counts, when
+    every source's are known. From `tables` with pyarrow's writer options (`Codec`): pyarrow; otherwise a DuckDB
+    COPY (one thread, insertion order kept; from files a streaming one)."""
     members = [m for _, names, _ in sources for m in names]
     path = _path(seg_dir, level, members)
     if path.is_file() and _readable(path):  # an unreadable (torn) one is written again
@@ -326,27 +361,40 @@ def _write(seg_dir: Path, level: int, sources: list[tuple[Path, list[str], list[
         counts = None if any(r is None for _, _, r in sources) else [n for _, _, r in sources for n in r or []]
     seg_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{time.time_ns():x}.tmp")
-    c = con.get()
-    if tables is None:
-        rows = f"(SELECT * FROM read_parquet({sql_list([str(p) for p, _, _ in sources])}, union_by_name = true))"
-    else:
-        rows = "_segment_rows"
-        c.register(rows, pa.concat_tables(tables, promote_options="default"))
-    meta = f"rlaudit_members: {sql_string(json.dumps(members))}"
+    meta = {_KEY: json.dumps(members).encode()}
     if counts is not None:
-        meta += f", rlaudit_rows: {sql_string(json.dumps(counts))}"
+        meta[_ROWS] = json.dumps(counts).encode()
+    registered = ""
     try:
-        written = c.execute(f"COPY {rows} TO {sql_string(str(tmp))} (FORMAT parquet, COMPRESSION {compression}, "
-                            f"KV_METADATA {{{meta}}})").fetchall()[0][0]
-        if counts is not None and written != sum(counts):  # a source changed meanwhile: no ranges to trust
-            raise OSError(f"segment {path.name}: {written} rows written, its members hold {sum(counts)}")
+        if tables is not None and isinstance(compression, dict):
+            _write_tables(tmp, tables, meta, compression)
+        else:
+            if tables is None:
+                files = sql_list([str(p) for p, _, _ in sources])
+                rows = f"(SELECT * FROM read_parquet({files}, union_by_name = true))"
+            else:
+                rows = registered = "_segment_rows"
+                con.get().register(rows, pa.concat_tables(tables, promote_options="default"))
+            kv = ", ".join(f"{k.decode()}: {sql_string(v.decode())}" for k, v in meta.items())
+            written = con.get().execute(f"COPY {rows} TO {sql_string(str(tmp))} (FORMAT parquet, COMPRESSION "
+                                        f"{duckdb_codec(compression)}, KV_METADATA {{{kv}}})").fetchall()[0][0]
+            if counts is not None and written != sum(counts):  # a source changed meanwhile: no ranges to trust
+                raise OSError(f"segment {path.name}: {written} rows written, its members hold {sum(counts)}")
         os.replace(tmp, path)
     finally:
-        if tables is not None:
-            c.unregister(rows)
+        if registered:
+            con.get().unregister(registered)
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
     return _Seg(path, level, members, counts)
+
+
+def _write_tables(tmp: Path, tables: list[pa.Table], meta: dict[bytes, bytes], options: dict[str, Any]) -> None:
+    """Write `tables` one after another as one Parquet file with `meta` in its footer, by pyarrow with the
+    writer options `options` (no DuckDB connection, registration or COPY plan; row groups of ROW_GROUP rows)."""
+    table = pa.concat_tables(tables, promote_options="default")
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+    pq.write_table(table, tmp, row_group_size=ROW_GROUP, **options)
 
 
 class Fresh:
@@ -362,11 +410,11 @@ class Fresh:
     size (the 1M-rollout benchmark's groups of four kinds hold 83 MB). `planned` may be asked from any thread;
     `add` is called by one thread. A context manager: its one DuckDB connection is closed on leaving."""
 
-    def __init__(self, kinds: dict[str, tuple[list[Path], str]], fresh: set[Path], hold: int = 256 << 20):
+    def __init__(self, kinds: dict[str, tuple[list[Path], Codec]], fresh: set[Path], hold: int = 256 << 20):
         """`kinds`: per kind, every part's file in the run's order (as `covering` will be asked for them, not all
-        written yet) and the segments' compression; `fresh`: the files about to be written."""
+        written yet) and the segments' compression (`Codec`); `fresh`: the files about to be written."""
         self._group: dict[Path, tuple[Path, list[Path]]] = {}
-        self._compression: dict[Path, str] = {}
+        self._compression: dict[Path, Codec] = {}
         for kind, (paths, compression) in kinds.items():
             if not paths:
                 continue
@@ -405,7 +453,10 @@ class Fresh:
         if seg_dir is None:  # its group was given up
             self._keep(path, write())
             return
-        size = table.nbytes  # once: a slice's referenced buffers take ~0.6 ms to measure
+        # the buffers the table keeps alive (a slice keeps its whole parent's: counted in full, so shared buffers
+        # count once per holder and the budget is reached sooner, never later); `nbytes`, the bytes a slice
+        # references, walked every buffer: ~0.1-0.3 ms a table, ~0.27 CPU s of a cold 1M-rollout audit
+        size = table.get_total_buffer_size()
         self._held[path] = (table, write, size)
         self._bytes += size
         if self._bytes > self._hold:
@@ -416,7 +467,7 @@ class Fresh:
             try:
                 _write(seg_dir, 1, [(p, [p.name], None) for p in group], self._con, self._compression[seg_dir],
                        tables)
-            except (OSError, duckdb.Error):
+            except (OSError, duckdb.Error, pa.ArrowException):
                 self._give_up(group)
                 return
             self._drop(group)

@@ -207,23 +207,35 @@ def write(path: Path, kind: str, table: pa.Table) -> Path | pa.Table:
     return write_cached(path, table, **_PARQUET[kind])
 
 
-#: How each kind is written. Column statistics only where a reader filters on the column (the audit's scope on
-#: `cells`' step and split; no reader filters `cellterms` or `promptterms` on a column they are sorted by).
-#: `cellterms` and `promptterms` are sorted by cell (prompt) then term id: the cell's dictionary indices are
-#: runs, the ids small steps (delta encoding); so encoded they gain ~5% from LZ4, which costs more than it saves
-#: on reading. Per part of the 1M-rollout benchmark (pyarrow 26, DuckDB 2.0; CPU ms to write / for DuckDB to
-#: read, size), against LZ4 without dictionary, with statistics: cellterms 5.2 / 3.1 / 688 KB -> 3.8 / 2.6 /
-#: 418 KB, promptterms 2.5 / 1.3 / 253 KB -> 1.9 / 1.1 / 172 KB.
+#: How each kind is written. `cellterms` and `promptterms` are sorted by cell (prompt) then term id: the cell's
+#: dictionary indices are runs, the ids small steps (delta encoding); so encoded they gain ~5% from LZ4, which
+#: costs more than it saves on reading. Per part of the 1M-rollout benchmark (pyarrow 26, DuckDB 2.0; CPU ms to
+#: write / for DuckDB to read, size), against LZ4 without dictionary, with statistics: cellterms 5.2 / 3.1 /
+#: 688 KB -> 3.8 / 2.6 / 418 KB, promptterms 2.5 / 1.3 / 253 KB -> 1.9 / 1.1 / 172 KB. Their columns' statistics
+#: are written although no reader filters on them: DuckDB's aggregates read them (the value ranges pick its
+#: hash-table layout), and the warm window sums group `cellterms` by term id: one 16-part segment (3.3M rows)
+#: summed by term id 56 CPU ms without statistics, 38 with (as DuckDB's own file), for ~14% more write (59 ->
+#: 67 ms). The other encodings tried on that segment (write / filtered read / size): dictionaries for every
+#: column 71 / 31 / 6.4 MB, no dictionary and delta for every column 66 / 33 / 11 MB, the cell's dictionary with
+#: the ids plain 36 / 23 / 27 MB (4x the bytes), LZ4 on top 71-83 / 29 / 9.5-11 MB; per column, the cell's
+#: dictionary, the ids' and counts' delta encodings cost about a third each.
 _PARQUET: dict[str, dict[str, Any]] = {
     "cells": {"compression": "lz4", "use_dictionary": False, "write_statistics": ["step", "split"]},
-    "cellterms": {"compression": "none", "use_dictionary": ["cell"], "write_statistics": False,
+    "cellterms": {"compression": "none", "use_dictionary": ["cell"], "write_statistics": True,
                   "column_encoding": {"term_id": "DELTA_BINARY_PACKED", "x": "DELTA_BINARY_PACKED"}},
-    "promptterms": {"compression": "none", "use_dictionary": ["prompt_key"], "write_statistics": False,
+    "promptterms": {"compression": "none", "use_dictionary": ["prompt_key"], "write_statistics": True,
                     "column_encoding": {"term_id": "DELTA_BINARY_PACKED"}},
 }
-#: The segments' compression (DuckDB's writer, which picks dictionaries itself): the same reasoning, for one
-#: 16-part segment of `cellterms` 79 -> 64 CPU ms to write, 31 -> 30 to scan, 6.3 -> 6.8 MB
-SEGMENT_COMPRESSION = {"cells": "lz4", "cellterms": "uncompressed", "promptterms": "uncompressed"}
+#: How each kind's segments written from memory are written (`segments.Codec`; the module doc there has the
+#: measurements): `cells` by pyarrow, with dictionaries and statistics for every column (DuckDB reads that file
+#: as fast as its own, and without dictionaries ~20% slower: its constant style columns); `cellterms` and
+#: `promptterms` by DuckDB's COPY, whose files its filtered reads of `promptterms` take ~25% less time to read
+#: than those of pyarrow's writer with `_PARQUET`'s options, and which writes `cellterms` as fast.
+SEGMENT_COMPRESSION: dict[str, Any] = {
+    "cells": {"compression": "lz4", "use_dictionary": True, "write_statistics": True},
+    "cellterms": "uncompressed",
+    "promptterms": "uncompressed",
+}
 
 
 def remember(store: Store, part: str, terms: Path | pa.Table, entry: dict[str, Any]) -> None:

@@ -206,7 +206,7 @@ class TermSets:
 
 
 def union_view(con: duckdb.DuckDBPyConnection, view: str, entries: list[Any], empty: Callable[[], pa.Table],
-               segment: str | None = None, compression: str = "lz4", merge: bool = True) -> None:
+               segment: str | None = None, compression: segments.Codec = "lz4", merge: bool = True) -> None:
     """View `view` over per-part derived tables, each a cached Parquet file or (stores that keep derived data in
     memory) an Arrow table; `empty()` gives the columns when there are none. `segment` (a kind name): the files
     are read through segments (`rlaudit.derived.segments`; a file a cold audit wrote into a segment only is read from
@@ -349,8 +349,15 @@ def _fresh_segments(vdir: Path, parts: list[Path], missing: list[Path]) -> segme
     files = [_segmented_files(vdir, p) for p in parts]
     todo = {p.name for p in missing}
     fresh = {f for p, fs in zip(parts, files) if p.name in todo for f in fs.values()}
-    compression = {"counts": "lz4", **termcells.SEGMENT_COMPRESSION}
+    compression = {"counts": COUNTS_SEGMENTS, **termcells.SEGMENT_COMPRESSION}
     return segments.Fresh({kind: ([fs[kind] for fs in files], compression[kind]) for kind in files[0]}, fresh)
+
+
+#: How the per-step counts' segments written from memory are encoded (`segments.Codec`): LZ4 with every column
+#: in a dictionary, no statistics (no reader filters them: `stepcounts` reads them whole, once per run). One
+#: 16-part segment of the 1M-rollout benchmark (91k rows; CPU ms to write / for DuckDB to read, size): DuckDB's
+#: COPY 12.5 / 3.8 / 0.18 MB, this 5.3 / 3.9 / 0.21 MB; without dictionaries 4.4 / 7.4 / 0.49 MB.
+COUNTS_SEGMENTS = {"compression": "lz4", "use_dictionary": True, "write_statistics": False}
 
 
 def workers() -> int:
@@ -390,14 +397,19 @@ def _part_files(vdir: Path, part: Path) -> dict[str, Path]:
 
 def _write_kind(path: Path, kind: str, table: pa.Table) -> Path | pa.Table:
     """Write one part's term sets, counts or cell table (`termcells.write`). LZ4: about twice as fast to write
-    and four times as fast to read as zstd, for 1.5x the size. No column statistics for the term lists: no
-    reader filters on them, and they cost a quarter of the write. Their ids, sorted within a row, are
+    and four times as fast to read as zstd, for 1.5x the size. Their ids, sorted within a row, are
     delta-encoded: per part of the 1M-rollout benchmark 7.5 -> 6.0 CPU ms to write, 704 -> 554 KB, DuckDB's
-    read as cheap (pyarrow 26, DuckDB 2.0)."""
+    read as cheap (pyarrow 26, DuckDB 2.0). Column statistics only for step and split: a part is one row group,
+    and only a filter on those can skip it (`step IN (...)` of a sampled scope); the others' statistics cost
+    ~10% of the write (5.85 -> 5.23 CPU ms a part) and no read got cheaper. What the write costs is the two
+    term lists (~3.7 of ~5.1 ms: their levels and delta encoding); other codecs, no compression (3x the bytes)
+    or dictionaries for the strings changed the write by at most ~0.3 ms a part and DuckDB's reads of 40 parts
+    (the window's rows, the style view, generalization's filtered scan) by at most 5%. An Arrow IPC file
+    (memory-mapped, registered with DuckDB) is written in 0.57 ms but takes 2.5 MB a part (500 MB at 1M
+    rollouts, 4.5x); with LZ4 it costs 5.3 ms, as much as this, and is decompressed whole on every read."""
     if kind == "terms":
-        scalar = [f.name for f in table.schema if not pa.types.is_list(f.type)]
         lists = {f"{f.name}.list.element": "DELTA_BINARY_PACKED" for f in table.schema if pa.types.is_list(f.type)}
-        return write_cached(path, table, compression="lz4", use_dictionary=False, write_statistics=scalar,
+        return write_cached(path, table, compression="lz4", use_dictionary=False, write_statistics=["step", "split"],
                             column_encoding=lists)
     if kind == "counts":
         return write_cached(path, table, compression="lz4", use_dictionary=False, write_statistics=True)
