@@ -166,6 +166,8 @@ class Scope:
       per-cluster count sums these rows. The style sums are in `tsteps` (per step), `wcells` (the window cells,
       read from the window parts only) and the view `style_cells` (every cell, for a style behaviour asked about).
     - `counts` (`stepcounts.StepCounts`): the per-step term counts, dense, cached per run.
+    - `window_sums()` (`windowsums`): the window parts' per-key term sums, cached per run, that the window
+      statistics add up (`_term_sums_cached`) instead of joining every (cell, term) row of the window.
     - `fcells` / `fprompt`: the cells containing, and the prompts holding, the *focus* terms (those that may be
       reported, `focus_on`), over the whole scope: the per-condition numbers of findings.
     - `sc` (built on first use, `rows()`): one row per rollout of the two windows, read only from the parts
