@@ -647,8 +647,15 @@ def trend_p(x: np.ndarray, n: np.ndarray) -> np.ndarray:
     bins."""
     t = x.shape[1]
     bins = np.arange(t) * min(MK_BINS, t) // max(t, 1)
-    nb = np.stack([np.bincount(bins, weights=row, minlength=min(MK_BINS, t)) for row in n]) if len(n) else n
-    xb = np.stack([np.bincount(bins, weights=row, minlength=min(MK_BINS, t)) for row in x]) if len(x) else x
+    if len(n) and t:
+        # the bins are runs of consecutive steps, each bin at least one: every row's sums in one call (a bincount
+        # per row cost ~0.1 CPU s at 10M rollouts: 3,000 candidates x 2). Counts and whole-number style sums:
+        # exact in any order, so the same values
+        starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])
+        nb, xb = np.add.reduceat(n, starts, axis=1), np.add.reduceat(x, starts, axis=1)
+    else:
+        nb = np.stack([np.bincount(bins, weights=row, minlength=min(MK_BINS, t)) for row in n]) if len(n) else n
+        xb = np.stack([np.bincount(bins, weights=row, minlength=min(MK_BINS, t)) for row in x]) if len(x) else x
     with np.errstate(invalid="ignore", divide="ignore"):
         prev = np.where(nb > 0, xb / nb, np.nan)
     return mann_kendall(prev)[1] if len(prev) else np.ones(0)
