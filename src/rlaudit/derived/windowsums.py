@@ -259,7 +259,7 @@ def window_sums(parts: list[tuple[str, dict[str, Any]]], wanted: set[str], vocab
             listed, blocks = [], []
         chunks.append(cache, key, listed, blocks, [n for n, _ in fresh], _stack([s for _, s in fresh]),
                       lambda pieces: _concat(pieces, listed, blocks),
-                      lambda names_, arr: _write(cache, key, names_, arr, listed, blocks, fresh))
+                      lambda names_, stacked: _write(cache, key, names_, stacked))
     return [have[name] for name, _ in parts if name in wanted]
 
 
@@ -319,7 +319,8 @@ def _concat(pieces: list[Any], listed: list[chunks.Chunk], blocks: list[np.ndarr
     return _stack(out)
 
 
-def _write(directory: Path, key: str, parts: list[str], stacked: _Stacked, *_: Any) -> chunks.Chunk | None:
+def _write(directory: Path, key: str, parts: list[str], stacked: _Stacked) -> chunks.Chunk | None:
+    """Write a chunk of the parts `parts` (their rows `stacked`) and describe it (None where it could not be)."""
     name = chunks.chunk_name(key, parts, ".npy")
     arr = stacked.rows
     # the smallest type that holds them (at 5,000 rollouts a step, 16 bits: ~8,600 rows, 140 kB a part)
