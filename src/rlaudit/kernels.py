@@ -121,7 +121,8 @@ class Compiled:
 
 
 #: the modules whose kernels `preload` loads (each holds `compiled`, a `Compiled`)
-MODULES = ("rlaudit.derived.kernels", "rlaudit.derived.styles", "rlaudit.cot.kernels", "rlaudit.attribution.kernels")
+MODULES = ("rlaudit.derived.kernels", "rlaudit.derived.styles", "rlaudit.cot.kernels", "rlaudit.attribution.kernels",
+           "rlaudit.derived.windowsums")
 
 
 def preload() -> None:

@@ -81,7 +81,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.stats import norm
 
-from ..derived import stepcounts, termcells, tokens
+from ..derived import stepcounts, termcells, tokens, windowsums
 from ..behaviors import STYLE_FEATURES, parse_behavior
 from ..findings import Evidence, Finding
 from ..derived.runstats import register_run_stats
@@ -166,6 +166,8 @@ class Scope:
       per-cluster count sums these rows. The style sums are in `tsteps` (per step), `wcells` (the window cells,
       read from the window parts only) and the view `style_cells` (every cell, for a style behaviour asked about).
     - `counts` (`stepcounts.StepCounts`): the per-step term counts, dense, cached per run.
+    - `window_sums()` (`windowsums`): the window parts' per-key term sums, cached per run, that the window
+      statistics add up (`_term_sums_cached`) instead of joining every (cell, term) row of the window.
     - `fcells` / `fprompt`: the cells containing, and the prompts holding, the *focus* terms (those that may be
       reported, `focus_on`), over the whole scope: the per-condition numbers of findings.
     - `sc` (built on first use, `rows()`): one row per rollout of the two windows, read only from the parts
@@ -250,6 +252,11 @@ class Scope:
         self.cell_parts.register(con, "cellterms", "wct", only=self.window_parts)
         self.cell_parts.register(con, "promptterms", "wpt", only=self.window_parts)
         self.n_strata = int(con.execute("SELECT count(*) FROM strata").fetchall()[0][0])
+        self._win_of = {(int(st), sp): int(w) for st, sp, w in con.execute(
+            "SELECT step, split, win FROM keys WHERE win IS NOT NULL AND split IS NOT NULL").fetchall()}
+        self._stratum_of = {(t, c): int(i) for t, c, i in con.execute(
+            "SELECT task_key, condition, s FROM strata WHERE condition IS NOT NULL").fetchall()}
+        self._window_sums: list[windowsums.PartSums] | None = None
         self.conditions = [r[0] for r in con.execute(
             "SELECT condition FROM tcells GROUP BY 1 ORDER BY sum(n) DESC, 1").fetchall()]
         self.focus: set[int] | None = None
@@ -278,6 +285,32 @@ class Scope:
                 listed = ", ".join(map(str, steps)) if len(steps) <= 2000 else "SELECT step FROM sample_steps"
                 self._sample = ("rt_sample", f"step IN ({listed})")
         return self._sample
+
+    def window_sums(self) -> list[windowsums.PartSums]:
+        """The window parts' per-key term sums (`windowsums`), cached per run beside the cell tables."""
+        if self._window_sums is None:
+            entries = [p["cellterms"] for _, p in self.cell_parts.parts]
+            cache = None if not entries or isinstance(entries[0], pa.Table) or not getattr(
+                self.store, "persist_derived", True) else Path(entries[0]).parent / "window_sums"
+            self._window_sums = windowsums.window_sums(self.cell_parts.parts, self.window_parts, self.vocab,
+                                                       self._read_cell_tables, cache)
+        return self._window_sums
+
+    def _read_cell_tables(self, names: set[str]) -> tuple[pa.Table, ...]:
+        """The three cell tables (`windowsums.COLUMNS`) of the parts `names`, each in one read."""
+        out = []
+        for kind in ("cells", "cellterms", "promptterms"):
+            self.cell_parts.register(self.con, kind, "_ws_read", only=names)
+            out.append(self.con.sql(f"SELECT {', '.join(windowsums.COLUMNS[kind])} FROM _ws_read").to_arrow_table())
+        return tuple(out)
+
+    def win_stratum(self, key: tuple[int, str, str, str]) -> tuple[int, int]:
+        """(window, stratum) of a (step, split, task ('' for none), condition) key; (-1, -1) outside the
+        windows' kept steps (or of no split or condition: in no scope, as the SQL joins have it)."""
+        step, split, task, condition = key
+        win = self._win_of.get((int(step), split))
+        s = self._stratum_of.get((task, condition))
+        return (-1, -1) if win is None or s is None else (win, s)
 
     @staticmethod
     def filter(where: str) -> str:
@@ -447,8 +480,10 @@ def _window_sums(scope: Scope, where: str, kept_terms: np.ndarray, term_ids: np.
     ((row, feature name)); the other n-gram rows keep the totals of all clusters.
 
     A cluster is a (window, stratum, prompt): all rollouts of one prompt within a window (a prompt group, and a
-    prompt that recurs), summed from the cells of the window steps (`wcells`, `wct`: only the parts holding
-    window steps are read). Clusters whose prompt holds a term leave its denominators."""
+    prompt that recurs), summed from the cells of the window steps (`wcells`: only the parts holding window steps
+    are read). Clusters whose prompt holds a term leave its denominators. The n-grams' sums come from the window
+    parts' cached per-key sums (`_term_sums_cached`) or, where parts share a step, from their cell rows in SQL
+    (`_term_sums_sql`): the same integers."""
     con, s, nc = scope.con, max(scope.n_strata, 1), scope.n_col(where)
     style_sums = "".join(f", sum({where}__{name}) AS v{row}" for row, name in styles)
     con.execute(f"""CREATE OR REPLACE TEMP TABLE cl AS SELECT win, s, prompt_key, sum({nc}) AS nc,
@@ -456,28 +491,15 @@ def _window_sums(scope: Scope, where: str, kept_terms: np.ndarray, term_ids: np.
                     FROM wcells GROUP BY win, s, prompt_key HAVING sum({nc}) > 0""")
     # where parts share a step, a cell's counts may come in several rows (one per part): summed per cluster too
     con.execute(f"""CREATE OR REPLACE TEMP TABLE wcl AS SELECT c.cell, win, s, cl.nc, cl.cid,
-                           cl.cells = 1 AND NOT {scope.shared} AS single
+                           cl.cells = 1 AND NOT {scope.shared} AS single, c.{nc} AS ncell
                     FROM wcells c JOIN cl USING (win, s, prompt_key)""")
     con.register("row_of", pa.table({"term_id": pa.array(term_ids[kept_terms], pa.int32()),
                                      "idx": pa.array(kept_terms, pa.int64())}))
-    # a cluster of one cell (a prompt seen in one step of the window: the usual case), held by one part, takes
-    # its cell's counts as they are, summed straight into the (term, window, stratum) sums; only the cells of
-    # clusters that hold several are first summed per (term, cluster), a hash aggregate over every such (cell, term) row that cost
-    # ~1.3 of ~1.5 CPU s at 10M rollouts when it was done for every cluster. Integer sums: the same values.
-    several = "SELECT idx, win, s, any_value(nc) AS nc, sum(x) AS x FROM wcl JOIN wct USING (cell) " \
-              "JOIN row_of USING (term_id) WHERE NOT single GROUP BY idx, win, s, cid"
-    some_several = con.execute("SELECT count(*) FROM wcl WHERE NOT single").fetchall()[0][0] > 0
-    per = con.execute(f"""SELECT idx, win, s, sum(x) AS sx, sum(x * x) AS sxx, sum(x * nc) AS sxn FROM (
-            SELECT idx, win, s, nc, CAST(x AS HUGEINT) AS x FROM wcl JOIN wct USING (cell)
-            JOIN row_of USING (term_id) WHERE single
-            {"UNION ALL " + several if some_several else ""})
-        GROUP BY ALL""").fetchnumpy()
     tot = con.execute("SELECT win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g FROM cl GROUP BY ALL"
                       ).fetchnumpy()
-    sx, sxx, sxn = (np.zeros((k, 2, s)) for _ in range(3))
-    idx, win, st = (np.asarray(per[c], dtype=np.int64) for c in ("idx", "win", "s"))
-    for arr, col in ((sx, "sx"), (sxx, "sxx"), (sxn, "sxn")):
-        arr[idx, win, st] = np.asarray(per[col], dtype=np.float64)
+    sx, sxx, sxn, on, osnn, og = (np.zeros((k, 2, s)) for _ in range(6))
+    (_term_sums_sql if scope.shared else _term_sums_cached)(scope, where, kept_terms, term_ids,
+                                                            (sx, sxx, sxn, on, osnn, og))
     for row, _ in styles:
         v = con.execute(f"""SELECT win, s, sum(v{row}) AS sx, sum(v{row} * v{row}) AS sxx, sum(v{row} * nc) AS sxn
                             FROM cl GROUP BY ALL""").fetchnumpy()
@@ -488,15 +510,91 @@ def _window_sums(scope: Scope, where: str, kept_terms: np.ndarray, term_ids: np.
     w2, s2 = np.asarray(tot["win"], dtype=np.int64), np.asarray(tot["s"], dtype=np.int64)
     for arr, col in ((n, "n"), (snn, "snn"), (g, "g")):
         arr[w2, s2] = np.asarray(tot[col], dtype=np.float64)
-    n, snn, g = (np.repeat(a[None], k, axis=0) for a in (n, snn, g))
     # n-grams: clusters whose prompt contains the term are not at risk and leave the denominators
-    out = con.execute("""SELECT idx, win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g
+    n, snn, g = (np.repeat(a[None], k, axis=0) - o for a, o in ((n, on), (snn, osnn), (g, og)))
+    return sx, sxx, sxn, n, snn, g
+
+
+def _put(arrays: tuple[np.ndarray, ...], res: dict[str, np.ndarray], cols: tuple[str, ...], sign: int = 1) -> None:
+    """Add the rows `res` (idx, win, s and `cols`) of a query into `arrays` (one per column)."""
+    idx, win, st = (np.asarray(res[c], dtype=np.int64) for c in ("idx", "win", "s"))
+    for arr, col in zip(arrays, cols):
+        np.add.at(arr, (idx, win, st), sign * np.asarray(res[col], dtype=np.float64))
+
+
+def _term_sums_sql(scope: Scope, where: str, kept_terms: np.ndarray, term_ids: np.ndarray,
+                   out: tuple[np.ndarray, ...]) -> None:
+    """The n-grams' cluster sums (sx, sxx, sxn) and those of the clusters whose prompt holds them (n, snn, g),
+    added into `out`, from every (cell, term) row of the window parts (`wct`, `wpt`).
+
+    A cluster of one cell (a prompt seen in one step of the window: the usual case), held by one part, takes its
+    cell's counts as they are, summed straight into the (term, window, stratum) sums; only the cells of clusters
+    that hold several are first summed per (term, cluster), a hash aggregate over every such (cell, term) row that
+    cost ~1.3 of ~1.5 CPU s at 10M rollouts when it was done for every cluster. Integer sums: the same values."""
+    con = scope.con
+    several = "SELECT idx, win, s, any_value(nc) AS nc, sum(x) AS x FROM wcl JOIN wct USING (cell) " \
+              "JOIN row_of USING (term_id) WHERE NOT single GROUP BY idx, win, s, cid"
+    some_several = con.execute("SELECT count(*) FROM wcl WHERE NOT single").fetchall()[0][0] > 0
+    per = con.execute(f"""SELECT idx, win, s, sum(x) AS sx, sum(x * x) AS sxx, sum(x * nc) AS sxn FROM (
+            SELECT idx, win, s, nc, CAST(x AS HUGEINT) AS x FROM wcl JOIN wct USING (cell)
+            JOIN row_of USING (term_id) WHERE single
+            {"UNION ALL " + several if some_several else ""})
+        GROUP BY ALL""").fetchnumpy()
+    _put(out[:3], per, ("sx", "sxx", "sxn"))
+    held = con.execute("""SELECT idx, win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g
         FROM cl JOIN (SELECT DISTINCT prompt_key, term_id FROM wpt SEMI JOIN row_of USING (term_id))
              USING (prompt_key) JOIN row_of USING (term_id) GROUP BY ALL""").fetchnumpy()
-    oi, ow, os_ = (np.asarray(out[c], dtype=np.int64) for c in ("idx", "win", "s"))
-    for arr, col in ((n, "n"), (snn, "snn"), (g, "g")):
-        arr[oi, ow, os_] -= np.asarray(out[col], dtype=np.float64)
-    return sx, sxx, sxn, n, snn, g
+    _put(out[3:], held, ("n", "snn", "g"))
+
+
+def _term_sums_cached(scope: Scope, where: str, kept_terms: np.ndarray, term_ids: np.ndarray,
+                      out: tuple[np.ndarray, ...]) -> None:
+    """As `_term_sums_sql`, where no step is shared by parts: from the window parts' per-key sums
+    (`windowsums`: every cell counted as a cluster of its own), corrected for the clusters of several cells (a
+    prompt that recurs within a window) from those clusters' own (cell, term) rows: their cells' sums taken out,
+    the clusters' put in. Reads a few thousand rows per window step, not every (cell, term) row."""
+    con, s = scope.con, max(scope.n_strata, 1)
+    row = np.full(int(term_ids.max(initial=-1)) + 1, -1, np.int64)
+    row[term_ids[kept_terms]] = kept_terms
+    for part in scope.window_sums():
+        win_s = np.array([scope.win_stratum(key) for key in part.keys], np.int64).reshape(-1, 2)
+        rows = part.rows
+        if not len(rows) or not len(win_s):
+            continue
+        kw = win_s[rows[:, 0]]
+        t = rows[:, 1]
+        idx = np.where(t < len(row), row[np.minimum(t, len(row) - 1)], -1)
+        sel = (kw[:, 0] >= 0) & (idx >= 0)
+        code = (idx[sel] * 2 + kw[sel, 0]) * s + kw[sel, 1]
+        for f, arr in enumerate(out):
+            arr += np.bincount(code, weights=rows[sel, 2 + f].astype(np.float64),
+                               minlength=arr.size).reshape(arr.shape)
+    if not con.execute("SELECT count(*) FROM wcl WHERE NOT single").fetchall()[0][0]:
+        return
+    # the clusters of several cells: read only the parts holding their cells
+    parts = {r[0] for r in con.execute("""SELECT DISTINCT part FROM wcell_all
+                                          SEMI JOIN (SELECT cell FROM wcl WHERE NOT single) USING (cell)""").fetchall()}
+    scope.cell_parts.register(con, "cellterms", "wct_several", only=parts)
+    scope.cell_parts.register(con, "promptterms", "wpt_several", only=parts)
+    con.execute("""CREATE OR REPLACE TEMP TABLE ct_several AS SELECT w.cell, w.win, w.s, w.nc, w.ncell, w.cid,
+                          r.idx, CAST(t.x AS HUGEINT) AS x
+                   FROM wcl w JOIN wct_several t USING (cell) JOIN row_of r USING (term_id) WHERE NOT w.single""")
+    cluster = con.execute("""SELECT idx, win, s, sum(x) AS sx, sum(x * x) AS sxx, sum(x * nc) AS sxn FROM (
+            SELECT idx, win, s, any_value(nc) AS nc, sum(x) AS x FROM ct_several GROUP BY idx, win, s, cid)
+        GROUP BY ALL""").fetchnumpy()
+    cells = con.execute("""SELECT idx, win, s, sum(x) AS sx, sum(x * x) AS sxx, sum(x * ncell) AS sxn
+                           FROM ct_several GROUP BY ALL""").fetchnumpy()
+    _put(out[:3], cluster, ("sx", "sxx", "sxn"))
+    _put(out[:3], cells, ("sx", "sxx", "sxn"), -1)
+    held = "(SELECT DISTINCT prompt_key, term_id FROM wpt_several SEMI JOIN row_of USING (term_id))"
+    cluster = con.execute(f"""SELECT idx, win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g
+        FROM (SELECT * FROM cl WHERE cells > 1) JOIN {held} USING (prompt_key) JOIN row_of USING (term_id)
+        GROUP BY ALL""").fetchnumpy()
+    cells = con.execute(f"""SELECT idx, win, s, sum(ncell) AS n, sum(ncell * ncell) AS snn, count(*) AS g
+        FROM (SELECT w.*, c.prompt_key FROM wcl w JOIN cl c USING (cid) WHERE NOT w.single AND w.ncell > 0)
+        JOIN {held} USING (prompt_key) JOIN row_of USING (term_id) GROUP BY ALL""").fetchnumpy()
+    _put(out[3:], cluster, ("n", "snn", "g"))
+    _put(out[3:], cells, ("n", "snn", "g"), -1)
 
 
 def candidates(scope: Scope, where: str) -> Candidates | None:
@@ -549,8 +647,15 @@ def trend_p(x: np.ndarray, n: np.ndarray) -> np.ndarray:
     bins."""
     t = x.shape[1]
     bins = np.arange(t) * min(MK_BINS, t) // max(t, 1)
-    nb = np.stack([np.bincount(bins, weights=row, minlength=min(MK_BINS, t)) for row in n]) if len(n) else n
-    xb = np.stack([np.bincount(bins, weights=row, minlength=min(MK_BINS, t)) for row in x]) if len(x) else x
+    if len(n) and t:
+        # the bins are runs of consecutive steps, each bin at least one: every row's sums in one call (a bincount
+        # per row cost ~0.1 CPU s at 10M rollouts: 3,000 candidates x 2). Counts and whole-number style sums:
+        # exact in any order, so the same values
+        starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])
+        nb, xb = np.add.reduceat(n, starts, axis=1), np.add.reduceat(x, starts, axis=1)
+    else:
+        nb = np.stack([np.bincount(bins, weights=row, minlength=min(MK_BINS, t)) for row in n]) if len(n) else n
+        xb = np.stack([np.bincount(bins, weights=row, minlength=min(MK_BINS, t)) for row in x]) if len(x) else x
     with np.errstate(invalid="ignore", divide="ignore"):
         prev = np.where(nb > 0, xb / nb, np.nan)
     return mann_kendall(prev)[1] if len(prev) else np.ones(0)

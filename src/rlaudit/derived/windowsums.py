@@ -1,0 +1,461 @@
+"""Per-part sums of every term's cell counts, per (step, split, task, condition): what `emerging`'s window
+statistics add up, kept per run so that a warm audit reads a few thousand numbers per window step instead of
+every (cell, term) row of the window.
+
+Why: the window statistics (`emerging._window_sums`) sum, per term, window and stratum, over the clusters (a
+prompt within a window) the counts x of rollouts containing the term, their squares and their products with the
+cluster's rollouts n, and, over the clusters whose prompt holds the term, n, n^2 and their number. Done in SQL
+over the window parts' cell tables, that joined ~21M (cell, term) rows and ~13M (prompt, term) rows twice per
+audit at 10M rollouts (~2.9 CPU s; the windows are capped at 250,000 rollouts, but the terms that pass the trend
+screen grow with the run: 608 answer terms at 10M against 168 at 1M). Almost every cluster is one cell (a prompt
+seen in one step of the window; after thinning, all of them at 10M), and for those the sums are sums over
+cells, which add up per (step, split, task, condition) whatever the window: so each part's cells are summed
+once per term and key (`part_sums`: six integers per (key, term): sx, sxx, sxn over the cells, pn, pnn, pg over
+the cells whose prompt holds the term; n is the rollouts with reasoning for a reasoning term), and the window
+sums are sums of those rows over the window's keys, plus an exact correction for the few clusters of several
+cells (`emerging._window_sums`). Integer sums: the same values in any order.
+
+A part's sums are computed from its cell tables the first time a window holds one of its steps, and cached per
+run beside the cell tables (`window_sums/`) in chunks (`chunks`: one `.npy` matrix per chunk, memory-mapped,
+rows [key, term id, sx, sxx, sxn, pn, pnn, pg] part after part, each part's keys and row range in the
+manifest). A warm audit computes the new step's part (and any window part not yet summed) and writes a chunk of
+those: O(new parts). The cache's key is the vocabulary's term ids per `where` (another vocabulary's sums are
+never read); a part that left the run, a torn or missing chunk voids it (what is needed is computed again).
+Stores keeping derived data in memory compute the window parts' sums on each audit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .. import kernels
+from ..store import write_atomic
+from . import chunks
+
+VERSION = 1
+#: the sums of a row, after its key index and term id
+FIELDS = ("sx", "sxx", "sxn", "pn", "pnn", "pg")
+#: the columns of the cell tables the sums read
+COLUMNS = {"cells": ["cell", "part", "step", "split", "task", "condition", "prompt_key", "n", "n_r"],
+           "cellterms": ["cell", "term_id", "x"], "promptterms": ["prompt_key", "term_id"]}
+#: rows (or pairs) summed at once: arrays of a few MB, which the allocator reuses
+BLOCK = 1 << 19
+#: parts read and summed at once (their cell tables held together: ~3 MB a part at 5,000 rollouts)
+BATCH_PARTS = 16
+#: parts summed at once above which the compiled pass is used: loading it (~0.1-0.5 CPU s a process) costs more
+#: than the numpy path's few parts of a warm audit (~10-20 ms a part)
+NUMBA_PARTS = 8
+#: stands for a NULL split in the keys (a cell of no split is in no scope: SQL's NULL = NULL is not true)
+NULL_SPLIT = "\x00null"
+
+
+@dataclass
+class PartSums:
+    """One part's sums: `keys` (step, split, task ('' for none), condition) and `rows` (R x 8 integers: key
+    index, term id, then `FIELDS`)."""
+
+    keys: list[tuple[int, str, str, str]]
+    rows: np.ndarray
+
+
+def part_sums(cells: pa.Table, cellterms: pa.Table, promptterms: pa.Table, reasoning: np.ndarray
+              ) -> dict[str, PartSums]:
+    """The sums of some parts (`part`: a column of `cells`) from their cell tables (`termcells`), per part.
+    `reasoning`: per term id, 1 for a reasoning term, 0 for an answer term, -1 for an id outside the vocabulary
+    (left out).
+
+    Per (key, term): sx, sxx, sxn = the sums over the part's cells of x, x^2 and x n (x: the cell's rollouts
+    containing the term, n: its rollouts, those with reasoning for a reasoning term); pn, pnn, pg = the sums of
+    n, n^2 and 1 over the cells with n > 0 whose prompt holds the term (each (prompt, term) once: a prompt's
+    terms are those of its text, `prompt_key` a hash of it, so one part's list of them is every part's). A cell
+    belongs to one part (parts that share a step may hold the same cell: those are not summed here)."""
+    cell = np.asarray(cells["cell"].to_numpy(), np.uint64)
+    split = pc.fill_null(cells["split"].cast(pa.string()), NULL_SPLIT).to_pylist()
+    task = pc.fill_null(cells["task"].cast(pa.string()), "").to_pylist()
+    part = cells["part"].to_pylist()
+    key_of: dict[tuple[str, tuple[int, str, str, str]], int] = {}
+    cell_key = np.array([key_of.setdefault((p, tuple(k)), len(key_of)) for p, *k in zip(
+        part, cells["step"].to_pylist(), split, task, cells["condition"].to_pylist())], np.int64)
+    out = None
+    if len(set(part)) > NUMBA_PARTS and kernels.use_numba():
+        out = _sums_numba(cell, cell_key, len(key_of), cells, cellterms, promptterms, reasoning)
+    if out is None:
+        out = _sums_numpy(cell, cell_key, len(key_of), cells, cellterms, promptterms, reasoning)
+    return _by_part(out, key_of, len(reasoning))
+
+
+def _sums_numba(cell: np.ndarray, cell_key: np.ndarray, n_keys: int, cells: pa.Table, cellterms: pa.Table,
+                promptterms: pa.Table, reasoning: np.ndarray) -> np.ndarray | None:
+    """`part_sums`' sums in one compiled pass over the rows, chunk by chunk of the Arrow tables (their numpy
+    views: no copy of the whole columns, which cost more than the sums); None where the input is not as the
+    kernel expects (a prompt's terms unsorted or repeated: the numpy path sorts them)."""
+    c = np.ascontiguousarray
+    k = compiled()
+    width = len(reasoning)
+    order = np.argsort(cell, kind="stable")
+    prompts = np.asarray(cells["prompt_key"].to_numpy(), np.uint64)
+    porder = np.argsort(prompts, kind="stable")
+    out = np.zeros((len(FIELDS), n_keys * width), np.int64)
+    n, n_r = (c(np.asarray(cells[name].to_numpy(), np.int64)) for name in ("n", "n_r"))
+    cell_sorted, cell_order, reasoning = c(cell[order]), c(order.astype(np.int64)), c(reasoning.astype(np.int64))
+
+    def chunks_of(t: pa.Table, names: list[str], dtypes: list[Any]):
+        t = t.select(names)
+        for batch in t.to_batches():
+            yield [c(np.asarray(batch.column(i).to_numpy(zero_copy_only=False), d)) for i, d in enumerate(dtypes)]
+
+    for ct_cell, ct_term, ct_x in chunks_of(cellterms, ["cell", "term_id", "x"], [np.uint64, np.int32, np.int32]):
+        if k.cell_sums(cell_sorted, cell_order, c(cell_key), n, n_r, ct_cell, ct_term, ct_x, reasoning, width,
+                       out):
+            raise ValueError("window sums: a cell term row names a cell missing from the parts' cells")
+    done = np.zeros(len(prompts), np.bool_)
+    state = np.array([0, 0, -1], np.int64)  # across chunks: the last prompt key (its bits), its last term, whether active
+    for pk, pt in chunks_of(promptterms, ["prompt_key", "term_id"], [np.uint64, np.int32]):
+        status = k.prompt_sums(c(prompts[porder]), c(porder.astype(np.int64)), c(cell_key), n, n_r, pk, pt,
+                               reasoning, width, out, done, state)
+        if status == 2:
+            return None
+    return out
+
+
+def _sums_numpy(cell: np.ndarray, cell_key: np.ndarray, n_keys: int, cells: pa.Table, cellterms: pa.Table,
+                promptterms: pa.Table, reasoning: np.ndarray) -> np.ndarray:
+    """`part_sums`' sums in numpy (the reference, and the path without numba): FIELDS x (key x term)."""
+    key_of = range(n_keys)
+    n = np.asarray(cells["n"].to_numpy(), np.int64)
+    n_r = np.asarray(cells["n_r"].to_numpy(), np.int64)
+    width = len(reasoning)
+    space = len(key_of) * width
+    order = np.argsort(cell, kind="stable")
+    sorted_cell = cell[order]
+    if len(cell) > 1 and np.any(sorted_cell[1:] == sorted_cell[:-1]):
+        raise ValueError("window sums: a cell held by two parts (a shared step)")
+    is_r = np.tile(reasoning == 1, len(key_of))  # per (key, term) code: a reasoning term's n is n_r
+    acc = np.zeros((10, space))  # sx, sxx, sxn with n, with n_r, then (pn, pnn, pg) x (n, n_r) interleaved
+
+    def sums(row: int, code: np.ndarray, weights: np.ndarray | None) -> None:
+        acc[row] += np.bincount(code, weights=weights, minlength=space)
+
+    # (cell, term) counts, in blocks of BLOCK rows: arrays of a few MB are reused by the allocator, where a
+    # whole batch's (tens of MB each) are fresh pages every time (page faults cost more than the sums). A
+    # part's rows of one cell are consecutive: each run looked up once; no masks: n and n_r both summed, the
+    # term's own taken after
+    ct_cell = np.asarray(cellterms["cell"].to_numpy(), np.uint64)
+    term = np.asarray(cellterms["term_id"].to_numpy(), np.int64)
+    x_all = np.asarray(cellterms["x"].to_numpy(), np.int64)
+    if len(term) and (term.min() < 0 or term.max() >= width):  # ids outside the vocabulary count for none
+        inside = (term >= 0) & (term < width)
+        ct_cell, term, x_all = ct_cell[inside], term[inside], x_all[inside]
+    for lo in range(0, len(ct_cell), BLOCK):
+        c = ct_cell[lo:lo + BLOCK]
+        heads = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+        lengths = np.diff(np.r_[heads, len(c)])
+        pos = np.minimum(np.searchsorted(sorted_cell, c[heads]), max(len(cell) - 1, 0))
+        if not len(cell) or not np.array_equal(sorted_cell[pos], c[heads]):
+            raise ValueError("window sums: a cell term row names a cell missing from the parts' cells")
+        hc = order[pos]
+        code = np.repeat(cell_key[hc] * width, lengths)
+        code += term[lo:lo + BLOCK]
+        x = x_all[lo:lo + BLOCK].astype(np.float64)
+        sums(0, code, x)
+        sums(1, code, x * x)
+        sums(2, code, x * np.repeat(n[hc], lengths))
+        sums(3, code, x * np.repeat(n_r[hc], lengths))
+    # the cells whose prompt holds a term: each cell paired with its prompt's terms, taken from the first run of
+    # rows of that prompt (a part's rows of one prompt are consecutive, its terms sorted and distinct: checked)
+    pk = np.asarray(promptterms["prompt_key"].to_numpy(), np.uint64)
+    pt = np.asarray(promptterms["term_id"].to_numpy(), np.int64)
+    if len(pt) and (pt.min() < 0 or pt.max() >= width):
+        inside = (pt >= 0) & (pt < width)
+        pk, pt = pk[inside], pt[inside]
+    if len(pk) and len(cell):
+        starts = np.flatnonzero(np.r_[True, pk[1:] != pk[:-1]])
+        if np.any(np.diff(pt)[np.diff(pk) == 0] <= 0):
+            # a prompt's terms unsorted or repeated: sorted, each (prompt, term) once
+            po = np.lexsort((pt, pk))
+            pk, pt = pk[po], pt[po]
+            first = np.r_[True, (pk[1:] != pk[:-1]) | (pt[1:] != pt[:-1])]
+            pk, pt = pk[first], pt[first]
+            starts = np.flatnonzero(np.r_[True, pk[1:] != pk[:-1]])
+        ends = np.r_[starts[1:], len(pk)]
+        run_keys, first_run = np.unique(pk[starts], return_index=True)
+        lo_run, len_run = starts[first_run], (ends - starts)[first_run]
+        cell_prompt = np.asarray(cells["prompt_key"].to_numpy(), np.uint64)
+        at = np.minimum(np.searchsorted(run_keys, cell_prompt), len(run_keys) - 1)
+        length = np.where(run_keys[at] == cell_prompt, len_run[at], 0)
+        # cells in blocks of about BLOCK pairs
+        bounds = np.searchsorted(np.cumsum(length), np.arange(BLOCK, int(length.sum()) + BLOCK, BLOCK), "right")
+        for a, b in zip(np.r_[0, bounds[:-1]], bounds):
+            ln = length[a:b]
+            total = int(ln.sum())
+            if not total:
+                continue
+            shift = np.repeat(lo_run[at[a:b]] - (np.cumsum(ln) - ln), ln)
+            shift += np.arange(total)
+            code = np.repeat(cell_key[a:b] * width, ln)
+            code += pt[shift]
+            for row, nc in ((4, n[a:b]), (5, n_r[a:b])):
+                w = np.repeat(nc.astype(np.float64), ln)
+                sums(row, code, w)
+                sums(row + 2, code, w * w)
+                sums(row + 4, code, (w > 0).astype(np.float64))
+    out = np.stack([acc[0], acc[1], np.where(is_r, acc[3], acc[2]), np.where(is_r, acc[5], acc[4]),
+                    np.where(is_r, acc[7], acc[6]), np.where(is_r, acc[9], acc[8])]).astype(np.int64)
+    out[:, np.tile(reasoning < 0, len(key_of))] = 0  # ids outside the vocabulary
+    return out
+
+
+def _by_part(out: np.ndarray, key_of: dict[tuple[str, tuple[int, str, str, str]], int], width: int
+             ) -> dict[str, PartSums]:
+    """The nonzero (key, term) rows of `out` (FIELDS x (key x term)), per part."""
+    rows = out.reshape(len(FIELDS), len(key_of), width)
+    result: dict[str, PartSums] = {}
+    by_part: dict[str, list[tuple[int, tuple[int, str, str, str]]]] = {}
+    for (p, k), i in key_of.items():
+        by_part.setdefault(p, []).append((i, k))
+    for p, keys in by_part.items():
+        idx = np.array([i for i, _ in keys], np.int64)
+        block = rows[:, idx, :]  # fields x keys x terms
+        kk, tt = np.nonzero(block.any(axis=0))
+        result[p] = PartSums([k for _, k in keys], np.ascontiguousarray(
+            np.concatenate([kk[None], tt[None], block[:, kk, tt]]).T.astype(np.int64)))
+    return result
+
+
+def window_sums(parts: list[tuple[str, dict[str, Any]]], wanted: set[str], vocab: pa.Table, read,
+                cache: Path | None) -> list[PartSums]:
+    """The sums of the parts named in `wanted` (of `parts`: (name, cell table entries)), from the cache where it
+    holds them, else computed (`read(names)`: those parts' three cell tables, `COLUMNS`, in one read) and added
+    to the cache as a chunk of their own. `cache`: the run's cache directory (None: nothing cached)."""
+    reasoning = _reasoning(vocab)
+    key = _key(vocab)
+    names = {name for name, _ in parts}
+    held = _load(cache, key, names) if cache is not None else None
+    listed, blocks = held if held is not None else ([], [])
+    have: dict[str, PartSums] = {}
+    for c, arr in zip(listed, blocks):
+        keys = [tuple(k) for k in c.info["keys"]]
+        for p, (lo, hi, k0, k1) in zip(c.parts, c.info["ranges"]):
+            if p in wanted:
+                rows = np.asarray(arr[lo:hi], np.int64)
+                rows[:, 0] -= k0
+                have[p] = PartSums(keys[k0:k1], rows)
+    new = [name for name, _ in parts if name in wanted and name not in have]
+    computed: dict[str, PartSums] = {}
+    for at in range(0, len(new), BATCH_PARTS):  # a cold audit's ~100 window parts: memory bounded by a batch
+        computed.update(part_sums(*read(set(new[at:at + BATCH_PARTS])), reasoning))
+    fresh = [(name, computed.get(name, PartSums([], np.zeros((0, 2 + len(FIELDS)), np.int64)))) for name in new]
+    have.update(fresh)
+    if fresh and cache is not None:
+        if held is None:
+            listed, blocks = [], []
+        chunks.append(cache, key, listed, blocks, [n for n, _ in fresh], _stack([s for _, s in fresh]),
+                      lambda pieces: _concat(pieces, listed, blocks),
+                      lambda names_, stacked: _write(cache, key, names_, stacked))
+    return [have[name] for name, _ in parts if name in wanted]
+
+
+def _reasoning(vocab: pa.Table) -> np.ndarray:
+    ids = np.asarray(vocab["term_id"].to_numpy(), np.int64)
+    out = np.full(int(ids.max(initial=-1)) + 1, -1, np.int64)
+    out[ids] = np.asarray(pc.equal(vocab["where"], "reasoning").to_numpy(zero_copy_only=False), np.int64)
+    return out
+
+
+def _key(vocab: pa.Table) -> str:
+    """The cache's key: its layout's version and the vocabulary's term ids per `where`."""
+    h = hashlib.sha1()
+    for w, ids in zip(vocab["where"].to_pylist(), vocab["term_id"].to_pylist()):
+        h.update(f"{w}\0{ids}\n".encode())
+    return f"v{VERSION}-{h.hexdigest()[:20]}"
+
+
+@dataclass
+class _Stacked:
+    """Several parts' sums in one matrix, as a chunk holds them: keys of all, rows part after part, per part
+    (row from, row to, key from, key to)."""
+
+    keys: list[tuple[int, str, str, str]]
+    rows: np.ndarray
+    ranges: list[list[int]]
+
+
+def _stack(sums: list[PartSums]) -> _Stacked:
+    keys: list[tuple[int, str, str, str]] = []
+    pieces, ranges, at = [], [], 0
+    for s in sums:
+        rows = s.rows.copy()
+        rows[:, 0] += len(keys)
+        ranges.append([at, at + len(rows), len(keys), len(keys) + len(s.keys)])
+        keys += s.keys
+        pieces.append(rows)
+        at += len(rows)
+    return _Stacked(keys, np.concatenate(pieces) if pieces else np.zeros((0, 2 + len(FIELDS)), np.int64), ranges)
+
+
+def _concat(pieces: list[Any], listed: list[chunks.Chunk], blocks: list[np.ndarray]) -> _Stacked:
+    """One stack of chunks' rows (`pieces`: mapped chunk matrices, then the new parts' stack)."""
+    out: list[PartSums] = []
+    for piece in pieces:
+        if isinstance(piece, _Stacked):
+            info = {"keys": piece.keys, "ranges": piece.ranges}
+            arr = piece.rows
+        else:
+            c = listed[next(i for i, b in enumerate(blocks) if b is piece)]
+            info, arr = c.info, piece
+        keys = [tuple(k) for k in info["keys"]]
+        for lo, hi, k0, k1 in info["ranges"]:
+            rows = np.asarray(arr[lo:hi], np.int64)
+            rows[:, 0] -= k0
+            out.append(PartSums(keys[k0:k1], rows))
+    return _stack(out)
+
+
+def _write(directory: Path, key: str, parts: list[str], stacked: _Stacked) -> chunks.Chunk | None:
+    """Write a chunk of the parts `parts` (their rows `stacked`) and describe it (None where it could not be)."""
+    name = chunks.chunk_name(key, parts, ".npy")
+    arr = stacked.rows
+    # the smallest type that holds them (at 5,000 rollouts a step, 16 bits: ~8,600 rows, 140 kB a part)
+    top = int(arr.max(initial=0)) if arr.size and arr.min() >= 0 else 2 ** 62
+    arr = arr.astype(np.uint16 if top < 2 ** 16 else np.int32 if top < 2 ** 31 else np.int64)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+
+    if not write_atomic(directory / name, write):
+        return None
+    return chunks.Chunk(name, list(parts), {"keys": [list(k) for k in stacked.keys], "ranges": stacked.ranges})
+
+
+def _load(directory: Path, key: str, parts: set[str]) -> tuple[list[chunks.Chunk], list[np.ndarray]] | None:
+    """The cached chunks and their matrices (memory-mapped); None when there is no cache, it is of another
+    vocabulary, holds a part no longer in the run, or a chunk is torn."""
+    held = chunks.load(directory, key, parts)
+    if held is None:
+        return None
+    try:
+        blocks = []
+        for c in held[0]:
+            arr = np.load(directory / c.name, mmap_mode="r", allow_pickle=False)
+            ranges, keys = c.info["ranges"], c.info["keys"]
+            if arr.ndim != 2 or arr.shape[1] != 2 + len(FIELDS) or len(ranges) != len(c.parts) or (
+                    ranges and (ranges[-1][1] != len(arr) or ranges[-1][3] != len(keys))):
+                raise ValueError("window sums: a chunk's shape does not match its manifest")
+            blocks.append(arr)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError):
+        return None
+    return held[0], blocks
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Kernel source: plain Python over numpy arrays, compiled by `compiled()`.
+
+def _cell_sums(cell_sorted, cell_order, cell_key, n, n_r, ct_cell, ct_term, ct_x, reasoning, width, out):
+    """sx, sxx, sxn of some (cell, term) rows into `out`; a run of one cell's rows looked up once (binary search
+    in the sorted cells). Returns 0, or 1 (a cell that is not there)."""
+    nt = len(reasoning)
+    nc_cells = len(cell_sorted)
+    ci = -1
+    base = 0
+    for i in range(len(ct_cell)):
+        c = ct_cell[i]
+        if i == 0 or c != ct_cell[i - 1]:
+            j = np.searchsorted(cell_sorted, c)
+            if j >= nc_cells or cell_sorted[j] != c:
+                return 1
+            ci = cell_order[j]
+            base = cell_key[ci] * width
+        t = ct_term[i]
+        if t < 0 or t >= nt:  # outside the vocabulary: counts for none
+            continue
+        r = reasoning[t]
+        if r < 0:
+            continue
+        nc = n_r[ci] if r == 1 else n[ci]
+        x = np.int64(ct_x[i])
+        k = base + t
+        out[0, k] += x
+        out[1, k] += x * x
+        out[2, k] += x * nc
+    return 0
+
+
+def _prompt_sums(prompt_sorted, prompt_order, cell_key, n, n_r, pk, pt, reasoning, width, out, done, state):
+    """pn, pnn, pg of some (prompt, term) rows into `out`: each prompt's first run of rows paired with every
+    cell of that prompt (`done`: the prompts paired). `state` carries a run across chunks (the last key's bits,
+    its last term, 1 where that run is being paired). Returns 0, or 2 (a prompt's terms not strictly increasing:
+    the numpy path)."""
+    nt = len(reasoning)
+    m = len(pk)
+    i = 0
+    while i < m:
+        key = pk[i]
+        j = i + 1
+        while j < m and pk[j] == key:
+            if pt[j] <= pt[j - 1]:
+                return 2
+            j += 1
+        if i == 0 and np.int64(key) == state[0] and state[2] >= 0:
+            # the run goes on from the last chunk: paired if that part of it was
+            if pt[0] <= state[1]:
+                return 2
+            active = state[2] == 1
+        else:
+            a = np.searchsorted(prompt_sorted, key)
+            active = a < len(prompt_sorted) and prompt_sorted[a] == key and not done[a]
+        a = np.searchsorted(prompt_sorted, key)
+        if active:
+            b = a
+            while b < len(prompt_sorted) and prompt_sorted[b] == key:
+                done[b] = True
+                b += 1
+            for q in range(a, b):
+                cq = prompt_order[q]
+                base = cell_key[cq] * width
+                for u in range(i, j):
+                    t = pt[u]
+                    if t < 0 or t >= nt:
+                        continue
+                    r = reasoning[t]
+                    if r < 0:
+                        continue
+                    nc = n_r[cq] if r == 1 else n[cq]
+                    if nc > 0:
+                        k = base + t
+                        out[3, k] += nc
+                        out[4, k] += nc * nc
+                        out[5, k] += 1
+        state[0] = np.int64(key)
+        state[1] = pt[j - 1]
+        state[2] = 1 if active else 0
+        i = j
+    return 0
+
+
+def _build() -> SimpleNamespace:
+    """The window-sums kernel, compiled (see `kernels.Compiled`)."""
+    import numba
+
+    t = numba.types
+
+    def ro(dtype: Any) -> Any:
+        return t.Array(dtype, 1, "C", readonly=True)
+
+    u64, i64, i32 = ro(t.uint64), ro(t.int64), ro(t.int32)
+    out = t.Array(t.int64, 2, "C")
+    return SimpleNamespace(
+        cell_sums=kernels.jit(_cell_sums, t.int64(u64, i64, i64, i64, i64, u64, i32, i32, i64, t.int64, out)),
+        prompt_sums=kernels.jit(_prompt_sums, t.int64(u64, i64, i64, i64, i64, u64, i32, i64, t.int64, out,
+                                                      t.Array(t.bool_, 1, "C"), t.Array(t.int64, 1, "C"))))
+
+
+compiled = kernels.Compiled(_build)
