@@ -18,6 +18,8 @@ from rlaudit.derived import kernels as term_kernels
 from rlaudit.derived import tokens, tokhash
 from rlaudit.errors import RlauditError
 
+from laid_out import laid_out
+
 needs_numba = pytest.mark.skipif(not kernels.available(),
                                  reason="numba is not installed (pip install 'rlaudit[fast]'): numpy path only")
 
@@ -218,19 +220,12 @@ def test_term_ids_in_one_pass_equal_hashes_then_lookup(texts, seed, max_n):
     hashes (the former two-kernel path), with exclusion lists and a key-token lookup; `text_term_ids` the same
     over a string array."""
     from rlaudit.derived import styles
-    from rlaudit.text import byte_spans, cut_ranges, validity
+    from rlaudit.text import cut_ranges, validity
 
     rng = np.random.default_rng(seed)
     arr = pa.array(texts, pa.string())
     order = rng.permutation(len(texts))  # laid out in another order, "x" between them
-    buffer = pa.array(["x".join([""] + [texts[i] or "" for i in order] + [""])], pa.string())
-    data, _, _ = byte_spans(buffer)
-    lo = np.zeros(len(texts), np.int64)
-    at = 1
-    for i in order:
-        lo[i] = at
-        at += len((texts[i] or "").encode()) + 1
-    hi = lo + np.array([len((t or "").encode()) for t in texts], np.int64)
+    data, lo, hi = laid_out(texts, list(order))
     valid = validity(arr)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(kernels.ENV, "numba")

@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 from rlaudit.derived import tokhash
 from rlaudit.behaviors import TOKEN_PATTERN, tokenize
 
+from laid_out import laid_out
+
 # mostly ASCII words, punctuation, apostrophes and line breaks (the numpy path), with some letters, marks and CJK
 # characters of other scripts (the RE2 path) and the odd character from anywhere
 _ASCII = st.sampled_from(list("abcXYZ019 '''!?.,_-\n\t\"`") + ["don't", "rock'n'roll", "GOBLIN", "  "])
@@ -84,20 +86,13 @@ def test_texts_tokenised_where_they_lie_equal_the_cut_texts(texts: list[str | No
 
     from rlaudit import kernels
     from rlaudit.derived import styles
-    from rlaudit.text import byte_spans, cut_ranges, validity
+    from rlaudit.text import cut_ranges, validity
 
     if not kernels.available():
         pytest.skip("numba is not installed")
     order = list(range(len(texts)))
     rnd.shuffle(order)  # laid out in another order, "x" between them
-    buffer = pa.array(["x".join([""] + [texts[i] or "" for i in order] + [""])], pa.string())
-    data, _, _ = byte_spans(buffer)
-    lo = np.zeros(len(texts), np.int64)
-    at = 1
-    for i in order:
-        lo[i] = at
-        at += len((texts[i] or "").encode()) + 1
-    hi = lo + np.array([len((t or "").encode()) for t in texts], np.int64)
+    data, lo, hi = laid_out(texts, list(order))
     valid = validity(pa.array(texts, pa.string()))
     assert cut_ranges(data, lo, hi, valid).to_pylist() == texts
     with pytest.MonkeyPatch.context() as mp:
