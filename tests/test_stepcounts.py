@@ -217,3 +217,24 @@ def test_merge_count_is_a_binary_counter():
         assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes)
     assert sum(sizes) == 40 and sizes == [32, 8]
     assert chunks.merge_count([chunks.Chunk("a", ["p"] * 2000), chunks.Chunk("b", ["q"])]) == 0
+
+
+def test_counts_added_into_the_callers_rows():
+    """`out`: the counts added into views of a caller's larger arrays (every column-mapping path: a run of steps,
+    scattered steps, several columns per step), the same values as returned arrays; a wrong shape is an error."""
+    rng = np.random.default_rng(5)
+    tables = [_part(rng, [0, 1, 2]), _part(rng, [2, 3])]
+    c = stepcounts.step_counts([(str(i), t) for i, t in enumerate(tables)], _vocab(), None,
+                               lambda: pa.concat_tables(tables))
+    ids = np.array([0, 1, 2, 3])
+    for keys in ({(s, "train"): s for s in range(4)}, {(0, "train"): 3, (3, "train"): 0, (1, "train"): 2},
+                 {(s, sp): s for s in range(4) for sp in ("train", "eval")}):
+        ks = np.array([k[0] for k in keys]), np.array([k[1] for k in keys], object), np.array(list(keys.values()))
+        x, m = c.per_step("answer", ids, *ks, 4)
+        big = np.zeros((len(ids) + 2, 4)), np.zeros((len(ids), 4))
+        got = c.per_step("answer", ids, *ks, 4, out=(big[0][:len(ids)], big[1]))
+        assert got[0].base is big[0] and got[1] is big[1]
+        assert np.array_equal(big[0][:len(ids)], x) and np.array_equal(big[1], m) and not big[0][len(ids):].any()
+        assert x.sum() > 0
+    with pytest.raises(ValueError):
+        c.per_step("answer", ids, *ks, 4, out=(np.zeros((3, 4)), np.zeros((4, 4))))
