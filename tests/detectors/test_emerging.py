@@ -394,3 +394,17 @@ def test_the_scope_connection_holds_at_most_scope_memory(store, monkeypatch):
     assert abs(limit() - set_as(SCOPE_MEMORY)) <= 1 << 20
     monkeypatch.setenv("RLAUDIT_DUCKDB_MEMORY", "300MB")
     assert abs(limit() - set_as(300 << 20)) <= 1 << 20
+
+
+def test_candidates_squares_of_ngram_and_style_rows():
+    """`Candidates.q(i)`: an n-gram row's per-step sums of squares are its sums (0/1 values), a style row's are
+    kept apart (`q_style`, the last rows)."""
+    from rlaudit.detectors.emerging import Candidates
+    x = np.arange(12.0).reshape(4, 3)
+    q_style = np.array([[1.0, 4.0, 9.0]])
+    c = Candidates(where="answer", names=["a", "b", "c", "style:length"], feature_type=["ngram"] * 3 + ["style"],
+                   keys=[0, 1, 2, "length"], n_tokens=np.zeros(4), presence=np.array([True, True, True, False]),
+                   x=x, q_style=q_style, n=np.ones((4, 3)))
+    for i in range(3):
+        assert np.array_equal(c.q(i), x[i])
+    assert np.array_equal(c.q(3), q_style[0])
