@@ -239,3 +239,35 @@ def test_emerging_window_statistics_equal_the_sql_over_every_row(tmp_path, monke
         store.append("sim", table.filter(pa.array(steps == last)), key="last")
     assert seen["calls"] >= 3 and seen["several"] >= 1
     assert any((p / "manifest.json").is_file() for p in (tmp_path / "s").rglob("window_sums"))
+
+
+def test_sums_beyond_32_bits_are_cached_and_read_back(tmp_path, monkeypatch):
+    """A chunk whose sums need 64 bits is stored as int64 and mapped read-only: reading it back (and merging it
+    with a new chunk) copies the rows instead of changing them in place."""
+    big = 3 * 2 ** 40
+    keys = [(1, "train", "", "c"), (2, "train", "", "c")]
+
+    def fake_sums(cells, cellterms, promptterms, reasoning):
+        names = sorted(set(cells["part"].to_pylist()))
+        return {n: windowsums.PartSums(keys, np.array([[1, 3, big + i, 1, 2, 3, 4, 5], [0, 4, 7, 8, 9, 1, 2, 3]],
+                                                      np.int64)) for i, n in enumerate(names)}
+
+    monkeypatch.setattr(windowsums, "part_sums", fake_sums)
+    parts = _parts(4, seed=2)
+    entries = [(name, {"cells": None}) for name, _ in parts]
+    cache = tmp_path / "window_sums"
+    reads: list[set[str]] = []
+
+    def counting(names):
+        reads.append(set(names))
+        return _read(parts)(names)
+
+    first = [_as_dict(s) for s in windowsums.window_sums(entries[:2], {"p0", "p1"}, VOCAB, counting, cache)]
+    assert np.load(next(cache.glob("*.npy")), mmap_mode="r").dtype == np.int64
+    again = [_as_dict(s) for s in windowsums.window_sums(entries[:2], {"p0", "p1"}, VOCAB, counting, cache)]
+    assert again == first and reads == [{"p0", "p1"}]
+    grown = windowsums.window_sums(entries[:4], {"p0", "p1", "p2", "p3"}, VOCAB, counting, cache)
+    assert [_as_dict(s) for s in grown][:2] == first
+    assert [_as_dict(s) for s in windowsums.window_sums(entries[:4], {"p0", "p3"}, VOCAB, counting, cache)] == [
+        first[0], _as_dict(grown[3])]
+    assert reads == [{"p0", "p1"}, {"p2", "p3"}]

@@ -242,12 +242,9 @@ def window_sums(parts: list[tuple[str, dict[str, Any]]], wanted: set[str], vocab
     listed, blocks = held if held is not None else ([], [])
     have: dict[str, PartSums] = {}
     for c, arr in zip(listed, blocks):
-        keys = [tuple(k) for k in c.info["keys"]]
-        for p, (lo, hi, k0, k1) in zip(c.parts, c.info["ranges"]):
+        for i, p in enumerate(c.parts):
             if p in wanted:
-                rows = np.asarray(arr[lo:hi], np.int64)
-                rows[:, 0] -= k0
-                have[p] = PartSums(keys[k0:k1], rows)
+                have[p] = _unstack(c.info, arr, i)
     new = [name for name, _ in parts if name in wanted and name not in have]
     computed: dict[str, PartSums] = {}
     for at in range(0, len(new), BATCH_PARTS):  # a cold audit's ~100 window parts: memory bounded by a batch
@@ -311,12 +308,19 @@ def _concat(pieces: list[Any], listed: list[chunks.Chunk], blocks: list[np.ndarr
         else:
             c = listed[next(i for i, b in enumerate(blocks) if b is piece)]
             info, arr = c.info, piece
-        keys = [tuple(k) for k in info["keys"]]
-        for lo, hi, k0, k1 in info["ranges"]:
-            rows = np.asarray(arr[lo:hi], np.int64)
-            rows[:, 0] -= k0
-            out.append(PartSums(keys[k0:k1], rows))
+        out += [_unstack(info, arr, i) for i in range(len(info["ranges"]))]
     return _stack(out)
+
+
+def _unstack(info: dict[str, Any], arr: np.ndarray, i: int) -> PartSums:
+    """The `i`-th part's sums of a stack (`info`: its keys and per-part ranges, as `_Stacked` and a chunk's
+    manifest entry hold them; `arr`: its rows, a chunk's memory-mapped matrix or a stack in memory), its key
+    indices made the part's own. Always a copy: a chunk is mapped read-only, and a stack in memory is not
+    changed."""
+    lo, hi, k0, k1 = info["ranges"][i]
+    rows = np.array(arr[lo:hi], np.int64)
+    rows[:, 0] -= k0
+    return PartSums([tuple(k) for k in info["keys"][k0:k1]], rows)
 
 
 def _write(directory: Path, key: str, parts: list[str], stacked: _Stacked) -> chunks.Chunk | None:
