@@ -60,8 +60,10 @@ numeric features. The thresholds are statements about effect sizes (how much mor
 and how many more rollouts in a hundred), the same for every run.
 
 Long runs: a window holding more than `max_window_rollouts` (250,000) rollouts is read on one step in k, spread
-over it (`window_masks`), so comparing the windows costs and holds the same at 10M rollouts as at 1M; the
-finding's `window_thinning` and explanation say so. The per-step series, trend and onset use every step.
+over it (`window_masks`: every k-th step of the run, k a power of two, plus the newest step; the cap is an upper
+bound on the rollouts read), so comparing the windows costs and holds the same at 10M rollouts as at 1M, and the
+kept steps stay put as steps are added (a warm audit sums only the new step's part); the finding's
+`window_thinning` and explanation say so. The per-step series, trend and onset use every step.
 
 Options (`AuditConfig.options["emerging"]`): alpha (0.05), window (0.2), min_steps (4), max_findings (40),
 jaccard (0.8), max_evidence (6), max_window_rollouts (250,000; 0: never thin), plus `tokens.VocabOptions`
@@ -122,7 +124,7 @@ class Params:
     co_rise: float = 0.9  # cosine of per-condition rises for two behaviours to be one (`_merge_behaviours`)
     co_trend: float = 0.7  # correlation of their per-step prevalence series
     min_reasoning: int = 50  # rollouts with reasoning needed to analyse reasoning at all
-    #: rollouts of a window read one by one: above it, one step in k of the window (`window_masks`)
+    #: the most rollouts of a window read (an upper bound): above it, every k-th step of the run (`window_masks`)
     max_window_rollouts: int = 250_000
     vocab: tokens.VocabOptions = field(default_factory=tokens.VocabOptions)
 
@@ -266,11 +268,19 @@ class Scope:
     def sampled_rows(self) -> tuple[str, str]:
         """(view of the term sets, SQL predicate on `step`) for questions asked of single rollouts over the whole
         scope (generalization's reward correlations): every step while the scope holds at most twice
-        `max_window_rollouts` rollouts, else every k-th step back from the last, k the smallest that brings it
-        within (`window_masks`' rule applied to the whole scope); only the parts holding those steps are read."""
+        `max_window_rollouts` rollouts, else every k-th step back from the newest, k the smallest that brings it
+        within (at most one step in `n_steps`); only the parts holding those steps are read.
+
+        Not `window_masks`' lattice: nothing of this sample is cached per part (each audit reads the sampled
+        parts' term sets and rewards, the same cost whichever steps they are), so a sample that stays put as
+        steps are added saves nothing, while the lattice's power of two would read up to half as many rows
+        (weaker correlation tests). The newest step is always in it, so a per-part cache of it would, in a run
+        audited as it grows, find every part summed when it arrived."""
         if self._sample is None:
             t = self.n_steps
-            every = window_masks(self.step_rollouts, t, 2 * self.params.max_window_rollouts, 1)[1]
+            cap, total = 2 * self.params.max_window_rollouts, float(self.step_rollouts.sum())
+            k = max(1, min(math.ceil(total / cap), t)) if cap > 0 and total > cap else 1
+            every = (t - 1 - np.arange(t)) % k == 0
             if every.all():
                 self._sample = ("rt_parts", "TRUE")
             else:
@@ -420,26 +430,58 @@ def window_masks(step_rollouts: np.ndarray, w: int, max_rollouts: int, min_steps
     """The steps of the early and late windows (the first and last `w` steps) whose rollouts the window
     statistics read, and each window's thinning factor k.
 
-    A window holding more than `max_rollouts` rollouts is thinned to every k-th of its steps (counted from the
-    run's first step for the early window, back from its last for the late one, so the newest step is always
-    read), k the smallest that brings it within `max_rollouts`, but never to fewer than `min_steps` steps (nor
-    fewer than one). Why: a window is a share of the run, so without this a run ten times as long costs ten
-    times as much to compare the windows, and holds ten times as many rollouts in memory, for statistics whose
-    power is already saturated. Systematic thinning spans the whole window, so a drift within it is still
-    averaged over; the ratio, its cluster-robust CI and the window prevalences are those of the kept steps (the
-    CI is wider than the full window's would be, never narrower). The per-step series, the trend test and the
-    onset still use every step. `max_rollouts` <= 0: never thin."""
+    A window holding more than `max_rollouts` rollouts is read on the steps of a lattice, every k-th step counted
+    from the scope's first step (step index si % k == 0), k a power of two (`_lattice_step`), plus, in the late
+    window, the newest step. Why thin: a window is a share of the run, so without it a run ten times as long
+    costs ten times as much to compare the windows, and holds ten times as many rollouts in memory, for
+    statistics whose power is already saturated. Why a lattice on step indices: the window parts' sums are cached
+    per part (`windowsums`), and a lattice that stays put as steps are added keeps reading the same parts. Counted
+    back from the newest step (until session 15), every new step moved every kept late step by one, so the k warm
+    audits after a cold one each summed ~35-50 window parts anew at 10M rollouts, and again after k changed; on
+    the lattice a new step changes at most three kept steps (the new one in, the previous newest and the
+    window's first step out), only the new step's part is new, and when k doubles the new lattice is inside the
+    old one (already cached). Why the newest step: it is the latest state of the policy (what a live audit was
+    run for), so the late window's statistics always include it; its part is summed anyway (the new part).
+
+    k is the smallest power of two for which the kept steps hold at most `max_rollouts` rollouts however the
+    lattice falls on the window (the sum of the window's ceil(w/k) largest steps, one more in the late window for
+    the newest step: the same k at every alignment, so k does not flip from one step to the next), but never so
+    large that fewer than `min_steps` lattice steps (nor fewer than one) fall in the window (k at most the largest
+    power of two <= w // min_steps; there the floor wins over the cap). So `max_rollouts` is an upper bound on
+    the rollouts read where the floor allows; the power of two keeps up to about half of it (at 10M rollouts,
+    2,000 steps of 5,000 and windows of 400: 50 steps + the newest = 255,000 > 250,000, so k = 16: 26 steps,
+    130,000 rollouts, where the smallest k was 8).
+
+    Systematic thinning spans the whole window, so a drift within it is still averaged over; the ratio, its
+    cluster-robust CI and the window prevalences are those of the kept steps: fewer rollouts give a wider CI
+    than the whole window's would (never a narrower one), a sound but less powerful test. The per-step series,
+    the trend test and the onset still use every step. `max_rollouts` <= 0: never thin."""
     t = len(step_rollouts)
     idx = np.arange(t)
     masks, ks = [], []
-    for inside, offset in ((idx < w, idx), (idx >= t - w, t - 1 - idx)):
-        total = float(step_rollouts[inside].sum())
-        k = 1
-        if max_rollouts > 0 and total > max_rollouts:
-            k = max(1, min(math.ceil(total / max_rollouts), w // max(min_steps, 1)))
-        masks.append(inside & (offset % k == 0))
+    for inside, newest in ((idx < w, False), (idx >= t - w, True)):
+        k = _lattice_step(np.asarray(step_rollouts, np.float64)[inside], max_rollouts, min_steps, newest)
+        mask = inside & (idx % k == 0)
+        if newest and t:
+            mask[t - 1] = True
+        masks.append(mask)
         ks.append(k)
     return masks[0], masks[1], (ks[0], ks[1])
+
+
+def _lattice_step(sizes: np.ndarray, max_rollouts: int, min_steps: int, newest: bool) -> int:
+    """`window_masks`' k for a window of steps holding `sizes` rollouts (`newest`: the newest step is read beside
+    the lattice): the smallest power of two whose kept steps hold at most `max_rollouts` at any alignment of the
+    lattice, within the `min_steps` floor; 1 when the whole window is within the cap."""
+    w = len(sizes)
+    if max_rollouts <= 0 or float(sizes.sum()) <= max_rollouts:
+        return 1
+    top = 1 << max(0, (w // max(min_steps, 1)).bit_length() - 1)  # the largest power of two <= w // min_steps
+    largest = np.cumsum(np.sort(sizes)[::-1])  # the most rollouts any m of the window's steps hold: largest[m-1]
+    k = 1
+    while k < top and largest[min(w, -(-w // k) + newest) - 1] > max_rollouts:
+        k *= 2
+    return k
 
 
 def scope_for(ctx: DetectContext, params: Params) -> Scope:
@@ -1169,10 +1211,11 @@ def _finding(ctx: DetectContext, scope: Scope, c: Candidates, i: int, members: l
         f"condition, clustered by prompt; {lr:.2f} expected from text length alone), q = {q:.2g} after "
         f"Benjamini-Hochberg over all candidates.")
     if scope.thinning != (1, 1):
-        explanation += (f" The windows hold more than {params.max_window_rollouts:,} rollouts each, so the ratio, its "
-                        f"CI and the window prevalences use one step in {scope.thinning[0]} of the early window and one in "
-                        f"{scope.thinning[1]} of the late ({int(scope.early.sum())} and {int(scope.late.sum())} "
-                        "steps, spread over each window); the series, trend and onset use every step.")
+        explanation += (f" A window holding more than {params.max_window_rollouts:,} rollouts is read on every k-th "
+                        f"step of the run, so the ratio, its CI and the window prevalences use one step in "
+                        f"{scope.thinning[0]} of the early window and one in {scope.thinning[1]} of the late, with "
+                        f"its newest step ({int(scope.early.sum())} and {int(scope.late.sum())} steps, spread over "
+                        "each window); the series, trend and onset use every step.")
     if confined:
         explanation += (f" Confined to task {confined!r} ({by_task[confined]['mention_share']:.0%} of occurrences, "
                          f"{by_task[confined]['traffic_share']:.0%} of rollouts): likely that task's own content "
