@@ -36,6 +36,12 @@ for it there, `paid_in_target` false); **medium** when the target's lower bound 
 >= 0.05, or its lower bound >= 2 and its prevalence rose by >= 0.02 (the emerging detector's medium rule);
 otherwise **low**.
 
+Cost of a warm audit: an n-gram's per-condition series and its window cluster sums come from per-part sums
+cached per run (`derived.gensteps`, grown by the new part), only the clusters of recurring prompts
+(`derived.repeats`) being grouped from their cells: O(new part) plus O(steps), where summing every cell in scope
+grew with the run (~0.3 CPU s a behaviour at 10M rollouts). Style features, and scopes whose parts share a step,
+sum the cells as before.
+
 `figures(finding)` returns plotly figures (raw prevalence per condition, and the rescaled overlay) built from a
 finding's fields alone, for the report.
 """
