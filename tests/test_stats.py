@@ -131,3 +131,115 @@ def test_stable_uniform_is_fixed_and_uniform():
     counts = np.histogram(u, bins=20, range=(0, 1))[0]
     assert counts.min() > 0.95 * len(keys) / 20 and counts.max() < 1.05 * len(keys) / 20
     assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.01  # neighbouring steps are not kept together
+
+
+def _onset_loop(x: np.ndarray, q: np.ndarray, n: np.ndarray, baseline: np.ndarray, direction: int,
+                half_width: int = 1, z: float = 3.09, design_effect: float = 1.0,
+                presence: bool = True, fraction: float = 0.1, min_baseline: int = 2) -> int | None:
+    """The onset as found one candidate at a time (before it was vectorised): the reference."""
+    del baseline  # kept for callers: the reference is the steps before each candidate (see above)
+    x, q, n = (np.asarray(a, dtype=np.float64) for a in (x, q, n))
+    h, t = max(0, int(half_width)), len(x)
+    xs, qs, ns = moving_sum(x, h), moving_sum(q, h), moving_sum(n, h)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if presence:
+            mean = (xs + 0.5) / (ns + 1.0)
+            var = mean * (1 - mean) / (ns + 1.0)
+        else:
+            mean = xs / ns
+            var = np.maximum(qs / ns - mean**2, 0) / ns
+    # reference for candidate i: steps [0, i - h), as cumulative sums (index i - h)
+    cx, cq, cn = (np.concatenate([[0.0], np.cumsum(a)]) for a in (x, q, n))
+    extreme = np.nanmax(direction * mean) if np.isfinite(mean).any() else np.nan
+
+    def departs(i: int, j: np.ndarray) -> np.ndarray:
+        k = i - h
+        x0, q0, n0 = cx[k], cq[k], cn[k]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if presence:
+                mean0 = (x0 + 0.5) / (n0 + 1.0)
+                var0 = mean0 * (1 - mean0) / (n0 + 1.0)
+            else:
+                mean0 = x0 / n0
+                var0 = max(q0 / n0 - mean0**2, 0) / n0
+            diff = direction * (mean[j] - mean0)
+            score = diff / np.sqrt(design_effect * (var[j] + var0))
+            big = diff >= fraction * (extreme - direction * mean0)
+        return (np.nan_to_num(score, nan=0.0) >= z) & big & (diff > 0)
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        own = x / n  # each step's own mean
+
+    def moved(i: int) -> bool:
+        k = i - h
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean0 = cx[k] / cn[k]
+        return bool(direction * (own[i] - mean0) >= fraction * (extreme - direction * mean0))
+
+    first = min_baseline + h
+    for i in range(first, t):
+        if cn[i - h] <= 0:
+            continue
+        if departs(i, np.arange(i, min(t, i + h + 1))).all() and moved(i):
+            return int(i)
+    return None
+
+
+def test_onset_index_equals_the_candidate_loop():
+    """The vectorised onset is the first candidate the loop over candidates returned, on random series: rises,
+    falls, flat, presence and numeric values, zero-rollout steps, several half-widths."""
+    rng = np.random.default_rng(7)
+    for case in range(300):
+        t = int(rng.integers(3, 120))
+        n = rng.integers(0, 40, t).astype(float) * (rng.random(t) > 0.1)
+        shape = rng.choice(["rise", "fall", "flat", "step"])
+        level = {"rise": np.linspace(0.05, 0.6, t), "fall": np.linspace(0.6, 0.05, t), "flat": np.full(t, 0.2),
+                 "step": np.where(np.arange(t) > t // 2, 0.5, 0.1)}[shape]
+        presence = bool(case % 3)
+        if presence:
+            x = rng.binomial(n.astype(int), level).astype(float)
+            q = x
+        else:
+            vals = rng.gamma(2.0, level[:, None] * 3, (t, 40))
+            x = np.array([vals[i, :int(n[i])].sum() for i in range(t)])
+            q = np.array([(vals[i, :int(n[i])] ** 2).sum() for i in range(t)])
+        for direction in (1, -1):
+            for h in (0, 1, 3):
+                kw = dict(direction=direction, half_width=h, presence=presence, design_effect=1.0 + case % 2)
+                assert onset_index(x, q, n, None, **kw) == _onset_loop(x, q, n, None, **kw), (case, direction, h)
+
+
+def _lagged_corrcoef(source: np.ndarray, target: np.ndarray, max_lag: int) -> tuple[float, int]:
+    """The best lagged correlation by `np.corrcoef` per lag (before it was computed directly): the reference."""
+    a, b = np.asarray(source, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    best, best_lag = -np.inf, 0
+    for lag in range(-max_lag, max_lag + 1):
+        x, y = (a[:len(a) - lag], b[lag:]) if lag >= 0 else (a[-lag:], b[:len(b) + lag])
+        ok = ~(np.isnan(x) | np.isnan(y))
+        if ok.sum() < 3 or np.std(x[ok]) == 0 or np.std(y[ok]) == 0:
+            continue
+        r = float(np.corrcoef(x[ok], y[ok])[0, 1])
+        if r > best + 1e-12 or (abs(r - best) <= 1e-12 and abs(lag) < abs(best_lag)):
+            best, best_lag = r, lag
+    return (float("nan"), 0) if best == -np.inf else (best, best_lag)
+
+
+def test_lagged_correlation_equals_corrcoef_per_lag():
+    """The same best lag, and r to the last digits, as `np.corrcoef` per lag: noisy shifted copies, NaN gaps,
+    constant stretches and ties."""
+    rng = np.random.default_rng(11)
+    for case in range(200):
+        t = int(rng.integers(2, 150))
+        a = np.cumsum(rng.normal(size=t))
+        b = np.roll(a, int(rng.integers(-5, 6))) + rng.normal(scale=rng.choice([0.0, 0.1, 1.0]), size=t)
+        if case % 4 == 0:
+            a[rng.random(t) < 0.2] = np.nan
+            b[rng.random(t) < 0.2] = np.nan
+        if case % 7 == 0:
+            b[: t // 2] = 1.0
+        if case % 11 == 0:
+            b = a.copy()
+        max_lag = int(rng.integers(1, max(2, t // 3)))
+        got, want = lagged_correlation(a, b, max_lag), _lagged_corrcoef(a, b, max_lag)
+        assert got[1] == want[1], case
+        assert (np.isnan(got[0]) and np.isnan(want[0])) or abs(got[0] - want[0]) <= 1e-12, case

@@ -142,3 +142,95 @@ def test_condition_signals_from_the_cached_rows_equal_the_rewards(tmp_path, monk
     mem.persist_derived = False
     run_detectors(mem, run, config)
     assert seen[True] == seen[False] and seen[True].get("sparse") == "nerdy", seen
+
+
+def _per_step_over_cells(scope, cells):
+    """The per-condition, per-step sums as summed over every cell in scope (before `gensteps`)."""
+    import numpy as np
+
+    cidx = {c: i for i, c in enumerate(scope.conditions)}
+    x, q, n = (np.zeros((len(cidx), scope.n_steps)) for _ in range(3))
+    for c, si, nn, xx, qq in scope.con.execute(f"""SELECT condition, si, sum(n), sum(x), sum(q) FROM ({cells})
+                                                   GROUP BY ALL""").fetchall():
+        n[cidx[c], si], x[cidx[c], si], q[cidx[c], si] = nn, xx or 0, qq or 0
+    return x, q, n
+
+
+def _clusters_over_cells(scope, cells, base):
+    """The cluster sums as grouped over every window cell (before `gensteps` and `repeats`)."""
+    import numpy as np
+
+    cidx = {c: i for i, c in enumerate(scope.conditions)}
+    t, w = scope.n_steps, scope.window
+    out = np.zeros((6, len(cidx), 2, max(scope.n_strata, 1)))
+    win = f"CASE WHEN si < {base} THEN 0 WHEN si >= {t - w} THEN 1 END"
+    for c, wi, st, *v in scope.con.execute(f"""
+            SELECT condition, win, s, sum(x), sum(x * x), sum(x * nc), sum(nc), sum(nc * nc), count(*)
+            FROM (SELECT condition, {win} AS win, s, prompt_key, sum(x) AS x, sum(n) AS nc FROM ({cells})
+                  WHERE {win} IS NOT NULL GROUP BY ALL) GROUP BY ALL""").fetchall():
+        out[:, cidx[c], wi, st] = v
+    return tuple(out)
+
+
+@pytest.mark.parametrize("layout", ["parts", "shared_step", "recurring_prompts"])
+def test_cached_sums_equal_the_sums_over_every_cell(tmp_path, monkeypatch, layout):
+    """The per-condition series and cluster sums read from the per-part caches (`gensteps`, `repeats`) equal
+    those summed over every cell in scope: cold, and warm after a new part; with parts sharing a step (whose
+    cells' rows add up) and with prompts that recur across steps (clusters of several cells)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from rlaudit.detectors import generalization
+    from rlaudit.store import Store
+
+    store = Store(tmp_path / "store")
+    run = make_run(store, goblins(reward_signal="nerdy_rm"))
+    table = store.table(run)
+    store.delete(run)
+    if layout == "recurring_prompts":  # 12 prompts, each asked at many steps
+        prompts = [f"Question {hash(p) % 12}" for p in table.column("prompt").to_pylist()]
+        table = table.set_column(table.schema.get_field_index("prompt"), "prompt", pa.array(prompts))
+    steps = np.array(table.column("step").to_pylist())
+    half = np.arange(len(steps)) % 2 == 0
+    for i, lo in enumerate(range(0, 24, 6)):
+        keep = (steps > lo) & (steps <= lo + 6)
+        if layout == "shared_step" and i == 1:
+            keep |= (steps == lo + 7) & half  # this part and the next both hold rollouts of one step
+        if layout == "shared_step" and i == 2:
+            keep &= ~((steps == lo + 1) & half)
+        store.append(run, table.filter(pa.array(keep)), key=f"p{i}")
+    checked, shared = [], set()
+    per_step, clusters = generalization._per_step, generalization._cluster_sums
+
+    def spy_per_step(scope, where, ftype, k, cells):
+        got = per_step(scope, where, ftype, k, cells)
+        for a, b in zip(got, _per_step_over_cells(scope, cells)):
+            np.testing.assert_allclose(a, b, rtol=1e-12)
+        checked.append("per_step")
+        return got
+
+    def spy_clusters(scope, where, ftype, k, cells, base):
+        got = clusters(scope, where, ftype, k, cells, base)
+        for a, b in zip(got, _clusters_over_cells(scope, cells, base)):
+            np.testing.assert_allclose(a, b, rtol=1e-12)
+        checked.append("clusters")
+        shared.add(scope.shared)
+        return got
+
+    monkeypatch.setattr(generalization, "_per_step", spy_per_step)
+    monkeypatch.setattr(generalization, "_cluster_sums", spy_clusters)
+    config = AuditConfig(detectors=["generalization"])
+    cold = run_detectors(store, run, config)
+    assert checked.count("clusters") >= 1 and any(f.kind == "generalization" for f in cold)
+    store.append(run, table.filter(pc.greater(table["step"], 24)), key="p9")  # one new part
+    warm = run_detectors(store, run, config)
+    assert checked.count("clusters") >= 2 and any(f.kind == "generalization" for f in warm)
+    assert shared == {layout == "shared_step"}
+    if layout == "recurring_prompts":  # the clusters of several cells were grouped
+        import duckdb
+
+        from rlaudit.derived import termcells, tokens
+
+        cells = termcells.term_cells(store, run, tokens.term_sets(store, run))
+        assert len(generalization.repeats.recurring(cells, duckdb.connect())) > 0

@@ -36,6 +36,12 @@ for it there, `paid_in_target` false); **medium** when the target's lower bound 
 >= 0.05, or its lower bound >= 2 and its prevalence rose by >= 0.02 (the emerging detector's medium rule);
 otherwise **low**.
 
+Cost of a warm audit: an n-gram's per-condition series and its window cluster sums come from per-part sums
+cached per run (`derived.gensteps`, grown by the new part), only the clusters of recurring prompts
+(`derived.repeats`) being grouped from their cells: O(new part) plus O(steps), where summing every cell in scope
+grew with the run (~0.3 CPU s a behaviour at 10M rollouts). Style features, and scopes whose parts share a step,
+sum the cells as before.
+
 `figures(finding)` returns plotly figures (raw prevalence per condition, and the rescaled overlay) built from a
 finding's fields alone, for the report.
 """
@@ -46,11 +52,13 @@ import math
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from scipy.stats import norm
 from scipy.stats import t as student_t
 
 from ..findings import Evidence, Finding
 from ..stats import benjamini_hochberg, lagged_correlation, moving_sum, onset_index, stratified_ratio, zscore
+from ..derived import gensteps, repeats
 from . import DetectContext, Detector, register
 from .emerging import Params, Scope, scope_for
 
@@ -79,7 +87,13 @@ class GeneralizationDetector(Detector):
         scope = scope_for(ctx, params)
         if len(scope.conditions) < 2 or scope.n_steps < 4:
             return []
-        scope.focus_on([k[1] for k in (_key(scope, f) for f in behaviours) if k is not None and k[0] == "ngram"])
+        ngrams = [k[1] for k in (_key(scope, f) for f in behaviours) if k is not None and k[0] == "ngram"]
+        scope.focus_on(ngrams)
+        if ngrams:  # the n-grams' per-condition, per-step sums: cached per part (`derived.gensteps`)
+            scope.con.register("gen_steps", gensteps.step_sums(scope.cell_parts, scope.con, ngrams))
+            if not scope.shared:  # the prompts whose clusters hold more than one cell (`_cluster_sums`)
+                recurring = repeats.recurring(scope.cell_parts, scope.con)
+                scope.con.register("gen_recurring", pa.table({"prompt_key": pa.array(recurring, pa.uint64())}))
         signals = _condition_signals(ctx, scope)
         analyses = [a for a in (_analyse(scope, f, signals, alpha, params.min_steps) for f in behaviours)
                     if a is not None]
@@ -115,30 +129,13 @@ def _analyse(scope: Scope, f: Finding, signals: dict[str, str], alpha: float, mi
     cells = scope.cell_values(where, ftype, k)  # the cells at risk, with the behaviour's sums
     conds = scope.conditions
     t, nc = scope.n_steps, len(conds)
-    cidx = {c: i for i, c in enumerate(conds)}
-    x, q, n = np.zeros((nc, t)), np.zeros((nc, t)), np.zeros((nc, t))
-    rows = scope.con.execute(f"""SELECT condition, si, sum(n) AS n, sum(x) AS x, sum(q) AS q
-        FROM ({cells}) GROUP BY ALL""").fetchall()
-    for c, si, nn, xx, qq in rows:
-        n[cidx[c], si], x[cidx[c], si], q[cidx[c], si] = nn, xx or 0, qq or 0
+    x, q, n = _per_step(scope, where, ftype, k, cells)
     # the baseline: the early window, ended at the behaviour's onset (found by discovery on the pooled run) when
     # that comes earlier and leaves at least `min_steps` steps. With many steps the early window (a fixed share of
     # the run) can reach past the onset; a baseline that holds part of the rise understates the spread.
     w = scope.window
     base = _baseline_steps(scope, f, min_steps)
-    window_sql = f"CASE WHEN si < {base} THEN 0 WHEN si >= {t - w} THEN 1 END"
-    # cluster sums per condition (stratified by task within it)
-    s = max(scope.n_strata, 1)
-    sx, sxx, sxn = (np.zeros((nc, 2, s)) for _ in range(3))
-    nw, snn, g = (np.zeros((nc, 2, s)) for _ in range(3))
-    for c, win, st, a, b, cc, d, e, gg in scope.con.execute(f"""
-            SELECT condition, win, s, sum(x), sum(x * x), sum(x * nc), sum(nc), sum(nc * nc), count(*)
-            FROM (SELECT condition, {window_sql} AS win, s, prompt_key, sum(x) AS x, sum(n) AS nc FROM ({cells})
-                  WHERE {window_sql} IS NOT NULL GROUP BY ALL)
-            GROUP BY ALL""").fetchall():
-        i = cidx[c]
-        sx[i, win, st], sxx[i, win, st], sxn[i, win, st] = a, b, cc
-        nw[i, win, st], snn[i, win, st], g[i, win, st] = d, e, gg
+    sx, sxx, sxn, nw, snn, g = _cluster_sums(scope, where, ftype, k, cells, base)
     presence = not f.get("numeric", False)
     ratio, se = stratified_ratio(sx, sxx, sxn, nw, snn, g, presence=presence)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -164,6 +161,67 @@ def _analyse(scope: Scope, f: Finding, signals: dict[str, str], alpha: float, mi
     zp = math.log(pr[0]) / ps[0] if np.isfinite(pr[0]) and ps[0] > 0 else 0.0
     a["p"] = np.append(p, 2 * norm.sf(abs(zp)))
     return a
+
+
+def _per_step(scope: Scope, where: str, ftype: str, k: str | int, cells: str
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, q, n) per condition and step index of one behaviour over the rollouts at risk. An n-gram's are read
+    from its per-part sums (`gensteps`, registered by `detect` as `gen_steps`: O(steps), where summing the
+    scope's cells cost O(run), ~0.11 CPU s a behaviour at 10M rollouts); a style feature's from the cells."""
+    conds = scope.conditions
+    cidx = {c: i for i, c in enumerate(conds)}
+    x, q, n = (np.zeros((len(conds), scope.n_steps)) for _ in range(3))
+    if ftype == "ngram":
+        nc = scope.n_col(where)
+        sql = f"""SELECT g.condition, k.si, sum(g.{nc}) AS n, sum(g.x) AS x, sum(g.x) AS q
+                  FROM gen_steps g JOIN keys k USING (step, split) WHERE g.term_id = {int(k)} GROUP BY ALL"""
+    else:
+        sql = f"SELECT condition, si, sum(n) AS n, sum(x) AS x, sum(q) AS q FROM ({cells}) GROUP BY ALL"
+    for c, si, nn, xx, qq in scope.con.execute(sql).fetchall():
+        n[cidx[c], si], x[cidx[c], si], q[cidx[c], si] = nn, xx or 0, qq or 0
+    return x, q, n
+
+
+def _cluster_sums(scope: Scope, where: str, ftype: str, k: str | int, cells: str, base: int
+                  ) -> tuple[np.ndarray, ...]:
+    """Per condition, window (0: the baseline's `base` steps, 1: the late window) and stratum, the sums over
+    prompt clusters that `stratified_ratio` takes: sum X, X^2, X*N, N, N^2 and the clusters, X (N) a cluster's
+    rollouts holding the behaviour (at risk).
+
+    A cluster is one cell unless its prompt recurs (`repeats.recurring`: at another step, in another split), so
+    an n-gram's sums are its per-part cluster columns (`gensteps`, cached per part) over the windows' steps, and
+    only the recurring prompts' cells are grouped by prompt, correcting their single-cell terms: O(steps) plus
+    those cells, where grouping every window cell cost O(run) (~0.18 CPU s at 10M rollouts). A style feature,
+    or a scope where parts share a step (a cell's rows are then summed over its parts), groups every cell."""
+    conds, t, w = scope.conditions, scope.n_steps, scope.window
+    cidx = {c: i for i, c in enumerate(conds)}
+    s = max(scope.n_strata, 1)
+    sums = np.zeros((6, len(conds), 2, s))
+    window_sql = f"CASE WHEN si < {base} THEN 0 WHEN si >= {t - w} THEN 1 END"
+    in_window = f"(si < {base} OR si >= {t - w})"
+    grouped = f"""SELECT condition, {window_sql} AS win, s, prompt_key, sum(x) AS x, sum(n) AS nc,
+                         sum(x * x) AS cxx, sum(x * n) AS cxn, sum(n * n) AS cnn, count(*) AS cg
+                  FROM ({cells}) WHERE {in_window}"""
+    if ftype == "ngram" and not scope.shared:
+        r = "_r" if scope.n_col(where) == "n_r" else ""
+        queries = [f"""SELECT g.condition, {window_sql} AS win, st.s, sum(g.x), sum(g.xx), sum(g.xn{r}),
+                              sum(g.n{r}), sum(g.nn{r}), sum(g.g{r})
+                       FROM gen_steps g JOIN keys USING (step, split)
+                       JOIN strata st ON st.task_key = g.task_key AND st.condition = g.condition
+                       WHERE g.term_id = {int(k)} AND {in_window} GROUP BY ALL"""]
+        if scope.con.execute("SELECT count(*) FROM gen_recurring").fetchall()[0][0]:
+            # a recurring prompt's cluster in place of its cells' single-cell terms (its X and N sums are theirs)
+            queries.append(f"""SELECT condition, win, s, 0, sum(x * x) - sum(cxx), sum(x * nc) - sum(cxn), 0,
+                                      sum(nc * nc) - sum(cnn), count(*) - sum(cg)
+                               FROM ({grouped} AND prompt_key IN (SELECT prompt_key FROM gen_recurring)
+                                     GROUP BY ALL) GROUP BY ALL""")
+    else:
+        queries = [f"""SELECT condition, win, s, sum(x), sum(x * x), sum(x * nc), sum(nc), sum(nc * nc), count(*)
+                       FROM ({grouped} GROUP BY ALL) GROUP BY ALL"""]
+    for sql in queries:
+        for c, win, st, *v in scope.con.execute(sql).fetchall():
+            sums[:, cidx[c], win, st] += np.asarray(v, dtype=np.float64)
+    return tuple(sums)
 
 
 def _choose_source(scope: Scope, a: dict[str, Any], signals: dict[str, str], alpha: float) -> bool:
