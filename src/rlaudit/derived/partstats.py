@@ -190,7 +190,7 @@ def part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[s
     manifest = store.manifest(run)
     parts = store.parts(run, manifest)
     layouts = store.part_layouts(run, manifest)
-    lost = store.missing_part(run, [p.name for p in parts])  # as `Store.connect`: an error, never a smaller run
+    lost = store.missing_part(parts)  # as `Store.connect`: an error, never a silently smaller run
     if lost is not None:
         raise store.missing_error(run, lost, manifest)
     caches = {k.name: _Cache(store, run, k) for k in kinds}
