@@ -12,7 +12,6 @@ to OUT.html, to compare two versions of the code on copies of the same data.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
