@@ -123,8 +123,18 @@ def _finite(x: float) -> float:
     return x if isinstance(x, (int, float)) and math.isfinite(x) else 0.0
 
 
+_PLAIN = frozenset({str, int, bool, type(None)})
+
+
 def jsonable(obj: Any) -> Any:
     """Convert numpy scalars/arrays, tuples and non-finite floats into plain JSON values (NaN/inf -> null)."""
+    # the plain values first, by exact type (numpy's float64, a float subclass, goes the long way): the findings of
+    # a 2,000-step run hold ~100,000 of them in per-step series, each through five isinstance/hasattr tests
+    t = type(obj)
+    if t in _PLAIN:
+        return obj
+    if t is float:
+        return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

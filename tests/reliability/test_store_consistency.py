@@ -210,6 +210,30 @@ def test_symlink_loop_ingests_each_file_once(tmp_path, store):
     assert any("symbolic links" in n for n in report.notes)
 
 
+def test_file_linked_under_another_name_is_ingested_once(tmp_path, store):
+    # a link to a file (not to a directory): its real path is the target's, found by the link itself
+    src = tmp_path / "verlish"
+    src.mkdir()
+    _lines(src / "a.jsonl", 0, 8)
+    _lines(src / "b.jsonl", 8, 16)
+    (src / "c.jsonl").symlink_to(src / "a.jsonl")
+    report = store.ingest(src, run="r", format="canonical")
+    assert store.summary("r").rows == 16
+    assert any("symbolic links" in n and "c.jsonl" in n for n in report.notes)
+
+
+def test_missing_part_is_an_error_for_every_reader(tmp_path, store):
+    # found by one listing of the parts directory (`Store.missing_part`), not a stat per part: the same error
+    src = _run_dir(tmp_path)
+    store.ingest(src, run="r")
+    lost = store.parts("r")[1]
+    lost.unlink()
+    for read in (lambda: store.connect(["r"]), lambda: store.query("SELECT count(*) FROM rollouts", runs=["r"]),
+                 lambda: store.summary("r")):
+        with pytest.raises(RlauditError, match=f"part file {lost} is missing; ingest its source again"):
+            read()
+
+
 def test_copied_file_under_another_name_is_ingested_once(tmp_path, store):
     src = tmp_path / "verlish"
     src.mkdir()

@@ -476,12 +476,14 @@ def findings_from_results(con: duckdb.DuckDBPyConnection, results: pa.Table | st
     the exposed rows come from the per-part summaries of the results, the view `cot_summary` of `con`
     (`cot.summary`), and the evidence reads only the parts that hold its rollouts: the same findings, without
     reading every result row and every rollout of the run."""
-    if isinstance(results, str):  # SQL source (e.g. read_parquet of cached per-part results)
-        con.execute(f"CREATE OR REPLACE TEMP VIEW _cot_scan AS SELECT * FROM {results}")
-    else:
-        con.register("_cot_scan", results)
-    con.execute(f"CREATE OR REPLACE TEMP VIEW cot_scan AS SELECT * FROM _cot_scan WHERE NOT chance AND {where}")
-    con.execute(f"CREATE OR REPLACE TEMP VIEW cot_chance AS SELECT * FROM _cot_scan WHERE chance AND {where}")
+    if part_rows is None:  # with summaries the per-pair results are not read: no views over them
+        # (binding a view over a 2,000-step run's result files cost ~5-10 ms, and these were three)
+        if isinstance(results, str):  # SQL source (e.g. read_parquet of cached per-part results)
+            con.execute(f"CREATE OR REPLACE TEMP VIEW _cot_scan AS SELECT * FROM {results}")
+        else:
+            con.register("_cot_scan", results)
+        con.execute(f"CREATE OR REPLACE TEMP VIEW cot_scan AS SELECT * FROM _cot_scan WHERE NOT chance AND {where}")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW cot_chance AS SELECT * FROM _cot_scan WHERE chance AND {where}")
     # the counts every statistic below needs, per (chance, grader, step, condition, task): one pass over the
     # per-pair results (a few hundred rows at 1M rollouts) instead of one per query
     if part_rows is None:

@@ -65,8 +65,7 @@ class DetectContext:
     def connect(self) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection whose view `rollouts` holds this run's rows within the audit's step/split scope
         (the unfiltered rows stay available as `all_rollouts`)."""
-        con = self.store.connect([self.run])
-        con.execute("ALTER VIEW rollouts RENAME TO all_rollouts")
+        con = self.store.connect([self.run], view="all_rollouts")  # bound once, not renamed: see Store.connect
         con.execute(f"CREATE VIEW rollouts AS SELECT * FROM all_rollouts WHERE {self.scope_sql()}")
         con.execute(
             "CREATE OR REPLACE VIEW rewards_long AS SELECT run, rollout_id, step, group_id, condition, task, "

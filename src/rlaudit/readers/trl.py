@@ -50,6 +50,7 @@ What the files do not say, and how this reader handles it (run-level facts: `trl
 from __future__ import annotations
 
 import bisect
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,12 +75,23 @@ BATCH_ROWS = 32_768
 
 def _completion_files(source: Path) -> list[tuple[Path, str]]:
     """(file, split) pairs of a TRL output dir or its completions dir."""
+    return [(d / name, split) for d, name, split in _completion_names(source)]
+
+
+def _completion_names(source: Path) -> list[tuple[Path, str, str]]:
+    """(directory, file name, split) of the completion files of a TRL output dir or its completions dir: names
+    from one listing per directory (a `glob` builds a `Path` per entry: ~15 ms for a 2,000-step run, twice per
+    ingest)."""
     if source.is_file():
-        return [(source, "train")] if _FILE.match(source.name) else []
+        return [(source.parent, source.name, "train")] if _FILE.match(source.name) else []
     base = source / "completions" if (source / "completions").is_dir() else source
-    found = [(p, "train") for p in base.glob("completions_*.parquet") if _FILE.match(p.name)]
-    for split in ("train", "eval"):
-        found += [(p, split) for p in (base / split).glob("completions_*.parquet") if _FILE.match(p.name)]
+    found = []
+    for d, split in ((base, "train"), (base / "train", "train"), (base / "eval", "eval")):
+        try:
+            names = os.listdir(d)
+        except OSError:  # no such directory (or not one): no files there, as a glob finds none
+            continue
+        found += [(d, name, split) for name in names if _FILE.match(name)]
     return found
 
 
@@ -98,8 +110,13 @@ class TrlReader(Reader):
 
     def files(self, source: Path) -> list[SourceFile]:
         root = source.parent if source.is_file() else source
-        out = [SourceFile(p, str(p.relative_to(root)), split=split, step=int(_FILE.match(p.name).group(1)))
-               for p, split in _completion_files(source)]
+        prefixes: dict[Path, str] = {}  # directory -> its path relative to root, with a separator ("" for root)
+        out = []
+        for d, name, split in _completion_names(source):
+            if d not in prefixes:
+                rel = str(d.relative_to(root))
+                prefixes[d] = "" if rel == "." else rel + os.sep
+            out.append(SourceFile(d / name, prefixes[d] + name, split=split, step=int(_FILE.match(name).group(1))))
         return sorted(out, key=lambda f: (f.split != "train", f.step, f.relpath))
 
     def prepare(self, source: Path, ctx: ReadContext) -> None:
