@@ -58,6 +58,18 @@ def _focus(store: Store, terms: set[int]) -> tuple[list, list]:
     return [tuple(v or 0 for v in r) for r in got], [tuple(v or 0 for v in r) for r in ref]
 
 
+def _prompts(store: Store, terms: set[int]) -> tuple[list, list]:
+    """(cached, whole-run SQL): the distinct (term, prompt) pairs of the prompts holding the terms."""
+    cells, con = _cells(store)
+    con.register("got", cellrollup.prompts(cells, con, terms))
+    cells.register(con, "promptterms", "promptterms")
+    con.register("want", pa.table({"term_id": pa.array(sorted(terms), pa.int32())}))
+    got = con.sql("SELECT DISTINCT term_id, prompt_key FROM got SEMI JOIN want USING (term_id) ORDER BY ALL").fetchall()
+    ref = con.sql("SELECT DISTINCT term_id, prompt_key FROM promptterms SEMI JOIN want USING (term_id) ORDER BY ALL"
+                  ).fetchall()
+    return got, ref
+
+
 def _manifest(store: Store, name: str):
     d = next((store.run_dir("r") / "derived" / "termcells").iterdir()) / "rollup" / name
     return d / "manifest.json"
@@ -79,37 +91,43 @@ def test_rollups_equal_the_whole_run_sql_and_grow_by_new_parts(tmp_path):
     mtime = path.stat().st_mtime_ns
     assert _focus(Store(store.root), {a}) == _focus(Store(store.root), {a})  # a subset: read, not rebuilt
     assert path.stat().st_mtime_ns == mtime
+    got, ref = _prompts(Store(store.root), {a, b})
+    assert got == ref and len(got) > 2
     _add_step(store, "c", 9, 0)
-    for name in ("strata", "focus"):
-        got, ref = _strata(Store(store.root)) if name == "strata" else _focus(Store(store.root), {a, b})
+    for name, check in (("strata", lambda: _strata(Store(store.root))), ("focus", lambda: _focus(Store(store.root), {a, b})),
+                        ("prompts", lambda: _prompts(Store(store.root), {a, b}))):
+        got, ref = check()
         assert got == ref
         chunked = [ch["parts"] for ch in json.loads(_manifest(store, name).read_text())["chunks"]]
         assert [len(p) for p in chunked] == [2, 1]  # the new part: a chunk of its own
-    got, ref = _focus(Store(store.root), {c})  # a term added: every part, one chunk, earlier terms kept
-    assert got == ref
-    doc = json.loads(_manifest(store, "focus").read_text())
-    assert sorted(doc["info"]["terms"]) == sorted({a, b, c}) and len(doc["chunks"]) == 1
+    assert _focus(Store(store.root), {c})[0] == _focus(Store(store.root), {c})[1]  # a term added: every part,
+    assert _prompts(Store(store.root), {c})[0] == _prompts(Store(store.root), {c})[1]  # one chunk, earlier kept
+    for name in ("focus", "prompts"):
+        doc = json.loads(_manifest(store, name).read_text())
+        assert sorted(doc["info"]["terms"]) == sorted({a, b, c}) and len(doc["chunks"]) == 1
     assert _focus(Store(store.root), {a, b, c}) == _focus(Store(store.root), {a, b, c})
 
 
 def test_rollups_are_recomputed_when_a_part_leaves_or_a_chunk_is_torn_or_missing(tmp_path):
     store = _store(tmp_path)
     a, b = _common_terms(store, 2)
-    first = _strata(Store(store.root)), _focus(Store(store.root), {a, b})
-    for name in ("strata", "focus"):
+    def every() -> tuple:
+        return _strata(Store(store.root)), _focus(Store(store.root), {a, b}), _prompts(Store(store.root), {a, b})
+
+    first = every()
+    assert all(got == ref and got for got, ref in first)
+    for name in ("strata", "focus", "prompts"):
         path = _manifest(store, name)
         doc = json.loads(path.read_text())
         doc["chunks"].append(dict(doc["chunks"][0], parts=["gone-part"]))  # the same rows again, of a part gone
         path.write_text(json.dumps(doc))
-        assert (_strata(Store(store.root)), _focus(Store(store.root), {a, b})) == first
+        assert every() == first
         chunk = path.parent / json.loads(path.read_text())["chunks"][0]["name"]
         chunk.write_bytes(chunk.read_bytes()[:100])  # torn
-        assert (_strata(Store(store.root)), _focus(Store(store.root), {a, b})) == first
+        assert every() == first
         chunk = path.parent / json.loads(path.read_text())["chunks"][0]["name"]
         chunk.unlink()
-        assert (_strata(Store(store.root)), _focus(Store(store.root), {a, b})) == first
-    got, ref = first[0]
-    assert got == ref
+        assert every() == first
 
 
 def test_rollups_of_an_in_memory_store(tmp_path):
@@ -119,3 +137,5 @@ def test_rollups_of_an_in_memory_store(tmp_path):
     assert got == ref and len(got) > 8
     got, ref = _focus(store, {a, b})
     assert got == ref and len(got) > 8
+    got, ref = _prompts(store, {a, b})
+    assert got == ref and len(got) > 2

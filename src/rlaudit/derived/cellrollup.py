@@ -1,29 +1,30 @@
-"""The run's cell tables summed per (step, split, task, condition): small rollups cached per run, grown by the
-parts added since.
+"""The run's cell tables rolled up per (step, split, task, condition), and the prompts holding the reported
+terms: small tables cached per run, grown by the parts added since.
 
 Why: the `emerging` scope's whole-run tables (the steps and strata in scope, the per-step rollouts and style sums,
-the conditions by traffic) and the per-condition numbers of a finding (`emerging._by_condition`) were DuckDB
-queries over every part's cell rows (`termcells`: at 10M rollouts ~1.25M cells, and ~4.7M (cell, term) rows of
-the reported terms), O(run) on every warm audit for one new step's worth of rows. They only need sums per
-(step, split, task, condition), a few rows a step, and each part's sums are its own (sums over parts add up:
-parts that share a step both hold rows of that step). Two rollups, each one row per part and key:
+the conditions by traffic), the per-condition numbers of a finding (`emerging._by_condition`) and the prompts
+holding a reported term were DuckDB queries over every part's cell tables (`termcells`: at 10M rollouts ~1.25M
+cells, ~4.7M (cell, term) rows of the reported terms, and every part's prompt terms), O(run) on every warm audit
+for one new step's worth of rows. The sums only need a few rows a step, and each part's are its own (sums over
+parts add up: parts that share a step both hold rows of that step). Three tables:
 
-- `strata` (`STRATA`): the part's rollouts `n`, those with reasoning `n_r`, and every style column's sum and sum
-  of squares (`cells` summed);
-- `focus` (`focus`): for each *focus* term (the n-grams a detector may report) the rollouts of cells whose
-  prompt holds the term (`n_held`, `n_r_held`: not at risk, `strata`'s counts less these are the rollouts at
-  risk) and those of the cells at risk containing it (`x`), per (step, split, task, condition) of the parts of a
-  chunk (no part column: only `strata` is asked which parts hold a step). Computed from the cells whose prompt
-  holds a focus term and the focus terms' cell rows (`TermCells.focus`, itself cached per run), never a product
-  of every cell with every term. A prompt's terms are a
-  function of its text (`prompt_key` is its hash), so the part's own `promptterms` say whether a cell's prompt
-  holds the term, as every part's would.
+- `strata`: per part and key, the rollouts `n`, those with reasoning `n_r`, and every style column's sum and
+  sum of squares (`cells` summed);
+- `focus`: for each *focus* term (the n-grams a detector may report) and key, the rollouts of cells whose
+  prompt holds the term (`n_held`, `n_r_held`: not at risk; `strata`'s counts less these are the rollouts at
+  risk) and those of the cells at risk containing it (`x`); no part column (only `strata` is asked which parts
+  hold a step). Computed from the cells whose prompt holds a focus term and the focus terms' cell rows
+  (`TermCells.focus`, itself cached per run), never a product of every cell with every term;
+- `prompts`: the prompts holding each focus term, for the questions asked of single rollouts and cells (which
+  are at risk).
 
-Each is kept per run in chunks of parts (`chunks`: Arrow IPC files, memory-mapped; `focus` also records its
-terms): an audit maps them and computes only the parts added since (O(new parts)). A part that left the run, a
-missing or torn chunk or another layout voids a rollup (it is recomputed from every part); focus terms not
-cached are computed over every part once and kept with the earlier ones (at most `termcells.FOCUS_TERMS`).
-Stores that keep derived data in memory compute the rollups each time.
+A prompt's terms are a function of its text (`prompt_key` is its hash), so a part's own `promptterms` say
+whether its cells' prompts hold a term, as every part's would. Each table is kept per run in chunks of parts
+(`chunks`: Arrow IPC files, memory-mapped; `focus` and `prompts` also record their terms): an audit maps them
+and computes only the parts added since (O(new parts)). A part that left the run, a missing or torn chunk or
+another layout voids a table (it is recomputed from every part); focus terms not cached are computed over every
+part once and kept with the earlier ones (at most `termcells.FOCUS_TERMS`). Stores that keep derived data in
+memory compute the tables each time.
 """
 
 from __future__ import annotations
@@ -109,6 +110,26 @@ def focus(cells: TermCells, con: duckdb.DuckDBPyConnection, term_ids: set[int]) 
             GROUP BY ALL""").to_arrow_table().cast(FOCUS_SCHEMA)
 
     return _cached(_directory(cells, "focus"), f"focus-v{VERSION}", cells, sorted(term_ids), compute, FOCUS_SCHEMA)
+
+
+PROMPTS_SCHEMA = pa.schema([("term_id", pa.int32()), ("prompt_key", pa.uint64())])
+
+
+def prompts(cells: TermCells, con: duckdb.DuckDBPyConnection, term_ids: set[int]) -> pa.Table:
+    """The prompts holding each focus term (`PROMPTS_SCHEMA`): distinct within a chunk, a prompt seen in the
+    parts of several chunks listed once per chunk (readers look prompts up, so repeats do no harm); rows of
+    `term_ids` and possibly of other terms cached with them."""
+
+    def compute(only: set[str], terms: list[int]) -> pa.Table:
+        if not terms:
+            return PROMPTS_SCHEMA.empty_table()
+        con.register("_rollup_terms", pa.table({"term_id": pa.array(terms, pa.int32())}))
+        cells.register(con, "promptterms", "_rollup_promptterms", only=only)
+        return con.sql("""SELECT DISTINCT term_id, prompt_key FROM _rollup_promptterms
+                          SEMI JOIN _rollup_terms USING (term_id)""").to_arrow_table().cast(PROMPTS_SCHEMA)
+
+    return _cached(_directory(cells, "prompts"), f"prompts-v{VERSION}", cells, sorted(term_ids), compute,
+                   PROMPTS_SCHEMA)
 
 
 def _directory(cells: TermCells, name: str) -> Path | None:

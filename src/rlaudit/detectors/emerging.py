@@ -174,10 +174,9 @@ class Scope:
     - `window_sums()` (`windowsums`): the window parts' per-key term sums, cached per run, that the window
       statistics add up (`_term_sums_cached`) instead of joining every (cell, term) row of the window.
     - `fstrata`: for the *focus* terms (those that may be reported, `focus_on`) the rollouts at risk and those
-      containing the term per (step, split, task, condition) in scope (`cellrollup.focus`, cached per run);
-      `fcells` / `fprompt` (the cells containing, and the prompts holding, the focus terms over the whole
-      scope) are made only for `cell_values` and `at_risk_sql` (`_focus_cells`), `wfprompt` (the window's
-      prompts holding them) for `_explained` (`window_prompts`).
+      containing the term per (step, split, task, condition) in scope (`cellrollup.focus`, cached per run), and
+      `fprompt`, the prompts holding them (`cellrollup.prompts`, cached per run); `fcells` (their cell rows over
+      the whole scope, O(run)) is made only for `cell_values` (`_focus_cells`).
     - `sc` (built on first use, `rows()`): one row per rollout of the two windows, read only from the parts
       holding window steps, without the prompts' term lists: grouping, evidence and the reward comparisons
       need single rollouts, and nothing else.
@@ -272,7 +271,6 @@ class Scope:
             "SELECT condition FROM tstrata GROUP BY 1 ORDER BY sum(n) DESC, 1").fetchall()]
         self.focus: set[int] | None = None
         self._focus_cells_of: set[int] = set()
-        self._wfprompt_of: set[int] = set()
         self._rows_built = False
         self._sample: tuple[str, str] | None = None
 
@@ -365,9 +363,9 @@ class Scope:
     def focus_on(self, term_ids: Any) -> None:
         """Make the per-condition tables cover `term_ids`, the n-grams that may be reported (only their cells are
         read from here on): `fstrata` (their rollouts at risk and containing them per (step, split, task,
-        condition), `cellrollup.focus`: cached per run, grown by the new parts); the window prompts holding them
-        (`window_prompts`), the per-cell `fcells` and whole-run `fprompt` (`_focus_cells`: `cell_values`,
-        `at_risk_sql`) are made when asked for."""
+        condition, `cellrollup.focus`) and `fprompt` (the prompts holding them, `cellrollup.prompts`), cached per
+        run and grown by the new parts; the per-cell `fcells` is made when asked for (`_focus_cells`:
+        `cell_values`)."""
         ids = {int(t) for t in term_ids}
         if self.focus is not None and ids <= self.focus:
             return
@@ -387,21 +385,15 @@ class Scope:
                        FROM focus_rollup SEMI JOIN focus_ids USING (term_id) GROUP BY ALL) r
                  ON r.term_id = f.term_id AND r.step = t.step AND r.split = t.split
                     AND r.task IS NOT DISTINCT FROM t.task AND r.condition = t.condition""")
-
-    def window_prompts(self) -> str:
-        """The table `wfprompt`: the window's prompts holding a focus term (prompt_key, term_id), for questions
-        asked of the window's rollouts (`_explained`). A prompt's terms are a function of its text (`prompt_key`
-        is its hash), so the window parts' prompt terms say which of their prompts hold a term, as every part's
-        would; made on first use (an O(window) scan)."""
-        if self._wfprompt_of != self.focus:
-            self._wfprompt_of = set(self.focus)
-            self.con.execute("""CREATE OR REPLACE TEMP TABLE wfprompt AS SELECT DISTINCT prompt_key, term_id
-                                FROM wpt SEMI JOIN focus_ids USING (term_id)""")
-        return "wfprompt"
+        # the prompts holding them, over the whole run (`cellrollup.prompts`: cached per run, grown by the new
+        # parts; a prompt may be listed more than once, which the lookups do not mind)
+        con.register("focus_prompts", cellrollup.prompts(self.cell_parts, con, self.focus))
+        con.execute("""CREATE OR REPLACE TEMP VIEW fprompt AS SELECT prompt_key, term_id FROM focus_prompts
+                       SEMI JOIN focus_ids USING (term_id)""")
 
     def _focus_cells(self) -> None:
-        """`fcells` (the focus terms' cell rows) and `fprompt` (the prompts holding them) over the whole scope,
-        for the per-cell questions (`cell_values`, `at_risk_sql`); made when asked for, O(run)."""
+        """`fcells` (the focus terms' cell rows over the whole scope) for the per-cell questions (`cell_values`);
+        made when asked for, O(run)."""
         if self._focus_cells_of == self.focus:
             return
         self._focus_cells_of = set(self.focus)
@@ -413,9 +405,6 @@ class Scope:
         if self.shared:
             con.execute("""CREATE OR REPLACE TEMP TABLE fcells AS SELECT cell, term_id, sum(x) AS x
                            FROM focus_ct SEMI JOIN tcells USING (cell) GROUP BY ALL""")
-        self.cell_parts.register(con, "promptterms", "all_pt")
-        con.execute("""CREATE OR REPLACE TEMP TABLE fprompt AS SELECT DISTINCT prompt_key, term_id
-                       FROM all_pt SEMI JOIN focus_ids USING (term_id)""")
 
     def rows(self, feature_type: str = "ngram") -> str:
         """The rollouts of the two windows, built on first use: the table `sc` for n-gram questions, the view
@@ -449,7 +438,6 @@ class Scope:
         if feature_type != "ngram":
             return "TRUE"
         self.focus_on([key])
-        self._focus_cells()
         return f"prompt_key NOT IN (SELECT prompt_key FROM fprompt WHERE term_id = {int(key)})"
 
     def cell_values(self, where: str, feature_type: str, key: str | int) -> str:
@@ -459,6 +447,7 @@ class Scope:
         if feature_type == "ngram":
             k = int(key)
             risk = self.at_risk_sql(feature_type, k)
+            self._focus_cells()
             return f"""SELECT c.condition, c.task, c.si, c.win, c.s, c.prompt_key, c.{nc} AS n,
                               CAST(coalesce(f.x, 0) AS DOUBLE) AS x, CAST(coalesce(f.x, 0) AS DOUBLE) AS q
                        FROM tcells c LEFT JOIN (SELECT cell, x FROM fcells WHERE term_id = {k}) f USING (cell)
@@ -1093,7 +1082,6 @@ def _explained(scope: Scope, c: Candidates, tests: list[tuple[int, list[int]]], 
                                      "term_id": pa.array([h for _, h in hosts], pa.int32())}))
     # the rollouts at risk per window: the focus rollup's (cells whose prompt lacks the term, summed per stratum)
     scope.focus_on([int(c.keys[row]) for row, _ in tests])
-    scope.window_prompts()
     at_risk = con.execute(f"""SELECT t.p, f.win, sum(f.{nc}) FROM fstrata f JOIN x_target t ON f.term_id = t.t
         WHERE f.win IS NOT NULL GROUP BY ALL""").fetchall()
     counted = con.execute(f"""WITH
@@ -1103,9 +1091,9 @@ def _explained(scope: Scope, c: Candidates, tests: list[tuple[int, list[int]]], 
                  SEMI JOIN (SELECT t AS term_id FROM x_target UNION SELECT term_id FROM x_host) USING (term_id)),
         hr AS (SELECT DISTINCT h.p, hits.rid, hits.win, hits.prompt_key FROM hits JOIN x_host h USING (term_id)),
         hosted AS (SELECT hr.p, hr.win, count(*) AS k FROM hr JOIN x_target t USING (p)
-                   ANTI JOIN wfprompt f ON f.prompt_key = hr.prompt_key AND f.term_id = t.t GROUP BY ALL),
+                   ANTI JOIN fprompt f ON f.prompt_key = hr.prompt_key AND f.term_id = t.t GROUP BY ALL),
         tr AS (SELECT t.p, hits.rid, hits.win FROM hits JOIN x_target t ON hits.term_id = t.t
-               ANTI JOIN wfprompt f ON f.prompt_key = hits.prompt_key AND f.term_id = t.t),
+               ANTI JOIN fprompt f ON f.prompt_key = hits.prompt_key AND f.term_id = t.t),
         xs AS (SELECT p, win, count(*) AS x FROM tr ANTI JOIN hr USING (p, rid) GROUP BY ALL)
         SELECT p, win, 'k', k FROM hosted UNION ALL SELECT p, win, 'x', x FROM xs""").fetchall()
     n = np.zeros((len(tests), 2))
