@@ -348,8 +348,7 @@ class Scope:
         sums), made on first use: only the per-cell questions of `cell_values` need them, and over the whole run
         they are O(run) (at 10M rollouts ~1.25M cells, ~0.2 CPU s)."""
         if not self._tcells:
-            con = self.con
-            self.cell_parts.register(con, "cells", "cell_all")
+            con = self.con  # `cell_all`: every part's cells, registered by `__init__`
             con.execute(f"""CREATE TEMP TABLE tcells AS {_cells_sql("cell_all", [], self.shared)}""")
             con.execute(f"""CREATE TEMP VIEW style_cells AS {_cells_sql("cell_all", self._style, self.shared)}""")
             self._tcells = True
