@@ -83,7 +83,7 @@ def focus(cells: TermCells, con: duckdb.DuckDBPyConnection, term_ids: set[int]) 
             cells.register(con, kind, f"_rollup_{kind}", only=only)
         if only == every:  # the terms' cell rows over every part: the focus cache (`TermCells.focus`), not a scan
             ct = "_rollup_ct_focus"
-            cells.focus(con, set(terms), ct)
+            cells.focus(con, set(terms), ct, view=True)
         else:
             ct = "_rollup_ct"
             cells.register(con, "cellterms", "_rollup_ct_parts", only=only)

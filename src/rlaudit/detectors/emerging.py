@@ -167,9 +167,9 @@ class Scope:
       run and grown by the new parts' rows) with its step index `si`, window `win` (0 early, 1 late, NULL
       between), stratum `s`, rollout counts and style sums: every whole-scope per-step, per-condition and
       per-stratum count sums these rows (`tsteps` per step; `strata_values` for a finding's per-condition
-      numbers). The window cells are in `wcells` (read from the window parts only). `tcells` (one row per cell
-      in scope, O(run)) and the view `style_cells` are made only when a per-cell question asks for them
-      (`tcells()`, through `cell_values`).
+      numbers). The window cells are in `wcells` (read from the window parts only). The views `tcells` (one
+      row per cell in scope, O(run) to read) and `style_cells` are made only when a per-cell question asks for
+      them (`tcells()`, through `cell_values`).
     - `counts` (`stepcounts.StepCounts`): the per-step term counts, dense, cached per run.
     - `window_sums()` (`windowsums`): the window parts' per-key term sums, cached per run, that the window
       statistics add up (`_term_sums_cached`) instead of joining every (cell, term) row of the window.
@@ -344,12 +344,13 @@ class Scope:
         return int(self.con.execute(f"SELECT coalesce(sum({self.n_col(where)}), 0) FROM tstrata").fetchall()[0][0])
 
     def tcells(self) -> str:
-        """The table `tcells` (one row per cell in scope) and the view `style_cells` (the same with the style
-        sums), made on first use: only the per-cell questions of `cell_values` need them, and over the whole run
-        they are O(run) (at 10M rollouts ~1.25M cells, ~0.2 CPU s)."""
+        """The views `tcells` (one row per cell in scope) and `style_cells` (the same with the style sums), made on
+        first use: only the per-cell questions of `cell_values` read them. Views, not tables: over the whole run
+        they are O(run) (at 10M rollouts ~1.25M cells, ~0.2 CPU s to materialise), and a caller that builds the
+        SQL of `cell_values` may run it rarely (generalization: for the recurring prompts' cells only)."""
         if not self._tcells:
             con = self.con  # `cell_all`: every part's cells, registered by `__init__`
-            con.execute(f"""CREATE TEMP TABLE tcells AS {_cells_sql("cell_all", [], self.shared)}""")
+            con.execute(f"""CREATE TEMP VIEW tcells AS {_cells_sql("cell_all", [], self.shared)}""")
             con.execute(f"""CREATE TEMP VIEW style_cells AS {_cells_sql("cell_all", self._style, self.shared)}""")
             self._tcells = True
         return "tcells"
@@ -400,7 +401,7 @@ class Scope:
         self.tcells()
         # cached per run (not a scan of every part's cell terms); a cell is in one part's rows unless parts share
         # a step, so only then are its rows summed (readers join `fcells` to the cells in scope, `tcells`)
-        self.cell_parts.focus(con, self.focus, "focus_ct" if self.shared else "fcells")
+        self.cell_parts.focus(con, self.focus, "focus_ct" if self.shared else "fcells", view=True)
         if self.shared:
             con.execute("""CREATE OR REPLACE TEMP TABLE fcells AS SELECT cell, term_id, sum(x) AS x
                            FROM focus_ct SEMI JOIN tcells USING (cell) GROUP BY ALL""")
