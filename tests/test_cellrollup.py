@@ -94,8 +94,9 @@ def test_rollups_equal_the_whole_run_sql_and_grow_by_new_parts(tmp_path):
     got, ref = _prompts(Store(store.root), {a, b})
     assert got == ref and len(got) > 2
     _add_step(store, "c", 9, 0)
-    for name, check in (("strata", lambda: _strata(Store(store.root))), ("focus", lambda: _focus(Store(store.root), {a, b})),
-                        ("prompts", lambda: _prompts(Store(store.root), {a, b}))):
+    checks = (("strata", lambda: _strata(Store(store.root))), ("focus", lambda: _focus(Store(store.root), {a, b})),
+              ("prompts", lambda: _prompts(Store(store.root), {a, b})))
+    for name, check in checks:
         got, ref = check()
         assert got == ref
         chunked = [ch["parts"] for ch in json.loads(_manifest(store, name).read_text())["chunks"]]
@@ -139,3 +140,29 @@ def test_rollups_of_an_in_memory_store(tmp_path):
     assert got == ref and len(got) > 8
     got, ref = _prompts(store, {a, b})
     assert got == ref and len(got) > 2
+
+
+def test_scope_sums_from_the_rollups_equal_those_of_every_cell(tmp_path):
+    """`emerging.Scope`'s per-stratum sums (`strata_values`, from the rollups) equal the same sums over every
+    cell in scope (`cell_values`: the views over every part's cells), for n-grams and style features, with two
+    parts sharing a step; so do the conditions by traffic and the rollouts."""
+    from rlaudit.detectors import AuditConfig, DetectContext
+    from rlaudit.detectors.emerging import Params, Scope
+
+    store = _store(tmp_path)
+    terms = _common_terms(store, 4)
+    scope = Scope(DetectContext(store=store, run="r", config=AuditConfig(detectors=["emerging"])), Params())
+    assert scope.shared
+    asked = [(w, "ngram", t) for t in terms for w in ("answer", "reasoning")]
+    asked += [(w, "style", f) for w in ("answer", "reasoning") for f in ("length", "list")]
+    sums = "SELECT condition, task, si, win, s, sum(n), sum(x) FROM ({}) GROUP BY ALL ORDER BY ALL"
+    for where, ftype, key in asked:
+        got = scope.con.execute(sums.format(scope.strata_values(where, ftype, key))).fetchall()
+        ref = scope.con.execute(sums.format(scope.cell_values(where, ftype, key))).fetchall()
+        assert got == ref and got, (where, ftype, key)
+    assert scope.conditions == [r[0] for r in scope.con.execute(
+        "SELECT condition FROM tcells GROUP BY 1 ORDER BY sum(n) DESC, 1").fetchall()]
+    for where in ("answer", "reasoning"):
+        n = scope.n_col(where)
+        assert scope.rollouts(where) == scope.con.execute(f"SELECT sum({n}) FROM tcells").fetchall()[0][0] > 0
+    scope.close()
