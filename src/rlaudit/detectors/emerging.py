@@ -83,7 +83,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from scipy.stats import norm
 
-from ..derived import stepcounts, termcells, tokens, windowsums
+from ..derived import cellrollup, stepcounts, termcells, tokens, windowsums
 from ..behaviors import STYLE_FEATURES, parse_behavior
 from ..findings import Evidence, Finding
 from ..derived.runstats import register_run_stats
@@ -163,15 +163,20 @@ class Params:
 class Scope:
     """The audit's scope over the run's cached cell tables (`rlaudit.derived.termcells`), inside a DuckDB connection.
 
-    - `tcells`: one row per cell in scope (step, split, task, condition, prompt) with its step index `si`, window
-      `win` (0 early, 1 late, NULL between), stratum `s` and rollout counts: every per-step, per-condition and
-      per-cluster count sums these rows. The style sums are in `tsteps` (per step), `wcells` (the window cells,
-      read from the window parts only) and the view `style_cells` (every cell, for a style behaviour asked about).
+    - `tstrata`: one row per part and (step, split, task, condition) in scope (`cellrollup.strata`, cached per
+      run and grown by the new parts' rows) with its step index `si`, window `win` (0 early, 1 late, NULL
+      between), stratum `s`, rollout counts and style sums: every whole-scope per-step, per-condition and
+      per-stratum count sums these rows (`tsteps` per step; `strata_values` for a finding's per-condition
+      numbers). The window cells are in `wcells` (read from the window parts only). The views `tcells` (one
+      row per cell in scope, O(run) to read) and `style_cells` are made only when a per-cell question asks for
+      them (`tcells()`, through `cell_values`).
     - `counts` (`stepcounts.StepCounts`): the per-step term counts, dense, cached per run.
     - `window_sums()` (`windowsums`): the window parts' per-key term sums, cached per run, that the window
       statistics add up (`_term_sums_cached`) instead of joining every (cell, term) row of the window.
-    - `fcells` / `fprompt`: the cells containing, and the prompts holding, the *focus* terms (those that may be
-      reported, `focus_on`), over the whole scope: the per-condition numbers of findings.
+    - `fstrata`: for the *focus* terms (those that may be reported, `focus_on`) the rollouts at risk and those
+      containing the term per (step, split, task, condition) in scope (`cellrollup.focus`, cached per run), and
+      `fprompt`, the prompts holding them (`cellrollup.prompts`, cached per run); `fcells` (their cell rows over
+      the whole scope, O(run)) is made only for `cell_values` (`_focus_cells`).
     - `sc` (built on first use, `rows()`): one row per rollout of the two windows, read only from the parts
       holding window steps, without the prompts' term lists: grouping, evidence and the reward comparisons
       need single rollouts, and nothing else.
@@ -196,18 +201,20 @@ class Scope:
         sets.register(con, "rt_parts", None)  # the per-step counts: `stepcounts`, below
         con.register("vocab", self.vocab)
         self.cell_parts.register(con, "cells", "cell_all")
-        # the audit's scope is the (step, split) cells of the connection's filtered `rollouts` view: joining on
-        # those small keys is much cheaper than on millions of rollout ids, and the list columns are not copied.
-        # Read from the cell tables (every part has them), not from `rollouts`: that opens every stored part
+        # the audit's scope is the (step, split) keys of the cells that the connection's filtered `rollouts` view
+        # holds, read from the per-run rollup of the cell tables (`cellrollup.strata`: a few rows per part and
+        # step, grown by the new parts' rows), not from `rollouts` (that opens every stored part) nor from every
+        # part's cells (O(run): ~1.25M rows at 10M rollouts, scanned by each of these queries)
         self.where = ctx.scope_sql()
+        con.register("rollup", cellrollup.strata(self.cell_parts, con))
         con.execute(f"""CREATE TEMP TABLE scope_cells AS SELECT step, split, dense_rank() OVER (ORDER BY step) - 1 AS si
-                        FROM (SELECT DISTINCT step, split FROM cell_all WHERE {self.where})""")
+                        FROM (SELECT DISTINCT step, split FROM rollup WHERE {self.where})""")
         steps = con.execute("SELECT DISTINCT step FROM scope_cells ORDER BY step").fetchnumpy()["step"]
         self.steps = np.asarray(steps, dtype=np.int64)
         t = self.n_steps = len(self.steps)
         w = max(1, int(round(params.window * t))) if t else 0
         self.window = w
-        per_step = con.execute("""SELECT si, sum(n) AS n FROM cell_all JOIN scope_cells USING (step, split)
+        per_step = con.execute("""SELECT si, sum(n) AS n FROM rollup JOIN scope_cells USING (step, split)
                                    GROUP BY si""").fetchnumpy()
         self.step_rollouts = np.zeros(t)
         self.step_rollouts[np.asarray(per_step["si"], np.int64)] = per_step["n"]
@@ -218,22 +225,23 @@ class Scope:
         con.execute("""CREATE TEMP TABLE keys AS SELECT step, split, si, win FROM scope_cells JOIN window_of USING (si)""")
         con.execute("""CREATE TEMP TABLE strata AS SELECT task_key, condition,
                               row_number() OVER (ORDER BY task_key, condition) - 1 AS s
-                       FROM (SELECT DISTINCT coalesce(task, '') AS task_key, condition FROM cell_all)""")
-        # the cells in scope, each once (parts that share a step may both hold a cell: their sums add up), and
-        # the cached per-step term counts in scope, read once for both `where`s. A part's rows are distinct, so
-        # where no step is shared by parts the sums are the rows themselves: the hash aggregates (most of a warm
-        # audit's scope at 10M rollouts) are skipped, with the sums' types kept (HUGEINT counts)
-        shared = self.shared = con.execute("""SELECT count(*) FROM (SELECT step, split FROM cell_all GROUP BY ALL
+                       FROM (SELECT DISTINCT coalesce(task, '') AS task_key, condition FROM rollup)""")
+        # parts that share a step may both hold a cell: their sums add up. A part's rows are distinct, so where no
+        # step is shared by parts the sums are the rows themselves: the hash aggregates are skipped
+        shared = self.shared = con.execute("""SELECT count(*) FROM (SELECT step, split FROM rollup GROUP BY ALL
                                 HAVING count(DISTINCT part) > 1)""").fetchall()[0][0] > 0
-        # `tcells` over the whole scope holds only the keys and rollout counts: the style sums are what made it
-        # costly (44 of 53 columns: 0.84 -> 0.25 CPU s at 10M rollouts), and the whole scope needs them only per
-        # step (`tsteps`, one small aggregate) or for the few style behaviours asked about (`style_cells`, a
-        # view); the window statistics read them from the window parts only (`wcells`)
-        con.execute(f"""CREATE TEMP TABLE tcells AS {_cells_sql("cell_all", [], shared)}""")
         style = [f"{col}{q}" for col, _, _ in tokens.style_columns() for q in ("", "__q")]
-        con.execute(f"""CREATE TEMP VIEW style_cells AS {_cells_sql("cell_all", style, shared)}""")
+        self._style = style
+        # the rollup's rows in scope (keys joined, and a stratum: rows of no condition are in no scope, as the
+        # joins of the cell tables have it): every whole-scope sum the detectors ask for (per step, per condition,
+        # a style behaviour's cells) adds these up. `tcells` (one row per cell) is made only when asked for
+        # (`tcells()`: `cell_values`, for generalization)
+        con.execute("""CREATE TEMP TABLE tstrata AS SELECT r.*, k.si, k.win, st.s FROM rollup r
+                       JOIN keys k USING (step, split)
+                       JOIN strata st ON st.task_key = coalesce(r.task, '') AND st.condition = r.condition""")
         con.execute(f"""CREATE TEMP TABLE tsteps AS SELECT k.si, {", ".join(_sums(["n", "n_r"] + style, "", True))}
-                        FROM cell_all c JOIN keys k USING (step, split) GROUP BY k.si""")
+                        FROM rollup c JOIN keys k USING (step, split) GROUP BY k.si""")
+        self._tcells = False
         # the per-step term counts as dense arrays, cached per run in chunks and grown by a chunk of the new
         # parts (`stepcounts`: reading every part's count rows was O(run), ~1.3 CPU s at 10M rollouts)
         counts = [(name, p["counts"]) for name, p in sets.parts]
@@ -247,7 +255,7 @@ class Scope:
         self.counts = stepcounts.step_counts(counts, self.vocab, cache, every_part)
         self._keys = con.execute("SELECT step, split, si FROM keys").fetchnumpy()
         self.window_parts = {r[0] for r in con.execute(
-            "SELECT DISTINCT part FROM cell_all JOIN keys USING (step, split) WHERE win IS NOT NULL").fetchall()}
+            "SELECT DISTINCT part FROM rollup JOIN keys USING (step, split) WHERE win IS NOT NULL").fetchall()}
         self.cell_parts.register(con, "cells", "wcell_all", only=self.window_parts)
         con.execute(f"""CREATE TEMP TABLE wcells AS SELECT * FROM ({_cells_sql("wcell_all", style, shared)})
                         WHERE win IS NOT NULL""")
@@ -260,8 +268,9 @@ class Scope:
             "SELECT task_key, condition, s FROM strata WHERE condition IS NOT NULL").fetchall()}
         self._window_sums: list[windowsums.PartSums] | None = None
         self.conditions = [r[0] for r in con.execute(
-            "SELECT condition FROM tcells GROUP BY 1 ORDER BY sum(n) DESC, 1").fetchall()]
+            "SELECT condition FROM tstrata GROUP BY 1 ORDER BY sum(n) DESC, 1").fetchall()]
         self.focus: set[int] | None = None
+        self._focus_cells_of: set[int] = set()
         self._rows_built = False
         self._sample: tuple[str, str] | None = None
 
@@ -332,7 +341,19 @@ class Scope:
         return "n_r" if where == "reasoning" else "n"
 
     def rollouts(self, where: str) -> int:
-        return int(self.con.execute(f"SELECT coalesce(sum({self.n_col(where)}), 0) FROM tcells").fetchall()[0][0])
+        return int(self.con.execute(f"SELECT coalesce(sum({self.n_col(where)}), 0) FROM tstrata").fetchall()[0][0])
+
+    def tcells(self) -> str:
+        """The views `tcells` (one row per cell in scope) and `style_cells` (the same with the style sums), made on
+        first use: only the per-cell questions of `cell_values` read them. Views, not tables: over the whole run
+        they are O(run) (at 10M rollouts ~1.25M cells, ~0.2 CPU s to materialise), and a caller that builds the
+        SQL of `cell_values` may run it rarely (generalization: for the recurring prompts' cells only)."""
+        if not self._tcells:
+            con = self.con  # `cell_all`: every part's cells, registered by `__init__`
+            con.execute(f"""CREATE TEMP VIEW tcells AS {_cells_sql("cell_all", [], self.shared)}""")
+            con.execute(f"""CREATE TEMP VIEW style_cells AS {_cells_sql("cell_all", self._style, self.shared)}""")
+            self._tcells = True
+        return "tcells"
 
     def term_id(self, where: str, term: str) -> int | None:
         ids = self.vocab.filter(pc.and_(pc.equal(self.vocab["where"], where),
@@ -340,23 +361,50 @@ class Scope:
         return int(ids[0].as_py()) if len(ids) else None
 
     def focus_on(self, term_ids: Any) -> None:
-        """Make the per-condition tables (`fcells`, `fprompt`) cover `term_ids`: the n-grams that may be reported
-        (only their cells are read from here on)."""
+        """Make the per-condition tables cover `term_ids`, the n-grams that may be reported (only their cells are
+        read from here on): `fstrata` (their rollouts at risk and containing them per (step, split, task,
+        condition, `cellrollup.focus`) and `fprompt` (the prompts holding them, `cellrollup.prompts`), cached per
+        run and grown by the new parts; the per-cell `fcells` is made when asked for (`_focus_cells`:
+        `cell_values`)."""
         ids = {int(t) for t in term_ids}
         if self.focus is not None and ids <= self.focus:
             return
         self.focus = ids | (self.focus or set())
         con = self.con
         con.register("focus_ids", pa.table({"term_id": pa.array(sorted(self.focus), pa.int32())}))
+        con.register("focus_rollup", cellrollup.focus(self.cell_parts, con, self.focus))
+        # per focus term and (step, split, task, condition) in scope: the rollouts at risk (those of the key less
+        # those whose prompt holds the term) and those containing the term among them
+        con.execute("""CREATE OR REPLACE TEMP TABLE fstrata AS
+            SELECT f.term_id, t.step, t.split, t.task, t.condition, t.si, t.win, t.s,
+                   t.n - coalesce(r.n_held, 0) AS n, t.n_r - coalesce(r.n_r_held, 0) AS n_r, coalesce(r.x, 0) AS x
+            FROM (SELECT step, split, task, condition, si, win, s, sum(n) AS n, sum(n_r) AS n_r FROM tstrata
+                  GROUP BY ALL) t CROSS JOIN focus_ids f
+            LEFT JOIN (SELECT term_id, step, split, task, condition, sum(n_held) AS n_held,
+                              sum(n_r_held) AS n_r_held, sum(x) AS x
+                       FROM focus_rollup SEMI JOIN focus_ids USING (term_id) GROUP BY ALL) r
+                 ON r.term_id = f.term_id AND r.step = t.step AND r.split = t.split
+                    AND r.task IS NOT DISTINCT FROM t.task AND r.condition = t.condition""")
+        # the prompts holding them, over the whole run (`cellrollup.prompts`: cached per run, grown by the new
+        # parts; a prompt may be listed more than once, which the lookups do not mind)
+        con.register("focus_prompts", cellrollup.prompts(self.cell_parts, con, self.focus))
+        con.execute("""CREATE OR REPLACE TEMP VIEW fprompt AS SELECT prompt_key, term_id FROM focus_prompts
+                       SEMI JOIN focus_ids USING (term_id)""")
+
+    def _focus_cells(self) -> None:
+        """`fcells` (the focus terms' cell rows over the whole scope) for the per-cell questions (`cell_values`);
+        made when asked for, O(run)."""
+        if self._focus_cells_of == self.focus:
+            return
+        self._focus_cells_of = set(self.focus)
+        con = self.con
+        self.tcells()
         # cached per run (not a scan of every part's cell terms); a cell is in one part's rows unless parts share
         # a step, so only then are its rows summed (readers join `fcells` to the cells in scope, `tcells`)
-        self.cell_parts.focus(con, self.focus, "focus_ct" if self.shared else "fcells")
+        self.cell_parts.focus(con, self.focus, "focus_ct" if self.shared else "fcells", view=True)
         if self.shared:
             con.execute("""CREATE OR REPLACE TEMP TABLE fcells AS SELECT cell, term_id, sum(x) AS x
                            FROM focus_ct SEMI JOIN tcells USING (cell) GROUP BY ALL""")
-        self.cell_parts.register(con, "promptterms", "all_pt")
-        con.execute("""CREATE OR REPLACE TEMP TABLE fprompt AS SELECT DISTINCT prompt_key, term_id
-                       FROM all_pt SEMI JOIN focus_ids USING (term_id)""")
 
     def rows(self, feature_type: str = "ngram") -> str:
         """The rollouts of the two windows, built on first use: the table `sc` for n-gram questions, the view
@@ -399,13 +447,28 @@ class Scope:
         if feature_type == "ngram":
             k = int(key)
             risk = self.at_risk_sql(feature_type, k)
+            self._focus_cells()
             return f"""SELECT c.condition, c.task, c.si, c.win, c.s, c.prompt_key, c.{nc} AS n,
                               CAST(coalesce(f.x, 0) AS DOUBLE) AS x, CAST(coalesce(f.x, 0) AS DOUBLE) AS q
                        FROM tcells c LEFT JOIN (SELECT cell, x FROM fcells WHERE term_id = {k}) f USING (cell)
                        WHERE c.{nc} > 0 AND c.{risk}"""
         col = f"{where}__{key}"
+        self.tcells()
         return f"""SELECT condition, task, si, win, s, prompt_key, {nc} AS n, coalesce({col}, 0) AS x,
                           coalesce({col}__q, 0) AS q FROM style_cells WHERE {nc} > 0"""
+
+    def strata_values(self, where: str, feature_type: str, key: str | int) -> str:
+        """As `cell_values`, summed per (step, split, task, condition) from the rollups (`tstrata`, `fstrata`):
+        condition, task, si, win, s, `n` and `x` (no prompt: for the questions that sum over prompts). Rows with
+        no rollout that has `where` are left out, as `cell_values` leaves out such cells."""
+        nc = self.n_col(where)
+        if feature_type == "ngram":
+            k = int(key)
+            self.focus_on([k])
+            return f"""SELECT condition, task, si, win, s, {nc} AS n, CAST(x AS DOUBLE) AS x FROM fstrata
+                       WHERE term_id = {k} AND {nc} > 0"""
+        return f"""SELECT condition, task, si, win, s, {nc} AS n, coalesce({where}__{key}, 0) AS x FROM tstrata
+                   WHERE {nc} > 0"""
 
 
 def _cells_sql(source: str, style: list[str], shared: bool) -> str:
@@ -1017,9 +1080,10 @@ def _explained(scope: Scope, c: Candidates, tests: list[tuple[int, list[int]]], 
     hosts = [(p, h) for p, (_, host_rows) in enumerate(tests) for h in sorted({int(c.keys[r]) for r in host_rows})]
     con.register("x_host", pa.table({"p": pa.array([p for p, _ in hosts], pa.int64()),
                                      "term_id": pa.array([h for _, h in hosts], pa.int32())}))
-    at_risk = con.execute(f"""SELECT t.p, c.win, sum(c.{nc}) FROM tcells c CROSS JOIN x_target t
-        ANTI JOIN fprompt f ON f.prompt_key = c.prompt_key AND f.term_id = t.t
-        WHERE c.win IS NOT NULL AND c.{nc} > 0 GROUP BY ALL""").fetchall()
+    # the rollouts at risk per window: the focus rollup's (cells whose prompt lacks the term, summed per stratum)
+    scope.focus_on([int(c.keys[row]) for row, _ in tests])
+    at_risk = con.execute(f"""SELECT t.p, f.win, sum(f.{nc}) FROM fstrata f JOIN x_target t ON f.term_id = t.t
+        WHERE f.win IS NOT NULL GROUP BY ALL""").fetchall()
     counted = con.execute(f"""WITH
         hits AS (SELECT rid, win, prompt_key, term_id FROM (
                      SELECT rid, win, prompt_key, unnest({c.where}_terms) AS term_id FROM {scope.rows()}
@@ -1236,13 +1300,14 @@ def _finding(ctx: DetectContext, scope: Scope, c: Candidates, i: int, members: l
 
 def _by_condition(scope: Scope, where: str, feature_type: str, key: str | int
                   ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """Per condition and per task (one pass over the cells at risk): traffic share, share of occurrences
-    (mention share), rollouts at risk, and prevalence in the early and late windows."""
+    """Per condition and per task (one pass over the per-stratum sums at risk, `Scope.strata_values`: the same
+    integers as the cells', a few rows a step): traffic share, share of occurrences (mention share), rollouts at
+    risk, and prevalence in the early and late windows."""
     rows = scope.con.execute(f"""
         SELECT condition, coalesce(task, '(none)') AS task, sum(n) AS n, sum(x) AS x,
                sum(x) FILTER (WHERE win = 0) AS x0, coalesce(sum(n) FILTER (WHERE win = 0), 0) AS n0,
                sum(x) FILTER (WHERE win = 1) AS x1, coalesce(sum(n) FILTER (WHERE win = 1), 0) AS n1
-        FROM ({scope.cell_values(where, feature_type, key)}) GROUP BY ALL""").fetchall()
+        FROM ({scope.strata_values(where, feature_type, key)}) GROUP BY ALL""").fetchall()
     n_all = sum(r[2] for r in rows) or 1
     x_all = sum(r[3] or 0 for r in rows) or 1
     out = []
