@@ -302,14 +302,7 @@ def onset_index(x: np.ndarray, q: np.ndarray, n: np.ndarray, baseline: np.ndarra
     del baseline  # kept for callers: the reference is the steps before each candidate (see above)
     x, q, n = (np.asarray(a, dtype=np.float64) for a in (x, q, n))
     h, t = max(0, int(half_width)), len(x)
-    xs, qs, ns = moving_sum(x, h), moving_sum(q, h), moving_sum(n, h)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if presence:
-            mean = (xs + 0.5) / (ns + 1.0)
-            var = mean * (1 - mean) / (ns + 1.0)
-        else:
-            mean = xs / ns
-            var = np.maximum(qs / ns - mean**2, 0) / ns
+    mean, var = _mean_and_variance(moving_sum(x, h), moving_sum(q, h), moving_sum(n, h), presence)
     # reference for candidate i: steps [0, i - h), as cumulative sums (index i - h)
     cx, cq, cn = (np.concatenate([[0.0], np.cumsum(a)]) for a in (x, q, n))
     extreme = np.nanmax(direction * mean) if np.isfinite(mean).any() else np.nan
@@ -320,13 +313,8 @@ def onset_index(x: np.ndarray, q: np.ndarray, n: np.ndarray, baseline: np.ndarra
     cand = np.arange(min_baseline + h, t)
     k = cand - h
     x0, q0, n0 = cx[k], cq[k], cn[k]
+    mean0, var0 = _mean_and_variance(x0, q0, n0, presence)
     with np.errstate(invalid="ignore", divide="ignore"):
-        if presence:
-            mean0 = (x0 + 0.5) / (n0 + 1.0)
-            var0 = mean0 * (1 - mean0) / (n0 + 1.0)
-        else:
-            mean0 = x0 / n0
-            var0 = np.maximum(q0 / n0 - mean0**2, 0) / n0
         ok = n0 > 0
         for d in range(h + 1):
             j = cand + d
@@ -341,6 +329,17 @@ def onset_index(x: np.ndarray, q: np.ndarray, n: np.ndarray, baseline: np.ndarra
         ok &= direction * (own[cand] - plain0) >= fraction * (extreme - direction * plain0)
     hit = np.flatnonzero(ok)
     return int(cand[hit[0]]) if len(hit) else None
+
+
+def _mean_and_variance(x: np.ndarray, q: np.ndarray, n: np.ndarray, presence: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Mean of a sum of values `x` (of squares `q`) over `n` rollouts and the variance of that mean; presence
+    counts get half a rollout of continuity correction (`onset_index`: a lone occurrence is not a rise)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if presence:
+            mean = (x + 0.5) / (n + 1.0)
+            return mean, mean * (1 - mean) / (n + 1.0)
+        mean = x / n
+        return mean, np.maximum(q / n - mean**2, 0) / n
 
 
 def zscore(x: np.ndarray) -> np.ndarray:
