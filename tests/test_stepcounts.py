@@ -238,3 +238,39 @@ def test_counts_added_into_the_callers_rows():
         assert x.sum() > 0
     with pytest.raises(ValueError):
         c.per_step("answer", ids, *ks, 4, out=(np.zeros((3, 4)), np.zeros((4, 4))))
+
+
+def test_group_sums_and_rows_equal_the_per_step_counts(tmp_path):
+    """`group_sums`: the per-step counts summed over groups of steps (the trend bins, the windows' kept steps),
+    as int64 and equal to summing `per_step`'s columns, for every column-mapping path (a run of steps, scattered
+    steps, several columns per step, blocks of several chunks, parts sharing a step) and any grouping (runs, a
+    lattice, groups out of order, steps in none); `per_step(rows=)`: those rows of the full arrays."""
+    rng = np.random.default_rng(11)
+    files = []
+    for i, steps in enumerate([[0, 1, 2], [3], [3, 4], [5]]):  # parts 1 and 2 share step 3
+        files.append((f"p{i}", tmp_path / f"p{i}.counts.parquet"))
+        pq.write_table(_part(rng, steps), files[-1][1])
+    cache = tmp_path / "rollup" / "step_counts"
+    read = lambda parts: pa.concat_tables([pq.read_table(f) for _, f in parts])  # noqa: E731
+    stepcounts.step_counts(files[:2], _vocab(), cache, lambda: read(files[:2]))
+    c = stepcounts.step_counts(files, _vocab(), cache, lambda: read(files))
+    assert len(c.blocks) == 2
+    t = 6
+    for keys in ({(s, "train"): s for s in range(t)}, {(0, "train"): 5, (5, "train"): 0, (2, "train"): 2},
+                 {(s, sp): s for s in range(t) for sp in ("train", "eval")}):
+        ks = np.array([k[0] for k in keys]), np.array([k[1] for k in keys], object), np.array(list(keys.values()))
+        for where in ("answer", "reasoning"):
+            ids = np.array([r["term_id"] for r in _vocab().to_pylist() if r["where"] == where])
+            x, m = c.per_step(where, ids, *ks, t)
+            rows = np.array([len(ids) - 1, 0])
+            xr, mr = c.per_step(where, ids, *ks, t, rows=rows)
+            assert np.array_equal(xr, x[rows]) and np.array_equal(mr, m[rows])
+            for group_of_si, groups in ((np.arange(t) * 4 // t, 4), (np.array([0, -1, 0, 1, -1, 1]), 2),
+                                        (np.array([2, 0, 1, 1, 0, 2]), 3), (np.full(t, -1), 1)):
+                gx, gm = c.group_sums(where, ids, *ks, group_of_si, groups)
+                assert gx.dtype == np.int64 and gx.shape == (len(ids), groups)
+                for g in range(groups):
+                    assert np.array_equal(gx[:, g], x[:, group_of_si == g].sum(1))
+                    assert np.array_equal(gm[:, g], m[:, group_of_si == g].sum(1))
+    with pytest.raises(ValueError):
+        c.group_sums("answer", np.array([0, 1]), *ks, np.zeros(t, np.int64), 1)

@@ -396,15 +396,65 @@ def test_the_scope_connection_holds_at_most_scope_memory(store, monkeypatch):
     assert abs(limit() - set_as(300 << 20)) <= 1 << 20
 
 
-def test_candidates_squares_of_ngram_and_style_rows():
-    """`Candidates.q(i)`: an n-gram row's per-step sums of squares are its sums (0/1 values), a style row's are
-    kept apart (`q_style`, the last rows)."""
+def test_candidates_series_of_ngram_and_style_rows():
+    """`Candidates.series(i)`: an n-gram row's per-step sums come from its counts (`term_series`, asked for that
+    row only), its sums of squares are its sums (0/1 values) and its rollouts at risk are the step's rollouts
+    less those whose prompt holds it; a style row's are held (`x_style`, `q_style`, the last rows)."""
     from rlaudit.detectors.emerging import Candidates
-    x = np.arange(12.0).reshape(4, 3)
-    q_style = np.array([[1.0, 4.0, 9.0]])
+    x = np.arange(9.0).reshape(3, 3)
+    m = np.array([[0.0, 1.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    asked = []
+
+    def term_series(rows):
+        asked.append(list(rows))
+        return x[rows], m[rows]
+
+    n_all = np.array([10.0, 11.0, 12.0])
+    x_style, q_style = np.array([[5.0, 6.0, 7.0]]), np.array([[1.0, 4.0, 9.0]])
     c = Candidates(where="answer", names=["a", "b", "c", "style:length"], feature_type=["ngram"] * 3 + ["style"],
                    keys=[0, 1, 2, "length"], n_tokens=np.zeros(4), presence=np.array([True, True, True, False]),
-                   x=x, q_style=q_style, n=np.ones((4, 3)))
+                   x_win=np.zeros((4, 2)), n_win=np.zeros((4, 2)), n_all=n_all, x_style=x_style, q_style=q_style,
+                   term_series=term_series)
     for i in range(3):
-        assert np.array_equal(c.q(i), x[i])
-    assert np.array_equal(c.q(3), q_style[0])
+        xs, qs, ns = c.series(i)
+        assert np.array_equal(xs, x[i]) and np.array_equal(qs, x[i]) and np.array_equal(ns, n_all - m[i])
+    assert c.series(1) is c.series(1) and asked == [[0], [1], [2]]  # built once per row
+    xs, qs, ns = c.series(3)
+    assert np.array_equal(xs, x_style[0]) and np.array_equal(qs, q_style[0]) and np.array_equal(ns, n_all)
+
+
+@pytest.mark.parametrize("options", [{}, {"window": 0.5}, {"max_window_rollouts": 300, "min_steps": 1}])
+def test_candidates_grouped_sums_equal_those_of_the_per_step_series(tmp_path, options):
+    """`candidates` sums the n-grams' per-step counts straight into trend bins and windows (no (K, T) arrays):
+    the window prevalences, the trend p-values of the screened-out candidates and the screen itself are exactly
+    those of the whole per-step series (`Candidates.series`), with thinned windows and with windows sharing a
+    step (window 0.5 of 23 steps: 12 each), over a run stored in several parts."""
+    from rlaudit.detectors import DetectContext
+    from rlaudit.detectors.emerging import Params, Scope, candidates, trend_p, trend_screen
+    from rlaudit.store import Store
+    from emerging_synth import build
+
+    store = Store(tmp_path / "store")
+    table = build(Scenario(steps=23, tics=[Tic("by my beard", 0.02, 0.5, onset=8)], reasoning=True))
+    step = table["step"].to_numpy()
+    for lo, hi in ((0, 7), (7, 15), (15, 23)):
+        store.append("synthetic", table.filter(pa.array((step >= lo) & (step < hi))), key=f"part{lo}")
+    params = Params.from_options(options)
+    scope = Scope(DetectContext(store=store, run="synthetic", config=AuditConfig()), params)
+    try:
+        assert (scope.early & scope.late).any() == ("window" in options)
+        assert (scope.thinning != (1, 1)) == ("max_window_rollouts" in options)
+        for where in ("answer", "reasoning"):
+            c = candidates(scope, where)
+            x, _, n = (np.stack(a) for a in zip(*(c.series(i) for i in range(len(c.names)))))
+            for col, mask in enumerate((scope.early, scope.late)):
+                assert np.array_equal(c.x_win[:, col], x[:, mask].sum(1))
+                assert np.array_equal(c.n_win[:, col], n[:, mask].sum(1))
+            p_mk = trend_p(x, n)
+            keep = trend_screen(p_mk, params.alpha)
+            keep[c.names.index("style:length")] = True
+            assert np.array_equal(c.p[~keep], p_mk[~keep]) and (c.p[keep] >= p_mk[keep]).all()
+            assert np.isfinite(c.ratio[keep]).all() and np.isnan(c.ratio[~keep]).all()
+            assert c.presence.sum() > 10 and (p_mk <= params.alpha).any()
+    finally:
+        scope.close()

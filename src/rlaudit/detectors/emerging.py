@@ -76,7 +76,7 @@ import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -254,6 +254,7 @@ class Scope:
 
         self.counts = stepcounts.step_counts(counts, self.vocab, cache, every_part)
         self._keys = con.execute("SELECT step, split, si FROM keys").fetchnumpy()
+        self._key_columns: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.window_parts = {r[0] for r in con.execute(
             "SELECT DISTINCT part FROM rollup JOIN keys USING (step, split) WHERE win IS NOT NULL").fetchall()}
         self.cell_parts.register(con, "cells", "wcell_all", only=self.window_parts)
@@ -273,6 +274,14 @@ class Scope:
         self._focus_cells_of: set[int] = set()
         self._rows_built = False
         self._sample: tuple[str, str] | None = None
+
+    def key_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The scope's (step, split, si) keys as arrays for `StepCounts` (the same arrays on every call: the
+        counts map their columns once for them)."""
+        if self._key_columns is None:
+            k = self._keys
+            self._key_columns = (k["step"], np.asarray(k["split"], object), k["si"])
+        return self._key_columns
 
     def sampled_rows(self) -> tuple[str, str]:
         """(view of the term sets, SQL predicate on `step`) for questions asked of single rollouts over the whole
@@ -559,7 +568,11 @@ def scope_for(ctx: DetectContext, params: Params) -> Scope:
 
 @dataclass
 class Candidates:
-    """Per-candidate arrays (rows) for one `where`: n-grams first, then style features."""
+    """Per-candidate statistics (rows) for one `where`: n-grams first, then style features.
+
+    What every row needs of its per-step series is summed over groups of steps (`candidates`): the trend bins
+    and the windows' kept steps. The whole series (`series`) is built only for the rows a finding or a merge
+    looks at: the n-grams' from the run's per-step counts (`term_series`), the style rows' held (a few rows)."""
 
     where: str
     names: list[str]
@@ -567,9 +580,13 @@ class Candidates:
     keys: list[Any]  # term id or style feature name
     n_tokens: np.ndarray
     presence: np.ndarray  # bool: 0/1 values (else numeric)
-    x: np.ndarray  # (K, T) per-step sums
-    q_style: np.ndarray  # (style rows, T) per-step sums of squares of the style rows (the last rows)
-    n: np.ndarray  # (K, T) rollouts at risk per step
+    x_win: np.ndarray  # (K, 2) sums over the early and late windows' kept steps (`Scope.early`, `late`)
+    n_win: np.ndarray  # (K, 2) rollouts at risk in them
+    n_all: np.ndarray  # (T,) rollouts per step (that have a `where`)
+    x_style: np.ndarray  # (style rows, T) per-step sums of the style rows (the last rows)
+    q_style: np.ndarray  # (style rows, T) per-step sums of squares of the style rows
+    #: n-gram rows -> their per-step (x, m) (rollouts containing the term, those whose prompt holds it)
+    term_series: Callable[[list[int]], tuple[np.ndarray, np.ndarray]] = None  # type: ignore[assignment]
     ratio: np.ndarray = None  # type: ignore[assignment]
     log_se: np.ndarray = None  # type: ignore[assignment]
     length_ratio: np.ndarray = None  # type: ignore[assignment]
@@ -577,12 +594,19 @@ class Candidates:
     p_start: np.ndarray = None  # type: ignore[assignment]
     p_end: np.ndarray = None  # type: ignore[assignment]
     deff: np.ndarray = None  # type: ignore[assignment]
+    _series: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
-    def q(self, i: int) -> np.ndarray:
-        """Row i's per-step sums of squares: its sums for an n-gram (0/1 values), kept apart for the style rows
-        only (a (K, T) copy of the sums cost ~0.15 CPU s a warm audit at 10M rollouts)."""
-        first_style = len(self.x) - len(self.q_style)
-        return self.x[i] if i < first_style else self.q_style[i - first_style]
+    def series(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Row i's per-step sums x, sums of squares q (an n-gram's are its sums: 0/1 values) and rollouts at risk
+        n (float arrays over the scope's steps): the values the (K, T) arrays held, built for this row only."""
+        if i not in self._series:
+            first_style = len(self.names) - len(self.x_style)
+            if i < first_style:
+                x, m = self.term_series([i])
+                self._series[i] = (x[0], x[0], self.n_all - m[0])
+            else:
+                self._series[i] = (self.x_style[i - first_style], self.q_style[i - first_style], self.n_all)
+        return self._series[i]
 
 
 def _window_sums(scope: Scope, where: str, kept_terms: np.ndarray, term_ids: np.ndarray,
@@ -709,14 +733,20 @@ def _term_sums_cached(scope: Scope, where: str, kept_terms: np.ndarray, term_ids
 
 
 def candidates(scope: Scope, where: str) -> Candidates | None:
-    """Per-step counts, trend screen and (for the candidates that pass the screen) window statistics of every
-    candidate of `where` (see `trend_screen` for why the screen loses nothing)."""
+    """Trend screen and (for the candidates that pass the screen) window statistics of every candidate of
+    `where` (see `trend_screen` for why the screen loses nothing).
+
+    The n-grams' per-step counts are summed straight from the run's mapped counts (`StepCounts.group_sums`)
+    into what the statistics read: MK_BINS bins of steps for the trend test, the windows' kept steps for the
+    prevalences and the length control. Building (K, T) float arrays of them first (K ~1,500 terms a `where`,
+    T 2,000 steps at 10M rollouts: ~25 MB each, three of them, read ~7 times) cost ~0.25 CPU s a warm audit at
+    10M rollouts and grew with the run; these sums are the same integers (exact in any order), so every
+    candidate's statistics are the same values."""
     con, t = scope.con, scope.n_steps
     vocab = scope.vocab.filter(pc.equal(scope.vocab["where"], where))
     term_ids = np.asarray(vocab["term_id"].to_numpy(), dtype=np.int64)
     k_terms = len(term_ids)
     styles = [f for f in STYLE_FEATURES.values() if f.name not in SKIP_STYLE]
-    k = k_terms + len(styles)
     cols = ", ".join(f"coalesce({where}__{f.name}, 0) AS x{i}, coalesce({where}__{f.name}__q, 0) AS q{i}"
                      for i, f in enumerate(styles))
     st = con.execute(f"SELECT si, {scope.n_col(where)} AS n, {cols} FROM tsteps WHERE {scope.n_col(where)} > 0"
@@ -724,51 +754,72 @@ def candidates(scope: Scope, where: str) -> Candidates | None:
     si = np.asarray(st["si"], dtype=np.int64)
     n_all = np.zeros(t)
     n_all[si] = st["n"]
-    # per-step counts of the terms (containing it, prompt holding it) from the run's dense counts (`stepcounts`),
-    # added straight into the candidates' rows (no (K, T) copies); whole numbers, so n_all - m is the same value
-    # whichever way it is formed
-    keys = scope._keys
-    x, n, mt = np.zeros((k, t)), np.empty((k, t)), np.zeros((k_terms, t))
-    scope.counts.per_step(where, term_ids, keys["step"], np.asarray(keys["split"], object), keys["si"], t,
-                          out=(x[:k_terms], mt))
-    np.subtract(n_all[None], mt, out=n[:k_terms])
-    del mt
-    n[k_terms:] = n_all
-    q_style = np.zeros((len(styles), t))
+    x_style, q_style = np.zeros((len(styles), t)), np.zeros((len(styles), t))
     for i in range(len(styles)):
-        x[k_terms + i, si] = st[f"x{i}"]
+        x_style[i, si] = st[f"x{i}"]
         q_style[i, si] = st[f"q{i}"]
+    keys = scope.key_columns()
+
+    def term_series(rows: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        return scope.counts.per_step(where, term_ids, *keys, t, rows=np.asarray(rows, np.int64))
+
+    # the n-grams' counts (containing the term, prompt holding it) per trend bin and per window: whole numbers,
+    # so n = n_all - m is the same value whether formed per step or per group
+    bins, n_bins = mk_bins(t)
+    xb, mb = scope.counts.group_sums(where, term_ids, *keys, bins, n_bins)
+    nb_all = np.add.reduceat(n_all, np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]]))
+    # the windows may share a step (window 0.5, an odd number of steps): group 2 is in both
+    early, late = scope.early, scope.late
+    xw, mw = scope.counts.group_sums(where, term_ids, *keys, np.where(early & late, 2, np.where(
+        early, 0, np.where(late, 1, -1))), 3)
+    x_win = np.concatenate([(xw[:, :2] + xw[:, 2:]).astype(np.float64),
+                            np.stack([x_style[:, early].sum(1), x_style[:, late].sum(1)], axis=1)])
+    n_win = np.concatenate([np.array([n_all[early].sum(), n_all[late].sum()])[None] - (mw[:, :2] + mw[:, 2:]),
+                            np.repeat([[n_all[early].sum(), n_all[late].sum()]], len(styles), axis=0)])
+    del xw, mw
     presence = np.array([True] * k_terms + [not f.numeric for f in styles])
     cand = Candidates(
         where=where, names=vocab["term"].to_pylist() + [f"style:{f.name}" for f in styles],
         feature_type=["ngram"] * k_terms + ["style"] * len(styles),
         keys=term_ids.tolist() + [f.name for f in styles],
         n_tokens=np.concatenate([vocab["n_tokens"].to_numpy(), np.zeros(len(styles))]),
-        presence=presence, x=x, q_style=q_style, n=n)
-    p_mk = trend_p(x, n)
+        presence=presence, x_win=x_win, n_win=n_win, n_all=n_all, x_style=x_style, q_style=q_style,
+        term_series=term_series)
+    p_mk = np.concatenate([trend_p_binned(xb, nb_all[None] - mb), trend_p(x_style, np.repeat(
+        n_all[None], len(styles), axis=0))])
+    del xb, mb
     # window sums only for the candidates that pass the trend screen (and style:length, the length control)
     keep = trend_screen(p_mk, scope.params.alpha)
     keep[k_terms + [f.name for f in styles].index("length")] = True
     kept_styles = [(k_terms + i, f.name) for i, f in enumerate(styles) if keep[k_terms + i]]
-    sums = _window_sums(scope, where, np.flatnonzero(keep[:k_terms]), term_ids, kept_styles, k)
+    sums = _window_sums(scope, where, np.flatnonzero(keep[:k_terms]), term_ids, kept_styles, len(cand.names))
     _statistics(cand, scope, *sums, p_mk, keep)
     return cand
 
 
+def mk_bins(t: int) -> tuple[np.ndarray, int]:
+    """The trend test's bin of each of `t` steps (runs of consecutive steps, each bin at least one) and the
+    number of bins (at most MK_BINS)."""
+    return np.arange(t) * min(MK_BINS, t) // max(t, 1), min(MK_BINS, t)
+
+
 def trend_p(x: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Mann-Kendall p-value of each candidate's per-step prevalence (or mean), steps pooled into at most MK_BINS
-    bins."""
+    bins (`mk_bins`)."""
     t = x.shape[1]
-    bins = np.arange(t) * min(MK_BINS, t) // max(t, 1)
+    bins, n_bins = mk_bins(t)
     if len(n) and t:
-        # the bins are runs of consecutive steps, each bin at least one: every row's sums in one call (a bincount
-        # per row cost ~0.1 CPU s at 10M rollouts: 3,000 candidates x 2). Counts and whole-number style sums:
-        # exact in any order, so the same values
+        # the bins are runs of consecutive steps: every row's sums in one call. Counts and whole-number style
+        # sums: exact in any order, so the same values
         starts = np.flatnonzero(np.r_[True, bins[1:] != bins[:-1]])
         nb, xb = np.add.reduceat(n, starts, axis=1), np.add.reduceat(x, starts, axis=1)
     else:
-        nb = np.stack([np.bincount(bins, weights=row, minlength=min(MK_BINS, t)) for row in n]) if len(n) else n
-        xb = np.stack([np.bincount(bins, weights=row, minlength=min(MK_BINS, t)) for row in x]) if len(x) else x
+        nb, xb = np.zeros((len(n), n_bins)), np.zeros((len(x), n_bins))
+    return trend_p_binned(xb, nb)
+
+
+def trend_p_binned(xb: np.ndarray, nb: np.ndarray) -> np.ndarray:
+    """Mann-Kendall p-value of each row's binned prevalence (or mean) xb / nb (bins without rollouts skipped)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         prev = np.where(nb > 0, xb / nb, np.nan)
     return mann_kendall(prev)[1] if len(prev) else np.ones(0)
@@ -802,14 +853,14 @@ def _statistics(c: Candidates, scope: Scope, sx, sxx, sxn, nw, snn, g, p_mk: np.
             r, s = stratified_ratio(sx[mask], sxx[mask], sxn[mask], nw[mask], snn[mask], g[mask],
                                     presence=bool(c.presence[mask][0]))
             ratio[mask], se[mask] = r, s
-    early, late = scope.early, scope.late  # the windows' kept steps (`window_masks`)
-    n0, n1 = c.n[:, early].sum(1), c.n[:, late].sum(1)
-    c.p_start = c.x[:, early].sum(1) / np.maximum(n0, 1)
-    c.p_end = c.x[:, late].sum(1) / np.maximum(n1, 1)
+    # sums over the windows' kept steps (`window_masks`), formed in `candidates`
+    n0, n1 = c.n_win[:, 0], c.n_win[:, 1]
+    c.p_start = c.x_win[:, 0] / np.maximum(n0, 1)
+    c.p_end = c.x_win[:, 1] / np.maximum(n1, 1)
     # length control for n-grams: expected ratio if only the text length changed
     length_idx = c.names.index("style:length")
     ell = c.p_end[length_idx] / c.p_start[length_idx] if c.p_start[length_idx] > 0 else 1.0
-    p0 = np.clip((c.x[:, early].sum(1) + 0.5) / (n0 + 1.0), 1e-9, 1 - 1e-9)
+    p0 = np.clip((c.x_win[:, 0] + 0.5) / (n0 + 1.0), 1e-9, 1 - 1e-9)
     expected = (1 - (1 - p0) ** ell) / p0
     c.length_ratio = np.where(c.presence & (np.array(c.feature_type) == "ngram"), expected, 1.0)
     c.ratio, c.log_se = ratio, se
@@ -993,9 +1044,9 @@ def _merge_behaviours(scope: Scope, c: Candidates, groups: list[tuple[int, list[
     norm_ = np.linalg.norm(rise, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         cos = np.nan_to_num(rise @ rise.T / np.outer(norm_, norm_))
-        bins = np.arange(c.x.shape[1]) * 10 // max(c.x.shape[1], 1)  # ten bins of steps: less noise
-        xb = np.stack([np.bincount(bins, weights=c.x[r]) for r in reps])
-        nb = np.stack([np.bincount(bins, weights=c.n[r]) for r in reps])
+        bins = np.arange(len(c.n_all)) * 10 // max(len(c.n_all), 1)  # ten bins of steps: less noise
+        xb = np.stack([np.bincount(bins, weights=c.series(r)[0]) for r in reps])
+        nb = np.stack([np.bincount(bins, weights=c.series(r)[2]) for r in reps])
         series = np.where(nb > 0, xb / np.maximum(nb, 1), 0.0)
         trend = np.nan_to_num(np.corrcoef(series)) if series.shape[1] > 2 else np.ones((len(reps), len(reps)))
     payer = _payers(scope, c, ids)
@@ -1233,11 +1284,12 @@ def _finding(ctx: DetectContext, scope: Scope, c: Candidates, i: int, members: l
 
     baseline = np.arange(scope.n_steps) < scope.window
     h = max(1, scope.n_steps // 40)
-    onset = onset_index(c.x[i], c.q(i), c.n[i], baseline, direction, half_width=h,
-                        design_effect=float(c.deff[i]), presence=presence)
+    xs, qs, ns = c.series(i)
+    onset = onset_index(xs, qs, ns, baseline, direction, half_width=h, design_effect=float(c.deff[i]),
+                        presence=presence)
     with np.errstate(invalid="ignore", divide="ignore"):
-        series = np.where(c.n[i] > 0, c.x[i] / c.n[i], np.nan)
-        smooth = moving_sum(c.x[i], h) / moving_sum(c.n[i], h)
+        series = np.where(ns > 0, xs / ns, np.nan)
+        smooth = moving_sum(xs, h) / moving_sum(ns, h)
     value = scope.value_sql(where, c.feature_type[i], c.keys[i])
     by_condition, by_task = _by_condition(scope, where, c.feature_type[i], c.keys[i])
     confined = _task_confined(by_task) if c.feature_type[i] == "ngram" else None
@@ -1254,7 +1306,7 @@ def _finding(ctx: DetectContext, scope: Scope, c: Candidates, i: int, members: l
         "length_ratio": lr, "adjusted_ratio_ci": adj_ci, "q_value": q,
         "direction": "up" if direction > 0 else "down",
         "series": {"steps": scope.steps.tolist(), "prevalence": series.tolist(), "smoothed": smooth.tolist(),
-                   "rollouts": c.n[i].astype(int).tolist()},
+                   "rollouts": ns.astype(int).tolist()},
         "by_condition": by_condition, "by_task": by_task, "task_specific": confined,
         "window_steps": [int(scope.steps[scope.window - 1]), int(scope.steps[scope.n_steps - scope.window])],
     }
