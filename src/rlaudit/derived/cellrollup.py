@@ -36,7 +36,6 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..store import write_atomic
 from . import chunks, termcells
 from .termcells import TermCells
 from .tokens import style_columns
@@ -185,31 +184,11 @@ def _read(d: Path, key: str, parts: set[str], schema: pa.Schema
           ) -> tuple[list[chunks.Chunk], list[pa.Table], list[int]]:
     """A rollup's chunks, their rows (memory-mapped) and its terms; nothing when it is missing, unreadable, of
     another layout or holds a part that is no longer among `parts` (its rows would count that part)."""
-    loaded = chunks.load(d, key, parts)
-    if loaded is None:
-        return [], [], []
-    listed, info = loaded
-    try:
-        tables = [pa.ipc.open_file(pa.memory_map(str(d / c.name))).read_all() for c in listed]
-        if not listed or any(t.schema != schema for t in tables):
-            return [], [], []
-        return listed, tables, [int(t) for t in info.get("terms", [])]
-    except (OSError, KeyError, TypeError, ValueError, pa.ArrowException):
-        return [], [], []
+    listed, tables, info = chunks.load_tables(d, key, parts, schema)
+    return listed, tables, list(info.get("terms", []))
 
 
 def _write(d: Path, key: str, listed: list[chunks.Chunk], held: list[pa.Table], parts: list[str], rows: pa.Table,
            schema: pa.Schema, info: dict[str, Any]) -> None:
     """Add a chunk of `rows` (those of the parts `parts`) after the chunks `listed` (whose rows are `held`)."""
-    d.mkdir(parents=True, exist_ok=True)
-
-    def write(names: list[str], table: pa.Table) -> chunks.Chunk | None:
-        name = chunks.chunk_name(key + repr(info.get("terms", "")), names, ".arrow")
-
-        def write_ipc(tmp: Path) -> None:
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
-                w.write_table(table)
-
-        return chunks.Chunk(name, list(names)) if write_atomic(d / name, write_ipc) else None
-
-    chunks.append(d, key, listed, held, parts, rows.cast(schema), pa.concat_tables, write, info)
+    chunks.append_table(d, key, listed, held, parts, rows, schema, info)

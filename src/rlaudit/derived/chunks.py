@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import pyarrow as pa
+
 from ..store import write_atomic
 from .segments import GRACE
 
@@ -128,3 +130,44 @@ def append(directory: Path, key: str, listed: list[Chunk], held: list[Any], part
             and former is not None:
         with contextlib.suppress(OSError):
             former.unlink(missing_ok=True)
+
+
+def load_tables(directory: Path, key: str, parts: set[str], schema: pa.Schema
+                ) -> tuple[list[Chunk], list[pa.Table], dict[str, Any]]:
+    """A cache of Arrow tables kept by `append_table`: its chunks, their rows (memory-mapped, in the chunks'
+    order) and the manifest's `info`; all empty when `load` finds no usable cache, a chunk is unreadable or of
+    another schema, or the `terms` a cache of per-term rows records are not a list of integers (the owner then
+    computes every part anew)."""
+    loaded = load(directory, key, parts)
+    if loaded is None:
+        return [], [], {}
+    listed, info = loaded
+    terms = info.get("terms", [])
+    if not listed or not isinstance(terms, list) or not all(isinstance(t, int) for t in terms):
+        return [], [], {}
+    try:
+        tables = [pa.ipc.open_file(pa.memory_map(str(directory / c.name))).read_all() for c in listed]
+    except (OSError, ValueError, pa.ArrowException):
+        return [], [], {}
+    if any(t.schema != schema for t in tables):
+        return [], [], {}
+    return listed, tables, info
+
+
+def append_table(directory: Path, key: str, listed: list[Chunk], held: list[pa.Table], parts: list[str],
+                 rows: pa.Table, schema: pa.Schema, info: dict[str, Any] | None = None,
+                 former: Path | None = None) -> None:
+    """`append` for a cache of Arrow tables (`load_tables` reads it): each chunk an Arrow IPC file, named from
+    the key, the manifest's `info` and the chunk's parts."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def write(names: list[str], table: pa.Table) -> Chunk | None:
+        name = chunk_name(key + json.dumps(info or {}, sort_keys=True), names, ".arrow")
+
+        def write_ipc(tmp: Path) -> None:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
+                w.write_table(table)
+
+        return Chunk(name, list(names)) if write_atomic(directory / name, write_ipc) else None
+
+    append(directory, key, listed, held, parts, rows.cast(schema), pa.concat_tables, write, info, former)

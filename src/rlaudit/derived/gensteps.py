@@ -29,14 +29,12 @@ same numbers (`tests/test_gensteps.py` checks them against that SQL); the cluste
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..store import write_atomic
 from . import chunks
 from .termcells import TermCells
 
@@ -132,30 +130,14 @@ def _cache_dir(cell_parts: TermCells) -> Path | None:
 def _read(d: Path, parts: set[str]) -> tuple[list[pa.Table], list[str], list[int], list[chunks.Chunk]]:
     """The cache's rows per chunk (memory-mapped), parts, terms and chunks; nothing when it is missing,
     unreadable or holds a part that is no longer among `parts`."""
-    loaded = chunks.load(d, _KEY, parts)
-    if loaded is None:
+    listed, tables, info = chunks.load_tables(d, _KEY, parts, SCHEMA)
+    if "terms" not in info:
         return [], [], [], []
-    listed, info = loaded
-    try:
-        tables = [pa.ipc.open_file(pa.memory_map(str(d / c.name))).read_all() for c in listed]
-        if not listed or any(t.schema != SCHEMA for t in tables):
-            return [], [], [], []
-        return tables, [p for c in listed for p in c.parts], [int(t) for t in info["terms"]], listed
-    except (OSError, KeyError, TypeError, ValueError, pa.ArrowException):
-        return [], [], [], []
+    return tables, [p for c in listed for p in c.parts], list(info["terms"]), listed
 
 
 def _write(d: Path, listed: list[chunks.Chunk], held: list[pa.Table], parts: list[str], rows: pa.Table,
            terms: list[int]) -> None:
     """Add a chunk of `rows` (those of the parts `parts`) after the chunks `listed` (whose rows are `held`):
-    `chunks.append` (`listed` empty: the cache is this chunk alone)."""
-    def write(names: list[str], table: pa.Table) -> chunks.Chunk | None:
-        name = chunks.chunk_name(_KEY + json.dumps(terms), names, ".arrow")
-
-        def write_ipc(tmp: Path) -> None:
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as w:
-                w.write_table(table)
-
-        return chunks.Chunk(name, list(names)) if write_atomic(d / name, write_ipc) else None
-
-    chunks.append(d, _KEY, listed, held, parts, rows.cast(SCHEMA), pa.concat_tables, write, {"terms": terms})
+    `chunks.append_table` (`listed` empty: the cache is this chunk alone)."""
+    chunks.append_table(d, _KEY, listed, held, parts, rows, SCHEMA, {"terms": terms})

@@ -27,7 +27,6 @@ same tables in memory, memoised on the store.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import chunks, kernels, segments
-from ..store import Store, prune_cached, write_atomic, write_cached
+from ..store import Store, prune_cached, write_cached
 from .tokens import WHERES, TermSets, style_columns, union_view
 
 VERSION = 1
@@ -363,37 +362,19 @@ def _empty(kind: str) -> pa.Table:
 def _read_focus(d: Path, parts: set[str]) -> tuple[list[pa.Table], list[str], list[int], list[chunks.Chunk]]:
     """A focus cache's rows per chunk (memory-mapped), parts, terms and chunks; nothing when it is missing,
     unreadable or holds a part that is no longer among `parts` (its rows would count that part)."""
-    loaded = chunks.load(d, _FOCUS_KEY, parts)
-    if loaded is None:
+    listed, tables, info = chunks.load_tables(d, _FOCUS_KEY, parts, SCHEMAS["cellterms"])
+    if "terms" not in info:
         return [], [], [], []
-    listed, info = loaded
-    try:
-        tables = [pa.ipc.open_file(pa.memory_map(str(d / c.name))).read_all() for c in listed]
-        if not listed or any(t.schema != SCHEMAS["cellterms"] for t in tables):
-            return [], [], [], []
-        return tables, [p for c in listed for p in c.parts], [int(t) for t in info["terms"]], listed
-    except (OSError, KeyError, TypeError, ValueError, pa.ArrowException):
-        return [], [], [], []
+    return tables, [p for c in listed for p in c.parts], list(info["terms"]), listed
 
 
 def _write_focus(d: Path, listed: list[chunks.Chunk], held: list[pa.Table], parts: list[str], rows: pa.Table,
                  terms: list[int]) -> None:
     """Add a chunk of `rows` (those of the parts `parts`) after the chunks `listed` (whose rows are `held`):
-    `chunks.append` (`listed` empty: the cache is this chunk alone, and the former single-file layout,
+    `chunks.append_table` (`listed` empty: the cache is this chunk alone, and the former single-file layout,
     `focus/cellterms.parquet`, goes)."""
-    schema = SCHEMAS["cellterms"]
-
-    def write(names: list[str], table: pa.Table) -> chunks.Chunk | None:
-        name = chunks.chunk_name(_FOCUS_KEY + json.dumps(terms), names, ".arrow")
-
-        def write_ipc(tmp: Path) -> None:
-            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
-                w.write_table(table)
-
-        return chunks.Chunk(name, list(names)) if write_atomic(d / name, write_ipc) else None
-
-    chunks.append(d, _FOCUS_KEY, listed, held, parts, rows.cast(schema), pa.concat_tables, write, {"terms": terms},
-                  former=d / "cellterms.parquet")
+    chunks.append_table(d, _FOCUS_KEY, listed, held, parts, rows, SCHEMAS["cellterms"], {"terms": terms},
+                        former=d / "cellterms.parquet")
 
 
 def _stem(part: str) -> str:
