@@ -878,9 +878,15 @@ def prune_cached(base: Path, keep: Path, stems: set[str]) -> None:
     for d in base.iterdir():
         if d.is_dir() and d != keep:
             shutil.rmtree(d, ignore_errors=True)
-    # `scandir` entries, not `Path`s with a stat each: the file type comes with the listing (every warm audit
-    # runs this over each cache of a 2,000-part run)
-    with contextlib.suppress(OSError), os.scandir(keep) as it:
+    prune_files(keep, stems)
+
+
+def prune_files(directory: Path, stems: set[str]) -> None:
+    """Remove the files in `directory` of parts the run no longer lists (`stems`, as `prune_cached`); dot names
+    (writers' temporary files) and subdirectories stay, and a file that cannot be removed (read-only store) too.
+    `scandir` entries, not `Path`s with a stat each: the file type comes with the listing (every warm audit runs
+    this over each cache of a 2,000-part run)."""
+    with contextlib.suppress(OSError), os.scandir(directory) as it:
         for f in it:
             if not f.name.startswith(".") and f.name.split(".")[0] not in stems and f.is_file():
                 with contextlib.suppress(OSError):

@@ -61,7 +61,7 @@ from ..behaviors import Behavior
 from ..layout import view_columns
 from ..derived.partstats import define, part_stats
 from ..memory import duckdb_limit, in_order, workers
-from ..store import Store, bound_memory, prune_cached, sql_list, sql_string, write_cached
+from ..store import Store, bound_memory, prune_cached, prune_files, sql_list, sql_string, write_cached
 from . import trace as tr
 from .prefilter import gated_sql
 
@@ -158,9 +158,7 @@ def _prune(ctx: _Ctx, stems: set[str]) -> None:
         if d in ctx.dirs:
             with contextlib.suppress(OSError):
                 os.utime(d)
-            for f in d.iterdir():
-                if f.is_file() and not f.name.startswith(".") and f.name.split(".")[0] not in stems:
-                    f.unlink(missing_ok=True)
+            prune_files(d, stems)
         else:
             with contextlib.suppress(OSError):
                 if now - d.stat().st_mtime > segments.GRACE:

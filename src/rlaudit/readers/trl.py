@@ -73,11 +73,6 @@ _KNOWN = {"step", "prompt", "completion", "advantage", "mode"}
 BATCH_ROWS = 32_768
 
 
-def _completion_files(source: Path) -> list[tuple[Path, str]]:
-    """(file, split) pairs of a TRL output dir or its completions dir."""
-    return [(d / name, split) for d, name, split in _completion_names(source)]
-
-
 def _completion_names(source: Path) -> list[tuple[Path, str, str]]:
     """(directory, file name, split) of the completion files of a TRL output dir or its completions dir: names
     from one listing per directory (a `glob` builds a `Path` per entry: ~15 ms for a 2,000-step run, twice per
@@ -106,7 +101,7 @@ class TrlReader(Reader):
 
     @classmethod
     def detect(cls, source: Path) -> bool:
-        return bool(_completion_files(source))
+        return bool(_completion_names(source))
 
     def files(self, source: Path) -> list[SourceFile]:
         root = source.parent if source.is_file() else source
