@@ -120,14 +120,19 @@ class Compiled:
         return self.value
 
 
-#: the modules whose kernels `preload` loads (each holds `compiled`, a `Compiled`)
+#: the modules whose kernels `preload` loads (each holds `compiled`, a `Compiled`, and maybe others)
 MODULES = ("rlaudit.derived.kernels", "rlaudit.derived.styles", "rlaudit.cot.kernels", "rlaudit.attribution.kernels",
            "rlaudit.derived.windowsums")
 
 
 def preload() -> None:
     """Load every compiled kernel of rlaudit now, where numba is used: before a live hook's training starts (a
-    background audit thread loading them would hold the GIL mid-step) and before a benchmark times anything."""
+    background audit thread loading them would hold the GIL mid-step) and before a benchmark times anything.
+    Every module-level `Compiled` of those modules, not only `compiled`: `rlaudit.derived.kernels.gather` (built
+    apart, for ingest) left out was compiled inside the first cold emerging run of a checkout (~5-7 CPU s of
+    numba's type inference under `benchmarks/detectors.py`, which did not preload either)."""
     if use_numba():
         for name in MODULES:
-            importlib.import_module(name).compiled()
+            for value in list(vars(importlib.import_module(name)).values()):
+                if isinstance(value, Compiled):
+                    value()

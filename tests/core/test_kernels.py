@@ -526,3 +526,20 @@ def test_preload_knows_every_kernel_module():
     holders = {"rlaudit." + ".".join(p.relative_to(src).with_suffix("").parts)
                for p in src.rglob("*.py") if re.search(r"^compiled = (\w+\.)?Compiled\(", p.read_text(), re.M)}
     assert holders == set(kernels.MODULES)
+
+
+def test_preload_loads_every_compiled_of_those_modules(monkeypatch):
+    """Not only each module's `compiled`: every module-level `Compiled` (the span gatherer, built apart for ingest,
+    was left out and compiled inside a cold emerging run)."""
+    import importlib
+    import re
+    from pathlib import Path
+
+    pytest.importorskip("numba")
+    monkeypatch.delenv(kernels.ENV, raising=False)
+    src = Path(kernels.__file__).parent
+    names = {(name, m) for name in kernels.MODULES for m in re.findall(
+        r"^(\w+) = (?:\w+\.)?Compiled\(", (src / Path(*name.split(".")[1:])).with_suffix(".py").read_text(), re.M)}
+    assert ("rlaudit.derived.kernels", "gather") in names
+    kernels.preload()
+    assert all(getattr(importlib.import_module(name), attr).value is not None for name, attr in names)

@@ -573,7 +573,7 @@ def gather_spans(data: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.n
     if "numba" not in sys.modules or not use_numba():
         return None
     c = np.ascontiguousarray
-    return _gather().gather_spans(c(data, np.uint8), c(lo, np.int64), c(hi, np.int64))
+    return gather().gather_spans(c(data, np.uint8), c(lo, np.int64), c(hi, np.int64))
 
 
 def row_term_ids(values: np.ndarray, offsets: np.ndarray, max_n: int, lookup: Any, n_ids: int,
@@ -674,4 +674,4 @@ def _build_gather() -> SimpleNamespace:
     return SimpleNamespace(gather_spans=jit(_gather_spans, (u8, i64, i64)))
 
 
-_gather = Compiled(_build_gather)
+gather = Compiled(_build_gather)
