@@ -105,3 +105,17 @@ def test_texts_tokenised_where_they_lie_equal_the_cut_texts(texts: list[str | No
     assert np.array_equal(got[1], want[1]) and np.array_equal(got[0], want[0])
     assert {k: v.to_pylist() for k, v in found.values.items()} == {
         k: v.to_pylist() for k, v in styles.byte_styles(pa.array(texts, pa.string())).items()}
+
+
+def test_validity_of_a_chunked_array_is_read_chunk_by_chunk():
+    """`text.validity` of a chunked array (read chunk by chunk, not combined: that would copy a string column)
+    equals the validity of the combined array, slices and empty chunks included."""
+    import pyarrow as pa
+
+    from rlaudit.text import validity
+
+    arr = pa.chunked_array([pa.array(["a", None]), pa.array([], pa.string()), pa.array([None, "b", None, "c"])])
+    assert validity(arr).tolist() == [True, False, False, True, False, True]
+    assert validity(arr.slice(1, 4)).tolist() == [False, False, True, False]
+    assert validity(pa.chunked_array([pa.array(["x"])])).tolist() == [True]
+    assert validity(pa.chunked_array([], pa.string())).tolist() == []

@@ -171,34 +171,45 @@ def test_scan_and_keys_of_a_run_are_identical(store, monkeypatch):
     assert {r[0] for r in scan0 if r[10] and not r[11]} >= set(truth)
 
 
-def test_keys_handed_over_by_the_scan_equal_keys_read_alone(store, monkeypatch):
-    """The answer keys the scan writes from the columns it read (`key_writer`) are those `screen_keys` computes
-    by reading the part itself."""
+def test_sets_handed_over_by_the_scan_equal_sets_read_alone(store):
+    """The screen's candidate rows and group hashes the scan writes from the columns it read (`key_writer`) are
+    those `candidate_keys` computes by reading the part itself, and the answer keys themselves are not cached
+    (only a run whose prompt groups span parts groups every key: `screen_keys` caches them then)."""
     from rlaudit.cot.detector import scan_key, scan_parts
-    from rlaudit.cot.screen_keys import key_writer, screen_keys
+    from rlaudit.cot.screen_keys import cache_dir, key_writer
+    from rlaudit.cot.screen_sets import candidate_keys
 
-    table, _ = make_run(steps=4, seed=3)
+    table, _ = make_run(steps=4, seed=3, restate=False)  # two answers per group of four: candidate rows
     store.append("synth", table, "part-0")
     params = ScanParams()
     key, extra = scan_key(store, "synth", params)
-    scan_parts(store, "synth", params, key, extra, also=key_writer(store, "synth"))
-    cached = sorted(p.name for p in (store.run_dir("synth") / "derived" / "cot_screen").rglob("*.parquet"))
-    assert cached  # written by the scan
-    handed = duckdb.sql(f"SELECT * FROM {screen_keys(store, 'synth', 'TRUE')} ORDER BY ALL").fetchall()
+    writer = key_writer(store, "synth")
+    scan_parts(store, "synth", params, key, extra, also=writer)
+    keys_dir = cache_dir(store, "synth")
+    assert not list(keys_dir.glob("*.parquet"))  # no answer keys written
+    stem = store.parts("synth")[0].stem
+    groups = (keys_dir / "sets" / f"{stem}.groups.npy").read_bytes()  # written by the scan
+
+    def candidates():
+        sql = candidate_keys(store, "synth", keys_dir, "TRUE", held=writer.sets)
+        return duckdb.sql(f"SELECT * FROM {sql} ORDER BY ALL").fetchall()
+
+    handed = candidates()
     shutil.rmtree(store.run_dir("synth") / "derived" / "cot_screen")
-    alone = duckdb.sql(f"SELECT * FROM {screen_keys(store, 'synth', 'TRUE')} ORDER BY ALL").fetchall()
-    assert handed == alone and handed
+    writer.sets.clear()
+    alone = candidates()
+    assert handed == alone and len(handed) == table.num_rows  # every row repeats its group's answer
+    assert (keys_dir / "sets" / f"{stem}.groups.npy").read_bytes() == groups
 
 
 def test_cached_files_are_parquet(store):
-    """Keys written by the scan are ordinary parquet files beside the run (readable on their own)."""
-    from rlaudit.cot.detector import scan_key, scan_parts
-    from rlaudit.cot.screen_keys import key_writer
+    """Keys cached for a run whose prompt groups span parts (`screen_keys`) are ordinary parquet files beside the
+    run (readable on their own)."""
+    from rlaudit.cot.screen_keys import screen_keys
 
     table, _ = make_run(steps=3, seed=1)
     store.append("synth", table, "part-0")
-    key, extra = scan_key(store, "synth", ScanParams())
-    scan_parts(store, "synth", ScanParams(), key, extra, also=key_writer(store, "synth"))
+    assert screen_keys(store, "synth", "TRUE") is not None
     files = list((store.run_dir("synth") / "derived" / "cot_screen").glob("v*/*.parquet"))  # not sets/
     assert len(files) == 1 and pq.read_table(files[0]).column_names == ["rollout_id", "step", "split", "group_id",
                                                                           "ck"]

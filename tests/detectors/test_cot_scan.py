@@ -344,3 +344,34 @@ def test_growing_run_takes_scanned_row_counts_from_the_index(store, monkeypatch)
         duckdb.sql(f"SELECT * FROM {warm} ORDER BY ALL").fetchall()
     assert RowCounts(cache).counts == counts
     shutil.rmtree(cache.parent)
+
+
+def test_summaries_of_a_cold_audit_go_straight_into_segments(store, monkeypatch):
+    """A cold audit of a run of more parts than a segment holds writes the summaries of a whole group of parts
+    into their segment only (`summary.fresh`), not into a file each; a later audit finds them done (none is
+    summarised again) and gives the same findings, as do summaries written one file per part."""
+    import shutil
+
+    from rlaudit.cot import summary
+    from rlaudit.derived import segments
+    from rlaudit.detectors import AuditConfig, run_detectors
+
+    parts = segments.FANOUT + 2
+    table, truth = make_run(exposure=lambda step, task, rng: "full" if rng.random() < 0.2 else None, steps=parts,
+                            seed=3)
+    steps = table.column("step").to_numpy()
+    for i in range(parts):
+        store.append("synth", table.filter(pa.array(steps == i)), f"part-{i:02d}")
+
+    def audit():
+        return [f.to_json() for f in run_detectors(store, "synth", AuditConfig(detectors=["cot_grading"]))]
+
+    cold = audit()
+    assert [f["exposed_samples"] for f in cold if f["kind"] == "cot_grading" and f.get("method") == "scan"] == [len(truth)]
+    d = next((store.run_dir("synth") / "derived" / "cot_scan").glob("*/summary/v*"))
+    assert len(list(d.glob("*.parquet"))) == 2 and len(segments.held(d / "segments" / "summary")) == segments.FANOUT
+    monkeypatch.setattr(summary, "save_summary", lambda *a: pytest.fail("summarised again"))
+    assert audit() == cold
+    monkeypatch.undo()
+    shutil.rmtree(d)  # summarised again from the result files, one file per part
+    assert audit() == cold and len(list(d.glob("*.parquet"))) == parts

@@ -216,3 +216,23 @@ def test_parts_without_candidates_write_no_candidate_file(store):
     sets = cache_dir(store, run) / "sets"
     assert list(sets.glob("*.groups.npy")) and not list(sets.glob("*.parquet"))
     assert duckdb.sql(f"SELECT rollout_id, group_id, ck FROM {cand}").fetchall() == []
+
+
+def test_a_run_whose_prompt_groups_span_parts_is_screened_from_every_key(store):
+    """Where the parts share prompt groups (`candidate_keys` declines), the detector groups every answer key,
+    which `screen_keys` then computes and caches per part: the same screen findings as the run in one part,
+    where only the candidate rows are cached (the scan hands their columns over; no keys are written)."""
+    from rlaudit.cot.screen_keys import cache_dir
+
+    table = run_with(likes_long_reasoning, seed=1, steps=12)
+    run = table.column("run")[0].as_py()
+    whole = screen_findings(store, table)
+    assert whole and not list(cache_dir(store, run).glob("*.parquet"))
+    spread = store.__class__(store.root.parent / "spread")
+    rows = np.arange(table.num_rows)
+    spread.append(run, table.filter(pa.array(rows % 2 == 0)), "even")  # every group in both parts
+    spread.append(run, table.filter(pa.array(rows % 2 == 1)), "odd")
+    result = audit_store(spread, [run], AuditConfig(detectors=["cot_grading"], options={"cot_grading": {}}))
+    assert [f.to_json() for f in result.of_kind("cot_grading") if f["method"] == "screen"] == \
+        [f.to_json() for f in whole]
+    assert len(list(cache_dir(spread, run).glob("*.parquet"))) == 2

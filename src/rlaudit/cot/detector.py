@@ -41,7 +41,7 @@ from . import kernels as cot_kernels
 from .screen import screen
 from .screen_keys import cache_dir as keys_cache, key_writer, screen_keys
 from .screen_sets import candidate_keys
-from .summary import register_summaries, save_summary
+from . import summary as summaries
 
 
 @register
@@ -58,25 +58,28 @@ class CotGradingDetector(Detector):
         # the scan reads every column the screen's answer keys need: it caches them too, each part read once
         also = key_writer(ctx.store, ctx.run) if options.get("screen", True) else None
         parts = ctx.store.parts(ctx.run)
-        held = segments.Held()  # the summaries of the parts scanned now, by file name
-        per_part = scan_parts(ctx.store, ctx.run, params, key, extra, also=also, per_part=True, summaries=held)
+        per_part = scan_parts(ctx.store, ctx.run, params, key, extra, also=also, per_part=True, segment=True)
         where = ["TRUE"]
         if ctx.config.max_step is not None:
             where.append(f"step <= {int(ctx.config.max_step)}")
         if ctx.config.split:
             where.append(f"split = '{ctx.config.split}'")
         # counts and exposures from each part's summary of its results; the evidence reads only its parts
-        register_summaries(con, per_part, parts, held=held)
+        summaries.register_summaries(con, per_part, parts)
         found = findings_from_results(con, _results_source(per_part, parts), ctx.run, params, " AND ".join(where),
                                       options, evidence_source="rollouts", extra_inputs=extra,
                                       part_rows=_part_rows(ctx.store, ctx.run, parts, " AND ".join(where)))
         if options.get("screen", True):
             scanned = set(con.execute("SELECT DISTINCT grader FROM _cot_counts WHERE NOT chance")
                           .fetchnumpy()["grader"].tolist())
-            keys = screen_keys(ctx.store, ctx.run, " AND ".join(where))
-            if keys is not None:  # only the rows that can pair, where no prompt group spans two parts
+            # only the rows that can pair, where no prompt group spans two parts; else every key
+            keys = None
+            if getattr(ctx.store, "persist_derived", True):
                 keys = candidate_keys(ctx.store, ctx.run, keys_cache(ctx.store, ctx.run), " AND ".join(where),
-                                      held=also.sets if also is not None else None) or keys
+                                      held=also.sets if also is not None else None,
+                                      held_groups=also.groups if also is not None else None)
+            if keys is None:
+                keys = screen_keys(ctx.store, ctx.run, " AND ".join(where))
             found += screen(con, ctx.run, options, skip_signals=scanned, seed=ctx.config.seed, keys=keys)
         con.close()
         return found
@@ -111,7 +114,7 @@ def _part_rows(store: Store, run: str, parts: list[Path], where: str) -> Callabl
 def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str | None,
                only: set[str] | None = None, stride: int | None = None,
                also: Callable[[Path, pa.Table, int], None] | None = None,
-               per_part: bool = False, summaries: segments.Held | None = None) -> pa.Table | str | dict[str, Any]:
+               per_part: bool = False, segment: bool = False) -> pa.Table | str | dict[str, Any]:
     """The scan results of every stored part of the run, each part scanned once and cached beside the run
     (`derived/cot_scan/<key>/<part>.parquet`): a run that grows by a step scans only the new part. Returned as
     SQL over the cached files (or a table, for stores that keep derived data in memory); with `per_part`, a
@@ -128,8 +131,9 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
     `also(part, columns, layout)` is called with the stored columns of each part the scan reads (every row; not
     for runs with captured grader inputs, which are scanned in DuckDB), for derived data of the same columns.
 
-    Each part scanned now is summarised from its results in hand (`summary.save_summary`); `summaries` receives
-    those summaries (by file name), for `register_summaries` to merge without reading them back."""
+    Each part scanned now is summarised from its results in hand (`summary.summarise`); with `segment` (an audit
+    of the whole run) the summaries of whole groups of parts scanned now go straight into the segments
+    `register_summaries` reads (`summary.fresh`), not into a file each."""
     persist = getattr(store, "persist_derived", True)
     memo = store.__dict__.setdefault("_cot_scan_memo", {})
     parts = store.parts(run)
@@ -153,8 +157,11 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
             _part_views(con, todo, layouts)
         if stride is None:
             stride = _stride(con, todo, found, params, counts)
-        scanned = _scan_todo(con, todo, layouts, params, extra, stride, cache if persist else None, also,
-                             summaries, counts)
+        fresh = summaries.fresh([cache / f"{p.stem}.parquet" for p in parts],
+                                [cache / f"{p.stem}.parquet" for p in todo]) if segment and persist else None
+        with fresh or contextlib.nullcontext():
+            scanned = _scan_todo(con, todo, layouts, params, extra, stride, cache if persist else None, also,
+                                 fresh, counts)
         for path, value in zip(todo, scanned):
             found[path.name] = value
             if not persist:
@@ -186,10 +193,11 @@ _BYTES_PER_BATCH_ROW = 16 << 10
 def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[str, int], params: ScanParams,
                extra: str | None, stride: int, cache: Path | None,
                also: Callable[[Path, pa.Table, int], None] | None = None,
-               summaries: segments.Held | None = None, counts: RowCounts | None = None) -> list[Any]:
+               fresh: segments.Fresh | None = None, counts: RowCounts | None = None) -> list[Any]:
     """Scan the parts `todo` (views p0, p1, ... of `con`), each on a cursor of its own, on `memory.workers`
     threads: per part the cached file (a table where the store cannot be written, or `cache` is None).
-    `counts` receives the row count of each file written."""
+    `counts` receives the row count of each file written; `fresh` the summaries it plans (`summary.fresh`),
+    handed over by the calling thread (`Fresh.add` is not for the workers), the others are written as files."""
 
     def one(i: int) -> Any:
         name = todo[i].name
@@ -208,23 +216,32 @@ def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[s
             finally:
                 cur.close()
         if cache is None:
-            return table
+            return table, None
         # no column statistics: the results are read whole (by their summary, or a sharded audit's merge)
         path = write_cached(cache / f"{todo[i].stem}.parquet", table, compression="lz4", use_dictionary=False,
                             write_statistics=False)
         if isinstance(path, Path):  # summarised here, from the table in hand, not read back by the main thread
             if counts is not None:
                 counts.set(path, table.num_rows)
-            written, summary = save_summary(path, table, name)
-            if summaries is not None and isinstance(written, Path):
-                summaries.keep(written.name, summary)
-        return path
+            summary = summaries.summarise(table, name)
+            spath = summaries.summary_path(path)
+            if fresh is not None and fresh.planned(spath):
+                return path, (spath, summary)
+            summaries.write_summary(spath, summary)
+        return path, None
+
+    def done(out: tuple[Any, tuple[Path, pa.Table] | None]) -> Any:
+        value, planned = out
+        if planned is not None and fresh is not None:
+            spath, summary = planned
+            fresh.add(spath, summary, lambda: summaries.write_summary(spath, summary))
+        return value
 
     n = min(len(todo), workers(params.batch_rows * _BYTES_PER_BATCH_ROW))
     if n <= 1:
-        return [one(i) for i in range(len(todo))]
+        return [done(one(i)) for i in range(len(todo))]
     with ThreadPoolExecutor(n, thread_name_prefix="cot-scan") as pool:
-        return list(pool.map(one, range(len(todo))))
+        return [done(out) for out in pool.map(one, range(len(todo)))]
 
 
 def _scanned(store: Store, parts: list[Path], key: str, cache: Path, persist: bool,

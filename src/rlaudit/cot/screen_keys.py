@@ -1,13 +1,16 @@
-"""The CoT screen's coarse answer keys, computed once per stored part and cached beside the run.
+"""The CoT screen's coarse answer keys, computed once per stored part.
 
 The screen (`rlaudit.cot.screen`) pairs rollouts of a prompt group whose answers are identical. Finding the
 candidates means normalising and hashing every answer of the run (reading every completion), which cost ~2.5 s
-per audit at 1M rollouts, warm or cold. The hash of a row's answer never changes, so it is stored per part
+per audit at 1M rollouts, warm or cold. The hash of a row's answer never changes, so each part's keys are
+computed once: the CoT scan, which reads every column the keys need, hands them over as it scans a part
+(`key_writer`), so a cold audit reads each part once for both. From them only the part's candidate rows and
+group hashes are cached (`screen_sets`), which is all the screen reads while no prompt group spans two parts.
+Where one does, every key is grouped: `screen_keys` then caches the keys themselves per part
 (`derived/cot_screen/<key>/<part>.parquet`: rollout_id, step, split, group_id, ck of the rows the screen can
-pair); a run that grows by a step hashes only the new part, and the screen reads the answers of candidate rows
-alone. Keys are computed with Arrow and numpy (`answer_hash`), or with numba straight from the completion's bytes
-(`cot.kernels.answer_hashes`, the same keys), on `memory.workers` threads. The CoT scan, which reads every column
-the keys need, writes them as it scans a part (`key_writer`), so a cold audit reads each part once for both.
+pair), so a run that grows by a step hashes only the new part, and the screen reads the answers of candidate
+rows alone. Keys are computed with Arrow and numpy (`answer_hash`), or with numba straight from the
+completion's bytes (`cot.kernels.answer_hashes`, the same keys), on `memory.workers` threads.
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ _VERSION = 2  # 1: keys hashed by DuckDB
 
 
 def screen_keys(store: Store, run: str, where: str) -> str | None:
-    """SQL of the cached coarse keys of the run's rows within `where` (a condition on step and split), or None
-    where they cannot be cached (a store that keeps derived data in memory, or cannot be written): the screen
-    then computes them itself."""
+    """SQL of the cached coarse keys of the run's rows within `where` (a condition on step and split), computing
+    those of the parts not cached yet (each part read again: asked only where the parts may share a prompt
+    group, `screen_sets.candidate_keys`), or None where they cannot be cached (a store that keeps derived data
+    in memory, or cannot be written): the screen then computes them itself."""
     if not getattr(store, "persist_derived", True):
         return None
     base = store.run_dir(run) / "derived" / "cot_screen"
@@ -72,20 +76,27 @@ def cache_dir(store: Store, run: str) -> Path:
 
 
 class KeyWriter:
-    """Called with (part, its stored columns as read by another pass, layout), caches the part's keys where they
-    are not cached yet: the CoT scan reads every column the keys need (`key_columns`), so it hands them over and
-    `screen_keys` then finds the part done instead of reading it again. `sets` keeps the candidate rows written
-    meanwhile (`screen_sets.save_sets`, by file name), for `candidate_keys` to merge without reading them back."""
+    """Called with (part, its stored columns as read by another pass, layout), writes the screen's candidate rows
+    and group hashes of the part (`screen_sets.save_sets`) where they are not written yet: the CoT scan reads
+    every column the keys need (`key_columns`), so it hands them over and `candidate_keys` then finds the part
+    done instead of reading it again. The keys themselves are not cached here: only a run whose prompt groups
+    span parts groups every key, and `screen_keys` computes them then (writing them for every part cost ~0.4
+    CPU s of a cold audit at 1M rollouts, to be read by nothing). `sets` keeps the candidate rows written
+    meanwhile (by file name) and `groups` the group hashes (by part stem), for `candidate_keys` to use without
+    reading them back."""
 
     def __init__(self, cache: Path):
         self.cache = cache
         self.sets = segments.Held()
-        self.names = listing(cache)  # the parts done before: one listing, not a stat per part
+        self.groups = segments.Held(16 << 20)  # ~10 kB a part at 5,000 rollouts
+        self.names = listing(cache / "sets")  # the parts done before: one listing, not a stat per part
 
     def __call__(self, part: Path, raw: pa.Table, layout: int) -> None:
-        path = self.cache / f"{part.stem}.parquet"
-        if path.name not in self.names:  # (one done meanwhile by another audit is written again: the same keys)
-            _save(keys_of(raw, layout), path, self.sets)
+        if f"{part.stem}.groups.npy" not in self.names:  # (one done meanwhile by another audit: written again)
+            written = save_sets(self.cache, part.stem, keys_of(raw, layout))
+            if written is not None:
+                self.sets.keep(f"{part.stem}.parquet", written[0])
+                self.groups.keep(part.stem, written[1])
 
 
 def key_writer(store: Store, run: str) -> KeyWriter | None:
@@ -115,13 +126,13 @@ def key_columns(layout: int) -> list[str]:
 def keys_of(raw: pa.Table, layout: int) -> pa.Table:
     """The keys (see `part_keys`) of a part's rows, from its stored columns (`key_columns`, more allowed): what
     the CoT scan, which reads those columns anyway, hands over so that a part is read once for both."""
-    has_reasoning = pc.is_valid(raw.column("reasoning"))
+    has_reasoning = validity(raw.column("reasoning"))
     if layout >= 2:
-        has_reasoning = pc.or_(has_reasoning, pc.is_valid(raw.column("_reasoning_start")))
-    keep = pc.and_(pc.is_valid(raw.column("group_id")), has_reasoning)
+        has_reasoning |= validity(raw.column("_reasoning_start"))
+    keep = validity(raw.column("group_id")) & has_reasoning
     table = raw.select([c for c in key_columns(layout) if c != "reasoning"])  # not every column the scan read
-    if not pc.all(keep).as_py():
-        table = table.filter(keep)
+    if not keep.all():
+        table = table.filter(pa.array(keep))
     return pa.table({"rollout_id": table.column("rollout_id"), "step": table.column("step"),
                      "split": table.column("split"), "group_id": table.column("group_id"),
                      "ck": _answer_keys(table, layout >= 2)})
@@ -183,14 +194,8 @@ def answer_hash(answers: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return byte_span_hashes(raw[keep], starts, ends)
 
 
-def _save(table: pa.Table, path: Path, sets: segments.Held | None = None) -> bool:
+def _save(table: pa.Table, path: Path) -> bool:
     """Write one part's keys beside the run (`store.write_cached`; statistics for the step and split readers
-    filter on), and the screen's candidate rows of the part from them (`screen_sets.save_sets`, which would
-    otherwise read them back; kept in `sets` by file name); False when the store cannot be written."""
-    if not isinstance(write_cached(path, table, compression="lz4", use_dictionary=["split", "group_id"],
-                                   write_statistics=["step", "split"]), Path):
-        return False
-    rows = save_sets(path.parent, path.stem, table)
-    if rows is not None and sets is not None:
-        sets.keep(f"{path.stem}.parquet", rows)
-    return True
+    filter on); False when the store cannot be written."""
+    return isinstance(write_cached(path, table, compression="lz4", use_dictionary=["split", "group_id"],
+                                   write_statistics=["step", "split"]), Path)
