@@ -59,7 +59,9 @@ MID_SQL = f"CASE WHEN sgn = 0 THEN 0.0 ELSE sgn * 2 * pow({GAMMA!r}, b) / {GAMMA
 #: one), so its single NULL row is written from the sketch, and only the others are grouped by value (the group by
 #: every value of a continuous signal was the query's largest cost). Each signal is a column of `src`
 #: (`partstats.SIGNAL_COLUMNS`): kind 0 aggregates every signal's column in one group-by of the batch's rollouts
-#: (one row each, not one per rollout and signal), the sketch and the values are a group-by per signal
+#: (one row each, not one per rollout and signal), the sketch and the values are a group-by per signal (the values
+#: of the steps with few buckets, `calm`, by a semi-join: an anti-join with the busy ones probed every rollout of a
+#: continuous signal, ~0.015 CPU s a batch of 160,000 rollouts)
 def part_sql(signals: tuple[str, ...]) -> str:
     """The kinds of the module doc over a batch whose signals are `signals` (a rollout without a signal has no
     row of it; a NULL value counts as NaN)."""
@@ -81,7 +83,7 @@ def part_sql(signals: tuple[str, ...]) -> str:
         f"{bucket_sql(f'_r{i}')}"))
     values = each_signal(signals, lambda i, name: (
         f"SELECT _part, split, step, {name} AS signal, _r{i} AS value, count(*) AS n "
-        f"FROM src ANTI JOIN (SELECT _part, split, step FROM busy WHERE signal = {name}) USING (_part, split, step) "
+        f"FROM src SEMI JOIN (SELECT _part, split, step FROM calm WHERE signal = {name}) USING (_part, split, step) "
         f"WHERE isfinite(_r{i}) GROUP BY _part, split, step, _r{i}"))
     return f"""
 WITH cells AS (SELECT _part, split, step, coalesce(condition, '') AS condition, _task AS task, {slots}
@@ -89,6 +91,8 @@ WITH cells AS (SELECT _part, split, step, coalesce(condition, '') AS condition, 
 sk AS MATERIALIZED ({sketch}),
 busy AS MATERIALIZED (SELECT _part, split, step, signal, sum(n)::BIGINT AS n FROM sk GROUP BY _part, split, step, signal
                       HAVING count(*) > {DISCRETE_MAX + 1}),
+calm AS MATERIALIZED (SELECT _part, split, step, signal FROM sk GROUP BY _part, split, step, signal
+                      HAVING count(*) <= {DISCRETE_MAX + 1}),
 v AS ({values}),
 vd AS (SELECT *, count(*) OVER (PARTITION BY _part, split, step, signal) AS d FROM v)
 {cells}
