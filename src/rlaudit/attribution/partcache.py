@@ -59,7 +59,7 @@ import pyarrow.compute as pc
 from ..derived import segments
 from ..behaviors import Behavior
 from ..layout import view_columns
-from ..derived.partstats import define, part_stats
+from ..derived.partstats import define, each_signal, part_stats
 from ..memory import duckdb_limit, in_order, workers
 from ..store import Store, bound_memory, prune_cached, prune_files, sql_list, sql_string, write_cached
 from . import trace as tr
@@ -75,16 +75,23 @@ _BYTES_PER_ROW = 2_000
 HAND_OVER = 128 << 20
 #: per part, split and step: what `load_frames` counts before it reads any rollout (the step sample, the
 #: comparison key, the signals), so that those decisions need no scan of the run
-META_SQL = """
-SELECT _part, split, step, count(*) AS n, count(group_id) AS n_group, count(reward) AS n_reward,
-       count(advantage) AS n_adv, count(task) AS n_task, NULL::VARCHAR AS signal
-FROM src GROUP BY ALL
+def meta_sql(signals: tuple[str, ...]) -> str:
+    """The per-step counts, and a row per signal a step's rollouts have (`partstats.SIGNAL_COLUMNS`)."""
+    has = ", ".join(f"bool_or(_h{i}) AS h{i}" for i in range(len(signals)))
+    per_signal = each_signal(signals, lambda i, name: (
+        f"SELECT _part, split, step, NULL, NULL, NULL, NULL, NULL, {name} FROM steps WHERE h{i}"))
+    return f"""
+WITH steps AS (SELECT _part, split, step, count(*) AS n, count(group_id) AS n_group, count(reward) AS n_reward,
+                      count(advantage) AS n_adv, count(task) AS n_task, {has}
+               FROM src GROUP BY _part, split, step)
+SELECT _part, split, step, n, n_group, n_reward, n_adv, n_task, NULL::VARCHAR AS signal FROM steps
 UNION ALL
-SELECT _part, split, step, NULL, NULL, NULL, NULL, NULL, signal
-FROM (SELECT DISTINCT _part, split, step, unnest(map_keys(rewards)) AS signal FROM src)
+{per_signal}
 """
+
+
 #: computed with the other per-part statistics in one read of each part (the detector declares it)
-META = define("attribution_meta", VERSION, META_SQL,
+META = define("attribution_meta", VERSION, meta_sql,
               ("split", "step", "group_id", "reward", "advantage", "task", "rewards"))
 _COUNTS = ("n", "n_group", "n_reward", "n_adv", "n_task")
 _TOTAL, _OTHER = "total", "other"  # the column names of the total and the residual (components: `_name`)

@@ -17,29 +17,37 @@ from __future__ import annotations
 
 import duckdb
 
-from .partstats import define, part_stats
+from .partstats import define, each_signal, part_stats
 from ..store import Store
 
 VERSION = 1
 
-PART_SQL = """
+def part_sql(signals: tuple[str, ...]) -> str:
+    """The kinds of the module doc over a batch whose signals are `signals` (`partstats.SIGNAL_COLUMNS`: kind 1
+    sums each signal's column per step, and a signal has a row where a rollout has it)."""
+    slots = ", ".join(f"count(*) FILTER (WHERE _h{i}) AS n{i}, count(_r{i}) FILTER (WHERE NOT isnan(_r{i})) AS nv{i}, "
+                      f"sum(_r{i}) FILTER (WHERE NOT isnan(_r{i})) AS sv{i}" for i in range(len(signals)))
+    per_signal = each_signal(signals, lambda i, name: (
+        f"SELECT _part, 1::TINYINT, split, step, NULL, {name}, FALSE, n{i}, nv{i}, sv{i} FROM steps WHERE n{i} > 0"))
+    return f"""
+WITH steps AS (SELECT _part, split, step, count(*) AS n, count(reward) FILTER (WHERE NOT isnan(reward)) AS nv,
+                      sum(reward) FILTER (WHERE NOT isnan(reward)) AS sv, {slots}
+               FROM src GROUP BY _part, split, step)
 SELECT _part, 0::TINYINT AS kind, split, step, condition, NULL::VARCHAR AS signal, NULL::BOOLEAN AS total,
        count(*) AS n, NULL::BIGINT AS nv, NULL::DOUBLE AS sv
 FROM src GROUP BY _part, split, step, condition
 UNION ALL
-SELECT _part, 1::TINYINT, split, step, NULL, signal, total, count(*),
-       count(value) FILTER (WHERE NOT isnan(value)), sum(value) FILTER (WHERE NOT isnan(value))
-FROM (SELECT _part, split, step, unnest(map_keys(rewards)) AS signal, FALSE AS total,
-             unnest(map_values(rewards)) AS value FROM src
-      UNION ALL
-      SELECT _part, split, step, NULL, TRUE, reward FROM src)
-GROUP BY _part, split, step, signal, total
+SELECT _part, 1::TINYINT, split, step, NULL, NULL, TRUE, n, nv, sv FROM steps
+UNION ALL
+{per_signal}
 UNION ALL
 SELECT DISTINCT _part, 2::TINYINT, NULL, NULL, NULL, unnest(_graders), NULL, NULL, NULL, NULL
 FROM src
 """
+
+
 # the graders' names, not their inputs (`partstats` reads a batch into a table: the inputs are long)
-KIND = define("run_stats", VERSION, PART_SQL, ("split", "step", "condition", "rewards", "reward",
+KIND = define("run_stats", VERSION, part_sql, ("split", "step", "condition", "rewards", "reward",
                                                "map_keys(grader_inputs) AS _graders"))
 
 
