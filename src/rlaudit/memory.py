@@ -21,7 +21,6 @@ sizes, which keep a cold 1M-rollout audit within 2 GB of RSS (`benchmarks/audit_
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
 import queue
 import re
@@ -254,14 +253,16 @@ def round_robin(produce: Callable[[int], Iterator[Any]], n: int, count: int, nam
         return False
 
     def run(k: int) -> None:
+        results = produce(k)
         try:
-            with contextlib.closing(produce(k)) as results:  # type: ignore[type-var]
-                for item in results:
-                    if not put(k, (True, item)):
-                        return
+            for item in results:
+                if not put(k, (True, item)):
+                    return
             put(k, (False, RuntimeError(f"{name}: producer {k} gave fewer results than its share")))
         except BaseException as exc:  # noqa: BLE001  (raised again in the caller's thread)
             put(k, (False, exc))
+        finally:
+            getattr(results, "close", lambda: None)()  # a generator's own cleanup (its query), on this thread
 
     threads = [threading.Thread(target=run, args=(k,), name=f"{name}-{k}", daemon=True) for k in range(n)]
     for t in threads:
