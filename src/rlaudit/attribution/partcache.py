@@ -69,7 +69,7 @@ VERSION = 1
 #: parts read and computed together (`_Ctx.ensure`)
 BATCH_PARTS = 16
 #: rows per Arrow record batch of a streamed read (`_Ctx._stream`)
-STREAM_ROWS = 65_536
+STREAM_ROWS = 16_384
 #: bytes a batch holds per rollout while its tables are computed (its columns, the sort and the per-signal arrays)
 _BYTES_PER_ROW = 2_000
 #: bytes of computed tables kept for the trace instead of read back (`_Ctx._hand_over`; the 1M-rollout benchmark's
@@ -183,7 +183,7 @@ def _meta(store: Store, run: str, max_step: int | None, split: str | None) -> di
     cols = {c: t.column(c).to_pylist() for c in t.column_names}
     part_steps: dict[str, set[int]] = {}
     part_signals: dict[str, set[str]] = {}
-    part_rows: dict[str, int] = {}  # in the split, at any step: what `_Ctx._read` reads of the part
+    part_rows: dict[str, int] = {}  # in the split, at any step: what `_Ctx._stream` reads of the part
     owner: dict[int, str] = {}
     out: dict[str, Any] = {k: {} for k in _COUNTS}
     out["signals"] = {}
@@ -420,9 +420,10 @@ class _Ctx:
 
     def _batch_rows(self, batch: list[tuple[Path, list[int]]], chunks: list[pa.RecordBatch], schema: pa.Schema,
                     signals: list[str], first: int) -> pa.Table:
-        """One batch's rows of a `_stream` (`chunks`, its parts' indices from `first`) in one chunk per column,
-        with its own signals as `_s<j>` and `_part` a dictionary of its parts' stems."""
-        t = pa.Table.from_batches(chunks, schema).combine_chunks()
+        """One batch's rows of a `_stream` (`chunks`, its parts' indices from `first`, not copied into one chunk
+        per column: numpy copies each column as it is asked for), with its own signals as `_s<j>` and `_part` a
+        dictionary of its parts' stems."""
+        t = pa.Table.from_batches(chunks, schema)
         own = {s: j for j, s in enumerate(self._batch_signals(batch))}
         names = [f"_s{own[s]}" if s in own else None for s in signals]
         keep = [c for c in t.column_names if not c.startswith("_s") or names[int(c[2:])] is not None]
