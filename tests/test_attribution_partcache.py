@@ -178,7 +178,7 @@ def test_batches_in_threads_equal_the_traced_findings(tmp_path, monkeypatch, thr
     computed: list[int] = []
     original = partcache._Ctx._compute
     monkeypatch.setattr(partcache._Ctx, "_compute",
-                        lambda self, con, batch, *a: (computed.append(len(batch)), original(self, con, batch, *a))[1])
+                        lambda self, batch, *a: (computed.append(len(batch)), original(self, batch, *a))[1])
     store = Store(tmp_path / "s")
     table = make_run(seed=11, steps=9)
     reward = np.asarray(table.column("reward").to_numpy(zero_copy_only=False), float).copy()

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import collections
 import os
+import queue
 import re
 import resource
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -226,6 +228,55 @@ def workers(per_worker: int) -> int:
     if b is not None:
         n = max(1, min(n, int(b[0] * SAMPLE_SHARE) // max(1, per_worker)))
     return n
+
+
+def round_robin(produce: Callable[[int], Iterator[Any]], n: int, count: int, name: str = "rlaudit"
+                ) -> Iterator[Any]:
+    """The `count` results of `n` producers in the order 0, 1, ..., n-1, 0, 1, ...: producer k (`produce(k)`,
+    an iterator, run in a thread of its own where n > 1) gives results k, k + n, k + 2n, ... For work that pays
+    a fixed cost per producer rather than per job (attribution's batches: one streamed query per thread instead
+    of one per batch). Each producer waits while one of its results waits for the caller, so memory stays
+    bounded by the thread count, as with `in_order`; a producer's error is raised to the caller at its turn."""
+    if n <= 1:
+        yield from produce(0)
+        return
+    slots: list[queue.Queue[tuple[bool, Any]]] = [queue.Queue(maxsize=1) for _ in range(n)]
+    stop = threading.Event()
+
+    def put(k: int, item: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                slots[k].put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(k: int) -> None:
+        results = produce(k)
+        try:
+            for item in results:
+                if not put(k, (True, item)):
+                    return
+            put(k, (False, RuntimeError(f"{name}: producer {k} gave fewer results than its share")))
+        except BaseException as exc:  # noqa: BLE001  (raised again in the caller's thread)
+            put(k, (False, exc))
+        finally:
+            getattr(results, "close", lambda: None)()  # a generator's own cleanup (its query), on this thread
+
+    threads = [threading.Thread(target=run, args=(k,), name=f"{name}-{k}", daemon=True) for k in range(n)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(count):
+            ok, item = slots[i % n].get()
+            if not ok:
+                raise item
+            yield item
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
 
 
 def in_order(compute: Callable[[Any], Any], jobs: Iterable[Any], n: int, name: str = "rlaudit") -> Iterator[Any]:

@@ -46,7 +46,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ from ..derived import segments
 from ..behaviors import Behavior
 from ..layout import view_columns
 from ..derived.partstats import define, each_signal, part_stats
-from ..memory import duckdb_limit, in_order, workers
+from ..memory import duckdb_limit, round_robin, workers
 from ..store import Store, bound_memory, prune_cached, prune_files, sql_list, sql_string, write_cached
 from . import trace as tr
 from .prefilter import gated_sql
@@ -68,6 +68,8 @@ from .prefilter import gated_sql
 VERSION = 1
 #: parts read and computed together (`_Ctx.ensure`)
 BATCH_PARTS = 16
+#: rows per Arrow record batch of a streamed read (`_Ctx._stream`)
+STREAM_ROWS = 16_384
 #: bytes a batch holds per rollout while its tables are computed (its columns, the sort and the per-signal arrays)
 _BYTES_PER_ROW = 2_000
 #: bytes of computed tables kept for the trace instead of read back (`_Ctx._hand_over`; the 1M-rollout benchmark's
@@ -188,7 +190,7 @@ def _meta(store: Store, run: str, max_step: int | None, split: str | None) -> di
     cols = {c: t.column(c).to_pylist() for c in t.column_names}
     part_steps: dict[str, set[int]] = {}
     part_signals: dict[str, set[str]] = {}
-    part_rows: dict[str, int] = {}  # in the split, at any step: what `_Ctx._read` reads of the part
+    part_rows: dict[str, int] = {}  # in the split, at any step: what `_Ctx._stream` reads of the part
     owner: dict[int, str] = {}
     out: dict[str, Any] = {k: {} for k in _COUNTS}
     out["signals"] = {}
@@ -281,10 +283,12 @@ class _Ctx:
     def ensure(self, parts: list[Path], weights: dict[str, Any] | None = None,
                tags: dict[str, str] | None = None) -> None:
         """Compute the tables of the parts not cached (with `weights`: the weight-keyed groups), BATCH_PARTS parts
-        per read and computation (the groups of different parts are independent, so a batch gives each part's
-        values; one computation per part would cost more in overhead than the work). Batches run in
-        `memory.workers` threads, each writing its own parts' files: most of a batch is numpy and Arrow work
-        that releases the GIL, and one thread left the second core idle for most of a cold attribution.
+        per computation (the groups of different parts are independent, so a batch gives each part's values; one
+        computation per part would cost more in overhead than the work). Batches run in `memory.workers`
+        threads, each writing its own parts' files: most of a batch is numpy and Arrow work that releases the
+        GIL, and one thread left the second core idle for most of a cold attribution. Each thread reads its
+        batches by one streamed query (`_stream`), not one query a batch: a term behaviour's pattern (its
+        Unicode classes) cost DuckDB ~20 ms to compile in every query that evaluates it.
 
         The parts of a level-1 segment `_tables` would merge next from files all computed now are written into
         that segment only, from the tables in hand (`segments.Fresh`, fed in part order by this thread): each
@@ -308,8 +312,13 @@ class _Ctx:
             for f in fresh:
                 if f is not None:
                     stack.enter_context(f)
-            compute = lambda b: self._compute(cons.get(), b, weights, tags, planned)  # noqa: E731
-            for kept in in_order(compute, batches, n, "rlaudit-attribution"):
+
+            def produce(k: int) -> Iterator[list[tuple[int, Path, pa.Table]]]:
+                """Thread k's batches k, k + n, ... computed from one streamed read (`_stream`)."""
+                for batch, table in self._stream(cons.get(), batches[k::n]):
+                    yield self._compute(batch, table, weights, tags, planned)
+
+            for kept in round_robin(produce, n, len(batches), "rlaudit-attribution"):
                 for i, path, table in kept:  # planned parts: their file is written only if the group is given up
                     # (`_keep` holds what cannot be written at all in memory)
                     fresh[i].add(path, table, functools.partial(self._keep, i, path.stem, table))
@@ -322,15 +331,14 @@ class _Ctx:
         now = {self.dirs[i] / f"{p.stem}.parquet" for p, miss in todo if i in miss}
         return segments.Fresh({"parts": ([self.dirs[i] / f"{p.stem}.parquet" for p in self.order], "lz4")}, now)
 
-    def _compute(self, con: duckdb.DuckDBPyConnection, batch: list[tuple[Path, list[int]]],
-                 weights: dict[str, Any] | None, tags: dict[str, str] | None,
-                 planned: Callable[[int, Path], bool]) -> list[tuple[int, Path, pa.Table]]:
-        """Read one batch of parts, compute the tables of the behaviours it misses and keep each part's (its
-        file), but for those `planned` into a segment; returns (behaviour, the part's file, the table) of the
-        latter, in part order per behaviour, for `ensure` to hand to `segments.Fresh`."""
+    def _compute(self, batch: list[tuple[Path, list[int]]], table: pa.Table, weights: dict[str, Any] | None,
+                 tags: dict[str, str] | None, planned: Callable[[int, Path], bool]) -> list[tuple[int, Path, pa.Table]]:
+        """Compute, from one batch's rows (`table`, as `_stream` gives them), the tables of the behaviours it
+        misses and keep each part's (its file), but for those `planned` into a segment; returns (behaviour, the
+        part's file, the table) of the latter, in part order per behaviour, for `ensure` to hand to
+        `segments.Fresh`."""
         miss = sorted({i for _, m in batch for i in m})
-        signals = sorted(set().union(*(self.signals.get(p.stem, set()) for p, _ in batch)))
-        table = self._read(con, [p for p, _ in batch], signals)
+        signals = self._batch_signals(batch)
         tables = part_tables(table, miss, [self.items[i] for i in miss], signals, self.outcome, weights)
         out = []
         for i, kinds in zip(miss, tables):
@@ -363,32 +371,75 @@ class _Ctx:
             for kind, table in zip("gsc", kinds):
                 self.computed[i][kind].append(table)
 
-    def _read(self, con: duckdb.DuckDBPyConnection, parts: list[Path], signals: list[str]) -> pa.Table:
-        """The rows of `parts` in the audit's split, in scan order, with the columns `part_tables` needs
-        (`load_frames` reads the same columns through the same expressions; term behaviours gated by
-        `prefilter`, to the same values); `_part`, each row's part, a dictionary of the parts' stems indexed
-        by DuckDB's `file_index` (a stem string per row, `parse_filename`, cost ~0.05 CPU s per 1M rows)."""
-        by_layout: dict[int, list[Path]] = {}
-        for p in parts:
-            by_layout.setdefault(self.layouts.get(p.name, 1), []).append(p)
-        selects, stems = [], []
-        for layout, ps in sorted(by_layout.items()):
-            selects.append(f"SELECT {view_columns(layout)}, file_index + {len(stems)} AS _part "
-                           f"FROM read_parquet({sql_list([str(p) for p in ps])})")
-            stems += [p.stem for p in ps]
+    def _batch_signals(self, batch: list[tuple[Path, list[int]]]) -> list[str]:
+        """The signals of a batch's parts (its rows' `_s<j>`: the j-th of them)."""
+        return sorted(set().union(*(self.signals.get(p.stem, set()) for p, _ in batch)))
+
+    def _stream(self, con: duckdb.DuckDBPyConnection, batches: list[list[tuple[Path, list[int]]]]
+                ) -> Iterator[tuple[list[tuple[Path, list[int]]], pa.Table]]:
+        """Each of `batches` with its rows in the audit's split, in scan order, read by one streamed query over
+        all their parts (`_select`), cut at the batches' parts: the columns `part_tables` needs (`load_frames`
+        reads the same columns through the same expressions; term behaviours gated by `prefilter`, to the same
+        values), the batch's signals as `_s<j>`, and `_part`, each row's part, a dictionary of the batch's
+        stems (a stem string per row, `parse_filename`, cost ~0.05 CPU s per 1M rows). The rows arrive in the
+        order of the parts (one DuckDB scan, insertion order kept), which is checked."""
+        parts = [p for b in batches for p, _ in b]
+        signals = sorted(set().union(*(self._batch_signals(b) for b in batches)))
+        ends = np.cumsum([len(b) for b in batches])
+        reader = con.sql(self._select(parts, signals)).to_arrow_reader(STREAM_ROWS)
+        pending: list[pa.RecordBatch] = []
+        j, last = 0, -1
+        for rb in reader:
+            index = np.asarray(rb.column("_part").to_numpy(zero_copy_only=False), np.int64)
+            if index.size and (index[0] < last or (np.diff(index) < 0).any()):
+                raise RuntimeError("attribution: the rows of a streamed read arrived out of their parts' order")
+            last = int(index[-1]) if index.size else last
+            while True:
+                cut = int(np.searchsorted(index, ends[j]))
+                pending.append(rb.slice(0, cut))
+                if cut == len(index):
+                    break
+                yield batches[j], self._batch_rows(batches[j], pending, reader.schema, signals, ends[j] - len(batches[j]))
+                pending, j, rb, index = [], j + 1, rb.slice(cut), index[cut:]
+        for k in range(j, len(batches)):  # the last batch, and any whose rows are all outside the split
+            yield batches[k], self._batch_rows(batches[k], pending, reader.schema, signals, ends[k] - len(batches[k]))
+            pending = []
+
+    def _select(self, parts: list[Path], signals: list[str]) -> str:
+        """The query of `_stream`: `parts` in their order (a UNION ALL of one read per run of parts of one
+        layout), `_part` each row's index in `parts`."""
+        selects, at = [], 0
+        while at < len(parts):
+            layout = self.layouts.get(parts[at].name, 1)
+            run = [parts[at]]
+            while at + len(run) < len(parts) and self.layouts.get(parts[at + len(run)].name, 1) == layout:
+                run.append(parts[at + len(run)])
+            selects.append(f"SELECT {view_columns(layout)}, file_index + {at} AS _part "
+                           f"FROM read_parquet({sql_list([str(p) for p in run])})")
+            at += len(run)
         split = f"split = {sql_string(self.split)}" if self.split else "TRUE"
         beh = "".join(f", {it.expr} AS _b{i}" for i, it in enumerate(self.items))
         if any(it.where == "reasoning" for it in self.items):
             beh += ", reasoning IS NOT NULL AS _has_r"
         sig = "".join(f", CAST(rewards[{sql_string(s)}] AS DOUBLE) AS _s{j}" for j, s in enumerate(signals))
-        con.execute(f"CREATE OR REPLACE VIEW src AS {' UNION ALL '.join(selects)}")
-        t = con.sql(f"SELECT {self.key} AS _group, step, condition, task, reward, advantage{beh}{sig}, _part "
-                    f"FROM src WHERE {split}").to_arrow_table()
+        return (f"SELECT {self.key} AS _group, step, condition, task, reward, advantage{beh}{sig}, _part "
+                f"FROM ({' UNION ALL '.join(selects)}) WHERE {split}")
+
+    def _batch_rows(self, batch: list[tuple[Path, list[int]]], chunks: list[pa.RecordBatch], schema: pa.Schema,
+                    signals: list[str], first: int) -> pa.Table:
+        """One batch's rows of a `_stream` (`chunks`, its parts' indices from `first`, not copied into one chunk
+        per column: numpy copies each column as it is asked for), with its own signals as `_s<j>` and `_part` a
+        dictionary of its parts' stems."""
+        t = pa.Table.from_batches(chunks, schema)
+        own = {s: j for j, s in enumerate(self._batch_signals(batch))}
+        names = [f"_s{own[s]}" if s in own else None for s in signals]
+        keep = [c for c in t.column_names if not c.startswith("_s") or names[int(c[2:])] is not None]
+        t = t.select(keep).rename_columns([names[int(c[2:])] if c.startswith("_s") else c for c in keep])
         at = t.schema.get_field_index("_part")
-        index = pc.cast(t.column(at), pa.int32())
+        index = pc.subtract(pc.cast(t.column(at), pa.int32()), pa.scalar(first, pa.int32()))
+        stems = pa.array([p.stem for p, _ in batch], pa.string())
         return t.set_column(at, "_part", pa.chunked_array(
-            [pa.DictionaryArray.from_arrays(c, pa.array(stems, pa.string())) for c in index.chunks],
-            pa.dictionary(pa.int32(), pa.string())))
+            [pa.DictionaryArray.from_arrays(c, stems) for c in index.chunks], pa.dictionary(pa.int32(), pa.string())))
 
     def _tables(self, i: int, stems: list[str], tags: dict[str, str], kept: set[int]) -> dict[str, pa.Table]:
         """Behaviour `i`'s rows of each kind for `stems` (and the weight-keyed groups of `tags`) at the `kept`
@@ -549,10 +600,31 @@ def _digest(obj: Any) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _col(t: pa.Table, name: str, fill: float = 0.0) -> np.ndarray:
+def _col(t: pa.Table | _Sorted, name: str, fill: float = 0.0) -> np.ndarray:
     if name not in t.column_names:
         return np.full(t.num_rows, fill)
-    return np.asarray(pc.fill_null(t.column(name), fill).to_numpy(zero_copy_only=False), np.float64)
+    if isinstance(t, _Sorted):
+        return t.numbers(name, fill)
+    column = t.column(name)
+    return np.asarray((column if column.null_count == 0 else pc.fill_null(column, fill)).to_numpy(
+        zero_copy_only=False), np.float64)
+
+
+class _Sorted:
+    """The rows of a table in `order`, column by column as they are asked for: `_assemble` reads every numeric
+    column of the merged groups as numpy, so each is reordered there (an Arrow `take` of the whole table, ~80
+    columns, cost ~0.1-0.2 CPU s of a cold 1M-rollout audit)."""
+
+    def __init__(self, table: pa.Table, order: np.ndarray) -> None:
+        self.table, self.order = table, order
+        self.num_rows, self.column_names = table.num_rows, table.column_names
+        self._indices = pa.array(order)
+
+    def column(self, name: str) -> pa.Array | pa.ChunkedArray:
+        return self.table.column(name).take(self._indices)
+
+    def numbers(self, name: str, fill: float) -> np.ndarray:
+        return _col(self.table, name, fill)[self.order]
 
 
 def _all(t: pa.Table, name: str) -> bool:
@@ -660,7 +732,7 @@ def part_tables(t: pa.Table, idx: list[int], items: list[Item], signals: list[st
                      "rc_m2": groups.sum(drc * drc), "c_arc": groups.sum(da * drc), "s_xa": groups.sum(x_c * a),
                      "s_xrc": groups.sum(x_c * rc)}
             cols.update({k: pa.array(v) for k, v in check.items()})
-        tables = [pa.table(cols).filter(pa.array(keep_group))]
+        tables = [pa.table(cols) if keep_group.all() else pa.table(cols).filter(pa.array(keep_group))]
         if weights is None:
             steps_item = dict(steps_cols, kind=pa.array(["s"] * len(steps_u), pa.string()))
             steps_item["x"] = pa.array(np.bincount(step_code, weights=raw, minlength=len(steps_u)))
@@ -737,13 +809,15 @@ def _reward_steps(step: np.ndarray, steps_u: np.ndarray, reward: np.ndarray, kno
     count = lambda mask: np.bincount(code, weights=mask, minlength=len(steps_u)).astype(np.int64).tolist()  # noqa: E731
     cols: dict[str, list[Any]] = {"step": steps_u.tolist(), "n": np.diff(bounds).tolist(), "n_known": count(known),
                                   "y2": [], "rfac": []}
+    # [components | total] of every row, each step's rows with a total taken from it (a stack per step cost
+    # ~0.1 CPU s of a cold 1M-rollout audit)
+    matrix = np.column_stack([np.nan_to_num(comps[c], nan=0.0) for c in local] + [reward])
     for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
         rows = by_step[lo:hi]
         rows = rows[known[rows]]
         cols["y2"].append(float(np.sum(reward[rows] ** 2)))
         if rows.size:
-            a = np.column_stack([np.nan_to_num(comps[c][rows], nan=0.0) for c in local] + [reward[rows]])
-            cols["rfac"].append(json.dumps({"names": local, "r": np.linalg.qr(a, mode="r").tolist()}))
+            cols["rfac"].append(json.dumps({"names": local, "r": np.linalg.qr(matrix[rows], mode="r").tolist()}))
         else:
             cols["rfac"].append(None)
     for c in signals:
@@ -875,8 +949,8 @@ def _assemble(it: Item, groups: pa.Table, steps: pa.Table, cond: pa.Table, fit: 
               grouping: str, group_key: str, warnings: list[str], scale: str, n_boot: int, seed: int,
               step_clusters: bool, run: str, ctx: _Ctx, parts: list[Path], numeric: bool) -> tr.Trace:
     """`trace.attribute` from the merged tables: the same per-group values in the same (key) order."""
-    order = np.argsort(np.asarray(groups.column("key").to_numpy(zero_copy_only=False)), kind="stable")
-    groups = groups.take(pa.array(order))
+    groups = _Sorted(groups, np.argsort(np.asarray(groups.column("key").to_numpy(zero_copy_only=False)),
+                                        kind="stable"))
     rollouts, sd, rmax = _col(groups, "rollouts"), _col(groups, "sd", np.nan), _col(groups, "rmax")
     tiny = 1e-9 * max(1.0, float(rmax.max()) if rmax.size else 1.0)
     varies = np.isfinite(sd) & (sd > tiny) & (rollouts >= 2)
@@ -963,7 +1037,7 @@ def _codes(cond: pa.Table, kind: str, rank: dict[str, int], first_of_group: pa.C
             np.array([xsum[nm] for nm in names], np.float64))
 
 
-def _advantage_check(groups: pa.Table, inv: np.ndarray, has_adv: bool) -> dict[str, Any] | None:
+def _advantage_check(groups: _Sorted, inv: np.ndarray, has_adv: bool) -> dict[str, Any] | None:
     """`trace._advantage_check` from per-group centred sums, merged exactly (the parallel-variance formulas)."""
     if not has_adv or "ok_n" not in groups.column_names:
         return None
@@ -981,7 +1055,7 @@ def _advantage_check(groups: pa.Table, inv: np.ndarray, has_adv: bool) -> dict[s
             "pressure_rebuilt": float((c["s_xrc"] * inv).sum() / n)}
 
 
-def _evidence(ctx: _Ctx, it: Item, t: tr.Trace, groups: pa.Table, per_group: dict[str, dict[str, np.ndarray]],
+def _evidence(ctx: _Ctx, it: Item, t: tr.Trace, groups: _Sorted, per_group: dict[str, dict[str, np.ndarray]],
               fit: _Fit, parts: list[Path], steps: pa.Table, numeric: bool) -> list[Any]:
     """`trace._evidence_rows` and `trace.evidence_for`: the same groups chosen from the merged tables, then only
     their rollouts read (from the parts holding their steps)."""
