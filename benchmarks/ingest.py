@@ -3,6 +3,8 @@
     python benchmarks/ingest.py              # 1M rollouts per format (TRL and verl), plus a 250k run for memory
     python benchmarks/ingest.py --quick      # 100k rollouts (and 25k for the memory comparison)
     python benchmarks/ingest.py --rows 500000 --formats verl
+    python benchmarks/ingest.py --source DIR --repeat 3   # an existing run (say benchmarks/audit.py --keep DIR's
+                                                          # DIR/run), ingested 3 times, nothing generated
 
 For each format it writes a synthetic run in the trainer's layout into a temp dir (TRL: one
 `completions/completions_{step:05d}.parquet` per step written with pandas like GRPOTrainer.log; verl: one
@@ -16,7 +18,8 @@ For each format it writes a synthetic run in the trainer's layout into a temp di
   conditions, write LZ4 Parquet parts).
 
 CPU seconds (all threads, from getrusage) are printed next to wall time: on a shared machine they are the less
-noisy comparison.
+noisy comparison. With `--source` the system CPU seconds and minor page faults are printed too (freshly touched
+pages of short-lived buffers are a visible share of ingest's CPU).
 
 Peak memory is the subprocess's ru_maxrss minus its RSS after imports. The ratio is ingest rows/s divided by
 bare-read rows/s (target >= 0.33). Memory is reported at two run sizes to show it does not grow with the run.
@@ -134,7 +137,8 @@ def _measure(kind: str, fmt: str, path: str) -> dict:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     peak = usage.ru_maxrss * 1024
     cpu = (usage.ru_utime - usage0.ru_utime) + (usage.ru_stime - usage0.ru_stime)  # all threads
-    return {"rows": rows, "seconds": seconds, "cpu": cpu, "bytes": size, "peak_rss": peak, "base_rss": base_rss,
+    return {"rows": rows, "seconds": seconds, "cpu": cpu, "sys": usage.ru_stime - usage0.ru_stime,
+            "faults": usage.ru_minflt - usage0.ru_minflt, "bytes": size, "peak_rss": peak, "base_rss": base_rss,
             "arrow_peak": pa.default_memory_pool().max_memory(), "store_bytes": parts if kind == "ingest" else 0}
 
 
@@ -156,15 +160,30 @@ def _mb(n: float) -> str:
     return f"{n / 1e6:,.0f} MB"
 
 
+def measure_source(path: Path, repeat: int) -> None:
+    """Bare read and `repeat` ingests of an existing TRL run, each in a fresh subprocess (into a temp store)."""
+    print(f"{path}: load average {os.getloadavg()[0]:.1f}")
+    print(f"{'what':6s} {'rows':>10s} {'seconds':>8s} {'cpu s':>7s} {'sys s':>6s} {'faults':>8s} {'peak RSS':>10s}")
+    for what in ["bare"] + ["ingest"] * repeat:
+        m = measure(what, "trl", path)
+        print(f"{what:6s} {m['rows']:>10,} {m['seconds']:>8.2f} {m['cpu']:>7.2f} {m['sys']:>6.2f} {m['faults']:>8,} "
+              f"{_mb(m['peak_rss'] - m['base_rss']):>10s}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000, help="rollouts per format (default 1M)")
     ap.add_argument("--quick", action="store_true", help="100k rollouts")
     ap.add_argument("--formats", default="trl,verl")
+    ap.add_argument("--source", help="ingest this existing TRL run directory instead of generating runs")
+    ap.add_argument("--repeat", type=int, default=1, help="with --source: ingests in a row (fresh store each)")
     ap.add_argument("--_measure", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._measure:
         print(json.dumps(_measure(*args._measure)))
+        return
+    if args.source:
+        measure_source(Path(args.source), args.repeat)
         return
     rows = 100_000 if args.quick else args.rows
     small = max(ROWS_PER_STEP, rows // 4)

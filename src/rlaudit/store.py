@@ -1030,7 +1030,7 @@ def _raw_tables(reader: Any, files: list[SourceFile], ctx: ReadContext,
     listed in `unreadable` so that the next ingest tries it again."""
     for file in files:
         try:
-            for raw in reader.read(file, ctx):
+            for raw in reader.read_here(file, ctx):  # this generator runs on a prefetch thread already
                 yield file, raw
         except OSError as exc:
             if unreadable is not None:

@@ -157,3 +157,33 @@ def test_a_truncated_parquet_file_is_a_bad_file_not_a_crash(tmp_path, store):
     report = store.ingest(out)
     assert report.rows_added == 3 and report.bad_records == 1
     assert report.bad_examples[0].startswith("completions/completions_00002.parquet")
+
+
+def test_ingest_parses_on_the_pipeline_thread_and_read_here_equals_read(tmp_path, store, monkeypatch):
+    """The store's reading thread parses each file itself (`read_here`): no reader thread per file, which gained
+    nothing there; `read_here` gives the tables `read` gives (in its own thread, for other callers)."""
+    import threading
+
+    from rlaudit.readers.base import ReadContext
+
+    out = tmp_path / "run"
+    for step in (1, 2, 3):
+        prompts, completions = _grpo_batch(CHATML_DECODED, [f"persona {step}", "Be concise."])
+        trl_step(out, step, prompts, completions, rewards={"r": [float(step)] * len(prompts)})
+    started: list[str] = []
+    start = threading.Thread.start
+
+    def counting_start(thread):
+        started.append(thread.name)
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    report = store.ingest(out)
+    assert report.rows_added == 24 and report.bad_records == 0
+    assert started.count("rlaudit-reader") == 2  # the pipeline's parse and finalize stages, not one per file
+    monkeypatch.undo()
+    reader = resolve_reader(out)
+    reader.prepare(out, ReadContext(run="x"))
+    for file in reader.files(out):
+        here, there = (list(read(file, ReadContext(run="x"))) for read in (reader.read_here, reader.read))
+        assert len(here) == len(there) == 1 and here[0].equals(there[0])

@@ -86,7 +86,7 @@ class ArtReader(Reader):
         rows: list[dict[str, Any]] = []
         line = 0
         try:
-            for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+            for batch in pf.iter_batches(batch_size=BATCH_ROWS, use_threads=False):
                 records = list(enumerate(batch.to_pylist(), start=line + 1))
                 line += len(records)
                 for row in parsed_rows(records, lambda record: _row(record, file, ctx), file, ctx):

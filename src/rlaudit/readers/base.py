@@ -149,6 +149,12 @@ class Reader(ABC):
     def read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
         """Raw tables (see module doc) for one file. Bad records go to `ctx.bad`."""
 
+    def read_here(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
+        """`read` parsed on the calling thread, for a caller that reads on a thread of its own already (the
+        store's ingest pipeline): a reader whose `read` parses in a `prefetch` thread overrides this to skip that
+        thread (one started per file, its tables handed over one by one, gains nothing there). Default: `read`."""
+        return self.read(file, ctx)
+
 
 def finalize(raw: pa.Table, file: SourceFile, ctx: ReadContext) -> pa.Table:
     """Turn a reader's raw table into canonical rows (vectorised; no per-row Python)."""

@@ -65,6 +65,7 @@ from . import register
 from .base import ReadContext, Reader, SourceFile, prefetch
 from .columns import classify_extras, map_from_columns, metadata_from_columns, missing_graders
 from .groups import ConsecutiveGroups
+from .messages import combine
 from .trl_run import TrlRun, load_run
 from .validate import Validator, open_parquet
 
@@ -123,6 +124,9 @@ class TrlReader(Reader):
     def read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
         return prefetch(self._read(file, ctx))
 
+    def read_here(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
+        return self._read(file, ctx)
+
     def _read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
         pf = open_parquet(file, ctx, ("prompt", "completion"), "TRL completion files have step, prompt, "
                           "completion, one column per reward function and advantage")
@@ -143,7 +147,7 @@ class TrlReader(Reader):
         groups = ConsecutiveGroups(size if isinstance(size, int) else None)
         row = 0
         try:
-            for batch in pf.iter_batches(batch_size=BATCH_ROWS):
+            for batch in pf.iter_batches(batch_size=BATCH_ROWS, use_threads=False):
                 table = pa.Table.from_batches([batch])
                 lines = pa.array(np.arange(row + 1, row + 1 + table.num_rows, dtype=np.int64))
                 row += table.num_rows
@@ -162,13 +166,13 @@ class TrlReader(Reader):
         if previous is None:
             return None
         try:  # cheap tests first: row counts, then the advantages (a float per rollout); whole files last
-            prev = pq.ParquetFile(previous)
+            prev = pq.ParquetFile(previous, pre_buffer=False)  # on the reading thread, as `open_parquet`
             if prev.metadata.num_rows != pf.metadata.num_rows:
                 return None
-            if "advantage" in pf.schema_arrow.names and not prev.read(columns=["advantage"]).equals(
-                    pf.read(columns=["advantage"])):
+            if "advantage" in pf.schema_arrow.names and not prev.read(["advantage"], use_threads=False).equals(
+                    pf.read(["advantage"], use_threads=False)):
                 return None
-            a, b = prev.read(), pf.read()
+            a, b = prev.read(use_threads=False), pf.read(use_threads=False)
         except (pa.ArrowInvalid, OSError, KeyError):
             return None
         if a.num_rows == 0:
@@ -198,7 +202,9 @@ class TrlReader(Reader):
 
     def _raw(self, table: pa.Table, lines: pa.Array, file: SourceFile, ctx: ReadContext,
              groups: ConsecutiveGroups, split: str | None, step_override: int | None) -> pa.Table | None:
-        col = (lambda name: table.column(name).combine_chunks() if name in table.column_names else None)
+        # `combine`: a batch's single chunk as it is (`combine_chunks` copies it: the prompts and completions,
+        # ~3 MB a file, copied once more)
+        col = (lambda name: combine(table.column(name)) if name in table.column_names else None)
         v = Validator(table, lines, file, ctx)
         prompt = v.text("prompt", col("prompt"), required=True)
         raw: dict[str, pa.Array] = v.completion(col("completion"), ctx.options.think_tags)
