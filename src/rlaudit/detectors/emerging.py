@@ -508,7 +508,7 @@ def window_masks(step_rollouts: np.ndarray, w: int, max_rollouts: int, min_steps
     costs ten times as much to compare the windows, and holds ten times as many rollouts in memory, for
     statistics whose power is already saturated. Why a lattice on step indices: the window parts' sums are cached
     per part (`windowsums`), and a lattice that stays put as steps are added keeps reading the same parts. Counted
-    back from the newest step (until session 15), every new step moved every kept late step by one, so the k warm
+    back from the newest step (as before the lattice), every new step moved every kept late step by one, so the k warm
     audits after a cold one each summed ~35-50 window parts anew at 10M rollouts, and again after k changed; on
     the lattice a new step changes at most three kept steps (the new one in, the previous newest and the
     window's first step out), only the new step's part is new, and when k doubles the new lattice is inside the
