@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from ..errors import RlauditError
 from . import register
-from .base import ReadContext, Reader, SourceFile, prefetch
+from .base import PrefetchingReader, ReadContext, SourceFile
 from .columns import classify_extras, duck_query, map_from_columns, metadata_from_columns
 from .messages import combine
 from .validate import RowFilter, Validator
@@ -49,7 +49,7 @@ def _table_files(source: Path) -> list[Path]:
 
 
 @register
-class CanonicalReader(Reader):
+class CanonicalReader(PrefetchingReader):
     name = "canonical"
     description = "rlaudit canonical JSONL/Parquet (*.jsonl, *.parquet), or any table with --columns mapping"
 
@@ -71,9 +71,6 @@ class CanonicalReader(Reader):
     def files(self, source: Path) -> list[SourceFile]:
         root = source.parent if source.is_file() else source
         return [SourceFile(p, str(p.relative_to(root))) for p in _table_files(source)]
-
-    def read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
-        return prefetch(self._read(file, ctx))
 
     def _read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
         mapping = ctx.options.columns  # canonical -> source

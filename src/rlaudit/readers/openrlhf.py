@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import register
-from .base import ReadContext, Reader, SourceFile, prefetch
+from .base import PrefetchingReader, ReadContext, SourceFile
 from .groups import KeyedGroups
 from .jsonl import first_record_keys, iter_json_records
 from .wandb import _walk
@@ -64,7 +64,7 @@ def steps_from_pauses(times: np.ndarray) -> np.ndarray:
 
 
 @register
-class OpenRlhfReader(Reader):
+class OpenRlhfReader(PrefetchingReader):
     name = "openrlhf"
     description = "OpenRLHF rollouts captured by rlaudit.cot.capture.wrap_openrlhf_reward: <log_dir>/openrlhf/*.jsonl"
 
@@ -75,9 +75,6 @@ class OpenRlhfReader(Reader):
     def files(self, source: Path) -> list[SourceFile]:
         root = source.parent if source.is_file() else source
         return [SourceFile(p, str(p.relative_to(root))) for p in _capture_files(source) if _is_capture(p)]
-
-    def read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
-        return prefetch(self._read(file, ctx))
 
     def _read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
         recs: list[tuple[int, dict]] = []

@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from . import register
-from .base import ReadContext, Reader, SourceFile, prefetch
+from .base import PrefetchingReader, ReadContext, SourceFile
 from .groups import ConsecutiveGroups
 from .wandb import _walk, rows_to_table, table_raw
 
@@ -59,7 +59,7 @@ def _db_files(source: Path) -> list[Path]:
 
 
 @register
-class TrackioReader(Reader):
+class TrackioReader(PrefetchingReader):
     name = "trackio"
     description = "trackio project database <TRACKIO_DIR>/<project>.db with trackio.Table rollouts"
 
@@ -70,9 +70,6 @@ class TrackioReader(Reader):
     def files(self, source: Path) -> list[SourceFile]:
         root = source.parent if source.is_file() else source
         return [SourceFile(p, str(p.relative_to(root))) for p in _db_files(source)]
-
-    def read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
-        return prefetch(self._read(file, ctx))
 
     def _read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
         try:

@@ -62,7 +62,7 @@ import pyarrow.parquet as pq
 
 from ..errors import RlauditError
 from . import register
-from .base import ReadContext, Reader, SourceFile, prefetch
+from .base import PrefetchingReader, ReadContext, SourceFile
 from .columns import classify_extras, map_from_columns, metadata_from_columns, missing_graders
 from .groups import ConsecutiveGroups
 from .messages import combine
@@ -92,7 +92,7 @@ def _completion_names(source: Path) -> list[tuple[Path, str, str]]:
 
 
 @register
-class TrlReader(Reader):
+class TrlReader(PrefetchingReader):
     name = "trl"
     description = "TRL GRPOTrainer log_completions: output_dir/completions/completions_{step:05d}.parquet"
 
@@ -120,12 +120,6 @@ class TrlReader(Reader):
         self.run = load_run(source)
         for text in run_notes(self.run, self.files(source), ctx.options.reward_weights):
             ctx.note(text)
-
-    def read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
-        return prefetch(self._read(file, ctx))
-
-    def read_here(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
-        return self._read(file, ctx)
 
     def _read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
         pf = open_parquet(file, ctx, ("prompt", "completion"), "TRL completion files have step, prompt, "

@@ -70,7 +70,7 @@ import pyarrow.compute as pc
 from ..schema import TOOL_CALLS
 from ..text import ThinkTags, split_all_reasoning
 from . import register
-from .base import ReadContext, Reader, SourceFile, prefetch
+from .base import PrefetchingReader, ReadContext, SourceFile
 from .columns import classify_extras, map_from_columns, metadata_from_columns
 from .groups import KeyedGroups
 from .jsonl import first_record_keys, layout_keys, read_json_chunks
@@ -110,7 +110,7 @@ def _step_files(source: Path) -> list[Path]:
 
 
 @register
-class VerlReader(Reader):
+class VerlReader(PrefetchingReader):
     name = "verl"
     description = "verl rollout dumps: trainer.rollout_data_dir/{step}.jsonl (input, output, score, step, ...)"
 
@@ -131,9 +131,6 @@ class VerlReader(Reader):
                 split = "eval"
             out.append(SourceFile(p, str(rel), split=split, step=int(_STEP_FILE.match(p.name).group(1))))
         return sorted(out, key=lambda f: (f.split != "train", f.step, f.relpath))
-
-    def read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
-        return prefetch(self._read(file, ctx))
 
     def _read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
         groups: KeyedGroups | None = None

@@ -49,7 +49,7 @@ import pyarrow.compute as pc
 
 from ..errors import RlauditError
 from . import register
-from .base import ReadContext, Reader, SourceFile, prefetch
+from .base import PrefetchingReader, ReadContext, SourceFile
 from .columns import classify_extras, map_from_columns, metadata_from_columns, missing_graders
 from .groups import ConsecutiveGroups
 from .validate import Validator
@@ -108,7 +108,7 @@ def table_key(path: Path, root: Path) -> tuple[str, int | None, str]:
 
 
 @register
-class WandbReader(Reader):
+class WandbReader(PrefetchingReader):
     name = "wandb"
     description = "W&B tables: wandb/run-*/files/media/table/**/*.table.json, or a table exported as CSV"
 
@@ -133,9 +133,6 @@ class WandbReader(Reader):
             for (_, before), (_, after) in zip(items, items[1:]):
                 self._previous[str(after)] = before
         return sorted(out, key=lambda f: (f.step if f.step is not None else -1, f.relpath))
-
-    def read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
-        return prefetch(self._read(file, ctx))
 
     def _read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
         if file.path.suffix == ".csv":
