@@ -526,6 +526,8 @@ class Store:
         return dropped
 
     def _part_name(self, key: str) -> str:
+        """`<source digest>-<ingest time>.parquet`: a part written again (its source changed) gets a new name, so
+        derived data cached under the old name is never mistaken for it (see `part_source`)."""
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]
         return f"{digest}-{time.time_ns():x}.parquet"
 
@@ -833,6 +835,15 @@ class Store:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
         return table
+
+
+def part_source(name: str) -> str:
+    """The part of a stored part's file name that names its source (`Store._part_name`: the digest of the source
+    key, without the ingest time): the same for every ingest of the same source, so a choice seeded by it (the CoT
+    scan's chance pairings) is the same whenever and into whichever store the run is ingested."""
+    stem = name.removesuffix(".parquet")
+    digest, sep, stamp = stem.rpartition("-")
+    return digest if sep and re.fullmatch(r"[0-9a-f]+", stamp) else stem
 
 
 def write_cached(path: Path, table: pa.Table, **parquet: Any) -> Path | pa.Table:

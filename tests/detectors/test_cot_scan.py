@@ -375,3 +375,41 @@ def test_summaries_of_a_cold_audit_go_straight_into_segments(store, monkeypatch)
     monkeypatch.undo()
     shutil.rmtree(d)  # summarised again from the result files, one file per part
     assert audit() == cold and len(list(d.glob("*.parquet"))) == parts
+
+
+def test_chance_pairings_do_not_depend_on_when_the_run_was_ingested(tmp_path):
+    """The same files ingested into two stores at different times (the parts' names differ in their ingest time)
+    get the same chance pairings with a stride above 1, so the same results, chance rows included."""
+    import duckdb
+
+    from rlaudit.cot.detector import scan_key, scan_parts
+    from rlaudit.store import Store, part_source
+
+    table, _ = make_run(exposure=lambda step, task, rng: "full" if rng.random() < 0.2 else None, steps=12, seed=3)
+    steps = table.column("step").to_numpy()
+    params = ScanParams(chance_rows=40, batch_rows=16)
+
+    def results(root):
+        store = Store(root)
+        for i in range(4):
+            store.append("synth", table.filter(pa.array(steps % 4 == i)), f"part-{i}")
+        key, extra = scan_key(store, "synth", params)
+        sql = scan_parts(store, "synth", params, key, extra)
+        return [p.name for p in store.parts("synth")], duckdb.sql(f"SELECT * FROM {sql} ORDER BY ALL").fetchall()
+
+    names_a, a = results(tmp_path / "a")
+    names_b, b = results(tmp_path / "b")
+    assert set(names_a).isdisjoint(names_b)  # ingest times differ ...
+    assert [part_source(n) for n in names_a] == [part_source(n) for n in names_b]  # ... the sources do not
+    chance = [r for r in a if r[11]]
+    assert chance and len(chance) < sum(1 for r in a if not r[11])  # some batches only: the stride matters
+    assert a == b
+
+
+def test_part_source_drops_only_the_ingest_time():
+    from rlaudit.store import part_source
+
+    assert part_source("0a6ffbc4b893-18edc2fcae367ca7.parquet") == "0a6ffbc4b893"
+    assert part_source("0a6ffbc4b893-18edc2fcae367ca7") == "0a6ffbc4b893"
+    assert part_source("completions_00001.parquet") == "completions_00001"  # not a stored part's name: as it is
+    assert part_source("run-final.parquet") == "run-final"

@@ -33,7 +33,7 @@ from ..derived import segments
 from ..findings import Finding
 from ..layout import view_columns
 from ..memory import workers
-from ..store import Store, bound_memory, listing, sql_list, write_atomic, write_cached
+from ..store import Store, bound_memory, listing, part_source, sql_list, write_atomic, write_cached
 from ..detectors import DetectContext, Detector, register
 from .scan import (EMPTY_RESULTS, ScanParams, findings_from_results, read_scan_columns, scan_batches, scan_run,
                    table_batches)
@@ -121,8 +121,9 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
     dict part name -> cached file or table.
 
     Chance pairings (see `cot_scan`) are drawn per part: batch i of a part gets them when the run had at most
-    `chance_rows` rollouts with grader inputs when the part was scanned, else when a hash of (part, i) falls in
-    1/stride of the range, i.e. about `chance_rows` of them spread evenly over the run.
+    `chance_rows` rollouts with grader inputs when the part was scanned, else when a hash of (the part's source,
+    i) falls in 1/stride of the range, i.e. about `chance_rows` of them spread evenly over the run; the same batches
+    at every ingest of the same files (`store.part_source`), so a run audited twice gets the same findings.
 
     A shard of the run (`rlaudit.fleet.shard`) passes `only` (its part file names: only those are scanned and
     returned) and `stride`, the one `scan_stride` computed for the whole run, so each part gets the same chance
@@ -201,7 +202,8 @@ def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[s
 
     def one(i: int) -> Any:
         name = todo[i].name
-        chance = (lambda b: zlib.crc32(f"{name}:{b}".encode()) % stride == 0) if stride > 1 else (lambda b: True)
+        source = part_source(name)  # not the ingest time in the name: the same pairings at every ingest
+        chance = (lambda b: zlib.crc32(f"{source}:{b}".encode()) % stride == 0) if stride > 1 else (lambda b: True)
         if extra is None:  # the part alone: read with Arrow
             layout = layouts.get(name, 1)
             raw = read_scan_columns(todo[i], layout)
