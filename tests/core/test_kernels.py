@@ -210,6 +210,15 @@ def test_row_term_ids_of_long_rows_with_many_ids(seed, max_n):
     assert np.array_equal(got_ids, want_i) and np.array_equal(np.diff(got_off), np.bincount(want_r, minlength=n_rows))
 
 
+def _lookup_of(keys: np.ndarray, share: float, n_ids: int, rng: np.random.Generator) -> tokens._Lookup:
+    """A `tokens._Lookup` of about `share` of the distinct `keys`, a tenth of those twice or three times (keys
+    naming several terms) and 3 keys found nowhere, each entry with a random term id below `n_ids`."""
+    chosen = keys[rng.random(len(keys)) < share]
+    again = chosen[rng.random(len(chosen)) < 0.1]
+    entries = np.concatenate([chosen, again, again[: len(again) // 2], rng.integers(0, 2**63, 3, dtype=np.uint64)])
+    return tokens._Lookup(entries, rng.integers(0, n_ids, len(entries)).astype(np.int32))
+
+
 @needs_numba
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.one_of(_ANY, st.sampled_from(_EDGE_TEXTS)), min_size=1, max_size=14), st.integers(0, 2**32),
@@ -231,12 +240,12 @@ def test_term_ids_in_one_pass_equal_hashes_then_lookup(texts, seed, max_n):
         mp.setenv(kernels.ENV, "numba")
         values, offsets = tokhash.token_hashes(arr)
         rows, keys = tokens.ngram_keys(values, offsets, max_n)
-        pick = rng.random(len(keys)) < 0.5
         n_ids = 200
-        lookup = tokens._Lookup(np.concatenate([keys[pick], rng.integers(0, 2**63, 5, dtype=np.uint64)]),
-                                rng.integers(0, n_ids, int(pick.sum()) + 5).astype(np.int32))
-        k_keys = np.concatenate([values[rng.random(len(values)) < 0.3], rng.integers(0, 2**63, 3, dtype=np.uint64)])
-        key_lookup = tokens._Lookup(k_keys, rng.integers(0, n_ids, len(k_keys)).astype(np.int32))
+        # half the distinct n-grams are terms, a few keys name two or three terms (as a vocabulary's may), and
+        # some keys are absent; not one entry per occurrence: a key repeated 10,000 times ("a " * 20_000) would
+        # name 10,000 terms and make every lookup of it quadratic, which no vocabulary does
+        lookup = _lookup_of(np.unique(keys), 0.5, n_ids, rng)
+        key_lookup = _lookup_of(np.unique(values), 0.3, n_ids, rng)
         lists = [np.unique(rng.integers(0, n_ids, rng.integers(0, 40))).astype(np.int32) for _ in range(3)]
         exclude = (rng.integers(0, 3, len(texts)), np.concatenate([[0], np.cumsum([len(x) for x in lists])]),
                    np.concatenate(lists))
