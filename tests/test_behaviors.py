@@ -106,3 +106,30 @@ def test_export_remedy_of_a_merged_behaviour_excludes_every_phrasing():
                 fields={"behavior": "goblin", "behavior_spec": "goblin", "terms": ["goblin", "a gremlin"],
                         "prevalence_end": 0.1})
     assert "--exclude 'any:goblin|a gremlin'" in remedy(f)
+
+
+def test_tokenize_from_many_threads_and_a_forked_child():
+    """`tokenize` shares one DuckDB connection per process (a cursor per call): threads at once get each text's own
+    tokens, and a forked child opens a connection of its own rather than using the parent's."""
+    import multiprocessing
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rlaudit import behaviors
+
+    texts = [f"Goblin {i} don't stop, 哥布林 x{i}!" for i in range(64)]
+    want = [["goblin", str(i), "don't", "stop", "哥", "布", "林", f"x{i}"] for i in range(64)]
+    behaviors._tokens.cache_clear()
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(behaviors.tokenize, texts)) == want
+    parent = behaviors._RE2
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        child = pool.apply(_tokens_and_connection_pid, ("Forked goblin's text",))
+    assert child[0] == ["forked", "goblin's", "text"]
+    assert child[1] != parent[0]  # the child's own connection
+
+
+def _tokens_and_connection_pid(text):
+    from rlaudit import behaviors
+
+    behaviors._tokens.cache_clear()
+    return behaviors.tokenize(text), behaviors._RE2[0]
