@@ -401,41 +401,53 @@ def _vocab_sample(draw):
 
 
 @needs_numba
-@settings(max_examples=80, deadline=None)
-@given(_vocab_sample(), st.integers(1, 3), st.integers(0, 4))
-def test_vocabulary_document_frequencies_are_identical(sample, min_count, max_n):
-    """`tokens._sample_df` through `term_kernels.ngram_df` (two passes, a hash table) equals the numpy path
-    (occurrence arrays, sorts): kept keys and their rows, first occurrences, rows per (n-gram, cell) (as a set of
-    records: the compiled path's come in another order), and so the prevalences chosen from them."""
-    o = tokens.VocabOptions(min_count=min_count, max_n=max_n)
-    a, b = _both(lambda: tokens._sample_df(sample, "answer", o))
-    for name in ("uniq", "total", "rows"):
+@settings(max_examples=120, deadline=None)
+@given(_vocab_sample(), st.integers(1, 3), st.integers(0, 4), st.sampled_from([0.0, 0.01, 0.2, 0.5, 1 / 3]))
+def test_vocabulary_document_frequencies_are_identical(sample, min_count, max_n, min_prevalence):
+    """`tokens._sample_df` through `term_kernels.ngram_prevalences` (two passes, a hash table, the records folded
+    in the kernel) equals the numpy path (occurrence arrays, sorts, `tokens._prevalences`): kept keys and their
+    rows, first occurrences, and the qualifying n-grams with their prevalences, value for value."""
+    o = tokens.VocabOptions(min_count=min_count, max_n=max_n, min_prevalence=min_prevalence)
+    cells = tokens._SampleCells.of(sample)
+    a, b = _both(lambda: tokens._sample_df(sample, cells, "answer", o))
+    for name in ("uniq", "total"):
         x, y = getattr(a, name), getattr(b, name)
         assert x.dtype == y.dtype and np.array_equal(x, y)
-    assert (a.n_cond, a.null_cond) == (b.n_cond, b.null_cond)
     for name in ("row", "start", "order"):
         assert a.first[name].dtype == b.first[name].dtype and np.array_equal(a.first[name], b.first[name])
-    ra, rb = (sorted(zip(d.term.tolist(), d.cell.tolist(), d.df.tolist())) for d in (a, b))
-    assert ra == rb
-    pa_, pb = (tokens._prevalences(d, o) for d in (a, b))
-    assert pa_.equals(pb)
+    assert a.qualified.equals(b.qualified)
+
+
+def _kernel_records(want: dict[int, set[int]], found: list[int], cell: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(n-gram, cell, rows) of every (n-gram, cell) pair holding it: n-gram u = found[u], its rows want[found[u]]."""
+    by_cell: dict[tuple[int, int], int] = {}
+    for u, k in enumerate(found):
+        for r in want[k]:
+            by_cell[(u, int(cell[r]))] = by_cell.get((u, int(cell[r])), 0) + 1
+    pairs = list(by_cell)
+    return (np.array([u for u, _ in pairs], np.int64), np.array([c for _, c in pairs], np.int64),
+            np.array([by_cell[p] for p in pairs], np.int64))
 
 
 @needs_numba
 @pytest.mark.parametrize("min_count", [0, 1, 3, 300])
-def test_vocabulary_counts_of_long_rows_and_colliding_keys(min_count):
-    """`term_kernels.ngram_df` against a count in Python: rows long enough to grow its tables and records several
-    times over, keys sharing their low bits (long probe chains, and one counter of the first pass's screen),
-    cells as runs of adjacent rows. Every n-gram of min_count rows or more is there (others may be), each with
-    its exact rows, first occurrence and rows per cell."""
+@pytest.mark.parametrize("n_cond, null_cond", [(1, -1), (2, 1), (3, -1)])
+def test_vocabulary_counts_of_long_rows_and_colliding_keys(min_count, n_cond, null_cond):
+    """`term_kernels.ngram_prevalences` against a count in Python: rows long enough to grow its tables and records
+    several times over, keys sharing their low bits (long probe chains, and one counter of the first pass's
+    screen), cells as runs of adjacent rows (one condition; two, one of them NULL; three). Every n-gram of
+    min_count rows or more is there (others may be), each with its exact rows and first occurrence, and its
+    prevalences those `tokens._prevalences` computes from its rows per cell."""
     rng = np.random.default_rng(7)
     lengths = rng.integers(0, 3000, 40)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     values = rng.integers(0, 5000, int(offsets[-1])).astype(np.uint64)
     values[: len(values) // 2] <<= np.uint64(30)  # half the words share their low 30 bits (all zero)
     cell = np.repeat(np.arange(8), 5).astype(np.int64)
-    ukeys, total, f_row, f_start, f_n, rec_id, rec_cell, rec_df = term_kernels.ngram_df(values, offsets, cell, 3,
-                                                                                        min_count)
+    rows = np.bincount(cell, minlength=-(-8 // n_cond) * n_cond)
+    ukeys, total, f_row, f_start, f_n, pmax, spread = term_kernels.ngram_prevalences(
+        values, offsets, cell, rows, n_cond, null_cond, 3, min_count)
     row, key = tokens.ngram_keys(values, offsets, 3)
     want: dict[int, set[int]] = {}
     for k, r in zip(key.tolist(), row.tolist()):
@@ -450,15 +462,10 @@ def test_vocabulary_counts_of_long_rows_and_colliding_keys(min_count):
         s = offsets[f_row[u]] + f_start[u]
         assert tokens.ngram_keys(values[s:s + f_n[u]], np.array([0, f_n[u]]), f_n[u])[1][-1] == ukeys[u]
         assert f_row[u] == min(want[int(ukeys[u])])
-    got: dict[tuple[int, int], int] = {}
-    for u, c, d in zip(rec_id.tolist(), rec_cell.tolist(), rec_df.tolist()):
-        assert (u, c) not in got
-        got[(u, c)] = d
-    by_cell: dict[tuple[int, int], int] = {}
-    for u, k in enumerate(found):
-        for r in want[k]:
-            by_cell[(u, int(cell[r]))] = by_cell.get((u, int(cell[r])), 0) + 1
-    assert got == by_cell
+    cells = tokens._SampleCells(cell, rows, n_cond, null_cond)
+    o = tokens.VocabOptions(min_count=min_count, min_prevalence=0.0)
+    want_q = tokens._prevalences(_kernel_records(want, found, cell), len(found), cells, o)
+    assert tokens._qualifying(pmax, spread, o).equals(want_q)
 
 
 @st.composite

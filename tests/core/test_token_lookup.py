@@ -123,7 +123,7 @@ def test_prevalences_equal_the_query_they_replaced(rows, data, min_count, min_pr
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from rlaudit.derived.tokens import VocabOptions, _prevalences, _SampleDF
+    from rlaudit.derived.tokens import VocabOptions, _prevalences, _SampleCells
 
     sample = pa.table({"bin": pa.array([b for b, _ in rows], pa.int32()),
                        "condition": pa.array([c for _, c in rows], pa.string())})
@@ -140,10 +140,9 @@ def test_prevalences_equal_the_query_they_replaced(rows, data, min_count, min_pr
         for c in data.draw(st.sets(st.sampled_from(present.tolist()), min_size=1)):
             records.append((t, c, data.draw(st.integers(1, int(n_rows[c])))))
     term, rcell, df = (np.array([r[i] for r in records], np.int64) for i in range(3))
-    d = _SampleDF(term, rcell, df, n_rows, n_cond, int(nulls[0]) if len(nulls) else -1, {},
-                  np.arange(n_terms, dtype=np.uint64), np.zeros(n_terms, np.int64))
+    cells = _SampleCells(cell, n_rows, n_cond, int(nulls[0]) if len(nulls) else -1)
     o = VocabOptions(min_count=min_count, min_prevalence=min_prevalence)
-    got = _prevalences(d, o)
+    got = _prevalences((term, rcell, df), n_terms, cells, o)
     table = pa.table({"term": pa.array(term, pa.int64()), "bin": pa.array(rcell // n_cond, pa.int32()),
                       "condition": cond.dictionary.take(pa.array(rcell % n_cond)), "df": pa.array(df, pa.int64())})
     cells = pa.table({"bin": pa.array(present // n_cond, pa.int32()),

@@ -35,9 +35,10 @@ A third loop serves the cell tables the term-set workers write beside the term s
 
 One serves the vocabulary's choice (`tokens._sample_df`):
 
-- `ngram_df`: the document frequencies of the sample's n-grams, overall and per (bin, condition) cell, in two
-  passes over the token hashes (a byte counter per low key bits screens out the n-grams too rare to qualify, then
-  a hash table counts the rest), instead of occurrence arrays and sorts (equal to the numpy path, tested).
+- `ngram_prevalences`: the document frequencies of the sample's n-grams, overall and per (bin, condition) cell,
+  in two passes over the token hashes (a byte counter per low key bits screens out the n-grams too rare to
+  qualify, then a hash table counts the rest), and their prevalences folded from the (n-gram, cell) counts in a
+  third loop, instead of occurrence arrays, sorts and scatters (equal to the numpy path, tested).
 
 Which path runs, and how the kernels are compiled and cached: `rlaudit.kernels` (`use_numba`, re-exported here
 for the modules of this package). Each kernel has one signature (read-only arrays); compiled the first time, 7-10
@@ -133,7 +134,8 @@ def _ascii_token_hashes(data, offsets, ends, is_ascii, word, codes, base, len_mi
     """(hashes, per-text token counts) of the ASCII texts (others: no tokens), each text by `_tokenise`.
 
     The result is a view of the first k slots of the output buffer, not a copy: the buffer is sized ahead
-    (len(data) // 4 tokens, grown when a text might not fit) and the slots past k are never written,
+    (len(data) // 3 tokens, grown when a text might not fit: English runs ~3.9 bytes a token, and a quarter was
+    outgrown, so copied, by the vocabulary sample's texts) and the slots past k are never written,
     so they take address space only, no memory; the copy cost more than the tokenising (fresh pages).
 
     `ends` (empty: none): text t is data[offsets[t]:ends[t]] instead, texts where they lie in a larger buffer
@@ -142,7 +144,7 @@ def _ascii_token_hashes(data, offsets, ends, is_ascii, word, codes, base, len_mi
     n_texts = len(ends) if spans else len(offsets) - 1
     counts = np.zeros(n_texts, np.int64)
     cw, apostrophe = _word_codes(word, codes)
-    out = np.empty(max(16, len(data) // 4), np.uint64)
+    out = np.empty(max(16, len(data) // 3), np.uint64)
     k = 0
     for t in range(n_texts):
         if not is_ascii[t]:
@@ -413,31 +415,41 @@ def _ngram_keys_at(cur, h, max_n):
     cur[1] = h
 
 
-def _ngram_df(values, offsets, cell, max_n, min_count, sketch_bits):
-    """The document frequencies of the 1..max_n-grams of rows of token hashes (flat `values`, per-row `offsets`),
-    overall and per cell of the rows (`cell`, each cell's rows adjacent), for the n-grams that may be found in
-    `min_count` rows or more (others may be left out).
+def _ngram_prevalences(values, offsets, cell, rows, n_cond, null_cond, max_n, min_count, sketch_bits):
+    """The 1..max_n-grams of rows of token hashes (flat `values`, per-row `offsets`) that may be found in `min_count`
+    rows or more (others may be left out), with their document frequencies and prevalences in the rows' cells
+    (`cell` per row, each cell's rows adjacent; cell = bin * n_cond + condition index, `rows` the rows per cell,
+    `null_cond` the NULL condition's index or -1), as `tokens._prevalences` computes them from the rows per
+    (n-gram, cell).
 
-    Per n-gram (ids in order of first appearance): its key, the rows holding it, and its first occurrence (row,
-    start token within the row, n). Per (n-gram, cell) holding it: the rows, as records (id, cell, rows), one per
-    pair.
+    Per n-gram (in order of first appearance): its key, the rows holding it, its first occurrence (row, start token
+    within the row, n), pmax and spread (see `tokens._prevalences`).
 
     Two passes over the tokens. Most distinct n-grams occur once (~1.3M distinct of ~4.6M occurrences at the 1M
-    benchmark's sample, ~60k in 5 rows or more), and in a hash table each costs cache misses; so the first pass
+    benchmark's sample, ~50k in 5 rows or more), and in a hash table each costs cache misses; so the first pass
     counts occurrences per low `sketch_bits` bits of the key (`sketch`: bytes, saturating at 255; one
     increment per occurrence, misses that overlap), and the second enters into the table only the n-grams whose
     count reaches min_count: occurrences are at least rows, and keys sharing low bits only add, so no n-gram of
-    min_count rows is left out (~100k pass). Rows are taken in order, so an n-gram's repeats within a row are
-    told by its last row, and, cells being adjacent, its rows in the current cell by one running counter
-    (flushed to the records when its next row is in another cell, and at the end). A slot holds its key beside
-    its id (`slots`: key, id + 1, 0 for empty), and an n-gram's running state (last row, rows, current cell, rows
-    in it) is one 16-byte record (`state`). The table is doubled before a row could fill it past half. Rows and
-    cells must fit in 32 bits (`ngram_df` checks)."""
+    min_count rows is left out. Each counter that reaches min_count holds at least one n-gram that enters, so
+    their number sizes the table and the per-n-gram arrays once (doubled only past 1.5 times that).
+    Rows are taken in order, so an n-gram's repeats within a row are told by its last row, and, cells being
+    adjacent, its rows in the current cell by one running counter, written as a record (n-gram, cell, rows) when
+    its next row is in another cell (and at the end). A slot holds its key beside its id (`slots`: key, id + 1,
+    0 for empty), and an n-gram's running state (last row, rows, current cell, rows in it) is one 16-byte record
+    (`state`). The table is doubled before a row could fill it past half.
+
+    The records (~0.6M per place at the 1M benchmark) are then folded, in the order written, into each n-gram's
+    prevalences (`_fold_records`, ~0.01 CPU s a place) instead of being returned for numpy's sorts and scatters
+    (`tokens._prevalences`, ~0.1 CPU s a place, and the records' selection before it). Tried and slower: folding
+    each record as it is written (the scan ~50% slower), or whenever a small buffer of them fills (the n-grams'
+    running values, 64 bytes each, then compete with the table for the cache: ~20% slower). Rows and cells must
+    fit in 32 bits (`ngram_prevalences` checks)."""
     n_rows = len(offsets) - 1
     cur = np.zeros(max_n + 1, np.uint64)  # cur[n]: key of the n-gram ending at the current token
     threshold = min(max(min_count, 0), 255)
     smask = np.uint64((np.int64(1) << sketch_bits) - 1)
     sketch = np.zeros(np.int64(1) << sketch_bits if threshold > 1 else 1, np.uint8)
+    passing = 0  # counters reaching the threshold: at least as many n-grams enter the table
     if threshold > 1:
         for r in range(n_rows):
             s, e = offsets[r], offsets[r + 1]
@@ -447,13 +459,17 @@ def _ngram_df(values, offsets, cell, max_n, min_count, sketch_bits):
                     q = np.int64(cur[n] & smask)
                     x = sketch[q]
                     sketch[q] = x + (x < 255)
+        for q in range(len(sketch)):
+            passing += sketch[q] >= threshold
+    cap = max(passing + passing // 2, 1 << 11)
     size = 1 << 12
+    while size < 2 * cap:
+        size <<= 1
     slots = np.zeros(2 * size, np.uint64)
-    cap = size >> 1
     ukeys = np.empty(cap, np.uint64)
     state = np.empty(4 * cap, np.int32)
     first = np.empty(3 * cap, np.int64)  # row, start, n
-    rec = np.empty(3 * cap, np.int64)  # id, cell, rows
+    rec = np.empty(3 * 8 * cap, np.int32)  # id, cell, rows: ~8 per n-gram at the 1M benchmark's sample
     m = 0
     n_rec = 0
     for r in range(n_rows):
@@ -506,14 +522,101 @@ def _ngram_df(values, offsets, cell, max_n, min_count, sketch_bits):
                         rec[3 * n_rec], rec[3 * n_rec + 1], rec[3 * n_rec + 2] = u, state[4 * u + 2], state[4 * u + 3]
                         n_rec += 1
                         state[4 * u + 2], state[4 * u + 3] = c, 1
-    if 3 * (n_rec + m) > len(rec):
-        rec = _grow(rec, 3 * (n_rec + m))
-    for u in range(m):  # the running counts still open
-        rec[3 * n_rec], rec[3 * n_rec + 1], rec[3 * n_rec + 2] = u, state[4 * u + 2], state[4 * u + 3]
-        n_rec += 1
+    f = np.empty(8 * m)  # each n-gram's running prevalences (`_fold_records`)
+    for u in range(m):
+        _fold_start(f, u)
+    fc = _fold_constants(rows, n_cond, null_cond, min_count)
+    _fold_records(f, rec, n_rec, fc)
+    pmax = np.empty(m)
+    spread = np.empty(m)
+    for u in range(m):  # the running counts still open: each n-gram's last record
+        _fold(f, u, state[4 * u + 2], state[4 * u + 3], fc)
+        pmax[u], spread[u] = _fold_result(f, u, fc)
     total = state[1:4 * m:4].astype(np.int64)
     return (ukeys[:m].copy(), total, first[0:3 * m:3].copy(), first[1:3 * m:3].copy(), first[2:3 * m:3].copy(),
-            rec[0:3 * n_rec:3].copy(), rec[1:3 * n_rec:3].copy(), rec[2:3 * n_rec:3].copy())
+            pmax, spread)
+
+
+def _fold_constants(rows, n_cond, null_cond, min_count):
+    """What folding a record needs of the sample's cells (`_fold`): rows per cell and per bin, each cell's bin and
+    whether it counts within its condition (a named condition, where there are more than one), the number of bins
+    that hold rows, whether prevalences within a condition count at all, min_count."""
+    n_bins = max(len(rows) // n_cond, 1)
+    bin_rows = np.zeros(n_bins, np.int64)
+    for c in range(len(rows)):
+        bin_rows[c // n_cond] += rows[c]
+    bins_present = 0
+    for b in range(n_bins):
+        bins_present += bin_rows[b] > 0
+    within = n_cond - (null_cond >= 0) > 1
+    cell_bin = np.empty(len(rows), np.int64)
+    cell_named = np.empty(len(rows), np.bool_)
+    for c in range(len(rows)):
+        cell_bin[c] = c // n_cond
+        cell_named[c] = within and c % n_cond != null_cond
+    return rows, bin_rows, cell_bin, cell_named, bins_present, within, min_count
+
+
+def _fold_start(f, u):
+    """Start n-gram u's running prevalences: f[8u:8u + 8] = open bin (-1: none), its rows, bins closed, highest
+    and lowest prevalence over bins, pmax, highest within a condition (counts as floats, exact). One 64-byte
+    line per n-gram: records come in no order of n-gram, and an array per value cost a cache miss apiece
+    (2.5x the time)."""
+    o = 8 * u
+    f[o], f[o + 1], f[o + 2], f[o + 3], f[o + 4], f[o + 5], f[o + 6] = -1.0, 0.0, 0.0, 0.0, np.inf, 0.0, 0.0
+
+
+def _fold_records(f, rec, n_rec, fc):
+    """Fold the records (id, cell, rows) rec[:3 * n_rec] in order (`_fold`)."""
+    for j in range(n_rec):
+        _fold(f, rec[3 * j], rec[3 * j + 1], rec[3 * j + 2], fc)
+
+
+def _fold(f, u, c, x, fc):
+    """Fold one record into n-gram u's prevalences: it is in x rows of cell c, all of them. As `tokens._prevalences`
+    (the same float64 divisions, maxima and minima, so the same values): its prevalence within c's condition,
+    and its rows added to c's bin. An n-gram's records come in increasing cell order (rows are taken cell by
+    cell), so its rows per bin are one running count, closed when a record of a later bin comes."""
+    rows, bin_rows, cell_bin, cell_named, _, _, min_count = fc
+    o = 8 * u
+    if cell_named[c]:
+        p = x / rows[c]
+        f[o + 6] = max(f[o + 6], p)
+        if x >= min_count:
+            f[o + 5] = max(f[o + 5], p)
+    b = cell_bin[c]
+    if f[o] == b:
+        f[o + 1] += x
+    else:
+        _close_bin(f, o, bin_rows, min_count)
+        f[o], f[o + 1] = b, x
+
+
+def _close_bin(f, o, bin_rows, min_count):
+    """Fold an n-gram's rows in its open bin (its running values f[o:o + 8]; none open: nothing) into its
+    prevalences over bins."""
+    if f[o] < 0:
+        return
+    x = f[o + 1]
+    p = x / bin_rows[np.int64(f[o])]
+    f[o + 3] = max(f[o + 3], p)
+    f[o + 4] = min(f[o + 4], p)
+    if x >= min_count:
+        f[o + 5] = max(f[o + 5], p)
+    f[o + 2] += 1
+
+
+def _fold_result(f, u, fc):
+    """(pmax, spread) of n-gram u once all its records are folded (its last bin is closed here): spread is the
+    highest less the lowest prevalence over bins (0 for the lowest when some bin lacks it), or the highest within
+    a condition, whichever is larger."""
+    _, bin_rows, _, _, bins_present, within, min_count = fc
+    o = 8 * u
+    _close_bin(f, o, bin_rows, min_count)
+    spread = f[o + 3] - (f[o + 4] if f[o + 2] >= bins_present else 0.0)
+    if within:
+        spread = max(spread, f[o + 6])
+    return f[o + 5], spread
 
 
 def _build() -> SimpleNamespace:
@@ -522,7 +625,8 @@ def _build() -> SimpleNamespace:
 
     glob = globals()
     # helpers are looked up as globals when the kernels compile: jitted versions must be in place first
-    for name in ("_splitmix64", "_grow", "_ngram_keys_at", "_word_codes", "_set_ids", "_probe"):
+    for name in ("_splitmix64", "_grow", "_ngram_keys_at", "_word_codes", "_set_ids", "_probe", "_close_bin",
+                 "_fold", "_fold_records", "_fold_start", "_fold_result", "_fold_constants"):
         glob[name] = jit(getattr(glob[name], "py_func", glob[name]))
     glob["_tokenise"] = jit(getattr(_tokenise, "py_func", _tokenise), inline="always")
     from numba.cpython.unsafe.numbers import trailing_zeros
@@ -542,7 +646,7 @@ def _build() -> SimpleNamespace:
                                  i32, u64, i64, i64, i32, t.int64, t.int64, i32, u64, i64, i64, i32, t.int64,
                                  i64, i64, i32)),
         cell_term_counts=jit(_cell_term_counts, (i64, i64, i64, i32, i64, i32, b1, t.int64)),
-        ngram_df=jit(_ngram_df, (u64, i64, i64, t.int64, t.int64, t.int64)),
+        ngram_prevalences=jit(_ngram_prevalences, (u64, i64, i64, i64, t.int64, t.int64, t.int64, t.int64, t.int64)),
         step_term_counts=jit(_step_term_counts, (i64, i64, i32, b1, i64, i64, i64, i64, i32, t.int64,
                                                  t.int64)))
 
@@ -649,21 +753,23 @@ def step_term_counts(cell: np.ndarray, off: np.ndarray, ids: np.ndarray, at_risk
                                        c(pt_off, np.int64), c(pt_ids, np.int32), int(n_cells), int(n_ids))
 
 
-def ngram_df(values: np.ndarray, offsets: np.ndarray, cell: np.ndarray, max_n: int, min_count: int
-             ) -> tuple[np.ndarray, ...]:
-    """Of rows of token hashes (flat values, int64 offsets per row) whose cells (`cell` per row) each come as
-    one run of adjacent rows: per 1..max_n-gram (in order of first appearance; every one found in `min_count`
-    rows or more, and maybe some others) its key, rows holding it, and first occurrence (row, start token, n); and
-    records (n-gram, cell, rows) of every (n-gram, cell) pair holding it. Two passes over the tokens instead of
-    the occurrence arrays and sorts of `tokens._ngram_df` (see `_ngram_df`)."""
-    if len(offsets) > 2**31 or (len(cell) and not 0 <= int(cell.min()) <= int(cell.max()) < 2**31):
-        raise ValueError("ngram_df: rows and cells must fit in 32 bits")
-    # a counter per occurrence or more, up to 16 MB (2^24): few n-grams of fewer rows pass (see `_ngram_df`)
+def ngram_prevalences(values: np.ndarray, offsets: np.ndarray, cell: np.ndarray, rows: np.ndarray, n_cond: int,
+                      null_cond: int, max_n: int, min_count: int) -> tuple[np.ndarray, ...]:
+    """Of rows of token hashes (flat values, int64 offsets per row) whose cells (`cell` per row, bin * n_cond +
+    condition index; `rows` per cell; `null_cond` the NULL condition's index or -1) each come as one run of
+    adjacent rows: per 1..max_n-gram (in order of first appearance; every one found in `min_count` rows or more,
+    and maybe some others) its key, rows holding it, first occurrence (row, start token, n), pmax and spread (as
+    `tokens._prevalences`). Two passes over the tokens and one over the (n-gram, cell) records instead of the
+    occurrence arrays and sorts of `tokens._ngram_df` and `tokens._prevalences` (see `_ngram_prevalences`)."""
+    if len(offsets) > 2**31 or (len(cell) and not 0 <= int(cell.min()) <= int(cell.max()) < min(len(rows), 2**31)):
+        raise ValueError("ngram_prevalences: rows and cells must fit in 32 bits, cells index `rows`")
+    # a counter per occurrence or more, up to 16 MB (2^24): few n-grams of fewer rows pass (see `_ngram_prevalences`)
     bits = min(max(int(max_n * len(values)), 1 << 12).bit_length(), 24)
     c = np.ascontiguousarray
     # words always, as `tokens.ngram_keys` (a max_n below 1 counts the words)
-    return compiled().ngram_df(c(values, np.uint64), c(offsets, np.int64), c(cell, np.int64), max(int(max_n), 1),
-                               int(min_count), bits)
+    return compiled().ngram_prevalences(c(values, np.uint64), c(offsets, np.int64), c(cell, np.int64),
+                                        c(rows, np.int64), max(int(n_cond), 1), int(null_cond), max(int(max_n), 1),
+                                        int(min_count), bits)
 
 
 def _build_gather() -> SimpleNamespace:

@@ -448,7 +448,8 @@ def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:
     """The vocabulary (see module doc), chosen on the rollouts whose `hash(rollout_id) % 1000` falls below the
     sampled share. The sample is filtered in each part's scan (`Store.rollouts_view`'s `where`) and its rows are
     ordered by (bin, condition): the compiled count (`_sample_df`) wants each cell's rows adjacent, and the row
-    order changes nothing chosen (counts per cell, n-grams named by their tokens)."""
+    order changes nothing chosen (counts per cell, n-grams named by their tokens). Its cells are computed once for
+    both places (`_SampleCells`)."""
     con = store.connect([run])
     n = con.execute("SELECT count(*) FROM rollouts").fetchall()[0][0]
     per_mille = 1000 if n <= o.sample else max(1, int(1000 * o.sample / n))
@@ -462,105 +463,121 @@ def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:
     sample = con.sql("SELECT sid, bin, condition, answer, reasoning FROM s ORDER BY bin, condition, sid"
                      ).to_arrow_table()
     con.close()
+    cells = _SampleCells.of(sample)
     # the two places are independent: one thread each where a second core is free (numpy, numba and DuckDB
     # release the GIL; the choice was ~3 CPU s of a cold 1M audit, all on one core)
     with ThreadPoolExecutor(max_workers=max(1, min(len(WHERES), workers()))) as pool:
-        frames = list(pool.map(lambda where: _qualified(sample, where, o), WHERES))
+        frames = list(pool.map(lambda where: _qualified(sample, cells, where, o), WHERES))
     table = pa.concat_tables(frames)
     return table.append_column("term_id", pa.array(range(table.num_rows), pa.int32()))
 
 
-def _qualified(sample: pa.Table, where: str, o: VocabOptions) -> pa.Table:
+@dataclass(frozen=True)
+class _SampleCells:
+    """Each sampled rollout's (bin, condition) cell, `cell` = bin * n_cond + condition index (the NULL condition
+    a condition of its own, index `null_cond`, -1 if none), and the rollouts per cell (`rows`, every cell up to
+    the last bin's). Computed once for both places."""
+
+    cell: np.ndarray
+    rows: np.ndarray
+    n_cond: int
+    null_cond: int
+
+    @staticmethod
+    def of(sample: pa.Table) -> _SampleCells:
+        cond = pc.dictionary_encode(sample.column("condition").combine_chunks(), null_encoding="encode")
+        n_cond = max(len(cond.dictionary), 1)
+        nulls = np.flatnonzero(np.asarray(cond.dictionary.is_null()))
+        bins = np.asarray(sample.column("bin").to_numpy(), np.int64)
+        cell = bins * n_cond + np.asarray(cond.indices.to_numpy(), np.int64)
+        rows = np.bincount(cell, minlength=(int(bins.max()) + 1 if len(bins) else 1) * n_cond)
+        return _SampleCells(cell, rows, n_cond, int(nulls[0]) if len(nulls) else -1)
+
+
+def _qualified(sample: pa.Table, cells: _SampleCells, where: str, o: VocabOptions) -> pa.Table:
     """The candidate terms of `where` chosen on the `sample` of rollouts (their step bin and condition): see
     `VocabOptions`, `_prevalences` and `_name_terms`."""
-    d = _sample_df(sample, where, o)
-    return _name_terms(sample, where, _prevalences(d, o), d.first, (d.uniq, d.total), o)
+    d = _sample_df(sample, cells, where, o)
+    return _name_terms(sample, where, d.qualified, d.first, (d.uniq, d.total), o)
 
 
 @dataclass
 class _SampleDF:
-    """A place's n-gram document frequencies in the vocabulary sample (`_sample_df`): records (term, cell, df),
-    one per (kept n-gram, cell) holding it, with `term` the n-gram's index among the kept keys (`uniq`, sorted;
-    `total`: the sampled rollouts holding each) and `cell` = bin * n_cond + condition index (`null_cond`: the
-    index of the NULL condition, a condition of its own, -1 if none); `rows`: the sampled rollouts per cell;
-    `first`: per kept n-gram one occurrence to name it by (row, start token, n)."""
+    """A place's n-grams in the vocabulary sample (`_sample_df`): those found in `min_count` sampled rollouts or
+    more (`uniq`, their keys, sorted; `total`: the sampled rollouts holding each; `first`: one occurrence of each
+    to name it by (row, start token, n)), and of those the ones that qualify (`qualified`: (k, pmax, spread),
+    `k` an index into `uniq`; see `_prevalences`)."""
 
-    term: np.ndarray
-    cell: np.ndarray
-    df: np.ndarray
-    rows: np.ndarray
-    n_cond: int
-    null_cond: int
+    qualified: pa.Table
     first: dict[str, np.ndarray]
     uniq: np.ndarray
     total: np.ndarray
 
 
-def _prevalences(d: _SampleDF, o: VocabOptions) -> pa.Table:
-    """(k, pmax, spread) of the kept n-grams k whose prevalence reaches `min_prevalence`: per step bin overall
+def _prevalences(records: tuple[np.ndarray, np.ndarray, np.ndarray], n_terms: int, cells: _SampleCells,
+                 o: VocabOptions) -> pa.Table:
+    """(k, pmax, spread) of the n-grams k < n_terms whose prevalence reaches `min_prevalence`, from the rollouts
+    holding each per cell (`records`: (k, cell, rows), one per (n-gram, cell) holding it): per step bin overall
     (rows holding it / rows of the bin) and, where the sample has more than one condition, per (bin, condition)
     (NULL conditions left out there); pmax, the highest prevalence over cells where at least `min_count` rows
     hold it; spread, the highest less the lowest overall (0 when some bin lacks the n-gram) or the highest within a
-    condition, whichever is larger. An n-gram absent from a cell has prevalence 0. In numpy over the records
-    (~0.6M per place at the 1M benchmark: a sort of (n-gram, bin) codes and a few scatters), equal to the DuckDB
-    query it replaced (tests/core/test_token_lookup.py keeps that query to check)."""
-    n_terms = len(d.uniq)
-    n_bins = max(len(d.rows) // d.n_cond, 1)
-    bin_rows = d.rows.reshape(n_bins, d.n_cond).sum(1)
+    condition, whichever is larger. An n-gram absent from a cell has prevalence 0. The numpy path (the compiled
+    one folds the records in `kernels.ngram_prevalences`, to the same values): a sort of (n-gram, bin) codes and a
+    few scatters, equal to the DuckDB query it replaced (tests/core/test_token_lookup.py keeps that query to
+    check)."""
+    term, cell, df = records
+    n_cond, null_cond = cells.n_cond, cells.null_cond
+    n_bins = max(len(cells.rows) // n_cond, 1)
+    bin_rows = cells.rows.reshape(n_bins, n_cond).sum(1)
     bins_present = int(np.count_nonzero(bin_rows))
     # overall: rows per (n-gram, bin), summed over the bin's conditions
-    code, at = np.unique(d.term * n_bins + d.cell // d.n_cond, return_inverse=True)
-    x = np.bincount(at, weights=d.df, minlength=len(code))  # exact: counts far below 2^53
-    term, p = code // n_bins, x / bin_rows[code % n_bins]
+    code, at = np.unique(term * n_bins + cell // n_cond, return_inverse=True)
+    x = np.bincount(at, weights=df, minlength=len(code))  # exact: counts far below 2^53
+    t, p = code // n_bins, x / bin_rows[code % n_bins]
     high = np.zeros(n_terms)
     low = np.full(n_terms, np.inf)
     counted = np.zeros(n_terms)  # the highest prevalence of min_count rows or more: pmax
-    np.maximum.at(high, term, p)
-    np.minimum.at(low, term, p)
-    np.maximum.at(counted, term, np.where(x >= o.min_count, p, 0.0))
-    in_all = np.bincount(term, minlength=n_terms) >= bins_present
+    np.maximum.at(high, t, p)
+    np.minimum.at(low, t, p)
+    np.maximum.at(counted, t, np.where(x >= o.min_count, p, 0.0))
+    in_all = np.bincount(t, minlength=n_terms) >= bins_present
     spread = high - np.where(in_all, low, 0.0)
-    n_named = d.n_cond - (d.null_cond >= 0)
+    n_named = n_cond - (null_cond >= 0)
     if n_named > 1:  # within one condition
-        named = d.cell % d.n_cond != d.null_cond
-        term, x = d.term[named], d.df[named]
-        p = x / d.rows[d.cell[named]]
-        np.maximum.at(spread, term, p)
-        np.maximum.at(counted, term, np.where(x >= o.min_count, p, 0.0))
-    k = np.flatnonzero(counted >= o.min_prevalence)
-    return pa.table({"k": pa.array(k, pa.int64()), "pmax": pa.array(counted[k], pa.float64()),
+        named = cell % n_cond != null_cond
+        t, x = term[named], df[named]
+        p = x / cells.rows[cell[named]]
+        np.maximum.at(spread, t, p)
+        np.maximum.at(counted, t, np.where(x >= o.min_count, p, 0.0))
+    return _qualifying(counted, spread, o)
+
+
+def _qualifying(pmax: np.ndarray, spread: np.ndarray, o: VocabOptions) -> pa.Table:
+    """(k, pmax, spread) of the n-grams k whose pmax reaches `min_prevalence`."""
+    k = np.flatnonzero(pmax >= o.min_prevalence)
+    return pa.table({"k": pa.array(k, pa.int64()), "pmax": pa.array(pmax[k], pa.float64()),
                      "spread": pa.array(spread[k], pa.float64())})
 
 
-def _sample_df(sample: pa.Table, where: str, o: VocabOptions) -> _SampleDF:
-    """Document frequency of every 1..max_n-gram of the sampled texts per (bin, condition) (see `_SampleDF`);
-    n-grams found in fewer than `min_count` sampled rollouts are left out (they cannot qualify). An n-gram is
-    named by its first occurrence in row order.
+def _sample_df(sample: pa.Table, cells: _SampleCells, where: str, o: VocabOptions) -> _SampleDF:
+    """The n-grams (1..max_n tokens) of the sampled texts of `where` found in `min_count` sampled rollouts or more,
+    with their prevalences (see `_SampleDF`); n-grams of fewer rollouts cannot qualify. An n-gram is named by its
+    first occurrence in row order.
 
     Compiled where numba is installed and each (bin, condition) cell's rows are adjacent (`_compute_vocab` orders
-    the sample so): two passes over the token hashes (`kernels.ngram_df`), the rare n-grams screened out by a
-    count per low bits of their keys before any hash table; else the occurrence arrays and sorts of `_ngram_df`.
-    Both give the same n-grams, counts and occurrences (the records may come in another order)."""
+    the sample so): two passes over the token hashes and one over the (n-gram, cell) counts
+    (`kernels.ngram_prevalences`), the rare n-grams screened out by a count per low bits of their keys before any
+    hash table; else the occurrence arrays and sorts of `_ngram_df` and `_prevalences`. Both give the same
+    n-grams, counts, occurrences and prevalences."""
     values, offsets = token_hashes(sample.column(where))
-    cond = pc.dictionary_encode(sample.column("condition").combine_chunks(), null_encoding="encode")
-    n_cond = max(len(cond.dictionary), 1)
-    nulls = np.flatnonzero(np.asarray(cond.dictionary.is_null()))
-    null_cond = int(nulls[0]) if len(nulls) else -1
-    bins = np.asarray(sample.column("bin").to_numpy(), np.int64)
-    cell = bins * n_cond + np.asarray(cond.indices.to_numpy(), np.int64)
-    rows = np.bincount(cell, minlength=(int(bins.max()) + 1 if len(bins) else 1) * n_cond)
-    if kernels.use_numba() and _adjacent(cell):
-        found = kernels.ngram_df(values, offsets, cell, o.max_n, o.min_count)
-        ukeys, total, f_row, f_start, f_n, rec_id, rec_cell, rec_df = found
+    if kernels.use_numba() and _adjacent(cells.cell):
+        ukeys, total, f_row, f_start, f_n, pmax, spread = kernels.ngram_prevalences(
+            values, offsets, cells.cell, cells.rows, cells.n_cond, cells.null_cond, o.max_n, o.min_count)
         kept = np.flatnonzero(total >= o.min_count)
         kept = kept[np.argsort(ukeys[kept], kind="stable")]
-        dense = np.full(len(ukeys), -1, np.int64)
-        dense[kept] = np.arange(len(kept))  # kept n-gram index, by key
-        sel = dense[rec_id] >= 0
         first = {"row": f_row[kept].astype(np.int32), "start": f_start[kept].astype(np.int32),
                  "order": f_n[kept].astype(np.int8)}
-        return _SampleDF(dense[rec_id[sel]], rec_cell[sel], rec_df[sel], rows, n_cond, null_cond, first,
-                         ukeys[kept], total[kept].astype(np.int64))
+        return _SampleDF(_qualifying(pmax[kept], spread[kept], o), first, ukeys[kept], total[kept].astype(np.int64))
     row = np.repeat(np.arange(sample.num_rows, dtype=np.int32), np.diff(offsets))  # 32 bits: a bounded sample
     pos = np.arange(len(values), dtype=np.int32)
     rows_of, keys, starts, orders = [row], [values], [pos], [np.ones(len(values), np.int8)]
@@ -573,9 +590,9 @@ def _sample_df(sample: pa.Table, where: str, o: VocabOptions) -> _SampleDF:
         starts.append(pos[:len(pos) - n + 1][ok])
         orders.append(np.full(int(ok.sum()), n, np.int8))
     row, key, start, order = (np.concatenate(a) for a in (rows_of, keys, starts, orders))
-    uniq, total, at, (term, rec_cell, df) = _ngram_df(key, row, cell, o.min_count)
+    uniq, total, at, records = _ngram_df(key, row, cells.cell, o.min_count)
     first = {"row": row[at], "start": start[at] - offsets[row[at]].astype(np.int32), "order": order[at]}
-    return _SampleDF(term, rec_cell, df, rows, n_cond, null_cond, first, uniq, total)
+    return _SampleDF(_prevalences(records, len(uniq), cells, o), first, uniq, total)
 
 
 def _adjacent(cell: np.ndarray) -> bool:
