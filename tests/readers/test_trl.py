@@ -187,3 +187,34 @@ def test_ingest_parses_on_the_pipeline_thread_and_read_here_equals_read(tmp_path
     for file in reader.files(out):
         here, there = (list(read(file, ReadContext(run="x"))) for read in (reader.read_here, reader.read))
         assert len(here) == len(there) == 1 and here[0].equals(there[0])
+
+
+def test_a_repeated_batch_is_found_with_the_previous_file_kept_from_its_check(tmp_path, store):
+    """`_repeats` keeps the row count and advantages of the file it checked last (the next file's previous one)
+    instead of opening it again: a repeat is still skipped, a file with the same advantages but other rows is
+    still read, and a previous file rewritten since its check is opened again."""
+    import os
+
+    from rlaudit.readers.base import ReadContext
+
+    out = tmp_path / "run"
+    batches = {s: _grpo_batch(CHATML_DECODED, [f"persona {s}", "Be concise."]) for s in (1, 2, 4)}
+    adv = [0.5 * i for i in range(8)]
+    trl_step(out, 1, *batches[1], rewards={"r": [1.0] * 8}, advantages=[-1.0] * 8)
+    trl_step(out, 2, *batches[2], rewards={"r": [2.0] * 8}, advantages=adv)
+    trl_step(out, 3, *batches[2], rewards={"r": [2.0] * 8}, advantages=adv)  # step 2's batch logged again
+    trl_step(out, 4, *batches[4], rewards={"r": [4.0] * 8}, advantages=adv)  # same advantages, other rows
+    report = store.ingest(out)
+    assert report.rows_added == 24 and report.bad_records == 0
+    steps = store.query("SELECT DISTINCT step FROM rollouts ORDER BY 1", runs=["run"]).column(0).to_pylist()
+    assert steps == [1, 2, 4]
+    assert any("same generation batch" in n for n in report.notes)
+
+    reader = resolve_reader(out)
+    ctx = ReadContext(run="x")
+    reader.prepare(out, ctx)
+    files = {f.step: f for f in reader.files(out)}
+    assert len(list(reader.read_here(files[1], ctx))) == 1  # checked: kept for step 2's check
+    path = trl_step(out, 1, *batches[2], rewards={"r": [2.0] * 8}, advantages=adv)  # now step 2's batch
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    assert list(reader.read_here(files[2], ctx)) == []  # a repeat of the file as it is now
