@@ -248,7 +248,9 @@ def write(path: Path, kind: str, table: pa.Table) -> Path | pa.Table:
     return write_cached(path, table, **_PARQUET[kind])
 
 
-#: How each kind is written. `cellterms` and `promptterms` are sorted by cell (prompt) then term id: the cell's
+#: How each kind is written (the `cellterms` figures are from before `VERSION` 2, when it was cached; they are
+#: kept for the record: `promptterms` is written the same way). `cellterms` and `promptterms` are sorted by cell
+#: (prompt) then term id: the cell's
 #: dictionary indices are runs, the ids small steps (delta encoding); so encoded they gain ~5% from LZ4, which
 #: costs more than it saves on reading. Per part of the 1M-rollout benchmark (pyarrow 26, DuckDB 2.0; CPU ms to
 #: write / for DuckDB to read, size), against LZ4 without dictionary, with statistics: cellterms 5.2 / 3.1 /
@@ -267,9 +269,9 @@ _PARQUET: dict[str, dict[str, Any]] = {
 }
 #: How each kind's segments written from memory are written (`segments.Codec`; the module doc there has the
 #: measurements): `cells` by pyarrow, with dictionaries and statistics for every column (DuckDB reads that file
-#: as fast as its own, and without dictionaries ~20% slower: its constant style columns); `cellterms` and
-#: `promptterms` by DuckDB's COPY, whose files its filtered reads of `promptterms` take ~25% less time to read
-#: than those of pyarrow's writer with `_PARQUET`'s options, and which writes `cellterms` as fast.
+#: as fast as its own, and without dictionaries ~20% slower: its constant style columns); `promptterms` by
+#: DuckDB's COPY, whose files its filtered reads of `promptterms` take ~25% less time to read than those of
+#: pyarrow's writer with `_PARQUET`'s options.
 SEGMENT_COMPRESSION: dict[str, Any] = {
     "cells": {"compression": "lz4", "use_dictionary": True, "write_statistics": True},
     "promptterms": "uncompressed",
