@@ -32,7 +32,7 @@ def _store(tmp_path, persist=True) -> Store:
 
 def _merged(cells: termcells.TermCells) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    for kind in termcells.KINDS:
+    for kind in (*termcells.KINDS, "cellterms"):  # cellterms: made from the term sets (not cached)
         cells.register(con, kind, kind)
     return con
 
@@ -123,8 +123,28 @@ def test_term_sets_bring_their_cell_tables(tmp_path):
     """A cold audit's cell tables come from the term-set computation, written beside the term sets."""
     store = _store(tmp_path)
     cells = _check(store)
-    assert sum(len(termcells.read(p["cellterms"])) for _, p in cells.parts) > 100
+    assert len(cells.cellterms()) > 100
     assert all(termcells.cached(Path(files["terms"]), name) for name, files in tokens.term_sets(store, "r").parts)
+    assert not list(store.run_dir("r").rglob("*cellterms*"))  # made from the term sets when asked, never stored
+
+
+def test_cellterms_of_some_terms_are_those_rows_of_every_term(tmp_path):
+    """`TermCells.cellterms` cut to some term ids (the focus readers' scan, which cuts the term lists first)
+    gives exactly the rows of those ids among every term's rows, part by part, in the same order; ids outside
+    the vocabulary or absent give nothing."""
+    for persist in (True, False):
+        store = _store(tmp_path / str(persist), persist=persist)
+        cells = termcells.term_cells(store, "r", tokens.term_sets(store, "r"))
+        whole = cells.cellterms()
+        ids = sorted(set(whole["term_id"].to_pylist()))
+        for some in (ids[::3], ids[:1], [ids[-1], 10**6], []):
+            got = cells.cellterms(term_ids=some)
+            want = whole.filter(pc.is_in(whole["term_id"], pa.array(some, pa.int32())))
+            assert got.schema == termcells.SCHEMAS["cellterms"]
+            assert sorted(got.to_pylist(), key=str) == sorted(want.to_pylist(), key=str)
+            assert len(got) == len(want) > 0 or not some or some == ids[:0]
+        one = cells.parts[0][0]
+        assert cells.cellterms({one}).equals(termcells.part_cellterms(dict(cells.parts)[one][termcells.LISTS]))
 
 
 def test_term_sets_cached_without_cell_tables_are_computed_again(tmp_path, monkeypatch):
@@ -340,7 +360,7 @@ def test_parts_held_by_a_segment_only_are_read_alone_and_cached(tmp_path, monkey
     cells = termcells.term_cells(store, "r", sets)
     ref_cells = termcells.term_cells(Store(tmp_path / "files"), "r", ref)
     for name, _ in sets.parts:
-        for kind in termcells.KINDS:
+        for kind in (*termcells.KINDS, "cellterms"):
             got, want = duckdb.connect(), duckdb.connect()
             cells.register(got, kind, "v", only={name})
             ref_cells.register(want, kind, "v", only={name})
@@ -376,7 +396,45 @@ def test_a_replaced_part_of_a_segment_gives_the_tables_of_a_cold_run(tmp_path, m
     assert sorted(computed) == sorted(p.name for p in store.parts("r"))
     con = _merged(termcells.term_cells(again, "r", tokens.term_sets(again, "r")))
     ref = _merged(termcells.term_cells(Store(cold), "r", tokens.term_sets(Store(cold), "r")))
-    for kind in termcells.KINDS:
+    for kind in (*termcells.KINDS, "cellterms"):
         cols = "* EXCLUDE (part)" if kind == "cells" else "*"
         assert sorted(con.sql(f"SELECT {cols} FROM {kind}").fetchall()) == sorted(
             ref.sql(f"SELECT {cols} FROM {kind}").fetchall()), kind
+
+
+def test_term_lists_round_trip_and_count_as_the_term_sets_do(tmp_path):
+    """`TermLists` written and read back are the same arrays (ids beyond 16 bits kept in a wider type), and
+    `part_cellterms` counts a reasoning term only in rollouts with reasoning, a term once per rollout, per cell;
+    cut to some ids, the same counts of those ids."""
+    cell = np.array([7, 7, 9, 9, 9], np.uint64)
+    has_reasoning = np.array([True, False, True, True, False])
+    answer = (np.array([0, 2, 3, 3, 5, 6]), np.array([1, 70_000, 1, 1, 70_000, 2]))
+    reasoning = (np.array([0, 1, 2, 3, 3, 4]), np.array([5, 5, 5, 5]))
+    lists = termcells.TermLists.of(cell, has_reasoning, [answer, reasoning])
+    back = termcells.TermLists.load(lists.save(tmp_path / "p.termlists.npy"))
+    for a, b in zip((lists.cell, lists.has_reasoning, *lists.lists[0], *lists.lists[1]),
+                    (back.cell, back.has_reasoning, *back.lists[0], *back.lists[1])):
+        assert np.array_equal(a, b) and a.dtype == b.dtype
+    assert back.lists[0][1].dtype == np.int32 and back.lists[1][1].dtype == np.uint16
+    rows = sorted((r["cell"], r["term_id"], r["x"]) for r in termcells.part_cellterms(back).to_pylist())
+    # cell 7: rows 0 (reasoning) and 1 (none): answer 1, 70000, 1 -> 1 x2, 70000 x1; reasoning 5 counted in row 0
+    # only. Cell 9: rows 2, 3 (reasoning), 4: answer 1 (row 3), 70000 and 2 (row 4); reasoning 5 in row 2 (row 4's
+    # has no reasoning)
+    assert rows == [(7, 1, 2), (7, 5, 1), (7, 70_000, 1), (9, 1, 1), (9, 2, 1), (9, 5, 1), (9, 70_000, 1)]
+    some = sorted((r["cell"], r["term_id"], r["x"])
+                  for r in termcells.part_cellterms(back, np.array([5, 70_000])).to_pylist())
+    assert some == [r for r in rows if r[1] in (5, 70_000)]
+
+
+def test_a_part_without_its_term_lists_is_computed_again(tmp_path, monkeypatch):
+    """A part whose flat term lists are gone (the cell tables there) does not count as cached: computed again."""
+    store = _store(tmp_path)
+    tokens.term_sets(store, "r")
+    gone = next((store.run_dir("r") / "derived" / "termcells").rglob(f"*.{termcells.LISTS}.npy"))
+    gone.unlink()
+    computed: list[str] = []
+    real = tokens._compute_parts
+    monkeypatch.setattr(tokens, "_compute_parts",
+                        lambda paths, *a, **k: computed.extend(p.name for p in paths) or real(paths, *a, **k))
+    _check(Store(store.root))
+    assert [name.split(".")[0] for name in computed] == [gone.name.split(".")[0]]

@@ -108,7 +108,8 @@ def test_parts_held_only_by_segments_give_the_same_findings(tmp_path, monkeypatc
     stored = [p for p in computed if f"{name}-store" in p]
     assert len(stored) == len(set(stored)) == 8 + 1
     derived = tmp_path / f"{name}-store" / "runs" / "sim" / "derived"
-    assert len(list(derived.rglob("*.cellterms.parquet"))) == 1  # the new part's; the cold ones: segments
+    assert len(list(derived.rglob("*.promptterms.parquet"))) == 1  # the new part's; the cold ones: segments
+    assert not list(derived.rglob("*cellterms*"))  # made from the term sets when asked (`termcells`)
     for mode, recorded in RECORDED[name].items():
         diffs = same(recorded, now[mode], f"{name}/{mode}")
         assert not diffs, diffs[:10]

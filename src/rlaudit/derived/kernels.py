@@ -24,7 +24,7 @@ number of passes. Small loops, each walking its input once, do the same work:
 
 A third loop serves the cell tables the term-set workers write beside the term sets (`rlaudit.derived.termcells`):
 
-- `cell_term_counts`: the rollouts per (cell, term) of a part (`termcells.reduce_arrays`), rows taken cell by
+- `cell_term_counts`: the rollouts per (cell, term) of a part (`termcells.part_cellterms`), rows taken cell by
   cell with one counter per term, instead of a sort of every (cell, term) pair (~3x as fast; the same rows,
   grouped by cell rather than sorted by term id within a cell).
 

@@ -9,13 +9,25 @@ of cells; a per-condition series a union of cells of one step). So every stored 
 - `cells`: per cell (`cell`: a 64-bit hash of its five keys, and the keys themselves) the rollouts `n`, those
   with reasoning `n_r`, and for every style column the sum and the sum of squares (`answer__length`,
   `answer__length__q`; reasoning columns over the rollouts with reasoning only, as the detectors filter them);
-- `cellterms`: per cell and term id the rollouts containing the term (`x`; reasoning terms among rollouts with
-  reasoning), copies of the prompt already excluded by the term sets;
 - `promptterms`: the distinct (prompt_key, term_id) of the part's prompts (a prompt holding a term takes its
-  cells out of the term's rollouts at risk).
+  cells out of the term's rollouts at risk);
+- `cellterms`: per cell and term id the rollouts containing the term (`x`; reasoning terms among rollouts with
+  reasoning), copies of the prompt already excluded by the term sets. *Not cached*: made when asked
+  (`TermCells.cellterms`) from the part's `termlists`: its rollouts' cells, whether they have reasoning, and
+  their term lists as flat arrays (`TermLists`, one uncompressed `.npy` file a part, written by the term-set worker
+  from the arrays it holds).
 
-The tables are made where the term sets are: `tokens.term_sets` computes a part's term sets in a worker thread
-and reduces them there, from the arrays it holds (`reduce_arrays`, numpy; no second read of the term sets), and
+Why `cellterms` is not kept: it has ~40 rows a rollout (x = 1 in ~80% of them: cells are small, so it is about
+as large as the term lists themselves), and building and writing it for every part cost ~3-6 CPU s of a cold
+audit at 1M rollouts (docs/performance.md, session 17 "cellsreduce"), while its readers want few of those rows:
+the window sums the window parts' (~80 of 200 parts cold, then one new part a warm audit: `windowsums` caches
+their sums), the focus readers a few terms of every part (`TermCells.focus`, cached per run: O(run) once per new
+focus term), generalization's step sums and the roll-ups the focus terms of the new parts. Each reads the
+parts' `termlists` and counts the pairs it needs (a focus scan only those of its terms). Why not the term sets'
+own lists: Parquet's list levels make their read cost ~3-4 CPU ms a part, the flat arrays' ~0.1.
+
+The stored tables are made where the term sets are: `tokens.term_sets` computes a part's term sets in a worker
+thread and reduces them there, from the arrays it holds (`reduce_arrays`, numpy; no second read of the term sets), and
 writes them beside the term sets (`keep`); `term_cells` then finds them memoised or cached. A part's term sets
 count as cached only with their cell tables (`cached`), so a part whose cell tables are missing is computed
 again whole (the term sets alone no longer hold the prompts' terms). A run that grows by a step reduces only the
@@ -38,11 +50,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import chunks, kernels, segments
-from ..store import Store, prune_cached, write_cached
+from ..store import Store, prune_cached, write_atomic, write_cached
 from .tokens import WHERES, TermSets, style_columns, union_view
 
-VERSION = 1
-KINDS = ("cells", "cellterms", "promptterms")
+#: 2: `cellterms` no longer stored (made from `termlists` when asked)
+VERSION = 2
+#: the cached tables (files, or rows in segments); `cellterms` is made from `LISTS` when asked
+KINDS = ("cells", "promptterms")
+#: the per-part flat term lists (`TermLists`): a file of its own per part, never in a segment
+LISTS = "termlists"
 #: the cell key: two cells share a hash with probability ~2^-64 per pair
 CELL = "hash(step, split, task, condition, prompt_key)"
 #: terms kept in a run's focus cache (`TermCells.focus`): those of the latest audit, plus earlier ones up to this
@@ -59,7 +75,12 @@ class TermCells:
     _focus: tuple[pa.Table, list[str], list[int]] | None = field(default=None, repr=False)
 
     def register(self, con: duckdb.DuckDBPyConnection, kind: str, view: str, only: set[str] | None = None) -> None:
-        """View `view` over the `kind` table of every part (or of the parts named in `only`)."""
+        """View `view` over the `kind` table of every part (or of the parts named in `only`); for `cellterms`
+        over their rows made now (`cellterms`)."""
+        if kind == "cellterms":
+            con.register(f"_{view}_rows", self.cellterms(only))
+            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM _{view}_rows")
+            return
         union_view(con, view, [p[kind] for name, p in self.parts if only is None or name in only],
                    lambda: _empty(kind), segment=kind, compression=SEGMENT_COMPRESSION[kind], merge=only is None)
 
@@ -112,19 +133,23 @@ class TermCells:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM _{table}_rows WHERE term_id IN ({ids})")
         con.unregister(f"_{table}_rows")
 
+    def cellterms(self, only: set[str] | None = None, term_ids: list[int] | None = None) -> pa.Table:
+        """The `cellterms` rows (`SCHEMAS`) of the parts named in `only` (None: every part), of every term or of
+        `term_ids` only, made from the parts' flat term lists (`part_cellterms`), part after part."""
+        ids = None if term_ids is None else np.asarray(sorted({int(t) for t in term_ids}), np.int64)
+        pieces = [part_cellterms(p[LISTS], ids) for name, p in self.parts if only is None or name in only]
+        return pa.concat_tables(pieces) if pieces else _empty("cellterms")
+
     def _focus_dir(self) -> Path | None:
         """Where the focus cache lives (beside the parts' cell tables), or None for tables kept in memory."""
-        entries = [p["cellterms"] for _, p in self.parts]
+        entries = [p["cells"] for _, p in self.parts]
         if not entries or any(isinstance(e, pa.Table) for e in entries):
             return None
         return Path(entries[0]).parent / "focus"
 
     def _scan(self, con: duckdb.DuckDBPyConnection, only: set[str] | None, term_ids: list[int]) -> pa.Table:
         """The `cellterms` rows of `term_ids` in the parts named in `only` (None: every part)."""
-        self.register(con, "cellterms", "_focus_scan", only=only)
-        ids = ", ".join(map(str, term_ids))
-        return con.sql(f"SELECT cell, term_id, x FROM _focus_scan WHERE term_id IN ({ids})").to_arrow_table(
-            ).cast(SCHEMAS["cellterms"])
+        return self.cellterms(only, term_ids)
 
 
 def term_cells(store: Store, run: str, sets: TermSets, prune: bool = True) -> TermCells:
@@ -172,7 +197,10 @@ def cached(terms: Path, part: str, listing: set[str] | None = None, held: dict[s
             continue
         if f.name not in (held[kind] if held is not None else segments.held(f.parent / "segments" / kind)):
             return None
-    return files
+    lists = lists_file(terms.parent, part)
+    if not (lists.name in listing if listing is not None else lists.is_file()):
+        return None
+    return {**files, LISTS: lists}
 
 
 def segments_held(term_sets_dir: Path) -> dict[str, set[str]]:
@@ -182,9 +210,15 @@ def segments_held(term_sets_dir: Path) -> dict[str, set[str]]:
 
 
 def cell_files(term_sets_dir: Path, part: str) -> dict[str, Path]:
-    """Where a part's cell tables (kind -> file) are cached, its term sets being cached in `term_sets_dir`."""
+    """Where a part's cell tables (kind -> file, `KINDS`: those a segment may hold) are cached, its term sets
+    being cached in `term_sets_dir`."""
     d = cell_dir(term_sets_dir)
     return {kind: d / f"{_stem(part)}.{kind}.parquet" for kind in KINDS}
+
+
+def lists_file(term_sets_dir: Path, part: str) -> Path:
+    """Where a part's flat term lists (`TermLists`) are cached, beside its cell tables."""
+    return cell_dir(term_sets_dir) / f"{_stem(part)}.{LISTS}.npy"
 
 
 def cell_dir(term_sets_dir: Path) -> Path:
@@ -203,7 +237,10 @@ def keep(store: Store, part: str, terms: Path | pa.Table, tables: dict[str, pa.T
     if isinstance(terms, pa.Table) or not getattr(store, "persist_derived", True):
         return tables
     files = cell_files(Path(terms).parent, part)
-    return {kind: files[kind] if kind in skip else write(files[kind], kind, t) for kind, t in tables.items()}
+    out = {kind: files[kind] if kind in skip else write(files[kind], kind, t) for kind, t in tables.items()
+           if kind != LISTS}
+    out[LISTS] = tables[LISTS].save(lists_file(Path(terms).parent, part))
+    return out
 
 
 def write(path: Path, kind: str, table: pa.Table) -> Path | pa.Table:
@@ -211,7 +248,9 @@ def write(path: Path, kind: str, table: pa.Table) -> Path | pa.Table:
     return write_cached(path, table, **_PARQUET[kind])
 
 
-#: How each kind is written. `cellterms` and `promptterms` are sorted by cell (prompt) then term id: the cell's
+#: How each kind is written (the `cellterms` figures are from before `VERSION` 2, when it was cached; they are
+#: kept for the record: `promptterms` is written the same way). `cellterms` and `promptterms` are sorted by cell
+#: (prompt) then term id: the cell's
 #: dictionary indices are runs, the ids small steps (delta encoding); so encoded they gain ~5% from LZ4, which
 #: costs more than it saves on reading. Per part of the 1M-rollout benchmark (pyarrow 26, DuckDB 2.0; CPU ms to
 #: write / for DuckDB to read, size), against LZ4 without dictionary, with statistics: cellterms 5.2 / 3.1 /
@@ -225,19 +264,16 @@ def write(path: Path, kind: str, table: pa.Table) -> Path | pa.Table:
 #: dictionary, the ids' and counts' delta encodings cost about a third each.
 _PARQUET: dict[str, dict[str, Any]] = {
     "cells": {"compression": "lz4", "use_dictionary": False, "write_statistics": ["step", "split"]},
-    "cellterms": {"compression": "none", "use_dictionary": ["cell"], "write_statistics": True,
-                  "column_encoding": {"term_id": "DELTA_BINARY_PACKED", "x": "DELTA_BINARY_PACKED"}},
     "promptterms": {"compression": "none", "use_dictionary": ["prompt_key"], "write_statistics": True,
                     "column_encoding": {"term_id": "DELTA_BINARY_PACKED"}},
 }
 #: How each kind's segments written from memory are written (`segments.Codec`; the module doc there has the
 #: measurements): `cells` by pyarrow, with dictionaries and statistics for every column (DuckDB reads that file
-#: as fast as its own, and without dictionaries ~20% slower: its constant style columns); `cellterms` and
-#: `promptterms` by DuckDB's COPY, whose files its filtered reads of `promptterms` take ~25% less time to read
-#: than those of pyarrow's writer with `_PARQUET`'s options, and which writes `cellterms` as fast.
+#: as fast as its own, and without dictionaries ~20% slower: its constant style columns); `promptterms` by
+#: DuckDB's COPY, whose files its filtered reads of `promptterms` take ~25% less time to read than those of
+#: pyarrow's writer with `_PARQUET`'s options.
 SEGMENT_COMPRESSION: dict[str, Any] = {
     "cells": {"compression": "lz4", "use_dictionary": True, "write_statistics": True},
-    "cellterms": "uncompressed",
     "promptterms": "uncompressed",
 }
 
@@ -251,16 +287,16 @@ def remember(store: Store, part: str, terms: Path | pa.Table, entry: dict[str, A
 
 def reduce_arrays(part: str, terms: pa.Table, cell: np.ndarray, has_reasoning: np.ndarray,
                   pairs: list[tuple[np.ndarray, np.ndarray]], prompt_idx: np.ndarray, prompt_keys: np.ndarray,
-                  prompt_off: np.ndarray, prompt_ids: np.ndarray) -> dict[str, pa.Table]:
-    """The three cell tables of one part, in numpy, from arrays the term-set computation holds anyway.
+                  prompt_off: np.ndarray, prompt_ids: np.ndarray) -> dict[str, Any]:
+    """The cached tables of one part (`KINDS`) and its flat term lists (`LISTS`), in numpy, from arrays the
+    term-set computation holds anyway.
 
     `terms`: the part's rows (scope keys and style columns; its list columns are not read); `cell`: each row's
-    cell key (`CELL`, by DuckDB); `pairs`: per place (`WHERES` order) the rows' term sets as (offsets per row,
-    term ids);
-    `prompt_idx`: each row's prompt, an index into `prompt_keys` and into the prompts' term lists
-    (`prompt_ids[prompt_off[i]:prompt_off[i + 1]]`). Equals the former DuckDB aggregate: style values are whole
-    numbers, so their sums are exact in any order; a cell without reasoning has NULL reasoning sums (SQL's sum
-    over no rows)."""
+    cell key (`CELL`, by DuckDB); `pairs`: per place (`WHERES` order) the rows' term sets as (offsets per row
+    from 0, term ids); `prompt_idx`: each row's prompt, an index into `prompt_keys` and into the
+    prompts' term lists (`prompt_ids[prompt_off[i]:prompt_off[i + 1]]`). Equals the former DuckDB aggregate:
+    style values are whole numbers, so their sums are exact in any order; a cell without reasoning has NULL
+    reasoning sums (SQL's sum over no rows)."""
     keys, first, g = np.unique(cell, return_index=True, return_inverse=True)
     g = g.ravel()
     k = len(keys)
@@ -277,14 +313,90 @@ def reduce_arrays(part: str, terms: pa.Table, cell: np.ndarray, has_reasoning: n
         none = n_r == 0 if where == "reasoning" else None
         for name, w in ((col, v[rows]), (f"{col}__q", v[rows] * v[rows])):
             cols[name] = pa.array(np.bincount(g[rows], weights=w, minlength=k), pa.float64(), mask=none)
-    cell_idx, term_id, x = _cell_terms(g, has_reasoning, pairs)
-    cellterms = pa.table({"cell": pa.array(keys[cell_idx], pa.uint64()), "term_id": pa.array(term_id, pa.int32()),
-                          "x": pa.array(x, pa.int32())})
     used = np.unique(prompt_idx)
     start, end = prompt_off[used], prompt_off[used + 1]
     promptterms = pa.table({"prompt_key": pa.array(np.repeat(prompt_keys[used], end - start), pa.uint64()),
                             "term_id": pa.array(_ranges(prompt_ids, start, end), pa.int32())})
-    return {"cells": pa.table(cols), "cellterms": cellterms, "promptterms": promptterms}
+    return {"cells": pa.table(cols), "promptterms": promptterms, LISTS: TermLists.of(cell, has_reasoning, pairs)}
+
+
+@dataclass
+class TermLists:
+    """One part's rollouts as `cellterms` needs them: each one's cell (`CELL`), whether it has reasoning, and
+    per place (`WHERES` order) the term lists as flat arrays (offsets per rollout from 0, ids). Kept as one
+    uncompressed `.npy` file a part (`save`, `load`): ~0.65 MB at 5,000 rollouts, read in ~0.1 ms, against ~3-4 ms for
+    the same lists from the term sets' Parquet file (its list levels)."""
+
+    cell: np.ndarray
+    has_reasoning: np.ndarray
+    lists: list[tuple[np.ndarray, np.ndarray]]
+
+    @classmethod
+    def of(cls, cell: np.ndarray, has_reasoning: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]
+           ) -> TermLists:
+        """From the term-set worker's arrays, in the smallest types that hold them (ids in 16 bits while the
+        vocabulary has fewer than 65,536 terms)."""
+        def small(a: np.ndarray) -> np.ndarray:
+            top = int(a.max(initial=0))
+            return a.astype(np.uint16 if top < 1 << 16 else np.int32 if top < 1 << 31 else np.int64)
+
+        return cls(np.asarray(cell, np.uint64), np.asarray(has_reasoning, bool),
+                   [(small(off), small(ids)) for off, ids in pairs])
+
+    def save(self, path: Path) -> Path | TermLists:
+        """Write to `path` (atomically): the arrays one after another, each as `np.save` writes it (one file
+        and no archive: `np.savez`'s zip and CRC made a part's read ~1 ms instead of ~0.1); the lists
+        themselves where the store cannot be written."""
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                for a in (self.cell, self.has_reasoning, *(a for pair in self.lists for a in pair)):
+                    np.save(f, a, allow_pickle=False)
+
+        return path if write_atomic(path, write) else self
+
+    @classmethod
+    def load(cls, path: Path | TermLists) -> TermLists:
+        """The lists `save` wrote to `path` (or `path` itself, lists kept in memory)."""
+        if isinstance(path, TermLists):
+            return path
+        with open(path, "rb") as f:
+            cell, has_reasoning = np.load(f), np.load(f)
+            return cls(cell, has_reasoning, [(np.load(f), np.load(f)) for _ in WHERES])
+
+
+def part_cellterms(lists: Path | TermLists, term_ids: np.ndarray | None = None) -> pa.Table:
+    """One part's `cellterms` rows (`SCHEMAS`), of the sorted `term_ids` only when given, from its flat term
+    lists (`TermLists`, or their file): each rollout's answer terms, and its reasoning terms if it has reasoning,
+    counted per (cell, term): every term by `_cell_terms` (the rows the term-set workers cached before `VERSION`
+    2, in the same order); a few (a focus scan) from the positions of their ids alone (`_some_terms`), ~0.3 ms
+    a part instead of ~3. Readers sum the rows, in any order."""
+    t = TermLists.load(lists)
+    keys, g = np.unique(t.cell, return_inverse=True)
+    g = g.ravel().astype(np.int64)
+    if term_ids is None:
+        pairs = [(np.asarray(off, np.int64), np.asarray(ids, np.int32)) for off, ids in t.lists]
+        cell_idx, term_id, x = _cell_terms(g, t.has_reasoning, pairs)
+    else:
+        cell_idx, term_id, x = _some_terms(g, t, term_ids)
+    return pa.table({"cell": pa.array(keys[cell_idx], pa.uint64()), "term_id": pa.array(term_id, pa.int32()),
+                     "x": pa.array(x, pa.int32())}, schema=SCHEMAS["cellterms"])
+
+
+def _some_terms(g: np.ndarray, t: TermLists, term_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cell index, term id, rollouts) per distinct (cell, term) of the terms `term_ids` (`g`: each rollout's
+    cell index): the positions of those ids in the flat lists, their rows by the offsets (a binary search per
+    hit: a few thousand a part), reasoning hits of rollouts without reasoning left out; sorted by cell and id."""
+    rows, ids = [], []
+    for where, (off, flat) in zip(WHERES, t.lists):
+        wanted = np.zeros(max(int(flat.max(initial=0)), int(term_ids.max(initial=-1))) + 1, bool)
+        wanted[term_ids[term_ids >= 0]] = True
+        at = np.flatnonzero(wanted[flat])
+        r = np.searchsorted(off, at, side="right") - 1
+        if where == "reasoning":
+            r, at = r[t.has_reasoning[r]], at[t.has_reasoning[r]]
+        rows.append(r)
+        ids.append(flat[at].astype(np.int64))
+    return _count_pairs(g[np.concatenate(rows)], np.concatenate(ids))
 
 
 def _ranges(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -306,6 +418,8 @@ def _cell_terms(g: np.ndarray, has_reasoning: np.ndarray, pairs: list[tuple[np.n
     rows with reasoning (`pairs`: per place, offsets per row and ids). Compiled where numba is installed
     (`kernels.cell_term_counts`: the pairs by cell, not sorted within a cell), else one sort (sorted by cell and
     id). Readers sum the rows, in any order."""
+    if not any(len(v) for _, v in pairs):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     if kernels.use_numba():
         n_ids = max((int(v.max()) + 1 for _, v in pairs if len(v)), default=0)
         return kernels.cell_term_counts(g, pairs, has_reasoning, n_ids)

@@ -260,8 +260,8 @@ class Scope:
         self.cell_parts.register(con, "cells", "wcell_all", only=self.window_parts)
         con.execute(f"""CREATE TEMP TABLE wcells AS SELECT * FROM ({_cells_sql("wcell_all", style, shared)})
                         WHERE win IS NOT NULL""")
-        self.cell_parts.register(con, "cellterms", "wct", only=self.window_parts)
         self.cell_parts.register(con, "promptterms", "wpt", only=self.window_parts)
+        self._wct = False  # the view `wct` (the window parts' (cell, term) rows), made by `window_cellterms`
         self.n_strata = int(con.execute("SELECT count(*) FROM strata").fetchall()[0][0])
         self._win_of = {(int(st), sp): int(w) for st, sp, w in con.execute(
             "SELECT step, split, win FROM keys WHERE win IS NOT NULL AND split IS NOT NULL").fetchall()}
@@ -317,17 +317,29 @@ class Scope:
     def window_sums(self) -> list[windowsums.PartSums]:
         """The window parts' per-key term sums (`windowsums`), cached per run beside the cell tables."""
         if self._window_sums is None:
-            entries = [p["cellterms"] for _, p in self.cell_parts.parts]
+            entries = [p["cells"] for _, p in self.cell_parts.parts]
             cache = None if not entries or isinstance(entries[0], pa.Table) or not getattr(
                 self.store, "persist_derived", True) else Path(entries[0]).parent / "window_sums"
             self._window_sums = windowsums.window_sums(self.cell_parts.parts, self.window_parts, self.vocab,
                                                        self._read_cell_tables, cache)
         return self._window_sums
 
+    def window_cellterms(self) -> str:
+        """The view `wct`: the window parts' (cell, term) rows, made from their term sets on first use (only the
+        SQL path of the window statistics reads them all: `_term_sums_sql`)."""
+        if not self._wct:
+            self.cell_parts.register(self.con, "cellterms", "wct", only=self.window_parts)
+            self._wct = True
+        return "wct"
+
     def _read_cell_tables(self, names: set[str]) -> tuple[pa.Table, ...]:
-        """The three cell tables (`windowsums.COLUMNS`) of the parts `names`, each in one read."""
+        """The three cell tables (`windowsums.COLUMNS`) of the parts `names`: the cached two each in one read,
+        the (cell, term) rows made from the parts' term sets (`TermCells.cellterms`)."""
         out = []
         for kind in ("cells", "cellterms", "promptterms"):
+            if kind == "cellterms":
+                out.append(self.cell_parts.cellterms(names))
+                continue
             self.cell_parts.register(self.con, kind, "_ws_read", only=names)
             out.append(self.con.sql(f"SELECT {', '.join(windowsums.COLUMNS[kind])} FROM _ws_read").to_arrow_table())
         return tuple(out)
@@ -667,6 +679,7 @@ def _term_sums_sql(scope: Scope, where: str, kept_terms: np.ndarray, term_ids: n
     that hold several are first summed per (term, cluster), a hash aggregate over every such (cell, term) row that
     cost ~1.3 of ~1.5 CPU s at 10M rollouts when it was done for every cluster. Integer sums: the same values."""
     con = scope.con
+    scope.window_cellterms()
     several = "SELECT idx, win, s, any_value(nc) AS nc, sum(x) AS x FROM wcl JOIN wct USING (cell) " \
               "JOIN row_of USING (term_id) WHERE NOT single GROUP BY idx, win, s, cid"
     some_several = con.execute("SELECT count(*) FROM wcl WHERE NOT single").fetchall()[0][0] > 0
