@@ -272,11 +272,15 @@ class PreparedBatch:
         return seen, self.gq.count(scoped(shingle_of(g_distinct), group[scope_of(g_distinct)]))
 
     def _rows(self, grader: str, rows: np.ndarray, tally: Tally, exposed: np.ndarray, chance: bool) -> pa.Table:
-        take, b = pa.array(rows), self.batch
+        b = self.batch
+        if len(rows) == self.n and np.array_equal(rows, np.arange(self.n)):
+            # every row in order (a batch's own pairs with one grader): its columns as they are, no take
+            columns = {c: b.column(c) for c in ("rollout_id", "step", "split", "condition", "task")}
+        else:
+            take = pa.array(rows)
+            columns = {c: b.column(c).take(take) for c in ("rollout_id", "step", "split", "condition", "task")}
         return pa.table({
-            "rollout_id": b.column("rollout_id").take(take), "step": b.column("step").take(take),
-            "split": b.column("split").take(take), "condition": b.column("condition").take(take),
-            "task": b.column("task").take(take), "grader": pa.array([grader] * len(rows), pa.string()),
+            **columns, "grader": pa.array([grader] * len(rows), pa.string()),
             "reasoning_only": tally.reasoning_only[rows], "matched": tally.matched[rows],
             "containment": tally.containment[rows], "longest_span": tally.longest[rows], "exposed": exposed[rows],
             "chance": np.full(len(rows), chance),
