@@ -139,6 +139,36 @@ def test_group_hashes_are_identical(names, cut):
         assert not np.array_equal(c, d)  # the comparison would see a wrong kernel
 
 
+def _context_tallies_numpy(counted, seen, seen_in_group, reasoning_in_group, row_size, r_off):
+    from rlaudit.cot.scan import _tally
+
+    row = np.repeat(np.arange(len(r_off) - 1), np.diff(r_off))
+    own = row_size[row]
+    invariant = (own >= 2) & (seen_in_group >= own)
+    strict = _tally(counted & ~invariant, seen, row, r_off, False)
+    loose = _tally(counted & ~(invariant & (reasoning_in_group >= 2)), seen, row, r_off, False)
+    return np.array([*strict, *loose])
+
+
+@needs_numba
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.booleans(), st.booleans(), st.integers(0, 4), st.integers(0, 3)),
+                         max_size=12), min_size=1, max_size=6), st.data())
+def test_context_tallies_in_one_pass_are_the_two_tallies(rows, data):
+    """`kernels.tally_context` (both tallies of `GroupContext.decide`, the invariant shingles decided in the
+    loop) against the numpy path's two `_tally` calls over the masks it builds."""
+    flat = [x for r in rows for x in r]
+    counted = np.array([x[0] for x in flat], bool)
+    seen = np.array([x[1] for x in flat], bool)
+    seen_in_group = np.array([x[2] for x in flat], np.int64)
+    reasoning_in_group = np.array([x[3] for x in flat], np.int64)
+    r_off = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+    row_size = np.array(data.draw(st.lists(st.integers(1, 4), min_size=len(rows), max_size=len(rows))), np.int64)
+    got = cot_kernels.tally_context(counted, seen, seen_in_group, reasoning_in_group, row_size, r_off)
+    want = _context_tallies_numpy(counted, seen, seen_in_group, reasoning_in_group, row_size, r_off)
+    assert np.array_equal(got, want)
+
+
 def _same_shingles(ids: np.ndarray, offsets: np.ndarray, k: int, monkeypatch) -> None:
     a, b = _both(monkeypatch, lambda: shingles_from_ids(ids, offsets, k))
     assert b.keys.dtype == np.uint64 and np.array_equal(a.keys, b.keys)

@@ -521,6 +521,59 @@ def _tally(counted, seen, r_off):
     return only, matched, longest, edge
 
 
+def _tally_context(counted, seen, seen_in_group, reasoning_in_group, row_size, r_off):
+    """`scan.GroupContext.decide`'s two tallies in one pass (each as `_tally`): `strict` counts the counted
+    shingles that are not group-invariant (seen in the received input of every row of a group of >= 2 rows
+    that have the grader, `row_size[r]` for row r), `loose` drops only invariant shingles that two or more rows
+    of the group have in their reasoning. Returns strict's (only, matched, longest, edge), then loose's."""
+    n = len(r_off) - 1
+    out = np.zeros((8, n), np.int64)
+    for r in range(n):
+        size = row_size[r]
+        run_s = 0
+        lead_s = -1
+        run_l = 0
+        lead_l = -1
+        for i in range(r_off[r], r_off[r + 1]):
+            if not counted[i]:
+                continue
+            invariant = size >= 2 and seen_in_group[i] >= size
+            if not invariant:  # counted by both
+                out[0, r] += 1
+                out[4, r] += 1
+                if seen[i]:
+                    out[1, r] += 1
+                    run_s += 1
+                    out[2, r] = max(out[2, r], run_s)
+                    out[5, r] += 1
+                    run_l += 1
+                    out[6, r] = max(out[6, r], run_l)
+                else:
+                    if lead_s < 0:
+                        lead_s = run_s
+                    run_s = 0
+                    if lead_l < 0:
+                        lead_l = run_l
+                    run_l = 0
+            elif reasoning_in_group[i] < 2:  # counted by loose alone
+                out[4, r] += 1
+                if seen[i]:
+                    out[5, r] += 1
+                    run_l += 1
+                    out[6, r] = max(out[6, r], run_l)
+                else:
+                    if lead_l < 0:
+                        lead_l = run_l
+                    run_l = 0
+        if lead_s < 0:
+            lead_s = run_s
+        if lead_l < 0:
+            lead_l = run_l
+        out[3, r] = max(lead_s, run_s)
+        out[7, r] = max(lead_l, run_l)
+    return out
+
+
 def _build() -> SimpleNamespace:
     """The CoT scan's kernels, compiled (see `rlaudit.kernels.Compiled`)."""
     import numba
@@ -551,7 +604,8 @@ def _build() -> SimpleNamespace:
                                 span_hashes=jit(_span_hashes, (u8, i64, i64)),
                                 prepare=jit(_prepare, (u64, i64, u64, i64, u64, i64, i64, i64, i64)),
                                 seen=jit(_seen, (u64, i64, u64, i64, i64, i64, i64, i64)),
-                                tally=jit(_tally, (b1, b1, i64)))
+                                tally=jit(_tally, (b1, b1, i64)),
+                                tally_context=jit(_tally_context, (b1, b1, i64, i64, i64, i64)))
 
 
 compiled = _k.Compiled(_build)
@@ -662,6 +716,15 @@ def seen(rkeys: np.ndarray, r_off: np.ndarray, gkeys: np.ndarray, g_off: np.ndar
     return compiled().seen(c(rkeys, np.uint64), c(r_off, np.int64), c(gkeys, np.uint64), c(g_off, np.int64),
                            c(recv_off, np.int64), c(recv_entries, np.int64), c(order, np.int64),
                            c(gstarts, np.int64))
+
+
+def tally_context(counted: np.ndarray, seen: np.ndarray, seen_in_group: np.ndarray, reasoning_in_group: np.ndarray,
+                  row_size: np.ndarray, r_off: np.ndarray) -> np.ndarray:
+    """(8, rows): the strict tally's (reasoning_only, matched, longest, edge), then the loose one's (see
+    `_tally_context`)."""
+    c = np.ascontiguousarray
+    return compiled().tally_context(c(counted, np.bool_), c(seen, np.bool_), c(seen_in_group, np.int64),
+                                    c(reasoning_in_group, np.int64), c(row_size, np.int64), c(r_off, np.int64))
 
 
 def tally(counted: np.ndarray, seen: np.ndarray, r_off: np.ndarray) -> tuple[np.ndarray, ...]:

@@ -240,7 +240,7 @@ class PreparedBatch:
             if params.group_context:
                 context = GroupContext(self.group_of_row, rows, self.reasoning_in_group, self.r_off,
                                        self.by_group is not None)
-                tally, exposed = context.decide(params, counted, seen, seen_in_group, self.reasoning.row)
+                tally, exposed = context.decide(params, counted, seen, seen_in_group, self.reasoning)
             else:
                 tally = _tally(counted, seen, self.reasoning.row, self.r_off, self.by_group is not None)
                 exposed = params.decide(tally)
@@ -299,18 +299,24 @@ class GroupContext:
     compiled: bool  # tally with the numba kernel
 
     def decide(self, params: ScanParams, counted: np.ndarray, seen: np.ndarray, seen_in_group: np.ndarray,
-               r_row: np.ndarray) -> tuple[Tally, np.ndarray]:
-        """`seen_in_group`: per reasoning shingle, rows of its group whose grader input has it."""
+               reasoning: Any) -> tuple[Tally, np.ndarray]:
+        """`seen_in_group`: per reasoning shingle, rows of its group whose grader input has it; `reasoning`: the
+        reasoning's `Shingles` (their rows, read by the numpy path alone)."""
         group = self.group_of_row
         size = np.bincount(group[self.rows], minlength=group.max() + 1)
-        own_size = size[group[r_row]]
-        invariant = (own_size >= 2) & (seen_in_group >= own_size)
-        strict = _tally(counted & ~invariant, seen, r_row, self.r_off, self.compiled)
+        if self.compiled:  # both tallies in one pass, the invariant shingles decided on the way
+            both = _kernels.tally_context(counted, seen, seen_in_group, self.reasoning_in_group, size[group],
+                                          self.r_off)
+            strict, loose = Tally(*both[:4]), Tally(*both[4:])
+        else:
+            r_row = reasoning.row
+            own_size = size[group[r_row]]
+            invariant = (own_size >= 2) & (seen_in_group >= own_size)
+            strict = _tally(counted & ~invariant, seen, r_row, self.r_off, False)
+            loose = _tally(counted & ~(invariant & (self.reasoning_in_group >= 2)), seen, r_row, self.r_off, False)
         exposed_strict = params.decide(strict)
         # Exposure that rests on group-invariant text counts only when it looks listwise: at least two
         # rollouts of the group are exposed through invariant text found in their own reasoning alone.
-        loose = _tally(counted & ~(invariant & (self.reasoning_in_group >= 2)), seen, r_row, self.r_off,
-                       self.compiled)
         via_invariant = params.decide(loose) & ~exposed_strict
         listwise = np.bincount(group[via_invariant], minlength=len(size)) >= 2
         use_loose = via_invariant & listwise[group]
