@@ -171,7 +171,7 @@ def trailing_zeros(x):
 
 
 def _load8(seg, i):
-    """Bytes seg[i:i + 8] as a little-endian 64-bit word (the compiler makes it one load)."""
+    """Bytes seg[i:i + 8] as a little-endian 64-bit word (eight byte loads, which LLVM may combine into one)."""
     return (np.uint64(seg[i]) | (np.uint64(seg[i + 1]) << np.uint64(8)) | (np.uint64(seg[i + 2]) << np.uint64(16))
             | (np.uint64(seg[i + 3]) << np.uint64(24)) | (np.uint64(seg[i + 4]) << np.uint64(32))
             | (np.uint64(seg[i + 5]) << np.uint64(40)) | (np.uint64(seg[i + 6]) << np.uint64(48))
