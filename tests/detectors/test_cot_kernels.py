@@ -19,7 +19,7 @@ from rlaudit import kernels
 from rlaudit.cot import kernels as cot_kernels
 from rlaudit.cot.scan import ScanParams
 from rlaudit.cot.screen_keys import keys_of
-from rlaudit.cot.shingles import hashed_tokens
+from rlaudit.cot.shingles import hashed_tokens, shingles_from_ids
 
 from cot_synth import make_run
 
@@ -61,6 +61,149 @@ def test_token_hashes_are_identical(texts, cut):
     with pytest.MonkeyPatch.context() as mp:
         _same_tokens(texts, mp)
         _same_tokens(pa.array(texts, pa.string()).slice(min(cut, len(texts))).to_pylist() or [None], mp)
+
+
+_ASCII_PIECES = ["a", "Z", "0", "9", " ", "\n", "@", "[", "`", "{", "/", ":", "_", "-", "Goblin", "x1 ",
+                 "abcdefg", "ABCDEFGH", "abcdefghijklmnopq", "  \t"]
+
+
+@needs_numba
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(st.binary(max_size=70).map(lambda b: bytes(x & 0x7F for x in b)),
+                 st.lists(st.sampled_from(_ASCII_PIECES), max_size=30).map(lambda p: "".join(p).encode())),
+       st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), max_size=6))
+def test_ascii_tokens_eight_bytes_at_a_time_are_the_byte_loops(data, spans):
+    """The ASCII kernel (`_token_hashes_ascii`: token ends by a trailing-zero count in 64-bit words, the byte
+    loop for long tokens and the buffer's last 7 bytes) against the numpy tokeniser of the texts cut out, on
+    every ASCII byte and on spans ending anywhere, the buffer's end included."""
+    from rlaudit.cot.shingles import span_tokens
+
+    buf = np.frombuffer(data, np.uint8)
+    bounds = sorted((int(a * len(buf)), int(b * len(buf))) for a, b in spans)
+    starts = np.array([min(a, b) for a, b in bounds], np.int64)
+    ends = np.array([max(a, b) for a, b in bounds], np.int64)
+    texts = pa.array([data[a:b].decode() for a, b in zip(starts, ends)], pa.string())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(kernels.ENV, "numba")
+        got = span_tokens(buf, starts, ends)
+        mp.setenv(kernels.ENV, "numpy")
+        want = hashed_tokens(texts)
+    assert got is not None
+    assert np.array_equal(got[1], want[1]) and np.array_equal(got[0], want[0])
+
+
+@needs_numba
+def test_ascii_tokens_at_every_offset_of_a_word(monkeypatch):
+    """Every layout of one 64-bit word systematically: a token of 1-9 bytes at each offset, separators of 1-10
+    bytes after it (the next token in the same word, at its first byte after, or beyond), texts ending inside
+    the word, and buffers ending there."""
+    from rlaudit.cot.shingles import span_tokens
+
+    texts, pieces = [], []
+    for lead in range(9):
+        for length in range(1, 10):
+            for gap in range(1, 11):
+                texts.append("." * lead + "Ab1xyzQRS"[:length] + " \n-"[gap % 3] * gap + "nxt go")
+    buf = "".join(texts).encode()
+    starts = np.cumsum([0] + [len(t) for t in texts[:-1]]).astype(np.int64)
+    ends = starts + np.array([len(t) for t in texts], np.int64)
+    for cut in (0, 1, 3, 6, 9):  # texts ending early, inside a word
+        pieces.append((np.frombuffer(buf, np.uint8), starts, np.maximum(starts, ends - cut)))
+    for tail in range(1, 17):  # the buffer itself ending at every byte of a word
+        small = buf[:tail + 20]
+        pieces.append((np.frombuffer(small, np.uint8), np.array([0, 3, tail], np.int64),
+                       np.array([len(small), len(small), len(small)], np.int64)))
+    for data, lo, hi in pieces:
+        monkeypatch.setenv(kernels.ENV, "numba")
+        got = span_tokens(data, lo, hi)
+        monkeypatch.setenv(kernels.ENV, "numpy")
+        want = hashed_tokens(pa.array([data[a:b].tobytes().decode() for a, b in zip(lo, hi)], pa.string()))
+        assert np.array_equal(got[1], want[1]) and np.array_equal(got[0], want[0])
+
+
+@needs_numba
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(_TEXT, st.text(max_size=30)), max_size=12), st.integers(0, 3))
+def test_group_hashes_are_identical(names, cut):
+    """The screen's group hashes (`screen_sets._hash`: `byte_span_hashes` of each name, compiled with numba)
+    equal the numpy path's, for names of any length and script, on a slice too."""
+    from rlaudit.cot.screen_sets import _hash
+
+    array = pa.array(names + [""], pa.string()).slice(min(cut, len(names)))
+    with pytest.MonkeyPatch.context() as mp:
+        a, b = _both(mp, lambda: _hash(array))
+        assert b.dtype == np.uint64 and np.array_equal(a, b)
+        real = cot_kernels.span_hashes
+        mp.setattr(cot_kernels, "span_hashes", lambda *args: real(*args) ^ np.uint64(1))
+        c, d = _both(mp, lambda: _hash(array))
+        assert not np.array_equal(c, d)  # the comparison would see a wrong kernel
+
+
+def _context_tallies_numpy(counted, seen, seen_in_group, reasoning_in_group, row_size, r_off):
+    from rlaudit.cot.scan import _tally
+
+    row = np.repeat(np.arange(len(r_off) - 1), np.diff(r_off))
+    own = row_size[row]
+    invariant = (own >= 2) & (seen_in_group >= own)
+    strict = _tally(counted & ~invariant, seen, row, r_off, False)
+    loose = _tally(counted & ~(invariant & (reasoning_in_group >= 2)), seen, row, r_off, False)
+    return np.array([*strict, *loose])
+
+
+@needs_numba
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.booleans(), st.booleans(), st.integers(0, 4), st.integers(0, 3)),
+                         max_size=12), min_size=1, max_size=6), st.data())
+def test_context_tallies_in_one_pass_are_the_two_tallies(rows, data):
+    """`kernels.tally_context` (both tallies of `GroupContext.decide`, the invariant shingles decided in the
+    loop) against the numpy path's two `_tally` calls over the masks it builds."""
+    flat = [x for r in rows for x in r]
+    counted = np.array([x[0] for x in flat], bool)
+    seen = np.array([x[1] for x in flat], bool)
+    seen_in_group = np.array([x[2] for x in flat], np.int64)
+    reasoning_in_group = np.array([x[3] for x in flat], np.int64)
+    r_off = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+    row_size = np.array(data.draw(st.lists(st.integers(1, 4), min_size=len(rows), max_size=len(rows))), np.int64)
+    got = cot_kernels.tally_context(counted, seen, seen_in_group, reasoning_in_group, row_size, r_off)
+    want = _context_tallies_numpy(counted, seen, seen_in_group, reasoning_in_group, row_size, r_off)
+    assert np.array_equal(got, want)
+
+
+def _same_shingles(ids: np.ndarray, offsets: np.ndarray, k: int, monkeypatch) -> None:
+    a, b = _both(monkeypatch, lambda: shingles_from_ids(ids, offsets, k))
+    assert b.keys.dtype == np.uint64 and np.array_equal(a.keys, b.keys)
+    assert np.array_equal(a.row, b.row) and np.array_equal(a.position, b.position)
+    assert np.array_equal(a.n_tokens, b.n_tokens) and np.array_equal(a.counts, b.counts)
+
+
+@needs_numba
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 2**64 - 1), max_size=14), min_size=1, max_size=8), st.integers(2, 8))
+def test_shingle_keys_are_identical(texts, k):
+    """The compiled shingles (every window of the batch summed with expanded coefficients, k = 5 unrolled) are
+    the numpy path's polynomial: keys, rows and positions, texts shorter than k included."""
+    ids = np.array([i for t in texts for i in t], np.uint64)
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t in texts])]).astype(np.int64)
+    with pytest.MonkeyPatch.context() as mp:
+        _same_shingles(ids, offsets, k, mp)
+        _same_shingles(ids, offsets, 5, mp)
+
+
+@needs_numba
+def test_a_shingle_kernel_wrong_by_one_key_fails_the_comparison(monkeypatch):
+    real = cot_kernels.shingle_keys
+
+    def off_by_one(*args):
+        keys = real(*args).copy()
+        keys[-1:] ^= np.uint64(1)
+        return keys
+
+    ids = np.arange(12, dtype=np.uint64)
+    offsets = np.array([0, 7, 12], np.int64)
+    _same_shingles(ids, offsets, 5, monkeypatch)
+    monkeypatch.setattr(cot_kernels, "shingle_keys", off_by_one)
+    with pytest.raises(AssertionError):
+        _same_shingles(ids, offsets, 5, monkeypatch)
 
 
 def _raw_part(texts: list[str | None], as_span: list[bool]) -> pa.Table:
@@ -120,8 +263,8 @@ def test_a_kernel_wrong_by_one_hash_fails_the_comparison(monkeypatch):
     one key, are caught."""
     real_tokens, real_answers = cot_kernels.token_hashes, cot_kernels.answer_hashes
 
-    def off_by_one(*args):
-        hashes, counts = real_tokens(*args)
+    def off_by_one(*args, **kwargs):
+        hashes, counts = real_tokens(*args, **kwargs)
         hashes = hashes.copy()
         hashes[-1:] ^= np.uint64(1)
         return hashes, counts

@@ -240,7 +240,7 @@ class PreparedBatch:
             if params.group_context:
                 context = GroupContext(self.group_of_row, rows, self.reasoning_in_group, self.r_off,
                                        self.by_group is not None)
-                tally, exposed = context.decide(params, counted, seen, seen_in_group, self.reasoning.row)
+                tally, exposed = context.decide(params, counted, seen, seen_in_group, self.reasoning)
             else:
                 tally = _tally(counted, seen, self.reasoning.row, self.r_off, self.by_group is not None)
                 exposed = params.decide(tally)
@@ -272,11 +272,15 @@ class PreparedBatch:
         return seen, self.gq.count(scoped(shingle_of(g_distinct), group[scope_of(g_distinct)]))
 
     def _rows(self, grader: str, rows: np.ndarray, tally: Tally, exposed: np.ndarray, chance: bool) -> pa.Table:
-        take, b = pa.array(rows), self.batch
+        b = self.batch
+        if len(rows) == self.n and np.array_equal(rows, np.arange(self.n)):
+            # every row in order (a batch's own pairs with one grader): its columns as they are, no take
+            columns = {c: b.column(c) for c in ("rollout_id", "step", "split", "condition", "task")}
+        else:
+            take = pa.array(rows)
+            columns = {c: b.column(c).take(take) for c in ("rollout_id", "step", "split", "condition", "task")}
         return pa.table({
-            "rollout_id": b.column("rollout_id").take(take), "step": b.column("step").take(take),
-            "split": b.column("split").take(take), "condition": b.column("condition").take(take),
-            "task": b.column("task").take(take), "grader": pa.array([grader] * len(rows), pa.string()),
+            **columns, "grader": pa.array([grader] * len(rows), pa.string()),
             "reasoning_only": tally.reasoning_only[rows], "matched": tally.matched[rows],
             "containment": tally.containment[rows], "longest_span": tally.longest[rows], "exposed": exposed[rows],
             "chance": np.full(len(rows), chance),
@@ -295,18 +299,24 @@ class GroupContext:
     compiled: bool  # tally with the numba kernel
 
     def decide(self, params: ScanParams, counted: np.ndarray, seen: np.ndarray, seen_in_group: np.ndarray,
-               r_row: np.ndarray) -> tuple[Tally, np.ndarray]:
-        """`seen_in_group`: per reasoning shingle, rows of its group whose grader input has it."""
+               reasoning: Any) -> tuple[Tally, np.ndarray]:
+        """`seen_in_group`: per reasoning shingle, rows of its group whose grader input has it; `reasoning`: the
+        reasoning's `Shingles` (their rows, read by the numpy path alone)."""
         group = self.group_of_row
         size = np.bincount(group[self.rows], minlength=group.max() + 1)
-        own_size = size[group[r_row]]
-        invariant = (own_size >= 2) & (seen_in_group >= own_size)
-        strict = _tally(counted & ~invariant, seen, r_row, self.r_off, self.compiled)
+        if self.compiled:  # both tallies in one pass, the invariant shingles decided on the way
+            both = _kernels.tally_context(counted, seen, seen_in_group, self.reasoning_in_group, size[group],
+                                          self.r_off)
+            strict, loose = Tally(*both[:4]), Tally(*both[4:])
+        else:
+            r_row = reasoning.row
+            own_size = size[group[r_row]]
+            invariant = (own_size >= 2) & (seen_in_group >= own_size)
+            strict = _tally(counted & ~invariant, seen, r_row, self.r_off, False)
+            loose = _tally(counted & ~(invariant & (self.reasoning_in_group >= 2)), seen, r_row, self.r_off, False)
         exposed_strict = params.decide(strict)
         # Exposure that rests on group-invariant text counts only when it looks listwise: at least two
         # rollouts of the group are exposed through invariant text found in their own reasoning alone.
-        loose = _tally(counted & ~(invariant & (self.reasoning_in_group >= 2)), seen, r_row, self.r_off,
-                       self.compiled)
         via_invariant = params.decide(loose) & ~exposed_strict
         listwise = np.bincount(group[via_invariant], minlength=len(size)) >= 2
         use_loose = via_invariant & listwise[group]

@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from ..derived import segments
 from ..store import Store, listing, prune_cached, sql_list, write_cached
 from ..text import byte_spans
+from . import kernels as _kernels
 from .shingles import byte_span_hashes
 
 #: parts added since the newest index that make a new one (the merge rewrites the index: O(groups of the run))
@@ -159,6 +160,8 @@ def _repeated(group: np.ndarray, key: np.ndarray) -> np.ndarray:
 
 
 def _hash(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    if _kernels.use_numba():  # the same hashes, compiled (~0.3 ms a part less)
+        return _kernels.span_hashes(*byte_spans(strings))
     return byte_span_hashes(*byte_spans(strings))
 
 

@@ -16,7 +16,6 @@ scalar helpers at the end (`token_spans`, `shingle_set`) exist only to cut evide
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -168,9 +167,10 @@ def hashed_tokens(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nda
     filled = pc.fill_null(texts.cast(pa.string()), "")
     if _kernels.use_numba():  # the same tokens and hashes in one pass over the bytes (`cot.kernels`)
         seg, bounds = _utf8_buffer(filled)
-        if len(seg) and seg.max() >= 0x80:  # ASCII needs no lowercasing: the kernel folds its case
+        ascii = not (len(seg) and seg.max() >= 0x80)
+        if not ascii:  # ASCII needs no lowercasing: the kernel folds its case
             seg, bounds = _utf8_buffer(pc.utf8_lower(filled))
-        hashes, counts = _kernels.token_hashes(seg, bounds, _WORD_BYTE, _SEPARATOR, _SINGLE)
+        hashes, counts = _kernels.token_hashes(seg, bounds, _WORD_BYTE, _SEPARATOR, _SINGLE, ascii=ascii)
         offsets = np.zeros(len(filled) + 1, np.int64)
         np.cumsum(counts, out=offsets[1:])
         return hashes, offsets
@@ -212,7 +212,7 @@ def span_tokens(data: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> tuple
     caller then cuts the texts and calls `hashed_tokens`."""
     if not _kernels.use_numba() or (len(data) and data.max() >= 0x80):
         return None
-    hashes, counts = _kernels.token_hashes(data, starts, _WORD_BYTE, _SEPARATOR, _SINGLE, ends=ends)
+    hashes, counts = _kernels.token_hashes(data, starts, _WORD_BYTE, _SEPARATOR, _SINGLE, ends=ends, ascii=True)
     offsets = np.zeros(len(starts) + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
     return hashes, offsets
@@ -291,15 +291,36 @@ def _hits(sorted_query: np.ndarray, sorted_ref: np.ndarray) -> np.ndarray:
     return sorted_ref[idx] == sorted_query
 
 
-@dataclass
 class Shingles:
     """The k-shingles of n texts: hash `keys`, owning text `row` and `position` (index of the shingle's first
-    token in its text), all in text-then-position order. `n_tokens[i]` is the token count of text i."""
+    token in its text), all in text-then-position order. `n_tokens[i]` is the token count of text i. `row` and
+    `position` follow from the token counts: where they are not given (the compiled path, whose scan reads
+    `row` of the reasoning alone), they are computed when first read."""
 
-    keys: np.ndarray  # uint64
-    row: np.ndarray  # int64
-    position: np.ndarray  # int64
-    n_tokens: np.ndarray  # int64, per text
+    def __init__(self, keys: np.ndarray, row: np.ndarray | None, position: np.ndarray | None, n_tokens: np.ndarray,
+                 k: int = 0):
+        self.keys = keys  # uint64
+        self._row = row  # int64
+        self._position = position  # int64
+        self.n_tokens = n_tokens  # int64, per text
+        self._k = k
+
+    @property
+    def row(self) -> np.ndarray:
+        if self._row is None:
+            self._row = np.repeat(np.arange(len(self.n_tokens), dtype=np.int64), self._counts())
+        return self._row
+
+    @property
+    def position(self) -> np.ndarray:
+        if self._position is None:
+            counts = self._counts()
+            self._position = np.arange(len(self.keys), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts,
+                                                                                    counts)
+        return self._position
+
+    def _counts(self) -> np.ndarray:
+        return np.maximum(self.n_tokens - self._k + 1, 0)
 
     @property
     def counts(self) -> np.ndarray:
@@ -345,8 +366,8 @@ def shingles_from_ids(ids: np.ndarray, offsets: np.ndarray, k: int) -> Shingles:
     n_texts = len(offsets) - 1
     n_tokens = np.diff(offsets)
     total = len(ids)
-    if _kernels.use_numba():  # the same hashes in one pass (`cot.kernels.shingle_keys`)
-        return Shingles(*_kernels.shingle_keys(ids, offsets, k, _multipliers(k)), n_tokens)
+    if _kernels.use_numba():  # the same hashes, compiled (`cot.kernels.shingle_keys`)
+        return Shingles(_kernels.shingle_keys(ids, offsets, k, _multipliers(k)), None, None, n_tokens, k)
     if total < k:
         empty = np.empty(0, np.int64)
         return Shingles(np.empty(0, np.uint64), empty, empty, n_tokens)
@@ -365,8 +386,16 @@ def shingles_from_ids(ids: np.ndarray, offsets: np.ndarray, k: int) -> Shingles:
 
 
 def _multipliers(k: int) -> np.ndarray:
-    """The odd 64-bit multiplier of each of a shingle's k token positions."""
-    return splitmix64(np.arange(1, k + 1, dtype=np.uint64)) | np.uint64(1)
+    """The odd 64-bit multiplier of each of a shingle's k token positions (computed once per k; read only)."""
+    m = _MULTIPLIERS.get(k)
+    if m is None:
+        m = splitmix64(np.arange(1, k + 1, dtype=np.uint64)) | np.uint64(1)
+        m.flags.writeable = False
+        _MULTIPLIERS[k] = m
+    return m
+
+
+_MULTIPLIERS: dict[int, np.ndarray] = {}
 
 
 def longest_runs(flag: np.ndarray, row: np.ndarray, n_rows: int) -> np.ndarray:
