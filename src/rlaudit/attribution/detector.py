@@ -60,7 +60,7 @@ class AttributionDetector(Detector):
                 ctx.store, ctx.run, con, ctx.config.max_step, ctx.config.split,
                 [(b, w, d) for (b, w), d in zip(items, directions)], outcome_signals=outcome,
                 advantage_scale=opt("advantage_scale", "group"), n_boot=int(opt("n_boot", 1000)),
-                seed=ctx.config.seed) if opt("cache", True) else None
+                seed=ctx.config.seed, also=ctx.part_kinds) if opt("cache", True) else None
             if cached is not None:
                 for t, source in zip(cached, sources):
                     t.behavior_severity = source.severity

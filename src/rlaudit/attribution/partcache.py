@@ -111,17 +111,18 @@ class Item:
 
 def traces(store: Store, run: str, con: duckdb.DuckDBPyConnection, max_step: int | None, split: str | None,
            items: list[tuple[Behavior, str, str]], *, outcome_signals: list[str], advantage_scale: str,
-           n_boot: int, seed: int) -> list[tr.Trace] | None:
+           n_boot: int, seed: int, also: tuple[str, ...] = ()) -> list[tr.Trace] | None:
     """One trace per (behaviour, where, direction) of `items`, with evidence, from per-part statistics; None when
     the run or a behaviour is not cacheable (module doc), for the caller to trace from the rows. `con`: the
-    audit's scoped connection (used only for the comparison key of runs without group ids)."""
+    audit's scoped connection (used only for the comparison key of runs without group ids). `also`: the audit's
+    other kinds of per-part statistics, computed with `attribution_meta` where it is missing (`_meta`)."""
     specs = [Item(b, w, d, gated_sql(b, w)) for b, w, d in items]
     if any(it.expr is None or it.where not in ("answer", "reasoning") for it in specs):
         return None
     manifest = store.manifest(run)
     parts = store.parts(run, manifest)
     layouts = store.part_layouts(run, manifest)
-    meta = _meta(store, run, max_step, split)
+    meta = _meta(store, run, max_step, split, also)
     if meta is None:
         return None
     step_of_part, steps_arr, rows_arr = meta["part_steps"], meta["steps"], meta["rows"]
@@ -175,13 +176,16 @@ def _prune(ctx: _Ctx, stems: set[str]) -> None:
 
 
 # ================================================================================================ run-wide counts
-def _meta(store: Store, run: str, max_step: int | None, split: str | None) -> dict[str, Any] | None:
+def _meta(store: Store, run: str, max_step: int | None, split: str | None, also: tuple[str, ...] = ()
+          ) -> dict[str, Any] | None:
     """Per-step counts in the audit's scope from the cached per-part table, each part's steps and signals (in the
     split, at any step: a part's cached tables do not depend on the step limit); None when a step is split
     across parts or the scope holds no rollouts."""
     from ..derived.partstats import scope_sql
 
-    stats = part_stats(store, run, META.name)
+    # with the audit's other kinds (`also`) where they are missing: an audit whose generalization computed nothing
+    # (no behaviour it follows) would otherwise read every part for these counts alone, then again for the rest
+    stats = part_stats(store, run, META.name, also=also)
     with duckdb.connect() as con:
         con.execute("SET enable_progress_bar = false")
         bound_memory(con, store.root)

@@ -51,9 +51,13 @@ KIND = define("run_stats", VERSION, part_sql, ("split", "step", "condition", "re
                                                "map_keys(grader_inputs) AS _graders"))
 
 
-def register_run_stats(con: duckdb.DuckDBPyConnection, store: Store, run: str, name: str = "run_stats") -> None:
-    """Create the view `name` over the run's per-part tables (see the module doc)."""
-    part_stats(store, run, KIND.name).register(con, name)
+def register_run_stats(con: duckdb.DuckDBPyConnection, store: Store, run: str, name: str = "run_stats",
+                       also: tuple[str, ...] = ()) -> None:
+    """Create the view `name` over the run's per-part tables (see the module doc). `also`: the other kinds the
+    audit will read (`DetectContext.part_kinds`), computed in the same read of each part where missing (a detector
+    that asks for these counts before the others' statistics exist would otherwise read every part for them
+    alone, and the next one read every part again for the rest)."""
+    part_stats(store, run, KIND.name, also=also).register(con, name)
 
 
 def connect_run_stats(store: Store, run: str, name: str = "run_stats") -> duckdb.DuckDBPyConnection:
