@@ -98,6 +98,54 @@ def _byte_codes(seg, word_table, separator_table, single_table):
     return word
 
 
+def _length_seeds():
+    """The first round of a token's hash for each length below 64, once per call: one `_mix` per short token
+    instead of two."""
+    by_length = np.empty(64, np.uint64)
+    for n in range(64):
+        by_length[n] = _mix(np.uint64(n)) * _M31
+    return by_length
+
+
+def _room(out, k, need):
+    """`out` (k hashes written) with room for `need` more: grown, if ever, before a text (room for a token per
+    byte of it), never inside the token loop: an array that could be rebound there cost 3x the time per token
+    (tokens take at most half the bytes in practice)."""
+    if k + need <= len(out):
+        return out
+    grown = np.empty(max(2 * len(out), k + need), np.uint64)
+    grown[:k] = out[:k]
+    return grown
+
+
+def _token_end(seg, codes, table, lower, i, e):
+    """(end, first 8 bytes lowercased, little-endian) of the token starting at byte i of a text ending at e,
+    byte by byte (`_token_hashes`' classes: table[codes[j]] == 1 continues it)."""
+    first = np.uint64(lower[seg[i]])
+    j = i + 1
+    while j < e and table[codes[j]] == 1:
+        if j - i < 8:
+            first |= np.uint64(lower[seg[j]]) << np.uint64(8 * (j - i))
+        j += 1
+    return j, first
+
+
+def _token_hash(seg, lower, i, j, first, by_length):
+    """The hash of token seg[i:j] whose first 8 bytes (lowercased) are `first`: seeded by its length, then the
+    rest 8 bytes at a time, the last round short."""
+    seed = by_length[j - i] if j - i < 64 else _mix(np.uint64(j - i)) * _M31
+    h = _mix(seed ^ first)
+    p = i + 8
+    while p < j:
+        chunk = np.uint64(0)
+        top = min(p + 8, j)
+        for q in range(p, top):
+            chunk |= np.uint64(lower[seg[q]]) << np.uint64(8 * (q - p))
+        h = _mix((h * _M31) ^ chunk)
+        p = top
+    return h
+
+
 def _token_hashes(seg, codes, table, lower, starts, ends):
     """(uint64 hashes, int64 tokens per text) of `shingles.hashed_tokens` over a byte buffer `seg` (lowercased
     but for ASCII letters) whose text t is seg[starts[t]:ends[t]] (texts laid end to end, or spans of other
@@ -107,44 +155,20 @@ def _token_hashes(seg, codes, table, lower, starts, ends):
     so ASCII text need not be lowercased first."""
     n_texts = len(starts)
     counts = np.zeros(n_texts, np.int64)
-    # grown, if ever, before a text (room for a token per byte of it), never inside the token loop: an array
-    # that could be rebound there cost 3x the time per token (tokens take at most half the bytes in practice)
-    out = np.empty(len(seg) // 2 + 16, np.uint64)
-    # the first round of a token's hash for each short length, once: one `_mix` per short token instead of two
-    by_length = np.empty(64, np.uint64)
-    for n in range(64):
-        by_length[n] = _mix(np.uint64(n)) * _M31
+    out = np.empty(len(seg) // 2 + 16, np.uint64)  # grown by `_room` before a text, if ever
+    by_length = _length_seeds()
     k = 0
     for t in range(n_texts):
         s, e = starts[t], ends[t]
-        if k + (e - s) + 1 > len(out):
-            grown = np.empty(max(2 * len(out), k + (e - s) + 1), np.uint64)
-            grown[:k] = out[:k]
-            out = grown
+        out = _room(out, k, e - s + 1)
         before = k
         i = s
         while i < e:
             if table[codes[i]] == 0:
                 i += 1
                 continue
-            # the token's end, its first 8 bytes gathered on the way (little-endian): most tokens are shorter
-            first = np.uint64(lower[seg[i]])
-            j = i + 1
-            while j < e and table[codes[j]] == 1:
-                if j - i < 8:
-                    first |= np.uint64(lower[seg[j]]) << np.uint64(8 * (j - i))
-                j += 1
-            seed = by_length[j - i] if j - i < 64 else _mix(np.uint64(j - i)) * _M31
-            h = _mix(seed ^ first)
-            p = i + 8
-            while p < j:  # the rest 8 bytes at a time, the last round short
-                chunk = np.uint64(0)
-                top = min(p + 8, j)
-                for q in range(p, top):
-                    chunk |= np.uint64(lower[seg[q]]) << np.uint64(8 * (q - p))
-                h = _mix((h * _M31) ^ chunk)
-                p = top
-            out[k] = h
+            j, first = _token_end(seg, codes, table, lower, i, e)
+            out[k] = _token_hash(seg, lower, i, j, first, by_length)
             k += 1
             i = j
         counts[t] = k - before
@@ -198,17 +222,12 @@ def _token_hashes_ascii(seg, table, lower, starts, ends):
     n_seg = len(seg)
     counts = np.zeros(n_texts, np.int64)
     out = np.empty(n_seg // 2 + 16, np.uint64)
-    by_length = np.empty(64, np.uint64)
-    for n in range(64):
-        by_length[n] = _mix(np.uint64(n)) * _M31
+    by_length = _length_seeds()
     one = np.uint64(1)
     k = 0
     for t in range(n_texts):
         s, e = starts[t], ends[t]
-        if k + (e - s) + 1 > len(out):
-            grown = np.empty(max(2 * len(out), k + (e - s) + 1), np.uint64)
-            grown[:k] = out[:k]
-            out = grown
+        out = _room(out, k, e - s + 1)
         before = k
         i = s
         while i < e:
@@ -239,23 +258,8 @@ def _token_hashes_ascii(seg, table, lower, starts, ends):
                 if table[seg[i]] == 0:
                     i += 1
                     continue
-                first = np.uint64(lower[seg[i]])
-                j = i + 1
-                while j < e and table[seg[j]] == 1:
-                    if j - i < 8:
-                        first |= np.uint64(lower[seg[j]]) << np.uint64(8 * (j - i))
-                    j += 1
-            seed = by_length[j - i] if j - i < 64 else _mix(np.uint64(j - i)) * _M31
-            h = _mix(seed ^ first)
-            p = i + 8
-            while p < j:  # the rest 8 bytes at a time, the last round short
-                chunk = np.uint64(0)
-                top = min(p + 8, j)
-                for q in range(p, top):
-                    chunk |= np.uint64(lower[seg[q]]) << np.uint64(8 * (q - p))
-                h = _mix((h * _M31) ^ chunk)
-                p = top
-            out[k] = h
+                j, first = _token_end(seg, seg, table, lower, i, e)
+            out[k] = _token_hash(seg, lower, i, j, first, by_length)
             k += 1
             i = j
         counts[t] = k - before
@@ -585,7 +589,7 @@ def _build() -> SimpleNamespace:
     from numba.cpython.unsafe.numbers import trailing_zeros as cttz
 
     glob["trailing_zeros"] = cttz
-    for helper in ("_load8", "_ascii_classes"):
+    for helper in ("_load8", "_ascii_classes", "_length_seeds", "_room", "_token_end", "_token_hash"):
         glob[helper] = jit(getattr(glob[helper], "py_func", glob[helper]), inline="always")
 
     t = numba.types
