@@ -426,6 +426,25 @@ def test_term_lists_round_trip_and_count_as_the_term_sets_do(tmp_path):
     assert some == [r for r in rows if r[1] in (5, 70_000)]
 
 
+def test_a_damaged_term_lists_file_is_an_error_naming_it(tmp_path):
+    """A term-lists file cut short after it was written: an error that names the file and says what to do, and
+    removing it as told gets the part computed again (the same rows)."""
+    import pytest
+
+    from rlaudit.errors import RlauditError
+
+    store = _store(tmp_path)
+    tokens.term_sets(store, "r")
+    f = next((store.run_dir("r") / "derived" / "termcells").rglob(f"*.{termcells.LISTS}.npy"))
+    whole = termcells.part_cellterms(f)
+    f.write_bytes(f.read_bytes()[:300])
+    with pytest.raises(RlauditError, match=f"{f.name}: cached term lists unreadable.*delete the file"):
+        termcells.part_cellterms(f)
+    f.unlink()
+    tokens.term_sets(Store(store.root), "r")
+    assert termcells.part_cellterms(f).equals(whole)
+
+
 def test_a_part_without_its_term_lists_is_computed_again(tmp_path, monkeypatch):
     """A part whose flat term lists are gone (the cell tables there) does not count as cached: computed again."""
     store = _store(tmp_path)

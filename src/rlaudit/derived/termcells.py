@@ -50,6 +50,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import chunks, kernels, segments
+from ..errors import RlauditError
 from ..store import Store, prune_cached, write_atomic, write_cached
 from .tokens import WHERES, TermSets, style_columns, union_view
 
@@ -356,12 +357,17 @@ class TermLists:
 
     @classmethod
     def load(cls, path: Path | TermLists) -> TermLists:
-        """The lists `save` wrote to `path` (or `path` itself, lists kept in memory)."""
+        """The lists `save` wrote to `path` (or `path` itself, lists kept in memory). A file damaged after it was
+        written (`save` writes atomically) is an error naming it and the remedy, not numpy's bare message."""
         if isinstance(path, TermLists):
             return path
-        with open(path, "rb") as f:
-            cell, has_reasoning = np.load(f), np.load(f)
-            return cls(cell, has_reasoning, [(np.load(f), np.load(f)) for _ in WHERES])
+        try:
+            with open(path, "rb") as f:
+                cell, has_reasoning = np.load(f), np.load(f)
+                return cls(cell, has_reasoning, [(np.load(f), np.load(f)) for _ in WHERES])
+        except (ValueError, EOFError) as exc:
+            raise RlauditError(f"{path}: cached term lists unreadable ({exc}); delete the file and the next audit "
+                               "computes them again") from None
 
 
 def part_cellterms(lists: Path | TermLists, term_ids: np.ndarray | None = None) -> pa.Table:
