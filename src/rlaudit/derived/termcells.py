@@ -100,7 +100,7 @@ class TermCells:
         the terms of this call plus earlier ones while there are at most FOCUS_TERMS."""
         wanted = sorted({int(t) for t in term_ids})
         names = [name for name, _ in self.parts]
-        d = self._focus_dir()
+        d = self.cache_dir("focus")
         listed: list[chunks.Chunk] = []
         held: list[pa.Table] = []
         if self._focus is not None and self._focus[1] == names and set(wanted) <= set(self._focus[2]):
@@ -141,12 +141,14 @@ class TermCells:
         pieces = [part_cellterms(p[LISTS], ids) for name, p in self.parts if only is None or name in only]
         return pa.concat_tables(pieces) if pieces else _empty("cellterms")
 
-    def _focus_dir(self) -> Path | None:
-        """Where the focus cache lives (beside the parts' cell tables), or None for tables kept in memory."""
+    def cache_dir(self, name: str) -> Path | None:
+        """Folder `name` beside the parts' cell tables, for a cache derived from them (the focus rows, emerging's
+        window sums), or None where the cell tables are kept in memory (a store that does not persist derived
+        data: nor should what is derived from them)."""
         entries = [p["cells"] for _, p in self.parts]
         if not entries or any(isinstance(e, pa.Table) for e in entries):
             return None
-        return Path(entries[0]).parent / "focus"
+        return Path(entries[0]).parent / name
 
     def _scan(self, con: duckdb.DuckDBPyConnection, only: set[str] | None, term_ids: list[int]) -> pa.Table:
         """The `cellterms` rows of `term_ids` in the parts named in `only` (None: every part)."""

@@ -318,9 +318,7 @@ class Scope:
     def window_sums(self) -> list[windowsums.PartSums]:
         """The window parts' per-key term sums (`windowsums`), cached per run beside the cell tables."""
         if self._window_sums is None:
-            entries = [p["cells"] for _, p in self.cell_parts.parts]
-            cache = None if not entries or isinstance(entries[0], pa.Table) or not getattr(
-                self.store, "persist_derived", True) else Path(entries[0]).parent / "window_sums"
+            cache = self.cell_parts.cache_dir("window_sums") if getattr(self.store, "persist_derived", True) else None
             self._window_sums = windowsums.window_sums(self.cell_parts.parts, self.window_parts, self.vocab,
                                                        self._read_cell_tables, cache)
         return self._window_sums
