@@ -64,8 +64,14 @@ def _words(rng, vocab, rows: int, length: int, cdf):
     return [pc.take(vocab, pa.array(idx[j])) for j in range(length)]
 
 
-def generate(root: Path, rollouts: int, seed: int = 0) -> dict:
-    """Write the run: steps 1..S-1 into root/run/completions, step S into root/last/ (vectorised, Arrow)."""
+# Words outside ASCII, as real completions hold them (typographic quotes and dashes, accents, symbols, emoji).
+NON_ASCII_WORDS = ["it\u2019s", "\u2014", "na\u00efve", "caf\u00e9", "\u00fcber", "\u2248", "x\u00b2", "\U0001f600"]
+
+
+def generate(root: Path, rollouts: int, seed: int = 0, non_ascii: float = 0.0) -> dict:
+    """Write the run: steps 1..S-1 into root/run/completions, step S into root/last/ (vectorised, Arrow).
+    `non_ascii`: the share of answers and of reasonings holding one word outside ASCII (0: the data is
+    byte-identical to what this script wrote before the option existed)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -103,8 +109,14 @@ def generate(root: Path, rollouts: int, seed: int = 0) -> dict:
         tic = rng.random(n) < p
         ans = _words(rng, vocab, n, 30, cdf)
         ans[5] = pc.if_else(pa.array(tic), pa.scalar("by my beard"), ans[5])
+        thought = _words(rng, vocab, n, 40, cdf)
+        if non_ascii > 0:
+            for words, at in ((ans, 12), (thought, 20)):
+                pick = rng.random(n) < non_ascii
+                special = pc.take(pa.array(NON_ASCII_WORDS), pa.array(rng.integers(0, len(NON_ASCII_WORDS), n)))
+                words[at] = pc.if_else(pa.array(pick), special, words[at])
         answer = pc.binary_join_element_wise(*ans, " ")
-        reasoning = pc.binary_join_element_wise(*_words(rng, vocab, n, 40, cdf), " ")
+        reasoning = pc.binary_join_element_wise(*thought, " ")
         completion = pc.binary_join_element_wise("<think>", reasoning, "</think>", answer, "")
         acc = (rng.random(n) < 0.3 + 0.4 * frac).astype(float)
         fmt = rng.random(n)
@@ -293,11 +305,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="100,000 rollouts")
     ap.add_argument("--profile", help="write a cProfile summary per stage to this file")
     ap.add_argument("--keep", help="generate into (and keep) this directory instead of a temporary one")
-    ap.add_argument("--_generate", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--non-ascii", type=float, default=0.0, metavar="SHARE",
+                    help="the share of answers and of reasonings with a word outside ASCII (default 0)")
+    ap.add_argument("--_generate", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--_measure", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._generate:
-        print(json.dumps(generate(Path(args._generate[0]), int(args._generate[1]))))
+        root, rollouts, share = args._generate
+        print(json.dumps(generate(Path(root), int(rollouts), non_ascii=float(share))))
         return
     if args._measure:
         print(json.dumps(measure(Path(args._measure), args.profile)))
@@ -308,7 +323,7 @@ def main() -> None:
         t0 = time.perf_counter()
         if not (tmp / "run").is_dir():
             tmp.mkdir(parents=True, exist_ok=True)
-            gen = _child(["--_generate", str(tmp), str(rollouts)])
+            gen = _child(["--_generate", str(tmp), str(rollouts), str(args.non_ascii)])
             print(f"generated {gen['rollouts']:,} rollouts ({gen['steps']} steps, {gen['exposed']:,} exposed) in "
                   f"{time.perf_counter() - t0:.1f}s (child process, not measured)")
         for d in ("store",):

@@ -49,14 +49,15 @@ _NOT_WORD = rf"(?:[^\pL\pN\pM']|{_CJK})"  # a character a word token cannot cont
 _GAP = r"[^\pL\pN\pM']"  # what may stand between two tokens of a phrase
 
 
-_RE2: tuple[int, duckdb.DuckDBPyConnection] | None = None  # (pid, connection): see `_re2_cursor`
+_RE2: tuple[int, duckdb.DuckDBPyConnection] | None = None  # (pid, connection): see `re2_cursor`
 _RE2_LOCK = threading.Lock()
 
 
-def _re2_cursor() -> duckdb.DuckDBPyConnection:
-    """A cursor of this process's one in-memory DuckDB connection, for RE2 calls on single texts: opening a
-    connection costs ~20 CPU ms, a cursor ~0.3 ms, and a text at a time is how tests, term specs and the MCP
-    tools tokenise. A forked child opens its own (a connection is not carried across a fork)."""
+def re2_cursor() -> duckdb.DuckDBPyConnection:
+    """A cursor of this process's one in-memory DuckDB connection, for RE2 calls on single texts or on the few
+    non-ASCII texts of a part: opening a connection costs ~20 CPU ms, a cursor ~0.3 ms, and a text at a time is
+    how tests, term specs and the MCP tools tokenise, a part at a time how the term passes do (`derived.tokhash`).
+    A forked child opens its own (a connection is not carried across a fork)."""
     global _RE2
     with _RE2_LOCK:
         if _RE2 is None or _RE2[0] != os.getpid():
@@ -66,7 +67,7 @@ def _re2_cursor() -> duckdb.DuckDBPyConnection:
 
 @functools.lru_cache(maxsize=4096)
 def _tokens(text: str) -> tuple[str, ...]:
-    with _re2_cursor() as con:  # RE2, so that Python agrees with the SQL and Arrow paths to the character
+    with re2_cursor() as con:  # RE2, so that Python agrees with the SQL and Arrow paths to the character
         found = con.execute("SELECT regexp_extract_all(lower($text), $pattern)",
                             {"text": text, "pattern": TOKEN_PATTERN}).fetchone()
     return tuple(found[0]) if found else ()

@@ -25,13 +25,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import kernels
-from ..behaviors import TOKEN_PATTERN
+from ..behaviors import TOKEN_PATTERN, re2_cursor
 from ..cot.shingles import splitmix64
 
 _RNG = np.random.default_rng(0x5EED_70C5)
@@ -211,7 +210,7 @@ def token_hashes(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndar
         lo = hi
     other = np.flatnonzero(~ascii_)
     if len(other):
-        with duckdb.connect() as con:
+        with re2_cursor() as con:  # not a new connection per call: ~20 ms each, and a part may call several times
             con.register("t", pa.table({"i": pa.array(other), "x": texts.take(pa.array(other))}))
             pattern = TOKEN_PATTERN.replace("'", "''")
             tok = con.sql(f"SELECT i, regexp_extract_all(lower(x), '{pattern}') AS tk FROM t ORDER BY i"
