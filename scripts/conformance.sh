@@ -31,7 +31,8 @@ generate() {
   if [ -f "$dir/requirements.txt" ]; then
     venv=.venv-conformance/$t
     [ -x "$venv/bin/python" ] || "$PY3" -m venv "$venv"
-    pipq() { "$venv/bin/pip" install -q --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2); }
+    pipq() { "$venv/bin/pip" install -q --no-compile --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location '.*' is ignored" >&2); }
+    # --no-compile as in scripts/_env.sh: a generator imports a small part of what is installed
     # the local CPU torch wheel first, so that no requirement pulls a CUDA build
     if grep -qiE '^torch([=<> ]|$)' "$dir/requirements.txt"; then pipq torch==2.13.0; fi
     pipq -r "$dir/requirements.txt"
