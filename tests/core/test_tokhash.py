@@ -5,6 +5,7 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -119,3 +120,38 @@ def test_validity_of_a_chunked_array_is_read_chunk_by_chunk():
     assert validity(arr.slice(1, 4)).tolist() == [False, False, True, False]
     assert validity(pa.chunked_array([pa.array(["x"])])).tolist() == [True]
     assert validity(pa.chunked_array([], pa.string())).tolist() == []
+
+
+def _every_code_point_in_context() -> list[str]:
+    """Every character of Unicode (no surrogates), each where a token may start, continue, follow an apostrophe
+    and stand alone: 256 characters per text."""
+    chars = [chr(cp) for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF]
+    return [" ".join(f"a{c}b'{c} {c}{c}x '{c}" for c in chars[i:i + 256]) for i in range(0, len(chars), 256)]
+
+
+def test_every_code_point_tokenises_as_the_regex_does() -> None:
+    """The compiled tokeniser of non-ASCII texts (`kernels.unicode_token_hashes` over `tokhash.unicode_tables`)
+    gives, for every character of Unicode in every position a token has, the tokens and hashes of DuckDB's
+    `regexp_extract_all(lower(x), TOKEN_PATTERN)`: its tables come from that DuckDB, so no character class or
+    case mapping of another Unicode version can creep in."""
+    from rlaudit import kernels
+
+    if not kernels.available():
+        pytest.skip("numba is not installed")
+    texts = _every_code_point_in_context()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(kernels.ENV, "numba")
+        assert tokhash.unicode_tables() is not None
+        values, offsets = tokhash.token_hashes(pa.array(texts, pa.string()))
+    for i, want in enumerate(_expected(texts)):
+        assert np.array_equal(values[offsets[i]:offsets[i + 1]], want), i
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.one_of(_TEXT, st.none()), min_size=1, max_size=12))
+def test_tokens_equal_the_regex_tokeniser_without_the_unicode_tables(texts: list[str | None]) -> None:
+    """Where the tables cannot be built (a DuckDB lower-casing a character to several), non-ASCII texts go through
+    the SQL pattern itself: the same tokens."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tokhash, "unicode_tables", lambda: None)
+        _check(texts)

@@ -7,8 +7,9 @@ number of passes. Small loops, each walking its input once, do the same work:
 
 - `ascii_token_hashes`: tokenises ASCII texts and hashes each token (`_tokenise`), bit-identical to
   `tokhash._ascii_tokens` + `tokhash.span_hashes` (a polynomial hash of the case-folded byte codes modulo 2^64,
-  then the length mix and `splitmix64`). Non-ASCII texts still go through DuckDB's RE2 pattern
-  (`tokhash.token_hashes`). Branch-free per byte (~2.4 ns per byte; see `_tokenise`).
+  then the length mix and `splitmix64`). Branch-free per byte (~2.4 ns per byte; see `_tokenise`).
+- `unicode_token_hashes`: the same for texts in any script, a code point at a time, with DuckDB's own lower-casing
+  and RE2's character classes as tables (`tokhash.unicode_tables`), for the non-ASCII texts.
 - `row_term_ids`: per row of token hashes, forms the 1..max_n-gram keys exactly as `tokens.ngram_keys`
   (`tokens._ngram_key` folded left to right), probes the vocabulary's open-addressing table (`tokens._Lookup`'s
   own arrays, so both paths read one table), and emits the distinct term ids of the row, sorted, leaving out
@@ -154,6 +155,103 @@ def _ascii_token_hashes(data, offsets, ends, is_ascii, word, codes, base, len_mi
             out = _grow(out, k + (e - s + 1) // 2 + 2)
         k0 = k
         k = _tokenise(data, s, e, cw, apostrophe, base, len_mix, out, k)
+        counts[t] = k - k0
+    return out[:k], counts
+
+
+#: `_unicode_tokenise`'s classes of a (lower-cased) code point: a word character, a character that is a token on
+#: its own (CJK). Both may hold (a Han numeral): it continues a word, and starts a token of its own.
+WORD_CLASS, SINGLE_CLASS = 1, 2
+
+
+def _decode(data, j, e):
+    """(code point, its byte length) of the UTF-8 character at data[j] (j < e); a truncated or stray byte is
+    read as itself, one byte (Arrow strings are valid UTF-8; this only keeps a bad buffer in bounds)."""
+    b = np.int64(data[j])
+    if b < 0x80:
+        return b, 1
+    n = 2 if (b & 0xE0) == 0xC0 else 3 if (b & 0xF0) == 0xE0 else 4 if (b & 0xF8) == 0xF0 else 1
+    if n == 1 or j + n > e:
+        return b, 1
+    cp = b & (0x7F >> n)
+    for q in range(1, n):
+        cp = (cp << 6) | (np.int64(data[j + q]) & 0x3F)
+    return cp, n
+
+
+def _add_code_point(cp, codes, base, h, p, n):
+    """The token state (hash so far, base^length, length in bytes) after the UTF-8 bytes of `cp`."""
+    if cp < 0x80:
+        return h + codes[cp] * p, p * base, n + np.uint64(1)
+    if cp < 0x800:
+        lead, rest = 0xC0 | (cp >> 6), 1
+    elif cp < 0x10000:
+        lead, rest = 0xE0 | (cp >> 12), 2
+    else:
+        lead, rest = 0xF0 | (cp >> 18), 3
+    h += codes[lead] * p
+    p *= base
+    for q in range(rest - 1, -1, -1):
+        h += codes[0x80 | ((cp >> (6 * q)) & 0x3F)] * p
+        p *= base
+    return h, p, n + np.uint64(rest + 1)
+
+
+def _unicode_token_hashes(data, offsets, take, lower, classes, codes, base, len_mix):
+    """(hashes, per-text token counts) of the texts data[offsets[t]:offsets[t + 1]] with take[t] (others: no
+    tokens): the tokens of `behaviors.TOKEN_PATTERN` over the lower-cased text, hashed as `tokhash.span_hashes`
+    hashes the lower-cased token's UTF-8 bytes, by one pass over the code points. `lower` and `classes` are
+    tables over all code points taken from DuckDB itself (`tokhash.unicode_tables`): its `lower` of each code
+    point and whether RE2 matches the lowered code point with the pattern's word or single-character class.
+
+    The pattern's meaning, left to right: a single-class character where no token is open is a token; a word
+    character opens a token or continues the open one; an apostrophe continues it when a word character follows;
+    anything else closes it (and is looked at again as if no token were open)."""
+    n_texts = len(offsets) - 1
+    counts = np.zeros(n_texts, np.int64)
+    out = np.empty(16, np.uint64)
+    k = 0
+    zero, one = np.uint64(0), np.uint64(1)
+    for t in range(n_texts):
+        if not take[t]:
+            continue
+        s, e = offsets[t], offsets[t + 1]
+        if k + (e - s) + 2 > len(out):  # at most a token per byte
+            out = _grow(out, k + (e - s) + 2)
+        k0 = k
+        open_ = False
+        h, p, n = zero, one, zero
+        j = s
+        while j < e:
+            cp, width = _decode(data, j, e)
+            lc = lower[cp]
+            c = classes[lc]
+            if open_ and c & WORD_CLASS:
+                h, p, n = _add_code_point(lc, codes, base, h, p, n)
+                j += width
+                continue
+            if open_ and lc == 0x27 and j + 1 < e:
+                nxt, _ = _decode(data, j + 1, e)
+                if classes[lower[nxt]] & WORD_CLASS:
+                    h, p, n = _add_code_point(lc, codes, base, h, p, n)
+                    j += width
+                    continue
+            if open_:  # the token ends before this character, which is looked at afresh
+                out[k] = _splitmix64(h ^ (n * len_mix))
+                k += 1
+                open_ = False
+                h, p, n = zero, one, zero
+            if c & SINGLE_CLASS:
+                h1, _, n1 = _add_code_point(lc, codes, base, zero, one, zero)
+                out[k] = _splitmix64(h1 ^ (n1 * len_mix))
+                k += 1
+            elif c & WORD_CLASS:
+                open_ = True
+                h, p, n = _add_code_point(lc, codes, base, zero, one, zero)
+            j += width
+        if open_:
+            out[k] = _splitmix64(h ^ (n * len_mix))
+            k += 1
         counts[t] = k - k0
     return out[:k], counts
 
@@ -626,7 +724,8 @@ def _build() -> SimpleNamespace:
     glob = globals()
     # helpers are looked up as globals when the kernels compile: jitted versions must be in place first
     for name in ("_splitmix64", "_grow", "_ngram_keys_at", "_word_codes", "_set_ids", "_probe", "_close_bin",
-                 "_fold", "_fold_records", "_fold_start", "_fold_result", "_fold_constants"):
+                 "_fold", "_fold_records", "_fold_start", "_fold_result", "_fold_constants", "_decode",
+                 "_add_code_point"):
         glob[name] = jit(getattr(glob[name], "py_func", glob[name]))
     glob["_tokenise"] = jit(getattr(_tokenise, "py_func", _tokenise), inline="always")
     from numba.cpython.unsafe.numbers import trailing_zeros
@@ -642,6 +741,7 @@ def _build() -> SimpleNamespace:
     u8, i32, i64, u64, b1 = ro(t.uint8), ro(t.int32), ro(t.int64), ro(t.uint64), ro(t.boolean)
     return SimpleNamespace(
         ascii_token_hashes=jit(_ascii_token_hashes, (u8, i64, i64, b1, b1, u64, t.uint64, t.uint64)),
+        unicode_token_hashes=jit(_unicode_token_hashes, (u8, i64, b1, i32, u8, u64, t.uint64, t.uint64)),
         term_ids=jit(_term_ids, (u8, i64, i64, i64, u64, i64, b1, u64, t.uint64, t.uint64, t.int64,
                                  i32, u64, i64, i64, i32, t.int64, t.int64, i32, u64, i64, i64, i32, t.int64,
                                  i64, i64, i32)),
@@ -668,6 +768,17 @@ def ascii_token_hashes(data: np.ndarray, offsets: np.ndarray, is_ascii: np.ndarr
     ends = np.zeros(0, np.int64) if ends is None else c(ends, np.int64)
     return compiled().ascii_token_hashes(c(data, np.uint8), c(offsets, np.int64), ends, c(is_ascii, np.bool_),
                                          word, codes, np.uint64(base), np.uint64(len_mix))
+
+
+def unicode_token_hashes(data: np.ndarray, offsets: np.ndarray, take: np.ndarray, lower: np.ndarray,
+                         classes: np.ndarray, codes: np.ndarray, base: int, len_mix: np.uint64
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """(uint64 token hashes, int64 token count per text) of the texts with `take` of a UTF-8 buffer with text
+    offsets, any script (see `_unicode_token_hashes`; `tokhash.token_hashes` gives it its non-ASCII texts)."""
+    c = np.ascontiguousarray
+    return compiled().unicode_token_hashes(c(data, np.uint8), c(offsets, np.int64), c(take, np.bool_),
+                                           c(lower, np.int32), c(classes, np.uint8), c(codes, np.uint64),
+                                           np.uint64(base), np.uint64(len_mix))
 
 
 def gather_spans(data: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

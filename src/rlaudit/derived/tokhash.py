@@ -9,8 +9,10 @@ byte is a word character when it is a letter or digit; an apostrophe joins a tok
 both sides of it (the `'W+` repeats of the pattern); tokens break at text boundaries. That is the pattern
 restricted to ASCII, where `\\pL` and `\\pN` are `[A-Za-z]` and `[0-9]`, there are no marks and no CJK, and
 lower-casing is ASCII lower-casing. Where numba is installed (`rlaudit.kernels`), one compiled loop over the bytes
-does the same and gives the same hashes. Other texts go through the RE2 pattern in DuckDB, as before. The property
-test in tests/core/test_tokhash.py checks both paths against `behaviors.tokenize` on random unicode text.
+does the same and gives the same hashes. Other texts: with numba, one compiled pass over their code points with
+DuckDB's own case mapping and RE2's classes as tables (`unicode_tables`); without, the RE2 pattern in DuckDB. The
+property tests in tests/core/test_tokhash.py check every path against `behaviors.tokenize` on random unicode text,
+and the compiled one on every character of Unicode.
 
 Hashes (`span_hashes`): a polynomial hash of the token's bytes modulo 2^64 with a random odd base over
 random 64-bit byte codes (ASCII letters folded to lower case), computed for all tokens at once from prefix sums,
@@ -22,6 +24,7 @@ pairs (Thue-Morse strings of 2,048 bytes and more), which no tokeniser output of
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -180,6 +183,59 @@ def text_term_ids(texts: pa.Array | pa.ChunkedArray, max_n: int, lookup: Any, n_
                          lookup, n_ids, exclude, keys)
 
 
+_UNICODE_TABLES: list = []  # [(lower, classes)] once built, [None] where they cannot be (see `unicode_tables`)
+_UNICODE_LOCK = threading.Lock()
+
+
+def unicode_tables() -> tuple[np.ndarray, np.ndarray] | None:
+    """(lower: int32 code point -> its lower case, classes: uint8 per code point, `kernels.WORD_CLASS` and
+    `kernels.SINGLE_CLASS` bits) over all of Unicode, as this process's DuckDB sees them: `lower(chr(cp))` and
+    whether RE2 fully matches chr(cp) with `behaviors`' word and single-character classes. The compiled
+    tokeniser of non-ASCII texts reads them, so that it tokenises exactly as `regexp_extract_all(lower(x),
+    TOKEN_PATTERN)` does in this DuckDB, whatever Unicode version its RE2 and case tables follow; one query over
+    1.1M code points (~0.2 s), once per process. None (the caller then runs that SQL) where DuckDB lower-cases a
+    code point to more than one."""
+    with _UNICODE_LOCK:
+        if not _UNICODE_TABLES:
+            _UNICODE_TABLES.append(_build_unicode_tables())
+        return _UNICODE_TABLES[0]
+
+
+def _build_unicode_tables() -> tuple[np.ndarray, np.ndarray] | None:
+    from ..behaviors import _CJK, _WORD as WORD_CLASS_RE2
+
+    size = 0x110000
+    with re2_cursor() as con:  # surrogates are not characters (chr fails): they keep the defaults
+        tab = con.sql(f"""SELECT cp::INTEGER AS cp, lower(chr(cp::INTEGER)) AS l,
+                                 regexp_full_match(chr(cp::INTEGER), '{WORD_CLASS_RE2}') AS word,
+                                 regexp_full_match(chr(cp::INTEGER), '{_CJK}') AS single
+                          FROM range(0, {size}) t(cp) WHERE cp < 55296 OR cp > 57343""").to_arrow_table()
+    lowered = tab.column("l").combine_chunks()
+    if pc.max(pc.utf8_length(lowered)).as_py() != 1:
+        return None
+    cps = np.asarray(tab.column("cp").to_numpy(), np.int64)
+    data, _ = _buffers(lowered)
+    lower = np.arange(size, dtype=np.int32)
+    lower[cps] = _code_points(data, len(cps))
+    classes = np.zeros(size, np.uint8)
+    classes[cps] = (np.asarray(tab.column("word").to_numpy(zero_copy_only=False), np.uint8) * kernels.WORD_CLASS
+                    | np.asarray(tab.column("single").to_numpy(zero_copy_only=False), np.uint8) * kernels.SINGLE_CLASS)
+    return lower, classes
+
+
+def _code_points(data: np.ndarray, n: int) -> np.ndarray:
+    """The code points of a UTF-8 buffer of n single characters (numpy: the tables' build only)."""
+    b = data.astype(np.int64)
+    lead = np.flatnonzero((b & 0xC0) != 0x80)
+    width = np.diff(np.append(lead, len(b)))
+    assert len(lead) == n
+    cp = b[lead] & np.choose(width - 1, [0x7F, 0x1F, 0x0F, 0x07])
+    for q in range(1, 4):
+        more = width > q
+        cp[more] = (cp[more] << 6) | (b[lead[more] + q] & 0x3F)
+    return cp.astype(np.int32)
+
+
 def token_hashes(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """(flat uint64 token hashes, int64 offsets per text) of the tokens of each text (nulls: no tokens)."""
     if isinstance(texts, pa.ChunkedArray):
@@ -209,7 +265,12 @@ def token_hashes(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndar
         hashes.append(h[keep])
         lo = hi
     other = np.flatnonzero(~ascii_)
-    if len(other):
+    tables = unicode_tables() if len(other) and kernels.use_numba() else None
+    if tables is not None:  # the other texts: a compiled pass over their code points (the same tokens and hashes)
+        h, counts = kernels.unicode_token_hashes(data, offsets, ~ascii_, *tables, _CODES, _BASE, _LEN_MIX)
+        rows.append(np.repeat(other.astype(np.int64), counts[other]))
+        hashes.append(h)
+    elif len(other):
         with re2_cursor() as con:  # not a new connection per call: ~20 ms each, and a part may call several times
             con.register("t", pa.table({"i": pa.array(other), "x": texts.take(pa.array(other))}))
             pattern = TOKEN_PATTERN.replace("'", "''")
