@@ -479,3 +479,31 @@ def test_texts_tokenised_where_they_lie_in_the_completion_give_the_same_results(
         got = scan_batches(table_batches(part, 3, params.batch_rows, spans=True), params, lambda i: True)
         assert got.to_pylist() == expected.to_pylist()
     assert {r["rollout_id"] for r in expected.to_pylist() if r["exposed"] and not r["chance"]} == set(truth)
+
+
+@needs_numba
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.one_of(_TEXT, st.text(max_size=20)), min_size=1, max_size=12),
+       st.sampled_from(["", " ", "é", "\u2014", "中", "😀"]))
+def test_ascii_spans_in_a_buffer_that_is_not_read_in_place_and_the_others_cut(texts, between):
+    """A completion buffer holding non-ASCII text: with `ascii_rows`, the ASCII spans are tokenised where they
+    lie (next to non-ASCII bytes, which must not leak into their last token) and the others cut and lower-cased
+    (`shingles._mixed_tokens`); the same tokens as `hashed_tokens` of the cut texts by the numpy path. Without
+    `ascii_rows` such a buffer is left to the caller (None)."""
+    from rlaudit.cot.shingles import span_tokens
+
+    pieces = [t.encode() for t in texts]
+    glue = between.encode()
+    buf = np.frombuffer(b"".join(p + glue for p in pieces) + b"\xc3\xa9", np.uint8)  # never all ASCII
+    starts = np.cumsum([0] + [len(p) + len(glue) for p in pieces[:-1]]).astype(np.int64)
+    ends = starts + np.array([len(p) for p in pieces], np.int64)
+    ascii_rows = np.array([t.isascii() for t in texts])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(kernels.ENV, "numba")
+        assert span_tokens(buf, starts, ends) is None
+        got = span_tokens(buf, starts, ends, ascii_rows)
+        got_whole = hashed_tokens(pa.array(texts, pa.string()))
+        mp.setenv(kernels.ENV, "numpy")
+        want = hashed_tokens(pa.array(texts, pa.string()))
+    for hashes, offsets in (got, got_whole):
+        assert np.array_equal(offsets, want[1]) and np.array_equal(hashes, want[0])

@@ -344,11 +344,17 @@ def _tokens(batch: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
         return hashed_tokens(batch.column(name))
     text = batch.column(name)
     if text.null_count == len(text):  # every text is a span of its completion (or absent)
-        data, lo, hi, _ = span_ranges(batch.column("completion"), batch.column(start), batch.column(end))
-        hashed = span_tokens(data, lo, hi)
+        completion = batch.column("completion")
+        data, lo, hi, _ = span_ranges(completion, batch.column(start), batch.column(end))
+        hashed = span_tokens(data, lo, hi, _is_ascii(completion))
         if hashed is not None:
             return hashed
     return hashed_tokens(to_canonical(batch.select([name, "completion", start, end])).column(name))
+
+
+def _is_ascii(texts: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Per text, whether it is ASCII (so is every span within it); a null text too (its spans are empty)."""
+    return np.asarray(pc.fill_null(pc.string_is_ascii(texts), True).to_numpy(zero_copy_only=False), bool)
 
 
 def _text_offsets(shingles: Any, k: int) -> np.ndarray:
