@@ -6,6 +6,7 @@ Hypothesis profile (tests/conftest.py); the numba cases are skipped when numba i
 from __future__ import annotations
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
@@ -141,8 +142,44 @@ def test_scan_flags_and_has_reasoning(texts: list[str | None]) -> None:
     place = tokens._Place(data, lo, hi, validity(arr))
     con = _CON.cursor()
     got = tokens._has_reasoning(con, place, found)
-    for name in styles.NON_ASCII_STYLES:  # asked of the non-ASCII texts only, cut out
-        assert tokens._non_ascii_style(place, found, name).to_pylist() == _sql(texts, name)
+    with pytest.MonkeyPatch.context() as mp:  # the non-ASCII texts only, where they lie
+        mp.setenv(kernels.ENV, "numba")
+        non_ascii = styles.code_point_styles(data, lo, hi, place.valid & ~found.ascii)
+    for name in styles.NON_ASCII_STYLES:
+        assert non_ascii[name].to_pylist() == _sql(texts, name)
     con.register("x", pa.table({"i": pa.array(range(len(texts))), "reasoning": arr}))
     want = [r[0] for r in con.execute(f"SELECT {tokens._HAS_REASONING} FROM x ORDER BY i").fetchall()]
     assert got.tolist() == want, [(t, g, w) for t, g, w in zip(texts, got.tolist(), want) if g != w]
+
+
+def test_non_ascii_styles_of_every_code_point_are_the_regex_values() -> None:
+    """`styles.code_point_styles` (a compiled pass with a table per code point built from DuckDB's RE2) gives
+    `Behavior.sql`'s value of each NON_ASCII_STYLES feature for every character of Unicode, alone or among ASCII
+    and other non-ASCII text, where the texts lie in a larger buffer, and 0 for texts not taken."""
+    import duckdb
+
+    from rlaudit import kernels
+    from rlaudit.behaviors import parse_behavior
+
+    if not kernels.available():
+        pytest.skip("numba is not installed")
+    chars = [chr(cp) for cp in range(0x80, 0x110000) if not 0xD800 <= cp <= 0xDFFF]
+    texts = [f"ab {c} \u00e9" for c in chars] + ["", "plain ascii", "caf\u00e9", "\u4e2d\u6587 \U0001f600"]
+    arr = pa.array(texts, pa.string())
+    data = np.frombuffer(arr.buffers()[2], np.uint8)
+    offsets = np.frombuffer(arr.buffers()[1], np.int32).astype(np.int64)
+    take = np.ones(len(texts), bool)
+    take[-3] = False  # not taken: 0 whatever it holds
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(kernels.ENV, "numba")
+        got = styles.code_point_styles(data, offsets[:-1], offsets[1:], take)
+    with duckdb.connect() as con:
+        con.register("t", pa.table({"x": arr}))
+        for name in styles.NON_ASCII_STYLES:
+            want = np.asarray(con.sql(f"SELECT {parse_behavior(f'style:{name}').sql('x')} FROM t").to_arrow_table()
+                              .column(0).to_numpy(zero_copy_only=False), np.float64)
+            want[-3] = 0.0
+            values = np.asarray(got[name].to_numpy(zero_copy_only=False))
+            bad = np.flatnonzero(values != want)
+            assert not len(bad), (name, [texts[i] for i in bad[:5]])
+            assert want.sum() > 1000  # the classes are not empty: the comparison means something

@@ -197,9 +197,9 @@ def _add_code_point(cp, codes, base, h, p, n):
     return h, p, n + np.uint64(rest + 1)
 
 
-def _unicode_token_hashes(data, offsets, take, lower, classes, codes, base, len_mix):
-    """(hashes, per-text token counts) of the texts data[offsets[t]:offsets[t + 1]] with take[t] (others: no
-    tokens): the tokens of `behaviors.TOKEN_PATTERN` over the lower-cased text, hashed as `tokhash.span_hashes`
+def _unicode_token_hashes(data, starts, ends, take, lower, classes, codes, base, len_mix):
+    """(hashes, per-text token counts) of the texts data[starts[t]:ends[t]] with take[t] (others: no tokens),
+    where they lie: the tokens of `behaviors.TOKEN_PATTERN` over the lower-cased text, hashed as `tokhash.span_hashes`
     hashes the lower-cased token's UTF-8 bytes, by one pass over the code points. `lower` and `classes` are
     tables over all code points taken from DuckDB itself (`tokhash.unicode_tables`): its `lower` of each code
     point and whether RE2 matches the lowered code point with the pattern's word or single-character class.
@@ -207,7 +207,7 @@ def _unicode_token_hashes(data, offsets, take, lower, classes, codes, base, len_
     The pattern's meaning, left to right: a single-class character where no token is open is a token; a word
     character opens a token or continues the open one; an apostrophe continues it when a word character follows;
     anything else closes it (and is looked at again as if no token were open)."""
-    n_texts = len(offsets) - 1
+    n_texts = len(starts)
     counts = np.zeros(n_texts, np.int64)
     out = np.empty(16, np.uint64)
     k = 0
@@ -215,7 +215,7 @@ def _unicode_token_hashes(data, offsets, take, lower, classes, codes, base, len_
     for t in range(n_texts):
         if not take[t]:
             continue
-        s, e = offsets[t], offsets[t + 1]
+        s, e = starts[t], ends[t]
         if k + (e - s) + 2 > len(out):  # at most a token per byte
             out = _grow(out, k + (e - s) + 2)
         k0 = k
@@ -254,6 +254,27 @@ def _unicode_token_hashes(data, offsets, take, lower, classes, codes, base, len_
             k += 1
         counts[t] = k - k0
     return out[:k], counts
+
+
+def _code_point_flags(data, starts, ends, take, table):
+    """Per text data[starts[t]:ends[t]] with take[t], the OR of table[cp] over its code points (0 elsewhere):
+    which of several character classes the text holds a character of, in one pass (`styles.code_point_styles`)."""
+    n_texts = len(starts)
+    out = np.zeros(n_texts, np.uint8)
+    for t in range(n_texts):
+        if not take[t]:
+            continue
+        j, e = starts[t], ends[t]
+        found = np.uint8(0)
+        while j < e:
+            if data[j] < 0x80:  # ASCII bytes: no class of these holds one (the caller's table says so)
+                j += 1
+                continue
+            cp, width = _decode(data, j, e)
+            found |= table[cp]
+            j += width
+        out[t] = found
+    return out
 
 
 def _gather_spans(data, lo, hi):
@@ -741,7 +762,8 @@ def _build() -> SimpleNamespace:
     u8, i32, i64, u64, b1 = ro(t.uint8), ro(t.int32), ro(t.int64), ro(t.uint64), ro(t.boolean)
     return SimpleNamespace(
         ascii_token_hashes=jit(_ascii_token_hashes, (u8, i64, i64, b1, b1, u64, t.uint64, t.uint64)),
-        unicode_token_hashes=jit(_unicode_token_hashes, (u8, i64, b1, i32, u8, u64, t.uint64, t.uint64)),
+        unicode_token_hashes=jit(_unicode_token_hashes, (u8, i64, i64, b1, i32, u8, u64, t.uint64, t.uint64)),
+        code_point_flags=jit(_code_point_flags, (u8, i64, i64, b1, u8)),
         term_ids=jit(_term_ids, (u8, i64, i64, i64, u64, i64, b1, u64, t.uint64, t.uint64, t.int64,
                                  i32, u64, i64, i64, i32, t.int64, t.int64, i32, u64, i64, i64, i32, t.int64,
                                  i64, i64, i32)),
@@ -770,15 +792,28 @@ def ascii_token_hashes(data: np.ndarray, offsets: np.ndarray, is_ascii: np.ndarr
                                          word, codes, np.uint64(base), np.uint64(len_mix))
 
 
-def unicode_token_hashes(data: np.ndarray, offsets: np.ndarray, take: np.ndarray, lower: np.ndarray,
-                         classes: np.ndarray, codes: np.ndarray, base: int, len_mix: np.uint64
+def unicode_token_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, take: np.ndarray,
+                         lower: np.ndarray, classes: np.ndarray, codes: np.ndarray, base: int, len_mix: np.uint64
                          ) -> tuple[np.ndarray, np.ndarray]:
-    """(uint64 token hashes, int64 token count per text) of the texts with `take` of a UTF-8 buffer with text
-    offsets, any script (see `_unicode_token_hashes`; `tokhash.token_hashes` gives it its non-ASCII texts)."""
+    """(uint64 token hashes, int64 token count per text) of the texts data[starts[t]:ends[t]] with `take` of a
+    UTF-8 buffer, any script, where they lie (see `_unicode_token_hashes`; `tokhash` gives it the non-ASCII
+    texts)."""
     c = np.ascontiguousarray
-    return compiled().unicode_token_hashes(c(data, np.uint8), c(offsets, np.int64), c(take, np.bool_),
+    return compiled().unicode_token_hashes(c(data, np.uint8), c(starts, np.int64), c(ends, np.int64),
+                                           c(take, np.bool_),
                                            c(lower, np.int32), c(classes, np.uint8), c(codes, np.uint64),
                                            np.uint64(base), np.uint64(len_mix))
+
+
+def code_point_flags(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, take: np.ndarray,
+                     table: np.ndarray) -> np.ndarray:
+    """uint8 per text data[starts[t]:ends[t]] with `take`: the OR of `table` (uint8 per code point, 0 for ASCII
+    ones) over the text's non-ASCII code points (see `_code_point_flags`)."""
+    c = np.ascontiguousarray
+    if np.any(table[:0x80]):
+        raise ValueError("code_point_flags reads non-ASCII characters only: the table must be 0 below 0x80")
+    return compiled().code_point_flags(c(data, np.uint8), c(starts, np.int64), c(ends, np.int64), c(take, np.bool_),
+                                       c(table, np.uint8))
 
 
 def gather_spans(data: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:

@@ -917,9 +917,12 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
                                        pt_start, pi)
     for where in WHERES:  # the length feature is the token count (`style:length`)
         r = r.append_column(f"{where}__length", pa.array(lengths[where].astype(np.float64)))
+        if compiled:  # where they lie, the non-ASCII texts only
+            place = places[where]
+            non_ascii = styles.code_point_styles(place.data, place.lo, place.hi, place.valid & ~scans[where].ascii)
         for name in styles.NON_ASCII_STYLES:
-            r = r.append_column(f"{where}__{name}", _non_ascii_style(places[where], scans[where], name)
-                                if compiled else styles.non_ascii_style(texts[where], name))
+            r = r.append_column(f"{where}__{name}", non_ascii[name] if compiled
+                                else styles.non_ascii_style(texts[where], name))
         for name, values in (scans[where].values if compiled else styles.byte_styles(texts[where])).items():
             r = r.append_column(f"{where}__{name}", values)
     style_cols = [col for col, _, _ in style_columns()]
@@ -1021,15 +1024,6 @@ def _has_reasoning(con: duckdb.DuckDBPyConnection, reasoning: _Place, found: sty
         got = con.sql(f"SELECT {_HAS_REASONING} FROM _ask").to_arrow_table().column(0)
         out[ask] = np.asarray(got.to_numpy(zero_copy_only=False), bool)
     return out
-
-
-def _non_ascii_style(place: _Place, found: styles.Scan, name: str) -> pa.Array:
-    """`styles.non_ascii_style` of a place's texts: only the non-ASCII ones are cut out and asked."""
-    ask = np.flatnonzero(place.valid & ~found.ascii)
-    out = np.zeros(len(place.valid))
-    if len(ask):
-        out[ask] = np.asarray(styles.non_ascii_style(place.strings(ask), name).to_numpy(zero_copy_only=False))
-    return pa.array(out)
 
 
 def _step_term_counts(cell: np.ndarray, n_cells: int, lists: dict[str, tuple[np.ndarray, np.ndarray]],

@@ -133,8 +133,8 @@ def _ascii_tokens(data: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np
 def span_token_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, is_ascii: np.ndarray,
                       cut: Callable[[np.ndarray], pa.Array]) -> tuple[np.ndarray, np.ndarray] | None:
     """`token_hashes` of the texts data[starts[i]:ends[i]] where they lie (answers and reasonings within their
-    completions), with the compiled kernel: ASCII texts tokenised in place, the others (`is_ascii` false; few)
-    cut out (`cut(rows)`: their strings) and tokenised as `token_hashes` does. None where numba is not used:
+    completions), with the compiled kernels: ASCII texts tokenised in place, the others (`is_ascii` false) by the
+    Unicode pass, also in place (`_other_hashes`; cut out by `cut(rows)` only where its tables cannot be built). None where numba is not used:
     the caller then cuts every text and calls `token_hashes`. The same hashes and offsets."""
     if not kernels.use_numba():
         return None
@@ -145,12 +145,26 @@ def span_token_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, is
     if not len(other):
         np.cumsum(counts, out=out_offsets[1:])
         return h, out_offsets
-    o_values, o_offsets = token_hashes(cut(other))
+    o_values, o_offsets = _other_hashes(data, starts, ends, other, cut)
     row = np.concatenate([np.repeat(np.arange(n_texts, dtype=np.int64), counts),
                           np.repeat(other.astype(np.int64), np.diff(o_offsets))])
     order = np.argsort(row, kind="stable")
     np.cumsum(np.bincount(row, minlength=n_texts), out=out_offsets[1:])
     return np.concatenate([h, o_values])[order], out_offsets
+
+
+def _other_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, rows: np.ndarray,
+                  cut: Callable[[np.ndarray], pa.Array]) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes, offsets) of the tokens of the texts `rows` (non-ASCII ones) of a buffer: where they lie, by the
+    compiled Unicode pass (`unicode_tables`), else cut out (`cut(rows)`) and tokenised by `token_hashes`."""
+    tables = unicode_tables()
+    if tables is None:
+        return token_hashes(cut(rows))
+    take = np.ones(len(rows), np.bool_)
+    h, counts = kernels.unicode_token_hashes(data, starts[rows], ends[rows], take, *tables, _CODES, _BASE, _LEN_MIX)
+    offsets = np.zeros(len(rows) + 1, np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    return h, offsets
 
 
 def span_term_ids(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, is_ascii: np.ndarray,
@@ -160,12 +174,13 @@ def span_term_ids(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, is_asc
     """(int64 token count per text, int64 offsets per text, int32 term ids): the token counts of
     `span_token_hashes` and `kernels.row_term_ids` of its hashes (`lookup`, `exclude`, `keys` as there), in one
     compiled pass per text (`kernels.term_ids`): an ASCII text's tokens are hashed and looked up where they are
-    found, without an array of every token's hash; the others (`is_ascii` false; few) are cut out (`cut(rows)`)
-    and tokenised as `token_hashes` does. Compiled only (numba)."""
+    found, without an array of every token's hash; the others (`is_ascii` false) are hashed first, where they lie
+    (`_other_hashes`). Compiled only (numba)."""
     other = np.flatnonzero(~np.asarray(is_ascii, bool))
     given = np.full(len(starts), -1, np.int64)
     given[other] = np.arange(len(other))
-    hashes = token_hashes(cut(other)) if len(other) else (np.zeros(0, np.uint64), np.zeros(1, np.int64))
+    hashes = _other_hashes(data, starts, ends, other, cut) if len(other) else (np.zeros(0, np.uint64),
+                                                                                np.zeros(1, np.int64))
     return kernels.term_ids(data, starts, ends, given, hashes, _WORD, _CODES, max_n, lookup, n_ids, exclude, keys,
                             base=_BASE, len_mix=int(_LEN_MIX))
 
@@ -267,7 +282,8 @@ def token_hashes(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndar
     other = np.flatnonzero(~ascii_)
     tables = unicode_tables() if len(other) and kernels.use_numba() else None
     if tables is not None:  # the other texts: a compiled pass over their code points (the same tokens and hashes)
-        h, counts = kernels.unicode_token_hashes(data, offsets, ~ascii_, *tables, _CODES, _BASE, _LEN_MIX)
+        h, counts = kernels.unicode_token_hashes(data, offsets[:-1], offsets[1:], ~ascii_, *tables, _CODES, _BASE,
+                                                 _LEN_MIX)
         rows.append(np.repeat(other.astype(np.int64), counts[other]))
         hashes.append(h)
     elif len(other):
