@@ -221,34 +221,20 @@ def _build_unicode_tables() -> tuple[np.ndarray, np.ndarray] | None:
 
     size = 0x110000
     with re2_cursor() as con:  # surrogates are not characters (chr fails): they keep the defaults
-        tab = con.sql(f"""SELECT cp::INTEGER AS cp, lower(chr(cp::INTEGER)) AS l,
+        tab = con.sql(f"""SELECT cp::INTEGER AS cp, unicode(lower(chr(cp::INTEGER))) AS l,
+                                 length(lower(chr(cp::INTEGER))) AS n,
                                  regexp_full_match(chr(cp::INTEGER), '{WORD_CLASS_RE2}') AS word,
                                  regexp_full_match(chr(cp::INTEGER), '{_CJK}') AS single
                           FROM range(0, {size}) t(cp) WHERE cp < 55296 OR cp > 57343""").to_arrow_table()
-    lowered = tab.column("l").combine_chunks()
-    if pc.max(pc.utf8_length(lowered)).as_py() != 1:
+    if pc.max(tab.column("n")).as_py() != 1:
         return None
     cps = np.asarray(tab.column("cp").to_numpy(), np.int64)
-    data, _ = _buffers(lowered)
     lower = np.arange(size, dtype=np.int32)
-    lower[cps] = _code_points(data, len(cps))
+    lower[cps] = np.asarray(tab.column("l").to_numpy(), np.int32)
     classes = np.zeros(size, np.uint8)
     classes[cps] = (np.asarray(tab.column("word").to_numpy(zero_copy_only=False), np.uint8) * kernels.WORD_CLASS
                     | np.asarray(tab.column("single").to_numpy(zero_copy_only=False), np.uint8) * kernels.SINGLE_CLASS)
     return lower, classes
-
-
-def _code_points(data: np.ndarray, n: int) -> np.ndarray:
-    """The code points of a UTF-8 buffer of n single characters (numpy: the tables' build only)."""
-    b = data.astype(np.int64)
-    lead = np.flatnonzero((b & 0xC0) != 0x80)
-    width = np.diff(np.append(lead, len(b)))
-    assert len(lead) == n
-    cp = b[lead] & np.choose(width - 1, [0x7F, 0x1F, 0x0F, 0x07])
-    for q in range(1, 4):
-        more = width > q
-        cp[more] = (cp[more] << 6) | (b[lead[more] + q] & 0x3F)
-    return cp.astype(np.int32)
 
 
 def token_hashes(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
