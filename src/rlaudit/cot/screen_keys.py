@@ -27,7 +27,7 @@ from ..derived import segments
 from ..layout import read_columns, to_canonical
 from ..memory import workers
 from ..store import Store, listing, prune_cached, write_cached
-from ..text import byte_spans, span_ranges, validity
+from ..text import byte_spans, cut_ranges, span_ranges, validity
 from . import kernels as _kernels
 from .screen_sets import save_sets
 from .shingles import byte_span_hashes
@@ -159,10 +159,12 @@ def _answer_keys(table: pa.Table, spans: bool) -> np.ndarray:
         cdata, lo, hi, _ = span_ranges(table.column("completion"), start, table.column("_answer_end"))
         span_ck, span_other = _kernels.answer_hashes(cdata, lo, hi, _WHITESPACE)
         ck, other = np.where(valid, span_ck, ck), np.where(valid, span_other, other)
-    rows = np.flatnonzero(other)
-    if len(rows):  # non-ASCII answers: Arrow's utf8_lower, then the numpy hash
-        subset = table.take(pa.array(rows)).select(read_columns(["answer"]) if spans else ["answer"])
-        ck[rows] = answer_hash((to_canonical(subset) if spans else subset).column("answer"))
+    in_place = np.flatnonzero(other & valid)
+    if len(in_place):  # non-ASCII answers that are spans: cut from the completions, Arrow's utf8_lower, the numpy hash
+        ck[in_place] = answer_hash(cut_ranges(cdata, lo[in_place], hi[in_place], np.ones(len(in_place), bool)))
+    rows = np.flatnonzero(other & ~valid)
+    if len(rows):  # non-ASCII answers logged apart
+        ck[rows] = answer_hash(table.column("answer").take(pa.array(rows)))
     return ck
 
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import kernels as _kernels
-from ..derived.kernels import gather_spans
+from ..text import cut_ranges
 
 _NON_WORD = r"[^\p{L}\p{N}]+"  # RE2 (Arrow) spelling
 _SINGLE_RE2 = r"([\p{Han}\p{Hiragana}\p{Katakana}])"  # each such character is a token of its own
@@ -234,8 +234,7 @@ def _mixed_tokens(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, ascii_
     n = len(starts)
     asc, other = np.flatnonzero(ascii_rows), np.flatnonzero(~ascii_rows)
     h_a, c_a = _kernels.token_hashes(data, starts[asc], _WORD_BYTE, _SEPARATOR, _SINGLE, ends=ends[asc], ascii=True)
-    cut, cut_offsets = gather_spans(data, starts[other], ends[other]) or _cut(data, starts[other], ends[other])
-    texts = pa.StringArray.from_buffers(len(other), pa.py_buffer(cut_offsets.astype(np.int32)), pa.py_buffer(cut))
+    texts = cut_ranges(data, starts[other], ends[other], np.ones(len(other), bool))
     seg, bounds = _utf8_buffer(pc.utf8_lower(texts))
     h_o, c_o = _kernels.token_hashes(seg, bounds, _WORD_BYTE, _SEPARATOR, _SINGLE, ascii=False)
     row = np.concatenate([np.repeat(asc, c_a), np.repeat(other, c_o)])
@@ -243,13 +242,6 @@ def _mixed_tokens(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, ascii_
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(np.bincount(row, minlength=n), out=offsets[1:])
     return np.concatenate([h_a, h_o])[order], offsets
-
-
-def _cut(data: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(bytes, int64 offsets) of the ranges data[lo[i]:hi[i]], one after another (`gather_spans` without numba)."""
-    offsets = np.zeros(len(lo) + 1, np.int64)
-    np.cumsum(hi - lo, out=offsets[1:])
-    return (np.concatenate([data[a:b] for a, b in zip(lo.tolist(), hi.tolist())]) if len(lo) else data[:0]), offsets
 
 
 def _utf8_buffer(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
