@@ -43,6 +43,7 @@ measurements at growing `max_step` are cheap); aggregation is DuckDB SQL over th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
@@ -198,8 +199,10 @@ class PreparedBatch:
         prompts = pc.dictionary_encode(pc.fill_null(batch.column("prompt").chunk(0), ""))
         prompt_of_row = prompts.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         group_of_row = _group_index(batch.column("group_id").chunk(0), n)
+        ascii_rows = functools.cache(lambda: _is_ascii(batch.column("completion")))  # asked once, if ever
         R, A, P, G = (shingles_from_ids(*tokens, params.k) for tokens in (
-            _tokens(batch, "reasoning"), _tokens(batch, "answer"), hashed_tokens(prompts.dictionary),
+            _tokens(batch, "reasoning", ascii_rows), _tokens(batch, "answer", ascii_rows),
+            hashed_tokens(prompts.dictionary),
             hashed_tokens(gi.items.cast(pa.string()))))
         names = gi.keys.cast(pa.string()).to_numpy(zero_copy_only=False).astype(object)
         r_off, g_off = _text_offsets(R, params.k), _text_offsets(G, params.k)
@@ -334,11 +337,13 @@ def _tally(counted: np.ndarray, seen: np.ndarray, row: np.ndarray, r_off: np.nda
                  longest_runs(flag, rows, n), np.maximum(leading, trailing))
 
 
-def _tokens(batch: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _tokens(batch: pa.Table, name: str, ascii_rows: Callable[[], np.ndarray] | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
     """`hashed_tokens` of the batch's canonical column `name` (reasoning or answer). A batch of a part's columns
     (`table_batches(..., spans=True)`) holds them as spans of the completion: those are tokenised where they lie
     (`span_tokens`: no cut, no copy), unless some row's text was logged separately or the bytes are not ASCII,
-    where the texts are cut first (`to_canonical`). The same tokens either way."""
+    where the texts are cut first (`to_canonical`), unless `ascii_rows()` says which completions are ASCII (asked
+    only for a buffer that is not: `shingles.span_tokens`). The same tokens either way."""
     start, end = SPANS[name]
     if start not in batch.column_names:  # canonical columns
         return hashed_tokens(batch.column(name))
@@ -346,7 +351,7 @@ def _tokens(batch: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
     if text.null_count == len(text):  # every text is a span of its completion (or absent)
         completion = batch.column("completion")
         data, lo, hi, _ = span_ranges(completion, batch.column(start), batch.column(end))
-        hashed = span_tokens(data, lo, hi, _is_ascii(completion))
+        hashed = span_tokens(data, lo, hi, ascii_rows or (lambda: _is_ascii(completion)))
         if hashed is not None:
             return hashed
     return hashed_tokens(to_canonical(batch.select([name, "completion", start, end])).column(name))

@@ -16,6 +16,7 @@ scalar helpers at the end (`token_spans`, `shingle_set`) exist only to cut evide
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -206,18 +207,18 @@ def hashed_tokens(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.nda
     return hashes, offsets
 
 
-def span_tokens(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, ascii_rows: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray] | None:
+def span_tokens(data: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                ascii_rows: Callable[[], np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """`hashed_tokens` of the texts data[starts[i]:ends[i]] (byte spans of one UTF-8 buffer, e.g. reasonings
     within their completions) without cutting them out, with the compiled kernel: the same hashes and offsets.
-    Where the buffer is not all ASCII, `ascii_rows` (true: the span is ASCII; e.g. its completion is) lets the
+    Where the buffer is not all ASCII, `ascii_rows()` (true: the span is ASCII; e.g. its completion is) lets the
     ASCII spans be read in place and only the others be cut and lower-cased (`_mixed_tokens`). None where the
     numpy path runs, or the buffer is not all ASCII and `ascii_rows` is not given: the caller then cuts the
     texts and calls `hashed_tokens`."""
     if not _kernels.use_numba():
         return None
     if len(data) and data.max() >= 0x80:
-        return None if ascii_rows is None else _mixed_tokens(data, starts, ends, np.asarray(ascii_rows, bool))
+        return None if ascii_rows is None else _mixed_tokens(data, starts, ends, np.asarray(ascii_rows(), bool))
     hashes, counts = _kernels.token_hashes(data, starts, _WORD_BYTE, _SEPARATOR, _SINGLE, ends=ends, ascii=True)
     offsets = np.zeros(len(starts) + 1, np.int64)
     np.cumsum(counts, out=offsets[1:])
@@ -237,11 +238,16 @@ def _mixed_tokens(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, ascii_
     texts = cut_ranges(data, starts[other], ends[other], np.ones(len(other), bool))
     seg, bounds = _utf8_buffer(pc.utf8_lower(texts))
     h_o, c_o = _kernels.token_hashes(seg, bounds, _WORD_BYTE, _SEPARATOR, _SINGLE, ascii=False)
-    row = np.concatenate([np.repeat(asc, c_a), np.repeat(other, c_o)])
-    order = np.argsort(row, kind="stable")  # two runs in row order: timsort merges them
+    counts = np.zeros(n, np.int64)
+    counts[asc], counts[other] = c_a, c_o
     offsets = np.zeros(n + 1, np.int64)
-    np.cumsum(np.bincount(row, minlength=n), out=offsets[1:])
-    return np.concatenate([h_a, h_o])[order], offsets
+    np.cumsum(counts, out=offsets[1:])
+    out = np.empty(int(offsets[-1]), np.uint64)
+    for rows, hashes, c in ((asc, h_a, c_a), (other, h_o, c_o)):  # each text's tokens to where its row's go
+        first = np.zeros(len(c), np.int64)
+        np.cumsum(c[:-1], out=first[1:])
+        out[np.repeat(offsets[rows] - first, c) + np.arange(len(hashes))] = hashes
+    return out, offsets
 
 
 def _utf8_buffer(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
