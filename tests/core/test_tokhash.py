@@ -155,3 +155,25 @@ def test_tokens_equal_the_regex_tokeniser_without_the_unicode_tables(texts: list
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tokhash, "unicode_tables", lambda: None)
         _check(texts)
+
+
+def test_bytes_that_are_not_utf8_stay_in_bounds() -> None:
+    """A buffer that is not valid UTF-8 (stray continuation bytes, truncated characters, leads past U+10FFFF)
+    cannot come from Arrow's string arrays, but the compiled passes must not read outside their tables on it:
+    such bytes read as U+FFFD, and the valid text around them tokenises as it would alone."""
+    from rlaudit import kernels
+    from rlaudit.derived import kernels as dk
+
+    if not kernels.available():
+        pytest.skip("numba is not installed")
+    bad = b"caf\xc3\xa9 \x80\xbf ok \xf7\xbf\xbf\xbf \xff\xfe z\xe2\x82"
+    data = np.frombuffer(bad, np.uint8)
+    lower, classes = tokhash.unicode_tables()
+    h, counts = dk.unicode_token_hashes(data, np.array([0]), np.array([len(bad)]), np.array([True]), lower, classes,
+                                        tokhash._CODES, tokhash._BASE, tokhash._LEN_MIX)
+    want = tokhash.string_hashes(pa.array(["café", "ok", "z"]))
+    assert counts.tolist() == [3] and np.array_equal(h, want)
+    from rlaudit.derived import styles
+
+    flags = dk.code_point_flags(data, np.array([0]), np.array([len(bad)]), np.array([True]), styles.code_point_table())
+    assert flags.tolist() == [0]

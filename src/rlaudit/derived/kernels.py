@@ -165,17 +165,20 @@ WORD_CLASS, SINGLE_CLASS = 1, 2
 
 
 def _decode(data, j, e):
-    """(code point, its byte length) of the UTF-8 character at data[j] (j < e); a truncated or stray byte is
-    read as itself, one byte (Arrow strings are valid UTF-8; this only keeps a bad buffer in bounds)."""
+    """(code point, its byte length) of the UTF-8 character at data[j] (j < e). Arrow strings are valid UTF-8;
+    a buffer that is not (a stray or truncated byte, a code point past U+10FFFF) reads as U+FFFD, so that no table
+    lookup leaves its table."""
     b = np.int64(data[j])
     if b < 0x80:
         return b, 1
     n = 2 if (b & 0xE0) == 0xC0 else 3 if (b & 0xF0) == 0xE0 else 4 if (b & 0xF8) == 0xF0 else 1
     if n == 1 or j + n > e:
-        return b, 1
+        return np.int64(0xFFFD), 1
     cp = b & (0x7F >> n)
     for q in range(1, n):
         cp = (cp << 6) | (np.int64(data[j + q]) & 0x3F)
+    if cp > 0x10FFFF:
+        return np.int64(0xFFFD), n
     return cp, n
 
 
