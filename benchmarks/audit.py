@@ -4,6 +4,7 @@
     python benchmarks/audit.py --quick                # 100,000 rollouts
     python benchmarks/audit.py --rollouts 10000000    # 10M (2,000 steps)
     python benchmarks/audit.py --profile benchmarks/profiles/audit-before.txt   # + cProfile per stage
+    python benchmarks/audit.py --non-ascii 0.05       # 5% of answers and of reasonings hold a non-ASCII word
 
 A child process writes a TRL-layout run (`completions/completions_{step:05d}.parquet`, one file per step of
 5,000 rollouts, as GRPOTrainer.log): conversational prompts rendered by the chat template ("system\\n...\\nuser\\n
@@ -12,7 +13,9 @@ A child process writes a TRL-layout run (`completions/completions_{step:05d}.par
 a persona-only signal that is NaN outside the "nerdy" persona, and a judge score), and a `judge_input` column
 (the text the judge saw) on 20% of rows, 1% of which hold the whole completion (CoT exposure). A tic ("by my
 beard") rises in the small persona first, then in the others. The last step is written aside: it is added
-after the cold audit, for the warm re-audit.
+after the cold audit, for the warm re-audit. The words are ASCII unless `--non-ascii SHARE` puts one word from
+outside ASCII (a curly apostrophe, a dash, accents, symbols, an emoji) into that share of answers and of
+reasonings, as real completions hold them: such text takes other paths (the Unicode tokeniser and styles).
 
 Then one measuring process (a fresh child, so generation does not count) loads numba's compiled kernels (compiled
 once per machine and cached on disk; the first run after an install or a kernel change compiles them, seconds no
