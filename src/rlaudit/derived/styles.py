@@ -113,6 +113,10 @@ def code_point_styles(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, ta
     RE2 pattern per style over them. Compiled only (numba)."""
     from .kernels import code_point_flags
 
+    take = np.asarray(take, bool)
+    if not take.any():  # an all-ASCII batch: no table to build
+        zeros = pa.array(np.zeros(len(take)))
+        return {name: zeros for name in NON_ASCII_STYLES}
     flags = code_point_flags(data, starts, ends, take, code_point_table())
     return {name: pa.array(((flags >> i) & 1).astype(np.float64)) for i, name in enumerate(NON_ASCII_STYLES)}
 
