@@ -302,13 +302,24 @@ def _child(args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _share(text: str) -> float:
+    """A share between 0 and 1 (argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a share between 0 and 1, got {text!r}")
+    return value
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rollouts", type=int, default=1_000_000)
     ap.add_argument("--quick", action="store_true", help="100,000 rollouts")
     ap.add_argument("--profile", help="write a cProfile summary per stage to this file")
     ap.add_argument("--keep", help="generate into (and keep) this directory instead of a temporary one")
-    ap.add_argument("--non-ascii", type=float, default=0.0, metavar="SHARE",
+    ap.add_argument("--non-ascii", type=_share, default=0.0, metavar="SHARE",
                     help="the share of answers and of reasonings with a word outside ASCII (default 0)")
     ap.add_argument("--_generate", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--_measure", help=argparse.SUPPRESS)
