@@ -134,8 +134,9 @@ def span_token_hashes(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, is
                       cut: Callable[[np.ndarray], pa.Array]) -> tuple[np.ndarray, np.ndarray] | None:
     """`token_hashes` of the texts data[starts[i]:ends[i]] where they lie (answers and reasonings within their
     completions), with the compiled kernels: ASCII texts tokenised in place, the others (`is_ascii` false) by the
-    Unicode pass, also in place (`_other_hashes`; cut out by `cut(rows)` only where its tables cannot be built). None where numba is not used:
-    the caller then cuts every text and calls `token_hashes`. The same hashes and offsets."""
+    Unicode pass, also in place (`_other_hashes`; cut out by `cut(rows)` only where its tables cannot be built).
+    None where numba is not used: the caller then cuts every text and calls `token_hashes`. The same hashes and
+    offsets."""
     if not kernels.use_numba():
         return None
     n_texts = len(starts)
@@ -208,8 +209,8 @@ def unicode_tables() -> tuple[np.ndarray, np.ndarray] | None:
     whether RE2 fully matches chr(cp) with `behaviors`' word and single-character classes. The compiled
     tokeniser of non-ASCII texts reads them, so that it tokenises exactly as `regexp_extract_all(lower(x),
     TOKEN_PATTERN)` does in this DuckDB, whatever Unicode version its RE2 and case tables follow; one query over
-    1.1M code points (~0.2 s), once per process. None (the caller then runs that SQL) where DuckDB lower-cases a
-    code point to more than one."""
+    1.1M code points (0.3-0.7 s measured), once per process. None (the caller then runs that SQL) where DuckDB
+    lower-cases a code point to more than one."""
     with _UNICODE_LOCK:
         if not _UNICODE_TABLES:
             _UNICODE_TABLES.append(_build_unicode_tables())
