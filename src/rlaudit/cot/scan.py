@@ -341,9 +341,9 @@ def _tokens(batch: pa.Table, name: str, ascii_rows: Callable[[], np.ndarray] | N
             ) -> tuple[np.ndarray, np.ndarray]:
     """`hashed_tokens` of the batch's canonical column `name` (reasoning or answer). A batch of a part's columns
     (`table_batches(..., spans=True)`) holds them as spans of the completion: those are tokenised where they lie
-    (`span_tokens`: no cut, no copy), unless some row's text was logged separately or the bytes are not ASCII,
-    where the texts are cut first (`to_canonical`), unless `ascii_rows()` says which completions are ASCII (asked
-    only for a buffer that is not: `shingles.span_tokens`). The same tokens either way."""
+    (`span_tokens`: no cut, no copy; in a buffer that is not all ASCII, the spans of the completions that
+    `ascii_rows()` calls ASCII, the others cut and lower-cased). Where some row's text was logged separately, the
+    texts are cut first (`to_canonical`). The same tokens either way."""
     start, end = SPANS[name]
     if start not in batch.column_names:  # canonical columns
         return hashed_tokens(batch.column(name))
