@@ -220,22 +220,33 @@ def unicode_tables() -> tuple[np.ndarray, np.ndarray] | None:
 def _build_unicode_tables() -> tuple[np.ndarray, np.ndarray] | None:
     from ..behaviors import _CJK, _WORD as WORD_CLASS_RE2
 
-    size = 0x110000
-    with re2_cursor() as con:  # surrogates are not characters (chr fails): they keep the defaults
-        tab = con.sql(f"""SELECT cp::INTEGER AS cp, unicode(lower(chr(cp::INTEGER))) AS l,
-                                 length(lower(chr(cp::INTEGER))) AS n,
-                                 regexp_full_match(chr(cp::INTEGER), '{WORD_CLASS_RE2}') AS word,
-                                 regexp_full_match(chr(cp::INTEGER), '{_CJK}') AS single
-                          FROM range(0, {size}) t(cp) WHERE cp < 55296 OR cp > 57343""").to_arrow_table()
+    cps, tab = per_code_point(f"""unicode(lower(c)) AS l, length(lower(c)) AS n,
+                                  regexp_full_match(c, '{WORD_CLASS_RE2}') AS word,
+                                  regexp_full_match(c, '{_CJK}') AS single""")
     if pc.max(tab.column("n")).as_py() != 1:
         return None
-    cps = np.asarray(tab.column("cp").to_numpy(), np.int64)
-    lower = np.arange(size, dtype=np.int32)
+    lower = np.arange(UNICODE_SIZE, dtype=np.int32)  # surrogates keep the defaults
     lower[cps] = np.asarray(tab.column("l").to_numpy(), np.int32)
-    classes = np.zeros(size, np.uint8)
+    classes = np.zeros(UNICODE_SIZE, np.uint8)
     classes[cps] = (np.asarray(tab.column("word").to_numpy(zero_copy_only=False), np.uint8) * kernels.WORD_CLASS
                     | np.asarray(tab.column("single").to_numpy(zero_copy_only=False), np.uint8) * kernels.SINGLE_CLASS)
     return lower, classes
+
+
+#: the code points of Unicode (U+0000..U+10FFFF): the length of a table indexed by code point
+UNICODE_SIZE = 0x110000
+
+
+def per_code_point(columns: str) -> tuple[np.ndarray, pa.Table]:
+    """(int64 code points, their table): `columns`, SQL over `c` (the character), evaluated by this process's
+    DuckDB for every character of Unicode, the surrogates left out (they are not characters: `chr` fails on
+    them). What the per-code-point tables of the compiled passes are built from (`unicode_tables`,
+    `styles.code_point_table`), so that they answer as DuckDB's `lower` and RE2 do."""
+    with re2_cursor() as con:
+        tab = con.sql(f"""SELECT cp::INTEGER AS cp, {columns}
+                          FROM (SELECT cp, chr(cp::INTEGER) AS c FROM range(0, {UNICODE_SIZE}) t(cp)
+                                WHERE cp < 55296 OR cp > 57343)""").to_arrow_table()
+    return np.asarray(tab.column("cp").to_numpy(), np.int64), tab
 
 
 def token_hashes(texts: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
