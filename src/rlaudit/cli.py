@@ -7,7 +7,9 @@ User mistakes (`RlauditError`) print one clear message and exit 2, never a trace
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -222,7 +224,25 @@ def _audit_with_progress(store: Store, runs: list[str], config: AuditConfig) -> 
                 tasks[run] = progress.add_task(run, total=total, detector="")
             progress.update(tasks[run], completed=done, total=total, detector=detector)
 
-        return audit_store(store, runs, config, progress=update)
+        started = time.perf_counter()
+        result = audit_store(store, runs, config, progress=update)
+    _hint_numba(time.perf_counter() - started)
+    return result
+
+
+#: an audit slower than this without numba gets the hint that the `fast` extra would halve it
+NUMBA_HINT_SECONDS = 30.0
+
+
+def _hint_numba(seconds: float) -> None:
+    """Say so when a long audit ran the numpy kernels: on the 1M-rollout benchmark they cost twice the CPU of
+    the compiled ones (docs/performance.md), and nothing else tells a user who installed the bare package."""
+    from . import kernels
+
+    if seconds >= NUMBA_HINT_SECONDS and kernels.backend() == "numpy" and not os.environ.get(kernels.ENV):
+        console.print(f"[yellow]note:[/] the audit took {seconds:.0f} s on the numpy kernels; "
+                      "`pip install 'rlaudit\\[fast]'` (numba) runs them compiled, about twice as fast, same findings",
+                      highlight=False, soft_wrap=True)
 
 
 def _run_of_source(st: Store, source: str, run: str | None, fmt: str | None) -> str:

@@ -91,3 +91,21 @@ def test_a_numeric_style_trace_reports_a_mean_not_a_percentage():
 
     assert _trace_level(SimpleNamespace(numeric=True, prevalence=22.75), pct) == "mean 22.8"
     assert _trace_level(SimpleNamespace(numeric=False, prevalence=0.12), pct) == "prevalence 12%"
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_slow_audit_on_the_numpy_kernels_says_how_to_speed_it_up(tmp_path, goblin_run, monkeypatch, backend):
+    """A user who installed the bare package runs the numpy kernels (twice the CPU at 1M rollouts): a long audit
+    says so, once, after the audit; the compiled path, or an explicit RLAUDIT_KERNEL, says nothing."""
+    from rlaudit import cli, kernels
+
+    monkeypatch.setattr(cli, "NUMBA_HINT_SECONDS", 0.0)  # every audit counts as long
+    monkeypatch.setattr(kernels, "backend", lambda: backend)
+    monkeypatch.delenv(kernels.ENV, raising=False)
+    r = invoke("audit", goblin_run, "--store", tmp_path / "store", "--detector", "reward_health")
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert ("pip install 'rlaudit[fast]'" in said) == (backend == "numpy"), said
+    monkeypatch.setenv(kernels.ENV, "numpy")  # asked for: no hint
+    r = invoke("audit", goblin_run, "--store", tmp_path / "store", "--detector", "reward_health")
+    assert r.exit_code == 0 and "rlaudit[fast]" not in r.output
