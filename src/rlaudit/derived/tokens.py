@@ -454,14 +454,7 @@ def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:
     n = con.execute("SELECT count(*) FROM rollouts").fetchall()[0][0]
     per_mille = 1000 if n <= o.sample else max(1, int(1000 * o.sample / n))
     store.rollouts_view(con, [run], "sampled", where=f"hash(rollout_id) % 1000 < {per_mille}")
-    con.execute(f"""
-        CREATE TEMP TABLE s AS
-        SELECT row_number() OVER () AS sid, condition, answer, reasoning,
-               least({o.bins - 1}, CAST(floor({o.bins} * (step - min(step) OVER ())
-                     / (max(step) OVER () - min(step) OVER () + 1)) AS INTEGER)) AS bin
-        FROM sampled""")
-    sample = con.sql("SELECT sid, bin, condition, answer, reasoning FROM s ORDER BY bin, condition, sid"
-                     ).to_arrow_table()
+    sample = _binned(con.sql("SELECT step, condition, answer, reasoning FROM sampled").to_arrow_table(), o.bins)
     con.close()
     cells = _SampleCells.of(sample)
     # the two places are independent: one thread each where a second core is free (numpy, numba and DuckDB
@@ -470,6 +463,20 @@ def _compute_vocab(store: Store, run: str, o: VocabOptions) -> pa.Table:
         frames = list(pool.map(lambda where: _qualified(sample, cells, where, o), WHERES))
     table = pa.concat_tables(frames)
     return table.append_column("term_id", pa.array(range(table.num_rows), pa.int32()))
+
+
+def _binned(rows: pa.Table, bins: int) -> pa.Table:
+    """The sampled `rows` (in the order read) with their step bin, ordered by (bin, condition), stably: equal
+    to SQL's `ORDER BY bin, condition` over the rows numbered as read. Binned here, not by window functions in
+    the scan's query (`min(step) OVER ()` ran on one thread: ~0.4 s wall against ~0.25 s for the plain scan on
+    two cores, at 1M rollouts)."""
+    step = np.asarray(rows.column("step").to_numpy(), np.int64)
+    lo, hi = (int(step.min()), int(step.max())) if len(step) else (0, 0)
+    bin_ = np.minimum(bins - 1, (bins * (step - lo)) // (hi - lo + 1)).astype(np.int32)
+    table = pa.table({"bin": pa.array(bin_, pa.int32()), "condition": rows.column("condition"),
+                      "answer": rows.column("answer"), "reasoning": rows.column("reasoning")})
+    order = pc.sort_indices(table, sort_keys=[("bin", "ascending", "at_end"), ("condition", "ascending", "at_end")])
+    return table.take(order)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import kernels
+from ..memory import in_order, workers
 from ..store import write_atomic
 from . import chunks
 
@@ -50,6 +51,9 @@ COLUMNS = {"cells": ["cell", "part", "step", "split", "task", "condition", "prom
 BLOCK = 1 << 19
 #: parts read and summed at once (their cell tables held together: ~3 MB a part at 5,000 rollouts)
 BATCH_PARTS = 16
+#: what a batch holds while it is summed (`memory.workers`): its cell tables and the dense sums of its keys
+#: (FIELDS x keys x terms int64: ~75 MB for 16 parts of 12 keys and a vocabulary of 8,000 terms)
+BATCH_MEMORY = 160 << 20
 #: parts summed at once above which the compiled pass is used: loading it (~0.1-0.5 CPU s a process) costs more
 #: than the numpy path's few parts of a warm audit (~10-20 ms a part)
 NUMBA_PARTS = 8
@@ -247,8 +251,13 @@ def window_sums(parts: list[tuple[str, dict[str, Any]]], wanted: set[str], vocab
                 have[p] = _unstack(c.info, arr, i)
     new = [name for name, _ in parts if name in wanted and name not in have]
     computed: dict[str, PartSums] = {}
-    for at in range(0, len(new), BATCH_PARTS):  # a cold audit's ~100 window parts: memory bounded by a batch
-        computed.update(part_sums(*read(set(new[at:at + BATCH_PARTS])), reasoning))
+    # a cold audit's ~80-100 window parts, in batches (memory bounded by a batch per thread), by
+    # `memory.workers` threads: `read` must be thread-safe (the reads, kernels and numpy release the GIL; one
+    # thread left a core idle for ~0.7 s of a cold 1M audit)
+    batches = [set(new[at:at + BATCH_PARTS]) for at in range(0, len(new), BATCH_PARTS)]
+    n = min(len(batches), workers(BATCH_MEMORY))
+    for sums in in_order(lambda names: part_sums(*read(names), reasoning), batches, n, "windowsums"):
+        computed.update(sums)
     fresh = [(name, computed.get(name, PartSums([], np.zeros((0, 2 + len(FIELDS)), np.int64)))) for name in new]
     have.update(fresh)
     if fresh and cache is not None:

@@ -74,6 +74,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -335,12 +336,19 @@ class Scope:
         """The three cell tables (`windowsums.COLUMNS`) of the parts `names`: the cached two each in one read,
         the (cell, term) rows made from the parts' term sets (`TermCells.cellterms`)."""
         out = []
-        for kind in ("cells", "cellterms", "promptterms"):
-            if kind == "cellterms":
-                out.append(self.cell_parts.cellterms(names))
-                continue
-            self.cell_parts.register(self.con, kind, "_ws_read", only=names)
-            out.append(self.con.sql(f"SELECT {', '.join(windowsums.COLUMNS[kind])} FROM _ws_read").to_arrow_table())
+        # thread-safe (`windowsums` reads batches in threads): a connection of its own to the scope's database,
+        # and a view name of its own (views are the database's, not the connection's)
+        con, view = self.con.cursor(), f"_ws_read_{threading.get_ident()}"
+        try:
+            for kind in ("cells", "cellterms", "promptterms"):
+                if kind == "cellterms":
+                    out.append(self.cell_parts.cellterms(names))
+                    continue
+                self.cell_parts.register(con, kind, view, only=names)
+                out.append(con.sql(f"SELECT {', '.join(windowsums.COLUMNS[kind])} FROM {view}").to_arrow_table())
+                con.execute(f"DROP VIEW {view}")
+        finally:
+            con.close()
         return tuple(out)
 
     def win_stratum(self, key: tuple[int, str, str, str]) -> tuple[int, int]:
