@@ -14,14 +14,17 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .conditions import ConditionRule
-from .detectors import AuditConfig, run_detectors
 from .findings import Finding, jsonable, rank
 from .readers.base import ReadOptions
 from .remedies import add_remedies
 from .store import IngestReport, RunSummary, Store, atomic_write_text
+
+if TYPE_CHECKING:  # imported where the detectors run: reading a findings JSON (`AuditResult.read_json`, the
+    # `findings` and `report` commands) does not need every detector module (~1.5-2 s to import: scipy, numba, pandas)
+    from .detectors import AuditConfig
 
 FINDINGS_SCHEMA_VERSION = 1
 
@@ -196,6 +199,7 @@ def audit_store(store: Store, runs: Sequence[str] | None = None, config: AuditCo
 
     `progress(run, detector, done, total)` reports each detector as it starts (see `run_detectors`).
     """
+    from .detectors import run_detectors
     from .memory import prepare
 
     prepare()  # fit malloc to a memory budget before the detectors' threads start (rlaudit.memory)
