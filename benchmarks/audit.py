@@ -29,8 +29,8 @@ later audit pays) and runs, in order:
 
 Per stage it prints wall seconds, CPU seconds (all threads of the process, from getrusage) and the peak RSS
 during the stage (sampled every 20 ms by a thread), then the ratio cold audit / floor in wall and CPU time (to the
-mean of the floor's two runs) and the process's overall peak RSS. On a shared machine the CPU figures and the ratio are the steadier ones; the
-load average is printed too.
+mean of the floor's two runs) and the process's overall peak RSS. On a shared machine the CPU figures and the
+ratio are the steadier ones; the load average is printed too.
 """
 
 from __future__ import annotations
@@ -230,15 +230,10 @@ def _load_kernels() -> float:
     return time.perf_counter() - t0
 
 
-def _backend() -> str:
-    from rlaudit import kernels
-
-    return kernels.backend()
-
-
 def measure(root: Path, profile: str | None) -> dict:
     import duckdb
 
+    from rlaudit import kernels
     from rlaudit.audit import AuditResult
     from rlaudit.detectors import AuditConfig, run_detectors
     from rlaudit.findings import rank
@@ -253,7 +248,7 @@ def measure(root: Path, profile: str | None) -> dict:
     base_rss = _rss()
     stages = Stages(sampler, bool(profile))
     files = f"{root}/run/completions/*.parquet"
-    out: dict = {"base_rss": base_rss, "kernels_s": kernels_s, "backend": _backend()}
+    out: dict = {"base_rss": base_rss, "kernels_s": kernels_s, "backend": kernels.backend()}
 
     def floor(name: str) -> int:
         stages.start(name)
@@ -377,7 +372,8 @@ def _print(res: dict) -> None:
     if res["backend"] == "numba":
         kernels = f"numba kernels loaded in {res['kernels_s']:.1f} s (not measured)"
     else:  # about twice the CPU at 1M: figures not comparable with the documented ones
-        kernels = "NUMPY kernels (numba not installed: pip install -e '.[fast]'; the documented figures are numba's)"
+        kernels = ("NUMPY kernels (numba not installed, or RLAUDIT_KERNEL=numpy; the documented figures are "
+                   "numba's: pip install -e '.[fast]')")
     print(f"\nrows audited (cold): {res['rows']:,}; measuring process RSS after imports {res['base_rss'] * mb:,.0f} MB; "
           + kernels)
     print(f"{'stage':<40} {'wall s':>9} {'CPU s':>9} {'peak RSS MB':>12}")

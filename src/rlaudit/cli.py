@@ -7,7 +7,6 @@ User mistakes (`RlauditError`) print one clear message and exit 2, never a trace
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -239,7 +238,8 @@ def _hint_numba(seconds: float) -> None:
     the compiled ones (docs/performance.md), and nothing else tells a user who installed the bare package."""
     from . import kernels
 
-    if seconds >= NUMBA_HINT_SECONDS and kernels.backend() == "numpy" and not os.environ.get(kernels.ENV):
+    # not where RLAUDIT_KERNEL asked for a path (`kernels.setting`)
+    if seconds >= NUMBA_HINT_SECONDS and kernels.setting() is None and kernels.backend() == "numpy":
         console.print(f"[yellow]note:[/] the audit took {seconds:.0f} s on the numpy kernels; "
                       "`pip install 'rlaudit\\[fast]'` (numba) runs them compiled, about twice as fast, same findings",
                       highlight=False, soft_wrap=True)

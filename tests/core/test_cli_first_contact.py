@@ -104,12 +104,12 @@ def test_reading_a_findings_json_does_not_import_the_detectors(tmp_path):
     from rlaudit.findings import Finding
 
     path = tmp_path / "findings.json"
-    AuditResult(runs=[], findings=[Finding(kind="emerging_behavior", severity="high", run="r", title="t",
+    AuditResult(runs=[], findings=[Finding(kind="emerging_behavior", severity="high", run="r", title="goblins rose",
                                            explanation="e")]).write_json(path)
     code = ("import sys; from rlaudit.cli import main\ntry: main(['findings', sys.argv[1]])\nexcept SystemExit: pass\n"
             "print([m for m in ('rlaudit.detectors', 'scipy', 'numba') if m in sys.modules], file=sys.stderr)")
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
-    assert "t" in proc.stdout and proc.stderr.strip().splitlines()[-1] == "[]", proc.stderr
+    assert "goblins rose" in proc.stdout and proc.stderr.strip().splitlines()[-1] == "[]", proc.stderr
 
 
 # ---------------------------------------------------------------- item 2: mistakes that look like success
