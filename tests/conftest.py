@@ -37,31 +37,32 @@ settings.load_profile(hypothesis_profile())
 
 
 # The test files that take longest, longest first (seconds of one run of the suite on two xdist workers,
-# 2026-12-03, 2-core machine at load 5, `--durations=0` summed per file). They run first: scripts/test.sh hands
-# whole files to the workers (`--dist loadfile`) in collection order (`--no-loadscope-reorder`; xdist would
-# otherwise order the files by their number of tests), so no long file starts last while the other worker has
-# nothing left to do. A file missing here only runs later; the order of the others is kept.
+# 2026-12-04, 2-core machine, `scripts/test.sh --durations=0` summed per file: 979 s in all, 509 s wall). They
+# run first: scripts/test.sh hands whole files to the workers (`--dist loadfile`) in collection order
+# (`--no-loadscope-reorder`; xdist would otherwise order the files by their number of tests), so no long file
+# starts last while the other worker has nothing left to do. A file missing here only runs later; the order of
+# the others is kept.
 SLOWEST_FIRST = [
-    "tests/fleet/test_scan.py",  # 200
-    "tests/organisms/test_scenarios_detected.py",  # 196
-    "tests/fleet/test_shard.py",  # 189
-    "tests/core/test_kernels.py",  # 142
-    "tests/fleet/test_ray.py",  # 95
-    "tests/organisms/test_scalar_organisms.py",  # 94
-    "tests/test_attribution_partcache.py",  # 92
-    "tests/detectors/test_emerging_equivalence.py",  # 92
-    "tests/core/test_segments.py",  # 72
-    "tests/detectors/test_emerging.py",  # 60
-    "tests/mcp_server/test_server.py",  # 52
-    "tests/detectors/test_training_stats_cache.py",  # 51
-    "tests/fleet/test_s3store.py",  # 34
-    "tests/detectors/test_generalization.py",  # 34
-    "tests/live/test_hooks.py",  # 33
-    "tests/organisms/test_bench_small.py",  # 29
-    "tests/detectors/test_emerging_thinning.py",  # 29
-    "tests/reliability/test_memory_budget.py",  # 29
-    "tests/test_attribution_prefilter.py",  # 28
-    "tests/mcp_server/test_agent_investigation.py",  # 27
+    "tests/organisms/test_scenarios_detected.py",  # 75
+    "tests/fleet/test_shard.py",  # 65
+    "tests/fleet/test_ray.py",  # 54
+    "tests/detectors/test_emerging_equivalence.py",  # 45
+    "tests/fleet/test_scan.py",  # 44
+    "tests/mcp_server/test_server.py",  # 42
+    "tests/detectors/test_emerging.py",  # 39
+    "tests/test_attribution_partcache.py",  # 34
+    "tests/organisms/test_scalar_organisms.py",  # 29
+    "tests/fleet/test_s3store.py",  # 27
+    "tests/core/test_segments.py",  # 26
+    "tests/core/test_kernels.py",  # 23
+    "tests/mcp_server/test_agent_investigation.py",  # 21
+    "tests/organisms/test_bench_small.py",  # 21
+    "tests/live/test_trl_grpo.py",  # 20
+    "tests/detectors/test_training_stats_cache.py",  # 19
+    "tests/reliability/test_memory_budget.py",  # 16
+    "tests/conformance/test_trl.py",  # 15
+    "tests/core/test_styles.py",  # 15
+    "tests/core/test_cli.py",  # 14
 ]
 
 

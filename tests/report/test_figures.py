@@ -211,3 +211,15 @@ def test_by_condition_rows_that_do_not_name_their_condition_are_not_drawn(kind):
     assert fig["data"][0]["x"] == ["nerdy"] and fig["data"][0]["y"] == [0.25]
     assert shares_figure("s", fields)["data"][1]["y"] == [0.6]
     figures_for(Finding(kind, "r", "low", "t", fields=fields), "f", 50)  # no KeyError
+
+
+def test_plotly_template_read_from_plotly_file_equals_plotly_io():
+    """The report reads plotly's template from the JSON file plotly ships (to skip building its validated objects);
+    what it reads must be what plotly.io gives."""
+    import plotly.io as pio
+
+    from rlaudit.report import _plotly_template
+
+    template = _plotly_template()
+    assert template == pio.templates["plotly_white"].to_plotly_json()
+    assert template["layout"]["plot_bgcolor"] == "white"
