@@ -19,3 +19,20 @@ def test_readme_quick_start_scripts_exist():
     for script in ("scripts/demo.sh", "scripts/test.sh"):
         assert f"bash {script}" in text
         assert (root / script).is_file()
+
+
+def test_test_script_counts_cores_despite_omp_num_threads():
+    """scripts/test.sh sizes its xdist workers by the cores; scripts/_env.sh exports OMP_NUM_THREADS=1 first, and
+    GNU nproc reports that as the number of cores: the suite once ran on one worker of two for that reason."""
+    import os
+    import subprocess
+
+    script = (README.parent / "scripts" / "test.sh").read_text(encoding="utf-8")
+    line = next(x for x in script.splitlines() if x.startswith("CORES="))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_THREAD_LIMIT": "1"}
+    out = subprocess.run(["bash", "-c", f"{line}; echo $CORES"], env=env, capture_output=True, text=True, check=True)
+    plain = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_THREAD_LIMIT")}
+    cores = subprocess.run(["nproc"], env=plain, capture_output=True, text=True, check=True)
+    assert int(out.stdout) == int(cores.stdout)
+    # and the suite keeps compiled modules for its many Python processes
+    assert "unset PYTHONDONTWRITEBYTECODE" in script.split("exec ")[0]
