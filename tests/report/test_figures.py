@@ -223,3 +223,11 @@ def test_plotly_template_read_from_plotly_file_equals_plotly_io():
     template = _plotly_template()
     assert template == pio.templates["plotly_white"].to_plotly_json()
     assert template["layout"]["plot_bgcolor"] == "white"
+
+
+def test_plotly_js_read_from_plotly_file_equals_get_plotlyjs():
+    from plotly.offline import get_plotlyjs
+
+    from rlaudit.report import _plotly_js
+
+    assert _plotly_js() == get_plotlyjs()
