@@ -54,6 +54,12 @@ from .reward_stats import APPLIES, APPLIES_MIN, sketch_sql
 
 #: seconds a superseded rollup is kept for audits that may still read it (as `segments.GRACE`)
 GRACE = 600.0
+#: DuckDB memory of a rollup's build (its grouping and sort of the new cells spill beyond it). The first rollup of
+#: the 10M-rollout benchmark (6.2M cell rows) peaked at 1,414 MB RSS with the usual 1 GB and was then the cold
+#: audit's peak (1,717 MB); 906-913 MB with 512 MB, at the same CPU within the noise (12.6-14.0 against 11.3-13.9
+#: CPU s); 660 MB with 256 MB but 14.1-14.5 CPU s (`benchmarks/detectors.py STORE bench reward_health
+#: --keep-derived` with the rollup removed, 2026-12-04)
+ROLLUP_MEMORY = 512 << 20
 
 # the small tables of a rollup, one file (`_merge`): kind 0 per (split, step, signal), 1 values, 2 sketch buckets,
 # 3 the applicable cells' rows per (split, signal), 4 first-NaN histogram per (split, step, signal)
@@ -209,7 +215,7 @@ def _build(stats: PartStats, root: Path, d: Path, base: tuple[list[str], pa.Tabl
     sorted_cells = "SELECT * FROM _rh_lc ORDER BY task"
     with duckdb.connect() as con:
         con.execute("SET enable_progress_bar = false")
-        bound_memory(con, root)
+        bound_memory(con, root, at_most=ROLLUP_MEMORY)
         rows = (f"SELECT * EXCLUDE (_stem) FROM read_parquet({sql_string(str(stats.combined))}) "
                 f"WHERE _stem IN ({', '.join(sql_string(s) for s in new)})") if new else _EMPTY_ROWS
         _merge(con, base[1], base[2], rows)
