@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import hashlib
+import importlib.resources
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -56,18 +57,17 @@ class ReportLimits:
     text_budget: int = 3_000_000  # characters of model text in the whole report
 
 
+def _plotly_file(*path: str) -> str:
+    """A file plotly ships in its package data, read as plotly itself reads it (`pkgutil.get_data`:
+    `plotly.offline.get_plotlyjs`, the templates of `plotly.io`), without importing those modules: the report
+    needs the text, not plotly's validated objects (~0.2 CPU s a report, more where modules are not kept compiled;
+    tests/report/test_figures.py checks both texts against plotly's own)."""
+    return importlib.resources.files("plotly").joinpath("package_data", *path).read_text(encoding="utf-8")
+
+
 @lru_cache(maxsize=1)
 def _plotly_js() -> str:
-    """The plotly.js bundle plotly ships, read from its file (what `plotly.offline.get_plotlyjs` reads, without
-    importing `plotly.offline`: ~0.1 CPU s)."""
-    import importlib.resources
-
-    try:
-        js = (importlib.resources.files("plotly") / "package_data" / "plotly.min.js").read_text(encoding="utf-8")
-    except OSError:
-        from plotly.offline import get_plotlyjs
-
-        js = get_plotlyjs()
+    js = _plotly_file("plotly.min.js")
     if "</script" in js.lower():  # would end the inline script early; never true for plotly's bundle
         raise RuntimeError("plotly.js bundle contains '</script'; cannot inline it safely")
     return js
@@ -75,19 +75,8 @@ def _plotly_js() -> str:
 
 @lru_cache(maxsize=1)
 def _plotly_template() -> dict[str, Any]:
-    """Plotly's "plotly_white" template as a dict: read from the JSON file plotly ships it in (what
-    `pio.templates[...]` parses, equal to its `to_plotly_json()`) instead of building plotly's validated template
-    objects, which cost 0.08-0.4 CPU s of a report (the more where Python cannot keep compiled modules); through
-    `plotly.io` where the file is not there."""
-    import importlib.resources
-
-    try:
-        return json.loads((importlib.resources.files("plotly") / "package_data" / "templates"
-                           / "plotly_white.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        import plotly.io as pio
-
-        return pio.templates["plotly_white"].to_plotly_json()
+    """Plotly's "plotly_white" template as a dict (equal to `plotly.io`'s `to_plotly_json()` of it)."""
+    return json.loads(_plotly_file("templates", "plotly_white.json"))
 
 
 def _env() -> jinja2.Environment:
