@@ -158,7 +158,7 @@ def _check_nothing_readable(store: Store, source: str | Path, report: IngestRepo
 
     if report.rows_added or not report.bad_records or store.summary(report.run).rows:
         return
-    reasons = sorted({e.split(": ", 1)[-1] for e in report.bad_examples})
+    reasons = _reasons_where(report)
     fields = _fields_of(store, report.run)
     if is_new:
         store.delete(report.run)
@@ -170,6 +170,20 @@ def _check_nothing_readable(store: Store, source: str | Path, report: IngestRepo
     kept = "" if is_new else f" Run {report.run!r} keeps what it held."
     raise RlauditError(f"{source}: none of the {report.bad_records:,} record(s) could be read as {report.format} "
                        f"({'; '.join(reasons)}).{found}{hint}{kept} Nothing was stored.")
+
+
+def _reasons_where(report: IngestReport) -> list[str]:
+    """Each distinct reason of the ingest's first quarantined records (`bad_examples`, "file:line: reason"),
+    with where it was met: the file, or the file and line, of its first records (a directory of torn Parquet
+    files names them, not only how many), and how many more records there were."""
+    where: dict[str, list[str]] = {}
+    for e in report.bad_examples:
+        location, sep, reason = e.partition(": ")
+        where.setdefault(reason if sep else e, []).extend([location] if sep else [])
+    shown = sum(len(v) for v in where.values())
+    more = f"; and {report.bad_records - shown:,} more record(s)" if report.bad_records > shown else ""
+    out = [f"{reason} [{', '.join(locations)}]" if locations else reason for reason, locations in sorted(where.items())]
+    return [*out[:-1], out[-1] + more] if out else out
 
 
 def _fields_of(store: Store, run: str) -> list[str]:

@@ -155,12 +155,28 @@ def test_generic_jsonl_without_columns_is_an_error_naming_its_fields(tmp_path, c
                                                         "score": 1.0}) + "\n" for i in range(10)))
     code, out, err = run_main(capsys, "audit", src, "--store", tmp_path / "s")
     assert code == 2 and "none of the 10 record(s) could be read" in err
+    assert "[data.jsonl:1, data.jsonl:2, data.jsonl:3, data.jsonl:4, data.jsonl:5]; and 5 more record(s)" in err
     assert "iteration, question, response, score" in err and "--columns step=FIELD" in err
     assert "No findings" not in out
     assert not (tmp_path / "s" / "runs" / "mylogs").exists()  # no 0-row run left behind
     code, _, _ = run_main(capsys, "ingest", src, "--store", tmp_path / "s",
                           "--columns", "step=iteration,prompt=question,completion=response")
     assert code == 0
+
+
+def test_a_directory_of_torn_parquet_files_is_an_error_naming_each_file(tmp_path, capsys, trl_run):
+    """Every file of a TRL completions directory cut short (a copy interrupted): the error says why and names
+    the files, not only how many; nothing is stored."""
+    src = tmp_path / "torn" / "completions"
+    src.mkdir(parents=True)
+    for f in sorted((trl_run / "completions").glob("*.parquet"))[:3]:
+        (src / f.name).write_bytes(f.read_bytes()[:2000])
+    code, out, err = run_main(capsys, "audit", src.parent, "--store", tmp_path / "s", "--format", "trl")
+    assert code == 2 and "none of the 3 record(s) could be read as trl" in err
+    assert "not a readable Parquet file" in err
+    names = ", ".join(f"completions/completions_0000{i}.parquet" for i in (1, 2, 3))
+    assert f"[{names}]" in err
+    assert not (tmp_path / "s" / "runs" / "torn").exists()
 
 
 def test_trl_completions_after_its_output_dir_is_the_same_data(tmp_path, capsys, trl_run):
