@@ -193,6 +193,35 @@ def test_term_sets_hold_no_prompt_terms_per_rollout(tmp_path):
     assert sum(len(v) for v in rows.column("prompt_terms").to_pylist()) > 0
 
 
+def test_term_lists_are_kept_once_and_read_back_as_computed(tmp_path):
+    """The cached term-set files hold no term lists (they are in the parts' flat `TermLists`, with each rollout's
+    rid): read back (`part_table`, `with_lists`) they are the lists an in-memory store keeps as computed, row
+    for row; `holding` names the rollouts of a term as those lists do; with no part, the columns are still
+    those of a computed part."""
+    store, memory = _store(tmp_path), _store(tmp_path, persist=False)
+    sets, ref_sets = tokens.term_sets(store, "r"), tokens.term_sets(memory, "r")
+    first = Path(sets.parts[0][1]["terms"])
+    assert not set(tokens.LIST_COLUMNS) & set(pq.read_schema(first).names)
+    lists = termcells.TermLists.load(termcells.lists_file(first.parent, sets.parts[0][0]))
+    assert np.array_equal(lists.rid, np.asarray(pq.read_table(first, columns=["rid"])["rid"].to_numpy(), np.uint64))
+    got = pa.concat_tables([sets.part_table(i, "terms") for i in range(len(sets.parts))])
+    ref = pa.concat_tables([ref_sets.part_table(i, "terms") for i in range(len(ref_sets.parts))])
+    assert got.select(ref.column_names).equals(ref)
+    rows = sets.rows()  # the window rows: cached files, written on first use
+    assert all(isinstance(f, Path) and f.name.endswith(".rows.parquet") for f in rows) and sets.rows() == rows
+    columns = [*tokens.ROWS_COLUMNS, *tokens.LIST_COLUMNS]
+    assert pa.concat_tables([pq.read_table(f) for f in rows]).equals(ref.select(columns))
+    assert pa.concat_tables(ref_sets.rows()).equals(ref.select(columns))
+    for where, col in zip(tokens.WHERES, tokens.LIST_COLUMNS):
+        counts = pc.value_counts(pc.list_flatten(ref.column(col))).to_pylist()
+        for term in [c["values"] for c in sorted(counts, key=lambda c: -c["counts"])[:3]]:
+            want = sorted(r["rid"] for r in ref.select(["rid", col]).to_pylist() if term in r[col])
+            assert sorted(sets.holding(where, term).column("rid").to_pylist()) == want
+            assert sorted(ref_sets.holding(where, term).column("rid").to_pylist()) == want
+    tokens._EMPTY.clear()  # as in a process that computed no part: the fixed columns
+    assert tokens._empty_terms().schema.equals(ref.schema)
+
+
 def _focus(store: Store, terms: set[int]) -> tuple[list[tuple], list[tuple]]:
     """(rows of `TermCells.focus`, the same rows scanned from every part's cell terms), sorted."""
     cells = termcells.term_cells(store, "r", tokens.term_sets(store, "r"))
@@ -410,10 +439,11 @@ def test_term_lists_round_trip_and_count_as_the_term_sets_do(tmp_path):
     has_reasoning = np.array([True, False, True, True, False])
     answer = (np.array([0, 2, 3, 3, 5, 6]), np.array([1, 70_000, 1, 1, 70_000, 2]))
     reasoning = (np.array([0, 1, 2, 3, 3, 4]), np.array([5, 5, 5, 5]))
-    lists = termcells.TermLists.of(cell, has_reasoning, [answer, reasoning])
+    rid = np.array([11, 12, 13, 14, 2**64 - 1], np.uint64)
+    lists = termcells.TermLists.of(cell, has_reasoning, [answer, reasoning], rid)
     back = termcells.TermLists.load(lists.save(tmp_path / "p.termlists.npy"))
-    for a, b in zip((lists.cell, lists.has_reasoning, *lists.lists[0], *lists.lists[1]),
-                    (back.cell, back.has_reasoning, *back.lists[0], *back.lists[1])):
+    for a, b in zip((lists.cell, lists.has_reasoning, lists.rid, *lists.lists[0], *lists.lists[1]),
+                    (back.cell, back.has_reasoning, back.rid, *back.lists[0], *back.lists[1])):
         assert np.array_equal(a, b) and a.dtype == b.dtype
     assert back.lists[0][1].dtype == np.int32 and back.lists[1][1].dtype == np.uint16
     rows = sorted((r["cell"], r["term_id"], r["x"]) for r in termcells.part_cellterms(back).to_pylist())

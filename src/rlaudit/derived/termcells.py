@@ -54,8 +54,8 @@ from ..errors import RlauditError
 from ..store import Store, prune_cached, write_atomic, write_cached
 from .tokens import WHERES, TermSets, style_columns, union_view
 
-#: 2: `cellterms` no longer stored (made from `termlists` when asked)
-VERSION = 2
+#: 2: `cellterms` no longer stored (made from `termlists` when asked); 3: `termlists` hold each rollout's `rid`
+VERSION = 3
 #: the cached tables (files, or rows in segments); `cellterms` is made from `LISTS` when asked
 KINDS = ("cells", "promptterms")
 #: the per-part flat term lists (`TermLists`): a file of its own per part, never in a segment
@@ -320,23 +320,27 @@ def reduce_arrays(part: str, terms: pa.Table, cell: np.ndarray, has_reasoning: n
     start, end = prompt_off[used], prompt_off[used + 1]
     promptterms = pa.table({"prompt_key": pa.array(np.repeat(prompt_keys[used], end - start), pa.uint64()),
                             "term_id": pa.array(_ranges(prompt_ids, start, end), pa.int32())})
-    return {"cells": pa.table(cols), "promptterms": promptterms, LISTS: TermLists.of(cell, has_reasoning, pairs)}
+    rid = np.asarray(terms.column("rid").to_numpy(), np.uint64)
+    return {"cells": pa.table(cols), "promptterms": promptterms, LISTS: TermLists.of(cell, has_reasoning, pairs, rid)}
 
 
 @dataclass
 class TermLists:
     """One part's rollouts as `cellterms` needs them: each one's cell (`CELL`), whether it has reasoning, and
-    per place (`WHERES` order) the term lists as flat arrays (offsets per rollout from 0, ids). Kept as one
-    uncompressed `.npy` file a part (`save`, `load`): ~0.65 MB at 5,000 rollouts, read in ~0.1 ms, against ~3-4 ms for
-    the same lists from the term sets' Parquet file (its list levels)."""
+    per place (`WHERES` order) the term lists as flat arrays (offsets per rollout from 0, ids); and each one's
+    `rid` (the term sets' key), so that readers of the term sets' rows take the lists from here (the term-set
+    files hold none: `tokens.with_lists`, `tokens.TermSets.holding`). Kept as one uncompressed `.npy` file a part
+    (`save`, `load`): ~0.7 MB at 5,000 rollouts, read in ~0.1-0.3 ms, against ~3-4 ms for the same lists from a
+    Parquet file (its list levels)."""
 
     cell: np.ndarray
     has_reasoning: np.ndarray
     lists: list[tuple[np.ndarray, np.ndarray]]
+    rid: np.ndarray
 
     @classmethod
-    def of(cls, cell: np.ndarray, has_reasoning: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]]
-           ) -> TermLists:
+    def of(cls, cell: np.ndarray, has_reasoning: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]],
+           rid: np.ndarray) -> TermLists:
         """From the term-set worker's arrays, in the smallest types that hold them (ids in 16 bits while the
         vocabulary has fewer than 65,536 terms)."""
         def small(a: np.ndarray) -> np.ndarray:
@@ -344,7 +348,7 @@ class TermLists:
             return a.astype(np.uint16 if top < 1 << 16 else np.int32 if top < 1 << 31 else np.int64)
 
         return cls(np.asarray(cell, np.uint64), np.asarray(has_reasoning, bool),
-                   [(small(off), small(ids)) for off, ids in pairs])
+                   [(small(off), small(ids)) for off, ids in pairs], np.asarray(rid, np.uint64))
 
     def save(self, path: Path) -> Path | TermLists:
         """Write to `path` (atomically): the arrays one after another, each as `np.save` writes it (one file
@@ -352,7 +356,7 @@ class TermLists:
         themselves where the store cannot be written."""
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
-                for a in (self.cell, self.has_reasoning, *(a for pair in self.lists for a in pair)):
+                for a in (self.cell, self.has_reasoning, self.rid, *(a for pair in self.lists for a in pair)):
                     np.save(f, a, allow_pickle=False)
 
         return path if write_atomic(path, write) else self
@@ -365,8 +369,8 @@ class TermLists:
             return path
         try:
             with open(path, "rb") as f:
-                cell, has_reasoning = np.load(f), np.load(f)
-                return cls(cell, has_reasoning, [(np.load(f), np.load(f)) for _ in WHERES])
+                cell, has_reasoning, rid = np.load(f), np.load(f), np.load(f)
+                return cls(cell, has_reasoning, [(np.load(f), np.load(f)) for _ in WHERES], rid)
         except (ValueError, EOFError) as exc:
             raise RlauditError(f"{path}: cached term lists unreadable ({exc}); delete the file and the next audit "
                                "computes them again") from None

@@ -19,7 +19,10 @@ Derived data (`TermSets`):
   `rlaudit.derived.styles`, the length from the token count) and the *distinct* candidate term ids
   found in the answer and in the reasoning (`answer_terms`, `reasoning_terms`). An occurrence does not
   count when the same n-gram, or its key token (its rarest word: "zebra" of "the zebra"), occurs in the
-  rollout's prompt (copying the question is not a tic); and `counts`: per step the rollouts containing each
+  rollout's prompt (copying the question is not a tic). The lists are kept once, in the part's flat term lists
+  (`termcells.TermLists`): the cached term-set file holds the other columns, `with_lists` joins them back, and
+  the rows the emerging detector reads with their lists (the window parts') are cached on first use
+  (`TermSets.rows`); and `counts`: per step the rollouts containing each
   term and those whose prompt holds it (`term_step_counts`), so that prevalences can be computed among the
   rollouts *at risk*, those whose prompt does not already contain the term. The candidate ids each prompt holds
   are kept once per prompt, not per rollout, in the part's cell tables (`termcells`: `promptterms`), which the
@@ -58,9 +61,10 @@ import pyarrow.parquet as pq
 from . import kernels, segments, styles
 from .. import memory
 from ..behaviors import STYLE_FEATURES, TOKEN_PATTERN
+from ..errors import RlauditError
 from ..layout import PART_SCHEMA, SPANS, read_columns, read_stored, to_canonical
 from ..cot.shingles import splitmix64
-from ..store import Store, atomic_write_text, bound_memory, prune_cached, write_cached
+from ..store import Store, atomic_write_text, bound_memory, listing, prune_cached, write_cached
 from ..text import byte_spans, cut_ranges, span_ranges, validity
 from .tokhash import span_term_ids, string_hashes, text_term_ids, token_hashes
 
@@ -168,8 +172,9 @@ def term_step_counts(store: Store, run: str, options: VocabOptions = VocabOption
 #: the window test (early vs late 20% of steps) anyway.
 REUSE_GROWTH = 0.05
 #: version of the cached per-part files' layout (in their directory's name, so files of an older layout are
-#: neither read nor mixed with new ones, and are pruned): 2 dropped the per-rollout `prompt_terms` column
-FORMAT = 2
+#: neither read nor mixed with new ones, and are pruned): 2 dropped the per-rollout `prompt_terms` column, 3 the
+#: term lists (read from the part's `termcells.TermLists`: `with_lists`)
+FORMAT = 3
 #: Rollouts tokenised together when several parts lack their term sets (one DuckDB query for many small parts)
 BATCH_ROWS = 50_000
 #: memory a term-set worker thread may take at most (see `workers`)
@@ -185,23 +190,79 @@ class TermSets:
     parts: list[tuple[str, Any]]  # (part name, {"terms": path|table, "counts": path|table})
 
     def part_table(self, i: int, kind: str) -> pa.Table:
-        v = self.parts[i][1][kind]
+        """Part i's term sets (with their lists: `with_lists`) or per-step counts."""
+        name, entry = self.parts[i]
+        v = entry[kind]
         if isinstance(v, pa.Table):
             return v
         # the per-step counts of a part computed in a cold audit may be held by a segment only
-        return segments.read_member(Path(v), kind) if kind == "counts" else pq.read_table(v)
+        if kind == "counts":
+            return segments.read_member(Path(v), kind)
+        return with_lists(pq.read_table(v), Path(v).parent, name)
+
+    def rows(self) -> list[Path | pa.Table]:
+        """Per part, its rollouts' `ROWS_COLUMNS` with their term lists (the emerging detector's per-rollout rows of
+        the windows, `Scope.rows`): a file cached beside its term sets (`<part>.rows.parquet`), written the first
+        time a reader asks for the part (`memory.workers` threads, from the term sets and the part's flat lists,
+        `with_lists`), or a table (term sets held in memory; a store that cannot be written).
+
+        Why on first use: the term lists cost ~70% of a term-set file's write (their Parquet list levels), and
+        only the parts in the early and late windows are ever read with them (~80 of 200 parts at 1M rollouts;
+        ~100 of 2,000 at 10M, where the windows are thinned), so the term-set files hold none. A warm audit finds
+        the window parts' files cached but the newest part's, as when every term-set file held its lists."""
+        listed = {d: listing(d) for d in {Path(e["terms"]).parent for _, e in self.parts
+                                           if not isinstance(e["terms"], pa.Table)}}
+
+        def one(part: tuple[str, dict[str, Any]]) -> Path | pa.Table:
+            name, entry = part
+            v = entry["terms"]
+            if isinstance(v, pa.Table):
+                return v.select([*ROWS_COLUMNS, *LIST_COLUMNS])
+            path = _rows_file(Path(v))
+            if path.name in listed[path.parent]:
+                return path
+            table = with_lists(pq.read_table(v, columns=ROWS_COLUMNS).select(ROWS_COLUMNS), path.parent, name)
+            return _write_kind(path, "rows", table)
+
+        todo = sum(not isinstance(e["terms"], pa.Table) and _rows_file(Path(e["terms"])).name
+                   not in listed[Path(e["terms"]).parent] for _, e in self.parts)
+        return list(memory.in_order(one, self.parts, max(1, min(workers(), todo)), "rlaudit-rows"))
+
+    def holding(self, where: str, term_id: int) -> pa.Table:
+        """`rid` of the rollouts of these parts whose `where` term set holds `term_id`: what a term's value over
+        the view `register` makes (whose files hold no lists) is computed from (`emerging.Scope.sampled_value_sql`).
+        From each part's flat term lists: ~0.3 ms a part, reading no Parquet."""
+        from . import termcells  # termcells builds on this module
+
+        place = WHERES.index(where)
+        pieces = []
+        for name, entry in self.parts:
+            v = entry["terms"]
+            if isinstance(v, pa.Table):
+                lists = v.column(LIST_COLUMNS[place]).combine_chunks()
+                off = np.concatenate([[0], np.cumsum(pc.list_value_length(lists).fill_null(0).to_numpy())])
+                ids = np.asarray(pc.list_flatten(lists).to_numpy(), np.int64)
+                rid = np.asarray(v.column("rid").to_numpy(), np.uint64)
+            else:
+                t = termcells.TermLists.load(termcells.lists_file(Path(v).parent, name))
+                (off, ids), rid = t.lists[place], t.rid
+            rows = np.searchsorted(np.asarray(off, np.int64), np.flatnonzero(ids == term_id), side="right") - 1
+            pieces.append(rid[rows])
+        return pa.table({"rid": pa.array(np.concatenate(pieces) if pieces else np.zeros(0, np.uint64), pa.uint64())})
 
     def register(self, con: duckdb.DuckDBPyConnection, terms: str | None = "rt",
                  counts: str | None = "step_counts") -> None:
         """Views `terms` (one row per rollout) and `counts` (per part and step) over the cached parts (a view
         named None is not made). `counts` only for the run's every part (its segments are merged, which needs
-        the whole run: `segments.covering`)."""
+        the whole run: `segments.covering`). The files of `terms` hold no term lists (`_write_kind`): readers of
+        the lists take them from `rows` or `holding`."""
         for kind, view in (("terms", terms), ("counts", counts)):
             if view is None:
                 continue
             # the per-step counts are read whole by every audit: through segments; the term sets (one row per
             # rollout) are read for a few parts at a time
-            union_view(con, view, [p[kind] for _, p in self.parts], lambda k=kind: _EMPTY[k],
+            union_view(con, view, [p[kind] for _, p in self.parts],
+                       _empty_terms if kind == "terms" else lambda: _EMPTY["counts"],
                        segment="counts" if kind == "counts" else None)
 
 
@@ -299,7 +360,10 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
             # the tables a segment written from memory will hold are not written as files (`_fresh_segments`)
             planned = {kind for kind, f in _segmented_files(vdir, path).items() if fresh and fresh.planned(f)}
             entry = _store_part(vdir, path, terms, counts, persist, skip="counts" in planned)
-            out.append((path, entry, termcells.keep(store, path.name, entry["terms"], cells, skip=planned),
+            kept = termcells.keep(store, path.name, entry["terms"], cells, skip=planned)
+            if not isinstance(kept.get(termcells.LISTS), (Path, type(None))):
+                entry["terms"] = terms  # its lists could not be written: the term sets stay in memory whole
+            out.append((path, entry, kept,
                         {kind: t for kind, t in {"counts": counts, **cells}.items() if kind in planned}))
         return out
 
@@ -386,8 +450,15 @@ def _store_part(vdir: Path, path: Path, terms: pa.Table, counts: pa.Table, persi
     if not persist:
         return {"terms": terms, "counts": counts}
     files = _part_files(vdir, path)
-    return {"terms": _write_kind(files["terms"], "terms", terms),
+    # the lists are kept once, in the part's flat term lists (`termcells.TermLists`, written by the same worker)
+    written = _write_kind(files["terms"], "terms", terms.drop_columns(LIST_COLUMNS))
+    return {"terms": written if isinstance(written, Path) else terms,
             "counts": files["counts"] if skip else _write_kind(files["counts"], "counts", counts)}
+
+
+def _rows_file(terms: Path) -> Path:
+    """Where the window rows (`TermSets.rows`) of the part whose term sets are cached at `terms` are cached."""
+    return terms.with_name(terms.name.removesuffix(".terms.parquet") + ".rows.parquet")
 
 
 def _part_files(vdir: Path, part: Path) -> dict[str, Path]:
@@ -396,21 +467,22 @@ def _part_files(vdir: Path, part: Path) -> dict[str, Path]:
 
 
 def _write_kind(path: Path, kind: str, table: pa.Table) -> Path | pa.Table:
-    """Write one part's term sets, counts or cell table (`termcells.write`). LZ4: about twice as fast to write
-    and four times as fast to read as zstd, for 1.5x the size. Their ids, sorted within a row, are
-    delta-encoded: per part of the 1M-rollout benchmark 7.5 -> 6.0 CPU ms to write, 704 -> 554 KB, DuckDB's
-    read as cheap (pyarrow 26, DuckDB 2.0). Column statistics only for step and split: a part is one row group,
-    and only a filter on those can skip it (`step IN (...)` of a sampled scope); the others' statistics cost
-    ~10% of the write (5.85 -> 5.23 CPU ms a part) and no read got cheaper. What the write costs is the two
-    term lists (~3.7 of ~5.1 ms: their levels and delta encoding); other codecs, no compression (3x the bytes)
-    or dictionaries for the strings changed the write by at most ~0.3 ms a part and DuckDB's reads of 40 parts
-    (the window's rows, the style view, generalization's filtered scan) by at most 5%. An Arrow IPC file
-    (memory-mapped, registered with DuckDB) is written in 0.57 ms but takes 2.5 MB a part (500 MB at 1M
-    rollouts, 4.5x); with LZ4 it costs 5.3 ms, as much as this, and is decompressed whole on every read."""
-    if kind == "terms":
+    """Write one part's term sets (without their lists: `_store_part`), counts or cell table
+    (`termcells.write`). LZ4: about twice as fast to write and four times as fast to read as zstd, for 1.5x the
+    size. Column statistics only for step and split: a part is one row group, and only a filter on those can skip
+    it (`step IN (...)` of a sampled scope); the others' statistics cost ~10% of the write and no read got
+    cheaper.
+
+    Why the term lists are not in the term-set file (FORMAT 3): they were ~3.7 of ~5.1 CPU ms of a part's write
+    (their list levels and delta encoding; ~4.1-5.8 of ~6 ms measured again on 20 parts of the 1M-rollout
+    benchmark, 532 KB a part with them, 118 KB without; 17.5 CPU s of the cold 10M-rollout audit wrote term-set
+    files), and the same lists are written anyway, uncompressed, in the part's `termcells.TermLists` file, which
+    the cell tables' readers use. Only the window parts' rows are read with their lists: their `rows` files
+    (the same encoding as the term sets had) are written when first asked for."""
+    if kind in ("terms", "rows"):  # the rows' ids, sorted within a row, delta-encoded (7.5 -> 6.0 CPU ms a part)
         lists = {f"{f.name}.list.element": "DELTA_BINARY_PACKED" for f in table.schema if pa.types.is_list(f.type)}
         return write_cached(path, table, compression="lz4", use_dictionary=False, write_statistics=["step", "split"],
-                            column_encoding=lists)
+                            column_encoding=lists or None)
     if kind == "counts":
         return write_cached(path, table, compression="lz4", use_dictionary=False, write_statistics=True)
     from . import termcells  # termcells builds on this module
@@ -802,6 +874,38 @@ def _distinct_pairs(rows: np.ndarray, ids: np.ndarray, n_ids: int) -> tuple[np.n
         np.not_equal(code[1:], code[:-1], out=keep[1:])
         code = code[keep]
     return (code // dtype(width)).astype(np.int64), (code % dtype(width)).astype(np.int32)
+
+
+#: the term sets' list columns (`WHERES` order, as `termcells.TermLists` keeps them)
+LIST_COLUMNS = [f"{where}_terms" for where in WHERES]
+#: the term-set columns a part's window rows keep beside its lists (`TermSets.rows`)
+ROWS_COLUMNS = ["rid", "rollout_id", "step", "split", "condition", "prompt_key", "has_reasoning"]
+
+
+def with_lists(terms: pa.Table, term_sets_dir: Path, part: str) -> pa.Table:
+    """A part's cached term sets (`terms`, read from `term_sets_dir`) with their list columns, from the part's
+    flat term lists (`termcells.TermLists`: the same worker wrote both from the same arrays, row for row)."""
+    from . import termcells  # termcells builds on this module
+
+    lists = termcells.TermLists.load(termcells.lists_file(term_sets_dir, part))
+    if len(lists.cell) != terms.num_rows:
+        raise RlauditError(f"{term_sets_dir}: the cached term sets of part {part} have {terms.num_rows} rows and "
+                           f"its term lists {len(lists.cell)}; delete that folder and the next audit computes "
+                           "them again")
+    for col, (off, ids) in zip(LIST_COLUMNS, lists.lists):
+        terms = terms.append_column(col, _offsets_to_lists(off, ids))
+    return terms
+
+
+def _empty_terms() -> pa.Table:
+    """The term sets' columns, with no rows (a part computed in this process gives them; else a fixed list)."""
+    if "terms" in _EMPTY:
+        return _EMPTY["terms"]
+    cols = {"rid": pa.uint64(), "rollout_id": pa.string(), "step": pa.int64(), "split": pa.string(),
+            "condition": pa.string(), "task": pa.string(), "group_id": pa.string(), "prompt_key": pa.uint64(),
+            "has_reasoning": pa.bool_(), **{col: pa.float64() for col, _, _ in style_columns()},
+            **{col: pa.list_(pa.int32()) for col in LIST_COLUMNS}}
+    return pa.schema(cols).empty_table()
 
 
 def _offsets_to_lists(off: np.ndarray, v: np.ndarray) -> pa.Array:

@@ -276,6 +276,8 @@ class Scope:
         self._focus_cells_of: set[int] = set()
         self._rows_built = False
         self._sample: tuple[str, str] | None = None
+        self._sample_sets: tokens.TermSets | None = None  # the parts of `rt_sample` (`sampled_rows`)
+        self._holding: set[str] = set()  # the temp tables `sampled_value_sql` made
 
     def key_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The scope's (step, split, si) keys as arrays for `StepCounts` (the same arrays on every call: the
@@ -309,8 +311,9 @@ class Scope:
                 con.register("sample_steps", pa.table({"step": pa.array(steps, pa.int64())}))
                 parts = {r[0] for r in con.execute(
                     "SELECT DISTINCT part FROM cell_all SEMI JOIN sample_steps USING (step)").fetchall()}
-                tokens.TermSets(vocab=self.vocab, parts=[p for p in self.sets.parts if p[0] in parts]
-                                ).register(con, "rt_sample", None)
+                self._sample_sets = tokens.TermSets(vocab=self.vocab, parts=[p for p in self.sets.parts
+                                                                             if p[0] in parts])
+                self._sample_sets.register(con, "rt_sample", None)
                 # a literal list lets the scan of the stored rollouts skip the other steps' row groups
                 listed = ", ".join(map(str, steps)) if len(steps) <= 2000 else "SELECT step FROM sample_steps"
                 self._sample = ("rt_sample", f"step IN ({listed})")
@@ -441,13 +444,16 @@ class Scope:
             con = self.con
             window = tokens.TermSets(vocab=self.vocab, parts=[p for p in self.sets.parts
                                                              if p[0] in self.window_parts])
-            window.register(con, "rt_win", None)
-            # only the columns the per-rollout questions use: not the style columns (read by the few style
-            # questions from the view `sw`)
+            # the columns the per-rollout questions use, with the term lists: from the parts' window rows
+            # (`TermSets.rows`, cached files: the term-set files hold no lists); not the style columns (read by
+            # the few style questions from the view `sw`, over the term-set files)
+            empty = lambda: tokens._empty_terms().select([*tokens.ROWS_COLUMNS, *tokens.LIST_COLUMNS])  # noqa: E731
+            tokens.union_view(con, "rt_rows", window.rows(), empty)
             con.execute("""CREATE OR REPLACE TEMP TABLE sc AS
                            SELECT rt.rid, rt.rollout_id, rt.step, rt.condition, rt.prompt_key, rt.has_reasoning,
                                   rt.answer_terms, rt.reasoning_terms, k.si, k.win
-                           FROM rt_win rt JOIN keys k USING (step, split) WHERE k.win IS NOT NULL""")
+                           FROM rt_rows rt JOIN keys k USING (step, split) WHERE k.win IS NOT NULL""")
+            window.register(con, "rt_win", None)
             con.execute("""CREATE OR REPLACE VIEW sw AS SELECT rt.*, k.si, k.win
                            FROM rt_win rt JOIN keys k USING (step, split) WHERE k.win IS NOT NULL""")
             self._rows_built = True
@@ -459,6 +465,22 @@ class Scope:
         if feature_type == "ngram":
             return f"CAST(list_contains({where}_terms, {int(key)}) AS DOUBLE)"
         return f"{where}__{key}"
+
+    def sampled_value_sql(self, where: str, feature_type: str, key: str | int) -> str:
+        """As `value_sql`, over the view `sampled_rows` names: its term-set files hold no term lists, so an
+        n-gram's value is whether the rollout is among those holding it (`TermSets.holding`, from the parts'
+        flat lists, kept in a temp table per term for this audit)."""
+        if feature_type != "ngram":
+            return self.value_sql(where, feature_type, key)
+        view, _ = self.sampled_rows()
+        table = f"_holding_{where}_{int(key)}"
+        if table not in self._holding:
+            sets = self.sets if view == "rt_parts" else self._sample_sets
+            self.con.register(f"{table}_rows", sets.holding(where, int(key)))
+            self.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT DISTINCT rid FROM {table}_rows")
+            self.con.unregister(f"{table}_rows")
+            self._holding.add(table)
+        return f"CAST(rid IN (SELECT rid FROM {table}) AS DOUBLE)"
 
     def at_risk_sql(self, feature_type: str, key: str | int) -> str:
         """Rollouts that could show the behaviour unprompted: for an n-gram, those whose prompt lacks it (a focus

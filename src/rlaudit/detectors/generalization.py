@@ -281,8 +281,9 @@ def _reward_correlation(scope: Scope, a: dict[str, Any], signal: str, condition:
     the scope's rollouts, or a systematic sample of its steps in a long run (`Scope.sampled_rows`)."""
     rows_view, sampled = scope.sampled_rows()
     rewards = _sampled_rewards(scope) if rows_view != "rt_parts" else "rewards_long"
+    value = scope.sampled_value_sql(a["where"], a["ftype"], a["key"])
     rows = scope.con.execute(f"""
-        WITH b AS (SELECT rollout_id, group_id, {a['value']} AS v FROM {rows_view} SEMI JOIN keys USING (step, split)
+        WITH b AS (SELECT rollout_id, group_id, {value} AS v FROM {rows_view} SEMI JOIN keys USING (step, split)
                    WHERE condition = ? AND {sampled} AND {scope.filter(a['where'])} AND {a['risk']}),
              r AS (SELECT rollout_id, value FROM {rewards} WHERE condition = ? AND signal = ? AND NOT isnan(value)
                    AND {sampled}),
