@@ -10,8 +10,8 @@ The script runs `audit.measure` (floor, cold audit, warm audit) and prints its t
 
 - per function (`--functions`): the CPU seconds of the calling thread (`time.thread_time`) inside every
   module-level function and method of rlaudit, inclusive of what it calls, summed over all threads, per cold
-  stage (the 25 largest). Worker threads count (cProfile sees the main thread only); DuckDB's own threads do not
-  (their work shows as wall time of the calling thread, not its CPU). A recursive call counts once.
+  stage (the 25 largest; `--top N`). Worker threads count (cProfile sees the main thread only); DuckDB's own
+  threads do not (their work shows as wall time of the calling thread, not its CPU). A recursive call counts once.
 - over time (`--timeline`): every 100 ms of the cold audit, the process's CPU rate (cores busy, from getrusage)
   and the innermost rlaudit frame of every thread; then, per stage, its wall seconds and the core-seconds left
   idle (2 cores assumed: `--cores N`), and the stretches below 1.3 cores, which are where work runs on one thread.
@@ -156,6 +156,7 @@ def main() -> None:
     ap.add_argument("--functions", action="store_true", help="only the per-function view")
     ap.add_argument("--timeline", action="store_true", help="only the view over time")
     ap.add_argument("--cores", type=int, default=2, help="cores the idle time is counted against (2)")
+    ap.add_argument("--top", type=int, default=25, help="functions listed per stage (25)")
     args = ap.parse_args()
     if not (args.dir / "run").is_dir() or not any((args.dir / "last").glob("*.parquet")):
         raise SystemExit(f"{args.dir}: not a directory of benchmarks/audit.py --keep (run/ and last/*.parquet)")
@@ -182,7 +183,7 @@ def main() -> None:
     result = bench.measure(args.dir, None)
     bench._print(result)
     if times is not None:
-        times.print()
+        times.print(top=args.top)
     if timeline is not None:
         timeline.print(args.cores)
 
