@@ -99,12 +99,36 @@ def test_in_memory_store_gets_the_same_tables(tmp_path):
 def test_a_replaced_part_is_reduced_again_and_its_old_files_pruned(tmp_path):
     store = _store(tmp_path)
     _check(store)
+    old_rows = tokens.term_sets(store, "r").rows()  # the window rows' files, cached on first use
     table = simulate_run("goblin_persona", steps=8, prompts=6, generations=4, seed=4, run_name="r").canonical()
     store.append("r", table.filter(pc.greater_equal(table["step"], 6)), key="b")  # replaces part b
     _check(store)
     vdirs = list((store.run_dir("r") / "derived" / "termcells").iterdir())
     stems = {p.stem for p in store.parts("r")}
     assert len(vdirs) == 1 and {f.name.split(".")[0] for f in vdirs[0].iterdir()} <= stems
+    # the replaced part's rows file went with its term sets; the new part's is written when asked for
+    sets = tokens.term_sets(store, "r")
+    tdir = Path(sets.parts[0][1]["terms"]).parent
+    assert {f.name.split(".")[0] for f in tdir.iterdir()} <= stems
+    assert old_rows and not [f for f in old_rows if f.exists() and f.name.split(".")[0] not in stems]
+    assert all(f.name.split(".")[0] in stems for f in sets.rows())
+
+
+def test_window_rows_of_a_grown_run_are_written_for_the_new_part_only(tmp_path, monkeypatch):
+    """A run that grows by a part, its vocabulary kept: asking for every part's window rows again writes the new
+    part's file only (a warm audit pays O(new step) for them), and leaves the others' as they were."""
+    monkeypatch.setattr(tokens, "REUSE_GROWTH", 10.0)
+    store = _store(tmp_path)
+    first = tokens.term_sets(store, "r").rows()
+    stamps = {f: f.stat().st_mtime_ns for f in first}
+    table = simulate_run("goblin_persona", steps=10, prompts=6, generations=4, seed=5, run_name="r").canonical()
+    added = table.filter(pc.greater_equal(table["step"], 9))
+    store.append("r", added, key="c")  # a new part: the steps after the first two parts'
+    again = tokens.term_sets(store, "r").rows()
+    assert len(again) == len(first) + 1 and set(first) < set(again)
+    assert {f: f.stat().st_mtime_ns for f in first} == stamps
+    new = (set(again) - set(first)).pop()
+    assert set(pq.read_table(new).column("step").to_pylist()) == set(added.column("step").to_pylist())
 
 
 def test_a_shard_reduces_its_parts_and_prunes_nothing(tmp_path):
