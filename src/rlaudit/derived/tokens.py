@@ -213,19 +213,23 @@ class TermSets:
         listed = {d: listing(d) for d in {Path(e["terms"]).parent for _, e in self.parts
                                            if not isinstance(e["terms"], pa.Table)}}
 
+        def cached(entry: dict[str, Any]) -> Path | None:
+            v = entry["terms"]
+            path = None if isinstance(v, pa.Table) else _rows_file(Path(v))
+            return path if path is not None and path.name in listed[path.parent] else None
+
         def one(part: tuple[str, dict[str, Any]]) -> Path | pa.Table:
             name, entry = part
             v = entry["terms"]
             if isinstance(v, pa.Table):
                 return v.select([*ROWS_COLUMNS, *LIST_COLUMNS])
-            path = _rows_file(Path(v))
-            if path.name in listed[path.parent]:
+            path = cached(entry)
+            if path is not None:
                 return path
-            table = with_lists(pq.read_table(v, columns=ROWS_COLUMNS).select(ROWS_COLUMNS), path.parent, name)
-            return _write_kind(path, "rows", table)
+            table = with_lists(pq.read_table(v, columns=ROWS_COLUMNS).select(ROWS_COLUMNS), Path(v).parent, name)
+            return _write_kind(_rows_file(Path(v)), "rows", table)
 
-        todo = sum(not isinstance(e["terms"], pa.Table) and _rows_file(Path(e["terms"])).name
-                   not in listed[Path(e["terms"]).parent] for _, e in self.parts)
+        todo = sum(not isinstance(e["terms"], pa.Table) and cached(e) is None for _, e in self.parts)
         return list(memory.in_order(one, self.parts, max(1, min(workers(), todo)), "rlaudit-rows"))
 
     def holding(self, where: str, term_id: int) -> pa.Table:
@@ -239,9 +243,7 @@ class TermSets:
         for name, entry in self.parts:
             v = entry["terms"]
             if isinstance(v, pa.Table):
-                lists = v.column(LIST_COLUMNS[place]).combine_chunks()
-                off = np.concatenate([[0], np.cumsum(pc.list_value_length(lists).fill_null(0).to_numpy())])
-                ids = np.asarray(pc.list_flatten(lists).to_numpy(), np.int64)
+                ids, off = _list_parts(v.column(LIST_COLUMNS[place]))
                 rid = np.asarray(v.column("rid").to_numpy(), np.uint64)
             else:
                 t = termcells.TermLists.load(termcells.lists_file(Path(v).parent, name))
