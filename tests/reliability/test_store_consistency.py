@@ -392,6 +392,32 @@ def test_parts_of_an_older_codec_stay_and_are_read_beside_new_ones(tmp_path, mon
     assert rows[0] == rows[1] and len(rows[0]) == 160
 
 
+def test_parts_keep_statistics_of_the_scalar_columns_only(tmp_path):
+    """A part's row groups carry min/max where a reader prunes by them (step, split, condition, ids: the step
+    range of a part is read back from them, and DuckDB skips row groups by a `step` filter), and none for the
+    texts and nested columns (`store._STATISTICS_COLUMNS`); a query filtered by step still skips the other parts."""
+    import duckdb
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    store = Store(tmp_path / "store")
+    store.ingest(_run_dir(tmp_path, files=2, rows=40), run="r")
+    parts = store.parts("r")
+    meta = pq.ParquetFile(parts[0]).metadata
+    stats = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i).statistics
+             for i in range(meta.num_columns)}
+    for col in ("step", "split", "condition", "rollout_id"):
+        assert stats[col] is not None and stats[col].has_min_max, col
+    for col in ("completion", "prompt", "metadata", "grader_inputs.key_value.value"):
+        assert stats[col] is None or not stats[col].has_min_max, col
+    lo = meta.row_group(0).column(list(stats).index("step")).statistics.min
+    assert store.manifest("r")["files"]  # the step ranges came from ingest; the statistics agree with them
+    assert lo == min(e["steps"][0] for e in store.manifest("r")["files"].values() if e.get("steps"))
+    paths = [str(p) for p in parts]
+    n = duckdb.sql(f"SELECT count(*) FROM read_parquet({paths}) WHERE step = {lo}").fetchall()[0][0]
+    assert n == store.table("r").filter(pc.equal(store.table("r").column("step"), lo)).num_rows > 0
+
+
 def test_readers_share_a_parsed_manifest_until_its_bytes_change(tmp_path):
     """`Store.manifest` parses the run's manifest once per content (a long run's is ~650 kB, and an audit read
     it ~23 times): the same object while the file is unchanged, the new version after an ingest or any rewrite
