@@ -5,6 +5,7 @@
     python benchmarks/audit.py --rollouts 10000000    # 10M (2,000 steps)
     python benchmarks/audit.py --profile benchmarks/profiles/audit-before.txt   # + cProfile per stage
     python benchmarks/audit.py --non-ascii 0.05       # 5% of answers and of reasonings hold a non-ASCII word
+    python benchmarks/audit.py --keep DIR --repeat 3  # three measuring processes in a row: the median ratio
 
 A child process writes a TRL-layout run (`completions/completions_{step:05d}.parquet`, one file per step of
 5,000 rollouts, as GRPOTrainer.log): conversational prompts rendered by the chat template ("system\\n...\\nuser\\n
@@ -31,6 +32,10 @@ Per stage it prints wall seconds, CPU seconds (all threads of the process, from 
 during the stage (sampled every 20 ms by a thread), then the ratio cold audit / floor in wall and CPU time (to the
 mean of the floor's two runs) and the process's overall peak RSS. On a shared machine the CPU figures and the
 ratio are the steadier ones; the load average is printed too.
+
+`--repeat K` runs the measuring process K times in a row (each with its own floors and an empty store): a VM whose
+speed drifts by ~15% within minutes moves one run's ratio by as much as a change under test. It prints one line
+per run, the table of the run with the median cold wall ratio, and the median and range of the cold ratios.
 """
 
 from __future__ import annotations
@@ -332,6 +337,8 @@ def main() -> None:
     ap.add_argument("--keep", help="generate into (and keep) this directory instead of a temporary one")
     ap.add_argument("--non-ascii", type=_share, default=0.0, metavar="SHARE",
                     help="the share of answers and of reasonings with a word outside ASCII (default 0)")
+    ap.add_argument("--repeat", type=int, default=1, metavar="K",
+                    help="measure K times in a row, each in a fresh process with its own floors (default 1)")
     ap.add_argument("--_generate", nargs=3, help=argparse.SUPPRESS)
     ap.add_argument("--_measure", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -351,20 +358,52 @@ def main() -> None:
             gen = _child(["--_generate", str(tmp), str(rollouts), str(args.non_ascii)])
             print(f"generated {gen['rollouts']:,} rollouts ({gen['steps']} steps, {gen['exposed']:,} exposed) in "
                   f"{time.perf_counter() - t0:.1f}s (child process, not measured)")
-        for d in ("store",):
-            shutil.rmtree(tmp / d, ignore_errors=True)
-        for f in tmp.glob("*.json"):
-            f.unlink()
-        last = next((tmp / "last").glob("*.parquet"))
-        (tmp / "run" / "completions" / last.name).unlink(missing_ok=True)
-        size = sum(p.stat().st_size for p in (tmp / "run").rglob("*.parquet"))
-        print(f"TRL files: {size / 1e6:,.0f} MB; load average before: {os.getloadavg()}")
-        res = _child(["--_measure", str(tmp)] + (["--profile", args.profile] if args.profile else []))
-        print(f"load average after: {os.getloadavg()}")
-        _print(res)
+        runs = []
+        for k in range(max(1, args.repeat)):
+            _reset(tmp)
+            if k == 0:
+                size = sum(p.stat().st_size for p in (tmp / "run").rglob("*.parquet"))
+                print(f"TRL files: {size / 1e6:,.0f} MB")
+            print(f"load average before: {os.getloadavg()}")
+            runs.append(_child(["--_measure", str(tmp)] + (["--profile", args.profile] if args.profile else [])))
+            print(f"load average after: {os.getloadavg()}")
+            if args.repeat > 1:
+                wall, cpu = _ratios(runs[-1])
+                print(f"run {k + 1} of {args.repeat}: cold audit {wall:.2f}x the floor's wall, {cpu:.2f}x its CPU")
+        median = sorted(runs, key=lambda r: _ratios(r)[0])[len(runs) // 2]
+        _print(median)
+        if len(runs) > 1:
+            walls, cpus = zip(*(_ratios(r) for r in runs))
+            mid = lambda v: sorted(v)[len(v) // 2]  # noqa: E731  (the upper median for an even K)
+            print(f"over {len(runs)} runs (the table is the run with the median wall ratio): cold ratio "
+                  f"{mid(walls):.2f}x wall ({min(walls):.2f}-{max(walls):.2f}), "
+                  f"{mid(cpus):.2f}x CPU ({min(cpus):.2f}-{max(cpus):.2f})")
     finally:
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _reset(tmp: Path) -> None:
+    """Before a measuring process: no store, no findings of an earlier run, the last step's file set aside again
+    (a warm audit added it to the run)."""
+    shutil.rmtree(tmp / "store", ignore_errors=True)
+    for f in tmp.glob("*.json"):
+        f.unlink()
+    last = next((tmp / "last").glob("*.parquet"))
+    (tmp / "run" / "completions" / last.name).unlink(missing_ok=True)
+
+
+def _floor(res: dict) -> dict[str, float]:
+    """The mean of a measuring process's floor runs (wall and CPU seconds)."""
+    floors = [r for r in res["stages"] if r["stage"] in FLOORS]
+    return {k: sum(r[k] for r in floors) / len(floors) for k in ("wall", "cpu")}
+
+
+def _ratios(res: dict, label: str = "cold") -> tuple[float, float]:
+    """(wall, CPU) of the `label` audit over the mean floor of the same process."""
+    rows = [r for r in res["stages"] if r["stage"].startswith(label + ":")]
+    floor = _floor(res)
+    return sum(r["wall"] for r in rows) / floor["wall"], sum(r["cpu"] for r in rows) / floor["cpu"]
 
 
 def _print(res: dict) -> None:
@@ -379,16 +418,17 @@ def _print(res: dict) -> None:
     print(f"{'stage':<40} {'wall s':>9} {'CPU s':>9} {'peak RSS MB':>12}")
     for r in res["stages"]:
         print(f"{r['stage']:<40} {r['wall']:9.2f} {r['cpu']:9.2f} {r['peak_rss'] * mb:12,.0f}")
-    floors = [r for r in res["stages"] if r["stage"] in FLOORS]
-    floor = {k: sum(r[k] for r in floors) / len(floors) for k in ("wall", "cpu")}
-    print(f"floor (mean of {len(floors)} runs, before and after the cold audit): {floor['wall']:.2f} s wall, "
+    floor = _floor(res)
+    n_floors = sum(r["stage"] in FLOORS for r in res["stages"])
+    print(f"floor (mean of {n_floors} runs, before and after the cold audit): {floor['wall']:.2f} s wall, "
           f"{floor['cpu']:.2f} CPU s")
     for label in ("cold", "warm"):
         rows = [r for r in res["stages"] if r["stage"].startswith(label + ":")]
         wall, cpu = sum(r["wall"] for r in rows), sum(r["cpu"] for r in rows)
         peak = max(r["peak_rss"] for r in rows)
+        ratio_wall, ratio_cpu = _ratios(res, label)
         print(f"{label} audit total: {wall:.1f} s wall, {cpu:.1f} CPU s, peak RSS {peak * mb:,.0f} MB; "
-              f"ratio to floor {wall / floor['wall']:.2f}x wall, {cpu / floor['cpu']:.2f}x CPU")
+              f"ratio to floor {ratio_wall:.2f}x wall, {ratio_cpu:.2f}x CPU")
     print(f"process peak RSS (ru_maxrss): {res['peak_rss_process'] * mb:,.0f} MB")
     sev: dict[str, int] = {}
     for f in res["findings"]:
