@@ -194,12 +194,13 @@ class Stages:
         if self.profile:
             prof = cProfile.Profile()
             prof.enable()
-        self._open = (name, time.perf_counter(), _cpu(), prof)
+        # `at`: CLOCK_MONOTONIC at the start, the clock `benchmarks/audit_perf.py` has perf stamp its samples with
+        self._open = (name, time.perf_counter(), _cpu(), prof, time.clock_gettime(time.CLOCK_MONOTONIC))
 
     def end(self) -> None:
         if self._open is None:
             return
-        name, t0, c0, prof = self._open
+        name, t0, c0, prof, at = self._open
         wall, cpu = time.perf_counter() - t0, _cpu() - c0
         if prof is not None:
             prof.disable()
@@ -209,7 +210,7 @@ class Stages:
             pstats.Stats(prof, stream=s2).sort_stats("tottime").print_stats(15)
             self.profiles.append((name, f"wall {wall:.2f}s cpu {cpu:.2f}s\n--- by cumulative time\n"
                                   + _trim(s.getvalue()) + "\n--- by own time\n" + _trim(s2.getvalue())))
-        self.rows.append({"stage": name, "wall": wall, "cpu": cpu, "peak_rss": self.sampler.peak})
+        self.rows.append({"stage": name, "wall": wall, "cpu": cpu, "peak_rss": self.sampler.peak, "at": at})
         self._open = None
 
 

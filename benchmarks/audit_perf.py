@@ -5,14 +5,13 @@ I/O), which `benchmarks/audit_profile.py` (Python functions, thread CPU) and cPr
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/audit_perf.py DIR            # DIR from audit.py --keep DIR
     ... --freq 499 --top 8                                                           # sampling rate, symbols shown
 
-DIR is a directory `benchmarks/audit.py --keep DIR` generated. A child process audits its run cold (ingest of
-every step but the last, every detector, findings JSON, report; into DIR/perf-store, replaced) under `perf record
--k CLOCK_MONOTONIC`, stamping CLOCK_MONOTONIC at the start of each stage; the samples are then split at those
-stamps and summed per library (`LIBRARIES`). Needs `perf` on PATH and `kernel.perf_event_paranoid` <= 2 (or root).
+DIR is a directory `benchmarks/audit.py --keep DIR` generated. A child process runs that script's measuring
+process on it (the floor, the cold audit, the floor again, the warm audit after one new step; DIR/store replaced,
+as there) under `perf record -k CLOCK_MONOTONIC`; the samples are split at the stages' starts (CLOCK_MONOTONIC,
+as the script records them) and summed per library (`LIBRARIES`). Needs `perf` on PATH and `kernel.perf_event_paranoid` <= 2 (or root).
 Symbols of stripped libraries show as `[unknown]`; numba's compiled code as `[JIT]`. CPU seconds are samples /
 frequency, so they include what every thread of the process ran: imports and numba's kernels loading (`start`) and
-the interpreter's shutdown (`exit`) are rows of their own. DIR keeps perf.data, perf-run/, perf-store/ and the
-audit's perf-findings.json and perf-audit.html.
+the interpreter's shutdown (`exit`) are rows of their own. DIR keeps perf.data and perf-stages.tsv.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 #: (column, test of a sample's library file name), first match wins
@@ -40,40 +38,15 @@ _SAMPLE = re.compile(r"\s*([\d.]+):\s+[0-9a-f]+\s+(.*?)\s*\((.*)\)\s*$")
 
 
 def _audit(root: Path, stamps: Path) -> None:
-    """The child: a cold audit of root's run (every step file but the last), stamping each stage's start."""
-    from rlaudit.memory import prepare
+    """The child: `benchmarks/audit.py`'s measuring process (floor, cold audit, floor, warm audit) on root, with
+    each stage's CLOCK_MONOTONIC start written to `stamps`, and "exit" where its last stage ended."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import audit as bench  # benchmarks/audit.py
 
-    prepare()
-    from rlaudit import kernels
-    from rlaudit.audit import AuditResult
-    from rlaudit.detectors import AuditConfig, run_detectors
-    from rlaudit.findings import rank
-    from rlaudit.report import write_report
-    from rlaudit.store import Store
-
-    kernels.preload()
-    marks: list[tuple[str, float]] = []
-
-    def mark(name: str) -> None:
-        marks.append((name, time.clock_gettime(time.CLOCK_MONOTONIC)))
-
-    run, store_dir = root / "perf-run", root / "perf-store"
-    for d in (run, store_dir):
-        shutil.rmtree(d, ignore_errors=True)
-    (run / "completions").mkdir(parents=True)
-    last = {p.name for p in (root / "last").glob("*.parquet")}
-    for p in sorted((root / "run" / "completions").glob("*.parquet")):
-        if p.name not in last:
-            (run / "completions" / p.name).symlink_to(p.resolve())
-    mark("ingest")
-    store = Store(store_dir)
-    report = store.ingest(run, run="bench")
-    findings = run_detectors(store, "bench", AuditConfig(), progress=lambda name, *_: mark(name or "summary"))
-    result = AuditResult(runs=[store.summary("bench")], findings=rank(findings), ingests=[report])
-    mark("findings JSON + report")
-    result.write_json(root / "perf-findings.json")
-    write_report(store, result, root / "perf-audit.html")
-    mark("exit")  # what follows is the interpreter's shutdown, not the audit
+    bench._reset(root)
+    stages = bench.measure(root, None)["stages"]
+    last = stages[-1]
+    marks = [(r["stage"], r["at"]) for r in stages] + [("exit", last["at"] + last["wall"])]
     stamps.write_text("".join(f"{name}\t{t}\n" for name, t in marks))
 
 
@@ -97,12 +70,12 @@ def _table(script: str, stamps: list[tuple[str, float]], freq: float, top: int) 
         by_sym[stage][(lib, m.group(2)[:70])] += 1
     cols = [c for c, _ in LIBRARIES] + ["other"]
     print(f"CPU s by stage and library ({freq:g} samples a second)")
-    print(f"{'stage':24s} {'total':>7s} " + " ".join(f"{c:>7s}" for c in cols))
+    print(f"{'stage':32s} {'total':>7s} " + " ".join(f"{c:>7s}" for c in cols))
     order = ["start"] + [name for name, _ in stamps]
     for stage in dict.fromkeys(order):
         if stage in by_lib:
             row = by_lib[stage]
-            print(f"{stage:24s} {sum(row.values()) / freq:7.2f} " + " ".join(f"{row[c] / freq:7.2f}" for c in cols))
+            print(f"{stage:32s} {sum(row.values()) / freq:7.2f} " + " ".join(f"{row[c] / freq:7.2f}" for c in cols))
     for stage in dict.fromkeys(order):
         if stage in by_sym:
             print(f"\n== {stage}: the {top} largest symbols (CPU s)")
@@ -122,7 +95,7 @@ def main() -> None:
     if args._child:
         _audit(root, stamps)
         return
-    if not (root / "run" / "completions").is_dir():
+    if not (root / "run" / "completions").is_dir() or not any((root / "last").glob("*.parquet")):
         sys.exit(f"{root}: no run/completions; generate it first: python benchmarks/audit.py --keep {root}")
     if shutil.which("perf") is None:
         sys.exit("perf is not installed (Debian: apt-get install linux-perf)")
