@@ -232,6 +232,10 @@ class TermSets:
         todo = sum(not isinstance(e["terms"], pa.Table) and cached(e) is None for _, e in self.parts)
         return list(memory.in_order(one, self.parts, max(1, min(workers(), todo)), "rlaudit-rows"))
 
+    def register_rows(self, con: duckdb.DuckDBPyConnection, view: str) -> None:
+        """The view `view` over `rows` (its columns, with no rows, where there is no part)."""
+        union_view(con, view, self.rows(), lambda: _empty_terms().select([*ROWS_COLUMNS, *LIST_COLUMNS]))
+
     def holding(self, where: str, term_id: int) -> pa.Table:
         """`rid` of the rollouts of these parts whose `where` term set holds `term_id`: what a term's value over
         the view `register` makes (whose files hold no lists) is computed from (`emerging.Scope.sampled_value_sql`).

@@ -447,8 +447,7 @@ class Scope:
             # the columns the per-rollout questions use, with the term lists: from the parts' window rows
             # (`TermSets.rows`, cached files: the term-set files hold no lists); not the style columns (read by
             # the few style questions from the view `sw`, over the term-set files)
-            empty = lambda: tokens._empty_terms().select([*tokens.ROWS_COLUMNS, *tokens.LIST_COLUMNS])  # noqa: E731
-            tokens.union_view(con, "rt_rows", window.rows(), empty)
+            window.register_rows(con, "rt_rows")
             con.execute("""CREATE OR REPLACE TEMP TABLE sc AS
                            SELECT rt.rid, rt.rollout_id, rt.step, rt.condition, rt.prompt_key, rt.has_reasoning,
                                   rt.answer_terms, rt.reasoning_terms, k.si, k.win
