@@ -25,11 +25,19 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+@pytest.fixture(autouse=True)
+def _one_part_per_step_file(monkeypatch):
+    """A run shards along its stored parts (`fleet.shard.plan`): these runs are a few thousand rows, which one
+    part would hold whole (`Store.part_rows`), so each step file gets a part of its own (in subprocesses too)."""
+    monkeypatch.setenv("RLAUDIT_PART_ROWS", "32")
+
+
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     port = free_port()
     tmp = Path("/tmp") / f"rayt{os.getpid()}"  # Ray's socket paths must stay short
-    env = {**os.environ, **RAY_ENV, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    # the cluster's workers ingest too (`fleet scan`): a part per step file there as well
+    env = {**os.environ, **RAY_ENV, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "RLAUDIT_PART_ROWS": "32"}
     ray_bin = Path(sys.executable).with_name("ray")
     proc = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
                              "--node-ip-address", "127.0.0.1",

@@ -37,6 +37,13 @@ def same(a, b, rel: float = 1e-9) -> bool:
     return a == b
 
 
+@pytest.fixture(autouse=True)
+def _one_part_per_step_file(monkeypatch):
+    """A run shards along its stored parts (`fleet.shard.plan`): these runs are a few thousand rows, which one
+    part would hold whole (`Store.part_rows`), so each step file gets a part of its own (in subprocesses too)."""
+    monkeypatch.setenv("RLAUDIT_PART_ROWS", "32")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
     """Two runs: an emerging tic with its reward (term sets) and a mid-run CoT leak (grader-input scan)."""

@@ -226,7 +226,7 @@ def test_missing_part_is_an_error_for_every_reader(tmp_path, store):
     # found by one listing of the parts directory (`Store.missing_part`), not a stat per part: the same error
     src = _run_dir(tmp_path)
     store.ingest(src, run="r")
-    lost = store.parts("r")[1]
+    lost = store.parts("r")[0]
     lost.unlink()
     for read in (lambda: store.connect(["r"]), lambda: store.query("SELECT count(*) FROM rollouts", runs=["r"]),
                  lambda: store.summary("r")):
@@ -247,11 +247,11 @@ def test_copied_file_under_another_name_is_ingested_once(tmp_path, store):
 def test_missing_part_is_repaired_by_the_next_ingest(tmp_path, store):
     src = _run_dir(tmp_path)
     store.ingest(src, run="r")
-    store.parts("r")[0].unlink()
+    store.parts("r")[0].unlink()  # the part the three files share (`Store.part_rows`)
     with pytest.raises(RlauditError, match="missing; ingest its source again"):
         store.summary("r")
     report = store.ingest(src, run="r")
-    assert report.files_read == 1 and store.summary("r").rows == 24
+    assert report.files_read == 3 and store.summary("r").rows == 24
 
 
 def test_runs_rm_removes_a_run(tmp_path, store):
@@ -306,6 +306,7 @@ def _entries(store: Store, run: str) -> dict:
 
 def test_two_part_writers_store_what_one_does(tmp_path, monkeypatch):
     src = _run_dir(tmp_path, files=7, rows=40)
+    monkeypatch.setattr(Store, "part_rows", 80)  # parts of two files: four parts, two written at once
     stores = {}
     for n in (1, 2):
         monkeypatch.setattr("rlaudit.store._Writers.MAX", n)
@@ -326,6 +327,7 @@ def test_a_failure_with_parts_in_flight_keeps_the_previous_version(tmp_path, mon
     """A writer that fails (disk full) or a bad record under --strict while two parts are being written: the
     ingest raises, nothing is committed, and no part or temporary file of it is left once the next ingest ran."""
     monkeypatch.setenv("RLAUDIT_THREADS", "2")
+    monkeypatch.setattr(Store, "part_rows", 1)  # a part per file: several parts in flight
     src = _run_dir(tmp_path, files=2, rows=40)
     store = Store(tmp_path / "store")
     store.ingest(src, run="r")
@@ -382,7 +384,7 @@ def test_parts_of_an_older_codec_stay_and_are_read_beside_new_ones(tmp_path, mon
     old.ingest(src, run="r")
     now = codecs(old)
     assert {name: (old.run_dir("r") / "parts" / name).read_bytes() for name in before} == before
-    assert [v for k, v in now.items() if k not in before] == [{"LZ4"}, {"LZ4"}]
+    assert [v for k, v in now.items() if k not in before] == [{"LZ4"}]  # the two new files share a part
     new = Store(tmp_path / "new")
     new.ingest(src, run="r")
     assert set().union(*codecs(new).values()) == {"LZ4"}

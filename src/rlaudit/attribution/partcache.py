@@ -66,8 +66,11 @@ from . import trace as tr
 from .prefilter import gated_sql
 
 VERSION = 1
-#: parts read and computed together (`_Ctx.ensure`)
+#: parts read and computed together (`_Ctx.ensure`): at most BATCH_PARTS of them, and no more parts once a batch
+#: holds BATCH_ROWS rollouts (what 16 parts of the 1M-rollout benchmark's 5,000-row steps held): a part that
+#: groups many step files (`Store.part_rows`) is a batch's worth on its own
 BATCH_PARTS = 16
+BATCH_ROWS = 80_000
 #: rows per Arrow record batch of a streamed read (`_Ctx._stream`)
 STREAM_ROWS = 16_384
 #: bytes a batch holds per rollout while its tables are computed (its columns, the sort and the per-signal arrays)
@@ -286,8 +289,8 @@ class _Ctx:
 
     def ensure(self, parts: list[Path], weights: dict[str, Any] | None = None,
                tags: dict[str, str] | None = None) -> None:
-        """Compute the tables of the parts not cached (with `weights`: the weight-keyed groups), BATCH_PARTS parts
-        per computation (the groups of different parts are independent, so a batch gives each part's values; one
+        """Compute the tables of the parts not cached (with `weights`: the weight-keyed groups), up to BATCH_PARTS
+        parts (BATCH_ROWS rollouts) per computation (the groups of different parts are independent, so a batch gives each part's values; one
         computation per part would cost more in overhead than the work). Batches run in `memory.workers`
         threads, each writing its own parts' files: most of a batch is numpy and Arrow work that releases the
         GIL, and one thread left the second core idle for most of a cold attribution. Each thread reads its
@@ -305,10 +308,17 @@ class _Ctx:
                     if self._entry(i, p.stem, tags[p.stem] if weights is not None else "", held[i]) is None]
             if miss:
                 todo.append((p, miss))
-        batches = [todo[lo:lo + BATCH_PARTS] for lo in range(0, len(todo), BATCH_PARTS)]
+        batches: list[list[tuple[Path, list[int]]]] = []
+        size = 0
+        for item in todo:
+            if not batches or len(batches[-1]) >= BATCH_PARTS or size >= BATCH_ROWS:
+                batches.append([])
+                size = 0
+            batches[-1].append(item)
+            size += self.rows.get(item[0].stem, 0)
         if not batches:
             return
-        rows = max((self.rows.get(p.stem, 0) for p, _ in todo), default=0) * BATCH_PARTS
+        rows = max(sum(self.rows.get(p.stem, 0) for p, _ in b) for b in batches)
         n = min(len(batches), workers(max(rows, 1) * _BYTES_PER_ROW))
         fresh = [self._fresh(i, todo) for i in range(len(self.items))] if weights is None else []
         planned = lambda i, path: bool(fresh) and fresh[i] is not None and fresh[i].planned(path)  # noqa: E731

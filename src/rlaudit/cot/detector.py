@@ -33,7 +33,7 @@ from ..derived import segments
 from ..findings import Finding
 from ..layout import view_columns
 from ..memory import workers
-from ..store import Store, bound_memory, listing, part_source, sql_list, write_atomic, write_cached
+from ..store import Store, bound_memory, key_source, listing, part_source, sql_list, write_atomic, write_cached
 from ..detectors import DetectContext, Detector, register
 from .scan import (EMPTY_RESULTS, ScanParams, findings_from_results, read_scan_columns, scan_batches, scan_run,
                    table_batches)
@@ -120,10 +120,12 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
     SQL over the cached files (or a table, for stores that keep derived data in memory); with `per_part`, a
     dict part name -> cached file or table.
 
-    Chance pairings (see `cot_scan`) are drawn per part: batch i of a part gets them when the run had at most
-    `chance_rows` rollouts with grader inputs when the part was scanned, else when a hash of (the part's source,
-    i) falls in 1/stride of the range, i.e. about `chance_rows` of them spread evenly over the run; the same batches
-    at every ingest of the same files (`store.part_source`), so a run audited twice gets the same findings.
+    Chance pairings (see `cot_scan`) are drawn per source file: a part holding several files (`Store.part_rows`)
+    is scanned file by file, in batches within each file's rows, and batch i of a file gets them when the run had
+    at most `chance_rows` rollouts with grader inputs when the part was scanned, else when a hash of (the file's
+    source, i) falls in 1/stride of the range, i.e. about `chance_rows` of them spread evenly over the run; the
+    same batches at every ingest of the same files (`store.key_source`), however the files were grouped into
+    parts (ingested at once or step by step), so a run audited twice gets the same findings.
 
     A shard of the run (`rlaudit.fleet.shard`) passes `only` (its part file names: only those are scanned and
     returned) and `stride`, the one `scan_stride` computed for the whole run, so each part gets the same chance
@@ -161,8 +163,10 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
         fresh = summaries.fresh([cache / f"{p.stem}.parquet" for p in parts],
                                 [cache / f"{p.stem}.parquet" for p in todo]) if segment and persist else None
         with fresh or contextlib.nullcontext():
+            files = {name: [(key_source(k), span) for k, span in zip(p.files, p.spans)]
+                     for name, p in store.stored_parts(run).items()}
             scanned = _scan_todo(con, todo, layouts, params, extra, stride, cache if persist else None, also,
-                                 fresh, counts)
+                                 fresh, counts, files)
         for path, value in zip(todo, scanned):
             found[path.name] = value
             if not persist:
@@ -191,30 +195,42 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
 _BYTES_PER_BATCH_ROW = 16 << 10
 
 
+def _chance(source: str, stride: int) -> Callable[[int], bool]:
+    """Whether batch i of the rows of `source` (not the ingest time in a part's name: the same pairings at every
+    ingest) gets chance pairings: about 1 in `stride` of them."""
+    return (lambda b: zlib.crc32(f"{source}:{b}".encode()) % stride == 0) if stride > 1 else (lambda b: True)
+
+
 def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[str, int], params: ScanParams,
                extra: str | None, stride: int, cache: Path | None,
                also: Callable[[Path, pa.Table, int], None] | None = None,
-               fresh: segments.Fresh | None = None, counts: RowCounts | None = None) -> list[Any]:
+               fresh: segments.Fresh | None = None, counts: RowCounts | None = None,
+               files: dict[str, list[tuple[str, tuple[int, int]]]] | None = None) -> list[Any]:
     """Scan the parts `todo` (views p0, p1, ... of `con`), each on a cursor of its own, on `memory.workers`
     threads: per part the cached file (a table where the store cannot be written, or `cache` is None).
+    `files`: per part name its source files' (source, (first row, rows)), scanned one after another (a part
+    not listed is one file).
     `counts` receives the row count of each file written; `fresh` the summaries it plans (`summary.fresh`),
     handed over by the calling thread (`Fresh.add` is not for the workers), the others are written as files."""
 
     def one(i: int) -> Any:
         name = todo[i].name
-        source = part_source(name)  # not the ingest time in the name: the same pairings at every ingest
-        chance = (lambda b: zlib.crc32(f"{source}:{b}".encode()) % stride == 0) if stride > 1 else (lambda b: True)
         if extra is None:  # the part alone: read with Arrow
             layout = layouts.get(name, 1)
             raw = read_scan_columns(todo[i], layout)
             if also is not None:
                 also(todo[i], raw, layout)
-            table = scan_batches(table_batches(raw, layout, params.batch_rows, spans=cot_kernels.use_numba()),
-                                 params, chance)
-        else:  # captured inputs are merged into the grader inputs by a join
+            sources = (files or {}).get(name)
+            if not sources or sum(rows for _, (_, rows) in sources) != raw.num_rows:  # one file (or a part of a
+                sources = [(part_source(name), (0, raw.num_rows))]  # view the manifest does not describe)
+            table = pa.concat_tables([EMPTY_RESULTS] + [
+                scan_batches(table_batches(raw.slice(*span), layout, params.batch_rows,
+                                           spans=cot_kernels.use_numba()), params, _chance(source, stride))
+                for source, span in sources])
+        else:  # captured inputs are merged into the grader inputs by a join (the part's rows as one file)
             cur = con.cursor()
             try:
-                table = scan_run(cur, params, f"p{i}", extra, chance=chance)
+                table = scan_run(cur, params, f"p{i}", extra, chance=_chance(part_source(name), stride))
             finally:
                 cur.close()
         if cache is None:

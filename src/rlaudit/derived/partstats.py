@@ -230,7 +230,7 @@ def part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[s
     own = caches[name]
     tables: list[pa.Table] = []  # `name`'s tables that are not in a file
     table_stems: list[str] = []  # their parts
-    sizes = {e["part"]: e.get("rows") for e in manifest["files"].values() if e.get("part")}
+    sizes = {name: p.rows for name, p in store.stored_parts(run, manifest).items()}
     jobs = [(lack, chunk) for lack, lacking in todo.items()
             for chunk in _batches(lacking, sizes, batch or BATCH_PARTS, batch_rows or BATCH_ROWS)]
     for computed in _computed(jobs, layouts, store.root):

@@ -9,7 +9,7 @@ with DuckDB. So a run shards along its parts:
 
 1. `plan` orders the run's parts by step (Parquet footer statistics, nothing read) and cuts them into N
    contiguous groups of about equal rows: shard i covers steps [lo_i, hi_i]. A part is never split (it is the
-   unit of the derived data; trainers write a file per step or per few steps, so parts are small).
+   unit of the derived data; an ingest gathers consecutive trainer files into parts of `Store.part_rows`).
 2. The driver fixes what must be the same for every shard, computed on the whole run exactly as an unsharded
    audit would: the term vocabulary (chosen on a sample of the whole run) and the CoT scan's chance-pairing
    stride (from the whole run's rows with grader inputs).

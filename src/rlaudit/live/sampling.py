@@ -87,7 +87,7 @@ class PartIndex:
                 return []
             manifest = self.store.manifest(self.run)
         parts_dir = self.store.run_dir(self.run) / "parts"
-        listed: dict[str, str] = {e["part"]: key for key, e in manifest["files"].items() if e.get("part")}
+        listed = {name: p.files[0] for name, p in self.store.stored_parts(self.run, manifest).items()}
         for gone in set(self.parts) - set(listed):
             del self.parts[gone]
         new = []
