@@ -126,6 +126,31 @@ def test_a_run_traced_on_a_sample_of_its_steps(tmp_path, monkeypatch):
     assert "Traced on a random" in got[0]["warning"]
 
 
+def test_a_sampled_run_in_parts_of_several_steps_computes_only_the_sampled_steps(tmp_path, monkeypatch):
+    """Parts that hold several steps (an ingest groups step files: `Store.part_rows`) of a run traced on a sample
+    of its steps: every part holds a kept step, but only the rows of the share's steps are read and computed
+    (cached in a directory of that share), with the findings of the trace from the rows."""
+    store = Store(tmp_path / "s")
+    table = make_run(seed=1, steps=160, groups_per_condition=2)
+    step = np.asarray(table.column("step"))
+    for lo in range(int(step.min()), int(step.max()) + 1, 16):
+        store.append("sim", table.filter(pa.array((step >= lo) & (step < lo + 16))), key=f"steps-{lo:05d}")
+    monkeypatch.setattr(trace, "FRAME_BYTES", int(table.num_rows * (8 * 12 + 64) * trace.WORKING_SET) // 3)
+    computed = []
+    real = partcache.part_tables
+
+    def counting(t, *a, **k):
+        computed.append(t.num_rows)
+        return real(t, *a, **k)
+
+    monkeypatch.setattr(partcache, "part_tables", counting)
+    got = check(store)
+    warning = got[0]["warning"]
+    assert "Traced on a random" in warning and "steps" in warning, warning
+    traced = int(warning.split("(")[1].split(" of")[0].replace(",", ""))
+    assert traced <= sum(computed) <= 2 * traced < table.num_rows  # the share's steps, not every part's rows
+
+
 def test_steps_split_across_parts_and_python_predicates_are_traced_from_rows(tmp_path, monkeypatch):
     """Not cacheable (a group could span two parts; a predicate's code may change): traced from the rollouts,
     with the same findings."""

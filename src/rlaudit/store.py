@@ -195,10 +195,11 @@ class Store:
     #: Seconds a retired part (one a newer version no longer lists) is kept for readers that hold no lease.
     retire_grace: float = 120.0
     #: An ingest closes a part once the files it holds reach this many rows (`RLAUDIT_PART_ROWS` overrides it) or
-    #: bytes (of Arrow data): part sizes the detectors' batches are made for (`derived.partstats.BATCH_ROWS` holds
-    #: several), few enough parts that their fixed costs vanish (docs/performance.md, "Parts of several files").
+    #: bytes (of Arrow data): few enough parts that their fixed costs fade, parts no larger than the detectors'
+    #: batches are made for (term sets tokenise ~25,000 rows a thread: with parts of 32,768 rows the 10M-rollout
+    #: benchmark's emerging stage peaked at 2,035 MB, at 1,603 with 16,384; docs/performance.md, session 25).
     #: Parts are also the unit a sharded audit splits a run by (`fleet.shard`). Live appends keep a part each.
-    part_rows: int = 32_768
+    part_rows: int = 16_384
     part_bytes: int = 64 << 20
 
     def __init__(self, root: str | Path = ".rlaudit"):

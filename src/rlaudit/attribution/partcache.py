@@ -56,6 +56,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .. import stats
 from ..derived import segments
 from ..behaviors import Behavior
 from ..layout import view_columns
@@ -134,6 +135,7 @@ def traces(store: Store, run: str, con: duckdb.DuckDBPyConnection, max_step: int
     columns = lambda k: k + len(specs) + 6  # noqa: E731  (as `load_frames`: no text columns here)
     traced, where_sql, sampled, warnings = tr._step_sample(steps_arr, rows_arr, columns(n_signals), None)
     kept = set(steps_arr.tolist()) if traced is None else set(traced.tolist())
+    share = tr.step_share(int(rows_arr.sum()), columns(n_signals), None) if traced is not None else None
     counts = {k: sum(v for s, v in meta[k].items() if s in kept) for k in _COUNTS}
     n = counts["n"]
     signals = sorted(_union(meta["signals"], kept))
@@ -145,8 +147,12 @@ def traces(store: Store, run: str, con: duckdb.DuckDBPyConnection, max_step: int
         return None
     order = _scan_order(parts, layouts)
     needed = [p for p in order if step_of_part.get(p.stem, set()) & kept]
+    sample = None
+    if share is not None:  # a sampled run: its needed parts' tables hold only the steps of the share (module doc)
+        every = np.array(sorted(set().union(*(step_of_part.get(p.stem, set()) for p in needed))), np.int64)
+        sample = (share[0], every[stats.stable_uniform(every) < share[0]].tolist())
     ctx = _Ctx(store, run, split, key, outcome_signals, specs, layouts, counts["n_reward"] > 0,
-               counts["n_adv"] > 0, meta["part_signals"], meta["part_rows"], order)
+               counts["n_adv"] > 0, meta["part_signals"], meta["part_rows"], order, sample)
     ctx.ensure(needed)  # every needed part's tables of every behaviour (computed for the parts not cached)
     out = []
     for i, it in enumerate(specs):
@@ -246,15 +252,19 @@ class _Ctx:
 
     def __init__(self, store: Store, run: str, split: str | None, key: str, outcome: list[str], items: list[Item],
                  layouts: dict[str, int], has_reward: bool, has_adv: bool, signals: dict[str, set[str]],
-                 rows: dict[str, int], order: list[Path]) -> None:
+                 rows: dict[str, int], order: list[Path], sample: tuple[float, list[int]] | None = None) -> None:
         self.store, self.split, self.key, self.outcome, self.items = store, split, key, outcome, items
         self.layouts, self.has_reward, self.has_adv, self.signals = layouts, has_reward, has_adv, signals
         self.rows = rows  # per part, its rollouts in the split (the memory of a batch)
         self.order = order  # every part of the run, in scan order: what segments are merged and planned over
         self.persist = getattr(store, "persist_derived", True)
         self.root = store.run_dir(run) / "derived" / "attribution" / f"v{VERSION}-duckdb{duckdb.__version__}"
+        #: (share, steps): the tables hold only the steps whose hash is below the share (the steps of the parts
+        #: whose tables are computed), in directories of that share; None: every step
+        self.sample = sample
+        shared = [sample[0]] if sample is not None else []
         self.dirs = [self.root / _digest([it.behavior.spec, it.where, it.direction, split, key, sorted(outcome),
-                                          has_reward, has_adv]) for it in items]
+                                          has_reward, has_adv] + shared) for it in items]
         self.memo = store.__dict__.setdefault("_attribution_memo", {})
         #: per behaviour, the tables of each kind ('g', 's', 'c') computed by this audit, with the parts they
         #: hold ("stems"), for `_tables` to use instead of reading them back (`_hand_over`); None once given up
@@ -308,21 +318,25 @@ class _Ctx:
                     if self._entry(i, p.stem, tags[p.stem] if weights is not None else "", held[i]) is None]
             if miss:
                 todo.append((p, miss))
+        share = self.sample[0] if self.sample is not None else 1.0  # of each part's rows, read and computed
         batches: list[list[tuple[Path, list[int]]]] = []
-        size = 0
+        size = 0.0
         for item in todo:
             if not batches or len(batches[-1]) >= BATCH_PARTS or size >= BATCH_ROWS:
                 batches.append([])
-                size = 0
+                size = 0.0
             batches[-1].append(item)
-            size += self.rows.get(item[0].stem, 0)
+            size += self.rows.get(item[0].stem, 0) * share
         if not batches:
             return
-        rows = max(sum(self.rows.get(p.stem, 0) for p, _ in b) for b in batches)
+        rows = max(int(sum(self.rows.get(p.stem, 0) for p, _ in b) * share) for b in batches)
         n = min(len(batches), workers(max(rows, 1) * _BYTES_PER_ROW))
         fresh = [self._fresh(i, todo) for i in range(len(self.items))] if weights is None else []
         planned = lambda i, path: bool(fresh) and fresh[i] is not None and fresh[i].planned(path)  # noqa: E731
-        with _Connections(self.store.root, n) as cons, contextlib.ExitStack() as stack:
+        # one DuckDB thread per connection also where one thread computes: a parallel scan under the sample's
+        # step filter streamed the parts' rows out of their order
+        with _Connections(self.store.root, n, single=self.sample is not None) as cons, \
+                contextlib.ExitStack() as stack:
             for f in fresh:
                 if f is not None:
                     stack.enter_context(f)
@@ -432,6 +446,9 @@ class _Ctx:
                            f"FROM read_parquet({sql_list([str(p) for p in run])})")
             at += len(run)
         split = f"split = {sql_string(self.split)}" if self.split else "TRUE"
+        if self.sample is not None:  # a function, not IN: a long IN list is planned as a join, which loses the
+            # parts' order
+            split += f" AND list_contains([{', '.join(map(str, self.sample[1]))}]::BIGINT[], step)"
         beh = "".join(f", {it.expr} AS _b{i}" for i, it in enumerate(self.items))
         if any(it.where == "reasoning" for it in self.items):
             beh += ", reasoning IS NOT NULL AS _has_r"
@@ -555,8 +572,8 @@ class _Connections:
     by our own threads) each runs on one DuckDB thread, with its share of DuckDB's memory limit: DuckDB's own
     threads cost more CPU than they saved there (the 1M-rollout benchmark's reads: 2.0 -> 1.8 CPU s)."""
 
-    def __init__(self, root: Path, threads: int) -> None:
-        self.root, self.threads = root, threads
+    def __init__(self, root: Path, threads: int, single: bool = False) -> None:
+        self.root, self.threads, self.single = root, threads, single
         self._local = threading.local()
         self._opened: list[duckdb.DuckDBPyConnection] = []
         self._lock = threading.Lock()
@@ -573,7 +590,7 @@ class _Connections:
         if con is None:
             con = self._local.con = duckdb.connect()
             con.execute("SET enable_progress_bar = false")
-            if self.threads > 1:
+            if self.threads > 1 or self.single:
                 con.execute("SET threads = 1")
             bound_memory(con, self.root, at_most=duckdb_limit() // self.threads if self.threads > 1 else None)
             with self._lock:

@@ -372,9 +372,9 @@ def _step_sample(steps: np.ndarray, rows: np.ndarray, columns: int, max_bytes: i
     number falls below the share, so a growing run keeps tracing the same steps. Intervals then resample the
     kept steps (`Frame.step_clusters`): the rollouts of one step share the policy of that step, so the
     step-to-step variation is part of the sampling error. With fewer than MIN_SAMPLED_STEPS steps kept, the
-    caller samples comparison groups instead (`_group_sample`)."""
+    caller samples comparison groups instead (`_group_sample`). The share is a power of two (`step_share`)."""
     n = int(rows.sum())
-    fit = _frame_share(n, columns, max_bytes)
+    fit = step_share(n, columns, max_bytes)
     if fit is None:
         return None, "TRUE", False, []
     share, reason = fit
@@ -394,6 +394,14 @@ def _step_sample(steps: np.ndarray, rows: np.ndarray, columns: int, max_bytes: i
         f"Traced on a random {keep.sum():,} of the run's {len(steps):,} steps ({got:,} of {n:,} rollouts, every "
         f"rollout of a kept step; the same steps as the run grows) to stay within {reason}; intervals resample "
         "the kept steps, so they carry the sampling error and the step-to-step variation."]
+
+
+def step_share(n: int, columns: int, max_bytes: int | None) -> tuple[float, str] | None:
+    """`_frame_share` rounded down to a power of two: the steps kept (a hash below the share) then stay the same
+    until the run doubles, so the per-part tables of a sampled run's kept steps (`partcache`) are computed once
+    per doubling, not at every audit of a growing run. It traces at least half the rows that would fit."""
+    fit = _frame_share(n, columns, max_bytes)
+    return None if fit is None else (2.0 ** math.floor(math.log2(fit[0])), fit[1])
 
 
 def _frame_share(n: int, columns: int, max_bytes: int | None) -> tuple[float, str] | None:
