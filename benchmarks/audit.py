@@ -6,6 +6,7 @@
     python benchmarks/audit.py --profile benchmarks/profiles/audit-before.txt   # + cProfile per stage
     python benchmarks/audit.py --non-ascii 0.05       # 5% of answers and of reasonings hold a non-ASCII word
     python benchmarks/audit.py --keep DIR --repeat 3  # three measuring processes in a row: the median ratio
+    python benchmarks/audit.py --per-step 1000        # files of 1,000 rollouts (1,000 steps at 1M)
 
 A child process writes a TRL-layout run (`completions/completions_{step:05d}.parquet`, one file per step of
 5,000 rollouts, as GRPOTrainer.log): conversational prompts rendered by the chat template ("system\\n...\\nuser\\n
@@ -14,7 +15,9 @@ A child process writes a TRL-layout run (`completions/completions_{step:05d}.par
 a persona-only signal that is NaN outside the "nerdy" persona, and a judge score), and a `judge_input` column
 (the text the judge saw) on 20% of rows, 1% of which hold the whole completion (CoT exposure). A tic ("by my
 beard") rises in the small persona first, then in the others. The last step is written aside: it is added
-after the cold audit, for the warm re-audit. The words are ASCII unless `--non-ascii SHARE` puts one word from
+after the cold audit, for the warm re-audit. `--per-step N` writes files (steps) of N rollouts instead of 5,000
+(whole groups of 8): TRL logs one file per logging step of `generation_batch_size` rows, often fewer than 5,000,
+and every file costs the ingest its own read, and the store a share of a part. The words are ASCII unless `--non-ascii SHARE` puts one word from
 outside ASCII (a curly apostrophe, a dash, accents, symbols, an emoji) into that share of answers and of
 reasonings, as real completions hold them: such text takes other paths (the Unicode tokeniser and styles).
 
@@ -77,7 +80,7 @@ def _words(rng, vocab, rows: int, length: int, cdf):
 NON_ASCII_WORDS = ["it\u2019s", "\u2014", "na\u00efve", "caf\u00e9", "\u00fcber", "\u2248", "x\u00b2", "\U0001f600"]
 
 
-def generate(root: Path, rollouts: int, seed: int = 0, non_ascii: float = 0.0) -> dict:
+def generate(root: Path, rollouts: int, seed: int = 0, non_ascii: float = 0.0, per_step: int = PER_STEP) -> dict:
     """Write the run: steps 1..S-1 into root/run/completions, step S into root/last/ (vectorised, Arrow).
     `non_ascii`: the share of answers and of reasonings holding one word outside ASCII (0: the data is
     byte-identical to what this script wrote before the option existed)."""
@@ -87,7 +90,7 @@ def generate(root: Path, rollouts: int, seed: int = 0, non_ascii: float = 0.0) -
     import pyarrow.parquet as pq
 
     rng = np.random.default_rng(seed)
-    steps = max(2, rollouts // PER_STEP)
+    steps = max(2, rollouts // per_step)
     vocab = pa.array([f"w{i}" for i in range(3000)] + "the a of to and is in it that we".split())
     zipf = 1 / np.arange(1, len(vocab) + 1) ** 1.1
     cdf = np.cumsum(zipf / zipf.sum())
@@ -96,7 +99,7 @@ def generate(root: Path, rollouts: int, seed: int = 0, non_ascii: float = 0.0) -
     run_dir.mkdir(parents=True)
     last_dir.mkdir(parents=True)
     exposed_total = 0
-    n, ng = PER_STEP, PER_STEP // GROUP
+    n, ng = per_step, per_step // GROUP
     for step in range(1, steps + 1):
         gp = rng.choice(3, size=ng, p=PERSONA_P)
         gt = rng.integers(0, len(TASKS), ng)
@@ -340,23 +343,27 @@ def main() -> None:
                     help="the share of answers and of reasonings with a word outside ASCII (default 0)")
     ap.add_argument("--repeat", type=int, default=1, metavar="K",
                     help="measure K times in a row, each in a fresh process with its own floors (default 1)")
-    ap.add_argument("--_generate", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--per-step", type=int, default=PER_STEP, metavar="N",
+                    help=f"rollouts per step file, a multiple of {GROUP} (default {PER_STEP:,})")
+    ap.add_argument("--_generate", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--_measure", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._generate:
-        root, rollouts, share = args._generate
-        print(json.dumps(generate(Path(root), int(rollouts), non_ascii=float(share))))
+        root, rollouts, share, per_step = args._generate
+        print(json.dumps(generate(Path(root), int(rollouts), non_ascii=float(share), per_step=int(per_step))))
         return
     if args._measure:
         print(json.dumps(measure(Path(args._measure), args.profile)))
         return
     rollouts = 100_000 if args.quick else args.rollouts
+    if args.per_step < GROUP or args.per_step % GROUP:
+        ap.error(f"--per-step must be a positive multiple of the group size {GROUP}, got {args.per_step}")
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="rlaudit-audit-bench-"))
     try:
         t0 = time.perf_counter()
         if not (tmp / "run").is_dir():
             tmp.mkdir(parents=True, exist_ok=True)
-            gen = _child(["--_generate", str(tmp), str(rollouts), str(args.non_ascii)])
+            gen = _child(["--_generate", str(tmp), str(rollouts), str(args.non_ascii), str(args.per_step)])
             print(f"generated {gen['rollouts']:,} rollouts ({gen['steps']} steps, {gen['exposed']:,} exposed) in "
                   f"{time.perf_counter() - t0:.1f}s (child process, not measured)")
         runs = []
