@@ -349,11 +349,14 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
     limit = BATCH_ROWS // n_workers  # two threads hold two half-size batches: the memory of one full batch
     for path in missing:
         layout = layouts.get(path.name, 1)
-        if not batches or size >= limit or layouts.get(batches[-1][0].name, 1) != layout:
+        rows = rows_of.get(path.name, 0)
+        # a part joins a batch only within the limit: parts that hold several step files (`Store.part_rows`,
+        # 16,384 rows and a file more) would otherwise make batches of up to ~1.8x it
+        if not batches or size + rows > limit or layouts.get(batches[-1][0].name, 1) != layout:
             batches.append([])
             size = 0
         batches[-1].append(path)
-        size += rows_of.get(path.name, 0)
+        size += rows
     _matcher(vocab)  # built once, before the threads share it
     if missing and kernels.use_numba():
         kernels.compiled()  # compiled (or loaded from numba's cache) once, before the threads
