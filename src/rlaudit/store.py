@@ -22,7 +22,8 @@ Guarantees:
 - *Streaming*: rows flow from reader to Parquet writer in bounded batches; memory does not grow with run size.
 
 Parts group source files: consecutive files of one ingest share a part until it holds `Store.part_rows` rows
-(or `part_bytes` bytes); a file is never split. Each file keeps its own manifest entry (its rows, steps, and
+(or `part_bytes` bytes); a file is never split. Live and fleet audits ingest a part per file (`ingest(part_rows=1)`,
+`live.sampling.PART_ROWS`): their bounded views select parts by step. Each file keeps its own manifest entry (its rows, steps, and
 `offset`: its first row within the part), so a file that changes or is replaced takes only its own rows out: the
 other files' rows are copied into a new part (`_carry_over`), never read again from sources that may be gone.
 Why: every part costs a fixed ~13 CPU ms of ingest and more in each detector (files opened, per-part derived
@@ -368,11 +369,15 @@ class Store:
         options: ReadOptions | None = None,
         conditions: list[ConditionRule] | None = None,
         progress: Callable[[int, int, int], None] | None = None,
+        part_rows: int | None = None,
     ) -> IngestReport:
         """Read new or changed files of `source` into run `run` (default: the source's base name).
 
-        `progress(files_done, files_total, rows_so_far)` is called after each file.
+        `progress(files_done, files_total, rows_so_far)` is called after each file. `part_rows`: the rows at which
+        a part of consecutive files closes (default `self.part_rows`; 1: a part per file, what live audits need:
+        `live.sampling.PART_ROWS`).
         """
+        part_rows = self.part_rows if part_rows is None else max(1, int(part_rows))
         source = Path(source).resolve()
         if not source.exists():
             raise RlauditError(f"{source}: no such file or directory")
@@ -471,7 +476,7 @@ class Store:
                     if group is None:
                         group = writers.open(self._part_name(file.relpath))
                     group.add(file, st, _tables_of(stream, file))
-                    if group.rows >= self.part_rows or group.nbytes >= self.part_bytes:
+                    if group.rows >= part_rows or group.nbytes >= self.part_bytes:
                         pending.append(group.close())
                         group = None
                         while len(pending) >= writers.n:

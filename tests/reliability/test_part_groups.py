@@ -175,3 +175,16 @@ def test_part_rows_from_the_environment(tmp_path, monkeypatch):
         monkeypatch.setenv("RLAUDIT_PART_ROWS", bad)
         with pytest.raises(RlauditError, match="RLAUDIT_PART_ROWS=.*whole number of rows"):
             Store(tmp_path / "s")
+
+
+def test_live_ingests_keep_a_part_per_file(tmp_path):
+    """A live audit's heavy pass reads a bounded view of some steps (`live.sampling`): its ingests (the auditor's,
+    `watch`'s and the fleet worker's) keep a part per source file, so a chosen step's part holds that step only."""
+    from rlaudit.live.auditor import LiveAuditor
+
+    src = _source(tmp_path, [8, 8, 8])
+    auditor = LiveAuditor(tmp_path / "store", "r")
+    auditor.ingest(src, format="canonical")
+    parts = auditor.store.stored_parts("r")
+    assert [p.files for p in parts.values()] == [("f000.jsonl",), ("f001.jsonl",), ("f002.jsonl",)]
+    assert [p.steps for p in parts.values()] == [[0, 1], [2, 3], [4, 5]]

@@ -32,6 +32,13 @@ from ..errors import RlauditError
 from ..store import Store
 
 
+#: The part size of the ingests of live and fleet audits (`Store.ingest(part_rows=...)`): a part per source file,
+#: so that parts map onto steps and a view of some steps reads those steps only. A batch ingest gathers files into
+#: parts of `Store.part_rows`; a view of such a run reads every part that holds a chosen step (up to
+#: `Store.part_rows` rows a chosen step, not a step's rows).
+PART_ROWS = 1
+
+
 @dataclass(frozen=True)
 class StepSample:
     """How many steps a heavy live audit reads: first `baseline`, last `recent`, `middle` spread between."""
