@@ -271,3 +271,21 @@ def test_sums_beyond_32_bits_are_cached_and_read_back(tmp_path, monkeypatch):
     assert [_as_dict(s) for s in windowsums.window_sums(entries[:4], {"p0", "p3"}, VOCAB, counting, cache)] == [
         first[0], _as_dict(grown[3])]
     assert reads == [{"p0", "p1"}, {"p2", "p3"}]
+
+
+def test_a_batch_of_parts_stops_at_batch_steps(monkeypatch):
+    """Parts that span several steps (an ingest groups step files) are summed in batches of at most BATCH_STEPS
+    steps: a batch's dense sums grow with its keys, a few per step. The sums are those of one batch."""
+    parts = _parts(6, seed=3)
+    reads: list[set[str]] = []
+    read = _read(parts)
+
+    def counting(names):
+        reads.append(set(names))
+        return read(names)
+
+    monkeypatch.setattr(windowsums, "BATCH_STEPS", 10)
+    spans = {"p0": 4, "p1": 4, "p2": 4, "p3": 12, "p4": 1, "p5": 1}
+    got = windowsums.window_sums([(n, {}) for n, _ in parts], {n for n, _ in parts}, VOCAB, counting, None, spans)
+    assert sorted(map(sorted, reads)) == [["p0", "p1"], ["p2"], ["p3"], ["p4", "p5"]]
+    assert [_as_dict(s) for s in got] == [_expected(t) for _, t in parts]

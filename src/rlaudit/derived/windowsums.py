@@ -49,8 +49,12 @@ COLUMNS = {"cells": ["cell", "part", "step", "split", "task", "condition", "prom
            "cellterms": ["cell", "term_id", "x"], "promptterms": ["prompt_key", "term_id"]}
 #: rows (or pairs) summed at once: arrays of a few MB, which the allocator reuses
 BLOCK = 1 << 19
-#: parts read and summed at once (their cell tables held together: ~3 MB a part at 5,000 rollouts)
+#: parts read and summed at once (their cell tables held together: ~3 MB a part at 5,000 rollouts), and steps: a
+#: batch's dense sums grow with its keys, a few per step, so a batch of parts that hold several steps each
+#: (`Store.part_rows`) stops at BATCH_STEPS (16 parts of 17 steps: the 1M-rollout run in 1,000-row files peaked
+#: here at 1,266 MB against 1,033 with a part per step)
 BATCH_PARTS = 16
+BATCH_STEPS = 16
 #: what a batch holds while it is summed (`memory.workers`): its cell tables and the dense sums of its keys
 #: (FIELDS x keys x terms int64: ~75 MB for 16 parts of 12 keys and a vocabulary of 8,000 terms)
 BATCH_MEMORY = 160 << 20
@@ -235,10 +239,11 @@ def _by_part(out: np.ndarray, key_of: dict[tuple[str, tuple[int, str, str, str]]
 
 
 def window_sums(parts: list[tuple[str, dict[str, Any]]], wanted: set[str], vocab: pa.Table, read,
-                cache: Path | None) -> list[PartSums]:
+                cache: Path | None, steps_of: dict[str, int] | None = None) -> list[PartSums]:
     """The sums of the parts named in `wanted` (of `parts`: (name, cell table entries)), from the cache where it
     holds them, else computed (`read(names)`: those parts' three cell tables, `COLUMNS`, in one read) and added
-    to the cache as a chunk of their own. `cache`: the run's cache directory (None: nothing cached)."""
+    to the cache as a chunk of their own. `cache`: the run's cache directory (None: nothing cached).
+    `steps_of`: the steps each part spans (default 1), which bound a batch (`BATCH_STEPS`)."""
     reasoning = _reasoning(vocab)
     key = _key(vocab)
     names = {name for name, _ in parts}
@@ -254,7 +259,15 @@ def window_sums(parts: list[tuple[str, dict[str, Any]]], wanted: set[str], vocab
     # a cold audit's ~80-100 window parts, in batches (memory bounded by a batch per thread), by
     # `memory.workers` threads: `read` must be thread-safe (the reads, kernels and numpy release the GIL; one
     # thread left a core idle for ~0.7 s of a cold 1M audit)
-    batches = [set(new[at:at + BATCH_PARTS]) for at in range(0, len(new), BATCH_PARTS)]
+    batches: list[set[str]] = []
+    steps = 0
+    for name in new:
+        span = max(1, (steps_of or {}).get(name, 1))
+        if not batches or len(batches[-1]) >= BATCH_PARTS or steps + span > BATCH_STEPS:
+            batches.append(set())
+            steps = 0
+        batches[-1].add(name)
+        steps += span
     n = min(len(batches), workers(BATCH_MEMORY))
     for sums in in_order(lambda names: part_sums(*read(names), reasoning), batches, n, "windowsums"):
         computed.update(sums)

@@ -323,8 +323,10 @@ class Scope:
         """The window parts' per-key term sums (`windowsums`), cached per run beside the cell tables."""
         if self._window_sums is None:
             cache = self.cell_parts.cache_dir("window_sums") if getattr(self.store, "persist_derived", True) else None
+            spans = {name: p.steps[1] - p.steps[0] + 1 for name, p in self.store.stored_parts(self.run).items()
+                     if p.steps}
             self._window_sums = windowsums.window_sums(self.cell_parts.parts, self.window_parts, self.vocab,
-                                                       self._read_cell_tables, cache)
+                                                       self._read_cell_tables, cache, spans)
         return self._window_sums
 
     def window_cellterms(self) -> str:
