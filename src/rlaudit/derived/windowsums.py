@@ -58,8 +58,8 @@ BATCH_STEPS = 16
 #: what a batch holds while it is summed (`memory.workers`): its cell tables and the dense sums of its keys
 #: (FIELDS x keys x terms int64: ~75 MB for 16 parts of 12 keys and a vocabulary of 8,000 terms)
 BATCH_MEMORY = 160 << 20
-#: parts summed at once above which the compiled pass is used: loading it (~0.1-0.5 CPU s a process) costs more
-#: than the numpy path's few parts of a warm audit (~10-20 ms a part)
+#: parts (or steps: a part may hold several) summed at once above which the compiled pass is used: loading it
+#: (~0.1-0.5 CPU s a process) costs more than the numpy path's few parts of a warm audit (~10-20 ms a part)
 NUMBA_PARTS = 8
 #: stands for a NULL split in the keys (a cell of no split is in no scope: SQL's NULL = NULL is not true)
 NULL_SPLIT = "\x00null"
@@ -93,7 +93,7 @@ def part_sums(cells: pa.Table, cellterms: pa.Table, promptterms: pa.Table, reaso
     cell_key = np.array([key_of.setdefault((p, tuple(k)), len(key_of)) for p, *k in zip(
         part, cells["step"].to_pylist(), split, task, cells["condition"].to_pylist())], np.int64)
     out = None
-    if len(set(part)) > NUMBA_PARTS and kernels.use_numba():
+    if kernels.use_numba() and max(len(set(part)), pc.count_distinct(cells["step"]).as_py()) > NUMBA_PARTS:
         out = _sums_numba(cell, cell_key, len(key_of), cells, cellterms, promptterms, reasoning)
     if out is None:
         out = _sums_numpy(cell, cell_key, len(key_of), cells, cellterms, promptterms, reasoning)
