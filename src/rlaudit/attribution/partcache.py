@@ -300,8 +300,8 @@ class _Ctx:
     def ensure(self, parts: list[Path], weights: dict[str, Any] | None = None,
                tags: dict[str, str] | None = None) -> None:
         """Compute the tables of the parts not cached (with `weights`: the weight-keyed groups), up to BATCH_PARTS
-        parts (BATCH_ROWS rollouts) per computation (the groups of different parts are independent, so a batch gives each part's values; one
-        computation per part would cost more in overhead than the work). Batches run in `memory.workers`
+        parts (BATCH_ROWS rollouts) per computation (the groups of different parts are independent, so a batch
+        gives each part's values; one computation per part would cost more in overhead than the work). Batches run in `memory.workers`
         threads, each writing its own parts' files: most of a batch is numpy and Arrow work that releases the
         GIL, and one thread left the second core idle for most of a cold attribution. Each thread reads its
         batches by one streamed query (`_stream`), not one query a batch: a term behaviour's pattern (its
@@ -333,8 +333,8 @@ class _Ctx:
         n = min(len(batches), workers(max(rows, 1) * _BYTES_PER_ROW))
         fresh = [self._fresh(i, todo) for i in range(len(self.items))] if weights is None else []
         planned = lambda i, path: bool(fresh) and fresh[i] is not None and fresh[i].planned(path)  # noqa: E731
-        # one DuckDB thread per connection also where one thread computes: a parallel scan under the sample's
-        # step filter streamed the parts' rows out of their order
+        # one DuckDB thread per connection also where one thread computes: under the sample's step filter a
+        # parallel scan streamed the parts' rows out of their order (`_stream` checks it)
         with _Connections(self.store.root, n, single=self.sample is not None) as cons, \
                 contextlib.ExitStack() as stack:
             for f in fresh:
@@ -446,9 +446,8 @@ class _Ctx:
                            f"FROM read_parquet({sql_list([str(p) for p in run])})")
             at += len(run)
         split = f"split = {sql_string(self.split)}" if self.split else "TRUE"
-        if self.sample is not None:  # a function, not IN: a long IN list is planned as a join, which loses the
-            # parts' order
-            split += f" AND list_contains([{', '.join(map(str, self.sample[1]))}]::BIGINT[], step)"
+        if self.sample is not None:  # (read on one DuckDB thread: `ensure`)
+            split += f" AND step IN ({', '.join(map(str, self.sample[1])) or 'NULL'})"
         beh = "".join(f", {it.expr} AS _b{i}" for i, it in enumerate(self.items))
         if any(it.where == "reasoning" for it in self.items):
             beh += ", reasoning IS NOT NULL AS _has_r"
