@@ -3,7 +3,7 @@
     rlaudit export goblin-persona-trl --exclude goblin --exclude 're:\\bgremlins?\\b' --out clean.jsonl
 
 Behaviours use the spec language of `rlaudit.behaviors` (terms, `re:`, boolean `style:` features, Python
-predicates). The run is streamed part by part (one stored part per source file): each part is read as canonical
+predicates). The run is streamed part by part (a stored part holds one or several source files): each part is read as canonical
 columns, the behaviours are evaluated on the chosen text column with Arrow's vectorised regex kernels (a Python
 predicate is the only per-row path), and the remaining rows are appended to the output: Parquet through one
 `ParquetWriter`, JSONL through DuckDB's JSON writer (NaN and infinities become null, as in the findings JSON).

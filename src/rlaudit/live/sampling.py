@@ -9,9 +9,10 @@ steps (`StepSample`):
 - `middle` steps spread evenly over the rest, so trends and onsets keep their shape.
 
 A view is a `Store` whose `parts` lists only the Parquet parts of the chosen steps (`StoreView`), so every
-detector works on it unchanged. Trainer logs write one file per step (TRL, verl, prime-rl) and live appends one
-part per step, so parts map onto steps; a part that spans many steps (one JSONL for a whole run) is included
-whenever one of its steps is chosen, which degrades to a full scan only for such single-file runs.
+detector works on it unchanged. Trainer logs write one file per step (TRL, verl, prime-rl), live ingests keep a
+part per file (`PART_ROWS`) and live appends one part per step, so parts map onto steps; a part that spans many
+steps (one JSONL for a whole run, or files a batch ingest grouped: `Store.part_rows`) is included whenever one of
+its steps is chosen, which degrades to a full scan only for single-file runs.
 
 `PartIndex` learns the step range of each part once, from the Parquet footer statistics of its `step` column,
 so finding the new parts of a step costs one manifest read, not a data scan.
