@@ -652,9 +652,12 @@ class Store:
         retired with the leaving files' rows, the others' stay (their sources may be gone). A part that is lost
         (see `missing_error`) is left as it is."""
         parts = self.run_dir(run) / "parts"
-        for old in {manifest["files"][k]["part"] for k in leaving if manifest["files"].get(k, {}).get("part")}:
-            members = stored_parts(manifest)[old].files
-            staying = [k for k in members if k not in leaving]
+        touched = {manifest["files"][k]["part"] for k in leaving if manifest["files"].get(k, {}).get("part")}
+        if not touched:
+            return
+        stored = stored_parts(manifest)  # once: each part's files, which the loop below does not change
+        for old in touched:
+            staying = [k for k in stored[old].files if k not in leaving]
             if not staying or not (parts / old).is_file():
                 continue
             table = pq.read_table(parts / old)
