@@ -661,6 +661,11 @@ class Store:
             if not staying or not (parts / old).is_file():
                 continue
             table = pq.read_table(parts / old)
+            listed = sum(int(manifest["files"][k].get("rows") or 0) for k in stored[old].files)
+            if table.num_rows != listed:  # the spans would cut other files' rows: stop before anything changes
+                raise RlauditError(f"run {run!r}: part file {parts / old} holds {table.num_rows:,} rows, its "
+                                   f"manifest entries {listed:,} ({', '.join(stored[old].files[:3])}...); the store "
+                                   f"is inconsistent: remove the run (`rlaudit runs rm {run}`) and ingest it again")
             new = self._part_name(staying[0])
             entries = [manifest["files"][k] for k in staying]
             pieces = [table.slice(int(e.get("offset") or 0), int(e["rows"])) for e in entries]

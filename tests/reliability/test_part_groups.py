@@ -188,3 +188,21 @@ def test_live_ingests_keep_a_part_per_file(tmp_path):
     parts = auditor.store.stored_parts("r")
     assert [p.files for p in parts.values()] == [("f000.jsonl",), ("f001.jsonl",), ("f002.jsonl",)]
     assert [p.steps for p in parts.values()] == [[0, 1], [2, 3], [4, 5]]
+
+
+def test_a_part_that_disagrees_with_its_manifest_is_an_error_not_a_wrong_split(tmp_path, monkeypatch):
+    """A shared part whose rows do not add up to its files' entries (a corrupted manifest or part) cannot be split
+    by their offsets: the ingest that would split it stops with an error naming the part, and the run is as it was."""
+    monkeypatch.setattr(Store, "part_rows", 100)
+    src = _source(tmp_path, [8, 8, 8])
+    store = Store(tmp_path / "store")
+    store.ingest(src, run="r", format="canonical")
+    path = store.run_dir("r") / "run.json"
+    manifest = json.loads(path.read_text())
+    manifest["files"]["f001.jsonl"]["rows"] = 7
+    path.write_text(json.dumps(manifest))
+    before = path.read_bytes()
+    _write(src / "f000.jsonl", 0, 5, tag="x")
+    with pytest.raises(RlauditError, match=r"holds 24 rows, its manifest entries 23 .*runs rm r"):
+        store.ingest(src, run="r", format="canonical")
+    assert path.read_bytes() == before
