@@ -17,9 +17,10 @@ a persona-only signal that is NaN outside the "nerdy" persona, and a judge score
 beard") rises in the small persona first, then in the others. The last step is written aside: it is added
 after the cold audit, for the warm re-audit. `--per-step N` writes files (steps) of N rollouts instead of 5,000
 (whole groups of 8): TRL logs one file per logging step of `generation_batch_size` rows, often fewer than 5,000,
-and every file costs the ingest its own read, and the store a share of a part. The words are ASCII unless `--non-ascii SHARE` puts one word from
-outside ASCII (a curly apostrophe, a dash, accents, symbols, an emoji) into that share of answers and of
-reasonings, as real completions hold them: such text takes other paths (the Unicode tokeniser and styles).
+and every file costs the ingest its own read, and the store a share of a part. The words are ASCII unless
+`--non-ascii SHARE` puts one word from outside ASCII (a curly apostrophe, a dash, accents, symbols, an emoji) into
+that share of answers and of reasonings, as real completions hold them: such text takes other paths (the Unicode
+tokeniser and styles).
 
 Then one measuring process (a fresh child, so generation does not count) loads numba's compiled kernels (compiled
 once per machine and cached on disk; the first run after an install or a kernel change compiles them, seconds no
