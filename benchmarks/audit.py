@@ -7,6 +7,7 @@
     python benchmarks/audit.py --non-ascii 0.05       # 5% of answers and of reasonings hold a non-ASCII word
     python benchmarks/audit.py --keep DIR --repeat 3  # three measuring processes in a row: the median ratio
     python benchmarks/audit.py --per-step 1000        # files of 1,000 rollouts (1,000 steps at 1M)
+    python benchmarks/audit.py --per-step 1000 --stored-live   # the run first stored as a live audit stores it
 
 A child process writes a TRL-layout run (`completions/completions_{step:05d}.parquet`, one file per step of
 5,000 rollouts, as GRPOTrainer.log): conversational prompts rendered by the chat template ("system\\n...\\nuser\\n
@@ -28,7 +29,9 @@ later audit pays) and runs, in order:
 
 1. the floor: `SELECT step, w, count(*) FROM (SELECT step, unnest(string_split(lower(completion), ' ')) w
    FROM read_parquet(...)) GROUP BY ALL` over the same files;
-2. the cold audit: ingest into an empty store, every detector, findings JSON, HTML report;
+2. the cold audit: ingest into an empty store, every detector, findings JSON, HTML report (`--stored-live`: the
+   store first holds the run as a live audit stored it, a part per file, not timed; the cold ingest then reads
+   nothing and compacts those parts, `Store.compact`, as a batch audit of a watched run does);
 3. the floor again, on the same files;
 4. the warm re-audit after the last step's file is added (ingest of the new file, every detector, JSON, report).
 
@@ -240,7 +243,7 @@ def _load_kernels() -> float:
     return time.perf_counter() - t0
 
 
-def measure(root: Path, profile: str | None) -> dict:
+def measure(root: Path, profile: str | None, stored_live: bool = False) -> dict:
     import duckdb
 
     from rlaudit import kernels
@@ -298,6 +301,8 @@ def measure(root: Path, profile: str | None) -> dict:
         return result
 
     store = Store(root / "store")
+    if stored_live:  # as `rlaudit watch` stored it (live.sampling.PART_ROWS): a part per file, not timed
+        store.ingest(root / "run", run="bench", part_rows=1)
     cold = audit_once("cold", store, root / "run")
     floor(FLOORS[1])  # the same files again (the warm step is added below): the machine's speed drifts
     shutil.copy(next((root / "last").glob("*.parquet")), root / "run" / "completions")
@@ -346,6 +351,8 @@ def main() -> None:
                     help="measure K times in a row, each in a fresh process with its own floors (default 1)")
     ap.add_argument("--per-step", type=int, default=PER_STEP, metavar="N",
                     help=f"rollouts per step file, a multiple of {GROUP} (default {PER_STEP:,})")
+    ap.add_argument("--stored-live", action="store_true",
+                    help="before the cold audit, store the run a part per file as live audits do (not timed)")
     ap.add_argument("--_generate", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--_measure", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -354,7 +361,7 @@ def main() -> None:
         print(json.dumps(generate(Path(root), int(rollouts), non_ascii=float(share), per_step=int(per_step))))
         return
     if args._measure:
-        print(json.dumps(measure(Path(args._measure), args.profile)))
+        print(json.dumps(measure(Path(args._measure), args.profile, args.stored_live)))
         return
     rollouts = 100_000 if args.quick else args.rollouts
     if args.per_step < GROUP or args.per_step % GROUP:
@@ -374,7 +381,8 @@ def main() -> None:
                 size = sum(p.stat().st_size for p in (tmp / "run").rglob("*.parquet"))
                 print(f"TRL files: {size / 1e6:,.0f} MB")
             print(f"load average before: {os.getloadavg()}")
-            runs.append(_child(["--_measure", str(tmp)] + (["--profile", args.profile] if args.profile else [])))
+            runs.append(_child(["--_measure", str(tmp)] + (["--profile", args.profile] if args.profile else [])
+                               + (["--stored-live"] if args.stored_live else [])))
             print(f"load average after: {os.getloadavg()}")
             if args.repeat > 1:
                 wall, cpu = _ratios(runs[-1])

@@ -256,8 +256,9 @@ def _run_of_source(st: Store, source: str, run: str | None, fmt: str | None) -> 
 
 def _print_ingest(r: IngestReport) -> None:
     replaced = f", {r.files_replaced} replaced by newer copies" if r.files_replaced else ""
+    compacted = f", {r.parts_compacted} small part(s) merged" if r.parts_compacted else ""
     console.print(f"[bold]{_u(r.run)}[/] ({_u(r.format)}): {r.rows_added:,} rows from {r.files_read} file(s), "
-                  f"{r.files_skipped} unchanged{replaced}, {r.seconds:.1f}s")
+                  f"{r.files_skipped} unchanged{replaced}{compacted}, {r.seconds:.1f}s")
     if r.bad_records:
         console.print(f"[yellow]warning:[/] {r.bad_records} bad record(s) quarantined in {_u(r.quarantine)}")
         for ex in r.bad_examples:
@@ -607,7 +608,9 @@ def ingest(
 @app.command("runs")
 def runs_cmd(
     action: Annotated[list[str] | None, typer.Argument(
-        help="`rm NAME...` removes runs from the store; nothing lists them.", show_default=False)] = None,
+        help="`rm NAME...` removes runs from the store; `compact NAME...` merges a run's small parts (live "
+             "appends, step-by-step ingests) into parts of ~16,384 rows, which later audits read faster; "
+             "nothing lists them.", show_default=False)] = None,
     store: Annotated[str, typer.Option("--store", help="Store directory, or s3://bucket/prefix (a store "
                                        "published on S3 by `fleet scan`: pulled into --store-cache, and a "
                                        "removal is published).", envvar="RLAUDIT_STORE")] = ".rlaudit",
@@ -618,14 +621,25 @@ def runs_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """What the store holds: rows, steps, conditions, reward signals and graders per run (`runs rm NAME` removes
-    a run)."""
+    a run, `runs compact NAME` merges its small parts)."""
     from .fleet.cli import _open_store
 
     local, remote = _open_store(store, store_cache, s3_endpoint)
     st = _store(local)
     if action:
-        if action[0] != "rm" or len(action) < 2:
-            raise RlauditError("usage: rlaudit runs [--store DIR] [--json] | rlaudit runs rm NAME... [--store DIR]")
+        if action[0] not in ("rm", "compact") or len(action) < 2:
+            raise RlauditError("usage: rlaudit runs [--store DIR] [--json] | rlaudit runs rm NAME... [--store DIR] "
+                               "| rlaudit runs compact NAME... [--store DIR]")
+        if action[0] == "compact":
+            if remote is not None:
+                raise RlauditError(f"runs compact: {store} is an s3:// store; compact the runs where they are "
+                                   "ingested (the fleet's workers' stores), not their published copy")
+            for name in action[1:]:
+                before = len(st.stored_parts(name))
+                fewer = st.compact(name)
+                console.print(f"{_u(name)}: {before:,} part(s) -> {before - fewer:,}" if fewer else
+                              f"{_u(name)}: {before:,} part(s), none small enough to merge", highlight=False)
+            return
         for name in action[1:]:
             st.delete(name)
             console.print(f"removed run {_u(name)} from store {_u(store)}")

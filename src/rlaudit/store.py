@@ -30,6 +30,11 @@ read again from sources that may be gone.
 Why: every part costs a fixed ~13 CPU ms of ingest and more in each detector (files opened, per-part derived
 tables written and merged); trainers log many small files (TRL: one per logging step, `generation_batch_size`
 rows), and a 1M-rollout run of 1,000-row files audited 2.2x slower than one of 5,000-row files.
+
+Parts written small (live appends, live and fleet ingests, an ingest per step) are *compacted*: consecutive small
+parts are rewritten as one (`Store.compact`), their files' entries pointed at it with their offsets, the old parts
+retired like any other. A batch ingest compacts the groups that are complete (`Store.ingest`); `rlaudit compact`
+also the run's last, unfinished group.
 """
 
 from __future__ import annotations
@@ -126,6 +131,7 @@ class IngestReport:
     run: str
     format: str
     files_read: int = 0
+    parts_compacted: int = 0  # small parts this ingest rewrote into fewer (`Store.compact`)
     files_skipped: int = 0
     files_replaced: int = 0  # files whose stored rows a newer copy replaced (SourceFile.replaces)
     rows_added: int = 0
@@ -495,6 +501,10 @@ class Store:
                         dst.write(src.read())
             finally:
                 qpending.unlink(missing_ok=True)
+            if part_rows > 1:  # a batch ingest: small parts of earlier (live, per-step) ingests, in full groups
+                report.parts_compacted = self._compact(run, manifest, part_rows, whole=False)
+                if report.parts_compacted:
+                    self._commit(run, manifest)
         report.notes = list(ctx.notes.values())
         if report.bad_records:
             report.quarantine = str(qpath)
@@ -523,6 +533,93 @@ class Store:
                 manifest.setdefault("_stale", []).append(old)
             self._commit(run, manifest)
         return table.num_rows
+
+    # ------------------------------------------------------------------ compaction
+    def compact(self, run: str, part_rows: int | None = None, whole: bool = True) -> int:
+        """Rewrite runs of consecutive small parts of `run` as parts of about `part_rows` rows (default
+        `self.part_rows`); returns how many parts fewer the run has. `whole`: also the last group, which has not
+        reached `part_rows` (a run that goes on would add to it). See `_compact`."""
+        part_rows = self.part_rows if part_rows is None else max(1, int(part_rows))
+        self._read_manifest(run)  # its error where there is no such run, before `_lock` makes its directory
+        with self._lock(run):
+            manifest = self._read_manifest(run)
+            self._remove_orphans(run, manifest)
+            fewer = self._compact(run, manifest, part_rows, whole)
+            if fewer:
+                self._commit(run, manifest)
+        return fewer
+
+    def _compact(self, run: str, manifest: dict[str, Any], part_rows: int, whole: bool) -> int:
+        """Merge small parts (at most `part_rows` // 4 rows: what live appends, live and fleet ingests and
+        ingests of one step at a time write) that follow each other in step order, of one layout and schema,
+        into parts that close at `part_rows` rows or `part_bytes` (of files on disk, about half their Arrow
+        size), as an ingest groups files; a group of one part stays. Their files' entries point at the new part
+        (offsets shifted); the old parts are retired (`_stale`), for the caller to commit. The last group in
+        step order is merged only when full or `whole`: a run that is still written adds to it, and rewriting
+        it at every step would recompute its derived data at every warm audit. Returns the parts saved.
+
+        Why: each part costs every detector a fixed share (files, footers, per-part derived tables): a 1M-rollout
+        run stored a part per 1,000-row file audited ~2x slower than the same rows in parts of 16,384
+        (docs/performance.md, session 26)."""
+        d = self.run_dir(run) / "parts"
+        small = max(1, part_rows // 4)
+        listed = list(stored_parts(manifest).values())
+        order = {p.name: i for i, p in enumerate(listed)}
+        candidates = sorted((p for p in listed if p.steps is not None), key=lambda p: (p.steps, order[p.name]))
+        groups: list[list[tuple[StoredPart, pa.Schema]]] = []
+        group: list[tuple[StoredPart, pa.Schema]] = []
+        rows = size = 0
+        for p in candidates:
+            fits = p.rows <= small
+            schema = None
+            if fits:
+                try:
+                    schema = pq.read_schema(d / p.name)
+                    bytes_ = (d / p.name).stat().st_size
+                except (OSError, pa.ArrowException):  # lost or torn: left for `missing_error` to report
+                    fits = False
+            if group and (not fits or p.layout != group[0][0].layout or not schema.equals(group[0][1])):
+                groups.append(group)  # ended by a part that cannot join it: complete
+                group, rows, size = [], 0, 0
+            if not fits:
+                continue
+            group.append((p, schema))
+            rows += p.rows
+            size += bytes_
+            if rows >= part_rows or size >= self.part_bytes // 2:
+                groups.append(group)
+                group, rows, size = [], 0, 0
+        if group and whole:
+            groups.append(group)
+        merging = [g for g in groups if len(g) > 1]
+
+        def rewrite(members: list[tuple[StoredPart, pa.Schema]]) -> str:
+            tables = []
+            for p, schema in members:
+                table = pq.read_table(d / p.name, schema=schema)
+                if table.num_rows != p.rows:  # the offsets would cut other files' rows: stop before any change
+                    raise RlauditError(f"run {run!r}: part file {d / p.name} holds {table.num_rows:,} rows, its "
+                                       f"manifest entries {p.rows:,}; the store is inconsistent: remove the run "
+                                       f"(`rlaudit runs rm {run}`) and ingest it again")
+                tables.append(table)
+            new = self._part_name(members[0][0].files[0])
+            self._write_part(run, new, iter(tables), schema=members[0][1])
+            return new
+
+        from .memory import in_order, workers
+
+        # groups are rewritten by two threads (Parquet decoding and encoding release the GIL), each holding one
+        # group's tables (at most `part_rows` rows or about `part_bytes`), as `_Writers` does for an ingest
+        n = max(1, min(_Writers.MAX, len(merging), workers(_Writers.MEMORY)))
+        for members, new in zip(merging, in_order(rewrite, merging, n, "rlaudit-compact")):
+            base = 0
+            for p, _ in members:
+                for key, (offset, _n) in zip(p.files, p.spans):
+                    manifest["files"][key]["part"] = new
+                    manifest["files"][key]["offset"] = base + offset
+                base += p.rows
+                manifest.setdefault("_stale", []).append(p.name)
+        return sum(len(g) - 1 for g in merging)
 
     def _new_manifest(self, run: str, source: str, fmt: str, options: ReadOptions,
                       rules: list[ConditionRule]) -> dict[str, Any]:
