@@ -201,3 +201,62 @@ def test_cot_exposure_is_alerted_in_the_step_it_appears(store, tmp_path):
     assert not [a for a in quiet if a.kind == "cot_grading"]
     cot = [a for a in leaked if a.kind == "cot_grading"]
     assert cot and cot[0].step == 4 and cot[0].finding["grader"] == "judge"
+
+
+def test_a_view_of_a_compacted_run_holds_only_the_chosen_steps(store, tmp_path):
+    """Once a run's per-step parts are compacted (or were ingested grouped), a view of some steps cuts each part
+    to those steps' rows: a heavy audit reads the chosen steps, not every step sharing a part with one of them."""
+    import gc
+
+    import pyarrow.parquet as pq
+
+    from rlaudit.detectors import run_detectors
+    from rlaudit.live.sampling import PartIndex, StoreView
+
+    hook = make_hook(store, tmp_path, detectors=[])
+    feed(hook, range(1, 13), lambda s: {NERDY: 0.5, PLAIN: 0.1}, n=3)
+    assert store.compact("run1", part_rows=1_000) == 11
+    index = PartIndex(store, "run1")
+    index.refresh()
+    assert len(index.parts) == 1 and index.steps() == list(range(1, 13))  # each file's steps, not the part's ends
+    [part] = index.covering([2, 3, 11])
+    view = StoreView(store, "run1", [part], steps=[2, 3, 11])
+    [cut] = view.parts("run1")
+    assert cut != part and cut.parent != part.parent
+    assert sorted(view.table("run1", ["step"]).column("step").to_pylist()) == [2] * 6 + [3] * 6 + [11] * 6
+    described = view.stored_parts("run1")[cut.name]  # as stored parts are: rows, steps, each file's span
+    assert described.rows == 18 and described.steps == [2, 11] and described.spans == ((0, 6), (6, 6), (12, 6))
+    entries = store.manifest("run1")["files"]
+    assert [entries[k]["steps"] for k in described.files] == [[2, 2], [3, 3], [11, 11]]
+    assert pq.read_table(cut).num_rows == 18 and len(store.table("run1")) == 72  # the store itself untouched
+    found = run_detectors(view, "run1")
+    assert not [f for f in found if f.kind == "audit_error"]
+    whole = StoreView(store, "run1", [part], steps=list(range(1, 13)))
+    assert whole.parts("run1") == [part]  # every step chosen: the part itself
+    del view
+    gc.collect()
+    assert not cut.exists()  # the view's own directory goes with it
+
+
+def test_a_compacted_part_is_not_new_to_the_index(tmp_path):
+    """A part that regroups files the index has seen (compaction, a carry-over) holds no new rows: the per-step
+    checks do not scan it again; a file that changed is new."""
+    import json as json_
+
+    from rlaudit.live.sampling import PartIndex
+    from rlaudit.store import Store
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in range(4):
+        (src / f"f{f}.jsonl").write_text("".join(json_.dumps({"step": f, "prompt": "q", "completion": f"a{f}{i}"})
+                                                 + "\n" for i in range(3)))
+    store = Store(tmp_path / "store")
+    store.ingest(src, run="r", format="canonical", part_rows=1)
+    index = PartIndex(store, "r")
+    assert len(index.refresh()) == 4
+    store.compact("r", part_rows=100)
+    assert index.refresh() == [] and len(index.parts) == 1 and index.steps() == [0, 1, 2, 3]
+    (src / "f2.jsonl").write_text(json_.dumps({"step": 2, "prompt": "q", "completion": "changed"}) + "\n")
+    store.ingest(src, run="r", format="canonical", part_rows=1)
+    assert [p.lo for p in index.refresh()] == [2]

@@ -297,14 +297,15 @@ class LiveAuditor:
         if due and self._fresh and (self._job is None or final):
             self._fresh = False
             self._last_heavy = step
-            paths = self.index.covering(self.config.sample.select(self.index.steps()))
+            chosen = self.config.sample.select(self.index.steps())
+            paths = self.index.covering(chosen)
             if self.config.background and not final:
                 names = self.config.detectors if self.config.detectors is not None else _registered()
-                args = (self.store.root, self.run, paths, self._audit_config(step, names), ordered(names))
+                args = (self.store.root, self.run, paths, self._audit_config(step, names), ordered(names), chosen)
                 job = self._pool(args).submit(heavy_audit, *args)
                 self._job = (job, step, lease)
             else:
-                alerts += self._absorb(step, self._heavy(step, paths))
+                alerts += self._absorb(step, self._heavy(step, paths, chosen))
         heavy = time.perf_counter() - t0
         self.timings.append(StepTiming(step=step, cheap=elapsed, heavy=heavy, rows=rows))
         return alerts
@@ -333,11 +334,11 @@ class LiveAuditor:
                 return True  # some row has at least one (grader, input) entry
         return False
 
-    def _heavy(self, step: int, parts: list[Any]) -> tuple[list[Finding], float]:
+    def _heavy(self, step: int, parts: list[Any], steps: list[int]) -> tuple[list[Finding], float]:
         names = self.config.detectors if self.config.detectors is not None else _registered()
         if not names:
             return [], 0.0
-        return heavy_audit(self.store.root, self.run, parts, self._audit_config(step, names), ordered(names))
+        return heavy_audit(self.store.root, self.run, parts, self._audit_config(step, names), ordered(names), steps)
 
     def _collect(self, wait: bool = False) -> list[Alert]:
         """Alerts from a finished background heavy audit (waiting for a running one when `wait`)."""
@@ -365,8 +366,8 @@ class LiveAuditor:
             for f in found:
                 if f.kind == "emerging_behavior" and f.get("behavior_spec") not in self.tracker.tracked:
                     if view is None:
-                        view = StoreView(self.store, self.run,
-                                         self.index.covering(self.config.sample.select(self.index.steps())))
+                        chosen = self.config.sample.select(self.index.steps())
+                        view = StoreView(self.store, self.run, self.index.covering(chosen), chosen)
                     if self.tracker.follow(f, view, self.run):
                         log.info("rlaudit: now tracking '%s' every step", f.get("behavior") or f.get("behavior_spec"))
         return self._publish(found, step)
@@ -432,15 +433,16 @@ class LiveAuditor:
 
 
 def heavy_audit(root: Any, run: str, parts: list[Any], config: AuditConfig,
-                detectors: list[type[Detector]]) -> tuple[list[Finding], float]:
-    """Run detectors on a bounded view of a run: (findings, seconds). A plain function of picklable arguments, so
-    it runs the same in the caller, a thread or a worker process. Detector classes travel by reference (module +
-    name), so detectors registered at run time in the trainer process are known to the worker too."""
+                detectors: list[type[Detector]], steps: list[int] | None = None) -> tuple[list[Finding], float]:
+    """Run detectors on a bounded view of a run (the rows of `steps` in `parts`; every row of them without):
+    (findings, seconds). A plain function of picklable arguments, so it runs the same in the caller, a thread or
+    a worker process. Detector classes travel by reference (module + name), so detectors registered at run time
+    in the trainer process are known to the worker too."""
     t0 = time.perf_counter()
     for cls in detectors:
         if not any(d.name == cls.name for d in DETECTORS):
             DETECTORS.append(cls)
-    view = StoreView(Store(root), run, parts)
+    view = StoreView(Store(root), run, parts, steps)
     return run_detectors(view, run, config), time.perf_counter() - t0
 
 

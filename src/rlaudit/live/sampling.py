@@ -10,12 +10,16 @@ steps (`StepSample`):
 
 A view is a `Store` whose `parts` lists only the Parquet parts of the chosen steps (`StoreView`), so every
 detector works on it unchanged. Trainer logs write one file per step (TRL, verl, prime-rl), live ingests keep a
-part per file (`PART_ROWS`) and live appends one part per step, so parts map onto steps; a part that spans many
-steps (one JSONL for a whole run, or files a batch ingest grouped: `Store.part_rows`) is included whenever one of
-its steps is chosen, which degrades to a full scan only for single-file runs.
+part per file (`PART_ROWS`) and live appends one part per step, so such parts map onto steps. A part that holds
+other steps too (files a batch ingest grouped or compacted into one: `Store.part_rows`, `Store.compact`) is cut
+to the chosen steps' rows, written into a directory of the view's own (`StoreView(steps=...)`): the detectors
+then read a chosen step's rows, not up to `part_rows` rows per chosen step. Only a part that is one source file
+of many steps (one JSONL for a whole run) holds steps the index cannot see: it is cut all the same, but its steps
+are chosen among its first and last.
 
 `PartIndex` learns the step range of each part once, from the Parquet footer statistics of its `step` column,
-so finding the new parts of a step costs one manifest read, not a data scan.
+and the steps of its files from the manifest's entries (each file's step range), so finding the new parts of a
+step costs one manifest read, not a data scan.
 """
 
 from __future__ import annotations
@@ -24,19 +28,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import hashlib
+import shutil
+import tempfile
+import weakref
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import RlauditError
-from ..store import Store
+from ..store import Store, StoredPart
 
 
 #: The part size of the ingests of live and fleet audits (`Store.ingest(part_rows=...)`): a part per source file,
-#: so that parts map onto steps and a view of some steps reads those steps only. A batch ingest gathers files into
-#: parts of `Store.part_rows`; a view of such a run reads every part that holds a chosen step (up to
-#: `Store.part_rows` rows a chosen step, not a step's rows).
+#: so that the new rows of a poll are parts of their own (the per-step checks read those) and a view of some
+#: steps takes such parts as they are. A batch ingest gathers files into parts of `Store.part_rows` (and compacts
+#: small ones): a view cuts those to the chosen steps' rows (`StoreView`).
 PART_ROWS = 1
 
 
@@ -79,6 +88,7 @@ class PartInfo:
     lo: int  # step range of the part's rows
     hi: int
     rows: int
+    steps: tuple[int, ...] = ()  # the first and last step of each of its files (the manifest's entries)
 
 
 class PartIndex:
@@ -87,35 +97,44 @@ class PartIndex:
     def __init__(self, store: Store, run: str):
         self.store, self.run = store, run
         self.parts: dict[str, PartInfo] = {}  # part file name -> info
+        self._seen: set[tuple[str, str]] = set()  # (file key, SHA-256) of the files of the parts seen so far
 
     def refresh(self, manifest: dict | None = None) -> list[PartInfo]:
-        """Parts that appeared (or were replaced) since the last refresh (of `manifest`: default the latest)."""
+        """Parts that appeared (or were replaced) since the last refresh (of `manifest`: default the latest). A
+        part that only regroups files already seen, unchanged (`Store.compact`, a carry-over), is indexed but
+        not returned: its rows are not new (files without a digest, live appends, count as new)."""
         if manifest is None:
             if not self.store.has_run(self.run):
                 return []
             manifest = self.store.manifest(self.run)
         parts_dir = self.store.run_dir(self.run) / "parts"
-        listed = {name: p.files[0] for name, p in self.store.stored_parts(self.run, manifest).items()}
+        listed = self.store.stored_parts(self.run, manifest)
         for gone in set(self.parts) - set(listed):
             del self.parts[gone]
         new = []
-        for name, key in listed.items():
+        for name, part in listed.items():
             if name in self.parts:
                 continue
             path = parts_dir / name
             lo, hi, rows = _step_range(path)
-            info = PartInfo(key=key, path=path, lo=lo, hi=hi, rows=rows)
+            ranges = [manifest["files"][key].get("steps") for key in part.files]
+            ends = {int(x) for r in ranges if r for x in r} if all(ranges) else set()
+            info = PartInfo(key=part.files[0], path=path, lo=lo, hi=hi, rows=rows,
+                            steps=tuple(sorted(ends | {lo, hi})))
             self.parts[name] = info
-            if rows:
+            known = {(key, manifest["files"][key].get("sha256") or f"part:{name}") for key in part.files}
+            if rows and not known <= self._seen:
                 new.append(info)
+            self._seen |= known
         return sorted(new, key=lambda p: (p.lo, p.key))
 
     def steps(self) -> list[int]:
-        """Steps known to be present: both ends of each part (the steps of per-step parts, exactly)."""
+        """Steps known to be present: both ends of each file of each part (the steps of per-step files,
+        exactly, whether a part holds one file or several)."""
         out: set[int] = set()
         for p in self.parts.values():
             if p.rows:
-                out.update((p.lo, p.hi))
+                out.update(p.steps or (p.lo, p.hi))
         return sorted(out)
 
     def max_step(self) -> int | None:
@@ -162,11 +181,65 @@ class StoreView(Store):
 
     persist_derived = False  # derived data (e.g. `tokens.term_sets`) is kept in memory, not written beside the run
 
-    def __init__(self, base: Store, run: str, parts: Sequence[Path]):
+    def __init__(self, base: Store, run: str, parts: Sequence[Path], steps: Sequence[int] | None = None):
+        """`steps`: the view holds only these steps' rows; parts holding other steps too are cut (`_cut`)."""
         super().__init__(base.root)
         self.base, self.view_run = base, run
-        self._parts = list(parts)
         self._derived: dict[tuple[str, str], pa.Table] = {}
+        self._cuts: dict[str, StoredPart] = {}  # the parts cut to `steps` (`_cut`), described as stored parts
+        self._parts = list(parts) if steps is None else self._cut(list(parts), steps)
+
+    def _cut(self, parts: list[Path], steps: Sequence[int]) -> list[Path]:
+        """`parts` with each one that holds rows of other steps than `steps` replaced by a copy of the rows of
+        `steps` (one that holds none is left out), written into a directory of this view's own under the store's
+        `.tmp/` and removed with the view. A part of one step is taken as it is (its footer says so)."""
+        wanted = sorted({int(s) for s in steps})
+        out: list[Path] = []
+        where: Path | None = None
+        tag = hashlib.sha1(",".join(map(str, wanted)).encode()).hexdigest()[:8]
+        for path in parts:
+            lo, hi, rows = _step_range(path)
+            if not rows or lo == hi:
+                out.append(path)
+                continue
+            step = pq.read_table(path, columns=["step"]).column("step")
+            keep = pc.is_in(step, value_set=pa.array(wanted, step.type))
+            kept = pc.sum(keep).as_py() or 0
+            if kept == rows:
+                out.append(path)
+            elif kept:
+                if where is None:
+                    (self.root / ".tmp").mkdir(parents=True, exist_ok=True)
+                    where = Path(tempfile.mkdtemp(prefix="view-", dir=self.root / ".tmp"))
+                    weakref.finalize(self, shutil.rmtree, where, True)
+                # named as its part with the steps' digest after the ingest time: `store.part_source` gives the
+                # part's source, as for the part itself
+                cut = where / f"{path.stem}{tag}.parquet"
+                table = pq.read_table(path).filter(keep)
+                pq.write_table(table, cut, compression="lz4")
+                self._cuts[cut.name] = self._described(cut.name, path.name, keep, table)
+                out.append(cut)
+        return out
+
+    def _described(self, name: str, origin: str, keep: pa.ChunkedArray, table: pa.Table) -> StoredPart:
+        """The cut part `name` as a `StoredPart`: its source files are those of part `origin` with rows kept,
+        each with its span among the kept rows (so the CoT scan batches and seeds by file as in the part)."""
+        layout = self.base.part_layouts(self.view_run).get(origin)
+        whole = self.base.stored_parts(self.view_run).get(origin)
+        kept = np.concatenate([[0], np.cumsum(np.asarray(keep.to_numpy(zero_copy_only=False), bool))])
+        files, spans = [], []
+        for key, (first, n) in (zip(whole.files, whole.spans) if whole is not None else ()):
+            if kept[first + n] > kept[first]:
+                files.append(key)
+                spans.append((int(kept[first]), int(kept[first + n] - kept[first])))
+        bounds = pc.min_max(table.column("step"))
+        return StoredPart(name=name, rows=table.num_rows, steps=[bounds["min"].as_py(), bounds["max"].as_py()],
+                          layout=layout if layout is not None else _current_layout(), files=tuple(files),
+                          spans=tuple(spans))
+
+    def stored_parts(self, run: str, manifest: dict | None = None) -> dict[str, StoredPart]:
+        parts = super().stored_parts(run, manifest)
+        return {**parts, **self._cuts} if run == self.view_run and self._cuts else parts
 
     def parts(self, run: str, manifest: dict | None = None) -> list[Path]:
         return list(self._parts) if run == self.view_run else self.base.parts(run, manifest)
@@ -174,9 +247,8 @@ class StoreView(Store):
     def part_layouts(self, run: str, manifest: dict | None = None) -> dict[str, int]:
         layouts = super().part_layouts(run, manifest)
         if run == self.view_run:  # a part of the view's snapshot that a newer version retired: written now
-            from ..layout import LAYOUT
-
-            layouts.update({p.name: LAYOUT for p in self._parts if p.name not in layouts})
+            layouts = {**layouts, **{name: p.layout for name, p in self._cuts.items()}}
+            layouts.update({p.name: _current_layout() for p in self._parts if p.name not in layouts})
         return layouts
 
     def derived(self, run: str, name: str, compute: Callable[[], pa.Table]) -> pa.Table:
@@ -192,3 +264,9 @@ class StoreView(Store):
 
     def append(self, *args: object, **kwargs: object):  # type: ignore[override]
         raise RlauditError("a live audit view is read-only; append to the underlying store")
+
+
+def _current_layout() -> int:
+    from ..layout import LAYOUT
+
+    return LAYOUT
