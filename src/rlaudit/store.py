@@ -22,8 +22,8 @@ Guarantees:
 - *Streaming*: rows flow from reader to Parquet writer in bounded batches; memory does not grow with run size.
 
 Parts group source files: consecutive files of one ingest share a part until it holds `Store.part_rows` rows
-(or `part_bytes` bytes); a file is never split. Live and fleet audits ingest a part per file
-(`ingest(part_rows=1)`, `live.sampling.PART_ROWS`): their bounded views select parts by step. Each file keeps its
+(or `part_bytes` bytes); a file is never split (live audits' bounded views cut parts to the steps they read:
+`live.sampling.StoreView`). Each file keeps its
 own manifest entry (its rows, steps, and `offset`: its first row within the part), so a file that changes or is
 replaced takes only its own rows out: the other files' rows are copied into a new part (`_carry_over`), never
 read again from sources that may be gone.
@@ -31,10 +31,10 @@ Why: every part costs a fixed ~13 CPU ms of ingest and more in each detector (fi
 tables written and merged); trainers log many small files (TRL: one per logging step, `generation_batch_size`
 rows), and a 1M-rollout run of 1,000-row files audited 2.2x slower than one of 5,000-row files.
 
-Parts written small (live appends, live and fleet ingests, an ingest per step) are *compacted*: consecutive small
-parts are rewritten as one (`Store.compact`), their files' entries pointed at it with their offsets, the old parts
-retired like any other. A batch ingest compacts the groups that are complete (`Store.ingest`); `rlaudit compact`
-also the run's last, unfinished group.
+Parts written small (live appends, the polls of live and fleet ingests, an ingest per step) are *compacted*:
+consecutive small parts are rewritten as one (`Store.compact`), their files' entries pointed at it with their
+offsets, the old parts retired like any other. A batch ingest compacts the groups that are complete
+(`Store.ingest`; live and fleet ingests do not); `rlaudit runs compact` also the run's last, unfinished group.
 """
 
 from __future__ import annotations
@@ -377,12 +377,14 @@ class Store:
         conditions: list[ConditionRule] | None = None,
         progress: Callable[[int, int, int], None] | None = None,
         part_rows: int | None = None,
+        compact: bool = True,
     ) -> IngestReport:
         """Read new or changed files of `source` into run `run` (default: the source's base name).
 
         `progress(files_done, files_total, rows_so_far)` is called after each file. `part_rows`: the rows at which
-        a part of consecutive files closes (default `self.part_rows`; 1: a part per file, what live audits need:
-        `live.sampling.PART_ROWS`).
+        a part of consecutive files closes (default `self.part_rows`; 1: a part per file). `compact`: then merge
+        the run's small parts in complete groups (`_compact`; live and fleet ingests do not: their auditors'
+        memories know parts by name).
         """
         part_rows = self.part_rows if part_rows is None else max(1, int(part_rows))
         source = Path(source).resolve()
@@ -501,7 +503,7 @@ class Store:
                         dst.write(src.read())
             finally:
                 qpending.unlink(missing_ok=True)
-            if part_rows > 1:  # a batch ingest: small parts of earlier (live, per-step) ingests, in full groups
+            if compact and part_rows > 1:  # small parts of earlier (live, per-step) ingests, in full groups
                 report.parts_compacted = self._compact(run, manifest, part_rows, whole=False)
                 if report.parts_compacted:
                     self._commit(run, manifest)
@@ -550,7 +552,7 @@ class Store:
         return fewer
 
     def _compact(self, run: str, manifest: dict[str, Any], part_rows: int, whole: bool) -> int:
-        """Merge small parts (at most `part_rows` // 4 rows: what live appends, live and fleet ingests and
+        """Merge small parts (at most `part_rows` // 4 rows: what live appends, the polls of live ingests and
         ingests of one step at a time write) that follow each other in step order, of one layout and schema,
         into parts that close at `part_rows` rows or `part_bytes` (of files on disk, about half their Arrow
         size), as an ingest groups files; a group of one part stays. Their files' entries point at the new part

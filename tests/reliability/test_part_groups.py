@@ -177,17 +177,24 @@ def test_part_rows_from_the_environment(tmp_path, monkeypatch):
             Store(tmp_path / "s")
 
 
-def test_live_ingests_keep_a_part_per_file(tmp_path):
-    """A live audit's heavy pass reads a bounded view of some steps (`live.sampling`): its ingests (the auditor's,
-    `watch`'s and the fleet worker's) keep a part per source file, so a chosen step's part holds that step only."""
+def test_live_ingests_group_files_and_never_compact(tmp_path, monkeypatch):
+    """A live audit's ingests (the auditor's, `watch`'s and the fleet worker's) group the files one poll reads, as
+    any ingest does (their views cut parts to the steps they read), and leave the small parts of earlier polls
+    as they are: the fleet's auditor memory knows parts by name. A batch ingest afterwards compacts them."""
     from rlaudit.live.auditor import LiveAuditor
 
+    monkeypatch.setattr(Store, "part_rows", 32)
     src = _source(tmp_path, [8, 8, 8])
     auditor = LiveAuditor(tmp_path / "store", "r")
     auditor.ingest(src, format="canonical")
-    parts = auditor.store.stored_parts("r")
-    assert [p.files for p in parts.values()] == [("f000.jsonl",), ("f001.jsonl",), ("f002.jsonl",)]
-    assert [p.steps for p in parts.values()] == [[0, 1], [2, 3], [4, 5]]
+    assert [p.files for p in auditor.store.stored_parts("r").values()] == [("f000.jsonl", "f001.jsonl", "f002.jsonl")]
+    for f in range(3, 7):  # a poll per step file
+        _write(src / f"f{f:03d}.jsonl", 8 * f, 8)
+        assert auditor.ingest(src, format="canonical").parts_compacted == 0
+    assert [len(p.files) for p in auditor.store.stored_parts("r").values()] == [3, 1, 1, 1, 1]
+    report = auditor.store.ingest(src, run="r", format="canonical")  # a batch audit's ingest
+    assert report.parts_compacted == 3  # 8 x 4 = 32 rows: a full group
+    assert [len(p.files) for p in auditor.store.stored_parts("r").values()] == [3, 4]
 
 
 def test_a_part_that_disagrees_with_its_manifest_is_an_error_not_a_wrong_split(tmp_path, monkeypatch):

@@ -127,7 +127,6 @@ def _note_attempt(path: str, host: str) -> list[dict[str, Any]]:
 
 def _run(task: RunTask, out: RunOutcome) -> None:
     from ..live.auditor import LiveAuditor, LiveConfig
-    from ..live.sampling import PART_ROWS
     from ..store import Store
 
     store = Store(task.store)
@@ -140,8 +139,9 @@ def _run(task: RunTask, out: RunOutcome) -> None:
             # (which removes it). Read afresh, or the retry would find nothing new and call the run fine.
             store.delete(task.name)
         is_new = not store.has_run(task.name)
-        # a part per file: the fleet's incremental passes audit bounded views of steps (`live.sampling`)
-        report = store.ingest(task.source, run=task.name, format=task.format, part_rows=PART_ROWS)
+        # files grouped into parts as any ingest groups them (a first pass over a long run makes parts of
+        # `Store.part_rows` for its sharded audit), not compacted: the auditor's memory knows parts by name
+        report = store.ingest(task.source, run=task.name, format=task.format, compact=False)
         # a run of which nothing could be read is an error (as for `rlaudit audit`), not an empty run
         _check_nothing_readable(store, task.source, report, is_new, None)
         if not store.has_run(task.name):  # every file skipped (e.g. inside the store itself): say why

@@ -42,7 +42,7 @@ from ..readers import get_reader
 from ..readers.base import BadRecord, ReadContext, Reader, ReadOptions, SourceFile, finalize
 from ..store import IngestReport, Store
 from .alerts import Alert, AlertManager, finding_key, make_alerts
-from .sampling import PART_ROWS, PartIndex, StepSample, StoreView
+from .sampling import PartIndex, StepSample, StoreView
 from .tracking import BehaviorTracker
 from .worker import WorkerExecutor
 
@@ -235,7 +235,7 @@ class LiveAuditor:
                conditions: list[ConditionRule] | None = None) -> IngestReport | None:
         """Incrementally ingest trainer log files (only new or changed files are read)."""
         report = self.store.ingest(source, run=self.run, format=format, options=options, conditions=conditions,
-                                   part_rows=PART_ROWS)
+                                   compact=False)
         if report.bad_records:
             log.warning("rlaudit: %d bad record(s) quarantined in %s (e.g. %s)", report.bad_records,
                         report.quarantine, "; ".join(report.bad_examples[:2]))

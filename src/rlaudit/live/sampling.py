@@ -9,11 +9,13 @@ steps (`StepSample`):
 - `middle` steps spread evenly over the rest, so trends and onsets keep their shape.
 
 A view is a `Store` whose `parts` lists only the Parquet parts of the chosen steps (`StoreView`), so every
-detector works on it unchanged. Trainer logs write one file per step (TRL, verl, prime-rl), live ingests keep a
-part per file (`PART_ROWS`) and live appends one part per step, so such parts map onto steps. A part that holds
-other steps too (files a batch ingest grouped or compacted into one: `Store.part_rows`, `Store.compact`) is cut
-to the chosen steps' rows, written into a directory of the view's own (`StoreView(steps=...)`): the detectors
-then read a chosen step's rows, not up to `part_rows` rows per chosen step. Only a part that is one source file
+detector works on it unchanged. Trainer logs write one file per step (TRL, verl, prime-rl) and live appends one
+part per step, but an ingest gathers the files it reads at once into parts of `Store.part_rows` (a watch that
+catches up on a run's history, a fleet's first pass) and a batch audit compacts small parts (`Store.compact`).
+A part that holds other steps than the chosen ones is cut to the chosen steps' rows, written into a directory of
+the view's own (`StoreView(steps=...)`): the detectors then read a chosen step's rows, not up to `part_rows` rows
+per chosen step. Live ingests do not compact (`Store.ingest(compact=False)`): the fleet's auditor memory knows
+parts by name. Only a part that is one source file
 of many steps (one JSONL for a whole run) holds steps the index cannot see: it is cut all the same, but its steps
 are chosen among its first and last.
 
@@ -40,13 +42,6 @@ import pyarrow.parquet as pq
 
 from ..errors import RlauditError
 from ..store import Store, StoredPart
-
-
-#: The part size of the ingests of live and fleet audits (`Store.ingest(part_rows=...)`): a part per source file,
-#: so that the new rows of a poll are parts of their own (the per-step checks read those) and a view of some
-#: steps takes such parts as they are. A batch ingest gathers files into parts of `Store.part_rows` (and compacts
-#: small ones): a view cuts those to the chosen steps' rows (`StoreView`).
-PART_ROWS = 1
 
 
 @dataclass(frozen=True)

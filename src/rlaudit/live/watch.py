@@ -21,7 +21,6 @@ from ..conditions import ConditionRule
 from ..errors import RlauditError, UnknownLayoutError
 from ..readers.base import ReadOptions
 from ..store import Store
-from .sampling import PART_ROWS
 from .alerts import Alert, AlertManager, make_alerts
 from .auditor import LiveAuditor, LiveConfig
 
@@ -94,7 +93,7 @@ def _poll(auditor: LiveAuditor, source: Path, format: str | None, options: ReadO
         return PollStatus(poll, 0, auditor.index.max_step(), [], waiting=f"{source} does not exist yet")
     try:
         report = auditor.store.ingest(source, run=auditor.run, format=format, options=options,
-                                      conditions=conditions, part_rows=PART_ROWS)
+                                      conditions=conditions, compact=False)
     except UnknownLayoutError:
         return PollStatus(poll, 0, auditor.index.max_step(), [], waiting=f"no rollout files in {source} yet")
     except RlauditError as exc:
