@@ -30,8 +30,8 @@ later audit pays) and runs, in order:
 1. the floor: `SELECT step, w, count(*) FROM (SELECT step, unnest(string_split(lower(completion), ' ')) w
    FROM read_parquet(...)) GROUP BY ALL` over the same files;
 2. the cold audit: ingest into an empty store, every detector, findings JSON, HTML report (`--stored-live`: the
-   store first holds the run as a live audit stored it, a part per file, not timed; the cold ingest then reads
-   nothing and compacts those parts, `Store.compact`, as a batch audit of a watched run does);
+   store first holds the run as a watch from its first step stores it, a part per file, not timed; the cold
+   ingest then reads nothing and compacts those parts, `Store.compact`, as a batch audit of a watched run does);
 3. the floor again, on the same files;
 4. the warm re-audit after the last step's file is added (ingest of the new file, every detector, JSON, report).
 
@@ -301,7 +301,7 @@ def measure(root: Path, profile: str | None, stored_live: bool = False) -> dict:
         return result
 
     store = Store(root / "store")
-    if stored_live:  # as `rlaudit watch` stored it (live.sampling.PART_ROWS): a part per file, not timed
+    if stored_live:  # as a watch from the run's first step stores it (a poll a step file): a part per file, untimed
         store.ingest(root / "run", run="bench", part_rows=1)
     cold = audit_once("cold", store, root / "run")
     floor(FLOORS[1])  # the same files again (the warm step is added below): the machine's speed drifts
