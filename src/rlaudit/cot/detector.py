@@ -227,10 +227,17 @@ def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[s
                 scan_batches(table_batches(raw.slice(*span), layout, params.batch_rows,
                                            spans=cot_kernels.use_numba()), params, _chance(source, stride))
                 for source, span in sources])
-        else:  # captured inputs are merged into the grader inputs by a join (the part's rows as one file)
+        else:  # captured inputs are merged into the grader inputs by a join: per source file, in its rows' order
+            sources = (files or {}).get(name) or [(part_source(name), None)]
             cur = con.cursor()
             try:
-                table = scan_run(cur, params, f"p{i}", extra, chance=_chance(part_source(name), stride))
+                pieces = [EMPTY_RESULTS]
+                for j, (source, span) in enumerate(sources):
+                    rows = "" if span is None else f" WHERE _row >= {span[0]} AND _row < {span[0] + span[1]}"
+                    cur.execute(f"CREATE OR REPLACE TEMP VIEW p{i}_{j} AS SELECT * FROM p{i}{rows}")
+                    pieces.append(scan_run(cur, params, f"p{i}_{j}", extra, chance=_chance(source, stride),
+                                           order="_row"))
+                table = pa.concat_tables(pieces)
             finally:
                 cur.close()
         if cache is None:
@@ -280,9 +287,11 @@ def _scanned(store: Store, parts: list[Path], key: str, cache: Path, persist: bo
 
 
 def _part_views(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[str, int]) -> None:
+    """A view p<i> of each part's rows, with each row's position in the part as `_row` (which source file's rows
+    it is among, and the order the scan batches them in: a join's output order is DuckDB's to choose)."""
     for i, path in enumerate(todo):
-        con.execute(f"CREATE VIEW p{i} AS SELECT {view_columns(layouts.get(path.name, 1))} "
-                    f"FROM read_parquet('{_quote(str(path))}')")
+        con.execute(f"CREATE VIEW p{i} AS SELECT {view_columns(layouts.get(path.name, 1))}, file_row_number AS _row "
+                    f"FROM read_parquet('{_quote(str(path))}', file_row_number = true)")
 
 
 def _stride(con: duckdb.DuckDBPyConnection, todo: list[Path], found: dict[str, Any], params: ScanParams,

@@ -409,19 +409,21 @@ def _group_index(group_id: pa.Array, n: int) -> np.ndarray:
 
 # ---------------------------------------------------------------- the run-level scan
 def scan_run(con: duckdb.DuckDBPyConnection, params: ScanParams, source: str = "all_rollouts",
-             extra_inputs: str | None = None, chance: Callable[[int], bool] | None = None) -> pa.Table:
+             extra_inputs: str | None = None, chance: Callable[[int], bool] | None = None,
+             order: str | None = None) -> pa.Table:
     """Scan every rollout of `source` (a view or table of `con`) that has grader inputs, in Arrow batches, plus
     chance pairings on about `params.chance_rows` of them (every batch for runs up to that size, evenly spaced
     batches beyond).
 
     `extra_inputs`: a parquet path of captured grader inputs (rollout_id, grader, input) merged into the map.
-    `chance(i)`: whether batch i gets chance pairings (default: evenly spaced batches as above).
+    `chance(i)`: whether batch i gets chance pairings (default: evenly spaced batches as above). `order`: a
+    column of `source` the rows are batched in the order of (else the query's order, which a join may change).
     """
     if chance is None:
         total = con.execute(f"SELECT count(*) FROM {source} WHERE cardinality(grader_inputs) > 0").fetchall()[0][0]
         stride = max(1, -(-total // max(1, params.chance_rows)))
         chance = lambda i: i % stride == 0  # noqa: E731
-    return scan_batches(iter_batches(con, params.batch_rows, source, extra_inputs), params, chance)
+    return scan_batches(iter_batches(con, params.batch_rows, source, extra_inputs, order), params, chance)
 
 
 def scan_batches(batches: Iterable[pa.RecordBatch | pa.Table], params: ScanParams,
@@ -468,7 +470,7 @@ def table_batches(table: pa.Table, layout: int, rows: int, spans: bool = False) 
 
 
 def iter_batches(con: duckdb.DuckDBPyConnection, rows: int, source: str = "all_rollouts",
-                 extra_inputs: str | None = None) -> Iterator[pa.RecordBatch]:
+                 extra_inputs: str | None = None, order: str | None = None) -> Iterator[pa.RecordBatch]:
     cols = ", ".join(f"r.{c}" for c in _COLUMNS if c != "grader_inputs")
     if extra_inputs:
         path = extra_inputs.replace("'", "''")
@@ -479,6 +481,8 @@ def iter_batches(con: duckdb.DuckDBPyConnection, rows: int, source: str = "all_r
                f"WHERE cardinality(r.grader_inputs) > 0 OR c.cap IS NOT NULL")
     else:
         sql = f"SELECT {cols}, r.grader_inputs FROM {source} r WHERE cardinality(r.grader_inputs) > 0"
+    if order:
+        sql += f" ORDER BY r.{order}"
     reader = con.sql(sql).to_arrow_reader(rows)
     for batch in reader:
         if batch.num_rows:
