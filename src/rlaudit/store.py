@@ -131,9 +131,9 @@ class IngestReport:
     run: str
     format: str
     files_read: int = 0
-    parts_compacted: int = 0  # small parts this ingest rewrote into fewer (`Store.compact`)
     files_skipped: int = 0
     files_replaced: int = 0  # files whose stored rows a newer copy replaced (SourceFile.replaces)
+    parts_compacted: int = 0  # parts fewer after merging small ones (`Store.compact`)
     rows_added: int = 0
     bad_records: int = 0
     bad_examples: list[str] = field(default_factory=list)  # first few "file:line: reason"
@@ -552,76 +552,76 @@ class Store:
         return fewer
 
     def _compact(self, run: str, manifest: dict[str, Any], part_rows: int, whole: bool) -> int:
-        """Merge small parts (at most `part_rows` // 4 rows: what live appends, the polls of live ingests and
-        ingests of one step at a time write) that follow each other in step order, of one layout and schema,
-        into parts that close at `part_rows` rows or `part_bytes` (of files on disk, about half their Arrow
-        size), as an ingest groups files; a group of one part stays. Their files' entries point at the new part
-        (offsets shifted); the old parts are retired (`_stale`), for the caller to commit. The last group in
-        step order is merged only when full or `whole`: a run that is still written adds to it, and rewriting
-        it at every step would recompute its derived data at every warm audit. Returns the parts saved.
+        """Merge the run's groups of small parts (`_small_groups`) into one part each; their files' entries point
+        at the new part (offsets shifted), the old parts are retired (`_stale`), for the caller to commit.
+        Returns the parts saved.
 
         Why: each part costs every detector a fixed share (files, footers, per-part derived tables): a 1M-rollout
         run stored a part per 1,000-row file audited ~2x slower than the same rows in parts of 16,384
         (docs/performance.md, session 26)."""
-        d = self.run_dir(run) / "parts"
-        small = max(1, part_rows // 4)
-        listed = list(stored_parts(manifest).values())
-        order = {p.name: i for i, p in enumerate(listed)}
-        candidates = sorted((p for p in listed if p.steps is not None), key=lambda p: (p.steps, order[p.name]))
-        groups: list[list[tuple[StoredPart, pa.Schema]]] = []
-        group: list[tuple[StoredPart, pa.Schema]] = []
-        rows = size = 0
-        for p in candidates:
-            fits = p.rows <= small
-            schema = None
-            if fits:
-                try:
-                    schema = pq.read_schema(d / p.name)
-                    bytes_ = (d / p.name).stat().st_size
-                except (OSError, pa.ArrowException):  # lost or torn: left for `missing_error` to report
-                    fits = False
-            if group and (not fits or p.layout != group[0][0].layout or not schema.equals(group[0][1])):
-                groups.append(group)  # ended by a part that cannot join it: complete
-                group, rows, size = [], 0, 0
-            if not fits:
-                continue
-            group.append((p, schema))
-            rows += p.rows
-            size += bytes_
-            if rows >= part_rows or size >= self.part_bytes // 2:
-                groups.append(group)
-                group, rows, size = [], 0, 0
-        if group and whole:
-            groups.append(group)
-        merging = [g for g in groups if len(g) > 1]
-
-        def rewrite(members: list[tuple[StoredPart, pa.Schema]]) -> str:
-            tables = []
-            for p, schema in members:
-                table = pq.read_table(d / p.name, schema=schema)
-                if table.num_rows != p.rows:  # the offsets would cut other files' rows: stop before any change
-                    raise RlauditError(f"run {run!r}: part file {d / p.name} holds {table.num_rows:,} rows, its "
-                                       f"manifest entries {p.rows:,}; the store is inconsistent: remove the run "
-                                       f"(`rlaudit runs rm {run}`) and ingest it again")
-                tables.append(table)
-            new = self._part_name(members[0][0].files[0])
-            self._write_part(run, new, iter(tables), schema=members[0][1])
-            return new
-
+        merging = [g for g in self._small_groups(run, manifest, part_rows, whole) if len(g) > 1]
         from .memory import in_order, workers
 
         # groups are rewritten by two threads (Parquet decoding and encoding release the GIL), each holding one
         # group's tables (at most `part_rows` rows or about `part_bytes`), as `_Writers` does for an ingest
         n = max(1, min(_Writers.MAX, len(merging), workers(_Writers.MEMORY)))
-        for members, new in zip(merging, in_order(rewrite, merging, n, "rlaudit-compact")):
+        merged = in_order(lambda members: self._merge(run, members), merging, n, "rlaudit-compact")
+        for members, new in zip(merging, merged):
             base = 0
             for p, _ in members:
-                for key, (offset, _n) in zip(p.files, p.spans):
+                for key, (offset, _rows) in zip(p.files, p.spans):
                     manifest["files"][key]["part"] = new
                     manifest["files"][key]["offset"] = base + offset
                 base += p.rows
                 manifest.setdefault("_stale", []).append(p.name)
         return sum(len(g) - 1 for g in merging)
+
+    def _small_groups(self, run: str, manifest: dict[str, Any], part_rows: int, whole: bool
+                      ) -> list[list[tuple[StoredPart, pa.Schema]]]:
+        """The run's small parts (at most `part_rows` // 4 rows: what live appends, the polls of live ingests and
+        ingests of one step at a time write) that follow each other in step order, with one layout and schema,
+        in groups that close at `part_rows` rows or `part_bytes` (of files on disk, about half their Arrow
+        size), as an ingest groups files. A group ends early at a part that cannot join it; the last one is
+        given only when full or `whole`: a run that is still written adds to it, and rewriting it at every step
+        would recompute its derived data at every warm audit."""
+        d = self.run_dir(run) / "parts"
+        small = max(1, part_rows // 4)
+        listed = list(stored_parts(manifest).values())
+        order = {p.name: i for i, p in enumerate(listed)}
+        groups: list[list[tuple[StoredPart, pa.Schema]]] = []
+        group: list[tuple[StoredPart, pa.Schema]] = []
+        rows = size = 0
+        for p in sorted((p for p in listed if p.steps is not None), key=lambda p: (p.steps, order[p.name])):
+            schema = None
+            if p.rows <= small:
+                with contextlib.suppress(OSError, pa.ArrowException):  # lost or torn: for `missing_error` to say
+                    schema, nbytes = pq.read_schema(d / p.name), (d / p.name).stat().st_size
+            if group and (schema is None or p.layout != group[0][0].layout or not schema.equals(group[0][1])):
+                groups.append(group)  # ended by a part that cannot join it: complete
+                group, rows, size = [], 0, 0
+            if schema is None:
+                continue
+            group.append((p, schema))
+            rows, size = rows + p.rows, size + nbytes
+            if rows >= part_rows or size >= self.part_bytes // 2:
+                groups.append(group)
+                group, rows, size = [], 0, 0
+        return groups + [group] if group and whole else groups
+
+    def _merge(self, run: str, members: list[tuple[StoredPart, pa.Schema]]) -> str:
+        """Write the rows of the parts `members`, in order, as one new part; returns its name."""
+        d = self.run_dir(run) / "parts"
+        tables = []
+        for p, schema in members:
+            table = pq.read_table(d / p.name, schema=schema)
+            if table.num_rows != p.rows:  # the offsets would cut other files' rows: stop before any change
+                raise RlauditError(f"run {run!r}: part file {d / p.name} holds {table.num_rows:,} rows, its manifest "
+                                   f"entries {p.rows:,}; the store is inconsistent: remove the run (`rlaudit runs "
+                                   f"rm {run}`) and ingest it again")
+            tables.append(table)
+        new = self._part_name(members[0][0].files[0])
+        self._write_part(run, new, iter(tables), schema=members[0][1])
+        return new
 
     def _new_manifest(self, run: str, source: str, fmt: str, options: ReadOptions,
                       rules: list[ConditionRule]) -> dict[str, Any]:
