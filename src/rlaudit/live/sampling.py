@@ -15,9 +15,8 @@ catches up on a run's history, a fleet's first pass) and a batch audit compacts 
 A part that holds other steps than the chosen ones is cut to the chosen steps' rows, written into a directory of
 the view's own (`StoreView(steps=...)`): the detectors then read a chosen step's rows, not up to `part_rows` rows
 per chosen step. Live ingests do not compact (`Store.ingest(compact=False)`): the fleet's auditor memory knows
-parts by name. Only a part that is one source file
-of many steps (one JSONL for a whole run) holds steps the index cannot see: it is cut all the same, but its steps
-are chosen among its first and last.
+parts by name. Only a part that is one source file of many steps (one JSONL for a whole run) holds steps the
+index cannot see: it is cut all the same, but its steps are chosen among its first and last.
 
 `PartIndex` learns the step range of each part once, from the Parquet footer statistics of its `step` column,
 and the steps of its files from the manifest's entries (each file's step range), so finding the new parts of a
@@ -41,6 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import RlauditError
+from ..layout import LAYOUT
 from ..store import Store, StoredPart
 
 
@@ -229,7 +229,7 @@ class StoreView(Store):
                 spans.append((int(kept[first]), int(kept[first + n] - kept[first])))
         bounds = pc.min_max(table.column("step"))
         return StoredPart(name=name, rows=table.num_rows, steps=[bounds["min"].as_py(), bounds["max"].as_py()],
-                          layout=layout if layout is not None else _current_layout(), files=tuple(files),
+                          layout=layout if layout is not None else LAYOUT, files=tuple(files),
                           spans=tuple(spans))
 
     def stored_parts(self, run: str, manifest: dict | None = None) -> dict[str, StoredPart]:
@@ -243,7 +243,7 @@ class StoreView(Store):
         layouts = super().part_layouts(run, manifest)
         if run == self.view_run:  # a part of the view's snapshot that a newer version retired: written now
             layouts = {**layouts, **{name: p.layout for name, p in self._cuts.items()}}
-            layouts.update({p.name: _current_layout() for p in self._parts if p.name not in layouts})
+            layouts.update({p.name: LAYOUT for p in self._parts if p.name not in layouts})
         return layouts
 
     def derived(self, run: str, name: str, compute: Callable[[], pa.Table]) -> pa.Table:
@@ -259,9 +259,3 @@ class StoreView(Store):
 
     def append(self, *args: object, **kwargs: object):  # type: ignore[override]
         raise RlauditError("a live audit view is read-only; append to the underlying store")
-
-
-def _current_layout() -> int:
-    from ..layout import LAYOUT
-
-    return LAYOUT
