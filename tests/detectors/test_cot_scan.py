@@ -6,8 +6,11 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from cot_synth import make_run, paragraph, sentence
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rlaudit.audit import audit_store
 from rlaudit.detectors import AuditConfig
@@ -413,3 +416,40 @@ def test_part_source_drops_only_the_ingest_time():
     assert part_source("0a6ffbc4b893-18edc2fcae367ca7") == "0a6ffbc4b893"
     assert part_source("completions_00001.parquet") == "completions_00001"  # not a stored part's name: as it is
     assert part_source("run-final.parquet") == "run-final"
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(cuts=st.lists(st.integers(1, 30), min_size=1, max_size=6), batch_rows=st.integers(2, 60),
+       paired=st.sets(st.integers(0, 8), max_size=3), listwise=st.booleans())
+def test_file_batches_scanned_together_give_each_batch_alone(cuts, batch_rows, paired, listwise):
+    """`scan_file_batches` scans several files' batches as one prepared batch but must give, row for row and in
+    order, what scanning each batch alone gives (`scan_batches` per file), whatever the files' sizes, the batch
+    size, which batches get chance pairings, and with group ids repeated across files (the same group name in
+    two files is two groups)."""
+    from rlaudit.cot.scan import scan_batches, scan_file_batches
+
+    table, _ = make_run(seed=5, steps=4, groups=6, exposure=lambda s, t, r: "full" if r.random() < 0.3 else None)
+    if listwise:  # groups named alike at every step ("3", not "1-3"): a group must not reach across files
+        table = table.set_column(table.schema.get_field_index("group_id"), "group_id",
+                                 pc.replace_substring_regex(table.column("group_id"), "^[0-9]+-", ""))
+    # two graders per rollout (the second sees the first's input without its last line): results come per grader
+    inputs = table.column("grader_inputs").combine_chunks()
+    seen = inputs.items.to_pylist()
+    keys, items = [], []
+    for text in seen:
+        keys += ["judge", "critic"]
+        items += [text, text.rsplit("\n", 1)[0]]
+    two = pa.MapArray.from_arrays(pa.array(np.arange(0, 2 * len(seen) + 1, 2), pa.int32()), pa.array(keys),
+                                  pa.array(items))
+    table = table.set_column(table.schema.get_field_index("grader_inputs"), "grader_inputs", two)
+    params = ScanParams(batch_rows=batch_rows)
+    files, start = [], 0
+    for k, n in enumerate(cuts):
+        rows = table.slice(start, n)
+        start += n
+        if rows.num_rows:
+            files.append(([rows.slice(i, batch_rows) for i in range(0, rows.num_rows, batch_rows)],
+                          lambda i, k=k: (k * 7 + i) % 9 in paired))
+    alone = pa.concat_tables([scan_batches(batches, params, chance) for batches, chance in files])
+    together = scan_file_batches(files, params)
+    assert together.to_pylist() == alone.to_pylist()

@@ -35,7 +35,7 @@ from ..layout import view_columns
 from ..memory import workers
 from ..store import Store, bound_memory, key_source, listing, part_source, sql_list, write_atomic, write_cached
 from ..detectors import DetectContext, Detector, register
-from .scan import (EMPTY_RESULTS, ScanParams, findings_from_results, read_scan_columns, scan_batches, scan_run,
+from .scan import (EMPTY_RESULTS, ScanParams, findings_from_results, read_scan_columns, scan_file_batches, scan_run,
                    table_batches)
 from . import kernels as cot_kernels
 from .screen import screen
@@ -223,10 +223,9 @@ def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[s
             sources = (files or {}).get(name)
             if not sources or sum(rows for _, (_, rows) in sources) != raw.num_rows:  # one file (or a part of a
                 sources = [(part_source(name), (0, raw.num_rows))]  # view the manifest does not describe)
-            table = pa.concat_tables([EMPTY_RESULTS] + [
-                scan_batches(table_batches(raw.slice(*span), layout, params.batch_rows,
-                                           spans=cot_kernels.use_numba()), params, _chance(source, stride))
-                for source, span in sources])
+            table = scan_file_batches(((table_batches(raw.slice(*span), layout, params.batch_rows,
+                                                      spans=cot_kernels.use_numba()), _chance(source, stride))
+                                       for source, span in sources), params)
         else:  # captured inputs are merged into the grader inputs by a join: per source file, in its rows' order
             sources = (files or {}).get(name) or [(part_source(name), None)]
             cur = con.cursor()
