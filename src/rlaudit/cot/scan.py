@@ -201,9 +201,7 @@ class PreparedBatch:
             return None
         prompts = pc.dictionary_encode(pc.fill_null(batch.column("prompt").chunk(0), ""))
         prompt_of_row = prompts.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        group_of_row = _group_index(batch.column("group_id").chunk(0), n)
-        if scope is not None:  # a group of one scope is not the same-named group of another
-            group_of_row = np.unique(scope * (int(group_of_row.max()) + 1) + group_of_row, return_inverse=True)[1]
+        group_of_row = _group_index(batch.column("group_id").chunk(0), n, scope)
         ascii_rows = functools.cache(lambda: _is_ascii(batch.column("completion")))  # asked once, if ever
         R, A, P, G = (shingles_from_ids(*tokens, params.k) for tokens in (
             _tokens(batch, "reasoning", ascii_rows), _tokens(batch, "answer", ascii_rows),
@@ -231,18 +229,41 @@ class PreparedBatch:
             reasoning_in_group = gq.count(scoped(shingle_of(r_distinct), group_of_row[scope_of(r_distinct)]))
         return cls(**common, excluded=excluded, reasoning_in_group=reasoning_in_group, rq=rq, gq=gq)
 
-    def scan(self, params: ScanParams, chance: bool, scope: np.ndarray | None = None) -> pa.Table:
-        """The result rows of the batch's own pairs, or (`chance`) of its chance pairings. `scope` (per row, as
-        given to `of`): the rows in the order of scanning each scope's rows as a batch of its own (by scope, then
-        grader, then row), not by grader over the whole batch."""
+    def scan(self, params: ScanParams, chance: bool) -> pa.Table:
+        """The result rows of the batch's own pairs, or (`chance`) of its chance pairings."""
+        receiver = chance_receiver(self.group_of_row, self.prompt_of_row) if chance else None
+        return self._scan(params, receiver)[0]
+
+    def scan_scoped(self, params: ScanParams, scope: np.ndarray, paired: np.ndarray) -> pa.Table:
+        """For a batch of several batches (`scope`: each row's, as given to `of`; `paired`: per scope whether it
+        gets chance pairings), the result rows each would give scanned alone, one after another: its own pairs
+        (by grader, then row) and, where paired, its chance pairings, drawn within it as `chance_receiver` would."""
+        own, own_scope = self._scan(params, None, scope)
+        if not paired.any():
+            return own
+        receiver = np.full(self.n, -1, np.int64)
+        for s, (lo, hi) in enumerate(_runs(scope)):
+            if paired[s]:
+                r = chance_receiver(self.group_of_row[lo:hi], self.prompt_of_row[lo:hi])
+                receiver[lo:hi] = np.where(r >= 0, r + lo, -1)
+        pairs, pair_scope = self._scan(params, receiver, scope)
+        kind = np.concatenate([np.zeros(own.num_rows, np.int64), np.ones(pairs.num_rows, np.int64)])
+        order = np.lexsort((np.arange(len(kind)), kind, np.concatenate([own_scope, pair_scope])))
+        return pa.concat_tables([own, pairs]).take(pa.array(order))
+
+    def _scan(self, params: ScanParams, receiver: np.ndarray | None, scope: np.ndarray | None = None
+              ) -> tuple[pa.Table, np.ndarray]:
+        """The result rows of the pairs (`receiver`: the chance pairing's, row j's input to row receiver[j]; None:
+        each row's own) and, with `scope`, the rows in each scope's order (by scope, grader, then as given) with
+        each one's scope."""
         parent, names = self.parent, self.names
         names_keep = np.ones(len(parent), bool)
+        chance = receiver is not None
         if chance:
-            receiver = chance_receiver(self.group_of_row, self.prompt_of_row)
             names_keep = receiver[parent] >= 0
             parent = np.where(names_keep, receiver[parent], 0)
         out = [EMPTY_RESULTS]
-        order: list[tuple[np.ndarray, np.ndarray]] = []  # per grader: its rows' (rank of grader, row)
+        ranks, received = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
         for grader in sorted(set(names.tolist())):  # few graders: the loop is over graders, not rollouts
             entries = np.flatnonzero((names == grader) & names_keep)
             rows = parent[entries]
@@ -256,12 +277,15 @@ class PreparedBatch:
                 tally = _tally(counted, seen, self.reasoning.row, self.r_off, self.by_group is not None)
                 exposed = params.decide(tally)
             out.append(self._rows(grader, rows, tally, exposed, chance))
-            order.append((np.full(len(rows), len(order)), rows))
+            ranks.append(np.full(len(rows), len(ranks) - 1))
+            received.append(rows)
         table = pa.concat_tables(out)
-        if scope is None or len(order) == 0:
-            return table
-        rank, rows = (np.concatenate(a) for a in zip(*order))
-        return table.take(pa.array(np.lexsort((rows, rank, scope[rows]))))
+        if scope is None:
+            return table, np.zeros(0, np.int64)
+        rank, rows = np.concatenate(ranks), np.concatenate(received)
+        # a chance pairing stays within its scope: a row's scope is its giver's
+        order = np.lexsort((np.arange(len(rows)), rank, scope[rows]))
+        return table.take(pa.array(order)), scope[rows][order]
 
     def _seen(self, params: ScanParams, parent: np.ndarray, entries: np.ndarray,
               rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -413,11 +437,26 @@ def _expand(owner_of_row: np.ndarray, count_per_owner: np.ndarray) -> tuple[np.n
     return rows, starts[owner_of_row][rows] + within
 
 
-def _group_index(group_id: pa.Array, n: int) -> np.ndarray:
-    """Dense group index per row; rows without a group each form their own group."""
+def _group_index(group_id: pa.Array, n: int, scope: np.ndarray | None = None) -> np.ndarray:
+    """Dense group index per row; rows without a group each form their own group. With `scope` (batches scanned
+    as one: `PreparedBatch.of`), each scope's rows are numbered as that batch alone would number them, after the
+    scopes before it: a group of one scope is never the same-named group of another, and the groups' order within
+    a scope (which `chance_receiver` rotates) is the batch's own."""
+    if scope is not None:
+        out, base = np.empty(n, np.int64), 0
+        for lo, hi in _runs(scope):
+            out[lo:hi] = _group_index(group_id.slice(lo, hi - lo), hi - lo) + base
+            base = int(out[lo:hi].max()) + 1
+        return out
     enc = pc.dictionary_encode(group_id)
     idx = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
     return np.where(idx >= 0, idx, len(enc.dictionary) + np.arange(n, dtype=np.int64))
+
+
+def _runs(scope: np.ndarray) -> list[tuple[int, int]]:
+    """(first, end) of each run of equal values of `scope` (the rows of each batch scanned as one), in order."""
+    cuts = [0, *(np.flatnonzero(np.diff(scope)) + 1).tolist(), len(scope)]
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
 # ---------------------------------------------------------------- the run-level scan
@@ -451,35 +490,35 @@ def scan_batches(batches: Iterable[pa.RecordBatch | pa.Table], params: ScanParam
 def scan_file_batches(files: Iterable[tuple[Iterable[pa.Table], Callable[[int], bool]]],
                       params: ScanParams) -> pa.Table:
     """What `scan_batches` gives for each file's (batches, chance) one after another, row for row and in the same
-    order, with fewer prepared batches: consecutive batches without chance pairings, of one file or several, are
-    scanned as one of up to `params.batch_rows` rows, each keeping its prompt groups to itself (`scope`), so each
-    row is decided as in its own batch. A part of many small files (TRL: a file per logging step) otherwise paid
-    a batch's fixed cost per file: ~1,000 batches of ~200 rows at 1M rollouts in 1,000-row files."""
+    order, with fewer prepared batches: consecutive batches, of one file or several, are prepared as one of up to
+    `params.batch_rows` rows, each keeping its prompt groups and its chance pairings to itself (`scope`,
+    `PreparedBatch.scan_scoped`), so each row is decided as in its own batch. A part of many small files (TRL: a
+    file per logging step) otherwise paid a batch's fixed cost per file: ~1,000 batches of ~200 rows with grader
+    inputs at 1M rollouts in 1,000-row files."""
     out = [EMPTY_RESULTS]
     pending: list[pa.Table] = []
+    paired: list[bool] = []
     held = 0
 
     def flush() -> None:
         nonlocal held
         if len(pending) == 1:
-            out.append(scan_batch_both(pending[0], params, False)[0])
+            out.extend(scan_batch_both(pending[0], params, paired[0]))
         elif pending:
             scope = np.repeat(np.arange(len(pending)), [b.num_rows for b in pending])
             prepared = PreparedBatch.of(pa.concat_tables(pending), params, scope)
             if prepared is not None:
-                out.append(prepared.scan(params, False, scope))
+                out.append(prepared.scan_scoped(params, scope, np.asarray(paired)))
         pending.clear()
+        paired.clear()
         held = 0
 
     for batches, chance in files:
         for i, batch in enumerate(batches):
-            if params.chance_rows > 0 and chance(i):
-                flush()
-                out.extend(scan_batch_both(batch, params, True))
-                continue
             if pending and held + batch.num_rows > params.batch_rows:
                 flush()
             pending.append(batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch]))
+            paired.append(params.chance_rows > 0 and chance(i))
             held += batch.num_rows
     flush()
     return pa.concat_tables(out)
