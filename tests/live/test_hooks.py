@@ -260,3 +260,25 @@ def test_a_compacted_part_is_not_new_to_the_index(tmp_path):
     (src / "f2.jsonl").write_text(json_.dumps({"step": 2, "prompt": "q", "completion": "changed"}) + "\n")
     store.ingest(src, run="r", format="canonical", part_rows=1)
     assert [p.lo for p in index.refresh()] == [2]
+
+
+def test_a_view_of_a_store_that_cannot_be_written_takes_whole_parts(store, tmp_path, monkeypatch):
+    """Where the view cannot write its cut parts (a read-only or full store), it reads the whole parts, as views
+    did before they cut them: the audit runs, on more rows."""
+    import tempfile
+
+    from rlaudit.live.sampling import PartIndex, StoreView
+
+    hook = make_hook(store, tmp_path, detectors=[])
+    feed(hook, range(1, 7), lambda s: {NERDY: 0.5}, n=2)
+    store.compact("run1", part_rows=1_000)
+    index = PartIndex(store, "run1")
+    index.refresh()
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only store")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    [part] = index.covering([2])
+    view = StoreView(store, "run1", [part], steps=[2])
+    assert view.parts("run1") == [part] and len(view.table("run1", ["step"])) == 12

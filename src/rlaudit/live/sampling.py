@@ -203,15 +203,19 @@ class StoreView(Store):
             if kept == rows:
                 out.append(path)
             elif kept:
-                if where is None:
-                    (self.root / ".tmp").mkdir(parents=True, exist_ok=True)
-                    where = Path(tempfile.mkdtemp(prefix="view-", dir=self.root / ".tmp"))
-                    weakref.finalize(self, shutil.rmtree, where, True)
-                # named as its part with the steps' digest after the ingest time: `store.part_source` gives the
-                # part's source, as for the part itself
-                cut = where / f"{path.stem}{tag}.parquet"
-                table = pq.read_table(path).filter(keep)
-                pq.write_table(table, cut, compression="lz4")
+                try:
+                    if where is None:
+                        (self.root / ".tmp").mkdir(parents=True, exist_ok=True)
+                        where = Path(tempfile.mkdtemp(prefix="view-", dir=self.root / ".tmp"))
+                        weakref.finalize(self, shutil.rmtree, where, True)
+                    # named as its part with the steps' digest after the ingest time: `store.part_source` gives
+                    # the part's source, as for the part itself
+                    cut = where / f"{path.stem}{tag}.parquet"
+                    table = pq.read_table(path).filter(keep)
+                    pq.write_table(table, cut, compression="lz4")
+                except OSError:  # a store that cannot be written (read-only, full): the whole part, as before
+                    out.append(path)
+                    continue
                 self._cuts[cut.name] = self._described(cut.name, path.name, keep, table)
                 out.append(cut)
         return out
