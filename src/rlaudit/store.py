@@ -560,12 +560,12 @@ class Store:
         run stored a part per 1,000-row file audited ~2x slower than the same rows in parts of 16,384
         (docs/performance.md, session 26)."""
         merging = [g for g in self._small_groups(run, manifest, part_rows, whole) if len(g) > 1]
-        from .memory import in_order, workers
+        from .memory import in_order
 
-        # groups are rewritten by two threads (Parquet decoding and encoding release the GIL), each holding one
-        # group's tables (at most `part_rows` rows or about `part_bytes`), as `_Writers` does for an ingest
-        n = max(1, min(_Writers.MAX, len(merging), workers(_Writers.MEMORY)))
-        merged = in_order(lambda members: self._merge(run, members), merging, n, "rlaudit-compact")
+        # groups are rewritten by the threads an ingest writes parts with (Parquet decoding and encoding release
+        # the GIL), each holding one group's tables (at most `part_rows` rows or about `part_bytes`)
+        merged = in_order(lambda members: self._merge(run, members), merging, _Writers.threads(len(merging)),
+                          "rlaudit-compact")
         for members, new in zip(merging, merged):
             base = 0
             for p, _ in members:
@@ -610,18 +610,22 @@ class Store:
 
     def _merge(self, run: str, members: list[tuple[StoredPart, pa.Schema]]) -> str:
         """Write the rows of the parts `members`, in order, as one new part; returns its name."""
-        d = self.run_dir(run) / "parts"
-        tables = []
-        for p, schema in members:
-            table = pq.read_table(d / p.name, schema=schema)
-            if table.num_rows != p.rows:  # the offsets would cut other files' rows: stop before any change
-                raise RlauditError(f"run {run!r}: part file {d / p.name} holds {table.num_rows:,} rows, its manifest "
-                                   f"entries {p.rows:,}; the store is inconsistent: remove the run (`rlaudit runs "
-                                   f"rm {run}`) and ingest it again")
-            tables.append(table)
+        tables = [self._read_listed(run, p, schema) for p, schema in members]
         new = self._part_name(members[0][0].files[0])
         self._write_part(run, new, iter(tables), schema=members[0][1])
         return new
+
+    def _read_listed(self, run: str, part: StoredPart, schema: pa.Schema | None = None) -> pa.Table:
+        """The rows of `part`, read to be rewritten by its files' offsets (`_carry_over`, `_merge`): if they are not
+        as many as its files' manifest entries list, the offsets would cut other files' rows, so stop with an error
+        naming the part before anything changes."""
+        path = self.run_dir(run) / "parts" / part.name
+        table = pq.read_table(path, schema=schema)
+        if table.num_rows != part.rows:
+            raise RlauditError(f"run {run!r}: part file {path} holds {table.num_rows:,} rows, its manifest entries "
+                               f"{part.rows:,} ({', '.join(part.files[:3])}...); the store is inconsistent: remove the "
+                               f"run (`rlaudit runs rm {run}`) and ingest it again")
+        return table
 
     def _new_manifest(self, run: str, source: str, fmt: str, options: ReadOptions,
                       rules: list[ConditionRule]) -> dict[str, Any]:
@@ -759,12 +763,7 @@ class Store:
             staying = [k for k in stored[old].files if k not in leaving]
             if not staying or not (parts / old).is_file():
                 continue
-            table = pq.read_table(parts / old)
-            listed = sum(int(manifest["files"][k].get("rows") or 0) for k in stored[old].files)
-            if table.num_rows != listed:  # the spans would cut other files' rows: stop before anything changes
-                raise RlauditError(f"run {run!r}: part file {parts / old} holds {table.num_rows:,} rows, its "
-                                   f"manifest entries {listed:,} ({', '.join(stored[old].files[:3])}...); the store "
-                                   f"is inconsistent: remove the run (`rlaudit runs rm {run}`) and ingest it again")
+            table = self._read_listed(run, stored[old])
             new = self._part_name(staying[0])
             entries = [manifest["files"][k] for k in staying]
             pieces = [table.slice(int(e.get("offset") or 0), int(e["rows"])) for e in entries]
@@ -1205,12 +1204,17 @@ class _Writers:
     MEMORY = 256 << 20
 
     def __init__(self, store: Store, run: str, files: int):
-        from .memory import workers
-
         self.store, self.run = store, run
-        self.n = max(1, min(self.MAX, files, workers(self.MEMORY)))
+        self.n = self.threads(files)
         self.pool = ThreadPoolExecutor(self.n, thread_name_prefix="rlaudit-part")
         self.queues: list[queue.Queue] = []
+
+    @classmethod
+    def threads(cls, parts: int) -> int:
+        """Threads that write `parts` parts: at most MAX, as many as the memory budget gives MEMORY each."""
+        from .memory import workers
+
+        return max(1, min(cls.MAX, parts, workers(cls.MEMORY)))
 
     def open(self, part: str) -> _Part:
         """Start writing `part`: hand it the tables of one file after another (`_Part.add`), then `close` it."""
