@@ -20,7 +20,7 @@ import contextlib
 import json
 import shutil
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,8 @@ from ..layout import view_columns
 from ..memory import workers
 from ..store import Store, bound_memory, key_source, listing, part_source, sql_list, write_atomic, write_cached
 from ..detectors import DetectContext, Detector, register
-from .scan import (EMPTY_RESULTS, ScanParams, findings_from_results, read_scan_columns, scan_file_batches, scan_run,
-                   table_batches)
+from .scan import (EMPTY_RESULTS, ScanParams, findings_from_results, iter_batches, read_scan_columns,
+                   scan_file_batches, table_batches)
 from . import kernels as cot_kernels
 from .screen import screen
 from .screen_keys import cache_dir as keys_cache, key_writer, screen_keys
@@ -230,13 +230,8 @@ def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[s
             sources = (files or {}).get(name) or [(part_source(name), None)]
             cur = con.cursor()
             try:
-                pieces = [EMPTY_RESULTS]
-                for j, (source, span) in enumerate(sources):
-                    rows = "" if span is None else f" WHERE _row >= {span[0]} AND _row < {span[0] + span[1]}"
-                    cur.execute(f"CREATE OR REPLACE TEMP VIEW p{i}_{j} AS SELECT * FROM p{i}{rows}")
-                    pieces.append(scan_run(cur, params, f"p{i}_{j}", extra, chance=_chance(source, stride),
-                                           order="_row"))
-                table = pa.concat_tables(pieces)
+                table = scan_file_batches(((_captured_batches(cur, i, j, span, params, extra), _chance(source, stride))
+                                           for j, (source, span) in enumerate(sources)), params)
             finally:
                 cur.close()
         if cache is None:
@@ -283,6 +278,15 @@ def _scanned(store: Store, parts: list[Path], key: str, cache: Path, persist: bo
         else:
             todo.append(path)
     return found, todo
+
+
+def _captured_batches(cur: duckdb.DuckDBPyConnection, i: int, j: int, span: tuple[int, int] | None,
+                      params: ScanParams, extra: str) -> Iterator[pa.RecordBatch]:
+    """The scan's batches of source file j of part view p<i> (its rows `span` of the part; None: every row), their
+    grader inputs merged with the captured ones (`extra`), in the rows' stored order."""
+    rows = "" if span is None else f" WHERE _row >= {span[0]} AND _row < {span[0] + span[1]}"
+    cur.execute(f"CREATE OR REPLACE TEMP VIEW p{i}_{j} AS SELECT * FROM p{i}{rows}")
+    return iter_batches(cur, params.batch_rows, f"p{i}_{j}", extra, order="_row")
 
 
 def _part_views(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[str, int]) -> None:

@@ -461,21 +461,19 @@ def _runs(scope: np.ndarray) -> list[tuple[int, int]]:
 
 # ---------------------------------------------------------------- the run-level scan
 def scan_run(con: duckdb.DuckDBPyConnection, params: ScanParams, source: str = "all_rollouts",
-             extra_inputs: str | None = None, chance: Callable[[int], bool] | None = None,
-             order: str | None = None) -> pa.Table:
+             extra_inputs: str | None = None, chance: Callable[[int], bool] | None = None) -> pa.Table:
     """Scan every rollout of `source` (a view or table of `con`) that has grader inputs, in Arrow batches, plus
     chance pairings on about `params.chance_rows` of them (every batch for runs up to that size, evenly spaced
     batches beyond).
 
     `extra_inputs`: a parquet path of captured grader inputs (rollout_id, grader, input) merged into the map.
-    `chance(i)`: whether batch i gets chance pairings (default: evenly spaced batches as above). `order`: a
-    column of `source` the rows are batched in the order of (else the query's order, which a join may change).
+    `chance(i)`: whether batch i gets chance pairings (default: evenly spaced batches as above).
     """
     if chance is None:
         total = con.execute(f"SELECT count(*) FROM {source} WHERE cardinality(grader_inputs) > 0").fetchall()[0][0]
         stride = max(1, -(-total // max(1, params.chance_rows)))
         chance = lambda i: i % stride == 0  # noqa: E731
-    return scan_batches(iter_batches(con, params.batch_rows, source, extra_inputs, order), params, chance)
+    return scan_batches(iter_batches(con, params.batch_rows, source, extra_inputs), params, chance)
 
 
 def scan_batches(batches: Iterable[pa.RecordBatch | pa.Table], params: ScanParams,
@@ -560,6 +558,9 @@ def table_batches(table: pa.Table, layout: int, rows: int, spans: bool = False) 
 
 def iter_batches(con: duckdb.DuckDBPyConnection, rows: int, source: str = "all_rollouts",
                  extra_inputs: str | None = None, order: str | None = None) -> Iterator[pa.RecordBatch]:
+    """The rows of `source` with grader inputs (merged with the captured ones of `extra_inputs`), in Arrow batches
+    of `rows`; `order`: a column of `source` to batch them in the order of (else the query's, which a join may
+    change)."""
     cols = ", ".join(f"r.{c}" for c in _COLUMNS if c != "grader_inputs")
     if extra_inputs:
         path = extra_inputs.replace("'", "''")
