@@ -223,7 +223,6 @@ class StoreView(Store):
     def _described(self, name: str, origin: str, keep: pa.ChunkedArray, table: pa.Table) -> StoredPart:
         """The cut part `name` as a `StoredPart`: its source files are those of part `origin` with rows kept,
         each with its span among the kept rows (so the CoT scan batches and seeds by file as in the part)."""
-        layout = self.base.part_layouts(self.view_run).get(origin)
         whole = self.base.stored_parts(self.view_run).get(origin)
         kept = np.concatenate([[0], np.cumsum(np.asarray(keep.to_numpy(zero_copy_only=False), bool))])
         files, spans = [], []
@@ -233,7 +232,7 @@ class StoreView(Store):
                 spans.append((int(kept[first]), int(kept[first + n] - kept[first])))
         bounds = pc.min_max(table.column("step"))
         return StoredPart(name=name, rows=table.num_rows, steps=[bounds["min"].as_py(), bounds["max"].as_py()],
-                          layout=layout if layout is not None else LAYOUT, files=tuple(files),
+                          layout=whole.layout if whole is not None else LAYOUT, files=tuple(files),
                           spans=tuple(spans))
 
     def stored_parts(self, run: str, manifest: dict | None = None) -> dict[str, StoredPart]:
