@@ -25,6 +25,23 @@ def records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def capture_full_completions(store, table, log_dir: Path) -> dict:
+    """A TRL judge wrapped by `wrap_trl_reward` and called step by step with `table`'s whole completions (so
+    every rollout's reasoning reaches the grader), its capture merged into the stored run: `merge_captured`'s
+    counts."""
+    def judge(prompts, completions, **kwargs):
+        return [0.0] * len(completions)
+
+    wrapped = wrap_trl_reward(judge, log_dir=log_dir)
+    rows = table.to_pylist()
+    for step in sorted({r["step"] for r in rows}):
+        batch = [r for r in rows if r["step"] == step]
+        wrapped(prompts=[r["prompt"] for r in batch], completions=[r["completion"] for r in batch],
+                trainer_state=SimpleNamespace(global_step=step))
+    flush_all()
+    return merge_captured(store, table.column("run")[0].as_py(), log_dir)
+
+
 def test_trl_wrapper_keeps_name_values_and_logs_extra(tmp_path):
     def helpfulness(prompts, completions, completion_ids=None, **kwargs):
         return [float(len(c)) for c in completions]
@@ -64,19 +81,8 @@ def test_verl_wrapper_records_solution_and_step(tmp_path):
 def test_captured_full_completions_are_found_by_the_scan_after_merge(store, tmp_path):
     table, _ = make_run(run="cap", steps=3, groups=3, seed=2)
     store.append("cap", no_inputs(table), "p")
-
-    def judge(prompts, completions, **kwargs):
-        return [0.0] * len(completions)
-
-    wrapped = wrap_trl_reward(judge, log_dir=tmp_path / "logs")
-    rows = table.to_pylist()
-    for step in range(3):
-        batch = [r for r in rows if r["step"] == step]
-        wrapped(prompts=[r["prompt"] for r in batch], completions=[r["completion"] for r in batch],
-                trainer_state=SimpleNamespace(global_step=step))
-    flush_all()
-    counts = merge_captured(store, "cap", tmp_path / "logs")
-    assert counts["matched"] == counts["records"] == len(rows) and counts["rollouts"] == len(rows)
+    counts = capture_full_completions(store, table, tmp_path / "logs")
+    assert counts["matched"] == counts["records"] == table.num_rows and counts["rollouts"] == table.num_rows
     (f,) = audit_store(store, ["cap"], AuditConfig(detectors=["cot_grading"])).of_kind("cot_grading")
     assert f["grader"] == "judge" and f["exposure_rate"] == 1.0 and f.evidence[0].data["span"][1] > 0
 
@@ -138,18 +144,7 @@ def test_captured_inputs_are_scanned_per_source_file_whatever_the_parts(store, t
     table, _ = make_run(run="cap", steps=6, groups=6, seed=3)
     for step in range(6):
         store.append("cap", no_inputs(table.filter(pc.equal(table["step"], step))), f"step-{step:04d}")
-
-    def judge(prompts, completions, **kwargs):
-        return [0.0] * len(completions)
-
-    wrapped = wrap_trl_reward(judge, log_dir=tmp_path / "logs")
-    rows = table.to_pylist()
-    for step in range(6):
-        batch = [r for r in rows if r["step"] == step]
-        wrapped(prompts=[r["prompt"] for r in batch], completions=[r["completion"] for r in batch],
-                trainer_state=SimpleNamespace(global_step=step))
-    flush_all()
-    merge_captured(store, "cap", tmp_path / "logs")
+    capture_full_completions(store, table, tmp_path / "logs")
     config = AuditConfig(detectors=["cot_grading"],
                          options={"cot_grading": {"batch_rows": 5}})
     scans = []

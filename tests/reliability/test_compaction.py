@@ -14,22 +14,7 @@ from hypothesis import strategies as st
 from rlaudit.errors import RlauditError
 from rlaudit.store import Store
 
-
-def _write(path: Path, first: int, rows: int) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        for i in range(first, first + rows):
-            fh.write(json.dumps({"step": i // 4, "prompt": f"q{i}", "completion": f"<think>t{i}</think>a{i}",
-                                 "rewards": {"r": float(i % 3)}}) + "\n")
-
-
-def _source(tmp_path: Path, sizes: list[int]) -> Path:
-    src = tmp_path / "src"
-    src.mkdir(exist_ok=True)
-    first = 0
-    for f, rows in enumerate(sizes):
-        _write(src / f"f{f:03d}.jsonl", first, rows)
-        first += rows
-    return src
+from .step_files import write_rows, write_source
 
 
 def _per_file(store: Store, run: str = "r") -> dict[str, list[str]]:
@@ -46,7 +31,7 @@ def _per_file(store: Store, run: str = "r") -> dict[str, list[str]]:
 def _live_store(tmp_path: Path, sizes: list[int]) -> Store:
     """A run ingested as live audits ingest: a part per file."""
     store = Store(tmp_path / "store")
-    store.ingest(_source(tmp_path, sizes), run="r", format="canonical", part_rows=1)
+    store.ingest(write_source(tmp_path, sizes), run="r", format="canonical", part_rows=1)
     assert len(store.stored_parts("r")) == sum(1 for s in sizes if s)
     return store
 
@@ -75,7 +60,7 @@ def test_a_batch_ingest_merges_only_complete_groups(tmp_path):
     assert report.files_read == 0 and report.files_skipped == 7 and report.parts_compacted == 3
     assert [len(p.files) for p in store.stored_parts("r").values()] == [4, 1, 1, 1]
     assert store.ingest(tmp_path / "src", run="r", format="canonical", part_rows=32).parts_compacted == 0
-    _write(tmp_path / "src" / "f007.jsonl", 56, 8)  # one more step fills the last group
+    write_rows(tmp_path / "src" / "f007.jsonl", 56, 8)  # one more step fills the last group
     report = store.ingest(tmp_path / "src", run="r", format="canonical", part_rows=32)
     assert report.files_read == 1 and report.parts_compacted == 3
     assert [len(p.files) for p in store.stored_parts("r").values()] == [4, 4]
@@ -97,7 +82,7 @@ def test_a_changed_file_in_a_compacted_part_takes_only_its_own_rows(tmp_path, mo
     store.compact("r", part_rows=100)
     assert len(store.stored_parts("r")) == 1
     (tmp_path / "src" / "f000.jsonl").unlink()  # its source gone: its rows stay
-    _write(tmp_path / "src" / "f002.jsonl", 500, 5)
+    write_rows(tmp_path / "src" / "f002.jsonl", 500, 5)
     monkeypatch.setattr(Store, "retire_grace", 0.0)
     store.ingest(tmp_path / "src", run="r", format="canonical", part_rows=100)
     answers = sorted(store.table("r", ["answer"])["answer"].to_pylist())
@@ -164,7 +149,7 @@ def test_runs_compact_on_the_command_line(tmp_path, capsys):
 def test_live_appends_are_compacted(tmp_path):
     """Rows appended a step at a time (`Store.append`: the TRL callback, live hooks) are parts of one step."""
     logged = Store(tmp_path / "logged")
-    logged.ingest(_source(tmp_path, [12]), run="h", format="canonical")
+    logged.ingest(write_source(tmp_path, [12]), run="h", format="canonical")
     store = Store(tmp_path / "store")
     for step in range(3):
         rows = logged.query(f"SELECT * FROM rollouts WHERE step = {step}", runs=["h"])
@@ -183,7 +168,7 @@ def test_compaction_keeps_every_row_where_it_belongs(tmp_path_factory, sizes, pa
     that is not small, and leaves nothing to merge for a second pass over the whole run."""
     tmp = tmp_path_factory.mktemp("compact")
     store = Store(tmp / "store")
-    store.ingest(_source(tmp, sizes), run="r", format="canonical", part_rows=1)
+    store.ingest(write_source(tmp, sizes), run="r", format="canonical", part_rows=1)
     before, parts_before = _per_file(store), store.stored_parts("r")
     fewer = store.compact("r", part_rows=part_rows, whole=whole)
     parts = store.stored_parts("r")

@@ -4,7 +4,6 @@ are replaced or vanish, and a grouped store holds exactly the rows a store of on
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -14,22 +13,7 @@ from hypothesis import strategies as st
 from rlaudit.errors import RlauditError
 from rlaudit.store import Store
 
-
-def _write(path: Path, first: int, rows: int, tag: str = "") -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        for i in range(first, first + rows):
-            fh.write(json.dumps({"step": i // 4, "prompt": f"q{i}", "completion": f"<think>t</think>a{i}{tag}",
-                                 "rewards": {"r": float(i % 2)}}) + "\n")
-
-
-def _source(tmp_path: Path, sizes: list[int]) -> Path:
-    src = tmp_path / "src"
-    src.mkdir()
-    first = 0
-    for f, rows in enumerate(sizes):
-        _write(src / f"f{f:03d}.jsonl", first, rows)
-        first += rows
-    return src
+from .step_files import write_rows, write_source
 
 
 def _answers(store: Store, run: str = "r") -> list[str]:
@@ -42,7 +26,7 @@ def _on_disk(store: Store, run: str = "r") -> set[str]:
 
 def test_consecutive_files_share_parts_up_to_part_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(Store, "part_rows", 20)
-    src = _source(tmp_path, [8, 8, 8, 8, 8, 3])
+    src = write_source(tmp_path, [8, 8, 8, 8, 8, 3])
     store = Store(tmp_path / "store")
     report = store.ingest(src, run="r", format="canonical")
     assert report.files_read == 6 and report.rows_added == 43
@@ -68,12 +52,12 @@ def test_consecutive_files_share_parts_up_to_part_rows(tmp_path, monkeypatch):
 
 def test_a_changed_file_takes_only_its_own_rows_out_of_a_shared_part(tmp_path, monkeypatch):
     monkeypatch.setattr(Store, "part_rows", 100)
-    src = _source(tmp_path, [8, 8, 8])
+    src = write_source(tmp_path, [8, 8, 8])
     store = Store(tmp_path / "store")
     store.ingest(src, run="r", format="canonical")
     [old] = store.stored_parts("r")
     (src / "f000.jsonl").unlink()  # its source gone: its rows must stay
-    _write(src / "f001.jsonl", 8, 5, tag="x")  # changed: 5 new rows replace its 8
+    write_rows(src / "f001.jsonl", 8, 5, tag="x")  # changed: 5 new rows replace its 8
     monkeypatch.setattr(Store, "retire_grace", 0.0)
     report = store.ingest(src, run="r", format="canonical")
     assert report.files_read == 1 and report.files_skipped == 1
@@ -90,7 +74,7 @@ def test_a_changed_file_takes_only_its_own_rows_out_of_a_shared_part(tmp_path, m
 
 def test_a_live_append_under_a_grouped_key_replaces_only_that_files_rows(tmp_path, monkeypatch):
     monkeypatch.setattr(Store, "part_rows", 100)
-    src = _source(tmp_path, [4, 4, 4])
+    src = write_source(tmp_path, [4, 4, 4])
     store = Store(tmp_path / "store")
     store.ingest(src, run="r", format="canonical")
     rows = store.query("SELECT * FROM rollouts WHERE answer = 'a5'", runs=["r"])
@@ -100,7 +84,7 @@ def test_a_live_append_under_a_grouped_key_replaces_only_that_files_rows(tmp_pat
 
 def test_a_part_closes_at_part_bytes(tmp_path, monkeypatch):
     monkeypatch.setattr(Store, "part_bytes", 1)  # every file is over the byte limit: a part each
-    src = _source(tmp_path, [3, 3, 3])
+    src = write_source(tmp_path, [3, 3, 3])
     store = Store(tmp_path / "store")
     store.ingest(src, run="r", format="canonical")
     assert [p.files for p in store.stored_parts("r").values()] == [("f000.jsonl",), ("f001.jsonl",), ("f002.jsonl",)]
@@ -113,7 +97,7 @@ def test_grouped_parts_hold_what_one_part_per_file_holds(tmp_path_factory, sizes
     """Through a first ingest and rounds of changed and removed files, a store with grouped parts holds the same
     rows as a store with one part per file, and every file's offset and rows point at its own rows."""
     tmp = tmp_path_factory.mktemp("groups")
-    src = _source(tmp, sizes)
+    src = write_source(tmp, sizes)
     grouped, single = Store(tmp / "grouped"), Store(tmp / "single")
     grouped.part_rows, single.part_rows = part_rows, 1
     names = sorted(p.name for p in src.iterdir())
@@ -124,7 +108,7 @@ def test_grouped_parts_hold_what_one_part_per_file_holds(tmp_path_factory, sizes
                 (src / name).unlink()
                 names.remove(name)
             else:
-                _write(src / name, 1000 * (round_ + 1), rows, tag=f"r{round_}")
+                write_rows(src / name, 1000 * (round_ + 1), rows, tag=f"r{round_}")
         if not names:
             break
         for store in (grouped, single):
@@ -184,12 +168,12 @@ def test_live_ingests_group_files_and_never_compact(tmp_path, monkeypatch):
     from rlaudit.live.auditor import LiveAuditor
 
     monkeypatch.setattr(Store, "part_rows", 32)
-    src = _source(tmp_path, [8, 8, 8])
+    src = write_source(tmp_path, [8, 8, 8])
     auditor = LiveAuditor(tmp_path / "store", "r")
     auditor.ingest(src, format="canonical")
     assert [p.files for p in auditor.store.stored_parts("r").values()] == [("f000.jsonl", "f001.jsonl", "f002.jsonl")]
     for f in range(3, 7):  # a poll per step file
-        _write(src / f"f{f:03d}.jsonl", 8 * f, 8)
+        write_rows(src / f"f{f:03d}.jsonl", 8 * f, 8)
         assert auditor.ingest(src, format="canonical").parts_compacted == 0
     assert [len(p.files) for p in auditor.store.stored_parts("r").values()] == [3, 1, 1, 1, 1]
     report = auditor.store.ingest(src, run="r", format="canonical")  # a batch audit's ingest
@@ -201,7 +185,7 @@ def test_a_part_that_disagrees_with_its_manifest_is_an_error_not_a_wrong_split(t
     """A shared part whose rows do not add up to its files' entries (a corrupted manifest or part) cannot be split
     by their offsets: the ingest that would split it stops with an error naming the part, and the run is as it was."""
     monkeypatch.setattr(Store, "part_rows", 100)
-    src = _source(tmp_path, [8, 8, 8])
+    src = write_source(tmp_path, [8, 8, 8])
     store = Store(tmp_path / "store")
     store.ingest(src, run="r", format="canonical")
     path = store.run_dir("r") / "run.json"
@@ -209,7 +193,7 @@ def test_a_part_that_disagrees_with_its_manifest_is_an_error_not_a_wrong_split(t
     manifest["files"]["f001.jsonl"]["rows"] = 7
     path.write_text(json.dumps(manifest))
     before = path.read_bytes()
-    _write(src / "f000.jsonl", 0, 5, tag="x")
+    write_rows(src / "f000.jsonl", 0, 5, tag="x")
     with pytest.raises(RlauditError, match=r"holds 24 rows, its manifest entries 23 .*runs rm r"):
         store.ingest(src, run="r", format="canonical")
     assert path.read_bytes() == before
