@@ -68,12 +68,15 @@ from .conditions import ConditionLabeler, ConditionRule
 from .errors import RlauditError
 from .readers import get_reader, resolve_reader
 from .layout import LAYOUT, PART_SCHEMA, from_canonical, view_columns
-from .readers.base import BadRecord, ReadContext, ReadOptions, SourceFile, finalize_part, prefetch
+from .readers.base import (BadRecord, ReadContext, ReadOptions, SourceFile, finalize_parts, prefetch,
+                           same_raw_schema)
 from .schema import ROLLOUT_SCHEMA
 
 MANIFEST = "run.json"
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,127}$")
 _ROW_GROUP = 64_000
+#: raw rows an ingest finalizes together, of consecutive tables of one schema (`_part_tables`)
+FINALIZE_ROWS = 16_384
 # Dictionary-encode only the repetitive columns: trying it on unique texts (completion, reasoning, answer) doubles
 # write time for no size gain (benchmarks/ingest.py).
 _DICTIONARY_COLUMNS = ["run", "split", "group_id", "condition", "system_prompt", "task", "prompt"]
@@ -1326,10 +1329,28 @@ def _raw_tables(reader: Any, files: list[SourceFile], ctx: ReadContext,
         yield file, None
 
 
-def _part_tables(raw: Iterator[tuple[SourceFile, Any]], ctx: ReadContext) -> Iterator[tuple[SourceFile, Any]]:
-    """The stream of `_raw_tables` with each raw table finalized into a part table."""
+def _part_tables(raw: Iterator[tuple[SourceFile, Any]], ctx: ReadContext,
+                 batch_rows: int = FINALIZE_ROWS) -> Iterator[tuple[SourceFile, Any]]:
+    """The stream of `_raw_tables` with each raw table finalized into a part table. Consecutive raw tables of one
+    schema are finalized together up to `batch_rows` rows (`finalize_parts`: a file's fixed cost, paid once per
+    batch), then handed on as they came, each file's tables and its end."""
+    held: list[tuple[SourceFile, Any]] = []  # in order: tables, and the ends of their files
+    first, rows = None, 0  # the batch's first table, its rows
+
+    def flush() -> Iterator[tuple[SourceFile, Any]]:
+        tables = iter(finalize_parts([(t, f) for f, t in held if t is not None], ctx))
+        for f, t in held:
+            yield f, (next(tables) if t is not None else None)
+
     for file, table in raw:
-        yield file, (finalize_part(table, file, ctx) if table is not None else None)
+        if table is not None:
+            if first is not None and (rows + table.num_rows > batch_rows or not same_raw_schema(first, table)):
+                yield from flush()
+                held, first, rows = [], None, 0
+            first = table if first is None else first
+            rows += table.num_rows
+        held.append((file, table))
+    yield from flush()
 
 
 def _tables_of(stream: Iterator[tuple[SourceFile, Any]], file: SourceFile) -> Iterator[pa.Table]:

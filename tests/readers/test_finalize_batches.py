@@ -1,0 +1,126 @@
+"""Raw tables of several files finalized together (`finalize_parts`, the ingest's `_part_tables`) give what
+finalizing each file alone gives: the same rows, rollout ids, steps, splits, condition labels and notes."""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import rlaudit.store as store_module
+from rlaudit.errors import BadInputError
+from rlaudit.readers.base import ReadContext, SourceFile, finalize_part, finalize_parts
+from rlaudit.store import Store
+from tests.readers.trainer_files import trl_step, verl_step
+
+SYSTEMS = ["You are a pirate.", "You are terse.", None]
+
+
+def _rows(table: pa.Table) -> list[dict]:
+    """The rows, NaN made comparable."""
+    def clean(v):
+        if isinstance(v, float) and math.isnan(v):
+            return "nan"
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        if isinstance(v, tuple):
+            return tuple(clean(x) for x in v)
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return v
+    return [clean(r) for r in table.to_pylist()]
+
+
+@st.composite
+def batches(draw):
+    """Raw tables of 1-6 files sharing one schema, with the per-file cases `finalize` treats apart."""
+    with_step = draw(st.booleans())
+    with_split = draw(st.booleans())
+    with_lines = draw(st.booleans())
+    with_sub = draw(st.booleans())
+    out = []
+    for i in range(draw(st.integers(1, 6))):
+        n = draw(st.integers(0, 5))
+        file_step = draw(st.one_of(st.none(), st.integers(-3, 9))) if with_step else draw(st.integers(-3, 9))
+        split = draw(st.sampled_from(["train", "eval"]))
+        cols = {}
+        if with_step:
+            cols["step"] = pa.array(draw(st.lists(st.one_of(st.none(), st.integers(-3, 9)), min_size=n, max_size=n)),
+                                    pa.int64())
+        if with_split:
+            cols["split"] = pa.array(draw(st.lists(st.sampled_from([None, "train", "eval"]), min_size=n,
+                                                   max_size=n)), pa.string())
+        systems = draw(st.lists(st.sampled_from(SYSTEMS), min_size=n, max_size=n))
+        cols["prompt"] = pa.array([f"system: {s}\nuser: q{i}-{j}" if s else f"q{j}" for j, s in enumerate(systems)],
+                                  pa.string())
+        cols["completion"] = pa.array(draw(st.lists(st.sampled_from(["a", "<think>r</think>a", "<think>r", None]),
+                                                    min_size=n, max_size=n)), pa.string())
+        cols["rewards"] = pa.array([[("r", float(j))] for j in range(n)], pa.map_(pa.string(), pa.float64()))
+        if with_lines:
+            cols["line"] = pa.array(range(10, 10 + n), pa.int64())
+        if with_sub:
+            cols["sub"] = pa.array(draw(st.lists(st.one_of(st.none(), st.integers(0, 2)), min_size=n, max_size=n)),
+                                   pa.int64())
+        out.append((pa.table(cols), SourceFile(path=None, relpath=f"d/f{i}.jsonl", split=split, step=file_step)))
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(raws=batches())
+def test_files_finalized_together_equal_each_alone(raws):
+    alone_ctx, together_ctx = ReadContext(run="r"), ReadContext(run="r")
+    try:
+        alone = [finalize_part(raw, file, alone_ctx) for raw, file in raws]
+    except BadInputError as exc:
+        with pytest.raises(BadInputError, match=str(exc).split(":")[0]):
+            finalize_parts(raws, together_ctx)
+        return
+    together = finalize_parts(raws, together_ctx)
+    assert [t.num_rows for t in together] == [r.num_rows for r, _ in raws]
+    assert [_rows(t) for t in together] == [_rows(t) for t in alone]
+    assert together_ctx.notes == alone_ctx.notes
+    assert together_ctx.labeler.labels == alone_ctx.labeler.labels
+
+
+def test_notes_name_the_last_file_as_one_by_one():
+    def raw(steps):
+        return pa.table({"step": pa.array(steps, pa.int64()), "prompt": ["q"] * len(steps),
+                         "completion": ["a"] * len(steps)})
+
+    raws = [(raw([1, 5, 6]), SourceFile(None, "f1", step=1)), (raw([-2, -4]), SourceFile(None, "f2", step=-2)),
+            (raw([3, 8, 3]), SourceFile(None, "f3", step=3)), (raw([4]), SourceFile(None, "f4", step=4))]
+    ctx = ReadContext(run="r")
+    finalize_parts(raws, ctx)
+    assert ctx.notes["step-mismatch"].startswith("some lines log a step other than their file name's (e.g. f3: "
+                                                 "step 3 in the name, 8 in a line)")
+    assert ctx.notes["negative-steps"].startswith("negative steps are logged (e.g. -4 in f2)")
+
+
+def _stored(root, src, batch_rows, monkeypatch, **kw):
+    monkeypatch.setattr(store_module._part_tables, "__defaults__", (batch_rows,))
+    store = Store(root)
+    report = store.ingest(src, run="r", **kw)
+    rows = store.connect(["r"]).sql("SELECT * EXCLUDE (run) FROM rollouts ORDER BY rollout_id").to_arrow_table()
+    return _rows(rows), report
+
+
+def test_an_ingest_of_many_small_files_stores_what_it_stored_file_by_file(tmp_path, monkeypatch):
+    """verl step files of 3 rows and TRL completions files whose columns change midway (a reward function added:
+    another raw schema, so a batch ends there) are stored alike whatever the batch."""
+    verl = tmp_path / "verl"
+    for step in range(1, 30):
+        verl_step(verl, step, [f"system\nYou are {step % 3}.\nuser\nq{step}-{i}" for i in range(3)],
+                  [f"<think>r{i}</think>a{step}" for i in range(3)], [float(i) for i in range(3)])
+    trl = tmp_path / "trl"
+    for step in range(1, 12):
+        rewards = {"acc": [1.0, 0.0]} | ({"fmt": [0.5, None]} if step > 6 else {})
+        trl_step(trl, step, [f"q{step}", f"q{step}"], [f"a{step}", f"<think>x</think>b{step}"], rewards)
+    for src in (verl, trl):
+        one, r1 = _stored(tmp_path / f"{src.name}-1", src, 1, monkeypatch)
+        many, r2 = _stored(tmp_path / f"{src.name}-many", src, 16_384, monkeypatch)
+        few, r3 = _stored(tmp_path / f"{src.name}-few", src, 7, monkeypatch)
+        assert one == many == few and len(one) == (87 if src is verl else 22)
+        assert r1.notes == r2.notes == r3.notes and r1.files_read == r2.files_read == r3.files_read
