@@ -447,7 +447,7 @@ class Store:
             # rows (finalize), and this thread writes the parts. Parsing, the compute kernels and Parquet
             # writing release the GIL, so the three stages overlap.
             unreadable: set[str] = set()
-            stream = prefetch(_part_tables(prefetch(_raw_tables(reader, todo, ctx, unreadable), depth=4), ctx),
+            stream = prefetch(_part_tables(prefetch(reader.read_files(todo, ctx, unreadable), depth=4), ctx),
                               depth=4)
             pending: collections.deque[_Part] = collections.deque()
 
@@ -1313,25 +1313,9 @@ def _queued(q: queue.Queue) -> Iterator[pa.Table]:
         yield item
 
 
-def _raw_tables(reader: Any, files: list[SourceFile], ctx: ReadContext,
-                unreadable: set[str] | None = None) -> Iterator[tuple[SourceFile, Any]]:
-    """(file, raw table) for every file in order, then (file, None) to mark the end of that file. A file that
-    cannot be read (permissions, I/O error, removed meanwhile) is a bad record, not the end of the ingest; it is
-    listed in `unreadable` so that the next ingest tries it again."""
-    for file in files:
-        try:
-            for raw in reader.read_here(file, ctx):  # this generator runs on a prefetch thread already
-                yield file, raw
-        except OSError as exc:
-            if unreadable is not None:
-                unreadable.add(file.relpath)
-            ctx.bad(file, None, f"unreadable file ({exc.strerror or exc})")
-        yield file, None
-
-
 def _part_tables(raw: Iterator[tuple[SourceFile, Any]], ctx: ReadContext,
                  batch_rows: int = FINALIZE_ROWS) -> Iterator[tuple[SourceFile, Any]]:
-    """The stream of `_raw_tables` with each raw table finalized into a part table. Consecutive raw tables of one
+    """The stream of `Reader.read_files` with each raw table finalized into a part table. Consecutive raw tables of one
     schema are finalized together up to `batch_rows` rows (`finalize_parts`: a file's fixed cost, paid once per
     batch), then handed on as they came, each file's tables and its end."""
     held: list[tuple[SourceFile, Any]] = []  # in order: tables, and the ends of their files

@@ -124,3 +124,52 @@ def test_an_ingest_of_many_small_files_stores_what_it_stored_file_by_file(tmp_pa
         few, r3 = _stored(tmp_path / f"{src.name}-few", src, 7, monkeypatch)
         assert one == many == few and len(one) == (87 if src is verl else 22)
         assert r1.notes == r2.notes == r3.notes and r1.files_read == r2.files_read == r3.files_read
+
+
+@st.composite
+def trl_runs(draw):
+    """TRL completions files of a few rows: repeated prompts (groups), NaN rewards, a reward function added midway
+    (another schema), advantages logged as text with a bad value in some files (bad rows, another schema)."""
+    files = []
+    text_advantages = draw(st.booleans())  # in every file (one schema: files read together) or none
+    for step in sorted(draw(st.sets(st.integers(1, 40), min_size=1, max_size=8))):
+        n = draw(st.integers(0, 6))
+        prompts = draw(st.lists(st.sampled_from(["q1", "q2", "system: be brief\nuser: q3"]), min_size=n, max_size=n))
+        completions = draw(st.lists(st.sampled_from(["a", "<think>r</think>b", "<think>cut"]), min_size=n,
+                                    max_size=n))
+        rewards = {"acc": draw(st.lists(st.one_of(st.none(), st.floats(-1, 1)), min_size=n, max_size=n))}
+        if draw(st.integers(0, 3)) == 0:
+            rewards["fmt"] = [0.5] * n
+        advantages = draw(st.lists(st.sampled_from(["0.5", "-1", "oops"]), min_size=n, max_size=n)) \
+            if text_advantages else None
+        files.append((step, prompts, completions, rewards, advantages))
+    return files, draw(st.sampled_from([None, 2]))
+
+
+@settings(max_examples=25, deadline=None)
+@given(run=trl_runs())
+def test_trl_files_read_together_store_what_each_alone_stores(tmp_path_factory, run):
+    files, group_size = run
+    src = tmp_path_factory.mktemp("trl")
+    for step, prompts, completions, rewards, advantages in files:
+        path = trl_step(src, step, prompts, completions, rewards)
+        if advantages is not None:  # logged as text (some loggers stringify): "oops" is a bad row
+            import pandas as pd
+            df = pd.read_parquet(path)
+            df["advantage"] = advantages
+            df.to_parquet(path)
+    from rlaudit.readers import trl as trl_module
+    from rlaudit.readers.base import ReadOptions
+
+    stored = []
+    for small in (0, trl_module.SMALL_FILE_ROWS):
+        root = tmp_path_factory.mktemp("store")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(trl_module, "SMALL_FILE_ROWS", small)
+            store = Store(root)
+            report = store.ingest(src, run="r", options=ReadOptions(group_size=group_size))
+        rows = (store.connect(["r"]).sql("SELECT * EXCLUDE (run) FROM rollouts ORDER BY rollout_id")
+                .to_arrow_table() if report.rows_added else pa.table({}))
+        bad = sorted((b.file, b.line, b.reason) for b in store.quarantined("r"))
+        stored.append((repr(_rows(rows)), bad, report.notes, report.files_read, report.rows_added))
+    assert stored[0] == stored[1]

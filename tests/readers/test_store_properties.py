@@ -78,6 +78,7 @@ def test_crash_mid_ingest_leaves_previous_state_and_next_ingest_recovers(tmp_pat
         return real_raw(self, table, *args, **kwargs)
 
     monkeypatch.setattr(trl_module.TrlReader, "_raw", crashing_raw)
+    monkeypatch.setattr(trl_module, "SMALL_FILE_ROWS", 0)  # each file read alone: a call of `_raw` each
     with pytest.raises(RuntimeError, match="simulated crash"):
         store.ingest(out)
     # the previous state is intact and readable (the manifest lists only committed parts)

@@ -154,6 +154,22 @@ class Reader(ABC):
         store's ingest pipeline). Default: `read`; a `PrefetchingReader` skips its parsing thread here."""
         return self.read(file, ctx)
 
+    def read_files(self, files: list[SourceFile], ctx: ReadContext,
+                   unreadable: set[str] | None = None) -> Iterator[tuple[SourceFile, pa.Table | None]]:
+        """(file, raw table) for every file in order (`read_here`, on the calling thread), then (file, None) to mark
+        the end of that file: the store's ingest reads a run through this. A file that cannot be read
+        (permissions, I/O error, removed meanwhile) is a bad record, not the end of the ingest; it is listed in
+        `unreadable` so that the next ingest tries it again. A reader may join files here (`TrlReader`)."""
+        for file in files:
+            try:
+                for raw in self.read_here(file, ctx):
+                    yield file, raw
+            except OSError as exc:
+                if unreadable is not None:
+                    unreadable.add(file.relpath)
+                ctx.bad(file, None, f"unreadable file ({exc.strerror or exc})")
+            yield file, None
+
 
 def finalize(raw: pa.Table, file: SourceFile, ctx: ReadContext) -> pa.Table:
     """Turn a reader's raw table into canonical rows (vectorised; no per-row Python)."""

@@ -13,16 +13,37 @@ from ..text import ThinkTags
 from .messages import as_text, combine, is_message_list_type, is_text_type, turn_columns
 
 
-def report_bad_rows(bad: pa.Array, reasons: pa.Array | str, lines: pa.Array, file: SourceFile,
+def report_bad_rows(bad: pa.Array, reasons: pa.Array | str, lines: pa.Array, file: SourceFile | FileRows,
                     ctx: ReadContext, raw: pa.Array | None = None) -> None:
-    """Report every row flagged in `bad` (a loop over the bad rows only)."""
+    """Report every row flagged in `bad` (a loop over the bad rows only), each with its file."""
     idx = np.flatnonzero(pc.fill_null(bad, False).to_numpy(zero_copy_only=False))
     line_list = lines.to_pylist()
     reason_list = reasons.to_pylist() if isinstance(reasons, pa.Array) else None
     raw_list = raw.to_pylist() if raw is not None and len(idx) else None
     for i in idx:
         reason = reason_list[i] if reason_list is not None else reasons
-        ctx.bad(file, line_list[i], reason, (str(raw_list[i])[:2000] if raw_list else ""))
+        where = file.of(int(i)) if isinstance(file, FileRows) else file
+        ctx.bad(where, line_list[i], reason, (str(raw_list[i])[:2000] if raw_list else ""))
+
+
+class FileRows:
+    """The files of a table that holds several files' rows, file i's at bounds[i]:bounds[i + 1]."""
+
+    def __init__(self, files: list[SourceFile], bounds: np.ndarray):
+        self.files, self.bounds = files, np.asarray(bounds, np.int64)
+
+    def of(self, row: int) -> SourceFile:
+        return self.files[int(np.searchsorted(self.bounds, row, side="right")) - 1]
+
+    def each(self, values: list) -> np.ndarray:
+        """values[i] repeated over file i's rows."""
+        return np.repeat(np.asarray(values), np.diff(self.bounds))
+
+    def kept(self, keep: np.ndarray | None) -> FileRows:
+        """The files' rows after a filter (`keep`: a row mask; None keeps every row)."""
+        if keep is None:
+            return self
+        return FileRows(self.files, np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])[self.bounds])
 
 
 class Validator:
@@ -32,7 +53,8 @@ class Validator:
     "field 'score': expected a number, got 'abc'".
     """
 
-    def __init__(self, table: pa.Table, lines: pa.Array, file: SourceFile, ctx: ReadContext):
+    def __init__(self, table: pa.Table, lines: pa.Array, file: SourceFile | FileRows, ctx: ReadContext):
+        """`file`: the file the rows are of, or each row's file (`FileRows`)."""
         self.table, self.lines, self.file, self.ctx = table, lines, file, ctx
         self.reason = pa.nulls(table.num_rows, pa.string())
 
