@@ -289,3 +289,20 @@ def test_a_batch_of_parts_stops_at_batch_steps(monkeypatch):
     got = windowsums.window_sums([(n, {}) for n, _ in parts], {n for n, _ in parts}, VOCAB, counting, None, spans)
     assert sorted(map(sorted, reads)) == [["p0", "p1"], ["p2"], ["p3"], ["p4", "p5"]]
     assert [_as_dict(s) for s in got] == [_expected(t) for _, t in parts]
+
+
+def test_a_stack_offsets_keys_in_a_type_that_holds_them():
+    """Key indices offset by the keys of the parts before (40,000 each here) do not fit 16 bits even where every
+    sum does: the stack is int32, its rows each part's with the offset, as a chunk file holds them."""
+    n = 40_000
+    keys = [(s, "train", "", "c") for s in range(n)]
+    rows = [np.array([[n - 1, 3, 5, 1, 2, 3, 4, 5], [0, 4, 7, 8, 9, 1, 2, 3]], np.int64) for _ in range(2)]
+    stacked = windowsums._stack([windowsums.PartSums(keys, r) for r in rows])
+    assert stacked.rows.dtype == np.int32 and stacked.ranges == [[0, 2, 0, n], [2, 4, n, 2 * n]]
+    assert stacked.rows[:, 0].tolist() == [n - 1, 0, 2 * n - 1, n] and stacked.rows[:, 1:].tolist() == (
+        np.concatenate(rows)[:, 1:].tolist())
+    few = [r.copy() for r in rows]
+    for r in few:
+        r[0, 0] = 1
+    small = windowsums._stack([windowsums.PartSums(keys[:2], r) for r in few])
+    assert small.rows.dtype == np.uint16 and small.rows[:, 0].tolist() == [1, 0, 3, 2]
