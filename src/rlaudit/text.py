@@ -287,6 +287,33 @@ def _cut(data: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> pa.Array:
     return array.cast(pa.string())
 
 
+def count_substrings(strings: pa.Array | pa.ChunkedArray, patterns: list[str]) -> dict[str, np.ndarray]:
+    """Per pattern, the non-overlapping occurrences in each string (null: none), as `pc.count_substring` counts
+    them, from one search of the UTF-8 bytes: the positions of the patterns' first bytes are found once and each
+    pattern's other bytes tested there only. Arrow's count and match ran a pass over every byte per pattern (~400
+    MB/s: verl's four tests of each output were ~6 CPU s of a 1M-rollout ingest). A pattern that can overlap
+    itself (a proper prefix equal to a suffix, "aa") is counted by Arrow, whose count skips overlaps."""
+    values = _strings(strings)
+    data, off = _bytes(values)
+    n = len(off) - 1
+    out: dict[str, np.ndarray] = {}
+    firsts = {p.encode()[0] for p in patterns if p}
+    span = data[off[0]:off[-1]] if n else data[:0]
+    starts = np.flatnonzero(np.isin(span, np.frombuffer(bytes(sorted(firsts)), np.uint8))) + (off[0] if n else 0)
+    for pattern in patterns:
+        b = pattern.encode()
+        if not b or any(b[:i] == b[-i:] for i in range(1, len(b))):
+            out[pattern] = np.asarray(pc.count_substring(values, pattern).to_numpy(zero_copy_only=False), np.int64)
+            continue
+        cand = starts[data[starts] == b[0]]
+        cand = cand[cand + len(b) <= off[-1]]
+        for j in range(1, len(b)):
+            cand = cand[data[cand + j] == b[j]]
+        row = np.searchsorted(off, cand, side="right") - 1
+        out[pattern] = np.bincount(row[cand + len(b) <= off[row + 1]], minlength=n).astype(np.int64)
+    return out
+
+
 def _first_occurrence(data: np.ndarray, off: np.ndarray, pattern: bytes) -> np.ndarray:
     """Absolute byte position of the first `pattern` inside each string, -1 where there is none."""
     n, k = len(off) - 1, len(pattern)

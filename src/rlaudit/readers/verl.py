@@ -68,7 +68,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..schema import TOOL_CALLS
-from ..text import ThinkTags, split_all_reasoning
+from ..text import ThinkTags, count_substrings, split_all_reasoning
 from . import register
 from .base import PrefetchingReader, ReadContext, SourceFile
 from .columns import classify_extras, map_from_columns, metadata_from_columns
@@ -223,11 +223,9 @@ def _turn_columns(outputs: pa.Array, tags: ThinkTags) -> dict[str, pa.Array]:
 
     Only rows with a tool marker or more than one think block take the Python path; the rest keep the store's
     span split of the completion (reasoning/answer null here)."""
-    text = pc.fill_null(outputs.cast(pa.string()), "")
-    special = pc.or_(pc.or_(pc.match_substring(text, "<tool_call>"), pc.match_substring(text, "<tool_response>")),
-                     pc.or_(pc.greater(pc.count_substring(text, tags.open), 1),
-                            pc.greater(pc.count_substring(text, tags.close), 1)))
-    rows = np.flatnonzero(special.to_numpy(zero_copy_only=False))
+    found = count_substrings(outputs, ["<tool_call>", "<tool_response>", tags.open, tags.close])
+    rows = np.flatnonzero((found["<tool_call>"] > 0) | (found["<tool_response>"] > 0) | (found[tags.open] > 1)
+                          | (found[tags.close] > 1))
     n = len(outputs)
     out = {"completion": outputs, "reasoning": pa.nulls(n, pa.string()), "answer": pa.nulls(n, pa.string())}
     if not len(rows):
