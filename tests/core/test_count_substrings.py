@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from rlaudit.text import count_substrings
 
 #: pieces that make tags, near-tags, overlaps and multi-byte characters likely
-PIECES = ["<think>", "</think>", "<tool_call>", "<tool_response>", "<thi", "nk>", "<", ">", "a", "aa", "é", "思", " ", "\n"]
+PIECES = ["<think>", "</think>", "<tool_call>", "<tool_response>", "<thi", "nk>", "<", ">", "a", "aa", "é", "思", " ",
+          "\n"]
 PATTERNS = ["<think>", "</think>", "<tool_call>", "<tool_response>", "aa", "aba", "é", "思考", "[THINK]", "<"]
 
 
