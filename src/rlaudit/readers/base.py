@@ -69,6 +69,36 @@ class SourceFile:
     replaces: tuple[str, ...] = ()
 
 
+class FileRows:
+    """Which file each row of a table is of, for a table holding several files' rows (`finalize_parts`,
+    `TrlReader.read_files`): file i's rows at bounds[i]:bounds[i + 1]."""
+
+    def __init__(self, files: list[SourceFile], bounds: np.ndarray):
+        self.files, self.bounds = files, np.asarray(bounds, np.int64)
+
+    @classmethod
+    def counted(cls, files: list[SourceFile], counts: list[int]) -> FileRows:
+        """The files of `counts[i]` rows each, in order."""
+        return cls(files, np.concatenate([[0], np.cumsum(np.asarray(counts, np.int64))]))
+
+    def index(self, row: int) -> int:
+        """The file `row` is of, by its position in `files`."""
+        return int(np.searchsorted(self.bounds, row, side="right")) - 1
+
+    def of(self, row: int) -> SourceFile:
+        return self.files[self.index(row)]
+
+    def each(self, values: list) -> np.ndarray:
+        """values[i] repeated over file i's rows."""
+        return np.repeat(np.asarray(values), np.diff(self.bounds))
+
+    def kept(self, keep: np.ndarray | None) -> FileRows:
+        """The files' rows after a filter (`keep`: a row mask; None keeps every row)."""
+        if keep is None:
+            return self
+        return FileRows(self.files, np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])[self.bounds])
+
+
 @dataclass(frozen=True)
 class BadRecord:
     file: str
@@ -193,11 +223,9 @@ def finalize_parts(raws: list[tuple[pa.Table, SourceFile]], ctx: ReadContext) ->
     if not raws:
         return []
     raw = raws[0][0] if len(raws) == 1 else pa.concat_tables([r for r, _ in raws])
-    files = [f for _, f in raws]
-    counts = np.array([r.num_rows for r, _ in raws], np.int64)
-    bounds = np.concatenate([[0], np.cumsum(counts)])
-    part = _finalize(raw, files, bounds, ctx)
-    return [part.slice(int(bounds[i]), int(counts[i])) for i in range(len(raws))]
+    rows = FileRows.counted([f for _, f in raws], [r.num_rows for r, _ in raws])
+    part = _finalize(raw, rows, ctx)
+    return [part.slice(int(lo), int(hi - lo)) for lo, hi in zip(rows.bounds[:-1], rows.bounds[1:])]
 
 
 def same_raw_schema(a: pa.Table, b: pa.Table) -> bool:
@@ -205,9 +233,10 @@ def same_raw_schema(a: pa.Table, b: pa.Table) -> bool:
     return a.schema.equals(b.schema, check_metadata=False)
 
 
-def _finalize(raw: pa.Table, files: list[SourceFile], bounds: np.ndarray, ctx: ReadContext) -> pa.Table:
-    """`finalize_parts` of the concatenated `raw`, file i's rows at bounds[i]:bounds[i + 1]."""
+def _finalize(raw: pa.Table, rows: FileRows, ctx: ReadContext) -> pa.Table:
+    """`finalize_parts` of the concatenated `raw`, whose rows are of the files `rows`."""
     n = raw.num_rows
+    files, bounds = rows.files, rows.bounds
     cols: dict[str, pa.Array] = {}
 
     def col(name: str) -> pa.Array | None:
@@ -222,18 +251,15 @@ def _finalize(raw: pa.Table, files: list[SourceFile], bounds: np.ndarray, ctx: R
         """Each row's value of its file."""
         if all(v == values[0] for v in values):
             return const(values[0], typ)
-        return pa.array(values, typ).take(pa.array(np.repeat(np.arange(len(values)), np.diff(bounds))))
-
-    def file_of(row: int) -> SourceFile:
-        return files[int(np.searchsorted(bounds, row, side="right")) - 1]
+        return pa.array(values, typ).take(pa.array(rows.each(range(len(values)))))
 
     def last_file_where(hit: pa.Array) -> tuple[SourceFile, int, int] | None:
-        """The last file with a row where `hit` holds: (the file, its first such row, bounds of its rows)."""
-        rows = np.flatnonzero(np.asarray(hit.to_numpy(zero_copy_only=False), bool))
-        if not len(rows):
+        """The last file with a row where `hit` holds: (the file, its first such row, its index)."""
+        where = np.flatnonzero(np.asarray(hit.to_numpy(zero_copy_only=False), bool))
+        if not len(where):
             return None
-        i = int(np.searchsorted(bounds, rows[-1], side="right")) - 1
-        return files[i], int(rows[np.searchsorted(rows, bounds[i])]), i
+        i = rows.index(int(where[-1]))
+        return files[i], int(where[np.searchsorted(where, bounds[i])]), i
 
     def text(name: str) -> pa.Array:
         values = col(name)

@@ -64,12 +64,12 @@ import pyarrow.parquet as pq
 
 from ..errors import RlauditError
 from . import register
-from .base import PrefetchingReader, ReadContext, SourceFile
+from .base import FileRows, PrefetchingReader, ReadContext, SourceFile
 from .columns import classify_extras, map_from_columns, metadata_from_columns, missing_graders
 from .groups import ConsecutiveGroups
 from .messages import combine
 from .trl_run import TrlRun, load_run
-from .validate import FileRows, Validator, open_parquet
+from .validate import Validator, open_parquet
 
 _FILE = re.compile(r"^completions_(\d+)\.parquet$")
 _KNOWN = {"step", "prompt", "completion", "advantage", "mode"}
@@ -180,7 +180,7 @@ class TrlReader(PrefetchingReader):
                 table = pa.Table.from_batches([batch])
                 lines = pa.array(np.arange(row + 1, row + 1 + table.num_rows, dtype=np.int64))
                 row += table.num_rows
-                raw = self._raw(table, lines, FileRows([file], np.array([0, table.num_rows])), ctx, [groups],
+                raw = self._raw(table, lines, FileRows.counted([file], [table.num_rows]), ctx, [groups],
                                 opened.split, [opened.step])
                 if raw is not None:
                     yield raw[0]
@@ -230,10 +230,9 @@ class TrlReader(PrefetchingReader):
         """The raw rows of the small files `held` (`read_files`), per file, each followed by its end."""
         tables = [t for _, t, _ in held]
         files = [f for f, _, _ in held]
-        bounds = np.concatenate([[0], np.cumsum([t.num_rows for t in tables])])
         lines = pa.array(np.concatenate([np.arange(1, t.num_rows + 1, dtype=np.int64) for t in tables]))
         opened = held[0][2]
-        raw = self._raw(pa.concat_tables(tables), lines, FileRows(files, bounds), ctx,
+        raw = self._raw(pa.concat_tables(tables), lines, FileRows.counted(files, [t.num_rows for t in tables]), ctx,
                         [ConsecutiveGroups(o.size) for _, _, o in held], opened.split, [o.step for _, _, o in held])
         out: list[tuple[SourceFile, pa.Table | None]] = []
         for i, file in enumerate(files):
@@ -298,7 +297,7 @@ class TrlReader(PrefetchingReader):
         # ~3 MB a file, copied once more)
         col = (lambda name: combine(table.column(name)) if name in table.column_names else None)
         file = rows.files[0]
-        v = Validator(table, lines, rows if len(rows.files) > 1 else file, ctx)
+        v = Validator(table, lines, rows, ctx)
         prompt = v.text("prompt", col("prompt"), required=True)
         raw: dict[str, pa.Array] = v.completion(col("completion"), ctx.options.think_tags)
         raw["prompt"] = prompt

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .base import ReadContext, SourceFile
+from .base import FileRows, ReadContext, SourceFile
 from .columns import to_numbers, to_steps
 from ..text import ThinkTags
 from .messages import as_text, combine, is_message_list_type, is_text_type, turn_columns
@@ -24,26 +24,6 @@ def report_bad_rows(bad: pa.Array, reasons: pa.Array | str, lines: pa.Array, fil
         reason = reason_list[i] if reason_list is not None else reasons
         where = file.of(int(i)) if isinstance(file, FileRows) else file
         ctx.bad(where, line_list[i], reason, (str(raw_list[i])[:2000] if raw_list else ""))
-
-
-class FileRows:
-    """The files of a table that holds several files' rows, file i's at bounds[i]:bounds[i + 1]."""
-
-    def __init__(self, files: list[SourceFile], bounds: np.ndarray):
-        self.files, self.bounds = files, np.asarray(bounds, np.int64)
-
-    def of(self, row: int) -> SourceFile:
-        return self.files[int(np.searchsorted(self.bounds, row, side="right")) - 1]
-
-    def each(self, values: list) -> np.ndarray:
-        """values[i] repeated over file i's rows."""
-        return np.repeat(np.asarray(values), np.diff(self.bounds))
-
-    def kept(self, keep: np.ndarray | None) -> FileRows:
-        """The files' rows after a filter (`keep`: a row mask; None keeps every row)."""
-        if keep is None:
-            return self
-        return FileRows(self.files, np.concatenate([[0], np.cumsum(keep, dtype=np.int64)])[self.bounds])
 
 
 class Validator:
