@@ -295,23 +295,29 @@ def count_substrings(strings: pa.Array | pa.ChunkedArray, patterns: list[str]) -
     itself (a proper prefix equal to a suffix, "aa") is counted by Arrow, whose count skips overlaps."""
     values = _strings(strings)
     data, off = _bytes(values)
-    n = len(off) - 1
     out: dict[str, np.ndarray] = {}
-    firsts = {p.encode()[0] for p in patterns if p}
-    span = data[off[0]:off[-1]] if n else data[:0]
-    starts = np.flatnonzero(np.isin(span, np.frombuffer(bytes(sorted(firsts)), np.uint8))) + (off[0] if n else 0)
+    firsts = np.frombuffer(bytes(sorted({p.encode()[0] for p in patterns if p})), np.uint8)
+    starts = np.flatnonzero(np.isin(data[off[0]:off[-1]], firsts)) + off[0]
     for pattern in patterns:
         b = pattern.encode()
         if not b or any(b[:i] == b[-i:] for i in range(1, len(b))):
             out[pattern] = np.asarray(pc.count_substring(values, pattern).to_numpy(zero_copy_only=False), np.int64)
             continue
-        cand = starts[data[starts] == b[0]]
-        cand = cand[cand + len(b) <= off[-1]]
-        for j in range(1, len(b)):
-            cand = cand[data[cand + j] == b[j]]
-        row = np.searchsorted(off, cand, side="right") - 1
-        out[pattern] = np.bincount(row[cand + len(b) <= off[row + 1]], minlength=n).astype(np.int64)
+        _, row = _matches(data, off, b, starts[data[starts] == b[0]])
+        out[pattern] = np.bincount(row, minlength=len(off) - 1).astype(np.int64)
     return out
+
+
+def _matches(data: np.ndarray, off: np.ndarray, pattern: bytes, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, rows) of the occurrences of `pattern` among the candidate positions `cand` (sorted, where its
+    first byte is) that lie inside one string."""
+    k = len(pattern)
+    cand = cand[cand + k <= off[-1]]
+    for j in range(1, k):
+        cand = cand[data[cand + j] == pattern[j]]
+    row = np.searchsorted(off, cand, side="right") - 1
+    inside = cand + k <= off[row + 1]
+    return cand[inside], row[inside]
 
 
 def _first_occurrence(data: np.ndarray, off: np.ndarray, pattern: bytes) -> np.ndarray:
@@ -320,12 +326,7 @@ def _first_occurrence(data: np.ndarray, off: np.ndarray, pattern: bytes) -> np.n
     where = np.full(n, -1, np.int64)
     if n == 0 or k == 0 or off[-1] - off[0] < k:
         return where
-    cand = np.flatnonzero(data[off[0]:off[-1] - k + 1] == pattern[0]) + off[0]
-    for j in range(1, k):
-        cand = cand[data[cand + j] == pattern[j]]
-    row = np.searchsorted(off, cand, side="right") - 1
-    inside = cand + k <= off[row + 1]
-    cand, row = cand[inside], row[inside]
+    cand, row = _matches(data, off, pattern, np.flatnonzero(data[off[0]:off[-1] - k + 1] == pattern[0]) + off[0])
     rows, first = np.unique(row, return_index=True)  # candidates are sorted: the first per row is the earliest
     where[rows] = cand[first]
     return where
