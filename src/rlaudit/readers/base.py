@@ -195,10 +195,15 @@ class Reader(ABC):
                 for raw in self.read_here(file, ctx):
                     yield file, raw
             except OSError as exc:
-                if unreadable is not None:
-                    unreadable.add(file.relpath)
-                ctx.bad(file, None, f"unreadable file ({exc.strerror or exc})")
+                report_unreadable(file, exc, ctx, unreadable)
             yield file, None
+
+
+def report_unreadable(file: SourceFile, exc: OSError, ctx: ReadContext, unreadable: set[str] | None) -> None:
+    """A file `read_files` could not read: a bad record, and listed in `unreadable` (the next ingest tries it)."""
+    if unreadable is not None:
+        unreadable.add(file.relpath)
+    ctx.bad(file, None, f"unreadable file ({exc.strerror or exc})")
 
 
 def finalize(raw: pa.Table, file: SourceFile, ctx: ReadContext) -> pa.Table:

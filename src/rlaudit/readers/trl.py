@@ -64,7 +64,7 @@ import pyarrow.parquet as pq
 
 from ..errors import RlauditError
 from . import register
-from .base import FileRows, PrefetchingReader, ReadContext, SourceFile
+from .base import FileRows, PrefetchingReader, ReadContext, SourceFile, report_unreadable
 from .columns import classify_extras, map_from_columns, metadata_from_columns, missing_graders
 from .groups import ConsecutiveGroups
 from .messages import combine
@@ -219,9 +219,7 @@ class TrlReader(PrefetchingReader):
                     yield file, raw
             except OSError as exc:
                 yield from flush()
-                if unreadable is not None:
-                    unreadable.add(file.relpath)
-                ctx.bad(file, None, f"unreadable file ({exc.strerror or exc})")
+                report_unreadable(file, exc, ctx, unreadable)
             yield file, None
         yield from flush()
 
