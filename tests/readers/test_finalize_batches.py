@@ -173,3 +173,30 @@ def test_trl_files_read_together_store_what_each_alone_stores(tmp_path_factory, 
         bad = sorted((b.file, b.line, b.reason) for b in store.quarantined("r"))
         stored.append((repr(_rows(rows)), bad, report.notes, report.files_read, report.rows_added))
     assert stored[0] == stored[1]
+
+
+def test_a_file_that_cannot_be_read_is_reported_and_read_again_next_time(tmp_path, monkeypatch):
+    """An I/O error on one of several small TRL files (read together) quarantines that file as unreadable, stores
+    the others' rows, and leaves it unrecorded so that the next ingest reads it."""
+    from rlaudit.readers import trl as trl_module
+
+    src = tmp_path / "trl"
+    for step in range(1, 6):
+        trl_step(src, step, [f"q{step}"] * 2, ["a", "b"], {"acc": [1.0, 0.0]})
+    real_open = trl_module.TrlReader._open
+
+    def failing_open(self, file, ctx):
+        if file.step == 3:
+            raise OSError(5, "Input/output error")
+        return real_open(self, file, ctx)
+
+    store = Store(tmp_path / "st")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trl_module.TrlReader, "_open", failing_open)
+        report = store.ingest(src, run="r")
+    assert report.rows_added == 8 and report.bad_records == 1
+    bad = store.quarantined("r")
+    assert [(b.file, b.line) for b in bad] == [("completions/completions_00003.parquet", None)]
+    assert bad[0].reason == "unreadable file (Input/output error)"
+    again = store.ingest(src, run="r")
+    assert again.rows_added == 2 and again.files_read == 1
