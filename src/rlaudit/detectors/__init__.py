@@ -174,17 +174,25 @@ def run_detectors(store: Store, run: str, config: AuditConfig | None = None,
         ctx.findings.extend(found)
         # release shared scratch (e.g. the term-set scope of emerging/generalization) once no detector still to
         # run uses it: it can hold a large DuckDB table, and the detectors after it need the memory
-        later = {c.name for c in classes[i + 1:]}
-        for key in list(ctx.cache):
-            users = getattr(ctx.cache[key], "users", None)
-            if users is not None and not later & set(users):
-                item = ctx.cache.pop(key)
-                if hasattr(item, "close"):
-                    item.close()
+        _release_scratch(ctx.cache, {c.name for c in classes[i + 1:]})
         _return_freed_memory()
     if progress:
         progress("", len(classes), len(classes))
     return ctx.findings
+
+
+def _release_scratch(cache: dict[str, Any], later: set[str]) -> None:
+    """Drop (and close) the items of `cache` whose users are none of the detectors still to run (`later`).
+
+    A function of its own so that no reference to a dropped item outlives it: a loop variable left in
+    `run_detectors` kept the last item dropped (the emerging scope, with the run's per-step term counts: 2.2 GB
+    at 15,625 steps) alive through every detector after it."""
+    for key in list(cache):
+        users = getattr(cache[key], "users", None)
+        if users is not None and not later & set(users):
+            item = cache.pop(key)
+            if hasattr(item, "close"):
+                item.close()
 
 
 def _return_freed_memory() -> None:
