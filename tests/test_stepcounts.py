@@ -67,7 +67,7 @@ def test_dense_counts_equal_the_row_sums_cached_and_grown(tmp_path):
 
     def read_all(parts):
         reads.append(len(parts))
-        return pa.concat_tables([pq.read_table(f) for _, f in parts])
+        return [(name, pq.read_table(f)) for name, f in parts]
 
     c = stepcounts.step_counts(files[:3], _vocab(), cache, lambda: read_all(files[:3]))
     _check(c, tables[:3], [0, 1, 2, 3])
@@ -101,33 +101,61 @@ def test_in_memory_counts_without_a_cache():
     rng = np.random.default_rng(1)
     tables = [_part(rng, [0, 1]), _part(rng, [1, 2], splits=("train",))]
     parts = [("a", tables[0]), ("b", tables[1])]
-    c = stepcounts.step_counts(parts, _vocab(), None, lambda: pa.concat_tables(tables))
+    c = stepcounts.step_counts(parts, _vocab(), None, lambda: parts)
     _check(c, tables, [0, 1, 2])
 
 
 def test_wrong_terms_are_an_error():
     rng = np.random.default_rng(2)
     table = _part(rng, [0])
-    c = stepcounts.step_counts([("a", table)], _vocab(), None, lambda: table)
+    c = stepcounts.step_counts([("a", table)], _vocab(), None, lambda: [("a", table)])
     with pytest.raises(ValueError):
         c.per_step("answer", np.array([0, 1, 2]), np.array([0]), np.array(["train"], object), np.array([0]), 1)
 
 
-def test_built_from_batches_as_from_one_table(tmp_path):
+@pytest.mark.parametrize("cached", [False, True])
+def test_built_in_blocks_bounded_by_size_as_in_one(tmp_path, monkeypatch, cached):
+    """A run built in blocks of at most BLOCK_CELLS counts (a part's columns in one block; parts sharing a step
+    in two blocks add up) counts as one block does, cached as chunks of their own parts that later audits
+    never merge once full, or held in memory."""
     rng = np.random.default_rng(3)
-    tables = [_part(rng, [0, 1]), _part(rng, [1, 2]), _part(rng, [3])]
-    whole = pa.concat_tables(tables)
-    parts = [(str(i), t) for i, t in enumerate(tables)]
-    c = stepcounts.step_counts(parts, _vocab(), None, lambda: iter(whole.to_batches(max_chunksize=7)))
-    _check(c, tables, [0, 1, 2, 3])
-    assert len(whole.to_batches(max_chunksize=7)) > 3
+    steps = [[0, 1], [1, 2], [2, 3, 4], [4], [5], [6]]  # one split: a column per step
+    tables = [_part(rng, s, splits=("train",)) for s in steps]
+    files = []
+    for i, t in enumerate(tables):
+        files.append((f"p{i}", tmp_path / f"p{i}.counts.parquet"))
+        pq.write_table(t, files[-1][1])
+    parts = files if cached else [(name, t) for (name, _), t in zip(files, tables)]
+    cache = tmp_path / "step_counts" if cached else None
+    read = lambda n: [(name, pq.read_table(f)) for name, f in files[:n]]  # noqa: E731
+    monkeypatch.setattr(stepcounts, "BLOCK_CELLS", 14 * 4)  # 14 counts a column: at most 4 columns a block
+    c = stepcounts.step_counts(parts[:5], _vocab(), cache, lambda: read(5) if cached else parts[:5])
+    # p2 would take the first block to 5 columns: it starts the second; step 2 is in both (their sums add up),
+    # p3 adds no column, p4 the fourth
+    assert [list(b.steps) for b in c.blocks] == [[0, 1, 2], [2, 3, 4, 5]]
+    assert all(b.arr.dtype == np.int32 for b in c.blocks)
+    _check(c, tables[:5], list(range(6)))
+    if cached:
+        assert _chunks(cache) == [["p0", "p1"], ["p2", "p3", "p4"]]
+        assert all(isinstance(b.arr, np.memmap) for b in c.blocks)
+        c = stepcounts.step_counts(files, _vocab(), cache, lambda: pytest.fail("built again"))
+        _check(c, tables, list(range(7)))
+        # the new part's chunk merges with none: every older chunk is at least half a block
+        assert _chunks(cache) == [["p0", "p1"], ["p2", "p3", "p4"], ["p5"]]
+    one = stepcounts.step_counts(parts[:5], _vocab(), None, lambda: [(n, pq.read_table(f)) for n, f in files[:5]]
+                                 if cached else parts[:5])
+    for where in ("answer", "reasoning"):
+        ids = np.array([r["term_id"] for r in _vocab().to_pylist() if r["where"] == where])
+        keys = (np.arange(6), np.array(["train"] * 6, object), np.arange(6))
+        assert np.array_equal(c.group_sums(where, ids, *keys, np.arange(6) // 2, 3)[0],
+                              one.group_sums(where, ids, *keys, np.arange(6) // 2, 3)[0])
 
 
 def test_all_splits_of_a_step_add_up():
     """An audit of every split maps (step, train) and (step, eval) to one step index: their columns are summed."""
     rng = np.random.default_rng(4)
     table = _part(rng, [0, 1, 2])
-    c = stepcounts.step_counts([("a", table)], _vocab(), None, lambda: table)
+    c = stepcounts.step_counts([("a", table)], _vocab(), None, lambda: [("a", table)])
     keys = {(s, sp): s for s in (0, 1, 2) for sp in ("train", "eval")}
     ids = np.array([0, 1, 2, 3])
     x, m = c.per_step("answer", ids, np.array([k[0] for k in keys]), np.array([k[1] for k in keys], object),
@@ -157,7 +185,7 @@ def test_parts_added_one_and_several_at_a_time_grow_chunks_merged_as_a_binary_co
 
     def read_all(parts):
         reads.append(len(parts))
-        return pa.concat_tables([pq.read_table(f) for _, f in parts])
+        return [(name, pq.read_table(f)) for name, f in parts]
 
     layouts = []
     for n in (4, 5, 6, 9, 10):  # one part, one, three at once, one
@@ -190,7 +218,7 @@ def test_a_missing_chunk_or_a_part_that_left_rebuilds(tmp_path):
 
     def read_all(parts):
         reads.append(len(parts))
-        return pa.concat_tables([pq.read_table(f) for _, f in parts])
+        return [(name, pq.read_table(f)) for name, f in parts]
 
     stepcounts.step_counts(files[:2], _vocab(), cache, lambda: read_all(files[:2]))
     stepcounts.step_counts(files[:3], _vocab(), cache, lambda: read_all(files[:3]))
@@ -224,8 +252,8 @@ def test_counts_added_into_the_callers_rows():
     scattered steps, several columns per step), the same values as returned arrays; a wrong shape is an error."""
     rng = np.random.default_rng(5)
     tables = [_part(rng, [0, 1, 2]), _part(rng, [2, 3])]
-    c = stepcounts.step_counts([(str(i), t) for i, t in enumerate(tables)], _vocab(), None,
-                               lambda: pa.concat_tables(tables))
+    parts = [(str(i), t) for i, t in enumerate(tables)]
+    c = stepcounts.step_counts(parts, _vocab(), None, lambda: parts)
     ids = np.array([0, 1, 2, 3])
     for keys in ({(s, "train"): s for s in range(4)}, {(0, "train"): 3, (3, "train"): 0, (1, "train"): 2},
                  {(s, sp): s for s in range(4) for sp in ("train", "eval")}):
@@ -251,8 +279,8 @@ def test_group_sums_and_rows_equal_the_per_step_counts(tmp_path):
         files.append((f"p{i}", tmp_path / f"p{i}.counts.parquet"))
         pq.write_table(_part(rng, steps), files[-1][1])
     cache = tmp_path / "rollup" / "step_counts"
-    read = lambda parts: pa.concat_tables([pq.read_table(f) for _, f in parts])  # noqa: E731
-    stepcounts.step_counts(files[:2], _vocab(), cache, lambda: read(files[:2]))
+    read = lambda parts: [(name, pq.read_table(f)) for name, f in parts]  # noqa: E731
+    stepcounts.step_counts(files[:3], _vocab(), cache, lambda: read(files[:3]))
     c = stepcounts.step_counts(files, _vocab(), cache, lambda: read(files))
     assert len(c.blocks) == 2
     t = 6

@@ -327,3 +327,35 @@ def test_segments_from_memory_keep_each_members_range_across_row_groups(tmp_path
 def test_codecs_name_the_same_compression_for_both_writers():
     assert segments.duckdb_codec({"compression": "none", "use_dictionary": True}) == "uncompressed"
     assert segments.duckdb_codec({"compression": "lz4"}) == segments.duckdb_codec("lz4") == "lz4"
+
+
+def _members(subset, **kw):
+    return {p.name: sorted((r["part"], r["v"]) for r in t.to_pylist()) for p, t in segments.read_members(subset, "cells",
+                                                                                                        **kw)}
+
+
+@pytest.mark.parametrize("row_group", [2, segments.ROW_GROUP])
+def test_read_members_gives_each_file_its_own_rows_once(tmp_path, monkeypatch, row_group):
+    """`read_members`: every file asked for exactly once with exactly its rows, whether loose, in a segment read
+    whole (row groups cutting across members), held only by a segment's range (its file gone, another member
+    left), or in a segment a merge of this call has just written."""
+    monkeypatch.setattr(segments, "ROW_GROUP", row_group)
+    files = parts(tmp_path, 2 * FANOUT + 5)
+    want = {f.name: rows([f]) for f in files}
+    _fresh(files, files[:FANOUT], [])  # the first group: a segment only (the files are not written)
+    assert not any(f.is_file() for f in files[:FANOUT])
+    # the second group merges in this call; the last 5 stay loose
+    got = _members(files)
+    assert got == want and len(list(segments.read_members(files, "cells"))) == len(files)
+    assert len(list((tmp_path / "segments" / "cells").glob("L1-*"))) == 2
+    # a subset: only segments wholly inside it are read whole; the others by their members' ranges
+    subset = files[2:5] + files[FANOUT + 1:FANOUT + 3] + files[-2:]
+    assert _members(subset, merge=False) == {f.name: want[f.name] for f in subset}
+    # a member left the run: the others of its segment are read by their ranges (those without files) or
+    # loose (one written again): each once
+    pq.write_table(pa.table({"part": [7] * 3, "v": [70, 71, 72]}), files[7])
+    wanted = files[:3] + files[4:]
+    read = [p.name for p, _ in segments.read_members(wanted, "cells")]
+    assert sorted(read) == sorted(f.name for f in wanted)
+    assert _members(wanted) == {f.name: want[f.name] for f in wanted}
+    assert list(segments.read_members([], "cells")) == []

@@ -101,35 +101,40 @@ def sweep(directory: Path, named: set[str]) -> None:
                     f.unlink()
 
 
-def merge_count(chunks: list[Chunk]) -> int:
+def merge_count(chunks: list[Chunk], full: Callable[[Chunk], bool] = lambda c: False) -> int:
     """How many of the newest chunks to merge into one (0: none): as a binary counter carries, the newest two
-    while the older holds no more parts than the newer (with the merged chunk then the newest)."""
+    while the older holds no more parts than the newer (with the merged chunk then the newest), and is not
+    `full` (an owner whose chunks grow with something else than parts, e.g. a run's steps, bounds them so)."""
     sizes = [len(c.parts) for c in chunks]
     k = 1
-    while k < len(sizes) and sizes[-k - 1] <= sum(sizes[-k:]):
+    while k < len(sizes) and not full(chunks[-k - 1]) and sizes[-k - 1] <= sum(sizes[-k:]):
         k += 1
     return k if k > 1 else 0
 
 
 def append(directory: Path, key: str, listed: list[Chunk], held: list[Any], parts: list[str], rows: Any,
            concat: Callable[[list[Any]], Any], write: Callable[[list[str], Any], Chunk | None],
-           info: dict[str, Any] | None = None, former: Path | None = None) -> None:
+           info: dict[str, Any] | None = None, former: Path | None = None,
+           full: Callable[[Chunk], bool] = lambda c: False) -> list[Chunk] | None:
     """Add a chunk of `rows` (those of the parts `parts`) after the chunks `listed` (whose rows are `held`, in
     the same order), merged with the newest as `merge_count` says (`concat` joins rows; `write(parts, rows)`
     writes a chunk file and describes it, None where it could not), and write the manifest naming them all.
-    A chunk that cannot be written leaves the cache as it was. `former`: the file of a layout before chunks,
-    removed once a cache built anew (`listed` empty) is saved."""
-    k = merge_count(listed + [Chunk("", parts)])
+    Returns the chunks the manifest now names (the first of `listed` kept as they were, then the new one), or
+    None where a chunk or the manifest could not be written: the cache is then as it was. `former`: the file of
+    a layout before chunks, removed once a cache built anew (`listed` empty) is saved."""
+    k = merge_count(listed + [Chunk("", parts)], full)
     cut = len(listed) - k + 1 if k else len(listed)
     superseded, kept = listed[cut:], listed[:cut]
     if superseded:
         parts = [p for c in superseded for p in c.parts] + parts
         rows = concat(held[cut:] + [rows])
     chunk = write(parts, rows)
-    if chunk is not None and save(directory, key, kept + [chunk], info, superseded=superseded) and not listed \
-            and former is not None:
+    if chunk is None or not save(directory, key, kept + [chunk], info, superseded=superseded):
+        return None
+    if not listed and former is not None:
         with contextlib.suppress(OSError):
             former.unlink(missing_ok=True)
+    return kept + [chunk]
 
 
 def load_tables(directory: Path, key: str, parts: set[str], schema: pa.Schema

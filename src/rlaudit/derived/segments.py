@@ -51,17 +51,19 @@ hence ROW_GROUP.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -144,6 +146,54 @@ def read_member(path: Path, kind: str) -> pa.Table:
             first = starts[groups[0]] if groups else 0
             return t.slice(lo - first, hi - lo).replace_schema_metadata(None)
     raise FileNotFoundError(f"{path}: neither the file nor a segment holding its rows")
+
+
+def read_members(paths: list[Path], kind: str, merge: bool = True, compression: Codec = "lz4"
+                 ) -> Iterator[tuple[Path, pa.Table]]:
+    """Each of `paths` (per-part files of one `kind` in one directory) with its rows, read from `covering`'s
+    sources (`merge` and `compression` as there): a segment a row group at a time, cut at its members' row
+    ranges. So a reader of a whole long run holds one row group and one part's rows at a time, and knows which
+    part each row is of (a view over the segments gives neither). In the sources' order, not `paths`'."""
+    if not paths:
+        return
+    by_name = {p.name: p for p in paths}
+    sources = covering(paths, kind, merge=merge, compression=compression)
+    info = {s.path: s for s in _segments(paths[0].parent / "segments" / kind)}  # after the merge: its segments
+    for src in sources:
+        seg = info.get(src.path if isinstance(src, Rows) else src)
+        if seg is None:  # a loose file
+            yield by_name[src.name], pq.ParquetFile(src).read()
+        elif seg.rows is None:  # written before row counts were kept: its members have their files
+            for m in seg.members:
+                yield by_name[m], pq.ParquetFile(by_name[m]).read()
+        else:
+            bounds = np.concatenate([[0], np.cumsum(seg.rows)])
+            ranges = src.ranges if isinstance(src, Rows) else [(0, int(bounds[-1]))]
+            inside = [(m, int(bounds[i]), int(bounds[i + 1])) for i, m in enumerate(seg.members)
+                      if m in by_name and any(lo <= bounds[i] and bounds[i + 1] <= hi for lo, hi in ranges)]
+            yield from ((by_name[m], t) for m, t in _cut(seg.path, inside))
+
+
+def _cut(path: Path, members: list[tuple[str, int, int]]) -> Iterator[tuple[str, pa.Table]]:
+    """The rows of `members` ((name, first row, end row), in the file's order) of segment `path`, reading each
+    row group once."""
+    f = pq.ParquetFile(path)
+    meta = f.metadata
+    starts = [0]
+    for i in range(meta.num_row_groups):
+        starts.append(starts[-1] + meta.row_group(i).num_rows)
+    last: tuple[int, pa.Table] | None = None
+    for m, lo, hi in members:
+        pieces = []
+        g = bisect.bisect_right(starts, lo) - 1
+        while lo < hi and g < meta.num_row_groups and starts[g] < hi:
+            if last is None or last[0] != g:
+                last = (g, f.read_row_group(g))
+            a, b = max(lo, starts[g]) - starts[g], min(hi, starts[g + 1]) - starts[g]
+            pieces.append(last[1].slice(a, b - a))
+            g += 1
+        t = pa.concat_tables(pieces) if pieces else f.schema_arrow.empty_table()
+        yield m, t.replace_schema_metadata(None)
 
 
 def _range(seg: _Seg, member: str) -> tuple[int, int]:

@@ -22,8 +22,11 @@ terms reported.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import mmap
 from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -40,30 +43,38 @@ NULL_SPLIT = "\x00null"
 
 
 class Block:
-    """The counts of some (step, split) columns (`steps`, `splits`): per `where`, `x` and `m` (terms in the
-    vocabulary's order x columns; int32 or int64, possibly memory-mapped)."""
+    """The counts of some (step, split) columns (`steps`, `splits`): one matrix (`arr`: rows answer x, answer m,
+    reasoning x, reasoning m, terms in the vocabulary's order; int32 where the counts fit, possibly
+    memory-mapped from its chunk), with per `where` views `x` and `m`."""
 
-    def __init__(self, steps: np.ndarray, splits: np.ndarray, x: dict[str, np.ndarray], m: dict[str, np.ndarray]):
-        self.steps, self.splits, self.x, self.m = steps, splits, x, m
-
-    def stacked(self) -> np.ndarray:
-        """The four arrays in one matrix (rows: answer x, answer m, reasoning x, reasoning m), as a chunk holds
-        them: int32 where they fit (half the bytes)."""
-        arr = np.concatenate([a[w] for w in WHERES for a in (self.x, self.m)], axis=0)
-        small = arr.size == 0 or (arr.min() >= 0 and arr.max() < 2 ** 31)
-        return arr.astype(np.int32) if small else arr
-
-    @classmethod
-    def unstack(cls, arr: np.ndarray, ids: dict[str, np.ndarray], steps: np.ndarray, splits: np.ndarray) -> Block:
+    def __init__(self, arr: np.ndarray, ids: dict[str, np.ndarray], steps: np.ndarray, splits: np.ndarray):
         if arr.ndim != 2 or arr.shape != (2 * sum(len(v) for v in ids.values()), len(steps)) or len(splits) != len(
                 steps):
             raise ValueError("step counts: a chunk's shape does not match its vocabulary and columns")
-        x, m, at = {}, {}, 0
+        self.arr, self.steps, self.splits = arr, steps, splits
+        self.x, self.m, at = {}, {}, 0
         for w in WHERES:
             k = len(ids[w])
-            x[w], m[w] = arr[at:at + k], arr[at + k:at + 2 * k]
+            self.x[w], self.m[w] = arr[at:at + k], arr[at + k:at + 2 * k]
             at += 2 * k
-        return cls(steps, splits, x, m)
+
+    def stacked(self) -> np.ndarray:
+        """The matrix as a chunk holds it: int32 where the counts fit (half the bytes)."""
+        arr = self.arr
+        small = arr.size == 0 or (arr.min() >= 0 and arr.max() < 2 ** 31)
+        return arr.astype(np.int32) if small and arr.dtype != np.int32 else arr
+
+    def release(self) -> None:
+        """Drop the pages of a memory-mapped matrix from this process (they stay in the page cache): a reader
+        that has summed a block does not keep it resident, so a run's counts, however many steps, cost one block
+        of resident memory at a time (15,625 steps: ~750 MB mapped in all)."""
+        base = self.arr
+        while base is not None and not isinstance(base, np.memmap):
+            base = base.base
+        mm = getattr(base, "_mmap", None)
+        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            with contextlib.suppress(OSError, ValueError):
+                mm.madvise(mmap.MADV_DONTNEED)
 
 
 class StepCounts:
@@ -106,6 +117,7 @@ class StepCounts:
                     s = col_si[order]
                     starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
                     dense[:, s[starts]] += np.add.reduceat(arr[:, order].astype(np.int64), starts, axis=1)
+            b.release()
         return out
 
     def group_sums(self, where: str, term_ids: np.ndarray, key_step: np.ndarray, key_split: np.ndarray,
@@ -136,6 +148,7 @@ class StepCounts:
                 # array took ~7 times as long (the trend bins at 10M rollouts: ~0.1 against ~0.015 CPU s)
                 for lo, hi in zip(bounds[:-1], bounds[1:]):
                     acc[:, g[lo]] += arr[:, at + lo:at + hi].sum(axis=1, dtype=np.int64)
+            b.release()
         return out
 
     def _check(self, where: str, term_ids: np.ndarray) -> None:
@@ -156,73 +169,115 @@ class StepCounts:
         return cols
 
 
-def step_counts(parts: list[tuple[str, Any]], vocab: pa.Table, cache: Path | None, read_all) -> StepCounts:
+def step_counts(parts: list[tuple[str, Any]], vocab: pa.Table, cache: Path | None,
+                read_all: Callable[[], Iterable[tuple[str, pa.Table]]]) -> StepCounts:
     """The dense counts of the parts `parts` ((name, count table: file or Arrow table)). `cache`: the run's cache
     directory (None: nothing cached, e.g. a store keeping derived data in memory); `read_all()`: every part's
-    rows (where, term_id, step, split, x, m), an Arrow table or an iterable of Arrow record batches, for a build
-    from scratch (the caller's view over segments, streamed: the whole 10M-rollout run's 12M rows held at once
-    took the audit to ~1.9 GB)."""
+    name and rows (where, term_id, step, split, x, m), one part at a time, for a build from scratch.
+
+    Built in blocks of at most BLOCK_CELLS counts (the columns of consecutive parts), each written as a chunk
+    as soon as it is complete and mapped back (`_Chunks`): the arrays are (terms x steps), and one built whole
+    grew with the run's steps (15,625 steps: 1.5 GB of int64 held, 3.1 GB at its peak; 39,062 steps: 8 GB)."""
     ids = {w: np.asarray(vocab.filter(pc.equal(vocab["where"], w))["term_id"].to_numpy(), np.int64)
            for w in WHERES}
-    names = [name for name, _ in parts]
-    key = _key(ids)
-    held = _load(cache, key, ids, set(names)) if cache is not None else None
-    if held is None:
-        build = _Builder(ids)
+    held = _Chunks(cache, _key(ids), ids, {name for name, _ in parts})
+    covered = {p for c in held.listed for p in c.parts}
+    if held.built:
+        pieces: Iterable[tuple[str, pa.Table]] = (
+            (name, entry if isinstance(entry, pa.Table) else segments.read_member(Path(entry), "counts"))
+            for name, entry in parts if name not in covered)  # the parts added since: a chunk of their own
+    else:
         pieces = read_all()
-        for piece in [pieces] if isinstance(pieces, pa.Table) else pieces:
-            build.add(piece if isinstance(piece, pa.Table) else pa.Table.from_batches([piece]))
-        block = build.result()
-        if cache is not None:
-            _save(cache, key, [], [], names, block)
-        return StepCounts(ids, [block])
-    listed, blocks = held
-    covered = {p for c in listed for p in c.parts}
-    new = [(name, entry) for name, entry in parts if name not in covered]
-    if new:
-        build = _Builder(ids)
-        for name, entry in new:
-            # a part a cold audit wrote into a segment only has no file of its own: its range of the segment
-            build.add(entry if isinstance(entry, pa.Table) else segments.read_member(Path(entry), "counts"))
-        block = build.result()
-        _save(cache, key, listed, blocks, [name for name, _ in new], block)
-        blocks = blocks + [block]
-    return StepCounts(ids, blocks)
+    build = _Builder(ids, held.add)
+    for name, rows in pieces:
+        build.add(name, rows)
+    build.close()
+    return StepCounts(ids, held.blocks())
+
+
+#: counts (terms of both places x 2 x columns) in one block while it is built: 64 MB of int64 (32 MB as its
+#: chunk's int32). A run of 200 steps and ~3,000 terms a place is one block; one of 15,625 steps ~24.
+BLOCK_CELLS = 8 << 20
+
+
+class _Chunks:
+    """A run's cached chunks (`cache`: None keeps every block in memory) and the blocks added this audit."""
+
+    def __init__(self, cache: Path | None, key: str, ids: dict[str, np.ndarray], parts: set[str]):
+        self.cache, self.key, self.ids = cache, key, ids
+        loaded = _load(cache, key, ids, parts) if cache is not None else None
+        self.built = loaded is not None
+        self.listed, self.mapped = loaded if loaded is not None else ([], [])
+        self.unsaved: list[Block] = []  # blocks whose chunk could not be written (kept in memory)
+        self.cells = 2 * sum(len(v) for v in ids.values())  # counts per column
+
+    def add(self, parts: list[str], block: Block) -> None:
+        """Write `block` (the columns of `parts`) as a chunk after those listed (merged with the newest where
+        `chunks.merge_count` says, full chunks never), then hold it memory-mapped; in memory where it cannot be
+        written."""
+        if self.cache is None:
+            self.unsaved.append(block)
+            return
+        full = lambda c: len(c.info.get("steps", ())) * self.cells >= BLOCK_CELLS // 2  # noqa: E731
+        listed = chunks.append(self.cache, self.key, self.listed, self.mapped, parts, block,
+                               lambda blocks: _concat(blocks, self.ids),
+                               lambda names, b: _write(self.cache, self.key, names, b),
+                               former=self.cache.parent / "step_counts.npz", full=full)
+        if listed is None:
+            self.unsaved.append(block)
+            return
+        kept = len(listed) - 1
+        new = listed[-1]
+        self.listed = listed
+        self.mapped = self.mapped[:kept] + [_map(self.cache, new, self.ids)]
+
+    def blocks(self) -> list[Block]:
+        return self.mapped + self.unsaved
 
 
 class _Builder:
-    """Adds count rows into dense arrays. A row's place is coded as column x terms + term row, which stays valid
-    as new (step, split) columns appear, so rows are gathered in batches of up to FOLD_ROWS and counted by one
-    bincount each (a dense bincount per small batch cost ~6 CPU s for the 10M-rollout run's 116 batches)."""
+    """Adds count rows, part by part, into dense blocks of at most BLOCK_CELLS counts (a part's columns stay in
+    one block; a block is closed before the part that would take it past the bound, and handed to `done` with
+    its parts). A row's place is coded as column x terms + term row, which stays valid as new (step, split)
+    columns appear, so rows are gathered in batches of up to FOLD_ROWS and counted by one bincount each (a dense
+    bincount per small batch cost ~6 CPU s for the 10M-rollout run's 116 batches)."""
 
     FOLD_ROWS = 4 << 20
 
-    def __init__(self, ids: dict[str, np.ndarray]):
-        self.ids = ids
-        self.keys: list[tuple[int, str]] = []
-        self.col_of: dict[tuple[int, str], int] = {}
-        self.arrays: dict[tuple[str, str], np.ndarray | None] = {(w, name): None for w in WHERES
-                                                                 for name in ("x", "m")}
+    def __init__(self, ids: dict[str, np.ndarray], done: Callable[[list[str], Block], None]):
+        self.ids, self.done = ids, done
+        self.cells = 2 * sum(len(v) for v in ids.values())
         self.lookup = {}
         for w, w_ids in ids.items():
             self.lookup[w] = np.full(int(w_ids.max(initial=-1)) + 1, -1, np.int64)
             self.lookup[w][w_ids] = np.arange(len(w_ids))
-        self.pending: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {w: [] for w in WHERES}
+        self._start()
+
+    def _start(self) -> None:
+        self.parts: list[str] = []
+        self.keys: list[tuple[int, str]] = []
+        self.col_of: dict[tuple[int, str], int] = {}
+        self.arr: np.ndarray | None = None  # the stacked counts (Block's rows) of the folded rows
+        self.pending: list[tuple[np.ndarray, np.ndarray]] = []  # (codes, counts) of rows not yet folded
         self.rows = 0
 
-    def add(self, rows: pa.Table) -> None:
+    def add(self, name: str, rows: pa.Table) -> None:
         split = pc.dictionary_encode(pc.fill_null(rows["split"].cast(pa.string()), NULL_SPLIT)).combine_chunks()
         names = np.asarray(split.dictionary.to_numpy(zero_copy_only=False), str)
         code = np.asarray(rows["step"].to_numpy(), np.int64) * max(len(names), 1) + split.indices.to_numpy()
         ucode, inv = np.unique(code, return_inverse=True)
         keys = [(int(u // len(names)), str(names[u % len(names)])) for u in ucode.tolist()]
+        new = sum(k not in self.col_of for k in keys)
+        if self.parts and new and (len(self.keys) + new) * self.cells > BLOCK_CELLS:
+            self.close()
         for k in keys:
             if k not in self.col_of:
                 self.col_of[k] = len(self.keys)
                 self.keys.append(k)
         col = np.array([self.col_of[k] for k in keys], np.int64)[inv.ravel()]
         term = np.asarray(rows["term_id"].to_numpy(), np.int64)
-        x, m = (np.asarray(rows[name].to_numpy(), np.int64) for name in ("x", "m"))
+        counts = np.stack([np.asarray(rows[c].to_numpy(), np.int64) for c in ("x", "m")])
+        at = 0  # the block row of the place's first term (x rows, then m rows)
         for w, w_ids in self.ids.items():
             sel = np.flatnonzero(np.asarray(pc.equal(rows["where"], w).to_numpy(zero_copy_only=False), bool))
             lookup = self.lookup[w]
@@ -230,39 +285,45 @@ class _Builder:
             row = np.where(t < len(lookup), lookup[np.minimum(t, len(lookup) - 1)], -1) if len(lookup) else t * 0 - 1
             inside = row >= 0  # rows of other terms count for none (as the SQL join on the vocabulary's ids)
             sel, row = sel[inside], row[inside]
-            self.pending[w].append((col[sel] * len(w_ids) + row, x[sel], m[sel]))
+            # x at rows at + row, m at rows at + k + row: coded as column * cells + block row
+            base = col[sel] * self.cells + at + row
+            self.pending.append((np.concatenate([base, base + len(w_ids)]),
+                                 np.concatenate([counts[0, sel], counts[1, sel]])))
+            at += 2 * len(w_ids)
+        self.parts.append(name)
         self.rows += len(rows)
         if self.rows >= self.FOLD_ROWS:
             self._fold()
 
     def _fold(self) -> None:
         c = len(self.keys)
-        for w, w_ids in self.ids.items():
-            k = len(w_ids)
-            pending = self.pending[w]
-            codes = np.concatenate([p[0] for p in pending]) if pending else np.zeros(0, np.int64)
-            for i, name in ((1, "x"), (2, "m")):
-                arr = np.zeros((k, c), np.int64)
-                held = self.arrays[(w, name)]
-                if held is not None:
-                    arr[:, :held.shape[1]] = held
-                if len(codes):
-                    # integer counts summed as doubles: exact below 2^53
-                    weights = np.concatenate([p[i] for p in pending]).astype(np.float64)
-                    arr += np.bincount(codes, weights=weights, minlength=c * k).astype(np.int64).reshape(c, k).T
-                self.arrays[(w, name)] = arr
-            self.pending[w] = []
-        self.rows = 0
+        arr = np.zeros((c, self.cells), np.int64)  # column-major while built: new columns append rows
+        if self.arr is not None:
+            arr[:self.arr.shape[0]] = self.arr
+        if self.pending:
+            codes = np.concatenate([p[0] for p in self.pending])
+            # integer counts summed as doubles: exact below 2^53
+            weights = np.concatenate([p[1] for p in self.pending]).astype(np.float64)
+            arr += np.bincount(codes, weights=weights, minlength=c * self.cells).astype(np.int64).reshape(
+                c, self.cells)
+        self.arr, self.pending, self.rows = arr, [], 0
 
-    def result(self) -> Block:
-        """The block, its columns in (step, split) order (so that a scope's consecutive steps are consecutive
-        columns: `per_step` copies them as one slice)."""
+    def close(self) -> None:
+        """Hand the block (its columns in (step, split) order, so that a scope's consecutive steps are consecutive
+        columns: `per_step` copies them as one slice) to `done`, and start the next."""
+        if not self.parts:
+            return
         self._fold()
         steps = np.array([k[0] for k in self.keys], np.int64)
         splits = np.array([k[1] for k in self.keys], dtype=object).astype(str)
         order = np.lexsort((splits, steps)) if len(steps) else np.zeros(0, np.int64)
-        return Block(steps[order], splits[order], {w: self.arrays[(w, "x")][:, order] for w in WHERES},
-                     {w: self.arrays[(w, "m")][:, order] for w in WHERES})
+        arr = self.arr[order].T if self.arr is not None else np.zeros((self.cells, 0), np.int64)
+        small = arr.size == 0 or (arr.min() >= 0 and arr.max() < 2 ** 31)
+        block = Block(np.ascontiguousarray(arr, np.int32 if small else np.int64), self.ids, steps[order],
+                      splits[order])
+        parts = self.parts
+        self._start()
+        self.done(parts, block)
 
 
 def _key(ids: dict[str, np.ndarray]) -> str:
@@ -282,22 +343,16 @@ def _load(directory: Path, key: str, ids: dict[str, np.ndarray], parts: set[str]
     if held is None:
         return None
     try:
-        blocks = [Block.unstack(np.load(directory / c.name, mmap_mode="r", allow_pickle=False), ids,
-                                np.asarray(c.info["steps"], np.int64), np.asarray(c.info["splits"], str))
-                  for c in held[0]]
+        blocks = [_map(directory, c, ids) for c in held[0]]
     except (OSError, ValueError, KeyError, TypeError, EOFError):
         return None
     return held[0], blocks
 
 
-def _save(directory: Path, key: str, listed: list[chunks.Chunk], blocks: list[Block], parts: list[str],
-          block: Block) -> None:
-    """Add a chunk of `block` (the counts of the parts `parts`) after those `listed` (whose blocks are `blocks`):
-    `chunks.append`; a cache built from scratch removes the former single-file layout (`step_counts.npz` beside
-    this directory)."""
-    chunks.append(directory, key, listed, blocks, parts, block, _concat,
-                  lambda names, rows: _write(directory, key, names, rows),
-                  former=directory.parent / "step_counts.npz")
+def _map(directory: Path, chunk: chunks.Chunk, ids: dict[str, np.ndarray]) -> Block:
+    """The block of a chunk, memory-mapped."""
+    return Block(np.load(directory / chunk.name, mmap_mode="r", allow_pickle=False), ids,
+                 np.asarray(chunk.info["steps"], np.int64), np.asarray(chunk.info["splits"], str))
 
 
 def _write(directory: Path, key: str, parts: list[str], block: Block) -> chunks.Chunk | None:
@@ -313,8 +368,8 @@ def _write(directory: Path, key: str, parts: list[str], block: Block) -> chunks.
     return chunks.Chunk(name, list(parts), {"steps": block.steps.tolist(), "splits": block.splits.tolist()})
 
 
-def _concat(blocks: list[Block]) -> Block:
+def _concat(blocks: list[Block], ids: dict[str, np.ndarray]) -> Block:
     """One block of the columns of `blocks` (a column held by two keeps both: `per_step` adds them up)."""
-    cat = lambda arrs: np.concatenate(arrs, axis=1)  # noqa: E731
-    return Block(np.concatenate([b.steps for b in blocks]), np.concatenate([b.splits for b in blocks]),
-                 {w: cat([b.x[w] for b in blocks]) for w in WHERES}, {w: cat([b.m[w] for b in blocks]) for w in WHERES})
+    dtype = np.result_type(*[b.arr.dtype for b in blocks])
+    return Block(np.concatenate([b.arr for b in blocks], axis=1).astype(dtype, copy=False), ids,
+                 np.concatenate([b.steps for b in blocks]), np.concatenate([b.splits for b in blocks]))

@@ -47,7 +47,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -255,6 +255,21 @@ class TermSets:
             rows = np.searchsorted(np.asarray(off, np.int64), np.flatnonzero(ids == term_id), side="right") - 1
             pieces.append(rid[rows])
         return pa.table({"rid": pa.array(np.concatenate(pieces) if pieces else np.zeros(0, np.uint64), pa.uint64())})
+
+    def count_tables(self) -> Iterator[tuple[str, pa.Table]]:
+        """Every part's per-step counts, one part at a time (name, rows): the files through their segments, merged
+        first as `register` merges them (`segments.read_members`), then the tables held in memory."""
+        files = {Path(e["counts"]).name: name for name, e in self.parts if not isinstance(e["counts"], pa.Table)}
+        paths = [Path(e["counts"]) for _, e in self.parts if not isinstance(e["counts"], pa.Table)]
+        if paths and len({p.parent for p in paths}) == 1:
+            for path, table in segments.read_members(paths, "counts"):
+                yield files[path.name], table
+        else:
+            for path in paths:
+                yield files[path.name], segments.read_member(path, "counts")
+        for name, e in self.parts:
+            if isinstance(e["counts"], pa.Table):
+                yield name, e["counts"]
 
     def register(self, con: duckdb.DuckDBPyConnection, terms: str | None = "rt",
                  counts: str | None = "step_counts") -> None:

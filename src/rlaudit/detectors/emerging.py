@@ -250,11 +250,7 @@ class Scope:
         cache = None if not counts or isinstance(counts[0][1], pa.Table) or not getattr(
             ctx.store, "persist_derived", True) else Path(counts[0][1]).parent / "rollup" / "step_counts"
 
-        def every_part() -> pa.RecordBatchReader:
-            sets.register(con, None, "step_counts")
-            return con.sql('SELECT "where", term_id, step, split, x, m FROM step_counts').to_arrow_reader(1 << 20)
-
-        self.counts = stepcounts.step_counts(counts, self.vocab, cache, every_part)
+        self.counts = stepcounts.step_counts(counts, self.vocab, cache, sets.count_tables)
         self._keys = con.execute("SELECT step, split, si FROM keys").fetchnumpy()
         self._key_columns: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.window_parts = {r[0] for r in con.execute(
