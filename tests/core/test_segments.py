@@ -330,8 +330,8 @@ def test_codecs_name_the_same_compression_for_both_writers():
 
 
 def _members(subset, **kw):
-    return {p.name: sorted((r["part"], r["v"]) for r in t.to_pylist()) for p, t in segments.read_members(subset, "cells",
-                                                                                                        **kw)}
+    got = segments.read_members(subset, "cells", **kw)
+    return {p.name: sorted((r["part"], r["v"]) for r in t.to_pylist()) for p, t in got}
 
 
 @pytest.mark.parametrize("row_group", [2, segments.ROW_GROUP])
