@@ -262,3 +262,41 @@ def test_group_ess_sums_with_logged_missing_and_mixed_advantages(store, seed):
         sd = float(np.std(r, ddof=1)) if len(r) > 1 else 0.0
         a = np.where(logged[rows_g], adv[rows_g], (r - r.mean()) / (sd + 1e-4))
         assert got[f"g{g}"] == (pytest.approx(np.abs(a).sum(), rel=1e-9), pytest.approx((a ** 2).sum(), rel=1e-9))
+
+
+@pytest.mark.parametrize("batch", [5, 1 << 20])
+def test_the_rollup_holds_each_small_kinds_rows_in_order_in_row_groups_by_kind(store, monkeypatch, batch):
+    """The rollup is written a batch at a time (`ROLLUP_BATCH` rows, each sorted by kind): it holds exactly the
+    combined file's rows of the small kinds, each kind's in their order, and with one batch every row group is
+    of one kind but where one kind ends and the next starts (a filter on `kind` skips the others); the findings
+    are those read from the parts."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from rlaudit.derived import partstats
+    from rlaudit.detectors import training_stats
+    from rlaudit.organisms import run
+
+    monkeypatch.setattr(partstats, "COMPACT_AT", 3)
+    monkeypatch.setattr(training_stats, "ROLLUP_BATCH", batch)
+    monkeypatch.setattr(training_stats, "ROLLUP_GROUP", 16)
+    table = _with_group_ids(run("easy_groups", steps=30, prompts=8).canonical(), "step")
+    steps = np.array(table.column("step").to_pylist())
+    for i, (lo, hi) in enumerate([(0, 8), (8, 16), (16, 22), (22, 30)]):
+        store.append("e", table.filter((steps > lo) & (steps <= hi)), key=f"k{i}")
+    _same(_findings(store, "e", True), _findings(store, "e", False))
+    cache = store.run_dir("e") / "derived" / "partstats" / "training_health"
+    rollup = next(cache.glob("v*/combined.small-*.parquet"))
+    combined = pq.read_table(rollup.with_name("combined.parquet")).drop_columns(["_stem"])
+    got = pq.read_table(rollup)
+    assert got.num_rows > 2 * batch if batch == 5 else True
+    for k in training_stats.SMALL:
+        want = combined.filter(pc.equal(combined["kind"], k)).to_pylist()
+        assert got.filter(pc.equal(got["kind"], k)).to_pylist() == want
+    assert got.num_rows == sum(pc.sum(pc.equal(combined["kind"], k)).as_py() for k in training_stats.SMALL)
+    meta = pq.ParquetFile(rollup).metadata
+    mixed = sum(meta.row_group(i).column(meta.schema.names.index("kind")).statistics.min
+                != meta.row_group(i).column(meta.schema.names.index("kind")).statistics.max
+                for i in range(meta.num_row_groups))
+    if batch > got.num_rows:  # one batch: only the row groups where one kind ends and the next starts mix kinds
+        assert meta.num_row_groups > 2 * len(training_stats.SMALL) and mixed < len(training_stats.SMALL)
