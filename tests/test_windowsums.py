@@ -306,3 +306,30 @@ def test_a_stack_offsets_keys_in_a_type_that_holds_them():
         r[0, 0] = 1
     small = windowsums._stack([windowsums.PartSums(keys[:2], r) for r in few])
     assert small.rows.dtype == np.uint16 and small.rows[:, 0].tolist() == [1, 0, 3, 2]
+
+
+def test_a_cold_computation_is_cached_a_batch_at_a_time_and_read_back_mapped(tmp_path, monkeypatch):
+    """Window parts computed in several batches: each batch is cached as a chunk as it comes (full chunks are
+    not merged back into one) and every part's sums are read back from the mapped chunks, equal to the
+    definitions and to the sums held in memory without a cache; `release` leaves them readable."""
+    parts = _parts(7, seed=4)
+    entries = [(name, {}) for name, _ in parts]
+    monkeypatch.setattr(windowsums, "BATCH_STEPS", 2)
+    monkeypatch.setattr(windowsums, "FULL_ROWS", 1)  # every chunk is full
+    cache = tmp_path / "window_sums"
+    got = windowsums.window_sums(entries, {n for n, _ in parts}, VOCAB, _read(parts), cache)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert [c["parts"] for c in manifest["chunks"]] == [["p0", "p1"], ["p2", "p3"], ["p4", "p5"], ["p6"]]
+    assert all(isinstance(s, windowsums._InChunk) for s in got)
+    want = [_expected(t) for _, t in parts]
+    assert [_as_dict(s) for s in got] == want
+    windowsums.release(got)
+    assert [_as_dict(s) for s in got] == want
+    held = windowsums.window_sums(entries, {n for n, _ in parts}, VOCAB, _read(parts), None)
+    assert [_as_dict(s) for s in held] == want
+    # without FULL_ROWS the batches' chunks merge as a binary counter (and read the same)
+    monkeypatch.setattr(windowsums, "FULL_ROWS", 1 << 40)
+    merged = tmp_path / "merged"
+    got = windowsums.window_sums(entries, {n for n, _ in parts}, VOCAB, _read(parts), merged)
+    assert [len(c["parts"]) for c in json.loads((merged / "manifest.json").read_text())["chunks"]] == [4, 2, 1]
+    assert [_as_dict(s) for s in got] == want

@@ -112,6 +112,23 @@ def merge_count(chunks: list[Chunk], full: Callable[[Chunk], bool] = lambda c: F
     return k if k > 1 else 0
 
 
+def release(arr: Any) -> None:
+    """Drop the pages of a memory-mapped chunk (`arr`: an `np.memmap` or a view of one) from this process; they
+    stay in the page cache, and a later read maps them back. What a reader of a whole run's chunks calls once it
+    has summed one, so that its resident memory is one chunk, not the run (a no-op for arrays in memory)."""
+    import mmap
+
+    import numpy as np
+
+    base = arr
+    while base is not None and not isinstance(base, np.memmap):
+        base = getattr(base, "base", None)
+    mm = getattr(base, "_mmap", None)
+    if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            mm.madvise(mmap.MADV_DONTNEED)
+
+
 def append(directory: Path, key: str, listed: list[Chunk], held: list[Any], parts: list[str], rows: Any,
            concat: Callable[[list[Any]], Any], write: Callable[[list[str], Any], Chunk | None],
            info: dict[str, Any] | None = None, former: Path | None = None,

@@ -22,9 +22,7 @@ terms reported.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import mmap
 from pathlib import Path
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -65,16 +63,10 @@ class Block:
         return arr.astype(np.int32) if small and arr.dtype != np.int32 else arr
 
     def release(self) -> None:
-        """Drop the pages of a memory-mapped matrix from this process (they stay in the page cache): a reader
-        that has summed a block does not keep it resident, so a run's counts, however many steps, cost one block
-        of resident memory at a time (15,625 steps: ~750 MB mapped in all)."""
-        base = self.arr
-        while base is not None and not isinstance(base, np.memmap):
-            base = base.base
-        mm = getattr(base, "_mmap", None)
-        if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-            with contextlib.suppress(OSError, ValueError):
-                mm.madvise(mmap.MADV_DONTNEED)
+        """Drop the pages of a memory-mapped matrix from this process (`chunks.release`): a reader that has summed
+        a block does not keep it resident, so a run's counts, however many steps, cost one block of resident
+        memory at a time (15,625 steps: ~750 MB mapped in all)."""
+        chunks.release(self.arr)
 
 
 class StepCounts:

@@ -253,33 +253,75 @@ def window_sums(parts: list[tuple[str, dict[str, Any]]], wanted: set[str], vocab
     for c, arr in zip(listed, blocks):
         for i, p in enumerate(c.parts):
             if p in wanted:
-                have[p] = _unstack(c.info, arr, i)
+                have[p] = _InChunk(c.info, arr, i)
     new = [name for name, _ in parts if name in wanted and name not in have]
-    computed: dict[str, PartSums] = {}
     # a cold audit's ~80-100 window parts, in batches (memory bounded by a batch per thread), by
     # `memory.workers` threads: `read` must be thread-safe (the reads, kernels and numpy release the GIL; one
     # thread left a core idle for ~0.7 s of a cold 1M audit)
-    batches: list[set[str]] = []
+    batches: list[list[str]] = []
     steps = 0
     for name in new:
         span = max(1, (steps_of or {}).get(name, 1))
         if not batches or len(batches[-1]) >= BATCH_PARTS or steps + span > BATCH_STEPS:
-            batches.append(set())
+            batches.append([])
             steps = 0
-        batches[-1].add(name)
+        batches[-1].append(name)
         steps += span
     n = min(len(batches), workers(BATCH_MEMORY))
-    for sums in in_order(lambda names: part_sums(*read(names), reasoning), batches, n, "windowsums"):
-        computed.update(sums)
-    fresh = [(name, computed.get(name, PartSums([], np.zeros((0, 2 + len(FIELDS)), np.int64)))) for name in new]
-    have.update(fresh)
-    if fresh and cache is not None:
-        if held is None:
-            listed, blocks = [], []
-        chunks.append(cache, key, listed, blocks, [n for n, _ in fresh], _stack([s for _, s in fresh]),
-                      lambda pieces: _concat(pieces, listed, blocks),
-                      lambda names_, stacked: _write(cache, key, names_, stacked))
+    empty = PartSums([], np.zeros((0, 2 + len(FIELDS)), np.int64))
+    # each batch's sums added to the cache as they come and then read from its mapped chunk: held in memory, a
+    # cold audit's window parts' sums grew with the window's steps (15,625 steps of 64 rollouts: ~1 GB)
+    for batch, sums in zip(batches, in_order(lambda names: part_sums(*read(set(names)), reasoning), batches, n,
+                                             "windowsums")):
+        fresh = [(name, sums.get(name, empty)) for name in batch]
+        added = None
+        if cache is not None:
+            added = chunks.append(cache, key, listed, blocks, batch, _stack([s for _, s in fresh]),
+                                  lambda pieces: _concat(pieces, listed, blocks),
+                                  lambda names_, stacked: _write(cache, key, names_, stacked), full=_full)
+        if added is None:  # nothing cached, or it could not be written: held
+            have.update(fresh)
+            continue
+        listed, blocks = added, blocks[:len(added) - 1] + [_map(cache, added[-1])]
+        for c, arr in zip(listed, blocks):  # a merge may have moved parts read before into the new chunk
+            for i, p in enumerate(c.parts):
+                if p in wanted:
+                    have[p] = _InChunk(c.info, arr, i)
     return [have[name] for name, _ in parts if name in wanted]
+
+
+#: rows of a chunk above which later chunks are not merged into it (`chunks.merge_count`): a cold audit's
+#: window parts are cached a batch at a time, and merging them all back into one would hold them all again
+FULL_ROWS = 1 << 20
+
+
+def _full(c: chunks.Chunk) -> bool:
+    ranges = c.info.get("ranges")
+    return bool(ranges) and ranges[-1][1] >= FULL_ROWS
+
+
+class _InChunk(PartSums):
+    """A part's sums in a chunk (memory-mapped, or a stack in memory), copied out as int64 each time `rows` is
+    read: a reader of many parts holds one part's copy at a time (`release` drops the mapped pages after)."""
+
+    def __init__(self, info: dict[str, Any], arr: np.ndarray, i: int):
+        lo, hi, k0, k1 = info["ranges"][i]
+        self.keys = [tuple(k) for k in info["keys"][k0:k1]]
+        self._at = (arr, lo, hi, k0)
+
+    @property
+    def rows(self) -> np.ndarray:  # type: ignore[override]
+        arr, lo, hi, k0 = self._at
+        rows = np.array(arr[lo:hi], np.int64)
+        rows[:, 0] -= k0
+        return rows
+
+
+def release(sums: list[PartSums]) -> None:
+    """Drop the mapped pages of the chunks holding `sums` from this process (`chunks.release`): once summed, a
+    run's window sums need not stay resident."""
+    for arr in {id(s._at[0]): s._at[0] for s in sums if isinstance(s, _InChunk)}.values():
+        chunks.release(arr)
 
 
 def _reasoning(vocab: pa.Table) -> np.ndarray:
@@ -381,17 +423,20 @@ def _load(directory: Path, key: str, parts: set[str]) -> tuple[list[chunks.Chunk
     if held is None:
         return None
     try:
-        blocks = []
-        for c in held[0]:
-            arr = np.load(directory / c.name, mmap_mode="r", allow_pickle=False)
-            ranges, keys = c.info["ranges"], c.info["keys"]
-            if arr.ndim != 2 or arr.shape[1] != 2 + len(FIELDS) or len(ranges) != len(c.parts) or (
-                    ranges and (ranges[-1][1] != len(arr) or ranges[-1][3] != len(keys))):
-                raise ValueError("window sums: a chunk's shape does not match its manifest")
-            blocks.append(arr)
+        blocks = [_map(directory, c) for c in held[0]]
     except (OSError, ValueError, KeyError, TypeError, IndexError, EOFError):
         return None
     return held[0], blocks
+
+
+def _map(directory: Path, c: chunks.Chunk) -> np.ndarray:
+    """A chunk's matrix, memory-mapped, checked against its manifest entry."""
+    arr = np.load(directory / c.name, mmap_mode="r", allow_pickle=False)
+    ranges, keys = c.info["ranges"], c.info["keys"]
+    if arr.ndim != 2 or arr.shape[1] != 2 + len(FIELDS) or len(ranges) != len(c.parts) or (
+            ranges and (ranges[-1][1] != len(arr) or ranges[-1][3] != len(keys))):
+        raise ValueError("window sums: a chunk's shape does not match its manifest")
+    return arr
 
 
 # ---------------------------------------------------------------------------------------------------------------
