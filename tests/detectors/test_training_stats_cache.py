@@ -265,11 +265,10 @@ def test_group_ess_sums_with_logged_missing_and_mixed_advantages(store, seed):
 
 
 @pytest.mark.parametrize("batch", [5, 1 << 20])
-def test_the_rollup_holds_each_small_kinds_rows_in_order_in_row_groups_by_kind(store, monkeypatch, batch):
-    """The rollup is written a batch at a time (`ROLLUP_BATCH` rows, each sorted by kind): it holds exactly the
-    combined file's rows of the small kinds, each kind's in their order, and with one batch every row group is
-    of one kind but where one kind ends and the next starts (a filter on `kind` skips the others); the findings
-    are those read from the parts."""
+def test_the_rollup_holds_each_small_kinds_rows_in_order_in_row_groups_of_one_kind(store, monkeypatch, batch):
+    """The rollup is written kind by kind, `ROLLUP_BATCH` rows at a time: it holds exactly the combined file's
+    rows of the small kinds, each kind's in their order, in row groups of one kind each (a filter on `kind`
+    skips the others); the findings are those read from the parts."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -289,14 +288,13 @@ def test_the_rollup_holds_each_small_kinds_rows_in_order_in_row_groups_by_kind(s
     rollup = next(cache.glob("v*/combined.small-*.parquet"))
     combined = pq.read_table(rollup.with_name("combined.parquet")).drop_columns(["_stem"])
     got = pq.read_table(rollup)
-    assert got.num_rows > 2 * batch if batch == 5 else True
     for k in training_stats.SMALL:
         want = combined.filter(pc.equal(combined["kind"], k)).to_pylist()
         assert got.filter(pc.equal(got["kind"], k)).to_pylist() == want
     assert got.num_rows == sum(pc.sum(pc.equal(combined["kind"], k)).as_py() for k in training_stats.SMALL)
+    assert got.num_rows > 2 * batch if batch == 5 else got.num_rows > 16
+    assert got["kind"].to_pylist() == sorted(got["kind"].to_pylist())
     meta = pq.ParquetFile(rollup).metadata
-    mixed = sum(meta.row_group(i).column(meta.schema.names.index("kind")).statistics.min
-                != meta.row_group(i).column(meta.schema.names.index("kind")).statistics.max
-                for i in range(meta.num_row_groups))
-    if batch > got.num_rows:  # one batch: only the row groups where one kind ends and the next starts mix kinds
-        assert meta.num_row_groups > 2 * len(training_stats.SMALL) and mixed < len(training_stats.SMALL)
+    kind = meta.schema.names.index("kind")
+    stats = [meta.row_group(i).column(kind).statistics for i in range(meta.num_row_groups)]
+    assert meta.num_row_groups > len(training_stats.SMALL) and all(st.min == st.max for st in stats)

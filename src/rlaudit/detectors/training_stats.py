@@ -235,8 +235,8 @@ GRACE = 600.0
 #: row group it was decoded by every warm audit's `ts_small` (67 of its 112 ms at 10M, 15 at 1M)
 ROLLUP_LAYOUT = 2
 ROLLUP_GROUP = 32_768
-#: rows of the rollup sorted and written at a time (`_small_rollup`)
-ROLLUP_BATCH = 1 << 20
+#: rows of the rollup read and written at a time (`_small_rollup`)
+ROLLUP_BATCH = 4 * ROLLUP_GROUP
 
 
 def register_small(con: duckdb.DuckDBPyConnection, stats: PartStats, name: str) -> str:
@@ -276,17 +276,23 @@ def _small_rollup(stats: PartStats) -> Path | None:
     stems = ", ".join(sql_string(st) for st in stats.combined_stems)
 
     def write(tmp: Path) -> None:
-        # streamed a batch at a time, each sorted by kind (a stable sort: each kind's rows keep their order) into
-        # row groups that a filter on `kind` skips (but the few where one kind ends and the next starts). Sorting
-        # the whole rollup held it all: ~1.4 GB at 15,625 steps, where kind 4 has ~500 rows a step
+        # kind by kind (each kind's rows in their order), streamed a batch at a time into row groups of one kind
+        # each, which a filter on `kind` skips. Reading and sorting the whole rollup held it all: ~1.4 GB at
+        # 15,625 steps, where kind 4 has ~500 rows a step
         with duckdb.connect() as c:
             c.execute("SET enable_progress_bar = false")
             bound_memory(c, at_most=COMPACT_MEMORY)
-            reader = c.sql(f"""SELECT * EXCLUDE (_stem) FROM read_parquet({sql_string(str(stats.combined))})
-                               WHERE kind IN {SMALL} AND _stem IN ({stems})""").to_arrow_reader(ROLLUP_BATCH)
-            with pq.ParquetWriter(tmp, reader.schema, compression="zstd") as w:
-                for batch in reader:
-                    w.write_table(pa.Table.from_batches([batch]).sort_by("kind"), row_group_size=ROLLUP_GROUP)
+            writer = None
+            try:
+                for k in sorted(SMALL):
+                    reader = c.sql(f"""SELECT * EXCLUDE (_stem) FROM read_parquet({sql_string(str(stats.combined))})
+                                       WHERE kind = {k} AND _stem IN ({stems})""").to_arrow_reader(ROLLUP_BATCH)
+                    writer = writer or pq.ParquetWriter(tmp, reader.schema, compression="zstd")
+                    for batch in reader:
+                        writer.write_table(pa.Table.from_batches([batch]), row_group_size=ROLLUP_GROUP)
+            finally:
+                if writer is not None:
+                    writer.close()
 
     try:
         if not write_atomic(path, write):
