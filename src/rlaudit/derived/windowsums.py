@@ -319,7 +319,8 @@ class _InChunk(PartSums):
 
 def release(sums: list[PartSums]) -> None:
     """Drop the mapped pages of the chunks holding `sums` from this process (`chunks.release`): once summed, a
-    run's window sums need not stay resident."""
+    run's window sums need not stay resident (at 39,062 steps of 256 rollouts a warm audit's window parts mapped
+    1.3 GB as it summed them). A later read maps them back."""
     for arr in {id(s._at[0]): s._at[0] for s in sums if isinstance(s, _InChunk)}.values():
         chunks.release(arr)
 

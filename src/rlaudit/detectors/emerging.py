@@ -743,7 +743,7 @@ def _term_sums_cached(scope: Scope, where: str, kept_terms: np.ndarray, term_ids
         for f, arr in enumerate(out):
             arr += np.bincount(code, weights=rows[sel, 2 + f].astype(np.float64),
                                minlength=arr.size).reshape(arr.shape)
-    windowsums.release(scope.window_sums())
+        windowsums.release([part])  # its chunk's pages: summed parts do not stay resident
     if not con.execute("SELECT count(*) FROM wcl WHERE NOT single").fetchall()[0][0]:
         return
     # the clusters of several cells: read only the parts holding their cells
