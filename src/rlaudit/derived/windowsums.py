@@ -73,6 +73,14 @@ class PartSums:
     keys: list[tuple[int, str, str, str]]
     rows: np.ndarray
 
+    def key_terms(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every row's key index and term id (int64): what a reader selects its rows by (`fields`)."""
+        return np.asarray(self.rows[:, 0], np.int64), np.asarray(self.rows[:, 1], np.int64)
+
+    def fields(self, rows: np.ndarray) -> np.ndarray:
+        """The `FIELDS` (int64) of the rows selected by `rows` (a mask or indices)."""
+        return np.asarray(self.rows[rows, 2:], np.int64)
+
 
 def part_sums(cells: pa.Table, cellterms: pa.Table, promptterms: pa.Table, reasoning: np.ndarray
               ) -> dict[str, PartSums]:
@@ -315,6 +323,16 @@ class _InChunk(PartSums):
         rows = np.array(arr[lo:hi], np.int64)
         rows[:, 0] -= k0
         return rows
+
+    def key_terms(self) -> tuple[np.ndarray, np.ndarray]:
+        """As `PartSums.key_terms`, read from the chunk's two columns only (a window thinned over many steps
+        uses a few of a part's keys: the other six columns of the rest are never copied)."""
+        arr, lo, hi, k0 = self._at
+        return arr[lo:hi, 0].astype(np.int64) - k0, arr[lo:hi, 1].astype(np.int64)
+
+    def fields(self, rows: np.ndarray) -> np.ndarray:
+        arr, lo, hi, _ = self._at
+        return np.asarray(arr[lo:hi][rows, 2:], np.int64)
 
 
 def release(sums: list[PartSums]) -> None:

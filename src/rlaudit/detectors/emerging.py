@@ -732,17 +732,16 @@ def _term_sums_cached(scope: Scope, where: str, kept_terms: np.ndarray, term_ids
     row[term_ids[kept_terms]] = kept_terms
     for part in scope.window_sums():
         win_s = np.array([scope.win_stratum(key) for key in part.keys], np.int64).reshape(-1, 2)
-        rows = part.rows
-        if not len(rows) or not len(win_s):
+        if not len(win_s):
             continue
-        kw = win_s[rows[:, 0]]
-        t = rows[:, 1]
+        key, t = part.key_terms()
+        kw = win_s[key]
         idx = np.where(t < len(row), row[np.minimum(t, len(row) - 1)], -1)
-        sel = (kw[:, 0] >= 0) & (idx >= 0)
+        sel = np.flatnonzero((kw[:, 0] >= 0) & (idx >= 0))  # the rows of window keys and kept terms only
         code = (idx[sel] * 2 + kw[sel, 0]) * s + kw[sel, 1]
+        values = part.fields(sel).astype(np.float64)
         for f, arr in enumerate(out):
-            arr += np.bincount(code, weights=rows[sel, 2 + f].astype(np.float64),
-                               minlength=arr.size).reshape(arr.shape)
+            arr += np.bincount(code, weights=values[:, f], minlength=arr.size).reshape(arr.shape)
         windowsums.release([part])  # its chunk's pages: summed parts do not stay resident
     if not con.execute("SELECT count(*) FROM wcl WHERE NOT single").fetchall()[0][0]:
         return
