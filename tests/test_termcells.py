@@ -470,6 +470,14 @@ def test_term_lists_round_trip_and_count_as_the_term_sets_do(tmp_path):
                     (back.cell, back.has_reasoning, back.rid, *back.lists[0], *back.lists[1])):
         assert np.array_equal(a, b) and a.dtype == b.dtype
     assert back.lists[0][1].dtype == np.int32 and back.lists[1][1].dtype == np.uint16
+    # one place only: rid and that place's lists read, the other arrays skipped (empty, of their types)
+    for i, place in enumerate(("answer", "reasoning")):
+        one = termcells.TermLists.load(tmp_path / "p.termlists.npy", only=place)
+        assert np.array_equal(one.rid, back.rid) and all(np.array_equal(a, b) and a.dtype == b.dtype
+                                                         for a, b in zip(one.lists[i], back.lists[i]))
+        other = one.lists[1 - i]
+        assert len(one.cell) == len(one.has_reasoning) == len(other[0]) == len(other[1]) == 0
+        assert other[1].dtype == back.lists[1 - i][1].dtype
     rows = sorted((r["cell"], r["term_id"], r["x"]) for r in termcells.part_cellterms(back).to_pylist())
     # cell 7: rows 0 (reasoning) and 1 (none): answer 1, 70000, 1 -> 1 x2, 70000 x1; reasoning 5 counted in row 0
     # only. Cell 9: rows 2, 3 (reasoning), 4: answer 1 (row 3), 70000 and 2 (row 4); reasoning 5 in row 2 (row 4's

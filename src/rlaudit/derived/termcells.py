@@ -362,18 +362,34 @@ class TermLists:
         return path if write_atomic(path, write) else self
 
     @classmethod
-    def load(cls, path: Path | TermLists) -> TermLists:
-        """The lists `save` wrote to `path` (or `path` itself, lists kept in memory). A file damaged after it was
-        written (`save` writes atomically) is an error naming it and the remedy, not numpy's bare message."""
+    def load(cls, path: Path | TermLists, only: str | None = None) -> TermLists:
+        """The lists `save` wrote to `path` (or `path` itself, lists kept in memory). `only` (a place): `rid` and
+        that place's lists only, the other arrays skipped unread and left empty (`TermSets.holding` reads one
+        place of every sampled part). A file damaged after it was written (`save` writes atomically) is an error
+        naming it and the remedy, not numpy's bare message."""
         if isinstance(path, TermLists):
             return path
         try:
             with open(path, "rb") as f:
-                cell, has_reasoning, rid = np.load(f), np.load(f), np.load(f)
-                return cls(cell, has_reasoning, [(np.load(f), np.load(f)) for _ in WHERES], rid)
+                want = lambda name: only is None or name in ("rid", only)  # noqa: E731
+                cell, has_reasoning, rid = (_read(f, want(n)) for n in ("cell", "has_reasoning", "rid"))
+                return cls(cell, has_reasoning, [(_read(f, want(w)), _read(f, want(w))) for w in WHERES], rid)
         except (ValueError, EOFError) as exc:
             raise RlauditError(f"{path}: cached term lists unreadable ({exc}); delete the file and the next audit "
                                "computes them again") from None
+
+
+def _read(f: Any, keep: bool) -> np.ndarray:
+    """The next array `np.save` wrote to `f`, or (not `keep`) an empty one of its type, its bytes skipped."""
+    if keep:
+        return np.load(f, allow_pickle=False)
+    version = np.lib.format.read_magic(f)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(f)
+    if dtype.hasobject:
+        raise ValueError("an array of objects")
+    f.seek(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, 1)
+    return np.zeros(0, dtype)
 
 
 def part_cellterms(lists: Path | TermLists, term_ids: np.ndarray | None = None) -> pa.Table:

@@ -250,7 +250,7 @@ class TermSets:
                 ids, off = _list_parts(v.column(LIST_COLUMNS[place]))
                 rid = np.asarray(v.column("rid").to_numpy(), np.uint64)
             else:
-                t = termcells.TermLists.load(termcells.lists_file(Path(v).parent, name))
+                t = termcells.TermLists.load(termcells.lists_file(Path(v).parent, name), only=where)
                 (off, ids), rid = t.lists[place], t.rid
             rows = np.searchsorted(np.asarray(off, np.int64), np.flatnonzero(ids == term_id), side="right") - 1
             pieces.append(rid[rows])
