@@ -135,16 +135,7 @@ def read_member(path: Path, kind: str) -> pa.Table:
         return pq.ParquetFile(path).read()
     for seg in _segments(path.parent / "segments" / kind):
         if seg.rows is not None and path.name in seg.members:
-            lo, hi = _range(seg, path.name)
-            f = pq.ParquetFile(seg.path)
-            meta = f.metadata
-            starts = [0]
-            for i in range(meta.num_row_groups):
-                starts.append(starts[-1] + meta.row_group(i).num_rows)
-            groups = [i for i in range(meta.num_row_groups) if starts[i] < hi and starts[i + 1] > lo]
-            t = f.read_row_groups(groups) if groups else f.schema_arrow.empty_table()
-            first = starts[groups[0]] if groups else 0
-            return t.slice(lo - first, hi - lo).replace_schema_metadata(None)
+            return next(_cut(seg.path, [(path.name, *_range(seg, path.name))]))[1]
     raise FileNotFoundError(f"{path}: neither the file nor a segment holding its rows")
 
 
