@@ -309,8 +309,11 @@ def _full(c: chunks.Chunk) -> bool:
 
 
 class _InChunk(PartSums):
-    """A part's sums in a chunk (memory-mapped, or a stack in memory), copied out as int64 each time `rows` is
-    read: a reader of many parts holds one part's copy at a time (`release` drops the mapped pages after)."""
+    """The `i`-th part's sums of a stack (`info`: its keys and per-part ranges, as `_Stacked` and a chunk's
+    manifest entry hold them; `arr`: its rows, a chunk's memory-mapped matrix or a stack in memory), copied out
+    as int64, its key indices made the part's own, each time `rows` is read (a chunk is mapped read-only, and a
+    stack in memory is not changed): a reader of many parts holds one part's copy at a time (`release` drops the
+    mapped pages after)."""
 
     def __init__(self, info: dict[str, Any], arr: np.ndarray, i: int):
         lo, hi, k0, k1 = info["ranges"][i]
@@ -376,13 +379,14 @@ def _stack(sums: list[PartSums]) -> _Stacked:
     keys: list[tuple[int, str, str, str]] = []
     ranges = []
     n_keys = sum(len(s.keys) for s in sums)
-    low = min((int(s.rows.min()) for s in sums if s.rows.size), default=0)
-    high = max([n_keys - 1] + [int(s.rows.max()) for s in sums if s.rows.size])
-    out = np.empty((sum(len(s.rows) for s in sums), 2 + len(FIELDS)), _dtype(low, high))
+    rows = [s.rows for s in sums]  # once: a chunk's part (`_InChunk`) makes a copy each time
+    low = min((int(r.min()) for r in rows if r.size), default=0)
+    high = max([n_keys - 1] + [int(r.max()) for r in rows if r.size])
+    out = np.empty((sum(len(r) for r in rows), 2 + len(FIELDS)), _dtype(low, high))
     at = 0
-    for s in sums:
-        n = len(s.rows)
-        out[at:at + n] = s.rows
+    for s, r in zip(sums, rows):
+        n = len(r)
+        out[at:at + n] = r
         out[at:at + n, 0] += len(keys)
         ranges.append([at, at + n, len(keys), len(keys) + len(s.keys)])
         keys += s.keys
@@ -406,19 +410,8 @@ def _concat(pieces: list[Any], listed: list[chunks.Chunk], blocks: list[np.ndarr
         else:
             c = listed[next(i for i, b in enumerate(blocks) if b is piece)]
             info, arr = c.info, piece
-        out += [_unstack(info, arr, i) for i in range(len(info["ranges"]))]
+        out += [_InChunk(info, arr, i) for i in range(len(info["ranges"]))]
     return _stack(out)
-
-
-def _unstack(info: dict[str, Any], arr: np.ndarray, i: int) -> PartSums:
-    """The `i`-th part's sums of a stack (`info`: its keys and per-part ranges, as `_Stacked` and a chunk's
-    manifest entry hold them; `arr`: its rows, a chunk's memory-mapped matrix or a stack in memory), its key
-    indices made the part's own. Always a copy: a chunk is mapped read-only, and a stack in memory is not
-    changed."""
-    lo, hi, k0, k1 = info["ranges"][i]
-    rows = np.array(arr[lo:hi], np.int64)
-    rows[:, 0] -= k0
-    return PartSums([tuple(k) for k in info["keys"][k0:k1]], rows)
 
 
 def _write(directory: Path, key: str, parts: list[str], stacked: _Stacked) -> chunks.Chunk | None:
