@@ -46,8 +46,7 @@ class Block:
     memory-mapped from its chunk), with per `where` views `x` and `m`."""
 
     def __init__(self, arr: np.ndarray, ids: dict[str, np.ndarray], steps: np.ndarray, splits: np.ndarray):
-        if arr.ndim != 2 or arr.shape != (2 * sum(len(v) for v in ids.values()), len(steps)) or len(splits) != len(
-                steps):
+        if arr.ndim != 2 or arr.shape != (_cells(ids), len(steps)) or len(splits) != len(steps):
             raise ValueError("step counts: a chunk's shape does not match its vocabulary and columns")
         self.arr, self.steps, self.splits = arr, steps, splits
         self.x, self.m, at = {}, {}, 0
@@ -57,10 +56,8 @@ class Block:
             at += 2 * k
 
     def stacked(self) -> np.ndarray:
-        """The matrix as a chunk holds it: int32 where the counts fit (half the bytes)."""
-        arr = self.arr
-        small = arr.size == 0 or (arr.min() >= 0 and arr.max() < 2 ** 31)
-        return arr.astype(np.int32) if small and arr.dtype != np.int32 else arr
+        """The matrix as a chunk holds it (`_narrow`)."""
+        return _narrow(self.arr)
 
     def release(self) -> None:
         """Drop the pages of a memory-mapped matrix from this process (`chunks.release`): a reader that has summed
@@ -201,7 +198,7 @@ class _Chunks:
         self.built = loaded is not None
         self.listed, self.mapped = loaded if loaded is not None else ([], [])
         self.unsaved: list[Block] = []  # blocks whose chunk could not be written (kept in memory)
-        self.cells = 2 * sum(len(v) for v in ids.values())  # counts per column
+        self.cells = _cells(ids)
 
     def add(self, parts: list[str], block: Block) -> None:
         """Write `block` (the columns of `parts`) as a chunk after those listed (merged with the newest where
@@ -218,10 +215,7 @@ class _Chunks:
         if listed is None:
             self.unsaved.append(block)
             return
-        kept = len(listed) - 1
-        new = listed[-1]
-        self.listed = listed
-        self.mapped = self.mapped[:kept] + [_map(self.cache, new, self.ids)]
+        self.listed, self.mapped = listed, self.mapped[:len(listed) - 1] + [_map(self.cache, listed[-1], self.ids)]
 
     def blocks(self) -> list[Block]:
         return self.mapped + self.unsaved
@@ -238,7 +232,7 @@ class _Builder:
 
     def __init__(self, ids: dict[str, np.ndarray], done: Callable[[list[str], Block], None]):
         self.ids, self.done = ids, done
-        self.cells = 2 * sum(len(v) for v in ids.values())
+        self.cells = _cells(ids)
         self.lookup = {}
         for w, w_ids in ids.items():
             self.lookup[w] = np.full(int(w_ids.max(initial=-1)) + 1, -1, np.int64)
@@ -309,13 +303,23 @@ class _Builder:
         steps = np.array([k[0] for k in self.keys], np.int64)
         splits = np.array([k[1] for k in self.keys], dtype=object).astype(str)
         order = np.lexsort((splits, steps)) if len(steps) else np.zeros(0, np.int64)
-        arr = self.arr[order].T if self.arr is not None else np.zeros((self.cells, 0), np.int64)
-        small = arr.size == 0 or (arr.min() >= 0 and arr.max() < 2 ** 31)
-        block = Block(np.ascontiguousarray(arr, np.int32 if small else np.int64), self.ids, steps[order],
-                      splits[order])
+        block = Block(_narrow(self.arr[order].T), self.ids, steps[order], splits[order])  # `_fold` made `arr`
         parts = self.parts
         self._start()
         self.done(parts, block)
+
+
+def _cells(ids: dict[str, np.ndarray]) -> int:
+    """Counts per (step, split) column: x and m of every term of both places."""
+    return 2 * sum(len(v) for v in ids.values())
+
+
+def _narrow(arr: np.ndarray) -> np.ndarray:
+    """`arr` as one C-ordered matrix, in int32 where the counts fit (half the bytes of int64)."""
+    if arr.dtype == np.int32:
+        return arr
+    small = arr.size == 0 or (arr.min() >= 0 and arr.max() < 2 ** 31)
+    return np.ascontiguousarray(arr, np.int32 if small else arr.dtype)
 
 
 def _key(ids: dict[str, np.ndarray]) -> str:
@@ -362,6 +366,5 @@ def _write(directory: Path, key: str, parts: list[str], block: Block) -> chunks.
 
 def _concat(blocks: list[Block], ids: dict[str, np.ndarray]) -> Block:
     """One block of the columns of `blocks` (a column held by two keeps both: `per_step` adds them up)."""
-    dtype = np.result_type(*[b.arr.dtype for b in blocks])
-    return Block(np.concatenate([b.arr for b in blocks], axis=1).astype(dtype, copy=False), ids,
-                 np.concatenate([b.steps for b in blocks]), np.concatenate([b.splits for b in blocks]))
+    return Block(np.concatenate([b.arr for b in blocks], axis=1), ids, np.concatenate([b.steps for b in blocks]),
+                 np.concatenate([b.splits for b in blocks]))
