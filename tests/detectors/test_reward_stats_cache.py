@@ -194,3 +194,28 @@ def test_rollup_of_the_whole_run_equals_merging_every_part(store, monkeypatch, s
     mem = store.__class__(store.root)
     mem.persist_derived = False  # nothing written: the loose parts in memory, no rollup
     assert _health(mem) == whole
+
+
+def test_rollup_keeps_the_values_of_discrete_signals_only(store, monkeypatch):
+    """A signal with few values a step but many over the run (persona: uniform, ~13 rollouts a step) is no
+    discrete signal, so the rollup keeps one NULL value row for it instead of every value (a run of small steps
+    had as many as its rollouts, regrouped by every audit); a discrete signal (acc: 0 or 1) keeps its values. The
+    findings equal those of the merged per-part rows, before and after parts are added to the collapsed rows."""
+    import pyarrow.parquet as pq
+
+    from rlaudit.derived import partstats
+
+    monkeypatch.setattr(partstats, "COMPACT_AT", 3)
+    rng = np.random.default_rng(5)
+    for i in range(4):
+        store.append("r", canonical_table(_rows(1 + 5 * i, 5, 40, rng)), key=f"p{i}")
+    assert _health(store) == _health(store, max_step=10**9)
+    (rollup,) = [f for f in _cache(store).glob("v*/rollup/*.parquet") if f.name.count(".") == 1]
+    values = pq.read_table(rollup).filter(pq.read_table(rollup).column("kind").to_numpy() == 1).to_pylist()
+    persona = [r for r in values if r["signal"] == "persona" and r["split"] == "train"]
+    acc = sorted(r["value"] for r in values if r["signal"] == "acc" and r["split"] == "train")
+    assert len(persona) == 1 and persona[0]["value"] is None and persona[0]["n"] > 65
+    assert acc == [0.0, 1.0]
+    for i in range(4, 8):
+        store.append("r", canonical_table(_rows(1 + 5 * i, 5, 40, rng)), key=f"p{i}")
+        assert _health(store) == _health(store, max_step=10**9), i

@@ -149,6 +149,29 @@ def test_reward_quantiles_from_parts(store, seed, discrete):
     assert reward_quantiles(con, qs) is None and _reward_quantiles(con, qs) is None
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_ranked_quantiles_equal_lower_quantiles(seed):
+    """Property: DuckDB's ranking of counted values (`ranked_quantiles`, what the cached path uses) gives the same
+    'lower' quantiles as the plain walk over them (`lower_quantiles`) and as numpy over the expanded values, at
+    the ends (q = 0, 1) and at ranks that fall on a value's last row; rows of count 0 are no values."""
+    import duckdb
+
+    from rlaudit.detectors.training_stats import lower_quantiles, ranked_quantiles
+
+    rng = np.random.default_rng(seed)
+    values = np.unique(np.round(rng.standard_normal(rng.integers(1, 40)), 2))
+    counts = rng.integers(0, 5, len(values))
+    counts[rng.integers(len(values))] += 1  # at least one row
+    con = duckdb.connect()
+    con.register("v", pa.table({"value": values, "n": counts}))
+    qs = (0.0, 0.05, 0.25, 0.5, 0.95, 1.0)
+    got = ranked_quantiles(con, "SELECT value, n FROM v", qs)
+    kept = [(float(v), int(n)) for v, n in zip(values, counts) if n > 0]
+    expanded = np.repeat(values, counts)
+    assert got == lower_quantiles(kept, qs)
+    assert got == {q: float(np.quantile(expanded, q, method="lower")) for q in qs}
+
+
 def _with_group_ids(table: pa.Table, style: str) -> pa.Table:
     """`table` with its group ids rewritten: `step` as the readers name them (`<step>:<k>`, the rollups answer),
     `reused` the same ids at every step (clusters span steps: the groups and cells are read), `none` without."""

@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 
 from ..derived.partstats import PartStats
 from ..store import sql_string
-from .reward_stats import APPLIES, APPLIES_MIN, sketch_sql
+from .reward_stats import APPLIES, APPLIES_MIN, DISCRETE_MAX, sketch_sql
 
 #: seconds a superseded rollup is kept for audits that may still read it (as `segments.GRACE`)
 GRACE = 600.0
@@ -121,14 +121,24 @@ def _merge(con: duckdb.DuckDBPyConnection, small: pa.Table, chunks: list[tuple[A
     old_applies = f"old_n IS NOT NULL AND old_n - old_nan >= {APPLIES_MIN} * old_n"  # APPLIES, of the old totals
     cols = "kind, split, step, signal, n, nan, inf, finite, lo, hi, value, sgn, b"
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _rh_merged AS
-        WITH u AS (SELECT {cols} FROM _rh_small UNION ALL SELECT {cols} FROM _rh_rows WHERE kind IN (0, 1, 2))
+        WITH u AS (SELECT {cols} FROM _rh_small UNION ALL SELECT {cols} FROM _rh_rows WHERE kind IN (0, 1, 2)),
+        -- the distinct values of a (split, signal) that has more than DISCRETE_MAX + 1 of them, or a busy step
+        -- (value NULL), are one NULL row: only a discrete signal's values are read (`reward_health._bands`), and
+        -- a run of small steps each with few values (15,625 steps of 64 rollouts) had as many as its rollouts,
+        -- regrouped by every audit. New parts only add values, so a collapsed signal stays collapsed.
+        v AS (SELECT split, signal, value, sum(n) AS n,
+                     count(*) OVER (PARTITION BY split, signal) > {DISCRETE_MAX + 1}
+                     OR bool_or(value IS NULL) OVER (PARTITION BY split, signal) AS busy
+              FROM u WHERE kind = 1 GROUP BY split, signal, value)
         SELECT 0::TINYINT AS kind, split, step, signal, sum(n)::BIGINT AS n, sum(nan)::BIGINT AS nan,
                sum(inf)::BIGINT AS inf, sum(finite)::BIGINT AS finite, min(lo) AS lo, max(hi) AS hi,
                NULL::DOUBLE AS value, NULL::TINYINT AS sgn, NULL::INTEGER AS b
         FROM u WHERE kind = 0 GROUP BY split, step, signal
         UNION ALL
-        SELECT 1, split, NULL, signal, sum(n), NULL, NULL, NULL, NULL, NULL, value, NULL, NULL FROM u WHERE kind = 1
-        GROUP BY split, signal, value
+        SELECT 1, split, NULL, signal, n, NULL, NULL, NULL, NULL, NULL, value, NULL, NULL FROM v WHERE NOT busy
+        UNION ALL
+        SELECT 1, split, NULL, signal, sum(n), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM v WHERE busy
+        GROUP BY split, signal
         UNION ALL
         SELECT 2, split, NULL, signal, sum(n), NULL, NULL, NULL, NULL, NULL, NULL, sgn, b FROM u WHERE kind = 2
         GROUP BY split, signal, sgn, b

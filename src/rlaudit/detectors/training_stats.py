@@ -340,13 +340,26 @@ def reward_quantiles(con: duckdb.DuckDBPyConnection, qs: tuple[float, ...]) -> d
     """The scope's finite total reward at each quantile q of `qs` (the value of rank floor(q (n - 1)), 0-based:
     numpy's 'lower' quantile), or None without such rows: exact from the merged values of kind 3 when no step
     of the scope had more than DISCRETE_MAX + 1 of them, else the midpoint of the sketch's bucket holding that
-    rank (kind 4), within `reward_stats.ALPHA` of the exact value, relative."""
-    values = con.execute("SELECT value, n FROM ts_reward_values ORDER BY value NULLS FIRST").fetchall()
-    if not values:
+    rank (kind 4), within `reward_stats.ALPHA` of the exact value, relative. Ranked in DuckDB: a run of many
+    small steps has as many distinct values as rollouts (1M of them at 15,625 steps of 64, 2.6 s through Python)."""
+    nulls, rows = con.execute("SELECT count(*) FILTER (WHERE value IS NULL), count(*) FROM ts_reward_values"
+                              ).fetchone()
+    if not rows:
         return None
-    if values[0][0] is None:
-        values = con.execute("SELECT mid, n FROM ts_reward_sketch ORDER BY mid").fetchall()
-    return lower_quantiles(values, qs)
+    source = "SELECT mid AS value, n FROM ts_reward_sketch" if nulls else "SELECT value, n FROM ts_reward_values"
+    return ranked_quantiles(con, source, qs)
+
+
+def ranked_quantiles(con: duckdb.DuckDBPyConnection, source: str, qs: tuple[float, ...]) -> dict[float, float]:
+    """`lower_quantiles` of the rows (value, n) of the query `source`, ranked by DuckDB: only the quantiles come
+    back to Python."""
+    if not qs:
+        return {}
+    picks = ", ".join(f"min(value) FILTER (WHERE cum > floor({float(q)!r} * (total - 1)))" for q in qs)
+    row = con.execute(f"""WITH c AS (SELECT value, sum(n) OVER (ORDER BY value ROWS UNBOUNDED PRECEDING) AS cum,
+                                           sum(n) OVER () AS total FROM ({source}) WHERE n > 0)
+                          SELECT {picks} FROM c""").fetchone()
+    return {q: float(v) for q, v in zip(qs, row) if v is not None}
 
 
 def lower_quantiles(counted: list[tuple[float, int]], qs: tuple[float, ...]) -> dict[float, float]:
