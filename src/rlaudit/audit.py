@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .conditions import ConditionRule
-from .findings import Finding, jsonable, rank
+from .findings import Finding, dumps, jsonable, rank
 from .readers.base import ReadOptions
 from .remedies import add_remedies
 from .store import IngestReport, RunSummary, Store, atomic_write_text
@@ -45,7 +45,7 @@ class AuditResult:
 
     def write_json(self, path: str | Path) -> None:
         # ASCII escapes: model text may hold lone surrogates, which UTF-8 cannot encode but JSON escapes can.
-        atomic_write_text(Path(path), json.dumps(jsonable(self.to_json()), indent=2, ensure_ascii=True))
+        atomic_write_text(Path(path), dumps(jsonable(self.to_json())))
 
     def of_kind(self, kind: str) -> list[Finding]:
         return [f for f in self.findings if f.kind == kind]

@@ -7,6 +7,7 @@ the finding object so that `jq '.findings[] | select(.kind=="cot_grading") | .ex
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -138,7 +139,9 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
+        # a list's plain items and finite floats kept without a call each (`v - v == 0` is false for NaN and
+        # inf): the series of a 15,625-step run hold ~1.7M of them
+        return [v if (tv := type(v)) in _PLAIN or (tv is float and v - v == 0.0) else jsonable(v) for v in obj]
     if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
         return jsonable(obj.tolist())
     if isinstance(obj, bool) or obj is None or isinstance(obj, (str, int)):
@@ -148,3 +151,43 @@ def jsonable(obj: Any) -> Any:
     if hasattr(obj, "item"):
         return jsonable(obj.item())
     return str(obj)
+
+
+_COMPACT = json.JSONEncoder(ensure_ascii=True, separators=(", ", ": "))
+_COMPACT_SORTED = json.JSONEncoder(ensure_ascii=True, separators=(", ", ": "), sort_keys=True)
+
+
+def dumps(obj: Any, indent: int = 2, sort_keys: bool = False) -> str:
+    """JSON text of `obj` (plain JSON values, as `jsonable` gives) for people and machines alike: objects, and
+    lists that hold objects, one item a line indented by `indent`; any other list (a per-step series, pairs of
+    numbers) on one line. Equal, parsed, to `json.dumps(obj)`. The standard library's encoder indents only in
+    Python (its C encoder takes no indent): a 15,625-step run's findings (1.7M numbers, one a line) took 0.9 s
+    to write and 19 MB; one series a line is written by the C encoder."""
+    out: list[str] = []
+    _dump(obj, out, "\n", " " * indent, _COMPACT_SORTED if sort_keys else _COMPACT, sort_keys)
+    return "".join(out)
+
+
+def _dump(obj: Any, out: list[str], pad: str, step: str, enc: json.JSONEncoder, sort_keys: bool) -> None:
+    if type(obj) is dict and obj:
+        inner = pad + step
+        items = sorted(obj.items()) if sort_keys else obj.items()
+        out.append("{")
+        for i, (k, v) in enumerate(items):
+            out.append(("," if i else "") + inner + enc.encode(str(k)) + ": ")
+            _dump(v, out, inner, step, enc, sort_keys)
+        out.append(pad + "}")
+    elif type(obj) in (list, tuple) and any(type(v) is dict and v or _holds_object(v) for v in obj):
+        inner = pad + step
+        out.append("[")
+        for i, v in enumerate(obj):
+            out.append(("," if i else "") + inner)
+            _dump(v, out, inner, step, enc, sort_keys)
+        out.append(pad + "]")
+    else:
+        out.append(enc.encode(obj))
+
+
+def _holds_object(v: Any) -> bool:
+    """True for a list or tuple with a non-empty object in it, at any depth."""
+    return type(v) in (list, tuple) and any(type(x) is dict and x or _holds_object(x) for x in v)

@@ -66,6 +66,7 @@ import pyarrow.parquet as pq
 
 from .conditions import ConditionLabeler, ConditionRule
 from .errors import RlauditError
+from .findings import dumps
 from .readers import get_reader, resolve_reader
 from .layout import LAYOUT, PART_SCHEMA, from_canonical, view_columns
 from .readers.base import (BadRecord, ReadContext, ReadOptions, SourceFile, finalize_parts, prefetch,
@@ -308,7 +309,7 @@ class Store:
     def _write_manifest(self, run: str, manifest: dict[str, Any]) -> None:
         manifest["version"] = int(manifest.get("version", 0)) + 1
         manifest["updated"] = time.time()
-        atomic_write_text(self.run_dir(run) / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+        atomic_write_text(self.run_dir(run) / MANIFEST, dumps(manifest, indent=1, sort_keys=True))
 
     def parts(self, run: str, manifest: dict[str, Any] | None = None) -> list[Path]:
         """Parquet parts of a run, as listed in its manifest (the only parts readers may see).

@@ -8,7 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from rlaudit.findings import Evidence, Finding, jsonable, rank
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlaudit.findings import Evidence, Finding, dumps, jsonable, rank
 
 
 def make(sev="medium", score=1.0, title="t", **fields):
@@ -46,6 +49,30 @@ def test_json_round_trip_flattens_kind_specific_fields():
 
 def test_jsonable_turns_non_finite_into_null():
     assert jsonable({"a": math.nan, "b": [math.inf, 1.0], "c": np.int64(3)}) == {"a": None, "b": [None, 1.0], "c": 3}
+    assert jsonable([1.5, -math.inf, math.nan, np.float64(2.0), (1, math.nan), "x", True, None]) == [
+        1.5, None, None, 2.0, [1, None], "x", True, None]
+
+
+_SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text()
+_JSON = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner,
+                                                                                          max_size=4), max_leaves=30)
+
+
+@settings(max_examples=300)
+@given(_JSON, st.integers(0, 3), st.booleans())
+def test_dumps_parses_back_to_the_same_value(obj, indent, sort_keys):
+    """Property: `dumps` is JSON whose value is `obj`, ASCII only, with the keys sorted when asked."""
+    text = dumps(obj, indent=indent, sort_keys=sort_keys)
+    assert json.loads(text) == obj and text.isascii()
+    if sort_keys:
+        assert text == dumps(json.loads(json.dumps(obj, sort_keys=True)), indent=indent)
+
+
+def test_dumps_puts_objects_one_a_line_and_other_lists_on_one():
+    text = dumps({"series": {"steps": [1, 2, 3], "pairs": [[1, 0.5], [2, None]]}, "items": [{"a": 1}, {"b": []}]})
+    assert text.splitlines() == [
+        "{", '  "series": {', '    "steps": [1, 2, 3],', '    "pairs": [[1, 0.5], [2, null]]', "  },",
+        '  "items": [', "    {", '      "a": 1', "    },", "    {", '      "b": []', "    }", "  ]", "}"]
 
 
 def test_findings_json_survives_lone_surrogates(tmp_path):

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import duckdb
@@ -95,7 +95,11 @@ class SignalAttribution:
     series: dict[str, list[Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # as `asdict`, without its deep copy of every number of the per-step series (1.5 s at 15,625 steps): the
+        # other fields are numbers, strings and tuples
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["series"] = {k: list(v) for k, v in self.series.items()}
+        return out
 
 
 @dataclass
