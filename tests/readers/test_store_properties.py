@@ -26,7 +26,14 @@ def test_same_files_twice_add_nothing(tmp_path, store):
     again = store.ingest(out)
     assert first.rows_added == 12 and again.rows_added == 0 and again.files_skipped == 3 and again.files_read == 0
     assert store.table("run").equals(before)
-    assert store.manifest("run")["version"] >= version
+    # nothing new, no new version: the manifest is not written again (a long run's took ~1 s)
+    assert store.manifest("run")["version"] == version
+    manifest = store.run_dir("run") / "run.json"
+    stamp = manifest.stat().st_mtime_ns
+    store.ingest(out)
+    assert manifest.stat().st_mtime_ns == stamp
+    _steps(out, [4])
+    assert store.ingest(out).rows_added == 4 and store.manifest("run")["version"] > version
 
 
 def test_only_new_step_files_are_read(tmp_path, store):
