@@ -89,6 +89,44 @@ def test_lagged_correlation_recovers_a_shift():
     assert np.isnan(lagged_correlation(np.ones(10), a[:10], 3)[0])
 
 
+def _scan_every_lag(a, b, max_lag):
+    """The reference: Pearson's r at every lag, one at a time (the earlier `lagged_correlation`)."""
+    best, best_lag = -np.inf, 0
+    for lag in range(-max_lag, max_lag + 1):
+        x, y = (a[:len(a) - lag], b[lag:]) if lag >= 0 else (a[-lag:], b[:len(b) + lag])
+        ok = ~(np.isnan(x) | np.isnan(y))
+        if ok.sum() < 3:
+            continue
+        x, y = x[ok] - x[ok].mean(), y[ok] - y[ok].mean()
+        if not (x @ x > 0 and y @ y > 0):
+            continue
+        r = min(1.0, max(-1.0, float(x @ y) / np.sqrt(float(x @ x) * float(y @ y))))
+        if r > best + 1e-12 or (abs(r - best) <= 1e-12 and abs(lag) < abs(best_lag)):
+            best, best_lag = r, lag
+    return (float("nan"), 0) if best == -np.inf else (best, best_lag)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_lagged_correlation_of_long_series_equals_the_scan_of_every_lag(seed):
+    """Property: on series long enough for the FFT estimates (NaN gaps, a constant stretch, a shifted copy, noise
+    alone, pure ties), the answer is the exact scan's, r and lag, to the bit."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2_000, 5_000))
+    t = np.arange(n, dtype=float)
+    shift = int(rng.integers(-80, 80))
+    base = np.cumsum(rng.standard_normal(n + 200))
+    a = base[100:100 + n] + 0.1 * rng.standard_normal(n)
+    b = [base[100 + shift:100 + shift + n] * 0.5 + 0.3 * rng.standard_normal(n),  # a's path, shifted
+         rng.standard_normal(n),  # unrelated
+         np.where(t < n // 2, 1.0, base[100:100 + n]),  # constant for half the run
+         a.copy()][seed % 4]
+    for x in (a, b):
+        x[rng.random(n) < 0.05] = np.nan
+    a, b = zscore(a), zscore(b)
+    max_lag = n // 10
+    assert lagged_correlation(a, b, max_lag) == _scan_every_lag(a, b, max_lag)
+
+
 def test_moving_sum_and_wilson():
     assert moving_sum(np.array([1.0, 2, 3, 4]), 1).tolist() == [3, 6, 9, 7]
     lo, hi = wilson_interval(np.array([0, 50]), np.array([100, 100]))

@@ -354,25 +354,74 @@ def lagged_correlation(source: np.ndarray, target: np.ndarray, max_lag: int) -> 
 
     A positive lag means `target` follows `source` (target[t + lag] tracks source[t]). Pairs with a NaN are
     skipped; lags leaving fewer than 3 pairs are not considered. Returns (nan, 0) when no lag qualifies.
-    """
+
+    Every lag's r is estimated at once from FFT cross-correlations (`_lag_estimates`: O(n log n), where one lag at
+    a time costs O(n * lags) = O(n^2): 0.3 s at 15,625 steps, 2 s at 39,062); the lags whose estimate comes within
+    `_NEAR` of the best are then computed exactly, one at a time (`_lag_r`), and chosen among as a scan of every
+    lag would choose (ascending, ties within 1e-12 to the smaller |lag|), so the answer is the exact scan's. The
+    exact scan alone where the series are short."""
     a, b = np.asarray(source, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    lags = np.arange(-max_lag, max_lag + 1)
+    if len(a) * len(lags) <= _EXACT_WORK:
+        exact = lags
+    else:
+        est = _lag_estimates(a, b, max_lag)
+        top = np.nanmax(est) if np.isfinite(est).any() else -np.inf
+        exact = lags[~(est < top - _NEAR)]  # near the best, and every lag whose estimate is not a number
     best, best_lag = -np.inf, 0
-    # Pearson's r from the centred pairs directly (`np.corrcoef` per lag cost ~0.1 CPU s at 2,000 steps, 401
-    # lags, in call overhead); a constant side (zero sum of squares: np.std == 0) leaves the lag out
-    for lag in range(-max_lag, max_lag + 1):
-        x, y = (a[:len(a) - lag], b[lag:]) if lag >= 0 else (a[-lag:], b[:len(b) + lag])
-        ok = ~(np.isnan(x) | np.isnan(y))
-        if np.count_nonzero(ok) < 3:
+    for lag in exact.tolist():
+        r = _lag_r(a, b, lag)
+        if r is None:
             continue
-        x, y = x[ok], y[ok]
-        x, y = x - x.mean(), y - y.mean()
-        sxx, syy = float(x @ x), float(y @ y)
-        if not (sxx > 0 and syy > 0):
-            continue
-        r = min(1.0, max(-1.0, float(x @ y) / math.sqrt(sxx * syy)))
         if r > best + 1e-12 or (abs(r - best) <= 1e-12 and abs(lag) < abs(best_lag)):
             best, best_lag = r, lag
     return (float("nan"), 0) if best == -np.inf else (best, best_lag)
+
+
+#: series length x lags up to which `lagged_correlation` computes every lag exactly
+_EXACT_WORK = 200_000
+#: lags whose FFT estimate is within this of the best estimate are computed exactly: the estimates' error is
+#: ~1e-12 for z-scored series (sums of n terms of order 1, in double precision)
+_NEAR = 1e-6
+
+
+def _lag_r(a: np.ndarray, b: np.ndarray, lag: int) -> float | None:
+    """Pearson's r of the pairs (a[t], b[t + lag]) without a NaN, from the centred pairs directly (`np.corrcoef`
+    per lag cost ~0.1 CPU s at 2,000 steps, 401 lags, in call overhead); None for fewer than 3 pairs or a
+    constant side (zero sum of squares)."""
+    x, y = (a[:len(a) - lag], b[lag:]) if lag >= 0 else (a[-lag:], b[:len(b) + lag])
+    ok = ~(np.isnan(x) | np.isnan(y))
+    if np.count_nonzero(ok) < 3:
+        return None
+    x, y = x[ok], y[ok]
+    x, y = x - x.mean(), y - y.mean()
+    sxx, syy = float(x @ x), float(y @ y)
+    if not (sxx > 0 and syy > 0):
+        return None
+    return min(1.0, max(-1.0, float(x @ y) / math.sqrt(sxx * syy)))
+
+
+def _lag_estimates(a: np.ndarray, b: np.ndarray, max_lag: int) -> np.ndarray:
+    """Estimates of `_lag_r` at lags -max_lag..max_lag from the lag-wise sums of the pairs (counts, sums, squares
+    and products of the non-NaN values, each a cross-correlation by FFT); NaN where a lag has fewer than 3 pairs
+    or a side close to constant (computed exactly then)."""
+    ma, mb = ~np.isnan(a), ~np.isnan(b)
+    a0, b0 = np.where(ma, a, 0.0), np.where(mb, b, 0.0)
+    size = 1 << int(len(a) + len(b)).bit_length()
+    fa = np.fft.rfft(np.stack([ma.astype(np.float64), a0, a0 * a0]), size)
+    fb = np.fft.rfft(np.stack([mb.astype(np.float64), b0, b0 * b0]), size)
+
+    def corr(i: int, j: int) -> np.ndarray:  # sum over t of side_i(a)[t] * side_j(b)[t + lag], lag by lag
+        c = np.fft.irfft(np.conj(fa[i]) * fb[j], size)
+        return np.concatenate([c[size - max_lag:], c[:max_lag + 1]])
+
+    n, sx, sy = np.round(corr(0, 0)), corr(1, 0), corr(0, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sxx = corr(2, 0) - sx * sx / n
+        syy = corr(0, 2) - sy * sy / n
+        r = (corr(1, 1) - sx * sy / n) / np.sqrt(sxx * syy)
+    shaky = (n < 3) | ~(sxx > 1e-6 * n) | ~(syy > 1e-6 * n)
+    return np.where(shaky, np.nan, np.clip(r, -1.0, 1.0))
 
 
 def wilson_interval(x: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
