@@ -49,7 +49,9 @@ def _numbers(xs: Any) -> list[float | None] | None:
     """A list of numbers (None for missing/non-finite), or None if `xs` is not a list holding some numbers."""
     if not isinstance(xs, (list, tuple)) or not xs:
         return None
-    vals = [_number(x) for x in xs]
+    # finite floats and ints as they are, without a call each (`v - v == 0` is false for NaN and inf; bool is
+    # not int by exact type): a 15,625-step run's figures read ~480,000 of them
+    vals = [float(x) if ((t := type(x)) is float or t is int) and x - x == 0 else _number(x) for x in xs]
     return vals if any(v is not None for v in vals) else None
 
 
