@@ -182,7 +182,7 @@ def _dump(obj: Any, out: list[str], pad: str, step: str, enc: json.JSONEncoder, 
             out.append(("," if i else "") + inner + enc.encode(str(k)) + ": ")
             _dump(v, out, inner, step, enc, sort_keys, depth - 1)
         out.append(pad + "}")
-    elif type(obj) in (list, tuple) and any(type(v) is dict and v or _holds_object(v) for v in obj):
+    elif type(obj) in _LISTS and _holds_object(obj):
         inner = pad + step
         out.append("[")
         for i, v in enumerate(obj):
@@ -193,6 +193,11 @@ def _dump(obj: Any, out: list[str], pad: str, step: str, enc: json.JSONEncoder, 
         out.append(enc.encode(obj))
 
 
-def _holds_object(v: Any) -> bool:
-    """True for a list or tuple with a non-empty object in it, at any depth."""
-    return type(v) in (list, tuple) and any(type(x) is dict and x or _holds_object(x) for x in v)
+_LISTS = (list, tuple)
+_NESTED = (dict, list, tuple)
+
+
+def _holds_object(items: list | tuple) -> bool:
+    """True when a non-empty object is among `items`, at any depth (a list of numbers: one pass, no call each)."""
+    return any(type(v) in _NESTED for v in items) and any(
+        (v if type(v) is dict else type(v) in _LISTS and _holds_object(v)) for v in items)
