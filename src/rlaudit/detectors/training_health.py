@@ -537,31 +537,46 @@ def _plateau(con: duckdb.DuckDBPyConnection, steps: list[int], cached: bool = Fa
     if len(steps) < PLATEAU_MIN_STEPS:
         return []
     if cached:
-        total = _rows(con, "SELECT step, m, sd, n FROM ts_signals WHERE total ORDER BY step")
-        parts = _rows(con, "SELECT signal, step, m, sd, n FROM ts_signals WHERE NOT total ORDER BY signal, step")
+        total = _columns(con, "SELECT step, m, sd, n FROM ts_signals WHERE total ORDER BY step")
+        parts = _columns(con, "SELECT signal, step, m, sd, n FROM ts_signals WHERE NOT total ORDER BY signal, step")
     else:
         total, parts = _plateau_rows(con)
-    series: dict[str, list[dict[str, Any]]] = {"reward": total}
-    for r in parts:
-        series.setdefault(f"rewards.{r['signal']}", []).append(r)
+    series: dict[str, dict[str, np.ndarray]] = {"reward": total}
+    signal = parts.pop("signal")
+    for name in dict.fromkeys(signal.tolist()):  # in order: the rows are sorted by signal
+        at = np.flatnonzero(signal == name)
+        series[f"rewards.{name}"] = {k: v[at[0]:at[-1] + 1] for k, v in parts.items()}
     return _plateau_series(series, total)
 
 
-def _plateau_rows(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    total = _rows(con, """SELECT step, avg(reward) AS m, coalesce(stddev_samp(reward), 0) AS sd, count(*) AS n
-                          FROM rollouts WHERE isfinite(reward) GROUP BY step ORDER BY step""")
-    parts = _rows(con, """SELECT k AS signal, step, avg(v) AS m, coalesce(stddev_samp(v), 0) AS sd, count(*) AS n
-                          FROM (SELECT step, unnest(map_keys(rewards)) AS k, unnest(map_values(rewards)) AS v
-                                FROM rollouts) WHERE isfinite(v) GROUP BY k, step ORDER BY k, step""")
+def _columns(con: duckdb.DuckDBPyConnection, sql: str) -> dict[str, np.ndarray]:
+    """The query's columns as numpy arrays (per-step rows: a long run has tens of thousands, not dicts each);
+    a numeric column with NULLs as floats with NaN there."""
+    out = {}
+    for k, v in con.execute(sql).fetchnumpy().items():
+        if np.ma.isMaskedArray(v):
+            v = np.ma.filled(v.astype(np.float64), np.nan) if v.dtype.kind in "biuf" else np.ma.filled(v, None)
+        out[k] = np.asarray(v)
+    return out
+
+
+def _plateau_rows(con: duckdb.DuckDBPyConnection) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    total = _columns(con, """SELECT step, avg(reward) AS m, coalesce(stddev_samp(reward), 0) AS sd, count(*) AS n
+                             FROM rollouts WHERE isfinite(reward) GROUP BY step ORDER BY step""")
+    parts = _columns(con, """SELECT k AS signal, step, avg(v) AS m, coalesce(stddev_samp(v), 0) AS sd,
+                                    count(*) AS n
+                             FROM (SELECT step, unnest(map_keys(rewards)) AS k, unnest(map_values(rewards)) AS v
+                                   FROM rollouts) WHERE isfinite(v) GROUP BY k, step ORDER BY k, step""")
     return total, parts
 
 
-def _plateau_series(series: dict[str, list[dict[str, Any]]], total: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _plateau_series(series: dict[str, dict[str, np.ndarray]], total: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """One plateau candidate per signal's per-step series (a single component equal to the total once)."""
-    if len(series) == 2 and all(len(v) == len(total) for v in series.values()):
+    if len(series) == 2 and all(len(v["step"]) == len(total["step"]) for v in series.values()):
         # a single component equal to the total is one signal, not two tests
         only = next(k for k in series if k != "reward")
-        if all(abs(a["m"] - b["m"]) <= 1e-9 * max(1.0, abs(a["m"])) for a, b in zip(total, series[only])):
+        a, b = np.asarray(total["m"], np.float64), np.asarray(series[only]["m"], np.float64)
+        if bool(np.all(np.abs(a - b) <= 1e-9 * np.maximum(1.0, np.abs(a)))):
             del series[only]
     out = []
     for signal, rows in series.items():
@@ -571,16 +586,13 @@ def _plateau_series(series: dict[str, list[dict[str, Any]]], total: list[dict[st
     return out
 
 
-def _plateau_one(signal: str, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _plateau_one(signal: str, rows: dict[str, np.ndarray]) -> dict[str, Any] | None:
     """Two one-sided tests (TOST) that the change of the per-step mean over the run lies within +-margin."""
     from scipy.stats import t as student_t
 
-    if len(rows) < PLATEAU_MIN_STEPS:
+    if len(rows["step"]) < PLATEAU_MIN_STEPS:
         return None
-    x = np.array([r["step"] for r in rows], dtype=float)
-    y = np.array([r["m"] for r in rows], dtype=float)
-    sd = np.array([r["sd"] for r in rows], dtype=float)
-    n = np.array([r["n"] for r in rows], dtype=float)
+    x, y, sd, n = (np.asarray(rows[k], dtype=float) for k in ("step", "m", "sd", "n"))
     within = float(np.sqrt(np.sum((n - 1) * sd**2) / max(np.sum(n - 1), 1)))
     if within <= 0:
         return None  # a constant signal: reward_health reports it
