@@ -359,3 +359,24 @@ def test_read_members_gives_each_file_its_own_rows_once(tmp_path, monkeypatch, r
     assert sorted(read) == sorted(f.name for f in wanted)
     assert _members(wanted) == {f.name: want[f.name] for f in wanted}
     assert list(segments.read_members([], "cells")) == []
+
+
+def test_a_merge_that_does_not_grow_writes_no_segment_but_removes_superseded_ones(tmp_path, monkeypatch):
+    """`grow=False` (a reader of the whole run that reads it once): the rows are those of the files, loose files
+    stay loose, and segments no longer used (their members left the run) are still removed after the grace
+    period."""
+    files = parts(tmp_path, 3 * FANOUT)
+    covering(files[:FANOUT], "cells")  # one level-1 segment of the first 16
+    seg_dir = tmp_path / "segments" / "cells"
+    (old,) = seg_dir.glob("L1-*")
+    got = list(segments.read_members(files, "cells", grow=False))
+    assert sorted(p.name for p, _ in got) == sorted(p.name for p in files)
+    assert all(t.column("part").to_pylist() == [int(p.name[1:6])] * 3 for p, t in got)
+    assert list(seg_dir.glob("L1-*")) == [old]  # the other 32 files were not merged
+    monkeypatch.setattr(segments, "GRACE", 0.0)
+    for p in files[:FANOUT]:
+        p.unlink()  # their parts left the run (their rows stay readable from the segment until then)
+    time.sleep(0.01)
+    rest = files[FANOUT:]
+    assert rows(covering(rest, "cells", grow=False)) == rows(rest)
+    assert not list(seg_dir.glob("L1-*"))

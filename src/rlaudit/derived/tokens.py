@@ -257,12 +257,13 @@ class TermSets:
         return pa.table({"rid": pa.array(np.concatenate(pieces) if pieces else np.zeros(0, np.uint64), pa.uint64())})
 
     def count_tables(self) -> Iterator[tuple[str, pa.Table]]:
-        """Every part's per-step counts, one part at a time (name, rows): the files through their segments, merged
-        first as `register` merges them (`segments.read_members`), then the tables held in memory."""
+        """Every part's per-step counts, one part at a time (name, rows): the files through their segments
+        (`segments.read_members`; superseded segments removed, no new ones written: the dense counts built from
+        these rows are what later audits read), then the tables held in memory."""
         files = {Path(e["counts"]).name: name for name, e in self.parts if not isinstance(e["counts"], pa.Table)}
         paths = [Path(e["counts"]) for _, e in self.parts if not isinstance(e["counts"], pa.Table)]
         if paths and len({p.parent for p in paths}) == 1:
-            for path, table in segments.read_members(paths, "counts"):
+            for path, table in segments.read_members(paths, "counts", grow=False):
                 yield files[path.name], table
         else:
             for path in paths:
