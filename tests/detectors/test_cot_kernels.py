@@ -507,3 +507,34 @@ def test_ascii_spans_in_a_buffer_that_is_not_read_in_place_and_the_others_cut(te
         want = hashed_tokens(pa.array(texts, pa.string()))
     for hashes, offsets in (got, got_whole):
         assert np.array_equal(offsets, want[1]) and np.array_equal(hashes, want[0])
+
+
+@pytest.mark.parametrize("spans", [False, True])
+def test_a_parts_files_batched_at_once_equal_each_file_batched_alone(spans):
+    """`file_batches` selects the rows with grader inputs and makes their columns once per part: each file's
+    batches are those `table_batches` gives of the file's own rows (files without grader inputs, a null map,
+    batches that cut a file)."""
+    from rlaudit.cot.scan import file_batches, table_batches
+    from rlaudit.layout import part_table
+    from rlaudit.schema import ROLLOUT_SCHEMA
+    from rlaudit.text import reasoning_spans
+
+    table, _ = make_run(steps=6, seed=7)
+    columns = {f.name: table.column(f.name).combine_chunks() for f in ROLLOUT_SCHEMA}
+    maps = columns["grader_inputs"].to_pylist()
+    for i in range(0, len(maps), 7):
+        maps[i] = None  # null maps: never scanned
+    columns["grader_inputs"] = pa.array(maps, columns["grader_inputs"].type)
+    for name in ("reasoning", "answer"):
+        columns[name] = pa.nulls(table.num_rows, pa.string())
+    part = part_table(columns, reasoning_spans(columns["completion"]))
+    n = part.num_rows
+    cuts = [0, 1, 1, 5, n // 3, n // 3 + 2, n // 2, n]  # an empty file, files of one row, large files
+    files = [(lo, hi - lo) for lo, hi in zip(cuts, cuts[1:])]
+    got = file_batches(part, 3, 4, files, spans=spans)
+    assert len(got) == len(files)
+    for (lo, rows), batches in zip(files, got):
+        want = [b.to_pylist() for b in table_batches(part.slice(lo, rows), 3, 4, spans=spans)]
+        assert [b.to_pylist() for b in batches] == want
+    assert sum(b.num_rows for bs in file_batches(part, 3, 4, files, spans=spans) for b in bs) == sum(
+        1 for m in maps if m)

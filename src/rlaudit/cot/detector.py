@@ -36,7 +36,7 @@ from ..memory import workers
 from ..store import Store, bound_memory, key_source, listing, part_source, sql_list, write_atomic, write_cached
 from ..detectors import DetectContext, Detector, register
 from .scan import (EMPTY_RESULTS, ScanParams, findings_from_results, iter_batches, read_scan_columns,
-                   scan_file_batches, table_batches)
+                   scan_file_batches, file_batches)
 from . import kernels as cot_kernels
 from .screen import screen
 from .screen_keys import cache_dir as keys_cache, key_writer, screen_keys
@@ -223,9 +223,10 @@ def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[s
             sources = (files or {}).get(name)
             if not sources or sum(rows for _, (_, rows) in sources) != raw.num_rows:  # one file (or a part of a
                 sources = [(part_source(name), (0, raw.num_rows))]  # view the manifest does not describe)
-            table = scan_file_batches(((table_batches(raw.slice(*span), layout, params.batch_rows,
-                                                      spans=cot_kernels.use_numba()), _chance(source, stride))
-                                       for source, span in sources), params)
+            batches = file_batches(raw, layout, params.batch_rows, [span for _, span in sources],
+                                   spans=cot_kernels.use_numba())
+            table = scan_file_batches(((b, _chance(source, stride)) for b, (source, _) in zip(batches, sources)),
+                                      params)
         else:  # captured inputs are merged into the grader inputs by a join: per source file, in its rows' order
             sources = (files or {}).get(name) or [(part_source(name), None)]
             cur = con.cursor()

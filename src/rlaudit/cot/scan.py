@@ -543,17 +543,31 @@ def table_batches(table: pa.Table, layout: int, rows: int, spans: bool = False) 
     """`part_batches` of a part's stored columns (`read_scan_columns`). With `spans` (and a part of layout 2 or
     more), the batches keep the part's columns for the reasoning and the answer (their text, the completion and
     the span columns) instead of cutting the texts out: `PreparedBatch.of` tokenises them where they lie."""
+    (batches,) = file_batches(table, layout, rows, [(0, table.num_rows)], spans)
+    return batches
+
+
+def file_batches(table: pa.Table, layout: int, rows: int, files: list[tuple[int, int]], spans: bool = False
+                 ) -> list[Iterator[pa.Table]]:
+    """`table_batches` of each file's rows of a part (`files`: (first row, rows) each, in order), with the rows
+    selected and their columns made once for the part: a part of 250 files of 64 rollouts (a step each) paid
+    the selection's Arrow calls per file, 2 of a cold scan's 6.6 CPU s at 15,625 steps."""
     maps = table.column("grader_inputs").combine_chunks()
     entries = np.diff(np.asarray(maps.offsets.to_numpy(zero_copy_only=False), np.int64))
     # a null map has no entries: dropped, as SQL's WHERE drops cardinality(NULL) > 0
-    table = table.filter(pa.array(entries > 0) if maps.null_count == 0 else
-                         pc.and_(pa.array(entries > 0), maps.is_valid()))
+    keep = entries > 0 if maps.null_count == 0 else (entries > 0) & maps.is_valid().to_numpy(zero_copy_only=False)
+    table = table.filter(pa.array(keep))
     if layout >= 2 and spans:
         table = table.select(_COLUMNS + ["completion", *SPANS["reasoning"], *SPANS["answer"]])
     else:
         table = (to_canonical(table) if layout >= 2 else table).select(_COLUMNS)
-    for start in range(0, table.num_rows, rows):
-        yield table.slice(start, rows)
+    kept = np.concatenate([[0], np.cumsum(keep)])  # kept rows before each row: a file's rows stay one range
+    return [_slices(table, int(kept[lo]), int(kept[lo + n]), rows) for lo, n in files]
+
+
+def _slices(table: pa.Table, lo: int, hi: int, rows: int) -> Iterator[pa.Table]:
+    for start in range(lo, hi, rows):
+        yield table.slice(start, min(rows, hi - start))
 
 
 def iter_batches(con: duckdb.DuckDBPyConnection, rows: int, source: str = "all_rollouts",
