@@ -413,7 +413,8 @@ class Store:
             report = IngestReport(run=run, format=reader.name)
             dedupe_notes: dict[str, str] = {}
             stats: dict[str, os.stat_result] = {}
-            files = self._distinct_files(files, manifest, dedupe_notes, stats)
+            digests: dict[str, tuple[int, int, str]] = {}
+            files = self._distinct_files(files, manifest, dedupe_notes, stats, digests)
             labeler = ConditionLabeler(rules=conditions or [], labels=dict(manifest.get("conditions", {})))
             qpath = self.run_dir(run) / "quarantine.jsonl"
             # this ingest's bad records: moved into the quarantine file when the ingest commits, so a failed or
@@ -486,7 +487,7 @@ class Store:
                     (self.run_dir(run) / "parts" / group.name).unlink(missing_ok=True)
 
             # an error here stops the reading threads and the writers (their unfinished parts are removed)
-            with contextlib.closing(stream), _Writers(self, run, len(todo)) as writers:
+            with contextlib.closing(stream), _Writers(self, run, len(todo), digests) as writers:
                 group: _Part | None = None
                 for file in todo:
                     try:
@@ -848,11 +849,14 @@ class Store:
                 p.unlink(missing_ok=True)
 
     def _distinct_files(self, files: list[SourceFile], manifest: dict[str, Any], notes: dict[str, str],
-                        stats: dict[str, os.stat_result] | None = None) -> list[SourceFile]:
+                        stats: dict[str, os.stat_result] | None = None,
+                        digests: dict[str, tuple[int, int, str]] | None = None) -> list[SourceFile]:
         """`files` without the ones that would ingest the same rollouts twice: a file inside the store itself
         (a store placed in the source directory), a file reached again through a symlink (or a symlink loop),
         and a file whose bytes repeat another's (`1.jsonl` beside `01.jsonl`). Each skip is noted. `stats`
-        receives the stat of each file kept (relpath -> stat), taken here, for `_unchanged`."""
+        receives the stat of each file kept (relpath -> stat), taken here, for `_unchanged`; `digests` the SHA-256
+        of each file hashed here, with the size and mtime it had (relpath -> (size, mtime_ns, digest)), which the
+        part writers take instead of hashing the file again after its rows while it has not changed."""
         store_root = str(self.root.resolve())
         below = store_root.rstrip(os.sep) + os.sep
         inside, linked, copies = [], [], []
@@ -904,6 +908,8 @@ class Store:
                 digest = self._digest(manifest, f, st)
                 if digest is None:
                     continue
+                if digests is not None:
+                    digests[f.relpath] = (st.st_size, st.st_mtime_ns, digest)
                 if digest in first:
                     drop.add(f.relpath)
                     copies.append(f"{f.relpath} (= {first[digest]})")
@@ -1216,8 +1222,9 @@ class _Writers:
     MAX = 2
     MEMORY = 256 << 20
 
-    def __init__(self, store: Store, run: str, files: int):
+    def __init__(self, store: Store, run: str, files: int, digests: dict[str, tuple[int, int, str]] | None = None):
         self.store, self.run = store, run
+        self.digests = digests or {}
         self.n = self.threads(files)
         self.pool = ThreadPoolExecutor(self.n, thread_name_prefix="rlaudit-part")
         self.queues: list[queue.Queue] = []
@@ -1246,11 +1253,7 @@ class _Writers:
             rows, steps = 0, None
             for item in items:
                 if isinstance(item, _FileEnd):
-                    try:
-                        digest: str | None = _sha256(files[len(out)][0].path)
-                    except OSError:
-                        digest = None
-                    out.append((rows, steps, digest))
+                    out.append((rows, steps, self._digest_after(files[len(out)][0])))
                     rows, steps = 0, None
                     continue
                 rows += item.num_rows
@@ -1259,6 +1262,20 @@ class _Writers:
 
         self.store._write_part(self.run, part, tables())
         return out
+
+    def _digest_after(self, file: SourceFile) -> str | None:
+        """`file`'s SHA-256 after its rows were read (None: unreadable): the one taken before reading while its
+        size and mtime are unchanged (files of one size are hashed to find copies: a run of 15,625 small step
+        files hashed ~15,000 of them twice), else read anew."""
+        known = self.digests.get(file.relpath)
+        try:
+            if known is not None:
+                st = file.path.stat()
+                if (st.st_size, st.st_mtime_ns) == known[:2]:
+                    return known[2]
+            return _sha256(file.path)
+        except OSError:
+            return None
 
     def __enter__(self) -> _Writers:
         return self

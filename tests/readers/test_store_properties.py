@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rlaudit.layout import LAYOUT
@@ -242,3 +244,26 @@ def test_appended_parts_keep_their_step_range(store):
     table = simulate_run("goblin_persona", steps=4, prompts=2, generations=2, seed=0, run_name="r").canonical()
     store.append("r", table.filter(pa.compute.greater_equal(table["step"], 3)), key="late")
     assert [e["steps"] for e in store.manifest("r")["files"].values()] == [[3, 4]]
+
+
+def test_files_of_one_size_are_hashed_once_and_their_digests_recorded(tmp_path, store, monkeypatch):
+    """Files of equal size are hashed to find copies before they are read; the part writers take that digest
+    instead of hashing each file again after its rows (while its size and mtime are unchanged), and the manifest
+    records every file's true SHA-256."""
+    import hashlib
+
+    from rlaudit import store as store_module
+
+    out = tmp_path / "run"
+    for s in (1, 2, 3):  # the same shape each step: files of one size, different bytes
+        trl_step(out, s, [f"prompt {s}"] * 4, [f"<think>r{s}</think>a{i}" for i in range(4)],
+                 rewards={"r": [float(i) for i in range(4)]})
+    files = sorted(out.rglob("*.parquet"))
+    assert len({f.stat().st_size for f in files}) == 1
+    hashed = []
+    real = store_module._sha256
+    monkeypatch.setattr(store_module, "_sha256", lambda p: hashed.append(p.name) or real(p))
+    store.ingest(out)
+    assert sorted(hashed) == sorted(f.name for f in files)  # once each
+    recorded = {Path(k).name: e["sha256"] for k, e in store.manifest("run")["files"].items()}
+    assert recorded == {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
