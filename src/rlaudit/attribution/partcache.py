@@ -195,39 +195,35 @@ def _meta(store: Store, run: str, max_step: int | None, split: str | None, also:
     # with the audit's other kinds (`also`) where they are missing: an audit whose generalization computed nothing
     # (no behaviour it follows) would otherwise read every part for these counts alone, then again for the rest
     stats = part_stats(store, run, META.name, also=also)
+    within = "TRUE" if max_step is None else f"step <= {int(max_step)}"
+    sums = ", ".join(f"sum({k})::BIGINT AS {k}" for k in _COUNTS)
+    # grouped by DuckDB: a run of 15,625 steps has ~110,000 rows here, a Python loop over them ~0.2 s a warm audit
     with duckdb.connect() as con:
         con.execute("SET enable_progress_bar = false")
         bound_memory(con, store.root)
         stats.register(con, "meta", stems=True)
-        t = con.sql(f"SELECT * FROM meta WHERE {scope_sql(None, split)}").to_arrow_table()
-    cols = {c: t.column(c).to_pylist() for c in t.column_names}
-    part_steps: dict[str, set[int]] = {}
-    part_signals: dict[str, set[str]] = {}
-    part_rows: dict[str, int] = {}  # in the split, at any step: what `_Ctx._stream` reads of the part
-    owner: dict[int, str] = {}
-    out: dict[str, Any] = {k: {} for k in _COUNTS}
-    out["signals"] = {}
-    for i, stem in enumerate(cols.get("_stem", [])):
-        step, signal = int(cols["step"][i]), cols["signal"][i]
-        if owner.setdefault(step, stem) != stem:
+        con.execute(f"CREATE TEMP TABLE m AS SELECT * FROM meta WHERE {scope_sql(None, split)}")
+        if con.execute("SELECT count(*) FROM (SELECT step FROM m GROUP BY step HAVING count(DISTINCT _stem) > 1)"
+                       ).fetchone()[0]:
             return None  # one step in two parts: its groups may span them
-        if signal is not None:
-            part_signals.setdefault(stem, set()).add(signal)
-        else:
-            part_rows[stem] = part_rows.get(stem, 0) + int(cols["n"][i])
-        if max_step is not None and step > max_step:
-            continue
-        if signal is not None:
-            out["signals"].setdefault(step, set()).add(signal)
-            continue
-        part_steps.setdefault(stem, set()).add(step)
-        for k in _COUNTS:
-            out[k][step] = out[k].get(step, 0) + int(cols[k][i])
-    if not sum(out["n"].values()):
+        per_stem = con.execute("""SELECT _stem, list(DISTINCT signal) FILTER (WHERE signal IS NOT NULL),
+                                         sum(n) FILTER (WHERE signal IS NULL)::BIGINT,
+                                         list(DISTINCT step) FILTER (WHERE signal IS NULL AND """ + within + """)
+                                  FROM m GROUP BY _stem""").fetchall()
+        signal_steps = con.execute(f"""SELECT step, list(DISTINCT signal) FROM m
+                                       WHERE signal IS NOT NULL AND {within} GROUP BY step""").fetchall()
+        counts = con.execute(f"""SELECT step, {sums} FROM m WHERE signal IS NULL AND {within}
+                                 GROUP BY step ORDER BY step""").fetchnumpy()
+    part_signals = {stem: set(sig) for stem, sig, _, _ in per_stem if sig}
+    part_rows = {stem: int(n) for stem, _, n, _ in per_stem if n is not None}  # stems with rows of counts
+    part_steps = {stem: set(st) for stem, _, _, st in per_stem if st}
+    steps = np.asarray(counts["step"], np.int64)
+    out: dict[str, Any] = {k: dict(zip(steps.tolist(), np.asarray(counts[k], np.int64).tolist())) for k in _COUNTS}
+    out["signals"] = {int(step): set(sig) for step, sig in signal_steps}
+    if not int(np.asarray(counts["n"], np.int64).sum()):
         return None
-    steps = np.array(sorted(out["n"]), np.int64)
     return {**out, "part_steps": part_steps, "part_signals": part_signals, "part_rows": part_rows, "steps": steps,
-            "rows": np.array([out["n"][s] for s in steps.tolist()], np.int64)}
+            "rows": np.asarray(counts["n"], np.int64)}
 
 
 def _union(per_step: dict[int, set[str]], steps: set[int]) -> set[str]:
