@@ -210,3 +210,29 @@ def test_sampled_reward_correlations_read_only_the_sampled_parts(tmp_path, monke
     # equal, floats to the last digits (DuckDB's parallel sums of the correlation add in any order)
     assert json.loads(json.dumps(again, default=str), parse_float=lambda x: round(float(x), 12)) == \
         json.loads(json.dumps(found, default=str), parse_float=lambda x: round(float(x), 12))
+
+
+def test_a_long_runs_reward_correlations_read_a_systematic_sample_of_whole_parts(tmp_path, monkeypatch):
+    """Over twice `max_window_rollouts`, generalization's reward correlations read the steps of whole parts (a
+    part is read whole or not at all), the newest part always, the others evenly spaced over the run: parts of
+    4 steps of 128 rollouts and a cap of 2,200 give every 5th part of 20, 4 parts."""
+    import pyarrow.compute as pc
+
+    from rlaudit.detectors.emerging import Scope
+
+    table = simulate_run("goblin_persona", seed=0, run_name="sim", steps=80, prompts=16, generations=8).canonical()
+    store = Store(tmp_path / "store")
+    for first in range(1, 81, 4):
+        rows = table.filter(pc.and_(pc.greater_equal(table["step"], first), pc.less(table["step"], first + 4)))
+        store.append("sim", rows, key=f"p{first:04d}")
+    captured = []
+    real = Scope._sample_parts
+    monkeypatch.setattr(Scope, "_sample_parts", lambda self, cap: captured.append(got := real(self, cap)) or got)
+    config = AuditConfig(detectors=["emerging", "generalization"], options={"emerging": {"max_window_rollouts": 1100}})
+    assert [f for f in run_detectors(store, "sim", config) if f.kind == "generalization"]
+    assert captured
+    sampled = set(captured[0])
+    blocks = [set(range(first, first + 4)) for first in range(1, 81, 4)]
+    chosen = [i for i, b in enumerate(blocks) if b & sampled]
+    assert all(blocks[i] <= sampled for i in chosen) and sampled == set().union(*(blocks[i] for i in chosen))
+    assert chosen == [4, 9, 14, 19]
