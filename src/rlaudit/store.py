@@ -194,6 +194,19 @@ def _sha256_or_none(path: Path) -> str | None:
         return None
 
 
+def _known_or_hashed(path: Path, known: tuple[int | None, int | None, str | None] | None,
+                     st: os.stat_result | None = None) -> str | None:
+    """The file's SHA-256: `known` (size, mtime_ns, digest) while the file still has that size and mtime (`st`: its
+    stat, if taken), else read anew; None when it cannot be read."""
+    try:
+        st = st or path.stat()
+        if known is not None and known[2] and known[:2] == (st.st_size, st.st_mtime_ns):
+            return known[2]
+        return _sha256(path)
+    except OSError:
+        return None
+
+
 def _sha256(path: Path) -> str:
     """The file's SHA-256 (hex). `hashlib.file_digest` reads into one reused buffer: 0.27 -> 0.16 CPU s for the
     1M benchmark's 200 files (380 MB), against a new 1 MB bytes object per read."""
@@ -931,13 +944,7 @@ class Store:
         """The file's SHA-256: the recorded one while its size and mtime are the recorded ones (`st`: its stat, if
         taken), else read anew."""
         entry = manifest["files"].get(file.relpath) or {}
-        try:
-            st = st or file.path.stat()
-            if entry.get("sha256") and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
-                return entry["sha256"]
-            return _sha256(file.path)
-        except OSError:
-            return None
+        return _known_or_hashed(file.path, (entry.get("size"), entry.get("mtime_ns"), entry.get("sha256")), st)
 
     @staticmethod
     def _quarantine(path: Path, records: list[BadRecord]) -> None:
@@ -1253,7 +1260,10 @@ class _Writers:
             rows, steps = 0, None
             for item in items:
                 if isinstance(item, _FileEnd):
-                    out.append((rows, steps, self._digest_after(files[len(out)][0])))
+                    # the digest taken before reading (files of one size are hashed to find copies: a run of
+                    # 15,625 small step files hashed ~15,000 of them twice) while the file is unchanged
+                    file = files[len(out)][0]
+                    out.append((rows, steps, _known_or_hashed(file.path, self.digests.get(file.relpath))))
                     rows, steps = 0, None
                     continue
                 rows += item.num_rows
@@ -1262,20 +1272,6 @@ class _Writers:
 
         self.store._write_part(self.run, part, tables())
         return out
-
-    def _digest_after(self, file: SourceFile) -> str | None:
-        """`file`'s SHA-256 after its rows were read (None: unreadable): the one taken before reading while its
-        size and mtime are unchanged (files of one size are hashed to find copies: a run of 15,625 small step
-        files hashed ~15,000 of them twice), else read anew."""
-        known = self.digests.get(file.relpath)
-        try:
-            if known is not None:
-                st = file.path.stat()
-                if (st.st_size, st.st_mtime_ns) == known[:2]:
-                    return known[2]
-            return _sha256(file.path)
-        except OSError:
-            return None
 
     def __enter__(self) -> _Writers:
         return self
