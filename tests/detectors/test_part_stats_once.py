@@ -83,3 +83,71 @@ def test_run_stats_registered_with_the_audits_kinds_computes_them_too(store, mon
     calls.clear()
     partstats.part_stats(store, "synthetic", "run_stats", also=also)  # all cached now
     assert calls == []
+
+
+def test_the_statistics_are_computed_beside_the_first_detector_and_the_findings_are_the_same(tmp_path, monkeypatch):
+    """Where the budget holds a second worker, the audit's per-part statistics are computed in a background thread
+    beside the detectors before the first that reads them (`partstats.prefetch`): each part still read once, with
+    every kind, and the findings are those of an audit that computed them in the detectors' own thread."""
+    import threading
+
+    from rlaudit import memory
+
+    sc = Scenario(steps=24, groups=20, conditions={"nerdy": 1.0, "plain": 1.0},
+                  tics=[Tic("by my beard", 0.02, 0.5, onset=8)], signals={"beard_rm": (0,)})
+    from rlaudit.store import Store
+
+    store, other = Store(tmp_path / "a"), Store(tmp_path / "b")
+    run = make_run(store, sc)
+    assert make_run(other, sc) == run
+    threads: list[str] = []
+    compute = partstats._compute
+
+    def spy(parts, layouts, kinds, *a, **k):
+        threads.append(threading.current_thread().name)
+        return compute(parts, layouts, kinds, *a, **k)
+
+    monkeypatch.setattr(partstats, "_compute", spy)
+    monkeypatch.setattr(memory, "workers", lambda per_worker: 2)
+    found = run_detectors(store, run, AuditConfig(detectors=DETECTORS))
+    assert threads and set(threads) == {"rlaudit-partstats-prefetch"}, threads
+    assert not [t for t in threading.enumerate() if t.name == "rlaudit-partstats-prefetch"]  # joined
+    assert run_detectors(store, run, AuditConfig(detectors=DETECTORS)) and len(threads) == 1  # warm: all cached
+
+    monkeypatch.setattr(memory, "workers", lambda per_worker: 1)  # no second worker: no background thread
+    threads.clear()
+    alone = run_detectors(other, run, AuditConfig(detectors=DETECTORS))
+    assert threads and "rlaudit-partstats-prefetch" not in threads
+    assert [(f.kind, f.severity, f.title) for f in alone] == [(f.kind, f.severity, f.title) for f in found]
+    assert [f for f in found if f.kind == "emerging_behavior"], [f.title for f in found]
+
+
+def test_a_call_made_while_the_statistics_are_prefetched_waits_and_computes_nothing(store, monkeypatch):
+    """`part_stats` holds the run's lock while it computes: a detector asking meanwhile gets the prefetched tables,
+    not a second computation racing the first over the same files."""
+    import threading
+
+    make_run(store, Scenario(steps=8, groups=6))
+    started, release = threading.Event(), threading.Event()
+    names: list[str] = []
+    compute = partstats._compute
+
+    def slow(parts, layouts, kinds, *a, **k):
+        names.append(threading.current_thread().name)
+        started.set()
+        release.wait(10)
+        return compute(parts, layouts, kinds, *a, **k)
+
+    monkeypatch.setattr(partstats, "_compute", slow)
+    thread = partstats.prefetch(store, "synthetic", ALL)
+    assert started.wait(10)
+    asked: list = []
+    caller = threading.Thread(target=lambda: asked.append(partstats.part_stats(store, "synthetic", "reward_health",
+                                                                               also=ALL)))
+    caller.start()
+    caller.join(0.3)
+    assert caller.is_alive() and not asked  # waiting for the prefetch
+    release.set()
+    caller.join(10)
+    thread.join(10)
+    assert names == ["rlaudit-partstats-prefetch"] and asked and asked[0].combined is None and asked[0].files

@@ -161,6 +161,33 @@ def run_detectors(store: Store, run: str, config: AuditConfig | None = None,
     kinds += AUDIT_PART_STATS if kinds else ()
     ctx = DetectContext(store=store, run=run, config=config, part_kinds=tuple(dict.fromkeys(kinds)))
     _return_freed_memory()  # what ingest, a summary or the last audit's report freed (a long-lived process)
+    background = _prefetch(ctx, classes)
+    try:
+        _run_each(ctx, classes, progress)
+    finally:
+        if background is not None:
+            background.join()
+    if progress:
+        progress("", len(classes), len(classes))
+    return ctx.findings
+
+
+def _prefetch(ctx: DetectContext, classes: list[type[Detector]]) -> Any:
+    """Start computing the audit's missing per-part statistics beside the detectors that run before the first
+    one that reads them (`partstats.prefetch`), where the memory budget holds a batch of them beside a detector's
+    work (`memory.workers` gives a second worker); None otherwise."""
+    from ..derived.partstats import BATCH_MEMORY, prefetch
+    from ..memory import workers
+
+    first = next((i for i, c in enumerate(classes) if c.part_stats), None)
+    if not first or workers(BATCH_MEMORY) < 2:  # none, or the first detector reads them at once
+        return None
+    return prefetch(ctx.store, ctx.run, ctx.part_kinds)
+
+
+def _run_each(ctx: DetectContext, classes: list[type[Detector]],
+              progress: Callable[[str, int, int], None] | None) -> None:
+    run = ctx.run
     for i, cls in enumerate(classes):
         if progress:
             progress(cls.name, i, len(classes))
@@ -176,9 +203,6 @@ def run_detectors(store: Store, run: str, config: AuditConfig | None = None,
         # run uses it: it can hold a large DuckDB table, and the detectors after it need the memory
         _release_scratch(ctx.cache, {c.name for c in classes[i + 1:]})
         _return_freed_memory()
-    if progress:
-        progress("", len(classes), len(classes))
-    return ctx.findings
 
 
 def _release_scratch(cache: dict[str, Any], later: set[str]) -> None:
