@@ -459,10 +459,11 @@ def _computed(jobs: list[tuple[tuple[str, ...], list[Path]]], layouts: dict[str,
     """`_compute` of each job (the kinds a batch of parts lacks, the parts), in order. Where a second core and
     the memory budget allow, `memory.workers` threads (or `threads`, each of one DuckDB thread) compute the next
     batches while the caller writes the last one's tables (DuckDB and Arrow release the GIL; one batch at a time
-    left a core idle for a third of a cold run's statistics), each connection with its share of DuckDB's memory limit; at most one batch per thread
-    waits to be written, so memory stays bounded by the thread count, not the run. Each connection then runs
-    one DuckDB thread: the workers already fill the cores, and DuckDB's own threads on top of them cost ~0.6 CPU
-    s more of the 1M benchmark's ~6.5 (its task scheduler's waits and wake-ups).
+    left a core idle for a third of a cold run's statistics), each connection with its share of DuckDB's memory
+    limit; at most one batch per thread waits to be written, so memory stays bounded by the thread count, not
+    the run. Each connection then runs one DuckDB thread: the workers already fill the cores, and DuckDB's own
+    threads on top of them cost ~0.6 CPU s more of the 1M benchmark's ~6.5 (its task scheduler's waits and
+    wake-ups).
 
     A connection serves one batch at a time and then the next (`idle`), closed once every batch is computed:
     opening and closing an in-memory database cost ~12 ms a batch (the 200 parts one at a time: 13.8 -> 11.5
