@@ -21,6 +21,7 @@ sizes, which keep a cold 1M-rollout audit within 2 GB of RSS (`benchmarks/audit_
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import queue
 import re
@@ -212,10 +213,39 @@ def threads_setting() -> int | None:
     return int(env)
 
 
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def at_most(n: int) -> Iterator[None]:
+    """Within the block, `workers` gives at most `n` in this thread, and a DuckDB connection set up here by
+    `store.bound_memory` runs at most `n` threads: for work run beside other work (an audit's background
+    computations, `detectors.run_detectors`), which should fill a core the other leaves idle, not start a pool of
+    its own (its threads' memory on top of the other's peak, and their time taken from the other's)."""
+    old = getattr(_LOCAL, "most", None)
+    _LOCAL.most = max(1, int(n)) if old is None else min(old, max(1, int(n)))
+    try:
+        yield
+    finally:
+        _LOCAL.most = old
+
+
+def thread_limit() -> int | None:
+    """The limit of an enclosing `at_most` of this thread, or None."""
+    return getattr(_LOCAL, "most", None)
+
+
 def workers(per_worker: int) -> int:
     """Threads for per-part work that holds about `per_worker` bytes per thread (numpy and Arrow release the GIL,
     so parts scan in parallel): `RLAUDIT_THREADS` if set, else the usable cores (at most MAX_WORKERS), fewer when
-    the memory budget's SAMPLE_SHARE cannot hold that many parts at once, and never fewer than one."""
+    the memory budget's SAMPLE_SHARE cannot hold that many parts at once, and never fewer than one; at most the
+    limit of an enclosing `at_most` of this thread."""
+    n = _workers(per_worker)
+    most = thread_limit()
+    return n if most is None else min(n, most)
+
+
+def _workers(per_worker: int) -> int:
     setting = threads_setting()
     if setting is not None:
         return setting

@@ -1206,11 +1206,14 @@ def bound_memory(con: duckdb.DuckDBPyConnection, root: str | Path | None = None,
     with a limit it spills them to `<store>/.tmp` instead. The limit is 1 GB, or less when the process runs under
     a memory budget (`RLAUDIT_MEMORY`, a cgroup limit, `ulimit -v`), or `RLAUDIT_DUCKDB_MEMORY`
     (`rlaudit.memory.duckdb_limit`); `at_most` lowers it for work that streams (a merge of small files), which
-    then does not take a second gigabyte beside a detector's open connection."""
-    from .memory import duckdb_limit
+    then does not take a second gigabyte beside a detector's open connection. Within `memory.at_most(n)`, the
+    connection runs at most n threads."""
+    from .memory import duckdb_limit, thread_limit
 
     limit = duckdb_limit() if at_most is None else min(duckdb_limit(), at_most)
     con.execute(f"SET memory_limit = '{max(1, limit >> 20)}MB'")
+    if thread_limit() is not None:
+        con.execute(f"SET threads = {int(thread_limit())}")
     if root is not None:
         tmp = Path(root) / ".tmp"
         with contextlib.suppress(OSError):

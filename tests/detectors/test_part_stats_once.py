@@ -110,21 +110,22 @@ def test_the_statistics_are_computed_beside_the_first_detector_and_the_findings_
     monkeypatch.setattr(partstats, "_compute", spy)
     monkeypatch.setattr(memory, "workers", lambda per_worker: 2)
     found = run_detectors(store, run, AuditConfig(detectors=DETECTORS))
-    assert threads and set(threads) == {"rlaudit-partstats-prefetch"}, threads
-    assert not [t for t in threading.enumerate() if t.name == "rlaudit-partstats-prefetch"]  # joined
+    assert threads and set(threads) == {"rlaudit-background"}, threads
+    assert not [t for t in threading.enumerate() if t.name == "rlaudit-background"]  # joined
     assert run_detectors(store, run, AuditConfig(detectors=DETECTORS)) and len(threads) == 1  # warm: all cached
 
     monkeypatch.setattr(memory, "workers", lambda per_worker: 1)  # no second worker: no background thread
     threads.clear()
     alone = run_detectors(other, run, AuditConfig(detectors=DETECTORS))
-    assert threads and "rlaudit-partstats-prefetch" not in threads
+    assert threads and "rlaudit-background" not in threads
     assert [(f.kind, f.severity, f.title) for f in alone] == [(f.kind, f.severity, f.title) for f in found]
     assert [f for f in found if f.kind == "emerging_behavior"], [f.title for f in found]
 
 
-def test_a_call_made_while_the_statistics_are_prefetched_waits_and_computes_nothing(store, monkeypatch):
-    """`part_stats` holds the run's lock while it computes: a detector asking meanwhile gets the prefetched tables,
-    not a second computation racing the first over the same files."""
+def test_a_call_made_while_the_statistics_are_computed_waits_and_computes_nothing(store, monkeypatch):
+    """`part_stats` holds the run's lock while it computes: a detector asking meanwhile (while the audit's
+    background thread computes them) gets those tables, not a second computation racing the first over the same
+    files."""
     import threading
 
     make_run(store, Scenario(steps=8, groups=6))
@@ -139,7 +140,9 @@ def test_a_call_made_while_the_statistics_are_prefetched_waits_and_computes_noth
         return compute(parts, layouts, kinds, *a, **k)
 
     monkeypatch.setattr(partstats, "_compute", slow)
-    thread = partstats.prefetch(store, "synthetic", ALL)
+    thread = threading.Thread(target=partstats.part_stats, args=(store, "synthetic", ALL[0]), kwargs={"also": ALL},
+                              name="first")
+    thread.start()
     assert started.wait(10)
     asked: list = []
     caller = threading.Thread(target=lambda: asked.append(partstats.part_stats(store, "synthetic", "reward_health",
@@ -150,4 +153,4 @@ def test_a_call_made_while_the_statistics_are_prefetched_waits_and_computes_noth
     release.set()
     caller.join(10)
     thread.join(10)
-    assert names == ["rlaudit-partstats-prefetch"] and asked and asked[0].combined is None and asked[0].files
+    assert names == ["first"] and asked and asked[0].combined is None and asked[0].files

@@ -44,21 +44,36 @@ from .screen_sets import candidate_keys
 from . import summary as summaries
 
 
+#: `ctx.cache`'s key of the scan `CotGradingDetector.prefetch` ran
+_SCANNED = "cot_grading.scanned"
+
+
 @register
 class CotGradingDetector(Detector):
     name = "cot_grading"
     kinds = ("cot_grading",)
     description = "Graders that saw the reasoning: scan of logged grader inputs, plus a statistical screen."
 
-    def detect(self, ctx: DetectContext) -> list[Finding]:
+    def prefetch(self, ctx: DetectContext) -> None:
+        """The scan of every stored part (`_scan`), for `detect`: it reads the parts alone."""
+        ctx.cache[_SCANNED] = self._scan(ctx)
+
+    def _scan(self, ctx: DetectContext) -> tuple[Any, ...]:
+        """(options, params, extra, also, parts, per_part): the run's parts and their scan results (`scan_parts`),
+        with the screen's answer keys (`also`) cached in the same read of each part."""
         options = ctx.config.options.get(self.name, {})
         params = ScanParams.from_options(options)
-        con = ctx.connect()
         key, extra = scan_key(ctx.store, ctx.run, params)
         # the scan reads every column the screen's answer keys need: it caches them too, each part read once
         also = key_writer(ctx.store, ctx.run) if options.get("screen", True) else None
         parts = ctx.store.parts(ctx.run)
         per_part = scan_parts(ctx.store, ctx.run, params, key, extra, also=also, per_part=True, segment=True)
+        return options, params, extra, also, parts, per_part
+
+    def detect(self, ctx: DetectContext) -> list[Finding]:
+        scanned = ctx.cache.pop(_SCANNED, None)
+        options, params, extra, also, parts, per_part = scanned if scanned is not None else self._scan(ctx)
+        con = ctx.connect()
         where = ["TRUE"]
         if ctx.config.max_step is not None:
             where.append(f"step <= {int(ctx.config.max_step)}")

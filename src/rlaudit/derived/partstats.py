@@ -210,32 +210,11 @@ def part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[s
 
     Where a kind has COMPACT_AT or more parts to compute or loose, its new tables stream into a new combined
     file (`_Combined`) instead of a file per part that the next step would merge: a cold audit writes each
-    kind's rows once. One call at a time per run in this process (`_run_lock`): a call made while `prefetch`
-    computes waits for it, then finds the tables cached."""
+    kind's rows once. One call at a time per run in this process (`_run_lock`): a call made while another
+    computes (an audit's background thread, `detectors.run_detectors`) waits for it, then finds the tables
+    cached."""
     with _run_lock(store, run):
         return _part_stats(store, run, name, also, batch, batch_rows, threads)
-
-
-def prefetch(store: Store, run: str, kinds: tuple[str, ...] | list[str]) -> threading.Thread | None:
-    """Start computing the missing tables of `kinds` (every one of them, as `part_stats(.., also=kinds)`) in a
-    background thread of one DuckDB thread, and return it (join it before the process may exit); None where
-    nothing would be kept (`persist_derived` false: `part_stats` then computes only the kind asked for).
-
-    For an audit: its statistics need only the stored parts, not the findings of the detectors before the first
-    that reads them, and those detectors leave a core idle for stretches (emerging's single-threaded steps:
-    ~2.8 of its ~9 s at 1M rollouts on 2 cores); computed beside them, the statistics fill those stretches
-    instead of running after them. An error here is dropped: the detector that asks computes them again and
-    meets it there."""
-    if not kinds or not getattr(store, "persist_derived", True):
-        return None
-
-    def work() -> None:
-        with contextlib.suppress(Exception):
-            part_stats(store, run, kinds[0], also=kinds, threads=1)
-
-    thread = threading.Thread(target=work, name="rlaudit-partstats-prefetch", daemon=True)
-    thread.start()
-    return thread
 
 
 _RUN_LOCKS: dict[tuple[str, str], threading.RLock] = {}

@@ -80,7 +80,7 @@ def register_rollup(con: duckdb.DuckDBPyConnection, stats: PartStats, root: Path
     """Create the temp tables `rh_steps`, `rh_values`, `rh_sketch` and `rh_nan` (see `reward_stats`) of the
     `split` rows of the whole run, from the rollup of the combined parts (built now if missing) and the loose
     parts of `stats`."""
-    small, chunks = _rollup(stats, root)
+    small, chunks = rollup(stats, root)
     _merge(con, small, chunks, _loose_sql(con, stats))
     only = f"split = {sql_string(split)}"
     con.execute(f"""CREATE OR REPLACE TEMP TABLE rh_steps AS SELECT step, signal, n, nan, inf, finite, lo, hi
@@ -176,7 +176,7 @@ _EMPTY_ROWS = ("SELECT NULL::TINYINT AS kind, NULL::VARCHAR AS split, NULL::BIGI
                "NULL::DOUBLE AS value, NULL::TINYINT AS sgn, NULL::INTEGER AS b WHERE FALSE")
 
 
-def _rollup(stats: PartStats, root: Path) -> tuple[pa.Table, list[tuple[Any, np.ndarray]]]:
+def rollup(stats: PartStats, root: Path) -> tuple[pa.Table, list[tuple[Any, np.ndarray]]]:
     """(small tables, chunks) of the rollup of the combined parts of `stats`: read from `rollup/` beside the
     combined file, or built from the newest earlier rollup of a subset of them and the rows of the others, and
     written there (kept in memory where the store cannot be written)."""
