@@ -146,3 +146,64 @@ def test_duckdb_connections_set_up_within_at_most_run_that_many_threads():
         with memory.at_most(3):  # an inner block never raises the limit
             assert memory.workers(1) == 1
     assert threads() == usual and memory.thread_limit() is None
+
+
+def test_next_runs_a_later_detector_while_the_prefetch_of_the_next_one_is_running():
+    from rlaudit.detectors import _next
+
+    class A:
+        name, requires = "a", ()
+
+    class B:
+        name, requires = "b", ("a",)
+
+    class C:
+        name, requires = "c", ()
+
+    class Busy:
+        def running(self, name):
+            return name == "a"
+
+    assert _next([A, B, C], {}, Busy()) is C  # a's prefetch is running, b needs a: c runs meanwhile
+    assert _next([A, B], {}, Busy()) is A  # nothing else can run: wait for a's
+    assert _next([A, B, C], {}, None) is A
+    assert _next([B, C], {"a": []}, Busy()) is B
+
+
+def test_the_cot_detector_waits_for_its_running_scan_after_the_detectors_that_can_run_meanwhile(store, monkeypatch):
+    """The background thread's CoT scan is held until reward_health has run: the audit runs reward_health (and
+    builds nothing twice) while the scan runs, instead of waiting for it; the findings keep the detectors' order."""
+    from rlaudit.detectors import DETECTORS
+
+    sim = simulate.run("cot_template", steps=6, seed=1, run_name="r")
+    store.append("r", sim.canonical(), "p")
+    ran = threading.Event()
+    order: list[str] = []
+    scan = cot_detector.scan_parts
+
+    def held(*a, **k):
+        assert ran.wait(20), "reward_health did not run while the scan was held"
+        return scan(*a, **k)
+
+    (reward_health,) = [d for d in DETECTORS if d.name == "reward_health"]
+    (cot,) = [d for d in DETECTORS if d.name == "cot_grading"]
+    detect_rh, detect_cot = reward_health.detect, cot.detect
+
+    def rh(self, ctx):
+        order.append("reward_health")
+        ran.set()
+        return detect_rh(self, ctx)
+
+    def cg(self, ctx):
+        order.append("cot_grading")
+        return detect_cot(self, ctx)
+
+    monkeypatch.setattr(cot_detector, "scan_parts", held)
+    monkeypatch.setattr(reward_health, "detect", rh)
+    monkeypatch.setattr(cot, "detect", cg)
+    monkeypatch.setattr(memory, "workers", lambda per_worker: 2)
+    found = run_detectors(store, "r", AuditConfig(detectors=["training_health", "cot_grading", "reward_health"]))
+    assert order == ["reward_health", "cot_grading"]
+    assert not [f for f in found if f.kind == "audit_error"]
+    kinds = [f.kind for f in found]
+    assert kinds == sorted(kinds, key=["training_health", "cot_grading", "reward_health"].index)
