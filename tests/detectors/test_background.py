@@ -207,3 +207,14 @@ def test_the_cot_detector_waits_for_its_running_scan_after_the_detectors_that_ca
     assert not [f for f in found if f.kind == "audit_error"]
     kinds = [f.kind for f in found]
     assert kinds == sorted(kinds, key=["training_health", "cot_grading", "reward_health"].index)
+
+
+def test_a_finished_prefetch_is_no_longer_running():
+    from rlaudit.detectors import _Background
+
+    ran = threading.Event()
+    bg = _Background([("a", ran.set)])
+    bg.thread.start()
+    assert bg.done["a"].wait(10) and ran.is_set()
+    assert not bg.running("a")
+    bg.join()

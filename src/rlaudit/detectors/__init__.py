@@ -233,6 +233,8 @@ class _Background:
                 except Exception:  # noqa: BLE001,S110 - the detector computes it again and reports the error
                     pass
                 finally:
+                    with self.lock:
+                        self.state[name] = "done"
                     self.done[name].set()
 
     def running(self, detector: str) -> bool:
