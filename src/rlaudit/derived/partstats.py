@@ -201,12 +201,11 @@ class PartStats:
 
 
 def part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[str] = (),
-               batch: int | None = None, batch_rows: int | None = None, threads: int | None = None) -> PartStats:
+               batch: int | None = None, batch_rows: int | None = None) -> PartStats:
     """The per-part statistics of kind `name` (see the module doc) of every part of `run`, computing only the
     parts not cached yet, together with the missing tables of the kinds in `also` (one read of each part for all
     of them), in batches of at most `batch` parts (BATCH_PARTS) and about `batch_rows` rollouts (BATCH_ROWS) per
-    DuckDB query (one query per part would cost more in overhead than the work), on `threads` threads (default:
-    `memory.workers`; a given number runs one DuckDB thread each).
+    DuckDB query (one query per part would cost more in overhead than the work).
 
     Where a kind has COMPACT_AT or more parts to compute or loose, its new tables stream into a new combined
     file (`_Combined`) instead of a file per part that the next step would merge: a cold audit writes each
@@ -214,7 +213,7 @@ def part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[s
     computes (an audit's background thread, `detectors.run_detectors`) waits for it, then finds the tables
     cached."""
     with _run_lock(store, run):
-        return _part_stats(store, run, name, also, batch, batch_rows, threads)
+        return _part_stats(store, run, name, also, batch, batch_rows)
 
 
 _RUN_LOCKS: dict[tuple[str, str], threading.RLock] = {}
@@ -228,7 +227,7 @@ def _run_lock(store: Store, run: str) -> threading.RLock:
 
 
 def _part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[str], batch: int | None,
-                batch_rows: int | None, threads: int | None) -> PartStats:
+                batch_rows: int | None) -> PartStats:
     persist = getattr(store, "persist_derived", True)
     # where nothing is kept, the other kinds' tables would be computed for nothing: each is computed when asked
     kinds = [kind(k) for k in dict.fromkeys([name, *(also if persist else ())])]
@@ -252,7 +251,7 @@ def _part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[
     sizes = {name: p.rows for name, p in store.stored_parts(run, manifest).items()}
     jobs = [(lack, chunk) for lack, lacking in todo.items()
             for chunk in _batches(lacking, sizes, batch or BATCH_PARTS, batch_rows or BATCH_ROWS)]
-    for computed in _computed(jobs, layouts, store.root, threads):
+    for computed in _computed(jobs, layouts, store.root):
         for what, rows in computed.items():
             if what in writers and writers[what].add(rows):
                 continue
@@ -433,24 +432,23 @@ class _Batch:
         return self.table.drop_columns(["_part"]).append_column("_stem", stems)
 
 
-def _computed(jobs: list[tuple[tuple[str, ...], list[Path]]], layouts: dict[str, int], root: Path,
-              threads: int | None = None) -> Iterator[dict[str, _Batch]]:
+def _computed(jobs: list[tuple[tuple[str, ...], list[Path]]], layouts: dict[str, int], root: Path
+              ) -> Iterator[dict[str, _Batch]]:
     """`_compute` of each job (the kinds a batch of parts lacks, the parts), in order. Where a second core and
-    the memory budget allow, `memory.workers` threads (or `threads`, each of one DuckDB thread) compute the next
-    batches while the caller writes the last one's tables (DuckDB and Arrow release the GIL; one batch at a time
-    left a core idle for a third of a cold run's statistics), each connection with its share of DuckDB's memory
-    limit; at most one batch per thread waits to be written, so memory stays bounded by the thread count, not
-    the run. Each connection then runs one DuckDB thread: the workers already fill the cores, and DuckDB's own
-    threads on top of them cost ~0.6 CPU s more of the 1M benchmark's ~6.5 (its task scheduler's waits and
-    wake-ups).
+    the memory budget allow, `memory.workers` threads compute the next batches while the caller writes the last
+    one's tables (DuckDB and Arrow release the GIL; one batch at a time left a core idle for a third of a cold
+    run's statistics), each connection with its share of DuckDB's memory limit; at most one batch per thread
+    waits to be written, so memory stays bounded by the thread count, not the run. Each connection then runs
+    one DuckDB thread: the workers already fill the cores, and DuckDB's own threads on top of them cost ~0.6 CPU
+    s more of the 1M benchmark's ~6.5 (its task scheduler's waits and wake-ups).
 
     A connection serves one batch at a time and then the next (`idle`), closed once every batch is computed:
     opening and closing an in-memory database cost ~12 ms a batch (the 200 parts one at a time: 13.8 -> 11.5
     CPU s; in the 1M benchmark's batches ~0.1 of ~3.3)."""
     from ..memory import duckdb_limit, in_order, workers
 
-    n = max(1, min(len(jobs), threads or workers(BATCH_MEMORY)))
-    share, duck = (duckdb_limit() // n, 1) if n > 1 or threads else (None, None)
+    n = min(len(jobs), workers(BATCH_MEMORY))
+    share, threads = (duckdb_limit() // n, 1) if n > 1 else (None, None)
     idle: queue.SimpleQueue[duckdb.DuckDBPyConnection] = queue.SimpleQueue()
     opened: list[duckdb.DuckDBPyConnection] = []
 
@@ -458,7 +456,7 @@ def _computed(jobs: list[tuple[tuple[str, ...], list[Path]]], layouts: dict[str,
         try:
             con = idle.get_nowait()
         except queue.Empty:
-            con = _connect(root, share, duck)
+            con = _connect(root, share, threads)
             opened.append(con)
         try:
             return _compute(job[1], layouts, [KINDS[k] for k in job[0]], root, con)

@@ -209,7 +209,7 @@ class _Background:
         first = next((i for i, c in enumerate(classes) if c.part_stats), None)
         if first and getattr(ctx.store, "persist_derived", True):  # (else each kind is computed when asked)
             kinds = ctx.part_kinds
-            jobs.append(("", lambda: part_stats(ctx.store, ctx.run, kinds[0], also=kinds, threads=1)))
+            jobs.append(("", lambda: part_stats(ctx.store, ctx.run, kinds[0], also=kinds)))
         for later in classes[1:]:  # the first detector would only wait for its own
             if later.prefetch is not Detector.prefetch:
                 jobs.append((later.name, functools.partial(later().prefetch, ctx)))
