@@ -1212,8 +1212,9 @@ def bound_memory(con: duckdb.DuckDBPyConnection, root: str | Path | None = None,
 
     limit = duckdb_limit() if at_most is None else min(duckdb_limit(), at_most)
     con.execute(f"SET memory_limit = '{max(1, limit >> 20)}MB'")
-    if thread_limit() is not None:
-        con.execute(f"SET threads = {int(thread_limit())}")
+    threads = thread_limit()
+    if threads is not None:
+        con.execute(f"SET threads = {int(threads)}")
     if root is not None:
         tmp = Path(root) / ".tmp"
         with contextlib.suppress(OSError):
