@@ -22,25 +22,34 @@ def _findings(found) -> list[tuple]:
     return sorted((f.kind, f.severity, f.title, f.fields.get("exposed_samples")) for f in found)
 
 
-def test_the_cot_scan_runs_beside_the_detectors_before_it_with_the_same_findings(tmp_path, monkeypatch):
-    sim = simulate.run("cot_template", steps=12, seed=1, run_name="r")
-    scanned: list[str] = []
-    scan = cot_detector.scan_parts
+def _with_and_without_background(tmp_path, monkeypatch, module, function: str, fill, detectors: list[str]
+                                 ) -> dict[str, tuple[list[tuple], list[str]]]:
+    """Per way ("background": two workers, "alone": one), the findings of an audit of a store `fill` filled with
+    run "r", and the threads that called `module.function`."""
+    called: list[str] = []
+    original = getattr(module, function)
 
     def spy(*a, **k):
-        scanned.append(threading.current_thread().name)
-        return scan(*a, **k)
+        called.append(threading.current_thread().name)
+        return original(*a, **k)
 
-    monkeypatch.setattr(cot_detector, "scan_parts", spy)
+    monkeypatch.setattr(module, function, spy)
     results = {}
     for name, n in (("background", 2), ("alone", 1)):
         store = Store(tmp_path / name)
-        store.append("r", sim.canonical(), "p")
+        fill(store)
         monkeypatch.setattr(memory, "workers", lambda per_worker, n=n: n)
-        scanned.clear()
-        found = run_detectors(store, "r", AuditConfig(detectors=DETECTORS))
+        called.clear()
+        found = run_detectors(store, "r", AuditConfig(detectors=detectors))
         assert not [f for f in found if f.kind == "audit_error"], [f.fields for f in found]
-        results[name] = (_findings(found), list(scanned))
+        results[name] = (_findings(found), list(called))
+    return results
+
+
+def test_the_cot_scan_runs_beside_the_detectors_before_it_with_the_same_findings(tmp_path, monkeypatch):
+    sim = simulate.run("cot_template", steps=12, seed=1, run_name="r")
+    results = _with_and_without_background(tmp_path, monkeypatch, cot_detector, "scan_parts",
+                                           lambda store: store.append("r", sim.canonical(), "p"), DETECTORS)
     assert results["background"][1] == ["rlaudit-background"]  # scanned once, there
     assert results["alone"][1] == ["MainThread"]
     assert results["background"][0] == results["alone"][0]
@@ -107,25 +116,14 @@ def test_the_reward_rollup_is_built_beside_the_detectors_before_it(tmp_path, mon
 
     sc = Scenario(steps=24, groups=12, conditions={"nerdy": 1.0, "plain": 1.0},
                   tics=[Tic("by my beard", 0.02, 0.5, onset=8)], signals={"beard_rm": (0,)})
-    built: list[str] = []
-    build = reward_rollup._build
+    table = build_run(sc, "r")
 
-    def spy(*a, **k):
-        built.append(threading.current_thread().name)
-        return build(*a, **k)
-
-    monkeypatch.setattr(reward_rollup, "_build", spy)
-    results = {}
-    for name, n in (("background", 2), ("alone", 1)):
-        store = Store(tmp_path / name)
-        table = build_run(sc, "r")
+    def fill(store):
         for step in range(1, sc.steps + 1):  # a part a step: enough for a combined file, and so a rollup
             store.append("r", table.filter(pc.equal(table.column("step"), step)), key=f"s{step}")
-        monkeypatch.setattr(memory, "workers", lambda per_worker, n=n: n)
-        built.clear()
-        found = run_detectors(store, "r", AuditConfig(detectors=["emerging", "reward_health"]))
-        assert not [f for f in found if f.kind == "audit_error"]
-        results[name] = (_findings(found), list(built))
+
+    results = _with_and_without_background(tmp_path, monkeypatch, reward_rollup, "_build", fill,
+                                           ["emerging", "reward_health"])
     assert results["background"][1] == ["rlaudit-background"] and results["alone"][1] == ["MainThread"]
     assert results["background"][0] == results["alone"][0]
 
