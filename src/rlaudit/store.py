@@ -1427,3 +1427,13 @@ def sql_string(text: object) -> str:
 def sql_list(items: list[str]) -> str:
     """A SQL list literal of strings (file lists for `read_parquet`)."""
     return "[" + ", ".join(sql_string(s) for s in items) + "]"
+
+
+def sql_when(condition: str, value: str = "1") -> str:
+    """`CASE WHEN condition THEN value END`. An aggregate of it equals the aggregate of `value` FILTER (WHERE
+    condition) (count, sum, min, max, avg, stddev: the same values in the same order, so the same result and
+    type), and runs faster: DuckDB 2.0 evaluates a FILTER clause as a selection per aggregate. The per-part
+    statistics' reward cells (30 filtered aggregates over a batch of 160,000 rollouts of the 1M benchmark, grouped
+    by step, condition and task) took 58.7 CPU ms with FILTER and 30.7 with CASE, the same rows
+    (`benchmarks/partstats.py`, 2026-12-05; 1.8x in a slower minute)."""
+    return f"CASE WHEN {condition} THEN {value} END"

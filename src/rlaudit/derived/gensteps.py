@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 
 from . import chunks
 from .termcells import TermCells
+from ..store import sql_when
 
 VERSION = 1
 _KEY = f"gensteps-v{VERSION}"
@@ -105,7 +106,7 @@ def _sum_parts(cell_parts: TermCells, con: duckdb.DuckDBPyConnection, only: set[
                  rc AS (SELECT r.*, coalesce(cx.x, 0) AS x FROM risk r LEFT JOIN cx USING (cell)),
                  nn AS (SELECT step, split, condition, task_key, sum(n) AS n, sum(n_r) AS n_r, sum(x * x) AS xx,
                                sum(x * n) AS xn, sum(x * n_r) AS xn_r, sum(n * n) AS nn, sum(n_r * n_r) AS nn_r,
-                               count(*) FILTER (WHERE n > 0) AS g, count(*) FILTER (WHERE n_r > 0) AS g_r
+                               count({sql_when('n > 0')}) AS g, count({sql_when('n_r > 0')}) AS g_r
                         FROM rc GROUP BY ALL),
                  xx AS (SELECT step, split, condition, task_key, sum(cx.x) AS x
                         FROM (SELECT DISTINCT cell, step, split, condition, task_key FROM risk

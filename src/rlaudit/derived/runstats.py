@@ -18,20 +18,23 @@ from __future__ import annotations
 import duckdb
 
 from .partstats import define, each_signal, part_stats
-from ..store import Store
+from ..store import Store, sql_when
 
 VERSION = 1
 
 def part_sql(signals: tuple[str, ...]) -> str:
     """The kinds of the module doc over a batch whose signals are `signals` (`partstats.SIGNAL_COLUMNS`: kind 1
     sums each signal's column per step, and a signal has a row where a rollout has it)."""
-    slots = ", ".join(f"count(*) FILTER (WHERE _h{i}) AS n{i}, count(_r{i}) FILTER (WHERE NOT isnan(_r{i})) AS nv{i}, "
-                      f"sum(_r{i}) FILTER (WHERE NOT isnan(_r{i})) AS sv{i}" for i in range(len(signals)))
+    def valued(x: str) -> str:
+        return sql_when(f"NOT isnan({x})", x)
+
+    slots = ", ".join(f"count({sql_when(f'_h{i}')}) AS n{i}, count({valued(f'_r{i}')}) AS nv{i}, "
+                      f"sum({valued(f'_r{i}')}) AS sv{i}" for i in range(len(signals)))
     per_signal = each_signal(signals, lambda i, name: (
         f"SELECT _part, 1::TINYINT, split, step, NULL, {name}, FALSE, n{i}, nv{i}, sv{i} FROM steps WHERE n{i} > 0"))
     return f"""
-WITH steps AS (SELECT _part, split, step, count(*) AS n, count(reward) FILTER (WHERE NOT isnan(reward)) AS nv,
-                      sum(reward) FILTER (WHERE NOT isnan(reward)) AS sv, {slots}
+WITH steps AS (SELECT _part, split, step, count(*) AS n, count({valued('reward')}) AS nv,
+                      sum({valued('reward')}) AS sv, {slots}
                FROM src GROUP BY _part, split, step)
 SELECT _part, 0::TINYINT AS kind, split, step, condition, NULL::VARCHAR AS signal, NULL::BOOLEAN AS total,
        count(*) AS n, NULL::BIGINT AS nv, NULL::DOUBLE AS sv

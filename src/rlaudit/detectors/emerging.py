@@ -88,7 +88,7 @@ from ..derived import cellrollup, stepcounts, termcells, tokens, windowsums
 from ..behaviors import STYLE_FEATURES, parse_behavior
 from ..findings import Evidence, Finding
 from ..derived.runstats import register_run_stats
-from ..store import bound_memory, sql_string
+from ..store import bound_memory, sql_string, sql_when
 from ..stats import benjamini_hochberg, mann_kendall, moving_sum, onset_index, stratified_ratio
 from . import DetectContext, Detector, register
 
@@ -1157,8 +1157,8 @@ def _payers(scope: Scope, c: Candidates, ids: list[int]) -> list[str | None] | N
     # per prompt group (step x prompt) of the late window: mean score of rollouts with the term minus without it;
     # then over groups that have both: their number, mean and SD. Aggregated inside DuckDB: the late window's
     # rows never come to Python.
-    diffs = ", ".join(f"avg(s{k}) FILTER (WHERE h{j} AND isfinite(s{k})) - "
-                      f"avg(s{k}) FILTER (WHERE NOT h{j} AND isfinite(s{k})) AS d{j}_{k}" for j, k in pairs)
+    diffs = ", ".join(f"avg({sql_when(f'h{j} AND isfinite(s{k})', f's{k}')}) - "
+                      f"avg({sql_when(f'NOT h{j} AND isfinite(s{k})', f's{k}')}) AS d{j}_{k}" for j, k in pairs)
     stats = ", ".join(f"count(d{j}_{k}), avg(d{j}_{k}), stddev_samp(d{j}_{k})" for j, k in pairs)
     # rollout ids are unique within a run, so the late window's rewards are those of its steps: the filter on
     # r.step lets the scan skip the other steps' files

@@ -27,6 +27,7 @@ from pathlib import Path
 import duckdb
 
 from ..derived.partstats import PartStats, define, each_signal, scope_sql
+from ..store import sql_when
 
 VERSION = 1
 GAMMA = 1.02
@@ -68,11 +69,12 @@ def part_sql(signals: tuple[str, ...]) -> str:
     def nan(i: int) -> str:
         return f"(_r{i} IS NULL OR isnan(_r{i}))"
 
-    slots = ", ".join(f"count(*) FILTER (WHERE _h{i}) AS n{i}, count(*) FILTER (WHERE _h{i} AND {nan(i)}) AS nan{i}, "
-                      f"count(*) FILTER (WHERE isinf(_r{i})) AS inf{i}, "
-                      f"count(*) FILTER (WHERE isfinite(_r{i})) AS finite{i}, "
-                      f"min(_r{i}) FILTER (WHERE isfinite(_r{i})) AS lo{i}, "
-                      f"max(_r{i}) FILTER (WHERE isfinite(_r{i})) AS hi{i}" for i in range(len(signals)))
+    def finite(i: int) -> str:
+        return sql_when(f"isfinite(_r{i})", f"_r{i}")
+
+    slots = ", ".join(f"count({sql_when(f'_h{i}')}) AS n{i}, count({sql_when(f'_h{i} AND {nan(i)}')}) AS nan{i}, "
+                      f"count({sql_when(f'isinf(_r{i})')}) AS inf{i}, count({finite(i)}) AS finite{i}, "
+                      f"min({finite(i)}) AS lo{i}, max({finite(i)}) AS hi{i}" for i in range(len(signals)))
     cells = each_signal(signals, lambda i, name: (
         f"SELECT _part, 0::TINYINT AS kind, split, step, {name} AS signal, condition, task, n{i} AS n, "
         f"nan{i} AS nan, inf{i} AS inf, finite{i} AS finite, lo{i} AS lo, hi{i} AS hi, NULL::DOUBLE AS value, "

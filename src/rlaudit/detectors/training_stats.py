@@ -58,7 +58,7 @@ import pyarrow.parquet as pq
 
 from ..health.lengths import MAX_SQL, TOKENS_SQL
 from ..derived.partstats import COMPACT_MEMORY, PartStats, define, each_signal
-from ..store import bound_memory, sql_string, write_atomic
+from ..store import bound_memory, sql_string, sql_when, write_atomic
 from .reward_stats import DISCRETE_MAX, MID_SQL, bucket_sql
 
 VERSION = 4
@@ -90,15 +90,19 @@ def part_sql(signals: tuple[str, ...]) -> str:
     """The kinds of the module doc over a batch whose signals are `signals` (`partstats.SIGNAL_COLUMNS`: kinds 2
     and 8 aggregate each signal's column per step, in one group-by of the batch's rollouts each, and a signal
     has rows where a rollout has it)."""
-    moments = ", ".join(f"count(*) FILTER (WHERE isfinite(_r{i})) AS n{i}, avg(_r{i}) FILTER (WHERE isfinite(_r{i})) "
-                        f"AS m{i}, coalesce(stddev_samp(_r{i}) FILTER (WHERE isfinite(_r{i})), 0) AS sd{i}"
-                        for i in range(len(signals)))
+    def finite(x: str) -> str:
+        return sql_when(f"isfinite({x})", x)
+
+    moments = ", ".join(f"count({finite(f'_r{i}')}) AS n{i}, avg({finite(f'_r{i}')}) AS m{i}, "
+                        f"coalesce(stddev_samp({finite(f'_r{i}')}), 0) AS sd{i}" for i in range(len(signals)))
     per_signal = each_signal(signals, lambda i, name: (
         f"SELECT 2::TINYINT AS kind, _part, split, step, {name} AS signal, FALSE AS total, n{i} AS n, m{i} AS m, "
         f"sd{i} AS sd FROM moments WHERE n{i} > 0"))
-    applies = ", ".join(f"count(*) FILTER (WHERE _h{i}) AS h{i}, "
-                        f"count(*) FILTER (WHERE _r{i} IS NOT NULL AND NOT isnan(_r{i})) AS a{i}"
-                        for i in range(len(signals)))
+    def valued(i: int) -> str:
+        return sql_when(f"_r{i} IS NOT NULL AND NOT isnan(_r{i})")
+
+    applies = ", ".join(f"count({sql_when(f'_h{i}')}) AS h{i}, count({valued(i)}) AS a{i}" for i in range(len(signals)))
+    varied = "rf >= 2 AND hi > lo"  # a group of two or more rollouts whose rewards differ
     per_condition = each_signal(signals, lambda i, name: (
         f"SELECT 8::TINYINT AS kind, _part, split, step, condition, {name} AS signal, a{i} AS applies "
         f"FROM applies WHERE h{i} > 0"))
@@ -126,9 +130,9 @@ gs AS MATERIALIZED (SELECT g.* EXCLUDE (_na, _s1, _s2), CASE WHEN _na = rf THEN 
 cells AS MATERIALIZED (
     SELECT _part, split, step, condition, gkey, count(*) AS n, sum(clen) AS clen,
            sum(clen ^ 2) AS clen2, sum(tlen) AS tlen, sum(tlen ^ 2) AS tlen2, count(tlen) AS tn, count(tmax) AS mx_n,
-           min(tmax) AS mx_lo, max(tmax) AS mx_hi, count(*) FILTER (WHERE mk) AS mk_c,
-           count(*) FILTER (WHERE mk OR tmax IS NOT NULL) AS mk_t, count(*) FILTER (WHERE cut) AS tr_c,
-           count(*) FILTER (WHERE coalesce(tlen >= tmax, false) OR cut) AS tr_t
+           min(tmax) AS mx_lo, max(tmax) AS mx_hi, count({sql_when('mk')}) AS mk_c,
+           count({sql_when('mk OR tmax IS NOT NULL')}) AS mk_t, count({sql_when('cut')}) AS tr_c,
+           count({sql_when('coalesce(tlen >= tmax, false) OR cut')}) AS tr_t
     FROM base GROUP BY _part, split, step, condition, gkey),
 -- kind 4's buckets, and the (part, split, step)s whose rewards fill more than DISCRETE_MAX + 1 of them, so have
 -- more distinct values than kind 3 keeps: only the others are grouped by value (as `reward_stats.part_sql`; the
@@ -143,9 +147,8 @@ rv AS (SELECT _part, split, step, reward AS value, count(*) AS n FROM base ANTI 
 -- the values per step by a grouped count joined back, not a window (count(*) OVER (PARTITION BY ...) sorted every
 -- distinct value: 1.05 -> 0.92 CPU s of this query over the 1M benchmark's parts)
 rvd AS (SELECT * FROM rv JOIN (SELECT _part, split, step, count(*) AS d FROM rv GROUP BY ALL) USING (_part, split, step)),
-moments AS (SELECT _part, split, step, count(*) FILTER (WHERE isfinite(reward)) AS n,
-                   avg(reward) FILTER (WHERE isfinite(reward)) AS m,
-                   coalesce(stddev_samp(reward) FILTER (WHERE isfinite(reward)), 0) AS sd, {moments}
+moments AS (SELECT _part, split, step, count({finite('reward')}) AS n, avg({finite('reward')}) AS m,
+                   coalesce(stddev_samp({finite('reward')}), 0) AS sd, {moments}
             FROM src GROUP BY _part, split, step),
 applies AS (SELECT _part, split, step, coalesce(condition, '') AS condition, {applies}
             FROM src GROUP BY _part, split, step, coalesce(condition, ''))
@@ -153,10 +156,9 @@ SELECT 0::TINYINT AS kind, * FROM gs
 UNION ALL BY NAME
 SELECT 1::TINYINT AS kind, * FROM cells
 UNION ALL BY NAME
-SELECT 5::TINYINT AS kind, _part, split, step, count(*) FILTER (WHERE rf >= 2) AS g2,
-       count(*) FILTER (WHERE rf >= 2 AND hi > lo) AS gv, sum(rf) FILTER (WHERE rf >= 2 AND hi > lo)::BIGINT AS gv_n,
-       min(hi - lo) FILTER (WHERE rf >= 2 AND hi > lo) AS gv_min, sum(s1) FILTER (WHERE rf >= 2 AND hi > lo) AS s1,
-       sum(s2) FILTER (WHERE rf >= 2 AND hi > lo) AS s2
+SELECT 5::TINYINT AS kind, _part, split, step, count({sql_when('rf >= 2')}) AS g2, count({sql_when(varied)}) AS gv,
+       sum({sql_when(varied, 'rf')})::BIGINT AS gv_n, min({sql_when(varied, 'hi - lo')}) AS gv_min,
+       sum({sql_when(varied, 's1')}) AS s1, sum({sql_when(varied, 's2')}) AS s2
 FROM gs GROUP BY _part, split, step
 UNION ALL BY NAME
 SELECT 6::TINYINT AS kind, _part, split, step, lo AS z_lo, count(*) AS z_n
