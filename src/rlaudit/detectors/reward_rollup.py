@@ -49,7 +49,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..derived.partstats import PartStats
-from ..store import sql_string
+from ..store import sql_string, sql_when
 from .reward_stats import APPLIES, APPLIES_MIN, DISCRETE_MAX, sketch_sql
 
 #: seconds a superseded rollup is kept for audits that may still read it (as `segments.GRACE`)
@@ -71,8 +71,8 @@ SMALL_SCHEMA = pa.schema([("kind", pa.int8()), ("split", pa.string()), ("step", 
 CELLS_SCHEMA = pa.schema([("split", pa.string()), ("signal", pa.string()), ("condition", pa.string()),
                           ("task", pa.uint64()), ("n", pa.int64()), ("nan", pa.int64()), ("first_nan", pa.int64())])
 
-_CELLS_SQL = """SELECT split, signal, condition, task, sum(n)::BIGINT AS n, sum(nan)::BIGINT AS nan,
-                       min(step) FILTER (WHERE nan > 0) AS first_nan
+_CELLS_SQL = f"""SELECT split, signal, condition, task, sum(n)::BIGINT AS n, sum(nan)::BIGINT AS nan,
+                       min({sql_when('nan > 0', 'step')}) AS first_nan
                 FROM src WHERE kind = 0 GROUP BY split, signal, condition, task"""
 
 

@@ -154,8 +154,9 @@ def register_reward_stats(con: duckdb.DuckDBPyConnection, stats: PartStats, root
 def register_cells(con: duckdb.DuckDBPyConnection) -> None:
     """The temp table `cells`: `rh_cells` summed per signal, condition and task, with the first step with NaN
     (once per connection: an audit of the whole run needs it only for the evidence of a `nan` finding)."""
-    con.execute("""CREATE TEMP TABLE IF NOT EXISTS cells AS
-        SELECT signal, condition, task, sum(n) AS n, sum(nan) AS nan, min(step) FILTER (WHERE nan > 0) AS first_step
+    con.execute(f"""CREATE TEMP TABLE IF NOT EXISTS cells AS
+        SELECT signal, condition, task, sum(n) AS n, sum(nan) AS nan,
+               min({sql_when('nan > 0', 'step')}) AS first_step
         FROM rh_cells GROUP BY ALL""")
 
 
