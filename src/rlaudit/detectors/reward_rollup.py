@@ -109,15 +109,23 @@ def _merge(con: duckdb.DuckDBPyConnection, small: pa.Table, chunks: list[tuple[A
     # the cells cost ~0.55 CPU s of the first rollup at 10M rollouts (6.2M cells, 1.25M tasks; numpy's sort ~0.1)
     new_tasks = np.sort(np.asarray(con.execute("SELECT DISTINCT task FROM _rh_lc").fetchnumpy()["task"],
                                    dtype=np.uint64))
-    con.register("_rh_old_parts", _cells_of(chunks, new_tasks))
-    con.execute("""CREATE OR REPLACE TEMP TABLE _rh_changed AS
-        WITH old AS (SELECT split, signal, condition, task, sum(n) AS n, sum(nan) AS nan, min(first_nan) AS first_nan
-                     FROM _rh_old_parts GROUP BY ALL)
-        SELECT l.split, l.signal, l.condition, l.task, o.n AS old_n, o.nan AS old_nan, o.first_nan AS old_first,
-               l.n + coalesce(o.n, 0) AS n, l.nan + coalesce(o.nan, 0) AS nan,
-               least(l.first_nan, o.first_nan) AS first_nan
-        FROM _rh_lc l LEFT JOIN old o ON o.split IS NOT DISTINCT FROM l.split AND o.signal = l.signal
-             AND o.condition = l.condition AND o.task = l.task""")
+    old_parts = _cells_of(chunks, new_tasks)
+    changed = "_rh_changed" if old_parts.num_rows else "_rh_fresh"  # (a table, a view: two names)
+    if old_parts.num_rows:
+        con.register("_rh_old_parts", old_parts)
+        con.execute("""CREATE OR REPLACE TEMP TABLE _rh_changed AS
+            WITH old AS (SELECT split, signal, condition, task, sum(n) AS n, sum(nan) AS nan,
+                                min(first_nan) AS first_nan
+                         FROM _rh_old_parts GROUP BY ALL)
+            SELECT l.split, l.signal, l.condition, l.task, o.n AS old_n, o.nan AS old_nan, o.first_nan AS old_first,
+                   l.n + coalesce(o.n, 0) AS n, l.nan + coalesce(o.nan, 0) AS nan,
+                   least(l.first_nan, o.first_nan) AS first_nan
+            FROM _rh_lc l LEFT JOIN old o ON o.split IS NOT DISTINCT FROM l.split AND o.signal = l.signal
+                 AND o.condition = l.condition AND o.task = l.task""")
+    else:  # no new cell's task is in the rollup (a first rollup; prompts that do not repeat): nothing to join
+        con.execute("""CREATE OR REPLACE TEMP VIEW _rh_fresh AS
+            SELECT split, signal, condition, task, NULL::BIGINT AS old_n, NULL::BIGINT AS old_nan,
+                   NULL::BIGINT AS old_first, n, nan, first_nan FROM _rh_lc""")
     old_applies = f"old_n IS NOT NULL AND old_n - old_nan >= {APPLIES_MIN} * old_n"  # APPLIES, of the old totals
     cols = "kind, split, step, signal, n, nan, inf, finite, lo, hi, value, sgn, b"
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _rh_merged AS
@@ -145,13 +153,13 @@ def _merge(con: duckdb.DuckDBPyConnection, small: pa.Table, chunks: list[tuple[A
         UNION ALL
         SELECT 3, split, NULL, signal, sum(n), sum(nan), NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM (
             SELECT split, signal, n, nan FROM _rh_small WHERE kind = 3
-            UNION ALL SELECT split, signal, -old_n, -old_nan FROM _rh_changed WHERE {old_applies}
-            UNION ALL SELECT split, signal, n, nan FROM _rh_changed WHERE {APPLIES}) GROUP BY split, signal
+            UNION ALL SELECT split, signal, -old_n, -old_nan FROM {changed} WHERE {old_applies}
+            UNION ALL SELECT split, signal, n, nan FROM {changed} WHERE {APPLIES}) GROUP BY split, signal
         UNION ALL
         SELECT 4, split, step, signal, sum(n), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM (
             SELECT split, signal, step, n FROM _rh_small WHERE kind = 4
-            UNION ALL SELECT split, signal, old_first, -1 FROM _rh_changed WHERE {old_applies} AND old_nan > 0
-            UNION ALL SELECT split, signal, first_nan, 1 FROM _rh_changed WHERE {APPLIES} AND nan > 0)
+            UNION ALL SELECT split, signal, old_first, -1 FROM {changed} WHERE {old_applies} AND old_nan > 0
+            UNION ALL SELECT split, signal, first_nan, 1 FROM {changed} WHERE {APPLIES} AND nan > 0)
         GROUP BY split, signal, step HAVING sum(n) > 0""")
     return new_tasks
 
