@@ -4,8 +4,9 @@ xdist worker.
 scripts/test.sh runs the suite on xdist workers, which send each test's report to the controller through execnet.
 execnet sends only plain types and UTF-8-encodable strings: one lone surrogate in a captured log line or an
 assertion's diff (text under test holds them: readers keep what a policy emitted) makes the worker die with an
-INTERNALERROR, the session stops, and the test's own outcome and output never appear, as in a CI run of
-2026-12-05 that stopped after 232 tests with nothing but pytest's and xdist's frames on record.
+INTERNALERROR, the session stops, and the test's own outcome and output never appear. A CI run of 2026-12-05
+stopped so, after 232 tests, in a worker's pytest_runtest_logreport, with neither the test nor the error on record
+(the part of the log kept held only pytest's and xdist's frames); a lone surrogate is one cause reproduced here.
 
 - `pytest_report_to_serializable` (only xdist calls it) escapes such strings (`\\udcff`) and turns any other type
   into its repr, so the report is sent and the test passes or fails on its merits.
