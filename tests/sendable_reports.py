@@ -55,5 +55,5 @@ def pytest_runtest_logreport(report):  # noqa: ANN001, ANN201
         return (yield)
     except BaseException as exc:
         os.write(2, f"\nrlaudit tests: the report of {report.nodeid} ({report.when}, {report.outcome}) could not be "
-                    f"sent: {type(exc).__name__}: {exc!r}\n".encode("utf-8", "backslashreplace"))
+                    f"sent: {exc!r}\n".encode("utf-8", "backslashreplace"))
         raise
