@@ -443,3 +443,42 @@ def test_readers_share_a_parsed_manifest_until_its_bytes_change(tmp_path):
         store.manifest("r")
     with pytest.raises(RlauditError, match="no run"):
         store.manifest("nope")
+
+
+
+def test_parts_dictionary_encode_the_maps_keys_and_read_back_the_same_maps(tmp_path):
+    """The keys of `rewards` and `grader_inputs` (a few names repeated in every rollout) are dictionary-encoded in
+    a part (`store._DICTIONARY_KEYS`), and the part reads back, through Arrow and through DuckDB, exactly as the
+    same table written without a dictionary: keys in their order, keys missing from some rollouts, NaN, empty maps."""
+    import duckdb
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "run.jsonl", "w", encoding="utf-8") as fh:
+        for i in range(30):
+            rewards = {"b": float(i), "a": -0.5} if i % 3 else {"a": float("nan")}
+            graders = {} if i % 4 == 0 else {"judge": f"q{i} <think>t</think>a{i}", "aux": "x"}
+            fh.write(json.dumps({"step": i // 6, "prompt": f"q{i}", "completion": f"<think>t</think>a{i}",
+                                 "rewards": rewards, "grader_inputs": graders}) + "\n")
+    store = Store(tmp_path / "store")
+    store.ingest(src, run="r")
+    [part] = store.parts("r")
+    meta = pq.ParquetFile(part).metadata.row_group(0)
+    encodings = {meta.column(i).path_in_schema: meta.column(i).encodings for i in range(meta.num_columns)}
+    for key in ("rewards.key_value.key", "grader_inputs.key_value.key"):
+        assert "RLE_DICTIONARY" in encodings[key], (key, encodings[key])
+    assert "RLE_DICTIONARY" not in encodings["rewards.key_value.value"]
+
+    table = pq.read_table(part)
+    plain = tmp_path / "plain.parquet"
+    pq.write_table(table, plain, use_dictionary=False)
+    assert repr(pq.read_table(plain).to_pylist()) == repr(table.to_pylist())  # repr: NaN equal to NaN
+    assert table.column("grader_inputs").to_pylist()[1] == [("judge", "q1 <think>t</think>a1"), ("aux", "x")]
+    query = ("SELECT rollout_id, map_keys(rewards), map_values(rewards), rewards['b'], grader_inputs['judge'], "
+             "map_keys(grader_inputs) FROM read_parquet('{}') ORDER BY rollout_id")
+    got = duckdb.sql(query.format(part)).fetchall()
+    want = duckdb.sql(query.format(plain)).fetchall()
+    assert len(got) == 30 and repr(got) == repr(want)
+    logged_b = dict(duckdb.sql(f"SELECT prompt, rewards['b'] FROM read_parquet('{part}')").fetchall())
+    assert all(logged_b[f"q{i}"] == float(i) for i in range(30) if i % 3)
