@@ -20,7 +20,8 @@ import pytest
 from hypothesis import settings
 
 from rlaudit.store import Store
-from sendable_reports import pytest_report_to_serializable, pytest_runtest_logreport  # noqa: F401  (hooks)
+from sendable_reports import (  # noqa: F401  (hooks)
+    pytest_report_to_serializable, pytest_runtest_logreport, pytest_warning_recorded)
 
 settings.register_profile("ci", derandomize=True, database=None, max_examples=200, deadline=None,
                           print_blob=True)

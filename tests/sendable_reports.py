@@ -10,6 +10,8 @@ stopped so, after 232 tests, in a worker's pytest_runtest_logreport, with neithe
 
 - `pytest_report_to_serializable` (only xdist calls it) escapes such strings (`\\udcff`) and turns any other type
   into its repr, so the report is sent and the test passes or fails on its merits.
+- `pytest_warning_recorded` does the same for a warning's message (an exception raised in a thread, with such a
+  string in its message, becomes a warning that xdist sends as it stands).
 - `pytest_runtest_logreport` writes the test's id and the error to the worker's stderr (CI's log) if reporting it
   fails anyway, so the next such failure names its test.
 """
@@ -47,6 +49,17 @@ def sendable(value: Any) -> Any:
 def pytest_report_to_serializable(config, report):  # noqa: ANN001, ANN201
     data = yield
     return None if data is None else sendable(data)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's (a historic hook: no wrapper)
+def pytest_warning_recorded(warning_message, when, nodeid, location) -> None:  # noqa: ANN001
+    message = warning_message.message
+    text = str(message)
+    if sendable(text) != text:
+        try:
+            warning_message.message = type(message)(sendable(text))
+        except Exception:  # noqa: BLE001 - a warning class that takes other arguments
+            warning_message.message = UserWarning(sendable(text))
 
 
 @pytest.hookimpl(wrapper=True)

@@ -21,6 +21,16 @@ def test_logs_a_lone_surrogate():
 def test_fails_on_a_lone_surrogate():
     assert "x\\udcff" == "y"
 
+def test_a_thread_raises_a_lone_surrogate():
+    import threading
+
+    def fail():
+        raise ValueError("bad \\udcff")
+
+    thread = threading.Thread(target=fail)
+    thread.start()
+    thread.join()
+
 def test_plain():
     pass
 '''
@@ -37,6 +47,7 @@ def test_sendable_escapes_surrogates_and_odd_types():
 
 
 def test_an_xdist_worker_reports_tests_whose_reports_hold_lone_surrogates(tmp_path):
+    """A log line, an assertion's diff and a thread's exception (a warning) with a lone surrogate."""
     (tmp_path / "test_cases.py").write_text(_CASES)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "-p", "no:cacheprovider", "-p",
@@ -45,5 +56,5 @@ def test_an_xdist_worker_reports_tests_whose_reports_hold_lone_surrogates(tmp_pa
                           timeout=120)
     out = done.stdout + done.stderr
     assert "INTERNALERROR" not in out, out
-    assert "1 failed, 2 passed" in out, out
+    assert "1 failed, 3 passed" in out and "1 warning" in out, out
     assert "test_fails_on_a_lone_surrogate" in out and "\\udcff" in out
