@@ -371,8 +371,9 @@ def _first_index(codes: np.ndarray, n_unique: int) -> pa.Array:
     return pa.array(first)
 
 
-def prefetch(items: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
-    """Produce `items` in a background thread, `depth` ahead of the consumer.
+def prefetch(items: Iterator[Any], depth: int = 2, max_bytes: int | None = None) -> Iterator[Any]:
+    """Produce `items` in a background thread, up to `depth` ahead of the consumer and, with `max_bytes`, with at
+    most that many bytes of tables waiting (`_nbytes`; one item always may wait, whatever its size).
 
     Parsing (Arrow's JSON/Parquet readers, compute kernels) releases the GIL, so a reader's parse/validate work
     overlaps with `finalize` and the store's Parquet writer on the calling thread. Errors (including
@@ -381,11 +382,18 @@ def prefetch(items: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
+    room = threading.Condition()
+    waiting = [0]  # bytes of the items in the queue
 
-    def put(item: Any) -> bool:
+    def put(item: Any, size: int) -> bool:
+        if max_bytes is not None:
+            with room:
+                while waiting[0] and waiting[0] + size > max_bytes and not stop.is_set():
+                    room.wait(0.1)
+                waiting[0] += size
         while not stop.is_set():
             try:
-                q.put(item, timeout=0.1)
+                q.put((*item, size), timeout=0.1)
                 return True
             except queue.Full:
                 continue
@@ -394,17 +402,21 @@ def prefetch(items: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
     def work() -> None:
         try:
             for item in items:
-                if not put(("item", item)):
+                if not put(("item", item), _nbytes(item) if max_bytes is not None else 0):
                     return
-            put(("end", done))
+            put(("end", done), 0)
         except BaseException as exc:  # handed to the consumer
-            put(("error", exc))
+            put(("error", exc), 0)
 
     thread = threading.Thread(target=work, name="rlaudit-reader", daemon=True)
     thread.start()
     try:
         while True:
-            kind, value = q.get()
+            kind, value, size = q.get()
+            if size:
+                with room:
+                    waiting[0] -= size
+                    room.notify()
             if kind == "item":
                 yield value
             elif kind == "error":
@@ -414,6 +426,15 @@ def prefetch(items: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
     finally:
         stop.set()
         thread.join()
+
+
+def _nbytes(item: Any) -> int:
+    """The bytes of a table, or of the tables in a tuple (the ingest's `(file, table)` items); 0 for the rest."""
+    if isinstance(item, pa.Table):
+        return item.nbytes
+    if isinstance(item, tuple):
+        return sum(x.nbytes for x in item if isinstance(x, pa.Table))
+    return 0
 
 
 class PrefetchingReader(Reader):
