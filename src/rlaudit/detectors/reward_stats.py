@@ -47,6 +47,11 @@ RL_SQL = f"SELECT rollout_id, step, {RL_COLUMNS} FROM rollouts"
 
 
 
+def finite_sql(value: str) -> str:
+    """`value` where it is finite, else NULL: aggregated, the aggregate over the finite values (`store.sql_when`)."""
+    return sql_when(f"isfinite({value})", value)
+
+
 def bucket_sql(value: str) -> str:
     """The sketch's bucket b of a finite value (with its sign: zero alone, b = 0)."""
     return f"CASE WHEN {value} = 0 THEN 0 ELSE ceil(ln(abs({value})) / {math.log(GAMMA)!r})::INTEGER END"
@@ -69,12 +74,10 @@ def part_sql(signals: tuple[str, ...]) -> str:
     def nan(i: int) -> str:
         return f"(_r{i} IS NULL OR isnan(_r{i}))"
 
-    def finite(i: int) -> str:
-        return sql_when(f"isfinite(_r{i})", f"_r{i}")
-
     slots = ", ".join(f"count({sql_when(f'_h{i}')}) AS n{i}, count({sql_when(f'_h{i} AND {nan(i)}')}) AS nan{i}, "
-                      f"count({sql_when(f'isinf(_r{i})')}) AS inf{i}, count({finite(i)}) AS finite{i}, "
-                      f"min({finite(i)}) AS lo{i}, max({finite(i)}) AS hi{i}" for i in range(len(signals)))
+                      f"count({sql_when(f'isinf(_r{i})')}) AS inf{i}, count({finite_sql(f'_r{i}')}) AS finite{i}, "
+                      f"min({finite_sql(f'_r{i}')}) AS lo{i}, max({finite_sql(f'_r{i}')}) AS hi{i}"
+                      for i in range(len(signals)))
     cells = each_signal(signals, lambda i, name: (
         f"SELECT _part, 0::TINYINT AS kind, split, step, {name} AS signal, condition, task, n{i} AS n, "
         f"nan{i} AS nan, inf{i} AS inf, finite{i} AS finite, lo{i} AS lo, hi{i} AS hi, NULL::DOUBLE AS value, "

@@ -59,7 +59,7 @@ import pyarrow.parquet as pq
 from ..health.lengths import MAX_SQL, TOKENS_SQL
 from ..derived.partstats import COMPACT_MEMORY, PartStats, define, each_signal
 from ..store import bound_memory, sql_string, sql_when, write_atomic
-from .reward_stats import DISCRETE_MAX, MID_SQL, bucket_sql
+from .reward_stats import DISCRETE_MAX, MID_SQL, bucket_sql, finite_sql
 
 VERSION = 4
 _META = "CASE WHEN json_valid(metadata) THEN metadata END"
@@ -90,11 +90,8 @@ def part_sql(signals: tuple[str, ...]) -> str:
     """The kinds of the module doc over a batch whose signals are `signals` (`partstats.SIGNAL_COLUMNS`: kinds 2
     and 8 aggregate each signal's column per step, in one group-by of the batch's rollouts each, and a signal
     has rows where a rollout has it)."""
-    def finite(x: str) -> str:
-        return sql_when(f"isfinite({x})", x)
-
-    moments = ", ".join(f"count({finite(f'_r{i}')}) AS n{i}, avg({finite(f'_r{i}')}) AS m{i}, "
-                        f"coalesce(stddev_samp({finite(f'_r{i}')}), 0) AS sd{i}" for i in range(len(signals)))
+    moments = ", ".join(f"count({finite_sql(f'_r{i}')}) AS n{i}, avg({finite_sql(f'_r{i}')}) AS m{i}, "
+                        f"coalesce(stddev_samp({finite_sql(f'_r{i}')}), 0) AS sd{i}" for i in range(len(signals)))
     per_signal = each_signal(signals, lambda i, name: (
         f"SELECT 2::TINYINT AS kind, _part, split, step, {name} AS signal, FALSE AS total, n{i} AS n, m{i} AS m, "
         f"sd{i} AS sd FROM moments WHERE n{i} > 0"))
@@ -147,8 +144,8 @@ rv AS (SELECT _part, split, step, reward AS value, count(*) AS n FROM base ANTI 
 -- the values per step by a grouped count joined back, not a window (count(*) OVER (PARTITION BY ...) sorted every
 -- distinct value: 1.05 -> 0.92 CPU s of this query over the 1M benchmark's parts)
 rvd AS (SELECT * FROM rv JOIN (SELECT _part, split, step, count(*) AS d FROM rv GROUP BY ALL) USING (_part, split, step)),
-moments AS (SELECT _part, split, step, count({finite('reward')}) AS n, avg({finite('reward')}) AS m,
-                   coalesce(stddev_samp({finite('reward')}), 0) AS sd, {moments}
+moments AS (SELECT _part, split, step, count({finite_sql('reward')}) AS n, avg({finite_sql('reward')}) AS m,
+                   coalesce(stddev_samp({finite_sql('reward')}), 0) AS sd, {moments}
             FROM src GROUP BY _part, split, step),
 applies AS (SELECT _part, split, step, coalesce(condition, '') AS condition, {applies}
             FROM src GROUP BY _part, split, step, coalesce(condition, ''))
