@@ -42,7 +42,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import functools
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -95,8 +97,15 @@ _STATISTICS_COLUMNS = [f.name for f in PART_SCHEMA if f.name not in (
 # cold detector (emerging, generalization's per-part statistics, attribution, cot_grading), so the codec is chosen
 # by the whole cold audit's CPU (docs/performance.md, branch ingestz: at 1M, ingest ~0.7 and the detectors' reads
 # ~1.1 CPU s less than zstd level 1) for 1.5x the disk (237 against 155 MB). Readers never name a codec: parts
-# written with zstd by earlier versions stay as they are and are read beside new ones.
+# written with another codec by earlier versions stay as they are and are read beside new ones.
 PART_CODEC: dict[str, Any] = {"compression": "lz4"}
+# ... except the columns in `_UNCOMPRESSED_COLUMNS`: the completion is most of a part's bytes (5.9 of 9.5 MB of a
+# 20,000-rollout part of the 1M benchmark), LZ4 halves it only (5.9 -> 3.1 MB) at ~230 MB/s on this machine, and
+# every cold detector reads it. Ten parts of that run, best of 5 (`docs/performance.md`, session 33): a part's
+# write 60.4 -> 32.5 CPU ms and 4.6 -> 7.3 MB; a read of the completion and its spans with Arrow 7.6 -> 4.4 ms a
+# part, DuckDB's `length(completion)` 8.5 -> 5.4 ms: ~1.4 CPU s less ingest and ~0.15 less per reader at 1M, for
+# parts 1.6x the size (220 -> 351 MB at 1M; the whole store with its derived data 1.25x).
+_UNCOMPRESSED_COLUMNS = ("completion",)
 # How far each of ingest's stages (parse, finalize) may run ahead of the next: the stages' work comes in bursts (a
 # file's parse, a batch's finalize, a part's encoding when it closes), and queues of 4 left ~0.35 of 2 cores idle
 # through ingest (10M benchmark: 10 core-s of 27.6 s). Cold ingests of the 1M benchmark, 7 interleaved rounds,
@@ -773,7 +782,7 @@ class Store:
             names = set(schema.names)
             with pq.ParquetWriter(tmp, schema, use_dictionary=_dictionary(schema),
                                   write_statistics=[c for c in _STATISTICS_COLUMNS if c in names],
-                                  **PART_CODEC) as writer:
+                                  **_codec(schema)) as writer:
                 for table in itertools.chain(tables, [None]):
                     if table is not None and table.num_rows:
                         buffered.append(table)
@@ -1121,6 +1130,30 @@ def _dictionary(schema: pa.Schema) -> list[str]:
             if column in names and pa.types.is_map(schema.field(column).type)
             and pa.types.is_string(schema.field(column).type.key_type)]
     return [c for c in _DICTIONARY_COLUMNS if c in names] + keys
+
+
+def _codec(schema: pa.Schema) -> dict[str, Any]:
+    """The writer's codec arguments for a part with `schema`: `PART_CODEC` for every column (each leaf of a nested
+    one) but `_UNCOMPRESSED_COLUMNS`, which are written uncompressed."""
+    leaves = _leaf_paths(schema)
+    raw = [p for p in leaves if p.split(".")[0] in _UNCOMPRESSED_COLUMNS]
+    if not raw:
+        return dict(PART_CODEC)
+    packed = [p for p in leaves if p not in raw]
+    out: dict[str, Any] = {"compression": {p: PART_CODEC["compression"] for p in packed} | {p: "none" for p in raw}}
+    if PART_CODEC.get("compression_level") is not None:  # a level only for the compressed ones (Arrow refuses it
+        out["compression_level"] = {p: PART_CODEC["compression_level"] for p in packed}  # for "none")
+    return out
+
+
+@functools.lru_cache(maxsize=16)
+def _leaf_paths(schema: pa.Schema) -> tuple[str, ...]:
+    """The Parquet column paths of `schema` (`rewards.key_value.key`, ...), as Arrow's writer names them: the
+    names a per-column codec is given by (a column it does not name is written uncompressed)."""
+    buf = io.BytesIO()
+    pq.write_table(schema.empty_table(), buf)
+    meta = pq.read_metadata(io.BytesIO(buf.getvalue()))
+    return tuple(meta.schema.column(i).path for i in range(meta.num_columns))
 
 
 def write_cached(path: Path, table: pa.Table, **parquet: Any) -> Path | pa.Table:

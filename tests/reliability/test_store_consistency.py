@@ -363,8 +363,9 @@ def test_a_failure_with_parts_in_flight_keeps_the_previous_version(tmp_path, mon
 
 # ---------------------------------------------------------------- the parts' codec (`store.PART_CODEC`)
 def test_parts_of_an_older_codec_stay_and_are_read_beside_new_ones(tmp_path, monkeypatch):
-    """A run stored with zstd parts (before LZ4) and grown by an ingest of this version: the old parts are kept
-    byte for byte, the new ones are LZ4, and the run reads (Arrow and DuckDB) as a run written with one codec."""
+    """A run stored with zstd parts (before LZ4, every column compressed) and grown by an ingest of this version:
+    the old parts are kept byte for byte, the new ones are LZ4 but for the uncompressed completion, and the run
+    reads (Arrow and DuckDB) as a run written with one codec."""
     import duckdb
     import pyarrow.parquet as pq
 
@@ -375,6 +376,7 @@ def test_parts_of_an_older_codec_stay_and_are_read_beside_new_ones(tmp_path, mon
     src = _run_dir(tmp_path, files=2, rows=40)
     old = Store(tmp_path / "old")
     monkeypatch.setattr("rlaudit.store.PART_CODEC", {"compression": "zstd", "compression_level": 1})
+    monkeypatch.setattr("rlaudit.store._UNCOMPRESSED_COLUMNS", ())
     old.ingest(src, run="r")
     monkeypatch.undo()
     before = {name: (old.run_dir("r") / "parts" / name).read_bytes() for name in codecs(old)}
@@ -384,14 +386,42 @@ def test_parts_of_an_older_codec_stay_and_are_read_beside_new_ones(tmp_path, mon
     old.ingest(src, run="r")
     now = codecs(old)
     assert {name: (old.run_dir("r") / "parts" / name).read_bytes() for name in before} == before
-    assert [v for k, v in now.items() if k not in before] == [{"LZ4"}]  # the two new files share a part
+    assert [v for k, v in now.items() if k not in before] == [{"LZ4", "UNCOMPRESSED"}]  # the new files: one part
     new = Store(tmp_path / "new")
     new.ingest(src, run="r")
-    assert set().union(*codecs(new).values()) == {"LZ4"}
+    assert set().union(*codecs(new).values()) == {"LZ4", "UNCOMPRESSED"}
     assert old.table("r").equals(new.table("r"))
     query = "SELECT * FROM read_parquet({}) ORDER BY step, prompt"
     rows = [duckdb.sql(query.format([str(p) for p in s.parts("r")])).fetchall() for s in (old, new)]
     assert rows[0] == rows[1] and len(rows[0]) == 160
+
+
+def test_parts_leave_only_the_completion_uncompressed(tmp_path, monkeypatch):
+    """Every column of a part, each leaf of the nested ones (maps, lists), is written with `PART_CODEC` but the
+    completion (`store._UNCOMPRESSED_COLUMNS`); a codec with a level (zstd) gets it for the compressed ones only,
+    and the rows read back are the same whatever the codec."""
+    import pyarrow.parquet as pq
+
+    from rlaudit.layout import PART_SCHEMA
+    from rlaudit.store import _codec
+
+    def compression(store: Store) -> dict[str, str]:
+        meta = pq.ParquetFile(store.parts("r")[0]).metadata
+        return {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i).compression
+                for i in range(meta.num_columns)}
+
+    src = _run_dir(tmp_path, files=1, rows=40)
+    lz4 = Store(tmp_path / "lz4")
+    lz4.ingest(src, run="r")
+    found = compression(lz4)
+    assert {"rewards.key_value.key", "rewards.key_value.value", "tool_calls.list.element.name"} <= set(found)
+    assert {k for k, v in found.items() if v != "LZ4"} == {"completion"} and found["completion"] == "UNCOMPRESSED"
+    monkeypatch.setattr("rlaudit.store.PART_CODEC", {"compression": "zstd", "compression_level": 3})
+    assert _codec(PART_SCHEMA)["compression_level"] == {p: 3 for p in found if p != "completion"}
+    zstd = Store(tmp_path / "zstd")
+    zstd.ingest(src, run="r")
+    assert {k for k, v in compression(zstd).items() if v != "ZSTD"} == {"completion"}
+    assert zstd.table("r").equals(lz4.table("r"))
 
 
 def test_parts_keep_statistics_of_the_scalar_columns_only(tmp_path):
