@@ -204,6 +204,12 @@ class Stages:
         # `at`: CLOCK_MONOTONIC at the start, the clock `benchmarks/audit_perf.py` has perf stamp its samples with
         self._open = (name, time.perf_counter(), _cpu(), prof, time.clock_gettime(time.CLOCK_MONOTONIC))
 
+    def beside(self, name: str) -> None:
+        """Add `name` to the open stage's name: a detector that `run_detectors` runs on another thread beside
+        the open stage's (its light detectors at the end), timed with it."""
+        if self._open is not None:
+            self._open = (f"{self._open[0]} + {name}", *self._open[1:])
+
     def end(self) -> None:
         if self._open is None:
             return
@@ -281,7 +287,9 @@ def measure(root: Path, profile: str | None, stored_live: bool = False) -> dict:
         report = store.ingest(source, run="bench")
 
         def progress(name: str, done: int, total: int) -> None:
-            if name:
+            if threading.current_thread() is not threading.main_thread():
+                stages.beside(name)  # run on another thread beside the main thread's detector: one stage
+            elif name:
                 stages.start(f"{label}: detector {name}")
             else:
                 stages.end()
@@ -434,7 +442,11 @@ def _print(res: dict) -> None:
           + kernels)
     print(f"{'stage':<40} {'wall s':>9} {'CPU s':>9} {'peak RSS MB':>12}")
     for r in res["stages"]:
-        print(f"{r['stage']:<40} {r['wall']:9.2f} {r['cpu']:9.2f} {r['peak_rss'] * mb:12,.0f}")
+        name = r["stage"]
+        if len(name) > 40:  # detectors run beside each other: the names on a line of their own
+            print(name)
+            name = ""
+        print(f"{name:<40} {r['wall']:9.2f} {r['cpu']:9.2f} {r['peak_rss'] * mb:12,.0f}")
     floor = _floor(res)
     n_floors = sum(r["stage"] in FLOORS for r in res["stages"])
     print(f"floor (mean of {n_floors} runs, before and after the cold audit): {floor['wall']:.2f} s wall, "

@@ -216,3 +216,121 @@ def test_a_finished_prefetch_is_no_longer_running():
     assert bg.done["a"].wait(10) and ran.is_set()
     assert not bg.running("a")
     bg.join()
+
+
+# ------------------------------------------------- light detectors beside the last heavy one (`Detector.light`)
+def _fake(name: str, light: bool = False, requires: tuple[str, ...] = (), body=None):
+    """A detector class named `name` whose detect runs `body(ctx)` (if any) and returns one finding of kind `name`
+    titled with the thread it ran on and that thread's `memory.thread_limit()`."""
+    from rlaudit.detectors import Detector
+    from rlaudit.findings import Finding
+
+    def detect(self, ctx):
+        if body is not None:
+            body(ctx)
+        where = f"{threading.current_thread().name} {memory.thread_limit()}"
+        return [Finding(kind=name, run=ctx.run, severity="low", title=where)]
+
+    return type(name, (Detector,), {"name": name, "kinds": (name,), "description": name, "light": light,
+                                    "requires": requires, "detect": detect})
+
+
+def _finished_background():
+    from rlaudit.detectors import _Background
+
+    bg = _Background([("", lambda: None)])
+    bg.thread.start()
+    bg.join()
+    return bg
+
+
+def _run(classes, background):
+    from rlaudit.detectors import DetectContext, _run_each
+
+    ctx = DetectContext(store=None, run="r", config=AuditConfig())
+    calls: list[tuple[str, str]] = []
+    _run_each(ctx, classes, lambda name, done, total: calls.append((name, threading.current_thread().name)),
+              background)
+    return ctx.findings, calls
+
+
+def test_the_light_detectors_at_the_end_run_on_one_more_thread_beside_the_heavy_one_before_them():
+    """Both threads are inside a detector at once (a barrier of two), the light ones on one worker, in their order
+    (the second reads the first's findings); the findings and the progress calls keep the detectors' order."""
+    both = threading.Barrier(2, timeout=20)
+    read: list[int] = []
+    heavy = _fake("heavy", body=lambda ctx: both.wait())
+    first = _fake("first", light=True, body=lambda ctx: both.wait())
+    second = _fake("second", light=True, requires=("first",), body=lambda ctx: read.append(len(ctx.of_kind("first"))))
+    found, calls = _run([heavy, first, second], _finished_background())
+    assert [(f.kind, f.title) for f in found] == [
+        ("heavy", "MainThread None"), ("first", "rlaudit-light 1"), ("second", "rlaudit-light 1")]
+    assert read == [1]
+    assert calls == [("heavy", "MainThread"), ("first", "rlaudit-light"), ("second", "rlaudit-light")]
+
+
+@pytest.mark.parametrize("case", ["needs the heavy one", "a heavy one after", "background running", "no background"])
+def test_light_detectors_run_after_the_others_on_the_main_thread_otherwise(case):
+    """Not beside: a light detector that reads the running one's findings, or with a heavy detector still to run
+    (memory: two heavy detectors at once), or while the background thread still computes (a third thread), or
+    without one (the memory budget gives one worker)."""
+    from rlaudit.detectors import _Background
+
+    heavy = _fake("heavy")
+    light = _fake("light", light=True, requires=("heavy",) if case == "needs the heavy one" else ())
+    classes = [heavy, light, _fake("later")] if case == "a heavy one after" else [heavy, light]
+    background = _finished_background()
+    hold = threading.Event()
+    if case == "background running":
+        background = _Background([("", lambda: hold.wait(20))])
+        background.thread.start()
+    elif case == "no background":
+        background = None
+    try:
+        found, _ = _run(classes, background)
+    finally:
+        hold.set()
+    assert [f.title for f in found] == ["MainThread None"] * len(classes)
+    assert [f.kind for f in found] == [c.name for c in classes]
+
+
+def test_a_light_detector_that_fails_beside_another_becomes_an_audit_error():
+    def boom(ctx):
+        raise RuntimeError("broken check")
+
+    found, _ = _run([_fake("heavy"), _fake("bad", light=True, body=boom), _fake("good", light=True)],
+                    _finished_background())
+    assert [f.kind for f in found] == ["heavy", "audit_error", "good"]
+    assert "broken check" in found[1].title and found[2].title == "rlaudit-light 1"
+
+
+def test_a_whole_audit_finds_the_same_with_its_light_detectors_beside_attribution(tmp_path, monkeypatch):
+    """Every detector, on two workers (the light ones beside attribution, where the background thread has
+    finished by then) and on one (all in a row): the same findings in the same order."""
+    from rlaudit.detectors import _run_each
+    from rlaudit import detectors as detectors_module
+
+    sim = simulate.run("goblin_persona", steps=40, prompts=16, generations=8, seed=0, run_name="r")
+    threads: dict[str, set[str]] = {}
+
+    def spying(ctx, classes, progress, background):
+        if background is not None:
+            background.thread.join()  # its jobs done: the test does not depend on their timing
+        def note(name, done, total):
+            threads.setdefault(name, set()).add(threading.current_thread().name)
+        return _run_each(ctx, classes, note, background)
+
+    monkeypatch.setattr(detectors_module, "_run_each", spying)
+    results = {}
+    for name, n in (("beside", 2), ("in a row", 1)):
+        store = Store(tmp_path / name)
+        store.append("r", sim.canonical(), "p")
+        monkeypatch.setattr(memory, "workers", lambda per_worker, n=n: n)
+        threads.clear()
+        found = run_detectors(store, "r", AuditConfig())
+        assert not [f for f in found if f.kind == "audit_error"], [f.fields for f in found]
+        results[name] = ([(f.kind, f.severity, f.title) for f in found], dict(threads))
+    assert results["beside"][0] == results["in a row"][0]
+    assert {"emerging_behavior", "reward_attribution"} <= {kind for kind, _, _ in results["in a row"][0]}
+    assert results["beside"][1]["reward_health"] == {"rlaudit-light"}
+    assert results["in a row"][1]["reward_health"] == {"MainThread"}

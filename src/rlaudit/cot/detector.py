@@ -53,6 +53,7 @@ class CotGradingDetector(Detector):
     name = "cot_grading"
     kinds = ("cot_grading",)
     description = "Graders that saw the reasoning: scan of logged grader inputs, plus a statistical screen."
+    light = True  # once the scan (`prefetch`) is done: its per-part results and the evidence of a few parts
 
     def prefetch(self, ctx: DetectContext) -> None:
         """The scan of every stored part (`_scan`), for `detect`: it reads the parts alone."""

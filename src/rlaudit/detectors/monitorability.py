@@ -76,6 +76,7 @@ class MonitorabilityDetector(Detector):
     description = ("CoT monitorability (g-mean² of CoT-only / action-only / all monitors), verbalisation rate, "
                    "and whether CoT exposure to a grader changed them (difference-in-differences).")
     requires = ("cot_grading",)
+    light = True  # monitors over a bounded sample of rollouts
 
     def detect(self, ctx: DetectContext) -> list[Finding]:
         options = ctx.config.options.get(self.name, {})

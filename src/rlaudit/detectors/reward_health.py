@@ -55,6 +55,7 @@ class RewardHealthDetector(Detector):
     kinds = ("reward_health",)
     description = "Broken reward components: NaN where they apply, inf, constant, stuck, far out of range."
     part_stats = ("reward_health",)
+    light = True  # once the roll-up (`prefetch`) is done: the per-part statistics' small tables
 
     def prefetch(self, ctx: DetectContext) -> None:
         """The run-level rollup of the per-part statistics (`reward_rollup`), built where missing and left on disk

@@ -86,6 +86,7 @@ class TrainingHealthDetector(Detector):
     description = ("Is the run learning: zero-variance groups, advantage ESS, length growth, truncation, reward vs "
                    "eval divergence, plateaus; entropy, KL, clipping and gradients from scalar logs.")
     part_stats = ("training_health",)
+    light = True  # the per-part statistics' small tables
     #: False computes everything from the rollouts (the reference the cached statistics are tested against)
     use_cache = True
 
