@@ -203,3 +203,74 @@ def test_run_notes_are_shown_escaped_under_the_runs_table(report_store, result):
     assert [a["data-run"] for a in notes] == ["grpo-a"]
     assert "reward weights not logged; `reward` is the unweighted sum <script>x</script>" in "".join(doc.text)
     assert "<script>x</script>" not in html
+
+
+# ------------------------------------------- the templates' compiled code (`report._env`, `report._TemplateCache`)
+def _fixed(result) -> str:
+    import datetime as dt
+
+    return build_report_html(None, result, now=dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc))
+
+
+def test_templates_are_compiled_once_per_process_and_then_read_from_their_cache(tmp_path, monkeypatch, result):
+    """Within a process the environment and its templates are kept; a new process (a cleared environment) reads
+    their compiled code from the cache directory instead of compiling them again; the page is the same."""
+    import jinja2
+
+    from rlaudit import report
+
+    compiled: list[str] = []
+    compile_ = jinja2.Environment.compile
+
+    def spy(self, source, name=None, *a, **k):
+        compiled.append(name)
+        return compile_(self, source, name, *a, **k)
+
+    monkeypatch.setattr(jinja2.Environment, "compile", spy)
+    monkeypatch.setattr(report._TemplateCache, "made", classmethod(lambda cls: cls(str(tmp_path))))
+    report._env.cache_clear()
+    try:
+        first = _fixed(result)
+        once = list(compiled)  # the page and the templates it includes, once each
+        assert "report.html.j2" in once and len(set(once)) == len(once)
+        assert _fixed(result) == first and compiled == once
+        assert len(list(tmp_path.glob("__jinja2_*.cache"))) == len(once)
+        report._env.cache_clear()  # as a new process
+        assert _fixed(result) == first and compiled == once
+    finally:
+        report._env.cache_clear()
+
+
+@pytest.mark.parametrize("damage", ["not a directory", "disk full", "garbled entry", "truncated entry"])
+def test_a_template_cache_that_cannot_be_used_leaves_the_report_as_it_is(tmp_path, monkeypatch, result, damage):
+    from rlaudit import report
+
+    report._env.cache_clear()
+    monkeypatch.setattr(report._TemplateCache, "made", classmethod(lambda cls: None))
+    expected = _fixed(result)  # no cache at all
+    where = tmp_path / "cache"
+    where.mkdir()
+    if damage in ("garbled entry", "truncated entry"):
+        report._env.cache_clear()
+        monkeypatch.setattr(report._TemplateCache, "made", classmethod(lambda cls: cls(str(where))))
+        _fixed(result)  # writes the entry
+        for entry in where.glob("__jinja2_*.cache"):  # the page's and its includes'
+            data = entry.read_bytes()
+            entry.write_bytes(data[:40] if damage == "truncated entry" else data[:20] + b"\x00garbage" * 9)
+    elif damage == "disk full":
+        import tempfile
+
+        def full(*a, **k):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(tempfile, "NamedTemporaryFile", full)
+    else:
+        where = tmp_path / "a file"
+        where.write_text("")
+    report._env.cache_clear()
+    monkeypatch.setattr(report._TemplateCache, "made", classmethod(lambda cls: cls(str(where))))
+    try:
+        assert _fixed(result) == expected
+        assert _fixed(result) == expected
+    finally:
+        report._env.cache_clear()
