@@ -1140,7 +1140,8 @@ def _codec(schema: pa.Schema) -> dict[str, Any]:
     if not raw:
         return dict(PART_CODEC)
     packed = [p for p in leaves if p not in raw]
-    out: dict[str, Any] = {"compression": {p: PART_CODEC["compression"] for p in packed} | {p: "none" for p in raw}}
+    out = dict(PART_CODEC)
+    out["compression"] = {p: PART_CODEC["compression"] for p in packed} | {p: "none" for p in raw}
     if PART_CODEC.get("compression_level") is not None:  # a level only for the compressed ones (Arrow refuses it
         out["compression_level"] = {p: PART_CODEC["compression_level"] for p in packed}  # for "none")
     return out

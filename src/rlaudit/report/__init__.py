@@ -85,7 +85,7 @@ def _plotly_template() -> dict[str, Any]:
 def _env() -> jinja2.Environment:
     """The templates' environment, made once per process, so that each template is compiled once (its cache of
     loaded templates); their compiled code is also kept across processes (`_TemplateCache`): compiling the
-    report's two templates was ~0.2 of the ~0.3-0.5 CPU s of a report, in every `rlaudit audit` and live report."""
+    report's templates was ~0.2 of the first report's ~0.6 CPU s in a process (`rlaudit audit`, a live report)."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(_HERE / "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              bytecode_cache=_TemplateCache.made())
