@@ -101,10 +101,10 @@ _STATISTICS_COLUMNS = [f.name for f in PART_SCHEMA if f.name not in (
 PART_CODEC: dict[str, Any] = {"compression": "lz4"}
 # ... except the columns in `_UNCOMPRESSED_COLUMNS`: the completion is most of a part's bytes (5.9 of 9.5 MB of a
 # 20,000-rollout part of the 1M benchmark), LZ4 halves it only (5.9 -> 3.1 MB) at ~230 MB/s on this machine, and
-# every cold detector reads it. Ten parts of that run, best of 5 (`docs/performance.md`, session 33): a part's
-# write 60.4 -> 32.5 CPU ms and 4.6 -> 7.3 MB; a read of the completion and its spans with Arrow 7.6 -> 4.4 ms a
-# part, DuckDB's `length(completion)` 8.5 -> 5.4 ms: ~1.4 CPU s less ingest and ~0.15 less per reader at 1M, for
-# parts 1.6x the size (220 -> 351 MB at 1M; the whole store with its derived data 1.25x).
+# every cold detector reads it. `benchmarks/part_codec.py` on ten parts of that run (session 33, against every
+# column in LZ4): a part's write 41.0 -> 23.7 CPU ms and 4.5 -> 7.2 MB; a read of the completion and its spans with
+# Arrow 6.4 -> 3.6 ms, DuckDB's `length(completion)` 7.0 -> 4.6 ms: ~1 CPU s less ingest and ~0.15 less per
+# reader at 1M, for parts 1.6x the size (220 -> 351 MB at 1M; the whole store with its derived data 1.25x).
 _UNCOMPRESSED_COLUMNS = ("completion",)
 # How far each of ingest's stages (parse, finalize) may run ahead of the next: the stages' work comes in bursts (a
 # file's parse, a batch's finalize, a part's encoding when it closes), and queues of 4 left ~0.35 of 2 cores idle
