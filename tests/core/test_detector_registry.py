@@ -36,6 +36,18 @@ def test_dependencies_run_first_and_see_earlier_findings(registry, store):
     assert seen["b"] == ["a"]
 
 
+def test_the_order_does_not_depend_on_which_detector_registered_first(registry):
+    """All detectors run in one order whichever module imported its detector first (a profiler that imported
+    every module alphabetically registered them in another order and ran them so)."""
+    made = [_detector("zeta"), _detector("alpha", requires=("mid",)), _detector("mid"), _detector("beta")]
+    orders = []
+    for arrangement in (made, made[::-1], made[1:] + made[:1]):
+        registry[:] = arrangement
+        orders.append([d.name for d in det.ordered()])
+    assert orders == [["mid", "alpha", "beta", "zeta"]] * 3
+    assert [d.name for d in det.ordered(["zeta", "alpha"])] == ["zeta", "mid", "alpha"]  # as named
+
+
 def test_unknown_detector_is_a_user_error(registry):
     det.register(_detector("a"))
     with pytest.raises(RlauditError, match="unknown detector"):
