@@ -19,21 +19,13 @@ import io
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-
-def best(run, rounds: int) -> float:
-    """The least process CPU s of `rounds` calls of `run`."""
-    out = float("inf")
-    for _ in range(rounds):
-        t = time.process_time()
-        run()
-        out = min(out, time.process_time() - t)
-    return out
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from partstats import best  # noqa: E402  (benchmarks/partstats.py: the least process CPU ms of `rounds` calls)
 
 
 def main() -> None:
@@ -88,8 +80,8 @@ def main() -> None:
             files[-1].write_bytes(b)
         size = sum(len(b) for b in buffers) / len(buffers)
         results[name] = (w, r, size)
-        print(f"{name:<34} {w / len(tables) * 1e3:8.1f} {r / len(tables) * 1e3:11.1f} "
-              f"{best(read_duckdb, args.rounds) / len(tables) * 1e3:14.1f} {size / 1e3:10,.0f}")
+        print(f"{name:<34} {w / len(tables):8.1f} {r / len(tables):11.1f} "
+              f"{best(read_duckdb, args.rounds) / len(tables):14.1f} {size / 1e3:10,.0f}")
     shutil.rmtree(tmp, ignore_errors=True)
     (w0, r0, s0), (w1, r1, s1) = results.values()
     print(f"the parts' codec against all LZ4: write {w1 / w0:.2f}x, Arrow read {r1 / r0:.2f}x, size {s1 / s0:.2f}x")
