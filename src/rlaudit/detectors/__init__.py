@@ -309,7 +309,7 @@ def _beside(running: type[Detector], pending: list[type[Detector]]) -> list[type
     `running`'s findings; else none (a heavy detector beside another would add its memory to the other's peak).
     `_run_each` asks only once the background thread has finished (the light ones' prefetches are done, and no
     third thread computes beside the two)."""
-    if running.light or not pending or not all(c.light and running.name not in c.requires for c in pending):
+    if running.light or not all(c.light and running.name not in c.requires for c in pending):
         return []
     return list(pending)
 
