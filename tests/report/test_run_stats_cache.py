@@ -81,3 +81,36 @@ def test_an_empty_run_summarises_as_empty(store):
     store.append("e", ROLLOUT_SCHEMA.empty_table(), key="a")
     s = store.summary("e")
     assert s.rows == 0 and s.steps is None and s.conditions == [] and s.signals == []
+
+
+def test_a_report_opens_one_run_stats_connection_per_run(store, monkeypatch):
+    """The report's queries of the run statistics (curves, condition counts) share a connection per run
+    (`RunStats`), with the same results as each query on a connection of its own; leaving it closes them."""
+    import duckdb
+
+    from rlaudit.audit import AuditResult
+    from rlaudit.derived import runstats
+    from rlaudit.organisms import run
+    from rlaudit.report import build_report_html
+    from rlaudit.report.data import RunStats
+
+    for name, organism in (("a", "broken_reward"), ("b", "goblin_persona")):
+        store.append(name, run(organism, steps=10, prompts=4).canonical(), key=name)
+    alone = {r: (reward_curves(store, [r], 50)[r], condition_counts(store, [r])[r]) for r in ("a", "b")}
+    opened = []
+    real = runstats.connect_run_stats
+    monkeypatch.setattr(runstats, "connect_run_stats", lambda *a, **k: opened.append(a[1]) or real(*a, **k))
+    with RunStats(store) as stats:
+        curves = reward_curves(store, ["a", "b"], 50, stats)
+        counts = condition_counts(store, ["a", "b"], stats)
+        held = list(stats._open.values())
+    assert sorted(opened) == ["a", "b"]
+    for r in ("a", "b"):
+        _close(curves[r], alone[r][0])
+        assert counts[r] == alone[r][1]
+    with pytest.raises(duckdb.ConnectionException):  # closed on leaving
+        held[0].execute("SELECT 1")
+    result = AuditResult(runs=[store.summary("a"), store.summary("b")], findings=[])
+    opened.clear()
+    html = build_report_html(store, result)
+    assert sorted(opened) == ["a", "b"] and "run-1-rewards" in html

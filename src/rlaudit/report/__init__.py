@@ -136,8 +136,9 @@ def build_report_html(store: Store | None, result: AuditResult, *, title: str | 
     clip = Clip(cap=limits.text_cap, budget=limits.text_budget)
 
     figures: list[dict[str, Any]] = []
-    curves = report_data.reward_curves(store, runs, limits.max_points)
-    counts = report_data.condition_counts(store, runs)
+    with report_data.RunStats(store) if store is not None else contextlib.nullcontext() as stats:
+        curves = report_data.reward_curves(store, runs, limits.max_points, stats)
+        counts = report_data.condition_counts(store, runs, stats)
     run_rows = []
     for i, r in enumerate(result.runs):
         fig = reward_components_figure(f"run-{i}-rewards", r.run, curves.get(r.run, {}), limits.max_points)
