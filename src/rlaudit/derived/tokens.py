@@ -60,7 +60,7 @@ import pyarrow.parquet as pq
 
 from . import kernels, segments, styles
 from .. import memory
-from ..behaviors import STYLE_FEATURES, TOKEN_PATTERN
+from ..behaviors import STYLE_FEATURES, TOKEN_PATTERN, re2_cursor
 from ..errors import RlauditError
 from ..layout import PART_SCHEMA, SPANS, read_columns, read_stored, to_canonical
 from ..cot.shingles import splitmix64
@@ -753,12 +753,13 @@ def _name_terms(sample: pa.Table, where: str, q: pa.Table, first: dict[str, np.n
     longest, then the last)."""
     k = np.asarray(q.column("k").to_numpy(), np.int64)
     rows, starts, orders = first["row"][k], first["start"][k], first["order"][k].astype(np.int64)
-    con = duckdb.connect()
-    con.register("occ", pa.table({"i": np.arange(len(k)), "text": sample.column(where).take(pa.array(rows)),
-                                  "p": starts, "n": orders}))
-    named = con.sql(f"""SELECT i, array_to_string({tokens_sql('text')}[p + 1:p + n], ' ') AS term
-                        FROM occ ORDER BY i""").to_arrow_table()
-    con.close()
+    # a cursor of the process's RE2 database (`behaviors.re2_cursor`), not a database of its own (~25 CPU ms to
+    # open, twice per vocabulary): what it registers is its own, and goes with it
+    with re2_cursor() as con:
+        con.register("occ", pa.table({"i": np.arange(len(k)), "text": sample.column(where).take(pa.array(rows)),
+                                      "p": starts, "n": orders}))
+        named = con.sql(f"""SELECT i, array_to_string({tokens_sql('text')}[p + 1:p + n], ' ') AS term
+                            FROM occ ORDER BY i""").to_arrow_table()
     table = pa.table({"where": pa.array([where] * len(k), pa.string()), "term": named.column("term"),
                       "n_tokens": pa.array(orders, pa.int64()), "pmax": q.column("pmax"),
                       "spread": q.column("spread"), "n_qualified": pa.array(np.full(len(k), len(k), np.int64))})
