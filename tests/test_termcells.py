@@ -99,36 +99,32 @@ def test_in_memory_store_gets_the_same_tables(tmp_path):
 def test_a_replaced_part_is_reduced_again_and_its_old_files_pruned(tmp_path):
     store = _store(tmp_path)
     _check(store)
-    old_rows = tokens.term_sets(store, "r").rows()  # the window rows' files, cached on first use
     table = simulate_run("goblin_persona", steps=8, prompts=6, generations=4, seed=4, run_name="r").canonical()
     store.append("r", table.filter(pc.greater_equal(table["step"], 6)), key="b")  # replaces part b
     _check(store)
     vdirs = list((store.run_dir("r") / "derived" / "termcells").iterdir())
     stems = {p.stem for p in store.parts("r")}
     assert len(vdirs) == 1 and {f.name.split(".")[0] for f in vdirs[0].iterdir()} <= stems
-    # the replaced part's rows file went with its term sets; the new part's is written when asked for
     sets = tokens.term_sets(store, "r")
     tdir = Path(sets.parts[0][1]["terms"]).parent
     assert {f.name.split(".")[0] for f in tdir.iterdir()} <= stems
-    assert old_rows and not [f for f in old_rows if f.exists() and f.name.split(".")[0] not in stems]
-    assert all(f.name.split(".")[0] in stems for f in sets.rows())
 
 
-def test_window_rows_of_a_grown_run_are_written_for_the_new_part_only(tmp_path, monkeypatch):
-    """A run that grows by a part, its vocabulary kept: asking for every part's window rows again writes the new
-    part's file only (a warm audit pays O(new step) for them), and leaves the others' as they were."""
-    monkeypatch.setattr(tokens, "REUSE_GROWTH", 10.0)
+def test_window_rows_files_of_earlier_versions_are_removed(tmp_path):
+    """Earlier versions cached each window part's rollouts with their term lists beside its term sets
+    (`<part>.rows.parquet`); nothing reads them now, and the next term sets of the run remove them (the term
+    sets themselves stay cached)."""
     store = _store(tmp_path)
-    first = tokens.term_sets(store, "r").rows()
-    stamps = {f: f.stat().st_mtime_ns for f in first}
-    table = simulate_run("goblin_persona", steps=10, prompts=6, generations=4, seed=5, run_name="r").canonical()
-    added = table.filter(pc.greater_equal(table["step"], 9))
-    store.append("r", added, key="c")  # a new part: the steps after the first two parts'
-    again = tokens.term_sets(store, "r").rows()
-    assert len(again) == len(first) + 1 and set(first) < set(again)
-    assert {f: f.stat().st_mtime_ns for f in first} == stamps
-    new = (set(again) - set(first)).pop()
-    assert set(pq.read_table(new).column("step").to_pylist()) == set(added.column("step").to_pylist())
+    sets = tokens.term_sets(store, "r")
+    tdir = Path(sets.parts[0][1]["terms"]).parent
+    stale = [tdir / f"{name.removesuffix('.parquet')}.rows.parquet" for name, _ in sets.parts]
+    for f in stale:
+        f.write_bytes(b"PAR1")
+    stamps = {f: f.stat().st_mtime_ns for f in tdir.glob("*.terms.parquet")}
+    again = tokens.term_sets(store, "r")
+    assert not [f for f in stale if f.exists()]
+    assert {f: f.stat().st_mtime_ns for f in tdir.glob("*.terms.parquet")} == stamps
+    assert [n for n, _ in again.parts] == [n for n, _ in sets.parts]
 
 
 def test_a_shard_reduces_its_parts_and_prunes_nothing(tmp_path):
@@ -231,17 +227,20 @@ def test_term_lists_are_kept_once_and_read_back_as_computed(tmp_path):
     got = pa.concat_tables([sets.part_table(i, "terms") for i in range(len(sets.parts))])
     ref = pa.concat_tables([ref_sets.part_table(i, "terms") for i in range(len(ref_sets.parts))])
     assert got.select(ref.column_names).equals(ref)
-    rows = sets.rows()  # the window rows: cached files, written on first use
-    assert all(isinstance(f, Path) and f.name.endswith(".rows.parquet") for f in rows) and sets.rows() == rows
-    columns = [*tokens.ROWS_COLUMNS, *tokens.LIST_COLUMNS]
-    assert pa.concat_tables([pq.read_table(f) for f in rows]).equals(ref.select(columns))
-    assert pa.concat_tables(ref_sets.rows()).equals(ref.select(columns))
     for where, col in zip(tokens.WHERES, tokens.LIST_COLUMNS):
         counts = pc.value_counts(pc.list_flatten(ref.column(col))).to_pylist()
-        for term in [c["values"] for c in sorted(counts, key=lambda c: -c["counts"])[:3]]:
+        top = [c["values"] for c in sorted(counts, key=lambda c: -c["counts"])[:3]]
+        for term in top:
             want = sorted(r["rid"] for r in ref.select(["rid", col]).to_pylist() if term in r[col])
             assert sorted(sets.holding(where, term).column("rid").to_pylist()) == want
             assert sorted(ref_sets.holding(where, term).column("rid").to_pylist()) == want
+        # every (rollout, term) of a few terms at once, a term asked twice and one no rollout holds among them
+        asked = [*top, top[0], max(c["values"] for c in counts) + 1]
+        want = sorted((r["rid"], t) for r in ref.select(["rid", col]).to_pylist() for t in set(top) if t in r[col])
+        for s in (sets, ref_sets):
+            got = s.pairs(where, asked)
+            assert got.schema.names == ["rid", "term_id"] and sorted(zip(*got.to_pydict().values())) == want
+            assert s.pairs(where, []).num_rows == 0
     tokens._EMPTY.clear()  # as in a process that computed no part: the fixed columns
     assert tokens._empty_terms().schema.equals(ref.schema)
 

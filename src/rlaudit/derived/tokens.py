@@ -47,7 +47,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -200,51 +200,25 @@ class TermSets:
             return segments.read_member(Path(v), kind)
         return with_lists(pq.read_table(v), Path(v).parent, name)
 
-    def rows(self) -> list[Path | pa.Table]:
-        """Per part, its rollouts' `ROWS_COLUMNS` with their term lists (the emerging detector's per-rollout rows of
-        the windows, `Scope.rows`): a file cached beside its term sets (`<part>.rows.parquet`), written the first
-        time a reader asks for the part (`memory.workers` threads, from the term sets and the part's flat lists,
-        `with_lists`), or a table (term sets held in memory; a store that cannot be written).
-
-        Why on first use: the term lists cost ~70% of a term-set file's write (their Parquet list levels), and
-        only the parts in the early and late windows are ever read with them (~80 of 200 parts at 1M rollouts;
-        ~100 of 2,000 at 10M, where the windows are thinned), so the term-set files hold none. A warm audit finds
-        the window parts' files cached but the newest part's, as when every term-set file held its lists."""
-        listed = {d: listing(d) for d in {Path(e["terms"]).parent for _, e in self.parts
-                                           if not isinstance(e["terms"], pa.Table)}}
-
-        def cached(entry: dict[str, Any]) -> Path | None:
-            v = entry["terms"]
-            path = None if isinstance(v, pa.Table) else _rows_file(Path(v))
-            return path if path is not None and path.name in listed[path.parent] else None
-
-        def one(part: tuple[str, dict[str, Any]]) -> Path | pa.Table:
-            name, entry = part
-            v = entry["terms"]
-            if isinstance(v, pa.Table):
-                return v.select([*ROWS_COLUMNS, *LIST_COLUMNS])
-            path = cached(entry)
-            if path is not None:
-                return path
-            table = with_lists(pq.read_table(v, columns=ROWS_COLUMNS).select(ROWS_COLUMNS), Path(v).parent, name)
-            return _write_kind(_rows_file(Path(v)), "rows", table)
-
-        todo = sum(not isinstance(e["terms"], pa.Table) and cached(e) is None for _, e in self.parts)
-        return list(memory.in_order(one, self.parts, max(1, min(workers(), todo)), "rlaudit-rows"))
-
-    def register_rows(self, con: duckdb.DuckDBPyConnection, view: str) -> None:
-        """The view `view` over `rows` (its columns, with no rows, where there is no part)."""
-        union_view(con, view, self.rows(), lambda: _empty_terms().select([*ROWS_COLUMNS, *LIST_COLUMNS]))
-
     def holding(self, where: str, term_id: int) -> pa.Table:
         """`rid` of the rollouts of these parts whose `where` term set holds `term_id`: what a term's value over
         the view `register` makes (whose files hold no lists) is computed from (`emerging.Scope.sampled_value_sql`).
         From each part's flat term lists: ~0.5 ms a part (0.05 CPU s for the 100 sampled parts at 1M rollouts)."""
+        return self.pairs(where, [term_id]).select(["rid"])
+
+    def pairs(self, where: str, term_ids: Sequence[int]) -> pa.Table:
+        """(rid, term_id) of every rollout of these parts whose `where` term set holds one of `term_ids`, from each
+        part's flat term lists (one pass over a part's ids for all of them): how the emerging detector asks
+        single rollouts about a few terms (`emerging.Scope.hits`) without reading every rollout's term lists."""
         from . import termcells  # termcells builds on this module
 
         place = WHERES.index(where)
-        pieces = []
-        for name, entry in self.parts:
+        wanted = np.unique(np.asarray(term_ids, np.int64))
+        # a term id's membership by one gather per part (np.isin compares every id with each term in turn)
+        member = np.zeros(max(self.vocab.num_rows, int(wanted[-1]) + 1 if len(wanted) else 0), bool)  # by term id
+        member[wanted[wanted >= 0]] = True
+        rids, terms = [], []
+        for name, entry in self.parts if len(wanted) else []:
             v = entry["terms"]
             if isinstance(v, pa.Table):
                 ids, off = _list_parts(v.column(LIST_COLUMNS[place]))
@@ -252,9 +226,12 @@ class TermSets:
             else:
                 t = termcells.TermLists.load(termcells.lists_file(Path(v).parent, name), only=where)
                 (off, ids), rid = t.lists[place], t.rid
-            rows = np.searchsorted(np.asarray(off, np.int64), np.flatnonzero(ids == term_id), side="right") - 1
-            pieces.append(rid[rows])
-        return pa.table({"rid": pa.array(np.concatenate(pieces) if pieces else np.zeros(0, np.uint64), pa.uint64())})
+            at = np.flatnonzero(member[ids])
+            rows = np.searchsorted(np.asarray(off, np.int64), at, side="right") - 1
+            rids.append(rid[rows])
+            terms.append(np.asarray(ids[at], np.int32))
+        return pa.table({"rid": pa.array(np.concatenate(rids) if rids else np.zeros(0, np.uint64), pa.uint64()),
+                         "term_id": pa.array(np.concatenate(terms) if terms else np.zeros(0, np.int32), pa.int32())})
 
     def count_tables(self) -> Iterator[tuple[str, pa.Table]]:
         """Every part's per-step counts, one part at a time (name, rows): the files through their segments
@@ -418,7 +395,18 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
     out = [(path.name, done[path.name]) for path in parts]
     if persist and only is None:
         prune_cached(base, vdir, {p.stem for p in parts})
+        _drop_window_rows(vdir)
     return TermSets(vocab=vocab, parts=out)
+
+
+def _drop_window_rows(vdir: Path) -> None:
+    """Remove the window rows' files (`<part>.rows.parquet`: each window rollout's term lists) that earlier
+    versions cached beside the term sets: the emerging detector now asks the parts' flat lists (`TermSets.pairs`),
+    and nothing reads them. One listing of the directory."""
+    for name in listing(vdir):
+        if name.endswith(".rows.parquet"):
+            with contextlib.suppress(OSError):
+                (vdir / name).unlink()
 
 
 def _segmented_files(vdir: Path, part: Path) -> dict[str, Path]:
@@ -481,11 +469,6 @@ def _store_part(vdir: Path, path: Path, terms: pa.Table, counts: pa.Table, persi
             "counts": files["counts"] if skip else _write_kind(files["counts"], "counts", counts)}
 
 
-def _rows_file(terms: Path) -> Path:
-    """Where the window rows (`TermSets.rows`) of the part whose term sets are cached at `terms` are cached."""
-    return terms.with_name(terms.name.removesuffix(".terms.parquet") + ".rows.parquet")
-
-
 def _part_files(vdir: Path, part: Path) -> dict[str, Path]:
     """Where a part's term sets and per-step counts are cached (`vdir`: the vocabulary's directory)."""
     return {kind: vdir / f"{part.stem}.{kind}.parquet" for kind in ("terms", "counts")}
@@ -502,9 +485,9 @@ def _write_kind(path: Path, kind: str, table: pa.Table) -> Path | pa.Table:
     (their list levels and delta encoding; ~4.1-5.8 of ~6 ms measured again on 20 parts of the 1M-rollout
     benchmark, 532 KB a part with them, 118 KB without; 17.5 CPU s of the cold 10M-rollout audit wrote term-set
     files), and the same lists are written anyway, uncompressed, in the part's `termcells.TermLists` file, which
-    the cell tables' readers use. Only the window parts' rows are read with their lists: their `rows` files
-    (the same encoding as the term sets had) are written when first asked for."""
-    if kind in ("terms", "rows"):  # the rows' ids, sorted within a row, delta-encoded (7.5 -> 6.0 CPU ms a part)
+    the cell tables' readers use; questions about single rollouts and a few terms ask those lists
+    (`TermSets.pairs`)."""
+    if kind == "terms":  # the rows' ids, sorted within a row, delta-encoded (7.5 -> 6.0 CPU ms a part)
         lists = {f"{f.name}.list.element": "DELTA_BINARY_PACKED" for f in table.schema if pa.types.is_list(f.type)}
         return write_cached(path, table, compression="lz4", use_dictionary=False, write_statistics=["step", "split"],
                             column_encoding=lists or None)
@@ -904,8 +887,6 @@ def _distinct_pairs(rows: np.ndarray, ids: np.ndarray, n_ids: int) -> tuple[np.n
 
 #: the term sets' list columns (`WHERES` order, as `termcells.TermLists` keeps them)
 LIST_COLUMNS = [f"{where}_terms" for where in WHERES]
-#: the term-set columns a part's window rows keep beside its lists (`TermSets.rows`)
-ROWS_COLUMNS = ["rid", "rollout_id", "step", "split", "condition", "prompt_key", "has_reasoning"]
 
 
 def with_lists(terms: pa.Table, term_sets_dir: Path, part: str) -> pa.Table:

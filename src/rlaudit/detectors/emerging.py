@@ -77,6 +77,7 @@ import re
 import threading
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from collections.abc import Iterable, Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -274,6 +275,8 @@ class Scope:
         self._sample: tuple[str, str] | None = None
         self._sample_sets: tokens.TermSets | None = None  # the parts of `rt_sample` (`sampled_rows`)
         self._holding: set[str] = set()  # the temp tables `sampled_value_sql` made
+        self._hit_terms: dict[str, set[int]] = {}  # per place, the terms whose rows `hits` holds
+        self._hit_tables: set[str] = set()
 
     def key_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The scope's (step, split, si) keys as arrays for `StepCounts` (the same arrays on every call: the
@@ -458,31 +461,64 @@ class Scope:
                            FROM focus_ct SEMI JOIN tcells USING (cell) GROUP BY ALL""")
 
     def rows(self, feature_type: str = "ngram") -> str:
-        """The rollouts of the two windows, built on first use: the table `sc` for n-gram questions, the view
-        `sw` (with the style columns, read again from the term sets) for style features."""
+        """The rollouts of the two windows, built on first use: the table `sc` (no term lists: `hits` says which
+        rollouts hold a term) for n-gram questions, the view `sw` (with the style columns) for style features;
+        both from the window parts' term-set files.
+
+        Why no term lists: every per-rollout question is about a few terms (a finding's, the grouped or merged
+        ones), and reading every window rollout's lists cost more than the rest of a warm audit's emerging step
+        (a table of the window's lists built from per-part row files written for it: 0.9 of 5.6 s re-auditing the
+        10M-rollout benchmark; the files ~40 MB and ~0.7 CPU s to write at 1M rollouts)."""
         if not self._rows_built:
             con = self.con
-            window = tokens.TermSets(vocab=self.vocab, parts=[p for p in self.sets.parts
-                                                             if p[0] in self.window_parts])
-            # the columns the per-rollout questions use, with the term lists: from the parts' window rows
-            # (`TermSets.rows`, cached files: the term-set files hold no lists); not the style columns (read by
-            # the few style questions from the view `sw`, over the term-set files)
-            window.register_rows(con, "rt_rows")
+            window = self._window_sets()
+            window.register(con, "rt_win", None)
             con.execute("""CREATE OR REPLACE TEMP TABLE sc AS
                            SELECT rt.rid, rt.rollout_id, rt.step, rt.condition, rt.prompt_key, rt.has_reasoning,
-                                  rt.answer_terms, rt.reasoning_terms, k.si, k.win
-                           FROM rt_rows rt JOIN keys k USING (step, split) WHERE k.win IS NOT NULL""")
-            window.register(con, "rt_win", None)
+                                  k.si, k.win
+                           FROM rt_win rt JOIN keys k USING (step, split) WHERE k.win IS NOT NULL""")
             con.execute("""CREATE OR REPLACE VIEW sw AS SELECT rt.*, k.si, k.win
                            FROM rt_win rt JOIN keys k USING (step, split) WHERE k.win IS NOT NULL""")
             self._rows_built = True
         return "sc" if feature_type == "ngram" else "sw"
 
+    def _window_sets(self) -> tokens.TermSets:
+        """The term sets of the parts holding window steps."""
+        return tokens.TermSets(vocab=self.vocab, parts=[p for p in self.sets.parts if p[0] in self.window_parts])
+
+    def hits(self, where: str, term_ids: Iterable[int]) -> str:
+        """The temp table (rid, term_id) of the window parts' rollouts whose `where` term set holds a term, holding
+        at least `term_ids` (their rows added on first ask, from the parts' flat term lists: `TermSets.pairs`).
+        Join it to `sc` by `rid` for a window rollout's terms; rollouts of the window parts outside the windows'
+        steps are in it too, and drop out in that join."""
+        table = f"sh_{where}"
+        done = self._hit_terms.setdefault(where, set())
+        todo = sorted({int(t) for t in term_ids} - done)
+        if todo or table not in self._hit_tables:
+            self.rows()
+            self.con.register(f"{table}_new", self._window_sets().pairs(where, todo))
+            if table in self._hit_tables:
+                self.con.execute(f"INSERT INTO {table} SELECT * FROM {table}_new")
+            else:
+                self.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM {table}_new")
+                self._hit_tables.add(table)
+            self.con.unregister(f"{table}_new")
+            done.update(todo)
+        return table
+
+    def flags_sql(self, where: str, term_ids: Sequence[int]) -> str:
+        """A relation (rid, h0, h1, ...) of the window rollouts holding one of `term_ids`: h<j> whether the
+        `where` term set holds term_ids[j]. LEFT JOIN it to `sc` by rid (a rollout missing from it holds none)."""
+        table = self.hits(where, term_ids)
+        cols = ", ".join(f"bool_or(term_id = {int(t)}) AS h{j}" for j, t in enumerate(term_ids))
+        ids = ", ".join(str(int(t)) for t in sorted(set(term_ids)))
+        return f"(SELECT rid, {cols} FROM {table} WHERE term_id IN ({ids}) GROUP BY rid)"
+
     def value_sql(self, where: str, feature_type: str, key: str | int) -> str:
-        """Per-rollout value of one behaviour as an expression over `sc` or `rt_parts` (term id or style
-        feature name)."""
+        """Per-rollout value of one behaviour as an expression over `sc` (term id) or `sw` (style feature name)."""
         if feature_type == "ngram":
-            return f"CAST(list_contains({where}_terms, {int(key)}) AS DOUBLE)"
+            table = self.hits(where, [int(key)])
+            return f"CAST(rid IN (SELECT rid FROM {table} WHERE term_id = {int(key)}) AS DOUBLE)"
         return f"{where}__{key}"
 
     def sampled_value_sql(self, where: str, feature_type: str, key: str | int) -> str:
@@ -957,11 +993,11 @@ def _group_terms(scope: Scope, c: Candidates, rows: np.ndarray, direction: int, 
         return []
     win = 1 if direction > 0 else 0
     con = scope.con
-    scope.rows()
+    hits = scope.hits(c.where, [int(c.keys[r]) for r in rows])
     con.register("sig", pa.table({"term_id": pa.array([c.keys[r] for r in rows], pa.int32()),
                                   "j": pa.array(np.arange(len(rows)))}))
-    sets = f"""SELECT rid, j FROM (SELECT rid, unnest({c.where}_terms) AS term_id FROM sc
-               WHERE win = {win} AND {scope.filter(c.where)}) JOIN sig USING (term_id)"""
+    sets = f"""SELECT h.rid, sig.j FROM {hits} h JOIN sig USING (term_id)
+               SEMI JOIN (SELECT rid FROM sc WHERE win = {win} AND {scope.filter(c.where)}) USING (rid)"""
     counts = np.zeros(len(rows))
     res = con.execute(f"SELECT j, count(*) AS n FROM ({sets}) GROUP BY j").fetchnumpy()
     counts[np.asarray(res["j"], dtype=np.int64)] = res["n"]
@@ -1092,11 +1128,11 @@ def _merge_behaviours(scope: Scope, c: Candidates, groups: list[tuple[int, list[
         return groups
     reps = [int(r) for r, _ in groups]
     ids = [int(c.keys[r]) for r in reps]
-    col, filt = f"{c.where}_terms", scope.filter(c.where)
-    scope.rows()
-    cases = ", ".join(f"sum(CAST(list_contains({col}, {t}) AS INTEGER)) AS x{j}" for j, t in enumerate(ids))
-    rows = scope.con.execute(f"""SELECT condition, win, count(*) AS n, {cases} FROM sc
-                                 WHERE win IS NOT NULL AND {filt} GROUP BY ALL ORDER BY ALL""").fetchall()
+    filt = scope.filter(c.where)
+    flags = scope.flags_sql(c.where, ids)
+    cases = ", ".join(f"sum(CAST(coalesce(f.h{j}, FALSE) AS INTEGER)) AS x{j}" for j in range(len(ids)))
+    rows = scope.con.execute(f"""SELECT condition, win, count(*) AS n, {cases} FROM sc LEFT JOIN {flags} f
+                                 USING (rid) WHERE win IS NOT NULL AND {filt} GROUP BY ALL ORDER BY ALL""").fetchall()
     conds = sorted({r[0] for r in rows})
     rise = np.zeros((len(reps), len(conds)))
     tab: dict[tuple[str, int], tuple] = {(r[0], int(r[1])): r for r in rows}
@@ -1149,9 +1185,8 @@ def _payers(scope: Scope, c: Candidates, ids: list[int]) -> list[str | None] | N
     if not signals:
         return None
     signals = sorted(signals)
-    scope.rows()
-    col = f"{c.where}_terms"
-    hits = ", ".join(f"list_contains(s.{col}, {t}) AS h{j}" for j, t in enumerate(ids))
+    flags = scope.flags_sql(c.where, ids)
+    hits = ", ".join(f"coalesce(f.h{j}, FALSE) AS h{j}" for j in range(len(ids)))
     sig = ", ".join(f"CAST(r.rewards[{sql_string(x)}] AS DOUBLE) AS s{k}" for k, x in enumerate(signals))
     pairs = [(j, k) for j in range(len(ids)) for k in range(len(signals))]
     # per prompt group (step x prompt) of the late window: mean score of rollouts with the term minus without it;
@@ -1164,7 +1199,8 @@ def _payers(scope: Scope, c: Candidates, ids: list[int]) -> list[str | None] | N
     # r.step lets the scan skip the other steps' files
     late = int(scope.steps[scope.n_steps - scope.window])
     row = con.execute(f"""WITH b AS (SELECT s.si, s.prompt_key, {hits}, {sig} FROM sc s JOIN rollouts r
-                                     USING (rollout_id) WHERE s.win = 1 AND r.step >= {late} AND
+                                     USING (rollout_id) LEFT JOIN {flags} f ON f.rid = s.rid
+                                     WHERE s.win = 1 AND r.step >= {late} AND
                                      {scope.filter(c.where).replace('has_reasoning', 's.has_reasoning')}),
                           g AS (SELECT {diffs} FROM b GROUP BY si, prompt_key)
                           SELECT {stats} FROM g""").fetchall()[0]
@@ -1202,11 +1238,11 @@ def _explained(scope: Scope, c: Candidates, tests: list[tuple[int, list[int]]], 
     scope.focus_on([int(c.keys[row]) for row, _ in tests])
     at_risk = con.execute(f"""SELECT t.p, f.win, sum(f.{nc}) FROM fstrata f JOIN x_target t ON f.term_id = t.t
         WHERE f.win IS NOT NULL GROUP BY ALL""").fetchall()
+    held = scope.hits(c.where, [int(c.keys[row]) for row, _ in tests] + [h for _, h in hosts])
     counted = con.execute(f"""WITH
-        hits AS (SELECT rid, win, prompt_key, term_id FROM (
-                     SELECT rid, win, prompt_key, unnest({c.where}_terms) AS term_id FROM {scope.rows()}
-                     WHERE win IS NOT NULL AND {scope.filter(c.where)})
-                 SEMI JOIN (SELECT t AS term_id FROM x_target UNION SELECT term_id FROM x_host) USING (term_id)),
+        hits AS (SELECT s.rid, s.win, s.prompt_key, h.term_id FROM {held} h JOIN sc s USING (rid)
+                 SEMI JOIN (SELECT t AS term_id FROM x_target UNION SELECT term_id FROM x_host) USING (term_id)
+                 WHERE s.win IS NOT NULL AND {scope.filter(c.where).replace('has_reasoning', 's.has_reasoning')}),
         hr AS (SELECT DISTINCT h.p, hits.rid, hits.win, hits.prompt_key FROM hits JOIN x_host h USING (term_id)),
         hosted AS (SELECT hr.p, hr.win, count(*) AS k FROM hr JOIN x_target t USING (p)
                    ANTI JOIN fprompt f ON f.prompt_key = hr.prompt_key AND f.term_id = t.t GROUP BY ALL),
