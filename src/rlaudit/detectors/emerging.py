@@ -180,8 +180,9 @@ class Scope:
       `fprompt`, the prompts holding them (`cellrollup.prompts`, cached per run); `fcells` (their cell rows over
       the whole scope, O(run)) is made only for `cell_values` (`_focus_cells`).
     - `sc` (built on first use, `rows()`): one row per rollout of the two windows, read only from the parts
-      holding window steps, without the prompts' term lists: grouping, evidence and the reward comparisons
-      need single rollouts, and nothing else.
+      holding window steps, without term lists: grouping, evidence and the reward comparisons need single
+      rollouts, and nothing else. Which of them hold the few terms asked about is `hits` (`sh_answer`,
+      `sh_reasoning`: (rid, term_id), from those parts' flat term lists, grown as terms are asked).
 
     Shared through `ctx.cache` with the generalization detector, which asks the same per-condition questions.
     """
