@@ -75,9 +75,9 @@ from __future__ import annotations
 import math
 import re
 import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from collections.abc import Iterable, Sequence
 from typing import Any, Callable
 
 import numpy as np
