@@ -64,7 +64,7 @@ from ..behaviors import STYLE_FEATURES, TOKEN_PATTERN, re2_cursor
 from ..errors import RlauditError
 from ..layout import PART_SCHEMA, SPANS, read_columns, read_stored, to_canonical
 from ..cot.shingles import splitmix64
-from ..store import Store, atomic_write_text, bound_memory, listing, prune_cached, write_cached
+from ..store import Store, atomic_write_text, bound_memory, prune_cached, write_cached
 from ..text import byte_spans, cut_ranges, span_ranges, validity
 from .tokhash import span_term_ids, string_hashes, text_term_ids, token_hashes
 
@@ -214,10 +214,10 @@ class TermSets:
 
         place = WHERES.index(where)
         wanted = np.unique(np.asarray(term_ids, np.int64))
+        rids, terms = [np.zeros(0, np.uint64)], [np.zeros(0, np.int32)]
         # a term id's membership by one gather per part (np.isin compares every id with each term in turn)
-        member = np.zeros(max(self.vocab.num_rows, int(wanted[-1]) + 1 if len(wanted) else 0), bool)  # by term id
+        member = np.zeros(max(self.vocab.num_rows, int(wanted[-1]) + 1 if len(wanted) else 0), bool)
         member[wanted[wanted >= 0]] = True
-        rids, terms = [], []
         for name, entry in self.parts if len(wanted) else []:
             v = entry["terms"]
             if isinstance(v, pa.Table):
@@ -230,8 +230,8 @@ class TermSets:
             rows = np.searchsorted(np.asarray(off, np.int64), at, side="right") - 1
             rids.append(rid[rows])
             terms.append(np.asarray(ids[at], np.int32))
-        return pa.table({"rid": pa.array(np.concatenate(rids) if rids else np.zeros(0, np.uint64), pa.uint64()),
-                         "term_id": pa.array(np.concatenate(terms) if terms else np.zeros(0, np.int32), pa.int32())})
+        return pa.table({"rid": pa.array(np.concatenate(rids), pa.uint64()),
+                         "term_id": pa.array(np.concatenate(terms), pa.int32())})
 
     def count_tables(self) -> Iterator[tuple[str, pa.Table]]:
         """Every part's per-step counts, one part at a time (name, rows): the files through their segments
@@ -395,15 +395,15 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
     out = [(path.name, done[path.name]) for path in parts]
     if persist and only is None:
         prune_cached(base, vdir, {p.stem for p in parts})
-        _drop_window_rows(vdir)
+        _drop_window_rows(vdir, listed[vdir])
     return TermSets(vocab=vocab, parts=out)
 
 
-def _drop_window_rows(vdir: Path) -> None:
+def _drop_window_rows(vdir: Path, names: set[str]) -> None:
     """Remove the window rows' files (`<part>.rows.parquet`: each window rollout's term lists) that earlier
     versions cached beside the term sets: the emerging detector now asks the parts' flat lists (`TermSets.pairs`),
-    and nothing reads them. One listing of the directory."""
-    for name in listing(vdir):
+    and nothing reads them. `names`: the directory's listing, as `term_sets` took it (no second listing)."""
+    for name in names:
         if name.endswith(".rows.parquet"):
             with contextlib.suppress(OSError):
                 (vdir / name).unlink()

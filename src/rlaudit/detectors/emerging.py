@@ -276,8 +276,7 @@ class Scope:
         self._sample: tuple[str, str] | None = None
         self._sample_sets: tokens.TermSets | None = None  # the parts of `rt_sample` (`sampled_rows`)
         self._holding: set[str] = set()  # the temp tables `sampled_value_sql` made
-        self._hit_terms: dict[str, set[int]] = {}  # per place, the terms whose rows `hits` holds
-        self._hit_tables: set[str] = set()
+        self._hit_terms: dict[str, set[int]] = {}  # per place with a `hits` table, the terms whose rows it holds
 
     def key_columns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The scope's (step, split, si) keys as arrays for `StepCounts` (the same arrays on every call: the
@@ -493,18 +492,17 @@ class Scope:
         Join it to `sc` by `rid` for a window rollout's terms; rollouts of the window parts outside the windows'
         steps are in it too, and drop out in that join."""
         table = f"sh_{where}"
-        done = self._hit_terms.setdefault(where, set())
-        todo = sorted({int(t) for t in term_ids} - done)
-        if todo or table not in self._hit_tables:
+        done = self._hit_terms.get(where)  # None: no table yet
+        todo = sorted({int(t) for t in term_ids} - (done or set()))
+        if done is None or todo:
             self.rows()
             self.con.register(f"{table}_new", self._window_sets().pairs(where, todo))
-            if table in self._hit_tables:
-                self.con.execute(f"INSERT INTO {table} SELECT * FROM {table}_new")
-            else:
+            if done is None:
                 self.con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM {table}_new")
-                self._hit_tables.add(table)
+            else:
+                self.con.execute(f"INSERT INTO {table} SELECT * FROM {table}_new")
             self.con.unregister(f"{table}_new")
-            done.update(todo)
+            self._hit_terms[where] = (done or set()) | set(todo)
         return table
 
     def flags_sql(self, where: str, term_ids: Sequence[int]) -> str:

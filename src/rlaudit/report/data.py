@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import duckdb
@@ -58,14 +58,9 @@ class RunStats:
         self.close()
 
 
-@contextlib.contextmanager
-def _run_stats(store: Store, stats: RunStats | None) -> Iterator[RunStats]:
+def _run_stats(store: Store, stats: RunStats | None) -> contextlib.AbstractContextManager[RunStats]:
     """`stats`, or run statistics of this call's own (closed after it)."""
-    if stats is not None:
-        yield stats
-        return
-    with RunStats(store) as own:
-        yield own
+    return contextlib.nullcontext(stats) if stats is not None else RunStats(store)
 
 
 def reward_curves(store: Store | None, runs: Sequence[str], max_points: int = 500, stats: RunStats | None = None
