@@ -25,7 +25,7 @@ def _cells(store: Store) -> tuple[termcells.TermCells, duckdb.DuckDBPyConnection
 def _strata(store: Store) -> tuple[list, list]:
     cells, con = _cells(store)
     con.register("got", cellrollup.strata(cells, con))
-    for kind in (*termcells.KINDS, "cellterms"):  # cellterms: made from the term sets
+    for kind in (*termcells.KINDS, *termcells.LIST_KINDS):  # made from the flat lists
         cells.register(con, kind, kind)
     cols = "sum(n), sum(n_r), sum(answer__length), sum(reasoning__length__q), count(DISTINCT part)"
     got = con.sql(f"SELECT {KEY}, {cols} FROM got GROUP BY ALL ORDER BY ALL").fetchall()
@@ -38,7 +38,7 @@ def _focus(store: Store, terms: set[int]) -> tuple[list, list]:
     of the other cells containing it (a cell held by two parts summed first, as `emerging.Scope` summed it)."""
     cells, con = _cells(store)
     con.register("got", cellrollup.focus(cells, con, terms))
-    for kind in (*termcells.KINDS, "cellterms"):  # cellterms: made from the term sets
+    for kind in (*termcells.KINDS, *termcells.LIST_KINDS):  # made from the flat lists
         cells.register(con, kind, kind)
     con.register("want", pa.table({"term_id": pa.array(sorted(terms), pa.int32())}))
     got = con.sql(f"""SELECT term_id, {KEY}, sum(n_held), sum(n_r_held), sum(x) FROM got

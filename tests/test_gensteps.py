@@ -36,7 +36,7 @@ def _store(tmp_path, persist: bool = True, shared: bool = True) -> Store:
 def _cells(store: Store) -> tuple[termcells.TermCells, duckdb.DuckDBPyConnection]:
     cells = termcells.term_cells(store, "r", tokens.term_sets(store, "r"))
     con = duckdb.connect()
-    for kind in (*termcells.KINDS, "cellterms"):  # cellterms: made from the term sets
+    for kind in (*termcells.KINDS, *termcells.LIST_KINDS):  # made from the flat lists
         cells.register(con, kind, kind)
     return cells, con
 

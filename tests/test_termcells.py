@@ -32,7 +32,7 @@ def _store(tmp_path, persist=True) -> Store:
 
 def _merged(cells: termcells.TermCells) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    for kind in (*termcells.KINDS, "cellterms"):  # cellterms: made from the term sets (not cached)
+    for kind in (*termcells.KINDS, *termcells.LIST_KINDS):  # made from the flat lists (not cached)
         cells.register(con, kind, kind)
     return con
 
@@ -412,7 +412,7 @@ def test_parts_held_by_a_segment_only_are_read_alone_and_cached(tmp_path, monkey
     cells = termcells.term_cells(store, "r", sets)
     ref_cells = termcells.term_cells(Store(tmp_path / "files"), "r", ref)
     for name, _ in sets.parts:
-        for kind in (*termcells.KINDS, "cellterms"):
+        for kind in (*termcells.KINDS, *termcells.LIST_KINDS):
             got, want = duckdb.connect(), duckdb.connect()
             cells.register(got, kind, "v", only={name})
             ref_cells.register(want, kind, "v", only={name})
@@ -448,7 +448,7 @@ def test_a_replaced_part_of_a_segment_gives_the_tables_of_a_cold_run(tmp_path, m
     assert sorted(computed) == sorted(p.name for p in store.parts("r"))
     con = _merged(termcells.term_cells(again, "r", tokens.term_sets(again, "r")))
     ref = _merged(termcells.term_cells(Store(cold), "r", tokens.term_sets(Store(cold), "r")))
-    for kind in (*termcells.KINDS, "cellterms"):
+    for kind in (*termcells.KINDS, *termcells.LIST_KINDS):
         cols = "* EXCLUDE (part)" if kind == "cells" else "*"
         assert sorted(con.sql(f"SELECT {cols} FROM {kind}").fetchall()) == sorted(
             ref.sql(f"SELECT {cols} FROM {kind}").fetchall()), kind

@@ -108,8 +108,9 @@ def test_parts_held_only_by_segments_give_the_same_findings(tmp_path, monkeypatc
     stored = [p for p in computed if f"{name}-store" in p]
     assert len(stored) == len(set(stored)) == 8 + 1
     derived = tmp_path / f"{name}-store" / "runs" / "sim" / "derived"
-    assert len(list(derived.rglob("*.promptterms.parquet"))) == 1  # the new part's; the cold ones: segments
-    assert not list(derived.rglob("*cellterms*"))  # made from the term sets when asked (`termcells`)
+    assert len(list(derived.rglob("*.cells.parquet"))) == 1  # the new part's; the cold ones: segments
+    # made from the parts' flat lists when asked (`termcells`)
+    assert not list(derived.rglob("*cellterms*")) and not list(derived.rglob("*promptterms*"))
     for mode, recorded in RECORDED[name].items():
         diffs = same(recorded, now[mode], f"{name}/{mode}")
         assert not diffs, diffs[:10]

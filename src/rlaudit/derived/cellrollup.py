@@ -78,8 +78,8 @@ def focus(cells: TermCells, con: duckdb.DuckDBPyConnection, term_ids: set[int]) 
         if not terms:
             return FOCUS_SCHEMA.empty_table()
         con.register("_rollup_terms", pa.table({"term_id": pa.array(terms, pa.int32())}))
-        for kind in ("cells", "promptterms"):
-            cells.register(con, kind, f"_rollup_{kind}", only=only)
+        cells.register(con, "cells", "_rollup_cells", only=only)
+        cells.register(con, "promptterms", "_rollup_promptterms", only=only, term_ids=terms)
         if only == every:  # the terms' cell rows over every part: the focus cache (`TermCells.focus`), not a scan
             ct = "_rollup_ct_focus"
             cells.focus(con, set(terms), ct, view=True)
@@ -96,8 +96,7 @@ def focus(cells: TermCells, con: duckdb.DuckDBPyConnection, term_ids: set[int]) 
             else "SELECT cell, step, split, task, condition, prompt_key FROM _rollup_cells"
         # NULL keys (split, task) group together in GROUP BY, where a join on them would drop them
         return con.sql(f"""
-            WITH p AS (SELECT DISTINCT prompt_key, term_id FROM _rollup_promptterms SEMI JOIN _rollup_terms
-                       USING (term_id))
+            WITH p AS (SELECT DISTINCT prompt_key, term_id FROM _rollup_promptterms)
             SELECT term_id, step, split, task, condition, sum(n_held) AS n_held, sum(n_r_held) AS n_r_held,
                    sum(x) AS x
             FROM (SELECT p.term_id, c.step, c.split, c.task, c.condition, c.n AS n_held, c.n_r AS n_r_held, 0 AS x
@@ -122,10 +121,9 @@ def prompts(cells: TermCells, con: duckdb.DuckDBPyConnection, term_ids: set[int]
     def compute(only: set[str], terms: list[int]) -> pa.Table:
         if not terms:
             return PROMPTS_SCHEMA.empty_table()
-        con.register("_rollup_terms", pa.table({"term_id": pa.array(terms, pa.int32())}))
-        cells.register(con, "promptterms", "_rollup_promptterms", only=only)
-        return con.sql("""SELECT DISTINCT term_id, prompt_key FROM _rollup_promptterms
-                          SEMI JOIN _rollup_terms USING (term_id)""").to_arrow_table().cast(PROMPTS_SCHEMA)
+        cells.register(con, "promptterms", "_rollup_promptterms", only=only, term_ids=terms)
+        return con.sql("""SELECT DISTINCT term_id, prompt_key FROM _rollup_promptterms""").to_arrow_table().cast(
+            PROMPTS_SCHEMA)
 
     return _cached(_directory(cells, "prompts"), f"prompts-v{VERSION}", cells, sorted(term_ids), compute,
                    PROMPTS_SCHEMA)

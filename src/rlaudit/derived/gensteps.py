@@ -85,8 +85,8 @@ def _sum_parts(cell_parts: TermCells, con: duckdb.DuckDBPyConnection, only: set[
     Every part's rows of the terms are the run's focus rows (`TermCells.focus`, cached per run, and those of an
     audit's reported terms already read): scanning every part's `cellterms` for them cost ~1 CPU s at 10M
     rollouts; the parts added since are read from their own `cellterms`."""
-    for kind in ("cells", "promptterms"):
-        cell_parts.register(con, kind, f"_gs_{kind}", only=only)
+    cell_parts.register(con, "cells", "_gs_cells", only=only)
+    cell_parts.register(con, "promptterms", "_gs_promptterms", only=only, term_ids=term_ids)
     if only is None:
         cell_parts.focus(con, set(term_ids), "_gs_x")
     else:

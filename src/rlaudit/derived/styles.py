@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import kernels
-from ..behaviors import parse_behavior
+from ..behaviors import parse_behavior, re2_cursor
 from .tokhash import UNICODE_SIZE, _buffers, per_code_point
 
 #: style features that only non-ASCII characters show (emoji, scripts other than Latin)
@@ -114,7 +114,10 @@ def code_point_styles(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, ta
 
 
 def non_ascii_style(texts: pa.ChunkedArray | pa.Array, name: str) -> pa.Array:
-    """`Behavior.sql` of the style feature `name` (in NON_ASCII_STYLES) over `texts`, skipping ASCII texts."""
+    """`Behavior.sql` of the style feature `name` (in NON_ASCII_STYLES) over `texts`, skipping ASCII texts. By
+    DuckDB's RE2 (`behaviors.re2_cursor`), as `Behavior.sql` is: Arrow's RE2 has newer Unicode tables (U+2EBF0,
+    of the CJK ideographs added in Unicode 15.1, is Han to Arrow's and not to DuckDB's), and the two
+    paths must agree to the character."""
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
     valid = np.asarray(texts.is_valid().to_numpy(zero_copy_only=False), bool)
@@ -123,8 +126,10 @@ def non_ascii_style(texts: pa.ChunkedArray | pa.Array, name: str) -> pa.Array:
     todo = np.flatnonzero(valid & ~ascii_)
     if len(todo):
         pattern = parse_behavior(f"style:{name}").pattern
-        hit = pc.match_substring_regex(texts.take(pa.array(todo)), pattern)
-        out[todo] = np.asarray(hit.to_numpy(zero_copy_only=False), np.float64)
+        with re2_cursor() as con:
+            con.register("_styled", pa.table({"t": texts.take(pa.array(todo))}))
+            hit = con.execute("SELECT regexp_matches(t, $p) AS h FROM _styled", {"p": pattern}).fetchnumpy()["h"]
+        out[todo] = np.asarray(hit, np.float64)
     return pa.array(out)
 
 

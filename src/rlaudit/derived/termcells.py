@@ -4,13 +4,15 @@ row per rollout.
 Those statistics never look at a single rollout's term list: they sum over *cells*, the rollouts of one
 (step, split, task, condition, prompt) (a cluster of the window statistics is a (window, stratum, prompt) union
 of cells; a per-condition series a union of cells of one step). So every stored part's cached term sets
-(`tokens.term_sets`) are reduced once to three small tables, cached beside them under the same vocabulary id:
+(`tokens.term_sets`) are reduced once to a small table and flat lists, cached beside them under the same
+vocabulary id, which three tables are had from:
 
 - `cells`: per cell (`cell`: a 64-bit hash of its five keys, and the keys themselves) the rollouts `n`, those
   with reasoning `n_r`, and for every style column the sum and the sum of squares (`answer__length`,
   `answer__length__q`; reasoning columns over the rollouts with reasoning only, as the detectors filter them);
 - `promptterms`: the distinct (prompt_key, term_id) of the part's prompts (a prompt holding a term takes its
-  cells out of the term's rollouts at risk);
+  cells out of the term's rollouts at risk). *Not cached* either: made when asked (`TermCells.prompt_terms`,
+  usually for a few terms) from the prompts' lists the part's `termlists` hold (below);
 - `cellterms`: per cell and term id the rollouts containing the term (`x`; reasoning terms among rollouts with
   reasoning), copies of the prompt already excluded by the term sets. *Not cached*: made when asked
   (`TermCells.cellterms`) from the part's `termlists`: its rollouts' cells, whether they have reasoning, and
@@ -39,6 +41,7 @@ same tables in memory, memoised on the store.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,10 +57,13 @@ from ..errors import RlauditError
 from ..store import Store, prune_cached, write_atomic, write_cached
 from .tokens import WHERES, TermSets, style_columns, union_view
 
-#: 2: `cellterms` no longer stored (made from `termlists` when asked); 3: `termlists` hold each rollout's `rid`
-VERSION = 3
-#: the cached tables (files, or rows in segments); `cellterms` is made from `LISTS` when asked
-KINDS = ("cells", "promptterms")
+#: 2: `cellterms` no longer stored (made from `termlists` when asked); 3: `termlists` hold each rollout's `rid`;
+#: 4: `promptterms` no longer stored (made from the prompts' lists in `termlists`)
+VERSION = 4
+#: the cached tables (files, or rows in segments); `cellterms` and `promptterms` are made from `LISTS` when asked
+KINDS = ("cells",)
+#: the tables made from `LISTS` when asked (`TermCells.register`)
+LIST_KINDS = ("cellterms", "promptterms")
 #: the per-part flat term lists (`TermLists`): a file of its own per part, never in a segment
 LISTS = "termlists"
 #: the cell key: two cells share a hash with probability ~2^-64 per pair
@@ -69,17 +75,21 @@ _FOCUS_KEY = f"focus-v{VERSION}"
 
 @dataclass
 class TermCells:
-    """Per part (name), its three tables: cached files or, for stores that do not persist derived data, tables."""
+    """Per part (name), its cell table and flat lists (`LISTS`): cached files or, for stores that do not persist
+    derived data, the table and lists themselves."""
 
     parts: list[tuple[str, dict[str, Any]]]
     #: the last `focus` rows built (rows, parts, terms): a second detector asking for the same terms reuses them
     _focus: tuple[pa.Table, list[str], list[int]] | None = field(default=None, repr=False)
 
-    def register(self, con: duckdb.DuckDBPyConnection, kind: str, view: str, only: set[str] | None = None) -> None:
+    def register(self, con: duckdb.DuckDBPyConnection, kind: str, view: str, only: set[str] | None = None,
+                 term_ids: Iterable[int] | None = None) -> None:
         """View `view` over the `kind` table of every part (or of the parts named in `only`); for `cellterms`
-        over their rows made now (`cellterms`)."""
-        if kind == "cellterms":
-            con.register(f"_{view}_rows", self.cellterms(only))
+        and `promptterms` over their rows made now from the parts' lists (`cellterms`, `prompt_terms`), those
+        of `term_ids` only when given (a few terms' rows: a gather, not every row)."""
+        if kind in LIST_KINDS:
+            made = self.cellterms(only, term_ids) if kind == "cellterms" else self.prompt_terms(only, term_ids)
+            con.register(f"_{view}_rows", made)
             con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM _{view}_rows")
             return
         union_view(con, view, [p[kind] for name, p in self.parts if only is None or name in only],
@@ -134,7 +144,14 @@ class TermCells:
         con.execute(f"CREATE OR REPLACE TEMP TABLE {table} AS SELECT * FROM _{table}_rows WHERE term_id IN ({ids})")
         con.unregister(f"_{table}_rows")
 
-    def cellterms(self, only: set[str] | None = None, term_ids: list[int] | None = None) -> pa.Table:
+    def prompt_terms(self, only: set[str] | None = None, term_ids: Iterable[int] | None = None) -> pa.Table:
+        """The `promptterms` rows (`SCHEMAS`) of the parts named in `only` (None: every part), of every term or
+        of `term_ids` only, made from the parts' flat lists of their prompts' terms (`part_prompt_terms`)."""
+        ids = None if term_ids is None else np.asarray(sorted({int(t) for t in term_ids}), np.int64)
+        pieces = [part_prompt_terms(p[LISTS], ids) for name, p in self.parts if only is None or name in only]
+        return pa.concat_tables(pieces) if pieces else _empty("promptterms")
+
+    def cellterms(self, only: set[str] | None = None, term_ids: Iterable[int] | None = None) -> pa.Table:
         """The `cellterms` rows (`SCHEMAS`) of the parts named in `only` (None: every part), of every term or of
         `term_ids` only, made from the parts' flat term lists (`part_cellterms`), part after part."""
         ids = None if term_ids is None else np.asarray(sorted({int(t) for t in term_ids}), np.int64)
@@ -251,33 +268,18 @@ def write(path: Path, kind: str, table: pa.Table) -> Path | pa.Table:
     return write_cached(path, table, **_PARQUET[kind])
 
 
-#: How each kind is written (the `cellterms` figures are from before `VERSION` 2, when it was cached; they are
-#: kept for the record: `promptterms` is written the same way). `cellterms` and `promptterms` are sorted by cell
-#: (prompt) then term id: the cell's
-#: dictionary indices are runs, the ids small steps (delta encoding); so encoded they gain ~5% from LZ4, which
-#: costs more than it saves on reading. Per part of the 1M-rollout benchmark (pyarrow 26, DuckDB 2.0; CPU ms to
-#: write / for DuckDB to read, size), against LZ4 without dictionary, with statistics: cellterms 5.2 / 3.1 /
-#: 688 KB -> 3.8 / 2.6 / 418 KB, promptterms 2.5 / 1.3 / 253 KB -> 1.9 / 1.1 / 172 KB. Their columns' statistics
-#: are written although no reader filters on them: DuckDB's aggregates read them (the value ranges pick its
-#: hash-table layout), and the warm window sums group `cellterms` by term id: one 16-part segment (3.3M rows)
-#: summed by term id 56 CPU ms without statistics, 38 with (as DuckDB's own file), for ~14% more write (59 ->
-#: 67 ms). The other encodings tried on that segment (write / filtered read / size): dictionaries for every
-#: column 71 / 31 / 6.4 MB, no dictionary and delta for every column 66 / 33 / 11 MB, the cell's dictionary with
-#: the ids plain 36 / 23 / 27 MB (4x the bytes), LZ4 on top 71-83 / 29 / 9.5-11 MB; per column, the cell's
-#: dictionary, the ids' and counts' delta encodings cost about a third each.
+#: How `cells` is written. (Before `VERSION` 2 and 4, `cellterms` and `promptterms` were written too, sorted by
+#: cell (prompt) then term id, the cell's dictionary and the ids delta-encoded, uncompressed: per part of the
+#: 1M-rollout benchmark (pyarrow 26, DuckDB 2.0; CPU ms to write / for DuckDB to read, size) cellterms 3.8 / 2.6
+#: / 418 KB, promptterms 1.9 / 1.1 / 172 KB; both are now made from the parts' flat lists when asked.)
 _PARQUET: dict[str, dict[str, Any]] = {
     "cells": {"compression": "lz4", "use_dictionary": False, "write_statistics": ["step", "split"]},
-    "promptterms": {"compression": "none", "use_dictionary": ["prompt_key"], "write_statistics": True,
-                    "column_encoding": {"term_id": "DELTA_BINARY_PACKED"}},
 }
 #: How each kind's segments written from memory are written (`segments.Codec`; the module doc there has the
 #: measurements): `cells` by pyarrow, with dictionaries and statistics for every column (DuckDB reads that file
-#: as fast as its own, and without dictionaries ~20% slower: its constant style columns); `promptterms` by
-#: DuckDB's COPY, whose files its filtered reads of `promptterms` take ~25% less time to read than those of
-#: pyarrow's writer with `_PARQUET`'s options.
+#: as fast as its own, and without dictionaries ~20% slower: its constant style columns).
 SEGMENT_COMPRESSION: dict[str, Any] = {
     "cells": {"compression": "lz4", "use_dictionary": True, "write_statistics": True},
-    "promptterms": "uncompressed",
 }
 
 
@@ -318,37 +320,48 @@ def reduce_arrays(part: str, terms: pa.Table, cell: np.ndarray, has_reasoning: n
             cols[name] = pa.array(np.bincount(g[rows], weights=w, minlength=k), pa.float64(), mask=none)
     used = np.unique(prompt_idx)
     start, end = prompt_off[used], prompt_off[used + 1]
-    promptterms = pa.table({"prompt_key": pa.array(np.repeat(prompt_keys[used], end - start), pa.uint64()),
-                            "term_id": pa.array(_ranges(prompt_ids, start, end), pa.int32())})
+    p_off = np.zeros(len(used) + 1, np.int64)
+    np.cumsum(end - start, out=p_off[1:])
+    prompts = (np.asarray(prompt_keys[used], np.uint64), p_off, _ranges(prompt_ids, start, end))
     rid = np.asarray(terms.column("rid").to_numpy(), np.uint64)
-    return {"cells": pa.table(cols), "promptterms": promptterms, LISTS: TermLists.of(cell, has_reasoning, pairs, rid)}
+    return {"cells": pa.table(cols), LISTS: TermLists.of(cell, has_reasoning, pairs, rid, prompts)}
 
 
 @dataclass
 class TermLists:
     """One part's rollouts as `cellterms` needs them: each one's cell (`CELL`), whether it has reasoning, and
-    per place (`WHERES` order) the term lists as flat arrays (offsets per rollout from 0, ids); and each one's
+    per place (`WHERES` order) the term lists as flat arrays (offsets per rollout from 0, ids); each one's
     `rid` (the term sets' key), so that readers of the term sets' rows take the lists from here (the term-set
-    files hold none: `tokens.with_lists`, `tokens.TermSets.holding`). Kept as one uncompressed `.npy` file a part
-    (`save`, `load`): ~0.7 MB at 5,000 rollouts, read in ~0.1-0.3 ms, against ~3-4 ms for the same lists from a
-    Parquet file (its list levels)."""
+    files hold none: `tokens.with_lists`, `tokens.TermSets.holding`); and the part's distinct prompts' terms
+    (`prompts`: their keys, offsets per prompt from 0, ids), which `promptterms` rows are made from
+    (`part_prompt_terms`). Kept as one uncompressed `.npy` file a part (`save`, `load`): ~0.7 MB at 5,000
+    rollouts, read in ~0.1-0.3 ms, against ~3-4 ms for the same lists from a Parquet file (its list levels).
+
+    Why the prompts' terms are here and not a Parquet table of (prompt_key, term_id) rows of their own (as
+    before `VERSION` 4): every reader but the window sums asks for a few terms' prompts (a gather, as
+    `TermSets.pairs` does for the rollouts), and those tables were the costliest derived write of a cold audit
+    (0.52 of ~1.7 CPU s of derived writes at 1M rollouts, 42.5 MB; 649 MB at 10M)."""
 
     cell: np.ndarray
     has_reasoning: np.ndarray
     lists: list[tuple[np.ndarray, np.ndarray]]
     rid: np.ndarray
+    prompts: tuple[np.ndarray, np.ndarray, np.ndarray]
 
     @classmethod
     def of(cls, cell: np.ndarray, has_reasoning: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]],
-           rid: np.ndarray) -> TermLists:
+           rid: np.ndarray, prompts: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> TermLists:
         """From the term-set worker's arrays, in the smallest types that hold them (ids in 16 bits while the
-        vocabulary has fewer than 65,536 terms)."""
+        vocabulary has fewer than 65,536 terms); `prompts` (keys, offsets, ids): none when not given."""
         def small(a: np.ndarray) -> np.ndarray:
             top = int(a.max(initial=0))
             return a.astype(np.uint16 if top < 1 << 16 else np.int32 if top < 1 << 31 else np.int64)
 
+        keys, off, ids = prompts if prompts is not None else (np.zeros(0, np.uint64), np.zeros(1, np.int64),
+                                                               np.zeros(0, np.int64))
         return cls(np.asarray(cell, np.uint64), np.asarray(has_reasoning, bool),
-                   [(small(off), small(ids)) for off, ids in pairs], np.asarray(rid, np.uint64))
+                   [(small(off), small(ids)) for off, ids in pairs], np.asarray(rid, np.uint64),
+                   (np.asarray(keys, np.uint64), small(np.asarray(off)), small(np.asarray(ids))))
 
     def save(self, path: Path) -> Path | TermLists:
         """Write to `path` (atomically): the arrays one after another, each as `np.save` writes it (one file
@@ -356,27 +369,50 @@ class TermLists:
         themselves where the store cannot be written."""
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
-                for a in (self.cell, self.has_reasoning, self.rid, *(a for pair in self.lists for a in pair)):
+                for a in (self.cell, self.has_reasoning, self.rid, *(a for pair in self.lists for a in pair),
+                          *self.prompts):
                     np.save(f, a, allow_pickle=False)
 
         return path if write_atomic(path, write) else self
 
     @classmethod
     def load(cls, path: Path | TermLists, only: str | None = None) -> TermLists:
-        """The lists `save` wrote to `path` (or `path` itself, lists kept in memory). `only` (a place): `rid` and
-        that place's lists only, the other arrays skipped unread and left empty (`TermSets.holding` reads one
-        place of every sampled part). A file damaged after it was written (`save` writes atomically) is an error
-        naming it and the remedy, not numpy's bare message."""
+        """The lists `save` wrote to `path` (or `path` itself, lists kept in memory). `only` (a place, or
+        "prompt"): that place's lists and `rid`, or the prompts' lists, only; the other arrays skipped unread and
+        left empty (`TermSets.holding` reads one place of every sampled part, `part_prompt_terms` the prompts).
+        A file damaged after it was written (`save` writes atomically) is an error naming it and the remedy,
+        not numpy's bare message."""
         if isinstance(path, TermLists):
             return path
         try:
             with open(path, "rb") as f:
-                want = lambda name: only is None or name in ("rid", only)  # noqa: E731
+                want = lambda name: only in (None, name) or (name == "rid" and only != "prompt")  # noqa: E731
                 cell, has_reasoning, rid = (_read(f, want(n)) for n in ("cell", "has_reasoning", "rid"))
-                return cls(cell, has_reasoning, [(_read(f, want(w)), _read(f, want(w))) for w in WHERES], rid)
+                lists = [(_read(f, want(w)), _read(f, want(w))) for w in WHERES]
+                if only is not None and only != "prompt":  # the prompts come last: not read at all
+                    return cls(cell, has_reasoning, lists, rid, (np.zeros(0, np.uint64),) * 3)
+                prompts = tuple(_read(f, want("prompt")) for _ in range(3))
+                return cls(cell, has_reasoning, lists, rid, prompts)
         except (ValueError, EOFError) as exc:
             raise RlauditError(f"{path}: cached term lists unreadable ({exc}); delete the file and the next audit "
                                "computes them again") from None
+
+
+def part_prompt_terms(lists: Path | TermLists, term_ids: np.ndarray | None = None) -> pa.Table:
+    """One part's `promptterms` rows (`SCHEMAS`: (prompt_key, term_id), distinct per prompt), of the sorted
+    `term_ids` only when given (the positions of those ids in the prompts' flat lists, their prompts by the
+    offsets), from its flat term lists (`TermLists`, or their file)."""
+    keys, off, ids = TermLists.load(lists, only="prompt").prompts
+    off = np.asarray(off, np.int64)
+    if term_ids is None:
+        key, term = np.repeat(keys, np.diff(off)), ids
+    else:
+        wanted = np.zeros(max(int(ids.max(initial=0)), int(term_ids.max(initial=-1))) + 1, bool)
+        wanted[term_ids[term_ids >= 0]] = True
+        at = np.flatnonzero(wanted[ids])
+        key, term = keys[np.searchsorted(off, at, side="right") - 1], ids[at]
+    return pa.table({"prompt_key": pa.array(key, pa.uint64()), "term_id": pa.array(term, pa.int32())},
+                    schema=SCHEMAS["promptterms"])
 
 
 def _read(f: Any, keep: bool) -> np.ndarray:

@@ -21,12 +21,13 @@ Derived data (`TermSets`):
   count when the same n-gram, or its key token (its rarest word: "zebra" of "the zebra"), occurs in the
   rollout's prompt (copying the question is not a tic). The lists are kept once, in the part's flat term lists
   (`termcells.TermLists`): the cached term-set file holds the other columns, `with_lists` joins them back, and
-  the rows the emerging detector reads with their lists (the window parts') are cached on first use
-  (`TermSets.rows`); and `counts`: per step the rollouts containing each
+  the questions about a few terms' rollouts gather them from the lists (`TermSets.pairs`); and `counts`: per
+  step the rollouts containing each
   term and those whose prompt holds it (`term_step_counts`), so that prevalences can be computed among the
   rollouts *at risk*, those whose prompt does not already contain the term. The candidate ids each prompt holds
-  are kept once per prompt, not per rollout, in the part's cell tables (`termcells`: `promptterms`), which the
-  same worker writes right after (a part counts as cached only when they are there too).
+  are kept once per prompt, not per rollout, in the part's flat lists (`termcells.TermLists`: `promptterms`
+  rows are made from them), which the same worker writes right after (a part counts as cached only when they
+  are there too).
 
 Tokens are `behaviors.TOKEN_PATTERN` runs of the lower-cased text, so a discovered n-gram, used as a term
 spec, matches exactly the rollouts counted here (up to the prompt exclusion). `tokhash` tokenises and hashes
@@ -133,7 +134,7 @@ def rollout_terms(store: Store, run: str, options: VocabOptions = VocabOptions()
         return pa.table({})
     from . import termcells  # termcells builds on this module
 
-    # each rollout's prompt terms (`prompt_terms`), from the prompts' lists in the cell tables
+    # each rollout's prompt terms (`prompt_terms`), from the prompts' lists beside the cell tables
     con = duckdb.connect()
     termcells.term_cells(store, run, sets).register(con, "promptterms", "pt")
     rt = pa.concat_tables(tables)

@@ -260,7 +260,6 @@ class Scope:
         self.cell_parts.register(con, "cells", "wcell_all", only=self.window_parts)
         con.execute(f"""CREATE TEMP TABLE wcells AS SELECT * FROM ({_cells_sql("wcell_all", style, shared)})
                         WHERE win IS NOT NULL""")
-        self.cell_parts.register(con, "promptterms", "wpt", only=self.window_parts)
         self._wct = False  # the view `wct` (the window parts' (cell, term) rows), made by `window_cellterms`
         self.n_strata = int(con.execute("SELECT count(*) FROM strata").fetchall()[0][0])
         self._win_of = {(int(st), sp): int(w) for st, sp, w in con.execute(
@@ -359,20 +358,18 @@ class Scope:
         return "wct"
 
     def _read_cell_tables(self, names: set[str]) -> tuple[pa.Table, ...]:
-        """The three cell tables (`windowsums.COLUMNS`) of the parts `names`: the cached two each in one read,
-        the (cell, term) rows made from the parts' term sets (`TermCells.cellterms`)."""
+        """The three cell tables (`windowsums.COLUMNS`) of the parts `names`: the cached cells in one read, the
+        (cell, term) and (prompt, term) rows made from the parts' flat lists (`TermCells.cellterms`,
+        `TermCells.prompt_terms`)."""
         out = []
         # thread-safe (`windowsums` reads batches in threads): a connection of its own to the scope's database,
         # and a view name of its own (views are the database's, not the connection's)
         con, view = self.con.cursor(), f"_ws_read_{threading.get_ident()}"
         try:
-            for kind in ("cells", "cellterms", "promptterms"):
-                if kind == "cellterms":
-                    out.append(self.cell_parts.cellterms(names))
-                    continue
-                self.cell_parts.register(con, kind, view, only=names)
-                out.append(con.sql(f"SELECT {', '.join(windowsums.COLUMNS[kind])} FROM {view}").to_arrow_table())
-                con.execute(f"DROP VIEW {view}")
+            self.cell_parts.register(con, "cells", view, only=names)
+            out.append(con.sql(f"SELECT {', '.join(windowsums.COLUMNS['cells'])} FROM {view}").to_arrow_table())
+            con.execute(f"DROP VIEW {view}")
+            out += [self.cell_parts.cellterms(names), self.cell_parts.prompt_terms(names)]
         finally:
             con.close()
         return tuple(out)
@@ -772,9 +769,10 @@ def _term_sums_sql(scope: Scope, where: str, kept_terms: np.ndarray, term_ids: n
             {"UNION ALL " + several if some_several else ""})
         GROUP BY ALL""").fetchnumpy()
     _put(out[:3], per, ("sx", "sxx", "sxn"))
+    scope.cell_parts.register(con, "promptterms", "wpt", only=scope.window_parts, term_ids=term_ids[kept_terms])
     held = con.execute("""SELECT idx, win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g
-        FROM cl JOIN (SELECT DISTINCT prompt_key, term_id FROM wpt SEMI JOIN row_of USING (term_id))
-             USING (prompt_key) JOIN row_of USING (term_id) GROUP BY ALL""").fetchnumpy()
+        FROM cl JOIN (SELECT DISTINCT prompt_key, term_id FROM wpt) USING (prompt_key) JOIN row_of USING (term_id)
+        GROUP BY ALL""").fetchnumpy()
     _put(out[3:], held, ("n", "snn", "g"))
 
 
@@ -810,7 +808,7 @@ def _term_sums_cached(scope: Scope, where: str, kept_terms: np.ndarray, term_ids
     parts = {r[0] for r in con.execute("""SELECT DISTINCT part FROM wcell_all
                                           SEMI JOIN (SELECT cell FROM wcl WHERE NOT single) USING (cell)""").fetchall()}
     scope.cell_parts.register(con, "cellterms", "wct_several", only=parts)
-    scope.cell_parts.register(con, "promptterms", "wpt_several", only=parts)
+    scope.cell_parts.register(con, "promptterms", "wpt_several", only=parts, term_ids=term_ids[kept_terms])
     con.execute("""CREATE OR REPLACE TEMP TABLE ct_several AS SELECT w.cell, w.win, w.s, w.nc, w.ncell, w.cid,
                           r.idx, CAST(t.x AS HUGEINT) AS x
                    FROM wcl w JOIN wct_several t USING (cell) JOIN row_of r USING (term_id) WHERE NOT w.single""")
@@ -821,7 +819,7 @@ def _term_sums_cached(scope: Scope, where: str, kept_terms: np.ndarray, term_ids
                            FROM ct_several GROUP BY ALL""").fetchnumpy()
     _put(out[:3], cluster, ("sx", "sxx", "sxn"))
     _put(out[:3], cells, ("sx", "sxx", "sxn"), -1)
-    held = "(SELECT DISTINCT prompt_key, term_id FROM wpt_several SEMI JOIN row_of USING (term_id))"
+    held = "(SELECT DISTINCT prompt_key, term_id FROM wpt_several)"
     cluster = con.execute(f"""SELECT idx, win, s, sum(nc) AS n, sum(nc * nc) AS snn, count(*) AS g
         FROM (SELECT * FROM cl WHERE cells > 1) JOIN {held} USING (prompt_key) JOIN row_of USING (term_id)
         GROUP BY ALL""").fetchnumpy()
