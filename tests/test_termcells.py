@@ -75,6 +75,11 @@ def _check(store: Store) -> termcells.TermCells:
     a = got.sql("SELECT DISTINCT prompt_key, term_id FROM promptterms ORDER BY ALL").fetchall()
     b = ref.sql("SELECT DISTINCT prompt_key, unnest(prompt_terms) AS t FROM rt ORDER BY ALL").fetchall()
     assert a == b and len(a) > 10
+    # a few terms' prompts, gathered from the lists: the same rows as the whole table's of those terms
+    few = sorted({t for _, t in a})[::7]
+    cells.register(got, "promptterms", "few_pt", term_ids=few)
+    assert got.sql("SELECT DISTINCT prompt_key, term_id FROM few_pt ORDER BY ALL").fetchall() == [
+        r for r in a if r[1] in set(few)]
     return cells
 
 
@@ -485,6 +490,24 @@ def test_term_lists_round_trip_and_count_as_the_term_sets_do(tmp_path):
     some = sorted((r["cell"], r["term_id"], r["x"])
                   for r in termcells.part_cellterms(back, np.array([5, 70_000])).to_pylist())
     assert some == [r for r in rows if r[1] in (5, 70_000)]
+
+
+def test_prompt_lists_round_trip_and_give_the_prompts_of_the_terms_asked(tmp_path):
+    """The prompts' lists (keys, offsets, ids) written and read back alone (`only="prompt"`: nothing else read)
+    are the same arrays; `part_prompt_terms` gives every (prompt, term) pair, or those of the ids asked (an id
+    no prompt holds, or beyond every id, gives nothing)."""
+    keys = np.array([2**64 - 5, 3, 8], np.uint64)
+    off, ids = np.array([0, 2, 2, 5]), np.array([4, 70_000, 1, 4, 9])  # prompt 3 holds no term
+    lists = termcells.TermLists.of(np.array([1], np.uint64), np.array([True]), [(np.array([0, 0]), np.zeros(0))] * 2,
+                                   np.array([1], np.uint64), (keys, off, ids))
+    back = termcells.TermLists.load(lists.save(tmp_path / "p.termlists.npy"), only="prompt")
+    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(lists.prompts, back.prompts))
+    assert len(back.rid) == len(back.cell) == len(back.lists[0][1]) == 0
+    rows = [(r["prompt_key"], r["term_id"]) for r in termcells.part_prompt_terms(back).to_pylist()]
+    assert rows == [(2**64 - 5, 4), (2**64 - 5, 70_000), (8, 1), (8, 4), (8, 9)]
+    some = termcells.part_prompt_terms(tmp_path / "p.termlists.npy", np.array([4, 5, 80_000]))
+    assert sorted((r["prompt_key"], r["term_id"]) for r in some.to_pylist()) == [(8, 4), (2**64 - 5, 4)]
+    assert termcells.part_prompt_terms(back, np.array([], np.int64)).num_rows == 0
 
 
 def test_a_damaged_term_lists_file_is_an_error_naming_it(tmp_path):
