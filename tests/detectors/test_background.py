@@ -71,7 +71,8 @@ def test_a_failed_prefetch_leaves_the_work_to_the_detector(store, monkeypatch):
     monkeypatch.setattr(cot_detector, "scan_parts", flaky)
     monkeypatch.setattr(memory, "workers", lambda per_worker: 2)
     found = run_detectors(store, "r", AuditConfig(detectors=DETECTORS))
-    assert calls == ["rlaudit-background", "MainThread"]
+    # the detector's own thread (a light one runs beside emerging)
+    assert calls == ["rlaudit-background", "rlaudit-light"]
     assert not [f for f in found if f.kind == "audit_error"]
     assert [f for f in found if f.kind == "cot_grading"]
 
@@ -103,7 +104,7 @@ def test_a_detector_whose_prefetch_has_not_started_does_the_work_itself(store, m
     monkeypatch.setattr(cot_detector, "scan_parts", spy)
     monkeypatch.setattr(memory, "workers", lambda per_worker: 2)
     found = run_detectors(store, "r", AuditConfig(detectors=DETECTORS))
-    assert scanned == ["MainThread"]
+    assert scanned == ["rlaudit-light"]  # the detector's thread (it runs beside emerging), not the background's
     assert [f for f in found if f.kind == "cot_grading"] and not [f for f in found if f.kind == "audit_error"]
 
 
@@ -269,27 +270,41 @@ def test_the_light_detectors_at_the_end_run_on_one_more_thread_beside_the_heavy_
     assert calls == [("heavy", "MainThread"), ("first", "rlaudit-light"), ("second", "rlaudit-light")]
 
 
-@pytest.mark.parametrize("case", ["needs the heavy one", "a heavy one after", "background running", "no background"])
-def test_light_detectors_run_after_the_others_on_the_main_thread_otherwise(case):
-    """Not beside: a light detector that reads the running one's findings, or with a heavy detector still to run
-    (memory: two heavy detectors at once), or while the background thread still computes (a third thread), or
-    without one (the memory budget gives one worker)."""
+def test_light_detectors_beside_a_heavy_one_start_once_the_background_thread_has_finished():
+    """Started beside the heavy one while the background thread still computes, the light ones wait for it (no
+    third thread computes beside the two), then run beside the heavy one, not after it."""
     from rlaudit.detectors import _Background
 
+    order: list[str] = []
+    hold, light_ran = threading.Event(), threading.Event()
+    background = _Background([("", lambda: hold.wait(20) and order.append("background"))])
+    background.thread.start()
+
+    def heavy_body(ctx):
+        order.append("heavy")
+        hold.set()
+        assert light_ran.wait(20)  # the light one ran while this one was still running
+
+    heavy = _fake("heavy", body=heavy_body)
+    light = _fake("light", light=True, body=lambda ctx: order.append("light") or light_ran.set())
+    try:
+        found, _ = _run([heavy, light], background)
+    finally:
+        hold.set()
+    assert order == ["heavy", "background", "light"]
+    assert [f.title for f in found] == ["MainThread None", "rlaudit-light 1"]
+
+
+@pytest.mark.parametrize("case", ["needs the heavy one", "a heavy one after", "no background"])
+def test_light_detectors_run_after_the_others_on_the_main_thread_otherwise(case):
+    """Not beside: a light detector that reads the running one's findings, or with a heavy detector still to run
+    (memory: two heavy detectors at once), or without a background thread (the memory budget gives one
+    worker)."""
     heavy = _fake("heavy")
     light = _fake("light", light=True, requires=("heavy",) if case == "needs the heavy one" else ())
     classes = [heavy, light, _fake("later")] if case == "a heavy one after" else [heavy, light]
-    background = _finished_background()
-    hold = threading.Event()
-    if case == "background running":
-        background = _Background([("", lambda: hold.wait(20))])
-        background.thread.start()
-    elif case == "no background":
-        background = None
-    try:
-        found, _ = _run(classes, background)
-    finally:
-        hold.set()
+    background = None if case == "no background" else _finished_background()
+    found, _ = _run(classes, background)
     assert [f.title for f in found] == ["MainThread None"] * len(classes)
     assert [f.kind for f in found] == [c.name for c in classes]
 

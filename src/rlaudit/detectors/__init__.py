@@ -263,6 +263,11 @@ class _Background:
         if detector in self.done:
             self.done[detector].wait()
 
+    def finish(self, unless: threading.Event) -> None:
+        """Wait until the thread has run every job, or `unless` is set (checked every 20 ms)."""
+        while not unless.is_set() and self.thread.is_alive():
+            self.thread.join(0.02)
+
     def join(self) -> None:
         """Wait for the thread, skipping the jobs not started (an audit that failed does not need them)."""
         with self.lock:
@@ -284,17 +289,19 @@ def _run_each(ctx: DetectContext, classes: list[type[Detector]],
         pending.remove(cls)
         if progress:  # before a thread beside it starts: a front end sees this detector, then those beside it
             progress(cls.name, len(found_by), len(classes))
-        beside = _beside(cls, pending) if background is not None and background.finished() else []
-        helper = None
+        beside = _beside(cls, pending) if background is not None else []
+        helper, running = None, threading.Event()
         if beside:
             for later in beside:
                 pending.remove(later)
             helper = threading.Thread(target=_run_light, args=(ctx, beside, progress, background, found_by,
-                                                               len(classes)), name="rlaudit-light", daemon=True)
+                                                               len(classes), running),
+                                      name="rlaudit-light", daemon=True)
             helper.start()
         try:
             _run_one(ctx, cls, None, background, found_by, len(classes))
         finally:
+            running.set()
             if helper is not None:
                 helper.join()
         # release shared scratch (e.g. the term-set scope of emerging/generalization) once no detector still to
@@ -307,19 +314,27 @@ def _run_each(ctx: DetectContext, classes: list[type[Detector]],
 def _beside(running: type[Detector], pending: list[type[Detector]]) -> list[type[Detector]]:
     """The detectors of `pending` to run beside `running`: all of them, where each is light and none needs
     `running`'s findings; else none (a heavy detector beside another would add its memory to the other's peak).
-    `_run_each` asks only once the background thread has finished (the light ones' prefetches are done, and no
-    third thread computes beside the two)."""
+    `_run_each` asks only where a background thread computes (else one worker is all the budget gives), and the
+    light ones start once it has finished (`_run_light`: their prefetches are done, and no third thread computes
+    beside the two)."""
     if running.light or not all(c.light and running.name not in c.requires for c in pending):
         return []
     return list(pending)
 
 
 def _run_light(ctx: DetectContext, classes: list[type[Detector]], progress: Callable[[str, int, int], None] | None,
-               background: _Background | None, found_by: dict[str, list[Finding]], total: int) -> None:
-    """Run light detectors in their order on this thread, with one worker (`memory.at_most`): beside another
-    detector, they fill the core it leaves idle instead of starting pools of their own."""
+               background: _Background | None, found_by: dict[str, list[Finding]], total: int,
+               beside: threading.Event) -> None:
+    """Run light detectors in their order on this thread, with one worker (`memory.at_most`), once `background`
+    has run every job or the detector they run beside has finished (`beside` set; a prefetch not started by then
+    is theirs to do, as on the main thread): beside another detector, they fill the core it leaves idle instead of
+    starting pools of their own. Waiting here, not before the heavy detector starts, lets them run as soon as the
+    background thread's core is free: the 1M benchmark's background CoT scan ended during attribution, and the
+    light ones then ran alone on one core (~0.4 s) after it."""
     from ..memory import at_most
 
+    if background is not None:
+        background.finish(beside)
     with at_most(1):
         for cls in classes:
             _run_one(ctx, cls, progress, background, found_by, total)
