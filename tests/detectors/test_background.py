@@ -295,6 +295,29 @@ def test_light_detectors_beside_a_heavy_one_start_once_the_background_thread_has
     assert [f.title for f in found] == ["MainThread None", "rlaudit-light 1"]
 
 
+def test_light_detectors_after_the_heavy_one_let_one_whose_prefetch_runs_wait():
+    """Where the heavy one ends while the background thread still runs the first light one's prefetch, the light
+    ones start (beside the background thread) with the one whose prefetch is not running, not in their order."""
+    from rlaudit.detectors import _Background
+
+    order: list[str] = []
+    hold = threading.Event()
+    background = _Background([("first", lambda: hold.wait(20))])
+    background.thread.start()
+    while not background.running("first"):
+        threading.Event().wait(0.005)
+    heavy = _fake("heavy", body=lambda ctx: order.append("heavy"))
+    first = _fake("first", light=True, body=lambda ctx: order.append("first"))
+    second = _fake("second", light=True, body=lambda ctx: order.append("second") or hold.set())
+    try:
+        found, _ = _run([heavy, first, second], background)
+    finally:
+        hold.set()
+    assert order == ["heavy", "second", "first"]
+    assert [f.kind for f in found] == ["heavy", "first", "second"]
+    assert [f.title for f in found][1:] == ["rlaudit-light 1"] * 2
+
+
 @pytest.mark.parametrize("case", ["needs the heavy one", "a heavy one after", "no background"])
 def test_light_detectors_run_after_the_others_on_the_main_thread_otherwise(case):
     """Not beside: a light detector that reads the running one's findings, or with a heavy detector still to run

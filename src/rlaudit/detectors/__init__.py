@@ -325,18 +325,23 @@ def _beside(running: type[Detector], pending: list[type[Detector]]) -> list[type
 def _run_light(ctx: DetectContext, classes: list[type[Detector]], progress: Callable[[str, int, int], None] | None,
                background: _Background | None, found_by: dict[str, list[Finding]], total: int,
                beside: threading.Event) -> None:
-    """Run light detectors in their order on this thread, with one worker (`memory.at_most`), once `background`
-    has run every job or the detector they run beside has finished (`beside` set; a prefetch not started by then
-    is theirs to do, as on the main thread): beside another detector, they fill the core it leaves idle instead of
-    starting pools of their own. Waiting here, not before the heavy detector starts, lets them run as soon as the
+    """Run light detectors on this thread, with one worker (`memory.at_most`), once `background` has run every
+    job or the detector they run beside has finished (`beside` set; a prefetch not started by then is theirs to
+    do, as on the main thread): beside another detector, they fill the core it leaves idle instead of starting
+    pools of their own. Waiting here, not before the heavy detector starts, lets them run as soon as the
     background thread's core is free: the 1M benchmark's background CoT scan ended during attribution, and the
-    light ones then ran alone on one core (~0.4 s) after it."""
+    light ones then ran alone on one core (~0.4 s) after it. In `_next`'s order, as on the main thread: where the
+    heavy one ends first, one whose prefetch still runs lets the others go (at 10M rollouts, in their given order
+    the reward rollup waited for the CoT scan: ~10 s on one core)."""
     from ..memory import at_most
 
     if background is not None:
         background.finish(beside)
     with at_most(1):
-        for cls in classes:
+        pending = list(classes)
+        while pending:  # as `_run_each` orders them: one whose prefetch still runs lets the others go first
+            cls = _next(pending, found_by, background)
+            pending.remove(cls)
             _run_one(ctx, cls, progress, background, found_by, total)
 
 
