@@ -508,6 +508,11 @@ def test_prompt_lists_round_trip_and_give_the_prompts_of_the_terms_asked(tmp_pat
     some = termcells.part_prompt_terms(tmp_path / "p.termlists.npy", np.array([4, 5, 80_000]))
     assert sorted((r["prompt_key"], r["term_id"]) for r in some.to_pylist()) == [(8, 4), (2**64 - 5, 4)]
     assert termcells.part_prompt_terms(back, np.array([], np.int64)).num_rows == 0
+    # the ids held by some prompt, kept apart: a part whose prompts hold none of the terms asked is not read further
+    assert back.held.tolist() == [1, 4, 9, 70_000]
+    skipped = termcells.TermLists.load(tmp_path / "p.termlists.npy", only="prompt", terms=np.array([2, 5, 80_000]))
+    assert len(skipped.prompts[0]) == len(skipped.prompts[2]) == 0 and skipped.held.tolist() == [1, 4, 9, 70_000]
+    assert termcells.part_prompt_terms(tmp_path / "p.termlists.npy", np.array([2, 5, 80_000])).num_rows == 0
 
 
 def test_a_damaged_term_lists_file_is_an_error_naming_it(tmp_path):
