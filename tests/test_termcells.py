@@ -482,6 +482,11 @@ def test_term_lists_round_trip_and_count_as_the_term_sets_do(tmp_path):
         other = one.lists[1 - i]
         assert len(one.cell) == len(one.has_reasoning) == len(other[0]) == len(other[1]) == 0
         assert other[1].dtype == back.lists[1 - i][1].dtype
+    # the rollouts only: cells and both places' lists, not `rid` (nor the prompts')
+    rollouts = termcells.TermLists.load(tmp_path / "p.termlists.npy", only="rollouts")
+    assert np.array_equal(rollouts.cell, back.cell) and np.array_equal(rollouts.has_reasoning, back.has_reasoning)
+    assert all(np.array_equal(a, b) for p, q in zip(rollouts.lists, back.lists) for a, b in zip(p, q))
+    assert len(rollouts.rid) == 0
     rows = sorted((r["cell"], r["term_id"], r["x"]) for r in termcells.part_cellterms(back).to_pylist())
     # cell 7: rows 0 (reasoning) and 1 (none): answer 1, 70000, 1 -> 1 x2, 70000 x1; reasoning 5 counted in row 0
     # only. Cell 9: rows 2, 3 (reasoning), 4: answer 1 (row 3), 70000 and 2 (row 4); reasoning 5 in row 2 (row 4's

@@ -383,9 +383,10 @@ class TermLists:
 
     @classmethod
     def load(cls, path: Path | TermLists, only: str | None = None, terms: np.ndarray | None = None) -> TermLists:
-        """The lists `save` wrote to `path` (or `path` itself, lists kept in memory). `only` (a place, or
-        "prompt"): that place's lists and `rid`, or the prompts' lists, only; the other arrays skipped unread and
-        left empty (`TermSets.holding` reads one place of every sampled part, `part_prompt_terms` the prompts).
+        """The lists `save` wrote to `path` (or `path` itself, lists kept in memory). `only` (a place, "rollouts"
+        or "prompt"): that place's lists and `rid`, the rollouts' cells and lists (not `rid`), or the prompts'
+        lists, only; the other arrays skipped unread and left empty (`TermSets.holding` reads one place of every
+        sampled part, `part_cellterms` the rollouts, `part_prompt_terms` the prompts).
         `terms` (sorted ids, with "prompt"): the prompts' lists are read only where their prompts hold one of
         them (`held`), else left empty. A file damaged after it was written (`save` writes atomically) is an
         error naming it and the remedy, not numpy's bare message."""
@@ -394,7 +395,8 @@ class TermLists:
         none = (np.zeros(0, np.uint64), np.zeros(1, np.int64), np.zeros(0, np.int64))
         try:
             with open(path, "rb") as f:
-                want = lambda name: only in (None, name) or (name == "rid" and only != "prompt")  # noqa: E731
+                want = lambda name: only in (None, name) or (  # noqa: E731
+                    name != "rid" if only == "rollouts" else name == "rid" and only != "prompt")
                 cell, has_reasoning, rid = (_read(f, want(n)) for n in ("cell", "has_reasoning", "rid"))
                 lists = [(_read(f, want(w)), _read(f, want(w))) for w in WHERES]
                 if only is not None and only != "prompt":  # the prompts come last: not read at all
@@ -450,7 +452,7 @@ def part_cellterms(lists: Path | TermLists, term_ids: np.ndarray | None = None) 
     counted per (cell, term): every term by `_cell_terms` (the rows the term-set workers cached before `VERSION`
     2, in the same order); a few (a focus scan) from the positions of their ids alone (`_some_terms`), ~0.3 ms
     a part instead of ~3. Readers sum the rows, in any order."""
-    t = TermLists.load(lists)
+    t = TermLists.load(lists, only="rollouts")
     keys, g = np.unique(t.cell, return_inverse=True)
     g = g.ravel().astype(np.int64)
     if term_ids is None:
