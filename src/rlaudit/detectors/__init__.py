@@ -290,18 +290,18 @@ def _run_each(ctx: DetectContext, classes: list[type[Detector]],
         if progress:  # before a thread beside it starts: a front end sees this detector, then those beside it
             progress(cls.name, len(found_by), len(classes))
         beside = _beside(cls, pending) if background is not None else []
-        helper, running = None, threading.Event()
+        helper, heavy_done = None, threading.Event()
         if beside:
             for later in beside:
                 pending.remove(later)
             helper = threading.Thread(target=_run_light, args=(ctx, beside, progress, background, found_by,
-                                                               len(classes), running),
+                                                               len(classes), heavy_done),
                                       name="rlaudit-light", daemon=True)
             helper.start()
         try:
             _run_one(ctx, cls, None, background, found_by, len(classes))
         finally:
-            running.set()
+            heavy_done.set()
             if helper is not None:
                 helper.join()
         # release shared scratch (e.g. the term-set scope of emerging/generalization) once no detector still to
@@ -324,9 +324,9 @@ def _beside(running: type[Detector], pending: list[type[Detector]]) -> list[type
 
 def _run_light(ctx: DetectContext, classes: list[type[Detector]], progress: Callable[[str, int, int], None] | None,
                background: _Background | None, found_by: dict[str, list[Finding]], total: int,
-               beside: threading.Event) -> None:
+               heavy_done: threading.Event) -> None:
     """Run light detectors on this thread, with one worker (`memory.at_most`), once `background` has run every
-    job or the detector they run beside has finished (`beside` set; a prefetch not started by then is theirs to
+    job or the detector they run beside has finished (`heavy_done`; a prefetch not started by then is theirs to
     do, as on the main thread): beside another detector, they fill the core it leaves idle instead of starting
     pools of their own. Waiting here, not before the heavy detector starts, lets them run as soon as the
     background thread's core is free: the 1M benchmark's background CoT scan ended during attribution, and the
@@ -336,7 +336,7 @@ def _run_light(ctx: DetectContext, classes: list[type[Detector]], progress: Call
     from ..memory import at_most
 
     if background is not None:
-        background.finish(beside)
+        background.finish(heavy_done)
     with at_most(1):
         pending = list(classes)
         while pending:  # as `_run_each` orders them: one whose prefetch still runs lets the others go first
