@@ -41,6 +41,19 @@ def test_sql_agrees_with_arrow(spec):
     assert via_sql.tolist() == b.values(pa.array(TEXTS)).tolist()
 
 
+@pytest.mark.parametrize("spec", ["style:language_switch", r"re:\p{Han}", "re:(?i)ÉCOLE"])
+def test_values_and_sql_agree_on_characters_newer_than_one_engines_unicode_tables(spec):
+    """U+2EBF0 (a CJK ideograph of Unicode 15.1) is Han to Arrow's RE2 and not to DuckDB's: `values` matches with
+    DuckDB's RE2, as the SQL does, so the two agree on it (and on the other texts, nulls and empties among them)."""
+    texts = pa.array(["-\n-\U0002ebf0", "漢字", "école", None, "", "plain"], pa.string())
+    b = parse_behavior(spec)
+    con = duckdb.connect()
+    con.register("t", pa.table({"x": texts}))
+    via_sql = con.sql(f"SELECT {b.sql('x')} AS v FROM t").fetchnumpy()["v"]
+    assert b.values(texts).tolist() == via_sql.tolist()
+    assert b.values(texts)[0] == 0.0 and (spec != r"re:\p{Han}" or b.values(texts)[1] == 1.0)
+
+
 def test_python_predicate(tmp_path, monkeypatch):
     (tmp_path / "mychecks.py").write_text("def has_x(t):\n    return 'x' in t\n")
     monkeypatch.syspath_prepend(str(tmp_path))

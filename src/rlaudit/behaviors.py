@@ -65,6 +65,20 @@ def re2_cursor() -> duckdb.DuckDBPyConnection:
         return _RE2[1].cursor()
 
 
+def re2_matches(texts: pa.Array, pattern: str) -> np.ndarray:
+    """Per text, whether `pattern` matches somewhere in it (bool; a null text: False), by DuckDB's RE2, as
+    `Behavior.sql` evaluates it in a query. Not Arrow's `match_substring_regex`: Arrow's RE2 has newer Unicode
+    tables (U+2EBF0, a CJK ideograph of Unicode 15.1, is `Han` to it and not to DuckDB's), and a behaviour must
+    have the same value whichever way it is computed."""
+    if not len(texts):
+        return np.zeros(0, bool)
+    with re2_cursor() as con:
+        con.register("_re2_texts", pa.table({"t": texts}))
+        hit = con.execute("SELECT coalesce(regexp_matches(t, $p), FALSE) AS h FROM _re2_texts",
+                          {"p": pattern}).fetchnumpy()["h"]
+    return np.asarray(hit, bool)
+
+
 @functools.lru_cache(maxsize=4096)
 def _tokens(text: str) -> tuple[str, ...]:
     with re2_cursor() as con:  # RE2, so that Python agrees with the SQL and Arrow paths to the character
@@ -140,7 +154,7 @@ class Behavior:
         if self.kind == "style" and self.numeric:
             return _numeric_style(self.name.removeprefix("style:"), texts)
         if self.pattern is not None:
-            return pc.match_substring_regex(texts, self.pattern).to_numpy(zero_copy_only=False).astype(float)
+            return re2_matches(texts, self.pattern).astype(float)
         assert self.func is not None
         if hasattr(self.func, "batch"):  # judge: one concurrent batch of LLM calls
             return np.asarray(self.func.batch(texts.to_pylist()), dtype=float)

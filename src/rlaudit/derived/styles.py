@@ -12,8 +12,8 @@ computed here to the same values:
   ~0.7 CPU s of a cold 1M audit between them. With numba (`rlaudit.kernels.use_numba`) one compiled loop over
   each text's UTF-8 bytes decides all six (`scan`, `byte_styles`), and notes on the way which texts are ASCII
   (the tokeniser's and `NON_ASCII_STYLES`' question, which Arrow answered in a pass of its own per use) and which
-  hold an ASCII byte other than a space (`tokens` decides "has reasoning" from it); without numba Arrow runs the
-  same RE2 patterns and length (`Behavior.values`).
+  hold an ASCII byte other than a space (`tokens` decides "has reasoning" from it); without numba
+  `Behavior.values` runs the same RE2 patterns (DuckDB's) and length.
 
 Why a byte loop is exact for every valid UTF-8 text, not only ASCII ones: in RE2 (DuckDB's and Arrow's engine)
 every class these patterns use is ASCII: `\\s` is [\\t\\n\\f\\r ] (not \\v, not U+0085, U+00A0 or U+2028), `\\S`
@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import kernels
-from ..behaviors import parse_behavior, re2_cursor
+from ..behaviors import parse_behavior, re2_matches
 from .tokhash import UNICODE_SIZE, _buffers, per_code_point
 
 #: style features that only non-ASCII characters show (emoji, scripts other than Latin)
@@ -114,10 +114,8 @@ def code_point_styles(data: np.ndarray, starts: np.ndarray, ends: np.ndarray, ta
 
 
 def non_ascii_style(texts: pa.ChunkedArray | pa.Array, name: str) -> pa.Array:
-    """`Behavior.sql` of the style feature `name` (in NON_ASCII_STYLES) over `texts`, skipping ASCII texts. By
-    DuckDB's RE2 (`behaviors.re2_cursor`), as `Behavior.sql` is: Arrow's RE2 has newer Unicode tables (U+2EBF0,
-    of the CJK ideographs added in Unicode 15.1, is Han to Arrow's and not to DuckDB's), and the two
-    paths must agree to the character."""
+    """`Behavior.sql` of the style feature `name` (in NON_ASCII_STYLES) over `texts`, skipping ASCII texts (by
+    DuckDB's RE2, as `Behavior.sql`: `behaviors.re2_matches`)."""
     if isinstance(texts, pa.ChunkedArray):
         texts = texts.combine_chunks()
     valid = np.asarray(texts.is_valid().to_numpy(zero_copy_only=False), bool)
@@ -125,11 +123,7 @@ def non_ascii_style(texts: pa.ChunkedArray | pa.Array, name: str) -> pa.Array:
     out = np.zeros(len(texts))
     todo = np.flatnonzero(valid & ~ascii_)
     if len(todo):
-        pattern = parse_behavior(f"style:{name}").pattern
-        with re2_cursor() as con:
-            con.register("_styled", pa.table({"t": texts.take(pa.array(todo))}))
-            hit = con.execute("SELECT regexp_matches(t, $p) AS h FROM _styled", {"p": pattern}).fetchnumpy()["h"]
-        out[todo] = np.asarray(hit, np.float64)
+        out[todo] = re2_matches(texts.take(pa.array(todo)), parse_behavior(f"style:{name}").pattern)
     return pa.array(out)
 
 
@@ -172,7 +166,7 @@ def scan_spans(data: np.ndarray, starts: np.ndarray, ends: np.ndarray | None = N
 def byte_styles(texts: pa.ChunkedArray | pa.Array) -> dict[str, pa.Array]:
     """{name: float64 values} of the BYTE_STYLES over `texts`, equal to `Behavior.sql` / `Behavior.values`
     (1.0 present, 0.0 absent, chars a count; a null text is ""). Compiled where numba is installed (`scan`),
-    else Arrow's RE2 and length."""
+    else `Behavior.values` (DuckDB's RE2, Arrow's length)."""
     found = scan(texts)
     if found is not None:
         return found.values
