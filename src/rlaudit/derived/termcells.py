@@ -395,8 +395,8 @@ class TermLists:
         none = (np.zeros(0, np.uint64), np.zeros(1, np.int64), np.zeros(0, np.int64))
         try:
             with open(path, "rb") as f:
-                want = lambda name: only in (None, name) or (  # noqa: E731
-                    name != "rid" if only == "rollouts" else name == "rid" and only != "prompt")
+                kept = {"rollouts": {"cell", "has_reasoning", *WHERES}, "prompt": set()}.get(only, {"rid", only})
+                want = lambda name: only is None or name in kept  # noqa: E731
                 cell, has_reasoning, rid = (_read(f, want(n)) for n in ("cell", "has_reasoning", "rid"))
                 lists = [(_read(f, want(w)), _read(f, want(w))) for w in WHERES]
                 if only is not None and only != "prompt":  # the prompts come last: not read at all
@@ -415,16 +415,29 @@ def part_prompt_terms(lists: Path | TermLists, term_ids: np.ndarray | None = Non
     `term_ids` only when given (the positions of those ids in the prompts' flat lists, their prompts by the
     offsets), from its flat term lists (`TermLists`, or their file)."""
     keys, off, ids = TermLists.load(lists, only="prompt", terms=term_ids).prompts
-    off = np.asarray(off, np.int64)
     if term_ids is None:
-        key, term = np.repeat(keys, np.diff(off)), ids
+        key, term = np.repeat(keys, np.diff(np.asarray(off, np.int64))), ids
     else:
-        wanted = np.zeros(max(int(ids.max(initial=0)), int(term_ids.max(initial=-1))) + 1, bool)
-        wanted[term_ids[term_ids >= 0]] = True
-        at = np.flatnonzero(wanted[ids])
-        key, term = keys[np.searchsorted(off, at, side="right") - 1], ids[at]
+        prompt, at = flat_hits(off, ids, id_mask(term_ids, int(ids.max(initial=0))))
+        key, term = keys[prompt], ids[at]
     return pa.table({"prompt_key": pa.array(key, pa.uint64()), "term_id": pa.array(term, pa.int32())},
                     schema=SCHEMAS["promptterms"])
+
+
+def id_mask(term_ids: np.ndarray, top: int) -> np.ndarray:
+    """Per id from 0 to the larger of `top` and the largest of `term_ids`, whether `term_ids` holds it: a gather
+    of a list's ids in it then answers membership (`np.isin` compares every id with each term in turn)."""
+    mask = np.zeros(max(top, int(term_ids.max(initial=-1))) + 1, bool)
+    mask[term_ids[term_ids >= 0]] = True
+    return mask
+
+
+def flat_hits(off: np.ndarray, flat: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row, position) of every id of flat lists (`off`: offsets per row from 0, `flat`: the ids) that `mask`
+    marks (`id_mask`, covering every id of `flat`): the positions by one gather, their rows by a binary search
+    in the offsets (a few thousand hits a part where a few terms are asked)."""
+    at = np.flatnonzero(mask[flat])
+    return np.searchsorted(np.asarray(off, np.int64), at, side="right") - 1, at
 
 
 def _meets(held: np.ndarray, terms: np.ndarray) -> bool:
@@ -467,15 +480,12 @@ def part_cellterms(lists: Path | TermLists, term_ids: np.ndarray | None = None) 
 
 
 def _some_terms(t: TermLists, term_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row, term id) of every hit of the terms `term_ids` in the lists `t`: the positions of those ids in the flat
-    lists, their rows by the offsets (a binary search per hit: a few thousand a part), reasoning hits of rollouts
-    without reasoning left out."""
+    """(row, term id) of every hit of the terms `term_ids` in the lists `t` (`flat_hits`), reasoning hits of
+    rollouts without reasoning left out."""
     rows, ids = [], []
+    mask = id_mask(term_ids, max(int(flat.max(initial=0)) for _, flat in t.lists))
     for where, (off, flat) in zip(WHERES, t.lists):
-        wanted = np.zeros(max(int(flat.max(initial=0)), int(term_ids.max(initial=-1))) + 1, bool)
-        wanted[term_ids[term_ids >= 0]] = True
-        at = np.flatnonzero(wanted[flat])
-        r = np.searchsorted(off, at, side="right") - 1
+        r, at = flat_hits(off, flat, mask)
         if where == "reasoning":
             r, at = r[t.has_reasoning[r]], at[t.has_reasoning[r]]
         rows.append(r)

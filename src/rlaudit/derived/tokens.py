@@ -216,9 +216,7 @@ class TermSets:
         place = WHERES.index(where)
         wanted = np.unique(np.asarray(term_ids, np.int64))
         rids, terms = [np.zeros(0, np.uint64)], [np.zeros(0, np.int32)]
-        # a term id's membership by one gather per part (np.isin compares every id with each term in turn)
-        member = np.zeros(max(self.vocab.num_rows, int(wanted[-1]) + 1 if len(wanted) else 0), bool)
-        member[wanted[wanted >= 0]] = True
+        member = termcells.id_mask(wanted, self.vocab.num_rows - 1)
         for name, entry in self.parts if len(wanted) else []:
             v = entry["terms"]
             if isinstance(v, pa.Table):
@@ -227,8 +225,7 @@ class TermSets:
             else:
                 t = termcells.TermLists.load(termcells.lists_file(Path(v).parent, name), only=where)
                 (off, ids), rid = t.lists[place], t.rid
-            at = np.flatnonzero(member[ids])
-            rows = np.searchsorted(np.asarray(off, np.int64), at, side="right") - 1
+            rows, at = termcells.flat_hits(off, ids, member)
             rids.append(rid[rows])
             terms.append(np.asarray(ids[at], np.int32))
         return pa.table({"rid": pa.array(np.concatenate(rids), pa.uint64()),

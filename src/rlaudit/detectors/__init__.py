@@ -244,11 +244,6 @@ class _Background:
                         self.state[name] = "done"
                     self.done[name].set()
 
-    def finished(self) -> bool:
-        """Whether every job has finished or been skipped."""
-        with self.lock:
-            return all(state in ("done", "skipped") for state in self.state.values())
-
     def running(self, detector: str) -> bool:
         """Whether `detector`'s prefetch is running now."""
         return self.state.get(detector) == "running"
