@@ -324,3 +324,83 @@ def in_order(compute: Callable[[Any], Any], jobs: Iterable[Any], n: int, name: s
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+class SharedJobs:
+    """`compute(i)` for i in range(count), worked through by the thread that owns the jobs (`run`) and by any
+    thread that `help`s meanwhile: each takes the next job not yet taken. Where the owner computes beside other
+    work with one worker (an audit's background thread, `at_most(1)`), a thread that would wait for its result
+    can work on it instead of leaving its core idle (`detectors._Background.wait`)."""
+
+    def __init__(self, compute: Callable[[int], Any], count: int):
+        self._compute = compute
+        self._count = count
+        self._next = 0
+        self._left = count  # jobs not yet finished
+        self._results: list[Any] = [None] * count
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._finished = threading.Condition(self._lock)
+
+    def _take(self) -> int | None:
+        with self._lock:
+            if self._next >= self._count or self._error is not None:
+                return None
+            self._next += 1
+            return self._next - 1
+
+    def help(self) -> None:
+        """Compute jobs on this thread until none is left to take (an error stops every thread, `run` raises it)."""
+        while (i := self._take()) is not None:
+            try:
+                value = self._compute(i)
+            except BaseException as exc:  # noqa: BLE001  (raised again by `run`, in the owner's thread)
+                with self._lock:
+                    self._error = self._error or exc
+                    self._left -= 1 + (self._count - self._next)  # the jobs no one will take
+                    self._next = self._count
+                    self._finished.notify_all()
+                return
+            with self._lock:
+                self._results[i] = value
+                self._left -= 1
+                self._finished.notify_all()
+
+    def run(self) -> list[Any]:
+        """Every job's result, in order, once all are computed (on this thread and any helping)."""
+        self.help()
+        with self._lock:
+            while self._left > 0:
+                self._finished.wait()
+            if self._error is not None:
+                raise self._error
+        return self._results
+
+
+_SHARED = threading.local()
+
+
+@contextlib.contextmanager
+def sharing(slot: list[SharedJobs]) -> Iterator[None]:
+    """Within the block, `shared_jobs` on this thread puts the jobs it runs into `slot` (a list another thread
+    may read and `help`)."""
+    old = getattr(_SHARED, "slot", None)
+    _SHARED.slot = slot
+    try:
+        yield
+    finally:
+        _SHARED.slot = old
+
+
+def shared_jobs(compute: Callable[[int], Any], count: int) -> list[Any]:
+    """`[compute(i) for i in range(count)]` on this thread, which other threads may help with where an enclosing
+    `sharing` block publishes the jobs; `compute` must be safe to run on several threads at once."""
+    jobs = SharedJobs(compute, count)
+    slot = getattr(_SHARED, "slot", None)
+    if slot is not None:
+        slot.append(jobs)
+    try:
+        return jobs.run()
+    finally:
+        if slot is not None:
+            slot.remove(jobs)

@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from ..derived import segments
 from ..findings import Finding
 from ..layout import view_columns
-from ..memory import workers
+from ..memory import shared_jobs, workers
 from ..store import Store, bound_memory, key_source, listing, part_source, sql_list, write_atomic, write_cached
 from ..detectors import DetectContext, Detector, register
 from .scan import (EMPTY_RESULTS, ScanParams, findings_from_results, iter_batches, read_scan_columns,
@@ -274,8 +274,8 @@ def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[s
         return value
 
     n = min(len(todo), workers(params.batch_rows * _BYTES_PER_BATCH_ROW))
-    if n <= 1:
-        return [done(one(i)) for i in range(len(todo))]
+    if n <= 1:  # a thread waiting for this one (an audit's background scan) may scan some of the parts
+        return [done(out) for out in shared_jobs(one, len(todo))]
     with ThreadPoolExecutor(n, thread_name_prefix="cot-scan") as pool:
         return [done(out) for out in pool.map(one, range(len(todo)))]
 
