@@ -228,6 +228,10 @@ def _known_or_hashed(path: Path, known: tuple[int | None, int | None, str | None
         return None
 
 
+#: what hashing one file holds (`hashlib.file_digest`'s buffer): `memory.workers`' weight for `_distinct_files`
+_HASH_MEMORY = 1 << 20
+
+
 def _sha256(path: Path) -> str:
     """The file's SHA-256 (hex). `hashlib.file_digest` reads into one reused buffer: 0.27 -> 0.16 CPU s for the
     1M benchmark's 200 files (380 MB), against a new 1 MB bytes object per read."""
@@ -935,12 +939,20 @@ class Store:
                 if st.st_size:
                     by_size.setdefault(st.st_size, []).append((f, st))
         drop: set[str] = set()
+        # the files that share a size with another are hashed on a few threads (SHA-256 releases the GIL): the
+        # 10M-rollout benchmark's files hashed here took ~0.4 s on one core before its ingest could start
+        hashed = [(f, st) for group in by_size.values() if len(group) > 1 for f, st in group]
+        from .memory import in_order, workers
+
+        found = dict(zip((f.relpath for f, _ in hashed),
+                         in_order(lambda item: self._digest(manifest, *item), hashed,
+                                  min(len(hashed), workers(_HASH_MEMORY)), "rlaudit-hash")))
         for group in by_size.values():
             if len(group) < 2:
                 continue
             first: dict[str, str] = {}
             for f, st in group:
-                digest = self._digest(manifest, f, st)
+                digest = found[f.relpath]
                 if digest is None:
                     continue
                 if digests is not None:
