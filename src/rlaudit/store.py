@@ -111,8 +111,10 @@ _UNCOMPRESSED_COLUMNS = ("completion",)
 # through ingest (10M benchmark: 10 core-s of 27.6 s). Cold ingests of the 1M benchmark, 7 interleaved rounds,
 # median wall (min): depth 2 3.59 (3.07) s, 4 3.71 (2.89), 8 2.95 (2.54), 16 2.89 (2.73); its 3,906 files of
 # 256 rollouts 8.14 s at 4 against 7.05 at 8; peak RSS +26 MB. The bytes bound the queues where tables are large
-# (long rollouts, batches of 32,768 rows): one table always may wait.
-PREFETCH_DEPTH = 8
+# (long rollouts, batches of 32,768 rows): one table always may wait. Session 36, ingest alone, in turns, 8 -> 16:
+# 10M 20.95 / 20.65 -> 20.11 / 20.12 s (idle 4.7-5.1 -> 3.4-3.5 core-s; 32: no better), 1M 2.31 / 2.48 / 2.29 ->
+# 2.17 / 2.26 / 2.14 s, its 3,906 files 6.68 / 6.27 -> 5.72 / 6.12 s, 15,625 files 19.5 -> 18.6 s; RSS +8 MB
+PREFETCH_DEPTH = 16
 PREFETCH_BYTES = 64 << 20
 
 
