@@ -942,7 +942,7 @@ class Store:
                     by_size.setdefault(st.st_size, []).append((f, st))
         drop: set[str] = set()
         # the files that share a size with another are hashed on a few threads (SHA-256 releases the GIL): the
-        # 10M-rollout benchmark's files hashed here took ~0.4 s on one core before its ingest could start
+        # 10M-rollout benchmark's files hashed here took ~0.3 s on one core before its ingest could start
         hashed = [(f, st) for group in by_size.values() if len(group) > 1 for f, st in group]
         from .memory import in_order, workers
 

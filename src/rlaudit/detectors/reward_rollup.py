@@ -108,7 +108,7 @@ def _merge(con: duckdb.DuckDBPyConnection, small: pa.Table, chunks: list[tuple[A
     # the new rows' cells, with the rollup's totals of those it already has (same task: then same key or not).
     # Their string keys (a few distinct values) as ENUMs: hashed and sorted (the chunk, `_build`) as small
     # integers, written as the same strings. The first rollup at 10M rollouts (6.2M cells): grouping 3.9 -> 2.4
-    # CPU s, the chunk's sort and write 5.2 -> 1.9 (`benchmarks/detectors.py`-style timing, 2026-12-06)
+    # CPU s, the chunk's sort and write 5.2 -> 2.0 (docs/performance.md, session 36)
     con.execute("CREATE OR REPLACE TEMP TABLE _rh_keys AS SELECT DISTINCT "
                 f"{', '.join(_KEYS)} FROM _rh_rows WHERE kind = 0")
     for k in _KEYS:
