@@ -134,26 +134,27 @@ def test_an_audit_thread_waiting_for_the_cot_scan_scans_parts_of_it(tmp_path, mo
     sim = simulate.run("cot_template", steps=12, seed=1, run_name="r")
     table = sim.canonical()
     results, scanned = {}, []
+    original = cot_detector.read_scan_columns
+    audit = {}  # the audit under way: its name, and whether its background scan has been held
+
+    def read(path, layout):
+        who = threading.current_thread().name
+        scanned.append((audit["name"], who))
+        if who == "rlaudit-background" and not audit["held"]:
+            audit["held"] = True  # held until another thread has scanned a part
+            for _ in range(1000):
+                if any(w != "rlaudit-background" for k, w in scanned if k == "background"):
+                    break
+                threading.Event().wait(0.01)
+        return original(path, layout)
+
+    monkeypatch.setattr(cot_detector, "read_scan_columns", read)
     for name, n in (("background", 2), ("alone", 1)):
+        audit.update(name=name, held=False)
         store = Store(tmp_path / name)
         steps = table.column("step").to_pylist()
         for step in sorted(set(steps)):  # a part per step: the scan's jobs
             store.append("r", table.filter(pc.equal(table.column("step"), step)), f"step-{step:03d}")
-        first = threading.Event()
-        original = cot_detector.read_scan_columns
-
-        def read(path, layout, original=original, first=first):
-            who = threading.current_thread().name
-            scanned.append((name, who))
-            if who == "rlaudit-background" and not first.is_set():
-                first.set()  # held until another thread has scanned a part
-                for _ in range(1000):
-                    if any(w != "rlaudit-background" for k, w in scanned if k == "background"):
-                        break
-                    threading.Event().wait(0.01)
-            return original(path, layout)
-
-        monkeypatch.setattr(cot_detector, "read_scan_columns", read)
         monkeypatch.setattr(memory, "workers", lambda per_worker, n=n: n)
         found = run_detectors(store, "r", AuditConfig(detectors=["training_health", "cot_grading"]))
         assert not [f for f in found if f.kind == "audit_error"], [f.fields for f in found]
