@@ -127,26 +127,43 @@ def prepare() -> tuple[int, str] | None:
     Always: glibc gets at most MALLOC_ARENAS malloc arenas (`cap_malloc_arenas`). Under a budget, two: each arena
     is reserved 64 MB at a time, so every DuckDB database (about ten threads each) would map ~500 MB of address
     space it never uses; under an address-space limit that alone aborts the process ("cannot allocate memory for
-    thread-local data") before any data is read. And under a budget Arrow allocates from the system allocator
-    instead of mimalloc, which reserves a 1 GB arena at its first allocation. Called by the CLI and `audit_store`;
-    harmless when called again."""
-    global _prepared
+    thread-local data") before any data is read. Arrow's memory pool: `arrow_pool`. Called by the CLI and
+    `audit_store`; harmless when called again."""
     threads_setting()
     from .kernels import setting
 
     setting()  # a bad RLAUDIT_KERNEL stops the command here too (without importing numba)
     b = budget()
     cap_malloc_arenas(MALLOC_ARENAS if b is None else MALLOC_ARENAS_BUDGET)
-    if b is not None and not _prepared:
-        _prepared = True
-        if "pyarrow" in sys.modules:
-            import pyarrow as pa
-
-            if pa.total_allocated_bytes() == 0:  # nothing allocated from the default pool yet
-                pa.set_memory_pool(pa.system_memory_pool())
-        else:
-            os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    arrow_pool("system" if b is not None else "jemalloc")
     return b
+
+
+def arrow_pool(backend: str) -> None:
+    """Make `backend` ("system" or "jemalloc") Arrow's default memory pool, once per process and only before Arrow
+    has allocated from the default one (a pool's buffers must be freed to it), unless ARROW_DEFAULT_MEMORY_POOL
+    names one.
+
+    Why: under a budget, the system allocator: mimalloc, Arrow's default, reserves a 1 GB arena at its first
+    allocation (set through the environment where pyarrow is not imported yet, so that mimalloc never starts).
+    Otherwise jemalloc, where pyarrow has it: the cold 1M-rollout audit under mimalloc spent ~4% of its CPU
+    zeroing the huge pages that mimalloc faults in again after purging them (`perf`: `clear_page_erms` under
+    `mi_page_free_list_extend`); under jemalloc its sys time and peak RSS were lower in every pair measured
+    (docs/performance.md, session 37)."""
+    global _prepared
+    if _prepared or "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
+        return
+    _prepared = True
+    if backend == "system" and "pyarrow" not in sys.modules:
+        os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "system"
+        return
+    import pyarrow as pa
+
+    if pa.total_allocated_bytes() == 0:  # nothing allocated from the default pool yet
+        try:
+            pa.set_memory_pool(pa.system_memory_pool() if backend == "system" else pa.jemalloc_memory_pool())
+        except NotImplementedError:  # a pyarrow built without jemalloc keeps its default
+            pass
 
 
 _arenas_capped: int | None = None

@@ -158,3 +158,45 @@ def test_malloc_arenas_are_capped_without_a_budget():
 
     assert heaps({}) <= MALLOC_ARENAS
     assert heaps({"MALLOC_ARENA_MAX": "12"}) > MALLOC_ARENAS  # the user's setting wins
+
+
+_POOL = """
+import json, sys
+from rlaudit.memory import prepare
+if sys.argv[1] == "imported":
+    import pyarrow
+prepare()
+import pyarrow as pa
+pa.array(list(range(1000)))  # an allocation from the default pool
+prepare()  # again: harmless
+print(json.dumps(pa.default_memory_pool().backend_name))
+"""
+
+
+@pytest.mark.parametrize("imported", ["imported", "not imported"])
+def test_arrow_pool_is_chosen_by_prepare(imported):
+    """`prepare()` makes jemalloc Arrow's pool without a budget (where pyarrow has it), the system allocator under
+    a budget, and leaves a pool named by ARROW_DEFAULT_MEMORY_POOL alone; whether or not pyarrow was imported
+    first, and a second call changes nothing once Arrow has allocated."""
+    import pyarrow as pa
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    for key in ("RLAUDIT_MEMORY", "RLAUDIT_DUCKDB_MEMORY", "ARROW_DEFAULT_MEMORY_POOL"):
+        env.pop(key, None)
+
+    def backend(extra: dict[str, str]) -> str:
+        proc = subprocess.run([sys.executable, "-c", _POOL, imported], capture_output=True, text=True,
+                              timeout=120, env={**env, **extra})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "Unsupported backend" not in proc.stderr  # Arrow's warning for a pool it was not built with
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    try:
+        pa.jemalloc_memory_pool()
+        fast = "jemalloc"
+    except NotImplementedError:
+        fast = pa.default_memory_pool().backend_name  # (this test's process never called prepare())
+    assert backend({}) == fast
+    assert backend({"RLAUDIT_MEMORY": "100TB"}) == "system"
+    assert backend({"ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}) == "mimalloc"
+    assert backend({"ARROW_DEFAULT_MEMORY_POOL": "system", "RLAUDIT_MEMORY": "100TB"}) == "system"

@@ -393,7 +393,7 @@ def _release_scratch(cache: dict[str, Any], later: set[str]) -> None:
 
 
 def _return_freed_memory() -> None:
-    """Hand memory freed by a detector back to the OS (glibc keeps freed heap pages for reuse, Arrow's mimalloc
+    """Hand memory freed by a detector back to the OS (glibc keeps freed heap pages for reuse, Arrow's
     pool its freed segments): the next detector starts from what is live, not from the last one's high-water
     mark. A no-op where glibc is absent."""
     global _malloc_trim
