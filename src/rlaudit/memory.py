@@ -140,9 +140,9 @@ def prepare() -> tuple[int, str] | None:
 
 
 def arrow_pool(backend: str) -> None:
-    """Make `backend` ("system" or "jemalloc") Arrow's default memory pool, once per process and only before Arrow
-    has allocated from the default one (a pool's buffers must be freed to it), unless ARROW_DEFAULT_MEMORY_POOL
-    names one.
+    """Make `backend` ("system" or "jemalloc") Arrow's default memory pool, once per process, unless
+    ARROW_DEFAULT_MEMORY_POOL names one. Buffers allocated before (module constants, a library caller's tables)
+    stay valid: each Arrow buffer is freed to the pool it came from.
 
     Why: under a budget, the system allocator: mimalloc, Arrow's default, reserves a 1 GB arena at its first
     allocation (set through the environment where pyarrow is not imported yet, so that mimalloc never starts).
@@ -159,11 +159,10 @@ def arrow_pool(backend: str) -> None:
         return
     import pyarrow as pa
 
-    if pa.total_allocated_bytes() == 0:  # nothing allocated from the default pool yet
-        try:
-            pa.set_memory_pool(pa.system_memory_pool() if backend == "system" else pa.jemalloc_memory_pool())
-        except NotImplementedError:  # a pyarrow built without jemalloc keeps its default
-            pass
+    try:
+        pa.set_memory_pool(pa.system_memory_pool() if backend == "system" else pa.jemalloc_memory_pool())
+    except NotImplementedError:  # a pyarrow built without jemalloc keeps its default
+        pass
 
 
 _arenas_capped: int | None = None

@@ -165,11 +165,15 @@ import json, sys
 from rlaudit.memory import prepare
 if sys.argv[1] == "imported":
     import pyarrow
+    kept = pyarrow.array(["allocated before prepare()"])  # from Arrow's default pool
 prepare()
 import pyarrow as pa
 pa.array(list(range(1000)))  # an allocation from the default pool
 prepare()  # again: harmless
 print(json.dumps(pa.default_memory_pool().backend_name))
+if sys.argv[1] == "imported":
+    assert kept.to_pylist() == ["allocated before prepare()"]
+    del kept  # freed to its own pool
 """
 
 
@@ -177,7 +181,7 @@ print(json.dumps(pa.default_memory_pool().backend_name))
 def test_arrow_pool_is_chosen_by_prepare(imported):
     """`prepare()` makes jemalloc Arrow's pool without a budget (where pyarrow has it), the system allocator under
     a budget, and leaves a pool named by ARROW_DEFAULT_MEMORY_POOL alone; whether or not pyarrow was imported
-    first, and a second call changes nothing once Arrow has allocated."""
+    first (and had allocated), and a second call changes nothing."""
     import pyarrow as pa
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
