@@ -146,10 +146,11 @@ def arrow_pool(backend: str) -> None:
 
     Why: under a budget, the system allocator: mimalloc, Arrow's default, reserves a 1 GB arena at its first
     allocation (set through the environment where pyarrow is not imported yet, so that mimalloc never starts).
-    Otherwise jemalloc, where pyarrow has it: the cold 1M-rollout audit under mimalloc spent ~4% of its CPU
-    zeroing the huge pages that mimalloc faults in again after purging them (`perf`: `clear_page_erms` under
-    `mi_page_free_list_extend`); under jemalloc its sys time and peak RSS were lower in every pair measured
-    (docs/performance.md, session 37)."""
+    Otherwise jemalloc, where pyarrow has it: the cold 1M-rollout audit under mimalloc spent ~1.5% of its CPU
+    zeroing huge pages that mimalloc faulted in again after purging them (`perf`: `clear_page_erms` under
+    `mi_page_free_list_extend`; all page zeroing 2.9% -> 2.3% under jemalloc), and its peak RSS was ~50-150 MB
+    lower under jemalloc in most pairs measured; the time within the VM's noise (docs/performance.md,
+    session 37)."""
     global _prepared
     if _prepared or "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
         return
