@@ -118,7 +118,7 @@ def budget() -> tuple[int, str] | None:
 MALLOC_ARENAS = 4
 MALLOC_ARENAS_BUDGET = 2
 
-_prepared = False
+_arrow_pool_chosen = False  # (`arrow_pool`: once per process)
 
 
 def prepare() -> tuple[int, str] | None:
@@ -148,13 +148,13 @@ def arrow_pool(backend: str) -> None:
     allocation (set through the environment where pyarrow is not imported yet, so that mimalloc never starts).
     Otherwise jemalloc, where pyarrow has it: the cold 1M-rollout audit under mimalloc spent ~1.5% of its CPU
     zeroing huge pages that mimalloc faulted in again after purging them (`perf`: `clear_page_erms` under
-    `mi_page_free_list_extend`; all page zeroing 2.9% -> 2.3% under jemalloc), and its peak RSS was ~50-150 MB
-    lower under jemalloc in most pairs measured; the time within the VM's noise (docs/performance.md,
-    session 37)."""
-    global _prepared
-    if _prepared or "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
+    `mi_page_free_list_extend`; all page zeroing 2.9% -> 2.3% under jemalloc), and its peak RSS was 20-230 MB
+    lower under jemalloc in six of seven pairs measured (3 MB higher in one); the time within the VM's noise
+    (docs/performance.md, session 37)."""
+    global _arrow_pool_chosen
+    if _arrow_pool_chosen or "ARROW_DEFAULT_MEMORY_POOL" in os.environ:
         return
-    _prepared = True
+    _arrow_pool_chosen = True
     if backend == "system" and "pyarrow" not in sys.modules:
         os.environ["ARROW_DEFAULT_MEMORY_POOL"] = "system"
         return
