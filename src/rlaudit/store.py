@@ -444,6 +444,11 @@ class Store:
         run = validate_run_name(run or source.name)
         options = options or ReadOptions()
         reader = get_reader(format) if format else resolve_reader(source)
+        if options.columns and not reader.maps_columns:
+            raise RlauditError(
+                f"{source}: read as {reader.name}, whose fields rlaudit knows; a column mapping (--columns "
+                f"{','.join(f'{k}={v}' for k, v in options.columns.items())}) applies to generic tables only "
+                "(--format canonical or wandb): drop it, or name the format")
         started = time.perf_counter()
         with self._lock(run):
             manifest = self._load_or_create(run, source, reader.name, options, conditions or [])

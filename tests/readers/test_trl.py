@@ -119,6 +119,22 @@ def test_source_may_be_the_completions_dir_and_old_string_steps(tmp_path, store)
     assert store.table("c", ["step"]).column(0).to_pylist() == [7]
 
 
+def test_a_column_mapping_for_a_trainer_layout_is_an_error_and_stores_nothing(tmp_path, store):
+    """A `--columns` mapping names a generic table's fields: given for a TRL run (whose fields the reader knows,
+    and would silently ignore it), the ingest stops before anything is stored, naming the source and the
+    mapping; an existing run is kept as it was."""
+    out = tmp_path / "run"
+    trl_step(out, 1, ["p"], ["c"], rewards={"r": [1.0]})
+    store.ingest(out, run="kept")
+    before = store.table("kept").to_pylist()
+    with pytest.raises(RlauditError, match=r"run: read as trl.*--columns prompt=question.*generic tables only"):
+        store.ingest(out, run="kept", options=ReadOptions(columns={"prompt": "question"}))
+    with pytest.raises(RlauditError, match="generic tables only"):
+        store.ingest(out, run="new", options=ReadOptions(columns={"prompt": "question"}))
+    assert store.table("kept").to_pylist() == before
+    assert "new" not in store.runs()
+
+
 def test_missing_required_column_is_quarantined_or_strict_error(tmp_path, store):
     import pandas as pd
 

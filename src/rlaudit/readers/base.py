@@ -161,6 +161,9 @@ class Reader(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str]
+    #: whether the layout's fields are named by the user (`ReadOptions.columns`, `--columns`): generic tables.
+    #: A trainer's own layout has known fields, and an ingest refuses a mapping for it (else it is ignored)
+    maps_columns: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod

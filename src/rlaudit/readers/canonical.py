@@ -51,6 +51,7 @@ def _table_files(source: Path) -> list[Path]:
 @register
 class CanonicalReader(PrefetchingReader):
     name = "canonical"
+    maps_columns = True
     description = "rlaudit canonical JSONL/Parquet (*.jsonl, *.parquet), or any table with --columns mapping"
 
     @classmethod

@@ -110,6 +110,7 @@ def table_key(path: Path, root: Path) -> tuple[str, int | None, str]:
 @register
 class WandbReader(PrefetchingReader):
     name = "wandb"
+    maps_columns = True
     description = "W&B tables: wandb/run-*/files/media/table/**/*.table.json, or a table exported as CSV"
 
     def __init__(self) -> None:
