@@ -242,9 +242,11 @@ def audit(
     report_path: str | Path | None = None,
 ) -> AuditResult:
     """Ingest `sources`, audit those runs, and write findings JSON and an HTML report where asked."""
+    from .kernels import import_for_ingest
     from .memory import prepare
 
     prepare()  # before the ingest's threads start (rlaudit.memory); `audit_store` calls it again, harmlessly
+    import_for_ingest()  # its compiled kernels, where numba is used (the detectors import it anyway)
     store = store if isinstance(store, Store) else Store(store)
     ingests = ingest_sources(store, sources, run_names, format, options, conditions)
     result = audit_store(store, [r.run for r in ingests], config)

@@ -380,6 +380,9 @@ def audit(
     scalar_specs = _scalar_logs(scalar_log)  # before ingesting: a wrong path should not cost a long ingest first
     health = _health_options(tokenizer, max_completion_tokens)
     st = _store(store)
+    from .kernels import import_for_ingest
+
+    import_for_ingest()
     ingests = _ingest_with_progress(st, sources, run, format, options, rules)
     scalar_paths = _assign_scalar_logs(scalar_specs, [r.run for r in ingests])
     detector_options = _metrics_option(scalar_paths)

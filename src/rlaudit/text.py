@@ -151,13 +151,36 @@ _PLAIN[0x21:0x7F] = True  # printable ASCII: not whitespace by any definition
 def reasoning_spans(completions: pa.Array | pa.ChunkedArray, tags: ThinkTags = ThinkTags()) -> Spans:
     """`split_reasoning` as byte spans (same rules: `text_at` of the spans gives the same strings).
 
-    Works on the completions' UTF-8 bytes with numpy, without building any new text: the first closing tag is
-    found by a vectorised byte search, leading whitespace and the opening tag by looking at a few bytes per row.
-    Only rows whose answer begins or ends in something other than ASCII (a Unicode space, say) have their
-    edges trimmed by Arrow's `utf8_*trim_whitespace`, so the trimming rule is exactly the reference's.
+    Works on the completions' UTF-8 bytes without building any new text: with numba (`kernels.think_spans`) one
+    pass per row, else with numpy (`_numpy_spans`). Either way only rows whose answer begins or ends in something
+    other than ASCII (a Unicode space, say) have their edges trimmed by Arrow's `utf8_*trim_whitespace`, so the
+    trimming rule is exactly the reference's.
     """
+    from .derived import kernels
+
     strings = _strings(completions)
     data, off = _bytes(strings)
+    begin, end = off[:-1], off[1:]
+    found = kernels.think_spans(data, begin, end, tags.open.encode(), tags.close.encode())
+    if found is None:
+        reasoning_start, reasoning_end, answer_start, answer_end, has_reasoning = _numpy_spans(data, off, tags)
+    else:
+        reasoning_start, reasoning_end, answer_start, answer_end, has_reasoning, unsure = found
+        rows = np.flatnonzero(unsure)
+        if len(rows):  # the untrimmed answer regions of these rows, trimmed by Arrow's rules
+            answer_start[rows], answer_end[rows] = _arrow_trimmed(data, answer_start[rows], answer_end[rows])
+    return Spans(
+        reasoning_start=pa.array(reasoning_start - begin, pa.int32(), mask=~has_reasoning),
+        reasoning_end=pa.array(reasoning_end - begin, pa.int32(), mask=~has_reasoning),
+        answer_start=pa.array(answer_start - begin, pa.int32()),
+        answer_end=pa.array(answer_end - begin, pa.int32()))
+
+
+def _numpy_spans(data: np.ndarray, off: np.ndarray, tags: ThinkTags
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(reasoning start, reasoning end, answer start, answer end, has reasoning), absolute byte positions, of the
+    completions data[off[i]:off[i + 1]] with numpy: the first closing tag is found by a vectorised byte search,
+    leading whitespace and the opening tag by looking at a few bytes per row."""
     begin, end = off[:-1], off[1:]
     close_b, open_b = tags.close.encode(), tags.open.encode()
     at = _first_occurrence(data, off, close_b)
@@ -175,11 +198,7 @@ def reasoning_spans(completions: pa.Array | pa.ChunkedArray, tags: ThinkTags = T
     answer_start, answer_end = _trimmed(data, np.where(closed, at + len(close_b), begin), end)
     empty = opened & ~closed  # an unclosed tag: all reasoning, empty answer
     answer_start[empty] = answer_end[empty] = end[empty]
-    return Spans(
-        reasoning_start=pa.array(reasoning_start - begin, pa.int32(), mask=~has_reasoning),
-        reasoning_end=pa.array(reasoning_end - begin, pa.int32(), mask=~has_reasoning),
-        answer_start=pa.array(answer_start - begin, pa.int32()),
-        answer_end=pa.array(answer_end - begin, pa.int32()))
+    return reasoning_start, reasoning_end, answer_start, answer_end, has_reasoning
 
 
 def text_at(strings: pa.Array | pa.ChunkedArray, start: pa.Array, end: pa.Array) -> pa.Array:
@@ -373,10 +392,18 @@ def _trimmed(data: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarr
     head = _edge(data, lo, hi, forward=True, exact=False)
     tail = _edge(data, lo, hi, forward=False, exact=False)
     unsure = np.flatnonzero((head < 0) | (tail < 0))
+    start, stop = lo + head, hi - tail
     if len(unsure):  # leave the Unicode rules to Arrow
-        region = _cut(data, lo[unsure], hi[unsure])
-        size = pc.binary_length(region).to_numpy()
-        head[unsure] = size - pc.binary_length(pc.utf8_ltrim_whitespace(region)).to_numpy()
-        tail[unsure] = size - pc.binary_length(pc.utf8_rtrim_whitespace(region)).to_numpy()
+        start[unsure], stop[unsure] = _arrow_trimmed(data, lo[unsure], hi[unsure])
+    return start, np.maximum(stop, start)
+
+
+def _arrow_trimmed(data: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[start, end) of each region data[lo:hi] without the whitespace `utf8_trim_whitespace` removes, by Arrow's
+    own kernels (for the regions whose edges hold other than ASCII)."""
+    region = _cut(data, lo, hi)
+    size = pc.binary_length(region).to_numpy()
+    head = size - pc.binary_length(pc.utf8_ltrim_whitespace(region)).to_numpy()
+    tail = size - pc.binary_length(pc.utf8_rtrim_whitespace(region)).to_numpy()
     start = lo + head
     return start, np.maximum(hi - tail, start)

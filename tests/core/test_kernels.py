@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlaudit import kernels
+from rlaudit import kernels, text
 from rlaudit.derived import kernels as term_kernels
 from rlaudit.derived import tokens, tokhash
 from rlaudit.errors import RlauditError
@@ -545,8 +545,8 @@ def test_preload_knows_every_kernel_module():
 
 
 def test_preload_loads_every_compiled_of_those_modules(monkeypatch):
-    """Not only each module's `compiled`: every module-level `Compiled` (the span gatherer, built apart for ingest,
-    was left out and compiled inside a cold emerging run)."""
+    """Not only each module's `compiled`: every module-level `Compiled` (ingest's kernels, built apart, were left
+    out, and the span gatherer compiled inside a cold emerging run)."""
     import importlib
     import re
     from pathlib import Path
@@ -556,6 +556,46 @@ def test_preload_loads_every_compiled_of_those_modules(monkeypatch):
     src = Path(kernels.__file__).parent
     names = {(name, m) for name in kernels.MODULES for m in re.findall(
         r"^(\w+) = (?:\w+\.)?Compiled\(", (src / Path(*name.split(".")[1:])).with_suffix(".py").read_text(), re.M)}
-    assert ("rlaudit.derived.kernels", "gather") in names
+    assert ("rlaudit.derived.kernels", "ingest") in names
     kernels.preload()
     assert all(getattr(importlib.import_module(name), attr).value is not None for name, attr in names)
+
+
+# whitespace of every kind at the answer's edges (RE2's, Unicode's, the vertical tab and control bytes that only
+# one of them counts), tags split, nested and repeated, and runs of whitespace longer than the numpy path's scan
+_SPAN_PIECES = ["<think>", "</think>", "<r>", "</r>", "</", "think>", "<", ">", " ", "\n", "\t", "\r", "\f", "\v",
+                "\x1c", "\x85", "\u00a0", "\u2028", "\u3000", "a", "é", "x" * 20, " " * 40, "\n" * 20, "\x00"]
+
+
+@needs_numba
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.lists(st.sampled_from(_SPAN_PIECES), max_size=12).map("".join), st.none()),
+                min_size=1, max_size=25),
+       st.sampled_from([text.ThinkTags(), text.ThinkTags("<r>", "</r>")]))
+def test_reasoning_spans_are_identical_and_cut_the_reference_split(texts, tags):
+    """Ingest's compiled span split (`kernels.think_spans`) gives the numpy path's spans, and both cut exactly
+    what the regex reference split gives (Unicode whitespace at an answer's edge left to Arrow's trim)."""
+    pytest.importorskip("numba")  # the compiled path runs where numba is imported (an audit imports it first)
+    arr = pa.array(texts, pa.string())
+    a, b = _both(lambda: text.reasoning_spans(arr, tags))
+    for field in ("reasoning_start", "reasoning_end", "answer_start", "answer_end"):
+        assert getattr(a, field).equals(getattr(b, field)), field
+    ref_r, ref_a = text.split_reasoning(arr, tags)
+    assert text.text_at(arr, b.reasoning_start, b.reasoning_end).to_pylist() == ref_r.to_pylist()
+    assert text.text_at(arr, b.answer_start, b.answer_end).to_pylist() == ref_a.to_pylist()
+
+
+@needs_numba
+def test_reasoning_spans_take_the_compiled_path_once_numba_is_imported(monkeypatch):
+    """The compiled split runs (its kernel is called) when numba is chosen and imported, and not under
+    RLAUDIT_KERNEL=numpy."""
+    pytest.importorskip("numba")
+    calls = []
+    real = term_kernels.ingest().think_spans
+    monkeypatch.setattr(term_kernels.ingest(), "think_spans", lambda *a: calls.append(1) or real(*a))
+    arr = pa.array(["<think>r</think> a", "plain"], pa.string())
+    spans = text.reasoning_spans(arr)
+    assert calls == [1] and spans.answer_start.to_pylist() == [17, 0]
+    monkeypatch.setenv(kernels.ENV, "numpy")
+    text.reasoning_spans(arr)
+    assert calls == [1]
