@@ -200,3 +200,36 @@ def test_a_file_that_cannot_be_read_is_reported_and_read_again_next_time(tmp_pat
     assert bad[0].reason == "unreadable file (Input/output error)"
     again = store.ingest(src, run="r")
     assert again.rows_added == 2 and again.files_read == 1
+
+
+_FLAT = st.sampled_from([(pa.string(), st.one_of(st.none(), st.text(max_size=6))),
+                         (pa.int64(), st.one_of(st.none(), st.integers(-5, 5))),
+                         (pa.float64(), st.one_of(st.none(), st.floats(allow_nan=True))),
+                         (pa.bool_(), st.one_of(st.none(), st.booleans()))])
+
+
+@settings(max_examples=150, deadline=None)
+@given(_FLAT.flatmap(lambda tv: st.tuples(st.just(tv[0]), st.lists(tv[1], min_size=1, max_size=40))),
+       st.lists(st.integers(0, 40), max_size=6), st.booleans())
+def test_combine_joins_adjacent_slices_without_a_copy_and_copies_anything_else(typed, cuts, gap):
+    """`messages.combine` of consecutive slices of one flat array (what `finalize_parts` concatenates: a batch's
+    table sliced per file) is that array's range, sharing its buffers; slices with a gap, or chunks of other
+    arrays, are copied; the values are the chunks' either way."""
+    from rlaudit.readers.messages import combine
+
+    typ, values = typed
+    array = pa.array(values, typ)
+    bounds = sorted({0, len(array), *(c for c in cuts if c <= len(array))})
+    pieces = [array.slice(lo, hi - lo) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    if gap and len(pieces) > 2:
+        pieces.pop(1)  # no longer adjacent
+    chunked = pa.chunked_array(pieces, typ)
+    joined = combine(chunked)
+    assert joined.to_pylist() == chunked.to_pylist() and joined.null_count == chunked.null_count
+    if array.buffers()[-1].size:  # (empty buffers may share an address)
+        shares = joined.buffers()[-1].address == array.buffers()[-1].address
+        assert shares == (len(pieces) > 0 and not (gap and len(bounds) > 3))
+    other = pa.chunked_array([pa.array(values[:1], typ), pa.array(values[:1], typ)])
+    assert combine(other).to_pylist() == other.to_pylist()
+    if other.chunk(0).buffers()[-1].size:  # (empty buffers may share an address)
+        assert combine(other).buffers()[-1].address != other.chunk(0).buffers()[-1].address

@@ -255,6 +255,32 @@ def _py_text(value: Any) -> str | None:
 
 
 def combine(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """`values` as one array: a single chunk as it is, consecutive slices of one flat array as that array
+    (`_adjacent_slices`), other chunks copied into one (`combine_chunks`)."""
     if isinstance(values, pa.ChunkedArray):
-        return values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+        if values.num_chunks == 1:
+            return values.chunk(0)
+        joined = _adjacent_slices(values)
+        return joined if joined is not None else values.combine_chunks()
     return values
+
+
+def _adjacent_slices(values: pa.ChunkedArray) -> pa.Array | None:
+    """The chunks as one array without a copy where they are consecutive slices of one array of a flat type (a
+    number, a boolean, a string or binary): the same buffers, each chunk starting where the one before ends. None
+    otherwise. Ingest slices each batch's table per source file and `finalize_parts` concatenates those slices
+    again: combining them copied every column (the completions' text included) once more."""
+    chunks = values.chunks
+    first = chunks[0]
+    typ = first.type
+    if not (pa.types.is_primitive(typ) or pa.types.is_string(typ) or pa.types.is_large_string(typ)
+            or pa.types.is_binary(typ) or pa.types.is_large_binary(typ)):
+        return None
+    buffers = first.buffers()
+    same = [b.address if b is not None else None for b in buffers]
+    end = first.offset + len(first)
+    for chunk in chunks[1:]:
+        if chunk.offset != end or [b.address if b is not None else None for b in chunk.buffers()] != same:
+            return None
+        end += len(chunk)
+    return pa.Array.from_buffers(typ, end - first.offset, buffers, offset=first.offset)
