@@ -249,8 +249,8 @@ def _finalize(raw: pa.Table, rows: FileRows, ctx: ReadContext) -> pa.Table:
     combined: dict[str, pa.Array] = {}
 
     def col(name: str) -> pa.Array | None:
-        """The raw column `name` as one array (None if absent), combined once: `raw` concatenates several raw
-        tables, and combining a text column copies it (asked twice, twice: ~3 CPU s of a 10M-rollout ingest)."""
+        """The raw column `name` as one array (None if absent), combined once: several columns are asked for
+        twice, and combining chunks of different tables copies them (`messages.combine`)."""
         if name not in raw.column_names:
             return None
         if name not in combined:
