@@ -21,10 +21,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .schema import ROLLOUT_SCHEMA
-from .text import Spans, text_at
+from .text import Spans, completion_facts, text_at
 
-#: Layout of parts written by this version (1: text only, no span columns; 2: spans; 3: tool columns).
-LAYOUT = 3
+#: Layout of parts written by this version (1: text only, no span columns; 2: spans; 3: tool columns; 4: the
+#: completion's facts).
+LAYOUT = 4
 
 #: Canonical columns that parts of older layouts lack (layout they appeared in); they read as null there.
 ADDED = {"tool_calls": 3, "tool_outputs": 3}
@@ -32,16 +33,27 @@ ADDED = {"tool_calls": 3, "tool_outputs": 3}
 #: Text column -> its span columns (start, end: UTF-8 byte offsets into the completion).
 SPANS = {"reasoning": ("_reasoning_start", "_reasoning_end"), "answer": ("_answer_start", "_answer_end")}
 
+#: Facts of the completion a part keeps beside it from layout 4 (`text.completion_facts`), so that statistics of
+#: every rollout need not read the text (training health's per-part statistics read each part's completion for
+#: these alone): its length in characters and whether it holds the literal `</think>`; with the DuckDB SQL that
+#: computes them from the completion of an older part (`facts_sql`).
+FACTS = {"_completion_chars": ("length(completion)", pa.int32()),
+         "_think_close": ("completion LIKE '%</think>%'", pa.bool_())}
+FACTS_LAYOUT = 4
+
 PART_SCHEMA = pa.schema(
     [f.with_nullable(True) if f.name in SPANS else f for f in ROLLOUT_SCHEMA]
-    + [pa.field(c, pa.int32()) for pair in SPANS.values() for c in pair])
+    + [pa.field(c, pa.int32()) for pair in SPANS.values() for c in pair]
+    + [pa.field(name, typ) for name, (_, typ) in FACTS.items()])
 
 
 def part_table(columns: dict[str, pa.Array], spans: Spans | None = None) -> pa.Table:
-    """A part from canonical columns. With `spans`, rows whose `reasoning`/`answer` is null take their text
-    from the completion at the span instead (the text column stays null there)."""
+    """A part from canonical columns, with the completion's facts (`FACTS`). With `spans`, rows whose
+    `reasoning`/`answer` is null take their text from the completion at the span instead (the text column stays
+    null there)."""
     n = len(columns["completion"])
     arrays = dict(columns)
+    arrays.update(zip(FACTS, completion_facts(columns["completion"])))
     for name, span_columns in SPANS.items():
         given = arrays[name]  # text a format logged itself wins over the span, row by row
         for column, bound in zip(span_columns, ("start", "end")):
@@ -109,6 +121,14 @@ def read_stored(path: str | Path, columns: list[str]) -> pa.Table:
     0.67-0.71 against 0.71-0.76 CPU s, one thread."""
     with pq.ParquetFile(path, pre_buffer=False) as f:
         return f.read(columns=columns, use_threads=False)
+
+
+def facts_sql(layout: int) -> str:
+    """The SELECT list of the completion's facts (`FACTS`) over a part of `layout`: its columns where it keeps
+    them, else computed from its completion."""
+    if layout >= FACTS_LAYOUT:
+        return ", ".join(f'"{name}"' for name in FACTS)
+    return ", ".join(f'{sql} AS "{name}"' for name, (sql, _) in FACTS.items())
 
 
 def view_columns(layout: int = LAYOUT) -> str:

@@ -599,3 +599,27 @@ def test_reasoning_spans_take_the_compiled_path_once_numba_is_imported(monkeypat
     monkeypatch.setenv(kernels.ENV, "numpy")
     text.reasoning_spans(arr)
     assert calls == [1]
+
+
+_FACT_PIECES = ["</think>", "</think", "think>", "<", "/", "a", " ", "é", "哥布林", "👍🏽", "e\u0301", "\u00a0",
+                "\x00", "x" * 30]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.lists(st.sampled_from(_FACT_PIECES), max_size=10).map("".join), st.none()),
+                min_size=1, max_size=25))
+def test_completion_facts_are_duckdbs_length_and_think_test(texts):
+    """The facts a part keeps of each completion (`layout.FACTS`), on the compiled and the Arrow path, are what
+    the per-part statistics computed from the text before: DuckDB's `length(completion)` and `completion LIKE
+    '%</think>%'`, null for a null completion."""
+    import duckdb
+
+    arr = pa.array(texts, pa.string())
+    want = duckdb.sql("SELECT length(c), c LIKE '%</think>%' FROM (SELECT unnest($1) AS c, "
+                      "generate_subscripts($1, 1) AS i) ORDER BY i", params=[texts]).fetchall()
+    runs = _both(lambda: text.completion_facts(arr)) if kernels.available() else [text.completion_facts(arr)]
+    if kernels.available():
+        pytest.importorskip("numba")  # the compiled path runs where numba is imported
+    for chars, think in runs:
+        assert chars.type == pa.int32() and think.type == pa.bool_()
+        assert list(zip(chars.to_pylist(), think.to_pylist())) == [tuple(r) for r in want]

@@ -321,3 +321,47 @@ def test_the_rollup_holds_each_small_kinds_rows_in_order_in_row_groups_of_one_ki
     kind = meta.schema.names.index("kind")
     stats = [meta.row_group(i).column(kind).statistics for i in range(meta.num_row_groups)]
     assert meta.num_row_groups > len(training_stats.SMALL) and all(st.min == st.max for st in stats)
+
+
+def test_parts_with_the_completions_facts_and_parts_without_give_the_same_statistics(store, tmp_path):
+    """An ingested run (think blocks closed, unclosed and absent, a second close tag, text outside ASCII) gives the
+    reference path's training_health from its per-part statistics, which read the completion's length and
+    `</think>` test from the part (`layout.FACTS`, layout 4) and bound its spans without reading the completion;
+    the same parts rewritten as layout 3 stored them (no facts: computed from the completion) give the same
+    per-part statistics, row for row."""
+    import json
+    import shutil
+
+    import duckdb
+    import pyarrow.parquet as pq
+
+    from rlaudit.derived.partstats import part_stats
+    from rlaudit.layout import FACTS, LAYOUT
+    from tests.readers.trainer_files import trl_step
+
+    completions = ["<think>plan é</think> answer", "</think>only close", "<think>cut off", "plain",
+                   "  <think>a</think>  ", "x</think>y</think>", "答え</think> 👍🏽", "<think></think>"]
+    out = tmp_path / "trl"
+    for step in range(1, 4):
+        trl_step(out, step, [f"p{step}-{i // 2}" for i in range(len(completions))], completions,
+                 {"acc": [float((i + step) % 3) for i in range(len(completions))]})
+    store.ingest(out, run="r")
+    assert set(store.part_layouts("r").values()) == {LAYOUT}
+    _same(_findings(store, "r", True), _findings(store, "r", False))
+
+    def rows():
+        con = duckdb.connect()
+        part_stats(store, "r", "training_health").register(con, "t")
+        return con.sql("SELECT * FROM t ORDER BY ALL").fetchall()
+
+    stored = rows()
+    manifest = store.manifest("r")
+    for part in {e["part"] for e in manifest["files"].values()}:
+        path = store.run_dir("r") / "parts" / part
+        pq.write_table(pq.read_table(path).drop_columns(list(FACTS)), path)
+    for entry in manifest["files"].values():
+        entry["layout"] = 3
+    (store.run_dir("r") / "run.json").write_text(json.dumps(manifest))
+    shutil.rmtree(store.run_dir("r") / "derived" / "partstats")
+    assert set(store.part_layouts("r").values()) == {3}
+    assert rows() == stored

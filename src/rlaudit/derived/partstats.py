@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..layout import SPANS, view_columns
+from ..layout import FACTS, FACTS_LAYOUT, SPANS, facts_sql, view_columns
 from ..schema import ROLLOUT_SCHEMA
 from ..store import Store, bound_memory, listing, prune_cached, sql_list, sql_string, write_cached
 
@@ -139,7 +139,8 @@ def each_signal(signals: tuple[str, ...], select: Callable[[int, str], str]) -> 
 
 def define(name: str, version: int, sql: str | Callable[[tuple[str, ...]], str], columns: tuple[str, ...]) -> Kind:
     """Register a kind of per-part statistics (at import of the module that owns its query)."""
-    unknown = [c for c in columns if c not in ROLLOUT_SCHEMA.names and " AS " not in c and c not in SPAN_TESTS]
+    unknown = [c for c in columns if c not in ROLLOUT_SCHEMA.names and " AS " not in c and c not in SPAN_TESTS
+               and c not in FACTS]
     if unknown:
         raise ValueError(f"per-part statistics {name!r}: no canonical column(s) {unknown}")
     KINDS[name] = Kind(name, version, sql, tuple(columns))
@@ -486,9 +487,9 @@ def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind], root
     """Read `parts` once (the columns `kinds` need, the rewards map pivoted: `SIGNAL_COLUMNS`) into a DuckDB
     table `src` and run each kind's query on it (each result keeps `_part`: `_Batch`), on `con` (left as it was
     given: the batch's objects dropped) or a connection of its own."""
-    columns = [f'"{c}"' for c in (*ROLLOUT_SCHEMA.names, *SPAN_TESTS)
-               if c != "rewards" and any(c in k.columns for k in kinds)]
-    columns += dict.fromkeys(c for k in kinds for c in k.columns if c not in (*ROLLOUT_SCHEMA.names, *SPAN_TESTS))
+    plain = (*ROLLOUT_SCHEMA.names, *SPAN_TESTS, *FACTS)
+    columns = [f'"{c}"' for c in plain if c != "rewards" and any(c in k.columns for k in kinds)]
+    columns += dict.fromkeys(c for k in kinds for c in k.columns if c not in plain)
     cols = ", ".join(columns)
     pivot = any("rewards" in k.columns for k in kinds)
     by_layout: dict[int, list[Path]] = {}
@@ -499,7 +500,7 @@ def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind], root
         names = ", ".join(sql_string(str(p)) for p in paths)
         # `_part` is the part's position in `order` (file_index: its position in the list read), not its file
         # name: every kind groups by it, and an integer key cost ~15% less than the name in those aggregates
-        reads.append(f"(SELECT {view_columns(layout)}, {_span_tests(layout)}, "
+        reads.append(f"(SELECT {view_columns(layout)}, {_span_tests(layout)}, {facts_sql(layout)}, "
                      f"file_index::INTEGER + {len(order)} AS _part FROM read_parquet([{names}]))")
         order += paths
     out: dict[str, _Batch] = {}
@@ -579,8 +580,11 @@ def _span_tests(layout: int) -> str:
             has, empty = f'"{text}" IS NOT NULL', f"""coalesce("{text}", '') = ''"""
         else:  # the view's slice is bytes start + 1 .. end of the completion
             has = f'CASE WHEN "{start}" IS NULL THEN "{text}" IS NOT NULL ELSE "{end}" IS NOT NULL END'
+            # parts that keep the completion's facts hold spans inside the completion (`text.reasoning_spans`;
+            # tests/core/test_kernels.py), so the completion is not read to bound them
+            bound = f'"{end}"' if layout >= FACTS_LAYOUT else f'least("{end}", strlen(completion))'
             empty = (f"""CASE WHEN "{start}" IS NULL THEN coalesce("{text}", '') = '' WHEN "{end}" IS NULL THEN TRUE """
-                     f'ELSE least("{end}", strlen(completion)) <= "{start}" END')
+                     f'ELSE {bound} <= "{start}" END')
         items += [f'{has} AS "_has_{text}"', f'{empty} AS "_empty_{text}"']
     return ", ".join(items)
 

@@ -81,8 +81,9 @@ _CUT_META = f"""coalesce(lower(json_extract_string({_META}, '$.finish_reason')),
     OR coalesce(json_extract_string({_META}, '$.is_truncated'), '') = 'true'
     OR coalesce(json_extract_string({_META}, '$.truncated'), '') = 'true'"""
 _CUT = f"((_reasoned AND _unanswered AND NOT _think) OR {_with_metadata(_CUT_META, 'FALSE')})"
-#: what the query reads of the completion, its reasoning and its answer (not the texts: `partstats.Kind`)
-_TEXT = ("length(completion)::DOUBLE AS _clen", "completion LIKE '%</think>%' AS _think",
+#: what the query reads of the completion, its reasoning and its answer (not the texts: `partstats.Kind`; the
+#: completion's length and `</think>` test are kept in the part, `layout.FACTS`)
+_TEXT = ("_completion_chars::DOUBLE AS _clen", "_think_close AS _think",
          "_has_reasoning AS _reasoned", "_empty_answer AS _unanswered")
 
 
