@@ -391,14 +391,15 @@ def prefetch(items: Iterator[Any], depth: int = 2, max_bytes: int | None = None)
     stop = threading.Event()
     done = object()
     room = threading.Condition()
-    waiting = [0]  # bytes of the items in the queue
+    waiting = [0, 0]  # bytes and items in the queue (an item of no bytes waits too: it is what the rule counts)
 
     def put(item: Any, size: int) -> bool:
         if max_bytes is not None:
             with room:
-                while waiting[0] and waiting[0] + size > max_bytes and not stop.is_set():
+                while waiting[1] and waiting[0] + size > max_bytes and not stop.is_set():
                     room.wait(0.1)
                 waiting[0] += size
+                waiting[1] += 1
         while not stop.is_set():
             try:
                 q.put((*item, size), timeout=0.1)
@@ -421,9 +422,10 @@ def prefetch(items: Iterator[Any], depth: int = 2, max_bytes: int | None = None)
     try:
         while True:
             kind, value, size = q.get()
-            if size:
+            if max_bytes is not None:
                 with room:
                     waiting[0] -= size
+                    waiting[1] -= 1
                     room.notify()
             if kind == "item":
                 yield value
