@@ -53,7 +53,8 @@ def part_table(columns: dict[str, pa.Array], spans: Spans | None = None) -> pa.T
     null there)."""
     n = len(columns["completion"])
     arrays = dict(columns)
-    arrays.update(zip(FACTS, completion_facts(columns["completion"])))
+    searched = spans.think_close if spans is not None else None  # where the split searched for `</think>`
+    arrays.update(zip(FACTS, completion_facts(columns["completion"], searched)))
     for name, span_columns in SPANS.items():
         given = arrays[name]  # text a format logged itself wins over the span, row by row
         for column, bound in zip(span_columns, ("start", "end")):

@@ -139,6 +139,9 @@ class Spans:
     reasoning_end: pa.Array
     answer_start: pa.Array
     answer_end: pa.Array
+    #: per completion, whether it holds `THINK_CLOSE`, where the split's close tag is that (its search found the
+    #: first one if any: a fact the part keeps, `completion_facts`); None for other tags
+    think_close: np.ndarray | None = None
 
 
 _SCAN = 16  # bytes examined at each edge of a region for whitespace before falling back to Arrow's kernels
@@ -173,7 +176,9 @@ def reasoning_spans(completions: pa.Array | pa.ChunkedArray, tags: ThinkTags = T
         reasoning_start=pa.array(reasoning_start - begin, pa.int32(), mask=~has_reasoning),
         reasoning_end=pa.array(reasoning_end - begin, pa.int32(), mask=~has_reasoning),
         answer_start=pa.array(answer_start - begin, pa.int32()),
-        answer_end=pa.array(answer_end - begin, pa.int32()))
+        answer_end=pa.array(answer_end - begin, pa.int32()),
+        # the reasoning ends before the completion does only at a close tag (both paths)
+        think_close=reasoning_end < end if tags.close == THINK_CLOSE else None)
 
 
 def _numpy_spans(data: np.ndarray, off: np.ndarray, tags: ThinkTags
@@ -206,20 +211,24 @@ def _numpy_spans(data: np.ndarray, off: np.ndarray, tags: ThinkTags
 THINK_CLOSE = "</think>"
 
 
-def completion_facts(completions: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+def completion_facts(completions: pa.Array | pa.ChunkedArray, think_close: np.ndarray | None = None
+                     ) -> tuple[pa.Array, pa.Array]:
     """(int32 characters, holds `THINK_CLOSE`) of each completion, null where it is null: what DuckDB's
     `length(completion)` and `completion LIKE '%</think>%'` give, kept in the part (`layout.FACTS`) so that
-    statistics of every rollout need not read its text. One compiled pass over the bytes where numba is imported
-    (`kernels.completion_facts`), else Arrow's kernels (the same values, tested)."""
+    statistics of every rollout need not read its text. The characters are counted by a compiled kernel where
+    numba is imported (`kernels.completion_chars`), else by Arrow; `think_close` is the second where the reasoning
+    split already searched every completion for it (`Spans.think_close`), else Arrow searches (the same values,
+    tested)."""
     from .derived import kernels
 
     strings = _strings_keeping_nulls(completions)
     data, begin, end = byte_spans(strings)
-    found = kernels.completion_facts(data, begin, end, THINK_CLOSE.encode())
-    if found is None:
-        return pc.utf8_length(strings).cast(pa.int32()), pc.match_substring(strings, THINK_CLOSE)
+    chars = kernels.completion_chars(data, begin, end)
     mask = ~validity(strings) if strings.null_count else None
-    return pa.array(found[0], pa.int32(), mask=mask), pa.array(found[1], pa.bool_(), mask=mask)
+    chars = pc.utf8_length(strings).cast(pa.int32()) if chars is None else pa.array(chars, pa.int32(), mask=mask)
+    think = (pc.match_substring(strings, THINK_CLOSE) if think_close is None or mask is not None
+             else pa.array(think_close, pa.bool_()))
+    return chars, think
 
 
 def _strings_keeping_nulls(values: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -583,6 +583,11 @@ def test_reasoning_spans_are_identical_and_cut_the_reference_split(texts, tags):
     ref_r, ref_a = text.split_reasoning(arr, tags)
     assert text.text_at(arr, b.reasoning_start, b.reasoning_end).to_pylist() == ref_r.to_pylist()
     assert text.text_at(arr, b.answer_start, b.answer_end).to_pylist() == ref_a.to_pylist()
+    # the close tag's search gives the part's fact too (a null completion is split as empty)
+    holds = [text.THINK_CLOSE in (t or "") for t in texts] if tags.close == text.THINK_CLOSE else None
+    for spans in (a, b):
+        assert (spans.think_close is None) == (holds is None)
+        assert holds is None or spans.think_close.tolist() == holds
 
 
 @needs_numba
