@@ -221,7 +221,7 @@ def completion_facts(completions: pa.Array | pa.ChunkedArray, think_close: np.nd
     tested)."""
     from .derived import kernels
 
-    strings = _strings_keeping_nulls(completions)
+    strings = _strings(completions, fill_nulls=False)
     data, begin, end = byte_spans(strings)
     chars = kernels.completion_chars(data, begin, end)
     mask = ~validity(strings) if strings.null_count else None
@@ -229,14 +229,6 @@ def completion_facts(completions: pa.Array | pa.ChunkedArray, think_close: np.nd
     think = (pc.match_substring(strings, THINK_CLOSE) if think_close is None or mask is not None
              else pa.array(think_close, pa.bool_()))
     return chars, think
-
-
-def _strings_keeping_nulls(values: pa.Array | pa.ChunkedArray) -> pa.Array:
-    if isinstance(values, pa.ChunkedArray):
-        values = values.chunk(0) if values.num_chunks == 1 else values.combine_chunks()
-    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
-        values = values.cast(pa.string())
-    return values
 
 
 def text_at(strings: pa.Array | pa.ChunkedArray, start: pa.Array, end: pa.Array) -> pa.Array:
@@ -306,12 +298,13 @@ def validity(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.unpackbits(bits, count=array.offset + len(array), bitorder="little")[array.offset:].astype(bool)
 
 
-def _strings(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+def _strings(values: pa.Array | pa.ChunkedArray, fill_nulls: bool = True) -> pa.Array:
+    """`values` as one string (or large string) array, nulls as "" unless `fill_nulls` is false."""
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
         values = values.cast(pa.string())
-    return pc.fill_null(values, "") if values.null_count else values
+    return pc.fill_null(values, "") if fill_nulls and values.null_count else values
 
 
 def _bytes(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:

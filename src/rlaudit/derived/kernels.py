@@ -937,33 +937,42 @@ def gather_spans(data: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.n
     """(bytes, int64 offsets) of the byte ranges data[lo[i]:hi[i]], concatenated (hi >= lo); None where the
     numpy path should run: numba not chosen, or not imported yet in this process (a copy is not worth numba's
     import, ~0.5 CPU s, e.g. in an ingest). Compiled alone, not with `compiled()`'s term-set kernels."""
-    if "numba" not in sys.modules or not use_numba():
+    kernels = _ingest_kernels()
+    if kernels is None:
         return None
     c = np.ascontiguousarray
-    return ingest().gather_spans(c(data, np.uint8), c(lo, np.int64), c(hi, np.int64))
+    return kernels.gather_spans(c(data, np.uint8), c(lo, np.int64), c(hi, np.int64))
+
+
+def _ingest_kernels() -> SimpleNamespace | None:
+    """Ingest's kernels (`ingest`), or None where the numpy/Arrow paths should run: numba not chosen, or not
+    imported yet in this process (an ingest alone does not pay numba's import for them, ~0.5 CPU s; an audit
+    imports it before it ingests, `rlaudit.kernels.import_for_ingest`)."""
+    return ingest() if "numba" in sys.modules and use_numba() else None
 
 
 def think_spans(data: np.ndarray, begin: np.ndarray, end: np.ndarray, open_tag: bytes, close_tag: bytes
                 ) -> tuple[np.ndarray, ...] | None:
     """`_think_spans` of the completions data[begin[i]:end[i]] (non-empty tags), or None where the numpy path
-    should run: as `gather_spans`, numba not chosen or not imported yet in this process (an ingest alone does not
-    pay numba's import for it; an audit has imported it before it ingests)."""
-    if not close_tag or "numba" not in sys.modules or not use_numba():
+    should run (`_ingest_kernels`)."""
+    kernels = _ingest_kernels() if close_tag else None
+    if kernels is None:
         return None
     c = np.ascontiguousarray
-    return ingest().think_spans(c(data, np.uint8), c(begin, np.int64), c(end, np.int64),
+    return kernels.think_spans(c(data, np.uint8), c(begin, np.int64), c(end, np.int64),
                                 np.frombuffer(open_tag, np.uint8), np.frombuffer(close_tag, np.uint8))
 
 
 def completion_chars(data: np.ndarray, begin: np.ndarray, end: np.ndarray) -> np.ndarray | None:
     """`_completion_chars` of the texts data[begin[i]:end[i]] (int32), or None where Arrow's `utf8_length` should
-    run (as `think_spans`: numba not chosen or not imported yet)."""
-    if "numba" not in sys.modules or not use_numba():
+    run (`_ingest_kernels`)."""
+    kernels = _ingest_kernels()
+    if kernels is None:
         return None
     c = np.ascontiguousarray
     data = c(data, np.uint8)
     words = data[:len(data) // 8 * 8].view(np.uint64) if data.ctypes.data % 8 == 0 else np.zeros(0, np.uint64)
-    return ingest().completion_chars(data, words, c(begin, np.int64), c(end, np.int64))
+    return kernels.completion_chars(data, words, c(begin, np.int64), c(end, np.int64))
 
 
 def row_term_ids(values: np.ndarray, offsets: np.ndarray, max_n: int, lookup: Any, n_ids: int,
