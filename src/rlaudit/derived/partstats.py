@@ -59,18 +59,21 @@ _STEMS = b"rlaudit_stems"
 #: and at 1,551 MB with this cap.
 COMPACT_MEMORY = 256 << 20
 #: rollouts in one batch of parts (`part_stats`; a part is never split): each batch pays DuckDB's fixed cost of
-#: its kinds' queries (planning and setting up the three audit kinds' ~50 ms, what a batch of 16 5,000-row
-#: parts spent on ~0.26 s of work), so the cold statistics of the 1M-rollout benchmark's 200 parts cost 4.4 CPU s
-#: in batches of 8 parts, 3.5 in batches of 16 and 3.2 in batches of 32 (~160,000 rollouts, ~120 MB more than
-#: one part at a time, within BATCH_MEMORY); a run of small parts no longer pays it per 16 of them
-BATCH_ROWS = 160_000
+#: its kinds' queries (planning and setting up the four kinds of an audit: ~40 ms on one thread), so the cold
+#: statistics of the 1M-rollout benchmark's 200 parts cost 4.4 CPU s in batches of 8 parts, 3.5 in batches of 16
+#: and 3.2 in batches of 32 (~160,000 rollouts, ~120 MB more than one part at a time, within BATCH_MEMORY). Its
+#: parts grew to 20,000 rollouts (`Store.part_rows`): the four kinds of 2 / 4 / 8 / 16 such parts cost 82 / 60 /
+#: 50 / 43 ms a part on one thread, and hold 98 / 199 MB for 8 / 16 of them; the whole cold audit of the 1M run
+#: in turns, three pairs: 22.4-23.1 CPU s in batches of 160,000 rollouts, 22.1-22.4 in batches of 320,000, its
+#: peak RSS ~50 MB higher (docs/performance.md, session 39)
+BATCH_ROWS = 320_000
 #: parts in one batch at most (each one a path in the query and a file DuckDB opens)
 BATCH_PARTS = 256
 #: the rows a part counts for where the manifest does not give them: a sixteenth of a batch
 _UNKNOWN_ROWS = BATCH_ROWS // 16
 #: what one thread computing a batch of parts holds (its DuckDB connection's working set and the batch's tables):
 #: what `memory.workers` weighs against the memory budget (`_computed`)
-BATCH_MEMORY = 256 << 20
+BATCH_MEMORY = 384 << 20
 
 
 @dataclass(frozen=True)
