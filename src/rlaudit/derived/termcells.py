@@ -494,9 +494,12 @@ def _some_terms(t: TermLists, term_ids: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def _ranges(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """values[lo[i]:hi[i]], one range after another: copied range by range where numba is used (the ranges'
-    bytes, `kernels.gather_spans`: a part's prompts' term lists, ~130k ids, 0.6 -> 0.1 ms), else through one
-    index array."""
+    """values[lo[i]:hi[i]], one range after another: a view where each range starts where the one before ends
+    (a part whose rows use all its prompts: ~1.2 ms a part of the 1M benchmark's 20,000 rollouts saved), else
+    copied range by range where numba is used (the ranges' bytes, `kernels.gather_spans`: a part's prompts' term
+    lists, ~130k ids, 0.6 -> 0.1 ms), else through one index array."""
+    if len(lo) and np.array_equal(lo[1:], hi[:-1]):  # ranges end to end (every prompt of a part used): a view
+        return values[lo[0]:hi[-1]]
     width = values.dtype.itemsize
     got = kernels.gather_spans(np.ascontiguousarray(values).view(np.uint8), lo * width, hi * width)
     if got is not None:
