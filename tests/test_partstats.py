@@ -276,3 +276,17 @@ def test_batches_hold_about_batch_rows_rollouts(store, monkeypatch):
 
     with pytest.raises(duckdb.ConnectionException):
         opened[0].execute("SELECT 1")
+
+
+def test_a_batch_holds_fewer_rollouts_under_a_memory_budget(monkeypatch):
+    """Without a budget a batch of per-part statistics holds BATCH_ROWS rollouts; under one, what the budget's
+    sample share holds at BYTES_PER_ROW each, never fewer than MIN_BATCH_ROWS (nor more than BATCH_ROWS)."""
+    from rlaudit import memory
+
+    monkeypatch.setattr(memory, "budget", lambda: None)
+    assert partstats._budget_rows() == partstats.BATCH_ROWS
+    share = memory.SAMPLE_SHARE
+    for left, want in [(1 << 20, partstats.MIN_BATCH_ROWS), (1 << 40, partstats.BATCH_ROWS),
+                       (int(200_000 * partstats.BYTES_PER_ROW / share) + 1, 200_000)]:
+        monkeypatch.setattr(memory, "budget", lambda left=left: (left, "test"))
+        assert partstats._budget_rows() == want

@@ -74,6 +74,21 @@ _UNKNOWN_ROWS = BATCH_ROWS // 16
 #: what one thread computing a batch of parts holds (its DuckDB connection's working set and the batch's tables):
 #: what `memory.workers` weighs against the memory budget (`_computed`)
 BATCH_MEMORY = 384 << 20
+#: what a batch holds per rollout above its connection's working set (16 of the 1M benchmark's parts: ~200 MB for
+#: 320,000 rollouts), for the batch's size under a memory budget (`_budget_rows`), and the fewest rollouts a batch
+#: is then cut to (the size before session 39)
+BYTES_PER_ROW = 640
+MIN_BATCH_ROWS = 160_000
+
+
+def _budget_rows() -> int:
+    """BATCH_ROWS, or fewer rollouts (not below MIN_BATCH_ROWS) under a memory budget: as many as
+    `memory.sample_bytes` (its share of what the budget leaves) holds at BYTES_PER_ROW each. The cold 1M audit
+    under `RLAUDIT_MEMORY=600MB` peaked at 626 MB RSS with batches of 160,000 rollouts and 728 MB with 320,000;
+    cut to what the share holds with no floor (one part a batch there), 587 MB, but 26.2 CPU s against 20.7."""
+    from ..memory import sample_bytes
+
+    return max(MIN_BATCH_ROWS, min(BATCH_ROWS, sample_bytes(BATCH_ROWS * BYTES_PER_ROW)[0] // BYTES_PER_ROW))
 
 
 @dataclass(frozen=True)
@@ -208,8 +223,9 @@ def part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[s
                batch: int | None = None, batch_rows: int | None = None) -> PartStats:
     """The per-part statistics of kind `name` (see the module doc) of every part of `run`, computing only the
     parts not cached yet, together with the missing tables of the kinds in `also` (one read of each part for all
-    of them), in batches of at most `batch` parts (BATCH_PARTS) and about `batch_rows` rollouts (BATCH_ROWS) per
-    DuckDB query (one query per part would cost more in overhead than the work).
+    of them), in batches of at most `batch` parts (BATCH_PARTS) and about `batch_rows` rollouts (BATCH_ROWS, fewer
+    under a memory budget: `_budget_rows`) per DuckDB query (one query per part would cost more in overhead than
+    the work).
 
     Where a kind has COMPACT_AT or more parts to compute or loose, its new tables stream into a new combined
     file (`_Combined`) instead of a file per part that the next step would merge: a cold audit writes each
@@ -254,7 +270,7 @@ def _part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[
     table_stems: list[str] = []  # their parts
     sizes = {name: p.rows for name, p in store.stored_parts(run, manifest).items()}
     jobs = [(lack, chunk) for lack, lacking in todo.items()
-            for chunk in _batches(lacking, sizes, batch or BATCH_PARTS, batch_rows or BATCH_ROWS)]
+            for chunk in _batches(lacking, sizes, batch or BATCH_PARTS, batch_rows or _budget_rows())]
     for computed in _computed(jobs, layouts, store.root):
         for what, rows in computed.items():
             if what in writers and writers[what].add(rows):
