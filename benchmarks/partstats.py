@@ -1,13 +1,16 @@
 """What the per-part statistics cost per batch of parts: reading a batch into `src` and each kind's query, and the
 aggregate form the kinds use (`store.sql_when`) against the FILTER form, timed in one process on one batch.
 
-    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/partstats.py DIR [--parts 8] [--rounds 5]
+    PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/partstats.py DIR [--parts 16] [--rounds 5] [--sizes 2,4,8,16]
 
 DIR is a directory `benchmarks/audit.py --keep DIR` generated (its `store/`, read only). The batch is the first
-`--parts` stored parts (8 of the 1M benchmark's 20,000-rollout parts: 160,000 rollouts, `partstats.BATCH_ROWS`),
-on one DuckDB thread as the audit's workers run them; each figure is the best of `--rounds`, in process CPU ms.
-The comparison runs the reward cells' per-signal aggregates (`reward_stats.part_sql`, grouped by part, split,
-step, condition and task) written both ways over the same `src` and checks that their rows are equal.
+`--parts` stored parts (16 of the 1M benchmark's 20,000-rollout parts: 320,000 rollouts, `partstats.BATCH_ROWS`),
+read as their layouts are (the store's manifest), on one DuckDB thread as the audit's workers run them; each
+figure is the best of `--rounds`, in process CPU ms. The comparison runs the reward cells' per-signal aggregates
+(`reward_stats.part_sql`, grouped by part, split, step, condition and task) written both ways over the same `src`
+and checks that their rows are equal. Then, per batch of the first N parts for each N of `--sizes`, the whole
+batch (`partstats._compute`: the read and the four kinds) and its cost per part: what `BATCH_ROWS` weighs (each
+batch pays DuckDB's planning and set-up once).
 """
 
 from __future__ import annotations
@@ -52,16 +55,19 @@ def cells_sql(n_signals: int, filtered: bool) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dir", type=Path)
-    ap.add_argument("--parts", type=int, default=8)
+    ap.add_argument("--parts", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--sizes", default="2,4,8,16", help="batch sizes in parts for the per-part cost (comma list)")
     args = ap.parse_args()
     from rlaudit.derived import partstats
+    from rlaudit.store import Store
 
     names = ("run_stats", "reward_health", "training_health", "attribution_meta")
     kinds = [partstats.kind(k) for k in names]
     parts = sorted((args.dir / "store" / "runs" / "bench" / "parts").glob("*.parquet"))[:args.parts]
     if not parts:
         raise SystemExit(f"{args.dir}/store/runs/bench/parts: no stored parts (run benchmarks/audit.py --keep DIR)")
+    layouts = Store(args.dir / "store").part_layouts("bench")
     con = duckdb.connect()
     con.execute("SET threads = 1")
     timings: dict[str, float] = {}
@@ -84,7 +90,7 @@ def main() -> None:
         def __getattr__(self, name: str):
             return getattr(con, name)
 
-    partstats._compute(parts, {}, kinds, args.dir, Timed())
+    partstats._compute(parts, layouts, kinds, args.dir, Timed())
     signals = tuple(r[0] for r in con.execute(
         "SELECT DISTINCT unnest(map_keys(rewards)) FROM read_parquet(?) ORDER BY 1", [str(parts[0])]).fetchall())
     rows = con.execute("SELECT count(*) FROM src").fetchall()[0][0]
@@ -101,6 +107,13 @@ def main() -> None:
     c_ms = best(lambda: con.sql(case).to_arrow_table(), args.rounds)
     print(f"reward cells' aggregates: FILTER {f_ms:.1f} ms, CASE (sql_when) {c_ms:.1f} ms, ratio {f_ms / c_ms:.2f}x; "
           f"rows equal: {same}")
+    all_parts = sorted(parts[0].parent.glob("*.parquet"))
+    batch_con = duckdb.connect()
+    batch_con.execute("SET threads = 1")
+    for n in (int(x) for x in args.sizes.split(",") if x.strip()):
+        batch = all_parts[:n]
+        ms = best(lambda: partstats._compute(batch, layouts, kinds, args.dir, batch_con), args.rounds)
+        print(f"a batch of {len(batch):3d} parts, the four kinds: {ms:8.1f} ms, {ms / len(batch):6.1f} ms a part")
     if not same:
         sys.exit(1)
 
