@@ -64,7 +64,8 @@ def main() -> None:
 
     names = ("run_stats", "reward_health", "training_health", "attribution_meta")
     kinds = [partstats.kind(k) for k in names]
-    parts = sorted((args.dir / "store" / "runs" / "bench" / "parts").glob("*.parquet"))[:args.parts]
+    all_parts = sorted((args.dir / "store" / "runs" / "bench" / "parts").glob("*.parquet"))
+    parts = all_parts[:args.parts]
     if not parts:
         raise SystemExit(f"{args.dir}/store/runs/bench/parts: no stored parts (run benchmarks/audit.py --keep DIR)")
     layouts = Store(args.dir / "store").part_layouts("bench")
@@ -107,7 +108,6 @@ def main() -> None:
     c_ms = best(lambda: con.sql(case).to_arrow_table(), args.rounds)
     print(f"reward cells' aggregates: FILTER {f_ms:.1f} ms, CASE (sql_when) {c_ms:.1f} ms, ratio {f_ms / c_ms:.2f}x; "
           f"rows equal: {same}")
-    all_parts = sorted(parts[0].parent.glob("*.parquet"))
     batch_con = duckdb.connect()
     batch_con.execute("SET threads = 1")
     for n in (int(x) for x in args.sizes.split(",") if x.strip()):

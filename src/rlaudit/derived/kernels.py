@@ -41,7 +41,7 @@ One serves the vocabulary's choice (`tokens._sample_df`):
   qualify, then a hash table counts the rest), and their prevalences folded from the (n-gram, cell) counts in a
   third loop, instead of occurrence arrays, sorts and scatters (equal to the numpy path, tested).
 
-Two serve ingest, built apart (`ingest`: an ingest never compiles the term-set kernels) and used only where numba
+Three serve ingest, built apart (`ingest`: an ingest never compiles the term-set kernels) and used only where numba
 is imported already (`rlaudit.kernels.import_for_ingest`):
 
 - `gather_spans`: byte ranges copied range by range (`text._cut`).
@@ -1068,7 +1068,8 @@ def ngram_prevalences(values: np.ndarray, offsets: np.ndarray, cell: np.ndarray,
 
 
 def _build_ingest() -> SimpleNamespace:
-    """The kernels ingest uses (`text._cut`'s span gathering, `text.reasoning_spans`), without the term-set ones."""
+    """The kernels ingest uses (`text._cut`'s span gathering, `text.reasoning_spans`, `text.completion_facts`),
+    without the term-set ones."""
     import numba
 
     glob = globals()  # the helper is looked up as a global when the kernel compiles: jitted first
