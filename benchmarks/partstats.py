@@ -68,7 +68,7 @@ def main() -> None:
     parts = all_parts[:args.parts]
     if not parts:
         raise SystemExit(f"{args.dir}/store/runs/bench/parts: no stored parts (run benchmarks/audit.py --keep DIR)")
-    layouts = Store(args.dir / "store").part_layouts("bench")
+    layouts = Store(args.dir / "store").part_formats("bench")
     con = duckdb.connect()
     con.execute("SET threads = 1")
     timings: dict[str, float] = {}
@@ -92,8 +92,7 @@ def main() -> None:
             return getattr(con, name)
 
     partstats._compute(parts, layouts, kinds, args.dir, Timed())
-    signals = tuple(r[0] for r in con.execute(
-        "SELECT DISTINCT unnest(map_keys(rewards)) FROM read_parquet(?) ORDER BY 1", [str(parts[0])]).fetchall())
+    signals = partstats._first_signals(con, parts[0], layouts)
     rows = con.execute("SELECT count(*) FROM src").fetchall()[0][0]
     print(f"batch: {len(parts)} parts, {rows:,} rollouts, {len(signals)} signals; process CPU ms, best of "
           f"{args.rounds}")

@@ -70,7 +70,7 @@ from .conditions import ConditionLabeler, ConditionRule
 from .errors import RlauditError
 from .findings import dumps
 from .readers import get_reader, resolve_reader
-from .layout import LAYOUT, PART_SCHEMA, from_canonical, view_columns
+from .layout import LAYOUT, PART_SCHEMA, conform, from_canonical, part_schema, part_signals, view_columns
 from .readers.base import (BadRecord, ReadContext, ReadOptions, SourceFile, finalize_parts, prefetch,
                            same_raw_schema)
 from .schema import ROLLOUT_SCHEMA
@@ -121,8 +121,9 @@ PREFETCH_BYTES = 64 << 20
 @dataclass(frozen=True)
 class StoredPart:
     """One stored part as the manifest describes it: its rows, step range ([first, last]; None: unknown or
-    without steps), layout, the source files (manifest keys) whose rows it holds in their order within it, and
-    each file's rows in it as (first row, rows)."""
+    without steps), layout, the source files (manifest keys) whose rows it holds in their order within it,
+    each file's rows in it as (first row, rows), and the reward signals its rollouts share (from layout 5: the
+    part's reward columns, `rlaudit.layout`)."""
 
     name: str
     rows: int
@@ -130,6 +131,7 @@ class StoredPart:
     layout: int
     files: tuple[str, ...]
     spans: tuple[tuple[int, int], ...]
+    signals: tuple[str, ...] = ()
 
 
 def stored_parts(manifest: dict[str, Any]) -> dict[str, StoredPart]:
@@ -147,7 +149,8 @@ def stored_parts(manifest: dict[str, Any]) -> dict[str, StoredPart]:
             steps = [min(r[0] for r in ranges), max(r[1] for r in ranges)]
         out[name] = StoredPart(name=name, rows=sum(int(m[2].get("rows") or 0) for m in group), steps=steps,
                                layout=int(group[0][2].get("layout", 1)), files=tuple(m[1] for m in group),
-                               spans=tuple((m[0], int(m[2].get("rows") or 0)) for m in group))
+                               spans=tuple((m[0], int(m[2].get("rows") or 0)) for m in group),
+                               signals=tuple(group[0][2].get("signals") or ()))
     return out
 
 
@@ -402,6 +405,12 @@ class Store:
         """Part file name -> its layout (`rlaudit.layout`; parts from before layouts were recorded are 1)."""
         return {name: p.layout for name, p in self.stored_parts(run, manifest).items()}
 
+    def part_formats(self, run: str, manifest: dict[str, Any] | None = None
+                     ) -> dict[str, tuple[int, tuple[str, ...]]]:
+        """Part file name -> (layout, shared reward signals): what `layout.view_columns` and
+        `layout.reward_sql` need to read it."""
+        return {name: (p.layout, p.signals) for name, p in self.stored_parts(run, manifest).items()}
+
     def fingerprint(self, run: str) -> str:
         """Changes whenever the run's rows change: the key of derived-data caches."""
         names = sorted(p.name for p in self.parts(run))
@@ -583,12 +592,13 @@ class Store:
             else:
                 manifest = self._new_manifest(run, source, format, ReadOptions(), [])
             part = self._part_name(key)
-            self._write_part(run, part, iter([table]))
+            _, signals = self._write_part(run, part, iter([table]))
             steps = step_range(table)
             self._carry_over(run, manifest, {key})
             old = manifest["files"].get(key, {}).get("part")
             manifest["files"][key] = {"part": part, "rows": table.num_rows, "size": None, "mtime_ns": None,
-                                      "sha256": None, "bad": 0, "layout": LAYOUT, "steps": steps}
+                                      "sha256": None, "bad": 0, "layout": LAYOUT, "steps": steps,
+                                      "signals": list(signals)}
             if old and old != part:
                 manifest.setdefault("_stale", []).append(old)
             self._commit(run, manifest)
@@ -736,14 +746,17 @@ class Store:
         return False
 
     def _file_entry(self, run: str, file: SourceFile, part: str, st: os.stat_result | None, rows: int,
-                    steps: list[int] | None, digest: str | None, manifest: dict[str, Any]) -> dict[str, Any]:
+                    steps: list[int] | None, digest: str | None, signals: tuple[str, ...],
+                    manifest: dict[str, Any]) -> dict[str, Any]:
         """Record the part written for `file` (`rows` rows, `steps`; `st`: the file's stat before it was read,
-        `digest`: its SHA-256 after, None if it could not be read) in `manifest`."""
+        `digest`: its SHA-256 after, None if it could not be read; `signals`: the part's shared reward signals)
+        in `manifest`."""
         old = manifest["files"].get(file.relpath, {}).get("part")
         if digest is None:
             st = None  # unreadable or gone: recorded as not read, so the next ingest tries again
         entry = {"part": part if rows else None, "rows": rows, "size": st.st_size if st else None,
-                 "mtime_ns": st.st_mtime_ns if st else None, "sha256": digest, "layout": LAYOUT, "steps": steps}
+                 "mtime_ns": st.st_mtime_ns if st else None, "sha256": digest, "layout": LAYOUT, "steps": steps,
+                 "signals": list(signals)}
         manifest["files"][file.relpath] = entry
         if old and old != part:
             manifest.setdefault("_stale", []).append(old)
@@ -780,23 +793,33 @@ class Store:
         return f"{key_source(key)}-{time.time_ns():x}.parquet"
 
     def _write_part(self, run: str, part: str, tables: Iterator[pa.Table],
-                    schema: pa.Schema = PART_SCHEMA) -> int:
-        """Write a part; returns its rows. (Its callers keep the step ranges the manifest records, so that
-        readers of a few steps open only their parts: `rollouts_view`.) Tables are buffered into row groups of up
-        to `_ROW_GROUP` rows: a part of many small files is not a part of many tiny row groups."""
+                    schema: pa.Schema | None = None) -> tuple[int, tuple[str, ...]]:
+        """Write a part; returns its rows and its shared reward signals. (Its callers keep the step ranges the
+        manifest records, so that readers of a few steps open only their parts: `rollouts_view`.) Tables are
+        buffered into row groups of up to `_ROW_GROUP` rows: a part of many small files is not a part of many
+        tiny row groups. `schema`: the part's (default: the first table's; `layout.part_table` gives each table
+        the reward columns of its signals, and later tables of other signals are made to fit: `layout.conform`)."""
         d = self.run_dir(run) / "parts"
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / f".{part}.tmp"
         rows = held = 0
         buffered: list[pa.Table] = []
+        first = None
+        if schema is None:  # the first table with rows gives it
+            for first in tables:
+                if first.num_rows:
+                    break
+            else:
+                first = None
+            schema = first.schema if first is not None else part_schema(())
         try:
             names = set(schema.names)
             with pq.ParquetWriter(tmp, schema, use_dictionary=_dictionary(schema),
                                   write_statistics=[c for c in _STATISTICS_COLUMNS if c in names],
                                   **_codec(schema)) as writer:
-                for table in itertools.chain(tables, [None]):
+                for table in itertools.chain([first] if first is not None else [], tables, [None]):
                     if table is not None and table.num_rows:
-                        buffered.append(table)
+                        buffered.append(conform(table, schema))
                         held += table.num_rows
                     if buffered and (table is None or held >= _ROW_GROUP):
                         writer.write_table(pa.concat_tables(buffered), row_group_size=_ROW_GROUP)
@@ -805,7 +828,7 @@ class Store:
             os.replace(tmp, d / part)
         finally:
             tmp.unlink(missing_ok=True)
-        return rows
+        return rows, part_signals(schema)
 
     def _carry_over(self, run: str, manifest: dict[str, Any], leaving: set[str]) -> None:
         """Before the rows of the files `leaving` leave the run (read again, replaced), copy the rows of the other
@@ -1047,10 +1070,10 @@ class Store:
         computed: DuckDB keeps a filter on the view above the projection that cuts the answer and reasoning out of
         the completion, so a 4% sample of a 1M run cut every row's spans (0.5 -> 0.3 CPU s)."""
         wanted = None if steps is None else np.unique(np.asarray(list(steps), np.int64))
-        by_layout: dict[int, list[str]] = {}
+        by_format: dict[tuple[int, tuple[str, ...]], list[str]] = {}
         for r in runs if runs is not None else self.runs():
             m = self.manifest(r)  # read once: parts and layouts of one version
-            layouts = self.part_layouts(r, m)
+            formats = self.part_formats(r, m)
             parts = self.parts(r, m)
             if wanted is not None:
                 stored = self.stored_parts(r, m)
@@ -1059,10 +1082,10 @@ class Store:
             if lost is not None:
                 raise self.missing_error(r, lost, m)
             for p in parts:
-                by_layout.setdefault(layouts.get(p.name, 1), []).append(str(p))
+                by_format.setdefault(formats.get(p.name, (1, ())), []).append(str(p))
         filt = f" WHERE {where}" if where else ""
-        selects = [f"SELECT {view_columns(layout)} FROM read_parquet({sql_list(paths)}){filt}"
-                   for layout, paths in sorted(by_layout.items())]
+        selects = [f"SELECT {view_columns(*fmt)} FROM read_parquet({sql_list(paths)}){filt}"
+                   for fmt, paths in sorted(by_format.items())]
         if not selects:
             con.register(f"_empty_{view}", ROLLOUT_SCHEMA.empty_table())
             selects = [f"SELECT * FROM _empty_{view}"]
@@ -1331,9 +1354,10 @@ class _Writers:
         return _Part(part, q, files, self.pool.submit(self._write, part, _queued(q), files), self)
 
     def _write(self, part: str, items: Iterator[Any], files: list[tuple[SourceFile, os.stat_result | None]]
-               ) -> list[tuple[int, list[int] | None, str | None]]:
+               ) -> list[tuple[int, list[int] | None, str | None, tuple[str, ...]]]:
         """Write `part` from `items` (tables, and a `_FileEnd` after each file's); per file in order its rows,
-        steps and the SHA-256 of its source read after its rows (None if it could not be read)."""
+        steps, the SHA-256 of its source read after its rows (None if it could not be read) and the part's shared
+        reward signals."""
         out: list[tuple[int, list[int] | None, str | None]] = []
 
         def tables() -> Iterator[pa.Table]:
@@ -1350,8 +1374,8 @@ class _Writers:
                 steps = _union(steps, step_range(item)) if item.num_rows else steps
                 yield item
 
-        self.store._write_part(self.run, part, tables())
-        return out
+        _, signals = self.store._write_part(self.run, part, tables())
+        return [(*written, signals) for written in out]
 
     def __enter__(self) -> _Writers:
         return self

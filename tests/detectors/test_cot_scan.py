@@ -284,7 +284,8 @@ def test_parts_scanned_on_threads_match_one_thread_and_the_sql_path(store, monke
     con = duckdb.connect()
     sql_rows = []
     for part in store.parts("synth"):
-        con.execute(f"CREATE OR REPLACE VIEW p AS SELECT {view_columns()} FROM read_parquet('{part}')")
+        fmt = store.part_formats("synth")[part.name]
+        con.execute(f"CREATE OR REPLACE VIEW p AS SELECT {view_columns(*fmt)} FROM read_parquet('{part}')")
         sql_rows += scan_run(con, ScanParams(chance_rows=0), "p").to_pylist()
     arrow_rows = [r for r in one if not r[11]]
     assert sorted(tuple(r.values()) for r in sql_rows) == arrow_rows

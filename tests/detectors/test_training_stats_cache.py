@@ -337,6 +337,7 @@ def test_parts_with_the_completions_facts_and_parts_without_give_the_same_statis
 
     from rlaudit.derived.partstats import part_stats
     from rlaudit.layout import FACTS, LAYOUT
+    from tests.old_layouts import with_rewards_map
     from tests.readers.trainer_files import trl_step
 
     completions = ["<think>plan é</think> answer", "</think>only close", "<think>cut off", "plain",
@@ -358,9 +359,10 @@ def test_parts_with_the_completions_facts_and_parts_without_give_the_same_statis
     manifest = store.manifest("r")
     for part in {e["part"] for e in manifest["files"].values()}:
         path = store.run_dir("r") / "parts" / part
-        pq.write_table(pq.read_table(path).drop_columns(list(FACTS)), path)
+        pq.write_table(with_rewards_map(pq.read_table(path)).drop_columns(list(FACTS)), path)
     for entry in manifest["files"].values():
         entry["layout"] = 3
+        del entry["signals"]
     (store.run_dir("r") / "run.json").write_text(json.dumps(manifest))
     shutil.rmtree(store.run_dir("r") / "derived" / "partstats")
     assert set(store.part_layouts("r").values()) == {3}

@@ -18,7 +18,7 @@ from rlaudit.readers import jsonl
 from rlaudit.readers.base import BadRecord, ReadContext, SourceFile, finalize
 from rlaudit.readers.canonical import CanonicalReader
 from rlaudit.readers.verl import VerlReader
-from rlaudit.layout import part_table, to_canonical, view_columns
+from rlaudit.layout import LAYOUT, part_signals, part_table, to_canonical, view_columns
 from rlaudit.schema import ROLLOUT_SCHEMA
 from rlaudit.text import ThinkTags, reasoning_spans, split_reasoning, text_at
 
@@ -140,6 +140,7 @@ def test_reasoning_spans_cut_the_same_text_as_the_reference_split(texts, tags):
     rows = to_canonical(part)
     assert rows["reasoning"].to_pylist() == ref_r.to_pylist()
     assert rows["answer"].to_pylist() == ref_a.to_pylist()
-    got = duckdb.sql(f"SELECT reasoning, answer FROM (SELECT {view_columns()} FROM part)").fetchall()
+    got = duckdb.sql(f"SELECT reasoning, answer FROM (SELECT {view_columns(LAYOUT, part_signals(part.schema))} "
+                     "FROM part)").fetchall()
     assert [r for r, _ in got] == ref_r.to_pylist()
     assert [a for _, a in got] == ref_a.to_pylist()

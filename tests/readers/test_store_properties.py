@@ -11,6 +11,7 @@ from rlaudit.readers import trl as trl_module
 from rlaudit.readers.base import ReadOptions
 
 from .trainer_files import primerl_step, trl_step, verifiers_episode, verifiers_trace
+from tests.old_layouts import with_rewards_map
 
 
 def _steps(out, steps):
@@ -190,8 +191,9 @@ def test_parts_written_before_tool_columns_existed_read_them_as_null(tmp_path, s
     manifest = store.manifest("run")
     [entry] = manifest["files"].values()
     path = store.run_dir("run") / "parts" / entry["part"]
-    pq.write_table(pq.read_table(path).drop_columns(["tool_calls", "tool_outputs"]), path)
+    pq.write_table(with_rewards_map(pq.read_table(path)).drop_columns(["tool_calls", "tool_outputs"]), path)
     entry["layout"] = 2
+    del entry["signals"]
     (store.run_dir("run") / "run.json").write_text(json.dumps(manifest))
     assert store.table("run").equals(expected)
     assert store.query("SELECT count(*) FROM rollouts WHERE tool_calls IS NULL AND tool_outputs IS NULL"
@@ -203,6 +205,43 @@ def test_parts_written_before_tool_columns_existed_read_them_as_null(tmp_path, s
     store.ingest(out)
     assert sorted(store.part_layouts("run").values()) == [2, LAYOUT]
     assert store.query("SELECT count(*) FROM rollouts").column(0)[0].as_py() == 2 * len(expected)
+
+
+def test_parts_written_before_reward_columns_existed_stay_readable(tmp_path, store):
+    """Layout-4 parts (the rewards map of every rollout) read as before next to layout-5 parts, in the view,
+    through `read_part` and in the per-part statistics; a layout-5 part keeps the shared signals as columns and
+    the map only for rollouts whose signals differ."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from rlaudit.layout import LAYOUT, read_part, reward_column
+
+    out = tmp_path / "run"
+    _steps(out, [1])
+    store.ingest(out)
+    expected = store.table("run")
+    manifest = store.manifest("run")
+    [entry] = manifest["files"].values()
+    path = store.run_dir("run") / "parts" / entry["part"]
+    stored = pq.read_table(path)
+    signals = tuple(entry["signals"])
+    assert signals and stored["rewards"].null_count == stored.num_rows
+    assert [reward_column(s) for s in signals] == [c for c in stored.column_names if c.startswith("_reward:")]
+    pq.write_table(with_rewards_map(stored), path)
+    entry["layout"] = 4
+    del entry["signals"]
+    (store.run_dir("run") / "run.json").write_text(json.dumps(manifest))
+    assert store.table("run").equals(expected)
+    assert read_part(path, ["rewards"], layout=4)["rewards"].equals(expected["rewards"])
+    _steps(out, [2])
+    store.ingest(out)
+    assert sorted(store.part_layouts("run").values()) == [4, LAYOUT]
+    new = [p for p in store.parts("run") if p.name != entry["part"]]
+    assert read_part(new[0], ["rewards"])["rewards"].to_pylist() == store.query(
+        "SELECT rewards FROM rollouts WHERE step = 2").column(0).to_pylist()
+    summary = store.summary("run")
+    assert summary.rows == 2 * expected.num_rows and summary.signals == sorted(signals)
 
 
 def test_parts_keep_their_step_range_and_a_view_of_some_steps_opens_only_theirs(tmp_path, store):

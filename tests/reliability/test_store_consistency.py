@@ -402,7 +402,6 @@ def test_parts_leave_only_the_completion_uncompressed(tmp_path, monkeypatch):
     and the rows read back are the same whatever the codec."""
     import pyarrow.parquet as pq
 
-    from rlaudit.layout import PART_SCHEMA
     from rlaudit.store import _codec
 
     def compression(store: Store) -> dict[str, str]:
@@ -417,7 +416,8 @@ def test_parts_leave_only_the_completion_uncompressed(tmp_path, monkeypatch):
     assert {"rewards.key_value.key", "rewards.key_value.value", "tool_calls.list.element.name"} <= set(found)
     assert {k for k, v in found.items() if v != "LZ4"} == {"completion"} and found["completion"] == "UNCOMPRESSED"
     monkeypatch.setattr("rlaudit.store.PART_CODEC", {"compression": "zstd", "compression_level": 3})
-    assert _codec(PART_SCHEMA)["compression_level"] == {p: 3 for p in found if p != "completion"}
+    schema = pq.read_schema(lz4.parts("r")[0])  # (with its reward columns)
+    assert _codec(schema)["compression_level"] == {p: 3 for p in found if p != "completion"}
     zstd = Store(tmp_path / "zstd")
     zstd.ingest(src, run="r")
     assert {k for k, v in compression(zstd).items() if v != "ZSTD"} == {"completion"}
@@ -483,6 +483,8 @@ def test_parts_dictionary_encode_the_maps_keys_and_read_back_the_same_maps(tmp_p
     import duckdb
     import pyarrow.parquet as pq
 
+    from rlaudit.layout import read_part
+
     src = tmp_path / "src"
     src.mkdir()
     with open(src / "run.jsonl", "w", encoding="utf-8") as fh:
@@ -500,15 +502,18 @@ def test_parts_dictionary_encode_the_maps_keys_and_read_back_the_same_maps(tmp_p
         assert "RLE_DICTIONARY" in encodings[key], (key, encodings[key])
     assert "RLE_DICTIONARY" not in encodings["rewards.key_value.value"]
 
-    table = pq.read_table(part)
+    # (the shared signals of the part's rollouts are columns, the others' maps stay: `layout.split_rewards`)
+    table = read_part(part, ["rollout_id", "prompt", "rewards", "grader_inputs"])
     plain = tmp_path / "plain.parquet"
     pq.write_table(table, plain, use_dictionary=False)
     assert repr(pq.read_table(plain).to_pylist()) == repr(table.to_pylist())  # repr: NaN equal to NaN
     assert table.column("grader_inputs").to_pylist()[1] == [("judge", "q1 <think>t</think>a1"), ("aux", "x")]
     query = ("SELECT rollout_id, map_keys(rewards), map_values(rewards), rewards['b'], grader_inputs['judge'], "
-             "map_keys(grader_inputs) FROM read_parquet('{}') ORDER BY rollout_id")
-    got = duckdb.sql(query.format(part)).fetchall()
-    want = duckdb.sql(query.format(plain)).fetchall()
+             "map_keys(grader_inputs) FROM {} ORDER BY rollout_id")
+    con = store.connect(["r"])
+    got = con.sql(query.format("rollouts")).fetchall()
+    want = duckdb.sql(query.format(f"read_parquet('{plain}')")).fetchall()
     assert len(got) == 30 and repr(got) == repr(want)
-    logged_b = dict(duckdb.sql(f"SELECT prompt, rewards['b'] FROM read_parquet('{part}')").fetchall())
+    logged_b = dict(con.sql("SELECT prompt, rewards['b'] FROM rollouts").fetchall())
     assert all(logged_b[f"q{i}"] == float(i) for i in range(30) if i % 3)
+    con.close()

@@ -59,7 +59,7 @@ import pyarrow.compute as pc
 from .. import stats
 from ..derived import segments
 from ..behaviors import Behavior
-from ..layout import view_columns
+from ..layout import reward_sql, view_columns
 from ..derived.partstats import define, each_signal, part_stats
 from ..memory import duckdb_limit, round_robin, workers
 from ..store import Store, bound_memory, prune_cached, prune_files, sql_list, sql_string, write_cached
@@ -125,7 +125,7 @@ def traces(store: Store, run: str, con: duckdb.DuckDBPyConnection, max_step: int
         return None
     manifest = store.manifest(run)
     parts = store.parts(run, manifest)
-    layouts = store.part_layouts(run, manifest)
+    layouts = store.part_formats(run, manifest)
     meta = _meta(store, run, max_step, split, also)
     if meta is None:
         return None
@@ -233,9 +233,9 @@ def _union(per_step: dict[int, set[str]], steps: set[int]) -> set[str]:
     return out
 
 
-def _scan_order(parts: list[Path], layouts: dict[str, int]) -> list[Path]:
+def _scan_order(parts: list[Path], layouts: dict[str, tuple[int, tuple[str, ...]]]) -> list[Path]:
     """The parts in the order of `Store.connect`'s view (by layout, then as listed): the order rows are read."""
-    return sorted(parts, key=lambda p: layouts.get(p.name, 1))
+    return sorted(parts, key=lambda p: layouts.get(p.name, (1, ())))
 
 
 # ================================================================================================ the cache
@@ -247,7 +247,8 @@ class _Ctx:
     its groups in `<part>.<weights>.parquet` instead."""
 
     def __init__(self, store: Store, run: str, split: str | None, key: str, outcome: list[str], items: list[Item],
-                 layouts: dict[str, int], has_reward: bool, has_adv: bool, signals: dict[str, set[str]],
+                 layouts: dict[str, tuple[int, tuple[str, ...]]], has_reward: bool, has_adv: bool,
+                 signals: dict[str, set[str]],
                  rows: dict[str, int], order: list[Path], sample: tuple[float, list[int]] | None = None) -> None:
         self.store, self.split, self.key, self.outcome, self.items = store, split, key, outcome, items
         self.layouts, self.has_reward, self.has_adv, self.signals = layouts, has_reward, has_adv, signals
@@ -434,11 +435,13 @@ class _Ctx:
         layout), `_part` each row's index in `parts`."""
         selects, at = [], 0
         while at < len(parts):
-            layout = self.layouts.get(parts[at].name, 1)
+            fmt = self.layouts.get(parts[at].name, (1, ()))
             run = [parts[at]]
-            while at + len(run) < len(parts) and self.layouts.get(parts[at + len(run)].name, 1) == layout:
+            while at + len(run) < len(parts) and self.layouts.get(parts[at + len(run)].name, (1, ())) == fmt:
                 run.append(parts[at + len(run)])
-            selects.append(f"SELECT {view_columns(layout)}, file_index + {at} AS _part "
+            # the signals from the stored columns (`reward_sql`), not from `rewards` rebuilt as a map
+            sig = "".join(f", {reward_sql(s, *fmt)} AS _s{j}" for j, s in enumerate(signals))
+            selects.append(f"SELECT {view_columns(*fmt)}{sig}, file_index + {at} AS _part "
                            f"FROM read_parquet({sql_list([str(p) for p in run])})")
             at += len(run)
         split = f"split = {sql_string(self.split)}" if self.split else "TRUE"
@@ -447,7 +450,7 @@ class _Ctx:
         beh = "".join(f", {it.expr} AS _b{i}" for i, it in enumerate(self.items))
         if any(it.where == "reasoning" for it in self.items):
             beh += ", reasoning IS NOT NULL AS _has_r"
-        sig = "".join(f", CAST(rewards[{sql_string(s)}] AS DOUBLE) AS _s{j}" for j, s in enumerate(signals))
+        sig = "".join(f", _s{j}" for j in range(len(signals)))
         return (f"SELECT {self.key} AS _group, step, condition, task, reward, advantage{beh}{sig}, _part "
                 f"FROM ({' UNION ALL '.join(selects)}) WHERE {split}")
 
@@ -1103,16 +1106,16 @@ def _evidence(ctx: _Ctx, it: Item, t: tr.Trace, groups: _Sorted, per_group: dict
     owner = dict(zip(steps.column("step").to_pylist(), steps.column("part").to_pylist()))
     stems = {owner[s] for s in wanted}
     paths = [p for p in parts if p.stem in stems]
-    by_layout: dict[int, list[Path]] = {}
+    by_format: dict[tuple[int, tuple[str, ...]], list[Path]] = {}
     for p in paths:
-        by_layout.setdefault(ctx.layouts.get(p.name, 1), []).append(p)
+        by_format.setdefault(ctx.layouts.get(p.name, (1, ())), []).append(p)
     split = f"split = {sql_string(ctx.split)}" if ctx.split else "TRUE"
     with duckdb.connect() as con:
         con.execute("SET enable_progress_bar = false")
         bound_memory(con, ctx.store.root)
         con.execute("CREATE VIEW all_rollouts AS " + " UNION ALL ".join(
-            f"SELECT {view_columns(layout)} FROM read_parquet({sql_list([str(p) for p in ps])})"
-            for layout, ps in sorted(by_layout.items())))
+            f"SELECT {view_columns(*fmt)} FROM read_parquet({sql_list([str(p) for p in ps])})"
+            for fmt, ps in sorted(by_format.items())))
         con.execute(f"CREATE VIEW rollouts AS SELECT * FROM all_rollouts WHERE {split}")
         sig = "".join(f", CAST(rewards[{sql_string(s)}] AS DOUBLE) AS _s{j}" for j, s in enumerate(fit.names))
         rows = con.sql(

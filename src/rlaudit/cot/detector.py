@@ -113,15 +113,15 @@ def _results_source(per_part: dict[str, Any], parts: list[Path]) -> pa.Table | s
 
 def _part_rows(store: Store, run: str, parts: list[Path], where: str) -> Callable[[list[str]], str]:
     """A function: part file names -> SQL of their rows within `where`, in the columns of the `rollouts` view."""
-    layouts = store.part_layouts(run)
+    formats = store.part_formats(run)
     by_name = {p.name: p for p in parts}
 
     def rows(names: list[str]) -> str:
-        by_layout: dict[int, list[str]] = {}
+        by_format: dict[tuple[int, tuple[str, ...]], list[str]] = {}
         for name in names:
-            by_layout.setdefault(layouts.get(name, 1), []).append(str(by_name[name]))
-        selects = [f"SELECT {view_columns(layout)} FROM read_parquet({sql_list(paths)})"
-                   for layout, paths in sorted(by_layout.items())]
+            by_format.setdefault(formats.get(name, (1, ())), []).append(str(by_name[name]))
+        selects = [f"SELECT {view_columns(*fmt)} FROM read_parquet({sql_list(paths)})"
+                   for fmt, paths in sorted(by_format.items())]
         return f"SELECT * FROM ({' UNION ALL '.join(selects)}) WHERE {where}"
 
     return rows
@@ -173,7 +173,7 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
         bound_memory(con)
         con.execute("SET enable_progress_bar = false")
         if extra is not None:  # captured inputs: the parts are scanned by SQL over their views
-            _part_views(con, todo, layouts)
+            _part_views(con, todo, store.part_formats(run))
         if stride is None:
             stride = _stride(con, todo, found, params, counts)
         fresh = summaries.fresh([cache / f"{p.stem}.parquet" for p in parts],
@@ -306,11 +306,13 @@ def _captured_batches(cur: duckdb.DuckDBPyConnection, i: int, j: int, span: tupl
     return iter_batches(cur, params.batch_rows, f"p{i}_{j}", extra, order="_row")
 
 
-def _part_views(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[str, int]) -> None:
+def _part_views(con: duckdb.DuckDBPyConnection, todo: list[Path],
+                formats: dict[str, tuple[int, tuple[str, ...]]]) -> None:
     """A view p<i> of each part's rows, with each row's position in the part as `_row` (which source file's rows
     it is among, and the order the scan batches them in: a join's output order is DuckDB's to choose)."""
     for i, path in enumerate(todo):
-        con.execute(f"CREATE VIEW p{i} AS SELECT {view_columns(layouts.get(path.name, 1))}, file_row_number AS _row "
+        con.execute(f"CREATE VIEW p{i} AS SELECT {view_columns(*formats.get(path.name, (1, ())))}, "
+                    "file_row_number AS _row "
                     f"FROM read_parquet('{_quote(str(path))}', file_row_number = true)")
 
 

@@ -44,9 +44,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..layout import FACTS, FACTS_LAYOUT, SPANS, facts_sql, view_columns
+from ..layout import (FACTS, FACTS_LAYOUT, REWARDS_LAYOUT, SPANS, facts_sql, has_reward_sql, reward_sql,
+                      same_signals_sql, view_columns)
 from ..schema import ROLLOUT_SCHEMA
-from ..store import Store, bound_memory, listing, prune_cached, sql_list, sql_string, write_cached
+from ..store import Store, bound_memory, listing, prune_cached, sql_string, write_cached
 
 
 #: loose per-part files merged into the run's combined file once there are this many (`_Combined`): DuckDB pays
@@ -253,7 +254,7 @@ def _part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[
     kinds = [kind(k) for k in dict.fromkeys([name, *(also if persist else ())])]
     manifest = store.manifest(run)
     parts = store.parts(run, manifest)
-    layouts = store.part_layouts(run, manifest)
+    layouts = store.part_formats(run, manifest)
     lost = store.missing_part(parts)  # as `Store.connect`: an error, never a silently smaller run
     if lost is not None:
         raise store.missing_error(run, lost, manifest)
@@ -452,7 +453,7 @@ class _Batch:
         return self.table.drop_columns(["_part"]).append_column("_stem", stems)
 
 
-def _computed(jobs: list[tuple[tuple[str, ...], list[Path]]], layouts: dict[str, int], root: Path
+def _computed(jobs: list[tuple[tuple[str, ...], list[Path]]], layouts: dict[str, Format], root: Path
               ) -> Iterator[dict[str, _Batch]]:
     """`_compute` of each job (the kinds a batch of parts lacks, the parts), in order. Where a second core and
     the memory budget allow, `memory.workers` threads compute the next batches while the caller writes the last
@@ -501,54 +502,70 @@ def _connect(root: Path, memory: int | None = None, threads: int | None = None) 
     return con
 
 
-def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind], root: Path,
+def _compute(parts: list[Path], layouts: dict[str, Format], kinds: list[Kind], root: Path,
              con: duckdb.DuckDBPyConnection | None = None) -> dict[str, _Batch]:
-    """Read `parts` once (the columns `kinds` need, the rewards map pivoted: `SIGNAL_COLUMNS`) into a DuckDB
-    table `src` and run each kind's query on it (each result keeps `_part`: `_Batch`), on `con` (left as it was
-    given: the batch's objects dropped) or a connection of its own."""
+    """Read `parts` (name -> (layout, shared signals): `Store.part_formats`) once (the columns `kinds` need, the
+    rewards pivoted: `SIGNAL_COLUMNS`) into a DuckDB table `src` and run each kind's query on it (each result
+    keeps `_part`: `_Batch`), on `con` (left as it was given: the batch's objects dropped) or a connection of
+    its own."""
     plain = (*ROLLOUT_SCHEMA.names, *SPAN_TESTS, *FACTS)
     columns = [f'"{c}"' for c in plain if c != "rewards" and any(c in k.columns for k in kinds)]
     columns += dict.fromkeys(c for k in kinds for c in k.columns if c not in plain)
     cols = ", ".join(columns)
     pivot = any("rewards" in k.columns for k in kinds)
-    by_layout: dict[int, list[Path]] = {}
+    by_format: dict[Format, list[Path]] = {}
     for p in parts:
-        by_layout.setdefault(layouts.get(p.name, 1), []).append(p)
-    reads, order = [], []
-    for layout, paths in sorted(by_layout.items()):
-        names = ", ".join(sql_string(str(p)) for p in paths)
-        # `_part` is the part's position in `order` (file_index: its position in the list read), not its file
-        # name: every kind groups by it, and an integer key cost ~15% less than the name in those aggregates
-        reads.append(f"(SELECT {view_columns(layout)}, {_span_tests(layout)}, {facts_sql(layout)}, "
-                     f"file_index::INTEGER + {len(order)} AS _part FROM read_parquet([{names}]))")
+        by_format.setdefault(layouts.get(p.name, (1, ())), []).append(p)
+    groups, order = [], []
+    for fmt, paths in sorted(by_format.items()):
+        groups.append((fmt, ", ".join(sql_string(str(p)) for p in paths), len(order)))
         order += paths
+
+    def reads(signals: tuple[str, ...] | None, by_position: bool) -> list[str]:
+        """Each group's rows: its canonical columns, and with `signals` the pivot (`_pivot`), from the stored
+        reward columns (layout 5), not from `rewards` rebuilt as a map."""
+        out = []
+        for (layout, shared), names, first in groups:
+            extra = "" if signals is None else _pivot(signals, by_position, layout, shared)
+            # `_part` is the part's position in `order` (file_index: its position in the list read), not its file
+            # name: every kind groups by it, and an integer key cost ~15% less than the name in those aggregates
+            out.append(f"(SELECT {view_columns(layout, shared)}, {_span_tests(layout)}, {facts_sql(layout)}{extra}, "
+                       f"file_index::INTEGER + {first} AS _part FROM read_parquet([{names}]))")
+        return out
+
     out: dict[str, _Batch] = {}
     own = con is None
     con = _connect(root) if con is None else con
     # for several kinds a table, not a view: each kind's query scans it instead of the files (one kind reads
     # the files directly: copying its columns into a table first cost more than it saved)
     what = "TABLE" if len(kinds) > 1 else "VIEW"
+    empty = not groups
     try:
-        if not reads:
+        if empty:
             con.register("_empty", ROLLOUT_SCHEMA.empty_table())
-            reads = ["_empty"]
 
-        def create(extra: str) -> None:
+        def create(signals: tuple[str, ...] | None, by_position: bool = True) -> None:
             part = ", _part" if order else ", 0 AS _part"
-            selects = [f"SELECT {cols}{extra}{part} FROM {r}" for r in reads]
+            pivoted = "" if signals is None else ", " + ", ".join(_PIVOTED(max(len(signals), 1)))
+            if empty:
+                selects = [f"SELECT {cols}{'' if signals is None else _pivot(signals, by_position, 1, ())}{part} "
+                           "FROM _empty"]
+            else:
+                selects = [f"SELECT {cols}{pivoted}{part} FROM {r}" for r in reads(signals, by_position)]
             con.execute(f"CREATE OR REPLACE TEMP {what} src AS {' UNION ALL '.join(selects)}")
 
         signals: tuple[str, ...] = ()
         if not pivot:
-            create("")
+            create(None)
         else:
-            signals = _first_signals(con, parts[0] if parts else None)
-            create(_pivot(signals, by_position=True))
+            signals = _first_signals(con, parts[0] if parts else None, layouts)
+            create(signals)
             if not con.execute("SELECT coalesce(bool_and(_same_keys), TRUE) FROM src").fetchall()[0][0]:
-                signals = tuple(r[0] for r in con.execute(
-                    f"SELECT DISTINCT unnest(map_keys(rewards)) AS k FROM "
-                    f"({' UNION ALL '.join(f'SELECT rewards FROM {r}' for r in reads)}) ORDER BY k").fetchall())
-                create(_pivot(signals, by_position=False))
+                stored = " UNION ALL ".join(f"SELECT rewards FROM read_parquet([{names}])" for _, names, _ in groups)
+                logged = {r[0] for r in con.execute(f"SELECT DISTINCT unnest(map_keys(rewards)) FROM ({stored})"
+                                                    ).fetchall()}  # (the maps kept: rollouts of other signals)
+                signals = tuple(sorted(logged.union(*(shared for (_, shared), _, _ in groups))))
+                create(signals, by_position=False)
         for k in kinds:
             out[k.name] = _Batch(con.sql(k.query(signals or ("",))).to_arrow_table(), order)
     finally:
@@ -556,36 +573,49 @@ def _compute(parts: list[Path], layouts: dict[str, int], kinds: list[Kind], root
             con.close()
         else:
             con.execute(f"DROP {what} IF EXISTS src")
-            if not order:
+            if empty:
                 con.unregister("_empty")
     return out
 
 
-def _first_signals(con: duckdb.DuckDBPyConnection, part: Path | None) -> tuple[str, ...]:
-    """The signals of the first rollout of `part` with a rewards map (a run logs the same ones for every rollout:
-    `_compute` checks that they are every rollout's)."""
+#: A part's (layout, shared reward signals), as `Store.part_formats` gives it.
+Format = tuple[int, tuple[str, ...]]
+
+
+def _first_signals(con: duckdb.DuckDBPyConnection, part: Path | None, layouts: dict[str, Format]
+                   ) -> tuple[str, ...]:
+    """The signals of `part`: those its rollouts share (layout 5), else its first rollout's with a rewards map
+    (a run logs the same ones for every rollout: `_compute` checks that they are every rollout's)."""
     if part is None:
         return ()
+    layout, shared = layouts.get(part.name, (1, ()))
+    if layout >= REWARDS_LAYOUT:
+        return shared
     rows = con.execute(f"SELECT map_keys(rewards) FROM read_parquet({sql_string(str(part))}) "
                        f"WHERE rewards IS NOT NULL LIMIT 1").fetchall()
     return tuple(rows[0][0]) if rows else ()
 
 
-def _pivot(signals: tuple[str, ...], by_position: bool) -> str:
-    """The SELECT items of `SIGNAL_COLUMNS` for `signals`, and `_same_keys`. `by_position`: every rollout is
-    expected to have exactly `signals` in that order, so slot i is the map's i-th value (`_same_keys` says where
-    that holds: else `_compute` pivots again by name); else each slot is looked up by name."""
+def _PIVOTED(k: int) -> list[str]:
+    """The names of `_pivot`'s items for `k` slots."""
+    return [name for i in range(k) for name in (f"_r{i}", f"_h{i}")] + ["_same_keys"]
+
+
+def _pivot(signals: tuple[str, ...], by_position: bool, layout: int, shared: tuple[str, ...]) -> str:
+    """The SELECT items of `SIGNAL_COLUMNS` for `signals`, and `_same_keys`, over a part of `layout` whose
+    rollouts share `shared` (read as stored). `by_position`: every rollout is expected to have exactly
+    `signals` in that order, so slot i is a stored map's i-th value (`_same_keys` says where that holds: else
+    `_compute` pivots again by name); else each slot is looked up by name. A part's reward columns are read by
+    name either way (`layout.reward_sql`)."""
     items = []
     for i, s in enumerate(signals):
-        if by_position:
+        if by_position and layout < REWARDS_LAYOUT:
             items += [f"map_values(rewards)[{i + 1}] AS _r{i}", f"TRUE AS _h{i}"]
         else:
-            items += [f"rewards[{sql_string(s)}] AS _r{i}",
-                      f"coalesce(map_contains(rewards, {sql_string(s)}), FALSE) AS _h{i}"]
+            items += [f"{reward_sql(s, layout, shared)} AS _r{i}", f"{has_reward_sql(s, layout, shared)} AS _h{i}"]
     if not signals:  # a slot no rollout has (`SIGNAL_COLUMNS`)
         items += ["NULL::DOUBLE AS _r0", "FALSE AS _h0"]
-    same = (f"map_keys(rewards) IS NOT DISTINCT FROM {sql_list(list(signals))}::VARCHAR[]" if by_position
-            else "TRUE")
+    same = same_signals_sql(signals, layout, shared) if by_position else "TRUE"
     return ", " + ", ".join(items) + f", {same} AS _same_keys"
 
 

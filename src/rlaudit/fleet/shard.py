@@ -171,7 +171,7 @@ def _prepare(task: ShardTask, out: ShardResult) -> None:
     only = set(task.shard.parts)
     with store.reading([task.run]):
         paths = [p for p in store.parts(task.run) if p.name in only]
-        layouts = store.part_layouts(task.run)
+        formats = store.part_formats(task.run)
         if len(paths) != len(only):
             raise RlauditError(f"run {task.run!r}: {len(only) - len(paths)} part(s) of shard {task.shard.index} are "
                                "no longer listed (an ingest replaced them); the driver audits what is stored")
@@ -183,11 +183,11 @@ def _prepare(task: ShardTask, out: ShardResult) -> None:
         con = duckdb.connect()
         bound_memory(con)
         con.execute("SET enable_progress_bar = false")
-        by_layout: dict[int, list[str]] = {}
+        by_format: dict[tuple[int, tuple[str, ...]], list[str]] = {}
         for p in paths:
-            by_layout.setdefault(layouts.get(p.name, 1), []).append(str(p))
-        sel = " UNION ALL ".join(f"SELECT {view_columns(lay)} FROM read_parquet({sql_list(ps)})"
-                                 for lay, ps in sorted(by_layout.items()))
+            by_format.setdefault(formats.get(p.name, (1, ())), []).append(str(p))
+        sel = " UNION ALL ".join(f"SELECT {view_columns(*fmt)} FROM read_parquet({sql_list(ps)})"
+                                 for fmt, ps in sorted(by_format.items()))
         con.execute(f"CREATE VIEW shard AS {sel}")
         out.per_step = [list(r) for r in con.execute(
             "SELECT step, count(*) FROM shard GROUP BY step ORDER BY step").fetchall()]

@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import RlauditError
-from ..layout import LAYOUT
+from ..layout import LAYOUT, part_signals
 from ..store import Store, StoredPart
 
 
@@ -233,7 +233,7 @@ class StoreView(Store):
         bounds = pc.min_max(table.column("step"))
         return StoredPart(name=name, rows=table.num_rows, steps=[bounds["min"].as_py(), bounds["max"].as_py()],
                           layout=whole.layout if whole is not None else LAYOUT, files=tuple(files),
-                          spans=tuple(spans))
+                          spans=tuple(spans), signals=part_signals(table.schema))
 
     def stored_parts(self, run: str, manifest: dict | None = None) -> dict[str, StoredPart]:
         parts = super().stored_parts(run, manifest)
@@ -248,6 +248,14 @@ class StoreView(Store):
             layouts = {**layouts, **{name: p.layout for name, p in self._cuts.items()}}
             layouts.update({p.name: LAYOUT for p in self._parts if p.name not in layouts})
         return layouts
+
+    def part_formats(self, run: str, manifest: dict | None = None) -> dict[str, tuple[int, tuple[str, ...]]]:
+        formats = super().part_formats(run, manifest)
+        if run == self.view_run:  # as `part_layouts`; a retired part's signals from its own schema
+            formats = {**formats, **{name: (p.layout, p.signals) for name, p in self._cuts.items()}}
+            formats.update({p.name: (LAYOUT, part_signals(pq.read_schema(p))) for p in self._parts
+                            if p.name not in formats})
+        return formats
 
     def derived(self, run: str, name: str, compute: Callable[[], pa.Table]) -> pa.Table:
         if run != self.view_run:
