@@ -306,3 +306,26 @@ def test_files_of_one_size_are_hashed_once_and_their_digests_recorded(tmp_path, 
     assert sorted(hashed) == sorted(f.name for f in files)  # once each
     recorded = {Path(k).name: e["sha256"] for k, e in store.manifest("run")["files"].items()}
     assert recorded == {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+def test_files_of_other_signals_in_one_part_keep_their_own_rewards(tmp_path, store):
+    """Files grouped into one part whose rollouts log other signals (a reward function added mid-run): the part
+    keeps the first file's signals as columns and the others' maps (`layout.conform`), and every reader gives
+    each rollout its own rewards; the per-part statistics see both signal sets."""
+    import pyarrow.parquet as pq
+
+    from rlaudit.layout import read_part
+
+    out = tmp_path / "run"
+    trl_step(out, 1, ["p"] * 4, ["a"] * 4, rewards={"r": [1.0, 2.0, 3.0, 4.0]})
+    trl_step(out, 2, ["p"] * 4, ["a"] * 4, rewards={"r": [0.0] * 4, "q": [5.0, 6.0, 7.0, float("nan")]})
+    store.ingest(out)
+    [part] = store.parts("run")
+    assert store.part_formats("run")[part.name][1] == ("r",)
+    assert pq.read_table(part)["rewards"].null_count == 4
+    want = [[("r", v)] for v in (1.0, 2.0, 3.0, 4.0)] + [[("r", 0.0), ("q", v)] for v in (5.0, 6.0, 7.0)]
+    got = store.query("SELECT step, rewards FROM rollouts ORDER BY step, rollout_id").column("rewards").to_pylist()
+    assert sorted(map(repr, got[:7])) == sorted(map(repr, want)) and got[7][1][0] == "q"
+    arrow = read_part(part, ["step", "rewards"])["rewards"].to_pylist()
+    assert sorted(map(repr, arrow)) == sorted(map(repr, got))
+    assert store.summary("run").signals == ["q", "r"]
