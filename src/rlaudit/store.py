@@ -70,7 +70,8 @@ from .conditions import ConditionLabeler, ConditionRule
 from .errors import RlauditError
 from .findings import dumps
 from .readers import get_reader, resolve_reader
-from .layout import LAYOUT, PART_SCHEMA, conform, from_canonical, part_schema, part_signals, view_columns
+from .layout import (LAYOUT, PART_SCHEMA, REWARDS_LAYOUT, conform, from_canonical, part_schema, part_signals,
+                     reward_column, view_columns)
 from .readers.base import (BadRecord, ReadContext, ReadOptions, SourceFile, finalize_parts, prefetch,
                            same_raw_schema)
 from .schema import ROLLOUT_SCHEMA
@@ -1054,9 +1055,7 @@ class Store:
         self.rollouts_view(con, runs, view=view, steps=steps)
         if view != "rollouts":
             return con
-        con.execute(
-            "CREATE VIEW rewards_long AS SELECT run, rollout_id, step, group_id, condition, task, "
-            "unnest(map_keys(rewards)) AS signal, unnest(map_values(rewards)) AS value FROM rollouts")
+        self.rewards_view(con, runs, steps=steps)
         return con
 
     def rollouts_view(self, con: duckdb.DuckDBPyConnection, runs: list[str] | None = None, view: str = "rollouts",
@@ -1069,6 +1068,45 @@ class Store:
         as they are (`rollout_id`, `step`, ...), applied in each part's scan, before the canonical columns are
         computed: DuckDB keeps a filter on the view above the projection that cuts the answer and reasoning out of
         the completion, so a 4% sample of a 1M run cut every row's spans (0.5 -> 0.3 CPU s)."""
+        filt = f" WHERE {where}" if where else ""
+        selects = [f"SELECT {view_columns(*fmt)} FROM read_parquet({sql_list(paths)}){filt}"
+                   for fmt, paths in self._by_format(runs, steps)]
+        if not selects:
+            con.register(f"_empty_{view}", ROLLOUT_SCHEMA.empty_table())
+            selects = [f"SELECT * FROM _empty_{view}"]
+        con.execute(f"CREATE OR REPLACE VIEW {view} AS {' UNION ALL '.join(selects)}")
+
+    def rewards_view(self, con: duckdb.DuckDBPyConnection, runs: list[str] | None = None,
+                     view: str = "rewards_long", steps: Collection[int] | None = None, where: str | None = None
+                     ) -> None:
+        """Create the view `view`: one row per rollout of `runs` and reward signal (run, rollout_id, step,
+        group_id, condition, task, signal, value), over the parts `rollouts_view` would read (`steps`, `where`
+        as there). The signals a part's rollouts share come from its columns (layout 5), not from `rewards`
+        rebuilt as a map: DuckDB builds a map ~6x slower than it reads a stored one."""
+        keys = "run, rollout_id, step, group_id, condition, task"
+        mapped = 'unnest(map_keys("rewards")) AS signal, unnest(map_values("rewards")) AS value'
+        selects = []
+        for (layout, signals), paths in self._by_format(runs, steps):
+            read = f"read_parquet({sql_list(paths)})"
+            only = f" AND ({where})" if where else ""
+            if layout < REWARDS_LAYOUT:
+                selects.append(f"SELECT {keys}, {mapped} FROM {read}{' WHERE ' + where if where else ''}")
+                continue
+            if signals:
+                columns = ", ".join('"' + reward_column(s).replace('"', '""') + '"' for s in signals)
+                selects.append(f"SELECT {keys}, unnest({sql_list(list(signals))}::VARCHAR[]) AS signal, "
+                               f"unnest([{columns}]::DOUBLE[]) AS value FROM {read} WHERE rewards IS NULL{only}")
+            selects.append(f"SELECT {keys}, {mapped} FROM {read} WHERE rewards IS NOT NULL{only}")
+        if not selects:
+            selects = [f"SELECT {keys}, NULL::VARCHAR AS signal, NULL::DOUBLE AS value FROM "
+                       f"(SELECT NULL::VARCHAR AS run, NULL::VARCHAR AS rollout_id, NULL::BIGINT AS step, "
+                       f"NULL::VARCHAR AS group_id, NULL::VARCHAR AS condition, NULL::VARCHAR AS task) WHERE FALSE"]
+        con.execute(f"CREATE OR REPLACE VIEW {view} AS {' UNION ALL '.join(selects)}")
+
+    def _by_format(self, runs: list[str] | None, steps: Collection[int] | None
+                   ) -> list[tuple[tuple[int, tuple[str, ...]], list[str]]]:
+        """The parts of `runs` (default all; with `steps`, those that may hold one of them), grouped by (layout,
+        shared signals): one read of each group. A lost part is an error (`missing_error`)."""
         wanted = None if steps is None else np.unique(np.asarray(list(steps), np.int64))
         by_format: dict[tuple[int, tuple[str, ...]], list[str]] = {}
         for r in runs if runs is not None else self.runs():
@@ -1083,13 +1121,7 @@ class Store:
                 raise self.missing_error(r, lost, m)
             for p in parts:
                 by_format.setdefault(formats.get(p.name, (1, ())), []).append(str(p))
-        filt = f" WHERE {where}" if where else ""
-        selects = [f"SELECT {view_columns(*fmt)} FROM read_parquet({sql_list(paths)}){filt}"
-                   for fmt, paths in sorted(by_format.items())]
-        if not selects:
-            con.register(f"_empty_{view}", ROLLOUT_SCHEMA.empty_table())
-            selects = [f"SELECT * FROM _empty_{view}"]
-        con.execute(f"CREATE OR REPLACE VIEW {view} AS {' UNION ALL '.join(selects)}")
+        return sorted(by_format.items())
 
     def query(self, sql: str, params: list[Any] | None = None, runs: list[str] | None = None,
               steps: Collection[int] | None = None) -> pa.Table:

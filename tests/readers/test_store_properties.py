@@ -329,3 +329,48 @@ def test_files_of_other_signals_in_one_part_keep_their_own_rewards(tmp_path, sto
     arrow = read_part(part, ["step", "rewards"])["rewards"].to_pylist()
     assert sorted(map(repr, arrow)) == sorted(map(repr, got))
     assert store.summary("run").signals == ["q", "r"]
+
+
+def _long_rows(store, where="TRUE"):
+    """`rewards_long`'s rows, and the same from the rollouts view's rewards map unnested, each sorted."""
+    con = store.connect(["run"])
+    got = con.sql(f"SELECT * FROM rewards_long WHERE {where} ORDER BY ALL").fetchall()
+    want = con.sql("SELECT * FROM (SELECT run, rollout_id, step, group_id, condition, task, "
+                   "unnest(map_keys(rewards)) AS signal, unnest(map_values(rewards)) AS value FROM rollouts) "
+                   f"WHERE {where} ORDER BY ALL").fetchall()
+    con.close()
+    return repr(got), repr(want)  # repr: NaN equal to NaN
+
+
+def test_rewards_long_reads_the_reward_columns_as_the_map_gives_them(tmp_path, store):
+    """`rewards_long` (`Store.rewards_view`) reads a layout-5 part's shared signals from its columns and the
+    other rollouts' maps, and a layout-4 part's map: the rows of the rollouts view's map, unnested; within a
+    filter on stored columns and over only the parts of some steps as well."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "run"
+    trl_step(out, 1, ["p"] * 4, ["a"] * 4, rewards={"r": [1.0, 2.0, float("nan"), 4.0]})
+    trl_step(out, 2, ["p"] * 4, ["a"] * 4, rewards={"r": [0.0] * 4, "q": [5.0, 6.0, 7.0, 8.0]})
+    store.ingest(out)
+    got, want = _long_rows(store)
+    assert got == want and got.count("'q'") == 4
+    manifest = store.manifest("run")  # the part as layout 4 stored it
+    [entry] = {e["part"]: e for e in manifest["files"].values()}.values()
+    path = store.run_dir("run") / "parts" / entry["part"]
+    pq.write_table(with_rewards_map(pq.read_table(path)), path)
+    for e in manifest["files"].values():
+        e["layout"] = 4
+        del e["signals"]
+    (store.run_dir("run") / "run.json").write_text(json.dumps(manifest))
+    _steps(out, [3])
+    store.ingest(out)
+    assert sorted(store.part_layouts("run").values()) == [4, LAYOUT]
+    got, want = _long_rows(store)
+    assert got == want and got.count("'r'") == 12
+    assert _long_rows(store, "step >= 2 AND signal = 'r'")[0] == _long_rows(store, "step >= 2 AND signal = 'r'")[1]
+    con = store.connect(["run"])
+    store.rewards_view(con, ["run"], "of_step3", steps=[3], where="step = 3")
+    assert con.sql("SELECT count(*), min(step) FROM of_step3").fetchall() == [(4, 3)]
+    con.close()

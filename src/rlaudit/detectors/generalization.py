@@ -306,10 +306,7 @@ def _sampled_rewards(scope: Scope) -> str:
     con = scope.con
     if not con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'gen_sample_rewards'").fetchone()[0]:
         steps = con.execute("SELECT step FROM sample_steps").fetchnumpy()["step"]
-        scope.store.rollouts_view(con, [scope.run], "gen_sample_all", steps)
-        con.execute(f"""CREATE OR REPLACE TEMP VIEW gen_sample_rewards AS
-            SELECT run, rollout_id, step, group_id, condition, task, unnest(map_keys(rewards)) AS signal,
-                   unnest(map_values(rewards)) AS value FROM gen_sample_all WHERE {scope.where}""")
+        scope.store.rewards_view(con, [scope.run], "gen_sample_rewards", steps, where=scope.where)
     return "gen_sample_rewards"
 
 
