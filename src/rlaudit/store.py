@@ -512,6 +512,7 @@ class Store:
             # writing release the GIL, so the three stages overlap. Each stage's output waits in a queue of
             # PREFETCH_DEPTH tables and at most PREFETCH_BYTES (`prefetch`).
             unreadable: set[str] = set()
+            readahead([f.path for f in todo])
             stream = prefetch(_part_tables(prefetch(reader.read_files(todo, ctx, unreadable), PREFETCH_DEPTH,
                                                     PREFETCH_BYTES), ctx), PREFETCH_DEPTH, PREFETCH_BYTES)
             pending: collections.deque[_Part] = collections.deque()
@@ -1253,6 +1254,39 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> bool:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+
+
+#: bytes of an ingest's files asked into the page cache before it starts (`readahead`)
+READAHEAD_BYTES = 4 << 30
+
+
+def readahead(paths: list[Path], most: int = READAHEAD_BYTES) -> int:
+    """Ask the kernel to read the first `most` bytes of `paths`, in order, into the page cache (`posix_fadvise`
+    WILLNEED: the reads are queued, the call returns), before an ingest's threads start: the reader opens the
+    files one after another, and the kernel reads ahead within a file, not across files, so a run read from
+    disk stalled the ingest's bottleneck thread at each file. Asked up front on this thread, not as the reader
+    goes: each system call is a release and re-acquisition of the GIL, which cost the reading thread more than it
+    saved where the files were cached already (docs/performance.md, session 40). Returns the bytes asked for;
+    nothing where the call does not exist (not Linux) or a file cannot be opened (the reader reports it)."""
+    if not hasattr(os, "posix_fadvise"):
+        return 0
+    asked = 0
+    for path in paths:
+        if asked >= most:
+            break
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            size = min(os.fstat(fd).st_size, most - asked)
+            os.posix_fadvise(fd, 0, size, os.POSIX_FADV_WILLNEED)
+            asked += size
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return asked
 
 
 def listing(d: Path) -> set[str]:

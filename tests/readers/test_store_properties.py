@@ -374,3 +374,22 @@ def test_rewards_long_reads_the_reward_columns_as_the_map_gives_them(tmp_path, s
     store.rewards_view(con, ["run"], "of_step3", steps=[3], where="step = 3")
     assert con.sql("SELECT count(*), min(step) FROM of_step3").fetchall() == [(4, 3)]
     con.close()
+
+
+def test_readahead_asks_for_the_files_in_order_within_its_bytes(tmp_path):
+    """`store.readahead` (before an ingest's threads start) asks for the files' bytes in order up to its bound,
+    and skips a file it cannot open (the reader reports that one)."""
+    import os
+
+    from rlaudit.store import readahead
+
+    if not hasattr(os, "posix_fadvise"):
+        pytest.skip("no posix_fadvise on this platform: nothing is asked")
+    files = []
+    for i, n in enumerate([100, 200, 300]):
+        files.append(tmp_path / f"f{i}")
+        files[-1].write_bytes(b"x" * n)
+    assert readahead(files) == 600
+    assert readahead(files, most=250) == 250  # the first file, 150 bytes of the second, nothing of the third
+    assert readahead([tmp_path / "missing", *files], most=1000) == 600
+    assert readahead([]) == 0
