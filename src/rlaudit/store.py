@@ -512,7 +512,7 @@ class Store:
             # writing release the GIL, so the three stages overlap. Each stage's output waits in a queue of
             # PREFETCH_DEPTH tables and at most PREFETCH_BYTES (`prefetch`).
             unreadable: set[str] = set()
-            readahead([f.path for f in todo])
+            readahead([f.path for f in todo], readahead_bytes())
             stream = prefetch(_part_tables(prefetch(reader.read_files(todo, ctx, unreadable), PREFETCH_DEPTH,
                                                     PREFETCH_BYTES), ctx), PREFETCH_DEPTH, PREFETCH_BYTES)
             pending: collections.deque[_Part] = collections.deque()
@@ -1256,8 +1256,21 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> bool:
             tmp.unlink(missing_ok=True)
 
 
-#: bytes of an ingest's files asked into the page cache before it starts (`readahead`)
+#: bytes of an ingest's files asked into the page cache before it starts (`readahead`), at most
 READAHEAD_BYTES = 4 << 30
+
+
+def readahead_bytes() -> int:
+    """What `readahead` may ask for: READAHEAD_BYTES, a quarter of the machine's memory, half a memory budget
+    (`memory.budget`), whichever is least: files asked for beyond what the page cache keeps would be evicted
+    before they are read, and read twice."""
+    from .memory import budget
+
+    most = READAHEAD_BYTES
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        most = min(most, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4)
+    limit = budget()
+    return min(most, limit[0] // 2) if limit is not None else most
 
 
 def readahead(paths: list[Path], most: int = READAHEAD_BYTES) -> int:

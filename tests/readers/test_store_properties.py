@@ -393,3 +393,17 @@ def test_readahead_asks_for_the_files_in_order_within_its_bytes(tmp_path):
     assert readahead(files, most=250) == 250  # the first file, 150 bytes of the second, nothing of the third
     assert readahead([tmp_path / "missing", *files], most=1000) == 600
     assert readahead([]) == 0
+
+
+def test_readahead_stays_within_a_memory_budget(monkeypatch):
+    """Under a memory budget `readahead` asks for at most half of it (files evicted before they are read would be
+    read twice), and never more than READAHEAD_BYTES."""
+    from rlaudit import store as store_module
+
+    monkeypatch.delenv("RLAUDIT_MEMORY", raising=False)
+    free = store_module.readahead_bytes()
+    assert 0 < free <= store_module.READAHEAD_BYTES
+    monkeypatch.setenv("RLAUDIT_MEMORY", "64GB")
+    assert store_module.readahead_bytes() <= min(free, 32 << 30)
+    monkeypatch.setenv("RLAUDIT_MEMORY", "1GB")
+    assert store_module.readahead_bytes() < 512 << 20
