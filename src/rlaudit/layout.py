@@ -111,8 +111,15 @@ def split_rewards(rewards: pa.Array | pa.ChunkedArray, signals: tuple[str, ...] 
     n = len(m)
     offsets = np.asarray(m.offsets, np.int64)
     lengths = np.diff(offsets)
+    if m.null_count:  # (not canonical) a null map is kept as an empty one
+        valid = np.asarray(m.is_valid(), bool)
+        entries = pa.array(np.flatnonzero(np.repeat(valid, lengths)) + offsets[0], pa.int64())
+        lengths = np.where(valid, lengths, 0)
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        m = pa.MapArray.from_arrays(pa.array(offsets, pa.int32()), m.keys.take(entries), m.items.take(entries),
+                                    type=m.type)
     if signals is None:
-        first = m.keys.slice(offsets[0], lengths[0]).to_pylist() if n and m.is_valid()[0].as_py() else []
+        first = m.keys.slice(offsets[0], lengths[0]).to_pylist() if n else []
         signals = tuple(first) if len(set(first)) == len(first) else ()
     k = len(signals)
     row = np.repeat(np.arange(n), lengths)
@@ -120,8 +127,6 @@ def split_rewards(rewards: pa.Array | pa.ChunkedArray, signals: tuple[str, ...] 
     slot = np.asarray(pc.fill_null(pc.index_in(keys, value_set=pa.array(signals, pa.string())), -1), np.int64)
     wrong = slot != np.arange(len(row)) + offsets[0] - offsets[row]  # a key not in its place
     shared = (lengths == k) & (np.bincount(row[wrong], minlength=n) == 0)
-    if m.null_count:
-        shared &= np.asarray(m.is_valid(), bool)
     if shared.all():
         left = pa.nulls(n, m.type)
     elif not shared.any():
