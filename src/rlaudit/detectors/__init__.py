@@ -70,7 +70,11 @@ class DetectContext:
         (the unfiltered rows stay available as `all_rollouts`)."""
         con = self.store.connect([self.run], view="all_rollouts")  # bound once, not renamed: see Store.connect
         con.execute(f"CREATE VIEW rollouts AS SELECT * FROM all_rollouts WHERE {self.scope_sql()}")
-        self.store.rewards_view(con, [self.run], where=self.scope_sql())
+        # (over `rollouts`: cheap to bind on every connection, but it unnests `rewards` rebuilt as a map; a
+        # detector that scans it over many rollouts asks `Store.rewards_view` for one read from the columns)
+        con.execute(
+            "CREATE OR REPLACE VIEW rewards_long AS SELECT run, rollout_id, step, group_id, condition, task, "
+            "unnest(map_keys(rewards)) AS signal, unnest(map_values(rewards)) AS value FROM rollouts")
         return con
 
     def scope_sql(self) -> str:
