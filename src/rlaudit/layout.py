@@ -277,25 +277,35 @@ def rewards_sql(layout: int, signals: tuple[str, ...] | None = None) -> str:
     return f'CASE WHEN "rewards" IS NULL THEN {_reward_map(_signals(layout, signals))} ELSE "rewards" END'
 
 
+# (the SQL helpers below quote with the store's `sql_string`, `sql_list`, `sql_ident`, imported when called:
+# the store imports this module)
+
+
 def reward_sql(signal: str, layout: int, signals: tuple[str, ...] | None = None) -> str:
     """`signal`'s value (DOUBLE; NULL where the rollout lacks it) over a part of `layout` read as stored (not
     through `view_columns`), whose rollouts share `signals` from layout 5."""
-    at = _quote(signal)
+    from .store import sql_ident, sql_string
+
+    at = sql_string(signal)
     if layout >= REWARDS_LAYOUT and signal in _signals(layout, signals):
-        return f'CASE WHEN "rewards" IS NULL THEN "{_ident(reward_column(signal))}" ELSE "rewards"[{at}] END'
+        return f'CASE WHEN "rewards" IS NULL THEN {sql_ident(reward_column(signal))} ELSE "rewards"[{at}] END'
     return f'CAST("rewards"[{at}] AS DOUBLE)'
 
 
 def has_reward_sql(signal: str, layout: int, signals: tuple[str, ...] | None = None) -> str:
     """Whether a rollout logs `signal` (a value or null: `map_contains`), over a part as `reward_sql` reads it."""
+    from .store import sql_string
+
     if layout >= REWARDS_LAYOUT and signal in _signals(layout, signals):
-        return f'("rewards" IS NULL OR map_contains("rewards", {_quote(signal)}))'
-    return f'coalesce(map_contains("rewards", {_quote(signal)}), FALSE)'
+        return f'("rewards" IS NULL OR map_contains("rewards", {sql_string(signal)}))'
+    return f'coalesce(map_contains("rewards", {sql_string(signal)}), FALSE)'
 
 
 def same_signals_sql(wanted: tuple[str, ...], layout: int, signals: tuple[str, ...] | None = None) -> str:
     """Whether a rollout logs exactly `wanted`, in that order, over a part as `reward_sql` reads it."""
-    listed = f"{_string_list(wanted)}::VARCHAR[]"
+    from .store import sql_list
+
+    listed = f"{sql_list(list(wanted))}::VARCHAR[]"
     if layout < REWARDS_LAYOUT:
         return f'map_keys("rewards") IS NOT DISTINCT FROM {listed}'
     shared = "TRUE" if tuple(_signals(layout, signals)) == tuple(wanted) else "FALSE"
@@ -309,20 +319,10 @@ def _signals(layout: int, signals: tuple[str, ...] | None) -> tuple[str, ...]:
 
 
 def _reward_map(signals: tuple[str, ...]) -> str:
-    values = ", ".join(f'"{_ident(reward_column(s))}"' for s in signals)
-    return f"map({_string_list(signals)}::VARCHAR[], [{values}]::DOUBLE[])"
+    from .store import sql_ident, sql_list
 
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _ident(name: str) -> str:
-    return name.replace('"', '""')
-
-
-def _string_list(texts: tuple[str, ...]) -> str:
-    return "[" + ", ".join(_quote(t) for t in texts) + "]"
+    values = ", ".join(sql_ident(reward_column(s)) for s in signals)
+    return f"map({sql_list(list(signals))}::VARCHAR[], [{values}]::DOUBLE[])"
 
 
 #: DuckDB spelling of the types of `ADDED` columns (for the NULLs that stand in for them in older parts).

@@ -1094,7 +1094,7 @@ class Store:
                 selects.append(f"SELECT {keys}, {mapped} FROM {read}{' WHERE ' + where if where else ''}")
                 continue
             if signals:
-                columns = ", ".join('"' + reward_column(s).replace('"', '""') + '"' for s in signals)
+                columns = ", ".join(sql_ident(reward_column(s)) for s in signals)
                 selects.append(f"SELECT {keys}, unnest({sql_list(list(signals))}::VARCHAR[]) AS signal, "
                                f"unnest([{columns}]::DOUBLE[]) AS value FROM {read} WHERE rewards IS NULL{only}")
             selects.append(f"SELECT {keys}, {mapped} FROM {read} WHERE rewards IS NOT NULL{only}")
@@ -1601,6 +1601,11 @@ def _may_hold(steps: list[int] | None, wanted: np.ndarray | None) -> bool:
 def sql_string(text: object) -> str:
     """A SQL string literal of `text` (single quotes doubled)."""
     return "'" + str(text).replace("'", "''") + "'"
+
+
+def sql_ident(name: str) -> str:
+    """A quoted SQL identifier of `name` (double quotes doubled)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def sql_list(items: list[str]) -> str:

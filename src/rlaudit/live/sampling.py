@@ -250,9 +250,8 @@ class StoreView(Store):
         return layouts
 
     def part_formats(self, run: str, manifest: dict | None = None) -> dict[str, tuple[int, tuple[str, ...]]]:
-        formats = super().part_formats(run, manifest)
-        if run == self.view_run:  # as `part_layouts`; a retired part's signals from its own schema
-            formats = {**formats, **{name: (p.layout, p.signals) for name, p in self._cuts.items()}}
+        formats = super().part_formats(run, manifest)  # (the cut parts' too: `stored_parts`)
+        if run == self.view_run:  # a part of the view's snapshot that a newer version retired: its own schema
             formats.update({p.name: (LAYOUT, part_signals(pq.read_schema(p))) for p in self._parts
                             if p.name not in formats})
         return formats
