@@ -261,24 +261,11 @@ def test_segments_written_from_memory_equal_merged_ones(tmp_path, monkeypatch):
 def test_parts_of_two_layouts_in_one_batch(tmp_path):
     """A batch reading parts of two layouts (one SELECT each, `file_index` counted from each one's offset; the
     signals from reward columns in one, from the rewards map in the other): every row keeps its own part."""
-    import json
-
-    import pyarrow.parquet as pq
-
-    from tests.old_layouts import with_rewards_map
+    from tests.old_layouts import store_as_layout
 
     store = Store(tmp_path / "s")
     by_step(store, make_run(seed=7, steps=6))
-    manifest = store.manifest("sim")
-    for i, part in enumerate(sorted({e["part"] for e in manifest["files"].values()})):
-        if i % 2:  # every other part as layout 4 stored it
-            path = store.run_dir("sim") / "parts" / part
-            pq.write_table(with_rewards_map(pq.read_table(path)), path)
-            for entry in manifest["files"].values():
-                if entry["part"] == part:
-                    entry["layout"] = 4
-                    del entry["signals"]
-    (store.run_dir("sim") / "run.json").write_text(json.dumps(manifest))
+    store_as_layout(store, "sim", {p.name for p in store.parts("sim")[1::2]}, 4)  # every other part as layout 4
     assert set(store.part_layouts("sim").values()) == {4, LAYOUT}
     check(store)
 

@@ -329,15 +329,13 @@ def test_parts_with_the_completions_facts_and_parts_without_give_the_same_statis
     `</think>` test from the part (`layout.FACTS`, layout 4) and bound its spans without reading the completion;
     the same parts rewritten as layout 3 stored them (no facts: computed from the completion) give the same
     per-part statistics, row for row."""
-    import json
     import shutil
 
     import duckdb
-    import pyarrow.parquet as pq
 
     from rlaudit.derived.partstats import part_stats
     from rlaudit.layout import FACTS, LAYOUT
-    from tests.old_layouts import with_rewards_map
+    from tests.old_layouts import store_as_layout
     from tests.readers.trainer_files import trl_step
 
     completions = ["<think>plan é</think> answer", "</think>only close", "<think>cut off", "plain",
@@ -356,14 +354,7 @@ def test_parts_with_the_completions_facts_and_parts_without_give_the_same_statis
         return con.sql("SELECT * FROM t ORDER BY ALL").fetchall()
 
     stored = rows()
-    manifest = store.manifest("r")
-    for part in {e["part"] for e in manifest["files"].values()}:
-        path = store.run_dir("r") / "parts" / part
-        pq.write_table(with_rewards_map(pq.read_table(path)).drop_columns(list(FACTS)), path)
-    for entry in manifest["files"].values():
-        entry["layout"] = 3
-        del entry["signals"]
-    (store.run_dir("r") / "run.json").write_text(json.dumps(manifest))
+    store_as_layout(store, "r", {p.name for p in store.parts("r")}, 3, drop=tuple(FACTS))
     shutil.rmtree(store.run_dir("r") / "derived" / "partstats")
     assert set(store.part_layouts("r").values()) == {3}
     assert rows() == stored

@@ -11,7 +11,7 @@ from rlaudit.readers import trl as trl_module
 from rlaudit.readers.base import ReadOptions
 
 from .trainer_files import primerl_step, trl_step, verifiers_episode, verifiers_trace
-from tests.old_layouts import with_rewards_map
+from tests.old_layouts import store_as_layout
 
 
 def _steps(out, steps):
@@ -178,9 +178,6 @@ def test_parts_written_before_spans_existed_stay_readable(tmp_path, store):
 def test_parts_written_before_tool_columns_existed_read_them_as_null(tmp_path, store):
     """Layout-2 parts (spans, no tool_calls/tool_outputs) read as before, with null tool columns, in the view
     and through `read_part`, next to parts that have them."""
-    import json
-
-    import pyarrow.parquet as pq
 
     from rlaudit.layout import read_part
 
@@ -191,10 +188,7 @@ def test_parts_written_before_tool_columns_existed_read_them_as_null(tmp_path, s
     manifest = store.manifest("run")
     [entry] = manifest["files"].values()
     path = store.run_dir("run") / "parts" / entry["part"]
-    pq.write_table(with_rewards_map(pq.read_table(path)).drop_columns(["tool_calls", "tool_outputs"]), path)
-    entry["layout"] = 2
-    del entry["signals"]
-    (store.run_dir("run") / "run.json").write_text(json.dumps(manifest))
+    store_as_layout(store, "run", {entry["part"]}, 2, drop=("tool_calls", "tool_outputs"))
     assert store.table("run").equals(expected)
     assert store.query("SELECT count(*) FROM rollouts WHERE tool_calls IS NULL AND tool_outputs IS NULL"
                        ).column(0)[0].as_py() == len(expected)
@@ -211,7 +205,6 @@ def test_parts_written_before_reward_columns_existed_stay_readable(tmp_path, sto
     """Layout-4 parts (the rewards map of every rollout) read as before next to layout-5 parts, in the view,
     through `read_part` and in the per-part statistics; a layout-5 part keeps the shared signals as columns and
     the map only for rollouts whose signals differ."""
-    import json
 
     import pyarrow.parquet as pq
 
@@ -228,10 +221,7 @@ def test_parts_written_before_reward_columns_existed_stay_readable(tmp_path, sto
     signals = tuple(entry["signals"])
     assert signals and stored["rewards"].null_count == stored.num_rows
     assert [reward_column(s) for s in signals] == [c for c in stored.column_names if c.startswith("_reward:")]
-    pq.write_table(with_rewards_map(stored), path)
-    entry["layout"] = 4
-    del entry["signals"]
-    (store.run_dir("run") / "run.json").write_text(json.dumps(manifest))
+    store_as_layout(store, "run", {entry["part"]}, 4)
     assert store.table("run").equals(expected)
     assert read_part(path, ["rewards"], layout=4)["rewards"].equals(expected["rewards"])
     _steps(out, [2])
@@ -346,9 +336,6 @@ def test_rewards_long_reads_the_reward_columns_as_the_map_gives_them(tmp_path, s
     """`rewards_long` (`Store.rewards_view`) reads a layout-5 part's shared signals from its columns and the
     other rollouts' maps, and a layout-4 part's map: the rows of the rollouts view's map, unnested; within a
     filter on stored columns and over only the parts of some steps as well."""
-    import json
-
-    import pyarrow.parquet as pq
 
     out = tmp_path / "run"
     trl_step(out, 1, ["p"] * 4, ["a"] * 4, rewards={"r": [1.0, 2.0, float("nan"), 4.0]})
@@ -356,14 +343,7 @@ def test_rewards_long_reads_the_reward_columns_as_the_map_gives_them(tmp_path, s
     store.ingest(out)
     got, want = _long_rows(store)
     assert got == want and got.count("'q'") == 4
-    manifest = store.manifest("run")  # the part as layout 4 stored it
-    [entry] = {e["part"]: e for e in manifest["files"].values()}.values()
-    path = store.run_dir("run") / "parts" / entry["part"]
-    pq.write_table(with_rewards_map(pq.read_table(path)), path)
-    for e in manifest["files"].values():
-        e["layout"] = 4
-        del e["signals"]
-    (store.run_dir("run") / "run.json").write_text(json.dumps(manifest))
+    store_as_layout(store, "run", {p.name for p in store.parts("run")}, 4)  # the part as layout 4 stored it
     _steps(out, [3])
     store.ingest(out)
     assert sorted(store.part_layouts("run").values()) == [4, LAYOUT]
