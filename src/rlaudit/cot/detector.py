@@ -33,7 +33,8 @@ from ..derived import segments
 from ..findings import Finding
 from ..layout import view_columns
 from ..memory import shared_jobs, workers
-from ..store import Store, bound_memory, key_source, listing, part_source, sql_list, write_atomic, write_cached
+from ..store import (Store, bound_memory, key_source, listing, part_source, sql_list, sql_string, write_atomic,
+                     write_cached)
 from ..detectors import DetectContext, Detector, register
 from .scan import (EMPTY_RESULTS, ScanParams, findings_from_results, iter_batches, read_scan_columns,
                    scan_file_batches, file_batches)
@@ -106,7 +107,7 @@ def _results_source(per_part: dict[str, Any], parts: list[Path]) -> pa.Table | s
     values = [per_part[p.name] for p in parts]
     paths = [str(v) for v in values if isinstance(v, Path)]
     if len(paths) == len(values) and paths:
-        return "read_parquet([" + ", ".join(f"'{_quote(x)}'" for x in paths) + "])"
+        return f"read_parquet({sql_list(paths)})"
     tables = [v if not isinstance(v, Path) else pq.read_table(v) for v in values]
     return pa.concat_tables([EMPTY_RESULTS, *tables])
 
@@ -313,7 +314,7 @@ def _part_views(con: duckdb.DuckDBPyConnection, todo: list[Path],
     for i, path in enumerate(todo):
         con.execute(f"CREATE VIEW p{i} AS SELECT {view_columns(*formats.get(path.name, (1, ())))}, "
                     "file_row_number AS _row "
-                    f"FROM read_parquet('{_quote(str(path))}', file_row_number = true)")
+                    f"FROM read_parquet({sql_string(str(path))}, file_row_number = true)")
 
 
 def _stride(con: duckdb.DuckDBPyConnection, todo: list[Path], found: dict[str, Any], params: ScanParams,
@@ -330,7 +331,7 @@ def _stride(con: duckdb.DuckDBPyConnection, todo: list[Path], found: dict[str, A
         else:
             counted += pq.read_metadata(v).num_rows
     # one query over the part files (grader_inputs is stored as is in every layout), not one view per part
-    files = ", ".join(f"'{_quote(str(p))}'" for p in todo)
+    files = ", ".join(sql_string(str(p)) for p in todo)
     new_rows = con.execute(f"SELECT count(*) FROM read_parquet([{files}], union_by_name = true) "
                            "WHERE cardinality(grader_inputs) > 0").fetchall()[0][0] or 0
     # rows already scanned count each rollout once (chance rows are a subset of them): a lower bound is enough
@@ -415,7 +416,3 @@ def scan_key(ctx_store: Store, run: str, params: ScanParams) -> tuple[str, str |
         captured = (str(path), f"{st.st_size:x}{st.st_mtime_ns:x}"[-12:])
     key = f"cot_scan-{params.cache_key()}" + (f"-{captured[1]}" if captured else "")
     return key, captured[0] if captured else None
-
-
-def _quote(text: str) -> str:
-    return text.replace("'", "''")

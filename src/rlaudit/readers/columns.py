@@ -94,10 +94,12 @@ def metadata_from_columns(table: pa.Table) -> pa.Array:
     fast = _metadata_from_plain_columns(table)
     if fast is not None:
         return fast
+    from ..store import sql_ident  # (the store imports the readers)
+
     names = table.column_names
     as_json = {f.name for f in table.schema if f.metadata and f.metadata.get(b"rlaudit") == b"json"}
-    fields = ", ".join(f'"{_sql_ident(c)}" := "{_sql_ident(c)}"' + ("::JSON" if c in as_json else "") for c in names)
-    any_valid = " OR ".join(f'"{_sql_ident(c)}" IS NOT NULL' for c in names)
+    fields = ", ".join(f"{sql_ident(c)} := {sql_ident(c)}" + ("::JSON" if c in as_json else "") for c in names)
+    any_valid = " OR ".join(f"{sql_ident(c)} IS NOT NULL" for c in names)
     out = duck_query(f"SELECT CASE WHEN {any_valid} THEN to_json(struct_pack({fields}))::VARCHAR END AS m "
                      "FROM src", table)
     return combine(out.column(0)).cast(pa.string())
@@ -162,10 +164,6 @@ def duck_query(sql: str, table: pa.Table) -> pa.Table:
         return cur.sql(sql).to_arrow_table()
     finally:
         cur.unregister("src")
-
-
-def _sql_ident(name: str) -> str:
-    return name.replace('"', '""')
 
 
 @dataclass
