@@ -403,8 +403,9 @@ class Store:
                             f"(`rlaudit ingest {manifest.get('source', 'SOURCE')} --run {run}`)")
 
     def part_layouts(self, run: str, manifest: dict[str, Any] | None = None) -> dict[str, int]:
-        """Part file name -> its layout (`rlaudit.layout`; parts from before layouts were recorded are 1)."""
-        return {name: p.layout for name, p in self.stored_parts(run, manifest).items()}
+        """Part file name -> its layout (`rlaudit.layout`; parts from before layouts were recorded are 1): the
+        first half of `part_formats`, which a store that shows other parts (`live.sampling.StoreView`) overrides."""
+        return {name: layout for name, (layout, _) in self.part_formats(run, manifest).items()}
 
     def part_formats(self, run: str, manifest: dict[str, Any] | None = None
                      ) -> dict[str, tuple[int, tuple[str, ...]]]:

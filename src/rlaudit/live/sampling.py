@@ -242,13 +242,6 @@ class StoreView(Store):
     def parts(self, run: str, manifest: dict | None = None) -> list[Path]:
         return list(self._parts) if run == self.view_run else self.base.parts(run, manifest)
 
-    def part_layouts(self, run: str, manifest: dict | None = None) -> dict[str, int]:
-        layouts = super().part_layouts(run, manifest)
-        if run == self.view_run:  # a part of the view's snapshot that a newer version retired: written now
-            layouts = {**layouts, **{name: p.layout for name, p in self._cuts.items()}}
-            layouts.update({p.name: LAYOUT for p in self._parts if p.name not in layouts})
-        return layouts
-
     def part_formats(self, run: str, manifest: dict | None = None) -> dict[str, tuple[int, tuple[str, ...]]]:
         formats = super().part_formats(run, manifest)  # (the cut parts' too: `stored_parts`)
         if run == self.view_run:  # a part of the view's snapshot that a newer version retired: its own schema
