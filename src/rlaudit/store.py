@@ -54,7 +54,7 @@ import shutil
 import stat as stat_module
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -1070,9 +1070,7 @@ class Store:
         as they are (`rollout_id`, `step`, ...), applied in each part's scan, before the canonical columns are
         computed: DuckDB keeps a filter on the view above the projection that cuts the answer and reasoning out of
         the completion, so a 4% sample of a 1M run cut every row's spans (0.5 -> 0.3 CPU s)."""
-        filt = f" WHERE {where}" if where else ""
-        selects = [f"SELECT {view_columns(*fmt)} FROM read_parquet({sql_list(paths)}){filt}"
-                   for fmt, paths in self._by_format(runs, steps)]
+        selects = canonical_selects(self._by_format(runs, steps), where)
         if not selects:
             con.register(f"_empty_{view}", ROLLOUT_SCHEMA.empty_table())
             selects = [f"SELECT * FROM _empty_{view}"]
@@ -1110,7 +1108,7 @@ class Store:
         """The parts of `runs` (default all; with `steps`, those that may hold one of them), grouped by (layout,
         shared signals): one read of each group. A lost part is an error (`missing_error`)."""
         wanted = None if steps is None else np.unique(np.asarray(list(steps), np.int64))
-        by_format: dict[tuple[int, tuple[str, ...]], list[str]] = {}
+        listed: list[tuple[Path, tuple[int, tuple[str, ...]]]] = []
         for r in runs if runs is not None else self.runs():
             m = self.manifest(r)  # read once: parts and layouts of one version
             formats = self.part_formats(r, m)
@@ -1121,9 +1119,8 @@ class Store:
             lost = self.missing_part(parts)  # one listing, not a stat per part
             if lost is not None:
                 raise self.missing_error(r, lost, m)
-            for p in parts:
-                by_format.setdefault(formats.get(p.name, (1, ())), []).append(str(p))
-        return sorted(by_format.items())
+            listed += [(p, formats.get(p.name, (1, ()))) for p in parts]
+        return format_groups(listed)
 
     def query(self, sql: str, params: list[Any] | None = None, runs: list[str] | None = None,
               steps: Collection[int] | None = None) -> pa.Table:
@@ -1607,6 +1604,24 @@ def sql_string(text: object) -> str:
 def sql_ident(name: str) -> str:
     """A quoted SQL identifier of `name` (double quotes doubled)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def format_groups(parts: Iterable[tuple[Path, tuple[int, tuple[str, ...]]]]
+                  ) -> list[tuple[tuple[int, tuple[str, ...]], list[str]]]:
+    """Part files with their (layout, shared reward signals) (`Store.part_formats`), grouped by it, in a stable
+    order: one `read_parquet` of each group (`canonical_selects`)."""
+    by_format: dict[tuple[int, tuple[str, ...]], list[str]] = {}
+    for path, fmt in parts:
+        by_format.setdefault(fmt, []).append(str(path))
+    return sorted(by_format.items())
+
+
+def canonical_selects(groups: list[tuple[tuple[int, tuple[str, ...]], list[str]]], where: str | None = None
+                      ) -> list[str]:
+    """One SELECT of the canonical columns (`layout.view_columns`) per group of `format_groups`, each filtered by
+    `where` (SQL on columns every layout stores as they are) in its own scan; to be joined by UNION ALL."""
+    filt = f" WHERE {where}" if where else ""
+    return [f"SELECT {view_columns(*fmt)} FROM read_parquet({sql_list(paths)}){filt}" for fmt, paths in groups]
 
 
 def sql_list(items: list[str]) -> str:

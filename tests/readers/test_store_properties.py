@@ -175,19 +175,22 @@ def test_parts_written_before_spans_existed_stay_readable(tmp_path, store):
     assert got.num_rows > 0 and got.equals(want)
 
 
+def _one_part(tmp_path, store):
+    """A run of one step file ingested: its source directory, its rows, its manifest entry and its part file."""
+    out = tmp_path / "run"
+    _steps(out, [1])
+    store.ingest(out)
+    [entry] = store.manifest("run")["files"].values()
+    return out, store.table("run"), entry, store.run_dir("run") / "parts" / entry["part"]
+
+
 def test_parts_written_before_tool_columns_existed_read_them_as_null(tmp_path, store):
     """Layout-2 parts (spans, no tool_calls/tool_outputs) read as before, with null tool columns, in the view
     and through `read_part`, next to parts that have them."""
 
     from rlaudit.layout import read_part
 
-    out = tmp_path / "run"
-    _steps(out, [1])
-    store.ingest(out)
-    expected = store.table("run")
-    manifest = store.manifest("run")
-    [entry] = manifest["files"].values()
-    path = store.run_dir("run") / "parts" / entry["part"]
+    out, expected, entry, path = _one_part(tmp_path, store)
     store_as_layout(store, "run", {entry["part"]}, 2, drop=("tool_calls", "tool_outputs"))
     assert store.table("run").equals(expected)
     assert store.query("SELECT count(*) FROM rollouts WHERE tool_calls IS NULL AND tool_outputs IS NULL"
@@ -210,13 +213,7 @@ def test_parts_written_before_reward_columns_existed_stay_readable(tmp_path, sto
 
     from rlaudit.layout import LAYOUT, read_part, reward_column
 
-    out = tmp_path / "run"
-    _steps(out, [1])
-    store.ingest(out)
-    expected = store.table("run")
-    manifest = store.manifest("run")
-    [entry] = manifest["files"].values()
-    path = store.run_dir("run") / "parts" / entry["part"]
+    out, expected, entry, path = _one_part(tmp_path, store)
     stored = pq.read_table(path)
     signals = tuple(entry["signals"])
     assert signals and stored["rewards"].null_count == stored.num_rows

@@ -33,8 +33,8 @@ from ..derived import segments
 from ..findings import Finding
 from ..layout import view_columns
 from ..memory import shared_jobs, workers
-from ..store import (Store, bound_memory, key_source, listing, part_source, sql_list, sql_string, write_atomic,
-                     write_cached)
+from ..store import (Store, bound_memory, canonical_selects, format_groups, key_source, listing, part_source,
+                     sql_list, sql_string, write_atomic, write_cached)
 from ..detectors import DetectContext, Detector, register
 from .scan import (EMPTY_RESULTS, ScanParams, findings_from_results, iter_batches, read_scan_columns,
                    scan_file_batches, file_batches)
@@ -118,11 +118,7 @@ def _part_rows(store: Store, run: str, parts: list[Path], where: str) -> Callabl
     by_name = {p.name: p for p in parts}
 
     def rows(names: list[str]) -> str:
-        by_format: dict[tuple[int, tuple[str, ...]], list[str]] = {}
-        for name in names:
-            by_format.setdefault(formats.get(name, (1, ())), []).append(str(by_name[name]))
-        selects = [f"SELECT {view_columns(*fmt)} FROM read_parquet({sql_list(paths)})"
-                   for fmt, paths in sorted(by_format.items())]
+        selects = canonical_selects(format_groups((by_name[n], formats.get(n, (1, ()))) for n in names))
         return f"SELECT * FROM ({' UNION ALL '.join(selects)}) WHERE {where}"
 
     return rows

@@ -164,8 +164,7 @@ def _prepare(task: ShardTask, out: ShardResult) -> None:
     from ..derived import termcells, tokens
     from ..cot.detector import scan_parts
     from ..cot.scan import ScanParams
-    from ..layout import view_columns
-    from ..store import Store, bound_memory, sql_list
+    from ..store import Store, bound_memory, canonical_selects, format_groups
 
     store = Store(task.store)
     only = set(task.shard.parts)
@@ -183,11 +182,7 @@ def _prepare(task: ShardTask, out: ShardResult) -> None:
         con = duckdb.connect()
         bound_memory(con)
         con.execute("SET enable_progress_bar = false")
-        by_format: dict[tuple[int, tuple[str, ...]], list[str]] = {}
-        for p in paths:
-            by_format.setdefault(formats.get(p.name, (1, ())), []).append(str(p))
-        sel = " UNION ALL ".join(f"SELECT {view_columns(*fmt)} FROM read_parquet({sql_list(ps)})"
-                                 for fmt, ps in sorted(by_format.items()))
+        sel = " UNION ALL ".join(canonical_selects(format_groups((p, formats.get(p.name, (1, ()))) for p in paths)))
         con.execute(f"CREATE VIEW shard AS {sel}")
         out.per_step = [list(r) for r in con.execute(
             "SELECT step, count(*) FROM shard GROUP BY step ORDER BY step").fetchall()]
