@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from rlaudit.audit import audit_store
 from rlaudit.detectors import AuditConfig
 from rlaudit.cot.scan import ScanParams, scan_run
-from rlaudit.schema import ROLLOUT_SCHEMA
+from rlaudit.schema import canonical_table
 from rlaudit.store import Store
 
 WORDS = np.array(("the a of to and is in that we it for as with this so be by on are value number sum total "
@@ -77,7 +77,7 @@ def make_chunk(rng: np.random.Generator, pool: pa.Array, start: int, n: int, ste
         "reward": pa.array(rng.random(n)), "advantage": pa.nulls(n, pa.float64()), "grader_inputs": grader_inputs,
         "metadata": pa.nulls(n, pa.string()),
     })
-    return table.cast(ROLLOUT_SCHEMA), int(exposed.sum())
+    return canonical_table(table), int(exposed.sum())  # the columns it lacks (tool calls) null
 
 
 TOTAL = 0

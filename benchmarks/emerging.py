@@ -43,7 +43,7 @@ def _words(rng: np.random.Generator, vocab: pa.Array, rows: int, length: int, zi
 
 def generate(root: str, rollouts: int, per_step: int, seed: int = 0) -> None:
     """Write the synthetic run into the store at `root` (vectorised: Arrow string kernels, no per-row Python)."""
-    from rlaudit.schema import ROLLOUT_SCHEMA
+    from rlaudit.schema import canonical_table
     from rlaudit.store import Store
 
     store = Store(root)
@@ -75,7 +75,7 @@ def generate(root: str, rollouts: int, per_step: int, seed: int = 0) -> None:
         rid = pc.binary_join_element_wise(pa.array(np.char.add("s", step.astype(str))),
                                           pa.array(np.arange(n).astype(str)), ":")
         completion = pc.binary_join_element_wise(pa.scalar("<think>"), reasoning, pa.scalar("</think>"), answer, "")
-        table = pa.table({
+        table = canonical_table({
             "run": pa.array([RUN] * n), "rollout_id": rid, "step": pa.array(step, pa.int64()),
             "split": pa.array(["train"] * n), "group_id": pa.array((group + lo * per_step // 8).astype(str)),
             "sample_index": pa.array(np.arange(n) % 8, pa.int32()), "condition": pa.array(cond),
@@ -85,7 +85,7 @@ def generate(root: str, rollouts: int, per_step: int, seed: int = 0) -> None:
             "reward": pa.array(np.ones(n)), "advantage": pa.array(np.zeros(n)),
             "grader_inputs": pa.array([[]] * n, pa.map_(pa.string(), pa.string())),
             "metadata": pa.array([None] * n, pa.string()),
-        }).cast(ROLLOUT_SCHEMA)
+        })  # the columns added since (tool calls) are null
         store.append(RUN, table, key=f"steps-{lo:05d}")
 
 

@@ -48,7 +48,7 @@ def synthetic_chunk(rng, run: str, steps: range, per_step: int, vocab, start_id:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from rlaudit.schema import ROLLOUT_SCHEMA
+    from rlaudit.schema import canonical_table
 
     n = len(steps) * per_step
     step = np.repeat(np.asarray(steps, dtype=np.int64), per_step)
@@ -80,7 +80,7 @@ def synthetic_chunk(rng, run: str, steps: range, per_step: int, vocab, start_id:
         "rewards": rewards, "reward": pa.array(np.nansum(values, axis=1)), "advantage": pa.nulls(n, pa.float64()),
         "grader_inputs": grader_inputs, "metadata": pa.nulls(n, pa.string()),
     })
-    return table.cast(ROLLOUT_SCHEMA)
+    return canonical_table(table)  # the columns it lacks (tool calls) null
 
 
 def build_store(root: Path, rows: int, steps: int, seed: int = 0):
