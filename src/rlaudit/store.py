@@ -143,6 +143,15 @@ def stored_parts(manifest: dict[str, Any]) -> dict[str, StoredPart]:
             members.setdefault(entry["part"], []).append((int(entry.get("offset") or 0), key, entry))
     out = {}
     for name, group in members.items():
+        if len(group) == 1:  # a part of one file (a live step): as below, without the generators (a live run
+            # lists its parts every step: 2,000 of them 8.6 -> 4.2 ms)
+            offset, key, entry = group[0]
+            rows = int(entry.get("rows") or 0)
+            r = entry.get("steps")
+            out[name] = StoredPart(name=name, rows=rows, steps=None if r is None else [r[0], r[1]],
+                                   layout=int(entry.get("layout", 1)), files=(key,), spans=((offset, rows),),
+                                   signals=tuple(entry.get("signals") or ()))
+            continue
         group.sort(key=lambda m: m[0])
         ranges = [m[2].get("steps") for m in group]
         steps = None
@@ -290,6 +299,13 @@ class Store:
         pinned = self._pinned.get(run)
         if pinned is not None:
             return pinned
+        return self._latest_manifest(run)
+
+    def _latest_manifest(self, run: str) -> dict[str, Any]:
+        """The run's latest manifest, parsed once per version of the file (`manifest`, whose memo it keeps): also
+        what a lease pins and what `_commit` compares with. A live run's manifest has an entry per step and
+        changes every step: the writer, the lease, `_as_stored` and the step's store view parsed it four times
+        a step (3.1 ms each at 2,000 steps), now the writer and one shared parse."""
         path = self.run_dir(run) / MANIFEST
         try:
             raw = path.read_bytes()
@@ -353,8 +369,8 @@ class Store:
     def _as_stored(self, run: str, manifest: dict[str, Any]) -> bool:
         """True when `manifest` equals the run's stored one (its version and time included)."""
         try:
-            return json.loads((self.run_dir(run) / MANIFEST).read_bytes()) == manifest
-        except (OSError, ValueError):
+            return self._latest_manifest(run) == manifest
+        except RlauditError:  # no run, or a corrupt manifest: never equal
             return False
 
     def _write_manifest(self, run: str, manifest: dict[str, Any]) -> None:
@@ -1360,7 +1376,7 @@ class _Lease:
             if fh is not None:
                 fh.close()
             fh = None
-        manifest = store._read_manifest(run)
+        manifest = store._latest_manifest(run)  # shared with the store's readers: not to be modified
         if fh is not None:
             fh.seek(0)
             fh.write(str(int(manifest.get("version", 0))))

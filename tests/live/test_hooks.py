@@ -282,3 +282,37 @@ def test_a_view_of_a_store_that_cannot_be_written_takes_whole_parts(store, tmp_p
     [part] = index.covering([2])
     view = StoreView(store, "run1", [part], steps=[2])
     assert view.parts("run1") == [part] and len(view.table("run1", ["step"])) == 12
+
+
+def test_a_live_step_parses_the_manifest_twice_and_lists_its_parts_once(store, tmp_path, monkeypatch):
+    """A live run's manifest has an entry per step, so every parse of it and every listing of its parts costs
+    O(steps) on the training thread: per step, the writer's parse and one parse shared by the lease, the commit's
+    check and the step's view (they made four), and one listing of the parts (two, with the view's own)."""
+    import rlaudit.store as store_module
+
+    counts = {"parse": 0, "parts": 0}
+    parse, listing = store_module.Store._parse_manifest, store_module.stored_parts
+
+    def counted_parse(path, raw):
+        counts["parse"] += 1
+        return parse(path, raw)
+
+    def counted_parts(manifest):
+        counts["parts"] += 1
+        return listing(manifest)
+
+    monkeypatch.setattr(store_module.Store, "_parse_manifest", staticmethod(counted_parse))
+    monkeypatch.setattr(store_module, "stored_parts", counted_parts)
+    cfg = LiveConfig(detectors=[], every_step=("cot_grading",), background=False)
+    hook = LiveHook(store, "run1", config=cfg)
+    per_step = []
+    for step in range(1, 8):
+        b = step_batch(step, 4, {NERDY: 0.0, PLAIN: 0.0})
+        before = dict(counts)
+        hook.log_rollouts(step, b["prompts"], b["completions"], b["rewards"], group_ids=[0] * 4 + [1] * 4,
+                          grader_inputs={"persona": b["completions"]})
+        per_step.append({k: counts[k] - before[k] for k in counts})
+    assert hook.errors == []
+    assert len(store.parts("run1")) == 7
+    # the first steps create the run; from then on each step's work is the same
+    assert per_step[3:] == [{"parse": 2, "parts": 1}] * 4, per_step

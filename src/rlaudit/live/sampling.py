@@ -235,8 +235,14 @@ class StoreView(Store):
                           layout=whole.layout if whole is not None else LAYOUT, files=tuple(files),
                           spans=tuple(spans), signals=part_signals(table.schema))
 
+    def _latest_manifest(self, run: str) -> dict:
+        """The base store's parse, shared by the base and every view of it: a live run makes a view per step, and
+        each parsed the manifest (an entry per step) again."""
+        return self.base._latest_manifest(run)
+
     def stored_parts(self, run: str, manifest: dict | None = None) -> dict[str, StoredPart]:
-        parts = super().stored_parts(run, manifest)
+        # built by the base, once per manifest version for it and its views (O(files) each time)
+        parts = self.base.stored_parts(run, manifest if manifest is not None else self.manifest(run))
         return {**parts, **self._cuts} if run == self.view_run and self._cuts else parts
 
     def parts(self, run: str, manifest: dict | None = None) -> list[Path]:
