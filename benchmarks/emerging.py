@@ -26,7 +26,6 @@ import shutil
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa

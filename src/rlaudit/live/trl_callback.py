@@ -10,7 +10,8 @@ logging step, *after* the callbacks' `on_log` of that step has run. The callback
 up at the end of the next step (`on_step_end`), and the last one at `on_train_end`, where it also runs a final
 heavy audit. Each file is read with rlaudit's TRL reader and appended to the store, then `LiveAuditor.update`
 audits (see `rlaudit.live.auditor`). Only the file names of the last few steps are probed, never a listing of
-all files, so a step costs the same at step 10 and at step 10,000.
+all files: finding a step's file costs the same at step 10 and at step 10,000 (the store's bookkeeping of a
+step does grow with the run: docs/live.md).
 
 The callback reads with its own `TrlReader`, whose run-level facts come from the trainer itself rather than
 from trainer_state.json / training_args.bin: the GRPOConfig (`reward_weights`, `num_iterations`,
