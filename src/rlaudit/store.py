@@ -370,7 +370,7 @@ class Store:
         """True when `manifest` equals the run's stored one (its version and time included)."""
         try:
             return self._latest_manifest(run) == manifest
-        except RlauditError:  # no run, or a corrupt manifest: never equal
+        except (RlauditError, OSError):  # no run, a corrupt or unreadable manifest: never equal
             return False
 
     def _write_manifest(self, run: str, manifest: dict[str, Any]) -> None:
