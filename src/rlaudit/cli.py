@@ -1107,18 +1107,23 @@ def emerging_cmd(
     from .remedies import add_remedies
 
     add_remedies(found)
-    for f in found:
-        if f.kind == "audit_error":
-            console.print(f"[red]error:[/] {_u(f.title, 500)}", highlight=False)
+    failed = [f for f in found if f.kind == "audit_error"]
+    for f in failed:
+        console.print(f"[red]error:[/] {_u(f.title, 500)}", highlight=False)
     keep = [f for f in rank(found) if f.kind in ("emerging_behavior", "generalization")
             and SEVERITY_RANK[f.severity] >= SEVERITY_RANK[min_severity] and (where is None or f.get("where") == where)]
-    _print_emerging([f for f in keep if f.kind == "emerging_behavior"], [f for f in keep if f.kind ==
-                                                                         "generalization"], name, limit)
+    if keep or not failed:  # a detector that failed found nothing: not "no emerging behaviours"
+        _print_emerging([f for f in keep if f.kind == "emerging_behavior"], [f for f in keep if f.kind ==
+                                                                             "generalization"], name, limit)
     if json_out:
         from .store import atomic_write_text
 
         atomic_write_text(json_out, json.dumps(jsonable([f.to_json() for f in keep]), indent=2, ensure_ascii=False))
         console.print(f"findings: {_u(json_out)}")
+    if failed:  # as `audit`: an incomplete answer must not pass for a clean one
+        console.print(f"[bold red]error:[/] {len(failed)} detector run(s) failed, the answer is incomplete",
+                      highlight=False)
+        raise typer.Exit(GATE_INCOMPLETE)
 
 
 def _print_emerging(behaviours: list[Finding], spread: list[Finding], run: str, limit: int) -> None:

@@ -109,3 +109,15 @@ def test_a_slow_audit_on_the_numpy_kernels_says_how_to_speed_it_up(tmp_path, gob
     monkeypatch.setenv(kernels.ENV, "numpy")  # asked for: no hint
     r = invoke("audit", goblin_run, "--store", tmp_path / "store", "--detector", "reward_health")
     assert r.exit_code == 0 and "rlaudit[fast]" not in r.output
+
+
+def test_emerging_on_a_run_whose_detectors_fail_says_so_and_exits_3(tmp_path, goblin_run):
+    """A detector that could not run found nothing: the command must not answer "no emerging behaviours" with
+    exit 0 (it did, for a run whose manifest is corrupt), but name the error and exit 3, as `audit` does."""
+    store = tmp_path / "store"
+    assert invoke("ingest", goblin_run, "--store", store).exit_code == 0
+    (store / "runs" / "goblin" / "run.json").write_text('{"files": {bad json')
+    r = invoke("emerging", "goblin", "--store", store)
+    assert r.exit_code == 3, r.output
+    assert "corrupt manifest" in r.output and "run.json" in r.output
+    assert "No emerging behaviours" not in r.output
