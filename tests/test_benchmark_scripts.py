@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 #: (script, its smallest sensible arguments, a line it prints with its figures)
 CASES = [
     ("audit.py", ["--rollouts", "20000"], "cold audit total:"),
+    ("audit_memory.py", ["--rollouts", "20000", "--no-trace"], "process peak RSS"),
     ("ingest.py", ["--rows", "8000", "--formats", "trl"], "SUMMARY trl:"),
     ("emerging.py", ["--rollouts", "4000", "--per-step", "200"], "planted tic:"),
     ("attribution.py", ["--rows", "4000", "--boot", "50", "--repeat", "1"], "trace goblin"),
