@@ -176,8 +176,10 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
         fresh = summaries.fresh([cache / f"{p.stem}.parquet" for p in parts],
                                 [cache / f"{p.stem}.parquet" for p in todo]) if segment and persist else None
         with fresh or contextlib.nullcontext():
-            files = {name: [(key_source(k), span) for k, span in zip(p.files, p.spans)]
-                     for name, p in store.stored_parts(run).items()}
+            # the parts to scan only: a live step scans one part of a run that lists thousands
+            stored = store.stored_parts(run)
+            files = {p.name: [(key_source(k), span) for k, span in zip(stored[p.name].files, stored[p.name].spans)]
+                     for p in todo if p.name in stored}
             scanned = _scan_todo(con, todo, layouts, params, extra, stride, cache if persist else None, also,
                                  fresh, counts, files)
         for path, value in zip(todo, scanned):
