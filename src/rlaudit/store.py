@@ -142,25 +142,25 @@ def stored_parts(manifest: dict[str, Any]) -> dict[str, StoredPart]:
         if entry.get("part"):
             members.setdefault(entry["part"], []).append((int(entry.get("offset") or 0), key, entry))
     out = {}
+    # one plain loop per part, no generators: a live run lists its parts (a file each) every step (2,000 parts:
+    # 9.5 ms with a generator per field, 5.3 without; the same for parts of many files)
     for name, group in members.items():
-        if len(group) == 1:  # a part of one file (a live step): as below, without the generators (a live run
-            # lists its parts every step: 2,000 of them 8.6 -> 4.2 ms)
-            offset, key, entry = group[0]
-            rows = int(entry.get("rows") or 0)
+        if len(group) > 1:
+            group.sort(key=lambda m: m[0])
+        rows, files, spans, steps = 0, [], [], []
+        for offset, key, entry in group:
+            n = int(entry.get("rows") or 0)
+            rows += n
+            files.append(key)
+            spans.append((offset, n))
             r = entry.get("steps")
-            out[name] = StoredPart(name=name, rows=rows, steps=None if r is None else [r[0], r[1]],
-                                   layout=int(entry.get("layout", 1)), files=(key,), spans=((offset, rows),),
-                                   signals=tuple(entry.get("signals") or ()))
-            continue
-        group.sort(key=lambda m: m[0])
-        ranges = [m[2].get("steps") for m in group]
-        steps = None
-        if all(r is not None for r in ranges):
-            steps = [min(r[0] for r in ranges), max(r[1] for r in ranges)]
-        out[name] = StoredPart(name=name, rows=sum(int(m[2].get("rows") or 0) for m in group), steps=steps,
-                               layout=int(group[0][2].get("layout", 1)), files=tuple(m[1] for m in group),
-                               spans=tuple((m[0], int(m[2].get("rows") or 0)) for m in group),
-                               signals=tuple(group[0][2].get("signals") or ()))
+            if r is None or steps is None:  # a file without a step range: none for the part
+                steps = None
+            else:
+                steps = [r[0], r[1]] if not steps else [min(steps[0], r[0]), max(steps[1], r[1])]
+        first = group[0][2]
+        out[name] = StoredPart(name=name, rows=rows, steps=steps, layout=int(first.get("layout", 1)),
+                               files=tuple(files), spans=tuple(spans), signals=tuple(first.get("signals") or ()))
     return out
 
 
