@@ -114,8 +114,13 @@ _UNCOMPRESSED_COLUMNS = ("completion",)
 # 256 rollouts 8.14 s at 4 against 7.05 at 8; peak RSS +26 MB. The bytes bound the queues where tables are large
 # (long rollouts, batches of 32,768 rows): one table always may wait. Session 36, ingest alone, in turns, 8 -> 16:
 # 10M 20.95 / 20.65 -> 20.11 / 20.12 s (idle 4.7-5.1 -> 3.4-3.5 core-s; 32: no better), 1M 2.31 / 2.48 / 2.29 ->
-# 2.17 / 2.26 / 2.14 s, its 3,906 files 6.68 / 6.27 -> 5.72 / 6.12 s, 15,625 files 19.5 -> 18.6 s; RSS +8 MB
-PREFETCH_DEPTH = 16
+# 2.17 / 2.26 / 2.14 s, its 3,906 files 6.68 / 6.27 -> 5.72 / 6.12 s, 15,625 files 19.5 -> 18.6 s; RSS +8 MB.
+# Items are a file's tables and its end: a batch of small files (TRL's 64 files of 256 rollouts read together)
+# comes as 128 items at once, so a depth of 16 held the reader until finalize had taken the batch (the reader
+# waited ~3.4 s of a 9.4 s ingest of 3,906 files); the bytes bound the memory, the depth only the count of items.
+# Session 43, 3,906 files of 256 in turns with 16: 8.76-9.41 -> 6.91-7.31 s (with the reader's changes of then:
+# one read of a small file, not its advantages and then the file); the 1M benchmark's 200 files unchanged.
+PREFETCH_DEPTH = 256
 PREFETCH_BYTES = 64 << 20
 
 

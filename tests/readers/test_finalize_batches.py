@@ -185,10 +185,10 @@ def test_a_file_that_cannot_be_read_is_reported_and_read_again_next_time(tmp_pat
         trl_step(src, step, [f"q{step}"] * 2, ["a", "b"], {"acc": [1.0, 0.0]})
     real_open = trl_module.TrlReader._open
 
-    def failing_open(self, file, ctx):
+    def failing_open(self, file, ctx, **options):
         if file.step == 3:
             raise OSError(5, "Input/output error")
-        return real_open(self, file, ctx)
+        return real_open(self, file, ctx, **options)
 
     store = Store(tmp_path / "st")
     with pytest.MonkeyPatch.context() as mp:
@@ -208,6 +208,11 @@ _FLAT = st.sampled_from([(pa.string(), st.one_of(st.none(), st.text(max_size=6))
                          (pa.bool_(), st.one_of(st.none(), st.booleans()))])
 
 
+def _values(array: pa.Array | pa.ChunkedArray) -> list:
+    """The values, NaN as a marker (NaN equals nothing, itself included, so lists holding it never compare equal)."""
+    return [("NaN",) if isinstance(v, float) and math.isnan(v) else v for v in array.to_pylist()]
+
+
 @settings(max_examples=150, deadline=None)
 @given(_FLAT.flatmap(lambda tv: st.tuples(st.just(tv[0]), st.lists(tv[1], min_size=1, max_size=40))),
        st.lists(st.integers(0, 40), max_size=6), st.booleans())
@@ -225,11 +230,11 @@ def test_combine_joins_adjacent_slices_without_a_copy_and_copies_anything_else(t
         pieces.pop(1)  # no longer adjacent
     chunked = pa.chunked_array(pieces, typ)
     joined = combine(chunked)
-    assert joined.to_pylist() == chunked.to_pylist() and joined.null_count == chunked.null_count
+    assert _values(joined) == _values(chunked) and joined.null_count == chunked.null_count
     if array.buffers()[-1].size:  # (empty buffers may share an address)
         shares = joined.buffers()[-1].address == array.buffers()[-1].address
         assert shares == (len(pieces) > 0 and not (gap and len(bounds) > 3))
     other = pa.chunked_array([pa.array(values[:1], typ), pa.array(values[:1], typ)])
-    assert combine(other).to_pylist() == other.to_pylist()
+    assert _values(combine(other)) == _values(other)
     if other.chunk(0).buffers()[-1].size:  # (empty buffers may share an address)
         assert combine(other).buffers()[-1].address != other.chunk(0).buffers()[-1].address

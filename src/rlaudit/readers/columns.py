@@ -209,11 +209,12 @@ def _text_like(typ: pa.DataType) -> bool:
     return is_text_type(typ) or pa.types.is_dictionary(typ) or is_message_list_type(typ)
 
 
-def missing_graders(options: ReadOptions, table: pa.Table, file: SourceFile) -> None:
-    """--grader-input names a column the file does not have: a user mistake worth an error, not silence."""
-    absent = sorted(c for c in options.grader_inputs.values() if c not in table.column_names)
+def missing_graders(options: ReadOptions, columns: list[str], file: SourceFile) -> None:
+    """--grader-input names a column the file (its `columns`) does not have: a user mistake worth an error, not
+    silence."""
+    absent = sorted(c for c in options.grader_inputs.values() if c not in columns)
     if absent:
         from ..errors import RlauditError
 
         raise RlauditError(f"{file.relpath}: --grader-input column(s) {absent} not found; the file has "
-                           f"{', '.join(table.column_names)}")
+                           f"{', '.join(columns)}")

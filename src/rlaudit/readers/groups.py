@@ -63,6 +63,36 @@ class ConsecutiveGroups:
         return group_id, pa.array(sample.astype(np.int32))
 
 
+def file_groups(prompts: pa.Array, steps: pa.Array, bounds: np.ndarray, group_size: int | None
+                ) -> tuple[pa.Array, pa.Array]:
+    """What `ConsecutiveGroups(group_size).assign` gives each file's rows, for several whole files' rows together
+    (`bounds`: where each file's rows start, then their end; a file's groups are its own): one pass of array
+    calls for a batch of small step files, not one per file (~0.15 ms a file: 0.6 s for a run logged in 3,906
+    files)."""
+    n = len(prompts)
+    if n == 0:
+        return pa.array([], pa.string()), pa.array([], pa.int32())
+    prompts = pc.fill_null(combine(prompts).cast(pa.string()), "")
+    bounds = np.asarray(bounds, np.int64)
+    new_run = np.empty(n, bool)
+    new_run[0] = True
+    new_run[1:] = pc.not_equal(prompts.slice(1), prompts.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    starts = bounds[:-1]
+    new_run[starts[starts < n]] = True  # a file's first row starts a run, whatever the row before it
+    idx = np.arange(n)
+    pos = idx - np.maximum.accumulate(np.where(new_run, idx, 0))
+    if group_size:
+        new_group = new_run | (pos % group_size == 0)
+        sample = pos % group_size
+    else:
+        new_group, sample = new_run, pos
+    counted = np.cumsum(new_group)
+    file_start = np.repeat(starts, np.diff(bounds))  # each row's file's first row
+    group = counted - counted[file_start]  # 0 for a file's first group
+    group_id = pc.binary_join_element_wise(steps.cast(pa.string()), pa.array(group).cast(pa.string()), ":")
+    return group_id, pa.array(sample.astype(np.int32))
+
+
 class KeyedGroups:
     """Prompt groups keyed by a value (verl's uid, or the prompt text when uid is absent).
 

@@ -263,7 +263,7 @@ def table_raw(table: pa.Table, lines: pa.Array, file: SourceFile, ctx: ReadConte
     """Raw rollout columns (see readers/base.py) of one logged rollout table (W&B or trackio)."""
     names = table.column_names
     fields = resolve_columns(names, ctx.options.columns, file)
-    missing_graders(ctx.options, table, file)
+    missing_graders(ctx.options, table.column_names, file)
     col = (lambda name: table.column(fields[name]).combine_chunks() if name in fields else None)
     v = Validator(table, lines, file, ctx)
     raw: dict[str, pa.Array] = {}
