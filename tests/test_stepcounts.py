@@ -10,6 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rlaudit.derived import chunks, stepcounts
 
@@ -302,3 +304,14 @@ def test_group_sums_and_rows_equal_the_per_step_counts(tmp_path):
                     assert np.array_equal(gm[:, g], m[:, group_of_si == g].sum(1))
     with pytest.raises(ValueError):
         c.group_sums("answer", np.array([0, 1]), *ks, np.zeros(t, np.int64), 1)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(codes=st.lists(st.integers(-3, 40), max_size=60), wide=st.booleans())
+def test_distinct_codes_equal_numpy_unique(codes, wide):
+    """A part's (step, split) codes made distinct by a table of their range (or sorted, where the range is much
+    wider than the rows): the values and each row's index into them, as `np.unique` gives them."""
+    code = np.array(codes + ([10 ** 9] if wide and codes else []), np.int64)
+    got, inv = stepcounts._distinct(code)
+    want, want_inv = np.unique(code, return_inverse=True)
+    assert np.array_equal(got, want) and np.array_equal(inv, want_inv.ravel())
