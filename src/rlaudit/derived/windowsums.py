@@ -299,8 +299,12 @@ def window_sums(parts: list[tuple[str, dict[str, Any]]], wanted: set[str], vocab
 
 
 #: rows of a chunk above which later chunks are not merged into it (`chunks.merge_count`): a cold audit's
-#: window parts are cached a batch at a time, and merging them all back into one would hold them all again
-FULL_ROWS = 1 << 20
+#: window parts are cached a batch at a time, and merging them all back into one would hold them all again. A
+#: merge writes its chunks' rows again: with 1M rows, a cold audit of 3,906 steps of 256 rollouts (27 batches of
+#: ~285,000 rows) wrote each row 2-3 times; at 256K rows each batch is a chunk of its own: emerging alone, cold
+#: window sums, three pairs, 5.71-5.87 -> 5.06-5.12 s (7.30-7.43 -> 6.34-6.42 CPU s), the 1M benchmark's 200
+#: steps 1.77-1.94 -> 1.63-1.75 s (the same five chunks)
+FULL_ROWS = 1 << 18
 
 
 def _full(c: chunks.Chunk) -> bool:
