@@ -13,7 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlaudit.derived import chunks, stepcounts
+from pathlib import Path
+
+import pyarrow.compute as pc
+
+from rlaudit.derived import chunks, stepcounts, tokens
+from rlaudit.organisms import run as simulate_run
+from rlaudit.store import Store
 
 
 def _vocab() -> pa.Table:
@@ -315,3 +321,51 @@ def test_distinct_codes_equal_numpy_unique(codes, wide):
     got, inv = stepcounts._distinct(code)
     want, want_inv = np.unique(code, return_inverse=True)
     assert np.array_equal(got, want) and np.array_equal(inv, want_inv.ravel())
+
+
+def _simulated(root, parts: int) -> Store:
+    """A store holding a small simulated run in `parts` parts of consecutive steps (two share a step)."""
+    table = simulate_run("goblin_persona", steps=9, prompts=5, generations=4, seed=1, run_name="r").canonical()
+    store = Store(root)
+    step = np.asarray(table["step"].to_numpy())
+    cut = np.linspace(0, len(step), parts + 1).astype(int)
+    for i in range(parts):
+        store.append("r", table.slice(cut[i], cut[i + 1] - cut[i]), key=f"k{i}")
+    return store
+
+
+@pytest.mark.parametrize("parts", [1, 4])
+def test_a_cold_build_of_the_term_sets_caches_the_step_counts(tmp_path, monkeypatch, parts):
+    """Term sets computed for every part (a cold audit) build the dense step counts as the parts' counts come
+    (`Feed`): `step_counts` then finds every part cached, reads no count table, and gives the counts built from
+    the count tables; a warm audit's new part is added to that cache."""
+    monkeypatch.setattr(stepcounts, "BLOCK_CELLS", 2_000)  # several blocks, hence chunks
+    store = _simulated(tmp_path / "s", parts)
+    sets = tokens.term_sets(store, "r")
+    entries = [(name, p["counts"]) for name, p in sets.parts]
+    cache = stepcounts.cache_dir(Path(entries[0][1]).parent)
+    assert (cache / chunks.MANIFEST).is_file()
+
+    def unread():
+        raise AssertionError("the count tables were read back")
+
+    cached = stepcounts.step_counts(entries, sets.vocab, cache, unread)
+    built = stepcounts.step_counts(entries, sets.vocab, None, sets.count_tables)
+    assert [p for c in chunks.load(cache, json.loads((cache / chunks.MANIFEST).read_text())["key"],
+                                   {n for n, _ in entries})[0] for p in c.parts] == [n for n, _ in entries]
+    for where in tokens.WHERES:
+        ids = sets.vocab.filter(pc.equal(sets.vocab["where"], where))["term_id"].to_numpy()
+        keys = [(int(s), str(p)) for b in built.blocks for s, p in zip(b.steps, b.splits)]
+        step, split = np.array([k[0] for k in keys]), np.array([k[1] for k in keys], dtype=object)
+        si = np.arange(len(keys))
+        for got, want in zip(cached.per_step(where, ids, step, split, si, len(keys)),
+                             built.per_step(where, ids, step, split, si, len(keys))):
+            assert np.array_equal(got, want)
+    # a warm audit: one more part, its counts added to the cache
+    extra = simulate_run("goblin_persona", steps=1, prompts=5, generations=4, seed=2, run_name="r").canonical()
+    store.append("r", extra.set_column(extra.schema.get_field_index("step"), "step",
+                                       pa.array([100] * len(extra), pa.int64())), key="late")
+    sets = tokens.term_sets(store, "r")
+    entries = [(name, p["counts"]) for name, p in sets.parts]
+    grown = stepcounts.step_counts(entries, sets.vocab, cache, sets.count_tables)
+    assert any(100 in b.steps for b in grown.blocks)

@@ -311,7 +311,7 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
     missing = []
     if only is not None:
         parts = [p for p in parts if p.name in only]
-    from . import termcells  # termcells builds on this module
+    from . import stepcounts, termcells  # both build on this module
 
     # each cache directory listed once (a long run has thousands of parts: not five stats per part), with the
     # files whose rows a segment holds (a cold audit writes most parts' counts and cell tables as segments only)
@@ -353,7 +353,8 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
         kernels.compiled()  # compiled (or loaded from numba's cache) once, before the threads
         styles.compiled()
 
-    def compute(batch: list[Path]) -> list[tuple[Path, dict[str, Any], dict[str, Any], dict[str, pa.Table]]]:
+    def compute(batch: list[Path]) -> list[tuple[Path, dict[str, Any], dict[str, Any], dict[str, pa.Table],
+                                                  pa.Table]]:
         result = _compute_parts(batch, layouts.get(batch[0].name, 1), vocab, options, with_cells=True, db=db)
         out = []
         for path, (terms, counts, cells) in zip(batch, result):
@@ -364,7 +365,7 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
             if not isinstance(kept.get(termcells.LISTS), (Path, type(None))):
                 entry["terms"] = terms  # its lists could not be written: the term sets stay in memory whole
             out.append((path, entry, kept,
-                        {kind: t for kind, t in {"counts": counts, **cells}.items() if kind in planned}))
+                        {kind: t for kind, t in {"counts": counts, **cells}.items() if kind in planned}, counts))
         return out
 
     # batches are computed by `workers()` threads (numpy, Arrow and DuckDB release the GIL), each writing its
@@ -373,11 +374,17 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
     # would run ahead through every batch and keep each result until taken); the kinds read through segments
     # are merged from the tables at hand where a segment's parts are all computed now (`_fresh_segments`)
     fresh = _fresh_segments(vdir, parts, missing) if persist and only is None and missing else None
+    # every part computed now (a cold audit): the dense step counts built as the parts' counts come
+    # (`stepcounts.Feed`), not read back from their files by the first detector that asks
+    feed = stepcounts.Feed(stepcounts.cache_dir(vdir), vocab, {p.name for p in parts}) \
+        if persist and only is None and missing and len(missing) == len(parts) else None
     cell_entries: dict[str, dict[str, Any]] = {}
     # one DuckDB database for the batches' reads (each through a cursor), closed after the workers are done
     with (_database() if missing else contextlib.nullcontext()) as db, fresh or contextlib.nullcontext():
         for result in memory.in_order(compute, batches, max(1, min(n_workers, len(batches))), "rlaudit-terms"):
-            for path, entry, cells, tables in result:
+            for path, entry, cells, tables, counts in result:
+                if feed is not None:
+                    feed.add(path.name, counts)
                 done[path.name] = entry
                 termcells.remember(store, path.name, entry["terms"], cells)
                 cell_entries[path.name] = cells
@@ -385,6 +392,8 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
                     files = _segmented_files(vdir, path)
                     for kind, table in tables.items():
                         fresh.add(files[kind], table, functools.partial(_write_kind, files[kind], kind, table))
+    if feed is not None:
+        feed.close()
     if fresh is not None and fresh.kept:  # neither segment nor file could be written: kept in memory
         for path in missing:
             for kind, f in _segmented_files(vdir, path).items():

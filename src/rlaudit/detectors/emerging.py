@@ -250,7 +250,7 @@ class Scope:
         # parts (`stepcounts`: reading every part's count rows was O(run), ~1.3 CPU s at 10M rollouts)
         counts = [(name, p["counts"]) for name, p in sets.parts]
         cache = None if not counts or isinstance(counts[0][1], pa.Table) or not getattr(
-            ctx.store, "persist_derived", True) else Path(counts[0][1]).parent / "rollup" / "step_counts"
+            ctx.store, "persist_derived", True) else stepcounts.cache_dir(Path(counts[0][1]).parent)
 
         self.counts = stepcounts.step_counts(counts, self.vocab, cache, sets.count_tables)
         self._keys = con.execute("SELECT step, split, si FROM keys").fetchnumpy()
