@@ -3,6 +3,7 @@ the merged result (checked through `Store.summary`, which reads them, against a 
 
 from __future__ import annotations
 
+from pathlib import Path
 import pytest
 
 from rlaudit.derived import partstats
@@ -239,6 +240,16 @@ def test_batches_computed_by_two_threads_equal_one_thread(tmp_path, monkeypatch)
         store.persist_derived = False
         assert got[threads] == {k: _rows_of(partstats.part_stats(store, "r", k), k) for k in kinds}
     assert got["1"] == got["2"] and all(got["1"].values())
+
+
+def test_batches_hold_at_most_batch_steps_steps():
+    """A batch also stops at BATCH_STEPS steps (the parts' step ranges; a part of unknown steps counts one): the
+    kinds keep rows per step, so a batch of many small steps holds tables that grow with its steps."""
+    parts = [Path(f"p{i}.parquet") for i in range(6)]
+    spans = {"p0.parquet": 3, "p1.parquet": 3, "p2.parquet": 5, "p4.parquet": 2, "p5.parquet": 4}
+    assert partstats._batches(parts, {}, 99, 10**9, spans, 6) == [parts[0:2], parts[2:4], parts[4:6]]
+    assert partstats._batches(parts, {}, 99, 10**9, spans, 10**6) == [parts]
+    assert partstats._batches(parts, {}, 99, 10**9, {"p0.parquet": 50}, 6) == [parts[0:1], parts[1:6]]
 
 
 def test_batches_hold_about_batch_rows_rollouts(store, monkeypatch):

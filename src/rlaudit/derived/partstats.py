@@ -70,6 +70,13 @@ COMPACT_MEMORY = 256 << 20
 BATCH_ROWS = 320_000
 #: parts in one batch at most (each one a path in the query and a file DuckDB opens)
 BATCH_PARTS = 256
+#: steps in one batch at most (as the parts' step ranges in the manifest say): several kinds keep rows per step
+#: (reward values and buckets per signal, group statistics), ~400 a step for the 1M benchmark's five signals, so a
+#: batch's tables grow with its steps, not only its rollouts. The 1M run in 15,625 steps of 64: a batch of 20
+#: parts (5,120 steps) made 2.8M rows and took ~800 MB more (the audit peaked at 2.3 GB), 8 parts (2,048 steps)
+#: ~390 MB, 4 parts ~240 MB, at 0.115 / 0.13 / 0.16 CPU s a part; at the default 320,000 rollouts of 5,000 a step
+#: a batch holds 64 steps, and 3,906 steps of 256 batch 20 parts (1,280 steps) as before
+BATCH_STEPS = 2_048
 #: the rows a part counts for where the manifest does not give them: a sixteenth of a batch
 _UNKNOWN_ROWS = BATCH_ROWS // 16
 #: what one thread computing a batch of parts holds (its DuckDB connection's working set and the batch's tables):
@@ -269,9 +276,11 @@ def _part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[
     own = caches[name]
     tables: list[pa.Table] = []  # `name`'s tables that are not in a file
     table_stems: list[str] = []  # their parts
-    sizes = {name: p.rows for name, p in store.stored_parts(run, manifest).items()}
+    stored = store.stored_parts(run, manifest)
+    sizes = {name: p.rows for name, p in stored.items()}
+    spans = {name: p.steps[1] - p.steps[0] + 1 for name, p in stored.items() if p.steps}
     jobs = [(lack, chunk) for lack, lacking in todo.items()
-            for chunk in _batches(lacking, sizes, batch or BATCH_PARTS, batch_rows or _budget_rows())]
+            for chunk in _batches(lacking, sizes, batch or BATCH_PARTS, batch_rows or _budget_rows(), spans)]
     for computed in _computed(jobs, layouts, store.root):
         for what, rows in computed.items():
             if what in writers and writers[what].add(rows):
@@ -304,20 +313,25 @@ def _part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[
     return out
 
 
-def _batches(parts: list[Path], rows: dict[str, int | None], most: int, most_rows: int) -> list[list[Path]]:
-    """`parts`, in order, cut into batches of at most `most` parts and at most `most_rows` rows (or one part that
-    has more); `rows`: each part's rows by file name, from the manifest."""
+def _batches(parts: list[Path], rows: dict[str, int | None], most: int, most_rows: int,
+             spans: dict[str, int] | None = None, most_steps: int | None = None) -> list[list[Path]]:
+    """`parts`, in order, cut into batches of at most `most` parts, `most_rows` rows and `most_steps` steps
+    (BATCH_STEPS; or one part that has more); `rows`: each part's rows by file name, from the manifest; `spans`:
+    the steps each part spans (its step range; 1 where unknown)."""
+    most_steps = BATCH_STEPS if most_steps is None else most_steps
     out: list[list[Path]] = []
     batch: list[Path] = []
-    held = 0
+    held = steps = 0
     for part in parts:
         n = rows.get(part.name)
         n = _UNKNOWN_ROWS if n is None else int(n)
-        if batch and (len(batch) >= most or held + n > most_rows):
+        span = max(1, (spans or {}).get(part.name, 1))
+        if batch and (len(batch) >= most or held + n > most_rows or steps + span > most_steps):
             out.append(batch)
-            batch, held = [], 0
+            batch, held, steps = [], 0, 0
         batch.append(part)
         held += n
+        steps += span
     if batch:
         out.append(batch)
     return out
