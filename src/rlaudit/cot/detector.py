@@ -178,8 +178,8 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
         with fresh or contextlib.nullcontext():
             # the parts to scan only: a live step scans one part of a run that lists thousands
             stored = store.stored_parts(run)
-            files = {p.name: [(key_source(k), span) for k, span in zip(stored[p.name].files, stored[p.name].spans)]
-                     for p in todo if p.name in stored}
+            files = {p.name: [(key_source(k), span) for k, span in zip(s.files, s.spans)]
+                     for p in todo if (s := stored.get(p.name)) is not None}
             scanned = _scan_todo(con, todo, layouts, params, extra, stride, cache if persist else None, also,
                                  fresh, counts, files)
         for path, value in zip(todo, scanned):

@@ -183,7 +183,6 @@ def step_counts(parts: list[tuple[str, Any]], vocab: pa.Table, cache: Path | Non
     return StepCounts(ids, held.blocks())
 
 
-
 def cache_dir(term_sets_dir: Path) -> Path:
     """Where a run's step counts are cached: beside its term sets (`term_sets_dir`: the vocabulary's directory)."""
     return term_sets_dir / "rollup" / "step_counts"
@@ -193,14 +192,13 @@ class Feed:
     """The step counts of a run built as its term sets are computed, part after part in the run's order
     (`tokens.term_sets`, computing every part: a cold audit), into the cache `step_counts` reads: it then finds
     every part's counts there and reads no count table back (at 3,906 steps of 256 rollouts the 17M rows read
-    back cost ~3.7 CPU s; 1M rollouts in 200 steps ~0.25). Starts nothing where a cache of this vocabulary is
-    there already (`active` False): `step_counts` grows that one."""
+    back cost ~3.7 CPU s; 1M rollouts in 200 steps ~0.25). Builds nothing where a cache of this vocabulary is
+    there already: `step_counts` grows that one."""
 
     def __init__(self, cache: Path, vocab: pa.Table, parts: set[str]):
         ids = _ids(vocab)
-        self.held = _Chunks(cache, _key(ids), ids, parts)
-        self.active = not self.held.built
-        self.builder = _Builder(ids, self.held.add) if self.active else None
+        held = _Chunks(cache, _key(ids), ids, parts)
+        self.builder = None if held.built else _Builder(ids, held.add)
 
     def add(self, name: str, rows: pa.Table) -> None:
         if self.builder is not None:
@@ -215,6 +213,7 @@ class Feed:
 def _ids(vocab: pa.Table) -> dict[str, np.ndarray]:
     """Per `where`, the vocabulary's term ids in its order (the rows of the dense counts)."""
     return {w: np.asarray(vocab.filter(pc.equal(vocab["where"], w))["term_id"].to_numpy(), np.int64) for w in WHERES}
+
 
 #: counts (terms of both places x 2 x columns) in one block while it is built: 64 MB of int64 (32 MB as its
 #: chunk's int32). A run of 200 steps and ~3,000 terms a place is one block; one of 15,625 steps ~24.
@@ -323,7 +322,7 @@ class _Builder:
         columns: `per_step` copies them as one slice) to `done`, and start the next."""
         if not self.parts:
             return
-        arr = self.arr[:len(self.keys)] if self.arr is not None else np.zeros((0, self.cells), np.int64)
+        arr = self.arr[:len(self.keys)]  # `add` reserved it
         steps = np.array([k[0] for k in self.keys], np.int64)
         splits = np.array([k[1] for k in self.keys], dtype=object).astype(str)
         order = np.lexsort((splits, steps)) if len(steps) else np.zeros(0, np.int64)

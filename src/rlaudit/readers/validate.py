@@ -146,7 +146,7 @@ def _type_name(typ: pa.DataType) -> str:
 
 @dataclass(frozen=True)
 class Loaded:
-    """A Parquet file opened, and read whole where it is small, ahead of its checks (`load_parquet`): the file
+    """A Parquet file opened, and read whole where it is small, before its checks (`load_parquet`): the file
     (None where it could not be opened: `error` says why) and its rows (None where not read)."""
 
     pf: pq.ParquetFile | None
@@ -156,9 +156,8 @@ class Loaded:
 
 def load_parquet(path: Path, whole_rows: int = -1) -> Loaded:
     """`path` opened as `open_parquet` opens it, and read whole when it has at most `whole_rows` rows (a read
-    that fails leaves `table` None: the file is read again, and its error reported, batch by batch). What a
-    reader can do on another thread before it checks a file in order (`base.read_ahead`): Arrow opens and
-    decodes without the GIL, so a run's many small files are decoded beside the checks of the ones before."""
+    that fails leaves `table` None: the file is read again, and its error reported, batch by batch): a reader
+    that needs a small file whole reads it once, for its checks and for its rows (TRL's step files)."""
     source = None
     try:
         source = pa.OSFile(str(path))
@@ -178,7 +177,7 @@ def open_parquet(file: SourceFile, ctx: ReadContext, required: tuple[str, ...],
                  layout: str, loaded: Loaded | None = None) -> pq.ParquetFile | None:
     """The Parquet file behind `file` when it is readable and has the `required` columns; otherwise the file is
     quarantined with what was expected (`layout`: the columns this trainer writes) and None returned. `loaded`:
-    the file as `load_parquet` opened it ahead (else it is opened here).
+    the file as `load_parquet` opened it already (else it is opened here).
 
     Opened without pre-buffering (whose reads go through Arrow's I/O thread): a reader decodes its file on a
     thread of its own (`prefetch`), beside ingest's finalize and write threads, so Arrow's threads only add
