@@ -14,7 +14,7 @@ The script runs `audit.measure` (floor, cold audit, warm audit) and prints its t
   threads do not (their work shows as wall time of the calling thread, not its CPU). A recursive call counts once.
 - over time (`--timeline`): every 100 ms of the cold audit, the process's CPU rate (cores busy, from getrusage)
   and the innermost rlaudit frame of every thread; then, per stage, its wall seconds and the core-seconds left
-  idle (2 cores assumed: `--cores N`), and the stretches below 1.3 cores, which are where work runs on one thread.
+  idle (2 cores assumed: `--cores N`), and the stretches below 1.3 cores (`--low`), which are where work runs on one thread.
 
 The wrappers cost ~1 us a call: rlaudit calls per part, not per rollout, so the totals move by a few percent.
 numba's kernels are compiled before wrapping (a wrapped function cannot be compiled).
@@ -157,6 +157,7 @@ def main() -> None:
     ap.add_argument("--timeline", action="store_true", help="only the view over time")
     ap.add_argument("--cores", type=int, default=2, help="cores the idle time is counted against (2)")
     ap.add_argument("--top", type=int, default=25, help="functions listed per stage (25)")
+    ap.add_argument("--low", type=float, default=1.3, help="cores busy below which a sample is listed (1.3)")
     args = ap.parse_args()
     if not (args.dir / "run").is_dir() or not any((args.dir / "last").glob("*.parquet")):
         raise SystemExit(f"{args.dir}: not a directory of benchmarks/audit.py --keep (run/ and last/*.parquet)")
@@ -185,7 +186,7 @@ def main() -> None:
     if times is not None:
         times.print(top=args.top)
     if timeline is not None:
-        timeline.print(args.cores)
+        timeline.print(args.cores, low=args.low)
 
 
 if __name__ == "__main__":
