@@ -323,6 +323,51 @@ def test_distinct_codes_equal_numpy_unique(codes, wide):
     assert np.array_equal(got, want) and np.array_equal(inv, want_inv.ravel())
 
 
+def _blocks(ids, parts, dense: bool):
+    """The blocks a `_Builder` makes of `parts` ((name, steps, splits, {where: (x, m)} as (steps x term id))), fed
+    as `PartCounts` (`dense`) or as count tables of their nonzero rows."""
+    blocks = []
+    builder = stepcounts._Builder(ids, lambda names, block: blocks.append((names, block)))
+    for name, steps, splits, counts in parts:
+        if dense:
+            builder.add_dense(name, stepcounts.PartCounts(ids, np.array(steps), splits, counts))
+            continue
+        rows = []
+        for where, (x, m) in counts.items():
+            for c, t in zip(*np.nonzero(x | m)):
+                split = None if splits[c] == stepcounts.NULL_SPLIT else splits[c]
+                rows.append({"where": where, "term_id": int(t), "step": steps[c], "split": split,
+                             "x": int(x[c, t]), "m": int(m[c, t])})
+        builder.add(name, pa.Table.from_pylist(rows, schema=tokens._empty_counts().schema))
+    builder.close()
+    return blocks
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(data=st.data(), n_parts=st.integers(1, 4), block=st.sampled_from([6, 40, 10_000]))
+def test_dense_part_counts_build_the_blocks_of_their_count_tables(data, n_parts, block):
+    """A part's counts handed over dense (`PartCounts`, as a cold audit's term sets do) build the same blocks as
+    its count table: columns of no counts left out, a (step, split) twice in a part or in two parts added up,
+    NULL splits, blocks closed at the same bound."""
+    ids = {"answer": np.array([0, 2, 3]), "reasoning": np.array([1, 4])}
+    parts = []
+    for i in range(n_parts):
+        n = data.draw(st.integers(0, 4))
+        steps = data.draw(st.lists(st.integers(0, 5), min_size=n, max_size=n))
+        splits = data.draw(st.lists(st.sampled_from(["train", "eval", stepcounts.NULL_SPLIT]), min_size=n, max_size=n))
+        counts = {w: tuple(np.array(data.draw(st.lists(st.lists(st.sampled_from([0, 0, 1, 3]), min_size=5,
+                                                                          max_size=5), min_size=n, max_size=n)),
+                                    np.int64).reshape(n, 5) for _ in range(2)) for w in ("answer", "reasoning")}
+        parts.append((f"p{i}", steps, splits, counts))
+    import unittest.mock as mock
+    with mock.patch.object(stepcounts, "BLOCK_CELLS", block * stepcounts._cells(ids)):
+        got, want = _blocks(ids, parts, dense=True), _blocks(ids, parts, dense=False)
+    assert [names for names, _ in got] == [names for names, _ in want]
+    for (_, a), (_, b) in zip(got, want):
+        assert a.steps.tolist() == b.steps.tolist() and a.splits.tolist() == b.splits.tolist()
+        assert np.array_equal(a.arr, b.arr)
+
+
 def _simulated(root, parts: int) -> Store:
     """A store holding a small simulated run in `parts` parts of consecutive steps (two share a step)."""
     table = simulate_run("goblin_persona", steps=9, prompts=5, generations=4, seed=1, run_name="r").canonical()

@@ -199,15 +199,46 @@ class Feed:
         ids = _ids(vocab)
         held = _Chunks(cache, _key(ids), ids, parts)
         self.builder = None if held.built else _Builder(ids, held.add)
+        #: what a `PartCounts` for `add` is made with (`_ids` of the vocabulary); None where nothing is built
+        self.ids = ids if self.builder is not None else None
 
-    def add(self, name: str, rows: pa.Table) -> None:
-        if self.builder is not None:
+    def add(self, name: str, rows: pa.Table | PartCounts) -> None:
+        """A part's counts: its count table, or the same counts as dense rows (`PartCounts`)."""
+        if self.builder is None:
+            return
+        if isinstance(rows, PartCounts):
+            self.builder.add_dense(name, rows)
+        else:
             self.builder.add(name, rows)
 
     def close(self) -> None:
         if self.builder is not None:
             self.builder.close()
             self.builder = None
+            self.ids = None
+
+
+class PartCounts:
+    """One part's counts as a block's columns hold them: per (step, split) of the part (`steps`, `splits`: NULL as
+    NULL_SPLIT), the x and m of every term of both places (`rows`: columns x `_cells(ids)`, in `_ids` order). What
+    `tokens.term_sets` hands a `Feed` in place of the part's count table: the term sets count in dense (cell x term)
+    arrays, and turning them into a table's rows (one per term present: 17M rows at 3,906 steps of 256 rollouts)
+    and back cost the build ~1.5 CPU s there."""
+
+    def __init__(self, ids: dict[str, np.ndarray], steps: np.ndarray, splits: list[str],
+                 counts: dict[str, tuple[np.ndarray, np.ndarray]]):
+        """`counts`: per place, (x, m) as (steps x every term id) arrays (a term id is its column)."""
+        # int32: a count is of one part's rollouts (half the bytes a computed batch holds until it is added)
+        rows = np.concatenate([a[:, ids[w]] for w in WHERES for a in counts[w]], axis=1, dtype=np.int32) \
+            if len(steps) else np.zeros((0, _cells(ids)), np.int32)
+        # the columns a count table would have: those with a count of some term id (a place's m may count the
+        # other place's terms, which add nothing but still make the column, as `_Builder.add` does)
+        some = np.zeros(len(steps), bool)
+        for w in WHERES:
+            for a in counts[w]:
+                some |= a.any(axis=1)
+        self.steps, self.rows = np.asarray(steps, np.int64)[some], rows[some]
+        self.splits = [s for s, k in zip(splits, some.tolist()) if k]
 
 
 def _ids(vocab: pa.Table) -> dict[str, np.ndarray]:
@@ -256,10 +287,11 @@ class _Builder:
     """Adds count rows, part by part, into dense blocks of at most BLOCK_CELLS counts (a part's columns stay in
     one block; a block is closed before the part that would take it past the bound, and handed to `done` with
     its parts). A row's place is coded as column x terms + term row, which stays valid as new (step, split)
-    columns appear; each part's rows are added where they belong (`np.add.at`) in a block allocated at its
-    bound once (zero pages cost nothing until written). (Gathered into batches of up to 4M rows and counted by
-    a dense `np.bincount` each, the block reallocated and copied per batch, the build of 3,906 steps' 17M rows
-    took ~2.0-2.9 CPU s: the bincounts' float arrays as large as the block were most of it.)"""
+    columns appear; each part's rows are added where they belong (`np.add.at`; a part's dense columns whole,
+    `add_dense`) in a block allocated at its bound once (zero pages cost nothing until written). (Gathered into
+    batches of up to 4M rows and counted by a dense `np.bincount` each, the block reallocated and copied per
+    batch, the build of 3,906 steps' 17M rows took ~2.0-2.9 CPU s: the bincounts' float arrays as large as the
+    block were most of it.)"""
 
     def __init__(self, ids: dict[str, np.ndarray], done: Callable[[list[str], Block], None]):
         self.ids, self.done = ids, done
@@ -276,30 +308,44 @@ class _Builder:
         self.col_of: dict[tuple[int, str], int] = {}
         self.arr: np.ndarray | None = None  # (columns x cells) counts, column-major: new columns append rows
 
-    def _reserve(self, columns: int) -> np.ndarray:
-        """The block's counts as one flat array with room for `columns` columns (at least a block's worth)."""
+    def _reserve(self, columns: int) -> None:
+        """Room in the block's counts (`arr`, columns x cells) for `columns` columns (at least a block's worth)."""
         if self.arr is None or self.arr.shape[0] < columns:
             grown = np.zeros((max(columns, BLOCK_CELLS // max(self.cells, 1)), self.cells), np.int64)
             if self.arr is not None:
                 grown[:self.arr.shape[0]] = self.arr
             self.arr = grown
-        return self.arr.reshape(-1)
 
-    def add(self, name: str, rows: pa.Table) -> None:
-        split = pc.dictionary_encode(pc.fill_null(rows["split"].cast(pa.string()), NULL_SPLIT)).combine_chunks()
-        names = np.asarray(split.dictionary.to_numpy(zero_copy_only=False), str)
-        code = np.asarray(rows["step"].to_numpy(), np.int64) * max(len(names), 1) + split.indices.to_numpy()
-        ucode, inv = _distinct(code)
-        keys = [(int(u // len(names)), str(names[u % len(names)])) for u in ucode.tolist()]
-        new = sum(k not in self.col_of for k in keys)
+    def _columns(self, keys: list[tuple[int, str]]) -> np.ndarray:
+        """The block columns of a part's (step, split) `keys`, new ones appended (the block closed first where they
+        would take it past BLOCK_CELLS) and room reserved for them."""
+        new = len({k for k in keys if k not in self.col_of})
         if self.parts and new and (len(self.keys) + new) * self.cells > BLOCK_CELLS:
             self.close()
         for k in keys:
             if k not in self.col_of:
                 self.col_of[k] = len(self.keys)
                 self.keys.append(k)
-        flat = self._reserve(len(self.keys))
-        col = np.array([self.col_of[k] for k in keys], np.int64)[inv.ravel()]
+        self._reserve(len(self.keys))
+        return np.array([self.col_of[k] for k in keys], np.int64)
+
+    def add_dense(self, name: str, part: PartCounts) -> None:
+        """Add a part's counts given as dense rows: each row into its column."""
+        cols = self._columns([(int(s), p) for s, p in zip(part.steps.tolist(), part.splits)])
+        arr = self.arr[:len(self.keys)]
+        if len(np.unique(cols)) == len(cols):
+            arr[cols] += part.rows
+        else:  # a (step, split) twice in the part
+            np.add.at(arr, cols, part.rows)
+        self.parts.append(name)
+
+    def add(self, name: str, rows: pa.Table) -> None:
+        split = pc.dictionary_encode(pc.fill_null(rows["split"].cast(pa.string()), NULL_SPLIT)).combine_chunks()
+        names = np.asarray(split.dictionary.to_numpy(zero_copy_only=False), str)
+        code = np.asarray(rows["step"].to_numpy(), np.int64) * max(len(names), 1) + split.indices.to_numpy()
+        ucode, inv = _distinct(code)
+        col = self._columns([(int(u // len(names)), str(names[u % len(names)])) for u in ucode.tolist()])[inv.ravel()]
+        flat = self.arr.reshape(-1)
         term = np.asarray(rows["term_id"].to_numpy(), np.int64)
         counts = [np.asarray(rows[c].to_numpy(), np.int64) for c in ("x", "m")]
         at = 0  # the block row of the place's first term (x rows, then m rows)

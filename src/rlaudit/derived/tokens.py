@@ -355,9 +355,10 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
 
     def compute(batch: list[Path]) -> list[tuple[Path, dict[str, Any], dict[str, Any], dict[str, pa.Table],
                                                   pa.Table]]:
-        result = _compute_parts(batch, layouts.get(batch[0].name, 1), vocab, options, with_cells=True, db=db)
+        result = _compute_parts(batch, layouts.get(batch[0].name, 1), vocab, options, with_cells=True, db=db,
+                                dense_ids=feed_ids)
         out = []
-        for path, (terms, counts, cells) in zip(batch, result):
+        for path, (terms, counts, cells, *dense) in zip(batch, result):
             # the tables a segment written from memory will hold are not written as files (`_fresh_segments`)
             planned = {kind for kind, f in _segmented_files(vdir, path).items() if fresh and fresh.planned(f)}
             entry = _store_part(vdir, path, terms, counts, persist, skip="counts" in planned)
@@ -365,7 +366,8 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
             if not isinstance(kept.get(termcells.LISTS), (Path, type(None))):
                 entry["terms"] = terms  # its lists could not be written: the term sets stay in memory whole
             out.append((path, entry, kept,
-                        {kind: t for kind, t in {"counts": counts, **cells}.items() if kind in planned}, counts))
+                        {kind: t for kind, t in {"counts": counts, **cells}.items() if kind in planned},
+                        dense[0] if dense else counts))
         return out
 
     # batches are computed by `workers()` threads (numpy, Arrow and DuckDB release the GIL), each writing its
@@ -378,6 +380,7 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
     # (`stepcounts.Feed`), not read back from their files by the first detector that asks
     feed = stepcounts.Feed(stepcounts.cache_dir(vdir), vocab, {p.name for p in parts}) \
         if persist and only is None and missing and len(missing) == len(parts) else None
+    feed_ids = feed.ids if feed is not None else None  # the parts' counts handed over dense (`PartCounts`)
     cell_entries: dict[str, dict[str, Any]] = {}
     # one DuckDB database for the batches' reads (each through a cursor), closed after the workers are done
     with (_database() if missing else contextlib.nullcontext()) as db, fresh or contextlib.nullcontext():
@@ -982,8 +985,8 @@ def _compute_part(path: Path, layout: int, vocab: pa.Table, o: VocabOptions) -> 
 
 
 def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOptions, with_cells: bool = False,
-                   db: duckdb.DuckDBPyConnection | None = None
-                   ) -> list[tuple[pa.Table, pa.Table, dict[str, pa.Table] | None]]:
+                   db: duckdb.DuckDBPyConnection | None = None, dense_ids: dict[str, np.ndarray] | None = None
+                   ) -> list[tuple[Any, ...]]:
     """Term sets (one row per rollout), per-step term counts and, `with_cells`, the cell tables
     (`termcells.reduce_arrays`, from the arrays at hand: no second read of the term sets) of each stored part.
 
@@ -996,7 +999,8 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
 
     `db`: a connection (`_database`) whose cursor computes the keys (DuckDB's `hash`), shared by the batches of
     one `term_sets` (a cursor costs ~0.3 CPU ms, a new database ~11: 20 of them at 1M rollouts, 200 at 10M);
-    else its own."""
+    else its own. `dense_ids` (`stepcounts._ids` of the vocabulary): each part's tuple holds a fourth item, its
+    counts as a `stepcounts.PartCounts` too (for a `stepcounts.Feed`)."""
     m = _matcher(vocab)
     r, bounds, places = _read_parts(paths, layout)
     # with numba, each place's texts are scanned (style features, ASCII flags) and tokenised where they lie
@@ -1061,11 +1065,12 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     split_code = np.asarray(pc.fill_null(split_enc.indices, -1).to_numpy(), np.int64)
     step = np.asarray(r.column("step").to_numpy(), np.int64)
     cells, cell = _cells(file_code, step, split_code)
-    frames = []
+    frames, dense = [], {}
     for where, (x, mm) in zip(WHERES, _step_term_counts(cell, len(cells), pairs, has_reasoning, prompt_idx,
                                                         n_prompts, pt_start, pi, n_ids)):
         nz = np.flatnonzero(x | mm)
         frames.append((where, nz // n_ids, nz % n_ids, x[nz], mm[nz]))
+        dense[where] = (x.reshape(len(cells), n_ids), mm.reshape(len(cells), n_ids))
     reduce = _part_cells(r, pairs, has_reasoning, prompt_idx, p_keys, pt_start, pi) if with_cells else None
     out = []
     for f, path in enumerate(paths):
@@ -1082,9 +1087,24 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
                 "split": split_enc.dictionary.cast(pa.string()).take(
                     pa.array(np.maximum(split_idx, 0), pa.int64(), mask=split_idx < 0)),
                 "x": pa.array(x[sel].astype(np.int64)), "m": pa.array(mm[sel])}))
-        out.append((terms.slice(lo, hi - lo), pa.concat_tables(counts) if hi > lo else _empty_counts(),
-                    reduce(path.name, slice(lo, hi)) if reduce else None))
+        item = (terms.slice(lo, hi - lo), pa.concat_tables(counts) if hi > lo else _empty_counts(),
+                reduce(path.name, slice(lo, hi)) if reduce else None)
+        if dense_ids is not None:
+            item += (_part_counts(dense_ids, dense, cells, f, split_enc.dictionary),)
+        out.append(item)
     return out
+
+
+def _part_counts(ids: dict[str, np.ndarray], dense: dict[str, tuple[np.ndarray, np.ndarray]], cells: np.ndarray,
+                 f: int, splits: pa.Array) -> Any:
+    """Part `f`'s counts as a `stepcounts.PartCounts`: its (file, step, split) cells' rows of the batch's dense
+    (cell x term) counts (`dense`; the cells are sorted by part, so a part's are one range)."""
+    from .stepcounts import NULL_SPLIT, PartCounts
+
+    lo, hi = np.searchsorted(cells[:, 0], [f, f + 1])
+    names = splits.cast(pa.string()).to_pylist()
+    split_of = [NULL_SPLIT if c < 0 or names[c] is None else names[c] for c in cells[lo:hi, 2].tolist()]
+    return PartCounts(ids, cells[lo:hi, 1], split_of, {w: (x[lo:hi], m[lo:hi]) for w, (x, m) in dense.items()})
 
 
 @dataclass
