@@ -231,19 +231,34 @@ def _sums_numpy(cell: np.ndarray, cell_key: np.ndarray, n_keys: int, cells: pa.T
 
 def _by_part(out: np.ndarray, key_of: dict[tuple[str, tuple[int, str, str, str]], int], width: int
              ) -> dict[str, PartSums]:
-    """The nonzero (key, term) rows of `out` (FIELDS x (key x term)), per part."""
-    rows = out.reshape(len(FIELDS), len(key_of), width)
-    result: dict[str, PartSums] = {}
-    by_part: dict[str, list[tuple[int, tuple[int, str, str, str]]]] = {}
-    for (p, k), i in key_of.items():
-        by_part.setdefault(p, []).append((i, k))
-    for p, keys in by_part.items():
-        idx = np.array([i for i, _ in keys], np.int64)
-        block = rows[:, idx, :]  # fields x keys x terms
-        kk, tt = np.nonzero(block.any(axis=0))
-        result[p] = PartSums([k for _, k in keys], np.ascontiguousarray(
-            np.concatenate([kk[None], tt[None], block[:, kk, tt]]).T.astype(np.int64)))
-    return result
+    """The nonzero (key, term) rows of `out` (FIELDS x (key x term)), per part, in (key, term) order. The nonzero
+    codes are found once for the batch and each part's rows taken by a sort of the codes by part (a copy of every
+    part's (fields x keys x terms) block and a scan of it cost ~1.1 CPU s of the 3,906-step run's ~1.7 here)."""
+    some = out[0] != 0
+    for f in range(1, len(FIELDS)):
+        some |= out[f] != 0
+    code = np.flatnonzero(some)  # key * width + term, increasing
+    key = code // width
+    part_of: dict[str, int] = {}
+    key_part = np.array([part_of.setdefault(p, len(part_of)) for p, _ in key_of], np.int64)  # (index order)
+    local = np.zeros(len(key_of), np.int64)  # a key's index among its part's keys
+    seen = np.zeros(len(part_of), np.int64)
+    for i, pc_ in enumerate(key_part.tolist()):
+        local[i] = seen[pc_]
+        seen[pc_] += 1
+    part = key_part[key]
+    if len(part) > 1 and bool((part[1:] < part[:-1]).any()):  # (the keys are usually numbered part by part)
+        order = np.argsort(part, kind="stable")
+        code, key, part = code[order], key[order], part[order]
+    rows = np.empty((len(code), 2 + len(FIELDS)), np.int64)
+    rows[:, 0] = local[key]
+    rows[:, 1] = code % width
+    rows[:, 2:] = out[:, code].T
+    bounds = np.searchsorted(part, np.arange(len(part_of) + 1))
+    keys: list[list[tuple[int, str, str, str]]] = [[] for _ in part_of]
+    for (p, k), _ in key_of.items():
+        keys[part_of[p]].append(k)
+    return {p: PartSums(keys[i], rows[bounds[i]:bounds[i + 1]]) for p, i in part_of.items()}
 
 
 def window_sums(parts: list[tuple[str, dict[str, Any]]], wanted: set[str], vocab: pa.Table, read,
