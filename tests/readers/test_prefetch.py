@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rlaudit.readers.base import _nbytes, prefetch
+from rlaudit.readers.base import _tables_held, _Waiting, prefetch
 
 
 def _table(rows: int) -> pa.Table:
@@ -82,7 +82,45 @@ def test_an_error_is_raised_where_it_occurred_and_a_closed_consumer_stops_the_pr
     assert producer.made < 10
 
 
-def test_nbytes_of_items():
+def test_bytes_of_items():
     t = _table(4)
-    assert _nbytes(t) == t.nbytes == 32
-    assert _nbytes(("file", t)) == 32 and _nbytes(("file", None)) == 0 and _nbytes(3) == 0
+    ((_, size),) = _tables_held(t)
+    assert size == t.nbytes == 32
+    assert [s for _, s in _tables_held(("file", t))] == [32]
+    assert _tables_held(("file", None)) == [] and _tables_held(3) == []
+
+
+def test_slices_of_one_table_count_its_buffers_once():
+    """Readers hand on slices of one table (a batch of small files): what waits is the table's buffers, once."""
+    whole, other = _table(100), _table(100)
+    waiting = _Waiting()
+    slices = [_tables_held(("f", whole.slice(i * 10, 10))) for i in range(10)]
+    assert waiting.added(slices[0]) == 800
+    for held in slices:
+        waiting.add(held)
+    assert waiting.bytes == 800 and waiting.items == 10
+    assert waiting.added(_tables_held(("g", other))) == 800  # another table counts its own
+    for held in slices[:9]:
+        waiting.remove(held)
+    assert waiting.bytes == 800 and waiting.items == 1  # a slice still waits: the table is still held
+    waiting.remove(slices[9])
+    assert waiting.bytes == 0 and waiting.items == 0 and not waiting.held
+
+
+def test_slices_of_a_waiting_table_pass_the_byte_bound():
+    """With one table's slices waiting, more of its slices pass however tight the bound (they hold no more
+    memory), and another table waits for room."""
+    whole = _table(1000)
+    items = [(f"s{i}", whole.slice(i * 100, 100)) for i in range(10)] + [("other", _table(1000))]
+    made = []
+
+    def producer():
+        for item in items:
+            made.append(item[0])
+            yield item
+
+    stream = prefetch(producer(), 20, max_bytes=4_000)  # half the table's 8,000 bytes
+    first = next(stream)
+    time.sleep(0.2)  # the producer runs ahead as far as the bound lets it
+    assert first[0] == "s0" and made == [name for name, _ in items]  # every slice queued, "other" made
+    assert [name for name, _ in stream] == [f"s{i}" for i in range(1, 10)] + ["other"]
