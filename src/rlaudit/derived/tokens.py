@@ -1070,7 +1070,8 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
                                                         n_prompts, pt_start, pi, n_ids)):
         nz = np.flatnonzero(x | mm)
         frames.append((where, nz // n_ids, nz % n_ids, x[nz], mm[nz]))
-        dense[where] = (x.reshape(len(cells), n_ids), mm.reshape(len(cells), n_ids))
+        if dense_ids is not None:  # (else not held: a batch's dense counts are its largest arrays)
+            dense[where] = (x.reshape(len(cells), n_ids), mm.reshape(len(cells), n_ids))
     reduce = _part_cells(r, pairs, has_reasoning, prompt_idx, p_keys, pt_start, pi) if with_cells else None
     out = []
     for f, path in enumerate(paths):
