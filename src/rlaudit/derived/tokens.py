@@ -354,7 +354,7 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
         styles.compiled()
 
     def compute(batch: list[Path]) -> list[tuple[Path, dict[str, Any], dict[str, Any], dict[str, pa.Table],
-                                                  pa.Table]]:
+                                                  Any]]:  # (the last: the counts for `feed`, a table or PartCounts)
         result = _compute_parts(batch, layouts.get(batch[0].name, 1), vocab, options, with_cells=True, db=db,
                                 dense_ids=feed_ids)
         out = []
