@@ -199,8 +199,11 @@ class Feed:
         ids = _ids(vocab)
         held = _Chunks(cache, _key(ids), ids, parts)
         self.builder = None if held.built else _Builder(ids, held.add)
-        #: what a `PartCounts` for `add` is made with (`_ids` of the vocabulary); None where nothing is built
-        self.ids = ids if self.builder is not None else None
+
+    @property
+    def ids(self) -> dict[str, np.ndarray] | None:
+        """What a `PartCounts` for `add` is made with (`_ids` of the vocabulary); None where nothing is built."""
+        return None if self.builder is None else self.builder.ids
 
     def add(self, name: str, rows: pa.Table | PartCounts) -> None:
         """A part's counts: its count table, or the same counts as dense rows (`PartCounts`)."""
@@ -215,7 +218,6 @@ class Feed:
         if self.builder is not None:
             self.builder.close()
             self.builder = None
-            self.ids = None
 
 
 class PartCounts:

@@ -1073,6 +1073,7 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
         if dense_ids is not None:  # (else not held: a batch's dense counts are its largest arrays)
             dense[where] = (x.reshape(len(cells), n_ids), mm.reshape(len(cells), n_ids))
     reduce = _part_cells(r, pairs, has_reasoning, prompt_idx, p_keys, pt_start, pi) if with_cells else None
+    split_names = split_enc.dictionary.cast(pa.string()).to_pylist() if dense_ids is not None else []
     out = []
     for f, path in enumerate(paths):
         lo, hi = int(bounds[f]), int(bounds[f + 1])  # a part's rows are one run of the batch: a zero-copy slice
@@ -1091,19 +1092,19 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
         item = (terms.slice(lo, hi - lo), pa.concat_tables(counts) if hi > lo else _empty_counts(),
                 reduce(path.name, slice(lo, hi)) if reduce else None)
         if dense_ids is not None:
-            item += (_part_counts(dense_ids, dense, cells, f, split_enc.dictionary),)
+            item += (_part_counts(dense_ids, dense, cells, f, split_names),)
         out.append(item)
     return out
 
 
 def _part_counts(ids: dict[str, np.ndarray], dense: dict[str, tuple[np.ndarray, np.ndarray]], cells: np.ndarray,
-                 f: int, splits: pa.Array) -> Any:
+                 f: int, names: list[str | None]) -> Any:
     """Part `f`'s counts as a `stepcounts.PartCounts`: its (file, step, split) cells' rows of the batch's dense
-    (cell x term) counts (`dense`; the cells are sorted by part, so a part's are one range)."""
+    (cell x term) counts (`dense`; the cells are sorted by part, so a part's are one range; `names`: the splits'
+    by code)."""
     from .stepcounts import NULL_SPLIT, PartCounts
 
     lo, hi = np.searchsorted(cells[:, 0], [f, f + 1])
-    names = splits.cast(pa.string()).to_pylist()
     split_of = [NULL_SPLIT if c < 0 or names[c] is None else names[c] for c in cells[lo:hi, 2].tolist()]
     return PartCounts(ids, cells[lo:hi, 1], split_of, {w: (x[lo:hi], m[lo:hi]) for w, (x, m) in dense.items()})
 
