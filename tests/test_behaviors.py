@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rlaudit import duck
 from rlaudit.behaviors import STYLE_FEATURES, parse_behavior, tokenize
 from rlaudit.errors import RlauditError
 
@@ -134,7 +135,7 @@ def test_tokenize_from_many_threads_and_a_forked_child():
     behaviors._tokens.cache_clear()
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(behaviors.tokenize, texts)) == want
-    parent = behaviors._RE2
+    parent = duck._SHARED[0]
     with multiprocessing.get_context("fork").Pool(1) as pool:
         child = pool.apply(_tokens_and_connection_pid, ("Forked goblin's text",))
     assert child[0] == ["forked", "goblin's", "text"]
@@ -144,5 +145,7 @@ def test_tokenize_from_many_threads_and_a_forked_child():
 def _tokens_and_connection_pid(text):
     from rlaudit import behaviors
 
+    from rlaudit import duck
+
     behaviors._tokens.cache_clear()
-    return behaviors.tokenize(text), behaviors._RE2[0]
+    return behaviors.tokenize(text), duck._SHARED[0][0]

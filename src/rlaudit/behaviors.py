@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 import re
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -49,20 +47,14 @@ _NOT_WORD = rf"(?:[^\pL\pN\pM']|{_CJK})"  # a character a word token cannot cont
 _GAP = r"[^\pL\pN\pM']"  # what may stand between two tokens of a phrase
 
 
-_RE2: tuple[int, duckdb.DuckDBPyConnection] | None = None  # (pid, connection): see `re2_cursor`
-_RE2_LOCK = threading.Lock()
-
-
 def re2_cursor() -> duckdb.DuckDBPyConnection:
-    """A cursor of this process's one in-memory DuckDB connection, for RE2 calls on single texts or on the few
-    non-ASCII texts of a part: opening a connection costs ~20 CPU ms, a cursor ~0.3 ms, and a text at a time is
-    how tests, term specs and the MCP tools tokenise, a part at a time how the term passes do (`derived.tokhash`).
-    A forked child opens its own (a connection is not carried across a fork)."""
-    global _RE2
-    with _RE2_LOCK:
-        if _RE2 is None or _RE2[0] != os.getpid():
-            _RE2 = (os.getpid(), duckdb.connect())
-        return _RE2[1].cursor()
+    """A cursor of this process's one in-memory DuckDB database (`duck.cursor`), for RE2 calls on single texts or
+    on the few non-ASCII texts of a part: opening a database costs ~15 CPU ms, a cursor ~0.3 ms, and a text at a
+    time is how tests, term specs and the MCP tools tokenise, a part at a time how the term passes do
+    (`derived.tokhash`)."""
+    from . import duck
+
+    return duck.cursor()
 
 
 def re2_matches(texts: pa.Array, pattern: str) -> np.ndarray:

@@ -83,9 +83,9 @@ def export_run(store: Store, run: str, out: str | Path, exclude: Sequence[str], 
         if fmt == "parquet":
             writer = pq.ParquetWriter(tmp, ROLLOUT_SCHEMA, compression="zstd")
         else:
-            import duckdb
+            from . import duck
 
-            con = duckdb.connect()
+            con = duck.connect()
             con.execute("SET enable_progress_bar = false")
             sink = open(tmp, "wb")  # noqa: SIM115 - closed in finally
         for i, part in enumerate(parts):

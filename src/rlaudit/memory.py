@@ -236,7 +236,7 @@ _LOCAL = threading.local()
 @contextlib.contextmanager
 def at_most(n: int) -> Iterator[None]:
     """Within the block, `workers` gives at most `n` in this thread, and a DuckDB connection set up here by
-    `store.bound_memory` runs at most `n` threads: for work run beside other work (an audit's background
+    `duck.connect` runs at most `n` threads: for work run beside other work (an audit's background
     computations, `detectors.run_detectors`), which should fill a core the other leaves idle, not start a pool of
     its own (its threads' memory on top of the other's peak, and their time taken from the other's)."""
     old = getattr(_LOCAL, "most", None)
@@ -262,15 +262,19 @@ def workers(per_worker: int) -> int:
     return n if most is None else min(n, most)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _workers(per_worker: int) -> int:
     setting = threads_setting()
     if setting is not None:
         return setting
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    n = max(1, min(MAX_WORKERS, cores))
+    n = max(1, min(MAX_WORKERS, usable_cores()))
     b = budget()
     if b is not None:
         n = max(1, min(n, int(b[0] * SAMPLE_SHARE) // max(1, per_worker)))

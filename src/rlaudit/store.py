@@ -66,6 +66,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from . import duck
 from .conditions import ConditionLabeler, ConditionRule
 from .errors import RlauditError
 from .findings import dumps
@@ -1067,14 +1068,14 @@ class Store:
 
     # ------------------------------------------------------------------ queries
     def connect(self, runs: list[str] | None = None, steps: Collection[int] | None = None, *,
-                view: str = "rollouts") -> duckdb.DuckDBPyConnection:
+                view: str = "rollouts", at_most: int | None = None) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection with views `rollouts` (canonical rows of `runs`, default all; with `steps`, over
         only the parts that may hold those steps: see `rollouts_view`) and `rewards_long` (one row per rollout
         and reward signal). With another `view` name, only that view of the rows (for callers that build their
-        own `rollouts` on it: each view bound over a 2,000-part run costs DuckDB ~4-9 ms)."""
-        con = duckdb.connect()
+        own `rollouts` on it: each view bound over a 2,000-part run costs DuckDB ~4-9 ms). `at_most`: a lower
+        memory limit in bytes, for a connection held open beside other work (`duck.settings`)."""
+        con = duck.connect(self.root, at_most=at_most)
         con.execute("SET enable_progress_bar = false")  # front ends draw their own progress
-        bound_memory(con, self.root)
         self.rollouts_view(con, runs, view=view, steps=steps)
         if view != "rollouts":
             return con
@@ -1095,7 +1096,7 @@ class Store:
         if not selects:
             con.register(f"_empty_{view}", ROLLOUT_SCHEMA.empty_table())
             selects = [f"SELECT * FROM _empty_{view}"]
-        con.execute(f"CREATE OR REPLACE VIEW {view} AS {' UNION ALL '.join(selects)}")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {' UNION ALL '.join(selects)}")
 
     def rewards_view(self, con: duckdb.DuckDBPyConnection, runs: list[str] | None = None,
                      view: str = "rewards_long", steps: Collection[int] | None = None, where: str | None = None
@@ -1122,7 +1123,7 @@ class Store:
             selects = [f"SELECT {keys}, NULL::VARCHAR AS signal, NULL::DOUBLE AS value FROM "
                        f"(SELECT NULL::VARCHAR AS run, NULL::VARCHAR AS rollout_id, NULL::BIGINT AS step, "
                        f"NULL::VARCHAR AS group_id, NULL::VARCHAR AS condition, NULL::VARCHAR AS task) WHERE FALSE"]
-        con.execute(f"CREATE OR REPLACE VIEW {view} AS {' UNION ALL '.join(selects)}")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {' UNION ALL '.join(selects)}")
 
     def _by_format(self, runs: list[str] | None, steps: Collection[int] | None
                    ) -> list[tuple[tuple[int, tuple[str, ...]], list[str]]]:
@@ -1398,25 +1399,25 @@ class _Lease:
 
 
 def bound_memory(con: duckdb.DuckDBPyConnection, root: str | Path | None = None, at_most: int | None = None) -> None:
-    """Set the memory limit (and, given a store root, the spill directory) of a DuckDB connection. DuckDB's own
-    default is 80% of the machine's RAM, so on a big run its hash tables and temp tables would grow with the run;
-    with a limit it spills them to `<store>/.tmp` instead. The limit is 1 GB, or less when the process runs under
-    a memory budget (`RLAUDIT_MEMORY`, a cgroup limit, `ulimit -v`), or `RLAUDIT_DUCKDB_MEMORY`
-    (`rlaudit.memory.duckdb_limit`); `at_most` lowers it for work that streams (a merge of small files), which
-    then does not take a second gigabyte beside a detector's open connection. Within `memory.at_most(n)`, the
-    connection runs at most n threads."""
-    from .memory import duckdb_limit, thread_limit
+    """Set the memory limit (and, given a store root, the spill directory) of a DuckDB database the caller opened
+    itself; the audit's own connections get these settings from `duck.connect` instead (setting them on an open
+    database makes DuckDB trim the process's heap: see `rlaudit.duck`). DuckDB's own default limit is 80% of the
+    machine's RAM, so on a big run its hash tables and temp tables would grow with the run; with a limit it spills
+    them to `<store>/.tmp` instead. The limit is 1 GB, or less when the process runs under a memory budget
+    (`RLAUDIT_MEMORY`, a cgroup limit, `ulimit -v`), or `RLAUDIT_DUCKDB_MEMORY` (`rlaudit.memory.duckdb_limit`);
+    `at_most` lowers it for work that streams (a merge of small files), which then does not take a second
+    gigabyte beside a detector's open connection. Within `memory.at_most(n)`, the database runs at most n
+    threads."""
+    from .duck import settings
+    from .memory import thread_limit
 
-    limit = duckdb_limit() if at_most is None else min(duckdb_limit(), at_most)
-    con.execute(f"SET memory_limit = '{max(1, limit >> 20)}MB'")
+    limit, _, spill = settings(root, at_most)
+    con.execute(f"SET memory_limit = '{limit}MB'")
     threads = thread_limit()
     if threads is not None:
         con.execute(f"SET threads = {int(threads)}")
-    if root is not None:
-        tmp = Path(root) / ".tmp"
-        with contextlib.suppress(OSError):
-            tmp.mkdir(parents=True, exist_ok=True)
-            con.execute(f"SET temp_directory = '{str(tmp).replace(chr(39), chr(39) * 2)}'")
+    if spill is not None:
+        con.execute(f"SET temp_directory = '{spill.replace(chr(39), chr(39) * 2)}'")
 
 
 class _Writers:

@@ -282,8 +282,8 @@ def test_a_segment_missing_a_member_is_read_only_by_the_ranges_of_the_others(tmp
 def test_merges_of_one_call_share_one_connection(tmp_path, monkeypatch):
     files = parts(tmp_path, 3 * FANOUT)
     opened = []
-    real = duckdb.connect
-    monkeypatch.setattr(segments.duckdb, "connect", lambda *a, **k: opened.append(1) or real(*a, **k))
+    real = segments.duck.connect
+    monkeypatch.setattr(segments.duck, "connect", lambda *a, **k: opened.append(1) or real(*a, **k))
     covering(files, "cells")
     assert len(opened) == 1
 

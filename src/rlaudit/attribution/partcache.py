@@ -56,13 +56,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import stats
+from .. import duck, stats
 from ..derived import segments
 from ..behaviors import Behavior
 from ..layout import reward_sql, view_columns
 from ..derived.partstats import define, each_signal, part_stats
 from ..memory import duckdb_limit, round_robin, workers
-from ..store import Store, bound_memory, prune_cached, prune_files, sql_list, sql_string, write_cached
+from ..store import Store, prune_cached, prune_files, sql_list, sql_string, write_cached
 from . import trace as tr
 from .prefilter import gated_sql
 
@@ -198,9 +198,8 @@ def _meta(store: Store, run: str, max_step: int | None, split: str | None, also:
     within = "TRUE" if max_step is None else f"step <= {int(max_step)}"
     sums = ", ".join(f"sum({k})::BIGINT AS {k}" for k in _COUNTS)
     # grouped by DuckDB: a run of 15,625 steps has ~110,000 rows here, a Python loop over them ~0.2 s a warm audit
-    with duckdb.connect() as con:
+    with duck.connect(store.root) as con:
         con.execute("SET enable_progress_bar = false")
-        bound_memory(con, store.root)
         stats.register(con, "meta", stems=True)
         con.execute(f"CREATE TEMP TABLE m AS SELECT * FROM meta WHERE {scope_sql(None, split)}")
         if con.execute("SELECT count(*) FROM (SELECT step FROM m GROUP BY step HAVING count(DISTINCT _stem) > 1)"
@@ -492,9 +491,8 @@ class _Ctx:
                 out[k].append(t.filter(pc.equal(t.column("kind"), k)))
         if files:
             paths = self._covering(i, files, tags) if self.persist else files
-            with duckdb.connect() as con:
-                con.execute("SET enable_progress_bar = false; SET threads = 1")
-                bound_memory(con, self.store.root)
+            with duck.connect(self.store.root, threads=1) as con:
+                con.execute("SET enable_progress_bar = false")
                 con.register("_kept", pa.table({"step": steps}))
                 every = con.sql(f"SELECT * FROM ({_select(paths)}) "
                                 "WHERE step IN (SELECT step FROM _kept)").to_arrow_table()
@@ -586,11 +584,10 @@ class _Connections:
     def get(self) -> duckdb.DuckDBPyConnection:
         con = getattr(self._local, "con", None)
         if con is None:
-            con = self._local.con = duckdb.connect()
+            con = self._local.con = duck.connect(
+                self.root, at_most=duckdb_limit() // self.threads if self.threads > 1 else None,
+                threads=1 if self.threads > 1 or self.single else None)
             con.execute("SET enable_progress_bar = false")
-            if self.threads > 1 or self.single:
-                con.execute("SET threads = 1")
-            bound_memory(con, self.root, at_most=duckdb_limit() // self.threads if self.threads > 1 else None)
             with self._lock:
                 self._opened.append(con)
         return con
@@ -1110,13 +1107,12 @@ def _evidence(ctx: _Ctx, it: Item, t: tr.Trace, groups: _Sorted, per_group: dict
     for p in paths:
         by_format.setdefault(ctx.layouts.get(p.name, (1, ())), []).append(p)
     split = f"split = {sql_string(ctx.split)}" if ctx.split else "TRUE"
-    with duckdb.connect() as con:
+    with duck.connect(ctx.store.root) as con:
         con.execute("SET enable_progress_bar = false")
-        bound_memory(con, ctx.store.root)
-        con.execute("CREATE VIEW all_rollouts AS " + " UNION ALL ".join(
+        con.execute("CREATE TEMP VIEW all_rollouts AS " + " UNION ALL ".join(
             f"SELECT {view_columns(*fmt)} FROM read_parquet({sql_list([str(p) for p in ps])})"
             for fmt, ps in sorted(by_format.items())))
-        con.execute(f"CREATE VIEW rollouts AS SELECT * FROM all_rollouts WHERE {split}")
+        con.execute(f"CREATE TEMP VIEW rollouts AS SELECT * FROM all_rollouts WHERE {split}")
         sig = "".join(f", CAST(rewards[{sql_string(s)}] AS DOUBLE) AS _s{j}" for j, s in enumerate(fit.names))
         rows = con.sql(
             f"SELECT * FROM (SELECT {ctx.key} AS _group, rollout_id, reward, {it.expr} AS _b{sig} FROM rollouts "

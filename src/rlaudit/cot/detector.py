@@ -33,7 +33,8 @@ from ..derived import segments
 from ..findings import Finding
 from ..layout import view_columns
 from ..memory import shared_jobs, workers
-from ..store import (Store, bound_memory, canonical_selects, format_groups, key_source, listing, part_source,
+from .. import duck
+from ..store import (Store, canonical_selects, format_groups, key_source, listing, part_source,
                      sql_list, sql_string, write_atomic, write_cached)
 from ..detectors import DetectContext, Detector, register
 from .scan import (EMPTY_RESULTS, ScanParams, findings_from_results, iter_batches, read_scan_columns,
@@ -166,11 +167,11 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
             counts.drop(f"{p.stem}.parquet" for p in todo)
         if cot_kernels.use_numba():
             cot_kernels.compiled()  # compiled (or loaded from numba's cache) once, before the threads
-        con = duckdb.connect()
-        bound_memory(con)
+        con = duck.connect()
         con.execute("SET enable_progress_bar = false")
-        if extra is not None:  # captured inputs: the parts are scanned by SQL over their views
-            _part_views(con, todo, store.part_formats(run))
+        # captured inputs: the parts are scanned by SQL over their views
+        selects = _part_selects(todo, store.part_formats(run)) if extra is not None else []
+        _part_views(con, selects)
         if stride is None:
             stride = _stride(con, todo, found, params, counts)
         fresh = summaries.fresh([cache / f"{p.stem}.parquet" for p in parts],
@@ -181,7 +182,7 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
             files = {p.name: [(key_source(k), span) for k, span in zip(s.files, s.spans)]
                      for p in todo if (s := stored.get(p.name)) is not None}
             scanned = _scan_todo(con, todo, layouts, params, extra, stride, cache if persist else None, also,
-                                 fresh, counts, files)
+                                 fresh, counts, files, selects)
         for path, value in zip(todo, scanned):
             found[path.name] = value
             if not persist:
@@ -220,9 +221,11 @@ def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[s
                extra: str | None, stride: int, cache: Path | None,
                also: Callable[[Path, pa.Table, int], None] | None = None,
                fresh: segments.Fresh | None = None, counts: RowCounts | None = None,
-               files: dict[str, list[tuple[str, tuple[int, int]]]] | None = None) -> list[Any]:
-    """Scan the parts `todo` (views p0, p1, ... of `con`), each on a cursor of its own, on `memory.workers`
-    threads: per part the cached file (a table where the store cannot be written, or `cache` is None).
+               files: dict[str, list[tuple[str, tuple[int, int]]]] | None = None,
+               selects: list[str] | None = None) -> list[Any]:
+    """Scan the parts `todo`, each on a cursor of its own (of `con`'s database, where a part's rows are the
+    temp view p<i> of its `selects`, with captured inputs `extra`), on `memory.workers` threads: per part the
+    cached file (a table where the store cannot be written, or `cache` is None).
     `files`: per part name its source files' (source, (first row, rows)), scanned one after another (a part
     not listed is one file).
     `counts` receives the row count of each file written; `fresh` the summaries it plans (`summary.fresh`),
@@ -246,6 +249,7 @@ def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[s
             sources = (files or {}).get(name) or [(part_source(name), None)]
             cur = con.cursor()
             try:
+                _part_views(cur, (selects or [])[i:i + 1], first=i)
                 table = scan_file_batches(((_captured_batches(cur, i, j, span, params, extra), _chance(source, stride))
                                            for j, (source, span) in enumerate(sources)), params)
             finally:
@@ -305,14 +309,18 @@ def _captured_batches(cur: duckdb.DuckDBPyConnection, i: int, j: int, span: tupl
     return iter_batches(cur, params.batch_rows, f"p{i}_{j}", extra, order="_row")
 
 
-def _part_views(con: duckdb.DuckDBPyConnection, todo: list[Path],
-                formats: dict[str, tuple[int, tuple[str, ...]]]) -> None:
-    """A view p<i> of each part's rows, with each row's position in the part as `_row` (which source file's rows
-    it is among, and the order the scan batches them in: a join's output order is DuckDB's to choose)."""
-    for i, path in enumerate(todo):
-        con.execute(f"CREATE VIEW p{i} AS SELECT {view_columns(*formats.get(path.name, (1, ())))}, "
-                    "file_row_number AS _row "
-                    f"FROM read_parquet({sql_string(str(path))}, file_row_number = true)")
+def _part_selects(todo: list[Path], formats: dict[str, tuple[int, tuple[str, ...]]]) -> list[str]:
+    """Each part's rows, with each row's position in the part as `_row` (which source file's rows it is among,
+    and the order the scan batches them in: a join's output order is DuckDB's to choose)."""
+    return [f"SELECT {view_columns(*formats.get(path.name, (1, ())))}, file_row_number AS _row "
+            f"FROM read_parquet({sql_string(str(path))}, file_row_number = true)" for path in todo]
+
+
+def _part_views(con: duckdb.DuckDBPyConnection, selects: list[str], first: int = 0) -> None:
+    """The temp views p<first>, p<first + 1>, ... of `selects` (`_part_selects`) on `con`: temp views are the
+    connection's own, so each scanning thread's cursor makes the one it reads."""
+    for i, select in enumerate(selects, first):
+        con.execute(f"CREATE TEMP VIEW p{i} AS {select}")
 
 
 def _stride(con: duckdb.DuckDBPyConnection, todo: list[Path], found: dict[str, Any], params: ScanParams,
@@ -393,9 +401,8 @@ def scan_stride(store: Store, run: str, params: ScanParams, key: str) -> int:
     if not todo:
         return 1
     counts = RowCounts(cache) if persist else None
-    con = duckdb.connect()
+    con = duck.connect()
     try:
-        bound_memory(con)
         return _stride(con, todo, found, params, counts)
     finally:
         con.close()

@@ -47,7 +47,8 @@ import pyarrow.parquet as pq
 from ..layout import (FACTS, FACTS_LAYOUT, REWARDS_LAYOUT, SPANS, facts_sql, has_reward_sql, reward_sql,
                       same_signals_sql, view_columns)
 from ..schema import ROLLOUT_SCHEMA
-from ..store import Store, bound_memory, listing, prune_cached, sql_string, write_cached
+from .. import duck
+from ..store import Store, listing, prune_cached, sql_string, write_cached
 
 
 #: loose per-part files merged into the run's combined file once there are this many (`_Combined`): DuckDB pays
@@ -224,7 +225,7 @@ class PartStats:
                 for t, stem in zip(self.tables, self.table_stems)]
             con.register(f"_{name}_mem", pa.concat_tables(tables, promote_options="default"))
             selects.append(f"SELECT * FROM _{name}_mem")
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS {' UNION ALL BY NAME '.join(selects)}")
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {' UNION ALL BY NAME '.join(selects)}")
 
 
 def part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[str] = (),
@@ -508,11 +509,8 @@ def _computed(jobs: list[tuple[tuple[str, ...], list[Path]]], layouts: dict[str,
 def _connect(root: Path, memory: int | None = None, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """A connection for `_compute`: `memory`, its memory limit below DuckDB's usual one; `threads`, its DuckDB
     threads (default: DuckDB's, one per core)."""
-    con = duckdb.connect()
+    con = duck.connect(root, at_most=memory, threads=threads)
     con.execute("SET enable_progress_bar = false")
-    if threads:
-        con.execute(f"SET threads = {int(threads)}")
-    bound_memory(con, root, at_most=memory)
     return con
 
 

@@ -65,10 +65,9 @@ def register_run_stats(con: duckdb.DuckDBPyConnection, store: Store, run: str, n
 
 def connect_run_stats(store: Store, run: str, name: str = "run_stats") -> duckdb.DuckDBPyConnection:
     """A fresh DuckDB connection holding only the view `name` of `register_run_stats`."""
-    from ..store import bound_memory
+    from .. import duck
 
-    con = duckdb.connect()
+    con = duck.connect(store.root)
     con.execute("SET enable_progress_bar = false")
-    bound_memory(con, store.root)
     register_run_stats(con, store, run, name)
     return con

@@ -90,7 +90,7 @@ class TermCells:
         if kind in LIST_KINDS:
             made = self.cellterms(only, term_ids) if kind == "cellterms" else self.prompt_terms(only, term_ids)
             con.register(f"_{view}_rows", made)
-            con.execute(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM _{view}_rows")
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM _{view}_rows")
             return
         union_view(con, view, [p[kind] for name, p in self.parts if only is None or name in only],
                    lambda: _empty(kind), segment=kind, compression=SEGMENT_COMPRESSION[kind], merge=only is None)

@@ -60,12 +60,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import kernels, segments, styles
-from .. import memory
+from .. import duck, memory
 from ..behaviors import STYLE_FEATURES, TOKEN_PATTERN, re2_cursor
 from ..errors import RlauditError
 from ..layout import PART_SCHEMA, SPANS, read_columns, read_stored, to_canonical
 from ..cot.shingles import splitmix64
-from ..store import Store, atomic_write_text, bound_memory, prune_cached, write_cached
+from ..store import Store, atomic_write_text, prune_cached, write_cached
 from ..text import byte_spans, cut_ranges, span_ranges, validity
 from .tokhash import span_term_ids, string_hashes, text_term_ids, token_hashes
 
@@ -135,7 +135,7 @@ def rollout_terms(store: Store, run: str, options: VocabOptions = VocabOptions()
     from . import termcells  # termcells builds on this module
 
     # each rollout's prompt terms (`prompt_terms`), from the prompts' lists beside the cell tables
-    con = duckdb.connect()
+    con = duck.connect()
     termcells.term_cells(store, run, sets).register(con, "promptterms", "pt")
     rt = pa.concat_tables(tables)
     con.register("rt", rt.append_column("_row", pa.array(np.arange(rt.num_rows))))
@@ -153,7 +153,7 @@ def term_step_counts(store: Store, run: str, options: VocabOptions = VocabOption
     rollouts with reasoning count. An audit limited by `max_step` sums these instead of re-reading every
     rollout's term set. (Parts that share a step are summed.)"""
     sets = term_sets(store, run, options)
-    con = duckdb.connect()
+    con = duck.connect()
     sets.register(con)
     out = con.sql('SELECT "where", term_id, step, split, sum(x) AS x, sum(m) AS m FROM step_counts '
                   "GROUP BY ALL").to_arrow_table()
@@ -282,7 +282,7 @@ def union_view(con: duckdb.DuckDBPyConnection, view: str, entries: list[Any], em
     if not selects:
         con.register(f"_{view}_empty", empty())
         selects.append(f"SELECT * FROM _{view}_empty")
-    con.execute(f"CREATE OR REPLACE VIEW {view} AS {' UNION ALL BY NAME '.join(selects)}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS {' UNION ALL BY NAME '.join(selects)}")
 
 
 _EMPTY: dict[str, pa.Table] = {}
@@ -972,9 +972,8 @@ def _matcher(vocab: pa.Table) -> _Matcher:
 
 def _database() -> duckdb.DuckDBPyConnection:
     """A DuckDB connection for reading parts (`_compute_parts`): no progress bar, bounded memory."""
-    con = duckdb.connect()
+    con = duck.connect()
     con.execute("SET enable_progress_bar = false")
-    bound_memory(con)
     return con
 
 

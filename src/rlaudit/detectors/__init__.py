@@ -65,15 +65,16 @@ class DetectContext:
 
         return part_stats(self.store, self.run, kind, also=self.part_kinds)
 
-    def connect(self) -> duckdb.DuckDBPyConnection:
+    def connect(self, at_most: int | None = None) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection whose view `rollouts` holds this run's rows within the audit's step/split scope
-        (the unfiltered rows stay available as `all_rollouts`)."""
-        con = self.store.connect([self.run], view="all_rollouts")  # bound once, not renamed: see Store.connect
-        con.execute(f"CREATE VIEW rollouts AS SELECT * FROM all_rollouts WHERE {self.scope_sql()}")
+        (the unfiltered rows stay available as `all_rollouts`); `at_most` as `Store.connect`."""
+        # bound once, not renamed: see Store.connect
+        con = self.store.connect([self.run], view="all_rollouts", at_most=at_most)
+        con.execute(f"CREATE TEMP VIEW rollouts AS SELECT * FROM all_rollouts WHERE {self.scope_sql()}")
         # (over `rollouts`: cheap to bind on every connection, but it unnests `rewards` rebuilt as a map; a
         # detector that scans it over many rollouts asks `Store.rewards_view` for one read from the columns)
         con.execute(
-            "CREATE OR REPLACE VIEW rewards_long AS SELECT run, rollout_id, step, group_id, condition, task, "
+            "CREATE OR REPLACE TEMP VIEW rewards_long AS SELECT run, rollout_id, step, group_id, condition, task, "
             "unnest(map_keys(rewards)) AS signal, unnest(map_values(rewards)) AS value FROM rollouts")
         return con
 

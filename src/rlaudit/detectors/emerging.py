@@ -89,7 +89,7 @@ from ..derived import cellrollup, stepcounts, termcells, tokens, windowsums
 from ..behaviors import STYLE_FEATURES, parse_behavior
 from ..findings import Evidence, Finding
 from ..derived.runstats import register_run_stats
-from ..store import bound_memory, sql_string, sql_when
+from ..store import sql_string, sql_when
 from ..stats import benjamini_hochberg, mann_kendall, moving_sum, onset_index, stratified_ratio
 from . import DetectContext, Detector, register
 
@@ -199,8 +199,7 @@ class Scope:
         sets = self.sets = tokens.term_sets(ctx.store, ctx.run, params.vocab)
         self.vocab = sets.vocab
         self.cell_parts = termcells.term_cells(ctx.store, ctx.run, sets)
-        con = self.con = ctx.connect()
-        bound_memory(con, ctx.store.root, at_most=SCOPE_MEMORY)
+        con = self.con = ctx.connect(at_most=SCOPE_MEMORY)
         # the per-part term sets and per-step counts, read from their cached files (not held in Python)
         sets.register(con, "rt_parts", None)  # the per-step counts: `stepcounts`, below
         con.register("vocab", self.vocab)
@@ -474,7 +473,7 @@ class Scope:
                            SELECT rt.rid, rt.rollout_id, rt.step, rt.condition, rt.prompt_key, rt.has_reasoning,
                                   k.si, k.win
                            FROM rt_win rt JOIN keys k USING (step, split) WHERE k.win IS NOT NULL""")
-            con.execute("""CREATE OR REPLACE VIEW sw AS SELECT rt.*, k.si, k.win
+            con.execute("""CREATE OR REPLACE TEMP VIEW sw AS SELECT rt.*, k.si, k.win
                            FROM rt_win rt JOIN keys k USING (step, split) WHERE k.win IS NOT NULL""")
             self._rows_built = True
         return "sc" if feature_type == "ngram" else "sw"

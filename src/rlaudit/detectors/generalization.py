@@ -301,11 +301,11 @@ def _reward_correlation(scope: Scope, a: dict[str, Any], signal: str, condition:
 
 def _scope_rewards(scope: Scope) -> str:
     """The view of the scope's rewards, one row per rollout and signal (`Store.rewards_view`: a part's shared
-    signals read from its columns), created at the first question (its binding costs ~7 ms at 500 parts) on a
-    cursor of its own: the scope's connection may be in the middle of a result."""
-    with scope.con.cursor() as cur:
-        if not cur.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'gen_rewards'").fetchone()[0]:
-            scope.store.rewards_view(cur, [scope.run], "gen_rewards", where=scope.where)
+    signals read from its columns), created at the first question (its binding costs ~7 ms at 500 parts), on
+    the scope's connection: a temp view, seen by that connection only (`rlaudit.duck`)."""
+    con = scope.con
+    if not con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'gen_rewards'").fetchall()[0][0]:
+        scope.store.rewards_view(con, [scope.run], "gen_rewards", where=scope.where)
     return "gen_rewards"
 
 

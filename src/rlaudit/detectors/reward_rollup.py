@@ -112,7 +112,8 @@ def _merge(con: duckdb.DuckDBPyConnection, small: pa.Table, chunks: list[tuple[A
     con.execute("CREATE OR REPLACE TEMP TABLE _rh_keys AS SELECT DISTINCT "
                 f"{', '.join(_KEYS)} FROM _rh_rows WHERE kind = 0")
     for k in _KEYS:
-        con.execute(f"CREATE OR REPLACE TYPE _rh_{k} AS ENUM (SELECT DISTINCT {k} FROM _rh_keys WHERE {k} IS NOT NULL)")
+        con.execute(f"CREATE OR REPLACE TEMP TYPE _rh_{k} AS ENUM "
+                    f"(SELECT DISTINCT {k} FROM _rh_keys WHERE {k} IS NOT NULL)")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _rh_lc AS {_CELLS_SQL}")
     # sorted here, not by DuckDB: the chunk's task list (`_build`) is these, and a second DISTINCT ... ORDER BY over
     # the cells cost ~0.55 CPU s of the first rollup at 10M rollouts (6.2M cells, 1.25M tasks; numpy's sort ~0.1)
@@ -238,16 +239,15 @@ def _build(stats: PartStats, root: Path, d: Path, base: tuple[list[str], pa.Tabl
     """The rollup of `stats.combined_stems`: the rollup `base` of some of them plus the combined file's rows of
     the others, whose cells become a new chunk (sorted by task, so that a look-up reads only the row groups of
     its tasks). Written into `d`: the chunk first, the small tables (naming their stems and chunks) last."""
-    from ..store import bound_memory
+    from .. import duck
 
     stems = stats.combined_stems
     new = [s for s in stems if s not in set(base[0])]
     chunk, digest = _digest(new) + "-c", _digest(stems)
     names = [c.name.split(".")[0] for c, _ in base[2] if isinstance(c, Path)] + [chunk]
     sorted_cells = "SELECT * FROM _rh_lc ORDER BY task"
-    with duckdb.connect() as con:
+    with duck.connect(root, at_most=ROLLUP_MEMORY) as con:
         con.execute("SET enable_progress_bar = false")
-        bound_memory(con, root, at_most=ROLLUP_MEMORY)
         rows = (f"SELECT * EXCLUDE (_stem) FROM read_parquet({sql_string(str(stats.combined))}) "
                 f"WHERE _stem IN ({', '.join(sql_string(s) for s in new)})") if new else _EMPTY_ROWS
         tasks = _merge(con, base[1], base[2], rows)

@@ -58,7 +58,8 @@ import pyarrow.parquet as pq
 
 from ..health.lengths import MAX_SQL, TOKENS_SQL
 from ..derived.partstats import COMPACT_MEMORY, PartStats, define, each_signal
-from ..store import bound_memory, sql_string, sql_when, write_atomic
+from .. import duck
+from ..store import sql_string, sql_when, write_atomic
 from .reward_stats import DISCRETE_MAX, MID_SQL, bucket_sql, finite_sql
 
 VERSION = 4
@@ -279,9 +280,8 @@ def _small_rollup(stats: PartStats) -> Path | None:
         # kind by kind (each kind's rows in their order), streamed a batch at a time into row groups of one kind
         # each, which a filter on `kind` skips. Reading and sorting the whole rollup held it all: ~1.4 GB at
         # 15,625 steps, where kind 4 has ~500 rows a step
-        with duckdb.connect() as c:
+        with duck.connect(at_most=COMPACT_MEMORY) as c:
             c.execute("SET enable_progress_bar = false")
-            bound_memory(c, at_most=COMPACT_MEMORY)
             writer = None
             try:
                 for k in sorted(SMALL):

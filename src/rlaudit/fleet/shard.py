@@ -159,12 +159,11 @@ def prepare_shard(task: ShardTask) -> ShardResult:
 
 
 def _prepare(task: ShardTask, out: ShardResult) -> None:
-    import duckdb
-
     from ..derived import termcells, tokens
     from ..cot.detector import scan_parts
     from ..cot.scan import ScanParams
-    from ..store import Store, bound_memory, canonical_selects, format_groups
+    from .. import duck
+    from ..store import Store, canonical_selects, format_groups
 
     store = Store(task.store)
     only = set(task.shard.parts)
@@ -179,11 +178,10 @@ def _prepare(task: ShardTask, out: ShardResult) -> None:
             sets = tokens.term_sets(store, task.run, tokens.VocabOptions(**task.vocab), only=only)
             termcells.term_cells(store, task.run, sets, prune=False)  # the shard's parts' cell tables too
         out.seconds["terms"] = time.perf_counter() - t
-        con = duckdb.connect()
-        bound_memory(con)
+        con = duck.connect()
         con.execute("SET enable_progress_bar = false")
         sel = " UNION ALL ".join(canonical_selects(format_groups((p, formats.get(p.name, (1, ()))) for p in paths)))
-        con.execute(f"CREATE VIEW shard AS {sel}")
+        con.execute(f"CREATE TEMP VIEW shard AS {sel}")
         out.per_step = [list(r) for r in con.execute(
             "SELECT step, count(*) FROM shard GROUP BY step ORDER BY step").fetchall()]
         out.rows = sum(r[1] for r in out.per_step)

@@ -22,7 +22,7 @@ import duckdb
 
 from ..errors import RlauditError
 from ..findings import jsonable
-from ..store import Store
+from ..store import Store, bound_memory
 from .limits import Limits, clip, decode_cursor, encode_cursor
 
 ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
@@ -43,8 +43,12 @@ def check_statement(sql: str) -> None:
 
 
 def sandboxed(store: Store, runs: list[str] | None, limits: Limits) -> duckdb.DuckDBPyConnection:
-    """A connection with the store's views (`rollouts`, `rewards_long`) and nothing else reachable."""
-    con = store.connect(runs)
+    """A connection with the store's views (`rollouts`, `rewards_long`) and nothing else reachable: on a database
+    of its own, not one of the audit's pooled ones (`rlaudit.duck`), since the settings below lock it for good."""
+    con = duckdb.connect()
+    bound_memory(con, store.root)
+    store.rollouts_view(con, runs)
+    store.rewards_view(con, runs)
     parts = [str(p) for r in (runs if runs is not None else store.runs()) for p in store.parts(r)]
     quoted = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in parts) + "]"
     for setting in ([f"SET allowed_paths = {quoted}"] if parts else []) + [

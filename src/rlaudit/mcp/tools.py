@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..audit import audit_store
-from ..behaviors import STYLE_FEATURES, Behavior, parse_behavior
+from ..behaviors import STYLE_FEATURES, Behavior, parse_behavior, re2_cursor
 from ..detectors import AuditConfig
 from ..errors import RlauditError
 from ..findings import SEVERITY_RANK, Finding, jsonable
@@ -355,7 +355,7 @@ class Tools:
         first = decode_cursor(cursor, key)
         window = range(first, min(len(rows), first + max(1, min(int(limit), self.limits.max_items))))
         items: list[dict[str, Any]] = [{} for _ in rows]  # snippets only for the page asked for
-        with duckdb.connect() as con:
+        with re2_cursor() as con:
             for i in window:
                 r = rows[i]
                 start, end = _match_span(con, beh, r["text"])

@@ -6,6 +6,7 @@ Everything here works on whole Arrow columns; per-row Python is confined to the 
 from __future__ import annotations
 
 import json
+import os
 import threading
 from dataclasses import dataclass
 
@@ -138,27 +139,21 @@ def _metadata_from_plain_columns(table: pa.Table) -> pa.Array | None:
 
 
 _DUCK = threading.local()
-_DUCK_ROOT: list = []
-_DUCK_LOCK = threading.Lock()
 
 
 def duck_query(sql: str, table: pa.Table) -> pa.Table:
     """Run `sql` over `table` (registered as `src`) on this thread's DuckDB cursor.
 
-    Opening a DuckDB database costs ~0.1 s, far more than the JSON encoding of one batch, and readers run in a
-    fresh thread per file (`prefetch`); so one in-memory database is opened per process and each thread takes a
-    cursor on it (~10 microseconds).
+    Opening a DuckDB database costs ~15 ms, more than the JSON encoding of one batch, and readers run in a
+    fresh thread per file (`prefetch`); so each thread keeps a cursor of the process's one database for such
+    work (`duck.cursor`).
     """
-    cur = getattr(_DUCK, "cursor", None)
-    if cur is None:
-        with _DUCK_LOCK:
-            if not _DUCK_ROOT:
-                import duckdb
+    from .. import duck
 
-                root = duckdb.connect()
-                root.execute("SET threads TO 1")
-                _DUCK_ROOT.append(root)
-            cur = _DUCK.cursor = _DUCK_ROOT[0].cursor()
+    held = getattr(_DUCK, "cursor", None)
+    if held is None or held[0] != os.getpid():
+        held = _DUCK.cursor = (os.getpid(), duck.cursor())
+    cur = held[1]
     cur.register("src", table)
     try:
         return cur.sql(sql).to_arrow_table()

@@ -1,0 +1,164 @@
+"""The audit's in-memory DuckDB connections: cursors of databases kept for the process, not a database a query.
+
+Why not `duckdb.connect()` each time: every in-memory database DuckDB opens or closes, and every change of its
+memory limit or threads, and every worker thread of it that idles for half a second, calls glibc's
+`malloc_trim(0)`, which hands back to the OS every free page of *every* malloc arena of the process: NumPy's
+arrays, Python's objects, numba's. The next allocations fault those pages in again, zeroed. A cold audit of 1M
+rollouts opened ~20 databases with a worker thread each and set their memory limits: ~6 GB of pages handed back,
+~0.95M minor page faults; with these connections ~0.69M and ~5% less wall time (docs/performance.md, session 45).
+
+So `connect` hands out a cursor of a database from a pool, one per (memory limit, threads, spill directory),
+created with those settings and never changed, and takes the database back when the cursor is collected. A
+database is used by one caller at a time, as a fresh database was, so each keeps its own memory limit. Its
+threads are `threads`, else those of the enclosing `memory.at_most`, else `default_threads()`: one fewer than the
+usable cores, because an audit runs two streams of work at once (the detectors and a background thread:
+`detectors.run_detectors`), and because on a 2-core machine that means no worker thread at all, hence none of
+the idle trims. Nor async I/O threads (DuckDB 2.0 starts 8 a database for remote reads; idle, they trim too).
+
+What rlaudit's callers keep to: every table, view, type or macro they create is TEMP (dropped with the cursor;
+a plain one would outlive it in the pooled database: `tests/test_duck.py` checks the sources), and they never SET
+threads, memory_limit or temp_directory (they ask `connect` for them). A database that comes back otherwise (a
+user's `CREATE VIEW` on `Store.connect`'s connection) is closed, not handed out again.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from pathlib import Path
+
+import duckdb
+
+from .memory import duckdb_limit, thread_limit, usable_cores
+
+#: Idle databases kept per setting; one more is closed when its cursor is collected.
+MAX_IDLE = 8
+
+_Key = tuple[int, int, str | None]
+
+
+#: What a database handed back must still show to be handed out again: its settings, and no table or view outside
+#: the temp schema (a caller's `CREATE VIEW` would be seen by the next one: `Store.connect` is public API).
+_STATE_SQL = """SELECT current_setting('threads'), current_setting('memory_limit'), current_setting('temp_directory'),
+    (SELECT count(*) FROM duckdb_tables() WHERE NOT temporary)
+    + (SELECT count(*) FROM duckdb_views() WHERE NOT temporary AND NOT internal)"""
+
+
+class _Pool:
+    """Idle databases by settings (`_Key`), of this process only: after a fork, the parent's are not used. Each
+    is handed out again only while its state is as it was made (`_STATE_SQL`, ~0.7 ms); else it is closed."""
+
+    def __init__(self) -> None:
+        # re-entrant: a cursor collected by the garbage collector while this thread holds the lock hands its
+        # database back from within (`weakref.finalize`)
+        self.lock = threading.RLock()
+        self.idle: dict[_Key, list[tuple[duckdb.DuckDBPyConnection, tuple]]] = {}
+        self.pid = os.getpid()
+        self.opened = 0  # databases opened by this process (tests count them)
+
+    def take(self, key: _Key) -> tuple[duckdb.DuckDBPyConnection, tuple]:
+        while True:
+            with self.lock:
+                if self.pid != os.getpid():
+                    self.idle, self.pid, self.opened = {}, os.getpid(), 0
+                dbs = self.idle.get(key)
+                db, made = dbs.pop() if dbs else (None, ())
+            if db is None:
+                break
+            if db.execute(_STATE_SQL).fetchall()[0] == made:
+                return db, made
+            db.close()  # settings changed or objects left behind: not for the next caller
+        limit, threads, spill = key
+        config: dict[str, str | int] = {"memory_limit": f"{limit}MB", "threads": threads, "async_threads": 0}
+        if spill is not None:
+            config["temp_directory"] = spill
+        db = duckdb.connect(":memory:", config=config)
+        with self.lock:
+            self.opened += 1
+        return db, db.execute(_STATE_SQL).fetchall()[0]
+
+    def give(self, key: _Key, db: duckdb.DuckDBPyConnection, made: tuple, pid: int) -> None:
+        if pid != os.getpid():
+            return
+        with self.lock:
+            dbs = self.idle.setdefault(key, [])
+            if len(dbs) < MAX_IDLE:
+                dbs.append((db, made))
+                return
+        db.close()
+
+
+_POOL = _Pool()
+
+
+def default_threads() -> int:
+    """DuckDB threads of a connection outside any `memory.at_most`: one fewer than the usable cores, at least one."""
+    return max(1, usable_cores() - 1)
+
+
+def settings(root: str | Path | None = None, at_most: int | None = None, threads: int | None = None
+             ) -> tuple[int, int, str | None]:
+    """(memory limit in MB, threads, spill directory) of a connection: the limit `memory.duckdb_limit()`, lowered to
+    `at_most` bytes for work that streams; the threads as `connect` says; the spill directory `<root>/.tmp`
+    (created here) where a store root is given, else DuckDB's own."""
+    limit = duckdb_limit() if at_most is None else min(duckdb_limit(), at_most)
+    if threads is None:
+        threads = thread_limit() or default_threads()
+    spill = None
+    if root is not None:
+        tmp = Path(root) / ".tmp"
+        try:
+            tmp.mkdir(parents=True, exist_ok=True)
+            spill = str(tmp)
+        except OSError:  # a read-only store: DuckDB spills where it would anyway
+            pass
+    return max(1, limit >> 20), max(1, int(threads)), spill
+
+
+def connect(root: str | Path | None = None, *, at_most: int | None = None, threads: int | None = None
+            ) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection of its own for the caller (temp objects, registered tables and results are its own),
+    with the memory limit, threads and spill directory of `settings`, on a pooled database (see module doc).
+    Close it, or let it go: the database returns to the pool when the cursor is collected."""
+    key = settings(root, at_most, threads)
+    db, made = _POOL.take(key)
+    cur = db.cursor()
+    weakref.finalize(cur, _POOL.give, key, db, made, os.getpid())
+    return cur
+
+
+_SHARED: list = []  # (pid, database) of `cursor`
+_SHARED_LOCK = threading.Lock()
+
+
+def cursor() -> duckdb.DuckDBPyConnection:
+    """A cursor of this process's one single-threaded database, for work that creates nothing in its catalog and
+    runs alongside anything (RE2 calls on a few texts, a reader's column mapping of one table): ~0.3 ms, against
+    ~15 ms for a database of its own. Its memory limit is DuckDB's default: such work is small."""
+    with _SHARED_LOCK:
+        if not _SHARED or _SHARED[0][0] != os.getpid():
+            _SHARED[:] = [(os.getpid(), duckdb.connect(":memory:", config={"threads": 1, "async_threads": 0}))]
+        return _SHARED[0][1].cursor()
+
+
+def idle_databases() -> dict[_Key, list[duckdb.DuckDBPyConnection]]:
+    """The pool's idle databases by settings (a copy), for tests that check what callers left in them."""
+    with _POOL.lock:
+        return {k: [db for db, _ in v] for k, v in _POOL.idle.items()}
+
+
+def close_idle() -> int:
+    """Close the pool's idle databases (a long-lived process that wants their memory back, a test that wants a
+    pool of its own); the number closed."""
+    with _POOL.lock:
+        dbs = [db for v in _POOL.idle.values() for db, _ in v]
+        _POOL.idle.clear()
+    for db in dbs:
+        db.close()
+    return len(dbs)
+
+
+def opened() -> int:
+    """Databases `connect` opened in this process so far."""
+    return _POOL.opened
