@@ -3,9 +3,10 @@
 Why not `duckdb.connect()` each time: every in-memory database DuckDB opens or closes, and every change of its
 memory limit or threads, and every worker thread of it that idles for half a second, calls glibc's
 `malloc_trim(0)`, which hands back to the OS every free page of *every* malloc arena of the process: NumPy's
-arrays, Python's objects, numba's. The next allocations fault those pages in again, zeroed. A cold audit of 1M
-rollouts opened ~20 databases with a worker thread each and set their memory limits: ~6 GB of pages handed back,
-~0.95M minor page faults; with these connections ~0.69M and ~5% less wall time (docs/performance.md, session 45).
+arrays, Python's objects, numba's. The next allocations fault those pages in again, zeroed. A cold `rlaudit
+audit` of 1M rollouts opened ~20 databases, each with a worker and 8 async I/O threads, and set their memory
+limits: ~7 GB of pages handed back (`perf` on `madvise`), 0.92-0.98M minor page faults; with these connections
+0.61-0.62M, and the cold audit ~7% less wall time (docs/performance.md, session 45).
 
 So `connect` hands out a cursor of a database from a pool, one per (memory limit, threads, spill directory),
 created with those settings and never changed, and takes the database back when the cursor is collected. A
