@@ -140,7 +140,18 @@ def test_a_whole_audit_hands_every_database_back_as_it_got_it(tmp_path):
     assert not [f for f in found if f.kind == "audit_error"]
     assert duck.opened() - opened <= 12  # a database per kind of work, not per query
     assert duck.idle_databases()
-    for key, dbs in duck._POOL.idle.items():
-        for db, made in dbs:
-            assert db.execute(duck._STATE_SQL).fetchall()[0] == made, key
+    for key, db, made in duck._POOL.idle:
+        assert db.execute(duck._STATE_SQL).fetchall()[0] == made, key
 
+
+
+def test_the_pool_keeps_the_most_recent_databases_of_any_settings(tmp_path):
+    duck.close_idle()
+    cursors = [duck.connect(tmp_path / f"store{i}", threads=1) for i in range(duck.MAX_IDLE + 3)]
+    for i in range(len(cursors)):  # handed back in order: store0 first
+        cursors[i] = None
+    gc.collect()
+    kept = duck.idle_databases()
+    assert sum(map(len, kept.values())) == duck.MAX_IDLE
+    spills = {Path(spill).parent.name for _, _, spill in kept}
+    assert spills == {f"store{i}" for i in range(3, duck.MAX_IDLE + 3)}  # the last ones handed back

@@ -9,7 +9,8 @@ limits: ~7 GB of pages handed back (`perf` on `madvise`), 0.92-0.98M minor page 
 0.61-0.62M, and the cold audit ~7% less wall time (docs/performance.md, session 45).
 
 So `connect` hands out a cursor of a database from a pool, one per (memory limit, threads, spill directory),
-created with those settings and never changed, and takes the database back when the cursor is collected. A
+created with those settings and never changed, and takes the database back when the cursor is collected
+(at most MAX_IDLE kept). A
 database is used by one caller at a time, as a fresh database was, so each keeps its own memory limit. Its
 threads are `threads`, else those of the enclosing `memory.at_most`, else `default_threads()`: one fewer than the
 usable cores, because an audit runs two streams of work at once (the detectors and a background thread:
@@ -33,8 +34,9 @@ import duckdb
 
 from .memory import duckdb_limit, thread_limit, usable_cores
 
-#: Idle databases kept per setting; one more is closed when its cursor is collected.
-MAX_IDLE = 8
+#: Idle databases kept, of any settings (~7 MB each); the one idle longest is closed when a cursor brings back one
+#: more (a process that audits many stores, each with its spill directory, keeps the recent ones only).
+MAX_IDLE = 12
 
 _Key = tuple[int, int, str | None]
 
@@ -47,14 +49,15 @@ _STATE_SQL = """SELECT current_setting('threads'), current_setting('memory_limit
 
 
 class _Pool:
-    """Idle databases by settings (`_Key`), of this process only: after a fork, the parent's are not used. Each
-    is handed out again only while its state is as it was made (`_STATE_SQL`, ~0.7 ms); else it is closed."""
+    """Idle databases with their settings (`_Key`), oldest first, of this process only: after a fork, the
+    parent's are not used. Each is handed out again only while its state is as it was made (`_STATE_SQL`,
+    ~0.7 ms); else it is closed."""
 
     def __init__(self) -> None:
         # re-entrant: a cursor collected by the garbage collector while this thread holds the lock hands its
         # database back from within (`weakref.finalize`)
         self.lock = threading.RLock()
-        self.idle: dict[_Key, list[tuple[duckdb.DuckDBPyConnection, tuple]]] = {}
+        self.idle: list[tuple[_Key, duckdb.DuckDBPyConnection, tuple]] = []
         self.pid = os.getpid()
         self.opened = 0  # databases opened by this process (tests count them)
 
@@ -62,9 +65,9 @@ class _Pool:
         while True:
             with self.lock:
                 if self.pid != os.getpid():
-                    self.idle, self.pid, self.opened = {}, os.getpid(), 0
-                dbs = self.idle.get(key)
-                db, made = dbs.pop() if dbs else (None, ())
+                    self.idle, self.pid, self.opened = [], os.getpid(), 0
+                i = next((i for i in range(len(self.idle) - 1, -1, -1) if self.idle[i][0] == key), None)
+                _, db, made = self.idle.pop(i) if i is not None else (key, None, ())
             if db is None:
                 break
             if db.execute(_STATE_SQL).fetchall()[0] == made:
@@ -83,11 +86,11 @@ class _Pool:
         if pid != os.getpid():
             return
         with self.lock:
-            dbs = self.idle.setdefault(key, [])
-            if len(dbs) < MAX_IDLE:
-                dbs.append((db, made))
-                return
-        db.close()
+            self.idle.append((key, db, made))
+            surplus = self.idle[:-MAX_IDLE] if len(self.idle) > MAX_IDLE else []
+            del self.idle[:len(surplus)]
+        for _, old, _ in surplus:
+            old.close()
 
 
 _POOL = _Pool()
@@ -145,15 +148,18 @@ def cursor() -> duckdb.DuckDBPyConnection:
 
 def idle_databases() -> dict[_Key, list[duckdb.DuckDBPyConnection]]:
     """The pool's idle databases by settings (a copy), for tests that check what callers left in them."""
+    out: dict[_Key, list[duckdb.DuckDBPyConnection]] = {}
     with _POOL.lock:
-        return {k: [db for db, _ in v] for k, v in _POOL.idle.items()}
+        for key, db, _ in _POOL.idle:
+            out.setdefault(key, []).append(db)
+    return out
 
 
 def close_idle() -> int:
     """Close the pool's idle databases (a long-lived process that wants their memory back, a test that wants a
     pool of its own); the number closed."""
     with _POOL.lock:
-        dbs = [db for v in _POOL.idle.values() for db, _ in v]
+        dbs = [db for _, db, _ in _POOL.idle]
         _POOL.idle.clear()
     for db in dbs:
         db.close()
