@@ -279,8 +279,8 @@ def test_batches_hold_about_batch_rows_rollouts(store, monkeypatch):
     calls.clear()
     monkeypatch.setenv("RLAUDIT_THREADS", "1")  # one connection serves every batch, closed at the end
     opened = []
-    connect = partstats._connect
-    monkeypatch.setattr(partstats, "_connect", lambda *a: opened.append(connect(*a)) or opened[-1])
+    connect = partstats.duck.connect
+    monkeypatch.setattr(partstats.duck, "connect", lambda *a, **k: opened.append(connect(*a, **k)) or opened[-1])
     assert {k: _rows_of(partstats.part_stats(store, "r", k, also=kinds, batch=1), k) for k in kinds} == got
     assert calls == [1] * 7 and len(opened) == 1
     import duckdb

@@ -123,12 +123,14 @@ def settings(root: str | Path | None = None, at_most: int | None = None, threads
 def connect(root: str | Path | None = None, *, at_most: int | None = None, threads: int | None = None
             ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection of its own for the caller (temp objects, registered tables and results are its own),
-    with the memory limit, threads and spill directory of `settings`, on a pooled database (see module doc).
-    Close it, or let it go: the database returns to the pool when the cursor is collected."""
+    with the memory limit, threads and spill directory of `settings`, on a pooled database (see module doc), and
+    no progress bar (front ends draw their own). Close it, or let it go: the database returns to the pool when
+    the cursor is collected."""
     key = settings(root, at_most, threads)
     db, made = _POOL.take(key)
     cur = db.cursor()
     weakref.finalize(cur, _POOL.give, key, db, made, os.getpid())
+    cur.execute("SET enable_progress_bar = false")  # the connection's own setting, not the pooled database's
     return cur
 
 

@@ -86,7 +86,6 @@ def export_run(store: Store, run: str, out: str | Path, exclude: Sequence[str], 
             from . import duck
 
             con = duck.connect()
-            con.execute("SET enable_progress_bar = false")
             sink = open(tmp, "wb")  # noqa: SIM115 - closed in finally
         for i, part in enumerate(parts):
             table = read_part(part, list(COLUMNS), layouts.get(part.name, 1)).select(list(COLUMNS))

@@ -1075,7 +1075,6 @@ class Store:
         own `rollouts` on it: each view bound over a 2,000-part run costs DuckDB ~4-9 ms). `at_most`: a lower
         memory limit in bytes, for a connection held open beside other work (`duck.settings`)."""
         con = duck.connect(self.root, at_most=at_most)
-        con.execute("SET enable_progress_bar = false")  # front ends draw their own progress
         self.rollouts_view(con, runs, view=view, steps=steps)
         if view != "rollouts":
             return con
@@ -1408,10 +1407,9 @@ def bound_memory(con: duckdb.DuckDBPyConnection, root: str | Path | None = None,
     `at_most` lowers it for work that streams (a merge of small files), which then does not take a second
     gigabyte beside a detector's open connection. Within `memory.at_most(n)`, the database runs at most n
     threads."""
-    from .duck import settings
     from .memory import thread_limit
 
-    limit, _, spill = settings(root, at_most)
+    limit, _, spill = duck.settings(root, at_most)
     con.execute(f"SET memory_limit = '{limit}MB'")
     threads = thread_limit()
     if threads is not None:

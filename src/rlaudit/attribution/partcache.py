@@ -199,7 +199,6 @@ def _meta(store: Store, run: str, max_step: int | None, split: str | None, also:
     sums = ", ".join(f"sum({k})::BIGINT AS {k}" for k in _COUNTS)
     # grouped by DuckDB: a run of 15,625 steps has ~110,000 rows here, a Python loop over them ~0.2 s a warm audit
     with duck.connect(store.root) as con:
-        con.execute("SET enable_progress_bar = false")
         stats.register(con, "meta", stems=True)
         con.execute(f"CREATE TEMP TABLE m AS SELECT * FROM meta WHERE {scope_sql(None, split)}")
         if con.execute("SELECT count(*) FROM (SELECT step FROM m GROUP BY step HAVING count(DISTINCT _stem) > 1)"
@@ -492,7 +491,6 @@ class _Ctx:
         if files:
             paths = self._covering(i, files, tags) if self.persist else files
             with duck.connect(self.store.root, threads=1) as con:
-                con.execute("SET enable_progress_bar = false")
                 con.register("_kept", pa.table({"step": steps}))
                 every = con.sql(f"SELECT * FROM ({_select(paths)}) "
                                 "WHERE step IN (SELECT step FROM _kept)").to_arrow_table()
@@ -587,7 +585,6 @@ class _Connections:
             con = self._local.con = duck.connect(
                 self.root, at_most=duckdb_limit() // self.threads if self.threads > 1 else None,
                 threads=1 if self.threads > 1 or self.single else None)
-            con.execute("SET enable_progress_bar = false")
             with self._lock:
                 self._opened.append(con)
         return con
@@ -1108,7 +1105,6 @@ def _evidence(ctx: _Ctx, it: Item, t: tr.Trace, groups: _Sorted, per_group: dict
         by_format.setdefault(ctx.layouts.get(p.name, (1, ())), []).append(p)
     split = f"split = {sql_string(ctx.split)}" if ctx.split else "TRUE"
     with duck.connect(ctx.store.root) as con:
-        con.execute("SET enable_progress_bar = false")
         con.execute("CREATE TEMP VIEW all_rollouts AS " + " UNION ALL ".join(
             f"SELECT {view_columns(*fmt)} FROM read_parquet({sql_list([str(p) for p in ps])})"
             for fmt, ps in sorted(by_format.items())))

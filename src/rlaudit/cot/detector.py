@@ -20,7 +20,7 @@ import contextlib
 import json
 import shutil
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -168,7 +168,6 @@ def scan_parts(store: Store, run: str, params: ScanParams, key: str, extra: str 
         if cot_kernels.use_numba():
             cot_kernels.compiled()  # compiled (or loaded from numba's cache) once, before the threads
         con = duck.connect()
-        con.execute("SET enable_progress_bar = false")
         # captured inputs: the parts are scanned by SQL over their views
         selects = _part_selects(todo, store.part_formats(run)) if extra is not None else []
         _part_views(con, selects)
@@ -222,7 +221,7 @@ def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[s
                also: Callable[[Path, pa.Table, int], None] | None = None,
                fresh: segments.Fresh | None = None, counts: RowCounts | None = None,
                files: dict[str, list[tuple[str, tuple[int, int]]]] | None = None,
-               selects: list[str] | None = None) -> list[Any]:
+               selects: Sequence[str] = ()) -> list[Any]:
     """Scan the parts `todo`, each on a cursor of its own (of `con`'s database, where a part's rows are the
     temp view p<i> of its `selects`, with captured inputs `extra`), on `memory.workers` threads: per part the
     cached file (a table where the store cannot be written, or `cache` is None).
@@ -249,7 +248,7 @@ def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[s
             sources = (files or {}).get(name) or [(part_source(name), None)]
             cur = con.cursor()
             try:
-                _part_views(cur, (selects or [])[i:i + 1], first=i)
+                _part_views(cur, selects[i:i + 1], first=i)
                 table = scan_file_batches(((_captured_batches(cur, i, j, span, params, extra), _chance(source, stride))
                                            for j, (source, span) in enumerate(sources)), params)
             finally:
@@ -316,7 +315,7 @@ def _part_selects(todo: list[Path], formats: dict[str, tuple[int, tuple[str, ...
             f"FROM read_parquet({sql_string(str(path))}, file_row_number = true)" for path in todo]
 
 
-def _part_views(con: duckdb.DuckDBPyConnection, selects: list[str], first: int = 0) -> None:
+def _part_views(con: duckdb.DuckDBPyConnection, selects: Sequence[str], first: int = 0) -> None:
     """The temp views p<first>, p<first + 1>, ... of `selects` (`_part_selects`) on `con`: temp views are the
     connection's own, so each scanning thread's cursor makes the one it reads."""
     for i, select in enumerate(selects, first):

@@ -492,7 +492,7 @@ def _computed(jobs: list[tuple[tuple[str, ...], list[Path]]], layouts: dict[str,
         try:
             con = idle.get_nowait()
         except queue.Empty:
-            con = _connect(root, share, threads)
+            con = duck.connect(root, at_most=share, threads=threads)
             opened.append(con)
         try:
             return _compute(job[1], layouts, [KINDS[k] for k in job[0]], root, con)
@@ -504,14 +504,6 @@ def _computed(jobs: list[tuple[tuple[str, ...], list[Path]]], layouts: dict[str,
     finally:  # (in_order has waited for its threads)
         for con in opened:
             con.close()
-
-
-def _connect(root: Path, memory: int | None = None, threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    """A connection for `_compute`: `memory`, its memory limit below DuckDB's usual one; `threads`, its DuckDB
-    threads (default: DuckDB's, one per core)."""
-    con = duck.connect(root, at_most=memory, threads=threads)
-    con.execute("SET enable_progress_bar = false")
-    return con
 
 
 def _compute(parts: list[Path], layouts: dict[str, Format], kinds: list[Kind], root: Path,
@@ -547,7 +539,7 @@ def _compute(parts: list[Path], layouts: dict[str, Format], kinds: list[Kind], r
 
     out: dict[str, _Batch] = {}
     own = con is None
-    con = _connect(root) if con is None else con
+    con = duck.connect(root) if con is None else con
     # for several kinds a table, not a view: each kind's query scans it instead of the files (one kind reads
     # the files directly: copying its columns into a table first cost more than it saved)
     what = "TABLE" if len(kinds) > 1 else "VIEW"

@@ -68,6 +68,5 @@ def connect_run_stats(store: Store, run: str, name: str = "run_stats") -> duckdb
     from .. import duck
 
     con = duck.connect(store.root)
-    con.execute("SET enable_progress_bar = false")
     register_run_stats(con, store, run, name)
     return con

@@ -383,7 +383,6 @@ class _Connection:
             # one thread: a merge of small files is a stream, and DuckDB's threads cost it ~50% more CPU than they
             # save time (one 16-file merge of cell terms: 0.17 -> 0.11 CPU s)
             self._con = duck.connect(at_most=COMPACT_MEMORY, threads=1)
-            self._con.execute("SET enable_progress_bar = false")
         return self._con
 
 

@@ -382,8 +382,8 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
         if persist and only is None and missing and len(missing) == len(parts) else None
     feed_ids = feed.ids if feed is not None else None  # the parts' counts handed over dense (`PartCounts`)
     cell_entries: dict[str, dict[str, Any]] = {}
-    # one DuckDB database for the batches' reads (each through a cursor), closed after the workers are done
-    with (_database() if missing else contextlib.nullcontext()) as db, fresh or contextlib.nullcontext():
+    # one pooled DuckDB database for the batches' reads (each through a cursor of it), handed back after the workers
+    with (duck.connect() if missing else contextlib.nullcontext()) as db, fresh or contextlib.nullcontext():
         for result in memory.in_order(compute, batches, max(1, min(n_workers, len(batches))), "rlaudit-terms"):
             for path, entry, cells, tables, counts in result:
                 if feed is not None:
@@ -970,13 +970,6 @@ def _matcher(vocab: pa.Table) -> _Matcher:
     return m
 
 
-def _database() -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection for reading parts (`_compute_parts`): no progress bar, bounded memory."""
-    con = duck.connect()
-    con.execute("SET enable_progress_bar = false")
-    return con
-
-
 def _compute_part(path: Path, layout: int, vocab: pa.Table, o: VocabOptions) -> tuple[pa.Table, pa.Table]:
     """Term sets and per-step counts of one stored part (see `_compute_parts`)."""
     terms, counts, _ = _compute_parts([path], layout, vocab, o)[0]
@@ -996,7 +989,7 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     distinct n-grams share a key with probability ~2^-64 per pair: a term set can be wrong only through such a
     collision (~1e-10 over a billion distinct n-gram/term pairs).
 
-    `db`: a connection (`_database`) whose cursor computes the keys (DuckDB's `hash`), shared by the batches of
+    `db`: a connection (`duck.connect`) whose cursor computes the keys (DuckDB's `hash`), shared by the batches of
     one `term_sets` (a cursor costs ~0.3 CPU ms, a new database ~11: 20 of them at 1M rollouts, 200 at 10M);
     else its own. `dense_ids` (`stepcounts._ids` of the vocabulary): each part's tuple holds a fourth item, its
     counts as a `stepcounts.PartCounts` too (for a `stepcounts.Feed`)."""
@@ -1010,7 +1003,7 @@ def _compute_parts(paths: list[Path], layout: int, vocab: pa.Table, o: VocabOpti
     # rid: a key unique within the run (64-bit hash of rollout id and step), so term sets of parts computed
     # separately can be read together; the prompt's key and the cell's (`termcells.CELL`), by DuckDB's `hash`
     # over the rows read (a zero-copy view: only these columns are scanned)
-    con = db.cursor() if db is not None else _database()
+    con = db.cursor() if db is not None else duck.connect()
     con.register("_rows", r if compiled else r.append_column("reasoning", texts["reasoning"]))
     keys = con.sql(f"""SELECT hash(rollout_id, step) AS rid, hash(coalesce(prompt, '')) AS prompt_key,
                               {_CELL} AS _cell{"" if compiled else ", " + _HAS_REASONING}

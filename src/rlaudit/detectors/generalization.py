@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 from scipy.stats import norm
@@ -303,9 +304,8 @@ def _scope_rewards(scope: Scope) -> str:
     """The view of the scope's rewards, one row per rollout and signal (`Store.rewards_view`: a part's shared
     signals read from its columns), created at the first question (its binding costs ~7 ms at 500 parts), on
     the scope's connection: a temp view, seen by that connection only (`rlaudit.duck`)."""
-    con = scope.con
-    if not con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'gen_rewards'").fetchall()[0][0]:
-        scope.store.rewards_view(con, [scope.run], "gen_rewards", where=scope.where)
+    if not _has_view(scope.con, "gen_rewards"):
+        scope.store.rewards_view(scope.con, [scope.run], "gen_rewards", where=scope.where)
     return "gen_rewards"
 
 
@@ -314,10 +314,16 @@ def _sampled_rewards(scope: Scope) -> str:
     audit's scope: the full view lists every stored part, and DuckDB opens each one's footer to skip it (~0.25 ms
     a part: ~0.5 CPU s of a warm audit at 2,000 parts), so its cost grew with the run."""
     con = scope.con
-    if not con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'gen_sample_rewards'").fetchone()[0]:
+    if not _has_view(con, "gen_sample_rewards"):
         steps = con.execute("SELECT step FROM sample_steps").fetchnumpy()["step"]
         scope.store.rewards_view(con, [scope.run], "gen_sample_rewards", steps, where=scope.where)
     return "gen_sample_rewards"
+
+
+def _has_view(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether `con` sees a view `name` (its result read whole: a result left half-read on the scope's connection
+    stops the next registration on it)."""
+    return bool(con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name]).fetchall()[0][0])
 
 
 def _findings(ctx: DetectContext, scope: Scope, a: dict[str, Any], signals: dict[str, str],

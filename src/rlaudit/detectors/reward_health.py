@@ -67,7 +67,6 @@ class RewardHealthDetector(Detector):
 
     def detect(self, ctx: DetectContext) -> list[Finding]:
         con = ctx.connect()
-        con.execute("SET enable_progress_bar = false")
         # Applicability cells are condition x task; where the trainer logs no task (TRL, verl without a data
         # source), the prompt stands in for it: a reward that never scores a prompt (no gold answer for an
         # advice question) does not apply to it, which is not the same as NaN on some rollouts of a prompt.

@@ -247,7 +247,6 @@ def _build(stats: PartStats, root: Path, d: Path, base: tuple[list[str], pa.Tabl
     names = [c.name.split(".")[0] for c, _ in base[2] if isinstance(c, Path)] + [chunk]
     sorted_cells = "SELECT * FROM _rh_lc ORDER BY task"
     with duck.connect(root, at_most=ROLLUP_MEMORY) as con:
-        con.execute("SET enable_progress_bar = false")
         rows = (f"SELECT * EXCLUDE (_stem) FROM read_parquet({sql_string(str(stats.combined))}) "
                 f"WHERE _stem IN ({', '.join(sql_string(s) for s in new)})") if new else _EMPTY_ROWS
         tasks = _merge(con, base[1], base[2], rows)

@@ -92,7 +92,6 @@ class TrainingHealthDetector(Detector):
 
     def detect(self, ctx: DetectContext) -> list[Finding]:
         con = ctx.connect()
-        con.execute("SET enable_progress_bar = false")
         manifest = ctx.store.manifest(ctx.run)
         trainer = str(manifest.get("format") or "")
         candidates: list[dict[str, Any]] = []

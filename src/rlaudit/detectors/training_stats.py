@@ -281,7 +281,6 @@ def _small_rollup(stats: PartStats) -> Path | None:
         # each, which a filter on `kind` skips. Reading and sorting the whole rollup held it all: ~1.4 GB at
         # 15,625 steps, where kind 4 has ~500 rows a step
         with duck.connect(at_most=COMPACT_MEMORY) as c:
-            c.execute("SET enable_progress_bar = false")
             writer = None
             try:
                 for k in sorted(SMALL):

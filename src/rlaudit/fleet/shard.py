@@ -179,7 +179,6 @@ def _prepare(task: ShardTask, out: ShardResult) -> None:
             termcells.term_cells(store, task.run, sets, prune=False)  # the shard's parts' cell tables too
         out.seconds["terms"] = time.perf_counter() - t
         con = duck.connect()
-        con.execute("SET enable_progress_bar = false")
         sel = " UNION ALL ".join(canonical_selects(format_groups((p, formats.get(p.name, (1, ()))) for p in paths)))
         con.execute(f"CREATE TEMP VIEW shard AS {sel}")
         out.per_step = [list(r) for r in con.execute(
