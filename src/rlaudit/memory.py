@@ -263,11 +263,71 @@ def workers(per_worker: int) -> int:
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity), else the machine's."""
+    """The cores this process may run on: its CPU affinity (else the machine's cores), and no more than its cgroup's
+    CPU quota (`cgroup_cpu_quota`) gives, rounded up. A container started with `--cpus 2` (Kubernetes: a CPU limit
+    of 2) on a 64-core host sees 64 cores in `os.cpu_count()` and in its affinity; sized by those, a fleet spawned
+    64 audit processes (each with its own memory) and every pool ran 32 threads on two cores' worth of time."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    return max(1, min(cores, -int(-quota // 1))) if quota is not None else max(1, cores)
+
+
+_CPU_QUOTA: list[float | None] = []
+
+
+def cgroup_cpu_quota() -> float | None:
+    """The CPUs' worth of time per second this process's cgroup (or an enclosing one) may use, or None where no quota
+    is set: the smallest of cgroup v2's `cpu.max` (quota and period, "max" for none) up the hierarchy, or cgroup
+    v1's `cpu.cfs_quota_us` / `cpu.cfs_period_us` (-1 for none). Read once per process (a container's quota does
+    not change under it; pools ask for their size often)."""
+    if not _CPU_QUOTA:
+        _CPU_QUOTA.append(_read_cpu_quota(Path("/proc/self/cgroup"), Path("/sys/fs/cgroup")))
+    return _CPU_QUOTA[0]
+
+
+def _read_cpu_quota(cgroup_file: Path, root: Path) -> float | None:
+    try:
+        lines = cgroup_file.read_text().splitlines()
+    except OSError:
+        return None
+    quotas = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: every level from the process's cgroup up to the root may set one
+            d = root / path.lstrip("/")
+            while True:
+                quotas.append(_v2_quota(d / "cpu.max"))
+                if d == root or root not in d.parents:
+                    break
+                d = d.parent
+        elif "cpu" in controllers.split(","):  # v1
+            d = root / controllers / path.lstrip("/")
+            quota, period = _read_signed(d / "cpu.cfs_quota_us"), _read_int(d / "cpu.cfs_period_us")
+            if quota is not None and quota > 0 and period:
+                quotas.append(quota / period)
+    found = [q for q in quotas if q is not None]
+    return min(found) if found else None
+
+
+def _v2_quota(path: Path) -> float | None:
+    """CPUs of a cgroup v2 `cpu.max` file ("QUOTA PERIOD"; "max PERIOD": none), or None."""
+    try:
+        fields = path.read_text().split()
+    except OSError:
+        return None
+    if len(fields) != 2 or not fields[0].isdigit() or not fields[1].isdigit() or int(fields[1]) == 0:
+        return None
+    return int(fields[0]) / int(fields[1])
+
+
+def _read_signed(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _workers(per_worker: int) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 import pytest
 
@@ -57,7 +59,27 @@ def test_configuration_is_locked(small_store):
     con = sandboxed(small_store, None, Limits())
     with pytest.raises(Exception, match="(?i)lock|cannot change"):
         con.execute("SET enable_external_access = true")
+    for setting in ("threads", "memory_limit"):
+        with pytest.raises(Exception, match="(?i)lock|cannot change"):
+            con.execute(f"SET {setting} = 4")
     con.close()
+
+
+def test_sandbox_opens_with_its_limits(small_store):
+    """One thread, the query memory limit and the store's spill directory, from the database's own config (set on an
+    open database they relaunched DuckDB's threads and trimmed the process's heap: `rlaudit.duck`)."""
+    import duckdb
+
+    from rlaudit.mcp.sql import sandboxed
+
+    con = sandboxed(small_store, None, Limits(query_memory="300MB"))
+    threads, limit, spill = con.execute("SELECT current_setting('threads'), current_setting('memory_limit'), "
+                                        "current_setting('temp_directory')").fetchall()[0]
+    con.close()
+    reference = duckdb.connect(config={"memory_limit": "300MB"})
+    assert threads == 1 and limit == reference.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    reference.close()
+    assert Path(spill) == Path(small_store.root) / ".tmp"
 
 
 def test_select_paging_and_clipping(small_store):

@@ -455,7 +455,7 @@ def workers() -> int:
     setting = memory.threads_setting()
     if setting is not None:
         return setting
-    if (os.cpu_count() or 1) < 2:
+    if memory.usable_cores() < 2:
         return 1
     b = memory.budget()
     if b is not None and b[0] < memory.duckdb_limit() + 2 * WORKER_MEMORY:

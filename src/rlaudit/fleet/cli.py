@@ -57,7 +57,8 @@ def scan_cmd(
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (auto, "
                                                    "ray://host:10001); default: start a local Ray.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes (local) or CPUs of "
-                                                   "the local Ray (default: the machine's cores).")] = None,
+                                                   "the local Ray (default: the cores this process may use, by "
+                                                   "its CPU affinity and cgroup CPU quota).")] = None,
     every: Annotated[Optional[float], typer.Option("--every", help="Seconds between passes (default: one "
                                                    "pass, or 60 with --until-idle/--max-passes).")] = None,
     until_idle: Annotated[Optional[float], typer.Option("--until-idle", help="Stop after this many seconds "

@@ -24,6 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ..errors import RlauditError
+from ..memory import usable_cores
 from .worker import RunOutcome, RunTask, run_task
 
 log = logging.getLogger("rlaudit.fleet")
@@ -84,7 +85,7 @@ class LocalEngine(Engine):
     task_fn: Callable[[RunTask], RunOutcome] = staticmethod(run_task)
 
     def __init__(self, workers: int | None = None, max_retries: int = 2):
-        self.workers = max(1, workers or os.cpu_count() or 1)
+        self.workers = max(1, workers or usable_cores())
         self.max_retries = max_retries
         self._pool: ProcessPoolExecutor | None = None
 

@@ -22,7 +22,8 @@ import duckdb
 
 from ..errors import RlauditError
 from ..findings import jsonable
-from ..store import Store, bound_memory
+from .. import duck
+from ..store import Store
 from .limits import Limits, clip, decode_cursor, encode_cursor
 
 ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
@@ -45,8 +46,13 @@ def check_statement(sql: str) -> None:
 def sandboxed(store: Store, runs: list[str] | None, limits: Limits) -> duckdb.DuckDBPyConnection:
     """A connection with the store's views (`rollouts`, `rewards_long`) and nothing else reachable: on a database
     of its own, not one of the audit's pooled ones (`rlaudit.duck`), since the settings below lock it for good."""
-    con = duckdb.connect()
-    bound_memory(con, store.root)
+    # its settings in its config, as `rlaudit.duck` opens the audit's: set on an open database, the thread count
+    # relaunched DuckDB's threads and the memory limit made it trim the process's heap (`duck` module doc)
+    _, _, spill = duck.settings(store.root)
+    config: dict[str, str | int] = {"threads": 1, "async_threads": 0, "memory_limit": limits.query_memory}
+    if spill is not None:
+        config["temp_directory"] = spill
+    con = duckdb.connect(":memory:", config=config)
     store.rollouts_view(con, runs)
     store.rewards_view(con, runs)
     parts = [str(p) for r in (runs if runs is not None else store.runs()) for p in store.parts(r)]
@@ -56,8 +62,6 @@ def sandboxed(store: Store, runs: list[str] | None, limits: Limits) -> duckdb.Du
         "SET autoinstall_known_extensions = false",
         "SET autoload_known_extensions = false",
         "SET allow_community_extensions = false",
-        "SET threads = 1",
-        f"SET memory_limit = '{limits.query_memory}'",
         "SET lock_configuration = true",
     ]:
         con.execute(setting)
