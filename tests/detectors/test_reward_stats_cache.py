@@ -157,15 +157,15 @@ def test_value_rows_are_the_distinct_values_of_the_steps_that_have_few(store, se
     assert kinds["edge"] == DISCRETE_MAX + 1 and kinds["over"] == 1 and kinds["narrow"] == 1
 
 
-def _flip_rows(step: int, n: int, nan_share: float, rng: np.random.Generator) -> dict:
-    """Rows of one step in condition 'a', task 'x', whose persona signal is NaN in `nan_share` of them: appended
-    after other parts, they move the cell (persona, a, x) between applicable and not."""
+def _flip_rows(step: int, n: int, nan_share: float, rng: np.random.Generator, slot: int = 2) -> dict:
+    """Rows of one step in condition 'a', task 'x', whose persona signal (`slot` 2; 1: acc) is NaN in `nan_share`
+    of them: appended after other parts, they move the cell (persona, a, x) between applicable and not."""
     rows = _rows(step, 1, n, rng)
     rows["condition"] = ["a"] * n
     rows["task"] = ["x"] * n
     nan = rng.random(n) < nan_share
     for i, r in enumerate(rows["rewards"]):
-        r[2] = ("persona", float("nan") if nan[i] else float(rng.uniform(0, 1)))
+        r[slot] = (r[slot][0], float("nan") if nan[i] else float(rng.uniform(0, 1)))
     return rows
 
 
@@ -194,6 +194,29 @@ def test_rollup_of_the_whole_run_equals_merging_every_part(store, monkeypatch, s
     mem = store.__class__(store.root)
     mem.persist_derived = False  # nothing written: the loose parts in memory, no rollup
     assert _health(mem) == whole
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_signal_clean_when_rolled_up_that_later_has_nan(store, monkeypatch, seed):
+    """acc has no NaN in the rolled-up parts (a signal without NaN has its cells kept ungrouped: no cell of it
+    can change class), then NaN in rows of a cell it had before, enough to move that cell out of the applicable
+    ones: the rollup's totals still equal merging every part's rows."""
+    from rlaudit.derived import partstats
+
+    monkeypatch.setattr(partstats, "COMPACT_AT", 3)
+    rng = np.random.default_rng(seed)
+    every = {"max_step": 10**9}
+    for i in range(4):
+        store.append("r", canonical_table(_rows(1 + 5 * i, 5, 40, rng)), key=f"p{i}")
+    assert not [f for f in _health(store) if f["signal"] == "acc" and f["problem"] == "nan"]
+    found = []
+    for i, share in enumerate([0.3, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0]):  # (acc, a, x): applicable, then not, ...
+        store.append("r", canonical_table(_flip_rows(30 + i, 120, share, rng, slot=1)), key=f"f{i}")
+        whole = _health(store)
+        assert whole == _health(store, **every), i
+        found.append([f["rows"] for f in whole if f["signal"] == "acc" and f["problem"] == "nan"])
+    assert found[0] and found[0][0] > 0, "acc's NaN in an applicable cell is found"
+    assert any(not f for f in found[1:]), "and its cell, mostly NaN later, leaves the applicable ones"
 
 
 def test_rollup_keeps_the_values_of_discrete_signals_only(store, monkeypatch):

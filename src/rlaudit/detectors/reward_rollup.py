@@ -14,7 +14,11 @@ whole run is small once rolled up, except the cells of the `nan` check:
   changing class);
 - the cells' totals, in chunks: each holds the cells of the parts one rollup added (`<digest>-c.cells.parquet`,
   sorted by task) with their sorted distinct tasks (`<digest>-c.tasks.npy`); a cell's totals are its rows'
-  sums over the chunks.
+  sums over the chunks. Only the cells of signals with a NaN row so far are summed per cell as they are added:
+  a cell without NaN is applicable whatever its rows, so a signal that never had NaN adds its rows' n to the
+  applicable totals directly and keeps its rows in the chunk as they come, a row per step (summed if it later
+  has NaN). At 10M rollouts (6.25M cells, one signal of five with NaN) the first rollup took 4.4-4.5 CPU s
+  grouping every cell, 3.7 so (`/work/scratch/s46/rollup10a.py`, docs/performance.md, session 46).
 
 A rollup covers the parts of the run's combined file (`partstats.PartStats.combined_stems`; named by a digest of
 them, which its footer lists with its chunks) and is never changed. It is built when that file is rewritten
@@ -73,9 +77,17 @@ CELLS_SCHEMA = pa.schema([("split", pa.string()), ("signal", pa.string()), ("con
 
 #: the cells' string keys, grouped and sorted as ENUMs (`_merge`)
 _KEYS = ("split", "signal", "condition")
-_CELLS_SQL = f"""SELECT {", ".join(f"{k}::_rh_{k} AS {k}" for k in _KEYS)}, task, sum(n)::BIGINT AS n,
-                       sum(nan)::BIGINT AS nan, min({sql_when('nan > 0', 'step')}) AS first_nan
-                FROM _rh_rows WHERE kind = 0 GROUP BY ALL"""
+_ENUM_KEYS = ", ".join(f"{k}::_rh_{k} AS {k}" for k in _KEYS)
+#: the new rows' cells: those of the signals that may have NaN (`_rh_nan_signals`) summed per cell; those of the
+#: others as they are, a row per step (no cell of a signal without NaN can change class, so only their sums are
+#: needed, and a look-up that finds several rows of a cell sums them: `_cells_of`'s callers). Grouping every
+#: cell was 1.97 of the 4.4 CPU s of the first rollup at 10M rollouts (6.25M cells, 1 signal of 5 with NaN).
+_CELLS_SQL = f"""SELECT {_ENUM_KEYS}, task, sum(n)::BIGINT AS n, sum(nan)::BIGINT AS nan,
+                       min({sql_when('nan > 0', 'step')}) AS first_nan
+                FROM _rh_rows WHERE kind = 0 AND signal IN (SELECT signal FROM _rh_nan_signals) GROUP BY ALL
+                UNION ALL
+                SELECT {_ENUM_KEYS}, task, n::BIGINT AS n, 0::BIGINT AS nan, NULL::BIGINT AS first_nan
+                FROM _rh_rows WHERE kind = 0 AND signal NOT IN (SELECT signal FROM _rh_nan_signals)"""
 
 
 def register_rollup(con: duckdb.DuckDBPyConnection, stats: PartStats, root: Path, split: str) -> None:
@@ -114,12 +126,23 @@ def _merge(con: duckdb.DuckDBPyConnection, small: pa.Table, chunks: list[tuple[A
     for k in _KEYS:
         con.execute(f"CREATE OR REPLACE TEMP TYPE _rh_{k} AS ENUM "
                     f"(SELECT DISTINCT {k} FROM _rh_keys WHERE {k} IS NOT NULL)")
+    # the signals with a NaN row in the rollup or the new rows: only their cells can be applicable or not (a cell
+    # without NaN always is); the others' new rows add their n to the applicable totals, cell by cell or not
+    nan_signals = "SELECT signal FROM _rh_small WHERE kind = 0 AND nan > 0 AND signal IS NOT NULL UNION " \
+                  "SELECT signal FROM _rh_rows WHERE kind = 0 AND nan > 0 AND signal IS NOT NULL"
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _rh_nan_signals AS {nan_signals}")
     con.execute(f"CREATE OR REPLACE TEMP TABLE _rh_lc AS {_CELLS_SQL}")
     # sorted here, not by DuckDB: the chunk's task list (`_build`) is these, and a second DISTINCT ... ORDER BY over
     # the cells cost ~0.55 CPU s of the first rollup at 10M rollouts (6.2M cells, 1.25M tasks; numpy's sort ~0.1)
     new_tasks = np.sort(np.asarray(con.execute("SELECT DISTINCT task FROM _rh_lc").fetchnumpy()["task"],
                                    dtype=np.uint64))
-    old_parts = _cells_of(chunks, new_tasks)
+    # the cells that may change class: the NaN signals' (an old cell of such a signal kept while it had none is
+    # in its chunk as rows per step, which `old` sums)
+    con.execute("CREATE OR REPLACE TEMP VIEW _rh_lc_nan AS SELECT * FROM _rh_lc "
+                "WHERE signal::VARCHAR IN (SELECT signal FROM _rh_nan_signals)")
+    nan_tasks = np.sort(np.asarray(con.execute("SELECT DISTINCT task FROM _rh_lc_nan").fetchnumpy()["task"],
+                                   dtype=np.uint64))
+    old_parts = _cells_of(chunks, nan_tasks)
     changed = "_rh_changed" if old_parts.num_rows else "_rh_fresh"  # (a table, a view: two names)
     if old_parts.num_rows:
         con.register("_rh_old_parts", old_parts)
@@ -130,12 +153,12 @@ def _merge(con: duckdb.DuckDBPyConnection, small: pa.Table, chunks: list[tuple[A
             SELECT l.split, l.signal, l.condition, l.task, o.n AS old_n, o.nan AS old_nan, o.first_nan AS old_first,
                    l.n + coalesce(o.n, 0) AS n, l.nan + coalesce(o.nan, 0) AS nan,
                    least(l.first_nan, o.first_nan) AS first_nan
-            FROM _rh_lc l LEFT JOIN old o ON o.split IS NOT DISTINCT FROM l.split AND o.signal = l.signal
+            FROM _rh_lc_nan l LEFT JOIN old o ON o.split IS NOT DISTINCT FROM l.split AND o.signal = l.signal
                  AND o.condition = l.condition AND o.task = l.task""")
     else:  # no new cell's task is in the rollup (a first rollup; prompts that do not repeat): nothing to join
         con.execute("""CREATE OR REPLACE TEMP VIEW _rh_fresh AS
             SELECT split, signal, condition, task, NULL::BIGINT AS old_n, NULL::BIGINT AS old_nan,
-                   NULL::BIGINT AS old_first, n, nan, first_nan FROM _rh_lc""")
+                   NULL::BIGINT AS old_first, n, nan, first_nan FROM _rh_lc_nan""")
     old_applies = f"old_n IS NOT NULL AND old_n - old_nan >= {APPLIES_MIN} * old_n"  # APPLIES, of the old totals
     cols = "kind, split, step, signal, n, nan, inf, finite, lo, hi, value, sgn, b"
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _rh_merged AS
@@ -164,7 +187,9 @@ def _merge(con: duckdb.DuckDBPyConnection, small: pa.Table, chunks: list[tuple[A
         SELECT 3, split, NULL, signal, sum(n), sum(nan), NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM (
             SELECT split, signal, n, nan FROM _rh_small WHERE kind = 3
             UNION ALL SELECT split, signal, -old_n, -old_nan FROM {changed} WHERE {old_applies}
-            UNION ALL SELECT split, signal, n, nan FROM {changed} WHERE {APPLIES}) GROUP BY split, signal
+            UNION ALL SELECT split, signal, n, nan FROM {changed} WHERE {APPLIES}
+            UNION ALL SELECT split, signal, n, 0 FROM _rh_rows
+                      WHERE kind = 0 AND signal NOT IN (SELECT signal FROM _rh_nan_signals)) GROUP BY split, signal
         UNION ALL
         SELECT 4, split, step, signal, sum(n), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM (
             SELECT split, signal, step, n FROM _rh_small WHERE kind = 4
@@ -256,7 +281,7 @@ def _build(stats: PartStats, root: Path, d: Path, base: tuple[list[str], pa.Tabl
                 raise OSError("the base rollup is in memory")
             d.mkdir(parents=True, exist_ok=True)
             _atomic(d / f"{chunk}.cells.parquet", lambda p: con.execute(
-                f"COPY ({sorted_cells}) TO {sql_string(str(p))} (FORMAT parquet, COMPRESSION zstd, "
+                f"COPY ({sorted_cells}) TO {sql_string(str(p))} (FORMAT parquet, COMPRESSION lz4_raw, "
                 "ROW_GROUP_SIZE 16384)"))
             _atomic(d / f"{chunk}.tasks.npy", lambda p: np.save(p, tasks, allow_pickle=False), suffix=".npy")
             meta = json.dumps({"stems": stems, "chunks": names}).encode()
