@@ -56,7 +56,7 @@ def scan_cmd(
                                         "(one Ray task per run; needs the ray extra) or inline.")] = "local",
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (auto, "
                                                    "ray://host:10001); default: start a local Ray.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes (local) or CPUs of "
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Worker processes (local) or CPUs of "
                                                    "the local Ray (default: the cores this process may use, by "
                                                    "its CPU affinity and cgroup CPU quota).")] = None,
     every: Annotated[Optional[float], typer.Option("--every", help="Seconds between passes (default: one "
@@ -302,12 +302,12 @@ def gc_cmd(
 def audit_cmd(
     source: Annotated[str, typer.Argument(help="A run in the store, or a run directory (ingested first).")],
     store: StoreOpt = Path(".rlaudit"),
-    shards: Annotated[int, typer.Option("--shards", help="Step ranges the run's per-part scans are split "
+    shards: Annotated[int, typer.Option("--shards", min=0, help="Step ranges the run's per-part scans are split "
                                         "into (default: the engine's workers).")] = 0,
     engine: Annotated[str, typer.Option("--engine", help="local, ray or inline.")] = "local",
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster address (auto, "
                                                    "ray://host:10001).")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Worker processes (local) or CPUs of "
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Worker processes (local) or CPUs of "
                                                    "the local Ray.")] = None,
     detector: Annotated[Optional[list[str]], typer.Option("--detector", help="Detectors to run (default: "
                                                           "all). Repeatable.")] = None,
