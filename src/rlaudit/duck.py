@@ -74,10 +74,7 @@ class _Pool:
                 return db, made
             db.close()  # settings changed or objects left behind: not for the next caller
         limit, threads, spill = key
-        config: dict[str, str | int] = {"memory_limit": f"{limit}MB", "threads": threads, "async_threads": 0}
-        if spill is not None:
-            config["temp_directory"] = spill
-        db = duckdb.connect(":memory:", config=config)
+        db = database(f"{limit}MB", threads, spill)
         with self.lock:
             self.opened += 1
         return db, db.execute(_STATE_SQL).fetchall()[0]
@@ -99,6 +96,16 @@ _POOL = _Pool()
 def default_threads() -> int:
     """DuckDB threads of a connection outside any `memory.at_most`: one fewer than the usable cores, at least one."""
     return max(1, usable_cores() - 1)
+
+
+def database(memory_limit: str, threads: int, spill: str | None) -> duckdb.DuckDBPyConnection:
+    """A new in-memory database with these settings in its config, and no async I/O threads: set on an open
+    database, the thread count relaunches DuckDB's threads and the memory limit trims the process's heap (module
+    doc). The pool's databases, and those a caller must own (the MCP sandbox, whose settings it then locks)."""
+    config: dict[str, str | int] = {"memory_limit": memory_limit, "threads": threads, "async_threads": 0}
+    if spill is not None:
+        config["temp_directory"] = spill
+    return duckdb.connect(":memory:", config=config)
 
 
 def settings(root: str | Path | None = None, at_most: int | None = None, threads: int | None = None

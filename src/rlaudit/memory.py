@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import os
 import queue
 import re
@@ -56,12 +57,12 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
-def _read_int(path: Path) -> int | None:
+def _read_int(path: Path, signed: bool = False) -> int | None:
     try:
         text = path.read_text().strip()
     except OSError:
         return None
-    return int(text) if text.isdigit() else None
+    return int(text) if text.isdigit() or (signed and text.startswith("-") and text[1:].isdigit()) else None
 
 
 def _cgroup_available() -> tuple[int, str] | None:
@@ -272,7 +273,7 @@ def usable_cores() -> int:
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     quota = cgroup_cpu_quota()
-    return max(1, min(cores, -int(-quota // 1))) if quota is not None else max(1, cores)
+    return max(1, min(cores, math.ceil(quota))) if quota is not None else max(1, cores)
 
 
 _CPU_QUOTA: list[float | None] = []
@@ -305,7 +306,7 @@ def _read_cpu_quota(cgroup_file: Path, root: Path) -> float | None:
                 d = d.parent
         elif "cpu" in controllers.split(","):  # v1
             d = root / controllers / path.lstrip("/")
-            quota, period = _read_signed(d / "cpu.cfs_quota_us"), _read_int(d / "cpu.cfs_period_us")
+            quota, period = _read_int(d / "cpu.cfs_quota_us", signed=True), _read_int(d / "cpu.cfs_period_us")
             if quota is not None and quota > 0 and period:
                 quotas.append(quota / period)
     found = [q for q in quotas if q is not None]
@@ -322,12 +323,6 @@ def _v2_quota(path: Path) -> float | None:
         return None
     return int(fields[0]) / int(fields[1])
 
-
-def _read_signed(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def _workers(per_worker: int) -> int:

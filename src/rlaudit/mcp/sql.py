@@ -46,13 +46,7 @@ def check_statement(sql: str) -> None:
 def sandboxed(store: Store, runs: list[str] | None, limits: Limits) -> duckdb.DuckDBPyConnection:
     """A connection with the store's views (`rollouts`, `rewards_long`) and nothing else reachable: on a database
     of its own, not one of the audit's pooled ones (`rlaudit.duck`), since the settings below lock it for good."""
-    # its settings in its config, as `rlaudit.duck` opens the audit's: set on an open database, the thread count
-    # relaunched DuckDB's threads and the memory limit made it trim the process's heap (`duck` module doc)
-    _, _, spill = duck.settings(store.root)
-    config: dict[str, str | int] = {"threads": 1, "async_threads": 0, "memory_limit": limits.query_memory}
-    if spill is not None:
-        config["temp_directory"] = spill
-    con = duckdb.connect(":memory:", config=config)
+    con = duck.database(limits.query_memory, 1, duck.settings(store.root)[2])
     store.rollouts_view(con, runs)
     store.rewards_view(con, runs)
     parts = [str(p) for r in (runs if runs is not None else store.runs()) for p in store.parts(r)]
