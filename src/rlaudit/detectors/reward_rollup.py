@@ -78,16 +78,16 @@ CELLS_SCHEMA = pa.schema([("split", pa.string()), ("signal", pa.string()), ("con
 #: the cells' string keys, grouped and sorted as ENUMs (`_merge`)
 _KEYS = ("split", "signal", "condition")
 _ENUM_KEYS = ", ".join(f"{k}::_rh_{k} AS {k}" for k in _KEYS)
-#: the new rows' cells: those of the signals that may have NaN (`_rh_nan_signals`) summed per cell; those of the
-#: others as they are, a row per step (no cell of a signal without NaN can change class, so only their sums are
-#: needed, and a look-up that finds several rows of a cell sums them: `_cells_of`'s callers). Grouping every
-#: cell was 1.97 of the 4.4 CPU s of the first rollup at 10M rollouts (6.25M cells, 1 signal of 5 with NaN).
-_CELLS_SQL = f"""SELECT {_ENUM_KEYS}, task, sum(n)::BIGINT AS n, sum(nan)::BIGINT AS nan,
-                       min({sql_when('nan > 0', 'step')}) AS first_nan
-                FROM _rh_rows WHERE kind = 0 AND signal IN (SELECT signal FROM _rh_nan_signals) GROUP BY ALL
-                UNION ALL
-                SELECT {_ENUM_KEYS}, task, n::BIGINT AS n, 0::BIGINT AS nan, NULL::BIGINT AS first_nan
-                FROM _rh_rows WHERE kind = 0 AND signal NOT IN (SELECT signal FROM _rh_nan_signals)"""
+#: the new rows' cells, in two tables: those of the signals that may have NaN (`_rh_nan_signals`) summed per cell
+#: (`_rh_lc_nan`); those of the others as they are, a row per step (`_rh_lc_clean`: no cell of a signal without
+#: NaN can change class, so only their sums are needed, and a look-up that finds several rows of a cell sums
+#: them: `_cells_of`'s callers). Grouping every cell was 1.97 of the 4.4 CPU s of the first rollup at 10M
+#: rollouts (6.25M cells, 1 signal of 5 with NaN).
+_NAN_CELLS_SQL = f"""SELECT {_ENUM_KEYS}, task, sum(n)::BIGINT AS n, sum(nan)::BIGINT AS nan,
+                            min({sql_when('nan > 0', 'step')}) AS first_nan
+                     FROM _rh_rows WHERE kind = 0 AND signal IN (SELECT signal FROM _rh_nan_signals) GROUP BY ALL"""
+_CLEAN_CELLS_SQL = f"""SELECT {_ENUM_KEYS}, task, n::BIGINT AS n, 0::BIGINT AS nan, NULL::BIGINT AS first_nan
+                       FROM _rh_rows WHERE kind = 0 AND signal NOT IN (SELECT signal FROM _rh_nan_signals)"""
 
 
 def register_rollup(con: duckdb.DuckDBPyConnection, stats: PartStats, root: Path, split: str) -> None:
@@ -131,15 +131,15 @@ def _merge(con: duckdb.DuckDBPyConnection, small: pa.Table, chunks: list[tuple[A
     nan_signals = "SELECT signal FROM _rh_small WHERE kind = 0 AND nan > 0 AND signal IS NOT NULL UNION " \
                   "SELECT signal FROM _rh_rows WHERE kind = 0 AND nan > 0 AND signal IS NOT NULL"
     con.execute(f"CREATE OR REPLACE TEMP TABLE _rh_nan_signals AS {nan_signals}")
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _rh_lc AS {_CELLS_SQL}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _rh_lc_nan AS {_NAN_CELLS_SQL}")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _rh_lc_clean AS {_CLEAN_CELLS_SQL}")
+    con.execute("CREATE OR REPLACE TEMP VIEW _rh_lc AS SELECT * FROM _rh_lc_nan UNION ALL SELECT * FROM _rh_lc_clean")
     # sorted here, not by DuckDB: the chunk's task list (`_build`) is these, and a second DISTINCT ... ORDER BY over
     # the cells cost ~0.55 CPU s of the first rollup at 10M rollouts (6.2M cells, 1.25M tasks; numpy's sort ~0.1)
     new_tasks = np.sort(np.asarray(con.execute("SELECT DISTINCT task FROM _rh_lc").fetchnumpy()["task"],
                                    dtype=np.uint64))
     # the cells that may change class: the NaN signals' (an old cell of such a signal kept while it had none is
     # in its chunk as rows per step, which `old` sums)
-    con.execute("CREATE OR REPLACE TEMP VIEW _rh_lc_nan AS SELECT * FROM _rh_lc "
-                "WHERE signal::VARCHAR IN (SELECT signal FROM _rh_nan_signals)")
     nan_tasks = np.sort(np.asarray(con.execute("SELECT DISTINCT task FROM _rh_lc_nan").fetchnumpy()["task"],
                                    dtype=np.uint64))
     old_parts = _cells_of(chunks, nan_tasks)
@@ -188,8 +188,7 @@ def _merge(con: duckdb.DuckDBPyConnection, small: pa.Table, chunks: list[tuple[A
             SELECT split, signal, n, nan FROM _rh_small WHERE kind = 3
             UNION ALL SELECT split, signal, -old_n, -old_nan FROM {changed} WHERE {old_applies}
             UNION ALL SELECT split, signal, n, nan FROM {changed} WHERE {APPLIES}
-            UNION ALL SELECT split, signal, n, 0 FROM _rh_rows
-                      WHERE kind = 0 AND signal NOT IN (SELECT signal FROM _rh_nan_signals)) GROUP BY split, signal
+            UNION ALL SELECT split, signal, n, nan FROM _rh_lc_clean) GROUP BY split, signal
         UNION ALL
         SELECT 4, split, step, signal, sum(n), NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM (
             SELECT split, signal, step, n FROM _rh_small WHERE kind = 4
