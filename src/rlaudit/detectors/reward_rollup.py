@@ -18,7 +18,7 @@ whole run is small once rolled up, except the cells of the `nan` check:
   a cell without NaN is applicable whatever its rows, so a signal that never had NaN adds its rows' n to the
   applicable totals directly and keeps its rows in the chunk as they come, a row per step (summed if it later
   has NaN). At 10M rollouts (6.25M cells, one signal of five with NaN) the first rollup took 4.4-4.5 CPU s
-  grouping every cell, 3.7 so (`/work/scratch/s46/rollup10a.py`, docs/performance.md, session 46).
+  grouping every cell, 3.4-3.5 so (`/work/scratch/s46/rollup10a.py`, docs/performance.md, session 46).
 
 A rollup covers the parts of the run's combined file (`partstats.PartStats.combined_stems`; named by a digest of
 them, which its footer lists with its chunks) and is never changed. It is built when that file is rewritten
