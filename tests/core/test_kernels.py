@@ -171,6 +171,25 @@ def test_row_term_ids_equal_match_then_distinct(seed, max_n, n_keys, low_bits):
 
 
 @needs_numba
+def test_row_term_ids_tell_absent_keys_at_settled_and_crowded_homes():
+    """A key whose home slot holds another key is absent when no key homed there was displaced (answered at
+    home), and is probed for when one was: 1-gram keys (the token hashes themselves) chosen to share home slots
+    of the smallest table (4,096 slots)."""
+    size = 4096
+    a, b, e = 5, 5 + size, 5 + 2 * size  # home 5: a there, b displaced to slot 6, e absent (probed)
+    c, d = 100, 100 + size  # home 100: c there, settled; d absent (answered at home)
+    f = 6 + 3 * size  # home 6, where b lies: absent
+    lookup = tokens._Lookup(np.array([a, b, c], np.uint64), np.array([0, 1, 2], np.int32))
+    assert lookup.table[5] >= 0 and lookup.ukeys[lookup.table[6]] == b  # b was displaced, as meant
+    rows = [[a, d], [b], [c, e], [d], [b, c, f], [e, f], []]
+    values = np.array([t for row in rows for t in row], np.uint64)
+    offsets = np.concatenate([[0], np.cumsum([len(row) for row in rows])]).astype(np.int64)
+    got_off, got_ids = term_kernels.row_term_ids(values, offsets, 1, lookup, 3)
+    got = [got_ids[got_off[i]:got_off[i + 1]].tolist() for i in range(len(rows))]
+    assert got == [[0], [1], [2], [], [1, 2], [], []]
+
+
+@needs_numba
 @settings(max_examples=25, deadline=None)
 @given(st.integers(0, 2**32), st.integers(0, 4))
 def test_row_term_ids_of_long_rows_with_many_ids(seed, max_n):
