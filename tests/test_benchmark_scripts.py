@@ -32,6 +32,7 @@ CASES = [
     ("report_size.py", ["--rows", "2000", "--steps", "20", "--findings", "5"], "report:"),
     ("live_overhead.py", ["--steps", "24", "--every", "10", "--window", "3"], "late / early:"),
     ("capture_overhead.py", ["--batches", "2", "--repeats", "1"], "overhead"),
+    ("ab.py", ["WORKTREE", "WORKTREE", "--rollouts", "20000", "--turns", "1"], "B - A, wall ratio:"),
 ]
 
 
@@ -42,3 +43,14 @@ def test_benchmark_script_runs(script: str, args: list[str], line: str, tmp_path
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{script} {' '.join(args)} exited {done.returncode}:\n{done.stderr[-3000:]}"
     assert line in done.stdout, f"{script} printed no {line!r}:\n{done.stdout[-3000:]}"
+
+
+def test_ab_names_a_revision_it_cannot_find(tmp_path: Path) -> None:
+    """`ab.py` stops on a revision git does not know, naming it, before it generates or measures anything."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ab.py"), "no-such-revision", "WORKTREE",
+                           "--rollouts", "20000", "--keep", str(tmp_path / "run")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "'no-such-revision' is not a revision" in done.stderr
+    assert not (tmp_path / "run").exists()
