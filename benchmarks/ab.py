@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,11 +43,14 @@ def export(rev: str, work: Path) -> Path:
     if sha.returncode != 0:
         sys.exit(f"ab.py: {rev!r} is not a revision of {ROOT} ({sha.stderr.strip()})")
     out = work / sha.stdout.strip()[:12]
-    if not (out / "benchmarks" / "audit.py").is_file():
-        out.mkdir(parents=True, exist_ok=True)
+    if not out.is_dir():  # extracted beside it, then renamed: an interrupted export is never taken for a whole one
+        part = work / f".{out.name}.{os.getpid()}"
+        shutil.rmtree(part, ignore_errors=True)
+        part.mkdir(parents=True)
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", sha.stdout.strip()],
                                  capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(out)], input=archive.stdout, check=True)
+        subprocess.run(["tar", "-x", "-C", str(part)], input=archive.stdout, check=True)
+        os.replace(part, out)
     return out
 
 
