@@ -38,8 +38,8 @@ def export(rev: str, work: Path) -> Path:
     """The directory holding revision `rev` (WORKTREE: this checkout itself), exported once into `work`."""
     if rev == WORKTREE:
         return ROOT
-    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"], capture_output=True,
-                         text=True)
+    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", f"{rev}^{{commit}}"], check=False,
+                         capture_output=True, text=True)
     if sha.returncode != 0:
         sys.exit(f"ab.py: {rev!r} is not a revision of {ROOT} ({sha.stderr.strip()})")
     out = work / sha.stdout.strip()[:12]
@@ -58,7 +58,7 @@ def measure(tree: Path, rollouts: int, keep: Path) -> dict[str, float]:
     """One run of `tree`'s benchmarks/audit.py: its cold audit's wall and CPU seconds and ratios to the floor."""
     env = {**os.environ, "PYTHONPATH": str(tree / "src"), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     done = subprocess.run([sys.executable, str(tree / "benchmarks" / "audit.py"), "--rollouts", str(rollouts),
-                           "--keep", str(keep)], env=env, capture_output=True, text=True)
+                           "--keep", str(keep)], check=False, env=env, capture_output=True, text=True)
     found = _TOTAL.search(done.stdout)
     if done.returncode != 0 or found is None:
         sys.exit(f"ab.py: {tree}/benchmarks/audit.py exited {done.returncode} without its total:\n"
