@@ -324,7 +324,6 @@ def _v2_quota(path: Path) -> float | None:
     return int(fields[0]) / int(fields[1])
 
 
-
 def _workers(per_worker: int) -> int:
     setting = threads_setting()
     if setting is not None:

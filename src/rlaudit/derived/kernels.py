@@ -477,7 +477,8 @@ def _term_ids(data, starts, ends, given, values, offsets, word, codes, base, len
             slot_key[q] = ukeys[u]
             slot_val[q] = ids[ustart[u]] if ucount[u] == 1 else -2 - u
             unsettled[q] |= ucount[u] != 1
-            unsettled[np.int64(ukeys[u] & mask)] |= np.int64(ukeys[u] & mask) != q  # displaced by probing
+            its_home = np.int64(ukeys[u] & mask)
+            unsettled[its_home] |= its_home != q  # its key was displaced by probing
     n_words = max((n_ids + 63) >> 6, 1)
     bits = np.zeros(n_words, np.uint64)
     ban = np.zeros(n_words, np.uint64)
