@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -179,8 +181,6 @@ def mann_kendall(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     the z statistic a continuity correction. NaN entries (e.g. steps without rollouts) are skipped. Rows with
     fewer than 3 values get p = 1. Non-parametric, so per-step prevalences, means or lengths all work.
     """
-    from scipy.stats import norm
-
     y = np.atleast_2d(np.asarray(y, dtype=np.float64))
     rows, t = y.shape
     s = np.zeros(rows)
@@ -426,8 +426,6 @@ def _lag_estimates(a: np.ndarray, b: np.ndarray, max_lag: int) -> np.ndarray:
 
 def wilson_interval(x: np.ndarray, n: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score interval for binomial proportions x/n (elementwise); n = 0 gives (0, 1)."""
-    from scipy.stats import norm
-
     x, n = np.asarray(x, dtype=np.float64), np.asarray(n, dtype=np.float64)
     zz = norm.ppf(0.5 + level / 2) ** 2
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -446,3 +444,120 @@ def stable_uniform(keys: np.ndarray) -> np.ndarray:
     z = splitmix64(np.asarray(keys, dtype=np.int64))
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Distribution tails without scipy.stats. The detectors need the normal and Student t tails and quantiles, one
+# binomial tail and Fisher's one-sided exact test; scipy.stats computes each with one special function (its
+# `_cdf`, `_sf`, `_ppf` of the distribution), wrapped in generic code for the support's ends and invalid
+# arguments. These call the same special functions and take the same branches, so they give scipy.stats'
+# values bit for bit (tests/test_distributions.py compares them over every kind of argument). Why: importing
+# scipy.stats costs every audit process ~0.35 s (~0.45 s with scipy.special, which these import alone in ~0.1 s),
+# on one core between its ingest and its first detector (docs/performance.md, session 48), for five functions.
+
+def _special() -> Any:
+    import scipy.special
+
+    return scipy.special
+
+
+def _out(x: np.ndarray) -> Any:
+    """A 0-d result as a NumPy scalar, as scipy.stats returns it."""
+    return x[()] if x.ndim == 0 else x
+
+
+class _Normal:
+    """`scipy.stats.norm` (standard: no loc or scale) for `cdf`, `sf`, `ppf` and `isf`."""
+
+    @staticmethod
+    def cdf(x: Any) -> Any:
+        return _out(np.asarray(_special().ndtr(np.asarray(x, dtype=np.float64))))
+
+    @staticmethod
+    def sf(x: Any) -> Any:
+        return _out(np.asarray(_special().ndtr(-np.asarray(x, dtype=np.float64))))
+
+    @staticmethod
+    def ppf(q: Any) -> Any:
+        return _out(_quantile(np.asarray(q, dtype=np.float64), lambda v: _special().ndtri(v), -np.inf, np.inf))
+
+    @staticmethod
+    def isf(q: Any) -> Any:
+        return _out(_quantile(np.asarray(q, dtype=np.float64), lambda v: -_special().ndtri(v), np.inf, -np.inf))
+
+
+class _StudentT:
+    """`scipy.stats.t` (standard) for `cdf`, `sf` and `ppf`; `df` may be infinite (the normal limit)."""
+
+    @staticmethod
+    def cdf(x: Any, df: Any) -> Any:
+        x, df = np.broadcast_arrays(np.asarray(x, dtype=np.float64), np.asarray(df, dtype=np.float64))
+        tail = np.asarray(_special().stdtr(df, x))
+        return _out(_tail(x, df > 0, tail, at_low=0.0, at_high=1.0))
+
+    @staticmethod
+    def sf(x: Any, df: Any) -> Any:
+        x, df = np.broadcast_arrays(np.asarray(x, dtype=np.float64), np.asarray(df, dtype=np.float64))
+        tail = np.asarray(_special().stdtr(df, -x))
+        return _out(_tail(x, df > 0, tail, at_low=1.0, at_high=0.0))
+
+    @staticmethod
+    def ppf(q: Any, df: Any) -> Any:
+        q, df = np.broadcast_arrays(np.asarray(q, dtype=np.float64), np.asarray(df, dtype=np.float64))
+        return _out(_quantile(q, lambda v: _special().stdtrit(df, v), -np.inf, np.inf, ok=df > 0))
+
+
+def _tail(x: np.ndarray, ok: np.ndarray, value: np.ndarray, at_low: float, at_high: float) -> np.ndarray:
+    """scipy.stats' `rv_continuous.cdf`/`sf` around a tail on the whole line: NaN where an argument is invalid or
+    x is NaN, the limits at x = -inf and +inf, the special function elsewhere."""
+    out = np.where(np.isneginf(x), at_low, np.where(np.isposinf(x), at_high, value))
+    return np.where(~ok | np.isnan(x), np.nan, out)
+
+
+def _quantile(q: np.ndarray, f: Callable[[np.ndarray], Any], at_0: float, at_1: float,
+              ok: np.ndarray | bool = True) -> np.ndarray:
+    """scipy.stats' `rv_continuous.ppf`/`isf`: `f` inside (0, 1), the support's ends at 0 and 1, NaN elsewhere."""
+    inside = (q > 0) & (q < 1)
+    value = np.asarray(f(np.where(inside, q, 0.5)), dtype=np.float64)
+    out = np.where(q == 0, at_0, np.where(q == 1, at_1, np.where(inside, value, np.nan)))
+    return np.where(ok, out, np.nan)
+
+
+class _Binomial:
+    """`scipy.stats.binom` for `sf` (scipy's `binom._sf`, the same special function and branches)."""
+
+    @staticmethod
+    def sf(k: Any, n: Any, p: Any) -> Any:
+        from scipy.special import _ufuncs
+
+        k, n, p = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (k, n, p)))
+        ok = (n >= 0) & (n == np.round(n)) & (p >= 0) & (p <= 1)  # (an infinite n passes, as in scipy)
+        inside = ok & (k >= 0) & (k < n) & np.isfinite(k)
+        value = np.clip(_ufuncs._binom_sf(np.floor(np.where(inside, k, 0)), np.where(inside, n, 1),
+                                          np.where(inside, p, 0.5)), 0, 1)
+        out = np.where(inside, value, np.where(ok & ((k < 0) | np.isneginf(k)), 1.0, 0.0))
+        return _out(np.where(~ok | np.isnan(k), np.nan, out))
+
+
+norm = _Normal()
+t = _StudentT()
+binom = _Binomial()
+
+
+def fisher_exact_greater(table: Any) -> float:
+    """One-sided p-value of Fisher's exact test on a 2 x 2 table of counts, for a larger first cell than chance
+    (`scipy.stats.fisher_exact(table, alternative="greater").pvalue`: the hypergeometric tail of the second
+    column, 1 where a row or a column is empty)."""
+    from scipy.special import _ufuncs
+
+    c = np.asarray(table, dtype=np.int64)
+    if c.shape != (2, 2) or np.any(c < 0):
+        raise ValueError(f"fisher_exact_greater: a 2 x 2 table of non-negative counts, got {c.tolist()}")
+    if 0 in c.sum(axis=0) or 0 in c.sum(axis=1):
+        return 1.0
+    big, n1, draws, k = int(c.sum()), int(c[0].sum()), int(c[0, 1] + c[1, 1]), int(c[0, 1])
+    if k >= min(n1, draws):  # the support's upper end (scipy's `rv_discrete.cdf`)
+        return 1.0
+    if k < max(draws - (big - n1), 0):
+        return 0.0
+    return min(float(np.clip(_ufuncs._hypergeom_cdf(k, n1, draws, big), 0, 1)), 1.0)

@@ -44,7 +44,6 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy import stats as sps
 
 from .. import stats
 from ..behaviors import Behavior, parse_behavior
@@ -693,7 +692,7 @@ def _preference_p(u: np.ndarray, pairs: np.ndarray) -> float:
     se = stats.ratio_of_sums_se(u[used], pairs[used])
     if not np.isfinite(se) or se == 0:
         return 1.0 if p_hat == 0.5 else min(1.0, 2.0 * 0.5**g)
-    return float(2.0 * sps.t.sf(abs(p_hat - 0.5) / se, df=g - 1))
+    return float(2.0 * stats.t.sf(abs(p_hat - 0.5) / se, g - 1))
 
 
 @dataclass
@@ -949,7 +948,7 @@ def _breakdown_of(names: list[str], gcode: np.ndarray, rows: np.ndarray, xsum: n
             p = float(_ratio(u.sum(), pairs.sum()))
             entry["paired_preference"][s.name] = p
             se = stats.ratio_of_sums_se(*_by_cluster(None if clusters is None else clusters[in_c], u, pairs))
-            z = sps.norm.ppf(0.975)
+            z = stats.norm.ppf(0.975)
             entry["paired_preference_ci"][s.name] = ([p - z * se, p + z * se] if np.isfinite(se)
                                                      and (pairs > 0).sum() >= MIN_GROUPS else [math.nan, math.nan])
             entry["effect"][s.name] = float(_ratio(d["diff"][in_c].sum(), pairs.sum()))

@@ -55,9 +55,9 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy.stats import fisher_exact
 
 from .stats import wilson_interval
+from ..stats import fisher_exact_greater
 from ..findings import Evidence, Finding
 from ..layout import SPANS, read_columns, read_stored, to_canonical
 from ..text import span_ranges
@@ -642,7 +642,7 @@ def findings_from_results(con: duckdb.DuckDBPyConnection, results: pa.Table | st
         n0, k0 = chance.get(grader, (0, 0))
         # no chance pairs (a run whose grader inputs all come from one prompt group): nothing to calibrate against,
         # so the exact-span rule stands alone, and the finding says so instead of quoting a p-value of 0
-        p_value = float(fisher_exact([[exposed, n - exposed], [k0, n0 - k0]], alternative="greater").pvalue) \
+        p_value = fisher_exact_greater([[exposed, n - exposed], [k0, n0 - k0]]) \
             if n0 else None
         if exposed < min_exposed or (p_value is not None and p_value > alpha):
             continue

@@ -27,10 +27,9 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-from scipy import stats
 
 from .stats import wilson_interval
-from ..stats import benjamini_hochberg
+from ..stats import benjamini_hochberg, norm
 from ..findings import Evidence, Finding
 from .shingles import Vocabulary, normalized_tokens
 
@@ -165,7 +164,7 @@ def test_signal(pairs: pa.Table, n_terms: int = 50) -> dict[str, Any]:
     with np.errstate(invalid="ignore", divide="ignore"):
         z = np.where(var > 0, s / np.sqrt(var), 0.0)
         corr = np.where(var > 0, s / np.sqrt((delta ** 2).sum() * (features ** 2).sum(axis=0)), 0.0)
-    p = 2 * stats.norm.sf(np.abs(z))
+    p = 2 * norm.sf(np.abs(z))
     best = int(np.argmin(p)) if len(p) else 0
     p_signal = min(1.0, float(p[best]) * len(p)) if len(p) else 1.0
     return {"pairs": int(len(delta)), "different": int(different.sum()), "feature": names[best] if names else None,

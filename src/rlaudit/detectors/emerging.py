@@ -83,14 +83,13 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy.stats import norm
 
 from ..derived import cellrollup, stepcounts, termcells, tokens, windowsums
 from ..behaviors import STYLE_FEATURES, parse_behavior
 from ..findings import Evidence, Finding
 from ..derived.runstats import register_run_stats
 from ..store import sql_string, sql_when
-from ..stats import benjamini_hochberg, mann_kendall, moving_sum, onset_index, stratified_ratio
+from ..stats import benjamini_hochberg, mann_kendall, moving_sum, norm, onset_index, stratified_ratio
 from . import DetectContext, Detector, register
 
 MARGIN = 1.25  # ratios within [1/MARGIN, MARGIN] are too small to report

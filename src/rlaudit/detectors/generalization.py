@@ -54,11 +54,10 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
-from scipy.stats import norm
-from scipy.stats import t as student_t
 
 from ..findings import Evidence, Finding
-from ..stats import benjamini_hochberg, lagged_correlation, moving_sum, onset_index, stratified_ratio, zscore
+from ..stats import (benjamini_hochberg, lagged_correlation, moving_sum, norm, onset_index, stratified_ratio,
+                     t as student_t, zscore)
 from ..derived import gensteps, repeats
 from . import DetectContext, Detector, register
 from .emerging import Params, Scope, scope_for

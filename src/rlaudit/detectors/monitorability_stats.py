@@ -11,10 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
-from scipy.stats import t as student_t
 
-from ..stats import bootstrap_group_sums, percentile_interval
+from ..stats import bootstrap_group_sums, norm, percentile_interval, t as student_t
 
 VIEWS = ("cot", "action", "all")
 OUTCOME_STATS = ("tp", "pos", "tn", "neg")

@@ -241,7 +241,7 @@ def _candidate(check: str, severity: str | None, title: str, explanation: str, s
 # ---------------------------------------------------------------------------------------------- rollout checks
 def _zero_variance(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int],
                    cached: bool = False) -> list[dict[str, Any]]:
-    from scipy.stats import binom, t as student_t
+    from ..stats import binom, t as student_t
 
     q = reward_quantiles(con, (0.05, 0.95)) if cached else _reward_quantiles(con, (0.05, 0.95))
     if q is None:
@@ -342,7 +342,7 @@ def _zero_variance(con: duckdb.DuckDBPyConnection, steps: list[int], early: list
 
 def _length(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int], unit: LengthUnit,
             cached: bool = False) -> list[dict[str, Any]]:
-    from scipy.stats import norm
+    from ..stats import norm
 
     from ..stats import onset_index
 
@@ -437,7 +437,7 @@ TRUNCATED_SQL = """(
 
 def _truncation(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int],
                 unit: LengthUnit, cached: bool = False) -> tuple[list[dict[str, Any]], str | None]:
-    from scipy.stats import norm
+    from ..stats import norm
 
     from ..stats import onset_index
 
@@ -485,7 +485,7 @@ def _truncation(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[in
 
 def _divergence(con: duckdb.DuckDBPyConnection, max_step: int | None, cached: bool = False
                 ) -> list[dict[str, Any]]:
-    from scipy.stats import t as student_t
+    from ..stats import t as student_t
 
     cap = f" AND step <= {int(max_step)}" if max_step is not None else ""
     ev = _rows(con, "SELECT step, m, n FROM ts_eval WHERE total ORDER BY step" if cached else f"""
@@ -588,7 +588,7 @@ def _plateau_series(series: dict[str, dict[str, np.ndarray]], total: dict[str, n
 
 def _plateau_one(signal: str, rows: dict[str, np.ndarray]) -> dict[str, Any] | None:
     """Two one-sided tests (TOST) that the change of the per-step mean over the run lies within +-margin."""
-    from scipy.stats import t as student_t
+    from ..stats import t as student_t
 
     if len(rows["step"]) < PLATEAU_MIN_STEPS:
         return None
@@ -687,7 +687,7 @@ def _scalar_checks(source: str, paths: list[str] | None, max_step: int | None, n
             None, steps=_series(list(st), v), **base))
     if (s := series("clip_fraction")) is not None:
         key, st, v = s
-        from scipy.stats import t as student_t
+        from ..stats import t as student_t
 
         _, b = thirds(v[np.isfinite(v)])
         if len(b) >= 2:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from scipy.stats import norm
+from ..stats import norm
 
 from ..behaviors import Behavior, parse_behavior
 from ..findings import Finding
