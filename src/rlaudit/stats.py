@@ -451,7 +451,8 @@ def stable_uniform(keys: np.ndarray) -> np.ndarray:
 # binomial tail and Fisher's one-sided exact test; scipy.stats computes each with one special function (its
 # `_cdf`, `_sf`, `_ppf` of the distribution), wrapped in generic code for the support's ends and invalid
 # arguments. These call the same special functions and take the same branches, so they give scipy.stats'
-# values bit for bit (tests/test_distributions.py compares them over every kind of argument). Why: importing
+# values bit for bit (tests/test_distributions.py compares them over every kind of argument; with scipy 1.11, whose
+# binomial and hypergeometric ufuncs live in scipy.stats, these import it: `_boost`). Why: importing
 # scipy.stats costs every audit process ~0.35 s (~0.45 s with scipy.special, which these import alone in ~0.1 s),
 # on one core between its ingest and its first detector (docs/performance.md, session 48), for five functions.
 
@@ -459,6 +460,19 @@ def _special() -> Any:
     import scipy.special
 
     return scipy.special
+
+
+def _boost(name: str) -> Any:
+    """scipy's ufunc `name` of Boost's distributions (`_binom_sf`, `_hypergeom_cdf`): in `scipy.special` since
+    scipy 1.12, in `scipy.stats._boost` (importing scipy.stats) before."""
+    from scipy.special import _ufuncs
+
+    found = getattr(_ufuncs, name, None)
+    if found is None:
+        from scipy.stats import _boost as boost
+
+        found = getattr(boost, name)
+    return found
 
 
 def _out(x: np.ndarray) -> Any:
@@ -528,12 +542,10 @@ class _Binomial:
 
     @staticmethod
     def sf(k: Any, n: Any, p: Any) -> Any:
-        from scipy.special import _ufuncs
-
         k, n, p = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (k, n, p)))
         ok = (n >= 0) & (n == np.round(n)) & (p >= 0) & (p <= 1)  # (an infinite n passes, as in scipy)
         inside = ok & (k >= 0) & (k < n) & np.isfinite(k)
-        value = np.clip(_ufuncs._binom_sf(np.floor(np.where(inside, k, 0)), np.where(inside, n, 1),
+        value = np.clip(_boost("_binom_sf")(np.floor(np.where(inside, k, 0)), np.where(inside, n, 1),
                                           np.where(inside, p, 0.5)), 0, 1)
         out = np.where(inside, value, np.where(ok & ((k < 0) | np.isneginf(k)), 1.0, 0.0))
         return _out(np.where(~ok | np.isnan(k), np.nan, out))
@@ -548,8 +560,6 @@ def fisher_exact_greater(table: Any) -> float:
     """One-sided p-value of Fisher's exact test on a 2 x 2 table of counts, for a larger first cell than chance
     (`scipy.stats.fisher_exact(table, alternative="greater").pvalue`: the hypergeometric tail of the second
     column, 1 where a row or a column is empty)."""
-    from scipy.special import _ufuncs
-
     c = np.asarray(table, dtype=np.int64)
     if c.shape != (2, 2) or np.any(c < 0):
         raise ValueError(f"fisher_exact_greater: a 2 x 2 table of non-negative counts, got {c.tolist()}")
@@ -560,4 +570,4 @@ def fisher_exact_greater(table: Any) -> float:
         return 1.0
     if k < max(draws - (big - n1), 0):
         return 0.0
-    return min(float(np.clip(_ufuncs._hypergeom_cdf(k, n1, draws, big), 0, 1)), 1.0)
+    return min(float(np.clip(_boost("_hypergeom_cdf")(k, n1, draws, big), 0, 1)), 1.0)
