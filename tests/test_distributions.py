@@ -30,19 +30,11 @@ probs = st.one_of(st.floats(0, 1), st.sampled_from(PROBS))
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
-@given(st.lists(floats, min_size=1, max_size=8))
-def test_normal_tails_equal_scipy(xs):
-    x = np.array(xs)
-    for name in ("cdf", "sf"):
-        assert same(getattr(stats.norm, name)(x), getattr(sps.norm, name)(x)), name
-
-
-@settings(max_examples=300, deadline=None, derandomize=True)
-@given(st.lists(probs, min_size=1, max_size=8))
-def test_normal_quantiles_equal_scipy(qs):
-    q = np.array(qs)
-    for name in ("ppf", "isf"):
-        assert same(getattr(stats.norm, name)(q), getattr(sps.norm, name)(q)), name
+@given(st.lists(floats, min_size=1, max_size=8), st.lists(probs, min_size=1, max_size=8))
+def test_normal_tails_and_quantiles_equal_scipy(xs, qs):
+    for names, arg in ((("cdf", "sf"), np.array(xs)), (("ppf", "isf"), np.array(qs))):
+        for name in names:
+            assert same(getattr(stats.norm, name)(arg), getattr(sps.norm, name)(arg)), name
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)

@@ -445,7 +445,6 @@ def stable_uniform(keys: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-
 # ---------------------------------------------------------------------------------------------------------------
 # Distribution tails without scipy.stats. The detectors need the normal and Student t tails and quantiles, one
 # binomial tail and Fisher's one-sided exact test; scipy.stats computes each with one special function (its
@@ -493,7 +492,7 @@ class _Normal:
 
     @staticmethod
     def ppf(q: Any) -> Any:
-        return _out(_quantile(np.asarray(q, dtype=np.float64), lambda v: _special().ndtri(v), -np.inf, np.inf))
+        return _out(_quantile(np.asarray(q, dtype=np.float64), _special().ndtri, -np.inf, np.inf))
 
     @staticmethod
     def isf(q: Any) -> Any:

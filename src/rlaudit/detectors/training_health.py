@@ -342,9 +342,7 @@ def _zero_variance(con: duckdb.DuckDBPyConnection, steps: list[int], early: list
 
 def _length(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int], unit: LengthUnit,
             cached: bool = False) -> list[dict[str, Any]]:
-    from ..stats import norm
-
-    from ..stats import onset_index
+    from ..stats import norm, onset_index
 
     x, x2 = ("tlen", "tlen2") if unit.unit == "tokens" else ("clen", "clen2")
     per_step = _rows(con, f"""SELECT step, sum({x})::DOUBLE AS x, sum({x2}) AS q, sum(n) AS n
@@ -437,9 +435,7 @@ TRUNCATED_SQL = """(
 
 def _truncation(con: duckdb.DuckDBPyConnection, steps: list[int], early: list[int], late: list[int],
                 unit: LengthUnit, cached: bool = False) -> tuple[list[dict[str, Any]], str | None]:
-    from ..stats import norm
-
-    from ..stats import onset_index
+    from ..stats import norm, onset_index
 
     mk, tr = ("mk_t", "tr_t") if unit.unit == "tokens" else ("mk_c", "tr_c")
     markers = con.execute(f"SELECT coalesce(sum({mk}), 0) FROM ts_lcells") if cached else con.execute("""SELECT count(*) FILTER (WHERE th_max IS NOT NULL OR reasoning IS NOT NULL OR completion LIKE '%</think>%'

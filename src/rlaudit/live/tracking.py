@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from ..stats import norm
 
 from ..behaviors import Behavior, parse_behavior
 from ..findings import Finding
 from ..llm.sampling import sampled_values
 from ..layout import read_part
+from ..stats import norm
 from ..store import Store
 
 _COLUMNS = {"answer": "answer", "reasoning": "reasoning", "completion": "completion"}

@@ -29,6 +29,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from ..stats import norm
 
 DEFAULT_PER_STEP = 32
