@@ -1366,6 +1366,47 @@ def _usage_error_line(exc: Exception) -> str:
     return f"{message} (see `{path} --help`)"
 
 
+def run() -> None:
+    """The `rlaudit` script and `python -m rlaudit`: `main`, then an exit without the interpreter's teardown.
+
+    After an audit, tearing the interpreter down (freeing every module's objects, the pooled DuckDB databases, the
+    compiled kernels) took 0.36-0.50 s of a 3.9-4.4 s `rlaudit audit` of 100,000 rollouts (docs/performance.md,
+    session 49), time in which the user waits for nothing. So once the command is done, the process does what
+    a normal exit does that anyone can observe (join the threads that are not daemons, run the `atexit`
+    callbacks, flush stdout and stderr) and ends with `os._exit`. `main` itself returns or raises as before, for
+    callers in the same process (tests, notebooks). An exception that is not SystemExit propagates: its traceback
+    and the usual teardown."""
+    try:
+        main()
+    except SystemExit as exc:
+        _exit_now(exc.code)
+    _exit_now(0)
+
+
+def _exit_now(code: object) -> None:
+    """Exit with `code` as `SystemExit(code)` would (None: 0; a string: printed to stderr, 1), skipping the
+    interpreter's teardown: see `run`."""
+    import atexit
+    import os
+    import threading
+
+    if code is None:
+        code = 0
+    elif not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    for thread in threading.enumerate():  # as the interpreter does before exiting: wait for non-daemon threads
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # logging's shutdown, temporary directories, coverage's data file in tests
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away (`| head`), a stream already closed
+            code = code or 120  # what the interpreter exits with when it cannot flush stdout
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: user errors (ours and usage errors) become one `error:` line and exit 2."""
     argv = _resample_argv(list(sys.argv[1:] if argv is None else argv))

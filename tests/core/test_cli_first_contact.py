@@ -67,6 +67,34 @@ def test_python_dash_m_rlaudit_is_the_same_command_line():
     assert bad.returncode == 2 and "No such command 'bogus'" in bad.stderr
 
 
+def test_the_script_exits_as_a_normal_exit_would_without_the_teardown(tmp_path):
+    """`cli.run` (the script, `python -m rlaudit`) ends with `os._exit`: it must still wait for threads that are not
+    daemons, run the atexit callbacks, flush what was printed and give SystemExit's exit code."""
+    program = f"""
+import atexit, sys, threading, time
+from pathlib import Path
+out = Path({str(tmp_path)!r})
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+def late():
+    time.sleep(0.3)
+    (out / "thread").write_text("done")
+threading.Thread(target=late).start()
+print("printed before", end="")  # no newline: held in stdout's buffer until the flush
+sys.argv = ["rlaudit", *sys.argv[1:]]
+from rlaudit.cli import run
+run()
+"""
+    ok = subprocess.run([sys.executable, "-c", program, "--version"], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.startswith("printed beforerlaudit ")
+    assert (tmp_path / "atexit").read_text() == "ran" and (tmp_path / "thread").read_text() == "done"
+    bad = subprocess.run([sys.executable, "-c", program, "audit", str(tmp_path / "missing"), "--store",
+                          str(tmp_path / "store")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "no such file or directory" in bad.stderr
+    said = subprocess.run([sys.executable, "-c", "from rlaudit.cli import _exit_now; _exit_now('gave up')"],
+                          capture_output=True, text=True)
+    assert said.returncode == 1 and said.stderr.strip() == "gave up"
+
+
 def test_a_bad_thread_setting_stops_the_command_before_any_work(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("RLAUDIT_THREADS", "two")
     code, _, err = run_main(capsys, "audit", str(tmp_path / "nothing"), "--store", str(tmp_path / "store"))
