@@ -100,12 +100,15 @@ def _read(parts):
     return read
 
 
+@pytest.mark.parametrize("slots", [windowsums.DENSE_SLOTS, 1, 5 * len(VOCAB)])
 @pytest.mark.parametrize("path", ["numpy", "numba"])
-def test_part_sums_equal_the_definitions(path, monkeypatch):
+def test_part_sums_equal_the_definitions(path, slots, monkeypatch):
+    """Whole, a key per pass (`DENSE_SLOTS` below the vocabulary: one key's terms), and a few keys per pass."""
     if path == "numba" and not kernels.available():
         pytest.skip("numba not installed")
     monkeypatch.setenv(kernels.ENV, path)
     monkeypatch.setattr(windowsums, "NUMBA_PARTS", 0)
+    monkeypatch.setattr(windowsums, "DENSE_SLOTS", slots)
     monkeypatch.setattr(windowsums, "BLOCK", 7)  # the numpy path's blocks: rows and pairs cut anywhere
     parts = _parts(5)
     got = windowsums.part_sums(*_read(parts)({n for n, _ in parts}), windowsums._reasoning(VOCAB))

@@ -56,11 +56,18 @@ BLOCK = 1 << 19
 BATCH_PARTS = 16
 BATCH_STEPS = 16
 #: what a batch holds while it is summed (`memory.workers`): its cell tables and the dense sums of its keys
-#: (FIELDS x keys x terms int64: ~75 MB for 16 parts of 12 keys and a vocabulary of 8,000 terms)
+#: (FIELDS x keys x terms int64: ~75 MB for 16 parts of 12 keys and a vocabulary of 8,000 terms, at most 24 MB
+#: a pass since `DENSE_SLOTS`)
 BATCH_MEMORY = 160 << 20
 #: parts (or steps: a part may hold several) summed at once above which the compiled pass is used: loading it
 #: (~0.1-0.5 CPU s a process) costs more than the numpy path's few parts of a warm audit (~10-20 ms a part)
 NUMBA_PARTS = 8
+#: (key, term) slots of one pass's dense sums (FIELDS x slots int64: 24 MB) at most: a batch whose keys times the
+#: vocabulary's terms exceed it is summed a range of keys at a time, each pass over all of the batch's rows keeping
+#: those of its keys. A run with many tasks has hundreds of keys in one part: the demo's 7,680-rollout prime-rl run
+#: (644 keys x 6,510 terms) made one 192 MB matrix, fresh pages every time, ~0.5 s of its audit
+#: (docs/performance.md, session 49), where its rows make ~0.1M nonzero sums.
+DENSE_SLOTS = 1 << 19
 #: stands for a NULL split in the keys (a cell of no split is in no scope: SQL's NULL = NULL is not true)
 NULL_SPLIT = "\x00null"
 
@@ -100,26 +107,44 @@ def part_sums(cells: pa.Table, cellterms: pa.Table, promptterms: pa.Table, reaso
     key_of: dict[tuple[str, tuple[int, str, str, str]], int] = {}
     cell_key = np.array([key_of.setdefault((p, tuple(k)), len(key_of)) for p, *k in zip(
         part, cells["step"].to_pylist(), split, task, cells["condition"].to_pylist())], np.int64)
-    out = None
-    if kernels.use_numba() and max(len(set(part)), pc.count_distinct(cells["step"]).as_py()) > NUMBA_PARTS:
-        out = _sums_numba(cell, cell_key, len(key_of), cells, cellterms, promptterms, reasoning)
-    if out is None:
-        out = _sums_numpy(cell, cell_key, len(key_of), cells, cellterms, promptterms, reasoning)
-    return _by_part(out, key_of, len(reasoning))
+    numba = kernels.use_numba() and max(len(set(part)), pc.count_distinct(cells["step"]).as_py()) > NUMBA_PARTS
+    width = len(reasoning)
+    layout = _KeyLayout.of(key_of)
+    span = max(1, DENSE_SLOTS // max(width, 1))  # keys summed in one pass (`DENSE_SLOTS`)
+    found = []
+    # one buffer for every pass (zeroed each time): a new one per pass would be fresh pages each time
+    buffer = np.empty(len(FIELDS) * min(span, max(len(key_of), 1)) * width, np.int64) if numba else None
+    for lo in range(0, max(len(key_of), 1), span):
+        keys = (lo, min(len(key_of), lo + span))
+        out = _sums_numba(cell, cell_key, keys, cells, cellterms, promptterms, reasoning, buffer) if numba else None
+        if out is None:
+            out = _sums_numpy(cell, cell_key, keys, cells, cellterms, promptterms, reasoning)
+        found.append(_by_part(out, layout, width, lo))
+    if len(found) == 1:
+        return found[0]
+    return {p: PartSums(found[0][p].keys, np.concatenate([f[p].rows for f in found])) for p in found[0]}
 
 
-def _sums_numba(cell: np.ndarray, cell_key: np.ndarray, n_keys: int, cells: pa.Table, cellterms: pa.Table,
-                promptterms: pa.Table, reasoning: np.ndarray) -> np.ndarray | None:
-    """`part_sums`' sums in one compiled pass over the rows, chunk by chunk of the Arrow tables (their numpy
-    views: no copy of the whole columns, which cost more than the sums); None where the input is not as the
-    kernel expects (a prompt's terms unsorted or repeated: the numpy path sorts them)."""
+def _sums_numba(cell: np.ndarray, cell_key: np.ndarray, keys: tuple[int, int], cells: pa.Table,
+                cellterms: pa.Table, promptterms: pa.Table, reasoning: np.ndarray,
+                buffer: np.ndarray | None = None) -> np.ndarray | None:
+    """`part_sums`' sums of the keys in [keys[0], keys[1]) in one compiled pass over the rows, chunk by chunk of
+    the Arrow tables (their numpy views: no copy of the whole columns, which cost more than the sums): FIELDS x
+    (key - keys[0], term), in `buffer`'s first elements where given (int64, large enough); None where the input
+    is not as the kernel expects (a prompt's terms unsorted or repeated: the numpy path sorts them)."""
     c = np.ascontiguousarray
     k = compiled()
     width = len(reasoning)
     order = np.argsort(cell, kind="stable")
     prompts = np.asarray(cells["prompt_key"].to_numpy(), np.uint64)
     porder = np.argsort(prompts, kind="stable")
-    out = np.zeros((len(FIELDS), n_keys * width), np.int64)
+    lo, hi = keys
+    size = len(FIELDS) * (hi - lo) * width
+    if buffer is None:
+        out = np.zeros((len(FIELDS), (hi - lo) * width), np.int64)
+    else:
+        out = buffer[:size].reshape(len(FIELDS), (hi - lo) * width)
+        out.fill(0)
     n, n_r = (c(np.asarray(cells[name].to_numpy(), np.int64)) for name in ("n", "n_r"))
     cell_sorted, cell_order, reasoning = c(cell[order]), c(order.astype(np.int64)), c(reasoning.astype(np.int64))
 
@@ -129,23 +154,25 @@ def _sums_numba(cell: np.ndarray, cell_key: np.ndarray, n_keys: int, cells: pa.T
             yield [c(np.asarray(batch.column(i).to_numpy(zero_copy_only=False), d)) for i, d in enumerate(dtypes)]
 
     for ct_cell, ct_term, ct_x in chunks_of(cellterms, ["cell", "term_id", "x"], [np.uint64, np.int32, np.int32]):
-        if k.cell_sums(cell_sorted, cell_order, c(cell_key), n, n_r, ct_cell, ct_term, ct_x, reasoning, width,
-                       out):
+        if k.cell_sums(cell_sorted, cell_order, c(cell_key), lo, hi, n, n_r, ct_cell, ct_term, ct_x, reasoning,
+                       width, out):
             raise ValueError("window sums: a cell term row names a cell missing from the parts' cells")
     done = np.zeros(len(prompts), np.bool_)
     state = np.array([0, 0, -1], np.int64)  # across chunks: the last prompt key (its bits), its last term, whether active
     for pk, pt in chunks_of(promptterms, ["prompt_key", "term_id"], [np.uint64, np.int32]):
-        status = k.prompt_sums(c(prompts[porder]), c(porder.astype(np.int64)), c(cell_key), n, n_r, pk, pt,
-                               reasoning, width, out, done, state)
+        status = k.prompt_sums(c(prompts[porder]), c(porder.astype(np.int64)), c(cell_key), lo, hi, n, n_r, pk,
+                               pt, reasoning, width, out, done, state)
         if status == 2:
             return None
     return out
 
 
-def _sums_numpy(cell: np.ndarray, cell_key: np.ndarray, n_keys: int, cells: pa.Table, cellterms: pa.Table,
-                promptterms: pa.Table, reasoning: np.ndarray) -> np.ndarray:
-    """`part_sums`' sums in numpy (the reference, and the path without numba): FIELDS x (key x term)."""
-    key_of = range(n_keys)
+def _sums_numpy(cell: np.ndarray, cell_key: np.ndarray, keys: tuple[int, int], cells: pa.Table,
+                cellterms: pa.Table, promptterms: pa.Table, reasoning: np.ndarray) -> np.ndarray:
+    """`part_sums`' sums of the keys in [keys[0], keys[1]) in numpy (the reference, and the path without numba):
+    FIELDS x (key - keys[0], term)."""
+    lo, hi = keys
+    key_of = range(lo, hi)
     n = np.asarray(cells["n"].to_numpy(), np.int64)
     n_r = np.asarray(cells["n_r"].to_numpy(), np.int64)
     width = len(reasoning)
@@ -160,6 +187,14 @@ def _sums_numpy(cell: np.ndarray, cell_key: np.ndarray, n_keys: int, cells: pa.T
     def sums(row: int, code: np.ndarray, weights: np.ndarray | None) -> None:
         acc[row] += np.bincount(code, weights=weights, minlength=space)
 
+    def codes(key: np.ndarray, lengths: np.ndarray, terms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(code, kept) of the rows of runs (one key and `lengths` rows each; the rows' `terms`): the code
+        (key - lo) * width + term of the rows whose key is in [lo, hi), and which rows those are."""
+        kept = np.repeat((key >= lo) & (key < hi), lengths)
+        code = np.repeat((key - lo) * width, lengths)
+        code += terms
+        return code[kept], kept
+
     # (cell, term) counts, in blocks of BLOCK rows: arrays of a few MB are reused by the allocator, where a
     # whole batch's (tens of MB each) are fresh pages every time (page faults cost more than the sums). A
     # part's rows of one cell are consecutive: each run looked up once; no masks: n and n_r both summed, the
@@ -170,21 +205,20 @@ def _sums_numpy(cell: np.ndarray, cell_key: np.ndarray, n_keys: int, cells: pa.T
     if len(term) and (term.min() < 0 or term.max() >= width):  # ids outside the vocabulary count for none
         inside = (term >= 0) & (term < width)
         ct_cell, term, x_all = ct_cell[inside], term[inside], x_all[inside]
-    for lo in range(0, len(ct_cell), BLOCK):
-        c = ct_cell[lo:lo + BLOCK]
+    for at in range(0, len(ct_cell), BLOCK):
+        c = ct_cell[at:at + BLOCK]
         heads = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
         lengths = np.diff(np.r_[heads, len(c)])
         pos = np.minimum(np.searchsorted(sorted_cell, c[heads]), max(len(cell) - 1, 0))
         if not len(cell) or not np.array_equal(sorted_cell[pos], c[heads]):
             raise ValueError("window sums: a cell term row names a cell missing from the parts' cells")
         hc = order[pos]
-        code = np.repeat(cell_key[hc] * width, lengths)
-        code += term[lo:lo + BLOCK]
-        x = x_all[lo:lo + BLOCK].astype(np.float64)
+        code, kept = codes(cell_key[hc], lengths, term[at:at + BLOCK])
+        x = x_all[at:at + BLOCK].astype(np.float64)[kept]
         sums(0, code, x)
         sums(1, code, x * x)
-        sums(2, code, x * np.repeat(n[hc], lengths))
-        sums(3, code, x * np.repeat(n_r[hc], lengths))
+        sums(2, code, x * np.repeat(n[hc], lengths)[kept])
+        sums(3, code, x * np.repeat(n_r[hc], lengths)[kept])
     # the cells whose prompt holds a term: each cell paired with its prompt's terms, taken from the first run of
     # rows of that prompt (a part's rows of one prompt are consecutive, its terms sorted and distinct: checked)
     pk = np.asarray(promptterms["prompt_key"].to_numpy(), np.uint64)
@@ -216,10 +250,9 @@ def _sums_numpy(cell: np.ndarray, cell_key: np.ndarray, n_keys: int, cells: pa.T
                 continue
             shift = np.repeat(lo_run[at[a:b]] - (np.cumsum(ln) - ln), ln)
             shift += np.arange(total)
-            code = np.repeat(cell_key[a:b] * width, ln)
-            code += pt[shift]
+            code, kept = codes(cell_key[a:b], ln, pt[shift])
             for row, nc in ((4, n[a:b]), (5, n_r[a:b])):
-                w = np.repeat(nc.astype(np.float64), ln)
+                w = np.repeat(nc.astype(np.float64), ln)[kept]
                 sums(row, code, w)
                 sums(row + 2, code, w * w)
                 sums(row + 4, code, (w > 0).astype(np.float64))
@@ -229,37 +262,52 @@ def _sums_numpy(cell: np.ndarray, cell_key: np.ndarray, n_keys: int, cells: pa.T
     return out
 
 
-def _by_part(out: np.ndarray, key_of: dict[tuple[str, tuple[int, str, str, str]], int], width: int
-             ) -> dict[str, PartSums]:
-    """The nonzero (key, term) rows of `out` (FIELDS x (key x term)), per part, in (key, term) order. The nonzero
-    codes are found once for the batch and each part's rows are a range of them (sorted by part where its keys are
-    not numbered part by part). A copy of every part's (fields x keys x terms) block and a scan of it cost ~1.1 CPU
-    s of the 3,906-step run's ~1.7 here."""
+@dataclass
+class _KeyLayout:
+    """Where each key of a batch goes: its part's position (`part_of`), that part's keys in index order
+    (`keys`), and per key index its part (`key_part`) and its index among its part's keys (`local`)."""
+
+    part_of: dict[str, int]
+    keys: list[list[tuple[int, str, str, str]]]
+    key_part: np.ndarray
+    local: np.ndarray
+
+    @classmethod
+    def of(cls, key_of: dict[tuple[str, tuple[int, str, str, str]], int]) -> _KeyLayout:
+        part_of: dict[str, int] = {}
+        keys: list[list[tuple[int, str, str, str]]] = []
+        key_part = np.empty(len(key_of), np.int64)
+        local = np.empty(len(key_of), np.int64)
+        for (p, k), i in sorted(key_of.items(), key=lambda item: item[1]):
+            j = part_of.setdefault(p, len(part_of))
+            if j == len(keys):
+                keys.append([])
+            key_part[i], local[i] = j, len(keys[j])
+            keys[j].append(k)
+        return cls(part_of, keys, key_part, local)
+
+
+def _by_part(out: np.ndarray, layout: _KeyLayout, width: int, lo: int = 0) -> dict[str, PartSums]:
+    """The nonzero (key, term) rows of `out` (FIELDS x (key - lo, term): the sums of keys from `lo` on), per part
+    of the batch (every part, with no rows where none of its keys is in `out`), in (key, term) order. The
+    nonzero codes are found once for the batch and each part's rows are a range of them (sorted by part where
+    its keys are not numbered part by part). A copy of every part's (fields x keys x terms) block and a scan of
+    it cost ~1.1 CPU s of the 3,906-step run's ~1.7 here."""
     some = out[0] != 0
     for f in range(1, len(FIELDS)):
         some |= out[f] != 0
-    code = np.flatnonzero(some)  # key * width + term, increasing
-    key = code // width
-    part_of: dict[str, int] = {}
-    keys: list[list[tuple[int, str, str, str]]] = []  # each part's keys, in index order
-    key_part = np.empty(len(key_of), np.int64)  # a key's part
-    local = np.empty(len(key_of), np.int64)  # a key's index among its part's keys
-    for (p, k), i in sorted(key_of.items(), key=lambda item: item[1]):
-        j = part_of.setdefault(p, len(part_of))
-        if j == len(keys):
-            keys.append([])
-        key_part[i], local[i] = j, len(keys[j])
-        keys[j].append(k)
-    part = key_part[key]
+    code = np.flatnonzero(some)  # (key - lo) * width + term, increasing
+    key = code // width + lo
+    part = layout.key_part[key]
     if len(part) > 1 and bool((part[1:] < part[:-1]).any()):  # (the keys are usually numbered part by part)
         order = np.argsort(part, kind="stable")
         code, key, part = code[order], key[order], part[order]
     rows = np.empty((len(code), 2 + len(FIELDS)), np.int64)
-    rows[:, 0] = local[key]
+    rows[:, 0] = layout.local[key]
     rows[:, 1] = code % width
     rows[:, 2:] = out[:, code].T
-    bounds = np.searchsorted(part, np.arange(len(part_of) + 1))
-    return {p: PartSums(keys[i], rows[bounds[i]:bounds[i + 1]]) for p, i in part_of.items()}
+    bounds = np.searchsorted(part, np.arange(len(layout.part_of) + 1))
+    return {p: PartSums(layout.keys[i], rows[bounds[i]:bounds[i + 1]]) for p, i in layout.part_of.items()}
 
 
 def window_sums(parts: list[tuple[str, dict[str, Any]]], wanted: set[str], vocab: pa.Table, read,
@@ -474,13 +522,16 @@ def _map(directory: Path, c: chunks.Chunk) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 # Kernel source: plain Python over numpy arrays, compiled by `compiled()`.
 
-def _cell_sums(cell_sorted, cell_order, cell_key, n, n_r, ct_cell, ct_term, ct_x, reasoning, width, out):
-    """sx, sxx, sxn of some (cell, term) rows into `out`; a run of one cell's rows looked up once (binary search
-    in the sorted cells). Returns 0, or 1 (a cell that is not there)."""
+def _cell_sums(cell_sorted, cell_order, cell_key, key_lo, key_hi, n, n_r, ct_cell, ct_term, ct_x, reasoning,
+               width, out):
+    """sx, sxx, sxn of some (cell, term) rows into `out`, of the cells whose key is in [key_lo, key_hi) (at
+    (key - key_lo) * width + term); a run of one cell's rows looked up once (binary search in the sorted cells).
+    Returns 0, or 1 (a cell that is not there)."""
     nt = len(reasoning)
     nc_cells = len(cell_sorted)
     ci = -1
     base = 0
+    skip = False
     for i in range(len(ct_cell)):
         c = ct_cell[i]
         if i == 0 or c != ct_cell[i - 1]:
@@ -488,7 +539,10 @@ def _cell_sums(cell_sorted, cell_order, cell_key, n, n_r, ct_cell, ct_term, ct_x
             if j >= nc_cells or cell_sorted[j] != c:
                 return 1
             ci = cell_order[j]
-            base = cell_key[ci] * width
+            skip = cell_key[ci] < key_lo or cell_key[ci] >= key_hi
+            base = (cell_key[ci] - key_lo) * width
+        if skip:
+            continue
         t = ct_term[i]
         if t < 0 or t >= nt:  # outside the vocabulary: counts for none
             continue
@@ -504,9 +558,11 @@ def _cell_sums(cell_sorted, cell_order, cell_key, n, n_r, ct_cell, ct_term, ct_x
     return 0
 
 
-def _prompt_sums(prompt_sorted, prompt_order, cell_key, n, n_r, pk, pt, reasoning, width, out, done, state):
-    """pn, pnn, pg of some (prompt, term) rows into `out`: each prompt's first run of rows paired with every
-    cell of that prompt (`done`: the prompts paired). `state` carries a run across chunks (the last key's bits,
+def _prompt_sums(prompt_sorted, prompt_order, cell_key, key_lo, key_hi, n, n_r, pk, pt, reasoning, width, out,
+                 done, state):
+    """pn, pnn, pg of some (prompt, term) rows into `out`, of the cells whose key is in [key_lo, key_hi) (at
+    (key - key_lo) * width + term): each prompt's first run of rows paired with every cell of that prompt
+    (`done`: the prompts paired). `state` carries a run across chunks (the last key's bits,
     its last term, 1 where that run is being paired). Returns 0, or 2 (a prompt's terms not strictly increasing:
     the numpy path)."""
     nt = len(reasoning)
@@ -535,7 +591,9 @@ def _prompt_sums(prompt_sorted, prompt_order, cell_key, n, n_r, pk, pt, reasonin
                 b += 1
             for q in range(a, b):
                 cq = prompt_order[q]
-                base = cell_key[cq] * width
+                if cell_key[cq] < key_lo or cell_key[cq] >= key_hi:
+                    continue
+                base = (cell_key[cq] - key_lo) * width
                 for u in range(i, j):
                     t = pt[u]
                     if t < 0 or t >= nt:
@@ -568,9 +626,11 @@ def _build() -> SimpleNamespace:
     u64, i64, i32 = ro(t.uint64), ro(t.int64), ro(t.int32)
     out = t.Array(t.int64, 2, "C")
     return SimpleNamespace(
-        cell_sums=kernels.jit(_cell_sums, t.int64(u64, i64, i64, i64, i64, u64, i32, i32, i64, t.int64, out)),
-        prompt_sums=kernels.jit(_prompt_sums, t.int64(u64, i64, i64, i64, i64, u64, i32, i64, t.int64, out,
-                                                      t.Array(t.bool_, 1, "C"), t.Array(t.int64, 1, "C"))))
+        cell_sums=kernels.jit(_cell_sums, t.int64(u64, i64, i64, t.int64, t.int64, i64, i64, u64, i32, i32, i64,
+                                                  t.int64, out)),
+        prompt_sums=kernels.jit(_prompt_sums, t.int64(u64, i64, i64, t.int64, t.int64, i64, i64, u64, i32, i64,
+                                                      t.int64, out, t.Array(t.bool_, 1, "C"),
+                                                      t.Array(t.int64, 1, "C"))))
 
 
 compiled = kernels.Compiled(_build)
