@@ -112,8 +112,9 @@ def part_sums(cells: pa.Table, cellterms: pa.Table, promptterms: pa.Table, reaso
     layout = _KeyLayout.of(key_of)
     span = max(1, DENSE_SLOTS // max(width, 1))  # keys summed in one pass (`DENSE_SLOTS`)
     found = []
-    # one buffer for every pass (zeroed each time): a new one per pass would be fresh pages each time
-    buffer = np.empty(len(FIELDS) * min(span, max(len(key_of), 1)) * width, np.int64) if numba else None
+    # one buffer for every pass, zeroed again after the first: a new one per pass would be fresh pages each time.
+    # Made by np.zeros (calloc): a page no sum touches is never written, nor faulted in
+    buffer = np.zeros(len(FIELDS) * min(span, max(len(key_of), 1)) * width, np.int64) if numba else None
     for lo in range(0, max(len(key_of), 1), span):
         keys = (lo, min(len(key_of), lo + span))
         out = _sums_numba(cell, cell_key, keys, cells, cellterms, promptterms, reasoning, buffer) if numba else None
@@ -130,8 +131,9 @@ def _sums_numba(cell: np.ndarray, cell_key: np.ndarray, keys: tuple[int, int], c
                 buffer: np.ndarray | None = None) -> np.ndarray | None:
     """`part_sums`' sums of the keys in [keys[0], keys[1]) in one compiled pass over the rows, chunk by chunk of
     the Arrow tables (their numpy views: no copy of the whole columns, which cost more than the sums): FIELDS x
-    (key - keys[0], term), in `buffer`'s first elements where given (int64, large enough); None where the input
-    is not as the kernel expects (a prompt's terms unsorted or repeated: the numpy path sorts them)."""
+    (key - keys[0], term), in `buffer`'s first elements where given (int64, large enough; zeroed here unless this
+    is the first pass, keys[0] = 0: then it must be zeros); None where the input is not as the kernel expects (a
+    prompt's terms unsorted or repeated: the numpy path sorts them)."""
     c = np.ascontiguousarray
     k = compiled()
     width = len(reasoning)
@@ -144,7 +146,8 @@ def _sums_numba(cell: np.ndarray, cell_key: np.ndarray, keys: tuple[int, int], c
         out = np.zeros((len(FIELDS), (hi - lo) * width), np.int64)
     else:
         out = buffer[:size].reshape(len(FIELDS), (hi - lo) * width)
-        out.fill(0)
+        if lo:
+            out.fill(0)
     n, n_r = (c(np.asarray(cells[name].to_numpy(), np.int64)) for name in ("n", "n_r"))
     cell_sorted, cell_order, reasoning = c(cell[order]), c(order.astype(np.int64)), c(reasoning.astype(np.int64))
 
