@@ -1395,9 +1395,13 @@ def _exit_now(code: object) -> None:
     elif not isinstance(code, int):
         print(code, file=sys.stderr)
         code = 1
-    for thread in threading.enumerate():  # as the interpreter does before exiting: wait for non-daemon threads
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:  # what the interpreter calls first when it exits: threading's own exit hooks (an
+        shutdown()  # executor left open tells its idle workers to stop), then a join of every non-daemon thread
+    else:
+        for thread in threading.enumerate():
+            if thread is not threading.current_thread() and not thread.daemon:
+                thread.join()
     atexit._run_exitfuncs()  # logging's shutdown, temporary directories, coverage's data file in tests
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -69,7 +69,8 @@ def test_python_dash_m_rlaudit_is_the_same_command_line():
 
 def test_the_script_exits_as_a_normal_exit_would_without_the_teardown(tmp_path):
     """`cli.run` (the script, `python -m rlaudit`) ends with `os._exit`: it must still wait for threads that are not
-    daemons, run the atexit callbacks, flush what was printed and give SystemExit's exit code."""
+    daemons (and stop an executor's idle workers, as the interpreter does), run the atexit callbacks, flush what
+    was printed and give SystemExit's exit code."""
     program = f"""
 import atexit, sys, threading, time
 from pathlib import Path
@@ -79,12 +80,15 @@ def late():
     time.sleep(0.3)
     (out / "thread").write_text("done")
 threading.Thread(target=late).start()
+from concurrent.futures import ThreadPoolExecutor
+left_open = ThreadPoolExecutor(1)  # never shut down: its idle worker must be told to stop, not waited for
+left_open.submit(time.sleep, 0).result()
 print("printed before", end="")  # no newline: held in stdout's buffer until the flush
 sys.argv = ["rlaudit", *sys.argv[1:]]
 from rlaudit.cli import run
 run()
 """
-    ok = subprocess.run([sys.executable, "-c", program, "--version"], capture_output=True, text=True)
+    ok = subprocess.run([sys.executable, "-c", program, "--version"], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and ok.stdout.startswith("printed beforerlaudit ")
     assert (tmp_path / "atexit").read_text() == "ran" and (tmp_path / "thread").read_text() == "done"
     bad = subprocess.run([sys.executable, "-c", program, "audit", str(tmp_path / "missing"), "--store",
