@@ -144,3 +144,15 @@ def test_reasoning_spans_cut_the_same_text_as_the_reference_split(texts, tags):
                      "FROM part)").fetchall()
     assert [r for r, _ in got] == ref_r.to_pylist()
     assert [a for _, a in got] == ref_a.to_pylist()
+
+
+#: bytes around the surrogate hint's two forms: the escape's letters and digits, and CESU-8's lead and trail bytes
+_NEAR_SURROGATES = st.lists(st.sampled_from([b"\\", b"u", b"U", b"d", b"D", b"8", b"9", b"a", b"F", b"g", b"\xed",
+                                             b"\xa0", b"\xbf", b"\x9f", b"\xc0", b"x", b" "]), max_size=24)
+
+
+@given(st.one_of(st.binary(max_size=64), _NEAR_SURROGATES.map(b"".join)))
+@settings(max_examples=300)
+def test_the_surrogate_prefilter_answers_as_the_pattern(raw):
+    """`jsonl._may_hold_surrogate` (literal searches, then the pattern) says what the pattern alone says."""
+    assert jsonl._may_hold_surrogate(raw) == (jsonl._SURROGATE_HINT.search(raw) is not None)
