@@ -115,9 +115,10 @@ def part_sums(cells: pa.Table, cellterms: pa.Table, promptterms: pa.Table, reaso
     # one buffer for every pass, zeroed again after the first: a new one per pass would be fresh pages each time.
     # Made by np.zeros (calloc): a page no sum touches is never written, nor faulted in
     buffer = np.zeros(len(FIELDS) * min(span, max(len(key_of), 1)) * width, np.int64) if numba else None
+    batch = _NumbaBatch.of(cell, cell_key, cells, reasoning) if numba else None  # once for every pass
     for lo in range(0, max(len(key_of), 1), span):
         keys = (lo, min(len(key_of), lo + span))
-        out = _sums_numba(cell, cell_key, keys, cells, cellterms, promptterms, reasoning, buffer) if numba else None
+        out = _sums_numba(batch, keys, cellterms, promptterms, buffer) if batch is not None else None
         if out is None:
             out = _sums_numpy(cell, cell_key, keys, cells, cellterms, promptterms, reasoning)
         found.append(_by_part(out, layout, width, lo))
@@ -126,8 +127,33 @@ def part_sums(cells: pa.Table, cellterms: pa.Table, promptterms: pa.Table, reaso
     return {p: PartSums(found[0][p].keys, np.concatenate([f[p].rows for f in found])) for p in found[0]}
 
 
-def _sums_numba(cell: np.ndarray, cell_key: np.ndarray, keys: tuple[int, int], cells: pa.Table,
-                cellterms: pa.Table, promptterms: pa.Table, reasoning: np.ndarray,
+@dataclass
+class _NumbaBatch:
+    """What every pass of the compiled sums reads of a batch's cells, made once per batch: the cells sorted (and
+    where each came from), their keys, rollouts `n` and `n_r`, the prompts sorted (and where each came from), and
+    each term id's place (`reasoning`), all as the kernels take them."""
+
+    cell_sorted: np.ndarray
+    cell_order: np.ndarray
+    cell_key: np.ndarray
+    n: np.ndarray
+    n_r: np.ndarray
+    prompts_sorted: np.ndarray
+    prompt_order: np.ndarray
+    reasoning: np.ndarray
+
+    @classmethod
+    def of(cls, cell: np.ndarray, cell_key: np.ndarray, cells: pa.Table, reasoning: np.ndarray) -> _NumbaBatch:
+        c = np.ascontiguousarray
+        order = np.argsort(cell, kind="stable")
+        prompts = np.asarray(cells["prompt_key"].to_numpy(), np.uint64)
+        porder = np.argsort(prompts, kind="stable")
+        n, n_r = (c(np.asarray(cells[name].to_numpy(), np.int64)) for name in ("n", "n_r"))
+        return cls(c(cell[order]), c(order.astype(np.int64)), c(cell_key), n, n_r, c(prompts[porder]),
+                   c(porder.astype(np.int64)), c(reasoning.astype(np.int64)))
+
+
+def _sums_numba(batch: _NumbaBatch, keys: tuple[int, int], cellterms: pa.Table, promptterms: pa.Table,
                 buffer: np.ndarray | None = None) -> np.ndarray | None:
     """`part_sums`' sums of the keys in [keys[0], keys[1]) in one compiled pass over the rows, chunk by chunk of
     the Arrow tables (their numpy views: no copy of the whole columns, which cost more than the sums): FIELDS x
@@ -136,10 +162,8 @@ def _sums_numba(cell: np.ndarray, cell_key: np.ndarray, keys: tuple[int, int], c
     prompt's terms unsorted or repeated: the numpy path sorts them)."""
     c = np.ascontiguousarray
     k = compiled()
-    width = len(reasoning)
-    order = np.argsort(cell, kind="stable")
-    prompts = np.asarray(cells["prompt_key"].to_numpy(), np.uint64)
-    porder = np.argsort(prompts, kind="stable")
+    b = batch
+    width = len(b.reasoning)
     lo, hi = keys
     size = len(FIELDS) * (hi - lo) * width
     if buffer is None:
@@ -148,23 +172,21 @@ def _sums_numba(cell: np.ndarray, cell_key: np.ndarray, keys: tuple[int, int], c
         out = buffer[:size].reshape(len(FIELDS), (hi - lo) * width)
         if lo:
             out.fill(0)
-    n, n_r = (c(np.asarray(cells[name].to_numpy(), np.int64)) for name in ("n", "n_r"))
-    cell_sorted, cell_order, reasoning = c(cell[order]), c(order.astype(np.int64)), c(reasoning.astype(np.int64))
 
     def chunks_of(t: pa.Table, names: list[str], dtypes: list[Any]):
         t = t.select(names)
-        for batch in t.to_batches():
-            yield [c(np.asarray(batch.column(i).to_numpy(zero_copy_only=False), d)) for i, d in enumerate(dtypes)]
+        for chunk in t.to_batches():
+            yield [c(np.asarray(chunk.column(i).to_numpy(zero_copy_only=False), d)) for i, d in enumerate(dtypes)]
 
     for ct_cell, ct_term, ct_x in chunks_of(cellterms, ["cell", "term_id", "x"], [np.uint64, np.int32, np.int32]):
-        if k.cell_sums(cell_sorted, cell_order, c(cell_key), lo, hi, n, n_r, ct_cell, ct_term, ct_x, reasoning,
-                       width, out):
+        if k.cell_sums(b.cell_sorted, b.cell_order, b.cell_key, lo, hi, b.n, b.n_r, ct_cell, ct_term, ct_x,
+                       b.reasoning, width, out):
             raise ValueError("window sums: a cell term row names a cell missing from the parts' cells")
-    done = np.zeros(len(prompts), np.bool_)
+    done = np.zeros(len(b.prompts_sorted), np.bool_)
     state = np.array([0, 0, -1], np.int64)  # across chunks: the last prompt key (its bits), its last term, whether active
     for pk, pt in chunks_of(promptterms, ["prompt_key", "term_id"], [np.uint64, np.int32]):
-        status = k.prompt_sums(c(prompts[porder]), c(porder.astype(np.int64)), c(cell_key), lo, hi, n, n_r, pk,
-                               pt, reasoning, width, out, done, state)
+        status = k.prompt_sums(b.prompts_sorted, b.prompt_order, b.cell_key, lo, hi, b.n, b.n_r, pk, pt,
+                               b.reasoning, width, out, done, state)
         if status == 2:
             return None
     return out
