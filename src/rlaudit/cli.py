@@ -1396,12 +1396,10 @@ def _exit_now(code: object) -> None:
         print(code, file=sys.stderr)
         code = 1
     shutdown = getattr(threading, "_shutdown", None)
-    if shutdown is not None:  # what the interpreter calls first when it exits: threading's own exit hooks (an
-        shutdown()  # executor left open tells its idle workers to stop), then a join of every non-daemon thread
-    else:
-        for thread in threading.enumerate():
-            if thread is not threading.current_thread() and not thread.daemon:
-                thread.join()
+    if shutdown is None:  # an interpreter without it (CPython has it from 3.4 to 3.13): its own exit, teardown too
+        sys.exit(code)
+    shutdown()  # what the interpreter calls first when it exits: threading's own exit hooks (an executor left open
+    # tells its idle workers to stop), then a join of every non-daemon thread; joining them here hung on such a pool
     atexit._run_exitfuncs()  # logging's shutdown, temporary directories, coverage's data file in tests
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -97,6 +97,9 @@ run()
     said = subprocess.run([sys.executable, "-c", "from rlaudit.cli import _exit_now; _exit_now('gave up')"],
                           capture_output=True, text=True)
     assert said.returncode == 1 and said.stderr.strip() == "gave up"
+    plain = subprocess.run([sys.executable, "-c", "import threading; del threading._shutdown\n"
+                            "from rlaudit.cli import _exit_now; _exit_now(3)"], capture_output=True, text=True)
+    assert plain.returncode == 3  # without threading's hook: the interpreter's own exit, the same code
 
 
 def test_a_bad_thread_setting_stops_the_command_before_any_work(capsys, monkeypatch, tmp_path):
