@@ -1,5 +1,6 @@
 """What the per-part statistics cost per batch of parts: reading a batch into `src` and each kind's query, and the
-aggregate form the kinds use (`store.sql_when`) against the FILTER form, timed in one process on one batch.
+aggregate form the kinds use (`store.sql_when`) against the FILTER form, timed in one process on one batch;
+and the whole batch by the kinds' queries against their compiled form (`partstats.CompiledKind`).
 
     PYTHONPATH=src OMP_NUM_THREADS=1 python benchmarks/partstats.py DIR [--parts 16] [--rounds 5] [--sizes 2,4,8,16]
 
@@ -10,7 +11,8 @@ figure is the best of `--rounds`, in process CPU ms. The comparison runs the rew
 (`reward_stats.part_sql`, grouped by part, split, step, condition and task) written both ways over the same `src`
 and checks that their rows are equal. Then, per batch of the first N parts for each N of `--sizes`, the whole
 batch (`partstats._compute`: the read and the four kinds) and its cost per part: what `BATCH_ROWS` weighs (each
-batch pays DuckDB's planning and set-up once).
+batch pays DuckDB's planning and set-up once), by the queries and, where numba is installed, compiled (its
+kernels loaded before anything is timed).
 """
 
 from __future__ import annotations
@@ -91,6 +93,12 @@ def main() -> None:
         def __getattr__(self, name: str):
             return getattr(con, name)
 
+    compiled = partstats._use_compiled()
+    if compiled:
+        from rlaudit.kernels import preload
+
+        preload()
+    partstats._use_compiled = lambda: False  # the queries' own timings need `src`
     partstats._compute(parts, layouts, kinds, args.dir, Timed())
     signals = partstats._first_signals(con, parts[0], layouts)
     rows = con.execute("SELECT count(*) FROM src").fetchall()[0][0]
@@ -109,10 +117,14 @@ def main() -> None:
           f"rows equal: {same}")
     batch_con = duckdb.connect()
     batch_con.execute("SET threads = 1")
+    forms = (("queries", False), ("compiled", True)) if compiled else (("queries", False),)
     for n in (int(x) for x in args.sizes.split(",") if x.strip()):
         batch = all_parts[:n]
-        ms = best(lambda: partstats._compute(batch, layouts, kinds, args.dir, batch_con), args.rounds)
-        print(f"a batch of {len(batch):3d} parts, the four kinds: {ms:8.1f} ms, {ms / len(batch):6.1f} ms a part")
+        for label, form in forms:
+            partstats._use_compiled = lambda form=form: form
+            ms = best(lambda: partstats._compute(batch, layouts, kinds, args.dir, batch_con), args.rounds)
+            print(f"a batch of {len(batch):3d} parts, the four kinds ({label}): {ms:8.1f} ms, "
+                  f"{ms / len(batch):6.1f} ms a part")
     if not same:
         sys.exit(1)
 

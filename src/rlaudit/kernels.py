@@ -131,7 +131,7 @@ class Compiled:
 
 #: the modules whose kernels `preload` loads (each holds `compiled`, a `Compiled`, and maybe others)
 MODULES = ("rlaudit.derived.kernels", "rlaudit.derived.styles", "rlaudit.cot.kernels", "rlaudit.attribution.kernels",
-           "rlaudit.derived.windowsums")
+           "rlaudit.derived.windowsums", "rlaudit.derived.grouped")
 
 
 def preload() -> None:

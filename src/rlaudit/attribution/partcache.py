@@ -60,7 +60,7 @@ from .. import duck, stats
 from ..derived import segments
 from ..behaviors import Behavior
 from ..layout import reward_sql, view_columns
-from ..derived.partstats import define, each_signal, part_stats
+from ..derived.partstats import CompiledKind, define, each_signal, part_stats
 from ..memory import duckdb_limit, round_robin, workers
 from ..store import Store, prune_cached, prune_files, sql_list, sql_string, write_cached
 from . import trace as tr
@@ -96,9 +96,28 @@ UNION ALL
 """
 
 
+def meta_arrow(keys: Any, signals: tuple[str, ...], schema: pa.Schema) -> pa.Table:
+    """`meta_sql`'s rows from the batch's columns (`partstats.CompiledKind`; `grouped.Keys` of its rows)."""
+    from ..derived import grouped
+
+    t = keys.table
+    ids, first = keys.groups("_part", "split", "step")
+    g, step = len(first), grouped.keyed(keys, ("_part", "split", "step"), first)
+    counts = {name: grouped.count(ids, g, np.asarray(t.column(f"_is_{name}").to_numpy(zero_copy_only=False), bool))
+              for name in ("n_group", "n_reward", "n_adv", "n_task")}
+    pieces = [(g, {**step, "n": grouped.count(ids, g), **counts})]
+    for i, name in enumerate(signals):
+        has = grouped.count(ids, g, keys.bools(f"_h{i}")[0]) > 0  # bool_or: some rollout has it
+        pieces.append((int(has.sum()), {**grouped.pick(step, has), "signal": name}))
+    return grouped.table(schema, pieces)
+
+
 #: computed with the other per-part statistics in one read of each part (the detector declares it)
 META = define("attribution_meta", VERSION, meta_sql,
-              ("split", "step", "group_id", "reward", "advantage", "task", "rewards"))
+              ("split", "step", "group_id", "reward", "advantage", "task", "rewards"),
+              CompiledKind((("_part", "_part"), ("split", "split"), ("step", "step"),
+                            ("_is_n_group", "group_id IS NOT NULL"), ("_is_n_reward", "reward IS NOT NULL"),
+                            ("_is_n_adv", "advantage IS NOT NULL"), ("_is_n_task", "task IS NOT NULL")), meta_arrow))
 _COUNTS = ("n", "n_group", "n_reward", "n_adv", "n_task")
 _TOTAL, _OTHER = "total", "other"  # the column names of the total and the residual (components: `_name`)
 _STATS = ("u", "pairs", "diff", "pnum", "mu", "mpairs")

@@ -21,6 +21,13 @@ passes the kinds its detectors declare) in one read of each part: a batch of par
 table holding the union of the kinds' columns, and each kind's query runs on it. Reading was about a third of
 the cost of a kind's table on the 1M-rollout benchmark, and three kinds used to read every part three times.
 
+Where the compiled kernels run (`rlaudit.kernels`), a batch whose kinds all have a compiled form
+(`CompiledKind`) is not made a DuckDB table: DuckDB reads the parts and evaluates each row's columns (the view
+of every layout, the pivot, the JSON of the metadata) into Arrow, and each kind's GROUP BYs run as compiled
+passes over those columns (`grouped`): the same rows as its query, which stays the definition and the path
+without numba (`tests/test_partstats_compiled.py` checks them against each other). On the 1M benchmark's batch
+of 16 parts: the four kinds in ~340 instead of ~540 CPU ms (`benchmarks/partstats.py`).
+
 A store that keeps derived data in memory (`persist_derived = False`), or that cannot be written (read-only,
 full), gets the same tables in memory for this audit: the merged result is identical, only not reused (and only
 the kind asked for is computed).
@@ -37,6 +44,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -115,10 +123,22 @@ class Kind:
     version: int
     sql: str | Callable[[tuple[str, ...]], str]
     columns: tuple[str, ...]
+    arrow: CompiledKind | None = None
 
     def query(self, signals: tuple[str, ...]) -> str:
         """The query over `src` for a batch whose pivoted signals are `signals`."""
         return self.sql(signals) if callable(self.sql) else self.sql
+
+
+@dataclass(frozen=True)
+class CompiledKind:
+    """A kind's compiled form (`_compute`'s compiled path): the per-row columns it needs (name, SQL expression
+    over `src`'s columns; DuckDB evaluates them as it reads the batch) and `compute(keys, signals, schema)`, its
+    query's rows from those columns (`grouped.Keys` of the batch's rows; `schema`: the query's own columns), in
+    another order. The query stays the definition: tests check the two against each other."""
+
+    columns: tuple[tuple[str, str], ...]
+    compute: Callable[[Any, tuple[str, ...], pa.Schema], pa.Table]
 
 
 KINDS: dict[str, Kind] = {}
@@ -164,13 +184,15 @@ def each_signal(signals: tuple[str, ...], select: Callable[[int, str], str]) -> 
     return "\nUNION ALL\n".join(select(i, sql_string(s)) for i, s in enumerate(signals))
 
 
-def define(name: str, version: int, sql: str | Callable[[tuple[str, ...]], str], columns: tuple[str, ...]) -> Kind:
-    """Register a kind of per-part statistics (at import of the module that owns its query)."""
+def define(name: str, version: int, sql: str | Callable[[tuple[str, ...]], str], columns: tuple[str, ...],
+           arrow: CompiledKind | None = None) -> Kind:
+    """Register a kind of per-part statistics (at import of the module that owns its query), with its compiled
+    form where it has one."""
     unknown = [c for c in columns if c not in ROLLOUT_SCHEMA.names and " AS " not in c and c not in SPAN_TESTS
                and c not in FACTS]
     if unknown:
         raise ValueError(f"per-part statistics {name!r}: no canonical column(s) {unknown}")
-    KINDS[name] = Kind(name, version, sql, tuple(columns))
+    KINDS[name] = Kind(name, version, sql, tuple(columns), arrow)
     return KINDS[name]
 
 
@@ -511,7 +533,8 @@ def _compute(parts: list[Path], layouts: dict[str, Format], kinds: list[Kind], r
     """Read `parts` (name -> (layout, shared signals): `Store.part_formats`) once (the columns `kinds` need, the
     rewards pivoted: `SIGNAL_COLUMNS`) into a DuckDB table `src` and run each kind's query on it (each result
     keeps `_part`: `_Batch`), on `con` (left as it was given: the batch's objects dropped) or a connection of
-    its own."""
+    its own; or, where every kind has a compiled form, read the columns those need into Arrow and compute each
+    kind from them (module doc)."""
     plain = (*ROLLOUT_SCHEMA.names, *SPAN_TESTS, *FACTS)
     columns = [f'"{c}"' for c in plain if c != "rewards" and any(c in k.columns for k in kinds)]
     columns += dict.fromkeys(c for k in kinds for c in k.columns if c not in plain)
@@ -544,11 +567,13 @@ def _compute(parts: list[Path], layouts: dict[str, Format], kinds: list[Kind], r
     # the files directly: copying its columns into a table first cost more than it saved)
     what = "TABLE" if len(kinds) > 1 else "VIEW"
     empty = not groups
+    # every kind compiled: the rows as Arrow columns, no table (`CompiledKind`)
+    compiled = bool(groups) and all(k.arrow is not None for k in kinds) and _use_compiled()
     try:
         if empty:
             con.register("_empty", ROLLOUT_SCHEMA.empty_table())
 
-        def create(signals: tuple[str, ...] | None, by_position: bool = True) -> None:
+        def union(signals: tuple[str, ...] | None, by_position: bool = True) -> str:
             part = ", _part" if order else ", 0 AS _part"
             pivoted = "" if signals is None else ", " + ", ".join(_PIVOTED(max(len(signals), 1)))
             if empty:
@@ -556,30 +581,85 @@ def _compute(parts: list[Path], layouts: dict[str, Format], kinds: list[Kind], r
                            "FROM _empty"]
             else:
                 selects = [f"SELECT {cols}{pivoted}{part} FROM {r}" for r in reads(signals, by_position)]
-            con.execute(f"CREATE OR REPLACE TEMP {what} src AS {' UNION ALL '.join(selects)}")
+            return " UNION ALL ".join(selects)
+
+        def rows(signals: tuple[str, ...] | None, by_position: bool = True) -> pa.Table:
+            items = {name: expr for k in kinds for name, expr in k.arrow.columns}  # type: ignore[union-attr]
+            if signals is not None:
+                items.update((c, c) for c in _PIVOTED(max(len(signals), 1)))
+            select = ", ".join(f"{expr} AS {name}" for name, expr in items.items())
+            return con.sql(f"SELECT {select} FROM ({union(signals, by_position)})").to_arrow_table()
+
+        def create(signals: tuple[str, ...] | None, by_position: bool = True) -> None:
+            con.execute(f"CREATE OR REPLACE TEMP {what} src AS {union(signals, by_position)}")
+
+        def same_keys(table: pa.Table | None) -> bool:
+            if table is not None:
+                return pc.all(table.column("_same_keys")).as_py() is not False
+            return bool(con.execute("SELECT coalesce(bool_and(_same_keys), TRUE) FROM src").fetchall()[0][0])
 
         signals: tuple[str, ...] = ()
+        table: pa.Table | None = None
+        make = rows if compiled else create
         if not pivot:
-            create(None)
+            table = make(None)
         else:
             signals = _first_signals(con, parts[0] if parts else None, layouts)
-            create(signals)
-            if not con.execute("SELECT coalesce(bool_and(_same_keys), TRUE) FROM src").fetchall()[0][0]:
+            table = make(signals)
+            if not same_keys(table):
                 stored = " UNION ALL ".join(f"SELECT rewards FROM read_parquet([{names}])" for _, names, _ in groups)
                 logged = {r[0] for r in con.execute(f"SELECT DISTINCT unnest(map_keys(rewards)) FROM ({stored})"
                                                     ).fetchall()}  # (the maps kept: rollouts of other signals)
                 signals = tuple(sorted(logged.union(*(shared for (_, shared), _, _ in groups))))
-                create(signals, by_position=False)
-        for k in kinds:
-            out[k.name] = _Batch(con.sql(k.query(signals or ("",))).to_arrow_table(), order)
+                table = make(signals, by_position=False)
+        if compiled:
+            from .grouped import Keys
+
+            keys = Keys(table)
+            for k in kinds:
+                schema = _schema(con, k, signals or ("",), union(signals if pivot else None))
+                out[k.name] = _Batch(k.arrow.compute(keys, signals, schema), order)  # type: ignore[union-attr]
+        else:
+            for k in kinds:
+                out[k.name] = _Batch(con.sql(k.query(signals or ("",))).to_arrow_table(), order)
     finally:
         if own:
             con.close()
         else:
-            con.execute(f"DROP {what} IF EXISTS src")
+            if not compiled:
+                con.execute(f"DROP {what} IF EXISTS src")
             if empty:
                 con.unregister("_empty")
     return out
+
+
+def _use_compiled() -> bool:
+    """Whether the kinds' compiled forms run (`CompiledKind`): where the compiled kernels do (`rlaudit.kernels`)."""
+    from ..kernels import use_numba
+
+    return use_numba()
+
+
+#: the columns of each kind's query per number of signal slots (the names and types do not depend on the
+#: signals' names), found once per process by planning the query over an empty `src`
+_SCHEMAS: dict[tuple[str, int, int], pa.Schema] = {}
+_SCHEMAS_LOCK = threading.Lock()
+
+
+def _schema(con: duckdb.DuckDBPyConnection, kind: Kind, signals: tuple[str, ...], union: str) -> pa.Schema:
+    """The columns (names, order, types) of `kind`'s query over a batch of `signals`, as its SQL gives them."""
+    key = (kind.name, kind.version, len(signals))
+    if key not in _SCHEMAS:
+        with _SCHEMAS_LOCK:
+            if key not in _SCHEMAS:
+                cur = con.cursor()
+                try:
+                    cur.execute(f"CREATE OR REPLACE TEMP VIEW src AS SELECT * FROM ({union}) LIMIT 0")
+                    _SCHEMAS[key] = cur.sql(kind.query(signals)).limit(0).to_arrow_table().schema
+                    cur.execute("DROP VIEW IF EXISTS src")
+                finally:
+                    cur.close()
+    return _SCHEMAS[key]
 
 
 #: A part's (layout, shared reward signals), as `Store.part_formats` gives it.

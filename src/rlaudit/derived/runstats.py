@@ -15,9 +15,15 @@ not O(rollouts). Means are sums / counts in double precision (the curves are plo
 
 from __future__ import annotations
 
-import duckdb
+from typing import Any
 
-from .partstats import define, each_signal, part_stats
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import grouped
+from .partstats import CompiledKind, define, each_signal, part_stats
 from ..store import Store, sql_when
 
 VERSION = 1
@@ -49,9 +55,41 @@ FROM src
 """
 
 
+def part_arrow(keys: Any, signals: tuple[str, ...], schema: pa.Schema) -> pa.Table:
+    """`part_sql`'s rows from the batch's columns (`partstats.CompiledKind`; `grouped.Keys` of its rows)."""
+    t, pieces = keys.table, []
+    ids, first = keys.groups("_part", "split", "step", "condition")
+    pieces.append((len(first), {**grouped.keyed(keys, ("_part", "split", "step", "condition"), first), "kind": 0,
+                                "n": grouped.count(ids, len(first))}))
+    ids, first = keys.groups("_part", "split", "step")
+    g, step = len(first), grouped.keyed(keys, ("_part", "split", "step"), first)
+    reward, _ = keys.floats("reward")
+    valued = ~np.isnan(reward)  # NOT isnan(x): a NULL (NaN here) is not valued either
+    pieces.append((g, {**step, "kind": 1, "total": True, "n": grouped.count(ids, g),
+                       "nv": grouped.count(ids, g, valued), "sv": grouped.total(ids, g, reward, valued)}))
+    for i, name in enumerate(signals):
+        r, _ = keys.floats(f"_r{i}")
+        h, _ = keys.bools(f"_h{i}")
+        valued = ~np.isnan(r)
+        n = grouped.count(ids, g, h)
+        piece = {**step, "kind": 1, "signal": name, "total": False, "n": n, "nv": grouped.count(ids, g, valued),
+                 "sv": grouped.total(ids, g, r, valued)}
+        pieces.append((int((n > 0).sum()), grouped.pick(piece, n > 0)))
+    graders = t.column("_graders").combine_chunks()
+    names = pc.list_flatten(graders)
+    if len(names):
+        part = t.column("_part").take(pc.list_parent_indices(graders))
+        pairs = grouped.Keys(pa.table({"_part": part, "signal": names}))
+        _, first = pairs.groups("_part", "signal")
+        pieces.append((len(first), {**grouped.keyed(pairs, ("_part", "signal"), first), "kind": 2}))
+    return grouped.table(schema, pieces)
+
+
 # the graders' names, not their inputs (`partstats` reads a batch into a table: the inputs are long)
 KIND = define("run_stats", VERSION, part_sql, ("split", "step", "condition", "rewards", "reward",
-                                               "map_keys(grader_inputs) AS _graders"))
+                                               "map_keys(grader_inputs) AS _graders"),
+              CompiledKind(tuple((c, c) for c in ("_part", "split", "step", "condition", "reward", "_graders")),
+                           part_arrow))
 
 
 def register_run_stats(con: duckdb.DuckDBPyConnection, store: Store, run: str, name: str = "run_stats",

@@ -24,9 +24,14 @@ import math
 
 from pathlib import Path
 
-import duckdb
+from typing import Any
 
-from ..derived.partstats import PartStats, define, each_signal, scope_sql
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from ..derived import grouped
+from ..derived.partstats import CompiledKind, PartStats, define, each_signal, scope_sql
 from ..store import sql_when
 
 VERSION = 1
@@ -113,8 +118,65 @@ SELECT _part, 2::TINYINT, split, step, signal, NULL, NULL, n, NULL, NULL, NULL, 
 """
 
 
+def part_arrow(keys: Any, signals: tuple[str, ...], schema: pa.Schema) -> pa.Table:
+    """`part_sql`'s rows from the batch's columns (`partstats.CompiledKind`; `grouped.Keys` of its rows)."""
+    t, pieces = keys.table, []
+    keys.coalesced("condition", "_cond")
+    cell_names = ("_part", "split", "step", "_cond", "_task")
+    ids, first = keys.groups(*cell_names)
+    g = len(first)
+    cells = {"_part": keys.take("_part", first), "split": keys.take("split", first), "step": keys.take("step", first),
+             "condition": keys.take("_cond", first), "task": keys.take("_task", first)}
+    for i, name in enumerate(signals):
+        r, _ = keys.floats(f"_r{i}")
+        h, _ = keys.bools(f"_h{i}")
+        finite = np.isfinite(r)
+        n = grouped.count(ids, g, h)
+        lo, hi = grouped.extremes(ids, g, r, finite)
+        piece = {**cells, "kind": 0, "signal": name, "n": n, "nan": grouped.count(ids, g, h & np.isnan(r)),
+                 "inf": grouped.count(ids, g, np.isinf(r)), "finite": grouped.count(ids, g, finite), "lo": lo, "hi": hi}
+        pieces.append((int((n > 0).sum()), grouped.pick(piece, n > 0)))
+        sketch, values = sketch_and_values(keys, r, finite)
+        for rows, columns in ((sketch, {"kind": 2}), (values, {"kind": 1})):
+            pieces.append((len(rows["n"]), {**rows, **columns, "signal": name}))
+    return grouped.table(schema, pieces)
+
+
+def sketch_and_values(keys: Any, x: np.ndarray, finite: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Of the `finite` values x of a batch's rows, per (_part, split, step): the sketch's buckets with their rows
+    (`sgn`, `b`, `n`) and the distinct values with their rows (`value`, `n`), or a single row with `value` NULL
+    and every finite row where there are more than DISCRETE_MAX + 1 of them (`part_sql`'s kinds 2 and 1; the
+    total reward's kinds 4 and 3 of `training_stats`), each with its step's `_part`, `split` and `step`."""
+    step_of, step_first = keys.groups("_part", "split", "step")
+    steps = len(step_first)
+    bucket_first, bucket_n = grouped.bucket_groups(step_of, steps, x, finite, GAMMA)
+    sgn, b = grouped.buckets(x[bucket_first], np.ones(len(bucket_first), bool), GAMMA)
+    sketch = {**grouped.keyed(keys, ("_part", "split", "step"), bucket_first), "sgn": sgn, "b": b, "n": bucket_n}
+    busy = np.bincount(step_of[bucket_first], minlength=steps) > DISCRETE_MAX + 1
+    per_step = np.bincount(step_of[bucket_first], weights=bucket_n, minlength=steps).astype(np.int64)
+    calm = finite & ~busy[step_of]
+    value = x + 0.0  # -0.0 and 0.0 are one value, as SQL groups them
+    _, pair_first, pair_n = grouped.pairs(step_of, value.view(np.int64), calm)
+    distinct = np.bincount(step_of[pair_first], minlength=steps)
+    listed = distinct[step_of[pair_first]] <= DISCRETE_MAX + 1
+    # a step with too many values: one row of its finite rows, value NULL (busy ones by their buckets)
+    many = np.flatnonzero((busy | (distinct > DISCRETE_MAX + 1)) & (per_step > 0))
+    value_rows = np.concatenate([pair_first[listed], step_first[many]])
+    values = {**grouped.keyed(keys, ("_part", "split", "step"), value_rows),
+              "value": pa.array(np.concatenate([value[pair_first[listed]], np.zeros(len(many))]),
+                                mask=np.arange(len(value_rows)) >= listed.sum()),
+              "n": np.concatenate([pair_n[listed], per_step[many]])}
+    return sketch, values
+
+
+def _kind_columns() -> CompiledKind:
+    return CompiledKind((("_part", "_part"), ("split", "split"), ("step", "step"),
+                         ("condition", "condition"), ("_task", "_task")), part_arrow)
+
+
 # the task's hash, not the prompt (`partstats` reads a batch into a table: prompts are long)
-KIND = define("reward_health", VERSION, part_sql, ("split", "step", "rewards", "condition", f"{TASK_SQL} AS _task"))
+KIND = define("reward_health", VERSION, part_sql, ("split", "step", "rewards", "condition", f"{TASK_SQL} AS _task"),
+              _kind_columns())
 
 
 def register_reward_stats(con: duckdb.DuckDBPyConnection, stats: PartStats, root: Path, max_step: int | None,

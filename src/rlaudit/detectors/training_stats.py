@@ -52,15 +52,20 @@ import math
 import time
 from pathlib import Path
 
+from typing import Any
+
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..health.lengths import MAX_SQL, TOKENS_SQL
-from ..derived.partstats import COMPACT_MEMORY, PartStats, define, each_signal
+from ..derived import grouped
+from ..derived.partstats import COMPACT_MEMORY, CompiledKind, PartStats, define, each_signal
 from .. import duck
 from ..store import sql_string, sql_when, write_atomic
-from .reward_stats import DISCRETE_MAX, MID_SQL, bucket_sql, finite_sql
+from .reward_stats import DISCRETE_MAX, MID_SQL, bucket_sql, finite_sql, sketch_and_values
 
 VERSION = 4
 _META = "CASE WHEN json_valid(metadata) THEN metadata END"
@@ -188,10 +193,162 @@ SELECT 4::TINYINT AS kind, _part, split, step, sgn, b, n FROM rb
 """
 
 
+def part_arrow(keys: Any, signals: tuple[str, ...], schema: pa.Schema) -> pa.Table:
+    """`part_sql`'s rows from the batch's columns (`partstats.CompiledKind`; `grouped.Keys` of its rows, with
+    `base`'s per-rollout columns evaluated by DuckDB as it read them: `_ARROW`)."""
+    reward, _ = keys.floats("reward")
+    finite = np.isfinite(reward)
+    sketch, values = sketch_and_values(keys, reward, finite)
+    return grouped.table(schema, [*_groups(keys, reward, finite), *_cells(keys), *_moments(keys, signals, reward, finite),
+                                  (len(values["n"]), {**values, "kind": 3}), (len(sketch["n"]), {**sketch, "kind": 4})])
+
+
+def _groups(keys: Any, reward: np.ndarray, finite: np.ndarray) -> list[tuple[int, dict[str, Any]]]:
+    """Kinds 0 (per prompt group: its rows with a finite reward), 5 (per step of the groups) and 6 (the constant
+    groups per step and value) of `part_sql`."""
+    step_names = ("_part", "split", "step")
+    advantage, no_adv = keys.floats("advantage")
+    in_group = finite & ~np.asarray(keys.table.column("group_id").is_null().to_numpy(zero_copy_only=False), bool)
+    gid, gfirst = keys.groups(*step_names, "group_id", where=in_group)
+    g, r, a, na = len(gfirst), reward[in_group], advantage[in_group], no_adv[in_group]
+    every = np.ones(len(gid), bool)
+    rf, total, m2 = grouped.compiled().moments(gid, g, r, every)
+    lo, hi = grouped.extremes(gid, g, r, every)
+    mean = total / np.maximum(rf, 1)
+    sd = np.sqrt(np.divide(m2, rf - 1, out=np.zeros(g), where=rf > 1))  # coalesce(stddev_samp, 0)
+    # the ESS sums: the logged advantages where every row of the group has one, else each row's logged advantage
+    # or its standardised reward
+    filled = np.where(na, (r - mean[gid]) / (sd[gid] + 1e-4), a)
+    s1 = np.bincount(gid, weights=np.abs(filled), minlength=g)
+    s2 = np.bincount(gid, weights=filled * filled, minlength=g)
+    out = [(g, {**grouped.keyed(keys, (*step_names, "group_id"), gfirst), "kind": 0, "rf": rf, "lo": lo, "hi": hi,
+                "mean": mean, "sd": sd, "has_adv": grouped.count(gid, g, ~na) > 0, "s1": s1, "s2": s2})]
+    lo_v, hi_v = np.asarray(lo.to_numpy(zero_copy_only=False)), np.asarray(hi.to_numpy(zero_copy_only=False))
+    varied = (rf >= 2) & (hi_v > lo_v)
+    steps = grouped.Keys(pa.table(grouped.keyed(keys, step_names, gfirst)))
+    sid, sfirst = steps.groups(*step_names)
+    k, n_varied = len(sfirst), grouped.count(sid, len(sfirst), varied)
+    out.append((k, {**grouped.keyed(steps, step_names, sfirst), "kind": 5, "g2": grouped.count(sid, k, rf >= 2),
+                    "gv": n_varied, "gv_min": grouped.extremes(sid, k, hi_v - lo_v, varied)[0],
+                    "gv_n": pa.array(np.bincount(sid[varied], weights=rf[varied], minlength=k).astype(np.int64),
+                                     mask=n_varied == 0),
+                    "s1": grouped.total(sid, k, s1, varied), "s2": grouped.total(sid, k, s2, varied)}))
+    constant = (rf >= 2) & (hi_v == lo_v)
+    zeros = grouped.Keys(pa.table({**grouped.keyed(keys, step_names, gfirst), "z_lo": lo_v + 0.0}))  # -0.0 is 0.0
+    zid, zfirst = zeros.groups(*step_names, "z_lo", where=constant)
+    out.append((len(zfirst), {**grouped.keyed(zeros, (*step_names, "z_lo"), zfirst), "kind": 6,
+                              "z_n": grouped.count(zid, len(zfirst))}))
+    return out
+
+
+def _cells(keys: Any) -> list[tuple[int, dict[str, Any]]]:
+    """Kinds 1 (per condition and cluster) and 7 (their sums per condition) of `part_sql`."""
+    t = keys.table
+    step_names = ("_part", "split", "step")
+    cid, cfirst = keys.groups(*step_names, "condition", "_gkey")
+    c = len(cfirst)
+    clen, no_clen = keys.floats("_clen")
+    tlen, no_tlen = keys.floats("_tlen")
+    tmax, no_tmax = keys.floats("_tmax")
+    mk, cut = keys.bools("_mk")[0], keys.bools("_cut")[0]
+    n = grouped.count(cid, c)
+    sums = {"clen": grouped.total(cid, c, clen, ~no_clen), "clen2": grouped.total(cid, c, clen * clen, ~no_clen),
+            "tlen": grouped.total(cid, c, tlen, ~no_tlen), "tlen2": grouped.total(cid, c, tlen * tlen, ~no_tlen)}
+    mx_lo, mx_hi = grouped.extremes(cid, c, tmax, ~no_tmax)
+    counts = {"tn": grouped.count(cid, c, ~no_tlen), "mx_n": grouped.count(cid, c, ~no_tmax),
+              "mk_c": grouped.count(cid, c, mk), "mk_t": grouped.count(cid, c, mk | ~no_tmax),
+              "tr_c": grouped.count(cid, c, cut),
+              "tr_t": grouped.count(cid, c, (~no_tlen & ~no_tmax & (tlen >= tmax)) | cut)}
+    cells = {**grouped.keyed(keys, (*step_names, "condition"), cfirst), "gkey": keys.take("_gkey", cfirst), "n": n,
+             **sums, **counts, "mx_lo": mx_lo, "mx_hi": mx_hi}
+    out = [(c, {**cells, "kind": 1})]
+    # kind 7: the cells summed per condition
+    by = grouped.Keys(pa.table(grouped.keyed(keys, (*step_names, "condition"), cfirst)))
+    qid, qfirst = by.groups(*step_names, "condition")
+    q = len(qfirst)
+    def f(a: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+        return grouped.floats(a)
+
+    def tot(x: np.ndarray, null: np.ndarray) -> pa.Array:
+        return grouped.total(qid, q, x, ~null)
+
+    (cl, cl_null), (cl2, cl2_null), (tl, tl_null), (tl2, tl2_null) = (f(sums[k]) for k in ("clen", "clen2", "tlen",
+                                                                                        "tlen2"))
+    nn = n.astype(np.float64)
+    lo_v, lo_null = f(mx_lo)
+    hi_v, hi_null = f(mx_hi)
+    local = _local(keys.take("_gkey", cfirst), keys.take("step", cfirst))
+    out.append((q, {**grouped.keyed(by, (*step_names, "condition"), qfirst), "kind": 7,
+                    "n": np.bincount(qid, weights=nn, minlength=q).astype(np.int64),
+                    "clen": tot(cl, cl_null), "clen2": tot(cl2, cl2_null), "tlen": tot(tl, tl_null),
+                    "tlen2": tot(tl2, tl2_null),
+                    **{k: np.bincount(qid, weights=counts[k], minlength=q).astype(np.int64)
+                       for k in ("tn", "mx_n", "mk_c", "mk_t", "tr_c", "tr_t")},
+                    "mx_lo": grouped.extremes(qid, q, lo_v, ~lo_null)[0], "mx_hi": grouped.extremes(qid, q, hi_v, ~hi_null)[1],
+                    "c_g": grouped.count(qid, q), "c_nn": np.bincount(qid, weights=nn * nn, minlength=q),
+                    "c_xx": tot(cl * cl, cl_null), "c_xn": tot(cl * nn, cl_null), "t_xx": tot(tl * tl, tl_null),
+                    "t_xn": tot(tl * nn, tl_null), "c_local": grouped.count(qid, q, ~local) == 0}))
+    return out
+
+
+def _local(gkey: pa.Array, step: pa.Array) -> np.ndarray:
+    """Per cluster, whether its key names its step (`starts_with(gkey, step::VARCHAR || ':')`), a slice compare
+    per length of the prefix."""
+    prefix = pc.binary_join_element_wise(step.cast(pa.string()), pa.scalar(":"), "")
+    size = np.asarray(pc.utf8_length(prefix).to_numpy(zero_copy_only=False), np.int64)
+    out = np.zeros(len(gkey), bool)
+    for length in np.unique(size):
+        rows = np.flatnonzero(size == length)
+        take = pa.array(rows)
+        head = pc.utf8_slice_codeunits(gkey.take(take), 0, int(length))
+        out[rows] = np.asarray(pc.fill_null(pc.equal(head, prefix.take(take)), False).to_numpy(zero_copy_only=False), bool)
+    return out
+
+
+def _moments(keys: Any, signals: tuple[str, ...], reward: np.ndarray, finite: np.ndarray
+             ) -> list[tuple[int, dict[str, Any]]]:
+    """Kinds 2 (the finite values' moments per step, of the total and of each signal) and 8 (per condition, the
+    rows where a signal has a value) of `part_sql`."""
+    t = keys.table
+    step_names = ("_part", "split", "step")
+    sid, sfirst = keys.groups(*step_names)
+    k = len(sfirst)
+    steps = grouped.keyed(keys, step_names, sfirst)
+
+    def moments(x: np.ndarray, keep: np.ndarray) -> dict[str, Any]:
+        n, mean, sd = grouped.moments(sid, k, x, keep)
+        return {"n": n, "m": mean, "sd": pc.fill_null(sd, 0.0)}
+
+    first = moments(reward, finite)
+    out = [(int((first["n"] > 0).sum()), grouped.pick({**steps, "kind": 2, "total": True, **first},
+                                                       first["n"] > 0))]
+    keys.coalesced("condition", "_cond")
+    aid, afirst = keys.groups(*step_names, "_cond")
+    a = len(afirst)
+    conds = {**grouped.keyed(keys, step_names, afirst), "condition": keys.take("_cond", afirst)}
+    for i, name in enumerate(signals):
+        r, _ = keys.floats(f"_r{i}")
+        h, _ = keys.bools(f"_h{i}")
+        each = moments(r, np.isfinite(r))
+        out.append((int((each["n"] > 0).sum()), grouped.pick({**steps, "kind": 2, "signal": name, "total": False,
+                                                               **each}, each["n"] > 0)))
+        has = grouped.count(aid, a, h)
+        out.append((int((has > 0).sum()), grouped.pick({**conds, "kind": 8, "signal": name,
+                                                         "applies": grouped.count(aid, a, ~np.isnan(r))}, has > 0)))
+    return out
+
+
+#: `base`'s per-rollout columns, evaluated by DuckDB as it reads the batch for the compiled form, and the keys
+_ARROW = (("_part", "_part"), ("split", "split"), ("step", "step"), ("condition", "condition"),
+          ("group_id", "group_id"), ("_gkey", "_gkey"), ("reward", "reward"), ("advantage", "advantage"),
+          ("_clen", "_clen"), ("_tlen", _with_metadata(TOKENS_SQL, "NULL")), ("_tmax", _with_metadata(MAX_SQL, "NULL")),
+          ("_mk", _MARK), ("_cut", _CUT))
+
 # the rollout id only where there is no group id (`partstats` reads a batch into a table: ids are long)
 KIND = define("training_health", VERSION, part_sql, ("split", "step", "condition", "group_id",
                                                      "coalesce(group_id, rollout_id) AS _gkey", "reward",
-                                                     "advantage", "metadata", "rewards", *_TEXT))
+                                                     "advantage", "metadata", "rewards", *_TEXT),
+              CompiledKind(_ARROW, part_arrow))
 
 
 def register_training_stats(con: duckdb.DuckDBPyConnection, stats: PartStats, scope: str, eval_scope: str) -> None:
