@@ -1065,8 +1065,11 @@ def ngram_prevalences(values: np.ndarray, offsets: np.ndarray, cell: np.ndarray,
     occurrence arrays and sorts of `tokens._ngram_df` and `tokens._prevalences` (see `_ngram_prevalences`)."""
     if len(offsets) > 2**31 or (len(cell) and not 0 <= int(cell.min()) <= int(cell.max()) < min(len(rows), 2**31)):
         raise ValueError("ngram_prevalences: rows and cells must fit in 32 bits, cells index `rows`")
-    # a counter per occurrence or more, up to 16 MB (2^24): few n-grams of fewer rows pass (see `_ngram_prevalences`)
-    bits = min(max(int(max_n * len(values)), 1 << 12).bit_length(), 24)
+    # a counter per occurrence or more, up to 4 MB (2^22): few n-grams of fewer rows pass (see `_ngram_prevalences`).
+    # A larger sketch screens out more but costs more to clear and to probe than it saves: the 1M benchmark's
+    # sample (1.2M / 1.6M tokens), the same n-grams kept each way: 2^24 245 / 304 ms, 2^23 209 / 237, 2^22 121-155
+    # / 185-190, 2^21 132 / 238, 2^20 143 / 219 (session 50; /work/scratch/s49/vp2.py)
+    bits = min(max(int(max_n * len(values)), 1 << 12).bit_length(), 22)
     c = np.ascontiguousarray
     # words always, as `tokens.ngram_keys` (a max_n below 1 counts the words)
     return compiled().ngram_prevalences(c(values, np.uint64), c(offsets, np.int64), c(cell, np.int64),
