@@ -430,15 +430,20 @@ def floats(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """(values with NULL as NaN, whether each is NULL) of a numeric column."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
+    if not pa.types.is_float64(column.type):
+        column = column.cast(pa.float64())
+    if not column.null_count:
+        return np.asarray(column.to_numpy(zero_copy_only=False), np.float64), np.zeros(len(column), bool)
     null = np.asarray(column.is_null().to_numpy(zero_copy_only=False), bool)
-    values = np.asarray(pc.fill_null(column.cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False), np.float64)
-    return values, null
+    return np.asarray(column.to_numpy(zero_copy_only=False), np.float64), null  # (Arrow gives NaN at a NULL)
 
 
 def bools(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """(values with NULL as False, whether each is NULL) of a boolean column."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
+    if not column.null_count:
+        return np.asarray(column.to_numpy(zero_copy_only=False), bool), np.zeros(len(column), bool)
     null = np.asarray(column.is_null().to_numpy(zero_copy_only=False), bool)
     return np.asarray(pc.fill_null(column, False).to_numpy(zero_copy_only=False), bool), null
 
