@@ -151,13 +151,13 @@ def test_next_runs_a_later_detector_while_the_prefetch_of_the_next_one_is_runnin
     from rlaudit.detectors import _next
 
     class A:
-        name, requires = "a", ()
+        name, requires, light = "a", (), False
 
     class B:
-        name, requires = "b", ("a",)
+        name, requires, light = "b", ("a",), False
 
     class C:
-        name, requires = "c", ()
+        name, requires, light = "c", (), False
 
     class Busy:
         def running(self, name):
@@ -320,16 +320,20 @@ def test_light_detectors_after_the_heavy_one_let_one_whose_prefetch_runs_wait():
 
 @pytest.mark.parametrize("case", ["needs the heavy one", "a heavy one after", "no background"])
 def test_light_detectors_run_after_the_others_on_the_main_thread_otherwise(case):
-    """Not beside: a light detector that reads the running one's findings, or with a heavy detector still to run
-    (memory: two heavy detectors at once), or without a background thread (the memory budget gives one
-    worker)."""
+    """Not beside: a light detector that reads the running one's findings, or beside a heavy detector with another
+    heavy one still to run after it (memory: two heavy detectors at once), or without a background thread (the
+    memory budget gives one worker). With a heavy one after, the light one waits for it and runs beside it (as
+    generalization beside attribution), not alone before it; the findings keep the detectors' order."""
     heavy = _fake("heavy")
     light = _fake("light", light=True, requires=("heavy",) if case == "needs the heavy one" else ())
     classes = [heavy, light, _fake("later")] if case == "a heavy one after" else [heavy, light]
     background = None if case == "no background" else _finished_background()
-    found, _ = _run(classes, background)
-    assert [f.title for f in found] == ["MainThread None"] * len(classes)
+    found, calls = _run(classes, background)
+    beside = ["MainThread None", "rlaudit-light 1", "MainThread None"]
+    assert [f.title for f in found] == (beside if case == "a heavy one after" else ["MainThread None"] * len(classes))
     assert [f.kind for f in found] == [c.name for c in classes]
+    if case == "a heavy one after":  # the later heavy one was chosen to run before the light one could start
+        assert [name for name, _ in calls if name][:3] == ["heavy", "later", "light"]
 
 
 def test_a_light_detector_that_fails_beside_another_becomes_an_audit_error():
@@ -372,3 +376,26 @@ def test_a_whole_audit_finds_the_same_with_its_light_detectors_beside_attributio
     assert {"emerging_behavior", "reward_attribution"} <= {kind for kind, _, _ in results["in a row"][0]}
     assert results["beside"][1]["reward_health"] == {"rlaudit-light"}
     assert results["in a row"][1]["reward_health"] == {"MainThread"}
+
+
+def test_the_light_thread_releases_scratch_as_soon_as_its_last_user_has_run():
+    """The term-set scope's last user (generalization) runs beside attribution: the scope is closed when it has
+    run, while attribution still runs, not when attribution ends (its memory is not held through attribution)."""
+    from rlaudit.detectors import DetectContext, _run_each
+
+    closed = threading.Event()
+
+    class Scratch:
+        users = ("user",)
+
+        def close(self):
+            closed.set()
+
+    ctx = DetectContext(store=None, run="r", config=AuditConfig())
+    ctx.cache["scope"] = Scratch()
+    seen: list[bool] = []
+    heavy = _fake("heavy", body=lambda ctx: seen.append(closed.wait(20)))  # waits for the release
+    user = _fake("user", light=True)
+    _run_each(ctx, [user, heavy], None, _finished_background())
+    assert seen == [True] and "scope" not in ctx.cache
+    assert [f.title for f in ctx.findings] == ["rlaudit-light 1", "MainThread None"]

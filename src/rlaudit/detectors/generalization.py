@@ -75,6 +75,9 @@ class GeneralizationDetector(Detector):
     requires = ("emerging",)
     part_stats = ("training_health",)  # which reward signals apply in one condition only (`_condition_signals`)
     eager = True  # the shared term-set scope is released after this detector, before attribution and the rest
+    # its detect reads the term-set scope emerging left (a few terms' per-step counts) on one core: it runs beside
+    # attribution (`detectors._beside`), which leaves a core idle for a stretch, instead of alone before it
+    light = True
 
     def detect(self, ctx: DetectContext) -> list[Finding]:
         behaviours = [f for f in ctx.of_kind("emerging_behavior")
