@@ -1373,9 +1373,9 @@ def run() -> None:
     compiled kernels) took 0.36-0.50 s of a 3.9-4.4 s `rlaudit audit` of 100,000 rollouts (docs/performance.md,
     session 49), time in which the user waits for nothing. So once the command is done, the process does what
     a normal exit does that anyone can observe (threading's exit hooks and the join of the threads that are not
-    daemons, the `atexit` callbacks, the flush of stdout and stderr) and ends with `os._exit`. `main` itself returns or raises as before, for
-    callers in the same process (tests, notebooks). An exception that is not SystemExit propagates: its traceback
-    and the usual teardown."""
+    daemons, the `atexit` callbacks, the flush of stdout and stderr) and ends with `os._exit`. `main` itself
+    returns or raises as before, for callers in the same process (tests, notebooks). An exception that is not
+    SystemExit propagates: its traceback and the usual teardown."""
     try:
         main()
     except SystemExit as exc:

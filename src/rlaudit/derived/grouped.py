@@ -5,9 +5,10 @@ Why: DuckDB ran each kind as a query of a dozen hash aggregates and union branch
 built from the batch's parts (the 1M benchmark's batch of 315,000 rollouts: the table ~135 ms, the four kinds'
 queries ~377 ms, on one thread). The rows of a batch come as Arrow columns instead (DuckDB still reads the parts
 and evaluates every per-row expression: ~100 ms), and each GROUP BY becomes dense group ids of its keys (one pass
-over the keys with a small open-addressing table that grows with the groups; a row with its predecessor's key,
-as rows come in runs of one step, group and prompt, takes its id without a probe) and aggregates per group (one
-pass each, in row order, so a sum adds its values in the order DuckDB's single-threaded aggregate adds them).
+over the keys with a small open-addressing table that grows with the groups, `_dense`; a row with its
+predecessor's key, as rows come in runs of one step, group and prompt, takes its id without a probe) and
+aggregates per group (one pass each, in row order, so a sum adds its values in the order DuckDB's
+single-threaded aggregate adds them).
 
 `Keys` holds a batch's key columns as integer codes (strings dictionary-encoded, NULL a code of its own, so that
 NULL keys group together as in SQL) and gives the group ids of any combination of them; `count`, `total`,
@@ -27,22 +28,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..kernels import Compiled, jit
-
-_MIX = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix(x):
-    x = x + _MIX
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+from .kernels import _MIX, _splitmix64  # the term-set kernels' key mix
 
 
 def _dense(keys):
     """Per row, its key's group id (0, 1, ... in order of first appearance), and the first row of each group.
     A row with its predecessor's key takes its id without a probe (a batch's rows come in runs of one step, one
     group, one prompt), and the table grows with the groups, not the rows (a table sized for every row was
-    ~20 MB of fresh pages per grouping of 315,000 rows)."""
+    ~20 MB of fresh pages per grouping of 315,000 rows). A table of one key, not `_pairs` with a constant second
+    key: 315,000 keys in runs of 8, or 40,000 distinct keys at random, grouped in 3.2 / 5.1 ms against 5.8-7.0 /
+    9.3-11.5 through `_pairs`' table (session 50, /work/scratch/s50/densecmp.py), and a batch groups ~40 times."""
     n = len(keys)
     cap = 1024
     mask = np.uint64(cap - 1)
@@ -56,7 +51,7 @@ def _dense(keys):
         if i > 0 and k == keys[i - 1]:
             ids[i] = ids[i - 1]
             continue
-        h = _mix(np.uint64(k)) & mask
+        h = _splitmix64(np.uint64(k)) & mask
         while True:
             g = slot_id[h]
             if g < 0:
@@ -72,7 +67,7 @@ def _dense(keys):
                     new_id = np.full(cap, -1, np.int64)
                     for j in range(groups):
                         kj = keys[first[j]]
-                        hj = _mix(np.uint64(kj)) & mask
+                        hj = _splitmix64(np.uint64(kj)) & mask
                         while new_id[hj] >= 0:
                             hj = (hj + np.uint64(1)) & mask
                         new_key[hj] = kj
@@ -147,27 +142,36 @@ def _moments(ids, groups, x, keep):
     return n, s, m2
 
 
-def _buckets(x, keep, log_gamma):
-    """Per kept value its sign and logarithmic bucket, as `reward_stats.bucket_sql`: 0 for zero, else
+def _bucket(v, log_gamma):
+    """The sign and logarithmic bucket of a finite value, as `reward_stats.bucket_sql`: 0 for zero, else
     ceil(ln |v| / ln gamma) (libm's log, as DuckDB's `ln`)."""
+    sg = np.int64(0)
+    b = np.int64(0)
+    if v > 0:
+        sg = np.int64(1)
+    elif v < 0:
+        sg = np.int64(-1)
+    if v != 0:
+        b = np.int64(np.ceil(math.log(abs(v)) / log_gamma))
+    return sg, b
+
+
+def _buckets(x, keep, log_gamma):
+    """Per kept value its sign and bucket (`_bucket`); 0, 0 elsewhere."""
     sgn = np.zeros(len(x), np.int8)
     b = np.zeros(len(x), np.int32)
     for i in range(len(x)):
         if keep[i]:
-            v = x[i]
-            if v > 0:
-                sgn[i] = 1
-            elif v < 0:
-                sgn[i] = -1
-            if v != 0:
-                b[i] = np.int32(np.ceil(math.log(abs(v)) / log_gamma))
+            sg, bb = _bucket(x[i], log_gamma)
+            sgn[i] = sg
+            b[i] = bb
     return sgn, b
 
 
 def _find(slot_a, slot_b, slot_id, a, b):
     """The slot of key (a, b) in an open-addressing table (its id, or -1 where it is free)."""
     mask = np.uint64(len(slot_id) - 1)
-    h = _mix(np.uint64(a) * np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(b)) & mask
+    h = _splitmix64(np.uint64(a) * _MIX ^ np.uint64(b)) & mask
     while slot_id[h] >= 0 and (slot_a[h] != a or slot_b[h] != b):
         h = (h + np.uint64(1)) & mask
     return h
@@ -232,11 +236,8 @@ def _bucket_groups(step_of, steps, x, keep, log_gamma, limit):
     hi = -lo
     for i in range(n):
         if keep[i]:
-            v = x[i]
-            if v != 0:
-                b[i] = np.int64(np.ceil(math.log(abs(v)) / log_gamma))
-            sg = np.int64(1) if v > 0 else np.int64(-1) if v < 0 else np.int64(0)
-            b[i] = ((b[i] << 2) | (sg + 1))  # the bucket and the sign in one key
+            sg, bb = _bucket(x[i], log_gamma)
+            b[i] = (bb << 2) | (sg + 1)  # the bucket and the sign in one key
             lo = min(lo, b[i])
             hi = max(hi, b[i])
     width = hi - lo + 1
@@ -265,8 +266,10 @@ def _build() -> SimpleNamespace:
     import numba
 
     glob = globals()
-    glob["_mix"] = jit(getattr(_mix, "py_func", _mix), inline="always")
-    glob["_find"] = jit(getattr(_find, "py_func", _find), inline="always")
+    # helpers are looked up as globals when the kernels compile: jitted versions must be in place first
+    glob["_splitmix64"] = jit(getattr(_splitmix64, "py_func", _splitmix64), inline="always")
+    for name in ("_find", "_bucket"):
+        glob[name] = jit(getattr(glob[name], "py_func", glob[name]), inline="always")
     glob["_pairs"] = jit(getattr(_pairs, "py_func", _pairs))
     t = numba.types
     i64, f64, b1 = (t.Array(d, 1, "C", readonly=True) for d in (t.int64, t.float64, t.boolean))

@@ -120,13 +120,12 @@ SELECT _part, 2::TINYINT, split, step, signal, NULL, NULL, n, NULL, NULL, NULL, 
 
 def part_arrow(keys: Any, signals: tuple[str, ...], schema: pa.Schema) -> pa.Table:
     """`part_sql`'s rows from the batch's columns (`partstats.CompiledKind`; `grouped.Keys` of its rows)."""
-    t, pieces = keys.table, []
+    pieces = []
     keys.coalesced("condition", "_cond")
-    cell_names = ("_part", "split", "step", "_cond", "_task")
-    ids, first = keys.groups(*cell_names)
+    ids, first = keys.groups("_part", "split", "step", "_cond", "_task")
     g = len(first)
-    cells = {"_part": keys.take("_part", first), "split": keys.take("split", first), "step": keys.take("step", first),
-             "condition": keys.take("_cond", first), "task": keys.take("_task", first)}
+    cells = {**grouped.keyed(keys, ("_part", "split", "step"), first), "condition": keys.take("_cond", first),
+             "task": keys.take("_task", first)}
     for i, name in enumerate(signals):
         r, _ = keys.floats(f"_r{i}")
         h, _ = keys.bools(f"_h{i}")
@@ -169,14 +168,9 @@ def sketch_and_values(keys: Any, x: np.ndarray, finite: np.ndarray) -> tuple[dic
     return sketch, values
 
 
-def _kind_columns() -> CompiledKind:
-    return CompiledKind((("_part", "_part"), ("split", "split"), ("step", "step"),
-                         ("condition", "condition"), ("_task", "_task")), part_arrow)
-
-
 # the task's hash, not the prompt (`partstats` reads a batch into a table: prompts are long)
 KIND = define("reward_health", VERSION, part_sql, ("split", "step", "rewards", "condition", f"{TASK_SQL} AS _task"),
-              _kind_columns())
+              CompiledKind(tuple((c, c) for c in ("_part", "split", "step", "condition", "_task")), part_arrow))
 
 
 def register_reward_stats(con: duckdb.DuckDBPyConnection, stats: PartStats, root: Path, max_step: int | None,

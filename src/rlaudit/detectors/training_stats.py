@@ -199,8 +199,9 @@ def part_arrow(keys: Any, signals: tuple[str, ...], schema: pa.Schema) -> pa.Tab
     reward, _ = keys.floats("reward")
     finite = np.isfinite(reward)
     sketch, values = sketch_and_values(keys, reward, finite)
-    return grouped.table(schema, [*_groups(keys, reward, finite), *_cells(keys), *_moments(keys, signals, reward, finite),
-                                  (len(values["n"]), {**values, "kind": 3}), (len(sketch["n"]), {**sketch, "kind": 4})])
+    return grouped.table(schema, [*_groups(keys, reward, finite), *_cells(keys),
+                                  *_moments(keys, signals, reward, finite), (len(values["n"]), {**values, "kind": 3}),
+                                  (len(sketch["n"]), {**sketch, "kind": 4})])
 
 
 def _groups(keys: Any, reward: np.ndarray, finite: np.ndarray) -> list[tuple[int, dict[str, Any]]]:
@@ -243,7 +244,6 @@ def _groups(keys: Any, reward: np.ndarray, finite: np.ndarray) -> list[tuple[int
 
 def _cells(keys: Any) -> list[tuple[int, dict[str, Any]]]:
     """Kinds 1 (per condition and cluster) and 7 (their sums per condition) of `part_sql`."""
-    t = keys.table
     step_names = ("_part", "split", "step")
     cid, cfirst = keys.groups(*step_names, "condition", "_gkey")
     c = len(cfirst)
@@ -266,17 +266,15 @@ def _cells(keys: Any) -> list[tuple[int, dict[str, Any]]]:
     by = grouped.Keys(pa.table(grouped.keyed(keys, (*step_names, "condition"), cfirst)))
     qid, qfirst = by.groups(*step_names, "condition")
     q = len(qfirst)
-    def f(a: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-        return grouped.floats(a)
 
     def tot(x: np.ndarray, null: np.ndarray) -> pa.Array:
         return grouped.total(qid, q, x, ~null)
 
-    (cl, cl_null), (cl2, cl2_null), (tl, tl_null), (tl2, tl2_null) = (f(sums[k]) for k in ("clen", "clen2", "tlen",
-                                                                                        "tlen2"))
+    (cl, cl_null), (cl2, cl2_null), (tl, tl_null), (tl2, tl2_null) = (
+        grouped.floats(sums[k]) for k in ("clen", "clen2", "tlen", "tlen2"))
     nn = n.astype(np.float64)
-    lo_v, lo_null = f(mx_lo)
-    hi_v, hi_null = f(mx_hi)
+    lo_v, lo_null = grouped.floats(mx_lo)
+    hi_v, hi_null = grouped.floats(mx_hi)
     local = _local(keys.take("_gkey", cfirst), keys.take("step", cfirst))
     out.append((q, {**grouped.keyed(by, (*step_names, "condition"), qfirst), "kind": 7,
                     "n": np.bincount(qid, weights=nn, minlength=q).astype(np.int64),
@@ -284,7 +282,8 @@ def _cells(keys: Any) -> list[tuple[int, dict[str, Any]]]:
                     "tlen2": tot(tl2, tl2_null),
                     **{k: np.bincount(qid, weights=counts[k], minlength=q).astype(np.int64)
                        for k in ("tn", "mx_n", "mk_c", "mk_t", "tr_c", "tr_t")},
-                    "mx_lo": grouped.extremes(qid, q, lo_v, ~lo_null)[0], "mx_hi": grouped.extremes(qid, q, hi_v, ~hi_null)[1],
+                    "mx_lo": grouped.extremes(qid, q, lo_v, ~lo_null)[0],
+                    "mx_hi": grouped.extremes(qid, q, hi_v, ~hi_null)[1],
                     "c_g": grouped.count(qid, q), "c_nn": np.bincount(qid, weights=nn * nn, minlength=q),
                     "c_xx": tot(cl * cl, cl_null), "c_xn": tot(cl * nn, cl_null), "t_xx": tot(tl * tl, tl_null),
                     "t_xn": tot(tl * nn, tl_null), "c_local": grouped.count(qid, q, ~local) == 0}))
@@ -301,7 +300,8 @@ def _local(gkey: pa.Array, step: pa.Array) -> np.ndarray:
         rows = np.flatnonzero(size == length)
         take = pa.array(rows)
         head = pc.utf8_slice_codeunits(gkey.take(take), 0, int(length))
-        out[rows] = np.asarray(pc.fill_null(pc.equal(head, prefix.take(take)), False).to_numpy(zero_copy_only=False), bool)
+        same = pc.fill_null(pc.equal(head, prefix.take(take)), False)
+        out[rows] = np.asarray(same.to_numpy(zero_copy_only=False), bool)
     return out
 
 
@@ -309,7 +309,6 @@ def _moments(keys: Any, signals: tuple[str, ...], reward: np.ndarray, finite: np
              ) -> list[tuple[int, dict[str, Any]]]:
     """Kinds 2 (the finite values' moments per step, of the total and of each signal) and 8 (per condition, the
     rows where a signal has a value) of `part_sql`."""
-    t = keys.table
     step_names = ("_part", "split", "step")
     sid, sfirst = keys.groups(*step_names)
     k = len(sfirst)
