@@ -101,8 +101,8 @@ def meta_arrow(keys: Any, signals: tuple[str, ...], schema: pa.Schema) -> pa.Tab
     from ..derived import grouped
 
     t = keys.table
-    ids, first = keys.groups("_part", "split", "step")
-    g, step = len(first), grouped.keyed(keys, ("_part", "split", "step"), first)
+    ids, first = keys.groups(*grouped.STEP)
+    g, step = len(first), grouped.keyed(keys, grouped.STEP, first)
     counts = {name: grouped.count(ids, g, np.asarray(t.column(f"_is_{name}").to_numpy(zero_copy_only=False), bool))
               for name in ("n_group", "n_reward", "n_adv", "n_task")}
     pieces = [(g, {**step, "n": grouped.count(ids, g), **counts})]

@@ -31,6 +31,10 @@ from ..kernels import Compiled, jit
 from .kernels import _MIX, _splitmix64  # the term-set kernels' key mix
 
 
+#: the keys every kind's rows are grouped by at least: each part's rows per split and step (`partstats`)
+STEP = ("_part", "split", "step")
+
+
 def _dense(keys):
     """Per row, its key's group id (0, 1, ... in order of first appearance), and the first row of each group.
     A row with its predecessor's key takes its id without a probe (a batch's rows come in runs of one step, one
@@ -435,10 +439,10 @@ def floats(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
         column = column.combine_chunks()
     if not pa.types.is_float64(column.type):
         column = column.cast(pa.float64())
+    values = np.asarray(column.to_numpy(zero_copy_only=False), np.float64)  # (Arrow gives NaN at a NULL)
     if not column.null_count:
-        return np.asarray(column.to_numpy(zero_copy_only=False), np.float64), np.zeros(len(column), bool)
-    null = np.asarray(column.is_null().to_numpy(zero_copy_only=False), bool)
-    return np.asarray(column.to_numpy(zero_copy_only=False), np.float64), null  # (Arrow gives NaN at a NULL)
+        return values, np.zeros(len(column), bool)
+    return values, np.asarray(column.is_null().to_numpy(zero_copy_only=False), bool)
 
 
 def bools(column: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

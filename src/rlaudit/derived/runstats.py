@@ -58,11 +58,11 @@ FROM src
 def part_arrow(keys: Any, signals: tuple[str, ...], schema: pa.Schema) -> pa.Table:
     """`part_sql`'s rows from the batch's columns (`partstats.CompiledKind`; `grouped.Keys` of its rows)."""
     t, pieces = keys.table, []
-    ids, first = keys.groups("_part", "split", "step", "condition")
-    pieces.append((len(first), {**grouped.keyed(keys, ("_part", "split", "step", "condition"), first), "kind": 0,
+    ids, first = keys.groups(*grouped.STEP, "condition")
+    pieces.append((len(first), {**grouped.keyed(keys, (*grouped.STEP, "condition"), first), "kind": 0,
                                 "n": grouped.count(ids, len(first))}))
-    ids, first = keys.groups("_part", "split", "step")
-    g, step = len(first), grouped.keyed(keys, ("_part", "split", "step"), first)
+    ids, first = keys.groups(*grouped.STEP)
+    g, step = len(first), grouped.keyed(keys, grouped.STEP, first)
     reward, _ = keys.floats("reward")
     valued = ~np.isnan(reward)  # NOT isnan(x): a NULL (NaN here) is not valued either
     pieces.append((g, {**step, "kind": 1, "total": True, "n": grouped.count(ids, g),

@@ -122,9 +122,9 @@ def part_arrow(keys: Any, signals: tuple[str, ...], schema: pa.Schema) -> pa.Tab
     """`part_sql`'s rows from the batch's columns (`partstats.CompiledKind`; `grouped.Keys` of its rows)."""
     pieces = []
     keys.coalesced("condition", "_cond")
-    ids, first = keys.groups("_part", "split", "step", "_cond", "_task")
+    ids, first = keys.groups(*grouped.STEP, "_cond", "_task")
     g = len(first)
-    cells = {**grouped.keyed(keys, ("_part", "split", "step"), first), "condition": keys.take("_cond", first),
+    cells = {**grouped.keyed(keys, grouped.STEP, first), "condition": keys.take("_cond", first),
              "task": keys.take("_task", first)}
     for i, name in enumerate(signals):
         r, _ = keys.floats(f"_r{i}")
@@ -146,11 +146,11 @@ def sketch_and_values(keys: Any, x: np.ndarray, finite: np.ndarray) -> tuple[dic
     (`sgn`, `b`, `n`) and the distinct values with their rows (`value`, `n`), or a single row with `value` NULL
     and every finite row where there are more than DISCRETE_MAX + 1 of them (`part_sql`'s kinds 2 and 1; the
     total reward's kinds 4 and 3 of `training_stats`), each with its step's `_part`, `split` and `step`."""
-    step_of, step_first = keys.groups("_part", "split", "step")
+    step_of, step_first = keys.groups(*grouped.STEP)
     steps = len(step_first)
     bucket_first, bucket_n = grouped.bucket_groups(step_of, steps, x, finite, GAMMA)
     sgn, b = grouped.buckets(x[bucket_first], np.ones(len(bucket_first), bool), GAMMA)
-    sketch = {**grouped.keyed(keys, ("_part", "split", "step"), bucket_first), "sgn": sgn, "b": b, "n": bucket_n}
+    sketch = {**grouped.keyed(keys, grouped.STEP, bucket_first), "sgn": sgn, "b": b, "n": bucket_n}
     busy = np.bincount(step_of[bucket_first], minlength=steps) > DISCRETE_MAX + 1
     per_step = np.bincount(step_of[bucket_first], weights=bucket_n, minlength=steps).astype(np.int64)
     calm = finite & ~busy[step_of]
@@ -161,7 +161,7 @@ def sketch_and_values(keys: Any, x: np.ndarray, finite: np.ndarray) -> tuple[dic
     # a step with too many values: one row of its finite rows, value NULL (busy ones by their buckets)
     many = np.flatnonzero((busy | (distinct > DISCRETE_MAX + 1)) & (per_step > 0))
     value_rows = np.concatenate([pair_first[listed], step_first[many]])
-    values = {**grouped.keyed(keys, ("_part", "split", "step"), value_rows),
+    values = {**grouped.keyed(keys, grouped.STEP, value_rows),
               "value": pa.array(np.concatenate([value[pair_first[listed]], np.zeros(len(many))]),
                                 mask=np.arange(len(value_rows)) >= listed.sum()),
               "n": np.concatenate([pair_n[listed], per_step[many]])}

@@ -207,10 +207,9 @@ def part_arrow(keys: Any, signals: tuple[str, ...], schema: pa.Schema) -> pa.Tab
 def _groups(keys: Any, reward: np.ndarray, finite: np.ndarray) -> list[tuple[int, dict[str, Any]]]:
     """Kinds 0 (per prompt group: its rows with a finite reward), 5 (per step of the groups) and 6 (the constant
     groups per step and value) of `part_sql`."""
-    step_names = ("_part", "split", "step")
     advantage, no_adv = keys.floats("advantage")
     in_group = finite & ~np.asarray(keys.table.column("group_id").is_null().to_numpy(zero_copy_only=False), bool)
-    gid, gfirst = keys.groups(*step_names, "group_id", where=in_group)
+    gid, gfirst = keys.groups(*grouped.STEP, "group_id", where=in_group)
     g, r, a, na = len(gfirst), reward[in_group], advantage[in_group], no_adv[in_group]
     every = np.ones(len(gid), bool)
     rf, total, m2 = grouped.compiled().moments(gid, g, r, every)
@@ -222,30 +221,29 @@ def _groups(keys: Any, reward: np.ndarray, finite: np.ndarray) -> list[tuple[int
     filled = np.where(na, (r - mean[gid]) / (sd[gid] + 1e-4), a)
     s1 = np.bincount(gid, weights=np.abs(filled), minlength=g)
     s2 = np.bincount(gid, weights=filled * filled, minlength=g)
-    out = [(g, {**grouped.keyed(keys, (*step_names, "group_id"), gfirst), "kind": 0, "rf": rf, "lo": lo, "hi": hi,
+    out = [(g, {**grouped.keyed(keys, (*grouped.STEP, "group_id"), gfirst), "kind": 0, "rf": rf, "lo": lo, "hi": hi,
                 "mean": mean, "sd": sd, "has_adv": grouped.count(gid, g, ~na) > 0, "s1": s1, "s2": s2})]
     lo_v, hi_v = np.asarray(lo.to_numpy(zero_copy_only=False)), np.asarray(hi.to_numpy(zero_copy_only=False))
     varied = (rf >= 2) & (hi_v > lo_v)
-    steps = grouped.Keys(pa.table(grouped.keyed(keys, step_names, gfirst)))
-    sid, sfirst = steps.groups(*step_names)
+    steps = grouped.Keys(pa.table(grouped.keyed(keys, grouped.STEP, gfirst)))
+    sid, sfirst = steps.groups(*grouped.STEP)
     k, n_varied = len(sfirst), grouped.count(sid, len(sfirst), varied)
-    out.append((k, {**grouped.keyed(steps, step_names, sfirst), "kind": 5, "g2": grouped.count(sid, k, rf >= 2),
+    out.append((k, {**grouped.keyed(steps, grouped.STEP, sfirst), "kind": 5, "g2": grouped.count(sid, k, rf >= 2),
                     "gv": n_varied, "gv_min": grouped.extremes(sid, k, hi_v - lo_v, varied)[0],
                     "gv_n": pa.array(np.bincount(sid[varied], weights=rf[varied], minlength=k).astype(np.int64),
                                      mask=n_varied == 0),
                     "s1": grouped.total(sid, k, s1, varied), "s2": grouped.total(sid, k, s2, varied)}))
     constant = (rf >= 2) & (hi_v == lo_v)
-    zeros = grouped.Keys(pa.table({**grouped.keyed(keys, step_names, gfirst), "z_lo": lo_v + 0.0}))  # -0.0 is 0.0
-    zid, zfirst = zeros.groups(*step_names, "z_lo", where=constant)
-    out.append((len(zfirst), {**grouped.keyed(zeros, (*step_names, "z_lo"), zfirst), "kind": 6,
+    zeros = grouped.Keys(pa.table({**grouped.keyed(keys, grouped.STEP, gfirst), "z_lo": lo_v + 0.0}))  # -0.0 is 0.0
+    zid, zfirst = zeros.groups(*grouped.STEP, "z_lo", where=constant)
+    out.append((len(zfirst), {**grouped.keyed(zeros, (*grouped.STEP, "z_lo"), zfirst), "kind": 6,
                               "z_n": grouped.count(zid, len(zfirst))}))
     return out
 
 
 def _cells(keys: Any) -> list[tuple[int, dict[str, Any]]]:
     """Kinds 1 (per condition and cluster) and 7 (their sums per condition) of `part_sql`."""
-    step_names = ("_part", "split", "step")
-    cid, cfirst = keys.groups(*step_names, "condition", "_gkey")
+    cid, cfirst = keys.groups(*grouped.STEP, "condition", "_gkey")
     c = len(cfirst)
     clen, no_clen = keys.floats("_clen")
     tlen, no_tlen = keys.floats("_tlen")
@@ -259,12 +257,13 @@ def _cells(keys: Any) -> list[tuple[int, dict[str, Any]]]:
               "mk_c": grouped.count(cid, c, mk), "mk_t": grouped.count(cid, c, mk | ~no_tmax),
               "tr_c": grouped.count(cid, c, cut),
               "tr_t": grouped.count(cid, c, (~no_tlen & ~no_tmax & (tlen >= tmax)) | cut)}
-    cells = {**grouped.keyed(keys, (*step_names, "condition"), cfirst), "gkey": keys.take("_gkey", cfirst), "n": n,
+    gkey = keys.take("_gkey", cfirst)
+    cells = {**grouped.keyed(keys, (*grouped.STEP, "condition"), cfirst), "gkey": gkey, "n": n,
              **sums, **counts, "mx_lo": mx_lo, "mx_hi": mx_hi}
     out = [(c, {**cells, "kind": 1})]
     # kind 7: the cells summed per condition
-    by = grouped.Keys(pa.table(grouped.keyed(keys, (*step_names, "condition"), cfirst)))
-    qid, qfirst = by.groups(*step_names, "condition")
+    by = grouped.Keys(pa.table(grouped.keyed(keys, (*grouped.STEP, "condition"), cfirst)))
+    qid, qfirst = by.groups(*grouped.STEP, "condition")
     q = len(qfirst)
 
     def tot(x: np.ndarray, null: np.ndarray) -> pa.Array:
@@ -275,8 +274,8 @@ def _cells(keys: Any) -> list[tuple[int, dict[str, Any]]]:
     nn = n.astype(np.float64)
     lo_v, lo_null = grouped.floats(mx_lo)
     hi_v, hi_null = grouped.floats(mx_hi)
-    local = _local(keys.take("_gkey", cfirst), keys.take("step", cfirst))
-    out.append((q, {**grouped.keyed(by, (*step_names, "condition"), qfirst), "kind": 7,
+    local = _local(gkey, cells["step"])
+    out.append((q, {**grouped.keyed(by, (*grouped.STEP, "condition"), qfirst), "kind": 7,
                     "n": np.bincount(qid, weights=nn, minlength=q).astype(np.int64),
                     "clen": tot(cl, cl_null), "clen2": tot(cl2, cl2_null), "tlen": tot(tl, tl_null),
                     "tlen2": tot(tl2, tl2_null),
@@ -309,10 +308,9 @@ def _moments(keys: Any, signals: tuple[str, ...], reward: np.ndarray, finite: np
              ) -> list[tuple[int, dict[str, Any]]]:
     """Kinds 2 (the finite values' moments per step, of the total and of each signal) and 8 (per condition, the
     rows where a signal has a value) of `part_sql`."""
-    step_names = ("_part", "split", "step")
-    sid, sfirst = keys.groups(*step_names)
+    sid, sfirst = keys.groups(*grouped.STEP)
     k = len(sfirst)
-    steps = grouped.keyed(keys, step_names, sfirst)
+    steps = grouped.keyed(keys, grouped.STEP, sfirst)
 
     def moments(x: np.ndarray, keep: np.ndarray) -> dict[str, Any]:
         n, mean, sd = grouped.moments(sid, k, x, keep)
@@ -322,9 +320,9 @@ def _moments(keys: Any, signals: tuple[str, ...], reward: np.ndarray, finite: np
     out = [(int((first["n"] > 0).sum()), grouped.pick({**steps, "kind": 2, "total": True, **first},
                                                        first["n"] > 0))]
     keys.coalesced("condition", "_cond")
-    aid, afirst = keys.groups(*step_names, "_cond")
+    aid, afirst = keys.groups(*grouped.STEP, "_cond")
     a = len(afirst)
-    conds = {**grouped.keyed(keys, step_names, afirst), "condition": keys.take("_cond", afirst)}
+    conds = {**grouped.keyed(keys, grouped.STEP, afirst), "condition": keys.take("_cond", afirst)}
     for i, name in enumerate(signals):
         r, _ = keys.floats(f"_r{i}")
         h, _ = keys.bools(f"_h{i}")
