@@ -82,6 +82,8 @@ def generate(fmt: str, root: Path, rows: int, seed: int = 0) -> Path:
     vocab = pa.array([f"w{i}" if i % 7 else f"token{i}x" for i in range(20000)])
     steps = max(1, rows // ROWS_PER_STEP)
     out = root / fmt
+    if fmt == "prime-rl":
+        return generate_prime_rl(out, rows, rng, vocab)
     if fmt == "trl":
         (out / "completions").mkdir(parents=True)
     else:
@@ -102,6 +104,73 @@ def generate(fmt: str, root: Path, rows: int, seed: int = 0) -> Path:
             con.register("t", table)
             con.sql(f"COPY t TO '{out / f'{step}.jsonl'}' (FORMAT JSON)")
             con.close()
+    return out
+
+
+def _prime_rl_episode(step: int, index: int, persona: str, question: str, reasoning: str, answer: str,
+                      reward: float, advantage: float, judged: bool, rng) -> dict:
+    """One line of prime-rl's `rollouts/step_N/train/effective/traces.jsonl`: `Episode.to_record()` of one
+    trainable single-turn trace, with the keys verifiers 0.4.0 writes (the conformance fixture
+    `tests/conformance/fixtures/verifiers/prime-rl` has the same shape, written by verifiers' own classes) and a
+    token per word, as its toy tokenizer: every node's `token_ids` and `mask`, the sampled node's `logprobs` and
+    `advantages` (prime-rl's GRPO puts the trace's advantage on each of its sampled tokens)."""
+    def node(message: dict, sampled: bool, parent: int | None, text: str) -> dict:
+        n = len(text.split()) + 4
+        out = {"semantic_parents": [], "message": message, "sampled": sampled, "timestamp": 1700000000.0,
+               "token_ids": rng.integers(0, 150_000, n).tolist(), "mask": [sampled] * n, "is_content": [],
+               "logprobs": (-rng.exponential(0.3, n)).tolist() if sampled else []}
+        if parent is not None:
+            out["parent"] = parent
+        if sampled:
+            out["advantages"] = [advantage] * n
+        return out
+
+    key = f"train-{step}-{index // GROUP}"
+    reply = {"role": "assistant", "content": answer, "reasoning_content": reasoning}
+    nodes = [node({"role": "system", "content": persona}, False, None, persona),
+             node({"role": "user", "content": question}, False, 0, question),
+             node(reply, True, 1, reasoning + " " + answer)]
+    info = {}
+    if judged:  # an LLM judge's exchange, as `Trace.record_judge_call` logs it
+        info["judge_calls"] = [{"name": "judge", "request": {"model": "judge-model", "messages": [
+            {"role": "user", "content": f"Grade the response.\nQUESTION: {question}\nRESPONSE: {answer}"}]},
+            "response": {"message": {"role": "assistant", "content": "yes"}, "parsed": True,
+                         "usage": {"prompt_tokens": 60, "completion_tokens": 1}}}]
+    task = {"type": "ChatTask", "data": {"idx": index // GROUP, "prompt": question}, "key": key,
+            "hash": f"{hash(key) & 0xFFFFFFFFFFFF:012x}"}
+    trace = {"version": 1, "id": f"t{step}-{index}", "verifiers": {"version": "0.4.0"}, "task": task,
+             "agent": {"config": {"runtime": {"type": "prime", "image": "python:3.11-slim", "cpu": 1.0}},
+                       "name": "solver", "trainable": True},
+             "tools": [], "nodes": nodes,
+             "calls": [{"node": 2, "model": "policy", "finish_reason": "stop",
+                        "usage": {"prompt_tokens": 60, "completion_tokens": 100}, "time": {"start": 0.0, "end": 0.0}}],
+             "mm_token_type_id_map": {}, "request_rewrites": [], "response_rewrites": [],
+             "rewards": {"judge": {"score": reward, "weight": 1.0}, "format": {"score": 1.0, "weight": 0.2}},
+             "metrics": {"num_turns": 1.0}, "info": info, "extra_usage": [], "is_completed": True, "ok": True,
+             "stop_condition": "agent_completed", "is_timeout": False, "errors": [],
+             "timing": {"start": 1700000000.0, "agent": {"start": 0.0, "end": 0.0}}}
+    return {"id": f"e{step}-{index}", "env": {"id": "chat", "name": "chat"}, "task": task, "group": {"id": key},
+            "run": {"type": "train", "id": "bench", "name": "bench",
+                    "work": {"type": "train", "step": step, "policy": {"start": step - 1, "end": step - 1}}},
+            "ok": True, "is_timeout": False, "errors": [], "traces": [trace]}
+
+
+def generate_prime_rl(out: Path, rows: int, rng, vocab) -> Path:
+    """A prime-rl run: `rollouts/step_N/train/effective/traces.jsonl`, one compact JSON line per episode as
+    prime-rl's `FileMonitor.log_episodes` writes them (orjson's separators), the texts as the other formats'."""
+    for step in range(1, max(1, rows // ROWS_PER_STEP) + 1):
+        prompt, completion, acc, _ = _step_columns(rng, step, vocab)
+        advantage = (acc - acc.mean()) / (acc.std() + 1e-4)
+        lines = []
+        for i, (p, c) in enumerate(zip(prompt.to_pylist(), completion.to_pylist())):
+            _, persona, _, question, _ = p.split("\n", 4)
+            reasoning, answer = c[len("<think>"):].split("</think>", 1)
+            episode = _prime_rl_episode(step, i, persona, question, reasoning, answer, float(acc[i]),
+                                        float(advantage[i]), i % 5 == 0, rng)
+            lines.append(json.dumps(episode, separators=(",", ":")))
+        path = out / "rollouts" / f"step_{step}" / "train" / "effective" / "traces.jsonl"
+        path.parent.mkdir(parents=True)
+        path.write_text("\n".join(lines) + "\n")
     return out
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 
-from rlaudit.readers import resolve_reader
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rlaudit.readers import primerl, resolve_reader
 
 from .trainer_files import primerl_step, verifiers_episode, verifiers_trace
 
@@ -179,3 +183,38 @@ def test_node_parent_out_of_range_is_a_bad_record(tmp_path, store):
     store.ingest(run)
     [b] = store.quarantined("prime")
     assert b.line == 1 and "field 'nodes[1].parent': expected the index of another node, got 7" in b.reason
+
+
+def test_node_advantages_that_are_no_list_are_a_bad_record(tmp_path, store):
+    run = tmp_path / "prime"
+    trace = verifiers_trace(None, "q", "a", None, rewards={"r": (1.0, 1.0)})
+    trace["nodes"][-1]["advantages"] = 0.5
+    primerl_step(run, 1, [verifiers_episode([trace], 1, group="g")])
+    store.ingest(run)
+    [b] = store.quarantined("prime")
+    assert "field 'nodes[1].advantages': expected a list of numbers, got 0.5" in b.reason
+
+
+def _mean_of_nonzero(nodes):
+    """The advantage as the reader took it before session 52 (a Python comparison per token): the reference."""
+    values = [v for n in nodes if isinstance(n, dict) for v in (n.get("advantages") or [])
+              if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not values:
+        return None
+    nonzero = [v for v in values if v != 0.0]
+    return sum(nonzero) / len(nonzero) if nonzero else 0.0
+
+
+_advantage = st.one_of(st.floats(allow_nan=True), st.integers(-10, 10), st.just(0.0), st.just(-0.0),
+                       st.booleans(), st.none(), st.text(max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.fixed_dictionaries({}, optional={"advantages": st.lists(_advantage, max_size=20)}),
+                          st.none()), max_size=5))
+def test_the_advantage_is_the_mean_of_the_nonzero_token_advantages(nodes):
+    expected = _mean_of_nonzero(nodes)
+    got = primerl._node_advantage(nodes)
+    assert (got is None) == (expected is None)
+    if expected is not None:
+        assert got == expected or (math.isnan(got) and math.isnan(expected))

@@ -23,6 +23,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.json as pj
 
+try:  # a dependency of rlaudit (docs/performance.md, session 52); without it `json` reads every line the same
+    import orjson as _orjson
+except ImportError:  # a platform without its wheels: the tests force this path (`_orjson = None`)
+    _orjson = None
+
 from .base import ReadContext, SourceFile
 from .columns import MAX_STEP
 
@@ -198,31 +203,103 @@ def _numbers_among_strings(records: list[dict[str, Any]], lines: list[int], raws
     return keep_r, keep_l
 
 
-def parse_line(raw: bytes, file: SourceFile, lineno: int, ctx: ReadContext) -> dict[str, Any] | None:
-    """One JSON object from one line, or None after reporting why not."""
+def parse_line(raw: bytes, file: SourceFile, lineno: int, ctx: ReadContext,
+               unread: FlatArrays | None = None) -> dict[str, Any] | None:
+    """One JSON object from one line, or None after reporting why not. `unread`: arrays of numbers the reader
+    never reads, emptied before the parse (`FlatArrays`); a bad line's message is about the line as written."""
+    text = unread.empty(raw) if unread is not None else raw
+    obj = _fast_loads(text)
+    if isinstance(obj, dict):  # orjson took it: valid UTF-8 without lone surrogates, nothing to report
+        return obj
     try:
-        obj = json.loads(raw)
-    except UnicodeDecodeError as exc:
-        ctx.bad(file, lineno, f"invalid UTF-8 ({exc.reason} at byte {exc.start})", _shown(raw))
+        try:
+            obj = json.loads(text)
+        except (ValueError, RecursionError):
+            if text is raw:
+                raise
+            obj = json.loads(raw)  # an emptied array held arrays (see `FlatArrays`), or the line is bad as written
+    except (ValueError, RecursionError) as exc:
+        _report(exc, raw, file, lineno, ctx)
         return None
-    except json.JSONDecodeError as exc:
+    if not isinstance(obj, dict):
+        ctx.bad(file, lineno, f"expected a JSON object, got {type(obj).__name__}", _shown(raw))
+        return None
+    if _may_hold_surrogate(text) and _has_lone_surrogate(obj):
+        ctx.bad(file, lineno, "text holds a lone UTF-16 surrogate (a \\udXXX escape or CESU-8 bytes): not valid "
+                              "Unicode", _shown(raw))
+        return None
+    return obj
+
+
+def _report(exc: Exception, raw: bytes, file: SourceFile, lineno: int, ctx: ReadContext) -> None:
+    """Why `json` could not read the line `raw`, with its column."""
+    if isinstance(exc, UnicodeDecodeError):
+        ctx.bad(file, lineno, f"invalid UTF-8 ({exc.reason} at byte {exc.start})", _shown(raw))
+    elif isinstance(exc, json.JSONDecodeError):
         # a string still open at the end of the line is a line cut short too
         torn = exc.pos >= len(raw.rstrip()) - 1 or exc.msg.startswith("Unterminated string")
         what = "torn line (JSON ends early)" if torn else "invalid JSON"
         at = "" if exc.msg.endswith(" at") else " at"  # "Unterminated string starting at" + " column N"
         ctx.bad(file, lineno, f"{what}: {exc.msg}{at} column {exc.colno}", _shown(raw))
-        return None
-    except RecursionError:
+    elif isinstance(exc, RecursionError):
         ctx.bad(file, lineno, "invalid JSON: nested too deeply", _shown(raw))
-        return None
-    if not isinstance(obj, dict):
-        ctx.bad(file, lineno, f"expected a JSON object, got {type(obj).__name__}", _shown(raw))
-        return None
-    if _may_hold_surrogate(raw) and _has_lone_surrogate(obj):
-        ctx.bad(file, lineno, "text holds a lone UTF-16 surrogate (a \\udXXX escape or CESU-8 bytes): not valid "
-                              "Unicode", _shown(raw))
-        return None
-    return obj
+    else:
+        raise exc
+
+
+class FlatArrays:
+    """Arrays under the given keys, emptied in a line's bytes before it is parsed: per-token data a reader does not
+    read (prime-rl's `token_ids`, `logprobs` and `mask` on every message node are ~40-80% of an episode's bytes;
+    parsing them makes ~1,000 Python numbers an episode, docs/performance.md, session 52).
+
+    An array is emptied where the quote before its key's name is not escaped (in a valid line that quote opens a
+    key: inside a JSON string every quote is escaped) and no quote comes before its first `]` (it holds no text,
+    so every string after it begins and ends where it did). What is left is the line with `[]` there or, where
+    the array held arrays, a line that no longer parses, which `parse_line` then reads as written. The emptied
+    contents are not read, so not checked."""
+
+    def __init__(self, keys: tuple[str, ...]) -> None:
+        self.keys = keys
+        self._opening = re.compile(rb'"(?:' + b"|".join(re.escape(k.encode()) for k in keys) + rb')"\s*:\s*\[')
+
+    def empty(self, raw: bytes) -> bytes:
+        find, parts, pos = raw.find, [], 0
+        for m in self._opening.finditer(raw):
+            start = m.end()
+            end = find(b"]", start)
+            if end < 0:
+                break
+            if end > start and raw[m.start() - 1] != 0x5C and find(b'"', start, end) < 0:  # 0x5C: a backslash
+                parts.append(raw[pos:start])
+                pos = end
+        if not parts:
+            return raw
+        parts.append(raw[pos:])
+        return b"".join(parts)
+
+
+#: Each byte's class for `_fast_loads`' digit check: an ASCII digit -> "0", anything else -> " ".
+_DIGITS = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
+_LONG_NUMBER = b"0" * 19
+_NOT_PARSED = object()
+
+
+def _fast_loads(raw: bytes) -> Any:
+    """The line parsed by orjson, or `_NOT_PARSED` where `json.loads` must decide (`parse_line`).
+
+    orjson parses the nested records of the line-by-line readers ~5-7x faster than `json` (a prime-rl episode of
+    9.8 KB: 17 against ~100 us; docs/performance.md, session 52) and on everything it accepts it returns what
+    `json` returns, except integers outside 64 bits, which it turns into floats: a line holding a run of 19 digits
+    (where such an integer would be: -2^63 has 19) is left to `json`. What orjson refuses and `json` takes
+    (NaN and Infinity literals, lone surrogates, which `parse_line` then reports, other encodings than UTF-8,
+    nesting deeper than 1,024) goes to `json` too, as does every line where orjson is not installed; errors are
+    `json`'s, so a bad line's message does not depend on which parser ran."""
+    if _orjson is None or _LONG_NUMBER in raw.translate(_DIGITS):
+        return _NOT_PARSED
+    try:
+        return _orjson.loads(raw)
+    except _orjson.JSONDecodeError:
+        return _NOT_PARSED
 
 
 #: Bytes that may decode to a lone surrogate: a \uD800-\uDFFF escape, or the UTF-8-style encoding of one (ED A0-BF).
@@ -377,15 +454,17 @@ def _uniform(values: list[Any]) -> tuple[pa.Array, bool]:
                         pa.string()), True
 
 
-def iter_json_records(file: SourceFile, ctx: ReadContext) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every good line; bad lines are reported. Blank lines are skipped."""
+def iter_json_records(file: SourceFile, ctx: ReadContext,
+                      unread: FlatArrays | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every good line; bad lines are reported. Blank lines are skipped. `unread`:
+    see `parse_line`."""
     with open(file.path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             if raw.isspace() or not raw:  # (no stripped copy of every line to find the blank ones)
                 continue
-            obj = parse_line(raw.rstrip(b"\r\n"), file, lineno, ctx)
+            obj = parse_line(raw.rstrip(b"\r\n"), file, lineno, ctx, unread)
             if obj is not None:
                 yield lineno, obj
 

@@ -77,6 +77,7 @@ then assembled into Arrow columns per batch.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -89,12 +90,16 @@ import pyarrow as pa
 from ..errors import RlauditError
 from . import register
 from .base import ReadContext, Reader, SourceFile, map_array
-from .jsonl import iter_json_records
+from .jsonl import FlatArrays, iter_json_records
 from .messages import TOOL_CALLS, assistant_turns, content_text, is_message_list, render_message_list
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _LEGACY = re.compile(r"^(train|eval)_rollouts.*\.jsonl$")
 BATCH_ROWS = 4096
+#: A message node's per-token arrays (verifiers `MessageNode`): ~40-80% of an episode's bytes, none of them read
+#: (`advantages` is). Emptied before the line is parsed, wherever these keys are (an `info` holding one as well
+#: keeps it empty in the metadata).
+UNREAD = FlatArrays(("token_ids", "logprobs", "mask", "is_content"))
 
 
 def _rollouts_dir(source: Path) -> Path | None:
@@ -154,7 +159,7 @@ class PrimeRlReader(Reader):
         group_counts: dict[str, int] = {}
         wanted = dict(ctx.options.grader_inputs)  # --grader-input GRADER=PATH
         found: set[str] = set()
-        for lineno, record in iter_json_records(file, ctx):
+        for lineno, record in iter_json_records(file, ctx, UNREAD):
             try:
                 new = list(_rows(record, file, ctx, wanted, found))
             except _Bad as exc:
@@ -468,13 +473,26 @@ def _scores(value: Any, name: str) -> dict[str, float]:
 
 
 def _node_advantage(nodes: Any) -> float | None:
+    """The mean of the non-zero per-token advantages of the nodes (None without any; 0.0 when all are zero).
+    A node's `advantages` is a list of numbers; entries that are not numbers are passed over. Summed in one
+    `sum` over the tokens in node order (an episode holds thousands: no Python per token)."""
     if not isinstance(nodes, list):
         return None
-    values = [v for n in nodes if isinstance(n, dict) for v in (n.get("advantages") or []) if _number(v)]
-    if not values:
+    lists = []
+    for i, node in enumerate(nodes):
+        values = node.get("advantages") if isinstance(node, dict) else None
+        if values is None:
+            continue
+        if not isinstance(values, list):
+            raise _Bad(f"field 'nodes[{i}].advantages': expected a list of numbers, got {values!r:.80}")
+        lists.append(values)
+    flat = list(itertools.chain.from_iterable(lists))
+    if not set(map(type, flat)) <= {float, int}:  # bools, nulls, text: only the numbers count
+        flat = [v for v in flat if _number(v)]
+    if not flat:
         return None
-    nonzero = [v for v in values if v != 0.0]
-    return sum(nonzero) / len(nonzero) if nonzero else 0.0
+    nonzero = len(flat) - flat.count(0)  # -0.0 and 0 included; NaN is non-zero, as `v != 0.0` says
+    return sum(flat) / nonzero if nonzero else 0.0
 
 
 def _group_key(episode: dict[str, Any], trace: dict[str, Any]) -> str | None:
