@@ -3,12 +3,14 @@
     python benchmarks/ingest.py              # 1M rollouts per format (TRL and verl), plus a 250k run for memory
     python benchmarks/ingest.py --quick      # 100k rollouts (and 25k for the memory comparison)
     python benchmarks/ingest.py --rows 500000 --formats verl
+    python benchmarks/ingest.py --rows 100000 --formats prime-rl   # prime-rl v1 episodes (~9.6 KB a line)
     python benchmarks/ingest.py --source DIR --repeat 3   # an existing run (say benchmarks/audit.py --keep DIR's
                                                           # DIR/run), ingested 3 times, nothing generated
 
 For each format it writes a synthetic run in the trainer's layout into a temp dir (TRL: one
 `completions/completions_{step:05d}.parquet` per step written with pandas like GRPOTrainer.log; verl: one
-`{step}.jsonl` per step with input/output/gts/score/step/acc keys like RayPPOTrainer._dump_generations), with
+`{step}.jsonl` per step with input/output/gts/score/step/acc keys like RayPPOTrainer._dump_generations; prime-rl:
+`rollouts/step_N/train/effective/traces.jsonl` of verifiers 0.4 episodes, `generate_prime_rl`), with
 5000 rollouts per step in groups of 8 identical prompts, 3 personas in a ChatML-decoded system prompt, prompts of
 ~300 characters and completions of ~600 with a <think> block. Then, each in a fresh subprocess:
 
@@ -149,10 +151,14 @@ def _prime_rl_episode(step: int, index: int, persona: str, question: str, reason
              "metrics": {"num_turns": 1.0}, "info": info, "extra_usage": [], "is_completed": True, "ok": True,
              "stop_condition": "agent_completed", "is_timeout": False, "errors": [],
              "timing": {"start": 1700000000.0, "agent": {"start": 0.0, "end": 0.0}}}
+    tokens = {"num_input_tokens": len(nodes[0]["token_ids"]) + len(nodes[1]["token_ids"]),
+              "num_output_tokens": len(nodes[2]["token_ids"])}
+    tokens["num_total_tokens"] = tokens["num_input_tokens"] + tokens["num_output_tokens"]
+    trace.update(tokens)
     return {"id": f"e{step}-{index}", "env": {"id": "chat", "name": "chat"}, "task": task, "group": {"id": key},
             "run": {"type": "train", "id": "bench", "name": "bench",
                     "work": {"type": "train", "step": step, "policy": {"start": step - 1, "end": step - 1}}},
-            "ok": True, "is_timeout": False, "errors": [], "traces": [trace]}
+            "ok": True, "is_timeout": False, "errors": [], "traces": [trace], **tokens}
 
 
 def generate_prime_rl(out: Path, rows: int, rng, vocab) -> Path:
@@ -204,10 +210,13 @@ def _measure(kind: str, fmt: str, path: str) -> dict:
             parts = sum(p.stat().st_size for p in Path(store_dir).rglob("*.parquet"))
     seconds = time.perf_counter() - t0 if kind == "bare" else seconds
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the ingest's worker processes (prime-rl)
     peak = usage.ru_maxrss * 1024
     cpu = (usage.ru_utime - usage0.ru_utime) + (usage.ru_stime - usage0.ru_stime)  # all threads
+    cpu += children.ru_utime + children.ru_stime
     return {"rows": rows, "seconds": seconds, "cpu": cpu, "sys": usage.ru_stime - usage0.ru_stime,
             "faults": usage.ru_minflt - usage0.ru_minflt, "bytes": size, "peak_rss": peak, "base_rss": base_rss,
+            "worker_peak_rss": children.ru_maxrss * 1024,
             "arrow_peak": pa.default_memory_pool().max_memory(), "store_bytes": parts if kind == "ingest" else 0}
 
 
@@ -276,6 +285,9 @@ def main() -> None:
                 print(f"{fmt:6s} {what:6s} {m['rows']:>10,} {m['seconds']:>8.2f} {m['cpu']:>7.1f} "
                       f"{m['rows'] / m['seconds']:>10,.0f} "
                       f"{m['bytes'] / 1e6 / m['seconds']:>8.1f} {_mb(m['peak_rss'] - m['base_rss']):>10s}")
+            if ingest["worker_peak_rss"]:
+                print(f"{fmt}: parsed in worker processes too (`rlaudit.readers.processes`): cpu s counts theirs; "
+                      f"peak RSS of the largest {_mb(ingest['worker_peak_rss'])}")
             ratio = (ingest["rows"] / ingest["seconds"]) / (bare["rows"] / bare["seconds"])
             cpu_ratio = bare["cpu"] / ingest["cpu"]
             print(f"{fmt}: ingest speed / bare read speed = {ratio:.2f} (target >= 0.33); in CPU time "

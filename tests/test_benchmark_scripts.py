@@ -24,6 +24,7 @@ CASES = [
     ("audit.py", ["--rollouts", "20000"], "cold audit total:"),
     ("audit_memory.py", ["--rollouts", "20000", "--no-trace"], "process peak RSS"),
     ("ingest.py", ["--rows", "8000", "--formats", "trl"], "SUMMARY trl:"),
+    ("ingest.py", ["--rows", "10000", "--formats", "prime-rl"], "SUMMARY prime-rl:"),
     ("emerging.py", ["--rollouts", "4000", "--per-step", "200"], "planted tic:"),
     ("attribution.py", ["--rows", "4000", "--boot", "50", "--repeat", "1"], "trace goblin"),
     ("cot_scan.py", ["--rollouts", "4000", "--chunk", "2000", "--steps", "20"], "exposed found:"),
@@ -36,7 +37,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("script, args, line", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("script, args, line", CASES, ids=[f"{c[0]}-{c[1][-1]}" if c[0] == "ingest.py" else c[0]
+                                                           for c in CASES])
 def test_benchmark_script_runs(script: str, args: list[str], line: str, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), "TMPDIR": str(tmp_path)}
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=tmp_path, env=env,

@@ -159,6 +159,11 @@ class ReadContext:
 class Reader(ABC):
     """One trainer log layout."""
 
+    #: whether a large run's files are parsed in worker processes (`processes`): for a reader whose `read` is
+    #: Python per record, so that its parse is not held to the one core of the GIL. Its instances, `SourceFile`,
+    #: `ReadOptions` and the errors it raises must pickle, and `read` must not depend on state in this process.
+    parse_in_processes: bool = False
+
     name: ClassVar[str]
     description: ClassVar[str]
     #: whether the layout's fields are named by the user (`ReadOptions.columns`, `--columns`): generic tables.
@@ -192,7 +197,14 @@ class Reader(ABC):
         """(file, raw table) for every file in order (`read_here`, on the calling thread), then (file, None) to mark
         the end of that file: the store's ingest reads a run through this. A file that cannot be read
         (permissions, I/O error, removed meanwhile) is a bad record, not the end of the ingest; it is listed in
-        `unreadable` so that the next ingest tries it again. A reader may join files here (`TrlReader`)."""
+        `unreadable` so that the next ingest tries it again. A reader may join files here (`TrlReader`). A reader
+        that sets `parse_in_processes` has large runs' files parsed in worker processes (`processes`)."""
+        from .processes import read_in_processes, use_processes
+
+        n_workers = use_processes(self, files, ctx)
+        if n_workers:
+            yield from read_in_processes(self, files, ctx, n_workers, unreadable)
+            return
         for file in files:
             try:
                 for raw in self.read_here(file, ctx):

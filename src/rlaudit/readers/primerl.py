@@ -142,6 +142,7 @@ def _trace_files(source: Path) -> list[tuple[Path, int, str, list[Path]]]:
 class PrimeRlReader(Reader):
     name = "prime-rl"
     description = "prime-rl / verifiers traces: output_dir/rollouts/step_N/{train,eval}/.../traces.jsonl"
+    parse_in_processes = True  # a trace at a time in Python (see the module doc)
 
     @classmethod
     def detect(cls, source: Path) -> bool:

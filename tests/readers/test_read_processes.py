@@ -1,0 +1,129 @@
+"""A run's files parsed in worker processes (`readers.processes`) store what parsing them here stores: the same
+rows, bad records, notes and errors, in the same order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from rlaudit.errors import BadInputError, RlauditError
+from rlaudit.readers import processes
+from rlaudit.readers.base import ReadContext, ReadOptions, SourceFile
+from rlaudit.readers.primerl import PrimeRlReader
+from rlaudit.store import Store
+
+from .trainer_files import primerl_step, verifiers_episode, verifiers_trace
+
+
+def _run(root: Path, steps: int = 5, bad_lines: bool = True) -> Path:
+    """A prime-rl run of several step files: trainable traces, a non-trainable agent (a note), bad lines."""
+    run = root / "prime"
+    for step in range(1, steps + 1):
+        episodes = []
+        for g in range(3):
+            for i in range(4):
+                solver = verifiers_trace("You are a nerdy assistant.", f"q{step}-{g}", f"answer {i}", f"think {i}",
+                                         rewards={"r": (float(i % 2), 1.0)}, advantage=i - 1.5,
+                                         trace_id=f"t{step}{g}{i}")
+                traces = [solver]
+                if i == 0:
+                    user = verifiers_trace(None, "play a user", "hi", None, rewards={}, trace_id=f"u{step}{g}")
+                    user["agent"] = {**user["agent"], "name": "user", "trainable": False}
+                    traces.append(user)
+                episodes.append(verifiers_episode(traces, step, group=f"g{g}", episode_id=f"e{step}{g}{i}"))
+        path = primerl_step(run, step, episodes)
+        if bad_lines and step % 2:
+            with open(path, "a") as fh:
+                fh.write('{"id": "bad", "traces": [{"nodes": 3}]}\n{"id": "torn", "traces": [{"no\n')
+    return run
+
+
+def _ingest(store_dir: Path, run: Path, workers: bool, monkeypatch, **options):
+    monkeypatch.setattr(processes, "MIN_BYTES", 0 if workers else 1 << 62)
+    store = Store(store_dir)
+    report = store.ingest(run, run="prime", **options)
+    rows = store.query("SELECT * FROM rollouts ORDER BY rollout_id", runs=["prime"])
+    bad = [(b.file, b.line, b.reason) for b in store.quarantined("prime")]
+    return report, rows, bad
+
+
+def test_workers_store_what_parsing_here_stores(tmp_path, monkeypatch):
+    run = _run(tmp_path)
+    here, rows_here, bad_here = _ingest(tmp_path / "a", run, False, monkeypatch)
+    there, rows_there, bad_there = _ingest(tmp_path / "b", run, True, monkeypatch)
+    assert rows_there.num_rows == rows_here.num_rows == 5 * 12
+    assert rows_there.equals(rows_here)
+    assert bad_there == bad_here and len(bad_here) == 6
+    assert there.notes == here.notes and any("non-trainable agent 'user'" in n for n in there.notes)
+    assert (there.rows_added, there.bad_records, there.files_read) == (here.rows_added, here.bad_records,
+                                                                         here.files_read)
+
+
+def test_strict_raises_at_the_same_record(tmp_path, monkeypatch):
+    run = _run(tmp_path)
+    errors = []
+    for i, workers in enumerate((False, True)):
+        with pytest.raises(BadInputError) as info:
+            _ingest(tmp_path / f"s{i}", run, workers, monkeypatch, options=ReadOptions(strict=True))
+        errors.append(str(info.value))
+    assert errors[0] == errors[1] and "rollouts/step_1/train/effective/traces.jsonl:13" in errors[0]
+
+
+def _files(run: Path) -> list[SourceFile]:
+    return PrimeRlReader().files(run)
+
+
+def test_a_file_gone_before_its_worker_reads_it_is_unreadable_and_the_others_are_read(tmp_path):
+    run = _run(tmp_path, steps=3, bad_lines=False)
+    files = _files(run)
+    files[1].path.unlink()
+    bad, unreadable = [], set()
+    ctx = ReadContext(run="prime", on_bad=bad.append)
+    got = list(processes.read_in_processes(PrimeRlReader(), files, ctx, 2, unreadable))
+    assert [f.relpath for f, t in got if t is None] == [f.relpath for f in files]
+    rows = {f.relpath: sum(t.num_rows for g, t in got if g is f and t is not None) for f in files}
+    assert rows == {files[0].relpath: 12, files[1].relpath: 0, files[2].relpath: 12}
+    assert unreadable == {files[1].relpath}
+    assert [(b.file, b.reason.split(" (")[0]) for b in bad] == [(files[1].relpath, "unreadable file")]
+
+
+class _Unpicklable(PrimeRlReader):
+    """A reader defined where a worker cannot import it (a user's script): the worker stops, and the error
+    names the file."""
+
+    name = "unpicklable-test-reader"
+
+    def read(self, file: SourceFile, ctx: ReadContext) -> Iterator[pa.Table]:
+        yield from super().read(file, ctx)
+
+
+def test_a_worker_that_stops_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    run = _run(tmp_path, steps=2, bad_lines=False)
+    files = _files(run)
+    monkeypatch.setenv("PYTHONPATH", "")  # (the tests' directory is not on the worker's path)
+    with pytest.raises(RlauditError, match=r"step_1/train/effective/traces.jsonl: the worker process parsing it "
+                                           r"stopped \(exit code 1\)"):
+        list(processes.read_in_processes(_Unpicklable(), files, ReadContext(run="prime"), 2))
+
+
+def test_workers_are_used_only_where_they_pay(tmp_path, monkeypatch):
+    run = _run(tmp_path, steps=3, bad_lines=False)
+    files, ctx = _files(run), ReadContext(run="prime")
+    monkeypatch.setattr(processes, "MIN_BYTES", 0)
+    monkeypatch.setenv("RLAUDIT_THREADS", "4")
+    assert processes.use_processes(PrimeRlReader(), files, ctx) == 3  # no more workers than files
+    assert processes.use_processes(PrimeRlReader(), files[:1], ctx) == 0  # one file: nothing to share
+    monkeypatch.setenv("RLAUDIT_THREADS", "1")
+    assert processes.use_processes(PrimeRlReader(), files, ctx) == 0  # one core's worth
+    monkeypatch.setenv("RLAUDIT_THREADS", "2")
+    monkeypatch.setattr(processes, "MIN_BYTES", 1 << 40)
+    assert processes.use_processes(PrimeRlReader(), files, ctx) == 0  # too little to parse
+    monkeypatch.setattr(processes, "MIN_BYTES", 0)
+    monkeypatch.setattr(processes, "MAX_FILE_BYTES", 10)
+    assert processes.use_processes(PrimeRlReader(), files, ctx) == 0  # a file too large to come back whole
+    monkeypatch.setattr(PrimeRlReader, "parse_in_processes", False)
+    monkeypatch.setattr(processes, "MAX_FILE_BYTES", 1 << 40)
+    assert processes.use_processes(PrimeRlReader(), files, ctx) == 0  # a reader that parses on every core
