@@ -220,19 +220,3 @@ def test_judge_that_saw_the_reasoning_is_a_high_cot_grading_finding(tmp_path):
     assert finding.severity == "high" and finding.get("grader") == "correctness"
     assert leaked >= 10 and finding.get("exposed_samples") == leaked
 
-
-def test_worker_processes_read_the_logs_as_the_ingest_reads_them(tmp_path, monkeypatch):
-    """A run parsed in worker processes (`rlaudit.readers.processes`, used for large runs) stores the rows this
-    process stores from the same logs."""
-    from rlaudit.readers import processes
-    from rlaudit.store import Store
-
-    tables = []
-    for i, least in enumerate((1 << 62, 0)):
-        monkeypatch.setattr(processes, "MIN_BYTES", least)
-        monkeypatch.setenv("RLAUDIT_THREADS", "2")
-        store = Store(tmp_path / f"s{i}")
-        store.ingest(PRIME, run="prime")
-        tables.append(store.query("SELECT * FROM rollouts ORDER BY rollout_id", runs=["prime"]))
-    assert tables[0].num_rows > 0 and tables[1].schema == tables[0].schema
-    assert repr(tables[1].to_pylist()) == repr(tables[0].to_pylist())  # (NaN rewards: equal as text, not as floats)

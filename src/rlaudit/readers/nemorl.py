@@ -76,6 +76,7 @@ def _data_files(source: Path) -> list[Path]:
 class NemoRlReader(Reader):
     name = "nemo-rl"
     description = "NeMo RL GRPO: log_dir/train_data_step{N}.jsonl (+ val_data_step{N}.jsonl)"
+    parse_in_processes = True  # a record at a time in Python: a large run's files parsed on every core
 
     @classmethod
     def detect(cls, source: Path) -> bool:

@@ -80,6 +80,7 @@ def _summary_files(source: Path) -> list[tuple[Path, int, str]]:
 class TinkerReader(Reader):
     name = "tinker"
     description = "Tinker cookbook RL: log_path/iteration_NNNNNN/{train,eval_*}_rollout_summaries.jsonl"
+    parse_in_processes = True  # a record at a time in Python: a large run's files parsed on every core
 
     @classmethod
     def detect(cls, source: Path) -> bool:
