@@ -201,10 +201,17 @@ def _parse(job: _Job) -> _Result:
 
 
 def main() -> None:
-    """A worker: read jobs from stdin until None, write each one's `_Result` to stdout."""
+    """A worker: read jobs from stdin until None (or the end of stdin: the ingest's process is gone), write each
+    one's `_Result` to stdout."""
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # anything printed goes to stderr, not into the results
-    while (job := _read(inp)) is not None:
+    while True:
+        try:
+            job = _read(inp)
+        except EOFError:
+            return
+        if job is None:
+            return
         result = _parse(job)
         try:
             data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
