@@ -189,10 +189,12 @@ def test_node_advantages_that_are_no_list_are_a_bad_record(tmp_path, store):
     run = tmp_path / "prime"
     trace = verifiers_trace(None, "q", "a", None, rewards={"r": (1.0, 1.0)})
     trace["nodes"][-1]["advantages"] = 0.5
+    trace["nodes"][-1]["token_ids"] = [5, 6, 7]
     primerl_step(run, 1, [verifiers_episode([trace], 1, group="g")])
     store.ingest(run)
     [b] = store.quarantined("prime")
     assert "field 'nodes[1].advantages': expected a list of numbers, got 0.5" in b.reason
+    assert '"token_ids":[5,6,7]' in b.raw  # the line as written, not as parsed (its token ids emptied)
 
 
 def _mean_of_nonzero(nodes):

@@ -159,7 +159,7 @@ def _slow_parse(data: bytes, first_line: int, file: SourceFile, ctx: ReadContext
             continue
         problem = _kind_problem(obj, kinds)
         if problem:
-            ctx.bad(file, lineno, problem, _shown(raw))
+            ctx.bad(file, lineno, problem, shown(raw))
             continue
         records.append(obj)
         lines.append(lineno)
@@ -199,7 +199,7 @@ def _numbers_among_strings(records: list[dict[str, Any]], lines: list[int], raws
             keep_l.append(line)
         else:
             ctx.bad(file, line, f"field {wrong!r}: expected a number (the other lines hold numbers), got "
-                                f"{_short(rec[wrong])}", _shown(raw))
+                                f"{_short(rec[wrong])}", shown(raw))
     return keep_r, keep_l
 
 
@@ -222,11 +222,11 @@ def parse_line(raw: bytes, file: SourceFile, lineno: int, ctx: ReadContext,
         _report(exc, raw, file, lineno, ctx)
         return None
     if not isinstance(obj, dict):
-        ctx.bad(file, lineno, f"expected a JSON object, got {type(obj).__name__}", _shown(raw))
+        ctx.bad(file, lineno, f"expected a JSON object, got {type(obj).__name__}", shown(raw))
         return None
     if _may_hold_surrogate(text) and _has_lone_surrogate(obj):
         ctx.bad(file, lineno, "text holds a lone UTF-16 surrogate (a \\udXXX escape or CESU-8 bytes): not valid "
-                              "Unicode", _shown(raw))
+                              "Unicode", shown(raw))
         return None
     return obj
 
@@ -234,15 +234,15 @@ def parse_line(raw: bytes, file: SourceFile, lineno: int, ctx: ReadContext,
 def _report(exc: Exception, raw: bytes, file: SourceFile, lineno: int, ctx: ReadContext) -> None:
     """Why `json` could not read the line `raw`, with its column."""
     if isinstance(exc, UnicodeDecodeError):
-        ctx.bad(file, lineno, f"invalid UTF-8 ({exc.reason} at byte {exc.start})", _shown(raw))
+        ctx.bad(file, lineno, f"invalid UTF-8 ({exc.reason} at byte {exc.start})", shown(raw))
     elif isinstance(exc, json.JSONDecodeError):
         # a string still open at the end of the line is a line cut short too
         torn = exc.pos >= len(raw.rstrip()) - 1 or exc.msg.startswith("Unterminated string")
         what = "torn line (JSON ends early)" if torn else "invalid JSON"
         at = "" if exc.msg.endswith(" at") else " at"  # "Unterminated string starting at" + " column N"
-        ctx.bad(file, lineno, f"{what}: {exc.msg}{at} column {exc.colno}", _shown(raw))
+        ctx.bad(file, lineno, f"{what}: {exc.msg}{at} column {exc.colno}", shown(raw))
     elif isinstance(exc, RecursionError):
-        ctx.bad(file, lineno, "invalid JSON: nested too deeply", _shown(raw))
+        ctx.bad(file, lineno, "invalid JSON: nested too deeply", shown(raw))
     else:
         raise exc
 
@@ -325,7 +325,8 @@ def _has_lone_surrogate(obj: Any) -> bool:
     return False
 
 
-def _shown(raw: bytes) -> str:
+def shown(raw: bytes) -> str:
+    """A bad record's line as a bad-record report shows it: its first 2,000 bytes."""
     return raw[:2000].decode("utf-8", "replace")
 
 
@@ -458,15 +459,24 @@ def iter_json_records(file: SourceFile, ctx: ReadContext,
                       unread: FlatArrays | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for every good line; bad lines are reported. Blank lines are skipped. `unread`:
     see `parse_line`."""
+    for lineno, _, obj in iter_json_lines(file, ctx, unread):
+        yield lineno, obj
+
+
+def iter_json_lines(file: SourceFile, ctx: ReadContext,
+                    unread: FlatArrays | None = None) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+    """`iter_json_records` with each line's bytes as written, for a reader that shows a record it cannot take as
+    the file holds it (not as parsed: `unread` arrays emptied)."""
     with open(file.path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]
             if raw.isspace() or not raw:  # (no stripped copy of every line to find the blank ones)
                 continue
-            obj = parse_line(raw.rstrip(b"\r\n"), file, lineno, ctx, unread)
+            raw = raw.rstrip(b"\r\n")
+            obj = parse_line(raw, file, lineno, ctx, unread)
             if obj is not None:
-                yield lineno, obj
+                yield lineno, raw, obj
 
 
 def first_record_keys(path: Any, limit: int = 1 << 22) -> set[str]:

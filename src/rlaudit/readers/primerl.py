@@ -90,7 +90,7 @@ import pyarrow as pa
 from ..errors import RlauditError
 from . import register
 from .base import ReadContext, Reader, SourceFile, map_array
-from .jsonl import FlatArrays, iter_json_records
+from .jsonl import FlatArrays, iter_json_lines, shown
 from .messages import TOOL_CALLS, assistant_turns, content_text, is_message_list, render_message_list
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -160,11 +160,11 @@ class PrimeRlReader(Reader):
         group_counts: dict[str, int] = {}
         wanted = dict(ctx.options.grader_inputs)  # --grader-input GRADER=PATH
         found: set[str] = set()
-        for lineno, record in iter_json_records(file, ctx, UNREAD):
+        for lineno, raw, record in iter_json_lines(file, ctx, UNREAD):
             try:
                 new = list(_rows(record, file, ctx, wanted, found))
             except _Bad as exc:
-                ctx.bad(file, lineno, str(exc), json.dumps(record, ensure_ascii=False, default=str)[:2000])
+                ctx.bad(file, lineno, str(exc), shown(raw))
                 continue
             several = isinstance(record.get("traces"), list) and len(record["traces"]) > 1
             for i, row in new:
