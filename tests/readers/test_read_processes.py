@@ -111,19 +111,19 @@ def test_a_worker_that_stops_is_an_error_naming_the_file(tmp_path, monkeypatch):
 
 def test_workers_are_used_only_where_they_pay(tmp_path, monkeypatch):
     run = _run(tmp_path, steps=3, bad_lines=False)
-    files, ctx = _files(run), ReadContext(run="prime")
+    files = _files(run)
     monkeypatch.setattr(processes, "MIN_BYTES", 0)
     monkeypatch.setenv("RLAUDIT_THREADS", "4")
-    assert processes.use_processes(PrimeRlReader(), files, ctx) == 3  # no more workers than files
-    assert processes.use_processes(PrimeRlReader(), files[:1], ctx) == 0  # one file: nothing to share
+    assert processes.use_processes(PrimeRlReader(), files) == 3  # no more workers than files
+    assert processes.use_processes(PrimeRlReader(), files[:1]) == 0  # one file: nothing to share
     monkeypatch.setenv("RLAUDIT_THREADS", "1")
-    assert processes.use_processes(PrimeRlReader(), files, ctx) == 0  # one core's worth
+    assert processes.use_processes(PrimeRlReader(), files) == 0  # one core's worth
     monkeypatch.setenv("RLAUDIT_THREADS", "2")
     monkeypatch.setattr(processes, "MIN_BYTES", 1 << 40)
-    assert processes.use_processes(PrimeRlReader(), files, ctx) == 0  # too little to parse
+    assert processes.use_processes(PrimeRlReader(), files) == 0  # too little to parse
     monkeypatch.setattr(processes, "MIN_BYTES", 0)
     monkeypatch.setattr(processes, "MAX_FILE_BYTES", 10)
-    assert processes.use_processes(PrimeRlReader(), files, ctx) == 0  # a file too large to come back whole
+    assert processes.use_processes(PrimeRlReader(), files) == 0  # a file too large to come back whole
     monkeypatch.setattr(PrimeRlReader, "parse_in_processes", False)
     monkeypatch.setattr(processes, "MAX_FILE_BYTES", 1 << 40)
-    assert processes.use_processes(PrimeRlReader(), files, ctx) == 0  # a reader that parses on every core
+    assert processes.use_processes(PrimeRlReader(), files) == 0  # a reader that parses on every core

@@ -201,7 +201,7 @@ class Reader(ABC):
         that sets `parse_in_processes` has large runs' files parsed in worker processes (`processes`)."""
         from .processes import read_in_processes, use_processes
 
-        n_workers = use_processes(self, files, ctx)
+        n_workers = use_processes(self, files)
         if n_workers:
             yield from read_in_processes(self, files, ctx, n_workers, unreadable)
             return

@@ -10,9 +10,10 @@ in file order, as `Reader.read_files` does. What the workers report is replayed 
 files they could not read.
 
 Used only where it pays (`use_processes`): a reader that asks for it (`Reader.parse_in_processes`), two or more
-files, at least `MIN_BYTES` of them (a worker's start, ~0.3-0.6 s of imports, is then a small part of the
-parse), none larger than `MAX_FILE_BYTES` (a file's tables come back whole: `workers + 1` files are in flight),
-and at least two workers by `memory.workers` (the usable cores, `RLAUDIT_THREADS`, an enclosing `at_most`).
+files, at least `MIN_BYTES` of them (a worker's start, ~0.3 s of imports, and the wait for the first files are
+then a small part of the parse), none larger than `MAX_FILE_BYTES` (a file's tables come back whole, and up to
+two files a worker are in flight), and at least two workers by `memory.workers` (the usable cores,
+`RLAUDIT_THREADS`, an enclosing `at_most`).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class _Result:
     error: BaseException | None = None
 
 
-def use_processes(reader: Reader, files: list[SourceFile], ctx: ReadContext) -> int:
+def use_processes(reader: Reader, files: list[SourceFile]) -> int:
     """How many worker processes to parse `files` with: 0 where it would not pay (see module doc)."""
     if not getattr(reader, "parse_in_processes", False) or len(files) < 2:
         return 0
