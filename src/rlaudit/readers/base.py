@@ -349,9 +349,14 @@ def _finalize(raw: pa.Table, rows: FileRows, ctx: ReadContext) -> pa.Table:
     return part_table(cols, reasoning_spans(completion, ctx.options.think_tags))
 
 
+#: `json.dumps(value, ensure_ascii=False, default=str)`, its encoder built once: `json.dumps` with any argument
+#: builds one per call, half of the ~9 us a prime-rl row's metadata took (docs/performance.md, session 52)
+metadata_text = json.JSONEncoder(ensure_ascii=False, default=str).encode
+
+
 def metadata_json(rows: list[dict[str, Any]]) -> pa.Array:
     """JSON-encode leftover per-row fields (None for rows with nothing left over)."""
-    return pa.array([json.dumps(r, default=str, ensure_ascii=False) if r else None for r in rows], pa.string())
+    return pa.array([metadata_text(r) if r else None for r in rows], pa.string())
 
 
 def map_array(rows: list[dict[str, Any]], value_type: pa.DataType) -> pa.Array:

@@ -89,7 +89,7 @@ import pyarrow as pa
 
 from ..errors import RlauditError
 from . import register
-from .base import ReadContext, Reader, SourceFile, map_array
+from .base import ReadContext, Reader, SourceFile, map_array, metadata_json
 from .jsonl import FlatArrays, iter_json_lines, shown
 from .messages import TOOL_CALLS, assistant_turns, content_text, is_message_list, render_message_list
 
@@ -558,6 +558,5 @@ def _table(rows: list[dict[str, Any]]) -> pa.Table:
         "reward": column("reward", pa.float64()),
         "advantage": column("advantage", pa.float64()),
         "grader_inputs": map_array([r["grader_inputs"] for r in rows], pa.string()),
-        "metadata": pa.array([json.dumps(r["metadata"], ensure_ascii=False, default=str) if r["metadata"] else None
-                              for r in rows], pa.string()),
+        "metadata": metadata_json([r["metadata"] for r in rows]),
     })
