@@ -127,3 +127,16 @@ def test_workers_are_used_only_where_they_pay(tmp_path, monkeypatch):
     monkeypatch.setattr(PrimeRlReader, "parse_in_processes", False)
     monkeypatch.setattr(processes, "MAX_FILE_BYTES", 1 << 40)
     assert processes.use_processes(PrimeRlReader(), files) == 0  # a reader that parses on every core
+
+
+def test_ctrl_c_at_a_terminal_reaches_the_ingest_not_its_workers():
+    """A worker runs in a process group of its own (Ctrl-C signals the terminal's group: the ingest stops its
+    workers itself), and stops when told to."""
+    import os
+
+    worker = processes._Worker()
+    try:
+        assert os.getpgid(worker.proc.pid) != os.getpgid(0)
+    finally:
+        worker.close(graceful=True)
+    assert worker.proc.returncode == 0

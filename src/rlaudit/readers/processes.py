@@ -132,8 +132,10 @@ class _Worker:
     def __init__(self) -> None:
         package_root = str(Path(__file__).resolve().parents[2])  # the rlaudit this process runs
         path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": path})
+        # a process group of its own: Ctrl-C at a terminal stops the ingest's process, which stops its workers
+        # (`read_in_processes`), rather than each worker with a traceback of its own
+        self.proc = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     env={**os.environ, "PYTHONPATH": path}, process_group=0)
 
     def send(self, job: _Job) -> None:
         _write(self.proc.stdin, job)
