@@ -3,7 +3,7 @@
     python benchmarks/ingest.py              # 1M rollouts per format (TRL and verl), plus a 250k run for memory
     python benchmarks/ingest.py --quick      # 100k rollouts (and 25k for the memory comparison)
     python benchmarks/ingest.py --rows 500000 --formats verl
-    python benchmarks/ingest.py --rows 100000 --formats prime-rl   # prime-rl v1 episodes (~9.6 KB a line)
+    python benchmarks/ingest.py --rows 100000 --formats prime-rl   # prime-rl v1 episodes (~9.7 KB a line)
     python benchmarks/ingest.py --source DIR --repeat 3   # an existing run (say benchmarks/audit.py --keep DIR's
                                                           # DIR/run), ingested 3 times, nothing generated
 
@@ -30,6 +30,7 @@ bare-read rows/s (target >= 0.33). Memory is reported at two run sizes to show i
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -139,7 +140,7 @@ def _prime_rl_episode(step: int, index: int, persona: str, question: str, reason
             "response": {"message": {"role": "assistant", "content": "yes"}, "parsed": True,
                          "usage": {"prompt_tokens": 60, "completion_tokens": 1}}}]
     task = {"type": "ChatTask", "data": {"idx": index // GROUP, "prompt": question}, "key": key,
-            "hash": f"{hash(key) & 0xFFFFFFFFFFFF:012x}"}
+            "hash": hashlib.sha1(key.encode()).hexdigest()[:16]}  # (`hash` of a str differs per process)
     trace = {"version": 1, "id": f"t{step}-{index}", "verifiers": {"version": "0.4.0"}, "task": task,
              "agent": {"config": {"runtime": {"type": "prime", "image": "python:3.11-slim", "cpu": 1.0}},
                        "name": "solver", "trainable": True},

@@ -219,4 +219,3 @@ def test_judge_that_saw_the_reasoning_is_a_high_cot_grading_finding(tmp_path):
     [finding] = [f for f in result.findings if f.kind == "cot_grading"]
     assert finding.severity == "high" and finding.get("grader") == "correctness"
     assert leaked >= 10 and finding.get("exposed_samples") == leaked
-

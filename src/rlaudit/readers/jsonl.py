@@ -261,7 +261,6 @@ class FlatArrays:
     contents are not read, so not checked."""
 
     def __init__(self, keys: tuple[str, ...]) -> None:
-        self.keys = keys
         self._opening = re.compile(rb'"(?:' + b"|".join(re.escape(k.encode()) for k in keys) + rb')"\s*:\s*\[')
 
     def empty(self, raw: bytes) -> bytes:

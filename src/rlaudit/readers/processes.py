@@ -63,7 +63,7 @@ class _Result:
 
 def use_processes(reader: Reader, files: list[SourceFile]) -> int:
     """How many worker processes to parse `files` with: 0 where it would not pay (see module doc)."""
-    if not getattr(reader, "parse_in_processes", False) or len(files) < 2:
+    if not reader.parse_in_processes or len(files) < 2:
         return 0
     sizes = []
     for f in files:
@@ -166,7 +166,11 @@ class _Worker:
 
 
 def _write(pipe: IO[bytes] | None, obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    _frame(pipe, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _frame(pipe: IO[bytes] | None, data: bytes) -> None:
+    """`data` written to `pipe` after its length (what `_read` reads)."""
     assert pipe is not None
     pipe.write(_LENGTH.pack(len(data)))
     pipe.write(data)
@@ -221,6 +225,4 @@ def main() -> None:
         except Exception as exc:  # noqa: BLE001 - an error that cannot be pickled: its text instead
             data = pickle.dumps(_Result(error=RuntimeError(f"{job.file.relpath}: {type(exc).__name__}: {exc} "
                                                            f"({result.error!r})")))
-        out.write(_LENGTH.pack(len(data)))
-        out.write(data)
-        out.flush()
+        _frame(out, data)
