@@ -122,10 +122,7 @@ def test_workers_are_used_only_where_they_pay(tmp_path, monkeypatch):
     monkeypatch.setattr(processes, "MIN_BYTES", 1 << 40)
     assert processes.use_processes(PrimeRlReader(), files) == 0  # too little to parse
     monkeypatch.setattr(processes, "MIN_BYTES", 0)
-    monkeypatch.setattr(processes, "MAX_FILE_BYTES", 10)
-    assert processes.use_processes(PrimeRlReader(), files) == 0  # a file too large to come back whole
     monkeypatch.setattr(PrimeRlReader, "parse_in_processes", False)
-    monkeypatch.setattr(processes, "MAX_FILE_BYTES", 1 << 40)
     assert processes.use_processes(PrimeRlReader(), files) == 0  # a reader that parses on every core
 
 
@@ -140,3 +137,68 @@ def test_ctrl_c_at_a_terminal_reaches_the_ingest_not_its_workers():
     finally:
         worker.close(graceful=True)
     assert worker.proc.returncode == 0
+
+
+def test_a_large_file_streams_back_in_batches_through_a_bounded_inbox(tmp_path, monkeypatch):
+    """A worker sends each batch and bad record as it reads it, and at most `INBOX_BYTES` of them wait here (an
+    inbox of one byte holds one frame at a time): a file of any size can go to a worker, and what the ingest
+    stores is what parsing here stores, bad records among the batches in the order they were met."""
+    run = tmp_path / "prime"
+    for step, n in ((1, 9_000), (2, 40)):  # step 1: three batches of `primerl.BATCH_ROWS` (4,096)
+        episodes = [verifiers_episode([verifiers_trace("Be brief.", f"q{step}-{i // 4}", f"a{i}", None,
+                                                       rewards={"r": (float(i % 3), 1.0)}, trace_id=f"t{step}-{i}")],
+                                      step, group=f"g{i // 4}", episode_id=f"e{step}-{i}") for i in range(n)]
+        path = primerl_step(run, step, episodes)
+        lines = path.read_text().splitlines(keepends=True)
+        for at in (5_000, 20, 2):  # bad lines inside the first, second and third batch
+            if at < len(lines):
+                lines.insert(at, '{"id": "bad", "traces": [{"nodes": 3}]}\n')
+        path.write_text("".join(lines))
+    monkeypatch.setattr(processes, "INBOX_BYTES", 1)
+    here, rows_here, bad_here = _ingest(tmp_path / "a", run, False, monkeypatch)
+    there, rows_there, bad_there = _ingest(tmp_path / "b", run, True, monkeypatch)
+    assert rows_there.num_rows == rows_here.num_rows == 9_040
+    assert repr(rows_there.to_pylist()) == repr(rows_here.to_pylist())
+    assert bad_there == bad_here and [line for _, line, _ in bad_here] == [3, 22, 5003, 3, 22]
+
+
+def test_the_inbox_holds_at_most_its_limit_and_then_the_worker_waits():
+    import os
+    import threading
+    import time
+
+    r, w = os.pipe()
+    reading, writing = os.fdopen(r, "rb"), os.fdopen(w, "wb")
+    inbox = processes._Inbox(250)
+    drain = threading.Thread(target=inbox.fill, args=(reading,), daemon=True)
+    drain.start()
+    for i in range(5):
+        processes._frame(writing, bytes([i]) * 100)
+
+    def settled(frames: int) -> bool:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(inbox.frames) < frames:
+            time.sleep(0.01)
+        time.sleep(0.05)  # (one more frame would have come by now)
+        return len(inbox.frames) == frames
+
+    assert settled(2) and inbox.held == 200  # a third would pass the limit: the drain waits
+    assert inbox.take() == bytes([0]) * 100
+    assert settled(2)
+    writing.close()
+    assert [inbox.take() for _ in range(4)] == [bytes([i]) * 100 for i in range(1, 5)]
+    assert inbox.take() is None and inbox.take() is None  # the end stays the end
+    drain.join(timeout=10)
+    assert not drain.is_alive()
+
+
+def test_an_ingest_stopped_early_stops_its_workers(tmp_path, monkeypatch):
+    made = []
+    real = processes._Worker
+    monkeypatch.setattr(processes, "_Worker", lambda: made.append(real()) or made[-1])
+    files = _files(_run(tmp_path, steps=4, bad_lines=False))
+    read = processes.read_in_processes(PrimeRlReader(), files, ReadContext(run="prime"), 2)
+    next(read)
+    read.close()
+    assert len(made) == 2
+    assert all(w.proc.returncode is not None for w in made) and not any(w.drain.is_alive() for w in made)

@@ -5,15 +5,20 @@ episode, on the one thread of the ingest that holds the GIL, while Arrow's reade
 core. `read_in_processes` hands each file to one of a few worker processes (`python -c` running `main` here, not
 `multiprocessing`: a spawned child would run the caller's main script again, a forked one inherits DuckDB's
 and Arrow's threads mid-lock), each parsing a file at a time with the reader's own `read`, and yields the tables
-in file order, as `Reader.read_files` does. What the workers report is replayed here in order: their bad records
-(`ctx.bad`: quarantined, or under --strict the worker's `BadInputError` raised at that file), their notes, and the
-files they could not read.
+in file order, as `Reader.read_files` does.
+
+A worker streams what it reads as it reads it: a frame per table (a reader's batch), a frame per bad record, and
+a last frame per file with its notes and how it ended (read, unreadable, or an error: under --strict the
+`BadInputError` of its first bad record). Here they are replayed in that order, file after file, so bad records,
+batches and errors reach the ingest in the order reading here would give them. A thread per worker drains its
+pipe into an inbox of at most `INBOX_BYTES` of frames (more only for a single frame larger than that): a worker
+whose file is not yet being replayed parses ahead until its inbox is full, then waits. So the memory held for a
+worker does not grow with its file, and a file of any size can go to a worker.
 
 Used only where it pays (`use_processes`): a reader that asks for it (`Reader.parse_in_processes`), two or more
 files, at least `MIN_BYTES` of them (a worker's start, ~0.3 s of imports, and the wait for the first files are
-then a small part of the parse), none larger than `MAX_FILE_BYTES` (a file's tables come back whole, and up to
-two files a worker are in flight), and at least two workers by `memory.workers` (the usable cores,
-`RLAUDIT_THREADS`, an enclosing `at_most`).
+then a small part of the parse), and at least two workers by `memory.workers` (the usable cores,
+`RLAUDIT_THREADS`, an enclosing `at_most`; each worker counted at `WORKER_BYTES`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import threading
 import traceback
 from collections import deque
 from collections.abc import Iterator
@@ -33,12 +39,19 @@ from typing import IO, Any
 import pyarrow as pa
 
 from ..errors import RlauditError
-from .base import BadRecord, ReadContext, ReadOptions, Reader, SourceFile, report_unreadable
+from .base import ReadContext, ReadOptions, Reader, SourceFile, report_unreadable
 
 #: the least bytes of files worth starting worker processes for (~2.5 s of prime-rl episodes parsed on one core)
 MIN_BYTES = 256 << 20
-#: the largest file handed to a worker: its raw tables come back whole (see module doc)
-MAX_FILE_BYTES = 1 << 30
+#: the most bytes of a worker's frames held here before they are replayed (see module doc): a prime-rl step file
+#: of 1.1 GB (115,000 episodes of ~9.7 KB) streams back ~263 MB of tables, so a worker parses a whole such file
+#: while the one before it is replayed (two such files: 14.3-16.9 s by two workers against 28.1-30.3 s parsed in
+#: the ingest's process; with 64 MB the second worker waited for the first file: 21.4-22.1 s against 23.9-25.4;
+#: docs/performance.md, session 53)
+INBOX_BYTES = 256 << 20
+#: the memory a worker is counted at (`memory.workers`): its process (~250 MB measured parsing prime-rl episodes,
+#: docs/performance.md, session 52) and its inbox
+WORKER_BYTES = (256 << 20) + INBOX_BYTES
 _LENGTH = struct.Struct("<Q")
 #: a worker's program: `main` imported, so that what it pickles is named by this module (not `__main__`)
 _WORKER = "from rlaudit.readers.processes import main; main()"
@@ -53,12 +66,16 @@ class _Job:
 
 
 @dataclass
-class _Result:
-    tables: list[pa.Table] = field(default_factory=list)
-    bad: list[BadRecord] = field(default_factory=list)
+class _End:
+    """A file's last frame: its notes, and how its read ended (neither set: read to the end)."""
+
     notes: dict[str, str] = field(default_factory=dict)
     unreadable: OSError | None = None
     error: BaseException | None = None
+
+
+#: frame kinds: a table of the file, a bad record, the file's `_End`
+_TABLE, _BAD, _END = "table", "bad", "end"
 
 
 def use_processes(reader: Reader, files: list[SourceFile]) -> int:
@@ -71,18 +88,18 @@ def use_processes(reader: Reader, files: list[SourceFile]) -> int:
             sizes.append(f.path.stat().st_size)
         except OSError:
             return 0  # reported by the reader, on this thread
-    if sum(sizes) < MIN_BYTES or max(sizes) > MAX_FILE_BYTES:
+    if sum(sizes) < MIN_BYTES:
         return 0
     from ..memory import workers
 
-    n = min(workers(max(sizes)), len(files))
+    n = min(workers(WORKER_BYTES), len(files))
     return n if n >= 2 else 0
 
 
 def read_in_processes(reader: Reader, files: list[SourceFile], ctx: ReadContext, n_workers: int,
                       unreadable: set[str] | None = None) -> Iterator[tuple[SourceFile, pa.Table | None]]:
     """`Reader.read_files` with each file parsed by one of `n_workers` worker processes: file i by worker
-    i mod n, each worker two files ahead of the one being handed on."""
+    i mod n, each worker two files ahead of the one being replayed."""
     workers = [_Worker() for _ in range(n_workers)]
     sent: deque[tuple[SourceFile, _Worker]] = deque()
     todo = enumerate(files)
@@ -100,34 +117,38 @@ def read_in_processes(reader: Reader, files: list[SourceFile], ctx: ReadContext,
             send()
         while sent:
             file, worker = sent.popleft()
-            result = worker.receive(file)
+            yield from _replay(file, worker, ctx, unreadable)
             send()
-            yield from _replay(file, result, ctx, unreadable)
         done = True
     finally:
         for worker in workers:
             worker.close(graceful=done)
 
 
-def _replay(file: SourceFile, result: _Result, ctx: ReadContext,
+def _replay(file: SourceFile, worker: _Worker, ctx: ReadContext,
             unreadable: set[str] | None) -> Iterator[tuple[SourceFile, pa.Table | None]]:
-    """A worker's result as `Reader.read_files` yields it, its reports made on `ctx` in the order they were made."""
-    for key, text in result.notes.items():
-        ctx.note(text, key)
-    for record in result.bad:
-        ctx.bad(file, record.line, record.reason, record.raw)
-    if result.error is not None:  # after the bad records before it, as reading here would have
-        raise result.error
-    for table in result.tables:
-        yield file, table
-    if result.unreadable is not None:
-        report_unreadable(file, result.unreadable, ctx, unreadable)
-    yield file, None
+    """The worker's frames for `file` as `Reader.read_files` yields them, its reports made on `ctx`, in the order
+    the worker made them."""
+    while True:
+        kind, value = worker.receive(file)
+        if kind == _TABLE:
+            yield file, value
+        elif kind == _BAD:
+            ctx.bad(file, value.line, value.reason, value.raw)
+        else:
+            for key, text in value.notes.items():
+                ctx.note(text, key)
+            if value.error is not None:
+                raise value.error
+            if value.unreadable is not None:
+                report_unreadable(file, value.unreadable, ctx, unreadable)
+            yield file, None
+            return
 
 
 class _Worker:
-    """One worker process: jobs pickled to its stdin, results read from its stdout, one at a time in order; what
-    it prints goes to this process's stderr."""
+    """One worker process: jobs pickled to its stdin; its frames, read from its stdout by a thread of its own into
+    an inbox (`_Inbox`), taken one at a time in order; what it prints goes to this process's stderr."""
 
     def __init__(self) -> None:
         package_root = str(Path(__file__).resolve().parents[2])  # the rlaudit this process runs
@@ -136,21 +157,27 @@ class _Worker:
         # (`read_in_processes`), rather than each worker with a traceback of its own
         self.proc = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      env={**os.environ, "PYTHONPATH": path}, process_group=0)
+        self.inbox = _Inbox(INBOX_BYTES)
+        self.drain = threading.Thread(target=self.inbox.fill, args=(self.proc.stdout,), daemon=True,
+                                      name="rlaudit-parse-inbox")
+        self.drain.start()
 
     def send(self, job: _Job) -> None:
         _write(self.proc.stdin, job)
 
-    def receive(self, file: SourceFile) -> _Result:
-        try:
-            return _read(self.proc.stdout)
-        except EOFError:
+    def receive(self, file: SourceFile) -> tuple[str, Any]:
+        """The worker's next frame (kind, value)."""
+        data = self.inbox.take()
+        if data is None:
             code = self.proc.wait()
             raise RlauditError(f"{file.relpath}: the worker process parsing it stopped (exit code {code}); "
                                "its error, if any, is printed above") from None
+        return pickle.loads(data)
 
     def close(self, graceful: bool) -> None:
         """Stop the worker: told to once its jobs are done (`graceful`), killed otherwise (the ingest stopped
-        early: it may be writing a result nobody reads)."""
+        early: it may be writing frames nobody reads)."""
+        self.inbox.close()  # a drain waiting for room takes no more (the worker then ends on a broken pipe)
         try:
             if graceful and self.proc.poll() is None:
                 _write(self.proc.stdin, None)
@@ -160,9 +187,54 @@ class _Worker:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self.drain.join(timeout=10)
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None:
                 pipe.close()
+
+
+class _Inbox:
+    """A worker's frames (pickled bytes) read ahead of their replay, at most `limit` bytes of them (a frame larger
+    than that is taken alone); None after the last one (the worker's output ended)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held, self.closed = limit, 0, False
+        self.frames: deque[bytes | None] = deque()
+        self.cond = threading.Condition()
+
+    def fill(self, pipe: IO[bytes]) -> None:
+        """Read frames from `pipe` until it ends or the inbox is closed (the drain thread's loop)."""
+        while True:
+            try:
+                data: bytes | None = _read_frame(pipe)
+            except (EOFError, OSError, ValueError):  # (ValueError: the pipe closed under the read)
+                data = None
+            with self.cond:
+                while data is not None and self.frames and self.held + len(data) > self.limit and not self.closed:
+                    self.cond.wait()
+                if self.closed:
+                    return
+                self.frames.append(data)
+                self.held += len(data) if data is not None else 0
+                self.cond.notify_all()
+            if data is None:
+                return
+
+    def take(self) -> bytes | None:
+        with self.cond:
+            while not self.frames:
+                self.cond.wait()
+            data = self.frames.popleft()
+            self.held -= len(data) if data is not None else 0
+            if data is None:
+                self.frames.appendleft(None)  # the end stays the end
+            self.cond.notify_all()
+            return data
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
 
 
 def _write(pipe: IO[bytes] | None, obj: Any) -> None:
@@ -178,6 +250,11 @@ def _frame(pipe: IO[bytes] | None, data: bytes) -> None:
 
 
 def _read(pipe: IO[bytes] | None) -> Any:
+    return pickle.loads(_read_frame(pipe))
+
+
+def _read_frame(pipe: IO[bytes] | None) -> bytes:
+    """The next frame's bytes (what `_frame` wrote); EOFError where the pipe ends first."""
     assert pipe is not None
     head = pipe.read(_LENGTH.size)
     if len(head) < _LENGTH.size:
@@ -186,32 +263,39 @@ def _read(pipe: IO[bytes] | None) -> Any:
     data = pipe.read(size)
     if len(data) < size:
         raise EOFError
-    return pickle.loads(data)
+    return data
 
 
-def _parse(job: _Job) -> _Result:
-    """One file read with the reader's `read_here` (in a worker), its reports kept for `_replay`."""
-    result = _Result()
-    ctx = ReadContext(run=job.run, options=job.options, on_bad=result.bad.append)
+def _parse(job: _Job, out: IO[bytes]) -> None:
+    """One file read with the reader's `read_here` (in a worker), each table and bad record written to `out` as it
+    comes, then the file's `_End`."""
+    end = _End()
+    ctx = ReadContext(run=job.run, options=job.options, on_bad=lambda record: _write(out, (_BAD, record)))
     try:
         for table in job.reader.read_here(job.file, ctx):
-            result.tables.append(table)
+            _write(out, (_TABLE, table))
+    except BrokenPipeError:
+        raise  # the ingest is gone: nothing to report to
     except OSError as exc:
-        result.unreadable = exc
+        end.unreadable = exc
     except RlauditError as exc:  # a bad file, or under --strict its first bad record: raised at this file
-        result.error = exc
+        end.error = exc
     except Exception:  # noqa: BLE001 - a failure of the reader itself: its traceback, raised at this file
-        result.error = RuntimeError(f"{job.file.relpath}: reading failed in a worker process:\n"
-                                    f"{traceback.format_exc()}")
-    result.notes = ctx.notes
-    return result
+        end.error = RuntimeError(f"{job.file.relpath}: reading failed in a worker process:\n{traceback.format_exc()}")
+    end.notes = ctx.notes
+    try:
+        data = pickle.dumps((_END, end), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # noqa: BLE001 - an error that cannot be pickled: its text instead
+        data = pickle.dumps((_END, _End(notes=end.notes, error=RuntimeError(
+            f"{job.file.relpath}: {type(exc).__name__}: {exc} ({end.error!r})"))))
+    _frame(out, data)
 
 
 def main() -> None:
     """A worker: read jobs from stdin until None (or the end of stdin: the ingest's process is gone), write each
-    one's `_Result` to stdout."""
+    one's frames to stdout."""
     inp, out = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # anything printed goes to stderr, not into the results
+    sys.stdout = sys.stderr  # anything printed goes to stderr, not into the frames
     while True:
         try:
             job = _read(inp)
@@ -219,10 +303,7 @@ def main() -> None:
             return
         if job is None:
             return
-        result = _parse(job)
         try:
-            data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:  # noqa: BLE001 - an error that cannot be pickled: its text instead
-            data = pickle.dumps(_Result(error=RuntimeError(f"{job.file.relpath}: {type(exc).__name__}: {exc} "
-                                                           f"({result.error!r})")))
-        _frame(out, data)
+            _parse(job, out)
+        except BrokenPipeError:  # the ingest stopped reading (it stopped early, or was stopped)
+            return
