@@ -169,6 +169,8 @@ class _Worker:
         """The worker's next frame (kind, value)."""
         data = self.inbox.take()
         if data is None:
+            if self.proc.poll() is None:  # its output could not be read: it would wait on the pipe for ever
+                self.proc.kill()
             code = self.proc.wait()
             raise RlauditError(f"{file.relpath}: the worker process parsing it stopped (exit code {code}); "
                                "its error, if any, is printed above") from None
@@ -207,8 +209,8 @@ class _Inbox:
         while True:
             try:
                 data: bytes | None = _read_frame(pipe)
-            except (EOFError, OSError, ValueError):  # (ValueError: the pipe closed under the read)
-                data = None
+            except Exception:  # noqa: BLE001 - the end, a closed pipe (ValueError), no memory for a frame: the
+                data = None  # worker's output ends here, and the ingest says so (`receive`) rather than wait
             with self.cond:
                 while data is not None and self.frames and self.held + len(data) > self.limit and not self.closed:
                     self.cond.wait()
