@@ -154,7 +154,7 @@ def test_a_large_file_streams_back_in_batches_through_a_bounded_inbox(tmp_path, 
             if at < len(lines):
                 lines.insert(at, '{"id": "bad", "traces": [{"nodes": 3}]}\n')
         path.write_text("".join(lines))
-    monkeypatch.setattr(processes, "INBOX_BYTES", 1)
+    monkeypatch.setattr(processes, "inbox_bytes", lambda n_workers: 1)
     here, rows_here, bad_here = _ingest(tmp_path / "a", run, False, monkeypatch)
     there, rows_there, bad_there = _ingest(tmp_path / "b", run, True, monkeypatch)
     assert rows_there.num_rows == rows_here.num_rows == 9_040
@@ -195,10 +195,23 @@ def test_the_inbox_holds_at_most_its_limit_and_then_the_worker_waits():
 def test_an_ingest_stopped_early_stops_its_workers(tmp_path, monkeypatch):
     made = []
     real = processes._Worker
-    monkeypatch.setattr(processes, "_Worker", lambda: made.append(real()) or made[-1])
+    monkeypatch.setattr(processes, "_Worker", lambda *a: made.append(real(*a)) or made[-1])
     files = _files(_run(tmp_path, steps=4, bad_lines=False))
     read = processes.read_in_processes(PrimeRlReader(), files, ReadContext(run="prime"), 2)
     next(read)
     read.close()
     assert len(made) == 2
     assert all(w.proc.returncode is not None for w in made) and not any(w.drain.is_alive() for w in made)
+
+
+def test_under_a_memory_budget_the_inboxes_shrink_to_what_it_leaves(monkeypatch):
+    from rlaudit import memory
+
+    monkeypatch.setattr(memory, "budget", lambda: None)
+    assert processes.inbox_bytes(2) == processes.INBOX_BYTES
+    room = 2 * (processes.WORKER_BYTES + (100 << 20))  # the share for per-part work: two processes, 100 MB each
+    monkeypatch.setattr(memory, "budget", lambda: (int(room / memory.SAMPLE_SHARE) + 1, "RLAUDIT_MEMORY=test"))
+    assert processes.inbox_bytes(2) == 100 << 20
+    assert processes.inbox_bytes(8) == processes.MIN_INBOX_BYTES  # never below a few batches
+    monkeypatch.setattr(memory, "budget", lambda: (1 << 40, "RLAUDIT_MEMORY=1T"))
+    assert processes.inbox_bytes(2) == processes.INBOX_BYTES  # never above the default

@@ -18,7 +18,8 @@ worker does not grow with its file, and a file of any size can go to a worker.
 Used only where it pays (`use_processes`): a reader that asks for it (`Reader.parse_in_processes`), two or more
 files, at least `MIN_BYTES` of them (a worker's start, ~0.3 s of imports, and the wait for the first files are
 then a small part of the parse), and at least two workers by `memory.workers` (the usable cores,
-`RLAUDIT_THREADS`, an enclosing `at_most`; each worker counted at `WORKER_BYTES`).
+`RLAUDIT_THREADS`, an enclosing `at_most`; each worker counted at its process and the least inbox). Under a
+memory budget the inboxes shrink to what the budget leaves them (`inbox_bytes`).
 """
 
 from __future__ import annotations
@@ -49,9 +50,11 @@ MIN_BYTES = 256 << 20
 #: the ingest's process; with 64 MB the second worker waited for the first file: 21.4-22.1 s against 23.9-25.4;
 #: docs/performance.md, session 53)
 INBOX_BYTES = 256 << 20
-#: the memory a worker is counted at (`memory.workers`): its process (~250 MB measured parsing prime-rl episodes,
-#: docs/performance.md, session 52) and its inbox
-WORKER_BYTES = (256 << 20) + INBOX_BYTES
+#: the least inbox a worker gets under a memory budget (`inbox_bytes`): a few batches of episodes
+MIN_INBOX_BYTES = 64 << 20
+#: a worker process's own memory (215-249 MB measured parsing prime-rl episodes, docs/performance.md, sessions 52
+#: and 53): with the least inbox, what each worker is counted at in `memory.workers`
+WORKER_BYTES = 256 << 20
 _LENGTH = struct.Struct("<Q")
 #: a worker's program: `main` imported, so that what it pickles is named by this module (not `__main__`)
 _WORKER = "from rlaudit.readers.processes import main; main()"
@@ -92,15 +95,29 @@ def use_processes(reader: Reader, files: list[SourceFile]) -> int:
         return 0
     from ..memory import workers
 
-    n = min(workers(WORKER_BYTES), len(files))
+    n = min(workers(WORKER_BYTES + MIN_INBOX_BYTES), len(files))
     return n if n >= 2 else 0
+
+
+def inbox_bytes(n_workers: int) -> int:
+    """Each of `n_workers` workers' inbox: `INBOX_BYTES`, or under a memory budget (`memory.budget`) what its
+    share for per-part work (`memory.SAMPLE_SHARE`, as `memory.workers` counts) leaves beside the workers'
+    processes, at least `MIN_INBOX_BYTES`."""
+    from ..memory import SAMPLE_SHARE, budget
+
+    b = budget()
+    if b is None:
+        return INBOX_BYTES
+    share = int(b[0] * SAMPLE_SHARE) // max(1, n_workers) - WORKER_BYTES
+    return max(MIN_INBOX_BYTES, min(INBOX_BYTES, share))
 
 
 def read_in_processes(reader: Reader, files: list[SourceFile], ctx: ReadContext, n_workers: int,
                       unreadable: set[str] | None = None) -> Iterator[tuple[SourceFile, pa.Table | None]]:
     """`Reader.read_files` with each file parsed by one of `n_workers` worker processes: file i by worker
     i mod n, each worker two files ahead of the one being replayed."""
-    workers = [_Worker() for _ in range(n_workers)]
+    inbox = inbox_bytes(n_workers)
+    workers = [_Worker(inbox) for _ in range(n_workers)]
     sent: deque[tuple[SourceFile, _Worker]] = deque()
     todo = enumerate(files)
     done = False
@@ -150,14 +167,14 @@ class _Worker:
     """One worker process: jobs pickled to its stdin; its frames, read from its stdout by a thread of its own into
     an inbox (`_Inbox`), taken one at a time in order; what it prints goes to this process's stderr."""
 
-    def __init__(self) -> None:
+    def __init__(self, inbox: int = INBOX_BYTES) -> None:
         package_root = str(Path(__file__).resolve().parents[2])  # the rlaudit this process runs
         path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
         # a process group of its own: Ctrl-C at a terminal stops the ingest's process, which stops its workers
         # (`read_in_processes`), rather than each worker with a traceback of its own
         self.proc = subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      env={**os.environ, "PYTHONPATH": path}, process_group=0)
-        self.inbox = _Inbox(INBOX_BYTES)
+        self.inbox = _Inbox(inbox)
         self.drain = threading.Thread(target=self.inbox.fill, args=(self.proc.stdout,), daemon=True,
                                       name="rlaudit-parse-inbox")
         self.drain.start()
