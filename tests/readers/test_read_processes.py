@@ -215,3 +215,21 @@ def test_under_a_memory_budget_the_inboxes_shrink_to_what_it_leaves(monkeypatch)
     assert processes.inbox_bytes(8) == processes.MIN_INBOX_BYTES  # never below a few batches
     monkeypatch.setattr(memory, "budget", lambda: (1 << 40, "RLAUDIT_MEMORY=1T"))
     assert processes.inbox_bytes(2) == processes.INBOX_BYTES  # never above the default
+
+
+def test_a_fleet_task_parses_in_its_own_process(tmp_path, monkeypatch):
+    """A fleet runs a task per core: its ingests start no parse workers of their own (`in_this_process`)."""
+    from rlaudit.fleet.worker import RunTask, run_task
+
+    run = _run(tmp_path, steps=3, bad_lines=False)
+    monkeypatch.setattr(processes, "MIN_BYTES", 0)
+    monkeypatch.setenv("RLAUDIT_THREADS", "2")
+    assert processes.use_processes(PrimeRlReader(), _files(run)) == 2
+    used = []
+    parse = processes.read_in_processes
+    monkeypatch.setattr(processes, "read_in_processes", lambda *a, **k: used.append(a[3]) or parse(*a, **k))
+    out = run_task(RunTask(store=str(tmp_path / "fleet"), name="prime", source=str(run), format="prime-rl"))
+    assert out.ok, out.error
+    assert Store(tmp_path / "fleet").query("SELECT count(*) AS n FROM rollouts", runs=["prime"]).to_pylist() \
+        == [{"n": 36}]
+    assert used == [] and processes.use_processes(PrimeRlReader(), _files(run)) == 2  # (restored after it)

@@ -92,11 +92,14 @@ def run_task(task: RunTask) -> RunOutcome:
     """Do one run's share of a pass (see the module doc). Never raises."""
     import socket
 
+    from ..readers.processes import in_this_process
+
     t0, c0 = time.perf_counter(), time.process_time()
     out = RunOutcome(name=task.name, host=socket.gethostname(), memory=dict(task.memory))
     try:
         out.attempts = _note_attempt(task.attempt_log, out.host)
-        _run(task, out)
+        with in_this_process():  # the fleet runs a task per core: no parse workers of its own beside them
+            _run(task, out)
     except Exception as exc:  # noqa: BLE001 - one bad run never stops the fleet
         out.ok = False
         out.error = f"{type(exc).__name__}: {exc}"

@@ -24,6 +24,7 @@ memory budget the inboxes shrink to what the budget leaves them (`inbox_bytes`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import struct
@@ -81,9 +82,27 @@ class _End:
 _TABLE, _BAD, _END = "table", "bad", "end"
 
 
+#: whether an ingest of this process may start parse workers (see `in_this_process`)
+_ALLOWED = [True]
+
+
+@contextlib.contextmanager
+def in_this_process() -> Iterator[None]:
+    """Within the block, every ingest of this process parses in this process (`use_processes` gives 0): for work
+    already spread one process per core (a fleet's tasks, `fleet.worker.run_task`), where each task's parse
+    workers would multiply the processes: on 32 cores, 32 tasks x 4 workers of ~250 MB each."""
+    old = _ALLOWED[0]
+    _ALLOWED[0] = False
+    try:
+        yield
+    finally:
+        _ALLOWED[0] = old
+
+
 def use_processes(reader: Reader, files: list[SourceFile]) -> int:
-    """How many worker processes to parse `files` with: 0 where it would not pay (see module doc)."""
-    if not reader.parse_in_processes or len(files) < 2:
+    """How many worker processes to parse `files` with: 0 where it would not pay (see module doc), or within
+    `in_this_process`."""
+    if not _ALLOWED[0] or not reader.parse_in_processes or len(files) < 2:
         return 0
     sizes = []
     for f in files:
