@@ -24,7 +24,7 @@ CASES = [
     ("audit.py", ["--rollouts", "20000"], "cold audit total:"),
     ("audit_memory.py", ["--rollouts", "20000", "--no-trace"], "process peak RSS"),
     ("ingest.py", ["--rows", "8000", "--formats", "trl"], "SUMMARY trl:"),
-    ("ingest.py", ["--rows", "10000", "--formats", "prime-rl"], "SUMMARY prime-rl:"),
+    ("ingest.py", ["--rows", "10000", "--steps-per-file", "2", "--formats", "prime-rl"], "SUMMARY prime-rl:"),
     ("emerging.py", ["--rollouts", "4000", "--per-step", "200"], "planted tic:"),
     ("attribution.py", ["--rows", "4000", "--boot", "50", "--repeat", "1"], "trace goblin"),
     ("cot_scan.py", ["--rollouts", "4000", "--chunk", "2000", "--steps", "20"], "exposed found:"),
