@@ -233,3 +233,28 @@ def test_a_fleet_task_parses_in_its_own_process(tmp_path, monkeypatch):
     assert Store(tmp_path / "fleet").query("SELECT count(*) AS n FROM rollouts", runs=["prime"]).to_pylist() \
         == [{"n": 36}]
     assert used == [] and processes.use_processes(PrimeRlReader(), _files(run)) == 2  # (restored after it)
+
+
+def test_a_worker_killed_mid_file_is_an_error_naming_that_file(tmp_path, monkeypatch):
+    """A worker that dies after streaming part of its file (killed: out of memory, an operator): the batches it
+    sent are replayed, then the ingest stops with an error naming the file, not a wait for frames that never
+    come."""
+    run = tmp_path / "prime"
+    for step in (1, 2):
+        primerl_step(run, step, [verifiers_episode([verifiers_trace("Be brief.", f"q{i // 4}", f"a{i}", None,
+                                                                    rewards={"r": (1.0, 1.0)}, trace_id=f"t{i}")],
+                                                   step, group=f"g{i // 4}", episode_id=f"e{step}-{i}")
+                                 for i in range(9_000)])
+    made = []
+    real = processes._Worker
+    monkeypatch.setattr(processes, "_Worker", lambda *a: made.append(real(*a)) or made[-1])
+    monkeypatch.setattr(processes, "inbox_bytes", lambda n_workers: 1)  # the worker stays a frame ahead
+    read = processes.read_in_processes(PrimeRlReader(), _files(run), ReadContext(run="prime"), 2)
+    first_file, table = next(read)
+    assert table is not None and table.num_rows == 4096
+    made[0].proc.kill()
+    with pytest.raises(RlauditError, match=r"step_1/train/effective/traces.jsonl: the worker process parsing it "
+                                           r"stopped \(exit code -9\)"):
+        for file, _ in read:
+            assert file is first_file
+    assert all(w.proc.returncode is not None for w in made)
