@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .base import RAW_COLUMNS, ReadContext, SourceFile, map_array
+from .base import RAW_COLUMNS, ReadContext, SourceFile, map_array, metadata_json
 
 #: Rows per raw table: bounds memory while keeping Arrow's per-batch overhead small.
 BATCH_ROWS = 4096
@@ -117,8 +117,7 @@ def rows_table(rows: list[dict[str, Any]]) -> pa.Table:
         if name in ("rewards", "grader_inputs"):
             cols[name] = map_array([r.get(name) or {} for r in rows], typ.item_type)
         elif name == "metadata":
-            cols[name] = pa.array([json.dumps(r[name], ensure_ascii=False, default=str) if r.get(name) else None
-                                   for r in rows], pa.string())
+            cols[name] = metadata_json([r.get(name) for r in rows])
         elif name == "tool_calls":
             cols[name] = pa.array([r.get(name) or None for r in rows], typ)
         elif name == "tool_outputs":
