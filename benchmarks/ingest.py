@@ -243,6 +243,13 @@ def measure(kind: str, fmt: str, path: Path, **env_extra: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _row(fmt: str, what: str, m: dict) -> str:
+    """One line of the table `main` prints under its header."""
+    return (f"{fmt:6s} {what:6s} {m['rows']:>10,} {m['seconds']:>8.2f} {m['cpu']:>7.1f} "
+            f"{m['rows'] / m['seconds']:>10,.0f} {m['bytes'] / 1e6 / m['seconds']:>8.1f} "
+            f"{_mb(m['peak_rss'] - m['base_rss']):>10s}")
+
+
 def _mb(n: float) -> str:
     return f"{n / 1e6:,.0f} MB"
 
@@ -292,14 +299,10 @@ def main() -> None:
             bare = measure("bare", fmt, path)
             ingest = measure("ingest", fmt, path)
             for what, m in (("bare", bare), ("ingest", ingest)):
-                print(f"{fmt:6s} {what:6s} {m['rows']:>10,} {m['seconds']:>8.2f} {m['cpu']:>7.1f} "
-                      f"{m['rows'] / m['seconds']:>10,.0f} "
-                      f"{m['bytes'] / 1e6 / m['seconds']:>8.1f} {_mb(m['peak_rss'] - m['base_rss']):>10s}")
+                print(_row(fmt, what, m))
             if ingest["worker_peak_rss"]:
                 here = measure("ingest", fmt, path, RLAUDIT_THREADS="1")
-                print(f"{fmt:6s} {'here':6s} {here['rows']:>10,} {here['seconds']:>8.2f} {here['cpu']:>7.1f} "
-                      f"{here['rows'] / here['seconds']:>10,.0f} {here['bytes'] / 1e6 / here['seconds']:>8.1f} "
-                      f"{_mb(here['peak_rss'] - here['base_rss']):>10s}")
+                print(_row(fmt, "here", here))
                 print(f"{fmt}: parsed in worker processes too (`rlaudit.readers.processes`): cpu s counts theirs; "
                       f"peak RSS of the largest {_mb(ingest['worker_peak_rss'])}; 'here': RLAUDIT_THREADS=1, "
                       f"parsed in the ingest's process: the workers took {ingest['seconds'] / here['seconds']:.2f}x "

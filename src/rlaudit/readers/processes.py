@@ -104,13 +104,13 @@ def use_processes(reader: Reader, files: list[SourceFile]) -> int:
     `in_this_process`."""
     if not _ALLOWED[0] or not reader.parse_in_processes or len(files) < 2:
         return 0
-    sizes = []
+    total = 0
     for f in files:
         try:
-            sizes.append(f.path.stat().st_size)
+            total += f.path.stat().st_size
         except OSError:
             return 0  # reported by the reader, on this thread
-    if sum(sizes) < MIN_BYTES:
+    if total < MIN_BYTES:
         return 0
     from ..memory import workers
 
