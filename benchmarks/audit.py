@@ -23,9 +23,9 @@ and every file costs the ingest its own read, and the store a share of a part. T
 that share of answers and of reasonings, as real completions hold them: such text takes other paths (the Unicode
 tokeniser and styles).
 
-Then one measuring process (a fresh child, so generation does not count) loads numba's compiled kernels (compiled
-once per machine and cached on disk; the first run after an install or a kernel change compiles them, seconds no
-later audit pays) and runs, in order:
+Then one measuring process (a fresh child, so generation does not count) loads numba's
+compiled kernels (compiled once per machine and cached on disk; the first run after an install or a kernel change
+compiles them, seconds no later audit pays) and runs, in order:
 
 1. the floor: `SELECT step, w, count(*) FROM (SELECT step, unnest(string_split(lower(completion), ' ')) w
    FROM read_parquet(...)) GROUP BY ALL` over the same files;
@@ -328,12 +328,22 @@ def measure(root: Path, profile: str | None, stored_live: bool = False) -> dict:
 
 
 def _child(args: list[str]) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    # Python's default of keeping the modules it compiles, where the environment turns it off (this workplace's
+    # machines set PYTHONDONTWRITEBYTECODE=1), as scripts/_env.sh does: an audit imports some modules on first use
+    # (scipy.special, pyarrow.acero, ...), inside the timed audit: ~0.1 s at 1M compiled from source, ~0.05 s not
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
     proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
         raise SystemExit(f"child {args[0]} failed")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def generated(root: Path) -> bool:
+    """Whether `root` holds a whole generated run: `generate` writes the last step (root/last) after every other
+    one, so a generation that was stopped leaves none."""
+    return (root / "run").is_dir() and any((root / "last").glob("*.parquet"))
 
 
 def _share(text: str) -> float:
@@ -377,6 +387,10 @@ def main() -> None:
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="rlaudit-audit-bench-"))
     try:
         t0 = time.perf_counter()
+        if (tmp / "run").is_dir() and not generated(tmp):
+            print(f"{tmp} holds a run whose generation was stopped (no last step): generating it again")
+            shutil.rmtree(tmp / "run")
+            shutil.rmtree(tmp / "last", ignore_errors=True)
         if not (tmp / "run").is_dir():
             tmp.mkdir(parents=True, exist_ok=True)
             gen = _child(["--_generate", str(tmp), str(rollouts), str(args.non_ascii), str(args.per_step)])

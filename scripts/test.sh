@@ -6,11 +6,6 @@ source scripts/_env.sh
 pip_install torch==2.13.0   # the local CPU wheel first: a bare `torch` requirement would pull a CUDA build
 pip_install -e ".[test,fast,trl,mcp,llm,inspect,ray,fleet-test]"   # ray: ~26 s and 285 MB more (docs/fleet.md);
 # fast: numba, so the compiled term-set kernels are tested against the numpy path (tests/core/test_kernels.py)
-# Python's default of keeping compiled modules, even where the environment turns it off (this workplace's machines
-# set PYTHONDONTWRITEBYTECODE=1): the suite starts hundreds of Python processes (CLI, fleet workers, MCP and live
-# servers) and each would compile rlaudit, numpy, pyarrow, scipy, ... from source again: 3.4 s against 1.2 s for
-# the detectors' imports; tests/fleet/test_scan.py + test_shard.py 138 -> 104 s (2026-12-04, 2-core machine)
-unset PYTHONDONTWRITEBYTECODE
 # Test files spread over workers (pytest-xdist, a file's tests stay on one worker): min(cores, 4) by default, so a
 # 2-core CI machine runs two files at once (many tests wait on subprocesses, servers and browsers), handed out in
 # collection order, where tests/conftest.py puts the slowest files first (--no-loadscope-reorder);

@@ -56,3 +56,17 @@ def test_ab_names_a_revision_it_cannot_find(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "'no-such-revision' is not a revision" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_audit_generates_again_a_run_whose_generation_stopped(tmp_path: Path) -> None:
+    """`audit.py --keep DIR` on a DIR whose generation was stopped (its steps begun, no last step) generates the
+    run again instead of failing on the missing last step."""
+    kept = tmp_path / "kept"
+    (kept / "run" / "completions").mkdir(parents=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src"), "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "audit.py"), "--rollouts", "20000",
+                           "--keep", str(kept)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "generation was stopped" in done.stdout and "generated 20,000 rollouts" in done.stdout
+    assert "cold audit total:" in done.stdout
+    assert len(list((kept / "last").glob("*.parquet"))) == 1
