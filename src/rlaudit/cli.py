@@ -208,23 +208,35 @@ def _ingest_with_progress(store: Store, sources: list[Path], runs: list[str] | N
 
 
 def _audit_with_progress(store: Store, runs: list[str], config: AuditConfig) -> AuditResult:
-    """`audit_store` with one progress bar per run, advancing detector by detector."""
+    """`audit_store` with one progress bar per run, advancing detector by detector, and beside the detector the
+    passes over the stored parts under way and how far each is (`rlaudit.progress`): a cold audit of a large
+    run spends most of its time in its first detector's passes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from . import progress as passes
     from .audit import audit_store
 
     with Progress(TextColumn("scan {task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[detector]}"), TimeElapsedColumn(), console=console,
-                  transient=True, disable=not console.is_terminal) as progress:
+                  TextColumn("{task.fields[detector]}"), TextColumn("{task.fields[passes]}", style="dim"),
+                  TimeElapsedColumn(), console=console, transient=True,
+                  disable=not console.is_terminal) as progress:
         tasks: dict[str, int] = {}
+        current: list[int] = []  # the task of the run being audited
 
         def update(run: str, detector: str, done: int, total: int) -> None:
             if run not in tasks:
-                tasks[run] = progress.add_task(run, total=total, detector="")
+                tasks[run] = progress.add_task(run, total=total, detector="", passes="")
+            current[:] = [tasks[run]]
             progress.update(tasks[run], completed=done, total=total, detector=detector)
 
+        def show(under_way: dict[str, tuple[int, int]]) -> None:
+            if current:
+                text = passes.describe(under_way)
+                progress.update(current[0], passes=f"· {text}" if text else "")
+
         started = time.perf_counter()
-        result = audit_store(store, runs, config, progress=update)
+        with passes.listening(show):
+            result = audit_store(store, runs, config, progress=update)
     _hint_numba(time.perf_counter() - started)
     return result
 

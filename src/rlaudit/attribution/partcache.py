@@ -56,7 +56,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .. import duck, stats
+from .. import duck, progress, stats
 from ..derived import segments
 from ..behaviors import Behavior
 from ..layout import reward_sql, view_columns
@@ -360,7 +360,9 @@ class _Ctx:
                 for batch, table in self._stream(cons.get(), batches[k::n]):
                     yield self._compute(batch, table, weights, tags, planned)
 
-            for kept in round_robin(produce, n, len(batches), "rlaudit-attribution"):
+            shown = stack.enter_context(progress.tracking("attribution tables", sum(len(b) for b in batches)))
+            for k, kept in enumerate(round_robin(produce, n, len(batches), "rlaudit-attribution")):
+                shown.advance(len(batches[k]))
                 for i, path, table in kept:  # planned parts: their file is written only if the group is given up
                     # (`_keep` holds what cannot be written at all in memory)
                     fresh[i].add(path, table, functools.partial(self._keep, i, path.stem, table))

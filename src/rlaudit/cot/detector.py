@@ -33,7 +33,7 @@ from ..derived import segments
 from ..findings import Finding
 from ..layout import view_columns
 from ..memory import shared_jobs, workers
-from .. import duck
+from .. import duck, progress
 from ..store import (Store, canonical_selects, format_groups, key_source, listing, part_source,
                      sql_list, sql_string, write_atomic, write_cached)
 from ..detectors import DetectContext, Detector, register
@@ -275,11 +275,17 @@ def _scan_todo(con: duckdb.DuckDBPyConnection, todo: list[Path], layouts: dict[s
             fresh.add(spath, summary, lambda: summaries.write_summary(spath, summary))
         return value
 
+    def shown(i: int) -> Any:
+        out = one(i)
+        parts_done.advance()
+        return out
+
     n = min(len(todo), workers(params.batch_rows * _BYTES_PER_BATCH_ROW))
-    if n <= 1:  # a thread waiting for this one (an audit's background scan) may scan some of the parts
-        return [done(out) for out in shared_jobs(one, len(todo))]
-    with ThreadPoolExecutor(n, thread_name_prefix="cot-scan") as pool:
-        return [done(out) for out in pool.map(one, range(len(todo)))]
+    with progress.tracking("CoT scan", len(todo)) as parts_done:
+        if n <= 1:  # a thread waiting for this one (an audit's background scan) may scan some of the parts
+            return [done(out) for out in shared_jobs(shown, len(todo))]
+        with ThreadPoolExecutor(n, thread_name_prefix="cot-scan") as pool:
+            return [done(out) for out in pool.map(shown, range(len(todo)))]
 
 
 def _scanned(store: Store, parts: list[Path], key: str, cache: Path, persist: bool,

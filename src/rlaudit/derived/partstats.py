@@ -55,7 +55,7 @@ import pyarrow.parquet as pq
 from ..layout import (FACTS, FACTS_LAYOUT, REWARDS_LAYOUT, SPANS, facts_sql, has_reward_sql, reward_sql,
                       same_signals_sql, view_columns)
 from ..schema import ROLLOUT_SCHEMA
-from .. import duck
+from .. import duck, progress
 from ..store import Store, listing, prune_cached, sql_string, write_cached
 
 
@@ -304,18 +304,20 @@ def _part_stats(store: Store, run: str, name: str, also: tuple[str, ...] | list[
     spans = {name: p.steps[1] - p.steps[0] + 1 for name, p in stored.items() if p.steps}
     jobs = [(lack, chunk) for lack, lacking in todo.items()
             for chunk in _batches(lacking, sizes, batch or BATCH_PARTS, batch_rows or _budget_rows(), spans)]
-    for computed in _computed(jobs, layouts, store.root):
-        for what, rows in computed.items():
-            if what in writers and writers[what].add(rows):
-                continue
-            for part, table in rows.per_part():
-                written = write_cached(caches[what].path / f"{part.stem}.parquet", table, **_written(table.schema)) \
-                    if persist else table
-                if what == name and isinstance(written, Path):
-                    own.files.append(written)
-                elif what == name:
-                    tables.append(written)
-                    table_stems.append(part.stem)
+    with progress.tracking("statistics", sum(len(chunk) for _, chunk in jobs)) as shown:
+        for (_, chunk), computed in zip(jobs, _computed(jobs, layouts, store.root)):
+            shown.advance(len(chunk))
+            for what, rows in computed.items():
+                if what in writers and writers[what].add(rows):
+                    continue
+                for part, table in rows.per_part():
+                    written = write_cached(caches[what].path / f"{part.stem}.parquet", table,
+                                           **_written(table.schema)) if persist else table
+                    if what == name and isinstance(written, Path):
+                        own.files.append(written)
+                    elif what == name:
+                        tables.append(written)
+                        table_stems.append(part.stem)
     for writer in writers.values():
         writer.finish()
     if name in writers and writers[name].lost:  # the combined file could not be written: keep them in memory

@@ -60,7 +60,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import kernels, segments, styles
-from .. import duck, memory
+from .. import duck, memory, progress
 from ..behaviors import STYLE_FEATURES, TOKEN_PATTERN, re2_cursor
 from ..errors import RlauditError
 from ..layout import PART_SCHEMA, SPANS, read_columns, read_stored, to_canonical
@@ -383,8 +383,10 @@ def term_sets(store: Store, run: str, options: VocabOptions = VocabOptions(),
     feed_ids = feed.ids if feed is not None else None  # the parts' counts handed over dense (`PartCounts`)
     cell_entries: dict[str, dict[str, Any]] = {}
     # one pooled DuckDB database for the batches' reads (each through a cursor of it), handed back after the workers
-    with (duck.connect() if missing else contextlib.nullcontext()) as db, fresh or contextlib.nullcontext():
+    with (duck.connect() if missing else contextlib.nullcontext()) as db, fresh or contextlib.nullcontext(), \
+            progress.tracking("term sets", len(missing)) as shown:
         for result in memory.in_order(compute, batches, max(1, min(n_workers, len(batches))), "rlaudit-terms"):
+            shown.advance(len(result))
             for path, entry, cells, tables, counts in result:
                 if feed is not None:
                     feed.add(path.name, counts)
