@@ -26,6 +26,7 @@ def test_test_script_counts_cores_despite_omp_num_threads():
     GNU nproc reports that as the number of cores: the suite once ran on one worker of two for that reason."""
     import os
     import subprocess
+    import sys
 
     script = (README.parent / "scripts" / "test.sh").read_text(encoding="utf-8")
     line = next(x for x in script.splitlines() if x.startswith("CORES="))
@@ -34,5 +35,13 @@ def test_test_script_counts_cores_despite_omp_num_threads():
     plain = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_THREAD_LIMIT")}
     cores = subprocess.run(["nproc"], env=plain, capture_output=True, text=True, check=True)
     assert int(out.stdout) == int(cores.stdout)
-    # and the suite keeps compiled modules for its many Python processes
-    assert "unset PYTHONDONTWRITEBYTECODE" in script.split("exec ")[0]
+    # and the suite (as the demo) keeps compiled modules for its many Python processes: the setup both source does
+    assert "source scripts/_env.sh" in script and "source scripts/_env.sh" in (
+        README.parent / "scripts" / "demo.sh").read_text(encoding="utf-8")
+    setup = (README.parent / "scripts" / "_env.sh").read_text(encoding="utf-8")
+    assert "\nunset PYTHONDONTWRITEBYTECODE\n" in setup
+    out = subprocess.run(["bash", "-c", "source scripts/_env.sh >/dev/null 2>&1; echo ${PYTHONDONTWRITEBYTECODE-unset}"],
+                         cwd=README.parent, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1",
+                                                 "VENV": os.path.dirname(os.path.dirname(sys.executable))},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "unset"
