@@ -465,7 +465,8 @@ class Store:
     ) -> IngestReport:
         """Read new or changed files of `source` into run `run` (default: the source's base name).
 
-        `progress(files_done, files_total, rows_so_far)` is called after each file. `part_rows`: the rows at which
+        `progress(files_done, files_total, rows_so_far)` is called after each file, and as a file's rows are read
+        (`rows_so_far` then counts them too: a step file of a gigabyte takes seconds). `part_rows`: the rows at which
         a part of consecutive files closes (default `self.part_rows`; 1: a part per file). `compact`: then merge
         the run's small parts in complete groups (`_compact`; live and fleet ingests do not: their auditors'
         memories know parts by name).
@@ -539,6 +540,7 @@ class Store:
             stream = prefetch(_part_tables(prefetch(reader.read_files(todo, ctx, unreadable), PREFETCH_DEPTH,
                                                     PREFETCH_BYTES), ctx), PREFETCH_DEPTH, PREFETCH_BYTES)
             pending: collections.deque[_Part] = collections.deque()
+            read = [0]  # rows read so far, for `progress` while a file is read (`counted`)
 
             def finish() -> None:  # the oldest part being written: its files recorded once it is
                 group = pending.popleft()
@@ -561,10 +563,17 @@ class Store:
                     report.rows_added += entry["rows"]
                     # a copy (taken atomically under the GIL): the finalize thread may add labels meanwhile
                     manifest["conditions"] = dict(labeler.labels)
-                    if progress:
-                        progress(report.files_skipped + report.files_read, len(files), report.rows_added)
+                    if progress:  # the rows read so far (as many as added once every file is recorded)
+                        progress(report.files_skipped + report.files_read, len(files), max(read[0], report.rows_added))
                 if not offset:  # no file gave rows: no part
                     (self.run_dir(run) / "parts" / group.name).unlink(missing_ok=True)
+
+            def counted(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+                for table in tables:
+                    read[0] += table.num_rows
+                    if progress:
+                        progress(report.files_skipped + report.files_read, len(files), read[0])
+                    yield table
 
             # an error here stops the reading threads and the writers (their unfinished parts are removed)
             with contextlib.closing(stream), _Writers(self, run, len(todo), digests) as writers:
@@ -576,7 +585,7 @@ class Store:
                         st = None
                     if group is None:
                         group = writers.open(self._part_name(file.relpath))
-                    group.add(file, st, _tables_of(stream, file))
+                    group.add(file, st, counted(_tables_of(stream, file)))
                     if group.rows >= part_rows or group.nbytes >= self.part_bytes:
                         pending.append(group.close())
                         group = None

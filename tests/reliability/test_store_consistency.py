@@ -314,12 +314,29 @@ def test_two_part_writers_store_what_one_does(tmp_path, monkeypatch):
         stores[n] = Store(tmp_path / f"store{n}")
         seen = []
         stores[n].ingest(src, run="r", progress=lambda done, total, rows: seen.append((done, total, rows)))
-        assert seen == [(i + 1, 7, 40 * (i + 1)) for i in range(7)]  # in file order, as each part is recorded
+        # as each file's rows are read (the rows so far) and as each file is recorded (the files done), in order
+        done, rows = [c[0] for c in seen], [c[2] for c in seen]
+        assert done == sorted(done) and set(range(1, 8)) <= set(done) <= set(range(8))
+        assert rows == sorted(rows) and {40 * (i + 1) for i in range(7)} <= set(rows)
+        assert seen[-1] == (7, 7, 280) and {c[1] for c in seen} == {7}
     assert _entries(stores[1], "r") == _entries(stores[2], "r")
     assert stores[1].table("r").equals(stores[2].table("r"))
     for name in ("r",):
         parts = stores[2].run_dir(name) / "parts"
         assert sorted(p.name for p in parts.iterdir()) == sorted(p.name for p in stores[2].parts(name))
+
+
+def test_progress_counts_the_rows_of_a_file_while_it_is_read(tmp_path, store, monkeypatch):
+    """One large file (read in several chunks): its rows show as they are read, before the file counts as done."""
+    monkeypatch.setattr("rlaudit.readers.jsonl.CHUNK_BYTES", 1 << 20)  # ~6 MB of lines: several chunks
+    src = tmp_path / "src"
+    src.mkdir()
+    _lines(src / "big.jsonl", 0, 60_000)
+    seen = []
+    store.ingest(src, run="r", progress=lambda done, total, rows: seen.append((done, total, rows)))
+    during = [rows for done, _, rows in seen if done == 0]
+    assert len(during) >= 3 and during == sorted(during) and 0 < during[0] < during[-1] == 60_000
+    assert seen[-1] == (1, 1, 60_000)
 
 
 @pytest.mark.parametrize("fail", ["writer", "reader"])
