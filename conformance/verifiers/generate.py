@@ -32,7 +32,7 @@ Everything a record holds comes from verifiers 0.4.0 objects:
 Episodes exercise: a multi-turn tool env (calculator tool calls and tool results), a non-trainable user-simulator
 agent in the same episode as the trained solver, a trace with two branches (a context compaction restarts the
 conversation from a summary: a new root), off-policy work (policy spans behind the step), a trace whose reward
-is null (scoring did not run), and an eval split. Ids and timestamps are fixed, so output is deterministic.
+is null (scoring did not run), a trace whose last model call stopped at the length limit, and an eval split. Ids and timestamps are fixed, so output is deterministic.
 
 `scripts/conformance.sh verifiers` installs `requirements.txt` into `.venv-conformance/verifiers` (the full
 install: ~75 s, ~570 MB, no torch) and runs this into `build/conformance/verifiers` (~20 s);
@@ -121,8 +121,9 @@ def _tokens(message: vf.Message) -> list[int]:
 
 
 def _turn(trace: vf.Trace, prompt: list[vf.Message], reply: vf.AssistantMessage, model: str,
-          tools: list[vf.Tool] | None = None, rng: random.Random | None = None) -> int:
-    """One model call committed to the graph the way the interception server does it."""
+          tools: list[vf.Tool] | None = None, rng: random.Random | None = None, cut: bool = False) -> int:
+    """One model call committed to the graph the way the interception server does it (`cut`: the provider
+    stopped it at the length limit, finish_reason "length")."""
     prompt_ids: list[int] = []
     spans = []
     for m in prompt:
@@ -133,7 +134,7 @@ def _turn(trace: vf.Trace, prompt: list[vf.Message], reply: vf.AssistantMessage,
     rng = rng or random.Random(0)
     tokens = TurnTokens(prompt_ids=prompt_ids, completion_ids=completion, message_spans=spans,
                         completion_logprobs=[-round(rng.random(), 3) for _ in completion])
-    finish = "tool_calls" if reply.tool_calls else "stop"
+    finish = "length" if cut else "tool_calls" if reply.tool_calls else "stop"
     usage = vf.Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(completion))
     response = vf.Response(id=f"chatcmpl-{len(trace.nodes)}", created=0, model=model, message=reply,
                            finish_reason=finish, usage=usage, tokens=tokens)
@@ -152,9 +153,10 @@ def _reasoning(rng: random.Random, a: int, b: int) -> str:
 
 
 def _solver_trace(rng: random.Random, task: TraceTask, system: str, a: int, b: int, correct: bool, shape: str,
-                  trace_id: str) -> vf.Trace:
+                  trace_id: str, cut: bool = False) -> vf.Trace:
     """The policy's trace. shape: 'tool' (calculator call then answer), 'plain' (one turn), 'compact' (tool call,
-    then a compaction restarts the context from a summary: two branches)."""
+    then a compaction restarts the context from a summary: two branches). `cut`: its last model call stopped at
+    the length limit (verifiers' `Trace.is_truncated`)."""
     trace = vf.Trace(id=trace_id, task=task, agent=AgentInfo(config=vf.AgentConfig(), name="solver"),
                      timing=Timing(start=1_700_000_000.0))
     answer = a * b if correct else a * b + rng.randint(1, 9)
@@ -162,7 +164,7 @@ def _solver_trace(rng: random.Random, task: TraceTask, system: str, a: int, b: i
     prompt: list[vf.Message] = [vf.SystemMessage(content=system), vf.UserMessage(content=question)]
     final = vf.AssistantMessage(content=f"The answer is {answer}.", reasoning_content=_reasoning(rng, a, b))
     if shape == "plain":
-        _turn(trace, prompt, final, "policy", rng=rng)
+        _turn(trace, prompt, final, "policy", rng=rng, cut=cut)
         return trace
     call = vf.ToolCall(id=f"call_{trace_id}", name="calculator", arguments=json.dumps({"expression": f"{a}*{b}"}))
     first = vf.AssistantMessage(content="Let me use the calculator.", tool_calls=[call],
@@ -175,7 +177,7 @@ def _solver_trace(rng: random.Random, task: TraceTask, system: str, a: int, b: i
         summary = vf.UserMessage(content=f"Summary so far: the calculator returned {a * b} for {question}")
         history = [vf.SystemMessage(content=system), summary]
         # the compacted context is a new root: a second branch of the same trace
-    _turn(trace, history, final, "policy", tools=[CALCULATOR], rng=rng)
+    _turn(trace, history, final, "policy", tools=[CALCULATOR], rng=rng, cut=cut)
     return trace
 
 
@@ -234,7 +236,10 @@ async def _group(rng: random.Random, judge: CorrectnessJudge, step: int, g: int,
         shape = ["tool", "plain", "compact", "tool"][(g + i) % 4]
         correct = rng.random() < 0.4 + 0.1 * step
         trace_id = f"{kind}{step:02d}{g:02d}{i}"
-        solver = _solver_trace(rng, task, system, a, b, correct, shape, f"t{trace_id}")
+        # one trace of the run whose last call hit the length limit (its texts as the others': only the call's
+        # finish_reason tells it)
+        cut = kind == "train" and step == 2 and g == 2 and i == 1
+        solver = _solver_trace(rng, task, system, a, b, correct, shape, f"t{trace_id}", cut=cut)
         traces = [solver]
         if g % 3 == 0:  # a user-simulator seat in the episode
             traces.insert(0, _user_sim_trace(task, f"What is {a} * {b}?", f"u{trace_id}"))

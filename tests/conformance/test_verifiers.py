@@ -169,6 +169,36 @@ def test_reward_that_did_not_run_is_nan(prime):
     assert row["tool_calls"] is None and row["tool_outputs"] is None  # a single-turn reply
 
 
+def test_a_call_stopped_at_the_length_limit_is_truncation(prime):
+    """verifiers' `Trace.is_truncated`: a framework limit ended the trace, or its last model call without an error
+    finished at the length limit. Its reasoning is a field of its own (no unclosed think tag) and its answer is
+    there, so the call's finish_reason is the only mark: metadata `finish_reason` and `is_truncated`, which the
+    truncation check of training_health reads."""
+    from rlaudit.detectors.training_health import TRUNCATED_SQL
+
+    store, _, rows = prime
+    truncated = set()
+    for relpath in sorted({rid.rsplit(":", 1)[0] for rid in rows}):
+        for line, episode in enumerate(_episodes(relpath), start=1):
+            for i, trace in enumerate(episode["traces"]):
+                rid = f"{relpath}:{line}.{i}" if len(episode["traces"]) > 1 else f"{relpath}:{line}"
+                if rid not in rows:
+                    continue
+                last = [c for c in trace["calls"] if c.get("error") is None][-1]
+                cut = last["finish_reason"] == "length" or trace["stop_condition"] in (
+                    "max_turns", "max_input_tokens", "max_output_tokens", "max_total_tokens", "compaction_failed")
+                meta = json.loads(rows[rid]["metadata"])
+                assert meta["is_truncated"] is cut and meta["finish_reason"] == last["finish_reason"], rid
+                if cut:
+                    truncated.add(rid)
+    assert len(truncated) == 1  # the generator's one cut trace
+    [rid] = truncated
+    assert rows[rid]["answer"] and "<think>" in rows[rid]["completion"] and "</think>" in rows[rid]["completion"]
+    found = store.query(f"""SELECT rollout_id FROM (SELECT *, NULL AS th_len, NULL AS th_max FROM rollouts)
+                            WHERE {TRUNCATED_SQL}""", runs=["prime"]).column("rollout_id").to_pylist()
+    assert found == [rid]
+
+
 def test_eval_split(prime):
     _, _, rows = prime
     evals = [r for r in rows.values() if "/eval/" in r["rollout_id"]]

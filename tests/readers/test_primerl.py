@@ -49,6 +49,29 @@ def test_v1_episodes_map_to_canonical_rows(tmp_path, store):
     assert store.query("SELECT count(*) FROM rollouts WHERE split = 'eval'", runs=["prime"]).column(0)[0].as_py() == 3
 
 
+def test_truncation_as_verifiers_decides_it():
+    """metadata `is_truncated` and `finish_reason` (`primerl._truncation`): verifiers 0.4's `Trace.is_truncated`,
+    the last call without an error, and nothing for a record that has no `calls`."""
+    def trace(calls, stop="agent_completed"):
+        t = verifiers_trace(None, "q", "a", None, rewards={})
+        t.update(calls=calls, stop_condition=stop)
+        return t
+
+    stop, length = {"node": 2, "finish_reason": "stop"}, {"node": 2, "finish_reason": "length"}
+    failed = {"node": 2, "finish_reason": "stop", "error": {"type": "TimeoutError"}}
+    assert primerl._truncation(trace([stop])) == {"finish_reason": "stop", "is_truncated": False}
+    assert primerl._truncation(trace([stop, length])) == {"finish_reason": "length", "is_truncated": True}
+    assert primerl._truncation(trace([length, failed])) == {"finish_reason": "length", "is_truncated": True}
+    assert primerl._truncation(trace([length, stop])) == {"finish_reason": "stop", "is_truncated": False}
+    for limit in sorted(primerl.TRUNCATING_STOPS):
+        assert primerl._truncation(trace([stop], stop=limit)) == {"finish_reason": "stop", "is_truncated": True}
+    assert primerl._truncation(trace([], stop="max_turns")) == {"finish_reason": None, "is_truncated": True}
+    assert primerl._truncation(trace([{"node": 2}])) == {"finish_reason": None, "is_truncated": False}
+    flat = trace([])
+    del flat["calls"]
+    assert primerl._truncation(flat) == {}
+
+
 def test_effective_subset_wins_over_all(tmp_path, store):
     run = tmp_path / "prime"
     primerl_step(run, 1, _episodes(1), subset="all")

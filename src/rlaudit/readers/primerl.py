@@ -53,6 +53,10 @@ Mapping (one row per trace of the policy; an episode without traces is a failure
 - **rewards**: {name: score} (unweighted; null -> NaN); **reward**: sum(score * weight) (`Trace.reward`), or the
   record's own `reward` when present. Legacy records have no `rewards`: their `metrics` are the signals. In v1
   records `metrics` are unweighted diagnostics and go to metadata.
+- **truncation**: metadata `finish_reason` (the trace's last model call without an error, `calls[].finish_reason`:
+  stop / length / tool_calls) and `is_truncated`, as verifiers' `Trace.is_truncated` decides it (a framework limit
+  in `stop_condition`, or that call finished at the length limit): the reasoning is a field of its own, so a cut
+  turn has no unclosed think tag to show it.
 - **advantage**: `info.advantage` when present (convention for flat traces), else the mean non-zero per-token
   advantage of the sampled nodes (prime-rl's `routing.scalar_advantage`).
 - **grader inputs**: `info.judge_calls` (`Trace.record_judge_call`, written by every `Judge.complete(trace=...)`:
@@ -240,6 +244,27 @@ def _seen_text(trace: dict[str, Any]) -> str:
     return render_message_list(msgs)
 
 
+#: `Trace.stop_condition`s that verifiers 0.4 counts as truncation (`Trace.is_truncated`): the framework's limits
+TRUNCATING_STOPS = frozenset({"max_turns", "max_input_tokens", "max_output_tokens", "max_total_tokens",
+                              "compaction_failed"})
+
+
+def _truncation(trace: dict[str, Any]) -> dict[str, Any]:
+    """Metadata `finish_reason` (of the trace's last model call without an error: "stop", "length" or
+    "tool_calls") and `is_truncated`, as verifiers 0.4's `Trace.is_truncated` decides it: a framework limit ended
+    the trace (TRUNCATING_STOPS), or that last call finished at the length limit. What training_health's
+    truncation check reads (an answer cut mid-sentence has no other mark: the reasoning is a field of its own, not
+    an unclosed think tag). Nothing for a record without `calls` (flat traces, older prime-rl)."""
+    calls = trace.get("calls")
+    if not isinstance(calls, list):
+        return {}
+    last = next((c for c in reversed(calls) if isinstance(c, dict) and c.get("error") is None), None)
+    finish = last.get("finish_reason") if last is not None else None
+    finish = finish if isinstance(finish, str) else None
+    return {"finish_reason": finish, "is_truncated": trace.get("stop_condition") in TRUNCATING_STOPS
+            or finish == "length"}
+
+
 def _row(trace: dict[str, Any], episode: dict[str, Any], file: SourceFile, ctx: ReadContext,
          agent_graders: dict[str, str], other_agents: list[str], wanted: dict[str, str],
          found: set[str]) -> dict[str, Any]:
@@ -285,7 +310,7 @@ def _row(trace: dict[str, Any], episode: dict[str, Any], file: SourceFile, ctx: 
         "policy": policy, "off_policy": off_policy,
         "branches": branches if branches > 1 else None,
         "metrics": trace.get("metrics") if not legacy else None, "reward_weights": weights or None,
-        "stop_condition": trace.get("stop_condition"), "ok": trace.get("ok"),
+        "stop_condition": trace.get("stop_condition"), "ok": trace.get("ok"), **_truncation(trace),
         "errors": [e.get("type") for e in errors if isinstance(e, dict)] or None,
         "gold": trace.get("answer") or None,
         "verifiers": version.get("version"),
