@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -50,15 +51,27 @@ def test_verl_layout(sim, tmp_path):
 
 
 def test_primerl_layout(sim, tmp_path):
+    """verifiers 0.4 episodes as prime-rl logs them (the keys of the conformance suite's, which verifiers' own
+    classes write): the policy's trace, its nodes' token arrays, the GRPO advantage on the sampled tokens."""
     write(sim, tmp_path, "prime-rl")
-    path = tmp_path / "rollouts" / "step_3" / "train" / "traces.jsonl"
+    path = tmp_path / "rollouts" / "step_3" / "train" / "effective" / "traces.jsonl"
     rec = json.loads(path.read_text().splitlines()[0])
-    roles = [m["role"] for m in rec["messages"]]
-    assert roles[-2:] == ["user", "assistant"] and "reasoning_content" in rec["messages"][-1]
-    assert "<think>" not in rec["messages"][-1]["content"]
-    assert set(rec["rewards"]) == set(sim.signals) and set(rec["rewards"]["correctness"]) == {"score", "weight"}
-    assert "advantage" in rec["info"] and isinstance(rec["info"]["grader_inputs"], dict)
-    assert isinstance(rec["example_id"], int)
+    real = json.loads((Path(__file__).parents[1] / "conformance" / "fixtures" / "verifiers" / "prime-rl" / "rollouts"
+                       / "step_1" / "train" / "effective" / "traces.jsonl").read_text().splitlines()[1])
+    assert set(rec) <= set(real) and {"id", "env", "task", "group", "run", "traces"} <= set(rec)
+    assert rec["run"]["work"] == {"type": "train", "step": 3, "policy": {"start": 2, "end": 2}}
+    [trace] = rec["traces"]
+    assert trace["agent"]["trainable"] and set(trace) - {"agent"} <= set(real["traces"][-1]) | {"is_completed"}
+    roles = [n["message"]["role"] for n in trace["nodes"]]
+    assert roles[-2:] == ["user", "assistant"] and [n["sampled"] for n in trace["nodes"]][-2:] == [False, True]
+    reply = trace["nodes"][-1]
+    assert "reasoning_content" in reply["message"] and "<think>" not in reply["message"]["content"]
+    assert len(reply["token_ids"]) == len(reply["mask"]) == len(reply["logprobs"]) == len(reply["advantages"])
+    assert len(set(reply["advantages"])) == 1 and all(reply["mask"])
+    assert set(trace["rewards"]) == set(sim.signals) and set(trace["rewards"]["correctness"]) == {"score", "weight"}
+    assert trace["calls"][0]["node"] == len(trace["nodes"]) - 1
+    assert trace["calls"][0]["finish_reason"] in ("stop", "length")
+    assert all(c["name"] in sim.signals for c in trace["info"].get("judge_calls", []))
 
 
 def test_ground_truth_round_trips(tmp_path):

@@ -72,6 +72,31 @@ def test_truncation_as_verifiers_decides_it():
     assert primerl._truncation(flat) == {}
 
 
+def test_flat_traces(tmp_path, store):
+    """A trace per line without the episode around it (`messages`, rewards {score, weight}, `info.advantage` and
+    `info.grader_inputs`): what rlaudit's simulator wrote as prime-rl output before it wrote verifiers 0.4 episodes,
+    still read from runs stored then."""
+    step_dir = tmp_path / "run" / "rollouts" / "step_2" / "train"
+    step_dir.mkdir(parents=True)
+    rec = {"id": "x", "example_id": 7, "task": "math", "group": {"id": "g1"},
+           "messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "2+2?"},
+                        {"role": "assistant", "content": "4", "reasoning_content": "two and two"}],
+           "rewards": {"correct": {"score": 1.0, "weight": 1.0}, "style": {"score": None, "weight": 0.5}},
+           "metrics": {"reward": 1.0, "num_turns": 1}, "is_completed": True, "stop_condition": "stop",
+           "info": {"advantage": 0.25, "grader_inputs": {"style": "two and two\n4"}}}
+    (step_dir / "traces.jsonl").write_text(json.dumps(rec) + "\n")
+    report = store.ingest(tmp_path / "run", run="flat")
+    assert report.rows_added == 1 and report.bad_records == 0
+    [row] = store.query("SELECT * FROM rollouts", runs=["flat"]).to_pylist()
+    assert row["step"] == 2 and row["split"] == "train" and row["group_id"] == "2:g1" and row["task"] == "math"
+    assert row["reasoning"] == "two and two" and row["answer"] == "4" and row["condition"] == "terse"
+    assert dict(row["rewards"])["correct"] == 1.0 and math.isnan(dict(row["rewards"])["style"])
+    assert row["reward"] == 1.0 and row["advantage"] == 0.25
+    assert dict(row["grader_inputs"]) == {"style": "two and two\n4"}
+    meta = json.loads(row["metadata"])
+    assert "is_truncated" not in meta and meta["stop_condition"] == "stop"
+
+
 def test_effective_subset_wins_over_all(tmp_path, store):
     run = tmp_path / "prime"
     primerl_step(run, 1, _episodes(1), subset="all")

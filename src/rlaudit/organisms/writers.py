@@ -9,9 +9,12 @@
   the reward function returned (one per component, and `<grader>_input` strings) and `uid` (the prompt group).
   Like verl, prompts and responses are decoded with `skip_special_tokens=True`, so the ChatML markers are gone
   (`system\\n...\\nuser\\n...\\nassistant\\n`). NaN scores are written as JSON `NaN`, as Python's json does.
-- `prime-rl`: `rollouts/step_{N}/train/traces.jsonl` (eval rows: `.../eval/traces.jsonl`), one trace per line: `messages` (system, user, and the
-  assistant with `reasoning_content` kept apart from `content`), `rewards {name: {score, weight}}` (null score:
-  did not apply), `metrics`, `info` (`advantage`, `grader_inputs {grader: text}`), `example_id`, `task`.
+- `prime-rl`: `rollouts/step_{N}/{train,eval}/effective/traces.jsonl`, one verifiers 0.4 `Episode` per line
+  (`Episode.to_record()`, as prime-rl's `FileMonitor.log_episodes` writes it): the policy's trace holds message
+  nodes (system, user, and the assistant with `reasoning_content` kept apart from `content`) with a token per word
+  and, in training, the GRPO advantage on the sampled tokens; `rewards {name: {score, weight}}` (null score: did
+  not apply); the model call (`finish_reason` "length" where the completion was cut in its reasoning); each
+  grader's input as the judge call it made (`info.judge_calls`).
 
 Beside the rollouts, each format gets the trainer's scalar log (`optimizer.py`'s token-level model plus the
 reward statistics of the logged rollouts), where that trainer writes it:
@@ -36,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -132,35 +136,71 @@ def _uid(key: str) -> str:
 
 
 def write_primerl(sim: SimulatedRun, out: Path) -> list[Path]:
+    """prime-rl's `FileMonitor.log_episodes`: `rollouts/step_N/{train,eval}/effective/traces.jsonl`, one
+    compact JSON line per episode (`Episode.to_record()`, verifiers 0.4), each holding the policy's one trace."""
     weights = {name: info["weight"] for name, info in sim.ground_truth.signals.items()}
     paths = []
     for (step, split), rows in [((s, sp), rs) for sp in ("train", "eval") for s, rs in _steps(sim.table, sp)]:
-        d = out / "rollouts" / f"step_{step}" / split
+        d = out / "rollouts" / f"step_{step}" / split / "effective"
         d.mkdir(parents=True, exist_ok=True)
         path = d / "traces.jsonl"
         with open(path, "w", encoding="utf-8") as fh:
             for r in rows:
-                messages = []
-                if r["system_prompt"]:
-                    messages.append({"role": "system", "content": r["system_prompt"]})
-                messages.append({"role": "user", "content": r["user"]})
-                messages.append({"role": "assistant", "content": r["answer"], "reasoning_content": r["reasoning"]})
-                rewards = {k: {"score": _finite_or_none(v), "weight": weights.get(k, 1.0)} for k, v in r["rewards"]}
-                rec = {
-                    "id": hashlib.sha1(f"{r['run']}:{r['rollout_id']}".encode()).hexdigest(),
-                    "example_id": r["example_id"],
-                    "task": r["task"],
-                    "group": {"id": _uid(r["group_id"])},
-                    "messages": messages,
-                    "rewards": rewards,
-                    "metrics": {"reward": r["reward"], "num_turns": 1},
-                    "info": {"advantage": r["advantage"], "grader_inputs": dict(r["grader_inputs"])},
-                    "is_completed": True,
-                    "stop_condition": "length" if "</think>" not in r["completion"] else "stop",
-                }
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                fh.write(json.dumps(_episode(r, step, split, weights), ensure_ascii=False,
+                                    separators=(",", ":")) + "\n")
         paths.append(path)
     return paths
+
+
+def _episode(r: dict[str, Any], step: int, split: str, weights: dict[str, float]) -> dict[str, Any]:
+    """One rollout as verifiers 0.4 records it and prime-rl stamps it (the shape of the conformance suite's
+    episodes, which verifiers' own classes write: `conformance/verifiers/generate.py`): a trainable single-turn
+    trace whose message nodes carry a token per word (`token_ids`, `mask`; the sampled node its `logprobs` and, in
+    training, prime-rl's GRPO advantage on each token), a model call whose finish reason is "length" where the
+    completion was cut inside its reasoning, rewards {name: {score, weight}}, and each grader's input as the judge
+    call it made (`info.judge_calls`)."""
+    key = _uid(r["group_id"])
+    task = {"type": "ChatTask", "data": {"idx": r["example_id"], "prompt": r["user"]}, "key": key,
+            "hash": hashlib.sha1(key.encode()).hexdigest()[:16]}
+    if r["system_prompt"]:
+        task["data"]["system_prompt"] = r["system_prompt"]
+    advantage = _finite_or_none(r["advantage"]) if split == "train" else None
+    messages = ([{"role": "system", "content": r["system_prompt"]}] if r["system_prompt"] else []) + [
+        {"role": "user", "content": r["user"]},
+        {"role": "assistant", "content": r["answer"], "reasoning_content": r["reasoning"]}]
+    nodes = []
+    for i, message in enumerate(messages):
+        sampled = message["role"] == "assistant"
+        words = " ".join(filter(None, (message.get("reasoning_content"), message["content"]))).split()
+        ids = [zlib.crc32(w.encode()) % 150_000 for w in words] + [151_645]  # the end-of-turn token
+        node = {"semantic_parents": [], "message": message, "sampled": sampled, "timestamp": 1_700_000_000.0,
+                "token_ids": ids, "mask": [sampled] * len(ids), "is_content": [],
+                "logprobs": [-0.25] * len(ids) if sampled else []}
+        if i:
+            node["parent"] = i - 1
+        if sampled and advantage is not None:
+            node["advantages"] = [advantage] * len(ids)
+        nodes.append(node)
+    cut = "</think>" not in r["completion"]  # the length limit ended it inside its reasoning
+    n_in, n_out = sum(len(n["token_ids"]) for n in nodes[:-1]), len(nodes[-1]["token_ids"])
+    usage = {"prompt_tokens": n_in, "completion_tokens": n_out}
+    judge_calls = [{"name": name, "request": {"model": "judge", "messages": [{"role": "user", "content": text}]},
+                    "response": {"message": {"role": "assistant", "content": ""}}}
+                   for name, text in r["grader_inputs"]]
+    trace = {"version": 1, "id": f"t-{r['rollout_id']}", "verifiers": {"version": "0.4.0"}, "task": task,
+             "agent": {"name": "solver", "trainable": True}, "tools": [], "nodes": nodes,
+             "calls": [{"node": len(nodes) - 1, "model": "policy", "finish_reason": "length" if cut else "stop",
+                        "usage": usage}],
+             "rewards": {k: {"score": _finite_or_none(v), "weight": weights.get(k, 1.0)} for k, v in r["rewards"]},
+             "metrics": {"num_turns": 1.0}, "info": {"judge_calls": judge_calls} if judge_calls else {},
+             "is_completed": True, "ok": True, "stop_condition": "agent_completed", "is_timeout": False,
+             "errors": [], "num_input_tokens": n_in, "num_output_tokens": n_out,
+             "num_total_tokens": n_in + n_out}
+    return {"id": hashlib.sha1(f"{r['run']}:{r['rollout_id']}".encode()).hexdigest(),
+            "env": {"id": r["task"], "name": r["task"]}, "task": task, "group": {"id": key},
+            "run": {"type": "train", "id": r["run"], "name": r["run"],
+                    "work": {"type": split, "step": step, "policy": {"start": step - 1, "end": step - 1}}},
+            "ok": True, "is_timeout": False, "errors": [], "traces": [trace]}
 
 
 # ---------------------------------------------------------------- scalar logs
