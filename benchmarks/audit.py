@@ -23,9 +23,9 @@ and every file costs the ingest its own read, and the store a share of a part. T
 that share of answers and of reasonings, as real completions hold them: such text takes other paths (the Unicode
 tokeniser and styles).
 
-Then one measuring process (a fresh child, so generation does not count) loads numba's
-compiled kernels (compiled once per machine and cached on disk; the first run after an install or a kernel change
-compiles them, seconds no later audit pays) and runs, in order:
+Then one measuring process (a fresh child, so generation does not count) loads numba's compiled kernels (compiled
+once per machine and cached on disk; the first run after an install or a kernel change compiles them, seconds no
+later audit pays) and runs, in order:
 
 1. the floor: `SELECT step, w, count(*) FROM (SELECT step, unnest(string_split(lower(completion), ' ')) w
    FROM read_parquet(...)) GROUP BY ALL` over the same files;

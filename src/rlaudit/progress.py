@@ -22,7 +22,7 @@ Listener = Callable[[dict[str, tuple[int, int]]], None]
 
 _lock = threading.Lock()
 _listener: Listener | None = None
-_passes: dict[int, list] = {}  # id(Pass) -> [name, done, total]
+_passes: dict[int, Pass] = {}  # the passes under way, shown to the listener: id(Pass) -> Pass
 
 
 @contextmanager
@@ -43,14 +43,13 @@ class Pass:
     """One pass over `total` parts (`tracking`); `advance` as parts are done, from any thread."""
 
     def __init__(self, name: str, total: int) -> None:
-        self.name, self.total = name, total
+        self.name, self.total, self.done = name, total, 0
 
     def advance(self, parts: int = 1) -> None:
         with _lock:
-            entry = _passes.get(id(self))
-            if entry is None:  # nobody listens (or the pass has ended)
+            if id(self) not in _passes:  # nobody listens (or the pass has ended)
                 return
-            entry[1] = min(entry[2], entry[1] + parts)
+            self.done = min(self.total, self.done + parts)
             _tell()
 
 
@@ -60,7 +59,7 @@ def tracking(name: str, total: int) -> Iterator[Pass]:
     p = Pass(name, total)
     with _lock:
         if _listener is not None and total > 0:
-            _passes[id(p)] = [name, 0, total]
+            _passes[id(p)] = p
             _tell()
     try:
         yield p
@@ -76,9 +75,9 @@ def _tell() -> None:
     if _listener is None:
         return
     out: dict[str, tuple[int, int]] = {}
-    for name, done, total in _passes.values():
-        d, t = out.get(name, (0, 0))
-        out[name] = (d + done, t + total)
+    for p in _passes.values():
+        done, total = out.get(p.name, (0, 0))
+        out[p.name] = (done + p.done, total + p.total)
     _listener(out)
 
 

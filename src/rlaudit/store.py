@@ -565,8 +565,8 @@ class Store:
                     report.rows_added += entry["rows"]
                     # a copy (taken atomically under the GIL): the finalize thread may add labels meanwhile
                     manifest["conditions"] = dict(labeler.labels)
-                    if progress:  # the rows read so far (as many as added once every file is recorded)
-                        progress(report.files_skipped + report.files_read, len(files), max(read[0], report.rows_added))
+                    if progress:  # the rows read so far: these files' and those read since
+                        progress(report.files_skipped + report.files_read, len(files), read[0])
                 if not offset:  # no file gave rows: no part
                     (self.run_dir(run) / "parts" / group.name).unlink(missing_ok=True)
 
